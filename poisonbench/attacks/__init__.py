@@ -1,0 +1,7 @@
+"""Attack registry (design.md §2). Populated by the attack modules."""
+
+from __future__ import annotations
+
+from ..registry import Registry
+
+ATTACKS: Registry = Registry("attack")

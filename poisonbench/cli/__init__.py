@@ -1,0 +1,1 @@
+"""The command-line interface (Typer + rich): parses, validates, calls the library."""

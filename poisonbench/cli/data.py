@@ -1,0 +1,56 @@
+"""`poisonbench data list | info NAME`."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..data import DATASETS, load_dataset
+from . import options
+
+HELP = "List the datasets; show a dataset's sizes, splits, fingerprints and where its files are read from."
+app = typer.Typer(no_args_is_help=True, help=HELP)
+
+
+@app.command("list", help="List the registered datasets and their splits.")
+def list_(as_json: bool = options.Json) -> None:
+    rows = [{"name": n, "description": DATASETS.get(n).description, "splits (train/val/test)":
+             DATASETS.get(n).split_sizes} for n in DATASETS]
+    rows.append({"name": "PATH.npz", "description": "any .npz with x (uint8) and y (int)",
+                 "splits (train/val/test)": "80 / 2 / 18 %"})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="datasets")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r.values())
+    Console().print(table)
+
+
+@app.command("info", help="Load a dataset and show its splits, class counts, fingerprints and source.")
+def info(
+    name: str = typer.Argument(..., help="Dataset name or .npz path."),
+    data_dir: str = options.DataDir,
+    download: bool = options.Download,
+    as_json: bool = options.Json,
+) -> None:
+    summary = load_dataset(name, data_dir, download).summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]{summary['name']}[/] ({summary['family']} family), images {summary['shape']}, "
+                  f"{summary['classes']} classes")
+    console.print(f"read from: {summary['source']}")
+    console.print(f"fingerprint: {summary['fingerprint']}")
+    table = Table()
+    for col in ("split", "size", "fingerprint", "per-class counts"):
+        table.add_column(col)
+    for split, s in summary["splits"].items():
+        table.add_row(split, str(s["size"]), s["fingerprint"], " ".join(map(str, s["class_counts"])))
+    console.print(table)

@@ -1,0 +1,90 @@
+"""`poisonbench defend`: train with a defense (or none) and write one record per trial."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import PoisonbenchError
+from ..records import RunStore
+from ..runner import DefendSpec
+from ..runner import defend as run_defend
+from . import options
+from .progress import RichReporter
+
+HELP = "Train on the (optionally poisoned) train split with a defense; one record per trial under results/runs/."
+
+
+def _milestones(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(m) for m in text.split(",") if m.strip()]
+    except ValueError:
+        raise PoisonbenchError(f"--milestones must be comma-separated integers, got {text!r}") from None
+
+
+def defend(
+    method: str = typer.Option("none", "--method", help="Defense to train with (see the method registry)."),
+    dataset: str = options.Dataset,
+    data_dir: str = options.DataDir,
+    download: bool = options.Download,
+    model: str = typer.Option(None, "--model", help="Model (convnet, resnet18); default: the dataset's (Table I)."),
+    recipe: str = typer.Option("paper", "--recipe", help="Training recipe: paper | quick."),
+    epochs: int = typer.Option(None, "--epochs", help="Override the recipe's epochs (milestones scale with it)."),
+    lr: float = typer.Option(None, "--lr", help="Override the learning rate."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Override the batch size."),
+    momentum: float = typer.Option(None, "--momentum", help="Override the SGD momentum."),
+    nesterov: bool = typer.Option(None, "--nesterov/--no-nesterov", help="Override Nesterov momentum."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="Override the weight decay."),
+    milestones: str = typer.Option(None, "--milestones", help="Override lr-decay epochs, e.g. 30,50,70."),
+    augment: str = typer.Option(None, "--augment", help="Override augmentation: none | crop-flip."),
+    trials: int = typer.Option(1, "--trials", help="Run trials 0..N-1 with seeds seed+t."),
+    seed: int = options.Seed,
+    device: str = options.Device,
+    compile: str = typer.Option("auto", "--compile",
+                                help="torch.compile the model: auto (long runs only) | on | off."),
+    results: str = options.Results,
+    force: bool = typer.Option(False, "--force", help="Re-run even if a record exists."),
+    as_json: bool = options.Json,
+) -> None:
+    spec = DefendSpec(
+        dataset=dataset, data_dir=data_dir, download=download, model=model, recipe=recipe,
+        recipe_overrides={"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
+                          "nesterov": nesterov, "weight_decay": weight_decay,
+                          "milestones": _milestones(milestones), "augment": augment},
+        method=method, seed=seed, trials=trials, device=device, compile=compile, results=results, force=force,
+    )
+    reporter = RichReporter()
+    outcomes = run_defend(spec, reporter)
+    store = RunStore(results)
+    if as_json:
+        for o in outcomes:
+            r = o.record
+            print(json.dumps({
+                "run_id": r["run_id"], "status": o.status, "dataset": r["config"]["dataset"],
+                "method": r["config"]["defense"]["method"], "trial": r["config"]["trial"],
+                "seed": r["config"]["seed"], "test_acc": r["metrics"]["test_acc"],
+                "val_acc": r["metrics"]["val_acc"], "seconds": r["cost"]["seconds"],
+                "path": str(store.path(r["run_id"])),
+            }))
+        return
+    table = Table(title="defend")
+    for col in ("run", "status", "trial", "seed", "test acc (%)", "seconds"):
+        table.add_column(col)
+    accs = []
+    for o in outcomes:
+        r = o.record
+        accs.append(r["metrics"]["test_acc"])
+        table.add_row(r["run_id"], o.status, str(r["config"]["trial"]), str(r["config"]["seed"]),
+                      f"{100 * r['metrics']['test_acc']:.2f}", f"{r['cost']['seconds']:.1f}")
+    console = Console()
+    console.print(table)
+    if len(accs) > 1:
+        import statistics
+
+        console.print(f"test accuracy: {100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f} % "
+                      f"(mean ± sample std over {len(accs)} trials)")

@@ -1,0 +1,51 @@
+"""Entry point: `poisonbench` (console script). Turns every usage error into one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from ..errors import PoisonbenchError
+from . import data as data_cmd
+from . import defend as defend_cmd
+from . import report as report_cmd
+
+app = typer.Typer(
+    name="poisonbench",
+    help="Benchmark data-poisoning attacks against training-time defenses (reproduces the HINT paper).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("defend", help=defend_cmd.HELP)(defend_cmd.defend)
+app.command("report", help=report_cmd.HELP)(report_cmd.report)
+app.add_typer(data_cmd.app, name="data", help=data_cmd.HELP)
+
+
+def main(argv: list[str] | None = None) -> None:
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="poisonbench", standalone_mode=False)
+    except PoisonbenchError as exc:
+        err.print(f"Error: {exc}", markup=False)
+        sys.exit(2)
+    except Exception as exc:
+        # Typer vendors click (typer._click) in recent releases and uses click itself in older ones, so the
+        # exception classes are recognised by their shape: usage errors carry exit_code 2 and a message.
+        kind = type(exc).__name__
+        if kind == "Exit":
+            sys.exit(exc.exit_code)
+        if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+            err.print(f"Error: {exc.format_message()}", markup=False)
+            sys.exit(2)
+        if kind == "Abort":
+            err.print("Aborted.", markup=False)
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

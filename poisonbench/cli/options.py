@@ -1,0 +1,19 @@
+"""Options shared by several commands (one definition each)."""
+
+from __future__ import annotations
+
+import typer
+
+from ..data import DEFAULT_DATASET
+
+Dataset = typer.Option(DEFAULT_DATASET, "--dataset", envvar="POISONBENCH_DATASET",
+                       help="Dataset name (mnist-5k, mnist, fashion-mnist, cifar10) or a path to an .npz with "
+                            "x (uint8) and y (int). Env: POISONBENCH_DATASET.")
+DataDir = typer.Option(None, "--data-dir", help="Directory holding the dataset files (torchvision layout or the "
+                                                 "raw files); default $POISONBENCH_DATA_DIR or ~/.cache/poisonbench/data.")
+Download = typer.Option(False, "--download", help="Download the dataset with torchvision if it is not found.")
+Results = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS",
+                       help="Results workspace (default ./results). Env: POISONBENCH_RESULTS.", show_default=False)
+Json = typer.Option(False, "--json", help="Print machine-readable JSON on stdout (progress goes to stderr).")
+Device = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
+Seed = typer.Option(0, "--seed", help="Base seed; trial t uses seed + t.")

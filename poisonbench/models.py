@@ -1,0 +1,116 @@
+"""Model registry (paper Table I). Images enter in [0, 1]; each model normalises internally, so every ε and β
+is in pixel units. Every model exposes `features(x)` (penultimate activations) and `head` (the final Linear),
+which HINT, EPIC, BP, FC and Deep k-NN need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Registry
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """`forward(x) = head(features(x))`; subclasses define `body` (normalised input → feature vector)."""
+
+    head: nn.Linear
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ConvNet(Classifier):
+    """HINT's MNIST CNN (HINT:models.py:L168-202): Conv(1→40,k5)-BN-ReLU-AvgPool2, Conv(40→100,k5)-BN-ReLU-
+    AvgPool2, flatten (1600 for 28×28), Linear(1600→classes)."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, mean, std):
+        super().__init__(mean, std)
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 40, 5), nn.BatchNorm2d(40), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(40, 100, 5), nn.BatchNorm2d(100), nn.ReLU(), nn.AvgPool2d(2),
+        )
+        side = ((image_size - 4) // 2 - 4) // 2
+        self.feature_dim = 100 * side * side
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).flatten(1)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(Classifier):
+    """CIFAR ResNet-18 as in HINT (kuangliu layout, HINT:models.py:L73-113): 3×3 stem, no max-pool,
+    four stages of two BasicBlocks (64-128-256-512), global average pool, 512-d features."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, mean, std):
+        super().__init__(mean, std)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        layers, in_planes = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+            in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = 512
+        self.head = nn.Linear(512, num_classes)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
+
+
+ModelFactory = Callable[..., Classifier]
+MODELS: Registry[ModelFactory] = Registry("model")
+MODELS.add("convnet", ConvNet)
+MODELS.add("resnet18", ResNet18)
+
+DEFAULT_MODEL = {"mnist": "convnet", "cifar10": "resnet18"}  # per dataset family, paper Table I
+
+
+def build_model(name: str, dataset, seed: int | None = None) -> Classifier:
+    """Instantiate `name` for `dataset` (channels, classes, image size, normalisation). Seeded init if given."""
+    factory = MODELS.get(name)
+    channels, height, _ = dataset.shape
+    if seed is not None:
+        torch.manual_seed(seed)
+    return factory(channels, dataset.num_classes, height, dataset.mean, dataset.std)

@@ -1,0 +1,92 @@
+"""Run records (design.md §6): one schema-versioned JSON file per run, written atomically.
+
+`run_id` is the short hash of the run's canonical config, so the same run always lands in the same file,
+and an existing record means the run is done.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .hashing import short_hash
+from .io import atomic_write_json
+
+SCHEMA_VERSION = 1
+DEFAULT_RESULTS = "results"
+
+
+def results_dir(path: str | Path | None = None) -> Path:
+    """`--results DIR`, else $POISONBENCH_RESULTS, else ./results."""
+    return Path(path or os.environ.get("POISONBENCH_RESULTS") or DEFAULT_RESULTS)
+
+
+def run_id(config: dict) -> str:
+    return short_hash(config)
+
+
+@functools.cache
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    env = {
+        "poisonbench": __version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+class RunStore:
+    """The results store: `<results>/runs/<run_id>.json`. Nothing else is a source of truth for reports."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = results_dir(root)
+        self.runs = self.root / "runs"
+
+    def path(self, rid: str) -> Path:
+        return self.runs / f"{rid}.json"
+
+    def get(self, rid: str) -> dict | None:
+        """The complete record of `rid`, or None (absent or unreadable: then the run is not done)."""
+        try:
+            record = json.loads(self.path(rid).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if record.get("schema_version") == SCHEMA_VERSION else None
+
+    def put(self, record: dict) -> Path:
+        path = self.path(record["run_id"])
+        atomic_write_json(path, record)
+        return path
+
+    def all(self) -> list[dict]:
+        records = []
+        for path in sorted(self.runs.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("schema_version") == SCHEMA_VERSION:
+                records.append(record)
+        return records

@@ -1,0 +1,96 @@
+"""Aggregate run records with pandas: mean ± sample std over trials per configuration (docs/metrics.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from .errors import PoisonbenchError, unknown_choice
+from .hashing import canonical_json
+
+FORMATS = ("rich", "md", "csv", "json")
+GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params"]
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per run, flat columns."""
+    rows = []
+    for r in records:
+        c = r["config"]
+        defense = dict(c["defense"])
+        method = defense.pop("method")
+        poison = c.get("poison") or {}
+        rows.append({
+            "run_id": r["run_id"],
+            "dataset": c["dataset"],
+            "model": c["model"],
+            "recipe": c["recipe"]["name"],
+            "epochs": c["recipe"]["epochs"],
+            "scenario": c["scenario"],
+            "poison": poison.get("label", "-") if poison else "-",
+            "method": method,
+            "params": canonical_json(defense) if defense else "-",
+            "trial": c["trial"],
+            "seed": c["seed"],
+            "test_acc": r["metrics"]["test_acc"],
+            "val_acc": r["metrics"].get("val_acc"),
+            "seconds": r["cost"]["seconds"],
+        })
+    return pd.DataFrame(rows)
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std (ddof=1, as the paper reports) of test accuracy and seconds per configuration."""
+    grouped = frame.groupby(GROUP_KEYS, dropna=False, sort=True)
+    out = grouped.agg(
+        n=("trial", "count"),
+        test_acc_mean=("test_acc", "mean"),
+        test_acc_std=("test_acc", "std"),
+        seconds_mean=("seconds", "mean"),
+    ).reset_index()
+    return out
+
+
+def render(summary: pd.DataFrame, fmt: str) -> str:
+    """md / csv / json text of a summary (percentages with two decimals in md)."""
+    if fmt == "csv":
+        return summary.to_csv(index=False)
+    if fmt == "json":
+        return json.dumps(summary.to_dict(orient="records"), indent=2, default=str)
+    if fmt == "md":
+        rows = display_rows(summary)
+        header = list(rows[0])
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+        return "\n".join(lines)
+    raise unknown_choice("format", fmt, FORMATS)
+
+
+def pm(mean: float, std: float, scale: float = 100.0) -> str:
+    """`mean ± std` in percent; a single trial has no std and shows only the mean."""
+    if pd.isna(std):
+        return f"{mean * scale:.2f}"
+    return f"{mean * scale:.2f} ± {std * scale:.2f}"
+
+
+def display_rows(summary: pd.DataFrame) -> list[dict]:
+    rows = []
+    for r in summary.to_dict(orient="records"):
+        rows.append({
+            "dataset": r["dataset"], "model": r["model"], "recipe": f"{r['recipe']} ({r['epochs']} ep)",
+            "poison": r["poison"], "method": r["method"], "params": r["params"], "n": r["n"],
+            "test acc (%)": pm(r["test_acc_mean"], r["test_acc_std"]), "seconds": f"{r['seconds_mean']:.1f}",
+        })
+    return rows
+
+
+def load_summary(records: list[dict], dataset: str | None = None, method: str | None = None) -> pd.DataFrame:
+    if not records:
+        raise PoisonbenchError("no run records found; run `poisonbench defend` first or pass --results DIR")
+    frame = records_frame(records)
+    if dataset:
+        frame = frame[frame.dataset == dataset]
+    if method:
+        frame = frame[frame.method == method]
+    return summarize(frame) if len(frame) else frame

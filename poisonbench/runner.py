@@ -1,0 +1,156 @@
+"""`defend`: resolve a run spec into configs, skip the done ones, train the rest, write records.
+
+This is the library behind `poisonbench defend`; the CLI only parses options and shows progress.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import torch
+
+from .data import Dataset, load_dataset
+from .defenses import DEFENSES, build_defense
+from .errors import PoisonbenchError
+from .models import DEFAULT_MODEL, MODELS, build_model
+from .recipes import DEFAULT_RECIPE, resolve_recipe
+from .records import SCHEMA_VERSION, RunStore, environment, run_id
+from .training import predict, resolve_device, to_float, train
+
+
+class Reporter(Protocol):
+    """Progress display the runner drives (the CLI passes a rich one; None is silent)."""
+
+    def start(self, description: str, epochs: int) -> None: ...
+    def batch(self, epoch: int, step: int, steps: int) -> None: ...
+    def epoch(self, epoch: int, row: dict) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class DefendSpec:
+    dataset: str = "mnist-5k"
+    data_dir: str | None = None
+    download: bool = False
+    model: str | None = None  # None: the dataset family's default (paper Table I)
+    recipe: str = DEFAULT_RECIPE
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    method: str = "none"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    trials: int = 1
+    device: str = "auto"
+    compile: str = "auto"
+    results: str | None = None
+    force: bool = False
+
+
+@dataclass
+class RunOutcome:
+    record: dict
+    status: str  # "ran" | "skipped"
+
+
+def validate(spec: DefendSpec) -> None:
+    """Checks that need no data: fail before anything is loaded or written."""
+    if spec.trials <= 0:
+        raise PoisonbenchError(f"trials must be a positive integer, got {spec.trials}")
+    if spec.model is not None:
+        MODELS.get(spec.model)
+    DEFENSES.get(spec.method)
+    if spec.compile not in ("auto", "on", "off"):
+        raise PoisonbenchError(f"unknown compile mode {spec.compile!r}; valid choices: auto, on, off")
+    epochs = spec.recipe_overrides.get("epochs")
+    if epochs is not None and epochs <= 0:
+        raise PoisonbenchError(f"epochs must be a positive integer, got {epochs}")
+    resolve_device(spec.device)
+
+
+def run_config(spec: DefendSpec, data: Dataset, trial: int) -> dict:
+    recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
+    defense = build_defense(spec.method, **spec.method_params)
+    return {
+        "dataset": data.name,
+        "dataset_fingerprint": data.fingerprint,
+        "model": spec.model or DEFAULT_MODEL[data.family],
+        "recipe": recipe.to_dict(),
+        "scenario": "clean",
+        "poison": None,
+        "defense": defense.config(),
+        "trial": trial,
+        "seed": spec.seed + trial,
+    }
+
+
+def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcome]:
+    """Run trials 0..trials-1 (seed = spec.seed + trial); skip those with a record unless `force`."""
+    validate(spec)
+    device = resolve_device(spec.device)
+    store = RunStore(spec.results)
+    t0 = time.perf_counter()
+    data = load_dataset(spec.dataset, spec.data_dir, spec.download)
+    load_seconds = time.perf_counter() - t0
+    configs = [run_config(spec, data, t) for t in range(spec.trials)]
+    outcomes = []
+    tensors = None
+    for config in configs:
+        rid = run_id(config)
+        existing = store.get(rid)
+        if existing is not None and not spec.force:
+            outcomes.append(RunOutcome(existing, "skipped"))
+            continue
+        if tensors is None:
+            tensors = {name: (to_float(s.x, device), s.y.to(device))
+                       for name, s in (("train", data.train), ("val", data.val), ("test", data.test))}
+        record = execute(spec, config, rid, data, tensors, device, reporter, load_seconds)
+        store.put(record)
+        outcomes.append(RunOutcome(record, "ran"))
+    return outcomes
+
+
+def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: dict, device: torch.device,
+            reporter: Reporter | None, load_seconds: float) -> dict:
+    """Train one run and return its record (not yet written)."""
+    started = time.perf_counter()
+    recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
+    model = build_model(config["model"], data, seed=config["seed"])
+    defense = build_defense(spec.method, **spec.method_params)
+    train_x, train_y = tensors["train"]
+    train_x = train_x.clone()  # defenses may write into it; the clean copy serves the next trial
+    if reporter:
+        reporter.start(f"{config['defense']['method']} · {data.name} · trial {config['trial']}", recipe.epochs)
+    try:
+        result = train(model, train_x, train_y, *tensors["val"], recipe, seed=config["seed"], device=device,
+                       num_classes=data.num_classes, defense=defense, compile=spec.compile,
+                       eval_sets={"val": tensors["val"], "test": tensors["test"]},
+                       on_batch=reporter.batch if reporter else None,
+                       on_epoch=reporter.epoch if reporter else None)
+    finally:
+        if reporter:
+            reporter.stop()
+    last = result.history[-1]
+    test_probs = predict(model, tensors["test"][0])
+    cost = {k: round(v, 4) for k, v in result.cost.items()}
+    cost["data_load"] = round(load_seconds, 4)
+    cost["seconds"] = round(time.perf_counter() - started, 4)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": rid,
+        "config": config,
+        "metrics": {
+            "test_acc": last["test_acc"],
+            "val_acc": last["val_acc"],
+            "train_acc": last["train_acc"],
+            "train_loss": last["train_loss"],
+            "test_mean_confidence": test_probs.max(1).values.mean().item(),
+        },
+        "history": result.history,
+        "cost": cost,
+        "defense": defense.summary(),
+        "compiled": result.compiled,
+        "env": environment(device),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

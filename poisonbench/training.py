@@ -1,0 +1,204 @@
+"""The one training engine (design.md §1, §8). Every defense plugs in through hooks; nothing here knows any
+specific defense.
+
+Fast by construction: the train set lives on the device as one float tensor; batches are slices of a seeded
+index permutation; augmentation is whole-batch tensor ops; the model may be `torch.compile`d with static
+shapes (dynamic=False: at most two graphs, full and last batch). All randomness (init, order, augmentation)
+comes from the seed, so the same seed gives the same numbers on the same device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import augment
+from .defenses.base import Defense
+from .recipes import Recipe
+
+COMPILE_MIN_IMAGES = 200_000  # `compile="auto"`: compile only when epochs × n is at least this many images
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto` → first CUDA device if present, else CPU; `cpu`; `cuda` / `cuda:N`."""
+    from .errors import PoisonbenchError
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise PoisonbenchError(f"device {spec!r} requested but CUDA is not available; valid choices: auto, cpu")
+        index = int(spec[5:]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise PoisonbenchError(f"device {spec!r} does not exist; {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device(spec)
+    raise PoisonbenchError(f"unknown device {spec!r}; valid choices: auto, cpu, cuda, cuda:N")
+
+
+def to_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 N×C×H×W → float32 in [0, 1] on `device` (floats are moved as they are)."""
+    x = x.to(device)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+@dataclass
+class TrainContext:
+    """What the hooks see: the model, the (poisoned) train tensors, the clean val split, the recipe, and a
+    place to record cost. A defense may replace rows of `train_x` (e.g. HINT's healthy noise)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    recipe: Recipe
+    device: torch.device
+    generator: torch.Generator
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    num_classes: int
+    seed: int
+    epoch: int = 0
+    active: torch.Tensor | None = None  # indices of train examples in use (None: all)
+    cost: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, stage: str):
+        """Adds the wall seconds of the block to `cost[stage]` (synchronising CUDA for honest timings)."""
+        _sync(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync(self.device)
+            self.cost[stage] = self.cost.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]  # one row per epoch: epoch, lr, train_loss, train_acc, <eval set>_acc when evaluated
+    cost: dict[str, float]
+    compiled: bool
+    context: TrainContext
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Softmax probabilities for every row of `x` (model in eval mode; restores the previous mode)."""
+    was_training = model.training
+    model.eval()
+    probs = torch.cat([F.softmax(model(x[i:i + batch_size]).float(), 1) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return probs
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (predict(model, x).argmax(1) == y).float().mean().item()
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe):
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(recipe.milestones), gamma=recipe.lr_decay)
+    return opt, sched
+
+
+def should_compile(mode: str, n: int, epochs: int) -> bool:
+    if mode == "auto":
+        return n * epochs >= COMPILE_MIN_IMAGES
+    return mode == "on"
+
+
+def train(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    recipe: Recipe,
+    *,
+    seed: int,
+    device: torch.device,
+    num_classes: int,
+    defense: Defense | None = None,
+    compile: str = "auto",
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    eval_every: int = 0,
+    on_batch: Callable[[int, int, int], None] | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place on float tensors already on `device`.
+
+    `on_batch(epoch, step, steps)` and `on_epoch(epoch, row)` feed a progress display. `eval_sets` are
+    evaluated every `eval_every` epochs (0: only after the last epoch) and land in the history.
+    """
+    defense = defense or Defense()
+    model.to(device).train()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    optimizer, scheduler = make_optimizer(model, recipe)
+    ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
+                       num_classes, seed)
+    compiled = should_compile(compile, len(train_y), recipe.epochs)
+    forward = torch.compile(model, dynamic=False) if compiled else model
+    eval_sets = eval_sets or {}
+    history: list[dict] = []
+
+    with ctx.timed("defense_prepare"):
+        kept = defense.prepare(ctx)
+    if kept is not None:
+        ctx.active = kept.to(device)
+
+    for epoch in range(recipe.epochs):
+        ctx.epoch = epoch
+        with ctx.timed("defense_epoch"):
+            defense.on_epoch_start(ctx, epoch)
+        _sync(device)
+        start = time.perf_counter()
+        n = len(ctx.train_y) if ctx.active is None else len(ctx.active)
+        order = torch.randperm(n, device=device, generator=generator)
+        if ctx.active is not None:
+            order = ctx.active[order]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        steps = (n + recipe.batch_size - 1) // recipe.batch_size
+        model.train()
+        for step in range(steps):
+            idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            x = augment.apply(recipe.augment, ctx.train_x[idx], generator)
+            y = ctx.train_y[idx]
+            x, y = defense.batch(ctx, x, y, idx)
+            logits = forward(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            if on_batch:
+                on_batch(epoch, step + 1, steps)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+               "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
+        scheduler.step()
+        _sync(device)
+        ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
+        last = epoch + 1 == recipe.epochs
+        if eval_sets and (last or (eval_every and (epoch + 1) % eval_every == 0)):
+            with ctx.timed("eval"):
+                for name, (ex, ey) in eval_sets.items():
+                    row[f"{name}_acc"] = accuracy(forward, ex, ey)
+        history.append(row)
+        if on_epoch:
+            on_epoch(epoch, row)
+    return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx)
