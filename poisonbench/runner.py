@@ -38,6 +38,8 @@ class DefendSpec:
     model: str | None = None  # None: the dataset family's default (paper Table I)
     recipe: str = DEFAULT_RECIPE
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    poison_ratio: float = 0.0  # ρ of Table II: fraction of the train split poisoned by the untargeted mix
+    attacks: list[str] | None = None  # None: the paper's four (PGD, DAP, DURP, DeepConfuse)
     method: str = "none"
     method_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -58,6 +60,8 @@ def validate(spec: DefendSpec) -> None:
     """Checks that need no data: fail before anything is loaded or written."""
     if spec.trials <= 0:
         raise PoisonbenchError(f"trials must be a positive integer, got {spec.trials}")
+    if not 0.0 <= spec.poison_ratio <= 1.0:
+        raise PoisonbenchError(f"poison ratio must be in [0, 1], got {spec.poison_ratio}")
     if spec.model is not None:
         MODELS.get(spec.model)
     DEFENSES.get(spec.method)
@@ -69,16 +73,25 @@ def validate(spec: DefendSpec) -> None:
     resolve_device(spec.device)
 
 
-def run_config(spec: DefendSpec, data: Dataset, trial: int) -> dict:
+def poison_plan(spec: DefendSpec, data: Dataset, trial: int):
+    """The trial's untargeted poison plan (Table II scenario), or None for clean training (ρ = 0)."""
+    if spec.poison_ratio <= 0:
+        return None
+    from .scenarios import plan_untargeted
+
+    return plan_untargeted(data, spec.poison_ratio, spec.attacks, seed=spec.seed + trial, results_root=spec.results)
+
+
+def run_config(spec: DefendSpec, data: Dataset, trial: int, plan=None) -> dict:
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
-    defense = build_defense(spec.method, **spec.method_params)
+    defense = build_defense(spec.method, data.family, recipe, **spec.method_params)
     return {
         "dataset": data.name,
         "dataset_fingerprint": data.fingerprint,
         "model": spec.model or DEFAULT_MODEL[data.family],
         "recipe": recipe.to_dict(),
-        "scenario": "clean",
-        "poison": None,
+        "scenario": "untargeted" if plan is not None else "clean",
+        "poison": plan.config if plan is not None else None,
         "defense": defense.config(),
         "trial": trial,
         "seed": spec.seed + trial,
@@ -93,10 +106,11 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     t0 = time.perf_counter()
     data = load_dataset(spec.dataset, spec.data_dir, spec.download)
     load_seconds = time.perf_counter() - t0
-    configs = [run_config(spec, data, t) for t in range(spec.trials)]
+    plans = [poison_plan(spec, data, t) for t in range(spec.trials)]
+    configs = [run_config(spec, data, t, plan) for t, plan in enumerate(plans)]
     outcomes = []
     tensors = None
-    for config in configs:
+    for config, plan in zip(configs, plans, strict=True):
         rid = run_id(config)
         existing = store.get(rid)
         if existing is not None and not spec.force:
@@ -105,26 +119,30 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
         if tensors is None:
             tensors = {name: (to_float(s.x, device), s.y.to(device))
                        for name, s in (("train", data.train), ("val", data.val), ("test", data.test))}
-        record = execute(spec, config, rid, data, tensors, device, reporter, load_seconds)
+        record = execute(spec, config, rid, data, tensors, device, reporter, load_seconds, plan)
         store.put(record)
         outcomes.append(RunOutcome(record, "ran"))
     return outcomes
 
 
 def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: dict, device: torch.device,
-            reporter: Reporter | None, load_seconds: float) -> dict:
+            reporter: Reporter | None, load_seconds: float, plan=None) -> dict:
     """Train one run and return its record (not yet written)."""
     started = time.perf_counter()
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
-    model = build_model(config["model"], data, seed=config["seed"])
-    defense = build_defense(spec.method, **spec.method_params)
+    defense = build_defense(spec.method, data.family, recipe, **spec.method_params)
     train_x, train_y = tensors["train"]
-    train_x = train_x.clone()  # defenses may write into it; the clean copy serves the next trial
+    train_x = train_x.clone()  # poisons and defenses write into it; the clean copy serves the next trial
+    poisoned = None
+    if plan is not None:
+        train_x = plan.apply(train_x, results_root=spec.results, device=device, reporter=reporter)
+        poisoned = plan.mask(len(train_y), device)
+    model = build_model(config["model"], data, seed=config["seed"])
     if reporter:
         reporter.start(f"{config['defense']['method']} · {data.name} · trial {config['trial']}", recipe.epochs)
     try:
         result = train(model, train_x, train_y, *tensors["val"], recipe, seed=config["seed"], device=device,
-                       num_classes=data.num_classes, defense=defense, compile=spec.compile,
+                       num_classes=data.num_classes, defense=defense, compile=spec.compile, poisoned=poisoned,
                        eval_sets={"val": tensors["val"], "test": tensors["test"]},
                        on_batch=reporter.batch if reporter else None,
                        on_epoch=reporter.epoch if reporter else None)

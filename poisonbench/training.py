@@ -67,6 +67,7 @@ class TrainContext:
     seed: int
     epoch: int = 0
     active: torch.Tensor | None = None  # indices of train examples in use (None: all)
+    poisoned: torch.Tensor | None = None  # bool mask of poisoned train examples (for defense statistics only)
     cost: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
@@ -138,6 +139,7 @@ def train(
     eval_every: int = 0,
     on_batch: Callable[[int, int, int], None] | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
+    poisoned: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train `model` in place on float tensors already on `device`.
 
@@ -149,7 +151,7 @@ def train(
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer, scheduler = make_optimizer(model, recipe)
     ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
-                       num_classes, seed)
+                       num_classes, seed, poisoned=poisoned)
     compiled = should_compile(compile, len(train_y), recipe.epochs)
     forward = torch.compile(model, dynamic=False) if compiled else model
     eval_sets = eval_sets or {}

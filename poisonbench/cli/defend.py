@@ -27,6 +27,11 @@ def _milestones(text: str | None) -> list[int] | None:
         raise PoisonbenchError(f"--milestones must be comma-separated integers, got {text!r}") from None
 
 
+def _given(**params) -> dict:
+    """Only the defense options the user actually passed (the method supplies the rest)."""
+    return {k: v for k, v in params.items() if v is not None}
+
+
 def defend(
     method: str = typer.Option("none", "--method", help="Defense to train with (see the method registry)."),
     dataset: str = options.Dataset,
@@ -42,6 +47,22 @@ def defend(
     weight_decay: float = typer.Option(None, "--weight-decay", help="Override the weight decay."),
     milestones: str = typer.Option(None, "--milestones", help="Override lr-decay epochs, e.g. 30,50,70."),
     augment: str = typer.Option(None, "--augment", help="Override augmentation: none | crop-flip."),
+    poison_ratio: float = typer.Option(0.0, "--poison-ratio",
+                                       help="ρ: fraction of the train split poisoned by the untargeted mix "
+                                            "(Table II), split equally among --attacks."),
+    attacks: str = typer.Option(None, "--attacks",
+                                help="Comma-separated attacks of the untargeted mix (default: pgd,dap,durp,"
+                                     "deepconfuse)."),
+    # --- defense parameters: passed to the method only when given; each method rejects options it lacks ---
+    ratio: float = typer.Option(None, "--ratio", help="HINT: r, the fraction of training examples selected "
+                                                      "for healthy noise (paper default 0.5)."),
+    beta: float = typer.Option(None, "--beta", help="HINT: β, L∞ bound of the healthy noise (default 0.062)."),
+    gamma: float = typer.Option(None, "--gamma", help="HINT: γ, noise step scale (default 0.1)."),
+    schedule: str = typer.Option(None, "--schedule", help="HINT: noise-update epochs, comma-separated "
+                                                          "(default: paper's, scaled to the recipe's epochs)."),
+    ihvp: str = typer.Option(None, "--ihvp", help="HINT: inverse-Hessian-vector solver: exact | cg | lissa."),
+    sign: bool = typer.Option(None, "--sign/--no-sign", help="HINT: signed noise update (official --sign)."),
+    # --- end of defense parameters ---
     trials: int = typer.Option(1, "--trials", help="Run trials 0..N-1 with seeds seed+t."),
     seed: int = options.Seed,
     device: str = options.Device,
@@ -56,7 +77,11 @@ def defend(
         recipe_overrides={"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
                           "nesterov": nesterov, "weight_decay": weight_decay,
                           "milestones": _milestones(milestones), "augment": augment},
-        method=method, seed=seed, trials=trials, device=device, compile=compile, results=results, force=force,
+        poison_ratio=poison_ratio,
+        attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
+        method=method, method_params=_given(ratio=ratio, beta=beta, gamma=gamma, schedule=schedule, ihvp=ihvp,
+                                            sign=sign),
+        seed=seed, trials=trials, device=device, compile=compile, results=results, force=force,
     )
     reporter = RichReporter()
     outcomes = run_defend(spec, reporter)

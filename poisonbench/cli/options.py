@@ -9,8 +9,9 @@ from ..data import DEFAULT_DATASET
 Dataset = typer.Option(DEFAULT_DATASET, "--dataset", envvar="POISONBENCH_DATASET",
                        help="Dataset name (mnist-5k, mnist, fashion-mnist, cifar10) or a path to an .npz with "
                             "x (uint8) and y (int). Env: POISONBENCH_DATASET.")
-DataDir = typer.Option(None, "--data-dir", help="Directory holding the dataset files (torchvision layout or the "
-                                                 "raw files); default $POISONBENCH_DATA_DIR or ~/.cache/poisonbench/data.")
+DataDir = typer.Option(None, "--data-dir",
+                       help="Directory holding the dataset files (torchvision layout or the raw files); "
+                            "default $POISONBENCH_DATA_DIR or ~/.cache/poisonbench/data.")
 Download = typer.Option(False, "--download", help="Download the dataset with torchvision if it is not found.")
 Results = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS",
                        help="Results workspace (default ./results). Env: POISONBENCH_RESULTS.", show_default=False)

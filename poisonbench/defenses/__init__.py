@@ -9,8 +9,9 @@ DEFENSES: Registry[type[Defense]] = Registry("method")
 DEFENSES.add("none", Defense)
 
 
-def build_defense(name: str, **params) -> Defense:
-    return DEFENSES.get(name)(**params)
+def build_defense(name: str, family: str, recipe, **params) -> Defense:
+    """Instantiate defense `name` with the paper's defaults for `family`/`recipe`, overridden by `params`."""
+    return DEFENSES.get(name)(family, recipe, **params)
 
 
 __all__ = ["DEFENSES", "Defense", "build_defense"]

@@ -6,17 +6,40 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import PoisonbenchError
+
 if TYPE_CHECKING:
+    from ..recipes import Recipe
     from ..training import TrainContext
 
 
 class Defense:
-    """Base class; the default hooks do nothing, so `Defense()` is plain training (`--method none`)."""
+    """Base class; the default hooks do nothing, so `Defense` itself is plain training (`--method none`).
+
+    Subclasses list their parameters in `defaults(family, recipe)` (the paper's values, possibly depending on
+    the dataset family and the recipe, e.g. a schedule scaled to the epochs). The resolved parameters are part
+    of the run id.
+    """
 
     name = "none"
 
-    def __init__(self, **params: Any):
-        self.params = params
+    def __init__(self, family: str, recipe: Recipe, **params: Any):
+        defaults = self.defaults(family, recipe)
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            valid = ", ".join(f"--{k.replace('_', '-')}" for k in defaults) or "none"
+            raise PoisonbenchError(f"option --{unknown[0].replace('_', '-')} does not apply to method "
+                                   f"{self.name!r}; its options: {valid}")
+        self.family, self.recipe = family, recipe
+        self.params = {**defaults, **params}
+        self.validate()
+
+    @classmethod
+    def defaults(cls, family: str, recipe: Recipe) -> dict[str, Any]:
+        return {}
+
+    def validate(self) -> None:
+        """Raise PoisonbenchError for parameter values out of range."""
 
     def config(self) -> dict:
         """Everything that identifies this defense in a run id (name and resolved parameters)."""
