@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import PoisonbenchError
 from .registry import Registry
 
 
@@ -104,12 +105,23 @@ MODELS: Registry[ModelFactory] = Registry("model")
 MODELS.add("convnet", ConvNet)
 MODELS.add("resnet18", ResNet18)
 
+MIN_IMAGE_SIZE = {"convnet": 16, "resnet18": 8}  # convnet: two valid 5×5 convs and two 2× pools
 DEFAULT_MODEL = {"mnist": "convnet", "cifar10": "resnet18"}  # per dataset family, paper Table I
+
+
+def check_fits(name: str, dataset) -> None:
+    """Refuse (one line) a dataset whose images are too small for the architecture."""
+    _, height, width = dataset.shape
+    minimum = MIN_IMAGE_SIZE.get(name, 1)
+    if min(height, width) < minimum:
+        raise PoisonbenchError(f"model {name!r} needs images of at least {minimum}×{minimum} pixels; "
+                               f"{dataset.name} has {height}×{width}")
 
 
 def build_model(name: str, dataset, seed: int | None = None) -> Classifier:
     """Instantiate `name` for `dataset` (channels, classes, image size, normalisation). Seeded init if given."""
     factory = MODELS.get(name)
+    check_fits(name, dataset)
     channels, height, _ = dataset.shape
     if seed is not None:
         torch.manual_seed(seed)

@@ -9,7 +9,7 @@ import pandas as pd
 from .errors import PoisonbenchError, unknown_choice
 from .hashing import canonical_json
 
-FORMATS = ("rich", "md", "csv", "json")
+FORMATS = ("rich", "md", "latex", "csv", "json")
 GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params"]
 
 
@@ -64,6 +64,14 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
         return "\n".join(lines)
+    if fmt == "latex":
+        from .tables import Block, Cell, Table, render_latex
+
+        rows = display_rows(summary)
+        block = Block("all configurations", list(rows[0]),
+                      [[Cell(str(v), label=i < 6) for i, v in enumerate(r.values())] for r in rows])
+        table = Table("runs", "Test accuracy (%), mean ± sample std over trials, per configuration", [block], [])
+        return render_latex(table).replace("Table runs", "Runs")
     raise unknown_choice("format", fmt, FORMATS)
 
 

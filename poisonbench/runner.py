@@ -15,9 +15,10 @@ import torch
 from .data import Dataset, load_dataset
 from .defenses import DEFENSES, build_defense
 from .errors import PoisonbenchError
-from .models import DEFAULT_MODEL, MODELS, build_model
+from .models import DEFAULT_MODEL, MODELS, build_model, check_fits
 from .recipes import DEFAULT_RECIPE, resolve_recipe
 from .records import SCHEMA_VERSION, RunStore, environment, run_id
+from .samples import sample_predictions
 from .training import predict, resolve_device, to_float, train
 
 
@@ -85,6 +86,7 @@ def poison_plan(spec: DefendSpec, data: Dataset, trial: int):
 def run_config(spec: DefendSpec, data: Dataset, trial: int, plan=None) -> dict:
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
     defense = build_defense(spec.method, data.family, recipe, **spec.method_params)
+    check_fits(spec.model or DEFAULT_MODEL[data.family], data)
     return {
         "dataset": data.name,
         "dataset_fingerprint": data.fingerprint,
@@ -108,6 +110,7 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     load_seconds = time.perf_counter() - t0
     plans = [poison_plan(spec, data, t) for t in range(spec.trials)]
     configs = [run_config(spec, data, t, plan) for t, plan in enumerate(plans)]
+    store.runs.mkdir(parents=True, exist_ok=True)  # fail early on an unwritable workspace
     outcomes = []
     tensors = None
     for config, plan in zip(configs, plans, strict=True):
@@ -164,6 +167,7 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
             "train_acc": last["train_acc"],
             "train_loss": last["train_loss"],
             "test_mean_confidence": test_probs.max(1).values.mean().item(),
+            "sample_predictions": sample_predictions(test_probs, tensors["test"][1]),
         },
         "history": result.history,
         "cost": cost,

@@ -146,7 +146,7 @@ def train(
     `on_batch(epoch, step, steps)` and `on_epoch(epoch, row)` feed a progress display. `eval_sets` are
     evaluated every `eval_every` epochs (0: only after the last epoch) and land in the history.
     """
-    defense = defense or Defense()
+    defense = defense or Defense("none", recipe)
     model.to(device).train()
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer, scheduler = make_optimizer(model, recipe)

@@ -62,6 +62,19 @@ def defend(
                                                           "(default: paper's, scaled to the recipe's epochs)."),
     ihvp: str = typer.Option(None, "--ihvp", help="HINT: inverse-Hessian-vector solver: exact | cg | lissa."),
     sign: bool = typer.Option(None, "--sign/--no-sign", help="HINT: signed noise update (official --sign)."),
+    damping: float = typer.Option(None, "--damping", help="HINT: λ in (H + λI)⁻¹ (default 0.5 = official LiSSA "
+                                                          "damp 0.01 × scale 50)."),
+    grad_space: str = typer.Option(None, "--grad-space", help="HINT: pixel (paper, default) | normalized "
+                                                              "(official CIFAR quirk Q2: gradient w.r.t. the "
+                                                              "normalised input)."),
+    quantize: bool = typer.Option(None, "--quantize/--no-quantize",
+                                  help="HINT: truncate noisy images to uint8 after each update (official Q3)."),
+    gamma_decay_epoch: int = typer.Option(None, "--gamma-decay-epoch",
+                                          help="HINT: γ/10 from this 0-based epoch on (official Q1: 40; "
+                                               "default off)."),
+    hessian_data: str = typer.Option(None, "--hessian-data",
+                                     help="HINT: Hessian of later updates over all (default) | selected "
+                                          "(official Q4) training examples."),
     # --- end of defense parameters ---
     trials: int = typer.Option(1, "--trials", help="Run trials 0..N-1 with seeds seed+t."),
     seed: int = options.Seed,
@@ -80,7 +93,8 @@ def defend(
         poison_ratio=poison_ratio,
         attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
         method=method, method_params=_given(ratio=ratio, beta=beta, gamma=gamma, schedule=schedule, ihvp=ihvp,
-                                            sign=sign),
+                                            sign=sign, damping=damping, grad_space=grad_space, quantize=quantize,
+                                            gamma_decay_epoch=gamma_decay_epoch, hessian_data=hessian_data),
         seed=seed, trials=trials, device=device, compile=compile, results=results, force=force,
     )
     reporter = RichReporter()

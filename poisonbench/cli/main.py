@@ -8,8 +8,10 @@ import typer
 from rich.console import Console
 
 from ..errors import PoisonbenchError
+from . import craft as craft_cmd
 from . import data as data_cmd
 from . import defend as defend_cmd
+from . import poisons as poisons_cmd
 from . import report as report_cmd
 
 app = typer.Typer(
@@ -22,6 +24,8 @@ app = typer.Typer(
 app.command("defend", help=defend_cmd.HELP)(defend_cmd.defend)
 app.command("report", help=report_cmd.HELP)(report_cmd.report)
 app.add_typer(data_cmd.app, name="data", help=data_cmd.HELP)
+app.command("craft", help=craft_cmd.HELP)(craft_cmd.craft)
+app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,28 +1,110 @@
-"""`poisonbench report`: aggregate run records into mean ± std over trials per configuration."""
+"""`poisonbench report`: aggregate run records — generic per-configuration summary, the paper's Tables II–V
+(`--table`), what is missing to complete them (`--missing`), and Figures 1–4 (`--figure`)."""
 
 from __future__ import annotations
+
+import sys
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from .. import report as lib
-from ..errors import unknown_choice
+from ..errors import PoisonbenchError, unknown_choice
 from ..records import RunStore
 from . import options
 
-HELP = "Aggregate the run records: test accuracy mean ± sample std over trials, per configuration."
+HELP = ("Aggregate the run records: test accuracy mean ± sample std over trials per configuration, or the "
+        "paper's Tables II–V (--table N, --paper, --diff, --missing) and Figures 1–4 (--figure N --out DIR).")
+
+
+def _methods(text: str | None) -> list[str] | None:
+    return [m.strip() for m in text.split(",") if m.strip()] if text else None
 
 
 def report(
+    table: str = typer.Option(None, "--table", help="Paper table to rebuild: 2 | 3 | 4 | 5 (II–V)."),
+    figure: str = typer.Option(None, "--figure", help="Paper figure to draw: 1 | 2 | 3 | 4 | rho (accuracy vs ρ)."),
+    out: str = typer.Option(None, "--out", help="Directory for --figure PNGs (default <results>/figures)."),
     dataset: str = typer.Option(None, "--dataset", help="Only records of this dataset."),
-    method: str = typer.Option(None, "--method", help="Only records of this method."),
-    fmt: str = typer.Option("rich", "--format", help="rich | md | csv | json."),
+    method: str = typer.Option(None, "--method", help="Only records of these methods (comma-separated)."),
+    recipe: str = typer.Option(None, "--recipe", help="Only records trained with this recipe (paper | quick)."),
+    model: str = typer.Option(None, "--model", help="Only records of this model."),
+    epochs: int = typer.Option(None, "--epochs", help="Only records trained for this many epochs."),
+    trials: int = typer.Option(5, "--trials", help="Trials a cell should have; fewer are marked (n=k)."),
+    fmt: str = typer.Option("rich", "--format", help="rich | md | latex | csv | json."),
+    paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
+    diff: bool = typer.Option(False, "--diff", help="Add ours − paper (percentage points; Table V: × none)."),
+    ci: bool = typer.Option(False, "--ci", help="Add 95% t-intervals of the mean."),
+    wilson: bool = typer.Option(False, "--wilson", help="Table III: add 95% Wilson intervals of the success rate."),
+    missing: bool = typer.Option(False, "--missing",
+                                 help="Print one `poisonbench defend` command per configuration the table lacks."),
+    rho: float = typer.Option(None, "--rho", help="Table II: only this ρ; Tables IV/V: runs at this ρ (default "
+                                                  "0.6); Fig. 2: this ρ (default the largest)."),
+    trial: int = typer.Option(None, "--trial", help="Fig. 2: the trial to show (default the first)."),
+    data_dir: str = options.DataDir,
     results: str = options.Results,
 ) -> None:
-    if fmt not in lib.FORMATS:
-        raise unknown_choice("format", fmt, lib.FORMATS)
-    summary = lib.load_summary(RunStore(results).all(), dataset=dataset, method=method)
+    from .. import tables
+
+    if fmt not in tables.FORMATS:
+        raise unknown_choice("format", fmt, tables.FORMATS)
+    if table is not None and figure is not None:
+        raise PoisonbenchError("pass either --table or --figure, not both")
+    if trials <= 0:
+        raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
+    if missing and table is None:
+        raise PoisonbenchError(f"--missing needs --table; valid choices: {', '.join(tables.TABLES)}")
+    methods = _methods(method)
+    store = RunStore(results)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    filters = {"dataset": dataset, "model": model, "recipe": recipe, "epochs": epochs, "methods": methods}
+
+    if table is not None:
+        number = tables.check_table(table)
+        opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson, rho=rho)
+        records = store.all()
+        if missing:
+            if not records and not dataset:
+                tables.assert_records(records, store.root)
+            commands, notes = tables.missing_commands(number, records, opts, dataset=dataset, recipe=recipe,
+                                                      model=model, epochs=epochs, methods=methods)
+            for note in notes:
+                err.print(note, markup=False)
+            for command in commands:
+                print(command)
+            err.print(f"Table {tables.ROMAN[number]}: {len(commands)} command(s) to complete it "
+                      f"({trials} trials per cell)", markup=False)
+            return
+        tables.assert_records(records, store.root)
+        result = tables.build(number, records, opts, **filters)
+        if result.empty:
+            err.print(f"{result.title}: no records match ({describe(filters)})", markup=False)
+            return
+        if fmt == "rich":
+            tables.render_rich(result)
+        else:
+            sys.stdout.write(tables.render(result, fmt))
+        return
+
+    if figure is not None:
+        from .. import plots
+
+        number = plots.check_figure(figure)
+        records = store.all()
+        tables.assert_records(records, store.root)
+        target = out or str(store.root / "figures")
+        paths = plots.draw(number, records, target, paper=paper, rho=rho, trial=trial, data_dir=data_dir,
+                           **filters)
+        if not paths:
+            err.print(f"Figure {number}: nothing to draw from the records matching ({describe(filters)}); "
+                      f"it needs {FIGURE_NEEDS[number]}", markup=False)
+            return
+        for path in paths:
+            print(path)
+        return
+
+    summary = lib.load_summary(store.all(), dataset=dataset, method=method)
     if summary.empty:
         Console(stderr=True).print("no records match the filters")
         return
@@ -30,9 +112,23 @@ def report(
         print(lib.render(summary, fmt))
         return
     rows = lib.display_rows(summary)
-    table = Table(title="poisonbench report")
+    rich_table = Table(title="poisonbench report")
     for col in rows[0]:
-        table.add_column(col)
+        rich_table.add_column(col)
     for r in rows:
-        table.add_row(*map(str, r.values()))
-    Console().print(table)
+        rich_table.add_row(*map(str, r.values()))
+    Console().print(rich_table)
+
+
+FIGURE_NEEDS = {
+    "1": "HINT runs whose record keeps healthy-noise examples (record.defense.examples)",
+    "2": "untargeted or clean runs with metrics.sample_predictions",
+    "3": "targeted MP runs (config.poison.kind = targeted, attack = mp)",
+    "4": "targeted BP runs (config.poison.kind = targeted, attack = bp)",
+    "rho": "untargeted or clean runs",
+}
+
+
+def describe(filters: dict) -> str:
+    given = [f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in filters.items() if v]
+    return ", ".join(given) or "no filters"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ..registry import Registry
 from .base import Defense
+from .hint import Hint
 
 DEFENSES: Registry[type[Defense]] = Registry("method")
 DEFENSES.add("none", Defense)
+DEFENSES.add("hint", Hint)
 
 
 def build_defense(name: str, family: str, recipe, **params) -> Defense:

@@ -1,0 +1,148 @@
+"""Training throughput on the MNIST ConvNet and mnist-5k, measured side by side in one process.
+
+  (a) engine    poisonbench's engine (data on the device, index-permutation batches, torch.compile when on)
+  (b) baseline  the official code's way: a torchvision-style Dataset (PIL image → ToTensor per item),
+                a DataLoader (batch 128, shuffle, num_workers 0) and an eager loop, same model and optimiser
+  (c) bare      the eager model's forward + backward + SGD step on pre-loaded batches (no data pipeline)
+
+Images per second exclude warm-up (and compilation): the first epoch of each is not timed.
+The achieved model GFLOP/s of the engine (FLOPs of a training step counted by torch's FlopCounterMode) is set
+against a measured fp32 matmul peak of this machine: `peak_fraction`.
+
+    python benchmarks/train_throughput.py [--epochs 3] [--compile on|off] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms.functional import to_tensor
+
+from poisonbench.data import load_dataset
+from poisonbench.models import build_model
+from poisonbench.recipes import resolve_recipe
+from poisonbench.training import make_optimizer, to_float, train
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """What the official HINT MNIST code does per item: uint8 array → PIL image → ToTensor."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return to_tensor(Image.fromarray(self.x[i], mode="L")), int(self.y[i])
+
+
+def engine_img_s(data, recipe, epochs: int, compile_mode: str) -> float:
+    model = build_model("convnet", data, seed=0)
+    x, y = to_float(data.train.x, torch.device("cpu")), data.train.y
+    stamps = []
+    train(model, x, y, x[:1], y[:1], replace(recipe, epochs=epochs + 1), seed=0,
+          device=torch.device("cpu"), num_classes=10, compile=compile_mode,
+          on_epoch=lambda e, row: stamps.append(time.perf_counter()))
+    return len(y) * epochs / (stamps[-1] - stamps[0])
+
+
+def baseline_img_s(data, recipe, epochs: int) -> float:
+    model = build_model("convnet", data, seed=0)
+    optimizer, _ = make_optimizer(model, recipe)
+    loader = DataLoader(PILDataset(data.train.x[:, 0].numpy(), data.train.y.numpy()), batch_size=128,
+                        shuffle=True, num_workers=0)
+    model.train()
+    stamps = []
+    for _ in range(epochs + 1):
+        for xb, yb in loader:
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        stamps.append(time.perf_counter())
+    return len(data.train.y) * epochs / (stamps[-1] - stamps[0])
+
+
+def bare_img_s(data, recipe, epochs: int) -> float:
+    model = build_model("convnet", data, seed=0)
+    optimizer, _ = make_optimizer(model, recipe)
+    x, y = to_float(data.train.x, torch.device("cpu")), data.train.y
+    batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, len(y), 128)]
+    stamps = []
+    for _ in range(epochs + 1):
+        for xb, yb in batches:
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        stamps.append(time.perf_counter())
+    return len(y) * epochs / (stamps[-1] - stamps[0])
+
+
+def train_step_flops_per_image(data) -> float:
+    model = build_model("convnet", data, seed=0)
+    xb = to_float(data.train.x[:128], torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(xb), data.train.y[:128]).backward()
+    return counter.get_total_flops() / 128
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per variant (after one warm-up)")
+    parser.add_argument("--compile", default="on", choices=["on", "off"], help="torch.compile in the engine")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    data = load_dataset("mnist-5k")
+    recipe = resolve_recipe("mnist")
+    peak = matmul_peak_gflops()
+    flops = train_step_flops_per_image(data)
+    engine = engine_img_s(data, recipe, args.epochs, args.compile)
+    baseline = baseline_img_s(data, recipe, args.epochs)
+    bare = bare_img_s(data, recipe, args.epochs)
+    achieved = engine * flops / 1e9
+    out = {
+        "engine_img_s": round(engine, 1),
+        "baseline_img_s": round(baseline, 1),
+        "bare_eager_img_s": round(bare, 1),
+        "speedup": round(engine / baseline, 2),
+        "engine_vs_bare_eager": round(engine / bare, 2),
+        "train_step_mflop_per_image": round(flops / 1e6, 2),
+        "engine_gflop_s": round(achieved, 1),
+        "matmul_peak_gflop_s": round(peak, 1),
+        "peak_fraction": round(achieved / peak, 3),
+        "compile": args.compile,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>28}: {v}")
+
+
+if __name__ == "__main__":
+    main()

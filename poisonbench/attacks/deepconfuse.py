@@ -1,0 +1,252 @@
+"""`deepconfuse`: Feng et al.'s DeepConfuse (reference/attacks.md §5).
+
+A generator G (MNIST: DC's small conv autoencoder; CIFAR-10: DC's U-Net), output ε·tanh, is trained with the
+alternating pseudo-update scheme against a classifier (MNIST: DC's LeNet-BN `create_net`; CIFAR-10: DC's VGG11
+with a 2-d bottleneck). Per batch (x, y):
+
+1. θ' = θ − lr·∇θ CE(f_θ(clamp(x + ε·G(x))), y), keeping the graph (one SGD pseudo-step);
+2. generator step (Adam): minimise −CE(f_θ'(x), y), i.e. maximise the clean loss after the pseudo-update;
+3. classifier step (SGD): CE(f_θ(clamp(x + ε·G_prev(x))), y) with G_prev the frozen generator of the previous
+   outer epoch.
+
+After `inner_epochs` epochs, G_prev ← G, the classifier is re-initialised, a fresh scratch classifier is trained
+`inner_epochs` epochs on the poisoned train split, and the generator whose scratch classifier has the lowest
+clean accuracy is kept. The poison is clamp(x + ε·G_best(x), 0, 1) − x.
+
+The official schedule (1000 outer epochs) is days of GPU time. The default here is a *budget* schedule that
+trains on mnist-5k within 10 minutes on a 2-core CPU (docs/fidelity.md); `--official-schedule` restores DC's
+argparse defaults. Deviations: `torch.func.functional_call` replaces the per-batch fresh module; the scratch
+classifier is scored on the clean train split instead of the test split (no test leakage into crafting).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from . import ATTACKS
+from .base import Attack, AttackContext, Param, batches
+
+# ---------------------------------------------------------------- generators
+
+
+class MNISTAutoencoder(nn.Module):
+    """DC MNIST/models.py generator: conv encoder 1→16→64, transposed-conv decoder 64→128→64→1, BN, tanh."""
+
+    def __init__(self, channels: int = 1):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, stride=3, padding=1), nn.BatchNorm2d(16), nn.ReLU(True),
+            nn.MaxPool2d(2, stride=2),
+            nn.Conv2d(16, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(True),
+            nn.MaxPool2d(2, stride=1),
+        )
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(64, 128, 3, stride=2), nn.BatchNorm2d(128), nn.ReLU(True),
+            nn.ConvTranspose2d(128, 64, 5, stride=3, padding=1), nn.BatchNorm2d(64), nn.ReLU(True),
+            nn.ConvTranspose2d(64, channels, 2, stride=2, padding=1), nn.BatchNorm2d(channels), nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(self.encoder(x))
+        if out.shape[-2:] != x.shape[-2:]:  # only 28×28 maps exactly onto itself; other sizes are resampled
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(True))
+
+
+class UNet(nn.Module):
+    """DC CIFAR/models/unet.py: double convs 3→64→128→256→512 with AvgPool2d(2) downsampling, bilinear ×2
+    upsampling (align_corners=True) with skip concatenation, then Conv1×1(64→3) + BatchNorm2d(3) + tanh."""
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        self.down1, self.down2 = _double_conv(channels, 64), _double_conv(64, 128)
+        self.down3, self.down4 = _double_conv(128, 256), _double_conv(256, 512)
+        self.pool = nn.AvgPool2d(2)
+        self.up3, self.up2, self.up1 = _double_conv(768, 256), _double_conv(384, 128), _double_conv(192, 64)
+        self.last = nn.Sequential(nn.Conv2d(64, channels, 1), nn.BatchNorm2d(channels), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def up(t, skip):
+            t = F.interpolate(t, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+            return torch.cat([t, skip], 1)
+
+        c1 = self.down1(x)
+        c2 = self.down2(self.pool(c1))
+        c3 = self.down3(self.pool(c2))
+        c4 = self.down4(self.pool(c3))
+        out = self.up3(up(c4, c3))
+        out = self.up2(up(out, c2))
+        out = self.up1(up(out, c1))
+        return self.last(out)
+
+
+# ---------------------------------------------------------------- classifiers used inside training
+
+
+class MNISTNet(nn.Module):
+    """DC MNIST `create_net()`: Conv(1→20,k5)-BN-ReLU-AvgPool2, Conv(20→50,k5)-BN-ReLU-AvgPool2,
+    FC→500-BN1d-ReLU, FC 500→C, BN1d(C)."""
+
+    def __init__(self, channels: int, num_classes: int, size: int):
+        super().__init__()
+        side = ((size - 4) // 2 - 4) // 2
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 20, 5), nn.BatchNorm2d(20), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(20, 50, 5), nn.BatchNorm2d(50), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+            nn.Linear(50 * side * side, 500), nn.BatchNorm1d(500), nn.ReLU(),
+            nn.Linear(500, num_classes), nn.BatchNorm1d(num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BottleneckVGG11(nn.Module):
+    """DC CIFAR/models/vgg.py VGG11 as modified there: the conv stack ends with Conv2d(512, 2, 1) and the
+    classifier is Linear(2, C) — a 2-dimensional bottleneck, reproduced as-is."""
+
+    def __init__(self, channels: int, num_classes: int, size: int):
+        super().__init__()
+        layers, cin = [], channels
+        for v in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(True)]
+                cin = v
+        layers += [nn.Conv2d(512, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+GENERATORS = {"mnist": MNISTAutoencoder, "cifar10": UNet}
+CLASSIFIERS = {"mnist": MNISTNet, "cifar10": BottleneckVGG11}
+
+# The budget schedule (default) and DC's official argparse defaults (reference/attacks.md §5 table).
+OFFICIAL = {"mnist": {"outer_epochs": 1000, "inner_epochs": 1, "batch_size": 64, "gen_lr": 1e-4, "cls_lr": 0.01},
+            "cifar10": {"outer_epochs": 1000, "inner_epochs": 20, "batch_size": 256, "gen_lr": 1e-4,
+                        "cls_lr": 0.01}}
+
+
+@ATTACKS.register("deepconfuse")
+class DeepConfuse(Attack):
+    name = "deepconfuse"
+    summary = "Feng et al.: ε·tanh generator trained against a classifier with pseudo-updates"
+    PARAMS = (
+        Param("outer_epochs", int, {"mnist": 6, "cifar10": 2},
+              "Outer epochs (generator snapshots). Budget default; official 1000.",
+              "budget (official: DC train.py --epochs 1000)", minimum=1),
+        Param("inner_epochs", int, {"mnist": 1, "cifar10": 1},
+              "Classifier epochs per outer epoch (also the scratch-test length).",
+              "DC MNIST --train-epoch 1; CIFAR --clsepochs 20 (budget: 1)", minimum=1),
+        Param("batch_size", int, {"mnist": 64, "cifar10": 256}, "Training batch.", "DC train.py --batch-size",
+              minimum=1),
+        Param("gen_lr", float, {"mnist": 1e-3, "cifar10": 1e-4}, "Generator Adam learning rate.",
+              "DC train.py: Adam 1e-4 (budget MNIST: 1e-3)", positive=True),
+        Param("cls_lr", float, {"mnist": 0.01, "cifar10": 0.01}, "Classifier SGD lr (also the pseudo-step lr).",
+              "DC train.py --lr 0.01", positive=True),
+        Param("official_schedule", bool, {"mnist": False, "cifar10": False},
+              "Use DC's official schedule (overrides the four options above; days of GPU time).",
+              "DC train.py argparse defaults"),
+    )
+
+    def validate(self) -> None:
+        if self.params["official_schedule"]:
+            self.params.update(OFFICIAL[self.family])
+
+    def perturb(self, ctx: AttackContext) -> torch.Tensor:
+        p, device, eps = self.params, ctx.device, ctx.eps
+        data = ctx.dataset
+        c, h, _ = data.shape
+        torch.manual_seed(ctx.seed)
+        g = torch.Generator(device=device).manual_seed(ctx.seed)
+        make_cls = lambda: CLASSIFIERS[self.family](c, data.num_classes, h).to(device)  # noqa: E731
+        tgt = GENERATORS[self.family](c).to(device)
+        atk = copy.deepcopy(tgt).eval().requires_grad_(False)
+        gen_opt = torch.optim.Adam(tgt.parameters(), lr=p["gen_lr"])
+        x_all, y_all = ctx.train_tensors()
+        n, bs = len(y_all), p["batch_size"]
+        steps = (n + bs - 1) // bs
+        total = p["outer_epochs"] * p["inner_epochs"] * steps * 2  # training + scratch test
+        done = 0
+        best_acc, best_state = float("inf"), copy.deepcopy(tgt.state_dict())
+        description = f"deepconfuse · {data.name}"
+
+        def poisoned(gen, x):
+            with torch.no_grad():
+                return (x + eps * gen(x)).clamp_(0, 1)
+
+        for _outer in range(p["outer_epochs"]):
+            cls = make_cls().train()
+            cls_opt = torch.optim.SGD(cls.parameters(), lr=p["cls_lr"])
+            for _inner in range(p["inner_epochs"]):
+                order = torch.randperm(n, device=device, generator=g)
+                for step in range(steps):
+                    idx = order[step * bs:(step + 1) * bs]
+                    if len(idx) < 2:  # BatchNorm1d needs two rows
+                        continue
+                    x, y = x_all[idx], y_all[idx]
+                    # 1. pseudo-update of the classifier on generator poisons, keeping the graph
+                    tgt.train()
+                    xp = (x + eps * tgt(x)).clamp(0, 1)
+                    params = dict(cls.named_parameters())
+                    loss = F.cross_entropy(cls(xp), y)
+                    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+                    lr = cls_opt.param_groups[0]["lr"]
+                    fast = {k: v - lr * gk for (k, v), gk in zip(params.items(), grads, strict=True)}
+                    buffers = {k: b.clone() for k, b in cls.named_buffers()}
+                    # 2. generator step: maximise the clean loss of the pseudo-updated classifier
+                    loss2 = -F.cross_entropy(functional_call(cls, {**fast, **buffers}, (x,)), y)
+                    gen_opt.zero_grad(set_to_none=True)
+                    loss2.backward(inputs=list(tgt.parameters()))
+                    gen_opt.step()
+                    # 3. classifier step on the previous generator's poisons
+                    cls_opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(cls(poisoned(atk, x)), y).backward()
+                    cls_opt.step()
+                    done += 1
+                    ctx.report(description, done, total)
+            atk.load_state_dict(tgt.state_dict())
+            # scratch test: a fresh classifier trained on atk's poisons, scored on the clean train split
+            scratch = make_cls().train()
+            opt = torch.optim.SGD(scratch.parameters(), lr=p["cls_lr"])
+            for _inner in range(p["inner_epochs"]):
+                order = torch.randperm(n, device=device, generator=g)
+                for step in range(steps):
+                    idx = order[step * bs:(step + 1) * bs]
+                    if len(idx) >= 2:
+                        opt.zero_grad(set_to_none=True)
+                        F.cross_entropy(scratch(poisoned(atk, x_all[idx])), y_all[idx]).backward()
+                        opt.step()
+                    done += 1
+                    ctx.report(description, done, total)
+            scratch.eval()
+            with torch.no_grad():
+                correct = sum((scratch(x_all[a:b]).argmax(1) == y_all[a:b]).sum().item() for a, b in batches(n, 1000))
+            acc = correct / n
+            if acc < best_acc:
+                best_acc, best_state = acc, copy.deepcopy(tgt.state_dict())
+        self.training_summary = {"best_scratch_clean_train_acc": best_acc}
+        best = GENERATORS[self.family](c).to(device)
+        best.load_state_dict(best_state)
+        best.eval()
+        x_sel = x_all[ctx.indices.to(device)]
+        out = []
+        with torch.no_grad():
+            for a, b in batches(len(x_sel), 1000):
+                x = x_sel[a:b]
+                out.append(((x + eps * best(x)).clamp_(0, 1) - x).cpu())
+        return torch.cat(out)

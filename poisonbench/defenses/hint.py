@@ -1,0 +1,306 @@
+"""HINT: Healthy Influential-Noise based Training (paper Algorithms 1-3; reference/defenses.md §1).
+
+Algorithm 1 on the engine's hooks: the model trains normally (pre-training) until the first scheduled epoch;
+there, `on_epoch_start` selects D_s, the ⌈r·n⌉ training examples of largest |I_up,loss| (Algorithm 2, once),
+and at every scheduled epoch each selected example's noise is updated (Algorithm 3)
+
+    δ ← Π_β(δ − γ·I_pert,loss(x + δ)),    x̂ = clip(x + δ, 0, 1),    δ := x̂ − x  (Alg. 3 line 2)
+
+and written into `ctx.train_x`, so training continues on D̂_s ∪ D_u. Influence is head-only and batched
+(`poisonbench.influence`); the model is in eval mode while influence is computed.
+
+Schedule convention: an entry `e` is a 0-based epoch index; the update runs before training epoch `e`, i.e.
+after `e` completed epochs (the official `for e in range(epochs): if e in hin_schedule`). The paper's MNIST
+schedule 5, 15 of 30 epochs and CIFAR-10 5, 15, 40 of 80 are scaled to the recipe's epochs E as
+`min(E − 1, max(1, round(e · E / E_paper)))`, de-duplicated (E = 1 gives [0]). Every quirk decision
+(official bugs B1-B5, quirks Q1-Q6) is listed in docs/fidelity.md, "HINT (issue 4)".
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import influence as inf
+from ..errors import PoisonbenchError, unknown_choice
+from .base import Defense
+
+if TYPE_CHECKING:
+    from ..recipes import Recipe
+    from ..training import TrainContext
+
+PAPER_EPOCHS = {"mnist": 30, "cifar10": 80}  # paper §VI-A1
+PAPER_SCHEDULE = {"mnist": (5, 15), "cifar10": (5, 15, 40)}  # paper §VI-A3 "HINT"
+GRAD_SPACES = ("pixel", "normalized")
+HESSIAN_DATA = ("all", "selected")
+FIGURE_EXAMPLES = 4  # per group (clean / poisoned) stored for `poisonbench figure noise`
+AT_BETA_TOL = 1e-6
+
+
+def scale_schedule(family: str, epochs: int) -> list[int]:
+    """The paper's schedule for `family`, scaled to `epochs` (see the module docstring)."""
+    if epochs <= 1:
+        return [0]
+    paper = PAPER_EPOCHS.get(family, 30)
+    return sorted({min(epochs - 1, max(1, round(e * epochs / paper))) for e in PAPER_SCHEDULE.get(family, (5, 15))})
+
+
+def parse_schedule(value: Any) -> list[int]:
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            return [int(p) for p in parts]
+        except ValueError:
+            raise PoisonbenchError(f"--schedule must be comma-separated epoch numbers, got {value!r}") from None
+    if isinstance(value, int):
+        return [value]
+    return [int(e) for e in value]
+
+
+class Hint(Defense):
+    name = "hint"
+
+    def __init__(self, family: str, recipe: Recipe, **params: Any):
+        if "schedule" in params:
+            params["schedule"] = parse_schedule(params["schedule"])
+        super().__init__(family, recipe, **params)
+        self.params["schedule"] = sorted(set(self.params["schedule"]))
+        self._reset()
+
+    @classmethod
+    def defaults(cls, family: str, recipe: Recipe) -> dict[str, Any]:
+        return {
+            "ratio": 0.5,  # r (paper §VI-A3, Table IV; official MNIST README)
+            "beta": 0.062,  # β (paper §VI-A3; official eps 16/255 = 0.0627)
+            "gamma": 0.1,  # γ (paper §VI-A3; official README; the argparse default is 0.01)
+            "schedule": scale_schedule(family, recipe.epochs),
+            "ihvp": "cg",  # exact solve of (H + λI)s = v by CG; "exact" (Cholesky) is O(D³), D = 16,010 on MNIST
+            "damping": inf.DEFAULT_DAMPING,  # λ = official damp 0.01 × scale 50
+            "sign": False,  # official --sign: δ ← Π_β(δ − γ·sign(I_pert))
+            "grad_space": "pixel",  # Q2: "normalized" = official CIFAR (∇ w.r.t. the normalised input)
+            "quantize": False,  # Q3: official uint8 truncation of x̂ after every update
+            "gamma_decay_epoch": None,  # Q1: official 40 (γ/10 from that epoch on)
+            "hessian_data": "all",  # Q4: "selected" = official later-epoch H from the selected subset only
+        }
+
+    def validate(self) -> None:
+        p, epochs = self.params, self.recipe.epochs
+        if not (isinstance(p["ratio"], (int, float)) and 0 < p["ratio"] <= 1):
+            raise PoisonbenchError(f"--ratio must be in (0, 1], got {p['ratio']}")
+        if not p["beta"] > 0:
+            raise PoisonbenchError(f"--beta must be > 0, got {p['beta']}")
+        if not p["gamma"] > 0:
+            raise PoisonbenchError(f"--gamma must be > 0, got {p['gamma']}")
+        if not p["damping"] > 0:
+            raise PoisonbenchError(f"--damping must be > 0 (H is singular without it), got {p['damping']}")
+        if not p["schedule"]:
+            raise PoisonbenchError("--schedule is empty; give at least one epoch in [0, "
+                                   f"{epochs - 1}]")
+        bad = [e for e in p["schedule"] if not 0 <= e < epochs]
+        if bad:
+            raise PoisonbenchError(f"--schedule epoch {bad[0]} is outside [0, {epochs - 1}] (0-based epochs of a "
+                                   f"{epochs}-epoch recipe)")
+        if p["ihvp"] not in inf.SOLVERS:
+            raise unknown_choice("--ihvp solver", p["ihvp"], inf.SOLVERS)
+        if p["grad_space"] not in GRAD_SPACES:
+            raise unknown_choice("--grad-space", p["grad_space"], GRAD_SPACES)
+        if p["hessian_data"] not in HESSIAN_DATA:
+            raise unknown_choice("--hessian-data", p["hessian_data"], HESSIAN_DATA)
+        if p["gamma_decay_epoch"] is not None and p["gamma_decay_epoch"] < 0:
+            raise PoisonbenchError(f"--gamma-decay-epoch must be >= 0, got {p['gamma_decay_epoch']}")
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self.selected: torch.Tensor | None = None  # sorted ascending
+        self.rank_order: torch.Tensor | None = None  # selected indices by descending |I_up|
+        self.x0: torch.Tensor | None = None  # original rows of the selected examples
+        self.delta: torch.Tensor | None = None
+        self.i_up: torch.Tensor | None = None
+        self.selection: dict = {}
+        self.updates: list[dict] = []
+        self._s: inf.InfluenceVector | None = None
+        self._s_epoch: int | None = None
+        self._ctx: TrainContext | None = None
+        self._generator: torch.Generator | None = None
+
+    def prepare(self, ctx: TrainContext) -> None:
+        if ctx.val_x is None or len(ctx.val_y) == 0:
+            raise PoisonbenchError("--method hint needs a validation split (the defender's trusted clean data); "
+                                   "the dataset has none")
+        self._reset()
+        self._ctx = ctx
+        # own stream for LiSSA sampling: training order/augmentation stay identical to `--method none`
+        self._generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed * 1_000_003 + 4)
+        return None
+
+    def _pool(self, ctx: TrainContext) -> torch.Tensor:
+        return torch.arange(len(ctx.train_y), device=ctx.device) if ctx.active is None else ctx.active
+
+    def _solve(self, ctx: TrainContext, epoch: int, hx: torch.Tensor, hy: torch.Tensor, inputs=None):
+        p = self.params
+        self._s = inf.influence_vector(ctx.model, hx, hy, ctx.val_x, ctx.val_y, p["ihvp"], p["damping"],
+                                       self._generator, train_inputs=inputs)
+        self._s_epoch = epoch
+        return self._s
+
+    def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
+        if epoch not in self.params["schedule"]:
+            return
+        if self._ctx is None:  # hooks called without prepare (direct use)
+            self.prepare(ctx)
+        if self.selected is None:
+            with ctx.timed("hint_select"):
+                self._select(ctx, epoch)
+        with ctx.timed("hint_update"):
+            self._update(ctx, epoch)
+
+    def _select(self, ctx: TrainContext, epoch: int) -> None:
+        """Algorithm 2: I_up,loss for every training example in one batched pass, keep the top ⌈r·n⌉ by |I|."""
+        start = time.perf_counter()
+        pool = self._pool(ctx)
+        x, y = ctx.train_x[pool], ctx.train_y[pool]
+        h, logits = inf.head_inputs(ctx.model, x)
+        s = self._solve(ctx, epoch, x, y, inputs=(h, logits))
+        i_up = inf.influence_up(h, logits, y, s.s)
+        top = inf.top_abs(i_up, self.params["ratio"])
+        self.rank_order = pool[top]
+        self.selected = torch.sort(self.rank_order).values
+        self.i_up = torch.zeros(len(ctx.train_y), dtype=i_up.dtype, device=ctx.device)
+        self.i_up[pool] = i_up
+        self.x0 = ctx.train_x[self.selected].clone()
+        self.delta = torch.zeros_like(self.x0)
+        k = len(self.selected)
+        sel_abs = i_up[top].abs()
+        self.selection = {
+            "epoch": epoch, "n_pool": len(pool), "selected": k,
+            "i_up_abs_mean": i_up.abs().mean().item(), "i_up_abs_max": i_up.abs().max().item(),
+            "i_up_abs_threshold": sel_abs.min().item() if k else None,
+            "i_up_positive_selected": int((i_up[top] > 0).sum()),
+            "ihvp": s.stats(), "seconds": round(time.perf_counter() - start, 4),
+        }
+        if ctx.poisoned is not None:
+            poisoned = ctx.poisoned.to(ctx.device)
+            n_pois = int(poisoned[pool].sum())
+            sel_pois = int(poisoned[self.selected].sum())
+            self.selection.update({
+                "poisoned_in_pool": n_pois, "selected_poisoned": sel_pois,
+                "selected_poisoned_fraction": sel_pois / k if k else None,
+                "poisoned_recall": sel_pois / n_pois if n_pois else None,
+                "i_up_abs_mean_poisoned": i_up[poisoned[pool]].abs().mean().item() if n_pois else None,
+                "i_up_abs_mean_clean": i_up[~poisoned[pool]].abs().mean().item() if n_pois < len(pool) else None,
+            })
+
+    def _gamma(self, epoch: int) -> float:
+        g, decay = self.params["gamma"], self.params["gamma_decay_epoch"]
+        return g / 10 if decay is not None and epoch >= decay else g
+
+    def _update(self, ctx: TrainContext, epoch: int) -> None:
+        """Algorithm 3 for every selected example at once."""
+        p = self.params
+        start = time.perf_counter()
+        sel = self.selected
+        y = ctx.train_y[sel]
+        x_hat = ctx.train_x[sel]
+        self.delta = x_hat - self.x0  # Alg. 3 line 2 (the effective, clipped noise)
+        if self._s_epoch != epoch:  # the model moved since the last solve: recompute s with the current θ
+            if p["hessian_data"] == "selected":
+                self._solve(ctx, epoch, x_hat, y)
+            else:
+                pool = self._pool(ctx)
+                self._solve(ctx, epoch, ctx.train_x[pool], ctx.train_y[pool])
+        s = self._s
+        std = None
+        if p["grad_space"] == "normalized":
+            std = getattr(getattr(ctx.model, "normalize", None), "std", None)
+            std = std.flatten() if std is not None else None
+        i_pert = inf.influence_pert(ctx.model, x_hat, y, s.s, input_std=std)
+        gamma = self._gamma(epoch)
+        step = i_pert.sign() if p["sign"] else i_pert
+        delta = (self.delta - gamma * step).clamp_(-p["beta"], p["beta"])
+        x_new = (self.x0 + delta).clamp_(0, 1)
+        if p["quantize"]:
+            x_new = torch.floor(x_new * 255 + 1e-4) / 255  # official `(img*255).to(uint8)` truncation
+        self.delta = x_new - self.x0
+        ctx.train_x[sel] = x_new
+        stats = self._noise_stats()
+        self.updates.append({
+            "epoch": epoch, "gamma": gamma, "ihvp": s.stats() if self._s_epoch == epoch else None,
+            "i_pert_abs_mean": i_pert.abs().mean().item(), "i_pert_abs_max": i_pert.abs().max().item(),
+            "step_abs_mean": (gamma * step).abs().mean().item(),
+            **stats, "seconds": round(time.perf_counter() - start, 4),
+        })
+
+    def _noise_stats(self) -> dict:
+        d = self.delta.abs().flatten(1)
+        beta = self.params["beta"]
+        per_example = d.max(1).values if d.numel() else d.new_zeros(0)
+        return {
+            "delta_abs_mean": d.mean().item() if d.numel() else 0.0,
+            "delta_abs_max": per_example.max().item() if len(per_example) else 0.0,
+            "reached_beta": int((per_example >= beta * (1 - AT_BETA_TOL)).sum()),
+            "pixels_at_beta_fraction": (d >= beta * (1 - AT_BETA_TOL)).float().mean().item() if d.numel() else 0.0,
+            "changed": int((per_example > 0).sum()),
+        }
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        out: dict[str, Any] = {"method": self.name, "schedule": self.params["schedule"],
+                               "selection": self.selection, "updates": self.updates}
+        if self.selected is None:
+            return out
+        k = len(self.selected)
+        out["selected"] = k
+        out["noise"] = {**self._noise_stats(), "beta": self.params["beta"], "selected": k}
+        if self._ctx is not None and self._ctx.poisoned is not None:
+            out["selected_poisoned"] = self.selection.get("selected_poisoned")
+        out["examples"] = self._examples()
+        return out
+
+    @torch.no_grad()
+    def _examples(self) -> list[dict]:
+        """Up to FIGURE_EXAMPLES clean and FIGURE_EXAMPLES poisoned selected examples (highest |I_up| first) with
+        original image, noise and the final model's prediction on the original and the perturbed image."""
+        ctx = self._ctx
+        if ctx is None or self.rank_order is None:
+            return []
+        pos = {int(i): j for j, i in enumerate(self.selected.tolist())}
+        poisoned = ctx.poisoned.to(ctx.device) if ctx.poisoned is not None else None
+        clean, pois = [], []
+        for i in self.rank_order.tolist():
+            is_p = bool(poisoned[i]) if poisoned is not None else False
+            group = pois if is_p else clean
+            if len(group) < FIGURE_EXAMPLES:
+                group.append(i)
+            if len(clean) >= FIGURE_EXAMPLES and (poisoned is None or len(pois) >= FIGURE_EXAMPLES):
+                break
+        chosen = clean + pois
+        if not chosen:
+            return []
+        rows = torch.tensor([pos[i] for i in chosen], device=ctx.device)
+        x0, delta = self.x0[rows], self.delta[rows]
+        was_training = ctx.model.training
+        ctx.model.eval()
+        p0 = F.softmax(ctx.model(x0).float(), 1)
+        p1 = F.softmax(ctx.model((x0 + delta).clamp(0, 1)).float(), 1)
+        ctx.model.train(was_training)
+        out = []
+        for j, i in enumerate(chosen):
+            y = int(ctx.train_y[i])
+            out.append({
+                "index": i, "label": y, "poisoned": bool(poisoned[i]) if poisoned is not None else False,
+                "i_up": round(float(self.i_up[i]), 6),
+                "shape": list(x0.shape[1:]),
+                "x": [round(v, 4) for v in x0[j].flatten().tolist()],
+                "delta": [round(v, 5) for v in delta[j].flatten().tolist()],
+                "pred_original": int(p0[j].argmax()), "prob_original": round(float(p0[j].max()), 4),
+                "prob_label_original": round(float(p0[j, y]), 4),
+                "pred_perturbed": int(p1[j].argmax()), "prob_perturbed": round(float(p1[j].max()), 4),
+                "prob_label_perturbed": round(float(p1[j, y]), 4),
+            })
+        return out
+

@@ -1,0 +1,264 @@
+"""The PoisonSet store (design.md §2): `<results>/poisons/<poison_id>/{delta.safetensors, manifest.json}`.
+
+`poison_id` is the short hash of the canonical crafting inputs (attack, every resolved parameter, ε, budget,
+seed, dataset name + fingerprint, surrogate id), so it is known before crafting, the same inputs are a cache
+hit, and any changed input crafts anew. An artifact is written into a temporary directory and renamed into
+place, so a killed craft leaves nothing half-written. Loading verifies the sha256 of the tensor file and the
+dataset fingerprint and refuses anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import __version__
+from .attacks import ATTACKS
+from .attacks.base import (
+    DEFAULT_EPS,
+    EPS_TOLERANCE,
+    AttackContext,
+    PoisonSet,
+    ProgressFn,
+    budget_count,
+    check_budget,
+    check_eps,
+    select_indices,
+)
+from .errors import PoisonbenchError
+from .hashing import short_hash
+from .io import atomic_write_json
+from .records import results_dir
+
+TENSOR_FILE = "delta.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class CraftSpec:
+    """Everything that determines a PoisonSet. `inputs()` is what the poison id hashes."""
+
+    attack: str
+    params: dict
+    eps: float
+    budget: float
+    seed: int
+    dataset: str
+    dataset_fingerprint: str
+    surrogate: str | None  # surrogate id (hash of its inputs) for surrogate-based attacks
+
+    def inputs(self) -> dict:
+        return {"attack": self.attack, "params": self.params, "eps": self.eps, "budget": self.budget,
+                "seed": self.seed, "dataset": self.dataset, "dataset_fingerprint": self.dataset_fingerprint,
+                "surrogate": self.surrogate}
+
+    @property
+    def poison_id(self) -> str:
+        return short_hash(self.inputs())
+
+
+def craft_spec(dataset, attack: str, eps: float | None = None, budget: float = 1.0, seed: int = 0,
+               **params) -> CraftSpec:
+    """Validate the inputs (before anything is written) and resolve every default for the dataset family."""
+    cls = ATTACKS.get(attack)
+    check_budget(budget)
+    eps = DEFAULT_EPS[dataset.family] if eps is None else float(eps)
+    check_eps(eps)
+    instance = cls(dataset.family, **params)
+    surrogate = None
+    if cls.uses_surrogate:
+        from .attacks.surrogate import surrogate_id
+
+        surrogate = surrogate_id(dataset)
+    return CraftSpec(attack, instance.params, eps, float(budget), int(seed), dataset.name, dataset.fingerprint,
+                     surrogate)
+
+
+def poison_dir(results_root, poison_id: str) -> Path:
+    return results_dir(results_root) / "poisons" / poison_id
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = None) -> Path:
+    """Write the artifact atomically (temporary directory + rename); returns its directory."""
+    final = poison_dir(results_root, spec.poison_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    blob = st_save({"delta": poison.delta.float().contiguous(), "indices": poison.indices.long().contiguous()})
+    manifest = {
+        "poison_id": spec.poison_id,
+        **spec.inputs(),
+        "count": len(poison.indices),
+        "shape": list(poison.delta.shape),
+        "labels_sha256": _labels_hash(poison.indices, None),
+        "tensor_sha256": _sha256(blob),
+        "poisonbench": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    manifest.update(poison.manifest)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{spec.poison_id}."))
+    try:
+        with open(tmp / TENSOR_FILE, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / MANIFEST_FILE).exists():  # another writer finished first: keep theirs
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    poison.manifest, poison.path = manifest, final
+    return final
+
+
+def _labels_hash(indices: torch.Tensor, labels: torch.Tensor | None) -> str | None:
+    if labels is None:
+        return None
+    return _sha256(labels[indices].long().numpy().tobytes())
+
+
+def read_manifest(results_root, poison_id: str) -> dict:
+    path = poison_dir(results_root, poison_id) / MANIFEST_FILE
+    if not path.exists():
+        known = ", ".join(list_ids(results_root)[:10]) or "none"
+        raise PoisonbenchError(f"no poison set {poison_id!r} under {str(path.parent.parent)!r}; known: {known}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise PoisonbenchError(f"poison set {poison_id}: manifest.json is not valid JSON") from None
+
+
+def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
+    """Load and verify: sha256 of the tensor file, shapes, and (if given) the dataset fingerprint."""
+    manifest = read_manifest(results_root, poison_id)
+    directory = poison_dir(results_root, poison_id)
+    try:
+        blob = (directory / TENSOR_FILE).read_bytes()
+    except OSError:
+        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} is missing") from None
+    if _sha256(blob) != manifest.get("tensor_sha256"):
+        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} fails its sha256 check (tampered or "
+                               f"truncated); delete {str(directory)!r} and craft again")
+    if dataset is not None and manifest.get("dataset_fingerprint") != dataset.fingerprint:
+        raise PoisonbenchError(f"poison set {poison_id} was crafted for dataset {manifest.get('dataset')!r} "
+                               f"(fingerprint {manifest.get('dataset_fingerprint')}), not {dataset.name!r} "
+                               f"(fingerprint {dataset.fingerprint})")
+    try:
+        tensors = st_load(blob)
+        delta, indices = tensors["delta"], tensors["indices"]
+    except Exception as exc:
+        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} is unreadable ({type(exc).__name__})") from None
+    if delta.ndim != 4 or indices.ndim != 1 or len(delta) != len(indices) or len(indices) != manifest.get("count"):
+        raise PoisonbenchError(f"poison set {poison_id}: delta {tuple(delta.shape)} and indices "
+                               f"{tuple(indices.shape)} do not match the manifest count {manifest.get('count')}")
+    return PoisonSet(delta=delta, indices=indices, manifest=manifest, path=directory)
+
+
+def exists(results_root, poison_id: str) -> bool:
+    return (poison_dir(results_root, poison_id) / MANIFEST_FILE).exists()
+
+
+def list_ids(results_root) -> list[str]:
+    root = results_dir(results_root) / "poisons"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_FILE).exists())
+
+
+def list_manifests(results_root) -> list[dict]:
+    out = []
+    for pid in list_ids(results_root):
+        try:
+            out.append(read_manifest(results_root, pid))
+        except PoisonbenchError:
+            continue
+    return out
+
+
+def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | None = None,
+          progress: ProgressFn | None = None, force: bool = False) -> tuple[PoisonSet, bool]:
+    """The PoisonSet for `spec`: loaded (verified) if it exists, else crafted and saved. Returns (set, cached)."""
+    if dataset.fingerprint != spec.dataset_fingerprint:
+        raise PoisonbenchError(f"craft spec is for dataset fingerprint {spec.dataset_fingerprint}, "
+                               f"got {dataset.fingerprint}")
+    pid = spec.poison_id
+    if exists(results_root, pid) and not force:
+        return load(results_root, pid, dataset), True
+    if force and poison_dir(results_root, pid).exists():
+        shutil.rmtree(poison_dir(results_root, pid))
+    device = device or torch.device("cpu")
+    attack = ATTACKS.get(spec.attack)(dataset.family, **spec.params)
+    indices = select_indices(len(dataset.train), spec.budget, spec.seed)
+    ctx = AttackContext(dataset, indices, spec.eps, spec.budget, spec.seed, device, results_root=results_root,
+                        progress=progress)
+    start = time.perf_counter()
+    poison = attack.craft(ctx)
+    seconds = time.perf_counter() - start
+    extra = {"craft_seconds": round(seconds, 3), "device": str(device),
+             "labels_sha256": _labels_hash(indices, dataset.train.y)}
+    if ctx.surrogate_info is not None:
+        extra["surrogate_info"] = ctx.surrogate_info
+    if getattr(attack, "training_summary", None):
+        extra["attack_info"] = attack.training_summary
+    save(poison, spec, results_root, extra)
+    return poison, False
+
+
+def validate(results_root, poison_id: str, dataset) -> list[tuple[str, bool, str]]:
+    """Re-check an artifact against its dataset: (check, passed, detail) rows. Raises only if unreadable."""
+    checks: list[tuple[str, bool, str]] = []
+    manifest = read_manifest(results_root, poison_id)
+    try:
+        poison = load(results_root, poison_id)  # sha256 + shapes
+        checks.append(("sha256", True, f"{TENSOR_FILE} matches {manifest['tensor_sha256'][:16]}…"))
+    except PoisonbenchError as exc:
+        return [("sha256 / readable", False, str(exc))]
+    fp_ok = manifest.get("dataset_fingerprint") == dataset.fingerprint
+    checks.append(("dataset", fp_ok, f"manifest {manifest.get('dataset_fingerprint')} vs {dataset.name} "
+                                     f"{dataset.fingerprint}"))
+    if not fp_ok:
+        return checks
+    n = len(dataset.train)
+    idx = poison.indices
+    in_range = bool(len(idx) == 0 or (idx.min() >= 0 and idx.max() < n))
+    unique = len(torch.unique(idx)) == len(idx)
+    checks.append(("indices", in_range and unique, f"{len(idx)} unique={unique} in [0, {n})={in_range}"))
+    want = budget_count(manifest["budget"], n)
+    checks.append(("budget", len(idx) == want, f"{len(idx)} rows = ⌊{manifest['budget']}·{n}⌋ = {want}"))
+    shape_ok = tuple(poison.delta.shape[1:]) == tuple(dataset.shape)
+    checks.append(("shape", shape_ok, f"delta {tuple(poison.delta.shape)} vs images {tuple(dataset.shape)}"))
+    if not (in_range and shape_ok):
+        return checks
+    eps = manifest["eps"]
+    linf = poison.delta.abs().max().item() if len(idx) else 0.0
+    checks.append(("eps-ball", linf <= eps + EPS_TOLERANCE, f"‖δ‖∞ = {linf:.6f} ≤ ε = {eps:.6f}"))
+    x = dataset.train.x[idx].float() / 255
+    xp = x + poison.delta
+    lo, hi = (xp.min().item(), xp.max().item()) if len(idx) else (0.0, 1.0)
+    checks.append(("pixel range", lo >= -EPS_TOLERANCE and hi <= 1 + EPS_TOLERANCE,
+                   f"x+δ in [{lo:.6f}, {hi:.6f}] ⊆ [0, 1]"))
+    labels = _labels_hash(idx, dataset.train.y)
+    recorded = manifest.get("labels_sha256")
+    checks.append(("labels", recorded == labels, "clean-label: no labels stored; y[indices] matches the labels "
+                                                 "at crafting time" if recorded == labels else
+                   "y[indices] differs from the labels recorded at crafting time"))
+    return checks

@@ -1,0 +1,123 @@
+"""Scenarios `defend` trains (design.md §4). `plan_untargeted` is the paper's Table II mix.
+
+⌊ρ·n⌋ train rows are poisoned, split equally among the attacks (the remainder goes to the first ones), on
+disjoint rows drawn from the trial seed. Each attack is crafted once over the whole train split (budget 1.0,
+crafting seed `CRAFT_SEED`) and every run takes its rows from that artifact, so a six-ρ × five-trial curve
+crafts each attack once. Planning is cheap and never crafts: poison ids are hashes of the crafting inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .attacks import ATTACKS
+from .attacks.base import budget_count
+from .errors import PoisonbenchError
+from .hashing import short_hash
+
+UNTARGETED_ATTACKS = ("pgd", "dap", "durp", "deepconfuse")  # HINT's Table II mix (reference/attacks.md §1.1)
+CRAFT_SEED = 0  # the artifacts are shared by all trials; trials differ in which rows they poison
+
+
+@dataclass
+class UntargetedPlan:
+    dataset: object
+    ratio: float
+    attacks: list[str]
+    seed: int
+    specs: dict  # attack -> poisons.CraftSpec (budget 1.0)
+    assignment: dict  # attack -> sorted int64 CPU tensor of train rows
+    config: dict
+
+    def mask(self, n: int, device=None) -> torch.Tensor:
+        """Bool mask over the train split, True at poisoned rows."""
+        mask = torch.zeros(n, dtype=torch.bool)
+        for rows in self.assignment.values():
+            mask[rows] = True
+        return mask.to(device) if device is not None else mask
+
+    def apply(self, train_x: torch.Tensor, results_root=None, device=None, reporter=None) -> torch.Tensor:
+        """Craft any missing PoisonSet (with progress on `reporter`), then write clamp(x + δ, 0, 1) into the
+        assigned rows of the float train tensor `train_x` (in place) and return it."""
+        from . import poisons
+
+        device = device or train_x.device
+        progress, finish = _reporter_progress(reporter)
+        try:
+            for attack in self.attacks:
+                rows = self.assignment[attack]
+                if len(rows) == 0:
+                    continue
+                poison, _cached = poisons.craft(self.specs[attack], self.dataset, results_root, device, progress)
+                delta = poison.rows_for(rows).to(train_x.device, train_x.dtype)
+                rows_dev = rows.to(train_x.device)
+                train_x[rows_dev] = (train_x[rows_dev] + delta).clamp_(0, 1)
+        finally:
+            finish()
+        return train_x
+
+
+def _reporter_progress(reporter):
+    """Adapt a runner.Reporter (start/batch/stop) to the attacks' progress(description, done, total)."""
+    if reporter is None:
+        return None, lambda: None
+    state = {"description": None}
+
+    def progress(description: str, completed: int, total: int) -> None:
+        if description != state["description"]:
+            if state["description"] is not None:
+                reporter.stop()
+            reporter.start(f"craft {description}", 1)
+            state["description"] = description
+        reporter.batch(0, completed, total)
+
+    def finish() -> None:
+        if state["description"] is not None:
+            reporter.stop()
+            state["description"] = None
+
+    return progress, finish
+
+
+def split_counts(k: int, m: int) -> list[int]:
+    """k items over m attacks as equally as possible, the remainder to the first ones."""
+    return [k // m + (1 if i < k % m else 0) for i in range(m)]
+
+
+def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_root=None) -> UntargetedPlan:
+    """The Table II plan for one trial. Cheap: validates, draws rows, hashes crafting inputs; never crafts."""
+    from .poisons import craft_spec
+
+    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0 and not math.isnan(ratio)):
+        raise PoisonbenchError(f"poison ratio must be in [0, 1], got {ratio}")
+    attacks = list(attacks) if attacks else list(UNTARGETED_ATTACKS)
+    for a in attacks:
+        ATTACKS.get(a)
+    if len(set(attacks)) != len(attacks):
+        raise PoisonbenchError(f"--attacks lists an attack twice: {','.join(attacks)}")
+    n = len(data.train)
+    k = budget_count(ratio, n)
+    counts = split_counts(k, len(attacks))
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)[:k]
+    assignment, start = {}, 0
+    for attack, c in zip(attacks, counts, strict=True):
+        assignment[attack] = perm[start:start + c].sort().values
+        start += c
+    specs = {a: craft_spec(data, a, budget=1.0, seed=CRAFT_SEED) for a in attacks}
+    eps = {specs[a].eps for a in attacks}
+    config = {
+        "kind": "untargeted",
+        "ratio": ratio,
+        "attacks": attacks,
+        "eps": eps.pop() if len(eps) == 1 else {a: specs[a].eps for a in attacks},
+        "poison_ids": {a: specs[a].poison_id for a in attacks},
+        "counts": dict(zip(attacks, counts, strict=True)),
+        "poisoned": k,
+        "indices_fingerprint": short_hash({a: assignment[a].tolist() for a in attacks}),
+        "label": f"untargeted ρ={ratio:.2f} {'+'.join(attacks)}",
+    }
+    return UntargetedPlan(data, float(ratio), attacks, seed, specs, assignment, config)

@@ -1,0 +1,837 @@
+"""The HINT paper's Tables II–V rebuilt from run records (pandas), beside the paper's numbers.
+
+Every number a table shows is defined in docs/metrics.md, "Report and tables". In short: a cell is the mean and
+sample std (ddof=1) over the trials of one configuration; `(n=k)` marks a cell with fewer trials than asked;
+`–` an empty cell. A table is a list of blocks (one per setting = dataset · model · recipe), each a grid of
+`Cell`s; `render` turns it into rich / md / latex / csv / json, and `missing_commands` lists the
+`poisonbench defend` runs that would complete it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from . import paper
+from .errors import PoisonbenchError, unknown_choice
+from .hashing import canonical_json, short_hash
+
+TABLES = ("2", "3", "4", "5")
+ROMAN = {"2": "II", "3": "III", "4": "IV", "5": "V"}
+FORMATS = ("rich", "md", "latex", "csv", "json")
+RHOS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+PAPER_METHODS = ("none", "hint", "atda", "friends", "epic")
+R_GRID = (0.25, 0.5, 0.75, 1.0)
+BETA_GRID = (0.031, 0.062, 0.125, 0.251)
+HINT_PAPER = {"ratio": 0.5, "beta": 0.062}  # Table II's HINT (paper §VI-A3)
+ATTACKS = ("gm", "mp", "bp", "fc")
+SENSITIVITY_RHO = 0.6  # Table IV; also Table V's default
+TOL = 1e-3  # parameter matching: 16/255 = 0.0627 counts as β = 0.062; grid values are ≥ 0.03 apart
+DASH = "–"
+DEFAULT_ATTACK_MIX = "pgd,dap,durp,deepconfuse"
+CAPTIONS = {
+    "2": "Test accuracy (%) defending against the untargeted mix (PGD+DAP+DURP+DC) at poison ratio ρ; HINT r = 0.5, "
+         "β = 0.062",
+    "3": "Attack success (k/n trials) and test accuracy (%) against targeted attacks",
+    "4": "Sensitivity of HINT to r (β = 0.062) and β (r = 0.5) under the untargeted mix, test accuracy (%)",
+    "5": "Execution time of the defenses (s): training incl. the defense's own work, and the ratio to no defense",
+}
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+
+@dataclass(frozen=True)
+class Stat:
+    n: int
+    mean: float
+    std: float  # sample std (ddof=1); NaN for one trial
+    lo: float  # 95% t-interval; NaN for one trial
+    hi: float
+
+
+def t975(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def stat(values) -> Stat | None:
+    v = [float(x) for x in values if x is not None and not pd.isna(x)]
+    if not v:
+        return None
+    n = len(v)
+    mean = sum(v) / n
+    if n == 1:
+        return Stat(1, mean, math.nan, math.nan, math.nan)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    half = t975(n - 1) * std / math.sqrt(n)
+    return Stat(n, mean, std, mean - half, mean + half)
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate k/n."""
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def close(a, b: float, tol: float = TOL):
+    return (a - b).abs() <= tol if isinstance(a, pd.Series) else abs(a - b) <= tol
+
+
+def num(x: float, digits: int = 4):
+    return None if x is None or pd.isna(x) else round(float(x), digits)
+
+
+# ----------------------------------------------------------------------------------------------- records
+
+def record_row(r: dict) -> dict:
+    c = r["config"]
+    params = dict(c["defense"])
+    method = params.pop("method")
+    poison = c.get("poison") or {}
+    kind = poison.get("kind") or ("untargeted" if poison else "clean")
+    if kind in ("clean", "untargeted"):
+        rho = float(poison.get("ratio") or 0.0)
+    else:
+        rho = float(poison["ratio"]) if poison.get("ratio") is not None else math.nan
+    recipe = c["recipe"]
+    metrics, cost = r.get("metrics") or {}, r.get("cost") or {}
+    defense_time = cost.get("defense_prepare", 0.0) + cost.get("defense_epoch", 0.0)
+    time = cost.get("train", 0.0) + defense_time if "train" in cost else cost.get("seconds")
+    success = metrics.get("attack_success")
+    return {
+        "run_id": r["run_id"], "dataset": c["dataset"], "model": c["model"], "recipe": recipe["name"],
+        "epochs": recipe["epochs"], "recipe_json": canonical_json(recipe), "kind": kind,
+        "scenario": c.get("scenario"), "rho": rho,
+        "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
+        "attack": str(poison.get("attack", "")).lower() if kind == "targeted" else "",
+        "method": method, "params_json": canonical_json(params),
+        "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
+        "beta": float(params["beta"]) if isinstance(params.get("beta"), int | float) else math.nan,
+        "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),
+        "success": None if success is None else bool(success),
+        "time": time, "defense_time": defense_time, "seconds": cost.get("seconds"),
+    }
+
+
+COLUMNS = list(record_row({"run_id": "", "config": {"dataset": "", "model": "", "recipe": {"name": "", "epochs": 0},
+                                                     "defense": {"method": ""}, "trial": 0, "seed": 0}}))
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([record_row(r) for r in records], columns=COLUMNS)
+
+
+def apply_filters(df: pd.DataFrame, dataset: str | None = None, model: str | None = None,
+                  recipe: str | None = None, epochs: int | None = None, methods: list[str] | None = None):
+    if dataset:
+        df = df[df.dataset == dataset]
+    if model:
+        df = df[df.model == model]
+    if recipe:
+        df = df[df.recipe == recipe]
+    if epochs:
+        df = df[df.epochs == epochs]
+    if methods:
+        df = df[df.method.isin(methods)]
+    return df
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a table block holds fixed: dataset, model and the resolved recipe."""
+
+    dataset: str
+    model: str
+    recipe: str
+    epochs: int
+    recipe_json: str
+    tag: str = ""  # disambiguates two recipes with the same name and epochs (other overrides)
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} · {self.model} · {self.recipe} recipe, {self.epochs} ep{self.tag}"
+
+    @property
+    def reduced(self) -> list[str]:
+        return paper.reduced_scale(self.dataset, self.recipe, self.epochs, guess_family(self))
+
+
+def settings(df: pd.DataFrame) -> list[Setting]:
+    keys = df[["dataset", "model", "recipe", "epochs", "recipe_json"]].drop_duplicates()
+    keys = keys.sort_values(["dataset", "model", "recipe", "epochs", "recipe_json"])
+    counts = keys.groupby(["dataset", "model", "recipe", "epochs"]).size()
+    out = []
+    for k in keys.itertuples(index=False):
+        tag = f" #{short_hash(k.recipe_json, 6)}" if counts[(k.dataset, k.model, k.recipe, k.epochs)] > 1 else ""
+        out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json, tag))
+    return out
+
+
+def in_setting(df: pd.DataFrame, s: Setting) -> pd.DataFrame:
+    return df[(df.dataset == s.dataset) & (df.model == s.model) & (df.recipe_json == s.recipe_json)]
+
+
+def guess_family(s: Setting) -> str | None:
+    family = paper.family_of(s.dataset)
+    if family or not s.recipe_json:
+        return family
+    from .recipes import RECIPES
+
+    rec = json.loads(s.recipe_json)
+    best = None
+    for fam, recipes in RECIPES.items():
+        if s.recipe in recipes:
+            diff = sum(rec.get(k) != v for k, v in recipes[s.recipe].to_dict().items() if k != "epochs")
+            if best is None or diff < best[0]:
+                best = (diff, fam)
+    return best[1] if best else None
+
+
+def variant_text(chosen: str, other: str) -> str:
+    a, b = json.loads(chosen), json.loads(other)
+    diffs = [f"{k}={b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(diffs) or "same parameters"
+
+
+def primary(df: pd.DataFrame, method: str, fixed: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of `method` in its table setting (params matching `fixed`, e.g. HINT r = 0.5, β = 0.062; among
+    the remaining parameter sets the one with the most runs) and the rows left out."""
+    rows = df[df.method == method]
+    keep = rows
+    for key, value in (fixed or {}).items():
+        keep = keep[close(keep[key], value)]
+    if keep.empty:
+        return keep, rows
+    counts = keep.groupby("params_json").size()
+    chosen = sorted(counts.index, key=lambda p: (-counts[p], p))[0]
+    return rows[rows.params_json == chosen], rows[rows.params_json != chosen]
+
+
+def left_out_note(method: str, chosen: pd.DataFrame, left: pd.DataFrame) -> str | None:
+    if left.empty:
+        return None
+    ref = chosen.params_json.iloc[0] if len(chosen) else "{}"
+    variants = "; ".join(sorted(variant_text(ref, p) for p in left.params_json.unique()))
+    return (f"not shown: {len(left)} run(s) of {method} with other parameters ({variants}); "
+            "see Table IV / plain `report`")
+
+
+# ----------------------------------------------------------------------------------------------- table model
+
+@dataclass
+class Cell:
+    text: str = DASH
+    value: float | None = None  # compared for "best" (already rounded as displayed)
+    best: bool = False
+    label: bool = False  # a row-label cell (left-aligned)
+
+
+@dataclass
+class Block:
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    rules: set[int] = field(default_factory=set)  # row indices preceded by a horizontal rule
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    number: str
+    caption: str
+    blocks: list[Block]
+    data: list[dict]  # tidy rows (csv / json)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.blocks
+
+    @property
+    def title(self) -> str:
+        return f"Table {ROMAN.get(self.number, self.number)}"
+
+
+@dataclass
+class Options:
+    trials: int = 5
+    paper: bool = False
+    diff: bool = False
+    ci: bool = False
+    wilson: bool = False
+    rho: float | None = None  # II: only this row; IV/V: the ρ of the runs (default 0.6)
+
+
+def acc_cell(st: Stat | None, opts: Options) -> Cell:
+    if st is None:
+        return Cell()
+    text = f"{100 * st.mean:.2f}"
+    if st.n > 1:
+        text += f" ± {100 * st.std:.2f}"
+        if opts.ci:
+            text += f" [{100 * st.lo:.2f}, {100 * st.hi:.2f}]"
+    if st.n < opts.trials:
+        text += f" (n={st.n})"
+    return Cell(text, round(100 * st.mean, 2))
+
+
+def paper_cell(p) -> Cell:
+    return Cell() if p is None else Cell(f"{p[0]:.2f} ± {p[1]:.2f}")
+
+
+def diff_cell(st: Stat | None, p) -> Cell:
+    return Cell() if st is None or p is None else Cell(f"{100 * st.mean - p[0]:+.2f}")
+
+
+def mark_best(cells: list[Cell], higher: bool = True) -> None:
+    values = [c.value for c in cells if c.value is not None]
+    if len(values) < 2:
+        return
+    best = max(values) if higher else min(values)
+    for c in cells:
+        c.best = c.value is not None and c.value == best
+
+
+def acc_data(st: Stat | None, p=None) -> dict:
+    if st is None:
+        return {"n": 0, "mean": None, "std": None, "ci_low": None, "ci_high": None,
+                "paper_mean": p[0] if p else None, "paper_std": p[1] if p else None, "diff": None}
+    return {"n": st.n, "mean": num(100 * st.mean), "std": num(100 * st.std), "ci_low": num(100 * st.lo),
+            "ci_high": num(100 * st.hi), "paper_mean": p[0] if p else None, "paper_std": p[1] if p else None,
+            "diff": num(100 * st.mean - p[0]) if p else None}
+
+
+def setting_data(s: Setting) -> dict:
+    return {"dataset": s.dataset, "model": s.model, "recipe": s.recipe, "epochs": s.epochs,
+            "reduced_scale": bool(s.reduced)}
+
+
+def setting_notes(s: Setting, table: str, opts: Options) -> list[str]:
+    notes = []
+    if s.reduced:
+        notes.append("reduced scale, not the paper's setting: " + "; ".join(s.reduced))
+    if opts.paper or opts.diff:
+        key = paper.paper_key(table, s.dataset)
+        if key is None:
+            notes.append(f"the paper has no results for {s.dataset}: no paper column")
+        elif key != s.dataset:
+            notes.append(f"paper column: the paper's {paper.PAPER_LABEL[key]} numbers (our data: {s.dataset})")
+    return notes
+
+
+def rho_text(rho: float) -> str:
+    return f"{rho:.1f}" if abs(rho * 10 - round(rho * 10)) < 1e-9 else f"{rho:g}"
+
+
+def value_text(v: float) -> str:
+    """A parameter value as the paper prints it: 0.25, 0.5, 1.0, 0.031."""
+    text = f"{v:g}"
+    return text if "." in text or "e" in text else f"{text}.0"
+
+
+def method_label(m: str) -> str:
+    return paper.METHOD_LABEL.get(m, m)
+
+
+def methods_of(df: pd.DataFrame) -> list[str]:
+    return list(PAPER_METHODS) + sorted(set(df.method) - set(PAPER_METHODS))
+
+
+def untargeted(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df.kind.isin(["clean", "untargeted"])]
+
+
+def mix_note(df: pd.DataFrame) -> str | None:
+    mixes = sorted(m for m in df.mix.unique() if m)
+    return f"warning: runs with different attack mixes are pooled: {' | '.join(mixes)}" if len(mixes) > 1 else None
+
+
+# ----------------------------------------------------------------------------------------------- Table II
+
+def table2(df: pd.DataFrame, opts: Options) -> Table:
+    df = untargeted(df)
+    blocks, data = [], []
+    for s in settings(df):
+        sdf = in_setting(df, s)
+        notes = setting_notes(s, "2", opts)
+        chosen = {}
+        for m in sorted(set(sdf.method)):
+            chosen[m], left = primary(sdf, m, HINT_PAPER if m == "hint" else None)
+            notes.append(left_out_note(m, chosen[m], left))
+        notes.append(mix_note(sdf))
+        methods = methods_of(sdf)
+        key = paper.paper_key("2", s.dataset)
+        plabel = paper.paper_label("2", s.dataset)
+        show_paper, show_diff = opts.paper and key, opts.diff and key
+        columns = ["ρ"]
+        for m in methods:
+            columns.append(method_label(m))
+            if show_paper:
+                columns.append(f"{method_label(m)} ({plabel})")
+            if show_diff:
+                columns.append(f"{method_label(m)} Δ")
+        found = {round(r, 6) for m in chosen.values() for r in m.rho}
+        rhos = [opts.rho] if opts.rho is not None else sorted(set(RHOS) | found)
+        block = Block(s.label, columns, notes=[n for n in notes if n])
+        for rho in rhos:
+            row, ours = [Cell(rho_text(rho), label=True)], []
+            for m in methods:
+                rows = chosen.get(m)
+                st = stat(rows[close(rows.rho, rho)].test_acc) if rows is not None else None
+                p = paper.table2(key, rho, m) if key else None
+                cell = acc_cell(st, opts)
+                row.append(cell)
+                ours.append(cell)
+                if show_paper:
+                    row.append(paper_cell(p))
+                if show_diff:
+                    row.append(diff_cell(st, p))
+                params = rows.params_json.iloc[0] if rows is not None and len(rows) else ""
+                data.append({"table": "II", **setting_data(s), "rho": rho, "method": m, "params": params,
+                             **acc_data(st, p)})
+            mark_best(ours)
+            block.rows.append(row)
+        blocks.append(block)
+    return Table("2", CAPTIONS["2"], blocks, data)
+
+
+# ----------------------------------------------------------------------------------------------- Table III
+
+def table3(df: pd.DataFrame, opts: Options) -> Table:
+    df = df[df.kind == "targeted"]
+    blocks, data = [], []
+    for s in settings(df):
+        sdf = in_setting(df, s)
+        notes = setting_notes(s, "3", opts)
+        chosen = {}
+        for m in sorted(set(sdf.method)):
+            chosen[m], left = primary(sdf, m, HINT_PAPER if m == "hint" else None)
+            notes.append(left_out_note(m, chosen[m], left))
+        attacks = list(ATTACKS) + sorted(set(sdf.attack) - set(ATTACKS))
+        methods = methods_of(sdf)
+        show_paper, show_diff = opts.paper, opts.diff  # the paper's Table III is CIFAR-10 only
+        columns = ["method", "metric"]
+        for a in attacks:
+            columns.append(paper.ATTACK_LABEL.get(a, a))
+            if show_paper:
+                columns.append(f"{paper.ATTACK_LABEL.get(a, a)} (paper CIFAR-10)")
+            if show_diff:
+                columns.append(f"{paper.ATTACK_LABEL.get(a, a)} Δ")
+        block = Block(s.label, columns, notes=[n for n in notes if n])
+        asr_cols: dict[str, list[Cell]] = {a: [] for a in attacks}
+        acc_cols: dict[str, list[Cell]] = {a: [] for a in attacks}
+        for i, m in enumerate(methods):
+            asr_row = [Cell(method_label(m), label=True), Cell("ASR", label=True)]
+            acc_row = [Cell("", label=True), Cell("test acc.", label=True)]
+            for a in attacks:
+                rows = chosen.get(m)
+                rows = rows[rows.attack == a] if rows is not None else None
+                succ = [bool(x) for x in rows.success if x is not None and not pd.isna(x)] if rows is not None else []
+                k, n = sum(succ), len(succ)
+                st = stat(rows.test_acc) if rows is not None else None
+                p = paper.table3(m, a)
+                asr = Cell()
+                if n:
+                    asr = Cell(f"{k}/{n}", round(k / n, 4))
+                    if opts.wilson:
+                        lo, hi = wilson(k, n)
+                        asr.text += f" [{100 * lo:.0f}–{100 * hi:.0f}%]"
+                acc = acc_cell(st, opts)
+                asr_cols[a].append(asr)
+                acc_cols[a].append(acc)
+                asr_row.append(asr)
+                acc_row.append(acc)
+                if show_paper:
+                    asr_row.append(Cell(f"{p['success'][0]}/{p['success'][1]}") if p else Cell())
+                    acc_row.append(paper_cell(p["acc"] if p else None))
+                if show_diff:
+                    asr_row.append(Cell(f"{100 * (k / n - p['success'][0] / p['success'][1]):+.0f} pp")
+                                   if p and n else Cell())
+                    acc_row.append(diff_cell(st, p["acc"] if p else None))
+                lo, hi = wilson(k, n)
+                params = rows.params_json.iloc[0] if rows is not None and len(rows) else ""
+                data.append({"table": "III", **setting_data(s), "attack": a, "method": m, "params": params,
+                             "successes": k, "trials": n, "asr": num(100 * k / n) if n else None,
+                             "asr_wilson_low": num(100 * lo), "asr_wilson_high": num(100 * hi),
+                             "paper_successes": p["success"][0] if p else None,
+                             "paper_trials": p["success"][1] if p else None,
+                             **{f"acc_{k_}": v for k_, v in acc_data(st, p["acc"] if p else None).items()}})
+            if i:
+                block.rules.add(len(block.rows))
+            block.rows += [asr_row, acc_row]
+        for a in attacks:
+            mark_best(asr_cols[a], higher=False)
+            mark_best(acc_cols[a])
+        blocks.append(block)
+    return Table("3", CAPTIONS["3"], blocks, data)
+
+
+# ----------------------------------------------------------------------------------------------- Table IV
+
+def sensitivity_rows(sdf: pd.DataFrame, param: str, value: float) -> pd.DataFrame:
+    other, other_value = ("beta", HINT_PAPER["beta"]) if param == "ratio" else ("ratio", HINT_PAPER["ratio"])
+    return sdf[close(sdf[param], value) & close(sdf[other], other_value)]
+
+
+def table4(df: pd.DataFrame, opts: Options) -> Table:
+    rho = SENSITIVITY_RHO if opts.rho is None else opts.rho
+    df = untargeted(df)
+    df = df[(df.method == "hint") & close(df.rho, rho)]
+    ss = settings(df)
+    if not ss:
+        return Table("4", CAPTIONS["4"], [], [])
+    columns = ["parameter", "value"]
+    notes = [f"runs at ρ = {rho_text(rho)}" + (" (the paper's)" if rho == SENSITIVITY_RHO else
+                                                 f" (the paper's Table IV is at ρ = {SENSITIVITY_RHO})")]
+    for s in ss:
+        columns.append(s.label)
+        key = paper.paper_key("4", s.dataset)
+        if opts.paper and key:
+            columns.append(f"{paper.paper_label('4', s.dataset)}")
+        if opts.diff and key:
+            columns.append(f"{s.dataset} Δ")
+        notes += [f"{s.label}: {n}" for n in setting_notes(s, "4", opts)]
+    block = Block(f"HINT at ρ = {rho_text(rho)}", columns)
+    data = []
+    for param, grid, sym in (("ratio", R_GRID, "r"), ("beta", BETA_GRID, "β")):
+        if param == "beta":
+            block.rules.add(len(block.rows))
+        ours: dict[Setting, list[Cell]] = {s: [] for s in ss}
+        for j, value in enumerate(grid):
+            row = [Cell(sym if j == 0 else "", label=True), Cell(value_text(value), label=True)]
+            for s in ss:
+                sdf = in_setting(df, s)
+                st = stat(sensitivity_rows(sdf, param, value).test_acc)
+                key = paper.paper_key("4", s.dataset)
+                p = paper.table4(key, param, value) if key else None
+                cell = acc_cell(st, opts)
+                ours[s].append(cell)
+                row.append(cell)
+                if opts.paper and key:
+                    row.append(paper_cell(p))
+                if opts.diff and key:
+                    row.append(diff_cell(st, p))
+                data.append({"table": "IV", **setting_data(s), "rho": rho, "parameter": param, "value": value,
+                             **acc_data(st, p)})
+            block.rows.append(row)
+        for cells in ours.values():
+            mark_best(cells)
+    block.notes = notes
+    return Table("4", CAPTIONS["4"], [block], data)
+
+
+# ----------------------------------------------------------------------------------------------- Table V
+
+def table5(df: pd.DataFrame, opts: Options) -> Table:
+    rho = SENSITIVITY_RHO if opts.rho is None else opts.rho
+    df = untargeted(df)
+    df = df[close(df.rho, rho)]
+    blocks, data = [], []
+    for s in settings(df):
+        sdf = in_setting(df, s)
+        notes = [f"runs at ρ = {rho_text(rho)}; time = training + the defense's own work (cost.train + "
+                 "defense_prepare + defense_epoch); × none = mean time / mean time of W/o Defense"]
+        notes += setting_notes(s, "5", opts)
+        entries: list[tuple[str, str, float | None, pd.DataFrame]] = []
+        for m in methods_of(sdf):
+            if m == "hint":
+                for r in R_GRID:
+                    entries.append((f"HINT (r = {value_text(r)})", m, r, sensitivity_rows(sdf, "ratio", r)))
+                continue
+            rows, left = primary(sdf, m)
+            notes.append(left_out_note(m, rows, left))
+            entries.append((method_label(m), m, None, rows))
+        none_time = stat(entries[0][3].time)
+        pnone = paper.table5("none")
+        columns = ["method", "time (s)", "defense (s)", "× none"]
+        if opts.paper:
+            columns += ["paper CIFAR-10 time (s)", "paper × none"]
+        if opts.diff:
+            columns += ["Δ × none"]
+        block = Block(s.label, columns, notes=[n for n in notes if n])
+        for label, m, r, rows in entries:
+            t, d = stat(rows.time), stat(rows.defense_time)
+            ratio = t.mean / none_time.mean if t and none_time and none_time.mean > 0 else None
+            p = paper.table5(m, r)
+            pratio = p / pnone if p is not None else None
+            row = [Cell(label, label=True)]
+            if t is None:
+                row += [Cell(), Cell(), Cell()]
+            else:
+                text = f"{t.mean:.1f}" + (f" ± {t.std:.1f}" if t.n > 1 else "")
+                if opts.ci and t.n > 1:
+                    text += f" [{t.lo:.1f}, {t.hi:.1f}]"
+                text += f" (n={t.n})" if t.n < opts.trials else ""
+                row += [Cell(text), Cell(f"{d.mean:.1f}"), Cell(f"{ratio:.2f}×" if ratio is not None else DASH)]
+            if opts.paper:
+                row += [Cell(f"{p:.0f}" if p is not None else DASH), Cell(f"{pratio:.2f}×" if pratio else DASH)]
+            if opts.diff:
+                row += [Cell(f"{ratio - pratio:+.2f}" if ratio is not None and pratio is not None else DASH)]
+            block.rows.append(row)
+            data.append({"table": "V", **setting_data(s), "rho": rho, "method": m, "ratio": r,
+                         "n": t.n if t else 0, "time_mean": num(t.mean, 2) if t else None,
+                         "time_std": num(t.std, 2) if t else None, "defense_mean": num(d.mean, 2) if d else None,
+                         "x_none": num(ratio), "paper_time": p, "paper_x_none": num(pratio),
+                         "diff_x_none": num(ratio - pratio) if ratio is not None and pratio is not None else None})
+        blocks.append(block)
+    return Table("5", CAPTIONS["5"], blocks, data)
+
+
+BUILDERS = {"2": table2, "3": table3, "4": table4, "5": table5}
+
+
+def check_table(number: str) -> str:
+    number = str(number).strip().upper()
+    number = {v: k for k, v in ROMAN.items()}.get(number, number)
+    if number not in TABLES:
+        raise unknown_choice("table", number, TABLES)
+    return number
+
+
+def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
+    number = check_table(number)
+    return BUILDERS[number](apply_filters(frame(records), **filters), opts)
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+LATEX = {"±": r"$\pm$", "–": "--", "ρ": r"$\rho$", "β": r"$\beta$", "Δ": r"$\Delta$", "×": r"$\times$",
+         "·": r"$\cdot$", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
+         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX.get(ch, ch) for ch in text)
+
+
+def md_escape(text: str) -> str:
+    return text.replace("|", r"\|")
+
+
+def render_md(t: Table) -> str:
+    out = [f"**{t.title}.** {t.caption}", ""]
+    for b in t.blocks:
+        out += [f"*{b.title}*", ""]
+        out.append("| " + " | ".join(md_escape(c) for c in b.columns) + " |")
+        out.append("|" + "|".join(":--" if i == 0 else "--:" for i in range(len(b.columns))) + "|")
+        for row in b.rows:
+            out.append("| " + " | ".join(f"**{md_escape(c.text)}**" if c.best else md_escape(c.text)
+                                         for c in row) + " |")
+        out.append("")
+        out += [f"- {n}" for n in b.notes]
+        if b.notes:
+            out.append("")
+    out += [f"- {n}" for n in t.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_latex(t: Table) -> str:
+    out = [f"% {t.title}: {t.caption}. Needs \\usepackage{{booktabs}}."]
+    for b in t.blocks:
+        labels = sum(1 for c in b.rows[0] if c.label) if b.rows else 1
+        spec = "l" * labels + "r" * (len(b.columns) - labels)
+        out += [r"\begin{table}[t]", r"\centering", r"\small",
+                f"\\caption{{{latex_escape(t.title)}: {latex_escape(t.caption)}. {latex_escape(b.title)}.}}",
+                f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
+                " & ".join(latex_escape(c) for c in b.columns) + r" \\", r"\midrule"]
+        for i, row in enumerate(b.rows):
+            if i in b.rules:
+                out.append(r"\midrule")
+            cells = [f"\\textbf{{{latex_escape(c.text)}}}" if c.best else latex_escape(c.text) for c in row]
+            out.append(" & ".join(cells) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}"]
+        if b.notes:
+            out.append(r"\par\smallskip\footnotesize " + r" \\ ".join(latex_escape(n) for n in b.notes))
+        out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def render_csv(t: Table) -> str:
+    return pd.DataFrame(t.data).to_csv(index=False, lineterminator="\n")
+
+
+def render_json(t: Table) -> str:
+    notes = [{"block": b.title, "notes": b.notes} for b in t.blocks]
+    return json.dumps({"table": ROMAN[t.number], "caption": t.caption, "notes": notes, "rows": t.data},
+                      indent=2, ensure_ascii=False) + "\n"
+
+
+def render_rich(t: Table, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = console or Console()
+    console.print(f"[bold]{t.title}.[/bold] {t.caption}", highlight=False)
+    for b in t.blocks:
+        rt = RichTable(title=b.title, caption="\n".join(b.notes) or None, caption_justify="left")
+        for i, col in enumerate(b.columns):
+            rt.add_column(col, justify="left" if b.rows and b.rows[0][i].label else "right")
+        for i, row in enumerate(b.rows):
+            rt.add_row(*[f"[bold green]{c.text}[/]" if c.best else c.text for c in row],
+                       end_section=(i + 1) in b.rules)
+        console.print(rt)
+
+
+def render(t: Table, fmt: str) -> str:
+    renderers = {"md": render_md, "latex": render_latex, "csv": render_csv, "json": render_json}
+    if fmt not in renderers:
+        raise unknown_choice("format", fmt, FORMATS)
+    return renderers[fmt](t)
+
+
+# ----------------------------------------------------------------------------------------------- --missing
+
+def available_methods() -> list[str]:
+    from .defenses import DEFENSES
+
+    return DEFENSES.names()
+
+
+RECIPE_FLAGS = {"lr": "--lr", "batch_size": "--batch-size", "momentum": "--momentum",
+                "weight_decay": "--weight-decay", "augment": "--augment"}
+
+
+def recipe_flags(s: Setting) -> list[str]:
+    """`--recipe R` plus the overrides that rebuild exactly the setting's resolved recipe."""
+    flags = ["--recipe", s.recipe]
+    family = guess_family(s)
+    if not s.recipe_json or family is None:
+        return flags
+    from .recipes import RECIPES, resolve_recipe
+
+    if s.recipe not in RECIPES[family]:
+        return flags
+    rec = json.loads(s.recipe_json)
+    if rec["epochs"] != RECIPES[family][s.recipe].epochs:
+        flags += ["--epochs", str(rec["epochs"])]
+    expected = resolve_recipe(family, s.recipe, epochs=rec["epochs"]).to_dict()
+    for key, flag in RECIPE_FLAGS.items():
+        if rec.get(key) != expected.get(key):
+            flags += [flag, f"{rec[key]:g}" if isinstance(rec[key], float) else str(rec[key])]
+    if rec.get("nesterov") != expected.get("nesterov"):
+        flags.append("--nesterov" if rec["nesterov"] else "--no-nesterov")
+    if list(rec.get("milestones") or []) != list(expected.get("milestones") or []):
+        flags += ["--milestones", ",".join(map(str, rec["milestones"]))] if rec["milestones"] else []
+    return flags
+
+
+@dataclass(frozen=True)
+class Need:
+    """One configuration a table needs: method (+ HINT r, β) at ρ in a setting, and how many trials exist."""
+
+    setting: Setting
+    method: str
+    rho: float
+    have: int
+    params: tuple = ()  # (("ratio", 0.5), ("beta", 0.062)) for HINT
+
+    def command(self, trials: int, base_seed: int = 0, mix: str = "") -> str:
+        s = self.setting
+        parts = ["poisonbench", "defend", "--dataset", s.dataset, "--method", self.method,
+                 "--poison-ratio", rho_text(self.rho), "--trials", str(trials), *recipe_flags(s)]
+        family = guess_family(s)
+        from .models import DEFAULT_MODEL
+
+        if s.model and s.model != DEFAULT_MODEL.get(family or ""):
+            parts += ["--model", s.model]
+        for key, value in self.params:
+            parts += [f"--{key}", f"{value:g}"]
+        if base_seed:
+            parts += ["--seed", str(base_seed)]
+        if mix and mix != DEFAULT_ATTACK_MIX and self.rho > 0:
+            parts += ["--attacks", mix]
+        return " ".join(shlex.quote(p) for p in parts)
+
+
+def target_settings(df: pd.DataFrame, dataset: str | None, recipe: str | None) -> list[Setting]:
+    ss = settings(df)
+    if dataset and not any(s.dataset == dataset for s in ss):
+        from .models import DEFAULT_MODEL
+        from .recipes import RECIPES
+
+        family = paper.family_of(dataset)
+        name = recipe or "paper"
+        epochs = RECIPES[family][name].epochs if family and name in RECIPES[family] else 0
+        ss.append(Setting(dataset, DEFAULT_MODEL.get(family or "", ""), name, epochs, ""))
+    return ss
+
+
+def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], dataset: str | None = None,
+          recipe: str | None = None) -> list[Need]:
+    """Every configuration of table `number` in each setting, with the trials found."""
+    out = []
+    base = untargeted(df)
+    for s in target_settings(df, dataset, recipe):
+        sdf = in_setting(base, s) if s.recipe_json else base.iloc[0:0]
+        wanted = [m for m in methods_of(sdf) if m in methods or m in set(sdf.method)]
+        rho6 = SENSITIVITY_RHO if opts.rho is None else opts.rho
+        grid: list[tuple[str, float, tuple]] = []
+        if number == "2":
+            rhos = [opts.rho] if opts.rho is not None else list(RHOS)
+            for m in wanted:
+                grid += [(m, r, tuple(HINT_PAPER.items()) if m == "hint" else ()) for r in rhos]
+        else:
+            hint_grid = [(("ratio", r), ("beta", HINT_PAPER["beta"])) for r in R_GRID]
+            if number == "4":
+                hint_grid += [(("ratio", HINT_PAPER["ratio"]), ("beta", b)) for b in BETA_GRID
+                              if b != HINT_PAPER["beta"]]
+                grid += [("hint", rho6, p) for p in hint_grid] if "hint" in wanted else []
+            else:
+                for m in wanted:
+                    grid += [("hint", rho6, p) for p in hint_grid] if m == "hint" else [(m, rho6, ())]
+        for m, rho, params in grid:
+            rows = sdf[(sdf.method == m) & close(sdf.rho, rho)]
+            if params:
+                for key, value in params:
+                    rows = rows[close(rows[key], value)]
+                have = len(rows)
+            else:
+                have = len(primary(rows, m)[0])
+            out.append(Need(s, m, rho, have, params))
+    return out
+
+
+def missing_commands(number: str, records: list[dict], opts: Options, dataset: str | None = None,
+                     recipe: str | None = None, model: str | None = None, epochs: int | None = None,
+                     methods: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(commands, notes): one `poisonbench defend` line per incomplete configuration (it runs trials
+    0..N-1 and skips the done ones), and notes for what cannot be listed."""
+    number = check_table(number)
+    notes = []
+    if number == "3":
+        return [], ["Table III: targeted runs cannot be listed yet (`defend` has no targeted scenario)"]
+    df = apply_filters(frame(records), dataset, model, recipe, epochs)
+    available = available_methods()
+    wanted = [m for m in (methods or PAPER_METHODS)]
+    unavailable = [m for m in wanted if m not in available]
+    if unavailable:
+        notes.append(f"not available in this build (no such --method): {', '.join(unavailable)}")
+    wanted = [m for m in wanted if m in available]
+    if methods:
+        df = df[df.method.isin(methods)]
+    commands = []
+    for need in needs(number, df, opts, wanted, dataset, recipe):
+        if need.have >= opts.trials or need.method not in available:
+            continue
+        sdf = in_setting(df, need.setting) if need.setting.recipe_json else df.iloc[0:0]
+        bases = set((sdf.seed - sdf.trial).tolist())
+        mixes = [m for m in sdf.mix.unique() if m]
+        commands.append(need.command(opts.trials, bases.pop() if len(bases) == 1 else 0,
+                                     mixes[0] if len(mixes) == 1 else ""))
+    return list(dict.fromkeys(commands)), notes
+
+
+def assert_records(records: list[dict], results) -> None:
+    if not records:
+        raise PoisonbenchError(f"no run records found under {results}/runs; run `poisonbench defend` first "
+                               "or pass --results DIR")

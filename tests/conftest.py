@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny datasets written in real on-disk formats, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def class_images(n: int, size: int, channels: int = 1, classes: int = 10, seed: int = 0):
+    """Learnable synthetic images: each class lights a different horizontal band, plus noise (uint8)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    rng.shuffle(y)
+    x = rng.integers(0, 60, size=(n, size, size, channels))
+    band = max(1, size // classes)
+    for c in range(classes):
+        rows = slice((c * band) % size, (c * band) % size + band)
+        x[y == c, rows] += 180
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    return (x[..., 0] if channels == 1 else x), y.astype(np.int64)
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> None:
+    code = 0x08
+    header = bytes([0, 0, code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+def write_mnist_dir(directory: Path, n_train: int = 1200, n_test: int = 100, gz: bool = False) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    x, y = class_images(n_train, 28, seed=1)
+    tx, ty = class_images(n_test, 28, seed=2)
+    write_idx(directory / "train-images-idx3-ubyte", x, gz)
+    write_idx(directory / "train-labels-idx1-ubyte", y, gz)
+    write_idx(directory / "t10k-images-idx3-ubyte", tx, gz)
+    write_idx(directory / "t10k-labels-idx1-ubyte", ty, gz)
+
+
+def write_cifar_dir(directory: Path, per_batch: int = 250, n_test: int = 50) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 6):
+        x, y = class_images(per_batch, 32, channels=3, seed=10 + i)
+        entry = {"data": x.transpose(0, 3, 1, 2).reshape(per_batch, -1), "labels": y.tolist()}
+        (directory / f"data_batch_{i}").write_bytes(pickle.dumps(entry))
+    x, y = class_images(n_test, 32, channels=3, seed=20)
+    (directory / "test_batch").write_bytes(pickle.dumps({"data": x.transpose(0, 3, 1, 2).reshape(n_test, -1),
+                                                         "labels": y.tolist()}))
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    """500 learnable 16×16 grey images, 10 classes: train 400 / val 10 / test 90."""
+    x, y = class_images(500, 16)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `poisonbench ARGS` in-process; returns (exit code, stdout, stderr)."""
+    from poisonbench.cli.main import main
+
+    def run(*args: str):
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -1,0 +1,128 @@
+"""Registry-driven invariants of every attack (design.md §2) on tiny data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from poisonbench.attacks import ATTACKS
+from poisonbench.attacks.base import EPS_TOLERANCE, AttackContext, budget_count, select_indices
+from poisonbench.data import load_dataset
+from poisonbench.errors import PoisonbenchError
+from poisonbench.poisons import craft_spec
+
+from .conftest import class_images
+
+EPS = 0.1
+FAST = {"deepconfuse": {"outer_epochs": 2}}  # keep the generator schedule tiny in tests
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attacks")
+    x, y = class_images(200, 16, classes=4)
+    path = root / "tiny.npz"
+    np.savez(path, x=x, y=y)
+    return load_dataset(str(path)), root / "results"
+
+
+def _craft(name, data, results, budget=0.5, seed=3, eps=EPS):
+    spec = craft_spec(data, name, eps=eps, budget=budget, seed=seed, **FAST.get(name, {}))
+    attack = ATTACKS.get(name)(data.family, **spec.params)
+    ctx = AttackContext(data, select_indices(len(data.train), budget, seed), spec.eps, budget, seed,
+                        torch.device("cpu"), results_root=results)
+    return attack.craft(ctx)
+
+
+def test_all_four_untargeted_attacks_are_registered():
+    assert {"pgd", "dap", "durp", "deepconfuse"} <= set(ATTACKS.names())
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_invariants(name, tiny):
+    data, results = tiny
+    n = len(data.train)
+    labels_before = data.train.y.clone()
+    poison = _craft(name, data, results)
+    k = budget_count(0.5, n)
+    assert len(poison.indices) == k == len(poison.delta)
+    assert len(torch.unique(poison.indices)) == k and poison.indices.max() < n
+    assert poison.delta.shape[1:] == data.train.x.shape[1:] and poison.delta.dtype == torch.float32
+    assert poison.delta.abs().max().item() <= EPS + EPS_TOLERANCE
+    assert poison.delta.abs().max().item() > 0.2 * EPS  # it does perturb
+    xp = data.train.x[poison.indices].float() / 255 + poison.delta
+    assert xp.min().item() >= -EPS_TOLERANCE and xp.max().item() <= 1 + EPS_TOLERANCE
+    assert torch.equal(data.train.y, labels_before)  # clean-label: the split's labels are untouched
+    again = _craft(name, data, results)
+    assert torch.equal(poison.indices, again.indices) and torch.equal(poison.delta, again.delta)
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_full_and_empty_budgets(name, tiny):
+    data, _ = tiny
+    spec_all = craft_spec(data, name, budget=1.0)
+    assert spec_all.eps == 0.3  # the MNIST-family default of the paper
+    assert len(select_indices(len(data.train), 1.0, 0)) == len(data.train)
+    assert len(select_indices(len(data.train), 0.0, 0)) == 0
+
+
+def test_durp_is_one_perturbation_per_class(tiny):
+    data, results = tiny
+    poison = _craft("durp", data, results, budget=1.0)
+    x = data.train.x.float() / 255
+    y = data.train.y[poison.indices]
+    for c in range(data.num_classes):
+        rows = (y == c).nonzero().flatten()
+        inside = ((x[poison.indices[rows]] > 0.1) & (x[poison.indices[rows]] < 0.9))  # pixels not clipped
+        d = poison.delta[rows]
+        ref = d[0]
+        for i in range(1, len(rows)):
+            both = inside[i] & inside[0]
+            assert torch.allclose(d[i][both], ref[both], atol=1e-6)
+
+
+def test_pgd_raises_the_surrogate_loss(tiny):
+    data, results = tiny
+    poison = _craft("pgd", data, results)
+    from poisonbench.attacks.surrogate import load_or_train_surrogate
+
+    model, _ = load_or_train_surrogate(data, results, torch.device("cpu"))
+    model.eval()
+    x = data.train.x[poison.indices].float() / 255
+    y = data.train.y[poison.indices]
+    with torch.no_grad():
+        clean = torch.nn.functional.cross_entropy(model(x), y)
+        adv = torch.nn.functional.cross_entropy(model(x + poison.delta), y)
+    assert adv > clean
+
+
+def test_dap_targets_next_class(tiny):
+    data, results = tiny
+    poison = _craft("dap", data, results)
+    from poisonbench.attacks.surrogate import load_or_train_surrogate
+
+    model, _ = load_or_train_surrogate(data, results, torch.device("cpu"))
+    model.eval()
+    x = data.train.x[poison.indices].float() / 255
+    target = (data.train.y[poison.indices] + 1) % data.num_classes
+    with torch.no_grad():
+        before = torch.nn.functional.cross_entropy(model(x), target)
+        after = torch.nn.functional.cross_entropy(model(x + poison.delta), target)
+    assert after < before
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"attack": "nope"}, "unknown attack 'nope'; valid choices: pgd"),
+    ({"attack": "pgd", "eps": 0}, "eps must be in (0, 1]"),
+    ({"attack": "pgd", "eps": 1.5}, "eps must be in (0, 1]"),
+    ({"attack": "pgd", "budget": -0.1}, "budget must be a fraction in [0, 1]"),
+    ({"attack": "pgd", "budget": 1.01}, "budget must be a fraction in [0, 1]"),
+    ({"attack": "durp", "steps": 3}, "option --steps does not apply to attack 'durp'"),
+    ({"attack": "pgd", "steps": 0}, "--steps of attack 'pgd' must be >= 1"),
+])
+def test_bad_attack_inputs(tiny, kwargs, needle):
+    data, _ = tiny
+    with pytest.raises(PoisonbenchError, match=None) as info:
+        craft_spec(data, **kwargs)
+    assert needle in str(info.value)

@@ -1,0 +1,108 @@
+"""The CLI end to end on tiny data: records, skipping, --force, --json, env vars, report, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+FAST = ["--recipe", "quick", "--epochs", "2", "--batch-size", "64", "--compile", "off"]
+
+
+def test_defend_writes_records_skips_and_forces(cli, tiny_npz, tmp_path):
+    results = tmp_path / "res"
+    code, out, err = cli("defend", "--dataset", tiny_npz, *FAST, "--trials", "2", "--results", results, "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["status"] for r in rows] == ["ran", "ran"] and [r["seed"] for r in rows] == [0, 1]
+    assert all(0 <= r["test_acc"] <= 1 and r["seconds"] > 0 for r in rows)
+    records = sorted((results / "runs").glob("*.json"))
+    assert [p.stem for p in records] == sorted(r["run_id"] for r in rows)
+    record = json.loads(records[0].read_text())
+    assert {"config", "metrics", "history", "cost", "env"} <= set(record)
+    assert record["env"]["torch"] and record["env"]["device"] == "cpu"
+    assert len(record["history"]) == 2
+
+    code, out, _ = cli("defend", "--dataset", tiny_npz, *FAST, "--trials", "2", "--results", results, "--json")
+    again = [json.loads(line) for line in out.splitlines()]
+    assert [r["status"] for r in again] == ["skipped", "skipped"]
+    assert [r["test_acc"] for r in again] == [r["test_acc"] for r in rows]
+
+    code, out, _ = cli("defend", "--dataset", tiny_npz, *FAST, "--results", results, "--json", "--force")
+    forced = json.loads(out)
+    assert forced["status"] == "ran" and forced["test_acc"] == rows[0]["test_acc"]  # same seed, same numbers
+
+
+def test_env_vars_pick_dataset_and_workspace(cli, tiny_npz, tmp_path, monkeypatch):
+    monkeypatch.setenv("POISONBENCH_DATASET", str(tiny_npz))
+    monkeypatch.setenv("POISONBENCH_RESULTS", str(tmp_path / "env-res"))
+    code, out, err = cli("defend", *FAST, "--json")
+    assert code == 0, err
+    assert json.loads(out)["dataset"] == "tiny.npz"
+    assert len(list((tmp_path / "env-res" / "runs").glob("*.json"))) == 1
+
+
+def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
+    results = tmp_path / "res"
+    cli("defend", "--dataset", tiny_npz, *FAST, "--trials", "3", "--results", results)
+    code, out, err = cli("report", "--results", results, "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    accs = [r["metrics"]["test_acc"] for r in records]
+    import statistics
+
+    assert row["n"] == 3
+    assert row["test_acc_mean"] == pytest.approx(statistics.mean(accs))
+    assert row["test_acc_std"] == pytest.approx(statistics.stdev(accs))
+    code, out, _ = cli("report", "--results", results, "--format", "md")
+    assert out.startswith("| dataset") and "±" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["defend", "--dataset", "imagenet"], "unknown dataset 'imagenet'; valid choices: mnist"),
+    (["defend", "--model", "vgg99"], "unknown model 'vgg99'; valid choices: convnet, resnet18"),
+    (["defend", "--method", "magic"], "unknown method 'magic'; valid choices: none"),
+    (["defend", "--epochs", "0"], "epochs must be a positive integer, got 0"),
+    (["defend", "--epochs", "-2"], "epochs must be a positive integer, got -2"),
+    (["defend", "--dataset", "mnist", "--data-dir", "/no/such/dir"], "data directory '/no/such/dir' does not exist"),
+    (["defend", "--recipe", "slow"], "unknown recipe 'slow'; valid choices: paper, quick"),
+    (["defend", "--device", "tpu"], "unknown device 'tpu'"),
+    (["defend", "--trials", "0"], "trials must be a positive integer"),
+    (["defend", "--poison-ratio", "1.5"], "poison ratio must be in [0, 1], got 1.5"),
+    (["defend", "--ratio", "0.5"], "option --ratio does not apply to method 'none'"),
+    (["data", "info", "nope"], "unknown dataset 'nope'"),
+    (["report", "--format", "xml"], "unknown format 'xml'; valid choices: rich, md"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "res"
+    extra = ["--json"] if args[0] == "data" else ["--results", results]
+    code, out, err = cli(*args, *extra)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("Error: ") and needle in err, err
+    assert "Traceback" not in err
+    assert not results.exists() and not (tmp_path / "results").exists()
+
+
+def test_images_too_small_for_the_model(cli, tmp_path):
+    import numpy as np
+
+    small = tmp_path / "small.npz"
+    np.savez(small, x=np.zeros((50, 8, 8), np.uint8), y=np.arange(50) % 5)
+    code, _, err = cli("defend", "--dataset", small, "--results", tmp_path / "res")
+    assert code == 2 and "needs images of at least 16×16" in err and not (tmp_path / "res").exists()
+
+
+def test_malformed_npz_via_cli(cli, tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    code, _, err = cli("defend", "--dataset", bad, "--results", tmp_path / "res")
+    assert code == 2 and "not a readable .npz" in err and not (tmp_path / "res").exists()
+
+
+def test_help_lists_only_working_commands(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for command in ("defend", "report", "data"):
+        assert command in out

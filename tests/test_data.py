@@ -1,0 +1,120 @@
+"""Loaders (real on-disk formats), splits (sizes, stratification, determinism) and fingerprints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from poisonbench.data import load_dataset
+from poisonbench.data.formats import read_idx
+from poisonbench.data.splits import stratified_split
+from poisonbench.errors import PoisonbenchError
+
+from .conftest import write_cifar_dir, write_idx, write_mnist_dir
+
+
+@pytest.mark.parametrize("layout", ["MNIST/raw", ".", "raw"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_loader(tmp_path, layout, gz):
+    write_mnist_dir(tmp_path / layout, gz=gz)
+    data = load_dataset("mnist", data_dir=tmp_path)
+    assert (len(data.train), len(data.val), len(data.test)) == (200, 1000, 100)
+    assert data.train.x.shape[1:] == (1, 28, 28) and data.train.x.dtype == torch.uint8
+    assert data.family == "mnist" and data.num_classes == 10
+
+
+def test_fashion_mnist_flat_debian_layout(tmp_path):
+    write_mnist_dir(tmp_path, gz=True)  # /usr/share/datasets/fashion-mnist/ holds the four .gz files flat
+    data = load_dataset("fashion-mnist", data_dir=tmp_path)
+    assert len(data.val) == 1000 and len(data.test) == 100
+    assert data.source == str(tmp_path)
+
+
+def test_cifar10_pickle_loader(tmp_path):
+    write_cifar_dir(tmp_path / "cifar-10-batches-py")
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    assert (len(data.train), len(data.val), len(data.test)) == (250, 1000, 50)
+    assert data.train.x.shape[1:] == (3, 32, 32)
+    assert data.family == "cifar10"
+
+
+def test_cifar_pixels_keep_channel_order(tmp_path):
+    write_cifar_dir(tmp_path / "cifar-10-batches-py")
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    import pickle
+
+    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes())
+    first = np.asarray(raw["data"][0]).reshape(3, 32, 32)
+    assert np.array_equal(data.test.x[0].numpy(), first)
+
+
+def test_idx_truncated_is_refused(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    write_idx(path, np.zeros((5, 28, 28), np.uint8))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(PoisonbenchError, match="truncated"):
+        read_idx(path)
+
+
+def test_missing_files_and_dirs_are_one_line_errors(tmp_path):
+    with pytest.raises(PoisonbenchError, match="does not exist"):
+        load_dataset("mnist", data_dir=tmp_path / "nope")
+    with pytest.raises(PoisonbenchError, match="--download"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_stratified_split_exact_sizes_and_proportions():
+    y = np.repeat(np.arange(10), [100, 200, 50, 150, 100, 100, 100, 100, 50, 50])
+    train, val, test = stratified_split(y, [20, 180])
+    assert (len(train), len(val), len(test)) == (800, 20, 180)
+    assert len(np.intersect1d(train, val)) == 0 and len(np.intersect1d(val, test)) == 0
+    assert len(np.union1d(np.union1d(train, val), test)) == len(y)
+    expected = np.bincount(y) / len(y)
+    for part, size in ((val, 20), (test, 180)):
+        counts = np.bincount(y[part], minlength=10)
+        assert np.all(np.abs(counts - expected * size) < 1.0 + 1e-9)
+
+
+def test_splits_are_deterministic_and_fingerprinted(tiny_npz):
+    a, b = load_dataset(str(tiny_npz)), load_dataset(str(tiny_npz))
+    assert (len(a.train), len(a.val), len(a.test)) == (400, 10, 90)
+    assert np.array_equal(a.train.indices, b.train.indices)
+    assert a.fingerprint == b.fingerprint
+    assert torch.bincount(a.val.y).tolist() == [1] * 10  # stratified: 2 % of 50 per class
+
+
+def test_fingerprint_changes_with_the_data(tmp_path, tiny_npz):
+    with np.load(tiny_npz) as f:
+        x, y = f["x"].copy(), f["y"]
+    x[0, 0, 0] ^= 1
+    other = tmp_path / "other" / "tiny.npz"
+    other.parent.mkdir()
+    np.savez(other, x=x, y=y)
+    assert load_dataset(str(other)).fingerprint != load_dataset(str(tiny_npz)).fingerprint
+
+
+def test_mnist_5k_is_the_real_embedded_dataset():
+    data = load_dataset("mnist-5k")
+    assert (len(data.train), len(data.val), len(data.test)) == (3900, 100, 1000)
+    assert torch.bincount(data.test.y).tolist() == [100] * 10
+    assert data.train.x.float().mean().item() > 20  # real digits, not blank
+
+
+@pytest.mark.parametrize("bad", [
+    {"x": np.zeros((10, 8, 8), np.float32), "y": np.zeros(10, np.int64)},
+    {"x": np.zeros((10, 8, 8), np.uint8), "y": np.zeros(9, np.int64)},
+    {"images": np.zeros((10, 8, 8), np.uint8)},
+])
+def test_malformed_npz_is_refused(tmp_path, bad):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **bad)
+    with pytest.raises(PoisonbenchError):
+        load_dataset(str(path))
+
+
+def test_corrupt_npz_is_refused(tmp_path):
+    path = tmp_path / "corrupt.npz"
+    path.write_bytes(b"not a zip file at all")
+    with pytest.raises(PoisonbenchError, match="not a readable"):
+        load_dataset(str(path))

@@ -1,0 +1,81 @@
+"""The engine: learning, determinism, augmentation, recipes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from poisonbench.augment import crop_flip
+from poisonbench.data import load_dataset
+from poisonbench.errors import PoisonbenchError
+from poisonbench.models import build_model
+from poisonbench.recipes import resolve_recipe
+from poisonbench.training import to_float, train
+
+CPU = torch.device("cpu")
+
+
+def run(data, seed=0, epochs=3, **overrides):
+    recipe = resolve_recipe("mnist", "quick", epochs=epochs, lr=0.05, batch_size=32, **overrides)
+    model = build_model("convnet", data, seed=seed)
+    x, y = to_float(data.train.x, CPU), data.train.y
+    test = (to_float(data.test.x, CPU), data.test.y)
+    result = train(model, x, y, to_float(data.val.x, CPU), data.val.y, recipe, seed=seed, device=CPU,
+                   num_classes=10, compile="off", eval_sets={"test": test})
+    return model, result
+
+
+def test_engine_learns(tiny_npz):
+    _, result = run(load_dataset(str(tiny_npz)))
+    assert result.history[-1]["test_acc"] > 0.9
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.cost["train"] > 0
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tiny_npz):
+    data = load_dataset(str(tiny_npz))
+    (m1, r1), (m2, r2), (_, r3) = run(data, seed=1), run(data, seed=1), run(data, seed=2)
+    assert r1.history == r2.history
+    for p1, p2 in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(p1, p2)
+    assert r1.history != r3.history
+
+
+def test_augmentation_is_seeded_and_shape_preserving(tiny_npz):
+    data = load_dataset(str(tiny_npz))
+    _, a = run(data, seed=1, epochs=2, augment="crop-flip")
+    _, b = run(data, seed=1, epochs=2, augment="crop-flip")
+    assert a.history == b.history
+
+
+def test_crop_flip_moves_pixels_without_changing_them():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) + 1
+    g = torch.Generator().manual_seed(0)
+    out = crop_flip(x, g, pad=2)
+    assert out.shape == x.shape
+    for i in range(2):
+        values = set(out[i].flatten().tolist()) - {0.0}
+        assert values <= set(x[i].flatten().tolist())  # only original pixels or zero padding
+    unshifted = crop_flip(x, torch.Generator().manual_seed(0), pad=0)
+    for i in range(2):  # pad 0: either the image or its mirror
+        assert torch.equal(unshifted[i], x[i]) or torch.equal(unshifted[i], x[i].flip(-1))
+
+
+def test_recipe_defaults_follow_the_paper():
+    mnist, cifar = resolve_recipe("mnist"), resolve_recipe("cifar10")
+    assert (mnist.epochs, mnist.lr, mnist.batch_size, mnist.momentum) == (30, 0.01, 128, 0.0)
+    assert (cifar.epochs, cifar.lr, cifar.momentum, cifar.nesterov, cifar.weight_decay) == (80, 0.1, 0.9, True, 5e-4)
+    assert cifar.milestones == (30, 50, 70) and cifar.augment == "crop-flip"
+    assert resolve_recipe("cifar10", epochs=40).milestones == (15, 25, 35)
+
+
+@pytest.mark.parametrize("override", [{"epochs": 0}, {"epochs": -3}, {"lr": 0.0}, {"batch_size": 0},
+                                      {"augment": "mixup"}])
+def test_bad_recipe_values_are_refused(override):
+    with pytest.raises(PoisonbenchError):
+        resolve_recipe("mnist", **override)
+
+
+def test_milestones_decay_the_learning_rate(tiny_npz):
+    _, result = run(load_dataset(str(tiny_npz)), epochs=3, milestones=[1, 2])
+    assert [round(r["lr"], 6) for r in result.history] == [0.05, 0.005, 0.0005]

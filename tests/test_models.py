@@ -1,0 +1,58 @@
+"""Models: shapes, `features`/`head`, normalisation inside the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from poisonbench.data import load_dataset
+from poisonbench.models import MODELS, ConvNet, ResNet18, build_model
+
+from .conftest import write_cifar_dir
+
+
+def test_convnet_is_hints_mnist_network():
+    model = ConvNet(1, 10, 28, (0.0,), (1.0,))
+    x = torch.rand(4, 1, 28, 28)
+    assert model.features(x).shape == (4, 1600)
+    assert isinstance(model.head, torch.nn.Linear) and model.head.in_features == 1600
+    assert model(x).shape == (4, 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 40, (5, 5)), (40, 100, (5, 5))]
+    assert sum(isinstance(m, torch.nn.AvgPool2d) for m in model.modules()) == 2
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 2
+
+
+def test_resnet18_cifar_layout():
+    model = ResNet18(3, 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert model.features(x).shape == (2, 512)
+    assert model(x).shape == (2, 10)
+    assert model.stem[0].kernel_size == (3, 3) and model.stem[0].stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert 11_000_000 < sum(p.numel() for p in model.parameters()) < 11_300_000
+
+
+def test_forward_is_head_of_features_and_normalises_inside():
+    model = ConvNet(1, 10, 28, (0.5,), (0.25,)).eval()
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(model(x), model.head(model.features(x)))
+    plain = ConvNet(1, 10, 28, (0.0,), (1.0,)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "normalize" not in k}, strict=False)
+    torch.testing.assert_close(model(x), plain((x - 0.5) / 0.25))
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_models_follow_the_dataset(tmp_path, name):
+    write_cifar_dir(tmp_path / "cifar-10-batches-py", per_batch=210, n_test=10)
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    model = build_model(name, data, seed=0).eval()
+    assert model(data.test.x[:2].float() / 255).shape == (2, 10)
+
+
+def test_seeded_init_is_reproducible(tiny_npz):
+    data = load_dataset(str(tiny_npz))
+    a, b = build_model("convnet", data, seed=3), build_model("convnet", data, seed=3)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert a.feature_dim == 100  # 16×16 input: ((16-4)/2-4)/2 = 1 → 100 features

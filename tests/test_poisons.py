@@ -1,0 +1,144 @@
+"""PoisonSet artifacts: cache hit, new craft on changed input, tamper / truncation / mismatch refusal, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from poisonbench import poisons
+from poisonbench.data import load_dataset
+from poisonbench.errors import PoisonbenchError
+
+from .conftest import class_images
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("poisons")
+    x, y = class_images(200, 16, classes=4)
+    path = root / "tiny.npz"
+    np.savez(path, x=x, y=y)
+    x2, y2 = class_images(200, 16, classes=4, seed=5)
+    other = root / "other.npz"
+    np.savez(other, x=x2, y=y2)
+    return load_dataset(str(path)), load_dataset(str(other)), path
+
+
+def _craft(data, results, **kw):
+    spec = poisons.craft_spec(data, kw.pop("attack", "durp"), **kw)
+    return spec, *poisons.craft(spec, data, results)
+
+
+def test_cache_hit_and_new_craft_on_changed_input(tiny, tmp_path):
+    data, _, _ = tiny
+    spec, first, cached = _craft(data, tmp_path, budget=0.5, seed=1)
+    assert not cached and first.path.name == spec.poison_id
+    files = sorted(p.name for p in first.path.iterdir())
+    assert files == ["delta.safetensors", "manifest.json"]
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    for key in ("attack", "params", "eps", "budget", "seed", "dataset", "dataset_fingerprint", "surrogate",
+                "poisonbench", "tensor_sha256", "craft_seconds", "count"):
+        assert key in manifest
+    mtime = (first.path / "delta.safetensors").stat().st_mtime_ns
+    spec2, second, cached2 = _craft(data, tmp_path, budget=0.5, seed=1)
+    assert cached2 and spec2.poison_id == spec.poison_id
+    assert (first.path / "delta.safetensors").stat().st_mtime_ns == mtime
+    assert torch.equal(first.delta, second.delta) and torch.equal(first.indices, second.indices)
+    for change in ({"budget": 0.4, "seed": 1}, {"budget": 0.5, "seed": 2}, {"budget": 0.5, "seed": 1, "eps": 0.2}):
+        other, _, cached3 = _craft(data, tmp_path, **change)
+        assert not cached3 and other.poison_id != spec.poison_id
+    assert len(poisons.list_ids(tmp_path)) == 4
+    assert not [p for p in (tmp_path / "poisons").iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_poison_id_is_known_before_crafting(tiny, tmp_path):
+    data, _, _ = tiny
+    spec = poisons.craft_spec(data, "pgd")
+    assert spec.surrogate and len(spec.poison_id) == 16
+    assert not (tmp_path / "poisons").exists() and not (tmp_path / "surrogates").exists()
+
+
+def test_tampered_truncated_and_mismatched_artifacts_are_refused(tiny, tmp_path):
+    data, other, _ = tiny
+    spec, poison, _ = _craft(data, tmp_path, budget=1.0)
+    tensor_file = poison.path / "delta.safetensors"
+    original = tensor_file.read_bytes()
+    with pytest.raises(PoisonbenchError, match="crafted for dataset"):
+        poisons.load(tmp_path, spec.poison_id, other)
+    with pytest.raises(PoisonbenchError, match="craft spec is for dataset fingerprint"):
+        poisons.craft(spec, other, tmp_path)
+    flipped = bytearray(original)
+    flipped[-10] ^= 0xFF
+    tensor_file.write_bytes(bytes(flipped))
+    with pytest.raises(PoisonbenchError, match="sha256"):
+        poisons.load(tmp_path, spec.poison_id, data)
+    with pytest.raises(PoisonbenchError, match="sha256"):
+        poisons.craft(spec, data, tmp_path)  # a cache hit on a tampered artifact is refused, not reused
+    tensor_file.write_bytes(original[: len(original) // 2])
+    with pytest.raises(PoisonbenchError, match="tampered or truncated"):
+        poisons.load(tmp_path, spec.poison_id, data)
+    tensor_file.write_bytes(original)
+    assert poisons.load(tmp_path, spec.poison_id, data).delta.shape[0] == len(data.train)
+    with pytest.raises(PoisonbenchError, match="no poison set 'nope'"):
+        poisons.load(tmp_path, "nope")
+
+
+def test_validate_reports_every_check(tiny, tmp_path):
+    data, other, _ = tiny
+    spec, _, _ = _craft(data, tmp_path, budget=0.5)
+    checks = poisons.validate(tmp_path, spec.poison_id, data)
+    names = [c for c, _, _ in checks]
+    assert names == ["sha256", "dataset", "indices", "budget", "shape", "eps-ball", "pixel range", "labels"]
+    assert all(ok for _, ok, _ in checks)
+    bad = poisons.validate(tmp_path, spec.poison_id, other)
+    assert ("dataset", False) in [(c, ok) for c, ok, _ in bad]
+
+
+def test_cli_craft_list_show_validate(tiny, tmp_path, cli):
+    _, _, path = tiny
+    results = tmp_path / "res"
+    code, out, err = cli("craft", "--attack", "durp", "--dataset", path, "--budget", "0.25", "--results", results,
+                         "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["status"] == "crafted" and info["count"] == 40
+    code, out, _ = cli("craft", "--attack", "durp", "--dataset", path, "--budget", "0.25", "--results", results,
+                       "--json")
+    assert json.loads(out)["status"] == "cached" and json.loads(out)["poison_id"] == info["poison_id"]
+    code, out, _ = cli("poisons", "list", "--results", results, "--json")
+    assert code == 0 and [r["poison_id"] for r in json.loads(out)] == [info["poison_id"]]
+    code, out, _ = cli("poisons", "show", info["poison_id"], "--results", results)
+    assert code == 0 and json.loads(out)["attack"] == "durp"
+    code, out, _ = cli("poisons", "validate", info["poison_id"], "--dataset", path, "--results", results, "--json")
+    assert code == 0 and json.loads(out)["ok"]
+    (results / "poisons" / info["poison_id"] / "delta.safetensors").write_bytes(b"junk")
+    code, out, _ = cli("poisons", "validate", info["poison_id"], "--dataset", path, "--results", results)
+    assert code == 1 and "FAIL" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["craft", "--attack", "nope"], "unknown attack 'nope'; valid choices: pgd, "),
+    (["craft", "--attack", "pgd", "--eps", "0"], "eps must be in (0, 1]"),
+    (["craft", "--attack", "pgd", "--eps", "-0.1"], "eps must be in (0, 1]"),
+    (["craft", "--attack", "pgd", "--eps", "1.5"], "eps must be in (0, 1]"),
+    (["craft", "--attack", "pgd", "--budget", "-0.5"], "budget must be a fraction in [0, 1]"),
+    (["craft", "--attack", "pgd", "--budget", "2"], "budget must be a fraction in [0, 1]"),
+    (["craft", "--attack", "durp", "--steps", "3"], "option --steps does not apply to attack 'durp'"),
+    (["craft", "--attack", "pgd", "--steps", "0"], "--steps of attack 'pgd' must be >= 1"),
+    (["craft", "--attack", "pgd", "--device", "tpu"], "unknown device 'tpu'"),
+    (["poisons", "show", "abc"], "no poison set 'abc'"),
+    (["defend", "--poison-ratio", "-0.1"], "poison ratio must be in [0, 1]"),
+    (["defend", "--poison-ratio", "0.5", "--attacks", "pgd,nope"], "unknown attack 'nope'"),
+])
+def test_cli_bad_input_one_line_exit_2_nothing_written(cli, tiny, tmp_path, monkeypatch, args, needle):
+    _, _, path = tiny
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "res"
+    extra = ["--dataset", path] if args[0] in ("craft", "defend") else []
+    code, out, err = cli(*args, *extra, "--results", results)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("Error: ") and needle in err, err
+    assert not results.exists() and not (tmp_path / "results").exists()

@@ -1,0 +1,58 @@
+"""Records are atomic: a killed `defend` leaves no record and no partial file; re-running completes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from poisonbench.io import atomic_write_json
+from poisonbench.records import RunStore, run_id
+
+
+def test_run_id_is_canonical():
+    assert run_id({"a": 1, "b": [1, 2]}) == run_id({"b": [1, 2], "a": 1})
+    assert run_id({"a": 1}) != run_id({"a": 2})
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    class Boom:
+        pass
+
+    with pytest.raises(TypeError):
+        atomic_write_json(tmp_path / "x.json", {"bad": Boom()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_ignores_partial_or_foreign_files(tmp_path):
+    store = RunStore(tmp_path)
+    store.runs.mkdir(parents=True)
+    (store.runs / "abc.json").write_text('{"schema_version": 1, "run_id": "abc", "conf')
+    assert store.get("abc") is None and store.all() == []
+
+
+def test_sigkill_mid_training_leaves_nothing_and_rerun_completes(tiny_npz, tmp_path):
+    results = tmp_path / "res"
+    cmd = [sys.executable, "-m", "poisonbench.cli.main", "defend", "--dataset", str(tiny_npz), "--recipe", "quick",
+           "--epochs", "400", "--batch-size", "400", "--compile", "off", "--results", str(results), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 60
+    while not (results / "runs").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1.0)  # well inside training (400 epochs take several seconds even on a quiet machine)
+    assert proc.poll() is None, "run finished before it could be killed; make it longer"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list((results / "runs").iterdir()) == []  # no record, no temporary file
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    assert row["status"] == "ran"
+    record = json.loads((results / "runs" / f"{row['run_id']}.json").read_text())
+    assert len(record["history"]) == 400

@@ -1,0 +1,97 @@
+"""The Table II untargeted plan: disjoint seeded rows, exact ⌊ρn⌋ split equally, cheap planning, apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from poisonbench.data import load_dataset
+from poisonbench.errors import PoisonbenchError
+from poisonbench.scenarios import UNTARGETED_ATTACKS, plan_untargeted, split_counts
+
+from .conftest import class_images
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scen")
+    x, y = class_images(250, 16, classes=4)
+    path = root / "tiny.npz"
+    np.savez(path, x=x, y=y)
+    return load_dataset(str(path))
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.2, 0.37, 0.6, 1.0])
+def test_counts_disjoint_and_deterministic(tiny, ratio, tmp_path):
+    n = len(tiny.train)
+    plan = plan_untargeted(tiny, ratio, None, seed=3, results_root=tmp_path)
+    k = int(np.floor(ratio * n + 1e-9))
+    assert plan.attacks == list(UNTARGETED_ATTACKS)
+    counts = [len(plan.assignment[a]) for a in plan.attacks]
+    assert sum(counts) == k and counts == split_counts(k, 4) and max(counts) - min(counts) <= 1
+    assert plan.config["counts"] == dict(zip(plan.attacks, counts, strict=True))
+    rows = torch.cat([plan.assignment[a] for a in plan.attacks])
+    assert len(torch.unique(rows)) == k  # disjoint
+    mask = plan.mask(n)
+    assert mask.sum().item() == k and mask[rows].all()
+    again = plan_untargeted(tiny, ratio, None, seed=3, results_root=tmp_path)
+    assert again.config == plan.config
+    assert all(torch.equal(again.assignment[a], plan.assignment[a]) for a in plan.attacks)
+    assert not (tmp_path / "poisons").exists() and not (tmp_path / "surrogates").exists()  # planning never crafts
+
+
+def test_config_fields_and_seed_dependence(tiny):
+    a = plan_untargeted(tiny, 0.6, ["pgd", "durp"], seed=0)
+    b = plan_untargeted(tiny, 0.6, ["pgd", "durp"], seed=1)
+    for key in ("kind", "ratio", "attacks", "poison_ids", "counts", "indices_fingerprint", "label"):
+        assert key in a.config
+    assert a.config["kind"] == "untargeted" and a.config["attacks"] == ["pgd", "durp"]
+    assert a.config["label"] == "untargeted ρ=0.60 pgd+durp"
+    assert a.config["poison_ids"] == b.config["poison_ids"]  # crafted once, shared by all trials
+    assert a.config["indices_fingerprint"] != b.config["indices_fingerprint"]
+
+
+def test_split_counts_remainder_goes_first():
+    assert split_counts(10, 4) == [3, 3, 2, 2]
+    assert split_counts(3, 4) == [1, 1, 1, 0]
+
+
+def test_bad_plans(tiny):
+    with pytest.raises(PoisonbenchError, match="poison ratio must be in"):
+        plan_untargeted(tiny, 1.2)
+    with pytest.raises(PoisonbenchError, match="unknown attack 'x'"):
+        plan_untargeted(tiny, 0.5, ["x"])
+    with pytest.raises(PoisonbenchError, match="twice"):
+        plan_untargeted(tiny, 0.5, ["durp", "durp"])
+
+
+def test_apply_crafts_once_and_poisons_only_assigned_rows(tiny, tmp_path):
+    from poisonbench import poisons
+
+    x = tiny.train.x.float() / 255
+    calls = []
+
+    class Rec:
+        def start(self, description, epochs):
+            calls.append(("start", description))
+
+        def batch(self, epoch, step, steps):
+            calls.append(("batch", step, steps))
+
+        def epoch(self, epoch, row):
+            pass
+
+        def stop(self):
+            calls.append(("stop",))
+
+    for seed in (0, 1):
+        plan = plan_untargeted(tiny, 0.5, ["durp"], seed=seed, results_root=tmp_path)
+        out = plan.apply(x.clone(), results_root=tmp_path, device=torch.device("cpu"), reporter=Rec())
+        mask = plan.mask(len(x))
+        changed = (out != x).flatten(1).any(1)
+        assert not changed[~mask].any() and changed[mask].float().mean() > 0.9
+        assert out.min() >= 0 and out.max() <= 1
+        assert (out - x).abs().max() <= plan.specs["durp"].eps + 1e-6
+    assert len(poisons.list_ids(tmp_path)) == 1  # two trials, one craft
+    assert calls[0][0] == "start" and calls[-1] == ("stop",)
