@@ -44,15 +44,16 @@ LISSA_DAMP, LISSA_SCALE, LISSA_STEPS, LISSA_BATCH = 0.01, 50.0, 980, 50  # offic
 
 @torch.no_grad()
 def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
-                dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(h̃, logits)` for every row of `x`, model in eval mode (restored afterwards). h̃ = [φ; 1] in `dtype`."""
+                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(h̃, logits)` for every row of `x`, model in eval mode (restored afterwards). h̃ = [φ; 1] in `dtype`
+    (default: the model's dtype; the solvers are accurate in float32 except `exact`, which factors in float64)."""
     was_training = model.training
     model.eval()
     feats, logits = [], []
     for i in range(0, len(x), batch_size):
         phi = model.features(x[i:i + batch_size])
-        logits.append(model.head(phi).to(dtype))
-        feats.append(phi.to(dtype))
+        logits.append(model.head(phi).to(dtype or phi.dtype))
+        feats.append(phi.to(dtype or phi.dtype))
     model.train(was_training)
     phi = torch.cat(feats)
     return augment(phi), torch.cat(logits)
@@ -113,16 +114,19 @@ def hessian(h: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
 
 def solve_exact(h: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, damping: float) -> tuple[torch.Tensor, dict]:
     """`(H + λI)⁻¹ v` by forming H and a Cholesky factorisation (O(D³): fine for D ≈ 5k, slow for 16k on CPU)."""
-    mat = hessian(h, probs)
+    mat = hessian(h.double(), probs.double())
     mat.diagonal().add_(damping)
     chol = torch.linalg.cholesky(mat)
-    s = torch.cholesky_solve(v.reshape(-1, 1), chol).reshape(v.shape)
-    return s, {"dim": mat.shape[0]}
+    s = torch.cholesky_solve(v.double().reshape(-1, 1), chol).reshape(v.shape)
+    return s.to(v.dtype), {"dim": mat.shape[0]}
 
 
-def solve_cg(h: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, damping: float, rtol: float = 1e-8,
-             max_iter: int = 2000) -> tuple[torch.Tensor, dict]:
-    """`(H + λI)⁻¹ v` by conjugate gradients with closed-form HVPs; stops at ‖residual‖ ≤ rtol·‖v‖."""
+def solve_cg(h: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, damping: float, rtol: float | None = None,
+             max_iter: int = 1000) -> tuple[torch.Tensor, dict]:
+    """`(H + λI)⁻¹ v` by conjugate gradients with closed-form HVPs; stops at ‖residual‖ ≤ rtol·‖v‖
+    (default 1e-6 in float32, 1e-10 in float64)."""
+    if rtol is None:
+        rtol = 1e-10 if v.dtype == torch.float64 else 1e-6
     x = torch.zeros_like(v)
     r = v.clone()
     p = r.clone()
@@ -154,9 +158,15 @@ def solve_lissa(h: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, damping: 
     est = v.clone()
     n = len(h)
     idx = torch.randint(n, (steps, batch_size), device=h.device, generator=generator)
-    for j in range(steps):
-        b = idx[j]
-        est = v + (1 - damp) * est - hvp(h[b], probs[b], est) / scale
+    threads = torch.get_num_threads()
+    if h.device.type == "cpu":
+        torch.set_num_threads(1)  # 50-row products: threading costs more than it gives (10× on a loaded CPU)
+    try:
+        for j in range(steps):
+            b = idx[j]
+            est = v + (1 - damp) * est - hvp(h[b], probs[b], est) / scale
+    finally:
+        torch.set_num_threads(threads)
     s = est / scale
     return s, {"steps": steps, "batch_size": batch_size, "scale": scale, "damp": damp,
                "finite": bool(torch.isfinite(s).all())}

@@ -126,3 +126,17 @@ def test_bad_attack_inputs(tiny, kwargs, needle):
     with pytest.raises(PoisonbenchError, match=None) as info:
         craft_spec(data, **kwargs)
     assert needle in str(info.value)
+
+
+def test_surrogate_is_cached_as_safetensors_and_shared(tiny):
+    from safetensors.torch import load_file
+
+    from poisonbench.attacks.surrogate import load_or_train_surrogate, surrogate_id
+
+    data, results = tiny
+    _, first = load_or_train_surrogate(data, results, torch.device("cpu"))
+    _, second = load_or_train_surrogate(data, results, torch.device("cpu"))
+    assert second["trained"] is False and second["id"] == first["id"] == surrogate_id(data)
+    assert first["path"].endswith(".safetensors") and load_file(first["path"])
+    assert craft_spec(data, "pgd").surrogate == craft_spec(data, "dap").surrogate == first["id"]
+    assert craft_spec(data, "durp").surrogate is None

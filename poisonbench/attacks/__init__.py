@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+
 from ..registry import Registry
 
 ATTACKS: Registry = Registry("attack")
 
-from . import dap, deepconfuse, durp, pgd  # noqa: E402,F401  (registration)
+for _module in ("pgd", "dap", "durp", "deepconfuse"):  # registration order = the paper's Table II order
+    importlib.import_module(f".{_module}", __name__)

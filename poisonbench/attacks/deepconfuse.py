@@ -168,6 +168,10 @@ class DeepConfuse(Attack):
             self.params.update(OFFICIAL[self.family])
 
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):  # seeds module init without touching the caller's global RNG
+            return self._perturb(ctx)
+
+    def _perturb(self, ctx: AttackContext) -> torch.Tensor:
         p, device, eps = self.params, ctx.device, ctx.eps
         data = ctx.dataset
         c, h, _ = data.shape

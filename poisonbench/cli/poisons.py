@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import options
@@ -29,11 +31,12 @@ def list_(results: str = options.Results, as_json: bool = options.Json) -> None:
         Console(stderr=True).print("no poison sets in this workspace")
         return
     table = Table(title="poison sets")
-    for col in ("id", "attack", "dataset", "ε", "budget", "seed", "rows", "craft s", "created"):
+    table.add_column("id", no_wrap=True)
+    for col in ("attack", "dataset", "ε", "budget", "seed", "rows", "craft s", "created"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["poison_id"], str(r["attack"]), str(r["dataset"]), f"{r['eps']:.4g}", str(r["budget"]),
-                      str(r["seed"]), str(r["count"]), str(r["craft_seconds"]), str(r["created_at"]))
+                      str(r["seed"]), str(r["count"]), str(r["craft_seconds"]), str(r["created_at"])[:16])
     Console().print(table)
 
 
@@ -70,7 +73,7 @@ def validate(
         for col in ("check", "result", "detail"):
             table.add_column(col)
         for c, p, d in checks:
-            table.add_row(c, "[green]ok[/]" if p else "[red]FAIL[/]", d)
+            table.add_row(c, "[green]ok[/]" if p else "[red]FAIL[/]", escape(d))
         Console().print(table)
     if not ok:
-        raise typer.Exit(1)
+        sys.exit(1)  # not typer.Exit: the entry point runs click with standalone_mode=False

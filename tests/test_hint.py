@@ -1,0 +1,189 @@
+"""HINT defense invariants on tiny data: noise bound, valid pixels, ⌈r·n⌉ selected, noise only on selected rows,
+updates only at scheduled epochs, determinism, parameter validation, the figure."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from poisonbench.defenses import DEFENSES, build_defense
+from poisonbench.defenses.hint import Hint, scale_schedule
+from poisonbench.errors import PoisonbenchError
+from poisonbench.recipes import Recipe, resolve_recipe
+from poisonbench.training import TrainContext, make_optimizer, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Small(nn.Module):
+    def __init__(self, classes=3):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.head = nn.Linear(4 * 6 * 6, classes)
+
+    def features(self, x):
+        return self.conv(x).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+RECIPE = Recipe("tiny", epochs=4, batch_size=16, lr=0.05)
+
+
+def data(seed=0, n=50):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n + 12,), generator=g)
+    x = (torch.rand(n + 12, 1, 8, 8, generator=g) * 0.3 + y[:, None, None, None] * 0.3).clamp(0, 1)
+    x[:5] = 1.0  # saturated rows: clipping at 1 must hold
+    x[5:10] = 0.0
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def run(seed=0, poisoned=None, **params):
+    x, y, vx, vy = data()
+    torch.manual_seed(seed)
+    model = Small()
+    defense = Hint("mnist", RECIPE, **{"schedule": [1, 3], **params})
+    result = train(model, x.clone(), y, vx, vy, RECIPE, seed=seed, device=torch.device("cpu"), num_classes=3,
+                   defense=defense, compile="off", poisoned=poisoned)
+    return defense, result, x
+
+
+def test_registered_and_defaults():
+    assert "hint" in DEFENSES.names()
+    paper = resolve_recipe("mnist", "paper")
+    d = build_defense("hint", "mnist", paper)
+    assert d.params["schedule"] == [5, 15]
+    assert d.params["ratio"] == 0.5 and d.params["beta"] == 0.062 and d.params["gamma"] == 0.1
+    assert build_defense("hint", "cifar10", resolve_recipe("cifar10", "paper")).params["schedule"] == [5, 15, 40]
+    assert scale_schedule("mnist", 10) == [2, 5]
+    assert scale_schedule("cifar10", 40) == [2, 8, 20]
+    assert scale_schedule("mnist", 2) == [1]
+    assert scale_schedule("mnist", 1) == [0]
+    assert build_defense("hint", "mnist", paper, schedule="15, 5,5").params["schedule"] == [5, 15]
+
+
+@pytest.mark.parametrize("params", [
+    {"ratio": 0}, {"ratio": 1.5}, {"ratio": -0.1}, {"beta": 0}, {"beta": -1}, {"gamma": 0},
+    {"schedule": ""}, {"schedule": "30"}, {"schedule": "-1"}, {"schedule": "a,b"}, {"ihvp": "newton"},
+    {"grad_space": "x"}, {"hessian_data": "val"}, {"damping": 0}, {"eps": 1},
+])
+def test_bad_parameters_are_one_line_errors(params):
+    with pytest.raises(PoisonbenchError) as err:
+        build_defense("hint", "mnist", resolve_recipe("mnist", "paper"), **params)
+    assert "\n" not in str(err.value)
+
+
+def test_invariants():
+    poisoned = torch.zeros(50, dtype=torch.bool)
+    poisoned[::3] = True
+    defense, result, x0 = run(poisoned=poisoned, gamma=5.0, beta=0.05, ratio=0.3)
+    ctx = result.context
+    k = math.ceil(0.3 * 50)
+    sel = defense.selected
+    assert len(sel) == k == len(set(sel.tolist()))
+    delta = ctx.train_x - x0
+    assert delta.abs().max() <= 0.05 + 1e-6
+    assert ctx.train_x.min() >= 0 and ctx.train_x.max() <= 1
+    mask = torch.zeros(50, dtype=torch.bool)
+    mask[sel] = True
+    assert delta[~mask].abs().max() == 0  # noise only on selected rows
+    assert delta[mask].abs().sum() > 0
+    assert [u["epoch"] for u in defense.updates] == [1, 3]
+    s = defense.summary()
+    assert s["noise"]["selected"] == k and s["noise"]["delta_abs_max"] <= 0.05 + 1e-6
+    assert s["selection"]["selected_poisoned"] == int(poisoned[sel].sum())
+    assert 0 < len(s["examples"]) <= 8
+    assert any(e["poisoned"] for e in s["examples"]) and any(not e["poisoned"] for e in s["examples"])
+    assert {"hint_select", "hint_update", "train"} <= set(result.cost)
+
+
+def test_updates_only_at_scheduled_epochs():
+    x, y, vx, vy = data()
+    torch.manual_seed(0)
+    model = Small()
+    opt, _ = make_optimizer(model, RECIPE)
+    ctx = TrainContext(model, opt, RECIPE, torch.device("cpu"), torch.Generator().manual_seed(0), x.clone(), y,
+                       vx, vy, 3, 0)
+    defense = Hint("mnist", RECIPE, schedule=[1, 3], gamma=5.0)
+    defense.prepare(ctx)
+    changed = []
+    for epoch in range(RECIPE.epochs):
+        before = ctx.train_x.clone()
+        defense.on_epoch_start(ctx, epoch)
+        changed.append(bool((ctx.train_x != before).any()))
+        with torch.no_grad():  # move the model a bit, as training would
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    assert changed == [False, True, False, True]
+
+
+def test_deterministic():
+    a, ra, _ = run(seed=3, gamma=2.0)
+    b, rb, _ = run(seed=3, gamma=2.0)
+    assert torch.equal(a.selected, b.selected)
+    assert torch.equal(ra.context.train_x, rb.context.train_x)
+    assert [h["train_loss"] for h in ra.history] == [h["train_loss"] for h in rb.history]
+
+
+def test_sign_variant_saturates_and_quantize_is_uint8():
+    d, r, x0 = run(sign=True, gamma=1.0, beta=0.05)
+    delta = (r.context.train_x - x0)[d.selected]
+    moved = delta.abs() > 0
+    # sign steps of γ > β land on ±β unless the pixel clipped at 0 or 1
+    inner = moved & (r.context.train_x[d.selected] > 0) & (r.context.train_x[d.selected] < 1)
+    assert torch.allclose(delta[inner].abs(), torch.tensor(0.05), atol=1e-6)
+    x, y, vx, vy = data()
+    xq = (x * 255).round() / 255
+    torch.manual_seed(0)
+    model = Small()
+    defense = Hint("mnist", RECIPE, schedule=[1, 3], gamma=3.0, quantize=True)
+    res = train(model, xq.clone(), y, vx, vy, RECIPE, seed=0, device=torch.device("cpu"), num_classes=3,
+                defense=defense, compile="off")
+    q = res.context.train_x * 255
+    assert torch.allclose(q, q.round(), atol=1e-3)
+
+
+def test_lissa_and_selected_hessian_run():
+    d, r, _ = run(ihvp="lissa", hessian_data="selected", gamma_decay_epoch=3, grad_space="normalized")
+    assert [u["gamma"] for u in d.updates] == [0.1, 0.1 / 10]
+    assert d.updates[1]["ihvp"]["method"] == "lissa"
+
+
+def test_needs_validation_split():
+    x, y, vx, vy = data()
+    model = Small()
+    with pytest.raises(PoisonbenchError, match="validation"):
+        train(model, x, y, vx[:0], vy[:0], RECIPE, seed=0, device=torch.device("cpu"), num_classes=3,
+              defense=Hint("mnist", RECIPE, schedule=[1]), compile="off")
+
+
+def test_noise_figure(tmp_path):
+    from poisonbench.figures import noise_figure
+
+    poisoned = torch.zeros(50, dtype=torch.bool)
+    poisoned[1::2] = True
+    d, _, _ = run(poisoned=poisoned, gamma=3.0)
+    record = {"run_id": "abc", "defense": d.summary()}
+    out = noise_figure(record, tmp_path / "f.png")
+    assert out.stat().st_size > 1000
+    with pytest.raises(PoisonbenchError):
+        noise_figure({"run_id": "x", "defense": {}}, tmp_path / "g.png")
+
+
+def test_cli_bad_ratio_exits_2():
+    from poisonbench.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["defend", "--method", "hint", "--ratio", "0", "--results", "/nonexistent-unused"])
+    assert exc.value.code == 2
