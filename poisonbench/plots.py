@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import tables  # noqa: E402
+from . import figures, tables  # noqa: E402
 from .errors import PoisonbenchError, unknown_choice  # noqa: E402
 
 FIGURES = ("1", "2", "3", "4", "rho")
@@ -268,61 +268,15 @@ def figure_targeted(number: str, records: list[dict], df: pd.DataFrame, out: Pat
 
 # ----------------------------------------------------------------------------------------------- Fig. 1
 
-def healthy_example(e: dict) -> dict:
-    """One `record["defense"]["examples"]` entry of HINT (defenses/hint.py `_examples`: flat `x`, `delta` and
-    `shape`, `pred_original`/`prob_original`, `pred_perturbed`/`prob_perturbed`) as arrays and numbers."""
-    x = np.asarray(e["x"], dtype=np.float64)
-    delta = np.asarray(e["delta"], dtype=np.float64)
-    if e.get("shape"):
-        x, delta = x.reshape(e["shape"]), delta.reshape(e["shape"])
-    nan = float("nan")
-    return {"x": x, "delta": delta, "label": e.get("label", "?"), "poisoned": bool(e.get("poisoned")),
-            "pred0": e.get("pred_original", "?"), "prob0": e.get("prob_original", nan),
-            "pred1": e.get("pred_perturbed", "?"), "prob1": e.get("prob_perturbed", nan)}
-
-
-def figure_1(records: list[dict], out: Path, max_rows: int = 4) -> list[Path]:
-    """Healthy noise: original / noise (min-max scaled, as in the paper) / perturbed, with prediction and
-    probability of the final model. Draws the newest HINT record whose `defense.examples` is non-empty,
-    up to two clean then two poisoned examples (rows)."""
+def figure_1(records: list[dict], out: Path) -> list[Path]:
+    """Healthy noise (paper Fig. 1), drawn by `figures.noise_figure` (the same figure as `figure noise --run`)
+    from the HINT record with stored examples at the highest ρ (newest first among equals)."""
     withx = [r for r in records if (r.get("defense") or {}).get("examples")]
     if not withx:
         return []
-    rec = max(withx, key=lambda r: (r.get("finished_at") or "", r["run_id"]))
-    examples = [healthy_example(e) for e in rec["defense"]["examples"]]
-    clean = [e for e in examples if not e["poisoned"]]
-    poisoned = [e for e in examples if e["poisoned"]]
-    half = max_rows // 2
-    chosen = (clean[:max(half, max_rows - len(poisoned))] + poisoned)[:max_rows]
-    fig, axes = plt.subplots(len(chosen), 3, figsize=(5.2, 1.9 * len(chosen)), squeeze=False, layout="constrained")
-    for i, e in enumerate(chosen):
-        noise = e["delta"]
-        span = noise.max() - noise.min()
-        panels = ((to_hwc(e["x"]), f"Pred: {e['pred0']}  Prob: {e['prob0']:.2f}"),
-                  (to_hwc((noise - noise.min()) / span if span > 0 else np.zeros_like(noise)),
-                   f"noise, |δ|∞ = {np.abs(noise).max():.3f}"),
-                  (to_hwc(np.clip(e["x"] + noise, 0, 1)), f"Pred: {e['pred1']}  Prob: {e['prob1']:.2f}"))
-        for j, (img, title) in enumerate(panels):
-            show(axes[i][j], img)
-            axes[i][j].set_xlabel(title, fontsize=7)
-        axes[i][0].set_ylabel(f"{'poisoned' if e['poisoned'] else 'clean'}, label {e['label']}", fontsize=8)
-    for j, name in enumerate(("original", "healthy noise (scaled)", "perturbed")):
-        axes[0][j].set_title(name, fontsize=9)
-    c = rec["config"]
-    fig.suptitle(f"Fig. 1 — HINT healthy noise ({c['dataset']}, ρ = "
-                 f"{(c.get('poison') or {}).get('ratio', 0)}, run {rec['run_id']})", fontsize=9)
-    return [save(fig, out / f"fig1_healthy_noise_{c['dataset']}.png")]
-
-
-def figure_1_any(records: list[dict], out: Path, data_dir: str | None = None) -> list[Path]:
-    """Fig. 1 via poisonbench/figures.py (the HINT module's own figure) when it provides one, else ours."""
-    try:
-        from . import figures as hint_figures  # noqa: F401  (written by the HINT module; optional)
-    except ImportError:
-        hint_figures = None
-    if hint_figures is not None and hasattr(hint_figures, "figure_1_from_records"):
-        return list(hint_figures.figure_1_from_records(records, out))
-    return figure_1(records, out)
+    rec = max(withx, key=lambda r: ((r["config"].get("poison") or {}).get("ratio", 0.0),
+                                    r.get("finished_at") or "", r["run_id"]))
+    return [figures.noise_figure(rec, out / f"fig1_healthy_noise_{rec['config']['dataset']}.png")]
 
 
 def draw(number: str, records: list[dict], out: str | Path, paper: bool = False, rho: float | None = None,
@@ -336,7 +290,7 @@ def draw(number: str, records: list[dict], out: str | Path, paper: bool = False,
     if number == "rho":
         return figure_rho(df, out, paper)
     if number == "1":
-        return figure_1_any(records, out, data_dir)
+        return figure_1(records, out)
     if number == "2":
         return figure_2(records, df, out, rho, trial, data_dir)
     if number in TARGETED_FIGURE:
