@@ -33,7 +33,7 @@ def noise_figure(record: dict, out: str | Path) -> Path:
     if not examples:
         method = (record.get("config") or {}).get("defense", {}).get("method")
         raise PoisonbenchError(f"run {record.get('run_id')} has no healthy-noise examples (method {method!r}; "
-                               "`figure noise` needs a HINT run whose schedule reached the first update)")
+                               "`report --figure 1` needs a HINT run whose schedule reached the first update)")
     rows = len(examples)
     fig, axes = plt.subplots(rows, 3, figsize=(6.6, 2.2 * rows + 0.4), squeeze=False)
     beta = (defense.get("noise") or {}).get("beta")

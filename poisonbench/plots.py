@@ -269,7 +269,7 @@ def figure_targeted(number: str, records: list[dict], df: pd.DataFrame, out: Pat
 # ----------------------------------------------------------------------------------------------- Fig. 1
 
 def figure_1(records: list[dict], out: Path) -> list[Path]:
-    """Healthy noise (paper Fig. 1), drawn by `figures.noise_figure` (the same figure as `figure noise --run`)
+    """Healthy noise (paper Fig. 1), drawn by `figures.noise_figure` (the same figure as `report --figure 1 --run`)
     from the HINT record with stored examples at the highest ρ (newest first among equals)."""
     withx = [r for r in records if (r.get("defense") or {}).get("examples")]
     if not withx:

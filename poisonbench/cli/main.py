@@ -11,7 +11,6 @@ from ..errors import PoisonbenchError
 from . import craft as craft_cmd
 from . import data as data_cmd
 from . import defend as defend_cmd
-from . import figure as figure_cmd
 from . import poisons as poisons_cmd
 from . import report as report_cmd
 
@@ -25,7 +24,6 @@ app = typer.Typer(
 app.command("defend", help=defend_cmd.HELP)(defend_cmd.defend)
 app.command("report", help=report_cmd.HELP)(report_cmd.report)
 app.add_typer(data_cmd.app, name="data", help=data_cmd.HELP)
-app.add_typer(figure_cmd.app, name="figure", help=figure_cmd.HELP)
 app.command("craft", help=craft_cmd.HELP)(craft_cmd.craft)
 app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)
 

@@ -42,6 +42,8 @@ def report(
     rho: float = typer.Option(None, "--rho", help="Table II: only this ρ; Tables IV/V: runs at this ρ (default "
                                                   "0.6); Fig. 2: this ρ (default the largest)."),
     trial: int = typer.Option(None, "--trial", help="Fig. 2: the trial to show (default the first)."),
+    run: str = typer.Option(None, "--run", help="Fig. 1: draw this HINT run (record id) instead of the one at "
+                                                "the highest ρ."),
     data_dir: str = options.DataDir,
     results: str = options.Results,
 ) -> None:
@@ -93,6 +95,12 @@ def report(
         number = plots.check_figure(figure)
         records = store.all()
         tables.assert_records(records, store.root)
+        if run is not None:
+            if number != "1":
+                raise PoisonbenchError("--run selects the record of --figure 1 only")
+            records = [r for r in records if r["run_id"] == run]
+            if not records:
+                raise PoisonbenchError(f"no complete record for run {run!r} under {store.runs}")
         target = out or str(store.root / "figures")
         paths = plots.draw(number, records, target, paper=paper, rho=rho, trial=trial, data_dir=data_dir,
                            **filters)

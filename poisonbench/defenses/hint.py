@@ -36,7 +36,7 @@ PAPER_EPOCHS = {"mnist": 30, "cifar10": 80}  # paper §VI-A1
 PAPER_SCHEDULE = {"mnist": (5, 15), "cifar10": (5, 15, 40)}  # paper §VI-A3 "HINT"
 GRAD_SPACES = ("pixel", "normalized")
 HESSIAN_DATA = ("all", "selected")
-FIGURE_EXAMPLES = 4  # per group (clean / poisoned) stored for `poisonbench figure noise`
+FIGURE_EXAMPLES = 4  # per group (clean / poisoned) stored for `poisonbench report --figure 1 --run RUN_ID`
 AT_BETA_TOL = 1e-6
 
 
