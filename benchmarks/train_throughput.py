@@ -56,15 +56,14 @@ def engine_img_s(data, recipe, epochs: int, compile_mode: str) -> float:
     return len(y) * epochs / (stamps[-1] - stamps[0])
 
 
-def baseline_img_s(data, recipe, epochs: int) -> float:
+def eager_img_s(data, recipe, epochs: int, make_batches) -> float:
+    """Plain eager loop over `make_batches()` (a fresh iterable per epoch); first epoch is warm-up."""
     model = build_model("convnet", data, seed=0)
     optimizer, _ = make_optimizer(model, recipe)
-    loader = DataLoader(PILDataset(data.train.x[:, 0].numpy(), data.train.y.numpy()), batch_size=128,
-                        shuffle=True, num_workers=0)
     model.train()
     stamps = []
     for _ in range(epochs + 1):
-        for xb, yb in loader:
+        for xb, yb in make_batches():
             loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad()
             loss.backward()
@@ -73,20 +72,16 @@ def baseline_img_s(data, recipe, epochs: int) -> float:
     return len(data.train.y) * epochs / (stamps[-1] - stamps[0])
 
 
+def baseline_img_s(data, recipe, epochs: int) -> float:
+    loader = DataLoader(PILDataset(data.train.x[:, 0].numpy(), data.train.y.numpy()), batch_size=128,
+                        shuffle=True, num_workers=0)
+    return eager_img_s(data, recipe, epochs, lambda: loader)
+
+
 def bare_img_s(data, recipe, epochs: int) -> float:
-    model = build_model("convnet", data, seed=0)
-    optimizer, _ = make_optimizer(model, recipe)
     x, y = to_float(data.train.x, torch.device("cpu")), data.train.y
     batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, len(y), 128)]
-    stamps = []
-    for _ in range(epochs + 1):
-        for xb, yb in batches:
-            loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        stamps.append(time.perf_counter())
-    return len(y) * epochs / (stamps[-1] - stamps[0])
+    return eager_img_s(data, recipe, epochs, lambda: batches)
 
 
 def train_step_flops_per_image(data) -> float:
