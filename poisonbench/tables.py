@@ -131,8 +131,16 @@ def frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([record_row(r) for r in records], columns=COLUMNS)
 
 
+PAPER_MIX = "pgd,dap,durp,deepconfuse"  # Table II's untargeted mix (paper §VI-A2), the default `--attacks`
+
+
 def apply_filters(df: pd.DataFrame, dataset: str | None = None, model: str | None = None,
-                  recipe: str | None = None, epochs: int | None = None, methods: list[str] | None = None):
+                  recipe: str | None = None, epochs: int | None = None, methods: list[str] | None = None,
+                  mix: str | None = PAPER_MIX):
+    """Keep the records of one dataset / model / recipe / epochs / methods; untargeted runs only with the attack
+    mix `mix` (comma-separated, in the order given to `defend --attacks`; "any" pools every mix)."""
+    if mix and mix != "any":
+        df = df[(df.kind != "untargeted") | (df.mix == mix)]
     if dataset:
         df = df[df.dataset == dataset]
     if model:
@@ -803,14 +811,14 @@ def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], data
 
 def missing_commands(number: str, records: list[dict], opts: Options, dataset: str | None = None,
                      recipe: str | None = None, model: str | None = None, epochs: int | None = None,
-                     methods: list[str] | None = None) -> tuple[list[str], list[str]]:
+                     methods: list[str] | None = None, mix: str | None = PAPER_MIX) -> tuple[list[str], list[str]]:
     """(commands, notes): one `poisonbench defend` line per incomplete configuration (it runs trials
     0..N-1 and skips the done ones), and notes for what cannot be listed."""
     number = check_table(number)
     notes = []
     if number == "3":
         return [], ["Table III: targeted runs cannot be listed yet (`defend` has no targeted scenario)"]
-    df = apply_filters(frame(records), dataset, model, recipe, epochs)
+    df = apply_filters(frame(records), dataset, model, recipe, epochs, mix=mix)
     available = available_methods()
     wanted = [m for m in (methods or PAPER_METHODS)]
     unavailable = [m for m in wanted if m not in available]
@@ -826,8 +834,11 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
         sdf = in_setting(df, need.setting) if need.setting.recipe_json else df.iloc[0:0]
         bases = set((sdf.seed - sdf.trial).tolist())
         mixes = [m for m in sdf.mix.unique() if m]
-        commands.append(need.command(opts.trials, bases.pop() if len(bases) == 1 else 0,
-                                     mixes[0] if len(mixes) == 1 else ""))
+        if mix and mix not in ("any", PAPER_MIX):
+            need_mix = mix
+        else:
+            need_mix = mixes[0] if len(mixes) == 1 and mixes[0] != PAPER_MIX else ""
+        commands.append(need.command(opts.trials, bases.pop() if len(bases) == 1 else 0, need_mix))
     return list(dict.fromkeys(commands)), notes
 
 

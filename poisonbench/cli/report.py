@@ -31,6 +31,9 @@ def report(
     recipe: str = typer.Option(None, "--recipe", help="Only records trained with this recipe (paper | quick)."),
     model: str = typer.Option(None, "--model", help="Only records of this model."),
     epochs: int = typer.Option(None, "--epochs", help="Only records trained for this many epochs."),
+    attacks: str = typer.Option("pgd,dap,durp,deepconfuse", "--attacks",
+                                help="Untargeted runs of this attack mix only (as given to `defend --attacks`); "
+                                     "default the paper's four; `any` pools every mix."),
     trials: int = typer.Option(5, "--trials", help="Trials a cell should have; fewer are marked (n=k)."),
     fmt: str = typer.Option("rich", "--format", help="rich | md | latex | csv | json."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
@@ -60,7 +63,8 @@ def report(
     methods = _methods(method)
     store = RunStore(results)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    filters = {"dataset": dataset, "model": model, "recipe": recipe, "epochs": epochs, "methods": methods}
+    filters = {"dataset": dataset, "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
+               "mix": attacks}
 
     if table is not None:
         number = tables.check_table(table)
@@ -70,7 +74,7 @@ def report(
             if not records and not dataset:
                 tables.assert_records(records, store.root)
             commands, notes = tables.missing_commands(number, records, opts, dataset=dataset, recipe=recipe,
-                                                      model=model, epochs=epochs, methods=methods)
+                                                      model=model, epochs=epochs, methods=methods, mix=attacks)
             for note in notes:
                 err.print(note, markup=False)
             for command in commands:
@@ -138,5 +142,8 @@ FIGURE_NEEDS = {
 
 
 def describe(filters: dict) -> str:
-    given = [f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in filters.items() if v]
+    from ..tables import PAPER_MIX
+
+    given = [f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in filters.items()
+             if v and not (k == "mix" and v == PAPER_MIX)]
     return ", ".join(given) or "no filters"
