@@ -675,10 +675,11 @@ def render_json(t: Table) -> str:
 
 
 def render_rich(t: Table, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table as RichTable
 
-    console = console or Console()
+    from .cli.progress import stdout_console
+
+    console = console or stdout_console()
     console.print(f"[bold]{t.title}.[/bold] {t.caption}", highlight=False)
     for b in t.blocks:
         rt = RichTable(title=b.title, caption="\n".join(b.notes) or None, caption_justify="left")

@@ -12,6 +12,7 @@ from ..attacks import ATTACKS
 from ..data import load_dataset
 from ..training import resolve_device
 from . import options
+from .progress import stdout_console
 
 HELP = ("Craft a PoisonSet with one attack (pgd, dap, durp, deepconfuse) on the train split; a repeat with the "
         "same inputs is a cache hit. Attack options default to the paper's / official values per dataset.")
@@ -97,6 +98,6 @@ def craft(
     if as_json:
         print(json.dumps(out))
         return
-    Console().print(f"{out['status']} {attack} poison set [bold]{spec.poison_id}[/] ({out['count']} rows, "
+    stdout_console().print(f"{out['status']} {attack} poison set [bold]{spec.poison_id}[/] ({out['count']} rows, "
                     f"ε={out['eps']:.4g}) → {out['path']}")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..data import DATASETS, load_dataset
 from . import options
+from .progress import stdout_console
 
 HELP = "List the datasets; show a dataset's sizes, splits, fingerprints and where its files are read from."
 app = typer.Typer(no_args_is_help=True, help=HELP)
@@ -29,7 +29,7 @@ def list_(as_json: bool = options.Json) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(*r.values())
-    Console().print(table)
+    stdout_console().print(table)
 
 
 @app.command("info", help="Load a dataset and show its splits, class counts, fingerprints and source.")
@@ -43,7 +43,7 @@ def info(
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    console = Console()
+    console = stdout_console()
     console.print(f"[bold]{summary['name']}[/] ({summary['family']} family), images {summary['shape']}, "
                   f"{summary['classes']} classes")
     console.print(f"read from: {summary['source']}")

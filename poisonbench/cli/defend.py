@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import PoisonbenchError
@@ -13,7 +12,7 @@ from ..records import RunStore
 from ..runner import DefendSpec
 from ..runner import defend as run_defend
 from . import options
-from .progress import RichReporter
+from .progress import RichReporter, stdout_console
 
 HELP = "Train on the (optionally poisoned) train split with a defense; one record per trial under results/runs/."
 
@@ -120,7 +119,7 @@ def defend(
         accs.append(r["metrics"]["test_acc"])
         table.add_row(r["run_id"], o.status, str(r["config"]["trial"]), str(r["config"]["seed"]),
                       f"{100 * r['metrics']['test_acc']:.2f}", f"{r['cost']['seconds']:.1f}")
-    console = Console()
+    console = stdout_console()
     console.print(table)
     if len(accs) > 1:
         import statistics

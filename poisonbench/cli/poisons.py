@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import options
+from .progress import stdout_console
 
 HELP = "List, show and validate the crafted PoisonSets under results/poisons/."
 app = typer.Typer(no_args_is_help=True, help=HELP)
@@ -37,7 +38,7 @@ def list_(results: str = options.Results, as_json: bool = options.Json) -> None:
     for r in rows:
         table.add_row(r["poison_id"], str(r["attack"]), str(r["dataset"]), f"{r['eps']:.4g}", str(r["budget"]),
                       str(r["seed"]), str(r["count"]), str(r["craft_seconds"]), str(r["created_at"])[:16])
-    Console().print(table)
+    stdout_console().print(table)
 
 
 @app.command("show", help="Print a PoisonSet's manifest (every crafting parameter, fingerprints, sha256).")
@@ -74,6 +75,6 @@ def validate(
             table.add_column(col)
         for c, p, d in checks:
             table.add_row(c, "[green]ok[/]" if p else "[red]FAIL[/]", escape(d))
-        Console().print(table)
+        stdout_console().print(table)
     if not ok:
         sys.exit(1)  # not typer.Exit: the entry point runs click with standalone_mode=False

@@ -8,6 +8,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 stderr = Console(stderr=True)
 
 
+def stdout_console() -> Console:
+    """Console for result tables: the terminal's width, or 160 columns when piped (rich would use 80 and
+    squeeze the tables into unreadable columns in logs and CI output)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 class RichReporter:
     def __init__(self, console: Console = stderr):
         self.console = console

@@ -13,6 +13,7 @@ from .. import report as lib
 from ..errors import PoisonbenchError, unknown_choice
 from ..records import RunStore
 from . import options
+from .progress import stdout_console
 
 HELP = ("Aggregate the run records: test accuracy mean ± sample std over trials per configuration, or the "
         "paper's Tables II–V (--table N, --paper, --diff, --missing) and Figures 1–4 (--figure N --out DIR).")
@@ -129,7 +130,7 @@ def report(
         rich_table.add_column(col)
     for r in rows:
         rich_table.add_row(*map(str, r.values()))
-    Console().print(rich_table)
+    stdout_console().print(rich_table)
 
 
 FIGURE_NEEDS = {
