@@ -58,6 +58,26 @@ def write_cifar_dir(directory: Path, per_batch: int = 250, n_test: int = 50) -> 
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and robust to a loaded machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_npz(root: Path, n: int = 200, size: int = 16, classes: int = 4, seed: int = 0,
+              name: str = "tiny.npz") -> Path:
+    """A learnable `.npz` dataset (see `class_images`) under `root`; returns its path."""
+    x, y = class_images(n, size, classes=classes, seed=seed)
+    path = root / name
+    np.savez(path, x=x, y=y)
+    return path
+
+
+@pytest.fixture
 def tiny_npz(tmp_path: Path) -> Path:
     """500 learnable 16×16 grey images, 10 classes: train 400 / val 10 / test 90."""
     x, y = class_images(500, 16)

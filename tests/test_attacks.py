@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,7 @@ from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
 from poisonbench.poisons import craft_spec
 
-from .conftest import class_images
+from .conftest import write_npz
 
 EPS = 0.1
 FAST = {"deepconfuse": {"outer_epochs": 2}}  # keep the generator schedule tiny in tests
@@ -21,10 +20,7 @@ FAST = {"deepconfuse": {"outer_epochs": 2}}  # keep the generator schedule tiny 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("attacks")
-    x, y = class_images(200, 16, classes=4)
-    path = root / "tiny.npz"
-    np.savez(path, x=x, y=y)
-    return load_dataset(str(path)), root / "results"
+    return load_dataset(str(write_npz(root))), root / "results"
 
 
 def _craft(name, data, results, budget=0.5, seed=3, eps=EPS):

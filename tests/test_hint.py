@@ -15,13 +15,7 @@ from poisonbench.errors import PoisonbenchError
 from poisonbench.recipes import Recipe, resolve_recipe
 from poisonbench.training import TrainContext, make_optimizer, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Small(nn.Module):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,18 +11,13 @@ from poisonbench import poisons
 from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
 
-from .conftest import class_images
+from .conftest import write_npz
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("poisons")
-    x, y = class_images(200, 16, classes=4)
-    path = root / "tiny.npz"
-    np.savez(path, x=x, y=y)
-    x2, y2 = class_images(200, 16, classes=4, seed=5)
-    other = root / "other.npz"
-    np.savez(other, x=x2, y=y2)
+    path, other = write_npz(root), write_npz(root, seed=5, name="other.npz")
     return load_dataset(str(path)), load_dataset(str(other)), path
 
 

@@ -10,16 +10,12 @@ from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
 from poisonbench.scenarios import UNTARGETED_ATTACKS, plan_untargeted, split_counts
 
-from .conftest import class_images
+from .conftest import write_npz
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scen")
-    x, y = class_images(250, 16, classes=4)
-    path = root / "tiny.npz"
-    np.savez(path, x=x, y=y)
-    return load_dataset(str(path))
+    return load_dataset(str(write_npz(tmp_path_factory.mktemp("scen"), n=250)))
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.2, 0.37, 0.6, 1.0])
