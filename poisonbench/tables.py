@@ -225,6 +225,15 @@ def primary(df: pd.DataFrame, method: str, fixed: dict | None = None) -> tuple[p
     return rows[rows.params_json == chosen], rows[rows.params_json != chosen]
 
 
+def choose_parameters(sdf: pd.DataFrame, notes: list) -> dict[str, pd.DataFrame]:
+    """Per method, the rows of its table parameter set (`primary`); a note for every run left out."""
+    chosen = {}
+    for m in sorted(set(sdf.method)):
+        chosen[m], left = primary(sdf, m, HINT_PAPER if m == "hint" else None)
+        notes.append(left_out_note(m, chosen[m], left))
+    return chosen
+
+
 def left_out_note(method: str, chosen: pd.DataFrame, left: pd.DataFrame) -> str | None:
     if left.empty:
         return None
@@ -372,10 +381,7 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
     for s in settings(df):
         sdf = in_setting(df, s)
         notes = setting_notes(s, "2", opts)
-        chosen = {}
-        for m in sorted(set(sdf.method)):
-            chosen[m], left = primary(sdf, m, HINT_PAPER if m == "hint" else None)
-            notes.append(left_out_note(m, chosen[m], left))
+        chosen = choose_parameters(sdf, notes)
         notes.append(mix_note(sdf))
         methods = methods_of(sdf)
         key = paper.paper_key("2", s.dataset)
@@ -421,10 +427,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
     for s in settings(df):
         sdf = in_setting(df, s)
         notes = setting_notes(s, "3", opts)
-        chosen = {}
-        for m in sorted(set(sdf.method)):
-            chosen[m], left = primary(sdf, m, HINT_PAPER if m == "hint" else None)
-            notes.append(left_out_note(m, chosen[m], left))
+        chosen = choose_parameters(sdf, notes)
         attacks = list(ATTACKS) + sorted(set(sdf.attack) - set(ATTACKS))
         methods = methods_of(sdf)
         show_paper, show_diff = opts.paper, opts.diff  # the paper's Table III is CIFAR-10 only

@@ -141,6 +141,14 @@ OFFICIAL = {"mnist": {"outer_epochs": 1000, "inner_epochs": 1, "batch_size": 64,
                         "cls_lr": 0.01}}
 
 
+def shuffled_batches(n: int, size: int, epochs: int, generator: torch.Generator, device):
+    """Index batches of `size` over `epochs` fresh seeded permutations of range(n) (last batch may be short)."""
+    for _ in range(epochs):
+        order = torch.randperm(n, device=device, generator=generator)
+        for start in range(0, n, size):
+            yield order[start:start + size]
+
+
 @ATTACKS.register("deepconfuse")
 class DeepConfuse(Attack):
     name = "deepconfuse"
@@ -196,47 +204,41 @@ class DeepConfuse(Attack):
         for _outer in range(p["outer_epochs"]):
             cls = make_cls().train()
             cls_opt = torch.optim.SGD(cls.parameters(), lr=p["cls_lr"])
-            for _inner in range(p["inner_epochs"]):
-                order = torch.randperm(n, device=device, generator=g)
-                for step in range(steps):
-                    idx = order[step * bs:(step + 1) * bs]
-                    if len(idx) < 2:  # BatchNorm1d needs two rows
-                        continue
-                    x, y = x_all[idx], y_all[idx]
-                    # 1. pseudo-update of the classifier on generator poisons, keeping the graph
-                    tgt.train()
-                    xp = (x + eps * tgt(x)).clamp(0, 1)
-                    params = dict(cls.named_parameters())
-                    loss = F.cross_entropy(cls(xp), y)
-                    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-                    lr = cls_opt.param_groups[0]["lr"]
-                    fast = {k: v - lr * gk for (k, v), gk in zip(params.items(), grads, strict=True)}
-                    buffers = {k: b.clone() for k, b in cls.named_buffers()}
-                    # 2. generator step: maximise the clean loss of the pseudo-updated classifier
-                    loss2 = -F.cross_entropy(functional_call(cls, {**fast, **buffers}, (x,)), y)
-                    gen_opt.zero_grad(set_to_none=True)
-                    loss2.backward(inputs=list(tgt.parameters()))
-                    gen_opt.step()
-                    # 3. classifier step on the previous generator's poisons
-                    cls_opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(cls(poisoned(atk, x)), y).backward()
-                    cls_opt.step()
-                    done += 1
-                    ctx.report(description, done, total)
+            for idx in shuffled_batches(n, bs, p["inner_epochs"], g, device):
+                if len(idx) < 2:  # BatchNorm1d needs two rows
+                    continue
+                x, y = x_all[idx], y_all[idx]
+                # 1. pseudo-update of the classifier on generator poisons, keeping the graph
+                tgt.train()
+                xp = (x + eps * tgt(x)).clamp(0, 1)
+                params = dict(cls.named_parameters())
+                loss = F.cross_entropy(cls(xp), y)
+                grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+                lr = cls_opt.param_groups[0]["lr"]
+                fast = {k: v - lr * gk for (k, v), gk in zip(params.items(), grads, strict=True)}
+                buffers = {k: b.clone() for k, b in cls.named_buffers()}
+                # 2. generator step: maximise the clean loss of the pseudo-updated classifier
+                loss2 = -F.cross_entropy(functional_call(cls, {**fast, **buffers}, (x,)), y)
+                gen_opt.zero_grad(set_to_none=True)
+                loss2.backward(inputs=list(tgt.parameters()))
+                gen_opt.step()
+                # 3. classifier step on the previous generator's poisons
+                cls_opt.zero_grad(set_to_none=True)
+                F.cross_entropy(cls(poisoned(atk, x)), y).backward()
+                cls_opt.step()
+                done += 1
+                ctx.report(description, done, total)
             atk.load_state_dict(tgt.state_dict())
             # scratch test: a fresh classifier trained on atk's poisons, scored on the clean train split
             scratch = make_cls().train()
             opt = torch.optim.SGD(scratch.parameters(), lr=p["cls_lr"])
-            for _inner in range(p["inner_epochs"]):
-                order = torch.randperm(n, device=device, generator=g)
-                for step in range(steps):
-                    idx = order[step * bs:(step + 1) * bs]
-                    if len(idx) >= 2:
-                        opt.zero_grad(set_to_none=True)
-                        F.cross_entropy(scratch(poisoned(atk, x_all[idx])), y_all[idx]).backward()
-                        opt.step()
-                    done += 1
-                    ctx.report(description, done, total)
+            for idx in shuffled_batches(n, bs, p["inner_epochs"], g, device):
+                if len(idx) >= 2:
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(scratch(poisoned(atk, x_all[idx])), y_all[idx]).backward()
+                    opt.step()
+                done += 1
+                ctx.report(description, done, total)
             scratch.eval()
             with torch.no_grad():
                 correct = sum((scratch(x_all[a:b]).argmax(1) == y_all[a:b]).sum().item() for a, b in batches(n, 1000))
