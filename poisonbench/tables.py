@@ -680,7 +680,7 @@ def render_json(t: Table) -> str:
 def render_rich(t: Table, console=None) -> None:
     from rich.table import Table as RichTable
 
-    from .cli.progress import stdout_console
+    from .console import stdout_console
 
     console = console or stdout_console()
     console.print(f"[bold]{t.title}.[/bold] {t.caption}", highlight=False)

@@ -5,14 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..console import stdout_console  # noqa: F401  (re-exported for the commands)
+
 stderr = Console(stderr=True)
-
-
-def stdout_console() -> Console:
-    """Console for result tables: the terminal's width, or 160 columns when piped (rich would use 80 and
-    squeeze the tables into unreadable columns in logs and CI output)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
 
 
 class RichReporter:
