@@ -10,7 +10,7 @@ from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
 from poisonbench.models import build_model
 from poisonbench.recipes import resolve_recipe
-from poisonbench.training import to_float, train
+from poisonbench.training import should_compile, to_float, train
 
 CPU = torch.device("cpu")
 
@@ -79,3 +79,10 @@ def test_bad_recipe_values_are_refused(override):
 def test_milestones_decay_the_learning_rate(tiny_npz):
     _, result = run(load_dataset(str(tiny_npz)), epochs=3, milestones=[1, 2])
     assert [round(r["lr"], 6) for r in result.history] == [0.05, 0.005, 0.0005]
+
+
+def test_compile_auto_covers_the_default_mnist5k_run_but_not_quick_or_tiny_runs():
+    assert should_compile("auto", 3900, 30)  # paper recipe on mnist-5k: 117,000 images
+    assert not should_compile("auto", 3900, 10)  # quick recipe (the README's main job)
+    assert not should_compile("auto", 200, 400)
+    assert should_compile("on", 10, 1) and not should_compile("off", 10**6, 100)
