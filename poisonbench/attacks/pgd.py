@@ -3,7 +3,8 @@ Madry et al.'s settings: MNIST ε 0.3, 40 steps of 0.01, random start; CIFAR-10 
 
 The objective is separable per example and the surrogate is in eval mode, so one backward of the summed loss
 over a large batch gives every example's input gradient exactly; the surrogate's parameters are frozen, so no
-weight gradients are computed, and its BatchNorms are folded into the convolutions (`inference_copy`).
+weight gradients are computed, its BatchNorms are folded into the convolutions and its few-channel stem
+convolution computes the input gradient as one GEMM + col2im (`inference_copy`, `poisonbench.stem_conv`).
 """
 
 from __future__ import annotations

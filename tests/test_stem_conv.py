@@ -1,0 +1,48 @@
+"""StemConv2d: the GEMM + col2im input gradient equals autograd's through nn.Conv2d."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from poisonbench.attacks.base import inference_copy
+from poisonbench.data import load_dataset
+from poisonbench.models import build_model
+from poisonbench.stem_conv import StemConv2d, swap_stems
+
+
+@pytest.mark.parametrize("channels,kernel,stride,padding,size",
+                         [(1, 5, 1, 0, 28), (3, 3, 1, 1, 32), (3, 3, 2, 1, 17), (1, 4, 3, 2, 15)])
+def test_input_gradient_matches_conv2d(channels, kernel, stride, padding, size):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(channels, 7, kernel, stride, padding).double().requires_grad_(False)
+    stem = StemConv2d.from_conv(conv)
+    x = torch.rand(5, channels, size, size, dtype=torch.float64)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        xs = x.contiguous(memory_format=memory_format)
+        grads = []
+        for module in (conv, stem):
+            xi = xs.clone().requires_grad_(True)
+            out = module(xi)
+            upstream = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)
+            (g,) = torch.autograd.grad((out * upstream).sum(), xi)
+            grads.append(g)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(stem(xs), conv(xs))
+
+
+def test_stems_are_swapped_only_where_few_channels_enter(tiny_npz):
+    model = build_model("convnet", load_dataset(str(tiny_npz)), seed=0)
+    copy = inference_copy(model)
+    assert isinstance(copy.conv[0], StemConv2d)
+    assert type(copy.conv[4]) is nn.Conv2d  # 40 input channels: oneDNN's own backward
+    x = torch.rand(4, 1, 16, 16)
+    torch.testing.assert_close(copy(x), model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_trainable_stem_is_refused():
+    stem = swap_stems(nn.Sequential(nn.Conv2d(1, 4, 3)).requires_grad_(False))[0]
+    stem.weight.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="freeze"):
+        stem(torch.rand(1, 1, 8, 8))
