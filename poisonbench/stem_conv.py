@@ -1,4 +1,4 @@
-"""A frozen convolution whose input gradient is one GEMM plus col2im, for few-channel stems.
+"""A convolution whose backward is one GEMM plus col2im (input) / im2col plus one GEMM (weights), for stems.
 
 Input-gradient attacks (PGD, DAP: one backward w.r.t. the pixels per step) spend most of a step's backward in
 the first convolution when it has one or three input channels: oneDNN's transposed convolution into a
@@ -8,8 +8,9 @@ convolution w.r.t. its input is `fold(Wᵀ g)`: the column matrix of the transpo
 gradient, summed back onto the image grid. Written that way it is one well-shaped matrix product (rows = batch ×
 output positions) and one col2im; same numbers up to float rounding.
 
-Only the input gradient is provided: the weights must be frozen (`requires_grad=False`), as in
-`attacks.base.inference_copy`.
+`attacks.base.inference_copy` swaps it in for the frozen surrogates of input-gradient attacks. The weight
+gradient (`patchesᵀ g`, one GEMM) makes it usable in training too, where the gain measured on this CPU was within
+noise, so the training models keep `nn.Conv2d`.
 """
 
 from __future__ import annotations
@@ -21,39 +22,46 @@ from torch import nn
 MAX_STEM_CHANNELS = 3  # wider convolutions keep oneDNN's backward, which is efficient there
 
 
-class _FoldInputGrad(torch.autograd.Function):
+class _StemConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation):
-        ctx.save_for_backward(weight)
-        ctx.geometry = (x.shape[-2:], stride, padding, dilation)
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding, dilation)
+        ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, grad_out):
-        (weight,) = ctx.saved_tensors
-        size, stride, padding, dilation = ctx.geometry
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.geometry
         batch, out_channels, height, width = grad_out.shape
-        # rows = (image, output position), columns = (input channel, kernel offset): one GEMM for the batch
+        kernel = weight.shape[-2:]
+        # rows = (image, output position) × output channel: every product below is one GEMM for the whole batch
         rows = grad_out.permute(0, 2, 3, 1).reshape(batch * height * width, out_channels)
-        cols = (rows @ weight.reshape(out_channels, -1)).reshape(batch, height * width, -1).transpose(1, 2)
-        grad_x = F.fold(cols, size, weight.shape[-2:], dilation=dilation, padding=padding, stride=stride)
-        return grad_x, None, None, None, None, None
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            cols = (rows @ weight.reshape(out_channels, -1)).reshape(batch, height * width, -1).transpose(1, 2)
+            grad_x = F.fold(cols, x.shape[-2:], kernel, dilation=dilation, padding=padding, stride=stride)
+        if ctx.needs_input_grad[1]:
+            patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+            grad_w = (rows.T @ patches.transpose(1, 2).reshape(batch * height * width, -1)).view_as(weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = rows.sum(0)
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class StemConv2d(nn.Conv2d):
-    """`nn.Conv2d` (groups = 1, frozen) with the GEMM + col2im input gradient of `_FoldInputGrad`."""
+    """`nn.Conv2d` (groups = 1) whose backward is the GEMM + col2im / im2col + GEMM of `_StemConv`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad):
-            raise RuntimeError("StemConv2d computes input gradients only; freeze its parameters")
-        return _FoldInputGrad.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return _StemConv.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> StemConv2d:
         stem = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                    conv.dilation, 1, conv.bias is not None)
         stem.load_state_dict(conv.state_dict())
-        return stem.to(conv.weight.device, conv.weight.dtype).requires_grad_(False)
+        return stem.to(conv.weight.device, conv.weight.dtype).requires_grad_(conv.weight.requires_grad)
 
 
 def is_stem(module: nn.Module) -> bool:
@@ -62,7 +70,7 @@ def is_stem(module: nn.Module) -> bool:
 
 
 def swap_stems(model: nn.Module) -> nn.Module:
-    """Replace, in place, every few-channel `nn.Conv2d` of a frozen model by a `StemConv2d`."""
+    """Replace, in place, every few-channel `nn.Conv2d` of `model` by a `StemConv2d` (same parameters)."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if is_stem(child):

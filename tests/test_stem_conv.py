@@ -41,8 +41,14 @@ def test_stems_are_swapped_only_where_few_channels_enter(tiny_npz):
     torch.testing.assert_close(copy(x), model.eval()(x), rtol=1e-4, atol=1e-4)
 
 
-def test_trainable_stem_is_refused():
-    stem = swap_stems(nn.Sequential(nn.Conv2d(1, 4, 3)).requires_grad_(False))[0]
-    stem.weight.requires_grad_(True)
-    with pytest.raises(RuntimeError, match="freeze"):
-        stem(torch.rand(1, 1, 8, 8))
+def test_weight_and_bias_gradients_match_conv2d():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3, 1, 1).double()
+    stem = swap_stems(nn.Sequential(conv))[0]
+    assert isinstance(stem, StemConv2d) and stem.weight.requires_grad
+    x = torch.rand(4, 3, 9, 9, dtype=torch.float64)
+    reference = torch.autograd.grad(nn.functional.conv2d(x, conv.weight, conv.bias, 1, 1).square().sum(),
+                                    [conv.weight, conv.bias])
+    ours = torch.autograd.grad(stem(x).square().sum(), [stem.weight, stem.bias])
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
