@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import PoisonbenchError, unknown_choice
+from .input_grad import inference_copy
 
 SOLVERS = ("exact", "cg", "lissa")
 DEFAULT_DAMPING = 0.5  # λ: official LiSSA damp 0.01 × scale 50 (reference/defenses.md §1.3)
@@ -248,23 +249,19 @@ def influence_pert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: torch.
     `sᵀ∇_head ℓ(x) = r(x)ᵀ S h̃(x)` in closed form. The gradient is w.r.t. the [0, 1] pixel input; pass
     `input_std` (C,) to get the official CIFAR behaviour (gradient w.r.t. the normalised input, i.e. × std).
     """
-    was_training = model.training
-    model.eval()
+    frozen = inference_copy(model)  # eval mode, BN folded, fast stem input gradient; `model` is left untouched
     d = s.shape[1] - 1
     out = torch.empty_like(x)
-    try:
-        with torch.enable_grad():
-            for i in range(0, len(x), batch_size):
-                xi = x[i:i + batch_size].detach().requires_grad_(True)
-                phi = model.features(xi)
-                logits = model.head(phi)
-                si = s.to(phi.dtype)
-                sh = phi @ si[:, :d].T + si[:, d]
-                f = (residuals(logits, y[i:i + batch_size]) * sh).sum()
-                (g,) = torch.autograd.grad(f, xi)
-                out[i:i + batch_size] = -g
-    finally:
-        model.train(was_training)
+    with torch.enable_grad():
+        for i in range(0, len(x), batch_size):
+            xi = x[i:i + batch_size].detach().requires_grad_(True)
+            phi = frozen.features(xi)
+            logits = frozen.head(phi)
+            si = s.to(phi.dtype)
+            sh = phi @ si[:, :d].T + si[:, d]
+            f = (residuals(logits, y[i:i + batch_size]) * sh).sum()
+            (g,) = torch.autograd.grad(f, xi)
+            out[i:i + batch_size] = -g
     if input_std is not None:
         out *= input_std.to(out).view(1, -1, 1, 1)
     return out

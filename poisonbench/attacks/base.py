@@ -11,7 +11,6 @@ and the same δ for the same inputs and seed on the same device.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ import torch
 from torch import nn
 
 from ..errors import PoisonbenchError
-from ..stem_conv import swap_stems
 
 ProgressFn = Callable[[str, int, int], None]
 """`progress(description, completed, total)`: one call per batch of a long step (crafting, surrogate training)."""
@@ -198,26 +196,6 @@ class Attack:
 def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
     """Onto the L∞ ball of radius ε and the pixel box: δ ← clamp(x + clamp(δ, −ε, ε), 0, 1) − x."""
     return (x + delta.clamp(-eps, eps)).clamp_(0, 1).sub_(x)
-
-
-def inference_copy(model: nn.Module) -> nn.Module:
-    """A frozen eval-mode copy for input-gradient attacks: every Conv2d→BatchNorm2d pair inside an
-    nn.Sequential folded into one conv (exact up to float rounding), few-channel stem convolutions swapped for
-    `StemConv2d` (GEMM + col2im input gradient), channels_last memory format. Same gradients up to float
-    rounding; measured in `benchmarks/craft_throughput.py`."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    model = copy.deepcopy(model).eval()
-    for module in list(model.modules()):
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for first, second in zip(names, names[1:], strict=False):
-                a, b = module._modules[first], module._modules[second]
-                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
-                    module._modules[first] = fuse_conv_bn_eval(a, b)
-                    module._modules[second] = nn.Identity()
-    swap_stems(model.requires_grad_(False))
-    return model.to(memory_format=torch.channels_last)
 
 
 def batches(n: int, size: int):

@@ -4,7 +4,7 @@ Madry et al.'s settings: MNIST ε 0.3, 40 steps of 0.01, random start; CIFAR-10 
 The objective is separable per example and the surrogate is in eval mode, so one backward of the summed loss
 over a large batch gives every example's input gradient exactly; the surrogate's parameters are frozen, so no
 weight gradients are computed, its BatchNorms are folded into the convolutions and its few-channel stem
-convolution computes the input gradient as one GEMM + col2im (`inference_copy`, `poisonbench.stem_conv`).
+convolution computes the input gradient as one GEMM + col2im (`inference_copy`, `poisonbench.input_grad`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..input_grad import inference_copy
 from . import ATTACKS
-from .base import Attack, AttackContext, Param, batches, inference_copy
+from .base import Attack, AttackContext, Param, batches
 
 
 def linf_pgd(model, x: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, step_size: float,

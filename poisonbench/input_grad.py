@@ -1,4 +1,6 @@
-"""A convolution whose backward is one GEMM plus col2im (input) / im2col plus one GEMM (weights), for stems.
+"""Fast input gradients of a frozen model: `inference_copy` and the stem convolution it swaps in.
+
+`StemConv2d` is a convolution whose backward is one GEMM plus col2im (input) / im2col plus one GEMM (weights).
 
 Input-gradient attacks (PGD, DAP: one backward w.r.t. the pixels per step) spend most of a step's backward in
 the first convolution when it has one or three input channels: oneDNN's transposed convolution into a
@@ -8,16 +10,19 @@ convolution w.r.t. its input is `fold(Wᵀ g)`: the column matrix of the transpo
 gradient, summed back onto the image grid. Written that way it is one well-shaped matrix product (rows = batch ×
 output positions) and one col2im; same numbers up to float rounding.
 
-`attacks.base.inference_copy` swaps it in for the frozen surrogates of input-gradient attacks. The weight
+`inference_copy` swaps it in for the frozen surrogates of input-gradient attacks. The weight
 gradient (`patchesᵀ g`, one GEMM) makes it usable in training too, where the gain measured on this CPU was within
 noise, so the training models keep `nn.Conv2d`.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 MAX_STEM_CHANNELS = 3  # wider convolutions keep oneDNN's backward, which is efficient there
 
@@ -59,9 +64,9 @@ class StemConv2d(nn.Conv2d):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> StemConv2d:
         stem = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                   conv.dilation, 1, conv.bias is not None)
+                   conv.dilation, 1, conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
         stem.load_state_dict(conv.state_dict())
-        return stem.to(conv.weight.device, conv.weight.dtype).requires_grad_(conv.weight.requires_grad)
+        return stem.requires_grad_(conv.weight.requires_grad)
 
 
 def is_stem(module: nn.Module) -> bool:
@@ -76,3 +81,23 @@ def swap_stems(model: nn.Module) -> nn.Module:
             if is_stem(child):
                 setattr(parent, name, StemConv2d.from_conv(child))
     return model
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A frozen eval-mode copy for input gradients (PGD/DAP steps, HINT's I_pert).
+
+    Every Conv2d→BatchNorm2d pair inside an nn.Sequential is folded into one conv (exact up to float rounding),
+    few-channel stem convolutions become `StemConv2d`, and the memory format is channels_last. Same gradients up
+    to float rounding; the speed is measured in `benchmarks/craft_throughput.py`.
+    """
+    model = copy.deepcopy(model).eval()
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for first, second in zip(names, names[1:], strict=False):
+                a, b = module._modules[first], module._modules[second]
+                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                    module._modules[first] = fuse_conv_bn_eval(a, b)
+                    module._modules[second] = nn.Identity()
+    swap_stems(model.requires_grad_(False))
+    return model.to(memory_format=torch.channels_last)

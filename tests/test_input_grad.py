@@ -1,4 +1,4 @@
-"""StemConv2d: the GEMM + col2im input gradient equals autograd's through nn.Conv2d."""
+"""input_grad: StemConv2d gradients equal nn.Conv2d's; inference_copy swaps only few-channel stems."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from poisonbench.attacks.base import inference_copy
 from poisonbench.data import load_dataset
+from poisonbench.input_grad import StemConv2d, inference_copy, swap_stems
 from poisonbench.models import build_model
-from poisonbench.stem_conv import StemConv2d, swap_stems
 
 
 @pytest.mark.parametrize("channels,kernel,stride,padding,size",
@@ -52,3 +51,11 @@ def test_weight_and_bias_gradients_match_conv2d():
     ours = torch.autograd.grad(stem(x).square().sum(), [stem.weight, stem.bias])
     for a, b in zip(ours, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_from_conv_keeps_float64_parameters_exactly():
+    conv = nn.Conv2d(1, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        conv.weight.copy_(torch.rand(conv.weight.shape, dtype=torch.float64) / 3)  # not float32-representable
+    stem = StemConv2d.from_conv(conv)
+    assert stem.weight.dtype == torch.float64 and torch.equal(stem.weight, conv.weight)
