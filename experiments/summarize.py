@@ -9,6 +9,17 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from poisonbench.defenses import DEFENSES
+from poisonbench.recipes import resolve_recipe
+
+
+def tweaks(method: str, params: dict, dataset: str, recipe: dict) -> dict:
+    """The defense parameters that differ from the method's defaults for this dataset family and recipe."""
+    family = "cifar10" if dataset.startswith("cifar") else "mnist"
+    defaults = DEFENSES.get(method).defaults(family, resolve_recipe(family, recipe["name"], epochs=recipe["epochs"]))
+    return {k: v for k, v in params.items() if v != defaults.get(k)}
+
+
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
 groups = defaultdict(list)
 for path in (root / "runs").glob("*.json"):
@@ -16,11 +27,9 @@ for path in (root / "runs").glob("*.json"):
     c = r["config"]
     d = dict(c["defense"])
     method = d.pop("method")
-    tweaks = {k: v for k, v in d.items() if k in ("gamma", "beta", "ratio", "sign") and
-              v != {"gamma": 0.1, "beta": 0.062, "ratio": 0.5, "sign": False}[k]}
     p = c["poison"] or {}
     key = (c["dataset"], c["recipe"]["name"], c["recipe"]["epochs"], p.get("ratio", 0), "+".join(p.get("attacks", [])),
-           method, json.dumps(tweaks))
+           method, json.dumps(tweaks(method, d, c["dataset"], c["recipe"])))
     noise = (r.get("defense") or {}).get("noise") or {}
     groups[key].append((r["metrics"]["test_acc"], r["cost"]["seconds"], noise.get("delta_abs_mean"),
                         noise.get("reached_beta"), r["cost"].get("hint_select", 0) + r["cost"].get("hint_update", 0)))
