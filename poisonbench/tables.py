@@ -120,6 +120,7 @@ def record_row(r: dict) -> dict:
         "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),
         "success": None if success is None else bool(success),
         "time": time, "defense_time": defense_time, "seconds": cost.get("seconds"),
+        "compiled": bool(r.get("compiled")),
     }
 
 
@@ -562,6 +563,10 @@ def table5(df: pd.DataFrame, opts: Options) -> Table:
             rows, left = primary(sdf, m)
             notes.append(left_out_note(m, rows, left))
             entries.append((method_label(m), m, None, rows))
+        shown = pd.concat([rows for *_, rows in entries])
+        if shown.compiled.nunique() > 1:
+            notes.append(f"times mix {int(shown.compiled.sum())} compiled and {int((~shown.compiled).sum())} eager "
+                         "run(s) (torch.compile); compare times only within one mode (`--compile on|off`)")
         none_time = stat(entries[0][3].time)
         pnone = paper.table5("none")
         columns = ["method", "time (s)", "defense (s)", "× none"]

@@ -73,6 +73,18 @@ def test_json_and_filters(records):
     assert tables.build("2", records, tables.Options(), dataset="mnist").empty
 
 
+def test_table5_warns_when_times_mix_compiled_and_eager_runs():
+    runs = [make_record(method="none", rho=0.6, trial=t, seconds=100.0) for t in range(2)]
+    runs += [make_record(method="hint", params=hint_params(), rho=0.6, trial=t, seconds=60.0, defense_seconds=5.0)
+             for t in range(2)]
+    plain = tables.render(tables.build("5", runs, tables.Options()), "md")
+    assert "compiled" not in plain
+    for r in runs[2:]:
+        r["compiled"] = True
+    mixed = tables.render(tables.build("5", runs, tables.Options()), "md")
+    assert "times mix 2 compiled and 2 eager run(s)" in mixed
+
+
 def test_statistics():
     st = tables.stat([0.9, 0.92, 0.94])
     assert st.std == pytest.approx(0.02)  # sample std, ddof = 1
