@@ -244,12 +244,13 @@ def influence_pert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: torch.
                    input_std: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 9 for every row: `I_pert,loss(z_i, D_val) = −∇_x [ r(x_i)ᵀ S h̃(x_i) ]`, shape of `x`.
 
-    Model in eval mode, so examples are independent and one backward of the *sum* over a batch yields every
-    example's input gradient: no `create_graph`, no double backward, no per-example loop. Exact, because
+    Computed on `inference_copy(model)` (eval mode, BatchNorm folded; `model` itself is untouched), so examples
+    are independent and one backward of the *sum* over a batch yields every example's input gradient: no
+    `create_graph`, no double backward, no per-example loop. Exact, because
     `sᵀ∇_head ℓ(x) = r(x)ᵀ S h̃(x)` in closed form. The gradient is w.r.t. the [0, 1] pixel input; pass
     `input_std` (C,) to get the official CIFAR behaviour (gradient w.r.t. the normalised input, i.e. × std).
     """
-    frozen = inference_copy(model)  # eval mode, BN folded, fast stem input gradient; `model` is left untouched
+    frozen = inference_copy(model)
     d = s.shape[1] - 1
     out = torch.empty_like(x)
     with torch.enable_grad():
