@@ -195,8 +195,15 @@ def list_manifests(results_root) -> list[dict]:
 
 
 def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | None = None,
-          progress: ProgressFn | None = None, force: bool = False) -> tuple[PoisonSet, bool]:
-    """The PoisonSet for `spec`: loaded (verified) if it exists, else crafted and saved. Returns (set, cached)."""
+          progress: ProgressFn | None = None, force: bool = False, compile: str = "auto") -> tuple[PoisonSet, bool]:
+    """The PoisonSet for `spec`: loaded (verified) if it exists, else crafted and saved. Returns (set, cached).
+
+    `compile` (auto | on | off) is an execution option like `device`: not part of the poison id (it changes δ
+    only by float rounding); the manifest records whether the attack ran compiled.
+    """
+    from .training import check_compile_mode
+
+    check_compile_mode(compile)
     if dataset.fingerprint != spec.dataset_fingerprint:
         raise PoisonbenchError(f"craft spec is for dataset fingerprint {spec.dataset_fingerprint}, "
                                f"got {dataset.fingerprint}")
@@ -209,11 +216,11 @@ def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | No
     attack = ATTACKS.get(spec.attack)(dataset.family, **spec.params)
     indices = select_indices(len(dataset.train), spec.budget, spec.seed)
     ctx = AttackContext(dataset, indices, spec.eps, spec.budget, spec.seed, device, results_root=results_root,
-                        progress=progress)
+                        progress=progress, compile=compile)
     start = time.perf_counter()
     poison = attack.craft(ctx)
     seconds = time.perf_counter() - start
-    extra = {"craft_seconds": round(seconds, 3), "device": str(device),
+    extra = {"craft_seconds": round(seconds, 3), "device": str(device), "compiled": ctx.compiled,
              "labels_sha256": _labels_hash(indices, dataset.train.y)}
     if ctx.surrogate_info is not None:
         extra["surrogate_info"] = ctx.surrogate_info

@@ -19,7 +19,7 @@ from .models import DEFAULT_MODEL, MODELS, build_model, check_fits
 from .recipes import DEFAULT_RECIPE, resolve_recipe
 from .records import SCHEMA_VERSION, RunStore, environment, run_id
 from .samples import sample_predictions
-from .training import predict, resolve_device, to_float, train
+from .training import check_compile_mode, predict, resolve_device, to_float, train
 
 
 class Reporter(Protocol):
@@ -66,8 +66,7 @@ def validate(spec: DefendSpec) -> None:
     if spec.model is not None:
         MODELS.get(spec.model)
     DEFENSES.get(spec.method)
-    if spec.compile not in ("auto", "on", "off"):
-        raise PoisonbenchError(f"unknown compile mode {spec.compile!r}; valid choices: auto, on, off")
+    check_compile_mode(spec.compile)
     epochs = spec.recipe_overrides.get("epochs")
     if epochs is not None and epochs <= 0:
         raise PoisonbenchError(f"epochs must be a positive integer, got {epochs}")
@@ -138,7 +137,8 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
     train_x = train_x.clone()  # poisons and defenses write into it; the clean copy serves the next trial
     poisoned = None
     if plan is not None:
-        train_x = plan.apply(train_x, results_root=spec.results, device=device, reporter=reporter)
+        train_x = plan.apply(train_x, results_root=spec.results, device=device, reporter=reporter,
+                                 compile=spec.compile)
         poisoned = plan.mask(len(train_y), device)
     model = build_model(config["model"], data, seed=config["seed"])
     if reporter:

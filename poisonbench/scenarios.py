@@ -39,7 +39,8 @@ class UntargetedPlan:
             mask[rows] = True
         return mask.to(device) if device is not None else mask
 
-    def apply(self, train_x: torch.Tensor, results_root=None, device=None, reporter=None) -> torch.Tensor:
+    def apply(self, train_x: torch.Tensor, results_root=None, device=None, reporter=None,
+              compile: str = "auto") -> torch.Tensor:
         """Craft any missing PoisonSet (with progress on `reporter`), then write clamp(x + δ, 0, 1) into the
         assigned rows of the float train tensor `train_x` (in place) and return it."""
         from . import poisons
@@ -51,7 +52,8 @@ class UntargetedPlan:
                 rows = self.assignment[attack]
                 if len(rows) == 0:
                     continue
-                poison, _cached = poisons.craft(self.specs[attack], self.dataset, results_root, device, progress)
+                poison, _cached = poisons.craft(self.specs[attack], self.dataset, results_root, device, progress,
+                                                compile=compile)
                 delta = poison.rows_for(rows).to(train_x.device, train_x.dtype)
                 rows_dev = rows.to(train_x.device)
                 train_x[rows_dev] = (train_x[rows_dev] + delta).clamp_(0, 1)

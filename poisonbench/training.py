@@ -21,6 +21,7 @@ from torch import nn
 
 from . import augment
 from .defenses.base import Defense
+from .errors import PoisonbenchError
 from .recipes import Recipe
 
 # `compile="auto"`: compile only when epochs × n is at least this many images. Measured on the 2-core CPU: a
@@ -119,10 +120,28 @@ def make_optimizer(model: nn.Module, recipe: Recipe):
     return opt, sched
 
 
+COMPILE_MODES = ("auto", "on", "off")
+
+
 def should_compile(mode: str, n: int, epochs: int) -> bool:
     if mode == "auto":
         return n * epochs >= COMPILE_MIN_IMAGES
     return mode == "on"
+
+
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise PoisonbenchError(f"unknown compile mode {mode!r}; valid choices: {', '.join(COMPILE_MODES)}")
+
+
+def compile_static(fn):
+    """`torch.compile(fn, dynamic=False)`: static shapes, so callers keep every batch the same size.
+
+    A CUDA build of torch on a GPU-less machine warns "No CUDA runtime is found" at every compile; noise for a
+    CPU run, so it is silenced (real compile errors are raised, not logged).
+    """
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(fn, dynamic=False)
 
 
 def train(
@@ -156,11 +175,7 @@ def train(
     ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
                        num_classes, seed, poisoned=poisoned)
     compiled = should_compile(compile, len(train_y), recipe.epochs)
-    if compiled:
-        # A CUDA build of torch on a GPU-less machine warns "No CUDA runtime is found" at every compile; noise
-        # for a CPU run, so it is silenced (real compile errors are raised, not logged).
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    forward = torch.compile(model, dynamic=False) if compiled else model
+    forward = compile_static(model) if compiled else model
     eval_sets = eval_sets or {}
     history: list[dict] = []
 

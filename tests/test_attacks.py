@@ -136,3 +136,20 @@ def test_surrogate_is_cached_as_safetensors_and_shared(tiny):
     assert first["path"].endswith(".safetensors") and load_file(first["path"])
     assert craft_spec(data, "pgd").surrogate == craft_spec(data, "dap").surrogate == first["id"]
     assert craft_spec(data, "durp").surrogate is None
+
+
+def test_compiled_pgd_matches_eager_and_pads_the_last_batch(tiny):
+    """`compile` is execution only: same spec, δ equal to eager up to float rounding, the ragged last batch
+    padded to the static shape and dropped again, and the manifest says which mode ran."""
+    from poisonbench import poisons
+
+    data, results = tiny
+    spec = craft_spec(data, "pgd", eps=EPS, budget=0.5, seed=3, batch_size=24, steps=5)
+    eager, _ = poisons.craft(spec, data, results, force=True, compile="off")
+    compiled, _ = poisons.craft(spec, data, results, force=True, compile="on")
+    assert not eager.manifest["compiled"] and compiled.manifest["compiled"]
+    assert len(compiled.delta) == len(eager.delta) and len(eager.delta) % 24 != 0  # a short last batch
+    assert compiled.delta.abs().max().item() <= EPS + EPS_TOLERANCE
+    assert (compiled.delta != eager.delta).float().mean().item() < 0.01
+    with pytest.raises(PoisonbenchError, match="valid choices: auto, on, off"):
+        poisons.craft(spec, data, results, compile="fast")

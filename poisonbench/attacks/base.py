@@ -116,6 +116,8 @@ class AttackContext:
     results_root: Path | str | None = None
     progress: ProgressFn | None = None
     surrogate_model: str | None = None  # None: the family's default model (paper Table I)
+    compile: str = "auto"  # auto | on | off: may the attack torch.compile its inner step (execution only)
+    compiled: bool = False  # set by an attack that did
     _surrogate: nn.Module | None = None
     surrogate_info: dict | None = None
 

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..attacks import ATTACKS
 from ..data import load_dataset
-from ..training import resolve_device
+from ..training import check_compile_mode, resolve_device
 from . import options
 from .progress import stdout_console
 
@@ -67,6 +67,8 @@ def craft(
                                            help="deepconfuse: DC's official schedule (1000 outer epochs, days of "
                                                 "GPU) instead of the ≤10-minute budget default."),
     device: str = options.Device,
+    compile: str = typer.Option("auto", "--compile", help="pgd/dap: torch.compile the PGD step: auto (long crafts "
+                                                          "only) | on | off. Execution only: not in the poison id."),
     results: str = options.Results,
     force: bool = typer.Option(False, "--force", help="Craft again even if the artifact exists."),
     as_json: bool = options.Json,
@@ -80,6 +82,7 @@ def craft(
     from ..attacks.base import check_budget, check_eps
 
     check_budget(budget)
+    check_compile_mode(compile)
     if eps is not None:
         check_eps(eps)
     dev = resolve_device(device)
@@ -87,14 +90,14 @@ def craft(
     spec = poisons.craft_spec(data, attack, eps=eps, budget=budget, seed=seed, **params)
     bar = _Bar()
     try:
-        poison, cached = poisons.craft(spec, data, results, dev, progress=bar, force=force)
+        poison, cached = poisons.craft(spec, data, results, dev, progress=bar, force=force, compile=compile)
     finally:
         bar.stop()
     m = poison.manifest
     out = {"poison_id": spec.poison_id, "path": str(poisons.poison_dir(results, spec.poison_id)),
            "status": "cached" if cached else "crafted", "attack": attack, "dataset": data.name,
            "count": m["count"], "eps": m["eps"], "budget": m["budget"], "seed": m["seed"],
-           "craft_seconds": m.get("craft_seconds")}
+           "craft_seconds": m.get("craft_seconds"), "compiled": m.get("compiled")}
     if as_json:
         print(json.dumps(out))
         return
