@@ -45,6 +45,7 @@ class DefendSpec:
     method_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     trials: int = 1
+    trial: int | None = None  # run only this trial (a sweep's unit of work) instead of 0..trials-1
     device: str = "auto"
     compile: str = "auto"
     results: str | None = None
@@ -61,6 +62,12 @@ def validate(spec: DefendSpec) -> None:
     """Checks that need no data: fail before anything is loaded or written."""
     if spec.trials <= 0:
         raise PoisonbenchError(f"trials must be a positive integer, got {spec.trials}")
+    if spec.trial is not None:
+        if spec.trial < 0:
+            raise PoisonbenchError(f"trial must be a non-negative integer, got {spec.trial}")
+        if spec.trials != 1:
+            raise PoisonbenchError(f"give either --trials N (trials 0..N-1) or --trial T (only trial T), "
+                                   f"not both (got --trials {spec.trials} --trial {spec.trial})")
     if not 0.0 <= spec.poison_ratio <= 1.0:
         raise PoisonbenchError(f"poison ratio must be in [0, 1], got {spec.poison_ratio}")
     if spec.model is not None:
@@ -71,6 +78,10 @@ def validate(spec: DefendSpec) -> None:
     if epochs is not None and epochs <= 0:
         raise PoisonbenchError(f"epochs must be a positive integer, got {epochs}")
     resolve_device(spec.device)
+
+
+def trial_numbers(spec: DefendSpec) -> list[int]:
+    return [spec.trial] if spec.trial is not None else list(range(spec.trials))
 
 
 def poison_plan(spec: DefendSpec, data: Dataset, trial: int):
@@ -100,15 +111,17 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan=None) -> dict:
 
 
 def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcome]:
-    """Run trials 0..trials-1 (seed = spec.seed + trial); skip those with a record unless `force`."""
+    """Run trials 0..trials-1, or only `spec.trial` (seed = spec.seed + trial); skip those with a record unless
+    `force`."""
     validate(spec)
     device = resolve_device(spec.device)
     store = RunStore(spec.results)
     t0 = time.perf_counter()
     data = load_dataset(spec.dataset, spec.data_dir, spec.download)
     load_seconds = time.perf_counter() - t0
-    plans = [poison_plan(spec, data, t) for t in range(spec.trials)]
-    configs = [run_config(spec, data, t, plan) for t, plan in enumerate(plans)]
+    trials = trial_numbers(spec)
+    plans = [poison_plan(spec, data, t) for t in trials]
+    configs = [run_config(spec, data, t, plan) for t, plan in zip(trials, plans, strict=True)]
     store.runs.mkdir(parents=True, exist_ok=True)  # fail early on an unwritable workspace
     outcomes = []
     tensors = None

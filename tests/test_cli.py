@@ -32,6 +32,14 @@ def test_defend_writes_records_skips_and_forces(cli, tiny_npz, tmp_path):
     forced = json.loads(out)
     assert forced["status"] == "ran" and forced["test_acc"] == rows[0]["test_acc"]  # same seed, same numbers
 
+    # --trial T is trial T of --trials N: the same record (skipped here), and a new one for T = 2
+    code, out, _ = cli("defend", "--dataset", tiny_npz, *FAST, "--trial", "1", "--results", results, "--json")
+    one = json.loads(out)
+    assert one["status"] == "skipped" and one["run_id"] == rows[1]["run_id"]
+    code, out, _ = cli("defend", "--dataset", tiny_npz, *FAST, "--trial", "2", "--results", results, "--json")
+    two = json.loads(out)
+    assert two["status"] == "ran" and two["trial"] == 2 and two["seed"] == 2
+
 
 def test_env_vars_pick_dataset_and_workspace(cli, tiny_npz, tmp_path, monkeypatch):
     monkeypatch.setenv("POISONBENCH_DATASET", str(tiny_npz))
@@ -69,6 +77,8 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     (["defend", "--recipe", "slow"], "unknown recipe 'slow'; valid choices: paper, quick"),
     (["defend", "--device", "tpu"], "unknown device 'tpu'"),
     (["defend", "--trials", "0"], "trials must be a positive integer"),
+    (["defend", "--trial", "-1"], "trial must be a non-negative integer, got -1"),
+    (["defend", "--trials", "3", "--trial", "1"], "give either --trials N (trials 0..N-1) or --trial T"),
     (["defend", "--poison-ratio", "1.5"], "poison ratio must be in [0, 1], got 1.5"),
     (["defend", "--ratio", "0.5"], "option --ratio does not apply to method 'none'"),
     (["data", "info", "nope"], "unknown dataset 'nope'"),

@@ -76,6 +76,8 @@ def defend(
                                           "(official Q4) training examples."),
     # --- end of defense parameters ---
     trials: int = typer.Option(1, "--trials", help="Run trials 0..N-1 with seeds seed+t."),
+    trial: int = typer.Option(None, "--trial", help="Run only trial T (seed seed+T; same record as trial T of "
+                                                   "--trials N), so a sweep can queue trials one by one."),
     seed: int = options.Seed,
     device: str = options.Device,
     compile: str = typer.Option("auto", "--compile",
@@ -94,7 +96,7 @@ def defend(
         method=method, method_params=_given(ratio=ratio, beta=beta, gamma=gamma, schedule=schedule, ihvp=ihvp,
                                             sign=sign, damping=damping, grad_space=grad_space, quantize=quantize,
                                             gamma_decay_epoch=gamma_decay_epoch, hessian_data=hessian_data),
-        seed=seed, trials=trials, device=device, compile=compile, results=results, force=force,
+        seed=seed, trials=trials, trial=trial, device=device, compile=compile, results=results, force=force,
     )
     reporter = RichReporter()
     outcomes = run_defend(spec, reporter)
