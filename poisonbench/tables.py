@@ -751,11 +751,14 @@ class Need:
     rho: float
     have: int
     params: tuple = ()  # (("ratio", 0.5), ("beta", 0.062)) for HINT
+    done: frozenset = frozenset()  # trial numbers that have a record
 
-    def command(self, trials: int, base_seed: int = 0, mix: str = "") -> str:
+    def command(self, trials: int, base_seed: int = 0, mix: str = "", trial: int | None = None) -> str:
+        """`--trials N` (runs 0..N-1, skips the done ones), or `--trial T` for one trial."""
         s = self.setting
+        count = ["--trials", str(trials)] if trial is None else ["--trial", str(trial)]
         parts = ["poisonbench", "defend", "--dataset", s.dataset, "--method", self.method,
-                 "--poison-ratio", rho_text(self.rho), "--trials", str(trials), *recipe_flags(s)]
+                 "--poison-ratio", rho_text(self.rho), *count, *recipe_flags(s)]
         family = guess_family(s)
         from .models import DEFAULT_MODEL
 
@@ -808,21 +811,20 @@ def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], data
                     grid += [("hint", rho6, p) for p in hint_grid] if m == "hint" else [(m, rho6, ())]
         for m, rho, params in grid:
             rows = sdf[(sdf.method == m) & close(sdf.rho, rho)]
-            if params:
-                for key, value in params:
-                    rows = rows[close(rows[key], value)]
-                have = len(rows)
-            else:
-                have = len(primary(rows, m)[0])
-            out.append(Need(s, m, rho, have, params))
+            # the cell's parameter set, chosen as the table does (`primary`): runs that share r and β but differ
+            # in another parameter (γ, schedule, ...) do not count toward this cell
+            rows = primary(rows, m, dict(params))[0]
+            out.append(Need(s, m, rho, len(rows), params, frozenset(int(t) for t in rows.trial)))
     return out
 
 
 def missing_commands(number: str, records: list[dict], opts: Options, dataset: str | None = None,
                      recipe: str | None = None, model: str | None = None, epochs: int | None = None,
-                     methods: list[str] | None = None, mix: str | None = PAPER_MIX) -> tuple[list[str], list[str]]:
+                     methods: list[str] | None = None, mix: str | None = PAPER_MIX,
+                     per_trial: bool = False) -> tuple[list[str], list[str]]:
     """(commands, notes): one `poisonbench defend` line per incomplete configuration (it runs trials
-    0..N-1 and skips the done ones), and notes for what cannot be listed."""
+    0..N-1 and skips the done ones), or with `per_trial` one `--trial T` line per missing trial (one job per
+    line for a scheduler), and notes for what cannot be listed."""
     number = check_table(number)
     notes = []
     if number == "3":
@@ -847,7 +849,12 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
             need_mix = mix
         else:
             need_mix = mixes[0] if len(mixes) == 1 and mixes[0] != PAPER_MIX else ""
-        commands.append(need.command(opts.trials, bases.pop() if len(bases) == 1 else 0, need_mix))
+        base_seed = bases.pop() if len(bases) == 1 else 0
+        if per_trial:
+            commands += [need.command(opts.trials, base_seed, need_mix, trial=t)
+                         for t in range(opts.trials) if t not in need.done]
+        else:
+            commands.append(need.command(opts.trials, base_seed, need_mix))
     return list(dict.fromkeys(commands)), notes
 
 

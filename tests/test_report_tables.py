@@ -191,11 +191,16 @@ def test_missing_commands_complete_the_table(records, monkeypatch, number):
         assert {(p["method"], p["rho"]) for p in parsed} == {("none", 1.0), ("hint", 0.4), ("hint", 0.8),
                                                              ("hint", 1.0)}
         assert all(p["ratio"] == 0.5 and p["beta"] == 0.062 for p in parsed if p["method"] == "hint")
+        one_each, _ = tables.missing_commands(number, recs, opts, dataset="mnist-5k", methods=["none", "hint"],
+                                              per_trial=True)
+        assert len(one_each) == 2 + 4 + 4 + 5 and all(" --trial " in c for c in one_each)
     done = {r["run_id"] for r in recs}
     for p in parsed:
         recs += [r for r in simulate(p) if r["run_id"] not in done]
     again, _ = tables.missing_commands(number, recs, opts, dataset="mnist-5k", methods=["none", "hint"])
     assert again == []
+    assert tables.missing_commands(number, recs, opts, dataset="mnist-5k", methods=["none", "hint"],
+                                   per_trial=True)[0] == []
     table = tables.build(number, recs, opts, dataset="mnist-5k", methods=["none", "hint"])
     assert "(n=" not in tables.render(table, "md").replace("W/o", "")  # no under-sampled cell left
 
@@ -224,6 +229,11 @@ def test_missing_end_to_end(cli, tmp_path, monkeypatch):
     assert code == 0, err
     assert out.strip() == ("poisonbench defend --dataset e2e.npz --method none --poison-ratio 0.0 --trials 2 "
                            "--recipe quick --epochs 1")
+    code, per_trial, err = cli("report", "--table", "2", "--missing", "--per-trial", "--trials", "3", "--rho", "0",
+                               "--method", "none", "--results", res)
+    assert code == 0, err
+    assert per_trial.splitlines() == [f"poisonbench defend --dataset e2e.npz --method none --poison-ratio 0.0 "
+                                      f"--trial {t} --recipe quick --epochs 1" for t in (1, 2)]  # 0 is done
     code, _, err = cli(*shlex.split(out.strip())[1:], "--device", "cpu", "--results", res, "--json")
     assert code == 0, err
     code, out, err = cli("report", "--table", "2", "--missing", "--trials", "2", "--rho", "0", "--method", "none",
@@ -289,3 +299,14 @@ def test_cli_empty_table_is_reported(cli, tmp_path, records):
     assert code == 0 and out == "" and "Table III: no records match (dataset=mnist-5k)" in err
     code, out, err = cli("report", "--figure", "3", "--dataset", "mnist-5k", "--results", res, "--out", tmp_path)
     assert code == 0 and "nothing to draw" in err
+
+
+def test_missing_counts_only_the_cells_parameter_set(monkeypatch):
+    """HINT runs at the cell's r and β but another γ are a different experiment: they do not fill the cell."""
+    monkeypatch.setattr(tables, "available_methods", lambda: ["none", "hint"])
+    paper_cell = [make_record(method="hint", params=hint_params(), rho=1.0, trial=t) for t in range(3)]
+    other_gamma = [make_record(method="hint", params={**hint_params(), "gamma": 10.0}, rho=1.0, trial=t)
+                   for t in range(2)]
+    commands, _ = tables.missing_commands("2", paper_cell + other_gamma, tables.Options(trials=4, rho=1.0),
+                                          dataset="mnist-5k", methods=["hint"], per_trial=True)
+    assert [c.split(" --trial ")[1].split()[0] for c in commands] == ["3"]

@@ -43,6 +43,9 @@ def report(
     wilson: bool = typer.Option(False, "--wilson", help="Table III: add 95% Wilson intervals of the success rate."),
     missing: bool = typer.Option(False, "--missing",
                                  help="Print one `poisonbench defend` command per configuration the table lacks."),
+    per_trial: bool = typer.Option(False, "--per-trial",
+                                   help="With --missing: one command per missing trial (`--trial T`), so a "
+                                        "scheduler can run one job per line."),
     rho: float = typer.Option(None, "--rho", help="Table II: only this ρ; Tables IV/V: runs at this ρ (default "
                                                   "0.6); Fig. 2: this ρ (default the largest)."),
     trial: int = typer.Option(None, "--trial", help="Fig. 2: the trial to show (default the first)."),
@@ -61,6 +64,8 @@ def report(
         raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
     if missing and table is None:
         raise PoisonbenchError(f"--missing needs --table; valid choices: {', '.join(tables.TABLES)}")
+    if per_trial and not missing:
+        raise PoisonbenchError("--per-trial only applies to --missing")
     methods = _methods(method)
     store = RunStore(results)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -75,7 +80,8 @@ def report(
             if not records and not dataset:
                 tables.assert_records(records, store.root)
             commands, notes = tables.missing_commands(number, records, opts, dataset=dataset, recipe=recipe,
-                                                      model=model, epochs=epochs, methods=methods, mix=attacks)
+                                                      model=model, epochs=epochs, methods=methods, mix=attacks,
+                                                      per_trial=per_trial)
             for note in notes:
                 err.print(note, markup=False)
             for command in commands:
