@@ -7,10 +7,10 @@ import json
 import pandas as pd
 
 from .errors import PoisonbenchError, unknown_choice
-from .hashing import canonical_json
+from .hashing import canonical_json, short_hash
 
 FORMATS = ("rich", "md", "latex", "csv", "json")
-GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params"]
+GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "poison_sets", "method", "params"]
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -29,6 +29,9 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "epochs": c["recipe"]["epochs"],
             "scenario": c["scenario"],
             "poison": poison.get("label", "-") if poison else "-",
+            # runs on different PoisonSets (e.g. before / after an attack default changed) are never pooled
+            "poison_sets": short_hash({"eps": poison.get("eps"), "ids": poison.get("poison_ids")})[:8]
+            if poison.get("poison_ids") else "-",
             "method": method,
             "params": canonical_json(defense) if defense else "-",
             "trial": c["trial"],

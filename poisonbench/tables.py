@@ -115,6 +115,8 @@ def record_row(r: dict) -> dict:
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
         "attack": str(poison.get("attack", "")).lower() if kind == "targeted" else "",
         "method": method, "params_json": canonical_json(params),
+        "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids")})
+        if kind == "untargeted" else "",
         "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
         "beta": float(params["beta"]) if isinstance(params.get("beta"), int | float) else math.nan,
         "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),
@@ -133,6 +135,27 @@ def frame(records: list[dict]) -> pd.DataFrame:
 
 
 PAPER_MIX = "pgd,dap,durp,deepconfuse"  # Table II's untargeted mix (paper §VI-A2), the default `--attacks`
+
+
+def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Never pool runs trained on different PoisonSets of the same mix (e.g. after an attack's default changed):
+    per dataset / model / recipe / mix keep the poison ids (and ε) with the most runs; a note names the rest."""
+    keep = pd.Series(True, index=df.index)
+    notes = []
+    untargeted_rows = df[df.kind == "untargeted"]
+    for (dataset, _, _, mix), group in untargeted_rows.groupby(["dataset", "model", "recipe_json", "mix"]):
+        counts = group.groupby("poisons_json").size()
+        if len(counts) < 2:
+            continue
+        chosen = sorted(counts.index, key=lambda p: (-counts[p], p))[0]
+        left = group[group.poisons_json != chosen]
+        keep[left.index] = False
+        ref = json.loads(chosen)["ids"] or {}
+        changed = sorted({a for p in left.poisons_json.unique() for a, i in (json.loads(p)["ids"] or {}).items()
+                          if ref.get(a) != i})
+        notes.append(f"not shown: {len(left)} {dataset} run(s) of the mix {mix} trained on other PoisonSets "
+                     f"({', '.join(changed) or 'ε'} differ from the {int(counts[chosen])} run(s) shown)")
+    return df[keep], notes
 
 
 def apply_filters(df: pd.DataFrame, dataset: str | None = None, model: str | None = None,
@@ -616,7 +639,10 @@ def check_table(number: str) -> str:
 
 def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
     number = check_table(number)
-    return BUILDERS[number](apply_filters(frame(records), **filters), opts)
+    df, notes = one_poison_generation(apply_filters(frame(records), **filters))
+    table = BUILDERS[number](df, opts)
+    table.notes += notes
+    return table
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -829,7 +855,7 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     notes = []
     if number == "3":
         return [], ["Table III: targeted runs cannot be listed yet (`defend` has no targeted scenario)"]
-    df = apply_filters(frame(records), dataset, model, recipe, epochs, mix=mix)
+    df, _ = one_poison_generation(apply_filters(frame(records), dataset, model, recipe, epochs, mix=mix))
     available = available_methods()
     wanted = [m for m in (methods or PAPER_METHODS)]
     unavailable = [m for m in wanted if m not in available]

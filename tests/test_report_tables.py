@@ -310,3 +310,21 @@ def test_missing_counts_only_the_cells_parameter_set(monkeypatch):
     commands, _ = tables.missing_commands("2", paper_cell + other_gamma, tables.Options(trials=4, rho=1.0),
                                           dataset="mnist-5k", methods=["hint"], per_trial=True)
     assert [c.split(" --trial ")[1].split()[0] for c in commands] == ["3"]
+
+
+def test_runs_on_other_poison_sets_are_not_pooled():
+    """After an attack's default changes, its PoisonSets get new ids: a cell must not average old and new runs."""
+    def run(trial, dc_id, acc):
+        r = make_record(rho=1.0, trial=trial, acc=acc)
+        r["config"]["poison"]["poison_ids"] = {"pgd": "p1", "dap": "d1", "durp": "u1", "deepconfuse": dc_id}
+        return r
+
+    records = [run(t, "old", 0.90) for t in range(3)] + [run(t, "new", 0.50) for t in range(2)]
+    table = tables.build("2", records, tables.Options(trials=3), dataset="mnist-5k")
+    (row,) = [d for d in table.data if d["method"] == "none" and d["rho"] == 1.0]
+    assert row["n"] == 3 and row["mean"] == pytest.approx(90.0)
+    assert any("2 mnist-5k run(s)" in n and "deepconfuse differ" in n for n in table.notes)
+    from poisonbench import report
+
+    plain = report.summarize(report.records_frame(records))  # `poisonbench report` without --table
+    assert sorted(plain.n) == [2, 3]
