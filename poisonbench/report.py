@@ -10,7 +10,16 @@ from .errors import PoisonbenchError, unknown_choice
 from .hashing import canonical_json, short_hash
 
 FORMATS = ("rich", "md", "latex", "csv", "json")
-GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "poison_sets", "method", "params"]
+GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "poison_sets", "method", "params",
+              "configuration"]
+
+
+def experiment(config: dict) -> dict:
+    """`config` without what varies from trial to trial (trial, seed, the poisoned rows drawn from the seed)."""
+    out = {k: v for k, v in config.items() if k not in ("trial", "seed")}
+    if out.get("poison"):
+        out["poison"] = {k: v for k, v in out["poison"].items() if k != "indices_fingerprint"}
+    return out
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -34,6 +43,9 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             if poison.get("poison_ids") else "-",
             "method": method,
             "params": canonical_json(defense) if defense else "-",
+            # everything that defines the experiment except the trial (seed, poisoned rows): recipe overrides,
+            # dataset fingerprint, ... so two configurations that display alike are still never pooled
+            "configuration": short_hash(experiment(c))[:8],
             "trial": c["trial"],
             "seed": c["seed"],
             "test_acc": r["metrics"]["test_acc"],

@@ -328,3 +328,8 @@ def test_runs_on_other_poison_sets_are_not_pooled():
 
     plain = report.summarize(report.records_frame(records))  # `poisonbench report` without --table
     assert sorted(plain.n) == [2, 3]
+    other_lr = [make_record(trial=t) for t in range(2)]
+    for r in other_lr:
+        r["config"]["recipe"]["lr"] = 0.5  # same recipe name and epochs, another learning rate
+    plain = report.summarize(report.records_frame([make_record(trial=t) for t in range(3)] + other_lr))
+    assert sorted(plain.n) == [2, 3]
