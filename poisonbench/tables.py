@@ -93,6 +93,26 @@ def num(x: float, digits: int = 4):
 
 # ----------------------------------------------------------------------------------------------- records
 
+def has_default_params(method: str, params: dict, dataset: str, recipe: dict) -> bool:
+    """Whether a run used its defense's defaults for its dataset family and recipe, apart from the parameters the
+    tables vary (HINT's r and β). False when that cannot be decided (unknown family or defense)."""
+    from .defenses import DEFENSES
+    from .recipes import Recipe
+
+    family = paper.family_of(dataset)
+    try:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
+        cls, rec = DEFENSES.get(method), Recipe(**fields)
+    except Exception:  # a record from another version: no opinion
+        return False
+    for fam in [family] if family else ["mnist", "cifar10"]:  # an .npz dataset: either family's defaults
+        defaults = cls.defaults(fam, rec)
+        if all(canonical_json(params.get(k)) == canonical_json(v) for k, v in defaults.items()
+               if k not in ("ratio", "beta")):
+            return True
+    return False
+
+
 def record_row(r: dict) -> dict:
     c = r["config"]
     params = dict(c["defense"])
@@ -115,6 +135,7 @@ def record_row(r: dict) -> dict:
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
         "attack": str(poison.get("attack", "")).lower() if kind == "targeted" else "",
         "method": method, "params_json": canonical_json(params),
+        "default_params": has_default_params(method, params, c["dataset"], recipe),
         "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids")})
         if kind == "untargeted" else "",
         "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
@@ -237,7 +258,8 @@ def variant_text(chosen: str, other: str) -> str:
 
 def primary(df: pd.DataFrame, method: str, fixed: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows of `method` in its table setting (params matching `fixed`, e.g. HINT r = 0.5, β = 0.062; among
-    the remaining parameter sets the one with the most runs) and the rows left out."""
+    the remaining parameter sets the defense's defaults, else the one with the most runs) and the rows left
+    out. Preferring the defaults keeps a cell from switching to a sensitivity run that has more trials."""
     rows = df[df.method == method]
     keep = rows
     for key, value in (fixed or {}).items():
@@ -245,7 +267,8 @@ def primary(df: pd.DataFrame, method: str, fixed: dict | None = None) -> tuple[p
     if keep.empty:
         return keep, rows
     counts = keep.groupby("params_json").size()
-    chosen = sorted(counts.index, key=lambda p: (-counts[p], p))[0]
+    default = keep.groupby("params_json").default_params.any()
+    chosen = sorted(counts.index, key=lambda p: (not default[p], -counts[p], p))[0]
     return rows[rows.params_json == chosen], rows[rows.params_json != chosen]
 
 

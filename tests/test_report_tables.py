@@ -333,3 +333,18 @@ def test_runs_on_other_poison_sets_are_not_pooled():
         r["config"]["recipe"]["lr"] = 0.5  # same recipe name and epochs, another learning rate
     plain = report.summarize(report.records_frame([make_record(trial=t) for t in range(3)] + other_lr))
     assert sorted(plain.n) == [2, 3]
+
+
+def test_a_cell_prefers_the_default_parameters_over_a_larger_sensitivity_run():
+    from poisonbench.defenses import DEFENSES
+    from poisonbench.recipes import resolve_recipe
+
+    defaults = DEFENSES.get("hint").defaults("mnist", resolve_recipe("mnist", "quick"))
+    records = ([make_record(method="hint", params=defaults, rho=1.0, trial=t, acc=0.8) for t in range(2)]
+               + [make_record(method="hint", params={**defaults, "gamma": 10.0}, rho=1.0, trial=t, acc=0.6)
+                  for t in range(3)])
+    table = tables.build("2", records, tables.Options(trials=5, rho=1.0), dataset="mnist-5k")
+    (row,) = [d for d in table.data if d["method"] == "hint"]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(80.0)
+    assert any("gamma=10.0" in n for b in table.blocks for n in b.notes if n) or \
+        any("gamma=10.0" in n for n in table.notes if n)
