@@ -135,6 +135,7 @@ def record_row(r: dict) -> dict:
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
         "attack": str(poison.get("attack", "")).lower() if kind == "targeted" else "",
         "method": method, "params_json": canonical_json(params),
+        "finished_at": str(r.get("finished_at") or ""),
         "default_params": has_default_params(method, params, c["dataset"], recipe),
         "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids")})
         if kind == "untargeted" else "",
@@ -160,7 +161,8 @@ PAPER_MIX = "pgd,dap,durp,deepconfuse"  # Table II's untargeted mix (paper §VI-
 
 def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Never pool runs trained on different PoisonSets of the same mix (e.g. after an attack's default changed):
-    per dataset / model / recipe / mix keep the poison ids (and ε) with the most runs; a note names the rest."""
+    per dataset / model / recipe / mix keep the newest generation of poison ids (and ε): the one of the most
+    recently finished run, i.e. the current defaults once any run has used them; a note counts the rest."""
     keep = pd.Series(True, index=df.index)
     notes = []
     untargeted_rows = df[df.kind == "untargeted"]
@@ -168,7 +170,8 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         counts = group.groupby("poisons_json").size()
         if len(counts) < 2:
             continue
-        chosen = sorted(counts.index, key=lambda p: (-counts[p], p))[0]
+        newest = group.groupby("poisons_json").finished_at.max()
+        chosen = sorted(counts.index, key=lambda p: (newest[p], counts[p], p))[-1]
         left = group[group.poisons_json != chosen]
         keep[left.index] = False
         ref = json.loads(chosen)["ids"] or {}

@@ -319,11 +319,18 @@ def test_runs_on_other_poison_sets_are_not_pooled():
         r["config"]["poison"]["poison_ids"] = {"pgd": "p1", "dap": "d1", "durp": "u1", "deepconfuse": dc_id}
         return r
 
-    records = [run(t, "old", 0.90) for t in range(3)] + [run(t, "new", 0.50) for t in range(2)]
+    old = [run(t, "old", 0.90) for t in range(3)]
+    new = [run(t, "new", 0.50) for t in range(2)]
+    for r in new:
+        r["finished_at"] = "2025-02-01T00:00:00+00:00"  # after the old ones: the current generation
+    records = old + new
     table = tables.build("2", records, tables.Options(trials=3), dataset="mnist-5k")
     (row,) = [d for d in table.data if d["method"] == "none" and d["rho"] == 1.0]
-    assert row["n"] == 3 and row["mean"] == pytest.approx(90.0)
-    assert any("2 mnist-5k run(s)" in n and "deepconfuse differ" in n for n in table.notes)
+    assert row["n"] == 2 and row["mean"] == pytest.approx(50.0)
+    assert any("3 mnist-5k run(s)" in n and "deepconfuse differ" in n for n in table.notes)
+    commands, _ = tables.missing_commands("2", records, tables.Options(trials=3, rho=1.0), dataset="mnist-5k",
+                                          methods=["none"], per_trial=True)
+    assert [c.split(" --trial ")[1].split()[0] for c in commands] == ["2"]  # the new generation lacks trial 2
     from poisonbench import report
 
     plain = report.summarize(report.records_frame(records))  # `poisonbench report` without --table
