@@ -38,7 +38,7 @@ from .attacks.base import (
 )
 from .errors import PoisonbenchError
 from .hashing import short_hash
-from .io import atomic_write_json
+from .io import atomic_write_json, exclusive
 from .records import results_dir
 
 TENSOR_FILE = "delta.safetensors"
@@ -210,6 +210,21 @@ def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | No
     pid = spec.poison_id
     if exists(results_root, pid) and not force:
         return load(results_root, pid, dataset), True
+
+    def waiting() -> None:
+        if progress is not None:
+            progress(f"{spec.attack} · waiting for another process crafting {pid}", 0, 1)
+
+    # concurrent jobs of a sweep craft each PoisonSet once: the others wait here, then load it
+    with exclusive(results_dir(results_root) / "locks" / f"poison-{pid}.lock", on_wait=waiting):
+        if exists(results_root, pid) and not force:
+            return load(results_root, pid, dataset), True
+        return _craft_and_save(spec, dataset, results_root, device, progress, force, compile)
+
+
+def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, force: bool,
+                    compile: str) -> tuple[PoisonSet, bool]:
+    pid = spec.poison_id
     if force and poison_dir(results_root, pid).exists():
         shutil.rmtree(poison_dir(results_root, pid))
     device = device or torch.device("cpu")

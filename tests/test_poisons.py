@@ -136,3 +136,68 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(cli, tiny, tmp_path, monk
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1 and err.startswith("Error: ") and needle in err, err
     assert not results.exists() and not (tmp_path / "results").exists()
+
+
+def test_concurrent_jobs_craft_a_poison_set_once(tiny, tmp_path, monkeypatch):
+    """Sweep jobs sharing a workspace: the second waits on the first's lock and loads its artifact."""
+    import threading
+    import time
+
+    from poisonbench.attacks import ATTACKS
+
+    data, _, _ = tiny
+    durp = ATTACKS.get("durp")
+    calls = []
+    original = durp.perturb
+
+    def slow_perturb(self, ctx):
+        calls.append(1)
+        time.sleep(1.0)  # long enough for the other job to arrive while this one crafts
+        return original(self, ctx)
+
+    monkeypatch.setattr(durp, "perturb", slow_perturb)
+    spec = poisons.craft_spec(data, "durp", budget=0.5, seed=4)
+    waits, out = [], []
+
+    def job():
+        out.append(poisons.craft(spec, data, tmp_path, progress=lambda d, *_: waits.append(d)))
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(cached for _, cached in out) == [False, True]
+    assert torch.equal(out[0][0].delta, out[1][0].delta)
+    assert any("waiting for another process" in d for d in waits)
+    assert poisons.list_ids(tmp_path) == [spec.poison_id]
+    assert not [p for p in (tmp_path / "poisons").iterdir() if p.name != spec.poison_id]  # locks live elsewhere
+
+
+def test_concurrent_jobs_train_the_surrogate_once(tiny, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from poisonbench.attacks import surrogate
+
+    data, _, _ = tiny
+    calls = []
+    original = surrogate._train
+
+    def slow_train(*args, **kwargs):
+        calls.append(1)
+        time.sleep(1.0)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(surrogate, "_train", slow_train)
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(
+        surrogate.load_or_train_surrogate(data, tmp_path, torch.device("cpu")))) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(info["trained"] for _, info in out) == [False, True]

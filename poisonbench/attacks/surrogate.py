@@ -17,7 +17,7 @@ from safetensors.torch import save as st_save
 
 from ..errors import PoisonbenchError
 from ..hashing import canonical_json, short_hash
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, exclusive
 from ..models import DEFAULT_MODEL, build_model
 from ..recipes import resolve_recipe
 from ..records import results_dir
@@ -48,26 +48,44 @@ def load_or_train_surrogate(dataset, results_root, device: torch.device, model_n
     spec = surrogate_spec(dataset, model_name)
     sid = short_hash(spec)
     path = surrogate_path(results_root, sid)
-    model = build_model(spec["model"], dataset, seed=SURROGATE_SEED)
     if path.exists():
-        try:
-            raw = path.read_bytes()
-            state = st_load(raw)
-            from safetensors import safe_open
+        return _load(path, spec, sid, dataset, device)
 
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            model.load_state_dict(state)
-        except Exception as exc:  # truncated / not safetensors / wrong keys
-            raise PoisonbenchError(f"surrogate file {str(path)!r} is unreadable ({type(exc).__name__}); "
-                                   f"delete it to retrain") from None
-        if meta.get("spec") != canonical_json(spec):
-            raise PoisonbenchError(f"surrogate file {str(path)!r} was made for other inputs; delete it to retrain")
-        info = {"id": sid, "path": str(path), "trained": False, **json.loads(meta.get("info", "{}"))}
-        return model.to(device), info
+    def waiting() -> None:
+        if progress is not None:
+            progress(f"surrogate · waiting for another process training {sid}", 0, 1)
 
+    # concurrent jobs sharing a results directory train it once: the others wait here, then load it
+    with exclusive(results_dir(results_root) / "locks" / f"surrogate-{sid}.lock", on_wait=waiting):
+        if path.exists():
+            return _load(path, spec, sid, dataset, device)
+        return _train(path, spec, sid, dataset, device, progress)
+
+
+def _load(path: Path, spec: dict, sid: str, dataset, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    model = build_model(spec["model"], dataset, seed=SURROGATE_SEED)
+    try:
+        raw = path.read_bytes()
+        state = st_load(raw)
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        model.load_state_dict(state)
+    except Exception as exc:  # truncated / not safetensors / wrong keys
+        raise PoisonbenchError(f"surrogate file {str(path)!r} is unreadable ({type(exc).__name__}); "
+                               f"delete it to retrain") from None
+    if meta.get("spec") != canonical_json(spec):
+        raise PoisonbenchError(f"surrogate file {str(path)!r} was made for other inputs; delete it to retrain")
+    info = {"id": sid, "path": str(path), "trained": False, **json.loads(meta.get("info", "{}"))}
+    return model.to(device), info
+
+
+def _train(path: Path, spec: dict, sid: str, dataset, device: torch.device,
+           progress) -> tuple[torch.nn.Module, dict]:
     from ..training import to_float, train
 
+    model = build_model(spec["model"], dataset, seed=SURROGATE_SEED)
     recipe = resolve_recipe(dataset.family, SURROGATE_RECIPE)
     tx, ty = to_float(dataset.train.x, device), dataset.train.y.to(device)
     vx, vy = to_float(dataset.val.x, device), dataset.val.y.to(device)
