@@ -225,13 +225,16 @@ def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | No
 def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, force: bool,
                     compile: str) -> tuple[PoisonSet, bool]:
     pid = spec.poison_id
-    if force and poison_dir(results_root, pid).exists():
-        shutil.rmtree(poison_dir(results_root, pid))
+    partial = results_dir(results_root) / "partial" / pid  # finished batches of an interrupted craft
+    if force:
+        shutil.rmtree(partial, ignore_errors=True)
+        if poison_dir(results_root, pid).exists():
+            shutil.rmtree(poison_dir(results_root, pid))
     device = device or torch.device("cpu")
     attack = ATTACKS.get(spec.attack)(dataset.family, **spec.params)
     indices = select_indices(len(dataset.train), spec.budget, spec.seed)
     ctx = AttackContext(dataset, indices, spec.eps, spec.budget, spec.seed, device, results_root=results_root,
-                        progress=progress, compile=compile)
+                        progress=progress, compile=compile, partial_dir=partial)
     start = time.perf_counter()
     poison = attack.craft(ctx)
     seconds = time.perf_counter() - start
@@ -241,7 +244,10 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
         extra["surrogate_info"] = ctx.surrogate_info
     if getattr(attack, "training_summary", None):
         extra["attack_info"] = attack.training_summary
+    if ctx.resumed_rows:
+        extra["resumed_rows"] = ctx.resumed_rows  # craft_seconds covers only this (last) session
     save(poison, spec, results_root, extra)
+    shutil.rmtree(partial, ignore_errors=True)
     return poison, False
 
 

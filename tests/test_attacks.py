@@ -153,3 +153,37 @@ def test_compiled_pgd_matches_eager_and_pads_the_last_batch(tiny):
     assert (compiled.delta != eager.delta).float().mean().item() < 0.01
     with pytest.raises(PoisonbenchError, match="valid choices: auto, on, off"):
         poisons.craft(spec, data, results, compile="fast")
+
+
+def test_an_interrupted_pgd_craft_resumes_from_its_finished_batches(tiny, tmp_path, monkeypatch):
+    """A craft killed after two batches keeps them (results/partial/<id>/); the next craft with the same
+    inputs crafts only the rest and gives exactly the δ of an uninterrupted craft."""
+    from poisonbench import poisons
+    from poisonbench.attacks import pgd
+
+    data, results = tiny
+    spec = craft_spec(data, "pgd", eps=EPS, budget=1.0, seed=3, batch_size=32, steps=3)
+    whole, _ = poisons.craft(spec, data, tmp_path / "whole", compile="off")
+
+    work = tmp_path / "interrupted"
+    (work / "surrogates").mkdir(parents=True)  # share the trained surrogate, so only PGD differs
+    for f in (results / "surrogates").iterdir():
+        (work / "surrogates" / f.name).write_bytes(f.read_bytes())
+    original, calls = pgd.linf_pgd, []
+
+    def killed_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pgd, "linf_pgd", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        poisons.craft(spec, data, work, compile="off")
+    assert not poisons.exists(work, spec.poison_id)
+    assert len(list((work / "partial" / spec.poison_id).iterdir())) == 2
+    monkeypatch.setattr(pgd, "linf_pgd", original)
+    resumed, cached = poisons.craft(spec, data, work, compile="off")
+    assert not cached and resumed.manifest["resumed_rows"] == 64
+    assert torch.equal(resumed.delta, whole.delta)
+    assert not (work / "partial" / spec.poison_id).exists()

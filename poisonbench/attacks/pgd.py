@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..input_grad import inference_copy
 from . import ATTACKS
-from .base import Attack, AttackContext, Param, batches
+from .base import Attack, AttackContext, Param, PartialBatches, batches
 
 # `compile="auto"`: compile the PGD step when rows × steps reach this. Measured on the 2-core CPU (MNIST ConvNet,
 # batch 1000): 369 ms per step per 1000 rows compiled vs 580 eager; compiling costs about 12 s (less with a warm
@@ -81,18 +81,29 @@ class _SurrogatePGD(Attack):
         n = len(x_all)
         size = min(p["batch_size"], n)
         ctx.compiled = ctx.compile == "on" or (ctx.compile == "auto" and n * p["steps"] >= COMPILE_MIN_ROW_STEPS)
-        step_fn = compile_static(signed_step) if ctx.compiled else None
+        step_fn = None
+        done = PartialBatches(ctx.partial_dir)
         for start, stop in batches(n, size):
-            x = x_all[start:stop].to(ctx.device).float().div_(255).contiguous(memory_format=torch.channels_last)
-            y = self.labels(y_all[start:stop], ctx.dataset.num_classes).to(ctx.device)
             init = None
             if p.get("random_start"):  # drawn for the real rows only: the stream does not depend on `size`
-                init = (torch.rand(x.shape, generator=g) * 2 - 1).mul_(ctx.eps).to(ctx.device)
+                init = (torch.rand((stop - start, *x_all.shape[1:]), generator=g) * 2 - 1).mul_(ctx.eps)
+            finished = done.get(start, stop)
+            if finished is not None:  # crafted before an interruption (same poison id, same batch)
+                out[start:stop] = finished
+                ctx.resumed_rows += stop - start
+                ctx.report(f"{self.name} · {ctx.dataset.name}", stop, n)
+                continue
+            if ctx.compiled and step_fn is None:
+                step_fn = compile_static(signed_step)
+            x = x_all[start:stop].to(ctx.device).float().div_(255).contiguous(memory_format=torch.channels_last)
+            y = self.labels(y_all[start:stop], ctx.dataset.num_classes).to(ctx.device)
+            init = None if init is None else init.to(ctx.device)
             if ctx.compiled:  # one static shape: zero-pad the short last batch, drop the padding after
                 x, y = pad_rows(x, size), pad_rows(y, size)
                 init = None if init is None else pad_rows(init, size)
             delta = linf_pgd(model, x, y, ctx.eps, p["steps"], step_size, init, self.maximize, step_fn)
             out[start:stop] = delta[:stop - start].cpu()
+            done.put(start, stop, out[start:stop])
             ctx.report(f"{self.name} · {ctx.dataset.name}", stop, n)
         return out
 
