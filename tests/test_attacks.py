@@ -187,3 +187,33 @@ def test_an_interrupted_pgd_craft_resumes_from_its_finished_batches(tiny, tmp_pa
     assert not cached and resumed.manifest["resumed_rows"] == 64
     assert torch.equal(resumed.delta, whole.delta)
     assert not (work / "partial" / spec.poison_id).exists()
+
+
+def test_an_interrupted_deepconfuse_craft_resumes_after_its_last_outer_epoch(tiny, tmp_path, monkeypatch):
+    """Killed in its third outer epoch, the generator craft resumes from the checkpoint of the second and ends
+    with exactly the δ of an uninterrupted craft."""
+    from poisonbench import poisons
+    from poisonbench.attacks import deepconfuse
+
+    data, _ = tiny
+    spec = craft_spec(data, "deepconfuse", eps=EPS, budget=1.0, seed=3, outer_epochs=3)
+    whole, _ = poisons.craft(spec, data, tmp_path / "whole")
+    original, calls = deepconfuse.shuffled_batches, []
+
+    def killed_in_third_outer_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # two per outer epoch (training, scratch test)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(deepconfuse, "shuffled_batches", killed_in_third_outer_epoch)
+    work = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        poisons.craft(spec, data, work)
+    assert not poisons.exists(work, spec.poison_id)
+    assert (work / "partial" / spec.poison_id / "outer.safetensors").exists()
+    monkeypatch.setattr(deepconfuse, "shuffled_batches", original)
+    resumed, _ = poisons.craft(spec, data, work)
+    assert resumed.manifest["attack_info"]["resumed_outer_epochs"] == 2
+    assert torch.equal(resumed.delta, whole.delta)
+    assert not (work / "partial" / spec.poison_id).exists()

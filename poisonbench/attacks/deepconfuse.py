@@ -22,6 +22,8 @@ classifier is scored on the clean train split instead of the test split (no test
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +143,52 @@ OFFICIAL = {"mnist": {"outer_epochs": 1000, "inner_epochs": 1, "batch_size": 64,
                         "cls_lr": 0.01}}
 
 
+class OuterCheckpoint:
+    """The state after the last finished outer epoch (generator, its Adam state, the best generator so far, the
+    RNG streams), so a killed craft resumes there and ends with exactly the generator of an uninterrupted one.
+    One file in the craft's partial directory (keyed by the poison id), replaced atomically after every outer
+    epoch, removed with the directory when the PoisonSet is saved."""
+
+    def __init__(self, directory: Path | None):
+        self.path = Path(directory) / "outer.safetensors" if directory is not None else None
+
+    def save(self, state: dict) -> None:
+        if self.path is None:
+            return
+        from safetensors.torch import save
+
+        from ..io import atomic_write_bytes
+
+        opt = state["gen_opt"]
+        tensors = {f"tgt.{k}": v for k, v in state["tgt"].items()}
+        tensors |= {f"best.{k}": v for k, v in state["best"].items()}
+        tensors |= {f"opt.{i}.{k}": torch.as_tensor(v) for i, st in opt["state"].items() for k, v in st.items()}
+        tensors |= {"rng": state["rng"], "rng_g": state["rng_g"].cpu()}
+        meta = {"outer": str(state["outer"]), "done": str(state["done"]), "best_acc": repr(state["best_acc"]),
+                "param_groups": json.dumps(opt["param_groups"])}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write_bytes(self.path, save(tensors, metadata=meta))
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.exists():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), "pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        opt_state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, index, name = key.split(".", 2)
+                opt_state.setdefault(int(index), {})[name] = value
+        return {"outer": int(meta["outer"]), "done": int(meta["done"]), "best_acc": float(meta["best_acc"]),
+                "tgt": {k[4:]: v for k, v in tensors.items() if k.startswith("tgt.")},
+                "best": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")},
+                "gen_opt": {"state": opt_state, "param_groups": json.loads(meta["param_groups"])},
+                "rng": tensors["rng"], "rng_g": tensors["rng_g"]}
+
+
 def shuffled_batches(n: int, size: int, epochs: int, generator: torch.Generator, device):
     """Index batches of `size` over `epochs` fresh seeded permutations of range(n) (last batch may be short)."""
     for _ in range(epochs):
@@ -201,7 +249,18 @@ class DeepConfuse(Attack):
             with torch.no_grad():
                 return (x + eps * gen(x)).clamp_(0, 1)
 
-        for _outer in range(p["outer_epochs"]):
+        checkpoint = OuterCheckpoint(ctx.partial_dir)
+        first = 0
+        state = checkpoint.load()
+        if state is not None:  # resume after the last finished outer epoch of an interrupted craft
+            first, done, best_acc = state["outer"], state["done"], state["best_acc"]
+            tgt.load_state_dict(state["tgt"])
+            atk.load_state_dict(state["tgt"])  # atk ← tgt closes every outer epoch
+            best_state = state["best"]
+            gen_opt.load_state_dict(state["gen_opt"])
+            torch.set_rng_state(state["rng"])
+            g.set_state(state["rng_g"])
+        for outer in range(first, p["outer_epochs"]):
             cls = make_cls().train()
             cls_opt = torch.optim.SGD(cls.parameters(), lr=p["cls_lr"])
             for idx in shuffled_batches(n, bs, p["inner_epochs"], g, device):
@@ -245,7 +304,12 @@ class DeepConfuse(Attack):
             acc = correct / n
             if acc < best_acc:
                 best_acc, best_state = acc, copy.deepcopy(tgt.state_dict())
+            checkpoint.save({"outer": outer + 1, "done": done, "best_acc": best_acc, "tgt": tgt.state_dict(),
+                             "best": best_state, "gen_opt": gen_opt.state_dict(), "rng": torch.get_rng_state(),
+                             "rng_g": g.get_state()})
         self.training_summary = {"best_scratch_clean_train_acc": best_acc}
+        if first:
+            self.training_summary["resumed_outer_epochs"] = first
         best = GENERATORS[self.family](c).to(device)
         best.load_state_dict(best_state)
         best.eval()
