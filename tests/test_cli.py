@@ -78,6 +78,8 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     (["defend", "--device", "tpu"], "unknown device 'tpu'"),
     (["defend", "--trials", "0"], "trials must be a positive integer"),
     (["defend", "--trial", "-1"], "trial must be a non-negative integer, got -1"),
+    (["craft", "--attack", "pgd", "--compile", "fast"], "unknown compile mode 'fast'; valid choices: auto, on, off"),
+    (["report", "--per-trial"], "--per-trial only applies to --missing"),
     (["defend", "--trials", "3", "--trial", "1"], "give either --trials N (trials 0..N-1) or --trial T"),
     (["defend", "--poison-ratio", "1.5"], "poison ratio must be in [0, 1], got 1.5"),
     (["defend", "--ratio", "0.5"], "option --ratio does not apply to method 'none'"),
