@@ -10,8 +10,7 @@ from .errors import PoisonbenchError, unknown_choice
 from .hashing import canonical_json, short_hash
 
 FORMATS = ("rich", "md", "latex", "csv", "json")
-GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "poison_sets", "method", "params",
-              "configuration"]
+GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params", "configuration"]
 
 
 def experiment(config: dict) -> dict:
@@ -38,13 +37,10 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "epochs": c["recipe"]["epochs"],
             "scenario": c["scenario"],
             "poison": poison.get("label", "-") if poison else "-",
-            # runs on different PoisonSets (e.g. before / after an attack default changed) are never pooled
-            "poison_sets": short_hash({"eps": poison.get("eps"), "ids": poison.get("poison_ids")})[:8]
-            if poison.get("poison_ids") else "-",
             "method": method,
             "params": canonical_json(defense) if defense else "-",
             # everything that defines the experiment except the trial (seed, poisoned rows): recipe overrides,
-            # dataset fingerprint, ... so two configurations that display alike are still never pooled
+            # dataset fingerprint, PoisonSet ids, ... so two configurations that display alike are never pooled
             "configuration": short_hash(experiment(c))[:8],
             "trial": c["trial"],
             "seed": c["seed"],

@@ -123,9 +123,10 @@ def make_optimizer(model: nn.Module, recipe: Recipe):
 COMPILE_MODES = ("auto", "on", "off")
 
 
-def should_compile(mode: str, n: int, epochs: int) -> bool:
+def should_compile(mode: str, n: int, epochs: int, minimum: int = COMPILE_MIN_IMAGES) -> bool:
+    """`auto`: compile when the work (n rows × epochs or steps) reaches `minimum`, so compiling pays."""
     if mode == "auto":
-        return n * epochs >= COMPILE_MIN_IMAGES
+        return n * epochs >= minimum
     return mode == "on"
 
 

@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 from torch import nn
 
 from ..errors import PoisonbenchError
+from ..io import atomic_write_bytes
 
 ProgressFn = Callable[[str, int, int], None]
 """`progress(description, completed, total)`: one call per batch of a long step (crafting, surrogate training)."""
@@ -219,8 +222,6 @@ class PartialBatches:
     def get(self, start: int, stop: int) -> torch.Tensor | None:
         if self.directory is None or not self._path(start, stop).exists():
             return None
-        from safetensors.torch import load_file
-
         try:
             return load_file(self._path(start, stop))["delta"]
         except Exception:  # unreadable (should not happen: writes are atomic): craft the batch again
@@ -229,11 +230,7 @@ class PartialBatches:
     def put(self, start: int, stop: int, delta: torch.Tensor) -> None:
         if self.directory is None:
             return
-        from safetensors.torch import save
-
-        from ..io import atomic_write_bytes
-
-        atomic_write_bytes(self._path(start, stop), save({"delta": delta.float().contiguous().cpu()}))
+        atomic_write_bytes(self._path(start, stop), st_save({"delta": delta.float().contiguous().cpu()}))
 
 
 def batches(n: int, size: int):

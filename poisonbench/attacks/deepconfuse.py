@@ -27,9 +27,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save as st_save
 from torch import nn
 from torch.func import functional_call
 
+from ..io import atomic_write_bytes
 from . import ATTACKS
 from .base import Attack, AttackContext, Param, batches
 
@@ -155,10 +158,6 @@ class OuterCheckpoint:
     def save(self, state: dict) -> None:
         if self.path is None:
             return
-        from safetensors.torch import save
-
-        from ..io import atomic_write_bytes
-
         opt = state["gen_opt"]
         tensors = {f"tgt.{k}": v for k, v in state["tgt"].items()}
         tensors |= {f"best.{k}": v for k, v in state["best"].items()}
@@ -167,13 +166,11 @@ class OuterCheckpoint:
         meta = {"outer": str(state["outer"]), "done": str(state["done"]), "best_acc": repr(state["best_acc"]),
                 "param_groups": json.dumps(opt["param_groups"])}
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        atomic_write_bytes(self.path, save(tensors, metadata=meta))
+        atomic_write_bytes(self.path, st_save(tensors, metadata=meta))
 
     def load(self) -> dict | None:
         if self.path is None or not self.path.exists():
             return None
-        from safetensors import safe_open
-
         with safe_open(str(self.path), "pt") as f:
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)

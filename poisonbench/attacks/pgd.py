@@ -69,7 +69,7 @@ class _SurrogatePGD(Attack):
         return y
 
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
-        from ..training import compile_static
+        from ..training import compile_static, should_compile
 
         p = self.params
         model = inference_copy(ctx.surrogate())
@@ -80,7 +80,7 @@ class _SurrogatePGD(Attack):
         out = torch.empty(x_all.shape, dtype=torch.float32)
         n = len(x_all)
         size = min(p["batch_size"], n)
-        ctx.compiled = ctx.compile == "on" or (ctx.compile == "auto" and n * p["steps"] >= COMPILE_MIN_ROW_STEPS)
+        ctx.compiled = should_compile(ctx.compile, n, p["steps"], COMPILE_MIN_ROW_STEPS)
         step_fn = None
         done = PartialBatches(ctx.partial_dir)
         for start, stop in batches(n, size):
