@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import PoisonbenchError, unknown_choice
-from .input_grad import inference_copy
+from .input_grad import chunk_rows, inference_copy
 
 SOLVERS = ("exact", "cg", "lissa")
 DEFAULT_DAMPING = 0.5  # λ: official LiSSA damp 0.01 × scale 50 (reference/defenses.md §1.3)
@@ -44,10 +44,12 @@ LISSA_DAMP, LISSA_SCALE, LISSA_STEPS, LISSA_BATCH = 0.01, 50.0, 980, 50  # offic
 
 
 @torch.no_grad()
-def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 0,
                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(h̃, logits)` for every row of `x`, model in eval mode (restored afterwards). h̃ = [φ; 1] in `dtype`
-    (default: the model's dtype; the solvers are accurate in float32 except `exact`, which factors in float64)."""
+    (default: the model's dtype; the solvers are accurate in float32 except `exact`, which factors in float64).
+    `batch_size` 0: up to 1024 rows, fewer on the CPU when activations would be large (`chunk_rows`)."""
+    batch_size = batch_size or chunk_rows(model, x[:1], 1024)
     was_training = model.training
     model.eval()
     feats, logits = [], []
@@ -240,7 +242,7 @@ def influence_up_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: to
     return influence_up(h, logits, y, s)
 
 
-def influence_pert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, batch_size: int = 512,
+def influence_pert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor, batch_size: int = 0,
                    input_std: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 9 for every row: `I_pert,loss(z_i, D_val) = −∇_x [ r(x_i)ᵀ S h̃(x_i) ]`, shape of `x`.
 
@@ -249,8 +251,10 @@ def influence_pert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: torch.
     `create_graph`, no double backward, no per-example loop. Exact, because
     `sᵀ∇_head ℓ(x) = r(x)ᵀ S h̃(x)` in closed form. The gradient is w.r.t. the [0, 1] pixel input; pass
     `input_std` (C,) to get the official CIFAR behaviour (gradient w.r.t. the normalised input, i.e. × std).
+    `batch_size` 0: up to 512 rows, fewer on the CPU when activations would be large (`chunk_rows`).
     """
     frozen = inference_copy(model)
+    batch_size = batch_size or chunk_rows(frozen, x[:1], 512)
     d = s.shape[1] - 1
     out = torch.empty_like(x)
     with torch.enable_grad():

@@ -26,6 +26,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 MAX_STEM_CHANNELS = 3  # wider convolutions keep oneDNN's backward, which is efficient there
 
+# On the CPU, keep every activation of a chunk under this many bytes. glibc serves blocks above its mmap
+# threshold (at most 32 MiB) with fresh mmaps, so each such tensor costs one page fault per 4 KiB on every
+# allocation; below it, freed blocks are reused. Measured on the MNIST ConvNet stem (1→40 k5, one core): 159 ms
+# per 1,000 rows at batch 1,000 (45k page faults per call) vs 42 ms at batch 250 (none).
+CPU_ACTIVATION_BYTES = 24 * 2**20
+
 
 class _StemConv(torch.autograd.Function):
     @staticmethod
@@ -81,6 +87,35 @@ def swap_stems(model: nn.Module) -> nn.Module:
             if is_stem(child):
                 setattr(parent, name, StemConv2d.from_conv(child))
     return model
+
+
+def largest_activation_bytes(model: nn.Module, sample: torch.Tensor) -> int:
+    """Bytes per row of the largest output of any leaf module of `model` on one row of `sample` (probed in eval
+    mode, so BatchNorm statistics are untouched; the mode is restored)."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: probe the eager module (no recompile)
+    sizes = [sample[:1].numel() * sample.element_size()]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size()))
+             for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(sample[:1])
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return max(sizes)
+
+
+def chunk_rows(model: nn.Module, sample: torch.Tensor, rows: int) -> int:
+    """Rows per chunk for processing a batch of `rows` on `sample`'s device: all of them on a GPU (its caching
+    allocator reuses memory); on the CPU, an equal split of the batch whose largest activation stays under
+    `CPU_ACTIVATION_BYTES`. Chunking changes only speed: every objective chunked this way is per example."""
+    if sample.device.type != "cpu" or rows <= 1:
+        return max(rows, 1)
+    most = max(1, CPU_ACTIVATION_BYTES // largest_activation_bytes(model, sample))
+    pieces = -(-rows // most)
+    return -(-rows // pieces)
 
 
 def inference_copy(model: nn.Module) -> nn.Module:

@@ -22,6 +22,7 @@ from torch import nn
 from . import augment
 from .defenses.base import Defense
 from .errors import PoisonbenchError
+from .input_grad import chunk_rows
 from .recipes import Recipe
 
 # `compile="auto"`: compile only when epochs × n is at least this many images. Measured on the 2-core CPU: a
@@ -100,8 +101,10 @@ class TrainResult:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Softmax probabilities for every row of `x` (model in eval mode; restores the previous mode)."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 0) -> torch.Tensor:
+    """Softmax probabilities for every row of `x` (model in eval mode; restores the previous mode).
+    `batch_size` 0: up to 1000 rows, fewer on the CPU when activations would be large (`chunk_rows`)."""
+    batch_size = batch_size or chunk_rows(model, x[:1], 1000)
     was_training = model.training
     model.eval()
     probs = torch.cat([F.softmax(model(x[i:i + batch_size]).float(), 1) for i in range(0, len(x), batch_size)])
@@ -170,7 +173,10 @@ def train(
     evaluated every `eval_every` epochs (0: only after the last epoch) and land in the history.
     """
     defense = defense or Defense("none", recipe)
-    model.to(device).train()
+    # channels_last for the convolutions while training (same math, other summation order): on this CPU eager
+    # ConvNet training went from about 1,250 to 1,650 img/s (compiled: within noise); the weights are returned
+    # in the default layout (safetensors stores contiguous tensors only).
+    model.to(device, memory_format=torch.channels_last).train()
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer, scheduler = make_optimizer(model, recipe)
     ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
@@ -226,4 +232,5 @@ def train(
         history.append(row)
         if on_epoch:
             on_epoch(epoch, row)
+    model.to(memory_format=torch.contiguous_format)
     return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx)

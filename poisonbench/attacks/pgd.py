@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..input_grad import inference_copy
+from ..input_grad import chunk_rows, inference_copy
 from . import ATTACKS
 from .base import Attack, AttackContext, Param, PartialBatches, batches
 
@@ -81,6 +81,9 @@ class _SurrogatePGD(Attack):
         n = len(x_all)
         size = min(p["batch_size"], n)
         ctx.compiled = should_compile(ctx.compile, n, p["steps"], COMPILE_MIN_ROW_STEPS)
+        sample = x_all[:1].to(ctx.device).float().div_(255).contiguous(memory_format=torch.channels_last)
+        chunk = chunk_rows(model, sample, size)  # execution only: rows of one compiled step (see chunk_rows)
+        padded = -(-size // chunk) * chunk
         step_fn = None
         done = PartialBatches(ctx.partial_dir)
         for start, stop in batches(n, size):
@@ -98,10 +101,13 @@ class _SurrogatePGD(Attack):
             x = x_all[start:stop].to(ctx.device).float().div_(255).contiguous(memory_format=torch.channels_last)
             y = self.labels(y_all[start:stop], ctx.dataset.num_classes).to(ctx.device)
             init = None if init is None else init.to(ctx.device)
-            if ctx.compiled:  # one static shape: zero-pad the short last batch, drop the padding after
-                x, y = pad_rows(x, size), pad_rows(y, size)
-                init = None if init is None else pad_rows(init, size)
-            delta = linf_pgd(model, x, y, ctx.eps, p["steps"], step_size, init, self.maximize, step_fn)
+            if ctx.compiled:  # one static shape: zero-pad to whole chunks, drop the padding after
+                x, y = pad_rows(x, padded), pad_rows(y, padded)
+                init = None if init is None else pad_rows(init, padded)
+            delta = torch.cat([
+                linf_pgd(model, x[c:c + chunk], y[c:c + chunk], ctx.eps, p["steps"], step_size,
+                         None if init is None else init[c:c + chunk], self.maximize, step_fn)
+                for c in range(0, len(x), chunk)])
             out[start:stop] = delta[:stop - start].cpu()
             done.put(start, stop, out[start:stop])
             ctx.report(f"{self.name} · {ctx.dataset.name}", stop, n)
