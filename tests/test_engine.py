@@ -41,6 +41,16 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tiny_npz):
     assert r1.history != r3.history
 
 
+def test_trained_weights_come_back_contiguous_and_predict_is_chunk_independent(tiny_npz):
+    from poisonbench.training import predict
+
+    data = load_dataset(str(tiny_npz))
+    model, _ = run(data, epochs=1)  # trained in channels_last
+    assert all(p.is_contiguous() for p in model.parameters())  # safetensors stores contiguous tensors only
+    x = to_float(data.test.x, CPU)
+    torch.testing.assert_close(predict(model, x, batch_size=7), predict(model, x), rtol=1e-5, atol=1e-6)
+
+
 def test_augmentation_is_seeded_and_shape_preserving(tiny_npz):
     data = load_dataset(str(tiny_npz))
     _, a = run(data, seed=1, epochs=2, augment="crop-flip")
