@@ -46,18 +46,16 @@ LISSA_DAMP, LISSA_SCALE, LISSA_STEPS, LISSA_BATCH = 0.01, 50.0, 980, 50  # offic
 @torch.no_grad()
 def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 0,
                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(h̃, logits)` for every row of `x`, model in eval mode (restored afterwards). h̃ = [φ; 1] in `dtype`
+    """`(h̃, logits)` for every row of `x`, model in eval mode (computed on `inference_copy(model)`). h̃ = [φ; 1] in `dtype`
     (default: the model's dtype; the solvers are accurate in float32 except `exact`, which factors in float64).
     `batch_size` 0: up to 1024 rows, fewer on the CPU when activations would be large (`chunk_rows`)."""
-    batch_size = batch_size or chunk_rows(model, x[:1], 1024)
-    was_training = model.training
-    model.eval()
+    frozen = inference_copy(model)  # BatchNorm folded, channels_last: the same features, faster
+    batch_size = batch_size or chunk_rows(frozen, x[:1], 1024)
     feats, logits = [], []
     for i in range(0, len(x), batch_size):
-        phi = model.features(x[i:i + batch_size])
-        logits.append(model.head(phi).to(dtype or phi.dtype))
+        phi = frozen.features(x[i:i + batch_size])
+        logits.append(frozen.head(phi).to(dtype or phi.dtype))
         feats.append(phi.to(dtype or phi.dtype))
-    model.train(was_training)
     phi = torch.cat(feats)
     return augment(phi), torch.cat(logits)
 
