@@ -46,8 +46,9 @@ LISSA_DAMP, LISSA_SCALE, LISSA_STEPS, LISSA_BATCH = 0.01, 50.0, 980, 50  # offic
 @torch.no_grad()
 def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 0,
                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(h̃, logits)` for every row of `x`, model in eval mode (computed on `inference_copy(model)`). h̃ = [φ; 1] in `dtype`
-    (default: the model's dtype; the solvers are accurate in float32 except `exact`, which factors in float64).
+    """`(h̃, logits)` for every row of `x` in eval mode, computed on `inference_copy(model)` (`model` is untouched).
+    h̃ = [φ; 1] in `dtype` (default: the model's dtype; the solvers are accurate in float32 except `exact`, which
+    factors in float64).
     `batch_size` 0: up to 1024 rows, fewer on the CPU when activations would be large (`chunk_rows`)."""
     frozen = inference_copy(model)  # BatchNorm folded, channels_last: the same features, faster
     batch_size = batch_size or chunk_rows(frozen, x[:1], 1024)
