@@ -39,12 +39,12 @@ def test_store_ignores_partial_or_foreign_files(tmp_path):
 def test_sigkill_mid_training_leaves_nothing_and_rerun_completes(tiny_npz, tmp_path):
     results = tmp_path / "res"
     cmd = [sys.executable, "-m", "poisonbench.cli.main", "defend", "--dataset", str(tiny_npz), "--recipe", "quick",
-           "--epochs", "400", "--batch-size", "400", "--compile", "off", "--results", str(results), "--json"]
+           "--epochs", "150", "--batch-size", "400", "--compile", "off", "--results", str(results), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 60
     while not (results / "runs").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    time.sleep(1.0)  # well inside training (400 epochs take several seconds even on a quiet machine)
+    time.sleep(1.0)  # well inside training (150 epochs take several seconds even on a quiet machine)
     assert proc.poll() is None, "run finished before it could be killed; make it longer"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -55,4 +55,4 @@ def test_sigkill_mid_training_leaves_nothing_and_rerun_completes(tiny_npz, tmp_p
     row = json.loads(done.stdout)
     assert row["status"] == "ran"
     record = json.loads((results / "runs" / f"{row['run_id']}.json").read_text())
-    assert len(record["history"]) == 400
+    assert len(record["history"]) == 150
