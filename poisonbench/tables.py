@@ -873,10 +873,10 @@ def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], data
 def missing_commands(number: str, records: list[dict], opts: Options, dataset: str | None = None,
                      recipe: str | None = None, model: str | None = None, epochs: int | None = None,
                      methods: list[str] | None = None, mix: str | None = PAPER_MIX,
-                     per_trial: bool = False) -> tuple[list[str], list[str]]:
+                     per_trial: bool = False, data_dir: str | None = None) -> tuple[list[str], list[str]]:
     """(commands, notes): one `poisonbench defend` line per incomplete configuration (it runs trials
     0..N-1 and skips the done ones), or with `per_trial` one `--trial T` line per missing trial (one job per
-    line for a scheduler), and notes for what cannot be listed."""
+    line for a scheduler), and notes for what cannot be listed. `data_dir` is passed on to every command."""
     number = check_table(number)
     notes = []
     if number == "3":
@@ -907,6 +907,8 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
                          for t in range(opts.trials) if t not in need.done]
         else:
             commands.append(need.command(opts.trials, base_seed, need_mix))
+    if data_dir:
+        commands = [f"{c} --data-dir {shlex.quote(str(data_dir))}" for c in commands]
     return list(dict.fromkeys(commands)), notes
 
 

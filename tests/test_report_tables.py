@@ -211,6 +211,9 @@ def test_missing_for_a_dataset_without_records(monkeypatch):
     assert commands == [f"poisonbench defend --dataset cifar10 --method none --poison-ratio {r:.1f} --trials 3 "
                         "--recipe quick" for r in tables.RHOS]
     assert notes and "hint" in notes[0]  # unregistered paper methods are named, not silently dropped
+    with_dir, _ = tables.missing_commands("2", [], tables.Options(trials=3), dataset="cifar10", recipe="quick",
+                                          data_dir="/data/my cifar")
+    assert with_dir == [f"{c} --data-dir '/data/my cifar'" for c in commands]  # runnable as printed
 
 
 def test_missing_end_to_end(cli, tmp_path, monkeypatch):

@@ -81,7 +81,7 @@ def report(
                 tables.assert_records(records, store.root)
             commands, notes = tables.missing_commands(number, records, opts, dataset=dataset, recipe=recipe,
                                                       model=model, epochs=epochs, methods=methods, mix=attacks,
-                                                      per_trial=per_trial)
+                                                      per_trial=per_trial, data_dir=data_dir)
             for note in notes:
                 err.print(note, markup=False)
             for command in commands:
