@@ -881,6 +881,9 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     notes = []
     if number == "3":
         return [], ["Table III: targeted runs cannot be listed yet (`defend` has no targeted scenario)"]
+    from .data import record_name
+
+    dataset_arg, dataset = dataset, record_name(dataset) if dataset else dataset
     df, _ = one_poison_generation(apply_filters(frame(records), dataset, model, recipe, epochs, mix=mix))
     available = available_methods()
     wanted = [m for m in (methods or PAPER_METHODS)]
@@ -907,6 +910,9 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
                          for t in range(opts.trials) if t not in need.done]
         else:
             commands.append(need.command(opts.trials, base_seed, need_mix))
+    if dataset_arg and dataset_arg != dataset:  # an .npz given by path: the commands must find the file
+        commands = [c.replace(f"--dataset {shlex.quote(dataset)} ", f"--dataset {shlex.quote(dataset_arg)} ")
+                    for c in commands]
     if data_dir:
         commands = [f"{c} --data-dir {shlex.quote(str(data_dir))}" for c in commands]
     return list(dict.fromkeys(commands)), notes

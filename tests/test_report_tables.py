@@ -244,6 +244,15 @@ def test_missing_end_to_end(cli, tmp_path, monkeypatch):
     assert code == 0 and out == "" and "0 command(s)" in err
     code, out, _ = cli("report", "--table", "2", "--trials", "2", "--rho", "0", "--format", "csv", "--results", res)
     assert code == 0 and ",none,{},2," in out
+    # an .npz named by its path: the records (named by file name) match, and the commands carry the path
+    path = str(tmp_path / "e2e.npz")
+    code, out, err = cli("report", "--table", "2", "--missing", "--trials", "3", "--rho", "0", "--method", "none",
+                         "--dataset", path, "--results", res)
+    assert code == 0, err
+    assert out.strip() == (f"poisonbench defend --dataset {path} --method none --poison-ratio 0.0 --trials 3 "
+                           "--recipe quick --epochs 1")
+    code, out, _ = cli("report", "--dataset", path, "--format", "csv", "--results", res)
+    assert code == 0 and "e2e.npz" in out and ",2," in out
 
 
 # ----------------------------------------------------------------------------------------------- figures

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import report as lib
+from ..data import record_name
 from ..errors import PoisonbenchError, unknown_choice
 from ..records import RunStore
 from . import options
@@ -69,7 +70,8 @@ def report(
     methods = _methods(method)
     store = RunStore(results)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    filters = {"dataset": dataset, "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
+    filters = {"dataset": record_name(dataset) if dataset else None,
+               "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
                "mix": attacks}
 
     if table is not None:
@@ -123,7 +125,7 @@ def report(
             print(path)
         return
 
-    summary = lib.load_summary(store.all(), dataset=dataset, method=method)
+    summary = lib.load_summary(store.all(), dataset=filters["dataset"], method=method)
     if summary.empty:
         Console(stderr=True).print("no records match the filters")
         return

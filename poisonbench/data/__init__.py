@@ -187,6 +187,11 @@ def dataset_names() -> list[str]:
     return DATASETS.names() + ["PATH.npz"]
 
 
+def record_name(name: str) -> str:
+    """The dataset name run records carry: a registry name as is, an `.npz` path by its file name."""
+    return Path(name).name if name.endswith(".npz") else name
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
                  val_fraction: float = 0.02, test_fraction: float = 0.18) -> Dataset:
     """Load `name` (a registry name or an `.npz` path) with its fixed stratified splits."""
@@ -198,7 +203,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         n = len(arrays["y"])
         val_size, test_size = round(val_fraction * n), round(test_fraction * n)
         channels = 1 if arrays["x"].ndim == 3 else arrays["x"].shape[-1]
-        spec = DatasetSpec(path.name, "user .npz", "mnist" if channels == 1 else "cifar10",
+        spec = DatasetSpec(record_name(name), "user .npz", "mnist" if channels == 1 else "cifar10",
                            int(arrays["y"].max()) + 1, (0.0,) * channels, (1.0,) * channels,
                            "80 / 2 / 18 %", lambda *_: (arrays, source), val_size, test_size)
     elif name in DATASETS:
