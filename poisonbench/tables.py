@@ -805,11 +805,13 @@ class Need:
     params: tuple = ()  # (("ratio", 0.5), ("beta", 0.062)) for HINT
     done: frozenset = frozenset()  # trial numbers that have a record
 
-    def command(self, trials: int, base_seed: int = 0, mix: str = "", trial: int | None = None) -> str:
-        """`--trials N` (runs 0..N-1, skips the done ones), or `--trial T` for one trial."""
+    def command(self, trials: int, base_seed: int = 0, mix: str = "", trial: int | None = None,
+                dataset_arg: str | None = None, data_dir: str | None = None) -> str:
+        """`--trials N` (runs 0..N-1, skips the done ones), or `--trial T` for one trial. `dataset_arg` is how the
+        user named the dataset (an `.npz` path, where records carry only the file name); `data_dir` is appended."""
         s = self.setting
         count = ["--trials", str(trials)] if trial is None else ["--trial", str(trial)]
-        parts = ["poisonbench", "defend", "--dataset", s.dataset, "--method", self.method,
+        parts = ["poisonbench", "defend", "--dataset", dataset_arg or s.dataset, "--method", self.method,
                  "--poison-ratio", rho_text(self.rho), *count, *recipe_flags(s)]
         family = guess_family(s)
         from .models import DEFAULT_MODEL
@@ -822,6 +824,8 @@ class Need:
             parts += ["--seed", str(base_seed)]
         if mix and mix != DEFAULT_ATTACK_MIX and self.rho > 0:
             parts += ["--attacks", mix]
+        if data_dir:
+            parts += ["--data-dir", str(data_dir)]
         return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -876,7 +880,8 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
                      per_trial: bool = False, data_dir: str | None = None) -> tuple[list[str], list[str]]:
     """(commands, notes): one `poisonbench defend` line per incomplete configuration (it runs trials
     0..N-1 and skips the done ones), or with `per_trial` one `--trial T` line per missing trial (one job per
-    line for a scheduler), and notes for what cannot be listed. `data_dir` is passed on to every command."""
+    line for a scheduler), and notes for what cannot be listed. An `.npz` `dataset` given by path selects the
+    records of that file name and keeps the path in the commands; `data_dir` is passed on to every command."""
     number = check_table(number)
     notes = []
     if number == "3":
@@ -905,16 +910,12 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
         else:
             need_mix = mixes[0] if len(mixes) == 1 and mixes[0] != PAPER_MIX else ""
         base_seed = bases.pop() if len(bases) == 1 else 0
+        where = {"dataset_arg": dataset_arg if need.setting.dataset == dataset else None, "data_dir": data_dir}
         if per_trial:
-            commands += [need.command(opts.trials, base_seed, need_mix, trial=t)
+            commands += [need.command(opts.trials, base_seed, need_mix, trial=t, **where)
                          for t in range(opts.trials) if t not in need.done]
         else:
-            commands.append(need.command(opts.trials, base_seed, need_mix))
-    if dataset_arg and dataset_arg != dataset:  # an .npz given by path: the commands must find the file
-        commands = [c.replace(f"--dataset {shlex.quote(dataset)} ", f"--dataset {shlex.quote(dataset_arg)} ")
-                    for c in commands]
-    if data_dir:
-        commands = [f"{c} --data-dir {shlex.quote(str(data_dir))}" for c in commands]
+            commands.append(need.command(opts.trials, base_seed, need_mix, **where))
     return list(dict.fromkeys(commands)), notes
 
 
