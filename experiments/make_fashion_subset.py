@@ -10,6 +10,7 @@ an `.npz` dataset, to compare the Table II mix at mnist-5k's scale on another da
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +29,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), args.per_class, replace=False)
                                    for c in range(10)]))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, x=x[keep], y=y[keep].astype(np.int64))
     print(f"{args.out}: {len(keep)} images, {np.bincount(y[keep]).tolist()} per class")
 
