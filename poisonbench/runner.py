@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .checkpoints import CHECKPOINT_EVERY, Checkpoint, checkpoint_path
 from .data import Dataset, load_dataset
 from .defenses import DEFENSES, build_defense
 from .errors import PoisonbenchError
@@ -50,6 +51,7 @@ class DefendSpec:
     compile: str = "auto"
     results: str | None = None
     force: bool = False
+    checkpoint_every: float = CHECKPOINT_EVERY  # seconds between epoch checkpoints (0: after every epoch)
 
 
 @dataclass
@@ -74,6 +76,8 @@ def validate(spec: DefendSpec) -> None:
         MODELS.get(spec.model)
     DEFENSES.get(spec.method)
     check_compile_mode(spec.compile)
+    if not spec.checkpoint_every >= 0:
+        raise PoisonbenchError(f"--checkpoint-every must be >= 0 seconds, got {spec.checkpoint_every}")
     epochs = spec.recipe_overrides.get("epochs")
     if epochs is not None and epochs <= 0:
         raise PoisonbenchError(f"epochs must be a positive integer, got {epochs}")
@@ -112,7 +116,8 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan=None) -> dict:
 
 def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcome]:
     """Run trials 0..trials-1, or only `spec.trial` (seed = spec.seed + trial); skip those with a record unless
-    `force`."""
+    `force`. A run killed midway resumes from its epoch checkpoint (poisonbench/checkpoints.py); `force` starts
+    it over."""
     validate(spec)
     device = resolve_device(spec.device)
     store = RunStore(spec.results)
@@ -131,17 +136,21 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
         if existing is not None and not spec.force:
             outcomes.append(RunOutcome(existing, "skipped"))
             continue
+        checkpoint = Checkpoint(checkpoint_path(store.root, rid), spec.checkpoint_every)
+        if spec.force:
+            checkpoint.clear()
         if tensors is None:
             tensors = {name: (to_float(s.x, device), s.y.to(device))
                        for name, s in (("train", data.train), ("val", data.val), ("test", data.test))}
-        record = execute(spec, config, rid, data, tensors, device, reporter, load_seconds, plan)
+        record = execute(spec, config, rid, data, tensors, device, reporter, load_seconds, plan, checkpoint)
         store.put(record)
+        checkpoint.clear()
         outcomes.append(RunOutcome(record, "ran"))
     return outcomes
 
 
 def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: dict, device: torch.device,
-            reporter: Reporter | None, load_seconds: float, plan=None) -> dict:
+            reporter: Reporter | None, load_seconds: float, plan=None, checkpoint: Checkpoint | None = None) -> dict:
     """Train one run and return its record (not yet written)."""
     started = time.perf_counter()
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
@@ -161,7 +170,7 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
                        num_classes=data.num_classes, defense=defense, compile=spec.compile, poisoned=poisoned,
                        eval_sets={"val": tensors["val"], "test": tensors["test"]},
                        on_batch=reporter.batch if reporter else None,
-                       on_epoch=reporter.epoch if reporter else None)
+                       on_epoch=reporter.epoch if reporter else None, checkpoint=checkpoint)
     finally:
         if reporter:
             reporter.stop()
@@ -169,7 +178,7 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
     test_probs = predict(model, tensors["test"][0])
     cost = {k: round(v, 4) for k, v in result.cost.items()}
     cost["data_load"] = round(load_seconds, 4)
-    cost["seconds"] = round(time.perf_counter() - started, 4)
+    cost["seconds"] = round(time.perf_counter() - started + result.prior_seconds, 4)
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": rid,
@@ -186,6 +195,7 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
         "cost": cost,
         "defense": defense.summary(),
         "compiled": result.compiled,
+        "resumed_from_epoch": result.resumed_from,
         "env": environment(device),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

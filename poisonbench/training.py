@@ -4,7 +4,9 @@ specific defense.
 Fast by construction: the train set lives on the device as one float tensor; batches are slices of a seeded
 index permutation; augmentation is whole-batch tensor ops; the model may be `torch.compile`d with static
 shapes (dynamic=False: at most two graphs, full and last batch). All randomness (init, order, augmentation)
-comes from the seed, so the same seed gives the same numbers on the same device.
+comes from the seed, so the same seed gives the same numbers on the same device. With a `Checkpoint`, the
+state after an epoch is saved from time to time and a killed run resumes from it with the same numbers
+(poisonbench/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment
+from .checkpoints import Checkpoint, load_optimizer_state, optimizer_state, split_prefixed
 from .defenses.base import Defense
 from .errors import PoisonbenchError
 from .input_grad import chunk_rows
@@ -98,6 +101,8 @@ class TrainResult:
     cost: dict[str, float]
     compiled: bool
     context: TrainContext
+    resumed_from: int = 0  # epochs restored from a checkpoint (0: trained from the start)
+    prior_seconds: float = 0.0  # wall seconds earlier, killed processes spent in train() up to that checkpoint
 
 
 @torch.no_grad()
@@ -166,12 +171,16 @@ def train(
     on_batch: Callable[[int, int, int], None] | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     poisoned: torch.Tensor | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train `model` in place on float tensors already on `device`.
 
     `on_batch(epoch, step, steps)` and `on_epoch(epoch, row)` feed a progress display. `eval_sets` are
     evaluated every `eval_every` epochs (0: only after the last epoch) and land in the history.
+    `checkpoint`: resume from it if it holds a matching state, and save to it after an epoch when
+    `checkpoint.every` seconds have passed since the last save (the caller removes it once the result is safe).
     """
+    wall_start = time.perf_counter()
     defense = defense or Defense("none", recipe)
     # channels_last for the convolutions while training (same math, other summation order): on this CPU eager
     # ConvNet training went from about 1,250 to 1,650 img/s (compiled: within noise); the weights are returned
@@ -190,8 +199,15 @@ def train(
         kept = defense.prepare(ctx)
     if kept is not None:
         ctx.active = kept.to(device)
+    start_epoch, prior_seconds = 0, 0.0
+    if checkpoint is not None:
+        checkpoint.identity.update(device=device.type, compiled=compiled)
+        saved = checkpoint.load()
+        if saved is not None:
+            start_epoch, prior_seconds = _restore(*saved, ctx, scheduler, defense, history)
+    last_save = time.perf_counter()
 
-    for epoch in range(recipe.epochs):
+    for epoch in range(start_epoch, recipe.epochs):
         ctx.epoch = epoch
         with ctx.timed("defense_epoch"):
             defense.on_epoch_start(ctx, epoch)
@@ -230,7 +246,45 @@ def train(
                 for name, (ex, ey) in eval_sets.items():
                     row[f"{name}_acc"] = accuracy(forward, ex, ey)
         history.append(row)
+        if checkpoint is not None and not last and time.perf_counter() - last_save >= checkpoint.every:
+            with ctx.timed("checkpoint"):
+                seconds = prior_seconds + time.perf_counter() - wall_start
+                checkpoint.save(*_snapshot(ctx, defense, history, epoch + 1, seconds))
+            last_save = time.perf_counter()
         if on_epoch:
             on_epoch(epoch, row)
     model.to(memory_format=torch.contiguous_format)
-    return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx)
+    return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx, resumed_from=start_epoch,
+                       prior_seconds=prior_seconds)
+
+
+def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_done: int, seconds: float):
+    """(tensors, state) after `epochs_done` epochs: all that the remaining epochs depend on."""
+    tensors = {f"model.{k}": v for k, v in ctx.model.state_dict().items()}
+    opt_tensors, opt_state = optimizer_state(ctx.optimizer)
+    tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
+    tensors["generator"] = ctx.generator.get_state()
+    if ctx.active is not None:
+        tensors["active"] = ctx.active
+    def_tensors, def_state = defense.state(ctx)
+    tensors.update({f"defense.{k}": v for k, v in def_tensors.items()})
+    state = {"epochs_done": epochs_done, "history": history, "cost": ctx.cost, "optimizer": opt_state,
+             "defense": def_state, "seconds": seconds}
+    return tensors, state
+
+
+def _restore(tensors: dict, state: dict, ctx: TrainContext, scheduler, defense: Defense,
+             history: list[dict]) -> tuple[int, float]:
+    """Put a `_snapshot` back; returns (epochs done, wall seconds spent before)."""
+    ctx.model.load_state_dict(split_prefixed(tensors, "model"))
+    load_optimizer_state(ctx.optimizer, split_prefixed(tensors, "optimizer"), state["optimizer"])
+    # MultiStepLR is chainable: the restored lr already carries past decays; it only needs its epoch counter
+    scheduler.last_epoch = state["epochs_done"]
+    ctx.generator.set_state(tensors["generator"])
+    if "active" in tensors:
+        ctx.active = tensors["active"].to(ctx.device)
+    defense.load_state(ctx, split_prefixed(tensors, "defense"), state["defense"])
+    history.extend(state["history"])
+    for stage, seconds in state["cost"].items():
+        ctx.cost[stage] = ctx.cost.get(stage, 0.0) + seconds
+    return state["epochs_done"], state["seconds"]

@@ -82,6 +82,7 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     (["report", "--per-trial"], "--per-trial only applies to --missing"),
     (["defend", "--trials", "3", "--trial", "1"], "give either --trials N (trials 0..N-1) or --trial T"),
     (["defend", "--poison-ratio", "1.5"], "poison ratio must be in [0, 1], got 1.5"),
+    (["defend", "--checkpoint-every", "-5"], "--checkpoint-every must be >= 0 seconds, got -5.0"),
     (["defend", "--ratio", "0.5"], "option --ratio does not apply to method 'none'"),
     (["data", "info", "nope"], "unknown dataset 'nope'"),
     (["report", "--format", "xml"], "unknown format 'xml'; valid choices: rich, md"),

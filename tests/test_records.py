@@ -1,4 +1,5 @@
-"""Records are atomic: a killed `defend` leaves no record and no partial file; re-running completes it."""
+"""Records are atomic: a killed `defend` leaves no record and no partial file; re-running resumes it from its last
+epoch checkpoint and ends with the numbers of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -36,23 +37,34 @@ def test_store_ignores_partial_or_foreign_files(tmp_path):
     assert store.get("abc") is None and store.all() == []
 
 
-def test_sigkill_mid_training_leaves_nothing_and_rerun_completes(tiny_npz, tmp_path):
+def test_sigkill_mid_training_leaves_no_record_and_rerun_resumes_to_the_same_numbers(tiny_npz, tmp_path):
     results = tmp_path / "res"
     cmd = [sys.executable, "-m", "poisonbench.cli.main", "defend", "--dataset", str(tiny_npz), "--recipe", "quick",
-           "--epochs", "150", "--batch-size", "400", "--compile", "off", "--results", str(results), "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+           "--epochs", "150", "--batch-size", "400", "--compile", "off", "--results", str(results), "--json",
+           "--checkpoint-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny model: one thread, robust to a loaded machine
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
+    partial = results / "partial" / "runs"
     deadline = time.time() + 60
-    while not (results / "runs").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    time.sleep(1.0)  # well inside training (150 epochs take several seconds even on a quiet machine)
+    while not list(partial.glob("*.safetensors")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few more epochs (150 take several seconds even on a quiet machine)
     assert proc.poll() is None, "run finished before it could be killed; make it longer"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list((results / "runs").iterdir()) == []  # no record, no temporary file
+    assert [p.suffix for p in partial.iterdir()] == [".safetensors"]  # one checkpoint, no temporary file
 
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     row = json.loads(done.stdout)
     assert row["status"] == "ran"
-    record = json.loads((results / "runs" / f"{row['run_id']}.json").read_text())
-    assert len(record["history"]) == 150
+    resumed = json.loads((results / "runs" / f"{row['run_id']}.json").read_text())
+    assert 0 < resumed["resumed_from_epoch"] < 150 and len(resumed["history"]) == 150
+    assert list(partial.iterdir()) == []  # the record exists: its checkpoint is gone
+
+    again = subprocess.run(cmd + ["--force"], capture_output=True, text=True, timeout=300, env=env)  # from scratch
+    assert again.returncode == 0, again.stderr
+    fresh = json.loads((results / "runs" / f"{row['run_id']}.json").read_text())
+    assert fresh["resumed_from_epoch"] == 0
+    assert fresh["history"] == resumed["history"] and fresh["metrics"] == resumed["metrics"]

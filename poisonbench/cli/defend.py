@@ -7,6 +7,7 @@ import json
 import typer
 from rich.table import Table
 
+from ..checkpoints import CHECKPOINT_EVERY
 from ..errors import PoisonbenchError
 from ..records import RunStore
 from ..runner import DefendSpec
@@ -83,7 +84,11 @@ def defend(
     compile: str = typer.Option("auto", "--compile",
                                 help="torch.compile the model: auto (long runs only) | on | off."),
     results: str = options.Results,
-    force: bool = typer.Option(False, "--force", help="Re-run even if a record exists."),
+    force: bool = typer.Option(False, "--force", help="Re-run even if a record exists (and ignore a checkpoint)."),
+    checkpoint_every: float = typer.Option(
+        CHECKPOINT_EVERY, "--checkpoint-every", metavar="SECONDS",
+        help="Save the run's state after an epoch when this many seconds passed since the last save (0: every "
+             "epoch); a killed run resumes from it with the same numbers."),
     as_json: bool = options.Json,
 ) -> None:
     spec = DefendSpec(
@@ -97,6 +102,7 @@ def defend(
                                             sign=sign, damping=damping, grad_space=grad_space, quantize=quantize,
                                             gamma_decay_epoch=gamma_decay_epoch, hessian_data=hessian_data),
         seed=seed, trials=trials, trial=trial, device=device, compile=compile, results=results, force=force,
+        checkpoint_every=checkpoint_every,
     )
     reporter = RichReporter()
     outcomes = run_defend(spec, reporter)

@@ -56,6 +56,16 @@ class Defense:
         """Per-batch transform of the (augmented) inputs and labels; returns (x, y)."""
         return x, y
 
+    def state(self, ctx: TrainContext) -> tuple[dict[str, torch.Tensor], dict]:
+        """What the defense carries from one epoch to the next, as (tensors, JSON-able dict), for an epoch
+        checkpoint (poisonbench/checkpoints.py). A defense with such state must return it here and put it back in
+        `load_state`, or a resumed run would differ from an uninterrupted one (tests/test_checkpoints.py checks
+        every registered defense)."""
+        return {}, {}
+
+    def load_state(self, ctx: TrainContext, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        """Restore `state(ctx)` into a freshly prepared defense (called after `prepare`, before the next epoch)."""
+
     def summary(self) -> dict:
         """Defense-specific figures for the run record (e.g. the noise actually applied)."""
         return {}

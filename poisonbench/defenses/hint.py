@@ -234,6 +234,29 @@ class Hint(Defense):
             **stats, "seconds": round(time.perf_counter() - start, 4),
         })
 
+    def state(self, ctx: TrainContext) -> tuple[dict[str, torch.Tensor], dict]:
+        """The selection, its influence values and the noisy rows x̂ (x0 is re-read from the poisoned train set,
+        which a resumed run rebuilds identically), plus the LiSSA sampler's stream."""
+        tensors = {"lissa_generator": self._generator.get_state()}
+        if self.selected is not None:
+            tensors.update(selected=self.selected, rank_order=self.rank_order, i_up=self.i_up,
+                           x_hat=ctx.train_x[self.selected])
+        return tensors, {"selection": self.selection, "updates": self.updates}
+
+    def load_state(self, ctx: TrainContext, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        self._generator.set_state(tensors["lissa_generator"])
+        self.selection, self.updates = state["selection"], state["updates"]
+        if "selected" not in tensors:
+            return
+        self.selected = tensors["selected"].to(ctx.device)
+        self.rank_order = tensors["rank_order"].to(ctx.device)
+        self.i_up = tensors["i_up"].to(ctx.device)
+        self.x0 = ctx.train_x[self.selected].clone()
+        x_hat = tensors["x_hat"].to(ctx.device)
+        ctx.train_x[self.selected] = x_hat
+        self.delta = x_hat - self.x0  # as after an update: the next one starts from the same bits
+        self._s_epoch = None  # s is recomputed at the next scheduled epoch, as it would be without the resume
+
     def _noise_stats(self) -> dict:
         d = self.delta.abs().flatten(1)
         beta = self.params["beta"]

@@ -1,0 +1,96 @@
+"""Epoch checkpoints: a killed `defend` resumes from its last saved epoch and ends with the same numbers.
+
+A run's record is written only when it finishes (design.md §6), so without checkpoints a run killed after 50 of
+its 55 minutes (a preempted cluster job, a closed laptop) starts again from zero. The engine therefore saves, at
+the end of an epoch and at most every `every` seconds, everything the remaining epochs depend on: model
+parameters and buffers (BatchNorm statistics), optimizer state, the epoch counter of the learning-rate schedule,
+the seeded generator that draws batch orders and augmentation, the history and stage costs so far, and the
+defense's own state (`Defense.state`). Resuming restores all of it, so on the same device, torch version and
+compile mode the resumed run gives bit-identical numbers (tests/test_checkpoints.py).
+
+One file per run, `<results>/partial/runs/<run_id>.safetensors`: tensors in safetensors (never pickle), the rest
+as JSON in the file's metadata; written atomically; removed once the record exists. A checkpoint written under
+another poisonbench or torch version, device type or compile mode is ignored (the run starts over), because its
+numbers would not be those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
+
+from . import __version__
+from .io import atomic_write_bytes
+
+CHECKPOINT_EVERY = 120.0  # seconds between checkpoints: ≤ 2 minutes of lost work, a few writes per long run
+META_KEY = "poisonbench_checkpoint"
+
+
+def checkpoint_path(results_root: Path, rid: str) -> Path:
+    return Path(results_root) / "partial" / "runs" / f"{rid}.safetensors"
+
+
+class Checkpoint:
+    """The checkpoint file of one run. `identity` names what must match for a resume to be exact."""
+
+    def __init__(self, path: Path, every: float = CHECKPOINT_EVERY, identity: dict | None = None):
+        self.path = Path(path)
+        self.every = every
+        self.identity = {"poisonbench": __version__, "torch": torch.__version__, **(identity or {})}
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """(tensors, state) of the last checkpoint, or None when there is none or it does not match."""
+        if not self.path.exists():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as f:
+                state = json.loads((f.metadata() or {})[META_KEY])
+            if state.get("identity") != self.identity:
+                return None
+            return load_file(self.path), state
+        except Exception:  # unreadable or foreign (writes are atomic, so not half-written): start over
+            return None
+
+    def save(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        meta = {META_KEY: json.dumps({**state, "identity": self.identity})}
+        atomic_write_bytes(self.path, st_save(data, metadata=meta))
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def split_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of `tensors` under `prefix.`, with the prefix removed."""
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """`optimizer.state_dict()` split into tensors (per-parameter buffers) and JSON (param groups, scalars)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    for index, entry in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(entry)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,104 @@
+"""Epoch checkpoints: a run killed midway resumes from its last checkpoint and ends with exactly the numbers of an
+uninterrupted run, for every registered defense; a checkpoint that does not match the run is ignored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from poisonbench.checkpoints import Checkpoint
+from poisonbench.data import load_dataset
+from poisonbench.defenses import DEFENSES, build_defense
+from poisonbench.models import build_model
+from poisonbench.recipes import resolve_recipe
+from poisonbench.training import to_float, train
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# momentum (optimizer state), a milestone (schedule), crop-flip (the generator draws augmentation as well as order)
+RECIPE = dict(epochs=6, lr=0.05, batch_size=64, momentum=0.9, milestones=(3,), augment="crop-flip")
+
+
+class Killed(Exception):
+    pass
+
+
+def run(data, method: str, checkpoint: Checkpoint | None = None, kill_after: int | None = None, seed: int = 4):
+    recipe = resolve_recipe("mnist", "quick", **RECIPE)
+    defense = build_defense(method, "mnist", recipe)  # HINT: paper schedule scaled to 6 epochs = [1, 3]
+    model = build_model("convnet", data, seed=seed)
+    train_x = to_float(data.train.x, CPU)
+    poisoned = torch.zeros(len(train_x), dtype=torch.bool)
+    poisoned[::3] = True
+
+    def on_epoch(epoch, _row):
+        if epoch == kill_after:
+            raise Killed
+
+    result = train(model, train_x, data.train.y, to_float(data.val.x, CPU), data.val.y, recipe, seed=seed,
+                   device=CPU, num_classes=10, defense=defense, compile="off", poisoned=poisoned,
+                   eval_sets={"test": (to_float(data.test.x, CPU), data.test.y)}, on_epoch=on_epoch,
+                   checkpoint=checkpoint)
+    return model, result, defense
+
+
+def without_seconds(value):
+    """`value` with every timing (keys named `seconds`) removed: wall times differ between any two runs."""
+    if isinstance(value, dict):
+        return {k: without_seconds(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [without_seconds(v) for v in value]
+    return value
+
+
+def checkpoint(tmp_path, every: float = 0.0) -> Checkpoint:
+    return Checkpoint(tmp_path / "partial" / "runs" / "r.safetensors", every)
+
+
+@pytest.mark.parametrize("method", DEFENSES.names())
+@pytest.mark.parametrize("kill_after", [0, 2])  # HINT: before its selection (epoch 1), between its two updates
+def test_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, method, kill_after):
+    data = load_dataset(str(tiny_npz))
+    model_ref, ref, defense_ref = run(data, method)
+    ckpt = checkpoint(tmp_path)
+    with pytest.raises(Killed):
+        run(data, method, ckpt, kill_after=kill_after)
+    assert ckpt.path.exists()
+    model, resumed, defense = run(data, method, ckpt)
+    assert resumed.resumed_from == kill_after + 1 and resumed.prior_seconds > 0
+    assert resumed.history == ref.history
+    for (name, a), (_, b) in zip(model.state_dict().items(), model_ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(resumed.context.train_x, ref.context.train_x)  # HINT's noisy rows included
+    assert without_seconds(defense.summary()) == without_seconds(defense_ref.summary())
+    for stage, seconds in ref.cost.items():  # stage costs carry over from the killed segment
+        assert resumed.cost.get(stage, 0) > 0 or seconds == 0, stage
+
+
+def test_hint_noise_changes_the_rows_that_resume_restores(tiny_npz, tmp_path):
+    """The test above would be vacuous if HINT's noise were zero: it is not."""
+    data = load_dataset(str(tiny_npz))
+    _, result, defense = run(data, "hint")
+    assert defense.delta.abs().max() > 0
+    assert not torch.equal(result.context.train_x, to_float(data.train.x, CPU))
+
+
+def test_saves_follow_the_interval_and_a_foreign_checkpoint_is_ignored(tiny_npz, tmp_path):
+    data = load_dataset(str(tiny_npz))
+    rare = checkpoint(tmp_path, every=3600)
+    with pytest.raises(Killed):
+        run(data, "none", rare, kill_after=3)
+    assert not rare.path.exists()  # an hour had not passed: nothing saved
+
+    ckpt = checkpoint(tmp_path)
+    with pytest.raises(Killed):
+        run(data, "none", ckpt, kill_after=1)
+    other = Checkpoint(ckpt.path, 3600, identity={"note": "written by another version"})
+    _, result, _ = run(data, "none", other)
+    assert result.resumed_from == 0  # identity differs: trained from the start
+    _, result, _ = run(data, "none", ckpt)
+    assert result.resumed_from == 2 and len(result.history) == RECIPE["epochs"]
+    ckpt.path.write_bytes(b"not a safetensors file")
+    _, result, _ = run(data, "none", ckpt)
+    assert result.resumed_from == 0
