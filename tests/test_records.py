@@ -58,7 +58,7 @@ def test_sigkill_mid_training_leaves_no_record_and_rerun_resumes_to_the_same_num
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     row = json.loads(done.stdout)
-    assert row["status"] == "ran"
+    assert row["status"] == "ran" and row["resumed_from_epoch"] > 0
     resumed = json.loads((results / "runs" / f"{row['run_id']}.json").read_text())
     assert 0 < resumed["resumed_from_epoch"] < 150 and len(resumed["history"]) == 150
     assert list(partial.iterdir()) == []  # the record exists: its checkpoint is gone

@@ -115,6 +115,7 @@ def defend(
                 "method": r["config"]["defense"]["method"], "trial": r["config"]["trial"],
                 "seed": r["config"]["seed"], "test_acc": r["metrics"]["test_acc"],
                 "val_acc": r["metrics"]["val_acc"], "seconds": r["cost"]["seconds"],
+                "resumed_from_epoch": r.get("resumed_from_epoch", 0),
                 "path": str(store.path(r["run_id"])),
             }))
         return
