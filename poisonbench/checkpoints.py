@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
@@ -48,8 +49,6 @@ class Checkpoint:
         if not self.path.exists():
             return None
         try:
-            from safetensors import safe_open
-
             with safe_open(str(self.path), framework="pt") as f:
                 state = json.loads((f.metadata() or {})[META_KEY])
             if state.get("identity") != self.identity:
