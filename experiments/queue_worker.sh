@@ -9,7 +9,7 @@ set -uo pipefail
 queue=$1; results=${2:-results}
 claims="$queue.running"
 export POISONBENCH_RESULTS=$results
-mkdir -p "$claims"
+mkdir -p "$claims" "$results"
 flock "$queue.lock" sh -c '
   for f in "$1"/*; do
     [ -e "$f" ] || continue
