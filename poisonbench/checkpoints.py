@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 from . import __version__
@@ -34,6 +33,20 @@ META_KEY = "poisonbench_checkpoint"
 
 def checkpoint_path(results_root: Path, rid: str) -> Path:
     return Path(results_root) / "partial" / "runs" / f"{rid}.safetensors"
+
+
+def write_state(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """One safetensors file (tensors + string metadata), written atomically."""
+    data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(Path(path), st_save(data, metadata=metadata))
+
+
+def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a `write_state` file."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    return tensors, metadata
 
 
 class Checkpoint:
@@ -49,18 +62,14 @@ class Checkpoint:
         if not self.path.exists():
             return None
         try:
-            with safe_open(str(self.path), framework="pt") as f:
-                state = json.loads((f.metadata() or {})[META_KEY])
-            if state.get("identity") != self.identity:
-                return None
-            return load_file(self.path), state
+            tensors, metadata = read_state(self.path)
+            state = json.loads(metadata[META_KEY])
         except Exception:  # unreadable or foreign (writes are atomic, so not half-written): start over
             return None
+        return (tensors, state) if state.get("identity") == self.identity else None
 
     def save(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        meta = {META_KEY: json.dumps({**state, "identity": self.identity})}
-        atomic_write_bytes(self.path, st_save(data, metadata=meta))
+        write_state(self.path, tensors, {META_KEY: json.dumps({**state, "identity": self.identity})})
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -72,24 +81,24 @@ def split_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, t
     return {k[cut:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """`optimizer.state_dict()` split into tensors (per-parameter buffers) and JSON (param groups, scalars)."""
-    sd = optimizer.state_dict()
+def split_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's `state_dict()` as tensors (per-parameter buffers) and JSON (param groups, scalars)."""
     tensors, scalars = {}, {}
-    for index, entry in sd["state"].items():
+    for index, entry in state_dict["state"].items():
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"{index}.{key}"] = value
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The inverse of `split_optimizer_state`: a `state_dict` for `optimizer.load_state_dict`."""
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     for index, entry in meta["scalars"].items():
         state.setdefault(int(index), {}).update(entry)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment
-from .checkpoints import Checkpoint, load_optimizer_state, optimizer_state, split_prefixed
+from .checkpoints import Checkpoint, join_optimizer_state, split_optimizer_state, split_prefixed
 from .defenses.base import Defense
 from .errors import PoisonbenchError
 from .input_grad import chunk_rows
@@ -261,7 +261,7 @@ def train(
 def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_done: int, seconds: float):
     """(tensors, state) after `epochs_done` epochs: all that the remaining epochs depend on."""
     tensors = {f"model.{k}": v for k, v in ctx.model.state_dict().items()}
-    opt_tensors, opt_state = optimizer_state(ctx.optimizer)
+    opt_tensors, opt_state = split_optimizer_state(ctx.optimizer.state_dict())
     tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
     tensors["generator"] = ctx.generator.get_state()
     if ctx.active is not None:
@@ -277,7 +277,7 @@ def _restore(tensors: dict, state: dict, ctx: TrainContext, scheduler, defense: 
              history: list[dict]) -> tuple[int, float]:
     """Put a `_snapshot` back; returns (epochs done, wall seconds spent before)."""
     ctx.model.load_state_dict(split_prefixed(tensors, "model"))
-    load_optimizer_state(ctx.optimizer, split_prefixed(tensors, "optimizer"), state["optimizer"])
+    ctx.optimizer.load_state_dict(join_optimizer_state(split_prefixed(tensors, "optimizer"), state["optimizer"]))
     # MultiStepLR is chainable: the restored lr already carries past decays; it only needs its epoch counter
     scheduler.last_epoch = state["epochs_done"]
     ctx.generator.set_state(tensors["generator"])

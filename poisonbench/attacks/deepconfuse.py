@@ -27,12 +27,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save as st_save
 from torch import nn
 from torch.func import functional_call
 
-from ..io import atomic_write_bytes
+from ..checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
 from . import ATTACKS
 from .base import Attack, AttackContext, Param, batches
 
@@ -158,31 +156,22 @@ class OuterCheckpoint:
     def save(self, state: dict) -> None:
         if self.path is None:
             return
-        opt = state["gen_opt"]
+        opt_tensors, opt_meta = split_optimizer_state(state["gen_opt"])
         tensors = {f"tgt.{k}": v for k, v in state["tgt"].items()}
         tensors |= {f"best.{k}": v for k, v in state["best"].items()}
-        tensors |= {f"opt.{i}.{k}": torch.as_tensor(v) for i, st in opt["state"].items() for k, v in st.items()}
-        tensors |= {"rng": state["rng"], "rng_g": state["rng_g"].cpu()}
+        tensors |= {f"opt.{k}": v for k, v in opt_tensors.items()}
+        tensors |= {"rng": state["rng"], "rng_g": state["rng_g"]}
         meta = {"outer": str(state["outer"]), "done": str(state["done"]), "best_acc": repr(state["best_acc"]),
-                "param_groups": json.dumps(opt["param_groups"])}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        atomic_write_bytes(self.path, st_save(tensors, metadata=meta))
+                "optimizer": json.dumps(opt_meta)}
+        write_state(self.path, tensors, meta)
 
     def load(self) -> dict | None:
         if self.path is None or not self.path.exists():
             return None
-        with safe_open(str(self.path), "pt") as f:
-            meta = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        opt_state: dict = {}
-        for key, value in tensors.items():
-            if key.startswith("opt."):
-                _, index, name = key.split(".", 2)
-                opt_state.setdefault(int(index), {})[name] = value
+        tensors, meta = read_state(self.path)
         return {"outer": int(meta["outer"]), "done": int(meta["done"]), "best_acc": float(meta["best_acc"]),
-                "tgt": {k[4:]: v for k, v in tensors.items() if k.startswith("tgt.")},
-                "best": {k[5:]: v for k, v in tensors.items() if k.startswith("best.")},
-                "gen_opt": {"state": opt_state, "param_groups": json.loads(meta["param_groups"])},
+                "tgt": split_prefixed(tensors, "tgt"), "best": split_prefixed(tensors, "best"),
+                "gen_opt": join_optimizer_state(split_prefixed(tensors, "opt"), json.loads(meta["optimizer"])),
                 "rng": tensors["rng"], "rng_g": tensors["rng_g"]}
 
 
