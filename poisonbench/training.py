@@ -202,6 +202,8 @@ def train(
     start_epoch, prior_seconds = 0, 0.0
     if checkpoint is not None:
         checkpoint.identity.update(device=device.type, compiled=compiled)
+        if device.type == "cpu":  # oneDNN splits its reductions by thread: another count rounds differently
+            checkpoint.identity.update(threads=torch.get_num_threads())
         saved = checkpoint.load()
         if saved is not None:
             start_epoch, prior_seconds = _restore(*saved, ctx, scheduler, defense, history)

@@ -161,13 +161,13 @@ def test_an_interrupted_pgd_craft_resumes_from_its_finished_batches(tiny, tmp_pa
     from poisonbench import poisons
     from poisonbench.attacks import pgd
 
-    data, results = tiny
+    data, _ = tiny
     spec = craft_spec(data, "pgd", eps=EPS, budget=1.0, seed=3, batch_size=32, steps=3)
     whole, _ = poisons.craft(spec, data, tmp_path / "whole", compile="off")
 
     work = tmp_path / "interrupted"
     (work / "surrogates").mkdir(parents=True)  # share the trained surrogate, so only PGD differs
-    for f in (results / "surrogates").iterdir():
+    for f in (tmp_path / "whole" / "surrogates").iterdir():
         (work / "surrogates" / f.name).write_bytes(f.read_bytes())
     original, calls = pgd.linf_pgd, []
 

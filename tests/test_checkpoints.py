@@ -102,3 +102,25 @@ def test_saves_follow_the_interval_and_a_foreign_checkpoint_is_ignored(tiny_npz,
     ckpt.path.write_bytes(b"not a safetensors file")
     _, result, _ = run(data, "none", ckpt)
     assert result.resumed_from == 0
+
+
+def test_a_checkpoint_from_another_cpu_thread_count_is_ignored(tiny_npz, tmp_path):
+    """oneDNN's reductions round differently with another thread count, so resuming there would give numbers
+    that neither an uninterrupted 1-thread nor 2-thread run gives: such a checkpoint trains from the start."""
+    data = load_dataset(str(tiny_npz))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ckpt = checkpoint(tmp_path)
+        with pytest.raises(Killed):
+            run(data, "none", ckpt, kill_after=1)
+        torch.set_num_threads(2)
+        _, result, _ = run(data, "none", checkpoint(tmp_path))
+        assert result.resumed_from == 0
+        torch.set_num_threads(1)
+        with pytest.raises(Killed):
+            run(data, "none", checkpoint(tmp_path), kill_after=1)
+        _, result, _ = run(data, "none", checkpoint(tmp_path))
+        assert result.resumed_from == 2
+    finally:
+        torch.set_num_threads(threads)
