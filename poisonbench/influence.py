@@ -79,8 +79,7 @@ def head_gradients(h: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> to
 
 def head_matrix(head: nn.Linear) -> torch.Tensor:
     """The head's parameters as one C × (d+1) matrix `[W | b]` (the layout of `S` and of the gradients)."""
-    b = head.bias if head.bias is not None else head.weight.new_zeros(head.weight.shape[0])
-    return torch.cat([head.weight, b[:, None]], 1)
+    return torch.cat([head.weight, head.bias[:, None]], 1)
 
 
 def loss_gradient(h: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -209,6 +208,8 @@ def influence_vector(model: nn.Module, hessian_x: torch.Tensor, hessian_y: torch
     gradient of the mean validation loss. `train_inputs` = precomputed `(h̃, logits)` of hessian_x (optional)."""
     if len(val_y) == 0:
         raise PoisonbenchError("influence needs a non-empty validation split")
+    if model.head.bias is None:  # h̃ = [φ; 1] and S's last column are the bias: without one they would be made up
+        raise PoisonbenchError("head influence needs a head with a bias (nn.Linear(..., bias=True))")
     start = time.perf_counter()
     h, logits = train_inputs if train_inputs is not None else head_inputs(model, hessian_x)
     hv, lv = head_inputs(model, val_x)

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -66,6 +66,9 @@ class CraftSpec:
     @property
     def poison_id(self) -> str:
         return short_hash(self.inputs())
+
+
+SPEC_FIELDS = tuple(f.name for f in fields(CraftSpec))  # the manifest keys the poison id hashes
 
 
 def craft_spec(dataset, attack: str, eps: float | None = None, budget: float = 1.0, seed: int = 0,
@@ -151,6 +154,11 @@ def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
     """Load and verify: sha256 of the tensor file, shapes, and (if given) the dataset fingerprint."""
     manifest = read_manifest(results_root, poison_id)
     directory = poison_dir(results_root, poison_id)
+    inputs = {name: manifest.get(name) for name in SPEC_FIELDS}
+    if manifest.get("poison_id") != poison_id or short_hash(inputs) != poison_id:
+        raise PoisonbenchError(f"poison set {poison_id}: its manifest describes other crafting inputs (poison id "
+                               f"{manifest.get('poison_id')!r}, inputs hash {short_hash(inputs)}); moved or edited? "
+                               f"delete {str(directory)!r} and craft again")
     try:
         blob = (directory / TENSOR_FILE).read_bytes()
     except OSError:

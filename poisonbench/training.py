@@ -38,7 +38,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     from .errors import PoisonbenchError
 
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return _deterministic(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
@@ -47,8 +47,17 @@ def resolve_device(spec: str = "auto") -> torch.device:
         index = int(spec[5:]) if ":" in spec else 0
         if index >= torch.cuda.device_count():
             raise PoisonbenchError(f"device {spec!r} does not exist; {torch.cuda.device_count()} CUDA device(s)")
-        return torch.device(spec)
+        return _deterministic(torch.device(spec))
     raise PoisonbenchError(f"unknown device {spec!r}; valid choices: auto, cpu, cuda, cuda:N")
+
+
+def _deterministic(device: torch.device) -> torch.device:
+    """On CUDA, pin cuDNN to deterministic algorithms (no autotuning): its default convolution backward sums in a
+    run-dependent order, so the same seed would not give the same numbers (untested here: no GPU)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return device
 
 
 def to_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:

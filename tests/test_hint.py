@@ -146,6 +146,9 @@ def test_sign_variant_saturates_and_quantize_is_uint8():
                 defense=defense, compile="off")
     q = res.context.train_x * 255
     assert torch.allclose(q, q.round(), atol=1e-3)
+    # β = 0.062 is off the 1/255 grid: truncation must not step below x0 − β (it would reach 16/255 = 0.0627)
+    noise = (res.context.train_x - xq)[defense.selected]
+    assert noise.abs().max() <= 0.062 + 1e-6 and noise.min() < -0.058
 
 
 def test_lissa_and_selected_hessian_run():

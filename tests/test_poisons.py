@@ -80,6 +80,24 @@ def test_tampered_truncated_and_mismatched_artifacts_are_refused(tiny, tmp_path)
         poisons.load(tmp_path, "nope")
 
 
+def test_an_artifact_under_another_poison_id_or_with_edited_inputs_is_refused(tiny, tmp_path):
+    """sha256 and fingerprint pass for a valid artifact moved under another id: the id itself must match."""
+    import shutil
+
+    data, _, _ = tiny
+    spec, poison, _ = _craft(data, tmp_path, budget=1.0, seed=1)
+    wanted = poisons.craft_spec(data, "durp", budget=1.0, seed=2)
+    shutil.copytree(poison.path, tmp_path / "poisons" / wanted.poison_id)
+    with pytest.raises(PoisonbenchError, match="other crafting inputs"):
+        poisons.craft(wanted, data, tmp_path)
+    manifest_file = poison.path / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["eps"] = 0.5  # the id still says the original ε
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(PoisonbenchError, match="other crafting inputs"):
+        poisons.load(tmp_path, spec.poison_id, data)
+
+
 def test_validate_reports_every_check(tiny, tmp_path):
     data, other, _ = tiny
     spec, _, _ = _craft(data, tmp_path, budget=0.5)
@@ -201,3 +219,19 @@ def test_concurrent_jobs_train_the_surrogate_once(tiny, tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(calls) == 1 and sorted(info["trained"] for _, info in out) == [False, True]
+    assert out[0][1]["weights_sha256"] == out[1][1]["weights_sha256"]
+
+    # edited weights under the original metadata are refused; the poison manifest names the exact weights
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = surrogate.surrogate_path(tmp_path, out[0][1]["id"])
+    with safe_open(str(path), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    spec, poison, _ = _craft(data, tmp_path, attack="pgd", steps=1)
+    assert poison.manifest["surrogate_info"]["weights_sha256"] == out[0][1]["weights_sha256"]
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1e-3
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(PoisonbenchError, match="weights sha256"):
+        surrogate.load_or_train_surrogate(data, tmp_path, torch.device("cpu"))

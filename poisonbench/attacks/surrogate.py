@@ -7,6 +7,7 @@ Its id is the hash of those inputs, so a poison id can name its surrogate before
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -62,6 +63,16 @@ def load_or_train_surrogate(dataset, results_root, device: torch.device, model_n
         return _train(path, spec, sid, dataset, device, progress)
 
 
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (sorted by name): names the exact weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _load(path: Path, spec: dict, sid: str, dataset, device: torch.device) -> tuple[torch.nn.Module, dict]:
     model = build_model(spec["model"], dataset, seed=SURROGATE_SEED)
     try:
@@ -77,7 +88,12 @@ def _load(path: Path, spec: dict, sid: str, dataset, device: torch.device) -> tu
                                f"delete it to retrain") from None
     if meta.get("spec") != canonical_json(spec):
         raise PoisonbenchError(f"surrogate file {str(path)!r} was made for other inputs; delete it to retrain")
-    info = {"id": sid, "path": str(path), "trained": False, **json.loads(meta.get("info", "{}"))}
+    saved = json.loads(meta.get("info", "{}"))
+    sha = weights_sha256(state)
+    if saved.get("weights_sha256", sha) != sha:  # files written before the hash existed have none to check
+        raise PoisonbenchError(f"surrogate file {str(path)!r} fails its weights sha256 check (edited?); "
+                               f"delete it to retrain")
+    info = {"id": sid, "path": str(path), "trained": False, **saved, "weights_sha256": sha}
     return model.to(device), info
 
 
@@ -104,5 +120,6 @@ def _train(path: Path, spec: dict, sid: str, dataset, device: torch.device,
     info = {"val_acc": last.get("val_acc"), "train_acc": last["train_acc"],
             "seconds": round(time.perf_counter() - start, 2)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    info["weights_sha256"] = weights_sha256(state)
     atomic_write_bytes(path, st_save(state, metadata={"spec": canonical_json(spec), "info": json.dumps(info)}))
     return model, {"id": sid, "path": str(path), "trained": True, **info}

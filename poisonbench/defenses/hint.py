@@ -140,6 +140,12 @@ class Hint(Defense):
     def _pool(self, ctx: TrainContext) -> torch.Tensor:
         return torch.arange(len(ctx.train_y), device=ctx.device) if ctx.active is None else ctx.active
 
+    def _pool_rows(self, ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pool's (x, y); the whole train tensor itself when every row is active (no 600 MB copy on CIFAR)."""
+        if ctx.active is None:
+            return ctx.train_x, ctx.train_y
+        return ctx.train_x[ctx.active], ctx.train_y[ctx.active]
+
     def _solve(self, ctx: TrainContext, epoch: int, hx: torch.Tensor, hy: torch.Tensor, inputs=None):
         p = self.params
         self._s = inf.influence_vector(ctx.model, hx, hy, ctx.val_x, ctx.val_y, p["ihvp"], p["damping"],
@@ -162,7 +168,7 @@ class Hint(Defense):
         """Algorithm 2: I_up,loss for every training example in one batched pass, keep the top ⌈r·n⌉ by |I|."""
         start = time.perf_counter()
         pool = self._pool(ctx)
-        x, y = ctx.train_x[pool], ctx.train_y[pool]
+        x, y = self._pool_rows(ctx)
         h, logits = inf.head_inputs(ctx.model, x)
         s = self._solve(ctx, epoch, x, y, inputs=(h, logits))
         i_up = inf.influence_up(h, logits, y, s.s)
@@ -210,8 +216,7 @@ class Hint(Defense):
             if p["hessian_data"] == "selected":
                 self._solve(ctx, epoch, x_hat, y)
             else:
-                pool = self._pool(ctx)
-                self._solve(ctx, epoch, ctx.train_x[pool], ctx.train_y[pool])
+                self._solve(ctx, epoch, *self._pool_rows(ctx))
         s = self._s
         std = None
         if p["grad_space"] == "normalized":
@@ -222,8 +227,10 @@ class Hint(Defense):
         step = i_pert.sign() if p["sign"] else i_pert
         delta = (self.delta - gamma * step).clamp_(-p["beta"], p["beta"])
         x_new = (self.x0 + delta).clamp_(0, 1)
-        if p["quantize"]:
-            x_new = torch.floor(x_new * 255 + 1e-4) / 255  # official `(img*255).to(uint8)` truncation
+        if p["quantize"]:  # official `(img*255).to(uint8)` truncation, kept inside the β-ball: flooring
+            # x0 − β can land one grid step below it when β is off the 1/255 grid (0.062 < 16/255) or x0 is
+            x_new = torch.maximum(torch.floor(x_new * 255 + 1e-4),
+                                  torch.ceil((self.x0 - p["beta"]).clamp_(min=0) * 255 - 1e-4)) / 255
         self.delta = x_new - self.x0
         ctx.train_x[sel] = x_new
         stats = self._noise_stats()
