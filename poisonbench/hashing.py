@@ -12,6 +12,17 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def like_default(value: Any, default: Any) -> Any:
+    """`value` in the number type of `default`, so that 1 and 1.0 (or 10.0 and 10 epochs) hash as one config."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def short_hash(obj: Any, length: int = 16) -> str:
     """First `length` hex digits of the sha256 of the canonical JSON of `obj`."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]

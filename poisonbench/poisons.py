@@ -38,7 +38,7 @@ from .attacks.base import (
 )
 from .errors import PoisonbenchError
 from .hashing import short_hash
-from .io import atomic_write_json, exclusive
+from .io import atomic_write_json, exclusive, fsync_directory
 from .records import results_dir
 
 TENSOR_FILE = "delta.safetensors"
@@ -122,6 +122,7 @@ def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = 
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
         try:
             os.rename(tmp, final)
+            fsync_directory(final.parent)
         except OSError:
             if not (final / MANIFEST_FILE).exists():  # another writer finished first: keep theirs
                 raise

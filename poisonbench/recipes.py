@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from .errors import PoisonbenchError, unknown_choice
+from .hashing import like_default
 
 AUGMENTATIONS = ("none", "crop-flip")
 
@@ -64,7 +65,7 @@ def resolve_recipe(family: str, name: str = DEFAULT_RECIPE, **overrides) -> Reci
     if name not in RECIPES[family]:
         raise unknown_choice("recipe", name, recipe_names())
     base = RECIPES[family][name]
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {k: like_default(v, getattr(base, k, None)) for k, v in overrides.items() if v is not None}
     if "milestones" in overrides:
         overrides["milestones"] = tuple(int(m) for m in overrides["milestones"])
     elif "epochs" in overrides and base.milestones:

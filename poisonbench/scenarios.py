@@ -113,7 +113,7 @@ def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_roo
     eps = {specs[a].eps for a in attacks}
     config = {
         "kind": "untargeted",
-        "ratio": ratio,
+        "ratio": float(ratio),
         "attacks": attacks,
         "eps": eps.pop() if len(eps) == 1 else {a: specs[a].eps for a in attacks},
         "poison_ids": {a: specs[a].poison_id for a in attacks},

@@ -68,3 +68,18 @@ def test_sigkill_mid_training_leaves_no_record_and_rerun_resumes_to_the_same_num
     fresh = json.loads((results / "runs" / f"{row['run_id']}.json").read_text())
     assert fresh["resumed_from_epoch"] == 0
     assert fresh["history"] == resumed["history"] and fresh["metrics"] == resumed["metrics"]
+
+
+def test_int_and_float_spellings_of_one_config_share_a_run_id(tiny_npz):
+    """Python callers may write ratio=1 or lr=1e-2 as 0.01, epochs=3.0: one config, one run id, one record."""
+    from poisonbench.data import load_dataset
+    from poisonbench.runner import DefendSpec, run_config
+
+    data = load_dataset(str(tiny_npz))
+    as_ints = DefendSpec(dataset=str(tiny_npz), method="hint", method_params={"ratio": 1, "gamma": 1},
+                         recipe_overrides={"lr": 1, "epochs": 3})
+    as_floats = DefendSpec(dataset=str(tiny_npz), method="hint", method_params={"ratio": 1.0, "gamma": 1.0},
+                           recipe_overrides={"lr": 1.0, "epochs": 3.0})
+    assert run_id(run_config(as_ints, data, 0)) == run_id(run_config(as_floats, data, 0))
+    assert run_id(run_config(as_ints, data, 0)) != run_id(run_config(DefendSpec(
+        dataset=str(tiny_npz), method="hint", method_params={"ratio": 0.5}, recipe_overrides={"lr": 1}), data, 0))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import PoisonbenchError
+from ..hashing import like_default
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
@@ -31,7 +32,7 @@ class Defense:
             raise PoisonbenchError(f"option --{unknown[0].replace('_', '-')} does not apply to method "
                                    f"{self.name!r}; its options: {valid}")
         self.family, self.recipe = family, recipe
-        self.params = {**defaults, **params}
+        self.params = {**defaults, **{k: like_default(v, defaults[k]) for k, v in params.items()}}
         self.validate()
 
     @classmethod
