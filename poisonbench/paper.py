@@ -16,6 +16,8 @@ PAPER_LABEL = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 # Our datasets whose paper counterpart is the paper's MNIST row (the issue: MNIST-family data = mnist, mnist-5k).
 # fashion-mnist is deliberately absent: the paper has no Fashion-MNIST results, so it gets no paper column.
 PAPER_DATASET = {"mnist": "mnist", "mnist-5k": "mnist", "cifar10": "cifar10"}
+# The data the paper trained on (full size); anything else is a reduced-scale setting.
+FULL_PAPER_DATASETS = ("mnist", "cifar10")
 KNOWN_FAMILIES = {"mnist": "mnist", "mnist-5k": "mnist", "fashion-mnist": "mnist", "cifar10": "cifar10"}
 METHOD_LABEL = {"none": "W/o Defense", "hint": "HINT", "atda": "ATDA", "friends": "FRIENDS", "epic": "EPIC"}
 ATTACK_LABEL = {"gm": "GM", "mp": "MP", "bp": "BP", "fc": "FC"}
@@ -45,7 +47,9 @@ def paper_label(table: str, dataset: str) -> str | None:
 
 
 def table2(key: str, rho: float, method: str) -> tuple[float, float] | None:
-    row = numbers()["table2"].get(key, {}).get(f"{rho:.1f}")
+    """The paper's mean ± std, or None when ρ is not one of the paper's rows (ρ = 0.25 is not ρ = 0.2)."""
+    rows = numbers()["table2"].get(key, {})
+    row = next((v for k, v in rows.items() if abs(float(k) - rho) < 1e-9), None)
     value = row.get(method) if row else None
     return tuple(value) if value else None
 
@@ -84,7 +88,9 @@ def reduced_scale(dataset: str, recipe: str, epochs: int, family: str | None = N
     reasons = []
     if dataset == "mnist-5k":
         reasons.append("mnist-5k (5,000 digits, not the full MNIST)")
-    elif family is None:
+    elif dataset == "fashion-mnist":
+        reasons.append("fashion-mnist (Fashion-MNIST: another dataset of the MNIST family, not the paper's MNIST)")
+    elif dataset not in FULL_PAPER_DATASETS:  # also an .npz, whatever family its recipe suggests
         reasons.append(f"{dataset} (not a paper dataset)")
     if recipe != "paper":
         reasons.append(f"{recipe} recipe")

@@ -110,12 +110,10 @@ def reduced_suffix(s: tables.Setting) -> str:
 # ----------------------------------------------------------------------------------------------- accuracy vs ρ
 
 def figure_rho(df: pd.DataFrame, out: Path, paper: bool = False) -> list[Path]:
-    t = tables.table2(df, tables.Options(paper=True))
-    data = pd.DataFrame(t.data)
     paths = []
     for s in tables.settings(tables.untargeted(df)):
-        d = data[(data.dataset == s.dataset) & (data.model == s.model) & (data.recipe == s.recipe)
-                 & (data.epochs == s.epochs)]
+        # Table II of this setting alone: settings that differ only in recipe overrides or data never share a plot
+        d = pd.DataFrame(tables.table2(tables.in_setting(df, s), tables.Options(paper=True)).data)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         cmap = plt.get_cmap("tab10")
         drawn = 0
@@ -284,7 +282,7 @@ def draw(number: str, records: list[dict], out: str | Path, paper: bool = False,
     """Render figure `number` (1..4 or "rho") into `out`; returns the PNG paths (empty: nothing to draw)."""
     number = check_figure(number)
     out = Path(out)
-    df = tables.apply_filters(tables.frame(records), **filters)
+    df, _ = tables.cell_records(tables.apply_filters(tables.frame(records), **filters))
     keep = set(df.run_id)
     records = [r for r in records if r["run_id"] in keep]
     if number == "rho":

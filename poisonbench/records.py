@@ -63,6 +63,8 @@ class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = results_dir(root)
         self.runs = self.root / "runs"
+        self.unreadable = 0  # files the last `all()` skipped: not JSON (or not readable) ...
+        self.other_schema = 0  # ... or a record of another schema_version
 
     def path(self, rid: str) -> Path:
         return self.runs / f"{rid}.json"
@@ -81,12 +83,25 @@ class RunStore:
         return path
 
     def all(self) -> list[dict]:
+        """Every complete record of this schema version; the files skipped are counted in `unreadable` and
+        `other_schema` (see `skipped_note`)."""
         records = []
+        self.unreadable = self.other_schema = 0
         for path in sorted(self.runs.glob("*.json")):
             try:
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
+                self.unreadable += 1
                 continue
-            if record.get("schema_version") == SCHEMA_VERSION:
+            if isinstance(record, dict) and record.get("schema_version") == SCHEMA_VERSION:
                 records.append(record)
+            else:
+                self.other_schema += 1
         return records
+
+    def skipped_note(self) -> str | None:
+        """One line on the files the last `all()` skipped, or None."""
+        parts = [f"{self.unreadable} unreadable"] if self.unreadable else []
+        parts += [f"{self.other_schema} not of schema_version {SCHEMA_VERSION}"] if self.other_schema else []
+        skipped = self.unreadable + self.other_schema
+        return f"skipped {skipped} record file(s) in {self.runs}: {', '.join(parts)}" if parts else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 
@@ -68,7 +69,8 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return summary.to_csv(index=False)
     if fmt == "json":
-        return json.dumps(summary.to_dict(orient="records"), indent=2, default=str)
+        rows = [{k: json_value(v) for k, v in r.items()} for r in summary.to_dict(orient="records")]
+        return json.dumps(rows, indent=2, default=str, allow_nan=False)
     if fmt == "md":
         rows = display_rows(summary)
         header = list(rows[0])
@@ -84,6 +86,11 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
         table = Table("runs", "Test accuracy (%), mean ± sample std over trials, per configuration", [block], [])
         return render_latex(table).replace("Table runs", "Runs")
     raise unknown_choice("format", fmt, FORMATS)
+
+
+def json_value(v):
+    """NaN (e.g. the std of a single trial) as null: JSON has no NaN."""
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def pm(mean: float, std: float, scale: float = 100.0) -> str:
@@ -104,12 +111,13 @@ def display_rows(summary: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def load_summary(records: list[dict], dataset: str | None = None, method: str | None = None) -> pd.DataFrame:
+def load_summary(records: list[dict], **filters) -> pd.DataFrame:
+    """The summary of the records that pass `filters`: the tables' filters (`tables.apply_filters`: dataset,
+    model, recipe, epochs, methods, mix; mix None or "any" keeps every mix)."""
+    from .tables import apply_filters, frame
+
     if not records:
         raise PoisonbenchError("no run records found; run `poisonbench defend` first or pass --results DIR")
-    frame = records_frame(records)
-    if dataset:
-        frame = frame[frame.dataset == dataset]
-    if method:
-        frame = frame[frame.method == method]
-    return summarize(frame) if len(frame) else frame
+    kept = set(apply_filters(frame(records), **filters).run_id)
+    selected = records_frame([r for r in records if r["run_id"] in kept])
+    return summarize(selected) if len(selected) else selected

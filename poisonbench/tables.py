@@ -129,7 +129,8 @@ def record_row(r: dict) -> dict:
     time = cost.get("train", 0.0) + defense_time if "train" in cost else cost.get("seconds")
     success = metrics.get("attack_success")
     return {
-        "run_id": r["run_id"], "dataset": c["dataset"], "model": c["model"], "recipe": recipe["name"],
+        "run_id": r["run_id"], "dataset": c["dataset"], "dataset_fingerprint": c.get("dataset_fingerprint") or "",
+        "model": c["model"], "recipe": recipe["name"],
         "epochs": recipe["epochs"], "recipe_json": canonical_json(recipe), "kind": kind,
         "scenario": c.get("scenario"), "rho": rho,
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
@@ -166,7 +167,8 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     keep = pd.Series(True, index=df.index)
     notes = []
     untargeted_rows = df[df.kind == "untargeted"]
-    for (dataset, _, _, mix), group in untargeted_rows.groupby(["dataset", "model", "recipe_json", "mix"]):
+    by = ["dataset", "dataset_fingerprint", "model", "recipe_json", "mix"]
+    for (dataset, *_, mix), group in untargeted_rows.groupby(by):
         counts = group.groupby("poisons_json").size()
         if len(counts) < 2:
             continue
@@ -180,6 +182,29 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         notes.append(f"not shown: {len(left)} {dataset} run(s) of the mix {mix} trained on other PoisonSets "
                      f"({', '.join(changed) or 'ε'} differ from the {int(counts[chosen])} run(s) shown)")
     return df[keep], notes
+
+
+# what makes two runs the same configuration (one cell) apart from the trial; `trial` last
+CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "kind", "scenario", "rho", "mix",
+                 "attack", "method", "params_json", "poisons_json", "trial"]
+
+
+def one_run_per_trial(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A cell averages distinct trials: of several runs of one configuration with the same trial id (e.g. made
+    with another `--seed`), keep the most recently finished one; a note counts the others."""
+    newest_last = df.sort_values(["finished_at", "run_id"])
+    repeated = newest_last.duplicated(CONFIGURATION, keep="last")
+    notes = [f"not shown: {int(n)} {dataset} run(s) repeating the trial id of another run of the same "
+             "configuration (e.g. another --seed); each cell keeps the newest run per trial"
+             for dataset, n in newest_last[repeated].groupby("dataset").size().items()]
+    return df[~df.index.isin(newest_last[repeated].index)], notes
+
+
+def cell_records(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows the tables average, and notes on the runs left out: one PoisonSet generation, one run per trial."""
+    df, generation_notes = one_poison_generation(df)
+    df, trial_notes = one_run_per_trial(df)
+    return df, generation_notes + trial_notes
 
 
 def apply_filters(df: pd.DataFrame, dataset: str | None = None, model: str | None = None,
@@ -204,14 +229,15 @@ def apply_filters(df: pd.DataFrame, dataset: str | None = None, model: str | Non
 
 @dataclass(frozen=True)
 class Setting:
-    """What a table block holds fixed: dataset, model and the resolved recipe."""
+    """What a table block holds fixed: dataset (name and fingerprint), model and the resolved recipe."""
 
     dataset: str
     model: str
     recipe: str
     epochs: int
     recipe_json: str
-    tag: str = ""  # disambiguates two recipes with the same name and epochs (other overrides)
+    fingerprint: str = ""  # config.dataset_fingerprint: two .npz files of one name, or a changed split, differ
+    tag: str = ""  # disambiguates settings that would read alike: other recipe overrides, other data
 
     @property
     def label(self) -> str:
@@ -223,18 +249,24 @@ class Setting:
 
 
 def settings(df: pd.DataFrame) -> list[Setting]:
-    keys = df[["dataset", "model", "recipe", "epochs", "recipe_json"]].drop_duplicates()
-    keys = keys.sort_values(["dataset", "model", "recipe", "epochs", "recipe_json"])
-    counts = keys.groupby(["dataset", "model", "recipe", "epochs"]).size()
+    named = ["dataset", "model", "recipe", "epochs"]
+    keys = df[[*named, "recipe_json", "dataset_fingerprint"]].drop_duplicates()
+    keys = keys.sort_values([*named, "recipe_json", "dataset_fingerprint"])
+    recipes = keys.groupby(named).recipe_json.nunique()
+    data = keys.groupby(named).dataset_fingerprint.nunique()
     out = []
     for k in keys.itertuples(index=False):
-        tag = f" #{short_hash(k.recipe_json, 6)}" if counts[(k.dataset, k.model, k.recipe, k.epochs)] > 1 else ""
-        out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json, tag))
+        name = (k.dataset, k.model, k.recipe, k.epochs)
+        tag = f" #{short_hash(k.recipe_json, 6)}" if recipes[name] > 1 else ""
+        tag += f" · data {k.dataset_fingerprint or 'without fingerprint'}" if data[name] > 1 else ""
+        out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json,
+                           fingerprint=k.dataset_fingerprint, tag=tag))
     return out
 
 
 def in_setting(df: pd.DataFrame, s: Setting) -> pd.DataFrame:
-    return df[(df.dataset == s.dataset) & (df.model == s.model) & (df.recipe_json == s.recipe_json)]
+    return df[(df.dataset == s.dataset) & (df.dataset_fingerprint == s.fingerprint) & (df.model == s.model)
+              & (df.recipe_json == s.recipe_json)]
 
 
 def guess_family(s: Setting) -> str | None:
@@ -284,13 +316,13 @@ def choose_parameters(sdf: pd.DataFrame, notes: list) -> dict[str, pd.DataFrame]
     return chosen
 
 
-def left_out_note(method: str, chosen: pd.DataFrame, left: pd.DataFrame) -> str | None:
+def left_out_note(method: str, chosen: pd.DataFrame, left: pd.DataFrame,
+                  see: str = "see Table IV / plain `report`") -> str | None:
     if left.empty:
         return None
     ref = chosen.params_json.iloc[0] if len(chosen) else "{}"
     variants = "; ".join(sorted(variant_text(ref, p) for p in left.params_json.unique()))
-    return (f"not shown: {len(left)} run(s) of {method} with other parameters ({variants}); "
-            "see Table IV / plain `report`")
+    return f"not shown: {len(left)} run(s) of {method} with other parameters ({variants}); {see}"
 
 
 # ----------------------------------------------------------------------------------------------- table model
@@ -540,8 +572,20 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
 # ----------------------------------------------------------------------------------------------- Table IV
 
 def sensitivity_rows(sdf: pd.DataFrame, param: str, value: float) -> pd.DataFrame:
-    other, other_value = ("beta", HINT_PAPER["beta"]) if param == "ratio" else ("ratio", HINT_PAPER["ratio"])
-    return sdf[close(sdf[param], value) & close(sdf[other], other_value)]
+    """The HINT runs of the cell `param` = `value` (the other of r, β at the paper's value): one parameter set,
+    chosen as a Table II column's (`primary`), so runs that differ in γ, schedule, sign, ... are not averaged in."""
+    return primary(sdf, "hint", {**HINT_PAPER, param: value})[0]
+
+
+def sensitivity_note(sdf: pd.DataFrame, shown: list[pd.DataFrame], see: str) -> str | None:
+    """Counts the HINT runs of `sdf` in none of the `shown` cells and names how their parameters differ from
+    the paper cell's (r = 0.5, β = 0.062; the first non-empty cell if that one is empty)."""
+    hint = sdf[sdf.method == "hint"]
+    shown_ids = {rid for rows in shown for rid in rows.run_id}
+    reference = sensitivity_rows(sdf, "ratio", HINT_PAPER["ratio"])
+    if reference.empty:
+        reference = next((rows for rows in shown if len(rows)), reference)
+    return left_out_note("hint", reference, hint[~hint.run_id.isin(shown_ids)], see)
 
 
 def table4(df: pd.DataFrame, opts: Options) -> Table:
@@ -564,6 +608,7 @@ def table4(df: pd.DataFrame, opts: Options) -> Table:
         notes += [f"{s.label}: {n}" for n in setting_notes(s, "4", opts)]
     block = Block(f"HINT at ρ = {rho_text(rho)}", columns)
     data = []
+    shown: dict[Setting, list[pd.DataFrame]] = {s: [] for s in ss}
     for param, grid, sym in (("ratio", R_GRID, "r"), ("beta", BETA_GRID, "β")):
         if param == "beta":
             block.rules.add(len(block.rows))
@@ -571,8 +616,9 @@ def table4(df: pd.DataFrame, opts: Options) -> Table:
         for j, value in enumerate(grid):
             row = [Cell(sym if j == 0 else "", label=True), Cell(value_text(value), label=True)]
             for s in ss:
-                sdf = in_setting(df, s)
-                st = stat(sensitivity_rows(sdf, param, value).test_acc)
+                rows = sensitivity_rows(in_setting(df, s), param, value)
+                shown[s].append(rows)
+                st = stat(rows.test_acc)
                 key = paper.paper_key("4", s.dataset)
                 p = paper.table4(key, param, value) if key else None
                 cell = acc_cell(st, opts)
@@ -587,6 +633,9 @@ def table4(df: pd.DataFrame, opts: Options) -> Table:
             block.rows.append(row)
         for cells in ours.values():
             mark_best(cells)
+    for s in ss:
+        note = sensitivity_note(in_setting(df, s), shown[s], "see the plain `report`")
+        notes += [f"{s.label}: {note}"] if note else []
     block.notes = notes
     return Table("4", CAPTIONS["4"], [block], data)
 
@@ -606,8 +655,10 @@ def table5(df: pd.DataFrame, opts: Options) -> Table:
         entries: list[tuple[str, str, float | None, pd.DataFrame]] = []
         for m in methods_of(sdf):
             if m == "hint":
-                for r in R_GRID:
-                    entries.append((f"HINT (r = {value_text(r)})", m, r, sensitivity_rows(sdf, "ratio", r)))
+                hint = [sensitivity_rows(sdf, "ratio", r) for r in R_GRID]
+                entries += [(f"HINT (r = {value_text(r)})", m, r, rows) for r, rows in zip(R_GRID, hint, strict=True)]
+                at_paper_beta = sdf[close(sdf.beta, HINT_PAPER["beta"])]  # other β: Table IV's rows, not V's
+                notes.append(sensitivity_note(at_paper_beta, hint, "see Table IV / plain `report`"))
                 continue
             rows, left = primary(sdf, m)
             notes.append(left_out_note(m, rows, left))
@@ -665,7 +716,7 @@ def check_table(number: str) -> str:
 
 def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
     number = check_table(number)
-    df, notes = one_poison_generation(apply_filters(frame(records), **filters))
+    df, notes = cell_records(apply_filters(frame(records), **filters))
     table = BUILDERS[number](df, opts)
     table.notes += notes
     return table
@@ -842,6 +893,16 @@ def target_settings(df: pd.DataFrame, dataset: str | None, recipe: str | None) -
     return ss
 
 
+def cell_rows(number: str, sdf: pd.DataFrame, method: str, rho: float, params: dict) -> pd.DataFrame:
+    """The runs table `number` averages in the cell of `method` (+ HINT `params`) at `rho`, chosen as the table
+    chooses them (`primary`): Table II picks one parameter set per method column over all ρ; Tables IV and V
+    one per cell among the runs at their ρ. Runs of another parameter set (γ, schedule, ...) do not count."""
+    if number == "2":
+        column = primary(sdf, method, params or None)[0]
+        return column[close(column.rho, rho)]
+    return primary(sdf[close(sdf.rho, rho)], method, params or None)[0]
+
+
 def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], dataset: str | None = None,
           recipe: str | None = None) -> list[Need]:
     """Every configuration of table `number` in each setting, with the trials found."""
@@ -866,10 +927,7 @@ def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], data
                 for m in wanted:
                     grid += [("hint", rho6, p) for p in hint_grid] if m == "hint" else [(m, rho6, ())]
         for m, rho, params in grid:
-            rows = sdf[(sdf.method == m) & close(sdf.rho, rho)]
-            # the cell's parameter set, chosen as the table does (`primary`): runs that share r and β but differ
-            # in another parameter (γ, schedule, ...) do not count toward this cell
-            rows = primary(rows, m, dict(params))[0]
+            rows = cell_rows(number, sdf, m, rho, dict(params))
             out.append(Need(s, m, rho, len(rows), params, frozenset(int(t) for t in rows.trial)))
     return out
 
@@ -889,7 +947,7 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     from .data import record_name
 
     dataset_arg, dataset = dataset, record_name(dataset) if dataset else dataset
-    df, _ = one_poison_generation(apply_filters(frame(records), dataset, model, recipe, epochs, mix=mix))
+    df, _ = cell_records(apply_filters(frame(records), dataset, model, recipe, epochs, mix=mix))
     available = available_methods()
     wanted = [m for m in (methods or PAPER_METHODS)]
     unavailable = [m for m in wanted if m not in available]

@@ -33,9 +33,10 @@ def report(
     recipe: str = typer.Option(None, "--recipe", help="Only records trained with this recipe (paper | quick)."),
     model: str = typer.Option(None, "--model", help="Only records of this model."),
     epochs: int = typer.Option(None, "--epochs", help="Only records trained for this many epochs."),
-    attacks: str = typer.Option("pgd,dap,durp,deepconfuse", "--attacks",
+    attacks: str = typer.Option(None, "--attacks",
                                 help="Untargeted runs of this attack mix only (as given to `defend --attacks`); "
-                                     "default the paper's four; `any` pools every mix."),
+                                     "`any` pools every mix. Default: the paper's four (pgd,dap,durp,deepconfuse) "
+                                     "for --table / --figure; every mix for the plain report."),
     trials: int = typer.Option(5, "--trials", help="Trials a cell should have; fewer are marked (n=k)."),
     fmt: str = typer.Option("rich", "--format", help="rich | md | latex | csv | json."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
@@ -72,17 +73,20 @@ def report(
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     filters = {"dataset": record_name(dataset) if dataset else None,
                "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
-               "mix": attacks}
+               "mix": attacks or tables.PAPER_MIX}
+    records = store.all()
+    if store.skipped_note():
+        err.print(store.skipped_note(), markup=False)
 
     if table is not None:
         number = tables.check_table(table)
         opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson, rho=rho)
-        records = store.all()
         if missing:
             if not records and not dataset:
                 tables.assert_records(records, store.root)
             commands, notes = tables.missing_commands(number, records, opts, dataset=dataset, recipe=recipe,
-                                                      model=model, epochs=epochs, methods=methods, mix=attacks,
+                                                      model=model, epochs=epochs, methods=methods,
+                                                      mix=filters["mix"],
                                                       per_trial=per_trial, data_dir=data_dir)
             for note in notes:
                 err.print(note, markup=False)
@@ -95,6 +99,8 @@ def report(
         result = tables.build(number, records, opts, **filters)
         if result.empty:
             err.print(f"{result.title}: no records match ({describe(filters)})", markup=False)
+            if fmt == "json":  # stdout stays valid JSON for a pipeline
+                sys.stdout.write(tables.render(result, fmt))
             return
         if fmt == "rich":
             tables.render_rich(result)
@@ -106,7 +112,6 @@ def report(
         from .. import plots
 
         number = plots.check_figure(figure)
-        records = store.all()
         tables.assert_records(records, store.root)
         if run is not None:
             if number != "1":
@@ -125,9 +130,11 @@ def report(
             print(path)
         return
 
-    summary = lib.load_summary(store.all(), dataset=filters["dataset"], method=method)
+    summary = lib.load_summary(records, **{**filters, "mix": attacks or "any"})
     if summary.empty:
-        Console(stderr=True).print("no records match the filters")
+        err.print(f"no records match ({describe({**filters, 'mix': attacks})})", markup=False)
+        if fmt == "json":
+            print("[]")
         return
     if fmt != "rich":
         print(lib.render(summary, fmt))

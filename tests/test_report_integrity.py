@@ -1,0 +1,207 @@
+"""What a report cell may average, and what `report` writes: one parameter set per sensitivity cell, one run per
+trial, one dataset fingerprint per block, paper numbers only on the paper's grid, valid JSON, filters that apply."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from poisonbench import paper, plots, tables
+from poisonbench.defenses import DEFENSES
+from poisonbench.recipes import resolve_recipe
+from tests.report_records import make_record, write_records
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def summary_rows(cli, results, *args) -> list[dict]:
+    """The plain report's rows (csv, so that these tests do not depend on how json writes NaN)."""
+    code, out, err = cli("report", "--format", "csv", "--results", results, *args)
+    assert code == 0, err
+    return list(csv.DictReader(io.StringIO(out)))
+
+
+def hint_defaults(ratio: float = 0.5, beta: float = 0.062) -> dict:
+    return {**DEFENSES.get("hint").defaults("mnist", resolve_recipe("mnist", "quick")), "ratio": ratio, "beta": beta}
+
+
+def hint_run(trial: int, acc: float, rho: float = 0.6, **params) -> dict:
+    return make_record(method="hint", params={**hint_defaults(), **params}, rho=rho, trial=trial, acc=acc)
+
+
+# ----------------------------------------------------------------------------------------------- Tables IV / V
+
+@pytest.fixture
+def sensitivity_runs():
+    """Defaults at r = 0.5, β = 0.062 (three trials) and β = 0.031 (two); trial-0 variants of γ and sign at the
+    same r and β, which must not be averaged into those cells."""
+    return ([hint_run(t, 0.95) for t in range(3)] + [hint_run(t, 0.93, beta=0.031) for t in range(2)]
+            + [hint_run(0, 0.50, gamma=10.0), hint_run(0, 0.60, sign=not hint_defaults()["sign"]),
+               hint_run(0, 0.40, beta=0.031, gamma=10.0)])
+
+
+def test_table4_cells_average_only_the_default_parameter_set(sensitivity_runs):
+    table = tables.build("4", sensitivity_runs, tables.Options(trials=3))
+    cell = {(d["parameter"], d["value"]): d for d in table.data}
+    assert cell[("ratio", 0.5)]["n"] == 3 and cell[("ratio", 0.5)]["mean"] == pytest.approx(95.0)
+    assert cell[("beta", 0.062)]["n"] == 3
+    assert cell[("beta", 0.031)]["n"] == 2 and cell[("beta", 0.031)]["mean"] == pytest.approx(93.0)
+    (note,) = [n for n in table.blocks[0].notes if "not shown" in n]
+    assert "3 run(s) of hint" in note and "gamma=10.0" in note and "beta=0.031, gamma=10.0" in note
+
+
+def test_table5_hint_rows_average_only_the_default_parameter_set(sensitivity_runs):
+    runs = sensitivity_runs + [make_record(rho=0.6, trial=t) for t in range(3)]
+    table = tables.build("5", runs, tables.Options(trials=3))
+    (row,) = [d for d in table.data if d["method"] == "hint" and d["ratio"] == 0.5]
+    assert row["n"] == 3
+    assert any("2 run(s) of hint" in n and "gamma=10.0" in n for n in table.blocks[0].notes)
+
+
+def test_missing_agrees_with_the_sensitivity_cells(sensitivity_runs, monkeypatch):
+    monkeypatch.setattr(tables, "available_methods", lambda: ["hint"])
+    commands, _ = tables.missing_commands("4", sensitivity_runs, tables.Options(trials=3), dataset="mnist-5k",
+                                          methods=["hint"], per_trial=True)
+    beta_031 = [c for c in commands if "--ratio 0.5 --beta 0.031" in c]
+    assert [c.split(" --trial ")[1].split()[0] for c in beta_031] == ["2"]  # trials 0, 1 of the defaults exist
+    assert not [c for c in commands if "--ratio 0.5 --beta 0.062" in c]
+
+
+def test_missing_agrees_with_a_table2_column(monkeypatch):
+    """A Table II column holds one parameter set over all ρ: runs of another γ at a ρ the defaults lack leave
+    that cell empty, so `--missing` must list it."""
+    monkeypatch.setattr(tables, "available_methods", lambda: ["hint"])
+    runs = [hint_run(t, 0.9, rho=0.2) for t in range(2)] + [hint_run(t, 0.5, rho=0.4, gamma=10.0) for t in range(2)]
+    opts = tables.Options(trials=2)
+    (row,) = [d for d in tables.build("2", runs, opts).data if d["rho"] == 0.4 and d["method"] == "hint"]
+    assert row["n"] == 0
+    commands, _ = tables.missing_commands("2", runs, opts, dataset="mnist-5k", methods=["hint"])
+    assert any("--poison-ratio 0.4 " in c for c in commands)
+
+
+# ----------------------------------------------------------------------------------------------- cells
+
+def test_a_cell_keeps_one_run_per_trial_id(monkeypatch):
+    """Runs repeating a trial id (another --seed) are not averaged in as extra trials: the newest is kept."""
+    old = [make_record(rho=0.2, trial=t, acc=0.9) for t in range(2)]
+    new = make_record(rho=0.2, trial=0, acc=0.5, base_seed=100)
+    new["finished_at"] = "2025-03-01T00:00:00+00:00"
+    table = tables.build("2", [*old, new], tables.Options(trials=2, rho=0.2))
+    (row,) = [d for d in table.data if d["method"] == "none"]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(70.0)
+    assert any("1 mnist-5k run(s) repeating the trial id" in n for n in table.notes)
+    monkeypatch.setattr(tables, "available_methods", lambda: ["none"])
+    commands, _ = tables.missing_commands("2", [old[0], new], tables.Options(trials=2, rho=0.2),
+                                          dataset="mnist-5k", methods=["none"], per_trial=True)
+    assert [c.split(" --trial ")[1].split()[0] for c in commands] == ["1"]
+
+
+def test_datasets_of_one_name_but_other_data_are_separate_blocks():
+    runs = [make_record(trial=t, acc=0.9) for t in range(2)] + [make_record(trial=t, acc=0.5) for t in range(2)]
+    for r in runs[2:]:
+        r["config"]["dataset_fingerprint"] = "other"
+    table = tables.build("2", runs, tables.Options(trials=2, rho=0.0))
+    assert sorted(b.title.rsplit(" ", 1)[-1] for b in table.blocks) == ["fp", "other"]
+    assert sorted(d["mean"] for d in table.data if d["method"] == "none") == pytest.approx([50.0, 90.0])
+    alone = tables.build("2", runs[:2], tables.Options(trials=2, rho=0.0))
+    assert "data" not in alone.blocks[0].title  # the tag only when it disambiguates
+
+
+# ----------------------------------------------------------------------------------------------- paper
+
+def test_paper_numbers_only_on_the_papers_rho_grid():
+    assert paper.table2("mnist", 0.2, "none") is not None
+    assert paper.table2("mnist", 0.25, "none") is None and paper.table2("mnist", 0.15, "none") is None
+    runs = [make_record(rho=0.25, trial=t) for t in range(2)]
+    (row,) = [d for d in tables.build("2", runs, tables.Options(rho=0.25, paper=True)).data if d["method"] == "none"]
+    assert row["paper_mean"] is None and row["diff"] is None
+
+
+@pytest.mark.parametrize("dataset,family,needle", [
+    ("fashion-mnist", None, "Fashion-MNIST"),
+    ("fashion-5k.npz", "mnist", "not a paper dataset"),  # an .npz run with an MNIST recipe
+])
+def test_data_other_than_the_papers_is_reduced_scale(dataset, family, needle):
+    reasons = paper.reduced_scale(dataset, "paper", 30, family)
+    assert reasons and needle in reasons[0]
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+def test_rho_figure_never_mixes_settings_that_differ_only_in_overrides(tmp_path, monkeypatch):
+    runs = [make_record(rho=rho, trial=t, acc=0.9) for rho in (0.0, 0.2) for t in range(2)]
+    other_lr = [make_record(rho=rho, trial=t, acc=0.5) for rho in (0.0, 0.2) for t in range(2)]
+    for r in other_lr:
+        r["config"]["recipe"]["lr"] = 0.5
+        r["run_id"] += "-lr"
+    plotted = []
+
+    def capture(fig, path):
+        plotted.append(sorted(y for c in fig.axes[0].containers for y in c.lines[0].get_ydata()))
+        return path
+
+    monkeypatch.setattr(plots, "save", capture)
+    plots.draw("rho", runs + other_lr, tmp_path)
+    assert sorted(plotted) == [[50.0, 50.0], [90.0, 90.0]]
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def test_plain_report_json_has_null_not_nan(cli, tmp_path):
+    res = write_records(tmp_path / "res", [make_record()])
+    code, out, err = cli("report", "--format", "json", "--results", res)
+    assert code == 0, err
+    (row,) = strict_json(out)
+    assert row["n"] == 1 and row["test_acc_std"] is None
+
+
+def test_plain_report_applies_the_table_filters(cli, tmp_path):
+    runs = [make_record(method="none"), make_record(method="hint", params=hint_defaults()),
+            make_record(method="none", epochs=3), make_record(dataset="cifar10", family="cifar10", recipe="paper")]
+    res = write_records(tmp_path / "res", runs)
+
+    def rows(*args):
+        return summary_rows(cli, res, *args)
+
+    assert len(rows()) == 4
+    assert {(r["method"], r["epochs"]) for r in rows("--method", "hint,none", "--dataset", "mnist-5k")} == \
+        {("none", "10"), ("hint", "10"), ("none", "3")}
+    assert [r["epochs"] for r in rows("--epochs", "3")] == ["3"]
+    assert [r["dataset"] for r in rows("--recipe", "paper")] == ["cifar10"]
+    assert [r["dataset"] for r in rows("--model", "resnet18")] == ["cifar10"]
+    assert rows("--model", "vgg") == []
+
+
+def test_plain_report_attacks_filter(cli, tmp_path):
+    mixed = make_record(rho=0.2)
+    mixed["config"]["poison"]["attacks"] = ["pgd"]
+    mixed["run_id"] += "-pgd"
+    res = write_records(tmp_path / "res", [make_record(rho=0.2), mixed])
+    assert len(summary_rows(cli, res)) == 2  # without --attacks every mix is its own row
+    assert [r["poison"] for r in summary_rows(cli, res, "--attacks", "pgd")] == ["mix@0.2"]
+
+
+def test_empty_table_in_json_is_still_json(cli, tmp_path):
+    res = write_records(tmp_path / "res", [make_record()])
+    code, out, err = cli("report", "--table", "3", "--format", "json", "--results", res)
+    assert code == 0 and "no records match" in err
+    assert strict_json(out)["rows"] == []
+
+
+def test_skipped_record_files_are_counted_on_stderr(cli, tmp_path):
+    res = write_records(tmp_path / "res", [make_record(trial=t) for t in range(2)])
+    (res / "runs" / "broken.json").write_text('{"schema_version": 1, "run_')
+    (res / "runs" / "future.json").write_text(json.dumps({**make_record(trial=2), "schema_version": 2}))
+    code, out, err = cli("report", "--format", "json", "--results", res)
+    assert code == 0 and strict_json(out)[0]["n"] == 2
+    assert "skipped 2 record file(s)" in err and "1 unreadable" in err and "1 not of schema_version 1" in err
+    code, out, err = cli("report", "--table", "2", "--format", "json", "--results", res)
+    assert code == 0 and strict_json(out)["rows"] and "skipped 2" in err
