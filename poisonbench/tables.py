@@ -369,6 +369,7 @@ class Options:
     ci: bool = False
     wilson: bool = False
     rho: float | None = None  # II: only this row; IV/V: the ρ of the runs (default 0.6)
+    paired: bool = False  # II: add each defense's per-trial difference to `none` (same seed, poisons, order)
 
 
 def acc_cell(st: Stat | None, opts: Options) -> Cell:
@@ -382,6 +383,38 @@ def acc_cell(st: Stat | None, opts: Options) -> Cell:
     if st.n < opts.trials:
         text += f" (n={st.n})"
     return Cell(text, round(100 * st.mean, 2))
+
+
+def paired_stat(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> Stat | None:
+    """Mean ± sample std of `test_acc` − the baseline's over the trials both have: a trial fixes the seed, hence
+    the poisoned rows, the initialisation and the batch order, so the difference cancels what trials share."""
+    if rows is None or baseline is None:
+        return None
+    ours = rows.set_index("trial").test_acc
+    base = baseline.set_index("trial").test_acc
+    common = sorted(set(ours.index) & set(base.index))
+    return stat([ours[t] - base[t] for t in common])
+
+
+def paired_cell(st: Stat | None, opts: Options) -> Cell:
+    if st is None:
+        return Cell()
+    text = f"{100 * st.mean:+.2f}"
+    if st.n > 1:
+        text += f" ± {100 * st.std:.2f}"
+        if opts.ci:
+            text += f" [{100 * st.lo:+.2f}, {100 * st.hi:+.2f}]"
+    if st.n < opts.trials:
+        text += f" (n={st.n})"
+    return Cell(text)
+
+
+def paired_data(st: Stat | None) -> dict:
+    if st is None:
+        return {"paired_n": 0, "paired_mean": None, "paired_std": None, "paired_ci_low": None,
+                "paired_ci_high": None}
+    return {"paired_n": st.n, "paired_mean": num(100 * st.mean), "paired_std": num(100 * st.std),
+            "paired_ci_low": num(100 * st.lo), "paired_ci_high": num(100 * st.hi)}
 
 
 def paper_cell(p) -> Cell:
@@ -469,6 +502,8 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
         key = paper.paper_key("2", s.dataset)
         plabel = paper.paper_label("2", s.dataset)
         show_paper, show_diff = opts.paper and key, opts.diff and key
+        has_runs = {m for m, rows in chosen.items() if rows is not None and len(rows)}
+        paired = opts.paired and "none" in has_runs
         columns = ["ρ"]
         for m in methods:
             columns.append(method_label(m))
@@ -476,6 +511,12 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
                 columns.append(f"{method_label(m)} ({plabel})")
             if show_diff:
                 columns.append(f"{method_label(m)} Δ")
+            if paired and m != "none" and m in has_runs:
+                columns.append(f"{method_label(m)} − {method_label('none')} (paired)")
+        if paired:
+            notes.append("paired: per trial, the defense's test accuracy minus W/o Defense's of the same trial "
+                         "(same seed, poisoned rows and batch order), mean ± std in points over the trials both "
+                         "have")
         found = {round(r, 6) for m in chosen.values() for r in m.rho}
         rhos = [opts.rho] if opts.rho is not None else sorted(set(RHOS) | found)
         block = Block(s.label, columns, notes=[n for n in notes if n])
@@ -492,9 +533,14 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
                     row.append(paper_cell(p))
                 if show_diff:
                     row.append(diff_cell(st, p))
+                baseline = chosen.get("none")
+                pst = None if m == "none" or rows is None or baseline is None else paired_stat(
+                    rows[close(rows.rho, rho)], baseline[close(baseline.rho, rho)])
+                if paired and m != "none" and m in has_runs:
+                    row.append(paired_cell(pst, opts))
                 params = rows.params_json.iloc[0] if rows is not None and len(rows) else ""
                 data.append({"table": "II", **setting_data(s), "rho": rho, "method": m, "params": params,
-                             **acc_data(st, p)})
+                             **acc_data(st, p), **paired_data(pst)})
             mark_best(ours)
             block.rows.append(row)
         blocks.append(block)

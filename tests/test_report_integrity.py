@@ -205,3 +205,22 @@ def test_skipped_record_files_are_counted_on_stderr(cli, tmp_path):
     assert "skipped 2 record file(s)" in err and "1 unreadable" in err and "1 not of schema_version 1" in err
     code, out, err = cli("report", "--table", "2", "--format", "json", "--results", res)
     assert code == 0 and strict_json(out)["rows"] and "skipped 2" in err
+
+
+# ----------------------------------------------------------------------------------------------- paired column
+
+def test_paired_column_differences_matched_trials_only():
+    """HINT − none per trial (same seed and poisons), over the trials both have: trial 2 of `none` has no HINT
+    partner and stays out. The trial effect (+0 / +4 / +8 points) cancels in the pairs but not in the means."""
+    none = [make_record(method="none", rho=1.0, trial=t, acc=0.80 + 0.04 * t) for t in range(3)]
+    hint = [hint_run(t, 0.81 + 0.04 * t, rho=1.0) for t in range(2)]
+    table = tables.build("2", none + hint, tables.Options(trials=3, paired=True, rho=1.0))
+    row = next(d for d in table.data if d["method"] == "hint")
+    assert row["paired_n"] == 2
+    assert row["paired_mean"] == pytest.approx(1.0) and row["paired_std"] == pytest.approx(0.0, abs=1e-9)
+    assert row["mean"] - next(d for d in table.data if d["method"] == "none")["mean"] == pytest.approx(-1.0)
+    columns = table.blocks[0].columns
+    assert "HINT − W/o Defense (paired)" in columns
+    assert table.blocks[0].rows[0][columns.index("HINT − W/o Defense (paired)")].text.startswith("+1.00 ± 0.00")
+    plain = tables.build("2", none + hint, tables.Options(trials=3, rho=1.0))
+    assert "HINT − W/o Defense (paired)" not in plain.blocks[0].columns

@@ -42,6 +42,9 @@ def report(
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
     diff: bool = typer.Option(False, "--diff", help="Add ours − paper (percentage points; Table V: × none)."),
     ci: bool = typer.Option(False, "--ci", help="Add 95% t-intervals of the mean."),
+    paired: bool = typer.Option(False, "--paired",
+                                help="Table II: add each defense minus W/o Defense per trial (same seed and "
+                                     "poisons), mean ± std in points."),
     wilson: bool = typer.Option(False, "--wilson", help="Table III: add 95% Wilson intervals of the success rate."),
     missing: bool = typer.Option(False, "--missing",
                                  help="Print one `poisonbench defend` command per configuration the table lacks."),
@@ -80,7 +83,8 @@ def report(
 
     if table is not None:
         number = tables.check_table(table)
-        opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson, rho=rho)
+        opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson, rho=rho,
+                               paired=paired)
         if missing:
             if not records and not dataset:
                 tables.assert_records(records, store.root)
