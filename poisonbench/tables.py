@@ -372,17 +372,19 @@ class Options:
     paired: bool = False  # II: add each defense's per-trial difference to `none` (same seed, poisons, order)
 
 
-def acc_cell(st: Stat | None, opts: Options) -> Cell:
+def acc_cell(st: Stat | None, opts: Options, signed: bool = False) -> Cell:
+    """Mean ± std (± the t-interval with --ci) in percent; `signed` for differences (no value: never bold)."""
     if st is None:
         return Cell()
-    text = f"{100 * st.mean:.2f}"
+    fmt = "+.2f" if signed else ".2f"
+    text = f"{100 * st.mean:{fmt}}"
     if st.n > 1:
         text += f" ± {100 * st.std:.2f}"
         if opts.ci:
-            text += f" [{100 * st.lo:.2f}, {100 * st.hi:.2f}]"
+            text += f" [{100 * st.lo:{fmt}}, {100 * st.hi:{fmt}}]"
     if st.n < opts.trials:
         text += f" (n={st.n})"
-    return Cell(text, round(100 * st.mean, 2))
+    return Cell(text) if signed else Cell(text, round(100 * st.mean, 2))
 
 
 def paired_stat(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> Stat | None:
@@ -394,19 +396,6 @@ def paired_stat(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> Sta
     base = baseline.set_index("trial").test_acc
     common = sorted(set(ours.index) & set(base.index))
     return stat([ours[t] - base[t] for t in common])
-
-
-def paired_cell(st: Stat | None, opts: Options) -> Cell:
-    if st is None:
-        return Cell()
-    text = f"{100 * st.mean:+.2f}"
-    if st.n > 1:
-        text += f" ± {100 * st.std:.2f}"
-        if opts.ci:
-            text += f" [{100 * st.lo:+.2f}, {100 * st.hi:+.2f}]"
-    if st.n < opts.trials:
-        text += f" (n={st.n})"
-    return Cell(text)
 
 
 def paired_data(st: Stat | None) -> dict:
@@ -537,7 +526,7 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
                 pst = None if m == "none" or rows is None or baseline is None else paired_stat(
                     rows[close(rows.rho, rho)], baseline[close(baseline.rho, rho)])
                 if paired and m != "none" and m in has_runs:
-                    row.append(paired_cell(pst, opts))
+                    row.append(acc_cell(pst, opts, signed=True))
                 params = rows.params_json.iloc[0] if rows is not None and len(rows) else ""
                 data.append({"table": "II", **setting_data(s), "rho": rho, "method": m, "params": params,
                              **acc_data(st, p), **paired_data(pst)})
