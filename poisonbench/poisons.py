@@ -265,10 +265,11 @@ def validate(results_root, poison_id: str, dataset) -> list[tuple[str, bool, str
     checks: list[tuple[str, bool, str]] = []
     manifest = read_manifest(results_root, poison_id)
     try:
-        poison = load(results_root, poison_id)  # sha256 + shapes
+        poison = load(results_root, poison_id)  # poison id, sha256, shapes
+        checks.append(("poison id", True, f"the manifest's crafting inputs hash to {poison_id}"))
         checks.append(("sha256", True, f"{TENSOR_FILE} matches {manifest['tensor_sha256'][:16]}…"))
     except PoisonbenchError as exc:
-        return [("sha256 / readable", False, str(exc))]
+        return [("poison id / sha256 / readable", False, str(exc))]
     fp_ok = manifest.get("dataset_fingerprint") == dataset.fingerprint
     checks.append(("dataset", fp_ok, f"manifest {manifest.get('dataset_fingerprint')} vs {dataset.name} "
                                      f"{dataset.fingerprint}"))

@@ -103,7 +103,8 @@ def test_validate_reports_every_check(tiny, tmp_path):
     spec, _, _ = _craft(data, tmp_path, budget=0.5)
     checks = poisons.validate(tmp_path, spec.poison_id, data)
     names = [c for c, _, _ in checks]
-    assert names == ["sha256", "dataset", "indices", "budget", "shape", "eps-ball", "pixel range", "labels"]
+    assert names == ["poison id", "sha256", "dataset", "indices", "budget", "shape", "eps-ball", "pixel range",
+                     "labels"]
     assert all(ok for _, ok, _ in checks)
     bad = poisons.validate(tmp_path, spec.poison_id, other)
     assert ("dataset", False) in [(c, ok) for c, ok, _ in bad]
