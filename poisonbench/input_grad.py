@@ -122,7 +122,8 @@ def inference_copy(model: nn.Module) -> nn.Module:
     """A frozen eval-mode copy for input gradients (PGD/DAP steps, HINT's I_pert).
 
     Every Conv2d→BatchNorm2d pair inside an nn.Sequential is folded into one conv (exact up to float rounding),
-    few-channel stem convolutions become `StemConv2d`, and the memory format is channels_last. Same gradients up
+    few-channel stem convolutions become `StemConv2d` on the CPU (oneDNN's is the slow one), and the memory
+    format is channels_last. Same gradients up
     to float rounding; the speed is measured in `benchmarks/craft_throughput.py`.
     """
     model = copy.deepcopy(model).eval()
@@ -134,5 +135,7 @@ def inference_copy(model: nn.Module) -> nn.Module:
                 if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
                     module._modules[first] = fuse_conv_bn_eval(a, b)
                     module._modules[second] = nn.Identity()
-    swap_stems(model.requires_grad_(False))
+    model.requires_grad_(False)
+    if all(p.device.type == "cpu" for p in model.parameters()):  # cuDNN's input gradient is efficient already
+        swap_stems(model)
     return model.to(memory_format=torch.channels_last)

@@ -235,11 +235,12 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
                     compile: str) -> tuple[PoisonSet, bool]:
     pid = spec.poison_id
     partial = results_dir(results_root) / "partial" / pid  # finished batches of an interrupted craft
-    if force:
-        shutil.rmtree(partial, ignore_errors=True)
-        if poison_dir(results_root, pid).exists():
-            shutil.rmtree(poison_dir(results_root, pid))
-    device = device or torch.device("cpu")
+    from .training import configure_device
+
+    device = configure_device(device or torch.device("cpu"))
+    prepare_partial(partial, device, force)
+    if force and poison_dir(results_root, pid).exists():
+        shutil.rmtree(poison_dir(results_root, pid))
     attack = ATTACKS.get(spec.attack)(dataset.family, **spec.params)
     indices = select_indices(len(dataset.train), spec.budget, spec.seed)
     ctx = AttackContext(dataset, indices, spec.eps, spec.budget, spec.seed, device, results_root=results_root,
@@ -258,6 +259,30 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     save(poison, spec, results_root, extra)
     shutil.rmtree(partial, ignore_errors=True)
     return poison, False
+
+
+def partial_identity(device: torch.device) -> dict:
+    """What an interrupted craft's saved state must share with the resuming one to give the uninterrupted δ: the
+    code, the device type (a CPU and a CUDA generator state are not interchangeable) and the CPU thread count
+    (it changes float rounding)."""
+    identity = {"poisonbench": __version__, "torch": torch.__version__, "device": device.type}
+    if device.type == "cpu":
+        identity["threads"] = torch.get_num_threads()
+    return identity
+
+
+def prepare_partial(partial: Path, device: torch.device, force: bool) -> None:
+    """Keep `partial` (an interrupted craft's state) only if it was saved under this identity and not `force`;
+    otherwise start it empty. Either way it then records the identity of the craft that writes into it."""
+    path = partial / "identity.json"
+    identity = partial_identity(device)
+    try:
+        keep = not force and json.loads(path.read_text()) == identity
+    except (OSError, ValueError):  # none yet, or unreadable
+        keep = False
+    if not keep:
+        shutil.rmtree(partial, ignore_errors=True)
+        atomic_write_json(path, identity)
 
 
 def validate(results_root, poison_id: str, dataset) -> list[tuple[str, bool, str]]:

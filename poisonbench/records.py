@@ -54,6 +54,8 @@ def environment(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["cudnn_tf32"] = torch.backends.cudnn.allow_tf32
     return env
 
 

@@ -12,6 +12,7 @@ state after an epoch is saved from time to time and a killed run resumes from it
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -34,11 +35,11 @@ COMPILE_MIN_IMAGES = 100_000
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` → first CUDA device if present, else CPU; `cpu`; `cuda` / `cuda:N`."""
+    """`auto` → first CUDA device if present, else CPU; `cpu`; `cuda` / `cuda:N` (always with its index)."""
     from .errors import PoisonbenchError
 
     if spec == "auto":
-        return _deterministic(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return configure_device(torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
@@ -47,16 +48,29 @@ def resolve_device(spec: str = "auto") -> torch.device:
         index = int(spec[5:]) if ":" in spec else 0
         if index >= torch.cuda.device_count():
             raise PoisonbenchError(f"device {spec!r} does not exist; {torch.cuda.device_count()} CUDA device(s)")
-        return _deterministic(torch.device(spec))
+        return configure_device(torch.device("cuda", index))
     raise PoisonbenchError(f"unknown device {spec!r}; valid choices: auto, cpu, cuda, cuda:N")
 
 
-def _deterministic(device: torch.device) -> torch.device:
-    """On CUDA, pin cuDNN to deterministic algorithms (no autotuning): its default convolution backward sums in a
-    run-dependent order, so the same seed would not give the same numbers (untested here: no GPU)."""
-    if device.type == "cuda":
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+def configure_device(device: torch.device) -> torch.device:
+    """Make CUDA runs reproducible, as the CPU's are (untested here: no GPU). cuDNN's autotuned convolution
+    backward and cuBLAS's split-K sum in a run-dependent order, so pin deterministic algorithms (`warn_only`:
+    an op without a deterministic CUDA kernel, e.g. the gradient of DeepConfuse's bilinear upsampling, warns
+    instead of failing), a fixed cuBLAS workspace and Inductor without autotuning. Make `device` the current CUDA
+    device, so nothing lands on GPU 0 by default. Called by the engine and the crafting entry point, so library
+    callers get it too. TF32 convolutions stay at torch's default (on, as in the official code); the record's
+    `env.cudnn_tf32` says so."""
+    if device.type != "cuda":
+        return device
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    import torch._inductor.config as inductor_config
+
+    inductor_config.deterministic = True
+    if device.index is not None:
+        torch.cuda.set_device(device)
     return device
 
 
@@ -194,6 +208,7 @@ def train(
     # channels_last for the convolutions while training (same math, other summation order): on this CPU eager
     # ConvNet training went from about 1,250 to 1,650 img/s (compiled: within noise); the weights are returned
     # in the default layout (safetensors stores contiguous tensors only).
+    configure_device(device)
     model.to(device, memory_format=torch.channels_last).train()
     generator = torch.Generator(device=device).manual_seed(seed)
     optimizer, scheduler = make_optimizer(model, recipe)
@@ -213,6 +228,9 @@ def train(
         checkpoint.identity.update(device=device.type, compiled=compiled)
         if device.type == "cpu":  # oneDNN splits its reductions by thread: another count rounds differently
             checkpoint.identity.update(threads=torch.get_num_threads())
+        else:  # another GPU model or cuDNN picks other kernels; TF32 changes the rounding
+            checkpoint.identity.update(gpu=torch.cuda.get_device_name(device), cudnn=torch.backends.cudnn.version(),
+                                       cudnn_tf32=torch.backends.cudnn.allow_tf32)
         saved = checkpoint.load()
         if saved is not None:
             start_epoch, prior_seconds = _restore(*saved, ctx, scheduler, defense, history)

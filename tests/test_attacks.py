@@ -181,12 +181,24 @@ def test_an_interrupted_pgd_craft_resumes_from_its_finished_batches(tiny, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         poisons.craft(spec, data, work, compile="off")
     assert not poisons.exists(work, spec.poison_id)
-    assert len(list((work / "partial" / spec.poison_id).iterdir())) == 2
+    partial = work / "partial" / spec.poison_id
+    assert len(list(partial.glob("rows-*.safetensors"))) == 2
     monkeypatch.setattr(pgd, "linf_pgd", original)
     resumed, cached = poisons.craft(spec, data, work, compile="off")
     assert not cached and resumed.manifest["resumed_rows"] == 64
     assert torch.equal(resumed.delta, whole.delta)
-    assert not (work / "partial" / spec.poison_id).exists()
+    assert not partial.exists()
+
+    # state saved by another device type (or torch, poisonbench, CPU thread count) is not resumed: craft anew
+    monkeypatch.setattr(pgd, "linf_pgd", killed_after_two)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        poisons.craft(spec, data, work, compile="off", force=True)
+    identity = (partial / "identity.json").read_text()
+    (partial / "identity.json").write_text(identity.replace('"cpu"', '"cuda"'))
+    monkeypatch.setattr(pgd, "linf_pgd", original)
+    again, _ = poisons.craft(spec, data, work, compile="off")
+    assert "resumed_rows" not in again.manifest and torch.equal(again.delta, whole.delta)
 
 
 def test_an_interrupted_deepconfuse_craft_resumes_after_its_last_outer_epoch(tiny, tmp_path, monkeypatch):

@@ -299,10 +299,10 @@ class Hint(Defense):
         if ctx is None or self.rank_order is None:
             return []
         pos = {int(i): j for j, i in enumerate(self.selected.tolist())}
-        poisoned = ctx.poisoned.to(ctx.device) if ctx.poisoned is not None else None
+        poisoned = ctx.poisoned.cpu().tolist() if ctx.poisoned is not None else None  # one copy, not a sync per row
         clean, pois = [], []
         for i in self.rank_order.tolist():
-            is_p = bool(poisoned[i]) if poisoned is not None else False
+            is_p = poisoned[i] if poisoned is not None else False
             group = pois if is_p else clean
             if len(group) < FIGURE_EXAMPLES:
                 group.append(i)
