@@ -146,9 +146,15 @@ def read_manifest(results_root, poison_id: str) -> dict:
         known = ", ".join(list_ids(results_root)[:10]) or "none"
         raise PoisonbenchError(f"no poison set {poison_id!r} under {str(path.parent.parent)!r}; known: {known}")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except ValueError:
         raise PoisonbenchError(f"poison set {poison_id}: manifest.json is not valid JSON") from None
+    missing = [k for k in (*SPEC_FIELDS, "poison_id", "count", "tensor_sha256")
+               if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise PoisonbenchError(f"poison set {poison_id}: manifest.json is not a PoisonSet manifest (lacks "
+                               f"{', '.join(missing[:4])}); delete {str(path.parent)!r} and craft again")
+    return manifest
 
 
 def load(results_root, poison_id: str, dataset=None) -> PoisonSet:

@@ -6,6 +6,7 @@ identity. Sources of each default are listed in docs/fidelity.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from .errors import PoisonbenchError, unknown_choice
@@ -81,10 +82,15 @@ def validate_recipe(r: Recipe) -> None:
         raise PoisonbenchError(f"epochs must be a positive integer, got {r.epochs}")
     if r.batch_size <= 0:
         raise PoisonbenchError(f"batch size must be a positive integer, got {r.batch_size}")
-    if not r.lr > 0:
-        raise PoisonbenchError(f"learning rate must be > 0, got {r.lr}")
-    if r.momentum < 0 or r.weight_decay < 0:
-        raise PoisonbenchError(f"momentum and weight decay must be >= 0, got {r.momentum}, {r.weight_decay}")
+    if not 0 < r.lr < math.inf:
+        raise PoisonbenchError(f"learning rate must be a finite number > 0, got {r.lr}")
+    if not (0 <= r.momentum < math.inf and 0 <= r.weight_decay < math.inf):
+        raise PoisonbenchError(f"momentum and weight decay must be finite numbers >= 0, got {r.momentum}, "
+                               f"{r.weight_decay}")
+    outside = [m for m in r.milestones if not 1 <= m <= r.epochs]
+    if outside:
+        raise PoisonbenchError(f"milestone {outside[0]} is outside [1, {r.epochs}] (the epochs after which the "
+                               f"learning rate decays)")
     if r.nesterov and r.momentum <= 0:
         raise PoisonbenchError("nesterov needs momentum > 0")
     if r.augment not in AUGMENTATIONS:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .errors import PoisonbenchError
 from .hashing import short_hash
 from .io import atomic_write_json
 
@@ -24,8 +25,11 @@ DEFAULT_RESULTS = "results"
 
 
 def results_dir(path: str | Path | None = None) -> Path:
-    """`--results DIR`, else $POISONBENCH_RESULTS, else ./results."""
-    return Path(path or os.environ.get("POISONBENCH_RESULTS") or DEFAULT_RESULTS)
+    """`--results DIR`, else $POISONBENCH_RESULTS, else ./results (need not exist yet; must not be a file)."""
+    root = Path(path or os.environ.get("POISONBENCH_RESULTS") or DEFAULT_RESULTS)
+    if root.exists() and not root.is_dir():
+        raise PoisonbenchError(f"results workspace {str(root)!r} is a file, not a directory; pass --results DIR")
+    return root
 
 
 def run_id(config: dict) -> str:

@@ -20,6 +20,7 @@ from .models import DEFAULT_MODEL, MODELS, build_model, check_fits
 from .recipes import DEFAULT_RECIPE, resolve_recipe
 from .records import SCHEMA_VERSION, RunStore, environment, run_id
 from .samples import sample_predictions
+from .scenarios import check_attacks
 from .training import check_compile_mode, predict, resolve_device, to_float, train
 
 
@@ -75,6 +76,7 @@ def validate(spec: DefendSpec) -> None:
     if spec.model is not None:
         MODELS.get(spec.model)
     DEFENSES.get(spec.method)
+    check_attacks(spec.attacks)  # also at ρ = 0, where no mix is drawn: a typo should not pass silently
     check_compile_mode(spec.compile)
     if not spec.checkpoint_every >= 0:
         raise PoisonbenchError(f"--checkpoint-every must be >= 0 seconds, got {spec.checkpoint_every}")

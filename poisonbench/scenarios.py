@@ -89,17 +89,28 @@ def split_counts(k: int, m: int) -> list[int]:
     return [k // m + (1 if i < k % m else 0) for i in range(m)]
 
 
+def check_attacks(attacks: list[str] | None) -> list[str]:
+    """The mix's attacks (None: the paper's four), each registered and listed once; an empty list is an error."""
+    if attacks is None:
+        return list(UNTARGETED_ATTACKS)
+    attacks = list(attacks)
+    if not attacks or not all(attacks):
+        raise PoisonbenchError(f"--attacks has an empty entry ({','.join(attacks)!r}); valid choices: "
+                               f"{', '.join(ATTACKS.names())}, comma-separated")
+    for a in attacks:
+        ATTACKS.get(a)
+    if len(set(attacks)) != len(attacks):
+        raise PoisonbenchError(f"--attacks lists an attack twice: {','.join(attacks)}")
+    return attacks
+
+
 def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_root=None) -> UntargetedPlan:
     """The Table II plan for one trial. Cheap: validates, draws rows, hashes crafting inputs; never crafts."""
     from .poisons import craft_spec
 
     if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0 and not math.isnan(ratio)):
         raise PoisonbenchError(f"poison ratio must be in [0, 1], got {ratio}")
-    attacks = list(attacks) if attacks else list(UNTARGETED_ATTACKS)
-    for a in attacks:
-        ATTACKS.get(a)
-    if len(set(attacks)) != len(attacks):
-        raise PoisonbenchError(f"--attacks lists an attack twice: {','.join(attacks)}")
+    attacks = check_attacks(attacks)
     n = len(data.train)
     k = budget_count(ratio, n)
     counts = split_counts(k, len(attacks))

@@ -86,6 +86,17 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     (["defend", "--ratio", "0.5"], "option --ratio does not apply to method 'none'"),
     (["data", "info", "nope"], "unknown dataset 'nope'"),
     (["report", "--format", "xml"], "unknown format 'xml'; valid choices: rich, md"),
+    # below: values that once started training or crafting, or ended in a traceback
+    (["defend", "--lr", "inf"], "learning rate must be a finite number > 0, got inf"),
+    (["defend", "--momentum", "nan"], "momentum and weight decay must be finite numbers >= 0, got nan"),
+    (["defend", "--milestones", "-5"], "milestone -5 is outside [1, 30]"),
+    (["defend", "--epochs", "2", "--milestones", "500"], "milestone 500 is outside [1, 2]"),
+    (["defend", "--attacks", "foo"], "unknown attack 'foo'"),
+    (["defend", "--attacks", "pgd,,dap", "--poison-ratio", "0.2"], "--attacks has an empty entry"),
+    (["defend", "--method", "hint", "--beta", "2"], "--beta must be in (0, 1] (pixel units), got 2.0"),
+    (["defend", "--method", "hint", "--gamma", "inf"], "--gamma must be a finite number > 0, got inf"),
+    (["report", "--table", "2", "--rho", "nan"], "--rho must be in [0, 1], got nan"),
+    (["report", "--table", "3", "--paired"], "--paired applies to --table 2 only"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
@@ -119,3 +130,29 @@ def test_help_lists_only_working_commands(cli):
     assert code == 0
     for command in ("defend", "report", "data"):
         assert command in out
+
+
+@pytest.mark.parametrize("labels, needle", [
+    ([0] * 39 + [1_000_000], "labels must be the classes 0..K-1"),  # once: a model with 1,000,001 classes
+    ([0] * 40, "found 1 distinct label(s)"),  # once: a 1-class model trained to the end
+])
+def test_npz_labels_must_be_the_classes_0_to_k(cli, tmp_path, labels, needle):
+    import numpy as np
+
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.zeros((len(labels), 28, 28), np.uint8), y=np.array(labels))
+    code, _, err = cli("defend", "--dataset", str(path), "--results", tmp_path / "res")
+    assert code == 2 and needle in err and "Traceback" not in err and not (tmp_path / "res").exists()
+
+
+def test_a_dataset_too_small_for_its_splits_and_a_file_as_workspace_are_refused(cli, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "three.npz"  # 80 / 2 / 18 % of 3 images leaves no validation image
+    np.savez(path, x=np.zeros((3, 28, 28), np.uint8), y=np.array([0, 1, 0]))
+    code, _, err = cli("defend", "--dataset", str(path), "--results", tmp_path / "res")
+    assert code == 2 and "too few images to split (2 train / 0 val / 1 test)" in err, err
+    workspace = tmp_path / "a-file"
+    workspace.write_text("")
+    code, _, err = cli("defend", "--results", workspace)
+    assert code == 2 and "is a file, not a directory" in err and "Traceback" not in err

@@ -236,3 +236,15 @@ def test_concurrent_jobs_train_the_surrogate_once(tiny, tmp_path, monkeypatch):
     save_file(state, str(path), metadata=meta)
     with pytest.raises(PoisonbenchError, match="weights sha256"):
         surrogate.load_or_train_surrogate(data, tmp_path, torch.device("cpu"))
+
+
+def test_a_manifest_that_is_not_a_poisonset_manifest_is_refused_in_one_line(tiny, tmp_path, cli):
+    data, _, _ = tiny
+    spec, poison, _ = _craft(data, tmp_path, budget=1.0)
+    (poison.path / "manifest.json").write_text("[1, 2]")
+    for command in ("show", "validate"):
+        args = ("poisons", command, spec.poison_id, "--results", tmp_path)
+        code, _, err = cli(*args, *(("--dataset", str(tiny[2])) if command == "validate" else ()))
+        assert code == 2 and "is not a PoisonSet manifest" in err and "Traceback" not in err, err
+    code, out, err = cli("poisons", "list", "--results", tmp_path)  # one bad set does not break the list
+    assert code == 0 and "Traceback" not in err

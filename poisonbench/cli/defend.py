@@ -97,7 +97,7 @@ def defend(
                           "nesterov": nesterov, "weight_decay": weight_decay,
                           "milestones": _milestones(milestones), "augment": augment},
         poison_ratio=poison_ratio,
-        attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
+        attacks=[a.strip() for a in attacks.split(",")] if attacks is not None else None,
         method=method, method_params=_given(ratio=ratio, beta=beta, gamma=gamma, schedule=schedule, ihvp=ihvp,
                                             sign=sign, damping=damping, grad_space=grad_space, quantize=quantize,
                                             gamma_decay_epoch=gamma_decay_epoch, hessian_data=hessian_data),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -71,6 +72,12 @@ def report(
         raise PoisonbenchError(f"--missing needs --table; valid choices: {', '.join(tables.TABLES)}")
     if per_trial and not missing:
         raise PoisonbenchError("--per-trial only applies to --missing")
+    if rho is not None and not 0 <= rho <= 1:
+        raise PoisonbenchError(f"--rho must be in [0, 1], got {rho}")
+    if paired and (table is None or tables.check_table(table) != "2"):
+        raise PoisonbenchError(f"--paired applies to --table 2 only, got --table {table}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise PoisonbenchError(f"--out {out!r} is a file; pass a directory for the figures")
     methods = _methods(method)
     store = RunStore(results)
     err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -174,6 +174,11 @@ def _load_npz(path: Path, val_fraction: float, test_fraction: float) -> tuple[di
         raise PoisonbenchError(f"{path}: 'y' must hold one non-negative int label per image, got {y.dtype} {y.shape}")
     if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise PoisonbenchError(f"invalid split fractions val={val_fraction} test={test_fraction}")
+    classes = np.unique(y)
+    if len(classes) < 2 or classes[-1] != len(classes) - 1:
+        shown = ", ".join(str(c) for c in classes[:5]) + (", …" if len(classes) > 5 else "")
+        raise PoisonbenchError(f"{path}: labels must be the classes 0..K-1 (K >= 2, each present); found "
+                               f"{len(classes)} distinct label(s): {shown}")
     return {"x": x, "y": y.astype(np.int64)}, str(path)
 
 
@@ -220,6 +225,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         pool_x, pool_y = arrays["x"], arrays["y"]
         train_idx, val_idx, test_idx = stratified_split(pool_y, [spec.val_size, spec.test_size])
         test_x, test_y = pool_x[test_idx], pool_y[test_idx]
+
+    if not (len(train_idx) and len(val_idx) and len(test_y)):
+        raise PoisonbenchError(f"{spec.name}: too few images to split ({len(train_idx)} train / {len(val_idx)} val / "
+                               f"{len(test_y)} test); every split needs at least one image")
 
     def make(split: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
         return Split(_to_nchw(x), torch.from_numpy(y.astype(np.int64)), idx,

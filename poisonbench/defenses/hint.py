@@ -18,6 +18,7 @@ schedule 5, 15 of 30 epochs and CIFAR-10 5, 15, 40 of 80 are scaled to the recip
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -90,12 +91,13 @@ class Hint(Defense):
         p, epochs = self.params, self.recipe.epochs
         if not (isinstance(p["ratio"], (int, float)) and 0 < p["ratio"] <= 1):
             raise PoisonbenchError(f"--ratio must be in (0, 1], got {p['ratio']}")
-        if not p["beta"] > 0:
-            raise PoisonbenchError(f"--beta must be > 0, got {p['beta']}")
-        if not p["gamma"] > 0:
-            raise PoisonbenchError(f"--gamma must be > 0, got {p['gamma']}")
-        if not p["damping"] > 0:
-            raise PoisonbenchError(f"--damping must be > 0 (H is singular without it), got {p['damping']}")
+        if not 0 < p["beta"] <= 1:
+            raise PoisonbenchError(f"--beta must be in (0, 1] (pixel units), got {p['beta']}")
+        if not 0 < p["gamma"] < math.inf:
+            raise PoisonbenchError(f"--gamma must be a finite number > 0, got {p['gamma']}")
+        if not 0 < p["damping"] < math.inf:
+            raise PoisonbenchError(f"--damping must be a finite number > 0 (H is singular without it), "
+                                   f"got {p['damping']}")
         if not p["schedule"]:
             raise PoisonbenchError("--schedule is empty; give at least one epoch in [0, "
                                    f"{epochs - 1}]")
