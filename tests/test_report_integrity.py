@@ -177,7 +177,8 @@ def test_plain_report_applies_the_table_filters(cli, tmp_path):
     assert [r["epochs"] for r in rows("--epochs", "3")] == ["3"]
     assert [r["dataset"] for r in rows("--recipe", "paper")] == ["cifar10"]
     assert [r["dataset"] for r in rows("--model", "resnet18")] == ["cifar10"]
-    assert rows("--model", "vgg") == []
+    code, _, err = cli("report", "--results", res, "--model", "vgg")  # a name that cannot match is a typo
+    assert code == 2 and "unknown model 'vgg'" in err
 
 
 def test_plain_report_attacks_filter(cli, tmp_path):

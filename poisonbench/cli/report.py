@@ -25,6 +25,33 @@ def _methods(text: str | None) -> list[str] | None:
     return [m.strip() for m in text.split(",") if m.strip()] if text else None
 
 
+def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | None, model: str | None,
+                  epochs: int | None, attacks: str | None) -> None:
+    """A filter naming something that cannot exist is a typo, not an empty selection: refuse it."""
+    from ..attacks import ATTACKS
+    from ..data import DATASETS, dataset_names
+    from ..defenses import DEFENSES
+    from ..models import MODELS
+    from ..recipes import recipe_names
+    from ..tables import PAPER_METHODS
+
+    if dataset is not None and dataset not in DATASETS and not dataset.endswith(".npz"):
+        raise unknown_choice("dataset", dataset, dataset_names())
+    known_methods = sorted(set(DEFENSES.names()) | set(PAPER_METHODS))
+    for m in methods or []:
+        if m not in known_methods:
+            raise unknown_choice("method", m, known_methods)
+    if recipe is not None and recipe not in recipe_names():
+        raise unknown_choice("recipe", recipe, recipe_names())
+    if model is not None:
+        MODELS.get(model)
+    if epochs is not None and epochs <= 0:
+        raise PoisonbenchError(f"--epochs must be a positive integer, got {epochs}")
+    for a in (attacks.split(",") if attacks and attacks != "any" else []):
+        if a.strip() not in ATTACKS:
+            raise unknown_choice("attack", a.strip(), [*ATTACKS.names(), "any"])
+
+
 def report(
     table: str = typer.Option(None, "--table", help="Paper table to rebuild: 2 | 3 | 4 | 5 (II–V)."),
     figure: str = typer.Option(None, "--figure", help="Paper figure to draw: 1 | 2 | 3 | 4 | rho (accuracy vs ρ)."),
@@ -79,6 +106,7 @@ def report(
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise PoisonbenchError(f"--out {out!r} is a file; pass a directory for the figures")
     methods = _methods(method)
+    check_filters(dataset, methods, recipe, model, epochs, attacks)
     store = RunStore(results)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     filters = {"dataset": record_name(dataset) if dataset else None,
