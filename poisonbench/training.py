@@ -3,7 +3,8 @@ specific defense.
 
 Fast by construction: the train set lives on the device as one float tensor; batches are slices of a seeded
 index permutation; augmentation is whole-batch tensor ops; the model may be `torch.compile`d with static
-shapes (dynamic=False: at most two graphs, full and last batch). All randomness (init, order, augmentation)
+shapes (dynamic=False: two training graphs, full and last batch, plus one eval-mode graph per evaluation
+chunk shape). All randomness (init, order, augmentation)
 comes from the seed, so the same seed gives the same numbers on the same device. With a `Checkpoint`, the
 state after an epoch is saved from time to time and a killed run resumes from it with the same numbers
 (poisonbench/checkpoints.py).
