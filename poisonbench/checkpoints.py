@@ -49,6 +49,19 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
+def execution_identity(device: torch.device) -> dict:
+    """What saved state must share with the process resuming from it for the result to equal an uninterrupted
+    run's: the code (poisonbench and torch versions) and what decides float rounding on the device (CPU: the
+    thread count, oneDNN splits its reductions by it; CUDA: GPU model, cuDNN version, TF32)."""
+    identity = {"poisonbench": __version__, "torch": torch.__version__, "device": device.type}
+    if device.type == "cpu":
+        identity["threads"] = torch.get_num_threads()
+    elif device.type == "cuda":
+        identity.update(gpu=torch.cuda.get_device_name(device), cudnn=torch.backends.cudnn.version(),
+                        cudnn_tf32=torch.backends.cudnn.allow_tf32)
+    return identity
+
+
 class Checkpoint:
     """The checkpoint file of one run. `identity` names what must match for a resume to be exact."""
 

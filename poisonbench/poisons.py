@@ -36,6 +36,7 @@ from .attacks.base import (
     check_eps,
     select_indices,
 )
+from .checkpoints import execution_identity
 from .errors import PoisonbenchError
 from .hashing import short_hash
 from .io import atomic_write_json, exclusive, fsync_directory
@@ -267,21 +268,11 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     return poison, False
 
 
-def partial_identity(device: torch.device) -> dict:
-    """What an interrupted craft's saved state must share with the resuming one to give the uninterrupted δ: the
-    code, the device type (a CPU and a CUDA generator state are not interchangeable) and the CPU thread count
-    (it changes float rounding)."""
-    identity = {"poisonbench": __version__, "torch": torch.__version__, "device": device.type}
-    if device.type == "cpu":
-        identity["threads"] = torch.get_num_threads()
-    return identity
-
-
 def prepare_partial(partial: Path, device: torch.device, force: bool) -> None:
     """Keep `partial` (an interrupted craft's state) only if it was saved under this identity and not `force`;
     otherwise start it empty. Either way it then records the identity of the craft that writes into it."""
     path = partial / "identity.json"
-    identity = partial_identity(device)
+    identity = execution_identity(device)  # the same rule as training checkpoints
     try:
         keep = not force and json.loads(path.read_text()) == identity
     except (OSError, ValueError):  # none yet, or unreadable

@@ -387,15 +387,18 @@ def acc_cell(st: Stat | None, opts: Options, signed: bool = False) -> Cell:
     return Cell(text) if signed else Cell(text, round(100 * st.mean, 2))
 
 
+PAIR_KEYS = ["trial", "seed", "mix", "poisons_json"]  # same seed and same poisons: the runs saw the same rows
+
+
 def paired_stat(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> Stat | None:
-    """Mean ± sample std of `test_acc` − the baseline's over the trials both have: a trial fixes the seed, hence
-    the poisoned rows, the initialisation and the batch order, so the difference cancels what trials share."""
+    """Mean ± sample std of `test_acc` − the baseline's over the runs that share trial, seed, attack mix and
+    PoisonSets: those saw the same poisoned rows, initialisation and batch order, so the difference cancels what
+    they share. Runs without such a partner stay out."""
     if rows is None or baseline is None:
         return None
-    ours = rows.set_index("trial").test_acc
-    base = baseline.set_index("trial").test_acc
-    common = sorted(set(ours.index) & set(base.index))
-    return stat([ours[t] - base[t] for t in common])
+    pairs = rows[[*PAIR_KEYS, "test_acc"]].merge(baseline[[*PAIR_KEYS, "test_acc"]], on=PAIR_KEYS,
+                                                  suffixes=("", "_base"))
+    return stat(pairs.test_acc - pairs.test_acc_base)
 
 
 def paired_data(st: Stat | None) -> dict:
@@ -434,7 +437,7 @@ def acc_data(st: Stat | None, p=None) -> dict:
 
 def setting_data(s: Setting) -> dict:
     return {"dataset": s.dataset, "model": s.model, "recipe": s.recipe, "epochs": s.epochs,
-            "reduced_scale": bool(s.reduced)}
+            "setting": s.label, "reduced_scale": bool(s.reduced)}
 
 
 def setting_notes(s: Setting, table: str, opts: Options) -> list[str]:
@@ -503,9 +506,9 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
             if paired and m != "none" and m in has_runs:
                 columns.append(f"{method_label(m)} − {method_label('none')} (paired)")
         if paired:
-            notes.append("paired: per trial, the defense's test accuracy minus W/o Defense's of the same trial "
-                         "(same seed, poisoned rows and batch order), mean ± std in points over the trials both "
-                         "have")
+            notes.append("paired: the defense's test accuracy minus W/o Defense's, per pair of runs with the same "
+                         "trial, seed, attack mix and PoisonSets (same poisoned rows and batch order); mean ± std "
+                         "in points over the pairs")
         found = {round(r, 6) for m in chosen.values() for r in m.rho}
         rhos = [opts.rho] if opts.rho is not None else sorted(set(RHOS) | found)
         block = Block(s.label, columns, notes=[n for n in notes if n])
@@ -523,9 +526,9 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
                 if show_diff:
                     row.append(diff_cell(st, p))
                 baseline = chosen.get("none")
-                pst = None if m == "none" or rows is None or baseline is None else paired_stat(
-                    rows[close(rows.rho, rho)], baseline[close(baseline.rho, rho)])
+                pst = None
                 if paired and m != "none" and m in has_runs:
+                    pst = paired_stat(rows[close(rows.rho, rho)], baseline[close(baseline.rho, rho)])
                     row.append(acc_cell(pst, opts, signed=True))
                 params = rows.params_json.iloc[0] if rows is not None and len(rows) else ""
                 data.append({"table": "II", **setting_data(s), "rho": rho, "method": m, "params": params,
@@ -751,7 +754,9 @@ def check_table(number: str) -> str:
 
 def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
     number = check_table(number)
+    methods = filters.pop("methods", None)  # after the generation choice, as `missing_commands` does
     df, notes = cell_records(apply_filters(frame(records), **filters))
+    df = apply_filters(df, methods=methods, mix=None)
     table = BUILDERS[number](df, opts)
     table.notes += notes
     return table

@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment
-from .checkpoints import Checkpoint, join_optimizer_state, split_optimizer_state, split_prefixed
+from .checkpoints import (
+    Checkpoint,
+    execution_identity,
+    join_optimizer_state,
+    split_optimizer_state,
+    split_prefixed,
+)
 from .defenses.base import Defense
 from .errors import PoisonbenchError
 from .input_grad import chunk_rows
@@ -226,12 +232,7 @@ def train(
         ctx.active = kept.to(device)
     start_epoch, prior_seconds = 0, 0.0
     if checkpoint is not None:
-        checkpoint.identity.update(device=device.type, compiled=compiled)
-        if device.type == "cpu":  # oneDNN splits its reductions by thread: another count rounds differently
-            checkpoint.identity.update(threads=torch.get_num_threads())
-        else:  # another GPU model or cuDNN picks other kernels; TF32 changes the rounding
-            checkpoint.identity.update(gpu=torch.cuda.get_device_name(device), cudnn=torch.backends.cudnn.version(),
-                                       cudnn_tf32=torch.backends.cudnn.allow_tf32)
+        checkpoint.identity.update(execution_identity(device), compiled=compiled)
         saved = checkpoint.load()
         if saved is not None:
             start_epoch, prior_seconds = _restore(*saved, ctx, scheduler, defense, history)

@@ -95,6 +95,7 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     (["defend", "--attacks", "pgd,,dap", "--poison-ratio", "0.2"], "--attacks has an empty entry"),
     (["defend", "--method", "hint", "--beta", "2"], "--beta must be in (0, 1] (pixel units), got 2.0"),
     (["defend", "--method", "hint", "--gamma", "inf"], "--gamma must be a finite number > 0, got inf"),
+    (["defend", "--method", "hint", "--quantize", "--beta", "0.001"], "--quantize needs --beta >= 1/255"),
     (["report", "--table", "2", "--rho", "nan"], "--rho must be in [0, 1], got nan"),
     (["report", "--table", "3", "--paired"], "--paired applies to --table 2 only"),
     (["report", "--method", "none,hnit"], "unknown method 'hnit'; valid choices: atda, epic, friends, hint, none"),

@@ -188,6 +188,8 @@ def test_plain_report_attacks_filter(cli, tmp_path):
     res = write_records(tmp_path / "res", [make_record(rho=0.2), mixed])
     assert len(summary_rows(cli, res)) == 2  # without --attacks every mix is its own row
     assert [r["poison"] for r in summary_rows(cli, res, "--attacks", "pgd")] == ["mix@0.2"]
+    spaced = summary_rows(cli, res, "--attacks", "pgd, dap, durp, deepconfuse")  # as a shell user may type it
+    assert len(spaced) == 1 and spaced == summary_rows(cli, res, "--attacks", "pgd,dap,durp,deepconfuse")
 
 
 def test_empty_table_in_json_is_still_json(cli, tmp_path):
@@ -225,3 +227,13 @@ def test_paired_column_differences_matched_trials_only():
     assert table.blocks[0].rows[0][columns.index("HINT − W/o Defense (paired)")].text.startswith("+1.00 ± 0.00")
     plain = tables.build("2", none + hint, tables.Options(trials=3, rho=1.0))
     assert "HINT − W/o Defense (paired)" not in plain.blocks[0].columns
+
+
+def test_paired_column_never_pairs_runs_of_another_seed():
+    """Trial 0 of `none` made with --seed 0 and trial 0 of `hint` made with --seed 100 saw other poisoned rows and
+    another initialisation: not a pair (the cell has no pair at all)."""
+    none = [make_record(method="none", rho=1.0, trial=0, acc=0.80)]
+    hint = [make_record(method="hint", params=hint_defaults(), rho=1.0, trial=0, acc=0.90, base_seed=100)]
+    table = tables.build("2", none + hint, tables.Options(trials=1, paired=True, rho=1.0))
+    row = next(d for d in table.data if d["method"] == "hint")
+    assert row["n"] == 1 and row["paired_n"] == 0

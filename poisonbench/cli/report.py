@@ -106,6 +106,7 @@ def report(
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise PoisonbenchError(f"--out {out!r} is a file; pass a directory for the figures")
     methods = _methods(method)
+    attacks = ",".join(a.strip() for a in attacks.split(",")) if attacks else attacks  # "pgd, dap" = "pgd,dap"
     check_filters(dataset, methods, recipe, model, epochs, attacks)
     store = RunStore(results)
     err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -93,6 +93,8 @@ class Hint(Defense):
             raise PoisonbenchError(f"--ratio must be in (0, 1], got {p['ratio']}")
         if not 0 < p["beta"] <= 1:
             raise PoisonbenchError(f"--beta must be in (0, 1] (pixel units), got {p['beta']}")
+        if p["quantize"] and p["beta"] < 1 / 255:  # the uint8 grid cannot hold x̂ within β of an off-grid x0
+            raise PoisonbenchError(f"--quantize needs --beta >= 1/255 (one uint8 step), got {p['beta']}")
         if not 0 < p["gamma"] < math.inf:
             raise PoisonbenchError(f"--gamma must be a finite number > 0, got {p['gamma']}")
         if not 0 < p["damping"] < math.inf:
