@@ -97,7 +97,6 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     (["defend", "--method", "hint", "--gamma", "inf"], "--gamma must be a finite number > 0, got inf"),
     (["defend", "--method", "hint", "--quantize", "--beta", "0.001"], "--quantize needs --beta >= 1/255"),
     (["report", "--table", "2", "--rho", "nan"], "--rho must be in [0, 1], got nan"),
-    (["report", "--table", "3", "--paired"], "--paired applies to --table 2 only"),
     (["report", "--method", "none,hnit"], "unknown method 'hnit'; valid choices: atda, epic, friends, hint, none"),
     (["report", "--table", "2", "--missing", "--dataset", "mnist5k"], "unknown dataset 'mnist5k'"),
 ])

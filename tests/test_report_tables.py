@@ -298,6 +298,8 @@ def test_cli_table_md(cli, tmp_path, records):
     (["--table", "2"], "no run records found"),
     (["--figure", "rho"], "no run records found"),
     (["--table", "2", "--figure", "1"], "either --table or --figure"),
+    (["--paper"], "--paper applies to --table or --figure only"),  # these were silently ignored
+    (["--paired", "--format", "csv"], "--paired applies to --table or --figure only"),
 ])
 def test_cli_bad_input(cli, tmp_path, args, needle):
     code, out, err = cli("report", *args, "--results", tmp_path / "empty")

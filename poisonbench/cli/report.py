@@ -99,10 +99,16 @@ def report(
         raise PoisonbenchError(f"--missing needs --table; valid choices: {', '.join(tables.TABLES)}")
     if per_trial and not missing:
         raise PoisonbenchError("--per-trial only applies to --missing")
+    # views of a table or figure; like --wilson (Table III) and --paired (Table II) they may be given to every table,
+    # so that one command line serves a loop over tables, but without any table or figure they are a mistake
+    view_only = {"--paper": paper, "--diff": diff, "--ci": ci, "--wilson": wilson, "--paired": paired,
+                 "--rho": rho is not None, "--out": out is not None, "--run": run is not None,
+                 "--trial": trial is not None}
+    given = [flag for flag, on in view_only.items() if on]
+    if given and table is None and figure is None:
+        raise PoisonbenchError(f"{given[0]} applies to --table or --figure only; the plain report has no such view")
     if rho is not None and not 0 <= rho <= 1:
         raise PoisonbenchError(f"--rho must be in [0, 1], got {rho}")
-    if paired and (table is None or tables.check_table(table) != "2"):
-        raise PoisonbenchError(f"--paired applies to --table 2 only, got --table {table}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise PoisonbenchError(f"--out {out!r} is a file; pass a directory for the figures")
     methods = _methods(method)
