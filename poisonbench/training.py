@@ -42,11 +42,12 @@ COMPILE_MIN_IMAGES = 100_000
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` → first CUDA device if present, else CPU; `cpu`; `cuda` / `cuda:N` (always with its index)."""
+    """`auto` → first CUDA device if present, else CPU; `cpu`; `cuda` / `cuda:N` (always with its index).
+    Only resolves: the engine and the crafting entry point configure the device (`configure_device`)."""
     from .errors import PoisonbenchError
 
     if spec == "auto":
-        return configure_device(torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
@@ -55,7 +56,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
         index = int(spec[5:]) if ":" in spec else 0
         if index >= torch.cuda.device_count():
             raise PoisonbenchError(f"device {spec!r} does not exist; {torch.cuda.device_count()} CUDA device(s)")
-        return configure_device(torch.device("cuda", index))
+        return torch.device("cuda", index)
     raise PoisonbenchError(f"unknown device {spec!r}; valid choices: auto, cpu, cuda, cuda:N")
 
 

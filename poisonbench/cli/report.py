@@ -28,11 +28,11 @@ def _methods(text: str | None) -> list[str] | None:
 def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | None, model: str | None,
                   epochs: int | None, attacks: str | None) -> None:
     """A filter naming something that cannot exist is a typo, not an empty selection: refuse it."""
-    from ..attacks import ATTACKS
     from ..data import DATASETS, dataset_names
     from ..defenses import DEFENSES
     from ..models import MODELS
     from ..recipes import recipe_names
+    from ..scenarios import check_attacks
     from ..tables import PAPER_METHODS
 
     if dataset is not None and dataset not in DATASETS and not dataset.endswith(".npz"):
@@ -47,9 +47,8 @@ def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | 
         MODELS.get(model)
     if epochs is not None and epochs <= 0:
         raise PoisonbenchError(f"--epochs must be a positive integer, got {epochs}")
-    for a in (attacks.split(",") if attacks and attacks != "any" else []):
-        if a.strip() not in ATTACKS:
-            raise unknown_choice("attack", a.strip(), [*ATTACKS.names(), "any"])
+    if attacks and attacks != "any":
+        check_attacks(attacks.split(","))  # the check `defend --attacks` gets
 
 
 def report(

@@ -231,8 +231,8 @@ class Hint(Defense):
         step = i_pert.sign() if p["sign"] else i_pert
         delta = (self.delta - gamma * step).clamp_(-p["beta"], p["beta"])
         x_new = (self.x0 + delta).clamp_(0, 1)
-        if p["quantize"]:  # official `(img*255).to(uint8)` truncation, kept inside the β-ball: flooring
-            # x0 − β can land one grid step below it when β is off the 1/255 grid (0.062 < 16/255) or x0 is
+        if p["quantize"]:  # official `(img*255).to(uint8)` truncation, kept inside the β-ball: flooring x0 − β
+            # lands one grid step below it when β (0.062 < 16/255) or x0 (a poisoned row) is off the 1/255 grid
             x_new = torch.maximum(torch.floor(x_new * 255 + 1e-4),
                                   torch.ceil((self.x0 - p["beta"]).clamp_(min=0) * 255 - 1e-4)) / 255
         self.delta = x_new - self.x0
