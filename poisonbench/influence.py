@@ -50,7 +50,7 @@ def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 0,
     h̃ = [φ; 1] in `dtype` (default: the model's dtype; the solvers are accurate in float32 except `exact`, which
     factors in float64).
     `batch_size` 0: up to 1024 rows, fewer on the CPU when activations would be large (`chunk_rows`)."""
-    frozen = inference_copy(model)  # BatchNorm folded, channels_last: the same features, faster
+    frozen = inference_copy(model, x[:1])  # BatchNorm folded, channels_last: the same features, faster
     batch_size = batch_size or chunk_rows(frozen, x[:1], 1024)
     feats, logits = [], []
     for i in range(0, len(x), batch_size):
@@ -253,7 +253,7 @@ def influence_pert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: torch.
     `input_std` (C,) to get the official CIFAR behaviour (gradient w.r.t. the normalised input, i.e. × std).
     `batch_size` 0: up to 512 rows, fewer on the CPU when activations would be large (`chunk_rows`).
     """
-    frozen = inference_copy(model)
+    frozen = inference_copy(model, x[:1])
     batch_size = batch_size or chunk_rows(frozen, x[:1], 512)
     d = s.shape[1] - 1
     out = torch.empty_like(x)

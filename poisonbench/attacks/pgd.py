@@ -3,8 +3,9 @@ Madry et al.'s settings: MNIST ε 0.3, 40 steps of 0.01, random start; CIFAR-10 
 
 The objective is separable per example and the surrogate is in eval mode, so one backward of the summed loss
 over a large batch gives every example's input gradient exactly; the surrogate's parameters are frozen, so no
-weight gradients are computed, its BatchNorms are folded into the convolutions and its few-channel stem
-convolution computes the input gradient as one GEMM + col2im (`inference_copy`, `poisonbench.input_grad`).
+weight gradients are computed, its BatchNorms are folded into the convolutions, on the CPU its few-channel stem
+convolution computes the input gradient as one GEMM + col2im and a convolution with a large kernel on a small map
+runs as DFT-domain matrix products (`inference_copy`, `poisonbench.input_grad`).
 For long crafts the step (forward, input gradient, signed update, projection) is `torch.compile`d with one
 static batch shape; that changes δ only by float rounding, so it is an execution option (`--compile`), recorded
 in the manifest, not part of the poison id.
@@ -72,7 +73,6 @@ class _SurrogatePGD(Attack):
         from ..training import compile_static, should_compile
 
         p = self.params
-        model = inference_copy(ctx.surrogate())
         x_all = ctx.dataset.train.x[ctx.indices]
         y_all = ctx.dataset.train.y[ctx.indices]
         step_size = p["step_size"] if p.get("step_size") is not None else ctx.eps * p.get("step_fraction", 0.2)
@@ -82,6 +82,7 @@ class _SurrogatePGD(Attack):
         size = min(p["batch_size"], n)
         ctx.compiled = should_compile(ctx.compile, n, p["steps"], COMPILE_MIN_ROW_STEPS)
         sample = x_all[:1].to(ctx.device).float().div_(255).contiguous(memory_format=torch.channels_last)
+        model = inference_copy(ctx.surrogate(), sample)
         chunk = chunk_rows(model, sample, size)  # execution only: rows of one compiled step (see chunk_rows)
         padded = -(-size // chunk) * chunk
         step_fn = None
