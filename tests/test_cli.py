@@ -99,6 +99,9 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     (["report", "--table", "2", "--rho", "nan"], "--rho must be in [0, 1], got nan"),
     (["report", "--method", "none,hnit"], "unknown method 'hnit'; valid choices: atda, epic, friends, hint, none"),
     (["report", "--table", "2", "--missing", "--dataset", "mnist5k"], "unknown dataset 'mnist5k'"),
+    (["defend", "--epochs", "abc"], "Invalid value for '--epochs': Input should be a valid integer"),
+    (["defend", "--epochs", "abc"], "(got 'abc')"),  # Typer's type errors name the option, not the value
+    (["craft", "--eps=0.x"], "(got '0.x')"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)

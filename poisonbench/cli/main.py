@@ -28,6 +28,23 @@ app.command("craft", help=craft_cmd.HELP)(craft_cmd.craft)
 app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)
 
 
+def given_value(exc: Exception, argv: list[str] | None) -> str:
+    """` (got 'VALUE')` for an option whose value failed Typer's type conversion, when its message (pydantic's
+    "Input should be a valid integer", for one) does not name the value; else ''."""
+    opts = getattr(getattr(exc, "param", None), "opts", None) or []
+    args = sys.argv[1:] if argv is None else argv
+    for i, token in enumerate(args):
+        for opt in opts:
+            if token.startswith(opt + "="):
+                value = token[len(opt) + 1:]
+            elif token == opt and i + 1 < len(args):
+                value = args[i + 1]
+            else:
+                continue
+            return "" if repr(value) in exc.format_message() else f" (got {value!r})"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     command = typer.main.get_command(app)
@@ -43,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         if kind == "Exit":
             sys.exit(exc.exit_code)
         if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
-            err.print(f"Error: {exc.format_message()}", markup=False)
+            err.print(f"Error: {exc.format_message()}{given_value(exc, argv)}", markup=False)
             sys.exit(2)
         if kind == "Abort":
             err.print("Aborted.", markup=False)
