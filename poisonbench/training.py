@@ -63,7 +63,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def configure_device(device: torch.device) -> torch.device:
     """Make CUDA runs reproducible, as the CPU's are (untested here: no GPU). cuDNN's autotuned convolution
     backward and cuBLAS's split-K sum in a run-dependent order, so pin deterministic algorithms (`warn_only`:
-    an op without a deterministic CUDA kernel, e.g. the gradient of DeepConfuse's bilinear upsampling, warns
+    an op without a deterministic CUDA kernel, e.g. `index_add_` or `upsample_bilinear2d`'s backward, warns
     instead of failing), a fixed cuBLAS workspace and Inductor without autotuning. Make `device` the current CUDA
     device, so nothing lands on GPU 0 by default. Called by the engine and the crafting entry point, so library
     callers get it too. TF32 convolutions stay at torch's default (on, as in the official code); the record's

@@ -229,3 +229,21 @@ def test_an_interrupted_deepconfuse_craft_resumes_after_its_last_outer_epoch(tin
     assert resumed.manifest["attack_info"]["resumed_outer_epochs"] == 2
     assert torch.equal(resumed.delta, whole.delta)
     assert not (work / "partial" / spec.poison_id).exists()
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("size_in,size_out",
+                         [((4, 4), (8, 8)), ((7, 5), (16, 9)), ((30, 30), (28, 28)), ((1, 3), (2, 3))])
+def test_deepconfuse_resize_equals_bilinear_interpolate(size_in, size_out, align_corners):
+    import torch.nn.functional as F
+
+    from poisonbench.attacks.deepconfuse import resize_bilinear
+
+    t = torch.rand(2, 3, *size_in, dtype=torch.float64, requires_grad=True)
+    ours = resize_bilinear(t, size_out, align_corners)
+    theirs = F.interpolate(t, size=size_out, mode="bilinear", align_corners=align_corners)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    upstream = torch.rand_like(ours)
+    (g_ours,) = torch.autograd.grad(ours, t, upstream)
+    (g_theirs,) = torch.autograd.grad(theirs, t, upstream)
+    torch.testing.assert_close(g_ours, g_theirs, rtol=1e-12, atol=1e-12)

@@ -37,6 +37,30 @@ from .base import Attack, AttackContext, Param, batches
 # ---------------------------------------------------------------- generators
 
 
+def linear_resize_matrix(n_in: int, n_out: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+    """The (n_out, n_in) matrix of 1-D linear interpolation with `F.interpolate`'s source-index rule."""
+    o = torch.arange(n_out, dtype=torch.float64, device=like.device)
+    if align_corners:
+        src = o * ((n_in - 1) / (n_out - 1)) if n_out > 1 else torch.zeros_like(o)
+    else:
+        src = ((o + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = (src - lo).unsqueeze(1)
+    matrix = (1 - frac) * F.one_hot(lo, n_in) + frac * F.one_hot(hi, n_in)
+    return matrix.to(like.dtype)
+
+
+def resize_bilinear(t: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """`F.interpolate(t, size, mode="bilinear", align_corners=...)` as two matrix products (bilinear is
+    separable), the same numbers up to float rounding. Its gradient is two matrix products as well, which CUDA
+    computes deterministically; `upsample_bilinear2d`'s backward there accumulates with atomics and has no
+    deterministic kernel, so a DeepConfuse run on a GPU would not repeat under its seed."""
+    rows = linear_resize_matrix(t.shape[-2], size[0], align_corners, t)
+    cols = linear_resize_matrix(t.shape[-1], size[1], align_corners, t)
+    return rows @ t @ cols.T
+
+
 class MNISTAutoencoder(nn.Module):
     """DC MNIST/models.py generator: conv encoder 1→16→64, transposed-conv decoder 64→128→64→1, BN, tanh."""
 
@@ -57,7 +81,7 @@ class MNISTAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.decoder(self.encoder(x))
         if out.shape[-2:] != x.shape[-2:]:  # only 28×28 maps exactly onto itself; other sizes are resampled
-            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            out = resize_bilinear(out, x.shape[-2:], align_corners=False)
         return out
 
 
@@ -80,7 +104,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         def up(t, skip):
-            t = F.interpolate(t, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+            t = resize_bilinear(t, skip.shape[-2:], align_corners=True)
             return torch.cat([t, skip], 1)
 
         c1 = self.down1(x)
