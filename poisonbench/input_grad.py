@@ -1,5 +1,5 @@
 """Fast input gradients of a frozen model: `inference_copy` and the convolutions it swaps in on the CPU
-(`StemConv2d` for few-channel stems, `SpectralConv2d` for large kernels on small maps).
+(`StemConv2d` for few-channel stems, `poisonbench.spectral.SpectralConv2d` for large kernels on small maps).
 
 `StemConv2d` is a convolution whose backward is one GEMM plus col2im (input) / im2col plus one GEMM (weights).
 
@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .spectral import swap_spectral
+
 MAX_STEM_CHANNELS = 3  # wider convolutions keep oneDNN's backward, which is efficient there
-MIN_SPECTRAL_KERNEL_AREA = 25  # SpectralConv2d only for kernels of 5×5 and more (see SpectralConv2d.pays_off)
 
 # On the CPU, keep every activation of a chunk under this many bytes. glibc serves blocks above its mmap
 # threshold (at most 32 MiB) with fresh mmaps, so each such tensor costs one page fault per 4 KiB on every
@@ -118,107 +119,6 @@ def chunk_rows(model: nn.Module, sample: torch.Tensor, rows: int) -> int:
     most = max(1, CPU_ACTIVATION_BYTES // largest_activation_bytes(model, sample))
     pieces = -(-rows // most)
     return -(-rows // pieces)
-
-
-class SpectralConv2d(nn.Module):
-    """A frozen `nn.Conv2d` (stride 1, dilation 1, groups 1) for one input size, computed as three real matrix
-    products through the 2-D DFT: a valid cross-correlation is the crop of a circular one of the padded input
-    size N (no wrap-around reaches a valid output), and a circular cross-correlation is a per-frequency product
-    `X̂(k) · conj(Ŵ(k))` summed over input channels (the correlation theorem). With the DFT and its cropped
-    inverse written as dense matrices (built once from `torch.fft`, in float64), the layer is
-
-        x̂ = D x (each image channel),  ŷ(k) = Σ_c x̂_c(k) · conj(ŵ_oc(k)) (one batched GEMM per real/imag part),
-        y = E ŷ + b (each output channel),
-
-    every step a GEMM over the whole batch, and autograd's input gradient is the same three products
-    transposed. For a 5×5 kernel on a small map (the MNIST ConvNet's 40→100 layer: 12×12 in, 8×8 out) this is
-    about half the multiply-adds of the direct convolution; `pays_off` decides per layer. Same numbers up to
-    float rounding (a DFT of size N sums N² terms per frequency). Parameters are frozen buffers: for inference
-    copies only. Another input size falls back to `F.conv2d` (correct, just not faster).
-    """
-
-    def __init__(self, conv: nn.Conv2d, in_size: tuple[int, int]):
-        super().__init__()
-        self.padding = tuple(conv.padding)
-        self.in_size = tuple(in_size)
-        nh, nw = in_size[0] + 2 * self.padding[0], in_size[1] + 2 * self.padding[1]
-        kh, kw = conv.kernel_size
-        self.out_size = (nh - kh + 1, nw - kw + 1)
-        self.freqs = nh * (nw // 2 + 1)
-        weight = conv.weight.detach()
-        dtype, device = weight.dtype, weight.device
-        w64 = weight.to(torch.float64)
-        basis = torch.eye(nh * nw, dtype=torch.float64, device=device).view(-1, nh, nw)
-        dft = torch.fft.rfft2(basis).reshape(nh * nw, self.freqs)  # x_flat @ dft = x̂ (complex)
-        unit = torch.eye(self.freqs, dtype=torch.complex128, device=device).view(-1, nh, nw // 2 + 1)
-        crop = (slice(None), slice(0, self.out_size[0]), slice(0, self.out_size[1]))
-        inv_re = torch.fft.irfft2(unit, s=(nh, nw))[crop].reshape(self.freqs, -1)
-        inv_im = torch.fft.irfft2(unit * 1j, s=(nh, nw))[crop].reshape(self.freqs, -1)
-        w_hat = torch.fft.rfft2(w64, s=(nh, nw)).conj().reshape(*weight.shape[:2], self.freqs).permute(2, 1, 0)
-        self.register_buffer("dft", torch.cat([dft.real, dft.imag], 1).T.to(dtype).contiguous())  # [2F, N²]
-        self.register_buffer("inverse", torch.cat([inv_re, inv_im], 0).T.to(dtype).contiguous())  # [O², 2F]
-        self.register_buffer("w_re", w_hat.real.to(dtype).contiguous())  # [F, C_in, C_out]
-        self.register_buffer("w_im", w_hat.imag.to(dtype).contiguous())
-        self.register_buffer("weight", weight.clone())
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
-
-    @staticmethod
-    def pays_off(conv: nn.Module, in_size: tuple[int, int]) -> bool:
-        """True when `conv` qualifies (stride 1, dilation 1, groups 1, a kernel of at least 5×5) and the three
-        products need at most 60 % of the direct convolution's multiply-adds (the margin covers the smaller,
-        less efficient GEMMs). 3×3 kernels stay direct: on ResNet-18's 8×8 stage the rule's 55 % measured no
-        faster than oneDNN (docs/fidelity.md)."""
-        if not (type(conv) is nn.Conv2d and conv.groups == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1)
-                and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-                and conv.kernel_size[0] * conv.kernel_size[1] >= MIN_SPECTRAL_KERNEL_AREA):
-            return False
-        nh, nw = in_size[0] + 2 * conv.padding[0], in_size[1] + 2 * conv.padding[1]
-        (kh, kw), cin, cout = conv.kernel_size, conv.in_channels, conv.out_channels
-        outs = (nh - kh + 1) * (nw - kw + 1)
-        if outs <= 0:
-            return False
-        freqs2 = 2 * nh * (nw // 2 + 1)
-        spectral = freqs2 * nh * nw * cin + 2 * freqs2 * cin * cout + freqs2 * outs * cout
-        return spectral <= 0.6 * outs * kh * kw * cin * cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != self.in_size:
-            return F.conv2d(x, self.weight, self.bias, padding=self.padding)
-        if any(self.padding):
-            x = F.pad(x, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
-        batch, cin = x.shape[:2]
-        cout = self.w_re.shape[2]
-        x_hat = (self.dft @ x.permute(2, 3, 0, 1).reshape(-1, batch * cin)).view(2, self.freqs, batch, cin)
-        re, im = x_hat[0], x_hat[1]
-        y_re = torch.baddbmm(torch.bmm(re, self.w_re), im, self.w_im, alpha=-1)  # Re(x̂ · conj ŵ)
-        y_im = torch.baddbmm(torch.bmm(re, self.w_im), im, self.w_re)  # Im(x̂ · conj ŵ)
-        y_hat = torch.stack([y_re, y_im]).view(2 * self.freqs, batch * cout)
-        y = (self.inverse @ y_hat).view(*self.out_size, batch, cout).permute(2, 3, 0, 1)
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y.contiguous(memory_format=torch.channels_last)
-
-
-def swap_spectral(model: nn.Module, sample: torch.Tensor) -> nn.Module:
-    """Replace, in place, every frozen `nn.Conv2d` of `model` for which `SpectralConv2d.pays_off` on the input
-    size it sees when `model` runs on `sample` (probed on one row, no gradients)."""
-    seen: dict[nn.Module, tuple[int, int]] = {}
-
-    def note_size(module: nn.Module, args: tuple) -> None:
-        seen.setdefault(module, tuple(args[0].shape[-2:]))
-
-    hooks = [m.register_forward_pre_hook(note_size) for m in model.modules() if type(m) is nn.Conv2d]
-    try:
-        with torch.no_grad():
-            model(sample[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if child in seen and SpectralConv2d.pays_off(child, seen[child]):
-                setattr(parent, name, SpectralConv2d(child, seen[child]))
-    return model
 
 
 def inference_copy(model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:

@@ -35,6 +35,7 @@ from .defenses.base import Defense
 from .errors import PoisonbenchError
 from .input_grad import chunk_rows
 from .recipes import Recipe
+from .spectral import restore_convs, swap_spectral
 
 # `compile="auto"`: compile only when epochs × n is at least this many images. Measured on the 2-core CPU: a
 # 30-epoch mnist-5k run (117,000 images) took 147 CPU-seconds compiled (compile included) vs 205 eager.
@@ -63,7 +64,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def configure_device(device: torch.device) -> torch.device:
     """Make CUDA runs reproducible, as the CPU's are (untested here: no GPU). cuDNN's autotuned convolution
     backward and cuBLAS's split-K sum in a run-dependent order, so pin deterministic algorithms (`warn_only`:
-    an op without a deterministic CUDA kernel, e.g. `index_add_` or `upsample_bilinear2d`'s backward, warns
+    an op without a deterministic CUDA kernel, e.g. `grid_sample`'s or `upsample_bilinear2d`'s backward, warns
     instead of failing), a fixed cuBLAS workspace and Inductor without autotuning. Make `device` the current CUDA
     device, so nothing lands on GPU 0 by default. Called by the engine and the crafting entry point, so library
     callers get it too. TF32 convolutions stay at torch's default (on, as in the official code); the record's
@@ -218,76 +219,82 @@ def train(
     # in the default layout (safetensors stores contiguous tensors only).
     configure_device(device)
     model.to(device, memory_format=torch.channels_last).train()
-    generator = torch.Generator(device=device).manual_seed(seed)
-    optimizer, scheduler = make_optimizer(model, recipe)
-    ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
-                       num_classes, seed, poisoned=poisoned)
-    compiled = should_compile(compile, len(train_y), recipe.epochs)
-    forward = compile_static(model) if compiled else model
-    eval_sets = eval_sets or {}
-    history: list[dict] = []
+    # on the CPU, 5×5 convolutions on small maps train as DFT-domain products (same parameters, float rounding
+    # only; poisonbench.spectral); the caller gets its nn.Conv2d modules back
+    spectral = swap_spectral(model, train_x[:1]) if device.type == "cpu" else []
+    try:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        optimizer, scheduler = make_optimizer(model, recipe)
+        ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
+                           num_classes, seed, poisoned=poisoned)
+        compiled = should_compile(compile, len(train_y), recipe.epochs)
+        forward = compile_static(model) if compiled else model
+        eval_sets = eval_sets or {}
+        history: list[dict] = []
 
-    with ctx.timed("defense_prepare"):
-        kept = defense.prepare(ctx)
-    if kept is not None:
-        ctx.active = kept.to(device)
-    start_epoch, prior_seconds = 0, 0.0
-    if checkpoint is not None:
-        checkpoint.identity.update(execution_identity(device), compiled=compiled)
-        saved = checkpoint.load()
-        if saved is not None:
-            start_epoch, prior_seconds = _restore(*saved, ctx, scheduler, defense, history)
-    last_save = time.perf_counter()
+        with ctx.timed("defense_prepare"):
+            kept = defense.prepare(ctx)
+        if kept is not None:
+            ctx.active = kept.to(device)
+        start_epoch, prior_seconds = 0, 0.0
+        if checkpoint is not None:
+            checkpoint.identity.update(execution_identity(device), compiled=compiled)
+            saved = checkpoint.load()
+            if saved is not None:
+                start_epoch, prior_seconds = _restore(*saved, ctx, scheduler, defense, history)
+        last_save = time.perf_counter()
 
-    for epoch in range(start_epoch, recipe.epochs):
-        ctx.epoch = epoch
-        with ctx.timed("defense_epoch"):
-            defense.on_epoch_start(ctx, epoch)
-        _sync(device)
-        start = time.perf_counter()
-        n = len(ctx.train_y) if ctx.active is None else len(ctx.active)
-        order = torch.randperm(n, device=device, generator=generator)
-        if ctx.active is not None:
-            order = ctx.active[order]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        steps = (n + recipe.batch_size - 1) // recipe.batch_size
-        model.train()
-        for step in range(steps):
-            idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-            x = augment.apply(recipe.augment, ctx.train_x[idx], generator)
-            y = ctx.train_y[idx]
-            x, y = defense.batch(ctx, x, y, idx)
-            logits = forward(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            if on_batch:
-                on_batch(epoch, step + 1, steps)
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
-        scheduler.step()
-        _sync(device)
-        ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
-        last = epoch + 1 == recipe.epochs
-        if eval_sets and (last or (eval_every and (epoch + 1) % eval_every == 0)):
-            with ctx.timed("eval"):
-                for name, (ex, ey) in eval_sets.items():
-                    row[f"{name}_acc"] = accuracy(forward, ex, ey)
-        history.append(row)
-        if checkpoint is not None and not last and time.perf_counter() - last_save >= checkpoint.every:
-            with ctx.timed("checkpoint"):
-                seconds = prior_seconds + time.perf_counter() - wall_start
-                checkpoint.save(*_snapshot(ctx, defense, history, epoch + 1, seconds))
-            last_save = time.perf_counter()
-        if on_epoch:
-            on_epoch(epoch, row)
-    model.to(memory_format=torch.contiguous_format)
-    return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx, resumed_from=start_epoch,
-                       prior_seconds=prior_seconds)
+        for epoch in range(start_epoch, recipe.epochs):
+            ctx.epoch = epoch
+            with ctx.timed("defense_epoch"):
+                defense.on_epoch_start(ctx, epoch)
+            _sync(device)
+            start = time.perf_counter()
+            n = len(ctx.train_y) if ctx.active is None else len(ctx.active)
+            order = torch.randperm(n, device=device, generator=generator)
+            if ctx.active is not None:
+                order = ctx.active[order]
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            steps = (n + recipe.batch_size - 1) // recipe.batch_size
+            model.train()
+            for step in range(steps):
+                idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                x = augment.apply(recipe.augment, ctx.train_x[idx], generator)
+                y = ctx.train_y[idx]
+                x, y = defense.batch(ctx, x, y, idx)
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                if on_batch:
+                    on_batch(epoch, step + 1, steps)
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                   "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
+            scheduler.step()
+            _sync(device)
+            ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
+            last = epoch + 1 == recipe.epochs
+            if eval_sets and (last or (eval_every and (epoch + 1) % eval_every == 0)):
+                with ctx.timed("eval"):
+                    for name, (ex, ey) in eval_sets.items():
+                        row[f"{name}_acc"] = accuracy(forward, ex, ey)
+            history.append(row)
+            if checkpoint is not None and not last and time.perf_counter() - last_save >= checkpoint.every:
+                with ctx.timed("checkpoint"):
+                    seconds = prior_seconds + time.perf_counter() - wall_start
+                    checkpoint.save(*_snapshot(ctx, defense, history, epoch + 1, seconds))
+                last_save = time.perf_counter()
+            if on_epoch:
+                on_epoch(epoch, row)
+        model.to(memory_format=torch.contiguous_format)
+        return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx, resumed_from=start_epoch,
+                           prior_seconds=prior_seconds)
+    finally:
+        restore_convs(spectral)
 
 
 def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_done: int, seconds: float):

@@ -102,6 +102,7 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     (["defend", "--epochs", "abc"], "Invalid value for '--epochs': Input should be a valid integer"),
     (["defend", "--epochs", "abc"], "(got 'abc')"),  # Typer's type errors name the option, not the value
     (["craft", "--eps=0.x"], "(got '0.x')"),
+    (["defend", "--epochs", "5", "--epochs", "abc"], "(got 'abc')"),  # the last of a repeated option counts
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)

@@ -10,7 +10,6 @@ from torch import nn
 from poisonbench.data import load_dataset
 from poisonbench.input_grad import (
     CPU_ACTIVATION_BYTES,
-    SpectralConv2d,
     StemConv2d,
     chunk_rows,
     inference_copy,
@@ -84,64 +83,3 @@ def test_cpu_chunks_split_the_batch_equally_under_the_activation_budget():
         assert chunk * per_row <= CPU_ACTIVATION_BYTES or chunk == 1
         assert pieces * chunk - rows < pieces  # equal pieces: padding is under one row per piece
     assert chunk_rows(model, x, 1000) == 250
-
-
-@pytest.mark.parametrize("cin,cout,kernel,padding,size", [(40, 100, 5, 0, (12, 12)), (3, 4, 5, 2, (9, 6)),
-                                                          (2, 3, (5, 7), (1, 3), (8, 11))])
-def test_spectral_conv_equals_conv2d_forward_and_input_gradient(cin, cout, kernel, padding, size):
-    torch.manual_seed(0)
-    conv = nn.Conv2d(cin, cout, kernel, padding=padding).double().requires_grad_(False)
-    spectral = SpectralConv2d(conv, size)
-    x = torch.rand(3, cin, *size, dtype=torch.float64)
-    for memory_format in (torch.contiguous_format, torch.channels_last):
-        outs, grads = [], []
-        for module in (conv, spectral):
-            xi = x.contiguous(memory_format=memory_format).requires_grad_(True)
-            out = module(xi)
-            upstream = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)
-            (g,) = torch.autograd.grad((out * upstream).sum(), xi)
-            outs.append(out)
-            grads.append(g)
-        torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-10)
-    other = torch.rand(2, cin, size[0] + 1, size[1] + 2, dtype=torch.float64)  # another size: direct fallback
-    torch.testing.assert_close(spectral(other), conv(other), rtol=0, atol=0)
-
-
-def test_spectral_swap_only_where_it_pays_off():
-    data = load_dataset("mnist-5k")
-    model = build_model("convnet", data, seed=0)
-    x = data.train.x[:8].float() / 255
-    copy = inference_copy(model, x[:1])
-    assert isinstance(copy.conv[0], StemConv2d)  # 1→40 on 28×28: the DFT would cost 35× the direct convolution
-    assert isinstance(copy.conv[4], SpectralConv2d)  # 40→100 k5 on 12×12: about half
-    assert not any(isinstance(m, SpectralConv2d) for m in inference_copy(model).modules())  # no sample, no swap
-    torch.testing.assert_close(copy(x), model.eval()(x), rtol=1e-4, atol=1e-4)
-    assert not SpectralConv2d.pays_off(nn.Conv2d(256, 256, 3, padding=1), (8, 8))  # 3×3 stays direct
-    assert not SpectralConv2d.pays_off(nn.Conv2d(40, 100, 5, stride=2), (12, 12))
-
-
-def test_spectral_input_gradient_eager_and_compiled_match_the_direct_path():
-    from poisonbench.attacks.pgd import signed_step
-    from poisonbench.training import compile_static
-
-    data = load_dataset("mnist-5k")
-    model = build_model("convnet", data, seed=0)
-    x = (data.train.x[:16].float() / 255).contiguous(memory_format=torch.channels_last)
-    y = data.train.y[:16]
-    spectral, direct = inference_copy(model, x), inference_copy(model)
-    assert isinstance(spectral.conv[4], SpectralConv2d) and type(direct.conv[4]) is nn.Conv2d
-
-    def input_grad(m):
-        xi = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(nn.functional.cross_entropy(m(xi), y, reduction="sum"), xi)
-        return g
-
-    reference = input_grad(direct)
-    torch.testing.assert_close(input_grad(spectral), reference, rtol=1e-3, atol=1e-5)
-    delta = torch.zeros_like(x)
-    eager = signed_step(spectral, x, delta, y, 0.3, 0.01)
-    compiled = compile_static(signed_step)(spectral, x, delta, y, 0.3, 0.01)
-    assert (compiled != eager).float().mean() < 0.01  # float rounding may flip the sign of a near-zero gradient
-    assert compiled.abs().max() <= 0.3 + 1e-6
-    assert ((x + compiled) >= -1e-6).all() and ((x + compiled) <= 1 + 1e-6).all()

@@ -56,9 +56,10 @@ def resize_bilinear(t: torch.Tensor, size: tuple[int, int], align_corners: bool)
     separable), the same numbers up to float rounding. Its gradient is two matrix products as well, which CUDA
     computes deterministically; `upsample_bilinear2d`'s backward there accumulates with atomics and has no
     deterministic kernel, so a DeepConfuse run on a GPU would not repeat under its seed."""
-    rows = linear_resize_matrix(t.shape[-2], size[0], align_corners, t)
-    cols = linear_resize_matrix(t.shape[-1], size[1], align_corners, t)
-    return rows @ t @ cols.T
+    compute = t if t.dtype in (torch.float32, torch.float64) else t.float()  # fp16/bf16 weights: too coarse
+    rows = linear_resize_matrix(t.shape[-2], size[0], align_corners, compute)
+    cols = linear_resize_matrix(t.shape[-1], size[1], align_corners, compute)
+    return (rows @ compute @ cols.T).to(t.dtype)
 
 
 class MNISTAutoencoder(nn.Module):

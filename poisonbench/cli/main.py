@@ -33,7 +33,7 @@ def given_value(exc: Exception, argv: list[str] | None) -> str:
     "Input should be a valid integer", for one) does not name the value; else ''."""
     opts = getattr(getattr(exc, "param", None), "opts", None) or []
     args = sys.argv[1:] if argv is None else argv
-    for i, token in enumerate(args):
+    for i, token in reversed(list(enumerate(args))):  # click keeps the last of a repeated option
         for opt in opts:
             if token.startswith(opt + "="):
                 value = token[len(opt) + 1:]

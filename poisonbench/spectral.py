@@ -1,0 +1,141 @@
+"""`SpectralConv2d`: a convolution computed as DFT-domain matrix products, for large kernels on small maps (CPU).
+
+A valid cross-correlation is the crop of a circular one over the (padded) input size N, since no wrap-around
+reaches a valid output, and a circular cross-correlation is, per frequency k, `x̂(k) · conj(ŵ(k))` summed over
+input channels (the correlation theorem). With the 2-D real DFT and its cropped inverse written as dense matrices
+(built once per input size from `torch.fft`, in float64), the layer is
+
+    x̂ = D x (each image channel),   ŷ(k) = Σ_c x̂_c(k) · conj(ŵ_oc(k)) (batched GEMMs over k),   y = E ŷ + b,
+
+with ŵ = K w (the DFT restricted to the kernel's support) recomputed from the weight at every call, so the layer
+trains like `nn.Conv2d`; autograd's input and weight gradients are the same products transposed. For the MNIST
+ConvNet's 40→100 5×5 layer on 12×12 maps this is about half the direct convolution's multiply-adds, and each
+product is one well-shaped GEMM over the whole batch. Same numbers up to float rounding (measured against a
+float64 reference it is as accurate as oneDNN's direct convolution; docs/fidelity.md). `SpectralConv2d.pays_off`
+decides per layer; a GPU keeps cuDNN, which has FFT algorithms of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MIN_KERNEL_SIDE = 5  # 3×3 kernels stay direct (see SpectralConv2d.pays_off)
+MAX_COST_FRACTION = 0.6  # of the direct convolution's multiply-adds
+
+
+class SpectralConv2d(nn.Conv2d):
+    """`nn.Conv2d` (stride 1, dilation 1, groups 1, zero padding) computed in the DFT domain for inputs of
+    `in_size`; any other input size runs the direct convolution. It shares its parameters with the `nn.Conv2d`
+    it was made from (`from_conv`) and its DFT matrices are non-persistent buffers (computed in float64, stored
+    in the weight's dtype), so its `state_dict` is the plain convolution's."""
+
+    in_size: tuple[int, int]
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, in_size: tuple[int, int]) -> SpectralConv2d:
+        spectral = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                       conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        spectral.weight, spectral.bias = conv.weight, conv.bias  # the same Parameters: an optimizer keeps working
+        spectral.train(conv.training)
+        spectral._build(tuple(in_size))
+        return spectral
+
+    def _build(self, in_size: tuple[int, int]) -> None:
+        self.in_size = in_size
+        nh, nw = in_size[0] + 2 * self.padding[0], in_size[1] + 2 * self.padding[1]
+        kh, kw = self.kernel_size
+        self.out_size = (nh - kh + 1, nw - kw + 1)
+        self.freqs = nh * (nw // 2 + 1)
+        dtype, device = self.weight.dtype, self.weight.device
+        basis = torch.eye(nh * nw, dtype=torch.float64, device=device).view(-1, nh, nw)
+        dft = torch.fft.rfft2(basis).reshape(nh, nw, self.freqs)
+        dft = torch.cat([dft.real, dft.imag], -1)  # [nh, nw, 2F]: x̂ = x_flat @ dft (real parts, then imaginary)
+        unit = torch.eye(self.freqs, dtype=torch.complex128, device=device).view(-1, nh, nw // 2 + 1)
+        crop = (slice(None), slice(0, self.out_size[0]), slice(0, self.out_size[1]))
+        inv_re = torch.fft.irfft2(unit, s=(nh, nw))[crop].reshape(self.freqs, -1)
+        inv_im = torch.fft.irfft2(unit * 1j, s=(nh, nw))[crop].reshape(self.freqs, -1)
+        self.register_buffer("dft", dft.reshape(nh * nw, -1).T.to(dtype).contiguous(), persistent=False)
+        self.register_buffer("kernel_dft", dft[:kh, :kw].reshape(kh * kw, -1).to(dtype).contiguous(),
+                             persistent=False)
+        self.register_buffer("inverse", torch.cat([inv_re, inv_im], 0).T.to(dtype).contiguous(), persistent=False)
+
+    @staticmethod
+    def pays_off(conv: nn.Module, in_size: tuple[int, int]) -> bool:
+        """True when `conv` qualifies (a plain `nn.Conv2d` with stride 1, dilation 1, groups 1, zero padding and a
+        kernel of at least 5×5) and the products need at most 60 % of the direct convolution's multiply-adds
+        (the margin covers the smaller, less efficient GEMMs). 3×3 kernels stay direct: on ResNet-18's 8×8 stage
+        the rule's 55 % measured no faster than oneDNN (docs/fidelity.md)."""
+        if not (type(conv) is nn.Conv2d and conv.groups == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1)
+                and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+                and min(conv.kernel_size) >= MIN_KERNEL_SIDE):
+            return False
+        nh, nw = in_size[0] + 2 * conv.padding[0], in_size[1] + 2 * conv.padding[1]
+        (kh, kw), cin, cout = conv.kernel_size, conv.in_channels, conv.out_channels
+        outs = (nh - kh + 1) * (nw - kw + 1)
+        if outs <= 0:
+            return False
+        freqs2 = 2 * nh * (nw // 2 + 1)
+        spectral = freqs2 * nh * nw * cin + 2 * freqs2 * cin * cout + freqs2 * outs * cout
+        return spectral <= MAX_COST_FRACTION * outs * kh * kw * cin * cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.in_size:
+            return super().forward(x)
+        if any(self.padding):
+            x = F.pad(x, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
+        batch, cin, cout, freqs = x.shape[0], self.in_channels, self.out_channels, self.freqs
+        w_hat = (self.weight.reshape(cout * cin, -1) @ self.kernel_dft).view(cout, cin, 2, freqs)
+        w_hat = w_hat.permute(2, 3, 1, 0).contiguous()  # [2, F, C_in, C_out]; batched GEMMs want it dense
+        w_re, w_im = w_hat[0], w_hat[1]
+        x_hat = (self.dft @ x.permute(2, 3, 0, 1).reshape(self.dft.shape[1], batch * cin)).view(2, freqs, batch, cin)
+        re, im = x_hat[0], x_hat[1]
+        # x̂ · conj(ŵ) = (re·w_re + im·w_im) + i (im·w_re − re·w_im)
+        y_re = torch.baddbmm(torch.bmm(re, w_re), im, w_im)
+        y_im = torch.baddbmm(torch.bmm(im, w_re), re, w_im, alpha=-1)
+        y_hat = torch.stack([y_re, y_im]).view(2 * freqs, batch * cout)
+        y = (self.inverse @ y_hat).view(*self.out_size, batch, cout).permute(2, 3, 0, 1)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y.contiguous(memory_format=torch.channels_last)
+
+
+def input_sizes(model: nn.Module, sample: torch.Tensor) -> dict[nn.Module, tuple[int, int]]:
+    """The input size every plain `nn.Conv2d` of `model` sees when `model` runs on one row of `sample` (eval
+    mode, no gradients; the mode is restored, so BatchNorm statistics are untouched)."""
+    seen: dict[nn.Module, tuple[int, int]] = {}
+
+    def note_size(module: nn.Module, args: tuple) -> None:
+        if args:  # a convolution called with its input as a keyword is left alone
+            seen.setdefault(module, tuple(args[0].shape[-2:]))
+
+    hooks = [m.register_forward_pre_hook(note_size) for m in model.modules() if type(m) is nn.Conv2d]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(sample[:1])
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def swap_spectral(model: nn.Module, sample: torch.Tensor) -> list[tuple[nn.Module, str, nn.Conv2d]]:
+    """Replace, in place, every `nn.Conv2d` of `model` for which `SpectralConv2d.pays_off` at the input size it
+    sees on `sample`, sharing its parameters. Returns what `restore_convs` needs to put the originals back."""
+    sizes = input_sizes(model, sample)
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child in sizes and SpectralConv2d.pays_off(child, sizes[child]):
+                setattr(parent, name, SpectralConv2d.from_conv(child, sizes[child]))
+                swapped.append((parent, name, child))
+    return swapped
+
+
+def restore_convs(swapped: list[tuple[nn.Module, str, nn.Conv2d]]) -> None:
+    """Undo `swap_spectral`: the original `nn.Conv2d` modules (which share the trained parameters) go back."""
+    for parent, name, conv in swapped:
+        setattr(parent, name, conv)
