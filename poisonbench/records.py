@@ -36,20 +36,33 @@ def run_id(config: dict) -> str:
     return short_hash(config)
 
 
-@functools.cache
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return (out.stdout.strip() or None) if out.returncode == 0 else None
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+@functools.cache
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout this package runs from, read once per process: `defend` reads it when a
+    run starts, so a record names the code that ran even if the checkout moves on before the run ends.
+    `dirty`: tracked files differ from the commit (None outside a git checkout)."""
+    commit = _git("rev-parse", "HEAD") or None
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return commit, (None if status is None else bool(status))
+
+
+def git_commit() -> str | None:
+    return git_state()[0]
 
 
 def environment(device: torch.device) -> dict:
     env = {
         "poisonbench": __version__,
         "git_commit": git_commit(),
+        "git_dirty": git_state()[1],
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),

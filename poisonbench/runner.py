@@ -18,7 +18,7 @@ from .defenses import DEFENSES, build_defense
 from .errors import PoisonbenchError
 from .models import DEFAULT_MODEL, MODELS, build_model, check_fits
 from .recipes import DEFAULT_RECIPE, resolve_recipe
-from .records import SCHEMA_VERSION, RunStore, environment, run_id
+from .records import SCHEMA_VERSION, RunStore, environment, git_state, run_id
 from .samples import sample_predictions
 from .scenarios import check_attacks
 from .training import check_compile_mode, predict, resolve_device, to_float, train
@@ -121,6 +121,7 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     `force`. A run killed midway resumes from its epoch checkpoint (poisonbench/checkpoints.py); `force` starts
     it over."""
     validate(spec)
+    git_state()  # the code of this process, read now: the checkout may move on while the runs train
     device = resolve_device(spec.device)
     store = RunStore(spec.results)
     t0 = time.perf_counter()

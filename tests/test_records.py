@@ -83,3 +83,27 @@ def test_int_and_float_spellings_of_one_config_share_a_run_id(tiny_npz):
     assert run_id(run_config(as_ints, data, 0)) == run_id(run_config(as_floats, data, 0))
     assert run_id(run_config(as_ints, data, 0)) != run_id(run_config(DefendSpec(
         dataset=str(tiny_npz), method="hint", method_params={"ratio": 0.5}, recipe_overrides={"lr": 1}), data, 0))
+
+
+def test_a_record_names_the_commit_its_run_started_from(cli, tiny_npz, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import poisonbench.records as records
+    import poisonbench.runner as runner
+
+    moved = []  # the checkout moves on (a `git pull`, a merge) once the run has started
+    def fake_git(*args):
+        return "" if args[0] == "status" else ("b" if moved else "a") * 40
+
+    monkeypatch.setattr(records, "_git", fake_git)
+    load = runner.load_dataset
+    monkeypatch.setattr(runner, "load_dataset", lambda *a, **k: moved.append(1) or load(*a, **k))
+    records.git_state.cache_clear()
+    try:
+        code, out, _ = cli("defend", "--dataset", tiny_npz, "--epochs", "1", "--results", tmp_path, "--json")
+    finally:
+        records.git_state.cache_clear()
+    assert code == 0 and moved
+    env = json.loads(out.strip().splitlines()[-1])
+    record = json.loads(Path(env["path"]).read_text())
+    assert record["env"]["git_commit"] == "a" * 40 and record["env"]["git_dirty"] is False
