@@ -40,7 +40,7 @@ from .checkpoints import execution_identity
 from .errors import PoisonbenchError
 from .hashing import short_hash
 from .io import atomic_write_json, exclusive, fsync_directory
-from .records import results_dir
+from .records import environment, results_dir
 
 TENSOR_FILE = "delta.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -252,10 +252,11 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     indices = select_indices(len(dataset.train), spec.budget, spec.seed)
     ctx = AttackContext(dataset, indices, spec.eps, spec.budget, spec.seed, device, results_root=results_root,
                         progress=progress, compile=compile, partial_dir=partial)
+    env = environment(device)  # read before crafting: the checkout may move on during a long craft
     start = time.perf_counter()
     poison = attack.craft(ctx)
     seconds = time.perf_counter() - start
-    extra = {"craft_seconds": round(seconds, 3), "device": str(device), "compiled": ctx.compiled,
+    extra = {"craft_seconds": round(seconds, 3), "device": str(device), "compiled": ctx.compiled, "env": env,
              "labels_sha256": _labels_hash(indices, dataset.train.y)}
     if ctx.surrogate_info is not None:
         extra["surrogate_info"] = ctx.surrogate_info
