@@ -124,3 +124,30 @@ def test_a_checkpoint_from_another_cpu_thread_count_is_ignored(tiny_npz, tmp_pat
         assert result.resumed_from == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
+    """28×28 images: the ConvNet's 40→100 layer trains as `SpectralConv2d` on the CPU (16×16 ones stay direct)."""
+    import numpy as np
+
+    import poisonbench.training as training
+
+    from .conftest import class_images
+
+    x, y = class_images(300, 28)
+    np.savez(tmp_path / "tiny28.npz", x=x, y=y)
+    data = load_dataset(str(tmp_path / "tiny28.npz"))
+    swaps = []
+    swap = training.swap_spectral
+    monkeypatch.setattr(training, "swap_spectral", lambda *a: swaps.append(swap(*a)) or swaps[-1])
+    model_ref, ref, defense_ref = run(data, "hint")
+    assert swaps[-1], "the spectral layer should train at 28×28"
+    ckpt = checkpoint(tmp_path)
+    with pytest.raises(Killed):
+        run(data, "hint", ckpt, kill_after=2)
+    model, resumed, defense = run(data, "hint", ckpt)
+    assert resumed.resumed_from == 3 and resumed.history == ref.history
+    for (name, a), (_, b) in zip(model.state_dict().items(), model_ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(resumed.context.train_x, ref.context.train_x)
+    assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
