@@ -48,9 +48,13 @@ def _git(*args: str) -> str | None:
 def git_state() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout this package runs from, read once per process: `defend` reads it when a
     run starts, so a record names the code that ran even if the checkout moves on before the run ends.
-    `dirty`: tracked files differ from the commit (None outside a git checkout)."""
+    `dirty`: the package's files (or pyproject.toml) differ from the commit, untracked modules included (None
+    outside a git checkout)."""
     commit = _git("rev-parse", "HEAD") or None
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    # the package and its metadata only (new untracked modules included); --no-optional-locks: never take the
+    # index lock, so a run starting during a commit or merge cannot make that fail
+    status = _git("--no-optional-locks", "status", "--porcelain", "--", ":/poisonbench", ":/pyproject.toml") \
+        if commit else None
     return commit, (None if status is None else bool(status))
 
 

@@ -71,6 +71,12 @@ class SpectralConv2d(nn.Conv2d):
                 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
                 and min(conv.kernel_size) >= MIN_KERNEL_SIDE):
             return False
+        # a reparametrised weight (weight_norm, pruning: a plain tensor recomputed by hooks) or hooks of the
+        # caller's stay with the caller's module; half precision would round the DFT matrices too coarsely
+        if (not isinstance(conv.weight, nn.Parameter) or conv.weight.dtype not in (torch.float32, torch.float64)
+                or conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks
+                or getattr(conv, "parametrizations", None)):
+            return False
         nh, nw = in_size[0] + 2 * conv.padding[0], in_size[1] + 2 * conv.padding[1]
         (kh, kw), cin, cout = conv.kernel_size, conv.in_channels, conv.out_channels
         outs = (nh - kh + 1) * (nw - kw + 1)
@@ -81,7 +87,7 @@ class SpectralConv2d(nn.Conv2d):
         return spectral <= MAX_COST_FRACTION * outs * kh * kw * cin * cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != self.in_size:
+        if x.dim() != 4 or tuple(x.shape[-2:]) != self.in_size:
             return super().forward(x)
         if any(self.padding):
             x = F.pad(x, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
@@ -126,13 +132,22 @@ def swap_spectral(model: nn.Module, sample: torch.Tensor) -> list[tuple[nn.Modul
     """Replace, in place, every `nn.Conv2d` of `model` for which `SpectralConv2d.pays_off` at the input size it
     sees on `sample`, sharing its parameters. Returns what `restore_convs` needs to put the originals back."""
     sizes = input_sizes(model, sample)
-    swapped = []
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if child in sizes and SpectralConv2d.pays_off(child, sizes[child]):
-                setattr(parent, name, SpectralConv2d.from_conv(child, sizes[child]))
-                swapped.append((parent, name, child))
+    swapped: list[tuple[nn.Module, str, nn.Conv2d]] = []
+    try:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if child in sizes and SpectralConv2d.pays_off(child, sizes[child]):
+                    setattr(parent, name, SpectralConv2d.from_conv(child, sizes[child]))
+                    swapped.append((parent, name, child))
+    except BaseException:
+        restore_convs(swapped)  # all or nothing
+        raise
     return swapped
+
+
+def swapped_names(model: nn.Module) -> list[str]:
+    """Names of the `SpectralConv2d` layers of `model` (recorded in training checkpoints' execution identity)."""
+    return [name for name, m in model.named_modules() if isinstance(m, SpectralConv2d)]
 
 
 def restore_convs(swapped: list[tuple[nn.Module, str, nn.Conv2d]]) -> None:

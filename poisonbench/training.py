@@ -35,7 +35,7 @@ from .defenses.base import Defense
 from .errors import PoisonbenchError
 from .input_grad import chunk_rows
 from .recipes import Recipe
-from .spectral import restore_convs, swap_spectral
+from .spectral import restore_convs, swap_spectral, swapped_names
 
 # `compile="auto"`: compile only when epochs × n is at least this many images. Measured on the 2-core CPU: a
 # 30-epoch mnist-5k run (117,000 images) took 147 CPU-seconds compiled (compile included) vs 205 eager.
@@ -238,7 +238,9 @@ def train(
             ctx.active = kept.to(device)
         start_epoch, prior_seconds = 0, 0.0
         if checkpoint is not None:
-            checkpoint.identity.update(execution_identity(device), compiled=compiled)
+            # the layers trained as DFT-domain products: a checkpoint of the direct path is not resumed on this one
+            checkpoint.identity.update(execution_identity(device), compiled=compiled,
+                                       spectral=swapped_names(model))
             saved = checkpoint.load()
             if saved is not None:
                 start_epoch, prior_seconds = _restore(*saved, ctx, scheduler, defense, history)

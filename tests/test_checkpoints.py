@@ -151,3 +151,14 @@ def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
         assert torch.equal(a, b), name
     assert torch.equal(resumed.context.train_x, ref.context.train_x)
     assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    # a checkpoint written on the direct path is not resumed on the spectral one (and the other way round)
+    import poisonbench.spectral as spectral
+
+    direct = Checkpoint(tmp_path / "partial" / "runs" / "direct.safetensors", 0.0)
+    with monkeypatch.context() as m:
+        m.setattr(spectral, "MAX_COST_FRACTION", 0.0)
+        with pytest.raises(Killed):
+            run(data, "hint", direct, kill_after=2)
+    assert direct.path.exists()
+    _, fresh, _ = run(data, "hint", direct)
+    assert fresh.resumed_from == 0 and fresh.history == ref.history

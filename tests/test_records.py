@@ -93,7 +93,7 @@ def test_a_record_names_the_commit_its_run_started_from(cli, tiny_npz, tmp_path,
 
     moved = []  # the checkout moves on (a `git pull`, a merge) once the run has started
     def fake_git(*args):
-        return "" if args[0] == "status" else ("b" if moved else "a") * 40
+        return "" if "status" in args else ("b" if moved else "a") * 40
 
     monkeypatch.setattr(records, "_git", fake_git)
     load = runner.load_dataset
@@ -107,3 +107,15 @@ def test_a_record_names_the_commit_its_run_started_from(cli, tiny_npz, tmp_path,
     env = json.loads(out.strip().splitlines()[-1])
     record = json.loads(Path(env["path"]).read_text())
     assert record["env"]["git_commit"] == "a" * 40 and record["env"]["git_dirty"] is False
+
+
+@pytest.mark.parametrize("status,dirty", [("", False), (" M poisonbench/training.py", True), (None, None)])
+def test_git_state_reads_the_commit_and_whether_the_package_differs(monkeypatch, status, dirty):
+    import poisonbench.records as records
+
+    monkeypatch.setattr(records, "_git", lambda *args: status if "status" in args else "c" * 40)
+    records.git_state.cache_clear()
+    try:
+        assert records.git_state() == ("c" * 40, dirty)
+    finally:
+        records.git_state.cache_clear()

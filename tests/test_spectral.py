@@ -11,7 +11,7 @@ from torch import nn
 from poisonbench.data import load_dataset
 from poisonbench.input_grad import StemConv2d, inference_copy
 from poisonbench.models import build_model
-from poisonbench.spectral import SpectralConv2d
+from poisonbench.spectral import SpectralConv2d, swap_spectral
 
 
 @pytest.mark.parametrize("cin,cout,kernel,padding,size", [(40, 100, 5, 0, (12, 12)), (3, 4, 5, 2, (9, 6)),
@@ -47,7 +47,19 @@ def test_spectral_swap_only_where_it_pays_off():
     torch.testing.assert_close(copy(x), model.eval()(x), rtol=1e-4, atol=1e-4)
     assert not SpectralConv2d.pays_off(nn.Conv2d(256, 256, 3, padding=1), (8, 8))  # 3×3 stays direct
     assert not SpectralConv2d.pays_off(nn.Conv2d(40, 100, 5, stride=2), (12, 12))
-    assert not SpectralConv2d.pays_off(nn.Conv2d(40, 100, (3, 9)), (12, 12))  # both sides must be >= 5
+    assert not SpectralConv2d.pays_off(nn.Conv2d(100, 1000, (3, 9)), (12, 12))  # both sides >= 5 (cost alone: yes)
+    wide = nn.Conv2d(40, 100, 5)
+    assert SpectralConv2d.pays_off(wide, (12, 12))
+    assert not SpectralConv2d.pays_off(wide.half(), (12, 12))  # half precision stays direct
+    normed = nn.utils.weight_norm(nn.Conv2d(40, 100, 5))  # weight recomputed by a hook: not a Parameter
+    hooked = nn.Conv2d(40, 100, 5)
+    hooked.register_forward_hook(lambda *_: None)
+    for conv in (normed, hooked):
+        assert not SpectralConv2d.pays_off(conv, (12, 12))
+        assert not swap_spectral(nn.Sequential(conv), torch.rand(1, 40, 12, 12))
+    spectral = SpectralConv2d.from_conv(nn.Conv2d(40, 100, 5), (12, 12))
+    unbatched = torch.rand(40, 12, 12)
+    torch.testing.assert_close(spectral(unbatched), nn.functional.conv2d(unbatched, spectral.weight, spectral.bias))
 
 
 def test_spectral_input_gradient_eager_and_compiled_match_the_direct_path():
@@ -96,7 +108,8 @@ def test_training_on_the_cpu_uses_the_spectral_layer_and_returns_plain_convoluti
     from poisonbench.training import to_float, train
 
     data = load_dataset("mnist-5k")
-    x, y = to_float(data.train.x[:512], torch.device("cpu")), data.train.y[:512]
+    rows = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:512]  # every class
+    x, y = to_float(data.train.x[rows], torch.device("cpu")), data.train.y[rows]
     recipe = replace(resolve_recipe(data.family, "paper"), epochs=2)
     calls = []
     original_forward = SpectralConv2d.forward
