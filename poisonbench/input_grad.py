@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .models import probe
 from .spectral import swap_spectral
 
 MAX_STEM_CHANNELS = 3  # wider convolutions keep oneDNN's backward, which is efficient there
@@ -97,16 +98,8 @@ def largest_activation_bytes(model: nn.Module, sample: torch.Tensor) -> int:
     mode, so BatchNorm statistics are untouched; the mode is restored)."""
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: probe the eager module (no recompile)
     sizes = [sample[:1].numel() * sample.element_size()]
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size()))
-             for m in model.modules() if not list(m.children())]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(sample[:1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    probe(model, sample, [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size()))
+                          for m in model.modules() if not list(m.children())])
     return max(sizes)
 
 

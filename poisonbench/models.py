@@ -15,6 +15,19 @@ from .errors import PoisonbenchError
 from .registry import Registry
 
 
+def probe(model: nn.Module, sample: torch.Tensor, hooks: list) -> None:
+    """Run `model` on one row of `sample` in eval mode without gradients (BatchNorm statistics untouched), for
+    the forward `hooks` already registered on it to observe; then remove them and restore the model's mode."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(sample[:1])
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+
+
 class Normalize(nn.Module):
     def __init__(self, mean, std):
         super().__init__()

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models import probe
+
 MIN_KERNEL_SIDE = 5  # 3×3 kernels stay direct (see SpectralConv2d.pays_off)
 MAX_COST_FRACTION = 0.6  # of the direct convolution's multiply-adds
 
@@ -116,15 +118,7 @@ def input_sizes(model: nn.Module, sample: torch.Tensor) -> dict[nn.Module, tuple
         if args:  # a convolution called with its input as a keyword is left alone
             seen.setdefault(module, tuple(args[0].shape[-2:]))
 
-    hooks = [m.register_forward_pre_hook(note_size) for m in model.modules() if type(m) is nn.Conv2d]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(sample[:1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    probe(model, sample, [m.register_forward_pre_hook(note_size) for m in model.modules() if type(m) is nn.Conv2d])
     return seen
 
 
