@@ -147,6 +147,32 @@ def official(model, tx, ty, vx, vy, sel, loop_samples: int, lissa_steps: int, s_
     return out, up_official, pert_official, idx
 
 
+def official_code(repo: str, model, data, tx, ty, ratio: float, sel_ours, ours_out, s_ours) -> dict:
+    """The official code itself (benchmarks/official_hint.py), timed in full, and how its outputs compare with
+    ours computed from the same s_test (its LiSSA estimate)."""
+    from official_hint import run_official
+
+    off = run_official(repo, model, data.train.x, data.train.y, data.val.x, data.val.y, ratio, gamma=0.1,
+                       beta_255=16.0)
+    n, s = len(ty), off["s"].to(s_ours.dtype)
+    h, logits = inf.head_inputs(model, tx)
+    up_same_s = inf.influence_up(h, logits, ty, s)
+    sel_same_s = inf.top_abs(up_same_s, ratio)
+    sel_off = off["selected"]
+    pert_same_s = inf.influence_pert(model, tx[sel_off], ty[sel_off], s)
+    overlap = lambda a, b: len(set(a.tolist()) & set(b.tolist())) / len(a)  # noqa: E731
+    return {
+        "seconds": off["seconds"],
+        "speedup": off["seconds"]["total"] / ours_out["total_s"],
+        "i_up_max_rel_diff": ((off["i_up"] - (-up_same_s / n)).abs().max() / (up_same_s / n).abs().max()).item(),
+        "i_pert_max_rel_diff": ((off["i_pert"] - pert_same_s).abs().max() / pert_same_s.abs().max()).item(),
+        "selection_overlap_same_s": overlap(sel_off, sel_same_s),
+        "selection_overlap_ours_cg": overlap(sel_off, sel_ours),
+        "s_cosine_lissa_vs_cg": F.cosine_similarity(s.flatten().double(),
+                                                    s_ours.flatten().double(), 0).item(),
+    }
+
+
 def e2e(results: str, epochs: int | None):
     from poisonbench.runner import DefendSpec, defend
 
@@ -173,7 +199,14 @@ def main(argv=None) -> int:
     ap.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--results", default=None, help="results dir for the end-to-end runs (default: a temp dir)")
     ap.add_argument("--epochs", type=int, default=None, help="end-to-end recipe epochs (default: paper's 30)")
+    ap.add_argument("--official-repo", default=None,
+                    help="a local clone of minhhao97vn/HINT: also run the official code's own influence stage, "
+                         "in full (benchmarks/official_hint.py)")
     args = ap.parse_args(argv)
+    if args.official_repo:
+        from official_hint import check_repo
+
+        check_repo(args.official_repo)
 
     device = torch.device("cpu")
     data = load_dataset("mnist-5k")
@@ -199,6 +232,8 @@ def main(argv=None) -> int:
         "i_pert_scale": ours_pert.abs().max().item(),
     }
     report["speedup_vs_official_cg"] = off["total_s"] / o["total_s"]
+    if args.official_repo:
+        report["official_code"] = official_code(args.official_repo, model, data, tx, ty, args.ratio, sel, o, s)
     report["speedup_vs_official_lissa"] = off["total_s"] / o_l["total_s"]
     if args.e2e:
         results = args.results or tempfile.mkdtemp(prefix="hint_bench_")
@@ -220,6 +255,15 @@ def main(argv=None) -> int:
     a = report["agreement"]
     print(f"  agreement on the subset: I_up max|Δ| {a['i_up_max_abs_diff']:.2e} (scale {a['i_up_scale']:.2e}), "
           f"I_pert max|Δ| {a['i_pert_max_abs_diff']:.2e} (scale {a['i_pert_scale']:.2e})")
+    if args.official_repo:
+        c = report["official_code"]
+        sec = c["seconds"]
+        print(f"  official code, run in full: {sec['total']:8.2f} s  (selection {sec['selection']:.1f}, I_pert loop "
+              f"{sec['i_pert']:.1f}, noise {sec['apply']:.2f})  → speed-up {c['speedup']:.0f}× (ours cg)")
+        print(f"    vs ours from its s_test: I_up max rel|Δ| {c['i_up_max_rel_diff']:.1e}, I_pert max rel|Δ| "
+              f"{c['i_pert_max_rel_diff']:.1e}, same selection {100 * c['selection_overlap_same_s']:.1f} %; its "
+              f"LiSSA s vs our CG s: cosine {c['s_cosine_lissa_vs_cg']:.3f}, selection overlap "
+              f"{100 * c['selection_overlap_ours_cg']:.1f} %")
     if args.e2e:
         e = report["e2e"]
         print(f"end to end ({e['results']}): none {e['none']['seconds']:.1f} s ({e['none']['status']}, acc "
