@@ -39,15 +39,11 @@ CPU_ACTIVATION_BYTES = 24 * 2**20
 
 class _StemConv(torch.autograd.Function):
     @staticmethod
-    def forward(x, weight, bias, stride, padding, dilation):
-        return F.conv2d(x, weight, bias, stride, padding, dilation)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # the separate form lets torch.func transforms (and Dynamo) trace it
-        x, weight, bias, stride, padding, dilation = inputs
+    def forward(ctx, x, weight, bias, stride, padding, dilation):
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, padding, dilation)
         ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, grad_out):
