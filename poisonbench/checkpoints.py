@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from . import __version__
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, remove_stale_temps
 
 CHECKPOINT_EVERY = 120.0  # seconds between checkpoints: ≤ 2 minutes of lost work, a few writes per long run
 META_KEY = "poisonbench_checkpoint"
@@ -86,6 +86,7 @@ class Checkpoint:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        remove_stale_temps(self.path)  # a save killed mid-write (the run was then resumed and finished)
 
 
 def split_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

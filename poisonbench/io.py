@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,11 +13,52 @@ from pathlib import Path
 from typing import Any
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _writer_tag() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temporary files of writes to `path` whose writer was killed (SIGKILL, OOM killer, a preempted
+    job): a temporary file names its writer's pid and host, so only those of dead processes on this host are
+    removed; a live writer's, and any from another host sharing the directory, are left alone. Returns them."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix, host = _temp_prefix(path), socket.gethostname()
+    for tmp in path.parent.glob(f"{prefix}*.tmp"):
+        tag = tmp.name[len(prefix):-len(".tmp")].rsplit(".", 1)[0]  # "<pid>@<host>" (mkstemp adds ".<random>")
+        pid, _, tmp_host = tag.partition("@")
+        if tmp_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, rename over `path`, fsync the directory."""
+    """Write to a temporary file in the same directory, fsync, rename over `path`, fsync the directory.
+
+    A writer killed mid-write cannot delete its temporary file; the next write to `path` (and
+    `remove_stale_temps`) does."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_temp_prefix(path)}{_writer_tag()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; results are shared (clusters): honour the umask
         with os.fdopen(fd, "wb") as f:

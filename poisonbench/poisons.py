@@ -98,9 +98,14 @@ def _sha256(data: bytes) -> str:
 
 
 def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = None) -> Path:
-    """Write the artifact atomically (temporary directory + rename); returns its directory."""
+    """Write the artifact atomically (temporary directory + rename); returns its directory.
+
+    Called under the PoisonSet's lock (`craft`), so any temporary directory of this id is a killed writer's
+    leftover and is removed first."""
     final = poison_dir(results_root, spec.poison_id)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{spec.poison_id}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     blob = st_save({"delta": poison.delta.float().contiguous(), "indices": poison.indices.long().contiguous()})
     manifest = {
         "poison_id": spec.poison_id,

@@ -48,6 +48,19 @@ def test_cache_hit_and_new_craft_on_changed_input(tiny, tmp_path):
     assert not [p for p in (tmp_path / "poisons").iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
+def test_a_killed_writers_temporary_directory_is_removed_by_the_next_craft(tiny, tmp_path):
+    data, _, _ = tiny
+    spec = poisons.craft_spec(data, "durp", budget=0.5, seed=5)
+    stale = poisons.poison_dir(tmp_path, spec.poison_id).parent / f".{spec.poison_id}.k1ll3d"
+    stale.mkdir(parents=True)
+    (stale / "delta.safetensors").write_bytes(b"half")
+    other = stale.parent / ".0123456789abcdef.k1ll3d"  # another PoisonSet's: not ours to judge
+    other.mkdir()
+    poisons.craft(spec, data, tmp_path)
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in stale.parent.iterdir()) == sorted([spec.poison_id, other.name])
+
+
 def test_poison_id_is_known_before_crafting(tiny, tmp_path):
     data, _, _ = tiny
     spec = poisons.craft_spec(data, "pgd")

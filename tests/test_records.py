@@ -30,6 +30,26 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """A SIGKILLed writer cannot delete its temporary file; the next write to the same path does, but never a live
+    writer's or one from another host sharing the directory."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    target = tmp_path / "abc.json"
+    killed = tmp_path / f".abc.json.{dead.pid}@{host}.x1y2.tmp"
+    live = tmp_path / f".abc.json.{os.getpid()}@{host}.x1y2.tmp"
+    remote = tmp_path / f".abc.json.{dead.pid}@elsewhere.example.org.x1y2.tmp"
+    unrelated = tmp_path / f".abd.json.{dead.pid}@{host}.x1y2.tmp"
+    for p in (killed, live, remote, unrelated):
+        p.write_text("{half")
+    atomic_write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (target, live, remote, unrelated))
+
+
 def test_store_ignores_partial_or_foreign_files(tmp_path):
     store = RunStore(tmp_path)
     store.runs.mkdir(parents=True)
@@ -53,7 +73,12 @@ def test_sigkill_mid_training_leaves_no_record_and_rerun_resumes_to_the_same_num
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list((results / "runs").iterdir()) == []  # no record, no temporary file
-    assert [p.suffix for p in partial.iterdir()] == [".safetensors"]  # one checkpoint, no temporary file
+    # one checkpoint; if the kill landed inside a checkpoint write, also that write's temporary file (a hidden
+    # name carrying the killed pid, never a `.safetensors`), which the re-run removes
+    names = [p.name for p in partial.iterdir()]
+    visible = [n for n in names if not n.startswith(".")]
+    assert len(visible) == 1 and visible[0].endswith(".safetensors")
+    assert all(n.endswith(".tmp") and f".{proc.pid}@" in n for n in names if n.startswith("."))
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
