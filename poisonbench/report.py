@@ -45,6 +45,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "configuration": short_hash(experiment(c))[:8],
             "trial": c["trial"],
             "seed": c["seed"],
+            "finished_at": str(r.get("finished_at") or ""),
             "test_acc": r["metrics"]["test_acc"],
             "val_acc": r["metrics"].get("val_acc"),
             "seconds": r["cost"]["seconds"],
@@ -53,7 +54,12 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std (ddof=1, as the paper reports) of test accuracy and seconds per configuration."""
+    """Mean and sample std (ddof=1, as the paper reports) of test accuracy and seconds per configuration, over
+    distinct trials: of several runs of one configuration with the same trial id (e.g. re-run with another
+    `--seed`), the most recently finished one counts, as in the tables; `attrs["not_shown"]` counts the others."""
+    newest_last = frame.sort_values(["finished_at", "run_id"])
+    repeated = newest_last.duplicated(["configuration", "trial"], keep="last")
+    frame = frame.drop(newest_last[repeated].index)
     grouped = frame.groupby(GROUP_KEYS, dropna=False, sort=True)
     out = grouped.agg(
         n=("trial", "count"),
@@ -61,6 +67,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         test_acc_std=("test_acc", "std"),
         seconds_mean=("seconds", "mean"),
     ).reset_index()
+    out.attrs["not_shown"] = int(repeated.sum())
     return out
 
 

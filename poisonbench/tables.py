@@ -644,6 +644,8 @@ def table4(df: pd.DataFrame, opts: Options) -> Table:
         if opts.diff and key:
             columns.append(f"{s.dataset} Δ")
         notes += [f"{s.label}: {n}" for n in setting_notes(s, "4", opts)]
+        mixed = mix_note(in_setting(df, s))
+        notes += [f"{s.label}: {mixed}"] if mixed else []
     block = Block(f"HINT at ρ = {rho_text(rho)}", columns)
     data = []
     shown: dict[Setting, list[pd.DataFrame]] = {s: [] for s in ss}
@@ -690,6 +692,7 @@ def table5(df: pd.DataFrame, opts: Options) -> Table:
         notes = [f"runs at ρ = {rho_text(rho)}; time = training + the defense's own work (cost.train + "
                  "defense_prepare + defense_epoch); × none = mean time / mean time of W/o Defense"]
         notes += setting_notes(s, "5", opts)
+        notes.append(mix_note(sdf))
         entries: list[tuple[str, str, float | None, pd.DataFrame]] = []
         for m in methods_of(sdf):
             if m == "hint":

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from poisonbench import paper, plots, tables
+from poisonbench.hashing import short_hash
 from tests.report_records import hint_params, make_record, synthetic_records, write_records
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -356,6 +357,26 @@ def test_runs_on_other_poison_sets_are_not_pooled():
     assert sorted(plain.n) == [2, 3]
 
 
+def test_the_plain_report_counts_distinct_trials_like_the_tables():
+    """A trial re-run with another --seed replaces the older run of that trial id (newest wins), in the plain
+    report as in Table II, with a note; n never exceeds the number of distinct trials."""
+    from poisonbench import report
+
+    records = [make_record(rho=0.6, trial=t, acc=a) for t, a in enumerate((0.90, 0.92, 0.97))]
+    reseeded = make_record(rho=0.6, trial=0, acc=0.50)
+    reseeded["config"]["seed"] = 100
+    reseeded["run_id"] = "reseeded"
+    reseeded["finished_at"] = "2099-01-01T00:00:00+00:00"
+    records.append(reseeded)
+    plain = report.summarize(report.records_frame(records))
+    (row,) = plain.to_dict(orient="records")
+    assert row["n"] == 3 and row["test_acc_mean"] == pytest.approx((0.50 + 0.92 + 0.97) / 3)
+    assert plain.attrs["not_shown"] == 1
+    table = tables.build("2", records, tables.Options(trials=3), dataset="mnist-5k")
+    (cell,) = [d for d in table.data if d["method"] == "none" and d["rho"] == 0.6]
+    assert cell["n"] == row["n"] and cell["mean"] == pytest.approx(100 * row["test_acc_mean"])
+
+
 def test_a_cell_prefers_the_default_parameters_over_a_larger_sensitivity_run():
     from poisonbench.defenses import DEFENSES
     from poisonbench.recipes import resolve_recipe
@@ -369,3 +390,26 @@ def test_a_cell_prefers_the_default_parameters_over_a_larger_sensitivity_run():
     assert row["n"] == 2 and row["mean"] == pytest.approx(80.0)
     assert any("gamma=10.0" in n for b in table.blocks for n in b.notes if n) or \
         any("gamma=10.0" in n for n in table.notes if n)
+
+
+@pytest.mark.parametrize("number", ["4", "5"])
+def test_tables_iv_and_v_warn_when_attack_mixes_are_pooled(number):
+    """`--attacks any` pools every mix; like Table II, Tables IV and V then say so."""
+    from poisonbench.defenses import DEFENSES
+    from poisonbench.recipes import resolve_recipe
+
+    defaults = DEFENSES.get("hint").defaults("mnist", resolve_recipe("mnist", "quick"))
+    records = []
+    for mix in (None, ["pgd"]):
+        for t in range(3):
+            for method, params in (("none", None), ("hint", defaults)):
+                r = make_record(method=method, params=params, rho=0.6, trial=t)
+                if mix:
+                    r["config"]["poison"]["attacks"] = mix
+                    r["run_id"] = short_hash(r["config"])
+                records.append(r)
+    pooled = tables.build(number, records, tables.Options(trials=3), dataset="mnist-5k", mix="any")
+    one = tables.build(number, records, tables.Options(trials=3), dataset="mnist-5k")
+    warning = "different attack mixes are pooled"
+    assert any(warning in n for b in pooled.blocks for n in b.notes if n)
+    assert not any(warning in n for b in one.blocks for n in b.notes if n)
