@@ -951,7 +951,7 @@ def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], data
     """Every configuration of table `number` in each setting, with the trials found."""
     out = []
     base = untargeted(df)
-    for s in target_settings(df, dataset, recipe):
+    for s in target_settings(base, dataset, recipe):  # settings with only targeted runs are Table III's
         sdf = in_setting(base, s) if s.recipe_json else base.iloc[0:0]
         wanted = [m for m in methods_of(sdf) if m in methods or m in set(sdf.method)]
         rho6 = SENSITIVITY_RHO if opts.rho is None else opts.rho

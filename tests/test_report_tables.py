@@ -413,3 +413,12 @@ def test_tables_iv_and_v_warn_when_attack_mixes_are_pooled(number):
     warning = "different attack mixes are pooled"
     assert any(warning in n for b in pooled.blocks for n in b.notes if n)
     assert not any(warning in n for b in one.blocks for n in b.notes if n)
+
+
+def test_missing_lists_no_table_ii_commands_for_a_setting_with_only_targeted_runs():
+    targeted = [make_record(dataset="cifar10", family="cifar10", recipe="paper", trial=t,
+                            targeted={"attack": "gm", "target_index": t, "target_class": 1, "intended_class": 2,
+                                      "success": True}) for t in range(3)]
+    clean = [make_record(method=m, rho=0.6, trial=t) for m in ("none", "hint") for t in range(5)]
+    commands, _ = tables.missing_commands("2", targeted + clean, tables.Options(trials=5, rho=0.6))
+    assert commands and not any("cifar10" in c for c in commands)
