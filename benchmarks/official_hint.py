@@ -18,7 +18,9 @@ the data are ours (mnist-5k's train/val rows, placed in the official `CustomMNIS
 `__getitem__` runs) instead of a reload of MNIST and of the poison file from disk (`load_mnist_untargeted`,
 not timed: it would only add to the official side); the model is the official `ConvNet` class holding our
 pre-trained weights; the device is the CPU. If `tqdm` is not installed, its progress bars are replaced by a
-pass-through (the official code only iterates them and sets a postfix).
+pass-through (the official code only iterates them and sets a postfix). r = 1 is not supported: the official
+code then skips selection and estimates s_test on the subset inside the I_pert call, which returns no s_test to
+compare against.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+# every module of the clone that the influence stage imports
+OFFICIAL_MODULES = ("train_utils.py", "influence_functions.py", "hessian_functions.py", "grad_functions.py",
+                    "dataset.py", "models.py", "utils.py", "diff_data_augmentation.py")
 
 # our ConvNet's parameter names → the official ConvNet's (HINT:models.py L168-202)
 KEY_MAP = {"conv.0.": "conv1.0.", "conv.1.": "conv1.1.", "conv.4.": "conv2.0.", "conv.5.": "conv2.1.",
@@ -60,8 +66,7 @@ def _tqdm_passthrough() -> types.ModuleType:
 def check_repo(repo: str) -> Path:
     """`repo` resolved, or exit with a one-line error if it is not a clone of the official code."""
     path = Path(repo).resolve()
-    missing = [f for f in ("train_utils.py", "influence_functions.py", "dataset.py", "models.py")
-               if not (path / f).is_file()]
+    missing = [f for f in OFFICIAL_MODULES if not (path / f).is_file()]
     if missing:
         raise SystemExit(f"--official-repo {repo!r}: not a clone of minhhao97vn/HINT (missing {', '.join(missing)})")
     return path
@@ -74,12 +79,22 @@ def import_official(repo: str) -> dict[str, types.ModuleType]:
     shim = importlib.util.find_spec("tqdm") is None
     if shim:  # only while the official modules import it (`from tqdm import tqdm`), so nobody else sees it
         sys.modules["tqdm"] = _tqdm_passthrough()
+    clashing = [n for n in (f[:-3] for f in OFFICIAL_MODULES) if n in sys.modules]
+    if clashing:
+        raise SystemExit(f"--official-repo: modules named {', '.join(clashing)} are already imported; the "
+                         "official code's own would not load")
     sys.path.insert(0, str(path))
     try:
-        return {name: importlib.import_module(name) for name in ("models", "dataset", "train_utils")}
+        mods = {name: importlib.import_module(name) for name in ("models", "dataset", "train_utils")}
     finally:
+        sys.path.remove(str(path))  # its generic module names must not shadow anything imported later
         if shim:
             del sys.modules["tqdm"]
+    for name in (f[:-3] for f in OFFICIAL_MODULES):
+        module = sys.modules.get(name)
+        if module is not None and Path(module.__file__).resolve().parent != path:
+            raise SystemExit(f"--official-repo: {name} was imported from {module.__file__}, not from {path}")
+    return mods
 
 
 def official_model(mods, ours: torch.nn.Module):
@@ -98,6 +113,7 @@ def official_model(mods, ours: torch.nn.Module):
 
 def custom_mnist(mods, x: torch.Tensor, y: torch.Tensor):
     """An official `CustomMNIST` holding our rows (uint8 N×28×28, numpy labels), as its loader would leave it."""
+    assert x.dtype == torch.uint8, "CustomMNIST holds uint8 images (its ToTensor divides by 255)"
     ds = mods["dataset"].CustomMNIST.__new__(mods["dataset"].CustomMNIST)
     torch.utils.data.Dataset.__init__(ds)
     ds.data = x[:, 0].numpy().copy()
@@ -137,7 +153,7 @@ def run_official(repo: str, ours: torch.nn.Module, train_x: torch.Tensor, train_
     train_loader = loader(train_set, batch_size=128, shuffle=True, num_workers=4)
     val_loader = loader(val_set, batch_size=128, shuffle=False, num_workers=4)
     seconds: dict[str, float] = {}
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the official run's generator state here differs (seed 1 + a randperm): other LiSSA draws
     with tempfile.TemporaryDirectory(prefix="hint_official_") as tmp, _quiet_in(tmp):
         net.eval()
         top.eval()
@@ -156,5 +172,4 @@ def run_official(repo: str, ours: torch.nn.Module, train_x: torch.Tensor, train_
     seconds["total"] = sum(seconds.values())
     s = torch.cat([s_test[0].detach(), s_test[1].detach()[:, None]], 1)
     return {"seconds": seconds, "s": s, "selected": torch.tensor(selected), "i_up": torch.tensor(np.asarray(i_up)),
-            "i_pert": torch.stack([p["infl"][0][0] for p in pert]),
-            "noisy_train": torch.from_numpy(train_loader.dataset.data.copy())}
+            "i_pert": torch.stack([p["infl"][0][0] for p in pert])}

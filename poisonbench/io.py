@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,27 +19,47 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
-def _writer_tag() -> str:
-    return f"{os.getpid()}@{socket.gethostname()}"
+def _host_id() -> str:
+    """This host, and its pid namespace where there is one (containers sharing a hostname and a results volume
+    must not judge each other's pids)."""
+    try:
+        return f"{socket.gethostname()}~{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
+
+
+def writer_tag() -> str:
+    """`<pid>@<host id>`: what a temporary file or directory carries in its name so that a later writer can tell a
+    killed writer's leftover (`remove_dead_writers_temps`) from a live writer's."""
+    return f"{os.getpid()}@{_host_id()}"
+
+
+def remove_dead_writers_temps(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
+    """Delete the entries `<prefix><pid>@<host id>.<random><suffix>` of `directory` (files or directories) whose
+    writer is a dead process of this host and pid namespace: a writer killed by SIGKILL, the OOM killer or a
+    preempted job cannot clean up after itself. A live writer's, another host's and anything not named so are
+    left alone; a failure to delete one is not an error (it is only cleanup). Returns the entries removed."""
+    directory, removed, host = Path(directory), [], _host_id()
+    if not directory.is_dir():
+        return removed
+    for entry in directory.glob(f"{glob.escape(prefix)}*{suffix}"):
+        tag = entry.name[len(prefix):len(entry.name) - len(suffix)].rsplit(".", 1)[0]
+        pid, _, entry_host = tag.partition("@")
+        if entry_host != host or not (pid.isascii() and pid.isdigit()) or _alive(int(pid)):
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
 
 
 def remove_stale_temps(path: Path) -> list[Path]:
-    """Delete the temporary files of writes to `path` whose writer was killed (SIGKILL, OOM killer, a preempted
-    job): a temporary file names its writer's pid and host, so only those of dead processes on this host are
-    removed; a live writer's, and any from another host sharing the directory, are left alone. Returns them."""
+    """The temporary files of `atomic_write_bytes(path)` calls whose writer was killed (see
+    `remove_dead_writers_temps`). Returns them."""
     path = Path(path)
-    removed = []
-    if not path.parent.is_dir():
-        return removed
-    prefix, host = _temp_prefix(path), socket.gethostname()
-    for tmp in path.parent.glob(f"{prefix}*.tmp"):
-        tag = tmp.name[len(prefix):-len(".tmp")].rsplit(".", 1)[0]  # "<pid>@<host>" (mkstemp adds ".<random>")
-        pid, _, tmp_host = tag.partition("@")
-        if tmp_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
+    return remove_dead_writers_temps(path.parent, _temp_prefix(path), ".tmp")
 
 
 def _alive(pid: int) -> bool:
@@ -45,7 +67,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
+    except (PermissionError, OverflowError):  # exists, owned by someone else / not a pid: leave it alone
         return True
     return True
 
@@ -58,7 +80,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_temp_prefix(path)}{_writer_tag()}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_temp_prefix(path)}{writer_tag()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; results are shared (clusters): honour the umask
         with os.fdopen(fd, "wb") as f:

@@ -39,7 +39,7 @@ from .attacks.base import (
 from .checkpoints import execution_identity
 from .errors import PoisonbenchError
 from .hashing import short_hash
-from .io import atomic_write_json, exclusive, fsync_directory
+from .io import atomic_write_json, exclusive, fsync_directory, remove_dead_writers_temps, writer_tag
 from .records import environment, results_dir
 
 TENSOR_FILE = "delta.safetensors"
@@ -100,12 +100,12 @@ def _sha256(data: bytes) -> str:
 def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = None) -> Path:
     """Write the artifact atomically (temporary directory + rename); returns its directory.
 
-    Called under the PoisonSet's lock (`craft`), so any temporary directory of this id is a killed writer's
-    leftover and is removed first."""
+    The temporary directory names its writer (`io.writer_tag`), so the leftovers of killed writers of this
+    PoisonSet on this host are removed first, never a live writer's (flock is node-local on some cluster
+    filesystems, so another host may be writing the same id)."""
     final = poison_dir(results_root, spec.poison_id)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{spec.poison_id}.*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_dead_writers_temps(final.parent, f".{spec.poison_id}.")
     blob = st_save({"delta": poison.delta.float().contiguous(), "indices": poison.indices.long().contiguous()})
     manifest = {
         "poison_id": spec.poison_id,
@@ -119,7 +119,7 @@ def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = 
         **(extra or {}),
     }
     manifest.update(poison.manifest)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{spec.poison_id}."))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{spec.poison_id}.{writer_tag()}."))
     try:
         with open(tmp / TENSOR_FILE, "wb") as f:
             f.write(blob)

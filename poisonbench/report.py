@@ -58,7 +58,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     distinct trials: of several runs of one configuration with the same trial id (e.g. re-run with another
     `--seed`), the most recently finished one counts, as in the tables; `attrs["not_shown"]` counts the others."""
     newest_last = frame.sort_values(["finished_at", "run_id"])
-    repeated = newest_last.duplicated(["configuration", "trial"], keep="last")
+    repeated = newest_last.duplicated([*GROUP_KEYS, "trial"], keep="last")
     frame = frame.drop(newest_last[repeated].index)
     grouped = frame.groupby(GROUP_KEYS, dropna=False, sort=True)
     out = grouped.agg(

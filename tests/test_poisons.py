@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -49,16 +50,25 @@ def test_cache_hit_and_new_craft_on_changed_input(tiny, tmp_path):
 
 
 def test_a_killed_writers_temporary_directory_is_removed_by_the_next_craft(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    from poisonbench.io import writer_tag
+
     data, _, _ = tiny
     spec = poisons.craft_spec(data, "durp", budget=0.5, seed=5)
-    stale = poisons.poison_dir(tmp_path, spec.poison_id).parent / f".{spec.poison_id}.k1ll3d"
-    stale.mkdir(parents=True)
-    (stale / "delta.safetensors").write_bytes(b"half")
-    other = stale.parent / ".0123456789abcdef.k1ll3d"  # another PoisonSet's: not ours to judge
-    other.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = writer_tag().split("@", 1)[1]
+    root = poisons.poison_dir(tmp_path, spec.poison_id).parent
+    stale = root / f".{spec.poison_id}.{dead.pid}@{host}.k1ll3d"
+    live = root / f".{spec.poison_id}.{os.getpid()}@{host}.l1v3"  # e.g. another node's writer: left alone
+    other = root / f".0123456789abcdef.{dead.pid}@{host}.k1ll3d"  # another PoisonSet's: not this write's
+    for d in (stale, live, other):
+        d.mkdir(parents=True)
+        (d / "delta.safetensors").write_bytes(b"half")
     poisons.craft(spec, data, tmp_path)
-    assert not stale.exists() and other.exists()
-    assert sorted(p.name for p in stale.parent.iterdir()) == sorted([spec.poison_id, other.name])
+    assert sorted(p.name for p in root.iterdir()) == sorted([spec.poison_id, live.name, other.name])
 
 
 def test_poison_id_is_known_before_crafting(tiny, tmp_path):

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from poisonbench.io import atomic_write_json
 from poisonbench.records import RunStore, run_id
@@ -30,24 +31,46 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+def _dead_pid() -> int:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path, monkeypatch):
     """A SIGKILLed writer cannot delete its temporary file; the next write to the same path does, but never a live
     writer's or one from another host sharing the directory."""
     import socket
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    host = socket.gethostname()
+    from poisonbench import io
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "node1.cluster.example.org")  # dots in the host name
+    dead, host = _dead_pid(), io.writer_tag().split("@", 1)[1]
     target = tmp_path / "abc.json"
-    killed = tmp_path / f".abc.json.{dead.pid}@{host}.x1y2.tmp"
+    killed = tmp_path / f".abc.json.{dead}@{host}.x1y2.tmp"
     live = tmp_path / f".abc.json.{os.getpid()}@{host}.x1y2.tmp"
-    remote = tmp_path / f".abc.json.{dead.pid}@elsewhere.example.org.x1y2.tmp"
-    unrelated = tmp_path / f".abd.json.{dead.pid}@{host}.x1y2.tmp"
-    for p in (killed, live, remote, unrelated):
+    remote = tmp_path / f".abc.json.{dead}@node2.cluster.example.org.x1y2.tmp"
+    unrelated = tmp_path / f".abd.json.{dead}@{host}.x1y2.tmp"
+    odd = tmp_path / f".abc.json.\u00b2@{host}.x1y2.tmp"  # a digit to str.isdigit, not to int()
+    for p in (killed, live, remote, unrelated, odd):
         p.write_text("{half")
     atomic_write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (target, live, remote, unrelated))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (target, live, remote, unrelated,
+                                                                                 odd))
+
+
+def test_clearing_a_checkpoint_removes_a_killed_saves_temporary_file(tmp_path):
+    """A resumed run that finishes before its next checkpoint still leaves `partial/` empty."""
+    from poisonbench import io
+    from poisonbench.checkpoints import Checkpoint
+
+    ckpt = Checkpoint(tmp_path / "run.safetensors")
+    ckpt.save({"w": torch.zeros(2)}, {"epoch": 1})
+    killed = tmp_path / f".run.safetensors.{_dead_pid()}@{io.writer_tag().split('@', 1)[1]}.abcd.tmp"
+    killed.write_bytes(b"half")
+    ckpt.clear()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_store_ignores_partial_or_foreign_files(tmp_path):
