@@ -541,6 +541,21 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
 
 # ----------------------------------------------------------------------------------------------- Table III
 
+def targeted_pooling_notes(chosen: dict[str, pd.DataFrame]) -> list[str]:
+    """Warnings for Table III cells that pool targeted runs of different poison budgets or scenarios."""
+    notes = []
+    for m, rows in chosen.items():
+        if rows is None:
+            continue
+        for a, cell in rows.groupby("attack"):
+            budgets = sorted({rho_text(r) for r in cell.rho if not pd.isna(r)})
+            scenarios = sorted({str(x) for x in cell.scenario})
+            if len(budgets) > 1 or len(scenarios) > 1:
+                notes.append(f"warning: {method_label(m)} / {paper.ATTACK_LABEL.get(a, a)} pools runs of "
+                             f"poison budgets {', '.join(budgets)} and scenarios {', '.join(scenarios)}")
+    return notes
+
+
 def table3(df: pd.DataFrame, opts: Options) -> Table:
     df = df[df.kind == "targeted"]
     blocks, data = [], []
@@ -603,6 +618,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
         for a in attacks:
             mark_best(asr_cols[a], higher=False)
             mark_best(acc_cols[a])
+        block.notes += targeted_pooling_notes(chosen)
         blocks.append(block)
     return Table("3", CAPTIONS["3"], blocks, data)
 

@@ -422,3 +422,19 @@ def test_missing_lists_no_table_ii_commands_for_a_setting_with_only_targeted_run
     clean = [make_record(method=m, rho=0.6, trial=t) for m in ("none", "hint") for t in range(5)]
     commands, _ = tables.missing_commands("2", targeted + clean, tables.Options(trials=5, rho=0.6))
     assert commands and not any("cifar10" in c for c in commands)
+
+
+def test_table_iii_warns_when_a_cell_pools_poison_budgets():
+    def run(trial, ratio, success):
+        r = make_record(dataset="cifar10", family="cifar10", recipe="paper", trial=trial,
+                        targeted={"attack": "gm", "target_index": trial, "target_class": 1, "intended_class": 2,
+                                  "success": success})
+        r["config"]["poison"]["ratio"] = ratio
+        r["run_id"] = short_hash(r["config"])
+        return r
+
+    one = [run(t, 0.01, True) for t in range(3)]
+    table = tables.build("3", one, tables.Options(trials=3))
+    assert not any("pools runs" in n for b in table.blocks for n in b.notes if n)
+    table = tables.build("3", one + [run(t, 0.1, False) for t in range(3)], tables.Options(trials=3))
+    assert any("pools runs of poison budgets 0.01, 0.1" in n for b in table.blocks for n in b.notes if n)
