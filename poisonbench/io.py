@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -20,12 +21,14 @@ def _temp_prefix(path: Path) -> str:
 
 
 def _host_id() -> str:
-    """This host, and its pid namespace where there is one (containers sharing a hostname and a results volume
-    must not judge each other's pids)."""
+    """This host and its pid namespace where there is one (containers sharing a hostname and a results volume
+    must not judge each other's pids), hashed to 12 hex digits so that a long host name cannot push a temporary
+    file's name past the filesystem's limit."""
     try:
-        return f"{socket.gethostname()}~{os.stat('/proc/self/ns/pid').st_ino}"
+        host = f"{socket.gethostname()}~{os.stat('/proc/self/ns/pid').st_ino}"
     except OSError:
-        return socket.gethostname()
+        host = socket.gethostname()
+    return hashlib.sha256(host.encode()).hexdigest()[:12]
 
 
 def writer_tag() -> str:
