@@ -155,7 +155,7 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
 def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: dict, device: torch.device,
             reporter: Reporter | None, load_seconds: float, plan=None, checkpoint: Checkpoint | None = None) -> dict:
     """Train one run and return its record (not yet written)."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
     defense = build_defense(spec.method, data.family, recipe, **spec.method_params)
     train_x, train_y = tensors["train"]
@@ -182,6 +182,8 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
     cost = {k: round(v, 4) for k, v in result.cost.items()}
     cost["data_load"] = round(load_seconds, 4)
     cost["seconds"] = round(time.perf_counter() - started + result.prior_seconds, 4)
+    if result.prior_cpu_seconds is not None:  # unknown for a run resumed from a checkpoint older than the field
+        cost["cpu_seconds"] = round(time.process_time() - cpu_started + result.prior_cpu_seconds, 4)
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": rid,

@@ -135,6 +135,7 @@ class TrainResult:
     context: TrainContext
     resumed_from: int = 0  # epochs restored from a checkpoint (0: trained from the start)
     prior_seconds: float = 0.0  # wall seconds earlier, killed processes spent in train() up to that checkpoint
+    prior_cpu_seconds: float | None = 0.0  # their process CPU seconds (None: a checkpoint that did not record them)
 
 
 @torch.no_grad()
@@ -212,7 +213,7 @@ def train(
     `checkpoint`: resume from it if it holds a matching state, and save to it after an epoch when
     `checkpoint.every` seconds have passed since the last save (the caller removes it once the result is safe).
     """
-    wall_start = time.perf_counter()
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
     defense = defense or Defense("none", recipe)
     # channels_last for the convolutions while training (same math, other summation order): on this CPU eager
     # ConvNet training went from about 1,250 to 1,650 img/s (compiled: within noise); the weights are returned
@@ -236,14 +237,14 @@ def train(
             kept = defense.prepare(ctx)
         if kept is not None:
             ctx.active = kept.to(device)
-        start_epoch, prior_seconds = 0, 0.0
+        start_epoch, prior_seconds, prior_cpu = 0, 0.0, 0.0
         if checkpoint is not None:
             # the layers trained as DFT-domain products: a checkpoint of the direct path is not resumed on this one
             checkpoint.identity.update(execution_identity(device), compiled=compiled,
                                        spectral=swapped_names(model))
             saved = checkpoint.load()
             if saved is not None:
-                start_epoch, prior_seconds = _restore(*saved, ctx, scheduler, defense, history)
+                start_epoch, prior_seconds, prior_cpu = _restore(*saved, ctx, scheduler, defense, history)
         last_save = time.perf_counter()
 
         for epoch in range(start_epoch, recipe.epochs):
@@ -288,18 +289,20 @@ def train(
             if checkpoint is not None and not last and time.perf_counter() - last_save >= checkpoint.every:
                 with ctx.timed("checkpoint"):
                     seconds = prior_seconds + time.perf_counter() - wall_start
-                    checkpoint.save(*_snapshot(ctx, defense, history, epoch + 1, seconds))
+                    cpu = None if prior_cpu is None else prior_cpu + time.process_time() - cpu_start
+                    checkpoint.save(*_snapshot(ctx, defense, history, epoch + 1, seconds, cpu))
                 last_save = time.perf_counter()
             if on_epoch:
                 on_epoch(epoch, row)
         model.to(memory_format=torch.contiguous_format)
         return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx, resumed_from=start_epoch,
-                           prior_seconds=prior_seconds)
+                           prior_seconds=prior_seconds, prior_cpu_seconds=prior_cpu)
     finally:
         restore_convs(spectral)
 
 
-def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_done: int, seconds: float):
+def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_done: int, seconds: float,
+              cpu_seconds: float | None):
     """(tensors, state) after `epochs_done` epochs: all that the remaining epochs depend on."""
     tensors = {f"model.{k}": v for k, v in ctx.model.state_dict().items()}
     opt_tensors, opt_state = split_optimizer_state(ctx.optimizer.state_dict())
@@ -310,13 +313,13 @@ def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_d
     def_tensors, def_state = defense.state(ctx)
     tensors.update({f"defense.{k}": v for k, v in def_tensors.items()})
     state = {"epochs_done": epochs_done, "history": history, "cost": ctx.cost, "optimizer": opt_state,
-             "defense": def_state, "seconds": seconds}
+             "defense": def_state, "seconds": seconds, "cpu_seconds": cpu_seconds}
     return tensors, state
 
 
 def _restore(tensors: dict, state: dict, ctx: TrainContext, scheduler, defense: Defense,
-             history: list[dict]) -> tuple[int, float]:
-    """Put a `_snapshot` back; returns (epochs done, wall seconds spent before)."""
+             history: list[dict]) -> tuple[int, float, float | None]:
+    """Put a `_snapshot` back; returns (epochs done, wall and CPU seconds spent before; CPU None if unknown)."""
     ctx.model.load_state_dict(split_prefixed(tensors, "model"))
     ctx.optimizer.load_state_dict(join_optimizer_state(split_prefixed(tensors, "optimizer"), state["optimizer"]))
     # MultiStepLR is chainable: the restored lr already carries past decays; it only needs its epoch counter
@@ -328,4 +331,4 @@ def _restore(tensors: dict, state: dict, ctx: TrainContext, scheduler, defense: 
     history.extend(state["history"])
     for stage, seconds in state["cost"].items():
         ctx.cost[stage] = ctx.cost.get(stage, 0.0) + seconds
-    return state["epochs_done"], state["seconds"]
+    return state["epochs_done"], state["seconds"], state.get("cpu_seconds")

@@ -67,6 +67,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, method, kill_a
     assert ckpt.path.exists()
     model, resumed, defense = run(data, method, ckpt)
     assert resumed.resumed_from == kill_after + 1 and resumed.prior_seconds > 0
+    assert resumed.prior_cpu_seconds is not None and resumed.prior_cpu_seconds > 0  # carried like the wall time
     assert resumed.history == ref.history
     for (name, a), (_, b) in zip(model.state_dict().items(), model_ref.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

@@ -118,6 +118,27 @@ def test_sigkill_mid_training_leaves_no_record_and_rerun_resumes_to_the_same_num
     assert fresh["history"] == resumed["history"] and fresh["metrics"] == resumed["metrics"]
 
 
+def test_cpu_seconds_leave_out_a_paused_stretch(tiny_npz, tmp_path):
+    """`cost.seconds` is wall time (the paper's Table V); `cost.cpu_seconds` is the process's CPU time, which a
+    SIGSTOP (a suspended cluster job, a paused benchmark) does not inflate."""
+    results = tmp_path / "res"
+    cmd = [sys.executable, "-m", "poisonbench.cli.main", "defend", "--dataset", str(tiny_npz), "--recipe", "quick",
+           "--epochs", "60", "--batch-size", "400", "--compile", "off", "--results", str(results), "--json",
+           "--checkpoint-every", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while not list((results / "partial" / "runs").glob("*.safetensors")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGSTOP)
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    cost = json.loads((results / "runs" / f"{json.loads(out)['run_id']}.json").read_text())["cost"]
+    assert 0 < cost["cpu_seconds"] and cost["seconds"] - cost["cpu_seconds"] > 1.5
+
+
 def test_int_and_float_spellings_of_one_config_share_a_run_id(tiny_npz):
     """Python callers may write ratio=1 or lr=1e-2 as 0.01, epochs=3.0: one config, one run id, one record."""
     from poisonbench.data import load_dataset
