@@ -9,6 +9,7 @@ import pandas as pd
 
 from .errors import PoisonbenchError, unknown_choice
 from .hashing import canonical_json, short_hash
+from .tables import superseded_runs
 
 FORMATS = ("rich", "md", "latex", "csv", "json")
 GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params", "configuration"]
@@ -57,9 +58,8 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample std (ddof=1, as the paper reports) of test accuracy and seconds per configuration, over
     distinct trials: of several runs of one configuration with the same trial id (e.g. re-run with another
     `--seed`), the most recently finished one counts, as in the tables; `attrs["not_shown"]` counts the others."""
-    newest_last = frame.sort_values(["finished_at", "run_id"])
-    repeated = newest_last.duplicated([*GROUP_KEYS, "trial"], keep="last")
-    frame = frame.drop(newest_last[repeated].index)
+    older = superseded_runs(frame, [*GROUP_KEYS, "trial"])
+    frame = frame.drop(older.index)
     grouped = frame.groupby(GROUP_KEYS, dropna=False, sort=True)
     out = grouped.agg(
         n=("trial", "count"),
@@ -67,7 +67,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         test_acc_std=("test_acc", "std"),
         seconds_mean=("seconds", "mean"),
     ).reset_index()
-    out.attrs["not_shown"] = int(repeated.sum())
+    out.attrs["not_shown"] = len(older)
     return out
 
 

@@ -189,15 +189,21 @@ CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "kind
                  "attack", "method", "params_json", "poisons_json", "trial"]
 
 
+def superseded_runs(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of `df` that repeat the `keys` (a configuration and its trial id) of a more recently finished
+    run (ties: the larger run id wins): each configuration averages distinct trials, the newest run of each."""
+    newest_last = df.sort_values(["finished_at", "run_id"])
+    return newest_last[newest_last.duplicated(keys, keep="last")]
+
+
 def one_run_per_trial(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """A cell averages distinct trials: of several runs of one configuration with the same trial id (e.g. made
     with another `--seed`), keep the most recently finished one; a note counts the others."""
-    newest_last = df.sort_values(["finished_at", "run_id"])
-    repeated = newest_last.duplicated(CONFIGURATION, keep="last")
+    older = superseded_runs(df, CONFIGURATION)
     notes = [f"not shown: {int(n)} {dataset} run(s) repeating the trial id of another run of the same "
              "configuration (e.g. another --seed); each cell keeps the newest run per trial"
-             for dataset, n in newest_last[repeated].groupby("dataset").size().items()]
-    return df[~df.index.isin(newest_last[repeated].index)], notes
+             for dataset, n in older.groupby("dataset").size().items()]
+    return df.drop(older.index), notes
 
 
 def cell_records(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
