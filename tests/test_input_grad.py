@@ -10,6 +10,7 @@ from torch import nn
 from poisonbench.data import load_dataset
 from poisonbench.input_grad import (
     CPU_ACTIVATION_BYTES,
+    ReluAvgPool2d,
     StemConv2d,
     chunk_rows,
     inference_copy,
@@ -19,11 +20,12 @@ from poisonbench.input_grad import (
 from poisonbench.models import build_model
 
 
-@pytest.mark.parametrize("channels,kernel,stride,padding,size",
-                         [(1, 5, 1, 0, 28), (3, 3, 1, 1, 32), (3, 3, 2, 1, 17), (1, 4, 3, 2, 15)])
-def test_input_gradient_matches_conv2d(channels, kernel, stride, padding, size):
+@pytest.mark.parametrize("channels,kernel,stride,padding,size,dilation",
+                         [(1, 5, 1, 0, 28, 1), (3, 3, 1, 1, 32, 1), (3, 3, 2, 1, 17, 1), (1, 4, 3, 2, 15, 1),
+                          (2, 3, 2, 3, 14, 2)])
+def test_input_gradient_matches_conv2d(channels, kernel, stride, padding, size, dilation):
     torch.manual_seed(0)
-    conv = nn.Conv2d(channels, 7, kernel, stride, padding).double().requires_grad_(False)
+    conv = nn.Conv2d(channels, 7, kernel, stride, padding, dilation).double().requires_grad_(False)
     stem = StemConv2d.from_conv(conv)
     x = torch.rand(5, channels, size, size, dtype=torch.float64)
     for memory_format in (torch.contiguous_format, torch.channels_last):
@@ -39,10 +41,28 @@ def test_input_gradient_matches_conv2d(channels, kernel, stride, padding, size):
         torch.testing.assert_close(stem(xs), conv(xs))
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("kernel,size", [(2, 24), (3, 9), (2, 7)])
+def test_fused_relu_pool_matches_the_pair_exactly(memory_format, kernel, size):
+    torch.manual_seed(0)
+    z = torch.randn(3, 5, size, size, dtype=torch.float64)
+    z[0, 0, :2, :2] = 0.0  # ReLU's kink: both give 0 there
+    z = z.contiguous(memory_format=memory_format)
+    results = []
+    for module in (nn.Sequential(nn.ReLU(), nn.AvgPool2d(kernel)), ReluAvgPool2d(kernel)):
+        zi = z.clone().requires_grad_(True)
+        out = module(zi)
+        upstream = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)
+        results.append((out, *torch.autograd.grad((out * upstream).sum(), zi)))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-15, atol=1e-15)
+
+
 def test_stems_are_swapped_only_where_few_channels_enter(tiny_npz):
     model = build_model("convnet", load_dataset(str(tiny_npz)), seed=0)
     copy = inference_copy(model)
     assert isinstance(copy.conv[0], StemConv2d)
+    assert isinstance(copy.conv[2], ReluAvgPool2d) and isinstance(copy.conv[3], nn.Identity)
     assert type(copy.conv[4]) is nn.Conv2d  # 40 input channels: oneDNN's own backward
     x = torch.rand(4, 1, 16, 16)
     torch.testing.assert_close(copy(x), model.eval()(x), rtol=1e-4, atol=1e-4)

@@ -3,15 +3,18 @@ Madry et al.'s settings: MNIST ε 0.3, 40 steps of 0.01, random start; CIFAR-10 
 
 The objective is separable per example and the surrogate is in eval mode, so one backward of the summed loss
 over a large batch gives every example's input gradient exactly; the surrogate's parameters are frozen, so no
-weight gradients are computed, its BatchNorms are folded into the convolutions, on the CPU its few-channel stem
-convolution computes the input gradient as one GEMM + col2im and a convolution with a large kernel on a small map
-runs as DFT-domain matrix products (`inference_copy`, `poisonbench.input_grad`).
-For long crafts the step (forward, input gradient, signed update, projection) is `torch.compile`d with one
-static batch shape; that changes δ only by float rounding, so it is an execution option (`--compile`), recorded
-in the manifest, not part of the poison id.
+weight gradients are computed, its BatchNorms are folded into the convolutions, each ReLU + average pooling pair
+has one fused backward, and on the CPU its few-channel stem convolution computes the input gradient as one GEMM +
+col2im and a convolution with a large kernel on a small map runs as DFT-domain matrix products (`inference_copy`,
+`poisonbench.input_grad`).
+For long crafts on an accelerator the step (forward, input gradient, signed update, projection) is
+`torch.compile`d with one static batch shape (on the CPU only with `--compile on`); that changes δ only by float
+rounding, so it is an execution option (`--compile`), recorded in the manifest, not part of the poison id.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +23,10 @@ from ..input_grad import chunk_rows, inference_copy
 from . import ATTACKS
 from .base import Attack, AttackContext, Param, PartialBatches, batches
 
-# `compile="auto"`: compile the PGD step when rows × steps reach this. Measured on the 2-core CPU (MNIST ConvNet,
-# batch 1000): 369 ms per step per 1000 rows compiled vs 580 eager; compiling costs about 12 s (less with a warm
-# inductor cache), so it pays from about 60k row-steps.
+# `compile="auto"`: compile the PGD step when rows × steps reach this, on an accelerator only. On the CPU the
+# eager step of `inference_copy`'s model (StemConv2d, ReluAvgPool2d, SpectralConv2d) is at least as fast as the
+# compiled one and pays no compile: `craft --attack pgd` on mnist-5k (2 threads, paused background, warm
+# Inductor cache for the compiled runs) took 39-54 s eager against 49-56 s compiled (+15-25 s on a cold cache).
 COMPILE_MIN_ROW_STEPS = 100_000
 
 
@@ -80,7 +84,8 @@ class _SurrogatePGD(Attack):
         out = torch.empty(x_all.shape, dtype=torch.float32)
         n = len(x_all)
         size = min(p["batch_size"], n)
-        ctx.compiled = should_compile(ctx.compile, n, p["steps"], COMPILE_MIN_ROW_STEPS)
+        ctx.compiled = should_compile(ctx.compile, n, p["steps"],
+                                      COMPILE_MIN_ROW_STEPS if ctx.device.type != "cpu" else math.inf)
         sample = x_all[:1].to(ctx.device).float().div_(255).contiguous(memory_format=torch.channels_last)
         model = inference_copy(ctx.surrogate(), sample)
         chunk = chunk_rows(model, sample, size)  # execution only: rows of one compiled step (see chunk_rows)

@@ -68,7 +68,8 @@ def craft(
                                                 "GPU) instead of the ≤10-minute budget default."),
     device: str = options.Device,
     compile: str = typer.Option("auto", "--compile", help="pgd/dap: torch.compile the PGD step: auto (long crafts "
-                                                          "only) | on | off. Execution only: not in the poison id."),
+                                                          "on a GPU; the eager CPU step is as fast) | on | off. "
+                                                          "Execution only: not in the poison id."),
     results: str = options.Results,
     force: bool = typer.Option(False, "--force", help="Craft again even if the artifact exists."),
     as_json: bool = options.Json,
