@@ -155,6 +155,19 @@ def test_compiled_pgd_matches_eager_and_pads_the_last_batch(tiny):
         poisons.craft(spec, data, results, compile="fast")
 
 
+def test_auto_compile_leaves_the_cpu_crafting_step_eager(tiny, monkeypatch):
+    """On the CPU the eager step is as fast as the compiled one (docs/fidelity.md, session 10): `auto` must not
+    compile there however long the craft, so a first craft never pays the compile."""
+    from poisonbench import poisons
+    from poisonbench.attacks import pgd
+
+    monkeypatch.setattr(pgd, "COMPILE_MIN_ROW_STEPS", 1)
+    data, results = tiny
+    spec = craft_spec(data, "pgd", eps=EPS, budget=0.25, seed=5, batch_size=24, steps=2)
+    poison, _ = poisons.craft(spec, data, results, force=True, compile="auto")
+    assert poison.manifest["compiled"] is False
+
+
 def test_an_interrupted_pgd_craft_resumes_from_its_finished_batches(tiny, tmp_path, monkeypatch):
     """A craft killed after two batches keeps them (results/partial/<id>/); the next craft with the same
     inputs crafts only the rest and gives exactly the δ of an uninterrupted craft."""
