@@ -59,11 +59,15 @@ def _col2im_by_offsets(cols, input_shape, kernel, stride, padding, dilation, out
 
 class _StemConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation):
+    def forward(x, weight, bias, stride, padding, dilation):
+        return F.conv2d(x, weight, bias, stride, padding, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation = inputs
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, padding, dilation)
         ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -75,7 +79,8 @@ class _StemConv(torch.autograd.Function):
         rows = grad_out.permute(0, 2, 3, 1).reshape(batch * height * width, out_channels)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0] and torch.compiler.is_compiling():  # traced: 25 slice-adds compile for minutes
-            cols = (rows @ weight.reshape(out_channels, -1)).reshape(batch, height * width, -1).transpose(1, 2)
+            cols = (rows @ weight.reshape(out_channels, -1)).reshape(batch, height * width, weight[0].numel())
+            cols = cols.transpose(1, 2)
             grad_x = F.fold(cols, x.shape[-2:], kernel, dilation=dilation, padding=padding, stride=stride)
         elif ctx.needs_input_grad[0]:
             grad_x = _col2im_by_offsets(weight.reshape(out_channels, -1).T @ rows.view(batch, height * width,
@@ -83,7 +88,7 @@ class _StemConv(torch.autograd.Function):
                                         x.shape, kernel, stride, padding, dilation, (height, width))
         if ctx.needs_input_grad[1]:
             patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-            grad_w = (rows.T @ patches.transpose(1, 2).reshape(batch * height * width, -1)).view_as(weight)
+            grad_w = (rows.T @ patches.transpose(1, 2).reshape(len(rows), weight[0].numel())).view_as(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = rows.sum(0)
         return grad_x, grad_w, grad_b, None, None, None
@@ -105,10 +110,13 @@ class StemConv2d(nn.Conv2d):
 
 class _ReluAvgPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, k):
-        ctx.save_for_backward(z)
-        ctx.k = k
+    def forward(z, k):
         return F.avg_pool2d(F.relu(z), k)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, ctx.k = inputs
+        ctx.save_for_backward(z)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -140,32 +148,39 @@ class ReluAvgPool2d(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         k = self.kernel_size
-        # avg_pool2d drops the remainder rows/columns: keep its own rule. Traced by torch.compile, Inductor fuses
-        # the plain pair itself (and the broadcast form below compiled 2× slower)
-        if z.shape[-1] % k or z.shape[-2] % k or torch.compiler.is_compiling():
+        # avg_pool2d drops the remainder rows/columns: keep its own rule (and its unbatched input). Traced by
+        # torch.compile, Inductor fuses the plain pair itself (and the broadcast form below compiled 2× slower)
+        if z.dim() != 4 or z.shape[-1] % k or z.shape[-2] % k or torch.compiler.is_compiling():
             return F.avg_pool2d(F.relu(z), k)
         return _ReluAvgPool.apply(z, k)
 
 
 def _square_window(pool: nn.AvgPool2d) -> int | None:
     """The window size of an `nn.AvgPool2d` that tiles its input (square, stride = kernel, no padding), or None."""
-    pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
     kernel, stride = pair(pool.kernel_size), pair(pool.stride if pool.stride is not None else pool.kernel_size)
     if (kernel[0] != kernel[1] or stride != kernel or pair(pool.padding) != (0, 0) or pool.ceil_mode
             or pool.divisor_override is not None):
         return None
-    return kernel[0]
+    return int(kernel[0])
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None))
 
 
 def fuse_relu_pools(model: nn.Module) -> nn.Module:
     """Replace, in place, every `nn.ReLU` directly followed by a tiling `nn.AvgPool2d` inside an `nn.Sequential`
-    by a `ReluAvgPool2d` (and the pool by `nn.Identity`): same outputs, same input gradients."""
+    by a `ReluAvgPool2d` (and the pool by `nn.Identity`): same outputs, same input gradients. A pair carrying
+    hooks of the caller's is left alone (the hooks would stop firing)."""
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
             for first, second in zip(names, names[1:], strict=False):
                 relu, pool = module._modules[first], module._modules[second]
-                if type(relu) is nn.ReLU and type(pool) is nn.AvgPool2d and _square_window(pool):
+                if (type(relu) is nn.ReLU and type(pool) is nn.AvgPool2d and _square_window(pool)
+                        and not _hooked(relu) and not _hooked(pool)):
                     module._modules[first] = ReluAvgPool2d(_square_window(pool))
                     module._modules[second] = nn.Identity()
     return model

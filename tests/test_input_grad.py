@@ -13,6 +13,7 @@ from poisonbench.input_grad import (
     ReluAvgPool2d,
     StemConv2d,
     chunk_rows,
+    fuse_relu_pools,
     inference_copy,
     largest_activation_bytes,
     swap_stems,
@@ -54,8 +55,38 @@ def test_fused_relu_pool_matches_the_pair_exactly(memory_format, kernel, size):
         out = module(zi)
         upstream = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)
         results.append((out, *torch.autograd.grad((out * upstream).sum(), zi)))
-    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
-    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-15, atol=1e-15)
+    assert torch.equal(results[1][0], results[0][0]) and torch.equal(results[1][1], results[0][1])  # bit-exact
+
+
+def test_relu_pool_fusion_keeps_hooks_and_handles_lists_and_unbatched_input():
+    pair = nn.Sequential(nn.ReLU(), nn.AvgPool2d([2, 2]))
+    fuse_relu_pools(pair)
+    assert isinstance(pair[0], ReluAvgPool2d) and pair[0].kernel_size == 2
+    z = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)  # unbatched (C, H, W): the plain pair's rule
+    (g,) = torch.autograd.grad(pair(z).sum(), z)
+    torch.testing.assert_close(g, (z > 0).double() / 4)
+    seen = []
+    hooked = nn.Sequential(nn.ReLU(), nn.AvgPool2d(2))
+    hooked[0].register_forward_hook(lambda *_: seen.append(1))
+    fuse_relu_pools(hooked)
+    assert type(hooked[0]) is nn.ReLU and type(hooked[1]) is nn.AvgPool2d  # the caller's hook keeps firing
+    hooked(torch.randn(1, 1, 4, 4))
+    assert seen == [1]
+
+
+def test_frozen_copy_supports_empty_batches_and_torch_func(tiny_npz):
+    model = build_model("convnet", load_dataset(str(tiny_npz)), seed=0).double()
+    copy = inference_copy(model, torch.rand(1, 1, 16, 16, dtype=torch.float64))
+    x = torch.rand(3, 1, 16, 16, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0])
+    loss = lambda inp: nn.functional.cross_entropy(copy(inp), y, reduction="sum")  # noqa: E731
+    xi = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(loss(xi), xi)
+    torch.testing.assert_close(torch.func.grad(loss)(x), expected, rtol=1e-12, atol=1e-12)
+    stem = StemConv2d.from_conv(nn.Conv2d(1, 4, 3).double())
+    empty = torch.zeros(0, 1, 8, 8, dtype=torch.float64, requires_grad=True)
+    grads = torch.autograd.grad(stem(empty).sum(), [empty, stem.weight, stem.bias])
+    assert grads[0].shape == empty.shape and not grads[1].any() and not grads[2].any()
 
 
 def test_stems_are_swapped_only_where_few_channels_enter(tiny_npz):

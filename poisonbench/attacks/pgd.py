@@ -24,9 +24,10 @@ from . import ATTACKS
 from .base import Attack, AttackContext, Param, PartialBatches, batches
 
 # `compile="auto"`: compile the PGD step when rows × steps reach this, on an accelerator only. On the CPU the
-# eager step of `inference_copy`'s model (StemConv2d, ReluAvgPool2d, SpectralConv2d) is at least as fast as the
-# compiled one and pays no compile: `craft --attack pgd` on mnist-5k (2 threads, paused background, warm
+# eager step of the ConvNet's `inference_copy` (StemConv2d, ReluAvgPool2d, SpectralConv2d) is at least as fast
+# as the compiled one and pays no compile: `craft --attack pgd` on mnist-5k (2 threads, paused background, warm
 # Inductor cache for the compiled runs) took 39-54 s eager against 49-56 s compiled (+15-25 s on a cold cache).
+# ResNet-18 on the CPU gains ≤ 5 % compiled after a 32 s compile (docs/fidelity.md): `--compile on` there.
 COMPILE_MIN_ROW_STEPS = 100_000
 
 
