@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .models import probe
+from .models import has_hooks, probe
 from .spectral import swap_spectral
 
 MAX_STEM_CHANNELS = 3  # wider convolutions keep oneDNN's backward, which is efficient there
@@ -126,14 +126,15 @@ class _ReluAvgPool(torch.autograd.Function):
         # g/k² repeated along the window's inner axis (a small copy), then broadcast along its outer axis: the
         # element-wise pass below then runs over long contiguous rows (one output row of the map at a time)
         g = grad_out / (k * k)
-        if z.is_contiguous(memory_format=torch.channels_last):  # memory (n, y, x, c)
+        channels_last = z.is_contiguous(memory_format=torch.channels_last)
+        if channels_last:  # memory (n, y, x, c)
             z_rows = z.permute(0, 2, 3, 1).view(n, h, k, w * k * c)
             g_rows = g.permute(0, 2, 3, 1).unsqueeze(3).expand(n, h, w, k, c).reshape(n, h, 1, w * k * c)
         else:
             z_rows = z.contiguous().view(n, c, h, k, w * k)
             g_rows = g.unsqueeze(-1).expand(n, c, h, w, k).reshape(n, c, h, 1, w * k)
         grad = torch.ops.aten.threshold_backward(g_rows.expand_as(z_rows), z_rows, 0)  # ReLU's rule: 0 where z ≤ 0
-        if z.is_contiguous(memory_format=torch.channels_last):
+        if channels_last:
             return grad.view(n, h * k, w * k, c).permute(0, 3, 1, 2), None
         return grad.view(n, c, h * k, w * k), None
 
@@ -165,25 +166,35 @@ def _square_window(pool: nn.AvgPool2d) -> int | None:
     return int(kernel[0])
 
 
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or getattr(module, "_backward_pre_hooks", None))
+def fuse_sequential_pairs(model: nn.Module, fuse) -> nn.Module:
+    """Replace, in place, every adjacent pair (a, b) inside an `nn.Sequential` for which `fuse(a, b)` returns a
+    module by that module followed by `nn.Identity`."""
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for first, second in zip(names, names[1:], strict=False):
+                fused = fuse(module._modules[first], module._modules[second])
+                if fused is not None:
+                    module._modules[first], module._modules[second] = fused, nn.Identity()
+    return model
+
+
+def _relu_pool(relu: nn.Module, pool: nn.Module) -> ReluAvgPool2d | None:
+    if (type(relu) is nn.ReLU and type(pool) is nn.AvgPool2d and _square_window(pool)
+            and not has_hooks(relu) and not has_hooks(pool)):
+        return ReluAvgPool2d(_square_window(pool))
+    return None
 
 
 def fuse_relu_pools(model: nn.Module) -> nn.Module:
     """Replace, in place, every `nn.ReLU` directly followed by a tiling `nn.AvgPool2d` inside an `nn.Sequential`
     by a `ReluAvgPool2d` (and the pool by `nn.Identity`): same outputs, same input gradients. A pair carrying
     hooks of the caller's is left alone (the hooks would stop firing)."""
-    for module in list(model.modules()):
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for first, second in zip(names, names[1:], strict=False):
-                relu, pool = module._modules[first], module._modules[second]
-                if (type(relu) is nn.ReLU and type(pool) is nn.AvgPool2d and _square_window(pool)
-                        and not _hooked(relu) and not _hooked(pool)):
-                    module._modules[first] = ReluAvgPool2d(_square_window(pool))
-                    module._modules[second] = nn.Identity()
-    return model
+    return fuse_sequential_pairs(model, _relu_pool)
+
+
+def _conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Conv2d | None:
+    return fuse_conv_bn_eval(conv, bn) if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) else None
 
 
 def is_stem(module: nn.Module) -> bool:
@@ -231,15 +242,7 @@ def inference_copy(model: nn.Module, sample: torch.Tensor | None = None) -> nn.M
     channels_last. Same outputs and gradients up to float rounding; the speed is measured in
     `benchmarks/craft_throughput.py`.
     """
-    model = copy.deepcopy(model).eval()
-    for module in list(model.modules()):
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for first, second in zip(names, names[1:], strict=False):
-                a, b = module._modules[first], module._modules[second]
-                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
-                    module._modules[first] = fuse_conv_bn_eval(a, b)
-                    module._modules[second] = nn.Identity()
+    model = fuse_sequential_pairs(copy.deepcopy(model).eval(), _conv_bn)
     model.requires_grad_(False)
     fuse_relu_pools(model)
     if all(p.device.type == "cpu" for p in model.parameters()):  # cuDNN's own algorithms are efficient already

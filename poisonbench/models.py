@@ -28,6 +28,12 @@ def probe(model: nn.Module, sample: torch.Tensor, hooks: list) -> None:
             hook.remove()
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether a caller registered hooks on `module` itself (a module swapped for a faster one would drop them)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None))
+
+
 class Normalize(nn.Module):
     def __init__(self, mean, std):
         super().__init__()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import probe
+from .models import has_hooks, probe
 
 MIN_KERNEL_SIDE = 5  # 3×3 kernels stay direct (see SpectralConv2d.pays_off)
 MAX_COST_FRACTION = 0.6  # of the direct convolution's multiply-adds
@@ -76,8 +76,7 @@ class SpectralConv2d(nn.Conv2d):
         # a reparametrised weight (weight_norm, pruning: a plain tensor recomputed by hooks) or hooks of the
         # caller's stay with the caller's module; half precision would round the DFT matrices too coarsely
         if (not isinstance(conv.weight, nn.Parameter) or conv.weight.dtype not in (torch.float32, torch.float64)
-                or conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks
-                or getattr(conv, "parametrizations", None)):
+                or has_hooks(conv) or getattr(conv, "parametrizations", None)):
             return False
         nh, nw = in_size[0] + 2 * conv.padding[0], in_size[1] + 2 * conv.padding[1]
         (kh, kw), cin, cout = conv.kernel_size, conv.in_channels, conv.out_channels
