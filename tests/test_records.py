@@ -188,3 +188,33 @@ def test_git_state_reads_the_commit_and_whether_the_package_differs(monkeypatch,
         assert records.git_state() == ("c" * 40, dirty)
     finally:
         records.git_state.cache_clear()
+
+
+def test_archive_copies_finished_records_and_never_overwrites(tmp_path):
+    """experiments/archive_records.py keeps long experiments' records in git: it copies the chosen dataset's
+    complete records, skips what the destination holds, and reports (never overwrites) a differing record."""
+    import importlib.util
+    from pathlib import Path
+
+    from tests.report_records import make_record, write_records
+
+    spec = importlib.util.spec_from_file_location(
+        "archive_records", Path(__file__).parents[1] / "experiments" / "archive_records.py")
+    archive = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(archive)
+    fashion = [make_record(dataset="fashion-mnist", trial=t, acc=0.9) for t in range(2)]
+    other = make_record(dataset="mnist-5k", trial=0)
+    source = write_records(tmp_path / "src", [*fashion, other])
+    (source / "runs" / "torn.json").write_text('{"run_id": ')  # an unreadable file is never copied
+    dest = tmp_path / "dst"
+    changed = dict(fashion[1], metrics={**fashion[1]["metrics"], "test_acc": 0.1})
+    write_records(dest, [changed])
+
+    done = archive.archive(str(source), str(dest), "fashion-mnist")
+    assert done == {"copied": [fashion[0]["run_id"]], "present": [], "conflict": [fashion[1]["run_id"]]}
+    assert RunStore(dest).get(fashion[0]["run_id"]) == fashion[0]
+    assert RunStore(dest).get(fashion[1]["run_id"])["metrics"]["test_acc"] == 0.1  # left alone
+    assert RunStore(dest).get(other["run_id"]) is None
+    assert archive.archive(str(source), str(dest), "fashion-mnist")["present"] == [fashion[0]["run_id"]]
+    assert archive.main(["--from", str(source), "--to", str(dest)]) == 1  # the conflict is an error exit
+    assert RunStore(dest).get(other["run_id"]) == other
