@@ -28,6 +28,17 @@ def short_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
+def derived_seed(seed: int, stream: str) -> int:
+    """A seed for the named random `stream` of a run, derived from the run's `seed` (63 bits of a sha256).
+
+    Two draws made with the same algorithm from the same seed are the same sequence: the poisoned rows of a
+    trial drawn as `randperm(n)` from the trial seed were exactly the engine's first-epoch order, so epoch 1
+    trained on every poisoned row first. Each stream other than the engine's own takes a derived seed instead.
+    """
+    digest = hashlib.sha256(f"{stream}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

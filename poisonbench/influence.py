@@ -280,5 +280,5 @@ def top_abs(values: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def selected_count(ratio: float, n: int) -> int:
-    """⌈r·n⌉, robust to float error (0.1 · 3900 = 390.00000000000006 → 390)."""
-    return min(n, math.ceil(ratio * n - 1e-9))
+    """⌈r·n⌉, robust to float error (0.1 · 3900 = 390.00000000000006 → 390); at least one row for r > 0."""
+    return min(n, max(math.ceil(ratio * n - 1e-9), 1 if ratio > 0 else 0))

@@ -1,9 +1,10 @@
 """Scenarios `defend` trains (design.md §4). `plan_untargeted` is the paper's Table II mix.
 
 ⌊ρ·n⌋ train rows are poisoned, split equally among the attacks (the remainder goes to the first ones), on
-disjoint rows drawn from the trial seed. Each attack is crafted once over the whole train split (budget 1.0,
-crafting seed `CRAFT_SEED`) and every run takes its rows from that artifact, so a six-ρ × five-trial curve
-crafts each attack once. Planning is cheap and never crafts: poison ids are hashes of the crafting inputs.
+disjoint rows drawn from a seed derived from the trial seed (not the seed itself: see `derived_seed`). Each attack
+is crafted once over the whole train split (budget 1.0, crafting seed `CRAFT_SEED`) and every run takes its rows
+from that artifact, so a six-ρ × five-trial curve crafts each attack once. Planning is cheap and never crafts:
+poison ids are hashes of the crafting inputs.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 from .attacks import ATTACKS
 from .attacks.base import budget_count
 from .errors import PoisonbenchError
-from .hashing import short_hash
+from .hashing import derived_seed, short_hash
 
 UNTARGETED_ATTACKS = ("pgd", "dap", "durp", "deepconfuse")  # HINT's Table II mix (reference/attacks.md §1.1)
+ROW_STREAM = "untargeted-rows"  # the poisoned rows are drawn from derived_seed(trial seed, ROW_STREAM)
 CRAFT_SEED = 0  # the artifacts are shared by all trials; trials differ in which rows they poison
 
 
@@ -114,7 +116,8 @@ def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_roo
     n = len(data.train)
     k = budget_count(ratio, n)
     counts = split_counts(k, len(attacks))
-    g = torch.Generator().manual_seed(seed)
+    # not the trial seed itself: that is the engine's, whose first-epoch order is the same randperm(n)
+    g = torch.Generator().manual_seed(derived_seed(seed, ROW_STREAM))
     perm = torch.randperm(n, generator=g)[:k]
     assignment, start = {}, 0
     for attack, c in zip(attacks, counts, strict=True):
@@ -131,6 +134,7 @@ def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_roo
         "counts": dict(zip(attacks, counts, strict=True)),
         "poisoned": k,
         "indices_fingerprint": short_hash({a: assignment[a].tolist() for a in attacks}),
+        "row_stream": ROW_STREAM,  # absent in records made before the rows had their own stream
         "label": f"untargeted ρ={ratio:.2f} {'+'.join(attacks)}",
     }
     return UntargetedPlan(data, float(ratio), attacks, seed, specs, assignment, config)

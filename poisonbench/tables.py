@@ -138,7 +138,8 @@ def record_row(r: dict) -> dict:
         "method": method, "params_json": canonical_json(params),
         "finished_at": str(r.get("finished_at") or ""),
         "default_params": has_default_params(method, params, c["dataset"], recipe),
-        "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids")})
+        "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids"),
+                                        "rows": poison.get("row_stream")})
         if kind == "untargeted" else "",
         "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
         "beta": float(params["beta"]) if isinstance(params.get("beta"), int | float) else math.nan,
@@ -176,11 +177,15 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         chosen = sorted(counts.index, key=lambda p: (newest[p], counts[p], p))[-1]
         left = group[group.poisons_json != chosen]
         keep[left.index] = False
-        ref = json.loads(chosen)["ids"] or {}
-        changed = sorted({a for p in left.poisons_json.unique() for a, i in (json.loads(p)["ids"] or {}).items()
-                          if ref.get(a) != i})
+        ref = json.loads(chosen)
+        others = [json.loads(p) for p in left.poisons_json.unique()]
+        changed = sorted({a for o in others for a, i in (o["ids"] or {}).items() if (ref["ids"] or {}).get(a) != i})
+        if any(o["eps"] != ref["eps"] for o in others):
+            changed.append("ε")
+        if any(o.get("rows") != ref.get("rows") for o in others):
+            changed.append("the draw of the poisoned rows")
         notes.append(f"not shown: {len(left)} {dataset} run(s) of the mix {mix} trained on other PoisonSets "
-                     f"({', '.join(changed) or 'ε'} differ from the {int(counts[chosen])} run(s) shown)")
+                     f"({', '.join(changed)} differ from the {int(counts[chosen])} run(s) shown)")
     return df[keep], notes
 
 

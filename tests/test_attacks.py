@@ -260,3 +260,14 @@ def test_deepconfuse_resize_equals_bilinear_interpolate(size_in, size_out, align
     (g_ours,) = torch.autograd.grad(ours, t, upstream)
     (g_theirs,) = torch.autograd.grad(theirs, t, upstream)
     torch.testing.assert_close(g_ours, g_theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_official_schedule_replaces_defaults_not_explicit_options():
+    from poisonbench.attacks.deepconfuse import OFFICIAL, DeepConfuse
+
+    official = DeepConfuse("mnist", official_schedule=True).params
+    assert {k: official[k] for k in OFFICIAL["mnist"]} == OFFICIAL["mnist"]
+    mixed = DeepConfuse("mnist", official_schedule=True, outer_epochs=3, inner_epochs=5).params
+    assert (mixed["outer_epochs"], mixed["inner_epochs"]) == (3, 5)  # the caller's, not 1000 / 1
+    assert mixed["gen_lr"] == OFFICIAL["mnist"]["gen_lr"] and mixed["batch_size"] == OFFICIAL["mnist"]["batch_size"]
+    assert DeepConfuse("mnist", outer_epochs=3).params["gen_lr"] == 1e-3  # without the flag: the budget defaults

@@ -155,6 +155,7 @@ def test_lissa_and_selected_hessian_run():
     d, r, _ = run(ihvp="lissa", hessian_data="selected", gamma_decay_epoch=3, grad_space="normalized")
     assert [u["gamma"] for u in d.updates] == [0.1, 0.1 / 10]
     assert d.updates[1]["ihvp"]["method"] == "lissa"
+    assert d.updates[0]["ihvp"] is None  # the first update reuses the selection's s: no solve to report
 
 
 def test_needs_validation_split():

@@ -148,6 +148,8 @@ def test_top_abs_count_and_order():
     vals = torch.tensor([0.1, -3.0, 2.0, 0.0, -2.0, 0.5])
     assert inf.top_abs(vals, 0.5).tolist() == [1, 2, 4]
     assert len(inf.top_abs(torch.zeros(3900), 0.1)) == 390  # ⌈0.1·3900⌉ despite float error
+    assert inf.selected_count(1e-12, 3900) == 1  # ⌈r·n⌉ ≥ 1 for any r > 0 (it was 0, and HINT divided by it)
+    assert inf.selected_count(1.0, 3900) == 3900 and inf.selected_count(0.0, 3900) == 0
     assert len(inf.top_abs(torch.zeros(7), 0.3)) == 3
     assert len(inf.top_abs(torch.zeros(7), 1.0)) == 7
 

@@ -357,6 +357,20 @@ def test_runs_on_other_poison_sets_are_not_pooled():
     assert sorted(plain.n) == [2, 3]
 
 
+def test_runs_with_another_row_draw_are_not_pooled():
+    """Runs whose poisoned rows were drawn from the trial seed itself (before the rows had their own stream) and
+    runs of the current draw are two generations: the cell shows the newest, and the note says what differs."""
+    old = [make_record(rho=0.6, trial=t, acc=0.90) for t in range(3)]
+    new = [make_record(rho=0.6, trial=t, acc=0.70) for t in range(2)]
+    for r in new:
+        r["config"]["poison"]["row_stream"] = "untargeted-rows"
+        r["finished_at"] = "2025-02-01T00:00:00+00:00"
+    table = tables.build("2", old + new, tables.Options(trials=3), dataset="mnist-5k")
+    (row,) = [d for d in table.data if d["method"] == "none" and d["rho"] == 0.6]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(70.0)
+    assert any("3 mnist-5k run(s)" in n and "the draw of the poisoned rows differ" in n for n in table.notes)
+
+
 def test_the_plain_report_counts_distinct_trials_like_the_tables():
     """A trial re-run with another --seed replaces the older run of that trial id (newest wins), in the plain
     report as in Table II, with a note; n never exceeds the number of distinct trials."""

@@ -48,6 +48,20 @@ def test_config_fields_and_seed_dependence(tiny):
     assert a.config["indices_fingerprint"] != b.config["indices_fingerprint"]
 
 
+def test_poisoned_rows_are_not_the_engines_first_epoch_order(tiny):
+    """The rows are drawn from their own stream: drawn from the trial seed itself they were exactly the first
+    ⌊ρn⌋ rows of the engine's epoch-1 order (the same randperm(n) on a CPU generator), so epoch 1 trained on
+    every poisoned row first, in blocks by attack."""
+    n = len(tiny.train)
+    for seed in (0, 3):
+        plan = plan_untargeted(tiny, 0.6, None, seed=seed)
+        k = plan.config["poisoned"]
+        first_epoch = torch.randperm(n, generator=torch.Generator().manual_seed(seed))  # training.py's order
+        poisoned_first = plan.mask(n)[first_epoch[:k]].float().mean().item()
+        assert 0.45 < poisoned_first < 0.75  # about ρ, not 1.0
+        assert plan.config["row_stream"] == "untargeted-rows"
+
+
 def test_split_counts_remainder_goes_first():
     assert split_counts(10, 4) == [3, 3, 2, 2]
     assert split_counts(3, 4) == [1, 1, 1, 0]

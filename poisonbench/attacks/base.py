@@ -167,6 +167,7 @@ class Attack:
                                    f"{self.name!r}; its options: {valid}")
         self.family = family
         self.params = {p.name: p.default(family) for p in self.PARAMS}
+        self.explicit = frozenset(k for k, v in params.items() if v is not None)  # set by the caller
         self.params.update({k: v for k, v in params.items() if v is not None})
         for p in self.PARAMS:
             v = self.params[p.name]

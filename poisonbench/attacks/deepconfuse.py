@@ -226,13 +226,14 @@ class DeepConfuse(Attack):
         Param("cls_lr", float, {"mnist": 0.01, "cifar10": 0.01}, "Classifier SGD lr (also the pseudo-step lr).",
               "DC train.py --lr 0.01", positive=True),
         Param("official_schedule", bool, {"mnist": False, "cifar10": False},
-              "Use DC's official schedule (overrides the four options above; days of GPU time).",
+              "Use DC's official schedule for the five options above that are not given explicitly "
+              "(days of GPU time).",
               "DC train.py argparse defaults"),
     )
 
     def validate(self) -> None:
-        if self.params["official_schedule"]:
-            self.params.update(OFFICIAL[self.family])
+        if self.params["official_schedule"]:  # the official values replace the defaults, not explicit options
+            self.params.update({k: v for k, v in OFFICIAL[self.family].items() if k not in self.explicit})
 
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):  # seeds module init without touching the caller's global RNG

@@ -74,7 +74,7 @@ class Hint(Defense):
     @classmethod
     def defaults(cls, family: str, recipe: Recipe) -> dict[str, Any]:
         return {
-            "ratio": 0.5,  # r (paper §VI-A3, Table IV; official MNIST README)
+            "ratio": 0.5,  # r (paper Table II caption "r = 0.5"; official MNIST README)
             "beta": 0.062,  # β (paper §VI-A3; official eps 16/255 = 0.0627)
             "gamma": 0.1,  # γ (paper §VI-A3; official README; the argparse default is 0.01)
             "schedule": scale_schedule(family, recipe.epochs),
@@ -216,7 +216,8 @@ class Hint(Defense):
         y = ctx.train_y[sel]
         x_hat = ctx.train_x[sel]
         self.delta = x_hat - self.x0  # Alg. 3 line 2 (the effective, clipped noise)
-        if self._s_epoch != epoch:  # the model moved since the last solve: recompute s with the current θ
+        solves = self._s_epoch != epoch  # the first update reuses the selection's s (same epoch, same θ)
+        if solves:  # the model moved since the last solve: recompute s with the current θ
             if p["hessian_data"] == "selected":
                 self._solve(ctx, epoch, x_hat, y)
             else:
@@ -239,7 +240,7 @@ class Hint(Defense):
         ctx.train_x[sel] = x_new
         stats = self._noise_stats()
         self.updates.append({
-            "epoch": epoch, "gamma": gamma, "ihvp": s.stats() if self._s_epoch == epoch else None,
+            "epoch": epoch, "gamma": gamma, "ihvp": s.stats() if solves else None,
             "i_pert_abs_mean": i_pert.abs().mean().item(), "i_pert_abs_max": i_pert.abs().max().item(),
             "step_abs_mean": (gamma * step).abs().mean().item(),
             **stats, "seconds": round(time.perf_counter() - start, 4),
