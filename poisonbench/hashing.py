@@ -34,6 +34,8 @@ def derived_seed(seed: int, stream: str) -> int:
     Two draws made with the same algorithm from the same seed are the same sequence: the poisoned rows of a
     trial drawn as `randperm(n)` from the trial seed were exactly the engine's first-epoch order, so epoch 1
     trained on every poisoned row first. Each stream other than the engine's own takes a derived seed instead.
+    (HINT's LiSSA sampler predates this and keeps its own `seed * 1_000_003 + 4`, so that recorded `--ihvp lissa`
+    runs reproduce under their run ids; a new stream should use this function.)
     """
     digest = hashlib.sha256(f"{stream}:{seed}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1

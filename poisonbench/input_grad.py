@@ -180,9 +180,9 @@ def fuse_sequential_pairs(model: nn.Module, fuse) -> nn.Module:
 
 
 def _relu_pool(relu: nn.Module, pool: nn.Module) -> ReluAvgPool2d | None:
-    if (type(relu) is nn.ReLU and type(pool) is nn.AvgPool2d and _square_window(pool)
+    if (type(relu) is nn.ReLU and type(pool) is nn.AvgPool2d and (k := _square_window(pool))
             and not has_hooks(relu) and not has_hooks(pool)):
-        return ReluAvgPool2d(_square_window(pool))
+        return ReluAvgPool2d(k)
     return None
 
 
