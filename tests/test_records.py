@@ -218,3 +218,36 @@ def test_archive_copies_finished_records_and_never_overwrites(tmp_path):
     assert archive.archive(str(source), str(dest), "fashion-mnist")["present"] == [fashion[0]["run_id"]]
     assert archive.main(["--from", str(source), "--to", str(dest)]) == 1  # the conflict is an error exit
     assert RunStore(dest).get(other["run_id"]) == other
+
+
+def test_queue_worker_requeues_only_dead_workers_lines(tmp_path):
+    """experiments/queue_worker.sh (long sweeps on one machine): the line of a worker that died — even when its
+    pid now belongs to another process — goes back to the head of the queue; a live worker's claim stays; every
+    line then runs once, in order."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "experiments" / "queue_worker.sh"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ran = tmp_path / "ran.txt"
+    fake = bin_dir / "poisonbench"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {ran}\n')
+    fake.chmod(0o755)
+    queue = tmp_path / "q.txt"
+    queue.write_text("defend --trial 2\n# a comment\ndefend --trial 3\n")
+    claims = tmp_path / "q.txt.running"
+    claims.mkdir()
+    me = os.getpid()
+    start = Path(f"/proc/{me}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    (claims / f"{me}.{start}").write_text("defend --trial 9\n")  # a live worker: left alone
+    (claims / f"{me}.1").write_text("defend --trial 0\n")  # a dead worker whose pid was reused
+    (claims / "999999999").write_text("defend --trial 1\n")  # an older worker's claim (pid only), dead
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    subprocess.run(["bash", str(script), str(queue), str(tmp_path / "results")], env=env, check=True, timeout=60)
+    lines = ran.read_text().splitlines()
+    assert sorted(lines[:2]) == ["defend --trial 0 --json", "defend --trial 1 --json"]
+    assert lines[2:] == ["defend --trial 2 --json", "defend --trial 3 --json"]
+    assert [p.name for p in claims.iterdir()] == [f"{me}.{start}"]
+    assert queue.read_text() == ""
