@@ -58,7 +58,10 @@ def noise_figure(record: dict, out: str | Path) -> Path:
     for c, name in enumerate(("original", "healthy noise (scaled)", "perturbed")):
         axes[0][c].annotate(name, (0.5, 1.35), xycoords="axes fraction", ha="center", fontsize=9,
                             fontweight="bold")
-    subtitle = f"β = {beta}" if beta is not None else ""
+    params = (record.get("config") or {}).get("defense") or {}
+    shown = [f"β = {beta}"] if beta is not None else []
+    shown += [f"{name} = {params[key]}" for key, name in (("gamma", "γ"), ("ratio", "r")) if key in params]
+    subtitle = ", ".join(shown)
     fig.suptitle(f"HINT healthy noise · run {record.get('run_id')} {subtitle}", fontsize=9)
     fig.tight_layout()
     out = Path(out)

@@ -266,13 +266,20 @@ def figure_targeted(number: str, records: list[dict], df: pd.DataFrame, out: Pat
 
 # ----------------------------------------------------------------------------------------------- Fig. 1
 
+def paper_parameters(record: dict) -> bool:
+    """Whether a HINT run used every default of its dataset family, Table II's r and β included."""
+    row = tables.record_row(record)
+    return bool(row["default_params"]) and all(abs(row[k] - v) <= tables.TOL for k, v in tables.HINT_PAPER.items())
+
+
 def figure_1(records: list[dict], out: Path) -> list[Path]:
     """Healthy noise (paper Fig. 1), drawn by `figures.noise_figure` (the same figure as `report --figure 1 --run`)
-    from the HINT record with stored examples at the highest ρ (newest first among equals)."""
+    from a HINT record with stored examples: one with the paper's parameters if any (a sensitivity run's noise is
+    not the paper's figure), then the highest ρ, then the newest."""
     withx = [r for r in records if (r.get("defense") or {}).get("examples")]
     if not withx:
         return []
-    rec = max(withx, key=lambda r: ((r["config"].get("poison") or {}).get("ratio", 0.0),
+    rec = max(withx, key=lambda r: (paper_parameters(r), (r["config"].get("poison") or {}).get("ratio", 0.0),
                                     r.get("finished_at") or "", r["run_id"]))
     return [figures.noise_figure(rec, out / f"fig1_healthy_noise_{rec['config']['dataset']}.png")]
 

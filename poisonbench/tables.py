@@ -139,8 +139,9 @@ def record_row(r: dict) -> dict:
         "finished_at": str(r.get("finished_at") or ""),
         "default_params": has_default_params(method, params, c["dataset"], recipe),
         "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids"),
-                                        "rows": poison.get("row_stream")})
-        if kind == "untargeted" else "",
+                                        "rows": poison.get("row_stream")}) if kind == "untargeted"
+        else canonical_json({k: v for k, v in poison.items() if k not in TARGETED_TRIAL_KEYS}) if kind == "targeted"
+        else "",
         "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
         "beta": float(params["beta"]) if isinstance(params.get("beta"), int | float) else math.nan,
         "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),
@@ -149,6 +150,11 @@ def record_row(r: dict) -> dict:
         "compiled": bool(r.get("compiled")),
     }
 
+
+# what differs from trial to trial of one targeted configuration (each trial has its own target and PoisonSet);
+# the rest of a targeted run's poison description (ε, attack parameters) must match for runs to share a cell
+TARGETED_TRIAL_KEYS = {"target_index", "target_class", "intended_class", "label", "poison_id", "poison_ids",
+                       "indices_fingerprint", "counts", "base_indices"}
 
 COLUMNS = list(record_row({"run_id": "", "config": {"dataset": "", "model": "", "recipe": {"name": "", "epochs": 0},
                                                      "defense": {"method": ""}, "trial": 0, "seed": 0}}))
@@ -194,19 +200,28 @@ CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "kind
                  "attack", "method", "params_json", "poisons_json", "trial"]
 
 
+TARGETED_SCENARIOS = ("transfer", "scratch")
+
+
 def superseded_runs(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The rows of `df` that repeat the `keys` (a configuration and its trial id) of a more recently finished
-    run (ties: the larger run id wins): each configuration averages distinct trials, the newest run of each."""
+    """The rows of `df` that repeat a more recently finished run (ties: the larger run id wins) of the same
+    configuration (`keys`, ending with "trial") in its trial id, or — for clean and untargeted runs, where the
+    seed alone decides the training (initialisation, batch order, poisoned rows) — in its seed: `--seed 0
+    --trial 1` and `--seed 1 --trial 0` are one training, which a cell must not count twice."""
     newest_last = df.sort_values(["finished_at", "run_id"])
-    return newest_last[newest_last.duplicated(keys, keep="last")]
+    older = newest_last.duplicated(keys, keep="last")
+    seeded = ~newest_last.scenario.isin(TARGETED_SCENARIOS) & ~older
+    same_seed = newest_last[seeded].duplicated([*keys[:-1], "seed"], keep="last")
+    older[same_seed[same_seed].index] = True
+    return newest_last[older]
 
 
 def one_run_per_trial(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """A cell averages distinct trials: of several runs of one configuration with the same trial id (e.g. made
-    with another `--seed`), keep the most recently finished one; a note counts the others."""
+    with another `--seed`) or the same seed, keep the most recently finished one; a note counts the others."""
     older = superseded_runs(df, CONFIGURATION)
-    notes = [f"not shown: {int(n)} {dataset} run(s) repeating the trial id of another run of the same "
-             "configuration (e.g. another --seed); each cell keeps the newest run per trial"
+    notes = [f"not shown: {int(n)} {dataset} run(s) repeating the trial id or seed of another run of the same "
+             "configuration (e.g. another --seed); each cell keeps the newest run per trial and seed"
              for dataset, n in older.groupby("dataset").size().items()]
     return df.drop(older.index), notes
 
@@ -393,7 +408,7 @@ def acc_cell(st: Stat | None, opts: Options, signed: bool = False) -> Cell:
         text += f" ± {100 * st.std:.2f}"
         if opts.ci:
             text += f" [{100 * st.lo:{fmt}}, {100 * st.hi:{fmt}}]"
-    if st.n < opts.trials:
+    if st.n != opts.trials:  # fewer trials than asked, or several mixes pooled (--attacks any)
         text += f" (n={st.n})"
     return Cell(text) if signed else Cell(text, round(100 * st.mean, 2))
 
@@ -564,6 +579,9 @@ def targeted_pooling_notes(chosen: dict[str, pd.DataFrame]) -> list[str]:
             if len(budgets) > 1 or len(scenarios) > 1:
                 notes.append(f"warning: {method_label(m)} / {paper.ATTACK_LABEL.get(a, a)} pools runs of "
                              f"poison budgets {', '.join(budgets)} and scenarios {', '.join(scenarios)}")
+            if cell.poisons_json.nunique() > 1:
+                notes.append(f"warning: {method_label(m)} / {paper.ATTACK_LABEL.get(a, a)} pools runs whose "
+                             f"poisons differ in ε or attack parameters ({cell.poisons_json.nunique()} kinds)")
     return notes
 
 
@@ -755,7 +773,7 @@ def table5(df: pd.DataFrame, opts: Options) -> Table:
                 text = f"{t.mean:.1f}" + (f" ± {t.std:.1f}" if t.n > 1 else "")
                 if opts.ci and t.n > 1:
                     text += f" [{t.lo:.1f}, {t.hi:.1f}]"
-                text += f" (n={t.n})" if t.n < opts.trials else ""
+                text += f" (n={t.n})" if t.n != opts.trials else ""
                 row += [Cell(text), Cell(f"{d.mean:.1f}"), Cell(f"{ratio:.2f}×" if ratio is not None else DASH)]
             if opts.paper:
                 row += [Cell(f"{p:.0f}" if p is not None else DASH), Cell(f"{pratio:.2f}×" if pratio else DASH)]
@@ -826,6 +844,7 @@ def render_md(t: Table) -> str:
 
 def render_latex(t: Table) -> str:
     out = [f"% {t.title}: {t.caption}. Needs \\usepackage{{booktabs}}."]
+    out += [f"% {n}" for n in t.notes]  # runs left out of the table: for whoever reads the source
     for b in t.blocks:
         labels = sum(1 for c in b.rows[0] if c.label) if b.rows else 1
         spec = "l" * labels + "r" * (len(b.columns) - labels)
@@ -851,11 +870,12 @@ def render_csv(t: Table) -> str:
 
 def render_json(t: Table) -> str:
     notes = [{"block": b.title, "notes": b.notes} for b in t.blocks]
-    return json.dumps({"table": ROMAN[t.number], "caption": t.caption, "notes": notes, "rows": t.data},
-                      indent=2, ensure_ascii=False) + "\n"
+    return json.dumps({"table": ROMAN[t.number], "caption": t.caption, "notes": notes, "table_notes": t.notes,
+                       "rows": t.data}, indent=2, ensure_ascii=False) + "\n"
 
 
 def render_rich(t: Table, console=None) -> None:
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
     from .console import stdout_console
@@ -870,6 +890,8 @@ def render_rich(t: Table, console=None) -> None:
             rt.add_row(*[f"[bold green]{c.text}[/]" if c.best else c.text for c in row],
                        end_section=(i + 1) in b.rules)
         console.print(rt)
+    for note in t.notes:
+        console.print(f"[yellow]{escape(note)}[/yellow]", highlight=False)
 
 
 def render(t: Table, fmt: str) -> str:
@@ -895,23 +917,26 @@ def recipe_flags(s: Setting) -> list[str]:
     """`--recipe R` plus the overrides that rebuild exactly the setting's resolved recipe."""
     flags = ["--recipe", s.recipe]
     family = guess_family(s)
-    if not s.recipe_json or family is None:
+    if family is None:
         return flags
     from .recipes import RECIPES, resolve_recipe
 
     if s.recipe not in RECIPES[family]:
         return flags
+    if not s.recipe_json:  # a setting with no runs yet: only what the user filtered on
+        return flags + (["--epochs", str(s.epochs)] if s.epochs and s.epochs != RECIPES[family][s.recipe].epochs
+                        else [])
     rec = json.loads(s.recipe_json)
     if rec["epochs"] != RECIPES[family][s.recipe].epochs:
         flags += ["--epochs", str(rec["epochs"])]
     expected = resolve_recipe(family, s.recipe, epochs=rec["epochs"]).to_dict()
     for key, flag in RECIPE_FLAGS.items():
         if rec.get(key) != expected.get(key):
-            flags += [flag, f"{rec[key]:g}" if isinstance(rec[key], float) else str(rec[key])]
+            flags += [flag, repr(rec[key]) if isinstance(rec[key], float) else str(rec[key])]
     if rec.get("nesterov") != expected.get("nesterov"):
         flags.append("--nesterov" if rec["nesterov"] else "--no-nesterov")
     if list(rec.get("milestones") or []) != list(expected.get("milestones") or []):
-        flags += ["--milestones", ",".join(map(str, rec["milestones"]))] if rec["milestones"] else []
+        flags += ["--milestones", ",".join(map(str, rec["milestones"]))]  # "" = no decay
     return flags
 
 
@@ -950,7 +975,10 @@ class Need:
         return " ".join(shlex.quote(p) for p in parts)
 
 
-def target_settings(df: pd.DataFrame, dataset: str | None, recipe: str | None) -> list[Setting]:
+def target_settings(df: pd.DataFrame, dataset: str | None, recipe: str | None, model: str | None = None,
+                    epochs: int | None = None) -> list[Setting]:
+    """The settings with runs, plus the one the filters name when it has none yet (its commands must produce
+    runs that the same filters then select)."""
     ss = settings(df)
     if dataset and not any(s.dataset == dataset for s in ss):
         from .models import DEFAULT_MODEL
@@ -958,8 +986,9 @@ def target_settings(df: pd.DataFrame, dataset: str | None, recipe: str | None) -
 
         family = paper.family_of(dataset)
         name = recipe or "paper"
-        epochs = RECIPES[family][name].epochs if family and name in RECIPES[family] else 0
-        ss.append(Setting(dataset, DEFAULT_MODEL.get(family or "", ""), name, epochs, ""))
+        default_epochs = RECIPES[family][name].epochs if family and name in RECIPES[family] else 0
+        ss.append(Setting(dataset, model or DEFAULT_MODEL.get(family or "", ""), name, epochs or default_epochs,
+                          ""))
     return ss
 
 
@@ -974,11 +1003,11 @@ def cell_rows(number: str, sdf: pd.DataFrame, method: str, rho: float, params: d
 
 
 def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], dataset: str | None = None,
-          recipe: str | None = None) -> list[Need]:
+          recipe: str | None = None, model: str | None = None, epochs: int | None = None) -> list[Need]:
     """Every configuration of table `number` in each setting, with the trials found."""
     out = []
     base = untargeted(df)
-    for s in target_settings(base, dataset, recipe):  # settings with only targeted runs are Table III's
+    for s in target_settings(base, dataset, recipe, model, epochs):  # settings with only targeted runs are Table III's
         sdf = in_setting(base, s) if s.recipe_json else base.iloc[0:0]
         wanted = [m for m in methods_of(sdf) if m in methods or m in set(sdf.method)]
         rho6 = SENSITIVITY_RHO if opts.rho is None else opts.rho
@@ -1027,7 +1056,7 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     if methods:
         df = df[df.method.isin(methods)]
     commands = []
-    for need in needs(number, df, opts, wanted, dataset, recipe):
+    for need in needs(number, df, opts, wanted, dataset, recipe, model, epochs):
         if need.have >= opts.trials or need.method not in available:
             continue
         sdf = in_setting(df, need.setting) if need.setting.recipe_json else df.iloc[0:0]
@@ -1037,6 +1066,9 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
             need_mix = mix
         else:
             need_mix = mixes[0] if len(mixes) == 1 and mixes[0] != PAPER_MIX else ""
+        if len(bases) > 1:
+            notes.append(f"{need.setting.label}: runs of several base seeds ({', '.join(map(str, sorted(bases)))}) "
+                         "in one configuration; the commands use the default --seed 0")
         base_seed = bases.pop() if len(bases) == 1 else 0
         where = {"dataset_arg": dataset_arg if need.setting.dataset == dataset else None, "data_dir": data_dir}
         if per_trial:
@@ -1044,7 +1076,7 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
                          for t in range(opts.trials) if t not in need.done]
         else:
             commands.append(need.command(opts.trials, base_seed, need_mix, **where))
-    return list(dict.fromkeys(commands)), notes
+    return list(dict.fromkeys(commands)), list(dict.fromkeys(notes))
 
 
 def assert_records(records: list[dict], results) -> None:

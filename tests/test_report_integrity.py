@@ -104,6 +104,39 @@ def test_a_cell_keeps_one_run_per_trial_id(monkeypatch):
     assert [c.split(" --trial ")[1].split()[0] for c in commands] == ["1"]
 
 
+def test_a_cell_never_counts_one_training_twice(cli, tmp_path):
+    """`--seed 0 --trials 3` then `--seed 1 --trials 1`: trial 0 of the second is seed 1, the same training as
+    trial 1 of the first; the cell averages seeds {0, 1, 2} once each, in the tables and the plain report."""
+    first = [make_record(rho=0.2, trial=t, acc=0.90 + 0.01 * t) for t in range(3)]
+    again = make_record(rho=0.2, trial=0, acc=0.91, base_seed=1)
+    again["finished_at"] = "2025-03-01T00:00:00+00:00"
+    table = tables.build("2", [*first, again], tables.Options(trials=3, rho=0.2))
+    (row,) = [d for d in table.data if d["method"] == "none"]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(91.5)  # seed 1 (the newest) and seed 2
+    assert any("repeating the trial id or seed" in n for n in table.notes)
+    results = write_records(tmp_path / "res", [*first, again])
+    (summary,) = summary_rows(cli, results)
+    assert summary["n"] == "2"
+
+
+@pytest.mark.parametrize("fmt", ["rich", "md", "latex", "json"])
+def test_every_format_says_which_runs_were_left_out(fmt, capsys):
+    """The notes on runs a table leaves out (a repeated trial id, another PoisonSet generation) reach the user
+    in every format, not only in markdown."""
+    old = [make_record(rho=0.2, trial=t, acc=0.9) for t in range(2)]
+    new = make_record(rho=0.2, trial=0, acc=0.5, base_seed=100)
+    new["finished_at"] = "2025-03-01T00:00:00+00:00"
+    table = tables.build("2", [*old, new], tables.Options(trials=2, rho=0.2))
+    if fmt == "rich":
+        tables.render_rich(table)
+        text = capsys.readouterr().out
+    else:
+        text = tables.render(table, fmt)
+    if fmt == "json":
+        text = " ".join(json.loads(text)["table_notes"])
+    assert "repeating the trial id" in " ".join(text.split())
+
+
 def test_datasets_of_one_name_but_other_data_are_separate_blocks():
     runs = [make_record(trial=t, acc=0.9) for t in range(2)] + [make_record(trial=t, acc=0.5) for t in range(2)]
     for r in runs[2:]:

@@ -7,6 +7,7 @@ rendered from tests/report_records.synthetic_records(). Regenerate after an inte
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -215,6 +216,41 @@ def test_missing_for_a_dataset_without_records(monkeypatch):
     with_dir, _ = tables.missing_commands("2", [], tables.Options(trials=3), dataset="cifar10", recipe="quick",
                                           data_dir="/data/my cifar")
     assert with_dir == [f"{c} --data-dir '/data/my cifar'" for c in commands]  # runnable as printed
+
+
+def test_missing_for_a_new_setting_keeps_the_epochs_and_model_filters(monkeypatch):
+    """`report --missing --epochs 20` on a setting with no 20-epoch runs lists commands that make 20-epoch runs
+    (else a scheduler looping on `--missing` would never finish); the same for `--model`."""
+    monkeypatch.setattr(tables, "available_methods", lambda: ["none"])
+    runs = [make_record(recipe="paper", trial=t) for t in range(2)]  # 30-epoch runs exist
+    opts = tables.Options(trials=2, rho=0.0)
+    commands, _ = tables.missing_commands("2", runs, opts, dataset="mnist-5k", recipe="paper", epochs=20,
+                                          methods=["none"])
+    assert commands == ["poisonbench defend --dataset mnist-5k --method none --poison-ratio 0.0 --trials 2 "
+                        "--recipe paper --epochs 20"]
+    commands, _ = tables.missing_commands("2", runs, opts, dataset="mnist-5k", recipe="paper", model="resnet18",
+                                          methods=["none"])
+    assert commands[0].endswith("--recipe paper --model resnet18")
+    made = [make_record(recipe="paper", epochs=20, trial=t) for t in range(2)]
+    assert tables.missing_commands("2", runs + made, opts, dataset="mnist-5k", recipe="paper", epochs=20,
+                                   methods=["none"])[0] == []
+
+
+@pytest.mark.parametrize("overrides", [{"lr": 0.0123456789}, {"milestones": []}, {"epochs": 7, "milestones": [2]}])
+def test_recipe_flags_rebuild_the_exact_recipe(overrides):
+    """The flags `--missing` prints resolve to the very recipe of the runs (full float precision; an explicit
+    empty milestone list is kept)."""
+    from poisonbench.recipes import resolve_recipe
+
+    recipe = resolve_recipe("cifar10", "paper", **overrides).to_dict()
+    setting = tables.Setting("cifar10", "resnet18", "paper", recipe["epochs"], json.dumps(recipe, sort_keys=True))
+    flags = tables.recipe_flags(setting)
+    parsed = dict(zip(flags[::2], flags[1::2], strict=True))
+    rebuilt = {"epochs": int(parsed["--epochs"]) if "--epochs" in parsed else None,
+               "lr": float(parsed["--lr"]) if "--lr" in parsed else None,
+               "milestones": [int(m) for m in parsed["--milestones"].split(",") if m] if "--milestones" in parsed
+               else None}
+    assert resolve_recipe("cifar10", "paper", **rebuilt).to_dict() == recipe
 
 
 def test_missing_end_to_end(cli, tmp_path, monkeypatch):
@@ -452,3 +488,44 @@ def test_table_iii_warns_when_a_cell_pools_poison_budgets():
     assert not any("pools runs" in n for b in table.blocks for n in b.notes if n)
     table = tables.build("3", one + [run(t, 0.1, False) for t in range(3)], tables.Options(trials=3))
     assert any("pools runs of poison budgets 0.01, 0.1" in n for b in table.blocks for n in b.notes if n)
+
+
+def test_table_iii_never_pools_targeted_runs_of_another_eps_silently():
+    """Targeted runs of one trial made with another ε are neither dropped as repeats of that trial nor pooled
+    without a warning."""
+    def run(trial, eps, success):
+        r = make_record(dataset="cifar10", family="cifar10", recipe="paper", trial=trial,
+                        targeted={"attack": "gm", "target_index": trial, "target_class": 1, "intended_class": 2,
+                                  "success": success})
+        r["config"]["poison"]["eps"] = eps
+        r["run_id"] = short_hash(r["config"])
+        return r
+
+    same = [run(t, 16 / 255, True) for t in range(2)]
+    table = tables.build("3", same, tables.Options(trials=2))
+    assert not any("pools runs" in n for b in table.blocks for n in b.notes if n)
+    mixed = same + [run(t, 4 / 255, False) for t in range(2)]
+    for r in mixed[2:]:
+        r["finished_at"] = "2025-02-01T00:00:00+00:00"
+    table = tables.build("3", mixed, tables.Options(trials=2))
+    assert any("differ in ε or attack parameters" in n for b in table.blocks for n in b.notes if n)
+    assert not any("repeating the trial id" in n for n in table.notes)
+
+
+def test_figure_1_draws_a_run_with_the_papers_parameters(tmp_path, monkeypatch):
+    """A newer sensitivity run (β 0.251, γ 10) at the same ρ does not replace the paper-parameter run in Fig. 1."""
+    from poisonbench.defenses import DEFENSES
+    from poisonbench.recipes import resolve_recipe
+    from tests.report_records import healthy_noise_examples
+
+    defaults = DEFENSES.get("hint").defaults("mnist", resolve_recipe("mnist", "quick"))
+    paper_run = make_record(method="hint", params=dict(defaults), rho=1.0, examples=healthy_noise_examples())
+    sweep = make_record(method="hint", params={**defaults, "beta": 0.251, "gamma": 10.0}, rho=1.0,
+                        examples=healthy_noise_examples())
+    sweep["finished_at"] = "2025-06-01T00:00:00+00:00"
+    drawn = []
+    monkeypatch.setattr(plots.figures, "noise_figure", lambda rec, out: drawn.append(rec["run_id"]) or Path(out))
+    plots.figure_1([sweep, paper_run], tmp_path)
+    assert drawn == [paper_run["run_id"]]
+    plots.figure_1([sweep], tmp_path)  # only a sensitivity run: still drawn
+    assert drawn[-1] == sweep["run_id"]

@@ -45,7 +45,7 @@ def defend(
     momentum: float = typer.Option(None, "--momentum", help="Override the SGD momentum."),
     nesterov: bool = typer.Option(None, "--nesterov/--no-nesterov", help="Override Nesterov momentum."),
     weight_decay: float = typer.Option(None, "--weight-decay", help="Override the weight decay."),
-    milestones: str = typer.Option(None, "--milestones", help="Override lr-decay epochs, e.g. 30,50,70."),
+    milestones: str = typer.Option(None, "--milestones", help="Override lr-decay epochs, e.g. 30,50,70 ('' for none)."),
     augment: str = typer.Option(None, "--augment", help="Override augmentation: none | crop-flip."),
     poison_ratio: float = typer.Option(0.0, "--poison-ratio",
                                        help="ρ: fraction of the train split poisoned by the untargeted mix "

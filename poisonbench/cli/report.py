@@ -177,9 +177,9 @@ def report(
 
     summary = lib.load_summary(records, **{**filters, "mix": attacks or "any"})
     if summary.attrs.get("not_shown"):
-        err.print(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id of another run of the "
-                  "same configuration (e.g. another --seed); each configuration keeps the newest run per trial",
-                  markup=False)
+        err.print(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id or seed of another run "
+                  "of the same configuration (e.g. another --seed); each configuration keeps the newest run per "
+                  "trial and seed", markup=False)
     if summary.empty:
         err.print(f"no records match ({describe({**filters, 'mix': attacks})})", markup=False)
         if fmt == "json":
