@@ -10,13 +10,16 @@ compile mode the resumed run gives bit-identical numbers (tests/test_checkpoints
 
 One file per run, `<results>/partial/runs/<run_id>.safetensors`: tensors in safetensors (never pickle), the rest
 as JSON in the file's metadata; written atomically; removed once the record exists. A checkpoint written under
-another poisonbench or torch version, device type or compile mode is ignored (the run starts over), because its
-numbers would not be those of an uninterrupted run.
+other code (poisonbench's sources, torch's version), on another device type, CPU or thread count, in another
+compile mode or from other poison tensors is ignored (the run starts over), because its numbers would not be
+those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from . import __version__
+from .hashing import code_fingerprint
 from .io import atomic_write_bytes, remove_stale_temps
+
+code_fingerprint()  # read the sources now, at start-up: the checkout may move on while a long run trains
 
 CHECKPOINT_EVERY = 120.0  # seconds between checkpoints: ≤ 2 minutes of lost work, a few writes per long run
 META_KEY = "poisonbench_checkpoint"
@@ -49,13 +55,29 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def execution_identity(device: torch.device) -> dict:
     """What saved state must share with the process resuming from it for the result to equal an uninterrupted
-    run's: the code (poisonbench and torch versions) and what decides float rounding on the device (CPU: the
-    thread count, oneDNN splits its reductions by it; CUDA: GPU model, cuDNN version, TF32)."""
-    identity = {"poisonbench": __version__, "torch": torch.__version__, "device": device.type}
+    run's: the code (poisonbench's sources, torch's version) and what decides float rounding on the device (CPU:
+    the thread count, as oneDNN splits its reductions by it, and the instruction set ATen and oneDNN dispatch to,
+    with the CPU model for oneDNN's per-model kernels — a job moved to another node type of a cluster starts over;
+    CUDA: GPU model, cuDNN version, TF32)."""
+    identity = {"poisonbench": __version__, "code": code_fingerprint(), "torch": torch.__version__,
+                "device": device.type}
     if device.type == "cpu":
-        identity["threads"] = torch.get_num_threads()
+        identity.update(threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                        cpu=cpu_model(), onednn_isa=os.environ.get("ONEDNN_MAX_CPU_ISA",
+                                                                     os.environ.get("DNNL_MAX_CPU_ISA", "")))
     elif device.type == "cuda":
         identity.update(gpu=torch.cuda.get_device_name(device), cudnn=torch.backends.cudnn.version(),
                         cudnn_tf32=torch.backends.cudnn.allow_tf32)

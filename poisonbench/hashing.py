@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -47,3 +49,15 @@ def sha256_file(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 (16 hex digits) of the package's Python sources: saved state (a checkpoint, a half-done craft) is
+    resumed only by the code that wrote it. The version string cannot tell, it stays 0.1.0 across commits that
+    change numbers; a git commit would also change with every edit of the docs, and installed copies have none."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .checkpoints import cpu_model
 from .errors import PoisonbenchError
-from .hashing import short_hash
+from .hashing import code_fingerprint, short_hash
 from .io import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -67,12 +68,16 @@ def environment(device: torch.device) -> dict:
         "poisonbench": __version__,
         "git_commit": git_commit(),
         "git_dirty": git_state()[1],
+        "code": code_fingerprint(),  # sha256 of the package sources, also where no git checkout is
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "host": platform.node(),
     }
+    if device.type == "cpu":
+        env["cpu"] = cpu_model()
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cudnn"] = torch.backends.cudnn.version()
@@ -97,6 +102,8 @@ class RunStore:
         try:
             record = json.loads(self.path(rid).read_text())
         except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict):  # valid JSON but not a record: as unreadable
             return None
         return record if record.get("schema_version") == SCHEMA_VERSION else None
 

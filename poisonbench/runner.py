@@ -136,10 +136,11 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     for config, plan in zip(configs, plans, strict=True):
         rid = run_id(config)
         existing = store.get(rid)
+        checkpoint = Checkpoint(checkpoint_path(store.root, rid), spec.checkpoint_every)
         if existing is not None and not spec.force:
+            checkpoint.clear()  # left behind by a kill between writing the record and clearing it
             outcomes.append(RunOutcome(existing, "skipped"))
             continue
-        checkpoint = Checkpoint(checkpoint_path(store.root, rid), spec.checkpoint_every)
         if spec.force:
             checkpoint.clear()
         if tensors is None:
@@ -165,6 +166,8 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
         train_x = plan.apply(train_x, results_root=spec.results, device=device, reporter=reporter,
                                  compile=spec.compile)
         poisoned = plan.mask(len(train_y), device)
+        if checkpoint is not None:  # never resumed on re-crafted poisons (`craft --force` after the kill)
+            checkpoint.identity["poison_tensors"] = dict(plan.tensor_sha256)
     model = build_model(config["model"], data, seed=config["seed"])
     if reporter:
         reporter.start(f"{config['defense']['method']} · {data.name} · trial {config['trial']}", recipe.epochs)
@@ -199,6 +202,7 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
         "history": result.history,
         "cost": cost,
         "defense": defense.summary(),
+        "poison_tensors": dict(plan.tensor_sha256) if plan is not None else None,  # sha256 per attack
         "compiled": result.compiled,
         "resumed_from_epoch": result.resumed_from,
         "env": environment(device),

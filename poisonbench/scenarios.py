@@ -10,7 +10,7 @@ poison ids are hashes of the crafting inputs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +33,9 @@ class UntargetedPlan:
     specs: dict  # attack -> poisons.CraftSpec (budget 1.0)
     assignment: dict  # attack -> sorted int64 CPU tensor of train rows
     config: dict
+    # attack -> sha256 of the PoisonSet tensors `apply` used: the poison ids hash only the crafting inputs, and a
+    # craft's floats depend on device, threads and torch version, so a record also names the tensors themselves
+    tensor_sha256: dict = field(default_factory=dict)
 
     def mask(self, n: int, device=None) -> torch.Tensor:
         """Bool mask over the train split, True at poisoned rows."""
@@ -56,6 +59,7 @@ class UntargetedPlan:
                     continue
                 poison, _cached = poisons.craft(self.specs[attack], self.dataset, results_root, device, progress,
                                                 compile=compile)
+                self.tensor_sha256[attack] = poison.manifest["tensor_sha256"]
                 delta = poison.rows_for(rows).to(train_x.device, train_x.dtype)
                 rows_dev = rows.to(train_x.device)
                 train_x[rows_dev] = (train_x[rows_dev] + delta).clamp_(0, 1)

@@ -127,6 +127,32 @@ def test_a_checkpoint_from_another_cpu_thread_count_is_ignored(tiny_npz, tmp_pat
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("change", ["code", "cpu_capability", "cpu"])
+def test_a_checkpoint_from_other_code_or_another_cpu_is_ignored(tiny_npz, tmp_path, monkeypatch, change):
+    """Other sources (the version string stays 0.1.0 across commits), another instruction set (ATen / oneDNN
+    pick other kernels: e.g. AVX2 vs AVX-512 round differently) or CPU model: the run trains from the start."""
+    import poisonbench.checkpoints as checkpoints
+
+    data = load_dataset(str(tiny_npz))
+    with pytest.raises(Killed):
+        run(data, "none", checkpoint(tmp_path), kill_after=1)
+    other = {"code": ("code_fingerprint", lambda: "0" * 16),
+             "cpu_capability": ("torch.backends.cpu.get_cpu_capability", lambda: "NO_AVX"),
+             "cpu": ("cpu_model", lambda: "another CPU")}[change]
+    with monkeypatch.context() as m:
+        target, value = other
+        if "." in target:
+            m.setattr(target, value)
+        else:
+            m.setattr(checkpoints, target, value)
+        _, result, _ = run(data, "none", checkpoint(tmp_path))
+    assert result.resumed_from == 0
+    with pytest.raises(Killed):
+        run(data, "none", checkpoint(tmp_path), kill_after=1)
+    _, result, _ = run(data, "none", checkpoint(tmp_path))
+    assert result.resumed_from == 2
+
+
 def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
     """28×28 images: the ConvNet's 40→100 layer trains as `SpectralConv2d` on the CPU (16×16 ones stay direct)."""
     import numpy as np

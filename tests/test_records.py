@@ -77,7 +77,8 @@ def test_store_ignores_partial_or_foreign_files(tmp_path):
     store = RunStore(tmp_path)
     store.runs.mkdir(parents=True)
     (store.runs / "abc.json").write_text('{"schema_version": 1, "run_id": "abc", "conf')
-    assert store.get("abc") is None and store.all() == []
+    (store.runs / "lst.json").write_text('[1, 2]')  # valid JSON, not a record: the run is not done
+    assert store.get("abc") is None and store.get("lst") is None and store.all() == []
 
 
 def test_sigkill_mid_training_leaves_no_record_and_rerun_resumes_to_the_same_numbers(tiny_npz, tmp_path):

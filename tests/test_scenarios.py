@@ -105,3 +105,6 @@ def test_apply_crafts_once_and_poisons_only_assigned_rows(tiny, tmp_path):
         assert (out - x).abs().max() <= plan.specs["durp"].eps + 1e-6
     assert len(poisons.list_ids(tmp_path)) == 1  # two trials, one craft
     assert calls[0][0] == "start" and calls[-1] == ("stop",)
+    (poison_id,) = poisons.list_ids(tmp_path)
+    manifest = poisons.read_manifest(tmp_path, poison_id)
+    assert plan.tensor_sha256 == {"durp": manifest["tensor_sha256"]}  # the tensors used, named in the record
