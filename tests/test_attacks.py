@@ -124,6 +124,31 @@ def test_bad_attack_inputs(tiny, kwargs, needle):
     assert needle in str(info.value)
 
 
+def test_a_killed_surrogate_training_resumes_to_the_same_weights(tiny, tmp_path, monkeypatch):
+    """The surrogate trains with `defend`'s epoch checkpoints: killed midway, it resumes from its last epoch and
+    ends with the weights of an uninterrupted training; the checkpoint is gone once the surrogate is cached."""
+    from poisonbench.attacks import surrogate
+
+    data, _ = tiny
+    monkeypatch.setattr(surrogate, "SURROGATE_CHECKPOINT_EVERY", 0.0)
+    _, whole = surrogate.load_or_train_surrogate(data, tmp_path / "a", torch.device("cpu"))
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_3(description, done, total):
+        if done > 2 * total // surrogate.resolve_recipe(data.family, surrogate.SURROGATE_RECIPE).epochs + 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        surrogate.load_or_train_surrogate(data, tmp_path / "b", torch.device("cpu"), progress=kill_in_epoch_3)
+    assert list((tmp_path / "b" / "partial" / "surrogates").iterdir())
+    _, resumed = surrogate.load_or_train_surrogate(data, tmp_path / "b", torch.device("cpu"))
+    assert resumed["resumed_from_epoch"] == 2 and whole["resumed_from_epoch"] == 0
+    assert resumed["weights_sha256"] == whole["weights_sha256"]
+    assert list((tmp_path / "b" / "partial" / "surrogates").iterdir()) == []
+
+
 def test_surrogate_is_cached_as_safetensors_and_shared(tiny):
     from safetensors.torch import load_file
 

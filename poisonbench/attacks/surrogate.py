@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..checkpoints import CHECKPOINT_EVERY, Checkpoint
 from ..errors import PoisonbenchError
 from ..hashing import canonical_json, short_hash
 from ..io import atomic_write_bytes, exclusive
@@ -25,6 +26,7 @@ from ..records import results_dir
 
 SURROGATE_SEED = 0  # one surrogate per dataset, independent of the attack seed, so all attacks share it
 SURROGATE_RECIPE = "paper"
+SURROGATE_CHECKPOINT_EVERY = CHECKPOINT_EVERY
 
 
 def surrogate_spec(dataset, model_name: str | None = None) -> dict:
@@ -113,13 +115,19 @@ def _train(path: Path, spec: dict, sid: str, dataset, device: torch.device,
         if progress is not None:
             progress(description, epoch * steps + step, total)
 
+    # epoch checkpoints as `defend`'s (an 80-epoch ResNet-18 surrogate is hours on a CPU): a killed craft resumes
+    # the surrogate where it stopped, with the weights an uninterrupted training gives
+    checkpoint = Checkpoint(path.parent.parent / "partial" / "surrogates" / path.name, SURROGATE_CHECKPOINT_EVERY)
     start = time.perf_counter()
     result = train(model, tx, ty, vx, vy, recipe, seed=SURROGATE_SEED, device=device,
-                   num_classes=dataset.num_classes, eval_sets={"val": (vx, vy)}, on_batch=on_batch)
+                   num_classes=dataset.num_classes, eval_sets={"val": (vx, vy)}, on_batch=on_batch,
+                   checkpoint=checkpoint)
     last = result.history[-1]
     info = {"val_acc": last.get("val_acc"), "train_acc": last["train_acc"],
-            "seconds": round(time.perf_counter() - start, 2)}
+            "seconds": round(time.perf_counter() - start + result.prior_seconds, 2),
+            "resumed_from_epoch": result.resumed_from}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     info["weights_sha256"] = weights_sha256(state)
     atomic_write_bytes(path, st_save(state, metadata={"spec": canonical_json(spec), "info": json.dumps(info)}))
+    checkpoint.clear()
     return model, {"id": sid, "path": str(path), "trained": True, **info}
