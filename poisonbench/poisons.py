@@ -34,6 +34,7 @@ from .attacks.base import (
     budget_count,
     check_budget,
     check_eps,
+    check_seed,
     select_indices,
 )
 from .checkpoints import execution_identity
@@ -77,6 +78,7 @@ def craft_spec(dataset, attack: str, eps: float | None = None, budget: float = 1
     """Validate the inputs (before anything is written) and resolve every default for the dataset family."""
     cls = ATTACKS.get(attack)
     check_budget(budget)
+    check_seed(seed)
     eps = DEFAULT_EPS[dataset.family] if eps is None else float(eps)
     check_eps(eps)
     instance = cls(dataset.family, **params)
@@ -126,6 +128,12 @@ def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = 
             f.flush()
             os.fsync(f.fileno())
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        if final.is_dir() and not (final / MANIFEST_FILE).exists():
+            # a directory without a manifest is no PoisonSet (an interrupted copy, a hand-deleted file): moved
+            # aside first (so the id never names a half-deleted directory), then deleted
+            aside = final.parent / f".{spec.poison_id}.orphan-{os.getpid()}-{time.time_ns()}"
+            os.rename(final, aside)
+            shutil.rmtree(aside, ignore_errors=True)
         try:
             os.rename(tmp, final)
             fsync_directory(final.parent)

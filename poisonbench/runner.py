@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .attacks.base import check_seed
 from .checkpoints import CHECKPOINT_EVERY, Checkpoint, checkpoint_path
 from .data import Dataset, load_dataset
 from .defenses import DEFENSES, build_defense
@@ -71,6 +72,8 @@ def validate(spec: DefendSpec) -> None:
         if spec.trials != 1:
             raise PoisonbenchError(f"give either --trials N (trials 0..N-1) or --trial T (only trial T), "
                                    f"not both (got --trials {spec.trials} --trial {spec.trial})")
+    check_seed(spec.seed, "--seed")
+    check_seed(spec.seed + max(trial_numbers(spec)), "--seed plus the last trial")
     if not 0.0 <= spec.poison_ratio <= 1.0:
         raise PoisonbenchError(f"poison ratio must be in [0, 1], got {spec.poison_ratio}")
     if spec.model is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,71 @@ def test_idx_truncated_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(PoisonbenchError, match="truncated"):
         read_idx(path)
+
+
+@pytest.mark.parametrize("damage", ["cut gz", "not gzip", "cifar junk", "cifar no labels"])
+def test_damaged_dataset_files_are_one_line_errors(cli, tmp_path, damage):
+    """A half-finished download or a foreign file: exit 2 and a line naming the file, never a traceback (nor
+    click's 'Aborted.' for the EOFError of a cut .gz)."""
+    import pickle
+
+    if damage.startswith("cifar"):
+        write_cifar_dir(tmp_path / "cifar-10-batches-py")
+        batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+        batch.write_bytes(b"junk" if damage == "cifar junk" else pickle.dumps({"data": np.zeros((2, 3072))}))
+        name = "cifar10"
+    else:
+        write_mnist_dir(tmp_path, gz=True)
+        batch = tmp_path / "train-images-idx3-ubyte.gz"
+        batch.write_bytes(batch.read_bytes()[:200] if damage == "cut gz" else b"plain bytes, not gzip")
+        name = "mnist"
+    code, out, err = cli("data", "info", name, "--data-dir", str(tmp_path))
+    assert code == 2 and "Traceback" not in err + out
+    assert str(batch) in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_flat_folder_of_the_other_mnist_dataset_is_refused(tmp_path, monkeypatch):
+    """MNIST and Fashion-MNIST share file names: `--dataset mnist` pointed at Fashion's flat .gz files (by md5,
+    torchvision's published ones) fails instead of training on the wrong dataset under the wrong name."""
+    import hashlib
+
+    import torchvision.datasets as tvd
+
+    write_mnist_dir(tmp_path, gz=True)
+    ours = hashlib.md5((tmp_path / "train-images-idx3-ubyte.gz").read_bytes()).hexdigest()
+    monkeypatch.setattr(tvd.FashionMNIST, "resources", [("train-images-idx3-ubyte.gz", ours)])
+    with pytest.raises(PoisonbenchError, match="are fashion-mnist's, not MNIST's"):
+        load_dataset("mnist", data_dir=tmp_path)
+    assert load_dataset("fashion-mnist", data_dir=tmp_path).name == "fashion-mnist"
+    # recompressed copies (Debian's) match no published .gz md5: the test labels tell
+    from poisonbench import data as data_module
+
+    monkeypatch.setattr(tvd.FashionMNIST, "resources", [])
+    labels = read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz").astype(np.uint8).tobytes()
+    monkeypatch.setitem(data_module.TEST_LABELS_MD5, "fashion-mnist", hashlib.md5(labels).hexdigest())
+    with pytest.raises(PoisonbenchError, match="the test labels .* are fashion-mnist's"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_download_into_a_new_folder_and_its_failure(tmp_path, monkeypatch):
+    """`--download --data-dir NEW` creates NEW; a failed download (no network) is one line and leaves nothing."""
+    import torchvision.datasets as tvd
+
+    def offline(root, train, download):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(tvd, "MNIST", offline)
+    with pytest.raises(PoisonbenchError, match="downloading MNIST into .* failed .*copy the files there"):
+        load_dataset("mnist", data_dir=tmp_path / "new", download=True)
+    assert not (tmp_path / "new").exists()
+
+    def fetch(root, train, download):
+        write_mnist_dir(Path(root) / "MNIST" / "raw")
+
+    monkeypatch.setattr(tvd, "MNIST", fetch)
+    assert len(load_dataset("mnist", data_dir=tmp_path / "new", download=True).test) == 100
+    (tmp_path / "new" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()  # a partial download: fetched again
+    assert len(load_dataset("mnist", data_dir=tmp_path / "new", download=True).test) == 100
 
 
 def test_missing_files_and_dirs_are_one_line_errors(tmp_path):

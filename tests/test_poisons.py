@@ -271,3 +271,44 @@ def test_a_manifest_that_is_not_a_poisonset_manifest_is_refused_in_one_line(tiny
         assert code == 2 and "is not a PoisonSet manifest" in err and "Traceback" not in err, err
     code, out, err = cli("poisons", "list", "--results", tmp_path)  # one bad set does not break the list
     assert code == 0 and "Traceback" not in err
+
+
+def test_a_poison_directory_without_manifest_is_replaced_by_a_new_craft(tiny, tmp_path):
+    """An orphan `poisons/<id>/` (an interrupted copy, a hand-deleted manifest) is no PoisonSet: crafting that id
+    replaces it instead of failing at the very end with 'directory not empty'."""
+    data, _, _ = tiny
+    spec = poisons.craft_spec(data, "durp", budget=0.5, seed=3)
+    orphan = poisons.poison_dir(tmp_path, spec.poison_id)
+    orphan.mkdir(parents=True)
+    (orphan / "delta.safetensors").write_bytes(b"stale")
+    _, poison, cached = _craft(data, tmp_path, budget=0.5, seed=3)
+    assert not cached and poisons.load(tmp_path, spec.poison_id).delta.shape == poison.delta.shape
+    assert sorted(p.name for p in (tmp_path / "poisons").iterdir()) == [spec.poison_id]
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"seed": -1}, "seed must be an integer in [0, 2^63 - 1], got -1"),
+    ({"seed": 2 ** 63}, "seed must be an integer in [0, 2^63 - 1]"),
+    ({"attack": "deepconfuse", "gen_lr": float("inf")}, "must be a finite number, got"),
+    ({"attack": "deepconfuse", "gen_lr": float("nan")}, "must be a finite number, got"),
+])
+def test_out_of_range_seeds_and_non_finite_options_are_refused_before_anything_is_written(tiny, tmp_path, kwargs,
+                                                                                          needle):
+    data, _, _ = tiny
+    with pytest.raises(PoisonbenchError) as info:
+        poisons.craft_spec(data, kwargs.pop("attack", "durp"), budget=0.5, **kwargs)
+    assert needle in str(info.value)
+    assert not tmp_path.joinpath("partial").exists() and not tmp_path.joinpath("locks").exists()
+
+
+def test_a_non_finite_delta_is_never_saved(tiny, tmp_path, monkeypatch):
+    """An attack whose optimisation diverged (NaN / inf δ) fails loudly instead of caching a poison set."""
+    from poisonbench.attacks import ATTACKS
+
+    data, _, _ = tiny
+    durp = type(ATTACKS.get("durp")("mnist"))
+    real = durp.perturb
+    monkeypatch.setattr(durp, "perturb", lambda self, ctx: real(self, ctx) * float("nan"))
+    with pytest.raises(PoisonbenchError, match="not finite"):
+        _craft(data, tmp_path, budget=0.5, seed=4)
+    assert poisons.list_ids(tmp_path) == []

@@ -96,6 +96,14 @@ def select_indices(n: int, budget: float, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:k].sort().values
 
 
+SEED_MAX = 2 ** 63 - 1  # torch generators take 64 bits; above 2^63 they alias the negative seeds
+
+
+def check_seed(seed: int, what: str = "seed") -> None:
+    if not (isinstance(seed, int) and 0 <= seed <= SEED_MAX):
+        raise PoisonbenchError(f"{what} must be an integer in [0, 2^63 - 1], got {seed}")
+
+
 def check_budget(budget: float) -> None:
     if not (isinstance(budget, (int, float)) and 0.0 <= budget <= 1.0):
         raise PoisonbenchError(f"budget must be a fraction in [0, 1], got {budget}")
@@ -172,6 +180,8 @@ class Attack:
         for p in self.PARAMS:
             v = self.params[p.name]
             if p.type in (int, float) and v is not None:
+                if not math.isfinite(v):
+                    raise PoisonbenchError(f"{p.flag} of attack {self.name!r} must be a finite number, got {v}")
                 if (p.positive and not v > 0) or (p.minimum is not None and v < p.minimum):
                     bound = "> 0" if p.positive else f">= {p.minimum}"
                     raise PoisonbenchError(f"{p.flag} of attack {self.name!r} must be {bound}, got {v}")
@@ -196,6 +206,10 @@ class Attack:
             delta = torch.zeros_like(x)
         else:
             delta = self.perturb(ctx).detach().float().cpu()
+        if not torch.isfinite(delta).all():  # a diverged optimisation: projecting would keep the NaNs
+            bad = int((~torch.isfinite(delta)).flatten(1).any(1).sum())
+            raise PoisonbenchError(f"attack {self.name!r} produced a δ that is not finite in {bad} of "
+                                   f"{len(delta)} rows (diverged; try a smaller step size or learning rate)")
         delta = project(x, delta, ctx.eps)
         ctx.report(f"{self.name} · {ctx.dataset.name}", len(ctx.indices), len(ctx.indices))
         return PoisonSet(delta=delta.contiguous(), indices=ctx.indices.clone())

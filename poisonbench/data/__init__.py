@@ -108,17 +108,70 @@ def _require_dir(data_dir: Path | None, explicit: bool) -> Path:
     return path
 
 
+def _download(tv_name: str, root: Path) -> None:
+    """torchvision's download of `tv_name` into `root` (it fetches what is missing and checks md5s); a failure is
+    a one-line error, and a directory this call created is removed again."""
+    import shutil
+
+    import torchvision.datasets as tvd
+
+    created = not root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for train in (True, False):
+            getattr(tvd, tv_name)(str(root), train=train, download=True)
+    except Exception as exc:  # noqa: BLE001 (urllib, HTTP, md5 and extraction errors alike)
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        raise PoisonbenchError(f"downloading {tv_name} into {str(root)!r} failed ({type(exc).__name__}: {exc}); "
+                               "without internet, copy the files there and pass --data-dir") from None
+
+
+# md5 of the 10,000 official test labels (uint8), read from Debian's dataset-fashion-mnist (Zalando's files)
+TEST_LABELS_MD5 = {"fashion-mnist": "8dea97a4e78c1bd1b5a6e8efbb870b6e"}
+
+
+def _not_the_other_dataset(tv_name: str, arrays: dict[str, np.ndarray], where: Path) -> None:
+    """MNIST and Fashion-MNIST files share their names, so a flat folder of one is found for the other. Refuse
+    data whose test labels are the other dataset's (`TEST_LABELS_MD5`), or a `.gz` file whose md5 is one of the
+    other's as torchvision publishes them (`resources`; Debian recompresses its copies, hence the labels check)."""
+    other = {"MNIST": ("FashionMNIST", "fashion-mnist"), "FashionMNIST": ("MNIST", "mnist")}.get(tv_name)
+    if other is None:
+        return
+    import hashlib
+
+    def refuse(what: str) -> None:
+        raise PoisonbenchError(f"{what} under {str(where)!r} are {other[1]}'s, not {tv_name}'s; point --data-dir "
+                               f"at a folder of {tv_name}'s files")
+
+    labels = hashlib.md5(arrays["test_y"].astype(np.uint8).tobytes(), usedforsecurity=False).hexdigest()
+    if labels == TEST_LABELS_MD5.get(other[1]):
+        refuse("the test labels")
+    gz = [p for p in sorted(Path(where).glob("*.gz")) if p.name.startswith(("train-images", "t10k-images"))]
+    if not gz:
+        return
+    import torchvision.datasets as tvd
+
+    theirs = {md5 for _, md5 in getattr(tvd, other[0]).resources}
+    for path in gz:
+        if hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() in theirs:
+            refuse(f"the files (md5 of {path.name}: torchvision's {other[0]})")
+
+
 def _torchvision_loader(tv_name: str, dir_names: list[str], reader, extra_dirs=()):
     def load(data_dir: Path | None, download: bool) -> tuple[dict[str, np.ndarray], str]:
-        root = _require_dir(data_dir, explicit=data_dir is not None)
+        root = _require_dir(data_dir, explicit=data_dir is not None and not download)
         dirs = _search_dirs(root, dir_names) + [Path(d) for d in extra_dirs if data_dir is None]
-        found = reader(dirs)
+        try:
+            found = reader(dirs)
+        except PoisonbenchError:
+            if not download:  # some files missing or damaged: --download fetches them again
+                raise
+            found = None
+        if found is not None:
+            _not_the_other_dataset(tv_name, *found)
         if found is None and download:
-            import torchvision.datasets as tvd
-
-            root.mkdir(parents=True, exist_ok=True)
-            for train in (True, False):
-                getattr(tvd, tv_name)(str(root), train=train, download=True)
+            _download(tv_name, root)
             found = reader(dirs)
         if found is None:
             raise PoisonbenchError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,12 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally .gz): magic = 0x0000, dtype code, number of dims; big-endian sizes."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a cut .gz ends in EOFError
+        raise PoisonbenchError(f"{path} cannot be read ({type(exc).__name__}: {exc}); an interrupted download? "
+                               "delete it and fetch it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise PoisonbenchError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]
@@ -80,11 +85,18 @@ def read_cifar10(directories: list[Path]) -> tuple[dict[str, np.ndarray], Path] 
         path = d / name
         if not path.is_file():
             raise PoisonbenchError(f"{d} lacks {name}")
-        with open(path, "rb") as f:
-            # The official CIFAR-10 distribution format is a pickle; this is the only place we read one.
-            entry = pickle.load(f, encoding="latin1")
-        x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        y = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        try:
+            with open(path, "rb") as f:
+                # The official CIFAR-10 distribution format is a pickle; this is the only place we read one.
+                entry = pickle.load(f, encoding="latin1")
+            labels = entry.get("labels", entry.get("fine_labels"))
+            x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            y = np.asarray(labels, dtype=np.int64)
+            if labels is None or y.shape != (len(x),):
+                raise ValueError("no labels for its images")
+        except Exception as exc:  # noqa: BLE001 (a damaged or foreign file, whatever the unpickler raises)
+            raise PoisonbenchError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc}); an "
+                                   "interrupted download? delete it and fetch it again") from None
         return x, y
 
     trains = [load(f"data_batch_{i}") for i in range(1, 6)]

@@ -138,7 +138,7 @@ class Hint(Defense):
         self._reset()
         self._ctx = ctx
         # own stream for LiSSA sampling: training order/augmentation stay identical to `--method none`
-        self._generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed * 1_000_003 + 4)
+        self._generator = torch.Generator(device=ctx.device).manual_seed((ctx.seed * 1_000_003 + 4) % 2 ** 63)
         return None
 
     def _pool(self, ctx: TrainContext) -> torch.Tensor:
