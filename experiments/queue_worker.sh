@@ -18,8 +18,8 @@ flock "$queue.lock" sh -c '
     [ -e "$f" ] || continue
     claim=${f##*/}; pid=${claim%%.*}
     case $claim in
-      *.*) [ "$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f20)" = "${claim#*.}" ] && continue ;;
-      *) kill -0 "$pid" 2>/dev/null && continue ;;  # a claim of an older worker: its pid only
+      *.?*) [ "$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f20)" = "${claim#*.}" ] && continue ;;
+      *) kill -0 "$pid" 2>/dev/null && continue ;;  # pid only: an older worker, or no /proc to read a start time
     esac
     { cat "$f"; cat "$2"; } > "$2.requeue" && mv "$2.requeue" "$2" && rm -f "$f"
   done' _ "$claims" "$queue"

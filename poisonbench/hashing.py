@@ -51,13 +51,21 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+# modules that only read records (tables, figures, the report command): editing them cannot change a run's numbers,
+# so it does not discard the checkpoints and half-done crafts of a sweep that is running
+REPORT_ONLY = frozenset({"tables.py", "plots.py", "figures.py", "report.py", "paper.py", "cli/report.py"})
+
+
 @functools.cache
 def code_fingerprint() -> str:
-    """sha256 (16 hex digits) of the package's Python sources: saved state (a checkpoint, a half-done craft) is
-    resumed only by the code that wrote it. The version string cannot tell, it stays 0.1.0 across commits that
-    change numbers; a git commit would also change with every edit of the docs, and installed copies have none."""
+    """sha256 (16 hex digits) of the package's Python sources that can change a run's numbers (all but
+    `REPORT_ONLY`): saved state (a checkpoint, a half-done craft) is resumed only by the code that wrote it. The
+    version string cannot tell, it stays 0.1.0 across commits that change numbers; a git commit would also change
+    with every edit of the docs, and installed copies have none."""
     root = Path(__file__).parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        name = path.relative_to(root).as_posix()
+        if name not in REPORT_ONLY:
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

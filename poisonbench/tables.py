@@ -200,7 +200,7 @@ CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "kind
                  "attack", "method", "params_json", "poisons_json", "trial"]
 
 
-TARGETED_SCENARIOS = ("transfer", "scratch")
+SEEDED_SCENARIOS = ("clean", "untargeted")  # where the seed alone decides the training
 
 
 def superseded_runs(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -210,7 +210,7 @@ def superseded_runs(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     --trial 1` and `--seed 1 --trial 0` are one training, which a cell must not count twice."""
     newest_last = df.sort_values(["finished_at", "run_id"])
     older = newest_last.duplicated(keys, keep="last")
-    seeded = ~newest_last.scenario.isin(TARGETED_SCENARIOS) & ~older
+    seeded = newest_last.scenario.isin(SEEDED_SCENARIOS) & ~older
     same_seed = newest_last[seeded].duplicated([*keys[:-1], "seed"], keep="last")
     older[same_seed[same_seed].index] = True
     return newest_last[older]
@@ -1066,10 +1066,14 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
             need_mix = mix
         else:
             need_mix = mixes[0] if len(mixes) == 1 and mixes[0] != PAPER_MIX else ""
-        if len(bases) > 1:
-            notes.append(f"{need.setting.label}: runs of several base seeds ({', '.join(map(str, sorted(bases)))}) "
-                         "in one configuration; the commands use the default --seed 0")
-        base_seed = bases.pop() if len(bases) == 1 else 0
+        if len(bases) > 1:  # the newest base seed supersedes (a re-run with another --seed): its runs win every
+            # trial id and seed they share with older runs, so repeating these commands converges
+            newest = sdf.sort_values(["finished_at", "run_id"]).iloc[-1]
+            base_seed = int(newest.seed - newest.trial)
+            notes.append(f"{need.setting.label}: runs of several base seeds ({', '.join(map(str, sorted(bases)))}); "
+                         f"the commands use the newest runs' --seed {base_seed}")
+        else:
+            base_seed = bases.pop() if bases else 0
         where = {"dataset_arg": dataset_arg if need.setting.dataset == dataset else None, "data_dir": data_dir}
         if per_trial:
             commands += [need.command(opts.trials, base_seed, need_mix, trial=t, **where)

@@ -153,6 +153,23 @@ def test_a_checkpoint_from_other_code_or_another_cpu_is_ignored(tiny_npz, tmp_pa
     assert result.resumed_from == 2
 
 
+def test_the_code_fingerprint_leaves_out_only_modules_that_exist_and_only_read_records():
+    """Editing a report-only module keeps a running sweep's checkpoints; the list must name real files, and none
+    of them may be imported by the training / crafting side."""
+    from pathlib import Path
+
+    import poisonbench
+    from poisonbench.hashing import REPORT_ONLY
+
+    root = Path(poisonbench.__file__).parent
+    assert all((root / name).is_file() for name in REPORT_ONLY)
+    stems = {name.removesuffix(".py").replace("/", ".") for name in REPORT_ONLY}
+    for module in ("training", "runner", "poisons", "scenarios", "influence", "defenses/hint", "attacks/base"):
+        text = (root / f"{module}.py").read_text()
+        assert not any(f"from .{s} import" in text or f"from ..{s} import" in text or f"import {s}\n" in text
+                       for s in stems), module
+
+
 def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
     """28×28 images: the ConvNet's 40→100 layer trains as `SpectralConv2d` on the CPU (16×16 ones stay direct)."""
     import numpy as np

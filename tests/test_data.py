@@ -87,16 +87,19 @@ def test_a_flat_folder_of_the_other_mnist_dataset_is_refused(tmp_path, monkeypat
 
     import torchvision.datasets as tvd
 
+    from poisonbench import data as data_module
+
+    for tv_name in ("MNIST", "FashionMNIST"):  # our copies of the published md5s are torchvision's
+        published = dict(getattr(tvd, tv_name).resources)["train-images-idx3-ubyte.gz"]
+        assert data_module.TRAIN_IMAGES_GZ_MD5[tv_name] == published
     write_mnist_dir(tmp_path, gz=True)
     ours = hashlib.md5((tmp_path / "train-images-idx3-ubyte.gz").read_bytes()).hexdigest()
-    monkeypatch.setattr(tvd.FashionMNIST, "resources", [("train-images-idx3-ubyte.gz", ours)])
+    monkeypatch.setitem(data_module.TRAIN_IMAGES_GZ_MD5, "FashionMNIST", ours)
     with pytest.raises(PoisonbenchError, match="are fashion-mnist's, not MNIST's"):
         load_dataset("mnist", data_dir=tmp_path)
     assert load_dataset("fashion-mnist", data_dir=tmp_path).name == "fashion-mnist"
     # recompressed copies (Debian's) match no published .gz md5: the test labels tell
-    from poisonbench import data as data_module
-
-    monkeypatch.setattr(tvd.FashionMNIST, "resources", [])
+    monkeypatch.setitem(data_module.TRAIN_IMAGES_GZ_MD5, "FashionMNIST", "0" * 32)
     labels = read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz").astype(np.uint8).tobytes()
     monkeypatch.setitem(data_module.TEST_LABELS_MD5, "fashion-mnist", hashlib.md5(labels).hexdigest())
     with pytest.raises(PoisonbenchError, match="the test labels .* are fashion-mnist's"):

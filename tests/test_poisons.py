@@ -291,6 +291,7 @@ def test_a_poison_directory_without_manifest_is_replaced_by_a_new_craft(tiny, tm
     ({"seed": 2 ** 63}, "seed must be an integer in [0, 2^63 - 1]"),
     ({"attack": "deepconfuse", "gen_lr": float("inf")}, "must be a finite number, got"),
     ({"attack": "deepconfuse", "gen_lr": float("nan")}, "must be a finite number, got"),
+    ({"attack": "pgd", "steps": 10 ** 400}, "must be a finite number, got"),
 ])
 def test_out_of_range_seeds_and_non_finite_options_are_refused_before_anything_is_written(tiny, tmp_path, kwargs,
                                                                                           needle):

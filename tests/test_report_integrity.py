@@ -106,7 +106,8 @@ def test_a_cell_keeps_one_run_per_trial_id(monkeypatch):
 
 def test_a_cell_never_counts_one_training_twice(cli, tmp_path):
     """`--seed 0 --trials 3` then `--seed 1 --trials 1`: trial 0 of the second is seed 1, the same training as
-    trial 1 of the first; the cell averages seeds {0, 1, 2} once each, in the tables and the plain report."""
+    trial 1 of the first. The newest run of a trial id supersedes (seed 0's trial 0 goes), and seed 1 is counted
+    once: the cell averages seeds 1 and 2, in the tables and the plain report, never seed 1 twice."""
     first = [make_record(rho=0.2, trial=t, acc=0.90 + 0.01 * t) for t in range(3)]
     again = make_record(rho=0.2, trial=0, acc=0.91, base_seed=1)
     again["finished_at"] = "2025-03-01T00:00:00+00:00"
@@ -117,6 +118,32 @@ def test_a_cell_never_counts_one_training_twice(cli, tmp_path):
     results = write_records(tmp_path / "res", [*first, again])
     (summary,) = summary_rows(cli, results)
     assert summary["n"] == "2"
+
+
+def test_missing_converges_when_base_seeds_were_mixed(monkeypatch):
+    """After a re-run with another --seed, `--missing --per-trial` lists commands with the newest base seed; run
+    them and ask again: within a few rounds nothing is missing (a scheduler looping on it terminates)."""
+    monkeypatch.setattr(tables, "available_methods", lambda: ["none"])
+    runs = [make_record(rho=0.2, trial=t, acc=0.9) for t in range(3)]
+    newer = make_record(rho=0.2, trial=0, acc=0.9, base_seed=1)
+    newer["finished_at"] = "2025-03-01T00:00:00+00:00"
+    runs.append(newer)
+    opts = tables.Options(trials=3, rho=0.2)
+    for round_ in range(4):
+        commands, notes = tables.missing_commands("2", runs, opts, dataset="mnist-5k", methods=["none"],
+                                                  per_trial=True)
+        if not commands:
+            break
+        assert all("--seed 1" in c for c in commands)
+        assert round_ > 0 or any("newest runs' --seed 1" in n for n in notes)
+        for c in commands:
+            trial = int(c.split(" --trial ")[1].split()[0])
+            made = make_record(rho=0.2, trial=trial, acc=0.9, base_seed=1)
+            made["finished_at"] = f"2025-04-0{round_ + 1}T00:00:00+00:00"
+            runs.append(made)
+    assert not commands and round_ <= 2
+    (row,) = [d for d in tables.build("2", runs, opts).data if d["method"] == "none"]
+    assert row["n"] == 3
 
 
 @pytest.mark.parametrize("fmt", ["rich", "md", "latex", "json"])

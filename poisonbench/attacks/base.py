@@ -180,7 +180,11 @@ class Attack:
         for p in self.PARAMS:
             v = self.params[p.name]
             if p.type in (int, float) and v is not None:
-                if not math.isfinite(v):
+                try:
+                    finite = math.isfinite(v)
+                except OverflowError:  # an int beyond any float (10**400)
+                    finite = False
+                if not finite:
                     raise PoisonbenchError(f"{p.flag} of attack {self.name!r} must be a finite number, got {v}")
                 if (p.positive and not v > 0) or (p.minimum is not None and v < p.minimum):
                     bound = "> 0" if p.positive else f">= {p.minimum}"
