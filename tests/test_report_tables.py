@@ -474,14 +474,19 @@ def test_missing_lists_no_table_ii_commands_for_a_setting_with_only_targeted_run
     assert commands and not any("cifar10" in c for c in commands)
 
 
+def gm_run(trial: int, success: bool, **poison) -> dict:
+    """A CIFAR-10 GM targeted run of `trial` whose `config.poison` has the fields `poison` changed."""
+    r = make_record(dataset="cifar10", family="cifar10", recipe="paper", trial=trial,
+                    targeted={"attack": "gm", "target_index": trial, "target_class": 1, "intended_class": 2,
+                              "success": success})
+    r["config"]["poison"].update(poison)
+    r["run_id"] = short_hash(r["config"])
+    return r
+
+
 def test_table_iii_warns_when_a_cell_pools_poison_budgets():
     def run(trial, ratio, success):
-        r = make_record(dataset="cifar10", family="cifar10", recipe="paper", trial=trial,
-                        targeted={"attack": "gm", "target_index": trial, "target_class": 1, "intended_class": 2,
-                                  "success": success})
-        r["config"]["poison"]["ratio"] = ratio
-        r["run_id"] = short_hash(r["config"])
-        return r
+        return gm_run(trial, success, ratio=ratio)
 
     one = [run(t, 0.01, True) for t in range(3)]
     table = tables.build("3", one, tables.Options(trials=3))
@@ -494,12 +499,7 @@ def test_table_iii_never_pools_targeted_runs_of_another_eps_silently():
     """Targeted runs of one trial made with another ε are neither dropped as repeats of that trial nor pooled
     without a warning."""
     def run(trial, eps, success):
-        r = make_record(dataset="cifar10", family="cifar10", recipe="paper", trial=trial,
-                        targeted={"attack": "gm", "target_index": trial, "target_class": 1, "intended_class": 2,
-                                  "success": success})
-        r["config"]["poison"]["eps"] = eps
-        r["run_id"] = short_hash(r["config"])
-        return r
+        return gm_run(trial, success, eps=eps)
 
     same = [run(t, 16 / 255, True) for t in range(2)]
     table = tables.build("3", same, tables.Options(trials=2))
