@@ -153,7 +153,8 @@ def solve_lissa(h: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, damping: 
 
     `h_0 = v; h_j = v + (1 − damp)·h_{j−1} − H_{B_j} h_{j−1} / scale` with `B_j` `batch_size` rows drawn with
     replacement, `s = h_T / scale`; damp = λ / scale (0.01 for λ = 0.5), so the fixed point is (H + λI)⁻¹ v.
-    Stochastic; diverges when λ_max(H) ≳ 2·scale (a property of the official estimator).
+    Stochastic; converges only while λ_max(H) + λ < 2·scale (the iteration matrix is (1 − damp)I − H/scale), a
+    property of the official estimator.
     """
     damp = damping / scale
     est = v.clone()

@@ -44,6 +44,7 @@ class DefendSpec:
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
     poison_ratio: float = 0.0  # ρ of Table II: fraction of the train split poisoned by the untargeted mix
     attacks: list[str] | None = None  # None: the paper's four (PGD, DAP, DURP, DeepConfuse)
+    poison_sets: dict[str, str] | None = None  # attack -> existing PoisonSet to use instead of the default one
     method: str = "none"
     method_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -80,6 +81,8 @@ def validate(spec: DefendSpec) -> None:
         MODELS.get(spec.model)
     DEFENSES.get(spec.method)
     check_attacks(spec.attacks)  # also at ρ = 0, where no mix is drawn: a typo should not pass silently
+    if spec.poison_sets and spec.poison_ratio <= 0:
+        raise PoisonbenchError("--poisons chooses PoisonSets of the mix; it needs --poison-ratio > 0")
     check_compile_mode(spec.compile)
     if not spec.checkpoint_every >= 0:
         raise PoisonbenchError(f"--checkpoint-every must be >= 0 seconds, got {spec.checkpoint_every}")
@@ -99,7 +102,8 @@ def poison_plan(spec: DefendSpec, data: Dataset, trial: int):
         return None
     from .scenarios import plan_untargeted
 
-    return plan_untargeted(data, spec.poison_ratio, spec.attacks, seed=spec.seed + trial, results_root=spec.results)
+    return plan_untargeted(data, spec.poison_ratio, spec.attacks, seed=spec.seed + trial, results_root=spec.results,
+                           poison_sets=spec.poison_sets)
 
 
 def run_config(spec: DefendSpec, data: Dataset, trial: int, plan=None) -> dict:

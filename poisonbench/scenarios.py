@@ -10,6 +10,7 @@ poison ids are hashes of the crafting inputs.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -110,8 +111,52 @@ def check_attacks(attacks: list[str] | None) -> list[str]:
     return attacks
 
 
-def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_root=None) -> UntargetedPlan:
-    """The Table II plan for one trial. Cheap: validates, draws rows, hashes crafting inputs; never crafts."""
+def parse_poison_sets(text: str | None) -> dict[str, str] | None:
+    """`--poisons deepconfuse=ID,pgd=ID` → {attack: poison id}; None when not given."""
+    if text is None:
+        return None
+    chosen = {}
+    for item in (t.strip() for t in text.split(",")):
+        attack, sep, pid = (p.strip() for p in item.partition("="))
+        if not sep or not attack or not pid:
+            raise PoisonbenchError(f"--poisons takes ATTACK=POISON_ID pairs, comma-separated; got {item!r}")
+        ATTACKS.get(attack)
+        if not re.fullmatch(r"[0-9a-f]{16}", pid):
+            raise PoisonbenchError(f"--poisons {attack}={pid}: a poison id is 16 hex digits "
+                                   "(`poisonbench poisons list`)")
+        if attack in chosen:
+            raise PoisonbenchError(f"--poisons names attack {attack!r} twice")
+        chosen[attack] = pid
+    return chosen
+
+
+def chosen_spec(data, attack: str, poison_id: str, results_root=None):
+    """The CraftSpec of an existing PoisonSet chosen with `--poisons`: it must be `attack`'s, cover the whole
+    train split (budget 1, as the mix's own artifacts) and be made for this dataset split."""
+    from .poisons import SPEC_FIELDS, CraftSpec, read_manifest
+
+    manifest = read_manifest(results_root, poison_id)
+    spec = CraftSpec(**{k: manifest.get(k) for k in SPEC_FIELDS})
+    if spec.attack != attack:
+        raise PoisonbenchError(f"--poisons {attack}={poison_id}: that PoisonSet was crafted by {spec.attack!r}")
+    if spec.dataset_fingerprint != data.fingerprint:
+        raise PoisonbenchError(f"--poisons {attack}={poison_id}: made for dataset {spec.dataset} "
+                               f"({spec.dataset_fingerprint}), not {data.name} ({data.fingerprint})")
+    if spec.budget != 1.0:
+        raise PoisonbenchError(f"--poisons {attack}={poison_id}: crafted with --budget {spec.budget:g}; the mix "
+                               "takes its rows from a PoisonSet of the whole train split (--budget 1)")
+    if spec.poison_id != poison_id:
+        raise PoisonbenchError(f"--poisons {attack}={poison_id}: its manifest does not hash to its id")
+    return spec
+
+
+def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_root=None,
+                    poison_sets: dict[str, str] | None = None) -> UntargetedPlan:
+    """The Table II plan for one trial. Cheap: validates, draws rows, hashes crafting inputs; never crafts.
+
+    `poison_sets` ({attack: poison id}, `defend --poisons`) replaces an attack's default artifact with an existing
+    PoisonSet crafted with other options (e.g. DeepConfuse from DC's own generator); the record lists those that
+    differ from the defaults under `poison_sets`."""
     from .poisons import craft_spec
 
     if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0 and not math.isnan(ratio)):
@@ -128,6 +173,14 @@ def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_roo
         assignment[attack] = perm[start:start + c].sort().values
         start += c
     specs = {a: craft_spec(data, a, budget=1.0, seed=CRAFT_SEED) for a in attacks}
+    chosen = {}
+    for attack, pid in (poison_sets or {}).items():
+        if attack not in attacks:
+            raise PoisonbenchError(f"--poisons names {attack!r}, which is not in the mix "
+                                   f"({','.join(attacks)})")
+        if pid != specs[attack].poison_id:  # naming the default artifact changes nothing
+            specs[attack] = chosen_spec(data, attack, pid, results_root)
+            chosen[attack] = pid
     eps = {specs[a].eps for a in attacks}
     config = {
         "kind": "untargeted",
@@ -141,4 +194,6 @@ def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_roo
         "row_stream": ROW_STREAM,  # absent in records made before the rows had their own stream
         "label": f"untargeted ρ={ratio:.2f} {'+'.join(attacks)}",
     }
+    if chosen:  # only then: the run ids of runs on the default artifacts stay as they were
+        config["poison_sets"] = chosen
     return UntargetedPlan(data, float(ratio), attacks, seed, specs, assignment, config)

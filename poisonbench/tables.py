@@ -113,6 +113,11 @@ def has_default_params(method: str, params: dict, dataset: str, recipe: dict) ->
     return False
 
 
+def poison_sets_text(chosen: dict | None) -> str:
+    """`defend --poisons` as one canonical string ("deepconfuse=ID,pgd=ID"; "" for the default artifacts)."""
+    return ",".join(f"{a}={i}" for a, i in sorted((chosen or {}).items()))
+
+
 def record_row(r: dict) -> dict:
     c = r["config"]
     params = dict(c["defense"])
@@ -134,6 +139,7 @@ def record_row(r: dict) -> dict:
         "epochs": recipe["epochs"], "recipe_json": canonical_json(recipe), "kind": kind,
         "scenario": c.get("scenario"), "rho": rho,
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
+        "poison_sets": poison_sets_text(poison.get("poison_sets")) if kind == "untargeted" else "",
         "attack": str(poison.get("attack", "")).lower() if kind == "targeted" else "",
         "method": method, "params_json": canonical_json(params),
         "finished_at": str(r.get("finished_at") or ""),
@@ -235,11 +241,15 @@ def cell_records(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def apply_filters(df: pd.DataFrame, dataset: str | None = None, model: str | None = None,
                   recipe: str | None = None, epochs: int | None = None, methods: list[str] | None = None,
-                  mix: str | None = PAPER_MIX):
+                  mix: str | None = PAPER_MIX, poison_sets: str | None = ""):
     """Keep the records of one dataset / model / recipe / epochs / methods; untargeted runs only with the attack
-    mix `mix` (comma-separated, in the order given to `defend --attacks`; "any" pools every mix)."""
+    mix `mix` (comma-separated, in the order given to `defend --attacks`; "any" pools every mix) and trained on
+    the PoisonSets `poison_sets` (`poison_sets_text` of `defend --poisons`; "" the default artifacts; None or
+    "any" every choice)."""
     if mix and mix != "any":
         df = df[(df.kind != "untargeted") | (df.mix == mix)]
+    if poison_sets is not None and poison_sets != "any":
+        df = df[(df.kind != "untargeted") | (df.poison_sets == poison_sets)]
     if dataset:
         df = df[df.dataset == dataset]
     if model:
@@ -804,7 +814,7 @@ def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
     number = check_table(number)
     methods = filters.pop("methods", None)  # after the generation choice, as `missing_commands` does
     df, notes = cell_records(apply_filters(frame(records), **filters))
-    df = apply_filters(df, methods=methods, mix=None)
+    df = apply_filters(df, methods=methods, mix=None, poison_sets=None)
     table = BUILDERS[number](df, opts)
     table.notes += notes
     return table
@@ -952,7 +962,7 @@ class Need:
     done: frozenset = frozenset()  # trial numbers that have a record
 
     def command(self, trials: int, base_seed: int = 0, mix: str = "", trial: int | None = None,
-                dataset_arg: str | None = None, data_dir: str | None = None) -> str:
+                dataset_arg: str | None = None, data_dir: str | None = None, poison_sets: str = "") -> str:
         """`--trials N` (runs 0..N-1, skips the done ones), or `--trial T` for one trial. `dataset_arg` is how the
         user named the dataset (an `.npz` path, where records carry only the file name); `data_dir` is appended."""
         s = self.setting
@@ -970,6 +980,8 @@ class Need:
             parts += ["--seed", str(base_seed)]
         if mix and mix != DEFAULT_ATTACK_MIX and self.rho > 0:
             parts += ["--attacks", mix]
+        if poison_sets and self.rho > 0:
+            parts += ["--poisons", poison_sets]
         if data_dir:
             parts += ["--data-dir", str(data_dir)]
         return " ".join(shlex.quote(p) for p in parts)
@@ -1034,7 +1046,8 @@ def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], data
 def missing_commands(number: str, records: list[dict], opts: Options, dataset: str | None = None,
                      recipe: str | None = None, model: str | None = None, epochs: int | None = None,
                      methods: list[str] | None = None, mix: str | None = PAPER_MIX,
-                     per_trial: bool = False, data_dir: str | None = None) -> tuple[list[str], list[str]]:
+                     per_trial: bool = False, data_dir: str | None = None,
+                     poison_sets: str | None = "") -> tuple[list[str], list[str]]:
     """(commands, notes): one `poisonbench defend` line per incomplete configuration (it runs trials
     0..N-1 and skips the done ones), or with `per_trial` one `--trial T` line per missing trial (one job per
     line for a scheduler), and notes for what cannot be listed. An `.npz` `dataset` given by path selects the
@@ -1046,7 +1059,8 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     from .data import record_name
 
     dataset_arg, dataset = dataset, record_name(dataset) if dataset else dataset
-    df, _ = cell_records(apply_filters(frame(records), dataset, model, recipe, epochs, mix=mix))
+    df, _ = cell_records(apply_filters(frame(records), dataset, model, recipe, epochs, mix=mix,
+                                       poison_sets=poison_sets))
     available = available_methods()
     wanted = [m for m in (methods or PAPER_METHODS)]
     unavailable = [m for m in wanted if m not in available]
@@ -1074,7 +1088,8 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
                          f"the commands use the newest runs' --seed {base_seed}")
         else:
             base_seed = bases.pop() if bases else 0
-        where = {"dataset_arg": dataset_arg if need.setting.dataset == dataset else None, "data_dir": data_dir}
+        where = {"dataset_arg": dataset_arg if need.setting.dataset == dataset else None, "data_dir": data_dir,
+                 "poison_sets": poison_sets if poison_sets and poison_sets != "any" else ""}
         if per_trial:
             commands += [need.command(opts.trials, base_seed, need_mix, trial=t, **where)
                          for t in range(opts.trials) if t not in need.done]

@@ -12,6 +12,7 @@ from torch import nn
 from poisonbench.defenses import DEFENSES, build_defense
 from poisonbench.defenses.hint import Hint, scale_schedule
 from poisonbench.errors import PoisonbenchError
+from poisonbench.models import Normalize
 from poisonbench.recipes import Recipe, resolve_recipe
 from poisonbench.training import TrainContext, make_optimizer, train
 
@@ -31,6 +32,17 @@ class Small(nn.Module):
         return self.head(self.features(x))
 
 
+class SmallNormalized(Small):
+    """Small with the input normalisation inside, as poisonbench's models have (std ≠ 1, as CIFAR-10's)."""
+
+    def __init__(self, classes=3, std=0.25):
+        super().__init__(classes)
+        self.normalize = Normalize((0.5,), (std,))
+
+    def features(self, x):
+        return self.conv(self.normalize(x)).flatten(1)
+
+
 RECIPE = Recipe("tiny", epochs=4, batch_size=16, lr=0.05)
 
 
@@ -43,10 +55,10 @@ def data(seed=0, n=50):
     return x[:n], y[:n], x[n:], y[n:]
 
 
-def run(seed=0, poisoned=None, **params):
+def run(seed=0, poisoned=None, model_class=None, **params):
     x, y, vx, vy = data()
     torch.manual_seed(seed)
-    model = Small()
+    model = (model_class or Small)()
     defense = Hint("mnist", RECIPE, **{"schedule": [1, 3], **params})
     result = train(model, x.clone(), y, vx, vy, RECIPE, seed=seed, device=torch.device("cpu"), num_classes=3,
                    defense=defense, compile="off", poisoned=poisoned)
@@ -71,6 +83,7 @@ def test_registered_and_defaults():
     {"ratio": 0}, {"ratio": 1.5}, {"ratio": -0.1}, {"beta": 0}, {"beta": -1}, {"gamma": 0},
     {"schedule": ""}, {"schedule": "30"}, {"schedule": "-1"}, {"schedule": "a,b"}, {"ihvp": "newton"},
     {"grad_space": "x"}, {"hessian_data": "val"}, {"damping": 0}, {"eps": 1},
+    {"ihvp": "lissa", "damping": 100},  # the LiSSA recursion diverges for λ ≥ 2·scale whatever H is
 ])
 def test_bad_parameters_are_one_line_errors(params):
     with pytest.raises(PoisonbenchError) as err:
@@ -149,10 +162,27 @@ def test_sign_variant_saturates_and_quantize_is_uint8():
     # β = 0.062 is off the 1/255 grid: truncation must not step below x0 − β (it would reach 16/255 = 0.0627)
     noise = (res.context.train_x - xq)[defense.selected]
     assert noise.abs().max() <= 0.062 + 1e-6 and noise.min() < -0.058
+    # on the grid, 15/255 is as far as β = 0.062 reaches: such pixels count as at β
+    at_bound = (noise.abs() > 0.062 - 1 / 255 + 1e-6).flatten(1)
+    stats = defense.summary()["noise"]
+    assert stats["reached_beta"] == int(at_bound.any(1).sum()) > 0
+    assert stats["pixels_at_beta_fraction"] == pytest.approx(at_bound.float().mean().item())
+
+
+def test_normalized_grad_space_scales_the_pixel_gradient_by_std():
+    # official CIFAR quirk Q2: ∇ w.r.t. the normalised input z = (x − m)/σ is σ·∇_x, applied in pixel space
+    pixel, _, _ = run(model_class=SmallNormalized)
+    normalized, _, _ = run(model_class=SmallNormalized, grad_space="normalized")
+    assert torch.equal(pixel.selected, normalized.selected)  # same training up to the first update
+    first_p, first_n = pixel.updates[0], normalized.updates[0]
+    assert first_n["i_pert_abs_mean"] == pytest.approx(0.25 * first_p["i_pert_abs_mean"], rel=1e-4)
+    with pytest.raises(PoisonbenchError, match="--grad-space normalized needs a model that normalises"):
+        run(grad_space="normalized")  # no `normalize` to take σ from: an error, not the pixel gradient
 
 
 def test_lissa_and_selected_hessian_run():
-    d, r, _ = run(ihvp="lissa", hessian_data="selected", gamma_decay_epoch=3, grad_space="normalized")
+    d, r, _ = run(ihvp="lissa", hessian_data="selected", gamma_decay_epoch=3, grad_space="normalized",
+                  model_class=SmallNormalized)
     assert [u["gamma"] for u in d.updates] == [0.1, 0.1 / 10]
     assert d.updates[1]["ihvp"]["method"] == "lissa"
     assert d.updates[0]["ihvp"] is None  # the first update reuses the selection's s: no solve to report

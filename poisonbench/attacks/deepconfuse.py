@@ -15,22 +15,31 @@ clean accuracy is kept. The poison is clamp(x + ε·G_best(x), 0, 1) − x.
 
 The official schedule (1000 outer epochs) is days of GPU time. The default here is a *budget* schedule that
 trains on mnist-5k within 10 minutes on a 2-core CPU (docs/fidelity.md); `--official-schedule` restores DC's
-argparse defaults. Deviations: `torch.func.functional_call` replaces the per-batch fresh module; the scratch
-classifier is scored on the clean train split instead of the test split (no test leakage into crafting).
+argparse defaults. A trained generator can be imported instead (`import_generator`; DC ships its MNIST one as
+`MNIST/pretrained/atkmnist_best.pt`): the `generator` option then names it by sha256 and nothing is trained, as
+DC's `generate_adv_data.py` does. Deviations: `torch.func.functional_call` replaces the per-batch fresh module;
+the scratch classifier is scored on the clean train split instead of the test split (no test leakage into crafting).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 from torch import nn
 from torch.func import functional_call
 
 from ..checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
+from ..errors import PoisonbenchError
+from ..io import atomic_write_bytes
+from ..records import results_dir
 from . import ATTACKS
 from .base import Attack, AttackContext, Param, batches
 
@@ -161,12 +170,74 @@ class BottleneckVGG11(nn.Module):
 
 
 GENERATORS = {"mnist": MNISTAutoencoder, "cifar10": UNet}
+_CHANNELS = {"mnist": 1, "cifar10": 3}  # the channels DC's generators were built for
 CLASSIFIERS = {"mnist": MNISTNet, "cifar10": BottleneckVGG11}
 
 # The budget schedule (default) and DC's official argparse defaults (reference/attacks.md §5 table).
 OFFICIAL = {"mnist": {"outer_epochs": 1000, "inner_epochs": 1, "batch_size": 64, "gen_lr": 1e-4, "cls_lr": 0.01},
             "cifar10": {"outer_epochs": 1000, "inner_epochs": 20, "batch_size": 256, "gen_lr": 1e-4,
                         "cls_lr": 0.01}}
+
+
+TRAIN = "train"  # the `generator` option's default: train one with the (budget or official) schedule
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def generator_path(results_root, family: str, sha256: str) -> Path:
+    """Where an imported generator is kept: <results>/generators/deepconfuse-<family>-<sha256>.safetensors."""
+    return results_dir(results_root) / "generators" / f"deepconfuse-{family}-{sha256}.safetensors"
+
+
+def import_generator(path, family: str, results_root=None) -> str:
+    """Import a trained DeepConfuse generator's state dict (DC's own `.pt`/`.pth` files, read with
+    `torch.load(weights_only=True)`, or a `.safetensors` file) into the workspace; returns the `generator`
+    option value, "sha256:<hex of the file's bytes>" (what `sha256sum` prints for it).
+
+    The weights must load strictly into the family's generator (MNIST: DC's autoencoder; CIFAR-10: DC's U-Net);
+    they are stored as safetensors, so later crafts never unpickle anything."""
+    if family not in GENERATORS:
+        raise PoisonbenchError(f"no DeepConfuse generator for dataset family {family!r}")
+    source = Path(path)
+    try:
+        blob = source.read_bytes()
+    except OSError as e:
+        raise PoisonbenchError(f"cannot read generator weights {str(source)!r}: {e.strerror or e}") from None
+    sha256 = hashlib.sha256(blob).hexdigest()
+    target = generator_path(results_root, family, sha256)
+    if target.exists():
+        return f"sha256:{sha256}"
+    try:
+        if source.suffix == ".safetensors":
+            state = load_file(source)
+        else:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
+        raise PoisonbenchError(f"{str(source)!r} is not a state dict of tensors ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PoisonbenchError(f"{str(source)!r} is not a state dict of tensors")
+    generator = GENERATORS[family](_CHANNELS[family])
+    try:
+        generator.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise PoisonbenchError(f"{str(source)!r} does not fit DeepConfuse's {family} generator "
+                               f"({GENERATORS[family].__name__}): {first}") from None
+    tensors = {k: v.detach().contiguous().clone() for k, v in generator.state_dict().items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, st_save(tensors, metadata={"source_name": source.name, "source_sha256": sha256}))
+    return f"sha256:{sha256}"
+
+
+def load_generator(results_root, family: str, channels: int, generator: str, device) -> nn.Module:
+    """The imported generator named by the `generator` option, in eval mode on `device`."""
+    sha256 = generator.removeprefix("sha256:")
+    path = generator_path(results_root, family, sha256)
+    if not path.exists():
+        raise PoisonbenchError(f"DeepConfuse generator {generator} is not in {path.parent}; import it with "
+                               "`poisonbench craft --attack deepconfuse --generator-weights FILE`")
+    model = GENERATORS[family](channels)
+    model.load_state_dict(load_file(path))
+    return model.to(device).eval().requires_grad_(False)
 
 
 class OuterCheckpoint:
@@ -229,9 +300,26 @@ class DeepConfuse(Attack):
               "Use DC's official schedule for the five options above that are not given explicitly "
               "(days of GPU time).",
               "DC train.py argparse defaults"),
+        Param("generator", str, {"mnist": TRAIN, "cifar10": TRAIN},
+              "`train` (default), or `sha256:<hex>` naming a generator imported with --generator-weights: no "
+              "training, poisons from that generator.",
+              "DC generate_adv_data.py (MNIST/pretrained/atkmnist_best.pt)"),
     )
 
     def validate(self) -> None:
+        generator = self.params["generator"]
+        if generator != TRAIN and not (isinstance(generator, str) and _SHA256.fullmatch(generator)):
+            raise PoisonbenchError(f"--generator of attack 'deepconfuse' must be {TRAIN!r} or 'sha256:<64 hex "
+                                   f"digits>' (an imported generator), got {generator!r}")
+        if generator != TRAIN:
+            trained = [k for k in OFFICIAL[self.family] if k in self.explicit]
+            if trained or self.params["official_schedule"]:
+                flags = ", ".join("--" + k.replace("_", "-") for k in trained) or "--official-schedule"
+                raise PoisonbenchError(f"{flags}: training options of attack 'deepconfuse' do not apply to an "
+                                       "imported generator")
+            for k in (*OFFICIAL[self.family], "official_schedule"):
+                self.params[k] = None  # nothing is trained: keep them out of the poison id
+            return
         if self.params["official_schedule"]:  # the official values replace the defaults, not explicit options
             self.params.update({k: v for k, v in OFFICIAL[self.family].items() if k not in self.explicit})
 
@@ -243,7 +331,11 @@ class DeepConfuse(Attack):
         p, device, eps = self.params, ctx.device, ctx.eps
         data = ctx.dataset
         c, h, _ = data.shape
-        torch.manual_seed(ctx.seed)
+        if p["generator"] != TRAIN:
+            generator = load_generator(ctx.results_root, self.family, c, p["generator"], device)
+            self.training_summary = {"generator": p["generator"], "trained": False}
+            return self._generate(generator, ctx)
+        torch.default_generator.manual_seed(ctx.seed)  # CPU only: fork_rng restores no CUDA generator
         g = torch.Generator(device=device).manual_seed(ctx.seed)
         make_cls = lambda: CLASSIFIERS[self.family](c, data.num_classes, h).to(device)  # noqa: E731
         tgt = GENERATORS[self.family](c).to(device)
@@ -277,6 +369,8 @@ class DeepConfuse(Attack):
             cls_opt = torch.optim.SGD(cls.parameters(), lr=p["cls_lr"])
             for idx in shuffled_batches(n, bs, p["inner_epochs"], g, device):
                 if len(idx) < 2:  # BatchNorm1d needs two rows
+                    done += 1
+                    ctx.report(description, done, total)
                     continue
                 x, y = x_all[idx], y_all[idx]
                 # 1. pseudo-update of the classifier on generator poisons, keeping the graph
@@ -324,11 +418,15 @@ class DeepConfuse(Attack):
             self.training_summary["resumed_outer_epochs"] = first
         best = GENERATORS[self.family](c).to(device)
         best.load_state_dict(best_state)
-        best.eval()
-        x_sel = x_all[ctx.indices.to(device)]
+        return self._generate(best.eval(), ctx)
+
+    def _generate(self, generator: nn.Module, ctx: AttackContext) -> torch.Tensor:
+        """δ = clamp(x + ε·G(x), 0, 1) − x for the poisoned rows, G in eval mode (DC generate_adv_data.py)."""
+        x_all, _ = ctx.train_tensors()
+        x_sel = x_all[ctx.indices.to(ctx.device)]
         out = []
         with torch.no_grad():
             for a, b in batches(len(x_sel), 1000):
                 x = x_sel[a:b]
-                out.append(((x + eps * best(x)).clamp_(0, 1) - x).cpu())
+                out.append(((x + ctx.eps * generator(x)).clamp_(0, 1) - x).cpu())
         return torch.cat(out)

@@ -12,6 +12,7 @@ from ..errors import PoisonbenchError
 from ..records import RunStore
 from ..runner import DefendSpec
 from ..runner import defend as run_defend
+from ..scenarios import parse_poison_sets
 from . import options
 from .progress import RichReporter, stdout_console
 
@@ -53,13 +54,19 @@ def defend(
     attacks: str = typer.Option(None, "--attacks",
                                 help="Comma-separated attacks of the untargeted mix (default: pgd,dap,durp,"
                                      "deepconfuse)."),
+    poisons: str = typer.Option(None, "--poisons", metavar="ATTACK=ID,...",
+                                help="Use these existing PoisonSets (from `poisonbench craft ... --budget 1`, e.g. "
+                                     "deepconfuse=<id> crafted from DC's own generator) instead of the mix's "
+                                     "default ones."),
     # --- defense parameters: passed to the method only when given; each method rejects options it lacks ---
     ratio: float = typer.Option(None, "--ratio", help="HINT: r, the fraction of training examples selected "
                                                       "for healthy noise (paper default 0.5)."),
     beta: float = typer.Option(None, "--beta", help="HINT: β, L∞ bound of the healthy noise (default 0.062)."),
     gamma: float = typer.Option(None, "--gamma", help="HINT: γ, noise step scale (default 0.1)."),
-    schedule: str = typer.Option(None, "--schedule", help="HINT: noise-update epochs, comma-separated "
-                                                          "(default: paper's, scaled to the recipe's epochs)."),
+    schedule: str = typer.Option(None, "--schedule", help="HINT: noise-update epochs, comma-separated, "
+                                                          "0-based (the update runs before that epoch) and taken "
+                                                          "as given (default: the paper's 5,15 or 5,15,40, "
+                                                          "scaled to the recipe's epochs)."),
     ihvp: str = typer.Option(None, "--ihvp", help="HINT: inverse-Hessian-vector solver: exact | cg | lissa."),
     sign: bool = typer.Option(None, "--sign/--no-sign", help="HINT: signed noise update (official --sign)."),
     damping: float = typer.Option(None, "--damping", help="HINT: λ in (H + λI)⁻¹ (default 0.5 = official LiSSA "
@@ -98,6 +105,7 @@ def defend(
                           "milestones": _milestones(milestones), "augment": augment},
         poison_ratio=poison_ratio,
         attacks=[a.strip() for a in attacks.split(",")] if attacks is not None else None,
+        poison_sets=parse_poison_sets(poisons),
         method=method, method_params=_given(ratio=ratio, beta=beta, gamma=gamma, schedule=schedule, ihvp=ihvp,
                                             sign=sign, damping=damping, grad_space=grad_space, quantize=quantize,
                                             gamma_decay_epoch=gamma_decay_epoch, hessian_data=hessian_data),

@@ -64,6 +64,10 @@ def report(
                                 help="Untargeted runs of this attack mix only (as given to `defend --attacks`); "
                                      "`any` pools every mix. Default: the paper's four (pgd,dap,durp,deepconfuse) "
                                      "for --table / --figure; every mix for the plain report."),
+    poisons: str = typer.Option(None, "--poisons", metavar="ATTACK=ID,...",
+                                help="Untargeted runs trained on these PoisonSets (as given to `defend --poisons`); "
+                                     "`any` pools every choice. Default: the mix's default PoisonSets for --table "
+                                     "/ --figure; every choice for the plain report."),
     trials: int = typer.Option(5, "--trials", help="Trials a cell should have; fewer are marked (n=k)."),
     fmt: str = typer.Option("rich", "--format", help="rich | md | latex | csv | json."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
@@ -87,6 +91,7 @@ def report(
     results: str = options.Results,
 ) -> None:
     from .. import tables
+    from ..scenarios import parse_poison_sets
 
     if fmt not in tables.FORMATS:
         raise unknown_choice("format", fmt, tables.FORMATS)
@@ -113,11 +118,12 @@ def report(
     methods = _methods(method)
     attacks = ",".join(a.strip() for a in attacks.split(",")) if attacks else attacks  # "pgd, dap" = "pgd,dap"
     check_filters(dataset, methods, recipe, model, epochs, attacks)
+    chosen = poisons if poisons in (None, "any") else tables.poison_sets_text(parse_poison_sets(poisons))
     store = RunStore(results)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     filters = {"dataset": record_name(dataset) if dataset else None,
                "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
-               "mix": attacks or tables.PAPER_MIX}
+               "mix": attacks or tables.PAPER_MIX, "poison_sets": "" if chosen is None else chosen}
     records = store.all()
     if store.skipped_note():
         err.print(store.skipped_note(), markup=False)
@@ -131,7 +137,7 @@ def report(
                 tables.assert_records(records, store.root)
             commands, notes = tables.missing_commands(number, records, opts, dataset=dataset, recipe=recipe,
                                                       model=model, epochs=epochs, methods=methods,
-                                                      mix=filters["mix"],
+                                                      mix=filters["mix"], poison_sets=filters["poison_sets"],
                                                       per_trial=per_trial, data_dir=data_dir)
             for note in notes:
                 err.print(note, markup=False)
@@ -175,7 +181,7 @@ def report(
             print(path)
         return
 
-    summary = lib.load_summary(records, **{**filters, "mix": attacks or "any"})
+    summary = lib.load_summary(records, **{**filters, "mix": attacks or "any", "poison_sets": chosen or "any"})
     if summary.attrs.get("not_shown"):
         err.print(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id or seed of another run "
                   "of the same configuration (e.g. another --seed); each configuration keeps the newest run per "

@@ -100,6 +100,9 @@ class Hint(Defense):
         if not 0 < p["damping"] < math.inf:
             raise PoisonbenchError(f"--damping must be a finite number > 0 (H is singular without it), "
                                    f"got {p['damping']}")
+        if p["ihvp"] == "lissa" and p["damping"] >= 2 * inf.LISSA_SCALE:
+            raise PoisonbenchError(f"--damping {p['damping']:g} with --ihvp lissa: the recursion diverges unless "
+                                   f"λ < 2·scale = {2 * inf.LISSA_SCALE:g} (use --ihvp cg or exact)")
         if not p["schedule"]:
             raise PoisonbenchError("--schedule is empty; give at least one epoch in [0, "
                                    f"{epochs - 1}]")
@@ -135,6 +138,10 @@ class Hint(Defense):
         if ctx.val_x is None or len(ctx.val_y) == 0:
             raise PoisonbenchError("--method hint needs a validation split (the defender's trusted clean data); "
                                    "the dataset has none")
+        if self.params["grad_space"] == "normalized" and getattr(getattr(ctx.model, "normalize", None), "std",
+                                                                 None) is None:
+            raise PoisonbenchError(f"--grad-space normalized needs a model that normalises its input itself "
+                                   f"(a `normalize.std`); {type(ctx.model).__name__} has none")
         self._reset()
         self._ctx = ctx
         # own stream for LiSSA sampling: training order/augmentation stay identical to `--method none`
@@ -223,10 +230,7 @@ class Hint(Defense):
             else:
                 self._solve(ctx, epoch, *self._pool_rows(ctx))
         s = self._s
-        std = None
-        if p["grad_space"] == "normalized":
-            std = getattr(getattr(ctx.model, "normalize", None), "std", None)
-            std = std.flatten() if std is not None else None
+        std = ctx.model.normalize.std.flatten() if p["grad_space"] == "normalized" else None  # checked in prepare
         i_pert = inf.influence_pert(ctx.model, x_hat, y, s.s, input_std=std)
         gamma = self._gamma(epoch)
         step = i_pert.sign() if p["sign"] else i_pert
@@ -272,13 +276,16 @@ class Hint(Defense):
     def _noise_stats(self) -> dict:
         d = self.delta.abs().flatten(1)
         beta = self.params["beta"]
-        per_example = d.max(1).values if d.numel() else d.new_zeros(0)
+        # at β: no further step fits. On the uint8 grid (--quantize) that is within one step of β: from an on-grid
+        # x0, β = 0.062 allows 15/255 = 0.0588 at most
+        at = (d > beta - 1 / 255 + 1e-6) if self.params["quantize"] else (d >= beta * (1 - AT_BETA_TOL))
+        per_example = at.any(1) if d.numel() else at.new_zeros(0)
         return {
             "delta_abs_mean": d.mean().item() if d.numel() else 0.0,
-            "delta_abs_max": per_example.max().item() if len(per_example) else 0.0,
-            "reached_beta": int((per_example >= beta * (1 - AT_BETA_TOL)).sum()),
-            "pixels_at_beta_fraction": (d >= beta * (1 - AT_BETA_TOL)).float().mean().item() if d.numel() else 0.0,
-            "changed": int((per_example > 0).sum()),
+            "delta_abs_max": d.max(1).values.max().item() if d.numel() else 0.0,
+            "reached_beta": int(per_example.sum()),
+            "pixels_at_beta_fraction": at.float().mean().item() if d.numel() else 0.0,
+            "changed": int((d > 0).any(1).sum()) if d.numel() else 0,
         }
 
     # ------------------------------------------------------------------------------------------------------------

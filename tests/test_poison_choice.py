@@ -1,0 +1,187 @@
+"""DeepConfuse from an imported generator (DC's own MNIST weights) and `defend --poisons` / `report --poisons`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from poisonbench import poisons
+from poisonbench.attacks.deepconfuse import MNISTAutoencoder, import_generator
+from poisonbench.data import load_dataset
+from poisonbench.errors import PoisonbenchError
+from poisonbench.scenarios import parse_poison_sets, plan_untargeted
+from poisonbench.tables import frame, missing_commands
+
+from .conftest import write_npz
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("choice")
+    return load_dataset(str(write_npz(root, n=250))), root
+
+
+def _official_weights(path, seed=5):
+    """A state dict saved the way DC's train.py saves its generator (`torch.save(atkmodel.state_dict(), ...)`)."""
+    torch.manual_seed(seed)
+    generator = MNISTAutoencoder(1)
+    for m in generator.modules():  # non-trivial BatchNorm statistics, as a trained generator has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.save(generator.state_dict(), path)
+    return generator.eval()
+
+
+def test_an_imported_generator_makes_the_poisons_without_training(tiny, tmp_path, monkeypatch):
+    data, _ = tiny
+    generator = _official_weights(tmp_path / "atkmnist_best.pt")
+    value = import_generator(tmp_path / "atkmnist_best.pt", data.family, tmp_path / "r")
+    assert value.startswith("sha256:") and len(value) == 7 + 64
+    monkeypatch.setattr("poisonbench.attacks.deepconfuse.shuffled_batches",
+                        lambda *a, **k: pytest.fail("an imported generator must not be trained"))
+    spec = poisons.craft_spec(data, "deepconfuse", budget=1.0, generator=value)
+    poison, cached = poisons.craft(spec, data, tmp_path / "r", torch.device("cpu"))
+    assert not cached
+    x = data.train.x.float().div(255)
+    with torch.no_grad():  # DC generate_adv_data.py: clamp(x + ε·G(x), 0, 1), G in eval mode
+        expected = (x + spec.eps * generator(x)).clamp(0, 1) - x
+    torch.testing.assert_close(poison.delta, expected, rtol=0, atol=1e-6)
+    assert 0 < poison.delta.abs().max() <= spec.eps + 1e-6
+    assert poison.manifest["attack_info"] == {"generator": value, "trained": False}
+    assert spec.params["outer_epochs"] is None  # training options are not part of an imported generator's id
+
+    # the id names the weights, not where the file was: a copy elsewhere imports to the same option value
+    shutil.copy(tmp_path / "atkmnist_best.pt", tmp_path / "copy.pth")
+    assert import_generator(tmp_path / "copy.pth", data.family, tmp_path / "r") == value
+    other = tmp_path / "other.pt"
+    _official_weights(other, seed=6)
+    assert import_generator(other, data.family, tmp_path / "r") != value
+
+
+def test_generator_import_refuses_what_does_not_fit(tiny, tmp_path):
+    data, _ = tiny
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "linear.pt")
+    with pytest.raises(PoisonbenchError, match="does not fit DeepConfuse's mnist generator"):
+        import_generator(tmp_path / "linear.pt", data.family, tmp_path / "r")
+    torch.save({"not": "tensors", "fn": print}, tmp_path / "pickle.pt")
+    with pytest.raises(PoisonbenchError, match="not a state dict of tensors"):
+        import_generator(tmp_path / "pickle.pt", data.family, tmp_path / "r")
+    with pytest.raises(PoisonbenchError, match="cannot read generator weights"):
+        import_generator(tmp_path / "absent.pt", data.family, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(PoisonbenchError, match="'train' or 'sha256:"):
+        poisons.craft_spec(data, "deepconfuse", generator="weights.pt")
+    with pytest.raises(PoisonbenchError, match="--outer-epochs: training options"):
+        poisons.craft_spec(data, "deepconfuse", generator="sha256:" + "0" * 64, outer_epochs=3)
+    spec = poisons.craft_spec(data, "deepconfuse", generator="sha256:" + "0" * 64)
+    with pytest.raises(PoisonbenchError, match="is not in .*generators; import it"):
+        poisons.craft(spec, data, tmp_path / "r2", torch.device("cpu"))
+
+
+def test_craft_cli_generator_weights(tiny, tmp_path, cli):
+    data_path = tiny[1] / "tiny.npz"
+    _official_weights(tmp_path / "atk.pt")
+    results = tmp_path / "r"
+    code, out, err = cli("craft", "--attack", "pgd", "--dataset", data_path, "--generator-weights",
+                         tmp_path / "atk.pt", "--results", results)
+    assert code == 2 and "applies to attack 'deepconfuse' only" in err and not results.exists()
+    code, out, err = cli("craft", "--attack", "deepconfuse", "--dataset", data_path, "--generator-weights",
+                         tmp_path / "atk.pt", "--outer-epochs", "2", "--results", results)
+    assert code == 2 and "training options" in err and not results.exists()  # checked before the import
+    code, out, err = cli("craft", "--attack", "deepconfuse", "--dataset", data_path, "--generator-weights",
+                         tmp_path / "atk.pt", "--results", results, "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    code, out, _ = cli("craft", "--attack", "deepconfuse", "--dataset", data_path, "--generator-weights",
+                       tmp_path / "atk.pt", "--results", results, "--json")
+    assert json.loads(out)["status"] == "cached" and json.loads(out)["poison_id"] == first["poison_id"]
+
+
+def test_poisons_choose_an_existing_poison_set_for_the_mix(tiny, tmp_path):
+    data, _ = tiny
+    chosen = poisons.craft_spec(data, "durp", budget=1.0, seed=7)  # DURP with another crafting seed
+    poisons.craft(chosen, data, tmp_path, torch.device("cpu"))
+    default = plan_untargeted(data, 0.6, ["pgd", "durp"], seed=1, results_root=tmp_path)
+    plan = plan_untargeted(data, 0.6, ["pgd", "durp"], seed=1, results_root=tmp_path,
+                           poison_sets={"durp": chosen.poison_id})
+    assert plan.specs["durp"] == chosen and plan.specs["pgd"] == default.specs["pgd"]
+    assert plan.config["poison_ids"]["durp"] == chosen.poison_id
+    assert plan.config["poison_sets"] == {"durp": chosen.poison_id}
+    assert {a: r.tolist() for a, r in plan.assignment.items()} == {a: r.tolist() for a, r in
+                                                                   default.assignment.items()}
+    x = data.train.x.float() / 255
+    out = plan.apply(x.clone(), results_root=tmp_path, device=torch.device("cpu"))
+    rows = plan.assignment["durp"]
+    poison = poisons.load(tmp_path, chosen.poison_id, data)
+    torch.testing.assert_close(out[rows], (x[rows] + poison.rows_for(rows)).clamp(0, 1))
+    # naming the default artifact changes nothing: same config, so the same run id as a plain run
+    same = plan_untargeted(data, 0.6, ["pgd", "durp"], seed=1, results_root=tmp_path,
+                           poison_sets={"pgd": default.specs["pgd"].poison_id})
+    assert same.config == default.config
+
+
+def test_bad_poison_choices(tiny, tmp_path):
+    data, _ = tiny
+    partial = poisons.craft_spec(data, "durp", budget=0.5)
+    poisons.craft(partial, data, tmp_path, torch.device("cpu"))
+    full = poisons.craft_spec(data, "durp", budget=1.0, seed=3)
+    poisons.craft(full, data, tmp_path, torch.device("cpu"))
+    cases = [({"durp": partial.poison_id}, ["durp"], "--budget 1"),
+             ({"pgd": full.poison_id}, ["pgd", "durp"], "crafted by 'durp'"),
+             ({"dap": full.poison_id}, ["pgd", "durp"], "not in the mix"),
+             ({"durp": "0123456789abcdef"}, ["durp"], "no poison set")]
+    for chosen, attacks, needle in cases:
+        with pytest.raises(PoisonbenchError, match=needle):
+            plan_untargeted(data, 0.6, attacks, results_root=tmp_path, poison_sets=chosen)
+    for text, needle in [("durp", "ATTACK=POISON_ID"), ("durp=../../x", "16 hex digits"),
+                         ("nope=0123456789abcdef", "nope"), ("durp=0123456789abcdef,durp=0123456789abcdee", "twice")]:
+        with pytest.raises(PoisonbenchError, match=needle):
+            parse_poison_sets(text)
+
+
+def test_report_keeps_default_and_chosen_poison_sets_apart(tiny, tmp_path, cli):
+    data_path = tiny[1] / "tiny.npz"
+    results = tmp_path / "r"
+    code, out, err = cli("craft", "--attack", "durp", "--dataset", data_path, "--seed", "9", "--results", results,
+                         "--json")
+    assert code == 0, err
+    pid = json.loads(out)["poison_id"]
+    common = ["defend", "--dataset", data_path, "--attacks", "durp", "--poison-ratio", "1", "--epochs", "1",
+              "--recipe", "quick", "--results", results, "--json"]
+    code, out, err = cli(*common)
+    assert code == 0, err
+    default_run = json.loads(out)["run_id"]
+    code, out, err = cli(*common, "--poisons", f"durp={pid}")
+    assert code == 0, err
+    chosen_run = json.loads(out)["run_id"]
+    assert chosen_run != default_run
+    code, out, err = cli("defend", "--dataset", data_path, "--poisons", f"durp={pid}", "--results", results)
+    assert code == 2 and "--poison-ratio > 0" in err
+
+    from poisonbench.records import RunStore
+
+    df = frame(RunStore(results).all()).set_index("run_id")
+    assert df.loc[chosen_run, "poison_sets"] == f"durp={pid}" and df.loc[default_run, "poison_sets"] == ""
+    table = ["report", "--table", "2", "--dataset", "tiny.npz", "--attacks", "durp", "--format", "json",
+             "--results", results]
+    for extra in [(), ("--poisons", f"durp={pid}")]:
+        code, out, err = cli(*table, *extra)
+        assert code == 0, err
+        assert "other PoisonSets" not in out + err  # the two choices are separate tables, not generations
+    code, out_default, _ = cli(*table)
+    code, out_chosen, _ = cli(*table, "--poisons", f"durp={pid}")
+    assert out_default != out_chosen
+    commands, _ = missing_commands("2", RunStore(results).all(), _opts(), dataset="tiny.npz", mix="durp",
+                                   poison_sets=f"durp={pid}")
+    poisoned = [c for c in commands if "--poison-ratio 0.0 " not in c]
+    assert poisoned and all(f"--attacks durp --poisons durp={pid}" in c for c in poisoned)
+
+
+def _opts():
+    from poisonbench.tables import Options
+
+    return Options(trials=2)
