@@ -143,7 +143,8 @@ def solve_cg(h: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, damping: flo
         p = r + (rr_new / rr) * p
         rr = rr_new
         it += 1
-    return x, {"iterations": it, "relative_residual": (rr.sqrt() / v.norm().clamp_min(1e-300)).item()}
+    return x, {"iterations": it, "relative_residual": (rr.sqrt() / v.norm().clamp_min(1e-300)).item(),
+               "converged": bool(rr <= target)}  # False: stopped at max_iter (float32 can stall above rtol)
 
 
 def solve_lissa(h: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, damping: float = DEFAULT_DAMPING,

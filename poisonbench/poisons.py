@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -154,7 +155,15 @@ def _labels_hash(indices: torch.Tensor, labels: torch.Tensor | None) -> str | No
     return _sha256(labels[indices].long().numpy().tobytes())
 
 
+def check_poison_id(poison_id: str, prefix: str = "") -> None:
+    """A poison id is 16 lowercase hex digits (`short_hash`); anything else (a path, `../x`) is refused."""
+    if not (isinstance(poison_id, str) and re.fullmatch(r"[0-9a-f]{16}", poison_id)):
+        raise PoisonbenchError(f"{prefix}{poison_id!r} is not a poison id (16 hex digits; see `poisonbench poisons "
+                               "list`)")
+
+
 def read_manifest(results_root, poison_id: str) -> dict:
+    check_poison_id(poison_id)
     path = poison_dir(results_root, poison_id) / MANIFEST_FILE
     if not path.exists():
         known = ", ".join(list_ids(results_root)[:10]) or "none"

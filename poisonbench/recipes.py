@@ -68,7 +68,10 @@ def resolve_recipe(family: str, name: str = DEFAULT_RECIPE, **overrides) -> Reci
     base = RECIPES[family][name]
     overrides = {k: like_default(v, getattr(base, k, None)) for k, v in overrides.items() if v is not None}
     if "milestones" in overrides:
-        overrides["milestones"] = tuple(int(m) for m in overrides["milestones"])
+        given = [int(m) for m in overrides["milestones"]]
+        if len(set(given)) != len(given):  # MultiStepLR would decay twice there: surely a typo
+            raise PoisonbenchError(f"milestones list an epoch twice: {','.join(map(str, given))}")
+        overrides["milestones"] = tuple(sorted(given))  # one spelling, one run id
     elif "epochs" in overrides and base.milestones:
         scale = overrides["epochs"] / base.epochs
         overrides["milestones"] = tuple(sorted({max(1, round(m * scale)) for m in base.milestones}))

@@ -85,6 +85,16 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def is_complete(record: dict) -> bool:
+    """A record has what every reader relies on: run id, the configuration's identifying fields, metrics, cost."""
+    config = record.get("config")
+    return (isinstance(record.get("run_id"), str) and isinstance(config, dict)
+            and all(k in config for k in ("dataset", "model", "trial", "seed"))
+            and isinstance(config.get("recipe"), dict) and {"name", "epochs"} <= set(config["recipe"])
+            and isinstance(config.get("defense"), dict) and "method" in config["defense"]
+            and isinstance(record.get("metrics"), dict) and isinstance(record.get("cost"), dict))
+
+
 class RunStore:
     """The results store: `<results>/runs/<run_id>.json`. Nothing else is a source of truth for reports."""
 
@@ -103,7 +113,7 @@ class RunStore:
             record = json.loads(self.path(rid).read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict):  # valid JSON but not a record: as unreadable
+        if not isinstance(record, dict) or not is_complete(record):  # valid JSON but not a record: as unreadable
             return None
         return record if record.get("schema_version") == SCHEMA_VERSION else None
 
@@ -123,15 +133,17 @@ class RunStore:
             except (OSError, ValueError):
                 self.unreadable += 1
                 continue
-            if isinstance(record, dict) and record.get("schema_version") == SCHEMA_VERSION:
-                records.append(record)
-            else:
+            if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
                 self.other_schema += 1
+            elif not is_complete(record):
+                self.unreadable += 1
+            else:
+                records.append(record)
         return records
 
     def skipped_note(self) -> str | None:
         """One line on the files the last `all()` skipped, or None."""
-        parts = [f"{self.unreadable} unreadable"] if self.unreadable else []
+        parts = [f"{self.unreadable} unreadable or incomplete"] if self.unreadable else []
         parts += [f"{self.other_schema} not of schema_version {SCHEMA_VERSION}"] if self.other_schema else []
         skipped = self.unreadable + self.other_schema
         return f"skipped {skipped} record file(s) in {self.runs}: {', '.join(parts)}" if parts else None

@@ -137,7 +137,11 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     trials = trial_numbers(spec)
     plans = [poison_plan(spec, data, t) for t in trials]
     configs = [run_config(spec, data, t, plan) for t, plan in zip(trials, plans, strict=True)]
-    store.runs.mkdir(parents=True, exist_ok=True)  # fail early on an unwritable workspace
+    try:
+        store.runs.mkdir(parents=True, exist_ok=True)  # fail early on an unwritable workspace
+    except OSError as e:
+        raise PoisonbenchError(f"cannot create the records directory {str(store.runs)!r}: "
+                               f"{e.strerror or e}") from None
     outcomes = []
     tensors = None
     for config, plan in zip(configs, plans, strict=True):

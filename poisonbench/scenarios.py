@@ -10,7 +10,6 @@ poison ids are hashes of the crafting inputs.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -113,6 +112,8 @@ def check_attacks(attacks: list[str] | None) -> list[str]:
 
 def parse_poison_sets(text: str | None) -> dict[str, str] | None:
     """`--poisons deepconfuse=ID,pgd=ID` → {attack: poison id}; None when not given."""
+    from .poisons import check_poison_id
+
     if text is None:
         return None
     chosen = {}
@@ -121,9 +122,7 @@ def parse_poison_sets(text: str | None) -> dict[str, str] | None:
         if not sep or not attack or not pid:
             raise PoisonbenchError(f"--poisons takes ATTACK=POISON_ID pairs, comma-separated; got {item!r}")
         ATTACKS.get(attack)
-        if not re.fullmatch(r"[0-9a-f]{16}", pid):
-            raise PoisonbenchError(f"--poisons {attack}={pid}: a poison id is 16 hex digits "
-                                   "(`poisonbench poisons list`)")
+        check_poison_id(pid, f"--poisons {attack}: ")
         if attack in chosen:
             raise PoisonbenchError(f"--poisons names attack {attack!r} twice")
         chosen[attack] = pid

@@ -962,7 +962,8 @@ class Need:
     done: frozenset = frozenset()  # trial numbers that have a record
 
     def command(self, trials: int, base_seed: int = 0, mix: str = "", trial: int | None = None,
-                dataset_arg: str | None = None, data_dir: str | None = None, poison_sets: str = "") -> str:
+                dataset_arg: str | None = None, data_dir: str | None = None, poison_sets: str = "",
+                results: str | None = None) -> str:
         """`--trials N` (runs 0..N-1, skips the done ones), or `--trial T` for one trial. `dataset_arg` is how the
         user named the dataset (an `.npz` path, where records carry only the file name); `data_dir` is appended."""
         s = self.setting
@@ -984,6 +985,8 @@ class Need:
             parts += ["--poisons", poison_sets]
         if data_dir:
             parts += ["--data-dir", str(data_dir)]
+        if results:
+            parts += ["--results", str(results)]
         return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -1047,11 +1050,12 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
                      recipe: str | None = None, model: str | None = None, epochs: int | None = None,
                      methods: list[str] | None = None, mix: str | None = PAPER_MIX,
                      per_trial: bool = False, data_dir: str | None = None,
-                     poison_sets: str | None = "") -> tuple[list[str], list[str]]:
+                     poison_sets: str | None = "", results: str | None = None) -> tuple[list[str], list[str]]:
     """(commands, notes): one `poisonbench defend` line per incomplete configuration (it runs trials
     0..N-1 and skips the done ones), or with `per_trial` one `--trial T` line per missing trial (one job per
     line for a scheduler), and notes for what cannot be listed. An `.npz` `dataset` given by path selects the
-    records of that file name and keeps the path in the commands; `data_dir` is passed on to every command."""
+    records of that file name and keeps the path in the commands; `data_dir` and `results` are passed on to every
+    command (lines that wrote elsewhere would never complete the table asked about)."""
     number = check_table(number)
     notes = []
     if number == "3":
@@ -1089,7 +1093,7 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
         else:
             base_seed = bases.pop() if bases else 0
         where = {"dataset_arg": dataset_arg if need.setting.dataset == dataset else None, "data_dir": data_dir,
-                 "poison_sets": poison_sets if poison_sets and poison_sets != "any" else ""}
+                 "poison_sets": poison_sets if poison_sets and poison_sets != "any" else "", "results": results}
         if per_trial:
             commands += [need.command(opts.trials, base_seed, need_mix, trial=t, **where)
                          for t in range(opts.trials) if t not in need.done]

@@ -65,6 +65,17 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     assert row["test_acc_std"] == pytest.approx(statistics.stdev(accs))
     code, out, _ = cli("report", "--results", results, "--format", "md")
     assert out.startswith("| dataset") and "±" in out
+    code, out, _ = cli("report", "--results", results, "--format", "csv")
+    assert code == 0 and out.endswith("\n") and not out.endswith("\n\n")
+
+
+def test_data_list_json_gives_numbers_and_unknown_commands_list_the_valid_ones(cli):
+    code, out, _ = cli("data", "list", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and rows["mnist-5k"]["splits"] == {"train": 3900, "val": 100, "test": 1000}
+    assert rows["cifar10"]["unit"] == "rows" and rows["PATH.npz"]["unit"] == "percent"
+    code, _, err = cli("figure", "noise")
+    assert code == 2 and "No such command 'figure'. Valid choices: defend, report, craft, data, poisons." in err
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -91,6 +102,8 @@ def test_report_aggregates_mean_and_std(cli, tiny_npz, tmp_path):
     (["defend", "--momentum", "nan"], "momentum and weight decay must be finite numbers >= 0, got nan"),
     (["defend", "--milestones", "-5"], "milestone -5 is outside [1, 30]"),
     (["defend", "--epochs", "2", "--milestones", "500"], "milestone 500 is outside [1, 2]"),
+    (["defend", "--milestones", "3,1,1"], "milestones list an epoch twice: 3,1,1"),
+    (["data", "info", "mnist", "--data-dir", "/etc/passwd"], "'/etc/passwd' is a file, not a directory"),
     (["defend", "--attacks", "foo"], "unknown attack 'foo'"),
     (["defend", "--attacks", "pgd,,dap", "--poison-ratio", "0.2"], "--attacks has an empty entry"),
     (["defend", "--method", "hint", "--beta", "2"], "--beta must be in (0, 1] (pixel units), got 2.0"),

@@ -110,12 +110,14 @@ def test_download_into_a_new_folder_and_its_failure(tmp_path, monkeypatch):
     """`--download --data-dir NEW` creates NEW; a failed download (no network) is one line and leaves nothing."""
     import torchvision.datasets as tvd
 
-    def offline(root, train, download):
-        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    def offline(root, train, download):  # torchvision's message: one line per mirror tried
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n"
+                           "<urlopen error [Errno -3] Temporary failure in name resolution>\n")
 
     monkeypatch.setattr(tvd, "MNIST", offline)
-    with pytest.raises(PoisonbenchError, match="downloading MNIST into .* failed .*copy the files there"):
+    with pytest.raises(PoisonbenchError, match="downloading MNIST into .* failed .*copy the files there") as err:
         load_dataset("mnist", data_dir=tmp_path / "new", download=True)
+    assert "\n" not in str(err.value) and "Tried https://a/, got: <urlopen error" in str(err.value)
     assert not (tmp_path / "new").exists()
 
     def fetch(root, train, download):

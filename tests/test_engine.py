@@ -77,6 +77,7 @@ def test_recipe_defaults_follow_the_paper():
     assert (cifar.epochs, cifar.lr, cifar.momentum, cifar.nesterov, cifar.weight_decay) == (80, 0.1, 0.9, True, 5e-4)
     assert cifar.milestones == (30, 50, 70) and cifar.augment == "crop-flip"
     assert resolve_recipe("cifar10", epochs=40).milestones == (15, 25, 35)
+    assert resolve_recipe("cifar10", milestones=[50, 30]) == resolve_recipe("cifar10", milestones=[30, 50])
 
 
 @pytest.mark.parametrize("override", [{"epochs": 0}, {"epochs": -3}, {"lr": 0.0}, {"batch_size": 0},

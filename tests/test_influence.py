@@ -96,7 +96,9 @@ def test_solvers_agree():
     v = torch.randn(3, h.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     s_exact, _ = inf.solve_exact(h, probs, v, 0.5)
     s_cg, info = inf.solve_cg(h, probs, v, 0.5)
-    assert info["relative_residual"] < 1e-7
+    assert info["relative_residual"] < 1e-7 and info["converged"]
+    _, stopped = inf.solve_cg(h, probs, v, 0.5, max_iter=1)
+    assert not stopped["converged"] and stopped["iterations"] == 1
     torch.testing.assert_close(s_cg, s_exact, rtol=1e-6, atol=1e-8)
     # the official LiSSA recursion converges to the same (H + 0.5 I)⁻¹ v; a long run with large batches
     s_l, _ = inf.solve_lissa(h, probs, v, 0.5, steps=2000, batch_size=200,

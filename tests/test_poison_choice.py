@@ -137,7 +137,7 @@ def test_bad_poison_choices(tiny, tmp_path):
     for chosen, attacks, needle in cases:
         with pytest.raises(PoisonbenchError, match=needle):
             plan_untargeted(data, 0.6, attacks, results_root=tmp_path, poison_sets=chosen)
-    for text, needle in [("durp", "ATTACK=POISON_ID"), ("durp=../../x", "16 hex digits"),
+    for text, needle in [("durp", "ATTACK=POISON_ID"), ("durp=../../x", "not a poison id"),
                          ("nope=0123456789abcdef", "nope"), ("durp=0123456789abcdef,durp=0123456789abcdee", "twice")]:
         with pytest.raises(PoisonbenchError, match=needle):
             parse_poison_sets(text)
@@ -179,6 +179,11 @@ def test_report_keeps_default_and_chosen_poison_sets_apart(tiny, tmp_path, cli):
                                    poison_sets=f"durp={pid}")
     poisoned = [c for c in commands if "--poison-ratio 0.0 " not in c]
     assert poisoned and all(f"--attacks durp --poisons durp={pid}" in c for c in poisoned)
+    code, out, err = cli("report", "--table", "2", "--missing", "--dataset", "tiny.npz", "--attacks", "durp",
+                         "--poisons", f"durp={pid}", "--results", results)
+    lines = out.splitlines()
+    assert code == 0 and lines and all(line.endswith(f"--results {results}") for line in lines)
+    assert all(f"--poisons durp={pid}" in line for line in lines if "--poison-ratio 0.0 " not in line)
 
 
 def _opts():

@@ -99,7 +99,7 @@ def test_tampered_truncated_and_mismatched_artifacts_are_refused(tiny, tmp_path)
         poisons.load(tmp_path, spec.poison_id, data)
     tensor_file.write_bytes(original)
     assert poisons.load(tmp_path, spec.poison_id, data).delta.shape[0] == len(data.train)
-    with pytest.raises(PoisonbenchError, match="no poison set 'nope'"):
+    with pytest.raises(PoisonbenchError, match="'nope' is not a poison id"):
         poisons.load(tmp_path, "nope")
 
 
@@ -165,7 +165,13 @@ def test_cli_craft_list_show_validate(tiny, tmp_path, cli):
     (["craft", "--attack", "durp", "--steps", "3"], "option --steps does not apply to attack 'durp'"),
     (["craft", "--attack", "pgd", "--steps", "0"], "--steps of attack 'pgd' must be >= 1"),
     (["craft", "--attack", "pgd", "--device", "tpu"], "unknown device 'tpu'"),
-    (["poisons", "show", "abc"], "no poison set 'abc'"),
+    (["poisons", "show", "abc"], "'abc' is not a poison id"),
+    (["poisons", "show", "0123456789abcdef"], "no poison set '0123456789abcdef'"),
+    (["poisons", "validate", "../../evil"], "'../../evil' is not a poison id"),
+    (["craft", "--attack", "pgd", "--generator-weights", "x.pt"], "applies to attack 'deepconfuse' only"),
+    (["defend", "--poison-ratio", "0.5", "--poisons", "durp"], "ATTACK=POISON_ID pairs"),
+    (["report", "--attacks", ""], "--attacks is empty"),
+    (["report", "--table", "2", "--missing", "--format", "json"], "--format json does not apply"),
     (["defend", "--poison-ratio", "-0.1"], "poison ratio must be in [0, 1]"),
     (["defend", "--poison-ratio", "0.5", "--attacks", "pgd,nope"], "unknown attack 'nope'"),
 ])

@@ -263,11 +263,20 @@ def test_skipped_record_files_are_counted_on_stderr(cli, tmp_path):
     res = write_records(tmp_path / "res", [make_record(trial=t) for t in range(2)])
     (res / "runs" / "broken.json").write_text('{"schema_version": 1, "run_')
     (res / "runs" / "future.json").write_text(json.dumps({**make_record(trial=2), "schema_version": 2}))
+    (res / "runs" / "stub.json").write_text(json.dumps({"schema_version": 1, "run_id": "stub"}))  # no config
     code, out, err = cli("report", "--format", "json", "--results", res)
     assert code == 0 and strict_json(out)[0]["n"] == 2
-    assert "skipped 2 record file(s)" in err and "1 unreadable" in err and "1 not of schema_version 1" in err
+    assert "skipped 3 record file(s)" in err and "2 unreadable or incomplete" in err
+    assert "1 not of schema_version 1" in err
     code, out, err = cli("report", "--table", "2", "--format", "json", "--results", res)
-    assert code == 0 and strict_json(out)["rows"] and "skipped 2" in err
+    assert code == 0 and strict_json(out)["rows"] and "skipped 3" in err
+
+
+def test_a_file_named_runs_is_a_one_line_error(cli, tmp_path):
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "runs").write_text("x")
+    code, _, err = cli("defend", "--recipe", "quick", "--epochs", "1", "--results", tmp_path / "res")
+    assert code == 2 and "cannot create the records directory" in err and len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------------- paired column

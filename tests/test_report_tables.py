@@ -268,13 +268,13 @@ def test_missing_end_to_end(cli, tmp_path, monkeypatch):
                          "--results", res)
     assert code == 0, err
     assert out.strip() == ("poisonbench defend --dataset e2e.npz --method none --poison-ratio 0.0 --trials 2 "
-                           "--recipe quick --epochs 1")
+                           f"--recipe quick --epochs 1 --results {res}")  # the lines complete *this* workspace
     code, per_trial, err = cli("report", "--table", "2", "--missing", "--per-trial", "--trials", "3", "--rho", "0",
                                "--method", "none", "--results", res)
     assert code == 0, err
     assert per_trial.splitlines() == [f"poisonbench defend --dataset e2e.npz --method none --poison-ratio 0.0 "
-                                      f"--trial {t} --recipe quick --epochs 1" for t in (1, 2)]  # 0 is done
-    code, _, err = cli(*shlex.split(out.strip())[1:], "--device", "cpu", "--results", res, "--json")
+                                      f"--trial {t} --recipe quick --epochs 1 --results {res}" for t in (1, 2)]
+    code, _, err = cli(*shlex.split(out.strip())[1:], "--device", "cpu", "--json")  # as printed
     assert code == 0, err
     code, out, err = cli("report", "--table", "2", "--missing", "--trials", "2", "--rho", "0", "--method", "none",
                          "--results", res)
@@ -287,7 +287,7 @@ def test_missing_end_to_end(cli, tmp_path, monkeypatch):
                          "--dataset", path, "--results", res)
     assert code == 0, err
     assert out.strip() == (f"poisonbench defend --dataset {path} --method none --poison-ratio 0.0 --trials 3 "
-                           "--recipe quick --epochs 1")
+                           f"--recipe quick --epochs 1 --results {res}")
     code, out, _ = cli("report", "--dataset", path, "--format", "csv", "--results", res)
     assert code == 0 and "e2e.npz" in out and ",2," in out
 
@@ -302,6 +302,17 @@ def test_figures_render(records, tmp_path, monkeypatch, number):
     for p in paths:
         assert p.suffix == ".png" and p.stat().st_size > 5000
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure_options_that_cannot_match_say_so(cli, tmp_path, records):
+    res = write_records(tmp_path / "res", records)
+    plain = next(r["run_id"] for r in records if r["config"]["defense"]["method"] == "none")
+    code, _, err = cli("report", "--figure", "1", "--run", plain, "--results", res, "--out", tmp_path / "f")
+    assert code == 2 and "keeps no healthy-noise examples" in err and not (tmp_path / "f").exists()
+    code, _, err = cli("report", "--figure", "2", "--trial", "-1", "--results", res)
+    assert code == 2 and "--trial must be a non-negative" in err
+    code, out, err = cli("report", "--figure", "2", "--trial", "99", "--results", res, "--out", tmp_path / "f")
+    assert code == 0 and out == "" and "trial 99 (the records have trials 0" in err
 
 
 def test_sample_predictions_field():

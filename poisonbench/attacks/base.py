@@ -170,9 +170,9 @@ class Attack:
         known = {p.name: p for p in self.PARAMS}
         unknown = sorted(k for k, v in params.items() if v is not None and k not in known)
         if unknown:
-            valid = ", ".join(p.flag for p in self.PARAMS) or "none"
+            valid = "its options: " + ", ".join(p.flag for p in self.PARAMS) if self.PARAMS else "it takes none"
             raise PoisonbenchError(f"option --{unknown[0].replace('_', '-')} does not apply to attack "
-                                   f"{self.name!r}; its options: {valid}")
+                                   f"{self.name!r}; {valid}")
         self.family = family
         self.params = {p.name: p.default(family) for p in self.PARAMS}
         self.explicit = frozenset(k for k, v in params.items() if v is not None)  # set by the caller

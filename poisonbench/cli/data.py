@@ -21,8 +21,9 @@ def list_(as_json: bool = options.Json) -> None:
              DATASETS.get(n).split_sizes} for n in DATASETS]
     rows.append({"name": "PATH.npz", "description": "any .npz with x (uint8) and y (int)",
                  "splits (train/val/test)": "80 / 2 / 18 %"})
-    if as_json:
-        print(json.dumps(rows, indent=2))
+    if as_json:  # numbers, not the table's text
+        print(json.dumps([{"name": r["name"], "description": r["description"],
+                           **_split_numbers(r["splits (train/val/test)"])} for r in rows], indent=2))
         return
     table = Table(title="datasets")
     for col in rows[0]:
@@ -30,6 +31,13 @@ def list_(as_json: bool = options.Json) -> None:
     for r in rows:
         table.add_row(*r.values())
     stdout_console().print(table)
+
+
+def _split_numbers(text: str) -> dict:
+    """"59,000 / 1,000 / 10,000" → {"splits": {"train": 59000, ...}, "unit": "rows"} (".npz": "percent")."""
+    unit = "percent" if text.endswith("%") else "rows"
+    sizes = [int(part.strip(" %").replace(",", "")) for part in text.split("/")]
+    return {"splits": dict(zip(("train", "val", "test"), sizes, strict=True)), "unit": unit}
 
 
 @app.command("info", help="Load a dataset and show its splits, class counts, fingerprints and source.")

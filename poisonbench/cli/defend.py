@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..checkpoints import CHECKPOINT_EVERY
+from ..defenses import DEFENSES
 from ..errors import PoisonbenchError
 from ..records import RunStore
 from ..runner import DefendSpec
@@ -34,7 +35,7 @@ def _given(**params) -> dict:
 
 
 def defend(
-    method: str = typer.Option("none", "--method", help="Defense to train with (see the method registry)."),
+    method: str = typer.Option("none", "--method", help=f"Defense to train with: {', '.join(DEFENSES.names())}."),
     dataset: str = options.Dataset,
     data_dir: str = options.DataDir,
     download: bool = options.Download,

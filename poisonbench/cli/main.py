@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         if kind == "Exit":
             sys.exit(exc.exit_code)
         if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
-            err.print(f"Error: {exc.format_message()}{given_value(exc, argv)}", markup=False)
+            message = exc.format_message()
+            group = getattr(getattr(exc, "ctx", None), "command", None)
+            if message.startswith("No such command") and hasattr(group, "list_commands"):
+                message += f" Valid choices: {', '.join(group.list_commands(exc.ctx))}."
+            err.print(f"Error: {message}{given_value(exc, argv)}", markup=False)
             sys.exit(2)
         if kind == "Abort":
             err.print("Aborted.", markup=False)

@@ -1,8 +1,9 @@
 """`poisonbench report`: aggregate run records — generic per-configuration summary, the paper's Tables II–V
-(`--table`), what is missing to complete them (`--missing`), and Figures 1–4 (`--figure`)."""
+(`--table`), what is missing to complete them (`--missing`), and Figures 1–4 plus accuracy vs ρ (`--figure`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,14 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import report as lib
-from ..data import record_name
+from ..data import DEFAULT_DATASET, record_name
 from ..errors import PoisonbenchError, unknown_choice
 from ..records import RunStore
 from . import options
 from .progress import stdout_console
 
 HELP = ("Aggregate the run records: test accuracy mean ± sample std over trials per configuration, or the "
-        "paper's Tables II–V (--table N, --paper, --diff, --missing) and Figures 1–4 (--figure N --out DIR).")
+        "paper's Tables II–V (--table N, --paper, --diff, --missing) and Figures 1–4 and rho (--figure N --out DIR).")
 
 
 def _methods(text: str | None) -> list[str] | None:
@@ -83,7 +84,8 @@ def report(
                                    help="With --missing: one command per missing trial (`--trial T`), so a "
                                         "scheduler can run one job per line."),
     rho: float = typer.Option(None, "--rho", help="Table II: only this ρ; Tables IV/V: runs at this ρ (default "
-                                                  "0.6); Fig. 2: this ρ (default the largest)."),
+                                                  "0.6); Fig. 2: this ρ (default: the ρ with the most "
+                                                  "methods, then the largest)."),
     trial: int = typer.Option(None, "--trial", help="Fig. 2: the trial to show (default the first)."),
     run: str = typer.Option(None, "--run", help="Fig. 1: draw this HINT run (record id) instead of the one at "
                                                 "the highest ρ."),
@@ -93,6 +95,12 @@ def report(
     from .. import tables
     from ..scenarios import parse_poison_sets
 
+    empty = [flag for flag, v in {"--attacks": attacks, "--method": method, "--dataset": dataset, "--recipe": recipe,
+                                  "--model": model, "--poisons": poisons}.items() if v is not None and not v.strip()]
+    if empty:  # an empty filter would silently select everything
+        raise PoisonbenchError(f"{empty[0]} is empty; omit it to keep every value")
+    if missing and fmt != "rich":
+        raise PoisonbenchError(f"--missing prints shell commands, one per line; --format {fmt} does not apply")
     if fmt not in tables.FORMATS:
         raise unknown_choice("format", fmt, tables.FORMATS)
     if table is not None and figure is not None:
@@ -111,6 +119,8 @@ def report(
     given = [flag for flag, on in view_only.items() if on]
     if given and table is None and figure is None:
         raise PoisonbenchError(f"{given[0]} applies to --table or --figure only; the plain report has no such view")
+    if trial is not None and trial < 0:
+        raise PoisonbenchError(f"--trial must be a non-negative trial id, got {trial}")
     if rho is not None and not 0 <= rho <= 1:
         raise PoisonbenchError(f"--rho must be in [0, 1], got {rho}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
@@ -133,12 +143,12 @@ def report(
         opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson, rho=rho,
                                paired=paired)
         if missing:
-            if not records and not dataset:
-                tables.assert_records(records, store.root)
+            if not records and not dataset:  # an empty workspace: the commands for the dataset `defend` would use
+                dataset = os.environ.get("POISONBENCH_DATASET") or DEFAULT_DATASET
             commands, notes = tables.missing_commands(number, records, opts, dataset=dataset, recipe=recipe,
                                                       model=model, epochs=epochs, methods=methods,
                                                       mix=filters["mix"], poison_sets=filters["poison_sets"],
-                                                      per_trial=per_trial, data_dir=data_dir)
+                                                      per_trial=per_trial, data_dir=data_dir, results=results)
             for note in notes:
                 err.print(note, markup=False)
             for command in commands:
@@ -170,17 +180,24 @@ def report(
             records = [r for r in records if r["run_id"] == run]
             if not records:
                 raise PoisonbenchError(f"no complete record for run {run!r} under {store.runs}")
+            if not (records[0].get("defense") or {}).get("examples"):
+                method = records[0]["config"]["defense"]["method"]
+                raise PoisonbenchError(f"run {run!r} (method {method!r}) keeps no healthy-noise examples; --run "
+                                       "needs a HINT run")
         target = out or str(store.root / "figures")
         paths = plots.draw(number, records, target, paper=paper, rho=rho, trial=trial, data_dir=data_dir,
                            **filters)
         if not paths:
-            err.print(f"Figure {number}: nothing to draw from the records matching ({describe(filters)}); "
+            have = sorted({r["config"]["trial"] for r in records}) if trial is not None else []
+            where = f" and trial {trial} (the records have trials {', '.join(map(str, have))})" if have else ""
+            err.print(f"Figure {number}: nothing to draw from the records matching ({describe(filters)}){where}; "
                       f"it needs {FIGURE_NEEDS[number]}", markup=False)
             return
         for path in paths:
             print(path)
         return
 
+    tables.assert_records(records, store.root)
     summary = lib.load_summary(records, **{**filters, "mix": attacks or "any", "poison_sets": chosen or "any"})
     if summary.attrs.get("not_shown"):
         err.print(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id or seed of another run "
@@ -192,7 +209,8 @@ def report(
             print("[]")
         return
     if fmt != "rich":
-        print(lib.render(summary, fmt))
+        text = lib.render(summary, fmt)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     rows = lib.display_rows(summary)
     rich_table = Table(title="poisonbench report")

@@ -104,7 +104,8 @@ def _search_dirs(data_dir: Path, names: list[str]) -> list[Path]:
 def _require_dir(data_dir: Path | None, explicit: bool) -> Path:
     path = Path(data_dir) if data_dir is not None else default_data_dir()
     if explicit and not path.is_dir():
-        raise PoisonbenchError(f"data directory {str(path)!r} does not exist")
+        what = "is a file, not a directory" if path.exists() else "does not exist"
+        raise PoisonbenchError(f"data directory {str(path)!r} {what}")
     return path
 
 
@@ -123,8 +124,9 @@ def _download(tv_name: str, root: Path) -> None:
     except Exception as exc:  # noqa: BLE001 (urllib, HTTP, md5 and extraction errors alike)
         if created:
             shutil.rmtree(root, ignore_errors=True)
-        raise PoisonbenchError(f"downloading {tv_name} into {str(root)!r} failed ({type(exc).__name__}: {exc}); "
-                               "without internet, copy the files there and pass --data-dir") from None
+        reason = " ".join(str(exc).split())  # torchvision lists every mirror tried, one per line
+        raise PoisonbenchError(f"downloading {tv_name} into {str(root)!r} failed ({type(exc).__name__}: "
+                               f"{reason}); without internet, copy the files there and pass --data-dir") from None
 
 
 # md5 of the 10,000 official test labels (uint8), read from Debian's dataset-fashion-mnist (Zalando's files)

@@ -28,9 +28,10 @@ class Defense:
         defaults = self.defaults(family, recipe)
         unknown = sorted(set(params) - set(defaults))
         if unknown:
-            valid = ", ".join(f"--{k.replace('_', '-')}" for k in defaults) or "none"
+            valid = ("its options: " + ", ".join(f"--{k.replace('_', '-')}" for k in defaults) if defaults
+                     else "it takes none")
             raise PoisonbenchError(f"option --{unknown[0].replace('_', '-')} does not apply to method "
-                                   f"{self.name!r}; its options: {valid}")
+                                   f"{self.name!r}; {valid}")
         self.family, self.recipe = family, recipe
         self.params = {**defaults, **{k: like_default(v, defaults[k]) for k, v in params.items()}}
         self.validate()
