@@ -190,3 +190,13 @@ def _opts():
     from poisonbench.tables import Options
 
     return Options(trials=2)
+
+
+def test_default_poison_ids_never_change():
+    """The mix's default PoisonSets on mnist-5k keep the ids the committed records name
+    (experiments/records/mnist-5k): a new attack option must not re-key them, or every record on the mix
+    would silently become another PoisonSet generation (this happened once, with `generator`)."""
+    data = load_dataset("mnist-5k")
+    ids = {a: poisons.craft_spec(data, a, budget=1.0, seed=0).poison_id for a in ("pgd", "dap", "durp", "deepconfuse")}
+    assert ids == {"pgd": "ffd52a734466426e", "dap": "22bfd50320b30825", "durp": "783294e0543ad293",
+                   "deepconfuse": "360109fd2a5d15d0"}

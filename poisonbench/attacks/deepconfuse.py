@@ -308,20 +308,21 @@ class DeepConfuse(Attack):
 
     def validate(self) -> None:
         generator = self.params["generator"]
-        if generator != TRAIN and not (isinstance(generator, str) and _SHA256.fullmatch(generator)):
+        if generator == TRAIN:  # the default stays out of the poison id: PoisonSets crafted before the option
+            del self.params["generator"]  # existed keep their ids (and the records on them their generation)
+            if self.params["official_schedule"]:  # the official values replace the defaults, not explicit options
+                self.params.update({k: v for k, v in OFFICIAL[self.family].items() if k not in self.explicit})
+            return
+        if not (isinstance(generator, str) and _SHA256.fullmatch(generator)):
             raise PoisonbenchError(f"--generator of attack 'deepconfuse' must be {TRAIN!r} or 'sha256:<64 hex "
                                    f"digits>' (an imported generator), got {generator!r}")
-        if generator != TRAIN:
-            trained = [k for k in OFFICIAL[self.family] if k in self.explicit]
-            if trained or self.params["official_schedule"]:
-                flags = ", ".join("--" + k.replace("_", "-") for k in trained) or "--official-schedule"
-                raise PoisonbenchError(f"{flags}: training options of attack 'deepconfuse' do not apply to an "
-                                       "imported generator")
-            for k in (*OFFICIAL[self.family], "official_schedule"):
-                self.params[k] = None  # nothing is trained: keep them out of the poison id
-            return
-        if self.params["official_schedule"]:  # the official values replace the defaults, not explicit options
-            self.params.update({k: v for k, v in OFFICIAL[self.family].items() if k not in self.explicit})
+        trained = [k for k in OFFICIAL[self.family] if k in self.explicit]
+        if trained or self.params["official_schedule"]:
+            flags = ", ".join("--" + k.replace("_", "-") for k in trained) or "--official-schedule"
+            raise PoisonbenchError(f"{flags}: training options of attack 'deepconfuse' do not apply to an "
+                                   "imported generator")
+        for k in (*OFFICIAL[self.family], "official_schedule"):
+            self.params[k] = None  # nothing is trained: keep them out of the poison id
 
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):  # seeds module init without touching the caller's global RNG
@@ -331,7 +332,7 @@ class DeepConfuse(Attack):
         p, device, eps = self.params, ctx.device, ctx.eps
         data = ctx.dataset
         c, h, _ = data.shape
-        if p["generator"] != TRAIN:
+        if p.get("generator", TRAIN) != TRAIN:
             generator = load_generator(ctx.results_root, self.family, c, p["generator"], device)
             self.training_summary = {"generator": p["generator"], "trained": False}
             return self._generate(generator, ctx)
