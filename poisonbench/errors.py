@@ -11,3 +11,9 @@ class PoisonbenchError(Exception):
 def unknown_choice(kind: str, value: object, choices) -> PoisonbenchError:
     """The standard error for a name that is not in a registry or a closed set."""
     return PoisonbenchError(f"unknown {kind} {value!r}; valid choices: {', '.join(map(str, choices))}")
+
+
+def inapplicable_option(option: str, kind: str, name: str, flags: list[str]) -> PoisonbenchError:
+    """An option the attack or method `name` does not take, with the options it does take."""
+    valid = "its options: " + ", ".join(flags) if flags else "it takes none"
+    return PoisonbenchError(f"option {option} does not apply to {kind} {name!r}; {valid}")

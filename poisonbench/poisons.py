@@ -180,15 +180,26 @@ def read_manifest(results_root, poison_id: str) -> dict:
     return manifest
 
 
+def spec_of(results_root, poison_id: str, dataset=None) -> tuple[CraftSpec, dict]:
+    """The crafting inputs of an existing PoisonSet and its manifest, checked: the manifest must hash to the id
+    and (if `dataset` is given) be for that dataset's fingerprint."""
+    manifest = read_manifest(results_root, poison_id)
+    spec = CraftSpec(**{name: manifest.get(name) for name in SPEC_FIELDS})
+    if manifest.get("poison_id") != poison_id or spec.poison_id != poison_id:
+        raise PoisonbenchError(f"poison set {poison_id}: its manifest describes other crafting inputs (poison id "
+                               f"{manifest.get('poison_id')!r}, inputs hash {spec.poison_id}); moved or edited? "
+                               f"delete {str(poison_dir(results_root, poison_id))!r} and craft again")
+    if dataset is not None and manifest.get("dataset_fingerprint") != dataset.fingerprint:
+        raise PoisonbenchError(f"poison set {poison_id} was crafted for dataset {manifest.get('dataset')!r} "
+                               f"(fingerprint {manifest.get('dataset_fingerprint')}), not {dataset.name!r} "
+                               f"(fingerprint {dataset.fingerprint})")
+    return spec, manifest
+
+
 def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
     """Load and verify: sha256 of the tensor file, shapes, and (if given) the dataset fingerprint."""
-    manifest = read_manifest(results_root, poison_id)
+    _, manifest = spec_of(results_root, poison_id)
     directory = poison_dir(results_root, poison_id)
-    inputs = {name: manifest.get(name) for name in SPEC_FIELDS}
-    if manifest.get("poison_id") != poison_id or short_hash(inputs) != poison_id:
-        raise PoisonbenchError(f"poison set {poison_id}: its manifest describes other crafting inputs (poison id "
-                               f"{manifest.get('poison_id')!r}, inputs hash {short_hash(inputs)}); moved or edited? "
-                               f"delete {str(directory)!r} and craft again")
     try:
         blob = (directory / TENSOR_FILE).read_bytes()
     except OSError:
@@ -196,10 +207,8 @@ def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
     if _sha256(blob) != manifest.get("tensor_sha256"):
         raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} fails its sha256 check (tampered or "
                                f"truncated); delete {str(directory)!r} and craft again")
-    if dataset is not None and manifest.get("dataset_fingerprint") != dataset.fingerprint:
-        raise PoisonbenchError(f"poison set {poison_id} was crafted for dataset {manifest.get('dataset')!r} "
-                               f"(fingerprint {manifest.get('dataset_fingerprint')}), not {dataset.name!r} "
-                               f"(fingerprint {dataset.fingerprint})")
+    if dataset is not None:
+        spec_of(results_root, poison_id, dataset)  # the fingerprint check, after the integrity checks
     try:
         tensors = st_load(blob)
         delta, indices = tensors["delta"], tensors["indices"]

@@ -87,12 +87,12 @@ def environment(device: torch.device) -> dict:
 
 def is_complete(record: dict) -> bool:
     """A record has what every reader relies on: run id, the configuration's identifying fields, metrics, cost."""
-    config = record.get("config")
+    config, metrics, cost = record.get("config"), record.get("metrics"), record.get("cost")
     return (isinstance(record.get("run_id"), str) and isinstance(config, dict)
-            and all(k in config for k in ("dataset", "model", "trial", "seed"))
+            and all(k in config for k in ("dataset", "model", "scenario", "trial", "seed"))
             and isinstance(config.get("recipe"), dict) and {"name", "epochs"} <= set(config["recipe"])
             and isinstance(config.get("defense"), dict) and "method" in config["defense"]
-            and isinstance(record.get("metrics"), dict) and isinstance(record.get("cost"), dict))
+            and isinstance(metrics, dict) and "test_acc" in metrics and isinstance(cost, dict) and "seconds" in cost)
 
 
 class RunStore:

@@ -130,22 +130,16 @@ def parse_poison_sets(text: str | None) -> dict[str, str] | None:
 
 
 def chosen_spec(data, attack: str, poison_id: str, results_root=None):
-    """The CraftSpec of an existing PoisonSet chosen with `--poisons`: it must be `attack`'s, cover the whole
-    train split (budget 1, as the mix's own artifacts) and be made for this dataset split."""
-    from .poisons import SPEC_FIELDS, CraftSpec, read_manifest
+    """The CraftSpec of an existing PoisonSet chosen with `--poisons`: it must be `attack`'s, made for this dataset
+    split, and cover the whole train split (budget 1, as the mix's own artifacts)."""
+    from .poisons import spec_of
 
-    manifest = read_manifest(results_root, poison_id)
-    spec = CraftSpec(**{k: manifest.get(k) for k in SPEC_FIELDS})
+    spec, _ = spec_of(results_root, poison_id, data)
     if spec.attack != attack:
         raise PoisonbenchError(f"--poisons {attack}={poison_id}: that PoisonSet was crafted by {spec.attack!r}")
-    if spec.dataset_fingerprint != data.fingerprint:
-        raise PoisonbenchError(f"--poisons {attack}={poison_id}: made for dataset {spec.dataset} "
-                               f"({spec.dataset_fingerprint}), not {data.name} ({data.fingerprint})")
     if spec.budget != 1.0:
         raise PoisonbenchError(f"--poisons {attack}={poison_id}: crafted with --budget {spec.budget:g}; the mix "
                                "takes its rows from a PoisonSet of the whole train split (--budget 1)")
-    if spec.poison_id != poison_id:
-        raise PoisonbenchError(f"--poisons {attack}={poison_id}: its manifest does not hash to its id")
     return spec
 
 

@@ -118,6 +118,15 @@ def poison_sets_text(chosen: dict | None) -> str:
     return ",".join(f"{a}={i}" for a, i in sorted((chosen or {}).items()))
 
 
+def trained_on(row, poison_sets: str) -> bool:
+    """Whether an untargeted run used the PoisonSets `poison_sets` ("attack=id,…", as `defend --poisons`) and the
+    mix's defaults for the other attacks. Naming a default PoisonSet selects the runs on it, as `defend` treats
+    such a choice as no choice."""
+    pairs = lambda text: set(filter(None, text.split(",")))  # noqa: E731
+    given = pairs(poison_sets)
+    return given <= pairs(row.poison_ids) and pairs(row.poison_sets) <= given
+
+
 def record_row(r: dict) -> dict:
     c = r["config"]
     params = dict(c["defense"])
@@ -140,6 +149,7 @@ def record_row(r: dict) -> dict:
         "scenario": c.get("scenario"), "rho": rho,
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
         "poison_sets": poison_sets_text(poison.get("poison_sets")) if kind == "untargeted" else "",
+        "poison_ids": poison_sets_text(poison.get("poison_ids")) if kind == "untargeted" else "",
         "attack": str(poison.get("attack", "")).lower() if kind == "targeted" else "",
         "method": method, "params_json": canonical_json(params),
         "finished_at": str(r.get("finished_at") or ""),
@@ -249,7 +259,8 @@ def apply_filters(df: pd.DataFrame, dataset: str | None = None, model: str | Non
     if mix and mix != "any":
         df = df[(df.kind != "untargeted") | (df.mix == mix)]
     if poison_sets is not None and poison_sets != "any":
-        df = df[(df.kind != "untargeted") | (df.poison_sets == poison_sets)]
+        df = df[[kind != "untargeted" or trained_on(row, poison_sets) for kind, row in zip(df.kind, df.itertuples(),
+                                                                                          strict=True)]]
     if dataset:
         df = df[df.dataset == dataset]
     if model:

@@ -175,6 +175,12 @@ def test_report_keeps_default_and_chosen_poison_sets_apart(tiny, tmp_path, cli):
     code, out_default, _ = cli(*table)
     code, out_chosen, _ = cli(*table, "--poisons", f"durp={pid}")
     assert out_default != out_chosen
+    # naming the default PoisonSet selects the runs on it (as `defend` treats it: no choice at all)
+    default_id = frame(RunStore(results).all()).set_index("run_id").loc[default_run, "poison_ids"]
+    code, out_named, _ = cli(*table, "--poisons", default_id)
+    assert code == 0 and out_named == out_default
+    code, _, err = cli("report", "--table", "2", "--missing", "--poisons", "any", "--results", results)
+    assert code == 2 and "--poisons any pools them" in err
     commands, _ = missing_commands("2", RunStore(results).all(), _opts(), dataset="tiny.npz", mix="durp",
                                    poison_sets=f"durp={pid}")
     poisoned = [c for c in commands if "--poison-ratio 0.0 " not in c]
@@ -200,3 +206,25 @@ def test_default_poison_ids_never_change():
     ids = {a: poisons.craft_spec(data, a, budget=1.0, seed=0).poison_id for a in ("pgd", "dap", "durp", "deepconfuse")}
     assert ids == {"pgd": "ffd52a734466426e", "dap": "22bfd50320b30825", "durp": "783294e0543ad293",
                    "deepconfuse": "360109fd2a5d15d0"}
+
+
+def test_default_attack_parameters_never_change():
+    """What the poison ids of both families hash (`params`), pinned: a changed or added default re-keys every
+    PoisonSet, so it must be a deliberate, documented change of this test."""
+    from poisonbench.attacks import ATTACKS
+
+    expected = {
+        "mnist": {"pgd": {"steps": 40, "step_size": 0.01, "random_start": True, "batch_size": 1000},
+                  "dap": {"steps": 100, "step_fraction": 0.2, "random_start": False, "batch_size": 1000},
+                  "durp": {},
+                  "deepconfuse": {"outer_epochs": 6, "inner_epochs": 1, "batch_size": 64, "gen_lr": 1e-3,
+                                  "cls_lr": 0.01, "official_schedule": False}},
+        "cifar10": {"pgd": {"steps": 10, "step_size": 2 / 255, "random_start": True, "batch_size": 500},
+                    "dap": {"steps": 100, "step_fraction": 0.2, "random_start": False, "batch_size": 500},
+                    "durp": {},
+                    "deepconfuse": {"outer_epochs": 2, "inner_epochs": 1, "batch_size": 256, "gen_lr": 1e-4,
+                                    "cls_lr": 0.01, "official_schedule": False}},
+    }
+    for family, attacks in expected.items():
+        for attack, params in attacks.items():
+            assert ATTACKS.get(attack)(family).params == params, (family, attack)

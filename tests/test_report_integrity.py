@@ -264,12 +264,15 @@ def test_skipped_record_files_are_counted_on_stderr(cli, tmp_path):
     (res / "runs" / "broken.json").write_text('{"schema_version": 1, "run_')
     (res / "runs" / "future.json").write_text(json.dumps({**make_record(trial=2), "schema_version": 2}))
     (res / "runs" / "stub.json").write_text(json.dumps({"schema_version": 1, "run_id": "stub"}))  # no config
+    no_acc = make_record(trial=3)
+    del no_acc["metrics"]["test_acc"]
+    (res / "runs" / "no_acc.json").write_text(json.dumps(no_acc))
     code, out, err = cli("report", "--format", "json", "--results", res)
     assert code == 0 and strict_json(out)[0]["n"] == 2
-    assert "skipped 3 record file(s)" in err and "2 unreadable or incomplete" in err
+    assert "skipped 4 record file(s)" in err and "3 unreadable or incomplete" in err
     assert "1 not of schema_version 1" in err
     code, out, err = cli("report", "--table", "2", "--format", "json", "--results", res)
-    assert code == 0 and strict_json(out)["rows"] and "skipped 3" in err
+    assert code == 0 and strict_json(out)["rows"] and "skipped 4" in err
 
 
 def test_a_file_named_runs_is_a_one_line_error(cli, tmp_path):

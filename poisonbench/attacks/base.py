@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..errors import PoisonbenchError
+from ..errors import PoisonbenchError, inapplicable_option
 from ..io import atomic_write_bytes
 
 ProgressFn = Callable[[str, int, int], None]
@@ -44,13 +44,14 @@ class Param:
     source: str = ""
     minimum: float | None = None  # inclusive lower bound for numbers (None: unchecked)
     positive: bool = False  # numbers must be > 0
+    cli_flag: str | None = None  # when the CLI sets it through another option (a file → its sha256)
 
     def default(self, family: str) -> Any:
         return self.defaults[family]
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.cli_flag or "--" + self.name.replace("_", "-")
 
 
 @dataclass
@@ -170,9 +171,8 @@ class Attack:
         known = {p.name: p for p in self.PARAMS}
         unknown = sorted(k for k, v in params.items() if v is not None and k not in known)
         if unknown:
-            valid = "its options: " + ", ".join(p.flag for p in self.PARAMS) if self.PARAMS else "it takes none"
-            raise PoisonbenchError(f"option --{unknown[0].replace('_', '-')} does not apply to attack "
-                                   f"{self.name!r}; {valid}")
+            raise inapplicable_option(f"--{unknown[0].replace('_', '-')}", "attack", self.name,
+                                      [p.flag for p in self.PARAMS])
         self.family = family
         self.params = {p.name: p.default(family) for p in self.PARAMS}
         self.explicit = frozenset(k for k, v in params.items() if v is not None)  # set by the caller

@@ -24,7 +24,6 @@ the scratch classifier is scored on the clean train split instead of the test sp
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -38,6 +37,7 @@ from torch.func import functional_call
 
 from ..checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
 from ..errors import PoisonbenchError
+from ..hashing import sha256_file
 from ..io import atomic_write_bytes
 from ..records import results_dir
 from . import ATTACKS
@@ -170,7 +170,6 @@ class BottleneckVGG11(nn.Module):
 
 
 GENERATORS = {"mnist": MNISTAutoencoder, "cifar10": UNet}
-_CHANNELS = {"mnist": 1, "cifar10": 3}  # the channels DC's generators were built for
 CLASSIFIERS = {"mnist": MNISTNet, "cifar10": BottleneckVGG11}
 
 # The budget schedule (default) and DC's official argparse defaults (reference/attacks.md §5 table).
@@ -199,10 +198,9 @@ def import_generator(path, family: str, results_root=None) -> str:
         raise PoisonbenchError(f"no DeepConfuse generator for dataset family {family!r}")
     source = Path(path)
     try:
-        blob = source.read_bytes()
+        sha256 = sha256_file(source)
     except OSError as e:
         raise PoisonbenchError(f"cannot read generator weights {str(source)!r}: {e.strerror or e}") from None
-    sha256 = hashlib.sha256(blob).hexdigest()
     target = generator_path(results_root, family, sha256)
     if target.exists():
         return f"sha256:{sha256}"
@@ -215,7 +213,7 @@ def import_generator(path, family: str, results_root=None) -> str:
         raise PoisonbenchError(f"{str(source)!r} is not a state dict of tensors ({type(e).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PoisonbenchError(f"{str(source)!r} is not a state dict of tensors")
-    generator = GENERATORS[family](_CHANNELS[family])
+    generator = GENERATORS[family]()  # the channels DC built it for: 1 (MNIST), 3 (CIFAR-10)
     try:
         generator.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -236,7 +234,11 @@ def load_generator(results_root, family: str, channels: int, generator: str, dev
         raise PoisonbenchError(f"DeepConfuse generator {generator} is not in {path.parent}; import it with "
                                "`poisonbench craft --attack deepconfuse --generator-weights FILE`")
     model = GENERATORS[family](channels)
-    model.load_state_dict(load_file(path))
+    try:
+        model.load_state_dict(load_file(path))
+    except Exception as e:  # noqa: BLE001 - a damaged store file (writes are atomic: a disk fault or an edit)
+        raise PoisonbenchError(f"imported generator {str(path)!r} is unreadable ({type(e).__name__}); delete it "
+                               "and import the weights again") from None
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -303,7 +305,7 @@ class DeepConfuse(Attack):
         Param("generator", str, {"mnist": TRAIN, "cifar10": TRAIN},
               "`train` (default), or `sha256:<hex>` naming a generator imported with --generator-weights: no "
               "training, poisons from that generator.",
-              "DC generate_adv_data.py (MNIST/pretrained/atkmnist_best.pt)"),
+              "DC generate_adv_data.py (MNIST/pretrained/atkmnist_best.pt)", cli_flag="--generator-weights"),
     )
 
     def validate(self) -> None:
@@ -314,8 +316,8 @@ class DeepConfuse(Attack):
                 self.params.update({k: v for k, v in OFFICIAL[self.family].items() if k not in self.explicit})
             return
         if not (isinstance(generator, str) and _SHA256.fullmatch(generator)):
-            raise PoisonbenchError(f"--generator of attack 'deepconfuse' must be {TRAIN!r} or 'sha256:<64 hex "
-                                   f"digits>' (an imported generator), got {generator!r}")
+            raise PoisonbenchError(f"the generator option of attack 'deepconfuse' must be {TRAIN!r} or "
+                                   f"'sha256:<64 hex digits>' (set by --generator-weights FILE), got {generator!r}")
         trained = [k for k in OFFICIAL[self.family] if k in self.explicit]
         if trained or self.params["official_schedule"]:
             flags = ", ".join("--" + k.replace("_", "-") for k in trained) or "--official-schedule"

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS, NPZ_SPLIT_PERCENT, load_dataset
 from . import options
 from .progress import stdout_console
 
@@ -17,27 +17,19 @@ app = typer.Typer(no_args_is_help=True, help=HELP)
 
 @app.command("list", help="List the registered datasets and their splits.")
 def list_(as_json: bool = options.Json) -> None:
-    rows = [{"name": n, "description": DATASETS.get(n).description, "splits (train/val/test)":
-             DATASETS.get(n).split_sizes} for n in DATASETS]
-    rows.append({"name": "PATH.npz", "description": "any .npz with x (uint8) and y (int)",
-                 "splits (train/val/test)": "80 / 2 / 18 %"})
-    if as_json:  # numbers, not the table's text
-        print(json.dumps([{"name": r["name"], "description": r["description"],
-                           **_split_numbers(r["splits (train/val/test)"])} for r in rows], indent=2))
+    rows = [(n, DATASETS.get(n).description, DATASETS.get(n).split_sizes, "rows") for n in DATASETS]
+    rows.append(("PATH.npz", "any .npz with x (uint8) and y (int)", NPZ_SPLIT_PERCENT, "percent"))
+    if as_json:
+        print(json.dumps([{"name": name, "description": description,
+                           "splits": dict(zip(("train", "val", "test"), sizes, strict=True)), "unit": unit}
+                          for name, description, sizes, unit in rows], indent=2))
         return
     table = Table(title="datasets")
-    for col in rows[0]:
+    for col in ("name", "description", "splits (train/val/test)"):
         table.add_column(col)
-    for r in rows:
-        table.add_row(*r.values())
+    for name, description, sizes, unit in rows:
+        table.add_row(name, description, " / ".join(f"{v:,}" for v in sizes) + (" %" if unit == "percent" else ""))
     stdout_console().print(table)
-
-
-def _split_numbers(text: str) -> dict:
-    """"59,000 / 1,000 / 10,000" → {"splits": {"train": 59000, ...}, "unit": "rows"} (".npz": "percent")."""
-    unit = "percent" if text.endswith("%") else "rows"
-    sizes = [int(part.strip(" %").replace(",", "")) for part in text.split("/")]
-    return {"splits": dict(zip(("train", "val", "test"), sizes, strict=True)), "unit": unit}
 
 
 @app.command("info", help="Load a dataset and show its splits, class counts, fingerprints and source.")

@@ -99,10 +99,12 @@ def report(
                                   "--model": model, "--poisons": poisons}.items() if v is not None and not v.strip()]
     if empty:  # an empty filter would silently select everything
         raise PoisonbenchError(f"{empty[0]} is empty; omit it to keep every value")
-    if missing and fmt != "rich":
-        raise PoisonbenchError(f"--missing prints shell commands, one per line; --format {fmt} does not apply")
     if fmt not in tables.FORMATS:
         raise unknown_choice("format", fmt, tables.FORMATS)
+    if missing and fmt != "rich":
+        raise PoisonbenchError(f"--missing prints shell commands, one per line; --format {fmt} does not apply")
+    if missing and poisons == "any":
+        raise PoisonbenchError("--missing needs one choice of PoisonSets to complete; --poisons any pools them")
     if table is not None and figure is not None:
         raise PoisonbenchError("pass either --table or --figure, not both")
     if trials <= 0:

