@@ -259,8 +259,9 @@ def apply_filters(df: pd.DataFrame, dataset: str | None = None, model: str | Non
     if mix and mix != "any":
         df = df[(df.kind != "untargeted") | (df.mix == mix)]
     if poison_sets is not None and poison_sets != "any":
-        df = df[[kind != "untargeted" or trained_on(row, poison_sets) for kind, row in zip(df.kind, df.itertuples(),
-                                                                                          strict=True)]]
+        keep = [kind != "untargeted" or trained_on(row, poison_sets) for kind, row in zip(df.kind, df.itertuples(),
+                                                                                            strict=True)]
+        df = df[pd.Series(keep, index=df.index, dtype=bool)]  # a bare empty list would select columns
     if dataset:
         df = df[df.dataset == dataset]
     if model:
