@@ -94,7 +94,7 @@ def test_data_list_json_gives_numbers_and_unknown_commands_list_the_valid_ones(c
     (["defend", "--trials", "3", "--trial", "1"], "give either --trials N (trials 0..N-1) or --trial T"),
     (["defend", "--poison-ratio", "1.5"], "poison ratio must be in [0, 1], got 1.5"),
     (["defend", "--checkpoint-every", "-5"], "--checkpoint-every must be >= 0 seconds, got -5.0"),
-    (["defend", "--ratio", "0.5"], "option --ratio does not apply to method 'none'"),
+    (["defend", "--ratio", "0.5"], "option --ratio does not apply to method 'none'; it takes none"),
     (["data", "info", "nope"], "unknown dataset 'nope'"),
     (["report", "--format", "xml"], "unknown format 'xml'; valid choices: rich, md"),
     # below: values that once started training or crafting, or ended in a traceback

@@ -80,6 +80,13 @@ def test_generator_import_refuses_what_does_not_fit(tiny, tmp_path):
     spec = poisons.craft_spec(data, "deepconfuse", generator="sha256:" + "0" * 64)
     with pytest.raises(PoisonbenchError, match="is not in .*generators; import it"):
         poisons.craft(spec, data, tmp_path / "r2", torch.device("cpu"))
+    from poisonbench.attacks.deepconfuse import generator_path
+
+    damaged = generator_path(tmp_path / "r2", data.family, "0" * 64)
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"not safetensors")
+    with pytest.raises(PoisonbenchError, match="is unreadable .*import the weights again"):
+        poisons.craft(spec, data, tmp_path / "r2", torch.device("cpu"))
 
 
 def test_craft_cli_generator_weights(tiny, tmp_path, cli):
