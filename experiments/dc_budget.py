@@ -1,8 +1,9 @@
 """Does a longer DeepConfuse schedule make the Table II mix stronger? (issue 3 finding; not a test)
 
-Runs `defend --method none --poison-ratio 1` with DeepConfuse alone and with the four-attack mix, where the
-DeepConfuse PoisonSet is crafted with `--outer-epochs OUTER` instead of the budget default. The other attacks'
-PoisonSets are the defaults. Records land in RESULTS (their poison ids differ from the default mix's).
+Crafts DeepConfuse on mnist-5k with `--outer-epochs OUTER` instead of the budget default, then runs
+`defend --method none --poison-ratio 1` with DeepConfuse alone and with the four-attack mix, the longer-trained
+PoisonSet chosen with `--poisons` (the other attacks' PoisonSets are the defaults). Records land in RESULTS;
+`poisonbench report --table 2 --poisons deepconfuse=ID --results RESULTS` shows them.
 
     python experiments/dc_budget.py OUTER TRIALS RESULTS
 """
@@ -12,22 +13,21 @@ from __future__ import annotations
 import json
 import sys
 
-import poisonbench.poisons as poisons
+import torch
+
+from poisonbench import poisons
+from poisonbench.data import load_dataset
 from poisonbench.runner import DefendSpec, defend
+from poisonbench.scenarios import CRAFT_SEED
 
 outer, trials, results = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-default_spec = poisons.craft_spec
-
-
-def longer_deepconfuse(data, attack, **kw):
-    if attack == "deepconfuse":
-        kw["outer_epochs"] = outer
-    return default_spec(data, attack, **kw)
-
-
-poisons.craft_spec = longer_deepconfuse  # plan_untargeted looks it up at call time
+data = load_dataset("mnist-5k")
+spec = poisons.craft_spec(data, "deepconfuse", budget=1.0, seed=CRAFT_SEED, outer_epochs=outer)
+poisons.craft(spec, data, results, torch.device("cpu"))
 for attacks in (["deepconfuse"], None):
-    for outcome in defend(DefendSpec(poison_ratio=1.0, attacks=attacks, trials=trials, results=results)):
+    chosen = {"deepconfuse": spec.poison_id}
+    for outcome in defend(DefendSpec(poison_ratio=1.0, attacks=attacks, poison_sets=chosen, trials=trials,
+                                     results=results)):
         r = outcome.record
         print(json.dumps({"attacks": r["config"]["poison"]["attacks"], "trial": r["config"]["trial"],
                           "status": outcome.status, "test_acc": r["metrics"]["test_acc"],
