@@ -3,7 +3,8 @@
 Crafts DeepConfuse on mnist-5k with `--outer-epochs OUTER` instead of the budget default, then runs
 `defend --method none --poison-ratio 1` with DeepConfuse alone and with the four-attack mix, the longer-trained
 PoisonSet chosen with `--poisons` (the other attacks' PoisonSets are the defaults). Records land in RESULTS;
-`poisonbench report --table 2 --poisons deepconfuse=ID --results RESULTS` shows them.
+`poisonbench report --table 2 --poisons deepconfuse=ID --results RESULTS` shows the mix's runs, with
+`--attacks deepconfuse` the DeepConfuse-alone runs.
 
     python experiments/dc_budget.py OUTER TRIALS RESULTS
 """
@@ -24,8 +25,8 @@ outer, trials, results = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 data = load_dataset("mnist-5k")
 spec = poisons.craft_spec(data, "deepconfuse", budget=1.0, seed=CRAFT_SEED, outer_epochs=outer)
 poisons.craft(spec, data, results, torch.device("cpu"))
+chosen = {"deepconfuse": spec.poison_id}
 for attacks in (["deepconfuse"], None):
-    chosen = {"deepconfuse": spec.poison_id}
     for outcome in defend(DefendSpec(poison_ratio=1.0, attacks=attacks, poison_sets=chosen, trials=trials,
                                      results=results)):
         r = outcome.record

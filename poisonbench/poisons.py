@@ -198,7 +198,7 @@ def spec_of(results_root, poison_id: str, dataset=None) -> tuple[CraftSpec, dict
 
 def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
     """Load and verify: sha256 of the tensor file, shapes, and (if given) the dataset fingerprint."""
-    _, manifest = spec_of(results_root, poison_id)
+    _, manifest = spec_of(results_root, poison_id, dataset)
     directory = poison_dir(results_root, poison_id)
     try:
         blob = (directory / TENSOR_FILE).read_bytes()
@@ -207,8 +207,6 @@ def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
     if _sha256(blob) != manifest.get("tensor_sha256"):
         raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} fails its sha256 check (tampered or "
                                f"truncated); delete {str(directory)!r} and craft again")
-    if dataset is not None:
-        spec_of(results_root, poison_id, dataset)  # the fingerprint check, after the integrity checks
     try:
         tensors = st_load(blob)
         delta, indices = tensors["delta"], tensors["indices"]

@@ -584,7 +584,25 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
             mark_best(ours)
             block.rows.append(row)
         blocks.append(block)
-    return Table("2", CAPTIONS["2"], blocks, data)
+    return Table("2", table2_caption(df), blocks, data)
+
+
+ATTACK_LABELS = {"pgd": "PGD", "dap": "DAP", "durp": "DURP", "deepconfuse": "DC"}
+
+
+def table2_caption(df: pd.DataFrame) -> str:
+    """Table II's caption, naming the attacks when the rows are not the paper's mix and any chosen PoisonSets."""
+    caption = CAPTIONS["2"]
+    mixes = sorted(m for m in df.mix.unique() if m) if len(df) else []
+    if len(mixes) == 1 and mixes[0] != PAPER_MIX:
+        attacks = mixes[0].split(",")
+        label = "+".join(ATTACK_LABELS.get(a, a) for a in attacks)
+        caption = caption.replace("the untargeted mix (PGD+DAP+DURP+DC)",
+                                  f"the untargeted {'mix' if len(attacks) > 1 else 'attack'} ({label})")
+    chosen = sorted(c for c in df.poison_sets.unique() if c) if len(df) else []
+    if chosen:
+        caption += f"; PoisonSets chosen with --poisons: {' | '.join(chosen)}"
+    return caption
 
 
 # ----------------------------------------------------------------------------------------------- Table III

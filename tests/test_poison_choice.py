@@ -182,6 +182,10 @@ def test_report_keeps_default_and_chosen_poison_sets_apart(tiny, tmp_path, cli):
     code, out_default, _ = cli(*table)
     code, out_chosen, _ = cli(*table, "--poisons", f"durp={pid}")
     assert out_default != out_chosen
+    assert "the untargeted attack (DURP)" in out_default and "PoisonSets chosen" not in out_default
+    assert f"PoisonSets chosen with --poisons: durp={pid}" in out_chosen
+    code, _, err = cli(*table, "--poisons", f"pgd={pid}")  # pgd is not in the mix (--attacks durp)
+    assert code == 2 and "--poisons names 'pgd', which is not in the mix (durp)" in err
     # naming the default PoisonSet selects the runs on it (as `defend` treats it: no choice at all)
     default_id = frame(RunStore(results).all()).set_index("run_id").loc[default_run, "poison_ids"]
     code, out_named, _ = cli(*table, "--poisons", default_id)

@@ -192,10 +192,6 @@ class Attack:
                 self.params[p.name] = p.type(v)
         self.validate()
 
-    @classmethod
-    def param_defaults(cls, family: str) -> dict[str, Any]:
-        return {p.name: p.default(family) for p in cls.PARAMS}
-
     def validate(self) -> None:
         """Raise PoisonbenchError for parameter combinations out of range."""
 

@@ -131,6 +131,11 @@ def report(
     attacks = ",".join(a.strip() for a in attacks.split(",")) if attacks else attacks  # "pgd, dap" = "pgd,dap"
     check_filters(dataset, methods, recipe, model, epochs, attacks)
     chosen = poisons if poisons in (None, "any") else tables.poison_sets_text(parse_poison_sets(poisons))
+    if chosen not in (None, "any") and attacks != "any":
+        mix = (attacks or tables.PAPER_MIX).split(",")
+        outside = [pair.split("=")[0] for pair in chosen.split(",") if pair.split("=")[0] not in mix]
+        if outside:  # no run can match, and --missing would print commands that `defend` refuses
+            raise PoisonbenchError(f"--poisons names {outside[0]!r}, which is not in the mix ({','.join(mix)})")
     store = RunStore(results)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     filters = {"dataset": record_name(dataset) if dataset else None,

@@ -93,8 +93,14 @@ class DatasetSpec:
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 NPZ_VAL_FRACTION, NPZ_TEST_FRACTION = 0.02, 0.18  # an .npz's split unless the caller says otherwise
-NPZ_SPLIT_PERCENT = tuple(round(100 * f) for f in (1 - NPZ_VAL_FRACTION - NPZ_TEST_FRACTION, NPZ_VAL_FRACTION,
-                                                  NPZ_TEST_FRACTION))  # (80, 2, 18), as `data list` shows it
+
+
+def split_percent(val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """An .npz split's train / val / test share in percent, as `data list` shows it."""
+    return tuple(round(100 * f) for f in (1 - val_fraction - test_fraction, val_fraction, test_fraction))
+
+
+NPZ_SPLIT_PERCENT = split_percent(NPZ_VAL_FRACTION, NPZ_TEST_FRACTION)  # (80, 2, 18)
 
 
 def _search_dirs(data_dir: Path, names: list[str]) -> list[Path]:
@@ -265,7 +271,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         channels = 1 if arrays["x"].ndim == 3 else arrays["x"].shape[-1]
         spec = DatasetSpec(record_name(name), "user .npz", "mnist" if channels == 1 else "cifar10",
                            int(arrays["y"].max()) + 1, (0.0,) * channels, (1.0,) * channels,
-                           NPZ_SPLIT_PERCENT, lambda *_: (arrays, source), val_size, test_size)
+                           split_percent(val_fraction, test_fraction), lambda *_: (arrays, source), val_size,
+                           test_size)
     elif name in DATASETS:
         spec = DATASETS.get(name)
         arrays, source = spec.load(Path(data_dir) if data_dir else None, download)
