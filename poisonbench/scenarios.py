@@ -129,6 +129,13 @@ def parse_poison_sets(text: str | None) -> dict[str, str] | None:
     return chosen
 
 
+def check_poison_sets(poison_sets: dict[str, str] | None, attacks: list[str]) -> None:
+    """Every attack `--poisons` names must be in the mix `attacks` (defend would refuse it; no run can match)."""
+    outside = [a for a in poison_sets or {} if a not in attacks]
+    if outside:
+        raise PoisonbenchError(f"--poisons names {outside[0]!r}, which is not in the mix ({','.join(attacks)})")
+
+
 def chosen_spec(data, attack: str, poison_id: str, results_root=None):
     """The CraftSpec of an existing PoisonSet chosen with `--poisons`: it must be `attack`'s, made for this dataset
     split, and cover the whole train split (budget 1, as the mix's own artifacts)."""
@@ -166,11 +173,9 @@ def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_roo
         assignment[attack] = perm[start:start + c].sort().values
         start += c
     specs = {a: craft_spec(data, a, budget=1.0, seed=CRAFT_SEED) for a in attacks}
+    check_poison_sets(poison_sets, attacks)
     chosen = {}
     for attack, pid in (poison_sets or {}).items():
-        if attack not in attacks:
-            raise PoisonbenchError(f"--poisons names {attack!r}, which is not in the mix "
-                                   f"({','.join(attacks)})")
         if pid != specs[attack].poison_id:  # naming the default artifact changes nothing
             specs[attack] = chosen_spec(data, attack, pid, results_root)
             chosen[attack] = pid

@@ -93,7 +93,7 @@ def report(
     results: str = options.Results,
 ) -> None:
     from .. import tables
-    from ..scenarios import parse_poison_sets
+    from ..scenarios import check_poison_sets, parse_poison_sets
 
     empty = [flag for flag, v in {"--attacks": attacks, "--method": method, "--dataset": dataset, "--recipe": recipe,
                                   "--model": model, "--poisons": poisons}.items() if v is not None and not v.strip()]
@@ -130,12 +130,12 @@ def report(
     methods = _methods(method)
     attacks = ",".join(a.strip() for a in attacks.split(",")) if attacks else attacks  # "pgd, dap" = "pgd,dap"
     check_filters(dataset, methods, recipe, model, epochs, attacks)
-    chosen = poisons if poisons in (None, "any") else tables.poison_sets_text(parse_poison_sets(poisons))
-    if chosen not in (None, "any") and attacks != "any":
-        mix = (attacks or tables.PAPER_MIX).split(",")
-        outside = [pair.split("=")[0] for pair in chosen.split(",") if pair.split("=")[0] not in mix]
-        if outside:  # no run can match, and --missing would print commands that `defend` refuses
-            raise PoisonbenchError(f"--poisons names {outside[0]!r}, which is not in the mix ({','.join(mix)})")
+    chosen = poisons
+    if poisons not in (None, "any"):
+        pairs = parse_poison_sets(poisons)
+        if attacks != "any":  # --missing would print commands that `defend` refuses
+            check_poison_sets(pairs, (attacks or tables.PAPER_MIX).split(","))
+        chosen = tables.poison_sets_text(pairs)
     store = RunStore(results)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     filters = {"dataset": record_name(dataset) if dataset else None,
