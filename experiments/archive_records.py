@@ -7,8 +7,10 @@ copied back into a fresh workspace before resuming, so finished runs are skipped
     python experiments/archive_records.py --from results --to experiments/records/fashion-mnist --dataset fashion-mnist
     python experiments/archive_records.py --from experiments/records/fashion-mnist --to results
 
-Only complete records of the current schema are copied (atomically, via the store); a record already at the
-destination is left alone, and one that differs there is reported, never overwritten.
+Only complete records of the current schema are copied (atomically, via the store); source files that are not
+(unreadable, incomplete, another schema) are counted and make the exit status 1. Any file already at the
+destination is left alone: an equal record counts as present, anything else (a different record, an incomplete
+or unreadable file, another schema) is reported as a conflict, never overwritten.
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ from poisonbench.records import RunStore
 
 def archive(source: str, dest: str, dataset: str | None = None) -> dict[str, list[str]]:
     src, dst = RunStore(source), RunStore(dest)
-    done: dict[str, list[str]] = {"copied": [], "present": [], "conflict": []}
+    done: dict = {"copied": [], "present": [], "conflict": []}
     for record in src.all():
         if dataset and record["config"]["dataset"] != dataset:
             continue
         rid = record["run_id"]
         there = dst.get(rid)
-        if there is None:
+        if there is None and not dst.path(rid).exists():
             dst.put(record)
             done["copied"].append(rid)
         else:
             done["present" if there == record else "conflict"].append(rid)
+    done["skipped_note"] = src.skipped_note()
     return done
 
 
@@ -46,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
           f"different there (left alone) {len(done['conflict'])}")
     for rid in done["conflict"]:
         print(f"  conflict: {rid}", file=sys.stderr)
-    return 1 if done["conflict"] else 0
+    skipped = done["skipped_note"]
+    if skipped:
+        print(f"  source: {skipped}", file=sys.stderr)
+    return 1 if done["conflict"] or skipped else 0
 
 
 if __name__ == "__main__":

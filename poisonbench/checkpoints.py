@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from . import __version__
+from .errors import PoisonbenchWarning
 from .hashing import code_fingerprint
 from .io import atomic_write_bytes, remove_stale_temps
 
@@ -101,10 +103,25 @@ class Checkpoint:
             state = json.loads(metadata[META_KEY])
         except Exception:  # unreadable or foreign (writes are atomic, so not half-written): start over
             return None
-        return (tensors, state) if state.get("identity") == self.identity else None
+        saved = state.get("identity") or {}
+        if saved != self.identity:
+            differ = [f"{k}={saved.get(k)!r} (now {self.identity.get(k)!r})"
+                      for k in sorted(set(saved) | set(self.identity)) if saved.get(k) != self.identity.get(k)]
+            warnings.warn(f"checkpoint {self.path} not resumed (an exact resume needs the same execution): "
+                          f"{', '.join(differ)}; training starts over", PoisonbenchWarning, stacklevel=2)
+            return None
+        return tensors, state
 
-    def save(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        write_state(self.path, tensors, {META_KEY: json.dumps({**state, "identity": self.identity})})
+    def save(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> bool:
+        """Write the checkpoint; a failed write (a full disk) is reported and training goes on without it
+        (a checkpoint is insurance; the run's record, a few KB, may still fit). Returns whether it was saved."""
+        try:
+            write_state(self.path, tensors, {META_KEY: json.dumps({**state, "identity": self.identity})})
+        except OSError as e:
+            warnings.warn(f"checkpoint {self.path} not saved ({e.strerror or e}); training goes on without it",
+                          PoisonbenchWarning, stacklevel=2)
+            return False
+        return True
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

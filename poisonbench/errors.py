@@ -8,6 +8,10 @@ class PoisonbenchError(Exception):
     """
 
 
+class PoisonbenchWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as one line)."""
+
+
 def unknown_choice(kind: str, value: object, choices) -> PoisonbenchError:
     """The standard error for a name that is not in a registry or a closed set."""
     return PoisonbenchError(f"unknown {kind} {value!r}; valid choices: {', '.join(map(str, choices))}")

@@ -85,7 +85,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_temp_prefix(path)}{writer_tag()}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; results are shared (clusters): honour the umask
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp creates 0600; results are shared (clusters): honour the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -109,7 +109,8 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (read without changing it for good)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

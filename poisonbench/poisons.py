@@ -41,7 +41,7 @@ from .attacks.base import (
 from .checkpoints import execution_identity
 from .errors import PoisonbenchError
 from .hashing import short_hash
-from .io import atomic_write_json, exclusive, fsync_directory, remove_dead_writers_temps, writer_tag
+from .io import atomic_write_json, exclusive, fsync_directory, remove_dead_writers_temps, umask, writer_tag
 from .records import environment, results_dir
 
 TENSOR_FILE = "delta.safetensors"
@@ -100,8 +100,9 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = None) -> Path:
-    """Write the artifact atomically (temporary directory + rename); returns its directory.
+def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = None, replace: bool = False) -> Path:
+    """Write the artifact atomically (temporary directory + rename); returns its directory. `replace` (`craft
+    --force`): an existing PoisonSet of this id is swapped out only once the new one is complete.
 
     The temporary directory names its writer (`io.writer_tag`), so the leftovers of killed writers of this
     PoisonSet on this host are removed first, never a live writer's (flock is node-local on some cluster
@@ -123,15 +124,16 @@ def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = 
     }
     manifest.update(poison.manifest)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{spec.poison_id}.{writer_tag()}."))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp creates 0700; results are shared (clusters): honour the umask
     try:
         with open(tmp / TENSOR_FILE, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
-        if final.is_dir() and not (final / MANIFEST_FILE).exists():
-            # a directory without a manifest is no PoisonSet (an interrupted copy, a hand-deleted file): moved
-            # aside first (so the id never names a half-deleted directory), then deleted
+        if final.is_dir() and (replace or not (final / MANIFEST_FILE).exists()):
+            # the PoisonSet being replaced, or a directory without a manifest (an interrupted copy, a hand-deleted
+            # file): moved aside first (so the id never names a half-deleted directory), then deleted
             aside = final.parent / f".{spec.poison_id}.orphan-{os.getpid()}-{time.time_ns()}"
             os.rename(final, aside)
             shutil.rmtree(aside, ignore_errors=True)
@@ -274,9 +276,7 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     from .training import configure_device
 
     device = configure_device(device or torch.device("cpu"))
-    prepare_partial(partial, device, force)
-    if force and poison_dir(results_root, pid).exists():
-        shutil.rmtree(poison_dir(results_root, pid))
+    prepare_partial(partial, device, force)  # the existing PoisonSet stays until the new one is saved
     attack = ATTACKS.get(spec.attack)(dataset.family, **spec.params)
     indices = select_indices(len(dataset.train), spec.budget, spec.seed)
     ctx = AttackContext(dataset, indices, spec.eps, spec.budget, spec.seed, device, results_root=results_root,
@@ -293,7 +293,7 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
         extra["attack_info"] = attack.training_summary
     if ctx.resumed_rows:
         extra["resumed_rows"] = ctx.resumed_rows  # craft_seconds covers only this (last) session
-    save(poison, spec, results_root, extra)
+    save(poison, spec, results_root, extra, replace=force)
     shutil.rmtree(partial, ignore_errors=True)
     return poison, False
 

@@ -117,6 +117,15 @@ class RunStore:
             return None
         return record if record.get("schema_version") == SCHEMA_VERSION else None
 
+    def foreign_schema(self, rid: str):
+        """The `schema_version` of `rid`'s record when it is readable JSON written with another schema, else None."""
+        try:
+            record = json.loads(self.path(rid).read_text())
+        except (OSError, ValueError):
+            return None
+        version = record.get("schema_version") if isinstance(record, dict) else None
+        return version if version is not None and version != SCHEMA_VERSION else None
+
     def put(self, record: dict) -> Path:
         path = self.path(record["run_id"])
         atomic_write_json(path, record)

@@ -5,6 +5,8 @@ This is the library behind `poisonbench defend`; the CLI only parses options and
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -142,6 +144,13 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     except OSError as e:
         raise PoisonbenchError(f"cannot create the records directory {str(store.runs)!r}: "
                                f"{e.strerror or e}") from None
+    if not spec.force:
+        for config in configs:  # before any training: a newer poisonbench's record is never overwritten silently
+            version = store.foreign_schema(run_id(config))
+            if version is not None:
+                raise PoisonbenchError(f"the record of run {run_id(config)} has schema version {version!r} (this "
+                                       f"poisonbench writes {SCHEMA_VERSION}): another version wrote it; "
+                                       "--force replaces it, or use another --results")
     outcomes = []
     tensors = None
     for config, plan in zip(configs, plans, strict=True):
@@ -158,7 +167,13 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
             tensors = {name: (to_float(s.x, device), s.y.to(device))
                        for name, s in (("train", data.train), ("val", data.val), ("test", data.test))}
         record = execute(spec, config, rid, data, tensors, device, reporter, load_seconds, plan, checkpoint)
-        store.put(record)
+        try:
+            store.put(record)
+        except OSError as e:  # the checkpoint stays (a re-run resumes from it); the finished record is shown
+            print(json.dumps(record), file=sys.stderr)
+            raise PoisonbenchError(f"could not write the record {store.path(rid)} ({e.strerror or e}); it is "
+                                   "printed above, and re-running after fixing this resumes from the checkpoint"
+                                   ) from None
         checkpoint.clear()
         outcomes.append(RunOutcome(record, "ran"))
     return outcomes

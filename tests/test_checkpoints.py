@@ -9,6 +9,7 @@ import torch
 from poisonbench.checkpoints import Checkpoint
 from poisonbench.data import load_dataset
 from poisonbench.defenses import DEFENSES, build_defense
+from poisonbench.errors import PoisonbenchWarning
 from poisonbench.models import build_model
 from poisonbench.recipes import resolve_recipe
 from poisonbench.training import to_float, train
@@ -96,13 +97,31 @@ def test_saves_follow_the_interval_and_a_foreign_checkpoint_is_ignored(tiny_npz,
     with pytest.raises(Killed):
         run(data, "none", ckpt, kill_after=1)
     other = Checkpoint(ckpt.path, 3600, identity={"note": "written by another version"})
-    _, result, _ = run(data, "none", other)
+    with pytest.warns(PoisonbenchWarning, match="not resumed .*note=None .now 'written by another version'"):
+        _, result, _ = run(data, "none", other)
     assert result.resumed_from == 0  # identity differs: trained from the start
     _, result, _ = run(data, "none", ckpt)
     assert result.resumed_from == 2 and len(result.history) == RECIPE["epochs"]
     ckpt.path.write_bytes(b"not a safetensors file")
     _, result, _ = run(data, "none", ckpt)
     assert result.resumed_from == 0
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_run(tiny_npz, tmp_path, monkeypatch):
+    """A full disk: the checkpoint (insurance) is skipped with a warning and the run finishes as it would."""
+    import poisonbench.checkpoints as checkpoints
+
+    data = load_dataset(str(tiny_npz))
+    _, ref, _ = run(data, "none")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "write_state", disk_full)
+    ckpt = checkpoint(tmp_path)
+    with pytest.warns(PoisonbenchWarning, match="not saved .No space left on device"):
+        _, result, _ = run(data, "none", ckpt)
+    assert result.history == ref.history and not ckpt.path.exists()
 
 
 def test_a_checkpoint_from_another_cpu_thread_count_is_ignored(tiny_npz, tmp_path):

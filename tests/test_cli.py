@@ -179,3 +179,34 @@ def test_a_dataset_too_small_for_its_splits_and_a_file_as_workspace_are_refused(
     workspace.write_text("")
     code, _, err = cli("defend", "--results", workspace)
     assert code == 2 and "is a file, not a directory" in err and "Traceback" not in err
+
+
+def test_a_record_of_another_schema_is_refused_and_a_failed_record_write_keeps_the_result(cli, tiny_npz, tmp_path,
+                                                                                        monkeypatch):
+    """Never lose a result: a record written by another poisonbench version (another schema) is not overwritten
+    without --force; when the record cannot be written, the finished record is printed and the command fails."""
+    import json
+
+    from poisonbench.records import RunStore
+
+    results = tmp_path / "r"
+    code, out, _ = cli("defend", "--dataset", tiny_npz, *FAST, "--results", results, "--json")
+    assert code == 0
+    rid = json.loads(out)["run_id"]
+    path = RunStore(results).path(rid)
+    path.write_text(json.dumps({"run_id": rid, "schema_version": 2}))
+    code, _, err = cli("defend", "--dataset", tiny_npz, *FAST, "--results", results, "--json")
+    assert code == 2 and "schema version 2" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert json.loads(path.read_text())["schema_version"] == 2
+    code, _, _ = cli("defend", "--dataset", tiny_npz, *FAST, "--results", results, "--json", "--force")
+    assert code == 0 and RunStore(results).get(rid) is not None
+
+    def disk_full(self, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RunStore, "put", disk_full)
+    code, _, err = cli("defend", "--dataset", tiny_npz, *FAST, "--trial", "1", "--results", results, "--json")
+    assert code == 2
+    printed = [line for line in err.splitlines() if line.startswith('{"')]
+    assert len(printed) == 1 and json.loads(printed[0])["config"]["trial"] == 1
+    assert "No space left on device" in err.strip().splitlines()[-1]

@@ -319,3 +319,30 @@ def test_a_non_finite_delta_is_never_saved(tiny, tmp_path, monkeypatch):
     with pytest.raises(PoisonbenchError, match="not finite"):
         _craft(data, tmp_path, budget=0.5, seed=4)
     assert poisons.list_ids(tmp_path) == []
+
+
+def test_a_failed_forced_craft_keeps_the_existing_poison_set_and_a_new_one_replaces_it(tiny, tmp_path, monkeypatch):
+    """`craft --force` swaps the PoisonSet out only once the new one is complete; its directory follows the umask
+    (results are shared on clusters), not mkdtemp's 0700."""
+    from poisonbench.attacks import ATTACKS
+
+    data, _, _ = tiny
+    spec, first, _ = _craft(data, tmp_path, budget=0.5, seed=6)
+    from poisonbench.io import umask
+
+    assert first.path.stat().st_mode & 0o777 == 0o777 & ~umask()
+    durp = type(ATTACKS.get("durp")("mnist"))
+    real = durp.perturb
+
+    def crash(self, ctx):
+        raise RuntimeError("killed mid-craft")
+
+    monkeypatch.setattr(durp, "perturb", crash)
+    with pytest.raises(RuntimeError, match="killed mid-craft"):
+        poisons.craft(spec, data, tmp_path, force=True)
+    assert torch.equal(poisons.load(tmp_path, spec.poison_id, data).delta, first.delta)
+    monkeypatch.setattr(durp, "perturb", lambda self, ctx: real(self, ctx) * 0.5)
+    again, cached = poisons.craft(spec, data, tmp_path, force=True)
+    assert not cached and torch.equal(poisons.load(tmp_path, spec.poison_id, data).delta, again.delta)
+    assert not torch.equal(again.delta, first.delta)
+    assert sorted(p.name for p in (tmp_path / "poisons").iterdir()) == [spec.poison_id]

@@ -211,14 +211,25 @@ def test_archive_copies_finished_records_and_never_overwrites(tmp_path):
     changed = dict(fashion[1], metrics={**fashion[1]["metrics"], "test_acc": 0.1})
     write_records(dest, [changed])
 
+    stale = make_record(dataset="fashion-mnist", trial=5, acc=0.9)  # an incomplete file there: not overwritten
+    source = write_records(tmp_path / "src", [stale])
+    (dest / "runs" / f"{stale['run_id']}.json").write_text(json.dumps({"run_id": stale["run_id"], "schema_version": 2}))
+
     done = archive.archive(str(source), str(dest), "fashion-mnist")
-    assert done == {"copied": [fashion[0]["run_id"]], "present": [], "conflict": [fashion[1]["run_id"]]}
+    assert done.pop("skipped_note").startswith("skipped 1 record file(s)")  # torn.json is counted
+    assert done == {"copied": [fashion[0]["run_id"]], "present": [],
+                    "conflict": sorted([fashion[1]["run_id"], stale["run_id"]])}
+    assert '"schema_version": 2' in (dest / "runs" / f"{stale['run_id']}.json").read_text()
     assert RunStore(dest).get(fashion[0]["run_id"]) == fashion[0]
     assert RunStore(dest).get(fashion[1]["run_id"])["metrics"]["test_acc"] == 0.1  # left alone
     assert RunStore(dest).get(other["run_id"]) is None
     assert archive.archive(str(source), str(dest), "fashion-mnist")["present"] == [fashion[0]["run_id"]]
     assert archive.main(["--from", str(source), "--to", str(dest)]) == 1  # the conflict is an error exit
     assert RunStore(dest).get(other["run_id"]) == other
+    clean = write_records(tmp_path / "clean", [fashion[0]])
+    assert archive.main(["--from", str(clean), "--to", str(tmp_path / "new")]) == 0
+    (clean / "runs" / "torn.json").write_text("{")
+    assert archive.main(["--from", str(clean), "--to", str(tmp_path / "new")]) == 1  # a skipped source file
 
 
 def test_queue_worker_requeues_only_dead_workers_lines(tmp_path):
@@ -252,3 +263,39 @@ def test_queue_worker_requeues_only_dead_workers_lines(tmp_path):
     assert lines[2:] == ["defend --trial 2 --json", "defend --trial 3 --json"]
     assert [p.name for p in claims.iterdir()] == [f"{me}.{start}"]
     assert queue.read_text() == ""
+
+
+def test_queue_worker_keeps_failed_and_interrupted_lines_and_other_hosts_claims(tmp_path):
+    """A run that fails is written to QUEUE.failed with its exit status (never dropped); an interrupted run (130)
+    keeps its claim and stops the worker, and the next worker puts it back; a claim of another host (whose /proc
+    this worker cannot see) is left alone."""
+    import os
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "experiments" / "queue_worker.sh"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ran = tmp_path / "ran.txt"
+    fake = bin_dir / "poisonbench"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {ran}\ncase "$*" in *fail*) exit 1 ;; *stop*) exit 130 ;; esac\n')
+    fake.chmod(0o755)
+    queue = tmp_path / "q.txt"
+    queue.write_text("defend --fail\ndefend --stop\ndefend --after\n")
+    claims = tmp_path / "q.txt.running"
+    claims.mkdir()
+    (claims / "999999999.1@elsewhere").write_text("defend --remote\n")  # another host's worker: not ours to judge
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    run = [str(script), str(queue), str(tmp_path / "results")]
+    first = subprocess.run(["bash", *run], env=env, timeout=60)
+    assert first.returncode == 130
+    assert (tmp_path / "q.txt.failed").read_text() == "1\tdefend --fail\n"
+    assert queue.read_text() == "defend --after\n"
+    host = socket.gethostname()
+    mine = [p for p in claims.iterdir() if p.name.endswith(f"@{host}")]
+    assert [p.read_text() for p in mine] == ["defend --stop\n"]
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {ran}\n')  # the next worker's runs succeed
+    subprocess.run(["bash", *run], env=env, check=True, timeout=60)
+    assert ran.read_text().splitlines()[-2:] == ["defend --stop --json", "defend --after --json"]
+    assert sorted(p.name for p in claims.iterdir()) == ["999999999.1@elsewhere"]

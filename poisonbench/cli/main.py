@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 from rich.console import Console
 
-from ..errors import PoisonbenchError
+from ..errors import PoisonbenchError, PoisonbenchWarning
 from . import craft as craft_cmd
 from . import data as data_cmd
 from . import defend as defend_cmd
@@ -47,6 +48,15 @@ def given_value(exc: Exception, argv: list[str] | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    show = warnings.showwarning
+
+    def one_line(message, category, *args, **kwargs) -> None:
+        if issubclass(category, PoisonbenchWarning):
+            err.print(f"Warning: {message}", markup=False)
+        else:
+            show(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="poisonbench", standalone_mode=False)
