@@ -55,10 +55,10 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std (ddof=1, as the paper reports) of test accuracy and seconds per configuration, over
-    distinct trials: of several runs of one configuration with the same trial id (e.g. re-run with another
-    `--seed`) or the same seed, the most recently finished one counts, as in the tables; `attrs["not_shown"]`
-    counts the others."""
+    """Mean and sample std (ddof=1; the paper says only "average and standard deviation") of test accuracy and
+    seconds per configuration, over distinct trials: of several runs of one configuration with the same trial id
+    (e.g. re-run with another `--seed`) or the same seed, the most recently finished one counts, as in the tables;
+    `attrs["not_shown"]` counts the others."""
     older = superseded_runs(frame, [*GROUP_KEYS, "trial"])
     frame = frame.drop(older.index)
     grouped = frame.groupby(GROUP_KEYS, dropna=False, sort=True)

@@ -164,6 +164,7 @@ def record_row(r: dict) -> dict:
         "success": None if success is None else bool(success),
         "time": time, "defense_time": defense_time, "seconds": cost.get("seconds"),
         "compiled": bool(r.get("compiled")),
+        "code": str((r.get("env") or {}).get("code") or (r.get("env") or {}).get("git_commit") or ""),
     }
 
 
@@ -530,6 +531,17 @@ def mix_note(df: pd.DataFrame) -> str | None:
 
 # ----------------------------------------------------------------------------------------------- Table II
 
+def paper_mix_only(sdf: pd.DataFrame, notes: list) -> bool:
+    """Whether the paper's Table II / IV numbers apply to these runs: all on the paper's four-attack mix (any
+    PoisonSets of it); otherwise a note says why the paper columns stay empty."""
+    mixes = {m for m in sdf.mix.unique() if m} if len(sdf) else set()  # clean runs (ρ = 0) have no mix
+    if mixes and mixes != {PAPER_MIX}:
+        notes.append("no paper numbers: the paper's are for the mix PGD+DAP+DURP+DC, these runs are on "
+                     + " | ".join(sorted(mixes)))
+        return False
+    return True
+
+
 def table2(df: pd.DataFrame, opts: Options) -> Table:
     df = untargeted(df)
     blocks, data = [], []
@@ -539,11 +551,13 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
         chosen = choose_parameters(sdf, notes)
         notes.append(mix_note(sdf))
         methods = methods_of(sdf)
-        key = paper.paper_key("2", s.dataset)
+        key = paper.paper_key("2", s.dataset) if paper_mix_only(sdf, notes) else None
         plabel = paper.paper_label("2", s.dataset)
         show_paper, show_diff = opts.paper and key, opts.diff and key
         has_runs = {m for m, rows in chosen.items() if rows is not None and len(rows)}
         paired = opts.paired and "none" in has_runs
+        if opts.paired and not paired:
+            notes.append("no paired column: this setting has no W/o Defense runs to pair with")
         columns = ["ρ"]
         for m in methods:
             columns.append(method_label(m))
@@ -719,11 +733,14 @@ def table4(df: pd.DataFrame, opts: Options) -> Table:
     if not ss:
         return Table("4", CAPTIONS["4"], [], [])
     columns = ["parameter", "value"]
-    notes = [f"runs at ρ = {rho_text(rho)}" + (" (the paper's)" if rho == SENSITIVITY_RHO else
-                                                 f" (the paper's Table IV is at ρ = {SENSITIVITY_RHO})")]
+    comparable = close(rho, SENSITIVITY_RHO)
+    elsewhere = f" (the paper's Table IV is at ρ = {SENSITIVITY_RHO}: no paper numbers)"
+    notes = [f"runs at ρ = {rho_text(rho)}" + (" (the paper's)" if comparable else elsewhere)]
     for s in ss:
         columns.append(s.label)
-        key = paper.paper_key("4", s.dataset)
+        mix_notes: list[str] = []
+        key = paper.paper_key("4", s.dataset) if comparable and paper_mix_only(in_setting(df, s), mix_notes) else None
+        notes += [f"{s.label}: {n}" for n in mix_notes]
         if opts.paper and key:
             columns.append(f"{paper.paper_label('4', s.dataset)}")
         if opts.diff and key:
@@ -744,7 +761,7 @@ def table4(df: pd.DataFrame, opts: Options) -> Table:
                 rows = sensitivity_rows(in_setting(df, s), param, value)
                 shown[s].append(rows)
                 st = stat(rows.test_acc)
-                key = paper.paper_key("4", s.dataset)
+                key = paper.paper_key("4", s.dataset) if comparable and paper_mix_only(in_setting(df, s), []) else None
                 p = paper.table4(key, param, value) if key else None
                 cell = acc_cell(st, opts)
                 ours[s].append(cell)
@@ -847,6 +864,11 @@ def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
     df = apply_filters(df, methods=methods, mix=None, poison_sets=None)
     table = BUILDERS[number](df, opts)
     table.notes += notes
+    versions = sorted(c for c in df.code.unique() if c) if len(df) else []
+    if len(versions) > 1:
+        table.notes.append(f"the runs were made by {len(versions)} versions of the code (records' env.code, else "
+                           "env.git_commit); on a CPU, versions that change no arithmetic give the same numbers, "
+                           "others differ by float rounding (docs/fidelity.md names the changes)")
     return table
 
 

@@ -75,6 +75,39 @@ def test_json_and_filters(records):
     assert tables.build("2", records, tables.Options(), dataset="mnist").empty
 
 
+def test_paper_numbers_only_for_the_paper_mix_and_rho_and_a_paired_request_that_cannot_apply_is_noted():
+    """The paper's Table II / IV numbers are for the four-attack mix (IV: at ρ = 0.6): runs of one attack or at
+    another ρ get no paper value and no Δ (in every format), and a note says why."""
+    import json
+
+    pgd_only = [make_record(method=m, params=hint_params() if m == "hint" else None, rho=1.0, trial=t, acc=0.5)
+                for m in ("none", "hint") for t in range(2)]
+    for r in pgd_only:
+        r["config"]["poison"]["attacks"] = ["pgd"]
+    opts = tables.Options(paper=True, diff=True)
+    t = tables.build("2", pgd_only, opts, mix="pgd")
+    rows = json.loads(tables.render(t, "json"))["rows"]
+    assert rows and all(r["paper_mean"] is None and r["diff"] is None for r in rows)
+    assert "no paper numbers: the paper's are for the mix PGD+DAP+DURP+DC" in tables.render(t, "md")
+    mix = [make_record(method="hint", params=hint_params(), rho=rho, trial=t, acc=0.9) for rho in (0.6, 1.0)
+           for t in range(2)]
+    at_06 = json.loads(tables.render(tables.build("4", mix, opts), "json"))["rows"]
+    assert any(r["paper_mean"] is not None for r in at_06)
+    at_1 = tables.build("4", mix, tables.Options(paper=True, diff=True, rho=1.0))
+    assert all(r["paper_mean"] is None for r in json.loads(tables.render(at_1, "json"))["rows"])
+    assert "no paper numbers" in tables.render(at_1, "md")
+    hint_only = tables.build("2", mix, tables.Options(paired=True))
+    assert "no paired column: this setting has no W/o Defense runs" in tables.render(hint_only, "md")
+
+
+def test_a_table_says_when_its_runs_come_from_several_code_versions():
+    runs = [make_record(method="none", rho=0.6, trial=t) for t in range(2)]
+    assert "versions of the code" not in tables.render(tables.build("2", runs, tables.Options()), "md")
+    runs[1]["env"] = {"code": "b" * 16}
+    runs[0]["env"] = {"code": "a" * 16}
+    assert "made by 2 versions of the code" in tables.render(tables.build("2", runs, tables.Options()), "md")
+
+
 def test_table5_warns_when_times_mix_compiled_and_eager_runs():
     runs = [make_record(method="none", rho=0.6, trial=t, seconds=100.0) for t in range(2)]
     runs += [make_record(method="hint", params=hint_params(), rho=0.6, trial=t, seconds=60.0, defense_seconds=5.0)

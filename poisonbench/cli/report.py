@@ -67,8 +67,9 @@ def report(
                                      "for --table / --figure; every mix for the plain report."),
     poisons: str = typer.Option(None, "--poisons", metavar="ATTACK=ID,...",
                                 help="Untargeted runs trained on these PoisonSets (as given to `defend --poisons`); "
-                                     "`any` pools every choice. Default: the mix's default PoisonSets for --table "
-                                     "/ --figure; every choice for the plain report."),
+                                     "`any`: runs on any choice (of each mix, only the newest PoisonSet generation "
+                                     "is shown). Default: the mix's default PoisonSets for --table / --figure; "
+                                     "every choice for the plain report."),
     trials: int = typer.Option(5, "--trials", help="Trials a cell should have; fewer are marked (n=k)."),
     fmt: str = typer.Option("rich", "--format", help="rich | md | latex | csv | json."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
