@@ -9,7 +9,7 @@ import pandas as pd
 
 from .errors import PoisonbenchError, unknown_choice
 from .hashing import canonical_json, short_hash
-from .tables import superseded_runs
+from .tables import poison_sets_text, superseded_runs
 
 FORMATS = ("rich", "md", "latex", "csv", "json")
 GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params", "configuration"]
@@ -21,6 +21,16 @@ def experiment(config: dict) -> dict:
     if out.get("poison"):
         out["poison"] = {k: v for k, v in out["poison"].items() if k != "indices_fingerprint"}
     return out
+
+
+def poison_label(poison: dict) -> str:
+    """The poison column: the scenario's label, plus the PoisonSets chosen with `defend --poisons` (two runs that
+    differ only there must not look alike)."""
+    if not poison:
+        return "-"
+    label = str(poison.get("label", "-"))
+    chosen = poison.get("poison_sets")
+    return f"{label} [--poisons {poison_sets_text(chosen)}]" if chosen else label
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -38,7 +48,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "recipe": c["recipe"]["name"],
             "epochs": c["recipe"]["epochs"],
             "scenario": c["scenario"],
-            "poison": poison.get("label", "-") if poison else "-",
+            "poison": poison_label(poison),
             "method": method,
             "params": canonical_json(defense) if defense else "-",
             # everything that defines the experiment except the trial (seed, poisoned rows): recipe overrides,

@@ -361,6 +361,9 @@ def choose_parameters(sdf: pd.DataFrame, notes: list) -> dict[str, pd.DataFrame]
     chosen = {}
     for m in sorted(set(sdf.method)):
         chosen[m], left = primary(sdf, m, HINT_PAPER if m == "hint" else None)
+        if len(chosen[m]) and not chosen[m].default_params.any():
+            notes.append(f"{method_label(m)} is shown with parameters other than its defaults (or from a version "
+                         f"whose defaults this one cannot check): {chosen[m].params_json.iloc[0]}")
         notes.append(left_out_note(m, chosen[m], left))
     return chosen
 

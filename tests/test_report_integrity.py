@@ -252,6 +252,16 @@ def test_plain_report_attacks_filter(cli, tmp_path):
     assert len(spaced) == 1 and spaced == summary_rows(cli, res, "--attacks", "pgd,dap,durp,deepconfuse")
 
 
+def test_plain_report_rows_name_the_poisonsets_chosen_with_poisons(cli, tmp_path):
+    """Two experiments that differ only in `defend --poisons` must not print as identical rows."""
+    chosen = make_record(rho=0.2)
+    chosen["config"]["poison"]["poison_sets"] = {"deepconfuse": "2ca87f493a26f8cb"}
+    chosen["run_id"] += "-dc"
+    res = write_records(tmp_path / "res", [make_record(rho=0.2), chosen])
+    assert sorted(r["poison"] for r in summary_rows(cli, res)) == [
+        "mix@0.2", "mix@0.2 [--poisons deepconfuse=2ca87f493a26f8cb]"]
+
+
 def test_empty_table_in_json_is_still_json(cli, tmp_path):
     res = write_records(tmp_path / "res", [make_record()])
     code, out, err = cli("report", "--table", "3", "--format", "json", "--results", res)

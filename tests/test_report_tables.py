@@ -100,6 +100,19 @@ def test_paper_numbers_only_for_the_paper_mix_and_rho_and_a_paired_request_that_
     assert "no paired column: this setting has no W/o Defense runs" in tables.render(hint_only, "md")
 
 
+def test_a_cell_of_non_default_parameters_says_so():
+    runs = [make_record(method="hint", params={**hint_params(), "gamma": 10.0}, rho=0.6, trial=t) for t in range(2)]
+    text = tables.render(tables.build("2", runs, tables.Options()), "md")
+    assert "HINT is shown with parameters other than its defaults" in text and '"gamma":10.0' in text
+    from poisonbench.defenses import DEFENSES
+    from poisonbench.recipes import resolve_recipe
+
+    defaults = DEFENSES.get("hint").defaults("mnist", resolve_recipe("mnist", "quick"))
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    runs = [make_record(method="hint", params=defaults, rho=0.6, trial=t) for t in range(2)]
+    assert "other than its defaults" not in tables.render(tables.build("2", runs, tables.Options()), "md")
+
+
 def test_a_table_says_when_its_runs_come_from_several_code_versions():
     runs = [make_record(method="none", rho=0.6, trial=t) for t in range(2)]
     assert "versions of the code" not in tables.render(tables.build("2", runs, tables.Options()), "md")
