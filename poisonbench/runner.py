@@ -179,6 +179,22 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     return outcomes
 
 
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory (design.md §5 "Cost"), in MiB: `peak_rss_mib`, the process's peak resident set so far (Linux
+    `ru_maxrss`: it includes the dataset load and earlier runs of the same command, never less than this run's
+    own peak), and on CUDA `peak_cuda_mib`, the peak memory allocated by tensors during this run."""
+    out = {}
+    try:
+        import resource
+
+        out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    except (ImportError, OSError):  # not a Unix system
+        pass
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
 def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: dict, device: torch.device,
             reporter: Reporter | None, load_seconds: float, plan=None, checkpoint: Checkpoint | None = None) -> dict:
     """Train one run and return its record (not yet written)."""
@@ -195,6 +211,8 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
         if checkpoint is not None:  # never resumed on re-crafted poisons (`craft --force` after the kill)
             checkpoint.identity["poison_tensors"] = dict(plan.tensor_sha256)
     model = build_model(config["model"], data, seed=config["seed"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if reporter:
         reporter.start(f"{config['defense']['method']} · {data.name} · trial {config['trial']}", recipe.epochs)
     try:
@@ -213,6 +231,7 @@ def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: di
     cost["seconds"] = round(time.perf_counter() - started + result.prior_seconds, 4)
     if result.prior_cpu_seconds is not None:  # unknown for a run resumed from a checkpoint older than the field
         cost["cpu_seconds"] = round(time.process_time() - cpu_started + result.prior_cpu_seconds, 4)
+    cost.update(peak_memory(device))
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": rid,

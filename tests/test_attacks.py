@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -232,6 +234,8 @@ def test_an_interrupted_pgd_craft_resumes_from_its_finished_batches(tiny, tmp_pa
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
         poisons.craft(spec, data, work, compile="off", force=True)
+    assert poisons.exists(work, spec.poison_id)  # a failed --force keeps the PoisonSet it was replacing
+    shutil.rmtree(poisons.poison_dir(work, spec.poison_id))
     identity = (partial / "identity.json").read_text()
     (partial / "identity.json").write_text(identity.replace('"cpu"', '"cuda"'))
     monkeypatch.setattr(pgd, "linf_pgd", original)
