@@ -135,10 +135,11 @@ def test_a_checkpoint_from_another_cpu_thread_count_is_ignored(tiny_npz, tmp_pat
         with pytest.raises(Killed):
             run(data, "none", ckpt, kill_after=1)
         torch.set_num_threads(2)
-        _, result, _ = run(data, "none", checkpoint(tmp_path))
+        with pytest.warns(PoisonbenchWarning, match="threads=1 .now 2."):
+            _, result, _ = run(data, "none", checkpoint(tmp_path))
         assert result.resumed_from == 0
         torch.set_num_threads(1)
-        with pytest.raises(Killed):
+        with pytest.raises(Killed), pytest.warns(PoisonbenchWarning, match="threads=2 .now 1."):
             run(data, "none", checkpoint(tmp_path), kill_after=1)
         _, result, _ = run(data, "none", checkpoint(tmp_path))
         assert result.resumed_from == 2
@@ -164,9 +165,10 @@ def test_a_checkpoint_from_other_code_or_another_cpu_is_ignored(tiny_npz, tmp_pa
             m.setattr(target, value)
         else:
             m.setattr(checkpoints, target, value)
-        _, result, _ = run(data, "none", checkpoint(tmp_path))
+        with pytest.warns(PoisonbenchWarning, match="not resumed"):
+            _, result, _ = run(data, "none", checkpoint(tmp_path))
     assert result.resumed_from == 0
-    with pytest.raises(Killed):
+    with pytest.raises(Killed), pytest.warns(PoisonbenchWarning, match="not resumed"):
         run(data, "none", checkpoint(tmp_path), kill_after=1)
     _, result, _ = run(data, "none", checkpoint(tmp_path))
     assert result.resumed_from == 2
@@ -223,5 +225,6 @@ def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
         with pytest.raises(Killed):
             run(data, "hint", direct, kill_after=2)
     assert direct.path.exists()
-    _, fresh, _ = run(data, "hint", direct)
+    with pytest.warns(PoisonbenchWarning, match=r"spectral=\[\] \(now \['conv.4'\]\)"):
+        _, fresh, _ = run(data, "hint", direct)
     assert fresh.resumed_from == 0 and fresh.history == ref.history
