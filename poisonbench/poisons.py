@@ -42,7 +42,7 @@ from .checkpoints import execution_identity
 from .errors import PoisonbenchError
 from .hashing import short_hash
 from .io import atomic_write_json, exclusive, fsync_directory, remove_dead_writers_temps, umask, writer_tag
-from .records import environment, results_dir
+from .records import environment, peak_memory, results_dir
 
 TENSOR_FILE = "delta.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -276,6 +276,8 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     from .training import configure_device
 
     device = configure_device(device or torch.device("cpu"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     prepare_partial(partial, device, force)  # the existing PoisonSet stays until the new one is saved
     attack = ATTACKS.get(spec.attack)(dataset.family, **spec.params)
     indices = select_indices(len(dataset.train), spec.budget, spec.seed)
@@ -286,7 +288,7 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     poison = attack.craft(ctx)
     seconds = time.perf_counter() - start
     extra = {"craft_seconds": round(seconds, 3), "device": str(device), "compiled": ctx.compiled, "env": env,
-             "labels_sha256": _labels_hash(indices, dataset.train.y)}
+             "labels_sha256": _labels_hash(indices, dataset.train.y), **peak_memory(device)}
     if ctx.surrogate_info is not None:
         extra["surrogate_info"] = ctx.surrogate_info
     if getattr(attack, "training_summary", None):

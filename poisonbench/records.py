@@ -156,3 +156,20 @@ class RunStore:
         parts += [f"{self.other_schema} not of schema_version {SCHEMA_VERSION}"] if self.other_schema else []
         skipped = self.unreadable + self.other_schema
         return f"skipped {skipped} record file(s) in {self.runs}: {', '.join(parts)}" if parts else None
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory (design.md §5 "Cost"), in MiB: `peak_rss_mib`, the process's peak resident set so far (Linux
+    `ru_maxrss`: it includes the dataset load and earlier runs or crafts of the same command, never less than
+    this one's own peak), and on CUDA `peak_cuda_mib`, the peak memory allocated by tensors since the caller
+    last reset CUDA's peak statistics (at the start of a run or craft)."""
+    out = {}
+    try:
+        import resource
+
+        out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    except (ImportError, OSError):  # not a Unix system
+        pass
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out

@@ -21,7 +21,7 @@ from .defenses import DEFENSES, build_defense
 from .errors import PoisonbenchError
 from .models import DEFAULT_MODEL, MODELS, build_model, check_fits
 from .recipes import DEFAULT_RECIPE, resolve_recipe
-from .records import SCHEMA_VERSION, RunStore, environment, git_state, run_id
+from .records import SCHEMA_VERSION, RunStore, environment, git_state, peak_memory, run_id
 from .samples import sample_predictions
 from .scenarios import check_attacks
 from .training import check_compile_mode, predict, resolve_device, to_float, train
@@ -177,22 +177,6 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
         checkpoint.clear()
         outcomes.append(RunOutcome(record, "ran"))
     return outcomes
-
-
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak memory (design.md §5 "Cost"), in MiB: `peak_rss_mib`, the process's peak resident set so far (Linux
-    `ru_maxrss`: it includes the dataset load and earlier runs of the same command, never less than this run's
-    own peak), and on CUDA `peak_cuda_mib`, the peak memory allocated by tensors during this run."""
-    out = {}
-    try:
-        import resource
-
-        out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-    except (ImportError, OSError):  # not a Unix system
-        pass
-    if device.type == "cuda":
-        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return out
 
 
 def execute(spec: DefendSpec, config: dict, rid: str, data: Dataset, tensors: dict, device: torch.device,

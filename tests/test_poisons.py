@@ -35,7 +35,7 @@ def test_cache_hit_and_new_craft_on_changed_input(tiny, tmp_path):
     assert files == ["delta.safetensors", "manifest.json"]
     manifest = json.loads((first.path / "manifest.json").read_text())
     for key in ("attack", "params", "eps", "budget", "seed", "dataset", "dataset_fingerprint", "surrogate",
-                "poisonbench", "tensor_sha256", "craft_seconds", "count"):
+                "poisonbench", "tensor_sha256", "craft_seconds", "count", "peak_rss_mib"):
         assert key in manifest
     mtime = (first.path / "delta.safetensors").stat().st_mtime_ns
     spec2, second, cached2 = _craft(data, tmp_path, budget=0.5, seed=1)
