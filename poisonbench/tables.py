@@ -577,6 +577,7 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
         found = {round(r, 6) for m in chosen.values() for r in m.rho}
         rhos = [opts.rho] if opts.rho is not None else sorted(set(RHOS) | found)
         block = Block(s.label, columns, notes=[n for n in notes if n])
+        unpaired: dict[str, int] = {}
         for rho in rhos:
             row, ours = [Cell(rho_text(rho), label=True)], []
             for m in methods:
@@ -593,13 +594,20 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
                 baseline = chosen.get("none")
                 pst = None
                 if paired and m != "none" and m in has_runs:
-                    pst = paired_stat(rows[close(rows.rho, rho)], baseline[close(baseline.rho, rho)])
+                    at_rho = rows[close(rows.rho, rho)]
+                    pst = paired_stat(at_rho, baseline[close(baseline.rho, rho)])
                     row.append(acc_cell(pst, opts, signed=True))
+                    missing = len(at_rho) - (pst.n if pst is not None else 0)
+                    if missing:
+                        unpaired[m] = unpaired.get(m, 0) + missing
                 params = rows.params_json.iloc[0] if rows is not None and len(rows) else ""
                 data.append({"table": "II", **setting_data(s), "rho": rho, "method": m, "params": params,
                              **acc_data(st, p), **paired_data(pst)})
             mark_best(ours)
             block.rows.append(row)
+        block.notes += [f"paired: {k} {method_label(m)} run(s) have no W/o Defense run of the same trial and seed "
+                        "among those shown (e.g. one side re-run with another --seed) and stay out of the paired "
+                        "column" for m, k in unpaired.items()]
         blocks.append(block)
     return Table("2", table2_caption(df), blocks, data)
 
@@ -636,10 +644,19 @@ def targeted_pooling_notes(chosen: dict[str, pd.DataFrame]) -> list[str]:
             if len(budgets) > 1 or len(scenarios) > 1:
                 notes.append(f"warning: {method_label(m)} / {paper.ATTACK_LABEL.get(a, a)} pools runs of "
                              f"poison budgets {', '.join(budgets)} and scenarios {', '.join(scenarios)}")
-            if cell.poisons_json.nunique() > 1:
-                notes.append(f"warning: {method_label(m)} / {paper.ATTACK_LABEL.get(a, a)} pools runs whose "
-                             f"poisons differ in ε or attack parameters ({cell.poisons_json.nunique()} kinds)")
     return notes
+
+
+def newest_poison_kind(rows: pd.DataFrame, label: str, notes: list) -> pd.DataFrame:
+    """A Table III cell holds runs of one poison kind (ε and attack parameters; each trial has its own target and
+    PoisonSet): that of the most recently finished run; a note counts the runs left out."""
+    if rows.poisons_json.nunique() < 2:
+        return rows
+    newest = rows.sort_values(["finished_at", "run_id"]).poisons_json.iloc[-1]
+    left = rows[rows.poisons_json != newest]
+    notes.append(f"not shown: {len(left)} {label} run(s) whose poisons differ in ε or attack parameters from the "
+                 "newest run's")
+    return rows[rows.poisons_json == newest]
 
 
 def table3(df: pd.DataFrame, opts: Options) -> Table:
@@ -668,6 +685,9 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             for a in attacks:
                 rows = chosen.get(m)
                 rows = rows[rows.attack == a] if rows is not None else None
+                if rows is not None:
+                    rows = newest_poison_kind(rows, f"{method_label(m)} / {paper.ATTACK_LABEL.get(a, a)}",
+                                              block.notes)
                 succ = [bool(x) for x in rows.success if x is not None and not pd.isna(x)] if rows is not None else []
                 k, n = sum(succ), len(succ)
                 st = stat(rows.test_acc) if rows is not None else None

@@ -100,6 +100,16 @@ def test_paper_numbers_only_for_the_paper_mix_and_rho_and_a_paired_request_that_
     assert "no paired column: this setting has no W/o Defense runs" in tables.render(hint_only, "md")
 
 
+def test_runs_without_a_pairing_partner_are_counted_in_a_note():
+    runs = [make_record(method=m, params=hint_params() if m == "hint" else None, rho=0.6, trial=t)
+            for m in ("none", "hint") for t in range(3)]
+    text = tables.render(tables.build("2", runs, tables.Options(paired=True)), "md")
+    assert "no W/o Defense run of the same trial and seed" not in text
+    runs = [r for r in runs if not (r["config"]["defense"]["method"] == "none" and r["config"]["trial"] == 2)]
+    text = tables.render(tables.build("2", runs, tables.Options(paired=True)), "md")
+    assert "paired: 1 HINT run(s) have no W/o Defense run of the same trial and seed" in text
+
+
 def test_a_cell_of_non_default_parameters_says_so():
     runs = [make_record(method="hint", params={**hint_params(), "gamma": 10.0}, rho=0.6, trial=t) for t in range(2)]
     text = tables.render(tables.build("2", runs, tables.Options()), "md")
@@ -552,9 +562,9 @@ def test_table_iii_warns_when_a_cell_pools_poison_budgets():
     assert any("pools runs of poison budgets 0.01, 0.1" in n for b in table.blocks for n in b.notes if n)
 
 
-def test_table_iii_never_pools_targeted_runs_of_another_eps_silently():
-    """Targeted runs of one trial made with another ε are neither dropped as repeats of that trial nor pooled
-    without a warning."""
+def test_table_iii_never_pools_targeted_runs_of_another_eps():
+    """Targeted runs of one trial made with another ε are not repeats of that trial, and not pooled with it: the
+    cell keeps the newest ε (so no trial id counts twice) and a note counts the others."""
     def run(trial, eps, success):
         return gm_run(trial, success, eps=eps)
 
@@ -565,8 +575,11 @@ def test_table_iii_never_pools_targeted_runs_of_another_eps_silently():
     for r in mixed[2:]:
         r["finished_at"] = "2025-02-01T00:00:00+00:00"
     table = tables.build("3", mixed, tables.Options(trials=2))
-    assert any("differ in ε or attack parameters" in n for b in table.blocks for n in b.notes if n)
+    assert any("not shown: 2 W/o Defense / GM run(s) whose poisons differ in ε" in n
+               for b in table.blocks for n in b.notes if n)
     assert not any("repeating the trial id" in n for n in table.notes)
+    cell = next(r for r in json.loads(tables.render(table, "json"))["rows"] if r["attack"] == "gm")
+    assert (cell["successes"], cell["trials"]) == (0, 2)  # the newer ε's two trials, not four
 
 
 def test_figure_1_draws_a_run_with_the_papers_parameters(tmp_path, monkeypatch):
