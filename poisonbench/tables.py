@@ -1,10 +1,10 @@
 """The HINT paper's Tables II–V rebuilt from run records (pandas), beside the paper's numbers.
 
 Every number a table shows is defined in docs/metrics.md, "Report and tables". In short: a cell is the mean and
-sample std (ddof=1) over the trials of one configuration; `(n=k)` marks a cell with fewer trials than asked;
-`–` an empty cell. A table is a list of blocks (one per setting = dataset · model · recipe), each a grid of
-`Cell`s; `render` turns it into rich / md / latex / csv / json, and `missing_commands` lists the
-`poisonbench defend` runs that would complete it.
+sample std (ddof=1) over the trials of one configuration; `(n=k)` marks a cell with another number of trials
+than asked (`--trials`); `–` an empty cell. A table is a list of blocks (one per setting = dataset · model ·
+recipe), each a grid of `Cell`s; `render` turns it into rich / md / latex / csv / json, and `missing_commands`
+lists the `poisonbench defend` runs that would complete it.
 """
 
 from __future__ import annotations
@@ -429,11 +429,16 @@ def acc_cell(st: Stat | None, opts: Options, signed: bool = False) -> Cell:
     if st is None:
         return Cell()
     fmt = "+.2f" if signed else ".2f"
-    text = f"{100 * st.mean:{fmt}}"
+
+    def show(value: float) -> str:  # a difference that rounds to zero prints as +0.00, never −0.00
+        text = f"{100 * value:{fmt}}"
+        return "+0.00" if text == "-0.00" else text
+
+    text = show(st.mean)
     if st.n > 1:
         text += f" ± {100 * st.std:.2f}"
         if opts.ci:
-            text += f" [{100 * st.lo:{fmt}}, {100 * st.hi:{fmt}}]"
+            text += f" [{show(st.lo)}, {show(st.hi)}]"
     if st.n != opts.trials:  # fewer trials than asked, or several mixes pooled (--attacks any)
         text += f" (n={st.n})"
     return Cell(text) if signed else Cell(text, round(100 * st.mean, 2))

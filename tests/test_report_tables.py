@@ -143,6 +143,12 @@ def test_table5_warns_when_times_mix_compiled_and_eager_runs():
     assert "times mix 2 compiled and 2 eager run(s)" in mixed
 
 
+def test_a_difference_that_rounds_to_zero_prints_as_plus_zero():
+    st = tables.stat([0.00001, -0.00003, 0.00001])
+    assert tables.acc_cell(st, tables.Options(ci=True, trials=3), signed=True).text.startswith("+0.00 ± ")
+    assert "-0.00" not in tables.acc_cell(st, tables.Options(ci=True, trials=3), signed=True).text
+
+
 def test_statistics():
     st = tables.stat([0.9, 0.92, 0.94])
     assert st.std == pytest.approx(0.02)  # sample std, ddof = 1

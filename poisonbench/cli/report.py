@@ -70,7 +70,7 @@ def report(
                                      "`any`: runs on any choice (of each mix, only the newest PoisonSet generation "
                                      "is shown). Default: the mix's default PoisonSets for --table / --figure; "
                                      "every choice for the plain report."),
-    trials: int = typer.Option(5, "--trials", help="Trials a cell should have; fewer are marked (n=k)."),
+    trials: int = typer.Option(5, "--trials", help="Trials a cell should have; other counts are marked (n=k)."),
     fmt: str = typer.Option("rich", "--format", help="rich | md | latex | csv | json."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
     diff: bool = typer.Option(False, "--diff", help="Add ours − paper (percentage points; Table V: × none)."),
