@@ -21,7 +21,9 @@ import sys
 from poisonbench.records import RunStore
 
 
-def archive(source: str, dest: str, dataset: str | None = None) -> dict[str, list[str]]:
+def archive(source: str, dest: str, dataset: str | None = None) -> dict:
+    """Copy `source`'s complete records (of `dataset`) to `dest`: run ids under "copied", "present" and "conflict",
+    and "skipped_note" (the source files skipped, or None)."""
     src, dst = RunStore(source), RunStore(dest)
     done: dict = {"copied": [], "present": [], "conflict": []}
     for record in src.all():

@@ -5,7 +5,8 @@
 # the same host puts the lines of that host's dead workers (a killed session) back at the head of the queue, and
 # `defend` resumes those runs from their epoch checkpoints. The start time (field 22 of /proc/<pid>/stat) tells a
 # live worker from an unrelated process that was given the dead worker's pid later; claims of other hosts (whose
-# /proc this worker cannot see) are left to workers on those hosts.
+# /proc this worker cannot see) are left to workers on those hosts and listed on stderr at start-up: the line of
+# a node that died for good (a preempted node) goes back only when its claim file is moved back into the queue.
 # A run that fails (non-zero exit: bad input, a crash, an out-of-memory kill) is appended to QUEUE_FILE.failed with
 # its exit status, never dropped silently; an interrupted run (Ctrl-C: 130, SIGTERM: 143) keeps its claim and stops
 # the worker, so the next worker on this host puts it back.
@@ -16,7 +17,7 @@ claims="$queue.running"
 export POISONBENCH_RESULTS=$results
 mkdir -p "$claims" "$results"
 started() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
-host=$(hostname 2>/dev/null || echo localhost)
+host=${HOSTNAME:-$(uname -n)}
 me="$$.$(started $$)@$host"
 flock "$queue.lock" sh -c '
   for f in "$1"/*; do
@@ -30,6 +31,9 @@ flock "$queue.lock" sh -c '
     esac
     { cat "$f"; cat "$2"; } > "$2.requeue" && mv "$2.requeue" "$2" && rm -f "$f"
   done' _ "$claims" "$queue" "$host"
+for f in "$claims"/*@*; do  # other hosts' runs: live elsewhere, or lost with their node
+  [ -e "$f" ] && [ "${f##*@}" != "$host" ] && printf 'claimed on host %s: %s\n' "${f##*@}" "$(cat "$f")" >&2
+done
 while true; do
   line=$(flock "$queue.lock" sh -c "head -n 1 '$queue'; sed -i 1d '$queue'")
   [ -z "$line" ] && { [ -s "$queue" ] && continue || break; }

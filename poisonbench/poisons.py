@@ -301,17 +301,21 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
 
 
 def prepare_partial(partial: Path, device: torch.device, force: bool) -> None:
-    """Keep `partial` (an interrupted craft's state) only if it was saved under this identity and not `force`;
-    otherwise start it empty. Either way it then records the identity of the craft that writes into it."""
+    """Keep `partial` (an interrupted craft's state) only if it was saved under this execution identity (the same
+    rule as training checkpoints) and, for `force`, by a forced craft too: `craft --force` starts anew, but the
+    same `craft --force` run again after a kill resumes it. Otherwise start it empty. Either way it then records
+    the identity of the craft that writes into it (`forced`: whether a forced craft started it)."""
     path = partial / "identity.json"
-    identity = execution_identity(device)  # the same rule as training checkpoints
+    identity = execution_identity(device)
     try:
-        keep = not force and json.loads(path.read_text()) == identity
-    except (OSError, ValueError):  # none yet, or unreadable
+        saved = json.loads(path.read_text())
+        same = {k: v for k, v in saved.items() if k != "forced"} == identity
+        keep = same and (not force or saved.get("forced") is True)
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable
         keep = False
     if not keep:
         shutil.rmtree(partial, ignore_errors=True)
-        atomic_write_json(path, identity)
+        atomic_write_json(path, {**identity, "forced": force})
 
 
 def validate(results_root, poison_id: str, dataset) -> list[tuple[str, bool, str]]:

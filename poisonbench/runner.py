@@ -172,8 +172,8 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
         except OSError as e:  # the checkpoint stays (a re-run resumes from it); the finished record is shown
             print(json.dumps(record), file=sys.stderr)
             raise PoisonbenchError(f"could not write the record {store.path(rid)} ({e.strerror or e}); it is "
-                                   "printed above, and re-running after fixing this resumes from the checkpoint"
-                                   ) from None
+                                   "printed above; re-running after fixing this resumes from the run's last epoch "
+                                   "checkpoint, if one was written") from None
         checkpoint.clear()
         outcomes.append(RunOutcome(record, "ran"))
     return outcomes

@@ -164,7 +164,7 @@ def record_row(r: dict) -> dict:
         "success": None if success is None else bool(success),
         "time": time, "defense_time": defense_time, "seconds": cost.get("seconds"),
         "compiled": bool(r.get("compiled")),
-        "code": str((r.get("env") or {}).get("code") or (r.get("env") or {}).get("git_commit") or ""),
+        "code": str((r.get("env") or {}).get("code") or ""),
     }
 
 
@@ -403,6 +403,7 @@ class Table:
     blocks: list[Block]
     data: list[dict]  # tidy rows (csv / json)
     notes: list[str] = field(default_factory=list)
+    shown: set[str] = field(default_factory=set)  # run ids behind the cells (for notes on the runs shown)
 
     @property
     def empty(self) -> bool:
@@ -430,9 +431,9 @@ def acc_cell(st: Stat | None, opts: Options, signed: bool = False) -> Cell:
         return Cell()
     fmt = "+.2f" if signed else ".2f"
 
-    def show(value: float) -> str:  # a difference that rounds to zero prints as +0.00, never −0.00
+    def show(value: float) -> str:  # a value that rounds to zero prints as +0.00 (signed) or 0.00, never -0.00
         text = f"{100 * value:{fmt}}"
-        return "+0.00" if text == "-0.00" else text
+        return text.replace("-", "+" if signed else "") if text == "-0.00" else text
 
     text = show(st.mean)
     if st.n > 1:
@@ -497,11 +498,13 @@ def setting_data(s: Setting) -> dict:
             "setting": s.label, "reduced_scale": bool(s.reduced)}
 
 
-def setting_notes(s: Setting, table: str, opts: Options) -> list[str]:
+def setting_notes(s: Setting, table: str, opts: Options, paper_ok: bool = True) -> list[str]:
+    """Notes on a setting: reduced scale, and where the paper column comes from (`paper_ok` False: the table gives
+    no paper numbers for these runs and says why elsewhere)."""
     notes = []
     if s.reduced:
         notes.append("reduced scale, not the paper's setting: " + "; ".join(s.reduced))
-    if opts.paper or opts.diff:
+    if (opts.paper or opts.diff) and paper_ok:
         key = paper.paper_key(table, s.dataset)
         if key is None:
             notes.append(f"the paper has no results for {s.dataset}: no paper column")
@@ -552,14 +555,16 @@ def paper_mix_only(sdf: pd.DataFrame, notes: list) -> bool:
 
 def table2(df: pd.DataFrame, opts: Options) -> Table:
     df = untargeted(df)
-    blocks, data = [], []
+    blocks, data, shown = [], [], set()
     for s in settings(df):
         sdf = in_setting(df, s)
-        notes = setting_notes(s, "2", opts)
+        mix_notes: list[str] = []
+        mix_ok = paper_mix_only(sdf, mix_notes)
+        notes = setting_notes(s, "2", opts, paper_ok=mix_ok) + mix_notes
         chosen = choose_parameters(sdf, notes)
         notes.append(mix_note(sdf))
         methods = methods_of(sdf)
-        key = paper.paper_key("2", s.dataset) if paper_mix_only(sdf, notes) else None
+        key = paper.paper_key("2", s.dataset) if mix_ok else None
         plabel = paper.paper_label("2", s.dataset)
         show_paper, show_diff = opts.paper and key, opts.diff and key
         has_runs = {m for m, rows in chosen.items() if rows is not None and len(rows)}
@@ -588,6 +593,7 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
             for m in methods:
                 rows = chosen.get(m)
                 st = stat(rows[close(rows.rho, rho)].test_acc) if rows is not None else None
+                shown |= set(rows[close(rows.rho, rho)].run_id) if rows is not None else set()
                 p = paper.table2(key, rho, m) if key else None
                 cell = acc_cell(st, opts)
                 row.append(cell)
@@ -614,7 +620,7 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
                         "among those shown (e.g. one side re-run with another --seed) and stay out of the paired "
                         "column" for m, k in unpaired.items()]
         blocks.append(block)
-    return Table("2", table2_caption(df), blocks, data)
+    return Table("2", table2_caption(df), blocks, data, shown=shown)
 
 
 ATTACK_LABELS = {"pgd": "PGD", "dap": "DAP", "durp": "DURP", "deepconfuse": "DC"}
@@ -652,21 +658,27 @@ def targeted_pooling_notes(chosen: dict[str, pd.DataFrame]) -> list[str]:
     return notes
 
 
-def newest_poison_kind(rows: pd.DataFrame, label: str, notes: list) -> pd.DataFrame:
-    """A Table III cell holds runs of one poison kind (ε and attack parameters; each trial has its own target and
-    PoisonSet): that of the most recently finished run; a note counts the runs left out."""
-    if rows.poisons_json.nunique() < 2:
-        return rows
-    newest = rows.sort_values(["finished_at", "run_id"]).poisons_json.iloc[-1]
-    left = rows[rows.poisons_json != newest]
-    notes.append(f"not shown: {len(left)} {label} run(s) whose poisons differ in ε or attack parameters from the "
-                 "newest run's")
-    return rows[rows.poisons_json == newest]
+def newest_poison_kinds(chosen: dict[str, pd.DataFrame | None], notes: list) -> dict[str, str]:
+    """Per attack column of Table III, the one poison kind (ε and attack parameters; each trial has its own target
+    and PoisonSet) that every method's cell shows, so the column compares like with like: that of the column's
+    most recently finished run. A note counts the runs left out."""
+    rows = [r for r in chosen.values() if r is not None and len(r)]
+    if not rows:
+        return {}
+    kinds = {}
+    for a, column in pd.concat(rows).groupby("attack"):
+        if column.poisons_json.nunique() < 2:
+            continue
+        kinds[a] = column.sort_values(["finished_at", "run_id"]).poisons_json.iloc[-1]
+        left = int((column.poisons_json != kinds[a]).sum())
+        notes.append(f"not shown: {left} {paper.ATTACK_LABEL.get(a, a)} run(s) whose poisons differ in ε or attack "
+                     "parameters from the column's newest run (a column shows one kind)")
+    return kinds
 
 
 def table3(df: pd.DataFrame, opts: Options) -> Table:
     df = df[df.kind == "targeted"]
-    blocks, data = [], []
+    blocks, data, shown = [], [], set()
     for s in settings(df):
         sdf = in_setting(df, s)
         notes = setting_notes(s, "3", opts)
@@ -682,6 +694,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             if show_diff:
                 columns.append(f"{paper.ATTACK_LABEL.get(a, a)} Δ")
         block = Block(s.label, columns, notes=[n for n in notes if n])
+        kinds = newest_poison_kinds(chosen, block.notes)
         asr_cols: dict[str, list[Cell]] = {a: [] for a in attacks}
         acc_cols: dict[str, list[Cell]] = {a: [] for a in attacks}
         for i, m in enumerate(methods):
@@ -690,9 +703,9 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             for a in attacks:
                 rows = chosen.get(m)
                 rows = rows[rows.attack == a] if rows is not None else None
-                if rows is not None:
-                    rows = newest_poison_kind(rows, f"{method_label(m)} / {paper.ATTACK_LABEL.get(a, a)}",
-                                              block.notes)
+                if rows is not None and a in kinds:
+                    rows = rows[rows.poisons_json == kinds[a]]
+                shown |= set(rows.run_id) if rows is not None else set()
                 succ = [bool(x) for x in rows.success if x is not None and not pd.isna(x)] if rows is not None else []
                 k, n = sum(succ), len(succ)
                 st = stat(rows.test_acc) if rows is not None else None
@@ -731,7 +744,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             mark_best(acc_cols[a])
         block.notes += targeted_pooling_notes(chosen)
         blocks.append(block)
-    return Table("3", CAPTIONS["3"], blocks, data)
+    return Table("3", CAPTIONS["3"], blocks, data, shown=shown)
 
 
 # ----------------------------------------------------------------------------------------------- Table IV
@@ -764,16 +777,19 @@ def table4(df: pd.DataFrame, opts: Options) -> Table:
     comparable = close(rho, SENSITIVITY_RHO)
     elsewhere = f" (the paper's Table IV is at ρ = {SENSITIVITY_RHO}: no paper numbers)"
     notes = [f"runs at ρ = {rho_text(rho)}" + (" (the paper's)" if comparable else elsewhere)]
+    paper_ok_of: dict[Setting, bool] = {}
     for s in ss:
         columns.append(s.label)
         mix_notes: list[str] = []
-        key = paper.paper_key("4", s.dataset) if comparable and paper_mix_only(in_setting(df, s), mix_notes) else None
+        paper_ok = comparable and paper_mix_only(in_setting(df, s), mix_notes)
+        key = paper.paper_key("4", s.dataset) if paper_ok else None
         notes += [f"{s.label}: {n}" for n in mix_notes]
         if opts.paper and key:
             columns.append(f"{paper.paper_label('4', s.dataset)}")
         if opts.diff and key:
             columns.append(f"{s.dataset} Δ")
-        notes += [f"{s.label}: {n}" for n in setting_notes(s, "4", opts)]
+        notes += [f"{s.label}: {n}" for n in setting_notes(s, "4", opts, paper_ok=paper_ok)]
+        paper_ok_of[s] = paper_ok
         mixed = mix_note(in_setting(df, s))
         notes += [f"{s.label}: {mixed}"] if mixed else []
     block = Block(f"HINT at ρ = {rho_text(rho)}", columns)
@@ -789,7 +805,7 @@ def table4(df: pd.DataFrame, opts: Options) -> Table:
                 rows = sensitivity_rows(in_setting(df, s), param, value)
                 shown[s].append(rows)
                 st = stat(rows.test_acc)
-                key = paper.paper_key("4", s.dataset) if comparable and paper_mix_only(in_setting(df, s), []) else None
+                key = paper.paper_key("4", s.dataset) if paper_ok_of[s] else None
                 p = paper.table4(key, param, value) if key else None
                 cell = acc_cell(st, opts)
                 ours[s].append(cell)
@@ -807,7 +823,8 @@ def table4(df: pd.DataFrame, opts: Options) -> Table:
         note = sensitivity_note(in_setting(df, s), shown[s], "see the plain `report`")
         notes += [f"{s.label}: {note}"] if note else []
     block.notes = notes
-    return Table("4", CAPTIONS["4"], [block], data)
+    ids = {i for frames in shown.values() for rows in frames for i in rows.run_id}
+    return Table("4", CAPTIONS["4"], [block], data, shown=ids)
 
 
 # ----------------------------------------------------------------------------------------------- Table V
@@ -816,7 +833,7 @@ def table5(df: pd.DataFrame, opts: Options) -> Table:
     rho = SENSITIVITY_RHO if opts.rho is None else opts.rho
     df = untargeted(df)
     df = df[close(df.rho, rho)]
-    blocks, data = [], []
+    blocks, data, ids = [], [], set()
     for s in settings(df):
         sdf = in_setting(df, s)
         notes = [f"runs at ρ = {rho_text(rho)}; time = training + the defense's own work (cost.train + "
@@ -835,6 +852,7 @@ def table5(df: pd.DataFrame, opts: Options) -> Table:
             notes.append(left_out_note(m, rows, left))
             entries.append((method_label(m), m, None, rows))
         shown = pd.concat([rows for *_, rows in entries])
+        ids |= set(shown.run_id)
         if shown.compiled.nunique() > 1:
             notes.append(f"times mix {int(shown.compiled.sum())} compiled and {int((~shown.compiled).sum())} eager "
                          "run(s) (torch.compile); compare times only within one mode (`--compile on|off`)")
@@ -871,7 +889,7 @@ def table5(df: pd.DataFrame, opts: Options) -> Table:
                          "x_none": num(ratio), "paper_time": p, "paper_x_none": num(pratio),
                          "diff_x_none": num(ratio - pratio) if ratio is not None and pratio is not None else None})
         blocks.append(block)
-    return Table("5", CAPTIONS["5"], blocks, data)
+    return Table("5", CAPTIONS["5"], blocks, data, shown=ids)
 
 
 BUILDERS = {"2": table2, "3": table3, "4": table4, "5": table5}
@@ -892,11 +910,14 @@ def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
     df = apply_filters(df, methods=methods, mix=None, poison_sets=None)
     table = BUILDERS[number](df, opts)
     table.notes += notes
-    versions = sorted(c for c in df.code.unique() if c) if len(df) else []
-    if len(versions) > 1:
-        table.notes.append(f"the runs were made by {len(versions)} versions of the code (records' env.code, else "
-                           "env.git_commit); on a CPU, versions that change no arithmetic give the same numbers, "
-                           "others differ by float rounding (docs/fidelity.md names the changes)")
+    shown = df[df.run_id.isin(table.shown)]
+    versions = sorted(c for c in shown.code.unique() if c) if len(shown) else []
+    unknown = int((shown.code == "").sum()) if len(shown) else 0
+    if len(versions) + (unknown > 0) > 1:
+        older = f", and {unknown} run(s) older than the fingerprint" if unknown else ""
+        table.notes.append(f"the runs shown were made by {len(versions)} versions of the code (the records' "
+                           f"env.code fingerprint){older}; on a CPU, versions that change no arithmetic give the "
+                           "same numbers, others differ by float rounding (docs/fidelity.md names the changes)")
     return table
 
 

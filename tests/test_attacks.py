@@ -229,18 +229,35 @@ def test_an_interrupted_pgd_craft_resumes_from_its_finished_batches(tiny, tmp_pa
     assert torch.equal(resumed.delta, whole.delta)
     assert not partial.exists()
 
+    # a killed `craft --force` keeps the PoisonSet it replaces, and the same `craft --force` resumes it
+    monkeypatch.setattr(pgd, "linf_pgd", killed_after_two)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        poisons.craft(spec, data, work, compile="off", force=True)
+    assert poisons.exists(work, spec.poison_id)
+    monkeypatch.setattr(pgd, "linf_pgd", original)
+    forced, cached = poisons.craft(spec, data, work, compile="off", force=True)
+    assert not cached and forced.manifest["resumed_rows"] == 64 and torch.equal(forced.delta, whole.delta)
+
     # state saved by another device type (or torch, poisonbench, CPU thread count) is not resumed: craft anew
     monkeypatch.setattr(pgd, "linf_pgd", killed_after_two)
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
         poisons.craft(spec, data, work, compile="off", force=True)
-    assert poisons.exists(work, spec.poison_id)  # a failed --force keeps the PoisonSet it was replacing
-    shutil.rmtree(poisons.poison_dir(work, spec.poison_id))
     identity = (partial / "identity.json").read_text()
     (partial / "identity.json").write_text(identity.replace('"cpu"', '"cuda"'))
     monkeypatch.setattr(pgd, "linf_pgd", original)
-    again, _ = poisons.craft(spec, data, work, compile="off")
+    again, _ = poisons.craft(spec, data, work, compile="off", force=True)
     assert "resumed_rows" not in again.manifest and torch.equal(again.delta, whole.delta)
+    # and a fresh `craft --force` never adopts the partial state of an interrupted plain craft
+    shutil.rmtree(poisons.poison_dir(work, spec.poison_id))
+    calls.clear()
+    monkeypatch.setattr(pgd, "linf_pgd", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        poisons.craft(spec, data, work, compile="off")
+    monkeypatch.setattr(pgd, "linf_pgd", original)
+    fresh, _ = poisons.craft(spec, data, work, compile="off", force=True)
+    assert "resumed_rows" not in fresh.manifest and torch.equal(fresh.delta, whole.delta)
 
 
 def test_an_interrupted_deepconfuse_craft_resumes_after_its_last_outer_epoch(tiny, tmp_path, monkeypatch):

@@ -288,11 +288,12 @@ def test_queue_worker_keeps_failed_and_interrupted_lines_and_other_hosts_claims(
     (claims / "999999999.1@elsewhere").write_text("defend --remote\n")  # another host's worker: not ours to judge
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
     run = [str(script), str(queue), str(tmp_path / "results")]
-    first = subprocess.run(["bash", *run], env=env, timeout=60)
+    first = subprocess.run(["bash", *run], env=env, timeout=60, capture_output=True, text=True)
     assert first.returncode == 130
+    assert "claimed on host elsewhere: defend --remote" in first.stderr
     assert (tmp_path / "q.txt.failed").read_text() == "1\tdefend --fail\n"
     assert queue.read_text() == "defend --after\n"
-    host = socket.gethostname()
+    host = socket.gethostname()  # bash's $HOSTNAME
     mine = [p for p in claims.iterdir() if p.name.endswith(f"@{host}")]
     assert [p.read_text() for p in mine] == ["defend --stop\n"]
     fake.write_text(f'#!/bin/sh\necho "$@" >> {ran}\n')  # the next worker's runs succeed

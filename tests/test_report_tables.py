@@ -129,6 +129,14 @@ def test_a_table_says_when_its_runs_come_from_several_code_versions():
     runs[1]["env"] = {"code": "b" * 16}
     runs[0]["env"] = {"code": "a" * 16}
     assert "made by 2 versions of the code" in tables.render(tables.build("2", runs, tables.Options()), "md")
+    runs[1]["env"] = {"code": "a" * 16}
+    other = make_record(method="hint", params={**hint_params(), "gamma": 10.0}, rho=0.6, trial=0)
+    other["env"] = {"code": "c" * 16}  # a run the table leaves out (non-default γ beside default-like runs)
+    hint = [make_record(method="hint", params=hint_params(), rho=0.6, trial=t) for t in range(2)]
+    for r in hint:
+        r["env"] = {"code": "a" * 16}
+    text = tables.render(tables.build("2", [*runs, *hint, other], tables.Options()), "md")
+    assert "versions of the code" not in text and "not shown: 1 run(s) of hint" in text
 
 
 def test_table5_warns_when_times_mix_compiled_and_eager_runs():
@@ -581,11 +589,19 @@ def test_table_iii_never_pools_targeted_runs_of_another_eps():
     for r in mixed[2:]:
         r["finished_at"] = "2025-02-01T00:00:00+00:00"
     table = tables.build("3", mixed, tables.Options(trials=2))
-    assert any("not shown: 2 W/o Defense / GM run(s) whose poisons differ in ε" in n
-               for b in table.blocks for n in b.notes if n)
+    assert any("not shown: 2 GM run(s) whose poisons differ in ε" in n for b in table.blocks for n in b.notes if n)
     assert not any("repeating the trial id" in n for n in table.notes)
     cell = next(r for r in json.loads(tables.render(table, "json"))["rows"] if r["attack"] == "gm")
     assert (cell["successes"], cell["trials"]) == (0, 2)  # the newer ε's two trials, not four
+    # a column compares like with like: another method whose own newest runs are at the older ε shows that ε's
+    # runs only if the column's newest kind is it; here the column's newest is 4/255, which HINT lacks
+    hint = [gm_run(t, True, eps=16 / 255) for t in range(2)]
+    for r in hint:
+        r["config"]["defense"] = {"method": "hint", **hint_params()}
+        r["run_id"] += "-h"
+    table = tables.build("3", mixed + hint, tables.Options(trials=2))
+    cells = {r["method"]: r for r in json.loads(tables.render(table, "json"))["rows"] if r["attack"] == "gm"}
+    assert cells["none"]["trials"] == 2 and cells["hint"]["trials"] == 0
 
 
 def test_figure_1_draws_a_run_with_the_papers_parameters(tmp_path, monkeypatch):
