@@ -124,7 +124,9 @@ MODELS: Registry[ModelFactory] = Registry("model")
 MODELS.add("convnet", ConvNet)
 MODELS.add("resnet18", ResNet18)
 
-MIN_IMAGE_SIZE = {"convnet": 16, "resnet18": 8}  # convnet: two valid 5×5 convs and two 2× pools
+# convnet: two valid 5×5 convs and two 2× pools; resnet18: three stride-2 stages, and at least a 2×2 last stage
+# (on a 1×1 one a final batch of one image leaves BatchNorm a single value per channel, which it cannot train on)
+MIN_IMAGE_SIZE = {"convnet": 16, "resnet18": 16}
 DEFAULT_MODEL = {"mnist": "convnet", "cifar10": "resnet18"}  # per dataset family, paper Table I
 
 

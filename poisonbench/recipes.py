@@ -87,9 +87,11 @@ def validate_recipe(r: Recipe) -> None:
         raise PoisonbenchError(f"batch size must be a positive integer, got {r.batch_size}")
     if not 0 < r.lr < math.inf:
         raise PoisonbenchError(f"learning rate must be a finite number > 0, got {r.lr}")
-    if not (0 <= r.momentum < math.inf and 0 <= r.weight_decay < math.inf):
-        raise PoisonbenchError(f"momentum and weight decay must be finite numbers >= 0, got {r.momentum}, "
-                               f"{r.weight_decay}")
+    if not (0 <= r.momentum < 1 and 0 <= r.weight_decay < math.inf):
+        raise PoisonbenchError(f"momentum must be in [0, 1) and weight decay a finite number >= 0, got "
+                               f"{r.momentum}, {r.weight_decay}")
+    if not 0 < r.lr_decay <= 1:
+        raise PoisonbenchError(f"the learning-rate decay factor must be in (0, 1], got {r.lr_decay}")
     outside = [m for m in r.milestones if not 1 <= m <= r.epochs]
     if outside:
         raise PoisonbenchError(f"milestone {outside[0]} is outside [1, {r.epochs}] (the epochs after which the "

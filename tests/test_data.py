@@ -190,3 +190,51 @@ def test_corrupt_npz_is_refused(tmp_path):
     path.write_bytes(b"not a zip file at all")
     with pytest.raises(PoisonbenchError, match="not a readable"):
         load_dataset(str(path))
+
+
+@pytest.mark.parametrize("shape, needle", [
+    ((10, 3, 8, 8), "looks like N×C×H×W"),  # channels first: would be read as 8 channels of 3×8 images
+    ((10, 8, 8, 0), "C 1 or 3"),
+    ((10, 8, 0), "H, W >= 1"),
+])
+def test_npz_images_of_an_impossible_shape_are_refused_in_one_line(tmp_path, shape, needle):
+    path = tmp_path / "odd.npz"
+    np.savez(path, x=np.zeros(shape, np.uint8), y=np.arange(10) % 2)
+    with pytest.raises(PoisonbenchError, match=needle):
+        load_dataset(str(path))
+
+
+def test_the_four_mnist_files_come_from_one_folder(tmp_path):
+    """A stale train-images file beside a complete set elsewhere is not mixed with it: the folder holding the
+    train images must hold the other three."""
+    write_mnist_dir(tmp_path / "MNIST" / "raw")
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((5, 28, 28), np.uint8))
+    with pytest.raises(PoisonbenchError, match=f"{tmp_path} lacks train-labels-idx1-ubyte"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_a_data_dir_the_dataset_does_not_read_is_named_in_a_warning(tmp_path, tiny_npz):
+    from poisonbench.errors import PoisonbenchWarning
+
+    with pytest.warns(PoisonbenchWarning, match="--data-dir ignored: mnist-5k is read from its package"):
+        load_dataset("mnist-5k", data_dir=tmp_path)
+    with pytest.warns(PoisonbenchWarning, match="--download ignored"):
+        load_dataset(str(tiny_npz), download=True)
+
+
+@pytest.mark.parametrize("override, needle", [({"momentum": 1.0}, "momentum must be in"),
+                                              ({"lr_decay": -5.0}, "decay factor")])
+def test_recipe_values_outside_their_range_are_refused(override, needle):
+    from poisonbench.recipes import resolve_recipe
+
+    with pytest.raises(PoisonbenchError, match=needle):
+        resolve_recipe("cifar10", "paper", **override)
+
+
+def test_resnet18_needs_images_of_16_pixels():
+    """On 8×8 images its last stage is 1×1, where a final batch of one image cannot train BatchNorm."""
+    from poisonbench.models import check_fits
+
+    small = type("D", (), {"shape": (3, 8, 8), "name": "tiny"})()
+    with pytest.raises(PoisonbenchError, match="at least 16×16"):
+        check_fits("resnet18", small)

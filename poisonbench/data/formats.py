@@ -60,9 +60,11 @@ MNIST_FILES = {
 
 def read_mnist_family(directories: list[Path]) -> tuple[dict[str, np.ndarray], Path] | None:
     """Find and read the four IDX files; None if the images are not in any of `directories`."""
-    found = {key: find_file(directories, stems) for key, stems in MNIST_FILES.items()}
-    if found["train_x"] is None:
+    train_x = find_file(directories, MNIST_FILES["train_x"])
+    if train_x is None:
         return None
+    # all four from the folder holding the train images: a stale file elsewhere must not be mixed in
+    found = {key: find_file([train_x.parent], stems) for key, stems in MNIST_FILES.items()}
     missing = [MNIST_FILES[k][0] for k, p in found.items() if p is None]
     if missing:
         raise PoisonbenchError(f"{found['train_x'].parent} lacks {', '.join(missing)}")
