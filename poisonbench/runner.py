@@ -41,6 +41,7 @@ class DefendSpec:
     dataset: str = "mnist-5k"
     data_dir: str | None = None
     download: bool = False
+    npz_split: tuple[float, float] | None = None  # an .npz's val / test fractions (None: 0.02 / 0.18)
     model: str | None = None  # None: the dataset family's default (paper Table I)
     recipe: str = DEFAULT_RECIPE
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
@@ -112,9 +113,11 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan=None) -> dict:
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
     defense = build_defense(spec.method, data.family, recipe, **spec.method_params)
     check_fits(spec.model or DEFAULT_MODEL[data.family], data)
+    split = {"npz_split": list(spec.npz_split)} if spec.npz_split is not None and data.name.endswith(".npz") else {}
     return {
         "dataset": data.name,
         "dataset_fingerprint": data.fingerprint,
+        **split,  # only when given: the run ids of the default split stay as they were
         "model": spec.model or DEFAULT_MODEL[data.family],
         "recipe": recipe.to_dict(),
         "scenario": "untargeted" if plan is not None else "clean",
@@ -134,7 +137,7 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     device = resolve_device(spec.device)
     store = RunStore(spec.results)
     t0 = time.perf_counter()
-    data = load_dataset(spec.dataset, spec.data_dir, spec.download)
+    data = load_dataset(spec.dataset, spec.data_dir, spec.download, npz_split=spec.npz_split)
     load_seconds = time.perf_counter() - t0
     trials = trial_numbers(spec)
     plans = [poison_plan(spec, data, t) for t in trials]

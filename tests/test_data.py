@@ -238,3 +238,28 @@ def test_resnet18_needs_images_of_16_pixels():
     small = type("D", (), {"shape": (3, 8, 8), "name": "tiny"})()
     with pytest.raises(PoisonbenchError, match="at least 16×16"):
         check_fits("resnet18", small)
+
+
+def test_npz_split_flag_sets_the_fractions_and_is_refused_elsewhere(cli, tiny_npz, tmp_path):
+    """`--npz-split VAL,TEST` (issue: ".npz 80 / 2 / 18 % unless flags say otherwise"): the splits follow it, a
+    run records it, and a dataset with fixed splits or a bad value gets a one-line error (exit 2)."""
+    import json
+
+    code, out, _ = cli("data", "info", tiny_npz, "--npz-split", "0.1,0.3", "--json")
+    sizes = {k: v["size"] for k, v in json.loads(out)["splits"].items()}
+    assert code == 0 and sizes == {"train": 300, "val": 50, "test": 150}
+    default = load_dataset(str(tiny_npz))
+    assert (len(default.train), len(default.val), len(default.test)) == (400, 10, 90)
+    code, out, _ = cli("defend", "--dataset", tiny_npz, "--npz-split", "0.1,0.3", "--recipe", "quick", "--epochs",
+                       "1", "--compile", "off", "--results", tmp_path / "r", "--json")
+    record = json.loads((tmp_path / "r" / "runs" / f"{json.loads(out)['run_id']}.json").read_text())
+    assert code == 0 and record["config"]["npz_split"] == [0.1, 0.3]
+    code, out, _ = cli("defend", "--dataset", tiny_npz, "--recipe", "quick", "--epochs", "1", "--compile", "off",
+                       "--results", tmp_path / "r", "--json")
+    assert code == 0 and "npz_split" not in json.loads(
+        (tmp_path / "r" / "runs" / f"{json.loads(out)['run_id']}.json").read_text())["config"]
+    for args, needle in ((["mnist-5k", "--npz-split", "0.1,0.2"], "applies to an .npz dataset only"),
+                         ([tiny_npz, "--npz-split", "0.1"], "two fractions VAL,TEST"),
+                         ([tiny_npz, "--npz-split", "0.6,0.5"], "VAL + TEST < 1")):
+        code, _, err = cli("data", "info", *args)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..attacks import ATTACKS
-from ..data import load_dataset
+from ..data import load_dataset, parse_npz_split
 from ..errors import PoisonbenchError
 from ..training import check_compile_mode, resolve_device
 from . import options
@@ -44,6 +44,7 @@ def craft(
     dataset: str = options.Dataset,
     data_dir: str = options.DataDir,
     download: bool = options.Download,
+    npz_split: str = options.NpzSplit,
     budget: float = typer.Option(1.0, "--budget", help="Fraction of the train split to poison, in [0, 1]; "
                                                        "⌊budget·n⌋ rows drawn from --seed (1.0: every row)."),
     eps: float = typer.Option(None, "--eps", help="L∞ bound in pixel units, in (0, 1]; default per dataset "
@@ -95,7 +96,7 @@ def craft(
     if generator_weights is not None and attack != "deepconfuse":
         raise PoisonbenchError(f"--generator-weights applies to attack 'deepconfuse' only, not {attack!r}")
     dev = resolve_device(device)
-    data = load_dataset(dataset, data_dir, download)
+    data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
     if generator_weights is not None:
         from ..attacks.deepconfuse import import_generator
 

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from ..data import DATASETS, NPZ_SPLIT_PERCENT, load_dataset
+from ..data import DATASETS, NPZ_SPLIT_PERCENT, load_dataset, parse_npz_split
 from . import options
 from .progress import stdout_console
 
@@ -37,9 +37,10 @@ def info(
     name: str = typer.Argument(..., help="Dataset name or .npz path."),
     data_dir: str = options.DataDir,
     download: bool = options.Download,
+    npz_split: str = options.NpzSplit,
     as_json: bool = options.Json,
 ) -> None:
-    summary = load_dataset(name, data_dir, download).summary()
+    summary = load_dataset(name, data_dir, download, npz_split=parse_npz_split(npz_split, name)).summary()
     if as_json:
         print(json.dumps(summary, indent=2))
         return

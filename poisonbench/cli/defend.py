@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..checkpoints import CHECKPOINT_EVERY
+from ..data import parse_npz_split
 from ..defenses import DEFENSES
 from ..errors import PoisonbenchError
 from ..records import RunStore
@@ -39,6 +40,7 @@ def defend(
     dataset: str = options.Dataset,
     data_dir: str = options.DataDir,
     download: bool = options.Download,
+    npz_split: str = options.NpzSplit,
     model: str = typer.Option(None, "--model", help="Model (convnet, resnet18); default: the dataset's (Table I)."),
     recipe: str = typer.Option("paper", "--recipe", help="Training recipe: paper | quick."),
     epochs: int = typer.Option(None, "--epochs", help="Override the recipe's epochs (milestones scale with it)."),
@@ -100,7 +102,8 @@ def defend(
     as_json: bool = options.Json,
 ) -> None:
     spec = DefendSpec(
-        dataset=dataset, data_dir=data_dir, download=download, model=model, recipe=recipe,
+        dataset=dataset, data_dir=data_dir, download=download, npz_split=parse_npz_split(npz_split, dataset),
+        model=model, recipe=recipe,
         recipe_overrides={"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
                           "nesterov": nesterov, "weight_decay": weight_decay,
                           "milestones": _milestones(milestones), "augment": augment},

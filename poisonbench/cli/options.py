@@ -12,6 +12,8 @@ Dataset = typer.Option(DEFAULT_DATASET, "--dataset", envvar="POISONBENCH_DATASET
 DataDir = typer.Option(None, "--data-dir",
                        help="Directory holding the dataset files (torchvision layout or the raw files); "
                             "default $POISONBENCH_DATA_DIR or ~/.cache/poisonbench/data.")
+NpzSplit = typer.Option(None, "--npz-split", metavar="VAL,TEST",
+                        help="An .npz dataset's validation and test fractions (default 0.02,0.18: 80 / 2 / 18 %).")
 Download = typer.Option(False, "--download", help="Download the dataset with torchvision if it is not found.")
 Results = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS",
                        help="Results workspace (default ./results). Env: POISONBENCH_RESULTS.", show_default=False)

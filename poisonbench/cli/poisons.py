@@ -56,14 +56,16 @@ def validate(
     dataset: str = typer.Option(None, "--dataset", help="Dataset to check against (default: the one in the "
                                                         "manifest; an .npz path for file datasets)."),
     data_dir: str = options.DataDir,
+    npz_split: str = options.NpzSplit,
     results: str = options.Results,
     as_json: bool = options.Json,
 ) -> None:
     from .. import poisons
-    from ..data import load_dataset
+    from ..data import load_dataset, parse_npz_split
 
     manifest = poisons.read_manifest(results, poison_id)
-    data = load_dataset(dataset or manifest["dataset"], data_dir)
+    name = dataset or manifest["dataset"]
+    data = load_dataset(name, data_dir, npz_split=parse_npz_split(npz_split, name))
     checks = poisons.validate(results, poison_id, data)
     ok = all(passed for _, passed, _ in checks)
     if as_json:

@@ -239,7 +239,7 @@ def _load_npz(path: Path, val_fraction: float, test_fraction: float) -> tuple[di
                                f"{x.dtype} {x.shape}{hint}")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
         raise PoisonbenchError(f"{path}: 'y' must hold one non-negative int label per image, got {y.dtype} {y.shape}")
-    if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+    if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise PoisonbenchError(f"invalid split fractions val={val_fraction} test={test_fraction}")
     classes = np.unique(y)
     if len(classes) < 2 or classes[-1] != len(classes) - 1:
@@ -255,6 +255,22 @@ def _to_nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
+def parse_npz_split(text: str | None, name: str) -> tuple[float, float] | None:
+    """`--npz-split VAL,TEST` (fractions of an .npz dataset held out for validation and test), or None for the
+    default 0.02,0.18 (80 / 2 / 18 %). Refused for a dataset with fixed splits."""
+    if text is None:
+        return None
+    if not name.endswith(".npz"):
+        raise PoisonbenchError(f"--npz-split applies to an .npz dataset only; {name} has fixed splits")
+    try:
+        val, test = (float(v) for v in text.split(","))
+    except ValueError:
+        raise PoisonbenchError(f"--npz-split must be two fractions VAL,TEST (e.g. 0.02,0.18), got {text!r}") from None
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise PoisonbenchError(f"--npz-split fractions must be > 0 with VAL + TEST < 1, got {text!r}")
+    return val, test
+
+
 def dataset_names() -> list[str]:
     return DATASETS.names() + ["PATH.npz"]
 
@@ -265,8 +281,12 @@ def record_name(name: str) -> str:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
-                 val_fraction: float = NPZ_VAL_FRACTION, test_fraction: float = NPZ_TEST_FRACTION) -> Dataset:
-    """Load `name` (a registry name or an `.npz` path) with its fixed stratified splits."""
+                 val_fraction: float = NPZ_VAL_FRACTION, test_fraction: float = NPZ_TEST_FRACTION,
+                 npz_split: tuple[float, float] | None = None) -> Dataset:
+    """Load `name` (a registry name or an `.npz` path) with its fixed stratified splits; `npz_split` (from
+    `parse_npz_split`), when given, sets an .npz's validation and test fractions."""
+    if npz_split is not None:
+        val_fraction, test_fraction = npz_split
     if (data_dir or download) and (name.endswith(".npz") or (name in DATASETS and not DATASETS.get(name).reads_folder)):
         given = " and ".join(o for o, v in (("--data-dir", data_dir), ("--download", download)) if v)
         warnings.warn(f"{given} ignored: {name} is read from {'its file' if name.endswith('.npz') else 'its package'}",
