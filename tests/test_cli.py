@@ -100,7 +100,8 @@ def test_data_list_json_gives_numbers_and_unknown_commands_list_the_valid_ones(c
     (["report", "--format", "xml"], "unknown format 'xml'; valid choices: rich, md"),
     # below: values that once started training or crafting, or ended in a traceback
     (["defend", "--lr", "inf"], "learning rate must be a finite number > 0, got inf"),
-    (["defend", "--momentum", "nan"], "momentum and weight decay must be finite numbers >= 0, got nan"),
+    (["defend", "--momentum", "nan"], "momentum must be in [0, 1) and weight decay a finite number >= 0, got nan"),
+    (["defend", "--momentum", "1"], "momentum must be in [0, 1)"),
     (["defend", "--milestones", "-5"], "milestone -5 is outside [1, 30]"),
     (["defend", "--epochs", "2", "--milestones", "500"], "milestone 500 is outside [1, 2]"),
     (["defend", "--milestones", "3,1,1"], "milestones list an epoch twice: 3,1,1"),
