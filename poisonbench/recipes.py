@@ -61,7 +61,9 @@ def resolve_recipe(family: str, name: str = DEFAULT_RECIPE, **overrides) -> Reci
     """The named recipe for `family` with non-None `overrides` applied.
 
     When `epochs` is overridden and `milestones` is not, the milestones are scaled by new/old epochs so the
-    schedule keeps its shape (e.g. 30/50/70 of 80 → 15/25/35 of 40).
+    schedule keeps its shape (e.g. 30/50/70 of 80 → 15/25/35 of 40). Scaled milestones are rounded (half to
+    even) and merged when they coincide, and one on the last epoch has no effect: with very few epochs the schedule
+    loses decays (30/50/70 of 80 → 2/4 of 4, a single decay after epoch 2); give `--milestones` to keep them.
     """
     if name not in RECIPES[family]:
         raise unknown_choice("recipe", name, recipe_names())
