@@ -17,7 +17,7 @@ claims="$queue.running"
 export POISONBENCH_RESULTS=$results
 mkdir -p "$claims" "$results"
 started() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
-host=${HOSTNAME:-$(uname -n)}
+host=$(uname -n)  # not $HOSTNAME: a scheduler may export the submit host's
 me="$$.$(started $$)@$host"
 flock "$queue.lock" sh -c '
   for f in "$1"/*; do

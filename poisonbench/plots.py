@@ -50,9 +50,12 @@ def class_name(dataset: str, c: int | None) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _test_images(dataset: str, data_dir: str | None):
+def _test_images(dataset: str, data_dir: str | None, npz_split: str = "", fingerprint: str = ""):
+    """The test images of the records' dataset: of their `--npz-split`, and only if the data loaded has the
+    records' fingerprint (else None: the figure draws placeholders rather than another split's images)."""
     from .data import load_dataset
 
+    split = tuple(float(v) for v in npz_split.split(",")) if npz_split else None
     candidates = [dataset]
     if dataset.endswith(".npz") and data_dir:
         candidates.insert(0, str(Path(data_dir) / dataset))
@@ -60,14 +63,17 @@ def _test_images(dataset: str, data_dir: str | None):
         try:
             with warnings.catch_warnings():  # a --data-dir the dataset does not read: harmless for a figure
                 warnings.simplefilter("ignore")
-                return load_dataset(name, data_dir if not name.endswith(".npz") else None).test.x.numpy()
+                data = load_dataset(name, data_dir if not name.endswith(".npz") else None,
+                                    npz_split=split if name.endswith(".npz") else None)
         except Exception:  # noqa: BLE001 — any failure: draw placeholders
             continue
+        return data.test.x.numpy() if not fingerprint or data.fingerprint == fingerprint else None
     return None
 
 
-def test_image(dataset: str, index: int | None, data_dir: str | None) -> np.ndarray | None:
-    x = _test_images(dataset, data_dir)
+def test_image(s, index: int | None, data_dir: str | None) -> np.ndarray | None:
+    """Test image `index` of setting `s` (a `tables.Setting`: dataset, fingerprint, npz split), or None."""
+    x = _test_images(s.dataset, data_dir, s.npz_split, s.fingerprint)
     if x is None or index is None or not 0 <= index < len(x):
         return None
     return to_hwc(x[index])
@@ -195,7 +201,7 @@ def figure_2(records: list[dict], df: pd.DataFrame, out: Path, rho: float | None
             pos = {idx: k for k, idx in enumerate(sp["test_indices"])}
             for j, idx in enumerate(indices):
                 ax = axes[i][j]
-                show(ax, test_image(s.dataset, idx, data_dir))
+                show(ax, test_image(s, idx, data_dir))
                 k = pos.get(idx)
                 if k is None:
                     ax.set_title("–", fontsize=8)
@@ -247,7 +253,7 @@ def figure_targeted(number: str, records: list[dict], df: pd.DataFrame, out: Pat
                     ax.set_title("–", fontsize=8)
                 else:
                     p, met = rec["config"]["poison"], rec["metrics"]
-                    show(ax, test_image(s.dataset, p.get("target_index"), data_dir))
+                    show(ax, test_image(s, p.get("target_index"), data_dir))
                     pred = met.get("target_prediction")
                     probs = met.get("target_probs") or []
                     prob = probs[pred] if pred is not None and 0 <= pred < len(probs) else float("nan")

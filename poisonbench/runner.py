@@ -16,7 +16,7 @@ import torch
 
 from .attacks.base import check_seed
 from .checkpoints import CHECKPOINT_EVERY, Checkpoint, checkpoint_path
-from .data import Dataset, load_dataset
+from .data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
 from .defenses import DEFENSES, build_defense
 from .errors import PoisonbenchError
 from .models import DEFAULT_MODEL, MODELS, build_model, check_fits
@@ -113,7 +113,8 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan=None) -> dict:
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
     defense = build_defense(spec.method, data.family, recipe, **spec.method_params)
     check_fits(spec.model or DEFAULT_MODEL[data.family], data)
-    split = {"npz_split": list(spec.npz_split)} if spec.npz_split is not None and data.name.endswith(".npz") else {}
+    given = spec.npz_split is not None and tuple(spec.npz_split) != (NPZ_VAL_FRACTION, NPZ_TEST_FRACTION)
+    split = {"npz_split": list(spec.npz_split)} if given and data.name.endswith(".npz") else {}
     return {
         "dataset": data.name,
         "dataset_fingerprint": data.fingerprint,

@@ -165,6 +165,7 @@ def record_row(r: dict) -> dict:
         "time": time, "defense_time": defense_time, "seconds": cost.get("seconds"),
         "compiled": bool(r.get("compiled")),
         "code": str((r.get("env") or {}).get("code") or ""),
+        "npz_split": ",".join(f"{v:g}" for v in c.get("npz_split") or []),
     }
 
 
@@ -286,6 +287,7 @@ class Setting:
     epochs: int
     recipe_json: str
     fingerprint: str = ""  # config.dataset_fingerprint: two .npz files of one name, or a changed split, differ
+    npz_split: str = ""  # config.npz_split as "VAL,TEST" (`--npz-split`), "" for the default split
     tag: str = ""  # disambiguates settings that would read alike: other recipe overrides, other data
 
     @property
@@ -299,7 +301,8 @@ class Setting:
 
 def settings(df: pd.DataFrame) -> list[Setting]:
     named = ["dataset", "model", "recipe", "epochs"]
-    keys = df[[*named, "recipe_json", "dataset_fingerprint"]].drop_duplicates()
+    keys = df[[*named, "recipe_json", "dataset_fingerprint", "npz_split"]].drop_duplicates(
+        [*named, "recipe_json", "dataset_fingerprint"])  # the fingerprint covers the split
     keys = keys.sort_values([*named, "recipe_json", "dataset_fingerprint"])
     recipes = keys.groupby(named).recipe_json.nunique()
     data = keys.groupby(named).dataset_fingerprint.nunique()
@@ -309,7 +312,7 @@ def settings(df: pd.DataFrame) -> list[Setting]:
         tag = f" #{short_hash(k.recipe_json, 6)}" if recipes[name] > 1 else ""
         tag += f" · data {k.dataset_fingerprint or 'without fingerprint'}" if data[name] > 1 else ""
         out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json,
-                           fingerprint=k.dataset_fingerprint, tag=tag))
+                           fingerprint=k.dataset_fingerprint, npz_split=k.npz_split, tag=tag))
     return out
 
 
@@ -671,9 +674,17 @@ def newest_poison_kinds(chosen: dict[str, pd.DataFrame | None], notes: list) -> 
             continue
         kinds[a] = column.sort_values(["finished_at", "run_id"]).poisons_json.iloc[-1]
         left = int((column.poisons_json != kinds[a]).sum())
-        notes.append(f"not shown: {left} {paper.ATTACK_LABEL.get(a, a)} run(s) whose poisons differ in ε or attack "
-                     "parameters from the column's newest run (a column shows one kind)")
+        notes.append(f"not shown: {left} {paper.ATTACK_LABEL.get(a, a)} run(s) whose poisons differ in ε, budget or "
+                     "attack parameters from the column's newest run (a column shows one kind)")
     return kinds
+
+
+def of_kinds(rows: pd.DataFrame | None, kinds: dict[str, str]) -> pd.DataFrame | None:
+    """The rows of the poison kind each attack column shows (`newest_poison_kinds`; other attacks: all)."""
+    if rows is None:
+        return None
+    wanted = rows.attack.map(kinds)
+    return rows[wanted.isna() | (rows.poisons_json == wanted)]
 
 
 def table3(df: pd.DataFrame, opts: Options) -> Table:
@@ -703,8 +714,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             for a in attacks:
                 rows = chosen.get(m)
                 rows = rows[rows.attack == a] if rows is not None else None
-                if rows is not None and a in kinds:
-                    rows = rows[rows.poisons_json == kinds[a]]
+                rows = of_kinds(rows, kinds)
                 shown |= set(rows.run_id) if rows is not None else set()
                 succ = [bool(x) for x in rows.success if x is not None and not pd.isna(x)] if rows is not None else []
                 k, n = sum(succ), len(succ)
@@ -742,7 +752,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
         for a in attacks:
             mark_best(asr_cols[a], higher=False)
             mark_best(acc_cols[a])
-        block.notes += targeted_pooling_notes(chosen)
+        block.notes += targeted_pooling_notes({m: of_kinds(rows, kinds) for m, rows in chosen.items()})
         blocks.append(block)
     return Table("3", CAPTIONS["3"], blocks, data, shown=shown)
 
@@ -1084,6 +1094,8 @@ class Need:
             parts += ["--attacks", mix]
         if poison_sets and self.rho > 0:
             parts += ["--poisons", poison_sets]
+        if s.npz_split:
+            parts += ["--npz-split", s.npz_split]
         if data_dir:
             parts += ["--data-dir", str(data_dir)]
         if results:

@@ -254,12 +254,37 @@ def test_npz_split_flag_sets_the_fractions_and_is_refused_elsewhere(cli, tiny_np
                        "1", "--compile", "off", "--results", tmp_path / "r", "--json")
     record = json.loads((tmp_path / "r" / "runs" / f"{json.loads(out)['run_id']}.json").read_text())
     assert code == 0 and record["config"]["npz_split"] == [0.1, 0.3]
+    split_run = json.loads(out)["run_id"]
     code, out, _ = cli("defend", "--dataset", tiny_npz, "--recipe", "quick", "--epochs", "1", "--compile", "off",
                        "--results", tmp_path / "r", "--json")
+    default_run = json.loads(out)["run_id"]
     assert code == 0 and "npz_split" not in json.loads(
-        (tmp_path / "r" / "runs" / f"{json.loads(out)['run_id']}.json").read_text())["config"]
+        (tmp_path / "r" / "runs" / f"{default_run}.json").read_text())["config"]
+    code, out, _ = cli("defend", "--dataset", tiny_npz, "--npz-split", "0.02,0.18", "--recipe", "quick", "--epochs",
+                       "1", "--compile", "off", "--results", tmp_path / "r", "--json")
+    assert json.loads(out)["run_id"] == default_run and json.loads(out)["status"] == "skipped"  # the default, named
+
+    from poisonbench import tables
+    from poisonbench.records import RunStore
+
+    records = [r for r in RunStore(tmp_path / "r").all() if r["run_id"] == split_run]
+    commands, _ = tables.missing_commands("2", records, tables.Options(trials=2), dataset="tiny.npz",
+                                          methods=["none"])
+    assert commands and all("--npz-split 0.1,0.3" in c for c in commands)  # completes the same setting
     for args, needle in ((["mnist-5k", "--npz-split", "0.1,0.2"], "applies to an .npz dataset only"),
                          ([tiny_npz, "--npz-split", "0.1"], "two fractions VAL,TEST"),
                          ([tiny_npz, "--npz-split", "0.6,0.5"], "VAL + TEST < 1")):
         code, _, err = cli("data", "info", *args)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_figures_draw_test_images_only_from_the_records_split(tiny_npz):
+    """A figure indexes test images by the records' indices: it loads the records' `--npz-split` and draws
+    placeholders (None) when the data it finds has another fingerprint."""
+    from poisonbench import plots
+
+    split = load_dataset(str(tiny_npz), npz_split=(0.1, 0.3))
+    images = plots._test_images(str(tiny_npz), None, "0.1,0.3", split.fingerprint)
+    assert images is not None and len(images) == len(split.test) == 150
+    assert plots._test_images(str(tiny_npz), None, "", split.fingerprint) is None  # the default split: 90 rows
+    assert len(plots._test_images(str(tiny_npz), None, "", load_dataset(str(tiny_npz)).fingerprint)) == 90

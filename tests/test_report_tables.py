@@ -366,7 +366,7 @@ def test_missing_end_to_end(cli, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("number", plots.FIGURES)
 def test_figures_render(records, tmp_path, monkeypatch, number):
-    monkeypatch.setattr(plots, "_test_images", lambda dataset, data_dir: np.full((100, 1, 28, 28), 128, np.uint8))
+    monkeypatch.setattr(plots, "_test_images", lambda *args: np.full((100, 1, 28, 28), 128, np.uint8))
     paths = plots.draw(number, records, tmp_path, paper=True)
     assert paths
     for p in paths:
@@ -565,15 +565,24 @@ def gm_run(trial: int, success: bool, **poison) -> dict:
     return r
 
 
-def test_table_iii_warns_when_a_cell_pools_poison_budgets():
+def test_table_iii_never_pools_poison_budgets():
+    """Runs of another poison budget are another kind: the column shows the newest budget's runs only, says so,
+    and no longer needs a pooling warning."""
     def run(trial, ratio, success):
         return gm_run(trial, success, ratio=ratio)
 
     one = [run(t, 0.01, True) for t in range(3)]
     table = tables.build("3", one, tables.Options(trials=3))
-    assert not any("pools runs" in n for b in table.blocks for n in b.notes if n)
-    table = tables.build("3", one + [run(t, 0.1, False) for t in range(3)], tables.Options(trials=3))
-    assert any("pools runs of poison budgets 0.01, 0.1" in n for b in table.blocks for n in b.notes if n)
+    assert not any("pools runs" in n or "not shown" in n for b in table.blocks for n in b.notes if n)
+    newer = [run(t, 0.1, False) for t in range(3)]
+    for r in newer:
+        r["finished_at"] = "2025-02-01T00:00:00+00:00"
+    table = tables.build("3", one + newer, tables.Options(trials=3))
+    notes = [n for b in table.blocks for n in b.notes if n]
+    assert not any("pools runs" in n for n in notes)
+    assert any("not shown: 3 GM run(s) whose poisons differ in ε, budget or attack parameters" in n for n in notes)
+    cell = next(r for r in json.loads(tables.render(table, "json"))["rows"] if r["attack"] == "gm")
+    assert (cell["successes"], cell["trials"]) == (0, 3)
 
 
 def test_table_iii_never_pools_targeted_runs_of_another_eps():
@@ -589,7 +598,8 @@ def test_table_iii_never_pools_targeted_runs_of_another_eps():
     for r in mixed[2:]:
         r["finished_at"] = "2025-02-01T00:00:00+00:00"
     table = tables.build("3", mixed, tables.Options(trials=2))
-    assert any("not shown: 2 GM run(s) whose poisons differ in ε" in n for b in table.blocks for n in b.notes if n)
+    assert any("not shown: 2 GM run(s) whose poisons differ in ε, budget" in n
+               for b in table.blocks for n in b.notes if n)
     assert not any("repeating the trial id" in n for n in table.notes)
     cell = next(r for r in json.loads(tables.render(table, "json"))["rows"] if r["attack"] == "gm")
     assert (cell["successes"], cell["trials"]) == (0, 2)  # the newer ε's two trials, not four
