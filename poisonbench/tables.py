@@ -925,7 +925,8 @@ def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
     unknown = int((shown.code == "").sum()) if len(shown) else 0
     if len(versions) + (unknown > 0) > 1:
         older = f", and {unknown} run(s) older than the fingerprint" if unknown else ""
-        table.notes.append(f"the runs shown were made by {len(versions)} versions of the code (the records' "
+        count = f"{len(versions)} version{'' if len(versions) == 1 else 's'}"
+        table.notes.append(f"the runs shown were made by {count} of the code (the records' "
                            f"env.code fingerprint){older}; on a CPU, versions that change no arithmetic give the "
                            "same numbers, others differ by float rounding (docs/fidelity.md names the changes)")
     return table
