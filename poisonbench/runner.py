@@ -118,7 +118,7 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan=None) -> dict:
     return {
         "dataset": data.name,
         "dataset_fingerprint": data.fingerprint,
-        **split,  # only when given: the run ids of the default split stay as they were
+        **split,  # only when not the default (given or not): the run ids of the default split stay as they were
         "model": spec.model or DEFAULT_MODEL[data.family],
         "recipe": recipe.to_dict(),
         "scenario": "untargeted" if plan is not None else "clean",

@@ -436,7 +436,7 @@ def acc_cell(st: Stat | None, opts: Options, signed: bool = False) -> Cell:
 
     def show(value: float) -> str:  # a value that rounds to zero prints as +0.00 (signed) or 0.00, never -0.00
         text = f"{100 * value:{fmt}}"
-        return text.replace("-", "+" if signed else "") if text == "-0.00" else text
+        return ("+0.00" if signed else "0.00") if text == "-0.00" else text
 
     text = show(st.mean)
     if st.n > 1:

@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             show(message, category, *args, **kwargs)
 
-    warnings.showwarning = one_line
-    command = typer.main.get_command(app)
+    with warnings.catch_warnings():  # restores the hook for in-process callers (tests, notebooks)
+        warnings.showwarning = one_line
+        _run(typer.main.get_command(app), argv, err)
+
+
+def _run(command, argv: list[str] | None, err: Console) -> None:
     try:
         command.main(args=argv, prog_name="poisonbench", standalone_mode=False)
     except PoisonbenchError as exc:

@@ -268,7 +268,7 @@ def parse_npz_split(text: str | None, name: str) -> tuple[float, float] | None:
         raise PoisonbenchError(f"--npz-split must be two fractions VAL,TEST (e.g. 0.02,0.18), got {text!r}") from None
     if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
         raise PoisonbenchError(f"--npz-split fractions must be > 0 with VAL + TEST < 1, got {text!r}")
-    return None if (val, test) == (NPZ_VAL_FRACTION, NPZ_TEST_FRACTION) else (val, test)  # the default: same ids
+    return val, test
 
 
 def dataset_names() -> list[str]:
