@@ -78,6 +78,11 @@ def test_durp_is_one_perturbation_per_class(tiny):
         for i in range(1, len(rows)):
             both = inside[i] & inside[0]
             assert torch.allclose(d[i][both], ref[both], atol=1e-6)
+        unclipped = d[inside]  # uniform on [−ε, ε] (Tao et al. P5), not one-sided
+        assert unclipped.min() < -0.8 * EPS and unclipped.max() > 0.8 * EPS and unclipped.mean().abs() < 0.2 * EPS
+    first = torch.stack([(y == c).nonzero()[0, 0] for c in (0, 1)])  # and each class has its own perturbation
+    both = ((x[poison.indices[first]] > 0.1) & (x[poison.indices[first]] < 0.9)).all(0)
+    assert both.sum() > 10 and not torch.allclose(poison.delta[first[0]][both], poison.delta[first[1]][both])
 
 
 def test_pgd_raises_the_surrogate_loss(tiny):
@@ -108,6 +113,57 @@ def test_dap_targets_next_class(tiny):
         before = torch.nn.functional.cross_entropy(model(x), target)
         after = torch.nn.functional.cross_entropy(model(x + poison.delta), target)
     assert after < before
+    assert torch.equal(ATTACKS.get("dap")(data.family).labels(torch.arange(10), 10), (torch.arange(10) + 1) % 10)
+
+
+def test_dap_at_the_paper_eps_makes_the_surrogate_predict_the_next_class(tiny):
+    """At ε = 0.3 P1 succeeds on most rows: the surrogate's prediction on x + δ is (y + 1) mod C, not another
+    wrong class (a lower cross-entropy toward y + 1 alone would also follow from aiming at y + 2)."""
+    data, results = tiny
+    poison = _craft("dap", data, results, eps=0.3)
+    from poisonbench.attacks.surrogate import load_or_train_surrogate
+
+    model, _ = load_or_train_surrogate(data, results, torch.device("cpu"))
+    model.eval()
+    x = data.train.x[poison.indices].float() / 255
+    y = data.train.y[poison.indices]
+    with torch.no_grad():
+        pred = model(x + poison.delta).argmax(1)
+    assert (pred == (y + 1) % data.num_classes).float().mean() > 0.5
+    assert (pred == (y + 1) % data.num_classes).sum() > (pred == (y + 2) % data.num_classes).sum()
+
+
+def test_every_pgd_step_stays_in_the_eps_ball_and_the_pixel_range():
+    """Each step is projected, not only the final δ: a step larger than ε still lands on the ball's surface."""
+    from poisonbench.attacks.pgd import signed_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.rand(8, 1, 4, 4)
+    delta = signed_step(model, x, torch.zeros_like(x), torch.randint(0, 3, (8,)), eps=0.05, step=0.5)
+    assert delta.abs().max() <= 0.05 + 1e-6 and delta.abs().max() > 0.04
+    assert (x + delta).min() >= 0 and (x + delta).max() <= 1
+
+
+def test_budget_is_the_floor_and_the_rows_follow_the_seed():
+    assert budget_count(0.5, 7) == 3 and budget_count(0.999, 10) == 9 and budget_count(0.6, 3900) == 2340
+    assert len(select_indices(7, 0.5, 0)) == 3
+    assert not torch.equal(select_indices(100, 0.3, 0), select_indices(100, 0.3, 1))
+
+
+def test_pgd_random_start_follows_the_crafting_seed(tiny):
+    """One step from the random start (40 steps would reach ±ε everywhere whatever the start)."""
+    data, results = tiny
+
+    def craft(seed):
+        spec = craft_spec(data, "pgd", eps=EPS, budget=1.0, seed=seed, steps=1)
+        attack = ATTACKS.get("pgd")(data.family, **spec.params)
+        ctx = AttackContext(data, select_indices(len(data.train), 1.0, seed), spec.eps, 1.0, seed,
+                            torch.device("cpu"), results_root=results)
+        return attack.craft(ctx).delta
+
+    first, again, other = craft(3), craft(3), craft(4)
+    assert torch.equal(first, again) and not torch.equal(first, other)
 
 
 @pytest.mark.parametrize("kwargs, needle", [

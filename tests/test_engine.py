@@ -41,6 +41,47 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tiny_npz):
     assert r1.history != r3.history
 
 
+
+def test_the_training_seed_alone_changes_the_batch_order(tiny_npz):
+    """Same initial weights, training seeds 1, 1, 2: the seed drives the batch order by itself."""
+    data = load_dataset(str(tiny_npz))
+    recipe = resolve_recipe("mnist", "quick", epochs=1, lr=0.05, batch_size=32)
+    x, y = to_float(data.train.x, CPU), data.train.y
+    weights = []
+    for seed in (1, 1, 2):
+        model = build_model("convnet", data, seed=1)
+        train(model, x, y, to_float(data.val.x, CPU), data.val.y, recipe, seed=seed, device=CPU, num_classes=10,
+              compile="off")
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
+def test_trial_t_uses_seed_plus_t_for_weights_batches_and_poisoned_rows(tiny_npz, tmp_path, monkeypatch):
+    from poisonbench import runner
+    from poisonbench.scenarios import plan_untargeted
+
+    seen = {"init": [], "train": []}
+    build, fit = runner.build_model, runner.train
+
+    def spy_build(*args, **kwargs):
+        seen["init"].append(kwargs["seed"])
+        return build(*args, **kwargs)
+
+    def spy_train(*args, **kwargs):
+        seen["train"].append(kwargs["seed"])
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "build_model", spy_build)
+    monkeypatch.setattr(runner, "train", spy_train)
+    spec = runner.DefendSpec(dataset=str(tiny_npz), recipe="quick", recipe_overrides={"epochs": 1, "batch_size": 64},
+                             poison_ratio=0.3, attacks=["durp"], seed=5, trials=2, compile="off", device="cpu",
+                             results=str(tmp_path / "results"))
+    configs = [outcome.record["config"] for outcome in runner.defend(spec)]
+    assert [c["seed"] for c in configs] == [5, 6] == seen["init"] == seen["train"]
+    data = load_dataset(str(tiny_npz))
+    drawn = [plan_untargeted(data, 0.3, ["durp"], seed=s).config["indices_fingerprint"] for s in (5, 6)]
+    assert [c["poison"]["indices_fingerprint"] for c in configs] == drawn and drawn[0] != drawn[1]
+
 def test_trained_weights_come_back_contiguous_and_predict_is_chunk_independent(tiny_npz):
     from poisonbench.training import predict
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from poisonbench import influence as inf
 from poisonbench.defenses import DEFENSES, build_defense
 from poisonbench.defenses.hint import Hint, scale_schedule
 from poisonbench.errors import PoisonbenchError
@@ -215,3 +216,60 @@ def test_cli_bad_ratio_exits_2():
     with pytest.raises(SystemExit) as exc:
         main(["defend", "--method", "hint", "--ratio", "0", "--results", "/nonexistent-unused"])
     assert exc.value.code == 2
+
+
+def direct_context():
+    """A TrainContext on `data()` around a Small model in eval mode (BatchNorm statistics from one pass), for
+    calling HINT's hooks directly with the model held fixed."""
+    x, y, vx, vy = data()
+    torch.manual_seed(0)
+    model = Small()
+    model.train()(x)
+    model.eval()
+    optimizer, _ = make_optimizer(model, RECIPE)
+    return TrainContext(model, optimizer, RECIPE, torch.device("cpu"), torch.Generator().manual_seed(0), x.clone(),
+                        y, vx, vy, 3, 0), x
+
+
+def test_selection_and_noise_updates_follow_algorithms_2_and_3():
+    """Algorithm 2 keeps the ⌈r·n⌉ rows of largest |I_up,loss|; Algorithm 3 moves each selected row by
+    δ ← Π_β(δ − γ·I_pert,loss(x̂)) from its accumulated noise, with I_pert taken at the current x̂ = clip(x + δ)
+    and s re-solved on the current (noisy) rows at a later scheduled epoch."""
+    ctx, x = direct_context()
+    gamma, beta, ratio = 0.5, 0.05, 0.3
+    hint = Hint("mnist", RECIPE, schedule=[1, 3], gamma=gamma, beta=beta, ratio=ratio, ihvp="exact")
+    hint.prepare(ctx)
+    damping = hint.params["damping"]
+    hint.on_epoch_start(ctx, 1)
+    s1 = inf.influence_vector(ctx.model, x, ctx.train_y, ctx.val_x, ctx.val_y, "exact", damping).s
+    i_up = inf.influence_up(*inf.head_inputs(ctx.model, x), ctx.train_y, s1)
+    largest = torch.argsort(-i_up.abs(), stable=True)[:math.ceil(ratio * len(x))]
+    assert torch.equal(hint.selected, torch.sort(largest).values)
+
+    sel, y = hint.selected, ctx.train_y[hint.selected]
+    x0 = x[sel]
+    step1 = -gamma * inf.influence_pert(ctx.model, x0, y, s1)
+    delta1 = (x0 + step1.clamp(-beta, beta)).clamp(0, 1) - x0
+    torch.testing.assert_close(ctx.train_x[sel] - x0, delta1, rtol=0, atol=1e-5)
+
+    s2 = inf.influence_vector(ctx.model, ctx.train_x.clone(), ctx.train_y, ctx.val_x, ctx.val_y, "exact", damping).s
+    hint.on_epoch_start(ctx, 3)
+    step2 = -gamma * inf.influence_pert(ctx.model, x0 + delta1, y, s2)
+    delta2 = (x0 + (delta1 + step2).clamp(-beta, beta)).clamp(0, 1) - x0
+    torch.testing.assert_close(ctx.train_x[sel] - x0, delta2, rtol=0, atol=1e-5)
+
+
+def test_healthy_noise_lowers_the_selected_rows_influence():
+    """The sign of Algorithm 3, behaviourally: a small step along −I_pert,loss lowers I_up,loss(x̂) of the moved
+    rows (to first order), with θ and s held fixed."""
+    ctx, x = direct_context()
+    hint = Hint("mnist", RECIPE, schedule=[1], gamma=1e-3, beta=0.05, ratio=0.5, ihvp="exact")
+    hint.prepare(ctx)
+    hint.on_epoch_start(ctx, 1)
+    s = inf.influence_vector(ctx.model, x, ctx.train_y, ctx.val_x, ctx.val_y, "exact", hint.params["damping"]).s
+    sel, y = hint.selected, ctx.train_y[hint.selected]
+    before = inf.influence_up(*inf.head_inputs(ctx.model, x[sel]), y, s)
+    after = inf.influence_up(*inf.head_inputs(ctx.model, ctx.train_x[sel]), y, s)
+    moved = (ctx.train_x[sel] != x[sel]).flatten(1).any(1)
+    assert moved.sum() > 10
+    assert (after[moved] < before[moved]).float().mean() > 0.9

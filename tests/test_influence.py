@@ -110,6 +110,20 @@ def test_solvers_agree():
     assert torch.nn.functional.cosine_similarity(s_o.flatten(), s_exact.flatten(), 0) > 0.98
 
 
+def test_lissa_converges_to_the_damping_it_is_given():
+    """damp = λ / scale, so the recursion's fixed point is (H + λI)⁻¹ v for any λ, not only the official 0.5."""
+    model, x, y = tiny(n=200)
+    h, logits = inf.head_inputs(model, x)
+    probs = F.softmax(logits, 1)
+    v = torch.randn(3, h.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for damping in (0.5, 2.0):
+        s_exact, _ = inf.solve_exact(h, probs, v, damping)
+        s_l, info = inf.solve_lissa(h, probs, v, damping, steps=2000, batch_size=200,
+                                    generator=torch.Generator().manual_seed(0))
+        assert info["damp"] == pytest.approx(damping / inf.LISSA_SCALE)
+        assert (s_l - s_exact).norm() / s_exact.norm() < 0.02
+
+
 def official_pert_loop(model, x, y, s):
     """The official computational pattern (HINT:grad_functions.py:L55-76, influence_functions.py:L334-356):
     per example, head gradient with create_graph, dot with s_test, backward to the input, negate."""

@@ -31,6 +31,25 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+
+def test_a_write_that_fails_midway_keeps_the_old_file_whole(tmp_path, monkeypatch):
+    """The bytes go to a temporary file that replaces the target only once complete: a failure while writing
+    (here fsync, as on a full disk) leaves the previous record as it was and no temporary file."""
+    from poisonbench import io
+
+    target = tmp_path / "r.json"
+    atomic_write_json(target, {"a": 1})
+
+    def disk_full(fd):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(io.os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        atomic_write_json(target, {"a": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
 def _dead_pid() -> int:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

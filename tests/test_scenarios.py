@@ -103,6 +103,9 @@ def test_apply_crafts_once_and_poisons_only_assigned_rows(tiny, tmp_path):
         assert not changed[~mask].any() and changed[mask].float().mean() > 0.9
         assert out.min() >= 0 and out.max() <= 1
         assert (out - x).abs().max() <= plan.specs["durp"].eps + 1e-6
+        rows = plan.assignment["durp"]  # each row gets its own row of the PoisonSet, crafted over the whole split
+        poison, _ = poisons.craft(plan.specs["durp"], tiny, tmp_path, torch.device("cpu"))
+        assert torch.equal(out[rows], (x[rows] + poison.rows_for(rows)).clamp(0, 1))
     assert len(poisons.list_ids(tmp_path)) == 1  # two trials, one craft
     assert calls[0][0] == "start" and calls[-1] == ("stop",)
     (poison_id,) = poisons.list_ids(tmp_path)
