@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
+from safetensors.torch import save as st_save
 
-from poisonbench.attacks import ATTACKS
+from poisonbench.attacks import ATTACKS, deepconfuse
 from poisonbench.attacks.base import EPS_TOLERANCE, AttackContext, budget_count, select_indices
+from poisonbench.attacks.surrogate import load_or_train_surrogate, surrogate_id, surrogate_path, surrogate_spec
 from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
+from poisonbench.hashing import canonical_json
+from poisonbench.models import build_model
 from poisonbench.poisons import craft_spec
 
 from .conftest import write_npz
@@ -373,3 +379,101 @@ def test_official_schedule_replaces_defaults_not_explicit_options():
     assert (mixed["outer_epochs"], mixed["inner_epochs"]) == (3, 5)  # the caller's, not 1000 / 1
     assert mixed["gen_lr"] == OFFICIAL["mnist"]["gen_lr"] and mixed["batch_size"] == OFFICIAL["mnist"]["batch_size"]
     assert DeepConfuse("mnist", outer_epochs=3).params["gen_lr"] == 1e-3  # without the flag: the budget defaults
+
+
+def craft_deepconfuse(data, results, **params):
+    spec = craft_spec(data, "deepconfuse", eps=0.1, budget=1.0, seed=3, **params)
+    attack = ATTACKS.get("deepconfuse")(data.family, **spec.params)
+    ctx = AttackContext(data, select_indices(len(data.train), 1.0, 3), spec.eps, 1.0, 3, torch.device("cpu"),
+                        results_root=results)
+    return attack, attack.craft(ctx)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_generator_step_maximises_the_pseudo_updated_classifiers_clean_loss(tiny, monkeypatch):
+    """Step 2 of DC's alternation: the generator's loss is −CE(f_θ'(x), y) on clean x (f_θ' the classifier after
+    the pseudo-step on the generator's poisons); with +CE the 'attack' would help the classifier."""
+    data, results = tiny
+    pseudo_logits, ce = [], []
+    real_call = deepconfuse.functional_call
+
+    def spy_call(*args, **kwargs):
+        pseudo_logits.append(real_call(*args, **kwargs))
+        return pseudo_logits[-1]
+
+    class SpyF:
+        def __getattr__(self, name):
+            return getattr(F, name)
+
+        def cross_entropy(self, logits, target, *args, **kwargs):
+            ce.append((logits, F.cross_entropy(logits, target, *args, **kwargs)))
+            return ce[-1][1]
+
+    generator_losses = []
+    real_backward = torch.Tensor.backward
+
+    def spy_backward(self, *args, **kwargs):
+        if "inputs" in kwargs:  # the generator step: loss2.backward(inputs=generator parameters)
+            generator_losses.append(self.detach().item())
+            raise Stop
+        return real_backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(deepconfuse, "functional_call", spy_call)
+    monkeypatch.setattr(deepconfuse, "F", SpyF())
+    monkeypatch.setattr(torch.Tensor, "backward", spy_backward)
+    with pytest.raises(Stop):
+        craft_deepconfuse(data, results / "spy", outer_epochs=1)
+    clean_ce = next(value for logits, value in ce if logits is pseudo_logits[0])
+    assert generator_losses[0] == pytest.approx(-clean_ce.item(), rel=1e-6)
+
+
+def test_no_grad_generator_calls_are_in_eval_mode_and_the_best_generator_is_kept(tiny, monkeypatch):
+    """Poisons for the classifier step (the previous generator, frozen), for the scratch test and for the final
+    δ all come from a generator in eval mode (BatchNorm running statistics: a row's δ does not depend on its
+    batch); the generator kept is the one whose scratch classifier scored lowest, a real accuracy in [0, 1]."""
+    data, results = tiny
+    calls = []
+    real_forward = deepconfuse.MNISTAutoencoder.forward
+
+    def spy_forward(self, x):
+        calls.append((torch.is_grad_enabled(), self.training))
+        return real_forward(self, x)
+
+    monkeypatch.setattr(deepconfuse.MNISTAutoencoder, "forward", spy_forward)
+    attack, poison = craft_deepconfuse(data, results / "modes", outer_epochs=2)
+    assert any(grad and training for grad, training in calls)  # the generator itself trains
+    assert not [c for c in calls if not c[0] and c[1]], "a generator made poisons in train mode"
+    best = attack.training_summary["best_scratch_clean_train_acc"]
+    assert 0.0 <= best <= 1.0
+
+
+@pytest.mark.parametrize("family", ["mnist", "cifar10"])
+def test_generator_output_is_bounded_by_tanh(family):
+    """δ = ε·G(x) relies on G ∈ (−1, 1) (the final tanh): without it `craft`'s projection would clip instead and
+    the generator would train against another objective. Checked with an output BatchNorm scaled ×100."""
+    size, channels = (28, 1) if family == "mnist" else (32, 3)
+    gen = deepconfuse.GENERATORS[family](channels).eval()
+    last_bn = [m for m in gen.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+    with torch.no_grad():
+        last_bn.weight.mul_(100)
+        out = gen(torch.rand(2, channels, size, size))
+    assert out.abs().max() <= 1 and out.abs().max() > 0.5
+
+
+def test_a_surrogate_file_of_other_inputs_is_refused(tiny, tmp_path):
+    """E.g. a file copied or renamed into another dataset's slot: its recorded spec names other data."""
+    data, _ = tiny
+    state = {k: v.contiguous() for k, v in build_model("convnet", data, seed=0).state_dict().items()}
+    other = {**surrogate_spec(data), "dataset_fingerprint": "0" * 26}
+    path = surrogate_path(tmp_path / "results", surrogate_id(data))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(st_save(state, metadata={"spec": canonical_json(other), "info": json.dumps({})}))
+    with pytest.raises(PoisonbenchError, match="was made for other inputs"):
+        load_or_train_surrogate(data, tmp_path / "results", torch.device("cpu"))
+    # the same file with its own spec loads without training
+    path.write_bytes(st_save(state, metadata={"spec": canonical_json(surrogate_spec(data)), "info": json.dumps({})}))
+    _, info = load_or_train_surrogate(data, tmp_path / "results", torch.device("cpu"))
+    assert info["trained"] is False

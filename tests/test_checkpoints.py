@@ -228,3 +228,40 @@ def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
     with pytest.warns(PoisonbenchWarning, match=r"spectral=\[\] \(now \['conv.4'\]\)"):
         _, fresh, _ = run(data, "hint", direct)
     assert fresh.resumed_from == 0 and fresh.history == ref.history
+
+
+def test_a_checkpoint_of_an_eager_run_is_not_resumed_compiled(tiny_npz, tmp_path, monkeypatch):
+    """compile on/off round differently: the identity's `compiled` must refuse the resume. torch.compile itself is
+    replaced by the identity function (no compile time): only the identity field is under test."""
+    import poisonbench.training as training
+
+    data = load_dataset(str(tiny_npz))
+    with pytest.raises(Killed):
+        run(data, "none", checkpoint(tmp_path), kill_after=1)
+    monkeypatch.setattr(training, "should_compile", lambda *a, **k: True)
+    monkeypatch.setattr(training, "compile_static", lambda fn: fn)
+    with pytest.warns(PoisonbenchWarning, match=r"compiled=False \(now True\)"):
+        _, result, _ = run(data, "none", checkpoint(tmp_path))
+    assert result.resumed_from == 0
+
+
+def test_a_poisoned_runs_checkpoint_names_its_poison_tensors(tiny_npz, tmp_path, monkeypatch):
+    """A checkpoint must not be resumed on re-crafted poisons (`craft --force` after the kill): the identity the
+    engine checks carries the sha256 of every PoisonSet's tensors."""
+    from poisonbench import poisons, runner
+
+    seen = []
+    fit = runner.train
+
+    def spy_train(*args, **kwargs):
+        seen.append(dict(kwargs["checkpoint"].identity))
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", spy_train)
+    spec = runner.DefendSpec(dataset=str(tiny_npz), recipe="quick", recipe_overrides={"epochs": 1, "batch_size": 64},
+                             poison_ratio=0.3, attacks=["durp"], seed=5, compile="off", device="cpu",
+                             results=str(tmp_path / "results"))
+    (outcome,) = runner.defend(spec)
+    pid = outcome.record["config"]["poison"]["poison_ids"]["durp"]
+    manifest = poisons.read_manifest(tmp_path / "results", pid)
+    assert seen[0]["poison_tensors"] == {"durp": manifest["tensor_sha256"]}

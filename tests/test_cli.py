@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +213,26 @@ def test_a_record_of_another_schema_is_refused_and_a_failed_record_write_keeps_t
     printed = [line for line in err.splitlines() if line.startswith('{"')]
     assert len(printed) == 1 and json.loads(printed[0])["config"]["trial"] == 1
     assert "No space left on device" in err.strip().splitlines()[-1]
+
+
+FAST_DEFEND = ["--recipe", "quick", "--epochs", "1", "--batch-size", "64", "--compile", "off"]
+
+
+def test_defend_json_fields_are_the_records(cli, tiny_npz, tmp_path):
+    args = ["defend", "--dataset", tiny_npz, *FAST_DEFEND, "--seed", "5", "--results", tmp_path / "r", "--json"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    path = Path(json.loads(out)["path"])
+    assert path.parent == tmp_path / "r" / "runs"
+    record = json.loads(path.read_text())
+    # distinct values in every numeric field, so a field printed from the wrong key shows
+    record["metrics"].update(test_acc=0.25, val_acc=0.75)
+    record["cost"]["seconds"] = 12.5
+    path.write_text(json.dumps(record))
+    code, out, err = cli(*args)  # skipped: the line is read from the record
+    assert code == 0, err
+    assert json.loads(out) == {
+        "run_id": record["run_id"], "status": "skipped", "dataset": "tiny.npz", "method": "none", "trial": 0,
+        "seed": 5, "test_acc": 0.25, "val_acc": 0.75, "seconds": 12.5, "resumed_from_epoch": 0, "path": str(path),
+    }
+    assert path.stem == record["run_id"]

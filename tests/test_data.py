@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from poisonbench.data import load_dataset
 from poisonbench.data.formats import read_idx
-from poisonbench.data.splits import stratified_split
+from poisonbench.data.splits import fingerprint, stratified_split
 from poisonbench.errors import PoisonbenchError
 
 from .conftest import write_cifar_dir, write_idx, write_mnist_dir
@@ -288,3 +289,72 @@ def test_figures_draw_test_images_only_from_the_records_split(tiny_npz):
     assert images is not None and len(images) == len(split.test) == 150
     assert plots._test_images(str(tiny_npz), None, "", split.fingerprint) is None  # the default split: 90 rows
     assert len(plots._test_images(str(tiny_npz), None, "", load_dataset(str(tiny_npz)).fingerprint)) == 90
+
+
+def test_fingerprint_covers_every_pixel_and_every_label():
+    """A flipped label (a label-flipping poison, a relabelled file) must change the split's fingerprint, as a
+    changed pixel does; equal inputs give equal fingerprints."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (20, 4, 4), dtype=np.uint8), np.arange(20) % 3
+    base = fingerprint("s", "train", x, y)
+    assert fingerprint("s", "train", x.copy(), y.copy()) == base
+    y2 = y.copy()
+    y2[7] = (y2[7] + 1) % 3
+    assert fingerprint("s", "train", x, y2) != base
+    x2 = x.copy()
+    x2[19, 3, 3] ^= 1
+    assert fingerprint("s", "train", x2, y) != base
+
+
+def test_split_shuffles_within_each_class_by_its_seed():
+    """The held-out rows of a class are a seeded random draw, not its first rows in file order."""
+    y = np.repeat(np.arange(4), 50)
+    a, b = stratified_split(y, [20], seed=0)[1], stratified_split(y, [20], seed=1)[1]
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(a[y[a] == 0], np.arange(5))
+
+
+@pytest.mark.parametrize("code, dtype", [(0x0B, ">i2"), (0x0C, ">i4"), (0x0D, ">f4")])
+def test_idx_multibyte_values_are_big_endian(tmp_path, code, dtype):
+    values = np.array([[1, -2, 300], [70000 if dtype != ">i2" else 7000, 0, -1]])
+    path = tmp_path / "values-idx2"
+    path.write_bytes(bytes([0, 0, code, 2]) + struct.pack(">II", *values.shape) + values.astype(dtype).tobytes())
+    got = read_idx(path)
+    assert np.array_equal(got, values) and got.dtype.isnative
+
+
+def test_idx_image_and_label_counts_must_agree(tmp_path):
+    write_mnist_dir(tmp_path)
+    labels = tmp_path / "train-labels-idx1-ubyte"
+    raw = labels.read_bytes()  # header: magic (4 bytes) + one big-endian count, then one byte per label
+    labels.write_bytes(raw[:4] + struct.pack(">I", 1199) + raw[8:-1])
+    with pytest.raises(PoisonbenchError, match="image and label counts differ"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_npz_images_keep_their_layout_and_colour(tmp_path, channels):
+    """N×H×W and N×H×W×C (non-square, so an H/W swap shows): each split row is the source image in C×H×W
+    order, and a colour file is a 3-channel (cifar10-family) dataset."""
+    rng = np.random.default_rng(0)
+    shape = (200, 16, 20) + ((channels,) if channels else ())
+    x, y = rng.integers(0, 256, shape, dtype=np.uint8), np.arange(200) % 4
+    np.savez(tmp_path / "img.npz", x=x, y=y)
+    data = load_dataset(str(tmp_path / "img.npz"))
+    c = channels or 1
+    assert data.shape == (c, 16, 20) and len(data.mean) == len(data.std) == c
+    assert data.family == ("cifar10" if c == 3 else "mnist")
+    for split in (data.train, data.val, data.test):
+        i = int(split.indices[3])
+        expected = x[i].transpose(2, 0, 1) if channels else x[i][None]
+        assert np.array_equal(split.x[3].numpy(), expected) and int(split.y[3]) == y[i]
+
+
+@pytest.mark.parametrize("labels", [[0, 2], [0, 1, 3], [1, 2]])
+def test_npz_labels_with_a_gap_are_refused_without_building_a_model(tmp_path, labels):
+    """Class ids must be 0..K-1, each present: with a gap, K = max + 1 would give a model with empty classes
+    (test_cli only catches this through a 1,000,001-class model, i.e. by running out of memory)."""
+    y = np.resize(np.array(labels), 60)
+    np.savez(tmp_path / "gap.npz", x=np.zeros((60, 16, 16), np.uint8), y=y)
+    with pytest.raises(PoisonbenchError, match="labels must be the classes 0..K-1"):
+        load_dataset(str(tmp_path / "gap.npz"))

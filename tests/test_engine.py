@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from poisonbench.augment import apply as augment_apply
 from poisonbench.augment import crop_flip
 from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
@@ -138,3 +139,42 @@ def test_compile_auto_covers_the_default_mnist5k_run_but_not_quick_or_tiny_runs(
     assert not should_compile("auto", 3900, 10)  # quick recipe (the README's main job)
     assert not should_compile("auto", 200, 400)
     assert should_compile("on", 10, 1) and not should_compile("off", 10**6, 100)
+
+
+def crop_flip_offsets(x, out):
+    """Per image: (row offset, column offset, flipped) of the crop-flip that made `out` from `x` (both 1×h×w)."""
+    h, w = x.shape[-2:]
+    found = []
+    for img in out[:, 0]:
+        r_out, c_out = torch.nonzero(img, as_tuple=True)
+        v = img[r_out, c_out].long() - 1  # x holds 1 + r·w + c
+        r, c = v // w, v % w
+        dr = set((r - r_out).tolist())
+        straight, mirrored = set((c - c_out).tolist()), set((c - (w - 1 - c_out)).tolist())
+        assert len(dr) == 1 and (len(straight) == 1 or len(mirrored) == 1)
+        flipped = len(straight) != 1
+        found.append((dr.pop(), (mirrored if flipped else straight).pop(), flipped))
+    return found
+
+
+def test_crop_flip_pads_4_shifts_each_axis_independently_and_flips_half():
+    """The CIFAR recipe (paper §VI-A1): a crop of the image zero-padded by 4, i.e. offsets −4..4 drawn for rows and
+    columns independently, and a horizontal flip with p = 0.5."""
+    n, h, w = 600, 12, 12
+    x = (torch.arange(h * w, dtype=torch.float32) + 1).view(1, 1, h, w).repeat(n, 1, 1, 1)
+    out = augment_apply("crop-flip", x, torch.Generator().manual_seed(0))
+    found = crop_flip_offsets(x, out)
+    rows, cols, flips = zip(*found, strict=True)
+    assert set(rows) == set(cols) == set(range(-4, 5))
+    assert 0.4 < sum(flips) / n < 0.6
+    assert sum(r == c for r, c, _ in found) / n < 0.25  # independent axes: 1/9 expected
+
+
+def test_crop_flip_draws_only_from_the_runs_generator():
+    """Augmentation is part of the run's seeded stream (saved in checkpoints): the global RNG must not matter."""
+    x = torch.rand(64, 3, 8, 8)
+    torch.manual_seed(1)
+    a = augment_apply("crop-flip", x, torch.Generator().manual_seed(0))
+    torch.manual_seed(2)
+    b = augment_apply("crop-flip", x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)

@@ -273,3 +273,29 @@ def test_healthy_noise_lowers_the_selected_rows_influence():
     moved = (ctx.train_x[sel] != x[sel]).flatten(1).any(1)
     assert moved.sum() > 10
     assert (after[moved] < before[moved]).float().mean() > 0.9
+
+
+def test_ratio_one_is_allowed_and_a_negative_decay_epoch_is_not():
+    """r = 1.0 is a Table V column (R_GRID); --gamma-decay-epoch −1 would silently divide γ from epoch 0."""
+    recipe = resolve_recipe("mnist", "paper")
+    assert build_defense("hint", "mnist", recipe, ratio=1.0).params["ratio"] == 1.0
+    with pytest.raises(PoisonbenchError, match="--gamma-decay-epoch must be >= 0"):
+        build_defense("hint", "mnist", recipe, gamma_decay_epoch=-1)
+
+
+def test_recorded_noise_statistics_are_those_of_the_applied_noise():
+    beta = 0.05
+    d, r, x0 = run(gamma=5.0, beta=beta, ratio=0.3)
+    delta = (r.context.train_x - x0)[d.selected].flatten(1)
+    noise = d.summary()["noise"]
+    assert noise["delta_abs_mean"] == pytest.approx(delta.abs().mean().item(), rel=1e-5)
+    assert noise["delta_abs_max"] == pytest.approx(delta.abs().max().item(), rel=1e-5)
+    assert noise["changed"] == int((delta != 0).any(1).sum())
+    at = delta.abs() >= beta * (1 - 1e-6)
+    assert noise["reached_beta"] == int(at.any(1).sum())
+    assert noise["pixels_at_beta_fraction"] == pytest.approx(at.float().mean().item())
+    assert {k: d.updates[-1][k] for k in noise if k in d.updates[-1]} == {k: noise[k] for k in noise
+                                                                           if k in d.updates[-1]}
+    # a row with some noise but not every pixel moved: `changed` counts rows, not rows moved everywhere
+    assert 0 < noise["changed"] <= len(d.selected)
+    assert ((delta != 0).any(1) & ~(delta != 0).all(1)).any()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from poisonbench.data import load_dataset
-from poisonbench.models import MODELS, ConvNet, ResNet18, build_model
+from poisonbench.models import MODELS, BasicBlock, ConvNet, ResNet18, build_model
 
 from .conftest import write_cifar_dir
 
@@ -56,3 +57,26 @@ def test_seeded_init_is_reproducible(tiny_npz):
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
     assert a.feature_dim == 100  # 16×16 input: ((16-4)/2-4)/2 = 1 → 100 features
+
+
+def test_resnet18_is_kuangliu_layer_for_layer():
+    """11,173,962 parameters for 3→10 (kuangliu's count: a missing shortcut BatchNorm changes it), a
+    Conv-BN-ReLU stem, 1×1 stride-2 Conv+BN shortcuts where the stage downsamples, and every BasicBlock ends in a
+    ReLU (its output, hence the features, is never negative)."""
+    model = ResNet18(3, 10, 32, (0.5,) * 3, (0.25,) * 3).eval()
+    assert sum(p.numel() for p in model.parameters()) == 11_173_962
+    assert [type(m) for m in model.stem] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    for i, block in enumerate(model.layers):
+        downsamples = i in (2, 4, 6)
+        assert [type(m) for m in block.shortcut] == ([nn.Conv2d, nn.BatchNorm2d] if downsamples else [])
+        if downsamples:
+            assert block.shortcut[0].kernel_size == (1, 1) and block.shortcut[0].stride == (2, 2)
+    block = BasicBlock(8, 8).eval()
+    with torch.no_grad():
+        assert (block(torch.randn(4, 8, 6, 6)) >= 0).all()
+        assert (model.features(torch.rand(2, 3, 32, 32)) >= 0).all()
+
+
+def test_convnet_layer_order():
+    model = ConvNet(1, 10, 28, (0.0,), (1.0,))
+    assert [type(m) for m in model.conv] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d] * 2

@@ -12,6 +12,7 @@ import pytest
 from poisonbench import paper, plots, tables
 from poisonbench.defenses import DEFENSES
 from poisonbench.recipes import resolve_recipe
+from poisonbench.report import load_summary
 from tests.report_records import make_record, write_records
 
 
@@ -319,3 +320,14 @@ def test_paired_column_never_pairs_runs_of_another_seed():
     table = tables.build("2", none + hint, tables.Options(trials=1, paired=True, rho=1.0))
     row = next(d for d in table.data if d["method"] == "hint")
     assert row["n"] == 1 and row["paired_n"] == 0
+
+
+def test_plain_report_pools_trials_whose_poisoned_rows_differ():
+    records = []
+    for trial, acc in ((0, 0.80), (1, 0.84), (2, 0.82)):
+        r = make_record(rho=0.6, trial=trial, acc=acc)
+        r["config"]["poison"]["indices_fingerprint"] = f"rows-of-seed-{trial}"  # as real runs: one draw per seed
+        records.append(r)
+    summary = load_summary(records)
+    assert len(summary) == 1 and int(summary.n.iloc[0]) == 3
+    assert abs(summary.test_acc_mean.iloc[0] - 0.82) < 1e-12 and abs(summary.test_acc_std.iloc[0] - 0.02) < 1e-12

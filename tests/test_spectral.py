@@ -131,3 +131,9 @@ def test_training_on_the_cpu_uses_the_spectral_layer_and_returns_plain_convoluti
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
     for k in sd_s:
         torch.testing.assert_close(sd_s[k].float(), sd_d[k].float(), rtol=1e-3, atol=1e-4)
+
+
+def test_dilated_and_strided_convolutions_stay_direct():
+    assert SpectralConv2d.pays_off(nn.Conv2d(40, 100, 5), (12, 12))  # the same layer undilated qualifies
+    assert not SpectralConv2d.pays_off(nn.Conv2d(40, 100, 5, dilation=2), (12, 12))
+    assert not SpectralConv2d.pays_off(nn.Conv2d(40, 100, 5, groups=2), (12, 12))
