@@ -236,3 +236,23 @@ def test_defend_json_fields_are_the_records(cli, tiny_npz, tmp_path):
         "seed": 5, "test_acc": 0.25, "val_acc": 0.75, "seconds": 12.5, "resumed_from_epoch": 0, "path": str(path),
     }
     assert path.stem == record["run_id"]
+
+
+def test_a_warning_is_one_line_on_stderr(cli, tiny_npz):
+    code, out, err = cli("data", "info", tiny_npz, "--download", "--json")
+    assert code == 0 and json.loads(out)["name"] == "tiny.npz"
+    assert err == "Warning: --download ignored: " + str(tiny_npz) + " is read from its file\n"
+
+
+def test_data_info_text_names_source_and_split_fingerprints(cli, tiny_npz):
+    from poisonbench.data import load_dataset
+
+    data = load_dataset(str(tiny_npz))
+    code, out, _ = cli("data", "info", tiny_npz)
+    flat = " ".join(out.split())
+    assert code == 0 and f"read from: {data.source}".replace(" ", "") in out.replace(" ", "").replace("\n", "")
+    for split in (data.train, data.val, data.test):
+        assert split.fingerprint[:12] in flat
+    summary = data.summary()
+    assert {s["fingerprint"] for s in summary["splits"].values()} == {data.train.fingerprint, data.val.fingerprint,
+                                                                      data.test.fingerprint}

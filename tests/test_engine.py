@@ -178,3 +178,18 @@ def test_crop_flip_draws_only_from_the_runs_generator():
     torch.manual_seed(2)
     b = augment_apply("crop-flip", x, torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
+
+
+def test_optimizer_takes_every_recipe_field():
+    import torch
+
+    from poisonbench.recipes import resolve_recipe
+    from poisonbench.training import make_optimizer
+
+    recipe = resolve_recipe("cifar10", "paper", lr=0.05, momentum=0.8, weight_decay=1e-3, lr_decay=0.3,
+                            milestones=[2, 5])
+    assert recipe.nesterov  # the paper's CIFAR recipe: Nesterov momentum
+    opt, sched = make_optimizer(torch.nn.Linear(2, 2), recipe)
+    g = opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]) == (0.05, 0.8, True, 1e-3)
+    assert sched.gamma == 0.3 and sorted(sched.milestones) == [2, 5]

@@ -7,6 +7,8 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from poisonbench import poisons
 from poisonbench.data import load_dataset
@@ -346,3 +348,91 @@ def test_a_failed_forced_craft_keeps_the_existing_poison_set_and_a_new_one_repla
     assert not cached and torch.equal(poisons.load(tmp_path, spec.poison_id, data).delta, again.delta)
     assert not torch.equal(again.delta, first.delta)
     assert sorted(p.name for p in (tmp_path / "poisons").iterdir()) == [spec.poison_id]
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pv")
+    path = write_npz(root)
+    return load_dataset(str(path)), path
+
+
+def _rewrite(results, pid, delta=None, indices=None, **manifest_changes):
+    """Edit an artifact consistently (tensor sha256 and count updated, inputs untouched: the id still matches)."""
+    d = poisons.poison_dir(results, pid)
+    t = st_load((d / "delta.safetensors").read_bytes())
+    delta = t["delta"] if delta is None else delta
+    indices = t["indices"] if indices is None else indices
+    blob = st_save({"delta": delta.contiguous(), "indices": indices.long().contiguous()})
+    (d / "delta.safetensors").write_bytes(blob)
+    m = json.loads((d / "manifest.json").read_text())
+    m.update(count=len(indices), tensor_sha256=poisons._sha256(blob), **manifest_changes)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _failed(results, pid, data):
+    return {c for c, ok, _ in poisons.validate(results, pid, data) if not ok}
+
+
+def test_validate_fails_exactly_the_broken_property(tiny_artifacts, tmp_path):
+    data, _ = tiny_artifacts
+    spec = poisons.craft_spec(data, "durp", budget=0.5, seed=3)
+    for case in ("eps", "range", "budget", "dup", "labels"):
+        res = tmp_path / case
+        poison, _ = poisons.craft(spec, data, res)
+        pid, eps = spec.poison_id, spec.eps
+        assert _failed(res, pid, data) == set()
+        delta, idx = poison.delta.clone(), poison.indices.clone()
+        if case == "eps":  # one coordinate at 1.5 ε where x + δ stays inside [0, 1]
+            x0 = data.train.x[idx[0]].float().flatten() / 255
+            j = int(torch.nonzero(x0 + 1.5 * eps <= 1)[0])
+            flat = delta[0].flatten().clone()
+            flat[j] = 1.5 * eps
+            delta[0] = flat.view_as(delta[0])
+            _rewrite(res, pid, delta=delta)
+            assert _failed(res, pid, data) == {"eps-ball"}
+        elif case == "range":  # |δ| = ε everywhere, pushed up: bright pixels leave [0, 1]
+            _rewrite(res, pid, delta=torch.full_like(delta, eps))
+            assert _failed(res, pid, data) == {"pixel range"}
+        elif case == "budget":  # one row short of ⌊budget·n⌋
+            _rewrite(res, pid, delta=delta[1:], indices=idx[1:],
+                     labels_sha256=poisons._labels_hash(idx[1:], data.train.y))
+            assert _failed(res, pid, data) == {"budget"}
+        elif case == "dup":  # a row poisoned twice
+            idx[1], delta[1] = idx[0], delta[0]
+            _rewrite(res, pid, delta=delta, indices=idx, labels_sha256=poisons._labels_hash(idx, data.train.y))
+            assert _failed(res, pid, data) == {"indices"}
+        else:  # the crafting-time labels are not recorded (or differ)
+            _rewrite(res, pid, labels_sha256=None)
+            assert _failed(res, pid, data) == {"labels"}
+
+
+def test_cli_craft_force_json_and_list_fields(tiny_artifacts, tmp_path, cli):
+    _, path = tiny_artifacts
+    res = tmp_path / "res"
+    args = ["craft", "--attack", "durp", "--dataset", path, "--budget", "0.25", "--seed", "4", "--results", res,
+            "--json"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["dataset"] == "tiny.npz" and first["status"] == "crafted"
+    tensor = res / "poisons" / first["poison_id"] / "delta.safetensors"
+    before = tensor.stat().st_mtime_ns
+    code, out, err = cli(*args, "--force")
+    assert code == 0 and json.loads(out)["status"] == "crafted" and json.loads(out)["poison_id"] == first["poison_id"]
+    assert tensor.stat().st_mtime_ns != before  # crafted again, not the cache
+    code, out, _ = cli("poisons", "list", "--results", res, "--json")
+    (row,) = json.loads(out)
+    manifest = json.loads((tensor.parent / "manifest.json").read_text())
+    for key in ("poison_id", "attack", "dataset", "eps", "budget", "seed", "count", "craft_seconds", "created_at"):
+        assert row[key] == manifest[key], key
+    assert (row["budget"], row["seed"], row["count"]) == (0.25, 4, 40)
+    # a killed writer's or a replaced set's hidden directory is never listed
+    hidden = res / "poisons" / f".{first['poison_id']}.orphan-1-2"
+    hidden.mkdir()
+    (hidden / "manifest.json").write_text(json.dumps(manifest))
+    assert poisons.list_ids(res) == [first["poison_id"]]
+    # validate --json exits 1 on a failed check, like the table view
+    _rewrite(res, first["poison_id"], labels_sha256=None)
+    code, out, _ = cli("poisons", "validate", first["poison_id"], "--dataset", path, "--results", res, "--json")
+    assert code == 1 and json.loads(out)["ok"] is False

@@ -13,8 +13,11 @@ import time
 import pytest
 import torch
 
+from poisonbench import runner
+from poisonbench.checkpoints import checkpoint_path
+from poisonbench.data import load_dataset
 from poisonbench.io import atomic_write_json
-from poisonbench.records import RunStore, run_id
+from poisonbench.records import SCHEMA_VERSION, RunStore, run_id
 
 
 def test_run_id_is_canonical():
@@ -316,3 +319,133 @@ def test_queue_worker_keeps_failed_and_interrupted_lines_and_other_hosts_claims(
     subprocess.run(["bash", *run], env=env, check=True, timeout=60)
     assert ran.read_text().splitlines()[-2:] == ["defend --stop --json", "defend --after --json"]
     assert sorted(p.name for p in claims.iterdir()) == ["999999999.1@elsewhere"]
+
+
+FAST_RUN = dict(recipe="quick", recipe_overrides={"epochs": 2, "batch_size": 64}, compile="off")
+
+
+def test_record_evaluates_val_and_test_on_their_splits_and_reports_the_last_epoch(tiny_npz, tmp_path, monkeypatch):
+    seen = {}
+    real = runner.train
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs["eval_sets"])
+        result = real(*args, **kwargs)
+        # distinct numbers in every field (on tiny data val and test accuracy are often both 1.0)
+        result.history[-1].update(test_acc=0.25, val_acc=0.5, train_acc=0.75, train_loss=1.5)
+        return result
+
+    monkeypatch.setattr(runner, "train", spy)
+    (out,) = runner.defend(runner.DefendSpec(dataset=str(tiny_npz), results=str(tmp_path / "r"), **FAST_RUN))
+    data = load_dataset(str(tiny_npz))
+    assert torch.equal(seen["val"][1].cpu(), data.val.y) and torch.equal(seen["test"][1].cpu(), data.test.y)
+    rec = out.record
+    last = rec["history"][-1]
+    for key in ("test_acc", "val_acc", "train_acc", "train_loss"):
+        assert rec["metrics"][key] == last[key]
+    assert 1 / 10 < rec["metrics"]["test_mean_confidence"] <= 1  # mean max-probability: >= 1/K
+    assert {"train", "seconds", "cpu_seconds", "data_load", "peak_rss_mib"} <= set(rec["cost"])
+    assert rec["env"]["torch"] == torch.__version__ and rec["env"]["device"] == "cpu"
+    assert rec["schema_version"] == SCHEMA_VERSION
+    # the checkpoint of a finished run is gone once its record is written
+    assert not checkpoint_path(RunStore(tmp_path / "r").root, rec["run_id"]).exists()
+
+
+def test_failed_record_write_keeps_checkpoint_rerun_resumes_force_starts_over(tiny_npz, tmp_path, monkeypatch):
+    spec = runner.DefendSpec(dataset=str(tiny_npz), results=str(tmp_path / "r"), checkpoint_every=0, **FAST_RUN)
+
+    def disk_full(self, record):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(RunStore, "put", disk_full)
+        with pytest.raises(Exception, match="No space left"):
+            runner.defend(spec)
+    rid = runner.run_id(runner.run_config(spec, load_dataset(str(tiny_npz)), 0))
+    ckpt = checkpoint_path(RunStore(spec.results).root, rid)
+    assert ckpt.exists()  # epoch 1 of 2 saved, kept when the record could not be written
+    resumed = []
+    fit = runner.train
+
+    def spy(*args, **kwargs):
+        resumed.append(fit(*args, **kwargs))
+        assert resumed[-1].prior_seconds > 0
+        resumed[-1].prior_seconds = 1000.0  # stands for a long first session: the record must add it
+        return resumed[-1]
+
+    with monkeypatch.context() as m:  # a plain re-run resumes, and its cost counts the time before the failure
+        m.setattr(runner, "train", spy)
+        (again,) = runner.defend(spec)
+    assert again.record["resumed_from_epoch"] == 1
+    assert 1000.0 < again.record["cost"]["seconds"] < 1100.0
+    assert not ckpt.exists()
+    with monkeypatch.context() as m:
+        m.setattr(RunStore, "put", disk_full)
+        with pytest.raises(Exception, match="No space left"):
+            runner.defend(runner.DefendSpec(**{**spec.__dict__, "force": True}))
+    assert ckpt.exists()
+    forced = runner.DefendSpec(**{**spec.__dict__, "force": True})
+    (out,) = runner.defend(forced)
+    assert out.status == "ran" and out.record["resumed_from_epoch"] == 0  # --force starts over
+    assert not ckpt.exists()
+
+
+def test_a_skipped_run_clears_a_leftover_checkpoint(tiny_npz, tmp_path):
+    spec = runner.DefendSpec(dataset=str(tiny_npz), results=str(tmp_path / "r"), **FAST_RUN)
+    (out,) = runner.defend(spec)
+    ckpt = checkpoint_path(RunStore(spec.results).root, out.record["run_id"])
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"left by a kill between the record and the clear")
+    (again,) = runner.defend(spec)
+    assert again.status == "skipped" and not ckpt.exists()
+
+
+def test_store_reads_only_complete_records_of_this_schema_and_ignores_temp_files(tmp_path):
+    from tests.report_records import make_record, write_records
+
+    rec = make_record(dataset="mnist-5k", trial=0)
+    root = write_records(tmp_path / "r", [rec])
+    store = RunStore(root)
+    (store.runs / f".{rec['run_id']}.json.123@host.abc.tmp").write_text('{"run_id": ')  # a writer's temp file
+    assert store.all() == [rec] and store.skipped_note() is None
+    other = dict(rec, schema_version=SCHEMA_VERSION + 1)
+    store.path(rec["run_id"]).write_text(json.dumps(other))
+    assert store.get(rec["run_id"]) is None and store.foreign_schema(rec["run_id"]) == SCHEMA_VERSION + 1
+
+
+def test_each_trial_poisons_a_clean_copy_of_the_train_split(tiny_npz, tmp_path, monkeypatch):
+    """Poisons are written into the train tensor in place: trial 1 must not train on trial 0's poisons too."""
+    from poisonbench.training import to_float
+
+    seen = []
+    real = runner.train
+
+    def spy(model, train_x, train_y, *args, **kwargs):
+        seen.append((train_x.clone(), kwargs["poisoned"].clone()))
+        return real(model, train_x, train_y, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", spy)
+    spec = runner.DefendSpec(dataset=str(tiny_npz), results=str(tmp_path / "r"), poison_ratio=0.5, attacks=["durp"],
+                             trials=2, recipe="quick", recipe_overrides={"epochs": 1, "batch_size": 64}, compile="off")
+    runner.defend(spec)
+    clean = to_float(load_dataset(str(tiny_npz)).train.x, torch.device("cpu"))
+    assert len(seen) == 2
+    for x, poisoned in seen:
+        assert torch.equal(x[~poisoned], clean[~poisoned]) and not torch.equal(x[poisoned], clean[poisoned])
+
+
+def test_queue_worker_sigterm_keeps_claim_and_failures_accumulate(tmp_path):
+    import socket
+    import subprocess
+
+    from tests.test_records import queue_worker_sandbox
+
+    run, env, queue, claims, ran = queue_worker_sandbox(
+        tmp_path, "defend --fail1\ndefend --fail2\ndefend --term\ndefend --after\n",
+        exits='case "$*" in *fail1*) exit 1 ;; *fail2*) exit 137 ;; *term*) exit 143 ;; esac\n')
+    first = subprocess.run(["bash", *run], env=env, timeout=60, capture_output=True, text=True)
+    assert first.returncode == 143
+    assert (tmp_path / "q.txt.failed").read_text() == "1\tdefend --fail1\n137\tdefend --fail2\n"
+    assert queue.read_text() == "defend --after\n"
+    mine = [p.read_text() for p in claims.iterdir() if p.name.endswith(f"@{socket.gethostname()}")]
+    assert mine == ["defend --term\n"]

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 
 from poisonbench import paper, plots, tables
@@ -331,3 +332,80 @@ def test_plain_report_pools_trials_whose_poisoned_rows_differ():
     summary = load_summary(records)
     assert len(summary) == 1 and int(summary.n.iloc[0]) == 3
     assert abs(summary.test_acc_mean.iloc[0] - 0.82) < 1e-12 and abs(summary.test_acc_std.iloc[0] - 0.02) < 1e-12
+
+
+def test_noise_figure_panels(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from poisonbench.figures import noise_figure
+    from tests.report_records import healthy_noise_examples
+
+    shown, titles = [], []
+    real_imshow, real_title = Axes.imshow, Axes.set_title
+    def imshow(self, img, **kw):
+        shown.append(np.asarray(img))
+        return real_imshow(self, img, **kw)
+
+    def set_title(self, title, **kw):
+        titles.append(title)
+        return real_title(self, title, **kw)
+
+    monkeypatch.setattr(Axes, "imshow", imshow)
+    monkeypatch.setattr(Axes, "set_title", set_title)
+    examples = healthy_noise_examples()
+    record = {"run_id": "r", "config": {"defense": {"method": "hint"}},
+              "defense": {"examples": examples, "noise": {"beta": 0.062}}}
+    noise_figure(record, tmp_path / "f.png")
+    assert len(shown) == 3 * len(examples)
+    for i, ex in enumerate(examples):
+        x = np.asarray(ex["x"], np.float32).reshape(28, 28)
+        d = np.asarray(ex["delta"], np.float32).reshape(28, 28)
+        orig, noise, pert = shown[3 * i: 3 * i + 3]
+        assert np.allclose(orig, x)
+        assert noise.min() == pytest.approx(0) and noise.max() == pytest.approx(1)  # min-max scaled
+        assert np.allclose(noise, (d - d.min()) / (d.max() - d.min()), atol=1e-6)
+        assert np.allclose(pert, np.clip(x + d, 0, 1))
+        assert titles[3 * i] == f"Pred {ex['pred_original']}  Prob {ex['prob_original']:.2f}"
+        assert titles[3 * i + 2] == f"Pred {ex['pred_perturbed']}  Prob {ex['prob_perturbed']:.2f}"
+
+
+def test_rho_figure_plots_mean_and_std_of_each_method(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from poisonbench import plots
+    from tests.report_records import make_record
+
+    recs = [make_record(rho=rho, trial=t, acc=a) for rho, accs in ((0.0, (0.9, 0.8)), (0.2, (0.7, 0.5)))
+            for t, a in enumerate(accs)]
+    calls = []
+    real = Axes.errorbar
+    def errorbar(self, x, y, yerr=None, **kw):
+        calls.append((list(x), list(y), list(yerr), kw.get("label")))
+        return real(self, x, y, yerr=yerr, **kw)
+
+    monkeypatch.setattr(Axes, "errorbar", errorbar)
+    assert plots.draw("rho", recs, tmp_path, mix="any")
+    ((x, y, yerr, _),) = calls
+    assert x == [0.0, 0.2]
+    assert y == pytest.approx([85.0, 60.0]) and yerr == pytest.approx([100 * np.std([0.9, 0.8], ddof=1),
+                                                                         100 * np.std([0.7, 0.5], ddof=1)], abs=1e-3)
+
+
+def test_plain_report_csv_and_json_columns(cli, tmp_path):
+    from tests.report_records import make_record, write_records
+
+    recs = [make_record(trial=t, acc=0.9 - 0.1 * t, seconds=10.0 + 10 * t) for t in range(3)]
+    res = write_records(tmp_path / "r", recs)
+    code, out, _ = cli("report", "--results", res, "--format", "json")
+    (row,) = json.loads(out)
+    seconds = [r["cost"]["seconds"] for r in recs]
+    assert len(set(seconds)) == 3 and row["n"] == 3 and row["seconds_mean"] == pytest.approx(np.mean(seconds))
+    code, out, _ = cli("report", "--results", res, "--format", "csv")
+    header = out.splitlines()[0].split(",")
+    assert header[0] == "dataset" and header == list(row)  # the same columns, no index column
