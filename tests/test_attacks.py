@@ -31,12 +31,16 @@ def tiny(tmp_path_factory):
     return load_dataset(str(write_npz(root))), root / "results"
 
 
-def _craft(name, data, results, budget=0.5, seed=3, eps=EPS):
-    spec = craft_spec(data, name, eps=eps, budget=budget, seed=seed, **FAST.get(name, {}))
+def _attack_and_craft(name, data, results, budget=0.5, seed=3, eps=EPS, **params):
+    spec = craft_spec(data, name, eps=eps, budget=budget, seed=seed, **{**FAST.get(name, {}), **params})
     attack = ATTACKS.get(name)(data.family, **spec.params)
     ctx = AttackContext(data, select_indices(len(data.train), budget, seed), spec.eps, budget, seed,
                         torch.device("cpu"), results_root=results)
-    return attack.craft(ctx)
+    return attack, attack.craft(ctx)
+
+
+def _craft(name, data, results, budget=0.5, seed=3, eps=EPS, **params):
+    return _attack_and_craft(name, data, results, budget, seed, eps, **params)[1]
 
 
 def test_all_four_untargeted_attacks_are_registered():
@@ -162,11 +166,7 @@ def test_pgd_random_start_follows_the_crafting_seed(tiny):
     data, results = tiny
 
     def craft(seed):
-        spec = craft_spec(data, "pgd", eps=EPS, budget=1.0, seed=seed, steps=1)
-        attack = ATTACKS.get("pgd")(data.family, **spec.params)
-        ctx = AttackContext(data, select_indices(len(data.train), 1.0, seed), spec.eps, 1.0, seed,
-                            torch.device("cpu"), results_root=results)
-        return attack.craft(ctx).delta
+        return _craft("pgd", data, results, budget=1.0, seed=seed, steps=1).delta
 
     first, again, other = craft(3), craft(3), craft(4)
     assert torch.equal(first, again) and not torch.equal(first, other)
@@ -382,11 +382,7 @@ def test_official_schedule_replaces_defaults_not_explicit_options():
 
 
 def craft_deepconfuse(data, results, **params):
-    spec = craft_spec(data, "deepconfuse", eps=0.1, budget=1.0, seed=3, **params)
-    attack = ATTACKS.get("deepconfuse")(data.family, **spec.params)
-    ctx = AttackContext(data, select_indices(len(data.train), 1.0, 3), spec.eps, 1.0, 3, torch.device("cpu"),
-                        results_root=results)
-    return attack, attack.craft(ctx)
+    return _attack_and_craft("deepconfuse", data, results, budget=1.0, **params)
 
 
 class Stop(Exception):
