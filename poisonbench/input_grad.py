@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .models import has_hooks, probe
+from .moment_bn import MomentConv2d
 from .spectral import swap_spectral
 
 MAX_STEM_CHANNELS = 3  # wider convolutions keep oneDNN's backward, which is efficient there
@@ -194,7 +195,11 @@ def fuse_relu_pools(model: nn.Module) -> nn.Module:
 
 
 def _conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Conv2d | None:
-    return fuse_conv_bn_eval(conv, bn) if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) else None
+    if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+        return None
+    if isinstance(conv, MomentConv2d):  # a copy of a model mid-training (HINT): fold into a plain convolution
+        conv = conv.plain()
+    return fuse_conv_bn_eval(conv, bn)
 
 
 def is_stem(module: nn.Module) -> bool:

@@ -34,6 +34,7 @@ from .checkpoints import (
 from .defenses.base import Defense
 from .errors import PoisonbenchError
 from .input_grad import chunk_rows
+from .moment_bn import moment_names, restore_modules, swap_moment_batchnorm
 from .recipes import Recipe
 from .spectral import restore_convs, swap_spectral, swapped_names
 
@@ -220,10 +221,15 @@ def train(
     # in the default layout (safetensors stores contiguous tensors only).
     configure_device(device)
     model.to(device, memory_format=torch.channels_last).train()
-    # on the CPU, 5×5 convolutions on small maps train as DFT-domain products (same parameters, float rounding
-    # only; poisonbench.spectral); the caller gets its nn.Conv2d modules back
-    spectral = swap_spectral(model, train_x[:1]) if device.type == "cpu" else []
+    # on the CPU, a small-patch convolution's BatchNorm takes its batch statistics from the input's patch moments
+    # (the ConvNet's stem; poisonbench.moment_bn) and 5×5 convolutions on small maps train as DFT-domain products
+    # (poisonbench.spectral); both exact up to float rounding, sharing the parameters; the caller gets its
+    # nn.Conv2d / nn.BatchNorm2d modules back
+    moments = swap_moment_batchnorm(model, train_x[:1]) if device.type == "cpu" else []
+    spectral = []
     try:
+        if device.type == "cpu":
+            spectral = swap_spectral(model, train_x[:1])
         generator = torch.Generator(device=device).manual_seed(seed)
         optimizer, scheduler = make_optimizer(model, recipe)
         ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
@@ -241,7 +247,7 @@ def train(
         if checkpoint is not None:
             # the layers trained as DFT-domain products: a checkpoint of the direct path is not resumed on this one
             checkpoint.identity.update(execution_identity(device), compiled=compiled,
-                                       spectral=swapped_names(model))
+                                       spectral=swapped_names(model), moment_bn=moment_names(model))
             saved = checkpoint.load()
             if saved is not None:
                 start_epoch, prior_seconds, prior_cpu = _restore(*saved, ctx, scheduler, defense, history)
@@ -298,6 +304,7 @@ def train(
         return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx, resumed_from=start_epoch,
                            prior_seconds=prior_seconds, prior_cpu_seconds=prior_cpu)
     finally:
+        restore_modules(moments)
         restore_convs(spectral)
 
 
