@@ -16,7 +16,8 @@ The achieved model GFLOP/s of the engine (FLOPs of a training step of the model 
 counted by torch's FlopCounterMode) is set against a measured fp32 matmul peak of this machine: `peak_fraction`,
 the usual "effective" rate when an algorithm does the same work with fewer operations. On the CPU the engine
 runs the 40→100 convolution as DFT-domain products (poisonbench.spectral) with about 47 % of the step's direct
-FLOPs, so `executed_peak_fraction` reports the rate of the operations actually run as well.
+FLOPs, and the stem's BatchNorm from patch moments (poisonbench.moment_bn, a GEMM more), so
+`executed_peak_fraction` reports the rate of the operations actually run as well.
 
     python benchmarks/train_throughput.py [--epochs 5] [--compile on|off] [--json]
 """
@@ -38,6 +39,7 @@ from torchvision.transforms.functional import to_tensor
 
 from poisonbench.data import load_dataset
 from poisonbench.models import build_model
+from poisonbench.moment_bn import swap_moment_batchnorm
 from poisonbench.recipes import resolve_recipe
 from poisonbench.spectral import swap_spectral
 from poisonbench.training import make_optimizer, to_float, train
@@ -104,10 +106,12 @@ def bare_img_s(data, recipe, epochs: int) -> tuple[float, float]:
 def train_step_flops_per_image(data, executed: bool = False) -> float:
     """FLOPs of one training step per image: of the model as defined (direct convolutions; the work a step
     does, whatever the algorithm) or, `executed`, of the products the engine runs on the CPU, where the 40→100
-    convolution is a `SpectralConv2d` (poisonbench.spectral) doing fewer multiply-adds."""
+    convolution is a `SpectralConv2d` (poisonbench.spectral) doing fewer multiply-adds and the stem a
+    `MomentConv2d` (poisonbench.moment_bn: the moments' GEMM, and two input channels, one of them zero)."""
     model = build_model("convnet", data, seed=0)
     xb = to_float(data.train.x[:128], torch.device("cpu"))
     if executed:
+        swap_moment_batchnorm(model, xb[:1])
         swap_spectral(model, xb[:1])
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(xb), data.train.y[:128]).backward()

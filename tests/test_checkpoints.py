@@ -228,6 +228,18 @@ def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
     with pytest.warns(PoisonbenchWarning, match=r"spectral=\[\] \(now \['conv.4'\]\)"):
         _, fresh, _ = run(data, "hint", direct)
     assert fresh.resumed_from == 0 and fresh.history == ref.history
+    # nor one written with the stem's plain BatchNorm on the patch-moment path (poisonbench.moment_bn)
+    import poisonbench.moment_bn as moment_bn
+
+    plain_stem = Checkpoint(tmp_path / "partial" / "runs" / "plain-stem.safetensors", 0.0)
+    with monkeypatch.context() as m:
+        m.setattr(moment_bn, "MAX_GRAM_COST", 0.0)
+        with pytest.raises(Killed):
+            run(data, "hint", plain_stem, kill_after=2)
+    assert plain_stem.path.exists()
+    with pytest.warns(PoisonbenchWarning, match=r"moment_bn=\[\] \(now \['conv.0'\]\)"):
+        _, fresh, _ = run(data, "hint", plain_stem)
+    assert fresh.resumed_from == 0 and fresh.history == ref.history
 
 
 def test_a_checkpoint_of_an_eager_run_is_not_resumed_compiled(tiny_npz, tmp_path, monkeypatch):
