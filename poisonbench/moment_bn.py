@@ -154,7 +154,10 @@ class MomentConv2d(nn.Conv2d):
             # a tensor for the cumulative average, so a compiled step does not read the count back to Python
             factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.to(mean.dtype)
             bn.running_mean.mul_(1 - factor).add_(mean.detach() * factor)
+            # n / (n − 1) as BatchNorm's unbiased estimate; `pays_off` layers have many positions per image, so
+            # n = 1 (where nn.BatchNorm2d raises) does not arise; the guard only avoids a division by zero
             bn.running_var.mul_(1 - factor).add_(var.detach() * (count / max(count - 1, 1)) * factor)
+
 
 def swap_moment_batchnorm(model: nn.Module, sample: torch.Tensor) -> list[tuple[nn.Sequential, str, nn.Module]]:
     """Replace, in place, every adjacent `nn.Conv2d` → `nn.BatchNorm2d` pair inside an `nn.Sequential` of
@@ -180,9 +183,15 @@ def swap_moment_batchnorm(model: nn.Module, sample: torch.Tensor) -> list[tuple[
 
 
 def restore_modules(swapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
-    """Undo `swap_moment_batchnorm`: the original modules (which share the trained parameters and statistics)
-    go back."""
-    for parent, name, original in swapped:
+    """Undo `swap_moment_batchnorm`: the original modules go back, in the swapped ones' mode and with their
+    parameter and buffer tensors. These are shared, but a `Module.to` / `.double()` while swapped replaces buffer
+    tensors only in the modules it reaches, so the live ones are carried over rather than assumed."""
+    for parent, name, original in reversed(swapped):
+        current = parent._modules[name]
+        if current is not original:
+            original._parameters.update(current._parameters)
+            original._buffers.update(current._buffers)
+            original.train(current.training)
         parent._modules[name] = original
 
 

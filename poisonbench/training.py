@@ -245,7 +245,8 @@ def train(
             ctx.active = kept.to(device)
         start_epoch, prior_seconds, prior_cpu = 0, 0.0, 0.0
         if checkpoint is not None:
-            # the layers trained as DFT-domain products: a checkpoint of the direct path is not resumed on this one
+            # the layers trained as DFT-domain products or with moment BatchNorm: a checkpoint of the plain path is
+            # not resumed on these (float rounding differs)
             checkpoint.identity.update(execution_identity(device), compiled=compiled,
                                        spectral=swapped_names(model), moment_bn=moment_names(model))
             saved = checkpoint.load()
@@ -304,8 +305,8 @@ def train(
         return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx, resumed_from=start_epoch,
                            prior_seconds=prior_seconds, prior_cpu_seconds=prior_cpu)
     finally:
+        restore_convs(spectral)  # in the reverse order of the swaps
         restore_modules(moments)
-        restore_convs(spectral)
 
 
 def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_done: int, seconds: float,

@@ -27,9 +27,11 @@ from poisonbench.moment_bn import (
 from poisonbench.training import to_float
 
 
-def _pair(cin: int, padding: int, momentum: float | None, dtype=torch.float64) -> nn.Sequential:
+def _pair(cin: int, padding: int, momentum: float | None, dtype=torch.float64, eps: float = 1e-5,
+          bias: bool = True) -> nn.Sequential:
     torch.manual_seed(0)
-    pair = nn.Sequential(nn.Conv2d(cin, 40, 5, padding=padding), nn.BatchNorm2d(40, momentum=momentum), nn.ReLU())
+    pair = nn.Sequential(nn.Conv2d(cin, 40, 5, padding=padding, bias=bias),
+                         nn.BatchNorm2d(40, eps=eps, momentum=momentum), nn.ReLU())
     with torch.no_grad():  # non-trivial affine parameters and running statistics
         pair[1].weight.uniform_(0.5, 2)
         pair[1].bias.uniform_(-1, 1)
@@ -47,12 +49,19 @@ def test_patch_moments_equal_the_moments_of_the_unfolded_patches():
     torch.testing.assert_close(cov, torch.cov(patches.T, correction=0), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("cin,padding,momentum", [(1, 0, 0.1), (2, 1, None), (3, 2, 0.3)])
-def test_moment_pair_is_conv_then_batchnorm(cin, padding, momentum):
-    reference = _pair(cin, padding, momentum)
+@pytest.mark.parametrize("cin,padding,momentum,eps,bias,frozen_bn", [
+    (1, 0, 0.1, 1e-5, True, False), (2, 1, None, 1e-5, True, False), (3, 2, 0.3, 1e-5, True, False),
+    (1, 0, 0.1, 0.5, False, False),  # a non-default ε, no convolution bias
+    (1, 1, 0.1, 1e-5, True, True),  # BatchNorm frozen in eval mode while the convolution trains
+])
+def test_moment_pair_is_conv_then_batchnorm(cin, padding, momentum, eps, bias, frozen_bn):
+    reference = _pair(cin, padding, momentum, eps=eps, bias=bias)
     moment = copy.deepcopy(reference)
     swapped = swap_moment_batchnorm(moment, torch.rand(1, cin, 10, 10, dtype=torch.float64))
     assert [type(m) for m in moment] == [MomentConv2d, MomentBatchNorm2d, nn.ReLU] and len(swapped) == 2
+    if frozen_bn:
+        reference[1].eval()
+        moment[1].eval()
     for step in range(3):  # three batches: the running statistics compound, the cumulative average counts
         x = torch.rand(6, cin, 10, 10, dtype=torch.float64) * (step + 1) - step
         results = []
@@ -115,6 +124,13 @@ def test_swap_only_where_the_moments_pay_off():
 
     assert MomentConv2d.pays_off(*pair(), (28, 28))
     assert not MomentConv2d.pays_off(*pair(affine=False), (28, 28))
+    for conv in (nn.Conv2d(1, 40, 5, padding=2, padding_mode="reflect"), nn.Conv2d(1, 40, 5, dilation=2),
+                 nn.Conv2d(2, 40, 5, groups=2), nn.utils.parametrizations.weight_norm(nn.Conv2d(1, 40, 5)),
+                 nn.Conv2d(1, 40, 5).half()):
+        assert not MomentConv2d.pays_off(conv, nn.BatchNorm2d(40), (28, 28)), conv
+    hooked_conv = pair()
+    hooked_conv[0].register_forward_pre_hook(lambda *_: None)
+    assert not MomentConv2d.pays_off(*hooked_conv, (28, 28))
     assert not MomentConv2d.pays_off(*pair(track_running_stats=False), (28, 28))
     hooked = pair()
     hooked[1].register_forward_hook(lambda *_: None)
@@ -180,3 +196,36 @@ def test_inference_copy_of_a_model_mid_training_is_the_plain_models():
     assert not any(isinstance(m, MomentConv2d | MomentBatchNorm2d) for m in frozen_swapped.modules())
     torch.testing.assert_close(frozen_swapped(x), frozen_plain(x), rtol=1e-5, atol=1e-5)
     assert isinstance(swapped.conv[0], MomentConv2d) and swapped.training  # the original is left as it was
+
+
+def test_restore_hands_back_the_live_statistics_and_mode():
+    """A `.double()` while swapped replaces buffer tensors only in the modules it reaches; an exception in eval
+    mode must not bring the stem's BatchNorm back in train mode."""
+    pair = _pair(1, 0, 0.1, torch.float32)
+    conv, bn = pair[0], pair[1]
+    swapped = swap_moment_batchnorm(pair, torch.rand(1, 1, 10, 10))
+    pair.double()
+    pair(torch.rand(8, 1, 10, 10, dtype=torch.float64))
+    live_mean = pair[1].running_mean.clone()
+    pair.eval()
+    restore_modules(swapped)
+    assert pair[0] is conv and pair[1] is bn and not bn.training and not conv.training
+    assert bn.running_mean.dtype == torch.float64 and torch.equal(bn.running_mean, live_mean)
+    assert conv.weight.dtype == torch.float64 and bn.num_batches_tracked.item() == 1
+
+
+def test_compiled_moment_pair_trains_and_evaluates_like_batchnorm():
+    reference = _pair(1, 0, None, torch.float32)
+    moment = copy.deepcopy(reference)
+    swap_moment_batchnorm(moment, torch.rand(1, 1, 10, 10))
+    compiled = torch.compile(moment, dynamic=False)
+    for step in range(2):
+        x = torch.rand(8, 1, 10, 10) + step
+        torch.testing.assert_close(compiled(x), reference(x), rtol=1e-4, atol=1e-4)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(moment[1]._buffers[name], reference[1]._buffers[name], rtol=1e-5, atol=1e-6)
+    reference.eval()
+    moment.eval()
+    x = torch.rand(4, 1, 10, 10)
+    torch.testing.assert_close(compiled(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert moment[1].num_batches_tracked.item() == 2  # eval leaves the statistics alone
