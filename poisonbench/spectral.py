@@ -9,7 +9,9 @@ input channels (the correlation theorem). With the 2-D real DFT and its cropped 
     y = E_re Re ŷ + E_im Im ŷ + b,
 
 with ŵ = K w (the DFT restricted to the kernel's support) recomputed from the weight at every call, so the layer
-trains like `nn.Conv2d`; autograd's input and weight gradients are the same products transposed. For the MNIST
+trains like `nn.Conv2d`; autograd's input and weight gradients are the same products transposed. Only the
+frequencies that are not conjugates of others are computed (`kept_frequencies`: 74 of the real DFT's 84 at 12×12,
+since x, w and y are real), the inverse counting each kept one of a conjugate pair for both. For the MNIST
 ConvNet's 40→100 5×5 layer on 12×12 maps this is about half the direct convolution's multiply-adds, and each
 product is one well-shaped GEMM over the whole batch. Same numbers up to float rounding (measured against a
 float64 reference it is as accurate as oneDNN's direct convolution; docs/fidelity.md). `SpectralConv2d.pays_off`
@@ -50,15 +52,23 @@ class SpectralConv2d(nn.Conv2d):
         nh, nw = in_size[0] + 2 * self.padding[0], in_size[1] + 2 * self.padding[1]
         kh, kw = self.kernel_size
         self.out_size = (nh - kh + 1, nw - kw + 1)
-        self.freqs = nh * (nw // 2 + 1)
+        half = nw // 2 + 1
         dtype, device = self.weight.dtype, self.weight.device
+        # the DFT of a real signal is Hermitian: in the columns the real DFT keeps whole (k2 = 0 and, for even nw,
+        # k2 = nw/2), frequency (nh − k1, k2) is the conjugate of (k1, k2), so only k1 ≤ nh/2 is kept there and
+        # the inverse counts each kept one for its partner too (12 % fewer frequencies at 12×12, module doc)
+        kept, partner = kept_frequencies(nh, nw)
+        self.freqs = len(kept)
         basis = torch.eye(nh * nw, dtype=torch.float64, device=device).view(-1, nh, nw)
-        dft = torch.fft.rfft2(basis).reshape(nh, nw, self.freqs)
+        dft = torch.fft.rfft2(basis).reshape(nh, nw, nh * half)[..., kept]
         dft = torch.cat([dft.real, dft.imag], -1)  # [nh, nw, 2F]: x̂ = x_flat @ dft (real parts, then imaginary)
-        unit = torch.eye(self.freqs, dtype=torch.complex128, device=device).view(-1, nh, nw // 2 + 1)
+        unit = torch.eye(nh * half, dtype=torch.complex128, device=device).view(-1, nh, half)
         crop = (slice(None), slice(0, self.out_size[0]), slice(0, self.out_size[1]))
-        inv_re = torch.fft.irfft2(unit, s=(nh, nw))[crop].reshape(self.freqs, -1)
-        inv_im = torch.fft.irfft2(unit * 1j, s=(nh, nw))[crop].reshape(self.freqs, -1)
+        inv_re = torch.fft.irfft2(unit, s=(nh, nw))[crop].reshape(nh * half, -1)
+        inv_im = torch.fft.irfft2(unit * 1j, s=(nh, nw))[crop].reshape(nh * half, -1)
+        # a dropped frequency's Re ŷ equals its partner's and its Im ŷ is the negative: fold its columns in
+        inv_re = inv_re[kept].index_add(0, partner[:, 1], inv_re[partner[:, 0]])
+        inv_im = inv_im[kept].index_add(0, partner[:, 1], -inv_im[partner[:, 0]])
         self.register_buffer("dft", dft.reshape(nh * nw, -1).T.to(dtype).contiguous(), persistent=False)
         self.register_buffer("kernel_dft", dft[:kh, :kw].reshape(kh * kw, -1).to(dtype).contiguous(),
                              persistent=False)
@@ -84,7 +94,7 @@ class SpectralConv2d(nn.Conv2d):
         outs = (nh - kh + 1) * (nw - kw + 1)
         if outs <= 0:
             return False
-        freqs2 = 2 * nh * (nw // 2 + 1)
+        freqs2 = 2 * len(kept_frequencies(nh, nw)[0])
         spectral = freqs2 * nh * nw * cin + 2 * freqs2 * cin * cout + freqs2 * outs * cout
         return spectral <= MAX_COST_FRACTION * outs * kh * kw * cin * cout
 
@@ -110,6 +120,23 @@ class SpectralConv2d(nn.Conv2d):
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y.contiguous(memory_format=torch.channels_last)
+
+
+def kept_frequencies(nh: int, nw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (into the real DFT's nh·(nw//2 + 1) frequencies, row-major) of the ones `SpectralConv2d` keeps,
+    and for each dropped one the pair (its index, its partner's position among the kept). In the self-conjugate
+    columns (k2 = 0, and k2 = nw/2 for even nw) the frequency (k1, k2) with k1 > nh/2 is the conjugate of
+    (nh − k1, k2) and is dropped; all others are kept."""
+    half = nw // 2 + 1
+    self_conjugate = {0} | ({nw // 2} if nw % 2 == 0 else set())
+    kept, dropped = [], []
+    for k1 in range(nh):
+        for k2 in range(half):
+            (dropped if k2 in self_conjugate and k1 > nh // 2 else kept).append((k1, k2))
+    position = {f: i for i, f in enumerate(kept)}
+    pairs = [(k1 * half + k2, position[((nh - k1) % nh, k2)]) for k1, k2 in dropped]
+    return (torch.tensor([k1 * half + k2 for k1, k2 in kept]),
+            torch.tensor(pairs, dtype=torch.long).view(-1, 2))
 
 
 def input_sizes(model: nn.Module, sample: torch.Tensor) -> dict[nn.Module, tuple[int, int]]:
