@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from poisonbench import influence as inf
 from poisonbench.data import load_dataset
@@ -42,15 +43,15 @@ from poisonbench.training import to_float, train
 
 def pretrained(data, epochs: int, checkpoint: str | None, device):
     model = build_model("convnet", data, seed=0)
-    if checkpoint and Path(checkpoint).exists():
-        model.load_state_dict(torch.load(checkpoint, map_location=device))
+    if checkpoint and Path(checkpoint).exists():  # safetensors: no pickle for our own files
+        model.load_state_dict(load_file(checkpoint, device=str(device)))
         return model.to(device)
     tx, ty = to_float(data.train.x, device), data.train.y.to(device)
     vx, vy = to_float(data.val.x, device), data.val.y.to(device)
     train(model, tx, ty, vx, vy, resolve_recipe(data.family, "paper", epochs=epochs), seed=0, device=device,
           num_classes=data.num_classes, compile="off")
     if checkpoint:
-        torch.save(model.state_dict(), checkpoint)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, checkpoint)
     return model
 
 
@@ -192,7 +193,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--pretrain-epochs", type=int, default=5)
-    ap.add_argument("--checkpoint", default=None, help="cache the pre-trained model here (reused if present)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="cache the pre-trained model here, a .safetensors file (reused if present)")
     ap.add_argument("--loop-samples", type=int, default=100)
     ap.add_argument("--lissa-steps", type=int, default=50)
     ap.add_argument("--ratio", type=float, default=0.5)

@@ -1,0 +1,60 @@
+"""benchmarks: the figures the docs quote rest on these scripts, so their arithmetic is pinned here. The FLOP count
+behind `peak_fraction` equals the ConvNet's analytic count; `rates` takes the best and the mean epoch; the
+influence benchmark compares equal computations (the official pattern's I_up and I_pert equal ours on its
+subset) and its totals and speed-ups are the sums and quotients of its parts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def benchmarks_on_path():
+    sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other as top-level modules
+    yield
+    sys.path.remove(str(BENCHMARKS))
+
+
+def test_training_step_flops_are_the_convnets_and_rates_take_best_and_mean():
+    from train_throughput import rates, train_step_flops_per_image
+
+    from poisonbench.data import load_dataset
+
+    data = load_dataset("mnist-5k")
+    conv1, conv2, head = 2 * 24 * 24 * 25 * 40, 2 * 8 * 8 * 1000 * 100, 2 * 1600 * 10  # forward, per image
+    # backward: weight gradients of all three, input gradients of conv2 and the head (the image needs none)
+    expected = (conv1 + conv2 + head) + (conv1 + 2 * conv2 + 2 * head)
+    assert train_step_flops_per_image(data) == pytest.approx(expected, rel=1e-3)
+    assert train_step_flops_per_image(data, executed=True) < 0.6 * expected  # the DFT-domain 40→100 layer
+    assert rates(100, [0.0, 1.0, 3.0, 4.0]) == (100.0, pytest.approx(75.0))
+
+
+def test_influence_benchmark_compares_equal_computations(capsys, tmp_path):
+    import hint_influence
+
+    checkpoint = tmp_path / "pretrained.safetensors"
+    argv = ["--json", "--no-e2e", "--pretrain-epochs", "1", "--loop-samples", "3", "--lissa-steps", "2",
+            "--checkpoint", str(checkpoint)]
+    assert hint_influence.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert checkpoint.exists() and report["n_train"] == 3900 and report["ratio"] == 0.5
+    agreement = report["agreement"]
+    assert agreement["i_up_max_abs_diff"] <= 1e-4 * agreement["i_up_scale"]
+    assert agreement["i_pert_max_abs_diff"] <= 1e-3 * agreement["i_pert_scale"]
+    official, ours = report["official"], report["ours_cg"]
+    parts = ("val_grad_s", "lissa_s", "i_up_loop_s", "i_pert_loop_s", "apply_scan_s")
+    assert official["total_s"] == pytest.approx(sum(official[k] for k in parts))
+    assert official["loop_samples"] == 3 and official["lissa_timed_steps"] == 2
+    assert ours["total_s"] == pytest.approx(ours["select_s"] + ours["update_s"])
+    assert report["speedup_vs_official_cg"] == pytest.approx(official["total_s"] / ours["total_s"])
+    assert ours["ihvp_info"]["converged"]
+    # the cached pre-trained model is read back (no retraining) and gives the same selection statistics
+    assert hint_influence.main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["ours_cg"]["ihvp_info"]["s_norm"] == pytest.approx(ours["ihvp_info"]["s_norm"], rel=1e-5)
