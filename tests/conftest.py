@@ -101,3 +101,22 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def train_calls(monkeypatch):
+    """Every call of the engine's `train` made through the runner, as `(args, kwargs, result)`, recorded before
+    the result goes back to the runner. Tests that must alter a result wrap `runner.train` themselves."""
+    from poisonbench import runner
+
+    calls: list[tuple[tuple, dict, object]] = []
+    real = runner.train
+
+    def spy(*args, **kwargs):
+        snapshot = (args, dict(kwargs))
+        result = real(*args, **kwargs)
+        calls.append((*snapshot, result))
+        return result
+
+    monkeypatch.setattr(runner, "train", spy)
+    return calls

@@ -257,23 +257,15 @@ def test_a_checkpoint_of_an_eager_run_is_not_resumed_compiled(tiny_npz, tmp_path
     assert result.resumed_from == 0
 
 
-def test_a_poisoned_runs_checkpoint_names_its_poison_tensors(tiny_npz, tmp_path, monkeypatch):
+def test_a_poisoned_runs_checkpoint_names_its_poison_tensors(tiny_npz, tmp_path, train_calls):
     """A checkpoint must not be resumed on re-crafted poisons (`craft --force` after the kill): the identity the
     engine checks carries the sha256 of every PoisonSet's tensors."""
     from poisonbench import poisons, runner
 
-    seen = []
-    fit = runner.train
-
-    def spy_train(*args, **kwargs):
-        seen.append(dict(kwargs["checkpoint"].identity))
-        return fit(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "train", spy_train)
     spec = runner.DefendSpec(dataset=str(tiny_npz), recipe="quick", recipe_overrides={"epochs": 1, "batch_size": 64},
                              poison_ratio=0.3, attacks=["durp"], seed=5, compile="off", device="cpu",
                              results=str(tmp_path / "results"))
     (outcome,) = runner.defend(spec)
     pid = outcome.record["config"]["poison"]["poison_ids"]["durp"]
     manifest = poisons.read_manifest(tmp_path / "results", pid)
-    assert seen[0]["poison_tensors"] == {"durp": manifest["tensor_sha256"]}
+    assert train_calls[0][1]["checkpoint"].identity["poison_tensors"] == {"durp": manifest["tensor_sha256"]}

@@ -57,28 +57,24 @@ def test_the_training_seed_alone_changes_the_batch_order(tiny_npz):
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
-def test_trial_t_uses_seed_plus_t_for_weights_batches_and_poisoned_rows(tiny_npz, tmp_path, monkeypatch):
+def test_trial_t_uses_seed_plus_t_for_weights_batches_and_poisoned_rows(tiny_npz, tmp_path, monkeypatch,
+                                                                       train_calls):
     from poisonbench import runner
     from poisonbench.scenarios import plan_untargeted
 
-    seen = {"init": [], "train": []}
-    build, fit = runner.build_model, runner.train
+    seen = {"init": []}
+    build = runner.build_model
 
     def spy_build(*args, **kwargs):
         seen["init"].append(kwargs["seed"])
         return build(*args, **kwargs)
 
-    def spy_train(*args, **kwargs):
-        seen["train"].append(kwargs["seed"])
-        return fit(*args, **kwargs)
-
     monkeypatch.setattr(runner, "build_model", spy_build)
-    monkeypatch.setattr(runner, "train", spy_train)
     spec = runner.DefendSpec(dataset=str(tiny_npz), recipe="quick", recipe_overrides={"epochs": 1, "batch_size": 64},
                              poison_ratio=0.3, attacks=["durp"], seed=5, trials=2, compile="off", device="cpu",
                              results=str(tmp_path / "results"))
     configs = [outcome.record["config"] for outcome in runner.defend(spec)]
-    assert [c["seed"] for c in configs] == [5, 6] == seen["init"] == seen["train"]
+    assert [c["seed"] for c in configs] == [5, 6] == seen["init"] == [kwargs["seed"] for _, kwargs, _ in train_calls]
     data = load_dataset(str(tiny_npz))
     drawn = [plan_untargeted(data, 0.3, ["durp"], seed=s).config["indices_fingerprint"] for s in (5, 6)]
     assert [c["poison"]["indices_fingerprint"] for c in configs] == drawn and drawn[0] != drawn[1]
