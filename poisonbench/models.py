@@ -28,6 +28,16 @@ def probe(model: nn.Module, sample: torch.Tensor, hooks: list) -> None:
             hook.remove()
 
 
+def conv_sharing(cls: type[nn.Conv2d], conv: nn.Conv2d) -> nn.Conv2d:
+    """A `cls` (an `nn.Conv2d` or a subclass) with `conv`'s hyperparameters and mode, holding `conv`'s own weight
+    and bias Parameters (built on the meta device, so nothing is allocated): an optimizer over `conv` keeps
+    training it."""
+    shell = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+    shell.weight, shell.bias = conv.weight, conv.bias
+    return shell.train(conv.training)
+
+
 def has_hooks(module: nn.Module) -> bool:
     """Whether a caller registered hooks on `module` itself (a module swapped for a faster one would drop them)."""
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks

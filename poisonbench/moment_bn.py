@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import has_hooks
+from .models import conv_sharing, has_hooks
 from .spectral import input_sizes
 
 MAX_GRAM_COST = 1.5  # moments' GEMM over the convolution's multiply-adds
@@ -89,19 +89,13 @@ class MomentConv2d(nn.Conv2d):
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             folded._buffers[name] = bn._buffers[name]  # the same tensors: statistics land in the original
         folded.train(bn.training)
-        moment = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                     conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
-        moment.weight, moment.bias = conv.weight, conv.bias
-        moment.train(conv.training)
+        moment = conv_sharing(cls, conv)
         moment._bn = (folded,)  # a tuple: not a submodule, so no second set of state_dict keys
         return moment, folded
 
     def plain(self) -> nn.Conv2d:
         """An `nn.Conv2d` sharing this layer's parameters (for `fuse_conv_bn_eval` and the inference copies)."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, self.bias is not None, self.padding_mode, device="meta")
-        conv.weight, conv.bias = self.weight, self.bias
-        return conv.train(self.training)
+        return conv_sharing(nn.Conv2d, self)
 
     @staticmethod
     def pays_off(conv: nn.Module, bn: nn.Module, in_size: tuple[int, int]) -> bool:
@@ -129,6 +123,8 @@ class MomentConv2d(nn.Conv2d):
         if any(self.padding):
             x = F.pad(x, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
         cout, (height, width) = self.out_channels, x.shape[-2:]
+        # built at every call on purpose: compiled, Inductor computes these indices inside the gather kernel; a
+        # cached index buffer made it read them from memory instead, and the step measured 4-5 % slower
         index = patch_index(self.in_channels, (height, width), self.kernel_size, x.device)
         mean_patch, cov = patch_moments(x, index)
         weight = self.weight.reshape(cout, -1)
@@ -188,9 +184,9 @@ def restore_modules(swapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
     tensors only in the modules it reaches, so the live ones are carried over rather than assumed."""
     for parent, name, original in reversed(swapped):
         current = parent._modules[name]
-        if current is not original:
-            original._parameters.update(current._parameters)
-            original._buffers.update(current._buffers)
+        if current is not original:  # the original's own entries only
+            original._parameters.update({k: current._parameters[k] for k in original._parameters})
+            original._buffers.update({k: current._buffers[k] for k in original._buffers})
             original.train(current.training)
         parent._modules[name] = original
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import has_hooks, probe
+from .models import conv_sharing, has_hooks, probe
 
 MIN_KERNEL_SIDE = 5  # 3×3 kernels stay direct (see SpectralConv2d.pays_off)
 MAX_COST_FRACTION = 0.6  # of the direct convolution's multiply-adds
@@ -40,10 +40,7 @@ class SpectralConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, in_size: tuple[int, int]) -> SpectralConv2d:
-        spectral = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                       conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
-        spectral.weight, spectral.bias = conv.weight, conv.bias  # the same Parameters: an optimizer keeps working
-        spectral.train(conv.training)
+        spectral = conv_sharing(cls, conv)  # the same Parameters: an optimizer keeps working
         spectral._build(tuple(in_size))
         return spectral
 

@@ -216,30 +216,21 @@ def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
         assert torch.equal(a, b), name
     assert torch.equal(resumed.context.train_x, ref.context.train_x)
     assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    # a checkpoint written on the direct path is not resumed on the spectral one (and the other way round)
+    # a checkpoint written on the plain path is not resumed on the spectral / moment one (and the other way round)
+    import poisonbench.moment_bn as moment_bn
     import poisonbench.spectral as spectral
 
-    direct = Checkpoint(tmp_path / "partial" / "runs" / "direct.safetensors", 0.0)
-    with monkeypatch.context() as m:
-        m.setattr(spectral, "MAX_COST_FRACTION", 0.0)
-        with pytest.raises(Killed):
-            run(data, "hint", direct, kill_after=2)
-    assert direct.path.exists()
-    with pytest.warns(PoisonbenchWarning, match=r"spectral=\[\] \(now \['conv.4'\]\)"):
-        _, fresh, _ = run(data, "hint", direct)
-    assert fresh.resumed_from == 0 and fresh.history == ref.history
-    # nor one written with the stem's plain BatchNorm on the patch-moment path (poisonbench.moment_bn)
-    import poisonbench.moment_bn as moment_bn
-
-    plain_stem = Checkpoint(tmp_path / "partial" / "runs" / "plain-stem.safetensors", 0.0)
-    with monkeypatch.context() as m:
-        m.setattr(moment_bn, "MAX_GRAM_COST", 0.0)
-        with pytest.raises(Killed):
-            run(data, "hint", plain_stem, kill_after=2)
-    assert plain_stem.path.exists()
-    with pytest.warns(PoisonbenchWarning, match=r"moment_bn=\[\] \(now \['conv.0'\]\)"):
-        _, fresh, _ = run(data, "hint", plain_stem)
-    assert fresh.resumed_from == 0 and fresh.history == ref.history
+    for module, switch, name, layers in ((spectral, "MAX_COST_FRACTION", "spectral", "conv.4"),
+                                         (moment_bn, "MAX_GRAM_COST", "moment_bn", "conv.0")):
+        plain = Checkpoint(tmp_path / "partial" / "runs" / f"plain-{name}.safetensors", 0.0)
+        with monkeypatch.context() as m:
+            m.setattr(module, switch, 0.0)  # nothing pays off: the layer trains plain
+            with pytest.raises(Killed):
+                run(data, "hint", plain, kill_after=2)
+        assert plain.path.exists()
+        with pytest.warns(PoisonbenchWarning, match=rf"{name}=\[\] \(now \['{layers}'\]\)"):
+            _, fresh, _ = run(data, "hint", plain)
+        assert fresh.resumed_from == 0 and fresh.history == ref.history
 
 
 def test_a_checkpoint_of_an_eager_run_is_not_resumed_compiled(tiny_npz, tmp_path, monkeypatch):

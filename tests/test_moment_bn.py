@@ -210,6 +210,7 @@ def test_restore_hands_back_the_live_statistics_and_mode():
     pair.eval()
     restore_modules(swapped)
     assert pair[0] is conv and pair[1] is bn and not bn.training and not conv.training
+    assert list(conv.state_dict()) == ["weight", "bias"]
     assert bn.running_mean.dtype == torch.float64 and torch.equal(bn.running_mean, live_mean)
     assert conv.weight.dtype == torch.float64 and bn.num_batches_tracked.item() == 1
 
@@ -229,3 +230,14 @@ def test_compiled_moment_pair_trains_and_evaluates_like_batchnorm():
     x = torch.rand(4, 1, 10, 10)
     torch.testing.assert_close(compiled(x), reference(x), rtol=1e-4, atol=1e-4)
     assert moment[1].num_batches_tracked.item() == 2  # eval leaves the statistics alone
+
+
+def test_other_input_sizes_build_their_own_patch_index():
+    """Swapped for one input size, the pair still computes BatchNorm on others (the patch index follows the input,
+    also for a transposed size with as many positions)."""
+    reference = _pair(1, 0, 0.1)
+    moment = copy.deepcopy(reference)
+    swap_moment_batchnorm(moment, torch.rand(1, 1, 12, 9, dtype=torch.float64))
+    for size in ((12, 9), (9, 12), (11, 11)):
+        x = torch.rand(4, 1, *size, dtype=torch.float64)
+        torch.testing.assert_close(moment(x), reference(x), rtol=1e-10, atol=1e-10)
