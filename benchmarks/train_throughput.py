@@ -8,7 +8,9 @@
                 always measured too: `baseline_w0_img_s` and `speedup_w0`
   (c) bare      the eager model's forward + backward + SGD step on pre-loaded batches (no data pipeline)
 
-Images per second exclude warm-up (and compilation): the first epoch of each is not timed. Every variant reports
+The variants' epochs are interleaved (after each engine epoch one epoch of every other variant, in rotating
+order), so the ratios compare epochs run within the same minute rather than minutes apart. Images per second
+exclude warm-up (and compilation): the first epoch of each is not timed. Every variant reports
 its best timed epoch (`*_img_s`, as `timeit` takes the minimum: this is a shared 2-core machine where
 neighbours add noise of ±15% between runs) and its mean over the timed epochs (`*_img_s_mean`); the ratios use
 the best epochs of both sides, the same rule as the best-of-10 matmul peak.
@@ -58,49 +60,68 @@ class PILDataset(torch.utils.data.Dataset):
         return to_tensor(Image.fromarray(self.x[i], mode="L")), int(self.y[i])
 
 
-def rates(n: int, stamps: list[float]) -> tuple[float, float]:
-    """(best, mean) images per second over the epochs between consecutive time stamps."""
-    times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+def rates(n: int, times: list[float]) -> tuple[float, float]:
+    """(best, mean) images per second over epochs of `times` seconds each."""
     return n / min(times), n * len(times) / sum(times)
 
 
-def engine_img_s(data, recipe, epochs: int, compile_mode: str) -> tuple[float, float]:
-    model = build_model("convnet", data, seed=0)
-    x, y = to_float(data.train.x, torch.device("cpu")), data.train.y
-    stamps = []
-    train(model, x, y, x[:1], y[:1], replace(recipe, epochs=epochs + 1), seed=0,
-          device=torch.device("cpu"), num_classes=10, compile=compile_mode,
-          on_epoch=lambda e, row: stamps.append(time.perf_counter()))
-    return rates(len(y), stamps)
+class EagerLoop:
+    """A plain eager loop over `make_batches()` (a fresh iterable per epoch), one epoch per `epoch()` call."""
 
+    def __init__(self, data, recipe, make_batches):
+        self.model = build_model("convnet", data, seed=0).train()
+        self.optimizer, _ = make_optimizer(self.model, recipe)
+        self.make_batches = make_batches
 
-def eager_img_s(data, recipe, epochs: int, make_batches) -> tuple[float, float]:
-    """Plain eager loop over `make_batches()` (a fresh iterable per epoch); first epoch is warm-up."""
-    model = build_model("convnet", data, seed=0)
-    optimizer, _ = make_optimizer(model, recipe)
-    model.train()
-    stamps = []
-    for _ in range(epochs + 1):
-        for xb, yb in make_batches():
-            loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad()
+    def epoch(self) -> float:
+        """Seconds for one epoch."""
+        start = time.perf_counter()
+        for xb, yb in self.make_batches():
+            loss = F.cross_entropy(self.model(xb), yb)
+            self.optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
-        stamps.append(time.perf_counter())
-    return rates(len(data.train.y), stamps)
+            self.optimizer.step()
+        return time.perf_counter() - start
 
 
-def baseline_img_s(data, recipe, epochs: int, workers: int) -> tuple[float, float]:
+def baseline_loop(data, recipe, workers: int) -> EagerLoop:
     """The official loader re-creates its worker processes every epoch (persistent_workers is off), as here."""
     loader = DataLoader(PILDataset(data.train.x[:, 0].numpy(), data.train.y.numpy()), batch_size=128,
                         shuffle=True, num_workers=workers)
-    return eager_img_s(data, recipe, epochs, lambda: loader)
+    return EagerLoop(data, recipe, lambda: loader)
 
 
-def bare_img_s(data, recipe, epochs: int) -> tuple[float, float]:
+def bare_loop(data, recipe) -> EagerLoop:
     x, y = to_float(data.train.x, torch.device("cpu")), data.train.y
     batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, len(y), 128)]
-    return eager_img_s(data, recipe, epochs, lambda: batches)
+    return EagerLoop(data, recipe, lambda: batches)
+
+
+def interleaved_epoch_seconds(data, recipe, epochs: int, compile_mode: str,
+                              others: dict[str, EagerLoop]) -> dict[str, list[float]]:
+    """Seconds per timed epoch of the engine and of each loop in `others`, their epochs interleaved: after each
+    engine epoch, one epoch of every other variant (the order rotating), so a slow spell of this shared machine
+    falls on all of them alike instead of on whichever ran then. Every variant's first epoch is warm-up
+    (compilation for the engine) and is not timed."""
+    model = build_model("convnet", data, seed=0)
+    x, y = to_float(data.train.x, torch.device("cpu")), data.train.y
+    seconds: dict[str, list[float]] = {"engine": [], **{name: [] for name in others}}
+    names = list(others)
+    start = [0.0]
+
+    def between_engine_epochs(epoch: int, row: dict) -> None:
+        if epoch > 0:
+            seconds["engine"].append(time.perf_counter() - start[0])
+        for name in names[epoch % len(names):] + names[:epoch % len(names)]:
+            took = others[name].epoch()
+            if epoch > 0:
+                seconds[name].append(took)
+        start[0] = time.perf_counter()
+
+    start[0] = time.perf_counter()
+    train(model, x, y, x[:1], y[:1], replace(recipe, epochs=epochs + 1), seed=0,
+          device=torch.device("cpu"), num_classes=10, compile=compile_mode, on_epoch=between_engine_epochs)
+    return seconds
 
 
 def train_step_flops_per_image(data, executed: bool = False) -> float:
@@ -143,10 +164,14 @@ def main() -> None:
     peak = matmul_peak_gflops()
     flops = train_step_flops_per_image(data)
     executed = train_step_flops_per_image(data, executed=True)
-    engine, engine_mean = engine_img_s(data, recipe, args.epochs, args.compile)
-    baseline, baseline_mean = baseline_img_s(data, recipe, args.epochs, args.baseline_workers)
-    baseline_w0, baseline_w0_mean = baseline_img_s(data, recipe, args.epochs, 0)
-    bare, bare_mean = bare_img_s(data, recipe, args.epochs)
+    loops = {"baseline": baseline_loop(data, recipe, args.baseline_workers),
+             "baseline_w0": baseline_loop(data, recipe, 0), "bare": bare_loop(data, recipe)}
+    seconds = interleaved_epoch_seconds(data, recipe, args.epochs, args.compile, loops)
+    n = len(data.train.y)
+    engine, engine_mean = rates(n, seconds["engine"])
+    baseline, baseline_mean = rates(n, seconds["baseline"])
+    baseline_w0, baseline_w0_mean = rates(n, seconds["baseline_w0"])
+    bare, bare_mean = rates(n, seconds["bare"])
     achieved = engine * flops / 1e9
     out = {
         "engine_img_s": round(engine, 1),
