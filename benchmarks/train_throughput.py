@@ -107,18 +107,18 @@ def interleaved_epoch_seconds(data, recipe, epochs: int, compile_mode: str,
     x, y = to_float(data.train.x, torch.device("cpu")), data.train.y
     seconds: dict[str, list[float]] = {"engine": [], **{name: [] for name in others}}
     names = list(others)
-    start = [0.0]
+    start = time.perf_counter()
 
     def between_engine_epochs(epoch: int, row: dict) -> None:
+        nonlocal start
         if epoch > 0:
-            seconds["engine"].append(time.perf_counter() - start[0])
+            seconds["engine"].append(time.perf_counter() - start)
         for name in names[epoch % len(names):] + names[:epoch % len(names)]:
             took = others[name].epoch()
             if epoch > 0:
                 seconds[name].append(took)
-        start[0] = time.perf_counter()
+        start = time.perf_counter()
 
-    start[0] = time.perf_counter()
     train(model, x, y, x[:1], y[:1], replace(recipe, epochs=epochs + 1), seed=0,
           device=torch.device("cpu"), num_classes=10, compile=compile_mode, on_epoch=between_engine_epochs)
     return seconds

@@ -35,6 +35,42 @@ def test_training_step_flops_are_the_convnets_and_rates_take_best_and_mean():
     assert rates(100, [1.0, 2.0, 1.0]) == (100.0, pytest.approx(75.0))
 
 
+def test_throughput_interleaves_epochs_and_times_each_variant_apart(monkeypatch):
+    """After each engine epoch one epoch of every other variant runs, in rotating order; the engine's epoch times
+    exclude the others' epochs, and every variant's first (warm-up) epoch is left out."""
+    import time
+
+    import train_throughput
+
+    calls = []
+
+    class Sleeper:
+        def __init__(self, name):
+            self.name = name
+
+        def epoch(self):
+            calls.append(self.name)
+            time.sleep(0.2)
+            return 0.2
+
+    def fake_train(model, x, y, val_x, val_y, recipe, *, on_epoch, **kwargs):
+        for epoch in range(recipe.epochs):
+            time.sleep(0.01)  # an engine epoch
+            on_epoch(epoch, {})
+
+    monkeypatch.setattr(train_throughput, "train", fake_train)
+    monkeypatch.setattr(train_throughput, "build_model", lambda *a, **k: None)
+
+    from poisonbench.data import load_dataset
+    from poisonbench.recipes import resolve_recipe
+
+    seconds = train_throughput.interleaved_epoch_seconds(load_dataset("mnist-5k"), resolve_recipe("mnist"), 3, "off",
+                                                         {"a": Sleeper("a"), "b": Sleeper("b")})
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up round, then 3 timed rounds, rotating
+    assert [len(v) for v in seconds.values()] == [3, 3, 3]
+    assert all(0.01 <= t < 0.15 for t in seconds["engine"])  # the others' 0.4 s per round are not in it
+
+
 def test_influence_benchmark_compares_equal_computations(capsys, tmp_path):
     import hint_influence
 
