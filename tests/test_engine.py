@@ -93,7 +93,9 @@ def test_augmentation_is_seeded_and_shape_preserving(tiny_npz):
     data = load_dataset(str(tiny_npz))
     _, a = run(data, seed=1, epochs=2, augment="crop-flip")
     _, b = run(data, seed=1, epochs=2, augment="crop-flip")
+    _, plain = run(data, seed=1, epochs=2, augment="none")
     assert a.history == b.history
+    assert a.history != plain.history  # the augmentation is applied, not only configured
 
 
 def test_crop_flip_moves_pixels_without_changing_them():

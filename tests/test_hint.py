@@ -150,6 +150,7 @@ def test_sign_variant_saturates_and_quantize_is_uint8():
     moved = delta.abs() > 0
     # sign steps of γ > β land on ±β unless the pixel clipped at 0 or 1
     inner = moved & (r.context.train_x[d.selected] > 0) & (r.context.train_x[d.selected] < 1)
+    assert inner.sum() > 0.5 * moved.sum() > 0  # an empty `inner` would pass allclose vacuously
     assert torch.allclose(delta[inner].abs(), torch.tensor(0.05), atol=1e-6)
     x, y, vx, vy = data()
     xq = (x * 255).round() / 255
@@ -189,6 +190,23 @@ def test_lissa_and_selected_hessian_run():
     assert d.updates[0]["ihvp"] is None  # the first update reuses the selection's s: no solve to report
 
 
+def test_the_later_solve_uses_the_selected_rows_only_with_hessian_data_selected(monkeypatch):
+    """Q4: the official code's later-epoch Hessian comes from the selected subset; ours from the whole pool."""
+    rows = []
+    solve = Hint._solve
+
+    def spy(self, ctx, epoch, hx, hy, inputs=None):
+        rows.append((epoch, len(hx)))
+        return solve(self, ctx, epoch, hx, hy, inputs)
+
+    monkeypatch.setattr(Hint, "_solve", spy)
+    selected, _, x = run(hessian_data="selected")
+    assert rows == [(1, len(x)), (3, len(selected.selected))] and len(selected.selected) < len(x)
+    rows.clear()
+    run()
+    assert rows == [(1, len(x)), (3, len(x))]
+
+
 def test_needs_validation_split():
     x, y, vx, vy = data()
     model = Small()
@@ -210,12 +228,13 @@ def test_noise_figure(tmp_path):
         noise_figure({"run_id": "x", "defense": {}}, tmp_path / "g.png")
 
 
-def test_cli_bad_ratio_exits_2():
+def test_cli_bad_ratio_exits_2(capsys):
     from poisonbench.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["defend", "--method", "hint", "--ratio", "0", "--results", "/nonexistent-unused"])
-    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "ratio" in err and "0" in err and "Traceback" not in err, err
 
 
 def direct_context():

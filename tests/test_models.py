@@ -9,7 +9,7 @@ from torch import nn
 from poisonbench.data import load_dataset
 from poisonbench.models import MODELS, BasicBlock, ConvNet, ResNet18, build_model
 
-from .conftest import write_cifar_dir
+from .conftest import write_cifar_dir, write_npz
 
 
 def test_convnet_is_hints_mnist_network():
@@ -49,6 +49,9 @@ def test_models_follow_the_dataset(tmp_path, name):
     data = load_dataset("cifar10", data_dir=tmp_path)
     model = build_model(name, data, seed=0).eval()
     assert model(data.test.x[:2].float() / 255).shape == (2, 10)
+    grey = load_dataset(str(write_npz(tmp_path, n=200, size=28, classes=4)))  # 1 channel, 4 classes
+    model = build_model(name, grey, seed=0).eval()
+    assert model(grey.test.x[:2].float() / 255).shape == (2, 4)
 
 
 def test_seeded_init_is_reproducible(tiny_npz):

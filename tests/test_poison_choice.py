@@ -237,5 +237,6 @@ def test_default_attack_parameters_never_change():
                                     "cls_lr": 0.01, "official_schedule": False}},
     }
     for family, attacks in expected.items():
+        assert set(attacks) == set(ATTACKS.names()), family  # a new attack is pinned too
         for attack, params in attacks.items():
             assert ATTACKS.get(attack)(family).params == params, (family, attack)

