@@ -68,11 +68,15 @@ def test_invariants(name, tiny):
 
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_full_and_empty_budgets(name, tiny):
-    data, _ = tiny
+    data, results = tiny
+    n = len(data.train)
     spec_all = craft_spec(data, name, budget=1.0)
     assert spec_all.eps == 0.3  # the MNIST-family default of the paper
-    assert len(select_indices(len(data.train), 1.0, 0)) == len(data.train)
-    assert len(select_indices(len(data.train), 0.0, 0)) == 0
+    full = _craft(name, data, results, budget=1.0, eps=spec_all.eps)
+    assert torch.equal(full.indices, torch.arange(n)) and len(full.delta) == n
+    assert 0.2 * spec_all.eps < full.delta.abs().max().item() <= spec_all.eps + EPS_TOLERANCE
+    empty = _craft(name, data, results, budget=0.0)
+    assert len(empty.indices) == 0 and empty.delta.shape == (0, *data.train.x.shape[1:])
 
 
 def test_durp_is_one_perturbation_per_class(tiny):
