@@ -26,7 +26,8 @@ from poisonbench.scenarios import CRAFT_SEED
 
 ROWS = 2000
 FAST = {"pgd": {"steps": 10, "step_size": 0.075}, "dap": {"steps": 10}}
-# What each registered attack must do to a victim here; a new attack needs an entry (test_every_attack_has_one).
+# What each registered attack must do to a victim here; a new attack needs an entry
+# (test_every_attack_has_an_expected_effect).
 MIN_COST_POINTS = {"pgd": 20.0, "dap": 20.0}  # measured 47.8 and 58.3
 WEAK_ATTACKS, WEAK_POINTS = {"durp"}, 3.0  # weak by design (measured −0.8): within 3 points of clean
 SLOW_ATTACKS = {"deepconfuse"}  # see the module docstring
@@ -77,8 +78,9 @@ def test_durp_alone_is_weak_as_documented(digits):
     """DURP (Tao et al. P5, one uniform pattern per class) barely moves a victim on MNIST: −3.0 points on mnist-5k,
     −0.8 here (docs/fidelity.md; the issue expects it to be weak). Its invariants test checks that it perturbs;
     this pins the finding, so a DURP that suddenly costs points (e.g. ε applied on another scale) is noticed. A
-    victim trained on it does not follow its patterns either: test digits carrying the next class's pattern were
-    classified as that class 0.6 % of the time, as by a clean victim (measured 2026-11-23)."""
+    victim trained on it did not follow its patterns either: test digits given the next class's δ (as stored for one
+    poisoned training row of that class) were classified as that class 0.6 % of the time, as by a clean victim
+    (measured once, 2026-11-23)."""
     data, results, ids = digits
     clean = _test_acc(data, results, ids)
     assert abs(clean - _test_acc(data, results, ids, ["durp"])) <= WEAK_POINTS
