@@ -52,8 +52,15 @@ def sha256_file(path) -> str:
 
 
 # modules that only read records (tables, figures, the report command): editing them cannot change a run's numbers,
-# so it does not discard the checkpoints and half-done crafts of a sweep that is running
-REPORT_ONLY = frozenset({"tables.py", "plots.py", "figures.py", "report.py", "paper.py", "cli/report.py"})
+# so it does not discard the checkpoints and half-done crafts of a sweep that is running; a name ending in "/" is a
+# package (all of its modules)
+REPORT_ONLY = frozenset({"tables/", "plots.py", "figures.py", "report.py", "paper.py", "cli/report.py"})
+
+
+def can_change_runs(name: str) -> bool:
+    """Whether the package module `name` (a path relative to the package, e.g. `tables/build.py`) counts for
+    `code_fingerprint`: every module but the report-only ones."""
+    return name not in REPORT_ONLY and not any(name.startswith(p) for p in REPORT_ONLY if p.endswith("/"))
 
 
 @functools.cache
@@ -66,6 +73,6 @@ def code_fingerprint() -> str:
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         name = path.relative_to(root).as_posix()
-        if name not in REPORT_ONLY:
+        if can_change_runs(name):
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 
 from . import figures, tables  # noqa: E402
 from .errors import PoisonbenchError, unknown_choice  # noqa: E402
+from .paper import ATTACK_LABEL, paper_label  # noqa: E402
 
 FIGURES = ("1", "2", "3", "4", "rho")
 TARGETED_FIGURE = {"3": "mp", "4": "bp"}
@@ -138,7 +139,7 @@ def figure_rho(df: pd.DataFrame, out: Path, paper: bool = False) -> list[Path]:
             if paper and len(theirs):
                 ax.errorbar(theirs.rho, theirs.paper_mean, yerr=theirs.paper_std, marker="x", linestyle="--",
                             capsize=2, color=color, alpha=0.6,
-                            label=f"{tables.method_label(m)} ({tables.paper.paper_label('2', s.dataset)})")
+                            label=f"{tables.method_label(m)} ({paper_label('2', s.dataset)})")
                 drawn += 1
         if not drawn:
             plt.close(fig)
@@ -266,7 +267,7 @@ def figure_targeted(number: str, records: list[dict], df: pd.DataFrame, out: Pat
                                   f"I: {class_name(s.dataset, p.get('intended_class'))}", fontsize=7)
                 if j == 0:
                     ax.set_ylabel(tables.method_label(m), fontsize=9)
-        name = tables.paper.ATTACK_LABEL.get(attack, attack)
+        name = ATTACK_LABEL.get(attack, attack)
         fig.suptitle(f"Fig. {number} — target predictions under {name} (red: defense succeeded; "
                      f"A actual, I intended; one trial per column)\n{s.label}{reduced_suffix(s)}", fontsize=9)
         paths.append(save(fig, out / f"fig{number}_{attack}_{slug(s)}.png"))

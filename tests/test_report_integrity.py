@@ -69,7 +69,7 @@ def test_table5_hint_rows_average_only_the_default_parameter_set(sensitivity_run
 
 
 def test_missing_agrees_with_the_sensitivity_cells(sensitivity_runs, monkeypatch):
-    monkeypatch.setattr(tables, "available_methods", lambda: ["hint"])
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["hint"])
     commands, _ = tables.missing_commands("4", sensitivity_runs, tables.Options(trials=3), dataset="mnist-5k",
                                           methods=["hint"], per_trial=True)
     beta_031 = [c for c in commands if "--ratio 0.5 --beta 0.031" in c]
@@ -80,7 +80,7 @@ def test_missing_agrees_with_the_sensitivity_cells(sensitivity_runs, monkeypatch
 def test_missing_agrees_with_a_table2_column(monkeypatch):
     """A Table II column holds one parameter set over all ρ: runs of another γ at a ρ the defaults lack leave
     that cell empty, so `--missing` must list it."""
-    monkeypatch.setattr(tables, "available_methods", lambda: ["hint"])
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["hint"])
     runs = [hint_run(t, 0.9, rho=0.2) for t in range(2)] + [hint_run(t, 0.5, rho=0.4, gamma=10.0) for t in range(2)]
     opts = tables.Options(trials=2)
     (row,) = [d for d in tables.build("2", runs, opts).data if d["rho"] == 0.4 and d["method"] == "hint"]
@@ -100,7 +100,7 @@ def test_a_cell_keeps_one_run_per_trial_id(monkeypatch):
     (row,) = [d for d in table.data if d["method"] == "none"]
     assert row["n"] == 2 and row["mean"] == pytest.approx(70.0)
     assert any("1 mnist-5k run(s) repeating the trial id" in n for n in table.notes)
-    monkeypatch.setattr(tables, "available_methods", lambda: ["none"])
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["none"])
     commands, _ = tables.missing_commands("2", [old[0], new], tables.Options(trials=2, rho=0.2),
                                           dataset="mnist-5k", methods=["none"], per_trial=True)
     assert [c.split(" --trial ")[1].split()[0] for c in commands] == ["1"]
@@ -125,7 +125,7 @@ def test_a_cell_never_counts_one_training_twice(cli, tmp_path):
 def test_missing_converges_when_base_seeds_were_mixed(monkeypatch):
     """After a re-run with another --seed, `--missing --per-trial` lists commands with the newest base seed; run
     them and ask again: within a few rounds nothing is missing (a scheduler looping on it terminates)."""
-    monkeypatch.setattr(tables, "available_methods", lambda: ["none"])
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["none"])
     runs = [make_record(rho=0.2, trial=t, acc=0.9) for t in range(3)]
     newer = make_record(rho=0.2, trial=0, acc=0.9, base_seed=1)
     newer["finished_at"] = "2025-03-01T00:00:00+00:00"

@@ -249,7 +249,7 @@ def simulate(cmd: dict) -> list[dict]:
 
 @pytest.mark.parametrize("number", ["2", "4", "5"])
 def test_missing_commands_complete_the_table(records, monkeypatch, number):
-    monkeypatch.setattr(tables, "available_methods", lambda: ["none", "hint"])
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["none", "hint"])
     opts = tables.Options(trials=5)
     recs = [r for r in records if r["config"]["dataset"] == "mnist-5k"]
     commands, notes = tables.missing_commands(number, recs, opts, dataset="mnist-5k", methods=["none", "hint"])
@@ -278,7 +278,7 @@ def test_missing_commands_complete_the_table(records, monkeypatch, number):
 
 
 def test_missing_for_a_dataset_without_records(monkeypatch):
-    monkeypatch.setattr(tables, "available_methods", lambda: ["none"])
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["none"])
     commands, notes = tables.missing_commands("2", [], tables.Options(trials=3), dataset="cifar10", recipe="quick")
     assert commands == [f"poisonbench defend --dataset cifar10 --method none --poison-ratio {r:.1f} --trials 3 "
                         "--recipe quick" for r in tables.RHOS]
@@ -291,7 +291,7 @@ def test_missing_for_a_dataset_without_records(monkeypatch):
 def test_missing_for_a_new_setting_keeps_the_epochs_and_model_filters(monkeypatch):
     """`report --missing --epochs 20` on a setting with no 20-epoch runs lists commands that make 20-epoch runs
     (else a scheduler looping on `--missing` would never finish); the same for `--model`."""
-    monkeypatch.setattr(tables, "available_methods", lambda: ["none"])
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["none"])
     runs = [make_record(recipe="paper", trial=t) for t in range(2)]  # 30-epoch runs exist
     opts = tables.Options(trials=2, rho=0.0)
     commands, _ = tables.missing_commands("2", runs, opts, dataset="mnist-5k", recipe="paper", epochs=20,
@@ -435,7 +435,7 @@ def test_cli_empty_table_is_reported(cli, tmp_path, records):
 
 def test_missing_counts_only_the_cells_parameter_set(monkeypatch):
     """HINT runs at the cell's r and β but another γ are a different experiment: they do not fill the cell."""
-    monkeypatch.setattr(tables, "available_methods", lambda: ["none", "hint"])
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["none", "hint"])
     paper_cell = [make_record(method="hint", params=hint_params(), rho=1.0, trial=t) for t in range(3)]
     other_gamma = [make_record(method="hint", params={**hint_params(), "gamma": 10.0}, rho=1.0, trial=t)
                    for t in range(2)]

@@ -1,0 +1,83 @@
+"""The HINT paper's Tables II–V rebuilt from run records (pandas), beside the paper's numbers.
+
+Every number a table shows is defined in docs/metrics.md, "Report and tables". In short: a cell is the mean and
+sample std (ddof=1) over the trials of one configuration; `(n=k)` marks a cell with another number of trials
+than asked (`--trials`); `–` an empty cell. A table is a list of blocks (one per setting = dataset · model ·
+recipe), each a grid of `Cell`s; `render` turns it into rich / md / latex / csv / json, and `missing_commands`
+lists the `poisonbench defend` runs that would complete it.
+
+Modules: `constants` (grids, captions), `stats` (cell statistics), `frame` (records as a frame and which runs a
+cell shows), `labels`, `cells` (the table model), `table2` … `table5` (the builders), `build`, `render`, `missing`.
+"""
+
+from __future__ import annotations
+
+from .build import build, check_table
+from .cells import Block, Cell, Options, Table, acc_cell
+from .constants import ATTACKS, BETA_GRID, FORMATS, HINT_PAPER, PAPER_METHODS, R_GRID, RHOS, ROMAN, TABLES, TOL
+from .frame import (
+    PAPER_MIX,
+    Setting,
+    apply_filters,
+    cell_records,
+    frame,
+    in_setting,
+    methods_of,
+    poison_sets_text,
+    primary,
+    record_row,
+    settings,
+    superseded_runs,
+    untargeted,
+)
+from .labels import method_label, rho_text
+from .missing import assert_records, available_methods, missing_commands, recipe_flags
+from .render import render, render_latex, render_rich
+from .stats import close, stat, wilson
+from .table2 import table2
+
+__all__ = [
+    "ATTACKS",
+    "BETA_GRID",
+    "Block",
+    "Cell",
+    "FORMATS",
+    "HINT_PAPER",
+    "Options",
+    "PAPER_METHODS",
+    "PAPER_MIX",
+    "RHOS",
+    "ROMAN",
+    "R_GRID",
+    "Setting",
+    "TABLES",
+    "TOL",
+    "Table",
+    "acc_cell",
+    "apply_filters",
+    "assert_records",
+    "available_methods",
+    "build",
+    "cell_records",
+    "check_table",
+    "close",
+    "frame",
+    "in_setting",
+    "method_label",
+    "methods_of",
+    "missing_commands",
+    "poison_sets_text",
+    "primary",
+    "recipe_flags",
+    "record_row",
+    "render",
+    "render_latex",
+    "render_rich",
+    "rho_text",
+    "settings",
+    "stat",
+    "superseded_runs",
+    "table2",
+    "untargeted",
+    "wilson",
+]
