@@ -1,7 +1,7 @@
 """benchmarks: the figures the docs quote rest on these scripts, so their arithmetic is pinned here. The FLOP count
 behind `peak_fraction` equals the ConvNet's analytic count; `rates` takes the best and the mean epoch; the
 influence benchmark compares equal computations (the official pattern's I_up and I_pert equal ours on its
-subset) and its totals and speed-ups are the sums and quotients of its parts."""
+subset) and its totals, speed-ups and speed-up bound are the sums and quotients of its parts."""
 
 from __future__ import annotations
 
@@ -89,6 +89,17 @@ def test_influence_benchmark_compares_equal_computations(capsys, tmp_path):
     assert official["loop_samples"] == 3 and official["lissa_timed_steps"] == 2
     assert ours["total_s"] == pytest.approx(ours["select_s"] + ours["update_s"])
     assert report["speedup_vs_official_cg"] == pytest.approx(official["total_s"] / ours["total_s"])
+    passes = report["passes"]  # the yardstick: our two network passes, their model FLOPs, and the quotients
+    assert passes["total_s"] == pytest.approx(passes["features_all_s"] + passes["input_grad_selected_s"])
+    assert 0 < passes["total_s"] <= ours["total_s"]
+    per_image = 2 * 24 * 24 * 25 * 40 + 2 * 8 * 8 * 1000 * 100 + 2 * 1600 * 10  # the ConvNet's forward
+    # features of all 3,900 rows (no head: the 1600→10 product left out) and, over the 1,950 selected, a forward
+    # and the input gradient (the 40→100 layer's and the head's; the stem's, of its 1-channel input, is cheap)
+    low = (3900 * (per_image - 2 * 1600 * 10) + 1950 * (per_image + 2 * 8 * 8 * 1000 * 100)) / 1e9
+    assert low <= passes["model_gflop"] <= 1.1 * low
+    assert passes["model_gflop_s"] == pytest.approx(passes["model_gflop"] / passes["total_s"])
+    assert report["speedup_bound_vs_official"] == pytest.approx(official["total_s"] / passes["total_s"])
+    assert report["target_needs_gflop_s"] == pytest.approx(passes["model_gflop"] * 50 / official["total_s"])
     assert ours["ihvp_info"]["converged"]
     # the cached pre-trained model is read back (no retraining) and gives the same selection statistics
     assert hint_influence.main(argv) == 0
