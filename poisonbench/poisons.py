@@ -116,7 +116,7 @@ def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = 
         **spec.inputs(),
         "count": len(poison.indices),
         "shape": list(poison.delta.shape),
-        "labels_sha256": _labels_hash(poison.indices, None),
+        "labels_sha256": labels_hash(poison.indices, None),
         "tensor_sha256": _sha256(blob),
         "poisonbench": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -151,7 +151,7 @@ def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = 
     return final
 
 
-def _labels_hash(indices: torch.Tensor, labels: torch.Tensor | None) -> str | None:
+def labels_hash(indices: torch.Tensor, labels: torch.Tensor | None) -> str | None:
     if labels is None:
         return None
     return _sha256(labels[indices].long().numpy().tobytes())
@@ -288,7 +288,7 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     poison = attack.craft(ctx)
     seconds = time.perf_counter() - start
     extra = {"craft_seconds": round(seconds, 3), "device": str(device), "compiled": ctx.compiled, "env": env,
-             "labels_sha256": _labels_hash(indices, dataset.train.y), **peak_memory(device)}
+             "labels_sha256": labels_hash(indices, dataset.train.y), **peak_memory(device)}
     if ctx.surrogate_info is not None:
         extra["surrogate_info"] = ctx.surrogate_info
     if getattr(attack, "training_summary", None):
@@ -352,7 +352,7 @@ def validate(results_root, poison_id: str, dataset) -> list[tuple[str, bool, str
     lo, hi = (xp.min().item(), xp.max().item()) if len(idx) else (0.0, 1.0)
     checks.append(("pixel range", lo >= -EPS_TOLERANCE and hi <= 1 + EPS_TOLERANCE,
                    f"x+δ in [{lo:.6f}, {hi:.6f}] ⊆ [0, 1]"))
-    labels = _labels_hash(idx, dataset.train.y)
+    labels = labels_hash(idx, dataset.train.y)
     recorded = manifest.get("labels_sha256")
     checks.append(("labels", recorded == labels, "clean-label: no labels stored; y[indices] matches the labels "
                                                  "at crafting time" if recorded == labels else

@@ -48,6 +48,7 @@ class DefendSpec:
     poison_ratio: float = 0.0  # ρ of Table II: fraction of the train split poisoned by the untargeted mix
     attacks: list[str] | None = None  # None: the paper's four (PGD, DAP, DURP, DeepConfuse)
     poison_sets: dict[str, str] | None = None  # attack -> existing PoisonSet to use instead of the default one
+    poison_set: str | None = None  # train on exactly this PoisonSet (all its rows) instead of the mix
     method: str = "none"
     method_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -86,6 +87,13 @@ def validate(spec: DefendSpec) -> None:
     check_attacks(spec.attacks)  # also at ρ = 0, where no mix is drawn: a typo should not pass silently
     if spec.poison_sets and spec.poison_ratio <= 0:
         raise PoisonbenchError("--poisons chooses PoisonSets of the mix; it needs --poison-ratio > 0")
+    if spec.poison_set is not None:
+        from .poisons import check_poison_id
+
+        check_poison_id(spec.poison_set, "--poison-set ")
+        if spec.poison_ratio > 0 or spec.attacks is not None or spec.poison_sets:
+            raise PoisonbenchError("--poison-set trains on one PoisonSet as it is; it takes no --poison-ratio, "
+                                   "--attacks or --poisons")
     check_compile_mode(spec.compile)
     if not spec.checkpoint_every >= 0:
         raise PoisonbenchError(f"--checkpoint-every must be >= 0 seconds, got {spec.checkpoint_every}")
@@ -100,7 +108,12 @@ def trial_numbers(spec: DefendSpec) -> list[int]:
 
 
 def poison_plan(spec: DefendSpec, data: Dataset, trial: int):
-    """The trial's untargeted poison plan (Table II scenario), or None for clean training (ρ = 0)."""
+    """The trial's poison plan: one PoisonSet as it is (`--poison-set`), the untargeted mix (Table II scenario), or
+    None for clean training (ρ = 0)."""
+    if spec.poison_set is not None:
+        from .scenarios import plan_poison_set
+
+        return plan_poison_set(data, spec.poison_set, spec.results)
     if spec.poison_ratio <= 0:
         return None
     from .scenarios import plan_untargeted
@@ -121,7 +134,7 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan=None) -> dict:
         **split,  # only when not the default (given or not): the run ids of the default split stay as they were
         "model": spec.model or DEFAULT_MODEL[data.family],
         "recipe": recipe.to_dict(),
-        "scenario": "untargeted" if plan is not None else "clean",
+        "scenario": plan.config["kind"] if plan is not None else "clean",
         "poison": plan.config if plan is not None else None,
         "defense": defense.config(),
         "trial": trial,

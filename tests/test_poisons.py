@@ -396,11 +396,11 @@ def test_validate_fails_exactly_the_broken_property(tiny_artifacts, tmp_path):
             assert _failed(res, pid, data) == {"pixel range"}
         elif case == "budget":  # one row short of ⌊budget·n⌋
             _rewrite(res, pid, delta=delta[1:], indices=idx[1:],
-                     labels_sha256=poisons._labels_hash(idx[1:], data.train.y))
+                     labels_sha256=poisons.labels_hash(idx[1:], data.train.y))
             assert _failed(res, pid, data) == {"budget"}
         elif case == "dup":  # a row poisoned twice
             idx[1], delta[1] = idx[0], delta[0]
-            _rewrite(res, pid, delta=delta, indices=idx, labels_sha256=poisons._labels_hash(idx, data.train.y))
+            _rewrite(res, pid, delta=delta, indices=idx, labels_sha256=poisons.labels_hash(idx, data.train.y))
             assert _failed(res, pid, data) == {"indices"}
         else:  # the crafting-time labels are not recorded (or differ)
             _rewrite(res, pid, labels_sha256=None)

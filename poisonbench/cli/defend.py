@@ -61,6 +61,10 @@ def defend(
                                 help="Use these existing PoisonSets (from `poisonbench craft ... --budget 1`, e.g. "
                                      "deepconfuse=<id> crafted from DC's own generator) instead of the mix's "
                                      "default ones."),
+    poison_set: str = typer.Option(None, "--poison-set", metavar="ID",
+                                   help="Train on exactly this PoisonSet, every row it covers poisoned (e.g. the "
+                                        "paper's own mix from `poisonbench poisons import FILE`, or a `craft "
+                                        "--budget` < 1); instead of --poison-ratio."),
     # --- defense parameters: passed to the method only when given; each method rejects options it lacks ---
     ratio: float = typer.Option(None, "--ratio", help="HINT: r, the fraction of training examples selected "
                                                       "for healthy noise (paper default 0.5)."),
@@ -109,7 +113,7 @@ def defend(
                           "milestones": _milestones(milestones), "augment": augment},
         poison_ratio=poison_ratio,
         attacks=[a.strip() for a in attacks.split(",")] if attacks is not None else None,
-        poison_sets=parse_poison_sets(poisons),
+        poison_sets=parse_poison_sets(poisons), poison_set=poison_set,
         method=method, method_params=_given(ratio=ratio, beta=beta, gamma=gamma, schedule=schedule, ihvp=ihvp,
                                             sign=sign, damping=damping, grad_space=grad_space, quantize=quantize,
                                             gamma_decay_epoch=gamma_decay_epoch, hessian_data=hessian_data),

@@ -80,3 +80,89 @@ def validate(
         stdout_console().print(table)
     if not ok:
         sys.exit(1)  # not typer.Exit: the entry point runs click with standalone_mode=False
+
+
+@app.command("import", help="Import HINT's untargeted poison file (`torch.save({'poisoned_images', "
+                            "'poison_targets'})`, e.g. the paper's mnist_eps_0.3_mixed_poison_….pt) as a PoisonSet; "
+                            "train on it with `defend --poison-set ID`.")
+def import_(
+    file: str = typer.Argument(..., help="The .pt file (read with torch.load(weights_only=True): tensors only)."),
+    dataset: str = options.Dataset,
+    data_dir: str = options.DataDir,
+    download: bool = options.Download,
+    npz_split: str = options.NpzSplit,
+    results: str = options.Results,
+    force: bool = typer.Option(False, "--force", help="Import again even if this file's PoisonSet exists."),
+    as_json: bool = options.Json,
+) -> None:
+    from ..data import load_dataset, parse_npz_split
+    from ..interop import import_hint_file
+
+    data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
+    poison, cached = import_hint_file(file, data, results, force=force)
+    m = poison.manifest
+    out = {"poison_id": m["poison_id"], "path": str(poison.path), "status": "cached" if cached else "imported",
+           "dataset": data.name, "count": m["count"], "eps": m["eps"], **m["imported_from"]}
+    if as_json:
+        print(json.dumps(out))
+        return
+    stdout_console().print(
+        f"{out['status']} poison set [bold]{out['poison_id']}[/] from {escape(out['file'])} ({out['order']} order): "
+        f"{out['poisoned_rows']} of {out['rows']} rows poisoned, {out['count']} in {data.name}'s train split "
+        f"({out['left_out_in_val_split']} left out: in our val split), ‖δ‖∞ = {out['eps']:.4g} → {out['path']}")
+
+
+@app.command("export", help="Write a Table II mix (the train split of one trial of `defend --poison-ratio RHO`) as "
+                            "HINT's untargeted poison file, for the official code's --poison_path.")
+def export(
+    out: str = typer.Option(..., "--out", help="The .pt file to write (atomically)."),
+    poison_ratio: float = typer.Option(..., "--poison-ratio", help="ρ: fraction of the train split poisoned by "
+                                                                   "the mix."),
+    attacks: str = typer.Option(None, "--attacks", help="Comma-separated attacks of the mix (default: pgd,dap,"
+                                                        "durp,deepconfuse)."),
+    poisons_: str = typer.Option(None, "--poisons", metavar="ATTACK=ID,...",
+                                 help="Use these existing PoisonSets instead of the mix's default ones."),
+    trial: int = typer.Option(0, "--trial", help="The trial whose poisoned rows are drawn (seed + trial)."),
+    seed: int = options.Seed,
+    order: str = typer.Option("hint", "--order", help="Row order: hint (HINT's split: mnist, fashion-mnist, "
+                                                      "cifar10) | train (this dataset's train split)."),
+    dataset: str = options.Dataset,
+    data_dir: str = options.DataDir,
+    download: bool = options.Download,
+    npz_split: str = options.NpzSplit,
+    device: str = options.Device,
+    results: str = options.Results,
+    as_json: bool = options.Json,
+) -> None:
+    from ..attacks.base import check_seed
+    from ..data import load_dataset, parse_npz_split
+    from ..errors import PoisonbenchError
+    from ..interop import ORDERS, export_hint_file, order_rows
+    from ..scenarios import check_poison_sets, parse_poison_sets, plan_untargeted
+    from ..training import resolve_device, to_float
+    from .progress import RichReporter
+
+    if order not in ORDERS:
+        raise PoisonbenchError(f"unknown --order {order!r}; valid choices: {', '.join(ORDERS)}")
+    if trial < 0:
+        raise PoisonbenchError(f"--trial must be a non-negative integer, got {trial}")
+    check_seed(seed + trial, "--seed plus --trial")
+    mix = [a.strip() for a in attacks.split(",")] if attacks is not None else None
+    chosen = parse_poison_sets(poisons_)
+    dev = resolve_device(device)
+    data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
+    order_rows(data, order)  # refuse an order the dataset lacks before anything is crafted
+    plan = plan_untargeted(data, poison_ratio, mix, seed=seed + trial, results_root=results, poison_sets=chosen)
+    check_poison_sets(chosen, plan.attacks)
+    train_x = plan.apply(to_float(data.train.x, dev), results_root=results, device=dev, reporter=RichReporter())
+    written = export_hint_file(data, train_x, out, order)
+    summary = {**written, "dataset": data.name, "poison_ratio": poison_ratio, "attacks": plan.attacks,
+               "counts": plan.config["counts"], "poison_ids": plan.config["poison_ids"], "trial": trial,
+               "seed": seed + trial}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    stdout_console().print(f"wrote {escape(written['path'])}: {written['rows']} rows in {order} order, ρ = "
+                           f"{poison_ratio:g} ({', '.join(f'{a} {c}' for a, c in plan.config['counts'].items())}); "
+                           f"{written['clean_outside_train_split']} rows left clean (not in {data.name}'s train "
+                           "split)")

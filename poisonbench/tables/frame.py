@@ -73,14 +73,14 @@ def record_row(r: dict) -> dict:
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
         "poison_sets": poison_sets_text(poison.get("poison_sets")) if kind == "untargeted" else "",
         "poison_ids": poison_sets_text(poison.get("poison_ids")) if kind == "untargeted" else "",
-        "attack": str(poison.get("attack", "")).lower() if kind == "targeted" else "",
+        "attack": str(poison.get("attack", "")).lower() if kind in ("targeted", "poison-set") else "",
         "method": method, "params_json": canonical_json(params),
         "finished_at": str(r.get("finished_at") or ""),
         "default_params": has_default_params(method, params, c["dataset"], recipe),
         "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids"),
                                         "rows": poison.get("row_stream")}) if kind == "untargeted"
         else canonical_json({k: v for k, v in poison.items() if k not in TARGETED_TRIAL_KEYS}) if kind == "targeted"
-        else "",
+        else canonical_json({"id": poison.get("poison_id")}) if kind == "poison-set" else "",
         "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
         "beta": float(params["beta"]) if isinstance(params.get("beta"), int | float) else math.nan,
         "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),
@@ -141,7 +141,7 @@ CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "kind
                  "attack", "method", "params_json", "poisons_json", "trial"]
 
 
-SEEDED_SCENARIOS = ("clean", "untargeted")  # where the seed alone decides the training
+SEEDED_SCENARIOS = ("clean", "untargeted", "poison-set")  # where the seed alone decides the training
 
 
 def superseded_runs(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
