@@ -127,9 +127,8 @@ def declared_mix(name: str) -> dict:
     return out
 
 
-def match_order(data, images: torch.Tensor, targets: torch.Tensor, path: Path) -> tuple[str, torch.Tensor]:
+def match_order(data, pool_y: torch.Tensor, targets: torch.Tensor, path: Path) -> tuple[str, torch.Tensor]:
     """The order whose rows carry the file's labels (every one), and the pool indices of the file's rows."""
-    _, pool_y = pool_arrays(data)
     best = (0, "")
     for order in ORDERS:
         if order == "hint" and not has_hint_order(data):
@@ -153,8 +152,8 @@ def import_hint_file(path, data, results_root=None, force: bool = False) -> tupl
 
     path = Path(path)
     images, targets = read_hint_file(path, data.shape)
-    order, rows = match_order(data, images, targets, path)
-    pool_x, _ = pool_arrays(data)
+    pool_x, pool_y = pool_arrays(data)
+    order, rows = match_order(data, pool_y, targets, path)
     clean = pool_x[rows]
     changed = (images != clean).flatten(1).any(1)
     linf = (images.float() - clean.float()).abs().amax() / 255 if len(images) else torch.tensor(0.0)
