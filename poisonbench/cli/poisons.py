@@ -138,7 +138,7 @@ def export(
     from ..data import load_dataset, parse_npz_split
     from ..errors import PoisonbenchError
     from ..interop import ORDERS, export_hint_file, order_rows
-    from ..scenarios import check_poison_sets, parse_poison_sets, plan_untargeted
+    from ..scenarios import parse_poison_sets, plan_untargeted
     from ..training import resolve_device, to_float
     from .progress import RichReporter
 
@@ -153,7 +153,6 @@ def export(
     data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
     order_rows(data, order)  # refuse an order the dataset lacks before anything is crafted
     plan = plan_untargeted(data, poison_ratio, mix, seed=seed + trial, results_root=results, poison_sets=chosen)
-    check_poison_sets(chosen, plan.attacks)
     train_x = plan.apply(to_float(data.train.x, dev), results_root=results, device=dev, reporter=RichReporter())
     written = export_hint_file(data, train_x, out, order)
     summary = {**written, "dataset": data.name, "poison_ratio": poison_ratio, "attacks": plan.attacks,
