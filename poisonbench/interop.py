@@ -16,7 +16,6 @@ of HINT's train split that are in our val split (we have no δ for them).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from .attacks.base import PoisonSet
 from .errors import PoisonbenchError
+from .hashing import sha256_file
 from .io import atomic_write_bytes
 
 HINT_SPLIT_SEED = 1  # torch.manual_seed(1) before randperm (HINT:dataset.py CustomMNIST / CustomCIFAR10V2)
@@ -72,12 +72,11 @@ def order_rows(data, order: str) -> torch.Tensor:
     return torch.as_tensor(data.train.indices, dtype=torch.long)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def train_positions(data, pool_rows: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """For each pool index in `pool_rows`, its row in our train split, or −1 where it is not there (our val split)."""
+    position = torch.full((pool_size,), -1, dtype=torch.long)
+    position[torch.as_tensor(data.train.indices, dtype=torch.long)] = torch.arange(len(data.train))
+    return position[pool_rows]
 
 
 def read_hint_file(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,9 +159,7 @@ def import_hint_file(path, data, results_root=None, force: bool = False) -> tupl
     if linf > 0.5:
         raise PoisonbenchError(f"poison file {str(path)!r}: ‖δ‖∞ = {linf:.3f} against {data.name}'s images; "
                                "not perturbations of this dataset")
-    position = torch.full((len(pool_x),), -1, dtype=torch.long)
-    position[torch.as_tensor(data.train.indices, dtype=torch.long)] = torch.arange(len(data.train))
-    train_pos = position[rows]
+    train_pos = train_positions(data, rows, len(pool_x))
     keep = changed & (train_pos >= 0)
     order_by_row = torch.argsort(train_pos[keep])
     indices = train_pos[keep][order_by_row]
@@ -191,9 +188,7 @@ def export_hint_file(data, train_x: torch.Tensor, out: Path, order: str = "hint"
     Atomic: an interrupted export leaves no file. Returns what was written."""
     rows = order_rows(data, order)
     pool_x, pool_y = pool_arrays(data)
-    position = torch.full((len(pool_x),), -1, dtype=torch.long)
-    position[torch.as_tensor(data.train.indices, dtype=torch.long)] = torch.arange(len(data.train))
-    pos = position[rows]
+    pos = train_positions(data, rows, len(pool_x))
     images = pool_x[rows].float() / 255
     inside = pos >= 0
     images[inside] = train_x.detach().float().cpu()[pos[inside]]
