@@ -27,8 +27,8 @@ from poisonbench import poisons
 from poisonbench.attacks import ATTACKS
 from poisonbench.attacks.surrogate import load_or_train_surrogate
 from poisonbench.data import load_dataset
+from poisonbench.device import resolve_device
 from poisonbench.records import results_dir
-from poisonbench.training import resolve_device
 
 
 def main() -> None:

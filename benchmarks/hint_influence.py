@@ -46,9 +46,10 @@ from train_throughput import best_of, matmul_peak_gflops
 
 from poisonbench import influence as inf
 from poisonbench.data import load_dataset
+from poisonbench.device import to_float
 from poisonbench.models import build_model
 from poisonbench.recipes import resolve_recipe
-from poisonbench.training import to_float, train
+from poisonbench.training import train
 
 TARGET_SPEEDUP = 50  # issue 4: the influence stage at least 50× faster than the official method
 

@@ -14,13 +14,14 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def like_default(value: Any, default: Any) -> Any:
-    """`value` in the number type of `default`, so that 1 and 1.0 (or 10.0 and 10 epochs) hash as one config."""
-    if isinstance(value, bool) or isinstance(default, bool):
+def in_number_type_of(value: Any, reference: Any) -> Any:
+    """`value` in the number type of `reference` (a recipe field's default), so that 1 and 1.0 (or 10.0 and 10
+    epochs) hash as one config. Attack and defense parameters get theirs from `Param.type` (poisonbench.params)."""
+    if isinstance(value, bool) or isinstance(reference, bool):
         return value
-    if isinstance(default, float) and isinstance(value, int):
+    if isinstance(reference, float) and isinstance(value, int):
         return float(value)
-    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+    if isinstance(reference, int) and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
 
@@ -54,7 +55,7 @@ def sha256_file(path) -> str:
 # modules that only read records (tables, figures, the report command): editing them cannot change a run's numbers,
 # so it does not discard the checkpoints and half-done crafts of a sweep that is running; a name ending in "/" is a
 # package (all of its modules)
-REPORT_ONLY = frozenset({"tables/", "plots.py", "figures.py", "report.py", "paper.py", "cli/report.py"})
+REPORT_ONLY = frozenset({"tables/", "figures/", "report.py", "paper.py", "cli/report.py"})
 
 
 def can_change_runs(name: str) -> bool:

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .accel import inference_copy
+from .chunking import chunk_rows
 from .errors import PoisonbenchError, unknown_choice
-from .input_grad import chunk_rows, inference_copy
 
 SOLVERS = ("exact", "cg", "lissa")
 DEFAULT_DAMPING = 0.5  # λ: official LiSSA damp 0.01 × scale 50 (reference/defenses.md §1.3)
@@ -50,7 +51,7 @@ def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 0,
     h̃ = [φ; 1] in `dtype` (default: the model's dtype; the solvers are accurate in float32 except `exact`, which
     factors in float64).
     `batch_size` 0: up to 1024 rows, fewer on the CPU when activations would be large (`chunk_rows`)."""
-    frozen = inference_copy(model, x[:1])  # BatchNorm folded, channels_last: the same features, faster
+    frozen = inference_copy(model, x[:1])  # the run's accel mode; auto: BatchNorm folded, the same features, faster
     batch_size = batch_size or chunk_rows(frozen, x[:1], 1024)
     feats, logits = [], []
     for i in range(0, len(x), batch_size):
@@ -58,11 +59,12 @@ def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 0,
         logits.append(frozen.head(phi).to(dtype or phi.dtype))
         feats.append(phi.to(dtype or phi.dtype))
     phi = torch.cat(feats)
-    return augment(phi), torch.cat(logits)
+    return with_bias_column(phi), torch.cat(logits)
 
 
-def augment(phi: torch.Tensor) -> torch.Tensor:
-    """`[φ; 1]` (rows)."""
+def with_bias_column(phi: torch.Tensor) -> torch.Tensor:
+    """`h̃ = [φ; 1]` per row: the penultimate features with a column of ones, so that the head's bias is one more
+    weight column and its per-example gradients are `r ⊗ h̃` (reference/defenses.md §1.7)."""
     return torch.cat([phi, phi.new_ones(len(phi), 1)], 1)
 
 
@@ -248,7 +250,7 @@ def influence_pert(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: torch.
                    input_std: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 9 for every row: `I_pert,loss(z_i, D_val) = −∇_x [ r(x_i)ᵀ S h̃(x_i) ]`, shape of `x`.
 
-    Computed on `inference_copy(model)` (eval mode, BatchNorm folded; `model` itself is untouched), so examples
+    Computed on `inference_copy(model)` (eval mode, the run's accel mode; `model` itself is untouched), so examples
     are independent and one backward of the *sum* over a batch yields every example's input gradient: no
     `create_graph`, no double backward, no per-example loop. Exact, because
     `sᵀ∇_head ℓ(x) = r(x)ᵀ S h̃(x)` in closed form. The gradient is w.r.t. the [0, 1] pixel input; pass

@@ -26,7 +26,7 @@ import torch
 from .attacks.base import PoisonSet
 from .errors import PoisonbenchError
 from .hashing import sha256_file
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, ensure_writable, torch_load_tensors, why_not_written
 
 HINT_SPLIT_SEED = 1  # torch.manual_seed(1) before randperm (HINT:dataset.py CustomMNIST / CustomCIFAR10V2)
 ORDERS = ("hint", "train")  # a file's row order: HINT's train split, or this dataset's train split
@@ -86,7 +86,7 @@ def read_hint_file(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tenso
     if not path.is_file():
         raise PoisonbenchError(f"poison file {str(path)!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load_tensors(path)
     except Exception as exc:
         raise PoisonbenchError(f"poison file {str(path)!r} is not a torch file of tensors "
                                f"({type(exc).__name__})") from None
@@ -171,6 +171,7 @@ def import_hint_file(path, data, results_root=None, force: bool = False) -> tupl
                              data.fingerprint, None)
     if poisons.exists(results_root, spec.poison_id) and not force:
         return poisons.load(results_root, spec.poison_id, data), True
+    ensure_writable(poisons.poison_dir(results_root, spec.poison_id).parent, "PoisonSets")
     imported = {"file": path.name, "sha256": sha, "order": order, "rows": len(images),
                 "poisoned_rows": int(changed.sum()), "in_train_split": len(indices),
                 "left_out_in_val_split": int((changed & (train_pos < 0)).sum()),
@@ -182,10 +183,25 @@ def import_hint_file(path, data, results_root=None, force: bool = False) -> tupl
     return poison, False
 
 
+def check_export_path(out) -> Path:
+    """`poisons export --out FILE`: a file path (not a directory) whose nearest existing parent is a directory;
+    checked before the mix is crafted."""
+    out = Path(out)
+    if out.is_dir():
+        raise PoisonbenchError(f"--out {str(out)!r} is a directory; give the path of the .pt file to write")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise PoisonbenchError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a directory")
+            break
+    return out
+
+
 def export_hint_file(data, train_x: torch.Tensor, out: Path, order: str = "hint") -> dict:
     """Write the float train tensor `train_x` (the poisoned train split, N×C×H×W in [0, 1]) as HINT's untargeted
     file in `order`; rows of that order outside our train split (HINT's train rows in our val split) stay clean.
     Atomic: an interrupted export leaves no file. Returns what was written."""
+    out = check_export_path(out)
     rows = order_rows(data, order)
     pool_x, pool_y = pool_arrays(data)
     pos = train_positions(data, rows, len(pool_x))
@@ -196,7 +212,9 @@ def export_hint_file(data, train_x: torch.Tensor, out: Path, order: str = "hint"
         images = images[:, 0]  # N×H×W: what HINT's MNIST loader hands to PIL
     buffer = io.BytesIO()
     torch.save({"poisoned_images": images.contiguous(), "poison_targets": pool_y[rows].clone()}, buffer)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, buffer.getvalue())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, buffer.getvalue())
+    except OSError as e:  # a read-only folder, a full disk: the crafted PoisonSets stay in the workspace
+        raise PoisonbenchError(f"cannot write {str(out)!r}: {why_not_written(e, out)}") from None
     return {"path": str(out), "order": order, "rows": len(rows), "clean_outside_train_split": int((~inside).sum())}

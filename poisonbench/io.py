@@ -10,10 +10,13 @@ import os
 import shutil
 import socket
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import PoisonbenchError
 
 
 def _temp_prefix(path: Path) -> str:
@@ -129,8 +132,13 @@ def exclusive(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Ite
     The lock dies with its holder (a killed craft never blocks the next one).
     """
     lock_path = Path(lock_path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(lock_path, "a")  # closed by the `with` below
+    except OSError as e:
+        raise PoisonbenchError(f"cannot create the lock file {str(lock_path)!r}: {why_not_written(e, lock_path)}") \
+            from None
+    with lock_file as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -141,3 +149,42 @@ def exclusive(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Ite
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def why_not_written(error: OSError, path: Path) -> str:
+    """The reason an OSError gives for not writing `path`, naming the file that stands where a directory of its
+    path belongs (mkdir's bare "File exists" / "Not a directory" does not say which)."""
+    for ancestor in Path(path).parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                return f"{str(ancestor)!r} is a file, not a directory"
+            break
+    if isinstance(error, FileExistsError) and Path(path).exists() and not Path(path).is_dir():
+        return f"{str(path)!r} is a file, not a directory"
+    return error.strerror or str(error)
+
+
+def ensure_writable(directory: Path, what: str) -> None:
+    """Create `directory` if it is missing, then create and remove a file in it: a read-only workspace, a
+    directory without write permission or a file where the directory belongs fails here, in one line, before
+    work whose result could not be saved. `what` names what the directory holds, for the message."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=f".write-probe.{writer_tag()}.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PoisonbenchError(f"cannot write {what} into {str(directory)!r}: {why_not_written(e, directory)}") \
+            from None
+
+
+def torch_load_tensors(path: Path):
+    """`torch.load(path, weights_only=True)` on the CPU: tensors and plain containers only, no code runs. torch
+    warns (two lines on stderr) about a pickle protocol other than its own before it loads or refuses a file;
+    the caller's one-line error or result says what matters, so that warning is silenced."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)

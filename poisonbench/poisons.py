@@ -25,6 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import __version__
+from .accel import check_accel_mode, use_mode
 from .attacks import ATTACKS
 from .attacks.base import (
     DEFAULT_EPS,
@@ -32,17 +33,25 @@ from .attacks.base import (
     AttackContext,
     PoisonSet,
     ProgressFn,
+    Target,
     budget_count,
     check_budget,
     check_eps,
     check_seed,
-    select_indices,
 )
 from .checkpoints import execution_identity
 from .errors import PoisonbenchError
 from .hashing import short_hash
-from .io import atomic_write_json, exclusive, fsync_directory, remove_dead_writers_temps, umask, writer_tag
-from .records import environment, peak_memory, results_dir
+from .io import (
+    atomic_write_json,
+    ensure_writable,
+    exclusive,
+    fsync_directory,
+    remove_dead_writers_temps,
+    umask,
+    writer_tag,
+)
+from .records import environment, peak_memory, results_dir, workspace_subdir
 
 TENSOR_FILE = "delta.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -60,11 +69,15 @@ class CraftSpec:
     dataset: str
     dataset_fingerprint: str
     surrogate: str | None  # surrogate id (hash of its inputs) for surrogate-based attacks
+    target: dict | None = None  # a targeted attack's `Target.to_dict()` (None: untargeted)
 
     def inputs(self) -> dict:
-        return {"attack": self.attack, "params": self.params, "eps": self.eps, "budget": self.budget,
-                "seed": self.seed, "dataset": self.dataset, "dataset_fingerprint": self.dataset_fingerprint,
-                "surrogate": self.surrogate}
+        inputs = {"attack": self.attack, "params": self.params, "eps": self.eps, "budget": self.budget,
+                  "seed": self.seed, "dataset": self.dataset, "dataset_fingerprint": self.dataset_fingerprint,
+                  "surrogate": self.surrogate}
+        if self.target is not None:  # only then: the poison ids of untargeted PoisonSets stay as they were
+            inputs["target"] = self.target
+        return inputs
 
     @property
     def poison_id(self) -> str:
@@ -72,16 +85,20 @@ class CraftSpec:
 
 
 SPEC_FIELDS = tuple(f.name for f in fields(CraftSpec))  # the manifest keys the poison id hashes
+OPTIONAL_SPEC_FIELDS = ("target",)  # absent from untargeted manifests
 
 
 def craft_spec(dataset, attack: str, eps: float | None = None, budget: float = 1.0, seed: int = 0,
-               **params) -> CraftSpec:
-    """Validate the inputs (before anything is written) and resolve every default for the dataset family."""
+               target: Target | None = None, **params) -> CraftSpec:
+    """Validate the inputs (before anything is written) and resolve every default for the dataset family. A
+    targeted attack needs a `target` (a test image and the class it should be taken for); an untargeted one takes
+    none."""
     cls = ATTACKS.get(attack)
     check_budget(budget)
     check_seed(seed)
     eps = DEFAULT_EPS[dataset.family] if eps is None else float(eps)
     check_eps(eps)
+    check_target(dataset, cls, target)
     instance = cls(dataset.family, **params)
     surrogate = None
     if cls.uses_surrogate:
@@ -89,11 +106,48 @@ def craft_spec(dataset, attack: str, eps: float | None = None, budget: float = 1
 
         surrogate = surrogate_id(dataset)
     return CraftSpec(attack, instance.params, eps, float(budget), int(seed), dataset.name, dataset.fingerprint,
-                     surrogate)
+                     surrogate, target.to_dict() if target is not None else None)
+
+
+def check_target(dataset, attack_cls, target: Target | None) -> None:
+    """A targeted attack has a target inside the test split, whose true class is its label and whose intended
+    class is another valid class; fixed rows are distinct train rows. An untargeted attack has none."""
+    name = attack_cls.name
+    if target is None:
+        if attack_cls.targeted:
+            raise PoisonbenchError(f"attack {name!r} is targeted: give a target (--target I --intended C, or a "
+                                   "setup file)")
+        return
+    if not attack_cls.targeted:
+        raise PoisonbenchError(f"attack {name!r} is untargeted: it takes no target")
+    n_test, classes = len(dataset.test), dataset.num_classes
+    if not 0 <= target.index < n_test:
+        raise PoisonbenchError(f"target index {target.index} is outside the test split [0, {n_test})")
+    label = int(dataset.test.y[target.index])
+    if target.true_class != label:
+        raise PoisonbenchError(f"target {target.index} is of class {label}, not {target.true_class}")
+    if not 0 <= target.intended_class < classes or target.intended_class == label:
+        raise PoisonbenchError(f"intended class {target.intended_class} must be a class in [0, {classes}) other "
+                               f"than the target's own ({label})")
+    if target.rows is not None:
+        n = len(dataset.train)
+        if len(set(target.rows)) != len(target.rows) or not all(0 <= r < n for r in target.rows):
+            raise PoisonbenchError(f"the target's poisoned rows must be distinct train rows in [0, {n})")
 
 
 def poison_dir(results_root, poison_id: str) -> Path:
-    return results_dir(results_root) / "poisons" / poison_id
+    return workspace_subdir(results_root, "poisons") / poison_id
+
+
+def check_writable(results_root) -> None:
+    """Before crafting: the PoisonSet, an interrupted craft's state and the craft's lock can be written (a
+    read-only workspace, or a file where one of their directories belongs, fails here in one line instead of after
+    the crafting)."""
+    needed = {what: workspace_subdir(results_root, name)  # every directory checked before one is created
+              for name, what in (("poisons", "PoisonSets"), ("partial", "an interrupted craft's state"),
+                                 ("locks", "lock files"))}
+    for what, directory in needed.items():
+        ensure_writable(directory, what)
 
 
 def _sha256(data: bytes) -> str:
@@ -174,7 +228,8 @@ def read_manifest(results_root, poison_id: str) -> dict:
         manifest = json.loads(path.read_text())
     except ValueError:
         raise PoisonbenchError(f"poison set {poison_id}: manifest.json is not valid JSON") from None
-    missing = [k for k in (*SPEC_FIELDS, "poison_id", "count", "tensor_sha256")
+    required = [k for k in SPEC_FIELDS if k not in OPTIONAL_SPEC_FIELDS]
+    missing = [k for k in (*required, "poison_id", "count", "tensor_sha256")
                if not isinstance(manifest, dict) or k not in manifest]
     if missing:
         raise PoisonbenchError(f"poison set {poison_id}: manifest.json is not a PoisonSet manifest (lacks "
@@ -217,6 +272,10 @@ def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
     if delta.ndim != 4 or indices.ndim != 1 or len(delta) != len(indices) or len(indices) != manifest.get("count"):
         raise PoisonbenchError(f"poison set {poison_id}: delta {tuple(delta.shape)} and indices "
                                f"{tuple(indices.shape)} do not match the manifest count {manifest.get('count')}")
+    if manifest.get("shape") != list(delta.shape):
+        raise PoisonbenchError(f"poison set {poison_id}: manifest.json gives shape {manifest.get('shape')}, its "
+                               f"{TENSOR_FILE} holds delta {list(delta.shape)}; the artifact is damaged or was "
+                               f"edited: delete {str(directory)!r} and craft again")
     return PoisonSet(delta=delta, indices=indices, manifest=manifest, path=directory)
 
 
@@ -225,7 +284,7 @@ def exists(results_root, poison_id: str) -> bool:
 
 
 def list_ids(results_root) -> list[str]:
-    root = results_dir(results_root) / "poisons"
+    root = workspace_subdir(results_root, "poisons")
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_FILE).exists())
@@ -242,15 +301,18 @@ def list_manifests(results_root) -> list[dict]:
 
 
 def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | None = None,
-          progress: ProgressFn | None = None, force: bool = False, compile: str = "auto") -> tuple[PoisonSet, bool]:
+          progress: ProgressFn | None = None, force: bool = False, compile: str = "auto",
+          accel: str = "auto") -> tuple[PoisonSet, bool]:
     """The PoisonSet for `spec`: loaded (verified) if it exists, else crafted and saved. Returns (set, cached).
 
-    `compile` (auto | on | off) is an execution option like `device`: not part of the poison id (it changes δ
-    only by float rounding); the manifest records whether the attack ran compiled.
+    `compile` (auto | on | off) and `accel` (auto | off, the CPU kernels' switch: poisonbench.accel) are execution
+    options like `device`: not part of the poison id (they change δ only by float rounding); the manifest records
+    whether the attack ran compiled and, in its `env`, the accel mode.
     """
-    from .training import check_compile_mode
+    from .device import check_compile_mode
 
     check_compile_mode(compile)
+    check_accel_mode(accel)
     if dataset.fingerprint != spec.dataset_fingerprint:
         raise PoisonbenchError(f"craft spec is for dataset fingerprint {spec.dataset_fingerprint}, "
                                f"got {dataset.fingerprint}")
@@ -262,30 +324,33 @@ def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | No
         if progress is not None:
             progress(f"{spec.attack} · waiting for another process crafting {pid}", 0, 1)
 
+    check_writable(results_root)
     # concurrent jobs of a sweep craft each PoisonSet once: the others wait here, then load it
     with exclusive(results_dir(results_root) / "locks" / f"poison-{pid}.lock", on_wait=waiting):
         if exists(results_root, pid) and not force:
             return load(results_root, pid, dataset), True
-        return _craft_and_save(spec, dataset, results_root, device, progress, force, compile)
+        return _craft_and_save(spec, dataset, results_root, device, progress, force, compile, accel)
 
 
 def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, force: bool,
-                    compile: str) -> tuple[PoisonSet, bool]:
+                    compile: str, accel: str) -> tuple[PoisonSet, bool]:
     pid = spec.poison_id
     partial = results_dir(results_root) / "partial" / pid  # finished batches of an interrupted craft
-    from .training import configure_device
+    from .device import configure_device
 
     device = configure_device(device or torch.device("cpu"))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    prepare_partial(partial, device, force)  # the existing PoisonSet stays until the new one is saved
+    prepare_partial(partial, device, force, accel)  # the existing PoisonSet stays until the new one is saved
     attack = ATTACKS.get(spec.attack)(dataset.family, **spec.params)
-    indices = select_indices(len(dataset.train), spec.budget, spec.seed)
+    target = Target.from_dict(spec.target) if spec.target is not None else None
+    indices = attack.choose_rows(dataset, spec.budget, spec.seed, target)
     ctx = AttackContext(dataset, indices, spec.eps, spec.budget, spec.seed, device, results_root=results_root,
-                        progress=progress, compile=compile, partial_dir=partial)
-    env = environment(device)  # read before crafting: the checkout may move on during a long craft
+                        progress=progress, compile=compile, accel=accel, partial_dir=partial, target=target)
+    env = environment(device, accel=accel)  # read before crafting: the checkout may move on during a long craft
     start = time.perf_counter()
-    poison = attack.craft(ctx)
+    with use_mode(accel):  # for the frozen copies an attack makes without passing ctx.accel
+        poison = attack.craft(ctx)
     seconds = time.perf_counter() - start
     extra = {"craft_seconds": round(seconds, 3), "device": str(device), "compiled": ctx.compiled, "env": env,
              "labels_sha256": labels_hash(indices, dataset.train.y), **peak_memory(device)}
@@ -300,13 +365,13 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     return poison, False
 
 
-def prepare_partial(partial: Path, device: torch.device, force: bool) -> None:
-    """Keep `partial` (an interrupted craft's state) only if it was saved under this execution identity (the same
-    rule as training checkpoints) and, for `force`, by a forced craft too: `craft --force` starts anew, but the
-    same `craft --force` run again after a kill resumes it. Otherwise start it empty. Either way it then records
-    the identity of the craft that writes into it (`forced`: whether a forced craft started it)."""
+def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str = "auto") -> None:
+    """Keep `partial` (an interrupted craft's state) only if it was saved under this execution identity and accel
+    mode (the same rule as training checkpoints) and, for `force`, by a forced craft too: `craft --force` starts
+    anew, but the same `craft --force` run again after a kill resumes it. Otherwise start it empty. Either way it
+    then records the identity of the craft that writes into it (`forced`: whether a forced craft started it)."""
     path = partial / "identity.json"
-    identity = execution_identity(device)
+    identity = {**execution_identity(device), "accel": accel}
     try:
         saved = json.loads(path.read_text())
         same = {k: v for k, v in saved.items() if k != "forced"} == identity
@@ -338,8 +403,13 @@ def validate(results_root, poison_id: str, dataset) -> list[tuple[str, bool, str
     in_range = bool(len(idx) == 0 or (idx.min() >= 0 and idx.max() < n))
     unique = len(torch.unique(idx)) == len(idx)
     checks.append(("indices", in_range and unique, f"{len(idx)} unique={unique} in [0, {n})={in_range}"))
-    want = budget_count(manifest["budget"], n)
-    checks.append(("budget", len(idx) == want, f"{len(idx)} rows = ⌊{manifest['budget']}·{n}⌋ = {want}"))
+    fixed = (manifest.get("target") or {}).get("rows")
+    if fixed is not None:  # a setup file's rows
+        checks.append(("budget", sorted(idx.tolist()) == sorted(fixed), f"{len(idx)} rows = the target's "
+                                                                         f"{len(fixed)} fixed rows"))
+    else:
+        want = budget_count(manifest["budget"], n)
+        checks.append(("budget", len(idx) == want, f"{len(idx)} rows = ⌊{manifest['budget']}·{n}⌋ = {want}"))
     shape_ok = tuple(poison.delta.shape[1:]) == tuple(dataset.shape)
     checks.append(("shape", shape_ok, f"delta {tuple(poison.delta.shape)} vs images {tuple(dataset.shape)}"))
     if not (in_range and shape_ok):

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from .errors import PoisonbenchError, unknown_choice
-from .hashing import like_default
+from .hashing import in_number_type_of
 
 AUGMENTATIONS = ("none", "crop-flip")
 
@@ -68,7 +68,7 @@ def resolve_recipe(family: str, name: str = DEFAULT_RECIPE, **overrides) -> Reci
     if name not in RECIPES[family]:
         raise unknown_choice("recipe", name, recipe_names())
     base = RECIPES[family][name]
-    overrides = {k: like_default(v, getattr(base, k, None)) for k, v in overrides.items() if v is not None}
+    overrides = {k: in_number_type_of(v, getattr(base, k, None)) for k, v in overrides.items() if v is not None}
     if "milestones" in overrides:
         given = [int(m) for m in overrides["milestones"]]
         if len(set(given)) != len(given):  # MultiStepLR would decay twice there: surely a typo

@@ -20,18 +20,31 @@ from . import __version__
 from .checkpoints import cpu_model
 from .errors import PoisonbenchError
 from .hashing import code_fingerprint, short_hash
-from .io import atomic_write_json
+from .io import atomic_write_json, ensure_writable
 
 SCHEMA_VERSION = 1
 DEFAULT_RESULTS = "results"
 
 
 def results_dir(path: str | Path | None = None) -> Path:
-    """`--results DIR`, else $POISONBENCH_RESULTS, else ./results (need not exist yet; must not be a file)."""
+    """`--results DIR`, else $POISONBENCH_RESULTS, else ./results (need not exist yet; must not be a file). An
+    empty `--results ""` (an unset shell variable, say) is refused rather than taken for the default."""
+    if isinstance(path, str) and not path.strip():
+        raise PoisonbenchError(f"--results is empty ({path!r}); pass a directory, or leave the option out for "
+                               f"$POISONBENCH_RESULTS or ./{DEFAULT_RESULTS}")
     root = Path(path or os.environ.get("POISONBENCH_RESULTS") or DEFAULT_RESULTS)
     if root.exists() and not root.is_dir():
         raise PoisonbenchError(f"results workspace {str(root)!r} is a file, not a directory; pass --results DIR")
     return root
+
+
+def workspace_subdir(root: str | Path | None, name: str) -> Path:
+    """`<results>/<name>` (poisons, runs, ...): need not exist yet; a file in its place is refused in one line."""
+    path = results_dir(root) / name
+    if path.exists() and not path.is_dir():
+        raise PoisonbenchError(f"{str(path)!r} is a file, not a directory: the results workspace is damaged; move "
+                               "the file away or pass another --results")
+    return path
 
 
 def run_id(config: dict) -> str:
@@ -64,7 +77,9 @@ def git_commit() -> str | None:
     return git_state()[0]
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, accel: str = "auto") -> dict:
+    """Where and how a run or a craft executed (none of it is part of a run id or a poison id); `accel`: the CPU
+    kernels' switch it ran with (poisonbench.accel)."""
     env = {
         "poisonbench": __version__,
         "git_commit": git_commit(),
@@ -73,6 +88,7 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
+        "accel": accel,
         "threads": torch.get_num_threads(),
         "host": platform.node(),
     }
@@ -107,6 +123,11 @@ class RunStore:
 
     def path(self, rid: str) -> Path:
         return self.runs / f"{rid}.json"
+
+    def ensure_writable(self) -> None:
+        """Fail (PoisonbenchError, one line) unless records can be written into `runs/`: called before training,
+        so a read-only workspace does not cost a whole run first."""
+        ensure_writable(self.runs, "run records")
 
     def get(self, rid: str) -> dict | None:
         """The complete record of `rid`, or None (absent or unreadable: then the run is not done)."""

@@ -8,70 +8,37 @@ import math
 import pandas as pd
 
 from .errors import PoisonbenchError, unknown_choice
-from .hashing import canonical_json, short_hash
-from .tables import poison_sets_text, superseded_runs
+from .hashing import canonical_json
+from .tables import FORMATS, Block, Cell, Table, apply_filters, frame, render_latex, superseded_runs
 
-FORMATS = ("rich", "md", "latex", "csv", "json")
 GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params", "configuration"]
 
+# the plain report's columns, taken from the tables' flat rows (`tables.record_row`, the one reader of a record)
+PLAIN_COLUMNS = {"run_id": "run_id", "dataset": "dataset", "model": "model", "recipe": "recipe", "epochs": "epochs",
+                 "scenario": "scenario", "poison_label": "poison", "method": "method", "params_json": "params",
+                 "configuration": "configuration", "trial": "trial", "seed": "seed", "finished_at": "finished_at",
+                 "test_acc": "test_acc", "val_acc": "val_acc", "seconds": "seconds"}
 
-def experiment(config: dict) -> dict:
-    """`config` without what varies from trial to trial (trial, seed, the poisoned rows drawn from the seed)."""
-    out = {k: v for k, v in config.items() if k not in ("trial", "seed")}
-    if out.get("poison"):
-        out["poison"] = {k: v for k, v in out["poison"].items() if k != "indices_fingerprint"}
+
+def plain_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The plain report's view of `tables.frame` rows: one row per run; a defense without parameters shows "-"."""
+    out = rows[list(PLAIN_COLUMNS)].rename(columns=PLAIN_COLUMNS)
+    out["params"] = out["params"].where(out["params"] != canonical_json({}), "-")
     return out
 
 
-def poison_label(poison: dict) -> str:
-    """The poison column: the scenario's label, plus the PoisonSets chosen with `defend --poisons` (two runs that
-    differ only there must not look alike)."""
-    if not poison:
-        return "-"
-    label = str(poison.get("label", "-"))
-    chosen = poison.get("poison_sets")
-    return f"{label} [--poisons {poison_sets_text(chosen)}]" if chosen else label
-
-
 def records_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per run, flat columns."""
-    rows = []
-    for r in records:
-        c = r["config"]
-        defense = dict(c["defense"])
-        method = defense.pop("method")
-        poison = c.get("poison") or {}
-        rows.append({
-            "run_id": r["run_id"],
-            "dataset": c["dataset"],
-            "model": c["model"],
-            "recipe": c["recipe"]["name"],
-            "epochs": c["recipe"]["epochs"],
-            "scenario": c["scenario"],
-            "poison": poison_label(poison),
-            "method": method,
-            "params": canonical_json(defense) if defense else "-",
-            # everything that defines the experiment except the trial (seed, poisoned rows): recipe overrides,
-            # dataset fingerprint, PoisonSet ids, ... so two configurations that display alike are never pooled
-            "configuration": short_hash(experiment(c))[:8],
-            "trial": c["trial"],
-            "seed": c["seed"],
-            "finished_at": str(r.get("finished_at") or ""),
-            "test_acc": r["metrics"]["test_acc"],
-            "val_acc": r["metrics"].get("val_acc"),
-            "seconds": r["cost"]["seconds"],
-        })
-    return pd.DataFrame(rows)
+    """One row per run, the plain report's columns."""
+    return plain_rows(frame(records))
 
 
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample std (ddof=1; the paper says only "average and standard deviation") of test accuracy and
     seconds per configuration, over distinct trials: of several runs of one configuration with the same trial id
     (e.g. re-run with another `--seed`) or the same seed, the most recently finished one counts, as in the tables;
     `attrs["not_shown"]` counts the others."""
-    older = superseded_runs(frame, [*GROUP_KEYS, "trial"])
-    frame = frame.drop(older.index)
-    grouped = frame.groupby(GROUP_KEYS, dropna=False, sort=True)
+    older = superseded_runs(runs, [*GROUP_KEYS, "trial"])
+    grouped = runs.drop(older.index).groupby(GROUP_KEYS, dropna=False, sort=True)
     out = grouped.agg(
         n=("trial", "count"),
         test_acc_mean=("test_acc", "mean"),
@@ -96,8 +63,6 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
         lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
         return "\n".join(lines)
     if fmt == "latex":
-        from .tables import Block, Cell, Table, render_latex
-
         rows = display_rows(summary)
         block = Block("all configurations", list(rows[0]),
                       [[Cell(str(v), label=i < 6) for i, v in enumerate(r.values())] for r in rows])
@@ -132,10 +97,7 @@ def display_rows(summary: pd.DataFrame) -> list[dict]:
 def load_summary(records: list[dict], **filters) -> pd.DataFrame:
     """The summary of the records that pass `filters`: the tables' filters (`tables.apply_filters`: dataset,
     model, recipe, epochs, methods, mix; mix None or "any" keeps every mix)."""
-    from .tables import apply_filters, frame
-
     if not records:
         raise PoisonbenchError("no run records found; run `poisonbench defend` first or pass --results DIR")
-    kept = set(apply_filters(frame(records), **filters).run_id)
-    selected = records_frame([r for r in records if r["run_id"] in kept])
+    selected = plain_rows(apply_filters(frame(records), **filters))
     return summarize(selected) if len(selected) else selected

@@ -106,11 +106,11 @@ def cli(capsys):
 @pytest.fixture
 def train_calls(monkeypatch):
     """Every call of the engine's `train` made through the runner, as `(args, kwargs, result)`, recorded before
-    the result goes back to the runner. Tests that must alter a result wrap `runner.train` themselves."""
-    from poisonbench import runner
+    the result goes back to the runner. Tests that must alter a result wrap `run_execution.train` themselves."""
+    from poisonbench import run_execution
 
     calls: list[tuple[tuple, dict, object]] = []
-    real = runner.train
+    real = run_execution.train
 
     def spy(*args, **kwargs):
         snapshot = (args, dict(kwargs))
@@ -118,5 +118,5 @@ def train_calls(monkeypatch):
         calls.append((*snapshot, result))
         return result
 
-    monkeypatch.setattr(runner, "train", spy)
+    monkeypatch.setattr(run_execution, "train", spy)
     return calls

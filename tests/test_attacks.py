@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import save as st_save
 
 from poisonbench.attacks import ATTACKS, deepconfuse
-from poisonbench.attacks.base import EPS_TOLERANCE, AttackContext, budget_count, select_indices
+from poisonbench.attacks.base import EPS_TOLERANCE, AttackContext, Target, budget_count, select_indices
 from poisonbench.attacks.surrogate import load_or_train_surrogate, surrogate_id, surrogate_path, surrogate_spec
 from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
@@ -20,6 +20,7 @@ from poisonbench.models import build_model
 from poisonbench.poisons import craft_spec
 
 from .conftest import write_npz
+from .toys import ToyTargeted, registered
 
 EPS = 0.1
 FAST = {"deepconfuse": {"outer_epochs": 2}}  # keep the generator schedule tiny in tests
@@ -31,11 +32,37 @@ def tiny(tmp_path_factory):
     return load_dataset(str(write_npz(root))), root / "results"
 
 
+TOYS = {"toy-targeted": ToyTargeted}  # a targeted attack, so the registry-driven tests show they accept one
+REGISTRY_AND_TOYS = [*ATTACKS.names(), *TOYS]
+BUDGET = {"toy-targeted": 0.05}  # a targeted attack draws its rows from the intended class (a quarter of the rows)
+
+
+@pytest.fixture
+def attack_name(request):
+    """The parametrized attack name, with a throw-away attack registered for the test when it is one."""
+    name = request.param
+    if name in TOYS:
+        with registered(ATTACKS, name, TOYS[name]):
+            yield name
+    else:
+        yield name
+
+
+def target_for(name, data):
+    """A target (test image 0, the next class intended) for a targeted attack, None for an untargeted one."""
+    if not ATTACKS.get(name).targeted:
+        return None
+    label = int(data.test.y[0])
+    return Target(0, label, (label + 1) % data.num_classes)
+
+
 def _attack_and_craft(name, data, results, budget=0.5, seed=3, eps=EPS, **params):
-    spec = craft_spec(data, name, eps=eps, budget=budget, seed=seed, **{**FAST.get(name, {}), **params})
+    target = target_for(name, data)
+    spec = craft_spec(data, name, eps=eps, budget=budget, seed=seed, target=target,
+                      **{**FAST.get(name, {}), **params})
     attack = ATTACKS.get(name)(data.family, **spec.params)
-    ctx = AttackContext(data, select_indices(len(data.train), budget, seed), spec.eps, budget, seed,
-                        torch.device("cpu"), results_root=results)
+    ctx = AttackContext(data, attack.choose_rows(data, budget, seed, target), spec.eps, budget, seed,
+                        torch.device("cpu"), results_root=results, target=target)
     return attack, attack.craft(ctx)
 
 
@@ -47,13 +74,15 @@ def test_all_four_untargeted_attacks_are_registered():
     assert {"pgd", "dap", "durp", "deepconfuse"} <= set(ATTACKS.names())
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
-def test_invariants(name, tiny):
+@pytest.mark.parametrize("attack_name", REGISTRY_AND_TOYS, indirect=True)
+def test_invariants(attack_name, tiny):
+    name = attack_name
     data, results = tiny
     n = len(data.train)
     labels_before = data.train.y.clone()
-    poison = _craft(name, data, results)
-    k = budget_count(0.5, n)
+    budget = BUDGET.get(name, 0.5)
+    poison = _craft(name, data, results, budget=budget)
+    k = budget_count(budget, n)
     assert len(poison.indices) == k == len(poison.delta)
     assert len(torch.unique(poison.indices)) == k and poison.indices.max() < n
     assert poison.delta.shape[1:] == data.train.x.shape[1:] and poison.delta.dtype == torch.float32
@@ -62,21 +91,27 @@ def test_invariants(name, tiny):
     xp = data.train.x[poison.indices].float() / 255 + poison.delta
     assert xp.min().item() >= -EPS_TOLERANCE and xp.max().item() <= 1 + EPS_TOLERANCE
     assert torch.equal(data.train.y, labels_before)  # clean-label: the split's labels are untouched
-    again = _craft(name, data, results)
+    target = target_for(name, data)
+    if target is not None:  # a targeted attack poisons rows of the class the target should be taken for
+        assert (data.train.y[poison.indices] == target.intended_class).all()
+    again = _craft(name, data, results, budget=budget)
     assert torch.equal(poison.indices, again.indices) and torch.equal(poison.delta, again.delta)
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
-def test_full_and_empty_budgets(name, tiny):
+@pytest.mark.parametrize("attack_name", REGISTRY_AND_TOYS, indirect=True)
+def test_full_and_empty_budgets(attack_name, tiny):
+    name = attack_name
     data, results = tiny
     n = len(data.train)
-    spec_all = craft_spec(data, name, budget=1.0)
+    empty = _craft(name, data, results, budget=0.0)
+    assert len(empty.indices) == 0 and empty.delta.shape == (0, *data.train.x.shape[1:])
+    spec_all = craft_spec(data, name, budget=BUDGET.get(name, 1.0), target=target_for(name, data))
     assert spec_all.eps == 0.3  # the MNIST-family default of the paper
+    if ATTACKS.get(name).targeted:  # its rows come from one class: no budget covers the whole split
+        return
     full = _craft(name, data, results, budget=1.0, eps=spec_all.eps)
     assert torch.equal(full.indices, torch.arange(n)) and len(full.delta) == n
     assert 0.2 * spec_all.eps < full.delta.abs().max().item() <= spec_all.eps + EPS_TOLERANCE
-    empty = _craft(name, data, results, budget=0.0)
-    assert len(empty.indices) == 0 and empty.delta.shape == (0, *data.train.x.shape[1:])
 
 
 def test_durp_is_one_perturbation_per_class(tiny):

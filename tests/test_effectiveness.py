@@ -19,7 +19,8 @@ import pytest
 
 from poisonbench.attacks import ATTACKS
 from poisonbench.attacks import surrogate as surrogate_module
-from poisonbench.data import _load_mnist_5k, load_dataset
+from poisonbench.data import load_dataset
+from poisonbench.data.mnist5k import load_mnist_5k
 from poisonbench.poisons import craft, craft_spec
 from poisonbench.runner import DefendSpec, defend
 from poisonbench.scenarios import CRAFT_SEED
@@ -37,7 +38,7 @@ SLOW_ATTACKS = {"deepconfuse"}  # see the module docstring
 def digits(tmp_path_factory):
     """(the .npz path, results root, {attack: poison id}) with PGD, DAP and DURP crafted over its train split."""
     root = tmp_path_factory.mktemp("effect")
-    digits, _ = _load_mnist_5k(None, False)  # mnist-5k's uint8 images and labels, as its loader reads them
+    digits, _ = load_mnist_5k(None, False)  # mnist-5k's uint8 images and labels, as its loader reads them
     path = root / "digits.npz"
     np.savez(path, x=digits["x"][:ROWS], y=digits["y"][:ROWS])
     data = load_dataset(str(path))

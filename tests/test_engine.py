@@ -8,10 +8,11 @@ import torch
 from poisonbench.augment import apply as augment_apply
 from poisonbench.augment import crop_flip
 from poisonbench.data import load_dataset
+from poisonbench.device import should_compile, to_float
 from poisonbench.errors import PoisonbenchError
 from poisonbench.models import build_model
 from poisonbench.recipes import resolve_recipe
-from poisonbench.training import should_compile, to_float, train
+from poisonbench.training import train
 
 CPU = torch.device("cpu")
 
@@ -60,16 +61,17 @@ def test_the_training_seed_alone_changes_the_batch_order(tiny_npz):
 def test_trial_t_uses_seed_plus_t_for_weights_batches_and_poisoned_rows(tiny_npz, tmp_path, monkeypatch,
                                                                        train_calls):
     from poisonbench import runner
+    from poisonbench.scenarios import base as scenario_base
     from poisonbench.scenarios import plan_untargeted
 
     seen = {"init": []}
-    build = runner.build_model
+    build = scenario_base.build_model
 
     def spy_build(*args, **kwargs):
         seen["init"].append(kwargs["seed"])
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "build_model", spy_build)
+    monkeypatch.setattr(scenario_base, "build_model", spy_build)
     spec = runner.DefendSpec(dataset=str(tiny_npz), recipe="quick", recipe_overrides={"epochs": 1, "batch_size": 64},
                              poison_ratio=0.3, attacks=["durp"], seed=5, trials=2, compile="off", device="cpu",
                              results=str(tmp_path / "results"))

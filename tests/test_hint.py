@@ -56,13 +56,13 @@ def data(seed=0, n=50):
     return x[:n], y[:n], x[n:], y[n:]
 
 
-def run(seed=0, poisoned=None, model_class=None, **params):
+def run(seed=0, model_class=None, **params):
     x, y, vx, vy = data()
     torch.manual_seed(seed)
     model = (model_class or Small)()
     defense = Hint("mnist", RECIPE, **{"schedule": [1, 3], **params})
     result = train(model, x.clone(), y, vx, vy, RECIPE, seed=seed, device=torch.device("cpu"), num_classes=3,
-                   defense=defense, compile="off", poisoned=poisoned)
+                   defense=defense, compile="off")
     return defense, result, x
 
 
@@ -95,7 +95,8 @@ def test_bad_parameters_are_one_line_errors(params):
 def test_invariants():
     poisoned = torch.zeros(50, dtype=torch.bool)
     poisoned[::3] = True
-    defense, result, x0 = run(poisoned=poisoned, gamma=5.0, beta=0.05, ratio=0.3)
+    defense, result, x0 = run(gamma=5.0, beta=0.05, ratio=0.3)
+    assert not hasattr(result.context, "poisoned")  # the hooks that decide never see the ground truth
     ctx = result.context
     k = math.ceil(0.3 * 50)
     sel = defense.selected
@@ -108,7 +109,8 @@ def test_invariants():
     assert delta[~mask].abs().max() == 0  # noise only on selected rows
     assert delta[mask].abs().sum() > 0
     assert [u["epoch"] for u in defense.updates] == [1, 3]
-    s = defense.summary()
+    assert "selected_poisoned" not in defense.summary()  # without the mask: no poison statistics
+    s = defense.summary(poisoned)
     assert s["noise"]["selected"] == k and s["noise"]["delta_abs_max"] <= 0.05 + 1e-6
     assert s["selection"]["selected_poisoned"] == int(poisoned[sel].sum())
     assert 0 < len(s["examples"]) <= 8
@@ -220,8 +222,8 @@ def test_noise_figure(tmp_path):
 
     poisoned = torch.zeros(50, dtype=torch.bool)
     poisoned[1::2] = True
-    d, _, _ = run(poisoned=poisoned, gamma=3.0)
-    record = {"run_id": "abc", "defense": d.summary()}
+    d, _, _ = run(gamma=3.0)
+    record = {"run_id": "abc", "defense": d.summary(poisoned)}
     out = noise_figure(record, tmp_path / "f.png")
     assert out.stat().st_size > 1000
     with pytest.raises(PoisonbenchError):
@@ -298,7 +300,7 @@ def test_ratio_one_is_allowed_and_a_negative_decay_epoch_is_not():
     """r = 1.0 is a Table V column (R_GRID); --gamma-decay-epoch −1 would silently divide γ from epoch 0."""
     recipe = resolve_recipe("mnist", "paper")
     assert build_defense("hint", "mnist", recipe, ratio=1.0).params["ratio"] == 1.0
-    with pytest.raises(PoisonbenchError, match="--gamma-decay-epoch must be >= 0"):
+    with pytest.raises(PoisonbenchError, match="--gamma-decay-epoch of method 'hint' must be >= 0"):
         build_defense("hint", "mnist", recipe, gamma_decay_epoch=-1)
 
 

@@ -224,6 +224,110 @@ def _spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _fit_head_newton(phi, y, lam, theta):
+    """argmin over θ = [W | b] of mean CE(φ Wᵀ + b) + λ/2 ‖θ‖² (the objective whose Hessian is H + λI), by damped
+    Newton steps with autograd's Hessian (27 parameters: exact to float64 precision in a few steps)."""
+    h = torch.cat([phi, phi.new_ones(len(phi), 1)], 1)
+
+    def objective(t):
+        return F.cross_entropy(h @ t.T, y) + lam / 2 * (t ** 2).sum()
+
+    for _ in range(50):
+        grad = torch.autograd.functional.jacobian(objective, theta)
+        if grad.norm() < 1e-10:
+            return theta
+        hess = torch.autograd.functional.hessian(objective, theta).reshape(theta.numel(), theta.numel())
+        step, size = torch.linalg.solve(hess, grad.flatten()).reshape(theta.shape), 1.0
+        while objective(theta - size * step) > objective(theta) and size > 1e-6:
+            size /= 2
+        theta = theta - size * step
+    raise AssertionError(f"Newton did not converge: ‖∇‖ = {grad.norm():.2e}")
+
+
+def _agrees(predicted, actual, rtol):
+    return abs(actual - predicted) <= rtol * abs(predicted)
+
+
+def test_influence_pert_predicts_retraining_with_a_frozen_feature_extractor():
+    """I_pert against retraining (the sibling of the I_up test above).
+
+    HINT eq. 9 (Koh & Liang 2017 §2.2, "perturbing a training input"):
+    `I_pert,loss(z, D_val) = −∇_θL(D_val, θ̂)ᵀ H⁻¹ ∇_x∇_θ ℓ(z, θ̂)`, and replacing z = (x, y) by (x + δ, y) in the
+    mean training loss is eq. 4 with ε = 1/n, so to first order the retrained validation loss changes by
+    `ΔL_val ≈ (1/n) Σ_i ⟨I_pert,loss(z_i), δ_i⟩` (the 1/n is that ε; I_pert itself has none, in eq. 9 as here).
+
+    The setting makes the head-only influence exact: TinyNet's features (conv, BatchNorm, tanh; nonlinear in x, so
+    ∇_x goes through them) are frozen and only the linear head is trained, to the unique optimum of
+    mean CE + λ/2 ‖θ‖² (W and b both damped): the Hessian of that objective is exactly the `H + λI` that
+    `influence_vector` solves with. Retraining after the perturbation is the same convex problem, solved exactly
+    by Newton. The only gap between prediction and measurement is then the higher-order terms: at an L∞ step of
+    0.01 (≈ 2.5/255, a sixth of HINT's β) the second-order one is up to 9 % of the first-order one over seeds
+    0-15 (hence 20 % on one-sided steps), and the central difference (ΔL(δ) − ΔL(−δ))/2 cancels it, leaving ≲ 0.3 %
+    (hence 1 %). A wrong sign, a missing or extra n, a solver λ off by a factor of 2 (−38 % / +54 %), or an
+    input gradient that holds the residual r(x) fixed all fail it (tried by hand).
+    """
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    n, k, lam, step = 60, 5, 0.05, 0.01
+    model = TinyNet().double()
+
+    def images(m):  # class c brightens rows 2c, 2c + 1; pixels in [0.25, 0.75], inside the box
+        labels = torch.randint(0, 3, (m,), generator=g)
+        pixels = 0.25 + 0.3 * torch.rand(m, 1, 6, 6, generator=g, dtype=torch.float64)
+        band = torch.arange(6)[None, :] // 2 == labels[:, None]
+        return pixels + 0.2 * band[:, None, :, None], labels
+
+    x, y = images(n)
+    xv, yv = images(40)
+    model.conv[1].momentum = None  # BatchNorm's running statistics = those of x after one pass, then frozen
+    model.train()(x)
+    model.eval()
+    with torch.no_grad():
+        phi = model.features(x)
+    theta = _fit_head_newton(phi, y, lam, torch.zeros(3, 9, dtype=torch.float64))
+    with torch.no_grad():
+        model.head.weight.copy_(theta[:, :-1])
+        model.head.bias.copy_(theta[:, -1])
+        base = F.cross_entropy(model(xv), yv).item()
+    assert base < 0.9  # a trained head (chance is ln 3 ≈ 1.10), so v = ∇_θL_val is not a degenerate one
+
+    s = inf.influence_vector(model, x, y, xv, yv, method="exact", damping=lam).s
+    rows = torch.arange(0, n, n // k)
+    i_pert = inf.influence_pert(model, x[rows], y[rows], s)
+
+    def predicted_and_retrained(direction):
+        """(1/n) Σ ⟨I_pert, δ⟩ and the retrained change of the validation loss, δ the step kept in the box."""
+        moved = x.clone()
+        moved[rows] = (x[rows] + direction).clamp(0, 1)
+        delta = moved[rows] - x[rows]
+        with torch.no_grad():
+            retrained = _fit_head_newton(model.features(moved), y, lam, theta)
+            loss = F.cross_entropy(model.features(xv) @ retrained[:, :-1].T + retrained[:, -1], yv).item()
+        return (i_pert * delta).sum().item() / n, loss - base
+
+    descent = -i_pert / i_pert.abs().amax() * step  # along −I_pert, L∞ norm `step`
+    noise = torch.randn(i_pert.shape, generator=g, dtype=torch.float64)
+    noise *= descent.norm() / noise.norm()  # a random direction of the same L2 norm
+    pred_down, down = predicted_and_retrained(descent)
+    pred_up, up = predicted_and_retrained(-descent)
+    pred_random, random = predicted_and_retrained(noise)
+    _, random_back = predicted_and_retrained(-noise)
+
+    assert down < 0 < up  # −I_pert lowers the retrained validation loss, +I_pert raises it
+    assert _agrees(pred_down, down, 0.2), (pred_down, down)
+    assert _agrees(pred_up, up, 0.2), (pred_up, up)
+    # the central difference cancels the second-order term: what is left is the first-order coefficient itself,
+    # along −I_pert and along a direction I_pert was not built from
+    assert _agrees(pred_down, (down - up) / 2, 0.01), (pred_down, down, up)
+    assert _agrees(pred_random, (random - random_back) / 2, 0.05), (pred_random, random, random_back)
+    # ... and the check can fail: a random step of equal norm does not give the −I_pert step's drop (−I_pert is
+    # the steepest direction), nor does the prediction with the wrong sign or without Koh & Liang's ε = 1/n
+    assert abs(random) < 0.25 * abs(down)
+    assert not _agrees(pred_down, random, 0.2)
+    assert not _agrees(-pred_down, down, 0.2)
+    assert not _agrees(n * pred_down, down, 0.2)
+
+
 def test_influence_vector_rejects_empty_val():
     from poisonbench.errors import PoisonbenchError
 

@@ -1,5 +1,5 @@
-"""input_grad: StemConv2d gradients equal nn.Conv2d's; inference_copy swaps only few-channel stems; CPU chunks
-stay under the activation budget without touching BatchNorm statistics."""
+"""accel.input_grad: StemConv2d gradients equal nn.Conv2d's; the fused ReLU + pooling equals the pair;
+inference_copy swaps only few-channel stems."""
 
 from __future__ import annotations
 
@@ -7,17 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from poisonbench.accel import inference_copy
+from poisonbench.accel.input_grad import ReluAvgPool2d, StemConv2d, fuse_relu_pools, swap_stems
 from poisonbench.data import load_dataset
-from poisonbench.input_grad import (
-    CPU_ACTIVATION_BYTES,
-    ReluAvgPool2d,
-    StemConv2d,
-    chunk_rows,
-    fuse_relu_pools,
-    inference_copy,
-    largest_activation_bytes,
-    swap_stems,
-)
 from poisonbench.models import build_model
 
 
@@ -119,18 +111,3 @@ def test_from_conv_keeps_float64_parameters_exactly():
     stem = StemConv2d.from_conv(conv)
     assert stem.weight.dtype == torch.float64 and torch.equal(stem.weight, conv.weight)
 
-
-def test_cpu_chunks_split_the_batch_equally_under_the_activation_budget():
-    data = load_dataset("mnist-5k")
-    model = build_model("convnet", data, seed=0).train()
-    running = model.conv[1].running_mean.clone()
-    x = data.train.x[:1].float() / 255
-    per_row = largest_activation_bytes(model, x)
-    assert per_row == 40 * 24 * 24 * 4  # the stem's output: Conv 1→40 k5 on 28×28, float32
-    assert model.training and torch.equal(model.conv[1].running_mean, running)  # probed in eval mode
-    for rows in (1, 100, 250, 1000, 1024, 4097):
-        chunk = chunk_rows(model, x, rows)
-        pieces = -(-rows // chunk)
-        assert chunk * per_row <= CPU_ACTIVATION_BYTES or chunk == 1
-        assert pieces * chunk - rows < pieces  # equal pieces: padding is under one row per piece
-    assert chunk_rows(model, x, 1000) == 250

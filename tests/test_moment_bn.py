@@ -12,10 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from poisonbench.data import load_dataset
-from poisonbench.input_grad import StemConv2d, inference_copy
-from poisonbench.models import build_model
-from poisonbench.moment_bn import (
+from poisonbench.accel import inference_copy
+from poisonbench.accel.input_grad import StemConv2d
+from poisonbench.accel.moment_bn import (
     MomentBatchNorm2d,
     MomentConv2d,
     moment_names,
@@ -24,7 +23,9 @@ from poisonbench.moment_bn import (
     restore_modules,
     swap_moment_batchnorm,
 )
-from poisonbench.training import to_float
+from poisonbench.data import load_dataset
+from poisonbench.device import to_float
+from poisonbench.models import build_model
 
 
 def _pair(cin: int, padding: int, momentum: float | None, dtype=torch.float64, eps: float = 1e-5,
@@ -153,7 +154,7 @@ def test_swapped_pair_shares_parameters_and_statistics():
 
 
 def test_engine_uses_the_moment_layer_on_the_cpu_and_matches_batchnorm(monkeypatch):
-    import poisonbench.moment_bn as moment_module
+    import poisonbench.accel.moment_bn as moment_module
     import poisonbench.training as training
     from poisonbench.recipes import resolve_recipe
 
@@ -168,7 +169,7 @@ def test_engine_uses_the_moment_layer_on_the_cpu_and_matches_batchnorm(monkeypat
     results = {}
     for mode in ("moments", "batchnorm"):
         if mode == "batchnorm":
-            monkeypatch.setattr(training, "swap_moment_batchnorm", lambda model, sample: [])
+            monkeypatch.setattr(moment_module, "swap_moment_batchnorm", lambda model, sample: [])
         model = build_model("convnet", data, seed=0)
         out = training.train(model, x, y, x[:64], y[:64], recipe, seed=0, device=torch.device("cpu"),
                              num_classes=10, compile="off")

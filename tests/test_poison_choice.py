@@ -95,7 +95,7 @@ def test_craft_cli_generator_weights(tiny, tmp_path, cli):
     results = tmp_path / "r"
     code, out, err = cli("craft", "--attack", "pgd", "--dataset", data_path, "--generator-weights",
                          tmp_path / "atk.pt", "--results", results)
-    assert code == 2 and "applies to attack 'deepconfuse' only" in err and not results.exists()
+    assert code == 2 and "option --generator-weights does not apply to attack 'pgd'" in err and not results.exists()
     code, out, err = cli("craft", "--attack", "deepconfuse", "--dataset", data_path, "--generator-weights",
                          tmp_path / "atk.pt", "--outer-epochs", "2", "--results", results)
     assert code == 2 and "training options" in err and not results.exists()  # checked before the import

@@ -170,7 +170,8 @@ def test_cli_craft_list_show_validate(tiny, tmp_path, cli):
     (["poisons", "show", "abc"], "'abc' is not a poison id"),
     (["poisons", "show", "0123456789abcdef"], "no poison set '0123456789abcdef'"),
     (["poisons", "validate", "../../evil"], "'../../evil' is not a poison id"),
-    (["craft", "--attack", "pgd", "--generator-weights", "x.pt"], "applies to attack 'deepconfuse' only"),
+    (["craft", "--attack", "pgd", "--generator-weights", "x.pt"],
+     "option --generator-weights does not apply to attack 'pgd'"),
     (["defend", "--poison-ratio", "0.5", "--poisons", "durp"], "ATTACK=POISON_ID pairs"),
     (["report", "--attacks", ""], "--attacks is empty"),
     (["report", "--table", "2", "--missing", "--format", "json"], "--format json does not apply"),
@@ -230,18 +231,19 @@ def test_concurrent_jobs_train_the_surrogate_once(tiny, tmp_path, monkeypatch):
     import threading
     import time
 
+    from poisonbench import trained_models
     from poisonbench.attacks import surrogate
 
     data, _, _ = tiny
     calls = []
-    original = surrogate._train
+    original = trained_models._train
 
     def slow_train(*args, **kwargs):
         calls.append(1)
         time.sleep(1.0)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(surrogate, "_train", slow_train)
+    monkeypatch.setattr(trained_models, "_train", slow_train)
     out = []
     threads = [threading.Thread(target=lambda: out.append(
         surrogate.load_or_train_surrogate(data, tmp_path, torch.device("cpu")))) for _ in range(2)]
@@ -366,7 +368,7 @@ def _rewrite(results, pid, delta=None, indices=None, **manifest_changes):
     blob = st_save({"delta": delta.contiguous(), "indices": indices.long().contiguous()})
     (d / "delta.safetensors").write_bytes(blob)
     m = json.loads((d / "manifest.json").read_text())
-    m.update(count=len(indices), tensor_sha256=poisons._sha256(blob), **manifest_changes)
+    m.update(count=len(indices), shape=list(delta.shape), tensor_sha256=poisons._sha256(blob), **manifest_changes)
     (d / "manifest.json").write_text(json.dumps(m))
 
 
@@ -436,3 +438,20 @@ def test_cli_craft_force_json_and_list_fields(tiny_artifacts, tmp_path, cli):
     _rewrite(res, first["poison_id"], labels_sha256=None)
     code, out, _ = cli("poisons", "validate", first["poison_id"], "--dataset", path, "--results", res, "--json")
     assert code == 1 and json.loads(out)["ok"] is False
+
+
+def test_a_manifest_shape_that_is_not_its_tensors_is_refused_in_one_line(tiny, tmp_path, cli):
+    """`shape` is neither a crafting input (the id does not hash it) nor covered by the tensor's sha256: an edited
+    shape is caught on load, before `defend` trains on the tensors."""
+    data, _, path = tiny
+    spec, poison, _ = _craft(data, tmp_path, budget=0.5)
+    manifest_file = poison.path / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["shape"] = [manifest["shape"][0], 3, *manifest["shape"][2:]]
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(PoisonbenchError, match=r"manifest.json gives shape \[.*, 3, .*damaged or was edited"):
+        poisons.load(tmp_path, spec.poison_id, data)
+    code, _, err = cli("defend", "--poison-set", spec.poison_id, "--dataset", path, "--recipe", "quick", "--epochs",
+                       "1", "--compile", "off", "--results", tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "damaged or was edited" in err, err
+    assert not list((tmp_path / "runs").glob("*.json"))

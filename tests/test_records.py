@@ -13,11 +13,12 @@ import time
 import pytest
 import torch
 
-from poisonbench import runner
+from poisonbench import run_execution, runner
 from poisonbench.checkpoints import checkpoint_path
 from poisonbench.data import load_dataset
 from poisonbench.io import atomic_write_json
 from poisonbench.records import SCHEMA_VERSION, RunStore, run_id
+from poisonbench.scenarios import plan_untargeted
 
 
 def test_run_id_is_canonical():
@@ -326,7 +327,7 @@ FAST_RUN = dict(recipe="quick", recipe_overrides={"epochs": 2, "batch_size": 64}
 
 def test_record_evaluates_val_and_test_on_their_splits_and_reports_the_last_epoch(tiny_npz, tmp_path, monkeypatch):
     seen = {}
-    real = runner.train
+    real = run_execution.train
 
     def spy(*args, **kwargs):
         seen.update(kwargs["eval_sets"])
@@ -335,7 +336,7 @@ def test_record_evaluates_val_and_test_on_their_splits_and_reports_the_last_epoc
         result.history[-1].update(test_acc=0.25, val_acc=0.5, train_acc=0.75, train_loss=1.5)
         return result
 
-    monkeypatch.setattr(runner, "train", spy)
+    monkeypatch.setattr(run_execution, "train", spy)
     (out,) = runner.defend(runner.DefendSpec(dataset=str(tiny_npz), results=str(tmp_path / "r"), **FAST_RUN))
     data = load_dataset(str(tiny_npz))
     assert torch.equal(seen["val"][1].cpu(), data.val.y) and torch.equal(seen["test"][1].cpu(), data.test.y)
@@ -365,7 +366,7 @@ def test_failed_record_write_keeps_checkpoint_rerun_resumes_force_starts_over(ti
     ckpt = checkpoint_path(RunStore(spec.results).root, rid)
     assert ckpt.exists()  # epoch 1 of 2 saved, kept when the record could not be written
     resumed = []
-    fit = runner.train
+    fit = run_execution.train
 
     def spy(*args, **kwargs):
         resumed.append(fit(*args, **kwargs))
@@ -374,7 +375,7 @@ def test_failed_record_write_keeps_checkpoint_rerun_resumes_force_starts_over(ti
         return resumed[-1]
 
     with monkeypatch.context() as m:  # a plain re-run resumes, and its cost counts the time before the failure
-        m.setattr(runner, "train", spy)
+        m.setattr(run_execution, "train", spy)
         (again,) = runner.defend(spec)
     assert again.record["resumed_from_epoch"] == 1
     assert 1000.0 < again.record["cost"]["seconds"] < 1100.0
@@ -415,22 +416,24 @@ def test_store_reads_only_complete_records_of_this_schema_and_ignores_temp_files
 
 def test_each_trial_poisons_a_clean_copy_of_the_train_split(tiny_npz, tmp_path, monkeypatch):
     """Poisons are written into the train tensor in place: trial 1 must not train on trial 0's poisons too."""
-    from poisonbench.training import to_float
+    from poisonbench.device import to_float
 
     seen = []
-    real = runner.train
+    real = run_execution.train
 
     def spy(model, train_x, train_y, *args, **kwargs):
-        seen.append((train_x.clone(), kwargs["poisoned"].clone()))
+        seen.append((train_x.clone(), kwargs["seed"]))
         return real(model, train_x, train_y, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "train", spy)
+    monkeypatch.setattr(run_execution, "train", spy)
     spec = runner.DefendSpec(dataset=str(tiny_npz), results=str(tmp_path / "r"), poison_ratio=0.5, attacks=["durp"],
                              trials=2, recipe="quick", recipe_overrides={"epochs": 1, "batch_size": 64}, compile="off")
     runner.defend(spec)
-    clean = to_float(load_dataset(str(tiny_npz)).train.x, torch.device("cpu"))
+    data = load_dataset(str(tiny_npz))
+    clean = to_float(data.train.x, torch.device("cpu"))
     assert len(seen) == 2
-    for x, poisoned in seen:
+    for x, seed in seen:
+        poisoned = plan_untargeted(data, 0.5, ["durp"], seed=seed).mask(len(data.train))
         assert torch.equal(x[~poisoned], clean[~poisoned]) and not torch.equal(x[poisoned], clean[poisoned])
 
 

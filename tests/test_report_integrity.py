@@ -10,8 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from poisonbench import paper, plots, tables
+from poisonbench import figures, paper, tables
 from poisonbench.defenses import DEFENSES
+from poisonbench.figures import rho as rho_figure
 from poisonbench.recipes import resolve_recipe
 from poisonbench.report import load_summary
 from tests.report_records import make_record, write_records
@@ -210,8 +211,8 @@ def test_rho_figure_never_mixes_settings_that_differ_only_in_overrides(tmp_path,
         plotted.append(sorted(y for c in fig.axes[0].containers for y in c.lines[0].get_ydata()))
         return path
 
-    monkeypatch.setattr(plots, "save", capture)
-    plots.draw("rho", runs + other_lr, tmp_path)
+    monkeypatch.setattr(rho_figure, "save", capture)
+    figures.draw("rho", runs + other_lr, tmp_path)
     assert sorted(plotted) == [[50.0, 50.0], [90.0, 90.0]]
 
 
@@ -291,7 +292,7 @@ def test_a_file_named_runs_is_a_one_line_error(cli, tmp_path):
     (tmp_path / "res").mkdir()
     (tmp_path / "res" / "runs").write_text("x")
     code, _, err = cli("defend", "--recipe", "quick", "--epochs", "1", "--results", tmp_path / "res")
-    assert code == 2 and "cannot create the records directory" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "runs' is a file, not a directory" in err and len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------------- paired column
@@ -378,7 +379,6 @@ def test_rho_figure_plots_mean_and_std_of_each_method(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     from matplotlib.axes import Axes
 
-    from poisonbench import plots
     from tests.report_records import make_record
 
     recs = [make_record(rho=rho, trial=t, acc=a) for rho, accs in ((0.0, (0.9, 0.8)), (0.2, (0.7, 0.5)))
@@ -390,7 +390,7 @@ def test_rho_figure_plots_mean_and_std_of_each_method(tmp_path, monkeypatch):
         return real(self, x, y, yerr=yerr, **kw)
 
     monkeypatch.setattr(Axes, "errorbar", errorbar)
-    assert plots.draw("rho", recs, tmp_path, mix="any")
+    assert figures.draw("rho", recs, tmp_path, mix="any")
     ((x, y, yerr, _),) = calls
     assert x == [0.0, 0.2]
     assert y == pytest.approx([85.0, 60.0]) and yerr == pytest.approx([100 * np.std([0.9, 0.8], ddof=1),

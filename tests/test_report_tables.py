@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from poisonbench import paper, plots, tables
+from poisonbench import figures, paper, tables
+from poisonbench.figures import noise, panels
 from poisonbench.hashing import short_hash
 from tests.report_records import hint_params, make_record, synthetic_records, write_records
 
@@ -364,10 +365,10 @@ def test_missing_end_to_end(cli, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- figures
 
-@pytest.mark.parametrize("number", plots.FIGURES)
+@pytest.mark.parametrize("number", figures.FIGURES)
 def test_figures_render(records, tmp_path, monkeypatch, number):
-    monkeypatch.setattr(plots, "_test_images", lambda *args: np.full((100, 1, 28, 28), 128, np.uint8))
-    paths = plots.draw(number, records, tmp_path, paper=True)
+    monkeypatch.setattr(panels, "split_test_images", lambda *args: np.full((100, 1, 28, 28), 128, np.uint8))
+    paths = figures.draw(number, records, tmp_path, paper=True)
     assert paths
     for p in paths:
         assert p.suffix == ".png" and p.stat().st_size > 5000
@@ -388,7 +389,7 @@ def test_figure_options_that_cannot_match_say_so(cli, tmp_path, records):
 def test_sample_predictions_field():
     import torch
 
-    from poisonbench.samples import sample_predictions
+    from poisonbench.prediction_samples import sample_predictions
 
     labels = torch.tensor([2, 0, 1, 0, 2, 1])
     probs = torch.eye(3)[torch.tensor([2, 1, 1, 0, 0, 1])] * 0.7 + 0.1
@@ -626,8 +627,8 @@ def test_figure_1_draws_a_run_with_the_papers_parameters(tmp_path, monkeypatch):
                         examples=healthy_noise_examples())
     sweep["finished_at"] = "2025-06-01T00:00:00+00:00"
     drawn = []
-    monkeypatch.setattr(plots.figures, "noise_figure", lambda rec, out: drawn.append(rec["run_id"]) or Path(out))
-    plots.figure_1([sweep, paper_run], tmp_path)
+    monkeypatch.setattr(noise, "noise_figure", lambda rec, out: drawn.append(rec["run_id"]) or Path(out))
+    noise.figure_1([sweep, paper_run], tmp_path)
     assert drawn == [paper_run["run_id"]]
-    plots.figure_1([sweep], tmp_path)  # only a sensitivity run: still drawn
+    noise.figure_1([sweep], tmp_path)  # only a sensitivity run: still drawn
     assert drawn[-1] == sweep["run_id"]

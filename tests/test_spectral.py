@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from poisonbench.accel import inference_copy
+from poisonbench.accel.input_grad import StemConv2d
+from poisonbench.accel.spectral import SpectralConv2d, swap_spectral
 from poisonbench.data import load_dataset
-from poisonbench.input_grad import StemConv2d, inference_copy
 from poisonbench.models import build_model
-from poisonbench.spectral import SpectralConv2d, swap_spectral
 
 
 @pytest.mark.parametrize("cin,cout,kernel,padding,size", [(40, 100, 5, 0, (12, 12)), (3, 4, 5, 2, (9, 6)),
@@ -51,7 +52,7 @@ def test_spectral_swap_only_where_it_pays_off():
     wide = nn.Conv2d(40, 100, 5)
     assert SpectralConv2d.pays_off(wide, (12, 12))
     assert not SpectralConv2d.pays_off(wide.half(), (12, 12))  # half precision stays direct
-    normed = nn.utils.weight_norm(nn.Conv2d(40, 100, 5))  # weight recomputed by a hook: not a Parameter
+    normed = nn.utils.parametrizations.weight_norm(nn.Conv2d(40, 100, 5))  # weight recomputed: not a Parameter
     hooked = nn.Conv2d(40, 100, 5)
     hooked.register_forward_hook(lambda *_: None)
     for conv in (normed, hooked):
@@ -64,7 +65,7 @@ def test_spectral_swap_only_where_it_pays_off():
 
 def test_spectral_input_gradient_eager_and_compiled_match_the_direct_path():
     from poisonbench.attacks.pgd import signed_step
-    from poisonbench.training import compile_static
+    from poisonbench.device import compile_static
 
     data = load_dataset("mnist-5k")
     model = build_model("convnet", data, seed=0)
@@ -103,9 +104,10 @@ def test_spectral_weight_and_bias_gradients_equal_conv2d():
 def test_training_on_the_cpu_uses_the_spectral_layer_and_returns_plain_convolutions(monkeypatch):
     from dataclasses import replace
 
-    import poisonbench.spectral as spectral_module
+    import poisonbench.accel.spectral as spectral_module
+    from poisonbench.device import to_float
     from poisonbench.recipes import resolve_recipe
-    from poisonbench.training import to_float, train
+    from poisonbench.training import train
 
     data = load_dataset("mnist-5k")
     rows = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:512]  # every class

@@ -1,8 +1,9 @@
 """The attack contract (design.md §2): `Attack(family, **params).craft(ctx) -> PoisonSet`.
 
-An attack declares its options as `Param`s with one default per dataset family (the paper's or the official
-code's value; sources in docs/fidelity.md). `ctx` carries the clean train split, the poisoned rows (chosen from
-the budget and the seed), ε in pixel units, the device, a lazily trained surrogate and a progress callback.
+An attack declares its options as `Param`s (poisonbench.params) with one default per dataset family (the paper's
+or the official code's value; sources in docs/fidelity.md). `ctx` carries the clean train split, the poisoned
+rows (chosen by the attack's `choose_rows` from the budget, the seed and, for a targeted attack, its `Target`),
+ε in pixel units, the device, a lazily trained surrogate and a progress callback.
 
 Invariants every attack keeps (checked by tests/test_attacks.py for every registered attack):
 ‖δ‖∞ ≤ ε, 0 ≤ x+δ ≤ 1, labels unchanged (a PoisonSet stores no labels), exactly ⌊budget·n⌋ rows,
@@ -22,8 +23,9 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..errors import PoisonbenchError, inapplicable_option
+from ..errors import PoisonbenchError
 from ..io import atomic_write_bytes
+from ..params import Param, resolve
 
 ProgressFn = Callable[[str, int, int], None]
 """`progress(description, completed, total)`: one call per batch of a long step (crafting, surrogate training)."""
@@ -34,24 +36,27 @@ EPS_TOLERANCE = 1e-6  # float32 rounding of x + δ − x; every check allows thi
 
 
 @dataclass(frozen=True)
-class Param:
-    """One attack option: a CLI flag `--name-with-dashes`, a default per dataset family, help text, source."""
+class Target:
+    """What a targeted attack aims at (design.md §4): test image `index` of class `true_class`, to be classified as
+    `intended_class`. `rows` fixes the poisoned train rows (a setup file's base images); None lets the attack
+    choose them (e.g. from the intended class, as forest does)."""
 
-    name: str
-    type: type
-    defaults: dict[str, Any]  # family -> default
-    help: str
-    source: str = ""
-    minimum: float | None = None  # inclusive lower bound for numbers (None: unchecked)
-    positive: bool = False  # numbers must be > 0
-    cli_flag: str | None = None  # when the CLI sets it through another option (a file → its sha256)
+    index: int
+    true_class: int
+    intended_class: int
+    rows: tuple[int, ...] | None = None
 
-    def default(self, family: str) -> Any:
-        return self.defaults[family]
+    def to_dict(self) -> dict:
+        out = {"index": self.index, "true_class": self.true_class, "intended_class": self.intended_class}
+        if self.rows is not None:
+            out["rows"] = list(self.rows)
+        return out
 
-    @property
-    def flag(self) -> str:
-        return self.cli_flag or "--" + self.name.replace("_", "-")
+    @classmethod
+    def from_dict(cls, d: dict) -> Target:
+        rows = d.get("rows")
+        return cls(int(d["index"]), int(d["true_class"]), int(d["intended_class"]),
+                   tuple(int(r) for r in rows) if rows is not None else None)
 
 
 @dataclass
@@ -120,7 +125,7 @@ class AttackContext:
     """What an attack sees. `surrogate()` trains (or loads) the shared clean surrogate on first use."""
 
     dataset: Any  # poisonbench.data.Dataset
-    indices: torch.Tensor  # K rows of the train split to poison (sorted, int64, CPU)
+    indices: torch.Tensor  # K rows of the train split to poison (sorted, int64, CPU; from Attack.choose_rows)
     eps: float
     budget: float
     seed: int
@@ -129,9 +134,11 @@ class AttackContext:
     progress: ProgressFn | None = None
     surrogate_model: str | None = None  # None: the family's default model (paper Table I)
     compile: str = "auto"  # auto | on | off: may the attack torch.compile its inner step (execution only)
+    accel: str = "auto"  # auto | off: the CPU kernels' switch for the surrogate and its frozen copy (poisonbench.accel)
     compiled: bool = False  # set by an attack that did
     partial_dir: Path | None = None  # where a row-batched attack keeps finished batches, to resume after a kill
     resumed_rows: int = 0  # rows taken from `partial_dir` instead of crafted (set by the attack)
+    target: Target | None = None  # a targeted attack's target (None: untargeted)
     _surrogate: nn.Module | None = None
     surrogate_info: dict | None = None
 
@@ -141,7 +148,7 @@ class AttackContext:
 
     def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole clean train split as float [0,1] / int64 on the device."""
-        from ..training import to_float
+        from ..device import to_float
 
         return to_float(self.dataset.train.x, self.device), self.dataset.train.y.to(self.device)
 
@@ -151,46 +158,36 @@ class AttackContext:
             from .surrogate import load_or_train_surrogate
 
             model, info = load_or_train_surrogate(self.dataset, self.results_root, self.device,
-                                                  model_name=self.surrogate_model, progress=self.progress)
+                                                  model_name=self.surrogate_model, progress=self.progress,
+                                                  accel=self.accel)
             model.eval().requires_grad_(False)
             self._surrogate, self.surrogate_info = model, info
         return self._surrogate
 
 
 class Attack:
-    """Base class. Subclasses set `name`, `PARAMS`, `uses_surrogate`, and implement `perturb(ctx) -> δ`."""
+    """Base class. Subclasses set `name`, `PARAMS`, `uses_surrogate` (and `targeted` for attacks that need a
+    `Target`), and implement `perturb(ctx) -> δ`; a targeted attack may override `choose_rows`."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     uses_surrogate: ClassVar[bool] = False
+    targeted: ClassVar[bool] = False
     PARAMS: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, family: str, **params: Any):
         if family not in FAMILIES:
             raise PoisonbenchError(f"unknown dataset family {family!r}; valid choices: {', '.join(FAMILIES)}")
-        known = {p.name: p for p in self.PARAMS}
-        unknown = sorted(k for k, v in params.items() if v is not None and k not in known)
-        if unknown:
-            raise inapplicable_option(f"--{unknown[0].replace('_', '-')}", "attack", self.name,
-                                      [p.flag for p in self.PARAMS])
         self.family = family
-        self.params = {p.name: p.default(family) for p in self.PARAMS}
-        self.explicit = frozenset(k for k, v in params.items() if v is not None)  # set by the caller
-        self.params.update({k: v for k, v in params.items() if v is not None})
-        for p in self.PARAMS:
-            v = self.params[p.name]
-            if p.type in (int, float) and v is not None:
-                try:
-                    finite = math.isfinite(v)
-                except OverflowError:  # an int beyond any float (10**400)
-                    finite = False
-                if not finite:
-                    raise PoisonbenchError(f"{p.flag} of attack {self.name!r} must be a finite number, got {v}")
-                if (p.positive and not v > 0) or (p.minimum is not None and v < p.minimum):
-                    bound = "> 0" if p.positive else f">= {p.minimum}"
-                    raise PoisonbenchError(f"{p.flag} of attack {self.name!r} must be {bound}, got {v}")
-                self.params[p.name] = p.type(v)
+        self.params, self.explicit = resolve(self.PARAMS, params, family, None, "attack", self.name)
         self.validate()
+
+    def choose_rows(self, dataset, budget: float, seed: int, target: Target | None = None) -> torch.Tensor:
+        """The train rows to poison (sorted int64, CPU): a target's fixed rows, else ⌊budget·n⌋ rows drawn from
+        `seed` (every row for budget 1). Targeted attacks override this to draw from the intended class."""
+        if target is not None and target.rows is not None:
+            return torch.tensor(sorted(target.rows), dtype=torch.long)
+        return select_indices(len(dataset.train), budget, seed)
 
     def validate(self) -> None:
         """Raise PoisonbenchError for parameter combinations out of range."""

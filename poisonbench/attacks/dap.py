@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..params import Param
 from . import ATTACKS
-from .base import Param
 from .pgd import _SurrogatePGD
 
 

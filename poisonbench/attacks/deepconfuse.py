@@ -38,10 +38,11 @@ from torch.func import functional_call
 from ..checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
 from ..errors import PoisonbenchError
 from ..hashing import sha256_file
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, ensure_writable, torch_load_tensors
+from ..params import Param
 from ..records import results_dir
 from . import ATTACKS
-from .base import Attack, AttackContext, Param, batches
+from .base import Attack, AttackContext, batches
 
 # ---------------------------------------------------------------- generators
 
@@ -208,7 +209,7 @@ def import_generator(path, family: str, results_root=None) -> str:
         if source.suffix == ".safetensors":
             state = load_file(source)
         else:
-            state = torch.load(source, map_location="cpu", weights_only=True)
+            state = torch_load_tensors(source)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
         raise PoisonbenchError(f"{str(source)!r} is not a state dict of tensors ({type(e).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -221,7 +222,7 @@ def import_generator(path, family: str, results_root=None) -> str:
         raise PoisonbenchError(f"{str(source)!r} does not fit DeepConfuse's {family} generator "
                                f"({GENERATORS[family].__name__}): {first}") from None
     tensors = {k: v.detach().contiguous().clone() for k, v in generator.state_dict().items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable(target.parent, "imported generators")
     atomic_write_bytes(target, st_save(tensors, metadata={"source_name": source.name, "source_sha256": sha256}))
     return f"sha256:{sha256}"
 
@@ -303,9 +304,12 @@ class DeepConfuse(Attack):
               "(days of GPU time).",
               "DC train.py argparse defaults"),
         Param("generator", str, {"mnist": TRAIN, "cifar10": TRAIN},
-              "`train` (default), or `sha256:<hex>` naming a generator imported with --generator-weights: no "
-              "training, poisons from that generator.",
-              "DC generate_adv_data.py (MNIST/pretrained/atkmnist_best.pt)", cli_flag="--generator-weights"),
+              "A trained generator FILE (a state dict: DC's MNIST/pretrained/atkmnist_best.pt, or .safetensors) to "
+              "make the poisons with instead of training one; imported into the workspace and named by its sha256 "
+              "(the parameter's value `sha256:<hex>`; `train` without it).",
+              "DC generate_adv_data.py (MNIST/pretrained/atkmnist_best.pt)", cli_flag="--generator-weights",
+              from_file=import_generator,
+              file_placeholder="sha256:" + "0" * 64),
     )
 
     def validate(self) -> None:

@@ -6,7 +6,7 @@ over a large batch gives every example's input gradient exactly; the surrogate's
 weight gradients are computed, its BatchNorms are folded into the convolutions, each ReLU + average pooling pair
 has one fused backward, and on the CPU its few-channel stem convolution computes the input gradient as one GEMM +
 col2im and a convolution with a large kernel on a small map runs as DFT-domain matrix products (`inference_copy`,
-`poisonbench.input_grad`).
+`poisonbench.accel`; `--accel off`: the surrogate's own modules).
 For long crafts on an accelerator the step (forward, input gradient, signed update, projection) is
 `torch.compile`d with one static batch shape (on the CPU only with `--compile on`); that changes δ only by float
 rounding, so it is an execution option (`--compile`), recorded in the manifest, not part of the poison id.
@@ -19,9 +19,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..input_grad import chunk_rows, inference_copy
+from ..accel import inference_copy
+from ..chunking import chunk_rows
+from ..params import Param
 from . import ATTACKS
-from .base import Attack, AttackContext, Param, PartialBatches, batches
+from .base import Attack, AttackContext, PartialBatches, batches
 
 # `compile="auto"`: compile the PGD step when rows × steps reach this, on an accelerator only. On the CPU the
 # eager step of the ConvNet's `inference_copy` (StemConv2d, ReluAvgPool2d, SpectralConv2d) is at least as fast
@@ -75,7 +77,7 @@ class _SurrogatePGD(Attack):
         return y
 
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
-        from ..training import compile_static, should_compile
+        from ..device import compile_static, should_compile
 
         p = self.params
         x_all = ctx.dataset.train.x[ctx.indices]
@@ -88,7 +90,7 @@ class _SurrogatePGD(Attack):
         ctx.compiled = should_compile(ctx.compile, n, p["steps"],
                                       COMPILE_MIN_ROW_STEPS if ctx.device.type != "cpu" else math.inf)
         sample = x_all[:1].to(ctx.device).float().div_(255).contiguous(memory_format=torch.channels_last)
-        model = inference_copy(ctx.surrogate(), sample)
+        model = inference_copy(ctx.surrogate(), sample, ctx.accel)
         chunk = chunk_rows(model, sample, size)  # execution only: rows of one compiled step (see chunk_rows)
         padded = -(-size // chunk) * chunk
         step_fn = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import typer
@@ -11,11 +12,13 @@ from ..checkpoints import CHECKPOINT_EVERY
 from ..data import parse_npz_split
 from ..defenses import DEFENSES
 from ..errors import PoisonbenchError
+from ..recipes import resolve_recipe
 from ..records import RunStore
 from ..runner import DefendSpec
 from ..runner import defend as run_defend
 from ..scenarios import parse_poison_sets
 from . import options
+from .generated import chosen_values, collect_options, typer_parameters, with_options
 from .progress import RichReporter, stdout_console
 
 HELP = "Train on the (optionally poisoned) train split with a defense; one record per trial under results/runs/."
@@ -30,13 +33,8 @@ def _milestones(text: str | None) -> list[int] | None:
         raise PoisonbenchError(f"--milestones must be comma-separated integers, got {text!r}") from None
 
 
-def _given(**params) -> dict:
-    """Only the defense options the user actually passed (the method supplies the rest)."""
-    return {k: v for k, v in params.items() if v is not None}
-
-
 def defend(
-    method: str = typer.Option("none", "--method", help=f"Defense to train with: {', '.join(DEFENSES.names())}."),
+    method: str = typer.Option("none", "--method", help="Defense to train with."),
     dataset: str = options.Dataset,
     data_dir: str = options.DataDir,
     download: bool = options.Download,
@@ -51,6 +49,7 @@ def defend(
     weight_decay: float = typer.Option(None, "--weight-decay", help="Override the weight decay."),
     milestones: str = typer.Option(None, "--milestones", help="Override lr-decay epochs, e.g. 30,50,70 ('' for none)."),
     augment: str = typer.Option(None, "--augment", help="Override augmentation: none | crop-flip."),
+    scenario: str = typer.Option(None, "--scenario", help="What is poisoned and trained."),
     poison_ratio: float = typer.Option(0.0, "--poison-ratio",
                                        help="ρ: fraction of the train split poisoned by the untargeted mix "
                                             "(Table II), split equally among --attacks."),
@@ -65,31 +64,6 @@ def defend(
                                    help="Train on exactly this PoisonSet, every row it covers poisoned (e.g. the "
                                         "paper's own mix from `poisonbench poisons import FILE`, or a `craft "
                                         "--budget` < 1); instead of --poison-ratio."),
-    # --- defense parameters: passed to the method only when given; each method rejects options it lacks ---
-    ratio: float = typer.Option(None, "--ratio", help="HINT: r, the fraction of training examples selected "
-                                                      "for healthy noise (paper default 0.5)."),
-    beta: float = typer.Option(None, "--beta", help="HINT: β, L∞ bound of the healthy noise (default 0.062)."),
-    gamma: float = typer.Option(None, "--gamma", help="HINT: γ, noise step scale (default 0.1)."),
-    schedule: str = typer.Option(None, "--schedule", help="HINT: noise-update epochs, comma-separated, "
-                                                          "0-based (the update runs before that epoch) and taken "
-                                                          "as given (default: the paper's 5,15 or 5,15,40, "
-                                                          "scaled to the recipe's epochs)."),
-    ihvp: str = typer.Option(None, "--ihvp", help="HINT: inverse-Hessian-vector solver: exact | cg | lissa."),
-    sign: bool = typer.Option(None, "--sign/--no-sign", help="HINT: signed noise update (official --sign)."),
-    damping: float = typer.Option(None, "--damping", help="HINT: λ in (H + λI)⁻¹ (default 0.5 = official LiSSA "
-                                                          "damp 0.01 × scale 50)."),
-    grad_space: str = typer.Option(None, "--grad-space", help="HINT: pixel (paper, default) | normalized "
-                                                              "(official CIFAR quirk Q2: gradient w.r.t. the "
-                                                              "normalised input)."),
-    quantize: bool = typer.Option(None, "--quantize/--no-quantize",
-                                  help="HINT: truncate noisy images to uint8 after each update (official Q3)."),
-    gamma_decay_epoch: int = typer.Option(None, "--gamma-decay-epoch",
-                                          help="HINT: γ/10 from this 0-based epoch on (official Q1: 40; "
-                                               "default off)."),
-    hessian_data: str = typer.Option(None, "--hessian-data",
-                                     help="HINT: Hessian of later updates over all (default) | selected "
-                                          "(official Q4) training examples."),
-    # --- end of defense parameters ---
     trials: int = typer.Option(1, "--trials", help="Run trials 0..N-1 with seeds seed+t."),
     trial: int = typer.Option(None, "--trial", help="Run only trial T (seed seed+T; same record as trial T of "
                                                    "--trials N), so a sweep can queue trials one by one."),
@@ -97,6 +71,7 @@ def defend(
     device: str = options.Device,
     compile: str = typer.Option("auto", "--compile",
                                 help="torch.compile the model: auto (long runs only) | on | off."),
+    accel: str = options.Accel,
     results: str = options.Results,
     force: bool = typer.Option(False, "--force", help="Re-run even if a record exists (and ignore a checkpoint)."),
     checkpoint_every: float = typer.Option(
@@ -104,20 +79,23 @@ def defend(
         help="Save the run's state after an epoch when this many seconds passed since the last save (0: every "
              "epoch); a killed run resumes from it with the same numbers."),
     as_json: bool = options.Json,
+    **method_options,
 ) -> None:
+    """Train on the (optionally poisoned) train split with a defense; one record per trial."""
+    DEFENSES.get(method)
+    chosen = chosen_values(method_option_list(), method_options, "method", method, DEFENSES.get(method).PARAMS)
     spec = DefendSpec(
         dataset=dataset, data_dir=data_dir, download=download, npz_split=parse_npz_split(npz_split, dataset),
         model=model, recipe=recipe,
         recipe_overrides={"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
                           "nesterov": nesterov, "weight_decay": weight_decay,
                           "milestones": _milestones(milestones), "augment": augment},
-        poison_ratio=poison_ratio,
+        scenario=scenario, poison_ratio=poison_ratio,
         attacks=[a.strip() for a in attacks.split(",")] if attacks is not None else None,
         poison_sets=parse_poison_sets(poisons), poison_set=poison_set,
-        method=method, method_params=_given(ratio=ratio, beta=beta, gamma=gamma, schedule=schedule, ihvp=ihvp,
-                                            sign=sign, damping=damping, grad_space=grad_space, quantize=quantize,
-                                            gamma_decay_epoch=gamma_decay_epoch, hessian_data=hessian_data),
-        seed=seed, trials=trials, trial=trial, device=device, compile=compile, results=results, force=force,
+        method=method, method_params=chosen,
+        seed=seed, trials=trials, trial=trial, device=device, compile=compile, accel=accel, results=results,
+        force=force,
         checkpoint_every=checkpoint_every,
     )
     reporter = RichReporter()
@@ -151,3 +129,23 @@ def defend(
 
         console.print(f"test accuracy: {100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f} % "
                       f"(mean ± sample std over {len(accs)} trials)")
+
+
+def method_option_list():
+    """The defense options, one per flag across the DEFENSES registry (read when the command is built)."""
+    reserved = inspect.signature(defend).parameters
+    return collect_options(DEFENSES, reserved)
+
+
+def command():
+    """`defend` with one option per defense parameter of the registry as it is now (poisonbench.cli.generated)."""
+    from ..scenarios import SCENARIOS
+
+    methods = ", ".join(f"{n} ({DEFENSES.get(n).summary_text})" for n in DEFENSES)
+    listed = {
+        "method": typer.Option("none", "--method", help=f"Defense to train with: {methods}."),
+        "scenario": typer.Option(None, "--scenario", help=f"What is poisoned and trained: {', '.join(SCENARIOS)}; "
+                                                          "default: inferred (--poison-set: poison-set; "
+                                                          "--poison-ratio > 0: untargeted; else clean)."),
+    }
+    return with_options(defend, typer_parameters(method_option_list(), lambda family: resolve_recipe(family)), listed)

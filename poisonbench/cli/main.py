@@ -15,18 +15,23 @@ from . import defend as defend_cmd
 from . import poisons as poisons_cmd
 from . import report as report_cmd
 
-app = typer.Typer(
-    name="poisonbench",
-    help="Benchmark data-poisoning attacks against training-time defenses (reproduces the HINT paper).",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-app.command("defend", help=defend_cmd.HELP)(defend_cmd.defend)
-app.command("report", help=report_cmd.HELP)(report_cmd.report)
-app.add_typer(data_cmd.app, name="data", help=data_cmd.HELP)
-app.command("craft", help=craft_cmd.HELP)(craft_cmd.craft)
-app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)
+
+def build_app() -> typer.Typer:
+    """The command tree. Built anew for every `main` call: `craft` and `defend` list the options of the attacks and
+    defenses registered at that moment (poisonbench.cli.generated)."""
+    app = typer.Typer(
+        name="poisonbench",
+        help="Benchmark data-poisoning attacks against training-time defenses (reproduces the HINT paper).",
+        add_completion=False,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+    )
+    app.command("defend", help=defend_cmd.HELP)(defend_cmd.command())
+    app.command("report", help=report_cmd.HELP)(report_cmd.report)
+    app.add_typer(data_cmd.app, name="data", help=data_cmd.HELP)
+    app.command("craft", help=craft_cmd.HELP)(craft_cmd.command())
+    app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)
+    return app
 
 
 def given_value(exc: Exception, argv: list[str] | None) -> str:
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with warnings.catch_warnings():  # restores the hook for in-process callers (tests, notebooks)
         warnings.showwarning = one_line
-        _run(typer.main.get_command(app), argv, err)
+        _run(typer.main.get_command(build_app()), argv, err)
 
 
 def _run(command, argv: list[str] | None, err: Console) -> None:

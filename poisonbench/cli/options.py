@@ -20,3 +20,7 @@ Results = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS",
 Json = typer.Option(False, "--json", help="Print machine-readable JSON on stdout (progress goes to stderr).")
 Device = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
 Seed = typer.Option(0, "--seed", help="Base seed; trial t uses seed + t.")
+Accel = typer.Option("auto", "--accel",
+                     help="CPU kernels (poisonbench.accel): auto (where they pay off: DFT-domain convolutions, moment "
+                          "BatchNorm, fused frozen copies; same numbers up to float rounding) | off (plain PyTorch "
+                          "modules, what a GPU runs). Execution only: recorded in the record's env, not in its id.")

@@ -97,7 +97,9 @@ def import_(
 ) -> None:
     from ..data import load_dataset, parse_npz_split
     from ..interop import import_hint_file
+    from ..records import results_dir
 
+    results_dir(results)  # a bad --results fails before the dataset is loaded
     data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
     poison, cached = import_hint_file(file, data, results, force=force)
     m = poison.manifest
@@ -136,10 +138,11 @@ def export(
 ) -> None:
     from ..attacks.base import check_seed
     from ..data import load_dataset, parse_npz_split
+    from ..device import resolve_device, to_float
     from ..errors import PoisonbenchError
-    from ..interop import ORDERS, export_hint_file, order_rows
+    from ..interop import ORDERS, check_export_path, export_hint_file, order_rows
+    from ..records import results_dir
     from ..scenarios import parse_poison_sets, plan_untargeted
-    from ..training import resolve_device, to_float
     from .progress import RichReporter
 
     if order not in ORDERS:
@@ -147,6 +150,8 @@ def export(
     if trial < 0:
         raise PoisonbenchError(f"--trial must be a non-negative integer, got {trial}")
     check_seed(seed + trial, "--seed plus --trial")
+    check_export_path(out)
+    results_dir(results)  # a bad --results fails before the dataset is loaded
     mix = [a.strip() for a in attacks.split(",")] if attacks is not None else None
     chosen = parse_poison_sets(poisons_)
     dev = resolve_device(device)

@@ -1,5 +1,7 @@
-"""`poisonbench report`: aggregate run records — generic per-configuration summary, the paper's Tables II–V
-(`--table`), what is missing to complete them (`--missing`), and Figures 1–4 plus accuracy vs ρ (`--figure`)."""
+"""`poisonbench report`: aggregate run records. One command, four modes, each its own function below:
+`show_plain` (a per-configuration summary, no --table / --figure), `show_table` (the paper's Tables II–V,
+`--table N`), `show_missing` (what is missing to complete a table, `--table N --missing`) and `draw_figures`
+(Figures 1–4 and accuracy vs ρ, `--figure N`). `report` checks the options and picks the mode."""
 
 from __future__ import annotations
 
@@ -21,9 +23,22 @@ from .progress import stdout_console
 HELP = ("Aggregate the run records: test accuracy mean ± sample std over trials per configuration, or the "
         "paper's Tables II–V (--table N, --paper, --diff, --missing) and Figures 1–4 and rho (--figure N --out DIR).")
 
+FIGURE_NEEDS = {
+    "1": "HINT runs whose record keeps healthy-noise examples (record.defense.examples)",
+    "2": "untargeted or clean runs with metrics.sample_predictions",
+    "3": "targeted MP runs (config.poison.kind = targeted, attack = mp)",
+    "4": "targeted BP runs (config.poison.kind = targeted, attack = bp)",
+    "rho": "untargeted or clean runs",
+}
+
 
 def _methods(text: str | None) -> list[str] | None:
     return [m.strip() for m in text.split(",") if m.strip()] if text else None
+
+
+def note(text: str) -> None:
+    """A line for the reader on stderr (stdout stays the table, the commands or the paths)."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False)
 
 
 def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | None, model: str | None,
@@ -50,6 +65,32 @@ def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | 
         raise PoisonbenchError(f"--epochs must be a positive integer, got {epochs}")
     if attacks and attacks != "any":
         check_attacks(attacks.split(","))  # the check `defend --attacks` gets
+
+
+def check_modes(table: str | None, figure: str | None, fmt: str, missing: bool, per_trial: bool, poisons: str | None,
+                trials: int, views: dict[str, bool]) -> None:
+    """Options that contradict the mode they select, or that no mode reads (`views`: flag → given)."""
+    from ..tables import FORMATS, TABLES
+
+    if fmt not in FORMATS:
+        raise unknown_choice("format", fmt, FORMATS)
+    if missing and fmt != "rich":
+        raise PoisonbenchError(f"--missing prints shell commands, one per line; --format {fmt} does not apply")
+    if missing and poisons == "any":
+        raise PoisonbenchError("--missing needs one choice of PoisonSets to complete; --poisons any pools them")
+    if table is not None and figure is not None:
+        raise PoisonbenchError("pass either --table or --figure, not both")
+    if trials <= 0:
+        raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
+    if missing and table is None:
+        raise PoisonbenchError(f"--missing needs --table; valid choices: {', '.join(TABLES)}")
+    if per_trial and not missing:
+        raise PoisonbenchError("--per-trial only applies to --missing")
+    # views of a table or figure; like --wilson (Table III) and --paired (Table II) they may be given to every table,
+    # so that one command line serves a loop over tables, but without any table or figure they are a mistake
+    given = [flag for flag, on in views.items() if on]
+    if given and table is None and figure is None:
+        raise PoisonbenchError(f"{given[0]} applies to --table or --figure only; the plain report has no such view")
 
 
 def report(
@@ -100,28 +141,10 @@ def report(
                                   "--model": model, "--poisons": poisons}.items() if v is not None and not v.strip()]
     if empty:  # an empty filter would silently select everything
         raise PoisonbenchError(f"{empty[0]} is empty; omit it to keep every value")
-    if fmt not in tables.FORMATS:
-        raise unknown_choice("format", fmt, tables.FORMATS)
-    if missing and fmt != "rich":
-        raise PoisonbenchError(f"--missing prints shell commands, one per line; --format {fmt} does not apply")
-    if missing and poisons == "any":
-        raise PoisonbenchError("--missing needs one choice of PoisonSets to complete; --poisons any pools them")
-    if table is not None and figure is not None:
-        raise PoisonbenchError("pass either --table or --figure, not both")
-    if trials <= 0:
-        raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
-    if missing and table is None:
-        raise PoisonbenchError(f"--missing needs --table; valid choices: {', '.join(tables.TABLES)}")
-    if per_trial and not missing:
-        raise PoisonbenchError("--per-trial only applies to --missing")
-    # views of a table or figure; like --wilson (Table III) and --paired (Table II) they may be given to every table,
-    # so that one command line serves a loop over tables, but without any table or figure they are a mistake
-    view_only = {"--paper": paper, "--diff": diff, "--ci": ci, "--wilson": wilson, "--paired": paired,
-                 "--rho": rho is not None, "--out": out is not None, "--run": run is not None,
-                 "--trial": trial is not None}
-    given = [flag for flag, on in view_only.items() if on]
-    if given and table is None and figure is None:
-        raise PoisonbenchError(f"{given[0]} applies to --table or --figure only; the plain report has no such view")
+    check_modes(table, figure, fmt, missing, per_trial, poisons, trials,
+                views={"--paper": paper, "--diff": diff, "--ci": ci, "--wilson": wilson, "--paired": paired,
+                       "--rho": rho is not None, "--out": out is not None, "--run": run is not None,
+                       "--trial": trial is not None})
     if trial is not None and trial < 0:
         raise PoisonbenchError(f"--trial must be a non-negative trial id, got {trial}")
     if rho is not None and not 0 <= rho <= 1:
@@ -138,81 +161,106 @@ def report(
             check_poison_sets(pairs, (attacks or tables.PAPER_MIX).split(","))
         chosen = tables.poison_sets_text(pairs)
     store = RunStore(results)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
     filters = {"dataset": record_name(dataset) if dataset else None,
                "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
                "mix": attacks or tables.PAPER_MIX, "poison_sets": "" if chosen is None else chosen}
     records = store.all()
     if store.skipped_note():
-        err.print(store.skipped_note(), markup=False)
+        note(store.skipped_note())
 
     if table is not None:
-        number = tables.check_table(table)
-        opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson, rho=rho,
-                               paired=paired)
+        opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson, rho=rho, paired=paired)
         if missing:
-            if not records and not dataset:  # an empty workspace: the commands for the dataset `defend` would use
-                dataset = os.environ.get("POISONBENCH_DATASET") or DEFAULT_DATASET
-            commands, notes = tables.missing_commands(number, records, opts, dataset=dataset, recipe=recipe,
-                                                      model=model, epochs=epochs, methods=methods,
-                                                      mix=filters["mix"], poison_sets=filters["poison_sets"],
-                                                      per_trial=per_trial, data_dir=data_dir, results=results)
-            for note in notes:
-                err.print(note, markup=False)
-            for command in commands:
-                print(command)
-            err.print(f"Table {tables.ROMAN[number]}: {len(commands)} command(s) to complete it "
-                      f"({trials} trials per cell)", markup=False)
-            return
-        tables.assert_records(records, store.root)
-        result = tables.build(number, records, opts, **filters)
-        if result.empty:
-            err.print(f"{result.title}: no records match ({describe(filters)})", markup=False)
-            if fmt == "json":  # stdout stays valid JSON for a pipeline
-                sys.stdout.write(tables.render(result, fmt))
-            return
-        if fmt == "rich":
-            tables.render_rich(result)
+            show_missing(table, records, opts, filters, dataset, per_trial, data_dir, results)
         else:
+            show_table(table, records, store, opts, filters, fmt)
+    elif figure is not None:
+        draw_figures(figure, records, store, filters, out=out, run=run, paper=paper, rho=rho, trial=trial,
+                     data_dir=data_dir)
+    else:
+        show_plain(records, store, filters, fmt, attacks)
+
+
+def show_missing(table: str, records: list[dict], opts, filters: dict, dataset: str | None, per_trial: bool,
+                 data_dir: str | None, results: str) -> None:
+    """`--table N --missing`: one `poisonbench defend` command per missing configuration (or trial) on stdout."""
+    from .. import tables
+
+    number = tables.check_table(table)
+    if not records and not dataset:  # an empty workspace: the commands for the dataset `defend` would use
+        dataset = os.environ.get("POISONBENCH_DATASET") or DEFAULT_DATASET
+    commands, notes = tables.missing_commands(number, records, opts, dataset=dataset, recipe=filters["recipe"],
+                                              model=filters["model"], epochs=filters["epochs"],
+                                              methods=filters["methods"], mix=filters["mix"],
+                                              poison_sets=filters["poison_sets"], per_trial=per_trial,
+                                              data_dir=data_dir, results=results)
+    for text in notes:
+        note(text)
+    for command in commands:
+        print(command)
+    note(f"Table {tables.ROMAN[number]}: {len(commands)} command(s) to complete it ({opts.trials} trials per cell)")
+
+
+def show_table(table: str, records: list[dict], store: RunStore, opts, filters: dict, fmt: str) -> None:
+    """`--table N`: the paper's table from the records, in `fmt`."""
+    from .. import tables
+
+    number = tables.check_table(table)
+    tables.assert_records(records, store.root)
+    result = tables.build(number, records, opts, **filters)
+    if result.empty:
+        note(f"{result.title}: no records match ({describe(filters)})")
+        if fmt == "json":  # stdout stays valid JSON for a pipeline
             sys.stdout.write(tables.render(result, fmt))
         return
+    if fmt == "rich":
+        tables.render_rich(result)
+    else:
+        sys.stdout.write(tables.render(result, fmt))
 
-    if figure is not None:
-        from .. import plots
 
-        number = plots.check_figure(figure)
-        tables.assert_records(records, store.root)
-        if run is not None:
-            if number != "1":
-                raise PoisonbenchError("--run selects the record of --figure 1 only")
-            records = [r for r in records if r["run_id"] == run]
-            if not records:
-                raise PoisonbenchError(f"no complete record for run {run!r} under {store.runs}")
-            if not (records[0].get("defense") or {}).get("examples"):
-                method = records[0]["config"]["defense"]["method"]
-                raise PoisonbenchError(f"run {run!r} (method {method!r}) keeps no healthy-noise examples; --run "
-                                       "needs a HINT run")
-        target = out or str(store.root / "figures")
-        paths = plots.draw(number, records, target, paper=paper, rho=rho, trial=trial, data_dir=data_dir,
-                           **filters)
-        if not paths:
-            have = sorted({r["config"]["trial"] for r in records}) if trial is not None else []
-            where = f" and trial {trial} (the records have trials {', '.join(map(str, have))})" if have else ""
-            err.print(f"Figure {number}: nothing to draw from the records matching ({describe(filters)}){where}; "
-                      f"it needs {FIGURE_NEEDS[number]}", markup=False)
-            return
-        for path in paths:
-            print(path)
+def draw_figures(figure: str, records: list[dict], store: RunStore, filters: dict, *, out: str | None,
+                 run: str | None, paper: bool, rho: float | None, trial: int | None, data_dir: str | None) -> None:
+    """`--figure N`: the figure's PNGs under `out` (default <results>/figures); their paths on stdout."""
+    from .. import figures, tables
+
+    number = figures.check_figure(figure)
+    tables.assert_records(records, store.root)
+    if run is not None:
+        if number != "1":
+            raise PoisonbenchError("--run selects the record of --figure 1 only")
+        records = [r for r in records if r["run_id"] == run]
+        if not records:
+            raise PoisonbenchError(f"no complete record for run {run!r} under {store.runs}")
+        if not (records[0].get("defense") or {}).get("examples"):
+            method = records[0]["config"]["defense"]["method"]
+            raise PoisonbenchError(f"run {run!r} (method {method!r}) keeps no healthy-noise examples; --run "
+                                   "needs a HINT run")
+    target = out or str(store.root / "figures")
+    paths = figures.draw(number, records, target, paper=paper, rho=rho, trial=trial, data_dir=data_dir, **filters)
+    if not paths:
+        have = sorted({r["config"]["trial"] for r in records}) if trial is not None else []
+        where = f" and trial {trial} (the records have trials {', '.join(map(str, have))})" if have else ""
+        note(f"Figure {number}: nothing to draw from the records matching ({describe(filters)}){where}; "
+             f"it needs {FIGURE_NEEDS[number]}")
         return
+    for path in paths:
+        print(path)
+
+
+def show_plain(records: list[dict], store: RunStore, filters: dict, fmt: str, attacks: str | None) -> None:
+    """No --table / --figure: test accuracy mean ± std per configuration; unlike the tables, every attack mix and
+    PoisonSet choice unless --attacks / --poisons name one."""
+    from .. import tables
 
     tables.assert_records(records, store.root)
-    summary = lib.load_summary(records, **{**filters, "mix": attacks or "any", "poison_sets": chosen or "any"})
+    summary = lib.load_summary(records, **{**filters, "mix": attacks or "any", "poison_sets": filters["poison_sets"]
+                                           or "any"})
     if summary.attrs.get("not_shown"):
-        err.print(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id or seed of another run "
-                  "of the same configuration (e.g. another --seed); each configuration keeps the newest run per "
-                  "trial and seed", markup=False)
+        note(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id or seed of another run of the "
+             "same configuration (e.g. another --seed); each configuration keeps the newest run per trial and seed")
     if summary.empty:
-        err.print(f"no records match ({describe({**filters, 'mix': attacks})})", markup=False)
+        note(f"no records match ({describe({**filters, 'mix': attacks})})")
         if fmt == "json":
             print("[]")
         return
@@ -227,15 +275,6 @@ def report(
     for r in rows:
         rich_table.add_row(*map(str, r.values()))
     stdout_console().print(rich_table)
-
-
-FIGURE_NEEDS = {
-    "1": "HINT runs whose record keeps healthy-noise examples (record.defense.examples)",
-    "2": "untargeted or clean runs with metrics.sample_predictions",
-    "3": "targeted MP runs (config.poison.kind = targeted, attack = mp)",
-    "4": "targeted BP runs (config.poison.kind = targeted, attack = bp)",
-    "rho": "untargeted or clean runs",
-}
 
 
 def describe(filters: dict) -> str:

@@ -8,13 +8,13 @@ the standard files works (torchvision's `MNIST/raw/` layout, a flat directory su
 from __future__ import annotations
 
 import gzip
-import pickle
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import PoisonbenchError
+from .cifar_pickle import load_batch
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -76,7 +76,8 @@ def read_mnist_family(directories: list[Path]) -> tuple[dict[str, np.ndarray], P
 
 
 def read_cifar10(directories: list[Path]) -> tuple[dict[str, np.ndarray], Path] | None:
-    """Read the official python-pickle batches (`cifar-10-batches-py/data_batch_1..5`, `test_batch`)."""
+    """Read the official python-pickle batches (`cifar-10-batches-py/data_batch_1..5`, `test_batch`) with an
+    unpickler that runs nothing but numpy's array reconstruction (`cifar_pickle`)."""
     for d in directories:
         if (d / "data_batch_1").is_file():
             break
@@ -88,14 +89,14 @@ def read_cifar10(directories: list[Path]) -> tuple[dict[str, np.ndarray], Path] 
         if not path.is_file():
             raise PoisonbenchError(f"{d} lacks {name}")
         try:
-            with open(path, "rb") as f:
-                # The official CIFAR-10 distribution format is a pickle; this is the only place we read one.
-                entry = pickle.load(f, encoding="latin1")
+            entry = load_batch(path)
             labels = entry.get("labels", entry.get("fine_labels"))
             x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             y = np.asarray(labels, dtype=np.int64)
             if labels is None or y.shape != (len(x),):
                 raise ValueError("no labels for its images")
+        except PoisonbenchError:
+            raise
         except Exception as exc:  # noqa: BLE001 (a damaged or foreign file, whatever the unpickler raises)
             raise PoisonbenchError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc}); an "
                                    "interrupted download? delete it and fetch it again") from None

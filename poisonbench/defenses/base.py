@@ -1,13 +1,25 @@
-"""The defense interface (design.md §3): a defense implements only the hooks it needs."""
+"""The defense interface (design.md §3): a defense implements only the hooks it needs.
+
+Hooks, in the order the engine (poisonbench/training.py) calls them:
+
+    prepare(ctx)                    before training; a filtering defense returns the train rows to keep
+    on_epoch_start(ctx, epoch)      before each epoch (HINT's noise updates, EPIC's drops, FRIENDS' noise)
+    batch_raw(ctx, x, y, idx)       per batch, before augmentation (FRIENDS' Bernoulli noise)
+    batch(ctx, x, y, idx)           per batch, after augmentation (ATDA's adversarial examples)
+    state(ctx) / load_state(...)    what the defense carries between epochs, for checkpoints
+    summary(poisoned)               figures for the record: the only hook that sees the ground-truth poison mask
+
+The seconds spent in a defense's own hooks, per-batch ones included, are its cost (Table V). The hooks that
+decide (all but `summary`) never see which rows are poisoned: `TrainContext` does not hold that mask.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..errors import inapplicable_option
-from ..hashing import like_default
+from ..params import Param, resolve
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
@@ -17,29 +29,31 @@ if TYPE_CHECKING:
 class Defense:
     """Base class; the default hooks do nothing, so `Defense` itself is plain training (`--method none`).
 
-    Subclasses list their parameters in `defaults(family, recipe)` (the paper's values, possibly depending on
-    the dataset family and the recipe, e.g. a schedule scaled to the epochs). The resolved parameters are part
-    of the run id.
+    Subclasses declare their options as `PARAMS` (poisonbench.params; defaults may depend on the dataset family and
+    the recipe, e.g. a schedule scaled to the epochs). The resolved parameters are part of the run id.
     """
 
-    name = "none"
+    name: ClassVar[str] = "none"
+    summary_text: ClassVar[str] = "plain training, no defense"
+    PARAMS: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, family: str, recipe: Recipe, **params: Any):
-        defaults = self.defaults(family, recipe)
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            raise inapplicable_option(f"--{unknown[0].replace('_', '-')}", "method", self.name,
-                                      [f"--{k.replace('_', '-')}" for k in defaults])
         self.family, self.recipe = family, recipe
-        self.params = {**defaults, **{k: like_default(v, defaults[k]) for k, v in params.items()}}
+        self.params, self.explicit = resolve(self.PARAMS, params, family, recipe, "method", self.name)
         self.validate()
 
     @classmethod
     def defaults(cls, family: str, recipe: Recipe) -> dict[str, Any]:
-        return {}
+        """Every parameter's default for `family` and `recipe` (as a run's config would hold them)."""
+        return resolve(cls.PARAMS, {}, family, recipe, "method", cls.name)[0]
+
+    @classmethod
+    def overrides_hook(cls, hook: str) -> bool:
+        """Whether this defense implements `hook` (the engine times and calls per-batch hooks only then)."""
+        return getattr(cls, hook) is not getattr(Defense, hook)
 
     def validate(self) -> None:
-        """Raise PoisonbenchError for parameter values out of range."""
+        """Raise PoisonbenchError for parameter combinations out of range (single bounds are in `PARAMS`)."""
 
     def config(self) -> dict:
         """Everything that identifies this defense in a run id (name and resolved parameters)."""
@@ -51,6 +65,10 @@ class Defense:
 
     def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
         """Before each epoch (0-based): e.g. HINT's noise updates, EPIC's drops."""
+
+    def batch_raw(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
+        """Per-batch transform of the inputs before augmentation (train rows `idx`); returns (x, y)."""
+        return x, y
 
     def batch(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         """Per-batch transform of the (augmented) inputs and labels; returns (x, y)."""
@@ -66,6 +84,7 @@ class Defense:
     def load_state(self, ctx: TrainContext, tensors: dict[str, torch.Tensor], state: dict) -> None:
         """Restore `state(ctx)` into a freshly prepared defense (called after `prepare`, before the next epoch)."""
 
-    def summary(self) -> dict:
-        """Defense-specific figures for the run record (e.g. the noise actually applied)."""
+    def summary(self, poisoned: torch.Tensor | None = None) -> dict:
+        """Defense-specific figures for the run record (e.g. the noise actually applied). `poisoned` is the
+        ground-truth mask over the train rows (None for clean training), for statistics only."""
         return {}

@@ -18,7 +18,6 @@ schedule 5, 15 of 30 epochs and CIFAR-10 5, 15, 40 of 80 are scaled to the recip
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import influence as inf
-from ..errors import PoisonbenchError, unknown_choice
+from ..errors import PoisonbenchError
+from ..params import Param
 from .base import Defense
 
 if TYPE_CHECKING:
@@ -50,6 +50,11 @@ def scale_schedule(family: str, epochs: int) -> list[int]:
 
 
 def parse_schedule(value: Any) -> list[int]:
+    """`--schedule 5,15` (or an int, or a list) → the sorted distinct epochs."""
+    return sorted(set(_schedule_items(value)))
+
+
+def _schedule_items(value: Any) -> list[int]:
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",") if p.strip()]
         try:
@@ -61,45 +66,48 @@ def parse_schedule(value: Any) -> list[int]:
     return [int(e) for e in value]
 
 
+def _paper_schedule(family: str, recipe: Recipe) -> list[int]:
+    return scale_schedule(family, recipe.epochs)
+
+
 class Hint(Defense):
     name = "hint"
+    summary_text = "Healthy Influential-Noise based Training (the paper's defense)"
+    PARAMS = (
+        Param("ratio", float, 0.5, "r, the fraction of training examples selected for healthy noise.",
+              'paper Table II caption "r = 0.5"; official MNIST README', positive=True, maximum=1),
+        Param("beta", float, 0.062, "β, L∞ bound of the healthy noise (pixel units).",
+              "paper §VI-A3; official eps 16/255 = 0.0627", positive=True, maximum=1),
+        Param("gamma", float, 0.1, "γ, noise step scale.",
+              "paper §VI-A3; official README (the argparse default is 0.01)", positive=True),
+        Param("schedule", list, _paper_schedule,
+              "Noise-update epochs, comma-separated, 0-based (the update runs before that epoch), taken as given; "
+              "the default is the paper's (5,15 of 30 epochs on MNIST; 5,15,40 of 80 on CIFAR-10) scaled to the "
+              "recipe's epochs.", "paper §VI-A3", parse=parse_schedule),
+        Param("ihvp", str, "cg", "Inverse-Hessian-vector solver: exact (Cholesky) | cg | lissa (the official one).",
+              "ours: CG solves (H + λI)s = v exactly; exact is O(D³), D = 16,010 on MNIST", choices=inf.SOLVERS),
+        Param("damping", float, inf.DEFAULT_DAMPING, "λ in (H + λI)⁻¹ (official LiSSA damp 0.01 × scale 50).",
+              "official LiSSA damp 0.01, scale 50", positive=True),
+        Param("sign", bool, False, "Signed noise update δ ← Π_β(δ − γ·sign(I_pert)) (official --sign).",
+              "official --sign"),
+        Param("grad_space", str, "pixel", "pixel (paper) | normalized (official CIFAR quirk Q2: gradient w.r.t. "
+              "the normalised input).", "docs/fidelity.md, HINT quirk Q2", choices=GRAD_SPACES),
+        Param("quantize", bool, False, "Truncate noisy images to uint8 after each update (official quirk Q3).",
+              "docs/fidelity.md, HINT quirk Q3"),
+        Param("gamma_decay_epoch", int, None, "γ/10 from this 0-based epoch on (official quirk Q1: 40).",
+              "docs/fidelity.md, HINT quirk Q1", minimum=0),
+        Param("hessian_data", str, "all", "Hessian of later updates over all (default) | selected (official "
+              "quirk Q4) training examples.", "docs/fidelity.md, HINT quirk Q4", choices=HESSIAN_DATA),
+    )
 
     def __init__(self, family: str, recipe: Recipe, **params: Any):
-        if "schedule" in params:
-            params["schedule"] = parse_schedule(params["schedule"])
         super().__init__(family, recipe, **params)
-        self.params["schedule"] = sorted(set(self.params["schedule"]))
         self._reset()
-
-    @classmethod
-    def defaults(cls, family: str, recipe: Recipe) -> dict[str, Any]:
-        return {
-            "ratio": 0.5,  # r (paper Table II caption "r = 0.5"; official MNIST README)
-            "beta": 0.062,  # β (paper §VI-A3; official eps 16/255 = 0.0627)
-            "gamma": 0.1,  # γ (paper §VI-A3; official README; the argparse default is 0.01)
-            "schedule": scale_schedule(family, recipe.epochs),
-            "ihvp": "cg",  # exact solve of (H + λI)s = v by CG; "exact" (Cholesky) is O(D³), D = 16,010 on MNIST
-            "damping": inf.DEFAULT_DAMPING,  # λ = official damp 0.01 × scale 50
-            "sign": False,  # official --sign: δ ← Π_β(δ − γ·sign(I_pert))
-            "grad_space": "pixel",  # Q2: "normalized" = official CIFAR (∇ w.r.t. the normalised input)
-            "quantize": False,  # Q3: official uint8 truncation of x̂ after every update
-            "gamma_decay_epoch": None,  # Q1: official 40 (γ/10 from that epoch on)
-            "hessian_data": "all",  # Q4: "selected" = official later-epoch H from the selected subset only
-        }
 
     def validate(self) -> None:
         p, epochs = self.params, self.recipe.epochs
-        if not (isinstance(p["ratio"], (int, float)) and 0 < p["ratio"] <= 1):
-            raise PoisonbenchError(f"--ratio must be in (0, 1], got {p['ratio']}")
-        if not 0 < p["beta"] <= 1:
-            raise PoisonbenchError(f"--beta must be in (0, 1] (pixel units), got {p['beta']}")
         if p["quantize"] and p["beta"] < 1 / 255:  # the uint8 grid cannot hold x̂ within β of an off-grid x0
             raise PoisonbenchError(f"--quantize needs --beta >= 1/255 (one uint8 step), got {p['beta']}")
-        if not 0 < p["gamma"] < math.inf:
-            raise PoisonbenchError(f"--gamma must be a finite number > 0, got {p['gamma']}")
-        if not 0 < p["damping"] < math.inf:
-            raise PoisonbenchError(f"--damping must be a finite number > 0 (H is singular without it), "
-                                   f"got {p['damping']}")
         if p["ihvp"] == "lissa" and p["damping"] >= 2 * inf.LISSA_SCALE:
             raise PoisonbenchError(f"--damping {p['damping']:g} with --ihvp lissa: the recursion diverges unless "
                                    f"λ < 2·scale = {2 * inf.LISSA_SCALE:g} (use --ihvp cg or exact)")
@@ -110,19 +118,12 @@ class Hint(Defense):
         if bad:
             raise PoisonbenchError(f"--schedule epoch {bad[0]} is outside [0, {epochs - 1}] (0-based epochs of a "
                                    f"{epochs}-epoch recipe)")
-        if p["ihvp"] not in inf.SOLVERS:
-            raise unknown_choice("--ihvp solver", p["ihvp"], inf.SOLVERS)
-        if p["grad_space"] not in GRAD_SPACES:
-            raise unknown_choice("--grad-space", p["grad_space"], GRAD_SPACES)
-        if p["hessian_data"] not in HESSIAN_DATA:
-            raise unknown_choice("--hessian-data", p["hessian_data"], HESSIAN_DATA)
-        if p["gamma_decay_epoch"] is not None and p["gamma_decay_epoch"] < 0:
-            raise PoisonbenchError(f"--gamma-decay-epoch must be >= 0, got {p['gamma_decay_epoch']}")
 
     # ------------------------------------------------------------------------------------------------------------
 
     def _reset(self) -> None:
         self.selected: torch.Tensor | None = None  # sorted ascending
+        self.pool: torch.Tensor | None = None  # the train rows in use when D_s was selected
         self.rank_order: torch.Tensor | None = None  # selected indices by descending |I_up|
         self.x0: torch.Tensor | None = None  # original rows of the selected examples
         self.delta: torch.Tensor | None = None
@@ -184,6 +185,7 @@ class Hint(Defense):
         s = self._solve(ctx, epoch, x, y, inputs=(h, logits))
         i_up = inf.influence_up(h, logits, y, s.s)
         top = inf.top_abs(i_up, self.params["ratio"])
+        self.pool = pool
         self.rank_order = pool[top]
         self.selected = torch.sort(self.rank_order).values
         self.i_up = torch.zeros(len(ctx.train_y), dtype=i_up.dtype, device=ctx.device)
@@ -199,17 +201,6 @@ class Hint(Defense):
             "i_up_positive_selected": int((i_up[top] > 0).sum()),
             "ihvp": s.stats(), "seconds": round(time.perf_counter() - start, 4),
         }
-        if ctx.poisoned is not None:
-            poisoned = ctx.poisoned.to(ctx.device)
-            n_pois = int(poisoned[pool].sum())
-            sel_pois = int(poisoned[self.selected].sum())
-            self.selection.update({
-                "poisoned_in_pool": n_pois, "selected_poisoned": sel_pois,
-                "selected_poisoned_fraction": sel_pois / k if k else None,
-                "poisoned_recall": sel_pois / n_pois if n_pois else None,
-                "i_up_abs_mean_poisoned": i_up[poisoned[pool]].abs().mean().item() if n_pois else None,
-                "i_up_abs_mean_clean": i_up[~poisoned[pool]].abs().mean().item() if n_pois < len(pool) else None,
-            })
 
     def _gamma(self, epoch: int) -> float:
         g, decay = self.params["gamma"], self.params["gamma_decay_epoch"]
@@ -256,7 +247,7 @@ class Hint(Defense):
         tensors = {"lissa_generator": self._generator.get_state()}
         if self.selected is not None:
             tensors.update(selected=self.selected, rank_order=self.rank_order, i_up=self.i_up,
-                           x_hat=ctx.train_x[self.selected])
+                           x_hat=ctx.train_x[self.selected], pool=self.pool)
         return tensors, {"selection": self.selection, "updates": self.updates}
 
     def load_state(self, ctx: TrainContext, tensors: dict[str, torch.Tensor], state: dict) -> None:
@@ -267,6 +258,7 @@ class Hint(Defense):
         self.selected = tensors["selected"].to(ctx.device)
         self.rank_order = tensors["rank_order"].to(ctx.device)
         self.i_up = tensors["i_up"].to(ctx.device)
+        self.pool = tensors["pool"].to(ctx.device)
         self.x0 = ctx.train_x[self.selected].clone()
         x_hat = tensors["x_hat"].to(ctx.device)
         ctx.train_x[self.selected] = x_hat
@@ -290,28 +282,45 @@ class Hint(Defense):
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def summary(self) -> dict:
+    def summary(self, poisoned: torch.Tensor | None = None) -> dict:
         out: dict[str, Any] = {"method": self.name, "schedule": self.params["schedule"],
                                "selection": self.selection, "updates": self.updates}
         if self.selected is None:
             return out
+        if poisoned is not None:
+            out["selection"] = {**self.selection, **self._poison_statistics(poisoned.to(self.selected.device))}
         k = len(self.selected)
         out["selected"] = k
         out["noise"] = {**self._noise_stats(), "beta": self.params["beta"], "selected": k}
-        if self._ctx is not None and self._ctx.poisoned is not None:
-            out["selected_poisoned"] = self.selection.get("selected_poisoned")
-        out["examples"] = self._examples()
+        if poisoned is not None:
+            out["selected_poisoned"] = out["selection"]["selected_poisoned"]
+        out["examples"] = self._examples(poisoned)
         return out
 
+    def _poison_statistics(self, poisoned: torch.Tensor) -> dict:
+        """How D_s relates to the ground truth: computed for the record only, after training."""
+        pool, k = self.pool, len(self.selected)
+        i_up = self.i_up[pool]
+        in_pool = poisoned[pool]
+        n_pois = int(in_pool.sum())
+        sel_pois = int(poisoned[self.selected].sum())
+        return {
+            "poisoned_in_pool": n_pois, "selected_poisoned": sel_pois,
+            "selected_poisoned_fraction": sel_pois / k if k else None,
+            "poisoned_recall": sel_pois / n_pois if n_pois else None,
+            "i_up_abs_mean_poisoned": i_up[in_pool].abs().mean().item() if n_pois else None,
+            "i_up_abs_mean_clean": i_up[~in_pool].abs().mean().item() if n_pois < len(pool) else None,
+        }
+
     @torch.no_grad()
-    def _examples(self) -> list[dict]:
+    def _examples(self, poisoned: torch.Tensor | None) -> list[dict]:
         """Up to FIGURE_EXAMPLES clean and FIGURE_EXAMPLES poisoned selected examples (highest |I_up| first) with
         original image, noise and the final model's prediction on the original and the perturbed image."""
         ctx = self._ctx
         if ctx is None or self.rank_order is None:
             return []
         pos = {int(i): j for j, i in enumerate(self.selected.tolist())}
-        poisoned = ctx.poisoned.cpu().tolist() if ctx.poisoned is not None else None  # one copy, not a sync per row
+        poisoned = poisoned.cpu().tolist() if poisoned is not None else None  # one copy, not a sync per row
         clean, pois = [], []
         for i in self.rank_order.tolist():
             is_p = poisoned[i] if poisoned is not None else False

@@ -6,33 +6,37 @@ than asked (`--trials`); `–` an empty cell. A table is a list of blocks (one p
 recipe), each a grid of `Cell`s; `render` turns it into rich / md / latex / csv / json, and `missing_commands`
 lists the `poisonbench defend` runs that would complete it.
 
-Modules: `constants` (grids, captions), `stats` (cell statistics), `frame` (records as a frame and which runs a
-cell shows), `labels`, `cells` (the table model), `table2` … `table5` (the builders), `build`, `render`, `missing`.
+Modules: `rows` (run records flattened into one frame: the one reader of a record's fields, also behind the
+plain report and the figures), `selection` (which runs a cell shows), `settings` (one block per dataset · model ·
+recipe), `parameters` (which parameter set of a method a table shows), `constants` (grids, captions), `stats`
+(cell statistics), `labels`, `cells` (the table model), `table2` … `table5` (the builders), `build`, `render`,
+`missing`.
 """
 
 from __future__ import annotations
 
 from .build import build, check_table
 from .cells import Block, Cell, Options, Table, acc_cell
-from .constants import ATTACKS, BETA_GRID, FORMATS, HINT_PAPER, PAPER_METHODS, R_GRID, RHOS, ROMAN, TABLES, TOL
-from .frame import (
+from .constants import (
+    ATTACKS,
+    BETA_GRID,
+    FORMATS,
+    HINT_PAPER,
+    PAPER_METHODS,
     PAPER_MIX,
-    Setting,
-    apply_filters,
-    cell_records,
-    frame,
-    in_setting,
-    methods_of,
-    poison_sets_text,
-    primary,
-    record_row,
-    settings,
-    superseded_runs,
-    untargeted,
+    R_GRID,
+    RHOS,
+    ROMAN,
+    TABLES,
+    TOL,
 )
 from .labels import method_label, rho_text
 from .missing import assert_records, available_methods, missing_commands, recipe_flags
+from .parameters import primary
 from .render import render, render_latex, render_rich
+from .rows import frame, poison_sets_text, record_row
+from .selection import apply_filters, cell_records, methods_of, superseded_runs, untargeted
+from .settings import Setting, in_setting, settings
 from .stats import close, stat, wilson
 from .table2 import table2
 

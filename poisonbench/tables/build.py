@@ -5,7 +5,8 @@ from __future__ import annotations
 from ..errors import unknown_choice
 from .cells import Options, Table
 from .constants import ROMAN, TABLES
-from .frame import apply_filters, cell_records, frame
+from .rows import frame
+from .selection import apply_filters, cell_records
 from .table2 import table2
 from .table3 import table3
 from .table4 import table4

@@ -8,7 +8,7 @@ import pandas as pd
 
 from .. import paper
 from .constants import DASH, ROMAN
-from .frame import Setting
+from .settings import Setting
 from .stats import Stat, num, stat
 
 

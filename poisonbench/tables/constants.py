@@ -14,7 +14,8 @@ ATTACKS = ("gm", "mp", "bp", "fc")
 SENSITIVITY_RHO = 0.6  # Table IV; also Table V's default
 TOL = 1e-3  # parameter matching: 16/255 = 0.0627 counts as β = 0.062; grid values are ≥ 0.03 apart
 DASH = "–"
-DEFAULT_ATTACK_MIX = "pgd,dap,durp,deepconfuse"
+# Table II's untargeted mix (paper §VI-A2): the default `--attacks` of `report`, and of `defend`
+PAPER_MIX = "pgd,dap,durp,deepconfuse"
 CAPTIONS = {
     "2": "Test accuracy (%) defending against the untargeted mix (PGD+DAP+DURP+DC) at poison ratio ρ; HINT r = 0.5, "
          "β = 0.062",

@@ -12,21 +12,12 @@ from .. import paper
 from ..errors import PoisonbenchError
 from .build import check_table
 from .cells import Options
-from .constants import BETA_GRID, DEFAULT_ATTACK_MIX, HINT_PAPER, PAPER_METHODS, R_GRID, RHOS, SENSITIVITY_RHO
-from .frame import (
-    PAPER_MIX,
-    Setting,
-    apply_filters,
-    cell_records,
-    frame,
-    guess_family,
-    in_setting,
-    methods_of,
-    primary,
-    settings,
-    untargeted,
-)
+from .constants import BETA_GRID, HINT_PAPER, PAPER_METHODS, PAPER_MIX, R_GRID, RHOS, SENSITIVITY_RHO
 from .labels import rho_text
+from .parameters import primary
+from .rows import frame
+from .selection import apply_filters, cell_records, methods_of, untargeted
+from .settings import Setting, guess_family, in_setting, settings
 from .stats import close
 
 
@@ -96,7 +87,7 @@ class Need:
             parts += [f"--{key}", f"{value:g}"]
         if base_seed:
             parts += ["--seed", str(base_seed)]
-        if mix and mix != DEFAULT_ATTACK_MIX and self.rho > 0:
+        if mix and mix != PAPER_MIX and self.rho > 0:
             parts += ["--attacks", mix]
         if poison_sets and self.rho > 0:
             parts += ["--poisons", poison_sets]

@@ -20,9 +20,11 @@ from .cells import (
     setting_data,
     setting_notes,
 )
-from .constants import CAPTIONS, RHOS
-from .frame import PAPER_MIX, choose_parameters, in_setting, methods_of, mix_note, settings, untargeted
+from .constants import CAPTIONS, PAPER_MIX, RHOS
 from .labels import method_label, rho_text
+from .parameters import choose_parameters
+from .selection import methods_of, mix_note, untargeted
+from .settings import in_setting, settings
 from .stats import close, stat
 
 

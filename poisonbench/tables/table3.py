@@ -19,8 +19,10 @@ from .cells import (
     setting_notes,
 )
 from .constants import ATTACKS, CAPTIONS
-from .frame import choose_parameters, in_setting, methods_of, settings
 from .labels import method_label, rho_text
+from .parameters import choose_parameters
+from .selection import methods_of
+from .settings import in_setting, settings
 from .stats import num, stat, wilson
 
 

@@ -19,8 +19,10 @@ from .cells import (
     setting_notes,
 )
 from .constants import BETA_GRID, CAPTIONS, HINT_PAPER, R_GRID, SENSITIVITY_RHO
-from .frame import Setting, in_setting, left_out_note, mix_note, primary, settings, untargeted
 from .labels import rho_text, value_text
+from .parameters import left_out_note, primary
+from .selection import mix_note, untargeted
+from .settings import Setting, in_setting, settings
 from .stats import close, stat
 from .table2 import paper_mix_only
 

@@ -7,8 +7,10 @@ import pandas as pd
 from .. import paper
 from .cells import Block, Cell, Options, Table, setting_data, setting_notes
 from .constants import CAPTIONS, DASH, HINT_PAPER, R_GRID, SENSITIVITY_RHO
-from .frame import in_setting, left_out_note, methods_of, mix_note, primary, settings, untargeted
 from .labels import method_label, rho_text, value_text
+from .parameters import left_out_note, primary
+from .selection import methods_of, mix_note, untargeted
+from .settings import in_setting, settings
 from .stats import close, num, stat
 from .table4 import sensitivity_note, sensitivity_rows
 

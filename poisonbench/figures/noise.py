@@ -1,4 +1,5 @@
-"""Figures drawn from run records (matplotlib, Agg backend; nothing here trains or loads data)."""
+"""Paper Fig. 1: HINT's healthy noise, from a HINT run record's stored examples (`record.defense.examples`,
+defenses/hint.py): the training image, the noise (scaled to [0, 1]) and the perturbed image."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PoisonbenchError
+from .. import tables
+from ..errors import PoisonbenchError
+from .panels import plt, save
 
 
 def _image(values: list[float], shape: list[int]) -> np.ndarray:
@@ -23,11 +26,6 @@ def _scaled(delta: np.ndarray) -> np.ndarray:
 def noise_figure(record: dict, out: str | Path) -> Path:
     """Paper Fig. 1 from a HINT run record: per stored example, the original training image, the healthy noise
     (scaled to [0, 1]) and the perturbed image, with the final model's prediction and probability."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     defense = record.get("defense") or {}
     examples = defense.get("examples") or []
     if not examples:
@@ -64,8 +62,22 @@ def noise_figure(record: dict, out: str | Path) -> Path:
     subtitle = ", ".join(shown)
     fig.suptitle(f"HINT healthy noise · run {record.get('run_id')} {subtitle}", fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save(fig, Path(out), bbox_inches=None)
+
+
+def paper_parameters(record: dict) -> bool:
+    """Whether a HINT run used every default of its dataset family, Table II's r and β included."""
+    row = tables.record_row(record)
+    return bool(row["default_params"]) and all(abs(row[k] - v) <= tables.TOL for k, v in tables.HINT_PAPER.items())
+
+
+def figure_1(records: list[dict], out: Path) -> list[Path]:
+    """Healthy noise (paper Fig. 1), drawn by `noise_figure` (the same figure as `report --figure 1 --run`) from a
+    HINT record with stored examples: one with the paper's parameters if any (a sensitivity run's noise is not the
+    paper's figure), then the highest ρ, then the newest."""
+    withx = [r for r in records if (r.get("defense") or {}).get("examples")]
+    if not withx:
+        return []
+    rec = max(withx, key=lambda r: (paper_parameters(r), (r["config"].get("poison") or {}).get("ratio", 0.0),
+                                    r.get("finished_at") or "", r["run_id"]))
+    return [noise_figure(rec, out / f"fig1_healthy_noise_{rec['config']['dataset']}.png")]

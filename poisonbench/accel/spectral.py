@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import conv_sharing, has_hooks, probe
+from ..models import conv_sharing, has_hooks, probe
 
 MIN_KERNEL_SIDE = 5  # 3×3 kernels stay direct (see SpectralConv2d.pays_off)
 MAX_COST_FRACTION = 0.6  # of the direct convolution's multiply-adds

@@ -1,4 +1,5 @@
-"""What a run record keeps for the prediction figures (docs/metrics.md, "Report and tables").
+"""A run record's predictions on fixed test images (`metrics.sample_predictions`), which paper Fig. 2 puts side by
+side across methods (docs/metrics.md, "Report and tables").
 
 Kept free of heavy imports beyond torch: the runner calls `sample_predictions` after training.
 """

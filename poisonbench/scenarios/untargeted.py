@@ -1,4 +1,4 @@
-"""Scenarios `defend` trains (design.md §4). `plan_untargeted` is the paper's Table II mix.
+"""The clean and untargeted scenarios (design.md §4). `plan_untargeted` is the paper's Table II mix.
 
 ⌊ρ·n⌋ train rows are poisoned, split equally among the attacks (the remainder goes to the first ones), on
 disjoint rows drawn from a seed derived from the trial seed (not the seed itself: see `derived_seed`). Each attack
@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attacks import ATTACKS
-from .attacks.base import budget_count
-from .errors import PoisonbenchError
-from .hashing import derived_seed, short_hash
+from ..attacks import ATTACKS
+from ..attacks.base import budget_count
+from ..errors import PoisonbenchError
+from ..hashing import derived_seed, short_hash
+from .base import Scenario, reporter_progress
 
 UNTARGETED_ATTACKS = ("pgd", "dap", "durp", "deepconfuse")  # HINT's Table II mix (reference/attacks.md §1.1)
 ROW_STREAM = "untargeted-rows"  # the poisoned rows are drawn from derived_seed(trial seed, ROW_STREAM)
@@ -45,20 +46,20 @@ class UntargetedPlan:
         return mask.to(device) if device is not None else mask
 
     def apply(self, train_x: torch.Tensor, results_root=None, device=None, reporter=None,
-              compile: str = "auto") -> torch.Tensor:
+              compile: str = "auto", accel: str = "auto") -> torch.Tensor:
         """Craft any missing PoisonSet (with progress on `reporter`), then write clamp(x + δ, 0, 1) into the
         assigned rows of the float train tensor `train_x` (in place) and return it."""
-        from . import poisons
+        from .. import poisons
 
         device = device or train_x.device
-        progress, finish = _reporter_progress(reporter)
+        progress, finish = reporter_progress(reporter)
         try:
             for attack in self.attacks:
                 rows = self.assignment[attack]
                 if len(rows) == 0:
                     continue
                 poison, _cached = poisons.craft(self.specs[attack], self.dataset, results_root, device, progress,
-                                                compile=compile)
+                                                compile=compile, accel=accel)
                 self.tensor_sha256[attack] = poison.manifest["tensor_sha256"]
                 delta = poison.rows_for(rows).to(train_x.device, train_x.dtype)
                 rows_dev = rows.to(train_x.device)
@@ -66,28 +67,6 @@ class UntargetedPlan:
         finally:
             finish()
         return train_x
-
-
-def _reporter_progress(reporter):
-    """Adapt a runner.Reporter (start/batch/stop) to the attacks' progress(description, done, total)."""
-    if reporter is None:
-        return None, lambda: None
-    state = {"description": None}
-
-    def progress(description: str, completed: int, total: int) -> None:
-        if description != state["description"]:
-            if state["description"] is not None:
-                reporter.stop()
-            reporter.start(f"craft {description}", 1)
-            state["description"] = description
-        reporter.batch(0, completed, total)
-
-    def finish() -> None:
-        if state["description"] is not None:
-            reporter.stop()
-            state["description"] = None
-
-    return progress, finish
 
 
 def split_counts(k: int, m: int) -> list[int]:
@@ -112,7 +91,7 @@ def check_attacks(attacks: list[str] | None) -> list[str]:
 
 def parse_poison_sets(text: str | None) -> dict[str, str] | None:
     """`--poisons deepconfuse=ID,pgd=ID` → {attack: poison id}; None when not given."""
-    from .poisons import check_poison_id
+    from ..poisons import check_poison_id
 
     if text is None:
         return None
@@ -139,7 +118,7 @@ def check_poison_sets(poison_sets: dict[str, str] | None, attacks: list[str]) ->
 def chosen_spec(data, attack: str, poison_id: str, results_root=None):
     """The CraftSpec of an existing PoisonSet chosen with `--poisons`: it must be `attack`'s, made for this dataset
     split, and cover the whole train split (budget 1, as the mix's own artifacts)."""
-    from .poisons import spec_of
+    from ..poisons import spec_of
 
     spec, _ = spec_of(results_root, poison_id, data)
     if spec.attack != attack:
@@ -157,7 +136,7 @@ def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_roo
     `poison_sets` ({attack: poison id}, `defend --poisons`) replaces an attack's default artifact with an existing
     PoisonSet crafted with other options (e.g. DeepConfuse from DC's own generator); the record lists those that
     differ from the defaults under `poison_sets`."""
-    from .poisons import craft_spec
+    from ..poisons import craft_spec
 
     if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0 and not math.isnan(ratio)):
         raise PoisonbenchError(f"poison ratio must be in [0, 1], got {ratio}")
@@ -197,56 +176,35 @@ def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_roo
     return UntargetedPlan(data, float(ratio), attacks, seed, specs, assignment, config)
 
 
-@dataclass
-class PoisonSetPlan:
-    """`defend --poison-set ID`: train on exactly one existing PoisonSet, every row it covers poisoned (a craft with
-    `--budget` < 1, or the paper's own mix imported from HINT's file with `poisons import`). Same interface as
-    UntargetedPlan: `apply`, `mask` (after `apply`), `config`, `tensor_sha256`."""
+class Clean(Scenario):
+    """Training on the clean train split (ρ = 0): every defense's baseline accuracy."""
 
-    poison_id: str
-    attack: str
-    config: dict
-    indices: torch.Tensor | None = None  # the PoisonSet's rows, known once `apply` has loaded it
-    tensor_sha256: dict = field(default_factory=dict)
+    name = "clean"
+    summary = "no poisons (ρ = 0)"
 
-    def mask(self, n: int, device=None) -> torch.Tensor:
-        if self.indices is None:
-            raise RuntimeError("PoisonSetPlan.mask before apply")
-        mask = torch.zeros(n, dtype=torch.bool)
-        mask[self.indices] = True
-        return mask.to(device) if device is not None else mask
-
-    def apply(self, train_x: torch.Tensor, results_root=None, device=None, reporter=None,
-              compile: str = "auto") -> torch.Tensor:
-        """Load the PoisonSet (verified: sha256, dataset) and write clamp(x + δ, 0, 1) into its rows of `train_x`."""
-        from . import poisons
-
-        poison = poisons.load(results_root, self.poison_id)
-        indices, n = poison.indices, len(train_x)
-        if len(indices) and (indices.min() < 0 or indices.max() >= n or len(torch.unique(indices)) != len(indices)):
-            raise PoisonbenchError(f"poison set {self.poison_id}: its rows are not distinct rows of the train split")
-        self.indices = indices
-        self.tensor_sha256[self.attack] = poison.manifest["tensor_sha256"]
-        rows = indices.to(train_x.device)
-        train_x[rows] = (train_x[rows] + poison.delta.to(train_x.device, train_x.dtype)).clamp_(0, 1)
-        return train_x
+    def validate(self, spec) -> None:
+        check_attacks(spec.attacks)  # also at ρ = 0, where no mix is drawn: a typo should not pass silently
+        if spec.poison_sets:
+            raise PoisonbenchError("--poisons chooses PoisonSets of the mix; it needs --poison-ratio > 0")
+        if spec.poison_ratio > 0 or spec.poison_set is not None:
+            raise PoisonbenchError("scenario 'clean' trains without poisons; it takes no --poison-ratio or "
+                                   "--poison-set")
 
 
-def plan_poison_set(data, poison_id: str, results_root=None) -> PoisonSetPlan:
-    """The plan of `defend --poison-set`, from the manifest alone (cheap; `apply` loads and verifies the tensors):
-    the PoisonSet must exist, hash to its id and be made for `data`."""
-    from .poisons import check_poison_id, spec_of
+class Untargeted(Scenario):
+    """Table II: a ratio ρ of the train split poisoned by the untargeted mix, the model trained from scratch."""
 
-    check_poison_id(poison_id, "--poison-set ")
-    spec, manifest = spec_of(results_root, poison_id, data)
-    n, count = len(data.train), int(manifest["count"])
-    config = {
-        "kind": "poison-set",
-        "poison_id": poison_id,
-        "attack": spec.attack,
-        "eps": spec.eps,
-        "ratio": count / n,  # the fraction of the train split poisoned (`report`'s ρ)
-        "poisoned": count,
-        "label": f"poison set {poison_id} ({spec.attack}, {count} of {n} rows)",
-    }
-    return PoisonSetPlan(poison_id, spec.attack, config)
+    name = "untargeted"
+    summary = "Table II: ρ of the train split poisoned by PGD, DAP, DURP and DeepConfuse in equal shares"
+
+    def validate(self, spec) -> None:
+        if not spec.poison_ratio > 0:
+            raise PoisonbenchError("scenario 'untargeted' needs --poison-ratio > 0 (ρ = 0 is scenario 'clean')")
+        if spec.poison_set is not None:
+            raise PoisonbenchError("--poison-set trains on one PoisonSet as it is; it takes no --poison-ratio, "
+                                   "--attacks or --poisons")
+        check_poison_sets(spec.poison_sets, check_attacks(spec.attacks))
+
+    def plan(self, spec, data, trial: int) -> UntargetedPlan:
+        return plan_untargeted(data, spec.poison_ratio, spec.attacks, seed=spec.seed + trial,
+                               results_root=spec.results, poison_sets=spec.poison_sets)

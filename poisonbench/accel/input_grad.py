@@ -1,5 +1,5 @@
-"""Fast input gradients of a frozen model: `inference_copy` and the convolutions it swaps in on the CPU
-(`StemConv2d` for few-channel stems, `poisonbench.spectral.SpectralConv2d` for large kernels on small maps).
+"""Fast input gradients of a frozen model: `fused_copy` and the convolutions it swaps in on the CPU
+(`StemConv2d` for few-channel stems, `poisonbench.accel.spectral.SpectralConv2d` for large kernels on small maps).
 
 `StemConv2d` is a convolution whose backward is one GEMM plus col2im (input; col2im as one strided add per
 kernel offset) / im2col plus one GEMM (weights).
@@ -18,7 +18,8 @@ element-wise pass: `∂/∂z = [z > 0] · upsample(g) / k²`. Separately, eager 
 (slow on channels_last: profiled at 16 ms per 250 images for the ConvNet stem's 40×24×24 map, plus a layout copy)
 and then `threshold_backward` over the same 23 MB; fused, the pair is a single read of z and one write.
 
-`inference_copy` swaps both in for the frozen surrogates of input-gradient attacks. The weight
+`fused_copy` (the frozen copy `poisonbench.accel.inference_copy` makes in mode `auto`) swaps both in for the
+frozen surrogates of input-gradient attacks and HINT's I_pert. The weight
 gradient (`patchesᵀ g`, one GEMM) makes it usable in training too, where the gain measured on this CPU was within
 noise, so the training models keep `nn.Conv2d`.
 """
@@ -32,17 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .models import has_hooks, probe
+from ..models import has_hooks
 from .moment_bn import MomentConv2d
 from .spectral import swap_spectral
 
 MAX_STEM_CHANNELS = 3  # wider convolutions keep oneDNN's backward, which is efficient there
-
-# On the CPU, keep every activation of a chunk under this many bytes. glibc serves blocks above its mmap
-# threshold (at most 32 MiB) with fresh mmaps, so each such tensor costs one page fault per 4 KiB on every
-# allocation; below it, freed blocks are reused. Measured on the MNIST ConvNet stem (1→40 k5, one core): 159 ms
-# per 1,000 rows at batch 1,000 (45k page faults per call) vs 42 ms at batch 250 (none).
-CPU_ACTIVATION_BYTES = 24 * 2**20
 
 
 def _col2im_by_offsets(cols, input_shape, kernel, stride, padding, dilation, out_size):
@@ -216,28 +211,7 @@ def swap_stems(model: nn.Module) -> nn.Module:
     return model
 
 
-def largest_activation_bytes(model: nn.Module, sample: torch.Tensor) -> int:
-    """Bytes per row of the largest output of any leaf module of `model` on one row of `sample` (probed in eval
-    mode, so BatchNorm statistics are untouched; the mode is restored)."""
-    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: probe the eager module (no recompile)
-    sizes = [sample[:1].numel() * sample.element_size()]
-    probe(model, sample, [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size()))
-                          for m in model.modules() if not list(m.children())])
-    return max(sizes)
-
-
-def chunk_rows(model: nn.Module, sample: torch.Tensor, rows: int) -> int:
-    """Rows per chunk for processing a batch of `rows` on `sample`'s device: all of them on a GPU (its caching
-    allocator reuses memory); on the CPU, an equal split of the batch whose largest activation stays under
-    `CPU_ACTIVATION_BYTES`. Chunking changes only speed: every objective chunked this way is per example."""
-    if sample.device.type != "cpu" or rows <= 1:
-        return max(rows, 1)
-    most = max(1, CPU_ACTIVATION_BYTES // largest_activation_bytes(model, sample))
-    pieces = -(-rows // most)
-    return -(-rows // pieces)
-
-
-def inference_copy(model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
+def fused_copy(model: nn.Module, sample: torch.Tensor | None = None) -> nn.Module:
     """A frozen eval-mode copy for input gradients (PGD/DAP steps, HINT's I_pert).
 
     Every Conv2d→BatchNorm2d pair inside an nn.Sequential is folded into one conv (exact up to float rounding)

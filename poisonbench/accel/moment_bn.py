@@ -25,7 +25,8 @@ A one-channel input also runs as two channels, the second all zero: oneDNN treat
 every step (2.3 ms of a 29 ms step, profiled). The zero channel contributes nothing to the output.
 
 Measured with the engine's compiled step on mnist-5k (docs/fidelity.md): 4,270 → 5,400 img/s. The engine swaps
-these in on the CPU only (`swap_moment_batchnorm`), like `poisonbench.spectral`; a GPU keeps cuDNN's BatchNorm.
+these in on the CPU only (`swap_moment_batchnorm`, through `poisonbench.accel.training_kernels`), like
+`poisonbench.accel.spectral`; a GPU keeps cuDNN's BatchNorm.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import conv_sharing, has_hooks
+from ..models import conv_sharing, has_hooks
 from .spectral import input_sizes
 
 MAX_GRAM_COST = 1.5  # moments' GEMM over the convolution's multiply-adds

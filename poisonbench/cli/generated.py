@@ -1,0 +1,113 @@
+"""CLI options generated from the registries' `PARAMS` (poisonbench.params), so that adding an attack or a defense
+touches no file in `cli/`: `craft` gets one option per attack parameter, `defend` one per defense parameter.
+
+Options of several entries that share a flag (`--steps` of pgd and dap) become one option whose help lists each
+entry's text and default. The values a user gave are handed to the chosen entry only; a flag it does not declare
+is refused with the flags it does take.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+
+from ..errors import inapplicable_option
+from ..params import Param, describe_default
+from ..registry import Registry
+
+FAMILIES = ("mnist", "cifar10")
+
+
+@dataclass(frozen=True)
+class GeneratedOption:
+    """One generated CLI option: its flag, the Python name Typer passes it under, and which entries declare it."""
+
+    flag: str
+    python_name: str
+    owners: dict[str, Param]  # entry name -> its Param for this flag
+
+
+def collect_options(registry: Registry, reserved: Iterable[str]) -> list[GeneratedOption]:
+    """The options of every entry of `registry`, by flag, in registration order. A flag that collides with one of
+    the command's own options (`reserved`: Python names), or two entries that give one flag different types, is a
+    programming error, raised when the command is built (and so by every CLI test)."""
+    reserved = set(reserved)
+    by_flag: dict[str, dict[str, Param]] = {}
+    for name in registry:
+        for param in registry.get(name).PARAMS:
+            by_flag.setdefault(param.flag, {})[name] = param
+    options = []
+    for flag, owners in by_flag.items():
+        python_name = flag.lstrip("-").replace("-", "_")
+        if python_name in reserved:
+            raise RuntimeError(f"{registry.kind} option {flag} ({', '.join(owners)}) collides with an option of the "
+                               "command itself; give the Param a cli_flag")
+        if len({p.cli_type for p in owners.values()}) > 1:
+            raise RuntimeError(f"{registry.kind}s {', '.join(owners)} declare {flag} with different types")
+        options.append(GeneratedOption(flag, python_name, owners))
+    return options
+
+
+def option_help(option: GeneratedOption, recipe_of: Callable[[str], Any] | None = None) -> str:
+    """`pgd, dap: PGD steps. Default 40 (mnist) / 10 (cifar10).` — entries with the same text share a sentence."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, param in option.owners.items():
+        default = "" if param.from_file is not None else describe_default(param, FAMILIES, recipe_of)
+        groups.setdefault((param.help, default), []).append(name)
+    parts = []
+    for (text, default), names in groups.items():
+        parts.append(f"{', '.join(names)}: {text}" + (f" Default: {default}." if default else ""))
+    return " ".join(parts)
+
+
+def typer_parameters(options: list[GeneratedOption],
+                     recipe_of: Callable[[str], Any] | None = None) -> list[inspect.Parameter]:
+    """Keyword-only parameters with `typer.Option` defaults (None: not given), for `with_options`."""
+    out = []
+    for option in options:
+        cli_type = next(iter(option.owners.values())).cli_type
+        help_text = option_help(option, recipe_of)
+        if cli_type is bool:
+            default = typer.Option(None, f"{option.flag}/--no-{option.flag[2:]}", help=help_text)
+        else:
+            default = typer.Option(None, option.flag, help=help_text)
+        out.append(inspect.Parameter(option.python_name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                     annotation=cli_type | None))
+    return out
+
+
+def with_options(func: Callable, extra: list[inspect.Parameter], defaults: dict[str, Any] | None = None) -> Callable:
+    """`func` (which takes its generated options as `**kwargs`) as a Typer command whose signature lists its own
+    options followed by `extra`; `defaults` replaces some of its own options' `typer.Option`s (e.g. a help text
+    that lists a registry's names as they are when the command is built)."""
+    signature = inspect.signature(func, eval_str=True)
+    own = [p.replace(default=(defaults or {}).get(p.name, p.default)) for p in signature.parameters.values()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+
+    def command(**kwargs):
+        return func(**kwargs)
+
+    parameters = own + extra
+    command.__signature__ = signature.replace(parameters=parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__name__, command.__doc__ = func.__name__, func.__doc__
+    return command
+
+
+def chosen_values(options: list[GeneratedOption], given: dict[str, Any], kind: str, name: str,
+                  declared: tuple[Param, ...]) -> dict[str, Any]:
+    """{param name: value} of the generated options the user gave, for entry `name`; a given flag that entry does
+    not declare is refused (one line, with the flags it takes)."""
+    values = {}
+    for option in options:
+        value = given.get(option.python_name)
+        if value is None:
+            continue
+        if name not in option.owners:
+            raise inapplicable_option(option.flag, kind, name, [p.flag for p in declared])
+        values[option.owners[name].name] = value
+    return values

@@ -1,0 +1,84 @@
+"""What one `defend` call asks for (`DefendSpec`), and the checks that need no data (`validate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .accel import check_accel_mode
+from .attacks.base import check_seed
+from .checkpoints import CHECKPOINT_EVERY
+from .defenses import DEFENSES
+from .device import check_compile_mode, resolve_device
+from .errors import PoisonbenchError
+from .models import MODELS
+from .recipes import DEFAULT_RECIPE
+from .scenarios import scenario_for
+
+
+class Reporter(Protocol):
+    """Progress display the runner drives (the CLI passes a rich one; None is silent)."""
+
+    def start(self, description: str, epochs: int) -> None: ...
+    def batch(self, epoch: int, step: int, steps: int) -> None: ...
+    def epoch(self, epoch: int, row: dict) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class DefendSpec:
+    dataset: str = "mnist-5k"
+    data_dir: str | None = None
+    download: bool = False
+    npz_split: tuple[float, float] | None = None  # an .npz's val / test fractions (None: 0.02 / 0.18)
+    model: str | None = None  # None: the dataset family's default (paper Table I)
+    recipe: str = DEFAULT_RECIPE
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    scenario: str | None = None  # None: inferred from the poison options (poisonbench.scenarios.scenario_for)
+    poison_ratio: float = 0.0  # ρ of Table II: fraction of the train split poisoned by the untargeted mix
+    attacks: list[str] | None = None  # None: the paper's four (PGD, DAP, DURP, DeepConfuse)
+    poison_sets: dict[str, str] | None = None  # attack -> existing PoisonSet to use instead of the default one
+    poison_set: str | None = None  # train on exactly this PoisonSet (all its rows) instead of the mix
+    method: str = "none"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    trials: int = 1
+    trial: int | None = None  # run only this trial (a sweep's unit of work) instead of 0..trials-1
+    device: str = "auto"
+    compile: str = "auto"
+    accel: str = "auto"  # the CPU kernels' switch (poisonbench.accel); execution only, recorded in env
+    results: str | None = None
+    force: bool = False
+    checkpoint_every: float = CHECKPOINT_EVERY  # seconds between epoch checkpoints (0: after every epoch)
+
+
+def trial_numbers(spec: DefendSpec) -> list[int]:
+    return [spec.trial] if spec.trial is not None else list(range(spec.trials))
+
+
+def validate(spec: DefendSpec) -> None:
+    """Checks that need no data: fail before anything is loaded or written."""
+    if spec.trials <= 0:
+        raise PoisonbenchError(f"trials must be a positive integer, got {spec.trials}")
+    if spec.trial is not None:
+        if spec.trial < 0:
+            raise PoisonbenchError(f"trial must be a non-negative integer, got {spec.trial}")
+        if spec.trials != 1:
+            raise PoisonbenchError(f"give either --trials N (trials 0..N-1) or --trial T (only trial T), "
+                                   f"not both (got --trials {spec.trials} --trial {spec.trial})")
+    check_seed(spec.seed, "--seed")
+    check_seed(spec.seed + max(trial_numbers(spec)), "--seed plus the last trial")
+    if not 0.0 <= spec.poison_ratio <= 1.0:
+        raise PoisonbenchError(f"poison ratio must be in [0, 1], got {spec.poison_ratio}")
+    if spec.model is not None:
+        MODELS.get(spec.model)
+    DEFENSES.get(spec.method)
+    scenario_for(spec).validate(spec)
+    check_compile_mode(spec.compile)
+    check_accel_mode(spec.accel)
+    if not spec.checkpoint_every >= 0:
+        raise PoisonbenchError(f"--checkpoint-every must be >= 0 seconds, got {spec.checkpoint_every}")
+    epochs = spec.recipe_overrides.get("epochs")
+    if epochs is not None and epochs <= 0:
+        raise PoisonbenchError(f"epochs must be a positive integer, got {epochs}")
+    resolve_device(spec.device)

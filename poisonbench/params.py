@@ -1,0 +1,154 @@
+"""One parameter system for attacks and defenses (design.md §3): each option is declared once as a `Param`.
+
+A `Param` names the option, its type, its default (one value, one per dataset family, or a function of the family
+and the training recipe, e.g. HINT's schedule scaled to the epochs), a help text, the source of the default
+(paper or official code), and its bounds. `resolve` turns the caller's values into the resolved parameters that a
+poison id or run id hashes; the CLI generates `craft` and `defend` options from the registries' `PARAMS`
+(`poisonbench.cli.generated`), so adding an attack or a defense touches no file in `cli/`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PoisonbenchError, inapplicable_option, unknown_choice
+
+
+@dataclass(frozen=True)
+class Param:
+    """One option of an attack or a defense; the CLI flag is `--name-with-dashes` unless `cli_flag` says otherwise.
+
+    `default`: a value; a `{family: value}` dict; or `callable(family, recipe) -> value`. `None` as a resolved
+    default means "off" (the option takes a value only when given). `parse` turns the CLI's text into the value
+    (lists such as `--schedule 5,15`); `choices` closes the set of strings; `minimum`/`maximum` bound numbers
+    (inclusive), `positive` requires > 0. Non-scalar types (lists) are turned into their value by `parse`, from the
+    CLI's text or from a value given in code."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    source: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    positive: bool = False
+    choices: tuple[str, ...] | None = None
+    parse: Callable[[str], Any] | None = None
+    cli_flag: str | None = None
+    # the CLI value is a file that `from_file(path, family, results_root)` imports into the workspace, returning
+    # the parameter's value; `file_placeholder` is a valid value to check every other input before that writes
+    from_file: Callable[[str, str, Any], Any] | None = None
+    file_placeholder: Any = None
+
+    def default_for(self, family: str, recipe: Any = None) -> Any:
+        if callable(self.default):
+            return self.default(family, recipe)
+        if isinstance(self.default, Mapping):
+            return self.default[family]
+        return self.default
+
+    @property
+    def flag(self) -> str:
+        return self.cli_flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def cli_type(self) -> type:
+        """The type the CLI parses: the declared one for bool/int/float/str, else str (turned into the value by
+        `parse`)."""
+        return self.type if self.type in (bool, int, float, str) else str
+
+    def range_text(self) -> str:
+        """`> 0`, `>= 1`, `in (0, 1]`: the bounds as the error messages and the help show them."""
+        if self.maximum is None:
+            return "> 0" if self.positive else f">= {self.minimum:g}"
+        low = "(0" if self.positive else (f"[{self.minimum:g}" if self.minimum is not None else "(-inf")
+        return f"in {low}, {self.maximum:g}]"
+
+    def coerce(self, value: Any, owner: str) -> Any:
+        """`value` checked and converted to this parameter's type (None: off, passed through)."""
+        if value is None:
+            return None
+        if self.parse is not None and (isinstance(value, str) or self.cli_type is str and self.type is not str):
+            value = self.parse(value)
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise PoisonbenchError(f"{self.flag} of {owner} is a switch (true or false), got {value!r}")
+            return value
+        if self.type in (int, float):
+            return self._number(value, owner)
+        if self.choices is not None and value not in self.choices:
+            raise unknown_choice(f"{self.flag} value of {owner}", value, self.choices)
+        return value
+
+    def _number(self, value: Any, owner: str) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PoisonbenchError(f"{self.flag} of {owner} must be a number, got {value!r}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int beyond any float (10**400)
+            finite = False
+        if not finite:
+            raise PoisonbenchError(f"{self.flag} of {owner} must be a finite number, got {value}")
+        if self.type is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise PoisonbenchError(f"{self.flag} of {owner} must be an integer, got {value}")
+            value = int(value)
+        else:
+            value = float(value)  # 1 and 1.0 are one configuration: one run id
+        too_low = (self.positive and not value > 0) or (self.minimum is not None and value < self.minimum)
+        too_high = self.maximum is not None and value > self.maximum
+        if too_low or too_high:
+            raise PoisonbenchError(f"{self.flag} of {owner} must be {self.range_text()}, got {value:g}")
+        return value
+
+
+def resolve(params: Iterable[Param], given: Mapping[str, Any], family: str, recipe: Any, kind: str,
+            name: str) -> tuple[dict[str, Any], frozenset[str]]:
+    """(resolved parameters, names the caller set) for attack or defense `name`: every default for `family` /
+    `recipe`, overridden by the `given` values that are not None, each checked and converted.
+
+    An option the attack or defense does not declare is refused with the options it does take."""
+    params = tuple(params)
+    known = {p.name: p for p in params}
+    set_by_caller = {k: v for k, v in given.items() if v is not None}
+    unknown = sorted(k for k in set_by_caller if k not in known)
+    if unknown:
+        flag = "--" + unknown[0].replace("_", "-")
+        raise inapplicable_option(flag, kind, name, [p.flag for p in params])
+    owner = f"{kind} {name!r}"
+    resolved = {}
+    for p in params:
+        value = set_by_caller[p.name] if p.name in set_by_caller else p.default_for(family, recipe)
+        resolved[p.name] = p.coerce(value, owner)
+    return resolved, frozenset(set_by_caller)
+
+
+def describe_default(param: Param, families: Iterable[str], recipe_of: Callable[[str], Any] | None = None) -> str:
+    """The default for the help text: one value, or `mnist X / cifar10 Y` when the families differ."""
+    values = {}
+    for family in families:
+        try:
+            values[family] = param.default_for(family, recipe_of(family) if recipe_of else None)
+        except (KeyError, TypeError, AttributeError):
+            continue
+    shown = {f: _show(v) for f, v in values.items()}
+    if not shown:
+        return ""
+    if len(set(shown.values())) == 1:
+        return next(iter(shown.values()))
+    return " / ".join(f"{v} ({f})" for f, v in shown.items())
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "off"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)

@@ -1,0 +1,98 @@
+"""The scenario interface (design.md §4): what `defend` trains, on which rows, with which model, measured how.
+
+A scenario is a class in the `SCENARIOS` registry. For one trial it gives
+
+- `plan(spec, data, trial)`: the poisons (a plan with `config`, `apply`, `mask`, `tensor_sha256`), or None for
+  clean training. Planning is cheap and never crafts; `apply` crafts what is missing.
+- `train_rows(data, trial, plan)`: the rows of the train split the model trains on (None: all of them; the
+  transfer scenario trains on 10 % of the split).
+- `build_model(request)`: the model, from scratch (the default) or around a cached pre-trained extractor whose
+  frozen modules the engine keeps in eval mode.
+- `metrics(model, tensors, plan)`: what it adds to the record's metrics (attack success, for targeted scenarios).
+
+A record keeps `config.scenario` (the scenario's name) apart from `config.poison.kind` (what the poisons are).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from ..models import build_model
+
+if TYPE_CHECKING:
+    from ..runner import DefendSpec
+
+
+class PoisonPlan(Protocol):
+    """One trial's poisons: `config` (in the run id), `apply` (crafts what is missing and writes x + δ into the
+    float train tensor), `mask` (the poisoned rows, known after `apply`), `tensor_sha256` (the tensors used)."""
+
+    config: dict
+    tensor_sha256: dict
+
+    def apply(self, train_x: torch.Tensor, results_root=None, device=None, reporter=None,
+              compile: str = "auto", accel: str = "auto") -> torch.Tensor: ...
+
+    def mask(self, n: int, device=None) -> torch.Tensor: ...
+
+
+@dataclass
+class ModelRequest:
+    """What a scenario needs to build the run's model."""
+
+    model: str  # registry name (config["model"])
+    dataset: Any  # poisonbench.data.Dataset
+    seed: int  # the run's seed (model initialisation)
+    device: torch.device
+    results_root: Any = None
+    reporter: Any = None  # runner.Reporter, for a long pre-training
+    compile: str = "auto"
+    accel: str = "auto"
+
+
+class Scenario:
+    """Base class: clean training from scratch on the whole train split, no extra metrics."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def validate(self, spec: DefendSpec) -> None:
+        """Checks of the spec's poison options that need no data (raise PoisonbenchError)."""
+
+    def plan(self, spec: DefendSpec, data, trial: int) -> PoisonPlan | None:
+        return None
+
+    def train_rows(self, data, trial: int, plan: PoisonPlan | None) -> torch.Tensor | None:
+        return None
+
+    def build_model(self, request: ModelRequest) -> nn.Module:
+        return build_model(request.model, request.dataset, seed=request.seed)
+
+    def metrics(self, model: nn.Module, tensors: dict, plan: PoisonPlan | None) -> dict:
+        return {}
+
+
+def reporter_progress(reporter):
+    """Adapt a runner.Reporter (start/batch/stop) to the attacks' progress(description, done, total)."""
+    if reporter is None:
+        return None, lambda: None
+    state = {"description": None}
+
+    def progress(description: str, completed: int, total: int) -> None:
+        if description != state["description"]:
+            if state["description"] is not None:
+                reporter.stop()
+            reporter.start(f"craft {description}", 1)
+            state["description"] = description
+        reporter.batch(0, completed, total)
+
+    def finish() -> None:
+        if state["description"] is not None:
+            reporter.stop()
+            state["description"] = None
+
+    return progress, finish

@@ -1,0 +1,71 @@
+"""The settings a table has one block for: dataset (name, fingerprint, split), model and resolved recipe."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .. import paper
+from ..hashing import short_hash
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a table block holds fixed: dataset (name and fingerprint), model and the resolved recipe."""
+
+    dataset: str
+    model: str
+    recipe: str
+    epochs: int
+    recipe_json: str
+    fingerprint: str = ""  # config.dataset_fingerprint: two .npz files of one name, or a changed split, differ
+    npz_split: str = ""  # config.npz_split as "VAL,TEST" (`--npz-split`), "" for the default split
+    tag: str = ""  # disambiguates settings that would read alike: other recipe overrides, other data
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} · {self.model} · {self.recipe} recipe, {self.epochs} ep{self.tag}"
+
+    @property
+    def reduced(self) -> list[str]:
+        return paper.reduced_scale(self.dataset, self.recipe, self.epochs, guess_family(self))
+
+
+def settings(df: pd.DataFrame) -> list[Setting]:
+    named = ["dataset", "model", "recipe", "epochs"]
+    keys = df[[*named, "recipe_json", "dataset_fingerprint", "npz_split"]].drop_duplicates(
+        [*named, "recipe_json", "dataset_fingerprint"])  # the fingerprint covers the split
+    keys = keys.sort_values([*named, "recipe_json", "dataset_fingerprint"])
+    recipes = keys.groupby(named).recipe_json.nunique()
+    data = keys.groupby(named).dataset_fingerprint.nunique()
+    out = []
+    for k in keys.itertuples(index=False):
+        name = (k.dataset, k.model, k.recipe, k.epochs)
+        tag = f" #{short_hash(k.recipe_json, 6)}" if recipes[name] > 1 else ""
+        tag += f" · data {k.dataset_fingerprint or 'without fingerprint'}" if data[name] > 1 else ""
+        out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json,
+                           fingerprint=k.dataset_fingerprint, npz_split=k.npz_split, tag=tag))
+    return out
+
+
+def in_setting(df: pd.DataFrame, s: Setting) -> pd.DataFrame:
+    return df[(df.dataset == s.dataset) & (df.dataset_fingerprint == s.fingerprint) & (df.model == s.model)
+              & (df.recipe_json == s.recipe_json)]
+
+
+def guess_family(s: Setting) -> str | None:
+    family = paper.family_of(s.dataset)
+    if family or not s.recipe_json:
+        return family
+    from ..recipes import RECIPES
+
+    rec = json.loads(s.recipe_json)
+    best = None
+    for fam, recipes in RECIPES.items():
+        if s.recipe in recipes:
+            diff = sum(rec.get(k) != v for k, v in recipes[s.recipe].to_dict().items() if k != "epochs")
+            if best is None or diff < best[0]:
+                best = (diff, fam)
+    return best[1] if best else None
