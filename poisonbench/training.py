@@ -114,7 +114,7 @@ def train(
     # ConvNet training went from about 1,250 to 1,650 img/s (compiled: within noise); the weights are returned
     # in the default layout (safetensors stores contiguous tensors only).
     configure_device(device)
-    model.to(device, memory_format=torch.channels_last).train()
+    set_train_mode(model.to(device, memory_format=torch.channels_last))
     # accel auto, on the CPU: a small-patch convolution's BatchNorm takes its batch statistics from the input's
     # patch moments (the ConvNet's stem) and 5×5 convolutions on small maps train as DFT-domain products; both
     # exact up to float rounding, sharing the parameters; the caller gets its own modules back

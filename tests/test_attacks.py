@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save as st_save
 
-from poisonbench.attacks import ATTACKS, deepconfuse
+from poisonbench.attacks import ATTACKS, deepconfuse, deepconfuse_nets
 from poisonbench.attacks.base import EPS_TOLERANCE, AttackContext, Target, budget_count, select_indices
 from poisonbench.attacks.surrogate import load_or_train_surrogate, surrogate_id, surrogate_path, surrogate_spec
 from poisonbench.data import load_dataset
@@ -134,33 +134,25 @@ def test_durp_is_one_perturbation_per_class(tiny):
     assert both.sum() > 10 and not torch.allclose(poison.delta[first[0]][both], poison.delta[first[1]][both])
 
 
-def test_pgd_raises_the_surrogate_loss(tiny):
-    data, results = tiny
-    poison = _craft("pgd", data, results)
-    from poisonbench.attacks.surrogate import load_or_train_surrogate
-
+def _surrogate_losses(name, data, results, shift=0):
+    """The clean surrogate's cross-entropy toward (y + shift) mod C on the poisoned rows, before and after δ."""
+    poison = _craft(name, data, results)
     model, _ = load_or_train_surrogate(data, results, torch.device("cpu"))
     model.eval()
     x = data.train.x[poison.indices].float() / 255
-    y = data.train.y[poison.indices]
+    aim = (data.train.y[poison.indices] + shift) % data.num_classes
     with torch.no_grad():
-        clean = torch.nn.functional.cross_entropy(model(x), y)
-        adv = torch.nn.functional.cross_entropy(model(x + poison.delta), y)
+        return F.cross_entropy(model(x), aim), F.cross_entropy(model(x + poison.delta), aim)
+
+
+def test_pgd_raises_the_surrogate_loss(tiny):
+    clean, adv = _surrogate_losses("pgd", *tiny)
     assert adv > clean
 
 
 def test_dap_targets_next_class(tiny):
     data, results = tiny
-    poison = _craft("dap", data, results)
-    from poisonbench.attacks.surrogate import load_or_train_surrogate
-
-    model, _ = load_or_train_surrogate(data, results, torch.device("cpu"))
-    model.eval()
-    x = data.train.x[poison.indices].float() / 255
-    target = (data.train.y[poison.indices] + 1) % data.num_classes
-    with torch.no_grad():
-        before = torch.nn.functional.cross_entropy(model(x), target)
-        after = torch.nn.functional.cross_entropy(model(x + poison.delta), target)
+    before, after = _surrogate_losses("dap", data, results, shift=1)
     assert after < before
     assert torch.equal(ATTACKS.get("dap")(data.family).labels(torch.arange(10), 10), (torch.arange(10) + 1) % 10)
 
@@ -471,13 +463,13 @@ def test_no_grad_generator_calls_are_in_eval_mode_and_the_best_generator_is_kept
     batch); the generator kept is the one whose scratch classifier scored lowest, a real accuracy in [0, 1]."""
     data, results = tiny
     calls = []
-    real_forward = deepconfuse.MNISTAutoencoder.forward
+    real_forward = deepconfuse_nets.MNISTAutoencoder.forward
 
     def spy_forward(self, x):
         calls.append((torch.is_grad_enabled(), self.training))
         return real_forward(self, x)
 
-    monkeypatch.setattr(deepconfuse.MNISTAutoencoder, "forward", spy_forward)
+    monkeypatch.setattr(deepconfuse_nets.MNISTAutoencoder, "forward", spy_forward)
     attack, poison = craft_deepconfuse(data, results / "modes", outer_epochs=2)
     assert any(grad and training for grad, training in calls)  # the generator itself trains
     assert not [c for c in calls if not c[0] and c[1]], "a generator made poisons in train mode"

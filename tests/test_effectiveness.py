@@ -6,9 +6,10 @@ the first 2,000 of mnist-5k's real MNIST digits as an `.npz` (1,600 train / 40 v
 fast, the surrogate trains with the `quick` recipe (10 epochs), PGD and DAP take 10 steps of 2.5·ε/10 and ε/5
 (the defaults take 40 and 100 steps), and victims train 10 epochs; ε is the MNIST default, 0.3. Measured on the
 development machine (2026-11-23, 2 threads; one thread within 0.3 points): clean 98.3 %; at ρ = 1 PGD 50.6 %,
-DAP 40.0 %, DURP 97.5 % (the defaults on all of mnist-5k: 33.8 / 32.0 / 94.2 %, docs/fidelity.md); HINT on PGD
-+11.9 points. DeepConfuse's strength needs minutes of generator training (its budget default: 5 minutes on
-mnist-5k), so the fast suite checks its training step (tests/test_attacks.py) and docs/fidelity.md reports what
+DAP 40.0 %, DURP 97.5 % (the defaults on all of mnist-5k: 33.8 / 32.0 / 94.2 %,
+experiments/reproduction_mnist5k.md); HINT on PGD +11.9 points. DeepConfuse's strength needs minutes of generator
+training (its budget default: 5 minutes on mnist-5k), so the fast suite checks its training step
+(tests/test_attacks.py) and experiments/reproduction_mnist5k.md reports what
 it costs a victim.
 """
 
@@ -88,7 +89,7 @@ def test_durp_alone_is_weak_as_documented(digits):
 
 
 def test_hint_recovers_accuracy_against_pgd(digits):
-    """HINT with its paper defaults against PGD on every row (docs/fidelity.md: +26.8 points on mnist-5k)."""
+    """HINT with its paper defaults against PGD on every row (experiments/README.md: +26.8 points on mnist-5k)."""
     path, results, ids = digits
     none = _test_acc(path, results, ids, ["pgd"])
     hint = _test_acc(path, results, ids, ["pgd"], method="hint")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -368,7 +369,8 @@ def _rewrite(results, pid, delta=None, indices=None, **manifest_changes):
     blob = st_save({"delta": delta.contiguous(), "indices": indices.long().contiguous()})
     (d / "delta.safetensors").write_bytes(blob)
     m = json.loads((d / "manifest.json").read_text())
-    m.update(count=len(indices), shape=list(delta.shape), tensor_sha256=poisons._sha256(blob), **manifest_changes)
+    m.update(count=len(indices), shape=list(delta.shape), tensor_sha256=hashlib.sha256(blob).hexdigest(),
+             **manifest_changes)
     (d / "manifest.json").write_text(json.dumps(m))
 
 

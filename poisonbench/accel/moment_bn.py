@@ -24,7 +24,7 @@ A one-channel input also runs as two channels, the second all zero: oneDNN treat
 (its strides are also channels_last's) and converted the channels_last gradient of the 40-channel map back
 every step (2.3 ms of a 29 ms step, profiled). The zero channel contributes nothing to the output.
 
-Measured with the engine's compiled step on mnist-5k (docs/fidelity.md): 4,270 → 5,400 img/s. The engine swaps
+Measured with the engine's compiled step on mnist-5k (experiments/speed.md): 4,270 → 5,400 img/s. The engine swaps
 these in on the CPU only (`swap_moment_batchnorm`, through `poisonbench.accel.training_kernels`), like
 `poisonbench.accel.spectral`; a GPU keeps cuDNN's BatchNorm.
 """

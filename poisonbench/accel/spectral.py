@@ -110,7 +110,7 @@ class SpectralConv2d(nn.Conv2d):
         y_re = torch.baddbmm(torch.bmm(re, w_re), im, w_im)
         y_im = torch.baddbmm(torch.bmm(im, w_re), re, w_im, alpha=-1)
         # the inverse as two accumulated products (real, then imaginary half of its columns) rather than one
-        # over a stacked ŷ: no copy of ŷ either way through (+3 % on the compiled ConvNet step, docs/fidelity.md)
+        # over a stacked ŷ: no copy of ŷ either way through (+3 % on the compiled ConvNet step, experiments/speed.md)
         inv_re, inv_im = self.inverse[:, :freqs], self.inverse[:, freqs:]
         y = torch.addmm(inv_re @ y_re.view(freqs, -1), inv_im, y_im.view(freqs, -1))
         y = y.view(*self.out_size, batch, cout).permute(2, 3, 0, 1)

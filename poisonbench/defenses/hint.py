@@ -22,12 +22,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from .. import influence as inf
 from ..errors import PoisonbenchError
 from ..params import Param
 from .base import Defense
+from .hint_record import figure_examples, poison_statistics
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
@@ -37,7 +37,6 @@ PAPER_EPOCHS = {"mnist": 30, "cifar10": 80}  # paper §VI-A1
 PAPER_SCHEDULE = {"mnist": (5, 15), "cifar10": (5, 15, 40)}  # paper §VI-A3 "HINT"
 GRAD_SPACES = ("pixel", "normalized")
 HESSIAN_DATA = ("all", "selected")
-FIGURE_EXAMPLES = 4  # per group (clean / poisoned) stored for `poisonbench report --figure 1 --run RUN_ID`
 AT_BETA_TOL = 1e-6
 
 
@@ -132,7 +131,7 @@ class Hint(Defense):
         self.updates: list[dict] = []
         self._s: inf.InfluenceVector | None = None
         self._s_epoch: int | None = None
-        self._ctx: TrainContext | None = None
+        self.context: TrainContext | None = None
         self._generator: torch.Generator | None = None
 
     def prepare(self, ctx: TrainContext) -> None:
@@ -144,7 +143,7 @@ class Hint(Defense):
             raise PoisonbenchError(f"--grad-space normalized needs a model that normalises its input itself "
                                    f"(a `normalize.std`); {type(ctx.model).__name__} has none")
         self._reset()
-        self._ctx = ctx
+        self.context = ctx
         # own stream for LiSSA sampling: training order/augmentation stay identical to `--method none`
         self._generator = torch.Generator(device=ctx.device).manual_seed((ctx.seed * 1_000_003 + 4) % 2 ** 63)
         return None
@@ -168,7 +167,7 @@ class Hint(Defense):
     def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
         if epoch not in self.params["schedule"]:
             return
-        if self._ctx is None:  # hooks called without prepare (direct use)
+        if self.context is None:  # hooks called without prepare (direct use)
             self.prepare(ctx)
         if self.selected is None:
             with ctx.timed("hint_select"):
@@ -288,70 +287,11 @@ class Hint(Defense):
         if self.selected is None:
             return out
         if poisoned is not None:
-            out["selection"] = {**self.selection, **self._poison_statistics(poisoned.to(self.selected.device))}
+            out["selection"] = {**self.selection, **poison_statistics(self, poisoned.to(self.selected.device))}
         k = len(self.selected)
         out["selected"] = k
         out["noise"] = {**self._noise_stats(), "beta": self.params["beta"], "selected": k}
         if poisoned is not None:
             out["selected_poisoned"] = out["selection"]["selected_poisoned"]
-        out["examples"] = self._examples(poisoned)
+        out["examples"] = figure_examples(self, poisoned)
         return out
-
-    def _poison_statistics(self, poisoned: torch.Tensor) -> dict:
-        """How D_s relates to the ground truth: computed for the record only, after training."""
-        pool, k = self.pool, len(self.selected)
-        i_up = self.i_up[pool]
-        in_pool = poisoned[pool]
-        n_pois = int(in_pool.sum())
-        sel_pois = int(poisoned[self.selected].sum())
-        return {
-            "poisoned_in_pool": n_pois, "selected_poisoned": sel_pois,
-            "selected_poisoned_fraction": sel_pois / k if k else None,
-            "poisoned_recall": sel_pois / n_pois if n_pois else None,
-            "i_up_abs_mean_poisoned": i_up[in_pool].abs().mean().item() if n_pois else None,
-            "i_up_abs_mean_clean": i_up[~in_pool].abs().mean().item() if n_pois < len(pool) else None,
-        }
-
-    @torch.no_grad()
-    def _examples(self, poisoned: torch.Tensor | None) -> list[dict]:
-        """Up to FIGURE_EXAMPLES clean and FIGURE_EXAMPLES poisoned selected examples (highest |I_up| first) with
-        original image, noise and the final model's prediction on the original and the perturbed image."""
-        ctx = self._ctx
-        if ctx is None or self.rank_order is None:
-            return []
-        pos = {int(i): j for j, i in enumerate(self.selected.tolist())}
-        poisoned = poisoned.cpu().tolist() if poisoned is not None else None  # one copy, not a sync per row
-        clean, pois = [], []
-        for i in self.rank_order.tolist():
-            is_p = poisoned[i] if poisoned is not None else False
-            group = pois if is_p else clean
-            if len(group) < FIGURE_EXAMPLES:
-                group.append(i)
-            if len(clean) >= FIGURE_EXAMPLES and (poisoned is None or len(pois) >= FIGURE_EXAMPLES):
-                break
-        chosen = clean + pois
-        if not chosen:
-            return []
-        rows = torch.tensor([pos[i] for i in chosen], device=ctx.device)
-        x0, delta = self.x0[rows], self.delta[rows]
-        was_training = ctx.model.training
-        ctx.model.eval()
-        p0 = F.softmax(ctx.model(x0).float(), 1)
-        p1 = F.softmax(ctx.model((x0 + delta).clamp(0, 1)).float(), 1)
-        ctx.model.train(was_training)
-        out = []
-        for j, i in enumerate(chosen):
-            y = int(ctx.train_y[i])
-            out.append({
-                "index": i, "label": y, "poisoned": bool(poisoned[i]) if poisoned is not None else False,
-                "i_up": round(float(self.i_up[i]), 6),
-                "shape": list(x0.shape[1:]),
-                "x": [round(v, 4) for v in x0[j].flatten().tolist()],
-                "delta": [round(v, 5) for v in delta[j].flatten().tolist()],
-                "pred_original": int(p0[j].argmax()), "prob_original": round(float(p0[j].max()), 4),
-                "prob_label_original": round(float(p0[j, y]), 4),
-                "pred_perturbed": int(p1[j].argmax()), "prob_perturbed": round(float(p1[j].max()), 4),
-                "prob_label_perturbed": round(float(p1[j, y]), 4),
-            })
-        return out
-

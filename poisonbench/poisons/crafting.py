@@ -1,0 +1,104 @@
+"""Crafting a PoisonSet once: a cache hit, or the attack run under a lock (concurrent jobs craft it once) and saved;
+an interrupted craft resumes from its finished batches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..accel import check_accel_mode, use_mode
+from ..attacks import ATTACKS
+from ..attacks.base import AttackContext, PoisonSet, ProgressFn, Target
+from ..checkpoints import execution_identity
+from ..errors import PoisonbenchError
+from ..io import atomic_write_json, exclusive
+from ..records import environment, peak_memory, results_dir
+from .spec import CraftSpec
+from .store import check_writable, exists, labels_hash, load, save
+
+
+def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | None = None,
+          progress: ProgressFn | None = None, force: bool = False, compile: str = "auto",
+          accel: str = "auto") -> tuple[PoisonSet, bool]:
+    """The PoisonSet for `spec`: loaded (verified) if it exists, else crafted and saved. Returns (set, cached).
+
+    `compile` (auto | on | off) and `accel` (auto | off, the CPU kernels' switch: poisonbench.accel) are execution
+    options like `device`: not part of the poison id (they change δ only by float rounding); the manifest records
+    whether the attack ran compiled and, in its `env`, the accel mode.
+    """
+    from ..device import check_compile_mode
+
+    check_compile_mode(compile)
+    check_accel_mode(accel)
+    if dataset.fingerprint != spec.dataset_fingerprint:
+        raise PoisonbenchError(f"craft spec is for dataset fingerprint {spec.dataset_fingerprint}, "
+                               f"got {dataset.fingerprint}")
+    pid = spec.poison_id
+    if exists(results_root, pid) and not force:
+        return load(results_root, pid, dataset), True
+
+    def waiting() -> None:
+        if progress is not None:
+            progress(f"{spec.attack} · waiting for another process crafting {pid}", 0, 1)
+
+    check_writable(results_root)
+    # concurrent jobs of a sweep craft each PoisonSet once: the others wait here, then load it
+    with exclusive(results_dir(results_root) / "locks" / f"poison-{pid}.lock", on_wait=waiting):
+        if exists(results_root, pid) and not force:
+            return load(results_root, pid, dataset), True
+        return _craft_and_save(spec, dataset, results_root, device, progress, force, compile, accel)
+
+
+def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, force: bool,
+                    compile: str, accel: str) -> tuple[PoisonSet, bool]:
+    pid = spec.poison_id
+    partial = results_dir(results_root) / "partial" / pid  # finished batches of an interrupted craft
+    from ..device import configure_device
+
+    device = configure_device(device or torch.device("cpu"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    prepare_partial(partial, device, force, accel)  # the existing PoisonSet stays until the new one is saved
+    attack = ATTACKS.get(spec.attack)(dataset.family, **spec.params)
+    target = Target.from_dict(spec.target) if spec.target is not None else None
+    indices = attack.choose_rows(dataset, spec.budget, spec.seed, target)
+    ctx = AttackContext(dataset, indices, spec.eps, spec.budget, spec.seed, device, results_root=results_root,
+                        progress=progress, compile=compile, accel=accel, partial_dir=partial, target=target)
+    env = environment(device, accel=accel)  # read before crafting: the checkout may move on during a long craft
+    start = time.perf_counter()
+    with use_mode(accel):  # for the frozen copies an attack makes without passing ctx.accel
+        poison = attack.craft(ctx)
+    seconds = time.perf_counter() - start
+    extra = {"craft_seconds": round(seconds, 3), "device": str(device), "compiled": ctx.compiled, "env": env,
+             "labels_sha256": labels_hash(indices, dataset.train.y), **peak_memory(device)}
+    if ctx.surrogate_info is not None:
+        extra["surrogate_info"] = ctx.surrogate_info
+    if getattr(attack, "training_summary", None):
+        extra["attack_info"] = attack.training_summary
+    if ctx.resumed_rows:
+        extra["resumed_rows"] = ctx.resumed_rows  # craft_seconds covers only this (last) session
+    save(poison, spec, results_root, extra, replace=force)
+    shutil.rmtree(partial, ignore_errors=True)
+    return poison, False
+
+
+def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str = "auto") -> None:
+    """Keep `partial` (an interrupted craft's state) only if it was saved under this execution identity and accel
+    mode (the same rule as training checkpoints) and, for `force`, by a forced craft too: `craft --force` starts
+    anew, but the same `craft --force` run again after a kill resumes it. Otherwise start it empty. Either way it
+    then records the identity of the craft that writes into it (`forced`: whether a forced craft started it)."""
+    path = partial / "identity.json"
+    identity = {**execution_identity(device), "accel": accel}
+    try:
+        saved = json.loads(path.read_text())
+        same = {k: v for k, v in saved.items() if k != "forced"} == identity
+        keep = same and (not force or saved.get("forced") is True)
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable
+        keep = False
+    if not keep:
+        shutil.rmtree(partial, ignore_errors=True)
+        atomic_write_json(path, {**identity, "forced": force})

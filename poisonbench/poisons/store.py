@@ -1,0 +1,193 @@
+"""The PoisonSet store: `<results>/poisons/<poison_id>/{delta.safetensors, manifest.json}`, written atomically, loaded
+verified."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .. import __version__
+from ..attacks.base import PoisonSet
+from ..errors import PoisonbenchError
+from ..io import atomic_write_json, ensure_writable, fsync_directory, remove_dead_writers_temps, umask, writer_tag
+from ..records import workspace_subdir
+from .spec import OPTIONAL_SPEC_FIELDS, SPEC_FIELDS, CraftSpec
+
+TENSOR_FILE = "delta.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+def poison_dir(results_root, poison_id: str) -> Path:
+    return workspace_subdir(results_root, "poisons") / poison_id
+
+
+def check_writable(results_root) -> None:
+    """Before crafting: the PoisonSet, an interrupted craft's state and the craft's lock can be written (a
+    read-only workspace, or a file where one of their directories belongs, fails here in one line instead of after
+    the crafting)."""
+    needed = {what: workspace_subdir(results_root, name)  # every directory checked before one is created
+              for name, what in (("poisons", "PoisonSets"), ("partial", "an interrupted craft's state"),
+                                 ("locks", "lock files"))}
+    for what, directory in needed.items():
+        ensure_writable(directory, what)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = None, replace: bool = False) -> Path:
+    """Write the artifact atomically (temporary directory + rename); returns its directory. `replace` (`craft
+    --force`): an existing PoisonSet of this id is swapped out only once the new one is complete.
+
+    The temporary directory names its writer (`io.writer_tag`), so the leftovers of killed writers of this
+    PoisonSet on this host are removed first, never a live writer's (flock is node-local on some cluster
+    filesystems, so another host may be writing the same id)."""
+    final = poison_dir(results_root, spec.poison_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_writers_temps(final.parent, f".{spec.poison_id}.")
+    blob = st_save({"delta": poison.delta.float().contiguous(), "indices": poison.indices.long().contiguous()})
+    manifest = {
+        "poison_id": spec.poison_id,
+        **spec.inputs(),
+        "count": len(poison.indices),
+        "shape": list(poison.delta.shape),
+        "labels_sha256": labels_hash(poison.indices, None),
+        "tensor_sha256": _sha256(blob),
+        "poisonbench": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    manifest.update(poison.manifest)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{spec.poison_id}.{writer_tag()}."))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp creates 0700; results are shared (clusters): honour the umask
+    try:
+        with open(tmp / TENSOR_FILE, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        if final.is_dir() and (replace or not (final / MANIFEST_FILE).exists()):
+            # the PoisonSet being replaced, or a directory without a manifest (an interrupted copy, a hand-deleted
+            # file): moved aside first (so the id never names a half-deleted directory), then deleted
+            aside = final.parent / f".{spec.poison_id}.orphan-{os.getpid()}-{time.time_ns()}"
+            os.rename(final, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+            fsync_directory(final.parent)
+        except OSError:
+            if not (final / MANIFEST_FILE).exists():  # another writer finished first: keep theirs
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    poison.manifest, poison.path = manifest, final
+    return final
+
+
+def labels_hash(indices: torch.Tensor, labels: torch.Tensor | None) -> str | None:
+    if labels is None:
+        return None
+    return _sha256(labels[indices].long().numpy().tobytes())
+
+
+def check_poison_id(poison_id: str, prefix: str = "") -> None:
+    """A poison id is 16 lowercase hex digits (`short_hash`); anything else (a path, `../x`) is refused."""
+    if not (isinstance(poison_id, str) and re.fullmatch(r"[0-9a-f]{16}", poison_id)):
+        raise PoisonbenchError(f"{prefix}{poison_id!r} is not a poison id (16 hex digits; see `poisonbench poisons "
+                               "list`)")
+
+
+def read_manifest(results_root, poison_id: str) -> dict:
+    check_poison_id(poison_id)
+    path = poison_dir(results_root, poison_id) / MANIFEST_FILE
+    if not path.exists():
+        known = ", ".join(list_ids(results_root)[:10]) or "none"
+        raise PoisonbenchError(f"no poison set {poison_id!r} under {str(path.parent.parent)!r}; known: {known}")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        raise PoisonbenchError(f"poison set {poison_id}: manifest.json is not valid JSON") from None
+    required = [k for k in SPEC_FIELDS if k not in OPTIONAL_SPEC_FIELDS]
+    missing = [k for k in (*required, "poison_id", "count", "tensor_sha256")
+               if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise PoisonbenchError(f"poison set {poison_id}: manifest.json is not a PoisonSet manifest (lacks "
+                               f"{', '.join(missing[:4])}); delete {str(path.parent)!r} and craft again")
+    return manifest
+
+
+def spec_of(results_root, poison_id: str, dataset=None) -> tuple[CraftSpec, dict]:
+    """The crafting inputs of an existing PoisonSet and its manifest, checked: the manifest must hash to the id
+    and (if `dataset` is given) be for that dataset's fingerprint."""
+    manifest = read_manifest(results_root, poison_id)
+    spec = CraftSpec(**{name: manifest.get(name) for name in SPEC_FIELDS})
+    if manifest.get("poison_id") != poison_id or spec.poison_id != poison_id:
+        raise PoisonbenchError(f"poison set {poison_id}: its manifest describes other crafting inputs (poison id "
+                               f"{manifest.get('poison_id')!r}, inputs hash {spec.poison_id}); moved or edited? "
+                               f"delete {str(poison_dir(results_root, poison_id))!r} and craft again")
+    if dataset is not None and manifest.get("dataset_fingerprint") != dataset.fingerprint:
+        raise PoisonbenchError(f"poison set {poison_id} was crafted for dataset {manifest.get('dataset')!r} "
+                               f"(fingerprint {manifest.get('dataset_fingerprint')}), not {dataset.name!r} "
+                               f"(fingerprint {dataset.fingerprint})")
+    return spec, manifest
+
+
+def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
+    """Load and verify: sha256 of the tensor file, shapes, and (if given) the dataset fingerprint."""
+    _, manifest = spec_of(results_root, poison_id, dataset)
+    directory = poison_dir(results_root, poison_id)
+    try:
+        blob = (directory / TENSOR_FILE).read_bytes()
+    except OSError:
+        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} is missing") from None
+    if _sha256(blob) != manifest.get("tensor_sha256"):
+        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} fails its sha256 check (tampered or "
+                               f"truncated); delete {str(directory)!r} and craft again")
+    try:
+        tensors = st_load(blob)
+        delta, indices = tensors["delta"], tensors["indices"]
+    except Exception as exc:
+        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} is unreadable ({type(exc).__name__})") from None
+    if delta.ndim != 4 or indices.ndim != 1 or len(delta) != len(indices) or len(indices) != manifest.get("count"):
+        raise PoisonbenchError(f"poison set {poison_id}: delta {tuple(delta.shape)} and indices "
+                               f"{tuple(indices.shape)} do not match the manifest count {manifest.get('count')}")
+    if manifest.get("shape") != list(delta.shape):
+        raise PoisonbenchError(f"poison set {poison_id}: manifest.json gives shape {manifest.get('shape')}, its "
+                               f"{TENSOR_FILE} holds delta {list(delta.shape)}; the artifact is damaged or was "
+                               f"edited: delete {str(directory)!r} and craft again")
+    return PoisonSet(delta=delta, indices=indices, manifest=manifest, path=directory)
+
+
+def exists(results_root, poison_id: str) -> bool:
+    return (poison_dir(results_root, poison_id) / MANIFEST_FILE).exists()
+
+
+def list_ids(results_root) -> list[str]:
+    root = workspace_subdir(results_root, "poisons")
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_FILE).exists())
+
+
+def list_manifests(results_root) -> list[dict]:
+    out = []
+    for pid in list_ids(results_root):
+        try:
+            out.append(read_manifest(results_root, pid))
+        except PoisonbenchError:
+            continue
+    return out
