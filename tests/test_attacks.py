@@ -389,7 +389,7 @@ def test_an_interrupted_deepconfuse_craft_resumes_after_its_last_outer_epoch(tin
 def test_deepconfuse_resize_equals_bilinear_interpolate(size_in, size_out, align_corners):
     import torch.nn.functional as F
 
-    from poisonbench.attacks.deepconfuse import resize_bilinear
+    from poisonbench.attacks.deepconfuse_nets import resize_bilinear
 
     t = torch.rand(2, 3, *size_in, dtype=torch.float64, requires_grad=True)
     ours = resize_bilinear(t, size_out, align_corners)
