@@ -189,7 +189,7 @@ def test_a_file_where_a_workspace_directory_belongs(cli, tiny_npz, tmp_path, com
     args = TINY_CRAFT if command == "craft" else ["--poison-ratio", "0.1", "--attacks", "pgd", *QUICK_DEFEND]
     code, _, err = cli(command, *args, "--dataset", tiny_npz, "--results", results)
     one_line_error(code, err, f"{str(results / where)!r} is a file, not a directory")
-    assert files_under(results) == [results / where]
+    assert files_under(results) == [results / where] and list(results.iterdir()) == [results / where]
 
 
 def test_run_store_ensure_writable(tmp_path, read_only):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from poisonbench import poisons
-from poisonbench.attacks.deepconfuse import MNISTAutoencoder, import_generator
+from poisonbench.attacks.deepconfuse import import_generator
+from poisonbench.attacks.deepconfuse_nets import MNISTAutoencoder
 from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
 from poisonbench.scenarios import parse_poison_sets, plan_untargeted
