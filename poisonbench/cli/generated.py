@@ -15,11 +15,10 @@ from typing import Any
 
 import typer
 
+from ..attacks.base import FAMILIES
 from ..errors import inapplicable_option
 from ..params import Param, describe_default
 from ..registry import Registry
-
-FAMILIES = ("mnist", "cifar10")
 
 
 @dataclass(frozen=True)
