@@ -124,31 +124,3 @@ def resolve(params: Iterable[Param], given: Mapping[str, Any], family: str, reci
         value = set_by_caller[p.name] if p.name in set_by_caller else p.default_for(family, recipe)
         resolved[p.name] = p.coerce(value, owner)
     return resolved, frozenset(set_by_caller)
-
-
-def describe_default(param: Param, families: Iterable[str], recipe_of: Callable[[str], Any] | None = None) -> str:
-    """The default for the help text: one value, or `mnist X / cifar10 Y` when the families differ."""
-    values = {}
-    for family in families:
-        try:
-            values[family] = param.default_for(family, recipe_of(family) if recipe_of else None)
-        except (KeyError, TypeError, AttributeError):
-            continue
-    shown = {f: _show(v) for f, v in values.items()}
-    if not shown:
-        return ""
-    if len(set(shown.values())) == 1:
-        return next(iter(shown.values()))
-    return " / ".join(f"{v} ({f})" for f, v in shown.items())
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "off"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value)

@@ -19,8 +19,9 @@ from .defenses import build_defense
 from .device import resolve_device, to_float
 from .errors import PoisonbenchError
 from .models import DEFAULT_MODEL, check_fits
+from .poisons import craft_directories
 from .recipes import resolve_recipe
-from .records import SCHEMA_VERSION, RunStore, git_state, run_id, workspace_subdir
+from .records import SCHEMA_VERSION, RunStore, git_state, run_id
 from .run_execution import execute
 from .scenarios import PoisonPlan, Scenario, scenario_for
 
@@ -71,9 +72,8 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     trials = trial_numbers(spec)
     plans = [scenario.plan(spec, data, t) for t in trials]
     configs = [run_config(spec, data, t, plan, scenario) for t, plan in zip(trials, plans, strict=True)]
-    if any(plan is not None for plan in plans):  # a file where the poisons' directories belong fails before anything
-        for name in ("poisons", "partial", "locks"):  # is made (crafting checks that they are writable)
-            workspace_subdir(spec.results, name)
+    if any(plan is not None for plan in plans):  # a file where a craft's directories belong fails before runs/ is
+        craft_directories(spec.results)  # made (crafting itself checks that they are writable)
     store.ensure_writable()  # every input checked, nothing trained yet: a read-only workspace fails now
     if not spec.force:
         for config in configs:  # before any training: a newer poisonbench's record is never overwritten silently

@@ -63,7 +63,7 @@ class HookClock:
     def collect(self) -> float:
         """The seconds since the last `collect` (synchronises CUDA once)."""
         if self.events:
-            torch.cuda.synchronize()
+            self.events[-1][1].synchronize()  # the last end event: every earlier one has completed too
             self.seconds += sum(start.elapsed_time(end) for start, end in self.events) / 1000
             self.events.clear()
         seconds, self.seconds = self.seconds, 0.0

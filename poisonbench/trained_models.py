@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -71,9 +70,8 @@ def _load(path: Path, spec: dict, model_id: str, dataset, device: torch.device,
           seed: int) -> tuple[torch.nn.Module, dict]:
     model = build_model(spec["model"], dataset, seed=seed)
     try:
-        state = st_load(path.read_bytes())
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        raw = path.read_bytes()  # read once: the tensors and the metadata both come from these bytes
+        state, meta = st_load(raw), _metadata(raw)
         model.load_state_dict(state)
     except Exception as exc:  # truncated / not safetensors / wrong keys
         raise PoisonbenchError(f"model file {str(path)!r} is unreadable ({type(exc).__name__}); "
@@ -87,6 +85,13 @@ def _load(path: Path, spec: dict, model_id: str, dataset, device: torch.device,
                                f"delete it to retrain")
     info = {"id": model_id, "path": str(path), "trained": False, **saved, "weights_sha256": sha}
     return model.to(device), info
+
+
+def _metadata(raw: bytes) -> dict:
+    """The `__metadata__` of a safetensors file's bytes (an 8-byte little-endian header length, then the JSON
+    header)."""
+    size = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + size]).get("__metadata__") or {}
 
 
 def _train(path: Path, spec: dict, model_id: str, dataset, device: torch.device, rows, recipe, seed: int,

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..attacks import ATTACKS
-from ..attacks.base import Target
 from ..data import load_dataset, parse_npz_split
 from ..device import check_compile_mode, resolve_device
 from ..errors import PoisonbenchError
@@ -84,11 +83,7 @@ def craft(
                                "taken for)")
     dev = resolve_device(device)
     data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
-    aim = None
-    if target is not None:
-        if not 0 <= target < len(data.test):
-            raise PoisonbenchError(f"--target {target} is outside the test split [0, {len(data.test)})")
-        aim = Target(target, int(data.test.y[target]), intended)
+    aim = poisons.target_on(data, target, intended) if target is not None else None
     files = {p.name: p for p in cls.PARAMS if p.from_file is not None and p.name in params}
     if files:  # every other input is checked before an import writes into the workspace
         placeholders = {name: p.file_placeholder for name, p in files.items()}

@@ -82,7 +82,6 @@ def defend(
     **method_options,
 ) -> None:
     """Train on the (optionally poisoned) train split with a defense; one record per trial."""
-    DEFENSES.get(method)
     chosen = chosen_values(method_option_list(), method_options, "method", method, DEFENSES.get(method).PARAMS)
     spec = DefendSpec(
         dataset=dataset, data_dir=data_dir, download=download, npz_split=parse_npz_split(npz_split, dataset),

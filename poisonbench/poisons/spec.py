@@ -62,6 +62,18 @@ def craft_spec(dataset, attack: str, eps: float | None = None, budget: float = 1
                      surrogate, target.to_dict() if target is not None else None)
 
 
+def test_label(dataset, index: int) -> int:
+    """The class of test image `index` (a target), refused in one line outside the test split."""
+    if not 0 <= index < len(dataset.test):
+        raise PoisonbenchError(f"target index {index} is outside the test split [0, {len(dataset.test)})")
+    return int(dataset.test.y[index])
+
+
+def target_on(dataset, index: int, intended_class: int) -> Target:
+    """The target `craft --target I --intended C` names: test image I, its own class read from the split."""
+    return Target(index, test_label(dataset, index), intended_class)
+
+
 def check_target(dataset, attack_cls, target: Target | None) -> None:
     """A targeted attack has a target inside the test split, whose true class is its label and whose intended
     class is another valid class; fixed rows are distinct train rows. An untargeted attack has none."""
@@ -73,10 +85,8 @@ def check_target(dataset, attack_cls, target: Target | None) -> None:
         return
     if not attack_cls.targeted:
         raise PoisonbenchError(f"attack {name!r} is untargeted: it takes no target")
-    n_test, classes = len(dataset.test), dataset.num_classes
-    if not 0 <= target.index < n_test:
-        raise PoisonbenchError(f"target index {target.index} is outside the test split [0, {n_test})")
-    label = int(dataset.test.y[target.index])
+    classes = dataset.num_classes
+    label = test_label(dataset, target.index)
     if target.true_class != label:
         raise PoisonbenchError(f"target {target.index} is of class {label}, not {target.true_class}")
     if not 0 <= target.intended_class < classes or target.intended_class == label:

@@ -32,14 +32,19 @@ def poison_dir(results_root, poison_id: str) -> Path:
     return workspace_subdir(results_root, "poisons") / poison_id
 
 
+def craft_directories(results_root) -> dict[str, Path]:
+    """{what it holds: directory} of everything a craft writes; a file where one of them belongs is refused in one
+    line, and nothing is created."""
+    return {what: workspace_subdir(results_root, name)
+            for name, what in (("poisons", "PoisonSets"), ("partial", "an interrupted craft's state"),
+                               ("locks", "lock files"))}
+
+
 def check_writable(results_root) -> None:
     """Before crafting: the PoisonSet, an interrupted craft's state and the craft's lock can be written (a
     read-only workspace, or a file where one of their directories belongs, fails here in one line instead of after
     the crafting)."""
-    needed = {what: workspace_subdir(results_root, name)  # every directory checked before one is created
-              for name, what in (("poisons", "PoisonSets"), ("partial", "an interrupted craft's state"),
-                                 ("locks", "lock files"))}
-    for what, directory in needed.items():
+    for what, directory in craft_directories(results_root).items():  # every one checked before one is created
         ensure_writable(directory, what)
 
 

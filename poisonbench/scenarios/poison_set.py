@@ -9,6 +9,9 @@ import torch
 from ..errors import PoisonbenchError
 from .base import Scenario
 
+NO_MIX_WITH_POISON_SET = ("--poison-set trains on one PoisonSet as it is; it takes no --poison-ratio, --attacks or "
+                          "--poisons")
+
 
 @dataclass
 class PoisonSetPlan:
@@ -79,8 +82,7 @@ class PoisonSetScenario(Scenario):
             raise PoisonbenchError("scenario 'poison-set' needs --poison-set ID")
         check_poison_id(spec.poison_set, "--poison-set ")
         if spec.poison_ratio > 0 or spec.attacks is not None or spec.poison_sets:
-            raise PoisonbenchError("--poison-set trains on one PoisonSet as it is; it takes no --poison-ratio, "
-                                   "--attacks or --poisons")
+            raise PoisonbenchError(NO_MIX_WITH_POISON_SET)
 
     def plan(self, spec, data, trial: int) -> PoisonSetPlan:
         return plan_poison_set(data, spec.poison_set, spec.results)

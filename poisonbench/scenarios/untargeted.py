@@ -201,8 +201,9 @@ class Untargeted(Scenario):
         if not spec.poison_ratio > 0:
             raise PoisonbenchError("scenario 'untargeted' needs --poison-ratio > 0 (ρ = 0 is scenario 'clean')")
         if spec.poison_set is not None:
-            raise PoisonbenchError("--poison-set trains on one PoisonSet as it is; it takes no --poison-ratio, "
-                                   "--attacks or --poisons")
+            from .poison_set import NO_MIX_WITH_POISON_SET
+
+            raise PoisonbenchError(NO_MIX_WITH_POISON_SET)
         check_poison_sets(spec.poison_sets, check_attacks(spec.attacks))
 
     def plan(self, spec, data, trial: int) -> UntargetedPlan:
