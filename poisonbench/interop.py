@@ -26,7 +26,7 @@ import torch
 from .attacks.base import PoisonSet
 from .errors import PoisonbenchError
 from .hashing import sha256_file
-from .io import atomic_write_bytes, ensure_writable, torch_load_tensors, why_not_written
+from .io import atomic_write_bytes, ensure_writable, file_in_the_way, torch_load_tensors, why_not_written
 
 HINT_SPLIT_SEED = 1  # torch.manual_seed(1) before randperm (HINT:dataset.py CustomMNIST / CustomCIFAR10V2)
 ORDERS = ("hint", "train")  # a file's row order: HINT's train split, or this dataset's train split
@@ -189,11 +189,9 @@ def check_export_path(out) -> Path:
     out = Path(out)
     if out.is_dir():
         raise PoisonbenchError(f"--out {str(out)!r} is a directory; give the path of the .pt file to write")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise PoisonbenchError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a directory")
-            break
+    blocking = file_in_the_way(out)
+    if blocking is not None:
+        raise PoisonbenchError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a directory")
     return out
 
 

@@ -151,14 +151,21 @@ def exclusive(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Ite
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is a file (a directory of the path cannot be made), else
+    None."""
+    for ancestor in Path(path).parents:
+        if ancestor.exists():
+            return None if ancestor.is_dir() else ancestor
+    return None
+
+
 def why_not_written(error: OSError, path: Path) -> str:
     """The reason an OSError gives for not writing `path`, naming the file that stands where a directory of its
     path belongs (mkdir's bare "File exists" / "Not a directory" does not say which)."""
-    for ancestor in Path(path).parents:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                return f"{str(ancestor)!r} is a file, not a directory"
-            break
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        return f"{str(blocking)!r} is a file, not a directory"
     if isinstance(error, FileExistsError) and Path(path).exists() and not Path(path).is_dir():
         return f"{str(path)!r} is a file, not a directory"
     return error.strerror or str(error)
