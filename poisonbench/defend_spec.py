@@ -14,6 +14,7 @@ from .errors import PoisonbenchError
 from .models import MODELS
 from .recipes import DEFAULT_RECIPE
 from .scenarios import scenario_for
+from .scenarios.targeted import Targeted
 
 
 class Reporter(Protocol):
@@ -39,6 +40,14 @@ class DefendSpec:
     attacks: list[str] | None = None  # None: the paper's four (PGD, DAP, DURP, DeepConfuse)
     poison_sets: dict[str, str] | None = None  # attack -> existing PoisonSet to use instead of the default one
     poison_set: str | None = None  # train on exactly this PoisonSet (all its rows) instead of the mix
+    attack: str | None = None  # a targeted attack (Table III): each trial crafts (or reuses) its own PoisonSet
+    attack_params: dict[str, Any] = field(default_factory=dict)  # that attack's options (its defaults otherwise)
+    eps: float | None = None  # targeted: ε (None: the attack's default, 16/255)
+    budget: float | None = None  # targeted: fraction of the train split poisoned (None: the attack's, 1 %)
+    target: int | None = None  # targeted: the target test image (None: drawn per trial from the seed)
+    intended: int | None = None  # targeted: the class it should be taken for (None: drawn per trial)
+    setup: str | None = None  # targeted: a setup file (../shared/poison_setups/ schema); trial t takes setup i + t
+    setup_index: int = 0
     method: str = "none"
     method_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -73,7 +82,15 @@ def validate(spec: DefendSpec) -> None:
     if spec.model is not None:
         MODELS.get(spec.model)
     DEFENSES.get(spec.method)
-    scenario_for(spec).validate(spec)
+    scenario = scenario_for(spec)
+    scenario.validate(spec)
+    if not isinstance(scenario, Targeted):
+        targeted_only = [flag for flag, value in (("--attack", spec.attack), ("--target", spec.target),
+                                                  ("--intended", spec.intended), ("--setup", spec.setup),
+                                                  ("--eps", spec.eps), ("--budget", spec.budget)) if value is not None]
+        if targeted_only:
+            raise PoisonbenchError(f"{targeted_only[0]} belongs to the targeted scenarios (scratch, transfer); "
+                                   f"scenario {scenario.name!r} takes none")
     check_compile_mode(spec.compile)
     check_accel_mode(spec.accel)
     if not spec.checkpoint_every >= 0:

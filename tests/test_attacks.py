@@ -205,8 +205,8 @@ def test_pgd_random_start_follows_the_crafting_seed(tiny):
 
 @pytest.mark.parametrize("kwargs, needle", [
     ({"attack": "nope"}, "unknown attack 'nope'; valid choices: pgd"),
-    ({"attack": "pgd", "eps": 0}, "eps must be in (0, 1]"),
-    ({"attack": "pgd", "eps": 1.5}, "eps must be in (0, 1]"),
+    ({"attack": "pgd", "eps": 0}, "eps must be in (0, 1)"),
+    ({"attack": "pgd", "eps": 1.5}, "eps must be in (0, 1)"),
     ({"attack": "pgd", "budget": -0.1}, "budget must be a fraction in [0, 1]"),
     ({"attack": "pgd", "budget": 1.01}, "budget must be a fraction in [0, 1]"),
     ({"attack": "durp", "steps": 3}, "option --steps does not apply to attack 'durp'"),

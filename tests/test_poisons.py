@@ -160,9 +160,9 @@ def test_cli_craft_list_show_validate(tiny, tmp_path, cli):
 
 @pytest.mark.parametrize("args, needle", [
     (["craft", "--attack", "nope"], "unknown attack 'nope'; valid choices: pgd, "),
-    (["craft", "--attack", "pgd", "--eps", "0"], "eps must be in (0, 1]"),
-    (["craft", "--attack", "pgd", "--eps", "-0.1"], "eps must be in (0, 1]"),
-    (["craft", "--attack", "pgd", "--eps", "1.5"], "eps must be in (0, 1]"),
+    (["craft", "--attack", "pgd", "--eps", "0"], "eps must be in (0, 1)"),
+    (["craft", "--attack", "pgd", "--eps", "-0.1"], "eps must be in (0, 1)"),
+    (["craft", "--attack", "pgd", "--eps", "1.5"], "eps must be in (0, 1)"),
     (["craft", "--attack", "pgd", "--budget", "-0.5"], "budget must be a fraction in [0, 1]"),
     (["craft", "--attack", "pgd", "--budget", "2"], "budget must be a fraction in [0, 1]"),
     (["craft", "--attack", "durp", "--steps", "3"], "option --steps does not apply to attack 'durp'"),

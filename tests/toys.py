@@ -8,7 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from poisonbench.attacks.base import Attack, AttackContext, budget_count
+from poisonbench.attacks.base import AttackContext, budget_count
+from poisonbench.attacks.targeted import TargetedAttack, common_params
 from poisonbench.defenses.base import Defense
 from poisonbench.errors import PoisonbenchError
 from poisonbench.hashing import short_hash
@@ -28,14 +29,16 @@ def registered(registry, name, entry):
         del registry._entries[name]
 
 
-class ToyTargeted(Attack):
-    """Targeted: poisons drawn from the intended class, each moved a fraction of ε toward the target image."""
+class ToyTargeted(TargetedAttack):
+    """Targeted: poisons drawn from the intended class, each moved a fraction of ε toward the target image (no
+    surrogate: quick)."""
 
     name = "toy-targeted"
     summary = "test attack: intended-class rows nudged toward the target"
-    targeted = True
-    PARAMS = (Param("toy_scale", float, 0.5, "Fraction of ε the poisons move.", "tests/toys.py", positive=True,
-                    maximum=1),)
+    uses_surrogate = False
+    PARAMS = (*common_params("scratch"),
+              Param("toy_scale", float, 0.5, "Fraction of ε the poisons move.", "tests/toys.py", positive=True,
+                    maximum=1))
 
     def choose_rows(self, dataset, budget, seed, target=None):
         if target is not None and target.rows is not None:

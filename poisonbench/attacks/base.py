@@ -116,8 +116,8 @@ def check_budget(budget: float) -> None:
 
 
 def check_eps(eps: float) -> None:
-    if not (isinstance(eps, (int, float)) and 0.0 < eps <= 1.0):
-        raise PoisonbenchError(f"eps must be in (0, 1] (L∞, pixel units), got {eps}")
+    if not (isinstance(eps, (int, float)) and 0.0 < eps < 1.0):
+        raise PoisonbenchError(f"eps must be in (0, 1) (L∞, pixel units), got {eps}")
 
 
 @dataclass
@@ -139,6 +139,8 @@ class AttackContext:
     partial_dir: Path | None = None  # where a row-batched attack keeps finished batches, to resume after a kill
     resumed_rows: int = 0  # rows taken from `partial_dir` instead of crafted (set by the attack)
     target: Target | None = None  # a targeted attack's target (None: untargeted)
+    # (ctx) -> (model, info): how `surrogate()` gets its model (set by `Attack.craft`: the attack's `load_surrogate`)
+    loader: Callable[[AttackContext], tuple[nn.Module, dict]] | None = None
     _surrogate: nn.Module | None = None
     surrogate_info: dict | None = None
 
@@ -155,14 +157,18 @@ class AttackContext:
     def surrogate(self) -> nn.Module:
         """The clean surrogate, in eval mode with frozen parameters (attacks need only input gradients)."""
         if self._surrogate is None:
-            from .surrogate import load_or_train_surrogate
-
-            model, info = load_or_train_surrogate(self.dataset, self.results_root, self.device,
-                                                  model_name=self.surrogate_model, progress=self.progress,
-                                                  accel=self.accel)
+            model, info = (self.loader or clean_surrogate)(self)
             model.eval().requires_grad_(False)
             self._surrogate, self.surrogate_info = model, info
         return self._surrogate
+
+
+def clean_surrogate(ctx: AttackContext) -> tuple[nn.Module, dict]:
+    """The untargeted attacks' surrogate: the family's paper recipe on the whole clean train split."""
+    from .surrogate import load_or_train_surrogate
+
+    return load_or_train_surrogate(ctx.dataset, ctx.results_root, ctx.device, model_name=ctx.surrogate_model,
+                                   progress=ctx.progress, accel=ctx.accel)
 
 
 class Attack:
@@ -182,6 +188,16 @@ class Attack:
         self.params, self.explicit = resolve(self.PARAMS, params, family, None, "attack", self.name)
         self.validate()
 
+    @classmethod
+    def default_eps(cls, family: str) -> float:
+        """ε when `--eps` is not given (the paper's, per dataset family)."""
+        return DEFAULT_EPS[family]
+
+    @classmethod
+    def default_budget(cls) -> float:
+        """`--budget` when not given: every row (the untargeted mix takes its rows from the whole split)."""
+        return 1.0
+
     def choose_rows(self, dataset, budget: float, seed: int, target: Target | None = None) -> torch.Tensor:
         """The train rows to poison (sorted int64, CPU): a target's fixed rows, else ⌊budget·n⌋ rows drawn from
         `seed` (every row for budget 1). Targeted attacks override this to draw from the intended class."""
@@ -192,12 +208,26 @@ class Attack:
     def validate(self) -> None:
         """Raise PoisonbenchError for parameter combinations out of range."""
 
+    def surrogate_ref(self, dataset) -> str | None:
+        """The id of the model this attack crafts against (part of the poison id), None if it uses none."""
+        if not self.uses_surrogate:
+            return None
+        from .surrogate import surrogate_id
+
+        return surrogate_id(dataset)
+
+    def load_surrogate(self, ctx: AttackContext) -> tuple[nn.Module, dict]:
+        """(model, info) of the model `surrogate_ref` names, trained first if it is not cached."""
+        return clean_surrogate(ctx)
+
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
         """δ for `ctx.indices` (K×C×H×W, float32, pixel units, any device)."""
         raise NotImplementedError
 
     def craft(self, ctx: AttackContext) -> PoisonSet:
         """Run the attack and enforce the invariants (ε-ball, pixel box) on the result."""
+        if ctx.loader is None:
+            ctx.loader = self.load_surrogate
         x = ctx.dataset.train.x[ctx.indices].float().div_(255)
         if len(ctx.indices) == 0:
             delta = torch.zeros_like(x)

@@ -64,6 +64,22 @@ def defend(
                                    help="Train on exactly this PoisonSet, every row it covers poisoned (e.g. the "
                                         "paper's own mix from `poisonbench poisons import FILE`, or a `craft "
                                         "--budget` < 1); instead of --poison-ratio."),
+    attack: str = typer.Option(None, "--attack", help="Targeted attack (Table III): gm (default scenario scratch), "
+                                                       "bp, fc (transfer); each trial crafts or reuses its poisons."),
+    eps: float = typer.Option(None, "--eps", help="Targeted: L∞ bound in pixel units, in (0, 1); default 16/255."),
+    budget: float = typer.Option(None, "--budget", help="Targeted: fraction of the train split poisoned, all from "
+                                                        "the intended class; default 0.01 (490 CIFAR-10 images)."),
+    target: int = typer.Option(None, "--target", metavar="I", help="Targeted: the test image to be misclassified "
+                                                                    "(default: drawn per trial from the seed)."),
+    intended: int = typer.Option(None, "--intended", metavar="C", help="Targeted: the class it should be taken for "
+                                                                       "(default: drawn per trial)."),
+    setup: str = typer.Option(None, "--setup", metavar="FILE", help="Targeted: a setup file (JSON, the schema of the "
+                                                                    "'Just How Toxic' setups); trial t takes setup "
+                                                                    "--setup-index + t."),
+    setup_index: int = typer.Option(0, "--setup-index", metavar="I", help="Targeted: the setup of trial 0."),
+    attack_params: str = typer.Option(None, "--attack-params", metavar="NAME=VALUE,...",
+                                      help="Targeted: options of --attack (see `craft --help`), e.g. "
+                                           "restarts=1,iterations=50; default: the attack's defaults."),
     trials: int = typer.Option(1, "--trials", help="Run trials 0..N-1 with seeds seed+t."),
     trial: int = typer.Option(None, "--trial", help="Run only trial T (seed seed+T; same record as trial T of "
                                                    "--trials N), so a sweep can queue trials one by one."),
@@ -92,6 +108,8 @@ def defend(
         scenario=scenario, poison_ratio=poison_ratio,
         attacks=[a.strip() for a in attacks.split(",")] if attacks is not None else None,
         poison_sets=parse_poison_sets(poisons), poison_set=poison_set,
+        attack=attack, attack_params=parse_attack_params(attack, attack_params), eps=eps, budget=budget,
+        target=target, intended=intended, setup=setup, setup_index=setup_index,
         method=method, method_params=chosen,
         seed=seed, trials=trials, trial=trial, device=device, compile=compile, accel=accel, results=results,
         force=force,
@@ -130,6 +148,39 @@ def defend(
                       f"(mean ± sample std over {len(accs)} trials)")
 
 
+def parse_attack_params(attack: str | None, text: str | None) -> dict:
+    """`--attack-params restarts=1,iterations=50` → {name: value}, each value parsed as its Param's type."""
+    if text is None:
+        return {}
+    if attack is None:
+        raise PoisonbenchError("--attack-params sets options of --attack; give --attack too")
+    from ..attacks import ATTACKS
+
+    known = {p.name: p for p in ATTACKS.get(attack).PARAMS}
+    out = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, sep, value = (x.strip() for x in item.partition("="))
+        name = name.replace("-", "_")
+        if not sep or name not in known:
+            raise PoisonbenchError(f"--attack-params: {item!r} is not NAME=VALUE with NAME one of attack "
+                                   f"{attack!r}'s options ({', '.join(sorted(known))})")
+        kind = known[name].cli_type
+        if kind is bool:
+            if value.lower() not in SWITCH:
+                raise PoisonbenchError(f"--attack-params: {name} is a switch (true or false), got {value!r}")
+            out[name] = SWITCH[value.lower()]
+            continue
+        try:
+            out[name] = kind(value)
+        except ValueError:
+            raise PoisonbenchError(f"--attack-params: {name} of attack {attack!r} takes a {kind.__name__}, got "
+                                   f"{value!r}") from None
+    return out
+
+
+SWITCH = {"true": True, "false": False, "on": True, "off": False, "yes": True, "no": False, "1": True, "0": False}
+
+
 def method_option_list():
     """The defense options, one per flag across the DEFENSES registry (read when the command is built)."""
     reserved = inspect.signature(defend).parameters
@@ -144,7 +195,9 @@ def command():
     listed = {
         "method": typer.Option("none", "--method", help=f"Defense to train with: {methods}."),
         "scenario": typer.Option(None, "--scenario", help=f"What is poisoned and trained: {', '.join(SCENARIOS)}; "
-                                                          "default: inferred (--poison-set: poison-set; "
-                                                          "--poison-ratio > 0: untargeted; else clean)."),
+                                                          "default: inferred (--attack: scratch for gm, transfer "
+                                                          "for bp, fc; --poison-set: the set's own, else "
+                                                          "poison-set; --poison-ratio > 0: untargeted; else "
+                                                          "clean)."),
     }
     return with_options(defend, typer_parameters(method_option_list(), lambda family: resolve_recipe(family)), listed)

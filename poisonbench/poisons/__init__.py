@@ -9,7 +9,7 @@ dataset fingerprint and refuses anything else.
 
 from .checks import validate
 from .crafting import craft, prepare_partial
-from .spec import OPTIONAL_SPEC_FIELDS, SPEC_FIELDS, CraftSpec, check_target, craft_spec, target_on
+from .spec import OPTIONAL_SPEC_FIELDS, SPEC_FIELDS, CraftSpec, check_target, craft_spec
 from .store import (
     MANIFEST_FILE,
     TENSOR_FILE,
@@ -30,6 +30,6 @@ from .store import (
 __all__ = [
     "MANIFEST_FILE", "OPTIONAL_SPEC_FIELDS", "SPEC_FIELDS", "TENSOR_FILE", "CraftSpec", "check_poison_id",
     "check_target", "check_writable", "craft", "craft_directories", "craft_spec", "exists", "labels_hash", "list_ids",
-    "list_manifests", "load", "poison_dir", "prepare_partial", "read_manifest", "save", "spec_of", "target_on",
+    "list_manifests", "load", "poison_dir", "prepare_partial", "read_manifest", "save", "spec_of",
     "validate",
 ]

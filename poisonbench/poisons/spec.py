@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..attacks import ATTACKS
-from ..attacks.base import DEFAULT_EPS, Target, check_budget, check_eps, check_seed
+from ..attacks.base import Target, check_budget, check_eps, check_seed
 from ..errors import PoisonbenchError
 from ..hashing import short_hash
 
@@ -49,15 +49,11 @@ def craft_spec(dataset, attack: str, eps: float | None = None, budget: float = 1
     cls = ATTACKS.get(attack)
     check_budget(budget)
     check_seed(seed)
-    eps = DEFAULT_EPS[dataset.family] if eps is None else float(eps)
+    eps = cls.default_eps(dataset.family) if eps is None else float(eps)
     check_eps(eps)
     check_target(dataset, cls, target)
     instance = cls(dataset.family, **params)
-    surrogate = None
-    if cls.uses_surrogate:
-        from ..attacks.surrogate import surrogate_id
-
-        surrogate = surrogate_id(dataset)
+    surrogate = instance.surrogate_ref(dataset)
     return CraftSpec(attack, instance.params, eps, float(budget), int(seed), dataset.name, dataset.fingerprint,
                      surrogate, target.to_dict() if target is not None else None)
 
@@ -67,11 +63,6 @@ def test_label(dataset, index: int) -> int:
     if not 0 <= index < len(dataset.test):
         raise PoisonbenchError(f"target index {index} is outside the test split [0, {len(dataset.test)})")
     return int(dataset.test.y[index])
-
-
-def target_on(dataset, index: int, intended_class: int) -> Target:
-    """The target `craft --target I --intended C` names: test image I, its own class read from the split."""
-    return Target(index, test_label(dataset, index), intended_class)
 
 
 def check_target(dataset, attack_cls, target: Target | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..registry import Registry
 from .base import ModelRequest, PoisonPlan, Scenario, reporter_progress
 from .poison_set import PoisonSetPlan, PoisonSetScenario, plan_poison_set
+from .targeted import Scratch, TargetedPlan, Transfer, targeted_attacks
 from .untargeted import (
     CRAFT_SEED,
     ROW_STREAM,
@@ -28,19 +29,57 @@ SCENARIOS: Registry[type[Scenario]] = Registry("scenario")
 SCENARIOS.add("clean", Clean)
 SCENARIOS.add("untargeted", Untargeted)
 SCENARIOS.add("poison-set", PoisonSetScenario)
+SCENARIOS.add("scratch", Scratch)
+SCENARIOS.add("transfer", Transfer)
 
 
 def scenario_for(spec) -> Scenario:
-    """The scenario of a DefendSpec: `spec.scenario` if given, else inferred from its poison options."""
+    """The scenario of a DefendSpec: `spec.scenario` if given, else inferred from its poison options: `--attack`
+    → the attack's default victim (the paper's: gm → scratch, bp / fc → transfer); `--poison-set` → the scenario a
+    targeted PoisonSet was made for, else poison-set; `--poison-ratio` > 0 → untargeted; else clean."""
     name = spec.scenario
     if name is None:
-        name = "poison-set" if spec.poison_set is not None else ("untargeted" if spec.poison_ratio > 0 else "clean")
+        if spec.attack is not None:
+            name = attack_scenario(spec.attack)
+        elif spec.poison_set is not None:
+            name = poison_set_scenario(spec.results, spec.poison_set)
+        else:
+            name = "untargeted" if spec.poison_ratio > 0 else "clean"
     return SCENARIOS.get(name)()
+
+
+def attack_scenario(attack: str) -> str:
+    """The default scenario of `defend --attack NAME`: its `scenario` parameter's default (targeted attacks)."""
+    from ..attacks import ATTACKS
+    from ..errors import PoisonbenchError
+
+    cls = ATTACKS.get(attack)
+    default = next((p.default for p in cls.PARAMS if p.name == "scenario"), None)
+    if not cls.targeted or default is None:
+        raise PoisonbenchError(f"--attack {attack!r} is untargeted; the targeted attacks are "
+                               f"{', '.join(targeted_attacks())} (the untargeted mix: --poison-ratio, --attacks)")
+    return default
+
+
+def poison_set_scenario(results_root, poison_id: str) -> str:
+    """`scratch` / `transfer` for a targeted PoisonSet (its spec names it), else `poison-set` (also when the set
+    cannot be read: that scenario's checks then name the problem)."""
+    try:
+        from ..poisons import check_poison_id, spec_of
+
+        check_poison_id(poison_id, "--poison-set ")
+        spec, _ = spec_of(results_root, poison_id)
+    except Exception:
+        return "poison-set"
+    if spec.target is None:
+        return "poison-set"
+    return spec.params.get("scenario", "scratch") if isinstance(spec.params, dict) else "scratch"
 
 
 __all__ = [
     "CRAFT_SEED", "ROW_STREAM", "SCENARIOS", "UNTARGETED_ATTACKS", "Clean", "ModelRequest", "PoisonPlan",
-    "PoisonSetPlan", "PoisonSetScenario", "Scenario", "Untargeted", "UntargetedPlan", "check_attacks",
+    "PoisonSetPlan", "PoisonSetScenario", "Scenario", "Scratch", "TargetedPlan", "Transfer", "attack_scenario",
+    "poison_set_scenario", "targeted_attacks", "Untargeted", "UntargetedPlan", "check_attacks",
     "check_poison_sets", "chosen_spec", "parse_poison_sets", "plan_poison_set", "plan_untargeted",
     "reporter_progress", "scenario_for", "split_counts",
 ]

@@ -1,0 +1,70 @@
+"""The pre-trained models a targeted experiment shares (design.md §4): the from-scratch surrogate an attack crafts
+against, and the transfer scenario's feature extractor.
+
+Transfer learning follows paper §VI-A2: the train split is cut once, stratified by class, into a pre-training part
+(90 %) and a transfer set (10 %, 4,900 images on CIFAR-10). The extractor is trained on the clean pre-training part
+through the one engine, cached by the hash of its inputs (dataset fingerprint, model, recipe, rows, seed) and
+shared by every trial, attack and defense (one writer, the others wait: `trained_models.load_or_train`). The victim
+freezes it (BatchNorm in eval mode) and trains a re-initialised head on the transfer set with the poisons.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import PoisonbenchError
+from .hashing import short_hash
+from .models import DEFAULT_MODEL
+from .recipes import resolve_recipe
+
+TRANSFER_FRACTION = 0.1  # paper §VI-A2: the transfer set is 10 % of the train split (4,900 of 49,000 on CIFAR-10)
+TRANSFER_SPLIT_SEED = 1  # fixed: one split per dataset, shared by every run (the class split uses seed 0)
+EXTRACTOR_KIND = "extractors"  # the workspace folder
+EXTRACTOR_SEED = 0
+MIN_PRETRAIN_PER_CLASS = 5  # below this the extractor learns nothing worth freezing
+
+
+def transfer_split(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pre-training rows, transfer rows) of the train split: sorted int64, stratified by class, 10 % transfer.
+
+    Refused in one line when the pre-training part would leave a class with fewer than
+    `MIN_PRETRAIN_PER_CLASS` images."""
+    from .data.splits import stratified_split
+
+    y = data.train.y.numpy()
+    k = int(round(TRANSFER_FRACTION * len(y)))
+    pretrain, transfer = stratified_split(y, [k], seed=TRANSFER_SPLIT_SEED)
+    counts = np.bincount(y[pretrain], minlength=data.num_classes)
+    if len(pretrain) == 0 or counts.min() < MIN_PRETRAIN_PER_CLASS:
+        raise PoisonbenchError(f"--scenario transfer: the pre-training split of {data.name} is too small "
+                               f"({len(pretrain)} images, {int(counts.min())} in its smallest class; at least "
+                               f"{MIN_PRETRAIN_PER_CLASS} per class needed)")
+    return torch.from_numpy(pretrain), torch.from_numpy(transfer)
+
+
+def extractor_spec(data, model_name: str | None = None, recipe: str = "paper",
+                   overrides: dict | None = None) -> dict:
+    """The canonical inputs that identify the transfer scenario's pre-trained model."""
+    pretrain, _ = transfer_split(data)
+    return {"purpose": "transfer-extractor", "dataset": data.name, "dataset_fingerprint": data.fingerprint,
+            "model": model_name or DEFAULT_MODEL[data.family],
+            "recipe": resolve_recipe(data.family, recipe, **(overrides or {})).to_dict(),
+            "rows": short_hash(pretrain.tolist()), "transfer_fraction": TRANSFER_FRACTION, "seed": EXTRACTOR_SEED}
+
+
+def extractor_id(data, model_name: str | None = None, recipe: str = "paper", overrides: dict | None = None) -> str:
+    return short_hash(extractor_spec(data, model_name, recipe, overrides))
+
+
+def load_or_train_extractor(data, device: torch.device, *, model_name: str | None = None, recipe: str = "paper",
+                            overrides: dict | None = None, results_root=None, progress=None,
+                            accel: str = "auto") -> tuple[torch.nn.Module, dict]:
+    """The pre-trained model (features and its own head, on `device`), trained on the clean pre-training rows
+    first if it is not cached."""
+    from .trained_models import load_or_train
+
+    pretrain, _ = transfer_split(data)
+    return load_or_train(EXTRACTOR_KIND, extractor_spec(data, model_name, recipe, overrides), data, device,
+                         results_root=results_root, rows=pretrain, recipe=recipe, recipe_overrides=overrides,
+                         seed=EXTRACTOR_SEED, progress=progress, accel=accel)
