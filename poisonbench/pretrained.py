@@ -22,7 +22,7 @@ TRANSFER_FRACTION = 0.1  # paper §VI-A2: the transfer set is 10 % of the train 
 TRANSFER_SPLIT_SEED = 1  # fixed: one split per dataset, shared by every run (the class split uses seed 0)
 EXTRACTOR_KIND = "extractors"  # the workspace folder
 EXTRACTOR_SEED = 0
-MIN_PRETRAIN_PER_CLASS = 5  # below this the extractor learns nothing worth freezing
+MIN_PRETRAIN_PER_CLASS = 10  # below this the extractor learns nothing worth freezing
 
 
 def transfer_split(data) -> tuple[torch.Tensor, torch.Tensor]:
