@@ -105,7 +105,7 @@ def test_transfer_freezes_one_cached_extractor_shared_by_trials_and_trains_only_
 
     saved = load_file(extractors[0])
     _, transfer = transfer_split(data)
-    for args, kwargs, _result in train_calls:
+    for args, _kwargs, _result in train_calls:
         model, train_x = args[0], args[1]
         assert len(train_x) == len(transfer)  # the transfer set (its poisons are in it)
         state = model.state_dict()
