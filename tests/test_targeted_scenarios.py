@@ -209,3 +209,26 @@ def test_defend_refuses_mixed_up_targeted_options(cli, tiny, toy, tmp_path, args
     args = [toy if a == "ATTACK" else a for a in args]
     code, _, err = cli("defend", "--dataset", root / "tiny.npz", "--results", tmp_path / "r", *args)
     assert code == 2 and message in err, err
+
+
+def test_the_cifar10_resnet18_paper_path_runs_end_to_end_on_tiny_cifar_files(cli, tmp_path):
+    """What a GPU user runs (`--dataset cifar10`, ResNet-18, GM from scratch and BP in transfer, HINT), on tiny
+    files in CIFAR-10's own format; only the epochs and the attack's iterations are cut."""
+    from .conftest import write_cifar_dir
+
+    write_cifar_dir(tmp_path / "cifar-10-batches-py", per_batch=250, n_test=50)
+    results = tmp_path / "results"
+    common = ["--dataset", "cifar10", "--data-dir", tmp_path, "--recipe", "quick", "--epochs", "1", "--results",
+              results, "--json"]
+    for attack, method in (("gm", "none"), ("bp", "hint")):
+        code, out, err = cli("defend", *common, "--attack", attack, "--method", method,
+                             "--attack-params", "restarts=1,iterations=2")
+        assert code == 0, err
+        line = json.loads(out.strip().splitlines()[-1])
+        assert line["attack"] == attack and isinstance(line["attack_success"], bool)
+    records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    assert sorted(r["config"]["scenario"] for r in records) == ["scratch", "transfer"]
+    assert all(r["config"]["model"] == "resnet18" for r in records)
+    assert len(list((results / "extractors").glob("*.safetensors"))) == 1
+    code, out, _ = cli("report", "--table", "3", "--paper", "--format", "json", "--results", results)
+    assert code == 0

@@ -128,24 +128,45 @@ def defend(
                 "val_acc": r["metrics"]["val_acc"], "seconds": r["cost"]["seconds"],
                 "resumed_from_epoch": r.get("resumed_from_epoch", 0),
                 "path": str(store.path(r["run_id"])),
+                **targeted_fields(r),
             }))
         return
     table = Table(title="defend")
-    for col in ("run", "status", "trial", "seed", "test acc (%)", "seconds"):
+    targeted = any(targeted_fields(o.record) for o in outcomes)
+    for col in ("run", "status", "trial", "seed", "test acc (%)", "seconds") + (("target → prediction",)
+                                                                                if targeted else ()):
         table.add_column(col)
     accs = []
     for o in outcomes:
         r = o.record
         accs.append(r["metrics"]["test_acc"])
-        table.add_row(r["run_id"], o.status, str(r["config"]["trial"]), str(r["config"]["seed"]),
-                      f"{100 * r['metrics']['test_acc']:.2f}", f"{r['cost']['seconds']:.1f}")
+        row = [r["run_id"], o.status, str(r["config"]["trial"]), str(r["config"]["seed"]),
+               f"{100 * r['metrics']['test_acc']:.2f}", f"{r['cost']['seconds']:.1f}"]
+        if targeted:
+            t = targeted_fields(r)
+            row.append(f"{t['target_index']} ({t['target_class']}→{t['intended_class']}): {t['target_prediction']} "
+                       f"{'attack succeeded' if t['attack_success'] else 'attack failed'}" if t else "")
+        table.add_row(*row)
     console = stdout_console()
     console.print(table)
+    if targeted:
+        wins = [bool(targeted_fields(o.record)["attack_success"]) for o in outcomes]
+        console.print(f"attack success: {sum(wins)}/{len(wins)} trials")
     if len(accs) > 1:
         import statistics
 
         console.print(f"test accuracy: {100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f} % "
                       f"(mean ± sample std over {len(accs)} trials)")
+
+
+def targeted_fields(record: dict) -> dict:
+    """A targeted run's target, intended class, final prediction and success ({} for other runs)."""
+    poison, metrics = record["config"].get("poison") or {}, record["metrics"]
+    if poison.get("kind") != "targeted":
+        return {}
+    return {"attack": poison["attack"], "target_index": poison["target_index"],
+            "target_class": poison["target_class"], "intended_class": poison["intended_class"],
+            "target_prediction": metrics.get("target_prediction"), "attack_success": metrics.get("attack_success")}
 
 
 def parse_attack_params(attack: str | None, text: str | None) -> dict:

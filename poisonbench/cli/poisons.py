@@ -1,4 +1,4 @@
-"""`poisonbench poisons list | show ID | validate ID`."""
+"""`poisonbench poisons list | show ID | validate ID | import FILE | export`."""
 
 from __future__ import annotations
 
@@ -82,11 +82,42 @@ def validate(
         sys.exit(1)  # not typer.Exit: the entry point runs click with standalone_mode=False
 
 
-@app.command("import", help="Import HINT's untargeted poison file (`torch.save({'poisoned_images', "
-                            "'poison_targets'})`, e.g. the paper's mnist_eps_0.3_mixed_poison_….pt) as a PoisonSet; "
-                            "train on it with `defend --poison-set ID`.")
+TARGETED_IMPORT_HELP = (
+    "Import poisons as a PoisonSet; train on it with `defend --poison-set ID`. HINT's untargeted file (a .pt of "
+    "{'poisoned_images', 'poison_targets'}, e.g. the paper's mnist_eps_0.3_mixed_poison_….pt), or targeted poisons "
+    "made elsewhere (docs/commands.md): --format forest (Witches' Brew's packed export or HINT's patched dict), toxic "
+    "(the 'Just How Toxic' benchmark's poisons.pickle, base_indices.pickle, target.pickle), npz (x, idx, target, "
+    "intended).")
+
+
+@app.command("import", help=TARGETED_IMPORT_HELP)
 def import_(
-    file: str = typer.Argument(..., help="The .pt file (read with torch.load(weights_only=True): tensors only)."),
+    files: list[str] = typer.Argument(..., metavar="FILE", help="The file (toxic: a directory, or its three "
+                                                                "files). Torch files are read with torch.load("
+                                                                "weights_only=True), pickles by an unpickler that "
+                                                                "admits only arrays and numbers."),
+    fmt: str = typer.Option(None, "--format", help="hint | forest | toxic | npz (default: a directory or three files "
+                                                   "→ toxic, .npz → npz, a plain pickle → forest, a torch file → "
+                                                   "hint, or forest when a target is named)."),
+    attack: str = typer.Option(None, "--attack", metavar="LABEL", help="Targeted formats: the Table III column the "
+                                                                       "poisons belong to (gm, bp, fc, mp, …; "
+                                                                       "default forest → gm, toxic → bp, npz → "
+                                                                       "imported)."),
+    victim: str = typer.Option(None, "--victim", help="Targeted formats: the scenario `defend --poison-set` trains "
+                                                      "them in: scratch | transfer (default: transfer for bp and fc, "
+                                                      "scratch otherwise)."),
+    target: int = typer.Option(None, "--target", metavar="I", help="Targeted formats: the target test image (index "
+                                                                    "into the test split), when the file does not "
+                                                                    "name it."),
+    intended: int = typer.Option(None, "--intended", metavar="C", help="Targeted formats: the class the target "
+                                                                       "should be taken for."),
+    setup: str = typer.Option(None, "--setup", metavar="FILE", help="Targeted formats: take the target and intended "
+                                                                    "class from this setup file (JSON, the 'Just How "
+                                                                    "Toxic' setups' schema); the bases must match."),
+    setup_index: int = typer.Option(0, "--setup-index", metavar="I", help="The setup to take."),
+    forest_std: str = typer.Option(None, "--forest-std", metavar="S1,S2,S3",
+                                   help="forest: σ per channel that δ is scaled by (default forest's own, "
+                                        "consts.py: 0.2470,0.2435,0.2616 CIFAR-10, 0.3081 MNIST)."),
     dataset: str = options.Dataset,
     data_dir: str = options.DataDir,
     download: bool = options.Download,
@@ -96,17 +127,55 @@ def import_(
     as_json: bool = options.Json,
 ) -> None:
     from ..data import load_dataset, parse_npz_split
+    from ..errors import PoisonbenchError
     from ..interop import import_hint_file
+    from ..interop_targeted import FORMATS, Named, import_targeted, parse_forest_std, sniff_format
     from ..records import results_dir
 
+    targeted_options = {"--attack": attack, "--victim": victim, "--target": target, "--intended": intended,
+                        "--setup": setup, "--forest-std": forest_std}
+    given = [k for k, v in targeted_options.items() if v is not None]
+    fmt = fmt if fmt is not None else sniff_format(files, bool(given))
+    if fmt not in ("hint", *FORMATS):
+        raise PoisonbenchError(f"unknown --format {fmt!r}; valid choices: hint, {', '.join(FORMATS)}")
+    if fmt == "hint" and given:
+        raise PoisonbenchError(f"{', '.join(given)}: options of the targeted formats (--format "
+                               f"{'|'.join(FORMATS)}); HINT's untargeted file takes none")
+    if fmt == "hint" and len(files) != 1:
+        raise PoisonbenchError(f"HINT's untargeted format is one file; got {len(files)} paths")
+    if (target is None) != (intended is None):
+        raise PoisonbenchError("--target and --intended go together (the test image and the class it should be "
+                               "taken for)")
+    if setup is not None and target is not None:
+        raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
+    if setup_index < 0:
+        raise PoisonbenchError(f"--setup-index must be a non-negative integer, got {setup_index}")
+    if forest_std is not None and fmt != "forest":
+        raise PoisonbenchError(f"--forest-std applies to --format forest, not {fmt}")
+    std = parse_forest_std(forest_std)
     results_dir(results)  # a bad --results fails before the dataset is loaded
     data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
-    poison, cached = import_hint_file(file, data, results, force=force)
+    if fmt == "hint":
+        poison, cached = import_hint_file(files[0], data, results, force=force)
+    else:
+        poison, cached = import_targeted(fmt, files, data, results, label=attack, victim=victim,
+                                         named=Named(target, intended, setup, setup_index), forest_std=std,
+                                         force=force)
     m = poison.manifest
     out = {"poison_id": m["poison_id"], "path": str(poison.path), "status": "cached" if cached else "imported",
            "dataset": data.name, "count": m["count"], "eps": m["eps"], **m["imported_from"]}
+    if m.get("target") is not None:
+        out["attack"] = m["attack"]
     if as_json:
         print(json.dumps(out))
+        return
+    if fmt != "hint":
+        t = out["target"]
+        stdout_console().print(
+            f"{out['status']} {out['format']} poisons as [bold]{out['poison_id']}[/] ({out['attack']}, "
+            f"{out['scenario']}): {out['count']} of {out['poisons_in_file']} in {data.name}'s train split "
+            f"({out['left_out_in_val_split']} left out: in our val split), target test image {t['index']} "
+            f"({t['true_class']}→{t['intended_class']}), ‖δ‖∞ = {out['eps']:.4g} → {out['path']}")
         return
     stdout_console().print(
         f"{out['status']} poison set [bold]{out['poison_id']}[/] from {escape(out['file'])} ({out['order']} order): "
@@ -115,11 +184,19 @@ def import_(
 
 
 @app.command("export", help="Write a Table II mix (the train split of one trial of `defend --poison-ratio RHO`) as "
-                            "HINT's untargeted poison file, for the official code's --poison_path.")
+                            "HINT's untargeted poison file, for the official code's --poison_path; or a targeted "
+                            "PoisonSet (--poison-set ID) as forest's, the Toxic benchmark's or an .npz file "
+                            "(--format forest|toxic|npz).")
 def export(
-    out: str = typer.Option(..., "--out", help="The .pt file to write (atomically)."),
-    poison_ratio: float = typer.Option(..., "--poison-ratio", help="ρ: fraction of the train split poisoned by "
-                                                                   "the mix."),
+    out: str = typer.Option(..., "--out", help="The file to write (atomically); --format toxic: a directory. "
+                                               "--format forest: a .pkl / .pickle is a plain pickle (HINT's "
+                                               "pickle.load), any other name a torch.save file."),
+    poison_ratio: float = typer.Option(None, "--poison-ratio", help="ρ: fraction of the train split poisoned by "
+                                                                    "the mix."),
+    poison_set: str = typer.Option(None, "--poison-set", metavar="ID", help="A targeted PoisonSet to write (ours or "
+                                                                            "imported), with --format."),
+    fmt: str = typer.Option(None, "--format", help="hint (a mix, with --poison-ratio; the default) | forest | toxic "
+                                                   "| npz (a targeted PoisonSet, with --poison-set)."),
     attacks: str = typer.Option(None, "--attacks", help="Comma-separated attacks of the mix (default: pgd,dap,"
                                                         "durp,deepconfuse)."),
     poisons_: str = typer.Option(None, "--poisons", metavar="ATTACK=ID,...",
@@ -141,10 +218,39 @@ def export(
     from ..device import resolve_device, to_float
     from ..errors import PoisonbenchError
     from ..interop import ORDERS, check_export_path, export_hint_file, order_rows
+    from ..interop_targeted import FORMATS, check_export_out, export_targeted
     from ..records import results_dir
     from ..scenarios import parse_poison_sets, plan_untargeted
     from .progress import RichReporter
 
+    if poison_set is not None:
+        if poison_ratio is not None or attacks is not None or poisons_ is not None:
+            raise PoisonbenchError("--poison-set writes one targeted PoisonSet; it takes no --poison-ratio, "
+                                   "--attacks or --poisons")
+        if fmt not in FORMATS:
+            raise PoisonbenchError(f"--poison-set needs --format {'|'.join(FORMATS)}" if fmt is None else
+                                   f"unknown --format {fmt!r} for --poison-set; valid choices: {', '.join(FORMATS)}")
+        from ..poisons import check_poison_id
+
+        check_poison_id(poison_set, "--poison-set ")
+        check_export_out(fmt, out)
+        results_dir(results)
+        data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
+        written = export_targeted(results, poison_set, data, fmt, out)
+        if as_json:
+            print(json.dumps(written))
+            return
+        t = written["target"]
+        stdout_console().print(f"wrote {escape(written['path'])} ({fmt}): {written['poisons']} poisons of "
+                               f"[bold]{poison_set}[/] ({written['attack']}), target test image {t['index']} "
+                               f"({t['true_class']}→{t['intended_class']})")
+        return
+    if fmt not in (None, "hint"):
+        raise PoisonbenchError(f"--format {fmt} writes a targeted PoisonSet: give --poison-set ID" if fmt in FORMATS
+                               else f"unknown --format {fmt!r}; valid choices: hint, {', '.join(FORMATS)}")
+    if poison_ratio is None:
+        raise PoisonbenchError("give --poison-ratio RHO (a Table II mix, as HINT's file) or --poison-set ID --format "
+                               f"{'|'.join(FORMATS)} (a targeted PoisonSet)")
     if order not in ORDERS:
         raise PoisonbenchError(f"unknown --order {order!r}; valid choices: {', '.join(ORDERS)}")
     if trial < 0:

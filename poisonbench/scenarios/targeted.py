@@ -70,13 +70,17 @@ class TargetedPlan:
 
 def target_config(attack: str, spec, target: Target, n: int, extra: dict | None = None) -> dict:
     """`config.poison` of a targeted run (docs/metrics.md): what Table III and Figs. 3–4 read."""
+    params = {k: v for k, v in spec.params.items() if k not in ("surrogate_recipe", "surrogate_epochs")}
+    imported = {}
+    if "file_sha256" in params:  # poisons made elsewhere: each trial's file has its own hash and measured ‖δ‖∞
+        imported = {"file_sha256": params.pop("file_sha256"), "eps_measured": spec.eps}
     return {
         "kind": "targeted",
         "attack": attack,
-        "eps": spec.eps,
+        **({"eps": spec.eps} if not imported else imported),
         "ratio": len(target.rows) / n,  # the fraction of the train split poisoned
         "poisoned": len(target.rows),
-        "params": {k: v for k, v in spec.params.items() if k not in ("surrogate_recipe", "surrogate_epochs")},
+        "params": params,
         "target_index": target.index,
         "target_class": target.true_class,
         "intended_class": target.intended_class,

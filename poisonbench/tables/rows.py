@@ -57,7 +57,8 @@ def poison_label(poison: dict) -> str:
 # what differs from trial to trial of one targeted configuration (each trial has its own target and PoisonSet);
 # the rest of a targeted run's poison description (ε, attack parameters) must match for runs to share a cell
 TARGETED_TRIAL_KEYS = {"target_index", "target_class", "intended_class", "label", "poison_id", "poison_ids",
-                       "indices_fingerprint", "counts", "base_indices", "setup", "poison_set", "poisoned"}
+                       "indices_fingerprint", "counts", "base_indices", "setup", "poison_set", "poisoned",
+                       "file_sha256", "eps_measured"}
 
 
 def record_row(r: dict) -> dict:
