@@ -23,7 +23,9 @@ from .conftest import write_npz
 from .toys import ToyTargeted, registered
 
 EPS = 0.1
-FAST = {"deepconfuse": {"outer_epochs": 2}}  # keep the generator schedule tiny in tests
+# keep the schedules tiny in tests (deepconfuse's generator; the targeted attacks' surrogate, steps and restarts)
+FAST = {"deepconfuse": {"outer_epochs": 2},
+        **{name: {"iterations": 2, "restarts": 2, "surrogate_epochs": 1} for name in ("gm", "bp", "fc")}}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,9 @@ def tiny(tmp_path_factory):
 
 TOYS = {"toy-targeted": ToyTargeted}  # a targeted attack, so the registry-driven tests show they accept one
 REGISTRY_AND_TOYS = [*ATTACKS.names(), *TOYS]
-BUDGET = {"toy-targeted": 0.05}  # a targeted attack draws its rows from the intended class (a quarter of the rows)
+# a targeted attack draws its rows from the intended class (a quarter of the rows); in transfer (bp, fc) from that
+# class's share of the 10 % transfer set (4 of the tiny split's 160 train rows)
+BUDGET = {"toy-targeted": 0.05, "gm": 0.05, "bp": 0.02, "fc": 0.02}
 
 
 @pytest.fixture
@@ -103,12 +107,18 @@ def test_full_and_empty_budgets(attack_name, tiny):
     name = attack_name
     data, results = tiny
     n = len(data.train)
+    cls = ATTACKS.get(name)
+    spec_all = craft_spec(data, name, budget=BUDGET.get(name, 1.0), target=target_for(name, data))
+    if cls.targeted:  # rows from one class: no budget covers the whole split, and an empty one is refused
+        assert spec_all.eps == 16 / 255  # forest's default (paper §VI-A2)
+        from poisonbench.targets import draw_target
+
+        with pytest.raises(PoisonbenchError, match="budget 0 poisons no image"):
+            draw_target(data, 0, "scratch", 0.0)
+        return
     empty = _craft(name, data, results, budget=0.0)
     assert len(empty.indices) == 0 and empty.delta.shape == (0, *data.train.x.shape[1:])
-    spec_all = craft_spec(data, name, budget=BUDGET.get(name, 1.0), target=target_for(name, data))
     assert spec_all.eps == 0.3  # the MNIST-family default of the paper
-    if ATTACKS.get(name).targeted:  # its rows come from one class: no budget covers the whole split
-        return
     full = _craft(name, data, results, budget=1.0, eps=spec_all.eps)
     assert torch.equal(full.indices, torch.arange(n)) and len(full.delta) == n
     assert 0.2 * spec_all.eps < full.delta.abs().max().item() <= spec_all.eps + EPS_TOLERANCE

@@ -105,3 +105,34 @@ def test_influence_benchmark_compares_equal_computations(capsys, tmp_path):
     assert hint_influence.main(argv) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["ours_cg"]["ihvp_info"]["s_norm"] == pytest.approx(ours["ihvp_info"]["s_norm"], rel=1e-5)
+
+
+def test_targeted_crafting_benchmark_reports_its_keys_and_quotients(capsys, tmp_path, one_thread):
+    """benchmarks/craft_targeted.py on a tiny split: every attack's batched craft and its per-poison loop agree
+    (Adam's toxic BP and PB's FC to float rounding), and the speed-ups are the quotients of the reported seconds
+    (ART's only where it is installed: the `bench` extra)."""
+    import importlib.util
+
+    import craft_targeted
+
+    from .conftest import write_npz
+
+    has_art = importlib.util.find_spec("art") is not None
+    argv = ["--json", "--dataset", str(write_npz(tmp_path, n=400)), "--poisons", "3", "--iterations", "2",
+            "--toxic-iterations", "2", "--surrogate-epochs", "1", "--repeats", "1", "--art-fc-poisons", "1",
+            "--results", str(tmp_path / "results"), *([] if has_art else ["--no-art"])]
+    assert craft_targeted.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    keys = ("gm", "bp", "fc", "bp_toxic", "fc_toxic")
+    assert report["gm_s_per_restart"] == pytest.approx(report["ours_seconds"]["gm"])
+    for key in keys:
+        assert report["speedup_vs_loop"][key] == pytest.approx(
+            report["loop_seconds"][key] / report["ours_seconds"][key], rel=0.02, abs=0.01)
+        # a signed step (gm and forest bp / fc) may flip where float rounding flips a near-zero gradient's sign
+        assert report["loop_agreement"][key] <= (1e-3 if key.endswith("toxic") else 2 * report["eps"] + 1e-6)
+    assert set(report["speedup_vs_art"]) == {"gm", "bp", "fc"}
+    if has_art:
+        assert report["speedup_vs_art"]["gm"] == pytest.approx(
+            report["art_seconds"]["gm"] / report["ours_seconds"]["gm"], rel=0.02, abs=0.01)
+    else:
+        assert all(v is None for v in report["speedup_vs_art"].values())

@@ -8,5 +8,6 @@ from ..registry import Registry
 
 ATTACKS: Registry = Registry("attack")
 
-for _module in ("pgd", "dap", "durp", "deepconfuse"):  # registration order = the paper's Table II order
+# registration order: the paper's Table II order (untargeted), then Table III's (targeted)
+for _module in ("pgd", "dap", "durp", "deepconfuse", "gm", "bp", "fc"):
     importlib.import_module(f".{_module}", __name__)

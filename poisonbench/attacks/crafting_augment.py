@@ -1,0 +1,54 @@
+"""Forest's differentiable augmentation while crafting (reference/attacks.md §6, "Differentiable augmentation
+during crafting"; GM:forest/data/diff_data_augmentation.py `RandomTransform`), through kornia.
+
+Each poison of a crafting batch gets its own random sub-pixel translation, bilinear with zero padding and
+`align_corners=True`, and, for colour images, a horizontal flip with probability ½; the poisons' gradients flow
+through it, so δ is optimised to work under the victim's augmentation. Forest's largest shift is
+`linspace(0, 1, side)[shift]` grid units with `shift` = 8 on CIFAR-10 and 4 on MNIST, i.e. ±4 px of 32 and ±2 px of
+28: 1/8 of the side for the CIFAR-10 family, 1/14 for the MNIST family.
+
+Deviations: no flips for the MNIST family (digits and clothes are not mirror-symmetric; forest flips digits too,
+reference §12 item 7), and the zero padding is black in pixel space, where forest pads with zero in its normalised
+space (the dataset's mean colour). The random parameters come from a `torch.Generator` the caller passes (drawn on
+the CPU, so a craft is reproducible from its seed on any device), never from the global RNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from kornia.geometry.transform import translate
+
+MAX_SHIFT_FRACTION = {"cifar10": 1 / 8, "mnist": 1 / 14}  # forest: shift 8 of 32 px / 4 of 28 px, halved (see above)
+FLIPS = {"cifar10": True, "mnist": False}  # forest flips every dataset; digits and clothes must not be
+
+
+@dataclass(frozen=True)
+class CraftingAugment:
+    """Per-sample translation by up to `max_shift` pixels in x and y, and a horizontal flip if `flip`."""
+
+    max_shift: float
+    flip: bool
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n×3 uniform draws in [0, 1) on the CPU (forest's `randgen`): x shift, y shift, flip."""
+        return torch.rand((n, 3), generator=generator)
+
+    def apply(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """`x` (N×C×H×W) translated and flipped as `draws` (N×3, from `draw`) say; differentiable in `x`."""
+        draws = draws.to(device=x.device, dtype=x.dtype)
+        shifts = (draws[:, :2] * 2 - 1) * self.max_shift  # (dx, dy) in pixels, uniform in ±max_shift
+        out = translate(x, shifts, mode="bilinear", padding_mode="zeros", align_corners=True)
+        if self.flip:
+            flipped = (draws[:, 2] > 0.5).view(-1, 1, 1, 1)
+            out = torch.where(flipped, out.flip(-1), out)
+        return out
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.apply(x, self.draw(len(x), generator))
+
+
+def crafting_augment(family: str, side: int) -> CraftingAugment:
+    """Forest's crafting augmentation for a dataset `family` of `side`-pixel images."""
+    return CraftingAugment(max_shift=side * MAX_SHIFT_FRACTION[family], flip=FLIPS[family])
