@@ -232,3 +232,15 @@ def test_the_cifar10_resnet18_paper_path_runs_end_to_end_on_tiny_cifar_files(cli
     assert len(list((results / "extractors").glob("*.safetensors"))) == 1
     code, out, _ = cli("report", "--table", "3", "--paper", "--format", "json", "--results", results)
     assert code == 0
+
+
+def test_validate_checks_a_targeted_poison_sets_target_and_bases(tiny, toy, tmp_path):
+    from poisonbench import poisons
+
+    data, _ = tiny
+    target = draw_target(data, 1, "scratch", 0.02)
+    spec = poisons.craft_spec(data, toy, budget=0.02, seed=1, target=target)
+    poisons.craft(spec, data, tmp_path, torch.device("cpu"))
+    checks = {name: (ok, detail) for name, ok, detail in poisons.validate(tmp_path, spec.poison_id, data)}
+    assert all(ok for ok, _ in checks.values()), checks
+    assert f"every base of the intended class {target.intended_class}: True" in checks["target"][1]

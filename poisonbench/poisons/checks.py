@@ -48,6 +48,14 @@ def validate(results_root, poison_id: str, dataset) -> list[tuple[str, bool, str
     lo, hi = (xp.min().item(), xp.max().item()) if len(idx) else (0.0, 1.0)
     checks.append(("pixel range", lo >= -EPS_TOLERANCE and hi <= 1 + EPS_TOLERANCE,
                    f"x+δ in [{lo:.6f}, {hi:.6f}] ⊆ [0, 1]"))
+    target = manifest.get("target")
+    if target is not None:  # targeted: the target is a test image of its class, every base of the intended class
+        index, intended = target["index"], target["intended_class"]
+        test_ok = 0 <= index < len(dataset.test) and int(dataset.test.y[index]) == target["true_class"]
+        bases_ok = bool((dataset.train.y[idx] == intended).all())
+        checks.append(("target", test_ok and bases_ok, f"test image {index} of class {target['true_class']}: "
+                                                      f"{test_ok}; every base of the intended class {intended}: "
+                                                      f"{bases_ok}"))
     labels = labels_hash(idx, dataset.train.y)
     recorded = manifest.get("labels_sha256")
     checks.append(("labels", recorded == labels, "clean-label: no labels stored; y[indices] matches the labels "
