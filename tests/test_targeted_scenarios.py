@@ -244,3 +244,18 @@ def test_validate_checks_a_targeted_poison_sets_target_and_bases(tiny, toy, tmp_
     checks = {name: (ok, detail) for name, ok, detail in poisons.validate(tmp_path, spec.poison_id, data)}
     assert all(ok for ok, _ in checks.values()), checks
     assert f"every base of the intended class {target.intended_class}: True" in checks["target"][1]
+
+
+@pytest.mark.parametrize("scenario", ["scratch", "transfer"])
+def test_every_registered_defense_trains_in_both_targeted_scenarios(tiny, toy, tmp_path, scenario):
+    """Registry-driven: a defense added later is run here too, from scratch and on the frozen extractor."""
+    from poisonbench.defenses import DEFENSES
+
+    _, root = tiny
+    for method in DEFENSES.names():
+        spec = DefendSpec(dataset=str(root / "tiny.npz"), recipe="quick", recipe_overrides={"epochs": 1},
+                          scenario=scenario, attack=toy, budget=0.02, method=method, results=str(tmp_path))
+        (outcome,) = defend(spec)
+        r = outcome.record
+        assert r["config"]["defense"]["method"] == method and r["config"]["scenario"] == scenario
+        assert isinstance(r["metrics"]["attack_success"], bool)
