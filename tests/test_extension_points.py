@@ -63,8 +63,10 @@ def test_a_new_targeted_attack_gets_its_options_and_its_target(cli, tiny_npz, tm
         code, out, _ = cli("craft", "--help")
         assert code == 0 and "--toy-scale" in out
         base = ("craft", "--attack", "toy-targeted", "--dataset", tiny_npz, "--results", tmp_path)
-        code, _, err = cli(*base)
-        assert code == 2 and "is targeted: give a target" in err
+        code, out, err = cli(*base, "--budget", "0.05", "--json")  # no target given: drawn from --seed
+        assert code == 0, err
+        drawn = json.loads(out)["target"]
+        assert drawn["intended_class"] != drawn["true_class"] == int(data.test.y[drawn["index"]])
         code, _, err = cli(*base, "--target", 3, "--intended", label)
         assert code == 2 and f"intended class {label} must be a class" in err
         code, out, err = cli(*base, "--target", 3, "--intended", intended, "--budget", "0.05", "--toy-scale",
@@ -72,10 +74,11 @@ def test_a_new_targeted_attack_gets_its_options_and_its_target(cli, tiny_npz, tm
         assert code == 0, err
         result = json.loads(out)
         poison = poisons.load(tmp_path, result["poison_id"], data)
+    rows = result["target"].pop("rows")
     assert result["target"] == {"index": 3, "true_class": label, "intended_class": intended}
-    assert poison.manifest["target"] == result["target"]
-    assert len(poison) == int(0.05 * len(data.train))
-    assert (data.train.y[poison.indices] == intended).all()  # the attack chose its rows
+    assert poison.manifest["target"] == {**result["target"], "rows": rows}  # the rows are part of its identity
+    assert len(poison) == int(0.05 * len(data.train)) and sorted(poison.indices.tolist()) == rows
+    assert (data.train.y[poison.indices] == intended).all()  # bases of the intended class
     spec = poisons.craft_spec(data, "pgd")  # an untargeted PoisonSet keeps its id: no target among its inputs
     assert "target" not in spec.inputs()
 

@@ -237,6 +237,13 @@ def test_default_attack_parameters_never_change():
                     "deepconfuse": {"outer_epochs": 2, "inner_epochs": 1, "batch_size": 256, "gen_lr": 1e-4,
                                     "cls_lr": 0.01, "official_schedule": False}},
     }
+    brew = {"iterations": 250, "restarts": 8, "lr": 0.1, "pbatch": 512, "augment": True}
+    for family in expected:  # the targeted attacks: forest's defaults in both families
+        context = {"surrogate_recipe": "paper", "surrogate_epochs": None}
+        expected[family].update({
+            "gm": {"scenario": "scratch", **context, **brew},
+            "bp": {"scenario": "transfer", **context, "impl": "forest", **brew},
+            "fc": {"scenario": "transfer", **context, "impl": "forest", **brew, "watermark": None}})
     for family, attacks in expected.items():
         assert set(attacks) == set(ATTACKS.names()), family  # a new attack is pinned too
         for attack, params in attacks.items():

@@ -24,17 +24,17 @@ SURROGATE_CHECKPOINT_EVERY = CHECKPOINT_EVERY
 KIND = "surrogates"  # the workspace folder
 
 
-def surrogate_spec(dataset, model_name: str | None = None, recipe: str = SURROGATE_RECIPE,
+def surrogate_spec(dataset, model_name: str | None = None, recipe: str | None = None,
                    overrides: dict | None = None) -> dict:
     """The canonical inputs that identify a surrogate (the untargeted attacks' is the paper recipe's; a targeted
     attack may train its own with another recipe, e.g. the victim's)."""
     model_name = model_name or DEFAULT_MODEL[dataset.family]
-    recipe = resolve_recipe(dataset.family, recipe, **(overrides or {}))
+    recipe = resolve_recipe(dataset.family, recipe or SURROGATE_RECIPE, **(overrides or {}))
     return {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "model": model_name,
             "recipe": recipe.to_dict(), "seed": SURROGATE_SEED}
 
 
-def surrogate_id(dataset, model_name: str | None = None, recipe: str = SURROGATE_RECIPE,
+def surrogate_id(dataset, model_name: str | None = None, recipe: str | None = None,
                  overrides: dict | None = None) -> str:
     return short_hash(surrogate_spec(dataset, model_name, recipe, overrides))
 
@@ -44,11 +44,12 @@ def surrogate_path(results_root, sid: str) -> Path:
 
 
 def load_or_train_surrogate(dataset, results_root, device: torch.device, model_name: str | None = None,
-                            progress=None, accel: str = "auto", recipe: str = SURROGATE_RECIPE,
+                            progress=None, accel: str = "auto", recipe: str | None = None,
                             overrides: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """The cached surrogate (on `device`), training and caching it first if absent (with the CPU kernels' switch
     `accel`; like the device, an execution setting: a cached surrogate serves either mode, its info names the
     one it was trained with)."""
     return load_or_train(KIND, surrogate_spec(dataset, model_name, recipe, overrides), dataset, device,
-                         results_root=results_root, recipe=recipe, recipe_overrides=overrides, seed=SURROGATE_SEED,
-                         progress=progress, accel=accel, checkpoint_every=SURROGATE_CHECKPOINT_EVERY)
+                         results_root=results_root, recipe=recipe or SURROGATE_RECIPE, recipe_overrides=overrides,
+                         seed=SURROGATE_SEED, progress=progress, accel=accel,
+                         checkpoint_every=SURROGATE_CHECKPOINT_EVERY)
