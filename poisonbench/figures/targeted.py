@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import tables
 from ..paper import ATTACK_LABEL
+from ..tables.table3 import newest_poison_kinds, of_kinds
 from .panels import BLACK, MAX_COLUMNS, RED, by_run_id, class_name, plt, reduced_suffix, save, show, slug, test_image
 
 TARGETED_FIGURE = {"3": "mp", "4": "bp"}
@@ -23,8 +24,11 @@ def figure_targeted(number: str, records: list[dict], df: pd.DataFrame, out: Pat
     for s in tables.settings(df):
         sdf = tables.in_setting(df, s)
         rows = []
-        for m in tables.methods_of(sdf):
-            chosen, _ = tables.primary(sdf, m, tables.HINT_PAPER if m == "hint" else None)
+        picked = {m: tables.primary(sdf, m, tables.HINT_PAPER if m == "hint" else None)[0]
+                  for m in tables.methods_of(sdf)}
+        kinds = newest_poison_kinds(picked, [])  # one kind of poisons per figure, as Table III's column shows
+        for m, chosen in picked.items():
+            chosen = of_kinds(chosen, kinds)
             if len(chosen):
                 rows.append((m, {int(t): recs[rid] for t, rid in zip(chosen.trial, chosen.run_id, strict=True)}))
         if not rows:
