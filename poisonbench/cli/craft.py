@@ -55,14 +55,10 @@ def craft(
                                                   "family: 0.3 (MNIST), 8/255 (CIFAR-10) untargeted; 16/255 targeted, "
                                                   "as in the paper."),
     seed: int = typer.Option(0, "--seed", help="Crafting seed (rows, random starts, generator init)."),
-    target: int = typer.Option(None, "--target", metavar="I", help="Targeted attacks: the test image (index into "
-                                                                    "the test split) to be misclassified."),
-    intended: int = typer.Option(None, "--intended", metavar="C", help="Targeted attacks: the class the target "
-                                                                       "should be taken for (≠ its own)."),
-    setup: str = typer.Option(None, "--setup", metavar="FILE", help="Targeted attacks: take the target, intended "
-                                                                    "class and base images from this setup file "
-                                                                    "(JSON, the 'Just How Toxic' setups' schema)."),
-    setup_index: int = typer.Option(0, "--setup-index", metavar="I", help="Targeted attacks: the setup to take."),
+    target: int = options.Target,
+    intended: int = options.Intended,
+    setup: str = options.Setup,
+    setup_index: int = options.SetupIndex,
     device: str = options.Device,
     compile: str = typer.Option("auto", "--compile", help="torch.compile the attack's inner step where it has one: "
                                                           "auto (long crafts on a GPU; the eager CPU step is as "

@@ -69,14 +69,10 @@ def defend(
     eps: float = typer.Option(None, "--eps", help="Targeted: L∞ bound in pixel units, in (0, 1); default 16/255."),
     budget: float = typer.Option(None, "--budget", help="Targeted: fraction of the train split poisoned, all from "
                                                         "the intended class; default 0.01 (490 CIFAR-10 images)."),
-    target: int = typer.Option(None, "--target", metavar="I", help="Targeted: the test image to be misclassified "
-                                                                    "(default: drawn per trial from the seed)."),
-    intended: int = typer.Option(None, "--intended", metavar="C", help="Targeted: the class it should be taken for "
-                                                                       "(default: drawn per trial)."),
-    setup: str = typer.Option(None, "--setup", metavar="FILE", help="Targeted: a setup file (JSON, the schema of the "
-                                                                    "'Just How Toxic' setups); trial t takes setup "
-                                                                    "--setup-index + t."),
-    setup_index: int = typer.Option(0, "--setup-index", metavar="I", help="Targeted: the setup of trial 0."),
+    target: int = options.Target,
+    intended: int = options.Intended,
+    setup: str = options.Setup,
+    setup_index: int = options.SetupIndex,
     attack_params: str = typer.Option(None, "--attack-params", metavar="NAME=VALUE,...",
                                       help="Targeted: options of --attack (see `craft --help`), e.g. "
                                            "restarts=1,iterations=50; default: the attack's defaults."),

@@ -25,3 +25,14 @@ Accel = typer.Option("auto", "--accel",
                           "convolutions and moment BatchNorm in training; on any device, frozen copies with BatchNorm "
                           "folded and ReLU + pooling fused; same numbers up to float rounding) | off (plain PyTorch "
                           "modules everywhere). Execution only: recorded in env, not in the run or poison id.")
+Target = typer.Option(None, "--target", metavar="I",
+                      help="Targeted: the target test image (index into the test split); default: drawn from the "
+                           "seed (or named by the file).")
+Intended = typer.Option(None, "--intended", metavar="C", help="Targeted: the class the target should be taken for "
+                                                              "(≠ its own; goes with --target).")
+Setup = typer.Option(None, "--setup", metavar="FILE",
+                     help="Targeted: take the target and intended class (and the base images, where the command "
+                          "chooses them) from this setup file (JSON, the schema of the 'Just How Toxic' setups, "
+                          "../shared/poison_setups/).")
+SetupIndex = typer.Option(0, "--setup-index", metavar="I", help="Targeted: the setup to take (defend: trial t takes "
+                                                                "setup I + t).")

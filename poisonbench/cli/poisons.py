@@ -106,15 +106,10 @@ def import_(
     victim: str = typer.Option(None, "--victim", help="Targeted formats: the scenario `defend --poison-set` trains "
                                                       "them in: scratch | transfer (default: transfer for bp and fc, "
                                                       "scratch otherwise)."),
-    target: int = typer.Option(None, "--target", metavar="I", help="Targeted formats: the target test image (index "
-                                                                    "into the test split), when the file does not "
-                                                                    "name it."),
-    intended: int = typer.Option(None, "--intended", metavar="C", help="Targeted formats: the class the target "
-                                                                       "should be taken for."),
-    setup: str = typer.Option(None, "--setup", metavar="FILE", help="Targeted formats: take the target and intended "
-                                                                    "class from this setup file (JSON, the 'Just How "
-                                                                    "Toxic' setups' schema); the bases must match."),
-    setup_index: int = typer.Option(0, "--setup-index", metavar="I", help="The setup to take."),
+    target: int = options.Target,
+    intended: int = options.Intended,
+    setup: str = options.Setup,
+    setup_index: int = options.SetupIndex,
     forest_std: str = typer.Option(None, "--forest-std", metavar="S1,S2,S3",
                                    help="forest: σ per channel that δ is scaled by (default forest's own, "
                                         "consts.py: 0.2470,0.2435,0.2616 CIFAR-10, 0.3081 MNIST)."),
