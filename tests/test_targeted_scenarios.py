@@ -137,15 +137,17 @@ def test_a_setup_file_fixes_target_intended_class_and_bases(tiny, tmp_path):
     assert sorted(int(data.train.indices[r]) for r in target.rows) == sorted(s["base_indices"])
 
 
-def test_the_shipped_benchmark_setups_are_read_in_their_schema():
+def test_the_benchmark_setups_are_read_in_their_schema():
+    """The first setups of the "Just How Toxic" files (`../shared/poison_setups/`, MIT; excerpts in tests/data)."""
     from poisonbench.targets import read_setups
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "poison_setups"
-    if not shared.exists():
-        pytest.skip("../shared/poison_setups is not beside this checkout")
-    scratch = read_setups(shared / "cifar10_from_scratch.json")
-    assert len(scratch) == 100 and len(scratch[0]["base_indices"]) == 500
-    assert (scratch[0]["target_index"], scratch[0]["base_class"]) == (7762, 3)
+    data = Path(__file__).parent / "data"
+    scratch = read_setups(data / "cifar10_from_scratch_excerpt.json")
+    assert len(scratch[0]["base_indices"]) == 500
+    assert (scratch[0]["target_index"], scratch[0]["target_class"], scratch[0]["base_class"]) == (7762, 7, 3)
+    assert scratch[0]["base_indices"][:5] == [2386, 37215, 23942, 15836, 14070]  # reference/attacks.md, Appendix A
+    transfer = read_setups(data / "cifar10_transfer_learning_excerpt.json")
+    assert len(transfer[1]["base_indices"]) == 25 and transfer[1]["target_index"] == 4267
 
 
 def bad_setup(data, what):
