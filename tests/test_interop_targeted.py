@@ -1,5 +1,5 @@
 """Targeted poisons made by other toolkits, in and out: `poisons import --format forest|toxic|npz`, `poisons export
---poison-set ID --format …`, and the restricted unpickler (poisonbench.interop_targeted)."""
+--poison-set ID --format …`, and the restricted unpickler (poisonbench.foreign)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from poisonbench import poisons
 from poisonbench.attacks import ATTACKS
 from poisonbench.attacks.base import Target
 from poisonbench.data import load_dataset
-from poisonbench.interop_targeted import FOREST_MEAN, FOREST_STD, PickledImage, load_pickle
+from poisonbench.foreign.formats import FOREST_MEAN, FOREST_STD
+from poisonbench.foreign.unpickle import PickledImage, load_pickle
 
 from .conftest import class_images
 from .toys import ToyTargeted, registered
@@ -93,7 +94,7 @@ def test_export_then_import_is_the_same_poison_set(colour, grey, tmp_path, cli, 
 
 
 def test_toxic_export_without_pil_writes_arrays_that_import_alike(colour, tmp_path, cli, monkeypatch):
-    from poisonbench import interop_targeted
+    from poisonbench.foreign import exchange
 
     data, path = colour
     res = tmp_path / "res"
@@ -103,7 +104,7 @@ def test_toxic_export_without_pil_writes_arrays_that_import_alike(colour, tmp_pa
     ids = []
     for pil in (True, False):
         if not pil:
-            monkeypatch.setattr(interop_targeted, "_pil_or_array", lambda image: image)
+            monkeypatch.setattr(exchange, "_pil_or_array", lambda image: image)
         out = tmp_path / f"pil-{pil}"
         code, _, err = cli("poisons", "export", "--poison-set", spec.poison_id, "--format", "toxic", "--out", out,
                            *base)

@@ -123,8 +123,9 @@ def import_(
 ) -> None:
     from ..data import load_dataset, parse_npz_split
     from ..errors import PoisonbenchError
+    from ..foreign.exchange import Named, import_targeted
+    from ..foreign.formats import FORMATS, parse_forest_std, sniff_format
     from ..interop import import_hint_file
-    from ..interop_targeted import FORMATS, Named, import_targeted, parse_forest_std, sniff_format
     from ..records import results_dir
 
     targeted_options = {"--attack": attack, "--victim": victim, "--target": target, "--intended": intended,
@@ -212,8 +213,9 @@ def export(
     from ..data import load_dataset, parse_npz_split
     from ..device import resolve_device, to_float
     from ..errors import PoisonbenchError
+    from ..foreign.exchange import check_export_out, export_targeted
+    from ..foreign.formats import FORMATS
     from ..interop import ORDERS, check_export_path, export_hint_file, order_rows
-    from ..interop_targeted import FORMATS, check_export_out, export_targeted
     from ..records import results_dir
     from ..scenarios import parse_poison_sets, plan_untargeted
     from .progress import RichReporter
