@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .attacks.base import PoisonSet
+from .data.splits import split_positions
 from .errors import PoisonbenchError
 from .hashing import sha256_file
 from .io import atomic_write_bytes, ensure_writable, file_in_the_way, torch_load_tensors, why_not_written
@@ -72,11 +73,9 @@ def order_rows(data, order: str) -> torch.Tensor:
     return torch.as_tensor(data.train.indices, dtype=torch.long)
 
 
-def train_positions(data, pool_rows: torch.Tensor, pool_size: int) -> torch.Tensor:
+def train_positions(data, pool_rows: torch.Tensor) -> torch.Tensor:
     """For each pool index in `pool_rows`, its row in our train split, or −1 where it is not there (our val split)."""
-    position = torch.full((pool_size,), -1, dtype=torch.long)
-    position[torch.as_tensor(data.train.indices, dtype=torch.long)] = torch.arange(len(data.train))
-    return position[pool_rows]
+    return torch.from_numpy(split_positions(data.train.indices, pool_rows.numpy()))
 
 
 def read_hint_file(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +158,7 @@ def import_hint_file(path, data, results_root=None, force: bool = False) -> tupl
     if linf > 0.5:
         raise PoisonbenchError(f"poison file {str(path)!r}: ‖δ‖∞ = {linf:.3f} against {data.name}'s images; "
                                "not perturbations of this dataset")
-    train_pos = train_positions(data, rows, len(pool_x))
+    train_pos = train_positions(data, rows)
     keep = changed & (train_pos >= 0)
     order_by_row = torch.argsort(train_pos[keep])
     indices = train_pos[keep][order_by_row]
@@ -202,7 +201,7 @@ def export_hint_file(data, train_x: torch.Tensor, out: Path, order: str = "hint"
     out = check_export_path(out)
     rows = order_rows(data, order)
     pool_x, pool_y = pool_arrays(data)
-    pos = train_positions(data, rows, len(pool_x))
+    pos = train_positions(data, rows)
     images = pool_x[rows].float() / 255
     inside = pos >= 0
     images[inside] = train_x.detach().float().cpu()[pos[inside]]

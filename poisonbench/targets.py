@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .attacks.base import Target, budget_count
+from .data.splits import split_positions
 from .errors import PoisonbenchError
 from .hashing import derived_seed
 
@@ -118,12 +119,8 @@ def setup_target(data, path: str | Path, i: int) -> Target:
 
 def _position(split_indices: np.ndarray, wanted: list[int], what: str, split: str) -> list[int]:
     """Positions in a split of the source indices `wanted`; one line naming the first that is not in it."""
-    order = np.argsort(split_indices)
-    wanted_arr = np.asarray(wanted, dtype=np.int64)
-    pos = np.searchsorted(split_indices, wanted_arr, sorter=order)
-    pos = np.minimum(pos, len(order) - 1)
-    found = split_indices[order[pos]] == wanted_arr
-    if not found.all():
-        bad = int(wanted_arr[~found][0])
+    pos = split_positions(split_indices, wanted)
+    if (pos < 0).any():
+        bad = int(np.asarray(wanted)[pos < 0][0])
         raise PoisonbenchError(f"{what} {bad} is not in this dataset's {split} split ({len(split_indices)} images)")
-    return [int(p) for p in order[pos]]
+    return [int(p) for p in pos]

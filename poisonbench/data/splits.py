@@ -45,6 +45,18 @@ def stratified_split(y: np.ndarray, held_out: list[int], seed: int = SPLIT_SEED)
     return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
 
 
+def split_positions(split_indices: np.ndarray, ids) -> np.ndarray:
+    """The position in a split of each source index in `ids` (a split's `indices` hold the source's: torchvision's
+    order, an .npz's rows), −1 where it is not in the split."""
+    ids = np.asarray(ids, dtype=np.int64)
+    split_indices = np.asarray(split_indices)
+    if len(split_indices) == 0 or len(ids) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    order = np.argsort(split_indices, kind="stable")
+    pos = np.minimum(np.searchsorted(split_indices, ids, sorter=order), len(order) - 1)
+    return np.where(split_indices[order[pos]] == ids, order[pos], -1).astype(np.int64)
+
+
 def fingerprint(source: str, split: str, x: np.ndarray, y: np.ndarray) -> str:
     """sha256 of the split's identity and contents (16 hex digits): any change of data or indices shows."""
     h = hashlib.sha256()

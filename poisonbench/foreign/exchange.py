@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..attacks.base import PoisonSet, Target
+from ..data.splits import split_positions
 from ..errors import PoisonbenchError
 from ..io import atomic_write_bytes, ensure_writable, file_in_the_way, why_not_written
 from ..targets import SCENARIOS, check_index, check_intended, read_setups
@@ -28,7 +29,6 @@ from .formats import (
     Foreign,
     check_format,
     forest_constants,
-    lookup,
     read_foreign,
 )
 
@@ -45,7 +45,7 @@ class Named:
 
 
 def _test_position(data, source_index: int, what: str) -> int:
-    pos = int(lookup(data.test.indices, np.array([source_index]))[0])
+    pos = int(split_positions(data.test.indices, np.array([source_index]))[0])
     if pos < 0:
         raise PoisonbenchError(f"{what}: test image {source_index} is not in {data.name}'s test split "
                                f"({len(data.test)} images)")
@@ -161,7 +161,7 @@ def import_targeted(fmt: str, paths, data, results_root=None, label: str | None 
     if (counts > 1).any():
         raise PoisonbenchError(f"{where}: base image {int(uniq[counts > 1][0])} is poisoned twice (rows must be "
                                "distinct)")
-    train_pos, val_pos = lookup(data.train.indices, ids), lookup(data.val.indices, ids)
+    train_pos, val_pos = split_positions(data.train.indices, ids), split_positions(data.val.indices, ids)
     outside = (train_pos < 0) & (val_pos < 0)
     if outside.any():
         size = len(data.train) + len(data.val)

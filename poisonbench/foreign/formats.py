@@ -83,17 +83,6 @@ def uint8_images(arr: np.ndarray, shape, what: str) -> np.ndarray:
     return images_nchw(arr, shape, what)
 
 
-def lookup(split_indices: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """The position in a split of each source index in `ids` (the split's `indices` hold the source's), −1 where it
-    is not in the split."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(split_indices) == 0 or len(ids) == 0:
-        return np.full(len(ids), -1, dtype=np.int64)
-    order = np.argsort(split_indices, kind="stable")
-    pos = np.minimum(np.searchsorted(split_indices, ids, sorter=order), len(order) - 1)
-    return np.where(split_indices[order[pos]] == ids, order[pos], -1).astype(np.int64)
-
-
 def forest_constants(data, std: tuple[float, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """forest's (μ, σ) for the dataset's family as C×1×1 tensors; `std` replaces σ (a fork with other constants)."""
     mean, sigma = FOREST_MEAN[data.family], std or FOREST_STD[data.family]
