@@ -51,9 +51,10 @@ def check_intended(data, intended: int, true_class: int) -> None:
 
 
 def draw_target(data, seed: int, scenario: str, budget: float, index: int | None = None,
-                intended: int | None = None) -> Target:
+                intended: int | None = None, cap: bool = False) -> Target:
     """The trial's target: `index` / `intended` when given, else drawn from `seed`; ⌊budget·n⌋ base rows drawn from
-    the intended class of the scenario's pool. Refused in one line when the pool is smaller than the budget."""
+    the intended class of the scenario's pool. Refused in one line when the pool is smaller than the budget, unless
+    `cap` (then the whole pool)."""
     g = torch.Generator().manual_seed(derived_seed(seed, CONTEXT_STREAM))
     drawn_index = int(torch.randint(len(data.test), (1,), generator=g))
     index = drawn_index if index is None else index
@@ -65,6 +66,8 @@ def draw_target(data, seed: int, scenario: str, budget: float, index: int | None
     k = budget_count(budget, len(data.train))
     if k == 0:
         raise PoisonbenchError(f"budget {budget:g} poisons no image of the {len(data.train)}-image train split")
+    if k > len(pool) and cap:
+        k = len(pool)
     if k > len(pool):
         where = "the transfer set" if scenario == "transfer" else "the train split"
         raise PoisonbenchError(f"budget {budget:g} asks for {k} poisons, but the intended class {intended} has only "

@@ -66,6 +66,8 @@ def test_transfer_bases_come_from_the_transfer_set_which_is_a_stratified_tenth(t
     with pytest.raises(PoisonbenchError, match=r"budget 0.05 asks for \d+ poisons, but the intended class \d has only "
                                                r"\d+ images in the transfer set"):
         draw_target(data, 0, "transfer", 0.05)
+    capped = draw_target(data, 0, "transfer", 0.05, cap=True)  # `defend`'s default budget: at most the whole share
+    assert set(capped.rows) == set(base_pool(data, capped.intended_class, "transfer").tolist())
 
 
 def test_scratch_and_transfer_runs_record_the_attack_success(tiny, toy, tmp_path):
@@ -261,3 +263,14 @@ def test_every_registered_defense_trains_in_both_targeted_scenarios(tiny, toy, t
         r = outcome.record
         assert r["config"]["defense"]["method"] == method and r["config"]["scenario"] == scenario
         assert isinstance(r["metrics"]["attack_success"], bool)
+
+
+def test_each_targeted_attack_declares_one_default_victim():
+    """`defend --attack` infers the scenario from `default_scenario`; `craft --victim` defaults to the same."""
+    from poisonbench.scenarios import attack_scenario, targeted_attacks
+
+    assert set(targeted_attacks()) >= {"gm", "bp", "fc"}
+    assert {a: attack_scenario(a) for a in ("gm", "bp", "fc")} == {"gm": "scratch", "bp": "transfer", "fc": "transfer"}
+    for name in targeted_attacks():
+        cls = ATTACKS.get(name)
+        assert cls("mnist").params["scenario"] == cls.default_scenario == attack_scenario(name)

@@ -49,27 +49,27 @@ def scenario_for(spec) -> Scenario:
 
 
 def attack_scenario(attack: str) -> str:
-    """The default scenario of `defend --attack NAME`: its `scenario` parameter's default (targeted attacks)."""
+    """The default scenario of `defend --attack NAME`: the targeted attack's own (`TargetedAttack.default_scenario`)."""
     from ..attacks import ATTACKS
     from ..errors import PoisonbenchError
 
     cls = ATTACKS.get(attack)
-    default = next((p.default for p in cls.PARAMS if p.name == "scenario"), None)
-    if not cls.targeted or default is None:
+    if not cls.targeted:
         raise PoisonbenchError(f"--attack {attack!r} is untargeted; the targeted attacks are "
                                f"{', '.join(targeted_attacks())} (the untargeted mix: --poison-ratio, --attacks)")
-    return default
+    return cls.default_scenario
 
 
 def poison_set_scenario(results_root, poison_id: str) -> str:
     """`scratch` / `transfer` for a targeted PoisonSet (its spec names it), else `poison-set` (also when the set
     cannot be read: that scenario's checks then name the problem)."""
-    try:
-        from ..poisons import check_poison_id, spec_of
+    from ..errors import PoisonbenchError
+    from ..poisons import check_poison_id, spec_of
 
+    try:
         check_poison_id(poison_id, "--poison-set ")
         spec, _ = spec_of(results_root, poison_id)
-    except Exception:
+    except (PoisonbenchError, OSError, ValueError):
         return "poison-set"
     if spec.target is None:
         return "poison-set"

@@ -144,27 +144,16 @@ class Targeted(Scenario):
             extra["setup"] = {"file": str(spec.setup), "index": spec.setup_index + trial}
             budget = len(target.rows) / len(data.train)
         else:
-            if spec.budget is None and self.name == "transfer":
-                budget = self.default_transfer_budget(data, seed, spec, budget)
-            target = draw_target(data, seed, self.name, budget, spec.target, spec.intended)
+            # the default budget in transfer, 1 %, is the intended class's whole share of a balanced transfer set
+            # (paper §VI-A2); where a class is smaller (full MNIST's 5s) the default takes that share, never more
+            capped = spec.budget is None and self.name == "transfer"
+            target = draw_target(data, seed, self.name, budget, spec.target, spec.intended, cap=capped)
+            budget = len(target.rows) / len(data.train) if capped else budget
         recipe, epochs = victim_recipe(spec)
         params = {"scenario": self.name, "surrogate_recipe": recipe, "surrogate_epochs": epochs,
                   **spec.attack_params}
         cspec = craft_spec(data, spec.attack, eps=spec.eps, budget=budget, seed=seed, target=target, **params)
         return TargetedPlan(data, cspec, target, target_config(spec.attack, cspec, target, len(data.train), extra))
-
-    @staticmethod
-    def default_transfer_budget(data, seed: int, spec, budget: float) -> float:
-        """The default budget in transfer: 1 % of the train split, which on a balanced split is the intended
-        class's whole share of the transfer set (paper §VI-A2); capped at that share where a class is smaller (full
-        MNIST's 5s), so the default never asks for more bases than exist."""
-        from ..attacks.base import budget_count
-        from ..targets import base_pool, draw_target
-
-        n = len(data.train)
-        probe = draw_target(data, seed, "transfer", 1 / n, spec.target, spec.intended)  # the same target draw
-        available = len(base_pool(data, probe.intended_class, "transfer"))
-        return budget if budget_count(budget, n) <= available else available / n
 
     def _plan_poison_set(self, spec, data) -> TargetedPlan:
         from ..poisons import spec_of
