@@ -35,6 +35,7 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     positive: bool = False
+    below_maximum: bool = False  # `maximum` excluded: fractions in [0, 1)
     choices: tuple[str, ...] | None = None
     parse: Callable[[str], Any] | None = None
     cli_flag: str | None = None
@@ -65,7 +66,7 @@ class Param:
         if self.maximum is None:
             return "> 0" if self.positive else f">= {self.minimum:g}"
         low = "(0" if self.positive else (f"[{self.minimum:g}" if self.minimum is not None else "(-inf")
-        return f"in {low}, {self.maximum:g}]"
+        return f"in {low}, {self.maximum:g}{')' if self.below_maximum else ']'}"
 
     def coerce(self, value: Any, owner: str) -> Any:
         """`value` checked and converted to this parameter's type (None: off, passed through)."""
@@ -99,7 +100,7 @@ class Param:
         else:
             value = float(value)  # 1 and 1.0 are one configuration: one run id
         too_low = (self.positive and not value > 0) or (self.minimum is not None and value < self.minimum)
-        too_high = self.maximum is not None and value > self.maximum
+        too_high = self.maximum is not None and (value >= self.maximum if self.below_maximum else value > self.maximum)
         if too_low or too_high:
             raise PoisonbenchError(f"{self.flag} of {owner} must be {self.range_text()}, got {value:g}")
         return value

@@ -25,7 +25,7 @@ def execute(spec: DefendSpec, scenario: Scenario, config: dict, rid: str, data, 
     """Train one run and return its record (not yet written)."""
     started, cpu_started = time.perf_counter(), time.process_time()
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
-    defense = build_defense(spec.method, data.family, recipe, **spec.method_params)
+    defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)
     train_x, train_y = tensors["train"]
     train_x = train_x.clone()  # poisons and defenses write into it; the clean copy serves the next trial
     poisoned = None

@@ -38,9 +38,9 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | N
                scenario: Scenario | None = None) -> dict:
     """The run's identity: `run_id` is the hash of this dict (design.md §6)."""
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
-    defense = build_defense(spec.method, data.family, recipe, **spec.method_params)
-    check_fits(spec.model or DEFAULT_MODEL[data.family], data)
     scenario = scenario or scenario_for(spec)
+    defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)
+    check_fits(spec.model or DEFAULT_MODEL[data.family], data)
     given = spec.npz_split is not None and tuple(spec.npz_split) != (NPZ_VAL_FRACTION, NPZ_TEST_FRACTION)
     split = {"npz_split": list(spec.npz_split)} if given and data.name.endswith(".npz") else {}
     return {

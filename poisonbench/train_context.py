@@ -104,6 +104,18 @@ class TrainContext:
             sync(self.device)
             self.cost[stage] = self.cost.get(stage, 0.0) + time.perf_counter() - start
 
+    @property
+    def features_frozen(self) -> bool:
+        """Whether the model's feature extractor is frozen (transfer learning: a pre-trained extractor, clean, that
+        only the head trains on): its `features` are then the scenario's clean extractor."""
+        head = {id(p) for p in getattr(self.model, "head", nn.Identity()).parameters()}
+        rest = [p for p in self.model.parameters() if id(p) not in head]
+        return bool(rest) and not any(p.requires_grad for p in rest)
+
+    def rows_in_use(self) -> torch.Tensor:
+        """The indices of the train rows in use (all of them when no defense restricted `active`)."""
+        return torch.arange(len(self.train_y), device=self.device) if self.active is None else self.active
+
     @contextmanager
     def eval_mode(self) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
         """The training forward (compiled when the engine compiles) with the model in eval mode, e.g. to craft

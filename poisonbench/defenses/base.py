@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ..params import Param, resolve
+from .threat import Threat
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
@@ -30,22 +31,32 @@ class Defense:
     """Base class; the default hooks do nothing, so `Defense` itself is plain training (`--method none`).
 
     Subclasses declare their options as `PARAMS` (poisonbench.params; defaults may depend on the dataset family and
-    the recipe, e.g. a schedule scaled to the epochs). The resolved parameters are part of the run id.
+    the recipe, e.g. a schedule scaled to the epochs) and, for defaults that depend on the attack faced (ATDA's β,
+    the filters' k), `threat_defaults`. The resolved parameters are part of the run id.
     """
 
     name: ClassVar[str] = "none"
     summary_text: ClassVar[str] = "plain training, no defense"
     PARAMS: ClassVar[tuple[Param, ...]] = ()
 
-    def __init__(self, family: str, recipe: Recipe, **params: Any):
-        self.family, self.recipe = family, recipe
-        self.params, self.explicit = resolve(self.PARAMS, params, family, recipe, "method", self.name)
+    def __init__(self, family: str, recipe: Recipe, threat: Threat | None = None, **params: Any):
+        self.family, self.recipe, self.threat = family, recipe, threat or Threat()
+        given = {k: v for k, v in params.items() if v is not None}
+        merged = {**self.threat_defaults(family, recipe, self.threat), **given}
+        self.params, _ = resolve(self.PARAMS, merged, family, recipe, "method", self.name)
+        self.explicit = frozenset(given)
         self.validate()
 
     @classmethod
-    def defaults(cls, family: str, recipe: Recipe) -> dict[str, Any]:
-        """Every parameter's default for `family` and `recipe` (as a run's config would hold them)."""
-        return resolve(cls.PARAMS, {}, family, recipe, "method", cls.name)[0]
+    def threat_defaults(cls, family: str, recipe: Recipe, threat: Threat) -> dict[str, Any]:
+        """Defaults that depend on the attack faced (they replace the `PARAMS` defaults; given values win)."""
+        return {}
+
+    @classmethod
+    def defaults(cls, family: str, recipe: Recipe, threat: Threat | None = None) -> dict[str, Any]:
+        """Every parameter's default for `family`, `recipe` and `threat` (as a run's config would hold them)."""
+        merged = cls.threat_defaults(family, recipe, threat or Threat())
+        return resolve(cls.PARAMS, merged, family, recipe, "method", cls.name)[0]
 
     @classmethod
     def overrides_hook(cls, hook: str) -> bool:

@@ -28,6 +28,7 @@ from ..errors import PoisonbenchError
 from ..params import Param
 from .base import Defense
 from .hint_record import figure_examples, poison_statistics
+from .threat import Threat
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
@@ -99,8 +100,8 @@ class Hint(Defense):
               "quirk Q4) training examples.", "docs/fidelity.md, HINT quirk Q4", choices=HESSIAN_DATA),
     )
 
-    def __init__(self, family: str, recipe: Recipe, **params: Any):
-        super().__init__(family, recipe, **params)
+    def __init__(self, family: str, recipe: Recipe, threat: Threat | None = None, **params: Any):
+        super().__init__(family, recipe, threat, **params)
         self._reset()
 
     def validate(self) -> None:

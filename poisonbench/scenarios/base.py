@@ -9,6 +9,8 @@ A scenario is a class in the `SCENARIOS` registry. For one trial it gives
 - `build_model(request)`: the model, from scratch (the default) or around a cached pre-trained extractor whose
   frozen modules the engine keeps in eval mode.
 - `metrics(model, tensors, plan)`: what it adds to the record's metrics (attack success, for targeted scenarios).
+- `threat(data, plan)`: what the defense may assume about the attack (poisonbench.defenses.threat): the kind, and a
+  targeted attack's budget.
 
 A record keeps `config.scenario` (the scenario's name) apart from `config.poison.kind` (what the poisons are).
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from ..defenses.threat import Threat
 from ..models import build_model
 
 if TYPE_CHECKING:
@@ -74,6 +77,10 @@ class Scenario:
 
     def metrics(self, model: nn.Module, tensors: dict, plan: PoisonPlan | None) -> dict:
         return {}
+
+    def threat(self, data, plan: PoisonPlan | None) -> Threat:
+        """Untargeted poisons when there is a plan (the mix, a PoisonSet), none otherwise."""
+        return Threat("untargeted" if plan is not None else "clean")
 
 
 def reporter_progress(reporter):

@@ -24,6 +24,7 @@ import torch
 
 from ..attacks import ATTACKS
 from ..attacks.base import Target
+from ..defenses.threat import Threat
 from ..errors import PoisonbenchError
 from ..models import build_model
 from .base import ModelRequest, Scenario, reporter_progress
@@ -167,6 +168,12 @@ class Targeted(Scenario):
             raise PoisonbenchError(f"poison set {spec.poison_set} does not name its poisoned rows")
         return TargetedPlan(data, cspec, target, target_config(cspec.attack, cspec, target, len(data.train),
                                                                {"poison_set": spec.poison_set}))
+
+    def threat(self, data, plan) -> Threat:
+        """A targeted attack whose budget (its number of poisons) the defender knows, as in the filter paper."""
+        if plan is None:
+            return Threat("clean")
+        return Threat("targeted", len(plan.target.rows), len(data.train))
 
     def metrics(self, model, tensors, plan) -> dict:
         """Attack success (paper §VI-A2, "Metrics"): the final model's prediction on the target test image."""

@@ -11,20 +11,23 @@ from .. import paper
 from ..hashing import canonical_json, short_hash
 
 
-def has_default_params(method: str, params: dict, dataset: str, recipe: dict) -> bool:
-    """Whether a run used its defense's defaults for its dataset family and recipe, apart from the parameters the
-    tables vary (HINT's r and β). False when that cannot be decided (unknown family or defense)."""
+def has_default_params(method: str, params: dict, dataset: str, recipe: dict, config: dict | None = None) -> bool:
+    """Whether a run used its defense's defaults for its dataset family, recipe and threat (read from `config`),
+    apart from the parameters the tables vary (HINT's r and β). False when that cannot be decided (unknown family or
+    defense)."""
     from ..defenses import DEFENSES
+    from ..defenses.threat import threat_of_config
     from ..recipes import Recipe
 
     family = paper.family_of(dataset)
     try:
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
         cls, rec = DEFENSES.get(method), Recipe(**fields)
+        threat = threat_of_config(config or {})
     except Exception:  # a record from another version: no opinion
         return False
     for fam in [family] if family else ["mnist", "cifar10"]:  # an .npz dataset: either family's defaults
-        defaults = cls.defaults(fam, rec)
+        defaults = cls.defaults(fam, rec, threat)
         if all(canonical_json(params.get(k)) == canonical_json(v) for k, v in defaults.items()
                if k not in ("ratio", "beta")):
             return True
@@ -94,7 +97,7 @@ def record_row(r: dict) -> dict:
         # dataset fingerprint, PoisonSet ids, ... so two configurations that display alike are never pooled
         "configuration": short_hash(experiment(c))[:8],
         "finished_at": str(r.get("finished_at") or ""),
-        "default_params": has_default_params(method, params, c["dataset"], recipe),
+        "default_params": has_default_params(method, params, c["dataset"], recipe, c),
         "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids"),
                                         "rows": poison.get("row_stream")}) if kind == "untargeted"
         else canonical_json({k: v for k, v in poison.items() if k not in TARGETED_TRIAL_KEYS}) if kind == "targeted"
