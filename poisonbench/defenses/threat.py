@@ -14,11 +14,13 @@ THREAT_KINDS = ("clean", "untargeted", "targeted")
 class Threat:
     """`kind`: clean | untargeted | targeted. `budget`: the number of poisoned rows a targeted attack may place
     (its budget, known to the defender as in the filter paper), None when not known (clean and untargeted runs).
-    `train_size`: the rows of the train split the attack's budget is a fraction of (None: unknown)."""
+    `train_size`: the rows of the train split the attack's budget is a fraction of (None: unknown). `extractor`: the
+    scenario trains on a clean pre-trained feature extractor (transfer learning), whose features a filter may use."""
 
     kind: str = "clean"
     budget: int | None = None
     train_size: int | None = None
+    extractor: bool = False
 
     def __post_init__(self):
         if self.kind not in THREAT_KINDS:
@@ -44,5 +46,5 @@ def threat_of_config(config: dict) -> Threat:
         poisoned = poison.get("poisoned")
         ratio = poison.get("ratio")
         size = round(poisoned / ratio) if poisoned and ratio else None
-        return Threat("targeted", poisoned, size)
+        return Threat("targeted", poisoned, size, extractor=config.get("scenario") == "transfer")
     return Threat("untargeted" if kind in ("untargeted", "poison-set") else "clean")

@@ -173,7 +173,7 @@ class Targeted(Scenario):
         """A targeted attack whose budget (its number of poisons) the defender knows, as in the filter paper."""
         if plan is None:
             return Threat("clean")
-        return Threat("targeted", len(plan.target.rows), len(data.train))
+        return Threat("targeted", len(plan.target.rows), len(data.train), extractor=self.name == "transfer")
 
     def metrics(self, model, tensors, plan) -> dict:
         """Attack success (paper §VI-A2, "Metrics"): the final model's prediction on the target test image."""
