@@ -131,18 +131,20 @@ def train(
         eval_sets = eval_sets or {}
         history: list[dict] = []
 
-        with ctx.timed("defense_prepare"):
-            kept = defense.prepare(ctx)
-        if kept is not None:
-            ctx.active = kept.to(device)
-        start_epoch, prior_seconds, prior_cpu = 0, 0.0, 0.0
+        saved = None
         if checkpoint is not None:
             # the accel mode and the layers trained as DFT-domain products or with moment BatchNorm: a checkpoint of
             # the plain path is not resumed on these (float rounding differs)
             checkpoint.identity.update(execution_identity(device), compiled=compiled, **kernels.identity)
             saved = checkpoint.load()
-            if saved is not None:
-                start_epoch, prior_seconds, prior_cpu = _restore(*saved, ctx, scheduler, defense, history)
+        ctx.resuming = saved is not None  # a filter need not decide again: its decision comes back with the state
+        with ctx.timed("defense_prepare"):
+            kept = defense.prepare(ctx)
+        if kept is not None:
+            ctx.active = kept.to(device)
+        start_epoch, prior_seconds, prior_cpu = 0, 0.0, 0.0
+        if saved is not None:
+            start_epoch, prior_seconds, prior_cpu = _restore(*saved, ctx, scheduler, defense, history)
         last_save = time.perf_counter()
 
         for epoch in range(start_epoch, recipe.epochs):

@@ -136,3 +136,36 @@ def test_targeted_crafting_benchmark_reports_its_keys_and_quotients(capsys, tmp_
             report["art_seconds"]["gm"] / report["ours_seconds"]["gm"], rel=0.02, abs=0.01)
     else:
         assert all(v is None for v in report["speedup_vs_art"].values())
+
+
+def test_defense_overhead_benchmark_times_every_registered_defense_against_none(capsys, one_thread):
+    """benchmarks/defense_overhead.py at tiny scale: every registered defense is timed (median of the repeats),
+    its ratio is the quotient of the reported medians, the engine's own defense seconds fit inside the wall time,
+    Table V's ratios ride along, and the lazy greedy, the vectorised naive greedy and the per-element loop choose
+    the same medoids."""
+    import defense_overhead
+
+    from poisonbench.defenses import DEFENSES
+
+    argv = ["--json", "--rows", "100", "--epochs", "2", "--repeats", "1", "--fl-rows", "60", "--fl-repeats", "1"]
+    assert defense_overhead.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 100 and report["epochs"] == 2 and report["repeats"] == 1 and report["threat_budget"] == 1
+    methods = report["methods"]
+    assert set(methods) == set(DEFENSES.names()) and next(iter(methods)) == "none"
+    none = methods["none"]["seconds"]
+    for name, row in methods.items():
+        assert set(row) == {"seconds", "defense_seconds", "ratio_to_none", "paper_ratio_to_none", "seconds_all"}
+        assert row["seconds"] == pytest.approx(row["seconds_all"][0])
+        assert row["ratio_to_none"] == pytest.approx(row["seconds"] / none, rel=0.01, abs=0.002)
+        assert 0 <= row["defense_seconds"] <= row["seconds"], name
+    assert methods["none"]["ratio_to_none"] == 1 and methods["none"]["defense_seconds"] == 0
+    paper = {m: methods[m]["paper_ratio_to_none"] for m in ("none", "hint", "friends", "atda", "epic")
+             if m in methods}
+    assert paper == {k: v for k, v in {"none": 1.0, "hint": 1.52, "friends": 1.52, "atda": 3.6, "epic": 1.97}.items()
+                     if k in methods}
+    fl = report["facility_location"]
+    assert fl["rows"] == 60 and fl["budget"] == 6 and fl["same_medoids"]
+    assert fl["objective"] == pytest.approx(fl["objective_loop"])
+    assert fl["speedup_lazy_vs_loop"] == pytest.approx(fl["loop_s"] / fl["lazy_s"], rel=0.05, abs=0.1)
+    assert 0.9 <= fl["stochastic_objective_fraction"] <= 1.0 + 1e-6

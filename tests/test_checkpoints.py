@@ -8,7 +8,7 @@ import torch
 
 from poisonbench.checkpoints import Checkpoint
 from poisonbench.data import load_dataset
-from poisonbench.defenses import DEFENSES, build_defense
+from poisonbench.defenses import DEFENSES, Threat, build_defense
 from poisonbench.device import to_float
 from poisonbench.errors import PoisonbenchWarning
 from poisonbench.models import build_model
@@ -28,7 +28,9 @@ class Killed(Exception):
 
 def run(data, method: str, checkpoint: Checkpoint | None = None, kill_after: int | None = None, seed: int = 4):
     recipe = resolve_recipe("mnist", "quick", **RECIPE)
-    defense = build_defense(method, "mnist", recipe)  # HINT: paper schedule scaled to 6 epochs = [1, 3]
+    # a targeted threat with a known budget: the filters' defaults (k = 2·budget + 1, drop = the budget's share)
+    threat = Threat("targeted", budget=len(data.train) // 20, train_size=len(data.train))
+    defense = build_defense(method, "mnist", recipe, threat)  # HINT: paper schedule scaled to 6 epochs = [1, 3]
     model = build_model("convnet", data, seed=seed)
     train_x = to_float(data.train.x, CPU)
 
@@ -39,7 +41,7 @@ def run(data, method: str, checkpoint: Checkpoint | None = None, kill_after: int
     result = train(model, train_x, data.train.y, to_float(data.val.x, CPU), data.val.y, recipe, seed=seed,
                    device=CPU, num_classes=10, defense=defense, compile="off",
                    eval_sets={"test": (to_float(data.test.x, CPU), data.test.y)}, on_epoch=on_epoch,
-                   checkpoint=checkpoint)
+                   checkpoint=checkpoint, model_factory=lambda s: build_model("convnet", data, seed=s))
     return model, result, defense
 
 
@@ -267,3 +269,26 @@ def test_a_poisoned_runs_checkpoint_names_its_poison_tensors(tiny_npz, tmp_path,
     pid = outcome.record["config"]["poison"]["poison_ids"]["durp"]
     manifest = poisons.read_manifest(tmp_path / "results", pid)
     assert train_calls[0][1]["checkpoint"].identity["poison_tensors"] == {"durp": manifest["tensor_sha256"]}
+
+
+def test_a_resumed_filter_does_not_train_its_feature_model_again(tiny_npz, tmp_path, monkeypatch):
+    """A filter decides once: the resumed segment restores its decision (and `active`) from the checkpoint instead of
+    training a second feature model, and ends with the uninterrupted run's numbers (the test above)."""
+    from poisonbench.train_context import TrainContext
+
+    data = load_dataset(str(tiny_npz))
+    calls = []
+    original = TrainContext.train_model
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.epoch)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainContext, "train_model", counted)
+    ckpt = checkpoint(tmp_path)
+    with pytest.raises(Killed):
+        run(data, "l2", ckpt, kill_after=1)
+    assert len(calls) == 1
+    _, resumed, defense = run(data, "l2", ckpt)
+    assert resumed.resumed_from == 2 and len(calls) == 1  # no second feature model
+    assert defense.summary(None)["removal"]["removed"] > 0 and len(resumed.context.active) < len(data.train)

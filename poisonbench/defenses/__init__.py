@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from ..registry import Registry
+from .atda import Atda
 from .base import Defense
+from .epic import Epic
+from .friends import Friends
 from .hint import Hint
+from .knn import DeepKnn
+from .l2_filter import L2Filter
+from .ocsvm import OneClassSvmFilter
+from .random_filter import RandomFilter
 from .threat import Threat
 
 DEFENSES: Registry[type[Defense]] = Registry("method")
 DEFENSES.add("none", Defense)
 DEFENSES.add("hint", Hint)
+DEFENSES.add("friends", Friends)
+DEFENSES.add("atda", Atda)
+DEFENSES.add("epic", Epic)
+DEFENSES.add("knn", DeepKnn)
+DEFENSES.add("l2", L2Filter)
+DEFENSES.add("ocsvm", OneClassSvmFilter)
+DEFENSES.add("random", RandomFilter)
 
 
 def build_defense(name: str, family: str, recipe, threat: Threat | None = None, **params) -> Defense:

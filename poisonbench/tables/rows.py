@@ -82,6 +82,7 @@ def record_row(r: dict) -> dict:
     defense_time = outside + cost.get("defense_batch", 0.0)
     time = cost.get("train", 0.0) + outside if "train" in cost else cost.get("seconds")
     success = metrics.get("attack_success")
+    removal = (r.get("defense") or {}).get("removal") or {}  # a removing defense's counts (filters, EPIC)
     return {
         "run_id": r["run_id"], "dataset": c["dataset"], "dataset_fingerprint": c.get("dataset_fingerprint") or "",
         "model": c["model"], "recipe": recipe["name"],
@@ -110,6 +111,8 @@ def record_row(r: dict) -> dict:
         "compiled": bool(r.get("compiled")),
         "code": str((r.get("env") or {}).get("code") or ""),
         "npz_split": ",".join(f"{v:g}" for v in c.get("npz_split") or []),
+        "poisons_removed": removal.get("poisons_removed"), "poisons": removal.get("poisons"),
+        "clean_removed": removal.get("clean_removed"), "clean": removal.get("clean"),
     }
 
 

@@ -67,6 +67,21 @@ def of_kinds(rows: pd.DataFrame | None, kinds: dict[str, str]) -> pd.DataFrame |
     return rows[wanted.isna() | (rows.poisons_json == wanted)]
 
 
+def removal_cell(rows: pd.DataFrame | None) -> tuple[Cell, dict]:
+    """What a removing defense (a filter, EPIC) took out, summed over the cell's trials: poisons removed / poisons
+    and the percentage of clean rows removed (the filter paper's Tables 1–2). Empty for other defenses."""
+    if rows is None or "poisons_removed" not in rows:
+        return Cell(), {}
+    counted = rows.dropna(subset=["poisons_removed", "poisons", "clean_removed", "clean"])
+    if not len(counted):
+        return Cell(), {}
+    pr, p = int(counted.poisons_removed.sum()), int(counted.poisons.sum())
+    cr, c = int(counted.clean_removed.sum()), int(counted.clean.sum())
+    clean_pct = 100 * cr / c if c else 0.0
+    return (Cell(f"{pr}/{p} poisons, {clean_pct:.1f} % clean", round(pr / p, 4) if p else None),
+            {"poisons_removed": pr, "poisons": p, "clean_removed": cr, "clean": c})
+
+
 def table3(df: pd.DataFrame, opts: Options) -> Table:
     df = df[df.kind == "targeted"]
     blocks, data, shown = [], [], set()
@@ -91,6 +106,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
         for i, m in enumerate(methods):
             asr_row = [Cell(method_label(m), label=True), Cell("ASR", label=True)]
             acc_row = [Cell("", label=True), Cell("test acc.", label=True)]
+            removal_row, removes = [Cell("", label=True), Cell("removed", label=True)], False
             for a in attacks:
                 rows = chosen.get(m)
                 rows = rows[rows.attack == a] if rows is not None else None
@@ -107,6 +123,9 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                         lo, hi = wilson(k, n)
                         asr.text += f" [{100 * lo:.0f}–{100 * hi:.0f}%]"
                 acc = acc_cell(st, opts)
+                removed, removal = removal_cell(rows)
+                removal_row.append(removed)
+                removes = removes or bool(removal)
                 asr_cols[a].append(asr)
                 acc_cols[a].append(acc)
                 asr_row.append(asr)
@@ -114,10 +133,12 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                 if show_paper:
                     asr_row.append(Cell(f"{p['success'][0]}/{p['success'][1]}") if p else Cell())
                     acc_row.append(paper_cell(p["acc"] if p else None))
+                    removal_row.append(Cell())
                 if show_diff:
                     asr_row.append(Cell(f"{100 * (k / n - p['success'][0] / p['success'][1]):+.0f} pp")
                                    if p and n else Cell())
                     acc_row.append(diff_cell(st, p["acc"] if p else None))
+                    removal_row.append(Cell())
                 lo, hi = wilson(k, n)
                 params = rows.params_json.iloc[0] if rows is not None and len(rows) else ""
                 data.append({"table": "III", **setting_data(s), "attack": a, "method": m, "params": params,
@@ -125,10 +146,13 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                              "asr_wilson_low": num(100 * lo), "asr_wilson_high": num(100 * hi),
                              "paper_successes": p["success"][0] if p else None,
                              "paper_trials": p["success"][1] if p else None,
-                             **{f"acc_{k_}": v for k_, v in acc_data(st, p["acc"] if p else None).items()}})
+                             **{f"acc_{k_}": v for k_, v in acc_data(st, p["acc"] if p else None).items()},
+                             **removal})
             if i:
                 block.rules.add(len(block.rows))
             block.rows += [asr_row, acc_row]
+            if removes:  # a removing defense: what it took out, per attack
+                block.rows.append(removal_row)
         for a in attacks:
             mark_best(asr_cols[a], higher=False)
             mark_best(acc_cols[a])

@@ -1,0 +1,253 @@
+"""ATDA: adversarial training against delusive attacks (Tao et al., NeurIPS 2021; reference/defenses.md §5, FAT
+§5.6; HINT paper §V "ATDA" and §VI-A3).
+
+Every batch (after augmentation) is replaced by adversarial examples crafted against the current model in eval mode,
+and the model trains on them only (official `adv_loss`: CE on x̃, no clean term; reference §5.2).
+
+`--variant fat` (default; the HINT paper uses FAT as ATDA's representation, §VI-A3) is FAT's early-stopped PGD
+(FAT earlystop.py; reference §5.6), the paper's x̃ = argmin_{‖x̃ − x‖ ≤ β} l(f(x̃), y) s.t. a margin τ past
+misclassification (HINT paper §V): each example starts at x + U(±β) (ℓ∞) or on the ℓ2 sphere of radius β, clamped
+to [0, 1], and at each of up to `steps` iterations an example already misclassified stops there if its budget
+`control` (= τ) is spent, else spends one; the others step x ← Π(x + α·sign(∇CE) + ω·N(0, 1)) (ℓ2:
+α·∇/‖∇‖₂). Vectorised with boolean masks over the whole batch (FAT loops over examples in Python), so shapes stay
+static. τ follows FAT's dynamic schedule (0, then 1 after 50 of 120 epochs, 2 after 90), scaled to the recipe's
+epochs, unless `--tau` fixes it.
+
+`--variant pgd` is the official ATDA code's plain PGD adversarial training (Madry): one random start, 7 steps of
+α = β/5, no early stop (ATDA attacks/adv.py, attacks/step.py; reference §5.2-5.3).
+
+β and the norm depend on the threat (HINT paper §VI-A3): β = 0.25 in ℓ2 against untargeted attacks (and clean
+training): ATDA's budgets are ℓ2 (official `--constraint L2`, ε 0.5 on CIFAR-10; the ATDA paper's ℓ2 budgets 0.25
+/ 0.5); β = 0.062 in ℓ∞ against targeted ones, "for a fair comparison with the other baselines", whose budgets are
+ℓ∞ 16/255 (HINT, FRIENDS). FAT's code is ℓ∞ only: its early stop with ℓ2 steps is our generalisation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import PoisonbenchError
+from ..hashing import derived_seed
+from ..params import Param
+from .base import Defense
+from .threat import Threat
+
+if TYPE_CHECKING:
+    from ..recipes import Recipe
+    from ..training import TrainContext
+
+VARIANTS = ("fat", "pgd")
+NORMS = ("linf", "l2")
+FAT_EPOCHS, FAT_TAU_EPOCHS = 120, (50, 90)  # FAT.py:L14 epochs; adjust_tau (FAT.py:L77-86), 1-based epochs
+FAT_STEP_RATIO = 0.007 / 0.031  # FAT.py:L18-20: step size 0.007 for ε 0.031
+PGD_DEFAULTS = {"steps": 7, "step_ratio": 0.2}  # ATDA main.py:L76-79: 7 steps of ε/5
+NORM_EPS = 1e-10  # ATDA attacks/step.py: g / (‖g‖ + 1e-10), r / (‖r‖ + 1e-10)
+
+
+def tau_bounds(epochs: int) -> tuple[int, int]:
+    """The 0-based epochs from which FAT's dynamic τ is 1 and 2, scaled from 50 and 90 of 120 to `epochs`."""
+    first = max(1, round(FAT_TAU_EPOCHS[0] * epochs / FAT_EPOCHS))
+    return first, max(first, round(FAT_TAU_EPOCHS[1] * epochs / FAT_EPOCHS))
+
+
+def dynamic_tau(epoch: int, epochs: int) -> int:
+    """FAT's τ before 0-based `epoch` of `epochs`: 0, 1 from the first bound on, 2 from the second."""
+    return sum(epoch >= bound for bound in tau_bounds(epochs))
+
+
+def _per_example(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *[1] * (like.dim() - 1))
+
+
+def random_start(generator: torch.Generator, x: torch.Tensor, beta: float, norm: str) -> torch.Tensor:
+    """The random start's perturbation: U(±β) per pixel (ℓ∞), or a Gaussian direction scaled to norm β (ℓ2)."""
+    if norm == "linf":
+        return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * beta
+    r = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return beta * r / (_per_example(r.flatten(1).norm(dim=1), r) + NORM_EPS)
+
+
+def distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """‖δ‖ per example in `norm`."""
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def adversarial_examples(forward, x: torch.Tensor, y: torch.Tensor, *, beta: float, alpha: float, steps: int,
+                         norm: str, tau: int | None, start: torch.Tensor, noise: torch.Tensor | None = None,
+                         early_exit: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PGD ascent on CE from x + `start` within the `norm` β-ball and [0, 1]; FAT's early stop when `tau` is an
+    int (None: plain PGD, every example takes `steps` steps). `noise[k]` is added at step k (FAT's ω·N(0, 1)).
+
+    Returns (x̃, steps taken per example, stopped early per example). Every iteration forwards the whole batch;
+    stopped examples keep their x̃ (masks, static shapes, no host sync). `early_exit` ends the loop once no example
+    is left (one host sync per step: worth it on a CPU, where it saves the remaining passes)."""
+    x = x.detach()
+    x_adv = (x + start).clamp(0, 1)
+    n = len(x)
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
+    taken = torch.zeros(n, dtype=torch.long, device=x.device)
+    control = None if tau is None else torch.full((n,), tau, dtype=torch.long, device=x.device)
+    for k in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            logits = forward(x_adv)
+            loss = F.cross_entropy(logits, y, reduction="sum")  # per-example gradients, as FAT's mean up to scale
+        if control is not None:
+            wrong = logits.detach().argmax(1) != y
+            spent = control == 0
+            active = active & ~(wrong & spent)  # misclassified with no budget left: stop here
+            control = control - (active & wrong).long()  # misclassified with budget left: spend one, continue
+            if early_exit and not bool(active.any()):
+                x_adv = x_adv.detach()
+                break
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            if norm == "linf":
+                moved = x_adv + alpha * grad.sign()
+            else:
+                moved = x_adv + alpha * grad / (_per_example(grad.flatten(1).norm(dim=1), grad) + NORM_EPS)
+            if noise is not None:
+                moved = moved + noise[k]
+            delta = moved - x
+            delta = delta.clamp(-beta, beta) if norm == "linf" else delta.renorm(2, 0, beta)
+            moved = (x + delta).clamp_(0, 1)
+            x_adv = torch.where(_per_example(active, x), moved, x_adv.detach())
+            taken += active
+    x_adv = x_adv.detach()
+    stopped = ~active if control is not None else torch.zeros_like(active)
+    return x_adv, taken, stopped
+
+
+class Atda(Defense):
+    name = "atda"
+    summary_text = "adversarial training against delusive attacks (FAT's early-stopped PGD)"
+    PARAMS = (
+        Param("variant", str, "fat", "fat (FAT's early-stopped PGD, the HINT paper's ATDA) | pgd (the official ATDA "
+              "code's plain PGD adversarial training: 7 steps of β/5 unless given).",
+              "HINT paper §VI-A3; ATDA train.py:L15-22, attacks/adv.py; FAT earlystop.py", choices=VARIANTS),
+        Param("beta", float, 0.25, "β, the defender's budget: radius of the norm ball (pixel units); 0.25 (ℓ2) "
+              "against untargeted attacks and clean runs, 0.062 (ℓ∞) against targeted ones.",
+              "HINT paper §VI-A3", positive=True),
+        Param("norm", str, "l2", "linf | l2: the norm of the budget (l2 against untargeted attacks, linf against "
+              "targeted ones).", "ATDA main.py:L54-55 (L2 default); HINT paper §VI-A3 (see atda.py)",
+              choices=NORMS),
+        Param("steps", int, 10, "PGD iterations (FAT: the most an example takes; pgd variant: 7 unless given).",
+              "FAT.py:L19 num-steps 10; ATDA main.py:L76-79 7 steps", minimum=1),
+        Param("step_ratio", float, FAT_STEP_RATIO, "α/β, the PGD step size as a fraction of β (FAT: 0.007/0.031; "
+              "pgd variant: 0.2 unless given).", "FAT.py:L18-20; ATDA main.py:L76-79 step ε/5", positive=True),
+        Param("tau", int, None, "FAT's τ, fixed (default: FAT's dynamic τ 0/1/2 at 50 and 90 of 120 epochs, scaled "
+              "to the recipe's epochs). fat variant only.", "FAT.py:L24, L77-86", minimum=0),
+        Param("omega", float, 0.001, "ω, scale of the Gaussian noise added at each FAT step. fat variant only.",
+              "FAT.py:L26", minimum=0),
+    )
+
+    def __init__(self, family: str, recipe: Recipe, threat: Threat | None = None, **params: Any):
+        super().__init__(family, recipe, threat, **params)
+        self._reset()
+
+    @classmethod
+    def threat_defaults(cls, family: str, recipe: Recipe, threat: Threat) -> dict[str, Any]:
+        return {"beta": 0.062, "norm": "linf"} if threat.targeted else {"beta": 0.25, "norm": "l2"}
+
+    def validate(self) -> None:
+        p = self.params
+        if p["norm"] == "linf" and p["beta"] > 1:
+            raise PoisonbenchError(f"--beta of method 'atda' with --norm linf must be in (0, 1], got {p['beta']:g}")
+        if p["variant"] == "pgd":
+            fat_only = [k for k in ("tau", "omega") if k in self.explicit]
+            if fat_only:
+                raise PoisonbenchError(f"--{fat_only[0]} of method 'atda' applies to --variant fat only")
+            # the official PGD's values replace FAT's defaults, not given options; ω and τ do not apply
+            p.update({k: v for k, v in PGD_DEFAULTS.items() if k not in self.explicit}, omega=None)
+
+    def _reset(self) -> None:
+        self._generator: torch.Generator | None = None
+        self._totals: torch.Tensor | None = None  # this epoch: Σ steps, Σ stopped early, examples, Σ ‖x̃ − x‖
+        self._totals_epoch: int | None = None
+        self.epochs: list[dict] = []
+
+    def prepare(self, ctx: TrainContext) -> None:
+        self._reset()
+        # own stream (random starts, ω noise): the engine's order/augmentation stream stays as `--method none`'s
+        self._generator = torch.Generator(device=ctx.device).manual_seed(derived_seed(ctx.seed, "atda-pgd"))
+        return None
+
+    def tau(self, epoch: int) -> int | None:
+        if self.params["variant"] != "fat":
+            return None
+        return self.params["tau"] if self.params["tau"] is not None else dynamic_tau(epoch, self.recipe.epochs)
+
+    @property
+    def alpha(self) -> float:
+        return self.params["beta"] * self.params["step_ratio"]
+
+    def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
+        self._close_epoch()
+
+    def batch(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
+        if self._generator is None:  # hooks called without prepare (direct use)
+            self.prepare(ctx)
+        p = self.params
+        start = random_start(self._generator, x, p["beta"], p["norm"])
+        noise = None
+        if p["omega"]:
+            noise = p["omega"] * torch.randn((p["steps"], *x.shape), generator=self._generator, device=x.device,
+                                             dtype=x.dtype)
+        with ctx.eval_mode() as forward:
+            x_adv, taken, stopped = adversarial_examples(
+                forward, x, y, beta=p["beta"], alpha=self.alpha, steps=p["steps"], norm=p["norm"],
+                tau=self.tau(ctx.epoch), start=start, noise=noise, early_exit=x.device.type == "cpu")
+        self._count(ctx, torch.stack([taken.sum().double(), stopped.sum().double(),
+                                      torch.tensor(float(len(y)), dtype=torch.float64, device=x.device),
+                                      distance(x_adv - x, p["norm"]).sum().double()]))
+        return x_adv, y
+
+    # --- the record: per-epoch figures accumulated on the device, read once an epoch ------------------------------
+
+    def _count(self, ctx: TrainContext, values: torch.Tensor) -> None:
+        if self._totals is None or self._totals_epoch != ctx.epoch:
+            self._close_epoch()
+            self._totals, self._totals_epoch = torch.zeros_like(values), ctx.epoch
+        self._totals += values
+
+    def _epoch_figures(self) -> dict | None:
+        if self._totals is None:
+            return None
+        steps, stopped, examples, dist = self._totals.tolist()
+        return {"epoch": self._totals_epoch, "tau": self.tau(self._totals_epoch), "examples": int(examples),
+                "mean_steps": steps / examples, "stopped_early_fraction": stopped / examples,
+                "mean_distance": dist / examples}
+
+    def _close_epoch(self) -> None:
+        figures = self._epoch_figures()
+        if figures is not None:
+            self.epochs.append(figures)
+        self._totals = self._totals_epoch = None
+
+    def state(self, ctx: TrainContext) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {"generator": self._generator.get_state()}
+        if self._totals is not None:
+            tensors["totals"] = self._totals
+        return tensors, {"epochs": self.epochs, "totals_epoch": self._totals_epoch}
+
+    def load_state(self, ctx: TrainContext, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        self._generator.set_state(tensors["generator"])
+        self.epochs = list(state["epochs"])
+        self._totals_epoch = state["totals_epoch"]
+        self._totals = tensors["totals"].to(ctx.device) if "totals" in tensors else None
+
+    def summary(self, poisoned: torch.Tensor | None = None) -> dict:
+        p = self.params
+        current = self._epoch_figures()
+        epochs = self.epochs + ([current] if current is not None else [])
+        out: dict[str, Any] = {"method": self.name, "variant": p["variant"], "norm": p["norm"], "beta": p["beta"],
+                               "steps": p["steps"], "alpha": self.alpha, "epochs": epochs,
+                               "last_epoch": epochs[-1] if epochs else None}
+        if p["variant"] == "fat":
+            out["tau"] = p["tau"] if p["tau"] is not None else {"dynamic_from_epochs": list(tau_bounds(
+                self.recipe.epochs))}
+        return out

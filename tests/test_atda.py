@@ -1,0 +1,252 @@
+"""ATDA on tiny data: x̃ within β (ℓ∞ and ℓ2) and [0, 1]; FAT's early stop (τ = 0 stops a misclassified example
+at its random start, τ > 0 spends τ more steps) equals a per-example reference loop; the pgd variant raises the
+loss; threat-dependent defaults; the engine's own random stream untouched; bad options are one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poisonbench.defenses import DEFENSES, Threat, build_defense
+from poisonbench.defenses.atda import (
+    FAT_STEP_RATIO,
+    Atda,
+    adversarial_examples,
+    distance,
+    dynamic_tau,
+    random_start,
+    tau_bounds,
+)
+from poisonbench.errors import PoisonbenchError
+from poisonbench.recipes import Recipe, resolve_recipe
+from poisonbench.training import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = torch.device("cpu")
+RECIPE = Recipe("tiny", epochs=3, batch_size=32, lr=0.05, momentum=0.9)
+
+
+class Small(nn.Module):
+    def __init__(self, classes=3):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU())
+        self.head = nn.Linear(6 * 6 * 6, classes)
+
+    def features(self, x):
+        return self.conv(x).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def data(n=96, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = (torch.rand(n, 1, 8, 8, generator=g) * 0.4 + y[:, None, None, None] * 0.25).clamp(0, 1)
+    return x.to(dtype), y
+
+
+def model_in_eval(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = Small().to(dtype)
+    x, _ = data(dtype=dtype)
+    model.train()(x)  # BatchNorm statistics of the data, then eval mode: examples independent
+    return model.eval()
+
+
+def test_registered_and_threat_dependent_defaults():
+    assert "atda" in DEFENSES.names()
+    paper = resolve_recipe("cifar10", "paper")
+    for threat in (Threat(), Threat("untargeted")):
+        d = build_defense("atda", "cifar10", paper, threat)
+        assert (d.params["beta"], d.params["norm"]) == (0.25, "l2")
+    d = build_defense("atda", "cifar10", paper, Threat("targeted", budget=50, train_size=5000))
+    assert (d.params["beta"], d.params["norm"]) == (0.062, "linf")
+    assert d.params["variant"] == "fat" and d.params["steps"] == 10 and d.params["omega"] == 0.001
+    assert d.params["tau"] is None and d.alpha == pytest.approx(0.062 * 0.007 / 0.031)
+    assert build_defense("atda", "cifar10", paper, beta=0.5).params["norm"] == "l2"  # a given value wins
+    pgd = build_defense("atda", "cifar10", paper, variant="pgd")
+    assert (pgd.params["steps"], pgd.params["step_ratio"], pgd.params["omega"]) == (7, 0.2, None)
+    assert build_defense("atda", "cifar10", paper, variant="pgd", steps=3).params["steps"] == 3
+    assert Atda.defaults("cifar10", paper)["step_ratio"] == FAT_STEP_RATIO
+
+
+def test_fat_dynamic_tau_scales_to_the_recipe():
+    assert tau_bounds(120) == (50, 90)  # FAT: τ = 0 for 1-based epochs ≤ 50, 1 for ≤ 90, 2 after
+    assert [dynamic_tau(e, 120) for e in (0, 49, 50, 89, 90, 119)] == [0, 0, 1, 1, 2, 2]
+    assert tau_bounds(80) == (33, 60) and tau_bounds(30) == (12, 22)
+    assert tau_bounds(1) == (1, 1) and dynamic_tau(0, 1) == 0
+
+
+@pytest.mark.parametrize("norm, beta", [("linf", 0.062), ("l2", 0.25)])
+@pytest.mark.parametrize("tau", [0, 2, None])
+def test_adversarial_examples_stay_within_beta_and_valid_pixels(norm, beta, tau):
+    model = model_in_eval()
+    x, y = data()
+    x[:8] = 1.0  # saturated rows: clamped at 1
+    g = torch.Generator().manual_seed(0)
+    noise = 0.001 * torch.randn(10, *x.shape, generator=g)
+    x_adv, taken, _ = adversarial_examples(model, x, y, beta=beta, alpha=beta / 4, steps=10, norm=norm, tau=tau,
+                                           start=random_start(g, x, beta, norm), noise=noise)
+    assert distance(x_adv - x, norm).max() <= beta + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert taken.max() <= 10 and (taken.sum() > 0)
+    if norm == "l2":
+        assert distance(random_start(g, x, beta, norm), norm) == pytest.approx(torch.full((len(x),), beta))
+
+
+def test_tau_zero_stops_a_misclassified_example_at_its_random_start():
+    """Rows labelled against the model's confident prediction stop at step 0 and keep x + start; rows it
+    classifies right with a margin a small β cannot cross take every step."""
+    model = model_in_eval()
+    x, _ = data()
+    with torch.no_grad():
+        logits = model(x)
+    top2 = logits.topk(2, 1).values
+    margin = top2[:, 0] - top2[:, 1]
+    confident = margin > margin.median()
+    y = logits.argmax(1)
+    y[::2] = (y[::2] + 1) % 3  # even rows: misclassified
+    start = random_start(torch.Generator().manual_seed(1), x, 0.002, "linf")
+    x_adv, taken, stopped = adversarial_examples(model, x, y, beta=0.002, alpha=0.0005, steps=6, norm="linf",
+                                                 tau=0, start=start)
+    wrong = torch.zeros(len(x), dtype=torch.bool)
+    wrong[::2] = True
+    assert (taken[wrong] == 0).all() and stopped[wrong].all()
+    assert torch.equal(x_adv[wrong], (x + start).clamp(0, 1)[wrong])
+    kept_right = ~wrong & confident
+    assert kept_right.sum() >= 10
+    assert (taken[kept_right] == 6).all() and not stopped[kept_right].any()
+    assert not torch.equal(x_adv[kept_right], (x + start).clamp(0, 1)[kept_right])
+
+
+def test_tau_spends_tau_more_steps_after_the_first_misclassification():
+    model = model_in_eval()
+    x, _ = data()
+    with torch.no_grad():
+        y = (model(x).argmax(1) + 1) % 3  # every row misclassified from the start (ascent keeps it so)
+    zero = torch.zeros_like(x)
+    for tau in (0, 1, 3):
+        _, taken, stopped = adversarial_examples(model, x, y, beta=0.03, alpha=0.01, steps=8, norm="linf", tau=tau,
+                                                 start=zero)
+        assert (taken == tau).all() and stopped.all()
+    _, taken, stopped = adversarial_examples(model, x, y, beta=0.03, alpha=0.01, steps=2, norm="linf", tau=3,
+                                             start=zero)
+    assert (taken == 2).all() and not stopped.any()  # budget left when the steps run out
+
+
+def reference_fat(model, x, y, *, beta, alpha, steps, norm, tau, start, noise):
+    """FAT's early-stopped PGD written per example (FAT earlystop.py's loop, one example at a time)."""
+    out, counts = [], []
+    for i in range(len(x)):
+        x0, xa, control, taken = x[i:i + 1], (x[i:i + 1] + start[i:i + 1]).clamp(0, 1), tau, 0
+        for k in range(steps):
+            xa = xa.detach().requires_grad_(True)
+            logits = model(xa)
+            if logits.argmax(1).item() != y[i].item():
+                if control == 0:
+                    break
+                control -= 1
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y[i:i + 1]), xa)
+            with torch.no_grad():
+                if norm == "linf":
+                    xa = xa + alpha * grad.sign()
+                else:
+                    xa = xa + alpha * grad / (grad.norm() + 1e-10)
+                xa = xa + noise[k, i:i + 1]
+                d = xa - x0
+                if norm == "linf":
+                    d = d.clamp(-beta, beta)
+                elif d.norm() > beta:  # torch.renorm's rule (ATDA attacks/step.py)
+                    d = d * (beta / (d.norm() + 1e-7))
+                xa = (x0 + d).clamp(0, 1)
+            taken += 1
+        out.append(xa.detach())
+        counts.append(taken)
+    return torch.cat(out), torch.tensor(counts)
+
+
+@pytest.mark.parametrize("norm, beta", [("linf", 0.05), ("l2", 0.4)])
+@pytest.mark.parametrize("tau", [0, 1])
+def test_masked_fat_equals_a_per_example_reference_loop(norm, beta, tau):
+    model = model_in_eval(dtype=torch.float64)
+    x, _ = data(n=48, dtype=torch.float64)
+    y = torch.randint(0, 3, (48,), generator=torch.Generator().manual_seed(3))  # random labels: every stop time
+    g = torch.Generator().manual_seed(2)
+    start = random_start(g, x, beta, norm)
+    noise = 0.001 * torch.randn(6, *x.shape, generator=g, dtype=torch.float64)
+    kw = dict(beta=beta, alpha=beta / 3, steps=6, norm=norm, tau=tau, start=start, noise=noise)
+    x_adv, taken, stopped = adversarial_examples(model, x, y, **kw)
+    ref_adv, ref_taken = reference_fat(model, x, y, **kw)
+    assert torch.equal(taken, ref_taken)
+    assert len(taken.unique()) >= 4 and stopped.any() and not stopped.all()  # early, late and no stops
+    torch.testing.assert_close(x_adv, ref_adv, atol=1e-9, rtol=0)
+    early, _, _ = adversarial_examples(model, x, y, **kw, early_exit=True)
+    assert torch.equal(early, x_adv)
+
+
+def test_pgd_variant_takes_every_step_and_raises_the_loss():
+    x, y = data()
+    torch.manual_seed(0)
+    model = Small()
+    train(model, x.clone(), y, x, y, RECIPE, seed=0, device=CPU, num_classes=3, compile="off")
+    model.eval()
+    beta = 0.1
+    start = random_start(torch.Generator(), x, beta, "linf")
+    x_adv, taken, stopped = adversarial_examples(model, x, y, beta=beta, alpha=beta / 5, steps=7, norm="linf",
+                                                 tau=None, start=start)
+    assert (taken == 7).all() and not stopped.any()
+    with torch.no_grad():
+        clean, at_start, adv = (F.cross_entropy(model(v), y, reduction="none") for v in (x, (x + start).clamp(0, 1),
+                                                                                        x_adv))
+    assert (adv > clean).all() and (adv > at_start).all() and adv.mean() > 1.3 * clean.mean()
+
+
+def engine_run(method="atda", seed=0, **params):
+    x, y = data()
+    torch.manual_seed(seed)
+    model = Small()
+    defense = build_defense(method, "mnist", RECIPE, **params)
+    result = train(model, x.clone(), y, x[:12], y[:12], RECIPE, seed=seed, device=CPU, num_classes=3,
+                   defense=defense, compile="off")
+    return defense, result, model
+
+
+@pytest.mark.parametrize("params", [{}, {"variant": "pgd", "norm": "linf", "beta": 0.062}])
+def test_training_records_the_attack_and_leaves_the_engines_stream_alone(params):
+    defense, result, model = engine_run(**params)
+    s = defense.summary()
+    assert [e["epoch"] for e in s["epochs"]] == [0, 1, 2] and s["last_epoch"] == s["epochs"][-1]
+    steps = 10 if not params else 7
+    for e in s["epochs"]:
+        assert e["examples"] == 96 and 0 <= e["mean_steps"] <= steps
+        assert 0 < e["mean_distance"] <= s["beta"] + 1e-6
+    if params:
+        assert all(e["mean_steps"] == 7 and e["stopped_early_fraction"] == 0 for e in s["epochs"])
+        assert "tau" not in s
+    else:
+        assert s["tau"] == {"dynamic_from_epochs": [1, 2]} and [e["tau"] for e in s["epochs"]] == [0, 1, 2]
+    _, plain, _ = engine_run("none")
+    assert torch.equal(result.context.generator.get_state(), plain.context.generator.get_state())
+    again, _, model_again = engine_run(**params)
+    assert again.summary() == s
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model_again.state_dict().values(),
+                                                 strict=True))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"beta": 0}, "--beta of method 'atda' must be > 0"),
+    ({"beta": 2.0, "norm": "linf"}, "--beta of method 'atda' with --norm linf must be in (0, 1]"),
+    ({"steps": 0}, "--steps of method 'atda' must be >= 1"),
+    ({"variant": "trades"}, "unknown --variant value of method 'atda' 'trades'; valid choices: fat, pgd"),
+    ({"norm": "l1"}, "valid choices: linf, l2"),
+    ({"variant": "pgd", "tau": 1}, "--tau of method 'atda' applies to --variant fat only"),
+    ({"tau": -1}, "--tau of method 'atda' must be >= 0"),
+    ({"step_ratio": 0}, "--step-ratio of method 'atda' must be > 0"),
+])
+def test_bad_options_are_one_line_errors(params, message):
+    with pytest.raises(PoisonbenchError) as err:
+        Atda("mnist", RECIPE, **params)
+    assert message in str(err.value) and "\n" not in str(err.value)
