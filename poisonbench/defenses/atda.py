@@ -197,7 +197,7 @@ class Atda(Defense):
         if p["omega"]:
             noise = p["omega"] * torch.randn((p["steps"], *x.shape), generator=self._generator, device=x.device,
                                              dtype=x.dtype)
-        with ctx.eval_mode() as forward:
+        with ctx.eval_forward(x) as forward:
             x_adv, taken, stopped = adversarial_examples(
                 forward, x, y, beta=p["beta"], alpha=self.alpha, steps=p["steps"], norm=p["norm"],
                 tau=self.tau(ctx.epoch), start=start, noise=noise, early_exit=x.device.type == "cpu")

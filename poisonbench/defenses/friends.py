@@ -1,9 +1,9 @@
 """FRIENDS: friendly noise + random noise (Liu et al., NeurIPS 2022; reference/defenses.md §2; HINT paper §V-B and
 §VI-A3 "FRIENDS+Bernoulli, β = 0.062").
 
-Friendly noise, generated once before epoch `friendly_begin` with the model in eval mode, for every training row
-in use (reference §2.2 step 2): from ε ~ U(±8/255), 30 steps of SGD (lr 100, momentum 0.9, Nesterov; the official
-MultiStepLR is never stepped, so the lr stays constant) minimise
+Friendly noise, generated once before epoch `friendly_begin` with the model in eval mode (`TrainContext.eval_forward`),
+for every training row in use (reference §2.2 step 2): from ε ~ U(±8/255), 30 steps of SGD (lr 100, momentum 0.9,
+Nesterov; the official MultiStepLR is never stepped, so the lr stays constant) minimise
 
     KL(p(x) ‖ p(x')) − μ·mean(e²),    e = clamp(ε, ±β),    x' = clamp(x + e, 0, 1)
 
@@ -138,7 +138,7 @@ class Friends(Defense):
         row_abs_mean = torch.zeros(n, device=ctx.device)
         totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # Σ|δ|, noise pixels at β, unchanged
         max_abs = torch.zeros((), device=ctx.device, dtype=ctx.train_x.dtype)
-        with ctx.eval_mode() as forward:
+        with ctx.eval_forward(ctx.train_x[:1]) as forward:
             for a in range(0, n, step):
                 chunk = rows[a:a + step]
                 x0 = ctx.train_x[chunk]
