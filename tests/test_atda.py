@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from poisonbench.defenses import DEFENSES, Threat, build_defense
 from poisonbench.defenses.atda import (
@@ -23,22 +22,14 @@ from poisonbench.errors import PoisonbenchError
 from poisonbench.recipes import Recipe, resolve_recipe
 from poisonbench.training import train
 
+from .toys import SmallConvNet
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
 RECIPE = Recipe("tiny", epochs=3, batch_size=32, lr=0.05, momentum=0.9)
 
 
-class Small(nn.Module):
-    def __init__(self, classes=3):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU())
-        self.head = nn.Linear(6 * 6 * 6, classes)
-
-    def features(self, x):
-        return self.conv(x).flatten(1)
-
-    def forward(self, x):
-        return self.head(self.features(x))
+Small = SmallConvNet
 
 
 def data(n=96, seed=0, dtype=torch.float32):

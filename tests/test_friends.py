@@ -14,23 +14,15 @@ from poisonbench.errors import PoisonbenchError
 from poisonbench.recipes import Recipe, resolve_recipe
 from poisonbench.training import TrainContext, make_optimizer, train
 
+from .toys import SmallConvNet
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
 RECIPE = Recipe("tiny", epochs=4, batch_size=32, lr=0.05, momentum=0.9)
 BETA = 0.062
 
 
-class Small(nn.Module):
-    def __init__(self, classes=3):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU())
-        self.head = nn.Linear(6 * 6 * 6, classes)
-
-    def features(self, x):
-        return self.conv(x).flatten(1)
-
-    def forward(self, x):
-        return self.head(self.features(x))
+Small = SmallConvNet
 
 
 def data(n=300, seed=0):

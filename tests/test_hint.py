@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from poisonbench import influence as inf
 from poisonbench.defenses import DEFENSES, build_defense
@@ -17,20 +16,14 @@ from poisonbench.models import Normalize
 from poisonbench.recipes import Recipe, resolve_recipe
 from poisonbench.training import TrainContext, make_optimizer, train
 
+from .toys import SmallConvNet
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Small(nn.Module):
+class Small(SmallConvNet):
     def __init__(self, classes=3):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
-        self.head = nn.Linear(4 * 6 * 6, classes)
-
-    def features(self, x):
-        return self.conv(x).flatten(1)
-
-    def forward(self, x):
-        return self.head(self.features(x))
+        super().__init__(classes, channels=4)
 
 
 class SmallNormalized(Small):

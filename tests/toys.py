@@ -19,6 +19,22 @@ from poisonbench.scenarios import ModelRequest, Scenario
 from poisonbench.trained_models import load_or_train
 
 
+class SmallConvNet(nn.Module):
+    """One 3×3 convolution with BatchNorm and a linear head, on 8×8 one-channel images, with the `features` and
+    `head` that poisonbench's models expose: the model of the defenses' mechanism tests."""
+
+    def __init__(self, classes: int = 3, channels: int = 6):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, channels, 3), nn.BatchNorm2d(channels), nn.ReLU())
+        self.head = nn.Linear(channels * 6 * 6, classes)
+
+    def features(self, x):
+        return self.conv(x).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
 @contextmanager
 def registered(registry, name, entry):
     """`entry` in `registry` under `name` for the block (the test's registration line), removed afterwards."""
