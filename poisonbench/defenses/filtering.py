@@ -96,7 +96,7 @@ class Filter(Defense):
                                    "extractor (only the transfer scenario does); use --features trained or auto")
         if self.uses_drop and self.params["drop"] is None and self.threat.budget is None:
             raise PoisonbenchError(f"method {self.name!r} needs --drop (a fraction in [0, 1)): its default, the "
-                                   f"attack's budget share, is unknown in a {self.threat.kind} run")
+                                   f"attack's budget share, is unknown in {self.threat.kind_phrase}")
 
     # ------------------------------------------------------------------------------------------------------------
 

@@ -99,7 +99,7 @@ class DeepKnn(Filter):
     def validate(self) -> None:
         if self.params["k"] is None:
             raise PoisonbenchError(f"method 'knn' needs --k (an integer >= 1): its default 2·budget + 1 needs the "
-                                   f"attack's budget, unknown in a {self.threat.kind} run")
+                                   f"attack's budget, unknown in {self.threat.kind_phrase}")
         super().validate()
 
     def decide(self, ctx: TrainContext, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

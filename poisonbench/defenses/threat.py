@@ -31,6 +31,11 @@ class Threat:
         return self.kind == "targeted"
 
     @property
+    def kind_phrase(self) -> str:
+        """"a clean run", "an untargeted run", "a targeted run": for messages."""
+        return f"{'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind} run"
+
+    @property
     def budget_fraction(self) -> float | None:
         """The budget as a fraction of the train split (None when either is unknown)."""
         if self.budget is None or not self.train_size:
