@@ -120,6 +120,7 @@ class RunStore:
         self.runs = self.root / "runs"
         self.unreadable = 0  # files the last `all()` skipped: not JSON (or not readable) ...
         self.other_schema = 0  # ... or a record of another schema_version
+        self.untrusted: list[tuple[Path, str]] = []  # ... or one with a field a report cannot trust: (file, why)
 
     def path(self, rid: str) -> Path:
         return self.runs / f"{rid}.json"
@@ -154,10 +155,14 @@ class RunStore:
         return path
 
     def all(self) -> list[dict]:
-        """Every complete record of this schema version; the files skipped are counted in `unreadable` and
-        `other_schema` (see `skipped_note`)."""
+        """Every complete, trustworthy record of this schema version; the files skipped are counted in `unreadable`
+        and `other_schema`, and listed with the field at fault in `untrusted` (`record_checks.record_problem`;
+        see `skipped_note` and `untrusted_lines`)."""
+        from .record_checks import record_problem
+
         records = []
         self.unreadable = self.other_schema = 0
+        self.untrusted = []
         for path in sorted(self.runs.glob("*.json")):
             try:
                 record = json.loads(path.read_text())
@@ -168,6 +173,8 @@ class RunStore:
                 self.other_schema += 1
             elif not is_complete(record):
                 self.unreadable += 1
+            elif (problem := record_problem(record)) is not None:
+                self.untrusted.append((path, problem))
             else:
                 records.append(record)
         return records
@@ -176,8 +183,14 @@ class RunStore:
         """One line on the files the last `all()` skipped, or None."""
         parts = [f"{self.unreadable} unreadable or incomplete"] if self.unreadable else []
         parts += [f"{self.other_schema} not of schema_version {SCHEMA_VERSION}"] if self.other_schema else []
-        skipped = self.unreadable + self.other_schema
+        parts += [f"{len(self.untrusted)} with a field that cannot be trusted"] if self.untrusted else []
+        skipped = self.unreadable + self.other_schema + len(self.untrusted)
         return f"skipped {skipped} record file(s) in {self.runs}: {', '.join(parts)}" if parts else None
+
+
+    def untrusted_lines(self) -> list[str]:
+        """One warning line per record the last `all()` skipped as untrustworthy, naming the file and the field."""
+        return [f"skipped {path}: {problem}" for path, problem in self.untrusted]
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

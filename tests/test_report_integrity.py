@@ -288,6 +288,45 @@ def test_skipped_record_files_are_counted_on_stderr(cli, tmp_path):
     assert code == 0 and strict_json(out)["rows"] and "skipped 4" in err
 
 
+def _spoiled(trial: int, path: tuple[str, ...], value) -> dict:
+    record = make_record(trial=trial, acc=0.9)
+    node = record
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    record["run_id"] = f"spoiled{trial}"
+    return record
+
+
+SPOILED = [  # (field path, value, the words of the warning)
+    (("metrics", "test_acc"), float("nan"), "metrics.test_acc is nan"),
+    (("metrics", "test_acc"), None, "metrics.test_acc is None"),
+    (("metrics", "test_acc"), 5.0, "metrics.test_acc is 5.0, not a number in [0, 1]"),
+    (("metrics", "test_acc"), "0.9", "metrics.test_acc is '0.9'"),
+    (("config", "recipe", "epochs"), "10", "config.recipe.epochs is '10', not an integer >= 1"),
+    (("config", "trial"), True, "config.trial is True"),
+    (("cost", "seconds"), float("inf"), "cost.seconds is inf"),
+    (("metrics", "val_acc"), -0.1, "metrics.val_acc is -0.1"),
+]
+
+
+def test_records_that_cannot_be_trusted_are_named_and_never_averaged(cli, tmp_path):
+    good = [make_record(trial=t, acc=0.8 + 0.02 * t) for t in range(3)]
+    spoiled = [_spoiled(10 + i, path, value) for i, (path, value, _) in enumerate(SPOILED)]
+    res = write_records(tmp_path / "res", good + spoiled)  # json.dumps writes NaN and Infinity as Python reads them
+    code, out, err = cli("report", "--format", "json", "--results", res)
+    assert code == 0, err
+    (row,) = strict_json(out)
+    assert row["n"] == 3 and abs(row["test_acc_mean"] - 0.82) < 1e-9  # the three good runs only, one configuration
+    lines = err.strip().splitlines()
+    for i, (_, _, words) in enumerate(SPOILED):
+        (line,) = [line for line in lines if f"spoiled{10 + i}.json" in line]
+        assert words in line, line
+    assert f"skipped {len(SPOILED)} record file(s)" in err and "Traceback" not in err
+    code, out, err = cli("report", "--table", "2", "--format", "json", "--results", res)
+    assert code == 0 and "Traceback" not in err and f"{len(SPOILED)} with a field that cannot be trusted" in err
+
+
 def test_a_file_named_runs_is_a_one_line_error(cli, tmp_path):
     (tmp_path / "res").mkdir()
     (tmp_path / "res" / "runs").write_text("x")

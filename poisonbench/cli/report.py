@@ -165,6 +165,8 @@ def report(
                "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
                "mix": attacks or tables.PAPER_MIX, "poison_sets": "" if chosen is None else chosen}
     records = store.all()
+    for line in store.untrusted_lines():
+        note(line)
     if store.skipped_note():
         note(store.skipped_note())
 
