@@ -124,6 +124,29 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 @contextmanager
+def try_exclusive(lock_path: Path) -> Iterator[bool]:
+    """`exclusive` without waiting: yields True holding the lock, or False at once when another process holds it
+    (e.g. a `defend` that finds another process training the same run goes on with its other runs first)."""
+    lock_path = Path(lock_path)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(lock_path, "a")  # closed by the `with` below
+    except OSError as e:
+        raise PoisonbenchError(f"cannot create the lock file {str(lock_path)!r}: {why_not_written(e, lock_path)}") \
+            from None
+    with lock_file as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
 def exclusive(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock (flock) on `lock_path` (created if absent) for the block.
 

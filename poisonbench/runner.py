@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .checkpoints import Checkpoint, checkpoint_path
 from .data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
@@ -18,6 +19,7 @@ from .defend_spec import DefendSpec, Reporter, trial_numbers, validate
 from .defenses import build_defense
 from .device import resolve_device, to_float
 from .errors import PoisonbenchError
+from .io import exclusive, try_exclusive
 from .models import DEFAULT_MODEL, check_fits
 from .poisons import craft_directories
 from .recipes import resolve_recipe
@@ -82,16 +84,16 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
                 raise PoisonbenchError(f"the record of run {run_id(config)} has schema version {version!r} (this "
                                        f"poisonbench writes {SCHEMA_VERSION}): another version wrote it; "
                                        "--force replaces it, or use another --results")
-    outcomes = []
+    outcomes: dict[str, RunOutcome] = {}
     tensors = None
-    for config, plan in zip(configs, plans, strict=True):
-        rid = run_id(config)
-        existing = store.get(rid)
+
+    def run_claimed(config: dict, plan: PoisonPlan | None, rid: str) -> RunOutcome:
+        nonlocal tensors
+        existing = store.get(rid)  # read under the claim: a process that held it may have just finished the run
         checkpoint = Checkpoint(checkpoint_path(store.root, rid), spec.checkpoint_every)
         if existing is not None and not spec.force:
             checkpoint.clear()  # left behind by a kill between writing the record and clearing it
-            outcomes.append(RunOutcome(existing, "skipped"))
-            continue
+            return RunOutcome(existing, "skipped")
         if spec.force:
             checkpoint.clear()
         if tensors is None:
@@ -107,5 +109,25 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
                                    "printed above; re-running after fixing this resumes from the run's last epoch "
                                    "checkpoint, if one was written") from None
         checkpoint.clear()
-        outcomes.append(RunOutcome(record, "ran"))
-    return outcomes
+        return RunOutcome(record, "ran")
+
+    # A run is claimed (an flock that dies with its holder) before it trains, so two processes never train the
+    # same run: a run another process holds is put off until this process's other runs are done, then waited for
+    # (and skipped if its record appeared; run, resuming from its checkpoint, if its holder died first).
+    held_elsewhere = []
+    for config, plan in zip(configs, plans, strict=True):
+        rid = run_id(config)
+        with try_exclusive(run_lock(store, rid)) as claimed:
+            if claimed:
+                outcomes[rid] = run_claimed(config, plan, rid)
+            else:
+                held_elsewhere.append((config, plan, rid))
+    for config, plan, rid in held_elsewhere:
+        with exclusive(run_lock(store, rid)):
+            outcomes[rid] = run_claimed(config, plan, rid)
+    return [outcomes[run_id(config)] for config in configs]
+
+
+def run_lock(store: RunStore, rid: str) -> Path:
+    """The claim of run `rid` in the workspace (beside the PoisonSets' and pre-trained models' locks)."""
+    return store.root / "locks" / f"run-{rid}.lock"
