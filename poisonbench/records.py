@@ -188,6 +188,35 @@ class RunStore:
         return f"skipped {skipped} record file(s) in {self.runs}: {', '.join(parts)}" if parts else None
 
 
+    def failure_path(self, rid: str) -> Path:
+        return self.root / "failures" / f"{rid}.json"
+
+    def put_failure(self, rid: str, config: dict, error: BaseException) -> Path:
+        """Write what made run `rid` raise (error, traceback, host, time, config) beside the records, never as
+        one: `report` reads `runs/` only, and a later successful run removes it (`clear_failure`)."""
+        import datetime
+        import traceback
+
+        path = self.failure_path(rid)
+        atomic_write_json(path, {
+            "run_id": rid, "schema_version": SCHEMA_VERSION, "config": config,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(traceback.format_exception(error)),
+            "host": platform.node(), "pid": os.getpid(),
+            "failed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        })
+        return path
+
+    def failure(self, rid: str) -> dict | None:
+        """The failure record of `rid`, or None."""
+        try:
+            return json.loads(self.failure_path(rid).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def clear_failure(self, rid: str) -> None:
+        self.failure_path(rid).unlink(missing_ok=True)
+
     def untrusted_lines(self) -> list[str]:
         """One warning line per record the last `all()` skipped as untrustworthy, naming the file and the field."""
         return [f"skipped {path}: {problem}" for path, problem in self.untrusted]

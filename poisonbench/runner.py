@@ -99,8 +99,15 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
         if tensors is None:
             tensors = {name: (to_float(s.x, device), s.y.to(device))
                        for name, s in (("train", data.train), ("val", data.val), ("test", data.test))}
-        record = execute(spec, scenario, config, rid, data, tensors, device, reporter, load_seconds, plan,
-                         checkpoint)
+        try:
+            record = execute(spec, scenario, config, rid, data, tensors, device, reporter, load_seconds, plan,
+                             checkpoint)
+        except Exception as error:  # a failure record beside the results (never a result); the error goes on
+            try:
+                store.put_failure(rid, config, error)
+            except OSError:
+                pass  # the error itself is what the caller must see
+            raise
         try:
             store.put(record)
         except OSError as e:  # the checkpoint stays (a re-run resumes from it); the finished record is shown
@@ -109,6 +116,7 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
                                    "printed above; re-running after fixing this resumes from the run's last epoch "
                                    "checkpoint, if one was written") from None
         checkpoint.clear()
+        store.clear_failure(rid)  # an earlier attempt's
         return RunOutcome(record, "ran")
 
     # A run is claimed (an flock that dies with its holder) before it trains, so two processes never train the

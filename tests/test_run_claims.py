@@ -84,3 +84,26 @@ def test_a_free_run_is_claimed_only_while_it_trains(tiny_npz, tmp_path):
     for rid in (rid0, rid1):  # both claims were released: another process could take them at once
         with open(run_lock(store, rid), "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_run_that_raises_leaves_a_failure_record_beside_the_results_never_a_result(tiny_npz, tmp_path,
+                                                                                     monkeypatch):
+    from poisonbench import runner
+
+    spec, configs, (rid0, rid1) = spec_and_ids(tiny_npz, tmp_path)
+    spec.trials = 1
+    store = RunStore(tmp_path)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("the GPU fell off")
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "execute", boom)
+        with pytest.raises(RuntimeError, match="fell off"):
+            defend(spec)
+    failure = store.failure(rid0)
+    assert failure["error"] == "RuntimeError: the GPU fell off" and "Traceback" in failure["traceback"]
+    assert failure["config"] == configs[0] and failure["host"] and failure["failed_at"]
+    assert store.get(rid0) is None and store.all() == []  # no result, nothing a report would average
+    (outcome,) = defend(spec)  # the retry trains it and clears the failure
+    assert outcome.status == "ran" and store.get(rid0) is not None and store.failure(rid0) is None
