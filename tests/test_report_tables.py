@@ -632,3 +632,23 @@ def test_figure_1_draws_a_run_with_the_papers_parameters(tmp_path, monkeypatch):
     assert drawn == [paper_run["run_id"]]
     noise.figure_1([sweep], tmp_path)  # only a sensitivity run: still drawn
     assert drawn[-1] == sweep["run_id"]
+
+
+def test_table_iii_shows_every_run_at_its_threat_dependent_defaults():
+    """Deep k-NN's default k = 2·budget + 1 differs from column to column (GM 4 %, BP 1 %): every run at its
+    defaults is in its column, none is left out as "other parameters"; a run at another k is."""
+    def knn_run(attack, trial, poisoned, ratio, k):
+        r = make_record(dataset="mnist-5k", recipe="quick", trial=trial, method="knn",
+                        params={"k": k, "knn_self": True, "features": "auto"},
+                        targeted={"attack": attack, "target_index": trial, "target_class": 1, "intended_class": 2,
+                                  "success": False})
+        r["config"]["poison"].update(poisoned=poisoned, ratio=ratio)
+        r["run_id"] = short_hash(r["config"])
+        return r
+
+    runs = [knn_run("gm", t, 156, 0.04, 313) for t in range(2)] + [knn_run("bp", t, 39, 0.01, 79) for t in range(2)]
+    table = tables.build("3", runs + [knn_run("bp", 2, 39, 0.01, 5)], tables.Options(trials=2))
+    cells = {r["attack"]: r for r in json.loads(tables.render(table, "json"))["rows"] if r["method"] == "knn"}
+    assert cells["gm"]["trials"] == 2 and cells["bp"]["trials"] == 2
+    notes = [n for b in table.blocks for n in b.notes if n]
+    assert any("not shown: 1 run(s) of knn with other parameters" in n and "k=5" in n for n in notes), notes

@@ -20,17 +20,21 @@ def variant_text(chosen: str, other: str) -> str:
 
 def primary(df: pd.DataFrame, method: str, fixed: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows of `method` in its table setting (params matching `fixed`, e.g. HINT r = 0.5, β = 0.062; among
-    the remaining parameter sets the defense's defaults, else the one with the most runs) and the rows left
-    out. Preferring the defaults keeps a cell from switching to a sensitivity run that has more trials."""
+    the remaining runs those at the defense's defaults, else the parameter set with the most runs) and the rows
+    left out. Preferring the defaults keeps a cell from switching to a sensitivity run that has more trials. The
+    defaults may differ from run to run where they depend on the threat (Deep k-NN's k = 2·budget + 1, one per
+    attack column of Table III), so every run at its defaults is kept, whatever their values."""
     rows = df[df.method == method]
     keep = rows
     for key, value in (fixed or {}).items():
         keep = keep[close(keep[key], value)]
     if keep.empty:
         return keep, rows
+    defaults = keep[keep.default_params.astype(bool)]
+    if not defaults.empty:  # every run at its defaults, which may differ by threat (a budget's k, ATDA's β)
+        return defaults, rows.drop(defaults.index)
     counts = keep.groupby("params_json").size()
-    default = keep.groupby("params_json").default_params.any()
-    chosen = sorted(counts.index, key=lambda p: (not default[p], -counts[p], p))[0]
+    chosen = sorted(counts.index, key=lambda p: (-counts[p], p))[0]
     return rows[rows.params_json == chosen], rows[rows.params_json != chosen]
 
 
