@@ -123,18 +123,22 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _lock_file(lock_path: Path):
+    """The lock file opened for appending (created with its directory if absent); a one-line error if it cannot be."""
+    lock_path = Path(lock_path)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        return open(lock_path, "a")
+    except OSError as e:
+        raise PoisonbenchError(f"cannot create the lock file {str(lock_path)!r}: {why_not_written(e, lock_path)}") \
+            from None
+
+
 @contextmanager
 def try_exclusive(lock_path: Path) -> Iterator[bool]:
     """`exclusive` without waiting: yields True holding the lock, or False at once when another process holds it
     (e.g. a `defend` that finds another process training the same run goes on with its other runs first)."""
-    lock_path = Path(lock_path)
-    try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(lock_path, "a")  # closed by the `with` below
-    except OSError as e:
-        raise PoisonbenchError(f"cannot create the lock file {str(lock_path)!r}: {why_not_written(e, lock_path)}") \
-            from None
-    with lock_file as f:
+    with _lock_file(lock_path) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -154,14 +158,7 @@ def exclusive(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Ite
     the others wait, then find the artifact. `on_wait` is called once if another process holds the lock.
     The lock dies with its holder (a killed craft never blocks the next one).
     """
-    lock_path = Path(lock_path)
-    try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(lock_path, "a")  # closed by the `with` below
-    except OSError as e:
-        raise PoisonbenchError(f"cannot create the lock file {str(lock_path)!r}: {why_not_written(e, lock_path)}") \
-            from None
-    with lock_file as f:
+    with _lock_file(lock_path) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
