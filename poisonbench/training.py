@@ -171,7 +171,8 @@ def train(
                 if batch_hook:
                     with hook_clock.timing():
                         x, y = defense.batch(ctx, x, y, idx)
-                logits = forward(x)
+                logits = (forward if compiles_size(compiled, len(y), recipe.batch_size, len(ctx.train_y))
+                          else model)(x)
                 loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -206,6 +207,14 @@ def train(
                            prior_seconds=prior_seconds, prior_cpu_seconds=prior_cpu)
     finally:
         kernels.restore()
+
+
+def compiles_size(compiled: bool, size: int, batch_size: int, rows: int) -> bool:
+    """Whether a batch of `size` rows goes through the compiled forward: the full batch and the last batch of all
+    `rows` only. A defense that trains on fewer rows (a filter, EPIC's drops) makes other last-batch sizes, which
+    run eagerly instead of recompiling the static-shape graph at every drop (the same function up to float
+    rounding); the rule depends on nothing but these numbers, so a resumed run makes the same choices."""
+    return compiled and size in (batch_size, rows % batch_size or batch_size)
 
 
 def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_done: int, seconds: float,

@@ -193,3 +193,14 @@ def test_optimizer_takes_every_recipe_field():
     g = opt.param_groups[0]
     assert (g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]) == (0.05, 0.8, True, 1e-3)
     assert sched.gamma == 0.3 and sorted(sched.milestones) == [2, 5]
+
+
+def test_only_the_full_batch_and_the_datas_last_batch_are_compiled():
+    """EPIC's drops and a filter's removals change the last batch's size: those sizes run eagerly rather than
+    recompiling the static graph at every drop; the choice depends only on the sizes, so a resume repeats it."""
+    from poisonbench.training import compiles_size
+
+    assert compiles_size(True, 128, 128, 3900) and compiles_size(True, 3900 % 128, 128, 3900)
+    assert not compiles_size(True, 6, 128, 3900) and not compiles_size(True, 59, 128, 3900)
+    assert compiles_size(True, 128, 128, 3840) and not compiles_size(True, 0, 128, 3840)  # no partial batch
+    assert not compiles_size(False, 128, 128, 3900)
