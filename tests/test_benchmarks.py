@@ -91,7 +91,8 @@ def test_influence_benchmark_compares_equal_computations(capsys, tmp_path):
     assert report["speedup_vs_official_cg"] == pytest.approx(official["total_s"] / ours["total_s"])
     passes = report["passes"]  # the yardstick: our two network passes, their model FLOPs, and the quotients
     assert passes["total_s"] == pytest.approx(passes["features_all_s"] + passes["input_grad_selected_s"])
-    assert 0 < passes["total_s"] <= ours["total_s"]
+    assert passes["total_s"] > 0  # timed apart (best of 3): how it compares with the stage is the benchmark's output,
+    # not a property a loaded machine keeps (a burst of load once made the passes 2.6x the stage's single timing)
     per_image = 2 * 24 * 24 * 25 * 40 + 2 * 8 * 8 * 1000 * 100 + 2 * 1600 * 10  # the ConvNet's forward
     # features of all 3,900 rows (no head: the 1600→10 product left out) and, over the 1,950 selected, a forward
     # and the input gradient (the 40→100 layer's and the head's; the stem's, of its 1-channel input, is cheap)
