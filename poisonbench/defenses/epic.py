@@ -34,12 +34,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
-from ..accel import inference_copy
-from ..chunking import chunk_rows
 from ..errors import PoisonbenchError
 from ..hashing import derived_seed
+from ..influence import head_inputs, residuals
 from ..params import Param
 from . import facility_location as fl
 from .base import Defense
@@ -94,19 +92,14 @@ def class_budgets(counts: list[int], subset: float, generator: torch.Generator) 
 
 
 @torch.no_grad()
-def gradient_proxy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-                   omit_bias: bool = False, accel: str | None = None) -> torch.Tensor:
-    """g = softmax(logits) − onehot(y) for every row (eval mode, on a frozen copy; `model` is untouched).
-    `omit_bias`: logits = φ·Wᵀ without the head's bias, as the official code (bug E2, reference §3.6)."""
-    frozen = inference_copy(model, x[:1], accel)
-    rows = chunk_rows(frozen, x[:1], 1024)
-    probs = []
-    for i in range(0, len(x), rows):
-        phi = frozen.features(x[i:i + rows])
-        logits = phi @ frozen.head.weight.T if omit_bias else frozen.head(phi)
-        probs.append(F.softmax(logits.float(), 1))
-    p = torch.cat(probs)
-    return p - F.one_hot(y, num_classes).to(p.dtype)
+def gradient_proxy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, omit_bias: bool = False) -> torch.Tensor:
+    """g = softmax(logits) − onehot(y) for every row (eval mode, on HINT's frozen copy: `influence.head_inputs`,
+    `influence.residuals`; `model` is untouched). `omit_bias`: logits = φ·Wᵀ without the head's bias, as the
+    official code (bug E2, reference §3.6)."""
+    h, logits = head_inputs(model, x, dtype=torch.float32)
+    if omit_bias:
+        logits = h[:, :-1] @ model.head.weight.float().T
+    return residuals(logits, y)
 
 
 def small_cluster_rows(g: torch.Tensor, y: torch.Tensor, budgets: list[int], threshold: float, greedy: str,
@@ -192,7 +185,7 @@ class Epic(Defense):
         start = time.perf_counter()
         p = self.params
         with ctx.timed("epic_proxy"):
-            g = gradient_proxy(ctx.model, ctx.train_x, ctx.train_y, ctx.num_classes, p["omit_bias"], ctx.accel)
+            g = gradient_proxy(ctx.model, ctx.train_x, ctx.train_y, p["omit_bias"])
         with ctx.timed("epic_select"):
             counts = torch.bincount(ctx.train_y, minlength=ctx.num_classes).tolist()
             budgets = class_budgets(counts, p["subset"], self._generator)
