@@ -26,6 +26,7 @@ from .recipes import resolve_recipe
 from .records import SCHEMA_VERSION, RunStore, git_state, run_id
 from .run_execution import execute
 from .scenarios import PoisonPlan, Scenario, scenario_for
+from .termination import stop_if_requested
 
 __all__ = ["DefendSpec", "RunOutcome", "defend", "run_config", "run_id"]
 
@@ -125,12 +126,14 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     held_elsewhere = []
     for config, plan in zip(configs, plans, strict=True):
         rid = run_id(config)
+        stop_if_requested(f"before trial {config['trial']} (run {rid})")  # SIGTERM in a last epoch: that run finished
         with try_exclusive(run_lock(store, rid)) as claimed:
             if claimed:
                 outcomes[rid] = run_claimed(config, plan, rid)
             else:
                 held_elsewhere.append((config, plan, rid))
     for config, plan, rid in held_elsewhere:
+        stop_if_requested(f"before trial {config['trial']} (run {rid})")
         with exclusive(run_lock(store, rid)):
             outcomes[rid] = run_claimed(config, plan, rid)
     return [outcomes[run_id(config)] for config in configs]
@@ -139,3 +142,53 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
 def run_lock(store: RunStore, rid: str) -> Path:
     """The claim of run `rid` in the workspace (beside the PoisonSets' and pre-trained models' locks)."""
     return store.root / "locks" / f"run-{rid}.lock"
+
+
+def prepare(spec: DefendSpec, reporter: Reporter | None = None) -> list[dict]:
+    """`defend --prepare-only`: craft the PoisonSets that the spec's trials need and are missing, and train the
+    pre-trained model a scenario shares (the transfer extractor), then stop; nothing is trained, no record written.
+    A sweep runs this once per PoisonSet before the runs that share it (poisonbench.sweeps). Returns one entry per
+    PoisonSet: {poison_id, attack, status: crafted | on disk}. A craft that raises leaves a failure record under the
+    key `craft-<poison id>`."""
+    from .scenarios import ModelRequest
+
+    validate(spec)
+    device = resolve_device(spec.device)
+    store = RunStore(spec.results)
+    data = load_dataset(spec.dataset, spec.data_dir, spec.download, npz_split=spec.npz_split)
+    scenario = scenario_for(spec)
+    plans = [scenario.plan(spec, data, t) for t in trial_numbers(spec)]
+    if any(plan is not None for plan in plans):
+        craft_directories(spec.results)
+    store.ensure_writable()
+    out: dict[str, dict] = {}
+    train_x = None
+    for trial, plan in zip(trial_numbers(spec), plans, strict=True):
+        if plan is None:
+            continue
+        if train_x is None:
+            train_x = to_float(data.train.x, device)
+        try:
+            plan.apply(train_x.clone(), results_root=spec.results, device=device, reporter=reporter,
+                       compile=spec.compile, accel=spec.accel)
+        except Exception as error:
+            for pid in plan.crafts:
+                try:
+                    store.put_failure(craft_key(pid), plan.config, error)
+                except OSError:
+                    pass
+            raise
+        for pid, attack in plan.crafts.items():
+            store.clear_failure(craft_key(pid))
+            status = "crafted" if plan.crafted.get(pid) else "on disk"
+            if out.get(pid, {}).get("status") != "crafted":
+                out[pid] = {"poison_id": pid, "attack": attack, "status": status}
+        config = run_config(spec, data, trial, plan, scenario)
+        scenario.build_model(ModelRequest(config["model"], data, config["seed"], device, spec.results, reporter,
+                                          spec.compile, spec.accel))  # loads or trains what the scenario shares
+    return list(out.values())
+
+
+def craft_key(poison_id: str) -> str:
+    """The failure-record key of crafting PoisonSet `poison_id` (beside the runs' failure records)."""
+    return f"craft-{poison_id}"

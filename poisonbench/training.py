@@ -7,7 +7,7 @@ shapes (dynamic=False: two training graphs, full and last batch, plus one eval-m
 chunk shape). All randomness (init, order, augmentation)
 comes from the seed, so the same seed gives the same numbers on the same device. With a `Checkpoint`, the
 state after an epoch is saved from time to time and a killed run resumes from it with the same numbers
-(poisonbench/checkpoints.py).
+(poisonbench/checkpoints.py); a SIGTERM lets the epoch in progress finish and saves it (poisonbench/termination.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment
+from . import augment, termination
 from .accel import check_accel_mode, training_kernels
 from .checkpoints import (
     Checkpoint,
@@ -102,6 +102,8 @@ def train(
     evaluated every `eval_every` epochs (0: only after the last epoch) and land in the history.
     `checkpoint`: resume from it if it holds a matching state, and save to it after an epoch when
     `checkpoint.every` seconds have passed since the last save (the caller removes it once the result is safe).
+    After `termination.install()`, a SIGTERM ends the epoch in progress, saves it to `checkpoint` (if any, and unless
+    it was the last epoch: then training just finishes) and raises `termination.Terminated`.
     `accel` (auto | off): the CPU kernels' switch (poisonbench.accel), also the current mode for the frozen
     copies the hooks make; `ctx.accel` tells the defense.
     `model_factory(seed)` builds a fresh model of the run's kind, for defenses that train one first.
@@ -145,68 +147,90 @@ def train(
         start_epoch, prior_seconds, prior_cpu = 0, 0.0, 0.0
         if saved is not None:
             start_epoch, prior_seconds, prior_cpu = _restore(*saved, ctx, scheduler, defense, history)
-        last_save = time.perf_counter()
+        last_save, saved_epochs = time.perf_counter(), -1
 
-        for epoch in range(start_epoch, recipe.epochs):
-            ctx.epoch = epoch
-            with ctx.timed("defense_epoch"):
-                defense.on_epoch_start(ctx, epoch)
-            sync(device)
-            start = time.perf_counter()
-            n = len(ctx.train_y) if ctx.active is None else len(ctx.active)
-            order = torch.randperm(n, device=device, generator=generator)
-            if ctx.active is not None:
-                order = ctx.active[order]
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            steps = (n + recipe.batch_size - 1) // recipe.batch_size
-            set_train_mode(model)
-            for step in range(steps):
-                idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-                x, y = ctx.train_x[idx], ctx.train_y[idx]
-                if raw_hook:
-                    with hook_clock.timing():
-                        x, y = defense.batch_raw(ctx, x, y, idx)
-                x = augment.apply(recipe.augment, x, generator)
-                if batch_hook:
-                    with hook_clock.timing():
-                        x, y = defense.batch(ctx, x, y, idx)
-                logits = (forward if compiles_size(compiled, len(y), recipe.batch_size, len(ctx.train_y))
-                          else model)(x)
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                if on_batch:
-                    on_batch(epoch, step + 1, steps)
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                   "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
-            scheduler.step()
-            sync(device)
-            ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
-            if raw_hook or batch_hook:  # part of `train`, and the defense's own cost (Table V)
-                ctx.cost["defense_batch"] = ctx.cost.get("defense_batch", 0.0) + hook_clock.collect()
-            last = epoch + 1 == recipe.epochs
-            if eval_sets and (last or (eval_every and (epoch + 1) % eval_every == 0)):
-                with ctx.timed("eval"):
-                    for name, (ex, ey) in eval_sets.items():
-                        row[f"{name}_acc"] = accuracy(forward, ex, ey)
-            history.append(row)
-            if checkpoint is not None and not last and time.perf_counter() - last_save >= checkpoint.every:
-                with ctx.timed("checkpoint"):
-                    seconds = prior_seconds + time.perf_counter() - wall_start
-                    cpu = None if prior_cpu is None else prior_cpu + time.process_time() - cpu_start
-                    checkpoint.save(*_snapshot(ctx, defense, history, epoch + 1, seconds, cpu))
-                last_save = time.perf_counter()
-            if on_epoch:
-                on_epoch(epoch, row)
+        def save(epochs_done: int) -> bool:
+            """Checkpoint the state after `epochs_done` epochs; whether it is on disk."""
+            nonlocal last_save, saved_epochs
+            with ctx.timed("checkpoint"):
+                seconds = prior_seconds + time.perf_counter() - wall_start
+                cpu = None if prior_cpu is None else prior_cpu + time.process_time() - cpu_start
+                written = checkpoint.save(*_snapshot(ctx, defense, history, epochs_done, seconds, cpu))
+            last_save = time.perf_counter()
+            if written:
+                saved_epochs = epochs_done
+            return written
+
+        with termination.deferred():  # a SIGTERM now stops after the epoch in progress (poisonbench/termination.py)
+            for epoch in range(start_epoch, recipe.epochs):
+                ctx.epoch = epoch
+                with ctx.timed("defense_epoch"):
+                    defense.on_epoch_start(ctx, epoch)
+                sync(device)
+                start = time.perf_counter()
+                n = len(ctx.train_y) if ctx.active is None else len(ctx.active)
+                order = torch.randperm(n, device=device, generator=generator)
+                if ctx.active is not None:
+                    order = ctx.active[order]
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device, dtype=torch.long)
+                steps = (n + recipe.batch_size - 1) // recipe.batch_size
+                set_train_mode(model)
+                for step in range(steps):
+                    idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                    x, y = ctx.train_x[idx], ctx.train_y[idx]
+                    if raw_hook:
+                        with hook_clock.timing():
+                            x, y = defense.batch_raw(ctx, x, y, idx)
+                    x = augment.apply(recipe.augment, x, generator)
+                    if batch_hook:
+                        with hook_clock.timing():
+                            x, y = defense.batch(ctx, x, y, idx)
+                    logits = (forward if compiles_size(compiled, len(y), recipe.batch_size, len(ctx.train_y))
+                              else model)(x)
+                    loss = F.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.detach() * len(y)
+                    correct += (logits.detach().argmax(1) == y).sum()
+                    if on_batch:
+                        on_batch(epoch, step + 1, steps)
+                row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                       "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
+                scheduler.step()
+                sync(device)
+                ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
+                if raw_hook or batch_hook:  # part of `train`, and the defense's own cost (Table V)
+                    ctx.cost["defense_batch"] = ctx.cost.get("defense_batch", 0.0) + hook_clock.collect()
+                last = epoch + 1 == recipe.epochs
+                if eval_sets and (last or (eval_every and (epoch + 1) % eval_every == 0)):
+                    with ctx.timed("eval"):
+                        for name, (ex, ey) in eval_sets.items():
+                            row[f"{name}_acc"] = accuracy(forward, ex, ey)
+                history.append(row)
+                if checkpoint is not None and not last and time.perf_counter() - last_save >= checkpoint.every:
+                    save(epoch + 1)
+                if on_epoch:
+                    on_epoch(epoch, row)
+                if termination.requested() and not last:  # SIGTERM (after the periodic save: once per epoch)
+                    written = checkpoint is not None and (saved_epochs == epoch + 1 or save(epoch + 1))
+                    raise termination.Terminated(stopped(epoch + 1, recipe.epochs, checkpoint, written))
         model.to(memory_format=torch.contiguous_format)
         return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx, resumed_from=start_epoch,
                            prior_seconds=prior_seconds, prior_cpu_seconds=prior_cpu)
     finally:
         kernels.restore()
+
+
+def stopped(epochs_done: int, epochs: int, checkpoint: Checkpoint | None, written: bool) -> str:
+    """What a training stopped by SIGTERM after `epochs_done` epochs kept."""
+    text = f"training stopped by SIGTERM after epoch {epochs_done} of {epochs}"
+    if checkpoint is None:
+        return text + " (this training keeps no checkpoint)"
+    if not written:
+        return text + f"; checkpoint {checkpoint.path} not saved (see the warning)"
+    return text + f"; checkpoint saved: {checkpoint.path} (running the same command again resumes from it)"
 
 
 def compiles_size(compiled: bool, size: int, batch_size: int, rows: int) -> bool:

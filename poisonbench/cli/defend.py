@@ -16,6 +16,7 @@ from ..recipes import resolve_recipe
 from ..records import RunStore
 from ..runner import DefendSpec
 from ..runner import defend as run_defend
+from ..runner import prepare as run_prepare
 from ..scenarios import parse_poison_sets
 from . import options
 from .generated import chosen_values, collect_options, typer_parameters, with_options
@@ -90,30 +91,66 @@ def defend(
         CHECKPOINT_EVERY, "--checkpoint-every", metavar="SECONDS",
         help="Save the run's state after an epoch when this many seconds passed since the last save (0: every "
              "epoch); a killed run resumes from it with the same numbers."),
+    prepare_only: bool = typer.Option(False, "--prepare-only",
+                                      help="Only craft the runs' missing PoisonSets and train the pre-trained models "
+                                           "they share (what `sweep` does before the runs), then stop: nothing "
+                                           "trained, no record."),
     as_json: bool = options.Json,
     **method_options,
 ) -> None:
     """Train on the (optionally poisoned) train split with a defense; one record per trial."""
-    chosen = chosen_values(method_option_list(), method_options, "method", method, DEFENSES.get(method).PARAMS)
-    spec = DefendSpec(
-        dataset=dataset, data_dir=data_dir, download=download, npz_split=parse_npz_split(npz_split, dataset),
-        model=model, recipe=recipe,
-        recipe_overrides={"epochs": epochs, "lr": lr, "batch_size": batch_size, "momentum": momentum,
-                          "nesterov": nesterov, "weight_decay": weight_decay,
-                          "milestones": _milestones(milestones), "augment": augment},
-        scenario=scenario, poison_ratio=poison_ratio,
-        attacks=[a.strip() for a in attacks.split(",")] if attacks is not None else None,
-        poison_sets=parse_poison_sets(poisons), poison_set=poison_set,
-        attack=attack, attack_params=parse_attack_params(attack, attack_params), eps=eps, budget=budget,
-        target=target, intended=intended, setup=setup, setup_index=setup_index,
-        method=method, method_params=chosen,
-        seed=seed, trials=trials, trial=trial, device=device, compile=compile, accel=accel, results=results,
-        force=force,
-        checkpoint_every=checkpoint_every,
-    )
+    spec = spec_from_options(dict(locals()))
+    if prepare_only:
+        show_prepared(run_prepare(spec, RichReporter()), as_json)
+        return
     reporter = RichReporter()
     outcomes = run_defend(spec, reporter)
     store = RunStore(results)
+    show_outcomes(outcomes, store, as_json)
+
+
+def spec_from_options(given: dict) -> DefendSpec:
+    """The `DefendSpec` of `defend`'s parsed options ({python name: value}, generated method options included):
+    the one translation of options into a spec, shared by `defend` and the sweeps (poisonbench.sweeps)."""
+    own = set(inspect.signature(defend).parameters) - {"method_options"}
+    method_options = {k: v for k, v in given.items() if k not in own and k != "method_options"}
+    method_options.update(given.get("method_options") or {})
+    g = {k: given.get(k, p.default) for k, p in inspect.signature(defend).parameters.items() if k in own}
+    g = {k: (v.default if isinstance(v, typer.models.OptionInfo) else v) for k, v in g.items()}  # not given
+    method, attack, attacks, milestones = g["method"] or "none", g["attack"], g["attacks"], g["milestones"]
+    chosen = chosen_values(method_option_list(), method_options, "method", method, DEFENSES.get(method).PARAMS)
+    return DefendSpec(
+        dataset=g["dataset"], data_dir=g["data_dir"], download=bool(g["download"]),
+        npz_split=parse_npz_split(g["npz_split"], g["dataset"]),
+        model=g["model"], recipe=g["recipe"],
+        recipe_overrides={"epochs": g["epochs"], "lr": g["lr"], "batch_size": g["batch_size"],
+                          "momentum": g["momentum"], "nesterov": g["nesterov"], "weight_decay": g["weight_decay"],
+                          "milestones": _milestones(milestones), "augment": g["augment"]},
+        scenario=g["scenario"], poison_ratio=g["poison_ratio"],
+        attacks=[a.strip() for a in attacks.split(",")] if attacks is not None else None,
+        poison_sets=parse_poison_sets(g["poisons"]), poison_set=g["poison_set"],
+        attack=attack, attack_params=parse_attack_params(attack, g["attack_params"]), eps=g["eps"],
+        budget=g["budget"], target=g["target"], intended=g["intended"], setup=g["setup"],
+        setup_index=g["setup_index"], method=method, method_params=chosen,
+        seed=g["seed"], trials=g["trials"], trial=g["trial"], device=g["device"], compile=g["compile"],
+        accel=g["accel"], results=g["results"], force=bool(g["force"]), checkpoint_every=g["checkpoint_every"],
+    )
+
+
+def show_prepared(prepared: list[dict], as_json: bool) -> None:
+    """`--prepare-only`'s output: one line (or JSON object) per PoisonSet the runs need."""
+    console = stdout_console()
+    for item in prepared:
+        if as_json:
+            print(json.dumps(item))
+        else:
+            console.print(f"{item['attack']} PoisonSet {item['poison_id']}: {item['status']}")
+    if not prepared and not as_json:
+        console.print("nothing to prepare: these runs need no PoisonSet")
+
+
+def show_outcomes(outcomes: list, store: RunStore, as_json: bool) -> None:
+    """`defend`'s output: a table of the runs (or one JSON object per run)."""
     if as_json:
         for o in outcomes:
             r = o.record
@@ -218,3 +255,20 @@ def command():
                                                           "clean)."),
     }
     return with_options(defend, typer_parameters(method_option_list(), lambda family: resolve_recipe(family)), listed)
+
+
+def spec_from_argv(argv: list[str]) -> DefendSpec:
+    """`defend`'s arguments (without the command name) parsed exactly as the CLI parses them, into their spec: how
+    a sweep turns the runs of its grid into specs. A usage error is one line (PoisonbenchError)."""
+    import typer.main
+
+    app = typer.Typer(add_completion=False)
+    app.command("defend")(command())
+    click_command = typer.main.get_command(app)
+    try:
+        ctx = click_command.make_context("defend", list(argv))
+    except Exception as exc:  # click's (or Typer's vendored click's) usage errors: exit_code 2 and a message
+        if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+            raise PoisonbenchError(f"{exc.format_message()} (in `defend {' '.join(argv)}`)") from None
+        raise
+    return spec_from_options(ctx.params)

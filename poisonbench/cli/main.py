@@ -8,12 +8,14 @@ import warnings
 import typer
 from rich.console import Console
 
+from .. import termination
 from ..errors import PoisonbenchError, PoisonbenchWarning
 from . import craft as craft_cmd
 from . import data as data_cmd
 from . import defend as defend_cmd
 from . import poisons as poisons_cmd
 from . import report as report_cmd
+from . import sweep as sweep_cmd
 
 
 def build_app() -> typer.Typer:
@@ -31,6 +33,7 @@ def build_app() -> typer.Typer:
     app.add_typer(data_cmd.app, name="data", help=data_cmd.HELP)
     app.command("craft", help=craft_cmd.HELP)(craft_cmd.command())
     app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)
+    app.add_typer(sweep_cmd.app, name="sweep", help=sweep_cmd.HELP)
     return app
 
 
@@ -61,9 +64,14 @@ def main(argv: list[str] | None = None) -> None:
         else:
             show(message, category, *args, **kwargs)
 
-    with warnings.catch_warnings():  # restores the hook for in-process callers (tests, notebooks)
-        warnings.showwarning = one_line
-        _run(typer.main.get_command(build_app()), argv, err)
+    installed = termination.install()  # SIGTERM: finish the epoch in progress, save it, exit 143
+    try:
+        with warnings.catch_warnings():  # restores the hook for in-process callers (tests, notebooks)
+            warnings.showwarning = one_line
+            _run(typer.main.get_command(build_app()), argv, err)
+    finally:
+        if installed:  # in-process callers get their own SIGTERM handling back
+            termination.reset()
 
 
 def _run(command, argv: list[str] | None, err: Console) -> None:
@@ -72,6 +80,9 @@ def _run(command, argv: list[str] | None, err: Console) -> None:
     except PoisonbenchError as exc:
         err.print(f"Error: {exc}", markup=False)
         sys.exit(2)
+    except termination.Terminated as exc:  # not an error: what was done is saved, re-running continues
+        err.print(f"Terminated: {exc}", markup=False)
+        sys.exit(termination.EXIT_CODE)
     except Exception as exc:
         # Typer vendors click (typer._click) in recent releases and uses click itself in older ones, so the
         # exception classes are recognised by their shape: usage errors carry exit_code 2 and a message.

@@ -36,6 +36,12 @@ class PoisonPlan(Protocol):
 
     config: dict
     tensor_sha256: dict
+    crafted: dict  # poison id -> whether `apply` crafted it (False: it was on disk)
+
+    @property
+    def crafts(self) -> dict[str, str]:
+        """{poison id: attack} of the PoisonSets `apply` crafts when missing."""
+        ...
 
     def apply(self, train_x: torch.Tensor, results_root=None, device=None, reporter=None,
               compile: str = "auto", accel: str = "auto") -> torch.Tensor: ...

@@ -24,6 +24,11 @@ class PoisonSetPlan:
     config: dict
     indices: torch.Tensor | None = None  # the PoisonSet's rows, known once `apply` has loaded it
     tensor_sha256: dict = field(default_factory=dict)
+    crafted: dict = field(default_factory=dict)  # never crafts: the PoisonSet exists
+
+    @property
+    def crafts(self) -> dict[str, str]:
+        return {}
 
     def mask(self, n: int, device=None) -> torch.Tensor:
         if self.indices is None:

@@ -41,6 +41,12 @@ class TargetedPlan:
     target: Target
     config: dict
     tensor_sha256: dict = field(default_factory=dict)
+    crafted: dict = field(default_factory=dict)  # poison id -> whether `apply` crafted it (False: it was on disk)
+
+    @property
+    def crafts(self) -> dict[str, str]:
+        """{poison id: attack} of the PoisonSets `apply` uses, crafting them when missing (a sweep's prepare step)."""
+        return {self.spec.poison_id: self.spec.attack}
 
     @property
     def rows(self) -> torch.Tensor:
@@ -57,8 +63,9 @@ class TargetedPlan:
 
         progress, finish = reporter_progress(reporter)
         try:
-            poison, _ = poisons.craft(self.spec, self.dataset, results_root, device or train_x.device, progress,
-                                      compile=compile, accel=accel)
+            poison, cached = poisons.craft(self.spec, self.dataset, results_root, device or train_x.device, progress,
+                                           compile=compile, accel=accel)
+            self.crafted[self.spec.poison_id] = not cached
         finally:
             finish()
         self.tensor_sha256[self.spec.attack] = poison.manifest["tensor_sha256"]

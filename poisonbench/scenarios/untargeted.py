@@ -37,6 +37,12 @@ class UntargetedPlan:
     # attack -> sha256 of the PoisonSet tensors `apply` used: the poison ids hash only the crafting inputs, and a
     # craft's floats depend on device, threads and torch version, so a record also names the tensors themselves
     tensor_sha256: dict = field(default_factory=dict)
+    crafted: dict = field(default_factory=dict)  # poison id -> whether `apply` crafted it (False: it was on disk)
+
+    @property
+    def crafts(self) -> dict[str, str]:
+        """{poison id: attack} of the PoisonSets `apply` uses, crafting them when missing (a sweep's prepare step)."""
+        return {self.specs[a].poison_id: a for a in self.attacks if len(self.assignment[a])}
 
     def mask(self, n: int, device=None) -> torch.Tensor:
         """Bool mask over the train split, True at poisoned rows."""
@@ -58,8 +64,9 @@ class UntargetedPlan:
                 rows = self.assignment[attack]
                 if len(rows) == 0:
                     continue
-                poison, _cached = poisons.craft(self.specs[attack], self.dataset, results_root, device, progress,
-                                                compile=compile, accel=accel)
+                poison, cached = poisons.craft(self.specs[attack], self.dataset, results_root, device, progress,
+                                               compile=compile, accel=accel)
+                self.crafted[self.specs[attack].poison_id] = not cached
                 self.tensor_sha256[attack] = poison.manifest["tensor_sha256"]
                 delta = poison.rows_for(rows).to(train_x.device, train_x.dtype)
                 rows_dev = rows.to(train_x.device)

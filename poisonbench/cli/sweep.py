@@ -1,0 +1,306 @@
+"""`poisonbench sweep`: run a grid of `defend` runs (a builtin grid or a TOML file) on this machine or a SLURM
+cluster, resumably (poisonbench.sweeps)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import PoisonbenchError
+from ..sweeps import Execution, builtin_grids, load_grid, make_plan
+from . import options
+from .progress import stderr, stdout_console
+
+HELP = ("Run a grid of `defend` runs (the paper's tables ship as grids: `sweep grids`) with local workers or on "
+        "SLURM; done runs are skipped, so re-running finishes the job.")
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+Grid = typer.Argument(..., help="A builtin grid (see `poisonbench sweep grids`) or the path of a TOML grid file.")
+Device = typer.Option("auto", "--device", help="Device of every run: auto | cpu | cuda | cuda:N.")
+Compile = typer.Option("auto", "--compile", help="torch.compile the models: auto | on | off.")
+RetryFailed = typer.Option(False, "--retry-failed", help="Run the steps that failed before again.")
+
+
+def execution(results, data_dir, download, device, compile, accel) -> Execution:
+    return Execution(results=results, data_dir=data_dir, download=download, device=device, compile=compile,
+                     accel=accel)
+
+
+def planned(grid: str, ex: Execution):
+    with stderr.status(f"planning grid {grid} (loading its datasets, resolving run ids)"):
+        return make_plan(load_grid(grid), ex)
+
+
+@app.command("grids", help="List the builtin grids.")
+def grids(as_json: bool = options.Json) -> None:
+    rows = []
+    for name in builtin_grids():
+        g = load_grid(name)
+        rows.append({"grid": name, "runs": len(g.runs), "description": " ".join(g.description.split())})
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="builtin grids")
+    for col in ("grid", "runs", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["grid"], str(r["runs"]), r["description"])
+    stdout_console().print(table)
+
+
+@app.command("plan", help="Expand a grid into its steps (crafting first, then runs) and count done / missing / "
+                          "failed; --print-commands prints one `poisonbench defend` line per step to do.")
+def plan_cmd(
+    grid: str = Grid,
+    print_commands: bool = typer.Option(False, "--print-commands",
+                                        help="One `poisonbench defend ...` line per missing step (prepare steps "
+                                             "first), for xargs, GNU parallel or your own scheduler."),
+    retry_failed: bool = RetryFailed,
+    data_dir: str = options.DataDir,
+    download: bool = options.Download,
+    device: str = Device,
+    compile: str = Compile,
+    accel: str = options.Accel,
+    results: str = options.Results,
+    as_json: bool = options.Json,
+) -> None:
+    from ..sweeps.execute import to_run
+
+    plan = planned(grid, execution(results, data_dir, download, device, compile, accel))
+    states = plan.states()
+    if print_commands:
+        for step in to_run(plan, retry_failed, states):
+            print(" ".join(shlex.quote(a) for a in ["poisonbench", *step.command(plan.execution)]))
+        return
+    if as_json:
+        print(json.dumps({"grid": plan.grid.name, "steps": [
+            {"index": s.index, "kind": s.kind, "key": s.key, "label": s.label, "state": states[s.index],
+             "command": ["poisonbench", *s.command(plan.execution)]} for s in plan.steps]}))
+        return
+    counts = summary_counts(plan, states)
+    table = Table(title=f"sweep plan · {plan.grid.name}")
+    for col in ("steps", "wanted", "done", "missing", "failed", "running"):
+        table.add_column(col)
+    for kind, label in (("prepare", "PoisonSets to craft"), ("run", "runs")):
+        c = counts[kind]
+        table.add_row(label, str(c["wanted"]), str(c["done"]), str(c["missing"]), str(c["failed"]), str(c["running"]))
+    console = stdout_console()
+    console.print(table)
+    todo = counts["prepare"]["missing"] + counts["run"]["missing"]
+    console.print(f"{todo} steps to do" + (f"; {counts['run']['failed'] + counts['prepare']['failed']} failed "
+                                            "(--retry-failed runs them again)" if any(c["failed"] for c in
+                                                                                      counts.values()) else ""))
+
+
+def summary_counts(plan, states: dict[int, str]) -> dict:
+    out = {}
+    for kind in ("prepare", "run"):
+        steps = [s for s in plan.steps if s.kind == kind]
+        out[kind] = {"wanted": len(steps), **{st: sum(states[s.index] == st for s in steps)
+                                              for st in ("done", "missing", "failed", "running")}}
+    return out
+
+
+@app.command("run", help="Run a grid's missing steps: --workers N local processes (default), --executor slurm "
+                         "(a job array through submitit), --task-id I (one step, for an sbatch array), or "
+                         "--emit-sbatch FILE (write that array script).")
+def run_cmd(
+    grid: str = Grid,
+    workers: int = typer.Option(1, "--workers", help="Local worker processes (CPU threads split between them; "
+                                                      "GPUs assigned round-robin)."),
+    executor: str = typer.Option("workers", "--executor",
+                                 help="workers (local processes) | slurm (a job array through submitit) | "
+                                      "submitit-local (submitit's local executor: the SLURM path without a "
+                                      "cluster)."),
+    task_id: int = typer.Option(None, "--task-id", help="Run only step I of `sweep plan` (default: "
+                                                         "$SLURM_ARRAY_TASK_ID when set), in this process."),
+    emit_sbatch: str = typer.Option(None, "--emit-sbatch", metavar="FILE",
+                                    help="Write an sbatch job-array script for the missing steps and exit."),
+    retry_failed: bool = RetryFailed,
+    partition: str = typer.Option(None, "--partition", help="SLURM partition."),
+    time_min: int = typer.Option(240, "--time", help="SLURM time limit per task, minutes."),
+    gpus_per_task: int = typer.Option(1, "--gpus-per-task", help="SLURM GPUs per task."),
+    cpus_per_task: int = typer.Option(None, "--cpus-per-task", help="SLURM CPUs per task."),
+    array_parallelism: int = typer.Option(64, "--array-parallelism", help="SLURM: tasks of the array running at "
+                                                                          "once."),
+    sbatch: list[str] = typer.Option(None, "--sbatch", metavar="OPTION",
+                                     help="Extra #SBATCH option, e.g. --sbatch=--account=abc (repeatable)."),
+    wait: bool = typer.Option(None, "--wait/--no-wait", help="Wait for submitted jobs with a progress bar (default: "
+                                                              "wait for submitit-local, return for slurm)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Render the grid's table when it completes."),
+    data_dir: str = options.DataDir,
+    download: bool = options.Download,
+    device: str = Device,
+    compile: str = Compile,
+    accel: str = options.Accel,
+    results: str = options.Results,
+    as_json: bool = options.Json,
+) -> None:
+    from ..sweeps import execute, slurm
+
+    if workers < 1:
+        raise PoisonbenchError(f"--workers must be >= 1, got {workers}")
+    slurm.check_executor(executor)
+    slurm_options = slurm.SlurmOptions(partition, time_min, gpus_per_task, cpus_per_task, array_parallelism,
+                                       tuple(sbatch or ()))
+    slurm_options.additional()  # a malformed --sbatch fails before planning
+    for flag, value in (("--time", time_min), ("--gpus-per-task", gpus_per_task),
+                        ("--array-parallelism", array_parallelism), ("--cpus-per-task", cpus_per_task)):
+        if value is not None and value < (0 if flag == "--gpus-per-task" else 1):
+            raise PoisonbenchError(f"{flag} must be >= {0 if flag == '--gpus-per-task' else 1}, got {value}")
+    ex = execution(results, data_dir, download, device, compile, accel)
+    plan = planned(grid, ex)
+    if task_id is not None or (executor == "workers" and emit_sbatch is None and _in_array()):
+        raise typer.Exit(execute.run_task(plan, task_id))
+    steps = execute.to_run(plan, retry_failed)
+    if emit_sbatch:
+        path = slurm.write_script(emit_sbatch, slurm.sbatch_script(plan, steps, plan.grid.source, slurm_options))
+        stdout_console().print(f"wrote {path}: a job array of {len(steps)} steps (of {len(plan.steps)}); submit "
+                               f"it with `sbatch {path}`")
+        return
+    if not steps:
+        message = f"nothing to do: all {len(plan.runs)} runs of grid {plan.grid.name} are done"
+        failed = sum(st == "failed" for st in plan.states().values())
+        message += f" or failed ({failed} failed: --retry-failed runs them again)" if failed else ""
+        _say(message, as_json, {"grid": plan.grid.name, "ran": 0, "failed": failed, "nothing_to_do": True})
+        _report(plan, report and not as_json)
+        return
+    if executor != "workers":
+        jobs = slurm.submit(plan, steps, executor, slurm_options, execute.split_threads(1) if executor ==
+                            "submitit-local" else None)
+        stdout_console().print(f"submitted {len(jobs)} jobs ({executor}): {jobs[0].job_id} …")
+        if wait if wait is not None else executor == "submitit-local":
+            _wait_jobs(jobs)
+            _report(plan, report and not as_json)
+        return
+    outcomes = _run_local(plan, steps, workers, as_json)
+    failed = [o for o in outcomes if o.status in ("failed", "blocked")]
+    if as_json:
+        print(json.dumps({"grid": plan.grid.name, "steps": len(steps), "outcomes": [
+            {"index": o.step.index, "key": o.step.key, "label": o.step.label, "status": o.status,
+             "seconds": round(o.seconds, 2), "detail": o.detail, "outputs": o.outputs} for o in outcomes]}))
+    else:
+        for o in failed:
+            stderr.print(f"{o.status}: step {o.step.index} ({o.step.label}): {o.detail}", markup=False)
+        _report(plan, report and not failed)
+    if any(o.status == "terminated" for o in outcomes):
+        raise typer.Exit(143)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _in_array() -> bool:
+    import os
+
+    return os.environ.get("SLURM_ARRAY_TASK_ID") is not None
+
+
+def _say(message: str, as_json: bool, payload: dict) -> None:
+    if as_json:
+        print(json.dumps({**payload, "message": message}))
+    else:
+        stdout_console().print(message)
+
+
+def _run_local(plan, steps, workers: int, quiet: bool):
+    from ..sweeps.execute import LocalPool
+
+    counts = {"ran": 0, "skipped": 0, "failed": 0}
+    running: list[str] = []
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=stderr, transient=False)
+    task = progress.add_task(f"sweep {plan.grid.name}", total=len(steps))
+
+    def describe() -> str:
+        now = f" · running: {running[0]}" + (f" (+{len(running) - 1})" if len(running) > 1 else "") if running else ""
+        return (f"sweep {plan.grid.name} · {counts['ran']} done · {counts['skipped']} skipped · "
+                f"{counts['failed']} failed{now}")
+
+    def started(step) -> None:
+        running.append(step.label)
+        progress.update(task, description=describe())
+
+    def finished(outcome) -> None:
+        if outcome.step.label in running:
+            running.remove(outcome.step.label)
+        key = {"ran": "ran", "crafted": "ran", "skipped": "skipped", "on disk": "skipped", "done": "ran"}.get(
+            outcome.status, "failed" if outcome.status in ("failed", "blocked") else None)
+        if key:
+            counts[key] += 1
+        progress.update(task, advance=1, description=describe())
+
+    with progress:
+        return LocalPool(plan, workers, on_start=started, on_finish=finished).run(steps)
+
+
+def _wait_jobs(jobs) -> None:
+    import time
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=stderr) as progress:
+        task = progress.add_task("jobs", total=len(jobs))
+        while True:
+            done = sum(j.done() for j in jobs)
+            progress.update(task, completed=done)
+            if done == len(jobs):
+                break
+            time.sleep(1.0)
+    errors = [j for j in jobs if j.exception() is not None]
+    for j in errors:
+        stderr.print(f"job {j.job_id} failed: {str(j.exception()).strip().splitlines()[-1]}", markup=False)
+    if errors:
+        raise typer.Exit(1)
+
+
+def _report(plan, show: bool) -> None:
+    if not show or not plan.grid.report:
+        return
+    from .main import main
+
+    args = ["report", *plan.grid.report, "--results", str(plan.execution.results or "results")]
+    if plan.execution.results is None:
+        args = args[:-2]
+    if plan.execution.data_dir:
+        args += ["--data-dir", str(plan.execution.data_dir)]
+    main(args)
+
+
+@app.command("status", help="Done / wanted per cell of a grid, failures, and the device-hours spent and still "
+                            "needed (estimated from the records' own timings).")
+def status_cmd(
+    grid: str = Grid,
+    data_dir: str = options.DataDir,
+    download: bool = options.Download,
+    device: str = Device,
+    results: str = options.Results,
+    as_json: bool = options.Json,
+) -> None:
+    from ..sweeps.status import sweep_status
+
+    plan = planned(grid, execution(results, data_dir, download, device, "auto", "auto"))
+    status = sweep_status(plan)
+    if as_json:
+        print(json.dumps(status))
+        return
+    console = stdout_console()
+    table = Table(title=f"sweep status · {status['grid']} · {status['results']}")
+    for col in ("cell", "done / wanted", "failed", "running", "device-hours"):
+        table.add_column(col)
+    for c in status["cells"]:
+        table.add_row(c["cell"], f"{c['done']} / {c['wanted']}", str(c["failed"] or ""), str(c["running"] or ""),
+                      f"{c['hours']:.3f}")
+    console.print(table)
+    r, p = status["runs"], status["poison_sets"]
+    console.print(f"runs {r['done']} / {r['wanted']} done, {r['failed']} failed, {r['running']} running; PoisonSets "
+                  f"{p['done']} / {p['wanted']}")
+    devices = ", ".join(status["devices"]) or "no runs yet"
+    more = (f" (+{status['runs_without_estimate']} runs with no timing to go by)"
+            if status["runs_without_estimate"] else "")
+    console.print(f"device-hours ({devices}): {status['hours_spent']:.3f} spent, about "
+                  f"{status['hours_remaining_estimate']:.3f} to go{more}")
+    for f in status["failures"]:
+        console.print(f"failed: step {f['step']} ({f['label']}): {f['error']} — {f['record']}", markup=False)

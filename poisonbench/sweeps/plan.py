@@ -1,0 +1,223 @@
+"""A sweep's plan: the grid's runs resolved into steps, each with its identity on disk.
+
+Two kinds of step, in this order:
+- `prepare`: craft one PoisonSet that runs share (`defend --prepare-only` with the arguments of the first run that
+  needs it, reduced to that PoisonSet: `--method none`, and for the untargeted mix `--attacks A --poison-ratio 1`),
+  which trains the shared pre-trained models on the way (a surrogate, the transfer extractor). Done when the
+  PoisonSet is on disk.
+- `run`: one trial of one `defend` configuration (`--trial T`). Done when its record exists.
+
+A step's index in the plan is stable while the grid, the data and poisonbench's run identities are (the plan lists
+every step, done or not): `sweep run --task-id I` runs step I, as an `sbatch --array` task does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PoisonbenchError
+from ..io import try_exclusive
+from ..records import RunStore
+from .grid import Grid, Run, option_names, to_argv
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where and how every step executes: the `defend` options a sweep passes on, never part of a grid."""
+
+    results: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    device: str = "auto"
+    compile: str = "auto"
+    accel: str = "auto"
+
+    def argv(self) -> list[str]:
+        out = []
+        if self.results:
+            out += ["--results", str(self.results)]
+        if self.data_dir:
+            out += ["--data-dir", str(self.data_dir)]
+        if self.download:
+            out.append("--download")
+        for flag, value in (("--device", self.device), ("--compile", self.compile), ("--accel", self.accel)):
+            if value != "auto":
+                out += [flag, value]
+        return out
+
+
+@dataclass
+class Step:
+    index: int
+    kind: str  # "prepare" | "run"
+    argv: list[str]  # `defend` arguments, without the execution options
+    key: str  # run id, or poison id (prepare)
+    label: str
+    cell: tuple = ()  # a run's grid options without the trial: one cell of the sweep's table
+    trial: int | None = None
+    needs: tuple[str, ...] = ()  # poison ids of the prepare steps that must be done first
+    config: dict = field(default_factory=dict)
+
+    def command(self, execution: Execution) -> list[str]:
+        """The full `poisonbench defend ...` arguments (without the program name)."""
+        extra = ["--prepare-only"] if self.kind == "prepare" else []
+        return ["defend", *self.argv, *extra, *execution.argv()]
+
+    @property
+    def failure_key(self) -> str:
+        from ..runner import craft_key
+
+        return craft_key(self.key) if self.kind == "prepare" else self.key
+
+
+@dataclass
+class Plan:
+    grid: Grid
+    execution: Execution
+    steps: list[Step]
+
+    @property
+    def runs(self) -> list[Step]:
+        return [s for s in self.steps if s.kind == "run"]
+
+    def state(self, step: Step, store: RunStore | None = None) -> str:
+        """done | failed | running | missing."""
+        store = store or RunStore(self.execution.results)
+        if step.kind == "run":
+            done = store.get(step.key) is not None
+        else:
+            from ..poisons import exists
+
+            done = exists(store.root, step.key)
+        if done:
+            return "done"
+        if store.failure(step.failure_key) is not None:
+            return "failed"
+        return "running" if held(store, step) else "missing"
+
+    def states(self) -> dict[int, str]:
+        store = RunStore(self.execution.results)
+        return {s.index: self.state(s, store) for s in self.steps}
+
+
+def held(store: RunStore, step: Step) -> bool:
+    """Whether another process holds the step's claim now (a run's claim; a PoisonSet's craft lock)."""
+    from ..runner import run_lock
+
+    lock = run_lock(store, step.key) if step.kind == "run" else store.root / "locks" / f"poison-{step.key}.lock"
+    if not lock.exists():
+        return False
+    with try_exclusive(lock) as free:
+        return not free
+
+
+class DataCache:
+    """Each dataset loaded once per plan (a run's identity includes the data's fingerprint)."""
+
+    def __init__(self):
+        self._data: dict[tuple, Any] = {}
+
+    def get(self, spec):
+        from ..data import load_dataset
+
+        key = (spec.dataset, spec.data_dir, spec.download, spec.npz_split)
+        if key not in self._data:
+            self._data[key] = load_dataset(spec.dataset, spec.data_dir, spec.download, npz_split=spec.npz_split)
+        return self._data[key]
+
+
+def make_plan(grid: Grid, execution: Execution) -> Plan:
+    """Resolve every run of `grid` (as `defend` would: the same parsing, checks and run ids) into steps; bad
+    options in the grid fail here, naming the run, before anything executes."""
+    from ..cli.defend import spec_from_argv
+    from ..defend_spec import validate
+    from ..records import run_id
+    from ..runner import run_config
+    from ..scenarios import scenario_for
+
+    names = option_names()
+    data = DataCache()
+    prepares: dict[str, Step] = {}
+    runs: list[Step] = []
+    seen: set[str] = set()
+    for run in grid.runs:
+        argv = [*to_argv(run.options, names), "--trial", str(run.trial)]
+        try:
+            spec = parse(argv, execution, spec_from_argv)
+            validate(spec)
+            dataset = data.get(spec)
+            scenario = scenario_for(spec)
+            plan = scenario.plan(spec, dataset, run.trial)
+            config = run_config(spec, dataset, run.trial, plan, scenario)
+        except PoisonbenchError as exc:
+            raise PoisonbenchError(f"grid {grid.name}, run `defend {' '.join(argv)}`: {exc}") from None
+        rid = run_id(config)
+        if rid in seen:  # two options that resolve to one run (a default given explicitly)
+            continue
+        seen.add(rid)
+        crafts = dict(getattr(plan, "crafts", {}) or {})
+        for pid, attack in crafts.items():
+            if pid not in prepares:
+                prepares[pid] = prepare_step(run, pid, attack, execution, names, spec_from_argv, data)
+        runs.append(Step(0, "run", argv, rid, run_label(run), cell=run.options, trial=run.trial,
+                         needs=tuple(crafts), config=config))
+    steps = list(prepares.values()) + runs
+    for i, step in enumerate(steps):
+        step.index = i
+    return Plan(grid, execution, steps)
+
+
+def parse(argv: list[str], execution: Execution, spec_from_argv):
+    return spec_from_argv([*argv, *execution.argv()])
+
+
+def prepare_step(run: Run, pid: str, attack: str, execution: Execution, names: dict, spec_from_argv,
+                 data: DataCache) -> Step:
+    """The step that crafts PoisonSet `pid`: the run's data, recipe and poison options with `--method none`; for
+    the untargeted mix only that attack's share (`--attacks A --poison-ratio 1`: the mix's PoisonSets are crafted
+    over the whole train split whatever ρ, so this is the same PoisonSet). Checked: its plan crafts exactly `pid`."""
+    from ..scenarios import scenario_for
+
+    own = set(names) - set(method_option_names())
+    options = [(k, v) for k, v in run.options if k in own and k not in ("method", "poisons")]
+    untargeted = dict(run.options).get("attack") is None and dict(run.options).get("poison_set") is None
+    if untargeted:
+        options = [(k, v) for k, v in options if k not in ("attacks", "poison_ratio")]
+        options += [("attacks", attack), ("poison_ratio", 1.0)]
+    argv = [*to_argv(tuple(options), names), "--trial", str(run.trial)]
+    spec = parse(argv, execution, spec_from_argv)
+    plan = scenario_for(spec).plan(spec, data.get(spec), run.trial)
+    if plan is None or set(plan.crafts) != {pid}:
+        raise PoisonbenchError(f"internal: the prepare step for PoisonSet {pid} ({attack}) would craft "
+                               f"{sorted(plan.crafts) if plan else 'nothing'}")
+    return Step(0, "prepare", argv, pid, f"craft {attack} PoisonSet {pid}", needs=())
+
+
+def method_option_names() -> set[str]:
+    from ..cli.defend import method_option_list
+
+    return {o.python_name for o in method_option_list()}
+
+
+def run_label(run: Run) -> str:
+    o = dict(run.options)
+    parts = [str(o.get("dataset", "mnist-5k")), str(o.get("method", "none"))]
+    if o.get("attack"):
+        parts.append(f"attack {o['attack']}")
+    elif o.get("poison_ratio") is not None:
+        parts.append(f"ρ {o['poison_ratio']:g}")
+    own = {"dataset", "method", "attack", "poison_ratio"}
+    parts += [f"{k.replace('_', '-')} {v}" for k, v in run.options if k not in own]
+    return " · ".join(parts) + f" · trial {run.trial}"
+
+
+def resolve_grid(name: str, execution: Execution) -> Plan:
+    from .grid import load_grid
+
+    return make_plan(load_grid(name), execution)
+
+
+def check_results_root(execution: Execution) -> Path:
+    return RunStore(execution.results).root
