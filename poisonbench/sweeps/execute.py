@@ -197,9 +197,13 @@ class LocalPool:
                                                      "and its prepare step failed (--retry-failed crafts it)")))
                 pending.pop(i)
                 continue
+            pending.pop(i)
+            if self.plan.state(step) == "done":  # finished elsewhere since the plan was made: no process needed
+                status = "skipped" if step.kind == "run" else "on disk"
+                outcomes.append(self._finish(Outcome(step, status, detail="done by another process")))
+                continue
             slot = min(set(range(self.workers)) - busy)
             busy.add(slot)
-            pending.pop(i)
             self.start(step, slot)
             if step.kind == "prepare":
                 preparing.add(step.key)
