@@ -169,8 +169,9 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     number = check_table(number)
     notes = []
     if number == "3":
-        return [], ["Table III: `--missing` does not list targeted runs yet (issue [4/4], `sweep`); run `poisonbench "
-                    "defend --attack gm|bp|fc --method M --trials 5` (done trials are skipped)"]
+        return [], ["Table III: `--missing` does not list targeted runs; `poisonbench sweep plan table3 "
+                    "--print-commands` (or table3-quick) does, or run `poisonbench defend --attack gm|bp|fc --method M "
+                    "--trials 5` (done trials are skipped)"]
     from ..data import record_name
 
     dataset_arg, dataset = dataset, record_name(dataset) if dataset else dataset
