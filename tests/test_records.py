@@ -255,73 +255,6 @@ def test_archive_copies_finished_records_and_never_overwrites(tmp_path):
     assert archive.main(["--from", str(clean), "--to", str(tmp_path / "new")]) == 1  # a skipped source file
 
 
-def queue_worker_sandbox(tmp_path, lines: str | None, exits: str = ""):
-    """experiments/queue_worker.sh against a fake `poisonbench` that logs its arguments to ran.txt (and exits as
-    `exits` says): (script args, env, queue file, claims dir, log). `lines` None: only rewrite the fake."""
-    import os
-    from pathlib import Path
-
-    bin_dir, ran = tmp_path / "bin", tmp_path / "ran.txt"
-    bin_dir.mkdir(exist_ok=True)
-    fake = bin_dir / "poisonbench"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {ran}\n{exits}')
-    fake.chmod(0o755)
-    queue, claims = tmp_path / "q.txt", tmp_path / "q.txt.running"
-    if lines is not None:
-        queue.write_text(lines)
-        claims.mkdir()
-    script = Path(__file__).parents[1] / "experiments" / "queue_worker.sh"
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    return [str(script), str(queue), str(tmp_path / "results")], env, queue, claims, ran
-
-
-def test_queue_worker_requeues_only_dead_workers_lines(tmp_path):
-    """experiments/queue_worker.sh (long sweeps on one machine): the line of a worker that died — even when its
-    pid now belongs to another process — goes back to the head of the queue; a live worker's claim stays; every
-    line then runs once, in order."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    run, env, queue, claims, ran = queue_worker_sandbox(tmp_path, "defend --trial 2\n# a comment\ndefend --trial 3\n")
-    me = os.getpid()
-    start = Path(f"/proc/{me}/stat").read_text().rsplit(") ", 1)[1].split()[19]
-    (claims / f"{me}.{start}").write_text("defend --trial 9\n")  # a live worker: left alone
-    (claims / f"{me}.1").write_text("defend --trial 0\n")  # a dead worker whose pid was reused
-    (claims / "999999999").write_text("defend --trial 1\n")  # an older worker's claim (pid only), dead
-    subprocess.run(["bash", *run], env=env, check=True, timeout=60)
-    lines = ran.read_text().splitlines()
-    assert sorted(lines[:2]) == ["defend --trial 0 --json", "defend --trial 1 --json"]
-    assert lines[2:] == ["defend --trial 2 --json", "defend --trial 3 --json"]
-    assert [p.name for p in claims.iterdir()] == [f"{me}.{start}"]
-    assert queue.read_text() == ""
-
-
-def test_queue_worker_keeps_failed_and_interrupted_lines_and_other_hosts_claims(tmp_path):
-    """A run that fails is written to QUEUE.failed with its exit status (never dropped); an interrupted run (130)
-    keeps its claim and stops the worker, and the next worker puts it back; a claim of another host (whose /proc
-    this worker cannot see) is left alone."""
-    import socket
-    import subprocess
-
-    run, env, queue, claims, ran = queue_worker_sandbox(
-        tmp_path, "defend --fail\ndefend --stop\ndefend --after\n",
-        exits='case "$*" in *fail*) exit 1 ;; *stop*) exit 130 ;; esac\n')
-    (claims / "999999999.1@elsewhere").write_text("defend --remote\n")  # another host's worker: not ours to judge
-    first = subprocess.run(["bash", *run], env=env, timeout=60, capture_output=True, text=True)
-    assert first.returncode == 130
-    assert "claimed on host elsewhere: defend --remote" in first.stderr
-    assert (tmp_path / "q.txt.failed").read_text() == "1\tdefend --fail\n"
-    assert queue.read_text() == "defend --after\n"
-    host = socket.gethostname()  # bash's $HOSTNAME
-    mine = [p for p in claims.iterdir() if p.name.endswith(f"@{host}")]
-    assert [p.read_text() for p in mine] == ["defend --stop\n"]
-    queue_worker_sandbox(tmp_path, None)  # the next worker's runs succeed
-    subprocess.run(["bash", *run], env=env, check=True, timeout=60)
-    assert ran.read_text().splitlines()[-2:] == ["defend --stop --json", "defend --after --json"]
-    assert sorted(p.name for p in claims.iterdir()) == ["999999999.1@elsewhere"]
-
-
 FAST_RUN = dict(recipe="quick", recipe_overrides={"epochs": 2, "batch_size": 64}, compile="off")
 
 
@@ -435,20 +368,3 @@ def test_each_trial_poisons_a_clean_copy_of_the_train_split(tiny_npz, tmp_path, 
     for x, seed in seen:
         poisoned = plan_untargeted(data, 0.5, ["durp"], seed=seed).mask(len(data.train))
         assert torch.equal(x[~poisoned], clean[~poisoned]) and not torch.equal(x[poisoned], clean[poisoned])
-
-
-def test_queue_worker_sigterm_keeps_claim_and_failures_accumulate(tmp_path):
-    import socket
-    import subprocess
-
-    from tests.test_records import queue_worker_sandbox
-
-    run, env, queue, claims, ran = queue_worker_sandbox(
-        tmp_path, "defend --fail1\ndefend --fail2\ndefend --term\ndefend --after\n",
-        exits='case "$*" in *fail1*) exit 1 ;; *fail2*) exit 137 ;; *term*) exit 143 ;; esac\n')
-    first = subprocess.run(["bash", *run], env=env, timeout=60, capture_output=True, text=True)
-    assert first.returncode == 143
-    assert (tmp_path / "q.txt.failed").read_text() == "1\tdefend --fail1\n137\tdefend --fail2\n"
-    assert queue.read_text() == "defend --after\n"
-    mine = [p.read_text() for p in claims.iterdir() if p.name.endswith(f"@{socket.gethostname()}")]
-    assert mine == ["defend --term\n"]

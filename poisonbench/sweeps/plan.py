@@ -181,18 +181,20 @@ def prepare_step(run: Run, pid: str, attack: str, execution: Execution, names: d
     from ..scenarios import scenario_for
 
     own = set(names) - set(method_option_names())
-    options = [(k, v) for k, v in run.options if k in own and k not in ("method", "poisons")]
+    whole = [(k, v) for k, v in run.options if k in own and k != "method"]  # the run's own poisons, no defense
     untargeted = dict(run.options).get("attack") is None and dict(run.options).get("poison_set") is None
+    candidates = [whole]
     if untargeted:
-        options = [(k, v) for k, v in options if k not in ("attacks", "poison_ratio")]
-        options += [("attacks", attack), ("poison_ratio", 1.0)]
-    argv = [*to_argv(tuple(options), names), "--trial", str(run.trial)]
-    spec = parse(argv, execution, spec_from_argv)
-    plan = scenario_for(spec).plan(spec, data.get(spec), run.trial)
-    if plan is None or set(plan.crafts) != {pid}:
-        raise PoisonbenchError(f"internal: the prepare step for PoisonSet {pid} ({attack}) would craft "
-                               f"{sorted(plan.crafts) if plan else 'nothing'}")
-    return Step(0, "prepare", argv, pid, f"craft {attack} PoisonSet {pid}", needs=())
+        reduced = [(k, v) for k, v in whole if k not in ("attacks", "poison_ratio", "poisons")]
+        candidates.insert(0, reduced + [("attacks", attack), ("poison_ratio", 1.0)])
+    for options in candidates:  # the reduced step when it crafts exactly this PoisonSet, else the run's own poisons
+        argv = [*to_argv(tuple(options), names), "--trial", str(run.trial)]
+        spec = parse(argv, execution, spec_from_argv)
+        plan = scenario_for(spec).plan(spec, data.get(spec), run.trial)
+        crafts = set(plan.crafts) if plan is not None else set()
+        if crafts == {pid} or (options is whole and pid in crafts):
+            return Step(0, "prepare", argv, pid, f"craft {attack} PoisonSet {pid}", needs=())
+    raise PoisonbenchError(f"internal: no prepare step crafts PoisonSet {pid} ({attack}) of run {run_label(run)}")
 
 
 def method_option_names() -> set[str]:
@@ -209,7 +211,8 @@ def run_label(run: Run) -> str:
     elif o.get("poison_ratio") is not None:
         parts.append(f"ρ {o['poison_ratio']:g}")
     own = {"dataset", "method", "attack", "poison_ratio"}
-    parts += [f"{k.replace('_', '-')} {v}" for k, v in run.options if k not in own]
+    parts += [f"{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+              for k, v in run.options if k not in own]
     return " · ".join(parts) + f" · trial {run.trial}"
 
 
