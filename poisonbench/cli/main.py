@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(command, argv: list[str] | None, err: Console) -> None:
     try:
-        command.main(args=argv, prog_name="poisonbench", standalone_mode=False)
+        code = command.main(args=argv, prog_name="poisonbench", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's `typer.Exit(n)`: click returns n here instead of exiting
+            sys.exit(code)
     except PoisonbenchError as exc:
         err.print(f"Error: {exc}", markup=False)
         sys.exit(2)

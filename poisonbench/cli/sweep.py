@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import PoisonbenchError
+from ..records import RunStore
 from ..sweeps import Execution, builtin_grids, load_grid, make_plan
 from . import options
 from .progress import stderr, stdout_console
@@ -158,7 +159,8 @@ def run_cmd(
         raise typer.Exit(execute.run_task(plan, task_id))
     steps = execute.to_run(plan, retry_failed)
     if emit_sbatch:
-        path = slurm.write_script(emit_sbatch, slurm.sbatch_script(plan, steps, plan.grid.source, slurm_options))
+        path = slurm.write_script(emit_sbatch, slurm.sbatch_script(plan, steps, plan.grid.source, slurm_options),
+                                  RunStore(plan.execution.results).root)
         stdout_console().print(f"wrote {path}: a job array of {len(steps)} steps (of {len(plan.steps)}); submit "
                                f"it with `sbatch {path}`")
         return

@@ -236,8 +236,9 @@ def gpu_count(device: str) -> int:
 
 
 def run_task(plan: Plan, task_id: int | None) -> int:
-    """`sweep run --task-id I` (default `$SLURM_ARRAY_TASK_ID`): step I of the plan, in this process; its exit
-    code (0 also when the step was already done: `defend` skips a done run)."""
+    """`sweep run --task-id I` (default `$SLURM_ARRAY_TASK_ID`): step I of the plan, in this process. Returns
+    `defend`'s exit code (0 also when the step was already done: `defend` skips a done run; 2 for bad input; 143
+    when SIGTERM stopped it); an error while training propagates, after `defend` wrote its failure record."""
     if task_id is None:
         raw = os.environ.get("SLURM_ARRAY_TASK_ID")
         if raw is None:

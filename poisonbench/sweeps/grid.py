@@ -79,7 +79,7 @@ def builtin_grids() -> list[str]:
 def locate(name: str) -> tuple[str, Path]:
     """(grid name, file) of a builtin grid's name or a TOML file's path."""
     path = Path(name)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():  # a folder named like a builtin grid does not hide it
         if not path.is_file():
             raise PoisonbenchError(f"grid file {name} does not exist; builtin grids: {', '.join(builtin_grids())}")
         return path.stem, path.resolve()
@@ -132,8 +132,8 @@ def load_grid(name: str) -> Grid:
     expanded = [expand_block({**checked_defaults, **check_block(b, names, f"{where} [[runs]] block {i + 1}")})
                 for i, b in enumerate(blocks)]
     runs = trial_major(expanded)
-    return Grid(grid_name, name if not Path(name).suffix else str(path), str(data.get("description", "")),
-                report, runs)
+    builtin = path.parent == builtin_dir().resolve()
+    return Grid(grid_name, name if builtin else str(path), str(data.get("description", "")), report, runs)
 
 
 def check_report_args(args: list[str], where: str) -> None:

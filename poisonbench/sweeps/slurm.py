@@ -98,8 +98,10 @@ def submit(plan: Plan, steps: list[Step], executor: str, options: SlurmOptions, 
     """Submit `steps` as one job array (prepare steps first: the array's order). Returns the submitit jobs."""
     import submitit
 
-    folder = RunStore(plan.execution.results).root / "slurm" / "%j"
     cluster = "slurm" if executor == "slurm" else "local"
+    folder = RunStore(plan.execution.results).root / "slurm"
+    if cluster == "slurm":
+        folder = folder / "%j"  # one folder per job; submitit fills the id in on SLURM only
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
     params = {"timeout_min": options.time_min, "name": f"poisonbench-{plan.grid.name}"}
     if cluster == "slurm":
@@ -170,12 +172,14 @@ def sbatch_script(plan: Plan, steps: list[Step], grid_source: str, options: Slur
     return "\n".join(lines)
 
 
-def write_script(path: str, text: str) -> Path:
+def write_script(path: str, text: str, results_root: Path) -> Path:
+    """Write the script, and the `<results>/slurm/` folder its tasks log into (SLURM does not create it)."""
     from ..io import atomic_write_bytes
 
     out = Path(path)
     if out.is_dir():
         raise PoisonbenchError(f"--emit-sbatch {path}: is a directory; give a file name")
     atomic_write_bytes(out, text.encode())
+    (Path(results_root) / "slurm").mkdir(parents=True, exist_ok=True)
     out.chmod(0o755)
     return out
