@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,9 +30,17 @@ _deferring = 0  # nesting depth of `deferred()` blocks (an engine run may train 
 _previous = None  # the SIGTERM handler `install` replaced; None while not installed
 
 
+REPEATS_WITHIN = 1.0  # seconds: SIGTERMs this close to the first are one request, not a second one
+_requested_at = 0.0
+
+
 def _on_sigterm(signum, frame) -> None:
-    global _requested
-    if _deferring and not _requested:
+    # A dying sweep's PR_SET_PDEATHSIG can reach its workers more than once (once per exiting thread of the sweep);
+    # those repeats must not turn the first SIGTERM's checkpoint into an immediate stop.
+    global _requested, _requested_at
+    if _deferring and (not _requested or time.monotonic() - _requested_at < REPEATS_WITHIN):
+        if not _requested:
+            _requested_at = time.monotonic()
         _requested = True
         return
     _requested = True

@@ -94,8 +94,19 @@ def test_a_second_sigterm_or_one_outside_the_epoch_loop_stops_at_once(tiny_npz, 
     data = load_dataset(str(tiny_npz))
     ckpt = Checkpoint(tmp_path / "partial" / "runs" / "r.safetensors", NEVER)
     with pytest.raises(termination.Terminated, match="a second one"):
-        run(data, ckpt, sigterm_at=1, times=2)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(termination, "REPEATS_WITHIN", 0.0)
+            run(data, ckpt, sigterm_at=1, times=2)
     assert not ckpt.path.exists()  # stopped inside the epoch's end, before any save
+
+
+def test_sigterms_in_quick_succession_are_one_request_and_the_epoch_is_saved(tiny_npz, tmp_path, sigterm_handled):
+    """A dying sweep's PR_SET_PDEATHSIG can arrive once per exiting thread: the repeats must not skip the save."""
+    data = load_dataset(str(tiny_npz))
+    ckpt = Checkpoint(tmp_path / "partial" / "runs" / "r.safetensors", NEVER)
+    with pytest.raises(termination.Terminated, match="checkpoint saved"):
+        run(data, ckpt, sigterm_at=1, times=3)
+    assert ckpt.path.exists()
 
 
 def test_without_a_checkpoint_training_stops_at_the_epochs_end_and_a_last_epoch_finishes(tiny_npz, sigterm_handled):

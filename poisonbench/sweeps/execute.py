@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..errors import PoisonbenchError
@@ -62,13 +63,15 @@ def log_path(plan: Plan, step: Step) -> Path:
     return RunStore(plan.execution.results).root / "logs" / f"{step.failure_key}.log"
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child)
+def _die_with_parent(parent: int) -> None:  # pragma: no cover (runs in the child, between fork and exec)
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent:  # the sweep died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def json_lines(text: str) -> list[dict]:
@@ -136,7 +139,8 @@ class LocalPool:
         log.parent.mkdir(parents=True, exist_ok=True)
         err = open(log, "w")  # noqa: SIM115 (closed when the process ends)
         proc = subprocess.Popen(step_argv(self.plan, step), stdout=subprocess.PIPE, stderr=err, text=True,
-                                env=self.env(slot), preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                env=self.env(slot),
+                                preexec_fn=partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None)
         self.running[proc] = (step, time.perf_counter(), slot, err)
         if self.on_start:
             self.on_start(step)
