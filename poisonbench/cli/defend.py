@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 
@@ -260,15 +261,21 @@ def command():
 def spec_from_argv(argv: list[str]) -> DefendSpec:
     """`defend`'s arguments (without the command name) parsed exactly as the CLI parses them, into their spec: how
     a sweep turns the runs of its grid into specs. A usage error is one line (PoisonbenchError)."""
-    import typer.main
-
-    app = typer.Typer(add_completion=False)
-    app.command("defend")(command())
-    click_command = typer.main.get_command(app)
     try:
-        ctx = click_command.make_context("defend", list(argv))
+        ctx = click_command().make_context("defend", list(argv))
     except Exception as exc:  # click's (or Typer's vendored click's) usage errors: exit_code 2 and a message
         if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
             raise PoisonbenchError(f"{exc.format_message()} (in `defend {' '.join(argv)}`)") from None
         raise
     return spec_from_options(ctx.params)
+
+
+@functools.lru_cache(maxsize=1)
+def click_command():
+    """`defend` as a click command, built once per process: a sweep parses hundreds of runs with it (and the
+    registries do not change once the command exists)."""
+    import typer.main
+
+    app = typer.Typer(add_completion=False)
+    app.command("defend")(command())
+    return typer.main.get_command(app)

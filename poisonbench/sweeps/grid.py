@@ -92,15 +92,9 @@ def locate(name: str) -> tuple[str, Path]:
 
 def option_names() -> dict[str, Any]:
     """{python name: click parameter} of `defend`'s options that a grid may set."""
-    import typer
-    import typer.main
+    from ..cli.defend import click_command
 
-    from ..cli.defend import command
-
-    app = typer.Typer(add_completion=False)
-    app.command("defend")(command())
-    params = typer.main.get_command(app).params
-    return {p.name: p for p in params if p.name not in EXECUTION_KEYS}
+    return {p.name: p for p in click_command().params if p.name not in EXECUTION_KEYS}
 
 
 def load_grid(name: str) -> Grid:

@@ -14,7 +14,6 @@ every step, done or not): `sweep run --task-id I` runs step I, as an `sbatch --a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import PoisonbenchError
@@ -214,13 +213,3 @@ def run_label(run: Run) -> str:
     parts += [f"{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
               for k, v in run.options if k not in own]
     return " · ".join(parts) + f" · trial {run.trial}"
-
-
-def resolve_grid(name: str, execution: Execution) -> Plan:
-    from .grid import load_grid
-
-    return make_plan(load_grid(name), execution)
-
-
-def check_results_root(execution: Execution) -> Path:
-    return RunStore(execution.results).root
