@@ -188,6 +188,18 @@ def test_paper_numbers_only_on_the_papers_rho_grid():
     assert row["paper_mean"] is None and row["diff"] is None
 
 
+def test_table2_shows_what_was_run_and_the_papers_layout_with_paper():
+    """Without --paper a table has the ρ rows and method columns that have records (the README demo's none / HINT at
+    ρ 0 and 1); --paper adds the paper's six ρ and five methods, which its numbers fill."""
+    runs = [make_record(method=m, params=hint_defaults() if m == "hint" else None, rho=rho, trial=t, acc=0.9)
+            for m in ("none", "hint") for rho in (0.0, 1.0) for t in range(2)]
+    plain = tables.build("2", runs, tables.Options(trials=2)).data
+    assert {d["rho"] for d in plain} == {0.0, 1.0} and {d["method"] for d in plain} == {"none", "hint"}
+    full = tables.build("2", runs, tables.Options(trials=2, paper=True)).data
+    assert {d["rho"] for d in full} == set(tables.RHOS)
+    assert {d["method"] for d in full} == {"none", "hint", "atda", "friends", "epic"}
+
+
 @pytest.mark.parametrize("dataset,family,needle", [
     ("fashion-mnist", None, "Fashion-MNIST"),
     ("fashion-5k.npz", "mnist", "not a paper dataset"),  # an .npz run with an MNIST recipe

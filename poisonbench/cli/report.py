@@ -113,7 +113,8 @@ def report(
                                      "every choice for the plain report."),
     trials: int = typer.Option(5, "--trials", help="Trials a cell should have; other counts are marked (n=k)."),
     fmt: str = typer.Option("rich", "--format", help="rich | md | latex | csv | json."),
-    paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
+    paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours, in its whole "
+                               "layout (every ρ row and method, empty where no run)."),
     diff: bool = typer.Option(False, "--diff", help="Add ours − paper (percentage points; Table V: × none)."),
     ci: bool = typer.Option(False, "--ci", help="Add 95% t-intervals of the mean."),
     paired: bool = typer.Option(False, "--paired",

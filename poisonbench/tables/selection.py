@@ -115,9 +115,12 @@ def untargeted(df: pd.DataFrame) -> pd.DataFrame:
     return df[df.kind.isin(["clean", "untargeted"])]
 
 
-def methods_of(df: pd.DataFrame) -> list[str]:
-    """The methods in row order: the paper's, then the others alphabetically."""
-    return list(PAPER_METHODS) + sorted(set(df.method) - set(PAPER_METHODS))
+def methods_of(df: pd.DataFrame, every_paper_method: bool = True) -> list[str]:
+    """The methods in row order: the paper's, then the others alphabetically. Without `every_paper_method`, only
+    those with records (a table without --paper shows what was run; with it, the paper's whole layout)."""
+    present = set(df.method)
+    paper = [m for m in PAPER_METHODS if every_paper_method or m in present]
+    return paper + sorted(present - set(PAPER_METHODS))
 
 
 def mix_note(df: pd.DataFrame) -> str | None:

@@ -49,7 +49,7 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
         notes = setting_notes(s, "2", opts, paper_ok=mix_ok) + mix_notes
         chosen = choose_parameters(sdf, notes)
         notes.append(mix_note(sdf))
-        methods = methods_of(sdf)
+        methods = methods_of(sdf, every_paper_method=opts.paper)
         key = paper.paper_key("2", s.dataset) if mix_ok else None
         plabel = paper.paper_label("2", s.dataset)
         show_paper, show_diff = opts.paper and key, opts.diff and key
@@ -70,8 +70,9 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
             notes.append("paired: the defense's test accuracy minus W/o Defense's, per pair of runs with the same "
                          "trial, seed, attack mix and PoisonSets (same poisoned rows and batch order); mean ± std "
                          "in points over the pairs")
-        found = {round(r, 6) for m in chosen.values() for r in m.rho}
-        rhos = [opts.rho] if opts.rho is not None else sorted(set(RHOS) | found)
+        found = {round(r, 6) for r in sdf.rho}  # every ρ run, also by parameter sets the columns leave out
+        # the paper's six ρ rows with --paper (its numbers fill them); otherwise the ρ that were run
+        rhos = [opts.rho] if opts.rho is not None else sorted(set(RHOS if opts.paper else ()) | found)
         block = Block(s.label, columns, notes=[n for n in notes if n])
         unpaired: dict[str, int] = {}
         for rho in rhos:

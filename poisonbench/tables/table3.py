@@ -90,7 +90,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
         notes = setting_notes(s, "3", opts)
         chosen = choose_parameters(sdf, notes)
         attacks = list(ATTACKS) + sorted(set(sdf.attack) - set(ATTACKS))
-        methods = methods_of(sdf)
+        methods = methods_of(sdf, every_paper_method=opts.paper)
         show_paper, show_diff = opts.paper, opts.diff  # the paper's Table III is CIFAR-10 only
         columns = ["method", "metric"]
         for a in attacks:

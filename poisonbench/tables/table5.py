@@ -27,7 +27,7 @@ def table5(df: pd.DataFrame, opts: Options) -> Table:
         notes += setting_notes(s, "5", opts)
         notes.append(mix_note(sdf))
         entries: list[tuple[str, str, float | None, pd.DataFrame]] = []
-        for m in methods_of(sdf):
+        for m in methods_of(sdf, every_paper_method=opts.paper):
             if m == "hint":
                 hint = [sensitivity_rows(sdf, "ratio", r) for r in R_GRID]
                 entries += [(f"HINT (r = {value_text(r)})", m, r, rows) for r, rows in zip(R_GRID, hint, strict=True)]
