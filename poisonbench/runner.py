@@ -26,7 +26,7 @@ from .recipes import resolve_recipe
 from .records import SCHEMA_VERSION, RunStore, git_state, run_id
 from .run_execution import execute
 from .scenarios import PoisonPlan, Scenario, scenario_for
-from .termination import stop_if_requested
+from .termination import deferred, stop_if_requested
 
 __all__ = ["DefendSpec", "RunOutcome", "defend", "run_config", "run_id"]
 
@@ -109,15 +109,16 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
             except OSError:
                 pass  # the error itself is what the caller must see
             raise
-        try:
-            store.put(record)
-        except OSError as e:  # the checkpoint stays (a re-run resumes from it); the finished record is shown
-            print(json.dumps(record), file=sys.stderr)
-            raise PoisonbenchError(f"could not write the record {store.path(rid)} ({e.strerror or e}); it is "
-                                   "printed above; re-running after fixing this resumes from the run's last epoch "
-                                   "checkpoint, if one was written") from None
-        checkpoint.clear()
-        store.clear_failure(rid)  # an earlier attempt's
+        with deferred():  # a SIGTERM here waits for the next run's check: the record and no stale checkpoint
+            try:
+                store.put(record)
+            except OSError as e:  # the checkpoint stays (a re-run resumes from it); the finished record is shown
+                print(json.dumps(record), file=sys.stderr)
+                raise PoisonbenchError(f"could not write the record {store.path(rid)} ({e.strerror or e}); it is "
+                                       "printed above; re-running after fixing this resumes from the run's last "
+                                       "epoch checkpoint, if one was written") from None
+            checkpoint.clear()
+            store.clear_failure(rid)  # an earlier attempt's
         return RunOutcome(record, "ran")
 
     # A run is claimed (an flock that dies with its holder) before it trains, so two processes never train the

@@ -148,6 +148,29 @@ def test_the_runner_records_a_run_whose_last_epoch_got_sigterm_and_starts_no_oth
     assert not list(tmp_path.glob("failures/*"))  # a stopped process is no failed run
 
 
+def test_a_sigterm_while_the_record_is_written_leaves_the_record_and_no_checkpoint(tiny_npz, tmp_path,
+                                                                                   sigterm_handled, monkeypatch):
+    """Between writing a run's record and clearing its checkpoint a SIGTERM waits: a stop there used to leave a
+    checkpoint of a done run, which nothing would remove (a sweep never starts a done run again)."""
+    put = RunStore.put
+    seen = {}
+
+    def put_with_sigterm(self, record):
+        seen["checkpoints"] = list(tmp_path.glob("partial/runs/*.safetensors"))
+        sigterm_self()
+        put(self, record)
+
+    monkeypatch.setattr(RunStore, "put", put_with_sigterm)
+    spec = DefendSpec(dataset=str(tiny_npz), method="none", trials=2, results=str(tmp_path), recipe="quick",
+                      recipe_overrides={"epochs": 2, "batch_size": 64}, compile="off", checkpoint_every=0)
+    with pytest.raises(termination.Terminated, match="before trial 1"):
+        defend(spec, None)
+    assert len(seen["checkpoints"]) == 1  # the test reached the window it is about
+    (record,) = RunStore(tmp_path).all()
+    assert record["config"]["trial"] == 0
+    assert not list(tmp_path.glob("partial/runs/*"))
+
+
 def test_install_is_idempotent_a_no_op_off_the_main_thread_and_reset_restores_the_handler():
     termination.reset()
     before = signal.getsignal(signal.SIGTERM)
