@@ -7,6 +7,14 @@ copied back into a fresh workspace before resuming, so finished runs are skipped
     python experiments/archive_records.py --from results --to experiments/records/fashion-mnist --dataset fashion-mnist
     python experiments/archive_records.py --from experiments/records/fashion-mnist --to results
 
+With `--checkpoints`, the epoch checkpoints of unfinished runs (`partial/runs/<run_id>.safetensors`) travel too,
+so a run that outlasts a session resumes on the next machine instead of starting over (it resumes only where the
+checkpoint's execution identity matches: same code, torch, CPU model, thread count; poisonbench/checkpoints.py).
+A checkpoint is copied when the destination has no record of its run and no checkpoint with as many epochs done;
+files above `--max-mb` (FRIENDS keeps its noisy rows in its checkpoint: 185 MB on full MNIST) are counted, not
+copied; a checkpoint at the destination whose run's record is there too is removed (the run finished).
+Checkpoints name no dataset, so `--dataset` does not filter them.
+
 Only complete records of the current schema are copied (atomically, via the store); source files that are not
 (unreadable, incomplete, another schema) are counted and make the exit status 1. Any file already at the
 destination is left alone: an equal record counts as present, anything else (a different record, an incomplete
@@ -16,8 +24,14 @@ or unreadable file, another schema) is reported as a conflict, never overwritten
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+from safetensors import safe_open
+
+from poisonbench.checkpoints import META_KEY, checkpoint_path
+from poisonbench.io import atomic_write_bytes
 from poisonbench.records import RunStore
 
 
@@ -40,11 +54,49 @@ def archive(source: str, dest: str, dataset: str | None = None) -> dict:
     return done
 
 
+def epochs_done(path: Path) -> int | None:
+    """The epochs a checkpoint holds, from its metadata alone (no tensor is read); None if unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(json.loads(f.metadata()[META_KEY])["epochs_done"])
+    except Exception:
+        return None
+
+
+def archive_checkpoints(source: str, dest: str, max_mb: float) -> dict:
+    """Copy `source`'s run checkpoints to `dest` where they take a run further than `dest` has it: run ids under
+    "copied", "present" (a record, or a checkpoint at least as far along, is there), "too_large", "unreadable" and
+    "removed" (`dest`'s checkpoints of runs whose record `dest` holds)."""
+    dst = RunStore(dest)
+    done: dict = {"copied": [], "present": [], "too_large": [], "unreadable": [], "removed": []}
+    for path in sorted((Path(dest) / "partial" / "runs").glob("*.safetensors")):
+        if dst.get(path.stem) is not None:
+            path.unlink()
+            done["removed"].append(path.stem)
+    for path in sorted((Path(source) / "partial" / "runs").glob("*.safetensors")):
+        rid, epochs = path.stem, epochs_done(path)
+        target = checkpoint_path(Path(dest), rid)
+        if epochs is None:
+            done["unreadable"].append(rid)
+        elif dst.get(rid) is not None or (target.exists() and (epochs_done(target) or 0) >= epochs):
+            done["present"].append(rid)
+        elif path.stat().st_size > max_mb * 2**20:
+            done["too_large"].append(rid)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, path.read_bytes())
+            done["copied"].append(rid)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="source", required=True, help="results workspace to read (its runs/)")
     ap.add_argument("--to", dest="dest", required=True, help="results workspace to write (its runs/)")
     ap.add_argument("--dataset", default=None, help="only records of this dataset name (config.dataset)")
+    ap.add_argument("--checkpoints", action="store_true",
+                    help="also copy unfinished runs' epoch checkpoints (partial/runs/), so they resume elsewhere")
+    ap.add_argument("--max-mb", type=float, default=20.0, help="with --checkpoints: largest checkpoint to copy (MB)")
     args = ap.parse_args(argv)
     done = archive(args.source, args.dest, args.dataset)
     print(f"copied {len(done['copied'])}, already there {len(done['present'])}, "
@@ -54,7 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     skipped = done["skipped_note"]
     if skipped:
         print(f"  source: {skipped}", file=sys.stderr)
-    return 1 if done["conflict"] or skipped else 0
+    failed = bool(done["conflict"] or skipped)
+    if args.checkpoints:
+        kept = archive_checkpoints(args.source, args.dest, args.max_mb)
+        print(f"checkpoints: copied {len(kept['copied'])}, already there {len(kept['present'])}, "
+              f"above {args.max_mb:g} MB (not copied) {len(kept['too_large'])}, unreadable {len(kept['unreadable'])}, "
+              f"removed as finished {len(kept['removed'])}")
+        failed = failed or bool(kept["unreadable"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -368,3 +368,52 @@ def test_each_trial_poisons_a_clean_copy_of_the_train_split(tiny_npz, tmp_path, 
     for x, seed in seen:
         poisoned = plan_untargeted(data, 0.5, ["durp"], seed=seed).mask(len(data.train))
         assert torch.equal(x[~poisoned], clean[~poisoned]) and not torch.equal(x[poisoned], clean[poisoned])
+
+
+def test_archive_carries_checkpoints_that_take_a_run_further(tmp_path):
+    """`archive_records.py --checkpoints` lets a run outlive its machine: an unfinished run's checkpoint is copied
+    unless the destination has its record or a checkpoint at least as far along, or it is above --max-mb; a
+    destination checkpoint of a finished run is removed."""
+    import importlib.util
+    from pathlib import Path
+
+    from poisonbench.checkpoints import META_KEY, write_state
+    from tests.report_records import make_record, write_records
+
+    spec = importlib.util.spec_from_file_location(
+        "archive_records", Path(__file__).parents[1] / "experiments" / "archive_records.py")
+    archive = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(archive)
+
+    def checkpoint(root, rid, epochs, numel=4):
+        write_state(checkpoint_path(root, rid), {"model.w": torch.full((numel,), float(epochs))},
+                    {META_KEY: json.dumps({"epochs_done": epochs})})
+
+    finished = make_record(dataset="mnist", trial=0)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_records(dst, [finished])
+    checkpoint(src, "fresh", 3)
+    checkpoint(src, "behind", 2)
+    checkpoint(dst, "behind", 5)
+    checkpoint(src, "ahead", 7)
+    checkpoint(dst, "ahead", 4)
+    checkpoint(src, finished["run_id"], 9)
+    finished_there = make_record(dataset="mnist", trial=1)  # its checkpoint at dst is left over: removed
+    write_records(dst, [finished_there])
+    done_there = finished_there["run_id"]
+    checkpoint(dst, done_there, 6)
+    checkpoint(src, "huge", 1, numel=2**19)  # 2 MiB of float32
+    checkpoint_path(src, "torn").write_bytes(b"\0\0")
+
+    done = archive.archive_checkpoints(str(src), str(dst), max_mb=1)
+    assert done == {"copied": ["ahead", "fresh"], "present": sorted(["behind", finished["run_id"]]),
+                    "too_large": ["huge"], "unreadable": ["torn"], "removed": [done_there]}
+    assert archive.epochs_done(checkpoint_path(dst, "ahead")) == 7
+    assert archive.epochs_done(checkpoint_path(dst, "behind")) == 5
+    assert archive.epochs_done(checkpoint_path(dst, "fresh")) == 3
+    assert not checkpoint_path(dst, "huge").exists() and not checkpoint_path(dst, done_there).exists()
+    assert not checkpoint_path(dst, finished["run_id"]).exists()
+    assert archive.main(["--from", str(src), "--to", str(dst), "--checkpoints"]) == 1  # the torn file
+    checkpoint_path(src, "torn").unlink()
+    assert archive.main(["--from", str(src), "--to", str(dst), "--checkpoints", "--max-mb", "4"]) == 0
+    assert archive.epochs_done(checkpoint_path(dst, "huge")) == 1
