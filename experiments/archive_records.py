@@ -83,8 +83,7 @@ def archive_checkpoints(source: str, dest: str, max_mb: float) -> dict:
         elif path.stat().st_size > max_mb * 2**20:
             done["too_large"].append(rid)
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, path.read_bytes())
+            atomic_write_bytes(target, path.read_bytes())  # makes partial/runs/ if need be
             done["copied"].append(rid)
     return done
 
