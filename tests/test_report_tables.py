@@ -489,6 +489,34 @@ def test_runs_with_another_row_draw_are_not_pooled():
     assert any("3 mnist-5k run(s)" in n and "the draw of the poisoned rows differ" in n for n in table.notes)
 
 
+def test_runs_on_another_craft_of_the_same_poison_sets_are_not_paired_and_the_table_says_so():
+    """The same poison ids crafted into other tensors (other code or CPU kind rounds differently) are other poisons:
+    `--paired` pairs only runs on the same craft (a record that does not name its tensors, before session 12, is
+    paired as before), the cells pool both crafts, and a note names the attacks whose tensors differ."""
+    def run(method, trial, acc, dap):
+        r = make_record(method=method, params=hint_params() if method == "hint" else None, rho=1.0, trial=trial,
+                        acc=acc)
+        r["poison_tensors"] = {"pgd": "p", "dap": dap, "durp": "u", "deepconfuse": "c"} if dap else None
+        return r
+
+    records = ([run("none", t, 0.90, "first") for t in range(5)] + [run("hint", t, 0.80, "second") for t in range(3)]
+               + [run("hint", 3, 0.95, "first"), run("hint", 4, 0.60, None)])
+    table = tables.build("2", records, tables.Options(trials=5, rho=1.0, paired=True), dataset="mnist-5k")
+    cells = {d["method"]: d for d in table.data if d["rho"] == 1.0}
+    assert cells["none"]["n"] == 5 and cells["hint"]["n"] == 5 and cells["hint"]["mean"] == pytest.approx(79.0)
+    assert cells["hint"]["paired_n"] == 2 and cells["hint"]["paired_mean"] == pytest.approx((5.0 - 30.0) / 2)
+    text = tables.render(table, "md")
+    assert "paired: 3 HINT run(s) have no W/o Defense run of the same trial and seed on the same craft" in text
+    assert "9 mnist-5k run(s) shown of the mix pgd,dap,durp,deepconfuse trained on 2 crafts" in text
+    assert "other tensors (dap differ" in text
+    assert "1 mnist-5k run(s) shown of the mix pgd,dap,durp,deepconfuse name no craft" in text
+    one_craft = [r for r in records if (r["poison_tensors"] or {}).get("dap") != "second"]
+    table = tables.build("2", one_craft, tables.Options(trials=5, rho=1.0, paired=True), dataset="mnist-5k")
+    text = tables.render(table, "md")
+    assert "crafts of the same PoisonSets" not in text and "name no craft" in text
+    assert {d["method"]: d["paired_n"] for d in table.data if d["rho"] == 1.0 and d["method"] == "hint"} == {"hint": 2}
+
+
 def test_the_plain_report_counts_distinct_trials_like_the_tables():
     """A trial re-run with another --seed replaces the older run of that trial id (newest wins), in the plain
     report as in Table II, with a note; n never exceeds the number of distinct trials."""

@@ -6,7 +6,7 @@ from ..errors import unknown_choice
 from .cells import Options, Table
 from .constants import ROMAN, TABLES
 from .rows import frame
-from .selection import apply_filters, cell_records
+from .selection import apply_filters, cell_records, craft_notes
 from .table2 import table2
 from .table3 import table3
 from .table4 import table4
@@ -39,4 +39,5 @@ def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
         table.notes.append(f"the runs shown were made by {count} of the code (the records' "
                            f"env.code fingerprint){older}; on a CPU, versions that change no arithmetic give the "
                            "same numbers, others differ by float rounding (docs/fidelity.md names the changes)")
+    table.notes += craft_notes(shown)
     return table

@@ -83,12 +83,16 @@ PAIR_KEYS = ["trial", "seed", "mix", "poisons_json"]  # same seed and same poiso
 
 def paired_stat(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> Stat | None:
     """Mean ± sample std of `test_acc` − the baseline's over the runs that share trial, seed, attack mix and
-    PoisonSets: those saw the same poisoned rows, initialisation and batch order, so the difference cancels what
-    they share. Runs without such a partner stay out."""
+    PoisonSets (ids and, where the records name them, tensors): those saw the same poisoned rows, initialisation
+    and batch order, so the difference cancels what they share. Runs without such a partner stay out."""
     if rows is None or baseline is None:
         return None
-    pairs = rows[[*PAIR_KEYS, "test_acc"]].merge(baseline[[*PAIR_KEYS, "test_acc"]], on=PAIR_KEYS,
-                                                  suffixes=("", "_base"))
+    columns = [*PAIR_KEYS, "poison_tensors_json", "test_acc"]
+    pairs = rows[columns].merge(baseline[columns], on=PAIR_KEYS, suffixes=("", "_base"))
+    # the same poison ids crafted into other tensors are other poisons; a record that does not name its tensors
+    # (before session 12) cannot tell and is paired as before
+    craft, base_craft = pairs.poison_tensors_json, pairs.poison_tensors_json_base
+    pairs = pairs[(craft == base_craft) | (craft == "") | (base_craft == "")]
     return stat(pairs.test_acc - pairs.test_acc_base)
 
 

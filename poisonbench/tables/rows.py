@@ -103,6 +103,10 @@ def record_row(r: dict) -> dict:
                                         "rows": poison.get("row_stream")}) if kind == "untargeted"
         else canonical_json({k: v for k, v in poison.items() if k not in TARGETED_TRIAL_KEYS}) if kind == "targeted"
         else canonical_json({"id": poison.get("poison_id")}) if kind == "poison-set" else "",
+        # the sha256 of the PoisonSet files trained on: one set of poison ids may be crafted into other floats
+        # (another device, CPU or torch); "" where the record does not say (records before session 12)
+        "poison_tensors_json": canonical_json(r["poison_tensors"]) if kind == "untargeted"
+        and r.get("poison_tensors") else "",
         "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
         "beta": float(params["beta"]) if isinstance(params.get("beta"), int | float) else math.nan,
         "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),

@@ -47,6 +47,30 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return df[keep], notes
 
 
+def craft_notes(shown: pd.DataFrame) -> list[str]:
+    """Notes when the untargeted runs shown trained on several crafts of the same PoisonSets, or beside runs whose
+    record names no craft: the poison ids hash the crafting inputs only, and other code, another CPU kind or torch
+    may round a craft differently (the records' `poison_tensors`, written from session 12 on). The crafts are the
+    same attack, so cells pool them as they pool code versions; `--paired` pairs only runs on the same craft, and a
+    run that names none with any (`cells.paired_stat`)."""
+    notes = []
+    untargeted_rows = shown[shown.kind == "untargeted"]
+    for (dataset, mix, _), group in untargeted_rows.groupby(["dataset", "mix", "poisons_json"]):
+        named = group[group.poison_tensors_json != ""]
+        crafts = [json.loads(t) for t in named.poison_tensors_json.unique()]
+        if len(crafts) > 1:
+            differ = sorted({a for c in crafts for a in c if len({d.get(a) for d in crafts}) > 1})
+            notes.append(f"{len(named)} {dataset} run(s) shown of the mix {mix} trained on {len(crafts)} crafts of "
+                         f"the same PoisonSets: same poison ids, other tensors ({', '.join(differ)} differ; the "
+                         "records' poison_tensors), e.g. crafted by other code, on another CPU kind or torch; "
+                         "cells pool them, paired columns pair only runs on the same craft")
+        if crafts and len(named) < len(group):
+            notes.append(f"{len(group) - len(named)} {dataset} run(s) shown of the mix {mix} name no craft of their "
+                         f"PoisonSets (records before session 12), beside {len(named)} that do: they may have "
+                         "trained on another craft of the same poison ids, and paired columns pair them as if not")
+    return notes
+
+
 # what makes two runs the same configuration (one cell) apart from the trial; `trial` last
 CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "kind", "scenario", "rho", "mix",
                  "attack", "method", "params_json", "poisons_json", "trial"]

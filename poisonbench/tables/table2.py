@@ -104,8 +104,9 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
             mark_best(ours)
             block.rows.append(row)
         block.notes += [f"paired: {k} {method_label(m)} run(s) have no W/o Defense run of the same trial and seed "
-                        "among those shown (not run yet, or re-run with another --seed) and stay out of the "
-                        "paired column" for m, k in unpaired.items()]
+                        "on the same craft of the PoisonSets among those shown (not run yet, re-run with another "
+                        "--seed, or trained on another craft) and stay out of the paired column"
+                        for m, k in unpaired.items()]
         blocks.append(block)
     return Table("2", table2_caption(df), blocks, data, shown=shown)
 
