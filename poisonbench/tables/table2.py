@@ -68,8 +68,8 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
                 columns.append(f"{method_label(m)} − {method_label('none')} (paired)")
         if paired:
             notes.append("paired: the defense's test accuracy minus W/o Defense's, per pair of runs with the same "
-                         "trial, seed, attack mix and PoisonSets (same poisoned rows and batch order); mean ± std "
-                         "in points over the pairs")
+                         "trial, seed, attack mix and PoisonSets (same poisoned rows and batch order, and the same "
+                         "craft where the records name it); mean ± std in points over the pairs")
         found = {round(r, 6) for r in sdf.rho}  # every ρ run, also by parameter sets the columns leave out
         # the paper's six ρ rows with --paper (its numbers fill them); otherwise the ρ that were run
         rhos = [opts.rho] if opts.rho is not None else sorted(set(RHOS if opts.paper else ()) | found)
