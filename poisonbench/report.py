@@ -9,7 +9,7 @@ import pandas as pd
 
 from .errors import PoisonbenchError, unknown_choice
 from .hashing import canonical_json
-from .tables import FORMATS, Block, Cell, Table, apply_filters, frame, render_latex, superseded_runs
+from .tables import FORMATS, Block, Cell, Table, apply_filters, craft_notes, frame, render_latex, superseded_runs
 
 GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params", "configuration"]
 
@@ -36,7 +36,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample std (ddof=1; the paper says only "average and standard deviation") of test accuracy and
     seconds per configuration, over distinct trials: of several runs of one configuration with the same trial id
     (e.g. re-run with another `--seed`) or the same seed, the most recently finished one counts, as in the tables;
-    `attrs["not_shown"]` counts the others."""
+    `attrs["not_shown"]` counts the others and `attrs["shown"]` holds the index of the runs counted."""
     older = superseded_runs(runs, [*GROUP_KEYS, "trial"])
     grouped = runs.drop(older.index).groupby(GROUP_KEYS, dropna=False, sort=True)
     out = grouped.agg(
@@ -46,6 +46,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         seconds_mean=("seconds", "mean"),
     ).reset_index()
     out.attrs["not_shown"] = len(older)
+    out.attrs["shown"] = list(runs.index.difference(older.index))
     return out
 
 
@@ -99,5 +100,10 @@ def load_summary(records: list[dict], **filters) -> pd.DataFrame:
     model, recipe, epochs, methods, mix; mix None or "any" keeps every mix)."""
     if not records:
         raise PoisonbenchError("no run records found; run `poisonbench defend` first or pass --results DIR")
-    selected = plain_rows(apply_filters(frame(records), **filters))
-    return summarize(selected) if len(selected) else selected
+    rows = apply_filters(frame(records), **filters)
+    selected = plain_rows(rows)
+    if not len(selected):
+        return selected
+    summary = summarize(selected)
+    summary.attrs["craft_notes"] = craft_notes(rows.loc[summary.attrs["shown"]])  # as under the tables
+    return summary

@@ -510,6 +510,10 @@ def test_runs_on_another_craft_of_the_same_poison_sets_are_not_paired_and_the_ta
     assert "9 mnist-5k run(s) shown of the mix pgd,dap,durp,deepconfuse trained on 2 crafts" in text
     assert "other tensors (dap differ" in text
     assert "1 mnist-5k run(s) shown of the mix pgd,dap,durp,deepconfuse name no craft" in text
+    from poisonbench import report
+
+    plain = report.load_summary(records, mix="any", poison_sets="any")  # `poisonbench report` without --table
+    assert any("9 mnist-5k run(s) shown" in n and "2 crafts" in n for n in plain.attrs["craft_notes"])
     one_craft = [r for r in records if (r["poison_tensors"] or {}).get("dap") != "second"]
     table = tables.build("2", one_craft, tables.Options(trials=5, rho=1.0, paired=True), dataset="mnist-5k")
     text = tables.render(table, "md")

@@ -262,6 +262,8 @@ def show_plain(records: list[dict], store: RunStore, filters: dict, fmt: str, at
     if summary.attrs.get("not_shown"):
         note(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id or seed of another run of the "
              "same configuration (e.g. another --seed); each configuration keeps the newest run per trial and seed")
+    for text in summary.attrs.get("craft_notes", []):
+        note(text)
     if summary.empty:
         note(f"no records match ({describe({**filters, 'mix': attacks})})")
         if fmt == "json":

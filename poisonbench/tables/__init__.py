@@ -35,7 +35,7 @@ from .missing import assert_records, available_methods, missing_commands, recipe
 from .parameters import primary
 from .render import render, render_latex, render_rich
 from .rows import frame, poison_sets_text, record_row
-from .selection import apply_filters, cell_records, methods_of, superseded_runs, untargeted
+from .selection import apply_filters, cell_records, craft_notes, methods_of, superseded_runs, untargeted
 from .settings import Setting, in_setting, settings
 from .stats import close, stat, wilson
 from .table2 import table2
@@ -63,6 +63,7 @@ __all__ = [
     "available_methods",
     "build",
     "cell_records",
+    "craft_notes",
     "check_table",
     "close",
     "frame",
