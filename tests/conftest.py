@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n N`, the default in pyproject.toml) the N workers share the cores: each worker's
+    torch takes its share of them instead of all, so that the workers do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // workers))
 
 
 def class_images(n: int, size: int, channels: int = 1, classes: int = 10, seed: int = 0):
