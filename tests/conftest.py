@@ -19,8 +19,9 @@ def pytest_configure(config):
     if workers > 1:
         import torch
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // workers))
+        from poisonbench.sweeps.execute import split_threads
+
+        torch.set_num_threads(split_threads(workers))
 
 
 def class_images(n: int, size: int, channels: int = 1, classes: int = 10, seed: int = 0):
