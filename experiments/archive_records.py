@@ -13,7 +13,10 @@ checkpoint's execution identity matches: same code, torch, CPU model, thread cou
 A checkpoint is copied when the destination has no record of its run and no checkpoint with as many epochs done;
 files above `--max-mb` (FRIENDS keeps its noisy rows in its checkpoint: 185 MB on full MNIST) are counted, not
 copied; a checkpoint at the destination whose run's record is there too is removed (the run finished).
-Checkpoints name no dataset, so `--dataset` does not filter them.
+Checkpoints name no dataset, so `--dataset` does not filter them. `--clean-only` copies only the records of runs that
+trained on no poisons (ρ = 0). They name no craft of the PoisonSets, so one craft's workspace (e.g.
+`experiments/records/mnist-craft-a`, whose poisoned runs share run ids with another craft's) can take the clean
+runs of another directory to complete its Table II.
 
 Only complete records of the current schema are copied (atomically, via the store); source files that are not
 (unreadable, incomplete, another schema) are counted and make the exit status 1. Any file already at the
@@ -35,13 +38,16 @@ from poisonbench.io import atomic_write_bytes
 from poisonbench.records import RunStore
 
 
-def archive(source: str, dest: str, dataset: str | None = None) -> dict:
-    """Copy `source`'s complete records (of `dataset`) to `dest`: run ids under "copied", "present" and "conflict",
-    and "skipped_note" (the source files skipped, or None)."""
+def archive(source: str, dest: str, dataset: str | None = None, clean_only: bool = False) -> dict:
+    """Copy `source`'s complete records (of `dataset`; with `clean_only`, of runs that trained on no poisons) to
+    `dest`: run ids under "copied", "present" and "conflict", and "skipped_note" (the source files skipped, or
+    None)."""
     src, dst = RunStore(source), RunStore(dest)
     done: dict = {"copied": [], "present": [], "conflict": []}
     for record in src.all():
         if dataset and record["config"]["dataset"] != dataset:
+            continue
+        if clean_only and record["config"].get("poison") is not None:
             continue
         rid = record["run_id"]
         there = dst.get(rid)
@@ -93,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="source", required=True, help="results workspace to read (its runs/)")
     ap.add_argument("--to", dest="dest", required=True, help="results workspace to write (its runs/)")
     ap.add_argument("--dataset", default=None, help="only records of this dataset name (config.dataset)")
+    ap.add_argument("--clean-only", action="store_true",
+                    help="only records of runs that trained on no poisons (ρ = 0): they name no craft of the "
+                         "PoisonSets, so they can join any craft's workspace")
     ap.add_argument("--checkpoints", action="store_true",
                     help="also copy unfinished runs' epoch checkpoints (partial/runs/), so they resume elsewhere")
     ap.add_argument("--max-mb", type=float, default=20.0, help="with --checkpoints: largest checkpoint to copy (MB)")
     args = ap.parse_args(argv)
-    done = archive(args.source, args.dest, args.dataset)
+    done = archive(args.source, args.dest, args.dataset, args.clean_only)
     print(f"copied {len(done['copied'])}, already there {len(done['present'])}, "
           f"different there (left alone) {len(done['conflict'])}")
     for rid in done["conflict"]:
