@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import torch
@@ -21,8 +22,9 @@ from .training import predict, train
 
 def execute(spec: DefendSpec, scenario: Scenario, config: dict, rid: str, data, tensors: dict, device: torch.device,
             reporter: Reporter | None, load_seconds: float, plan: PoisonPlan | None = None,
-            checkpoint: Checkpoint | None = None) -> dict:
-    """Train one run and return its record (not yet written)."""
+            checkpoint: Checkpoint | None = None, on_poisoned: Callable[[PoisonPlan], None] | None = None) -> dict:
+    """Train one run and return its record (not yet written). `on_poisoned(plan)` is called once the poisons are
+    applied (their tensors known), before training."""
     started, cpu_started = time.perf_counter(), time.process_time()
     recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
     defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)
@@ -35,6 +37,8 @@ def execute(spec: DefendSpec, scenario: Scenario, config: dict, rid: str, data, 
         poisoned = plan.mask(len(train_y), device)
         if checkpoint is not None:  # never resumed on re-crafted poisons (`craft --force` after the kill)
             checkpoint.identity["poison_tensors"] = dict(plan.tensor_sha256)
+        if on_poisoned is not None:
+            on_poisoned(plan)
     rows = scenario.train_rows(data, config["trial"], plan)
     if rows is not None:  # a scenario that trains on a subset of the split (transfer learning's 10 %)
         rows = rows.to(device)

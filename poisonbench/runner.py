@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import Checkpoint, checkpoint_path
+from .craft_check import CraftIndex, warn_other_crafts
 from .data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
 from .defend_spec import DefendSpec, Reporter, trial_numbers, validate
 from .defenses import build_defense
@@ -86,7 +87,13 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
                                        f"poisonbench writes {SCHEMA_VERSION}): another version wrote it; "
                                        "--force replaces it, or use another --results")
     outcomes: dict[str, RunOutcome] = {}
-    tensors = None
+    tensors = crafts = None
+
+    def check_crafts(plan: PoisonPlan, rid: str) -> None:
+        nonlocal crafts
+        if crafts is None:  # read once, when the first poisoned run is about to train
+            crafts = CraftIndex(store)
+        warn_other_crafts(crafts, plan, rid, store.root)
 
     def run_claimed(config: dict, plan: PoisonPlan | None, rid: str) -> RunOutcome:
         nonlocal tensors
@@ -102,7 +109,7 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
                        for name, s in (("train", data.train), ("val", data.val), ("test", data.test))}
         try:
             record = execute(spec, scenario, config, rid, data, tensors, device, reporter, load_seconds, plan,
-                             checkpoint)
+                             checkpoint, on_poisoned=lambda p: check_crafts(p, rid))
         except Exception as error:  # a failure record beside the results (never a result); the error goes on
             try:
                 store.put_failure(rid, config, error)
@@ -119,6 +126,8 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
                                        "epoch checkpoint, if one was written") from None
             checkpoint.clear()
             store.clear_failure(rid)  # an earlier attempt's
+            if crafts is not None:
+                crafts.add(record)
         return RunOutcome(record, "ran")
 
     # A run is claimed (an flock that dies with its holder) before it trains, so two processes never train the

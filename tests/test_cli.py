@@ -257,3 +257,28 @@ def test_data_info_text_names_source_and_split_fingerprints(cli, tiny_npz):
     summary = data.summary()
     assert {s["fingerprint"] for s in summary["splits"].values()} == {data.train.fingerprint, data.val.fingerprint,
                                                                       data.test.fingerprint}
+
+
+def test_defend_warns_before_training_on_another_craft_than_the_records(cli, tiny_npz, tmp_path):
+    """A re-crafted PoisonSet keeps its id but not its floats: a run about to train on other tensors than the
+    workspace's records of that PoisonSet says so in one line, naming the PoisonSet and the other craft; a run on
+    the records' own craft, or a --force re-run of the only record on the other craft, says nothing."""
+    results = tmp_path / "res"
+    args = ["defend", "--dataset", tiny_npz, *FAST_DEFEND, "--poison-ratio", "0.3", "--attacks", "durp",
+            "--results", results, "--json"]
+    code, out, err = cli(*args, "--trial", "0")
+    assert code == 0 and "Warning" not in err
+    record_path = results / "runs" / f"{json.loads(out)['run_id']}.json"
+    first = json.loads(record_path.read_text())
+    pid = first["config"]["poison"]["poison_ids"]["durp"]
+    code, _, err = cli(*args, "--trial", "1")
+    assert code == 0 and "Warning" not in err  # the same craft
+
+    first["poison_tensors"]["durp"] = "f" * 64  # as if trial 0 had trained on another craft of the PoisonSet
+    record_path.write_text(json.dumps(first))
+    code, _, err = cli(*args, "--trial", "2")
+    assert code == 0
+    (line,) = [w for w in err.splitlines() if w.startswith("Warning:")]
+    assert f"PoisonSet {pid} (durp)" in line and "ffffffff… (1 run)" in line and "will not pair" in line
+    code, _, err = cli(*args, "--trial", "0", "--force")  # replaces the one record on the other craft
+    assert code == 0 and "Warning" not in err
