@@ -37,11 +37,8 @@ class CraftIndex:
     def __init__(self, store: RunStore):
         self.runs: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         for record in store.all():
-            self.add(record)
-
-    def add(self, record: dict) -> None:
-        for pid, sha in record_crafts(record).items():
-            self.runs[pid][sha].add(record["run_id"])
+            for pid, sha in record_crafts(record).items():
+                self.runs[pid][sha].add(record["run_id"])
 
     def others(self, crafts: dict[str, str], rid: str) -> dict[str, Counter]:
         """For each PoisonSet in `crafts` ({poison id: sha256}), the other crafts of it that records other than

@@ -126,8 +126,6 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
                                        "epoch checkpoint, if one was written") from None
             checkpoint.clear()
             store.clear_failure(rid)  # an earlier attempt's
-            if crafts is not None:
-                crafts.add(record)
         return RunOutcome(record, "ran")
 
     # A run is claimed (an flock that dies with its holder) before it trains, so two processes never train the
