@@ -138,8 +138,8 @@ def write_grid(path: Path, dataset: Path, epochs: int, trials: int, poison_ratio
 
 
 def epochs_shown(results: Path, epochs: int, since_ns: int = 0) -> dict[str, int]:
-    """{run id: epochs done} of the runs whose log (written since `since_ns`: not a killed sweep's) shows a finished
-    epoch: "epoch 2/5 · loss ..." in the progress display."""
+    """{run id: epochs done} of the runs whose log (`<run id>.<pid>@<host>.log`, written since `since_ns`: not a
+    killed sweep's) shows a finished epoch: "epoch 2/5 · loss ..." in the progress display."""
     shown = {}
     for log in (results / "logs").glob("*.log"):
         try:
@@ -150,7 +150,8 @@ def epochs_shown(results: Path, epochs: int, since_ns: int = 0) -> dict[str, int
             continue
         done = [int(n) for n in re.findall(rf"epoch (\d+)/{epochs} · loss", text)]
         if done:
-            shown[log.stem] = max(done)
+            rid = log.name.split(".", 1)[0]
+            shown[rid] = max(shown.get(rid, 0), *done)
     return shown
 
 
@@ -215,7 +216,8 @@ def test_a_sweep_sigkilled_three_times_finishes_each_run_once_and_leaves_nothing
             stopped_in_training = {rid: done for rid, done in training.items() if done <= epochs - 4}
             assert stopped_in_training, f"killed after epochs {training} of {epochs}: too late to test a resume"
             for rid in stopped_in_training:
-                log = (results / "logs" / f"{rid}.log").read_text(errors="replace").replace("\r", "\n")
+                log = "".join(p.read_text(errors="replace") for p in (results / "logs").glob(f"{rid}.*.log"))
+                log = log.replace("\r", "\n")
                 assert checkpoint_path(results, rid).exists(), f"run {rid} saved no checkpoint: {log[-300:]}"
                 assert rid not in snapshots[-1]
     assert snapshots[-1], "the last kill comes after a run finished"

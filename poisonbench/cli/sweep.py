@@ -170,7 +170,10 @@ def run_cmd(
         message += f" or failed ({failed} failed: --retry-failed runs them again)" if failed else ""
         _say(message, as_json, {"grid": plan.grid.name, "ran": 0, "failed": failed, "nothing_to_do": True})
         _report(plan, report and not as_json)
+        if failed:  # the grid is not complete: a script's `sweep run && next-step` must not go on
+            raise typer.Exit(INCOMPLETE)
         return
+    execute.check_writable(plan, logs=executor == "workers")  # a read-only results directory: one line, exit 2
     if executor != "workers":
         jobs = slurm.submit(plan, steps, executor, slurm_options, execute.split_threads(1) if executor ==
                             "submitit-local" else None)
@@ -178,21 +181,50 @@ def run_cmd(
         if wait if wait is not None else executor == "submitit-local":
             _wait_jobs(jobs)
             _report(plan, report and not as_json)
+            _exit_unless_complete(plan, as_json)
         return
-    outcomes = _run_local(plan, steps, workers, as_json)
-    failed = [o for o in outcomes if o.status in ("failed", "blocked")]
+    outcomes, stopped_by = _run_local(plan, steps, workers, as_json)
+    failed = [o for o in outcomes if o.status in ("failed", "killed", "blocked")]
+    left = _left(plan)
     if as_json:
-        print(json.dumps({"grid": plan.grid.name, "steps": len(steps), "outcomes": [
+        print(json.dumps({"grid": plan.grid.name, "steps": len(steps), "left": left, "outcomes": [
             {"index": o.step.index, "key": o.step.key, "label": o.step.label, "status": o.status,
              "seconds": round(o.seconds, 2), "detail": o.detail, "outputs": o.outputs} for o in outcomes]}))
     else:
         for o in failed:
             stderr.print(f"{o.status}: step {o.step.index} ({o.step.label}): {o.detail}", markup=False)
         _report(plan, report and not failed)
+    if stopped_by is not None:  # SIGTERM: 143, SIGINT (Ctrl-C): 130; the running steps saved their checkpoints
+        raise typer.Exit(128 + int(stopped_by))
     if any(o.status == "terminated" for o in outcomes):
         raise typer.Exit(143)
-    if failed:
-        raise typer.Exit(1)
+    if failed or left["failed"] or left["missing"]:
+        if not as_json and not failed:
+            _say_left(plan, left)
+        raise typer.Exit(INCOMPLETE)
+
+
+INCOMPLETE = 1  # `sweep run`'s exit code while a step of the grid is failed or missing at the end (2: bad input)
+
+
+def _left(plan) -> dict[str, int]:
+    """The grid's steps not done now: failed, missing (running: another process holds them)."""
+    states = list(plan.states().values())
+    return {st: states.count(st) for st in ("failed", "missing", "running")}
+
+
+def _say_left(plan, left: dict[str, int]) -> None:
+    stderr.print(f"grid {plan.grid.name} is not complete: {left['failed']} steps failed, {left['missing']} missing "
+                 f"(`poisonbench sweep status {shlex.quote(plan.grid.source)}` lists them; --retry-failed runs the "
+                 "failed ones again)", markup=False)
+
+
+def _exit_unless_complete(plan, as_json: bool) -> None:
+    left = _left(plan)
+    if left["failed"] or left["missing"]:
+        if not as_json:
+            _say_left(plan, left)
+        raise typer.Exit(INCOMPLETE)
 
 
 def _in_array() -> bool:
@@ -230,13 +262,15 @@ def _run_local(plan, steps, workers: int, quiet: bool):
         if outcome.step.label in running:
             running.remove(outcome.step.label)
         key = {"ran": "ran", "crafted": "ran", "skipped": "skipped", "on disk": "skipped", "done": "ran"}.get(
-            outcome.status, "failed" if outcome.status in ("failed", "blocked") else None)
+            outcome.status, "failed" if outcome.status in ("failed", "killed", "blocked") else None)
         if key:
             counts[key] += 1
         progress.update(task, advance=1, description=describe())
 
+    pool = LocalPool(plan, workers, on_start=started, on_finish=finished)
     with progress:
-        return LocalPool(plan, workers, on_start=started, on_finish=finished).run(steps)
+        outcomes = pool.run(steps)
+    return outcomes, pool.stopped_by
 
 
 def _wait_jobs(jobs) -> None:
@@ -305,4 +339,5 @@ def status_cmd(
     console.print(f"device-hours ({devices}): {status['hours_spent']:.3f} spent, about "
                   f"{status['hours_remaining_estimate']:.3f} to go{more}")
     for f in status["failures"]:
-        console.print(f"failed: step {f['step']} ({f['label']}): {f['error']} — {f['record']}", markup=False)
+        console.print(f"failed: step {f['step']} ({f['label']}): {f['error']} — {f['record']}"
+                      + (f"; log: {f['log']}" if f.get("log") else ""), markup=False)

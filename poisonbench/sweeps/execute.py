@@ -8,6 +8,16 @@ raises leaves a failure record; SIGTERM saves the epoch checkpoint and exits 143
 
 The local pool starts the prepare steps first and a run only once the PoisonSets it needs are on disk; its workers
 die with it (Linux: PR_SET_PDEATHSIG delivers SIGTERM, so even a SIGKILLed sweep leaves checkpoints, not orphans).
+They ignore SIGINT: a Ctrl-C stops the sweep, which stops them with SIGTERM (exit 130 then, 143 for SIGTERM).
+
+Each step process writes its stderr into a log of its own, `<results>/logs/<run id>.<pid>@<host>.log` (`<pid>@<host>`
+the sweep's, as in `io.writer_tag`): two sweeps on one results directory never write into one file. A log is created
+new (O_CREAT | O_EXCL | O_NOFOLLOW, through a descriptor of `logs/` opened without following a link), so a symbolic
+link planted at its name or as `logs/` itself never redirects the write (`open_logs`, `StepLog`).
+
+A step killed by a signal from outside (SIGKILL, the OOM killer, SIGINT, SIGHUP, ...) gets no failure record: it did
+not fail, it was stopped, and a plain re-run runs it again. A step that crashed by its own fault (SIGSEGV, SIGABRT,
+...) or exited with an error is failed, and only `--retry-failed` runs it again (`outcome_of`).
 """
 
 from __future__ import annotations
@@ -24,16 +34,22 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import PoisonbenchError
+from ..io import ensure_writable, writer_tag
 from ..records import RunStore
 from .plan import Plan, Step
 
 TERMINATED = 143  # 128 + SIGTERM: `defend` stopped by SIGTERM after saving its checkpoint
+ABORTED = 130  # 128 + SIGINT: `defend` stopped by SIGINT (KeyboardInterrupt: "Aborted.")
+# signals a process gets for its own fault: such a step failed (a bug, bad memory), it was not stopped from outside
+CRASHES = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGSYS,
+                     signal.SIGTRAP})
+TAIL_BYTES = 16384  # how much of the end of a log is read for a failure's detail
 
 
 @dataclass
 class Outcome:
     step: Step
-    status: str  # ran | skipped | crafted | on disk | failed | terminated | blocked
+    status: str  # ran | skipped | crafted | on disk | failed | killed | terminated | blocked
     seconds: float = 0.0
     detail: str = ""
     outputs: list[dict] = field(default_factory=list)  # the step's `--json` lines
@@ -59,11 +75,109 @@ def step_argv(plan: Plan, step: Step) -> list[str]:
     return [sys.executable, "-m", "poisonbench.cli.main", *step.command(plan.execution), "--json"]
 
 
-def log_path(plan: Plan, step: Step) -> Path:
-    return RunStore(plan.execution.results).root / "logs" / f"{step.failure_key}.log"
+def logs_dir(plan: Plan) -> Path:
+    return RunStore(plan.execution.results).root / "logs"
+
+
+def log_name(step: Step) -> str:
+    """`<run id>.<pid>@<host>.log` (a prepare step: `craft-<poison id>.…`): one log per step and sweep process."""
+    return f"{step.failure_key}.{writer_tag()}.log"
+
+
+def open_logs(plan: Plan) -> int:
+    """A descriptor of `<results>/logs/` (created if missing), for `StepLog`: the results directory and `logs/` must
+    be writable, and `logs/` a directory, not a symbolic link (a planted link would send the logs elsewhere).
+    Fails in one line (PoisonbenchError) before anything starts."""
+    root, logs = RunStore(plan.execution.results).root, logs_dir(plan)
+    ensure_writable(root, "sweep results")
+    try:
+        os.mkdir(logs)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise PoisonbenchError(f"cannot write sweep logs into {str(logs)!r}: {e.strerror or e}") from None
+    try:
+        fd = os.open(logs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if logs.is_symlink():
+            raise PoisonbenchError(f"{str(logs)!r} is a symbolic link (to {os.readlink(logs)!r}), not a directory: "
+                                   "a sweep writes its logs only into a directory of its own results; remove the "
+                                   "link") from None
+        reason = f"{str(logs)!r} is a file, not a directory" if isinstance(e, NotADirectoryError) else e.strerror
+        raise PoisonbenchError(f"cannot write sweep logs into {str(logs)!r}: {reason or e}") from None
+    probe = f".write-probe.{writer_tag()}.log"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd))
+        os.unlink(probe, dir_fd=fd)
+    except OSError as e:
+        os.close(fd)
+        raise PoisonbenchError(f"cannot write sweep logs into {str(logs)!r}: {e.strerror or e}") from None
+    return fd
+
+
+def check_writable(plan: Plan, logs: bool = True) -> None:
+    """Fail in one line (PoisonbenchError, with the OS's reason) unless the results directory, and with `logs` its
+    `logs/`, can be written: before a sweep starts anything."""
+    if logs:
+        os.close(open_logs(plan))
+    else:
+        ensure_writable(RunStore(plan.execution.results).root, "sweep results")
+
+
+@dataclass
+class StepLog:
+    """The log a step process writes its stderr into: created new in `logs/` (the descriptor `dir_fd`), never
+    through a symbolic link; read back through its own descriptor."""
+
+    path: Path
+    fd: int
+
+    @classmethod
+    def create(cls, dir_fd: int, directory: Path, step: Step) -> StepLog:
+        """Raises OSError when the log cannot be made. A file already at its name (a dead sweep's of the same pid,
+        or a planted symbolic link) is unlinked, never followed or written through, and the log made anew."""
+        name = log_name(step)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o666, dir_fd=dir_fd)
+        except FileExistsError:
+            os.unlink(name, dir_fd=dir_fd)  # a link itself is removed, not its target
+            fd = os.open(name, flags, 0o666, dir_fd=dir_fd)  # a second planting in between: the step is not started
+        return cls(directory / name, fd)
+
+    def tail(self) -> str:
+        """The last non-empty line the process wrote (a progress display's carriage-return updates are lines too)."""
+        try:
+            size = os.fstat(self.fd).st_size
+            data = os.pread(self.fd, min(size, TAIL_BYTES), max(0, size - TAIL_BYTES))
+        except OSError:
+            return ""
+        lines = [line.strip() for line in data.decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+    def append(self, line: str) -> str | None:
+        """Write `line` after what the process wrote and flush it to the disk; why that failed (a full disk: "No
+        space left on device"), else None. A log that cannot take this line could not take the process's last
+        words either: its emptiness is then no evidence of silence."""
+        try:
+            os.write(self.fd, f"{line}\n".encode())
+            os.fsync(self.fd)
+        except OSError as e:
+            return e.strerror or str(e)
+        return None
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
 
 
 def _die_with_parent(parent: int) -> None:  # pragma: no cover (runs in the child, between fork and exec)
+    # A Ctrl-C reaches the whole foreground process group, the steps too: they leave SIGINT to the sweep, which
+    # stops them with SIGTERM (each saves its epoch; a second Ctrl-C, a second SIGTERM, stops them at once). Python
+    # keeps an ignored SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import ctypes
 
@@ -86,9 +200,36 @@ def json_lines(text: str) -> list[dict]:
     return out
 
 
-def outcome_of(plan: Plan, step: Step, code: int, stdout: str, seconds: float) -> Outcome:
-    """What a finished step process did; a failure without a failure record (killed by a signal, an error before
-    the run was claimed) gets one here, with the end of its log."""
+def stop_signal(code: int) -> signal.Signals | None:
+    """The signal that stopped a step process from outside, by its exit code: killed by it (-N), or `defend`'s
+    own exit on SIGINT (130); None for an exit, a crash (`CRASHES`) or SIGTERM (`terminated`)."""
+    if code == ABORTED:
+        return signal.SIGINT
+    if code >= 0:
+        return None
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return None
+    return None if sig in CRASHES or sig == signal.SIGTERM else sig
+
+
+def signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def outcome_of(plan: Plan, step: Step, code: int, stdout: str, seconds: float, log: StepLog | None = None) -> Outcome:
+    """What a finished step process did.
+
+    - A step stopped by a signal from outside (`stop_signal`: SIGKILL, the OOM killer, SIGINT, ...) is `killed`: no
+      failure record, so a plain re-run runs it again (from its last checkpoint).
+    - Any other failure is `failed`; one without a failure record (a crash, an error before the run was claimed)
+      gets one here. Its detail has the last line of its log and, when the log could not be written to the end (a
+      full disk), why.
+    """
     outputs = json_lines(stdout)
     if code == 0:
         if step.kind == "run":
@@ -98,20 +239,32 @@ def outcome_of(plan: Plan, step: Step, code: int, stdout: str, seconds: float) -
         return Outcome(step, status, seconds, outputs=outputs)
     if code in (TERMINATED, -signal.SIGTERM):
         return Outcome(step, "terminated", seconds, "stopped by SIGTERM; re-running resumes it")
-    log = log_path(plan, step)
-    try:
-        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-    except OSError:
-        tail = []
-    detail = f"exit code {code}" + (f": {tail[0].strip()}" if tail else "") + f" (log: {log})"
+    stopped = stop_signal(code)
+    how = (f"killed by {stopped.name}" if stopped is not None and code < 0 else
+           f"stopped by {stopped.name} (exit code {code})" if stopped is not None else
+           f"crashed: {signal_name(code)}" if code < 0 else f"exit code {code}")
+    tail, unwritten = "", None
+    if log is not None:
+        tail = log.tail()
+        unwritten = log.append(f"poisonbench sweep: step {step.index} {how}")
+    detail = how + (f": {tail}" if tail else "")
+    if unwritten:
+        detail += f"; its log could not be written{'' if tail else ' (it is empty)'}: {unwritten}"
+    detail += f" (log: {log.path})" if log is not None else ""
     store = RunStore(plan.execution.results)
     done = plan.state(step, store) == "done"
-    if not done and store.failure(step.failure_key) is None:
+    if done:
+        return Outcome(step, "done", seconds, detail)
+    if stopped is not None:  # an earlier failure record (this was a --retry-failed attempt) stands
+        again = ("its earlier failure record stands: --retry-failed runs it again" if store.failure(step.failure_key)
+                 else "a plain re-run runs it again")
+        return Outcome(step, "killed", seconds, f"{detail}; {again}")
+    if store.failure(step.failure_key) is None:
         try:
             store.put_failure(step.failure_key, step.config, RuntimeError(detail))
         except OSError:
             pass
-    return Outcome(step, "done" if done else "failed", seconds, detail)
+    return Outcome(step, "failed", seconds, detail)
 
 
 class LocalPool:
@@ -125,8 +278,10 @@ class LocalPool:
         self.on_start, self.on_finish = on_start, on_finish
         self.threads = split_threads(workers)
         self.gpus = gpu_count(plan.execution.device)
-        self.running: dict[subprocess.Popen, tuple[Step, float, int, object]] = {}
+        self.running: dict[subprocess.Popen, tuple[Step, float, int, StepLog]] = {}
         self.stopping = False
+        self.stopped_by: int | None = None  # the signal (SIGTERM or SIGINT) that stopped the sweep
+        self.logs_fd: int | None = None
 
     def env(self, slot: int) -> dict[str, str]:
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
@@ -134,16 +289,25 @@ class LocalPool:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
         return env
 
-    def start(self, step: Step, slot: int) -> None:
-        log = log_path(self.plan, step)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        err = open(log, "w")  # noqa: SIM115 (closed when the process ends)
-        proc = subprocess.Popen(step_argv(self.plan, step), stdout=subprocess.PIPE, stderr=err, text=True,
-                                env=self.env(slot),
-                                preexec_fn=partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None)
-        self.running[proc] = (step, time.perf_counter(), slot, err)
+    def start(self, step: Step, slot: int) -> Outcome | None:
+        """Start `step`'s process; None, or the outcome of a step that could not be started (its log could not be
+        made: a full disk, too many open files)."""
+        directory = logs_dir(self.plan)
+        try:
+            log = StepLog.create(self.logs_fd, directory, step)
+        except OSError as e:
+            return Outcome(step, "failed", detail=f"not started: cannot create its log "
+                                                  f"{directory / log_name(step)}: {e.strerror or e}")
+        try:
+            proc = subprocess.Popen(step_argv(self.plan, step), stdout=subprocess.PIPE, stderr=log.fd, text=True,
+                                    env=self.env(slot), preexec_fn=partial(_die_with_parent, os.getpid()))
+        except OSError as e:
+            log.close()
+            return Outcome(step, "failed", detail=f"not started: {e.strerror or e} (log: {log.path})")
+        self.running[proc] = (step, time.perf_counter(), slot, log)
         if self.on_start:
             self.on_start(step)
+        return None
 
     def run(self, steps: list[Step]) -> list[Outcome]:
         """Execute `steps`; returns their outcomes in completion order. SIGTERM or SIGINT to the sweep stops it:
@@ -154,10 +318,12 @@ class LocalPool:
         pending = list(steps)
         outcomes: list[Outcome] = []
         failed_crafts: set[str] = set()
+        self.logs_fd = open_logs(self.plan)  # a read-only or full results directory fails here, in one line
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
         def stop(signum, _frame):
             self.stopping = True
+            self.stopped_by = self.stopped_by or signum
             for proc in self.running:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
@@ -175,6 +341,8 @@ class LocalPool:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            os.close(self.logs_fd)
+            self.logs_fd = None
         if self.stopping:
             outcomes += [Outcome(s, "terminated", detail="not started: the sweep was stopped") for s in pending]
         return outcomes
@@ -207,18 +375,25 @@ class LocalPool:
                 outcomes.append(self._finish(Outcome(step, status, detail="done by another process")))
                 continue
             slot = min(set(range(self.workers)) - busy)
+            not_started = self.start(step, slot)
+            if not_started is not None:
+                if step.kind == "prepare":
+                    failed_crafts.add(step.key)
+                outcomes.append(self._finish(not_started))
+                continue
             busy.add(slot)
-            self.start(step, slot)
             if step.kind == "prepare":
                 preparing.add(step.key)
 
     def _reap(self, outcomes: list[Outcome], failed_crafts: set[str]) -> None:
         for proc in [p for p in self.running if p.poll() is not None]:
-            step, started, _slot, err = self.running.pop(proc)
+            step, started, _slot, log = self.running.pop(proc)
             stdout = proc.stdout.read() if proc.stdout else ""
-            err.close()
-            outcome = outcome_of(self.plan, step, proc.returncode, stdout, time.perf_counter() - started)
-            if step.kind == "prepare" and outcome.status == "failed":
+            try:
+                outcome = outcome_of(self.plan, step, proc.returncode, stdout, time.perf_counter() - started, log)
+            finally:
+                log.close()
+            if step.kind == "prepare" and outcome.status in ("failed", "killed"):
                 failed_crafts.add(step.key)
             outcomes.append(self._finish(outcome))
 
@@ -241,8 +416,9 @@ def gpu_count(device: str) -> int:
 
 def run_task(plan: Plan, task_id: int | None) -> int:
     """`sweep run --task-id I` (default `$SLURM_ARRAY_TASK_ID`): step I of the plan, in this process. Returns
-    `defend`'s exit code (0 also when the step was already done: `defend` skips a done run; 2 for bad input; 143
-    when SIGTERM stopped it); an error while training propagates, after `defend` wrote its failure record."""
+    `defend`'s exit code (0 also when the step was already done: `defend` skips a done run; 2 for bad input or an
+    OS problem; 143 when SIGTERM stopped it, 130 SIGINT); an error while training propagates (the process exits 1
+    with its traceback), after `defend` wrote its failure record."""
     if task_id is None:
         raw = os.environ.get("SLURM_ARRAY_TASK_ID")
         if raw is None:

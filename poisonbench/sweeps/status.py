@@ -107,7 +107,19 @@ def craft_time(store: RunStore, poison_id: str) -> float:
 
 
 def failure_line(store: RunStore, step: Step) -> dict:
+    """A failed step: its failure record's error, host and time, the record's path and its newest log (a sweep's
+    step process writes one per attempt, `logs/<key>.<pid>@<host>.log`; None if it never ran in a sweep)."""
     failure = store.failure(step.failure_key) or {}
     return {"step": step.index, "label": step.label, "error": failure.get("error", "?"),
             "host": failure.get("host"), "failed_at": failure.get("failed_at"),
-            "record": str(store.failure_path(step.failure_key))}
+            "record": str(store.failure_path(step.failure_key)), "log": newest_log(store, step)}
+
+
+def newest_log(store: RunStore, step: Step) -> str | None:
+    logs = []
+    for path in (store.root / "logs").glob(f"{step.failure_key}.*.log"):
+        try:
+            logs.append((path.lstat().st_mtime_ns, str(path)))
+        except OSError:
+            continue
+    return max(logs)[1] if logs else None
