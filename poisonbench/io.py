@@ -191,6 +191,16 @@ def why_not_written(error: OSError, path: Path) -> str:
     return error.strerror or str(error)
 
 
+@contextmanager
+def os_error_in_one_line(what: str, path: Path) -> Iterator[None]:
+    """Within the block an OSError (a full disk, a read-only workspace) becomes the one-line `PoisonbenchError`
+    "cannot write WHAT to PATH: REASON"; the atomic writers have already removed their temporary files."""
+    try:
+        yield
+    except OSError as e:
+        raise PoisonbenchError(f"cannot write {what} to {str(path)!r}: {why_not_written(e, Path(path))}") from None
+
+
 def ensure_writable(directory: Path, what: str) -> None:
     """Create `directory` if it is missing, then create and remove a file in it: a read-only workspace, a
     directory without write permission or a file where the directory belongs fails here, in one line, before

@@ -38,6 +38,16 @@ def base_pool(data, intended: int, scenario: str) -> torch.Tensor:
     return rows[data.train.y[rows] == intended]
 
 
+def check_setup_index(setup, setup_index: int) -> None:
+    """`--setup-index I` is a non-negative integer and comes with `--setup FILE` (it picks setup I of that file;
+    without one it would be ignored, and the target drawn from --seed instead)."""
+    if not (isinstance(setup_index, int) and setup_index >= 0):
+        raise PoisonbenchError(f"--setup-index must be a non-negative integer, got {setup_index}")
+    if setup is None and setup_index != 0:
+        raise PoisonbenchError(f"--setup-index {setup_index} needs --setup FILE (it picks setup {setup_index} of "
+                               "that file)")
+
+
 def check_index(data, index: int) -> int:
     if not 0 <= index < len(data.test):
         raise PoisonbenchError(f"target index {index} is outside the test split [0, {len(data.test)})")

@@ -18,10 +18,11 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from . import termination
 from .checkpoints import CHECKPOINT_EVERY, Checkpoint
 from .errors import PoisonbenchError
 from .hashing import canonical_json, short_hash
-from .io import atomic_write_bytes, exclusive
+from .io import atomic_write_bytes, exclusive, os_error_in_one_line
 from .models import build_model
 from .recipes import resolve_recipe
 from .records import results_dir
@@ -125,6 +126,12 @@ def _train(path: Path, spec: dict, model_id: str, dataset, device: torch.device,
             "resumed_from_epoch": result.resumed_from, "accel": accel}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     info["weights_sha256"] = weights_sha256(state)
-    atomic_write_bytes(path, st_save(state, metadata={"spec": canonical_json(spec), "info": json.dumps(info)}))
+    what = path.parent.name.rstrip("s")
+    with os_error_in_one_line(f"the trained {what}", path):  # a full disk: the epoch checkpoint (if any) stays
+        atomic_write_bytes(path, st_save(state, metadata={"spec": canonical_json(spec), "info": json.dumps(info)}))
     checkpoint.clear()
+    # a SIGTERM in the last epoch lets the training finish (poisonbench.training); the model is saved now, so the
+    # caller (a craft, a transfer run) stops here instead of going on for minutes with its own work
+    termination.stop_if_requested(f"after training the {what} {model_id} (saved: {path}; running the same "
+                                  "command again uses it)")
     return model, {"id": model_id, "path": str(path), "trained": True, **info}

@@ -23,8 +23,9 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
+from .. import termination
 from ..errors import PoisonbenchError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, os_error_in_one_line
 from ..params import Param, resolve
 
 ProgressFn = Callable[[str, int, int], None]
@@ -145,8 +146,13 @@ class AttackContext:
     surrogate_info: dict | None = None
 
     def report(self, description: str, completed: int, total: int) -> None:
+        """Show progress, and stop when a SIGTERM is pending: every attack reports once per batch, iteration or
+        restart, so this is where a craft notices a SIGTERM that arrived while a model trained (the engine only
+        sets a flag during its epochs and lets a last epoch finish). A cheap flag check, no device sync."""
         if self.progress is not None:
             self.progress(description, completed, total)
+        termination.stop_if_requested(f"while crafting ({description}, {completed} of {total}; no PoisonSet "
+                                      "written, the finished batches or restarts of a resumable attack are kept)")
 
     def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole clean train split as float [0,1] / int64 on the device."""
@@ -158,6 +164,7 @@ class AttackContext:
         """The clean surrogate, in eval mode with frozen parameters (attacks need only input gradients)."""
         if self._surrogate is None:
             model, info = (self.loader or clean_surrogate)(self)
+            termination.stop_if_requested("after loading the model to craft against (no PoisonSet written)")
             model.eval().requires_grad_(False)
             self._surrogate, self.surrogate_info = model, info
         return self._surrogate
@@ -272,7 +279,9 @@ class PartialBatches:
     def put(self, start: int, stop: int, delta: torch.Tensor) -> None:
         if self.directory is None:
             return
-        atomic_write_bytes(self._path(start, stop), st_save({"delta": delta.float().contiguous().cpu()}))
+        path = self._path(start, stop)
+        with os_error_in_one_line("an interrupted craft's state", path):
+            atomic_write_bytes(path, st_save({"delta": delta.float().contiguous().cpu()}))
 
 
 def batches(n: int, size: int):

@@ -38,7 +38,7 @@ from torch.func import functional_call
 from ..checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
 from ..errors import PoisonbenchError
 from ..hashing import sha256_file
-from ..io import atomic_write_bytes, ensure_writable, torch_load_tensors
+from ..io import atomic_write_bytes, ensure_writable, os_error_in_one_line, torch_load_tensors
 from ..params import Param
 from ..records import results_dir
 from . import ATTACKS
@@ -95,7 +95,8 @@ def import_generator(path, family: str, results_root=None) -> str:
                                f"({GENERATORS[family].__name__}): {first}") from None
     tensors = {k: v.detach().contiguous().clone() for k, v in generator.state_dict().items()}
     ensure_writable(target.parent, "imported generators")
-    atomic_write_bytes(target, st_save(tensors, metadata={"source_name": source.name, "source_sha256": sha256}))
+    with os_error_in_one_line("the imported generator", target):
+        atomic_write_bytes(target, st_save(tensors, metadata={"source_name": source.name, "source_sha256": sha256}))
     return f"sha256:{sha256}"
 
 
@@ -134,7 +135,8 @@ class OuterCheckpoint:
         tensors |= {"rng": state["rng"], "rng_g": state["rng_g"]}
         meta = {"outer": str(state["outer"]), "done": str(state["done"]), "best_acc": repr(state["best_acc"]),
                 "optimizer": json.dumps(opt_meta)}
-        write_state(self.path, tensors, meta)
+        with os_error_in_one_line("an interrupted craft's state", self.path):
+            write_state(self.path, tensors, meta)
 
     def load(self) -> dict | None:
         if self.path is None or not self.path.exists():

@@ -31,7 +31,7 @@ from safetensors.torch import save as st_save
 
 from ..errors import PoisonbenchError
 from ..hashing import derived_seed
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, os_error_in_one_line
 from ..params import Param
 from .base import AttackContext, batches, project
 from .crafting_augment import crafting_augment
@@ -108,7 +108,8 @@ class RestartStore:
         if self.directory is None:
             return
         state = {"delta": delta.float().contiguous().cpu(), "loss": torch.tensor([loss], dtype=torch.float64)}
-        atomic_write_bytes(self._path(restart), st_save(state))
+        with os_error_in_one_line("an interrupted craft's state", self._path(restart)):
+            atomic_write_bytes(self._path(restart), st_save(state))
 
 
 @dataclass(frozen=True)

@@ -89,8 +89,9 @@ def craft(
         raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
     if (setup is not None or target is not None) and not cls.targeted:
         raise PoisonbenchError(f"attack {attack!r} is untargeted: it takes no --target, --intended or --setup")
-    if setup_index < 0:
-        raise PoisonbenchError(f"--setup-index must be a non-negative integer, got {setup_index}")
+    from ..targets import check_setup_index
+
+    check_setup_index(setup, setup_index)
     dev = resolve_device(device)
     data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
     aim = None

@@ -144,8 +144,9 @@ def import_(
                                "taken for)")
     if setup is not None and target is not None:
         raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
-    if setup_index < 0:
-        raise PoisonbenchError(f"--setup-index must be a non-negative integer, got {setup_index}")
+    from ..targets import check_setup_index
+
+    check_setup_index(setup, setup_index)
     if forest_std is not None and fmt != "forest":
         raise PoisonbenchError(f"--forest-std applies to --format forest, not {fmt}")
     std = parse_forest_std(forest_std)

@@ -233,25 +233,22 @@ def read_toxic(paths: list[Path], data) -> Foreign:
 
 
 def read_npz_poisons(path: Path, data) -> Foreign:
-    """`x` uint8 poisoned images, `idx` source train indices, `target` source test index, `intended` class."""
+    """`x` uint8 poisoned images, `idx` source train indices, `target` source test index, `intended` class.
+
+    Read through `NpzReader`: the declared shapes and dtypes are checked against the dataset (images of its shape,
+    at most as many as its train pool has rows, one index per image, one target and one class) before anything is
+    inflated, so a small file that declares a huge array is refused without filling the memory."""
+    from ..data.npz import NpzReader
+
     label = repr(str(path))
     path = Path(path)
     if not path.is_file():
         raise PoisonbenchError(f"{label} does not exist" if not path.exists() else f"{label} is not a file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise PoisonbenchError(f"{label} holds an object array (a pickle), which is not an array of numbers; "
-                                   "refused") from None
-        raise PoisonbenchError(f"{label} is not a readable .npz ({type(exc).__name__})") from None
-    except Exception as exc:
-        raise PoisonbenchError(f"{label} is not a readable .npz ({type(exc).__name__})") from None
-    missing = [k for k in ("x", "idx", "target", "intended") if k not in arrays]
-    if missing:
-        raise PoisonbenchError(f"{label} lacks {', '.join(missing)} (an .npz of poisons holds x, idx, target, "
-                               f"intended; found {', '.join(sorted(arrays)) or 'nothing'})")
+    with NpzReader(path, label) as npz:
+        npz.require("x", "idx", "target", "intended", holds="an .npz of poisons holds x, idx, target, intended")
+        headers = npz.headers
+        check_npz_poison_headers(headers, data, label)
+        arrays = {k: npz.array(k) for k in ("x", "idx", "target", "intended")}
     images = uint8_images(arrays["x"], data.shape, f"{label}: x")
     ids = as_ints(arrays["idx"], f"{label}: idx")
     if len(ids) != len(images):
@@ -259,6 +256,34 @@ def read_npz_poisons(path: Path, data) -> Foreign:
     return Foreign(label, ids, {path.name: sha256_file(path)}, images=images,
                    target_index=as_int(arrays["target"], f"{label}: target"),
                    intended=as_int(arrays["intended"], f"{label}: intended"))
+
+
+def check_npz_poison_headers(headers: dict, data, label: str) -> None:
+    """What `read_npz_poisons` can tell from the `.npy` headers alone (the same rules as its checks of the arrays):
+    `x` uint8 images of the dataset's shape (K×H×W, K×H×W×C or K×C×H×W), K at most the rows of the train pool (our
+    train and val splits: every poison is a distinct one of them), `idx` K numbers, `target` and `intended` one
+    number each."""
+    x = headers["x"]
+    if x.dtype != np.uint8:
+        raise PoisonbenchError(f"{label}: x: images of dtype {x.dtype}; uint8 images (PIL or numpy) expected")
+    c, h, w = data.shape
+    fits = ((x.ndim == 3 and c == 1 and x.shape[1:] == (h, w))
+            or (x.ndim == 4 and x.shape[1:] in ((c, h, w), (h, w, c))))
+    if not fits:
+        raise PoisonbenchError(f"{label}: x: images of shape {x.shape} do not fit this dataset's {data.shape} "
+                               "(K×H×W, K×H×W×C or K×C×H×W)")
+    pool = len(data.train) + len(data.val)
+    if x.shape[0] > pool:
+        raise PoisonbenchError(f"{label}: x holds {x.shape[0]} images, more than the {pool} images of "
+                               f"{data.name}'s train set (each poison is a distinct one of them)")
+    for name, size in (("idx", x.shape[0]), ("target", 1), ("intended", 1)):
+        h_ = headers[name]
+        if h_.dtype.kind not in "biuf":
+            raise PoisonbenchError(f"{label}: {name}: a {h_.dtype} array where an array of numbers belongs")
+        count = math.prod(h_.shape)
+        if count != size:
+            what = f"{size} indices (one per image in x)" if name == "idx" else "one integer"
+            raise PoisonbenchError(f"{label}: {name} holds {count} values where {what} belong")
 
 
 def read_foreign(fmt: str, paths: list[Path], data, forest_std=None) -> Foreign:

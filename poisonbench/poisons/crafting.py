@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
+from .. import termination
 from ..accel import check_accel_mode, use_mode
 from ..attacks import ATTACKS
 from ..attacks.base import AttackContext, PoisonSet, ProgressFn, Target
 from ..checkpoints import execution_identity
 from ..errors import PoisonbenchError
-from ..io import atomic_write_json, exclusive
+from ..io import atomic_write_json, exclusive, os_error_in_one_line
 from ..records import environment, peak_memory, results_dir
 from .spec import CraftSpec
 from .store import check_writable, exists, labels_hash, load, save
@@ -83,6 +84,8 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
         extra["resumed_rows"] = ctx.resumed_rows  # craft_seconds covers only this (last) session
     save(poison, spec, results_root, extra, replace=force)
     shutil.rmtree(partial, ignore_errors=True)
+    # a SIGTERM the craft's own checks did not see (after its last one): the PoisonSet is whole, stop now
+    termination.stop_if_requested(f"after crafting PoisonSet {pid} (saved: {poison.path})")
     return poison, False
 
 
@@ -101,4 +104,5 @@ def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str
         keep = False
     if not keep:
         shutil.rmtree(partial, ignore_errors=True)
-        atomic_write_json(path, {**identity, "forced": force})
+        with os_error_in_one_line("an interrupted craft's state", path):
+            atomic_write_json(path, {**identity, "forced": force})

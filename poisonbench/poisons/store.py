@@ -20,7 +20,15 @@ from safetensors.torch import save as st_save
 from .. import __version__
 from ..attacks.base import PoisonSet
 from ..errors import PoisonbenchError
-from ..io import atomic_write_json, ensure_writable, fsync_directory, remove_dead_writers_temps, umask, writer_tag
+from ..io import (
+    atomic_write_json,
+    ensure_writable,
+    fsync_directory,
+    os_error_in_one_line,
+    remove_dead_writers_temps,
+    umask,
+    writer_tag,
+)
 from ..records import workspace_subdir
 from .spec import OPTIONAL_SPEC_FIELDS, SPEC_FIELDS, CraftSpec
 
@@ -58,8 +66,15 @@ def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = 
 
     The temporary directory names its writer (`io.writer_tag`), so the leftovers of killed writers of this
     PoisonSet on this host are removed first, never a live writer's (flock is node-local on some cluster
-    filesystems, so another host may be writing the same id)."""
+    filesystems, so another host may be writing the same id). An OS error (a full disk, a read-only workspace)
+    is a one-line `PoisonbenchError` with its reason, and the temporary directory is removed (an existing PoisonSet
+    of this id is moved aside only once the new one is written)."""
     final = poison_dir(results_root, spec.poison_id)
+    with os_error_in_one_line("PoisonSet", final):
+        return _save(poison, spec, final, extra, replace)
+
+
+def _save(poison: PoisonSet, spec: CraftSpec, final: Path, extra: dict | None, replace: bool) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_writers_temps(final.parent, f".{spec.poison_id}.")
     blob = st_save({"delta": poison.delta.float().contiguous(), "indices": poison.indices.long().contiguous()})

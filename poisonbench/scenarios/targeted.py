@@ -126,8 +126,9 @@ class Targeted(Scenario):
                                    "taken for)")
         if spec.setup is not None and spec.target is not None:
             raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
-        if spec.setup_index < 0:
-            raise PoisonbenchError(f"--setup-index must be a non-negative integer, got {spec.setup_index}")
+        from ..targets import check_setup_index
+
+        check_setup_index(spec.setup, spec.setup_index)
         if spec.budget is not None:
             from ..attacks.base import check_budget
 
