@@ -15,6 +15,12 @@ from .models import MODELS
 from .recipes import DEFAULT_RECIPE
 from .scenarios import scenario_for
 from .scenarios.targeted import Targeted
+from .targets import check_setup_index
+
+# The most trials one `defend` call (or one grid's `trials`) may ask for. Every trial is a full training run and
+# `defend` resolves all of them (their plans and run ids) before the first trains, so a mistyped count such as
+# `--trials 1000000000` must be refused up front rather than fill the memory; the paper uses 5.
+MAX_TRIALS = 1000
 
 
 class Reporter(Protocol):
@@ -69,6 +75,9 @@ def validate(spec: DefendSpec) -> None:
     """Checks that need no data: fail before anything is loaded or written."""
     if spec.trials <= 0:
         raise PoisonbenchError(f"trials must be a positive integer, got {spec.trials}")
+    if spec.trials > MAX_TRIALS:
+        raise PoisonbenchError(f"--trials {spec.trials}: at most {MAX_TRIALS} trials per call (each trial is one "
+                               "training run); run more with several calls of --trial T")
     if spec.trial is not None:
         if spec.trial < 0:
             raise PoisonbenchError(f"trial must be a non-negative integer, got {spec.trial}")
@@ -76,12 +85,14 @@ def validate(spec: DefendSpec) -> None:
             raise PoisonbenchError(f"give either --trials N (trials 0..N-1) or --trial T (only trial T), "
                                    f"not both (got --trials {spec.trials} --trial {spec.trial})")
     check_seed(spec.seed, "--seed")
-    check_seed(spec.seed + max(trial_numbers(spec)), "--seed plus the last trial")
+    last = spec.trial if spec.trial is not None else spec.trials - 1  # not max(trial_numbers): no list of trials
+    check_seed(spec.seed + last, "--seed plus the last trial")
     if not 0.0 <= spec.poison_ratio <= 1.0:
         raise PoisonbenchError(f"poison ratio must be in [0, 1], got {spec.poison_ratio}")
     if spec.model is not None:
         MODELS.get(spec.model)
     DEFENSES.get(spec.method)
+    check_setup_index(spec.setup, spec.setup_index)  # every scenario: --setup-index without --setup is refused
     scenario = scenario_for(spec)
     scenario.validate(spec)
     if not isinstance(scenario, Targeted):

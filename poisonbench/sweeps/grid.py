@@ -24,6 +24,18 @@ say where and how to execute (`--results`, `--data-dir`, `--device`, ...: given 
 (`trials` sets the count). An unknown key is an error, never ignored. Runs are ordered trial-major (every run's
 trial 0, then every run's trial 1, ...), so an interrupted sweep leaves whole tables of fewer trials; a run that two
 blocks both list is kept once.
+
+A grid means exactly what it says, or it is refused in one line naming the key and the value (`sweep plan` and
+`sweep run` both load grids here, so both refuse it before anything runs):
+- an empty list (`method = []`) is an axis of no values: it would silently drop its block's runs, so it is an error;
+- true / false only set an on/off option (`nesterov = false` is `--no-nesterov`); a bool for an option that takes a
+  value (`recipe = false`) is an error, never "the default" or a bare flag; a flag given anything else is one too;
+- `report` is parsed by `poisonbench report`'s own parser and its values checked by report's own checks
+  (`--table 9`, an unknown option), so a typo fails at plan time, not after every run has trained;
+- at most MAX_TRIALS (1,000) trials, the limit `defend --trials` has, and at most MAX_RUNS (10,000) runs per grid,
+  counted before anything is expanded (per block: the product of its axes' lengths times its trials, summed over
+  the blocks). Planning resolves every run (about 0.05 s each: some 8 minutes at the limit) and each run trains a
+  model; the paper's largest table is 300 runs. A bigger experiment is several grids.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TOP_KEYS = ("description", "report", "defaults", "runs")
+MAX_RUNS = 10_000  # runs per grid (before duplicates are dropped); see the module docstring
 # `defend` options that are the sweep's (where and how runs execute), never a grid's
 EXECUTION_KEYS = ("results", "data_dir", "download", "device", "compile", "accel", "force", "checkpoint_every",
                   "as_json", "trial", "prepare_only", "trials")
@@ -123,15 +136,18 @@ def load_grid(name: str) -> Grid:
         raise PoisonbenchError(f"{where}: needs at least one [[runs]] block of options")
     names = option_names()
     checked_defaults = check_block(defaults, names, f"{where} [defaults]")
-    expanded = [expand_block({**checked_defaults, **check_block(b, names, f"{where} [[runs]] block {i + 1}")})
-                for i, b in enumerate(blocks)]
-    runs = trial_major(expanded)
+    merged = [{**checked_defaults, **check_block(b, names, f"{where} [[runs]] block {i + 1}")}
+              for i, b in enumerate(blocks)]
+    check_size(merged, where)
+    runs = trial_major([expand_block(block) for block in merged])
     builtin = path.parent == builtin_dir().resolve()
     return Grid(grid_name, name if builtin else str(path), str(data.get("description", "")), report, runs)
 
 
 def check_report_args(args: list[str], where: str) -> None:
-    """A grid's `report` arguments parse as `poisonbench report`'s (no results option: the sweep gives it)."""
+    """A grid's `report` arguments parse as `poisonbench report`'s (no results option: the sweep gives it), and
+    their values pass report's own checks, which `report` makes only when it runs: `sweep run` renders the report
+    after every run has trained, so a `--table 9` found then would waste the sweep's last step."""
     if not args:
         return
     import typer
@@ -144,29 +160,121 @@ def check_report_args(args: list[str], where: str) -> None:
     app = typer.Typer(add_completion=False)
     app.command("report")(report_cmd.report)
     try:
-        typer.main.get_command(app).make_context("report", list(args))
+        ctx = typer.main.get_command(app).make_context("report", list(args))
     except Exception as exc:  # click's usage errors
         if hasattr(exc, "format_message"):
             raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc.format_message()}") from None
         raise
+    try:
+        check_report_values(ctx.params)
+    except PoisonbenchError as exc:
+        raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc}") from None
+
+
+def check_report_values(p: dict[str, Any]) -> None:
+    """The checks `poisonbench report` makes before it reads any record (cli/report.py: `report`, `check_modes`,
+    `check_filters`, the table and figure names), on its parsed options; nothing is read or drawn."""
+    from .. import figures, tables
+    from ..cli import report as report_cmd
+    from ..scenarios import check_poison_sets, parse_poison_sets
+
+    filters = {"--attacks": p["attacks"], "--method": p["method"], "--dataset": p["dataset"],
+               "--recipe": p["recipe"], "--model": p["model"], "--poisons": p["poisons"]}
+    empty = [flag for flag, v in filters.items() if v is not None and not v.strip()]
+    if empty:
+        raise PoisonbenchError(f"{empty[0]} is empty; omit it to keep every value")
+    report_cmd.check_modes(p["table"], p["figure"], p["fmt"], p["missing"], p["per_trial"], p["poisons"],
+                           p["trials"], views={"--paper": p["paper"], "--diff": p["diff"], "--ci": p["ci"],
+                                               "--wilson": p["wilson"], "--paired": p["paired"],
+                                               "--rho": p["rho"] is not None, "--out": p["out"] is not None,
+                                               "--run": p["run"] is not None, "--trial": p["trial"] is not None})
+    if p["table"] is not None:
+        tables.check_table(p["table"])
+    if p["figure"] is not None:
+        number = figures.check_figure(p["figure"])
+        if p["run"] is not None and number != "1":
+            raise PoisonbenchError("--run selects the record of --figure 1 only")
+    if p["trial"] is not None and p["trial"] < 0:
+        raise PoisonbenchError(f"--trial must be a non-negative trial id, got {p['trial']}")
+    if p["rho"] is not None and not 0 <= p["rho"] <= 1:
+        raise PoisonbenchError(f"--rho must be in [0, 1], got {p['rho']}")
+    attacks = ",".join(a.strip() for a in p["attacks"].split(",")) if p["attacks"] else p["attacks"]
+    methods = [m.strip() for m in p["method"].split(",") if m.strip()] if p["method"] else None
+    report_cmd.check_filters(p["dataset"], methods, p["recipe"], p["model"], p["epochs"], attacks)
+    if p["poisons"] not in (None, "any"):
+        pairs = parse_poison_sets(p["poisons"])
+        if attacks != "any":
+            check_poison_sets(pairs, (attacks or tables.PAPER_MIX).split(","))
 
 
 def check_block(block: dict, names: dict[str, Any], where: str) -> dict[str, Any]:
-    """The block's keys in python form; an unknown key is refused with the valid ones."""
+    """The block's keys in python form; an unknown key is refused with the valid ones, and a value that would mean
+    something other than what it says (an empty axis, a bool for an option that is not a flag) with the reason."""
+    from ..defend_spec import MAX_TRIALS
+
     out = {}
     for key, value in block.items():
         name = key.replace("-", "_")
         if name == "trials":
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise PoisonbenchError(f"{where}: trials must be a positive integer, got {value!r}")
+            if value > MAX_TRIALS:
+                raise PoisonbenchError(f"{where}: trials = {value}: at most {MAX_TRIALS} trials (the limit of "
+                                       "`defend --trials`; each trial is one training run)")
         elif name not in names:
             valid = ", ".join(sorted(k.replace("_", "-") for k in names))
             hint = " (given to `sweep`, not set by a grid)" if name in EXECUTION_KEYS else ""
             raise PoisonbenchError(f"{where}: unknown key {key!r}{hint}; valid keys: trials, {valid}")
-        if isinstance(value, dict) and name not in ("attack_params", "poisons"):
-            raise PoisonbenchError(f"{where}: {key} must be a value or a list of values, got a table")
+        else:
+            check_values(key, value, names[name], where)
         out[name] = value
     return out
+
+
+def check_values(key: str, value: Any, param: Any, where: str) -> None:
+    """One key's value or axis: not an empty axis (it would drop the block's runs without a word), no table where
+    the option takes none, and bools exactly for the on/off options: `to_argv` turns a bool into a flag, so a bool
+    for an option that takes a value would become a bare `--recipe` (or nothing: the default) instead of an error."""
+    if isinstance(value, list) and not value:
+        raise PoisonbenchError(f"{where}: {key} = []: an empty list is an axis of no values and would drop every "
+                               "run of the block; give at least one value, or leave the key out for defend's default")
+    flag = bool(getattr(param, "is_flag", False))
+    option = param.opts[0]
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, dict) and param.name not in ("attack_params", "poisons"):
+            raise PoisonbenchError(f"{where}: {key} must be a value or a list of values, got a table")
+        if isinstance(v, bool) and not flag:
+            raise PoisonbenchError(f"{where}: {key} = {_toml(v)}: {option} takes a value, not true / false (only "
+                                   "on/off options do); give its value, or leave the key out for defend's default")
+        if flag and not isinstance(v, bool):
+            off = f" (false: {param.secondary_opts[0]})" if param.secondary_opts else " (false: leave it off)"
+            raise PoisonbenchError(f"{where}: {key} = {_toml(v)}: {option} is an on/off option; give true or "
+                                   f"false{off}")
+
+
+def check_size(blocks: list[dict[str, Any]], where: str) -> None:
+    """Refuse a grid of more than MAX_RUNS runs from its blocks' axis lengths, before anything is expanded (a
+    mistyped `trials` or a long axis must not grow memory until the process is killed)."""
+    counts = []
+    for block in blocks:
+        count = block.get("trials", 1)
+        for key, value in block.items():
+            if key != "trials" and isinstance(value, list):
+                count *= len(value)
+        counts.append(count)
+    total = sum(counts)
+    if total > MAX_RUNS:
+        largest = max(range(len(counts)), key=counts.__getitem__)
+        raise PoisonbenchError(f"{where}: {total:,} runs (axis lengths × trials, summed over the blocks; [[runs]] "
+                               f"block {largest + 1} has {counts[largest]:,}); at most {MAX_RUNS:,} runs per grid: "
+                               "split it into several grids")
+
+
+def _toml(value: Any) -> str:
+    """A value as the grid file wrote it (true, not Python's True)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 def expand_block(block: dict[str, Any]) -> list[tuple[tuple[tuple[str, Any], ...], int]]:

@@ -1,18 +1,35 @@
-"""A sweep on a SLURM cluster: a job array submitted through submitit, or an `sbatch --array` script that runs
+r"""A sweep on a SLURM cluster: a job array submitted through submitit, or an `sbatch --array` script that runs
 `poisonbench sweep run GRID --task-id $SLURM_ARRAY_TASK_ID` (design.md §7).
 
 Each array task runs one step in a `poisonbench defend` process. On pre-emption or at the time limit SLURM sends
 SIGTERM: `defend` saves its epoch checkpoint and exits, and the requeued task resumes from it (submitit requeues a
 `Checkpointable`; the emitted script asks for `--requeue`). submitit keeps its own job files (pickles of the task
 and its result) in `<results>/slurm/`; poisonbench's own artifacts stay safetensors and JSON.
+
+Every value that reaches a job script (the grid's path and name, --results, --partition, --sbatch, the execution
+options) is text that bash or sbatch will parse, so none may change what the script does:
+- a control character (newline, CR, NUL, any other C0 or C1 code, DEL) is refused in every value, in one line naming
+  the option: a newline would end a `#` line and make the rest a command that runs when the job starts;
+- on the command line every value is shell-quoted (`shlex.quote`);
+- in an `#SBATCH` line sbatch itself splits the value (not bash): it ends a word at whitespace, takes `"`/`'` as
+  quotes, `\` as an escape and an unquoted `#` as the start of a comment. A value with any of these is written
+  in double quotes with `\`, `"`, `'` and `#` backslash-escaped, which every sbatch reads back as the value itself
+  (older ones know only `"` quotes and end a word at `#` even inside them; the escape works in both). Two things
+  no quoting fixes are refused: "hetjob"/"packjob" (sbatch blanks those words anywhere in an `#SBATCH` line), and
+  for --output a `\` in --results (SLURM then leaves `%A_%a` unexpanded: every task would write one log); a `%`
+  in --results is doubled there (`%%`, SLURM's literal percent).
+- submitit writes its own `#SBATCH` lines (shell-quoting the values): --sbatch names must be option names
+  (letters, digits, `-`) and values without control characters.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +38,32 @@ from ..records import RunStore
 from .plan import Plan, Step
 
 EXECUTORS = ("workers", "slurm", "submitit-local")
+SBATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")  # an sbatch long option's name
+SBATCH_SPECIAL = re.compile(r"""[\\"'#]""")  # what sbatch's `#SBATCH` parser treats specially, besides whitespace
+
+
+def check_text(option: str, value: object) -> None:
+    """Refuse a value with a control character (newline, CR, NUL, C0, C1, DEL) that would go into a job script:
+    a newline ends the `#` line it is on, and what follows runs as a command when the job starts."""
+    text = str(value)
+    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise PoisonbenchError(f"{option} {text!r}: contains the control character {bad!r}, which a job script "
+                               "cannot hold safely (it would end the line and run the rest as a command)")
+
+
+def sbatch_value(option: str, value: object) -> str:
+    """`value` written so that sbatch's `#SBATCH` parser reads back exactly `value` (see the module docstring)."""
+    text = str(value)
+    check_text(option, text)
+    lowered = text.lower()
+    for word in ("hetjob", "packjob"):
+        if word in lowered:
+            raise PoisonbenchError(f"{option} {text!r}: sbatch blanks the word {word!r} anywhere in an #SBATCH line "
+                                   "(its heterogeneous-job separator); choose a value without it")
+    if text and not any(c.isspace() for c in text) and not SBATCH_SPECIAL.search(text):
+        return text
+    return '"' + SBATCH_SPECIAL.sub(lambda m: "\\" + m.group(0), text) + '"'
 
 
 @dataclass(frozen=True)
@@ -32,17 +75,25 @@ class SlurmOptions:
     array_parallelism: int = 64
     extra: tuple[str, ...] = field(default_factory=tuple)  # extra `#SBATCH` options, e.g. "--account=abc"
 
+    def __post_init__(self):
+        """The options that go into a job script verbatim, checked when they are given (before planning)."""
+        if self.partition is not None:
+            check_text("--partition", self.partition)
+        self.additional()
+
     def additional(self) -> dict[str, str | bool]:
-        """The extra `#SBATCH` lines as submitit's `slurm_additional_parameters`."""
+        """The extra `#SBATCH` lines as submitit's `slurm_additional_parameters`: `--name[=value]`, the name an
+        option name and no control character anywhere (submitit writes them into its job script)."""
         out: dict[str, str | bool] = {}
         for line in self.extra:
+            check_text("--sbatch", line)
             text = line.strip()
             if text.startswith("#SBATCH"):
                 text = text[len("#SBATCH"):].strip()
-            if not text.startswith("--"):
+            name, sep, value = text[2:].partition("=")
+            if not text.startswith("--") or not SBATCH_NAME.fullmatch(name):
                 raise PoisonbenchError(f"--sbatch {line!r}: give a long sbatch option, e.g. --sbatch "
                                        "'--account=abc' or --sbatch '--qos=high'")
-            name, sep, value = text[2:].partition("=")
             out[name.replace("-", "_")] = value if sep else True
         return out
 
@@ -99,6 +150,8 @@ def submit(plan: Plan, steps: list[Step], executor: str, options: SlurmOptions, 
     import submitit
 
     cluster = "slurm" if executor == "slurm" else "local"
+    check_text("grid", plan.grid.name)
+    check_text("--results", RunStore(plan.execution.results).root)
     folder = RunStore(plan.execution.results).root / "slurm"
     if cluster == "slurm":
         folder = folder / "%j"  # one folder per job; submitit fills the id in on SLURM only
@@ -138,34 +191,47 @@ def _span(run: list[int]) -> str:
 
 
 def sbatch_script(plan: Plan, steps: list[Step], grid_source: str, options: SlurmOptions) -> str:
-    """An `sbatch` job-array script whose task I runs step I of the plan (only the steps given: the missing ones)."""
-    root = RunStore(plan.execution.results).root
+    """An `sbatch` job-array script whose task I runs step I of the plan (only the steps given: the missing ones).
+    No value can change what the script does: control characters are refused, the command line is shell-quoted and
+    the `#SBATCH` values are written the way sbatch reads them back (module docstring)."""
     from dataclasses import replace
 
+    root = RunStore(plan.execution.results).root
+    check_text("grid", grid_source)
+    check_text("grid", plan.grid.name)
+    check_text("--results", root)
+    if "\\" in str(root):
+        raise PoisonbenchError(f"--results {str(root)!r}: a backslash in the path makes SLURM leave the log names' "
+                               "%A_%a unexpanded (every task would write one file); use a path without one")
+    rest = replace(plan.execution, results=None).argv()
+    for flag, value in zip(rest, rest[1:], strict=False):
+        if flag.startswith("--"):
+            check_text(flag, value)
     command = ["exec", "poisonbench", "sweep", "run", grid_source, "--task-id", "$SLURM_ARRAY_TASK_ID",
-               "--results", str(root), *replace(plan.execution, results=None).argv()]
+               "--results", str(root), *rest]
     text = " ".join(shlex.quote(c) if c != "$SLURM_ARRAY_TASK_ID" else '"$SLURM_ARRAY_TASK_ID"' for c in command)
     hours, minutes = divmod(options.time_min, 60)
+    log = str(root).replace("%", "%%") + "/slurm/%A_%a.out"  # %% is SLURM's literal % in a file name pattern
     lines = [
         "#!/bin/bash",
         f"# poisonbench sweep {plan.grid.name}: {len(steps)} of its {len(plan.steps)} steps (the ones missing when "
         "this was written);",
         "# task I runs step I of `poisonbench sweep plan` (prepare steps first). Submit with: sbatch THIS_FILE",
-        f"#SBATCH --job-name=poisonbench-{plan.grid.name}",
+        f"#SBATCH --job-name={sbatch_value('grid', f'poisonbench-{plan.grid.name}')}",
         f"#SBATCH --array={array_ranges([s.index for s in steps])}%{options.array_parallelism}",
         f"#SBATCH --time={hours:d}:{minutes:02d}:00",
         f"#SBATCH --gpus-per-task={options.gpus_per_task}",
-        f"#SBATCH --output={root}/slurm/%A_%a.out",
+        f"#SBATCH --output={sbatch_value('--results', log)}",
         "#SBATCH --requeue",
         "#SBATCH --signal=B:TERM@120",  # SIGTERM 2 minutes before the time limit: the run saves its checkpoint
     ]
     if options.partition:
-        lines.append(f"#SBATCH --partition={options.partition}")
+        lines.append(f"#SBATCH --partition={sbatch_value('--partition', options.partition)}")
     if options.cpus_per_task:
         lines.append(f"#SBATCH --cpus-per-task={options.cpus_per_task}")
     for name, value in options.additional().items():
         flag = "--" + name.replace("_", "-")
-        lines.append(f"#SBATCH {flag}" + ("" if value is True else f"={value}"))
+        lines.append(f"#SBATCH {flag}" + ("" if value is True else f"={sbatch_value('--sbatch', value)}"))
     lines += ["", "# activate the environment that has poisonbench here, e.g.: source .venv/bin/activate",
               "set -euo pipefail", "# exec: poisonbench is the batch process, so SIGTERM (time limit, pre-emption, "
               "scancel) reaches it", text, ""]
@@ -173,13 +239,44 @@ def sbatch_script(plan: Plan, steps: list[Step], grid_source: str, options: Slur
 
 
 def write_script(path: str, text: str, results_root: Path) -> Path:
-    """Write the script, and the `<results>/slurm/` folder its tasks log into (SLURM does not create it)."""
-    from ..io import atomic_write_bytes
+    """Write the script, and the `<results>/slurm/` folder its tasks log into (SLURM does not create it). A folder
+    or file that cannot be written is a one-line error with the system's reason; whatever this call created before
+    it failed is removed (the script is written atomically, last), so nothing is left half-done."""
+    from ..io import atomic_write_bytes, why_not_written
 
     out = Path(path)
+    check_text("--emit-sbatch", path)
     if out.is_dir():
         raise PoisonbenchError(f"--emit-sbatch {path}: is a directory; give a file name")
-    atomic_write_bytes(out, text.encode())
-    (Path(results_root) / "slurm").mkdir(parents=True, exist_ok=True)
-    out.chmod(0o755)
+    logs = Path(results_root) / "slurm"
+    created: list[Path] = []
+    try:
+        _make_dirs(logs, created)
+    except OSError as exc:
+        _remove(created)
+        raise PoisonbenchError(f"cannot create {str(logs)!r} (the folder the tasks log into): "
+                               f"{why_not_written(exc, logs)}") from None
+    try:
+        _make_dirs(out.parent, created)
+        atomic_write_bytes(out, text.encode())
+        out.chmod(0o755)
+    except OSError as exc:
+        _remove(created)
+        raise PoisonbenchError(f"cannot write --emit-sbatch {path}: {why_not_written(exc, out)}") from None
     return out
+
+
+def _make_dirs(directory: Path, created: list[Path]) -> None:
+    """`mkdir -p directory`, appending each folder it makes to `created` (outermost first)."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for d in reversed(missing):
+        d.mkdir()
+        created.append(d)
+
+
+def _remove(created: list[Path]) -> None:
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:  # not empty (another process wrote into it meanwhile): leave it
+            pass
