@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,14 +103,57 @@ def environment(device: torch.device, accel: str = "auto") -> dict:
     return env
 
 
+def missing_fields(record: dict) -> list[str]:
+    """The fields every reader relies on that `record` lacks (run id, the configuration's identifying fields,
+    metrics, cost), in the schema's order; empty for a complete record."""
+    config, metrics, cost = record.get("config"), record.get("metrics"), record.get("cost")
+    lacks = [] if isinstance(record.get("run_id"), str) else ["run_id"]
+    if not isinstance(config, dict):
+        lacks.append("config")
+    else:
+        lacks += [f"config.{k}" for k in ("dataset", "model", "scenario", "trial", "seed") if k not in config]
+        recipe, defense = config.get("recipe"), config.get("defense")
+        lacks += [f"config.recipe.{k}" for k in ("name", "epochs") if not isinstance(recipe, dict) or k not in recipe]
+        lacks += [] if isinstance(defense, dict) and "method" in defense else ["config.defense.method"]
+    lacks += [] if isinstance(metrics, dict) and "test_acc" in metrics else ["metrics.test_acc"]
+    lacks += [] if isinstance(cost, dict) and "seconds" in cost else ["cost.seconds"]
+    return lacks
+
+
 def is_complete(record: dict) -> bool:
     """A record has what every reader relies on: run id, the configuration's identifying fields, metrics, cost."""
-    config, metrics, cost = record.get("config"), record.get("metrics"), record.get("cost")
-    return (isinstance(record.get("run_id"), str) and isinstance(config, dict)
-            and all(k in config for k in ("dataset", "model", "scenario", "trial", "seed"))
-            and isinstance(config.get("recipe"), dict) and {"name", "epochs"} <= set(config["recipe"])
-            and isinstance(config.get("defense"), dict) and "method" in config["defense"]
-            and isinstance(metrics, dict) and "test_acc" in metrics and isinstance(cost, dict) and "seconds" in cost)
+    return not missing_fields(record)
+
+
+def identity_problem(path: Path, record: dict) -> str | None:
+    """Why `record`, read from `path`, is not the record of the run it names, or None: a run id is the hash of its
+    config (`run_id`), and a record lives in `<run_id>.json`. A config edited after the run keeps the old id (its
+    numbers are not of that config); a copy under another name (a later `finished_at`, say) would otherwise stand
+    in for the genuine record."""
+    rid = record["run_id"]
+    try:
+        hashed = run_id(record["config"])
+    except (TypeError, ValueError):  # a config that is not JSON data (NaN keys, ...) has no run id
+        hashed = None
+    problems = [] if hashed == rid else [f"run_id {rid!r} does not match its config's hash ({hashed}): the config "
+                                         "was edited after the run"]
+    problems += [] if path.stem == rid else [f"file name is not its run_id ({rid!r}): a copy or a renamed file"]
+    return "; ".join(problems) or None
+
+
+def _json_kind(value) -> str:
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "boolean"
+    return {list: "array", str: "string", int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
+def file_stem(rid: str) -> str:
+    """`rid` (a run id, or a failure record's key) as the stem of its file: a string that is not a plain file name
+    (`../x`, `a/b`, `/abs`, a leading dot) is refused in one line, so no field of a record ever makes a path outside
+    `runs/` or `failures/`."""
+    if not (isinstance(rid, str) and re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", rid) and ".." not in rid):
+        raise PoisonbenchError(f"{rid!r} is not a run id (16 hex digits)")
+    return rid
 
 
 class RunStore:
@@ -118,12 +162,16 @@ class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = results_dir(root)
         self.runs = self.root / "runs"
-        self.unreadable = 0  # files the last `all()` skipped: not JSON (or not readable) ...
+        # the files the last `all()` skipped, each with why (`skipped_lines`); counted by kind in `skipped_note`:
+        self.skipped: list[tuple[Path, str]] = []
+        self.unreadable = 0  # not JSON, not readable, or not a complete record ...
         self.other_schema = 0  # ... or a record of another schema_version
         self.untrusted: list[tuple[Path, str]] = []  # ... or one with a field a report cannot trust: (file, why)
+        self.mismatched: list[tuple[Path, str]] = []  # ... or not the record of the run it names: (file, why)
 
     def path(self, rid: str) -> Path:
-        return self.runs / f"{rid}.json"
+        """`runs/<rid>.json` (`rid` checked by `file_stem`)."""
+        return self.runs / f"{file_stem(rid)}.json"
 
     def ensure_writable(self) -> None:
         """Fail (PoisonbenchError, one line) unless records can be written into `runs/`: called before training,
@@ -155,41 +203,61 @@ class RunStore:
         return path
 
     def all(self) -> list[dict]:
-        """Every complete, trustworthy record of this schema version; the files skipped are counted in `unreadable`
-        and `other_schema`, and listed with the field at fault in `untrusted` (`record_checks.record_problem`;
-        see `skipped_note` and `untrusted_lines`)."""
+        """Every complete, trustworthy record of this schema version that is the record of the run it names. The
+        files skipped are listed with why in `skipped` (`skipped_lines`: one line each) and counted by kind:
+        `unreadable` (not JSON, not readable, incomplete), `other_schema`, `untrusted` (a field at fault,
+        `record_checks.record_problem`) and `mismatched` (`identity_problem`); `skipped_note` sums them up."""
         from .record_checks import record_problem
 
         records = []
         self.unreadable = self.other_schema = 0
-        self.untrusted = []
+        self.skipped, self.untrusted, self.mismatched = [], [], []
         for path in sorted(self.runs.glob("*.json")):
             try:
                 record = json.loads(path.read_text())
-            except (OSError, ValueError):
+            except OSError as e:
                 self.unreadable += 1
+                self.skipped.append((path, f"unreadable ({e.strerror or type(e).__name__})"))
+                continue
+            except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+                where = f" ({e.msg} at line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) \
+                    else " (not UTF-8 text)"
+                self.unreadable += 1
+                self.skipped.append((path, f"not valid JSON{where}: a torn write, or not a record"))
                 continue
             if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
                 self.other_schema += 1
-            elif not is_complete(record):
+                self.skipped.append((path, f"schema_version {record.get('schema_version')!r}, not {SCHEMA_VERSION} "
+                                           "(another poisonbench version's record?)" if isinstance(record, dict)
+                                     else f"not a run record (a JSON {_json_kind(record)}, not an object)"))
+            elif lacks := missing_fields(record):
                 self.unreadable += 1
+                self.skipped.append((path, f"incomplete: lacks {', '.join(lacks[:4])}"))
             elif (problem := record_problem(record)) is not None:
                 self.untrusted.append((path, problem))
+                self.skipped.append((path, problem))
+            elif (problem := identity_problem(path, record)) is not None:
+                self.mismatched.append((path, problem))
+                self.skipped.append((path, problem))
             else:
                 records.append(record)
         return records
 
     def skipped_note(self) -> str | None:
-        """One line on the files the last `all()` skipped, or None."""
+        """One line summing up the files the last `all()` skipped (named in `skipped_lines`), or None."""
         parts = [f"{self.unreadable} unreadable or incomplete"] if self.unreadable else []
         parts += [f"{self.other_schema} not of schema_version {SCHEMA_VERSION}"] if self.other_schema else []
         parts += [f"{len(self.untrusted)} with a field that cannot be trusted"] if self.untrusted else []
-        skipped = self.unreadable + self.other_schema + len(self.untrusted)
+        parts += [f"{len(self.mismatched)} not the record of the run it names"] if self.mismatched else []
+        skipped = self.unreadable + self.other_schema + len(self.untrusted) + len(self.mismatched)
         return f"skipped {skipped} record file(s) in {self.runs}: {', '.join(parts)}" if parts else None
 
+    def skipped_lines(self) -> list[str]:
+        """One warning line per file the last `all()` skipped, naming the file and why."""
+        return [f"skipped {path}: {why}" for path, why in self.skipped]
 
     def failure_path(self, rid: str) -> Path:
-        return self.root / "failures" / f"{rid}.json"
+        return self.root / "failures" / f"{file_stem(rid)}.json"
 
     def put_failure(self, rid: str, config: dict, error: BaseException) -> Path:
         """Write what made run `rid` raise (error, traceback, host, time, config) beside the records, never as

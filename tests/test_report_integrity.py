@@ -14,6 +14,7 @@ from poisonbench import figures, paper, tables
 from poisonbench.defenses import DEFENSES
 from poisonbench.figures import rho as rho_figure
 from poisonbench.recipes import resolve_recipe
+from poisonbench.records import run_id
 from poisonbench.report import load_summary
 from tests.report_records import make_record, write_records
 
@@ -259,7 +260,7 @@ def test_plain_report_applies_the_table_filters(cli, tmp_path):
 def test_plain_report_attacks_filter(cli, tmp_path):
     mixed = make_record(rho=0.2)
     mixed["config"]["poison"]["attacks"] = ["pgd"]
-    mixed["run_id"] += "-pgd"
+    mixed["run_id"] = run_id(mixed["config"])  # the record of that config (report skips an edited one)
     res = write_records(tmp_path / "res", [make_record(rho=0.2), mixed])
     assert len(summary_rows(cli, res)) == 2  # without --attacks every mix is its own row
     assert [r["poison"] for r in summary_rows(cli, res, "--attacks", "pgd")] == ["mix@0.2"]
@@ -271,7 +272,7 @@ def test_plain_report_rows_name_the_poisonsets_chosen_with_poisons(cli, tmp_path
     """Two experiments that differ only in `defend --poisons` must not print as identical rows."""
     chosen = make_record(rho=0.2)
     chosen["config"]["poison"]["poison_sets"] = {"deepconfuse": "2ca87f493a26f8cb"}
-    chosen["run_id"] += "-dc"
+    chosen["run_id"] = run_id(chosen["config"])
     res = write_records(tmp_path / "res", [make_record(rho=0.2), chosen])
     assert sorted(r["poison"] for r in summary_rows(cli, res)) == [
         "mix@0.2", "mix@0.2 [--poisons deepconfuse=2ca87f493a26f8cb]"]

@@ -21,7 +21,8 @@ from . import options
 from .progress import stdout_console
 
 HELP = ("Aggregate the run records: test accuracy mean ± sample std over trials per configuration, or the "
-        "paper's Tables II–V (--table N, --paper, --diff, --missing) and Figures 1–4 and rho (--figure N --out DIR).")
+        "paper's Tables II–V (--table N, --paper, --diff, --missing) and Figures 1–4 and rho (--figure N --out DIR). "
+        "A record file that cannot be trusted is skipped and named on stderr, with why (exit status still 0).")
 
 FIGURE_NEEDS = {
     "1": "HINT runs whose record keeps healthy-noise examples (record.defense.examples)",
@@ -161,12 +162,18 @@ def report(
         if attacks != "any":  # --missing would print commands that `defend` refuses
             check_poison_sets(pairs, (attacks or tables.PAPER_MIX).split(","))
         chosen = tables.poison_sets_text(pairs)
+    if table is not None:  # before the records are read: a bad --table or --figure is one line, nothing else
+        tables.check_table(table)
+    if figure is not None:
+        from ..figures import check_figure
+
+        check_figure(figure)
     store = RunStore(results)
     filters = {"dataset": record_name(dataset) if dataset else None,
                "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
                "mix": attacks or tables.PAPER_MIX, "poison_sets": "" if chosen is None else chosen}
     records = store.all()
-    for line in store.untrusted_lines():
+    for line in store.skipped_lines():  # one warning per file skipped, naming it and why; the exit status stays 0
         note(line)
     if store.skipped_note():
         note(store.skipped_note())
@@ -209,7 +216,7 @@ def show_table(table: str, records: list[dict], store: RunStore, opts, filters: 
     from .. import tables
 
     number = tables.check_table(table)
-    tables.assert_records(records, store.root)
+    tables.assert_records(records, store.root, len(store.skipped))
     result = tables.build(number, records, opts, **filters)
     if result.empty:
         note(f"{result.title}: no records match ({describe(filters)})")
@@ -228,7 +235,7 @@ def draw_figures(figure: str, records: list[dict], store: RunStore, filters: dic
     from .. import figures, tables
 
     number = figures.check_figure(figure)
-    tables.assert_records(records, store.root)
+    tables.assert_records(records, store.root, len(store.skipped))
     if run is not None:
         if number != "1":
             raise PoisonbenchError("--run selects the record of --figure 1 only")
@@ -256,7 +263,7 @@ def show_plain(records: list[dict], store: RunStore, filters: dict, fmt: str, at
     PoisonSet choice unless --attacks / --poisons name one."""
     from .. import tables
 
-    tables.assert_records(records, store.root)
+    tables.assert_records(records, store.root, len(store.skipped))
     summary = lib.load_summary(records, **{**filters, "mix": attacks or "any", "poison_sets": filters["poison_sets"]
                                            or "any"})
     if summary.attrs.get("not_shown"):

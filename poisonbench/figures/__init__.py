@@ -13,6 +13,7 @@ from pathlib import Path
 from .. import tables
 from ..errors import PoisonbenchError, unknown_choice
 from .noise import figure_1, noise_figure
+from .panels import confined_to
 from .predictions import figure_2
 from .rho import figure_rho
 from .targeted import TARGETED_FIGURE, figure_targeted
@@ -23,10 +24,11 @@ __all__ = ["FIGURES", "check_figure", "draw", "noise_figure"]
 
 
 def check_figure(number: str) -> str:
-    number = str(number).strip().lower()
-    if number not in FIGURES:
+    """`number` as one of FIGURES (any case, surrounding blanks ignored); an unknown one is refused as given."""
+    name = str(number).strip().lower()
+    if name not in FIGURES:
         raise unknown_choice("figure", number, FIGURES)
-    return number
+    return name
 
 
 def draw(number: str, records: list[dict], out: str | Path, paper: bool = False, rho: float | None = None,
@@ -38,12 +40,13 @@ def draw(number: str, records: list[dict], out: str | Path, paper: bool = False,
     df, _ = tables.cell_records(tables.apply_filters(tables.frame(records), **filters))
     keep = set(df.run_id)
     records = [r for r in records if r["run_id"] in keep]
-    if number == "rho":
-        return figure_rho(df, out, paper)
-    if number == "1":
-        return figure_1(records, out)
-    if number == "2":
-        return figure_2(records, df, out, rho, trial, data_dir)
-    if number in TARGETED_FIGURE:
-        return figure_targeted(number, records, df, out, data_dir)
+    with confined_to(out):  # the last guard: `panels.save` writes nothing outside `out`
+        if number == "rho":
+            return figure_rho(df, out, paper)
+        if number == "1":
+            return figure_1(records, out)
+        if number == "2":
+            return figure_2(records, df, out, rho, trial, data_dir)
+        if number in TARGETED_FIGURE:
+            return figure_targeted(number, records, df, out, data_dir)
     raise PoisonbenchError(f"figure {number} is not implemented")  # unreachable: check_figure

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import tables
 from ..errors import PoisonbenchError
-from .panels import plt, save
+from .panels import plt, safe_slug, save
 
 
 def _image(values: list[float], shape: list[int]) -> np.ndarray:
@@ -80,4 +80,4 @@ def figure_1(records: list[dict], out: Path) -> list[Path]:
         return []
     rec = max(withx, key=lambda r: (paper_parameters(r), (r["config"].get("poison") or {}).get("ratio", 0.0),
                                     r.get("finished_at") or "", r["run_id"]))
-    return [noise_figure(rec, out / f"fig1_healthy_noise_{rec['config']['dataset']}.png")]
+    return [noise_figure(rec, out / f"fig1_healthy_noise_{safe_slug(rec['config']['dataset'])}.png")]

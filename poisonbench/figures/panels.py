@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import io
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..errors import PoisonbenchError  # noqa: E402
+from ..hashing import short_hash  # noqa: E402
+from ..io import atomic_write_bytes  # noqa: E402
 from ..tables import Setting  # noqa: E402
 
 CIFAR10_CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -21,9 +28,29 @@ RED, BLACK = "#d62728", "black"
 MAX_COLUMNS = 5
 
 
+SLUG_MAX = 80  # characters of a file-name part: a long record field cannot push a name past the filesystem's limit
+
+
+def safe_slug(text: object, limit: int = SLUG_MAX) -> str:
+    """A file-name part made of `text` (any string, e.g. a record or manifest field): only `A-Za-z0-9._-`
+    (anything else becomes `_`), no `..`, no leading or trailing `.`, `_` or `-`, at most `limit` characters (a
+    longer one keeps its start and a hash of the whole), never empty. Every file-name part a figure makes of a
+    record field goes through it: a dataset named `x/../../ESCAPED` or `/etc/x` cannot leave `--out`."""
+    text = str(text)
+    part = re.sub(r"\.{2,}", "_", re.sub(r"[^A-Za-z0-9._-]+", "_", text)).strip("._-")
+    if len(part) > limit:
+        part = f"{part[:limit - 17].rstrip('._-')}_{short_hash(text)}"
+    return part or f"x{short_hash(text, 8)}"
+
+
 def slug(s: Setting) -> str:
-    """A file-name part naming setting `s`."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", f"{s.dataset}_{s.model}_{s.recipe}{s.epochs}{s.tag}").strip("_")
+    """A file-name part naming setting `s` (`safe_slug` of its fields; where that had to alter the dataset, model
+    or recipe name, a hash of them follows, so that two settings never share a file)."""
+    named = (s.dataset, s.model, s.recipe)
+    part = safe_slug(f"{s.dataset}_{s.model}_{s.recipe}{s.epochs}{s.tag}")
+    if any(safe_slug(v) != v for v in named):
+        part = safe_slug(f"{part[:SLUG_MAX - 9]}_{short_hash(list(named), 8)}")
+    return part
 
 
 def class_name(dataset: str, c: int | None) -> str:
@@ -48,7 +75,10 @@ def split_test_images(dataset: str, data_dir: str | None, npz_split: str = "", f
 
     split = tuple(float(v) for v in npz_split.split(",")) if npz_split else None
     candidates = [dataset]
-    if dataset.endswith(".npz") and data_dir:
+    # a record names an .npz by its plain file name (`record_name`): only such a name is looked up in data_dir
+    # (`../../x.npz` is not joined to it); a path is tried as given, and its images are shown only if they are
+    # the records' data (fingerprint)
+    if dataset.endswith(".npz") and data_dir and Path(dataset).name == dataset:
         candidates.insert(0, str(Path(data_dir) / dataset))
     for name in candidates:
         try:
@@ -93,9 +123,33 @@ def show(ax, img: np.ndarray | None) -> None:
     ax.set_yticks([])
 
 
+_OUT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("figure_out", default=None)
+
+
+@contextlib.contextmanager
+def confined_to(out: Path) -> Iterator[None]:
+    """While in the block, `save` refuses to write anywhere but inside `out` (`figures.draw`: the `--out`
+    directory), whatever a figure's file name was made of."""
+    token = _OUT.set(Path(out))
+    try:
+        yield
+    finally:
+        _OUT.reset(token)
+
+
 def save(fig, path: Path, **savefig) -> Path:
-    """Write `fig` as a PNG (creating the directory) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **{"dpi": 120, "bbox_inches": "tight", **savefig})
-    plt.close(fig)
+    """Write `fig` as a PNG, atomically (creating the directory), and close it. Inside `confined_to(out)` the
+    last guard: a path that does not resolve to a file directly in `out` (symbolic links followed) is refused,
+    nothing written."""
+    path = Path(path)
+    out = _OUT.get()
+    try:
+        if out is not None and path.resolve().parent != out.resolve():
+            raise PoisonbenchError(f"refusing to write figure {str(path)!r}: it is not a file in --out {str(out)!r} "
+                                   "(a file name made of a record field?)")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, **{"format": "png", "dpi": 120, "bbox_inches": "tight", **savefig})
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -16,11 +16,12 @@ BUILDERS = {"2": table2, "3": table3, "4": table4, "5": table5}
 
 
 def check_table(number: str) -> str:
-    number = str(number).strip().upper()
-    number = {v: k for k, v in ROMAN.items()}.get(number, number)
-    if number not in TABLES:
+    """`number` as one of TABLES ("2".."5", or II..V in any case); an unknown one is refused as given."""
+    name = str(number).strip().upper()
+    name = {v: k for k, v in ROMAN.items()}.get(name, name)
+    if name not in TABLES:
         raise unknown_choice("table", number, TABLES)
-    return number
+    return name
 
 
 def build(number: str, records: list[dict], opts: Options, **filters) -> Table:

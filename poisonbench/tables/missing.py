@@ -214,7 +214,13 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     return list(dict.fromkeys(commands)), list(dict.fromkeys(notes))
 
 
-def assert_records(records: list[dict], results) -> None:
-    if not records:
-        raise PoisonbenchError(f"no run records found under {results}/runs; run `poisonbench defend` first "
-                               "or pass --results DIR")
+def assert_records(records: list[dict], results, skipped: int = 0) -> None:
+    """Refuse (exit 2) a report without a single record to show; `skipped`: the record files `RunStore.all()`
+    skipped (named on stderr before this error)."""
+    if records:
+        return
+    if skipped:
+        raise PoisonbenchError(f"no usable run records under {results}/runs: all {skipped} record file(s) there "
+                               "were skipped (each is named above, with why)")
+    raise PoisonbenchError(f"no run records found under {results}/runs; run `poisonbench defend` first "
+                           "or pass --results DIR")
