@@ -68,6 +68,48 @@ def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | 
         check_attacks(attacks.split(","))  # the check `defend --attacks` gets
 
 
+def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing: bool, per_trial: bool,
+                    poisons: str | None, trials: int, paper: bool, diff: bool, ci: bool, wilson: bool, paired: bool,
+                    rho: float | None, out: str | None, run: str | None, trial: int | None, dataset: str | None,
+                    method: str | None, recipe: str | None, model: str | None, epochs: int | None,
+                    attacks: str | None, **_elsewhere) -> tuple[list[str] | None, str | None, str | None]:
+    """Every check `report` makes on its options before it reads a record, in one place: `report` runs it, and so
+    does a sweep grid's `report = [...]` at plan time (sweeps/grid.py), so that a `--table 9` there fails before any
+    run trains. Returns (methods, the attack mix, the PoisonSet choice) in their normal form. Reads nothing."""
+    from .. import tables
+    from ..scenarios import check_poison_sets, parse_poison_sets
+
+    empty = [flag for flag, v in {"--attacks": attacks, "--method": method, "--dataset": dataset, "--recipe": recipe,
+                                  "--model": model, "--poisons": poisons}.items() if v is not None and not v.strip()]
+    if empty:  # an empty filter would silently select everything
+        raise PoisonbenchError(f"{empty[0]} is empty; omit it to keep every value")
+    check_modes(table, figure, fmt, missing, per_trial, poisons, trials,
+                views={"--paper": paper, "--diff": diff, "--ci": ci, "--wilson": wilson, "--paired": paired,
+                       "--rho": rho is not None, "--out": out is not None, "--run": run is not None,
+                       "--trial": trial is not None})
+    if trial is not None and trial < 0:
+        raise PoisonbenchError(f"--trial must be a non-negative trial id, got {trial}")
+    if rho is not None and not 0 <= rho <= 1:
+        raise PoisonbenchError(f"--rho must be in [0, 1], got {rho}")
+    methods = _methods(method)
+    attacks = ",".join(a.strip() for a in attacks.split(",")) if attacks else attacks  # "pgd, dap" = "pgd,dap"
+    check_filters(dataset, methods, recipe, model, epochs, attacks)
+    chosen = poisons
+    if poisons not in (None, "any"):
+        pairs = parse_poison_sets(poisons)
+        if attacks != "any":  # --missing would print commands that `defend` refuses
+            check_poison_sets(pairs, (attacks or tables.PAPER_MIX).split(","))
+        chosen = tables.poison_sets_text(pairs)
+    if table is not None:  # before the records are read: a bad --table or --figure is one line, nothing else
+        tables.check_table(table)
+    if figure is not None:
+        from ..figures import check_figure
+
+        if check_figure(figure) != "1" and run is not None:
+            raise PoisonbenchError("--run selects the record of --figure 1 only")
+    return methods, attacks, chosen
+
+
 def check_modes(table: str | None, figure: str | None, fmt: str, missing: bool, per_trial: bool, poisons: str | None,
                 trials: int, views: dict[str, bool]) -> None:
     """Options that contradict the mode they select, or that no mode reads (`views`: flag → given)."""
@@ -137,37 +179,13 @@ def report(
     results: str = options.Results,
 ) -> None:
     from .. import tables
-    from ..scenarios import check_poison_sets, parse_poison_sets
 
-    empty = [flag for flag, v in {"--attacks": attacks, "--method": method, "--dataset": dataset, "--recipe": recipe,
-                                  "--model": model, "--poisons": poisons}.items() if v is not None and not v.strip()]
-    if empty:  # an empty filter would silently select everything
-        raise PoisonbenchError(f"{empty[0]} is empty; omit it to keep every value")
-    check_modes(table, figure, fmt, missing, per_trial, poisons, trials,
-                views={"--paper": paper, "--diff": diff, "--ci": ci, "--wilson": wilson, "--paired": paired,
-                       "--rho": rho is not None, "--out": out is not None, "--run": run is not None,
-                       "--trial": trial is not None})
-    if trial is not None and trial < 0:
-        raise PoisonbenchError(f"--trial must be a non-negative trial id, got {trial}")
-    if rho is not None and not 0 <= rho <= 1:
-        raise PoisonbenchError(f"--rho must be in [0, 1], got {rho}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise PoisonbenchError(f"--out {out!r} is a file; pass a directory for the figures")
-    methods = _methods(method)
-    attacks = ",".join(a.strip() for a in attacks.split(",")) if attacks else attacks  # "pgd, dap" = "pgd,dap"
-    check_filters(dataset, methods, recipe, model, epochs, attacks)
-    chosen = poisons
-    if poisons not in (None, "any"):
-        pairs = parse_poison_sets(poisons)
-        if attacks != "any":  # --missing would print commands that `defend` refuses
-            check_poison_sets(pairs, (attacks or tables.PAPER_MIX).split(","))
-        chosen = tables.poison_sets_text(pairs)
-    if table is not None:  # before the records are read: a bad --table or --figure is one line, nothing else
-        tables.check_table(table)
-    if figure is not None:
-        from ..figures import check_figure
-
-        check_figure(figure)
+    methods, attacks, chosen = check_arguments(
+        table=table, figure=figure, fmt=fmt, missing=missing, per_trial=per_trial, poisons=poisons, trials=trials,
+        paper=paper, diff=diff, ci=ci, wilson=wilson, paired=paired, rho=rho, out=out, run=run, trial=trial,
+        dataset=dataset, method=method, recipe=recipe, model=model, epochs=epochs, attacks=attacks)
     store = RunStore(results)
     filters = {"dataset": record_name(dataset) if dataset else None,
                "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,

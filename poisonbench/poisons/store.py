@@ -193,6 +193,7 @@ def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
 
 
 def exists(results_root, poison_id: str) -> bool:
+    check_poison_id(poison_id)  # an id from a record or a grid is never joined to a path unchecked
     return (poison_dir(results_root, poison_id) / MANIFEST_FILE).exists()
 
 

@@ -97,7 +97,7 @@ def locate(name: str) -> tuple[str, Path]:
             raise PoisonbenchError(f"grid file {name} does not exist; builtin grids: {', '.join(builtin_grids())}")
         return path.stem, path.resolve()
     builtin = builtin_dir() / f"{name}.toml"
-    if not builtin.is_file():
+    if name not in builtin_grids():  # only the listed names: `../x` must not reach a file beside the builtins
         raise PoisonbenchError(f"unknown grid {name!r}; valid choices: {', '.join(builtin_grids())} (builtin), or "
                                "the path of a .toml file")
     return name, builtin
@@ -166,45 +166,9 @@ def check_report_args(args: list[str], where: str) -> None:
             raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc.format_message()}") from None
         raise
     try:
-        check_report_values(ctx.params)
+        report_cmd.check_arguments(**ctx.params)
     except PoisonbenchError as exc:
         raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc}") from None
-
-
-def check_report_values(p: dict[str, Any]) -> None:
-    """The checks `poisonbench report` makes before it reads any record (cli/report.py: `report`, `check_modes`,
-    `check_filters`, the table and figure names), on its parsed options; nothing is read or drawn."""
-    from .. import figures, tables
-    from ..cli import report as report_cmd
-    from ..scenarios import check_poison_sets, parse_poison_sets
-
-    filters = {"--attacks": p["attacks"], "--method": p["method"], "--dataset": p["dataset"],
-               "--recipe": p["recipe"], "--model": p["model"], "--poisons": p["poisons"]}
-    empty = [flag for flag, v in filters.items() if v is not None and not v.strip()]
-    if empty:
-        raise PoisonbenchError(f"{empty[0]} is empty; omit it to keep every value")
-    report_cmd.check_modes(p["table"], p["figure"], p["fmt"], p["missing"], p["per_trial"], p["poisons"],
-                           p["trials"], views={"--paper": p["paper"], "--diff": p["diff"], "--ci": p["ci"],
-                                               "--wilson": p["wilson"], "--paired": p["paired"],
-                                               "--rho": p["rho"] is not None, "--out": p["out"] is not None,
-                                               "--run": p["run"] is not None, "--trial": p["trial"] is not None})
-    if p["table"] is not None:
-        tables.check_table(p["table"])
-    if p["figure"] is not None:
-        number = figures.check_figure(p["figure"])
-        if p["run"] is not None and number != "1":
-            raise PoisonbenchError("--run selects the record of --figure 1 only")
-    if p["trial"] is not None and p["trial"] < 0:
-        raise PoisonbenchError(f"--trial must be a non-negative trial id, got {p['trial']}")
-    if p["rho"] is not None and not 0 <= p["rho"] <= 1:
-        raise PoisonbenchError(f"--rho must be in [0, 1], got {p['rho']}")
-    attacks = ",".join(a.strip() for a in p["attacks"].split(",")) if p["attacks"] else p["attacks"]
-    methods = [m.strip() for m in p["method"].split(",") if m.strip()] if p["method"] else None
-    report_cmd.check_filters(p["dataset"], methods, p["recipe"], p["model"], p["epochs"], attacks)
-    if p["poisons"] not in (None, "any"):
-        pairs = parse_poison_sets(p["poisons"])
-        if attacks != "any":
-            check_poison_sets(pairs, (attacks or tables.PAPER_MIX).split(","))
 
 
 def check_block(block: dict, names: dict[str, Any], where: str) -> dict[str, Any]:
