@@ -278,3 +278,16 @@ def test_roman_and_any_case_names_still_select_a_table_or_figure(cli, tmp_path):
     assert cli("report", "--table", "ii", "--format", "csv", "--results", res)[0] == 0
     code, out, err = cli("report", "--figure", "RHO", "--results", res, "--out", tmp_path / "f")
     assert code == 0 and out.strip(), err
+
+
+def test_figure_1_run_draws_the_named_record_whatever_its_attack_mix(tmp_path, cli):
+    """`--run ID` names one HINT record: the table's default filter (the paper's four-attack mix) must not hide a
+    run of another mix and leave an exit 0 that drew nothing (found by experiments/probe_issue51.py)."""
+    record = make_record(method="hint", params=hint_params(), rho=0.8, examples=healthy_noise_examples())
+    record["config"]["poison"]["attacks"] = ["durp"]
+    rehashed(record)
+    results = write_records(tmp_path / "ws", [record])
+    out = tmp_path / "out"
+    code, stdout, err = cli("report", "--figure", "1", "--results", results, "--out", out, "--run", record["run_id"])
+    assert code == 0, err
+    assert [p.name for p in files_under(out)] == ["fig1_healthy_noise_mnist-5k.png"]

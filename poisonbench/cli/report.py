@@ -189,7 +189,9 @@ def report(
     store = RunStore(results)
     filters = {"dataset": record_name(dataset) if dataset else None,
                "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
-               "mix": attacks or tables.PAPER_MIX, "poison_sets": "" if chosen is None else chosen}
+               # --run names one record: the mix and PoisonSet defaults of a table must not hide it
+               "mix": attacks or ("any" if run is not None else tables.PAPER_MIX),
+               "poison_sets": ("any" if run is not None else "") if chosen is None else chosen}
     records = store.all()
     for line in store.skipped_lines():  # one warning per file skipped, naming it and why; the exit status stays 0
         note(line)
