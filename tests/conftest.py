@@ -6,6 +6,7 @@ import gzip
 import os
 import pickle
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,45 @@ def train_calls(monkeypatch):
 
     monkeypatch.setattr(run_execution, "train", spy)
     return calls
+
+
+def one_line_error(code: int, err: str, *needles: str) -> None:
+    """The bad-input contract: exit 2, one line `Error: ...` on stderr (no traceback), naming each of `needles`."""
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every file below `root` (none when it does not exist), sorted: what a command left behind."""
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.fixture
+def read_only():
+    """`make(path)`: create the directory `path` and make it read-only for this process. chmod does not stop root,
+    so as root the directory gets the immutable attribute (chattr +i) instead; both are undone at teardown."""
+    made = []
+
+    def make(path):
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            try:
+                subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                pytest.skip(f"cannot make a directory read-only for root here (chattr +i: {exc})")
+        else:
+            path.chmod(0o555)
+        made.append(path)
+        with pytest.raises(OSError):  # the simulation works: nothing can be created in it
+            (path / "probe").write_bytes(b"")
+        return path
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o755)

@@ -7,7 +7,6 @@ import io
 import os
 import pickle
 import struct
-import subprocess
 import warnings
 
 import numpy as np
@@ -17,47 +16,10 @@ from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
 from poisonbench.records import RunStore
 
-from .conftest import class_images, write_cifar_dir
+from .conftest import class_images, files_under, one_line_error, write_cifar_dir
 
 QUICK_DEFEND = ["--recipe", "quick", "--epochs", "1", "--compile", "off"]
 TINY_CRAFT = ["--attack", "pgd", "--steps", "1", "--budget", "0.1"]
-
-
-def one_line_error(code: int, err: str, needle: str) -> None:
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("Error: ") and needle in err, err
-
-
-def files_under(root) -> list:
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def read_only():
-    """`make(path)`: create the directory `path` and make it read-only for this process. chmod does not stop root,
-    so as root the directory gets the immutable attribute (chattr +i) instead; both are undone at teardown."""
-    made = []
-
-    def make(path):
-        path.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            try:
-                subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
-            except (OSError, subprocess.CalledProcessError) as exc:
-                pytest.skip(f"cannot make a directory read-only for root here (chattr +i: {exc})")
-        else:
-            path.chmod(0o555)
-        made.append(path)
-        with pytest.raises(OSError):  # the simulation works: nothing can be created in it
-            (path / "probe").write_bytes(b"")
-        return path
-
-    yield make
-    for path in made:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        else:
-            path.chmod(0o755)
 
 
 # --- CIFAR-10 batches from --data-dir: a restricted unpickler ------------------------------------------------------

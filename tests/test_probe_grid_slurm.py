@@ -9,7 +9,6 @@ fails the test, so a grid that is not refused shows up as a failure, not as minu
 
 from __future__ import annotations
 
-import os
 import resource
 import shlex
 import subprocess
@@ -22,6 +21,8 @@ from poisonbench.errors import PoisonbenchError
 from poisonbench.sweeps import grid as grid_module
 from poisonbench.sweeps.slurm import SlurmOptions
 
+from .conftest import one_line_error
+
 # a grid on the tiny dataset, no poison (so no prepare step): its plan is one run per trial
 HEADER = '[defaults]\ndataset = "{npz}"\nrecipe = "quick"\nepochs = 1\nmethod = "none"\n'
 
@@ -29,14 +30,6 @@ HEADER = '[defaults]\ndataset = "{npz}"\nrecipe = "quick"\nepochs = 1\nmethod = 
 def write_grid(path: Path, npz: Path, body: str = "[[runs]]\npoison_ratio = 0\n", top: str = "") -> Path:
     path.write_text(top + HEADER.format(npz=npz) + body)
     return path
-
-
-def one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 def tree(root: Path) -> list[Path]:
@@ -314,18 +307,12 @@ def test_emit_sbatch_permission_denied_is_one_line_and_leaves_nothing(cli, tiny_
     assert tree(tmp_path) == before  # neither ro/ nor results/slurm/ is left
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
-def test_emit_sbatch_into_a_read_only_directory(cli, tiny_npz, tmp_path):
+def test_emit_sbatch_into_a_read_only_directory(cli, tiny_npz, tmp_path, read_only):
     grid = write_grid(tmp_path / "g.toml", tiny_npz)
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o555)
-    try:
-        code, out, err = cli("sweep", "run", grid, "--results", tmp_path / "results", "--emit-sbatch",
-                             ro / "job.sbatch")
-        one_line_error(code, err, f"cannot write --emit-sbatch {ro / 'job.sbatch'}: Permission denied")
-        assert not list(ro.iterdir()) and not (tmp_path / "results").exists()
-    finally:
-        ro.chmod(0o755)
+    ro = read_only(tmp_path / "ro")
+    code, out, err = cli("sweep", "run", grid, "--results", tmp_path / "results", "--emit-sbatch", ro / "job.sbatch")
+    one_line_error(code, err, f"cannot write --emit-sbatch {ro / 'job.sbatch'}:")
+    assert not list(ro.iterdir()) and not (tmp_path / "results").exists()
 
 
 def test_results_slurm_folder_that_cannot_be_made_is_one_line_and_no_script(cli, tiny_npz, tmp_path):

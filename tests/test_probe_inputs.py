@@ -25,20 +25,10 @@ from poisonbench.data import load_dataset
 from poisonbench.errors import PoisonbenchError
 from poisonbench.models import build_model
 
-from .conftest import write_npz
+from .conftest import files_under, one_line_error, write_npz
 
 CPU = torch.device("cpu")
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def one_line_error(code: int, err: str, needle: str) -> None:
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("Error: ") and needle in err, err
-    assert "Traceback" not in err
-
-
-def files_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 @pytest.fixture(scope="module")

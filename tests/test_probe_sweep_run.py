@@ -22,7 +22,7 @@ import pytest
 from poisonbench.records import RunStore
 from poisonbench.sweeps import Execution, execute, load_grid, make_plan
 
-from .conftest import write_npz
+from .conftest import one_line_error, write_npz
 
 TAG = "4242@feedfacecafe"  # a fixed `<pid>@<host>` for the sweep: its log names are known in advance
 
@@ -70,13 +70,6 @@ def sweep(cli, grid: Path, results: Path, *extra: str):
     code, out, err = cli("sweep", "run", grid, "--results", results, "--json", "--no-report", *extra)
     assert "Traceback" not in err, err
     return code, summary(out), err
-
-
-def one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), (code, err)
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 # item 4: a run killed by a signal is retried by a plain re-run; `sweep run` exits 1 until the grid is complete

@@ -20,7 +20,7 @@ from poisonbench.records import RunStore
 from poisonbench.sweeps import Execution, builtin_grids, load_grid, make_plan
 from poisonbench.sweeps.grid import check_report_args
 
-from .conftest import write_npz
+from .conftest import one_line_error, write_npz
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the steps some tests run in-process
 
@@ -70,14 +70,6 @@ def plan_json(cli, grid, results) -> list[dict]:
 
 def record_ids(results: Path) -> set[str]:
     return {p.stem for p in (results / "runs").glob("*.json")}
-
-
-def one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, (needle, err)
 
 
 # 1. grids
