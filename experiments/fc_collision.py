@@ -31,7 +31,7 @@ from poisonbench.defenses.knn import knn_keep
 from poisonbench.device import to_float
 from poisonbench.errors import PoisonbenchError
 from poisonbench.models import build_model
-from poisonbench.pretrained import EXTRACTOR_SEED, transfer_split
+from poisonbench.pretrained import transfer_split
 from poisonbench.trained_models import weights_sha256
 
 COLUMNS = ("dataset", "extractor", "impl", "ε", "budget", "seed", "n", "d_pt", "d_bt", "ratio", "d_pm", "d_nn", "kept",
@@ -52,7 +52,7 @@ def load_extractor(manifest: dict, data) -> torch.nn.Module:
     state = st_load(raw)
     if info.get("weights_sha256") not in (None, weights_sha256(state)):
         raise PoisonbenchError(f"extractor {info['path']} is not the one poison set {manifest['poison_id']} names")
-    model = build_model(spec["model"], data, seed=EXTRACTOR_SEED)
+    model = build_model(spec["model"], data, seed=spec["seed"])  # the weights are loaded next: any seed would do
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)
 

@@ -12,7 +12,7 @@ from .defenses import DEFENSES
 from .device import check_compile_mode, resolve_device
 from .errors import PoisonbenchError
 from .models import MODELS
-from .recipes import DEFAULT_RECIPE
+from .recipes import Recipe, default_recipe, resolve_recipe
 from .scenarios import scenario_for
 from .scenarios.targeted import Targeted
 from .targets import check_setup_index
@@ -39,7 +39,7 @@ class DefendSpec:
     download: bool = False
     npz_split: tuple[float, float] | None = None  # an .npz's val / test fractions (None: 0.02 / 0.18)
     model: str | None = None  # None: the dataset family's default (paper Table I)
-    recipe: str = DEFAULT_RECIPE
+    recipe: str | None = None  # None: `recipes.default_recipe` (forest's for targeted runs on the MNIST family)
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
     scenario: str | None = None  # None: inferred from the poison options (poisonbench.scenarios.scenario_for)
     poison_ratio: float = 0.0  # ρ of Table II: fraction of the train split poisoned by the untargeted mix
@@ -57,6 +57,8 @@ class DefendSpec:
     method: str = "none"
     method_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    same_init: bool = False  # the victim starts from the attacker model's initialisation and seed (forest's
+    # --retrain_from_init); recorded as config.same_init, reported apart
     trials: int = 1
     trial: int | None = None  # run only this trial (a sweep's unit of work) instead of 0..trials-1
     device: str = "auto"
@@ -65,6 +67,16 @@ class DefendSpec:
     results: str | None = None
     force: bool = False
     checkpoint_every: float = CHECKPOINT_EVERY  # seconds between epoch checkpoints (0: after every epoch)
+
+
+def recipe_name(spec: DefendSpec, family: str) -> str:
+    """The run's recipe: `--recipe`, else the default for its scenario and dataset family."""
+    return spec.recipe or default_recipe(family, isinstance(scenario_for(spec), Targeted))
+
+
+def resolved_recipe(spec: DefendSpec, family: str) -> Recipe:
+    """The run's resolved recipe (every field): the victim's, and for a targeted attack its surrogate's."""
+    return resolve_recipe(family, recipe_name(spec, family), **spec.recipe_overrides)
 
 
 def trial_numbers(spec: DefendSpec) -> list[int]:
@@ -95,6 +107,8 @@ def validate(spec: DefendSpec) -> None:
     check_setup_index(spec.setup, spec.setup_index)  # every scenario: --setup-index without --setup is refused
     scenario = scenario_for(spec)
     scenario.validate(spec)
+    if spec.same_init:
+        scenario.check_same_init(spec)
     if not isinstance(scenario, Targeted):
         targeted_only = [flag for flag, value in (("--attack", spec.attack), ("--target", spec.target),
                                                   ("--intended", spec.intended), ("--setup", spec.setup),

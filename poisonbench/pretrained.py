@@ -3,9 +3,11 @@ against, and the transfer scenario's feature extractor.
 
 Transfer learning follows paper §VI-A2: the train split is cut once, stratified by class, into a pre-training part
 (90 %) and a transfer set (10 %, 4,900 images on CIFAR-10). The extractor is trained on the clean pre-training part
-through the one engine, cached by the hash of its inputs (dataset fingerprint, model, recipe, rows, seed) and
-shared by every trial, attack and defense (one writer, the others wait: `trained_models.load_or_train`). The victim
-freezes it (BatchNorm in eval mode) and trains a re-initialised head on the transfer set with the poisons.
+through the one engine with the victim's resolved recipe and model, cached by the hash of its inputs (dataset
+fingerprint, model, recipe, rows, seed; the seed an attacker seed derived from the others, `poisonbench.seeds`, so
+no victim trial shares it) and shared by every trial, attack and defense (one writer, the others wait:
+`trained_models.load_or_train`). The victim freezes it (BatchNorm in eval mode) and trains a re-initialised head
+on the transfer set with the poisons.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from .errors import PoisonbenchError
 from .hashing import short_hash
 from .models import DEFAULT_MODEL
 from .recipes import resolve_recipe
+from .seeds import attacker_seed
 
 TRANSFER_FRACTION = 0.1  # paper §VI-A2: the transfer set is 10 % of the train split (4,900 of 49,000 on CIFAR-10)
 TRANSFER_SPLIT_SEED = 1  # fixed: one split per dataset, shared by every run (the class split uses seed 0)
 EXTRACTOR_KIND = "extractors"  # the workspace folder
-EXTRACTOR_SEED = 0
+SEED_DOMAIN = "extractor"  # its seed: attacker_seed(SEED_DOMAIN, its other inputs)
 MIN_PRETRAIN_PER_CLASS = 10  # below this the extractor learns nothing worth freezing
 
 
@@ -45,12 +48,14 @@ def transfer_split(data) -> tuple[torch.Tensor, torch.Tensor]:
 
 def extractor_spec(data, model_name: str | None = None, recipe: str = "paper",
                    overrides: dict | None = None) -> dict:
-    """The canonical inputs that identify the transfer scenario's pre-trained model."""
+    """The canonical inputs that identify the transfer scenario's pre-trained model, its seed derived from the
+    others (`poisonbench.seeds`)."""
     pretrain, _ = transfer_split(data)
-    return {"purpose": "transfer-extractor", "dataset": data.name, "dataset_fingerprint": data.fingerprint,
-            "model": model_name or DEFAULT_MODEL[data.family],
-            "recipe": resolve_recipe(data.family, recipe, **(overrides or {})).to_dict(),
-            "rows": short_hash(pretrain.tolist()), "transfer_fraction": TRANSFER_FRACTION, "seed": EXTRACTOR_SEED}
+    inputs = {"purpose": "transfer-extractor", "dataset": data.name, "dataset_fingerprint": data.fingerprint,
+              "model": model_name or DEFAULT_MODEL[data.family],
+              "recipe": resolve_recipe(data.family, recipe, **(overrides or {})).to_dict(),
+              "rows": short_hash(pretrain.tolist()), "transfer_fraction": TRANSFER_FRACTION}
+    return {**inputs, "seed": attacker_seed(SEED_DOMAIN, inputs)}
 
 
 def extractor_id(data, model_name: str | None = None, recipe: str = "paper", overrides: dict | None = None) -> str:
@@ -65,6 +70,6 @@ def load_or_train_extractor(data, device: torch.device, *, model_name: str | Non
     from .trained_models import load_or_train
 
     pretrain, _ = transfer_split(data)
-    return load_or_train(EXTRACTOR_KIND, extractor_spec(data, model_name, recipe, overrides), data, device,
-                         results_root=results_root, rows=pretrain, recipe=recipe, recipe_overrides=overrides,
-                         seed=EXTRACTOR_SEED, progress=progress, accel=accel)
+    spec = extractor_spec(data, model_name, recipe, overrides)
+    return load_or_train(EXTRACTOR_KIND, spec, data, device, results_root=results_root, rows=pretrain, recipe=recipe,
+                         recipe_overrides=overrides, seed=spec["seed"], progress=progress, accel=accel)

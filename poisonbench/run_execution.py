@@ -10,14 +10,19 @@ from datetime import datetime, timezone
 import torch
 
 from .checkpoints import Checkpoint
-from .defend_spec import DefendSpec, Reporter
+from .defend_spec import DefendSpec, Reporter, resolved_recipe
 from .defenses import build_defense
 from .models import build_model
 from .prediction_samples import sample_predictions
-from .recipes import resolve_recipe
 from .records import SCHEMA_VERSION, environment, peak_memory
 from .scenarios import ModelRequest, PoisonPlan, Scenario
 from .training import predict, train
+
+
+def training_seed(config: dict) -> int:
+    """The seed the victim is initialised and trained with: the trial's (`config.seed`), or under `--same-init` the
+    attacker model's (`config.same_init.seed`)."""
+    return (config.get("same_init") or {}).get("seed", config["seed"])
 
 
 def execute(spec: DefendSpec, scenario: Scenario, config: dict, rid: str, data, tensors: dict, device: torch.device,
@@ -26,7 +31,7 @@ def execute(spec: DefendSpec, scenario: Scenario, config: dict, rid: str, data, 
     """Train one run and return its record (not yet written). `on_poisoned(plan)` is called once the poisons are
     applied (their tensors known), before training."""
     started, cpu_started = time.perf_counter(), time.process_time()
-    recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
+    recipe = resolved_recipe(spec, data.family)
     defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)
     train_x, train_y = tensors["train"]
     train_x = train_x.clone()  # poisons and defenses write into it; the clean copy serves the next trial
@@ -44,14 +49,15 @@ def execute(spec: DefendSpec, scenario: Scenario, config: dict, rid: str, data, 
         rows = rows.to(device)
         train_x, train_y = train_x[rows], train_y[rows]
         poisoned = poisoned[rows] if poisoned is not None else None
-    model = scenario.build_model(ModelRequest(config["model"], data, config["seed"], device, spec.results, reporter,
+    seed = training_seed(config)
+    model = scenario.build_model(ModelRequest(config["model"], data, seed, device, spec.results, reporter,
                                               spec.compile, spec.accel))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if reporter:
         reporter.start(f"{config['defense']['method']} · {data.name} · trial {config['trial']}", recipe.epochs)
     try:
-        result = train(model, train_x, train_y, *tensors["val"], recipe, seed=config["seed"], device=device,
+        result = train(model, train_x, train_y, *tensors["val"], recipe, seed=seed, device=device,
                        num_classes=data.num_classes, defense=defense, compile=spec.compile, accel=spec.accel,
                        eval_sets={"val": tensors["val"], "test": tensors["test"]},
                        on_batch=reporter.batch if reporter else None,

@@ -16,17 +16,17 @@ from pathlib import Path
 from .checkpoints import Checkpoint, checkpoint_path
 from .craft_check import CraftIndex, warn_other_crafts
 from .data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
-from .defend_spec import DefendSpec, Reporter, trial_numbers, validate
+from .defend_spec import DefendSpec, Reporter, resolved_recipe, trial_numbers, validate
 from .defenses import build_defense
 from .device import resolve_device, to_float
 from .errors import PoisonbenchError
 from .io import exclusive, try_exclusive
 from .models import DEFAULT_MODEL, check_fits
 from .poisons import craft_directories
-from .recipes import resolve_recipe
 from .records import SCHEMA_VERSION, RunStore, git_state, run_id
-from .run_execution import execute
+from .run_execution import execute, training_seed
 from .scenarios import PoisonPlan, Scenario, scenario_for
+from .seeds import check_apart
 from .termination import deferred, stop_if_requested
 
 __all__ = ["DefendSpec", "RunOutcome", "defend", "run_config", "run_id"]
@@ -41,13 +41,14 @@ class RunOutcome:
 def run_config(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | None = None,
                scenario: Scenario | None = None) -> dict:
     """The run's identity: `run_id` is the hash of this dict (design.md §6)."""
-    recipe = resolve_recipe(data.family, spec.recipe, **spec.recipe_overrides)
+    recipe = resolved_recipe(spec, data.family)
     scenario = scenario or scenario_for(spec)
     defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)
-    check_fits(spec.model or DEFAULT_MODEL[data.family], data)
+    model = spec.model or DEFAULT_MODEL[data.family]
+    check_fits(model, data)
     given = spec.npz_split is not None and tuple(spec.npz_split) != (NPZ_VAL_FRACTION, NPZ_TEST_FRACTION)
     split = {"npz_split": list(spec.npz_split)} if given and data.name.endswith(".npz") else {}
-    return {
+    config = {
         "dataset": data.name,
         "dataset_fingerprint": data.fingerprint,
         **split,  # only when not the default (given or not): the run ids of the default split stay as they were
@@ -59,6 +60,25 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | N
         "trial": trial,
         "seed": spec.seed + trial,
     }
+    if spec.same_init:  # only then: the run ids of every other run stay as they were
+        config["same_init"] = same_init(spec, data, plan, scenario, model)
+    else:
+        attacker = scenario.attacker_model(spec, data, plan)
+        if attacker is not None:
+            check_apart(config["seed"], attacker.seed, f"the {attacker.label} the poisons are crafted against")
+    return config
+
+
+def same_init(spec: DefendSpec, data: Dataset, plan: PoisonPlan | None, scenario: Scenario, model: str) -> dict:
+    """`config.same_init` of a `--same-init` run: the attacker model whose initialisation and seed the victim takes
+    (forest's `--retrain_from_init`); it must be the victim's architecture."""
+    source = scenario.init_model(spec, data, plan)
+    if source is None:
+        raise PoisonbenchError(f"--same-init: this {scenario.name} run has no surrogate to start the victim from")
+    if source.model != model:
+        raise PoisonbenchError(f"--same-init: the victim's model ({model}) is not the {source.label}'s "
+                               f"({source.model}); it cannot start from its initialisation")
+    return {"model": source.label, "seed": source.seed}
 
 
 def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcome]:
@@ -192,8 +212,8 @@ def prepare(spec: DefendSpec, reporter: Reporter | None = None) -> list[dict]:
             if out.get(pid, {}).get("status") != "crafted":
                 out[pid] = {"poison_id": pid, "attack": attack, "status": status}
         config = run_config(spec, data, trial, plan, scenario)
-        scenario.build_model(ModelRequest(config["model"], data, config["seed"], device, spec.results, reporter,
-                                          spec.compile, spec.accel))  # loads or trains what the scenario shares
+        scenario.build_model(ModelRequest(config["model"], data, training_seed(config), device, spec.results,
+                                          reporter, spec.compile, spec.accel))  # loads or trains what it shares
     return list(out.values())
 
 

@@ -17,7 +17,7 @@ from poisonbench.pretrained import extractor_id, transfer_split
 from poisonbench.runner import DefendSpec, defend
 from poisonbench.targets import base_pool, draw_target, setup_target
 
-from .conftest import write_npz
+from .conftest import files_under, write_npz
 from .toys import ToyTargeted, registered
 
 
@@ -31,10 +31,6 @@ def tiny(tmp_path_factory):
 def toy():
     with registered(ATTACKS, "toy-targeted", ToyTargeted):
         yield "toy-targeted"
-
-
-def files_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def test_each_trial_draws_its_own_target_from_its_seed(tiny):

@@ -215,13 +215,22 @@ class Attack:
     def validate(self) -> None:
         """Raise PoisonbenchError for parameter combinations out of range."""
 
+    def model_spec(self, dataset) -> tuple[str, dict] | None:
+        """(workspace kind, spec) of the model this attack crafts against (the spec holds its attacker seed,
+        `poisonbench.seeds`), None if it uses none: the untargeted attacks' shared surrogate."""
+        if not self.uses_surrogate:
+            return None
+        from .surrogate import KIND, surrogate_spec
+
+        return KIND, surrogate_spec(dataset)
+
     def surrogate_ref(self, dataset) -> str | None:
         """The id of the model this attack crafts against (part of the poison id), None if it uses none."""
         if not self.uses_surrogate:
             return None
-        from .surrogate import surrogate_id
+        from ..hashing import short_hash
 
-        return surrogate_id(dataset)
+        return short_hash(self.model_spec(dataset)[1])
 
     def load_surrogate(self, ctx: AttackContext) -> tuple[nn.Module, dict]:
         """(model, info) of the model `surrogate_ref` names, trained first if it is not cached."""

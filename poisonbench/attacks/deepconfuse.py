@@ -19,6 +19,9 @@ argparse defaults. A trained generator can be imported instead (`import_generato
 `MNIST/pretrained/atkmnist_best.pt`): the `generator` option then names it by sha256 and nothing is trained, as
 DC's `generate_adv_data.py` does. Deviations: `torch.func.functional_call` replaces the per-batch fresh module;
 the scratch classifier is scored on the clean train split instead of the test split (no test leakage into crafting).
+The generator's and the classifiers' initialisation and batch order draw from an attacker seed derived from the
+crafting seed (`poisonbench.seeds`), never the crafting seed itself: the mix's crafting seed is 0, trial 0's victim
+seed too, and both drew `randperm(n)` from it (issue 54).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ..hashing import sha256_file
 from ..io import atomic_write_bytes, ensure_writable, os_error_in_one_line, torch_load_tensors
 from ..params import Param
 from ..records import results_dir
+from ..seeds import attacker_seed
 from . import ATTACKS
 from .base import Attack, AttackContext, batches
 from .deepconfuse_nets import CLASSIFIERS, GENERATORS
@@ -216,8 +220,9 @@ class DeepConfuse(Attack):
             generator = load_generator(ctx.results_root, self.family, c, p["generator"], device)
             self.training_summary = {"generator": p["generator"], "trained": False}
             return self._generate(generator, ctx)
-        torch.default_generator.manual_seed(ctx.seed)  # CPU only: fork_rng restores no CUDA generator
-        g = torch.Generator(device=device).manual_seed(ctx.seed)
+        seed = attacker_seed("deepconfuse", {"seed": ctx.seed})  # apart from every victim's (poisonbench.seeds)
+        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng restores no CUDA generator
+        g = torch.Generator(device=device).manual_seed(seed)
         make_cls = lambda: CLASSIFIERS[self.family](c, data.num_classes, h).to(device)  # noqa: E731
         tgt = GENERATORS[self.family](c).to(device)
         atk = copy.deepcopy(tgt).eval().requires_grad_(False)

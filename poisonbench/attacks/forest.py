@@ -177,15 +177,19 @@ class Brew:
 FOREST_DEFAULTS = {"iterations": 250, "restarts": 8, "lr": 0.1, "pbatch": 512, "augment": True}
 BREW_SOURCES = {"iterations": "forest --attackiter 250", "restarts": "forest --restarts 8",
                 "lr": "forest --tau 0.1 (signAdam; normalised units, δ steps lr·σ_c pixels)",
-                "pbatch": "forest --pbatch 512", "augment": "forest --paugment (on by default)"}
+                "pbatch": "forest --pbatch 512",
+                "augment": "forest --paugment; its crafting transform is the victim's (kettle.py); unset: ours follows "
+                           "the victim's recipe (issue 54)"}
 BREW_HELP = {"iterations": "Optimisation steps (per restart).",
              "restarts": "Restarts from a random δ; the lowest final loss is kept.",
              "lr": "Learning rate (forest: signed Adam in normalised units, δ steps lr·σ_c pixels).",
              "pbatch": "Poisons per objective batch (gradients of all batches make one step).",
-             "augment": "Forest's differentiable augmentation while crafting (no flips for the MNIST family)."}
+             "augment": "Forest's differentiable augmentation while crafting (no flips for the MNIST family); unset: "
+                        "on when the surrogate's recipe (the victim's, under defend) augments."}
 BREW_BOUNDS = {"iterations": {"minimum": 1}, "restarts": {"minimum": 1}, "lr": {"positive": True},
                "pbatch": {"minimum": 1}, "augment": {}}
 BREW_TYPES = {"iterations": int, "restarts": int, "lr": float, "pbatch": int, "augment": bool}
+FOLLOWS_RECIPE = {"augment"}  # unset by default: resolved from the surrogate's recipe (TargetedAttack.settle_surrogate)
 
 
 def brew_params(impl_defaults: dict[str, dict[str, Any]] | None = None,
@@ -196,9 +200,11 @@ def brew_params(impl_defaults: dict[str, dict[str, Any]] | None = None,
     for name, kind in BREW_TYPES.items():
         if impl_defaults is None:
             default, text, source = FOREST_DEFAULTS[name], BREW_HELP[name], BREW_SOURCES[name]
+            default = None if name in FOLLOWS_RECIPE else default
         else:
             default = None
-            per_impl = [f"{impl} {d[name]}" for impl, d in impl_defaults.items() if name in d]
+            per_impl = [f"{impl} {'the recipe' if name in FOLLOWS_RECIPE else d[name]}"
+                        for impl, d in impl_defaults.items() if name in d]
             text = f"{BREW_HELP[name]} Unset (off): the --impl's default, {', '.join(per_impl)}."
             source = "; ".join(s for s in (BREW_SOURCES[name], (sources or {}).get(name)) if s)
         out.append(Param(name, kind, default, text, source, **BREW_BOUNDS[name]))

@@ -1,9 +1,11 @@
 """The clean surrogate every surrogate-based attack shares (design.md §2).
 
-Trained once per (dataset fingerprint, model, recipe, seed) with the dataset family's paper recipe on the clean
-train split through the one engine, and cached as safetensors (never pickle) under `<results>/surrogates/`
-(poisonbench.trained_models). Its id is the hash of those inputs, so a poison id can name its surrogate before
-anything is trained.
+Trained once per (dataset fingerprint, model, resolved recipe) on the clean train split through the one engine, and
+cached as safetensors (never pickle) under `<results>/surrogates/` (poisonbench.trained_models). The untargeted
+attacks share the family's paper recipe on its default model; a targeted attack trains its own with the victim's
+resolved recipe and model (poisonbench.attacks.targeted). Its seed is an attacker seed derived from those inputs
+(`poisonbench.seeds`: no victim trial can share it). Its id is the hash of the inputs and the seed, so a poison id
+can name its surrogate before anything is trained.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from ..checkpoints import CHECKPOINT_EVERY
 from ..hashing import short_hash
 from ..models import DEFAULT_MODEL
 from ..recipes import resolve_recipe
+from ..seeds import attacker_seed
 from ..trained_models import load_or_train, model_path
 
-SURROGATE_SEED = 0  # one surrogate per dataset, independent of the attack seed, so all attacks share it
+SEED_DOMAIN = "surrogate"  # its seed: attacker_seed(SEED_DOMAIN, its other inputs), never the attack's or a run's
 SURROGATE_RECIPE = "paper"
 SURROGATE_CHECKPOINT_EVERY = CHECKPOINT_EVERY
 KIND = "surrogates"  # the workspace folder
@@ -27,11 +30,12 @@ KIND = "surrogates"  # the workspace folder
 def surrogate_spec(dataset, model_name: str | None = None, recipe: str | None = None,
                    overrides: dict | None = None) -> dict:
     """The canonical inputs that identify a surrogate (the untargeted attacks' is the paper recipe's; a targeted
-    attack may train its own with another recipe, e.g. the victim's)."""
+    attack trains its own with the victim's), its seed derived from the others (`poisonbench.seeds`)."""
     model_name = model_name or DEFAULT_MODEL[dataset.family]
     recipe = resolve_recipe(dataset.family, recipe or SURROGATE_RECIPE, **(overrides or {}))
-    return {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "model": model_name,
-            "recipe": recipe.to_dict(), "seed": SURROGATE_SEED}
+    inputs = {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "model": model_name,
+              "recipe": recipe.to_dict()}
+    return {**inputs, "seed": attacker_seed(SEED_DOMAIN, inputs)}
 
 
 def surrogate_id(dataset, model_name: str | None = None, recipe: str | None = None,
@@ -49,7 +53,7 @@ def load_or_train_surrogate(dataset, results_root, device: torch.device, model_n
     """The cached surrogate (on `device`), training and caching it first if absent (with the CPU kernels' switch
     `accel`; like the device, an execution setting: a cached surrogate serves either mode, its info names the
     one it was trained with)."""
-    return load_or_train(KIND, surrogate_spec(dataset, model_name, recipe, overrides), dataset, device,
-                         results_root=results_root, recipe=recipe or SURROGATE_RECIPE, recipe_overrides=overrides,
-                         seed=SURROGATE_SEED, progress=progress, accel=accel,
+    spec = surrogate_spec(dataset, model_name, recipe, overrides)
+    return load_or_train(KIND, spec, dataset, device, results_root=results_root, recipe=recipe or SURROGATE_RECIPE,
+                         recipe_overrides=overrides, seed=spec["seed"], progress=progress, accel=accel,
                          checkpoint_every=SURROGATE_CHECKPOINT_EVERY)

@@ -5,9 +5,13 @@
   Witches' Brew; the victim trains from scratch too); `transfer` crafts against the transfer scenario's pre-trained
   model (poisonbench.pretrained), the very extractor the victim freezes (a white-box transfer attack, as in the
   "Just How Toxic" benchmark's white-box test). Defaults follow the paper: GM → scratch, BP and FC → transfer.
-- The surrogate or extractor is trained through the one engine with `surrogate_recipe` (default the paper's;
-  `defend` passes the victim's own recipe, so the model crafted against is trained as the victim is, as forest
-  does) and cached by the hash of its inputs.
+- The surrogate or extractor is trained through the one engine with the victim's whole resolved recipe and model
+  (`surrogate_recipe` and the `surrogate_*` overrides, `surrogate_model`: `defend` passes the victim's, as forest
+  trains its surrogate with its victim's strategy), seeded apart from every victim (`poisonbench.seeds`), and cached
+  by the hash of its inputs; the overrides are kept canonical (only the fields that differ from the named recipe,
+  the model only when it is not the family's default), so two spellings of one recipe are one PoisonSet.
+- Crafting augmentation (the brew's `augment`) follows the surrogate's recipe when not given: on when the victim
+  augments, off when it does not (forest crafts with its victim's transform, kettle.py); the value is in the params.
 - ε defaults to 16/255 and the budget to 1 % of the train split (forest's defaults, paper §VI-A2).
 - The poisoned rows are the target's `rows`, drawn by `poisonbench.targets` from the intended class.
 """
@@ -16,12 +20,41 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from ..errors import PoisonbenchError
 from ..params import Param
-from ..recipes import recipe_names
+from ..recipes import AUGMENTATIONS, TARGETED_RECIPE, Recipe, recipe_names, resolve_recipe
 from .base import Attack, AttackContext, Target
 
 TARGETED_EPS = 16 / 255  # forest `--eps 16` (reference/attacks.md §6, §15); paper §VI-A2
 TARGETED_BUDGET = 0.01  # forest `--budget 0.01`: 490 of CIFAR-10's 49,000 train images (paper §VI-A2)
+TRAINED_BY_VICTIM = "forest: the surrogate is trained with the victim's strategy (defend passes the victim's)"
+
+
+def parse_milestones(value) -> list[int]:
+    """`--surrogate-milestones 14,25,35` ('' for none), or a list given in code."""
+    if isinstance(value, str):
+        try:
+            return [int(m) for m in value.split(",") if m.strip()]
+        except ValueError:
+            raise PoisonbenchError(f"--surrogate-milestones must be comma-separated integers, got {value!r}") from None
+    if isinstance(value, (list, tuple)) and all(isinstance(m, int) and not isinstance(m, bool) for m in value):
+        return list(value)
+    raise PoisonbenchError(f"--surrogate-milestones must be a list of epochs, got {value!r}")
+
+
+# the recipe fields a targeted attack's surrogate takes from the victim: (field, type, Param keywords)
+SURROGATE_FIELDS = (
+    ("epochs", int, {"minimum": 1}),
+    ("batch_size", int, {"minimum": 1}),
+    ("lr", float, {"positive": True}),
+    ("momentum", float, {"minimum": 0, "maximum": 1, "below_maximum": True}),
+    ("nesterov", bool, {}),
+    ("weight_decay", float, {"minimum": 0}),
+    ("milestones", list, {"parse": parse_milestones}),
+    ("lr_decay", float, {"positive": True, "maximum": 1}),
+    ("augment", str, {"choices": AUGMENTATIONS}),
+)
+SURROGATE_PARAMS = ("surrogate_recipe", "surrogate_model", *(f"surrogate_{f}" for f, _, _ in SURROGATE_FIELDS))
 
 
 def common_params(default_scenario: str) -> tuple[Param, ...]:
@@ -30,11 +63,14 @@ def common_params(default_scenario: str) -> tuple[Param, ...]:
               "from scratch on the clean train split) or transfer (the transfer scenario's pre-trained extractor).",
               "paper §VI-A2 (GM from scratch; BP, FC in transfer)", choices=("scratch", "transfer"),
               cli_flag="--victim"),
-        Param("surrogate_recipe", str, "paper", "Recipe the surrogate / pre-trained extractor is trained with "
-              "(defend passes the victim's).", "forest: the surrogate is trained as the victim is",
+        Param("surrogate_recipe", str, TARGETED_RECIPE, "Recipe the surrogate / pre-trained extractor is trained "
+              "with (defend passes the victim's; default: defend's for a targeted run).", TRAINED_BY_VICTIM,
               choices=tuple(recipe_names())),
-        Param("surrogate_epochs", int, None, "Override the surrogate recipe's epochs (CPU runs, tests).",
-              "poisonbench", minimum=1),
+        Param("surrogate_model", str, None, "Model of the surrogate / pre-trained extractor (defend passes the "
+              "victim's; unset: the family's default, paper Table I).", TRAINED_BY_VICTIM),
+        *(Param(f"surrogate_{name}", kind, None, f"Override the surrogate recipe's {name.replace('_', ' ')} "
+                "(defend passes the victim's overrides).", TRAINED_BY_VICTIM, **keywords)
+          for name, kind, keywords in SURROGATE_FIELDS),
     )
 
 
@@ -54,33 +90,82 @@ class TargetedAttack(Attack):
     def default_budget(cls) -> float:
         return TARGETED_BUDGET
 
-    def recipe_overrides(self) -> dict | None:
-        epochs = self.params.get("surrogate_epochs")
-        return {"epochs": epochs} if epochs is not None else None
+    def __init__(self, family: str, **params):
+        super().__init__(family, **params)
+        self.settle_surrogate()
+
+    def settle_surrogate(self) -> None:
+        """Put the surrogate's recipe and model in their canonical form (each `surrogate_*` override only where the
+        resolved recipe differs from the named one, the model only where it is not the family's default), and
+        resolve an unset crafting augmentation from the resolved recipe (on when it augments)."""
+        from ..models import DEFAULT_MODEL, MODELS
+
+        p = self.params
+        model = p.get("surrogate_model")
+        if model is not None:
+            MODELS.get(model)  # an unknown name: one line with the valid ones
+        p["surrogate_model"] = None if model in (None, DEFAULT_MODEL[self.family]) else model
+        resolved = self.surrogate_recipe()
+        named = resolve_recipe(self.family, p["surrogate_recipe"])
+        for name, _, _ in SURROGATE_FIELDS:
+            value = getattr(resolved, name)
+            differs = value != getattr(named, name)
+            p[f"surrogate_{name}"] = (list(value) if isinstance(value, tuple) else value) if differs else None
+        if self.crafting_augment_applies() and p.get("augment") is None:
+            p["augment"] = resolved.augment != "none"
+
+    def crafting_augment_applies(self) -> bool:
+        """Whether this attack (with its `--impl`) takes the brew's crafting augmentation."""
+        impl_defaults = getattr(self, "IMPL_DEFAULTS", None)
+        if impl_defaults:
+            return "augment" in impl_defaults.get(self.params.get("impl"), {})
+        return "augment" in self.params
+
+    def recipe_overrides(self) -> dict:
+        """The surrogate recipe's overrides ({field: value}, set ones only)."""
+        return {name: self.params[f"surrogate_{name}"] for name, _, _ in SURROGATE_FIELDS
+                if self.params.get(f"surrogate_{name}") is not None}
+
+    def surrogate_training(self) -> tuple[str, dict, str | None]:
+        """(recipe name, its overrides, model: None for the family's default) of the model crafted against."""
+        return self.params["surrogate_recipe"], self.recipe_overrides(), self.params["surrogate_model"]
+
+    def surrogate_recipe(self) -> Recipe:
+        """The resolved recipe of the model this attack crafts against."""
+        return resolve_recipe(self.family, self.params["surrogate_recipe"], **self.recipe_overrides())
+
+    def model_spec(self, dataset) -> tuple[str, dict] | None:
+        """(kind, spec): the scratch surrogate's or the transfer extractor's, with its attacker seed."""
+        if not self.uses_surrogate:
+            return None
+        recipe, overrides, model = self.surrogate_training()
+        if self.params["scenario"] == "transfer":
+            from ..pretrained import EXTRACTOR_KIND, extractor_spec
+
+            return EXTRACTOR_KIND, extractor_spec(dataset, model, recipe, overrides)
+        from .surrogate import KIND, surrogate_spec
+
+        return KIND, surrogate_spec(dataset, model, recipe, overrides)
 
     def surrogate_ref(self, dataset) -> str | None:
         if not self.uses_surrogate:
             return None
-        recipe, overrides = self.params["surrogate_recipe"], self.recipe_overrides()
-        if self.params["scenario"] == "transfer":
-            from ..pretrained import extractor_id
+        from ..hashing import short_hash
 
-            return "extractor:" + extractor_id(dataset, None, recipe, overrides)
-        from .surrogate import surrogate_id
-
-        return surrogate_id(dataset, None, recipe, overrides)
+        _, spec = self.model_spec(dataset)
+        return ("extractor:" if self.params["scenario"] == "transfer" else "") + short_hash(spec)
 
     def load_surrogate(self, ctx: AttackContext):
-        recipe, overrides = self.params["surrogate_recipe"], self.recipe_overrides()
+        recipe, overrides, model = self.surrogate_training()
         if self.params["scenario"] == "transfer":
             from ..pretrained import load_or_train_extractor
 
-            return load_or_train_extractor(ctx.dataset, ctx.device, model_name=ctx.surrogate_model, recipe=recipe,
+            return load_or_train_extractor(ctx.dataset, ctx.device, model_name=model, recipe=recipe,
                                            overrides=overrides, results_root=ctx.results_root,
                                            progress=ctx.progress, accel=ctx.accel)
         from .surrogate import load_or_train_surrogate
 
-        return load_or_train_surrogate(ctx.dataset, ctx.results_root, ctx.device, model_name=ctx.surrogate_model,
+        return load_or_train_surrogate(ctx.dataset, ctx.results_root, ctx.device, model_name=model,
                                        progress=ctx.progress, accel=ctx.accel, recipe=recipe, overrides=overrides)
 
     def choose_rows(self, dataset, budget: float, seed: int, target: Target | None = None):

@@ -42,7 +42,8 @@ def defend(
     download: bool = options.Download,
     npz_split: str = options.NpzSplit,
     model: str = typer.Option(None, "--model", help="Model (convnet, resnet18); default: the dataset's (Table I)."),
-    recipe: str = typer.Option("paper", "--recipe", help="Training recipe: paper | quick."),
+    recipe: str = typer.Option(None, "--recipe", help="Training recipe: paper | quick | forest (default: forest for "
+                                                       "targeted runs on the MNIST family, else paper)."),
     epochs: int = typer.Option(None, "--epochs", help="Override the recipe's epochs (milestones scale with it)."),
     lr: float = typer.Option(None, "--lr", help="Override the learning rate."),
     batch_size: int = typer.Option(None, "--batch-size", help="Override the batch size."),
@@ -50,7 +51,7 @@ def defend(
     nesterov: bool = typer.Option(None, "--nesterov/--no-nesterov", help="Override Nesterov momentum."),
     weight_decay: float = typer.Option(None, "--weight-decay", help="Override the weight decay."),
     milestones: str = typer.Option(None, "--milestones", help="Override lr-decay epochs, e.g. 30,50,70 ('' for none)."),
-    augment: str = typer.Option(None, "--augment", help="Override augmentation: none | crop-flip."),
+    augment: str = typer.Option(None, "--augment", help="Override augmentation: none | crop-flip | shift."),
     scenario: str = typer.Option(None, "--scenario", help="What is poisoned and trained."),
     poison_ratio: float = typer.Option(0.0, "--poison-ratio",
                                        help="ρ: fraction of the train split poisoned by the untargeted mix "
@@ -82,6 +83,10 @@ def defend(
     trial: int = typer.Option(None, "--trial", help="Run only trial T (seed seed+T; same record as trial T of "
                                                    "--trials N), so a sweep can queue trials one by one."),
     seed: int = options.Seed,
+    same_init: bool = typer.Option(False, "--same-init",
+                                   help="Start the victim from the initialisation and seed of the surrogate the "
+                                        "poisons were crafted on (forest's --retrain_from_init; scratch, untargeted "
+                                        "and clean runs); recorded, and reported apart."),
     device: str = options.Device,
     compile: str = typer.Option("auto", "--compile",
                                 help="torch.compile the model: auto (long runs only) | on | off."),
@@ -133,7 +138,8 @@ def spec_from_options(given: dict) -> DefendSpec:
         attack=attack, attack_params=parse_attack_params(attack, g["attack_params"]), eps=g["eps"],
         budget=g["budget"], target=g["target"], intended=g["intended"], setup=g["setup"],
         setup_index=g["setup_index"], method=method, method_params=chosen,
-        seed=g["seed"], trials=g["trials"], trial=g["trial"], device=g["device"], compile=g["compile"],
+        seed=g["seed"], same_init=bool(g["same_init"]), trials=g["trials"], trial=g["trial"], device=g["device"],
+        compile=g["compile"],
         accel=g["accel"], results=g["results"], force=bool(g["force"]), checkpoint_every=g["checkpoint_every"],
     )
 

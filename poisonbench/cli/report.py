@@ -142,7 +142,7 @@ def report(
     out: str = typer.Option(None, "--out", help="Directory for --figure PNGs (default <results>/figures)."),
     dataset: str = typer.Option(None, "--dataset", help="Only records of this dataset."),
     method: str = typer.Option(None, "--method", help="Only records of these methods (comma-separated)."),
-    recipe: str = typer.Option(None, "--recipe", help="Only records trained with this recipe (paper | quick)."),
+    recipe: str = typer.Option(None, "--recipe", help="Only records of this recipe (paper | quick | forest)."),
     model: str = typer.Option(None, "--model", help="Only records of this model."),
     epochs: int = typer.Option(None, "--epochs", help="Only records trained for this many epochs."),
     attacks: str = typer.Option(None, "--attacks",

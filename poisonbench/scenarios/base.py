@@ -11,6 +11,9 @@ A scenario is a class in the `SCENARIOS` registry. For one trial it gives
 - `metrics(model, tensors, plan)`: what it adds to the record's metrics (attack success, for targeted scenarios).
 - `threat(data, plan)`: what the defense may assume about the attack (poisonbench.defenses.threat): the kind, and a
   targeted attack's budget.
+- `attacker_model(spec, data, plan)`: the model the trial's poisons were crafted against (id, attacker seed), whose
+  seed the victim's must not share (`poisonbench.seeds`); `init_model` the one `--same-init` starts the victim
+  from, and `check_same_init(spec)` refuses that option where there is none.
 
 A record keeps `config.scenario` (the scenario's name) apart from `config.poison.kind` (what the poisons are).
 """
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from ..defenses.threat import Threat
+from ..errors import PoisonbenchError
 from ..models import build_model
 
 if TYPE_CHECKING:
@@ -47,6 +51,40 @@ class PoisonPlan(Protocol):
               compile: str = "auto", accel: str = "auto") -> torch.Tensor: ...
 
     def mask(self, n: int, device=None) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class AttackerModel:
+    """A model trained for crafting (poisonbench.trained_models): workspace kind, id, attacker seed, architecture."""
+
+    kind: str  # "surrogates" | "extractors"
+    id: str
+    seed: int
+    model: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind.rstrip('s')} {self.id}"
+
+
+def attacker_model_of(attack, data) -> AttackerModel | None:
+    """The model attack instance `attack` crafts against on `data` (None if it trains none)."""
+    from ..hashing import short_hash
+
+    found = attack.model_spec(data)
+    if found is None:
+        return None
+    kind, spec = found
+    return AttackerModel(kind, short_hash(spec), spec["seed"], spec["model"])
+
+
+def untargeted_surrogate(data) -> AttackerModel:
+    """The surrogate the untargeted attacks share (the paper recipe on the family's default model)."""
+    from ..attacks.surrogate import KIND, surrogate_spec
+    from ..hashing import short_hash
+
+    spec = surrogate_spec(data)
+    return AttackerModel(KIND, short_hash(spec), spec["seed"], spec["model"])
 
 
 @dataclass
@@ -87,6 +125,19 @@ class Scenario:
     def threat(self, data, plan: PoisonPlan | None) -> Threat:
         """Untargeted poisons when there is a plan (the mix, a PoisonSet), none otherwise."""
         return Threat("untargeted" if plan is not None else "clean")
+
+    def attacker_model(self, spec: DefendSpec, data, plan: PoisonPlan | None) -> AttackerModel | None:
+        """The model this trial's poisons were crafted against (None: none known)."""
+        return None
+
+    def init_model(self, spec: DefendSpec, data, plan: PoisonPlan | None) -> AttackerModel | None:
+        """The model whose initialisation and seed `--same-init` gives the victim (default: `attacker_model`)."""
+        return self.attacker_model(spec, data, plan)
+
+    def check_same_init(self, spec: DefendSpec) -> None:
+        """Refuse `--same-init` (one line, before any data is read) where there is no attacker model to start from."""
+        raise PoisonbenchError(f"--same-init: scenario {self.name!r} has no surrogate to start the victim from (it "
+                               "applies to scratch, untargeted and clean runs)")
 
 
 def reporter_progress(reporter):

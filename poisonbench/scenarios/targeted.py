@@ -5,12 +5,16 @@ poisons' base rows (poisonbench.targets: drawn from s, fixed by `--target I --in
 `--setup` file), and the PoisonSet the attack crafts for them (its id hashes all of it). `apply` crafts it once
 (concurrent jobs wait for the one writer) and writes x + δ into the base rows.
 
-- `scratch`: the victim trains from scratch on the whole poisoned train split.
+- `scratch`: the victim trains from scratch on the whole poisoned train split, seeded apart from the surrogate
+  (`poisonbench.seeds`), or with `--same-init` from the surrogate's initialisation and seed (forest's
+  `--retrain_from_init`), recorded as `config.same_init`.
 - `transfer`: the victim is the pre-trained model of `poisonbench.pretrained` (trained on the clean 90 % of the
   split, cached, shared by every trial, attack and defense) with its feature extractor frozen (BatchNorm in eval
   mode: the engine keeps frozen modules in eval mode) and its head re-initialised and trained on the transfer set
   (the other 10 %) with the poisons. A setup file's base images outside the transfer set join it.
 
+The model the poisons are crafted against is trained with the victim's resolved recipe and model (`surrogate_params`:
+every recipe field, so `--lr`, `--augment`, `--model`, ... change the surrogate, the extractor and the poison id).
 The record gets the attack's success: the final model's prediction on the target, its softmax, and `success`
 (prediction == intended class). `defend --poison-set ID` on a targeted PoisonSet (crafted, or imported from another
 toolkit with `poisons import`) runs the scenario its spec names on that one PoisonSet in every trial.
@@ -24,10 +28,11 @@ import torch
 
 from ..attacks import ATTACKS
 from ..attacks.base import Target
+from ..attacks.targeted import SURROGATE_PARAMS
 from ..defenses.threat import Threat
 from ..errors import PoisonbenchError
-from ..models import build_model
-from .base import ModelRequest, Scenario, reporter_progress
+from ..models import DEFAULT_MODEL, build_model
+from .base import AttackerModel, ModelRequest, Scenario, attacker_model_of, reporter_progress
 
 TARGETED_SCENARIOS = ("scratch", "transfer")
 
@@ -76,9 +81,12 @@ class TargetedPlan:
         return train_x
 
 
-def target_config(attack: str, spec, target: Target, n: int, extra: dict | None = None) -> dict:
-    """`config.poison` of a targeted run (docs/metrics.md): what Table III and Figs. 3–4 read."""
-    params = {k: v for k, v in spec.params.items() if k not in ("surrogate_recipe", "surrogate_epochs")}
+def target_config(attack: str, spec, target: Target, n: int, extra: dict | None = None,
+                  shown: frozenset = frozenset()) -> dict:
+    """`config.poison` of a targeted run (docs/metrics.md): what Table III and Figs. 3–4 read. The surrogate's
+    recipe and model are the run's own (`config.recipe`, `config.model`) and stay out of its params, but for those in
+    `shown` (given with `--attack-params`: a surrogate trained otherwise than the victim)."""
+    params = {k: v for k, v in spec.params.items() if k not in SURROGATE_PARAMS or k in shown}
     imported = {}
     if "file_sha256" in params:  # poisons made elsewhere: each trial's file has its own hash and measured ‖δ‖∞
         imported = {"file_sha256": params.pop("file_sha256"), "eps_measured": spec.eps}
@@ -93,14 +101,28 @@ def target_config(attack: str, spec, target: Target, n: int, extra: dict | None 
         "target_class": target.true_class,
         "intended_class": target.intended_class,
         "poison_id": spec.poison_id,
+        # the model crafted against (id of its inputs and attacker seed): one per setting, so runs crafted against
+        # another one (another recipe given to the attack, or before issue 54 gave it its own seed) never share a
+        # Table III column with these
+        **({"surrogate": spec.surrogate} if spec.surrogate else {}),
         "label": f"{attack} target {target.index} ({target.true_class}→{target.intended_class})",
         **(extra or {}),
     }
 
 
-def victim_recipe(spec) -> tuple[str, int | None]:
-    """The recipe the run trains with (name, epochs override): the surrogate / extractor is trained with it too."""
-    return spec.recipe, spec.recipe_overrides.get("epochs")
+def victim_recipe(spec, data) -> tuple[str, dict]:
+    """The recipe the run trains with: (name, its non-None overrides)."""
+    from ..defend_spec import recipe_name
+
+    return recipe_name(spec, data.family), {k: v for k, v in spec.recipe_overrides.items() if v is not None}
+
+
+def surrogate_params(spec, data) -> dict:
+    """The attack parameters that train the surrogate / extractor as the victim: the run's recipe (name and every
+    override) and model."""
+    name, overrides = victim_recipe(spec, data)
+    return {"surrogate_recipe": name, "surrogate_model": spec.model or DEFAULT_MODEL[data.family],
+            **{f"surrogate_{k}": list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
 
 
 class Targeted(Scenario):
@@ -158,11 +180,11 @@ class Targeted(Scenario):
             capped = spec.budget is None and self.name == "transfer"
             target = draw_target(data, seed, self.name, budget, spec.target, spec.intended, cap=capped)
             budget = len(target.rows) / len(data.train) if capped else budget
-        recipe, epochs = victim_recipe(spec)
-        params = {"scenario": self.name, "surrogate_recipe": recipe, "surrogate_epochs": epochs,
-                  **spec.attack_params}
+        params = {"scenario": self.name, **surrogate_params(spec, data), **spec.attack_params}
         cspec = craft_spec(data, spec.attack, eps=spec.eps, budget=budget, seed=seed, target=target, **params)
-        return TargetedPlan(data, cspec, target, target_config(spec.attack, cspec, target, len(data.train), extra))
+        shown = frozenset(k for k in spec.attack_params if k in SURROGATE_PARAMS)
+        return TargetedPlan(data, cspec, target, target_config(spec.attack, cspec, target, len(data.train), extra,
+                                                               shown))
 
     def _plan_poison_set(self, spec, data) -> TargetedPlan:
         from ..poisons import spec_of
@@ -176,6 +198,27 @@ class Targeted(Scenario):
             raise PoisonbenchError(f"poison set {spec.poison_set} does not name its poisoned rows")
         return TargetedPlan(data, cspec, target, target_config(cspec.attack, cspec, target, len(data.train),
                                                                {"poison_set": spec.poison_set}))
+
+    def attacker_model(self, spec, data, plan) -> AttackerModel | None:
+        """The surrogate / extractor the trial's PoisonSet was crafted against (None: an attack that trains none,
+        or a `--poison-set` whose attack is not registered here)."""
+        if plan is None or plan.spec.attack not in ATTACKS:
+            return None
+        cls = ATTACKS.get(plan.spec.attack)
+        if not cls.uses_surrogate:
+            return None
+        try:
+            return attacker_model_of(cls(data.family, **plan.spec.params), data)
+        except PoisonbenchError:  # a PoisonSet crafted by another version of the attack: nothing to check against
+            return None
+
+    def check_same_init(self, spec) -> None:
+        if spec.attack is None:
+            raise PoisonbenchError("--same-init needs --attack (the attack's surrogate is the victim's start); a "
+                                   "--poison-set does not say how its surrogate was seeded")
+        if not ATTACKS.get(spec.attack).uses_surrogate:
+            raise PoisonbenchError(f"--same-init: attack {spec.attack!r} trains no surrogate to start the victim "
+                                   "from")
 
     def threat(self, data, plan) -> Threat:
         """A targeted attack whose budget (its number of poisons) the defender knows, as in the filter paper."""
@@ -210,13 +253,17 @@ class Transfer(Targeted):
                "the 10 % transfer set with the poisons")
 
     def __init__(self):
-        self.recipe: tuple[str, int | None] = ("paper", None)
+        self.recipe: tuple[str, dict] = ("paper", {})
+
+    def check_same_init(self, spec) -> None:
+        raise PoisonbenchError("--same-init: the transfer victim freezes the very extractor the poisons were crafted "
+                               "on and trains a new head; the option applies to scratch, untargeted and clean runs")
 
     def plan(self, spec, data, trial: int) -> TargetedPlan:
         from ..pretrained import transfer_split
 
         transfer_split(data)  # a pre-training split too small fails before anything is crafted
-        self.recipe = victim_recipe(spec)
+        self.recipe = victim_recipe(spec, data)
         return super().plan(spec, data, trial)
 
     def train_rows(self, data, trial: int, plan) -> torch.Tensor:
@@ -230,13 +277,12 @@ class Transfer(Targeted):
     def build_model(self, request: ModelRequest):
         from ..pretrained import load_or_train_extractor
 
-        name, epochs = self.recipe
+        name, overrides = self.recipe
         progress, finish = reporter_progress(request.reporter)
         try:
             model, self.extractor_info = load_or_train_extractor(
-                request.dataset, request.device, model_name=request.model, recipe=name,
-                overrides={"epochs": epochs} if epochs is not None else None, results_root=request.results_root,
-                progress=progress, accel=request.accel)
+                request.dataset, request.device, model_name=request.model, recipe=name, overrides=overrides,
+                results_root=request.results_root, progress=progress, accel=request.accel)
         finally:
             finish()
         model.requires_grad_(False)

@@ -18,7 +18,7 @@ from ..attacks import ATTACKS
 from ..attacks.base import budget_count
 from ..errors import PoisonbenchError
 from ..hashing import derived_seed, short_hash
-from .base import Scenario, reporter_progress
+from .base import AttackerModel, Scenario, reporter_progress, untargeted_surrogate
 
 UNTARGETED_ATTACKS = ("pgd", "dap", "durp", "deepconfuse")  # HINT's Table II mix (reference/attacks.md §1.1)
 ROW_STREAM = "untargeted-rows"  # the poisoned rows are drawn from derived_seed(trial seed, ROW_STREAM)
@@ -197,6 +197,12 @@ class Clean(Scenario):
             raise PoisonbenchError("scenario 'clean' trains without poisons; it takes no --poison-ratio or "
                                    "--poison-set")
 
+    def check_same_init(self, spec) -> None:
+        """A clean baseline may start from the untargeted surrogate's initialisation, to pair with the mix's runs."""
+
+    def init_model(self, spec, data, plan) -> AttackerModel:
+        return untargeted_surrogate(data)
+
 
 class Untargeted(Scenario):
     """Table II: a ratio ρ of the train split poisoned by the untargeted mix, the model trained from scratch."""
@@ -212,6 +218,18 @@ class Untargeted(Scenario):
 
             raise PoisonbenchError(NO_MIX_WITH_POISON_SET)
         check_poison_sets(spec.poison_sets, check_attacks(spec.attacks))
+
+    def check_same_init(self, spec) -> None:
+        """The victim may start from the untargeted surrogate's initialisation (`init_model`)."""
+
+    def attacker_model(self, spec, data, plan) -> AttackerModel | None:
+        """The surrogate the mix's PGD and DAP craft against (None: a mix without a surrogate-based attack)."""
+        if plan is None or not any(ATTACKS.get(a).uses_surrogate for a in plan.attacks):
+            return None
+        return untargeted_surrogate(data)
+
+    def init_model(self, spec, data, plan) -> AttackerModel:
+        return untargeted_surrogate(data)
 
     def plan(self, spec, data, trial: int) -> UntargetedPlan:
         return plan_untargeted(data, spec.poison_ratio, spec.attacks, seed=spec.seed + trial,

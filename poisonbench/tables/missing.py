@@ -87,6 +87,8 @@ class Need:
             parts += [f"--{key}", f"{value:g}"]
         if base_seed:
             parts += ["--seed", str(base_seed)]
+        if s.init:
+            parts.append("--same-init")
         if mix and mix != PAPER_MIX and self.rho > 0:
             parts += ["--attacks", mix]
         if poison_sets and self.rho > 0:

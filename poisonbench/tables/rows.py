@@ -91,7 +91,7 @@ def record_row(r: dict) -> dict:
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
         "poison_sets": poison_sets_text(poison.get("poison_sets")) if kind == "untargeted" else "",
         "poison_ids": poison_sets_text(poison.get("poison_ids")) if kind == "untargeted" else "",
-        "poison_label": poison_label(poison),
+        "poison_label": poison_label(poison) + (" [--same-init]" if c.get("same_init") else ""),
         "attack": str(poison.get("attack", "")).lower() if kind in ("targeted", "poison-set") else "",
         "method": method, "params_json": canonical_json(params),
         # everything that defines the experiment except the trial (seed, poisoned rows): recipe overrides,
@@ -109,6 +109,9 @@ def record_row(r: dict) -> dict:
         and r.get("poison_tensors") else "",
         "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
         "beta": float(params["beta"]) if isinstance(params.get("beta"), int | float) else math.nan,
+        # "surrogate" for a victim that started from the attacker model's initialisation (`defend --same-init`):
+        # another setting, never pooled with the runs seeded apart (tables.settings)
+        "init": "surrogate" if c.get("same_init") else "",
         "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),
         "val_acc": metrics.get("val_acc"), "success": None if success is None else bool(success),
         "time": time, "defense_time": defense_time, "seconds": cost.get("seconds"),

@@ -26,7 +26,7 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     keep = pd.Series(True, index=df.index)
     notes = []
     untargeted_rows = df[df.kind == "untargeted"]
-    by = ["dataset", "dataset_fingerprint", "model", "recipe_json", "mix"]
+    by = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "mix"]
     for (dataset, *_, mix), group in untargeted_rows.groupby(by):
         counts = group.groupby("poisons_json").size()
         if len(counts) < 2:
@@ -72,7 +72,7 @@ def craft_notes(shown: pd.DataFrame) -> list[str]:
 
 
 # what makes two runs the same configuration (one cell) apart from the trial; `trial` last
-CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "kind", "scenario", "rho", "mix",
+CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "kind", "scenario", "rho", "mix",
                  "attack", "method", "params_json", "poisons_json", "trial"]
 
 

@@ -1,4 +1,5 @@
-"""The settings a table has one block for: dataset (name, fingerprint, split), model and resolved recipe."""
+"""The settings a table has one block for: dataset (name, fingerprint, split), model, resolved recipe, and whether
+the victims started from the attacker's initialisation (`defend --same-init`, a setting of its own)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ class Setting:
     fingerprint: str = ""  # config.dataset_fingerprint: two .npz files of one name, or a changed split, differ
     npz_split: str = ""  # config.npz_split as "VAL,TEST" (`--npz-split`), "" for the default split
     tag: str = ""  # disambiguates settings that would read alike: other recipe overrides, other data
+    init: str = ""  # "surrogate": victims started from the attacker model's initialisation (`--same-init`)
 
     @property
     def label(self) -> str:
-        return f"{self.dataset} · {self.model} · {self.recipe} recipe, {self.epochs} ep{self.tag}"
+        same = " · victim from the surrogate's init (--same-init)" if self.init else ""
+        return f"{self.dataset} · {self.model} · {self.recipe} recipe, {self.epochs} ep{self.tag}{same}"
 
     @property
     def reduced(self) -> list[str]:
@@ -35,9 +38,9 @@ class Setting:
 
 def settings(df: pd.DataFrame) -> list[Setting]:
     named = ["dataset", "model", "recipe", "epochs"]
-    keys = df[[*named, "recipe_json", "dataset_fingerprint", "npz_split"]].drop_duplicates(
-        [*named, "recipe_json", "dataset_fingerprint"])  # the fingerprint covers the split
-    keys = keys.sort_values([*named, "recipe_json", "dataset_fingerprint"])
+    keys = df[[*named, "recipe_json", "dataset_fingerprint", "npz_split", "init"]].drop_duplicates(
+        [*named, "recipe_json", "dataset_fingerprint", "init"])  # the fingerprint covers the split
+    keys = keys.sort_values([*named, "recipe_json", "dataset_fingerprint", "init"])
     recipes = keys.groupby(named).recipe_json.nunique()
     data = keys.groupby(named).dataset_fingerprint.nunique()
     out = []
@@ -46,13 +49,13 @@ def settings(df: pd.DataFrame) -> list[Setting]:
         tag = f" #{short_hash(k.recipe_json, 6)}" if recipes[name] > 1 else ""
         tag += f" · data {k.dataset_fingerprint or 'without fingerprint'}" if data[name] > 1 else ""
         out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json,
-                           fingerprint=k.dataset_fingerprint, npz_split=k.npz_split, tag=tag))
+                           fingerprint=k.dataset_fingerprint, npz_split=k.npz_split, tag=tag, init=k.init))
     return out
 
 
 def in_setting(df: pd.DataFrame, s: Setting) -> pd.DataFrame:
     return df[(df.dataset == s.dataset) & (df.dataset_fingerprint == s.fingerprint) & (df.model == s.model)
-              & (df.recipe_json == s.recipe_json)]
+              & (df.recipe_json == s.recipe_json) & (df.init == s.init)]
 
 
 def guess_family(s: Setting) -> str | None:

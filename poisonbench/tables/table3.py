@@ -42,9 +42,9 @@ def targeted_pooling_notes(chosen: dict[str, pd.DataFrame]) -> list[str]:
 
 
 def newest_poison_kinds(chosen: dict[str, pd.DataFrame | None], notes: list) -> dict[str, str]:
-    """Per attack column of Table III, the one poison kind (ε and attack parameters; each trial has its own target
-    and PoisonSet) that every method's cell shows, so the column compares like with like: that of the column's
-    most recently finished run. A note counts the runs left out."""
+    """Per attack column of Table III, the one poison kind (ε, attack parameters and the surrogate crafted against;
+    each trial has its own target and PoisonSet) that every method's cell shows, so the column compares like with
+    like: that of the column's most recently finished run. A note counts the runs left out."""
     rows = [r for r in chosen.values() if r is not None and len(r)]
     if not rows:
         return {}
@@ -55,7 +55,8 @@ def newest_poison_kinds(chosen: dict[str, pd.DataFrame | None], notes: list) -> 
         kinds[a] = column.sort_values(["finished_at", "run_id"]).poisons_json.iloc[-1]
         left = int((column.poisons_json != kinds[a]).sum())
         notes.append(f"not shown: {left} {paper.ATTACK_LABEL.get(a, a)} run(s) whose poisons differ in ε, budget or "
-                     "attack parameters from the column's newest run (a column shows one kind)")
+                     "attack parameters (or the model they were crafted against) from the column's newest run (a "
+                     "column shows one kind)")
     return kinds
 
 
