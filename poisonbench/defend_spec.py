@@ -59,6 +59,9 @@ class DefendSpec:
     seed: int = 0
     same_init: bool = False  # the victim starts from the attacker model's initialisation and seed (forest's
     # --retrain_from_init); recorded as config.same_init, reported apart
+    threat: str | None = None  # transfer only: gray (the default: the attacker's own extractor) | white (the victim's)
+    head_bn: str | None = None  # transfer only: the frozen extractor's BatchNorm while the head trains: train (the
+    # default, HINT's code) | eval
     trials: int = 1
     trial: int | None = None  # run only this trial (a sweep's unit of work) instead of 0..trials-1
     device: str = "auto"
@@ -77,6 +80,24 @@ def recipe_name(spec: DefendSpec, family: str) -> str:
 def resolved_recipe(spec: DefendSpec, family: str) -> Recipe:
     """The run's resolved recipe (every field): the victim's, and for a targeted attack its surrogate's."""
     return resolve_recipe(family, recipe_name(spec, family), **spec.recipe_overrides)
+
+
+def check_transfer_options(spec: DefendSpec, scenario) -> None:
+    """`--threat` and `--head-bn` belong to the transfer scenario; `--threat` is the PoisonSet's own under
+    `--poison-set` (it decides the extractor the poisons were crafted on)."""
+    from .scenarios.targeted import HEAD_BN_MODES, THREATS
+
+    for flag, value, choices in (("--threat", spec.threat, THREATS), ("--head-bn", spec.head_bn, HEAD_BN_MODES)):
+        if value is None:
+            continue
+        if value not in choices:
+            raise PoisonbenchError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+        if scenario.name != "transfer":
+            raise PoisonbenchError(f"{flag} applies to the transfer scenario (a frozen pre-trained extractor), not "
+                                   f"scenario {scenario.name!r}")
+    if spec.threat is not None and spec.poison_set is not None:
+        raise PoisonbenchError("--threat: a --poison-set was crafted on the extractor its own spec names (its "
+                               "params.threat); give --threat with --attack")
 
 
 def trial_numbers(spec: DefendSpec) -> list[int]:
@@ -109,6 +130,7 @@ def validate(spec: DefendSpec) -> None:
     scenario.validate(spec)
     if spec.same_init:
         scenario.check_same_init(spec)
+    check_transfer_options(spec, scenario)
     if not isinstance(scenario, Targeted):
         targeted_only = [flag for flag, value in (("--attack", spec.attack), ("--target", spec.target),
                                                   ("--intended", spec.intended), ("--setup", spec.setup),

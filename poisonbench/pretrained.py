@@ -6,8 +6,14 @@ Transfer learning follows paper §VI-A2: the train split is cut once, stratified
 through the one engine with the victim's resolved recipe and model, cached by the hash of its inputs (dataset
 fingerprint, model, recipe, rows, seed; the seed an attacker seed derived from the others, `poisonbench.seeds`, so
 no victim trial shares it) and shared by every trial, attack and defense (one writer, the others wait:
-`trained_models.load_or_train`). The victim freezes it (BatchNorm in eval mode) and trains a re-initialised head
-on the transfer set with the poisons.
+`trained_models.load_or_train`). The victim freezes it and trains a re-initialised head on the transfer set with
+the poisons, its BatchNorm layers in train mode (`--head-bn train`, HINT's code, the default) or eval mode
+(`--head-bn eval`).
+
+Threat model (`defend --threat`, docs/fidelity.md): under `gray` (the paper's, the default) the attacker crafts on
+an extractor of its own, pre-trained like the victim's (same clean pre-training split, recipe and model) but with
+another seed (`role="attacker"`: seed domain `attacker-extractor`); under `white` it crafts on the very extractor
+the victim freezes (`role="victim"`, the seed domain `extractor` the victim's extractor always has).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from .seeds import attacker_seed
 TRANSFER_FRACTION = 0.1  # paper §VI-A2: the transfer set is 10 % of the train split (4,900 of 49,000 on CIFAR-10)
 TRANSFER_SPLIT_SEED = 1  # fixed: one split per dataset, shared by every run (the class split uses seed 0)
 EXTRACTOR_KIND = "extractors"  # the workspace folder
-SEED_DOMAIN = "extractor"  # its seed: attacker_seed(SEED_DOMAIN, its other inputs)
+SEED_DOMAIN = "extractor"  # the victim's extractor's seed: attacker_seed(SEED_DOMAIN, its other inputs)
+# the seed domain per role: the victim's extractor, or the gray-box attacker's own (same inputs, another seed)
+SEED_DOMAINS = {"victim": SEED_DOMAIN, "attacker": "attacker-extractor"}
 MIN_PRETRAIN_PER_CLASS = 10  # below this the extractor learns nothing worth freezing
 
 
@@ -47,29 +55,33 @@ def transfer_split(data) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def extractor_spec(data, model_name: str | None = None, recipe: str = "paper",
-                   overrides: dict | None = None) -> dict:
+                   overrides: dict | None = None, role: str = "victim") -> dict:
     """The canonical inputs that identify the transfer scenario's pre-trained model, its seed derived from the
-    others (`poisonbench.seeds`)."""
+    others (`poisonbench.seeds`) and its role: the victim's extractor, or the gray-box attacker's own (another seed,
+    so another id)."""
+    if role not in SEED_DOMAINS:
+        raise PoisonbenchError(f"extractor role must be one of {', '.join(SEED_DOMAINS)}, got {role!r}")
     pretrain, _ = transfer_split(data)
     inputs = {"purpose": "transfer-extractor", "dataset": data.name, "dataset_fingerprint": data.fingerprint,
               "model": model_name or DEFAULT_MODEL[data.family],
               "recipe": resolve_recipe(data.family, recipe, **(overrides or {})).to_dict(),
               "rows": short_hash(pretrain.tolist()), "transfer_fraction": TRANSFER_FRACTION}
-    return {**inputs, "seed": attacker_seed(SEED_DOMAIN, inputs)}
+    return {**inputs, "seed": attacker_seed(SEED_DOMAINS[role], inputs)}
 
 
-def extractor_id(data, model_name: str | None = None, recipe: str = "paper", overrides: dict | None = None) -> str:
-    return short_hash(extractor_spec(data, model_name, recipe, overrides))
+def extractor_id(data, model_name: str | None = None, recipe: str = "paper", overrides: dict | None = None,
+                 role: str = "victim") -> str:
+    return short_hash(extractor_spec(data, model_name, recipe, overrides, role))
 
 
 def load_or_train_extractor(data, device: torch.device, *, model_name: str | None = None, recipe: str = "paper",
                             overrides: dict | None = None, results_root=None, progress=None,
-                            accel: str = "auto") -> tuple[torch.nn.Module, dict]:
+                            accel: str = "auto", role: str = "victim") -> tuple[torch.nn.Module, dict]:
     """The pre-trained model (features and its own head, on `device`), trained on the clean pre-training rows
-    first if it is not cached."""
+    first if it is not cached: the victim's, or (`role="attacker"`) the gray-box attacker's own."""
     from .trained_models import load_or_train
 
     pretrain, _ = transfer_split(data)
-    spec = extractor_spec(data, model_name, recipe, overrides)
+    spec = extractor_spec(data, model_name, recipe, overrides, role)
     return load_or_train(EXTRACTOR_KIND, spec, data, device, results_root=results_root, rows=pretrain, recipe=recipe,
                          recipe_overrides=overrides, seed=spec["seed"], progress=progress, accel=accel)

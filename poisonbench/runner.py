@@ -60,6 +60,7 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | N
         "trial": trial,
         "seed": spec.seed + trial,
     }
+    config.update(scenario.victim_config(spec, plan))  # transfer: threat, head_bn (nothing for other scenarios)
     if spec.same_init:  # only then: the run ids of every other run stay as they were
         config["same_init"] = same_init(spec, data, plan, scenario, model)
     else:

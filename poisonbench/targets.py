@@ -6,6 +6,12 @@ split, the intended class uniform over the other classes, the bases a uniform sa
 in the scenario's pool); `craft --target I --intended C` fixes the first two; `setup_target` reads them from a file
 in the schema of the "Just How Toxic" benchmark's setups (`../shared/poison_setups/`).
 
+Base selection (a targeted attack's `bases`, issue 54): `random` (the default; forest's `_choose_poisons_randomly`,
+the paper's) keeps the drawn rows; `nearest` leaves the rows to the attack, which takes the ⌊budget·n⌋ rows of the
+pool nearest the target in its own model's feature space when it crafts (`nearest_rows`: Euclidean distance of the
+penultimate features, as Poison Frogs' and Bullseye Polytope's `--nearest` [BPo:utils.py `fetch_poison_bases`] and
+the Adversarial Robustness Toolbox's examples choose bases). The target and intended class are drawn alike in both.
+
 The pool: the whole train split (`scratch`), or the transfer set (`transfer`: the poisons are part of the 10 % the
 head is trained on, paper §VI-A2). The budget is a fraction of the train split in both (1 %: 490 CIFAR-10 images,
 which in transfer is 10 % of the 4,900-image transfer set, its whole intended class).
@@ -26,6 +32,7 @@ from .hashing import derived_seed
 
 CONTEXT_STREAM = "targeted-context"
 SCENARIOS = ("scratch", "transfer")
+FEATURE_CHUNK = 1024  # pool rows per forward pass of `nearest_rows`
 
 
 def base_pool(data, intended: int, scenario: str) -> torch.Tensor:
@@ -84,6 +91,35 @@ def draw_target(data, seed: int, scenario: str, budget: float, index: int | None
                                f"{len(pool)} images in {where}")
     rows = pool[torch.randperm(len(pool), generator=g)[:k]].sort().values
     return Target(index, true_class, intended, tuple(int(r) for r in rows))
+
+
+def poisoned_count(target: Target, budget: float, n: int) -> int:
+    """How many rows a target's poisons take: its fixed rows, else ⌊budget·n⌋ (chosen by the attack)."""
+    return len(target.rows) if target.rows is not None else budget_count(budget, n)
+
+
+@torch.no_grad()
+def nearest_rows(model, data, pool: torch.Tensor, index: int, k: int, device,
+                 chunk: int = FEATURE_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, distances): the `k` rows of `pool` whose penultimate features under `model` (`model.features`, in
+    eval mode) are nearest, in Euclidean distance, to those of test image `index`; rows sorted, distances in the
+    same order. One forward pass over the pool in chunks of `chunk` rows; ties go to the lower row."""
+    from .device import to_float
+
+    was_training = model.training
+    model.eval()
+    try:
+        target = model.features(to_float(data.test.x[index:index + 1], device)).flatten(1).float()
+        distances = torch.cat([
+            torch.cdist(model.features(to_float(data.train.x[pool[s:s + chunk]], device)).flatten(1).float(),
+                        target, compute_mode="donot_use_mm_for_euclid_dist")[:, 0]
+            for s in range(0, len(pool), chunk)]).cpu()
+    finally:
+        model.train(was_training)
+    order = torch.sort(distances, stable=True).indices[:k]  # stable: equal distances keep the pool's (row) order
+    chosen = pool[order]
+    by_row = torch.argsort(chosen)
+    return chosen[by_row], distances[order][by_row]
 
 
 def read_setups(path: str | Path) -> list[dict]:

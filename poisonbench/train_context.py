@@ -29,8 +29,12 @@ def sync(device: torch.device) -> None:
 
 def set_train_mode(model: nn.Module) -> nn.Module:
     """`model.train()`, except modules whose parameters are all frozen (a pre-trained feature extractor in transfer
-    learning), which stay in eval mode: their BatchNorm statistics must not drift while the head trains."""
+    learning), which stay in eval mode, their BatchNorm statistics fixed while the head trains; unless the model's
+    `frozen_bn` is "train" (`defend --head-bn train`, HINT's code: the frozen extractor runs in train mode, its
+    BatchNorm normalising with batch statistics and updating its running statistics)."""
     model.train()
+    if getattr(model, "frozen_bn", "eval") == "train":
+        return model
     for module in model.modules():
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):

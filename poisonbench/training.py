@@ -107,7 +107,8 @@ def train(
     `accel` (auto | off): the CPU kernels' switch (poisonbench.accel), also the current mode for the frozen
     copies the hooks make; `ctx.accel` tells the defense.
     `model_factory(seed)` builds a fresh model of the run's kind, for defenses that train one first.
-    Modules whose parameters are all frozen stay in eval mode and out of the optimizer (a pre-trained extractor).
+    Modules whose parameters are all frozen stay out of the optimizer and in eval mode (a pre-trained extractor;
+    in train mode where the model's `frozen_bn` is "train": `defend --head-bn train`).
     """
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     check_accel_mode(accel)

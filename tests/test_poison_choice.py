@@ -245,11 +245,17 @@ def test_default_attack_parameters_never_change():
     overrides = ("model", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones",
                  "lr_decay", "augment")
     for family, recipe in (("mnist", "forest"), ("cifar10", "paper")):
-        context = {"surrogate_recipe": recipe, **{f"surrogate_{k}": None for k in overrides}}
+        context = {"surrogate_recipe": recipe, **{f"surrogate_{k}": None for k in overrides},
+                   "bases": "random"}  # issue 54: forest's random bases (nearest on request)
+        # BP / FC: the paper's iteration counts (4,000 / 1,000) under the paper recipe, forest's 250 on the CPU ones;
+        # transfer is gray-box by default (issue 54: the attacker's extractor is not the victim's)
+        paper = recipe == "paper"
         expected[family].update({
-            "gm": {"scenario": "scratch", **context, **brew},
-            "bp": {"scenario": "transfer", **context, "impl": "forest", **brew},
-            "fc": {"scenario": "transfer", **context, "impl": "forest", **brew, "watermark": None}})
+            "gm": {"scenario": "scratch", "threat": None, **context, **brew, "ensemble": 1},
+            "bp": {"scenario": "transfer", "threat": "gray", **context, "impl": "forest",
+                   **brew, "iterations": 4000 if paper else 250},
+            "fc": {"scenario": "transfer", "threat": "gray", **context, "impl": "forest",
+                   **brew, "iterations": 1000 if paper else 250, "watermark": None}})
     for family, attacks in expected.items():
         assert set(attacks) == set(ATTACKS.names()), family  # a new attack is pinned too
         for attack, params in attacks.items():

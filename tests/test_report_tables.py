@@ -60,7 +60,7 @@ def test_markers_in_golden_tables(records):
     assert "**" in md2 and "(n=3)" in md2 and "(n=1)" in md2 and "| – |" in md2
     assert "reduced scale" in md2 and "not shown: " in md2
     tex3 = tables.render(tables.build("3", records, tables.Options()), "latex")
-    assert r"\toprule" in tex3 and r"\midrule" in tex3 and r"\bottomrule" in tex3 and r"\textbf{0/5}" in tex3
+    assert r"\toprule" in tex3 and r"\midrule" in tex3 and r"\bottomrule" in tex3 and r"\textbf{0/5 [0--43\%]}" in tex3
     md4 = tables.render(tables.build("4", records, tables.Options()), "md")
     assert "**93.70 ± 0.27**" in md4  # best r (0.25) bold
 

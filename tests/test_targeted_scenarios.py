@@ -95,8 +95,8 @@ def test_transfer_freezes_one_cached_extractor_shared_by_trials_and_trains_only_
     data, root = tiny
     results = tmp_path / "results"
     spec = DefendSpec(dataset=str(root / "tiny.npz"), recipe="quick", recipe_overrides={"epochs": 2},
-                      scenario="transfer", attack=toy, budget=0.02, trials=2, results=str(results))
-    defend(spec)
+                      scenario="transfer", attack=toy, budget=0.02, trials=2, results=str(results), head_bn="eval")
+    defend(spec)  # --head-bn eval: BatchNorm frozen too (the default, train, moves it: tests/test_threat_model.py)
     extractors = list((results / "extractors").glob("*.safetensors"))
     assert [p.stem for p in extractors] == [extractor_id(data, None, "quick", {"epochs": 2})]  # one, shared
     from safetensors.torch import load_file
@@ -229,7 +229,8 @@ def test_the_cifar10_resnet18_paper_path_runs_end_to_end_on_tiny_cifar_files(cli
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
     assert sorted(r["config"]["scenario"] for r in records) == ["scratch", "transfer"]
     assert all(r["config"]["model"] == "resnet18" for r in records)
-    assert len(list((results / "extractors").glob("*.safetensors"))) == 1
+    # gray-box (the default): the victim's extractor and the attacker's own, pre-trained with another seed
+    assert len(list((results / "extractors").glob("*.safetensors"))) == 2
     code, out, _ = cli("report", "--table", "3", "--paper", "--format", "json", "--results", results)
     assert code == 0
 

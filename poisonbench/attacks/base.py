@@ -212,6 +212,16 @@ class Attack:
             return torch.tensor(sorted(target.rows), dtype=torch.long)
         return select_indices(len(dataset.train), budget, seed)
 
+    def rows_for(self, ctx: AttackContext) -> torch.Tensor:
+        """The rows `craft` poisons, chosen with the context at hand (its model included): `choose_rows` here; a
+        targeted attack whose `bases` are nearest reads `ctx.surrogate()`."""
+        return self.choose_rows(ctx.dataset, ctx.budget, ctx.seed, ctx.target)
+
+    def aim(self, target: Target, fixed: bool = False) -> Target:
+        """The target as this attack crafts for it, from a drawn (or, `fixed`, a setup file's) one: unchanged here;
+        a targeted attack whose `bases` are `nearest` drops the drawn rows to choose its own when it crafts."""
+        return target
+
     def validate(self) -> None:
         """Raise PoisonbenchError for parameter combinations out of range."""
 

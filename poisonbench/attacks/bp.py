@@ -29,8 +29,10 @@ from .forest import (
     impl_param,
     poison_tensors,
 )
+from .paper_iterations import settle_iterations, with_iterations_param
 from .targeted import common_params
 
+BP_PAPER_ITERATIONS = 4000  # paper §VI-A2 (forest impl under the paper recipe; attacks.paper_iterations)
 TOXIC_BP = {"iterations": 1200, "lr": 0.04}  # PB craft_poisons_bp.py --crafting_iters 1200, --lr 0.04 (Adam)
 
 
@@ -68,12 +70,16 @@ class BP(ForestOrToxic):
     summary = "Bullseye Polytope (forest's bullseye recipe, or --impl toxic; targeted, clean-label)"
     default_scenario = "transfer"
     IMPL_DEFAULTS = {"forest": FOREST_DEFAULTS, "toxic": TOXIC_BP}
-    PARAMS = (
+    PARAMS = with_iterations_param((
         *common_params("transfer"),
         impl_param("BP: Adam 0.04, 1,200 iterations, normalised feature distance"),
         *brew_params(IMPL_DEFAULTS, {"iterations": "PB craft_poisons_bp.py --crafting_iters 1200",
                                      "lr": "PB craft_poisons_bp.py --lr 0.04 (Adam, normalised space)"}),
-    )
+    ), BP_PAPER_ITERATIONS, "BP", "1200 (PB --crafting_iters 1200)")
+
+    def __init__(self, family: str, **params):
+        super().__init__(family, **params)
+        settle_iterations(self, params, BP_PAPER_ITERATIONS)
 
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
         p = self.params

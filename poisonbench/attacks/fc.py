@@ -29,8 +29,10 @@ from ..params import Param
 from . import ATTACKS
 from .base import AttackContext, project
 from .forest import FOREST_DEFAULTS, ForestOrToxic, brew_params, feature_model, impl_param, poison_tensors
+from .paper_iterations import settle_iterations, with_iterations_param
 from .targeted import common_params
 
+FC_PAPER_ITERATIONS = 1000  # paper §VI-A2 (forest impl under the paper recipe; attacks.paper_iterations)
 TOXIC_FC = {"iterations": 120, "lr": 0.001, "watermark": 0.3}  # PB craft_poisons_fc.py defaults
 PB_START_OBJECTIVE = 10e8  # PB's `objective_vals = [10e8]`
 PB_DECAY = 0.2
@@ -96,7 +98,7 @@ class FC(ForestOrToxic):
     summary = "Feature Collision (forest's poison-frogs recipe, or --impl toxic; targeted, clean-label)"
     default_scenario = "transfer"
     IMPL_DEFAULTS = {"forest": FOREST_DEFAULTS, "toxic": TOXIC_FC}
-    PARAMS = (
+    PARAMS = with_iterations_param((
         *common_params("transfer"),
         impl_param("FC: watermark start, forward-backward splitting per poison"),
         *brew_params(IMPL_DEFAULTS, {"iterations": "PB craft_poisons_fc.py --crafting_iters 120",
@@ -104,7 +106,11 @@ class FC(ForestOrToxic):
         Param("watermark", float, None, "Toxic FC: start from watermark·target + (1 − watermark)·base. "
               "Unset (off): the --impl's default, toxic 0.3.", "PB craft_poisons_fc.py --watermark_coeff 0.3",
               minimum=0, maximum=1),
-    )
+    ), FC_PAPER_ITERATIONS, "FC", "120 (PB --crafting_iters 120)")
+
+    def __init__(self, family: str, **params):
+        super().__init__(family, **params)
+        settle_iterations(self, params, FC_PAPER_ITERATIONS)
 
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
         p = self.params

@@ -6,6 +6,9 @@ attacks share the family's paper recipe on its default model; a targeted attack 
 resolved recipe and model (poisonbench.attacks.targeted). Its seed is an attacker seed derived from those inputs
 (`poisonbench.seeds`: no victim trial can share it). Its id is the hash of the inputs and the seed, so a poison id
 can name its surrogate before anything is trained.
+
+Ensembles (GM's `ensemble N`, forest's `--ensemble`): member i > 0 is the same training with the attacker seed of
+`{..., "member": i}`; member 0 is the surrogate above, so an ensemble of one is today's surrogate.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ KIND = "surrogates"  # the workspace folder
 
 
 def surrogate_spec(dataset, model_name: str | None = None, recipe: str | None = None,
-                   overrides: dict | None = None) -> dict:
+                   overrides: dict | None = None, member: int = 0) -> dict:
     """The canonical inputs that identify a surrogate (the untargeted attacks' is the paper recipe's; a targeted
-    attack trains its own with the victim's), its seed derived from the others (`poisonbench.seeds`)."""
+    attack trains its own with the victim's), its seed derived from the others (`poisonbench.seeds`); `member` i > 0:
+    the i-th other member of an ensemble (its own seed)."""
     model_name = model_name or DEFAULT_MODEL[dataset.family]
     recipe = resolve_recipe(dataset.family, recipe or SURROGATE_RECIPE, **(overrides or {}))
     inputs = {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "model": model_name,
               "recipe": recipe.to_dict()}
+    if member:
+        inputs["member"] = member
     return {**inputs, "seed": attacker_seed(SEED_DOMAIN, inputs)}
 
 
@@ -49,11 +55,11 @@ def surrogate_path(results_root, sid: str) -> Path:
 
 def load_or_train_surrogate(dataset, results_root, device: torch.device, model_name: str | None = None,
                             progress=None, accel: str = "auto", recipe: str | None = None,
-                            overrides: dict | None = None) -> tuple[torch.nn.Module, dict]:
+                            overrides: dict | None = None, member: int = 0) -> tuple[torch.nn.Module, dict]:
     """The cached surrogate (on `device`), training and caching it first if absent (with the CPU kernels' switch
     `accel`; like the device, an execution setting: a cached surrogate serves either mode, its info names the
     one it was trained with)."""
-    spec = surrogate_spec(dataset, model_name, recipe, overrides)
+    spec = surrogate_spec(dataset, model_name, recipe, overrides, member)
     return load_or_train(KIND, spec, dataset, device, results_root=results_root, recipe=recipe or SURROGATE_RECIPE,
                          recipe_overrides=overrides, seed=spec["seed"], progress=progress, accel=accel,
                          checkpoint_every=SURROGATE_CHECKPOINT_EVERY)

@@ -3,8 +3,9 @@
 
 - `scenario`: `scratch` crafts against a surrogate trained from scratch on the clean train split (forest's
   Witches' Brew; the victim trains from scratch too); `transfer` crafts against the transfer scenario's pre-trained
-  model (poisonbench.pretrained), the very extractor the victim freezes (a white-box transfer attack, as in the
-  "Just How Toxic" benchmark's white-box test). Defaults follow the paper: GM → scratch, BP and FC → transfer.
+  model (poisonbench.pretrained): under `threat` gray (the paper's, the default) an extractor of the attacker's own,
+  pre-trained like the victim's with another seed; under white the very extractor the victim freezes (the "Just
+  How Toxic" benchmark's white-box test). Defaults follow the paper: GM → scratch, BP and FC → transfer.
 - The surrogate or extractor is trained through the one engine with the victim's whole resolved recipe and model
   (`surrogate_recipe` and the `surrogate_*` overrides, `surrogate_model`: `defend` passes the victim's, as forest
   trains its surrogate with its victim's strategy), seeded apart from every victim (`poisonbench.seeds`), and cached
@@ -13,7 +14,9 @@
 - Crafting augmentation (the brew's `augment`) follows the surrogate's recipe when not given: on when the victim
   augments, off when it does not (forest crafts with its victim's transform, kettle.py); the value is in the params.
 - ε defaults to 16/255 and the budget to 1 % of the train split (forest's defaults, paper §VI-A2).
-- The poisoned rows are the target's `rows`, drawn by `poisonbench.targets` from the intended class.
+- The poisoned rows are the target's `rows`, drawn by `poisonbench.targets` from the intended class (`bases`
+  random, the default), or (`bases` nearest) the intended class's rows nearest the target in the features of the
+  model crafted against, chosen when the attack crafts (`aim` drops the drawn rows from the planned target).
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ from .base import Attack, AttackContext, Target
 
 TARGETED_EPS = 16 / 255  # forest `--eps 16` (reference/attacks.md §6, §15); paper §VI-A2
 TARGETED_BUDGET = 0.01  # forest `--budget 0.01`: 490 of CIFAR-10's 49,000 train images (paper §VI-A2)
+THREATS = ("gray", "white")
+THREAT_SOURCE = ("paper §VI-A2: the attacker does not know the victim's weights; HINT trains the victim's extractor "
+                 "itself (train_with_HIN_cifar10.py L76-89)")
+BASES = ("random", "nearest")  # the `bases` rules (poisonbench.targets)
+BASES_SOURCE = ("random: forest kettle.py `_choose_poisons_randomly` (paper §VI-A2); nearest: Bullseye Polytope "
+                "`--nearest` (utils.py `fetch_poison_bases`), the Poison Frogs and ART examples (issue 54)")
 TRAINED_BY_VICTIM = "forest: the surrogate is trained with the victim's strategy (defend passes the victim's)"
 
 
@@ -63,6 +72,12 @@ def common_params(default_scenario: str) -> tuple[Param, ...]:
               "from scratch on the clean train split) or transfer (the transfer scenario's pre-trained extractor).",
               "paper §VI-A2 (GM from scratch; BP, FC in transfer)", choices=("scratch", "transfer"),
               cli_flag="--victim"),
+        Param("threat", str, None, "Transfer only: gray (the attacker crafts on an extractor of its own, pre-trained "
+              "like the victim's but with another seed) or white (on the very extractor the victim freezes). Unset: "
+              "gray for transfer, off for scratch.", THREAT_SOURCE, choices=THREATS),
+        Param("bases", str, "random", "The poisons' base images: random (drawn from the intended class, forest's and "
+              "the paper's) or nearest (the intended class's images nearest the target in the crafting model's "
+              "penultimate feature space, Euclidean).", BASES_SOURCE, choices=BASES),
         Param("surrogate_recipe", str, TARGETED_RECIPE, "Recipe the surrogate / pre-trained extractor is trained "
               "with (defend passes the victim's; default: defend's for a targeted run).", TRAINED_BY_VICTIM,
               choices=tuple(recipe_names())),
@@ -111,6 +126,11 @@ class TargetedAttack(Attack):
             value = getattr(resolved, name)
             differs = value != getattr(named, name)
             p[f"surrogate_{name}"] = (list(value) if isinstance(value, tuple) else value) if differs else None
+        if p["scenario"] == "transfer":
+            p["threat"] = p.get("threat") or "gray"
+        elif p.get("threat") is not None:
+            raise PoisonbenchError("--threat applies to the transfer scenario (a frozen pre-trained extractor), not "
+                                   f"--victim {p['scenario']}")
         if self.crafting_augment_applies() and p.get("augment") is None:
             p["augment"] = resolved.augment != "none"
 
@@ -142,10 +162,14 @@ class TargetedAttack(Attack):
         if self.params["scenario"] == "transfer":
             from ..pretrained import EXTRACTOR_KIND, extractor_spec
 
-            return EXTRACTOR_KIND, extractor_spec(dataset, model, recipe, overrides)
+            return EXTRACTOR_KIND, extractor_spec(dataset, model, recipe, overrides, self.extractor_role())
         from .surrogate import KIND, surrogate_spec
 
         return KIND, surrogate_spec(dataset, model, recipe, overrides)
+
+    def extractor_role(self) -> str:
+        """Whose extractor a transfer attack crafts on: its own (gray-box) or the victim's (white-box)."""
+        return "attacker" if self.params.get("threat") == "gray" else "victim"
 
     def surrogate_ref(self, dataset) -> str | None:
         if not self.uses_surrogate:
@@ -162,11 +186,21 @@ class TargetedAttack(Attack):
 
             return load_or_train_extractor(ctx.dataset, ctx.device, model_name=model, recipe=recipe,
                                            overrides=overrides, results_root=ctx.results_root,
-                                           progress=ctx.progress, accel=ctx.accel)
+                                           progress=ctx.progress, accel=ctx.accel, role=self.extractor_role())
         from .surrogate import load_or_train_surrogate
 
         return load_or_train_surrogate(ctx.dataset, ctx.results_root, ctx.device, model_name=model,
                                        progress=ctx.progress, accel=ctx.accel, recipe=recipe, overrides=overrides)
+
+    def aim(self, target: Target, fixed: bool = False) -> Target:
+        """`bases` nearest: the drawn rows dropped (the attack chooses them when it crafts, `choose_rows`); refused
+        for a setup file's fixed bases."""
+        if self.params["bases"] != "nearest" or target.rows is None:
+            return target
+        if fixed:
+            raise PoisonbenchError("bases=nearest chooses the poisons' bases; a setup file fixes them (give one or "
+                                   "the other)")
+        return Target(target.index, target.true_class, target.intended_class)
 
     def choose_rows(self, dataset, budget: float, seed: int, target: Target | None = None):
         """The target's rows, or ⌊budget·n⌋ rows of the intended class drawn from `seed` (poisonbench.targets)."""
@@ -176,3 +210,17 @@ class TargetedAttack(Attack):
 
         drawn = draw_target(dataset, seed, self.params["scenario"], budget, target.index, target.intended_class)
         return super().choose_rows(dataset, budget, seed, drawn)
+
+    def rows_for(self, ctx: AttackContext):
+        """`choose_rows`; with `bases` nearest and no fixed rows, the ⌊budget·n⌋ rows of the intended class nearest
+        the target in the features of the model crafted against (`ctx.surrogate()`, poisonbench.targets)."""
+        target = ctx.target
+        if self.params["bases"] != "nearest" or target is None or target.rows is not None:
+            return super().rows_for(ctx)
+        from ..targets import base_pool, draw_target, nearest_rows
+
+        drawn = draw_target(ctx.dataset, ctx.seed, self.params["scenario"], ctx.budget, target.index,
+                            target.intended_class)  # its checks and its count (the pool is large enough)
+        pool = base_pool(ctx.dataset, target.intended_class, self.params["scenario"])
+        rows, _ = nearest_rows(ctx.surrogate(), ctx.dataset, pool, target.index, len(drawn.rows), ctx.device)
+        return rows

@@ -98,12 +98,13 @@ def craft(
     if cls.targeted:  # the targeted context (poisonbench.targets): a setup, or drawn from --seed
         from ..targets import draw_target, setup_target
 
+        instance = cls(data.family, **params)
         if setup is not None:
-            aim = setup_target(data, setup, setup_index)
+            aim = instance.aim(setup_target(data, setup, setup_index), fixed=True)
             budget = len(aim.rows) / len(data.train)
         else:
-            victim = cls(data.family, **params).params.get("scenario", "scratch")
-            aim = draw_target(data, seed, victim, budget, target, intended)
+            victim = instance.params.get("scenario", "scratch")
+            aim = instance.aim(draw_target(data, seed, victim, budget, target, intended))  # bases=nearest: no rows
     files = {p.name: p for p in cls.PARAMS if p.from_file is not None and p.name in params}
     if files:  # every other input is checked before an import writes into the workspace
         placeholders = {name: p.file_placeholder for name, p in files.items()}

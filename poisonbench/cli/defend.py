@@ -87,6 +87,12 @@ def defend(
                                    help="Start the victim from the initialisation and seed of the surrogate the "
                                         "poisons were crafted on (forest's --retrain_from_init; scratch, untargeted "
                                         "and clean runs); recorded, and reported apart."),
+    threat: str = typer.Option(None, "--threat", help="Transfer: gray (default, the paper's: poisons crafted on the "
+                                                      "attacker's own extractor, pre-trained with another seed) | "
+                                                      "white (on the very extractor the victim freezes)."),
+    head_bn: str = typer.Option(None, "--head-bn", help="Transfer: the frozen extractor's BatchNorm while the head "
+                                                        "trains: train (default, HINT's code: running statistics "
+                                                        "move) | eval (frozen statistics)."),
     device: str = options.Device,
     compile: str = typer.Option("auto", "--compile",
                                 help="torch.compile the model: auto (long runs only) | on | off."),
@@ -138,7 +144,8 @@ def spec_from_options(given: dict) -> DefendSpec:
         attack=attack, attack_params=parse_attack_params(attack, g["attack_params"]), eps=g["eps"],
         budget=g["budget"], target=g["target"], intended=g["intended"], setup=g["setup"],
         setup_index=g["setup_index"], method=method, method_params=chosen,
-        seed=g["seed"], same_init=bool(g["same_init"]), trials=g["trials"], trial=g["trial"], device=g["device"],
+        seed=g["seed"], same_init=bool(g["same_init"]), threat=g["threat"], head_bn=g["head_bn"], trials=g["trials"],
+        trial=g["trial"], device=g["device"],
         compile=g["compile"],
         accel=g["accel"], results=g["results"], force=bool(g["force"]), checkpoint_every=g["checkpoint_every"],
     )

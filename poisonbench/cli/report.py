@@ -69,7 +69,8 @@ def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | 
 
 
 def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing: bool, per_trial: bool,
-                    poisons: str | None, trials: int, paper: bool, diff: bool, ci: bool, wilson: bool, paired: bool,
+                    poisons: str | None, trials: int, paper: bool, diff: bool, ci: bool, wilson: bool | None,
+                    paired: bool,
                     rho: float | None, out: str | None, run: str | None, trial: int | None, dataset: str | None,
                     method: str | None, recipe: str | None, model: str | None, epochs: int | None,
                     attacks: str | None, **_elsewhere) -> tuple[list[str] | None, str | None, str | None]:
@@ -84,7 +85,8 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
     if empty:  # an empty filter would silently select everything
         raise PoisonbenchError(f"{empty[0]} is empty; omit it to keep every value")
     check_modes(table, figure, fmt, missing, per_trial, poisons, trials,
-                views={"--paper": paper, "--diff": diff, "--ci": ci, "--wilson": wilson, "--paired": paired,
+                views={"--paper": paper, "--diff": diff, "--ci": ci, "--wilson": wilson is True,
+                       "--no-wilson": wilson is False, "--paired": paired,
                        "--rho": rho is not None, "--out": out is not None, "--run": run is not None,
                        "--trial": trial is not None})
     if trial is not None and trial < 0:
@@ -163,7 +165,9 @@ def report(
     paired: bool = typer.Option(False, "--paired",
                                 help="Table II: add each defense minus W/o Defense per trial (same seed and "
                                      "poisons), mean ± std in points."),
-    wilson: bool = typer.Option(False, "--wilson", help="Table III: add 95% Wilson intervals of the success rate."),
+    wilson: bool = typer.Option(None, "--wilson/--no-wilson",
+                                help="Table III: each k/n with its 95% Wilson interval (the default; --no-wilson: "
+                                     "k/n alone)."),
     missing: bool = typer.Option(False, "--missing",
                                  help="Print one `poisonbench defend` command per configuration the table lacks."),
     per_trial: bool = typer.Option(False, "--per-trial",
@@ -199,7 +203,8 @@ def report(
         note(store.skipped_note())
 
     if table is not None:
-        opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson, rho=rho, paired=paired)
+        opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson is not False, rho=rho,
+                              paired=paired)
         if missing:
             show_missing(table, records, opts, filters, dataset, per_trial, data_dir, results)
         else:

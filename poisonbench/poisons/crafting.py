@@ -66,9 +66,11 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     prepare_partial(partial, device, force, accel)  # the existing PoisonSet stays until the new one is saved
     attack = ATTACKS.get(spec.attack)(dataset.family, **spec.params)
     target = Target.from_dict(spec.target) if spec.target is not None else None
-    indices = attack.choose_rows(dataset, spec.budget, spec.seed, target)
-    ctx = AttackContext(dataset, indices, spec.eps, spec.budget, spec.seed, device, results_root=results_root,
-                        progress=progress, compile=compile, accel=accel, partial_dir=partial, target=target)
+    ctx = AttackContext(dataset, torch.empty(0, dtype=torch.long), spec.eps, spec.budget, spec.seed, device,
+                        results_root=results_root, progress=progress, compile=compile, accel=accel,
+                        partial_dir=partial, target=target, loader=attack.load_surrogate)
+    # the rows before the craft; an attack whose bases are nearest the target reads its model here (ctx.surrogate())
+    indices = ctx.indices = attack.rows_for(ctx)
     env = environment(device, accel=accel)  # read before crafting: the checkout may move on during a long craft
     start = time.perf_counter()
     with use_mode(accel):  # for the frozen copies an attack makes without passing ctx.accel

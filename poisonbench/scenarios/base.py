@@ -134,6 +134,11 @@ class Scenario:
         """The model whose initialisation and seed `--same-init` gives the victim (default: `attacker_model`)."""
         return self.attacker_model(spec, data, plan)
 
+    def victim_config(self, spec: DefendSpec, plan: PoisonPlan | None) -> dict:
+        """What the scenario adds to the run's config (its identity): nothing by default, so the run ids of every
+        scenario that adds nothing stay as they were (transfer: `threat`, `head_bn`)."""
+        return {}
+
     def check_same_init(self, spec: DefendSpec) -> None:
         """Refuse `--same-init` (one line, before any data is read) where there is no attacker model to start from."""
         raise PoisonbenchError(f"--same-init: scenario {self.name!r} has no surrogate to start the victim from (it "

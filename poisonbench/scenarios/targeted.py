@@ -9,9 +9,13 @@ poisons' base rows (poisonbench.targets: drawn from s, fixed by `--target I --in
   (`poisonbench.seeds`), or with `--same-init` from the surrogate's initialisation and seed (forest's
   `--retrain_from_init`), recorded as `config.same_init`.
 - `transfer`: the victim is the pre-trained model of `poisonbench.pretrained` (trained on the clean 90 % of the
-  split, cached, shared by every trial, attack and defense) with its feature extractor frozen (BatchNorm in eval
-  mode: the engine keeps frozen modules in eval mode) and its head re-initialised and trained on the transfer set
-  (the other 10 %) with the poisons. A setup file's base images outside the transfer set join it.
+  split, cached, shared by every trial, attack and defense) with its feature extractor frozen and its head
+  re-initialised and trained on the transfer set (the other 10 %) with the poisons. A setup file's base images
+  outside the transfer set join it. `--head-bn train` (the default, HINT's code) keeps the frozen extractor's
+  BatchNorm layers in train mode while the head trains (batch statistics, running statistics updated); `eval`
+  freezes them (`model.frozen_bn`, read by `train_context.set_train_mode`). `--threat gray` (the default, the
+  paper's) crafts the poisons on the attacker's own extractor (pre-trained like the victim's, another seed);
+  `white` on the victim's. Both are recorded as `config.threat` and `config.head_bn` of transfer runs only.
 
 The model the poisons are crafted against is trained with the victim's resolved recipe and model (`surrogate_params`:
 every recipe field, so `--lr`, `--augment`, `--model`, ... change the surrogate, the extractor and the poison id).
@@ -35,6 +39,10 @@ from ..models import DEFAULT_MODEL, build_model
 from .base import AttackerModel, ModelRequest, Scenario, attacker_model_of, reporter_progress
 
 TARGETED_SCENARIOS = ("scratch", "transfer")
+THREATS = ("gray", "white")  # attacks.targeted.THREATS: whose extractor a transfer attack crafts on
+DEFAULT_THREAT = "gray"  # paper §VI-A2: the attacker does not know the victim's weights (docs/fidelity.md)
+HEAD_BN_MODES = ("train", "eval")
+DEFAULT_HEAD_BN = "train"  # HINT:train_with_HIN_cifar10.py L76-89: extractor frozen, model.train() (docs/fidelity.md)
 
 
 @dataclass
@@ -55,7 +63,7 @@ class TargetedPlan:
 
     @property
     def rows(self) -> torch.Tensor:
-        return torch.tensor(sorted(self.target.rows), dtype=torch.long)
+        return torch.tensor(sorted(self.target.rows), dtype=torch.long)  # `apply` fills rows an attack chose
 
     def mask(self, n: int, device=None) -> torch.Tensor:
         mask = torch.zeros(n, dtype=torch.bool)
@@ -73,6 +81,9 @@ class TargetedPlan:
             self.crafted[self.spec.poison_id] = not cached
         finally:
             finish()
+        if self.target.rows is None:  # rows the attack chose when it crafted (bases=nearest)
+            self.target = Target(self.target.index, self.target.true_class, self.target.intended_class,
+                                 tuple(int(r) for r in poison.indices))
         self.tensor_sha256[self.spec.attack] = poison.manifest["tensor_sha256"]
         rows = self.rows
         delta = poison.rows_for(rows).to(train_x.device, train_x.dtype)
@@ -87,6 +98,9 @@ def target_config(attack: str, spec, target: Target, n: int, extra: dict | None 
     recipe and model are the run's own (`config.recipe`, `config.model`) and stay out of its params, but for those in
     `shown` (given with `--attack-params`: a surrogate trained otherwise than the victim)."""
     params = {k: v for k, v in spec.params.items() if k not in SURROGATE_PARAMS or k in shown}
+    from ..targets import poisoned_count
+
+    count = poisoned_count(target, spec.budget, n)
     imported = {}
     if "file_sha256" in params:  # poisons made elsewhere: each trial's file has its own hash and measured ‖δ‖∞
         imported = {"file_sha256": params.pop("file_sha256"), "eps_measured": spec.eps}
@@ -94,8 +108,8 @@ def target_config(attack: str, spec, target: Target, n: int, extra: dict | None 
         "kind": "targeted",
         "attack": attack,
         **({"eps": spec.eps} if not imported else imported),
-        "ratio": len(target.rows) / n,  # the fraction of the train split poisoned
-        "poisoned": len(target.rows),
+        "ratio": count / n,  # the fraction of the train split poisoned
+        "poisoned": count,
         "params": params,
         "target_index": target.index,
         "target_class": target.true_class,
@@ -180,7 +194,9 @@ class Targeted(Scenario):
             capped = spec.budget is None and self.name == "transfer"
             target = draw_target(data, seed, self.name, budget, spec.target, spec.intended, cap=capped)
             budget = len(target.rows) / len(data.train) if capped else budget
-        params = {"scenario": self.name, **surrogate_params(spec, data), **spec.attack_params}
+        threat = {"threat": spec.threat or DEFAULT_THREAT} if self.name == "transfer" else {}
+        params = {"scenario": self.name, **surrogate_params(spec, data), **threat, **spec.attack_params}
+        target = cls(data.family, **params).aim(target, fixed=spec.setup is not None)  # bases=nearest: rows later
         cspec = craft_spec(data, spec.attack, eps=spec.eps, budget=budget, seed=seed, target=target, **params)
         shown = frozenset(k for k in spec.attack_params if k in SURROGATE_PARAMS)
         return TargetedPlan(data, cspec, target, target_config(spec.attack, cspec, target, len(data.train), extra,
@@ -193,9 +209,7 @@ class Targeted(Scenario):
         if cspec.target is None:
             raise PoisonbenchError(f"poison set {spec.poison_set} is untargeted; scenario {self.name!r} trains on a "
                                    "targeted one")
-        target = Target.from_dict(cspec.target)
-        if target.rows is None:
-            raise PoisonbenchError(f"poison set {spec.poison_set} does not name its poisoned rows")
+        target = Target.from_dict(cspec.target)  # no rows (bases=nearest): `apply` takes the PoisonSet's
         return TargetedPlan(data, cspec, target, target_config(cspec.attack, cspec, target, len(data.train),
                                                                {"poison_set": spec.poison_set}))
 
@@ -224,7 +238,10 @@ class Targeted(Scenario):
         """A targeted attack whose budget (its number of poisons) the defender knows, as in the filter paper."""
         if plan is None:
             return Threat("clean")
-        return Threat("targeted", len(plan.target.rows), len(data.train), extractor=self.name == "transfer")
+        from ..targets import poisoned_count
+
+        return Threat("targeted", poisoned_count(plan.target, plan.spec.budget, len(data.train)), len(data.train),
+                      extractor=self.name == "transfer")
 
     def metrics(self, model, tensors, plan) -> dict:
         """Attack success (paper §VI-A2, "Metrics"): the final model's prediction on the target test image."""
@@ -254,17 +271,25 @@ class Transfer(Targeted):
 
     def __init__(self):
         self.recipe: tuple[str, dict] = ("paper", {})
+        self.head_bn = DEFAULT_HEAD_BN
 
     def check_same_init(self, spec) -> None:
-        raise PoisonbenchError("--same-init: the transfer victim freezes the very extractor the poisons were crafted "
-                               "on and trains a new head; the option applies to scratch, untargeted and clean runs")
+        raise PoisonbenchError("--same-init: the transfer victim freezes a pre-trained extractor and trains a new "
+                               "head; the option applies to scratch, untargeted and clean runs")
 
     def plan(self, spec, data, trial: int) -> TargetedPlan:
         from ..pretrained import transfer_split
 
         transfer_split(data)  # a pre-training split too small fails before anything is crafted
         self.recipe = victim_recipe(spec, data)
+        self.head_bn = spec.head_bn or DEFAULT_HEAD_BN
         return super().plan(spec, data, trial)
+
+    def victim_config(self, spec, plan) -> dict:
+        """`config.threat` (whose extractor the poisons were crafted on: the PoisonSet's; a PoisonSet from before
+        `--threat` was white-box) and `config.head_bn` (the victim's BatchNorm mode while the head trains)."""
+        threat = plan.spec.params.get("threat") if plan is not None else None
+        return {"threat": threat or "white", "head_bn": spec.head_bn or DEFAULT_HEAD_BN}
 
     def train_rows(self, data, trial: int, plan) -> torch.Tensor:
         from ..pretrained import transfer_split
@@ -288,6 +313,7 @@ class Transfer(Targeted):
         model.requires_grad_(False)
         fresh = build_model(request.model, request.dataset, seed=request.seed)
         model.head = fresh.head.to(request.device)  # re-initialised from the run's seed, trainable
+        model.frozen_bn = self.head_bn  # train: the frozen extractor's BatchNorm in train mode (set_train_mode)
         return model
 
 

@@ -53,7 +53,7 @@ class Options:
     paper: bool = False
     diff: bool = False
     ci: bool = False
-    wilson: bool = False
+    wilson: bool = True  # III: each k/n with its 95 % Wilson interval (`report --no-wilson`: k/n alone)
     rho: float | None = None  # II: only this row; IV/V: the ρ of the runs (default 0.6)
     paired: bool = False  # II: add each defense's per-trial difference to `none` (same seed, poisons, order)
 

@@ -89,6 +89,10 @@ class Need:
             parts += ["--seed", str(base_seed)]
         if s.init:
             parts.append("--same-init")
+        if s.threat and s.threat != "gray":
+            parts += ["--threat", s.threat]
+        if s.head_bn and s.head_bn != "train":
+            parts += ["--head-bn", s.head_bn]
         if mix and mix != PAPER_MIX and self.rho > 0:
             parts += ["--attacks", mix]
         if poison_sets and self.rho > 0:

@@ -112,6 +112,10 @@ def record_row(r: dict) -> dict:
         # "surrogate" for a victim that started from the attacker model's initialisation (`defend --same-init`):
         # another setting, never pooled with the runs seeded apart (tables.settings)
         "init": "surrogate" if c.get("same_init") else "",
+        # transfer runs: whose extractor the poisons were crafted on and the head's BatchNorm mode (`defend --threat`,
+        # `--head-bn`); a record from before those options was white-box with BatchNorm in eval mode
+        "threat": (c.get("threat") or "white") if c.get("scenario") == "transfer" else "",
+        "head_bn": (c.get("head_bn") or "eval") if c.get("scenario") == "transfer" else "",
         "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),
         "val_acc": metrics.get("val_acc"), "success": None if success is None else bool(success),
         "time": time, "defense_time": defense_time, "seconds": cost.get("seconds"),

@@ -72,8 +72,8 @@ def craft_notes(shown: pd.DataFrame) -> list[str]:
 
 
 # what makes two runs the same configuration (one cell) apart from the trial; `trial` last
-CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "kind", "scenario", "rho", "mix",
-                 "attack", "method", "params_json", "poisons_json", "trial"]
+CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "threat", "head_bn", "kind",
+                 "scenario", "rho", "mix", "attack", "method", "params_json", "poisons_json", "trial"]
 
 
 SEEDED_SCENARIOS = ("clean", "untargeted", "poison-set")  # where the seed alone decides the training

@@ -1,5 +1,9 @@
-"""The settings a table has one block for: dataset (name, fingerprint, split), model, resolved recipe, and whether
-the victims started from the attacker's initialisation (`defend --same-init`, a setting of its own)."""
+"""The settings a table has one block for: dataset (name, fingerprint, split), model, resolved recipe, whether
+the victims started from the attacker's initialisation (`defend --same-init`, a setting of its own), and the
+transfer victims' threat model and head BatchNorm mode (`defend --threat`, `--head-bn`): transfer runs of another
+threat or BN mode make a block of their own, and the runs of other scenarios (scratch: no such mode) join every
+block of their dataset, model and recipe, so a Table III block holds GM from scratch beside BP and FC in one
+transfer mode."""
 
 from __future__ import annotations
 
@@ -25,11 +29,14 @@ class Setting:
     npz_split: str = ""  # config.npz_split as "VAL,TEST" (`--npz-split`), "" for the default split
     tag: str = ""  # disambiguates settings that would read alike: other recipe overrides, other data
     init: str = ""  # "surrogate": victims started from the attacker model's initialisation (`--same-init`)
+    threat: str = ""  # transfer runs': config.threat (gray | white), "" where the block has none
+    head_bn: str = ""  # transfer runs': config.head_bn (train | eval), "" where the block has none
 
     @property
     def label(self) -> str:
         same = " · victim from the surrogate's init (--same-init)" if self.init else ""
-        return f"{self.dataset} · {self.model} · {self.recipe} recipe, {self.epochs} ep{self.tag}{same}"
+        transfer = f" · transfer: {self.threat}-box, head BN {self.head_bn}" if self.threat else ""
+        return f"{self.dataset} · {self.model} · {self.recipe} recipe, {self.epochs} ep{self.tag}{same}{transfer}"
 
     @property
     def reduced(self) -> list[str]:
@@ -48,14 +55,28 @@ def settings(df: pd.DataFrame) -> list[Setting]:
         name = (k.dataset, k.model, k.recipe, k.epochs)
         tag = f" #{short_hash(k.recipe_json, 6)}" if recipes[name] > 1 else ""
         tag += f" · data {k.dataset_fingerprint or 'without fingerprint'}" if data[name] > 1 else ""
-        out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json,
-                           fingerprint=k.dataset_fingerprint, npz_split=k.npz_split, tag=tag, init=k.init))
+        for threat, head_bn in transfer_modes(df, k):
+            out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json,
+                               fingerprint=k.dataset_fingerprint, npz_split=k.npz_split, tag=tag, init=k.init,
+                               threat=threat, head_bn=head_bn))
     return out
 
 
+def transfer_modes(df: pd.DataFrame, k) -> list[tuple[str, str]]:
+    """The (threat, head BN) modes of the transfer runs of one setting's key, sorted ([("", "")] for none)."""
+    if "threat" not in df:
+        return [("", "")]
+    rows = df[(df.dataset == k.dataset) & (df.dataset_fingerprint == k.dataset_fingerprint) & (df.model == k.model)
+              & (df.recipe_json == k.recipe_json) & (df.init == k.init) & (df.threat != "")]
+    return sorted(set(zip(rows.threat, rows.head_bn, strict=True))) or [("", "")]
+
+
 def in_setting(df: pd.DataFrame, s: Setting) -> pd.DataFrame:
-    return df[(df.dataset == s.dataset) & (df.dataset_fingerprint == s.fingerprint) & (df.model == s.model)
-              & (df.recipe_json == s.recipe_json) & (df.init == s.init)]
+    keep = ((df.dataset == s.dataset) & (df.dataset_fingerprint == s.fingerprint) & (df.model == s.model)
+            & (df.recipe_json == s.recipe_json) & (df.init == s.init))
+    if "threat" in df:  # transfer runs of this block's mode, and every run without one (scratch, untargeted)
+        keep &= (df.threat == "") | ((df.threat == s.threat) & (df.head_bn == s.head_bn))
+    return df[keep]
 
 
 def guess_family(s: Setting) -> str | None:
