@@ -176,3 +176,14 @@ def read_only():
             subprocess.run(["chattr", "-i", str(path)], check=True)
         else:
             path.chmod(0o755)
+
+
+def targeted_spec(path: str, default_attack: str, **given):
+    """A `DefendSpec` of a targeted run (`default_attack` unless `given` names another) on the tiny dataset at
+    `path`, as cheap as it can be (1-epoch quick recipe, one iteration of one restart, 2 % budget); `given`
+    overrides any field."""
+    from poisonbench.runner import DefendSpec
+
+    base = {"dataset": path, "recipe": "quick", "recipe_overrides": {"epochs": 1}, "attack": default_attack,
+            "budget": 0.02, "attack_params": {"iterations": 1, "restarts": 1}}
+    return DefendSpec(**{**base, **given})

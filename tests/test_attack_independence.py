@@ -15,9 +15,7 @@ from poisonbench.errors import PoisonbenchError
 from poisonbench.runner import DefendSpec, defend, run_config
 from poisonbench.scenarios import scenario_for
 
-from .conftest import write_npz
-
-GM_FAST = {"iterations": 1, "restarts": 1}
+from .conftest import targeted_spec, write_npz
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +25,8 @@ def tiny(tmp_path_factory):
     return str(path), load_dataset(str(path))
 
 
-def spec_of(path: str, **given) -> DefendSpec:
-    base = {"dataset": path, "recipe": "quick", "recipe_overrides": {"epochs": 1}, "attack": "gm", "budget": 0.02,
-            "attack_params": dict(GM_FAST)}
-    return DefendSpec(**{**base, **given})
+def spec_of(path: str, **given):
+    return targeted_spec(path, "gm", **given)
 
 
 def capture_inits(monkeypatch) -> dict[str, list]:
@@ -178,7 +174,7 @@ def test_crafting_augmentation_follows_the_victims_and_is_recorded(tiny):
         spec = spec_of(path, recipe_overrides={"epochs": 1, "augment": augment})
         params[augment] = scenario_for(spec).plan(spec, data, 0).spec.params
     assert params["none"]["augment"] is False and params["shift"]["augment"] is True
-    forced = spec_of(path, attack_params={**GM_FAST, "augment": True})
+    forced = spec_of(path, attack_params={"iterations": 1, "restarts": 1, "augment": True})
     assert scenario_for(forced).plan(forced, data, 0).spec.params["augment"] is True  # overridable
 
 

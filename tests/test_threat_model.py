@@ -20,9 +20,7 @@ from poisonbench.pretrained import extractor_spec, load_or_train_extractor
 from poisonbench.runner import DefendSpec, defend, run_config
 from poisonbench.scenarios import scenario_for
 
-from .conftest import write_npz
-
-BP_FAST = {"iterations": 1, "restarts": 1}
+from .conftest import targeted_spec, write_npz
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +30,8 @@ def tiny(tmp_path_factory):
     return str(path), load_dataset(str(path))
 
 
-def spec_of(path: str, **given) -> DefendSpec:
-    base = {"dataset": path, "recipe": "quick", "recipe_overrides": {"epochs": 1}, "attack": "bp", "budget": 0.02,
-            "attack_params": dict(BP_FAST)}
-    return DefendSpec(**{**base, **given})
+def spec_of(path: str, **given):
+    return targeted_spec(path, "bp", **given)
 
 
 def plan_of(spec: DefendSpec, data):
