@@ -1,5 +1,6 @@
-"""k/n attack success and test accuracy per (attack, scenario, method, ε, budget) from the targeted records of a
-workspace: the search table of experiments/targeted_cpu.md.
+"""k/n attack success (with its Wilson 95 % interval) and test accuracy per (attack, scenario, method, ε, budget,
+threat, bases, ensemble) from the targeted records of a workspace: the search tables of experiments/targeted_cpu.md
+and experiments/targeted_forest.md.
 
     python experiments/targeted_summary.py RESULTS [--format md|json]
 """
@@ -13,6 +14,28 @@ from collections import defaultdict
 from pathlib import Path
 
 
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """The report's own Wilson 95 % interval of k successes in n (poisonbench.tables)."""
+    from poisonbench.tables.stats import wilson
+
+    return wilson(k, n)
+
+
+def crafting_loss(results: Path, poison_id: str | None) -> float | None:
+    """The best restart's final crafting loss of the run's PoisonSet (forest's brews: GM's 1 − cos of the matched
+    gradients, BP's / FC's feature-space objective), from its manifest; None where there is none."""
+    manifest = results / "poisons" / str(poison_id) / "manifest.json"
+    if not poison_id or not manifest.is_file():
+        return None
+    losses = (json.loads(manifest.read_text()).get("attack_info") or {}).get("restart_losses")
+    return min(losses) if losses else None
+
+
+def mean_or_blank(values: list) -> float | str:
+    known = [v for v in values if v is not None]
+    return round(statistics.mean(known), 3) if known else ""
+
+
 def rows(results: Path) -> list[dict]:
     cells = defaultdict(list)
     for path in sorted((results / "runs").glob("*.json")):
@@ -24,17 +47,22 @@ def rows(results: Path) -> list[dict]:
         params = p.get("params") or {}
         key = (c["dataset"], p["attack"], c.get("scenario"), c["defense"]["method"], round(255 * p["eps"], 2),
                p["ratio"], params.get("impl", ""), params.get("restarts", ""), c["recipe"]["name"],
-               c["recipe"]["epochs"])
+               c["recipe"]["epochs"], c.get("threat") or "", params.get("bases") or "", params.get("ensemble") or "")
         cells[key].append((bool(m["attack_success"]), m["test_acc"], m.get("target_intended_prob"),
-                           r["cost"].get("seconds")))
+                           crafting_loss(results, p.get("poison_id")), r["cost"].get("seconds")))
     out = []
     for key, runs in sorted(cells.items()):
-        dataset, attack, scenario, method, eps255, ratio, impl, restarts, recipe, epochs = key
-        out.append({"dataset": dataset, "attack": attack, "impl": impl, "scenario": scenario, "method": method,
-                    "eps": f"{eps255:g}/255", "budget": f"{100 * ratio:.2g} %", "restarts": restarts,
-                    "recipe": f"{recipe} {epochs} ep", "success": f"{sum(s for s, *_ in runs)}/{len(runs)}",
+        dataset, attack, scenario, method, eps255, ratio, impl, restarts, recipe, epochs, threat, bases, ensemble = key
+        wins = sum(s for s, *_ in runs)
+        low, high = wilson_interval(wins, len(runs))
+        out.append({"dataset": dataset, "attack": attack, "impl": impl, "scenario": scenario, "threat": threat,
+                    "method": method, "eps": f"{eps255:g}/255", "budget": f"{100 * ratio:.2g} %",
+                    "bases": bases, "ensemble": ensemble, "restarts": restarts,
+                    "recipe": f"{recipe} {epochs} ep", "success": f"{wins}/{len(runs)}",
+                    "wilson95": f"{100 * low:.0f}–{100 * high:.0f} %",
                     "test_acc": round(100 * statistics.mean(a for _, a, *_ in runs), 2),
-                    "mean_intended_prob": round(statistics.mean(p or 0 for *_, p, _ in runs), 3),
+                    "mean_intended_prob": round(statistics.mean(p or 0 for *_, p, _, _ in runs), 3),
+                    "crafting_loss": mean_or_blank([loss for *_, loss, _ in runs]),
                     "seconds_per_run": round(statistics.mean(s or 0 for *_, s in runs), 1)})
     return out
 
