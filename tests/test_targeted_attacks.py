@@ -213,6 +213,36 @@ def test_adam_equals_torch_adam():
     torch.testing.assert_close(ours, p.detach(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("family, model_std, forest_std", [
+    ("mnist", (1.0,), (0.30810782313346863,)),
+    ("cifar10", (0.2023, 0.1994, 0.2010), (0.24703224003314972, 0.24348513782024384, 0.26158785820007324))])
+def test_the_brew_steps_in_forests_normalised_space(family, model_std, forest_std, one_thread):
+    """Forest's δ and lr live in its normalised space with its own σ (GM:forest/consts.py), so its first signed-Adam
+    step moves each pixel by lr·σ_forest, whatever our model normalises with (σ 1 on the MNIST family, where the
+    step used to be 3.25× forest's); `lr_space` model keeps the old step, lr·σ_model."""
+    torch.manual_seed(0)
+    channels = len(model_std)
+    x = 0.4 + 0.2 * torch.rand(4, channels, 6, 6)  # with ε 0.2, x + δ never leaves [0, 1]
+    weight = torch.randn(1, channels, 6, 6)
+    ctx = AttackContext(SimpleNamespace(family=family, std=model_std, name="t"), torch.arange(4), 0.2, 0.01, 3,
+                        torch.device("cpu"))
+
+    def objective(inputs, start, stop):
+        return (inputs * weight).sum()
+
+    start = Brew(0, 1, 0.01, 512, False).restart(ctx, "gm", x, objective, 0)[0]  # the restart's randn init
+    inside = start.abs() < 0.2 - 0.0101  # pixels the ε-ball's clipping cannot reach in one step
+
+    def moved(lr_space):
+        return (Brew(1, 1, 10.0, 512, False, lr_space).restart(ctx, "gm", x, objective, 0)[0] - start).abs()
+
+    assert inside.float().mean() > 0.5
+    lr = 10.0 * lr_factor(0, milestones(1))  # a 1-iteration brew has all three decays at step 0
+    for lr_space, std in {"forest": forest_std, "model": model_std}.items():
+        expected = (lr * torch.tensor(std)).view(1, -1, 1, 1).expand_as(x)
+        torch.testing.assert_close(moved(lr_space)[inside], expected[inside], rtol=1e-3, atol=0)
+
+
 def test_forest_step_schedule():
     assert milestones(250) == (93, 156, 218)
     factors = [lr_factor(i, milestones(250)) for i in (0, 92, 93, 155, 156, 217, 218, 249)]

@@ -8,10 +8,13 @@ with the learning rate ×0.1 at iterations T//2.667, T//1.6 and T//1.142 (93, 15
 once per iteration), and δ is projected onto the ε-ball and the pixel box [0, 1]. The restart whose final loss (the
 mean over the batches of its last iteration, as forest records it) is lowest is kept.
 
-Units: forest's δ and learning rate live in its normalised space, x/σ_c. Signed gradients are the same in both
+Units: forest's δ and learning rate live in its normalised space, x/σ_c, with forest's own σ for the dataset
+family (GM:forest/consts.py: MNIST 0.3081, CIFAR-10 0.2470/0.2435/0.2616). Signed gradients are the same in both
 spaces (σ_c > 0), so Adam's state is too, and forest's step of `lr` normalised units is `lr·σ_c` pixels: we step
-δ (pixels) by `lr·σ_c` with σ the dataset's std, the one the model normalises with. Exactly forest's brew in our
-units, up to float rounding.
+δ (pixels) by `lr·σ_c` with forest's σ (`lr_space` forest, the default), exactly forest's brew in our units up to
+float rounding (experiments/forest_differential.md). `lr_space` model takes σ from our model's normalisation
+instead, as poisonbench did before issue 54: 1 on the MNIST family (HINT's models see raw pixels), so each step was
+3.25× forest's; HINT's 0.2023/0.1994/0.2010 on CIFAR-10, 0.82× forest's.
 
 Resume: each finished restart's δ and final loss go to `ctx.partial_dir` (one safetensors file per restart, written
 atomically); a killed craft resumes from the finished restarts. Every restart draws from a generator seeded by
@@ -76,6 +79,19 @@ def channel_std(dataset, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(dataset.std, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
 
 
+LR_SPACES = ("forest", "model")
+
+
+def step_std(dataset, like: torch.Tensor, lr_space: str) -> torch.Tensor:
+    """The σ_c (1×C×1×1) that turns the brew's normalised step into pixels: forest's for the dataset's family
+    (`lr_space` forest) or our model's own normalisation (`model`)."""
+    if lr_space == "model":
+        return channel_std(dataset, like)
+    from ..data.catalog import FOREST_STD
+
+    return torch.tensor(FOREST_STD[dataset.family], dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+
 def poison_tensors(ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(poisons' clean images, their labels, the target image 1×C×H×W), on the device, pixels in [0, 1]."""
     from ..device import to_float
@@ -122,6 +138,7 @@ class Brew:
     lr: float
     pbatch: int
     augment: bool
+    lr_space: str = "forest"
 
     def run(self, ctx: AttackContext, name: str, x: torch.Tensor, objective: Objective) -> tuple[torch.Tensor, dict]:
         """(δ of the best restart on the CPU, info: every restart's final loss, the best, how many were resumed)."""
@@ -149,7 +166,7 @@ class Brew:
         g = torch.Generator().manual_seed(derived_seed(ctx.seed, f"{name}:restart-{restart}"))
         eps = ctx.eps
         delta = (torch.randn(x.shape, generator=g) * eps).clamp_(-eps, eps).to(x.device)
-        sigma = channel_std(ctx.dataset, x)
+        sigma = step_std(ctx.dataset, x, self.lr_space)
         augment = crafting_augment(ctx.dataset.family, x.shape[-1]) if self.augment else None
         steps, adam = milestones(self.iterations), Adam(delta)
         grad = torch.empty_like(delta)
@@ -174,21 +191,27 @@ class Brew:
         return delta.cpu(), loss
 
 
-FOREST_DEFAULTS = {"iterations": 250, "restarts": 8, "lr": 0.1, "pbatch": 512, "augment": True}
+FOREST_DEFAULTS = {"iterations": 250, "restarts": 8, "lr": 0.1, "pbatch": 512, "augment": True,
+                   "lr_space": "forest"}
 BREW_SOURCES = {"iterations": "forest --attackiter 250", "restarts": "forest --restarts 8",
                 "lr": "forest --tau 0.1 (signAdam; normalised units, δ steps lr·σ_c pixels)",
                 "pbatch": "forest --pbatch 512",
+                "lr_space": "forest: δ and its step live in forest's normalised space (GM:forest/consts.py σ; "
+                            "kettle.py `ds`); model: poisonbench before issue 54",
                 "augment": "forest --paugment; its crafting transform is the victim's (kettle.py); unset: ours follows "
                            "the victim's recipe (issue 54)"}
 BREW_HELP = {"iterations": "Optimisation steps (per restart).",
              "restarts": "Restarts from a random δ; the lowest final loss is kept.",
              "lr": "Learning rate (forest: signed Adam in normalised units, δ steps lr·σ_c pixels).",
              "pbatch": "Poisons per objective batch (gradients of all batches make one step).",
+             "lr_space": "The space --lr is in: forest (forest's normalised space, its σ per dataset family: a step "
+                         "is lr·σ pixels, as forest's) or model (our model's own normalisation: σ 1 on the MNIST "
+                         "family, 3.25× forest's step; poisonbench before issue 54).",
              "augment": "Forest's differentiable augmentation while crafting (no flips for the MNIST family); unset: "
                         "on when the surrogate's recipe (the victim's, under defend) augments."}
 BREW_BOUNDS = {"iterations": {"minimum": 1}, "restarts": {"minimum": 1}, "lr": {"positive": True},
-               "pbatch": {"minimum": 1}, "augment": {}}
-BREW_TYPES = {"iterations": int, "restarts": int, "lr": float, "pbatch": int, "augment": bool}
+               "pbatch": {"minimum": 1}, "augment": {}, "lr_space": {"choices": LR_SPACES}}
+BREW_TYPES = {"iterations": int, "restarts": int, "lr": float, "pbatch": int, "augment": bool, "lr_space": str}
 FOLLOWS_RECIPE = {"augment"}  # unset by default: resolved from the surrogate's recipe (TargetedAttack.settle_surrogate)
 
 
@@ -250,4 +273,4 @@ class ForestOrToxic(TargetedAttack):
 
     def brew(self) -> Brew:
         p = self.params
-        return Brew(p["iterations"], p["restarts"], p["lr"], p["pbatch"], p["augment"])
+        return Brew(p["iterations"], p["restarts"], p["lr"], p["pbatch"], p["augment"], p["lr_space"])

@@ -7,8 +7,8 @@ target, and the poison batch's, ∇θ mean CE(f(aug(x+δ)), y), built with `crea
 differentiated with respect to δ (double backprop). The surrogate stays in eval mode (BatchNorm frozen, as forest's
 `victim.eval()` during brewing); its parameters are frozen by `ctx.surrogate()`, so the gradients are taken on a
 private copy whose parameters require grad. δ is optimised by forest's brew (`forest.Brew`: signed Adam, lr 0.1
-in forest's normalised units = 0.1·σ_c pixels, ×0.1 at 3/8, 5/8 and 7/8 of 250 iterations, 8 restarts, randn
-init, differentiable augmentation), batched over all poisons of a batch (`pbatch` 512).
+in forest's normalised units = 0.1·σ_c pixels with forest's σ, ×0.1 at 3/8, 5/8 and 7/8 of 250 iterations, 8
+restarts, randn init, differentiable augmentation), batched over all poisons of a batch (`pbatch` 512).
 
 Ensembles (`ensemble N`, forest's `--ensemble`; scratch only): N surrogates trained alike with their own attacker
 seeds (member 0 is the single surrogate, poisonbench.attacks.surrogate). Forest evaluates the closure on each model
@@ -131,7 +131,8 @@ class GM(TargetedAttack):
         def objective(inputs: torch.Tensor, start: int, stop: int) -> torch.Tensor:
             return matching.loss(inputs, y[start:stop])
 
-        brew = Brew(p["iterations"], p["restarts"], p["lr"] / p["ensemble"], p["pbatch"], p["augment"])
+        brew = Brew(p["iterations"], p["restarts"], p["lr"] / p["ensemble"], p["pbatch"], p["augment"],
+                    p["lr_space"])
         delta, self.training_summary = brew.run(ctx, self.name, x, objective)
         if self.member_info:
             self.training_summary["ensemble_info"] = self.member_info

@@ -13,6 +13,12 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 MNIST_MEAN_STD = ((0.0,), (1.0,))  # official HINT MNIST code feeds raw [0,1] pixels (reference/defenses.md §0)
 CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # HINT:train_utils.py CIFAR loaders
+# forest's normalisation per family (GM:forest/consts.py; its kettle's `dm`, `ds`): the space forest's brew steps in
+# and forest's files hold δ in, whatever our models normalise with
+FOREST_MEAN = {"cifar10": (0.4914672374725342, 0.4822617471218109, 0.4467701315879822),
+               "mnist": (0.13066373765468597,)}
+FOREST_STD = {"cifar10": (0.24703224003314972, 0.24348513782024384, 0.26158785820007324),
+              "mnist": (0.30810782313346863,)}
 
 for _spec in (
     DatasetSpec("mnist", "MNIST digits via torchvision (official 60k train / 10k test)", "mnist", 10,

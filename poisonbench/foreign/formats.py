@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.catalog import FOREST_MEAN, FOREST_STD  # forest's normalisation (GM:forest/consts.py), per family
 from ..errors import PoisonbenchError
 from ..hashing import sha256_file
 from .unpickle import PickledImage, load_pickle, load_torch_or_pickle
@@ -20,11 +21,6 @@ DEFAULT_LABEL = {"forest": "gm", "toxic": "bp", "npz": "imported"}  # the Table 
 TRANSFER_LABELS = ("bp", "fc")  # paper §VI-A2: BP and FC are evaluated in transfer learning, the others from scratch
 TOXIC_FILES = ("poisons.pickle", "base_indices.pickle", "target.pickle")
 PICKLE_SUFFIXES = (".pkl", ".pickle")  # a forest export with one of these is a plain pickle (HINT's `pickle.load`)
-# forest's normalisation (GM:forest/consts.py), per dataset family
-FOREST_MEAN = {"cifar10": (0.4914672374725342, 0.4822617471218109, 0.4467701315879822),
-               "mnist": (0.13066373765468597,)}
-FOREST_STD = {"cifar10": (0.24703224003314972, 0.24348513782024384, 0.26158785820007324),
-              "mnist": (0.30810782313346863,)}
 BOX_TOLERANCE = 1e-4  # float noise of forest's box constraint in normalised space; clipped, larger is refused
 TARGET_TOLERANCE = 1.0 / 255 + 1e-4  # a target image written through PIL (ToPILImage truncates) vs the test image
 
