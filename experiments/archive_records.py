@@ -38,18 +38,42 @@ from poisonbench.io import atomic_write_bytes
 from poisonbench.records import RunStore
 
 
-def archive(source: str, dest: str, dataset: str | None = None, clean_only: bool = False) -> dict:
-    """Copy `source`'s complete records (of `dataset`; with `clean_only`, of runs that trained on no poisons) to
-    `dest`: run ids under "copied", "present" and "conflict", and "skipped_note" (the source files skipped, or
-    None)."""
+def grid_run_ids(grid: str, results: str) -> set[str]:
+    """The run ids of a grid's runs (`poisonbench sweep plan GRID --json`)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "poisonbench.cli.main", "sweep", "plan", grid, "--results", results, "--json"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return {step["key"] for step in json.loads(out)["steps"] if step["kind"] == "run"}
+
+
+def copy_manifests(source: str, dest: str, records: list[dict]) -> int:
+    """Copy the PoisonSet manifests (not the tensors) the `records` trained on: what a craft cost and its loss."""
+    copied = 0
+    for pid in sorted({(r["config"].get("poison") or {}).get("poison_id") for r in records} - {None}):
+        src, dst = Path(source) / "poisons" / pid / "manifest.json", Path(dest) / "poisons" / pid / "manifest.json"
+        if src.is_file() and not dst.exists():
+            atomic_write_bytes(dst, src.read_bytes())
+            copied += 1
+    return copied
+
+
+def archive(source: str, dest: str, dataset: str | None = None, clean_only: bool = False,
+            only: set[str] | None = None) -> dict:
+    """Copy `source`'s complete records (of `dataset`; with `clean_only`, of runs that trained on no poisons; with
+    `only`, of those run ids) to `dest`: run ids under "copied", "present" and "conflict", "records" (the matching
+    source records) and "skipped_note" (the source files skipped, or None)."""
     src, dst = RunStore(source), RunStore(dest)
-    done: dict = {"copied": [], "present": [], "conflict": []}
+    done: dict = {"copied": [], "present": [], "conflict": [], "records": []}
     for record in src.all():
         if dataset and record["config"]["dataset"] != dataset:
+            continue
+        if only is not None and record["run_id"] not in only:
             continue
         if clean_only and record["config"].get("poison") is not None:
             continue
         rid = record["run_id"]
+        done["records"].append(record)
         there = dst.get(rid)
         if there is None and not dst.path(rid).exists():
             dst.put(record)
@@ -105,10 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints", action="store_true",
                     help="also copy unfinished runs' epoch checkpoints (partial/runs/), so they resume elsewhere")
     ap.add_argument("--max-mb", type=float, default=20.0, help="with --checkpoints: largest checkpoint to copy (MB)")
+    ap.add_argument("--grid", default=None,
+                    help="only the records of this grid's runs, with the manifests of their PoisonSets")
     args = ap.parse_args(argv)
-    done = archive(args.source, args.dest, args.dataset, args.clean_only)
+    only = grid_run_ids(args.grid, args.source) if args.grid else None
+    done = archive(args.source, args.dest, args.dataset, args.clean_only, only)
     print(f"copied {len(done['copied'])}, already there {len(done['present'])}, "
           f"different there (left alone) {len(done['conflict'])}")
+    if args.grid:
+        print(f"PoisonSet manifests copied: {copy_manifests(args.source, args.dest, done['records'])}")
     for rid in done["conflict"]:
         print(f"  conflict: {rid}", file=sys.stderr)
     skipped = done["skipped_note"]

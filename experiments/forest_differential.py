@@ -24,6 +24,7 @@ R: the workspace of experiments/grids/targeted_forest_final.toml (its GM PoisonS
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -47,22 +48,34 @@ from poisonbench.poisons.store import load as load_poison_set
 ITERATIONS = 250
 
 
-def find_runs(results: Path, attack: str = "gm", method: str = "none") -> dict[int, dict]:
-    """{trial: record} of the `method` runs on `attack` PoisonSets in the workspace."""
+def none_runs(results: Path) -> dict[str, dict]:
+    """{poison id: record} of the `none` runs on targeted PoisonSets in the workspace."""
     out = {}
     for path in sorted((results / "runs").glob("*.json")):
         record = json.loads(path.read_text())
-        config = record["config"]
-        poison = config.get("poison") or {}
-        if config["defense"]["method"] == method and poison.get("attack") == attack:
-            out[config["trial"]] = record
+        poison = record["config"].get("poison") or {}
+        if record["config"]["defense"]["method"] == "none" and poison.get("poison_id"):
+            out[poison["poison_id"]] = record
     return out
 
 
-def our_setting(results: Path, dataset, trial: int) -> tuple[AttackContext, object, dict]:
-    """(the context our craft of `trial` ran in, with its surrogate; the attack; its record), from our PoisonSet."""
-    record = find_runs(results)[trial]
-    poison_set = load_poison_set(results, record["config"]["poison"]["poison_id"], dataset)
+FINAL_CELLS = {"gm": (32 / 255, 0.04), "bp": (32 / 255, 0.01), "fc": (32 / 255, 0.01)}  # the final grid's
+
+
+def our_poison_set(results: Path, trial: int, attack: str = "gm") -> str:
+    """The id of our PoisonSet of the final grid's `attack` cell for `trial` (its craft seed is the trial's)."""
+    eps, budget = FINAL_CELLS[attack]
+    for path in sorted((results / "poisons").glob("*/manifest.json")):
+        m = json.loads(path.read_text())
+        if (m["attack"], m["seed"], m["budget"], m["params"].get("bases"), m["params"].get("ensemble", 1)) == (
+                attack, trial, budget, "random", 1) and abs(m["eps"] - eps) < 1e-9:
+            return m["poison_id"]
+    raise SystemExit(f"no {attack} PoisonSet of trial {trial} under {results}/poisons: run the final grid first")
+
+
+def our_setting(results: Path, dataset, trial: int, attack: str = "gm") -> tuple[AttackContext, object]:
+    """(the context our craft of `trial` ran in, with its surrogate; the attack), from our PoisonSet."""
+    poison_set = load_poison_set(results, our_poison_set(results, trial, attack), dataset)
     manifest = poison_set.manifest
     attack = ATTACKS.get(manifest["attack"])(dataset.family, **manifest["params"])
     target = manifest["target"]
@@ -71,7 +84,7 @@ def our_setting(results: Path, dataset, trial: int) -> tuple[AttackContext, obje
                         target=Target(target["index"], target["true_class"], target["intended_class"]),
                         loader=attack.load_surrogate)
     ctx.surrogate()
-    return ctx, attack, record
+    return ctx, attack
 
 
 class ForestBody(nn.Module):
@@ -106,13 +119,16 @@ def forest_modules(forest_dir: Path):
     from forest.data.diff_data_augmentation import RandomTransform
     from forest.data.kettle import Kettle
     from forest.victims.victim_single import _VictimSingle
+    from forest.witchcoven.witch_bullseye import WitchBullsEye
     from forest.witchcoven.witch_matching import WitchGradientMatching
+    from forest.witchcoven.witch_poison_frogs import WitchFrogs
 
     return SimpleNamespace(options=forest.options, RandomTransform=RandomTransform, Kettle=Kettle,
-                           Victim=_VictimSingle, Witch=WitchGradientMatching)
+                           Victim=_VictimSingle, witches={"gm": WitchGradientMatching, "bp": WitchBullsEye,
+                                                          "fc": WitchFrogs})
 
 
-def forest_run(fm, ctx: AttackContext, restarts: int, augment: str, draws=None, init=None):
+def forest_run(fm, ctx: AttackContext, restarts: int, augment: str, draws=None, init=None, attack: str = "gm"):
     """Forest's brew (`_Witch._brew`) on our surrogate and our poisons. Returns (δ in pixels, per-step losses of
     the last restart, final loss). `augment`: off | forest (its MNIST RandomTransform, flips included, global RNG)
     | same-draws-black | same-draws-forest-pad (our draws, no flips; black or forest's padding)."""
@@ -126,11 +142,10 @@ def forest_run(fm, ctx: AttackContext, restarts: int, augment: str, draws=None, 
         argv.append("--paugment")  # forest's flag switches its crafting augmentation off
     args = fm.options().parse_args(argv)
     setup = dict(device=torch.device("cpu"), dtype=torch.float)
-    witch = fm.Witch(args, setup=setup)
+    witch = fm.witches[attack](args, setup=setup)
 
     victim = fm.Victim.__new__(fm.Victim)  # forest's single-model victim around our surrogate, not built by forest
-    model = ForestView(ctx.surrogate(), mean, std)
-    model.requires_grad_(True)
+    model = ForestView(copy.deepcopy(ctx.surrogate()), mean, std).requires_grad_(True)
     victim.args, victim.model, victim.criterion = args, model, nn.CrossEntropyLoss()
     victim.optimizer = victim.scheduler = victim.defs = None
 
@@ -194,117 +209,157 @@ class _Trainset:
         return self.image, 0
 
 
-def our_run(ctx: AttackContext, attack, augment: bool) -> tuple[torch.Tensor, list[float], float, list]:
-    """One restart of our brew (restart 0 of our craft): (δ, per-step losses, final loss, the augmentation draws)."""
+def our_run(ctx: AttackContext, attack, augment: bool, jitter: float = 0.0):
+    """One restart of our brew (restart 0 of our craft): (δ, per-step losses, final loss, the augmentation draws,
+    the objective's gradient at the final δ). `jitter`: the clean images moved by ±jitter (a float-noise floor)."""
     p = attack.params
     x, y, target = poison_tensors(ctx)
-    matching = GradientMatching(ctx.surrogate(), target, ctx.target.intended_class)
+    if jitter:
+        x = (x + jitter * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).sign()).clamp(0, 1)
+    if attack.name == "gm":
+        matching = GradientMatching(ctx.surrogate(), target, ctx.target.intended_class)
+        loss_of = matching.loss
+    else:  # forest's bullseye and poison-frogs objectives, as our bp.py and fc.py define them
+        from poisonbench.attacks.bp import bullseye_loss
+        from poisonbench.attacks.fc import poison_frogs_loss
+
+        model = ctx.surrogate()
+        with torch.no_grad():
+            target_features = model.features(target)
+        feature_loss = bullseye_loss if attack.name == "bp" else poison_frogs_loss
+
+        def loss_of(inputs, labels):
+            return feature_loss(model.features(inputs), target_features)
     losses = []
 
     def objective(inputs, start, stop):
-        loss = matching.loss(inputs, y[start:stop])
+        loss = loss_of(inputs, y[start:stop])
         losses.append(float(loss.detach()))
         return loss
 
     brew = Brew(ITERATIONS, 1, p["lr"], p["pbatch"], augment, p["lr_space"])
-    delta, loss = brew.restart(ctx, "gm", x, objective, 0)
-    return delta, losses, loss, draws_of(ctx, x, augment)
+    delta, loss = brew.restart(ctx, attack.name, x, objective, 0)
+    rows = delta.detach().clone().requires_grad_(True)
+    (final_grad,) = torch.autograd.grad(loss_of(x + rows, y), rows)  # un-augmented: where the objective is flat
+    return delta, losses, loss, draws_of(ctx, x, augment, attack.name), final_grad
 
 
-def draws_of(ctx: AttackContext, x: torch.Tensor, augment: bool) -> list:
+def draws_of(ctx: AttackContext, x: torch.Tensor, augment: bool, name: str = "gm") -> list:
     """The augmentation draws our restart 0 made (the same generator, after the δ init)."""
     if not augment:
         return []
-    g = torch.Generator().manual_seed(derived_seed(ctx.seed, "gm:restart-0"))
+    g = torch.Generator().manual_seed(derived_seed(ctx.seed, f"{name}:restart-0"))
     torch.randn(x.shape, generator=g)
     aug = crafting_augment(ctx.dataset.family, x.shape[-1])
     return [aug.draw(len(x), g) for _ in range(ITERATIONS)]
 
 
-def initial_delta(ctx: AttackContext, x: torch.Tensor) -> torch.Tensor:
-    g = torch.Generator().manual_seed(derived_seed(ctx.seed, "gm:restart-0"))
+def initial_delta(ctx: AttackContext, x: torch.Tensor, name: str = "gm") -> torch.Tensor:
+    g = torch.Generator().manual_seed(derived_seed(ctx.seed, f"{name}:restart-0"))
     return (torch.randn(x.shape, generator=g) * ctx.eps).clamp_(-ctx.eps, ctx.eps)
 
 
-def compare(ours: list[float], theirs: list[float], d_ours: torch.Tensor, d_theirs: torch.Tensor) -> dict:
+def compare(ours: list[float], theirs: list[float], d_ours: torch.Tensor, d_theirs: torch.Tensor,
+            grad: torch.Tensor) -> dict:
     diffs = [abs(a - b) for a, b in zip(ours, theirs, strict=True)]
     first = next((i for i, d in enumerate(diffs) if d > 1e-4), None)
     dd = (d_ours - d_theirs).abs()
+    differ = dd > 1 / 255
+    g = grad.abs() / grad.abs().max()
     return {"max_abs_loss_difference": max(diffs), "first_step_loss_differs_1e-4": first,
             "loss_difference_at": {str(i): diffs[i] for i in (0, 1, 9, 49, 92, 93, 155, 217, ITERATIONS - 1)},
             "final_loss": [ours[-1], theirs[-1]],
             "delta_max_abs_difference": float(dd.max()),
             "delta_share_differing_1e-6": float((dd > 1e-6).float().mean()),
-            "delta_share_differing_1/255": float((dd > 1 / 255).float().mean()),
+            "delta_share_differing_1/255": float(differ.float().mean()),
+            # |∂loss/∂δ| at our final δ (relative to its largest entry): where the two δ differ vs everywhere
+            "relative_gradient_median_where_differing": float(g[differ].median()) if differ.any() else None,
+            "relative_gradient_median_everywhere": float(g.median()),
             "loss_every_25": {str(i): [ours[i], theirs[i]] for i in range(0, ITERATIONS, 25)}}
 
 
 def steps_command(args, fm, dataset) -> dict:
-    ctx, attack, _ = our_setting(args.results, dataset, args.trial)
+    ctx, attack = our_setting(args.results, dataset, args.trial, args.attack)
     x, _, _ = poison_tensors(ctx)
-    init = initial_delta(ctx, x)
-    out = {"trial": args.trial, "target": ctx.target.to_dict(), "poisons": len(x), "eps": ctx.eps,
-           "params": attack.params, "variants": {}}
+    init = initial_delta(ctx, x, args.attack)
+    out = {"attack": args.attack, "trial": args.trial, "target": ctx.target.to_dict(), "poisons": len(x),
+           "eps": ctx.eps, "params": attack.params, "variants": {}}
     for variant in args.variants:
         augment = variant != "off"
         start = time.perf_counter()
-        d_ours, l_ours, _, draws = our_run(ctx, attack, augment)
+        d_ours, l_ours, _, draws, grad = our_run(ctx, attack, augment)
         t_ours = time.perf_counter() - start
         start = time.perf_counter()
-        d_forest, l_forest, _ = forest_run(fm, ctx, 1, variant, draws=draws or None, init=init)
+        d_forest, l_forest, _ = forest_run(fm, ctx, 1, variant, draws=draws or None, init=init,
+                                           attack=args.attack)
         t_forest = time.perf_counter() - start
-        result = compare(l_ours, l_forest, d_ours, d_forest)
+        result = compare(l_ours, l_forest, d_ours, d_forest, grad)
         result["seconds"] = {"ours": round(t_ours, 1), "forest": round(t_forest, 1)}
+        if args.noise_floor:  # ours against ours on images moved by 1e-7: what float rounding alone does
+            d_jit, l_jit, *_ = our_run(ctx, attack, augment, jitter=1e-7)
+            result["noise_floor"] = {k: v for k, v in compare(l_ours, l_jit, d_ours, d_jit, grad).items()
+                                     if k != "loss_every_25"}
         out["variants"][variant] = result
         print(variant, json.dumps({k: v for k, v in result.items() if k != "loss_every_25"}), flush=True)
     return out
 
 
 def run_cli(*argv: str) -> dict:
-    done = subprocess.run(["poisonbench", *argv, "--json"], capture_output=True, text=True)
+    command = [sys.executable, "-m", "poisonbench.cli.main", *argv, "--json"]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"poisonbench {' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()[-400:]}")
     return json.loads(done.stdout)
 
 
 def success_command(args, fm, dataset) -> dict:
+    """Forest's poisons for trials 0..N-1 (resumable: a trial's forest file, once written, is kept) trained by our
+    victim; our `none` run of each trial beside them (pending until the final grid has run it)."""
     out = {"trials": {}}
-    ours_by_trial = find_runs(args.results)
+    ours_by_poison = none_runs(args.results)
     work = args.results / "forest_differential"
     work.mkdir(exist_ok=True)
+    std = torch.tensor(FOREST_STD[dataset.family]).view(1, -1, 1, 1)
+    name = args.attack
+    prefix = "forest" if name == "gm" else f"forest-{name}"  # GM's files kept their first name
     for trial in range(args.trials):
-        ctx, attack, record = our_setting(args.results, dataset, trial)
-        torch.manual_seed(derived_seed(ctx.seed, "forest-differential"))
-        start = time.perf_counter()
-        delta, _, loss = forest_run(fm, ctx, attack.params["restarts"], "forest")
-        seconds = time.perf_counter() - start
-        file = work / f"forest-trial{trial}.pt"
-        source_ids = torch.as_tensor(dataset.train.indices)[ctx.indices]
-        std = torch.tensor(FOREST_STD[dataset.family]).view(1, -1, 1, 1)
-        torch.save([delta / std, source_ids], file)  # forest's `--save packed`: [poison_delta, poison_ids]
-        imported = run_cli("poisons", "import", str(file), "--format", "forest", "--attack", "gm-forest",
-                           "--victim", "scratch", "--target", str(ctx.target.index), "--intended",
+        ctx, attack = our_setting(args.results, dataset, trial, name)
+        file, info_file = work / f"{prefix}-trial{trial}.pt", work / f"{prefix}-trial{trial}.json"
+        if not info_file.exists():
+            torch.manual_seed(derived_seed(ctx.seed, "forest-differential"))
+            start = time.perf_counter()
+            delta, _, loss = forest_run(fm, ctx, attack.params["restarts"], "forest", attack=name)
+            source_ids = torch.as_tensor(dataset.train.indices)[ctx.indices]
+            torch.save([delta / std, source_ids], file)  # forest's `--save packed`: [poison_delta, poison_ids]
+            info_file.write_text(json.dumps({"forest_loss": loss,
+                                             "forest_craft_seconds": round(time.perf_counter() - start, 1)}))
+        info = json.loads(info_file.read_text())
+        imported = run_cli("poisons", "import", str(file), "--format", "forest", "--attack", f"{name}-forest",
+                           "--victim", attack.params["scenario"], "--target", str(ctx.target.index), "--intended",
                            str(ctx.target.intended_class), "--dataset", dataset.name, "--results", str(args.results))
-        pid = imported["poison_id"]
-        recipe = record["config"]["recipe"]["name"]
-        trained = run_cli("defend", "--method", "none", "--poison-set", pid, "--trial", str(trial), "--recipe",
-                          recipe, "--dataset", dataset.name, "--results", str(args.results))
-        forest_record = trained["records"][0] if "records" in trained else trained
-        mine = ours_by_trial[trial]["metrics"]
-        theirs = forest_record["metrics"]
-        out["trials"][str(trial)] = {
-            "target": ctx.target.to_dict(), "forest_poison_id": pid, "forest_craft_seconds": round(seconds, 1),
-            "forest_loss": loss, "ours_loss": min(json.loads((args.results / "poisons" / record["config"]["poison"]
-                                                              ["poison_id"] / "manifest.json").read_text())
-                                                  ["attack_info"]["restart_losses"]),
-            "ours": {k: mine.get(k) for k in ("attack_success", "target_intended_prob", "test_acc")},
-            "forest": {k: theirs.get(k) for k in ("attack_success", "target_intended_prob", "test_acc")},
-            "victim_seed": [ours_by_trial[trial]["config"]["seed"], forest_record["config"]["seed"]]}
-        print(trial, json.dumps(out["trials"][str(trial)]), flush=True)
-    cells = out["trials"].values()
-    out["ours_success"] = sum(bool(c["ours"]["attack_success"]) for c in cells)
+        trained = run_cli("defend", "--method", "none", "--poison-set", imported["poison_id"], "--trial",
+                          str(trial), "--recipe", args.recipe, "--dataset", dataset.name, "--results",
+                          str(args.results))
+        forest_record = json.loads(Path(trained["path"]).read_text())
+        ours_manifest = json.loads((args.results / "poisons" / our_poison_set(args.results, trial, name) /
+                                    "manifest.json").read_text())
+        row = {"target": ctx.target.to_dict(), "forest_poison_id": imported["poison_id"], **info,
+               "ours_loss": min(ours_manifest["attack_info"]["restart_losses"]),
+               "forest": {k: forest_record["metrics"].get(k)
+                          for k in ("attack_success", "target_intended_prob", "test_acc")},
+               "forest_victim_seed": forest_record["config"]["seed"]}
+        record = ours_by_poison.get(ours_manifest["poison_id"])
+        if record is not None:
+            assert record["config"]["trial"] == trial
+            row["ours"] = {k: record["metrics"].get(k) for k in ("attack_success", "target_intended_prob", "test_acc")}
+            row["ours_victim_seed"] = record["config"]["seed"]
+        out["trials"][str(trial)] = row
+        print(trial, json.dumps(row), flush=True)
+    cells = list(out["trials"].values())
     out["forest_success"] = sum(bool(c["forest"]["attack_success"]) for c in cells)
-    out["n"] = len(out["trials"])
+    out["ours_success"] = sum(bool(c["ours"]["attack_success"]) for c in cells if "ours" in c)
+    out["ours_n"] = sum("ours" in c for c in cells)
+    out["n"] = len(cells)
     return out
 
 
@@ -315,8 +370,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, required=True, help="the final grid's workspace")
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--trial", type=int, default=0, help="steps: the trial whose target and bases are used")
+    parser.add_argument("--attack", choices=("gm", "bp", "fc"), default="gm", help="whose brew")
     parser.add_argument("--trials", type=int, default=10, help="success: trials 0..N-1")
+    parser.add_argument("--recipe", default="forest", help="success: the victim's recipe (the final grid's)")
     parser.add_argument("--variants", nargs="+", default=["off", "same-draws-black", "same-draws-forest-pad"])
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="steps: also run ours on images moved by 1e-7 (what float rounding alone does)")
     parser.add_argument("--out", type=Path, help="write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)

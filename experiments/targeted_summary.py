@@ -47,16 +47,20 @@ def rows(results: Path) -> list[dict]:
         params = p.get("params") or {}
         key = (c["dataset"], p["attack"], c.get("scenario"), c["defense"]["method"], round(255 * p["eps"], 2),
                p["ratio"], params.get("impl", ""), params.get("restarts", ""), c["recipe"]["name"],
-               c["recipe"]["epochs"], c.get("threat") or "", params.get("bases") or "", params.get("ensemble") or "")
+               c["recipe"]["epochs"], c.get("threat") or "", params.get("bases") or "", params.get("ensemble") or "",
+               c.get("head_bn") or "", params.get("lr_space") or ("model" if params.get("impl", "forest") == "forest"
+                                                                   and p["attack"] in ("gm", "bp", "fc") else ""))
         cells[key].append((bool(m["attack_success"]), m["test_acc"], m.get("target_intended_prob"),
                            crafting_loss(results, p.get("poison_id")), r["cost"].get("seconds")))
     out = []
     for key, runs in sorted(cells.items()):
-        dataset, attack, scenario, method, eps255, ratio, impl, restarts, recipe, epochs, threat, bases, ensemble = key
+        (dataset, attack, scenario, method, eps255, ratio, impl, restarts, recipe, epochs, threat, bases, ensemble,
+         head_bn, lr_space) = key
         wins = sum(s for s, *_ in runs)
         low, high = wilson_interval(wins, len(runs))
         out.append({"dataset": dataset, "attack": attack, "impl": impl, "scenario": scenario, "threat": threat,
-                    "method": method, "eps": f"{eps255:g}/255", "budget": f"{100 * ratio:.2g} %",
+                    "method": method, "head_bn": head_bn, "lr_space": lr_space, "eps": f"{eps255:g}/255",
+                    "budget": f"{100 * ratio:.2g} %",
                     "bases": bases, "ensemble": ensemble, "restarts": restarts,
                     "recipe": f"{recipe} {epochs} ep", "success": f"{wins}/{len(runs)}",
                     "wilson95": f"{100 * low:.0f}–{100 * high:.0f} %",
