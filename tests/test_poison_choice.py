@@ -241,7 +241,8 @@ def test_default_attack_parameters_never_change():
     }
     # the targeted attacks: forest's brew in both families; the surrogate trained with the targeted runs' default
     # recipe (issue 54: forest's on the MNIST family, the paper's on CIFAR-10, both augmenting, so crafting does too)
-    brew = {"iterations": 250, "restarts": 8, "lr": 0.1, "pbatch": 512, "augment": True}
+    brew = {"iterations": 250, "restarts": 8, "lr": 0.1, "pbatch": 512, "augment": True,
+            "lr_space": "forest"}  # issue 54: the step in forest's normalised space
     overrides = ("model", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones",
                  "lr_decay", "augment")
     for family, recipe in (("mnist", "forest"), ("cifar10", "paper")):
