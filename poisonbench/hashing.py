@@ -52,10 +52,11 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-# modules that only read records (tables, figures, the report command): editing them cannot change a run's numbers,
-# so it does not discard the checkpoints and half-done crafts of a sweep that is running; a name ending in "/" is a
-# package (all of its modules)
-REPORT_ONLY = frozenset({"tables/", "figures/", "report.py", "paper.py", "cli/report.py"})
+# modules that only read records (tables, figures, the report command, packed records): editing them cannot change
+# a run's numbers, so it does not discard the checkpoints and half-done crafts of a sweep that is running; a name
+# ending in "/" is a package (all of its modules)
+REPORT_ONLY = frozenset({"tables/", "figures/", "report.py", "paper.py", "cli/report.py", "records_pack.py",
+                         "cli/records.py"})
 
 
 def can_change_runs(name: str) -> bool:

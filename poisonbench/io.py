@@ -119,8 +119,14 @@ def umask() -> int:
     return mask
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The bytes `atomic_write_json` writes for `obj` (two-space indent, sorted keys, a final newline): one
+    definition, so that a file rebuilt from its data (`records unpack`) can be compared with one on disk."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def _lock_file(lock_path: Path):

@@ -156,18 +156,76 @@ def file_stem(rid: str) -> str:
     return rid
 
 
-class RunStore:
-    """The results store: `<results>/runs/<run_id>.json`. Nothing else is a source of truth for reports."""
+class RecordReader:
+    """What every source of run records shares (`RunStore` reads `runs/`; `records_pack.PackedRunStore` a packed
+    file): the checks a record must pass to be read, and the list of those skipped, with why (`skipped_lines`),
+    counted by kind (`skipped_note`). `runs` names the source in messages."""
 
-    def __init__(self, root: str | Path | None = None):
-        self.root = results_dir(root)
-        self.runs = self.root / "runs"
-        # the files the last `all()` skipped, each with why (`skipped_lines`); counted by kind in `skipped_note`:
+    runs: Path
+
+    def __init__(self):
+        self._forget_skipped()
+
+    def _forget_skipped(self) -> None:
+        # the entries the last `all()` skipped, each with why (`skipped_lines`); counted by kind in `skipped_note`:
         self.skipped: list[tuple[Path, str]] = []
         self.unreadable = 0  # not JSON, not readable, or not a complete record ...
         self.other_schema = 0  # ... or a record of another schema_version
         self.untrusted: list[tuple[Path, str]] = []  # ... or one with a field a report cannot trust: (file, why)
         self.mismatched: list[tuple[Path, str]] = []  # ... or not the record of the run it names: (file, why)
+
+    def _skip_unreadable(self, where: Path, why: str) -> None:
+        self.unreadable += 1
+        self.skipped.append((where, why))
+
+    def _admit(self, where: Path, record, path: Path | None = None) -> bool:
+        """True when the parsed `record` is one `all()` returns: complete, trustworthy, of this schema version and
+        the record of the run it names (`identity_problem`, read from `path`, default `where`); else it is counted
+        and listed as skipped, under `where`, with why."""
+        from .record_checks import record_problem
+
+        if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
+            self.other_schema += 1
+            self.skipped.append((where, f"schema_version {record.get('schema_version')!r}, not {SCHEMA_VERSION} "
+                                        "(another poisonbench version's record?)" if isinstance(record, dict)
+                                 else f"not a run record (a JSON {_json_kind(record)}, not an object)"))
+        elif lacks := missing_fields(record):
+            self._skip_unreadable(where, f"incomplete: lacks {', '.join(lacks[:4])}")
+        elif (problem := record_problem(record)) is not None:
+            self.untrusted.append((where, problem))
+            self.skipped.append((where, problem))
+        elif (problem := identity_problem(path or where, record)) is not None:
+            self.mismatched.append((where, problem))
+            self.skipped.append((where, problem))
+        else:
+            return True
+        return False
+
+    def skipped_note(self) -> str | None:
+        """One line summing up the files the last `all()` skipped (named in `skipped_lines`), or None."""
+        parts = [f"{self.unreadable} unreadable or incomplete"] if self.unreadable else []
+        parts += [f"{self.other_schema} not of schema_version {SCHEMA_VERSION}"] if self.other_schema else []
+        parts += [f"{len(self.untrusted)} with a field that cannot be trusted"] if self.untrusted else []
+        parts += [f"{len(self.mismatched)} not the record of the run it names"] if self.mismatched else []
+        skipped = self.unreadable + self.other_schema + len(self.untrusted) + len(self.mismatched)
+        return f"skipped {skipped} record file(s) in {self.runs}: {', '.join(parts)}" if parts else None
+
+    def skipped_lines(self) -> list[str]:
+        """One warning line per file the last `all()` skipped, naming the file and why."""
+        return [f"skipped {path}: {why}" for path, why in self.skipped]
+
+    def untrusted_lines(self) -> list[str]:
+        """One warning line per record the last `all()` skipped as untrustworthy, naming the file and the field."""
+        return [f"skipped {path}: {problem}" for path, problem in self.untrusted]
+
+
+class RunStore(RecordReader):
+    """The results store: `<results>/runs/<run_id>.json`. Nothing else is a source of truth for reports."""
+
+    def __init__(self, root: str | Path | None = None):
+        super().__init__()
+        self.root = results_dir(root)
+        self.runs = self.root / "runs"
 
     def path(self, rid: str) -> Path:
         """`runs/<rid>.json` (`rid` checked by `file_stem`)."""
@@ -207,54 +265,22 @@ class RunStore:
         files skipped are listed with why in `skipped` (`skipped_lines`: one line each) and counted by kind:
         `unreadable` (not JSON, not readable, incomplete), `other_schema`, `untrusted` (a field at fault,
         `record_checks.record_problem`) and `mismatched` (`identity_problem`); `skipped_note` sums them up."""
-        from .record_checks import record_problem
-
         records = []
-        self.unreadable = self.other_schema = 0
-        self.skipped, self.untrusted, self.mismatched = [], [], []
+        self._forget_skipped()
         for path in sorted(self.runs.glob("*.json")):
             try:
                 record = json.loads(path.read_text())
             except OSError as e:
-                self.unreadable += 1
-                self.skipped.append((path, f"unreadable ({e.strerror or type(e).__name__})"))
+                self._skip_unreadable(path, f"unreadable ({e.strerror or type(e).__name__})")
                 continue
             except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
                 where = f" ({e.msg} at line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) \
                     else " (not UTF-8 text)"
-                self.unreadable += 1
-                self.skipped.append((path, f"not valid JSON{where}: a torn write, or not a record"))
+                self._skip_unreadable(path, f"not valid JSON{where}: a torn write, or not a record")
                 continue
-            if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
-                self.other_schema += 1
-                self.skipped.append((path, f"schema_version {record.get('schema_version')!r}, not {SCHEMA_VERSION} "
-                                           "(another poisonbench version's record?)" if isinstance(record, dict)
-                                     else f"not a run record (a JSON {_json_kind(record)}, not an object)"))
-            elif lacks := missing_fields(record):
-                self.unreadable += 1
-                self.skipped.append((path, f"incomplete: lacks {', '.join(lacks[:4])}"))
-            elif (problem := record_problem(record)) is not None:
-                self.untrusted.append((path, problem))
-                self.skipped.append((path, problem))
-            elif (problem := identity_problem(path, record)) is not None:
-                self.mismatched.append((path, problem))
-                self.skipped.append((path, problem))
-            else:
+            if self._admit(path, record):
                 records.append(record)
         return records
-
-    def skipped_note(self) -> str | None:
-        """One line summing up the files the last `all()` skipped (named in `skipped_lines`), or None."""
-        parts = [f"{self.unreadable} unreadable or incomplete"] if self.unreadable else []
-        parts += [f"{self.other_schema} not of schema_version {SCHEMA_VERSION}"] if self.other_schema else []
-        parts += [f"{len(self.untrusted)} with a field that cannot be trusted"] if self.untrusted else []
-        parts += [f"{len(self.mismatched)} not the record of the run it names"] if self.mismatched else []
-        skipped = self.unreadable + self.other_schema + len(self.untrusted) + len(self.mismatched)
-        return f"skipped {skipped} record file(s) in {self.runs}: {', '.join(parts)}" if parts else None
-
-    def skipped_lines(self) -> list[str]:
-        """One warning line per file the last `all()` skipped, naming the file and why."""
-        return [f"skipped {path}: {why}" for path, why in self.skipped]
 
     def failure_path(self, rid: str) -> Path:
         return self.root / "failures" / f"{file_stem(rid)}.json"
@@ -284,10 +310,6 @@ class RunStore:
 
     def clear_failure(self, rid: str) -> None:
         self.failure_path(rid).unlink(missing_ok=True)
-
-    def untrusted_lines(self) -> list[str]:
-        """One warning line per record the last `all()` skipped as untrustworthy, naming the file and the field."""
-        return [f"skipped {path}: {problem}" for path, problem in self.untrusted]
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

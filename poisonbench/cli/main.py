@@ -14,6 +14,7 @@ from . import craft as craft_cmd
 from . import data as data_cmd
 from . import defend as defend_cmd
 from . import poisons as poisons_cmd
+from . import records as records_cmd
 from . import report as report_cmd
 from . import sweep as sweep_cmd
 
@@ -34,6 +35,7 @@ def build_app() -> typer.Typer:
     app.command("craft", help=craft_cmd.HELP)(craft_cmd.command())
     app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)
     app.add_typer(sweep_cmd.app, name="sweep", help=sweep_cmd.HELP)
+    app.add_typer(records_cmd.app, name="records", help=records_cmd.HELP)
     return app
 
 

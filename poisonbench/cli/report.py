@@ -16,13 +16,19 @@ from rich.table import Table
 from .. import report as lib
 from ..data import DEFAULT_DATASET, record_name
 from ..errors import PoisonbenchError, unknown_choice
-from ..records import RunStore
+from ..records import RecordReader
+from ..records_pack import SUFFIX, is_packed, open_store
 from . import options
 from .progress import stdout_console
 
 HELP = ("Aggregate the run records: test accuracy mean ± sample std over trials per configuration, or the "
         "paper's Tables II–V (--table N, --paper, --diff, --missing) and Figures 1–4 and rho (--figure N --out DIR). "
-        "A record file that cannot be trusted is skipped and named on stderr, with why (exit status still 0).")
+        "A record file that cannot be trusted is skipped and named on stderr, with why (exit status still 0). "
+        "--results may name a packed file (`poisonbench records pack`) instead of a workspace.")
+
+Results = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS", show_default=False,
+                       help=f"Results workspace (default ./results), or a packed records file (FILE{SUFFIX}, made "
+                            "by `poisonbench records pack`), read as is. Env: POISONBENCH_RESULTS.")
 
 FIGURE_NEEDS = {
     "1": "HINT runs whose record keeps healthy-noise examples (record.defense.examples)",
@@ -180,7 +186,7 @@ def report(
     run: str = typer.Option(None, "--run", help="Fig. 1: draw this HINT run (record id) instead of the one at "
                                                 "the highest ρ."),
     data_dir: str = options.DataDir,
-    results: str = options.Results,
+    results: str = Results,
 ) -> None:
     from .. import tables
 
@@ -190,7 +196,11 @@ def report(
         table=table, figure=figure, fmt=fmt, missing=missing, per_trial=per_trial, poisons=poisons, trials=trials,
         paper=paper, diff=diff, ci=ci, wilson=wilson, paired=paired, rho=rho, out=out, run=run, trial=trial,
         dataset=dataset, method=method, recipe=recipe, model=model, epochs=epochs, attacks=attacks)
-    store = RunStore(results)
+    packed = is_packed(results)
+    if packed and figure is not None and out is None:  # <results>/figures: a packed file has no directory
+        raise PoisonbenchError("--figure with a packed --results file needs --out DIR for the PNGs (the default, "
+                               "<results>/figures, is inside a workspace)")
+    store = open_store(results)
     filters = {"dataset": record_name(dataset) if dataset else None,
                "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
                # --run names one record: the mix and PoisonSet defaults of a table must not hide it
@@ -206,7 +216,10 @@ def report(
         opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson is not False, rho=rho,
                               paired=paired)
         if missing:
-            show_missing(table, records, opts, filters, dataset, per_trial, data_dir, results)
+            if packed:  # `defend --results FILE.jsonl.gz` would be refused: the commands name no workspace
+                note(f"the records come from the packed file {store.root}: the commands below name no --results; "
+                     "add --results DIR to complete a workspace")
+            show_missing(table, records, opts, filters, dataset, per_trial, data_dir, None if packed else results)
         else:
             show_table(table, records, store, opts, filters, fmt)
     elif figure is not None:
@@ -236,12 +249,12 @@ def show_missing(table: str, records: list[dict], opts, filters: dict, dataset: 
     note(f"Table {tables.ROMAN[number]}: {len(commands)} command(s) to complete it ({opts.trials} trials per cell)")
 
 
-def show_table(table: str, records: list[dict], store: RunStore, opts, filters: dict, fmt: str) -> None:
+def show_table(table: str, records: list[dict], store: RecordReader, opts, filters: dict, fmt: str) -> None:
     """`--table N`: the paper's table from the records, in `fmt`."""
     from .. import tables
 
     number = tables.check_table(table)
-    tables.assert_records(records, store.root, len(store.skipped))
+    tables.assert_records(records, store.runs, len(store.skipped))
     result = tables.build(number, records, opts, **filters)
     if result.empty:
         note(f"{result.title}: no records match ({describe(filters)})")
@@ -254,13 +267,13 @@ def show_table(table: str, records: list[dict], store: RunStore, opts, filters: 
         sys.stdout.write(tables.render(result, fmt))
 
 
-def draw_figures(figure: str, records: list[dict], store: RunStore, filters: dict, *, out: str | None,
+def draw_figures(figure: str, records: list[dict], store: RecordReader, filters: dict, *, out: str | None,
                  run: str | None, paper: bool, rho: float | None, trial: int | None, data_dir: str | None) -> None:
     """`--figure N`: the figure's PNGs under `out` (default <results>/figures); their paths on stdout."""
     from .. import figures, tables
 
     number = figures.check_figure(figure)
-    tables.assert_records(records, store.root, len(store.skipped))
+    tables.assert_records(records, store.runs, len(store.skipped))
     if run is not None:
         if number != "1":
             raise PoisonbenchError("--run selects the record of --figure 1 only")
@@ -283,12 +296,12 @@ def draw_figures(figure: str, records: list[dict], store: RunStore, filters: dic
         print(path)
 
 
-def show_plain(records: list[dict], store: RunStore, filters: dict, fmt: str, attacks: str | None) -> None:
+def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str, attacks: str | None) -> None:
     """No --table / --figure: test accuracy mean ± std per configuration; unlike the tables, every attack mix and
     PoisonSet choice unless --attacks / --poisons name one."""
     from .. import tables
 
-    tables.assert_records(records, store.root, len(store.skipped))
+    tables.assert_records(records, store.runs, len(store.skipped))
     summary = lib.load_summary(records, **{**filters, "mix": attacks or "any", "poison_sets": filters["poison_sets"]
                                            or "any"})
     if summary.attrs.get("not_shown"):

@@ -220,13 +220,14 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     return list(dict.fromkeys(commands)), list(dict.fromkeys(notes))
 
 
-def assert_records(records: list[dict], results, skipped: int = 0) -> None:
-    """Refuse (exit 2) a report without a single record to show; `skipped`: the record files `RunStore.all()`
-    skipped (named on stderr before this error)."""
+def assert_records(records: list[dict], runs, skipped: int = 0) -> None:
+    """Refuse (exit 2) a report without a single record to show; `runs`: where the records were read (a
+    workspace's runs/ or a packed file); `skipped`: the record files `RunStore.all()` skipped (named on stderr
+    before this error)."""
     if records:
         return
     if skipped:
-        raise PoisonbenchError(f"no usable run records under {results}/runs: all {skipped} record file(s) there "
+        raise PoisonbenchError(f"no usable run records under {runs}: all {skipped} record file(s) there "
                                "were skipped (each is named above, with why)")
-    raise PoisonbenchError(f"no run records found under {results}/runs; run `poisonbench defend` first "
+    raise PoisonbenchError(f"no run records found under {runs}; run `poisonbench defend` first "
                            "or pass --results DIR")

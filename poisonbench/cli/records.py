@@ -1,0 +1,58 @@
+"""`poisonbench records pack DIR OUT.jsonl.gz | unpack IN.jsonl.gz DIR` (poisonbench.records_pack)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+
+from . import options
+
+HELP = ("Pack a workspace's run records (and PoisonSet manifests) into one shareable .jsonl.gz, or unpack one; "
+        "`report --results FILE.jsonl.gz` reads a packed file directly.")
+app = typer.Typer(no_args_is_help=True, help=HELP)
+
+
+def _note(text: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False)
+
+
+@app.command("pack", help="Write every run record of DIR/runs/ (and each DIR/poisons/*/manifest.json) to OUT, one "
+                          "JSON line each, gzipped; the same records give the same bytes. Records a report would skip "
+                          "(run id not its file name, ...) are left out and named on stderr.")
+def pack(
+    directory: str = typer.Argument(..., metavar="DIR", help="The results workspace (a directory holding runs/)."),
+    out: str = typer.Argument(..., metavar="OUT", help="The file to write, ending in .jsonl.gz."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    as_json: bool = options.Json,
+) -> None:
+    from .. import records_pack
+
+    summary = records_pack.pack(directory, out, force=force)
+    for skipped in summary["skipped"]:
+        _note(f"skipped {skipped['file']}: {skipped['why']}")
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"packed {summary['runs']} run record(s) and {summary['poison_manifests']} PoisonSet manifest(s) into "
+          f"{summary['out']} ({summary['bytes']} bytes; {len(summary['skipped'])} file(s) skipped)")
+
+
+@app.command("unpack", help="Recreate DIR/runs/<run_id>.json (and DIR/poisons/<id>/manifest.json) from a packed "
+                            "file, as poisonbench writes them. The whole file is checked first; an existing file "
+                            "with other contents is refused and nothing is written.")
+def unpack(
+    source: str = typer.Argument(..., metavar="IN", help="The packed file (made by `records pack`)."),
+    directory: str = typer.Argument(..., metavar="DIR", help="The results workspace to write into (created if "
+                                                             "missing)."),
+    as_json: bool = options.Json,
+) -> None:
+    from .. import records_pack
+
+    summary = records_pack.unpack(source, directory)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"unpacked {summary['runs']} run record(s) and {summary['poison_manifests']} PoisonSet manifest(s) into "
+          f"{summary['directory']}: {summary['written']} file(s) written, {summary['unchanged']} already there")

@@ -1,0 +1,230 @@
+"""`poisonbench records pack | unpack` and `report --results FILE.jsonl.gz` (poisonbench.records_pack)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from poisonbench.figures import panels
+from poisonbench.io import atomic_write_json
+from poisonbench.poisons.spec import CraftSpec
+from poisonbench.records import RunStore
+from poisonbench.records_pack import gzip_bytes
+from tests.conftest import files_under, one_line_error
+from tests.report_records import make_record, synthetic_records
+
+
+def write_manifest(root: Path, seed: int) -> dict:
+    """A PoisonSet manifest (no tensors: only the manifest is packed) whose poison id is its inputs' hash."""
+    spec = CraftSpec("pgd", {"steps": 10}, 0.3, 0.5, seed, "mnist-5k", "fp", None)
+    manifest = {"poison_id": spec.poison_id, **spec.inputs(), "count": 5, "tensor_sha256": "0" * 64,
+                "craft_seconds": 1.5}
+    atomic_write_json(root / "poisons" / spec.poison_id / "manifest.json", manifest)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """The report tests' synthetic records, written by RunStore, and two PoisonSet manifests."""
+    root = tmp_path_factory.mktemp("pack") / "res"
+    store = RunStore(root)
+    for record in synthetic_records():
+        store.put(record)
+    for seed in (0, 1):
+        write_manifest(root, seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def packed(workspace) -> Path:
+    from poisonbench.records_pack import pack
+
+    out = workspace.parent / "records.jsonl.gz"
+    pack(workspace, out)
+    return out
+
+
+def lines_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+
+
+def write_pack(path: Path, lines: list) -> Path:
+    """A packed file of `lines` (objects, or raw bytes for a broken line)."""
+    raw = [line if isinstance(line, bytes) else json.dumps(line).encode() for line in lines]
+    path.write_bytes(gzip_bytes(b"".join(line + b"\n" for line in raw)))
+    return path
+
+
+def header(runs: int, manifests: int = 0) -> dict:
+    return {"kind": "header", "format": "poisonbench-records", "version": 1, "runs": runs,
+            "poison_manifests": manifests}
+
+
+# ----------------------------------------------------------------------------------------------- pack / unpack
+
+def test_pack_then_unpack_gives_every_file_back_byte_for_byte(cli, workspace, packed, tmp_path):
+    lines = lines_of(packed)
+    assert lines[0] == header(98, 2)
+    assert [line["kind"] for line in lines[1:]] == ["run"] * 98 + ["poison_manifest"] * 2
+    ids = [line["record"]["run_id"] for line in lines[1:99]]
+    assert ids == sorted(ids)
+    code, out, err = cli("records", "unpack", packed, tmp_path / "copy", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"directory": str(tmp_path / "copy"), "runs": 98, "poison_manifests": 2,
+                               "written": 100, "unchanged": 0}
+    source = files_under(workspace)
+    assert [p.relative_to(workspace) for p in source] == \
+        [p.relative_to(tmp_path / "copy") for p in files_under(tmp_path / "copy")]
+    for path in source:
+        assert (tmp_path / "copy" / path.relative_to(workspace)).read_bytes() == path.read_bytes(), path
+    # unpacking again over identical files is fine, and writes nothing
+    code, out, err = cli("records", "unpack", packed, tmp_path / "copy", "--json")
+    assert code == 0 and json.loads(out)["unchanged"] == 100 and json.loads(out)["written"] == 0, err
+
+
+def test_packing_twice_gives_the_same_bytes_and_a_reproducible_gzip_header(cli, workspace, packed, tmp_path):
+    code, out, err = cli("records", "pack", workspace, tmp_path / "again.jsonl.gz", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["runs"] == 98 and summary["poison_manifests"] == 2 and summary["skipped"] == []
+    again = (tmp_path / "again.jsonl.gz").read_bytes()
+    assert again == packed.read_bytes() and summary["bytes"] == len(again)
+    assert again[4:8] == b"\0\0\0\0" and not again[3] & 0x08  # mtime 0, no FNAME field
+    assert [p.name for p in tmp_path.iterdir()] == ["again.jsonl.gz"]  # no temporary file left behind
+
+
+def test_pack_skips_and_names_a_record_whose_run_id_is_not_its_file_name(cli, tmp_path):
+    store = RunStore(tmp_path / "res")
+    good, other = make_record(trial=0), make_record(trial=1)
+    store.put(good)
+    atomic_write_json(store.runs / "copy-of-a-run.json", other)  # a copy under another name
+    code, out, err = cli("records", "pack", tmp_path / "res", tmp_path / "p.jsonl.gz", "--json")
+    assert code == 0, err
+    assert "skipped" in err and "copy-of-a-run.json" in err and "file name is not its run_id" in err
+    summary = json.loads(out)
+    assert summary["runs"] == 1 and [s["file"] for s in summary["skipped"]] == [str(store.runs / "copy-of-a-run.json")]
+    assert [line["record"] for line in lines_of(tmp_path / "p.jsonl.gz")[1:]] == [good]
+
+
+def test_pack_refuses_to_overwrite_an_existing_file_without_force(cli, workspace, tmp_path):
+    out = tmp_path / "r.jsonl.gz"
+    out.write_bytes(b"keep me")
+    code, _, err = cli("records", "pack", workspace, out)
+    one_line_error(code, err, str(out), "--force")
+    assert out.read_bytes() == b"keep me"
+    code, _, err = cli("records", "pack", workspace, out, "--force")
+    assert code == 0 and out.read_bytes()[:2] == b"\x1f\x8b", err
+
+
+@pytest.mark.parametrize("make,args,needles", [
+    (None, ["pack", "{tmp}/nowhere", "{tmp}/o.jsonl.gz"], ["nowhere", "not a directory"]),
+    ("empty-dir", ["pack", "{tmp}/d", "{tmp}/o.jsonl.gz"], ["neither runs/ nor poisons/"]),
+    ("empty-dir", ["pack", "{tmp}/d", "{tmp}/o.tar"], ["o.tar", ".jsonl.gz"]),
+    (None, ["unpack", "{tmp}/none.jsonl.gz", "{tmp}/u"], ["none.jsonl.gz", "records pack"]),
+])
+def test_bad_arguments_are_one_line(cli, tmp_path, make, args, needles):
+    if make == "empty-dir":
+        (tmp_path / "d").mkdir()
+    code, _, err = cli("records", *[a.format(tmp=tmp_path) for a in args])
+    one_line_error(code, err, *needles)
+    assert not (tmp_path / "u").exists() and not list(tmp_path.glob("o.*"))
+
+
+RECORD = make_record(trial=3)
+
+
+@pytest.mark.parametrize("lines,needles", [
+    ([header(1), b'{"kind": "run", "record": {'], ["line 2", "not valid JSON"]),
+    ([header(1), {"kind": "checkpoint", "record": RECORD}], ["line 2", "'checkpoint'", "run, poison_manifest"]),
+    ([header(1), {"kind": "run", "record": {**RECORD, "run_id": "../../etc/x"}}], ["line 2", "'../../etc/x'"]),
+    ([header(1), {"kind": "run", "record": {**RECORD, "run_id": ".hidden"}}], ["line 2", "'.hidden'"]),
+    ([header(1), {"kind": "run"}], ["line 2", "'record'"]),
+    ([header(1, 1), {"kind": "run", "record": RECORD}, {"kind": "poison_manifest", "manifest": {"poison_id": "a/b"}}],
+     ["line 3", "'a/b'", "poison id"]),
+    ([header(2), {"kind": "run", "record": RECORD}, {"kind": "run", "record": RECORD}], ["line 3", "first at line 2"]),
+    ([header(2), {"kind": "run", "record": RECORD}], ["announces 2 run(s)", "cut short"]),
+    ([{"kind": "run", "record": RECORD}], ["line 1", "header"]),
+    ([{**header(1), "version": 7}, {"kind": "run", "record": RECORD}], ["line 1", "version 7", "valid choices: 1"]),
+])
+def test_unpack_refuses_a_bad_line_and_writes_nothing(cli, tmp_path, lines, needles):
+    bad = write_pack(tmp_path / "bad.jsonl.gz", lines)
+    code, _, err = cli("records", "unpack", bad, tmp_path / "u")
+    one_line_error(code, err, "bad.jsonl.gz", *needles)
+    assert files_under(tmp_path / "u") == []
+    code, _, err = cli("report", "--results", bad)  # the report refuses the file alike
+    one_line_error(code, err, "bad.jsonl.gz", *needles)
+
+
+def test_unpack_refuses_a_file_that_is_not_gzip_or_is_cut_short(cli, packed, tmp_path):
+    (tmp_path / "plain.jsonl.gz").write_text(json.dumps(header(0)) + "\n")
+    code, _, err = cli("records", "unpack", tmp_path / "plain.jsonl.gz", tmp_path / "u")
+    one_line_error(code, err, "plain.jsonl.gz", "not a gzip file")
+    (tmp_path / "cut.jsonl.gz").write_bytes(packed.read_bytes()[:-200])
+    code, _, err = cli("records", "unpack", tmp_path / "cut.jsonl.gz", tmp_path / "u")
+    one_line_error(code, err, "cut.jsonl.gz", "cut short")
+    assert files_under(tmp_path / "u") == []
+
+
+def test_unpack_refuses_to_overwrite_a_different_file_and_writes_nothing(cli, workspace, packed, tmp_path):
+    target = tmp_path / "res"
+    victim = RunStore(target).path(lines_of(packed)[50]["record"]["run_id"])
+    victim.parent.mkdir(parents=True)
+    victim.write_text("{}\n")  # another version of the record
+    code, _, err = cli("records", "unpack", packed, target)
+    one_line_error(code, err, str(victim), "nothing was written")
+    assert files_under(target) == [victim] and victim.read_text() == "{}\n"
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+@pytest.mark.parametrize("args", [
+    ["--table", "2", "--format", "md"],
+    ["--table", "3", "--format", "csv"],
+    ["--table", "4", "--paper", "--format", "md"],
+    ["--table", "5", "--format", "latex"],
+    ["--table", "2"],  # rich
+    ["--format", "json", "--dataset", "mnist-5k"],  # the plain report
+])
+def test_report_from_a_packed_file_is_the_report_from_its_directory(cli, workspace, packed, args):
+    code, from_dir, err = cli("report", *args, "--results", workspace)
+    assert code == 0 and from_dir, err
+    code, from_pack, err = cli("report", *args, "--results", packed)
+    assert code == 0, err
+    assert from_pack == from_dir
+
+
+def test_missing_from_a_packed_file_prints_the_same_commands_without_a_workspace(cli, workspace, packed):
+    args = ["report", "--table", "2", "--missing", "--per-trial", "--trials", "6", "--dataset", "mnist-5k"]
+    code, from_dir, _ = cli(*args, "--results", workspace)
+    assert code == 0 and f" --results {workspace}\n" in from_dir
+    code, from_pack, err = cli(*args, "--results", packed)
+    assert code == 0 and "name no --results" in err
+    assert from_pack == from_dir.replace(f" --results {workspace}", "") and "--results" not in from_pack
+
+
+def test_figures_from_a_packed_file_are_the_figures_from_its_directory(cli, workspace, packed, tmp_path, monkeypatch):
+    monkeypatch.setattr(panels, "split_test_images", lambda *args: np.full((100, 1, 28, 28), 128, np.uint8))
+    for source, out in ((workspace, tmp_path / "from-dir"), (packed, tmp_path / "from-pack")):
+        code, printed, err = cli("report", "--figure", "2", "--results", source, "--out", out)
+        assert code == 0 and printed, err
+    drawn = files_under(tmp_path / "from-dir")
+    assert drawn and [p.name for p in drawn] == [p.name for p in files_under(tmp_path / "from-pack")]
+    for path in drawn:
+        assert (tmp_path / "from-pack" / path.name).read_bytes() == path.read_bytes(), path.name
+    code, _, err = cli("report", "--figure", "2", "--results", packed)  # <results>/figures: not in a file
+    one_line_error(code, err, "--out DIR")
+
+
+def test_report_skips_and_names_a_packed_record_it_cannot_use_as_it_does_in_a_directory(cli, tmp_path):
+    good, edited = make_record(trial=0), make_record(trial=1)
+    edited = {**edited, "config": {**edited["config"], "seed": 99}}  # config edited after the run: id mismatch
+    pack = write_pack(tmp_path / "p.jsonl.gz", [header(2), {"kind": "run", "record": good},
+                                                {"kind": "run", "record": edited}])
+    code, out, err = cli("report", "--format", "json", "--results", pack)
+    assert code == 0, err
+    assert f"skipped {pack} line 3" in err and "does not match its config's hash" in err
+    assert "skipped 1 record file(s)" in err and [row["n"] for row in json.loads(out)] == [1]  # trial 1 left out
