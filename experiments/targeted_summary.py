@@ -45,7 +45,7 @@ def rows(results: Path) -> list[dict]:
         if p.get("kind") != "targeted":
             continue
         params = p.get("params") or {}
-        key = (c["dataset"], p["attack"], c.get("scenario"), c["defense"]["method"], round(255 * p["eps"], 2),
+        key = (c["dataset"], p["attack"], c.get("scenario"), c["defense"]["method"], round(255 * (p.get("eps") or 0), 2),
                p["ratio"], params.get("impl", ""), params.get("restarts", ""), c["recipe"]["name"],
                c["recipe"]["epochs"], c.get("threat") or "", params.get("bases") or "", params.get("ensemble") or "",
                c.get("head_bn") or "", params.get("lr_space") or ("model" if params.get("impl", "forest") == "forest"
