@@ -61,10 +61,10 @@ def copy_manifests(source: str, dest: str, records: list[dict]) -> int:
 def archive(source: str, dest: str, dataset: str | None = None, clean_only: bool = False,
             only: set[str] | None = None) -> dict:
     """Copy `source`'s complete records (of `dataset`; with `clean_only`, of runs that trained on no poisons; with
-    `only`, of those run ids) to `dest`: run ids under "copied", "present" and "conflict", "records" (the matching
-    source records) and "skipped_note" (the source files skipped, or None)."""
+    `only`, of those run ids) to `dest`: run ids under "copied", "present" and "conflict", and "skipped_note" (the
+    source files skipped, or None)."""
     src, dst = RunStore(source), RunStore(dest)
-    done: dict = {"copied": [], "present": [], "conflict": [], "records": []}
+    done: dict = {"copied": [], "present": [], "conflict": []}
     for record in src.all():
         if dataset and record["config"]["dataset"] != dataset:
             continue
@@ -73,7 +73,6 @@ def archive(source: str, dest: str, dataset: str | None = None, clean_only: bool
         if clean_only and record["config"].get("poison") is not None:
             continue
         rid = record["run_id"]
-        done["records"].append(record)
         there = dst.get(rid)
         if there is None and not dst.path(rid).exists():
             dst.put(record)
@@ -137,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copied {len(done['copied'])}, already there {len(done['present'])}, "
           f"different there (left alone) {len(done['conflict'])}")
     if args.grid:
-        print(f"PoisonSet manifests copied: {copy_manifests(args.source, args.dest, done['records'])}")
+        records = [RunStore(args.dest).get(rid) for rid in done["copied"] + done["present"]]
+        print(f"PoisonSet manifests copied: {copy_manifests(args.source, args.dest, records)}")
     for rid in done["conflict"]:
         print(f"  conflict: {rid}", file=sys.stderr)
     skipped = done["skipped_note"]
