@@ -322,7 +322,7 @@ def success_command(args, fm, dataset) -> dict:
     std = torch.tensor(FOREST_STD[dataset.family]).view(1, -1, 1, 1)
     name = args.attack
     prefix = "forest" if name == "gm" else f"forest-{name}"  # GM's files kept their first name
-    for trial in range(args.trials):
+    for trial in range(args.start, args.trials):
         ctx, attack = our_setting(args.results, dataset, trial, name)
         file, info_file = work / f"{prefix}-trial{trial}.pt", work / f"{prefix}-trial{trial}.json"
         if not info_file.exists():
@@ -372,6 +372,7 @@ def main() -> None:
     parser.add_argument("--trial", type=int, default=0, help="steps: the trial whose target and bases are used")
     parser.add_argument("--attack", choices=("gm", "bp", "fc"), default="gm", help="whose brew")
     parser.add_argument("--trials", type=int, default=10, help="success: trials 0..N-1")
+    parser.add_argument("--start", type=int, default=0, help="success: begin at this trial (parallel processes)")
     parser.add_argument("--recipe", default="forest", help="success: the victim's recipe (the final grid's)")
     parser.add_argument("--variants", nargs="+", default=["off", "same-draws-black", "same-draws-forest-pad"])
     parser.add_argument("--noise-floor", action="store_true",

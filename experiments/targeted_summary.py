@@ -3,6 +3,8 @@ threat, bases, ensemble) from the targeted records of a workspace: the search ta
 and experiments/targeted_forest.md.
 
     python experiments/targeted_summary.py RESULTS [--format md|json]
+
+RESULTS is a workspace directory or a packed file (`poisonbench records pack`, *.jsonl.gz).
 """
 
 from __future__ import annotations
@@ -21,13 +23,25 @@ def wilson_interval(k: int, n: int) -> tuple[float, float]:
     return wilson(k, n)
 
 
-def crafting_loss(results: Path, poison_id: str | None) -> float | None:
+def records_and_manifests(results: Path) -> tuple[list[dict], dict[str, dict]]:
+    """The run records and the PoisonSet manifests ({poison id: manifest}) of a workspace or a packed file."""
+    if results.is_file():
+        from poisonbench.records_pack import read_pack
+
+        pack = read_pack(results)
+        return [r for _, r in pack.runs], {m["poison_id"]: m for _, m in pack.manifests}
+    records = [json.loads(path.read_text()) for path in sorted((results / "runs").glob("*.json"))]
+    manifests = {path.parent.name: json.loads(path.read_text())
+                 for path in sorted((results / "poisons").glob("*/manifest.json"))}
+    return records, manifests
+
+
+def crafting_loss(manifests: dict[str, dict], poison_id: str | None) -> float | None:
     """The best restart's final crafting loss of the run's PoisonSet (forest's brews: GM's 1 − cos of the matched
     gradients, BP's / FC's feature-space objective), from its manifest; None where there is none."""
-    manifest = results / "poisons" / str(poison_id) / "manifest.json"
-    if not poison_id or not manifest.is_file():
+    if poison_id not in manifests:
         return None
-    losses = (json.loads(manifest.read_text()).get("attack_info") or {}).get("restart_losses")
+    losses = (manifests[poison_id].get("attack_info") or {}).get("restart_losses")
     return min(losses) if losses else None
 
 
@@ -38,20 +52,21 @@ def mean_or_blank(values: list) -> float | str:
 
 def rows(results: Path) -> list[dict]:
     cells = defaultdict(list)
-    for path in sorted((results / "runs").glob("*.json")):
-        r = json.loads(path.read_text())
+    records, manifests = records_and_manifests(results)
+    for r in records:
         c, m = r["config"], r["metrics"]
         p = c.get("poison") or {}
         if p.get("kind") != "targeted":
             continue
         params = p.get("params") or {}
-        key = (c["dataset"], p["attack"], c.get("scenario"), c["defense"]["method"], round(255 * (p.get("eps") or 0), 2),
+        eps255 = round(255 * (p.get("eps") or 0), 2)  # an imported PoisonSet's record names no ε
+        key = (c["dataset"], p["attack"], c.get("scenario"), c["defense"]["method"], eps255,
                p["ratio"], params.get("impl", ""), params.get("restarts", ""), c["recipe"]["name"],
                c["recipe"]["epochs"], c.get("threat") or "", params.get("bases") or "", params.get("ensemble") or "",
                c.get("head_bn") or "", params.get("lr_space") or ("model" if params.get("impl", "forest") == "forest"
                                                                    and p["attack"] in ("gm", "bp", "fc") else ""))
         cells[key].append((bool(m["attack_success"]), m["test_acc"], m.get("target_intended_prob"),
-                           crafting_loss(results, p.get("poison_id")), r["cost"].get("seconds")))
+                           crafting_loss(manifests, p.get("poison_id")), r["cost"].get("seconds")))
     out = []
     for key, runs in sorted(cells.items()):
         (dataset, attack, scenario, method, eps255, ratio, impl, restarts, recipe, epochs, threat, bases, ensemble,
