@@ -28,7 +28,7 @@ from poisonbench.attacks import ATTACKS
 from poisonbench.attacks.surrogate import load_or_train_surrogate
 from poisonbench.data import load_dataset
 from poisonbench.device import resolve_device
-from poisonbench.records import results_dir
+from poisonbench.workspace import results_dir
 
 
 def main() -> None:

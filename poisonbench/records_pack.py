@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .errors import PoisonbenchError
 from .io import atomic_write_bytes, file_in_the_way, json_bytes, os_error_in_one_line
-from .records import RecordReader, RunStore, file_stem, results_dir
+from .records import RecordReader, RunStore, file_stem
+from .workspace import results_dir
 
 FORMAT = "poisonbench-records"
 VERSION = 1

@@ -10,12 +10,14 @@ from datetime import datetime, timezone
 import torch
 
 from .checkpoints import Checkpoint
-from .defend_spec import DefendSpec, Reporter, resolved_recipe
+from .defend_spec import resolved_recipe
 from .defenses import build_defense
 from .models import build_model
 from .prediction_samples import sample_predictions
-from .records import SCHEMA_VERSION, environment, peak_memory
+from .provenance import environment, peak_memory
+from .records import SCHEMA_VERSION
 from .scenarios import ModelRequest, PoisonPlan, Scenario
+from .spec import DefendSpec, Reporter
 from .training import predict, train
 
 

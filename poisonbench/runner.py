@@ -16,17 +16,19 @@ from pathlib import Path
 from .checkpoints import Checkpoint, checkpoint_path
 from .craft_check import CraftIndex, warn_other_crafts
 from .data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
-from .defend_spec import DefendSpec, Reporter, resolved_recipe, trial_numbers, validate
+from .defend_spec import resolved_recipe, trial_numbers, validate
 from .defenses import build_defense
 from .device import resolve_device, to_float
 from .errors import PoisonbenchError
 from .io import exclusive, try_exclusive
 from .models import DEFAULT_MODEL, check_fits
 from .poisons import craft_directories
-from .records import SCHEMA_VERSION, RunStore, git_state, run_id
+from .provenance import git_state
+from .records import SCHEMA_VERSION, RunStore, run_id
 from .run_execution import execute, training_seed
 from .scenarios import PoisonPlan, Scenario, scenario_for
 from .seeds import check_apart
+from .spec import DefendSpec, Reporter
 from .termination import deferred, stop_if_requested
 
 __all__ = ["DefendSpec", "RunOutcome", "defend", "run_config", "run_id"]

@@ -25,7 +25,7 @@ from .hashing import canonical_json, short_hash
 from .io import atomic_write_bytes, exclusive, os_error_in_one_line
 from .models import build_model
 from .recipes import resolve_recipe
-from .records import results_dir
+from .workspace import results_dir
 
 
 def model_path(results_root, kind: str, model_id: str) -> Path:

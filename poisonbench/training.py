@@ -30,14 +30,13 @@ from .checkpoints import (
     split_prefixed,
 )
 from .chunking import chunk_rows
-from .defenses.base import Defense
 from .device import (
     compile_static,
     configure_device,
     should_compile,
 )
 from .recipes import Recipe
-from .train_context import HookClock, TrainContext, set_train_mode, sync
+from .train_context import Defense, HookClock, TrainContext, set_train_mode, sync
 
 
 @dataclass
@@ -128,7 +127,8 @@ def train(
         compiled = should_compile(compile, len(train_y), recipe.epochs)
         forward = compile_static(model) if compiled else model
         ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
-                           num_classes, seed, forward=forward, model_factory=model_factory, accel=accel)
+                           num_classes, seed, forward=forward, model_factory=model_factory, trainer=train,
+                           accel=accel)
         hook_clock = HookClock(device)
         raw_hook, batch_hook = defense.overrides_hook("batch_raw"), defense.overrides_hook("batch")
         eval_sets = eval_sets or {}

@@ -20,8 +20,8 @@ from poisonbench.defenses import build_defense
 from poisonbench.device import to_float
 from poisonbench.errors import PoisonbenchError
 from poisonbench.models import build_model
+from poisonbench.provenance import environment
 from poisonbench.recipes import resolve_recipe
-from poisonbench.records import environment
 from poisonbench.training import train
 
 CPU = torch.device("cpu")

@@ -134,7 +134,8 @@ def test_bools_set_flags_and_a_grid_at_the_trials_limit_loads(tiny_npz, tmp_path
 
 
 def test_defend_refuses_more_trials_than_its_limit():
-    from poisonbench.defend_spec import DefendSpec, validate
+    from poisonbench.defend_spec import validate
+    from poisonbench.spec import DefendSpec
 
     validate(DefendSpec(trials=1000, device="cpu"))
     with pytest.raises(PoisonbenchError, match="--trials 1001: at most 1000 trials"):

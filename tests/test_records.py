@@ -181,21 +181,21 @@ def test_int_and_float_spellings_of_one_config_share_a_run_id(tiny_npz):
 def test_a_record_names_the_commit_its_run_started_from(cli, tiny_npz, tmp_path, monkeypatch):
     from pathlib import Path
 
-    import poisonbench.records as records
+    import poisonbench.provenance as provenance
     import poisonbench.runner as runner
 
     moved = []  # the checkout moves on (a `git pull`, a merge) once the run has started
     def fake_git(*args):
         return "" if "status" in args else ("b" if moved else "a") * 40
 
-    monkeypatch.setattr(records, "_git", fake_git)
+    monkeypatch.setattr(provenance, "_git", fake_git)
     load = runner.load_dataset
     monkeypatch.setattr(runner, "load_dataset", lambda *a, **k: moved.append(1) or load(*a, **k))
-    records.git_state.cache_clear()
+    provenance.git_state.cache_clear()
     try:
         code, out, _ = cli("defend", "--dataset", tiny_npz, "--epochs", "1", "--results", tmp_path, "--json")
     finally:
-        records.git_state.cache_clear()
+        provenance.git_state.cache_clear()
     assert code == 0 and moved
     env = json.loads(out.strip().splitlines()[-1])
     record = json.loads(Path(env["path"]).read_text())
@@ -204,7 +204,7 @@ def test_a_record_names_the_commit_its_run_started_from(cli, tiny_npz, tmp_path,
 
 @pytest.mark.parametrize("status,dirty", [("", False), (" M poisonbench/training.py", True), (None, None)])
 def test_git_state_reads_the_commit_and_whether_the_package_differs(monkeypatch, status, dirty):
-    import poisonbench.records as records
+    import poisonbench.provenance as records
 
     monkeypatch.setattr(records, "_git", lambda *args: status if "status" in args else "c" * 40)
     records.git_state.cache_clear()

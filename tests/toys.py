@@ -10,12 +10,12 @@ from torch import nn
 
 from poisonbench.attacks.base import AttackContext, budget_count
 from poisonbench.attacks.targeted import TargetedAttack, common_params
-from poisonbench.defenses.base import Defense
 from poisonbench.errors import PoisonbenchError
 from poisonbench.hashing import short_hash
 from poisonbench.models import build_model
 from poisonbench.params import Param
 from poisonbench.scenarios import ModelRequest, Scenario
+from poisonbench.train_context import Defense
 from poisonbench.trained_models import load_or_train
 
 

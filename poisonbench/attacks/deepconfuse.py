@@ -43,8 +43,8 @@ from ..errors import PoisonbenchError
 from ..hashing import sha256_file
 from ..io import atomic_write_bytes, ensure_writable, os_error_in_one_line, torch_load_tensors
 from ..params import Param
-from ..records import results_dir
 from ..seeds import attacker_seed
+from ..workspace import results_dir
 from . import ATTACKS
 from .base import Attack, AttackContext, batches
 from .deepconfuse_nets import CLASSIFIERS, GENERATORS

@@ -126,7 +126,7 @@ def import_(
     from ..foreign.exchange import Named, import_targeted
     from ..foreign.formats import FORMATS, parse_forest_std, sniff_format
     from ..interop import import_hint_file
-    from ..records import results_dir
+    from ..workspace import results_dir
 
     targeted_options = {"--attack": attack, "--victim": victim, "--target": target, "--intended": intended,
                         "--setup": setup, "--forest-std": forest_std}
@@ -217,8 +217,8 @@ def export(
     from ..foreign.exchange import check_export_out, export_targeted
     from ..foreign.formats import FORMATS
     from ..interop import ORDERS, check_export_path, export_hint_file, order_rows
-    from ..records import results_dir
     from ..scenarios import parse_poison_sets, plan_untargeted
+    from ..workspace import results_dir
     from .progress import RichReporter
 
     if poison_set is not None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..registry import Registry
+from ..train_context import Defense
 from .atda import Atda
-from .base import Defense
 from .epic import Epic
 from .friends import Friends
 from .hint import Hint

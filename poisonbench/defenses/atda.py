@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from ..errors import PoisonbenchError
 from ..hashing import derived_seed
 from ..params import Param
-from .base import Defense
+from ..train_context import Defense
 from .threat import Threat
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
-    from ..training import TrainContext
+    from ..train_context import TrainContext
 
 VARIANTS = ("fat", "pgd")
 NORMS = ("linf", "l2")

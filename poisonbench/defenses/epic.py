@@ -39,14 +39,14 @@ from ..errors import PoisonbenchError
 from ..hashing import derived_seed
 from ..influence import head_inputs, residuals
 from ..params import Param
+from ..train_context import Defense
 from . import facility_location as fl
-from .base import Defense
 from .hint import PAPER_EPOCHS
 from .removal import removal_statistics
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
-    from ..training import TrainContext
+    from ..train_context import TrainContext
 
 PAPER_INTERVAL = {"mnist": 2, "cifar10": 4}  # T, HINT paper §VI-A3 "EPIC"
 PAPER_WARMUP = {"mnist": 5, "cifar10": 10}  # K, same place

@@ -30,11 +30,11 @@ from torch import nn
 from ..chunking import chunk_rows
 from ..errors import PoisonbenchError
 from ..params import Param
-from .base import Defense
+from ..train_context import Defense
 from .removal import removal_statistics
 
 if TYPE_CHECKING:
-    from ..training import TrainContext
+    from ..train_context import TrainContext
 
 FEATURE_SOURCES = ("auto", "trained", "extractor")
 

@@ -33,12 +33,12 @@ from ..chunking import chunk_rows
 from ..errors import PoisonbenchError
 from ..hashing import derived_seed
 from ..params import Param
-from .base import Defense
+from ..train_context import Defense
 from .hint import PAPER_EPOCHS
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
-    from ..training import TrainContext
+    from ..train_context import TrainContext
 
 OFFICIAL_BATCH = 128  # FRIENDS main.py:L80 / L329-334: the noise generator's loader batch
 INIT_EPS = 8 / 255  # FRIENDS friendly_noise.py:L40, hard-coded

@@ -26,13 +26,13 @@ import torch
 from .. import influence as inf
 from ..errors import PoisonbenchError
 from ..params import Param
-from .base import Defense
+from ..train_context import Defense
 from .hint_record import figure_examples, poison_statistics
 from .threat import Threat
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
-    from ..training import TrainContext
+    from ..train_context import TrainContext
 
 PAPER_EPOCHS = {"mnist": 30, "cifar10": 80}  # paper §VI-A1
 PAPER_SCHEDULE = {"mnist": (5, 15), "cifar10": (5, 15, 40)}  # paper §VI-A3 "HINT"

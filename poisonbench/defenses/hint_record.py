@@ -4,18 +4,29 @@ Fig. 1 (`poisonbench report --figure 1 --run RUN_ID`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .hint import Hint
-
 FIGURE_EXAMPLES = 4  # per group (clean / poisoned) stored for `poisonbench report --figure 1 --run RUN_ID`
 
 
-def poison_statistics(hint: Hint, poisoned: torch.Tensor) -> dict:
+class HintState(Protocol):
+    """What the record reads of a HINT run (`defenses.hint.Hint` after training): the pool D_p, the selection D_s
+    (train rows, in the noise tensors' order), each row's I_up, the selection's rank by |I_up|, its original images
+    and their noise, and the engine's context."""
+
+    pool: torch.Tensor
+    selected: torch.Tensor
+    i_up: torch.Tensor
+    rank_order: torch.Tensor | None
+    x0: torch.Tensor
+    delta: torch.Tensor
+    context: Any
+
+
+def poison_statistics(hint: HintState, poisoned: torch.Tensor) -> dict:
     """How D_s relates to the ground truth: computed for the record only, after training."""
     pool, k = hint.pool, len(hint.selected)
     i_up = hint.i_up[pool]
@@ -31,7 +42,7 @@ def poison_statistics(hint: Hint, poisoned: torch.Tensor) -> dict:
     }
 
 @torch.no_grad()
-def figure_examples(hint: Hint, poisoned: torch.Tensor | None) -> list[dict]:
+def figure_examples(hint: HintState, poisoned: torch.Tensor | None) -> list[dict]:
     """Up to FIGURE_EXAMPLES clean and FIGURE_EXAMPLES poisoned selected examples (highest |I_up| first) with
     original image, noise and the final model's prediction on the original and the perturbed image."""
     ctx = hint.context

@@ -30,7 +30,7 @@ from .filtering import FEATURES_PARAM, Filter
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
-    from ..training import TrainContext
+    from ..train_context import TrainContext
     from .threat import Threat
 
 DISTANCE_BLOCK_FLOATS = 2 ** 24  # 64 MiB of float32 distances per block of query rows on a GPU

@@ -19,7 +19,7 @@ from ..params import Param
 from .filtering import FEATURES_PARAM, Filter
 
 if TYPE_CHECKING:
-    from ..training import TrainContext
+    from ..train_context import TrainContext
 
 
 def ocsvm_remove(features: torch.Tensor, labels: torch.Tensor, nu: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ from ..hashing import derived_seed
 from .filtering import DROP_PARAM, Filter, fraction_count
 
 if TYPE_CHECKING:
-    from ..training import TrainContext
+    from ..train_context import TrainContext
 
 RANDOM_FILTER_STREAM = "random-filter"
 

@@ -17,7 +17,8 @@ from ..attacks.base import AttackContext, PoisonSet, ProgressFn, Target
 from ..checkpoints import execution_identity
 from ..errors import PoisonbenchError
 from ..io import atomic_write_json, exclusive, os_error_in_one_line
-from ..records import environment, peak_memory, results_dir
+from ..provenance import environment, peak_memory
+from ..workspace import results_dir
 from .spec import CraftSpec
 from .store import check_writable, exists, labels_hash, load, save
 

@@ -29,7 +29,7 @@ from ..io import (
     umask,
     writer_tag,
 )
-from ..records import workspace_subdir
+from ..workspace import workspace_subdir
 from .spec import OPTIONAL_SPEC_FIELDS, SPEC_FIELDS, CraftSpec
 
 TENSOR_FILE = "delta.safetensors"

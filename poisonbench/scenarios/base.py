@@ -31,7 +31,7 @@ from ..errors import PoisonbenchError
 from ..models import build_model
 
 if TYPE_CHECKING:
-    from ..runner import DefendSpec
+    from ..spec import DefendSpec
 
 
 class PoisonPlan(Protocol):

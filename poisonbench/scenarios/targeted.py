@@ -36,6 +36,7 @@ from ..attacks.targeted import SURROGATE_PARAMS
 from ..defenses.threat import Threat
 from ..errors import PoisonbenchError
 from ..models import DEFAULT_MODEL, build_model
+from ..recipes import default_recipe
 from .base import AttackerModel, ModelRequest, Scenario, attacker_model_of, reporter_progress
 
 TARGETED_SCENARIOS = ("scratch", "transfer")
@@ -125,10 +126,10 @@ def target_config(attack: str, spec, target: Target, n: int, extra: dict | None 
 
 
 def victim_recipe(spec, data) -> tuple[str, dict]:
-    """The recipe the run trains with: (name, its non-None overrides)."""
-    from ..defend_spec import recipe_name
-
-    return recipe_name(spec, data.family), {k: v for k, v in spec.recipe_overrides.items() if v is not None}
+    """The recipe the run trains with: (name, its non-None overrides); a targeted run's default is the family's
+    targeted recipe (`recipes.default_recipe`, as `defend_spec.recipe_name` resolves it)."""
+    overrides = {k: v for k, v in spec.recipe_overrides.items() if v is not None}
+    return spec.recipe or default_recipe(data.family, targeted=True), overrides
 
 
 def surrogate_params(spec, data) -> dict:
