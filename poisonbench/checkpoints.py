@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from . import __version__
 from .errors import PoisonbenchWarning
 from .hashing import code_fingerprint
 from .io import atomic_write_bytes, remove_stale_temps
+from .provenance import cpu_model
 
 code_fingerprint()  # read the sources now, at start-up: the checkout may move on while a long run trains
 
@@ -55,17 +55,6 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         metadata = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     return tensors, metadata
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; else the platform's processor string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def execution_identity(device: torch.device) -> dict:

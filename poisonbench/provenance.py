@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .checkpoints import cpu_model
 from .hashing import code_fingerprint
 
 
@@ -83,3 +82,14 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
