@@ -7,7 +7,7 @@ poisons and iteration count.
                                         [--toxic-iterations 20] [--surrogate-epochs 3] [--repeats 2]
                                         [--art-fc-poisons 4] [--threads N] [--device auto] [--no-art]
 
-One target and one set of poisons (all of the intended class, `poisonbench.targets.draw_target`), one surrogate
+One target and one set of poisons (all of the intended class, `poisonbench.attacks.targets.draw_target`), one surrogate
 (the scratch scenario's, trained or loaded before any timing and reported apart) for every attack. Ours is the
 whole `poisons.craft` (rows, surrogate from the cache, crafting, saving) into a temporary workspace, one restart.
 
@@ -52,9 +52,9 @@ from poisonbench.attacks.bp import bullseye_loss, toxic_bp
 from poisonbench.attacks.fc import feature_collision, poison_frogs_loss
 from poisonbench.attacks.forest import Brew, feature_model, poison_tensors
 from poisonbench.attacks.gm import GradientMatching, matching_loss, parameter_gradient
+from poisonbench.attacks.targets import draw_target
+from poisonbench.core.device import resolve_device
 from poisonbench.data import load_dataset
-from poisonbench.device import resolve_device
-from poisonbench.targets import draw_target
 
 SEED = 0
 EPS = 16 / 255

@@ -26,9 +26,9 @@ import torch
 from poisonbench import poisons
 from poisonbench.attacks import ATTACKS
 from poisonbench.attacks.surrogate import load_or_train_surrogate
+from poisonbench.core.device import resolve_device
+from poisonbench.core.workspace import results_dir
 from poisonbench.data import load_dataset
-from poisonbench.device import resolve_device
-from poisonbench.workspace import results_dir
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ training (`none`), on the same data and recipe, measured side by side in one pro
                                           [--fl-rows 2000] [--fl-budget 0.1] [--fl-repeats 3] [--threads N]
                                           [--device auto]
 
-Training: `poisonbench.training.train` on the first `--rows` train rows of `--dataset` (default all of mnist-5k's
+Training: `poisonbench.engine.training.train` on the first `--rows` train rows of `--dataset` (default all of mnist-5k's
 3,900), the paper recipe of its family with `--epochs` (default 30, the paper's MNIST length; milestones scaled),
 the family's paper model, seed 0, no evaluation. Every defense is built with its defaults for that recipe and a
 targeted threat whose budget is `--budget` of the rows (the clean-label filters' k and drop fraction depend on it;
@@ -40,14 +40,14 @@ import time
 
 import torch
 
-from poisonbench import paper
+from poisonbench.core.device import resolve_device, to_float
 from poisonbench.data import load_dataset
 from poisonbench.defenses import DEFENSES, Threat, build_defense
 from poisonbench.defenses import facility_location as fl
-from poisonbench.device import resolve_device, to_float
-from poisonbench.models import DEFAULT_MODEL, build_model
-from poisonbench.recipes import resolve_recipe
-from poisonbench.training import train
+from poisonbench.engine.models import DEFAULT_MODEL, build_model
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.engine.training import train
+from poisonbench.report import paper
 
 SEED = 0
 DEFENSE_COSTS = ("defense_prepare", "defense_epoch", "defense_batch")

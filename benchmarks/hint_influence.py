@@ -44,12 +44,12 @@ from safetensors.torch import load_file, save_file
 from torch.utils.flop_counter import FlopCounterMode
 from train_throughput import best_of, matmul_peak_gflops
 
-from poisonbench import influence as inf
+from poisonbench.core.device import to_float
 from poisonbench.data import load_dataset
-from poisonbench.device import to_float
-from poisonbench.models import build_model
-from poisonbench.recipes import resolve_recipe
-from poisonbench.training import train
+from poisonbench.defenses import influence as inf
+from poisonbench.engine.models import build_model
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.engine.training import train
 
 TARGET_SPEEDUP = 50  # issue 4: the influence stage at least 50× faster than the official method
 
@@ -206,7 +206,7 @@ def official_code(repo: str, model, data, tx, ty, ratio: float, sel_ours, ours_o
 
 
 def e2e(results: str, epochs: int | None):
-    from poisonbench.runner import DefendSpec, defend
+    from poisonbench.experiment.defend import DefendSpec, defend
 
     rows = {}
     for method in ("none", "hint"):

@@ -20,8 +20,8 @@ the usual "effective" rate when an algorithm does the same work with fewer opera
 is the peak fraction the engine would need for `speedup` to reach the issue's 3: it is set by the official way's
 own rate on this machine (3 × its img/s × the step's FLOPs, over the peak), so it says how far a 3× is within the
 machine's reach (above 1: out of reach with the model's FLOPs as defined). On the CPU the engine
-runs the 40→100 convolution as DFT-domain products (poisonbench.accel.spectral) with about 47 % of the step's
-direct FLOPs, and the stem's BatchNorm from patch moments (poisonbench.accel.moment_bn, a GEMM more), so
+runs the 40→100 convolution as DFT-domain products (poisonbench.engine.kernels.spectral) with about 47 % of the step's
+direct FLOPs, and the stem's BatchNorm from patch moments (poisonbench.engine.kernels.moment_bn, a GEMM more), so
 `executed_peak_fraction` reports the rate of the operations actually run as well.
 
     python benchmarks/train_throughput.py [--epochs 5] [--compile on|off] [--json]
@@ -42,12 +42,12 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms.functional import to_tensor
 
-from poisonbench import accel
+from poisonbench.core.device import to_float
 from poisonbench.data import load_dataset
-from poisonbench.device import to_float
-from poisonbench.models import build_model
-from poisonbench.recipes import resolve_recipe
-from poisonbench.training import make_optimizer, train
+from poisonbench.engine import kernels as accel
+from poisonbench.engine.models import build_model
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.engine.training import make_optimizer, train
 
 TARGET_SPEEDUP = 3  # issue 2: the engine at least 3× the official way
 
@@ -132,8 +132,8 @@ def interleaved_epoch_seconds(data, recipe, epochs: int, compile_mode: str,
 def train_step_flops_per_image(data, executed: bool = False) -> float:
     """FLOPs of one training step per image: of the model as defined (direct convolutions; the work a step
     does, whatever the algorithm) or, `executed`, of the products the engine runs on the CPU, where the 40→100
-    convolution is a `SpectralConv2d` (poisonbench.accel.spectral) doing fewer multiply-adds and the stem a
-    `MomentConv2d` (poisonbench.accel.moment_bn: the moments' GEMM, and two input channels, one of them zero)."""
+    convolution is a `SpectralConv2d` (poisonbench.engine.kernels.spectral) doing fewer multiply-adds and the stem a
+    `MomentConv2d` (engine.kernels.moment_bn: the moments' GEMM, and two input channels, one of them zero)."""
     model = build_model("convnet", data, seed=0)
     xb = to_float(data.train.x[:128], torch.device("cpu"))
     kernels = accel.training_kernels(model, xb[:1], "auto" if executed else "off")

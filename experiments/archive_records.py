@@ -9,7 +9,7 @@ copied back into a fresh workspace before resuming, so finished runs are skipped
 
 With `--checkpoints`, the epoch checkpoints of unfinished runs (`partial/runs/<run_id>.safetensors`) travel too,
 so a run that outlasts a session resumes on the next machine instead of starting over (it resumes only where the
-checkpoint's execution identity matches: same code, torch, CPU model, thread count; poisonbench/checkpoints.py).
+checkpoint's execution identity matches: same code, torch, CPU model, thread count; poisonbench/engine/checkpoints.py).
 A checkpoint is copied when the destination has no record of its run and no checkpoint with as many epochs done;
 files above `--max-mb` (FRIENDS keeps its noisy rows in its checkpoint: 185 MB on full MNIST) are counted, not
 copied; a checkpoint at the destination whose run's record is there too is removed (the run finished).
@@ -33,9 +33,9 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from poisonbench.checkpoints import META_KEY, checkpoint_path
-from poisonbench.io import atomic_write_bytes
-from poisonbench.records import RunStore
+from poisonbench.core.io import atomic_write_bytes
+from poisonbench.engine.checkpoints import META_KEY, checkpoint_path
+from poisonbench.experiment.records import RunStore
 
 
 def grid_run_ids(grid: str, results: str) -> set[str]:

@@ -26,13 +26,13 @@ import torch
 from safetensors.torch import load as st_load
 
 from poisonbench import poisons
+from poisonbench.core.device import to_float
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
 from poisonbench.defenses.knn import knn_keep
-from poisonbench.device import to_float
-from poisonbench.errors import PoisonbenchError
-from poisonbench.models import build_model
-from poisonbench.pretrained import transfer_split
-from poisonbench.trained_models import weights_sha256
+from poisonbench.engine.model_cache import weights_sha256
+from poisonbench.engine.models import build_model
+from poisonbench.engine.pretrained import transfer_split
 
 COLUMNS = ("dataset", "extractor", "impl", "ε", "budget", "seed", "n", "d_pt", "d_bt", "ratio", "d_pm", "d_nn", "kept",
            "own nbr", "tgt nbr", "psn nbr", "tgt rank")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 
-from poisonbench.records import RunStore
+from poisonbench.experiment.records import RunStore
 
 
 def cell_key(record: dict) -> tuple[str, ...] | None:

@@ -40,9 +40,9 @@ from poisonbench.attacks.base import AttackContext, Target
 from poisonbench.attacks.crafting_augment import crafting_augment
 from poisonbench.attacks.forest import Brew, poison_tensors
 from poisonbench.attacks.gm import GradientMatching
+from poisonbench.core.hashing import derived_seed
 from poisonbench.data.catalog import FOREST_MEAN, FOREST_STD
 from poisonbench.data.load import load_dataset
-from poisonbench.hashing import derived_seed
 from poisonbench.poisons.store import load as load_poison_set
 
 ITERATIONS = 250

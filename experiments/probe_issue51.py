@@ -221,7 +221,7 @@ def kind1_sbatch(ws: Path, npz: Path) -> None:
 def kind2_figure_paths(ws: Path, npz: Path) -> Path:
     """A genuine HINT record, copied with config.dataset = `x/../../../ESCAPED` (its run_id recomputed, the file
     renamed), drawn as Figure 1: every PNG inside --out, nothing named ESCAPED outside it. Returns the workspace."""
-    from poisonbench.records import run_id
+    from poisonbench.experiment.records import run_id
 
     root = ws / "k2"
     res = cli(ws, "defend", "--dataset", npz, "--method", "hint", "--recipe", "quick", "--epochs", "1",

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from poisonbench.defenses import DEFENSES
-from poisonbench.recipes import resolve_recipe
+from poisonbench.engine.recipes import resolve_recipe
 
 
 def tweaks(method: str, params: dict, dataset: str, recipe: dict) -> dict:

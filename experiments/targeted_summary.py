@@ -17,8 +17,8 @@ from pathlib import Path
 
 
 def wilson_interval(k: int, n: int) -> tuple[float, float]:
-    """The report's own Wilson 95 % interval of k successes in n (poisonbench.tables)."""
-    from poisonbench.tables.stats import wilson
+    """The report's own Wilson 95 % interval of k successes in n (poisonbench.report.tables)."""
+    from poisonbench.report.tables.stats import wilson
 
     return wilson(k, n)
 
@@ -26,7 +26,7 @@ def wilson_interval(k: int, n: int) -> tuple[float, float]:
 def records_and_manifests(results: Path) -> tuple[list[dict], dict[str, dict]]:
     """The run records and the PoisonSet manifests ({poison id: manifest}) of a workspace or a packed file."""
     if results.is_file():
-        from poisonbench.records_pack import read_pack
+        from poisonbench.experiment.packed_records import read_pack
 
         pack = read_pack(results)
         return [r for _, r in pack.runs], {m["poison_id"]: m for _, m in pack.manifests}

@@ -121,7 +121,7 @@ def cli(capsys):
 def train_calls(monkeypatch):
     """Every call of the engine's `train` made through the runner, as `(args, kwargs, result)`, recorded before
     the result goes back to the runner. Tests that must alter a result wrap `run_execution.train` themselves."""
-    from poisonbench import run_execution
+    from poisonbench.experiment import one_run as run_execution
 
     calls: list[tuple[tuple, dict, object]] = []
     real = run_execution.train
@@ -182,7 +182,7 @@ def targeted_spec(path: str, default_attack: str, **given):
     """A `DefendSpec` of a targeted run (`default_attack` unless `given` names another) on the tiny dataset at
     `path`, as cheap as it can be (1-epoch quick recipe, one iteration of one restart, 2 % budget); `given`
     overrides any field."""
-    from poisonbench.runner import DefendSpec
+    from poisonbench.experiment.defend import DefendSpec
 
     base = {"dataset": path, "recipe": "quick", "recipe_overrides": {"epochs": 1}, "attack": default_attack,
             "budget": 0.02, "attack_params": {"iterations": 1, "restarts": 1}}

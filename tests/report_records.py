@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from poisonbench.hashing import short_hash
-from poisonbench.recipes import resolve_recipe
+from poisonbench.core.hashing import short_hash
+from poisonbench.engine.recipes import resolve_recipe
 
 MIX = ["pgd", "dap", "durp", "deepconfuse"]
 

@@ -10,19 +10,20 @@ from dataclasses import replace
 import pytest
 import torch
 
-from poisonbench import accel, poisons
-from poisonbench.accel.input_grad import ReluAvgPool2d, StemConv2d
-from poisonbench.accel.moment_bn import MomentBatchNorm2d, MomentConv2d
-from poisonbench.accel.spectral import SpectralConv2d
-from poisonbench.checkpoints import Checkpoint
+from poisonbench import poisons
+from poisonbench.core.device import to_float
+from poisonbench.core.errors import PoisonbenchError
+from poisonbench.core.provenance import environment
 from poisonbench.data import load_dataset
 from poisonbench.defenses import build_defense
-from poisonbench.device import to_float
-from poisonbench.errors import PoisonbenchError
-from poisonbench.models import build_model
-from poisonbench.provenance import environment
-from poisonbench.recipes import resolve_recipe
-from poisonbench.training import train
+from poisonbench.engine import kernels as accel
+from poisonbench.engine.checkpoints import Checkpoint
+from poisonbench.engine.kernels.input_grad import ReluAvgPool2d, StemConv2d
+from poisonbench.engine.kernels.moment_bn import MomentBatchNorm2d, MomentConv2d
+from poisonbench.engine.kernels.spectral import SpectralConv2d
+from poisonbench.engine.models import build_model
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.engine.training import train
 
 CPU = torch.device("cpu")
 KERNELS = (SpectralConv2d, MomentConv2d, MomentBatchNorm2d, StemConv2d, ReluAvgPool2d)
@@ -105,7 +106,7 @@ def test_an_off_inference_copy_keeps_the_models_own_modules(mnist_rows):
 
 def test_hints_influence_copies_follow_the_runs_mode(tiny_npz, monkeypatch):
     """HINT reaches `inference_copy` inside `influence.head_inputs` / `influence_pert` without passing the mode."""
-    import poisonbench.influence as influence
+    import poisonbench.defenses.influence as influence
 
     data = load_dataset(str(tiny_npz))
     x, y = to_float(data.train.x, CPU), data.train.y

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.defenses import DEFENSES, Threat, build_defense
 from poisonbench.defenses.atda import (
     FAT_STEP_RATIO,
@@ -18,9 +19,8 @@ from poisonbench.defenses.atda import (
     random_start,
     tau_bounds,
 )
-from poisonbench.errors import PoisonbenchError
-from poisonbench.recipes import Recipe, resolve_recipe
-from poisonbench.training import train
+from poisonbench.engine.recipes import Recipe, resolve_recipe
+from poisonbench.engine.training import train
 
 from .toys import SmallConvNet
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from poisonbench import tables
 from poisonbench.attacks.base import check_seed
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
-from poisonbench.runner import DefendSpec, defend, run_config
-from poisonbench.scenarios import scenario_for
+from poisonbench.experiment.defend import DefendSpec, defend, run_config
+from poisonbench.experiment.scenarios import scenario_for
+from poisonbench.report import tables
 
 from .conftest import targeted_spec, write_npz
 
@@ -32,10 +32,10 @@ def spec_of(path: str, **given):
 def capture_inits(monkeypatch) -> dict[str, list]:
     """Record (seed, initial weights) of every model the surrogate training (`trained_models`) and the scratch
     victim (`scenarios.base`) build, and the seed each training run (the engine) takes."""
-    import poisonbench.run_execution as run_execution
-    import poisonbench.scenarios.base as scenario_base
-    import poisonbench.trained_models as trained_models
-    import poisonbench.training as training
+    import poisonbench.engine.model_cache as trained_models
+    import poisonbench.engine.training as training
+    import poisonbench.experiment.one_run as run_execution
+    import poisonbench.experiment.scenarios.base as scenario_base
 
     seen: dict[str, list] = {"attacker": [], "victim": [], "train": []}
 
@@ -99,7 +99,7 @@ def test_trial_0s_victim_does_not_start_from_the_surrogates_weights_or_seed(gm_a
     assert surrogate_seed != victim_seed and surrogate_seed % 2 ** 32 != victim_seed % 2 ** 32  # CPU streams too
     assert not same_weights(surrogate_init, victim_init)
     assert seen["train"] == [surrogate_seed, victim_seed]  # batch order and augmentation apart as well
-    from poisonbench.seeds import is_attacker_seed
+    from poisonbench.core.seeds import is_attacker_seed
 
     assert is_attacker_seed(surrogate_seed)
 
@@ -180,8 +180,8 @@ def test_crafting_augmentation_follows_the_victims_and_is_recorded(tiny):
 
 def test_attacker_seeds_cannot_be_victim_seeds(tiny):
     from poisonbench.attacks.surrogate import surrogate_spec
-    from poisonbench.pretrained import extractor_spec
-    from poisonbench.seeds import attacker_seed, check_apart, is_attacker_seed
+    from poisonbench.core.seeds import attacker_seed, check_apart, is_attacker_seed
+    from poisonbench.engine.pretrained import extractor_spec
 
     _, data = tiny
     seeds = [surrogate_spec(data)["seed"], surrogate_spec(data, recipe="quick")["seed"],
@@ -200,7 +200,7 @@ def test_attacker_seeds_cannot_be_victim_seeds(tiny):
 
 def test_untargeted_runs_check_their_seed_and_may_start_from_the_untargeted_surrogate(tiny):
     from poisonbench.attacks.surrogate import surrogate_spec
-    from poisonbench.hashing import short_hash
+    from poisonbench.core.hashing import short_hash
 
     path, data = tiny
     surrogate = surrogate_spec(data)
@@ -226,7 +226,7 @@ def test_same_init_is_refused_where_there_is_nothing_to_start_from(cli, tiny, tm
 
 
 def test_the_forest_recipe_is_forests_and_the_default_of_targeted_mnist_runs(tiny):
-    from poisonbench.recipes import resolve_recipe
+    from poisonbench.engine.recipes import resolve_recipe
 
     mnist, cifar = resolve_recipe("mnist", "forest"), resolve_recipe("cifar10", "forest")
     assert (mnist.lr, cifar.lr) == (0.01, 0.1)  # forest's lr 0.1, × 0.1 for its "brittle" ConvNet
@@ -244,7 +244,7 @@ def test_the_forest_recipe_is_forests_and_the_default_of_targeted_mnist_runs(tin
 
 
 def test_shift_moves_digits_by_at_most_two_pixels_without_flipping_them():
-    from poisonbench import augment
+    from poisonbench.engine import augment
 
     x = torch.zeros(200, 1, 12, 12)
     x[:, :, 5, 2] = 1  # one lit pixel left of centre

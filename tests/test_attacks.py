@@ -13,10 +13,10 @@ from safetensors.torch import save as st_save
 from poisonbench.attacks import ATTACKS, deepconfuse, deepconfuse_nets
 from poisonbench.attacks.base import EPS_TOLERANCE, AttackContext, Target, budget_count, select_indices
 from poisonbench.attacks.surrogate import load_or_train_surrogate, surrogate_id, surrogate_path, surrogate_spec
+from poisonbench.core.errors import PoisonbenchError
+from poisonbench.core.hashing import canonical_json
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
-from poisonbench.hashing import canonical_json
-from poisonbench.models import build_model
+from poisonbench.engine.models import build_model
 from poisonbench.poisons import craft_spec
 
 from .conftest import write_npz
@@ -111,7 +111,7 @@ def test_full_and_empty_budgets(attack_name, tiny):
     spec_all = craft_spec(data, name, budget=BUDGET.get(name, 1.0), target=target_for(name, data))
     if cls.targeted:  # rows from one class: no budget covers the whole split, and an empty one is refused
         assert spec_all.eps == 16 / 255  # forest's default (paper §VI-A2)
-        from poisonbench.targets import draw_target
+        from poisonbench.attacks.targets import draw_target
 
         with pytest.raises(PoisonbenchError, match="budget 0 poisons no image"):
             draw_target(data, 0, "scratch", 0.0)

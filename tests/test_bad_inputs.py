@@ -12,9 +12,9 @@ import warnings
 import numpy as np
 import pytest
 
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
-from poisonbench.records import RunStore
+from poisonbench.experiment.records import RunStore
 
 from .conftest import class_images, files_under, one_line_error, write_cifar_dir
 

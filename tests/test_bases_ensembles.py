@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from poisonbench import poisons
 from poisonbench.attacks import ATTACKS
 from poisonbench.attacks.base import Target
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
 
 from .conftest import write_npz
 
@@ -34,7 +34,7 @@ def results(tmp_path_factory):
 
 
 def aim(data, intended: int | None = None) -> Target:
-    from poisonbench.targets import draw_target
+    from poisonbench.attacks.targets import draw_target
 
     return draw_target(data, SEED, "scratch", BUDGET, TARGET_INDEX, intended)
 
@@ -60,7 +60,7 @@ def test_random_bases_are_todays_draw(tiny):
 
 def test_nearest_bases_are_the_k_nearest_in_the_surrogates_features(tiny, results, one_thread):
     from poisonbench.attacks.surrogate import load_or_train_surrogate
-    from poisonbench.targets import base_pool
+    from poisonbench.attacks.targets import base_pool
 
     spec, poison = craft(tiny, results, bases="nearest")
     drawn = aim(tiny)
@@ -92,7 +92,7 @@ def test_nearest_bases_refuse_a_setup_files_fixed_rows(tiny):
 
 
 def test_nearest_bases_reach_the_record(tiny, tiny_path, tmp_path, one_thread):
-    from poisonbench.runner import DefendSpec, defend
+    from poisonbench.experiment.defend import DefendSpec, defend
 
     spec = DefendSpec(dataset=tiny_path, recipe="quick",
                       recipe_overrides={"epochs": 1}, attack="gm", budget=BUDGET, results=str(tmp_path),
@@ -104,7 +104,7 @@ def test_nearest_bases_reach_the_record(tiny, tiny_path, tmp_path, one_thread):
 
 
 def member_models(data, seeds=(1, 2)):
-    from poisonbench.models import build_model
+    from poisonbench.engine.models import build_model
 
     return [build_model("convnet", data, seed=s).eval().requires_grad_(False) for s in seeds]
 
@@ -159,7 +159,7 @@ def test_ensemble_of_two_trains_two_distinct_surrogates_and_names_them(tiny, res
     specs = gm.member_specs(tiny)
     assert len(specs) == 2 and specs[0]["seed"] != specs[1]["seed"]
     from poisonbench.attacks.surrogate import surrogate_path
-    from poisonbench.hashing import short_hash
+    from poisonbench.core.hashing import short_hash
 
     weights = []
     for s in specs:

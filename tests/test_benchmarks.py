@@ -62,7 +62,7 @@ def test_throughput_interleaves_epochs_and_times_each_variant_apart(monkeypatch)
     monkeypatch.setattr(train_throughput, "build_model", lambda *a, **k: None)
 
     from poisonbench.data import load_dataset
-    from poisonbench.recipes import resolve_recipe
+    from poisonbench.engine.recipes import resolve_recipe
 
     seconds = train_throughput.interleaved_epoch_seconds(load_dataset("mnist-5k"), resolve_recipe("mnist"), 3, "off",
                                                          {"a": Sleeper("a"), "b": Sleeper("b")})

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from poisonbench.checkpoints import Checkpoint
+from poisonbench.core.device import to_float
+from poisonbench.core.errors import PoisonbenchWarning
 from poisonbench.data import load_dataset
 from poisonbench.defenses import DEFENSES, Threat, build_defense
-from poisonbench.device import to_float
-from poisonbench.errors import PoisonbenchWarning
-from poisonbench.models import build_model
-from poisonbench.recipes import resolve_recipe
-from poisonbench.training import train
+from poisonbench.engine.checkpoints import Checkpoint
+from poisonbench.engine.models import build_model
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.engine.training import train
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,7 +112,7 @@ def test_saves_follow_the_interval_and_a_foreign_checkpoint_is_ignored(tiny_npz,
 
 def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_run(tiny_npz, tmp_path, monkeypatch):
     """A full disk: the checkpoint (insurance) is skipped with a warning and the run finishes as it would."""
-    import poisonbench.checkpoints as checkpoints
+    import poisonbench.engine.checkpoints as checkpoints
 
     data = load_dataset(str(tiny_npz))
     _, ref, _ = run(data, "none")
@@ -154,7 +154,7 @@ def test_a_checkpoint_from_another_cpu_thread_count_is_ignored(tiny_npz, tmp_pat
 def test_a_checkpoint_from_other_code_or_another_cpu_is_ignored(tiny_npz, tmp_path, monkeypatch, change):
     """Other sources (the version string stays 0.1.0 across commits), another instruction set (ATen / oneDNN
     pick other kernels: e.g. AVX2 vs AVX-512 round differently) or CPU model: the run trains from the start."""
-    import poisonbench.checkpoints as checkpoints
+    import poisonbench.engine.checkpoints as checkpoints
 
     data = load_dataset(str(tiny_npz))
     with pytest.raises(Killed):
@@ -183,28 +183,47 @@ def test_the_code_fingerprint_leaves_out_only_modules_that_exist_and_only_read_r
     from pathlib import Path
 
     import poisonbench
-    from poisonbench.hashing import REPORT_ONLY, can_change_runs
+    from poisonbench.core.hashing import REPORT_ONLY, can_change_runs
 
     root = Path(poisonbench.__file__).parent
     assert all((root / name / "__init__.py").is_file() if name.endswith("/") else (root / name).is_file()
                for name in REPORT_ONLY)
     modules = [p.relative_to(root).as_posix() for p in root.rglob("*.py")]
     left_out = {m for m in modules if not can_change_runs(m)}
-    assert {m for m in modules if m.startswith(("tables/", "figures/"))} <= left_out
-    assert {"training.py", "hashing.py", "attacks/pgd.py", "defenses/hint.py"} <= set(modules) - left_out
-    stems = {name.removesuffix(".py").removesuffix("/").replace("/", ".") for name in REPORT_ONLY}
-    for module in ("training", "runner", "run_execution", "poisons/crafting", "scenarios/untargeted", "influence",
-                   "defenses/hint", "attacks/base"):
-        text = (root / f"{module}.py").read_text()
-        assert not any(f"from .{s} import" in text or f"from ..{s} import" in text or f"import {s}\n" in text
-                       for s in stems), module
+    assert {m for m in modules if m.startswith(("report/tables/", "report/figures/"))} <= left_out
+    assert {"engine/training.py", "core/hashing.py", "attacks/pgd.py", "defenses/hint.py"} <= set(modules) - left_out
+    report_only = {"poisonbench." + m.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+                   for m in left_out}
+    training_side = [m for m in modules if m.split("/")[0] in
+                     ("core", "data", "engine", "attacks", "defenses", "poisons", "experiment") and m not in left_out]
+    assert "experiment/defend.py" in training_side and "poisons/crafting.py" in training_side
+    for module in training_side:
+        imported = imported_modules(root / module, "poisonbench." + module.removesuffix(".py").replace("/", "."))
+        assert not imported & report_only, (module, imported & report_only)
+
+
+def imported_modules(path, name: str) -> set[str]:
+    """The dotted names a module imports (relative imports resolved; `from pkg import mod` gives pkg.mod too)."""
+    import ast
+
+    package = name.removesuffix(".__init__") if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            out.add(target)
+            out.update(f"{target}.{a.name}" for a in node.names)
+    return out
 
 
 def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
     """28×28 images: the ConvNet's 40→100 layer trains as `SpectralConv2d` on the CPU (16×16 ones stay direct)."""
     import numpy as np
 
-    import poisonbench.accel.spectral as spectral_kernels
+    import poisonbench.engine.kernels.spectral as spectral_kernels
 
     from .conftest import class_images
 
@@ -226,8 +245,8 @@ def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
     assert torch.equal(resumed.context.train_x, ref.context.train_x)
     assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     # a checkpoint written on the plain path is not resumed on the spectral / moment one (and the other way round)
-    import poisonbench.accel.moment_bn as moment_bn
-    import poisonbench.accel.spectral as spectral
+    import poisonbench.engine.kernels.moment_bn as moment_bn
+    import poisonbench.engine.kernels.spectral as spectral
 
     for module, switch, name, layers in ((spectral, "MAX_COST_FRACTION", "spectral", "conv.4"),
                                          (moment_bn, "MAX_GRAM_COST", "moment_bn", "conv.0")):
@@ -245,7 +264,7 @@ def test_resume_is_exact_when_the_spectral_layer_trains(tmp_path, monkeypatch):
 def test_a_checkpoint_of_an_eager_run_is_not_resumed_compiled(tiny_npz, tmp_path, monkeypatch):
     """compile on/off round differently: the identity's `compiled` must refuse the resume. torch.compile itself is
     replaced by the identity function (no compile time): only the identity field is under test."""
-    import poisonbench.training as training
+    import poisonbench.engine.training as training
 
     data = load_dataset(str(tiny_npz))
     with pytest.raises(Killed):
@@ -260,7 +279,8 @@ def test_a_checkpoint_of_an_eager_run_is_not_resumed_compiled(tiny_npz, tmp_path
 def test_a_poisoned_runs_checkpoint_names_its_poison_tensors(tiny_npz, tmp_path, train_calls):
     """A checkpoint must not be resumed on re-crafted poisons (`craft --force` after the kill): the identity the
     engine checks carries the sha256 of every PoisonSet's tensors."""
-    from poisonbench import poisons, runner
+    from poisonbench import poisons
+    from poisonbench.experiment import defend as runner
 
     spec = runner.DefendSpec(dataset=str(tiny_npz), recipe="quick", recipe_overrides={"epochs": 1, "batch_size": 64},
                              poison_ratio=0.3, attacks=["durp"], seed=5, compile="off", device="cpu",
@@ -274,7 +294,7 @@ def test_a_poisoned_runs_checkpoint_names_its_poison_tensors(tiny_npz, tmp_path,
 def test_a_resumed_filter_does_not_train_its_feature_model_again(tiny_npz, tmp_path, monkeypatch):
     """A filter decides once: the resumed segment restores its decision (and `active`) from the checkpoint instead of
     training a second feature model, and ends with the uninterrupted run's numbers (the test above)."""
-    from poisonbench.train_context import TrainContext
+    from poisonbench.engine.hooks import TrainContext
 
     data = load_dataset(str(tiny_npz))
     calls = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from poisonbench.chunking import CPU_ACTIVATION_BYTES, chunk_rows, largest_activation_bytes
 from poisonbench.data import load_dataset
-from poisonbench.models import build_model
+from poisonbench.engine.chunking import CPU_ACTIVATION_BYTES, chunk_rows, largest_activation_bytes
+from poisonbench.engine.models import build_model
 
 
 def test_cpu_chunks_split_the_batch_equally_under_the_activation_budget():

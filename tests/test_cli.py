@@ -192,7 +192,7 @@ def test_a_record_of_another_schema_is_refused_and_a_failed_record_write_keeps_t
     without --force; when the record cannot be written, the finished record is printed and the command fails."""
     import json
 
-    from poisonbench.records import RunStore
+    from poisonbench.experiment.records import RunStore
 
     results = tmp_path / "r"
     code, out, _ = cli("defend", "--dataset", tiny_npz, *FAST, "--results", results, "--json")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
 from poisonbench.data.formats import read_idx
 from poisonbench.data.splits import fingerprint, stratified_split
-from poisonbench.errors import PoisonbenchError
 
 from .conftest import write_cifar_dir, write_idx, write_mnist_dir
 
@@ -230,7 +230,7 @@ def test_the_four_mnist_files_come_from_one_folder(tmp_path):
 
 
 def test_a_data_dir_the_dataset_does_not_read_is_named_in_a_warning(tmp_path, tiny_npz):
-    from poisonbench.errors import PoisonbenchWarning
+    from poisonbench.core.errors import PoisonbenchWarning
 
     with pytest.warns(PoisonbenchWarning, match="--data-dir ignored: mnist-5k is read from its package"):
         load_dataset("mnist-5k", data_dir=tmp_path)
@@ -241,7 +241,7 @@ def test_a_data_dir_the_dataset_does_not_read_is_named_in_a_warning(tmp_path, ti
 @pytest.mark.parametrize("override, needle", [({"momentum": 1.0}, "momentum must be in"),
                                               ({"lr_decay": -5.0}, "decay factor")])
 def test_recipe_values_outside_their_range_are_refused(override, needle):
-    from poisonbench.recipes import resolve_recipe
+    from poisonbench.engine.recipes import resolve_recipe
 
     with pytest.raises(PoisonbenchError, match=needle):
         resolve_recipe("cifar10", "paper", **override)
@@ -249,7 +249,7 @@ def test_recipe_values_outside_their_range_are_refused(override, needle):
 
 def test_resnet18_needs_images_of_16_pixels():
     """On 8×8 images its last stage is 1×1, where a final batch of one image cannot train BatchNorm."""
-    from poisonbench.models import check_fits
+    from poisonbench.engine.models import check_fits
 
     small = type("D", (), {"shape": (3, 8, 8), "name": "tiny"})()
     with pytest.raises(PoisonbenchError, match="at least 16×16"):
@@ -280,8 +280,8 @@ def test_npz_split_flag_sets_the_fractions_and_is_refused_elsewhere(cli, tiny_np
                        "1", "--compile", "off", "--results", tmp_path / "r", "--json")
     assert json.loads(out)["run_id"] == default_run and json.loads(out)["status"] == "skipped"  # the default, named
 
-    from poisonbench import tables
-    from poisonbench.records import RunStore
+    from poisonbench.experiment.records import RunStore
+    from poisonbench.report import tables
 
     records = [r for r in RunStore(tmp_path / "r").all() if r["run_id"] == split_run]
     commands, _ = tables.missing_commands("2", records, tables.Options(trials=2), dataset="tiny.npz",
@@ -297,7 +297,7 @@ def test_npz_split_flag_sets_the_fractions_and_is_refused_elsewhere(cli, tiny_np
 def test_figures_draw_test_images_only_from_the_records_split(tiny_npz):
     """A figure indexes test images by the records' indices: it loads the records' `--npz-split` and draws
     placeholders (None) when the data it finds has another fingerprint."""
-    from poisonbench.figures.panels import split_test_images
+    from poisonbench.report.figures.panels import split_test_images
 
     split = load_dataset(str(tiny_npz), npz_split=(0.1, 0.3))
     images = split_test_images(str(tiny_npz), None, "0.1,0.3", split.fingerprint)

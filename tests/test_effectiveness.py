@@ -22,9 +22,9 @@ from poisonbench.attacks import ATTACKS
 from poisonbench.attacks import surrogate as surrogate_module
 from poisonbench.data import load_dataset
 from poisonbench.data.mnist5k import load_mnist_5k
+from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.scenarios import CRAFT_SEED
 from poisonbench.poisons import craft, craft_spec
-from poisonbench.runner import DefendSpec, defend
-from poisonbench.scenarios import CRAFT_SEED
 
 ROWS = 2000
 FAST = {"pgd": {"steps": 10, "step_size": 0.075}, "dap": {"steps": 10}}

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from poisonbench.augment import apply as augment_apply
-from poisonbench.augment import crop_flip
+from poisonbench.core.device import should_compile, to_float
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.device import should_compile, to_float
-from poisonbench.errors import PoisonbenchError
-from poisonbench.models import build_model
-from poisonbench.recipes import resolve_recipe
-from poisonbench.training import train
+from poisonbench.engine.augment import apply as augment_apply
+from poisonbench.engine.augment import crop_flip
+from poisonbench.engine.models import build_model
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.engine.training import train
 
 CPU = torch.device("cpu")
 
@@ -60,9 +60,9 @@ def test_the_training_seed_alone_changes_the_batch_order(tiny_npz):
 
 def test_trial_t_uses_seed_plus_t_for_weights_batches_and_poisoned_rows(tiny_npz, tmp_path, monkeypatch,
                                                                        train_calls):
-    from poisonbench import runner
-    from poisonbench.scenarios import base as scenario_base
-    from poisonbench.scenarios import plan_untargeted
+    from poisonbench.experiment import defend as runner
+    from poisonbench.experiment.scenarios import base as scenario_base
+    from poisonbench.experiment.scenarios import plan_untargeted
 
     seen = {"init": []}
     build = scenario_base.build_model
@@ -82,7 +82,7 @@ def test_trial_t_uses_seed_plus_t_for_weights_batches_and_poisoned_rows(tiny_npz
     assert [c["poison"]["indices_fingerprint"] for c in configs] == drawn and drawn[0] != drawn[1]
 
 def test_trained_weights_come_back_contiguous_and_predict_is_chunk_independent(tiny_npz):
-    from poisonbench.training import predict
+    from poisonbench.engine.training import predict
 
     data = load_dataset(str(tiny_npz))
     model, _ = run(data, epochs=1)  # trained in channels_last
@@ -183,8 +183,8 @@ def test_crop_flip_draws_only_from_the_runs_generator():
 def test_optimizer_takes_every_recipe_field():
     import torch
 
-    from poisonbench.recipes import resolve_recipe
-    from poisonbench.training import make_optimizer
+    from poisonbench.engine.recipes import resolve_recipe
+    from poisonbench.engine.training import make_optimizer
 
     recipe = resolve_recipe("cifar10", "paper", lr=0.05, momentum=0.8, weight_decay=1e-3, lr_decay=0.3,
                             milestones=[2, 5])
@@ -198,7 +198,7 @@ def test_optimizer_takes_every_recipe_field():
 def test_only_the_full_batch_and_the_datas_last_batch_are_compiled():
     """EPIC's drops and a filter's removals change the last batch's size: those sizes run eagerly rather than
     recompiling the static graph at every drop; the choice depends only on the sizes, so a resume repeats it."""
-    from poisonbench.training import compiles_size
+    from poisonbench.engine.training import compiles_size
 
     assert compiles_size(True, 128, 128, 3900) and compiles_size(True, 3900 % 128, 128, 3900)
     assert not compiles_size(True, 6, 128, 3900) and not compiles_size(True, 59, 128, 3900)

@@ -12,16 +12,16 @@ import pytest
 import torch
 from torch import nn
 
+from poisonbench.core.device import to_float
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
 from poisonbench.defenses import DEFENSES, build_defense
 from poisonbench.defenses import epic as epic_module
 from poisonbench.defenses import facility_location as fl
 from poisonbench.defenses.epic import Epic, class_budgets, drop_epochs, gradient_proxy, small_cluster_rows
-from poisonbench.device import to_float
-from poisonbench.errors import PoisonbenchError
-from poisonbench.models import build_model
-from poisonbench.recipes import Recipe, resolve_recipe
-from poisonbench.training import TrainContext, train
+from poisonbench.engine.models import build_model
+from poisonbench.engine.recipes import Recipe, resolve_recipe
+from poisonbench.engine.training import TrainContext, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")

@@ -14,8 +14,8 @@ from poisonbench import poisons
 from poisonbench.attacks import ATTACKS
 from poisonbench.data import load_dataset
 from poisonbench.defenses import DEFENSES
-from poisonbench.runner import DefendSpec, defend
-from poisonbench.scenarios import SCENARIOS
+from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.scenarios import SCENARIOS
 
 from .toys import ToyDefense, ToyTargeted, ToyTransfer, registered
 

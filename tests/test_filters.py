@@ -18,9 +18,9 @@ from poisonbench.defenses.knn import block_rows, knn_keep
 from poisonbench.defenses.l2_filter import l2_remove
 from poisonbench.defenses.ocsvm import ocsvm_remove
 from poisonbench.defenses.random_filter import random_remove
-from poisonbench.recipes import resolve_recipe
-from poisonbench.runner import DefendSpec, defend
-from poisonbench.train_context import TrainContext
+from poisonbench.engine.hooks import TrainContext
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.experiment.defend import DefendSpec, defend
 
 from .conftest import write_npz
 from .toys import ToyTargeted, registered

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.defenses import DEFENSES, build_defense
 from poisonbench.defenses.friends import INIT_EPS, Friends, scale_begin
-from poisonbench.errors import PoisonbenchError
-from poisonbench.recipes import Recipe, resolve_recipe
-from poisonbench.training import TrainContext, make_optimizer, train
+from poisonbench.engine.recipes import Recipe, resolve_recipe
+from poisonbench.engine.training import TrainContext, make_optimizer, train
 
 from .toys import SmallConvNet
 

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from poisonbench import influence as inf
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.defenses import DEFENSES, build_defense
+from poisonbench.defenses import influence as inf
 from poisonbench.defenses.hint import Hint, scale_schedule
-from poisonbench.errors import PoisonbenchError
-from poisonbench.models import Normalize
-from poisonbench.recipes import Recipe, resolve_recipe
-from poisonbench.training import TrainContext, make_optimizer, train
+from poisonbench.engine.models import Normalize
+from poisonbench.engine.recipes import Recipe, resolve_recipe
+from poisonbench.engine.training import TrainContext, make_optimizer, train
 
 from .toys import SmallConvNet
 
@@ -211,7 +211,7 @@ def test_needs_validation_split():
 
 
 def test_noise_figure(tmp_path):
-    from poisonbench.figures import noise_figure
+    from poisonbench.report.figures import noise_figure
 
     poisoned = torch.zeros(50, dtype=torch.bool)
     poisoned[1::2] = True

@@ -1,4 +1,4 @@
-"""poisonbench.influence: closed forms against autograd, the three iHVP solvers, batched I_pert against the
+"""poisonbench.defenses.influence: closed forms against autograd, the three iHVP solvers, batched I_pert against the
 official per-example double backward, and I_up against actual retraining on a convex model."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poisonbench import influence as inf
+from poisonbench.defenses import influence as inf
 
 
 class TinyNet(nn.Module):
@@ -329,7 +329,7 @@ def test_influence_pert_predicts_retraining_with_a_frozen_feature_extractor():
 
 
 def test_influence_vector_rejects_empty_val():
-    from poisonbench.errors import PoisonbenchError
+    from poisonbench.core.errors import PoisonbenchError
 
     model, x, y = tiny()
     with pytest.raises(PoisonbenchError):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from poisonbench.accel import inference_copy
-from poisonbench.accel.input_grad import ReluAvgPool2d, StemConv2d, fuse_relu_pools, swap_stems
 from poisonbench.data import load_dataset
-from poisonbench.models import build_model
+from poisonbench.engine.kernels import inference_copy
+from poisonbench.engine.kernels.input_grad import ReluAvgPool2d, StemConv2d, fuse_relu_pools, swap_stems
+from poisonbench.engine.models import build_model
 
 
 @pytest.mark.parametrize("channels,kernel,stride,padding,size,dilation",

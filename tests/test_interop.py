@@ -10,7 +10,7 @@ import torch
 
 from poisonbench import poisons
 from poisonbench.data import load_dataset
-from poisonbench.interop import hint_rows, pool_arrays
+from poisonbench.poisons.interchange.hint_file import hint_rows, pool_arrays
 
 from .conftest import write_mnist_dir, write_npz
 

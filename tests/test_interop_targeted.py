@@ -1,5 +1,5 @@
 """Targeted poisons made by other toolkits, in and out: `poisons import --format forest|toxic|npz`, `poisons export
---poison-set ID --format …`, and the restricted unpickler (poisonbench.foreign)."""
+--poison-set ID --format …`, and the restricted unpickler (poisonbench.poisons.interchange)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from poisonbench import poisons
 from poisonbench.attacks import ATTACKS
 from poisonbench.attacks.base import Target
 from poisonbench.data import load_dataset
-from poisonbench.foreign.formats import FOREST_MEAN, FOREST_STD
-from poisonbench.foreign.unpickle import PickledImage, load_pickle
+from poisonbench.poisons.interchange.formats import FOREST_MEAN, FOREST_STD
+from poisonbench.poisons.interchange.unpickle import PickledImage, load_pickle
 
 from .conftest import class_images
 from .toys import ToyTargeted, registered
@@ -94,7 +94,7 @@ def test_export_then_import_is_the_same_poison_set(colour, grey, tmp_path, cli, 
 
 
 def test_toxic_export_without_pil_writes_arrays_that_import_alike(colour, tmp_path, cli, monkeypatch):
-    from poisonbench.foreign import exchange
+    from poisonbench.poisons.interchange import exchange
 
     data, path = colour
     res = tmp_path / "res"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from poisonbench.data import load_dataset
-from poisonbench.models import MODELS, BasicBlock, ConvNet, ResNet18, build_model
+from poisonbench.engine.models import MODELS, BasicBlock, ConvNet, ResNet18, build_model
 
 from .conftest import write_cifar_dir, write_npz
 

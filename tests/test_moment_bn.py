@@ -12,9 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from poisonbench.accel import inference_copy
-from poisonbench.accel.input_grad import StemConv2d
-from poisonbench.accel.moment_bn import (
+from poisonbench.core.device import to_float
+from poisonbench.data import load_dataset
+from poisonbench.engine.kernels import inference_copy
+from poisonbench.engine.kernels.input_grad import StemConv2d
+from poisonbench.engine.kernels.moment_bn import (
     MomentBatchNorm2d,
     MomentConv2d,
     moment_names,
@@ -23,9 +25,7 @@ from poisonbench.accel.moment_bn import (
     restore_modules,
     swap_moment_batchnorm,
 )
-from poisonbench.data import load_dataset
-from poisonbench.device import to_float
-from poisonbench.models import build_model
+from poisonbench.engine.models import build_model
 
 
 def _pair(cin: int, padding: int, momentum: float | None, dtype=torch.float64, eps: float = 1e-5,
@@ -154,9 +154,9 @@ def test_swapped_pair_shares_parameters_and_statistics():
 
 
 def test_engine_uses_the_moment_layer_on_the_cpu_and_matches_batchnorm(monkeypatch):
-    import poisonbench.accel.moment_bn as moment_module
-    import poisonbench.training as training
-    from poisonbench.recipes import resolve_recipe
+    import poisonbench.engine.kernels.moment_bn as moment_module
+    import poisonbench.engine.training as training
+    from poisonbench.engine.recipes import resolve_recipe
 
     data = load_dataset("mnist-5k")
     rows = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:512]

@@ -11,10 +11,10 @@ import torch
 from poisonbench import poisons
 from poisonbench.attacks.deepconfuse import import_generator
 from poisonbench.attacks.deepconfuse_nets import MNISTAutoencoder
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
-from poisonbench.scenarios import parse_poison_sets, plan_untargeted
-from poisonbench.tables import frame, missing_commands
+from poisonbench.experiment.scenarios import parse_poison_sets, plan_untargeted
+from poisonbench.report.tables import frame, missing_commands
 
 from .conftest import write_npz
 
@@ -170,7 +170,7 @@ def test_report_keeps_default_and_chosen_poison_sets_apart(tiny, tmp_path, cli):
     code, out, err = cli("defend", "--dataset", data_path, "--poisons", f"durp={pid}", "--results", results)
     assert code == 2 and "--poison-ratio > 0" in err
 
-    from poisonbench.records import RunStore
+    from poisonbench.experiment.records import RunStore
 
     df = frame(RunStore(results).all()).set_index("run_id")
     assert df.loc[chosen_run, "poison_sets"] == f"durp={pid}" and df.loc[default_run, "poison_sets"] == ""
@@ -205,7 +205,7 @@ def test_report_keeps_default_and_chosen_poison_sets_apart(tiny, tmp_path, cli):
 
 
 def _opts():
-    from poisonbench.tables import Options
+    from poisonbench.report.tables import Options
 
     return Options(trials=2)
 
@@ -214,7 +214,7 @@ def test_default_poison_ids_never_change():
     """The mix's default PoisonSets on mnist-5k keep the ids the committed records name
     (experiments/records/mnist-5k): a new attack option must not re-key them, or every record on the mix
     would silently become another PoisonSet generation (this happened once, with `generator`). Changed
-    deliberately once since: issue 54 gave the shared surrogate an attacker seed (poisonbench.seeds), which
+    deliberately once since: issue 54 gave the shared surrogate an attacker seed (poisonbench.core.seeds), which
     re-keyed PGD and DAP (before: ffd52a734466426e, 22bfd50320b30825)."""
     data = load_dataset("mnist-5k")
     ids = {a: poisons.craft_spec(data, a, budget=1.0, seed=0).poison_id for a in ("pgd", "dap", "durp", "deepconfuse")}

@@ -12,8 +12,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from poisonbench import poisons
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
 
 from .conftest import write_npz
 
@@ -56,7 +56,7 @@ def test_a_killed_writers_temporary_directory_is_removed_by_the_next_craft(tiny,
     import subprocess
     import sys
 
-    from poisonbench.io import writer_tag
+    from poisonbench.core.io import writer_tag
 
     data, _, _ = tiny
     spec = poisons.craft_spec(data, "durp", budget=0.5, seed=5)
@@ -232,8 +232,8 @@ def test_concurrent_jobs_train_the_surrogate_once(tiny, tmp_path, monkeypatch):
     import threading
     import time
 
-    from poisonbench import trained_models
     from poisonbench.attacks import surrogate
+    from poisonbench.engine import model_cache as trained_models
 
     data, _, _ = tiny
     calls = []
@@ -333,7 +333,7 @@ def test_a_failed_forced_craft_keeps_the_existing_poison_set_and_a_new_one_repla
 
     data, _, _ = tiny
     spec, first, _ = _craft(data, tmp_path, budget=0.5, seed=6)
-    from poisonbench.io import umask
+    from poisonbench.core.io import umask
 
     assert first.path.stat().st_mode & 0o777 == 0o777 & ~umask()
     durp = type(ATTACKS.get("durp")("mnist"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from poisonbench.errors import PoisonbenchError
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.sweeps import grid as grid_module
 from poisonbench.sweeps.slurm import SlurmOptions
 
@@ -134,8 +134,8 @@ def test_bools_set_flags_and_a_grid_at_the_trials_limit_loads(tiny_npz, tmp_path
 
 
 def test_defend_refuses_more_trials_than_its_limit():
-    from poisonbench.defend_spec import validate
-    from poisonbench.spec import DefendSpec
+    from poisonbench.experiment.checks import validate
+    from poisonbench.experiment.spec import DefendSpec
 
     validate(DefendSpec(trials=1000, device="cpu"))
     with pytest.raises(PoisonbenchError, match="--trials 1001: at most 1000 trials"):

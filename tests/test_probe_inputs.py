@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from poisonbench import poisons, termination
+from poisonbench import poisons
 from poisonbench.attacks import ATTACKS
 from poisonbench.attacks.base import PartialBatches
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
-from poisonbench.models import build_model
+from poisonbench.engine import termination
+from poisonbench.engine.models import build_model
 
 from .conftest import files_under, one_line_error, write_npz
 
@@ -92,7 +93,7 @@ def test_a_pending_sigterm_stops_an_iterating_attack_at_its_next_step(attack, ti
     target = None
     budget = 0.5
     if cls.targeted:
-        from poisonbench.targets import draw_target
+        from poisonbench.attacks.targets import draw_target
 
         budget = 0.025
         target = draw_target(data, 1, "scratch", budget)
@@ -197,7 +198,7 @@ def poison_arrays(data, **change):
 def test_poisons_import_checks_the_declared_shapes_before_inflating(case, change, needle, tiny, tmp_path):
     """A small .npz that declares a huge array is refused from its headers: the peak memory stays far below the
     declared size."""
-    from poisonbench.foreign.formats import read_npz_poisons
+    from poisonbench.poisons.interchange.formats import read_npz_poisons
 
     data, _ = tiny
     path = zeros_npz(tmp_path / "bomb.npz", poison_arrays(data, **change))
@@ -217,7 +218,7 @@ def test_a_good_poisons_npz_still_imports(tiny, tmp_path, cli):
 
 def test_a_member_smaller_than_its_header_declares_is_refused(tiny, tmp_path):
     """The zip's declared size of a member must hold the array its .npy header declares (here 8 GB in 100 bytes)."""
-    from poisonbench.foreign.formats import read_npz_poisons
+    from poisonbench.poisons.interchange.formats import read_npz_poisons
 
     data, _ = tiny
     lying = npy_header((1 << 30,), np.int64) + bytes(100)
@@ -265,7 +266,7 @@ def test_a_text_file_named_npz_is_not_called_a_pickle(command, tiny, tmp_path, c
 
 
 def test_an_object_array_in_an_npz_is_refused_without_unpickling(tiny, tmp_path):
-    from poisonbench.foreign.formats import read_npz_poisons
+    from poisonbench.poisons.interchange.formats import read_npz_poisons
 
     data, _ = tiny
     path = tmp_path / "obj.npz"

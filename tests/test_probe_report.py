@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from poisonbench.errors import PoisonbenchError
-from poisonbench.hashing import short_hash
-from poisonbench.records import RunStore
+from poisonbench.core.errors import PoisonbenchError
+from poisonbench.core.hashing import short_hash
+from poisonbench.experiment.records import RunStore
 from tests.report_records import healthy_noise_examples, hint_params, make_record, sample_predictions, write_records
 
 
@@ -61,7 +61,7 @@ def hostile_records(figure: str, value: str) -> list[dict]:
 @pytest.fixture
 def no_images(monkeypatch):
     """Figures 2–4 draw placeholders rather than load a dataset by a hostile name."""
-    from poisonbench.figures import panels
+    from poisonbench.report.figures import panels
 
     monkeypatch.setattr(panels, "split_test_images", lambda *args: None)
 
@@ -101,7 +101,7 @@ def test_no_record_field_makes_a_figure_path_outside_out(cli, tmp_path, no_image
 def test_the_figure_save_helper_refuses_a_path_outside_out(cli, tmp_path, monkeypatch):
     """The last guard: even a file name that escaped the slug (here a broken slug) writes nothing outside --out;
     the command fails in one line."""
-    from poisonbench.figures import rho
+    from poisonbench.report.figures import rho
 
     monkeypatch.setattr(rho, "slug", lambda s: "x/../../../ESCAPED")
     res = write_records(tmp_path / "res", [make_record(rho=0.4, trial=t) for t in range(2)])
@@ -128,7 +128,7 @@ def test_a_symbolic_link_in_out_does_not_redirect_a_figure(cli, tmp_path):
 
 
 def test_safe_slug_keeps_plain_names_and_confines_the_others():
-    from poisonbench.figures.panels import SLUG_MAX, safe_slug
+    from poisonbench.report.figures.panels import SLUG_MAX, safe_slug
 
     for plain in ("mnist-5k", "cifar10", "e2e.npz", "fashion-mnist", "resnet18", "tiny_2.npz"):
         assert safe_slug(plain) == plain
@@ -144,7 +144,7 @@ def test_a_figure_joins_no_record_field_but_a_plain_file_name_to_data_dir(tmp_pa
     """A record names an .npz by its file name, looked up in --data-dir; one naming a path (`../x.npz`) is not
     joined to --data-dir (it would read from outside it)."""
     import poisonbench.data
-    from poisonbench.figures import panels
+    from poisonbench.report.figures import panels
 
     loaded = []
     monkeypatch.setattr(poisonbench.data, "load_dataset", lambda name, *a, **k: loaded.append(name) or 1 / 0)

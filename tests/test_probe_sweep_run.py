@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from poisonbench.records import RunStore
+from poisonbench.experiment.records import RunStore
 from poisonbench.sweeps import Execution, execute, load_grid, make_plan
 
 from .conftest import one_line_error, write_npz

@@ -13,12 +13,13 @@ import time
 import pytest
 import torch
 
-from poisonbench import run_execution, runner
-from poisonbench.checkpoints import checkpoint_path
+from poisonbench.core.io import atomic_write_json
 from poisonbench.data import load_dataset
-from poisonbench.io import atomic_write_json
-from poisonbench.records import SCHEMA_VERSION, RunStore, run_id
-from poisonbench.scenarios import plan_untargeted
+from poisonbench.engine.checkpoints import checkpoint_path
+from poisonbench.experiment import defend as runner
+from poisonbench.experiment import one_run as run_execution
+from poisonbench.experiment.records import SCHEMA_VERSION, RunStore, run_id
+from poisonbench.experiment.scenarios import plan_untargeted
 
 
 def test_run_id_is_canonical():
@@ -39,7 +40,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_a_write_that_fails_midway_keeps_the_old_file_whole(tmp_path, monkeypatch):
     """The bytes go to a temporary file that replaces the target only once complete: a failure while writing
     (here fsync, as on a full disk) leaves the previous record as it was and no temporary file."""
-    from poisonbench import io
+    from poisonbench.core import io
 
     target = tmp_path / "r.json"
     atomic_write_json(target, {"a": 1})
@@ -65,7 +66,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path, 
     writer's or one from another host sharing the directory."""
     import socket
 
-    from poisonbench import io
+    from poisonbench.core import io
 
     monkeypatch.setattr(socket, "gethostname", lambda: "node1.cluster.example.org")  # dots in the host name
     dead, host = _dead_pid(), io.writer_tag().split("@", 1)[1]
@@ -85,8 +86,8 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path, 
 
 def test_clearing_a_checkpoint_removes_a_killed_saves_temporary_file(tmp_path):
     """A resumed run that finishes before its next checkpoint still leaves `partial/` empty."""
-    from poisonbench import io
-    from poisonbench.checkpoints import Checkpoint
+    from poisonbench.core import io
+    from poisonbench.engine.checkpoints import Checkpoint
 
     ckpt = Checkpoint(tmp_path / "run.safetensors")
     ckpt.save({"w": torch.zeros(2)}, {"epoch": 1})
@@ -166,7 +167,7 @@ def test_cpu_seconds_leave_out_a_paused_stretch(tiny_npz, tmp_path):
 def test_int_and_float_spellings_of_one_config_share_a_run_id(tiny_npz):
     """Python callers may write ratio=1 or lr=1e-2 as 0.01, epochs=3.0: one config, one run id, one record."""
     from poisonbench.data import load_dataset
-    from poisonbench.runner import DefendSpec, run_config
+    from poisonbench.experiment.defend import DefendSpec, run_config
 
     data = load_dataset(str(tiny_npz))
     as_ints = DefendSpec(dataset=str(tiny_npz), method="hint", method_params={"ratio": 1, "gamma": 1},
@@ -181,8 +182,8 @@ def test_int_and_float_spellings_of_one_config_share_a_run_id(tiny_npz):
 def test_a_record_names_the_commit_its_run_started_from(cli, tiny_npz, tmp_path, monkeypatch):
     from pathlib import Path
 
-    import poisonbench.provenance as provenance
-    import poisonbench.runner as runner
+    import poisonbench.core.provenance as provenance
+    import poisonbench.experiment.defend as runner
 
     moved = []  # the checkout moves on (a `git pull`, a merge) once the run has started
     def fake_git(*args):
@@ -202,9 +203,9 @@ def test_a_record_names_the_commit_its_run_started_from(cli, tiny_npz, tmp_path,
     assert record["env"]["git_commit"] == "a" * 40 and record["env"]["git_dirty"] is False
 
 
-@pytest.mark.parametrize("status,dirty", [("", False), (" M poisonbench/training.py", True), (None, None)])
+@pytest.mark.parametrize("status,dirty", [("", False), (" M poisonbench/engine/training.py", True), (None, None)])
 def test_git_state_reads_the_commit_and_whether_the_package_differs(monkeypatch, status, dirty):
-    import poisonbench.provenance as records
+    import poisonbench.core.provenance as records
 
     monkeypatch.setattr(records, "_git", lambda *args: status if "status" in args else "c" * 40)
     records.git_state.cache_clear()
@@ -353,7 +354,7 @@ def test_store_reads_only_complete_records_of_this_schema_and_ignores_temp_files
 
 def test_each_trial_poisons_a_clean_copy_of_the_train_split(tiny_npz, tmp_path, monkeypatch):
     """Poisons are written into the train tensor in place: trial 1 must not train on trial 0's poisons too."""
-    from poisonbench.device import to_float
+    from poisonbench.core.device import to_float
 
     seen = []
     real = run_execution.train
@@ -381,7 +382,7 @@ def test_archive_carries_checkpoints_that_take_a_run_further(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    from poisonbench.checkpoints import META_KEY, write_state
+    from poisonbench.engine.checkpoints import META_KEY, write_state
     from tests.report_records import make_record, write_records
 
     spec = importlib.util.spec_from_file_location(

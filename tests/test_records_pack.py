@@ -1,4 +1,4 @@
-"""`poisonbench records pack | unpack` and `report --results FILE.jsonl.gz` (poisonbench.records_pack)."""
+"""`poisonbench records pack | unpack` and `report --results FILE.jsonl.gz` (poisonbench.experiment.packed_records)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from poisonbench.figures import panels
-from poisonbench.io import atomic_write_json
+from poisonbench.core.io import atomic_write_json
+from poisonbench.experiment.packed_records import gzip_bytes
+from poisonbench.experiment.records import RunStore
 from poisonbench.poisons.spec import CraftSpec
-from poisonbench.records import RunStore
-from poisonbench.records_pack import gzip_bytes
+from poisonbench.report.figures import panels
 from tests.conftest import files_under, one_line_error
 from tests.report_records import make_record, synthetic_records
 
@@ -41,7 +41,7 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def packed(workspace) -> Path:
-    from poisonbench.records_pack import pack
+    from poisonbench.experiment.packed_records import pack
 
     out = workspace.parent / "records.jsonl.gz"
     pack(workspace, out)

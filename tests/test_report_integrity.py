@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from poisonbench import figures, paper, tables
 from poisonbench.defenses import DEFENSES
-from poisonbench.figures import rho as rho_figure
-from poisonbench.recipes import resolve_recipe
-from poisonbench.records import run_id
-from poisonbench.report import load_summary
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.experiment.records import run_id
+from poisonbench.report import figures, paper, tables
+from poisonbench.report.aggregate import load_summary
+from poisonbench.report.figures import rho as rho_figure
 from tests.report_records import make_record, write_records
 
 
@@ -393,7 +393,7 @@ def test_noise_figure_panels(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     from matplotlib.axes import Axes
 
-    from poisonbench.figures import noise_figure
+    from poisonbench.report.figures import noise_figure
     from tests.report_records import healthy_noise_examples
 
     shown, titles = [], []

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from poisonbench import figures, paper, tables
-from poisonbench.figures import noise, panels
-from poisonbench.hashing import short_hash
+from poisonbench.core.hashing import short_hash
+from poisonbench.report import figures, paper, tables
+from poisonbench.report.figures import noise, panels
 from tests.report_records import hint_params, make_record, synthetic_records, write_records
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -116,7 +116,7 @@ def test_a_cell_of_non_default_parameters_says_so():
     text = tables.render(tables.build("2", runs, tables.Options()), "md")
     assert "HINT is shown with parameters other than its defaults" in text and '"gamma":10.0' in text
     from poisonbench.defenses import DEFENSES
-    from poisonbench.recipes import resolve_recipe
+    from poisonbench.engine.recipes import resolve_recipe
 
     defaults = DEFENSES.get("hint").defaults("mnist", resolve_recipe("mnist", "quick"))
     defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
@@ -311,7 +311,7 @@ def test_missing_for_a_new_setting_keeps_the_epochs_and_model_filters(monkeypatc
 def test_recipe_flags_rebuild_the_exact_recipe(overrides):
     """The flags `--missing` prints resolve to the very recipe of the runs (full float precision; an explicit
     empty milestone list is kept)."""
-    from poisonbench.recipes import resolve_recipe
+    from poisonbench.engine.recipes import resolve_recipe
 
     recipe = resolve_recipe("cifar10", "paper", **overrides).to_dict()
     setting = tables.Setting("cifar10", "resnet18", "paper", recipe["epochs"], json.dumps(recipe, sort_keys=True))
@@ -389,7 +389,7 @@ def test_figure_options_that_cannot_match_say_so(cli, tmp_path, records):
 def test_sample_predictions_field():
     import torch
 
-    from poisonbench.prediction_samples import sample_predictions
+    from poisonbench.experiment.prediction_samples import sample_predictions
 
     labels = torch.tensor([2, 0, 1, 0, 2, 1])
     probs = torch.eye(3)[torch.tensor([2, 1, 1, 0, 0, 1])] * 0.7 + 0.1
@@ -464,7 +464,7 @@ def test_runs_on_other_poison_sets_are_not_pooled():
     commands, _ = tables.missing_commands("2", records, tables.Options(trials=3, rho=1.0), dataset="mnist-5k",
                                           methods=["none"], per_trial=True)
     assert [c.split(" --trial ")[1].split()[0] for c in commands] == ["2"]  # the new generation lacks trial 2
-    from poisonbench import report
+    from poisonbench.report import aggregate as report
 
     plain = report.summarize(report.records_frame(records))  # `poisonbench report` without --table
     assert sorted(plain.n) == [2, 3]
@@ -510,7 +510,7 @@ def test_runs_on_another_craft_of_the_same_poison_sets_are_not_paired_and_the_ta
     assert "9 mnist-5k run(s) shown of the mix pgd,dap,durp,deepconfuse trained on 2 crafts" in text
     assert "other tensors (dap differ" in text
     assert "1 mnist-5k run(s) shown of the mix pgd,dap,durp,deepconfuse name no craft" in text
-    from poisonbench import report
+    from poisonbench.report import aggregate as report
 
     plain = report.load_summary(records, mix="any", poison_sets="any")  # `poisonbench report` without --table
     assert any("9 mnist-5k run(s) shown" in n and "2 crafts" in n for n in plain.attrs["craft_notes"])
@@ -525,7 +525,7 @@ def test_runs_on_another_craft_of_the_same_poison_sets_are_not_paired_and_the_ta
 def test_the_plain_report_counts_distinct_trials_like_the_tables():
     """A trial re-run with another --seed replaces the older run of that trial id (newest wins), in the plain
     report as in Table II, with a note; n never exceeds the number of distinct trials."""
-    from poisonbench import report
+    from poisonbench.report import aggregate as report
 
     records = [make_record(rho=0.6, trial=t, acc=a) for t, a in enumerate((0.90, 0.92, 0.97))]
     reseeded = make_record(rho=0.6, trial=0, acc=0.50)
@@ -544,7 +544,7 @@ def test_the_plain_report_counts_distinct_trials_like_the_tables():
 
 def test_a_cell_prefers_the_default_parameters_over_a_larger_sensitivity_run():
     from poisonbench.defenses import DEFENSES
-    from poisonbench.recipes import resolve_recipe
+    from poisonbench.engine.recipes import resolve_recipe
 
     defaults = DEFENSES.get("hint").defaults("mnist", resolve_recipe("mnist", "quick"))
     records = ([make_record(method="hint", params=defaults, rho=1.0, trial=t, acc=0.8) for t in range(2)]
@@ -561,7 +561,7 @@ def test_a_cell_prefers_the_default_parameters_over_a_larger_sensitivity_run():
 def test_tables_iv_and_v_warn_when_attack_mixes_are_pooled(number):
     """`--attacks any` pools every mix; like Table II, Tables IV and V then say so."""
     from poisonbench.defenses import DEFENSES
-    from poisonbench.recipes import resolve_recipe
+    from poisonbench.engine.recipes import resolve_recipe
 
     defaults = DEFENSES.get("hint").defaults("mnist", resolve_recipe("mnist", "quick"))
     records = []
@@ -651,7 +651,7 @@ def test_table_iii_never_pools_targeted_runs_of_another_eps():
 def test_figure_1_draws_a_run_with_the_papers_parameters(tmp_path, monkeypatch):
     """A newer sensitivity run (β 0.251, γ 10) at the same ρ does not replace the paper-parameter run in Fig. 1."""
     from poisonbench.defenses import DEFENSES
-    from poisonbench.recipes import resolve_recipe
+    from poisonbench.engine.recipes import resolve_recipe
     from tests.report_records import healthy_noise_examples
 
     defaults = DEFENSES.get("hint").defaults("mnist", resolve_recipe("mnist", "quick"))

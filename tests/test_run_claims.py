@@ -13,8 +13,8 @@ import time
 import pytest
 
 from poisonbench.data import load_dataset
-from poisonbench.records import RunStore, run_id
-from poisonbench.runner import DefendSpec, defend, run_config, run_lock
+from poisonbench.experiment.defend import DefendSpec, defend, run_config, run_lock
+from poisonbench.experiment.records import RunStore, run_id
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,7 +88,7 @@ def test_a_free_run_is_claimed_only_while_it_trains(tiny_npz, tmp_path):
 
 def test_a_run_that_raises_leaves_a_failure_record_beside_the_results_never_a_result(tiny_npz, tmp_path,
                                                                                      monkeypatch):
-    from poisonbench import runner
+    from poisonbench.experiment import defend as runner
 
     spec, configs, (rid0, rid1) = spec_and_ids(tiny_npz, tmp_path)
     spec.trials = 1

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
-from poisonbench.scenarios import UNTARGETED_ATTACKS, plan_untargeted, split_counts
+from poisonbench.experiment.scenarios import UNTARGETED_ATTACKS, plan_untargeted, split_counts
 
 from .conftest import write_npz
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from poisonbench.accel import inference_copy
-from poisonbench.accel.input_grad import StemConv2d
-from poisonbench.accel.spectral import SpectralConv2d, swap_spectral
 from poisonbench.data import load_dataset
-from poisonbench.models import build_model
+from poisonbench.engine.kernels import inference_copy
+from poisonbench.engine.kernels.input_grad import StemConv2d
+from poisonbench.engine.kernels.spectral import SpectralConv2d, swap_spectral
+from poisonbench.engine.models import build_model
 
 
 @pytest.mark.parametrize("cin,cout,kernel,padding,size", [(40, 100, 5, 0, (12, 12)), (3, 4, 5, 2, (9, 6)),
@@ -65,7 +65,7 @@ def test_spectral_swap_only_where_it_pays_off():
 
 def test_spectral_input_gradient_eager_and_compiled_match_the_direct_path():
     from poisonbench.attacks.pgd import signed_step
-    from poisonbench.device import compile_static
+    from poisonbench.core.device import compile_static
 
     data = load_dataset("mnist-5k")
     model = build_model("convnet", data, seed=0)
@@ -104,10 +104,10 @@ def test_spectral_weight_and_bias_gradients_equal_conv2d():
 def test_training_on_the_cpu_uses_the_spectral_layer_and_returns_plain_convolutions(monkeypatch):
     from dataclasses import replace
 
-    import poisonbench.accel.spectral as spectral_module
-    from poisonbench.device import to_float
-    from poisonbench.recipes import resolve_recipe
-    from poisonbench.training import train
+    import poisonbench.engine.kernels.spectral as spectral_module
+    from poisonbench.core.device import to_float
+    from poisonbench.engine.recipes import resolve_recipe
+    from poisonbench.engine.training import train
 
     data = load_dataset("mnist-5k")
     rows = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:512]  # every class

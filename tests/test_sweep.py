@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from poisonbench.cli.main import main
-from poisonbench.records import RunStore
+from poisonbench.experiment.records import RunStore
 from poisonbench.sweeps import Execution, builtin_grids, load_grid, make_plan
 from poisonbench.sweeps.grid import check_report_args
 
@@ -162,7 +162,7 @@ def test_a_failed_run_is_recorded_counted_not_retried_unless_asked(cli, capsys, 
     results = swept.copy(tmp_path / "r")
     rid = swept.keys[2]
     (results / "runs" / f"{rid}.json").unlink()
-    from poisonbench import run_execution
+    from poisonbench.experiment import one_run as run_execution
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated out of memory")

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 import poisonbench
-from poisonbench.checkpoints import checkpoint_path
-from poisonbench.records import RunStore
+from poisonbench.engine.checkpoints import checkpoint_path
+from poisonbench.experiment.records import RunStore
 from poisonbench.sweeps import Execution, load_grid, make_plan
 
 from .conftest import write_npz

@@ -15,10 +15,10 @@ from poisonbench.attacks.base import EPS_TOLERANCE, AttackContext, Target
 from poisonbench.attacks.crafting_augment import CraftingAugment, crafting_augment
 from poisonbench.attacks.forest import Adam, Brew, lr_factor, milestones
 from poisonbench.attacks.gm import GradientMatching
+from poisonbench.attacks.targets import draw_target
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
-from poisonbench.models import build_model
-from poisonbench.targets import draw_target
+from poisonbench.engine.models import build_model
 
 from .conftest import write_npz
 

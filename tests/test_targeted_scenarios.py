@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from poisonbench.attacks import ATTACKS
+from poisonbench.attacks.targets import base_pool, draw_target, setup_target
+from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.errors import PoisonbenchError
-from poisonbench.pretrained import extractor_id, transfer_split
-from poisonbench.runner import DefendSpec, defend
-from poisonbench.targets import base_pool, draw_target, setup_target
+from poisonbench.engine.pretrained import extractor_id, transfer_split
+from poisonbench.experiment.defend import DefendSpec, defend
 
 from .conftest import files_under, write_npz
 from .toys import ToyTargeted, registered
@@ -137,7 +137,7 @@ def test_a_setup_file_fixes_target_intended_class_and_bases(tiny, tmp_path):
 
 def test_the_benchmark_setups_are_read_in_their_schema():
     """The first setups of the "Just How Toxic" files (`../shared/poison_setups/`, MIT; excerpts in tests/data)."""
-    from poisonbench.targets import read_setups
+    from poisonbench.attacks.targets import read_setups
 
     data = Path(__file__).parent / "data"
     scratch = read_setups(data / "cifar10_from_scratch_excerpt.json")
@@ -264,7 +264,7 @@ def test_every_registered_defense_trains_in_both_targeted_scenarios(tiny, toy, t
 
 def test_each_targeted_attack_declares_one_default_victim():
     """`defend --attack` infers the scenario from `default_scenario`; `craft --victim` defaults to the same."""
-    from poisonbench.scenarios import attack_scenario, targeted_attacks
+    from poisonbench.experiment.scenarios import attack_scenario, targeted_attacks
 
     assert set(targeted_attacks()) >= {"gm", "bp", "fc"}
     assert {a: attack_scenario(a) for a in ("gm", "bp", "fc")} == {"gm": "scratch", "bp": "transfer", "fc": "transfer"}

@@ -18,15 +18,15 @@ import pytest
 import torch
 
 import poisonbench
-from poisonbench import termination
-from poisonbench.checkpoints import META_KEY, Checkpoint, read_state
+from poisonbench.core.device import to_float
 from poisonbench.data import load_dataset
-from poisonbench.device import to_float
-from poisonbench.models import build_model
-from poisonbench.recipes import resolve_recipe
-from poisonbench.records import RunStore
-from poisonbench.runner import DefendSpec, defend
-from poisonbench.training import train
+from poisonbench.engine import termination
+from poisonbench.engine.checkpoints import META_KEY, Checkpoint, read_state
+from poisonbench.engine.models import build_model
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.engine.training import train
+from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.records import RunStore
 
 from .conftest import write_npz
 

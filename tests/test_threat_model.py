@@ -13,12 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from poisonbench import tables
 from poisonbench.attacks import ATTACKS
 from poisonbench.data import load_dataset
-from poisonbench.pretrained import extractor_spec, load_or_train_extractor
-from poisonbench.runner import DefendSpec, defend, run_config
-from poisonbench.scenarios import scenario_for
+from poisonbench.engine.pretrained import extractor_spec, load_or_train_extractor
+from poisonbench.experiment.defend import DefendSpec, defend, run_config
+from poisonbench.experiment.scenarios import scenario_for
+from poisonbench.report import tables
 
 from .conftest import targeted_spec, write_npz
 
@@ -45,7 +45,7 @@ def bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def run_transfer(path: str, results, **given) -> tuple[dict, dict, dict]:
     """Trial 0 of BP in transfer: (record, the victim's BN buffers when built, the same after training)."""
-    import poisonbench.scenarios.targeted as targeted
+    import poisonbench.experiment.scenarios.targeted as targeted
 
     seen = {}
     original = targeted.Transfer.build_model

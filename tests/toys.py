@@ -10,13 +10,13 @@ from torch import nn
 
 from poisonbench.attacks.base import AttackContext, budget_count
 from poisonbench.attacks.targeted import TargetedAttack, common_params
-from poisonbench.errors import PoisonbenchError
-from poisonbench.hashing import short_hash
-from poisonbench.models import build_model
-from poisonbench.params import Param
-from poisonbench.scenarios import ModelRequest, Scenario
-from poisonbench.train_context import Defense
-from poisonbench.trained_models import load_or_train
+from poisonbench.core.errors import PoisonbenchError
+from poisonbench.core.hashing import short_hash
+from poisonbench.core.params import Param
+from poisonbench.engine.hooks import Defense
+from poisonbench.engine.model_cache import load_or_train
+from poisonbench.engine.models import build_model
+from poisonbench.experiment.scenarios import ModelRequest, Scenario
 
 
 class SmallConvNet(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 ATTACKS: Registry = Registry("attack")
 

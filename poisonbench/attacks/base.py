@@ -1,6 +1,6 @@
 """The attack contract (design.md §2): `Attack(family, **params).craft(ctx) -> PoisonSet`.
 
-An attack declares its options as `Param`s (poisonbench.params) with one default per dataset family (the paper's
+An attack declares its options as `Param`s (poisonbench.core.params) with one default per dataset family (the paper's
 or the official code's value; sources in docs/fidelity.md). `ctx` carries the clean train split, the poisoned
 rows (chosen by the attack's `choose_rows` from the budget, the seed and, for a targeted attack, its `Target`),
 ε in pixel units, the device, a lazily trained surrogate and a progress callback.
@@ -23,10 +23,10 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .. import termination
-from ..errors import PoisonbenchError
-from ..io import atomic_write_bytes, os_error_in_one_line
-from ..params import Param, resolve
+from ..core.errors import PoisonbenchError
+from ..core.io import atomic_write_bytes, os_error_in_one_line
+from ..core.params import Param, resolve
+from ..engine import termination
 
 ProgressFn = Callable[[str, int, int], None]
 """`progress(description, completed, total)`: one call per batch of a long step (crafting, surrogate training)."""
@@ -135,7 +135,7 @@ class AttackContext:
     progress: ProgressFn | None = None
     surrogate_model: str | None = None  # None: the family's default model (paper Table I)
     compile: str = "auto"  # auto | on | off: may the attack torch.compile its inner step (execution only)
-    accel: str = "auto"  # auto | off: the CPU kernels' switch for the surrogate and its frozen copy (poisonbench.accel)
+    accel: str = "auto"  # auto | off: the CPU kernels' switch for the surrogate and its frozen copy (engine.kernels)
     compiled: bool = False  # set by an attack that did
     partial_dir: Path | None = None  # where a row-batched attack keeps finished batches, to resume after a kill
     resumed_rows: int = 0  # rows taken from `partial_dir` instead of crafted (set by the attack)
@@ -156,7 +156,7 @@ class AttackContext:
 
     def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole clean train split as float [0,1] / int64 on the device."""
-        from ..device import to_float
+        from ..core.device import to_float
 
         return to_float(self.dataset.train.x, self.device), self.dataset.train.y.to(self.device)
 
@@ -227,7 +227,7 @@ class Attack:
 
     def model_spec(self, dataset) -> tuple[str, dict] | None:
         """(workspace kind, spec) of the model this attack crafts against (the spec holds its attacker seed,
-        `poisonbench.seeds`), None if it uses none: the untargeted attacks' shared surrogate."""
+        `poisonbench.core.seeds`), None if it uses none: the untargeted attacks' shared surrogate."""
         if not self.uses_surrogate:
             return None
         from .surrogate import KIND, surrogate_spec
@@ -238,7 +238,7 @@ class Attack:
         """The id of the model this attack crafts against (part of the poison id), None if it uses none."""
         if not self.uses_surrogate:
             return None
-        from ..hashing import short_hash
+        from ..core.hashing import short_hash
 
         return short_hash(self.model_spec(dataset)[1])
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..params import Param
+from ..core.params import Param
 from . import ATTACKS
 from .pgd import _SurrogatePGD
 

@@ -20,7 +20,7 @@ argparse defaults. A trained generator can be imported instead (`import_generato
 DC's `generate_adv_data.py` does. Deviations: `torch.func.functional_call` replaces the per-batch fresh module;
 the scratch classifier is scored on the clean train split instead of the test split (no test leakage into crafting).
 The generator's and the classifiers' initialisation and batch order draw from an attacker seed derived from the
-crafting seed (`poisonbench.seeds`), never the crafting seed itself: the mix's crafting seed is 0, trial 0's victim
+crafting seed (`poisonbench.core.seeds`), never the crafting seed itself: the mix's crafting seed is 0, trial 0's victim
 seed too, and both drew `randperm(n)` from it (issue 54).
 """
 
@@ -38,13 +38,13 @@ from safetensors.torch import save as st_save
 from torch import nn
 from torch.func import functional_call
 
-from ..checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
-from ..errors import PoisonbenchError
-from ..hashing import sha256_file
-from ..io import atomic_write_bytes, ensure_writable, os_error_in_one_line, torch_load_tensors
-from ..params import Param
-from ..seeds import attacker_seed
-from ..workspace import results_dir
+from ..core.errors import PoisonbenchError
+from ..core.hashing import sha256_file
+from ..core.io import atomic_write_bytes, ensure_writable, os_error_in_one_line, torch_load_tensors
+from ..core.params import Param
+from ..core.seeds import attacker_seed
+from ..core.workspace import results_dir
+from ..engine.checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
 from . import ATTACKS
 from .base import Attack, AttackContext, batches
 from .deepconfuse_nets import CLASSIFIERS, GENERATORS
@@ -220,7 +220,7 @@ class DeepConfuse(Attack):
             generator = load_generator(ctx.results_root, self.family, c, p["generator"], device)
             self.training_summary = {"generator": p["generator"], "trained": False}
             return self._generate(generator, ctx)
-        seed = attacker_seed("deepconfuse", {"seed": ctx.seed})  # apart from every victim's (poisonbench.seeds)
+        seed = attacker_seed("deepconfuse", {"seed": ctx.seed})  # apart from every victim's (poisonbench.core.seeds)
         torch.default_generator.manual_seed(seed)  # CPU only: fork_rng restores no CUDA generator
         g = torch.Generator(device=device).manual_seed(seed)
         make_cls = lambda: CLASSIFIERS[self.family](c, data.num_classes, h).to(device)  # noqa: E731

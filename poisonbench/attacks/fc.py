@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..params import Param
+from ..core.params import Param
 from . import ATTACKS
 from .base import AttackContext, project
 from .forest import FOREST_DEFAULTS, ForestOrToxic, brew_params, feature_model, impl_param, poison_tensors

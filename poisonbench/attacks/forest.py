@@ -32,10 +32,10 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from ..errors import PoisonbenchError
-from ..hashing import derived_seed
-from ..io import atomic_write_bytes, os_error_in_one_line
-from ..params import Param
+from ..core.errors import PoisonbenchError
+from ..core.hashing import derived_seed
+from ..core.io import atomic_write_bytes, os_error_in_one_line
+from ..core.params import Param
 from .base import AttackContext, batches, project
 from .crafting_augment import crafting_augment
 from .targeted import TargetedAttack
@@ -94,7 +94,7 @@ def step_std(dataset, like: torch.Tensor, lr_space: str) -> torch.Tensor:
 
 def poison_tensors(ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(poisons' clean images, their labels, the target image 1×C×H×W), on the device, pixels in [0, 1]."""
-    from ..device import to_float
+    from ..core.device import to_float
 
     x = to_float(ctx.dataset.train.x[ctx.indices], ctx.device)
     y = ctx.dataset.train.y[ctx.indices].to(ctx.device)
@@ -242,7 +242,7 @@ def impl_param(toxic: str) -> Param:
 
 def feature_model(ctx: AttackContext, sample: torch.Tensor) -> torch.nn.Module:
     """A frozen eval-mode copy of the surrogate for input gradients of its features (`accel.inference_copy`)."""
-    from ..accel import inference_copy
+    from ..engine.kernels import inference_copy
 
     return inference_copy(ctx.surrogate(), sample, ctx.accel)
 

@@ -29,8 +29,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ..errors import PoisonbenchError
-from ..params import Param
+from ..core.errors import PoisonbenchError
+from ..core.params import Param
 from . import ATTACKS
 from .base import AttackContext
 from .forest import Brew, brew_params, poison_tensors
@@ -105,7 +105,7 @@ class GM(TargetedAttack):
         """Member 0's id (an ensemble of one is today's), or the hash of all members' specs."""
         if self.params["ensemble"] == 1:
             return super().surrogate_ref(dataset)
-        from ..hashing import short_hash
+        from ..core.hashing import short_hash
 
         return f"ensemble{self.params['ensemble']}:" + short_hash(self.member_specs(dataset))
 

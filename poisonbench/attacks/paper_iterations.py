@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..params import Param
+from ..core.params import Param
 from .forest import FOREST_DEFAULTS
 
 PAPER_RECIPE = "paper"

@@ -6,7 +6,7 @@ over a large batch gives every example's input gradient exactly; the surrogate's
 weight gradients are computed, its BatchNorms are folded into the convolutions, each ReLU + average pooling pair
 has one fused backward, and on the CPU its few-channel stem convolution computes the input gradient as one GEMM +
 col2im and a convolution with a large kernel on a small map runs as DFT-domain matrix products (`inference_copy`,
-`poisonbench.accel`; `--accel off`: the surrogate's own modules).
+`poisonbench.engine.kernels`; `--accel off`: the surrogate's own modules).
 For long crafts on an accelerator the step (forward, input gradient, signed update, projection) is
 `torch.compile`d with one static batch shape (on the CPU only with `--compile on`); that changes δ only by float
 rounding, so it is an execution option (`--compile`), recorded in the manifest, not part of the poison id.
@@ -19,9 +19,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..accel import inference_copy
-from ..chunking import chunk_rows
-from ..params import Param
+from ..core.params import Param
+from ..engine.chunking import chunk_rows
+from ..engine.kernels import inference_copy
 from . import ATTACKS
 from .base import Attack, AttackContext, PartialBatches, batches
 
@@ -77,7 +77,7 @@ class _SurrogatePGD(Attack):
         return y
 
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
-        from ..device import compile_static, should_compile
+        from ..core.device import compile_static, should_compile
 
         p = self.params
         x_all = ctx.dataset.train.x[ctx.indices]

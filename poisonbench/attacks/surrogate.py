@@ -1,10 +1,10 @@
 """The clean surrogate every surrogate-based attack shares (design.md §2).
 
 Trained once per (dataset fingerprint, model, resolved recipe) on the clean train split through the one engine, and
-cached as safetensors (never pickle) under `<results>/surrogates/` (poisonbench.trained_models). The untargeted
+cached as safetensors (never pickle) under `<results>/surrogates/` (poisonbench.engine.model_cache). The untargeted
 attacks share the family's paper recipe on its default model; a targeted attack trains its own with the victim's
 resolved recipe and model (poisonbench.attacks.targeted). Its seed is an attacker seed derived from those inputs
-(`poisonbench.seeds`: no victim trial can share it). Its id is the hash of the inputs and the seed, so a poison id
+(`poisonbench.core.seeds`: no victim trial can share it). Its id is the hash of the inputs and the seed, so a poison id
 can name its surrogate before anything is trained.
 
 Ensembles (GM's `ensemble N`, forest's `--ensemble`): member i > 0 is the same training with the attacker seed of
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import CHECKPOINT_EVERY
-from ..hashing import short_hash
-from ..models import DEFAULT_MODEL
-from ..recipes import resolve_recipe
-from ..seeds import attacker_seed
-from ..trained_models import load_or_train, model_path
+from ..core.hashing import short_hash
+from ..core.seeds import attacker_seed
+from ..engine.checkpoints import CHECKPOINT_EVERY
+from ..engine.model_cache import load_or_train, model_path
+from ..engine.models import DEFAULT_MODEL
+from ..engine.recipes import resolve_recipe
 
 SEED_DOMAIN = "surrogate"  # its seed: attacker_seed(SEED_DOMAIN, its other inputs), never the attack's or a run's
 SURROGATE_RECIPE = "paper"
@@ -33,7 +33,7 @@ KIND = "surrogates"  # the workspace folder
 def surrogate_spec(dataset, model_name: str | None = None, recipe: str | None = None,
                    overrides: dict | None = None, member: int = 0) -> dict:
     """The canonical inputs that identify a surrogate (the untargeted attacks' is the paper recipe's; a targeted
-    attack trains its own with the victim's), its seed derived from the others (`poisonbench.seeds`); `member` i > 0:
+    attack trains its own with the victim's), its seed derived from the others (`core.seeds`); `member` i > 0:
     the i-th other member of an ensemble (its own seed)."""
     model_name = model_name or DEFAULT_MODEL[dataset.family]
     recipe = resolve_recipe(dataset.family, recipe or SURROGATE_RECIPE, **(overrides or {}))

@@ -3,18 +3,18 @@
 
 - `scenario`: `scratch` crafts against a surrogate trained from scratch on the clean train split (forest's
   Witches' Brew; the victim trains from scratch too); `transfer` crafts against the transfer scenario's pre-trained
-  model (poisonbench.pretrained): under `threat` gray (the paper's, the default) an extractor of the attacker's own,
+  model (engine.pretrained): under `threat` gray (the paper's, the default) an extractor of the attacker's own,
   pre-trained like the victim's with another seed; under white the very extractor the victim freezes (the "Just
   How Toxic" benchmark's white-box test). Defaults follow the paper: GM → scratch, BP and FC → transfer.
 - The surrogate or extractor is trained through the one engine with the victim's whole resolved recipe and model
   (`surrogate_recipe` and the `surrogate_*` overrides, `surrogate_model`: `defend` passes the victim's, as forest
-  trains its surrogate with its victim's strategy), seeded apart from every victim (`poisonbench.seeds`), and cached
+  trains its surrogate with its victim's strategy), seeded apart from every victim (`core.seeds`), and cached
   by the hash of its inputs; the overrides are kept canonical (only the fields that differ from the named recipe,
   the model only when it is not the family's default), so two spellings of one recipe are one PoisonSet.
 - Crafting augmentation (the brew's `augment`) follows the surrogate's recipe when not given: on when the victim
   augments, off when it does not (forest crafts with its victim's transform, kettle.py); the value is in the params.
 - ε defaults to 16/255 and the budget to 1 % of the train split (forest's defaults, paper §VI-A2).
-- The poisoned rows are the target's `rows`, drawn by `poisonbench.targets` from the intended class (`bases`
+- The poisoned rows are the target's `rows`, drawn by `poisonbench.attacks.targets` from the intended class (`bases`
   random, the default), or (`bases` nearest) the intended class's rows nearest the target in the features of the
   model crafted against, chosen when the attack crafts (`aim` drops the drawn rows from the planned target).
 """
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..errors import PoisonbenchError
-from ..params import Param
-from ..recipes import AUGMENTATIONS, TARGETED_RECIPE, Recipe, recipe_names, resolve_recipe
+from ..core.errors import PoisonbenchError
+from ..core.params import Param
+from ..engine.recipes import AUGMENTATIONS, TARGETED_RECIPE, Recipe, recipe_names, resolve_recipe
 from .base import Attack, AttackContext, Target
 
 TARGETED_EPS = 16 / 255  # forest `--eps 16` (reference/attacks.md §6, §15); paper §VI-A2
@@ -33,7 +33,7 @@ TARGETED_BUDGET = 0.01  # forest `--budget 0.01`: 490 of CIFAR-10's 49,000 train
 THREATS = ("gray", "white")
 THREAT_SOURCE = ("paper §VI-A2: the attacker does not know the victim's weights; HINT trains the victim's extractor "
                  "itself (train_with_HIN_cifar10.py L76-89)")
-BASES = ("random", "nearest")  # the `bases` rules (poisonbench.targets)
+BASES = ("random", "nearest")  # the `bases` rules (poisonbench.attacks.targets)
 BASES_SOURCE = ("random: forest kettle.py `_choose_poisons_randomly` (paper §VI-A2); nearest: Bullseye Polytope "
                 "`--nearest` (utils.py `fetch_poison_bases`), the Poison Frogs and ART examples (issue 54)")
 TRAINED_BY_VICTIM = "forest: the surrogate is trained with the victim's strategy (defend passes the victim's)"
@@ -113,7 +113,7 @@ class TargetedAttack(Attack):
         """Put the surrogate's recipe and model in their canonical form (each `surrogate_*` override only where the
         resolved recipe differs from the named one, the model only where it is not the family's default), and
         resolve an unset crafting augmentation from the resolved recipe (on when it augments)."""
-        from ..models import DEFAULT_MODEL, MODELS
+        from ..engine.models import DEFAULT_MODEL, MODELS
 
         p = self.params
         model = p.get("surrogate_model")
@@ -160,7 +160,7 @@ class TargetedAttack(Attack):
             return None
         recipe, overrides, model = self.surrogate_training()
         if self.params["scenario"] == "transfer":
-            from ..pretrained import EXTRACTOR_KIND, extractor_spec
+            from ..engine.pretrained import EXTRACTOR_KIND, extractor_spec
 
             return EXTRACTOR_KIND, extractor_spec(dataset, model, recipe, overrides, self.extractor_role())
         from .surrogate import KIND, surrogate_spec
@@ -174,7 +174,7 @@ class TargetedAttack(Attack):
     def surrogate_ref(self, dataset) -> str | None:
         if not self.uses_surrogate:
             return None
-        from ..hashing import short_hash
+        from ..core.hashing import short_hash
 
         _, spec = self.model_spec(dataset)
         return ("extractor:" if self.params["scenario"] == "transfer" else "") + short_hash(spec)
@@ -182,7 +182,7 @@ class TargetedAttack(Attack):
     def load_surrogate(self, ctx: AttackContext):
         recipe, overrides, model = self.surrogate_training()
         if self.params["scenario"] == "transfer":
-            from ..pretrained import load_or_train_extractor
+            from ..engine.pretrained import load_or_train_extractor
 
             return load_or_train_extractor(ctx.dataset, ctx.device, model_name=model, recipe=recipe,
                                            overrides=overrides, results_root=ctx.results_root,
@@ -203,21 +203,21 @@ class TargetedAttack(Attack):
         return Target(target.index, target.true_class, target.intended_class)
 
     def choose_rows(self, dataset, budget: float, seed: int, target: Target | None = None):
-        """The target's rows, or ⌊budget·n⌋ rows of the intended class drawn from `seed` (poisonbench.targets)."""
+        """The target's rows, or ⌊budget·n⌋ rows of the intended class drawn from `seed` (attacks.targets)."""
         if target is not None and target.rows is not None:
             return super().choose_rows(dataset, budget, seed, target)
-        from ..targets import draw_target
+        from .targets import draw_target
 
         drawn = draw_target(dataset, seed, self.params["scenario"], budget, target.index, target.intended_class)
         return super().choose_rows(dataset, budget, seed, drawn)
 
     def rows_for(self, ctx: AttackContext):
         """`choose_rows`; with `bases` nearest and no fixed rows, the ⌊budget·n⌋ rows of the intended class nearest
-        the target in the features of the model crafted against (`ctx.surrogate()`, poisonbench.targets)."""
+        the target in the features of the model crafted against (`ctx.surrogate()`, poisonbench.attacks.targets)."""
         target = ctx.target
         if self.params["bases"] != "nearest" or target is None or target.rows is not None:
             return super().rows_for(ctx)
-        from ..targets import base_pool, draw_target, nearest_rows
+        from .targets import base_pool, draw_target, nearest_rows
 
         drawn = draw_target(ctx.dataset, ctx.seed, self.params["scenario"], ctx.budget, target.index,
                             target.intended_class)  # its checks and its count (the pool is large enough)

@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..attacks import ATTACKS
+from ..core.device import check_compile_mode, resolve_device
+from ..core.errors import PoisonbenchError
 from ..data import load_dataset, parse_npz_split
-from ..device import check_compile_mode, resolve_device
-from ..errors import PoisonbenchError
 from . import options
 from .generated import chosen_values, collect_options, typer_parameters, with_options
 from .progress import stdout_console
@@ -71,8 +71,8 @@ def craft(
 ) -> None:
     """Craft (or find in the cache) one PoisonSet."""
     from .. import poisons
-    from ..accel import check_accel_mode
     from ..attacks.base import check_budget, check_eps
+    from ..engine.kernels import check_accel_mode
 
     cls = ATTACKS.get(attack)
     params = chosen_values(attack_option_list(), attack_options, "attack", attack, cls.PARAMS)
@@ -89,14 +89,14 @@ def craft(
         raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
     if (setup is not None or target is not None) and not cls.targeted:
         raise PoisonbenchError(f"attack {attack!r} is untargeted: it takes no --target, --intended or --setup")
-    from ..targets import check_setup_index
+    from ..attacks.targets import check_setup_index
 
     check_setup_index(setup, setup_index)
     dev = resolve_device(device)
     data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
     aim = None
-    if cls.targeted:  # the targeted context (poisonbench.targets): a setup, or drawn from --seed
-        from ..targets import draw_target, setup_target
+    if cls.targeted:  # the targeted context (poisonbench.attacks.targets): a setup, or drawn from --seed
+        from ..attacks.targets import draw_target, setup_target
 
         instance = cls(data.family, **params)
         if setup is not None:

@@ -9,16 +9,16 @@ import json
 import typer
 from rich.table import Table
 
-from ..checkpoints import CHECKPOINT_EVERY
+from ..core.errors import PoisonbenchError
 from ..data import parse_npz_split
 from ..defenses import DEFENSES
-from ..errors import PoisonbenchError
-from ..recipes import resolve_recipe
-from ..records import RunStore
-from ..runner import DefendSpec
-from ..runner import defend as run_defend
-from ..runner import prepare as run_prepare
-from ..scenarios import parse_poison_sets
+from ..engine.checkpoints import CHECKPOINT_EVERY
+from ..engine.recipes import resolve_recipe
+from ..experiment.defend import DefendSpec
+from ..experiment.defend import defend as run_defend
+from ..experiment.defend import prepare as run_prepare
+from ..experiment.records import RunStore
+from ..experiment.scenarios import parse_poison_sets
 from . import options
 from .generated import chosen_values, collect_options, typer_parameters, with_options
 from .progress import RichReporter, stdout_console
@@ -257,7 +257,7 @@ def method_option_list():
 
 def command():
     """`defend` with one option per defense parameter of the registry as it is now (poisonbench.cli.generated)."""
-    from ..scenarios import SCENARIOS
+    from ..experiment.scenarios import SCENARIOS
 
     methods = ", ".join(f"{n} ({DEFENSES.get(n).summary_text})" for n in DEFENSES)
     listed = {

@@ -1,4 +1,4 @@
-"""CLI options generated from the registries' `PARAMS` (poisonbench.params), so that adding an attack or a defense
+"""CLI options generated from the registries' `PARAMS` (poisonbench.core.params), so that adding an attack or a defense
 touches no file in `cli/`: `craft` gets one option per attack parameter, `defend` one per defense parameter.
 
 Options of several entries that share a flag (`--steps` of pgd and dap) become one option whose help lists each
@@ -16,9 +16,9 @@ from typing import Any
 import typer
 
 from ..attacks.base import FAMILIES
-from ..errors import inapplicable_option
-from ..params import Param
-from ..registry import Registry
+from ..core.errors import inapplicable_option
+from ..core.params import Param
+from ..core.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import warnings
 import typer
 from rich.console import Console
 
-from .. import termination
-from ..errors import PoisonbenchError, PoisonbenchWarning
+from ..core.errors import PoisonbenchError, PoisonbenchWarning
+from ..engine import termination
 from . import craft as craft_cmd
 from . import data as data_cmd
 from . import defend as defend_cmd

@@ -21,7 +21,7 @@ Json = typer.Option(False, "--json", help="Print machine-readable JSON on stdout
 Device = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
 Seed = typer.Option(0, "--seed", help="Base seed; trial t uses seed + t.")
 Accel = typer.Option("auto", "--accel",
-                     help="Faster kernels (poisonbench.accel): auto (where they pay off: on the CPU, DFT-domain "
+                     help="Faster kernels (engine.kernels): auto (where they pay off: on the CPU, DFT-domain "
                           "convolutions and moment BatchNorm in training; on any device, frozen copies with BatchNorm "
                           "folded and ReLU + pooling fused; same numbers up to float rounding) | off (plain PyTorch "
                           "modules everywhere). Execution only: recorded in env, not in the run or poison id.")

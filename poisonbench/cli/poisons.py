@@ -121,12 +121,12 @@ def import_(
     force: bool = typer.Option(False, "--force", help="Import again even if this file's PoisonSet exists."),
     as_json: bool = options.Json,
 ) -> None:
+    from ..core.errors import PoisonbenchError
+    from ..core.workspace import results_dir
     from ..data import load_dataset, parse_npz_split
-    from ..errors import PoisonbenchError
-    from ..foreign.exchange import Named, import_targeted
-    from ..foreign.formats import FORMATS, parse_forest_std, sniff_format
-    from ..interop import import_hint_file
-    from ..workspace import results_dir
+    from ..poisons.interchange.exchange import Named, import_targeted
+    from ..poisons.interchange.formats import FORMATS, parse_forest_std, sniff_format
+    from ..poisons.interchange.hint_file import import_hint_file
 
     targeted_options = {"--attack": attack, "--victim": victim, "--target": target, "--intended": intended,
                         "--setup": setup, "--forest-std": forest_std}
@@ -144,7 +144,7 @@ def import_(
                                "taken for)")
     if setup is not None and target is not None:
         raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
-    from ..targets import check_setup_index
+    from ..attacks.targets import check_setup_index
 
     check_setup_index(setup, setup_index)
     if forest_std is not None and fmt != "forest":
@@ -211,14 +211,14 @@ def export(
     as_json: bool = options.Json,
 ) -> None:
     from ..attacks.base import check_seed
+    from ..core.device import resolve_device, to_float
+    from ..core.errors import PoisonbenchError
+    from ..core.workspace import results_dir
     from ..data import load_dataset, parse_npz_split
-    from ..device import resolve_device, to_float
-    from ..errors import PoisonbenchError
-    from ..foreign.exchange import check_export_out, export_targeted
-    from ..foreign.formats import FORMATS
-    from ..interop import ORDERS, check_export_path, export_hint_file, order_rows
-    from ..scenarios import parse_poison_sets, plan_untargeted
-    from ..workspace import results_dir
+    from ..experiment.scenarios import parse_poison_sets, plan_untargeted
+    from ..poisons.interchange.exchange import check_export_out, export_targeted
+    from ..poisons.interchange.formats import FORMATS
+    from ..poisons.interchange.hint_file import ORDERS, check_export_path, export_hint_file, order_rows
     from .progress import RichReporter
 
     if poison_set is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..console import stdout_console  # noqa: F401  (re-exported for the commands)
+from ..core.console import stdout_console  # noqa: F401  (re-exported for the commands)
 
 stderr = Console(stderr=True)
 

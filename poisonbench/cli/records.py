@@ -1,4 +1,4 @@
-"""`poisonbench records pack DIR OUT.jsonl.gz | unpack IN.jsonl.gz DIR` (poisonbench.records_pack)."""
+"""`poisonbench records pack DIR OUT.jsonl.gz | unpack IN.jsonl.gz DIR` (poisonbench.experiment.packed_records)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def pack(
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = options.Json,
 ) -> None:
-    from .. import records_pack
+    from ..experiment import packed_records as records_pack
 
     summary = records_pack.pack(directory, out, force=force)
     for skipped in summary["skipped"]:
@@ -48,7 +48,7 @@ def unpack(
                                                              "missing)."),
     as_json: bool = options.Json,
 ) -> None:
-    from .. import records_pack
+    from ..experiment import packed_records as records_pack
 
     summary = records_pack.unpack(source, directory)
     if as_json:

@@ -13,11 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import report as lib
+from ..core.errors import PoisonbenchError, unknown_choice
 from ..data import DEFAULT_DATASET, record_name
-from ..errors import PoisonbenchError, unknown_choice
-from ..records import RecordReader
-from ..records_pack import SUFFIX, is_packed, open_store
+from ..experiment.packed_records import SUFFIX, is_packed, open_store
+from ..experiment.records import RecordReader
+from ..report import aggregate as lib
 from . import options
 from .progress import stdout_console
 
@@ -53,10 +53,10 @@ def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | 
     """A filter naming something that cannot exist is a typo, not an empty selection: refuse it."""
     from ..data import DATASETS, dataset_names
     from ..defenses import DEFENSES
-    from ..models import MODELS
-    from ..recipes import recipe_names
-    from ..scenarios import check_attacks
-    from ..tables import PAPER_METHODS
+    from ..engine.models import MODELS
+    from ..engine.recipes import recipe_names
+    from ..experiment.scenarios import check_attacks
+    from ..report.tables import PAPER_METHODS
 
     if dataset is not None and dataset not in DATASETS and not dataset.endswith(".npz"):
         raise unknown_choice("dataset", dataset, dataset_names())
@@ -83,8 +83,8 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
     """Every check `report` makes on its options before it reads a record, in one place: `report` runs it, and so
     does a sweep grid's `report = [...]` at plan time (sweeps/grid.py), so that a `--table 9` there fails before any
     run trains. Returns (methods, the attack mix, the PoisonSet choice) in their normal form. Reads nothing."""
-    from .. import tables
-    from ..scenarios import check_poison_sets, parse_poison_sets
+    from ..experiment.scenarios import check_poison_sets, parse_poison_sets
+    from ..report import tables
 
     empty = [flag for flag, v in {"--attacks": attacks, "--method": method, "--dataset": dataset, "--recipe": recipe,
                                   "--model": model, "--poisons": poisons}.items() if v is not None and not v.strip()]
@@ -111,7 +111,7 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
     if table is not None:  # before the records are read: a bad --table or --figure is one line, nothing else
         tables.check_table(table)
     if figure is not None:
-        from ..figures import check_figure
+        from ..report.figures import check_figure
 
         if check_figure(figure) != "1" and run is not None:
             raise PoisonbenchError("--run selects the record of --figure 1 only")
@@ -121,7 +121,7 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
 def check_modes(table: str | None, figure: str | None, fmt: str, missing: bool, per_trial: bool, poisons: str | None,
                 trials: int, views: dict[str, bool]) -> None:
     """Options that contradict the mode they select, or that no mode reads (`views`: flag → given)."""
-    from ..tables import FORMATS, TABLES
+    from ..report.tables import FORMATS, TABLES
 
     if fmt not in FORMATS:
         raise unknown_choice("format", fmt, FORMATS)
@@ -188,7 +188,7 @@ def report(
     data_dir: str = options.DataDir,
     results: str = Results,
 ) -> None:
-    from .. import tables
+    from ..report import tables
 
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise PoisonbenchError(f"--out {out!r} is a file; pass a directory for the figures")
@@ -232,7 +232,7 @@ def report(
 def show_missing(table: str, records: list[dict], opts, filters: dict, dataset: str | None, per_trial: bool,
                  data_dir: str | None, results: str) -> None:
     """`--table N --missing`: one `poisonbench defend` command per missing configuration (or trial) on stdout."""
-    from .. import tables
+    from ..report import tables
 
     number = tables.check_table(table)
     if not records and not dataset:  # an empty workspace: the commands for the dataset `defend` would use
@@ -251,7 +251,7 @@ def show_missing(table: str, records: list[dict], opts, filters: dict, dataset: 
 
 def show_table(table: str, records: list[dict], store: RecordReader, opts, filters: dict, fmt: str) -> None:
     """`--table N`: the paper's table from the records, in `fmt`."""
-    from .. import tables
+    from ..report import tables
 
     number = tables.check_table(table)
     tables.assert_records(records, store.runs, len(store.skipped))
@@ -270,7 +270,7 @@ def show_table(table: str, records: list[dict], store: RecordReader, opts, filte
 def draw_figures(figure: str, records: list[dict], store: RecordReader, filters: dict, *, out: str | None,
                  run: str | None, paper: bool, rho: float | None, trial: int | None, data_dir: str | None) -> None:
     """`--figure N`: the figure's PNGs under `out` (default <results>/figures); their paths on stdout."""
-    from .. import figures, tables
+    from ..report import figures, tables
 
     number = figures.check_figure(figure)
     tables.assert_records(records, store.runs, len(store.skipped))
@@ -299,7 +299,7 @@ def draw_figures(figure: str, records: list[dict], store: RecordReader, filters:
 def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str, attacks: str | None) -> None:
     """No --table / --figure: test accuracy mean ± std per configuration; unlike the tables, every attack mix and
     PoisonSet choice unless --attacks / --poisons name one."""
-    from .. import tables
+    from ..report import tables
 
     tables.assert_records(records, store.runs, len(store.skipped))
     summary = lib.load_summary(records, **{**filters, "mix": attacks or "any", "poison_sets": filters["poison_sets"]
@@ -328,7 +328,7 @@ def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str
 
 
 def describe(filters: dict) -> str:
-    from ..tables import PAPER_MIX
+    from ..report.tables import PAPER_MIX
 
     given = [f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in filters.items()
              if v and not (k == "mix" and v == PAPER_MIX)]

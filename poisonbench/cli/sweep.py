@@ -10,8 +10,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import PoisonbenchError
-from ..records import RunStore
+from ..core.errors import PoisonbenchError
+from ..experiment.records import RunStore
 from ..sweeps import Execution, builtin_grids, load_grid, make_plan
 from . import options
 from .progress import stderr, stdout_console

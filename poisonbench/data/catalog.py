@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..registry import Registry
+from ..core.registry import Registry
 from .folders import FASHION_MNIST_SYSTEM_DIR, folder_loader
 from .formats import read_cifar10, read_mnist_family
 from .mnist5k import load_mnist_5k

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PoisonbenchError
+from ..core.errors import PoisonbenchError
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..errors import PoisonbenchError
+from ..core.errors import PoisonbenchError
 
 
 def download(tv_name: str, root: Path) -> None:

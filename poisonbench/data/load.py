@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import PoisonbenchError, PoisonbenchWarning
+from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from .catalog import DATASETS, dataset_names
 from .npz import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, read_npz, split_percent
 from .splits import SPLIT_SEED, fingerprint, stratified_split

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PoisonbenchError
+from ..core.errors import PoisonbenchError
 
 NPY_SUFFIX = ".npy"
 MAX_HEADER_SIZE = 10_000  # numpy's own bound on an .npy header (`np.lib.format`)

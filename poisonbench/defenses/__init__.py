@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..registry import Registry
-from ..train_context import Defense
+from ..core.registry import Registry
+from ..engine.hooks import Defense
+from ..engine.threat import Threat
 from .atda import Atda
 from .epic import Epic
 from .friends import Friends
@@ -12,7 +13,6 @@ from .knn import DeepKnn
 from .l2_filter import L2Filter
 from .ocsvm import OneClassSvmFilter
 from .random_filter import RandomFilter
-from .threat import Threat
 
 DEFENSES: Registry[type[Defense]] = Registry("method")
 DEFENSES.add("none", Defense)

@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import PoisonbenchError
-from ..hashing import derived_seed
-from ..params import Param
-from ..train_context import Defense
-from .threat import Threat
+from ..core.errors import PoisonbenchError
+from ..core.hashing import derived_seed
+from ..core.params import Param
+from ..engine.hooks import Defense
+from ..engine.threat import Threat
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
-    from ..train_context import TrainContext
+    from ..engine.hooks import TrainContext
+    from ..engine.recipes import Recipe
 
 VARIANTS = ("fat", "pgd")
 NORMS = ("linf", "l2")

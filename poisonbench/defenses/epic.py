@@ -35,18 +35,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import PoisonbenchError
-from ..hashing import derived_seed
-from ..influence import head_inputs, residuals
-from ..params import Param
-from ..train_context import Defense
+from ..core.errors import PoisonbenchError
+from ..core.hashing import derived_seed
+from ..core.params import Param
+from ..engine.hooks import Defense
 from . import facility_location as fl
 from .hint import PAPER_EPOCHS
+from .influence import head_inputs, residuals
 from .removal import removal_statistics
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
-    from ..train_context import TrainContext
+    from ..engine.hooks import TrainContext
+    from ..engine.recipes import Recipe
 
 PAPER_INTERVAL = {"mnist": 2, "cifar10": 4}  # T, HINT paper §VI-A3 "EPIC"
 PAPER_WARMUP = {"mnist": 5, "cifar10": 10}  # K, same place

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from ..chunking import chunk_rows
-from ..errors import PoisonbenchError
-from ..params import Param
-from ..train_context import Defense
+from ..core.errors import PoisonbenchError
+from ..core.params import Param
+from ..engine.chunking import chunk_rows
+from ..engine.hooks import Defense
 from .removal import removal_statistics
 
 if TYPE_CHECKING:
-    from ..train_context import TrainContext
+    from ..engine.hooks import TrainContext
 
 FEATURE_SOURCES = ("auto", "trained", "extractor")
 
@@ -66,7 +66,7 @@ FEATURE_BATCH = 1024  # rows per forward on a GPU (as influence.head_inputs); fe
 @torch.no_grad()
 def extract_features(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """`model.features` (penultimate layer, flattened, float32) of `x[rows]`, in batches of `FEATURE_BATCH` rows
-    (fewer on the CPU: `poisonbench.chunking.chunk_rows`). The caller puts the model in eval mode."""
+    (fewer on the CPU: `poisonbench.engine.chunking.chunk_rows`). The caller puts the model in eval mode."""
     n = len(rows)
     if n == 0:
         return x.new_zeros((0, 0))

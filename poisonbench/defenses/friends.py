@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..chunking import chunk_rows
-from ..errors import PoisonbenchError
-from ..hashing import derived_seed
-from ..params import Param
-from ..train_context import Defense
+from ..core.errors import PoisonbenchError
+from ..core.hashing import derived_seed
+from ..core.params import Param
+from ..engine.chunking import chunk_rows
+from ..engine.hooks import Defense
 from .hint import PAPER_EPOCHS
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
-    from ..train_context import TrainContext
+    from ..engine.hooks import TrainContext
+    from ..engine.recipes import Recipe
 
 OFFICIAL_BATCH = 128  # FRIENDS main.py:L80 / L329-334: the noise generator's loader batch
 INIT_EPS = 8 / 255  # FRIENDS friendly_noise.py:L40, hard-coded

@@ -7,7 +7,7 @@ and at every scheduled epoch each selected example's noise is updated (Algorithm
     δ ← Π_β(δ − γ·I_pert,loss(x + δ)),    x̂ = clip(x + δ, 0, 1),    δ := x̂ − x  (Alg. 3 line 2)
 
 and written into `ctx.train_x`, so training continues on D̂_s ∪ D_u. Influence is head-only and batched
-(`poisonbench.influence`); the model is in eval mode while influence is computed.
+(`poisonbench.defenses.influence`); the model is in eval mode while influence is computed.
 
 Schedule convention: an entry `e` is a 0-based epoch index; the update runs before training epoch `e`, i.e.
 after `e` completed epochs (the official `for e in range(epochs): if e in hin_schedule`). The paper's MNIST
@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import influence as inf
-from ..errors import PoisonbenchError
-from ..params import Param
-from ..train_context import Defense
+from ..core.errors import PoisonbenchError
+from ..core.params import Param
+from ..engine.hooks import Defense
+from ..engine.threat import Threat
+from . import influence as inf
 from .hint_record import figure_examples, poison_statistics
-from .threat import Threat
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
-    from ..train_context import TrainContext
+    from ..engine.hooks import TrainContext
+    from ..engine.recipes import Recipe
 
 PAPER_EPOCHS = {"mnist": 30, "cifar10": 80}  # paper §VI-A1
 PAPER_SCHEDULE = {"mnist": (5, 15), "cifar10": (5, 15, 40)}  # paper §VI-A3 "HINT"

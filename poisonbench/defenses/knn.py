@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..chunking import CPU_ACTIVATION_BYTES
-from ..errors import PoisonbenchError
-from ..params import Param
+from ..core.errors import PoisonbenchError
+from ..core.params import Param
+from ..engine.chunking import CPU_ACTIVATION_BYTES
 from .filtering import FEATURES_PARAM, Filter
 
 if TYPE_CHECKING:
-    from ..recipes import Recipe
-    from ..train_context import TrainContext
-    from .threat import Threat
+    from ..engine.hooks import TrainContext
+    from ..engine.recipes import Recipe
+    from ..engine.threat import Threat
 
 DISTANCE_BLOCK_FLOATS = 2 ** 24  # 64 MiB of float32 distances per block of query rows on a GPU
 CPU_DISTANCE_BLOCK_FLOATS = CPU_ACTIVATION_BYTES // 4  # on the CPU: under glibc's mmap threshold (chunking.py)

@@ -16,7 +16,7 @@ import torch
 from .filtering import DROP_PARAM, FEATURES_PARAM, Filter, fraction_count
 
 if TYPE_CHECKING:
-    from ..train_context import TrainContext
+    from ..engine.hooks import TrainContext
 
 
 @torch.no_grad()

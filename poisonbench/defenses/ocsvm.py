@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..params import Param
+from ..core.params import Param
 from .filtering import FEATURES_PARAM, Filter
 
 if TYPE_CHECKING:
-    from ..train_context import TrainContext
+    from ..engine.hooks import TrainContext
 
 
 def ocsvm_remove(features: torch.Tensor, labels: torch.Tensor, nu: float) -> torch.Tensor:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..hashing import derived_seed
+from ..core.hashing import derived_seed
 from .filtering import DROP_PARAM, Filter, fraction_count
 
 if TYPE_CHECKING:
-    from ..train_context import TrainContext
+    from ..engine.hooks import TrainContext
 
 RANDOM_FILTER_STREAM = "random-filter"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..attacks.base import EPS_TOLERANCE, budget_count
-from ..errors import PoisonbenchError
+from ..core.errors import PoisonbenchError
 from .store import TENSOR_FILE, labels_hash, load, read_manifest
 
 

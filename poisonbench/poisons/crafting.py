@@ -10,15 +10,15 @@ from pathlib import Path
 
 import torch
 
-from .. import termination
-from ..accel import check_accel_mode, use_mode
 from ..attacks import ATTACKS
 from ..attacks.base import AttackContext, PoisonSet, ProgressFn, Target
-from ..checkpoints import execution_identity
-from ..errors import PoisonbenchError
-from ..io import atomic_write_json, exclusive, os_error_in_one_line
-from ..provenance import environment, peak_memory
-from ..workspace import results_dir
+from ..core.errors import PoisonbenchError
+from ..core.io import atomic_write_json, exclusive, os_error_in_one_line
+from ..core.provenance import environment, peak_memory
+from ..core.workspace import results_dir
+from ..engine import termination
+from ..engine.checkpoints import execution_identity
+from ..engine.kernels import check_accel_mode, use_mode
 from .spec import CraftSpec
 from .store import check_writable, exists, labels_hash, load, save
 
@@ -28,11 +28,11 @@ def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | No
           accel: str = "auto") -> tuple[PoisonSet, bool]:
     """The PoisonSet for `spec`: loaded (verified) if it exists, else crafted and saved. Returns (set, cached).
 
-    `compile` (auto | on | off) and `accel` (auto | off, the CPU kernels' switch: poisonbench.accel) are execution
+    `compile` (auto | on | off) and `accel` (auto | off, the CPU kernels' switch: engine.kernels) are execution
     options like `device`: not part of the poison id (they change δ only by float rounding); the manifest records
     whether the attack ran compiled and, in its `env`, the accel mode.
     """
-    from ..device import check_compile_mode
+    from ..core.device import check_compile_mode
 
     check_compile_mode(compile)
     check_accel_mode(accel)
@@ -59,7 +59,7 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
                     compile: str, accel: str) -> tuple[PoisonSet, bool]:
     pid = spec.poison_id
     partial = results_dir(results_root) / "partial" / pid  # finished batches of an interrupted craft
-    from ..device import configure_device
+    from ..core.device import configure_device
 
     device = configure_device(device or torch.device("cpu"))
     if device.type == "cuda":

@@ -6,8 +6,8 @@ from dataclasses import dataclass, fields
 
 from ..attacks import ATTACKS
 from ..attacks.base import Target, check_budget, check_eps, check_seed
-from ..errors import PoisonbenchError
-from ..hashing import short_hash
+from ..core.errors import PoisonbenchError
+from ..core.hashing import short_hash
 
 
 @dataclass(frozen=True)

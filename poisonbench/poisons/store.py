@@ -19,8 +19,8 @@ from safetensors.torch import save as st_save
 
 from .. import __version__
 from ..attacks.base import PoisonSet
-from ..errors import PoisonbenchError
-from ..io import (
+from ..core.errors import PoisonbenchError
+from ..core.io import (
     atomic_write_json,
     ensure_writable,
     fsync_directory,
@@ -29,7 +29,7 @@ from ..io import (
     umask,
     writer_tag,
 )
-from ..workspace import workspace_subdir
+from ..core.workspace import workspace_subdir
 from .spec import OPTIONAL_SPEC_FIELDS, SPEC_FIELDS, CraftSpec
 
 TENSOR_FILE = "delta.safetensors"

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from ..errors import PoisonbenchError
-from ..io import ensure_writable, writer_tag
-from ..records import RunStore
+from ..core.errors import PoisonbenchError
+from ..core.io import ensure_writable, writer_tag
+from ..experiment.records import RunStore
 from .plan import Plan, Step
 
 TERMINATED = 143  # 128 + SIGTERM: `defend` stopped by SIGTERM after saving its checkpoint

@@ -47,7 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import PoisonbenchError
+from ..core.errors import PoisonbenchError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -174,7 +174,7 @@ def check_report_args(args: list[str], where: str) -> None:
 def check_block(block: dict, names: dict[str, Any], where: str) -> dict[str, Any]:
     """The block's keys in python form; an unknown key is refused with the valid ones, and a value that would mean
     something other than what it says (an empty axis, a bool for an option that is not a flag) with the reason."""
-    from ..spec import MAX_TRIALS
+    from ..experiment.spec import MAX_TRIALS
 
     out = {}
     for key, value in block.items():

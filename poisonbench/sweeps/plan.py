@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PoisonbenchError
-from ..io import try_exclusive
-from ..records import RunStore
+from ..core.errors import PoisonbenchError
+from ..core.io import try_exclusive
+from ..experiment.records import RunStore
 from .grid import Grid, Run, option_names, to_argv
 
 
@@ -66,7 +66,7 @@ class Step:
 
     @property
     def failure_key(self) -> str:
-        from ..runner import craft_key
+        from ..experiment.defend import craft_key
 
         return craft_key(self.key) if self.kind == "prepare" else self.key
 
@@ -103,7 +103,7 @@ class Plan:
 
 def held(store: RunStore, step: Step) -> bool:
     """Whether another process holds the step's claim now (a run's claim; a PoisonSet's craft lock)."""
-    from ..runner import run_lock
+    from ..experiment.defend import run_lock
 
     lock = run_lock(store, step.key) if step.kind == "run" else store.root / "locks" / f"poison-{step.key}.lock"
     if not lock.exists():
@@ -131,10 +131,10 @@ def make_plan(grid: Grid, execution: Execution) -> Plan:
     """Resolve every run of `grid` (as `defend` would: the same parsing, checks and run ids) into steps; bad
     options in the grid fail here, naming the run, before anything executes."""
     from ..cli.defend import spec_from_argv
-    from ..defend_spec import validate
-    from ..records import run_id
-    from ..runner import run_config
-    from ..scenarios import scenario_for
+    from ..experiment.checks import validate
+    from ..experiment.defend import run_config
+    from ..experiment.records import run_id
+    from ..experiment.scenarios import scenario_for
 
     names = option_names()
     data = DataCache()
@@ -177,7 +177,7 @@ def prepare_step(run: Run, pid: str, attack: str, execution: Execution, names: d
     """The step that crafts PoisonSet `pid`: the run's data, recipe and poison options with `--method none`; for
     the untargeted mix only that attack's share (`--attacks A --poison-ratio 1`: the mix's PoisonSets are crafted
     over the whole train split whatever ρ, so this is the same PoisonSet). Checked: its plan crafts exactly `pid`."""
-    from ..scenarios import scenario_for
+    from ..experiment.scenarios import scenario_for
 
     own = set(names) - set(method_option_names())
     whole = [(k, v) for k, v in run.options if k in own and k != "method"]  # the run's own poisons, no defense

@@ -33,8 +33,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import PoisonbenchError
-from ..records import RunStore
+from ..core.errors import PoisonbenchError
+from ..experiment.records import RunStore
 from .plan import Plan, Step
 
 EXECUTORS = ("workers", "slurm", "submitit-local")
@@ -242,7 +242,7 @@ def write_script(path: str, text: str, results_root: Path) -> Path:
     """Write the script, and the `<results>/slurm/` folder its tasks log into (SLURM does not create it). A folder
     or file that cannot be written is a one-line error with the system's reason; whatever this call created before
     it failed is removed (the script is written atomically, last), so nothing is left half-done."""
-    from ..io import atomic_write_bytes, why_not_written
+    from ..core.io import atomic_write_bytes, why_not_written
 
     out = Path(path)
     check_text("--emit-sbatch", path)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from statistics import mean
 
-from ..records import RunStore
+from ..experiment.records import RunStore
 from .plan import Plan, Step
 
 

@@ -1,0 +1,87 @@
+"""Execution settings: where the work runs (`resolve_device`, `configure_device`, `to_float`) and whether a step
+is `torch.compile`d (`COMPILE_MODES`). Both change speed and float rounding, never what is computed, so neither
+is part of a run id or a poison id; records name them (`env.device`, `compiled`). The third such setting, the CPU
+kernels' switch, lives with the kernels (`poisonbench.engine.kernels`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .errors import PoisonbenchError, unknown_choice
+
+COMPILE_MODES = ("auto", "on", "off")
+
+# `compile="auto"`: compile only when epochs × n is at least this many images. Measured on the 2-core CPU: a
+# 30-epoch mnist-5k run (117,000 images) took 147 CPU-seconds compiled (compile included) vs 205 eager.
+COMPILE_MIN_IMAGES = 100_000
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """`auto` → first CUDA device if present, else CPU; `cpu`; `cuda` / `cuda:N` (always with its index).
+    Only resolves: the engine and the crafting entry point configure the device (`configure_device`)."""
+    if spec == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise PoisonbenchError(f"device {spec!r} requested but CUDA is not available; valid choices: auto, cpu")
+        index = int(spec[5:]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise PoisonbenchError(f"device {spec!r} does not exist; {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    raise PoisonbenchError(f"unknown device {spec!r}; valid choices: auto, cpu, cuda, cuda:N")
+
+
+def configure_device(device: torch.device) -> torch.device:
+    """Make CUDA runs reproducible, as the CPU's are (untested here: no GPU). cuDNN's autotuned convolution
+    backward and cuBLAS's split-K sum in a run-dependent order, so pin deterministic algorithms (`warn_only`:
+    an op without a deterministic CUDA kernel, e.g. `grid_sample`'s or `upsample_bilinear2d`'s backward, warns
+    instead of failing), a fixed cuBLAS workspace and Inductor without autotuning. Make `device` the current CUDA
+    device, so nothing lands on GPU 0 by default. Called by the engine and the crafting entry point, so library
+    callers get it too. TF32 convolutions stay at torch's default (on, as in the official code); the record's
+    `env.cudnn_tf32` says so."""
+    if device.type != "cuda":
+        return device
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    import torch._inductor.config as inductor_config
+
+    inductor_config.deterministic = True
+    if device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
+def to_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 N×C×H×W → float32 in [0, 1] on `device` (floats are moved as they are)."""
+    x = x.to(device)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise unknown_choice("compile mode", mode, COMPILE_MODES)
+
+
+def should_compile(mode: str, n: int, epochs: int, minimum: int = COMPILE_MIN_IMAGES) -> bool:
+    """`auto`: compile when the work (n rows × epochs or steps) reaches `minimum`, so compiling pays."""
+    if mode == "auto":
+        return n * epochs >= minimum
+    return mode == "on"
+
+
+def compile_static(fn):
+    """`torch.compile(fn, dynamic=False)`: static shapes, so callers keep every batch the same size.
+
+    A CUDA build of torch on a GPU-less machine warns "No CUDA runtime is found" at every compile; noise for a
+    CPU run, so it is silenced (real compile errors are raised, not logged).
+    """
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(fn, dynamic=False)

@@ -1,0 +1,95 @@
+"""Where and how a run or a craft executed: the code (git commit, dirty flag, source fingerprint), the library
+versions, the device and the host, and the peak memory. None of it is part of a run id or a poison id."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from .hashing import code_fingerprint
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.cache
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout this package runs from, read once per process: `defend` reads it when a
+    run starts, so a record names the code that ran even if the checkout moves on before the run ends.
+    `dirty`: the package's files (or pyproject.toml) differ from the commit, untracked modules included (None
+    outside a git checkout)."""
+    commit = _git("rev-parse", "HEAD") or None
+    # the package and its metadata only (new untracked modules included); --no-optional-locks: never take the
+    # index lock, so a run starting during a commit or merge cannot make that fail
+    status = _git("--no-optional-locks", "status", "--porcelain", "--", ":/poisonbench", ":/pyproject.toml") \
+        if commit else None
+    return commit, (None if status is None else bool(status))
+
+
+def git_commit() -> str | None:
+    return git_state()[0]
+
+
+def environment(device: torch.device, accel: str = "auto") -> dict:
+    """Where and how a run or a craft executed (none of it is part of a run id or a poison id); `accel`: the CPU
+    kernels' switch it ran with (poisonbench.engine.kernels)."""
+    env = {
+        "poisonbench": __version__,
+        "git_commit": git_commit(),
+        "git_dirty": git_state()[1],
+        "code": code_fingerprint(),  # sha256 of the package sources, also where no git checkout is
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "accel": accel,
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
+    }
+    if device.type == "cpu":
+        env["cpu"] = cpu_model()
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["cudnn_tf32"] = torch.backends.cudnn.allow_tf32
+    return env
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory (design.md §5 "Cost"), in MiB: `peak_rss_mib`, the process's peak resident set so far (Linux
+    `ru_maxrss`: it includes the dataset load and earlier runs or crafts of the same command, never less than
+    this one's own peak), and on CUDA `peak_cuda_mib`, the peak memory allocated by tensors since the caller
+    last reset CUDA's peak statistics (at the start of a run or craft)."""
+    out = {}
+    try:
+        import resource
+
+        unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20, 1)
+    except (ImportError, OSError):  # not a Unix system
+        pass
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

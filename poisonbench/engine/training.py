@@ -1,0 +1,265 @@
+"""The one training engine (design.md §1, §8). Every defense plugs in through hooks; nothing here knows any
+specific defense.
+
+Fast by construction: the train set lives on the device as one float tensor; batches are slices of a seeded
+index permutation; augmentation is whole-batch tensor ops; the model may be `torch.compile`d with static
+shapes (dynamic=False: two training graphs, full and last batch, plus one eval-mode graph per evaluation
+chunk shape). All randomness (init, order, augmentation)
+comes from the seed, so the same seed gives the same numbers on the same device. With a `Checkpoint`, the
+state after an epoch is saved from time to time and a killed run resumes from it with the same numbers
+(`checkpoints`); a SIGTERM lets the epoch in progress finish and saves it (`termination`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.device import compile_static, configure_device, should_compile
+from . import augment, termination
+from .checkpoints import Checkpoint, execution_identity, join_optimizer_state, split_optimizer_state, split_prefixed
+from .chunking import chunk_rows
+from .hooks import Defense, HookClock, TrainContext, set_train_mode, sync
+from .kernels import check_accel_mode, training_kernels
+from .recipes import Recipe
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]  # one row per epoch: epoch, lr, train_loss, train_acc, <eval set>_acc when evaluated
+    cost: dict[str, float]
+    compiled: bool
+    context: TrainContext
+    resumed_from: int = 0  # epochs restored from a checkpoint (0: trained from the start)
+    prior_seconds: float = 0.0  # wall seconds earlier, killed processes spent in train() up to that checkpoint
+    prior_cpu_seconds: float | None = 0.0  # their process CPU seconds (None: a checkpoint that did not record them)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 0) -> torch.Tensor:
+    """Softmax probabilities for every row of `x` (model in eval mode; restores the previous mode).
+    `batch_size` 0: up to 1000 rows, fewer on the CPU when activations would be large (`chunk_rows`)."""
+    batch_size = batch_size or chunk_rows(model, x[:1], 1000)
+    was_training = model.training
+    model.eval()
+    probs = torch.cat([F.softmax(model(x[i:i + batch_size]).float(), 1) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return probs
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (predict(model, x).argmax(1) == y).float().mean().item()
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe):
+    """SGD over the trainable parameters (frozen ones stay out) and the recipe's step decay."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=recipe.lr, momentum=recipe.momentum,
+                          nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(recipe.milestones), gamma=recipe.lr_decay)
+    return opt, sched
+
+
+def train(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    recipe: Recipe,
+    *,
+    seed: int,
+    device: torch.device,
+    num_classes: int,
+    defense: Defense | None = None,
+    compile: str = "auto",
+    accel: str = "auto",
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    eval_every: int = 0,
+    on_batch: Callable[[int, int, int], None] | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    checkpoint: Checkpoint | None = None,
+    model_factory: Callable[[int], nn.Module] | None = None,
+) -> TrainResult:
+    """Train `model` in place on float tensors already on `device`.
+
+    `on_batch(epoch, step, steps)` and `on_epoch(epoch, row)` feed a progress display. `eval_sets` are
+    evaluated every `eval_every` epochs (0: only after the last epoch) and land in the history.
+    `checkpoint`: resume from it if it holds a matching state, and save to it after an epoch when
+    `checkpoint.every` seconds have passed since the last save (the caller removes it once the result is safe).
+    After `termination.install()`, a SIGTERM ends the epoch in progress, saves it to `checkpoint` (if any, and unless
+    it was the last epoch: then training just finishes) and raises `termination.Terminated`.
+    `accel` (auto | off): the CPU kernels' switch (poisonbench.engine.kernels), also the current mode for the frozen
+    copies the hooks make; `ctx.accel` tells the defense.
+    `model_factory(seed)` builds a fresh model of the run's kind, for defenses that train one first.
+    Modules whose parameters are all frozen stay out of the optimizer and in eval mode (a pre-trained extractor;
+    in train mode where the model's `frozen_bn` is "train": `defend --head-bn train`).
+    """
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
+    check_accel_mode(accel)
+    defense = defense or Defense("none", recipe)
+    # channels_last for the convolutions while training (same math, other summation order): on this CPU eager
+    # ConvNet training went from about 1,250 to 1,650 img/s (compiled: within noise); the weights are returned
+    # in the default layout (safetensors stores contiguous tensors only).
+    configure_device(device)
+    set_train_mode(model.to(device, memory_format=torch.channels_last))
+    # accel auto, on the CPU: a small-patch convolution's BatchNorm takes its batch statistics from the input's
+    # patch moments (the ConvNet's stem) and 5×5 convolutions on small maps train as DFT-domain products; both
+    # exact up to float rounding, sharing the parameters; the caller gets its own modules back
+    kernels = training_kernels(model, train_x[:1], accel)
+    try:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        optimizer, scheduler = make_optimizer(model, recipe)
+        compiled = should_compile(compile, len(train_y), recipe.epochs)
+        forward = compile_static(model) if compiled else model
+        ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
+                           num_classes, seed, forward=forward, model_factory=model_factory, trainer=train,
+                           accel=accel)
+        hook_clock = HookClock(device)
+        raw_hook, batch_hook = defense.overrides_hook("batch_raw"), defense.overrides_hook("batch")
+        eval_sets = eval_sets or {}
+        history: list[dict] = []
+
+        saved = None
+        if checkpoint is not None:
+            # the accel mode and the layers trained as DFT-domain products or with moment BatchNorm: a checkpoint of
+            # the plain path is not resumed on these (float rounding differs)
+            checkpoint.identity.update(execution_identity(device), compiled=compiled, **kernels.identity)
+            saved = checkpoint.load()
+        ctx.resuming = saved is not None  # a filter need not decide again: its decision comes back with the state
+        with ctx.timed("defense_prepare"):
+            kept = defense.prepare(ctx)
+        if kept is not None:
+            ctx.active = kept.to(device)
+        start_epoch, prior_seconds, prior_cpu = 0, 0.0, 0.0
+        if saved is not None:
+            start_epoch, prior_seconds, prior_cpu = _restore(*saved, ctx, scheduler, defense, history)
+        last_save, saved_epochs = time.perf_counter(), -1
+
+        def save(epochs_done: int) -> bool:
+            """Checkpoint the state after `epochs_done` epochs; whether it is on disk."""
+            nonlocal last_save, saved_epochs
+            with ctx.timed("checkpoint"):
+                seconds = prior_seconds + time.perf_counter() - wall_start
+                cpu = None if prior_cpu is None else prior_cpu + time.process_time() - cpu_start
+                written = checkpoint.save(*_snapshot(ctx, defense, history, epochs_done, seconds, cpu))
+            last_save = time.perf_counter()
+            if written:
+                saved_epochs = epochs_done
+            return written
+
+        with termination.deferred():  # a SIGTERM now stops after the epoch in progress (`termination`)
+            for epoch in range(start_epoch, recipe.epochs):
+                ctx.epoch = epoch
+                with ctx.timed("defense_epoch"):
+                    defense.on_epoch_start(ctx, epoch)
+                sync(device)
+                start = time.perf_counter()
+                n = len(ctx.train_y) if ctx.active is None else len(ctx.active)
+                order = torch.randperm(n, device=device, generator=generator)
+                if ctx.active is not None:
+                    order = ctx.active[order]
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device, dtype=torch.long)
+                steps = (n + recipe.batch_size - 1) // recipe.batch_size
+                set_train_mode(model)
+                for step in range(steps):
+                    idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                    x, y = ctx.train_x[idx], ctx.train_y[idx]
+                    if raw_hook:
+                        with hook_clock.timing():
+                            x, y = defense.batch_raw(ctx, x, y, idx)
+                    x = augment.apply(recipe.augment, x, generator)
+                    if batch_hook:
+                        with hook_clock.timing():
+                            x, y = defense.batch(ctx, x, y, idx)
+                    logits = (forward if compiles_size(compiled, len(y), recipe.batch_size, len(ctx.train_y))
+                              else model)(x)
+                    loss = F.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.detach() * len(y)
+                    correct += (logits.detach().argmax(1) == y).sum()
+                    if on_batch:
+                        on_batch(epoch, step + 1, steps)
+                row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                       "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
+                scheduler.step()
+                sync(device)
+                ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
+                if raw_hook or batch_hook:  # part of `train`, and the defense's own cost (Table V)
+                    ctx.cost["defense_batch"] = ctx.cost.get("defense_batch", 0.0) + hook_clock.collect()
+                last = epoch + 1 == recipe.epochs
+                if eval_sets and (last or (eval_every and (epoch + 1) % eval_every == 0)):
+                    with ctx.timed("eval"):
+                        for name, (ex, ey) in eval_sets.items():
+                            row[f"{name}_acc"] = accuracy(forward, ex, ey)
+                history.append(row)
+                if checkpoint is not None and not last and time.perf_counter() - last_save >= checkpoint.every:
+                    save(epoch + 1)
+                if on_epoch:
+                    on_epoch(epoch, row)
+                if termination.requested() and not last:  # SIGTERM (after the periodic save: once per epoch)
+                    written = checkpoint is not None and (saved_epochs == epoch + 1 or save(epoch + 1))
+                    raise termination.Terminated(stopped(epoch + 1, recipe.epochs, checkpoint, written))
+        model.to(memory_format=torch.contiguous_format)
+        return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx, resumed_from=start_epoch,
+                           prior_seconds=prior_seconds, prior_cpu_seconds=prior_cpu)
+    finally:
+        kernels.restore()
+
+
+def stopped(epochs_done: int, epochs: int, checkpoint: Checkpoint | None, written: bool) -> str:
+    """What a training stopped by SIGTERM after `epochs_done` epochs kept."""
+    text = f"training stopped by SIGTERM after epoch {epochs_done} of {epochs}"
+    if checkpoint is None:
+        return text + " (this training keeps no checkpoint)"
+    if not written:
+        return text + f"; checkpoint {checkpoint.path} not saved (see the warning)"
+    return text + f"; checkpoint saved: {checkpoint.path} (running the same command again resumes from it)"
+
+
+def compiles_size(compiled: bool, size: int, batch_size: int, rows: int) -> bool:
+    """Whether a batch of `size` rows goes through the compiled forward: the full batch and the last batch of all
+    `rows` only. A defense that trains on fewer rows (a filter, EPIC's drops) makes other last-batch sizes, which
+    run eagerly instead of recompiling the static-shape graph at every drop (the same function up to float
+    rounding); the rule depends on nothing but these numbers, so a resumed run makes the same choices."""
+    return compiled and size in (batch_size, rows % batch_size or batch_size)
+
+
+def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_done: int, seconds: float,
+              cpu_seconds: float | None):
+    """(tensors, state) after `epochs_done` epochs: all that the remaining epochs depend on."""
+    tensors = {f"model.{k}": v for k, v in ctx.model.state_dict().items()}
+    opt_tensors, opt_state = split_optimizer_state(ctx.optimizer.state_dict())
+    tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
+    tensors["generator"] = ctx.generator.get_state()
+    if ctx.active is not None:
+        tensors["active"] = ctx.active
+    def_tensors, def_state = defense.state(ctx)
+    tensors.update({f"defense.{k}": v for k, v in def_tensors.items()})
+    state = {"epochs_done": epochs_done, "history": history, "cost": ctx.cost, "optimizer": opt_state,
+             "defense": def_state, "seconds": seconds, "cpu_seconds": cpu_seconds}
+    return tensors, state
+
+
+def _restore(tensors: dict, state: dict, ctx: TrainContext, scheduler, defense: Defense,
+             history: list[dict]) -> tuple[int, float, float | None]:
+    """Put a `_snapshot` back; returns (epochs done, wall and CPU seconds spent before; CPU None if unknown)."""
+    ctx.model.load_state_dict(split_prefixed(tensors, "model"))
+    ctx.optimizer.load_state_dict(join_optimizer_state(split_prefixed(tensors, "optimizer"), state["optimizer"]))
+    # MultiStepLR is chainable: the restored lr already carries past decays; it only needs its epoch counter
+    scheduler.last_epoch = state["epochs_done"]
+    ctx.generator.set_state(tensors["generator"])
+    if "active" in tensors:
+        ctx.active = tensors["active"].to(ctx.device)
+    defense.load_state(ctx, split_prefixed(tensors, "defense"), state["defense"])
+    history.extend(state["history"])
+    for stage, seconds in state["cost"].items():
+        ctx.cost[stage] = ctx.cost.get(stage, 0.0) + seconds
+    return state["epochs_done"], state["seconds"], state.get("cpu_seconds")

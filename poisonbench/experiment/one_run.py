@@ -1,0 +1,100 @@
+"""One run of `defend`: apply the scenario's poisons, build the model, train with the defense, assemble the record
+(design.md §6; fields defined in docs/metrics.md)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import torch
+
+from ..core.provenance import environment, peak_memory
+from ..defenses import build_defense
+from ..engine.checkpoints import Checkpoint
+from ..engine.models import build_model
+from ..engine.training import predict, train
+from .checks import resolved_recipe
+from .prediction_samples import sample_predictions
+from .records import SCHEMA_VERSION
+from .scenarios import ModelRequest, PoisonPlan, Scenario
+from .spec import DefendSpec, Reporter
+
+
+def training_seed(config: dict) -> int:
+    """The seed the victim is initialised and trained with: the trial's (`config.seed`), or under `--same-init` the
+    attacker model's (`config.same_init.seed`)."""
+    return (config.get("same_init") or {}).get("seed", config["seed"])
+
+
+def execute(spec: DefendSpec, scenario: Scenario, config: dict, rid: str, data, tensors: dict, device: torch.device,
+            reporter: Reporter | None, load_seconds: float, plan: PoisonPlan | None = None,
+            checkpoint: Checkpoint | None = None, on_poisoned: Callable[[PoisonPlan], None] | None = None) -> dict:
+    """Train one run and return its record (not yet written). `on_poisoned(plan)` is called once the poisons are
+    applied (their tensors known), before training."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    recipe = resolved_recipe(spec, data.family)
+    defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)
+    train_x, train_y = tensors["train"]
+    train_x = train_x.clone()  # poisons and defenses write into it; the clean copy serves the next trial
+    poisoned = None
+    if plan is not None:
+        train_x = plan.apply(train_x, results_root=spec.results, device=device, reporter=reporter,
+                             compile=spec.compile, accel=spec.accel)
+        poisoned = plan.mask(len(train_y), device)
+        if checkpoint is not None:  # never resumed on re-crafted poisons (`craft --force` after the kill)
+            checkpoint.identity["poison_tensors"] = dict(plan.tensor_sha256)
+        if on_poisoned is not None:
+            on_poisoned(plan)
+    rows = scenario.train_rows(data, config["trial"], plan)
+    if rows is not None:  # a scenario that trains on a subset of the split (transfer learning's 10 %)
+        rows = rows.to(device)
+        train_x, train_y = train_x[rows], train_y[rows]
+        poisoned = poisoned[rows] if poisoned is not None else None
+    seed = training_seed(config)
+    model = scenario.build_model(ModelRequest(config["model"], data, seed, device, spec.results, reporter,
+                                              spec.compile, spec.accel))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if reporter:
+        reporter.start(f"{config['defense']['method']} · {data.name} · trial {config['trial']}", recipe.epochs)
+    try:
+        result = train(model, train_x, train_y, *tensors["val"], recipe, seed=seed, device=device,
+                       num_classes=data.num_classes, defense=defense, compile=spec.compile, accel=spec.accel,
+                       eval_sets={"val": tensors["val"], "test": tensors["test"]},
+                       on_batch=reporter.batch if reporter else None,
+                       on_epoch=reporter.epoch if reporter else None, checkpoint=checkpoint,
+                       model_factory=lambda seed: build_model(config["model"], data, seed=seed))
+    finally:
+        if reporter:
+            reporter.stop()
+    last = result.history[-1]
+    test_probs = predict(model, tensors["test"][0])
+    cost = {k: round(v, 4) for k, v in result.cost.items()}
+    cost["data_load"] = round(load_seconds, 4)
+    cost["seconds"] = round(time.perf_counter() - started + result.prior_seconds, 4)
+    if result.prior_cpu_seconds is not None:  # unknown for a run resumed from a checkpoint older than the field
+        cost["cpu_seconds"] = round(time.process_time() - cpu_started + result.prior_cpu_seconds, 4)
+    cost.update(peak_memory(device))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": rid,
+        "config": config,
+        "metrics": {
+            "test_acc": last["test_acc"],
+            "val_acc": last["val_acc"],
+            "train_acc": last["train_acc"],
+            "train_loss": last["train_loss"],
+            "test_mean_confidence": test_probs.max(1).values.mean().item(),
+            "sample_predictions": sample_predictions(test_probs, tensors["test"][1]),
+            **scenario.metrics(model, tensors, plan),
+        },
+        "history": result.history,
+        "cost": cost,
+        "defense": defense.summary(poisoned),  # the only hook that sees the ground-truth poison mask
+        "poison_tensors": dict(plan.tensor_sha256) if plan is not None else None,  # sha256 per attack
+        "compiled": result.compiled,
+        "resumed_from_epoch": result.resumed_from,
+        "env": environment(device, accel=spec.accel),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,284 @@
+"""Packed run records: a workspace's run records and PoisonSet manifests in one shareable file (`poisonbench records
+pack | unpack`), which `poisonbench report --results FILE.jsonl.gz` reads as it reads the workspace.
+
+The format (version 1; docs/commands.md): gzip (mtime 0, no file name in its header) of JSON lines, each one compact
+object (sorted keys, no spaces, ASCII):
+
+    {"format":"poisonbench-records","kind":"header","poison_manifests":M,"runs":N,"version":1}   the first line
+    {"kind":"run","record":{...}}                  N lines, one per run record, by run id (their file names' order)
+    {"kind":"poison_manifest","manifest":{...}}    M lines, one per PoisonSet manifest, by poison id
+
+Packing the same records twice gives the same bytes. Unpacking writes each record as `RunStore` does (and each
+manifest as the PoisonSet store does), so a workspace written by poisonbench comes back byte for byte.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.errors import PoisonbenchError
+from ..core.io import atomic_write_bytes, file_in_the_way, json_bytes, os_error_in_one_line
+from ..core.workspace import results_dir
+from .records import RecordReader, RunStore, file_stem
+
+FORMAT = "poisonbench-records"
+VERSION = 1
+SUFFIX = ".jsonl.gz"
+KINDS = ("header", "run", "poison_manifest")
+PAYLOAD = {"run": "record", "poison_manifest": "manifest"}  # a body line's kind → the key of its object
+
+
+def _line(obj: dict) -> bytes:
+    return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """`data` gzipped reproducibly: mtime 0 and no file name in the header (the same input, the same bytes)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, compresslevel=9, mtime=0) as f:
+        f.write(data)
+    return buffer.getvalue()
+
+
+def _file_name(record: dict) -> str:
+    return f"{record['run_id']}.json"
+
+
+# ----------------------------------------------------------------------------------------------- pack
+
+@dataclass
+class Contents:
+    """What `collect` found: the records and manifests to pack, and the files left out, each with why."""
+    records: list[dict] = field(default_factory=list)
+    manifests: list[dict] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def collect(directory: str | Path) -> Contents:
+    """The run records of `directory/runs/` that a report reads (`RunStore.all()`: a record whose run id is not its
+    file name or its config's hash, of another schema, incomplete or untrustworthy is skipped, with why) and the
+    PoisonSet manifests of `directory/poisons/*/manifest.json` whose poison id is their directory's and their
+    crafting inputs' hash (`poisons.spec_of`)."""
+    from ..poisons.store import MANIFEST_FILE, spec_of
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise PoisonbenchError(f"{str(root)!r} is not a directory; pass a results workspace (a directory holding "
+                               "runs/)")
+    store = RunStore(root)
+    poisons = root / "poisons"
+    if not store.runs.is_dir() and not poisons.is_dir():
+        raise PoisonbenchError(f"{str(root)!r} holds neither runs/ nor poisons/: not a results workspace")
+    out = Contents()
+    if store.runs.is_dir():
+        out.records = sorted(store.all(), key=_file_name)
+        out.skipped += store.skipped
+    if poisons.is_dir():
+        for entry in sorted(poisons.iterdir()):
+            if entry.name.startswith(".") or not (entry / MANIFEST_FILE).is_file():  # a writer's temporary directory
+                continue
+            try:
+                out.manifests.append(spec_of(root, entry.name)[1])
+            except PoisonbenchError as e:
+                out.skipped.append((entry / MANIFEST_FILE, str(e)))
+    return out
+
+
+def check_output(out: str | Path, force: bool) -> Path:
+    """`pack`'s OUT: a name ending in .jsonl.gz, not a directory, not an existing file unless `force`."""
+    path = Path(out)
+    if not str(out).endswith(SUFFIX) or path.name == SUFFIX:
+        raise PoisonbenchError(f"OUT {str(out)!r} must be a file name ending in {SUFFIX} (e.g. records{SUFFIX})")
+    if path.is_dir():
+        raise PoisonbenchError(f"OUT {str(out)!r} is a directory; pass a file name ending in {SUFFIX}")
+    if path.exists() and not force:
+        raise PoisonbenchError(f"OUT {str(out)!r} exists; pass --force to replace it, or another file name")
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise PoisonbenchError(f"cannot write {str(out)!r}: {str(blocking)!r} is a file, not a directory")
+    return path
+
+
+def pack(directory: str | Path, out: str | Path, force: bool = False) -> dict:
+    """Write the records and manifests of `directory` (`collect`) to `out` atomically; returns a summary: counts,
+    bytes and the files skipped (each with why)."""
+    path = check_output(out, force)
+    contents = collect(directory)
+    header = {"kind": "header", "format": FORMAT, "version": VERSION, "runs": len(contents.records),
+              "poison_manifests": len(contents.manifests)}
+    lines = [_line(header)]
+    lines += [_line({"kind": "run", "record": r}) for r in contents.records]
+    lines += [_line({"kind": "poison_manifest", "manifest": m})
+              for m in sorted(contents.manifests, key=lambda m: m["poison_id"])]
+    raw = b"".join(lines)
+    data = gzip_bytes(raw)
+    with os_error_in_one_line("packed records", path):
+        atomic_write_bytes(path, data)
+    return {"out": str(path), "runs": len(contents.records), "poison_manifests": len(contents.manifests),
+            "skipped": [{"file": str(p), "why": why} for p, why in contents.skipped],
+            "bytes": len(data), "uncompressed_bytes": len(raw)}
+
+
+# ----------------------------------------------------------------------------------------------- read
+
+@dataclass
+class Pack:
+    """A packed file, checked line by line: its run records and manifests, each with its line number."""
+    path: Path
+    runs: list[tuple[int, dict]] = field(default_factory=list)
+    manifests: list[tuple[int, dict]] = field(default_factory=list)
+
+
+def _lines(path: Path):
+    """(line number, bytes) of the gzip file `path`; a file that is not gzip, or is cut short, fails in one line."""
+    if not path.exists():
+        raise PoisonbenchError(f"no packed records file {str(path)!r} (make one with `poisonbench records pack`)")
+    if path.is_dir():
+        raise PoisonbenchError(f"{str(path)!r} is a directory, not a packed records file ({SUFFIX})")
+    number = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                yield number, line
+    except EOFError:
+        raise PoisonbenchError(f"{str(path)!r} is cut short after line {number} (the gzip stream ends early): "
+                               "pack it again") from None
+    except (OSError, zlib.error) as e:
+        if isinstance(e, OSError) and e.strerror:  # permission denied, ...
+            raise PoisonbenchError(f"cannot read {str(path)!r}: {e.strerror}") from None
+        what = "not a gzip file" if number == 0 else f"damaged after line {number} ({e})"
+        raise PoisonbenchError(f"{str(path)!r} is not a packed records file: {what}") from None
+
+
+def read_pack(path: str | Path) -> Pack:
+    """Read and check every line of a packed file: JSON objects, a header of this format and version first, known
+    kinds, run ids that are plain file names, poison ids, no id twice, as many lines as the header announces.
+    Anything else is one `PoisonbenchError` naming the file and the line."""
+    from ..poisons.store import check_poison_id
+
+    path = Path(path)
+    pack, header, seen = Pack(path), None, {}
+    for number, raw in _lines(path):
+        where = f"{str(path)!r} line {number}"
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+            why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+            raise PoisonbenchError(f"{where}: not valid JSON ({why})") from None
+        kind = obj.get("kind") if isinstance(obj, dict) else None
+        if kind not in KINDS:
+            raise PoisonbenchError(f"{where}: unknown kind {kind!r}; valid choices: {', '.join(KINDS)}")
+        if number == 1:
+            if kind != "header" or obj.get("format") != FORMAT:
+                raise PoisonbenchError(f"{where}: not a {FORMAT} header (a file made by `poisonbench records pack` "
+                                       "starts with one)")
+            if obj.get("version") != VERSION:
+                raise PoisonbenchError(f"{where}: unknown format version {obj.get('version')!r}; valid choices: "
+                                       f"{VERSION}")
+            header = obj
+            continue
+        if kind == "header":
+            raise PoisonbenchError(f"{where}: a second header (two packed files joined?)")
+        payload = obj.get(PAYLOAD[kind])
+        if not isinstance(payload, dict):
+            raise PoisonbenchError(f"{where}: a {kind} line without its {PAYLOAD[kind]!r} object")
+        if kind == "run":
+            try:
+                key = file_stem(payload.get("run_id"))
+            except PoisonbenchError as e:
+                raise PoisonbenchError(f"{where}: {e}") from None
+            pack.runs.append((number, payload))
+        else:
+            key = payload.get("poison_id")
+            check_poison_id(key, f"{where}: ")
+            pack.manifests.append((number, payload))
+        if (kind, key) in seen:
+            raise PoisonbenchError(f"{where}: {kind} {key!r} again (first at line {seen[kind, key]})")
+        seen[kind, key] = number
+    if header is None:
+        raise PoisonbenchError(f"{str(path)!r} is empty: not a packed records file")
+    if (header.get("runs"), header.get("poison_manifests")) != (len(pack.runs), len(pack.manifests)):
+        raise PoisonbenchError(f"{str(path)!r}: its header announces {header.get('runs')!r} run(s) and "
+                               f"{header.get('poison_manifests')!r} manifest(s), it holds {len(pack.runs)} and "
+                               f"{len(pack.manifests)}: cut short or edited")
+    return pack
+
+
+# ----------------------------------------------------------------------------------------------- unpack
+
+def unpack(source: str | Path, directory: str | Path) -> dict:
+    """Recreate `directory/runs/<run_id>.json` and `directory/poisons/<poison_id>/manifest.json` from a packed file,
+    each written atomically in the store's formatting. The whole file is checked first (`read_pack`), then every
+    destination: an existing file that differs (or a directory in its place) is refused, in one line, before
+    anything is written; an identical one is left as it is. Returns counts."""
+    from ..poisons.store import MANIFEST_FILE
+
+    pack = read_pack(source)
+    root = results_dir(directory)
+    store = RunStore(root)
+    plan = [(store.path(r["run_id"]), json_bytes(r)) for _, r in pack.runs]
+    plan += [(root / "poisons" / m["poison_id"] / MANIFEST_FILE, json_bytes(m)) for _, m in pack.manifests]
+    todo, unchanged, conflicts = [], 0, []
+    for path, data in plan:
+        blocking = file_in_the_way(path)
+        if blocking is not None:
+            conflicts.append(f"{str(blocking)!r} is a file, not a directory")
+        elif path.is_file():
+            try:
+                same = path.read_bytes() == data
+            except OSError as e:
+                raise PoisonbenchError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+            unchanged += same
+            conflicts += [] if same else [f"{str(path)!r} exists with other contents"]
+        elif path.exists():
+            conflicts.append(f"{str(path)!r} is not a file")
+        else:
+            todo.append((path, data))
+    if conflicts:
+        raise PoisonbenchError(f"unpacking would overwrite {len(conflicts)} file(s) ({conflicts[0]}); nothing was "
+                               "written: move them away, or unpack into another directory")
+    with os_error_in_one_line("unpacked records", root):
+        for path, data in todo:
+            atomic_write_bytes(path, data)
+    return {"directory": str(root), "runs": len(pack.runs), "poison_manifests": len(pack.manifests),
+            "written": len(todo), "unchanged": unchanged}
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+class PackedRunStore(RecordReader):
+    """A packed file read as `RunStore` reads `runs/`: `all()` applies the same checks to each record (those a
+    report cannot use are skipped and named with their line), in the same order. Read-only."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.root = self.runs = Path(path)
+        self.pack = read_pack(self.root)
+
+    def all(self) -> list[dict]:
+        self._forget_skipped()
+        records = []
+        for number, record in sorted(self.pack.runs, key=lambda entry: _file_name(entry[1])):
+            if self._admit(Path(f"{self.root} line {number}"), record, Path(_file_name(record))):
+                records.append(record)
+        return records
+
+
+def is_packed(results: str | None) -> bool:
+    """Whether `--results` (else $POISONBENCH_RESULTS) names a packed file: an existing file, or a name ending in
+    .jsonl.gz."""
+    name = results or os.environ.get("POISONBENCH_RESULTS")
+    return bool(name and name.strip()) and (Path(name).is_file() or str(name).endswith(SUFFIX))
+
+
+def open_store(results: str | None) -> RunStore | PackedRunStore:
+    """The records `report --results` names: a packed file (`is_packed`) or a workspace directory."""
+    if is_packed(results):
+        return PackedRunStore(results or os.environ["POISONBENCH_RESULTS"])
+    return RunStore(results)

@@ -1,0 +1,63 @@
+"""What one `defend` call asks for (`DefendSpec`) and the progress display it drives (`Reporter`): plain data, no
+checks (those are `defend_spec.validate`'s) and no imports of the scenarios that read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..engine.checkpoints import CHECKPOINT_EVERY
+
+# The most trials one `defend` call (or one grid's `trials`) may ask for. Every trial is a full training run and
+# `defend` resolves all of them (their plans and run ids) before the first trains, so a mistyped count such as
+# `--trials 1000000000` must be refused up front rather than fill the memory; the paper uses 5.
+MAX_TRIALS = 1000
+
+
+class Reporter(Protocol):
+    """Progress display the runner drives (the CLI passes a rich one; None is silent)."""
+
+    def start(self, description: str, epochs: int) -> None: ...
+    def batch(self, epoch: int, step: int, steps: int) -> None: ...
+    def epoch(self, epoch: int, row: dict) -> None: ...
+    def stop(self) -> None: ...
+
+
+@dataclass
+class DefendSpec:
+    dataset: str = "mnist-5k"
+    data_dir: str | None = None
+    download: bool = False
+    npz_split: tuple[float, float] | None = None  # an .npz's val / test fractions (None: 0.02 / 0.18)
+    model: str | None = None  # None: the dataset family's default (paper Table I)
+    recipe: str | None = None  # None: `recipes.default_recipe` (forest's for targeted runs on the MNIST family)
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    scenario: str | None = None  # None: inferred from the poison options (experiment.scenarios.scenario_for)
+    poison_ratio: float = 0.0  # ρ of Table II: fraction of the train split poisoned by the untargeted mix
+    attacks: list[str] | None = None  # None: the paper's four (PGD, DAP, DURP, DeepConfuse)
+    poison_sets: dict[str, str] | None = None  # attack -> existing PoisonSet to use instead of the default one
+    poison_set: str | None = None  # train on exactly this PoisonSet (all its rows) instead of the mix
+    attack: str | None = None  # a targeted attack (Table III): each trial crafts (or reuses) its own PoisonSet
+    attack_params: dict[str, Any] = field(default_factory=dict)  # that attack's options (its defaults otherwise)
+    eps: float | None = None  # targeted: ε (None: the attack's default, 16/255)
+    budget: float | None = None  # targeted: fraction of the train split poisoned (None: the attack's, 1 %)
+    target: int | None = None  # targeted: the target test image (None: drawn per trial from the seed)
+    intended: int | None = None  # targeted: the class it should be taken for (None: drawn per trial)
+    setup: str | None = None  # targeted: a setup file (../shared/poison_setups/ schema); trial t takes setup i + t
+    setup_index: int = 0
+    method: str = "none"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    same_init: bool = False  # the victim starts from the attacker model's initialisation and seed (forest's
+    # --retrain_from_init); recorded as config.same_init, reported apart
+    threat: str | None = None  # transfer only: gray (the default: the attacker's own extractor) | white (the victim's)
+    head_bn: str | None = None  # transfer only: the frozen extractor's BatchNorm while the head trains: train (the
+    # default, HINT's code) | eval
+    trials: int = 1
+    trial: int | None = None  # run only this trial (a sweep's unit of work) instead of 0..trials-1
+    device: str = "auto"
+    compile: str = "auto"
+    accel: str = "auto"  # the CPU kernels' switch (poisonbench.engine.kernels); execution only, recorded in env
+    results: str | None = None
+    force: bool = False
+    checkpoint_every: float = CHECKPOINT_EVERY  # seconds between epoch checkpoints (0: after every epoch)

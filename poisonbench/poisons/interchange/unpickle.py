@@ -1,0 +1,153 @@
+"""Pickles read as data only (reference/attacks.md §10.2): `ArraysOnlyUnpickler` admits numpy's array machinery,
+torch tensors (their storage read back with `torch.load(weights_only=True)`) and PIL images decoded as data (a
+stand-in keeps only mode, size and bytes); any other global a pickle asks for (`posix.system`, `builtins.eval`, a
+class) is refused before it is called, in one line naming it."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...core.errors import PoisonbenchError
+from ...core.io import torch_load_tensors
+from ...data.cifar_pickle import _ALLOWED as NUMPY_GLOBALS
+
+
+class PickledImage:
+    """A PIL image as its pickle describes it: `Image.__getstate__` gives [info, mode, size, palette, bytes] (an
+    `ImageFile` appends its filename). Only mode, size and the raw bytes are kept; no PIL code runs."""
+
+    mode: str = ""
+    size: tuple = ()
+    data: bytes = b""
+
+    def __setstate__(self, state) -> None:
+        if not (isinstance(state, (list, tuple)) and len(state) >= 5):
+            raise pickle.UnpicklingError("a PIL image whose state is not [info, mode, size, palette, data]")
+        _, mode, size, _, data = state[:5]
+        self.mode, self.size = mode, tuple(size)
+        self.data = data.encode("latin-1") if isinstance(data, str) else bytes(data)
+
+    def array(self, what: str) -> np.ndarray:
+        """uint8 H×W (mode L) or H×W×3 (mode RGB)."""
+        channels = {"L": 1, "RGB": 3}.get(self.mode)
+        if channels is None:
+            raise PoisonbenchError(f"{what}: a PIL image of mode {self.mode!r}; L (grey) or RGB images expected")
+        w, h = (int(v) for v in self.size)
+        if len(self.data) != w * h * channels:
+            raise PoisonbenchError(f"{what}: a {self.mode} image of size {w}×{h} holds {len(self.data)} bytes")
+        arr = np.frombuffer(self.data, dtype=np.uint8).reshape(h, w, channels).copy()
+        return arr[..., 0] if channels == 1 else arr
+
+
+class _Object:
+    """Stands in for `builtins.object`, the base class protocol-0/1 pickles name for `copyreg._reconstructor`."""
+
+
+def _reconstructor(cls, base, state):
+    """`copyreg._reconstructor` as protocol-0/1 pickles of a PIL image call it, and for nothing else."""
+    if cls is not PickledImage or base is not _Object or state is not None:
+        raise pickle.UnpicklingError("copyreg._reconstructor for something other than a PIL image")
+    return PickledImage()
+
+
+def _storage_from_bytes(data: bytes):
+    """`torch.storage._load_from_bytes`: a tensor's storage in a plain pickle, itself read with weights_only."""
+    if not isinstance(data, bytes):
+        raise pickle.UnpicklingError("torch storage from something other than bytes")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    """`torch._utils._rebuild_tensor_v2` on a storage, without hooks or gradients."""
+    if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
+        raise pickle.UnpicklingError("a tensor rebuilt from something other than a torch storage")
+    return torch._utils._rebuild_tensor_v2(storage, int(storage_offset), tuple(size), tuple(stride), False,
+                                           OrderedDict())
+
+
+def _empty_ordered_dict(*args):
+    if args:
+        raise pickle.UnpicklingError("collections.OrderedDict with arguments")
+    return OrderedDict()
+
+
+_ADMITTED = {
+    **NUMPY_GLOBALS,  # numpy arrays, dtypes, scalars; _codecs.encode for latin-1 only (poisonbench.data.cifar_pickle)
+    ("PIL.Image", "Image"): PickledImage,
+    ("copyreg", "_reconstructor"): _reconstructor,
+    ("copy_reg", "_reconstructor"): _reconstructor,  # Python 2 names (protocols 0 and 1)
+    ("builtins", "object"): _Object,
+    ("__builtin__", "object"): _Object,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    ("collections", "OrderedDict"): _empty_ordered_dict,  # a tensor's (empty) backward hooks
+}
+
+
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    """Admits arrays and numbers (containers, strings and numbers need no global), nothing that could run code."""
+
+    def __init__(self, file, label: str):
+        super().__init__(file, encoding="latin1")  # Python 2 pickles: numpy's raw bytes as the file holds them
+        self.label = label
+
+    def find_class(self, module: str, name: str):
+        found = _ADMITTED.get((module, name))
+        if found is None and module.startswith("PIL.") and re.fullmatch(r"\w*ImageFile", name):
+            found = PickledImage  # an image opened from a file (PngImageFile, …): the same state plus its filename
+        if found is None:
+            raise PoisonbenchError(f"{self.label} holds '{module}.{name}', which is not an array or a number; refused")
+        return found
+
+
+def load_pickle(path: Path, label: str | None = None):
+    """The object in the pickle at `path`, read by `ArraysOnlyUnpickler`."""
+    label = label or repr(str(path))
+    try:
+        with open(path, "rb") as f:
+            return ArraysOnlyUnpickler(f, label).load()
+    except PoisonbenchError:
+        raise
+    except FileNotFoundError:
+        raise PoisonbenchError(f"{label} does not exist") from None
+    except IsADirectoryError:
+        raise PoisonbenchError(f"{label} is a directory, not a pickle file") from None
+    except Exception as exc:
+        raise PoisonbenchError(f"{label} is not a readable pickle ({type(exc).__name__})") from None
+
+
+def _numpy_safe_globals() -> list:
+    """What a `torch.save` file of forest's needs beyond tensors: numpy scalars (its `poison_setup` holds
+    `np.random.choice` results), arrays and their dtype classes, under numpy 1's and numpy 2's module names."""
+    admitted = [(f, f"{module}.{name}") for (module, name), f in NUMPY_GLOBALS.items() if module.startswith("numpy")]
+    dtypes = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdFD"}
+    return [*admitted, np.ndarray, np.dtype, *dtypes]
+
+
+def load_torch_or_pickle(path: Path, label: str | None = None):
+    """A `torch.save` file (zip, or the legacy format) read with `torch.load(weights_only=True)` (tensors, plain
+    containers, numpy arrays and scalars), or a plain pickle read by `ArraysOnlyUnpickler`."""
+    label = label or repr(str(path))
+    path = Path(path)
+    if not path.is_file():
+        raise PoisonbenchError(f"{label} does not exist" if not path.exists() else f"{label} is not a file")
+    if not zipfile.is_zipfile(path):
+        obj = load_pickle(path, label)
+        if not (isinstance(obj, int) and obj == torch.serialization.MAGIC_NUMBER):
+            return obj  # a plain pickle; else the first record of torch's legacy format
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch_load_tensors(path)
+    except Exception as exc:
+        raise PoisonbenchError(f"{label} is not a torch file of tensors, lists, dicts and numbers "
+                               f"({type(exc).__name__})") from None
+
+

@@ -1,0 +1,99 @@
+"""Renders a Table as rich, Markdown, LaTeX, CSV or JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from ...core.errors import unknown_choice
+from .cells import Table
+from .constants import FORMATS, ROMAN
+
+LATEX = {"±": r"$\pm$", "–": "--", "ρ": r"$\rho$", "β": r"$\beta$", "Δ": r"$\Delta$", "×": r"$\times$",
+         "·": r"$\cdot$", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
+         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX.get(ch, ch) for ch in text)
+
+
+def md_escape(text: str) -> str:
+    return text.replace("|", r"\|")
+
+
+def render_md(t: Table) -> str:
+    out = [f"**{t.title}.** {t.caption}", ""]
+    for b in t.blocks:
+        out += [f"*{b.title}*", ""]
+        out.append("| " + " | ".join(md_escape(c) for c in b.columns) + " |")
+        out.append("|" + "|".join(":--" if i == 0 else "--:" for i in range(len(b.columns))) + "|")
+        for row in b.rows:
+            out.append("| " + " | ".join(f"**{md_escape(c.text)}**" if c.best else md_escape(c.text)
+                                         for c in row) + " |")
+        out.append("")
+        out += [f"- {n}" for n in b.notes]
+        if b.notes:
+            out.append("")
+    out += [f"- {n}" for n in t.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_latex(t: Table) -> str:
+    out = [f"% {t.title}: {t.caption}. Needs \\usepackage{{booktabs}}."]
+    out += [f"% {n}" for n in t.notes]  # runs left out of the table: for whoever reads the source
+    for b in t.blocks:
+        labels = sum(1 for c in b.rows[0] if c.label) if b.rows else 1
+        spec = "l" * labels + "r" * (len(b.columns) - labels)
+        out += [r"\begin{table}[t]", r"\centering", r"\small",
+                f"\\caption{{{latex_escape(t.title)}: {latex_escape(t.caption)}. {latex_escape(b.title)}.}}",
+                f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
+                " & ".join(latex_escape(c) for c in b.columns) + r" \\", r"\midrule"]
+        for i, row in enumerate(b.rows):
+            if i in b.rules:
+                out.append(r"\midrule")
+            cells = [f"\\textbf{{{latex_escape(c.text)}}}" if c.best else latex_escape(c.text) for c in row]
+            out.append(" & ".join(cells) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}"]
+        if b.notes:
+            out.append(r"\par\smallskip\footnotesize " + r" \\ ".join(latex_escape(n) for n in b.notes))
+        out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def render_csv(t: Table) -> str:
+    return pd.DataFrame(t.data).to_csv(index=False, lineterminator="\n")
+
+
+def render_json(t: Table) -> str:
+    notes = [{"block": b.title, "notes": b.notes} for b in t.blocks]
+    return json.dumps({"table": ROMAN[t.number], "caption": t.caption, "notes": notes, "table_notes": t.notes,
+                       "rows": t.data}, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_rich(t: Table, console=None) -> None:
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    from ...core.console import stdout_console
+
+    console = console or stdout_console()
+    console.print(f"[bold]{t.title}.[/bold] {t.caption}", highlight=False)
+    for b in t.blocks:
+        rt = RichTable(title=b.title, caption="\n".join(b.notes) or None, caption_justify="left")
+        for i, col in enumerate(b.columns):
+            rt.add_column(col, justify="left" if b.rows and b.rows[0][i].label else "right")
+        for i, row in enumerate(b.rows):
+            rt.add_row(*[f"[bold green]{c.text}[/]" if c.best else c.text for c in row],
+                       end_section=(i + 1) in b.rules)
+        console.print(rt)
+    for note in t.notes:
+        console.print(f"[yellow]{escape(note)}[/yellow]", highlight=False)
+
+
+def render(t: Table, fmt: str) -> str:
+    renderers = {"md": render_md, "latex": render_latex, "csv": render_csv, "json": render_json}
+    if fmt not in renderers:
+        raise unknown_choice("format", fmt, FORMATS)
+    return renderers[fmt](t)
