@@ -26,12 +26,12 @@ from torch import nn
 from ..core.errors import PoisonbenchError
 from ..core.io import atomic_write_bytes, os_error_in_one_line
 from ..core.params import Param, resolve
+from ..data.types import FAMILIES
 from ..engine import termination
 
 ProgressFn = Callable[[str, int, int], None]
 """`progress(description, completed, total)`: one call per batch of a long step (crafting, surrogate training)."""
 
-FAMILIES = ("mnist", "cifar10")
 DEFAULT_EPS = {"mnist": 0.3, "cifar10": 8 / 255}  # paper §VI-A2 (HINT): ε = 0.3 on MNIST, 8/255 on CIFAR-10
 EPS_TOLERANCE = 1e-6  # float32 rounding of x + δ − x; every check allows this much over ε and outside [0, 1]
 
@@ -180,12 +180,14 @@ def clean_surrogate(ctx: AttackContext) -> tuple[nn.Module, dict]:
 
 class Attack:
     """Base class. Subclasses set `name`, `PARAMS`, `uses_surrogate` (and `targeted` for attacks that need a
-    `Target`), and implement `perturb(ctx) -> δ`; a targeted attack may override `choose_rows`."""
+    `Target`, `in_paper_mix` for the four of HINT's Table II mix), and implement `perturb(ctx) -> δ`; a targeted
+    attack may override `choose_rows`."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     uses_surrogate: ClassVar[bool] = False
     targeted: ClassVar[bool] = False
+    in_paper_mix: ClassVar[bool] = False  # one of the untargeted mix of HINT's Table II (`--attacks`' default)
     PARAMS: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, family: str, **params: Any):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from . import ATTACKS
 from .base import AttackContext, project
 from .forest import (
     FOREST_DEFAULTS,
@@ -64,7 +63,6 @@ def toxic_bp(ctx: AttackContext, model, x: torch.Tensor, target_features: torch.
     return delta.cpu(), loss
 
 
-@ATTACKS.register("bp")
 class BP(ForestOrToxic):
     name = "bp"
     summary = "Bullseye Polytope (forest's bullseye recipe, or --impl toxic; targeted, clean-label)"

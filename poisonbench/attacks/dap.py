@@ -8,13 +8,12 @@ from __future__ import annotations
 import torch
 
 from ..core.params import Param
-from . import ATTACKS
 from .pgd import _SurrogatePGD
 
 
-@ATTACKS.register("dap")
 class DAP(_SurrogatePGD):
     name = "dap"
+    in_paper_mix = True
     summary = "Tao et al. P1: targeted PGD toward (y+1) mod C, labels kept"
     maximize = False
     PARAMS = (

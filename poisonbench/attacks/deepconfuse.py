@@ -45,7 +45,6 @@ from ..core.params import Param
 from ..core.seeds import attacker_seed
 from ..core.workspace import results_dir
 from ..engine.checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
-from . import ATTACKS
 from .base import Attack, AttackContext, batches
 from .deepconfuse_nets import CLASSIFIERS, GENERATORS
 
@@ -160,9 +159,9 @@ def shuffled_batches(n: int, size: int, epochs: int, generator: torch.Generator,
             yield order[start:start + size]
 
 
-@ATTACKS.register("deepconfuse")
 class DeepConfuse(Attack):
     name = "deepconfuse"
+    in_paper_mix = True
     summary = "Feng et al.: ε·tanh generator trained against a classifier with pseudo-updates"
     PARAMS = (
         Param("outer_epochs", int, {"mnist": 6, "cifar10": 2},

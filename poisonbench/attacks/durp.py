@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from . import ATTACKS
 from .base import Attack, AttackContext
 
 
-@ATTACKS.register("durp")
 class DURP(Attack):
     name = "durp"
+    in_paper_mix = True
     summary = "Tao et al. P5: one uniform [-ε, ε] perturbation per class"
     PARAMS = ()
 

@@ -26,7 +26,6 @@ from collections.abc import Callable
 import torch
 
 from ..core.params import Param
-from . import ATTACKS
 from .base import AttackContext, project
 from .forest import FOREST_DEFAULTS, ForestOrToxic, brew_params, feature_model, impl_param, poison_tensors
 from .paper_iterations import settle_iterations, with_iterations_param
@@ -92,7 +91,6 @@ def feature_collision(model, base: torch.Tensor, target: torch.Tensor, eps: floa
     return (x - base).detach(), info
 
 
-@ATTACKS.register("fc")
 class FC(ForestOrToxic):
     name = "fc"
     summary = "Feature Collision (forest's poison-frogs recipe, or --impl toxic; targeted, clean-label)"

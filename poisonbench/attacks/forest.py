@@ -241,7 +241,7 @@ def impl_param(toxic: str) -> Param:
 
 
 def feature_model(ctx: AttackContext, sample: torch.Tensor) -> torch.nn.Module:
-    """A frozen eval-mode copy of the surrogate for input gradients of its features (`accel.inference_copy`)."""
+    """A frozen eval-mode copy of the surrogate for input gradients of its features (`kernels.inference_copy`)."""
     from ..engine.kernels import inference_copy
 
     return inference_copy(ctx.surrogate(), sample, ctx.accel)

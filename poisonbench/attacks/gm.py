@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from ..core.errors import PoisonbenchError
 from ..core.params import Param
-from . import ATTACKS
 from .base import AttackContext
 from .forest import Brew, brew_params, poison_tensors
 from .targeted import TargetedAttack, common_params
@@ -78,7 +77,6 @@ class GradientMatching:
         return matching_loss(grads, self.target_grad, self.target_norm)
 
 
-@ATTACKS.register("gm")
 class GM(TargetedAttack):
     name = "gm"
     summary = "Witches' Brew gradient matching (forest recipe; targeted, clean-label)"

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from ..core.params import Param
 from ..engine.chunking import chunk_rows
 from ..engine.kernels import inference_copy
-from . import ATTACKS
 from .base import Attack, AttackContext, PartialBatches, batches
 
 # `compile="auto"`: compile the PGD step when rows × steps reach this, on an accelerator only. On the CPU the
@@ -123,9 +122,9 @@ class _SurrogatePGD(Attack):
         return out
 
 
-@ATTACKS.register("pgd")
 class PGD(_SurrogatePGD):
     name = "pgd"
+    in_paper_mix = True
     summary = "error-maximising L∞ PGD against a clean surrogate (Madry settings)"
     PARAMS = (
         Param("steps", int, {"mnist": 40, "cifar10": 10}, "PGD steps.", "MadryLab mnist/cifar10_challenge config",

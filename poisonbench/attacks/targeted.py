@@ -27,6 +27,7 @@ from ..core.errors import PoisonbenchError
 from ..core.params import Param
 from ..engine.recipes import AUGMENTATIONS, TARGETED_RECIPE, Recipe, recipe_names, resolve_recipe
 from .base import Attack, AttackContext, Target
+from .targets import SCENARIOS
 
 TARGETED_EPS = 16 / 255  # forest `--eps 16` (reference/attacks.md §6, §15); paper §VI-A2
 TARGETED_BUDGET = 0.01  # forest `--budget 0.01`: 490 of CIFAR-10's 49,000 train images (paper §VI-A2)
@@ -70,7 +71,7 @@ def common_params(default_scenario: str) -> tuple[Param, ...]:
     return (
         Param("scenario", str, default_scenario, "Victim the poisons are crafted for: scratch (a surrogate trained "
               "from scratch on the clean train split) or transfer (the transfer scenario's pre-trained extractor).",
-              "paper §VI-A2 (GM from scratch; BP, FC in transfer)", choices=("scratch", "transfer"),
+              "paper §VI-A2 (GM from scratch; BP, FC in transfer)", choices=SCENARIOS,
               cli_flag="--victim"),
         Param("threat", str, None, "Transfer only: gray (the attacker crafts on an extractor of its own, pre-trained "
               "like the victim's but with another seed) or white (on the very extractor the victim freezes). Unset: "

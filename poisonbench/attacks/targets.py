@@ -31,7 +31,7 @@ from ..data.splits import split_positions
 from .base import Target, budget_count
 
 CONTEXT_STREAM = "targeted-context"
-SCENARIOS = ("scratch", "transfer")
+SCENARIOS = ("scratch", "transfer")  # where a targeted attack crafts; the experiment's scenarios of these names
 FEATURE_CHUNK = 1024  # pool rows per forward pass of `nearest_rows`
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import typer
 
-from ..attacks.base import FAMILIES
 from ..core.errors import inapplicable_option
 from ..core.params import Param
 from ..core.registry import Registry
+from ..data.types import FAMILIES
 
 
 @dataclass(frozen=True)

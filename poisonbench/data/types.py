@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The dataset families: MNIST-like (28×28 grey) and CIFAR-like (32×32 colour). A family picks the default model
+# (paper Table I), the recipes and every attack's and defense's family-dependent defaults.
+FAMILIES = ("mnist", "cifar10")
+
 
 @dataclass(frozen=True)
 class Split:

@@ -155,7 +155,7 @@ class TrainContext:
     def eval_forward(self, sample: torch.Tensor) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
         """The current model's eval-mode forward for input gradients (ATDA's adversarial examples, FRIENDS's noise):
         the compiled forward of `eval_mode` when the engine compiles on a GPU, else a frozen copy with the CPU
-        input-gradient kernels and BatchNorm folded (`accel.inference_copy` in the run's accel mode, as HINT's and
+        input-gradient kernels and BatchNorm folded (`kernels.inference_copy` in the run's accel mode, as HINT's and
         EPIC's input gradients use); `sample` is one batch of inputs of the right shape. The same function up to
         float rounding; measured on this CPU (MNIST ConvNet, batch 128, 10 PGD steps): 0.70 s with the copy,
         1.43 s eager, 1.49 s compiled."""

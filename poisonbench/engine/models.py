@@ -6,6 +6,7 @@ which HINT, EPIC, BP, FC and Deep k-NN need.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,8 @@ class ConvNet(Classifier):
     """HINT's MNIST CNN (HINT:models.py:L168-202): Conv(1→40,k5)-BN-ReLU-AvgPool2, Conv(40→100,k5)-BN-ReLU-
     AvgPool2, flatten (1600 for 28×28), Linear(1600→classes)."""
 
+    name: ClassVar[str] = "convnet"
+
     def __init__(self, in_channels: int, num_classes: int, image_size: int, mean, std):
         super().__init__(mean, std)
         self.conv = nn.Sequential(
@@ -114,6 +117,8 @@ class ResNet18(Classifier):
     """CIFAR ResNet-18 as in HINT (kuangliu layout, HINT:models.py:L73-113): 3×3 stem, no max-pool,
     four stages of two BasicBlocks (64-128-256-512), global average pool, 512-d features."""
 
+    name: ClassVar[str] = "resnet18"
+
     def __init__(self, in_channels: int, num_classes: int, image_size: int, mean, std):
         super().__init__(mean, std)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
@@ -130,9 +135,7 @@ class ResNet18(Classifier):
 
 
 ModelFactory = Callable[..., Classifier]
-MODELS: Registry[ModelFactory] = Registry("model")
-MODELS.add("convnet", ConvNet)
-MODELS.add("resnet18", ResNet18)
+MODELS: Registry[ModelFactory] = Registry.of("model", (ConvNet, ResNet18))
 
 # convnet: two valid 5×5 convs and two 2× pools; resnet18: three stride-2 stages, and at least a 2×2 last stage
 # (on a 1×1 one a final batch of one image leaves BatchNorm a single value per channel, which it cannot train on)

@@ -6,7 +6,7 @@ Transfer learning follows paper §VI-A2: the train split is cut once, stratified
 through the one engine with the victim's resolved recipe and model, cached by the hash of its inputs (dataset
 fingerprint, model, recipe, rows, seed; the seed an attacker seed derived from the others, `poisonbench.core.seeds`, so
 no victim trial shares it) and shared by every trial, attack and defense (one writer, the others wait:
-`trained_models.load_or_train`). The victim freezes it and trains a re-initialised head on the transfer set with
+`model_cache.load_or_train`). The victim freezes it and trains a re-initialised head on the transfer set with
 the poisons, its BatchNorm layers in train mode (`--head-bn train`, HINT's code, the default) or eval mode
 (`--head-bn eval`).
 

@@ -1,8 +1,8 @@
 """`defend`: resolve a spec into one config per trial, skip the done ones, train the rest, write their records.
 
 This is the library behind `poisonbench defend`; the CLI only parses options and shows progress. The pieces:
-`defend_spec` (what is asked, checked before anything loads), the scenario (what is poisoned and trained;
-poisonbench.experiment.scenarios), `run_execution` (one run and its record), `records` (the store).
+`checks` (what is asked, checked before anything loads), the scenario (what is poisoned and trained;
+poisonbench.experiment.scenarios), `one_run` (one run and its record), `records` (the store).
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def file_stem(rid: str) -> str:
 
 
 class RecordReader:
-    """What every source of run records shares (`RunStore` reads `runs/`; `records_pack.PackedRunStore` a packed
+    """What every source of run records shares (`RunStore` reads `runs/`; `packed_records.PackedRunStore` a packed
     file): the checks a record must pass to be read, and the list of those skipped, with why (`skipped_lines`),
     counted by kind (`skipped_note`). `runs` names the source in messages."""
 
@@ -185,7 +185,7 @@ class RunStore(RecordReader):
         """Every complete, trustworthy record of this schema version that is the record of the run it names. The
         files skipped are listed with why in `skipped` (`skipped_lines`: one line each) and counted by kind:
         `unreadable` (not JSON, not readable, incomplete), `other_schema`, `untrusted` (a field at fault,
-        `record_checks.record_problem`) and `mismatched` (`identity_problem`); `skipped_note` sums them up."""
+        `record_schema.record_problem`) and `mismatched` (`identity_problem`); `skipped_note` sums them up."""
         records = []
         self._forget_skipped()
         for path in sorted(self.runs.glob("*.json")):

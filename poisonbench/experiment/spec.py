@@ -1,5 +1,5 @@
 """What one `defend` call asks for (`DefendSpec`) and the progress display it drives (`Reporter`): plain data, no
-checks (those are `defend_spec.validate`'s) and no imports of the scenarios that read it."""
+checks (those are `checks.validate`'s) and no imports of the scenarios that read it."""
 
 from __future__ import annotations
 

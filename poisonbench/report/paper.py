@@ -18,7 +18,6 @@ PAPER_LABEL = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 PAPER_DATASET = {"mnist": "mnist", "mnist-5k": "mnist", "cifar10": "cifar10"}
 # The data the paper trained on (full size); anything else is a reduced-scale setting.
 FULL_PAPER_DATASETS = ("mnist", "cifar10")
-KNOWN_FAMILIES = {"mnist": "mnist", "mnist-5k": "mnist", "fashion-mnist": "mnist", "cifar10": "cifar10"}
 METHOD_LABEL = {"none": "W/o Defense", "hint": "HINT", "atda": "ATDA", "friends": "FRIENDS", "epic": "EPIC"}
 ATTACK_LABEL = {"gm": "GM", "mp": "MP", "bp": "BP", "fc": "FC"}
 
@@ -75,8 +74,6 @@ def table5(method: str, ratio: float | None = None) -> float | None:
 
 def family_of(dataset: str) -> str | None:
     """The dataset family of a registry name ("mnist" | "cifar10"), or None for an unknown/.npz name."""
-    if dataset in KNOWN_FAMILIES:
-        return KNOWN_FAMILIES[dataset]
     from ..data import DATASETS
 
     return DATASETS.get(dataset).family if dataset in DATASETS.names() else None

@@ -1,4 +1,5 @@
-"""Scenario registry (design.md §4). Adding a scenario = one module here + one `SCENARIOS.add` line.
+"""The scenarios (docs/engine.md "Scenarios"). Adding a scenario is one module here and one entry below; a scenario
+class names itself (`name`).
 
 `defend` picks the scenario named by `--scenario`, or infers it from the poison options: `--poison-set` →
 poison-set, `--poison-ratio` > 0 → untargeted, else clean.
@@ -25,12 +26,8 @@ from .untargeted import (
     split_counts,
 )
 
-SCENARIOS: Registry[type[Scenario]] = Registry("scenario")
-SCENARIOS.add("clean", Clean)
-SCENARIOS.add("untargeted", Untargeted)
-SCENARIOS.add("poison-set", PoisonSetScenario)
-SCENARIOS.add("scratch", Scratch)
-SCENARIOS.add("transfer", Transfer)
+SCENARIOS: Registry[type[Scenario]] = Registry.of(
+    "scenario", (Clean, Untargeted, PoisonSetScenario, Scratch, Transfer))
 
 
 def scenario_for(spec) -> Scenario:

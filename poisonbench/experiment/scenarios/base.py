@@ -96,7 +96,7 @@ class ModelRequest:
     seed: int  # the run's seed (model initialisation)
     device: torch.device
     results_root: Any = None
-    reporter: Any = None  # runner.Reporter, for a long pre-training
+    reporter: Any = None  # spec.Reporter, for a long pre-training
     compile: str = "auto"
     accel: str = "auto"
 
@@ -146,7 +146,7 @@ class Scenario:
 
 
 def reporter_progress(reporter):
-    """Adapt a runner.Reporter (start/batch/stop) to the attacks' progress(description, done, total)."""
+    """Adapt a spec.Reporter (start/batch/stop) to the attacks' progress(description, done, total)."""
     if reporter is None:
         return None, lambda: None
     state = {"description": None}

@@ -13,7 +13,7 @@ poisons' base rows (poisonbench.attacks.targets: drawn from s, fixed by `--targe
   re-initialised and trained on the transfer set (the other 10 %) with the poisons. A setup file's base images
   outside the transfer set join it. `--head-bn train` (the default, HINT's code) keeps the frozen extractor's
   BatchNorm layers in train mode while the head trains (batch statistics, running statistics updated); `eval`
-  freezes them (`model.frozen_bn`, read by `train_context.set_train_mode`). `--threat gray` (the default, the
+  freezes them (`model.frozen_bn`, read by `hooks.set_train_mode`). `--threat gray` (the default, the
   paper's) crafts the poisons on the attacker's own extractor (pre-trained like the victim's, another seed);
   `white` on the victim's. Both are recorded as `config.threat` and `config.head_bn` of transfer runs only.
 
@@ -39,7 +39,6 @@ from ...engine.recipes import default_recipe
 from ...engine.threat import Threat
 from .base import AttackerModel, ModelRequest, Scenario, attacker_model_of, reporter_progress
 
-TARGETED_SCENARIOS = ("scratch", "transfer")
 THREATS = ("gray", "white")  # attacks.targeted.THREATS: whose extractor a transfer attack crafts on
 DEFAULT_THREAT = "gray"  # paper §VI-A2: the attacker does not know the victim's weights (docs/fidelity.md)
 HEAD_BN_MODES = ("train", "eval")
@@ -127,7 +126,7 @@ def target_config(attack: str, spec, target: Target, n: int, extra: dict | None 
 
 def victim_recipe(spec, data) -> tuple[str, dict]:
     """The recipe the run trains with: (name, its non-None overrides); a targeted run's default is the family's
-    targeted recipe (`recipes.default_recipe`, as `defend_spec.recipe_name` resolves it)."""
+    targeted recipe (`recipes.default_recipe`, as `checks.recipe_name` resolves it)."""
     overrides = {k: v for k, v in spec.recipe_overrides.items() if v is not None}
     return spec.recipe or default_recipe(data.family, targeted=True), overrides
 

@@ -20,7 +20,8 @@ from ...core.errors import PoisonbenchError
 from ...core.hashing import derived_seed, short_hash
 from .base import AttackerModel, Scenario, reporter_progress, untargeted_surrogate
 
-UNTARGETED_ATTACKS = ("pgd", "dap", "durp", "deepconfuse")  # HINT's Table II mix (reference/attacks.md §1.1)
+# HINT's Table II mix, in the registry's order: PGD, DAP, DURP, DeepConfuse
+UNTARGETED_ATTACKS = tuple(name for name in ATTACKS if ATTACKS.get(name).in_paper_mix)
 ROW_STREAM = "untargeted-rows"  # the poisoned rows are drawn from derived_seed(trial seed, ROW_STREAM)
 CRAFT_SEED = 0  # the artifacts are shared by all trials; trials differ in which rows they poison
 

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from ...core.hashing import canonical_json, short_hash
+from ...data.types import FAMILIES
 from .. import paper
 
 
@@ -26,7 +27,7 @@ def has_default_params(method: str, params: dict, dataset: str, recipe: dict, co
         threat = threat_of_config(config or {})
     except Exception:  # a record from another version: no opinion
         return False
-    for fam in [family] if family else ["mnist", "cifar10"]:  # an .npz dataset: either family's defaults
+    for fam in [family] if family else FAMILIES:  # an .npz dataset: either family's defaults
         defaults = cls.defaults(fam, rec, threat)
         if all(canonical_json(params.get(k)) == canonical_json(v) for k, v in defaults.items()
                if k not in ("ratio", "beta")):
