@@ -294,17 +294,17 @@ def test_a_poisoned_runs_checkpoint_names_its_poison_tensors(tiny_npz, tmp_path,
 def test_a_resumed_filter_does_not_train_its_feature_model_again(tiny_npz, tmp_path, monkeypatch):
     """A filter decides once: the resumed segment restores its decision (and `active`) from the checkpoint instead of
     training a second feature model, and ends with the uninterrupted run's numbers (the test above)."""
-    from poisonbench.engine.hooks import TrainContext
+    import poisonbench.defenses.filtering as filtering
 
     data = load_dataset(str(tiny_npz))
     calls = []
-    original = TrainContext.train_model
+    original = filtering.train_fresh
 
-    def counted(self, *args, **kwargs):
-        calls.append(self.epoch)
-        return original(self, *args, **kwargs)
+    def counted(ctx, *args, **kwargs):
+        calls.append(ctx.epoch)
+        return original(ctx, *args, **kwargs)
 
-    monkeypatch.setattr(TrainContext, "train_model", counted)
+    monkeypatch.setattr(filtering, "train_fresh", counted)
     ckpt = checkpoint(tmp_path)
     with pytest.raises(Killed):
         run(data, "l2", ckpt, kill_after=1)

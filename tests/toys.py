@@ -16,6 +16,7 @@ from poisonbench.core.params import Param
 from poisonbench.engine.hooks import Defense
 from poisonbench.engine.model_cache import load_or_train
 from poisonbench.engine.models import build_model
+from poisonbench.engine.training import train_fresh
 from poisonbench.experiment.scenarios import ModelRequest, Scenario
 
 
@@ -86,7 +87,7 @@ class ToyDefense(Defense):
         self.seen = {"raw_calls": 0, "batch_calls": 0, "raw_unaugmented": True, "eval_forward_training": None,
                      "hooks_see_poison_mask": hasattr(ctx, "poisoned")}
         if self.params["toy_pretrain"]:
-            model = ctx.train_model()
+            model = train_fresh(ctx)
             with torch.no_grad():
                 pred = model(ctx.train_x).argmax(1)
             self.seen.update(pretrained_train_acc=(pred == ctx.train_y).float().mean().item(),

@@ -9,7 +9,7 @@ penultimate features φ(x) (paper §4.1), taken from (`--features`):
     extractor   the transfer scenario's clean, frozen, pre-trained extractor (`ctx.model.features`), as the
                 official code does with its pre-trained checkpoints (reference §4.1, step 1);
     trained     a model of the run's architecture trained first by the engine on the (poisoned) rows in use
-                (`ctx.train_model()`), as a from-scratch victim has no clean extractor; its training is the
+                (`engine.training.train_fresh`), as a from-scratch victim has no clean extractor; its training is the
                 defense's own cost;
     auto        extractor where the scenario has one (`Threat.extractor`), else trained.
 
@@ -31,6 +31,7 @@ from ..core.errors import PoisonbenchError
 from ..core.params import Param
 from ..engine.chunking import chunk_rows
 from ..engine.hooks import Defense
+from ..engine.training import train_fresh
 from .removal import removal_statistics
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class Filter(Defense):
             with self.stage(ctx, "features"), ctx.eval_mode():
                 return extract_features(ctx.model, ctx.train_x, rows)
         with self.stage(ctx, "feature_model"):
-            model = ctx.train_model()  # trained on the rows in use (ctx.active), returned in eval mode, frozen
+            model = train_fresh(ctx)  # trained on the rows in use (ctx.active), returned in eval mode, frozen
         with self.stage(ctx, "features"):
             return extract_features(model, ctx.train_x, rows)
 

@@ -1,6 +1,6 @@
 """The engine's contract with the defenses (docs/engine.md "Defense hooks"): the `Defense` interface, the
 `TrainContext` its hooks see, and how their cost is counted. Defenses import this module; it imports no defense and
-not the training loop (the loop hands `TrainContext` its own `train`, for `train_model`).
+not the training loop (`training.train_fresh` trains a model first for a defense that needs one).
 
 A defense implements only the hooks it needs. In the order the engine (`engine/training.py`) calls them:
 
@@ -16,8 +16,8 @@ decide (all but `summary`) never see which rows are poisoned: `TrainContext` doe
 
 The context gives the model and the forward the engine trains with (compiled or not), an eval-mode view of that
 forward (defenses that attack the model mid-training, ATDA), the (poisoned) train tensors, the clean val split,
-the recipe, a helper that trains a fresh model first (filters that need trained features, Deep k-NN), and a place
-to record cost.
+the recipe, the model factory (`training.train_fresh` builds a fresh model with it: filters that need trained
+features, Deep k-NN), and a place to record cost.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..core.hashing import derived_seed
 from ..core.params import Param, resolve
 from .recipes import Recipe
 from .threat import Threat
 
-PRETRAIN_STREAM = "defense-pretrain"  # the seed of `TrainContext.train_model`'s model: derived_seed(run seed, this)
+PRETRAIN_STREAM = "defense-pretrain"  # the seed of `training.train_fresh`'s model: derived_seed(run seed, this)
 
 
 def sync(device: torch.device) -> None:
@@ -112,7 +111,6 @@ class TrainContext:
     cost: dict[str, float] = field(default_factory=dict)
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # what the engine trains with (maybe compiled)
     model_factory: Callable[[int], nn.Module] | None = None  # seed -> a fresh untrained model of the run's kind
-    trainer: Callable[..., Any] | None = None  # the engine's `train`, handed in by the loop (`train_model`)
     accel: str = "auto"  # the CPU-kernel switch of the run (poisonbench.engine.kernels)
     resuming: bool = False  # `prepare` runs before an epoch checkpoint's state is put back (`load_state`)
 
@@ -167,23 +165,6 @@ class TrainContext:
                 yield forward
         else:
             yield inference_copy(self.model, sample[:1], self.accel)
-
-    def train_model(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
-                    recipe: Recipe | None = None, seed: int | None = None) -> nn.Module:
-        """A fresh model of the run's architecture trained by this engine (no defense) on `x, y` (default: the
-        train rows in use), returned in eval mode with frozen parameters: the trained features a filter needs
-        (Deep k-NN from scratch). Its seed is derived from the run's, so it is reproducible and differs from the
-        run's own model."""
-        if self.model_factory is None or self.trainer is None:
-            raise RuntimeError("TrainContext.train_model needs the engine's model_factory and trainer")
-        if x is None:
-            rows = self.active
-            x, y = (self.train_x, self.train_y) if rows is None else (self.train_x[rows], self.train_y[rows])
-        seed = derived_seed(self.seed, PRETRAIN_STREAM) if seed is None else seed
-        model = self.model_factory(seed)
-        self.trainer(model, x, y, self.val_x, self.val_y, recipe or self.recipe, seed=seed, device=self.device,
-              num_classes=self.num_classes, accel=self.accel)
-        return model.eval().requires_grad_(False)
 
 
 class Defense:

@@ -7,7 +7,10 @@ shapes (dynamic=False: two training graphs, full and last batch, plus one eval-m
 chunk shape). All randomness (init, order, augmentation)
 comes from the seed, so the same seed gives the same numbers on the same device. With a `Checkpoint`, the
 state after an epoch is saved from time to time and a killed run resumes from it with the same numbers
-(`checkpoints`); a SIGTERM lets the epoch in progress finish and saves it (`termination`).
+(`resume`, `checkpoints`); a SIGTERM lets the epoch in progress finish and saves it (`termination`).
+
+The loop reads top to bottom in `train`: set-up, resume, the defense's `prepare`, then per epoch `EpochStep`
+(the SGD pass with the defense's hooks), evaluation, a periodic checkpoint, and the SIGTERM check.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.device import compile_static, configure_device, should_compile
+from ..core.hashing import derived_seed
 from . import augment, termination
-from .checkpoints import Checkpoint, execution_identity, join_optimizer_state, split_optimizer_state, split_prefixed
+from .checkpoints import Checkpoint
 from .chunking import chunk_rows
-from .hooks import Defense, HookClock, TrainContext, set_train_mode, sync
+from .hooks import PRETRAIN_STREAM, Defense, HookClock, TrainContext, set_train_mode, sync
 from .kernels import check_accel_mode, training_kernels
 from .recipes import Recipe
+from .resume import Resume
 
 
 @dataclass
@@ -117,111 +122,113 @@ def train(
         compiled = should_compile(compile, len(train_y), recipe.epochs)
         forward = compile_static(model) if compiled else model
         ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
-                           num_classes, seed, forward=forward, model_factory=model_factory, trainer=train,
-                           accel=accel)
-        hook_clock = HookClock(device)
-        raw_hook, batch_hook = defense.overrides_hook("batch_raw"), defense.overrides_hook("batch")
-        eval_sets = eval_sets or {}
+                           num_classes, seed, forward=forward, model_factory=model_factory, accel=accel)
         history: list[dict] = []
-
-        saved = None
-        if checkpoint is not None:
-            # the accel mode and the layers trained as DFT-domain products or with moment BatchNorm: a checkpoint of
-            # the plain path is not resumed on these (float rounding differs)
-            checkpoint.identity.update(execution_identity(device), compiled=compiled, **kernels.identity)
-            saved = checkpoint.load()
+        resume = Resume(checkpoint, ctx, defense, scheduler, history, wall_start, cpu_start)
+        saved = resume.load(compiled, kernels.identity)
         ctx.resuming = saved is not None  # a filter need not decide again: its decision comes back with the state
         with ctx.timed("defense_prepare"):
             kept = defense.prepare(ctx)
         if kept is not None:
             ctx.active = kept.to(device)
-        start_epoch, prior_seconds, prior_cpu = 0, 0.0, 0.0
-        if saved is not None:
-            start_epoch, prior_seconds, prior_cpu = _restore(*saved, ctx, scheduler, defense, history)
-        last_save, saved_epochs = time.perf_counter(), -1
-
-        def save(epochs_done: int) -> bool:
-            """Checkpoint the state after `epochs_done` epochs; whether it is on disk."""
-            nonlocal last_save, saved_epochs
-            with ctx.timed("checkpoint"):
-                seconds = prior_seconds + time.perf_counter() - wall_start
-                cpu = None if prior_cpu is None else prior_cpu + time.process_time() - cpu_start
-                written = checkpoint.save(*_snapshot(ctx, defense, history, epochs_done, seconds, cpu))
-            last_save = time.perf_counter()
-            if written:
-                saved_epochs = epochs_done
-            return written
+        start_epoch = resume.restore(saved)
+        one_epoch = EpochStep(ctx, defense, scheduler, compiled, on_batch)
 
         with termination.deferred():  # a SIGTERM now stops after the epoch in progress (`termination`)
             for epoch in range(start_epoch, recipe.epochs):
-                ctx.epoch = epoch
-                with ctx.timed("defense_epoch"):
-                    defense.on_epoch_start(ctx, epoch)
-                sync(device)
-                start = time.perf_counter()
-                n = len(ctx.train_y) if ctx.active is None else len(ctx.active)
-                order = torch.randperm(n, device=device, generator=generator)
-                if ctx.active is not None:
-                    order = ctx.active[order]
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), device=device, dtype=torch.long)
-                steps = (n + recipe.batch_size - 1) // recipe.batch_size
-                set_train_mode(model)
-                for step in range(steps):
-                    idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-                    x, y = ctx.train_x[idx], ctx.train_y[idx]
-                    if raw_hook:
-                        with hook_clock.timing():
-                            x, y = defense.batch_raw(ctx, x, y, idx)
-                    x = augment.apply(recipe.augment, x, generator)
-                    if batch_hook:
-                        with hook_clock.timing():
-                            x, y = defense.batch(ctx, x, y, idx)
-                    logits = (forward if compiles_size(compiled, len(y), recipe.batch_size, len(ctx.train_y))
-                              else model)(x)
-                    loss = F.cross_entropy(logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    loss_sum += loss.detach() * len(y)
-                    correct += (logits.detach().argmax(1) == y).sum()
-                    if on_batch:
-                        on_batch(epoch, step + 1, steps)
-                row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                       "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
-                scheduler.step()
-                sync(device)
-                ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
-                if raw_hook or batch_hook:  # part of `train`, and the defense's own cost (Table V)
-                    ctx.cost["defense_batch"] = ctx.cost.get("defense_batch", 0.0) + hook_clock.collect()
+                row = one_epoch(epoch)
                 last = epoch + 1 == recipe.epochs
                 if eval_sets and (last or (eval_every and (epoch + 1) % eval_every == 0)):
                     with ctx.timed("eval"):
                         for name, (ex, ey) in eval_sets.items():
                             row[f"{name}_acc"] = accuracy(forward, ex, ey)
                 history.append(row)
-                if checkpoint is not None and not last and time.perf_counter() - last_save >= checkpoint.every:
-                    save(epoch + 1)
+                resume.after_epoch(epoch + 1, last)
                 if on_epoch:
                     on_epoch(epoch, row)
                 if termination.requested() and not last:  # SIGTERM (after the periodic save: once per epoch)
-                    written = checkpoint is not None and (saved_epochs == epoch + 1 or save(epoch + 1))
-                    raise termination.Terminated(stopped(epoch + 1, recipe.epochs, checkpoint, written))
+                    raise termination.Terminated(resume.stop(epoch + 1, recipe.epochs))
         model.to(memory_format=torch.contiguous_format)
         return TrainResult(history=history, cost=ctx.cost, compiled=compiled, context=ctx, resumed_from=start_epoch,
-                           prior_seconds=prior_seconds, prior_cpu_seconds=prior_cpu)
+                           prior_seconds=resume.prior_seconds, prior_cpu_seconds=resume.prior_cpu)
     finally:
         kernels.restore()
 
 
-def stopped(epochs_done: int, epochs: int, checkpoint: Checkpoint | None, written: bool) -> str:
-    """What a training stopped by SIGTERM after `epochs_done` epochs kept."""
-    text = f"training stopped by SIGTERM after epoch {epochs_done} of {epochs}"
-    if checkpoint is None:
-        return text + " (this training keeps no checkpoint)"
-    if not written:
-        return text + f"; checkpoint {checkpoint.path} not saved (see the warning)"
-    return text + f"; checkpoint saved: {checkpoint.path} (running the same command again resumes from it)"
+class EpochStep:
+    """One epoch of SGD over the rows in use, with the defense's epoch and per-batch hooks; returns its history row
+    (epoch, lr, train loss and accuracy) and adds its seconds to `ctx.cost` (`train`; `defense_batch`, the per-batch
+    hooks' own share, Table V)."""
+
+    def __init__(self, ctx: TrainContext, defense: Defense, scheduler, compiled: bool,
+                 on_batch: Callable[[int, int, int], None] | None):
+        self.ctx, self.defense, self.scheduler = ctx, defense, scheduler
+        self.compiled, self.on_batch = compiled, on_batch
+        self.hook_clock = HookClock(ctx.device)
+        self.raw_hook, self.batch_hook = defense.overrides_hook("batch_raw"), defense.overrides_hook("batch")
+
+    def __call__(self, epoch: int) -> dict:
+        ctx, defense, recipe, device = self.ctx, self.defense, self.ctx.recipe, self.ctx.device
+        model, optimizer, generator, forward = ctx.model, ctx.optimizer, ctx.generator, ctx.forward
+        ctx.epoch = epoch
+        with ctx.timed("defense_epoch"):
+            defense.on_epoch_start(ctx, epoch)
+        sync(device)
+        start = time.perf_counter()
+        n = len(ctx.train_y) if ctx.active is None else len(ctx.active)
+        order = torch.randperm(n, device=device, generator=generator)
+        if ctx.active is not None:
+            order = ctx.active[order]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        steps = (n + recipe.batch_size - 1) // recipe.batch_size
+        set_train_mode(model)
+        for step in range(steps):
+            idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            x, y = ctx.train_x[idx], ctx.train_y[idx]
+            if self.raw_hook:
+                with self.hook_clock.timing():
+                    x, y = defense.batch_raw(ctx, x, y, idx)
+            x = augment.apply(recipe.augment, x, generator)
+            if self.batch_hook:
+                with self.hook_clock.timing():
+                    x, y = defense.batch(ctx, x, y, idx)
+            logits = (forward if compiles_size(self.compiled, len(y), recipe.batch_size, len(ctx.train_y))
+                      else model)(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            if self.on_batch:
+                self.on_batch(epoch, step + 1, steps)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+               "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
+        self.scheduler.step()
+        sync(device)
+        ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
+        if self.raw_hook or self.batch_hook:  # part of `train`, and the defense's own cost (Table V)
+            ctx.cost["defense_batch"] = ctx.cost.get("defense_batch", 0.0) + self.hook_clock.collect()
+        return row
+
+
+def train_fresh(ctx: TrainContext, x: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
+                recipe: Recipe | None = None, seed: int | None = None) -> nn.Module:
+    """A fresh model of the run's architecture trained by this engine (no defense) on `x, y` (default: the train
+    rows in use), returned in eval mode with frozen parameters: the trained features a filter needs (Deep k-NN from
+    scratch). Its seed is derived from the run's (`PRETRAIN_STREAM`), so it is reproducible and differs from the
+    run's own model."""
+    if ctx.model_factory is None:
+        raise RuntimeError("train_fresh needs the engine's model_factory (train(..., model_factory=...))")
+    if x is None:
+        rows = ctx.active
+        x, y = (ctx.train_x, ctx.train_y) if rows is None else (ctx.train_x[rows], ctx.train_y[rows])
+    seed = derived_seed(ctx.seed, PRETRAIN_STREAM) if seed is None else seed
+    model = ctx.model_factory(seed)
+    train(model, x, y, ctx.val_x, ctx.val_y, recipe or ctx.recipe, seed=seed, device=ctx.device,
+          num_classes=ctx.num_classes, accel=ctx.accel)
+    return model.eval().requires_grad_(False)
 
 
 def compiles_size(compiled: bool, size: int, batch_size: int, rows: int) -> bool:
@@ -230,36 +237,3 @@ def compiles_size(compiled: bool, size: int, batch_size: int, rows: int) -> bool
     run eagerly instead of recompiling the static-shape graph at every drop (the same function up to float
     rounding); the rule depends on nothing but these numbers, so a resumed run makes the same choices."""
     return compiled and size in (batch_size, rows % batch_size or batch_size)
-
-
-def _snapshot(ctx: TrainContext, defense: Defense, history: list[dict], epochs_done: int, seconds: float,
-              cpu_seconds: float | None):
-    """(tensors, state) after `epochs_done` epochs: all that the remaining epochs depend on."""
-    tensors = {f"model.{k}": v for k, v in ctx.model.state_dict().items()}
-    opt_tensors, opt_state = split_optimizer_state(ctx.optimizer.state_dict())
-    tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
-    tensors["generator"] = ctx.generator.get_state()
-    if ctx.active is not None:
-        tensors["active"] = ctx.active
-    def_tensors, def_state = defense.state(ctx)
-    tensors.update({f"defense.{k}": v for k, v in def_tensors.items()})
-    state = {"epochs_done": epochs_done, "history": history, "cost": ctx.cost, "optimizer": opt_state,
-             "defense": def_state, "seconds": seconds, "cpu_seconds": cpu_seconds}
-    return tensors, state
-
-
-def _restore(tensors: dict, state: dict, ctx: TrainContext, scheduler, defense: Defense,
-             history: list[dict]) -> tuple[int, float, float | None]:
-    """Put a `_snapshot` back; returns (epochs done, wall and CPU seconds spent before; CPU None if unknown)."""
-    ctx.model.load_state_dict(split_prefixed(tensors, "model"))
-    ctx.optimizer.load_state_dict(join_optimizer_state(split_prefixed(tensors, "optimizer"), state["optimizer"]))
-    # MultiStepLR is chainable: the restored lr already carries past decays; it only needs its epoch counter
-    scheduler.last_epoch = state["epochs_done"]
-    ctx.generator.set_state(tensors["generator"])
-    if "active" in tensors:
-        ctx.active = tensors["active"].to(ctx.device)
-    defense.load_state(ctx, split_prefixed(tensors, "defense"), state["defense"])
-    history.extend(state["history"])
-    for stage, seconds in state["cost"].items():
-        ctx.cost[stage] = ctx.cost.get(stage, 0.0) + seconds
-    return state["epochs_done"], state["seconds"], state.get("cpu_seconds")

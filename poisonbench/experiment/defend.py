@@ -21,7 +21,9 @@ from ..core.seeds import check_apart
 from ..data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
 from ..defenses import build_defense
 from ..engine.checkpoints import Checkpoint, checkpoint_path
+from ..engine.hooks import Defense
 from ..engine.models import DEFAULT_MODEL, check_fits
+from ..engine.recipes import Recipe
 from ..engine.termination import deferred, stop_if_requested
 from ..poisons import craft_directories
 from .checks import resolved_recipe, trial_numbers, validate
@@ -40,9 +42,31 @@ class RunOutcome:
     status: str  # "ran" | "skipped"
 
 
+@dataclass
+class ResolvedTrial:
+    """One trial of a spec, resolved once: its poison plan, recipe, defense and config (the run's identity,
+    `run_id`). `defend` keys the record by it and trains with the very same recipe and defense."""
+
+    trial: int
+    plan: PoisonPlan | None
+    recipe: Recipe
+    defense: Defense
+    config: dict
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.config)
+
+
 def run_config(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | None = None,
                scenario: Scenario | None = None) -> dict:
-    """The run's identity: `run_id` is the hash of this dict (design.md §6)."""
+    """The run's identity: `run_id` is the hash of this dict (docs/engine.md "Run records")."""
+    return resolve_trial(spec, data, trial, plan, scenario).config
+
+
+def resolve_trial(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | None = None,
+                  scenario: Scenario | None = None) -> ResolvedTrial:
+    """Resolve `trial` of `spec`: the recipe, the defense it faces the scenario's threat with, and the config."""
     recipe = resolved_recipe(spec, data.family)
     scenario = scenario or scenario_for(spec)
     defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)
@@ -69,7 +93,7 @@ def run_config(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | N
         attacker = scenario.attacker_model(spec, data, plan)
         if attacker is not None:
             check_apart(config["seed"], attacker.seed, f"the {attacker.label} the poisons are crafted against")
-    return config
+    return ResolvedTrial(trial, plan, recipe, defense, config)
 
 
 def same_init(spec: DefendSpec, data: Dataset, plan: PoisonPlan | None, scenario: Scenario, model: str) -> dict:
@@ -97,16 +121,15 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     load_seconds = time.perf_counter() - t0
     scenario = scenario_for(spec)
     trials = trial_numbers(spec)
-    plans = [scenario.plan(spec, data, t) for t in trials]
-    configs = [run_config(spec, data, t, plan, scenario) for t, plan in zip(trials, plans, strict=True)]
-    if any(plan is not None for plan in plans):  # a file where a craft's directories belong fails before runs/ is
+    resolved = [resolve_trial(spec, data, t, scenario.plan(spec, data, t), scenario) for t in trials]
+    if any(r.plan is not None for r in resolved):  # a file where a craft's directories belong fails before runs/ is
         craft_directories(spec.results)  # made (crafting itself checks that they are writable)
     store.ensure_writable()  # every input checked, nothing trained yet: a read-only workspace fails now
     if not spec.force:
-        for config in configs:  # before any training: a newer poisonbench's record is never overwritten silently
-            version = store.foreign_schema(run_id(config))
+        for r in resolved:  # before any training: a newer poisonbench's record is never overwritten silently
+            version = store.foreign_schema(r.run_id)
             if version is not None:
-                raise PoisonbenchError(f"the record of run {run_id(config)} has schema version {version!r} (this "
+                raise PoisonbenchError(f"the record of run {r.run_id} has schema version {version!r} (this "
                                        f"poisonbench writes {SCHEMA_VERSION}): another version wrote it; "
                                        "--force replaces it, or use another --results")
     outcomes: dict[str, RunOutcome] = {}
@@ -118,8 +141,9 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
             crafts = CraftIndex(store)
         warn_other_crafts(crafts, plan, rid, store.root)
 
-    def run_claimed(config: dict, plan: PoisonPlan | None, rid: str) -> RunOutcome:
+    def run_claimed(trial: ResolvedTrial) -> RunOutcome:
         nonlocal tensors
+        rid, config = trial.run_id, trial.config
         existing = store.get(rid)  # read under the claim: a process that held it may have just finished the run
         checkpoint = Checkpoint(checkpoint_path(store.root, rid), spec.checkpoint_every)
         if existing is not None and not spec.force:
@@ -131,8 +155,8 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
             tensors = {name: (to_float(s.x, device), s.y.to(device))
                        for name, s in (("train", data.train), ("val", data.val), ("test", data.test))}
         try:
-            record = execute(spec, scenario, config, rid, data, tensors, device, reporter, load_seconds, plan,
-                             checkpoint, on_poisoned=lambda p: check_crafts(p, rid))
+            record = execute(spec, scenario, trial, data, tensors, device, reporter, load_seconds, checkpoint,
+                             on_poisoned=lambda p: check_crafts(p, rid))
         except Exception as error:  # a failure record beside the results (never a result); the error goes on
             try:
                 store.put_failure(rid, config, error)
@@ -155,19 +179,18 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     # same run: a run another process holds is put off until this process's other runs are done, then waited for
     # (and skipped if its record appeared; run, resuming from its checkpoint, if its holder died first).
     held_elsewhere = []
-    for config, plan in zip(configs, plans, strict=True):
-        rid = run_id(config)
-        stop_if_requested(f"before trial {config['trial']} (run {rid})")  # SIGTERM in a last epoch: that run finished
-        with try_exclusive(run_lock(store, rid)) as claimed:
+    for trial in resolved:
+        stop_if_requested(f"before trial {trial.trial} (run {trial.run_id})")  # SIGTERM in a last epoch: it finished
+        with try_exclusive(run_lock(store, trial.run_id)) as claimed:
             if claimed:
-                outcomes[rid] = run_claimed(config, plan, rid)
+                outcomes[trial.run_id] = run_claimed(trial)
             else:
-                held_elsewhere.append((config, plan, rid))
-    for config, plan, rid in held_elsewhere:
-        stop_if_requested(f"before trial {config['trial']} (run {rid})")
-        with exclusive(run_lock(store, rid)):
-            outcomes[rid] = run_claimed(config, plan, rid)
-    return [outcomes[run_id(config)] for config in configs]
+                held_elsewhere.append(trial)
+    for trial in held_elsewhere:
+        stop_if_requested(f"before trial {trial.trial} (run {trial.run_id})")
+        with exclusive(run_lock(store, trial.run_id)):
+            outcomes[trial.run_id] = run_claimed(trial)
+    return [outcomes[trial.run_id] for trial in resolved]
 
 
 def run_lock(store: RunStore, rid: str) -> Path:

@@ -10,11 +10,9 @@ from datetime import datetime, timezone
 import torch
 
 from ..core.provenance import environment, peak_memory
-from ..defenses import build_defense
 from ..engine.checkpoints import Checkpoint
 from ..engine.models import build_model
 from ..engine.training import predict, train
-from .checks import resolved_recipe
 from .prediction_samples import sample_predictions
 from .records import SCHEMA_VERSION
 from .scenarios import ModelRequest, PoisonPlan, Scenario
@@ -27,14 +25,14 @@ def training_seed(config: dict) -> int:
     return (config.get("same_init") or {}).get("seed", config["seed"])
 
 
-def execute(spec: DefendSpec, scenario: Scenario, config: dict, rid: str, data, tensors: dict, device: torch.device,
-            reporter: Reporter | None, load_seconds: float, plan: PoisonPlan | None = None,
-            checkpoint: Checkpoint | None = None, on_poisoned: Callable[[PoisonPlan], None] | None = None) -> dict:
-    """Train one run and return its record (not yet written). `on_poisoned(plan)` is called once the poisons are
-    applied (their tensors known), before training."""
+def execute(spec: DefendSpec, scenario: Scenario, trial, data, tensors: dict, device: torch.device,
+            reporter: Reporter | None, load_seconds: float, checkpoint: Checkpoint | None = None,
+            on_poisoned: Callable[[PoisonPlan], None] | None = None) -> dict:
+    """Train one run, `trial` (a `defend.ResolvedTrial`: its plan, recipe, defense and config, resolved once), and
+    return its record (not yet written). `on_poisoned(plan)` is called once the poisons are applied (their tensors
+    known), before training."""
     started, cpu_started = time.perf_counter(), time.process_time()
-    recipe = resolved_recipe(spec, data.family)
-    defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)
+    plan, recipe, defense, config, rid = trial.plan, trial.recipe, trial.defense, trial.config, trial.run_id
     train_x, train_y = tensors["train"]
     train_x = train_x.clone()  # poisons and defenses write into it; the clean copy serves the next trial
     poisoned = None
