@@ -1,4 +1,5 @@
-"""Run records (design.md §6): one schema-versioned JSON file per run, written atomically.
+"""Run records (docs/engine.md, "Run records and resume"; fields: docs/metrics.md): one schema-versioned JSON file per
+run, written atomically.
 
 `run_id` is the short hash of the run's canonical config, so the same run always lands in the same file,
 and an existing record means the run is done.
@@ -313,10 +314,10 @@ class RunStore(RecordReader):
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak memory (design.md §5 "Cost"), in MiB: `peak_rss_mib`, the process's peak resident set so far (Linux
-    `ru_maxrss`: it includes the dataset load and earlier runs or crafts of the same command, never less than
-    this one's own peak), and on CUDA `peak_cuda_mib`, the peak memory allocated by tensors since the caller
-    last reset CUDA's peak statistics (at the start of a run or craft)."""
+    """Peak memory (docs/metrics.md, "Run records"), in MiB: `peak_rss_mib`, the process's peak resident set so far
+    (Linux `ru_maxrss`: it includes the dataset load and earlier runs or crafts of the same command, never less than
+    this one's own peak), and on CUDA `peak_cuda_mib`, the peak memory allocated by tensors since the caller last reset
+    CUDA's peak statistics (at the start of a run or craft)."""
     out = {}
     try:
         import resource

@@ -40,7 +40,7 @@ class RunOutcome:
 
 def run_config(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | None = None,
                scenario: Scenario | None = None) -> dict:
-    """The run's identity: `run_id` is the hash of this dict (design.md §6)."""
+    """The run's identity: `run_id` is the hash of this dict (docs/engine.md, "Run records and resume")."""
     recipe = resolved_recipe(spec, data.family)
     scenario = scenario or scenario_for(spec)
     defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)

@@ -1,4 +1,4 @@
-"""What the engine's defense hooks see (design.md §3): `TrainContext`, and how their cost is counted.
+"""What the engine's defense hooks see (docs/engine.md, "Defense hooks"): `TrainContext`, and how their cost is counted.
 
 The context gives the model and the forward the engine trains with (compiled or not), an eval-mode view of that
 forward (defenses that attack the model mid-training, ATDA), the (poisoned) train tensors, the clean val split,

@@ -1,4 +1,4 @@
-"""Attack registry (design.md §2). Populated by the attack modules."""
+"""Attack registry (docs/engine.md, "Attacks"). Populated by the attack modules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The defense interface (design.md §3): a defense implements only the hooks it needs.
+"""The defense interface (docs/engine.md, "Defense hooks"): a defense implements only the hooks it needs.
 
 Hooks, in the order the engine (poisonbench/training.py) calls them:
 

@@ -1,4 +1,4 @@
-"""Scenario registry (design.md §4). Adding a scenario = one module here + one `SCENARIOS.add` line.
+"""Scenario registry (docs/engine.md, "Scenarios"). Adding a scenario = one module here + one `SCENARIOS.add` line.
 
 `defend` picks the scenario named by `--scenario`, or infers it from the poison options: `--poison-set` →
 poison-set, `--poison-ratio` > 0 → untargeted, else clean.

@@ -1,4 +1,4 @@
-"""The clean and untargeted scenarios (design.md §4). `plan_untargeted` is the paper's Table II mix.
+"""The clean and untargeted scenarios (docs/engine.md, "Scenarios"). `plan_untargeted` is the paper's Table II mix.
 
 ⌊ρ·n⌋ train rows are poisoned, split equally among the attacks (the remainder goes to the first ones), on
 disjoint rows drawn from a seed derived from the trial seed (not the seed itself: see `derived_seed`). Each attack
@@ -20,7 +20,7 @@ from ..errors import PoisonbenchError
 from ..hashing import derived_seed, short_hash
 from .base import AttackerModel, Scenario, reporter_progress, untargeted_surrogate
 
-UNTARGETED_ATTACKS = ("pgd", "dap", "durp", "deepconfuse")  # HINT's Table II mix (reference/attacks.md §1.1)
+UNTARGETED_ATTACKS = ("pgd", "dap", "durp", "deepconfuse")  # HINT's Table II mix (HINT README's MNIST poison file)
 ROW_STREAM = "untargeted-rows"  # the poisoned rows are drawn from derived_seed(trial seed, ROW_STREAM)
 CRAFT_SEED = 0  # the artifacts are shared by all trials; trials differ in which rows they poison
 
