@@ -24,8 +24,8 @@ whole `poisons.craft` (rows, surrogate from the cache, crafting, saving) into a 
   FeatureCollisionAttack against our toxic FC, per poison-iteration (ART's loop runs up to `max_iter` iterations
   for each poison one at a time, on the first `--art-fc-poisons` poisons to keep the run short; ours stops a
   poison when PB's rule does; the iterations are counted on both sides). ART's objectives are not ours (its BP
-  measures the distance to the bases' own features, its FC has no ε-ball and a soft L2 penalty; reference/attacks.md
-  §11.1, §12): the figures compare the cost of an iteration, not the poisons.
+  measures the distance to the bases' own features, its FC has no ε-ball and a soft L2 penalty; ART's issue #1594
+  reports that its BP does not reproduce the paper): the figures compare the cost of an iteration, not the poisons.
 """
 
 from __future__ import annotations

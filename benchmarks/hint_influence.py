@@ -7,14 +7,13 @@ Same model and data for both sides: the MNIST ConvNet pre-trained on mnist-5k fo
 paper's first HINT epoch), then the influence stage = selection (Algorithm 2) + one noise update (Algorithm 3)
 over the ⌈0.5·n⌉ selected examples.
 
-The official pattern (reference/defenses.md §1.3, §1.7; HINT:influence_functions.py, hessian_functions.py,
-grad_functions.py) is re-implemented operation for operation: v = ∇_head of the mean val loss; LiSSA with 980
-steps of 50 samples, each step re-running the backbone forward inside `torch.autograd.functional.vhp` w.r.t.
-the head; a per-example loop (batch 1) of forward + head gradient · s for I_up; a per-example loop of forward +
-head gradient with `create_graph` + double backward to the input for I_pert; and the O(N·K) Python index scan
-used to apply the noise. The per-example loops and LiSSA are timed on a subset (`--loop-samples`,
-`--lissa-steps`) and extrapolated linearly to the full counts; the output says so. On that subset the
-official-pattern values are compared with ours (same s) as a correctness check.
+The official pattern (HINT:influence_functions.py, hessian_functions.py, grad_functions.py; keys: docs/fidelity.md) is
+re-implemented operation for operation: v = ∇_head of the mean val loss; LiSSA with 980 steps of 50 samples, each step
+re-running the backbone forward inside `torch.autograd.functional.vhp` w.r.t. the head; a per-example loop (batch 1) of
+forward + head gradient · s for I_up; a per-example loop of forward + head gradient with `create_graph` + double
+backward to the input for I_pert; and the O(N·K) Python index scan used to apply the noise. The per-example loops and
+LiSSA are timed on a subset (`--loop-samples`, `--lissa-steps`) and extrapolated linearly to the full counts; the output
+says so. On that subset the official-pattern values are compared with ours (same s) as a correctness check.
 
 What bounds the quotient on this machine (`passes`): the stage has to run the network over all n training rows
 (their features feed I_up and the Hessian) and forward + backward to the input over the ⌈r·n⌉ selected rows

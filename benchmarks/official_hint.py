@@ -3,7 +3,7 @@
 Used by `benchmarks/hint_influence.py --official-repo PATH`, where PATH is a local clone of
 https://github.com/minhhao97vn/HINT. Nothing of that repository is copied here: its modules are imported from
 PATH at run time and its functions are called as `train_mnist_with_hin` calls them at the first HIN epoch
-(HINT:train_utils.py L583-612, reference/defenses.md §1.2):
+(HINT:train_utils.py L583-612):
 
   1. `get_indices_to_add_HIN` on a non-shuffled train loader: LiSSA s_test (980 steps of 50 samples drawn by a
      4-worker DataLoader, backbone re-run inside every `vhp`), the batch-1 I_up loop over every training example

@@ -1,14 +1,14 @@
 """Per targeted cell (method, attack, implementation, restarts, ε, budget, recipe): runs, poisons and clean rows
-removed, attack success and test accuracy, from a workspace's records (the runs of experiments/grids/filters-fc.toml
-and table3-defenses.toml, and any other targeted run there).
-    python experiments/filters_summary.py RESULTS"""
+removed, attack success and test accuracy, from a workspace's records or a packed records file (the runs of
+experiments/grids/filters-fc.toml and table3-defenses.toml, and any other targeted run there).
+    python experiments/filters_summary.py RESULTS      e.g. experiments/records/fashion-5k-targeted.jsonl.gz"""
 
 from __future__ import annotations
 
 import sys
 from collections import defaultdict
 
-from poisonbench.experiment.records import RunStore
+from poisonbench.experiment.packed_records import open_store
 
 
 def cell_key(record: dict) -> tuple[str, ...] | None:
@@ -26,7 +26,7 @@ def cell_key(record: dict) -> tuple[str, ...] | None:
 
 def main(results: str) -> None:
     cells: dict = defaultdict(lambda: defaultdict(float))
-    store = RunStore(results)
+    store = open_store(results)
     for record in store.all():
         key = cell_key(record)
         if key is None:

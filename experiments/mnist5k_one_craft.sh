@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Table II on mnist-5k with all five columns on one craft of the PoisonSets (session 40; baselines_cpu.md, "Table II
-# on mnist-5k"). records/mnist-5k pairs the baselines (craft pgd ec958732…, dap 46cae753…) with `none` and HINT runs
-# of session 11, whose records name no craft; records/mnist-5k-one-craft holds `none` and HINT at ρ > 0 re-run on the
-# baselines' craft, with the same run ids. This builds one workspace from both (the one-craft runs first: the
-# archive never overwrites, so session 11's runs of the same ids stay out) and prints the table.
-#   experiments/mnist5k_one_craft.sh [workspace]     (default: a new temporary directory)
+# on mnist-5k"). records/mnist-5k.jsonl.gz pairs the baselines (craft pgd ec958732…, dap 46cae753…) with `none` and
+# HINT runs of session 11, whose records name no craft; records/mnist-5k-one-craft.jsonl.gz holds `none` and HINT at
+# ρ > 0 re-run on the baselines' craft, with the same run ids. This unpacks both into one workspace, the one-craft
+# runs replacing session 11's runs of the same ids, and prints the table.
+#   experiments/mnist5k_one_craft.sh [workspace]     (default: a new temporary directory; it must hold no runs)
 # To re-run the one-craft runs: re-craft with `poisonbench defend --dataset mnist-5k --recipe paper --attacks A
 # --poison-ratio 1 --prepare-only` for each attack, check the four `poisons/*/delta.safetensors` against the sha256
 # those records name (`poison_tensors`; AVX512 reproduced them in session 40), then `defend --method none|hint
@@ -12,7 +12,9 @@
 set -euo pipefail
 here=$(dirname "$0")
 ws=${1:-$(mktemp -d)}
-python "$here/archive_records.py" --from "$here/records/mnist-5k-one-craft" --to "$ws" --dataset mnist-5k
-# exits 1 on purpose: it reports session 11's 50 runs with the one-craft runs' ids as conflicts and leaves them out
-python "$here/archive_records.py" --from "$here/records/mnist-5k" --to "$ws" --dataset mnist-5k 2>/dev/null || true
+one_craft=$(mktemp -d)
+trap 'rm -rf "$one_craft"' EXIT
+poisonbench records unpack "$here/records/mnist-5k.jsonl.gz" "$ws"
+poisonbench records unpack "$here/records/mnist-5k-one-craft.jsonl.gz" "$one_craft"
+cp "$one_craft"/runs/*.json "$ws/runs/"  # the one-craft runs replace session 11's runs of the same ids
 poisonbench report --results "$ws" --table 2 --dataset mnist-5k --recipe paper --paired --ci --paper

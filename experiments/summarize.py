@@ -1,16 +1,17 @@
-"""Print mean ± sample std of test accuracy per configuration in a results workspace (a compact view for notes).
+"""Print mean ± sample std of test accuracy per configuration in a results workspace or a packed records file
+(`poisonbench records pack`), a compact view for notes.
 
-    python experiments/summarize.py [results]
+    python experiments/summarize.py [results]          e.g. experiments/records/mnist-5k.jsonl.gz
 """
 
 import json
 import statistics
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 from poisonbench.defenses import DEFENSES
 from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.experiment.packed_records import open_store
 
 
 def tweaks(method: str, params: dict, dataset: str, recipe: dict) -> dict:
@@ -20,10 +21,8 @@ def tweaks(method: str, params: dict, dataset: str, recipe: dict) -> dict:
     return {k: v for k, v in params.items() if v != defaults.get(k)}
 
 
-root = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
 groups = defaultdict(list)
-for path in (root / "runs").glob("*.json"):
-    r = json.loads(path.read_text())
+for r in open_store(sys.argv[1] if len(sys.argv) > 1 else "results").all():
     c = r["config"]
     d = dict(c["defense"])
     method = d.pop("method")

@@ -1,6 +1,6 @@
-"""Attacker and victim are independent (issue 54, design.md §4): the models trained for crafting take seeds no victim
-trial shares, `--same-init` (forest's `--retrain_from_init`) is an explicit option that the record keeps and the
-report keeps apart, the victim's whole recipe and model train the surrogate and the extractor and name the
+"""Attacker and victim are independent (issue 54; docs/engine.md, "Attacks"): the models trained for crafting take seeds
+no victim trial shares, `--same-init` (forest's `--retrain_from_init`) is an explicit option that the record keeps and
+the report keeps apart, the victim's whole recipe and model train the surrogate and the extractor and name the
 PoisonSet, crafting augmentation follows the victim's, and the `forest` recipe is forest's."""
 
 from __future__ import annotations

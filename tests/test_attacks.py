@@ -1,4 +1,4 @@
-"""Registry-driven invariants of every attack (design.md §2) on tiny data."""
+"""Registry-driven invariants of every attack (docs/engine.md, "Attacks") on tiny data."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def test_defend_writes_records_skips_and_forces(cli, tiny_npz, tmp_path):
     assert [p.stem for p in records] == sorted(r["run_id"] for r in rows)
     record = json.loads(records[0].read_text())
     assert {"config", "metrics", "history", "cost", "env"} <= set(record)
-    assert 50 < record["cost"]["peak_rss_mib"] < 24 * 1024  # design.md §5: peak memory (torch alone takes > 50)
+    assert 50 < record["cost"]["peak_rss_mib"] < 24 * 1024  # docs/metrics.md: peak memory (torch alone takes > 50)
     assert record["env"]["torch"] and record["env"]["device"] == "cpu"
     assert len(record["history"]) == 2
 

@@ -142,8 +142,8 @@ def test_exactly_the_small_clusters_are_dropped_with_unequal_classes():
 
 
 def official_e1_small(g, y, budgets) -> np.ndarray:
-    """The official bookkeeping (reference §3.6 E1): cluster ids local + c·b_c, sizes concatenated at cumulative
-    offsets, rows kept whose id names a size > 1 in the concatenation."""
+    """The official bookkeeping (EPIC:utils/coreset.py:L42, L95-96, its bug E1): cluster ids local + c·b_c, sizes
+    concatenated at cumulative offsets, rows kept whose id names a size > 1 in the concatenation."""
     cluster = np.zeros(len(y), dtype=int)
     sizes_all = []
     for c, budget in enumerate(budgets):

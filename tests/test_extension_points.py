@@ -1,7 +1,8 @@
-"""Adding an attack, a defense or a scenario is one class plus its registry line (design.md §2-4): the CLI options
-appear by themselves, and the engine's seams (raw and augmented batch hooks, the eval-mode forward, a model
-trained first, the poison mask for the summary only, a training subset, a frozen pre-trained extractor kept in
-eval mode, extra metrics) do what they promise. The throw-away parts live in tests/toys.py."""
+"""Adding an attack, a defense or a scenario is one class plus its registry line (docs/engine.md, "Adding an attack, a
+defense or a scenario"): the CLI options appear by themselves, and the engine's seams (raw and augmented batch hooks,
+the eval-mode forward, a model trained first, the poison mask for the summary only, a training subset, a frozen
+pre-trained extractor kept in eval mode, extra metrics) do what they promise. The throw-away parts live in
+tests/toys.py."""
 
 from __future__ import annotations
 

@@ -215,51 +215,6 @@ def test_git_state_reads_the_commit_and_whether_the_package_differs(monkeypatch,
         records.git_state.cache_clear()
 
 
-def test_archive_copies_finished_records_and_never_overwrites(tmp_path):
-    """experiments/archive_records.py keeps long experiments' records in git: it copies the chosen dataset's
-    complete records, skips what the destination holds, and reports (never overwrites) a differing record."""
-    import importlib.util
-    from pathlib import Path
-
-    from tests.report_records import make_record, write_records
-
-    spec = importlib.util.spec_from_file_location(
-        "archive_records", Path(__file__).parents[1] / "experiments" / "archive_records.py")
-    archive = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(archive)
-    fashion = [make_record(dataset="fashion-mnist", trial=t, acc=0.9) for t in range(2)]
-    other = make_record(dataset="mnist-5k", trial=0)
-    source = write_records(tmp_path / "src", [*fashion, other])
-    (source / "runs" / "torn.json").write_text('{"run_id": ')  # an unreadable file is never copied
-    dest = tmp_path / "dst"
-    changed = dict(fashion[1], metrics={**fashion[1]["metrics"], "test_acc": 0.1})
-    write_records(dest, [changed])
-
-    stale = make_record(dataset="fashion-mnist", trial=5, acc=0.9)  # an incomplete file there: not overwritten
-    source = write_records(tmp_path / "src", [stale])
-    (dest / "runs" / f"{stale['run_id']}.json").write_text(json.dumps({"run_id": stale["run_id"], "schema_version": 2}))
-
-    done = archive.archive(str(source), str(dest), "fashion-mnist")
-    assert done.pop("skipped_note").startswith("skipped 1 record file(s)")  # torn.json is counted
-    assert done == {"copied": [fashion[0]["run_id"]], "present": [],
-                    "conflict": sorted([fashion[1]["run_id"], stale["run_id"]])}
-    assert '"schema_version": 2' in (dest / "runs" / f"{stale['run_id']}.json").read_text()
-    assert RunStore(dest).get(fashion[0]["run_id"]) == fashion[0]
-    assert RunStore(dest).get(fashion[1]["run_id"])["metrics"]["test_acc"] == 0.1  # left alone
-    assert RunStore(dest).get(other["run_id"]) is None
-    assert archive.archive(str(source), str(dest), "fashion-mnist")["present"] == [fashion[0]["run_id"]]
-    assert archive.main(["--from", str(source), "--to", str(dest)]) == 1  # the conflict is an error exit
-    assert RunStore(dest).get(other["run_id"]) == other
-    clean = write_records(tmp_path / "clean", [fashion[0]])
-    assert archive.main(["--from", str(clean), "--to", str(tmp_path / "new")]) == 0
-    (clean / "runs" / "torn.json").write_text("{")
-    assert archive.main(["--from", str(clean), "--to", str(tmp_path / "new")]) == 1  # a skipped source file
-    clean_run, poisoned_run = make_record(trial=0), make_record(rho=1.0, trial=0)
-    mixed = write_records(tmp_path / "mixed", [clean_run, poisoned_run])
-    assert archive.main(["--from", str(mixed), "--to", str(tmp_path / "craft"), "--clean-only"]) == 0
-    assert [r["run_id"] for r in RunStore(tmp_path / "craft").all()] == [clean_run["run_id"]]  # ρ = 0 only
-
-
 FAST_RUN = dict(recipe="quick", recipe_overrides={"epochs": 2, "batch_size": 64}, compile="off")
 
 
@@ -373,52 +328,3 @@ def test_each_trial_poisons_a_clean_copy_of_the_train_split(tiny_npz, tmp_path, 
     for x, seed in seen:
         poisoned = plan_untargeted(data, 0.5, ["durp"], seed=seed).mask(len(data.train))
         assert torch.equal(x[~poisoned], clean[~poisoned]) and not torch.equal(x[poisoned], clean[poisoned])
-
-
-def test_archive_carries_checkpoints_that_take_a_run_further(tmp_path):
-    """`archive_records.py --checkpoints` lets a run outlive its machine: an unfinished run's checkpoint is copied
-    unless the destination has its record or a checkpoint at least as far along, or it is above --max-mb; a
-    destination checkpoint of a finished run is removed."""
-    import importlib.util
-    from pathlib import Path
-
-    from poisonbench.engine.checkpoints import META_KEY, write_state
-    from tests.report_records import make_record, write_records
-
-    spec = importlib.util.spec_from_file_location(
-        "archive_records", Path(__file__).parents[1] / "experiments" / "archive_records.py")
-    archive = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(archive)
-
-    def checkpoint(root, rid, epochs, numel=4):
-        write_state(checkpoint_path(root, rid), {"model.w": torch.full((numel,), float(epochs))},
-                    {META_KEY: json.dumps({"epochs_done": epochs})})
-
-    finished = make_record(dataset="mnist", trial=0)
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    write_records(dst, [finished])
-    checkpoint(src, "fresh", 3)
-    checkpoint(src, "behind", 2)
-    checkpoint(dst, "behind", 5)
-    checkpoint(src, "ahead", 7)
-    checkpoint(dst, "ahead", 4)
-    checkpoint(src, finished["run_id"], 9)
-    finished_there = make_record(dataset="mnist", trial=1)  # its checkpoint at dst is left over: removed
-    write_records(dst, [finished_there])
-    done_there = finished_there["run_id"]
-    checkpoint(dst, done_there, 6)
-    checkpoint(src, "huge", 1, numel=2**19)  # 2 MiB of float32
-    checkpoint_path(src, "torn").write_bytes(b"\0\0")
-
-    done = archive.archive_checkpoints(str(src), str(dst), max_mb=1)
-    assert done == {"copied": ["ahead", "fresh"], "present": sorted(["behind", finished["run_id"]]),
-                    "too_large": ["huge"], "unreadable": ["torn"], "removed": [done_there]}
-    assert archive.epochs_done(checkpoint_path(dst, "ahead")) == 7
-    assert archive.epochs_done(checkpoint_path(dst, "behind")) == 5
-    assert archive.epochs_done(checkpoint_path(dst, "fresh")) == 3
-    assert not checkpoint_path(dst, "huge").exists() and not checkpoint_path(dst, done_there).exists()
-    assert not checkpoint_path(dst, finished["run_id"]).exists()
-    assert archive.main(["--from", str(src), "--to", str(dst), "--checkpoints"]) == 1  # the torn file
-    checkpoint_path(src, "torn").unlink()
-    assert archive.main(["--from", str(src), "--to", str(dst), "--checkpoints", "--max-mb", "4"]) == 0
-    assert archive.epochs_done(checkpoint_path(dst, "huge")) == 1

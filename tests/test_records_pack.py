@@ -228,3 +228,92 @@ def test_report_skips_and_names_a_packed_record_it_cannot_use_as_it_does_in_a_di
     assert code == 0, err
     assert f"skipped {pack} line 3" in err and "does not match its config's hash" in err
     assert "skipped 1 record file(s)" in err and [row["n"] for row in json.loads(out)] == [1]  # trial 1 left out
+
+
+# ----------------------------------------------------------------------------------------------- pack --grid
+
+def write_grid(path: Path, npz: Path, ratios: str) -> Path:
+    """A grid on a tiny dataset: quick recipe, 1 epoch, the untargeted mix of durp alone (crafts in a second)."""
+    path.write_text(f'[defaults]\ndataset = "{npz}"\nrecipe = "quick"\nepochs = 1\nattacks = [["durp"]]\n'
+                    f'method = "none"\n\n[[runs]]\npoison_ratio = [{ratios}]\n')
+    return path
+
+
+def packed_ids(path: Path) -> tuple[list[str], list[str]]:
+    """The run ids and the poison ids of a packed file, in its order."""
+    lines = lines_of(path)[1:]
+    return ([line["record"]["run_id"] for line in lines if line["kind"] == "run"],
+            [line["manifest"]["poison_id"] for line in lines if line["kind"] == "poison_manifest"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_pack_grid_packs_only_that_grids_runs_and_the_poison_sets_they_trained_on(cli, tmp_path):
+    """`records pack --grid` (was experiments/archive_records.py --grid): out of a workspace shared by two grids
+    and a stray run, only the records of the grid's runs and the manifests of their PoisonSets; a record file
+    the report would skip is named, not packed; the grid's runs without a record are counted."""
+    from poisonbench.sweeps import Execution, load_grid, make_plan
+    from tests.conftest import write_npz
+
+    grid_a = write_grid(tmp_path / "a.toml", write_npz(tmp_path, name="a.npz"), "0, 0.5")
+    grid_b = write_grid(tmp_path / "b.toml", write_npz(tmp_path, seed=1, name="b.npz"), "0.5")  # another PoisonSet
+    ws = tmp_path / "ws"
+    plans = {}
+    for grid in (grid_a, grid_b):
+        plan = make_plan(load_grid(str(grid)), Execution(results=str(ws)))
+        for step in plan.steps:  # crafts the durp PoisonSet, then trains each run
+            code, _, err = cli(*step.command(plan.execution))
+            assert code == 0, err
+        plans[grid] = plan
+    runs_a, runs_b = ([s.key for s in plans[g].runs] for g in (grid_a, grid_b))
+    poison_a, poison_b = ([s.key for s in plans[g].steps if s.kind == "prepare"] for g in (grid_a, grid_b))
+    assert len(runs_a) == 2 and len(runs_b) == 1 and len(poison_a) == len(poison_b) == 1 and poison_a != poison_b
+    stray = make_record(trial=3)
+    RunStore(ws).put(stray)
+    (ws / "runs" / "torn.json").write_text('{"run_id": ')
+
+    code, out, err = cli("records", "pack", ws, tmp_path / "a.jsonl.gz", "--grid", grid_a, "--json")
+    assert code == 0, err
+    assert "skipped" in err and "torn.json" in err
+    summary = json.loads(out)
+    assert summary["grid"] == {"name": "a", "runs": 2, "missing": []}
+    assert packed_ids(tmp_path / "a.jsonl.gz") == (sorted(runs_a), poison_a)
+    assert lines_of(tmp_path / "a.jsonl.gz")[0] == header(2, 1)
+
+    code, out, err = cli("records", "pack", ws, tmp_path / "b.jsonl.gz", "--grid", grid_b, "--json")
+    assert code == 0 and json.loads(out)["grid"] == {"name": "b", "runs": 1, "missing": []}, err
+    assert packed_ids(tmp_path / "b.jsonl.gz") == (runs_b, poison_b)
+
+    # the packed grid unpacks to that grid's workspace: `sweep plan` finds every run done
+    code, _, err = cli("records", "unpack", tmp_path / "a.jsonl.gz", tmp_path / "only-a")
+    assert code == 0, err
+    states = make_plan(load_grid(str(grid_a)), Execution(results=str(tmp_path / "only-a"))).states()
+    assert [states[s.index] for s in plans[grid_a].runs] == ["done", "done"]
+    assert {p.stem for p in (tmp_path / "only-a" / "runs").iterdir()} == set(runs_a)
+
+    # a grid run without a record is counted, and a PoisonSet no packed run trained on is left out
+    RunStore(ws).path(runs_a[1]).unlink()  # the ρ 0.5 run: the only one of grid a on the durp PoisonSet
+    code, out, err = cli("records", "pack", ws, tmp_path / "a2.jsonl.gz", "--grid", grid_a)
+    assert code == 0, err
+    assert "packed 1 run record(s) of grid a's 2 run(s) (1 without a record in" in out
+    assert "and 0 PoisonSet manifest(s)" in out
+    assert packed_ids(tmp_path / "a2.jsonl.gz") == ([runs_a[0]], [])
+
+    # without --grid: every record and every manifest
+    code, out, err = cli("records", "pack", ws, tmp_path / "all.jsonl.gz", "--json")
+    assert code == 0 and "grid" not in json.loads(out), err
+    assert packed_ids(tmp_path / "all.jsonl.gz") == (sorted([*runs_a[:1], *runs_b, stray["run_id"]]),
+                                                     sorted(poison_a + poison_b))
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["{tmp}/ws", "{tmp}/o.jsonl.gz", "--data-dir", "{tmp}"], ["--data-dir", "--grid"]),
+    (["{tmp}/ws", "{tmp}/o.jsonl.gz", "--grid", "{tmp}/none.toml"], ["none.toml"]),
+    (["{tmp}/ws", "{tmp}/o.jsonl.gz", "--grid", "{tmp}/g.toml"], ["grid g", "nowhere.npz"]),  # its data is missing
+    (["{tmp}/nowhere", "{tmp}/o.jsonl.gz", "--grid", "{tmp}/g.toml"], ["nowhere", "not a directory"]),
+])
+def test_bad_grid_arguments_are_one_line(cli, tmp_path, args, needles):
+    (tmp_path / "ws" / "runs").mkdir(parents=True)
+    write_grid(tmp_path / "g.toml", tmp_path / "nowhere.npz", "0")
+    code, _, err = cli("records", "pack", *[a.format(tmp=tmp_path) for a in args])
+    one_line_error(code, err, *needles)
+    assert not list(tmp_path.glob("o.*"))

@@ -1,4 +1,4 @@
-"""`poisonbench sweep` (poisonbench/sweeps, design.md §7): grids expand into prepare and run steps, the steps run
+"""`poisonbench sweep` (poisonbench/sweeps, docs/sweeps.md): grids expand into prepare and run steps, the steps run
 locally, one by one (`--task-id`, a job array's task) or through submitit, and a re-run does only what is missing.
 
 One small sweep is run once for the module (`swept`: one durp PoisonSet and two 1-epoch runs on 200 tiny images,

@@ -1,6 +1,6 @@
-"""The targeted scenarios of Table III (design.md §4): the per-trial targeted context, `scratch` and `transfer`
-(a frozen, cached, shared pre-trained extractor with a fresh head on the transfer set), attack success in the
-record, setup files, and bad input refused in one line with nothing written."""
+"""The targeted scenarios of Table III (docs/engine.md, "Targeted scenarios"): the per-trial targeted context, `scratch`
+and `transfer` (a frozen, cached, shared pre-trained extractor with a fresh head on the transfer set), attack success in
+the record, setup files, and bad input refused in one line with nothing written."""
 
 from __future__ import annotations
 
@@ -136,14 +136,15 @@ def test_a_setup_file_fixes_target_intended_class_and_bases(tiny, tmp_path):
 
 
 def test_the_benchmark_setups_are_read_in_their_schema():
-    """The first setups of the "Just How Toxic" files (`../shared/poison_setups/`, MIT; excerpts in tests/data)."""
+    """The first setups of the "Just How Toxic" files (PB's `poison_setups/`, aks2203/poisoning-benchmark, MIT;
+    excerpts in tests/data)."""
     from poisonbench.attacks.targets import read_setups
 
     data = Path(__file__).parent / "data"
     scratch = read_setups(data / "cifar10_from_scratch_excerpt.json")
     assert len(scratch[0]["base_indices"]) == 500
     assert (scratch[0]["target_index"], scratch[0]["target_class"], scratch[0]["base_class"]) == (7762, 7, 3)
-    assert scratch[0]["base_indices"][:5] == [2386, 37215, 23942, 15836, 14070]  # reference/attacks.md, Appendix A
+    assert scratch[0]["base_indices"][:5] == [2386, 37215, 23942, 15836, 14070]  # PB's from-scratch setup 0
     transfer = read_setups(data / "cifar10_transfer_learning_excerpt.json")
     assert len(transfer[1]["base_indices"]) == 25 and transfer[1]["target_index"] == 4267
 

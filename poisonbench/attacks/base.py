@@ -1,4 +1,4 @@
-"""The attack contract (design.md §2): `Attack(family, **params).craft(ctx) -> PoisonSet`.
+"""The attack contract (docs/engine.md, "Attacks"): `Attack(family, **params).craft(ctx) -> PoisonSet`.
 
 An attack declares its options as `Param`s (poisonbench.core.params) with one default per dataset family (the paper's
 or the official code's value; sources in docs/fidelity.md). `ctx` carries the clean train split, the poisoned
@@ -38,9 +38,9 @@ EPS_TOLERANCE = 1e-6  # float32 rounding of x + δ − x; every check allows thi
 
 @dataclass(frozen=True)
 class Target:
-    """What a targeted attack aims at (design.md §4): test image `index` of class `true_class`, to be classified as
-    `intended_class`. `rows` fixes the poisoned train rows (a setup file's base images); None lets the attack
-    choose them (e.g. from the intended class, as forest does)."""
+    """What a targeted attack aims at (docs/engine.md, "Targets"): test image `index` of class `true_class`, to be
+    classified as `intended_class`. `rows` fixes the poisoned train rows (a setup file's base images); None lets the
+    attack choose them (e.g. from the intended class, as forest does)."""
 
     index: int
     true_class: int

@@ -1,6 +1,7 @@
-"""`bp`: Bullseye Polytope (Aghakhani et al., EuroS&P'21), in the two implementations of reference/attacks.md §7.
+"""`bp`: Bullseye Polytope (Aghakhani et al., EuroS&P'21), in two implementations: forest's recipe and the "Just How
+Toxic" benchmark's (the keys GM, PB, BPo: docs/fidelity.md, "Sources and citation keys").
 
-- `--impl forest` (default; what HINT ran, reference §1.1): forest's `bullseye` recipe
+- `--impl forest` (default; what HINT ran, HINT README "Crafting poisoning data"): forest's `bullseye` recipe
   (GM:forest/witchcoven/witch_bullseye.py), crafted by forest's brew (`forest.Brew`: signed Adam, 250 iterations,
   8 restarts, augmentation). Loss `mean_j((mean_i φ(aug(x_i+δ_i)) − φ(x_t))_j²)`, φ the surrogate's penultimate
   features: the squared distance of the poison batch's mean feature to the target's, averaged over feature

@@ -1,5 +1,5 @@
-"""Forest's differentiable augmentation while crafting (reference/attacks.md §6, "Differentiable augmentation
-during crafting"; GM:forest/data/diff_data_augmentation.py `RandomTransform`), through kornia.
+"""Forest's differentiable augmentation while crafting (forest's `--paugment`, on by
+default; GM:forest/data/diff_data_augmentation.py `RandomTransform`), through kornia.
 
 Each poison of a crafting batch gets its own random sub-pixel translation, bilinear with zero padding and
 `align_corners=True`, and, for colour images, a horizontal flip with probability ½; the poisons' gradients flow
@@ -7,10 +7,10 @@ through it, so δ is optimised to work under the victim's augmentation. Forest's
 `linspace(0, 1, side)[shift]` grid units with `shift` = 8 on CIFAR-10 and 4 on MNIST, i.e. ±4 px of 32 and ±2 px of
 28: 1/8 of the side for the CIFAR-10 family, 1/14 for the MNIST family.
 
-Deviations: no flips for the MNIST family (digits and clothes are not mirror-symmetric; forest flips digits too,
-reference §12 item 7), and the zero padding is black in pixel space, where forest pads with zero in its normalised
-space (the dataset's mean colour). The random parameters come from a `torch.Generator` the caller passes (drawn on
-the CPU, so a craft is reproducible from its seed on any device), never from the global RNG.
+Deviations: no flips for the MNIST family (digits and clothes are not mirror-symmetric; forest flips MNIST
+digits too), and the zero padding is black in pixel space, where forest pads with zero in its normalised space (the
+dataset's mean colour). The random parameters come from a `torch.Generator` the caller passes (drawn on the CPU, so
+a craft is reproducible from its seed on any device), never from the global RNG.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`dap`: Tao et al.'s P1 delusive adversarial perturbation (reference/attacks.md §3): move each example toward
+"""`dap`: Tao et al.'s P1 delusive adversarial perturbation (DA:poison.py `poison_p1p2`): move each example toward
 the label (y + 1) mod C with 100 signed steps of ε/5 against the clean surrogate, no random start; the stored
 label stays y. L∞ as in HINT (ε 0.3 MNIST, 8/255 CIFAR-10).
 """

@@ -1,4 +1,4 @@
-"""`deepconfuse`: Feng et al.'s DeepConfuse (reference/attacks.md §5).
+"""`deepconfuse`: Feng et al.'s DeepConfuse (NeurIPS'19; DC:MNIST/train.py, CIFAR/train.py).
 
 A generator G (MNIST: DC's small conv autoencoder; CIFAR-10: DC's U-Net), output ε·tanh, is trained with the
 alternating pseudo-update scheme against a classifier (MNIST: DC's LeNet-BN `create_net`; CIFAR-10: DC's VGG11
@@ -48,7 +48,7 @@ from ..engine.checkpoints import join_optimizer_state, read_state, split_optimiz
 from .base import Attack, AttackContext, batches
 from .deepconfuse_nets import CLASSIFIERS, GENERATORS
 
-# The budget schedule (default) and DC's official argparse defaults (reference/attacks.md §5 table).
+# The budget schedule (default) and DC's official argparse defaults (DC:MNIST/train.py, CIFAR/train.py).
 OFFICIAL = {"mnist": {"outer_epochs": 1000, "inner_epochs": 1, "batch_size": 64, "gen_lr": 1e-4, "cls_lr": 0.01},
             "cifar10": {"outer_epochs": 1000, "inner_epochs": 20, "batch_size": 256, "gen_lr": 1e-4,
                         "cls_lr": 0.01}}

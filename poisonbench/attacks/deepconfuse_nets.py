@@ -1,6 +1,7 @@
-"""DeepConfuse's networks (reference/attacks.md §5), as in DC's code: the generators (MNIST: a small conv
-autoencoder; CIFAR-10: a U-Net) and the classifiers they are trained against (MNIST: LeNet-BN `create_net`;
-CIFAR-10: VGG11 with a 2-d bottleneck). `poisonbench.attacks.deepconfuse` trains and uses them."""
+"""DeepConfuse's networks (DC:MNIST/train.py, CIFAR/models/unet.py, CIFAR/models/vgg.py), as in DC's code: the
+generators (MNIST: a small conv autoencoder; CIFAR-10: a U-Net) and the classifiers they are trained against
+(MNIST: LeNet-BN `create_net`; CIFAR-10: VGG11 with a 2-d bottleneck). `poisonbench.attacks.deepconfuse` trains
+and uses them."""
 
 from __future__ import annotations
 

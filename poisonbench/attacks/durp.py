@@ -1,4 +1,4 @@
-"""`durp`: Tao et al.'s P5 class-wise universal random perturbation (reference/attacks.md §4): one δ_c drawn
+"""`durp`: Tao et al.'s P5 class-wise universal random perturbation (DA:poison.py `poison_p5`): one δ_c drawn
 i.i.d. uniform on [−ε, ε] per class, added to every poisoned example of class c, clipped to [0, 1]. No model.
 Drawn on the CPU from an explicit generator seeded with the attack seed (the official code draws on CUDA).
 """

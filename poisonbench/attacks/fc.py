@@ -1,12 +1,12 @@
-"""`fc`: Feature Collision / Poison Frogs (Shafahi et al., NeurIPS'18), in the two implementations of
-reference/attacks.md §8.
+"""`fc`: Feature Collision / Poison Frogs (Shafahi et al., NeurIPS'18), in two implementations:
+forest's recipe and the "Just How Toxic" benchmark's (the keys GM, PB: docs/fidelity.md, "Sources and citation keys").
 
-- `--impl forest` (default; what HINT ran, reference §1.1): forest's `poison-frogs` recipe
+- `--impl forest` (default; what HINT ran, HINT README "Crafting poisoning data"): forest's `poison-frogs` recipe
   (GM:forest/witchcoven/witch_poison_frogs.py), crafted by forest's brew (`forest.Brew`). Loss
   `mean((mean_i φ(aug(x_i+δ_i)) − φ(x_t))²)` with the poisons' mean kept as a 1×D row (`keepdim`), φ the
   surrogate's penultimate features. For one target this is numerically the loss of forest's `bullseye` (`bp`'s
-  default): forest's "poison frogs" is mean-feature matching, not a per-poison collision (reference §8a, §12
-  item 7). It is kept as its own objective, as forest keeps it.
+  default): forest's "poison frogs" is mean-feature matching, not a per-poison collision (witch_poison_frogs.py
+  and witch_bullseye.py compute the same loss). It is kept as its own objective, as forest keeps it.
 - `--impl toxic`: the "Just How Toxic" benchmark's (PB:poison_crafting/craft_poisons_fc.py), batched over the
   poisons (its objective is separable; PB crafts them one after another). Per poison: start from the watermark
   x = 0.3·t + 0.7·b (projected onto the ε-ball around b and [0, 1] here; PB projects only after the first step);

@@ -1,4 +1,4 @@
-"""Forest's "brew" (reference/attacks.md §6; GM:forest/witchcoven/witch_base.py `_brew`, `_run_trial`): the
+"""Forest's "brew" (Geiping et al., ICLR'21; GM:forest/witchcoven/witch_base.py `_brew`, `_run_trial`): the
 optimisation loop GM, forest's BP (`bullseye`) and forest's FC (`poison-frogs`) share; only the objective differs.
 
 Per restart: δ = randn·ε clipped to ±ε; `iterations` times: every poison batch (`pbatch` rows, in the poisons'
@@ -236,8 +236,8 @@ def brew_params(impl_defaults: dict[str, dict[str, Any]] | None = None,
 
 def impl_param(toxic: str) -> Param:
     return Param("impl", str, "forest", f"Implementation: forest (forest's recipe, what the paper ran) or toxic "
-                 f"(the 'Just How Toxic' benchmark's {toxic}).", "HINT README: crafted with forest (reference §1.1)",
-                 choices=("forest", "toxic"))
+                 f"(the 'Just How Toxic' benchmark's {toxic}).",
+                 "HINT README, 'Crafting poisoning data': crafted with forest", choices=("forest", "toxic"))
 
 
 def feature_model(ctx: AttackContext, sample: torch.Tensor) -> torch.nn.Module:
@@ -248,7 +248,7 @@ def feature_model(ctx: AttackContext, sample: torch.Tensor) -> torch.nn.Module:
 
 
 class ForestOrToxic(TargetedAttack):
-    """An attack with two implementations (`--impl`): forest's recipe (what HINT ran, reference §1.1), crafted by
+    """An attack with two implementations (`--impl`): forest's recipe (what HINT ran, HINT README), crafted by
     the brew, or the "Just How Toxic" benchmark's. Options left unset take the chosen impl's default; an option of
     the other impl is refused."""
 

@@ -1,5 +1,5 @@
-"""`gm`: Witches' Brew gradient matching (Geiping et al., ICLR'21), forest's recipe (reference/attacks.md §6;
-GM:forest/witchcoven/witch_matching.py `_passenger_loss`, witch_base.py `_initialize_brew`).
+"""`gm`: Witches' Brew gradient matching (Geiping et al., ICLR'21), forest's recipe
+(GM:forest/witchcoven/witch_matching.py `_passenger_loss`, witch_base.py `_initialize_brew`).
 
 The loss is 1 − the cosine similarity of two gradients with respect to all of the surrogate's parameters
 (flattened and concatenated): the target's, ∇θ CE(f(x_t), intended class), computed once on the un-augmented

@@ -1,5 +1,6 @@
-"""`pgd`: error-maximising L∞ PGD on each poisoned example against the clean surrogate (reference/attacks.md §2a,
-Madry et al.'s settings: MNIST ε 0.3, 40 steps of 0.01, random start; CIFAR-10 ε 8/255, 10 steps of 2/255).
+"""`pgd`: error-maximising L∞ PGD on each poisoned example against the clean surrogate (Madry et al.'s
+settings, MNC and C10C `config.json`: MNIST ε 0.3, 40 steps of 0.01, random start; CIFAR-10 ε 8/255, 10 steps of
+2/255).
 
 The objective is separable per example and the surrogate is in eval mode, so one backward of the summed loss
 over a large batch gives every example's input gradient exactly; the surrogate's parameters are frozen, so no

@@ -1,4 +1,4 @@
-"""The clean surrogate every surrogate-based attack shares (design.md §2).
+"""The clean surrogate every surrogate-based attack shares (docs/engine.md, "PoisonSets, surrogates and caching").
 
 Trained once per (dataset fingerprint, model, resolved recipe) on the clean train split through the one engine, and
 cached as safetensors (never pickle) under `<results>/surrogates/` (poisonbench.engine.model_cache). The untargeted

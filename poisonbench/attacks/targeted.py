@@ -1,5 +1,6 @@
 """What the targeted clean-label attacks (GM, BP, FC) share: their victim scenario, the model they craft against,
-ε and budget defaults, and the rows they poison (reference/attacks.md §6–8, §15).
+ε and budget defaults, and the rows they poison (forest: GM:forest/options.py and forest/witchcoven/; PB; the keys:
+docs/fidelity.md, "Sources and citation keys").
 
 - `scenario`: `scratch` crafts against a surrogate trained from scratch on the clean train split (forest's
   Witches' Brew; the victim trains from scratch too); `transfer` crafts against the transfer scenario's pre-trained
@@ -29,7 +30,7 @@ from ..engine.recipes import AUGMENTATIONS, TARGETED_RECIPE, Recipe, recipe_name
 from .base import Attack, AttackContext, Target
 from .targets import SCENARIOS
 
-TARGETED_EPS = 16 / 255  # forest `--eps 16` (reference/attacks.md §6, §15); paper §VI-A2
+TARGETED_EPS = 16 / 255  # forest `--eps 16` (GM:forest/options.py); paper §VI-A2
 TARGETED_BUDGET = 0.01  # forest `--budget 0.01`: 490 of CIFAR-10's 49,000 train images (paper §VI-A2)
 THREATS = ("gray", "white")
 THREAT_SOURCE = ("paper §VI-A2: the attacker does not know the victim's weights; HINT trains the victim's extractor "

@@ -1,10 +1,12 @@
-"""The targeted context of one trial (paper §VI-A2; design.md §5): the target test image, its class, the intended
-class, and the poisons' base images, all from the intended class (as forest's single-class threat model does).
+"""The targeted context of one trial (paper §VI-A2; docs/engine.md, "Targeted scenarios"): the target test image, its
+class, the intended class, and the poisons' base images, all from the intended class (as forest's single-class threat
+model does).
 
 `draw_target` draws them from a seed (`derived_seed(seed, "targeted-context")`: the target is uniform over the test
-split, the intended class uniform over the other classes, the bases a uniform sample of the intended class's rows
-in the scenario's pool); `craft --target I --intended C` fixes the first two; `setup_target` reads them from a file
-in the schema of the "Just How Toxic" benchmark's setups (`../shared/poison_setups/`).
+split, the intended class uniform over the other classes, the bases a uniform sample of the intended class's rows in the
+scenario's pool); `craft --target I --intended C` fixes the first two; `setup_target` reads them from a file in the
+schema of the "Just How Toxic" benchmark's setups (PB's `poison_setups/*.pickle` as JSON; the first setups in
+tests/data/).
 
 Base selection (a targeted attack's `bases`, issue 54): `random` (the default; forest's `_choose_poisons_randomly`,
 the paper's) keeps the drawn rows; `nearest` leaves the rows to the attack, which takes the ⌊budget·n⌋ rows of the

@@ -32,7 +32,7 @@ Intended = typer.Option(None, "--intended", metavar="C", help="Targeted: the cla
                                                               "(≠ its own; goes with --target).")
 Setup = typer.Option(None, "--setup", metavar="FILE",
                      help="Targeted: take the target and intended class (and the base images, where the command "
-                          "chooses them) from this setup file (JSON, the schema of the 'Just How Toxic' setups, "
-                          "../shared/poison_setups/).")
+                          "chooses them) from this setup file (the 'Just How Toxic' benchmark's setups as JSON, "
+                          "schema in docs/engine.md).")
 SetupIndex = typer.Option(0, "--setup-index", metavar="I", help="Targeted: the setup to take (defend: trial t takes "
                                                                 "setup I + t).")

@@ -7,10 +7,11 @@ import json
 import typer
 from rich.console import Console
 
+from ..core.errors import PoisonbenchError
 from . import options
 
 HELP = ("Pack a workspace's run records (and PoisonSet manifests) into one shareable .jsonl.gz, or unpack one; "
-        "`report --results FILE.jsonl.gz` reads a packed file directly.")
+        "`report --results FILE.jsonl.gz` reads a packed file directly; `pack --grid` packs one sweep grid's runs.")
 app = typer.Typer(no_args_is_help=True, help=HELP)
 
 
@@ -20,23 +21,44 @@ def _note(text: str) -> None:
 
 @app.command("pack", help="Write every run record of DIR/runs/ (and each DIR/poisons/*/manifest.json) to OUT, one "
                           "JSON line each, gzipped; the same records give the same bytes. Records a report would skip "
-                          "(run id not its file name, ...) are left out and named on stderr.")
+                          "(run id not its file name, ...) are left out and named on stderr. --grid packs only one "
+                          "sweep grid's runs and the PoisonSets they trained on.")
 def pack(
     directory: str = typer.Argument(..., metavar="DIR", help="The results workspace (a directory holding runs/)."),
     out: str = typer.Argument(..., metavar="OUT", help="The file to write, ending in .jsonl.gz."),
+    grid: str = typer.Option(None, "--grid", metavar="GRID",
+                             help="Pack only the records of this sweep grid's runs (a builtin grid or a TOML file; "
+                                  "run ids as `sweep plan GRID --results DIR` resolves them) and the manifests of "
+                                  "the PoisonSets those runs trained on."),
+    data_dir: str = typer.Option(None, "--data-dir",
+                                 help="With --grid: the directory holding the grid's dataset files (a run id hashes "
+                                      "the data's fingerprint), as given to `sweep run`."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     as_json: bool = options.Json,
 ) -> None:
     from ..experiment import packed_records
 
-    summary = packed_records.pack(directory, out, force=force)
+    if data_dir is not None and grid is None:
+        raise PoisonbenchError("--data-dir is read only with --grid (to resolve the grid's run ids)")
+    packed_records.check_output(out, force)
+    packed_records.check_workspace(directory)  # both before the grid's datasets are loaded
+    selection = None
+    if grid is not None:
+        from ..sweeps.plan import grid_selection
+
+        selection = grid_selection(grid, directory, data_dir)
+    summary = packed_records.pack(directory, out, force=force, grid=selection)
     for skipped in summary["skipped"]:
         _note(f"skipped {skipped['file']}: {skipped['why']}")
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"packed {summary['runs']} run record(s) and {summary['poison_manifests']} PoisonSet manifest(s) into "
-          f"{summary['out']} ({summary['bytes']} bytes; {len(summary['skipped'])} file(s) skipped)")
+    of_grid = ""
+    if "grid" in summary:
+        g = summary["grid"]
+        of_grid = f" of grid {g['name']}'s {g['runs']} run(s) ({len(g['missing'])} without a record in {directory})"
+    print(f"packed {summary['runs']} run record(s){of_grid} and {summary['poison_manifests']} PoisonSet manifest(s) "
+          f"into {summary['out']} ({summary['bytes']} bytes; {len(summary['skipped'])} file(s) skipped)")
 
 
 @app.command("unpack", help="Recreate DIR/runs/<run_id>.json (and DIR/poisons/<id>/manifest.json) from a packed "

@@ -1,4 +1,5 @@
-"""One parameter system for attacks and defenses (design.md §3): each option is declared once as a `Param`.
+"""One parameter system for attacks and defenses (docs/engine.md, "Parameters"): each option is declared once as a
+`Param`.
 
 A `Param` names the option, its type, its default (one value, one per dataset family, or a function of the family
 and the training recipe, e.g. HINT's schedule scaled to the epochs), a help text, the source of the default

@@ -67,10 +67,10 @@ def environment(device: torch.device, accel: str = "auto") -> dict:
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak memory (design.md §5 "Cost"), in MiB: `peak_rss_mib`, the process's peak resident set so far (Linux
-    `ru_maxrss`: it includes the dataset load and earlier runs or crafts of the same command, never less than
-    this one's own peak), and on CUDA `peak_cuda_mib`, the peak memory allocated by tensors since the caller
-    last reset CUDA's peak statistics (at the start of a run or craft)."""
+    """Peak memory (docs/metrics.md, "Run records"), in MiB: `peak_rss_mib`, the process's peak resident set so far
+    (Linux `ru_maxrss`: it includes the dataset load and earlier runs or crafts of the same command, never less than
+    this one's own peak), and on CUDA `peak_cuda_mib`, the peak memory allocated by tensors since the caller last
+    reset CUDA's peak statistics (at the start of a run or craft)."""
     out = {}
     try:
         import resource

@@ -1,4 +1,4 @@
-"""The seeds of the models an attacker trains, kept apart from every victim's (design.md §4, issue 54).
+"""The seeds of the models an attacker trains, kept apart from every victim's (docs/engine.md, "Attacks"; issue 54).
 
 A victim trial trains with seed `--seed + t`, checked into [0, 2^63) (`attacks.base.check_seed`); the defender's own
 streams are `hashing.derived_seed` values, also below 2^63. Every model trained for crafting (the untargeted and

@@ -1,4 +1,4 @@
-"""Datasets: a registry of named datasets plus any `.npz` path (design.md §1, paper Table I).
+"""Datasets: a registry of named datasets plus any `.npz` path (docs/datasets.md, paper Table I).
 
 `load_dataset(name)` returns a `Dataset` with deterministic, stratified, fingerprinted train / val / test
 splits held as uint8 N×C×H×W tensors on the CPU; the engine moves them to the device as floats in [0, 1].

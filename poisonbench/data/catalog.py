@@ -10,7 +10,7 @@ from .types import DatasetSpec
 
 DEFAULT_DATASET = "mnist-5k"
 
-MNIST_MEAN_STD = ((0.0,), (1.0,))  # official HINT MNIST code feeds raw [0,1] pixels (reference/defenses.md §0)
+MNIST_MEAN_STD = ((0.0,), (1.0,))  # official HINT MNIST code feeds raw [0,1] pixels (HINT:train_utils.py)
 CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # HINT:train_utils.py CIFAR loaders
 # forest's normalisation per family (GM:forest/consts.py; its kettle's `dm`, `ds`): the space forest's brew steps in
 # and forest's files hold δ in, whatever our models normalise with

@@ -1,4 +1,4 @@
-"""Deterministic, stratified splits and their fingerprints (design.md §1)."""
+"""Deterministic, stratified splits and their fingerprints (docs/datasets.md, "The splits")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a loaded dataset is (design.md §1): its splits, and the registry entry that loads it."""
+"""What a loaded dataset is (docs/datasets.md): its splits, and the registry entry that loads it."""
 
 from __future__ import annotations
 

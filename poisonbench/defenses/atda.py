@@ -1,11 +1,11 @@
-"""ATDA: adversarial training against delusive attacks (Tao et al., NeurIPS 2021; reference/defenses.md §5, FAT
-§5.6; HINT paper §V "ATDA" and §VI-A3).
+"""ATDA: adversarial training against delusive attacks (Tao et al., NeurIPS 2021; ATDA:train.py, attacks/;
+FAT:earlystop.py; HINT paper §V "ATDA" and §VI-A3).
 
 Every batch (after augmentation) is replaced by adversarial examples crafted against the current model in eval mode,
-and the model trains on them only (official `adv_loss`: CE on x̃, no clean term; reference §5.2).
+and the model trains on them only (official `adv_loss`: CE on x̃, no clean term; ATDA:train.py:L15-22).
 
 `--variant fat` (default; the HINT paper uses FAT as ATDA's representation, §VI-A3) is FAT's early-stopped PGD
-(FAT earlystop.py; reference §5.6), the paper's x̃ = argmin_{‖x̃ − x‖ ≤ β} l(f(x̃), y) s.t. a margin τ past
+(FAT:earlystop.py:L5-113), the paper's x̃ = argmin_{‖x̃ − x‖ ≤ β} l(f(x̃), y) s.t. a margin τ past
 misclassification (HINT paper §V): each example starts at x + U(±β) (ℓ∞) or on the ℓ2 sphere of radius β, clamped
 to [0, 1], and at each of up to `steps` iterations an example already misclassified stops there if its budget
 `control` (= τ) is spent, else spends one; the others step x ← Π(x + α·sign(∇CE) + ω·N(0, 1)) (ℓ2:
@@ -14,7 +14,7 @@ static. τ follows FAT's dynamic schedule (0, then 1 after 50 of 120 epochs, 2 a
 epochs, unless `--tau` fixes it.
 
 `--variant pgd` is the official ATDA code's plain PGD adversarial training (Madry): one random start, 7 steps of
-α = β/5, no early stop (ATDA attacks/adv.py, attacks/step.py; reference §5.2-5.3).
+α = β/5, no early stop (ATDA:attacks/adv.py, attacks/step.py, main.py:L76-79).
 
 β and the norm depend on the threat (HINT paper §VI-A3): β = 0.25 in ℓ2 against untargeted attacks (and clean
 training): ATDA's budgets are ℓ2 (official `--constraint L2`, ε 0.5 on CIFAR-10; the ATDA paper's ℓ2 budgets 0.25

@@ -1,20 +1,21 @@
 """EPIC: Effective Poison Identification (Yang et al., "Not all poisons are created equal", ICML 2022;
-../shared/papers/epic-not-all-poisons-abstract.txt; reference: ../shared/reference/defenses.md §3).
+the official code: EPIC:train_poison_epic.py, utils/coreset.py).
 
 Poisons end up isolated in the gradient space of their (target) class, so EPIC repeatedly drops the examples that
 form a cluster of their own. At each drop epoch (`drop_epochs`), before training that epoch:
 
-1. gradient proxy of every train row, dropped ones included (reference §3.2 step 1: the official code computes over
-   all N): g = softmax(logits) − onehot(y), the cross-entropy's gradient w.r.t. the logits, from one no-grad pass
-   of the model in eval mode;
+1. gradient proxy of every train row, dropped ones included (`EPIC:train_poison_epic.py:L527-575`: the official
+   code computes over all N): g = softmax(logits) − onehot(y), the cross-entropy's gradient w.r.t. the logits, from
+   one no-grad pass of the model in eval mode;
 2. per-class budgets b_c = ⌈n_c·B/N⌉ with B = ⌊subset·N⌋; the surplus Σb_c − B is taken one each from distinct
-   random classes (reference §3.2 step 2, `EPIC:utils/coreset.py:L80-90`);
+   random classes (`EPIC:utils/coreset.py:L80-90`);
 3. per class, the b_c medoids maximising the facility location Σ_i max_{j∈S} exp(−‖g_i − g_j‖₂ / d)
    (poisonbench.defenses.facility_location; d = the number of classes);
 4. every example joins its nearest medoid; the examples of clusters with at most `cluster_threshold` members are
-   dropped for good: the rows in use become (rows in use) ∩ (rows in larger clusters) (reference §3.2 steps 3-4).
+   dropped for good: the rows in use become (rows in use) ∩ (rows in larger clusters)
+   (`EPIC:train_poison_epic.py:L413-414, L568-571`).
 
-Schedule (reference §3.2, `EPIC:train_poison_epic.py:L407`): a 0-based epoch e drops iff e % T == 0, e ≥ K,
+Schedule (`EPIC:train_poison_epic.py:L407`): a 0-based epoch e drops iff e % T == 0, e ≥ K,
 e < stop_after and e ≤ the recipe's last learning-rate milestone (no bound when the recipe has none). The paper's
 T and K (HINT paper §VI-A3: T = 2, K = 5 of 30 MNIST epochs; T = 4, K = 10 of 80 CIFAR-10 epochs) are scaled to the
 recipe's E epochs as T' = max(1, round(T·E/E_paper)) and K' = max(1, round(K·E/E_paper)) (at least one warm-up
@@ -78,7 +79,7 @@ def drop_epochs(epochs: int, interval: int, warmup: int, stop_after: int | None,
 
 def class_budgets(counts: list[int], subset: float, generator: torch.Generator) -> list[int]:
     """b_c = ⌈n_c·B/N⌉ with B = ⌊subset·N⌋, the surplus Σb_c − B removed one each from distinct random classes
-    among those with b_c > 0 (reference §3.2 step 2). Integer ceilings: no float rounding adds a medoid."""
+    among those with b_c > 0 (`EPIC:utils/coreset.py:L80-90`). Integer ceilings: no float rounding adds a medoid."""
     n = sum(counts)
     total = int(subset * n)
     budgets = [-(-c * total // n) if n else 0 for c in counts]
@@ -95,7 +96,7 @@ def class_budgets(counts: list[int], subset: float, generator: torch.Generator) 
 def gradient_proxy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, omit_bias: bool = False) -> torch.Tensor:
     """g = softmax(logits) − onehot(y) for every row (eval mode, on HINT's frozen copy: `influence.head_inputs`,
     `influence.residuals`; `model` is untouched). `omit_bias`: logits = φ·Wᵀ without the head's bias, as the
-    official code (bug E2, reference §3.6)."""
+    official code (its bug E2: `EPIC:train_poison_epic.py:L552` leaves the bias out)."""
     h, logits = head_inputs(model, x, dtype=torch.float32)
     if omit_bias:
         logits = h[:, :-1] @ model.head.weight.float().T
@@ -129,24 +130,25 @@ class Epic(Defense):
     PARAMS = (
         Param("subset", float, 0.1, "Fraction of the train rows chosen as medoids (EPIC-0.1); the clusters of "
               "size <= --cluster-threshold around them are dropped. 1 turns EPIC off (official guard).",
-              'HINT paper §VI-A3 "EPIC-0.1"; official --subset_size (reference/defenses.md §3.3)', positive=True,
+              'HINT paper §VI-A3 "EPIC-0.1"; official --subset_size (EPIC:examples.sh)', positive=True,
               maximum=1),
         Param("interval", int, paper_interval, "T, epochs between drops (a 0-based epoch e drops when e % T == 0); "
               "the default is the paper's T (2 of 30 epochs on MNIST, 4 of 80 on CIFAR-10) scaled to the recipe's "
-              "epochs, at least 1.", 'HINT paper §VI-A3; official --subset_freq (reference §3.2)', minimum=1),
+              "epochs, at least 1.", 'HINT paper §VI-A3; official --subset_freq (EPIC:train_poison_epic.py:L407)',
+              minimum=1),
         Param("warmup", int, paper_warmup, "K, the first epoch that may drop (warm-up epochs); the default is the "
               "paper's K (5 of 30 on MNIST, 10 of 80 on CIFAR-10) scaled to the recipe's epochs, at least 1.",
-              'HINT paper §VI-A3; official --drop_after (reference §3.2)', minimum=0),
+              'HINT paper §VI-A3; official --drop_after (EPIC:train_poison_epic.py:L407)', minimum=0),
         Param("stop_after", int, None, "No drop from this 0-based epoch on (default: no limit; drops also stop "
-              "after the recipe's last learning-rate milestone).", "official --stop_after (reference §3.3)",
+              "after the recipe's last learning-rate milestone).", "official --stop_after (EPIC:train_poison_epic.py)",
               minimum=0),
         Param("cluster_threshold", float, 1.0, "Clusters with at most this many members are dropped.",
-              "official --cluster_thresh (reference §3.3)", minimum=0),
+              "official --cluster_thresh (EPIC:train_poison_epic.py)", minimum=0),
         Param("greedy", str, "lazy", "Facility-location maximiser: lazy (exactly the greedy's medoids) | "
               "stochastic (stochastic greedy, ε = 0.01) | naive (every gain every step; slow reference).",
-              "official --greedy LazyGreedy | StochasticGreedy (reference §3.3)", choices=fl.GREEDY),
+              "official --greedy LazyGreedy | StochasticGreedy (EPIC:train_poison_epic.py)", choices=fl.GREEDY),
         Param("omit_bias", bool, False, "Gradient proxy without the head's bias (official bug E2).",
-              "reference/defenses.md §3.6 E2"),
+              "EPIC:train_poison_epic.py:L552 (bias left out)"),
     )
 
     def __init__(self, family: str, recipe: Recipe, threat=None, **params: Any):

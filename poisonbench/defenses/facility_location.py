@@ -1,8 +1,9 @@
-"""Greedy facility location in whole-tensor ops: EPIC's medoid selection (../shared/reference/defenses.md §3.2, §3.5).
+"""Greedy facility location in whole-tensor ops: EPIC's medoid selection (EPIC:utils/coreset.py, on
+submodlib's `FacilityLocationFunction`).
 
 For the points of one class with similarity matrix S, facility location is F(S_set) = Σ_i max_{j ∈ S_set} s_ij, with
-submodlib's dense euclidean kernel s_ij = exp(−‖g_i − g_j‖₂ / d), d = the points' dimension (reference §3.2,
-`submodlib:cpp/utils/helper.cpp:L65-71, L199-213`). With `best_i` = max_{j ∈ S_set} s_ij (0 for the empty set; every
+submodlib's dense euclidean kernel s_ij = exp(−‖g_i − g_j‖₂ / d), d = the points' dimension
+(`submodlib:cpp/utils/helper.cpp:L65-71, L199-213`). With `best_i` = max_{j ∈ S_set} s_ij (0 for the empty set; every
 s_ij > 0), the marginal gain of a candidate j is Σ_i relu(s_ij − best_i); S is symmetric, so row j holds it.
 
 Three maximisers, all continuing when gains reach zero (EPIC's `stopIfZeroGain=False`):
@@ -121,7 +122,7 @@ def maximize(sim: torch.Tensor, budget: int, greedy: str = "lazy",
 
 def assign(sim: torch.Tensor, medoids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cluster of each point, size of each cluster): every point joins its most similar medoid (first in greedy
-    order on ties), clusters numbered by the medoids' greedy order (reference §3.2, `EPIC:utils/coreset.py:L32-39`)."""
+    order on ties), clusters numbered by the medoids' greedy order (`EPIC:utils/coreset.py:L32-39`)."""
     cluster = sim[:, medoids].argmax(1)
     return cluster, torch.bincount(cluster, minlength=len(medoids))
 

@@ -1,13 +1,14 @@
 """The shared base of the clean-label filters of "Strong Baseline Defenses against Clean-Label Poisoning Attacks"
-(Peri et al.; ../shared/papers/strong-baselines-clean-label-defenses.txt §4.2-4.3; ../shared/reference/defenses.md
-§4): Deep k-NN (`knn.py`), L2 centroid (`l2_filter.py`), one-class SVM (`ocsvm.py`) and random (`random_filter.py`).
+(Peri et al., the filter paper §4.2-4.3; official Deep k-NN: DeepKNN:dataLoader.py; keys and papers in
+docs/fidelity.md): Deep k-NN (`knn.py`), L2 centroid (`l2_filter.py`), one-class SVM (`ocsvm.py`) and random
+(`random_filter.py`).
 
 A filter runs once, in `prepare`, before training: it decides which of the train rows in use to remove and returns
 the sorted indices of the others, which the engine then trains on alone. The feature-space filters look at the
 penultimate features φ(x) (paper §4.1), taken from (`--features`):
 
     extractor   the transfer scenario's clean, frozen, pre-trained extractor (`ctx.model.features`), as the
-                official code does with its pre-trained checkpoints (reference §4.1, step 1);
+                official code does with its pre-trained checkpoints (DeepKNN:extractFeatures.py);
     trained     a model of the run's architecture trained first by the engine on the (poisoned) rows in use
                 (`engine.training.train_fresh`), as a from-scratch victim has no clean extractor; its training is the
                 defense's own cost;
@@ -44,8 +45,8 @@ FEATURES_PARAM = Param(
     "Where the filter's penultimate features come from: auto (the transfer scenario's clean frozen extractor where "
     "there is one, else trained) | trained (a model of the run's architecture trained first on the rows in use; "
     "one extra training run) | extractor (transfer only).",
-    "filter paper §4.1 (φ = penultimate layer); reference/defenses.md §4.1 step 1 (official: a pre-trained clean "
-    "network)", choices=FEATURE_SOURCES)
+    "filter paper §4.1 (φ = penultimate layer); official: a pre-trained clean network "
+    "(DeepKNN:extractFeatures.py)", choices=FEATURE_SOURCES)
 
 DROP_PARAM = Param(
     "drop", float, None,

@@ -1,17 +1,17 @@
-"""FRIENDS: friendly noise + random noise (Liu et al., NeurIPS 2022; reference/defenses.md §2; HINT paper §V-B and
-§VI-A3 "FRIENDS+Bernoulli, β = 0.062").
+"""FRIENDS: friendly noise + random noise (Liu et al., NeurIPS 2022; FRIENDS:friendly_noise.py, main.py; HINT paper
+§V-B and §VI-A3 "FRIENDS+Bernoulli, β = 0.062").
 
 Friendly noise, generated once before epoch `friendly_begin` with the model in eval mode (`TrainContext.eval_forward`),
-for every training row in use (reference §2.2 step 2): from ε ~ U(±8/255), 30 steps of SGD (lr 100, momentum 0.9,
-Nesterov; the official MultiStepLR is never stepped, so the lr stays constant) minimise
+for every training row in use (`FRIENDS:friendly_noise.py:L6-88`): from ε ~ U(±8/255), 30 steps of SGD (lr 100,
+momentum 0.9, Nesterov; the official MultiStepLR is never stepped, so the lr stays constant) minimise
 
     KL(p(x) ‖ p(x')) − μ·mean(e²),    e = clamp(ε, ±β),    x' = clamp(x + e, 0, 1)
 
 (`--friendly-loss mse`: the MSE of the raw logits instead of the KL). The stored noise is clamp(ε, ±β) and
 training continues on x̂ = clamp(x + δ, 0, 1), written into `ctx.train_x` (as HINT's healthy noise).
 
-Random noise is added to every batch before augmentation from epoch 0 on (reference §2.2 step 3): Bernoulli ±eps
-per pixel (default), U(±eps) or N(0, eps²), eps = 8/255, NOT clamped to [0, 1] afterwards (the official clamp is
+Random noise is added to every batch before augmentation from epoch 0 on (`FRIENDS:dataset/poison.py:L72-98`): Bernoulli
+±eps per pixel (default), U(±eps) or N(0, eps²), eps = 8/255, NOT clamped to [0, 1] afterwards (the official clamp is
 dead code after a `return`: we follow the code that runs).
 
 Batching: both official loss terms are means over a batch of 128, so each example's gradient carries a factor
@@ -84,7 +84,8 @@ class Friends(Defense):
               "noise_eps 8 (/255)", minimum=0),
         Param("noise_batch", int, 0, "Rows per friendly-noise generation pass, a multiple of 128; 0: auto (memory "
               "only: every example gets the official batch-128 update whatever the pass size).",
-              "ours; reference/defenses.md §2.5 batching note", minimum=0),
+              "ours; the official generator's losses are batch means (FRIENDS:friendly_noise.py:L55-70), so each "
+              "row's update is the batch-128 one only if every row gets it in a batch of 128", minimum=0),
     )
 
     def __init__(self, family: str, recipe: Recipe, threat=None, **params: Any):

@@ -1,4 +1,5 @@
-"""HINT: Healthy Influential-Noise based Training (paper Algorithms 1-3; reference/defenses.md §1).
+"""HINT: Healthy Influential-Noise based Training (paper Algorithms 1-3; official code: HINT:train_utils.py,
+influence_functions.py, hessian_functions.py, dataset.py).
 
 Algorithm 1 on the engine's hooks: the model trains normally (pre-training) until the first scheduled epoch;
 there, `on_epoch_start` selects D_s, the ⌈r·n⌉ training examples of largest |I_up,loss| (Algorithm 2, once),

@@ -2,7 +2,8 @@
 
 Everything here treats the model as `head(features(x))` with `head` an `nn.Linear` and restricts the influence
 parameters θ to the head (W, b), as the HINT paper (§IV-B: "only the top layers") and its official code do.
-Notation (reference/performance.md §2.2, §3.1):
+Notation (docs/metrics.md, "HINT"; the closed forms are those of TracIn's appendix F and of Koh & Liang's
+explicit top-layer Hessian):
 
 - `h̃ = [φ(x); 1]` (features with a 1 appended, so the bias is column `d` of `S`), `p = softmax(W φ + b)`,
   `r = p − onehot(y)`. The per-example head gradient of the cross-entropy is `r ⊗ h̃` (C × (d+1)); it is
@@ -36,7 +37,7 @@ from ..engine.chunking import chunk_rows
 from ..engine.kernels import inference_copy
 
 SOLVERS = ("exact", "cg", "lissa")
-DEFAULT_DAMPING = 0.5  # λ: official LiSSA damp 0.01 × scale 50 (reference/defenses.md §1.3)
+DEFAULT_DAMPING = 0.5  # λ: official LiSSA damp 0.01 × scale 50 (HINT:hessian_functions.py:L192-210)
 LISSA_DAMP, LISSA_SCALE, LISSA_STEPS, LISSA_BATCH = 0.01, 50.0, 980, 50  # official defaults (HINT args)
 
 
@@ -64,7 +65,7 @@ def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 0,
 
 def with_bias_column(phi: torch.Tensor) -> torch.Tensor:
     """`h̃ = [φ; 1]` per row: the penultimate features with a column of ones, so that the head's bias is one more
-    weight column and its per-example gradients are `r ⊗ h̃` (reference/defenses.md §1.7)."""
+    weight column and its per-example gradients are `r ⊗ h̃` (docs/metrics.md, "HINT")."""
     return torch.cat([phi, phi.new_ones(len(phi), 1)], 1)
 
 

@@ -1,18 +1,18 @@
-"""Deep k-NN (filter paper §4.2, Algorithm 1; ../shared/reference/defenses.md §4.1-4.2, §4.4): keep a train row
+"""Deep k-NN (filter paper §4.2, Algorithm 1; DeepKNN:dataLoader.py:L14-113): keep a train row
 iff its label is in the mode of the labels of its k nearest neighbours in feature space (Euclidean), i.e. its own
 label's count equals the largest count (a tie keeps it: "l ∈ mode").
 
-Self-vote (`--knn-self`, default on): the official code (reference §4.1 step 3) fits scikit-learn's
-`KNeighborsClassifier(algorithm="brute")` and predicts on the same points, so each point is its own nearest
-neighbour and votes: here the point itself plus its k − 1 nearest others. `--no-knn-self` excludes it (Geiping's
-re-implementation, reference §4.2): its k nearest others. Deviations from both: a plurality tie keeps the row
-(Algorithm 1; scikit-learn's vote gives a tie to the smallest label, Geiping keeps iff same-label ≥ other-label
-votes); an exact tie in distance goes to whichever row `topk` picks.
+Self-vote (`--knn-self`, default on): the official code (DeepKNN:dataLoader.py:L74-95) fits scikit-learn's
+`KNeighborsClassifier(algorithm="brute")` and predicts on the same points, so each point is its own nearest neighbour
+and votes: here the point itself plus its k − 1 nearest others. `--no-knn-self` excludes it (Geiping's
+re-implementation, JonasGeiping/data-poisoning forest/filtering_defenses.py `_DeepKNN`): its k nearest others.
+Deviations from both: a plurality tie keeps the row (Algorithm 1; scikit-learn's vote gives a tie to the smallest label,
+Geiping keeps iff same-label ≥ other-label votes); an exact tie in distance goes to whichever row `topk` picks.
 
 k defaults to 2·budget + 1 (paper §4.2: "if there are p poisons, then by setting k = 2p + 1"); it is clamped at run
 time to the rows available (n, or n − 1 without the self-vote) and the k used is recorded.
 
-Implementation (reference §4.4): blocks of query rows against all rows with `torch.cdist` + `topk`, never an N×N
+Implementation (ours, for memory): blocks of query rows against all rows with `torch.cdist` + `topk`, never an N×N
 matrix (block × N distances within `DISTANCE_BLOCK_FLOATS`), and one vectorised vote per block (`scatter_add_` of
 the neighbours' labels into per-class counts).
 """
@@ -84,11 +84,11 @@ class DeepKnn(Filter):
         Param("k", int, None,
               "Neighbours that vote, k. When not given: 2·budget + 1 with a targeted attack's budget (its number "
               "of poisons); required where the budget is unknown (clean and untargeted runs).",
-              'filter paper §4.2 "k = 2p + 1"; official K=101 (reference/defenses.md §4.1)', minimum=1),
+              'filter paper §4.2 "k = 2p + 1"; official K=101 (DeepKNN:trainPoison.py:L156)', minimum=1),
         Param("knn_self", bool, True,
               "Each row votes for itself as its own nearest neighbour (official Peri code: fit and predict on the "
               "same points); --no-knn-self excludes it (Geiping's re-implementation).",
-              "reference/defenses.md §4.1 step 3 (DeepKNN:dataLoader.py:L74-95), §4.2"),
+              "DeepKNN:dataLoader.py:L74-95; Geiping's forest/filtering_defenses.py `_DeepKNN`"),
         FEATURES_PARAM,
     )
 

@@ -1,4 +1,5 @@
-"""L2 centroid filter (filter paper §4.3.1; ../shared/reference/defenses.md §4.3, no official code): per class l
+"""L2 centroid filter (filter paper §4.3.1; no official code, issue
+neeharperi/DeepKNNDefense#2): per class l
 of size s_l, the centroid c_l = (1/s_l)·Σ φ(x) of its penultimate features; remove the ⌈ε·s_l⌉ rows of the class
 farthest (L2) from c_l.
 

@@ -1,4 +1,4 @@
-"""One-class SVM filter (filter paper §4.3.3; ../shared/reference/defenses.md §4.3 and §6, issue
+"""One-class SVM filter (filter paper §4.3.3; issue
 neeharperi/DeepKNNDefense#2: the baselines were scikit-learn, the code lost): per class, scikit-learn's
 `OneClassSVM(kernel="rbf", nu=ν, gamma="scale")` fitted on that class's penultimate features; the rows it predicts
 as outliers (−1) are removed. ν = 0.01 ("calibrated to use a value ν = 0.01"); gamma = scikit-learn's default.

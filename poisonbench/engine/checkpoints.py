@@ -1,12 +1,12 @@
 """Epoch checkpoints: a killed `defend` resumes from its last saved epoch and ends with the same numbers.
 
-A run's record is written only when it finishes (design.md §6), so without checkpoints a run killed after 50 of
-its 55 minutes (a preempted cluster job, a closed laptop) starts again from zero. The engine therefore saves, at
-the end of an epoch and at most every `every` seconds, everything the remaining epochs depend on: model
-parameters and buffers (BatchNorm statistics), optimizer state, the epoch counter of the learning-rate schedule,
-the seeded generator that draws batch orders and augmentation, the history and stage costs so far, and the
-defense's own state (`Defense.state`). Resuming restores all of it, so on the same device, torch version and
-compile mode the resumed run gives bit-identical numbers (tests/test_checkpoints.py).
+A run's record is written only when it finishes (docs/engine.md, "Run records and resume"), so without checkpoints a run
+killed after 50 of its 55 minutes (a preempted cluster job, a closed laptop) starts again from zero. The engine
+therefore saves, at the end of an epoch and at most every `every` seconds, everything the remaining epochs depend on:
+model parameters and buffers (BatchNorm statistics), optimizer state, the epoch counter of the learning-rate schedule,
+the seeded generator that draws batch orders and augmentation, the history and stage costs so far, and the defense's own
+state (`Defense.state`). Resuming restores all of it, so on the same device, torch version and compile mode the resumed
+run gives bit-identical numbers (tests/test_checkpoints.py).
 
 One file per run, `<results>/partial/runs/<run_id>.safetensors`: tensors in safetensors (never pickle), the rest
 as JSON in the file's metadata; written atomically; removed once the record exists. A checkpoint written under

@@ -1,5 +1,5 @@
-"""The pre-trained models a targeted experiment shares (design.md §4): the from-scratch surrogate an attack crafts
-against, and the transfer scenario's feature extractor.
+"""The pre-trained models a targeted experiment shares (docs/engine.md, "Targeted scenarios"): the from-scratch
+surrogate an attack crafts against, and the transfer scenario's feature extractor.
 
 Transfer learning follows paper §VI-A2: the train split is cut once, stratified by class, into a pre-training part
 (90 %) and a transfer set (10 %, 4,900 images on CIFAR-10). The extractor is trained on the clean pre-training part

@@ -2,8 +2,8 @@
 (the Witches' Brew code's `ConservativeStrategy`), the default of the targeted runs on the MNIST family.
 
 Every field can be overridden (`resolve_recipe(..., overrides)`), and the resolved recipe is part of a run's
-identity; a targeted attack trains the model it crafts against with the victim's resolved recipe (design.md §4).
-Sources of each default are listed in docs/fidelity.md.
+identity; a targeted attack trains the model it crafts against with the victim's resolved recipe (docs/engine.md,
+"Targeted scenarios"). Sources of each default are listed in docs/fidelity.md.
 """
 
 from __future__ import annotations

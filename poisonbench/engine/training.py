@@ -1,5 +1,5 @@
-"""The one training engine (design.md §1, §8). Every defense plugs in through hooks; nothing here knows any
-specific defense.
+"""The one training engine (docs/engine.md, "The training engine"). Every defense plugs in through hooks; nothing here
+knows any specific defense.
 
 Fast by construction: the train set lives on the device as one float tensor; batches are slices of a seeded
 index permutation; augmentation is whole-batch tensor ops; the model may be `torch.compile`d with static

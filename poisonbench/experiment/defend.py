@@ -60,7 +60,7 @@ class ResolvedTrial:
 
 def run_config(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | None = None,
                scenario: Scenario | None = None) -> dict:
-    """The run's identity: `run_id` is the hash of this dict (docs/engine.md "Run records")."""
+    """The run's identity: `run_id` is the hash of this dict (docs/engine.md, "Run records and resume")."""
     return resolve_trial(spec, data, trial, plan, scenario).config
 
 

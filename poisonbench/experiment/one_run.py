@@ -1,5 +1,5 @@
 """One run of `defend`: apply the scenario's poisons, build the model, train with the defense, assemble the record
-(design.md §6; fields defined in docs/metrics.md)."""
+(docs/engine.md, "Run records and resume"; fields defined in docs/metrics.md)."""
 
 from __future__ import annotations
 

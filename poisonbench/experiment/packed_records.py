@@ -9,7 +9,9 @@ object (sorted keys, no spaces, ASCII):
     {"kind":"poison_manifest","manifest":{...}}    M lines, one per PoisonSet manifest, by poison id
 
 Packing the same records twice gives the same bytes. Unpacking writes each record as `RunStore` does (and each
-manifest as the PoisonSet store does), so a workspace written by poisonbench comes back byte for byte.
+manifest as the PoisonSet store does), so a workspace written by poisonbench comes back byte for byte. With a grid
+(`records pack --grid GRID`), only the records of that sweep grid's runs are packed, with the manifests of the
+PoisonSets they trained on: one experiment's records out of a workspace that holds several.
 """
 
 from __future__ import annotations
@@ -58,30 +60,66 @@ class Contents:
     records: list[dict] = field(default_factory=list)
     manifests: list[dict] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    grid: dict | None = None  # with a grid: {"name", "runs" (its run count), "missing" (its run ids without record)}
 
 
-def collect(directory: str | Path) -> Contents:
-    """The run records of `directory/runs/` that a report reads (`RunStore.all()`: a record whose run id is not its
-    file name or its config's hash, of another schema, incomplete or untrustworthy is skipped, with why) and the
-    PoisonSet manifests of `directory/poisons/*/manifest.json` whose poison id is their directory's and their
-    crafting inputs' hash (`poisons.spec_of`)."""
-    from ..poisons.store import MANIFEST_FILE, spec_of
+@dataclass
+class GridSelection:
+    """The runs of a sweep grid, as `poisonbench sweep plan` resolves them (the same run ids;
+    `sweeps.plan.grid_selection`)."""
+    name: str
+    run_ids: list[str]
 
+
+def poison_ids_of(record: dict) -> set[str]:
+    """The PoisonSets a run trained on, as its config names them: the untargeted mix's `poison_ids` (one per
+    attack), or the one `poison_id` of a targeted or `--poison-set` run; none for a clean run."""
+    poison = (record.get("config") or {}).get("poison")
+    if not isinstance(poison, dict):
+        return set()
+    ids = set(poison["poison_ids"].values()) if isinstance(poison.get("poison_ids"), dict) else set()
+    return ids | ({poison["poison_id"]} if isinstance(poison.get("poison_id"), str) else set())
+
+
+def check_workspace(directory: str | Path) -> Path:
+    """`pack`'s DIR: a directory holding runs/ or poisons/."""
     root = Path(directory)
     if not root.is_dir():
         raise PoisonbenchError(f"{str(root)!r} is not a directory; pass a results workspace (a directory holding "
                                "runs/)")
+    if not (root / "runs").is_dir() and not (root / "poisons").is_dir():
+        raise PoisonbenchError(f"{str(root)!r} holds neither runs/ nor poisons/: not a results workspace")
+    return root
+
+
+def collect(directory: str | Path, grid: GridSelection | None = None) -> Contents:
+    """The run records of `directory/runs/` that a report reads (`RunStore.all()`: a record whose run id is not its
+    file name or its config's hash, of another schema, incomplete or untrustworthy is skipped, with why) and the
+    PoisonSet manifests of `directory/poisons/*/manifest.json` whose poison id is their directory's and their
+    crafting inputs' hash (`poisons.spec_of`). With `grid`, only the records of its runs, and only the manifests of
+    the PoisonSets those records trained on (`poison_ids_of`)."""
+    from ..poisons.store import MANIFEST_FILE, spec_of
+
+    root = check_workspace(directory)
     store = RunStore(root)
     poisons = root / "poisons"
-    if not store.runs.is_dir() and not poisons.is_dir():
-        raise PoisonbenchError(f"{str(root)!r} holds neither runs/ nor poisons/: not a results workspace")
     out = Contents()
     if store.runs.is_dir():
         out.records = sorted(store.all(), key=_file_name)
         out.skipped += store.skipped
+    used = None
+    if grid is not None:
+        wanted = set(grid.run_ids)
+        out.records = [r for r in out.records if r["run_id"] in wanted]
+        found = {r["run_id"] for r in out.records}
+        out.grid = {"name": grid.name, "runs": len(grid.run_ids),
+                    "missing": [rid for rid in grid.run_ids if rid not in found]}
+        used = set().union(*map(poison_ids_of, out.records))
     if poisons.is_dir():
         for entry in sorted(poisons.iterdir()):
             if entry.name.startswith(".") or not (entry / MANIFEST_FILE).is_file():  # a writer's temporary directory
+                continue
+            if used is not None and entry.name not in used:  # a PoisonSet no packed run trained on
                 continue
             try:
                 out.manifests.append(spec_of(root, entry.name)[1])
@@ -105,11 +143,14 @@ def check_output(out: str | Path, force: bool) -> Path:
     return path
 
 
-def pack(directory: str | Path, out: str | Path, force: bool = False) -> dict:
-    """Write the records and manifests of `directory` (`collect`) to `out` atomically; returns a summary: counts,
-    bytes and the files skipped (each with why)."""
+def pack(directory: str | Path, out: str | Path, force: bool = False, grid: GridSelection | None = None) -> dict:
+    """Write the records and manifests of `directory` (`collect`; with `grid`, only that sweep grid's runs and
+    their PoisonSets: `sweeps.plan.grid_selection` resolves it) to `out` atomically; returns a summary: counts,
+    bytes, the files skipped (each with why) and, with a grid, its name, run count and the run ids it has no record
+    of."""
     path = check_output(out, force)
-    contents = collect(directory)
+    check_workspace(directory)
+    contents = collect(directory, grid)
     header = {"kind": "header", "format": FORMAT, "version": VERSION, "runs": len(contents.records),
               "poison_manifests": len(contents.manifests)}
     lines = [_line(header)]
@@ -122,7 +163,7 @@ def pack(directory: str | Path, out: str | Path, force: bool = False) -> dict:
         atomic_write_bytes(path, data)
     return {"out": str(path), "runs": len(contents.records), "poison_manifests": len(contents.manifests),
             "skipped": [{"file": str(p), "why": why} for p, why in contents.skipped],
-            "bytes": len(data), "uncompressed_bytes": len(raw)}
+            "bytes": len(data), "uncompressed_bytes": len(raw), **({"grid": contents.grid} if contents.grid else {})}
 
 
 # ----------------------------------------------------------------------------------------------- read

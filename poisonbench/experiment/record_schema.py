@@ -1,7 +1,7 @@
-"""Whether a run record can be trusted (design.md §6): the fields the report reads have the types and ranges a run
-writes. A record that fails is never averaged: `RunStore.all()` skips it and the report names the file and the
-first field at fault (a NaN or null accuracy would leave n = 3 over a mean of 2, an accuracy of 5.0 would average
-in as 500 %, a string would break the arithmetic, an epoch count "30" would split a configuration in two)."""
+"""Whether a run record can be trusted (docs/metrics.md, "Run records"): the fields the report reads have the types and
+ranges a run writes. A record that fails is never averaged: `RunStore.all()` skips it and the report names the file and
+the first field at fault (a NaN or null accuracy would leave n = 3 over a mean of 2, an accuracy of 5.0 would average in
+as 500 %, a string would break the arithmetic, an epoch count "30" would split a configuration in two)."""
 
 from __future__ import annotations
 

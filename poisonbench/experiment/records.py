@@ -1,4 +1,5 @@
-"""Run records (design.md §6): one schema-versioned JSON file per run, written atomically.
+"""Run records (docs/engine.md, "Run records and resume"; fields: docs/metrics.md): one schema-versioned JSON file per
+run, written atomically.
 
 `run_id` is the short hash of the run's canonical config, so the same run always lands in the same file,
 and an existing record means the run is done.

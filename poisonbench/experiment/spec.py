@@ -43,7 +43,7 @@ class DefendSpec:
     budget: float | None = None  # targeted: fraction of the train split poisoned (None: the attack's, 1 %)
     target: int | None = None  # targeted: the target test image (None: drawn per trial from the seed)
     intended: int | None = None  # targeted: the class it should be taken for (None: drawn per trial)
-    setup: str | None = None  # targeted: a setup file (../shared/poison_setups/ schema); trial t takes setup i + t
+    setup: str | None = None  # targeted: a setup file (the benchmark's setup schema); trial t takes setup i + t
     setup_index: int = 0
     method: str = "none"
     method_params: dict[str, Any] = field(default_factory=dict)

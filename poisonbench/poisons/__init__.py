@@ -1,4 +1,5 @@
-"""PoisonSets (design.md §2), the store `<results>/poisons/<poison_id>/{delta.safetensors, manifest.json}`.
+"""PoisonSets (docs/engine.md, "PoisonSets, surrogates and caching"), the store
+`<results>/poisons/<poison_id>/{delta.safetensors, manifest.json}`.
 
 `poison_id` is the short hash of the canonical crafting inputs (attack, every resolved parameter, ε, budget,
 seed, dataset name + fingerprint, surrogate id), so it is known before crafting, the same inputs are a cache

@@ -1,4 +1,4 @@
-"""Sweeps (design.md §7): grids of `defend` runs, planned into steps and executed locally or on SLURM."""
+"""Sweeps (docs/sweeps.md): grids of `defend` runs, planned into steps and executed locally or on SLURM."""
 
 from .grid import Grid, Run, builtin_grids, load_grid
 from .plan import Execution, Plan, Step, make_plan

@@ -1,5 +1,5 @@
 """Executing a sweep's steps: local worker processes, one step from a job array (`--task-id`), or a SLURM job array
-through submitit (design.md §7).
+through submitit (docs/sweeps.md).
 
 Every step runs as `poisonbench defend ...` in its own process, so a step is exactly the command `sweep plan
 --print-commands` prints, and the guarantees are `defend`'s own: a run is claimed (flock) before it trains, so two

@@ -1,4 +1,4 @@
-"""Sweep grids (design.md §7): a TOML file that lists the `defend` runs of an experiment as products of option
+"""Sweep grids (docs/sweeps.md): a TOML file that lists the `defend` runs of an experiment as products of option
 values.
 
     description = "what the grid is for"

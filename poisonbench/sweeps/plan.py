@@ -14,12 +14,14 @@ every step, done or not): `sweep run --task-id I` runs step I, as an `sbatch --a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..core.errors import PoisonbenchError
 from ..core.io import try_exclusive
+from ..experiment.packed_records import GridSelection
 from ..experiment.records import RunStore
-from .grid import Grid, Run, option_names, to_argv
+from .grid import Grid, Run, load_grid, option_names, to_argv
 
 
 @dataclass(frozen=True)
@@ -213,3 +215,11 @@ def run_label(run: Run) -> str:
     parts += [f"{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
               for k, v in run.options if k not in own]
     return " · ".join(parts) + f" · trial {run.trial}"
+
+
+def grid_selection(grid: str, directory: str | Path, data_dir: str | None = None) -> GridSelection:
+    """The run ids of `grid`'s runs (a builtin grid's name or a TOML file), resolved by the sweep planner against
+    the workspace `directory` (`make_plan`: the grid's datasets are loaded, from `data_dir` where given, because a
+    run id hashes the data's fingerprint; nothing is written)."""
+    plan = make_plan(load_grid(grid), Execution(results=str(directory), data_dir=data_dir))
+    return GridSelection(plan.grid.name, [step.key for step in plan.runs])

@@ -1,5 +1,5 @@
 r"""A sweep on a SLURM cluster: a job array submitted through submitit, or an `sbatch --array` script that runs
-`poisonbench sweep run GRID --task-id $SLURM_ARRAY_TASK_ID` (design.md §7).
+`poisonbench sweep run GRID --task-id $SLURM_ARRAY_TASK_ID` (docs/sweeps.md).
 
 Each array task runs one step in a `poisonbench defend` process. On pre-emption or at the time limit SLURM sends
 SIGTERM: `defend` saves its epoch checkpoint and exits, and the requeued task resumes from it (submitit requeues a

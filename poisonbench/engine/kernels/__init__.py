@@ -1,4 +1,4 @@
-"""The CPU kernels, behind one entry point and one switch (design.md: "the CPU kernels in a corner of their own").
+"""The CPU kernels, behind one entry point and one switch (docs/engine.md, "CPU kernels (accel)").
 
 Each kernel computes what a plain PyTorch module computes (the same function of the input and the parameters;
 float rounding differs) in a way that is faster on this CPU:

@@ -1,4 +1,5 @@
-"""The scenario interface (design.md §4): what `defend` trains, on which rows, with which model, measured how.
+"""The scenario interface (docs/engine.md, "Scenarios"): what `defend` trains, on which rows, with which model, measured
+how.
 
 A scenario is a class in the `SCENARIOS` registry. For one trial it gives
 

@@ -1,4 +1,5 @@
-"""The poison-set scenario: `defend --poison-set ID` trains on exactly one existing PoisonSet (design.md §4)."""
+"""The poison-set scenario: `defend --poison-set ID` trains on exactly one existing PoisonSet (docs/engine.md,
+"Scenarios")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The targeted scenarios of Table III (design.md §4, paper §VI-A2): `scratch` (GM, MP) and `transfer` (BP, FC).
+"""The targeted scenarios of Table III (docs/engine.md, "Targeted scenarios"; paper §VI-A2): `scratch` (GM, MP) and
+`transfer` (BP, FC).
 
 Per trial t (seed s = base seed + t) the plan names a target test image, its class, an intended class and the
 poisons' base rows (poisonbench.attacks.targets: drawn from s, fixed by `--target I --intended C`, or setup `i + t` of a

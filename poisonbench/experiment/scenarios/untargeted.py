@@ -1,4 +1,4 @@
-"""The clean and untargeted scenarios (design.md §4). `plan_untargeted` is the paper's Table II mix.
+"""The clean and untargeted scenarios (docs/engine.md, "Scenarios"). `plan_untargeted` is the paper's Table II mix.
 
 ⌊ρ·n⌋ train rows are poisoned, split equally among the attacks (the remainder goes to the first ones), on
 disjoint rows drawn from a seed derived from the trial seed (not the seed itself: see `derived_seed`). Each attack

@@ -1,5 +1,6 @@
 """Targeted poisons made by other toolkits, in and out: `poisons import --format forest|toxic|npz` and `poisons
-export --poison-set ID --format forest|toxic|npz` (reference/attacks.md §1.2, §1.3, §10.2, §12).
+export --poison-set ID --format forest|toxic|npz` (the formats and their sources: docs/commands.md, "Targeted poisons
+made elsewhere").
 
 - **forest** (Witches' Brew's `forest`, with which the paper crafted GM, BP and FC, §1.1): stock `--save packed`
   writes `torch.save([poison_delta, poison_ids])` (`GM:forest/data/kettle.py` `export_poison`); HINT read a patched

@@ -195,7 +195,7 @@ def toxic_paths(paths: list[Path]) -> dict[str, Path]:
 
 
 def read_toxic(paths: list[Path], data) -> Foreign:
-    """The benchmark's three pickles (reference §10.2), PIL images decoded as data (numpy arrays accepted too)."""
+    """The benchmark's three pickles (PB:how_to.md), PIL images decoded as data (numpy arrays accepted too)."""
     files = toxic_paths(paths)
     label = repr(str(paths[0])) if len(paths) == 1 else repr(str(files["poisons.pickle"]))
     objs = {name: load_pickle(p, repr(str(p))) for name, p in files.items()}

@@ -1,4 +1,5 @@
-"""HINT's untargeted poison file, in and out (reference/attacks.md §1.1–§1.2).
+"""HINT's untargeted poison file, in and out (HINT's README names the file; its format:
+HINT:train_utils.py `load_mnist_untargeted`, dataset.py `update_poison_data_ver1`).
 
 HINT's MNIST driver trains on one file per mix, e.g. `mnist_eps_0.3_mixed_poison_clean_23600_pgd_8850_p1_8850_p5_
 8850_DC_8850.pt`: `torch.save({'poisoned_images': float N×H×W (or N×C×H×W) in [0, 1], 'poison_targets': int N})`,

@@ -1,7 +1,7 @@
-"""Pickles read as data only (reference/attacks.md §10.2): `ArraysOnlyUnpickler` admits numpy's array machinery,
-torch tensors (their storage read back with `torch.load(weights_only=True)`) and PIL images decoded as data (a
-stand-in keeps only mode, size and bytes); any other global a pickle asks for (`posix.system`, `builtins.eval`, a
-class) is refused before it is called, in one line naming it."""
+"""Pickles read as data only (the benchmark's submission, PB:how_to.md, and forest's): `ArraysOnlyUnpickler` admits
+numpy's array machinery, torch tensors (their storage read back with `torch.load(weights_only=True)`) and PIL images
+decoded as data (a stand-in keeps only mode, size and bytes); any other global a pickle asks for (`posix.system`,
+`builtins.eval`, a class) is refused before it is called, in one line naming it."""
 
 from __future__ import annotations
 
