@@ -1,7 +1,7 @@
 """Per targeted cell (method, attack, implementation, restarts, ε, budget, recipe): runs, poisons and clean rows
 removed, attack success and test accuracy, from a workspace's records or a packed records file (the runs of
 experiments/grids/filters-fc.toml and table3-defenses.toml, and any other targeted run there).
-    python experiments/filters_summary.py RESULTS      e.g. experiments/records/fashion-5k-targeted.jsonl.gz"""
+    python experiments/filters_summary.py RESULTS      e.g. experiments/records/fashion-5k-targeted.jsonl.xz"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Table II on mnist-5k with all five columns on one craft of the PoisonSets (session 40; baselines_cpu.md, "Table II
-# on mnist-5k"). records/mnist-5k.jsonl.gz pairs the baselines (craft pgd ec958732…, dap 46cae753…) with `none` and
-# HINT runs of session 11, whose records name no craft; records/mnist-5k-one-craft.jsonl.gz holds `none` and HINT at
+# on mnist-5k"). records/mnist-5k.jsonl.xz pairs the baselines (craft pgd ec958732…, dap 46cae753…) with `none` and
+# HINT runs of session 11, whose records name no craft; records/mnist-5k-one-craft.jsonl.xz holds `none` and HINT at
 # ρ > 0 re-run on the baselines' craft, with the same run ids. This unpacks both into one workspace, the one-craft
 # runs replacing session 11's runs of the same ids, and prints the table.
 #   experiments/mnist5k_one_craft.sh [workspace]     (default: a new temporary directory; it must hold no runs)
@@ -14,7 +14,7 @@ here=$(dirname "$0")
 ws=${1:-$(mktemp -d)}
 one_craft=$(mktemp -d)
 trap 'rm -rf "$one_craft"' EXIT
-poisonbench records unpack "$here/records/mnist-5k.jsonl.gz" "$ws"
-poisonbench records unpack "$here/records/mnist-5k-one-craft.jsonl.gz" "$one_craft"
+poisonbench records unpack "$here/records/mnist-5k.jsonl.xz" "$ws"
+poisonbench records unpack "$here/records/mnist-5k-one-craft.jsonl.xz" "$one_craft"
 cp "$one_craft"/runs/*.json "$ws/runs/"  # the one-craft runs replace session 11's runs of the same ids
 poisonbench report --results "$ws" --table 2 --dataset mnist-5k --recipe paper --paired --ci --paper

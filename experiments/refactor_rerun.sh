@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 29 (the refactor): re-run configurations already in experiments/records/mnist-5k.jsonl.gz and compare.
+# Issue 29 (the refactor): re-run configurations already in experiments/records/mnist-5k.jsonl.xz and compare.
 # Trial 0 of none and HINT at ρ = 0 and ρ = 1 (quick recipe; ρ = 0 also with the paper recipe), with --accel auto,
 # then the quick ones with --accel off. The off workspace starts from a copy of the auto one's PoisonSets and
 # surrogate, so the two differ only in how the victims train. Results: experiments/refactor_rerun.md.

@@ -1,7 +1,7 @@
 """Print mean ± sample std of test accuracy per configuration in a results workspace or a packed records file
 (`poisonbench records pack`), a compact view for notes.
 
-    python experiments/summarize.py [results]          e.g. experiments/records/mnist-5k.jsonl.gz
+    python experiments/summarize.py [results]          e.g. experiments/records/mnist-5k.jsonl.xz
 """
 
 import json

@@ -212,7 +212,7 @@ def _opts():
 
 def test_default_poison_ids_never_change():
     """The mix's default PoisonSets on mnist-5k keep the ids the committed records name
-    (experiments/records/mnist-5k.jsonl.gz): a new attack option must not re-key them, or every record on the mix
+    (experiments/records/mnist-5k.jsonl.xz): a new attack option must not re-key them, or every record on the mix
     would silently become another PoisonSet generation (this happened once, with `generator`). Changed
     deliberately once since: issue 54 gave the shared surrogate an attacker seed (poisonbench.core.seeds), which
     re-keyed PGD and DAP (before: ffd52a734466426e, 22bfd50320b30825)."""

@@ -162,7 +162,7 @@ def test_unpack_refuses_a_bad_line_and_writes_nothing(cli, tmp_path, lines, need
 def test_unpack_refuses_a_file_that_is_not_gzip_or_is_cut_short(cli, packed, tmp_path):
     (tmp_path / "plain.jsonl.gz").write_text(json.dumps(header(0)) + "\n")
     code, _, err = cli("records", "unpack", tmp_path / "plain.jsonl.gz", tmp_path / "u")
-    one_line_error(code, err, "plain.jsonl.gz", "not a gzip file")
+    one_line_error(code, err, "plain.jsonl.gz", "neither gzip nor xz")
     (tmp_path / "cut.jsonl.gz").write_bytes(packed.read_bytes()[:-200])
     code, _, err = cli("records", "unpack", tmp_path / "cut.jsonl.gz", tmp_path / "u")
     one_line_error(code, err, "cut.jsonl.gz", "cut short")
@@ -195,6 +195,25 @@ def test_report_from_a_packed_file_is_the_report_from_its_directory(cli, workspa
     code, from_pack, err = cli("report", *args, "--results", packed)
     assert code == 0, err
     assert from_pack == from_dir
+
+
+def test_an_xz_pack_holds_the_same_lines_in_half_the_bytes_and_reads_the_same(cli, workspace, packed, tmp_path):
+    """`.jsonl.xz`: the same JSON lines as the gzip file, xz-compressed (smaller, reproducible); unpacked and reported
+    exactly as the gzip file is."""
+    import lzma
+
+    code, out, err = cli("records", "pack", workspace, tmp_path / "r.jsonl.xz", "--json")
+    assert code == 0, err
+    xz = tmp_path / "r.jsonl.xz"
+    assert xz.read_bytes()[:6] == b"\xfd7zXZ\x00" and len(xz.read_bytes()) < len(packed.read_bytes())
+    assert lzma.decompress(xz.read_bytes()) == gzip.decompress(packed.read_bytes())
+    assert cli("records", "pack", workspace, tmp_path / "again.jsonl.xz")[0] == 0
+    assert (tmp_path / "again.jsonl.xz").read_bytes() == xz.read_bytes()
+    assert cli("records", "unpack", xz, tmp_path / "back")[0] == 0
+    assert sorted(p.relative_to(tmp_path / "back").as_posix() for p in (tmp_path / "back").rglob("*.json")) == sorted(
+        p.relative_to(workspace).as_posix() for p in workspace.rglob("*.json"))
+    assert cli("report", "--table", "2", "--format", "csv", "--results", xz)[1] == cli(
+        "report", "--table", "2", "--format", "csv", "--results", packed)[1]
 
 
 def test_missing_from_a_packed_file_prints_the_same_commands_without_a_workspace(cli, workspace, packed):

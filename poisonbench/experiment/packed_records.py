@@ -1,8 +1,9 @@
 """Packed run records: a workspace's run records and PoisonSet manifests in one shareable file (`poisonbench records
 pack | unpack`), which `poisonbench report --results FILE.jsonl.gz` reads as it reads the workspace.
 
-The format (version 1; docs/commands.md): gzip (mtime 0, no file name in its header) of JSON lines, each one compact
-object (sorted keys, no spaces, ASCII):
+The format (version 1; docs/commands.md): JSON lines, each one compact object (sorted keys, no spaces, ASCII),
+compressed by the file's suffix: `.jsonl.gz` gzip (mtime 0, no file name in its header), `.jsonl.xz` xz (about half
+the size; what `experiments/` keeps). A reader tells them by their first bytes.
 
     {"format":"poisonbench-records","kind":"header","poison_manifests":M,"runs":N,"version":1}   the first line
     {"kind":"run","record":{...}}                  N lines, one per run record, by run id (their file names' order)
@@ -19,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import lzma
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -32,12 +34,21 @@ from .records import RecordReader, RunStore, file_stem
 FORMAT = "poisonbench-records"
 VERSION = 1
 SUFFIX = ".jsonl.gz"
+SUFFIXES = (SUFFIX, ".jsonl.xz")  # gzip, xz
+XZ_MAGIC = b"\xfd7zXZ\x00"
 KINDS = ("header", "run", "poison_manifest")
 PAYLOAD = {"run": "record", "poison_manifest": "manifest"}  # a body line's kind → the key of its object
 
 
 def _line(obj: dict) -> bytes:
     return (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def compressed(data: bytes, path: Path) -> bytes:
+    """`data` compressed as `path`'s suffix says, reproducibly (the same input, the same bytes)."""
+    if str(path).endswith(".xz"):
+        return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
+    return gzip_bytes(data)
 
 
 def gzip_bytes(data: bytes) -> bytes:
@@ -129,10 +140,12 @@ def collect(directory: str | Path, grid: GridSelection | None = None) -> Content
 
 
 def check_output(out: str | Path, force: bool) -> Path:
-    """`pack`'s OUT: a name ending in .jsonl.gz, not a directory, not an existing file unless `force`."""
+    """`pack`'s OUT: a name ending in .jsonl.gz or .jsonl.xz, not a directory, not an existing file unless
+    `force`."""
     path = Path(out)
-    if not str(out).endswith(SUFFIX) or path.name == SUFFIX:
-        raise PoisonbenchError(f"OUT {str(out)!r} must be a file name ending in {SUFFIX} (e.g. records{SUFFIX})")
+    if not str(out).endswith(SUFFIXES) or path.name in SUFFIXES:
+        raise PoisonbenchError(f"OUT {str(out)!r} must be a file name ending in {' or '.join(SUFFIXES)} (e.g. "
+                               f"records{SUFFIX})")
     if path.is_dir():
         raise PoisonbenchError(f"OUT {str(out)!r} is a directory; pass a file name ending in {SUFFIX}")
     if path.exists() and not force:
@@ -158,7 +171,7 @@ def pack(directory: str | Path, out: str | Path, force: bool = False, grid: Grid
     lines += [_line({"kind": "poison_manifest", "manifest": m})
               for m in sorted(contents.manifests, key=lambda m: m["poison_id"])]
     raw = b"".join(lines)
-    data = gzip_bytes(raw)
+    data = compressed(raw, path)
     with os_error_in_one_line("packed records", path):
         atomic_write_bytes(path, data)
     return {"out": str(path), "runs": len(contents.records), "poison_manifests": len(contents.manifests),
@@ -177,23 +190,26 @@ class Pack:
 
 
 def _lines(path: Path):
-    """(line number, bytes) of the gzip file `path`; a file that is not gzip, or is cut short, fails in one line."""
+    """(line number, bytes) of the gzip or xz file `path`; a file that is neither, or is cut short, fails in one
+    line."""
     if not path.exists():
         raise PoisonbenchError(f"no packed records file {str(path)!r} (make one with `poisonbench records pack`)")
     if path.is_dir():
         raise PoisonbenchError(f"{str(path)!r} is a directory, not a packed records file ({SUFFIX})")
     number = 0
     try:
-        with gzip.open(path, "rb") as f:
+        with path.open("rb") as raw:
+            xz = raw.read(len(XZ_MAGIC)) == XZ_MAGIC
+        with (lzma.open if xz else gzip.open)(path, "rb") as f:
             for number, line in enumerate(f, 1):
                 yield number, line
     except EOFError:
-        raise PoisonbenchError(f"{str(path)!r} is cut short after line {number} (the gzip stream ends early): "
-                               "pack it again") from None
-    except (OSError, zlib.error) as e:
+        raise PoisonbenchError(f"{str(path)!r} is cut short after line {number} (the compressed stream ends "
+                               "early): pack it again") from None
+    except (OSError, zlib.error, lzma.LZMAError) as e:
         if isinstance(e, OSError) and e.strerror:  # permission denied, ...
             raise PoisonbenchError(f"cannot read {str(path)!r}: {e.strerror}") from None
-        what = "not a gzip file" if number == 0 else f"damaged after line {number} ({e})"
+        what = "neither gzip nor xz" if number == 0 else f"damaged after line {number} ({e})"
         raise PoisonbenchError(f"{str(path)!r} is not a packed records file: {what}") from None
 
 
@@ -313,9 +329,9 @@ class PackedRunStore(RecordReader):
 
 def is_packed(results: str | None) -> bool:
     """Whether `--results` (else $POISONBENCH_RESULTS) names a packed file: an existing file, or a name ending in
-    .jsonl.gz."""
+    .jsonl.gz or .jsonl.xz."""
     name = results or os.environ.get("POISONBENCH_RESULTS")
-    return bool(name and name.strip()) and (Path(name).is_file() or str(name).endswith(SUFFIX))
+    return bool(name and name.strip()) and (Path(name).is_file() or str(name).endswith(SUFFIXES))
 
 
 def open_store(results: str | None) -> RunStore | PackedRunStore:
