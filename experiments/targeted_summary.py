@@ -4,7 +4,7 @@ and experiments/targeted_forest.md.
 
     python experiments/targeted_summary.py RESULTS [--format md|json]
 
-RESULTS is a workspace directory or a packed file (`poisonbench records pack`, *.jsonl.gz).
+RESULTS is a workspace directory or a packed file (`poisonbench records pack`, *.jsonl.gz or *.jsonl.xz).
 """
 
 from __future__ import annotations
