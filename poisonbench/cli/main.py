@@ -30,7 +30,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     app.command("defend", help=defend_cmd.HELP)(defend_cmd.command())
-    app.command("report", help=report_cmd.HELP)(report_cmd.report)
+    app.add_typer(report_cmd.group(), name="report", help=report_cmd.HELP)
     app.add_typer(data_cmd.app, name="data", help=data_cmd.HELP)
     app.command("craft", help=craft_cmd.HELP)(craft_cmd.command())
     app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)

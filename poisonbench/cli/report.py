@@ -1,10 +1,13 @@
-"""`poisonbench report`: aggregate run records. One command, four modes, each its own function below:
-`show_plain` (a per-configuration summary, no --table / --figure), `show_table` (the paper's Tables II–V,
-`--table N`), `show_missing` (what is missing to complete a table, `--table N --missing`) and `draw_figures`
-(Figures 1–4 and accuracy vs ρ, `--figure N`). `report` checks the options and picks the mode."""
+"""`poisonbench report`: aggregate run records. A command group: `report` alone prints a per-configuration summary
+(`show_plain`), `report table N` the paper's Tables II–V (`show_table`), `report missing N` the `defend` commands a
+table still lacks (`show_missing`) and `report figure N` Figures 1–4 and accuracy vs ρ (`draw_figures`). Each
+subcommand takes the options that apply to it. The older flag form (`report --table N [--missing]`, `report
+--figure N`) is the group's callback: its options are the old ones (the mode flags hidden from `--help`) and it runs
+the same code. Every form ends in `report`, which checks the options (`check_arguments`) and picks the mode."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -18,13 +21,15 @@ from ..data import DEFAULT_DATASET, record_name
 from ..experiment.packed_records import SUFFIX, is_packed, open_store
 from ..experiment.records import RecordReader
 from ..report import aggregate as lib
-from . import options
 from .progress import stdout_console
 
-HELP = ("Aggregate the run records: test accuracy mean ± sample std over trials per configuration, or the "
-        "paper's Tables II–V (--table N, --paper, --diff, --missing) and Figures 1–4 and rho (--figure N --out DIR). "
+HELP = ("Aggregate the run records. Alone: test accuracy mean ± sample std over trials per configuration. "
+        "`report table N`: the paper's Tables II–V; `report missing N`: the `poisonbench defend` commands that would "
+        "complete table N; `report figure N`: Figures 1–4 and rho as PNGs. "
         "A record file that cannot be trusted is skipped and named on stderr, with why (exit status still 0). "
-        "--results may name a packed file (`poisonbench records pack`) instead of a workspace.")
+        "--results may name a packed file (`poisonbench records pack`) instead of a workspace. "
+        "The older flag form still works, with the same output: `report --table N [--missing]`, "
+        "`report --figure N`, with the options of the subcommand.")
 
 Results = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS", show_default=False,
                        help=f"Results workspace (default ./results), or a packed records file (FILE{SUFFIX}, made "
@@ -144,50 +149,15 @@ def check_modes(table: str | None, figure: str | None, fmt: str, missing: bool, 
         raise PoisonbenchError(f"{given[0]} applies to --table or --figure only; the plain report has no such view")
 
 
-def report(
-    table: str = typer.Option(None, "--table", help="Paper table to rebuild: 2 | 3 | 4 | 5 (II–V)."),
-    figure: str = typer.Option(None, "--figure", help="Paper figure to draw: 1 | 2 | 3 | 4 | rho (accuracy vs ρ)."),
-    out: str = typer.Option(None, "--out", help="Directory for --figure PNGs (default <results>/figures)."),
-    dataset: str = typer.Option(None, "--dataset", help="Only records of this dataset."),
-    method: str = typer.Option(None, "--method", help="Only records of these methods (comma-separated)."),
-    recipe: str = typer.Option(None, "--recipe", help="Only records of this recipe (paper | quick | forest)."),
-    model: str = typer.Option(None, "--model", help="Only records of this model."),
-    epochs: int = typer.Option(None, "--epochs", help="Only records trained for this many epochs."),
-    attacks: str = typer.Option(None, "--attacks",
-                                help="Untargeted runs of this attack mix only (as given to `defend --attacks`); "
-                                     "`any` pools every mix. Default: the paper's four (pgd,dap,durp,deepconfuse) "
-                                     "for --table / --figure; every mix for the plain report."),
-    poisons: str = typer.Option(None, "--poisons", metavar="ATTACK=ID,...",
-                                help="Untargeted runs trained on these PoisonSets (as given to `defend --poisons`); "
-                                     "`any`: runs on any choice (of each mix, only the newest PoisonSet generation "
-                                     "is shown). Default: the mix's default PoisonSets for --table / --figure; "
-                                     "every choice for the plain report."),
-    trials: int = typer.Option(5, "--trials", help="Trials a cell should have; other counts are marked (n=k)."),
-    fmt: str = typer.Option("rich", "--format", help="rich | md | latex | csv | json."),
-    paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours, in its whole "
-                               "layout (every ρ row and method, empty where no run)."),
-    diff: bool = typer.Option(False, "--diff", help="Add ours − paper (percentage points; Table V: × none)."),
-    ci: bool = typer.Option(False, "--ci", help="Add 95% t-intervals of the mean."),
-    paired: bool = typer.Option(False, "--paired",
-                                help="Table II: add each defense minus W/o Defense per trial (same seed and "
-                                     "poisons), mean ± std in points."),
-    wilson: bool = typer.Option(None, "--wilson/--no-wilson",
-                                help="Table III: each k/n with its 95% Wilson interval (the default; --no-wilson: "
-                                     "k/n alone)."),
-    missing: bool = typer.Option(False, "--missing",
-                                 help="Print one `poisonbench defend` command per configuration the table lacks."),
-    per_trial: bool = typer.Option(False, "--per-trial",
-                                   help="With --missing: one command per missing trial (`--trial T`), so a "
-                                        "scheduler can run one job per line."),
-    rho: float = typer.Option(None, "--rho", help="Table II: only this ρ; Tables IV/V: runs at this ρ (default "
-                                                  "0.6); Fig. 2: this ρ (default: the ρ with the most "
-                                                  "methods, then the largest)."),
-    trial: int = typer.Option(None, "--trial", help="Fig. 2: the trial to show (default the first)."),
-    run: str = typer.Option(None, "--run", help="Fig. 1: draw this HINT run (record id) instead of the one at "
-                                                "the highest ρ."),
-    data_dir: str = options.DataDir,
-    results: str = Results,
-) -> None:
+def report(table: str | None = None, figure: str | None = None, out: str | None = None, dataset: str | None = None,
+           method: str | None = None, recipe: str | None = None, model: str | None = None, epochs: int | None = None,
+           attacks: str | None = None, poisons: str | None = None, trials: int = 5, fmt: str = "rich",
+           paper: bool = False, diff: bool = False, ci: bool = False, paired: bool = False,
+           wilson: bool | None = None, missing: bool = False, per_trial: bool = False, rho: float | None = None,
+           trial: int | None = None, run: str | None = None, data_dir: str | None = None,
+           results: str | None = None) -> None:
+    """Every form of `report` (flags or subcommand) ends here, with the options in the flag form's terms: the mode is
+    `table` (with `missing`), `figure`, or neither (the plain summary)."""
     from ..report import tables
 
     if out is not None and Path(out).exists() and not Path(out).is_dir():
@@ -333,3 +303,242 @@ def describe(filters: dict) -> str:
     given = [f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in filters.items()
              if v and not (k == "mix" and v == PAPER_MIX)]
     return ", ".join(given) or "no filters"
+
+
+# --- the command line: the group (its callback is the flag form) and the subcommands -------------------------------
+
+CHECK_ONLY = "check-only"  # ctx.obj of `check_report_args`: parse and check, read no record
+
+
+def _option(default, *flags: str, help: str, hidden: bool = False, **kwargs):
+    return typer.Option(default, *flags, help=help, hidden=hidden, show_default=default not in (None, False),
+                        **kwargs)
+
+
+# the filters: every form takes them
+Dataset = _option(None, "--dataset", help="Only records of this dataset (a name, or the path of an .npz).")
+Method = _option(None, "--method", help="Only records of these methods (comma-separated).")
+Recipe = _option(None, "--recipe", help="Only records of this recipe (paper | quick | forest).")
+Model = _option(None, "--model", help="Only records of this model.")
+Epochs = _option(None, "--epochs", help="Only records trained for this many epochs.")
+ATTACKS_HELP = ("Untargeted runs of this attack mix only (as given to `defend --attacks`); `any` pools every mix. "
+                "Default: {}.")
+POISONS_HELP = ("Untargeted runs trained on these PoisonSets (as given to `defend --poisons`); `any`: runs on any "
+                "choice (of each mix, only the newest PoisonSet generation is shown). Default: {}.")
+PAPER_MIX_TEXT = "the paper's four (pgd,dap,durp,deepconfuse)"
+Attacks = _option(None, "--attacks", help=ATTACKS_HELP.format(PAPER_MIX_TEXT))
+Poisons = _option(None, "--poisons", metavar="ATTACK=ID,...", help=POISONS_HELP.format("the mix's default PoisonSets"))
+Format = _option("rich", "--format", help="rich | md | latex | csv | json.")
+# Tables
+# N is checked by `report` (as `--table N` is), so that a missing one is refused with the choices, like a bad one
+TableNumber = typer.Argument(None, metavar="N", show_default=False, help="The table: 2 | 3 | 4 | 5 (or II–V).")
+TableTrials = _option(5, "--trials", help="Trials a cell should have; other counts are marked (n=k).")
+Paper = _option(False, "--paper", help="Add the paper's published numbers beside ours, in its whole layout (every ρ "
+                                       "row and method, empty where no run).")
+Diff = _option(False, "--diff", help="Add ours − paper (percentage points; Table V: × none).")
+Ci = _option(False, "--ci", help="Add 95% t-intervals of the mean.")
+Paired = _option(False, "--paired", help="Table II: add each defense minus W/o Defense per trial (same seed and "
+                                         "poisons), mean ± std in points.")
+Wilson = typer.Option(None, "--wilson/--no-wilson", show_default=False,
+                      help="Table III: each k/n with its 95% Wilson interval (the default; --no-wilson: k/n alone).")
+TableRho = _option(None, "--rho", help="Table II: only this ρ; Tables IV/V: runs at this ρ (default 0.6).")
+# missing
+MissingTrials = _option(5, "--trials", help="Trials each configuration should have: one with fewer gets a command "
+                                            "(it runs trials 0..N-1 and skips the done ones).")
+PerTrial = _option(False, "--per-trial", help="One command per missing trial (`--trial T`), so a scheduler can run one "
+                                              "job per line.")
+MissingRho = _option(None, "--rho", help="Table II: only the row of this ρ; Tables IV/V: the runs at this ρ (default "
+                                         "0.6).")
+MissingDataDir = _option(None, "--data-dir", help="Passed on to every command (`defend --data-dir`): where the "
+                                                  "dataset files are.")
+MissingResults = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS", show_default=False,
+                              help="Results workspace (default ./results), passed on to every command; or a packed "
+                                   f"records file (FILE{SUFFIX}), read as is (the commands then name no --results). "
+                                   "Env: POISONBENCH_RESULTS.")
+# figures
+FigureNumber = typer.Argument(None, metavar="N", show_default=False,
+                              help="The figure: 1 | 2 | 3 | 4 | rho (test accuracy vs ρ).")
+Out = _option(None, "--out", help="Directory for the PNGs (default <results>/figures; needed with a packed --results "
+                                  "file).")
+FigurePaper = _option(False, "--paper", help="Figure rho: add the paper's numbers as dashed curves.")
+FigureRho = _option(None, "--rho", help="Figure 2: this ρ (default: the ρ with the most methods, then the largest).")
+Trial = _option(None, "--trial", help="Figure 2: the trial to show (default the first).")
+Run = _option(None, "--run", help="Figure 1: draw this HINT run (record id) instead of the one at the highest ρ.")
+FigureDataDir = _option(None, "--data-dir", help="Directory holding the dataset files (the test images the figures "
+                                                 "show; a grey placeholder where they cannot be loaded).")
+
+
+def needs_number(kind: str, number: str | None) -> str:
+    """The subcommand's N; none given is refused with the choices (a bad one, later, by `report`'s own checks)."""
+    if number is None:
+        from ..report.figures import FIGURES
+        from ..report.tables import TABLES
+
+        choices = FIGURES if kind == "figure" else TABLES
+        raise PoisonbenchError(f"`report {kind}` needs N; valid choices: {', '.join(choices)}")
+    return number
+
+
+def _dispatch(ctx: typer.Context, **given) -> None:
+    """Run the report, or (a sweep grid's `report = [...]` at plan time) only check its options; the options a form
+    does not take keep `report`'s defaults."""
+    kwargs = {name: p.default for name, p in inspect.signature(report).parameters.items()} | given
+    if ctx.obj == CHECK_ONLY:
+        check_arguments(**kwargs)
+    else:
+        report(**kwargs)
+
+
+def flag_form(
+    ctx: typer.Context,
+    dataset: str = Dataset,
+    method: str = Method,
+    recipe: str = Recipe,
+    model: str = Model,
+    epochs: int = Epochs,
+    attacks: str = _option(None, "--attacks", help=ATTACKS_HELP.format("every mix")),
+    poisons: str = _option(None, "--poisons", metavar="ATTACK=ID,...", help=POISONS_HELP.format("every choice")),
+    fmt: str = Format,
+    results: str = Results,
+    # the flag form of the subcommands: hidden from --help (the subcommands document them), working as before
+    table: str = _option(None, "--table", hidden=True, help="Paper table to rebuild: 2 | 3 | 4 | 5 (II–V)."),
+    figure: str = _option(None, "--figure", hidden=True,
+                          help="Paper figure to draw: 1 | 2 | 3 | 4 | rho (accuracy vs ρ)."),
+    missing: bool = _option(False, "--missing", hidden=True,
+                            help="Print one `poisonbench defend` command per configuration the table lacks."),
+    out: str = _option(None, "--out", hidden=True, help="Directory for --figure PNGs (default <results>/figures)."),
+    trials: int = _option(5, "--trials", hidden=True, help="Trials a cell should have; other counts are marked (n=k)."),
+    paper: bool = _option(False, "--paper", hidden=True, help="Add the paper's published numbers beside ours."),
+    diff: bool = _option(False, "--diff", hidden=True, help="Add ours − paper (percentage points; Table V: × none)."),
+    ci: bool = _option(False, "--ci", hidden=True, help="Add 95% t-intervals of the mean."),
+    paired: bool = _option(False, "--paired", hidden=True, help="Table II: add each defense minus W/o Defense."),
+    wilson: bool = typer.Option(None, "--wilson/--no-wilson", hidden=True, show_default=False,
+                                help="Table III: each k/n with its 95% Wilson interval (the default)."),
+    per_trial: bool = _option(False, "--per-trial", hidden=True,
+                              help="With --missing: one command per missing trial (`--trial T`)."),
+    rho: float = _option(None, "--rho", hidden=True, help="Table II: only this ρ; Tables IV/V: runs at this ρ "
+                                                          "(default 0.6); Fig. 2: this ρ."),
+    trial: int = _option(None, "--trial", hidden=True, help="Fig. 2: the trial to show (default the first)."),
+    run: str = _option(None, "--run", hidden=True, help="Fig. 1: draw this HINT run (record id)."),
+    data_dir: str = _option(None, "--data-dir", hidden=True,
+                            help="Directory holding the dataset files (--missing, --figure)."),
+) -> None:
+    """The group's callback: `report` alone (the plain summary) or the flag form; before a subcommand, nothing (its
+    options go after the subcommand's name)."""
+    if ctx.invoked_subcommand is not None:
+        given = [p.opts[0] for p in ctx.command.params
+                 if getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]
+        if given:
+            raise PoisonbenchError(f"{given[0]} goes after the subcommand: `report {ctx.invoked_subcommand} N "
+                                   f"{given[0]} ...`")
+        return
+    _dispatch(ctx, table=table, figure=figure, out=out, dataset=dataset, method=method, recipe=recipe, model=model,
+              epochs=epochs, attacks=attacks, poisons=poisons, trials=trials, fmt=fmt, paper=paper, diff=diff, ci=ci,
+              paired=paired, wilson=wilson, missing=missing, per_trial=per_trial, rho=rho, trial=trial, run=run,
+              data_dir=data_dir, results=results)
+
+
+def table_command(
+    ctx: typer.Context,
+    number: str = TableNumber,
+    dataset: str = Dataset,
+    method: str = Method,
+    recipe: str = Recipe,
+    model: str = Model,
+    epochs: int = Epochs,
+    attacks: str = Attacks,
+    poisons: str = Poisons,
+    trials: int = TableTrials,
+    fmt: str = Format,
+    paper: bool = Paper,
+    diff: bool = Diff,
+    ci: bool = Ci,
+    paired: bool = Paired,
+    wilson: bool = Wilson,
+    rho: float = TableRho,
+    results: str = Results,
+) -> None:
+    _dispatch(ctx, table=needs_number("table", number), dataset=dataset, method=method, recipe=recipe, model=model,
+              epochs=epochs, attacks=attacks, poisons=poisons, trials=trials, fmt=fmt, paper=paper, diff=diff, ci=ci,
+              paired=paired, wilson=wilson, rho=rho, results=results)
+
+
+def missing_command(
+    ctx: typer.Context,
+    number: str = TableNumber,
+    dataset: str = Dataset,
+    method: str = Method,
+    recipe: str = Recipe,
+    model: str = Model,
+    epochs: int = Epochs,
+    attacks: str = Attacks,
+    poisons: str = Poisons,
+    trials: int = MissingTrials,
+    per_trial: bool = PerTrial,
+    rho: float = MissingRho,
+    data_dir: str = MissingDataDir,
+    results: str = MissingResults,
+) -> None:
+    _dispatch(ctx, table=needs_number("missing", number), missing=True, dataset=dataset, method=method,
+              recipe=recipe, model=model, epochs=epochs, attacks=attacks, poisons=poisons, trials=trials,
+              per_trial=per_trial, rho=rho, data_dir=data_dir, results=results)
+
+
+def figure_command(
+    ctx: typer.Context,
+    number: str = FigureNumber,
+    out: str = Out,
+    dataset: str = Dataset,
+    method: str = Method,
+    recipe: str = Recipe,
+    model: str = Model,
+    epochs: int = Epochs,
+    attacks: str = Attacks,
+    poisons: str = Poisons,
+    paper: bool = FigurePaper,
+    rho: float = FigureRho,
+    trial: int = Trial,
+    run: str = Run,
+    data_dir: str = FigureDataDir,
+    results: str = Results,
+) -> None:
+    _dispatch(ctx, figure=needs_number("figure", number), out=out, dataset=dataset, method=method, recipe=recipe,
+              model=model, epochs=epochs, attacks=attacks, poisons=poisons, paper=paper, rho=rho, trial=trial, run=run,
+              data_dir=data_dir, results=results)
+
+
+def group() -> typer.Typer:
+    """The `report` command group, built anew for every caller (the app, `sweep run`'s closing report, a grid's
+    check)."""
+    app = typer.Typer(name="report", help=HELP, add_completion=False, no_args_is_help=False,
+                      pretty_exceptions_enable=False)
+    app.callback(invoke_without_command=True)(flag_form)
+    app.command("table", help="The paper's Table II, III, IV or V from the run records (Table II: test accuracy "
+                              "against the untargeted mix at each ρ; III: attack success and accuracy against the "
+                              "targeted attacks; IV: HINT's sensitivity to r and β; V: execution time).")(table_command)
+    app.command("missing", help="One `poisonbench defend` command per configuration table N still lacks (Tables II, "
+                                "IV, V; Table III names the sweep that lists its runs), on stdout.")(missing_command)
+    app.command("figure", help="The paper's Figure 1, 2, 3 or 4, or test accuracy vs ρ (rho), as PNGs; their paths "
+                               "on stdout.")(figure_command)
+    return app
+
+
+def check_report_args(args: list[str]) -> None:
+    """Parse `args` as `poisonbench report`'s (either form) and make every check `report` makes before it reads a
+    record; raises click's usage errors and PoisonbenchError. Reads nothing."""
+    import typer.main
+
+    typer.main.get_command(group()).main(list(args), prog_name="poisonbench report", standalone_mode=False,
+                                         obj=CHECK_ONLY)
+
+
+def run_report(args: list[str]) -> None:
+    """`poisonbench report ARGS` without the app (cli.main): `sweep run`'s closing report."""
+    import typer.main
+
+    typer.main.get_command(group()).main(list(args), prog_name="poisonbench report", standalone_mode=False)
+
+
+def takes_data_dir(args: list[str]) -> bool:
+    """Whether the report `args` name a mode that reads --data-dir (all but `report table N`)."""
+    return not args or args[0] != "table"

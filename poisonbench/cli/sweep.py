@@ -295,18 +295,15 @@ def _wait_jobs(jobs) -> None:
 def _report(plan, show: bool) -> None:
     if not show or not plan.grid.report:
         return
-    import typer.main
 
     from . import report as report_cmd
 
     args = [*plan.grid.report, "--results", str(plan.execution.results or "results")]
     if plan.execution.results is None:
         args = args[:-2]
-    if plan.execution.data_dir:
+    if plan.execution.data_dir and report_cmd.takes_data_dir(plan.grid.report):
         args += ["--data-dir", str(plan.execution.data_dir)]
-    single = typer.Typer(add_completion=False)  # `report` alone: this module need not import the app (cli.main)
-    single.command("report")(report_cmd.report)
-    typer.main.get_command(single).main(args, prog_name="poisonbench report", standalone_mode=False)
+    report_cmd.run_report(args)  # `report` alone: this module need not import the app (cli.main)
 
 
 @app.command("status", help="Done / wanted per cell of a grid, failures, and the device-hours spent and still "

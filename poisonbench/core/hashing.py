@@ -59,7 +59,7 @@ REPORT_ONLY = frozenset({"report/", "cli/report.py", "experiment/packed_records.
 
 
 def can_change_runs(name: str) -> bool:
-    """Whether the package module `name` (a path relative to the package, e.g. `tables/build.py`) counts for
+    """Whether the package module `name` (a path relative to the package, e.g. `report/tables/builders.py`) counts for
     `code_fingerprint`: every module but the report-only ones."""
     return name not in REPORT_ONLY and not any(name.startswith(p) for p in REPORT_ONLY if p.endswith("/"))
 

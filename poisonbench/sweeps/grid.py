@@ -150,25 +150,18 @@ def check_report_args(args: list[str], where: str) -> None:
     after every run has trained, so a `--table 9` found then would waste the sweep's last step."""
     if not args:
         return
-    import typer
-    import typer.main
-
     from ..cli import report as report_cmd
 
     if any(a == "--results" or a.startswith("--results=") for a in args):
         raise PoisonbenchError(f"{where}: report gives no --results (the sweep's own is used)")
-    app = typer.Typer(add_completion=False)
-    app.command("report")(report_cmd.report)
     try:
-        ctx = typer.main.get_command(app).make_context("report", list(args))
+        report_cmd.check_report_args(args)
+    except PoisonbenchError as exc:
+        raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc}") from None
     except Exception as exc:  # click's usage errors
         if hasattr(exc, "format_message"):
             raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc.format_message()}") from None
         raise
-    try:
-        report_cmd.check_arguments(**ctx.params)
-    except PoisonbenchError as exc:
-        raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc}") from None
 
 
 def check_block(block: dict, names: dict[str, Any], where: str) -> dict[str, Any]:

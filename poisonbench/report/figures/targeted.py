@@ -9,7 +9,7 @@ import pandas as pd
 
 from .. import tables
 from ..paper import ATTACK_LABEL
-from ..tables.table3 import newest_poison_kinds, of_kinds
+from ..tables.builders import newest_poison_kinds, of_kinds
 from .panels import BLACK, MAX_COLUMNS, RED, by_run_id, class_name, plt, reduced_suffix, save, show, slug, test_image
 
 TARGETED_FIGURE = {"3": "mp", "4": "bp"}

@@ -6,18 +6,18 @@ than asked (`--trials`); `–` an empty cell. A table is a list of blocks (one p
 recipe), each a grid of `Cell`s; `render` turns it into rich / md / latex / csv / json, and `missing_commands`
 lists the `poisonbench defend` runs that would complete it.
 
-Modules: `rows` (run records flattened into one frame: the one reader of a record's fields, also behind the
-plain report and the figures), `selection` (which runs a cell shows), `settings` (one block per dataset · model ·
-recipe), `parameters` (which parameter set of a method a table shows), `constants` (grids, captions), `stats`
-(cell statistics), `labels`, `cells` (the table model), `table2` … `table5` (the builders), `build`, `render`,
-`missing`.
+Modules, in pipeline order: `layout` (table numbers, grids, captions, labels and the table model: `Options`,
+`Cell`, `Block`, `Table`), `stats` (cell statistics: mean ± std, t-interval, Wilson), `records` (run records
+flattened into one frame, the one reader of a record's fields, also behind the plain report and the figures; which
+runs a cell shows; the settings; which parameter set a table shows), `builders` (the cell formatting the tables
+share, Tables II–V, `build`), `render` (rich / md / latex / csv / json) and `missing` (the `defend` commands that
+would complete a table).
 """
 
 from __future__ import annotations
 
-from .build import build, check_table
-from .cells import Block, Cell, Options, Table, acc_cell
-from .constants import (
+from .builders import acc_cell, build, check_table, table2
+from .layout import (
     ATTACKS,
     BETA_GRID,
     FORMATS,
@@ -29,16 +29,32 @@ from .constants import (
     ROMAN,
     TABLES,
     TOL,
+    Block,
+    Cell,
+    Options,
+    Table,
+    method_label,
+    rho_text,
 )
-from .labels import method_label, rho_text
-from .missing import assert_records, available_methods, missing_commands, recipe_flags
-from .parameters import primary
+from .missing import available_methods, missing_commands, recipe_flags
+from .records import (
+    Setting,
+    apply_filters,
+    assert_records,
+    cell_records,
+    craft_notes,
+    frame,
+    in_setting,
+    methods_of,
+    poison_sets_text,
+    primary,
+    record_row,
+    settings,
+    superseded_runs,
+    untargeted,
+)
 from .render import render, render_latex, render_rich
-from .rows import frame, poison_sets_text, record_row
-from .selection import apply_filters, cell_records, craft_notes, methods_of, superseded_runs, untargeted
-from .settings import Setting, in_setting, settings
 from .stats import close, stat, wilson
-from .table2 import table2
 
 __all__ = [
     "ATTACKS",

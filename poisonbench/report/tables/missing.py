@@ -1,4 +1,5 @@
-"""`report --missing`: the `poisonbench defend` commands that would complete a table."""
+"""`report missing N` (`report --table N --missing`): the `poisonbench defend` commands that would complete a
+table."""
 
 from __future__ import annotations
 
@@ -8,16 +9,21 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ...core.errors import PoisonbenchError
 from .. import paper
-from .build import check_table
-from .cells import Options
-from .constants import BETA_GRID, HINT_PAPER, PAPER_METHODS, PAPER_MIX, R_GRID, RHOS, SENSITIVITY_RHO
-from .labels import rho_text
-from .parameters import primary
-from .rows import frame
-from .selection import apply_filters, cell_records, methods_of, untargeted
-from .settings import Setting, guess_family, in_setting, settings
+from .builders import check_table
+from .layout import BETA_GRID, HINT_PAPER, PAPER_METHODS, PAPER_MIX, R_GRID, RHOS, SENSITIVITY_RHO, Options, rho_text
+from .records import (
+    Setting,
+    apply_filters,
+    cell_records,
+    frame,
+    guess_family,
+    in_setting,
+    methods_of,
+    primary,
+    settings,
+    untargeted,
+)
 from .stats import close
 
 
@@ -218,16 +224,3 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
         else:
             commands.append(need.command(opts.trials, base_seed, need_mix, **where))
     return list(dict.fromkeys(commands)), list(dict.fromkeys(notes))
-
-
-def assert_records(records: list[dict], runs, skipped: int = 0) -> None:
-    """Refuse (exit 2) a report without a single record to show; `runs`: where the records were read (a
-    workspace's runs/ or a packed file); `skipped`: the record files `RunStore.all()` skipped (named on stderr
-    before this error)."""
-    if records:
-        return
-    if skipped:
-        raise PoisonbenchError(f"no usable run records under {runs}: all {skipped} record file(s) there "
-                               "were skipped (each is named above, with why)")
-    raise PoisonbenchError(f"no run records found under {runs}; run `poisonbench defend` first "
-                           "or pass --results DIR")

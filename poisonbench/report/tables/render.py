@@ -1,4 +1,4 @@
-"""Renders a Table as rich, Markdown, LaTeX, CSV or JSON."""
+"""Renders a Table (`layout.Table`) as rich, Markdown, LaTeX, CSV or JSON."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 import pandas as pd
 
 from ...core.errors import unknown_choice
-from .cells import Table
-from .constants import FORMATS, ROMAN
+from .layout import FORMATS, ROMAN, Table
 
 LATEX = {"±": r"$\pm$", "–": "--", "ρ": r"$\rho$", "β": r"$\beta$", "Δ": r"$\Delta$", "×": r"$\times$",
          "·": r"$\cdot$", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",

@@ -1,4 +1,5 @@
-"""Cell statistics: mean ± sample std, the 95 % t-interval, Wilson intervals for success counts."""
+"""Cell statistics: mean ± sample std, the 95 % t-interval, Wilson intervals for success counts; the tolerance
+parameters are matched with and the rounding of the numbers in csv / json."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .constants import TOL
+from .layout import TOL
 
 
 @dataclass(frozen=True)

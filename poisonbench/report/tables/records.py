@@ -1,0 +1,447 @@
+"""From run records to the runs a table cell shows.
+
+`record_row` is the one place the report reads a record's fields, and `frame` the one table of runs that the
+paper's tables, the figures and the plain report select from. Then which runs a cell shows: the filters of
+`report`, one PoisonSet generation per mix, the newest run per trial and seed (docs/metrics.md, "Report and
+tables"); the settings a table has one block for (`Setting`: dataset · model · recipe, and the modes that keep runs
+apart); and which parameter set of a method a table shows (`primary`), with notes on the runs of the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ...core.errors import PoisonbenchError
+from ...core.hashing import canonical_json, short_hash
+from ...data.types import FAMILIES
+from .. import paper
+from .layout import HINT_PAPER, PAPER_METHODS, PAPER_MIX, method_label
+from .stats import close
+
+# --- run records flattened into rows --------------------------------------------------------------------------
+
+def has_default_params(method: str, params: dict, dataset: str, recipe: dict, config: dict | None = None) -> bool:
+    """Whether a run used its defense's defaults for its dataset family, recipe and threat (read from `config`),
+    apart from the parameters the tables vary (HINT's r and β). False when that cannot be decided (unknown family or
+    defense)."""
+    from ...defenses import DEFENSES
+    from ...engine.recipes import Recipe
+    from ...engine.threat import threat_of_config
+
+    family = paper.family_of(dataset)
+    try:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
+        cls, rec = DEFENSES.get(method), Recipe(**fields)
+        threat = threat_of_config(config or {})
+    except Exception:  # a record from another version: no opinion
+        return False
+    for fam in [family] if family else FAMILIES:  # an .npz dataset: either family's defaults
+        defaults = cls.defaults(fam, rec, threat)
+        if all(canonical_json(params.get(k)) == canonical_json(v) for k, v in defaults.items()
+               if k not in ("ratio", "beta")):
+            return True
+    return False
+
+
+def poison_sets_text(chosen: dict | None) -> str:
+    """`defend --poisons` as one canonical string ("deepconfuse=ID,pgd=ID"; "" for the default artifacts)."""
+    return ",".join(f"{a}={i}" for a, i in sorted((chosen or {}).items()))
+
+
+def experiment(config: dict) -> dict:
+    """`config` without what varies from trial to trial (trial, seed, the poisoned rows drawn from the seed)."""
+    out = {k: v for k, v in config.items() if k not in ("trial", "seed")}
+    if out.get("poison"):
+        out["poison"] = {k: v for k, v in out["poison"].items() if k != "indices_fingerprint"}
+    return out
+
+
+def poison_label(poison: dict) -> str:
+    """The plain report's poison column: the scenario's label, plus the PoisonSets chosen with `defend --poisons`
+    (two runs that differ only there must not look alike)."""
+    if not poison:
+        return "-"
+    label = str(poison.get("label", "-"))
+    chosen = poison.get("poison_sets")
+    return f"{label} [--poisons {poison_sets_text(chosen)}]" if chosen else label
+
+
+# what differs from trial to trial of one targeted configuration (each trial has its own target and PoisonSet);
+# the rest of a targeted run's poison description (ε, attack parameters) must match for runs to share a cell
+TARGETED_TRIAL_KEYS = {"target_index", "target_class", "intended_class", "label", "poison_id", "poison_ids",
+                       "indices_fingerprint", "counts", "base_indices", "setup", "poison_set", "poisoned",
+                       "file_sha256", "eps_measured"}
+
+
+def record_row(r: dict) -> dict:
+    """One run record as one flat row (the fields: docs/metrics.md, "Report and tables")."""
+    c = r["config"]
+    params = dict(c["defense"])
+    method = params.pop("method")
+    poison = c.get("poison") or {}
+    kind = poison.get("kind") or ("untargeted" if poison else "clean")
+    if kind in ("clean", "untargeted"):
+        rho = float(poison.get("ratio") or 0.0)
+    else:
+        rho = float(poison["ratio"]) if poison.get("ratio") is not None else math.nan
+    recipe = c["recipe"]
+    metrics, cost = r.get("metrics") or {}, r.get("cost") or {}
+    # the per-batch hooks run inside the training loop: their seconds are part of `train` and of the defense's work
+    outside = cost.get("defense_prepare", 0.0) + cost.get("defense_epoch", 0.0)
+    defense_time = outside + cost.get("defense_batch", 0.0)
+    time = cost.get("train", 0.0) + outside if "train" in cost else cost.get("seconds")
+    success = metrics.get("attack_success")
+    removal = (r.get("defense") or {}).get("removal") or {}  # a removing defense's counts (filters, EPIC)
+    return {
+        "run_id": r["run_id"], "dataset": c["dataset"], "dataset_fingerprint": c.get("dataset_fingerprint") or "",
+        "model": c["model"], "recipe": recipe["name"],
+        "epochs": recipe["epochs"], "recipe_json": canonical_json(recipe), "kind": kind,
+        "scenario": c.get("scenario"), "rho": rho,
+        "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
+        "poison_sets": poison_sets_text(poison.get("poison_sets")) if kind == "untargeted" else "",
+        "poison_ids": poison_sets_text(poison.get("poison_ids")) if kind == "untargeted" else "",
+        "poison_label": poison_label(poison) + (" [--same-init]" if c.get("same_init") else ""),
+        "attack": str(poison.get("attack", "")).lower() if kind in ("targeted", "poison-set") else "",
+        "method": method, "params_json": canonical_json(params),
+        # everything that defines the experiment except the trial (seed, poisoned rows): recipe overrides,
+        # dataset fingerprint, PoisonSet ids, ... so two configurations that display alike are never pooled
+        "configuration": short_hash(experiment(c))[:8],
+        "finished_at": str(r.get("finished_at") or ""),
+        "default_params": has_default_params(method, params, c["dataset"], recipe, c),
+        "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids"),
+                                        "rows": poison.get("row_stream")}) if kind == "untargeted"
+        else canonical_json({k: v for k, v in poison.items() if k not in TARGETED_TRIAL_KEYS}) if kind == "targeted"
+        else canonical_json({"id": poison.get("poison_id")}) if kind == "poison-set" else "",
+        # the sha256 of the PoisonSet files trained on: one set of poison ids may be crafted into other floats
+        # (another device, CPU or torch); "" where the record does not say (records before session 12)
+        "poison_tensors_json": canonical_json(r["poison_tensors"]) if kind == "untargeted"
+        and r.get("poison_tensors") else "",
+        "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
+        "beta": float(params["beta"]) if isinstance(params.get("beta"), int | float) else math.nan,
+        # "surrogate" for a victim that started from the attacker model's initialisation (`defend --same-init`):
+        # another setting, never pooled with the runs seeded apart (tables.settings)
+        "init": "surrogate" if c.get("same_init") else "",
+        # transfer runs: whose extractor the poisons were crafted on and the head's BatchNorm mode (`defend --threat`,
+        # `--head-bn`); a record from before those options was white-box with BatchNorm in eval mode
+        "threat": (c.get("threat") or "white") if c.get("scenario") == "transfer" else "",
+        "head_bn": (c.get("head_bn") or "eval") if c.get("scenario") == "transfer" else "",
+        "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),
+        "val_acc": metrics.get("val_acc"), "success": None if success is None else bool(success),
+        "time": time, "defense_time": defense_time, "seconds": cost.get("seconds"),
+        "compiled": bool(r.get("compiled")),
+        "code": str((r.get("env") or {}).get("code") or ""),
+        "npz_split": ",".join(f"{v:g}" for v in c.get("npz_split") or []),
+        "poisons_removed": removal.get("poisons_removed"), "poisons": removal.get("poisons"),
+        "clean_removed": removal.get("clean_removed"), "clean": removal.get("clean"),
+    }
+
+
+COLUMNS = list(record_row({"run_id": "", "config": {"dataset": "", "model": "", "recipe": {"name": "", "epochs": 0},
+                                                     "defense": {"method": ""}, "trial": 0, "seed": 0}}))
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    """One `record_row` per run, with every column even when there is no run."""
+    return pd.DataFrame([record_row(r) for r in records], columns=COLUMNS)
+
+
+# --- which runs a cell shows: the filters, one PoisonSet generation per mix, one run per trial and seed -------
+
+def trained_on(row, poison_sets: str) -> bool:
+    """Whether an untargeted run used the PoisonSets `poison_sets` ("attack=id,…", as `defend --poisons`) and the
+    mix's defaults for the other attacks. Naming a default PoisonSet selects the runs on it, as `defend` treats
+    such a choice as no choice."""
+    pairs = lambda text: set(filter(None, text.split(",")))  # noqa: E731
+    given = pairs(poison_sets)
+    return given <= pairs(row.poison_ids) and pairs(row.poison_sets) <= given
+
+
+def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Never pool runs trained on different PoisonSets of the same mix (e.g. after an attack's default changed):
+    per dataset / model / recipe / mix keep the newest generation of poison ids (and ε): the one of the most
+    recently finished run, i.e. the current defaults once any run has used them; a note counts the rest."""
+    keep = pd.Series(True, index=df.index)
+    notes = []
+    untargeted_rows = df[df.kind == "untargeted"]
+    by = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "mix"]
+    for (dataset, *_, mix), group in untargeted_rows.groupby(by):
+        counts = group.groupby("poisons_json").size()
+        if len(counts) < 2:
+            continue
+        newest = group.groupby("poisons_json").finished_at.max()
+        chosen = sorted(counts.index, key=lambda p: (newest[p], counts[p], p))[-1]
+        left = group[group.poisons_json != chosen]
+        keep[left.index] = False
+        ref = json.loads(chosen)
+        others = [json.loads(p) for p in left.poisons_json.unique()]
+        changed = sorted({a for o in others for a, i in (o["ids"] or {}).items() if (ref["ids"] or {}).get(a) != i})
+        if any(o["eps"] != ref["eps"] for o in others):
+            changed.append("ε")
+        if any(o.get("rows") != ref.get("rows") for o in others):
+            changed.append("the draw of the poisoned rows")
+        notes.append(f"not shown: {len(left)} {dataset} run(s) of the mix {mix} trained on other PoisonSets "
+                     f"({', '.join(changed)} differ from the {int(counts[chosen])} run(s) shown)")
+    return df[keep], notes
+
+
+def craft_notes(shown: pd.DataFrame) -> list[str]:
+    """Notes when the untargeted runs shown trained on several crafts of the same PoisonSets, or beside runs whose
+    record names no craft: the poison ids hash the crafting inputs only, and other code, another CPU kind or torch
+    may round a craft differently (the records' `poison_tensors`, written from session 12 on). The crafts are the
+    same attack, so cells pool them as they pool code versions; `--paired` pairs only runs on the same craft, and a
+    run that names none with any (`cells.paired_stat`)."""
+    notes = []
+    untargeted_rows = shown[shown.kind == "untargeted"]
+    for (dataset, mix, _), group in untargeted_rows.groupby(["dataset", "mix", "poisons_json"]):
+        named = group[group.poison_tensors_json != ""]
+        crafts = [json.loads(t) for t in named.poison_tensors_json.unique()]
+        if len(crafts) > 1:
+            differ = sorted({a for c in crafts for a in c if len({d.get(a) for d in crafts}) > 1})
+            notes.append(f"{len(named)} {dataset} run(s) shown of the mix {mix} trained on {len(crafts)} crafts of "
+                         f"the same PoisonSets: same poison ids, other tensors ({', '.join(differ)} differ; the "
+                         "records' poison_tensors), e.g. crafted by other code, on another CPU kind or torch; "
+                         "cells pool them, paired columns pair only runs on the same craft")
+        if crafts and len(named) < len(group):
+            notes.append(f"{len(group) - len(named)} {dataset} run(s) shown of the mix {mix} name no craft of their "
+                         f"PoisonSets (records before session 12), beside {len(named)} that do: they may have "
+                         "trained on another craft of the same poison ids, and paired columns pair them as if not")
+    return notes
+
+
+# what makes two runs the same configuration (one cell) apart from the trial; `trial` last
+CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "threat", "head_bn", "kind",
+                 "scenario", "rho", "mix", "attack", "method", "params_json", "poisons_json", "trial"]
+
+
+SEEDED_SCENARIOS = ("clean", "untargeted", "poison-set")  # where the seed alone decides the training
+
+
+def superseded_runs(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of `df` that repeat a more recently finished run (ties: the larger run id wins) of the same
+    configuration (`keys`, ending with "trial") in its trial id, or — for clean and untargeted runs, where the
+    seed alone decides the training (initialisation, batch order, poisoned rows) — in its seed: `--seed 0
+    --trial 1` and `--seed 1 --trial 0` are one training, which a cell must not count twice."""
+    newest_last = df.sort_values(["finished_at", "run_id"])
+    older = newest_last.duplicated(keys, keep="last")
+    seeded = newest_last.scenario.isin(SEEDED_SCENARIOS) & ~older
+    same_seed = newest_last[seeded].duplicated([*keys[:-1], "seed"], keep="last")
+    older[same_seed[same_seed].index] = True
+    return newest_last[older]
+
+
+def one_run_per_trial(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A cell averages distinct trials: of several runs of one configuration with the same trial id (e.g. made
+    with another `--seed`) or the same seed, keep the most recently finished one; a note counts the others."""
+    older = superseded_runs(df, CONFIGURATION)
+    notes = [f"not shown: {int(n)} {dataset} run(s) repeating the trial id or seed of another run of the same "
+             "configuration (e.g. another --seed); each cell keeps the newest run per trial and seed"
+             for dataset, n in older.groupby("dataset").size().items()]
+    return df.drop(older.index), notes
+
+
+def cell_records(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows the tables average, and notes on the runs left out: one PoisonSet generation, one run per trial."""
+    df, generation_notes = one_poison_generation(df)
+    df, trial_notes = one_run_per_trial(df)
+    return df, generation_notes + trial_notes
+
+
+def apply_filters(df: pd.DataFrame, dataset: str | None = None, model: str | None = None,
+                  recipe: str | None = None, epochs: int | None = None, methods: list[str] | None = None,
+                  mix: str | None = PAPER_MIX, poison_sets: str | None = ""):
+    """Keep the records of one dataset / model / recipe / epochs / methods; untargeted runs only with the attack
+    mix `mix` (comma-separated, in the order given to `defend --attacks`; "any" pools every mix) and trained on
+    the PoisonSets `poison_sets` (`poison_sets_text` of `defend --poisons`; "" the default artifacts; None or
+    "any" every choice)."""
+    if mix and mix != "any":
+        df = df[(df.kind != "untargeted") | (df.mix == mix)]
+    if poison_sets is not None and poison_sets != "any":
+        keep = [kind != "untargeted" or trained_on(row, poison_sets) for kind, row in zip(df.kind, df.itertuples(),
+                                                                                            strict=True)]
+        df = df[pd.Series(keep, index=df.index, dtype=bool)]  # a bare empty list would select columns
+    if dataset:
+        df = df[df.dataset == dataset]
+    if model:
+        df = df[df.model == model]
+    if recipe:
+        df = df[df.recipe == recipe]
+    if epochs:
+        df = df[df.epochs == epochs]
+    if methods:
+        df = df[df.method.isin(methods)]
+    return df
+
+
+def untargeted(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df.kind.isin(["clean", "untargeted"])]
+
+
+def methods_of(df: pd.DataFrame, every_paper_method: bool = True) -> list[str]:
+    """The methods in row order: the paper's, then the others alphabetically. Without `every_paper_method`, only
+    those with records (a table without --paper shows what was run; with it, the paper's whole layout)."""
+    present = set(df.method)
+    paper = [m for m in PAPER_METHODS if every_paper_method or m in present]
+    return paper + sorted(present - set(PAPER_METHODS))
+
+
+def mix_note(df: pd.DataFrame) -> str | None:
+    mixes = sorted(m for m in df.mix.unique() if m)
+    return f"warning: runs with different attack mixes are pooled: {' | '.join(mixes)}" if len(mixes) > 1 else None
+
+
+# --- settings: one block per dataset · model · recipe (and the modes that keep runs apart) --------------------
+#
+# The settings a table has one block for: dataset (name, fingerprint, split), model, resolved recipe, whether the
+# victims started from the attacker's initialisation (`defend --same-init`, a setting of its own), and the transfer
+# victims' threat model and head BatchNorm mode (`defend --threat`, `--head-bn`): transfer runs of another threat or
+# BN mode make a block of their own, and the runs of other scenarios (scratch: no such mode) join every block of
+# their dataset, model and recipe, so a Table III block holds GM from scratch beside BP and FC in one transfer mode.
+
+@dataclass(frozen=True)
+class Setting:
+    """What a table block holds fixed: dataset (name and fingerprint), model and the resolved recipe."""
+
+    dataset: str
+    model: str
+    recipe: str
+    epochs: int
+    recipe_json: str
+    fingerprint: str = ""  # config.dataset_fingerprint: two .npz files of one name, or a changed split, differ
+    npz_split: str = ""  # config.npz_split as "VAL,TEST" (`--npz-split`), "" for the default split
+    tag: str = ""  # disambiguates settings that would read alike: other recipe overrides, other data
+    init: str = ""  # "surrogate": victims started from the attacker model's initialisation (`--same-init`)
+    threat: str = ""  # transfer runs': config.threat (gray | white), "" where the block has none
+    head_bn: str = ""  # transfer runs': config.head_bn (train | eval), "" where the block has none
+
+    @property
+    def label(self) -> str:
+        same = " · victim from the surrogate's init (--same-init)" if self.init else ""
+        transfer = f" · transfer: {self.threat}-box, head BN {self.head_bn}" if self.threat else ""
+        return f"{self.dataset} · {self.model} · {self.recipe} recipe, {self.epochs} ep{self.tag}{same}{transfer}"
+
+    @property
+    def reduced(self) -> list[str]:
+        return paper.reduced_scale(self.dataset, self.recipe, self.epochs, guess_family(self))
+
+
+def settings(df: pd.DataFrame) -> list[Setting]:
+    named = ["dataset", "model", "recipe", "epochs"]
+    keys = df[[*named, "recipe_json", "dataset_fingerprint", "npz_split", "init"]].drop_duplicates(
+        [*named, "recipe_json", "dataset_fingerprint", "init"])  # the fingerprint covers the split
+    keys = keys.sort_values([*named, "recipe_json", "dataset_fingerprint", "init"])
+    recipes = keys.groupby(named).recipe_json.nunique()
+    data = keys.groupby(named).dataset_fingerprint.nunique()
+    out = []
+    for k in keys.itertuples(index=False):
+        name = (k.dataset, k.model, k.recipe, k.epochs)
+        tag = f" #{short_hash(k.recipe_json, 6)}" if recipes[name] > 1 else ""
+        tag += f" · data {k.dataset_fingerprint or 'without fingerprint'}" if data[name] > 1 else ""
+        for threat, head_bn in transfer_modes(df, k):
+            out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json,
+                               fingerprint=k.dataset_fingerprint, npz_split=k.npz_split, tag=tag, init=k.init,
+                               threat=threat, head_bn=head_bn))
+    return out
+
+
+def transfer_modes(df: pd.DataFrame, k) -> list[tuple[str, str]]:
+    """The (threat, head BN) modes of the transfer runs of one setting's key, sorted ([("", "")] for none)."""
+    if "threat" not in df:
+        return [("", "")]
+    rows = df[(df.dataset == k.dataset) & (df.dataset_fingerprint == k.dataset_fingerprint) & (df.model == k.model)
+              & (df.recipe_json == k.recipe_json) & (df.init == k.init) & (df.threat != "")]
+    return sorted(set(zip(rows.threat, rows.head_bn, strict=True))) or [("", "")]
+
+
+def in_setting(df: pd.DataFrame, s: Setting) -> pd.DataFrame:
+    keep = ((df.dataset == s.dataset) & (df.dataset_fingerprint == s.fingerprint) & (df.model == s.model)
+            & (df.recipe_json == s.recipe_json) & (df.init == s.init))
+    if "threat" in df:  # transfer runs of this block's mode, and every run without one (scratch, untargeted)
+        keep &= (df.threat == "") | ((df.threat == s.threat) & (df.head_bn == s.head_bn))
+    return df[keep]
+
+
+def guess_family(s: Setting) -> str | None:
+    family = paper.family_of(s.dataset)
+    if family or not s.recipe_json:
+        return family
+    from ...engine.recipes import RECIPES
+
+    rec = json.loads(s.recipe_json)
+    best = None
+    for fam, recipes in RECIPES.items():
+        if s.recipe in recipes:
+            diff = sum(rec.get(k) != v for k, v in recipes[s.recipe].to_dict().items() if k != "epochs")
+            if best is None or diff < best[0]:
+                best = (diff, fam)
+    return best[1] if best else None
+
+
+# --- which parameter set of a method a table shows ------------------------------------------------------------
+#
+# HINT at the paper's r and β, else the defense's defaults, else the set with the most runs; and the notes on the
+# runs of other parameter sets.
+
+def variant_text(chosen: str, other: str) -> str:
+    a, b = json.loads(chosen), json.loads(other)
+    diffs = [f"{k}={b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(diffs) or "same parameters"
+
+
+def primary(df: pd.DataFrame, method: str, fixed: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of `method` in its table setting (params matching `fixed`, e.g. HINT r = 0.5, β = 0.062; among
+    the remaining runs those at the defense's defaults, else the parameter set with the most runs) and the rows
+    left out. Preferring the defaults keeps a cell from switching to a sensitivity run that has more trials. The
+    defaults may differ from run to run where they depend on the threat (Deep k-NN's k = 2·budget + 1, one per
+    attack column of Table III), so every run at its defaults is kept, whatever their values."""
+    rows = df[df.method == method]
+    keep = rows
+    for key, value in (fixed or {}).items():
+        keep = keep[close(keep[key], value)]
+    if keep.empty:
+        return keep, rows
+    defaults = keep[keep.default_params.astype(bool)]
+    if not defaults.empty:  # every run at its defaults, which may differ by threat (a budget's k, ATDA's β)
+        return defaults, rows.drop(defaults.index)
+    counts = keep.groupby("params_json").size()
+    chosen = sorted(counts.index, key=lambda p: (-counts[p], p))[0]
+    return rows[rows.params_json == chosen], rows[rows.params_json != chosen]
+
+
+def choose_parameters(sdf: pd.DataFrame, notes: list) -> dict[str, pd.DataFrame]:
+    """Per method, the rows of its table parameter set (`primary`); a note for every run left out."""
+    chosen = {}
+    for m in sorted(set(sdf.method)):
+        chosen[m], left = primary(sdf, m, HINT_PAPER if m == "hint" else None)
+        if len(chosen[m]) and not chosen[m].default_params.any():
+            notes.append(f"{method_label(m)} is shown with parameters other than its defaults (or from a version "
+                         f"whose defaults this one cannot check): {chosen[m].params_json.iloc[0]}")
+        notes.append(left_out_note(m, chosen[m], left))
+    return chosen
+
+
+def left_out_note(method: str, chosen: pd.DataFrame, left: pd.DataFrame,
+                  see: str = "see Table IV / plain `report`") -> str | None:
+    if left.empty:
+        return None
+    ref = chosen.params_json.iloc[0] if len(chosen) else "{}"
+    variants = "; ".join(sorted(variant_text(ref, p) for p in left.params_json.unique()))
+    return f"not shown: {len(left)} run(s) of {method} with other parameters ({variants}); {see}"
+
+
+# --- a report without a single record -------------------------------------------------------------------------
+
+def assert_records(records: list[dict], runs, skipped: int = 0) -> None:
+    """Refuse (exit 2) a report without a single record to show; `runs`: where the records were read (a
+    workspace's runs/ or a packed file); `skipped`: the record files `RunStore.all()` skipped (named on stderr
+    before this error)."""
+    if records:
+        return
+    if skipped:
+        raise PoisonbenchError(f"no usable run records under {runs}: all {skipped} record file(s) there "
+                               "were skipped (each is named above, with why)")
+    raise PoisonbenchError(f"no run records found under {runs}; run `poisonbench defend` first "
+                           "or pass --results DIR")
