@@ -17,7 +17,7 @@ configs=(
   "${mix[*]} --method friends"
   "${mix[*]} --method atda"
   "${mix[*]} --method epic"
-  "${mix[*]} --method knn"
+  "${mix[*]} --method knn --k 5"
   "--attack gm ${targeted[*]} --method random"
   "--attack bp ${targeted[*]} --method l2"
   "--attack fc ${targeted[*]} --method hint --head-bn eval"
@@ -34,7 +34,7 @@ done
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-VOLATILE = {"env", "cost", "created", "started", "finished", "seconds", "resumed_from_epoch", "timestamps"}
+VOLATILE = {"env", "cost", "finished_at", "seconds", "resumed_from_epoch"}
 def clean(x):
     if isinstance(x, dict):
         return {k: clean(v) for k, v in x.items() if k not in VOLATILE and not k.endswith("_seconds")}
