@@ -205,7 +205,8 @@ def official_code(repo: str, model, data, tx, ty, ratio: float, sel_ours, ours_o
 
 
 def e2e(results: str, epochs: int | None):
-    from poisonbench.experiment.defend import DefendSpec, defend
+    from poisonbench.experiment.defend import defend
+    from poisonbench.experiment.spec import DefendSpec
 
     rows = {}
     for method in ("none", "hint"):

@@ -18,8 +18,9 @@ import torch
 
 from poisonbench import poisons
 from poisonbench.data import load_dataset
-from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.defend import defend
 from poisonbench.experiment.scenarios import CRAFT_SEED
+from poisonbench.experiment.spec import DefendSpec
 
 outer, trials, results = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 data = load_dataset("mnist-5k")

@@ -182,7 +182,7 @@ def targeted_spec(path: str, default_attack: str, **given):
     """A `DefendSpec` of a targeted run (`default_attack` unless `given` names another) on the tiny dataset at
     `path`, as cheap as it can be (1-epoch quick recipe, one iteration of one restart, 2 % budget); `given`
     overrides any field."""
-    from poisonbench.experiment.defend import DefendSpec
+    from poisonbench.experiment.spec import DefendSpec
 
     base = {"dataset": path, "recipe": "quick", "recipe_overrides": {"epochs": 1}, "attack": default_attack,
             "budget": 0.02, "attack_params": {"iterations": 1, "restarts": 1}}

@@ -11,8 +11,9 @@ import torch
 from poisonbench.attacks.base import check_seed
 from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
-from poisonbench.experiment.defend import DefendSpec, defend, run_config
+from poisonbench.experiment.defend import defend, run_config
 from poisonbench.experiment.scenarios import scenario_for
+from poisonbench.experiment.spec import DefendSpec
 from poisonbench.report import tables
 
 from .conftest import targeted_spec, write_npz

@@ -92,7 +92,8 @@ def test_nearest_bases_refuse_a_setup_files_fixed_rows(tiny):
 
 
 def test_nearest_bases_reach_the_record(tiny, tiny_path, tmp_path, one_thread):
-    from poisonbench.experiment.defend import DefendSpec, defend
+    from poisonbench.experiment.defend import defend
+    from poisonbench.experiment.spec import DefendSpec
 
     spec = DefendSpec(dataset=tiny_path, recipe="quick",
                       recipe_overrides={"epochs": 1}, attack="gm", budget=BUDGET, results=str(tmp_path),

@@ -4,8 +4,9 @@ ones it trains with (issue 56)."""
 from __future__ import annotations
 
 import poisonbench.experiment.defend as defend_module
-from poisonbench.experiment.defend import DefendSpec, defend, resolve_trial
+from poisonbench.experiment.defend import defend, resolve_trial
 from poisonbench.experiment.scenarios import scenario_for
+from poisonbench.experiment.spec import DefendSpec
 
 
 def test_each_trial_is_resolved_once_and_trains_with_what_keyed_its_record(tiny_npz, tmp_path, monkeypatch):

@@ -22,8 +22,9 @@ from poisonbench.attacks import ATTACKS
 from poisonbench.attacks import surrogate as surrogate_module
 from poisonbench.data import load_dataset
 from poisonbench.data.mnist5k import load_mnist_5k
-from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.defend import defend
 from poisonbench.experiment.scenarios import CRAFT_SEED
+from poisonbench.experiment.spec import DefendSpec
 from poisonbench.poisons import craft, craft_spec
 
 ROWS = 2000

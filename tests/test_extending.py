@@ -18,8 +18,9 @@ from poisonbench.attacks import ATTACKS
 from poisonbench.data.catalog import DATASETS
 from poisonbench.data.types import FAMILIES
 from poisonbench.defenses import DEFENSES
-from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.defend import defend
 from poisonbench.experiment.scenarios import SCENARIOS
+from poisonbench.experiment.spec import DefendSpec
 
 from .toys import registered
 

@@ -15,8 +15,9 @@ from poisonbench import poisons
 from poisonbench.attacks import ATTACKS
 from poisonbench.data import load_dataset
 from poisonbench.defenses import DEFENSES
-from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.defend import defend
 from poisonbench.experiment.scenarios import SCENARIOS
+from poisonbench.experiment.spec import DefendSpec
 
 from .toys import ToyDefense, ToyTargeted, ToyTransfer, registered
 

@@ -20,7 +20,8 @@ from poisonbench.defenses.ocsvm import ocsvm_remove
 from poisonbench.defenses.random_filter import random_remove
 from poisonbench.engine.hooks import TrainContext
 from poisonbench.engine.recipes import resolve_recipe
-from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.defend import defend
+from poisonbench.experiment.spec import DefendSpec
 
 from .conftest import write_npz
 from .toys import ToyTargeted, registered

@@ -167,7 +167,8 @@ def test_cpu_seconds_leave_out_a_paused_stretch(tiny_npz, tmp_path):
 def test_int_and_float_spellings_of_one_config_share_a_run_id(tiny_npz):
     """Python callers may write ratio=1 or lr=1e-2 as 0.01, epochs=3.0: one config, one run id, one record."""
     from poisonbench.data import load_dataset
-    from poisonbench.experiment.defend import DefendSpec, run_config
+    from poisonbench.experiment.defend import run_config
+    from poisonbench.experiment.spec import DefendSpec
 
     data = load_dataset(str(tiny_npz))
     as_ints = DefendSpec(dataset=str(tiny_npz), method="hint", method_params={"ratio": 1, "gamma": 1},

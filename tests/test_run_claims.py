@@ -13,8 +13,9 @@ import time
 import pytest
 
 from poisonbench.data import load_dataset
-from poisonbench.experiment.defend import DefendSpec, defend, run_config, run_lock
+from poisonbench.experiment.defend import defend, run_config, run_lock
 from poisonbench.experiment.records import RunStore, run_id
+from poisonbench.experiment.spec import DefendSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,8 @@ from poisonbench.attacks.targets import base_pool, draw_target, setup_target
 from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
 from poisonbench.engine.pretrained import extractor_id, transfer_split
-from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.defend import defend
+from poisonbench.experiment.spec import DefendSpec
 
 from .conftest import files_under, write_npz
 from .toys import ToyTargeted, registered

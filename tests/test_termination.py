@@ -25,8 +25,9 @@ from poisonbench.engine.checkpoints import META_KEY, Checkpoint, read_state
 from poisonbench.engine.models import build_model
 from poisonbench.engine.recipes import resolve_recipe
 from poisonbench.engine.training import train
-from poisonbench.experiment.defend import DefendSpec, defend
+from poisonbench.experiment.defend import defend
 from poisonbench.experiment.records import RunStore
+from poisonbench.experiment.spec import DefendSpec
 
 from .conftest import write_npz
 

@@ -16,8 +16,9 @@ import torch
 from poisonbench.attacks import ATTACKS
 from poisonbench.data import load_dataset
 from poisonbench.engine.pretrained import extractor_spec, load_or_train_extractor
-from poisonbench.experiment.defend import DefendSpec, defend, run_config
+from poisonbench.experiment.defend import defend, run_config
 from poisonbench.experiment.scenarios import scenario_for
+from poisonbench.experiment.spec import DefendSpec
 from poisonbench.report import tables
 
 from .conftest import targeted_spec, write_npz

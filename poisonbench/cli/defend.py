@@ -14,11 +14,11 @@ from ..data import parse_npz_split
 from ..defenses import DEFENSES
 from ..engine.checkpoints import CHECKPOINT_EVERY
 from ..engine.recipes import resolve_recipe
-from ..experiment.defend import DefendSpec
 from ..experiment.defend import defend as run_defend
 from ..experiment.defend import prepare as run_prepare
 from ..experiment.records import RunStore
 from ..experiment.scenarios import parse_poison_sets
+from ..experiment.spec import DefendSpec
 from . import options
 from .generated import chosen_values, collect_options, typer_parameters, with_options
 from .progress import RichReporter, stdout_console

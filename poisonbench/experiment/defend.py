@@ -33,7 +33,7 @@ from .records import SCHEMA_VERSION, RunStore, run_id
 from .scenarios import PoisonPlan, Scenario, scenario_for
 from .spec import DefendSpec, Reporter
 
-__all__ = ["DefendSpec", "RunOutcome", "defend", "run_config", "run_id"]
+__all__ = ["RunOutcome", "ResolvedTrial", "defend", "resolve_trial", "run_config", "run_id"]
 
 
 @dataclass
