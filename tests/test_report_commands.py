@@ -11,9 +11,9 @@ import pytest
 import typer.main
 
 from poisonbench.cli import report as report_cmd
+from poisonbench.cli.sweep import check_report_args
 from poisonbench.core.errors import PoisonbenchError
 from poisonbench.report.figures import panels
-from poisonbench.sweeps.grid import check_report_args
 from tests.report_records import synthetic_records, write_records
 
 

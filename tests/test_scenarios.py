@@ -9,6 +9,7 @@ import torch
 from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
 from poisonbench.experiment.scenarios import UNTARGETED_ATTACKS, plan_untargeted, split_counts
+from poisonbench.experiment.scenarios.untargeted import check_poison_ratio
 
 from .conftest import write_npz
 
@@ -68,8 +69,9 @@ def test_split_counts_remainder_goes_first():
 
 
 def test_bad_plans(tiny):
-    with pytest.raises(PoisonbenchError, match="poison ratio must be in"):
-        plan_untargeted(tiny, 1.2)
+    for ratio in (1.2, -0.1, float("nan")):
+        with pytest.raises(PoisonbenchError, match="poison ratio must be in"):
+            check_poison_ratio(ratio)
     with pytest.raises(PoisonbenchError, match="unknown attack 'x'"):
         plan_untargeted(tiny, 0.5, ["x"])
     with pytest.raises(PoisonbenchError, match="twice"):

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from poisonbench.cli.main import main
+from poisonbench.cli.sweep import check_report_args
 from poisonbench.experiment.records import RunStore
 from poisonbench.sweeps import Execution, builtin_grids, load_grid, make_plan
-from poisonbench.sweeps.grid import check_report_args
 
 from .conftest import one_line_error, write_npz
 
@@ -121,6 +121,92 @@ def test_expansion_is_trial_major_keeps_a_duplicate_once_and_maps_values_to_flag
     assert argvs[2][argvs[2].index("--ratio") + 1] == "0.25"  # a method's own option: its flag
     assert ["--attacks", "durp"] == plan.steps[0].argv[plan.steps[0].argv.index("--attacks"):][:2]
     assert all("--prepare-only" in s.command(plan.execution) for s in plan.steps[:2])
+
+
+# Every value form a grid can take: lists, a list of lists, tables, on/off options both ways, a method's own option
+# (a number, a list-valued one), recipe overrides, a TOML integer for a float option.
+EVERY_FORM = """
+[[runs]]
+poison_ratio = [0.5, 1]
+attacks = [["durp", "pgd"]]
+method = "hint"
+ratio = 0.25
+nesterov = [true, false]
+milestones = [[1], []]
+momentum = 0.8
+
+[[runs]]
+poison_ratio = 0
+method = "none"
+
+[[runs]]
+attack = "gm"
+scenario = "scratch"
+eps = 0.0627
+budget = 0.02
+attack_params = {restarts = 1, iterations = 2}
+method = "friends"
+same_init = false
+target = 3
+intended = 1
+"""
+
+
+def specs_the_cli_parses(monkeypatch, plan) -> list:
+    """The spec `poisonbench defend` builds from each step's printed command (nothing runs)."""
+    from poisonbench.cli import defend as defend_cmd
+
+    parsed = []
+    monkeypatch.setattr(defend_cmd, "run_defend", lambda spec, reporter: parsed.append(spec) or [])
+    monkeypatch.setattr(defend_cmd, "run_prepare", lambda spec, reporter: parsed.append(spec) or [])
+    for step in plan.steps:
+        try:
+            main(step.command(plan.execution))
+        except SystemExit as exc:
+            assert not exc.code, f"`defend {shlex.join(step.command(plan.execution))}` exited {exc.code}"
+    return parsed
+
+
+@pytest.mark.parametrize("grid", ["demo", "table4-quick", "every-form"])
+def test_the_printed_commands_are_the_steps_the_sweep_runs(grid, monkeypatch, tiny_npz, tmp_path, capsys):
+    """A sweep runs specs built from the grid (no argv); `--print-commands` and sbatch show argv. Parsed by the CLI,
+    each printed command is exactly the step's spec (and with it the same run id and PoisonSet)."""
+    if grid == "every-form":
+        grid = str(write_grid(tmp_path / "every.toml", tiny_npz, EVERY_FORM))
+    execution = Execution(results=str(tmp_path / "r"), device="cpu", accel="off")
+    plan = make_plan(load_grid(grid), execution)
+    assert len(plan.steps) > 2 and {s.kind for s in plan.steps} == {"prepare", "run"}
+    from poisonbench.sweeps.worker import spec_to_json
+
+    parsed = specs_the_cli_parses(monkeypatch, plan)
+    assert [spec_to_json(s) for s in parsed] == [spec_to_json(s.spec) for s in plan.steps]  # JSON: 0 ≠ 0.0
+    capsys.readouterr()
+
+
+def test_a_step_runs_its_spec_through_the_library_not_the_cli(swept, tmp_path, monkeypatch, capsys):
+    """`sweep run --task-id` and a worker process run the library on the step's spec: the CLI's `defend` is never
+    parsed or called (it fails here if it were), and the output is `defend --json`'s lines."""
+    from poisonbench.cli import defend as defend_cmd
+    from poisonbench.sweeps import worker
+
+    def refuse(**values):
+        raise AssertionError("a sweep step went through the CLI's defend")
+
+    monkeypatch.setattr(defend_cmd, "defend", refuse)
+    results = swept.copy(tmp_path / "r")
+    plan = make_plan(load_grid(str(swept.grid)), Execution(results=str(results)))
+    step = plan.runs[0]
+    assert worker.spec_from_json(worker.spec_to_json(step.spec)) == step.spec
+    try:
+        main(["sweep", "run", str(swept.grid), "--task-id", str(step.index), "--results", str(results)])
+    except SystemExit as exc:
+        assert not exc.code
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(o["run_id"], o["status"]) for o in lines] == [(step.key, "skipped")]
+    assert worker.main(["run", worker.spec_to_json(step.spec)]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == step.key
+    assert worker.main(["nonesuch", worker.spec_to_json(step.spec)]) == 2
+    assert "unknown step kind 'nonesuch'" in capsys.readouterr().err
 
 
 # 2. print-commands, then done

@@ -47,6 +47,16 @@ def base_pool(data, intended: int, scenario: str) -> torch.Tensor:
     return rows[data.train.y[rows] == intended]
 
 
+def check_target_choice(target: int | None, intended: int | None, setup) -> None:
+    """The target is chosen one way: `--target I --intended C` together, or `--setup FILE`, or neither (drawn from
+    the seed)."""
+    if (target is None) != (intended is None):
+        raise PoisonbenchError("--target and --intended go together (the test image and the class it should be "
+                               "taken for)")
+    if setup is not None and target is not None:
+        raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
+
+
 def check_setup_index(setup, setup_index: int) -> None:
     """`--setup-index I` is a non-negative integer and comes with `--setup FILE` (it picks setup I of that file;
     without one it would be ignored, and the target drawn from --seed instead)."""

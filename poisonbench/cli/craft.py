@@ -10,11 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..attacks import ATTACKS
+from ..attacks.targets import check_setup_index, check_target_choice
 from ..core.device import check_compile_mode, resolve_device
 from ..core.errors import PoisonbenchError
+from ..core.params import chosen_values, collect_options
 from ..data import load_dataset, parse_npz_split
 from . import options
-from .generated import chosen_values, collect_options, typer_parameters, with_options
+from .generated import typer_parameters, with_options
 from .progress import stdout_console
 
 HELP = ("Craft a PoisonSet with one attack on the train split; a repeat with the same inputs is a cache hit. Attack "
@@ -82,15 +84,9 @@ def craft(
     check_accel_mode(accel)
     if eps is not None:
         check_eps(eps)
-    if (target is None) != (intended is None):
-        raise PoisonbenchError("--target and --intended go together (the test image and the class it should be "
-                               "taken for)")
-    if setup is not None and target is not None:
-        raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
+    check_target_choice(target, intended, setup)
     if (setup is not None or target is not None) and not cls.targeted:
         raise PoisonbenchError(f"attack {attack!r} is untargeted: it takes no --target, --intended or --setup")
-    from ..attacks.targets import check_setup_index
-
     check_setup_index(setup, setup_index)
     dev = resolve_device(device)
     data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))

@@ -10,45 +10,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import typer
 
-from ..core.errors import inapplicable_option
-from ..core.params import Param
-from ..core.registry import Registry
+from ..core.params import GeneratedOption, Param
 from ..data.types import FAMILIES
-
-
-@dataclass(frozen=True)
-class GeneratedOption:
-    """One generated CLI option: its flag, the Python name Typer passes it under, and which entries declare it."""
-
-    flag: str
-    python_name: str
-    owners: dict[str, Param]  # entry name -> its Param for this flag
-
-
-def collect_options(registry: Registry, reserved: Iterable[str]) -> list[GeneratedOption]:
-    """The options of every entry of `registry`, by flag, in registration order. A flag that collides with one of
-    the command's own options (`reserved`: Python names), or two entries that give one flag different types, is a
-    programming error, raised when the command is built (and so by every CLI test)."""
-    reserved = set(reserved)
-    by_flag: dict[str, dict[str, Param]] = {}
-    for name in registry:
-        for param in registry.get(name).PARAMS:
-            by_flag.setdefault(param.flag, {})[name] = param
-    options = []
-    for flag, owners in by_flag.items():
-        python_name = flag.lstrip("-").replace("-", "_")
-        if python_name in reserved:
-            raise RuntimeError(f"{registry.kind} option {flag} ({', '.join(owners)}) collides with an option of the "
-                               "command itself; give the Param a cli_flag")
-        if len({p.cli_type for p in owners.values()}) > 1:
-            raise RuntimeError(f"{registry.kind}s {', '.join(owners)} declare {flag} with different types")
-        options.append(GeneratedOption(flag, python_name, owners))
-    return options
 
 
 def option_help(option: GeneratedOption, recipe_of: Callable[[str], Any] | None = None) -> str:
@@ -68,7 +35,7 @@ def typer_parameters(options: list[GeneratedOption],
     """Keyword-only parameters with `typer.Option` defaults (None: not given), for `with_options`."""
     out = []
     for option in options:
-        cli_type = next(iter(option.owners.values())).cli_type
+        cli_type = option.cli_type
         help_text = option_help(option, recipe_of)
         if cli_type is bool:
             default = typer.Option(None, f"{option.flag}/--no-{option.flag[2:]}", help=help_text)
@@ -95,21 +62,6 @@ def with_options(func: Callable, extra: list[inspect.Parameter], defaults: dict[
     command.__annotations__ = {p.name: p.annotation for p in parameters}
     command.__name__, command.__doc__ = func.__name__, func.__doc__
     return command
-
-
-def chosen_values(options: list[GeneratedOption], given: dict[str, Any], kind: str, name: str,
-                  declared: tuple[Param, ...]) -> dict[str, Any]:
-    """{param name: value} of the generated options the user gave, for entry `name`; a given flag that entry does
-    not declare is refused (one line, with the flags it takes)."""
-    values = {}
-    for option in options:
-        value = given.get(option.python_name)
-        if value is None:
-            continue
-        if name not in option.owners:
-            raise inapplicable_option(option.flag, kind, name, [p.flag for p in declared])
-        values[option.owners[name].name] = value
-    return values
 
 
 def describe_default(param: Param, families: Iterable[str], recipe_of: Callable[[str], Any] | None = None) -> str:

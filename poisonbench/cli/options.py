@@ -1,38 +1,38 @@
-"""Options shared by several commands (one definition each)."""
+"""Options shared by several commands, made from `defend`'s option table (poisonbench.experiment.options): one
+definition each."""
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 
-from ..data import DEFAULT_DATASET
+from ..experiment.options import OPTIONS, DefendOption
 
-Dataset = typer.Option(DEFAULT_DATASET, "--dataset", envvar="POISONBENCH_DATASET",
-                       help="Dataset name (mnist-5k, mnist, fashion-mnist, cifar10) or a path to an .npz with "
-                            "x (uint8) and y (int). Env: POISONBENCH_DATASET.")
-DataDir = typer.Option(None, "--data-dir",
-                       help="Directory holding the dataset files (torchvision layout or the raw files); "
-                            "default $POISONBENCH_DATA_DIR or ~/.cache/poisonbench/data.")
-NpzSplit = typer.Option(None, "--npz-split", metavar="VAL,TEST",
-                        help="An .npz dataset's validation and test fractions (default 0.02,0.18: 80 / 2 / 18 %).")
-Download = typer.Option(False, "--download", help="Download the dataset with torchvision if it is not found.")
-Results = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS",
-                       help="Results workspace (default ./results). Env: POISONBENCH_RESULTS.", show_default=False)
+
+def typer_option(option: DefendOption, help_text: str | None = None):
+    """`option` as a `typer.Option` (its default, flags, help, metavar and environment variable)."""
+    return typer.Option(option.default, option.flags, help=help_text or option.help, metavar=option.metavar,
+                        envvar=option.envvar, show_default=option.show_default)
+
+
+def typer_parameter(option: DefendOption, help_text: str | None = None) -> inspect.Parameter:
+    """`option` as a keyword-only parameter of a generated command (poisonbench.cli.generated.with_options)."""
+    annotation = option.type if option.default is not None else option.type | None
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=typer_option(option, help_text),
+                             annotation=annotation)
+
+
+Dataset = typer_option(OPTIONS["dataset"])
+DataDir = typer_option(OPTIONS["data_dir"])
+NpzSplit = typer_option(OPTIONS["npz_split"])
+Download = typer_option(OPTIONS["download"])
+Results = typer_option(OPTIONS["results"])
+Device = typer_option(OPTIONS["device"])
+Seed = typer_option(OPTIONS["seed"])
+Accel = typer_option(OPTIONS["accel"])
+Target = typer_option(OPTIONS["target"])
+Intended = typer_option(OPTIONS["intended"])
+Setup = typer_option(OPTIONS["setup"])
+SetupIndex = typer_option(OPTIONS["setup_index"])
 Json = typer.Option(False, "--json", help="Print machine-readable JSON on stdout (progress goes to stderr).")
-Device = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
-Seed = typer.Option(0, "--seed", help="Base seed; trial t uses seed + t.")
-Accel = typer.Option("auto", "--accel",
-                     help="Faster kernels (engine.kernels): auto (where they pay off: on the CPU, DFT-domain "
-                          "convolutions and moment BatchNorm in training; on any device, frozen copies with BatchNorm "
-                          "folded and ReLU + pooling fused; same numbers up to float rounding) | off (plain PyTorch "
-                          "modules everywhere). Execution only: recorded in env, not in the run or poison id.")
-Target = typer.Option(None, "--target", metavar="I",
-                      help="Targeted: the target test image (index into the test split); default: drawn from the "
-                           "seed (or named by the file).")
-Intended = typer.Option(None, "--intended", metavar="C", help="Targeted: the class the target should be taken for "
-                                                              "(≠ its own; goes with --target).")
-Setup = typer.Option(None, "--setup", metavar="FILE",
-                     help="Targeted: take the target and intended class (and the base images, where the command "
-                          "chooses them) from this setup file (the 'Just How Toxic' benchmark's setups as JSON, "
-                          "schema in docs/engine.md).")
-SetupIndex = typer.Option(0, "--setup-index", metavar="I", help="Targeted: the setup to take (defend: trial t takes "
-                                                                "setup I + t).")

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..attacks.targets import SCENARIOS
+from ..attacks.targets import SCENARIOS, check_setup_index, check_target_choice
 from . import options
 from .progress import stdout_console
 
@@ -140,13 +140,7 @@ def import_(
                                f"{'|'.join(FORMATS)}); HINT's untargeted file takes none")
     if fmt == "hint" and len(files) != 1:
         raise PoisonbenchError(f"HINT's untargeted format is one file; got {len(files)} paths")
-    if (target is None) != (intended is None):
-        raise PoisonbenchError("--target and --intended go together (the test image and the class it should be "
-                               "taken for)")
-    if setup is not None and target is not None:
-        raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
-    from ..attacks.targets import check_setup_index
-
+    check_target_choice(target, intended, setup)
     check_setup_index(setup, setup_index)
     if forest_std is not None and fmt != "forest":
         raise PoisonbenchError(f"--forest-std applies to --format forest, not {fmt}")
@@ -217,6 +211,7 @@ def export(
     from ..core.workspace import results_dir
     from ..data import load_dataset, parse_npz_split
     from ..experiment.scenarios import parse_poison_sets, plan_untargeted
+    from ..experiment.scenarios.untargeted import check_poison_ratio
     from ..poisons.interchange.exchange import check_export_out, export_targeted
     from ..poisons.interchange.formats import FORMATS
     from ..poisons.interchange.hint_file import ORDERS, check_export_path, export_hint_file, order_rows
@@ -250,6 +245,7 @@ def export(
     if poison_ratio is None:
         raise PoisonbenchError("give --poison-ratio RHO (a Table II mix, as HINT's file) or --poison-set ID --format "
                                f"{'|'.join(FORMATS)} (a targeted PoisonSet)")
+    check_poison_ratio(poison_ratio)
     if order not in ORDERS:
         raise PoisonbenchError(f"unknown --order {order!r}; valid choices: {', '.join(ORDERS)}")
     if trial < 0:

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..core.console import stdout_console  # noqa: F401  (re-exported for the commands)
+from ..experiment.spec import epoch_text
 
 stderr = Console(stderr=True)
 
@@ -29,11 +30,7 @@ class RichReporter:
         self.progress.update(self.task, total=total, completed=epoch * steps + step)
 
     def epoch(self, epoch: int, row: dict) -> None:
-        text = f"{self.description} · epoch {epoch + 1}/{self.epochs} · loss {row['train_loss']:.3f}"
-        text += f" · train acc {row['train_acc']:.3f}"
-        if "test_acc" in row:
-            text += f" · test acc {row['test_acc']:.3f}"
-        self.progress.update(self.task, description=text)
+        self.progress.update(self.task, description=epoch_text(self.description, epoch, self.epochs, row))
 
     def stop(self) -> None:
         if self.progress:

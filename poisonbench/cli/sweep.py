@@ -13,7 +13,9 @@ from rich.table import Table
 from ..core.errors import PoisonbenchError
 from ..experiment.records import RunStore
 from ..sweeps import Execution, builtin_grids, load_grid, make_plan
+from ..sweeps.grid import locate
 from . import options
+from . import report as report_cmd
 from .progress import stderr, stdout_console
 
 HELP = ("Run a grid of `defend` runs (the paper's tables ship as grids: `sweep grids`) with local workers or on "
@@ -31,16 +33,41 @@ def execution(results, data_dir, download, device, compile, accel) -> Execution:
                      accel=accel)
 
 
+def checked_grid(name: str):
+    """The grid `name`, loaded (poisonbench.sweeps.grid) and its `report` arguments checked as `report` checks them."""
+    grid = load_grid(name)
+    check_report_args(grid.report, f"grid {locate(name)[1]}")
+    return grid
+
+
+def check_report_args(args: list[str], where: str) -> None:
+    """A grid's `report` arguments parse as `poisonbench report`'s (no results option: the sweep gives it), and
+    their values pass report's own checks, which `report` makes only when it runs: `sweep run` renders the report
+    after every run has trained, so a `--table 9` found then would waste the sweep's last step."""
+    if not args:
+        return
+    if any(a == "--results" or a.startswith("--results=") for a in args):
+        raise PoisonbenchError(f"{where}: report gives no --results (the sweep's own is used)")
+    try:
+        report_cmd.check_report_args(args)
+    except PoisonbenchError as exc:
+        raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc}") from None
+    except Exception as exc:  # click's usage errors
+        if hasattr(exc, "format_message"):
+            raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc.format_message()}") from None
+        raise
+
+
 def planned(grid: str, ex: Execution):
     with stderr.status(f"planning grid {grid} (loading its datasets, resolving run ids)"):
-        return make_plan(load_grid(grid), ex)
+        return make_plan(checked_grid(grid), ex)
 
 
 @app.command("grids", help="List the builtin grids.")
 def grids(as_json: bool = options.Json) -> None:
     rows = []
     for name in builtin_grids():
-        g = load_grid(name)
+        g = checked_grid(name)
         rows.append({"grid": name, "runs": len(g.runs), "description": " ".join(g.description.split())})
     if as_json:
         print(json.dumps(rows))
@@ -295,9 +322,6 @@ def _wait_jobs(jobs) -> None:
 def _report(plan, show: bool) -> None:
     if not show or not plan.grid.report:
         return
-
-    from . import report as report_cmd
-
     args = [*plan.grid.report, "--results", str(plan.execution.results or "results")]
     if plan.execution.results is None:
         args = args[:-2]

@@ -13,9 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import PoisonbenchError, inapplicable_option, unknown_choice
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -126,3 +129,53 @@ def resolve(params: Iterable[Param], given: Mapping[str, Any], family: str, reci
         value = set_by_caller[p.name] if p.name in set_by_caller else p.default_for(family, recipe)
         resolved[p.name] = p.coerce(value, owner)
     return resolved, frozenset(set_by_caller)
+
+
+@dataclass(frozen=True)
+class GeneratedOption:
+    """One generated CLI option: its flag, the Python name Typer passes it under, and which entries declare it."""
+
+    flag: str
+    python_name: str
+    owners: dict[str, Param]  # entry name -> its Param for this flag
+
+    @property
+    def cli_type(self) -> type:
+        """The type every owner parses the flag as (`collect_options` refuses owners that disagree)."""
+        return next(iter(self.owners.values())).cli_type
+
+
+def collect_options(registry: Registry, reserved: Iterable[str]) -> list[GeneratedOption]:
+    """The options of every entry of `registry`, by flag, in registration order. A flag that collides with one of
+    the command's own options (`reserved`: Python names), or two entries that give one flag different types, is a
+    programming error, raised when the command is built (and so by every CLI test)."""
+    reserved = set(reserved)
+    by_flag: dict[str, dict[str, Param]] = {}
+    for name in registry:
+        for param in registry.get(name).PARAMS:
+            by_flag.setdefault(param.flag, {})[name] = param
+    options = []
+    for flag, owners in by_flag.items():
+        python_name = flag.lstrip("-").replace("-", "_")
+        if python_name in reserved:
+            raise RuntimeError(f"{registry.kind} option {flag} ({', '.join(owners)}) collides with an option of the "
+                               "command itself; give the Param a cli_flag")
+        if len({p.cli_type for p in owners.values()}) > 1:
+            raise RuntimeError(f"{registry.kind}s {', '.join(owners)} declare {flag} with different types")
+        options.append(GeneratedOption(flag, python_name, owners))
+    return options
+
+
+def chosen_values(options: list[GeneratedOption], given: dict[str, Any], kind: str, name: str,
+                  declared: tuple[Param, ...]) -> dict[str, Any]:
+    """{param name: value} of the generated options the user gave, for entry `name`; a given flag that entry does
+    not declare is refused (one line, with the flags it takes)."""
+    values = {}
+    for option in options:
+        value = given.get(option.python_name)
+        if value is None:
+            continue
+        if name not in option.owners:
+            raise inapplicable_option(option.flag, kind, name, [p.flag for p in declared])
+        values[option.owners[name].name] = value
+    return values

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from ..attacks.base import check_seed
 from ..attacks.targets import check_setup_index
-from ..core.device import check_compile_mode, resolve_device
+from ..core.device import check_compile_mode
 from ..core.errors import PoisonbenchError
-from ..defenses import DEFENSES
 from ..engine.kernels import check_accel_mode
 from ..engine.models import MODELS
 from ..engine.recipes import Recipe, default_recipe, resolve_recipe
 from .scenarios import scenario_for
 from .scenarios.targeted import Targeted
+from .scenarios.untargeted import check_poison_ratio
 from .spec import MAX_TRIALS, DefendSpec
 
 
@@ -49,7 +49,9 @@ def trial_numbers(spec: DefendSpec) -> list[int]:
 
 
 def validate(spec: DefendSpec) -> None:
-    """Checks that need no data: fail before anything is loaded or written."""
+    """Checks that need no data: fail before anything is loaded or written. Each value is checked once on its way
+    to training: here, or where it is resolved before the first write (the device by `defend`, the method and its
+    options by `build_defense`, the recipe's fields by `resolve_recipe`)."""
     if spec.trials <= 0:
         raise PoisonbenchError(f"trials must be a positive integer, got {spec.trials}")
     if spec.trials > MAX_TRIALS:
@@ -64,11 +66,9 @@ def validate(spec: DefendSpec) -> None:
     check_seed(spec.seed, "--seed")
     last = spec.trial if spec.trial is not None else spec.trials - 1  # not max(trial_numbers): no list of trials
     check_seed(spec.seed + last, "--seed plus the last trial")
-    if not 0.0 <= spec.poison_ratio <= 1.0:
-        raise PoisonbenchError(f"poison ratio must be in [0, 1], got {spec.poison_ratio}")
+    check_poison_ratio(spec.poison_ratio)
     if spec.model is not None:
         MODELS.get(spec.model)
-    DEFENSES.get(spec.method)
     check_setup_index(spec.setup, spec.setup_index)  # every scenario: --setup-index without --setup is refused
     scenario = scenario_for(spec)
     scenario.validate(spec)
@@ -86,7 +86,3 @@ def validate(spec: DefendSpec) -> None:
     check_accel_mode(spec.accel)
     if not spec.checkpoint_every >= 0:
         raise PoisonbenchError(f"--checkpoint-every must be >= 0 seconds, got {spec.checkpoint_every}")
-    epochs = spec.recipe_overrides.get("epochs")
-    if epochs is not None and epochs <= 0:
-        raise PoisonbenchError(f"epochs must be a positive integer, got {epochs}")
-    resolve_device(spec.device)

@@ -33,7 +33,8 @@ from .records import SCHEMA_VERSION, RunStore, run_id
 from .scenarios import PoisonPlan, Scenario, scenario_for
 from .spec import DefendSpec, Reporter
 
-__all__ = ["RunOutcome", "ResolvedTrial", "defend", "resolve_trial", "run_config", "run_id"]
+__all__ = ["RunOutcome", "ResolvedTrial", "defend", "outcome_summary", "prepare", "resolve_trial", "run_config",
+           "run_id", "targeted_fields"]
 
 
 @dataclass
@@ -56,6 +57,30 @@ class ResolvedTrial:
     @property
     def run_id(self) -> str:
         return run_id(self.config)
+
+
+def outcome_summary(outcome: RunOutcome, store: RunStore) -> dict:
+    """One run's outcome as `defend --json` (and a sweep's step) prints it: the line a script reads."""
+    r = outcome.record
+    return {
+        "run_id": r["run_id"], "status": outcome.status, "dataset": r["config"]["dataset"],
+        "method": r["config"]["defense"]["method"], "trial": r["config"]["trial"],
+        "seed": r["config"]["seed"], "test_acc": r["metrics"]["test_acc"],
+        "val_acc": r["metrics"]["val_acc"], "seconds": r["cost"]["seconds"],
+        "resumed_from_epoch": r.get("resumed_from_epoch", 0),
+        "path": str(store.path(r["run_id"])),
+        **targeted_fields(r),
+    }
+
+
+def targeted_fields(record: dict) -> dict:
+    """A targeted run's target, intended class, final prediction and success ({} for other runs)."""
+    poison, metrics = record["config"].get("poison") or {}, record["metrics"]
+    if poison.get("kind") != "targeted":
+        return {}
+    return {"attack": poison["attack"], "target_index": poison["target_index"],
+            "target_class": poison["target_class"], "intended_class": poison["intended_class"],
+            "target_prediction": metrics.get("target_prediction"), "attack_success": metrics.get("attack_success")}
 
 
 def run_config(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan | None = None,

@@ -23,6 +23,15 @@ class Reporter(Protocol):
     def stop(self) -> None: ...
 
 
+def epoch_text(description: str, epoch: int, epochs: int, row: dict) -> str:
+    """A finished epoch as every reporter shows it: `DESCRIPTION · epoch 2/5 · loss 0.123 · train acc 0.950`."""
+    text = f"{description} · epoch {epoch + 1}/{epochs} · loss {row['train_loss']:.3f}"
+    text += f" · train acc {row['train_acc']:.3f}"
+    if "test_acc" in row:
+        text += f" · test acc {row['test_acc']:.3f}"
+    return text
+
+
 @dataclass
 class DefendSpec:
     dataset: str = "mnist-5k"

@@ -1,8 +1,9 @@
 """Executing a sweep's steps: local worker processes, one step from a job array (`--task-id`), or a SLURM job array
 through submitit (docs/sweeps.md).
 
-Every step runs as `poisonbench defend ...` in its own process, so a step is exactly the command `sweep plan
---print-commands` prints, and the guarantees are `defend`'s own: a run is claimed (flock) before it trains, so two
+Every step runs the library's `defend` (or `prepare`) on the step's spec (poisonbench.sweeps.worker), locally in a
+process of its own, so the guarantees are `defend`'s own (and the command `sweep plan --print-commands` prints for a
+step runs the same run): a run is claimed (flock) before it trains, so two
 processes never train it twice; a done run is skipped; a PoisonSet has one writer and the others wait; a run that
 raises leaves a failure record; SIGTERM saves the epoch checkpoint and exits 143, and the re-run resumes from it.
 
@@ -37,6 +38,7 @@ from ..core.errors import PoisonbenchError
 from ..core.io import ensure_writable, writer_tag
 from ..experiment.records import RunStore
 from .plan import Plan, Step
+from .worker import run_step, spec_to_json
 
 TERMINATED = 143  # 128 + SIGTERM: `defend` stopped by SIGTERM after saving its checkpoint
 ABORTED = 130  # 128 + SIGINT: `defend` stopped by SIGINT (KeyboardInterrupt: "Aborted.")
@@ -72,7 +74,8 @@ def split_threads(workers: int) -> int:
 
 
 def step_argv(plan: Plan, step: Step) -> list[str]:
-    return [sys.executable, "-m", "poisonbench.cli.main", *step.command(plan.execution), "--json"]
+    """The worker process of `step`: the library runs its spec (poisonbench.sweeps.worker)."""
+    return [sys.executable, "-m", "poisonbench.sweeps.worker", step.kind, spec_to_json(step.spec)]
 
 
 def logs_dir(plan: Plan) -> Path:
@@ -415,10 +418,11 @@ def gpu_count(device: str) -> int:
 
 
 def run_task(plan: Plan, task_id: int | None) -> int:
-    """`sweep run --task-id I` (default `$SLURM_ARRAY_TASK_ID`): step I of the plan, in this process. Returns
-    `defend`'s exit code (0 also when the step was already done: `defend` skips a done run; 2 for bad input or an
-    OS problem; 143 when SIGTERM stopped it, 130 SIGINT); an error while training propagates (the process exits 1
-    with its traceback), after `defend` wrote its failure record."""
+    """`sweep run --task-id I` (default `$SLURM_ARRAY_TASK_ID`): step I of the plan, run by the library in this
+    process, its JSON lines printed on stdout. Returns 0 (also when the step was already done: `defend` skips a done
+    run). Bad input or an OS problem raises PoisonbenchError (the CLI: one line, exit 2), SIGTERM `Terminated` (exit
+    143); an error while training propagates (exit 1 with its traceback), after `defend` wrote its failure
+    record."""
     if task_id is None:
         raw = os.environ.get("SLURM_ARRAY_TASK_ID")
         if raw is None:
@@ -430,11 +434,7 @@ def run_task(plan: Plan, task_id: int | None) -> int:
     if not 0 <= task_id < len(plan.steps):
         raise PoisonbenchError(f"--task-id {task_id} is out of range: grid {plan.grid.name} has {len(plan.steps)} "
                                f"steps, 0..{len(plan.steps) - 1}")
-    from ..cli.main import main
-
     step = plan.steps[task_id]
-    try:
-        main(step.command(plan.execution))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    for line in run_step(step.kind, step.spec):
+        print(json.dumps(line), flush=True)
     return 0

@@ -31,7 +31,8 @@ A grid means exactly what it says, or it is refused in one line naming the key a
 - true / false only set an on/off option (`nesterov = false` is `--no-nesterov`); a bool for an option that takes a
   value (`recipe = false`) is an error, never "the default" or a bare flag; a flag given anything else is one too;
 - `report` is parsed by `poisonbench report`'s own parser and its values checked by report's own checks
-  (`--table 9`, an unknown option), so a typo fails at plan time, not after every run has trained;
+  (`--table 9`, an unknown option) when `sweep plan` or `sweep run` loads the grid (poisonbench.cli.sweep), so a
+  typo fails at plan time, not after every run has trained;
 - at most MAX_TRIALS (1,000) trials, the limit `defend --trials` has, and at most MAX_RUNS (10,000) runs per grid,
   counted before anything is expanded (per block: the product of its axes' lengths times its trials, summed over
   the blocks). Planning resolves every run (about 0.05 s each: some 8 minutes at the limit) and each run trains a
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import PoisonbenchError
+from ..experiment.options import DefendOption, all_options, as_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,11 +105,9 @@ def locate(name: str) -> tuple[str, Path]:
     return name, builtin
 
 
-def option_names() -> dict[str, Any]:
-    """{python name: click parameter} of `defend`'s options that a grid may set."""
-    from ..cli.defend import click_command
-
-    return {p.name: p for p in click_command().params if p.name not in EXECUTION_KEYS}
+def option_names() -> dict[str, DefendOption]:
+    """{python name: option} of `defend`'s options that a grid may set (poisonbench.experiment.options)."""
+    return {name: o for name, o in all_options().items() if name not in EXECUTION_KEYS}
 
 
 def load_grid(name: str) -> Grid:
@@ -127,7 +127,6 @@ def load_grid(name: str) -> Grid:
     if not isinstance(report, list) or not all(isinstance(a, str) for a in report):
         raise PoisonbenchError(f"{where}: report must be a list of `poisonbench report` arguments (strings), got "
                                f"{report!r}")
-    check_report_args(report, where)
     defaults = data.get("defaults", {})
     blocks = data.get("runs")
     if not isinstance(defaults, dict):
@@ -142,26 +141,6 @@ def load_grid(name: str) -> Grid:
     runs = trial_major([expand_block(block) for block in merged])
     builtin = path.parent == builtin_dir().resolve()
     return Grid(grid_name, name if builtin else str(path), str(data.get("description", "")), report, runs)
-
-
-def check_report_args(args: list[str], where: str) -> None:
-    """A grid's `report` arguments parse as `poisonbench report`'s (no results option: the sweep gives it), and
-    their values pass report's own checks, which `report` makes only when it runs: `sweep run` renders the report
-    after every run has trained, so a `--table 9` found then would waste the sweep's last step."""
-    if not args:
-        return
-    from ..cli import report as report_cmd
-
-    if any(a == "--results" or a.startswith("--results=") for a in args):
-        raise PoisonbenchError(f"{where}: report gives no --results (the sweep's own is used)")
-    try:
-        report_cmd.check_report_args(args)
-    except PoisonbenchError as exc:
-        raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc}") from None
-    except Exception as exc:  # click's usage errors
-        if hasattr(exc, "format_message"):
-            raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc.format_message()}") from None
-        raise
 
 
 def check_block(block: dict, names: dict[str, Any], where: str) -> dict[str, Any]:
@@ -195,8 +174,8 @@ def check_values(key: str, value: Any, param: Any, where: str) -> None:
     if isinstance(value, list) and not value:
         raise PoisonbenchError(f"{where}: {key} = []: an empty list is an axis of no values and would drop every "
                                "run of the block; give at least one value, or leave the key out for defend's default")
-    flag = bool(getattr(param, "is_flag", False))
-    option = param.opts[0]
+    flag = param.type is bool
+    option = param.flag
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, dict) and param.name not in ("attack_params", "poisons"):
             raise PoisonbenchError(f"{where}: {key} must be a value or a list of values, got a table")
@@ -204,7 +183,7 @@ def check_values(key: str, value: Any, param: Any, where: str) -> None:
             raise PoisonbenchError(f"{where}: {key} = {_toml(v)}: {option} takes a value, not true / false (only "
                                    "on/off options do); give its value, or leave the key out for defend's default")
         if flag and not isinstance(v, bool):
-            off = f" (false: {param.secondary_opts[0]})" if param.secondary_opts else " (false: leave it off)"
+            off = f" (false: {param.off_flag})" if param.off_flag else " (false: leave it off)"
             raise PoisonbenchError(f"{where}: {key} = {_toml(v)}: {option} is an on/off option; give true or "
                                    f"false{off}")
 
@@ -256,29 +235,17 @@ def trial_major(blocks: list[list[tuple[tuple, int]]]) -> list[Run]:
     return runs
 
 
-def to_argv(options: tuple[tuple[str, Any], ...], names: dict[str, Any]) -> list[str]:
-    """`defend` arguments for grid options: a bool flag as its on/off form, a list as comma-separated values, a
-    table (attack_params, poisons) as NAME=VALUE pairs."""
+def to_argv(options: tuple[tuple[str, Any], ...], names: dict[str, DefendOption]) -> list[str]:
+    """`defend` arguments for grid options, as `sweep plan --print-commands` and an sbatch script show them: a bool
+    as its on/off flag, a list as comma-separated values, a table (attack_params, poisons) as NAME=VALUE pairs."""
     argv = []
     for name, value in options:
-        param = names[name]
-        if getattr(param, "is_flag", False) or isinstance(value, bool):
+        option = names[name]
+        if option.type is bool or isinstance(value, bool):
             if value:
-                argv.append(param.opts[0])
-            elif param.secondary_opts:
-                argv.append(param.secondary_opts[0])
+                argv.append(option.flag)
+            elif option.off_flag:
+                argv.append(option.off_flag)
             continue
-        if isinstance(value, dict):
-            value = ",".join(f"{k}={_text(v)}" for k, v in value.items())
-        elif isinstance(value, list):
-            value = ",".join(_text(v) for v in value)
-        argv += [param.opts[0], _text(value)]
+        argv += [option.flag, as_text(value)]
     return argv
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)

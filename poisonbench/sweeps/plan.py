@@ -1,10 +1,12 @@
 """A sweep's plan: the grid's runs resolved into steps, each with its identity on disk.
 
-Two kinds of step, in this order:
-- `prepare`: craft one PoisonSet that runs share (`defend --prepare-only` with the arguments of the first run that
-  needs it, reduced to that PoisonSet: `--method none`, and for the untargeted mix `--attacks A --poison-ratio 1`),
-  which trains the shared pre-trained models on the way (a surrogate, the transfer extractor). Done when the
-  PoisonSet is on disk.
+Two kinds of step, in this order, each a `DefendSpec` built from the grid's values (poisonbench.experiment.options)
+and run by the library (poisonbench.sweeps.worker); its `defend` arguments are rendered only to be shown
+(`--print-commands`):
+- `prepare`: craft one PoisonSet that runs share (`experiment.defend.prepare`, `defend --prepare-only`, with the
+  options of the first run that needs it, reduced to that PoisonSet: `--method none`, and for the untargeted mix
+  `--attacks A --poison-ratio 1`), which trains the shared pre-trained models on the way (a surrogate, the transfer
+  extractor). Done when the PoisonSet is on disk.
 - `run`: one trial of one `defend` configuration (`--trial T`). Done when its record exists.
 
 A step's index in the plan is stable while the grid, the data and poisonbench's run identities are (the plan lists
@@ -17,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.device import resolve_device
 from ..core.errors import PoisonbenchError
 from ..core.io import try_exclusive
+from ..experiment.options import method_options, spec_from_values
 from ..experiment.packed_records import GridSelection
 from ..experiment.records import RunStore
+from ..experiment.spec import DefendSpec
 from .grid import Grid, Run, load_grid, option_names, to_argv
 
 
@@ -34,6 +39,11 @@ class Execution:
     device: str = "auto"
     compile: str = "auto"
     accel: str = "auto"
+
+    def values(self) -> dict:
+        """The execution's `defend` option values (poisonbench.experiment.options), for a step's spec."""
+        return {"results": self.results, "data_dir": self.data_dir, "download": self.download, "device": self.device,
+                "compile": self.compile, "accel": self.accel}
 
     def argv(self) -> list[str]:
         out = []
@@ -53,7 +63,8 @@ class Execution:
 class Step:
     index: int
     kind: str  # "prepare" | "run"
-    argv: list[str]  # `defend` arguments, without the execution options
+    spec: DefendSpec  # what the step runs: `defend` (run) or `prepare` (prepare) of poisonbench.experiment.defend
+    argv: list[str]  # the same as `defend` arguments, without the execution options (shown, never parsed)
     key: str  # run id, or poison id (prepare)
     label: str
     cell: tuple = ()  # a run's grid options without the trial: one cell of the sweep's table
@@ -62,7 +73,8 @@ class Step:
     config: dict = field(default_factory=dict)
 
     def command(self, execution: Execution) -> list[str]:
-        """The full `poisonbench defend ...` arguments (without the program name)."""
+        """The `poisonbench defend ...` arguments (without the program name) that run the same step: what `sweep plan
+        --print-commands` prints (tests/test_sweep.py parses them back into this step's spec)."""
         extra = ["--prepare-only"] if self.kind == "prepare" else []
         return ["defend", *self.argv, *extra, *execution.argv()]
 
@@ -130,14 +142,14 @@ class DataCache:
 
 
 def make_plan(grid: Grid, execution: Execution) -> Plan:
-    """Resolve every run of `grid` (as `defend` would: the same parsing, checks and run ids) into steps; bad
-    options in the grid fail here, naming the run, before anything executes."""
-    from ..cli.defend import spec_from_argv
+    """Resolve every run of `grid` (as `defend` would: the same spec, checks and run ids) into steps; bad options in
+    the grid fail here, naming the run, before anything executes."""
     from ..experiment.checks import validate
     from ..experiment.defend import run_config
     from ..experiment.records import run_id
     from ..experiment.scenarios import scenario_for
 
+    resolve_device(execution.device)  # every step's: checked once, here (the runs' other values by `validate`)
     names = option_names()
     data = DataCache()
     prepares: dict[str, Step] = {}
@@ -146,7 +158,7 @@ def make_plan(grid: Grid, execution: Execution) -> Plan:
     for run in grid.runs:
         argv = [*to_argv(run.options, names), "--trial", str(run.trial)]
         try:
-            spec = parse(argv, execution, spec_from_argv)
+            spec = step_spec(run.options, run.trial, execution)
             validate(spec)
             dataset = data.get(spec)
             scenario = scenario_for(spec)
@@ -161,8 +173,8 @@ def make_plan(grid: Grid, execution: Execution) -> Plan:
         crafts = dict(getattr(plan, "crafts", {}) or {})
         for pid, attack in crafts.items():
             if pid not in prepares:
-                prepares[pid] = prepare_step(run, pid, attack, execution, names, spec_from_argv, data)
-        runs.append(Step(0, "run", argv, rid, run_label(run), cell=run.options, trial=run.trial,
+                prepares[pid] = prepare_step(run, pid, attack, execution, names, data)
+        runs.append(Step(0, "run", spec, argv, rid, run_label(run), cell=run.options, trial=run.trial,
                          needs=tuple(crafts), config=config))
     steps = list(prepares.values()) + runs
     for i, step in enumerate(steps):
@@ -170,18 +182,18 @@ def make_plan(grid: Grid, execution: Execution) -> Plan:
     return Plan(grid, execution, steps)
 
 
-def parse(argv: list[str], execution: Execution, spec_from_argv):
-    return spec_from_argv([*argv, *execution.argv()])
+def step_spec(options: tuple[tuple[str, Any], ...], trial: int, execution: Execution) -> DefendSpec:
+    """The spec of one grid row's trial, executed as `execution` says."""
+    return spec_from_values({**dict(options), "trial": trial, **execution.values()})
 
 
-def prepare_step(run: Run, pid: str, attack: str, execution: Execution, names: dict, spec_from_argv,
-                 data: DataCache) -> Step:
+def prepare_step(run: Run, pid: str, attack: str, execution: Execution, names: dict, data: DataCache) -> Step:
     """The step that crafts PoisonSet `pid`: the run's data, recipe and poison options with `--method none`; for
     the untargeted mix only that attack's share (`--attacks A --poison-ratio 1`: the mix's PoisonSets are crafted
     over the whole train split whatever ρ, so this is the same PoisonSet). Checked: its plan crafts exactly `pid`."""
     from ..experiment.scenarios import scenario_for
 
-    own = set(names) - set(method_option_names())
+    own = set(names) - {o.python_name for o in method_options()}
     whole = [(k, v) for k, v in run.options if k in own and k != "method"]  # the run's own poisons, no defense
     untargeted = dict(run.options).get("attack") is None and dict(run.options).get("poison_set") is None
     candidates = [whole]
@@ -189,19 +201,13 @@ def prepare_step(run: Run, pid: str, attack: str, execution: Execution, names: d
         reduced = [(k, v) for k, v in whole if k not in ("attacks", "poison_ratio", "poisons")]
         candidates.insert(0, reduced + [("attacks", attack), ("poison_ratio", 1.0)])
     for options in candidates:  # the reduced step when it crafts exactly this PoisonSet, else the run's own poisons
-        argv = [*to_argv(tuple(options), names), "--trial", str(run.trial)]
-        spec = parse(argv, execution, spec_from_argv)
+        spec = step_spec(tuple(options), run.trial, execution)
         plan = scenario_for(spec).plan(spec, data.get(spec), run.trial)
         crafts = set(plan.crafts) if plan is not None else set()
         if crafts == {pid} or (options is whole and pid in crafts):
-            return Step(0, "prepare", argv, pid, f"craft {attack} PoisonSet {pid}", needs=())
+            argv = [*to_argv(tuple(options), names), "--trial", str(run.trial)]
+            return Step(0, "prepare", spec, argv, pid, f"craft {attack} PoisonSet {pid}", needs=())
     raise PoisonbenchError(f"internal: no prepare step crafts PoisonSet {pid} ({attack}) of run {run_label(run)}")
-
-
-def method_option_names() -> set[str]:
-    from ..cli.defend import method_option_list
-
-    return {o.python_name for o in method_option_list()}
 
 
 def run_label(run: Run) -> str:

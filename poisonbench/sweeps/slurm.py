@@ -1,10 +1,11 @@
 r"""A sweep on a SLURM cluster: a job array submitted through submitit, or an `sbatch --array` script that runs
 `poisonbench sweep run GRID --task-id $SLURM_ARRAY_TASK_ID` (docs/sweeps.md).
 
-Each array task runs one step in a `poisonbench defend` process. On pre-emption or at the time limit SLURM sends
-SIGTERM: `defend` saves its epoch checkpoint and exits, and the requeued task resumes from it (submitit requeues a
-`Checkpointable`; the emitted script asks for `--requeue`). submitit keeps its own job files (pickles of the task
-and its result) in `<results>/slurm/`; poisonbench's own artifacts stay safetensors and JSON.
+Each array task runs one step: the library's `defend` (or `prepare`) of the step's spec (poisonbench.sweeps.worker).
+On pre-emption or at the time limit SLURM sends SIGTERM: `defend` saves its epoch checkpoint and exits, and the
+requeued task resumes from it (submitit requeues a `Checkpointable`; the emitted script asks for `--requeue`).
+submitit keeps its own job files (pickles of the task and its result) in `<results>/slurm/`; poisonbench's own
+artifacts stay safetensors and JSON.
 
 Every value that reaches a job script (the grid's path and name, --results, --partition, --sbatch, the execution
 options) is text that bash or sbatch will parse, so none may change what the script does:
@@ -36,6 +37,7 @@ from pathlib import Path
 from ..core.errors import PoisonbenchError
 from ..experiment.records import RunStore
 from .plan import Plan, Step
+from .worker import spec_to_json
 
 EXECUTORS = ("workers", "slurm", "submitit-local")
 SBATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")  # an sbatch long option's name
@@ -116,11 +118,12 @@ def check_executor(name: str) -> None:
 
 
 class StepTask:
-    """One sweep step as a submitit job: runs `poisonbench defend ...` in a child process and returns its JSON
-    lines. Checkpointable: on pre-emption or time-out submitit requeues it, and `defend` resumes its run."""
+    """One sweep step as a submitit job: runs the step's spec in a worker process (poisonbench.sweeps.worker) and
+    returns its JSON lines. Checkpointable: on pre-emption or time-out submitit requeues it, and `defend` resumes its
+    run."""
 
-    def __init__(self, command: list[str], threads: int | None = None):
-        self.command = command
+    def __init__(self, kind: str, spec_json: str, threads: int | None = None):
+        self.kind, self.spec_json = kind, spec_json
         self.threads = threads
 
     def __call__(self) -> list[dict]:
@@ -131,18 +134,18 @@ class StepTask:
         env = dict(os.environ)
         if self.threads:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-        done = subprocess.run([sys.executable, "-m", "poisonbench.cli.main", *self.command, "--json"],
+        done = subprocess.run([sys.executable, "-m", "poisonbench.sweeps.worker", self.kind, self.spec_json],
                               capture_output=True, text=True, env=env)
         sys.stderr.write(done.stderr)
         if done.returncode != 0:
-            raise RuntimeError(f"`poisonbench {' '.join(self.command)}` exited with {done.returncode}: "
+            raise RuntimeError(f"the {self.kind} step exited with {done.returncode}: "
                                f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
         return json_lines(done.stdout)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(StepTask(self.command, self.threads))
+        return submitit.helpers.DelayedSubmission(StepTask(self.kind, self.spec_json, self.threads))
 
 
 def submit(plan: Plan, steps: list[Step], executor: str, options: SlurmOptions, threads: int | None = None):
@@ -165,7 +168,7 @@ def submit(plan: Plan, steps: list[Step], executor: str, options: SlurmOptions, 
         if options.cpus_per_task:
             params["cpus_per_task"] = options.cpus_per_task
     ex.update_parameters(**params)
-    tasks = [StepTask(step.command(plan.execution), threads) for step in steps]
+    tasks = [StepTask(step.kind, spec_to_json(step.spec), threads) for step in steps]
     with ex.batch():
         jobs = [ex.submit(task) for task in tasks]
     return jobs

@@ -158,14 +158,9 @@ class Targeted(Scenario):
             if not cls.targeted:
                 raise PoisonbenchError(f"--attack {spec.attack!r} is untargeted; the targeted attacks are "
                                        f"{', '.join(targeted_attacks())} (the untargeted mix: --poison-ratio)")
-        if (spec.target is None) != (spec.intended is None):
-            raise PoisonbenchError("--target and --intended go together (the test image and the class it should be "
-                                   "taken for)")
-        if spec.setup is not None and spec.target is not None:
-            raise PoisonbenchError("give --setup FILE or --target/--intended, not both")
-        from ...attacks.targets import check_setup_index
+        from ...attacks.targets import check_target_choice
 
-        check_setup_index(spec.setup, spec.setup_index)
+        check_target_choice(spec.target, spec.intended, spec.setup)  # --setup-index: checks.validate, every scenario
         if spec.budget is not None:
             from ...attacks.base import check_budget
 

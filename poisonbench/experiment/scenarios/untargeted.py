@@ -137,17 +137,23 @@ def chosen_spec(data, attack: str, poison_id: str, results_root=None):
     return spec
 
 
+def check_poison_ratio(ratio: float) -> None:
+    """ρ, checked once per call before anything loads (`experiment.checks.validate`, `poisons export`): a fraction
+    of the train split in [0, 1]; `plan_untargeted` takes it as checked."""
+    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0 and not math.isnan(ratio)):
+        raise PoisonbenchError(f"poison ratio must be in [0, 1], got {ratio}")
+
+
 def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_root=None,
                     poison_sets: dict[str, str] | None = None) -> UntargetedPlan:
-    """The Table II plan for one trial. Cheap: validates, draws rows, hashes crafting inputs; never crafts.
+    """The Table II plan for one trial (ρ = `ratio`, checked by `check_poison_ratio`). Cheap: checks the mix, draws
+    rows, hashes crafting inputs; never crafts.
 
     `poison_sets` ({attack: poison id}, `defend --poisons`) replaces an attack's default artifact with an existing
     PoisonSet crafted with other options (e.g. DeepConfuse from DC's own generator); the record lists those that
     differ from the defaults under `poison_sets`."""
     from ...poisons import craft_spec
 
-    if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0 and not math.isnan(ratio)):
-        raise PoisonbenchError(f"poison ratio must be in [0, 1], got {ratio}")
     attacks = check_attacks(attacks)
     n = len(data.train)
     k = budget_count(ratio, n)
