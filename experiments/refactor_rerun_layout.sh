@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Issue 56 (the layout refactor): the same configurations run by the code before it and after it, compared record
 # by record (run id, config, metrics, history, defense summary; not timings or env). Usage:
-#   experiments/refactor_rerun.sh BEFORE_TREE AFTER_TREE OUT
-# where each tree is a checkout (a git worktree) run through PYTHONPATH. One configuration per scenario and per
+#   experiments/refactor_rerun_layout.sh BEFORE_TREE AFTER_TREE OUT
+# where each tree is a checkout (a git worktree) run through PYTHONPATH. With SWEEP=1, AFTER_TREE also runs the same
+# configurations as a grid (experiments/grids/refactor_rerun.toml) through `sweep run`, whose steps build their specs
+# from the grid and run them through the library, and those records are compared with BEFORE_TREE's too. One configuration per scenario and per
 # kind of defense, on mnist-5k, trial 0, 2 epochs of the quick recipe (cheap: the point is equality, not accuracy).
 # Results: experiments/refactor_rerun.md.
 set -euo pipefail
-BEFORE=$1 AFTER=$2 OUT=$3
+BEFORE=$(cd "$1" && pwd) AFTER=$(cd "$2" && pwd) OUT=$(mkdir -p "$3" && cd "$3" && pwd)
 PY=${PY:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python}
 common=(--dataset mnist-5k --recipe quick --epochs 2 --trial 0 --json)
 mix=(--poison-ratio 0.5 --attacks pgd,durp)
@@ -26,10 +28,16 @@ for side in before after; do
   tree=$BEFORE; [ $side = after ] && tree=$AFTER
   for config in "${configs[@]}"; do
     # shellcheck disable=SC2086
-    PYTHONPATH=$tree "$PY" -m poisonbench.cli.main defend "${common[@]}" $config --results "$OUT/$side" \
-      | tail -1 >> "$OUT/$side.jsonl"
+    # from the tree itself: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    (cd "$tree" && PYTHONPATH=$tree "$PY" -m poisonbench.cli.main defend "${common[@]}" $config --results "$OUT/$side" \
+      | tail -1 >> "$OUT/$side.jsonl")
   done
 done
+if [ "${SWEEP:-0}" = 1 ]; then
+  grid=$(cd "$(dirname "$0")" && pwd)/grids/refactor_rerun.toml
+  (cd "$AFTER" && PYTHONPATH=$AFTER "$PY" -m poisonbench.cli.main sweep run "$grid" --results "$OUT/sweep" --workers 1 \
+    --no-report > "$OUT/sweep.out" 2>&1)
+fi
 "$PY" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
@@ -53,4 +61,9 @@ for rid in ids["before"]:
     if not same:
         ca, cb = clean(a), clean(b)
         print("   differing keys:", sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k)))
+    swept = out / "sweep" / "runs" / f"{rid}.json"
+    if (out / "sweep").is_dir():
+        c = json.loads(swept.read_text()) if swept.is_file() else None
+        print("   sweep run of the same id:", "MISSING" if c is None else "IDENTICAL" if clean(c) == clean(a)
+              else "DIFFERENT")
 PY
