@@ -19,6 +19,7 @@ from ..core.params import GeneratedOption, chosen_values, collect_options
 from ..data import DEFAULT_DATASET, parse_npz_split
 from ..defenses import DEFENSES
 from ..engine.checkpoints import CHECKPOINT_EVERY
+from .scenarios import parse_poison_sets
 from .spec import DefendSpec
 
 # The parts of a spec, in the order `defend --help` lists them (docs/engine.md, "One defend call").
@@ -191,7 +192,7 @@ def spec_from_values(values: Mapping[str, Any]) -> DefendSpec:
         recipe_overrides={k: (parse_milestones(v[k]) if k == "milestones" else v[k]) for k in RECIPE_OVERRIDES},
         scenario=v["scenario"], poison_ratio=v["poison_ratio"],
         attacks=[a.strip() for a in v["attacks"].split(",")] if v["attacks"] is not None else None,
-        poison_sets=_parse_poison_sets(v["poisons"]), poison_set=v["poison_set"],
+        poison_sets=parse_poison_sets(v["poisons"]), poison_set=v["poison_set"],
         attack=v["attack"], attack_params=parse_attack_params(v["attack"], v["attack_params"]), eps=v["eps"],
         budget=v["budget"], target=v["target"], intended=v["intended"], setup=v["setup"],
         setup_index=v["setup_index"], method=method, method_params=chosen,
@@ -199,12 +200,6 @@ def spec_from_values(values: Mapping[str, Any]) -> DefendSpec:
         trial=v["trial"], device=v["device"], compile=v["compile"], accel=v["accel"], results=v["results"],
         force=v["force"], checkpoint_every=v["checkpoint_every"],
     )
-
-
-def _parse_poison_sets(text: str | None):
-    from .scenarios import parse_poison_sets
-
-    return parse_poison_sets(text)
 
 
 def convert(flag: str, kind: type, value: Any) -> Any:
