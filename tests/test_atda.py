@@ -13,6 +13,7 @@ from poisonbench.defenses import DEFENSES, Threat, build_defense
 from poisonbench.defenses.atda import (
     FAT_STEP_RATIO,
     Atda,
+    FinishedFlags,
     adversarial_examples,
     distance,
     dynamic_tau,
@@ -176,6 +177,53 @@ def test_masked_fat_equals_a_per_example_reference_loop(norm, beta, tau):
     torch.testing.assert_close(x_adv, ref_adv, atol=1e-9, rtol=0)
     early, _, _ = adversarial_examples(model, x, y, **kw, early_exit=True)
     assert torch.equal(early, x_adv)
+
+
+class LaggingFlags(FinishedFlags):
+    """The CUDA rule on the CPU: a device `lag` steps behind the host, whose flag k arrives once the host has sent
+    flag k + lag (`FinishedFlags.arrived`: a CUDA event completed)."""
+
+    def __init__(self, steps: int, lag: int):
+        super().__init__(steps, CPU)
+        self.lag = lag
+
+    def arrived(self, step: int) -> bool:
+        return step + self.lag < self.posted
+
+
+class Forwards:
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+@pytest.mark.parametrize("norm, beta", [("linf", 0.3), ("l2", 3.0)])
+def test_early_exit_at_any_lag_gives_the_full_loops_results(norm, beta):
+    """Every row stops within the steps, at different steps. The loop ends `lag` steps after the step at which no
+    row was left (the CPU's exit: lag 0), or runs every step when the flag arrives too late; the results are the
+    full loop's, bit for bit."""
+    model = model_in_eval(dtype=torch.float64)
+    x, _ = data(n=48, dtype=torch.float64)
+    y = torch.randint(0, 3, (48,), generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(2)
+    steps = 8
+    kw = dict(beta=beta, alpha=beta / 3, steps=steps, norm=norm, tau=1, start=random_start(g, x, beta, norm),
+              noise=0.001 * torch.randn(steps, *x.shape, generator=g, dtype=torch.float64))
+    full = Forwards(model)
+    ref = adversarial_examples(full, x, y, **kw)
+    taken, stopped = ref[1], ref[2]
+    assert stopped.all() and len(taken.unique()) >= 2 and full.calls == steps
+    last = int(taken.max())  # 0-based: the step whose forward finds the last row done, no row left after it
+    assert last + 1 < steps  # the exit saves forwards
+    for lag in range(steps + 1):
+        for early_exit in ([True, LaggingFlags(steps, 0)] if lag == 0 else [LaggingFlags(steps, lag)]):
+            counted = Forwards(model)
+            out = adversarial_examples(counted, x, y, **kw, early_exit=early_exit)
+            assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True)), lag
+            assert counted.calls == min(last + 1 + lag, steps), lag
 
 
 def test_pgd_variant_takes_every_step_and_raises_the_loss():

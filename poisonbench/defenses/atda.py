@@ -10,8 +10,9 @@ misclassification (HINT paper §V): each example starts at x + U(±β) (ℓ∞) 
 to [0, 1], and at each of up to `steps` iterations an example already misclassified stops there if its budget
 `control` (= τ) is spent, else spends one; the others step x ← Π(x + α·sign(∇CE) + ω·N(0, 1)) (ℓ2:
 α·∇/‖∇‖₂). Vectorised with boolean masks over the whole batch (FAT loops over examples in Python), so shapes stay
-static. τ follows FAT's dynamic schedule (0, then 1 after 50 of 120 epochs, 2 after 90), scaled to the recipe's
-epochs, unless `--tau` fixes it.
+static; the loop ends early once no example is left, which the host learns without waiting for the device
+(`FinishedFlags`: nothing in a batch synchronises a GPU with the host). τ follows FAT's dynamic schedule (0, then 1
+after 50 of 120 epochs, 2 after 90), scaled to the recipe's epochs, unless `--tau` fixes it.
 
 `--variant pgd` is the official ATDA code's plain PGD adversarial training (Madry): one random start, 7 steps of
 α = β/5, no early stop (ATDA:attacks/adv.py, attacks/step.py, main.py:L76-79).
@@ -76,21 +77,69 @@ def distance(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
+class FinishedFlags:
+    """Whether every row of a batch has finished its early-stopped PGD, as the host can learn it without waiting for
+    the device: what `adversarial_examples`' early exit reads.
+
+    Reading `active.any()` on the host at each step (`bool(...)`) makes a GPU run wait for the device at every PGD
+    step: the queue of launched work drains and the device idles while the host launches the next step, so the
+    exit was off on CUDA and every batch ran all its steps. Here each step's flag goes into page-locked host memory
+    by a copy that does not block, behind a CUDA event (`post`), and `finished` reads the newest flag whose event
+    has completed, never waiting. The host stops launching steps once it sees a step after which no row was left,
+    maybe a few steps after the device got there; those extra steps change nothing (a finished row keeps its x̃, its
+    steps taken and its budget), so the results are the same whichever step the loop ends at. Checking every k
+    steps with a sync would still wait once per k steps, and compacting the batch to the rows left would need their
+    count on the host (a sync too) and give the forward shapes that vary.
+
+    Elsewhere (the CPU) the copy blocks and every flag is read at once: the loop ends at the first step with no
+    row left, as `bool(active.any())` ended it. `arrived` is the one device-dependent rule (a test's stand-in for
+    a device that runs behind the host overrides it)."""
+
+    def __init__(self, steps: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.host = torch.ones(steps, dtype=torch.bool, pin_memory=self.cuda)  # flag k: rows left after step k
+        self.values = self.host.numpy()  # the same memory, read without a device op
+        self.events: list[torch.cuda.Event] = []
+        self.posted = self.seen = 0  # flags sent; flags known to have arrived (they arrive in order)
+
+    def post(self, active: torch.Tensor) -> None:
+        """Send whether any row of `active` is left after this step."""
+        self.host[self.posted].copy_(active.any(), non_blocking=self.cuda)
+        if self.cuda:
+            self.events.append(torch.cuda.Event())
+            self.events[-1].record()
+        self.posted += 1
+
+    def arrived(self, step: int) -> bool:
+        """Whether flag `step` is in host memory (never waits)."""
+        return not self.cuda or self.events[step].query()
+
+    def finished(self) -> bool:
+        """Whether a flag that has arrived says no row was left (the rows left only shrink: the newest decides)."""
+        while self.seen < self.posted and self.arrived(self.seen):
+            self.seen += 1
+        return self.seen > 0 and not self.values[self.seen - 1]
+
+
 def adversarial_examples(forward, x: torch.Tensor, y: torch.Tensor, *, beta: float, alpha: float, steps: int,
                          norm: str, tau: int | None, start: torch.Tensor, noise: torch.Tensor | None = None,
-                         early_exit: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         early_exit: bool | FinishedFlags = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PGD ascent on CE from x + `start` within the `norm` β-ball and [0, 1]; FAT's early stop when `tau` is an
     int (None: plain PGD, every example takes `steps` steps). `noise[k]` is added at step k (FAT's ω·N(0, 1)).
 
     Returns (x̃, steps taken per example, stopped early per example). Every iteration forwards the whole batch;
-    stopped examples keep their x̃ (masks, static shapes, no host sync). `early_exit` ends the loop once no example
-    is left (one host sync per step: worth it on a CPU, where it saves the remaining passes)."""
+    stopped examples keep their x̃ (masks, static shapes, no host sync). `early_exit` (FAT only) ends the loop once
+    the host knows that no example is left, without waiting for the device (`FinishedFlags`; an instance: that
+    one); the results are those of the full loop."""
     x = x.detach()
     x_adv = (x + start).clamp(0, 1)
     n = len(x)
     active = torch.ones(n, dtype=torch.bool, device=x.device)
     taken = torch.zeros(n, dtype=torch.long, device=x.device)
     control = None if tau is None else torch.full((n,), tau, dtype=torch.long, device=x.device)
+    flags = None
+    if early_exit and control is not None:
+        flags = early_exit if isinstance(early_exit, FinishedFlags) else FinishedFlags(steps, x.device)
     for k in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
@@ -101,9 +150,11 @@ def adversarial_examples(forward, x: torch.Tensor, y: torch.Tensor, *, beta: flo
             spent = control == 0
             active = active & ~(wrong & spent)  # misclassified with no budget left: stop here
             control = control - (active & wrong).long()  # misclassified with budget left: spend one, continue
-            if early_exit and not bool(active.any()):
-                x_adv = x_adv.detach()
-                break
+            if flags is not None:
+                flags.post(active)
+                if flags.finished():
+                    x_adv = x_adv.detach()
+                    break
         (grad,) = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():
             if norm == "linf":
@@ -200,9 +251,10 @@ class Atda(Defense):
         with ctx.eval_forward(x) as forward:
             x_adv, taken, stopped = adversarial_examples(
                 forward, x, y, beta=p["beta"], alpha=self.alpha, steps=p["steps"], norm=p["norm"],
-                tau=self.tau(ctx.epoch), start=start, noise=noise, early_exit=x.device.type == "cpu")
+                tau=self.tau(ctx.epoch), start=start, noise=noise, early_exit=True)
+        # torch.full, not torch.tensor: a tensor made from host data is a blocking copy to a GPU
         self._count(ctx, torch.stack([taken.sum().double(), stopped.sum().double(),
-                                      torch.tensor(float(len(y)), dtype=torch.float64, device=x.device),
+                                      torch.full((), float(len(y)), dtype=torch.float64, device=x.device),
                                       distance(x_adv - x, p["norm"]).sum().double()]))
         return x_adv, y
 

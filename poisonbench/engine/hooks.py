@@ -12,7 +12,8 @@ A defense implements only the hooks it needs. In the order the engine (`engine/t
     summary(poisoned)               figures for the record: the only hook that sees the ground-truth poison mask
 
 The seconds spent in a defense's own hooks, per-batch ones included, are its cost (Table V). The hooks that
-decide (all but `summary`) never see which rows are poisoned: `TrainContext` does not hold that mask.
+decide (all but `summary`) never see which rows are poisoned: `TrainContext` does not hold that mask. The per-batch
+hooks never make the host wait for the device (docs/engine.md, "No host sync per batch"; tests/test_host_sync.py).
 
 The context gives the model and the forward the engine trains with (compiled or not), an eval-mode view of that
 forward (defenses that attack the model mid-training, ATDA), the (poisoned) train tensors, the clean val split,
