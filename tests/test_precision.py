@@ -142,16 +142,22 @@ def test_an_unknown_value_is_refused_in_one_line_and_nothing_is_written(cli, tin
 
 
 def test_deterministic_off_is_execution_only_and_recorded_in_env(cli, tiny, tmp_path):
-    """`env.deterministic` names the mode; `off` has the run id of `on`, so a run recorded under one is skipped
-    under the other (as `--accel` and `--compile`)."""
+    """`env.deterministic` names the mode, in the run's record and in the manifest of the PoisonSet the run crafts
+    on its way (before training); `off` has the run id and poison id of `on`, so a run recorded under one is
+    skipped under the other (as `--accel` and `--compile`)."""
+    from poisonbench.poisons import poison_dir
+
     path, _ = tiny
     results = tmp_path / "results"
-    off = defend_json(cli, path, results, "--deterministic", "off")
-    assert json.loads(Path(off["path"]).read_text())["env"]["deterministic"] == "off"
-    assert deterministic_mode() == "off"  # what a craft inside the run would have followed
-    on = defend_json(cli, path, results)
+    poisoned = ("--poison-ratio", "0.5", "--attacks", "durp")
+    off = defend_json(cli, path, results, *poisoned, "--deterministic", "off")
+    record = json.loads(Path(off["path"]).read_text())
+    manifest = json.loads((poison_dir(results, record["config"]["poison"]["poison_ids"]["durp"])
+                           / "manifest.json").read_text())
+    assert record["env"]["deterministic"] == manifest["env"]["deterministic"] == "off"
+    on = defend_json(cli, path, results, *poisoned)
     assert on["run_id"] == off["run_id"] and on["status"] == "skipped"
-    forced = defend_json(cli, path, results, "--force")
+    forced = defend_json(cli, path, results, *poisoned, "--force")
     assert json.loads(Path(forced["path"]).read_text())["env"]["deterministic"] == "on"
 
 
