@@ -236,3 +236,25 @@ def test_a_grid_may_set_precision_but_not_deterministic_which_the_sweep_passes_o
     grid.write_text(f'[defaults]\ndataset = "{npz}"\n\n[[runs]]\ndeterministic = "off"\n')
     with pytest.raises(PoisonbenchError, match="given to `sweep`"):
         load_grid(str(grid))
+
+
+def test_sweep_and_craft_take_deterministic(cli, tmp_path):
+    """`sweep plan|run --deterministic off` passes it to every step (the printed commands carry it); `craft
+    --deterministic off` crafts under it and names it in the manifest; a bad value is refused by both."""
+    npz = write_npz(tmp_path)
+    grid = tmp_path / "g.toml"
+    grid.write_text(f'[defaults]\ndataset = "{npz}"\nrecipe = "quick"\nepochs = 1\n\n[[runs]]\npoison_ratio = 0\n')
+    results = tmp_path / "results"
+    code, out, err = cli("sweep", "plan", grid, "--results", results, "--print-commands", "--deterministic", "off")
+    assert code == 0, err
+    assert out.strip().endswith("--deterministic off") and len(out.strip().splitlines()) == 1
+    one_line_error(*cli("sweep", "plan", grid, "--results", results, "--deterministic", "yes")[::2], "'yes'",
+                   "on, off")
+    code, out, err = cli("craft", "--attack", "durp", "--dataset", npz, "--device", "cpu", "--results", results,
+                         "--deterministic", "off", "--json")
+    assert code == 0, err
+    manifest = json.loads((Path(json.loads(out)["path"]) / "manifest.json").read_text())
+    assert manifest["env"]["deterministic"] == "off"
+    one_line_error(*cli("craft", "--attack", "durp", "--dataset", npz, "--results", tmp_path / "other",
+                        "--deterministic", "yes")[::2], "'yes'", "on, off")
+    assert files_under(tmp_path / "other") == []
