@@ -344,7 +344,7 @@ def status_cmd(
 ) -> None:
     from ..sweeps.status import sweep_status
 
-    plan = planned(grid, execution(results, data_dir, download, device, "auto", "auto"))
+    plan = planned(grid, execution(results, data_dir, download, device, "auto", "auto", "on"))
     status = sweep_status(plan)
     if as_json:
         print(json.dumps(status))
