@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..attacks import ATTACKS
 from ..attacks.targets import check_setup_index, check_target_choice
-from ..core.device import check_compile_mode, resolve_device
+from ..core.device import check_compile_mode, check_deterministic_mode, resolve_device
 from ..core.errors import PoisonbenchError
 from ..core.params import chosen_values, collect_options
 from ..data import load_dataset, parse_npz_split
@@ -66,6 +66,7 @@ def craft(
                                                           "auto (long crafts on a GPU; the eager CPU step is as "
                                                           "fast) | on | off. Execution only: not in the poison id."),
     accel: str = options.Accel,
+    deterministic: str = options.Deterministic,
     results: str = options.Results,
     force: bool = typer.Option(False, "--force", help="Craft again even if the artifact exists."),
     as_json: bool = options.Json,
@@ -82,6 +83,7 @@ def craft(
     check_budget(budget)
     check_compile_mode(compile)
     check_accel_mode(accel)
+    check_deterministic_mode(deterministic)
     if eps is not None:
         check_eps(eps)
     check_target_choice(target, intended, setup)
@@ -111,7 +113,7 @@ def craft(
     bar = _Bar()
     try:
         poison, cached = poisons.craft(spec, data, results, dev, progress=bar, force=force, compile=compile,
-                                       accel=accel)
+                                       accel=accel, deterministic=deterministic)
     finally:
         bar.stop()
     m = poison.manifest

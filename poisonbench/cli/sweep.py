@@ -28,9 +28,9 @@ Compile = typer.Option("auto", "--compile", help="torch.compile the models: auto
 RetryFailed = typer.Option(False, "--retry-failed", help="Run the steps that failed before again.")
 
 
-def execution(results, data_dir, download, device, compile, accel) -> Execution:
+def execution(results, data_dir, download, device, compile, accel, deterministic) -> Execution:
     return Execution(results=results, data_dir=data_dir, download=download, device=device, compile=compile,
-                     accel=accel)
+                     accel=accel, deterministic=deterministic)
 
 
 def checked_grid(name: str):
@@ -93,12 +93,13 @@ def plan_cmd(
     device: str = Device,
     compile: str = Compile,
     accel: str = options.Accel,
+    deterministic: str = options.Deterministic,
     results: str = options.Results,
     as_json: bool = options.Json,
 ) -> None:
     from ..sweeps.execute import to_run
 
-    plan = planned(grid, execution(results, data_dir, download, device, compile, accel))
+    plan = planned(grid, execution(results, data_dir, download, device, compile, accel, deterministic))
     states = plan.states()
     if print_commands:
         for step in to_run(plan, retry_failed, states):
@@ -165,6 +166,7 @@ def run_cmd(
     device: str = Device,
     compile: str = Compile,
     accel: str = options.Accel,
+    deterministic: str = options.Deterministic,
     results: str = options.Results,
     as_json: bool = options.Json,
 ) -> None:
@@ -180,7 +182,7 @@ def run_cmd(
                         ("--array-parallelism", array_parallelism), ("--cpus-per-task", cpus_per_task)):
         if value is not None and value < (0 if flag == "--gpus-per-task" else 1):
             raise PoisonbenchError(f"{flag} must be >= {0 if flag == '--gpus-per-task' else 1}, got {value}")
-    ex = execution(results, data_dir, download, device, compile, accel)
+    ex = execution(results, data_dir, download, device, compile, accel, deterministic)
     plan = planned(grid, ex)
     if task_id is not None or (executor == "workers" and emit_sbatch is None and _in_array()):
         raise typer.Exit(execute.run_task(plan, task_id))
@@ -342,7 +344,7 @@ def status_cmd(
 ) -> None:
     from ..sweeps.status import sweep_status
 
-    plan = planned(grid, execution(results, data_dir, download, device, "auto", "auto"))
+    plan = planned(grid, execution(results, data_dir, download, device, "auto", "auto", "on"))
     status = sweep_status(plan)
     if as_json:
         print(json.dumps(status))

@@ -1,7 +1,8 @@
-"""Execution settings: where the work runs (`resolve_device`, `configure_device`, `to_float`) and whether a step
-is `torch.compile`d (`COMPILE_MODES`). Both change speed and float rounding, never what is computed, so neither
-is part of a run id or a poison id; records name them (`env.device`, `compiled`). The third such setting, the CPU
-kernels' switch, lives with the kernels (`poisonbench.engine.kernels`).
+"""Execution settings: where the work runs (`resolve_device`, `configure_device`, `to_float`), whether a step
+is `torch.compile`d (`COMPILE_MODES`) and whether CUDA pins deterministic algorithms (`DETERMINISTIC_MODES`). They
+change speed, float rounding and (the last) repeatability, never what is computed, so none is part of a run id or a
+poison id; records name them (`env.device`, `compiled`, `env.deterministic`). The CPU kernels' switch, another such
+setting, lives with the kernels (`poisonbench.engine.kernels`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import torch
 from .errors import PoisonbenchError, unknown_choice
 
 COMPILE_MODES = ("auto", "on", "off")
+DETERMINISTIC_MODES = ("on", "off")
+
+# The deterministic mode the process was last configured with (`configure_device`): torch's algorithm flags are
+# process-wide, so the mode is too. A call that names none (the engine training a surrogate for a craft, a craft
+# inside `defend`) keeps it; "on" until someone asks for "off".
+_deterministic = "on"
 
 # `compile="auto"`: compile only when epochs × n is at least this many images. Measured on the 2-core CPU: a
 # 30-epoch mnist-5k run (117,000 images) took 147 CPU-seconds compiled (compile included) vs 205 eager.
@@ -37,26 +44,47 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise PoisonbenchError(f"unknown device {spec!r}; valid choices: auto, cpu, cuda, cuda:N")
 
 
-def configure_device(device: torch.device) -> torch.device:
-    """Make CUDA runs reproducible, as the CPU's are (untested here: no GPU). cuDNN's autotuned convolution
-    backward and cuBLAS's split-K sum in a run-dependent order, so pin deterministic algorithms (`warn_only`:
-    an op without a deterministic CUDA kernel, e.g. `grid_sample`'s or `upsample_bilinear2d`'s backward, warns
-    instead of failing), a fixed cuBLAS workspace and Inductor without autotuning. Make `device` the current CUDA
-    device, so nothing lands on GPU 0 by default. Called by the engine and the crafting entry point, so library
-    callers get it too. TF32 convolutions stay at torch's default (on, as in the official code); the record's
-    `env.cudnn_tf32` says so."""
+def configure_device(device: torch.device, deterministic: str | None = None) -> torch.device:
+    """Make `device` the current CUDA device (so nothing lands on GPU 0 by default) and set torch's algorithm
+    choice for it; called by the engine and the crafting entry point, so library callers get it too.
+
+    `deterministic` "on" (the default) makes CUDA runs reproducible, as the CPU's are (untested here: no GPU).
+    cuDNN's autotuned convolution backward and cuBLAS's split-K sum in a run-dependent order, so it pins
+    deterministic algorithms (`warn_only`: an op without a deterministic CUDA kernel, e.g. `grid_sample`'s or
+    `upsample_bilinear2d`'s backward, warns instead of failing), a fixed cuBLAS workspace and Inductor without
+    autotuning. "off" gives the fast choices instead: cuDNN autotuning (`benchmark`, as airbench trains), no
+    deterministic pins; the same seed may then give other numbers. None keeps the mode the process was last
+    configured with (`deterministic_mode`): the flags are process-wide. The CPU's algorithms are deterministic
+    either way, so on the CPU only the mode is remembered. TF32 convolutions stay at torch's default (on, as in the
+    official code); the record's `env.cudnn_tf32` says so."""
+    global _deterministic
+    if deterministic is not None:
+        check_deterministic_mode(deterministic)
+        _deterministic = deterministic
     if device.type != "cuda":
         return device
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    on = _deterministic == "on"
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+    torch.use_deterministic_algorithms(on, warn_only=on)  # off: torch's default state (False, False)
     import torch._inductor.config as inductor_config
 
-    inductor_config.deterministic = True
+    inductor_config.deterministic = on
     if device.index is not None:
         torch.cuda.set_device(device)
     return device
+
+
+def deterministic_mode() -> str:
+    """The deterministic mode the process is configured with (`configure_device`): "on" until set otherwise."""
+    return _deterministic
+
+
+def check_deterministic_mode(mode: str) -> None:
+    if mode not in DETERMINISTIC_MODES:
+        raise unknown_choice("deterministic mode", mode, DETERMINISTIC_MODES)
 
 
 def to_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from .device import deterministic_mode
 from .hashing import code_fingerprint
 
 
@@ -41,9 +42,10 @@ def git_commit() -> str | None:
     return git_state()[0]
 
 
-def environment(device: torch.device, accel: str = "auto") -> dict:
+def environment(device: torch.device, accel: str = "auto", deterministic: str | None = None) -> dict:
     """Where and how a run or a craft executed (none of it is part of a run id or a poison id); `accel`: the CPU
-    kernels' switch it ran with (poisonbench.engine.kernels)."""
+    kernels' switch it ran with (poisonbench.engine.kernels); `deterministic`: CUDA's algorithm choice (on | off;
+    None: the mode the process is configured with, `device.configure_device`)."""
     env = {
         "poisonbench": __version__,
         "git_commit": git_commit(),
@@ -53,6 +55,7 @@ def environment(device: torch.device, accel: str = "auto") -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "accel": accel,
+        "deterministic": deterministic or deterministic_mode(),
         "threads": torch.get_num_threads(),
         "host": platform.node(),
     }

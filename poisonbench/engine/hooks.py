@@ -113,6 +113,7 @@ class TrainContext:
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # what the engine trains with (maybe compiled)
     model_factory: Callable[[int], nn.Module] | None = None  # seed -> a fresh untrained model of the run's kind
     accel: str = "auto"  # the CPU-kernel switch of the run (poisonbench.engine.kernels)
+    precision: str = "fp32"  # the SGD step's arithmetic (training.PRECISIONS): fp32 | bf16 (autocast)
     resuming: bool = False  # `prepare` runs before an epoch checkpoint's state is put back (`load_state`)
 
     @contextmanager

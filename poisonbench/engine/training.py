@@ -11,10 +11,17 @@ state after an epoch is saved from time to time and a killed run resumes from it
 
 The loop reads top to bottom in `train`: set-up, resume, the defense's `prepare`, then per epoch `EpochStep`
 (the SGD pass with the defense's hooks), evaluation, a periodic checkpoint, and the SIGTERM check.
+
+`precision` (`PRECISIONS`): fp32 (the default, the paper's) or bf16, mixed precision: the SGD step's forward and
+loss run under `torch.autocast` in bfloat16 (weights, gradients and the optimizer stay float32; no loss scaling:
+bfloat16 has float32's exponent range). It changes the numbers beyond float rounding, so it is part of the run's
+identity (`config.precision`, absent for fp32). Evaluation (`predict`, `accuracy`) stays float32 under either: the
+metrics measure the trained weights, not the arithmetic they were trained with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.device import compile_static, configure_device, should_compile
+from ..core.errors import unknown_choice
 from ..core.hashing import derived_seed
 from . import augment, termination
 from .checkpoints import Checkpoint
@@ -32,6 +40,24 @@ from .hooks import PRETRAIN_STREAM, Defense, HookClock, TrainContext, set_train_
 from .kernels import check_accel_mode, training_kernels
 from .recipes import Recipe
 from .resume import Resume
+
+# `--precision`: the autocast dtype of the SGD step's forward and loss (None: no autocast at all, plain float32)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def check_precision(precision: str) -> None:
+    """`defend`'s check of `--precision` (`experiment.checks.validate`, before anything loads or is written)."""
+    if precision not in PRECISIONS:
+        raise unknown_choice("precision", precision, PRECISIONS)
+
+
+def step_autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the context the SGD step's forward and loss run in: `torch.autocast` for a reduced precision,
+    `contextlib.nullcontext` for fp32, so fp32 runs exactly the code it ran before the option existed."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass
@@ -83,6 +109,8 @@ def train(
     defense: Defense | None = None,
     compile: str = "auto",
     accel: str = "auto",
+    precision: str = "fp32",
+    deterministic: str | None = None,
     eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     eval_every: int = 0,
     on_batch: Callable[[int, int, int], None] | None = None,
@@ -100,17 +128,21 @@ def train(
     it was the last epoch: then training just finishes) and raises `termination.Terminated`.
     `accel` (auto | off): the CPU kernels' switch (poisonbench.engine.kernels), also the current mode for the frozen
     copies the hooks make; `ctx.accel` tells the defense.
+    `precision` (fp32 | bf16, `PRECISIONS`): the SGD step's arithmetic (module docstring); `ctx.precision` tells
+    the defense, and `train_fresh` trains with it. `deterministic` (on | off | None: as the process is configured):
+    CUDA's algorithm choice (`core.device.configure_device`).
     `model_factory(seed)` builds a fresh model of the run's kind, for defenses that train one first.
     Modules whose parameters are all frozen stay out of the optimizer and in eval mode (a pre-trained extractor;
     in train mode where the model's `frozen_bn` is "train": `defend --head-bn train`).
     """
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     check_accel_mode(accel)
+    autocast = step_autocast(device, precision)  # a library caller's unknown precision: a KeyError, up front
     defense = defense or Defense("none", recipe)
     # channels_last for the convolutions while training (same math, other summation order): on this CPU eager
     # ConvNet training went from about 1,250 to 1,650 img/s (compiled: within noise); the weights are returned
     # in the default layout (safetensors stores contiguous tensors only).
-    configure_device(device)
+    configure_device(device, deterministic)
     set_train_mode(model.to(device, memory_format=torch.channels_last))
     # accel auto, on the CPU: a small-patch convolution's BatchNorm takes its batch statistics from the input's
     # patch moments (the ConvNet's stem) and 5×5 convolutions on small maps train as DFT-domain products; both
@@ -122,7 +154,8 @@ def train(
         compiled = should_compile(compile, len(train_y), recipe.epochs)
         forward = compile_static(model) if compiled else model
         ctx = TrainContext(model, optimizer, recipe, device, generator, train_x, train_y, val_x, val_y,
-                           num_classes, seed, forward=forward, model_factory=model_factory, accel=accel)
+                           num_classes, seed, forward=forward, model_factory=model_factory, accel=accel,
+                           precision=precision)
         history: list[dict] = []
         resume = Resume(checkpoint, ctx, defense, scheduler, history, wall_start, cpu_start)
         saved = resume.load(compiled, kernels.identity)
@@ -132,7 +165,7 @@ def train(
         if kept is not None:
             ctx.active = kept.to(device)
         start_epoch = resume.restore(saved)
-        one_epoch = EpochStep(ctx, defense, scheduler, compiled, on_batch)
+        one_epoch = EpochStep(ctx, defense, scheduler, compiled, on_batch, autocast)
 
         with termination.deferred():  # a SIGTERM now stops after the epoch in progress (`termination`)
             for epoch in range(start_epoch, recipe.epochs):
@@ -158,14 +191,17 @@ def train(
 class EpochStep:
     """One epoch of SGD over the rows in use, with the defense's epoch and per-batch hooks; returns its history row
     (epoch, lr, train loss and accuracy) and adds its seconds to `ctx.cost` (`train`; `defense_batch`, the per-batch
-    hooks' own share, Table V)."""
+    hooks' own share, Table V). `autocast()` (`step_autocast`) is the context of each step's forward and loss; the
+    hooks run outside it, in float32."""
 
     def __init__(self, ctx: TrainContext, defense: Defense, scheduler, compiled: bool,
-                 on_batch: Callable[[int, int, int], None] | None):
+                 on_batch: Callable[[int, int, int], None] | None,
+                 autocast: Callable[[], contextlib.AbstractContextManager]):
         self.ctx, self.defense, self.scheduler = ctx, defense, scheduler
         self.compiled, self.on_batch = compiled, on_batch
         self.hook_clock = HookClock(ctx.device)
         self.raw_hook, self.batch_hook = defense.overrides_hook("batch_raw"), defense.overrides_hook("batch")
+        self.autocast = autocast  # step_autocast: the forward and loss's context (fp32: a nullcontext)
 
     def __call__(self, epoch: int) -> dict:
         ctx, defense, recipe, device = self.ctx, self.defense, self.ctx.recipe, self.ctx.device
@@ -193,9 +229,10 @@ class EpochStep:
             if self.batch_hook:
                 with self.hook_clock.timing():
                     x, y = defense.batch(ctx, x, y, idx)
-            logits = (forward if compiles_size(self.compiled, len(y), recipe.batch_size, len(ctx.train_y))
-                      else model)(x)
-            loss = F.cross_entropy(logits, y)
+            with self.autocast():
+                logits = (forward if compiles_size(self.compiled, len(y), recipe.batch_size, len(ctx.train_y))
+                          else model)(x)
+                loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -218,7 +255,7 @@ def train_fresh(ctx: TrainContext, x: torch.Tensor | None = None, y: torch.Tenso
     """A fresh model of the run's architecture trained by this engine (no defense) on `x, y` (default: the train
     rows in use), returned in eval mode with frozen parameters: the trained features a filter needs (Deep k-NN from
     scratch). Its seed is derived from the run's (`PRETRAIN_STREAM`), so it is reproducible and differs from the
-    run's own model."""
+    run's own model. It trains in the run's precision: it is part of the run's training (and of its cost)."""
     if ctx.model_factory is None:
         raise RuntimeError("train_fresh needs the engine's model_factory (train(..., model_factory=...))")
     if x is None:
@@ -227,7 +264,7 @@ def train_fresh(ctx: TrainContext, x: torch.Tensor | None = None, y: torch.Tenso
     seed = derived_seed(ctx.seed, PRETRAIN_STREAM) if seed is None else seed
     model = ctx.model_factory(seed)
     train(model, x, y, ctx.val_x, ctx.val_y, recipe or ctx.recipe, seed=seed, device=ctx.device,
-          num_classes=ctx.num_classes, accel=ctx.accel)
+          num_classes=ctx.num_classes, accel=ctx.accel, precision=ctx.precision)
     return model.eval().requires_grad_(False)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from ..attacks.base import check_seed
 from ..attacks.targets import check_setup_index
-from ..core.device import check_compile_mode
+from ..core.device import check_compile_mode, check_deterministic_mode
 from ..core.errors import PoisonbenchError
 from ..engine.kernels import check_accel_mode
 from ..engine.models import MODELS
 from ..engine.recipes import Recipe, default_recipe, resolve_recipe
+from ..engine.training import check_precision
 from .scenarios import scenario_for
 from .scenarios.targeted import Targeted
 from .scenarios.untargeted import check_poison_ratio
@@ -82,7 +83,9 @@ def validate(spec: DefendSpec) -> None:
         if targeted_only:
             raise PoisonbenchError(f"{targeted_only[0]} belongs to the targeted scenarios (scratch, transfer); "
                                    f"scenario {scenario.name!r} takes none")
+    check_precision(spec.precision)  # its only check: the engine only looks it up
     check_compile_mode(spec.compile)
     check_accel_mode(spec.accel)
+    check_deterministic_mode(spec.deterministic)
     if not spec.checkpoint_every >= 0:
         raise PoisonbenchError(f"--checkpoint-every must be >= 0 seconds, got {spec.checkpoint_every}")

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.device import resolve_device, to_float
+from ..core.device import configure_device, resolve_device, to_float
 from ..core.errors import PoisonbenchError
 from ..core.io import exclusive, try_exclusive
 from ..core.provenance import git_state
@@ -112,6 +112,8 @@ def resolve_trial(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan 
         "seed": spec.seed + trial,
     }
     config.update(scenario.victim_config(spec, plan))  # transfer: threat, head_bn (nothing for other scenarios)
+    if spec.precision != "fp32":  # only then: the run ids of every fp32 run stay as they were
+        config["precision"] = spec.precision
     if spec.same_init:  # only then: the run ids of every other run stay as they were
         config["same_init"] = same_init(spec, data, plan, scenario, model)
     else:
@@ -139,7 +141,7 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     it over."""
     validate(spec)
     git_state()  # the code of this process, read now: the checkout may move on while the runs train
-    device = resolve_device(spec.device)
+    device = configure_device(resolve_device(spec.device), spec.deterministic)  # crafts on the way follow it too
     store = RunStore(spec.results)
     t0 = time.perf_counter()
     data = load_dataset(spec.dataset, spec.data_dir, spec.download, npz_split=spec.npz_split)
@@ -232,7 +234,7 @@ def prepare(spec: DefendSpec, reporter: Reporter | None = None) -> list[dict]:
     from .scenarios import ModelRequest
 
     validate(spec)
-    device = resolve_device(spec.device)
+    device = configure_device(resolve_device(spec.device), spec.deterministic)
     store = RunStore(spec.results)
     data = load_dataset(spec.dataset, spec.data_dir, spec.download, npz_split=spec.npz_split)
     scenario = scenario_for(spec)

@@ -59,6 +59,7 @@ def execute(spec: DefendSpec, scenario: Scenario, trial, data, tensors: dict, de
     try:
         result = train(model, train_x, train_y, *tensors["val"], recipe, seed=seed, device=device,
                        num_classes=data.num_classes, defense=defense, compile=spec.compile, accel=spec.accel,
+                       precision=spec.precision, deterministic=spec.deterministic,
                        eval_sets={"val": tensors["val"], "test": tensors["test"]},
                        on_batch=reporter.batch if reporter else None,
                        on_epoch=reporter.epoch if reporter else None, checkpoint=checkpoint,
@@ -93,6 +94,6 @@ def execute(spec: DefendSpec, scenario: Scenario, trial, data, tensors: dict, de
         "poison_tensors": dict(plan.tensor_sha256) if plan is not None else None,  # sha256 per attack
         "compiled": result.compiled,
         "resumed_from_epoch": result.resumed_from,
-        "env": environment(device, accel=spec.accel),
+        "env": environment(device, accel=spec.accel, deterministic=spec.deterministic),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

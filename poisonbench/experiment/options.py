@@ -133,6 +133,10 @@ DEFEND_OPTIONS: tuple[DefendOption, ...] = (
     DefendOption("head_bn", "--head-bn", str, None,
                  "Transfer: the frozen extractor's BatchNorm while the head trains: train (default, HINT's code: "
                  "running statistics move) | eval (frozen statistics).", "training"),
+    DefendOption("precision", "--precision", str, "fp32",
+                 "The SGD step's arithmetic: fp32 (the paper's) | bf16 (forward and loss under torch.autocast in "
+                 "bfloat16, weights and optimizer in float32; evaluation stays fp32). It changes the numbers, so a "
+                 "bf16 run has its own run id (config.precision) and is reported apart.", "training"),
     DefendOption("device", "--device", str, "auto", "auto | cpu | cuda | cuda:N.", "execution"),
     DefendOption("compile", "--compile", str, "auto",
                  "torch.compile the model: auto (long runs only) | on | off.", "execution"),
@@ -141,6 +145,10 @@ DEFEND_OPTIONS: tuple[DefendOption, ...] = (
                  "moment BatchNorm in training; on any device, frozen copies with BatchNorm folded and ReLU + pooling "
                  "fused; same numbers up to float rounding) | off (plain PyTorch modules everywhere). Execution only: "
                  "recorded in env, not in the run or poison id.", "execution"),
+    DefendOption("deterministic", "--deterministic", str, "on",
+                 "CUDA algorithms: on (deterministic: the same seed gives the same numbers) | off (cuDNN autotuning, "
+                 "no deterministic pins: faster, not repeatable). No effect on the CPU. Execution only: recorded in "
+                 "env, not in the run or poison id.", "execution"),
     DefendOption("results", "--results", str, None,
                  "Results workspace (default ./results). Env: POISONBENCH_RESULTS.",
                  "execution", envvar="POISONBENCH_RESULTS", show_default=False),
@@ -197,8 +205,9 @@ def spec_from_values(values: Mapping[str, Any]) -> DefendSpec:
         budget=v["budget"], target=v["target"], intended=v["intended"], setup=v["setup"],
         setup_index=v["setup_index"], method=method, method_params=chosen,
         seed=v["seed"], same_init=v["same_init"], threat=v["threat"], head_bn=v["head_bn"], trials=v["trials"],
-        trial=v["trial"], device=v["device"], compile=v["compile"], accel=v["accel"], results=v["results"],
-        force=v["force"], checkpoint_every=v["checkpoint_every"],
+        trial=v["trial"], precision=v["precision"], device=v["device"], compile=v["compile"], accel=v["accel"],
+        deterministic=v["deterministic"], results=v["results"], force=v["force"],
+        checkpoint_every=v["checkpoint_every"],
     )
 
 

@@ -64,9 +64,13 @@ class DefendSpec:
     # default, HINT's code) | eval
     trials: int = 1
     trial: int | None = None  # run only this trial (a sweep's unit of work) instead of 0..trials-1
+    precision: str = "fp32"  # the SGD step's arithmetic (engine.training.PRECISIONS): fp32 | bf16 (autocast); in the
+    # run id as config.precision, only when not fp32
     device: str = "auto"
     compile: str = "auto"
     accel: str = "auto"  # the CPU kernels' switch (poisonbench.engine.kernels); execution only, recorded in env
+    deterministic: str = "on"  # CUDA's deterministic algorithms (core.device.configure_device); execution only,
+    # recorded in env
     results: str | None = None
     force: bool = False
     checkpoint_every: float = CHECKPOINT_EVERY  # seconds between epoch checkpoints (0: after every epoch)

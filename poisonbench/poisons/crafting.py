@@ -25,17 +25,21 @@ from .store import check_writable, exists, labels_hash, load, save
 
 def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | None = None,
           progress: ProgressFn | None = None, force: bool = False, compile: str = "auto",
-          accel: str = "auto") -> tuple[PoisonSet, bool]:
+          accel: str = "auto", deterministic: str | None = None) -> tuple[PoisonSet, bool]:
     """The PoisonSet for `spec`: loaded (verified) if it exists, else crafted and saved. Returns (set, cached).
 
-    `compile` (auto | on | off) and `accel` (auto | off, the CPU kernels' switch: engine.kernels) are execution
-    options like `device`: not part of the poison id (they change δ only by float rounding); the manifest records
-    whether the attack ran compiled and, in its `env`, the accel mode.
+    `compile` (auto | on | off), `accel` (auto | off, the CPU kernels' switch: engine.kernels) and `deterministic`
+    (on | off: CUDA's algorithm choice, `core.device.configure_device`; None: as the process is configured, e.g. by
+    the `defend` that crafts) are execution options like `device`: not part of the poison id (the first two change
+    δ only by float rounding, the last its repeatability on CUDA); the manifest records whether the attack ran
+    compiled and, in its `env`, the accel and deterministic modes.
     """
-    from ..core.device import check_compile_mode
+    from ..core.device import check_compile_mode, check_deterministic_mode
 
     check_compile_mode(compile)
     check_accel_mode(accel)
+    if deterministic is not None:
+        check_deterministic_mode(deterministic)
     if dataset.fingerprint != spec.dataset_fingerprint:
         raise PoisonbenchError(f"craft spec is for dataset fingerprint {spec.dataset_fingerprint}, "
                                f"got {dataset.fingerprint}")
@@ -52,16 +56,16 @@ def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | No
     with exclusive(results_dir(results_root) / "locks" / f"poison-{pid}.lock", on_wait=waiting):
         if exists(results_root, pid) and not force:
             return load(results_root, pid, dataset), True
-        return _craft_and_save(spec, dataset, results_root, device, progress, force, compile, accel)
+        return _craft_and_save(spec, dataset, results_root, device, progress, force, compile, accel, deterministic)
 
 
 def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, force: bool,
-                    compile: str, accel: str) -> tuple[PoisonSet, bool]:
+                    compile: str, accel: str, deterministic: str | None) -> tuple[PoisonSet, bool]:
     pid = spec.poison_id
     partial = results_dir(results_root) / "partial" / pid  # finished batches of an interrupted craft
     from ..core.device import configure_device
 
-    device = configure_device(device or torch.device("cpu"))
+    device = configure_device(device or torch.device("cpu"), deterministic)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     prepare_partial(partial, device, force, accel)  # the existing PoisonSet stays until the new one is saved

@@ -59,8 +59,8 @@ else:  # pragma: no cover
 TOP_KEYS = ("description", "report", "defaults", "runs")
 MAX_RUNS = 10_000  # runs per grid (before duplicates are dropped); see the module docstring
 # `defend` options that are the sweep's (where and how runs execute), never a grid's
-EXECUTION_KEYS = ("results", "data_dir", "download", "device", "compile", "accel", "force", "checkpoint_every",
-                  "as_json", "trial", "prepare_only", "trials")
+EXECUTION_KEYS = ("results", "data_dir", "download", "device", "compile", "accel", "deterministic", "force",
+                  "checkpoint_every", "as_json", "trial", "prepare_only", "trials")
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,12 @@ class Execution:
     device: str = "auto"
     compile: str = "auto"
     accel: str = "auto"
+    deterministic: str = "on"
 
     def values(self) -> dict:
         """The execution's `defend` option values (poisonbench.experiment.options), for a step's spec."""
         return {"results": self.results, "data_dir": self.data_dir, "download": self.download, "device": self.device,
-                "compile": self.compile, "accel": self.accel}
+                "compile": self.compile, "accel": self.accel, "deterministic": self.deterministic}
 
     def argv(self) -> list[str]:
         out = []
@@ -56,6 +57,8 @@ class Execution:
         for flag, value in (("--device", self.device), ("--compile", self.compile), ("--accel", self.accel)):
             if value != "auto":
                 out += [flag, value]
+        if self.deterministic != "on":
+            out += ["--deterministic", self.deterministic]
         return out
 
 

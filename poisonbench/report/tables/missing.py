@@ -95,6 +95,8 @@ class Need:
             parts += ["--seed", str(base_seed)]
         if s.init:
             parts.append("--same-init")
+        if s.precision:
+            parts += ["--precision", s.precision]
         if s.threat and s.threat != "gray":
             parts += ["--threat", s.threat]
         if s.head_bn and s.head_bn != "train":

@@ -104,7 +104,8 @@ def record_row(r: dict) -> dict:
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
         "poison_sets": poison_sets_text(poison.get("poison_sets")) if kind == "untargeted" else "",
         "poison_ids": poison_sets_text(poison.get("poison_ids")) if kind == "untargeted" else "",
-        "poison_label": poison_label(poison) + (" [--same-init]" if c.get("same_init") else ""),
+        "poison_label": poison_label(poison) + (" [--same-init]" if c.get("same_init") else "")
+        + (f" [--precision {c['precision']}]" if c.get("precision") else ""),
         "attack": str(poison.get("attack", "")).lower() if kind in ("targeted", "poison-set") else "",
         "method": method, "params_json": canonical_json(params),
         # everything that defines the experiment except the trial (seed, poisoned rows): recipe overrides,
@@ -125,6 +126,9 @@ def record_row(r: dict) -> dict:
         # "surrogate" for a victim that started from the attacker model's initialisation (`defend --same-init`):
         # another setting, never pooled with the runs seeded apart (tables.settings)
         "init": "surrogate" if c.get("same_init") else "",
+        # the SGD step's arithmetic when not fp32 (`defend --precision bf16`): another setting, never pooled with
+        # fp32 runs; "" for fp32 (the config names no precision)
+        "precision": str(c.get("precision") or ""),
         # transfer runs: whose extractor the poisons were crafted on and the head's BatchNorm mode (`defend --threat`,
         # `--head-bn`); a record from before those options was white-box with BatchNorm in eval mode
         "threat": (c.get("threat") or "white") if c.get("scenario") == "transfer" else "",
@@ -167,7 +171,7 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     keep = pd.Series(True, index=df.index)
     notes = []
     untargeted_rows = df[df.kind == "untargeted"]
-    by = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "mix"]
+    by = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "precision", "mix"]
     for (dataset, *_, mix), group in untargeted_rows.groupby(by):
         counts = group.groupby("poisons_json").size()
         if len(counts) < 2:
@@ -213,7 +217,8 @@ def craft_notes(shown: pd.DataFrame) -> list[str]:
 
 
 # what makes two runs the same configuration (one cell) apart from the trial; `trial` last
-CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "threat", "head_bn", "kind",
+CONFIGURATION = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "precision", "threat", "head_bn",
+                 "kind",
                  "scenario", "rho", "mix", "attack", "method", "params_json", "poisons_json", "trial"]
 
 
@@ -296,10 +301,12 @@ def mix_note(df: pd.DataFrame) -> str | None:
 # --- settings: one block per dataset · model · recipe (and the modes that keep runs apart) --------------------
 #
 # The settings a table has one block for: dataset (name, fingerprint, split), model, resolved recipe, whether the
-# victims started from the attacker's initialisation (`defend --same-init`, a setting of its own), and the transfer
-# victims' threat model and head BatchNorm mode (`defend --threat`, `--head-bn`): transfer runs of another threat or
-# BN mode make a block of their own, and the runs of other scenarios (scratch: no such mode) join every block of
-# their dataset, model and recipe, so a Table III block holds GM from scratch beside BP and FC in one transfer mode.
+# victims started from the attacker's initialisation (`defend --same-init`, a setting of its own), the training
+# precision (`defend --precision bf16`, a setting of its own: fp32 numbers are never pooled with bf16 ones), the
+# transfer victims' threat model and head BatchNorm mode (`defend --threat`, `--head-bn`): transfer runs of another
+# threat or BN mode make a block of their own, and the runs of other scenarios (scratch: no such mode) join every
+# block of their dataset, model and recipe, so a Table III block holds GM from scratch beside BP and FC in one
+# transfer mode.
 
 @dataclass(frozen=True)
 class Setting:
@@ -314,12 +321,14 @@ class Setting:
     npz_split: str = ""  # config.npz_split as "VAL,TEST" (`--npz-split`), "" for the default split
     tag: str = ""  # disambiguates settings that would read alike: other recipe overrides, other data
     init: str = ""  # "surrogate": victims started from the attacker model's initialisation (`--same-init`)
+    precision: str = ""  # config.precision where not fp32 (`--precision bf16`), "" for fp32
     threat: str = ""  # transfer runs': config.threat (gray | white), "" where the block has none
     head_bn: str = ""  # transfer runs': config.head_bn (train | eval), "" where the block has none
 
     @property
     def label(self) -> str:
         same = " · victim from the surrogate's init (--same-init)" if self.init else ""
+        same += f" · {self.precision} training (--precision {self.precision})" if self.precision else ""
         transfer = f" · transfer: {self.threat}-box, head BN {self.head_bn}" if self.threat else ""
         return f"{self.dataset} · {self.model} · {self.recipe} recipe, {self.epochs} ep{self.tag}{same}{transfer}"
 
@@ -330,9 +339,9 @@ class Setting:
 
 def settings(df: pd.DataFrame) -> list[Setting]:
     named = ["dataset", "model", "recipe", "epochs"]
-    keys = df[[*named, "recipe_json", "dataset_fingerprint", "npz_split", "init"]].drop_duplicates(
-        [*named, "recipe_json", "dataset_fingerprint", "init"])  # the fingerprint covers the split
-    keys = keys.sort_values([*named, "recipe_json", "dataset_fingerprint", "init"])
+    keys = df[[*named, "recipe_json", "dataset_fingerprint", "npz_split", "init", "precision"]].drop_duplicates(
+        [*named, "recipe_json", "dataset_fingerprint", "init", "precision"])  # the fingerprint covers the split
+    keys = keys.sort_values([*named, "recipe_json", "dataset_fingerprint", "init", "precision"])
     recipes = keys.groupby(named).recipe_json.nunique()
     data = keys.groupby(named).dataset_fingerprint.nunique()
     out = []
@@ -343,7 +352,7 @@ def settings(df: pd.DataFrame) -> list[Setting]:
         for threat, head_bn in transfer_modes(df, k):
             out.append(Setting(k.dataset, k.model, k.recipe, int(k.epochs), k.recipe_json,
                                fingerprint=k.dataset_fingerprint, npz_split=k.npz_split, tag=tag, init=k.init,
-                               threat=threat, head_bn=head_bn))
+                               precision=k.precision, threat=threat, head_bn=head_bn))
     return out
 
 
@@ -352,13 +361,14 @@ def transfer_modes(df: pd.DataFrame, k) -> list[tuple[str, str]]:
     if "threat" not in df:
         return [("", "")]
     rows = df[(df.dataset == k.dataset) & (df.dataset_fingerprint == k.dataset_fingerprint) & (df.model == k.model)
-              & (df.recipe_json == k.recipe_json) & (df.init == k.init) & (df.threat != "")]
+              & (df.recipe_json == k.recipe_json) & (df.init == k.init) & (df.precision == k.precision)
+              & (df.threat != "")]
     return sorted(set(zip(rows.threat, rows.head_bn, strict=True))) or [("", "")]
 
 
 def in_setting(df: pd.DataFrame, s: Setting) -> pd.DataFrame:
     keep = ((df.dataset == s.dataset) & (df.dataset_fingerprint == s.fingerprint) & (df.model == s.model)
-            & (df.recipe_json == s.recipe_json) & (df.init == s.init))
+            & (df.recipe_json == s.recipe_json) & (df.init == s.init) & (df.precision == s.precision))
     if "threat" in df:  # transfer runs of this block's mode, and every run without one (scratch, untargeted)
         keep &= (df.threat == "") | ((df.threat == s.threat) & (df.head_bn == s.head_bn))
     return df[keep]
