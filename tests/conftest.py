@@ -25,6 +25,21 @@ def pytest_configure(config):
         torch.set_num_threads(split_threads(workers))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` (pyproject.toml's markers; tests/test_gpu.py) need a CUDA device: where torch sees none,
+    as on this project's CPU machines and CI, they are collected and skipped with the reason."""
+    needs_gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not needs_gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in needs_gpu:
+        item.add_marker(skip)
+
+
 def class_images(n: int, size: int, channels: int = 1, classes: int = 10, seed: int = 0):
     """Learnable synthetic images: each class lights a different horizontal band, plus noise (uint8)."""
     rng = np.random.default_rng(seed)

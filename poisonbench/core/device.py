@@ -53,7 +53,8 @@ def configure_device(device: torch.device) -> torch.device:
     torch.use_deterministic_algorithms(True, warn_only=True)
     import torch._inductor.config as inductor_config
 
-    inductor_config.deterministic = True
+    if hasattr(inductor_config, "deterministic"):  # Inductor's deterministic mode is torch 2.10's; older: unset
+        inductor_config.deterministic = True
     if device.index is not None:
         torch.cuda.set_device(device)
     return device
