@@ -31,8 +31,9 @@ the torch version, and `check_seconds`, the wall time the figure took):
   on the same rows and epochs (benchmarks/defense_overhead.py's `timed_training`; the paper recipe shortened to a
   few epochs, its schedules scaled; eager), and `paper_scale_ratio_to_none`: the same at the paper recipe's 80
   epochs, where the work a defense does at scheduled epochs (HINT's noise updates, FRIENDS' friendly noise, EPIC's
-  drops: its `defense_epoch` cost) is counted per event and multiplied by the paper schedule's events, and
-  everything else scales with the epochs.
+  drops: its `defense_epoch` cost) is counted per event and multiplied by the paper schedule's events, a filter's
+  one-off work before training counts once (but the model it trains for its features, with the recipe, scales),
+  and everything else scales with the epochs (`paper_scale_seconds`).
 - `grid_estimate` (table2, table3): the GPU-hours of the builtin grid at paper scale from the figures above; the
   line states its formula and what it leaves out.
 - `fashion_mnist_e2e`: a small targeted run end to end on the device (GM crafted against a surrogate, a victim
@@ -314,6 +315,19 @@ def scheduled_epochs(defense) -> list[int]:
     return []
 
 
+def paper_scale_seconds(wall: float, cost: dict, epochs: int, paper_epochs: int, events: int,
+                        paper_events: int) -> float:
+    """A run's wall seconds at `paper_epochs` from one of `epochs`: the scheduled epochs' work (`defense_epoch`) per
+    event × the paper schedule's events; the filters' one-off work before training (`defense_prepare`) once, except
+    the model a filter trains for its features (`<method>_feature_model`, the recipe's epochs); the rest (the epochs
+    themselves, per-batch hooks included) in proportion to the epochs."""
+    scheduled, prepare = cost.get("defense_epoch", 0.0), cost.get("defense_prepare", 0.0)
+    feature_model = sum(v for k, v in cost.items() if k.endswith("_feature_model"))
+    per_event = scheduled / events if events else 0.0
+    per_epochs = wall - scheduled - prepare + feature_model
+    return per_epochs * paper_epochs / epochs + (prepare - feature_model) + per_event * paper_events
+
+
 def defense_overheads(data: Dataset, model_name: str, device: torch.device, sizes: Sizes) -> list[dict]:
     """Every registered defense's `train` wall time over `none`'s (benchmarks/defense_overhead.py), measured over
     `overhead_epochs` epochs and extrapolated to the paper recipe's (see the module docstring)."""
@@ -334,9 +348,7 @@ def defense_overheads(data: Dataset, model_name: str, device: torch.device, size
         params = setup["params"].get(method, {})
         events_short = scheduled_epochs(build_defense(method, family, short, threat, **params))
         events_paper = scheduled_epochs(build_defense(method, family, paper, threat, **params))
-        per_event = cost.get("defense_epoch", 0.0) / len(events_short) if events_short else 0.0
-        at_paper = ((wall - cost.get("defense_epoch", 0.0)) * paper.epochs / short.epochs
-                    + per_event * len(events_paper))
+        at_paper = paper_scale_seconds(wall, cost, short.epochs, paper.epochs, len(events_short), len(events_paper))
         measured[method] = (wall, cost, at_paper, len(events_short), len(events_paper))
         print(f"gpu_check: defense {method:8s} {wall:8.2f} s", file=sys.stderr, flush=True)
     none_wall, none_paper = measured["none"][0], measured["none"][2]
@@ -417,7 +429,9 @@ def grid_estimate(name: str, images_per_s: dict[str, float], ratios: dict[str, f
             "excludes": (["crafting the untargeted mix (PGD, DAP, DURP, DeepConfuse): not timed here "
                           "(benchmarks/craft_throughput.py times it per poison)"] if untargeted else [])
             + ["evaluation", "process start-up and data loading", "checkpoints"],
-            "assumes": "the ResNet-18 paper-scale overhead ratios for every workload; one GPU per run; fp32",
+            "assumes": ("the ResNet-18 paper-scale overhead ratios for every workload, measured on a part of the "
+                        "rows (costs linear in the rows: OCSVM's fit and EPIC's per-class similarities grow faster); "
+                        "one GPU per run; fp32"),
             "missing": sorted(missing)}
 
 
