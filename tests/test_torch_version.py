@@ -88,3 +88,23 @@ def test_the_cli_says_it_in_one_line(torch_version, cli):
     assert code == 0 and "mnist-5k" in out
     warned = [line for line in err.splitlines() if "torch 2.4.1" in line]
     assert len(warned) == 1 and warned[0].startswith("Warning: torch 2.4.1 is older than the tested"), err
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["this torch", "torch 2.4's API"])
+def test_a_torch_file_holding_numpy_objects_reads_on_older_torch_too(tmp_path, monkeypatch, older):
+    """forest's `torch.save` files hold numpy arrays and scalars, admitted by `torch.serialization.safe_globals`;
+    torch 2.4 has only the process-wide `add_safe_globals` (and no (object, name) entries), so the same admission is
+    made by hand and undone afterwards (torch 2.4's API simulated on this torch: the context manager removed)."""
+    import numpy as np
+
+    from poisonbench.poisons.interchange.unpickle import load_torch_or_pickle
+
+    path = tmp_path / "forest.pth"
+    torch.save({"ids": np.arange(3), "poison_class": np.int64(4), "delta": torch.ones(2)}, path)
+    if older:
+        monkeypatch.setattr(torch, "__version__", "2.4.1")
+        monkeypatch.delattr(torch.serialization, "safe_globals", raising=False)
+    before = set(torch.serialization.get_safe_globals())
+    out = load_torch_or_pickle(path)
+    assert out["ids"].tolist() == [0, 1, 2] and int(out["poison_class"]) == 4 and out["delta"].sum() == 2
+    assert set(torch.serialization.get_safe_globals()) == before  # nothing left admitted process-wide

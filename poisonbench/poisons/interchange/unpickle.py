@@ -5,6 +5,7 @@ decoded as data (a stand-in keeps only mode, size and bytes); any other global a
 
 from __future__ import annotations
 
+import _codecs
 import io
 import pickle
 import re
@@ -138,10 +139,11 @@ def torch_safe_globals(admitted: list):
     """`torch.serialization.safe_globals(admitted)` on the torch in use. Its (object, "module.name") entries, which
     admit an object under another module's name (numpy 1's `numpy.core` for numpy 2's `numpy._core`), are torch
     2.6's and the context manager torch 2.5's: on an older torch the objects are admitted under their own names
-    alone (a file saved under the other numpy major's names is then refused, in one line), added to the
-    process-wide list and taken out again afterwards."""
+    alone (a file saved under the other numpy major's names is then refused, in one line), with `_codecs.encode`
+    itself, which numpy scalars' pickles call and a newer torch admits by default, added to the process-wide list
+    and taken out again afterwards."""
     if version_tuple(torch.__version__) < (2, 6):
-        admitted = list(dict.fromkeys(a[0] if isinstance(a, tuple) else a for a in admitted))
+        admitted = list(dict.fromkeys([*(a[0] if isinstance(a, tuple) else a for a in admitted), _codecs.encode]))
     scoped = getattr(torch.serialization, "safe_globals", None)
     return scoped(admitted) if scoped is not None else _added_safe_globals(admitted)
 
@@ -150,7 +152,7 @@ def torch_safe_globals(admitted: list):
 def _added_safe_globals(admitted: list):
     """torch 2.4's `add_safe_globals` for the duration of the block (what `safe_globals` does from 2.5 on)."""
     serialization = torch.serialization
-    before = serialization.get_safe_globals()
+    before = list(serialization.get_safe_globals())  # torch 2.4 hands out its own list, which add_ extends
     serialization.add_safe_globals(admitted)
     try:
         yield
