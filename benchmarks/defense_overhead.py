@@ -72,10 +72,11 @@ def method_order(methods: list[str], repeat: int) -> list[str]:
 
 
 def timed_training(method: str, setup: dict, epochs_recipe=None) -> tuple[float, dict]:
-    """(wall seconds of `train`, cost) of one training with `method`'s defaults on the benchmark's rows."""
+    """(wall seconds of `train`, cost) of one training with `method`'s defaults on the benchmark's rows (or the
+    parameters `setup["params"][method]` names, where a caller such as benchmarks/gpu_check.py --tiny sets some)."""
     recipe = epochs_recipe or setup["recipe"]
     data, device = setup["data"], setup["device"]
-    defense = build_defense(method, data.family, recipe, setup["threat"])
+    defense = build_defense(method, data.family, recipe, setup["threat"], **setup.get("params", {}).get(method, {}))
     model = build_model(setup["model"], data, seed=SEED)
     start = time.perf_counter()
     result = train(model, setup["x"].clone(), setup["y"], setup["val_x"], setup["val_y"], recipe, seed=SEED,

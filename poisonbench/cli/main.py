@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
+from ..core.provenance import check_torch_version
 from ..engine import termination
 from . import craft as craft_cmd
 from . import data as data_cmd
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with warnings.catch_warnings():  # restores the hook for in-process callers (tests, notebooks)
             warnings.showwarning = one_line
+            check_torch_version()  # an older torch than the pin (a GPU machine's own): one line, once
             _run(typer.main.get_command(build_app()), argv, err)
     finally:
         if installed:  # in-process callers get their own SIGTERM handling back

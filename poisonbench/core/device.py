@@ -71,7 +71,8 @@ def configure_device(device: torch.device, deterministic: str | None = None) -> 
     torch.use_deterministic_algorithms(on, warn_only=on)  # off: torch's default state (False, False)
     import torch._inductor.config as inductor_config
 
-    inductor_config.deterministic = on
+    if hasattr(inductor_config, "deterministic"):  # Inductor's deterministic mode is torch 2.10's; older: unset
+        inductor_config.deterministic = on
     if device.index is not None:
         torch.cuda.set_device(device)
     return device

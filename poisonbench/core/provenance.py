@@ -1,19 +1,67 @@
 """Where and how a run or a craft executed: the code (git commit, dirty flag, source fingerprint), the library
-versions, the device and the host, and the peak memory. None of it is part of a run id or a poison id."""
+versions, the device and the host, and the peak memory. None of it is part of a run id or a poison id.
+
+Also the torch version check (`check_torch_version`): poisonbench is tested with one pinned torch, but a GPU machine
+often comes with its own (installed with `pip install --no-deps -e .`, docs/install.md), so an older torch is
+allowed down to `OLDEST_TORCH` and named once, in one line, rather than refused."""
 
 from __future__ import annotations
 
 import functools
 import platform
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from .. import __version__
 from .device import deterministic_mode
+from .errors import PoisonbenchWarning
 from .hashing import code_fingerprint
+
+# pyproject.toml's pin (tests/test_torch_version.py keeps the two equal): the build the numbers are tested with
+TESTED_TORCH = "2.14.1"
+# the oldest torch poisonbench imports and runs on: APIs newer than this are guarded (docs/install.md, "A machine
+# that already has its torch")
+OLDEST_TORCH = "2.4"
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a version string such as `2.11.0+cu130` or `2.5.0a0+git1234` (a local or
+    pre-release suffix counts as its release); (0, 0, 0) when it does not start with numbers."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(version))
+    return (int(m[1]), int(m[2]), int(m[3] or 0)) if m else (0, 0, 0)
+
+
+def torch_version_note(version: str | None = None) -> str | None:
+    """The one-line warning for torch `version` (default: the running one), or None for the tested pin or newer."""
+    version = str(torch.__version__ if version is None else version)
+    have = version_tuple(version)
+    if have < version_tuple(OLDEST_TORCH):
+        return (f"torch {version} is older than {OLDEST_TORCH}, the oldest poisonbench runs on (tested with "
+                f"{TESTED_TORCH}): expect errors")
+    if have < version_tuple(TESTED_TORCH):
+        return (f"torch {version} is older than the tested {TESTED_TORCH}: numbers may differ in float rounding "
+                "from the pinned build's (records name the version in env.torch)")
+    return None
+
+
+_torch_checked = False
+
+
+def check_torch_version() -> str | None:
+    """Warn once per process (a `PoisonbenchWarning`, one line under the CLI) when torch is older than the tested
+    pin or than `OLDEST_TORCH`; return the note (None: no warning due). Called where the CLI starts and where a
+    run or a craft records its environment, so library callers are told too."""
+    global _torch_checked
+    note = torch_version_note()
+    if note is not None and not _torch_checked:
+        _torch_checked = True
+        warnings.warn(note, PoisonbenchWarning, stacklevel=2)
+    return note
 
 
 def _git(*args: str) -> str | None:
@@ -45,7 +93,9 @@ def git_commit() -> str | None:
 def environment(device: torch.device, accel: str = "auto", deterministic: str | None = None) -> dict:
     """Where and how a run or a craft executed (none of it is part of a run id or a poison id); `accel`: the CPU
     kernels' switch it ran with (poisonbench.engine.kernels); `deterministic`: CUDA's algorithm choice (on | off;
-    None: the mode the process is configured with, `device.configure_device`)."""
+    None: the mode the process is configured with, `device.configure_device`). `torch` is the version that ran,
+    pinned or not (`check_torch_version` warns here once when it is older than the tested pin)."""
+    check_torch_version()
     env = {
         "poisonbench": __version__,
         "git_commit": git_commit(),

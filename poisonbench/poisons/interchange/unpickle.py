@@ -5,11 +5,13 @@ decoded as data (a stand-in keeps only mode, size and bytes); any other global a
 
 from __future__ import annotations
 
+import _codecs
 import io
 import pickle
 import re
 import zipfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 
 from ...core.errors import PoisonbenchError
 from ...core.io import torch_load_tensors
+from ...core.provenance import version_tuple
 from ...data.cifar_pickle import _ALLOWED as NUMPY_GLOBALS
 
 
@@ -132,6 +135,32 @@ def _numpy_safe_globals() -> list:
     return [*admitted, np.ndarray, np.dtype, *dtypes]
 
 
+def torch_safe_globals(admitted: list):
+    """`torch.serialization.safe_globals(admitted)` on the torch in use. Its (object, "module.name") entries, which
+    admit an object under another module's name (numpy 1's `numpy.core` for numpy 2's `numpy._core`), are torch
+    2.6's and the context manager torch 2.5's: on an older torch the objects are admitted under their own names
+    alone (a file saved under the other numpy major's names is then refused, in one line), with `_codecs.encode`
+    itself, which numpy scalars' pickles call and a newer torch admits by default, added to the process-wide list
+    and taken out again afterwards."""
+    if version_tuple(torch.__version__) < (2, 6):
+        admitted = list(dict.fromkeys([*(a[0] if isinstance(a, tuple) else a for a in admitted), _codecs.encode]))
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    return scoped(admitted) if scoped is not None else _added_safe_globals(admitted)
+
+
+@contextmanager
+def _added_safe_globals(admitted: list):
+    """torch 2.4's `add_safe_globals` for the duration of the block (what `safe_globals` does from 2.5 on)."""
+    serialization = torch.serialization
+    before = list(serialization.get_safe_globals())  # torch 2.4 hands out its own list, which add_ extends
+    serialization.add_safe_globals(admitted)
+    try:
+        yield
+    finally:
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(before)
+
+
 def load_torch_or_pickle(path: Path, label: str | None = None):
     """A `torch.save` file (zip, or the legacy format) read with `torch.load(weights_only=True)` (tensors, plain
     containers, numpy arrays and scalars), or a plain pickle read by `ArraysOnlyUnpickler`."""
@@ -144,7 +173,7 @@ def load_torch_or_pickle(path: Path, label: str | None = None):
         if not (isinstance(obj, int) and obj == torch.serialization.MAGIC_NUMBER):
             return obj  # a plain pickle; else the first record of torch's legacy format
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch_safe_globals(_numpy_safe_globals()):
             return torch_load_tensors(path)
     except Exception as exc:
         raise PoisonbenchError(f"{label} is not a torch file of tensors, lists, dicts and numbers "
