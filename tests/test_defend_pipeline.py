@@ -3,6 +3,8 @@ ones it trains with (issue 56)."""
 
 from __future__ import annotations
 
+import inspect
+
 import poisonbench.experiment.defend as defend_module
 from poisonbench.experiment.defend import defend, resolve_trial
 from poisonbench.experiment.scenarios import scenario_for
@@ -42,3 +44,20 @@ def test_a_resolved_trial_is_the_run_config(tiny_npz):
     assert trial.config == defend_module.run_config(spec, data, 2, scenario=scenario_for(spec))
     assert trial.config["defense"] == trial.defense.config() and trial.config["recipe"] == trial.recipe.to_dict()
     assert trial.run_id == defend_module.run_id(trial.config) and trial.config["seed"] == 2
+
+
+def test_the_option_table_declares_every_field_of_the_spec():
+    """`defend`'s options and a grid's keys come from one table (experiment.options): every field of `DefendSpec`
+    is set from a table option (the recipe overrides and `--poisons` under their own names, the defenses' options
+    as `method_params`), and the CLI's options are the table's plus the defenses' and its own two."""
+    from dataclasses import fields
+
+    from poisonbench.cli import defend as defend_cmd
+    from poisonbench.experiment.options import CLI_ONLY, OPTIONS, PARTS, RECIPE_OVERRIDES, method_options
+    from poisonbench.experiment.spec import DefendSpec
+
+    spec_field = {"poisons": "poison_sets", **{name: "recipe_overrides" for name in RECIPE_OVERRIDES}}
+    assert {spec_field.get(name, name) for name in OPTIONS} | {"method_params"} == {f.name for f in fields(DefendSpec)}
+    assert {o.part for o in OPTIONS.values()} == set(PARTS)
+    cli = [p.name for p in inspect.signature(defend_cmd.command()).parameters.values()]
+    assert cli == [*OPTIONS, *CLI_ONLY, *(o.python_name for o in method_options())]

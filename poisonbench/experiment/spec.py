@@ -34,13 +34,23 @@ def epoch_text(description: str, epoch: int, epochs: int, row: dict) -> str:
 
 @dataclass
 class DefendSpec:
+    """What one `defend` call asks for, in the parts of its option table (poisonbench.experiment.options.PARTS);
+    built by `options.spec_from_values` (the CLI, the sweeps) or directly by a library caller."""
+
+    # training: the victim and how it trains
     dataset: str = "mnist-5k"
-    data_dir: str | None = None
-    download: bool = False
     npz_split: tuple[float, float] | None = None  # an .npz's val / test fractions (None: 0.02 / 0.18)
     model: str | None = None  # None: the dataset family's default (paper Table I)
     recipe: str | None = None  # None: `recipes.default_recipe` (forest's for targeted runs on the MNIST family)
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    same_init: bool = False  # the victim starts from the attacker model's initialisation and seed (forest's
+    # --retrain_from_init); recorded as config.same_init, reported apart
+    head_bn: str | None = None  # transfer only: the frozen extractor's BatchNorm while the head trains: train (the
+    # default, HINT's code) | eval
+    precision: str = "fp32"  # the SGD step's arithmetic (engine.training.PRECISIONS): fp32 | bf16 (autocast); in the
+    # run id as config.precision, only when not fp32
+
+    # threat: what is poisoned (the scenario decides which of these apply, and checks them)
     scenario: str | None = None  # None: inferred from the poison options (experiment.scenarios.scenario_for)
     poison_ratio: float = 0.0  # ρ of Table II: fraction of the train split poisoned by the untargeted mix
     attacks: list[str] | None = None  # None: the paper's four (PGD, DAP, DURP, DeepConfuse)
@@ -54,18 +64,20 @@ class DefendSpec:
     intended: int | None = None  # targeted: the class it should be taken for (None: drawn per trial)
     setup: str | None = None  # targeted: a setup file (the benchmark's setup schema); trial t takes setup i + t
     setup_index: int = 0
+    threat: str | None = None  # transfer only: gray (the default: the attacker's own extractor) | white (the victim's)
+
+    # defense
     method: str = "none"
     method_params: dict[str, Any] = field(default_factory=dict)
+
+    # trials
     seed: int = 0
-    same_init: bool = False  # the victim starts from the attacker model's initialisation and seed (forest's
-    # --retrain_from_init); recorded as config.same_init, reported apart
-    threat: str | None = None  # transfer only: gray (the default: the attacker's own extractor) | white (the victim's)
-    head_bn: str | None = None  # transfer only: the frozen extractor's BatchNorm while the head trains: train (the
-    # default, HINT's code) | eval
     trials: int = 1
     trial: int | None = None  # run only this trial (a sweep's unit of work) instead of 0..trials-1
-    precision: str = "fp32"  # the SGD step's arithmetic (engine.training.PRECISIONS): fp32 | bf16 (autocast); in the
-    # run id as config.precision, only when not fp32
+
+    # execution: where and how it runs; none of it is in the run id
+    data_dir: str | None = None
+    download: bool = False
     device: str = "auto"
     compile: str = "auto"
     accel: str = "auto"  # the CPU kernels' switch (poisonbench.engine.kernels); execution only, recorded in env
