@@ -37,7 +37,7 @@ from . import augment, termination
 from .checkpoints import Checkpoint
 from .chunking import chunk_rows
 from .hooks import PRETRAIN_STREAM, Defense, HookClock, TrainContext, set_train_mode, sync
-from .kernels import check_accel_mode, training_kernels
+from .kernels import training_kernels
 from .recipes import Recipe
 from .resume import Resume
 
@@ -136,7 +136,6 @@ def train(
     in train mode where the model's `frozen_bn` is "train": `defend --head-bn train`).
     """
     wall_start, cpu_start = time.perf_counter(), time.process_time()
-    check_accel_mode(accel)
     autocast = step_autocast(device, precision)  # a library caller's unknown precision: a KeyError, up front
     defense = defense or Defense("none", recipe)
     # channels_last for the convolutions while training (same math, other summation order): on this CPU eager
