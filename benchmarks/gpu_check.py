@@ -285,7 +285,7 @@ def craft_figures(data: Dataset, model_name: str, device: torch.device, sizes: S
 def craft_line(attack: str, poisons: int, per_iteration: float, params: dict, timed: int, scenario: str) -> dict:
     restart = per_iteration * params["iterations"]
     return {"attack": attack, "scenario": scenario, "poisons": poisons, "timed_iterations": timed,
-            "seconds_per_iteration": round(per_iteration, 5), "iterations": params["iterations"],
+            "seconds_per_iteration": float(f"{per_iteration:.5g}"), "iterations": params["iterations"],
             "restarts": params["restarts"], "seconds_per_restart": round(restart, 2),
             "seconds_per_poison_set": round(restart * params["restarts"], 1),
             "note": "extrapolated: seconds_per_iteration × iterations (× restarts); an untrained surrogate"}

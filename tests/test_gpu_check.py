@@ -92,7 +92,7 @@ def test_crafting_figures_extrapolate_to_the_attacks_defaults(tiny):
     assert (crafts["gm"]["iterations"], crafts["gm"]["restarts"]) == (250, 8)  # forest's brew
     for c in crafts.values():
         assert c["seconds_per_iteration"] > 0
-        restart = c["seconds_per_iteration"] * c["iterations"]  # the fields are rounded: 2 and 1 decimals
+        restart = c["seconds_per_iteration"] * c["iterations"]  # rounded: 5 significant digits, 2 and 1 decimals
         assert c["seconds_per_restart"] == pytest.approx(restart, rel=1e-3, abs=0.01)
         assert c["seconds_per_poison_set"] == pytest.approx(restart * c["restarts"], rel=1e-3, abs=0.1)
 
