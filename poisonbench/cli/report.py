@@ -84,7 +84,8 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
                     paired: bool,
                     rho: float | None, out: str | None, run: str | None, trial: int | None, dataset: str | None,
                     method: str | None, recipe: str | None, model: str | None, epochs: int | None,
-                    attacks: str | None, **_elsewhere) -> tuple[list[str] | None, str | None, str | None]:
+                    attacks: str | None, poison_ratio: float | None = None,
+                    **_elsewhere) -> tuple[list[str] | None, str | None, str | None]:
     """Every check `report` makes on its options before it reads a record, in one place: `report` runs it, and so
     does a sweep grid's `report = [...]` at plan time (sweeps/grid.py), so that a `--table 9` there fails before any
     run trains. Returns (methods, the attack mix, the PoisonSet choice) in their normal form. Reads nothing."""
@@ -104,6 +105,7 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
         raise PoisonbenchError(f"--trial must be a non-negative trial id, got {trial}")
     if rho is not None and not 0 <= rho <= 1:
         raise PoisonbenchError(f"--rho must be in [0, 1], got {rho}")
+    check_matrix(table, figure, missing, rho, out, poison_ratio)
     methods = _methods(method)
     attacks = ",".join(a.strip() for a in attacks.split(",")) if attacks else attacks  # "pgd, dap" = "pgd,dap"
     check_filters(dataset, methods, recipe, model, epochs, attacks)
@@ -121,6 +123,28 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
         if check_figure(figure) != "1" and run is not None:
             raise PoisonbenchError("--run selects the record of --figure 1 only")
     return methods, attacks, chosen
+
+
+def is_matrix(table: str | None) -> bool:
+    return table is not None and str(table).strip().lower() == "matrix"
+
+
+def check_matrix(table: str | None, figure: str | None, missing: bool, rho: float | None, out: str | None,
+                 poison_ratio: float | None) -> None:
+    """The options of `--table matrix` (every defense against every attack), and the ones it does not take."""
+    matrix = is_matrix(table)
+    if poison_ratio is not None and not matrix:
+        raise PoisonbenchError("--poison-ratio applies to --table matrix only (Tables II, IV and V take --rho)")
+    if poison_ratio is not None and not 0 < poison_ratio <= 1:
+        raise PoisonbenchError(f"--poison-ratio must be in (0, 1], got {poison_ratio:g} (the clean column holds "
+                               "ρ = 0)")
+    if not matrix:
+        return
+    if missing:
+        raise PoisonbenchError("--missing does not list the matrix's runs; `poisonbench sweep plan matrix-quick "
+                               "--print-commands` does")
+    if rho is not None:
+        raise PoisonbenchError("--table matrix takes --poison-ratio (the ρ of its untargeted runs), not --rho")
 
 
 def check_modes(table: str | None, figure: str | None, fmt: str, missing: bool, per_trial: bool, poisons: str | None,
@@ -155,7 +179,7 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
            paper: bool = False, diff: bool = False, ci: bool = False, paired: bool = False,
            wilson: bool | None = None, missing: bool = False, per_trial: bool = False, rho: float | None = None,
            trial: int | None = None, run: str | None = None, data_dir: str | None = None,
-           results: str | None = None) -> None:
+           results: str | None = None, poison_ratio: float | None = None) -> None:
     """Every form of `report` (flags or subcommand) ends here, with the options in the flag form's terms: the mode is
     `table` (with `missing`), `figure`, or neither (the plain summary)."""
     from ..report import tables
@@ -165,8 +189,10 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
     methods, attacks, chosen = check_arguments(
         table=table, figure=figure, fmt=fmt, missing=missing, per_trial=per_trial, poisons=poisons, trials=trials,
         paper=paper, diff=diff, ci=ci, wilson=wilson, paired=paired, rho=rho, out=out, run=run, trial=trial,
-        dataset=dataset, method=method, recipe=recipe, model=model, epochs=epochs, attacks=attacks)
+        dataset=dataset, method=method, recipe=recipe, model=model, epochs=epochs, attacks=attacks,
+        poison_ratio=poison_ratio)
     packed = is_packed(results)
+    matrix = is_matrix(table)
     if packed and figure is not None and out is None:  # <results>/figures: a packed file has no directory
         raise PoisonbenchError("--figure with a packed --results file needs --out DIR for the PNGs (the default, "
                                "<results>/figures, is inside a workspace)")
@@ -174,7 +200,8 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
     filters = {"dataset": record_name(dataset) if dataset else None,
                "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
                # --run names one record: the mix and PoisonSet defaults of a table must not hide it
-               "mix": attacks or ("any" if run is not None else tables.PAPER_MIX),
+               # the matrix reads every mix (its cells: single attacks); its --attacks picks the columns
+               "mix": "any" if matrix else attacks or ("any" if run is not None else tables.PAPER_MIX),
                "poison_sets": ("any" if run is not None else "") if chosen is None else chosen}
     records = store.all()
     for line in store.skipped_lines():  # one warning per file skipped, naming it and why; the exit status stays 0
@@ -183,15 +210,17 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
         note(store.skipped_note())
 
     if table is not None:
+        columns = tuple(attacks.split(",")) if matrix and attacks and attacks != "any" else ()
         opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson is not False, rho=rho,
-                              paired=paired)
+                              paired=paired, poison_ratio=poison_ratio, attacks=columns)
         if missing:
             if packed:  # `defend --results FILE.jsonl.gz` would be refused: the commands name no workspace
                 note(f"the records come from the packed file {store.root}: the commands below name no --results; "
                      "add --results DIR to complete a workspace")
             show_missing(table, records, opts, filters, dataset, per_trial, data_dir, None if packed else results)
         else:
-            show_table(table, records, store, opts, filters, fmt)
+            show_table(table, records, store, opts, filters, fmt,
+                       heatmap_dir=(out or (None if packed else str(store.root / "figures"))) if matrix else None)
     elif figure is not None:
         draw_figures(figure, records, store, filters, out=out, run=run, paper=paper, rho=rho, trial=trial,
                      data_dir=data_dir)
@@ -219,8 +248,10 @@ def show_missing(table: str, records: list[dict], opts, filters: dict, dataset: 
     note(f"Table {tables.ROMAN[number]}: {len(commands)} command(s) to complete it ({opts.trials} trials per cell)")
 
 
-def show_table(table: str, records: list[dict], store: RecordReader, opts, filters: dict, fmt: str) -> None:
-    """`--table N`: the paper's table from the records, in `fmt`."""
+def show_table(table: str, records: list[dict], store: RecordReader, opts, filters: dict, fmt: str,
+               heatmap_dir: str | None = None) -> None:
+    """`--table N`: the paper's table from the records, in `fmt`; `--table matrix` also writes its heatmap PNG(s)
+    into `heatmap_dir` (their paths on stderr; none with a packed --results file and no --out)."""
     from ..report import tables
 
     number = tables.check_table(table)
@@ -235,6 +266,16 @@ def show_table(table: str, records: list[dict], store: RecordReader, opts, filte
         tables.render_rich(result)
     else:
         sys.stdout.write(tables.render(result, fmt))
+    if number == tables.MATRIX:
+        if heatmap_dir is None:
+            note("no heatmap written: the records come from a packed file; pass --out DIR for the PNG")
+            return
+        from ..report.figures.matrix import figure_matrix
+        from ..report.figures.panels import confined_to
+
+        with confined_to(Path(heatmap_dir)):
+            for path in figure_matrix(result, Path(heatmap_dir)):
+                note(f"heatmap: {path}")
 
 
 def draw_figures(figure: str, records: list[dict], store: RecordReader, filters: dict, *, out: str | None,
@@ -331,7 +372,8 @@ Poisons = _option(None, "--poisons", metavar="ATTACK=ID,...", help=POISONS_HELP.
 Format = _option("rich", "--format", help="rich | md | latex | csv | json.")
 # Tables
 # N is checked by `report` (as `--table N` is), so that a missing one is refused with the choices, like a bad one
-TableNumber = typer.Argument(None, metavar="N", show_default=False, help="The table: 2 | 3 | 4 | 5 (or II–V).")
+TableNumber = typer.Argument(None, metavar="N", show_default=False,
+                             help="The table: 2 | 3 | 4 | 5 (or II–V) | matrix (every defense × every attack).")
 TableTrials = _option(5, "--trials", help="Trials a cell should have; other counts are marked (n=k).")
 Paper = _option(False, "--paper", help="Add the paper's published numbers beside ours, in its whole layout (every ρ "
                                        "row and method, empty where no run).")
@@ -341,6 +383,10 @@ Paired = _option(False, "--paired", help="Table II: add each defense minus W/o D
                                          "poisons), mean ± std in points.")
 Wilson = typer.Option(None, "--wilson/--no-wilson", show_default=False,
                       help="Table III: each k/n with its 95% Wilson interval (the default; --no-wilson: k/n alone).")
+PoisonRatio = _option(None, "--poison-ratio", help="--table matrix: the ρ of the untargeted runs in its cells, in "
+                                                   "(0, 1] (default 1.0); the clean column holds ρ = 0.")
+TableOut = _option(None, "--out", help="--table matrix: directory for the heatmap PNG (default <results>/figures; "
+                                       "needed with a packed --results file for a PNG).")
 TableRho = _option(None, "--rho", help="Table II: only this ρ; Tables IV/V: runs at this ρ (default 0.6).")
 # missing
 MissingTrials = _option(5, "--trials", help="Trials each configuration should have: one with fewer gets a command "
@@ -401,12 +447,16 @@ def flag_form(
     fmt: str = Format,
     results: str = Results,
     # the flag form of the subcommands: hidden from --help (the subcommands document them), working as before
-    table: str = _option(None, "--table", hidden=True, help="Paper table to rebuild: 2 | 3 | 4 | 5 (II–V)."),
+    table: str = _option(None, "--table", hidden=True,
+                         help="Paper table to rebuild: 2 | 3 | 4 | 5 (II–V), or matrix (every defense × attack)."),
     figure: str = _option(None, "--figure", hidden=True,
                           help="Paper figure to draw: 1 | 2 | 3 | 4 | rho (accuracy vs ρ)."),
     missing: bool = _option(False, "--missing", hidden=True,
                             help="Print one `poisonbench defend` command per configuration the table lacks."),
-    out: str = _option(None, "--out", hidden=True, help="Directory for --figure PNGs (default <results>/figures)."),
+    out: str = _option(None, "--out", hidden=True, help="Directory for --figure PNGs and the --table matrix heatmap "
+                                                        "(default <results>/figures)."),
+    poison_ratio: float = _option(None, "--poison-ratio", hidden=True,
+                                  help="--table matrix: the ρ of its untargeted runs (default 1.0)."),
     trials: int = _option(5, "--trials", hidden=True, help="Trials a cell should have; other counts are marked (n=k)."),
     paper: bool = _option(False, "--paper", hidden=True, help="Add the paper's published numbers beside ours."),
     diff: bool = _option(False, "--diff", hidden=True, help="Add ours − paper (percentage points; Table V: × none)."),
@@ -435,7 +485,7 @@ def flag_form(
     _dispatch(ctx, table=table, figure=figure, out=out, dataset=dataset, method=method, recipe=recipe, model=model,
               epochs=epochs, attacks=attacks, poisons=poisons, trials=trials, fmt=fmt, paper=paper, diff=diff, ci=ci,
               paired=paired, wilson=wilson, missing=missing, per_trial=per_trial, rho=rho, trial=trial, run=run,
-              data_dir=data_dir, results=results)
+              data_dir=data_dir, results=results, poison_ratio=poison_ratio)
 
 
 def table_command(
@@ -456,11 +506,13 @@ def table_command(
     paired: bool = Paired,
     wilson: bool = Wilson,
     rho: float = TableRho,
+    poison_ratio: float = PoisonRatio,
+    out: str = TableOut,
     results: str = Results,
 ) -> None:
     _dispatch(ctx, table=needs_number("table", number), dataset=dataset, method=method, recipe=recipe, model=model,
               epochs=epochs, attacks=attacks, poisons=poisons, trials=trials, fmt=fmt, paper=paper, diff=diff, ci=ci,
-              paired=paired, wilson=wilson, rho=rho, results=results)
+              paired=paired, wilson=wilson, rho=rho, poison_ratio=poison_ratio, out=out, results=results)
 
 
 def missing_command(
@@ -515,7 +567,9 @@ def group() -> typer.Typer:
     app.callback(invoke_without_command=True)(flag_form)
     app.command("table", help="The paper's Table II, III, IV or V from the run records (Table II: test accuracy "
                               "against the untargeted mix at each ρ; III: attack success and accuracy against the "
-                              "targeted attacks; IV: HINT's sensitivity to r and β; V: execution time).")(table_command)
+                              "targeted attacks; IV: HINT's sensitivity to r and β; V: execution time), or `matrix`: "
+                              "every defense against every attack alone (accuracy, or k/n for targeted attacks), "
+                              "with a heatmap PNG.")(table_command)
     app.command("missing", help="One `poisonbench defend` command per configuration table N still lacks (Tables II, "
                                 "IV, V; Table III names the sweep that lists its runs), on stdout.")(missing_command)
     app.command("figure", help="The paper's Figure 1, 2, 3 or 4, or test accuracy vs ρ (rho), as PNGs; their paths "

@@ -18,6 +18,7 @@ from .layout import (
     CAPTIONS,
     DASH,
     HINT_PAPER,
+    MATRIX,
     PAPER_MIX,
     R_GRID,
     RHOS,
@@ -531,15 +532,23 @@ def table5(df: pd.DataFrame, opts: Options) -> Table:
 
 # --- a numbered table from run records: the records' selection, the builder, the version note -----------------
 
-BUILDERS = {"2": table2, "3": table3, "4": table4, "5": table5}
+def matrix(df: pd.DataFrame, opts: Options) -> Table:
+    from .matrix import matrix as build_matrix
+
+    return build_matrix(df, opts)
+
+
+BUILDERS = {"2": table2, "3": table3, "4": table4, "5": table5, MATRIX: matrix}
 
 
 def check_table(number: str) -> str:
-    """`number` as one of TABLES ("2".."5", or II..V in any case); an unknown one is refused as given."""
+    """`number` as one of TABLES ("2".."5", or II..V in any case) or `matrix`; an unknown one is refused as given."""
     name = str(number).strip().upper()
     name = {v: k for k, v in ROMAN.items()}.get(name, name)
+    if name.lower() == MATRIX:
+        return MATRIX
     if name not in TABLES:
-        raise unknown_choice("table", number, TABLES)
+        raise unknown_choice("table", number, (*TABLES, MATRIX))
     return name
 
 

@@ -11,6 +11,7 @@ from .. import paper
 # --- table numbers, grids, paper defaults and captions --------------------------------------------------------
 
 TABLES = ("2", "3", "4", "5")
+MATRIX = "matrix"  # `--table matrix`: every defense against every attack (tables/matrix.py), not a paper table
 ROMAN = {"2": "II", "3": "III", "4": "IV", "5": "V"}
 FORMATS = ("rich", "md", "latex", "csv", "json")
 RHOS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -83,6 +84,8 @@ class Table:
 
     @property
     def title(self) -> str:
+        if self.number == MATRIX:
+            return "Defense × attack matrix"
         return f"Table {ROMAN.get(self.number, self.number)}"
 
 
@@ -95,3 +98,5 @@ class Options:
     wilson: bool = True  # III: each k/n with its 95 % Wilson interval (`report --no-wilson`: k/n alone)
     rho: float | None = None  # II: only this row; IV/V: the ρ of the runs (default 0.6)
     paired: bool = False  # II: add each defense's per-trial difference to `none` (same seed, poisons, order)
+    poison_ratio: float | None = None  # matrix: the ρ of the untargeted runs (default 1.0)
+    attacks: tuple[str, ...] = ()  # matrix: only these attack columns, in this order (default: every attack run)

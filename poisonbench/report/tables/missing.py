@@ -182,6 +182,9 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     command (lines that wrote elsewhere would never complete the table asked about)."""
     number = check_table(number)
     notes = []
+    if number == "matrix":
+        return [], ["the matrix: `--missing` does not list its runs; `poisonbench sweep plan matrix-quick "
+                    "--print-commands` does"]
     if number == "3":
         return [], ["Table III: `--missing` does not list targeted runs; `poisonbench sweep plan table3 "
                     "--print-commands` (or table3-quick) does, or run `poisonbench defend --attack gm|bp|fc --method M "

@@ -67,8 +67,8 @@ def render_csv(t: Table) -> str:
 
 def render_json(t: Table) -> str:
     notes = [{"block": b.title, "notes": b.notes} for b in t.blocks]
-    return json.dumps({"table": ROMAN[t.number], "caption": t.caption, "notes": notes, "table_notes": t.notes,
-                       "rows": t.data}, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps({"table": ROMAN.get(t.number, t.number), "caption": t.caption, "notes": notes,
+                       "table_notes": t.notes, "rows": t.data}, indent=2, ensure_ascii=False) + "\n"
 
 
 def render_rich(t: Table, console=None) -> None:

@@ -1,0 +1,195 @@
+"""`report --table matrix`: every defense against every attack, one block per setting (docs/metrics.md,
+"Defense × attack matrix").
+
+Rows: the defenses with records, in the DEFENSES registry order (`none` first, always shown); methods the registry
+no longer knows follow alphabetically. Columns: `clean` (ρ = 0 runs) where there are any, then the attacks in the
+ATTACKS registry order. An untargeted column holds the test accuracy of runs against that attack *alone* (the
+record's untargeted config lists exactly that one attack) at the chosen poison ratio (`--poison-ratio`, default
+1.0); runs of a mix of attacks never enter a cell. A targeted column holds k/n (attack successes over runs) of that
+targeted attack; where an attack has runs of both targeted scenarios (scratch and transfer), each gets its own
+column. A cell without runs is `–`, never filled in. Per cell, one parameter set of the defense is shown (`primary`:
+HINT at the paper's r and β, else the defense's defaults, else the set with the most runs); a note counts the
+others.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .layout import DASH, HINT_PAPER, MATRIX, Block, Cell, Options, Table, method_label, rho_text
+from .records import in_setting, left_out_note, primary, settings
+from .stats import close, num, stat
+
+CAPTION = ("Every defense against every attack: test accuracy (%) against each untargeted attack alone at poison "
+           "ratio ρ = {rho} and without poisons (clean), mean ± std over trials (n); attack success k/n against each "
+           "targeted attack")
+DEFAULT_POISON_RATIO = 1.0
+
+
+def registry_methods() -> list[str]:
+    from ...defenses import DEFENSES
+
+    return DEFENSES.names()
+
+
+def registry_attacks() -> list[str]:
+    from ...attacks import ATTACKS
+
+    return ATTACKS.names()
+
+
+def untargeted_attacks() -> list[str]:
+    """The registered attacks that poison without a target (the ones a column of accuracies is for)."""
+    from ...attacks import ATTACKS
+
+    return [a for a in ATTACKS.names() if not ATTACKS.get(a).targeted]
+
+
+def row_methods(present: set[str]) -> list[str]:
+    """`none` first (always), then the defenses with records in the registry order, then unknown ones."""
+    known = registry_methods()
+    ordered = ["none"] + [m for m in known if m != "none" and m in present]
+    return ordered + sorted(present - set(known))
+
+
+def attack_order(attacks: set[str], wanted: list[str] | None) -> list[str]:
+    if wanted:
+        return list(wanted)
+    known = registry_attacks()
+    return [a for a in known if a in attacks] + sorted(attacks - set(known))
+
+
+def columns_of(df: pd.DataFrame, rho: float, wanted: list[str] | None) -> list[tuple[str, str, str]]:
+    """(column label, kind, key) per column: ("clean", "clean", ""), (attack, "untargeted", attack) and
+    (label, "targeted", "attack|scenario" or "attack|") in the ATTACKS registry order (or `wanted`'s)."""
+    single = df[(df.kind == "untargeted") & ~df.mix.str.contains(",") & close(df.rho, rho)]
+    targeted = df[df.kind == "targeted"]
+    cols: list[tuple[str, str, str]] = []
+    if (df.kind == "clean").any():
+        cols.append(("clean", "clean", ""))
+    for a in attack_order(set(single.mix) | set(targeted.attack), wanted):
+        scenarios = sorted({str(s) for s in targeted[targeted.attack == a].scenario})
+        if a in set(single.mix) or (wanted and not scenarios and a in untargeted_attacks()):
+            cols.append((a, "untargeted", a))
+        if wanted and not scenarios and a not in set(single.mix) and a not in untargeted_attacks():
+            cols.append((a, "targeted", f"{a}|"))  # a targeted attack asked for by name, without runs yet
+        if len(scenarios) > 1:
+            cols += [(f"{a} ({sc})", "targeted", f"{a}|{sc}") for sc in scenarios]
+        elif scenarios:
+            cols.append((a, "targeted", f"{a}|"))
+    return cols
+
+
+def column_rows(sdf: pd.DataFrame, kind: str, key: str, rho: float) -> pd.DataFrame:
+    if kind == "clean":
+        return sdf[sdf.kind == "clean"]
+    if kind == "untargeted":
+        return sdf[(sdf.kind == "untargeted") & (sdf.mix == key) & close(sdf.rho, rho)]
+    attack, scenario = key.split("|")
+    rows = sdf[(sdf.kind == "targeted") & (sdf.attack == attack)]
+    return rows[rows.scenario == scenario] if scenario else rows
+
+
+def newest_kind(rows: pd.DataFrame, label: str, notes: list) -> pd.DataFrame:
+    """A targeted column compares one kind of poisons (ε, budget, attack parameters; each trial has its own
+    target): that of its most recently finished run, as Table III's columns do."""
+    if rows.poisons_json.nunique() < 2:
+        return rows
+    newest = rows.sort_values(["finished_at", "run_id"]).poisons_json.iloc[-1]
+    notes.append(f"not shown: {int((rows.poisons_json != newest).sum())} {label} run(s) whose poisons differ in ε, "
+                 "budget or attack parameters from the column's newest run (a column shows one kind)")
+    return rows[rows.poisons_json == newest]
+
+
+def acc_text(st, opts: Options) -> str:
+    text = f"{100 * st.mean:.2f}"
+    if st.n > 1:
+        text += f" ± {100 * st.std:.2f}"
+        if opts.ci:
+            text += f" [{100 * st.lo:.2f}, {100 * st.hi:.2f}]"
+    return text + f" (n={st.n})"
+
+
+def matrix(df: pd.DataFrame, opts: Options) -> Table:
+    rho = DEFAULT_POISON_RATIO if opts.poison_ratio is None else opts.poison_ratio
+    wanted = list(opts.attacks) if opts.attacks else None
+    df = df[df.kind.isin(["clean", "untargeted", "targeted"])]
+    if wanted:
+        df = df[(df.kind == "clean") | df.mix.isin(wanted) | df.attack.isin(wanted)]
+    blocks, data, shown = [], [], set()
+    for s in settings(df):
+        sdf = in_setting(df, s)
+        notes: list[str] = []
+        mixed = sdf[(sdf.kind == "untargeted") & sdf.mix.str.contains(",")]
+        if len(mixed):
+            notes.append(f"not shown: {len(mixed)} untargeted run(s) of attack mixes "
+                         f"({' | '.join(sorted(set(mixed.mix)))}); a cell holds runs of one attack alone "
+                         "(Table II shows mixes)")
+        other_rho = sdf[(sdf.kind == "untargeted") & ~sdf.mix.str.contains(",") & ~close(sdf.rho, rho)]
+        if len(other_rho):
+            notes.append(f"not shown: {len(other_rho)} single-attack run(s) at ρ = "
+                         f"{', '.join(rho_text(r) for r in sorted(set(other_rho.rho)))} (this matrix: ρ = "
+                         f"{rho_text(rho)}; --poison-ratio)")
+        cols = columns_of(sdf, rho, wanted)
+        if not cols:
+            continue
+        eligible = pd.concat([column_rows(sdf, kind, key, rho) for _, kind, key in cols])
+        methods = row_methods(set(eligible.method))  # a defense whose runs are all mixes or at another ρ: no row
+        block = Block(s.label, ["defense", *(label for label, _, _ in cols)])
+        cells: dict[tuple[str, str], dict] = {}
+        stats = {}
+        for label, kind, key in cols:
+            rows = column_rows(sdf, kind, key, rho)
+            if kind == "targeted":
+                rows = newest_kind(rows, label, notes)
+            for m in methods:
+                chosen, left = primary(rows, m, HINT_PAPER if m == "hint" else None)
+                notes.append(left_out_note(m, chosen, left, see=f"column {label}; see plain `report`"))
+                shown |= set(chosen.run_id)
+                entry = {"column": label, "kind": kind, "attack": key.split("|")[0] if key else None,
+                         "scenario": (key.split("|")[1] or None) if kind == "targeted" else kind,
+                         "rho": 0.0 if kind == "clean" else (rho if kind == "untargeted" else None),
+                         "method": m, "params": chosen.params_json.iloc[0] if len(chosen) else None}
+                if kind == "targeted":
+                    succ = [bool(x) for x in chosen.success if x is not None and not pd.isna(x)]
+                    entry.update(n=len(succ), successes=sum(succ),
+                                 success_rate=num(sum(succ) / len(succ)) if succ else None)
+                else:
+                    st = stats[(m, label)] = stat(chosen.test_acc)
+                    entry.update(n=st.n if st else 0, mean=num(100 * st.mean) if st else None,
+                                 std=num(100 * st.std) if st else None)
+                cells[(m, label)] = entry
+        for m in methods:
+            row = [Cell(method_label(m), label=True)]
+            for label, kind, _ in cols:
+                entry, base = cells[(m, label)], cells[("none", label)]
+                if not entry["n"]:
+                    row.append(Cell())
+                elif kind == "targeted":
+                    row.append(Cell(f"{entry['successes']}/{entry['n']}", entry["success_rate"]))
+                else:
+                    st = stats[(m, label)]
+                    text = acc_text(st, opts)
+                    delta = None
+                    if m != "none" and base["n"]:
+                        delta = num(entry["mean"] - base["mean"], 2)
+                        if opts.diff:
+                            text += f" Δ {delta:+.2f}"
+                    row.append(Cell(text, round(100 * st.mean, 2)))
+                    entry["delta_vs_none"] = delta
+                if kind == "targeted":
+                    entry["delta_vs_none"] = (num(entry["success_rate"] - base["success_rate"])
+                                              if m != "none" and entry["n"] and base["n"] else None)
+                data.append({"table": "matrix", **setting_fields(s), **entry})
+            block.rows.append(row)
+        if opts.diff:
+            notes.append("Δ: the defense's mean test accuracy minus W/o Defense's in the same column (points)")
+        if not any(cells[("none", label)]["n"] for label, _, _ in cols):
+            notes.append(f"{method_label('none')} has no runs in this setting: its row is empty ({DASH})")
+        block.notes = list(dict.fromkeys(n for n in notes if n))
+        blocks.append(block)
+    return Table(MATRIX, CAPTION.format(rho=rho_text(rho)), blocks, data, shown=shown)
+
+
+def setting_fields(s) -> dict:
+    return {"dataset": s.dataset, "model": s.model, "recipe": s.recipe, "epochs": s.epochs, "setting": s.label}
