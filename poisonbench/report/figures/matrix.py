@@ -26,8 +26,7 @@ def grid(rows: list[dict], methods: list[str], columns: list[str], value: str) -
 
 def panel(ax, values: np.ndarray, labels: list[list[str]], methods: list[str], columns: list[str], cmap: str,
           vmin: float, vmax: float, title: str, colorbar: str, fig) -> None:
-    colours = plt.get_cmap(cmap).copy()
-    colours.set_bad(MISSING)
+    colours = plt.get_cmap(cmap).with_extremes(bad=MISSING)
     image = ax.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(methods)), [tables.method_label(m) for m in methods], fontsize=8)

@@ -1,0 +1,150 @@
+"""`report --table matrix` (every defense against every attack alone) and its builtin grid `matrix-quick`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from poisonbench.attacks import ATTACKS
+from poisonbench.core.hashing import short_hash
+from poisonbench.defenses import DEFENSES
+from poisonbench.report import tables
+from poisonbench.sweeps import load_grid
+from tests.report_records import hint_params, make_record, write_records
+
+
+def single(method: str, attack: str, acc: float, trial: int, rho: float = 1.0, params: dict | None = None) -> dict:
+    """An untargeted run of `attack` alone (config.poison.attacks = [attack])."""
+    return mix_run(method, [attack], acc, trial, rho, params)
+
+
+def mix_run(method: str, attacks: list[str], acc: float, trial: int, rho: float = 1.0,
+            params: dict | None = None) -> dict:
+    r = make_record(method=method, rho=rho, trial=trial, acc=acc, params=params)
+    r["config"]["poison"]["attacks"] = list(attacks)
+    r["run_id"] = short_hash(r["config"])
+    return r
+
+
+def targeted(method: str, attack: str, trial: int, success: bool, params: dict | None = None) -> dict:
+    return make_record(method=method, trial=trial, params=params, acc=0.9,
+                       targeted={"attack": attack, "target_index": trial, "target_class": 1, "intended_class": 2,
+                                 "success": success})
+
+
+def matrix_records() -> list[dict]:
+    recs = []
+    for t in range(3):  # none vs pgd: 3 trials; vs dap: 2 trials
+        recs.append(single("none", "pgd", 0.30 + 0.01 * t, t))
+    for t in range(2):
+        recs.append(single("none", "dap", 0.50 + 0.02 * t, t))
+        recs.append(make_record(method="none", rho=0.0, trial=t, acc=0.97 + 0.01 * t))  # clean
+    for t in range(2):  # knn (k = 101) vs pgd only: dap missing
+        recs.append(single("knn", "pgd", 0.60 + 0.02 * t, t, params={"k": 101}))
+    recs.append(single("hint", "dap", 0.80, 0, params=hint_params()))
+    # must never enter a cell: a mix with pgd in it, and pgd alone at another ρ
+    for t in range(3):
+        recs.append(mix_run("knn", ["pgd", "dap"], 0.10, t, params={"k": 101}))
+        recs.append(single("knn", "pgd", 0.11, t, rho=0.4, params={"k": 101}))
+        recs.append(mix_run("friends", ["pgd", "durp"], 0.12, t, params={"beta": 0.062}))
+    # targeted: GM against none (2 of 3 succeed) and knn (0 of 2)
+    recs += [targeted("none", "gm", t, t < 2) for t in range(3)]
+    recs += [targeted("knn", "gm", t, False, params={"k": 101}) for t in range(2)]
+    return recs
+
+
+def build(records, **opts):
+    return tables.build("matrix", records, tables.Options(trials=1, **opts), mix="any")
+
+
+def cells(table) -> dict:
+    return {(r["method"], r["column"]): r for r in table.data}
+
+
+def test_cells_are_single_attack_runs_at_the_ratio_with_none_beside():
+    t = build(matrix_records())
+    c = cells(t)
+    block = next(b for b in t.blocks if b.title.startswith("mnist-5k"))
+    assert block.columns == ["defense", "clean", "pgd", "dap", "gm"]  # the ATTACKS registry order, clean first
+    assert [row[0].text for row in block.rows] == ["W/o Defense", "HINT", "knn"]  # DEFENSES order, none first
+    assert "friends" not in {m for m, _ in c}  # its only runs are a mix
+    pgd = c[("none", "pgd")]
+    assert pgd["n"] == 3 and pgd["mean"] == pytest.approx(31.0) and pgd["std"] == pytest.approx(1.0)
+    knn = c[("knn", "pgd")]  # the mix (0.10) and the ρ = 0.4 runs (0.11) stay out
+    assert knn["n"] == 2 and knn["mean"] == pytest.approx(61.0) and knn["delta_vs_none"] == pytest.approx(30.0)
+    assert c[("none", "dap")]["n"] == 2 and c[("none", "dap")]["mean"] == pytest.approx(51.0)
+    assert c[("none", "clean")]["n"] == 2 and c[("none", "clean")]["mean"] == pytest.approx(97.5)
+    assert c[("knn", "dap")]["n"] == 0 and c[("knn", "dap")]["mean"] is None  # missing, never invented
+    assert c[("knn", "clean")]["n"] == 0
+    assert c[("hint", "dap")]["n"] == 1 and c[("hint", "dap")]["delta_vs_none"] == pytest.approx(29.0)
+    gm = c[("none", "gm")], c[("knn", "gm")]
+    assert (gm[0]["successes"], gm[0]["n"], gm[1]["successes"], gm[1]["n"]) == (2, 3, 0, 2)
+    texts = {row[0].text: [cell.text for cell in row[1:]] for row in block.rows}
+    assert texts["knn"] == ["–", "61.00 ± 1.41 (n=2)", "–", "0/2"]
+    assert texts["W/o Defense"][1] == "31.00 ± 1.00 (n=3)" and texts["W/o Defense"][3] == "2/3"
+    md = tables.render(t, "md")
+    assert "not shown: 6 untargeted run(s) of attack mixes" in md and "single-attack run(s) at ρ = 0.4" in md
+
+
+def test_the_poison_ratio_picks_the_cells_and_none_is_shown_without_runs():
+    t = build(matrix_records(), poison_ratio=0.4)
+    c = cells(t)
+    assert c[("knn", "pgd")]["n"] == 3 and c[("knn", "pgd")]["mean"] == pytest.approx(11.0)
+    assert c[("none", "pgd")]["n"] == 0  # `none` keeps its row, empty where it has no runs
+    block = next(b for b in t.blocks if b.title.startswith("mnist-5k"))
+    assert block.rows[0][0].text == "W/o Defense"
+    assert "dap" not in block.columns  # no run of dap alone at ρ = 0.4
+
+
+def test_attacks_choose_the_columns_and_scenarios_split_a_targeted_column():
+    recs = matrix_records()
+    extra = targeted("none", "gm", 5, True)
+    extra["config"]["scenario"] = "transfer"
+    extra["run_id"] = short_hash(extra["config"])
+    t = build([*recs, extra], attacks=("gm", "pgd"))
+    block = next(b for b in t.blocks if b.title.startswith("mnist-5k"))
+    assert block.columns == ["defense", "clean", "gm (scratch)", "gm (transfer)", "pgd"]
+    c = cells(t)
+    assert (c[("none", "gm (transfer)")]["successes"], c[("none", "gm (transfer)")]["n"]) == (1, 1)
+
+
+def test_cli_table_json_png_and_bad_values(cli, tmp_path):
+    root = write_records(tmp_path / "results", matrix_records())
+    code, out, err = cli("report", "--table", "matrix", "--results", str(root), "--format", "json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["table"] == "matrix"
+    row = next(r for r in data["rows"] if r["method"] == "knn" and r["column"] == "pgd")
+    assert row["n"] == 2 and row["mean"] == pytest.approx(61.0)
+    png = root / "figures" / "matrix_mnist-5k_convnet_quick10.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"heatmap: {png}" in err
+    code, out, err = cli("report", "table", "matrix", "--results", str(root), "--out", str(tmp_path / "figs"),
+                         "--poison-ratio", "0.4")
+    assert code == 0, err
+    assert "W/o Defense" in out and (tmp_path / "figs" / png.name).exists()
+    for args, needle in ((["--table", "matrix", "--poison-ratio", "2"], "--poison-ratio must be in (0, 1]"),
+                         (["--table", "matrix", "--poison-ratio", "0"], "--poison-ratio must be in (0, 1]"),
+                         (["--table", "2", "--poison-ratio", "0.5"], "--poison-ratio applies to --table matrix"),
+                         (["--table", "matrix", "--rho", "0.5"], "takes --poison-ratio"),
+                         (["--table", "matrix", "--missing"], "--missing does not list the matrix's runs"),
+                         (["--table", "nine"], "valid choices: 2, 3, 4, 5, matrix")):
+        code, out, err = cli("report", *args, "--results", str(root))
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+# ----------------------------------------------------------------------------------------------- the grid
+
+def test_matrix_quick_covers_every_defense_against_every_untargeted_attack_alone():
+    """Read from the registries: a defense or an untargeted attack registered without a place in the grid fails."""
+    grid = load_grid("matrix-quick")
+    untargeted = {a for a in ATTACKS.names() if not ATTACKS.get(a).targeted}
+    assert all(len(r.get("attacks")) == 1 for r in grid.runs)  # each attack alone, never a mix
+    pairs = {(r.get("method"), r.get("attacks")[0]) for r in grid.runs}
+    assert all(r.get("dataset") == "mnist-5k" and r.get("recipe") == "quick" and r.get("poison_ratio") == 1.0
+               for r in grid.runs)
+    assert {r.trial for r in grid.runs} == {0}
+    wanted = {(m, a) for m in DEFENSES.names() for a in untargeted}
+    missing = wanted - pairs
+    assert not missing, f"matrix-quick lacks {sorted(missing)}"
+    assert grid.report[:2] == ["--table", "matrix"]
