@@ -39,6 +39,31 @@ REGISTRY_AND_TOYS = [*ATTACKS.names(), *TOYS]
 # a targeted attack draws its rows from the intended class (a quarter of the rows); in transfer (bp, fc) from that
 # class's share of the 10 % transfer set (4 of the tiny split's 160 train rows)
 BUDGET = {"toy-targeted": 0.05, "gm": 0.05, "bp": 0.02, "fc": 0.02}
+# options the tiny 16×16 split needs (LSP's default patch of 7 does not divide 16: a 4×4 grid of 4×4 patches)
+TINY_PARAMS = {"lsp": {"patch_size": 4}}
+
+# each norm's test ε (linf: EPS) and its default on the tiny MNIST-family split (1×16×16): the paper's 0.3, LSP's
+# 6/255·√(C·H·W), OPS's one pixel
+TEST_EPS = {"linf": EPS, "l2": 1.0, "l0": 1}
+TINY_DEFAULT_EPS = {"linf": 0.3, "l2": 6 / 255 * 16, "l0": 1}
+
+
+def eps_for(name):
+    return TEST_EPS[ATTACKS.get(name).norm]
+
+
+def row_sizes(delta, norm):
+    """Each δ row's size in `norm`: max |δ|, ‖δ‖₂, or the pixel positions (H×W) where some channel changes."""
+    if norm == "linf":
+        return delta.abs().flatten(1).amax(1)
+    if norm == "l2":
+        return delta.flatten(1).norm(dim=1)
+    assert norm == "l0"
+    return (delta != 0).any(1).flatten(1).sum(1).float()
+
+
+def within(sizes, eps, norm):
+    return sizes.max().item() <= (eps if norm == "l0" else eps + EPS_TOLERANCE)
 
 
 @pytest.fixture
@@ -60,17 +85,18 @@ def target_for(name, data):
     return Target(0, label, (label + 1) % data.num_classes)
 
 
-def _attack_and_craft(name, data, results, budget=0.5, seed=3, eps=EPS, **params):
+def _attack_and_craft(name, data, results, budget=0.5, seed=3, eps=None, **params):
     target = target_for(name, data)
+    eps = eps_for(name) if eps is None else eps
     spec = craft_spec(data, name, eps=eps, budget=budget, seed=seed, target=target,
-                      **{**FAST.get(name, {}), **params})
+                      **{**FAST.get(name, {}), **TINY_PARAMS.get(name, {}), **params})
     attack = ATTACKS.get(name)(data.family, **spec.params)
     ctx = AttackContext(data, attack.choose_rows(data, budget, seed, target), spec.eps, budget, seed,
                         torch.device("cpu"), results_root=results, target=target)
     return attack, attack.craft(ctx)
 
 
-def _craft(name, data, results, budget=0.5, seed=3, eps=EPS, **params):
+def _craft(name, data, results, budget=0.5, seed=3, eps=None, **params):
     return _attack_and_craft(name, data, results, budget, seed, eps, **params)[1]
 
 
@@ -90,8 +116,10 @@ def test_invariants(attack_name, tiny):
     assert len(poison.indices) == k == len(poison.delta)
     assert len(torch.unique(poison.indices)) == k and poison.indices.max() < n
     assert poison.delta.shape[1:] == data.train.x.shape[1:] and poison.delta.dtype == torch.float32
-    assert poison.delta.abs().max().item() <= EPS + EPS_TOLERANCE
-    assert poison.delta.abs().max().item() > 0.2 * EPS  # it does perturb
+    norm, eps = ATTACKS.get(name).norm, eps_for(name)  # each attack within its own norm's ball
+    sizes = row_sizes(poison.delta, norm)
+    assert within(sizes, eps, norm)
+    assert sizes.max().item() > 0.2 * eps  # it does perturb
     xp = data.train.x[poison.indices].float() / 255 + poison.delta
     assert xp.min().item() >= -EPS_TOLERANCE and xp.max().item() <= 1 + EPS_TOLERANCE
     assert torch.equal(data.train.y, labels_before)  # clean-label: the split's labels are untouched
@@ -108,7 +136,8 @@ def test_full_and_empty_budgets(attack_name, tiny):
     data, results = tiny
     n = len(data.train)
     cls = ATTACKS.get(name)
-    spec_all = craft_spec(data, name, budget=BUDGET.get(name, 1.0), target=target_for(name, data))
+    spec_all = craft_spec(data, name, budget=BUDGET.get(name, 1.0), target=target_for(name, data),
+                          **TINY_PARAMS.get(name, {}))
     if cls.targeted:  # rows from one class: no budget covers the whole split, and an empty one is refused
         assert spec_all.eps == 16 / 255  # forest's default (paper §VI-A2)
         from poisonbench.attacks.targets import draw_target
@@ -118,10 +147,12 @@ def test_full_and_empty_budgets(attack_name, tiny):
         return
     empty = _craft(name, data, results, budget=0.0)
     assert len(empty.indices) == 0 and empty.delta.shape == (0, *data.train.x.shape[1:])
-    assert spec_all.eps == 0.3  # the MNIST-family default of the paper
+    norm = cls.norm
+    assert spec_all.eps == pytest.approx(TINY_DEFAULT_EPS[norm], rel=1e-12)  # the MNIST-family default
     full = _craft(name, data, results, budget=1.0, eps=spec_all.eps)
     assert torch.equal(full.indices, torch.arange(n)) and len(full.delta) == n
-    assert 0.2 * spec_all.eps < full.delta.abs().max().item() <= spec_all.eps + EPS_TOLERANCE
+    sizes = row_sizes(full.delta, norm)
+    assert within(sizes, spec_all.eps, norm) and sizes.max().item() > 0.2 * spec_all.eps
 
 
 def test_durp_is_one_perturbation_per_class(tiny):

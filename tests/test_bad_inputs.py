@@ -213,3 +213,34 @@ def test_a_refused_pickle_is_one_line_without_torchs_warning(cli, tiny_npz, tmp_
     one_line_error(code, err, f"{str(weights)!r} is not a")
     assert [str(w.message) for w in caught] == []
     assert not marker.exists() and not (tmp_path / "r").exists()
+
+
+# --- the shortcut attacks' bounds and options (lsp: ℓ2, ops: L0) -----------------------------------------------
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--attack", "lsp", "--eps", "0", "--patch-size", "4"], "eps must be > 0 and finite (ℓ2 radius"),
+    (["--attack", "lsp", "--eps", "-1", "--patch-size", "4"], "got -1.0"),
+    (["--attack", "lsp", "--patch-size", "5"], "--patch-size 5 of attack 'lsp' must divide the images' height and "
+                                               "width (16×16)"),
+    (["--attack", "lsp"], "--patch-size 7 of attack 'lsp' must divide"),  # the MNIST family's default on 16×16
+    (["--attack", "ops", "--eps", "0.5"], "eps must be an integer >= 1 (L0"),
+])
+def test_shortcut_attack_bounds_and_options_are_refused(cli, tiny_npz, tmp_path, args, needle):
+    results = tmp_path / "r"
+    code, _, err = cli("craft", *args, "--dataset", tiny_npz, "--results", results)
+    one_line_error(code, err, needle)
+    assert files_under(results) == []
+
+
+def test_an_ops_class_with_no_pixel_to_change_is_refused(cli, tmp_path):
+    """Class 2 holds all-black and all-white one-channel images: whatever pixel and colour OPS picks, one of them
+    already has it, so no pair changes every image of the class."""
+    x, y = class_images(200, 8, classes=4)
+    x[:40:2], x[1:40:2], y[:40] = 0, 255, 2
+    path = tmp_path / "ops.npz"
+    np.savez(path, x=x, y=y)
+    results = tmp_path / "r"
+    code, _, err = cli("craft", "--attack", "ops", "--dataset", path, "--results", results)
+    one_line_error(code, err, "no pixel position and colour changes every image of class 2")
+    assert files_under(results) == []

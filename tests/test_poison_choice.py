@@ -230,12 +230,12 @@ def test_default_attack_parameters_never_change():
     expected = {
         "mnist": {"pgd": {"steps": 40, "step_size": 0.01, "random_start": True, "batch_size": 1000},
                   "dap": {"steps": 100, "step_fraction": 0.2, "random_start": False, "batch_size": 1000},
-                  "durp": {},
+                  "durp": {}, "lsp": {"patch_size": 7, "classwise": False}, "ops": {},
                   "deepconfuse": {"outer_epochs": 6, "inner_epochs": 1, "batch_size": 64, "gen_lr": 1e-3,
                                   "cls_lr": 0.01, "official_schedule": False}},
         "cifar10": {"pgd": {"steps": 10, "step_size": 2 / 255, "random_start": True, "batch_size": 500},
                     "dap": {"steps": 100, "step_fraction": 0.2, "random_start": False, "batch_size": 500},
-                    "durp": {},
+                    "durp": {}, "lsp": {"patch_size": 8, "classwise": False}, "ops": {},
                     "deepconfuse": {"outer_epochs": 2, "inner_epochs": 1, "batch_size": 256, "gen_lr": 1e-4,
                                     "cls_lr": 0.01, "official_schedule": False}},
     }

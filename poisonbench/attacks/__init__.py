@@ -11,9 +11,12 @@ from .deepconfuse import DeepConfuse
 from .durp import DURP
 from .fc import FC
 from .gm import GM
+from .lsp import LSP
+from .ops import OPS
 from .pgd import PGD
 
-# the paper's Table II order (untargeted), then Table III's (targeted)
-ATTACKS: Registry = Registry.of("attack", (PGD, DAP, DURP, DeepConfuse, GM, BP, FC))
+# the paper's Table II order (untargeted), the model-free shortcut attacks beyond it (LSP, OPS), then Table III's
+# (targeted)
+ATTACKS: Registry = Registry.of("attack", (PGD, DAP, DURP, DeepConfuse, LSP, OPS, GM, BP, FC))
 
 __all__ = ["ATTACKS"]

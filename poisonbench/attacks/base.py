@@ -5,8 +5,12 @@ or the official code's value; sources in docs/fidelity.md). `ctx` carries the cl
 rows (chosen by the attack's `choose_rows` from the budget, the seed and, for a targeted attack, its `Target`),
 ε in pixel units, the device, a lazily trained surrogate and a progress callback.
 
+Each attack bounds δ in its own norm (`Attack.norm`, docs/engine.md "Norms"): "linf" (every attack of the paper:
+‖δ‖∞ ≤ ε, ε in (0, 1)), "l2" (‖δ_i‖₂ ≤ ε per image, ε > 0) or "l0" (at most ε pixel positions of an image changed,
+all channels of a position counting as one; ε an integer ≥ 1).
+
 Invariants every attack keeps (checked by tests/test_attacks.py for every registered attack):
-‖δ‖∞ ≤ ε, 0 ≤ x+δ ≤ 1, labels unchanged (a PoisonSet stores no labels), exactly ⌊budget·n⌋ rows,
+δ within its norm's ε-ball, 0 ≤ x+δ ≤ 1, labels unchanged (a PoisonSet stores no labels), exactly ⌊budget·n⌋ rows,
 and the same δ for the same inputs and seed on the same device.
 """
 
@@ -116,9 +120,42 @@ def check_budget(budget: float) -> None:
         raise PoisonbenchError(f"budget must be a fraction in [0, 1], got {budget}")
 
 
-def check_eps(eps: float) -> None:
-    if not (isinstance(eps, (int, float)) and 0.0 < eps < 1.0):
-        raise PoisonbenchError(f"eps must be in (0, 1) (L∞, pixel units), got {eps}")
+NORMS = ("linf", "l2", "l0")
+
+
+def check_eps(eps: float, norm: str = "linf") -> None:
+    """ε in its norm's range, refused in one line: linf (0, 1); l2 > 0 and finite; l0 an integer ≥ 1."""
+    number = isinstance(eps, (int, float)) and not isinstance(eps, bool)
+    if norm == "linf":
+        if not (number and 0.0 < eps < 1.0):
+            raise PoisonbenchError(f"eps must be in (0, 1) (L∞, pixel units), got {eps}")
+    elif norm == "l2":
+        if not (number and math.isfinite(eps) and eps > 0):
+            raise PoisonbenchError(f"eps must be > 0 and finite (ℓ2 radius of each image, pixel units), got {eps}")
+    elif norm == "l0":
+        if not (number and math.isfinite(eps) and eps >= 1 and float(eps).is_integer()):
+            raise PoisonbenchError(f"eps must be an integer >= 1 (L0: the pixel positions an image may change), "
+                                   f"got {eps}")
+    else:
+        raise PoisonbenchError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
+
+
+def delta_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Each row's size in `norm` (K, float): ‖δ_i‖∞, ‖δ_i‖₂, or the number of pixel positions (H×W locations)
+    where some channel of δ_i is non-zero."""
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(len(flat))
+    if norm == "l2":
+        return flat.norm(dim=1)
+    if norm == "l0":
+        return (delta != 0).any(1).flatten(1).sum(1).to(delta.dtype)
+    raise PoisonbenchError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
+
+
+def within_eps(size: float, eps: float, norm: str) -> bool:
+    """Whether a row's `delta_norms` value keeps the bound: with EPS_TOLERANCE for the float norms, exactly for L0."""
+    return size <= eps if norm == "l0" else size <= eps + EPS_TOLERANCE
 
 
 @dataclass
@@ -188,6 +225,7 @@ class Attack:
     uses_surrogate: ClassVar[bool] = False
     targeted: ClassVar[bool] = False
     in_paper_mix: ClassVar[bool] = False  # one of the untargeted mix of HINT's Table II (`--attacks`' default)
+    norm: ClassVar[str] = "linf"  # what ε bounds (NORMS; module docstring): `project` enforces it on δ
     PARAMS: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, family: str, **params: Any):
@@ -198,8 +236,9 @@ class Attack:
         self.validate()
 
     @classmethod
-    def default_eps(cls, family: str) -> float:
-        """ε when `--eps` is not given (the paper's, per dataset family)."""
+    def default_eps(cls, family: str, shape: tuple[int, int, int]) -> float:
+        """ε when `--eps` is not given (the paper's, per dataset family), in the attack's `norm`; `shape` (C, H, W)
+        is the images' shape, for a bound that depends on it (LSP's ℓ2 radius)."""
         return DEFAULT_EPS[family]
 
     @classmethod
@@ -226,6 +265,10 @@ class Attack:
 
     def validate(self) -> None:
         """Raise PoisonbenchError for parameter combinations out of range."""
+
+    def check_data(self, dataset, eps: float) -> None:
+        """Raise PoisonbenchError (one line) if this attack cannot craft on `dataset` with `eps` (e.g. a patch size
+        that does not divide the images): called by `craft_spec`, before anything is written."""
 
     def model_spec(self, dataset) -> tuple[str, dict] | None:
         """(workspace kind, spec) of the model this attack crafts against (the spec holds its attacker seed,
@@ -265,14 +308,32 @@ class Attack:
             bad = int((~torch.isfinite(delta)).flatten(1).any(1).sum())
             raise PoisonbenchError(f"attack {self.name!r} produced a δ that is not finite in {bad} of "
                                    f"{len(delta)} rows (diverged; try a smaller step size or learning rate)")
-        delta = project(x, delta, ctx.eps)
+        delta = project(x, delta, ctx.eps, self.norm)
         ctx.report(f"{self.name} · {ctx.dataset.name}", len(ctx.indices), len(ctx.indices))
         return PoisonSet(delta=delta.contiguous(), indices=ctx.indices.clone())
 
 
-def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """Onto the L∞ ball of radius ε and the pixel box: δ ← clamp(x + clamp(δ, −ε, ε), 0, 1) − x."""
-    return (x + delta.clamp(-eps, eps)).clamp_(0, 1).sub_(x)
+def project(x: torch.Tensor, delta: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+    """Onto the `norm` ball of radius ε and the pixel box [0, 1].
+
+    linf: δ ← clamp(x + clamp(δ, −ε, ε), 0, 1) − x. l2: each row scaled to ‖δ_i‖₂ ≤ ε (rows inside are kept), then
+    x+δ clamped into the box (clamping only shrinks each |δ_ij|, so the norm stays ≤ ε; it may end below ε). l0: no
+    row may change more than ε pixel positions — the attack chooses them, so a row over the bound is a bug and
+    raises RuntimeError — then x+δ clamped into the box (which changes no further position)."""
+    if norm == "linf":
+        return (x + delta.clamp(-eps, eps)).clamp_(0, 1).sub_(x)
+    if norm == "l2":
+        norms = delta.flatten(1).norm(dim=1)
+        scale = (eps / norms.clamp_min(1e-12)).clamp_(max=1.0)
+        return (x + delta * scale.view(-1, *([1] * (delta.dim() - 1)))).clamp_(0, 1).sub_(x)
+    if norm == "l0":
+        changed = delta_norms(delta, "l0")
+        if len(changed) and changed.max().item() > eps:
+            rows = (changed > eps).nonzero().flatten()[:5].tolist()
+            raise RuntimeError(f"δ changes more than ε = {eps:g} pixel positions in rows {rows} (at most "
+                               f"{int(changed.max().item())}): a bug in the attack")
+        return (x + delta).clamp_(0, 1).sub_(x)
+    raise PoisonbenchError(f"unknown norm {norm!r}; valid choices: {', '.join(NORMS)}")
 
 
 class PartialBatches:

@@ -100,7 +100,7 @@ class TargetedAttack(Attack):
     default_scenario: ClassVar[str] = "scratch"
 
     @classmethod
-    def default_eps(cls, family: str) -> float:
+    def default_eps(cls, family: str, shape: tuple[int, int, int]) -> float:
         return TARGETED_EPS
 
     @classmethod

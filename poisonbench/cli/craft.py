@@ -53,9 +53,11 @@ def craft(
                                                         "⌊budget·n⌋ rows drawn from --seed. Default: 1.0 (every "
                                                         "row) for untargeted attacks, 0.01 of the intended class's "
                                                         "rows for targeted ones."),
-    eps: float = typer.Option(None, "--eps", help="L∞ bound in pixel units, in (0, 1); default per dataset "
-                                                  "family: 0.3 (MNIST), 8/255 (CIFAR-10) untargeted; 16/255 targeted, "
-                                                  "as in the paper."),
+    eps: float = typer.Option(None, "--eps", help="Bound on δ in the attack's norm: L∞ in pixel units, in (0, 1); "
+                                                  "default per dataset family: 0.3 (MNIST), 8/255 (CIFAR-10) "
+                                                  "untargeted; 16/255 targeted, as in the paper. lsp: the ℓ2 radius "
+                                                  "per image (> 0; default 6/255·√(C·H·W)); ops: the pixel "
+                                                  "positions an image may change (an integer >= 1; default 1)."),
     seed: int = typer.Option(0, "--seed", help="Crafting seed (rows, random starts, generator init)."),
     target: int = options.Target,
     intended: int = options.Intended,
@@ -85,7 +87,7 @@ def craft(
     check_accel_mode(accel)
     check_deterministic_mode(deterministic)
     if eps is not None:
-        check_eps(eps)
+        check_eps(eps, cls.norm)
     check_target_choice(target, intended, setup)
     if (setup is not None or target is not None) and not cls.targeted:
         raise PoisonbenchError(f"attack {attack!r} is untargeted: it takes no --target, --intended or --setup")

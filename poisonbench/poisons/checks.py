@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attacks.base import EPS_TOLERANCE, budget_count
+from ..attacks.base import EPS_TOLERANCE, budget_count, delta_norms, within_eps
 from ..core.errors import PoisonbenchError
 from .store import TENSOR_FILE, labels_hash, load, read_manifest
 
@@ -41,8 +41,11 @@ def validate(results_root, poison_id: str, dataset) -> list[tuple[str, bool, str
     if not (in_range and shape_ok):
         return checks
     eps = manifest["eps"]
-    linf = poison.delta.abs().max().item() if len(idx) else 0.0
-    checks.append(("eps-ball", linf <= eps + EPS_TOLERANCE, f"‖δ‖∞ = {linf:.6f} ≤ ε = {eps:.6f}"))
+    norm = norm_of(manifest.get("attack"))
+    size = delta_norms(poison.delta, norm).max().item() if len(idx) else 0.0
+    shown = {"linf": f"‖δ‖∞ = {size:.6f} ≤ ε = {eps:.6f}", "l2": f"max ‖δ_i‖₂ = {size:.6f} ≤ ε = {eps:.6f}",
+             "l0": f"max pixel positions changed per image = {size:g} ≤ ε = {eps:g}"}[norm]
+    checks.append(("eps-ball", within_eps(size, eps, norm), shown))
     x = dataset.train.x[idx].float() / 255
     xp = x + poison.delta
     lo, hi = (xp.min().item(), xp.max().item()) if len(idx) else (0.0, 1.0)
@@ -62,3 +65,11 @@ def validate(results_root, poison_id: str, dataset) -> list[tuple[str, bool, str
                                                  "at crafting time" if recorded == labels else
                    "y[indices] differs from the labels recorded at crafting time"))
     return checks
+
+
+def norm_of(attack: str | None) -> str:
+    """The norm a stored PoisonSet's ε bounds: its attack's (`Attack.norm`); L∞ for an imported set, whose label
+    names no registered attack or a targeted (L∞) one."""
+    from ..attacks import ATTACKS
+
+    return ATTACKS.get(attack).norm if attack in ATTACKS.names() else "linf"

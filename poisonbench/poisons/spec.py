@@ -49,10 +49,11 @@ def craft_spec(dataset, attack: str, eps: float | None = None, budget: float = 1
     cls = ATTACKS.get(attack)
     check_budget(budget)
     check_seed(seed)
-    eps = cls.default_eps(dataset.family) if eps is None else float(eps)
-    check_eps(eps)
+    eps = cls.default_eps(dataset.family, tuple(dataset.shape)) if eps is None else float(eps)
+    check_eps(eps, cls.norm)
     check_target(dataset, cls, target)
     instance = cls(dataset.family, **params)
+    instance.check_data(dataset, eps)
     surrogate = instance.surrogate_ref(dataset)
     return CraftSpec(attack, instance.params, eps, float(budget), int(seed), dataset.name, dataset.fingerprint,
                      surrogate, target.to_dict() if target is not None else None)

@@ -168,7 +168,7 @@ class Targeted(Scenario):
         if spec.eps is not None:
             from ...attacks.base import check_eps
 
-            check_eps(spec.eps)
+            check_eps(spec.eps, ATTACKS.get(spec.attack).norm if spec.attack is not None else "linf")
 
     def plan(self, spec, data, trial: int) -> TargetedPlan:
         if spec.poison_set is not None:

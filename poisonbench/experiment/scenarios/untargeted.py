@@ -165,11 +165,17 @@ def plan_untargeted(data, ratio: float, attacks=None, seed: int = 0, results_roo
     for attack, c in zip(attacks, counts, strict=True):
         assignment[attack] = perm[start:start + c].sort().values
         start += c
-    specs = {a: craft_spec(data, a, budget=1.0, seed=CRAFT_SEED) for a in attacks}
     check_poison_sets(poison_sets, attacks)
+    specs = {}
+    for a in attacks:
+        try:
+            specs[a] = craft_spec(data, a, budget=1.0, seed=CRAFT_SEED)
+        except PoisonbenchError:  # defaults that do not fit this dataset (LSP's patch size): `--poisons` may
+            if a not in (poison_sets or {}):  # name a set crafted with other options
+                raise
     chosen = {}
     for attack, pid in (poison_sets or {}).items():
-        if pid != specs[attack].poison_id:  # naming the default artifact changes nothing
+        if attack not in specs or pid != specs[attack].poison_id:  # naming the default artifact changes nothing
             specs[attack] = chosen_spec(data, attack, pid, results_root)
             chosen[attack] = pid
     eps = {specs[a].eps for a in attacks}
