@@ -12,10 +12,10 @@ adversarially trained (radius ρ_a) on T(x + δ_u). Per training step, on a batc
 
 After the last step, the noise of every poisoned row is generated afresh with the final model (step 1); the
 official code has no stop condition. The augmentation draws are batched (`samples` copies of the batch in one
-tensor), each a whole-batch `engine.augment` transform: CIFAR-10 crop-flip (REM's crop 32 pad 4 + flip). The MNIST
-family's victims do not augment (paper recipe), so T is the identity there (`--augment none`; `--augment shift` gives
-forest's ±2 px shifts) and the budget default takes `samples` 1, as more copies of one identical draw would only
-repeat it. The inner searches run with the model in eval mode, the SGD step in train mode.
+tensor), each a whole-batch `engine.augment` transform: CIFAR-10 crop-flip (REM's crop 32 pad 4 + flip). The
+MNIST family's victims do not augment (paper recipe), so T is the identity there (`--eot-augment none`;
+`--eot-augment shift` gives forest's ±2 px shifts) and the budget default takes `samples` 1, as more copies of one
+identical draw would only repeat it. The inner searches run with the model in eval mode, the SGD step in train mode.
 
 Model: the authors' ResNet-18 on CIFAR-10; here the family's default model (ConvNet for the MNIST family) unless
 `--model` says otherwise. ε (ρ_u): the authors' 8/255 for both families (they have no MNIST); ρ_a 4/255.
@@ -107,7 +107,7 @@ class REM(Attack):
               "REM README --atk-pgd-step-size 0.8 with --atk-pgd-radius 4", positive=True, maximum=1),
         Param("samples", int, {"mnist": 1, "cifar10": 2}, "Augmentation draws T of the expectation (EOT). Budget "
               "default; official 5 (CIFAR-10).", "REM README --samp-num 5", minimum=1),
-        Param("augment", str, {"mnist": "none", "cifar10": "crop-flip"},
+        Param("eot_augment", str, {"mnist": "none", "cifar10": "crop-flip"},
               "The augmentation T (engine.augment): the family's victim augmentation.",
               "REM generate_robust_em.py: crop 32 pad 4 + horizontal flip (CIFAR-10); MNIST victims: none",
               choices=AUGMENTS),
@@ -160,8 +160,8 @@ class REM(Attack):
             idx = stream.batch(step)
             xb, yb = x[idx], y[idx]
             frozen(model)
-            delta = robust_min(model, xb, yb, eps, p, g, p["augment"])
-            xt = augment(p["augment"], (xb + delta).clamp(0, 1), g)
+            delta = robust_min(model, xb, yb, eps, p, g, p["eot_augment"])
+            xt = augment(p["eot_augment"], (xb + delta).clamp(0, 1), g)
             xa = (xt + adversarial(model, xt, yb, p["adv_radius"], p["a_steps"], a_step, g)).clamp(0, 1)
             train_step(model, opt, xa, yb)
             if (step + 1) % SAVE_EVERY == 0 or step + 1 == total_steps:
@@ -175,7 +175,7 @@ class REM(Attack):
             finished = done.get(a, b)
             if finished is None:
                 gb = torch.Generator(device=device).manual_seed(attacker_seed("rem-noise", {**inputs, "batch": a}))
-                finished = robust_min(model, x[a:b], y[a:b], eps, p, gb, p["augment"]).cpu()
+                finished = robust_min(model, x[a:b], y[a:b], eps, p, gb, p["eot_augment"]).cpu()
                 done.put(a, b, finished)
             else:
                 ctx.resumed_rows += b - a
