@@ -250,6 +250,7 @@ class EM(Attack):
             state_file.save(model, opt, {"delta": delta} if sample_wise else {"noise": noise},
                             {"iteration": iteration, "batch": k, "error": error})
             ctx.report(description, iteration, total)
+        self.crafting_model = frozen(model)  # kept for inspection (tests); not part of the PoisonSet
         self.training_summary = {"iterations": iteration, "final_train_error": error,
                                  "stopped": error <= p["stop_error"]}
         if first:
