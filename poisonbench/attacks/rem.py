@@ -1,5 +1,5 @@
-"""`rem`: Fu et al.'s robust error-minimising noise (ICLR'22; fshp971/robust-unlearnable-examples,
-`generate_robust_em.py`, `attacks.py` (PGD attacker, `RobustMinimaxPGDDefender`), README's CIFAR-10 command).
+"""`rem`: Fu et al.'s robust error-minimising noise (ICLR'22; fshp971 = CausalLearning/robust-unlearnable-examples,
+`generate_robust_em.py`, `attacks.py` (PGD attacker, `RobustMinimaxPGDDefender`), scripts/cifar10/gen_rem.sh).
 
 δ_u minimises E_T max_{‖δ_a‖∞ ≤ ρ_a} CE(f(T(x + δ_u) + δ_a), y), ‖δ_u‖∞ ≤ ρ_u (ε), while the source model f is
 adversarially trained (radius ρ_a) on T(x + δ_u). Per training step, on a batch of `batch_size` rows:
@@ -41,7 +41,7 @@ from .base import Attack, AttackContext, PartialBatches, batches
 from .em import EM_EPS, BatchStream, StateFile, frozen, model_param, sgd, train_step
 from .pgd import linf_pgd
 
-# REM README (CIFAR-10): --train-steps 5000 --batch-size 128 --lr 0.1 --lr-decay-rate 0.1 --lr-decay-freq 2000
+# REM scripts/cifar10/gen_rem.sh: --train-steps 5000 --batch-size 128 --lr 0.1 --lr-decay-rate 0.1 --lr-decay-freq 2000
 # --pgd-steps 10 --pgd-step-size 1.6 (ρ_u 8: ρ_u/5) --atk-pgd-steps 10 --atk-pgd-step-size 0.8 (ρ_a 4: ρ_a/5)
 # --samp-num 5
 OFFICIAL = {"train_steps": 5000, "lr_decay_every": 2000, "u_steps": 10, "a_steps": 10, "samples": 5}
@@ -88,38 +88,38 @@ class REM(Attack):
     summary = "Fu et al.: robust error-minimising noise against an adversarially trained model (min-min-max)"
     PARAMS = (
         Param("train_steps", int, 60, "Source-model training steps (a batch each). Budget default; official 5000.",
-              "budget (official: REM README --train-steps 5000)", minimum=0),
-        Param("batch_size", int, 128, "Training and noise batch.", "REM README --batch-size 128", minimum=1),
-        Param("lr", float, 0.1, "SGD learning rate (momentum 0.9, weight decay 5e-4).", "REM README --lr 0.1",
+              "budget (official: REM gen_rem.sh --train-steps 5000)", minimum=0),
+        Param("batch_size", int, 128, "Training and noise batch.", "REM gen_rem.sh --batch-size 128", minimum=1),
+        Param("lr", float, 0.1, "SGD learning rate (momentum 0.9, weight decay 5e-4).", "REM gen_rem.sh --lr 0.1",
               positive=True),
         Param("lr_decay_every", int, 25, "Multiply the lr by 0.1 every this many steps. Budget default (2/5 of the "
-              "steps, as officially); official 2000.", "REM README --lr-decay-rate 0.1 --lr-decay-freq 2000",
+              "steps, as officially); official 2000.", "REM gen_rem.sh --lr-decay-rate 0.1 --lr-decay-freq 2000",
               minimum=1),
         Param("u_steps", int, 5, "Signed descent steps of δ_u (from a random start). Budget default; official 10.",
-              "REM README --pgd-steps 10", minimum=1),
+              "REM gen_rem.sh --pgd-steps 10", minimum=1),
         Param("u_step_fraction", float, 0.2, "δ_u's step as a fraction of ε (1.6/255 at 8/255).",
-              "REM README --pgd-step-size 1.6 with --pgd-radius 8", positive=True, maximum=1),
+              "REM gen_rem.sh --pgd-step-size 1.6 with --pgd-radius 8", positive=True, maximum=1),
         Param("adv_radius", float, 4 / 255, "ρ_a: the L∞ radius of the adversarial δ_a (0: no adversary).",
-              "REM README --atk-pgd-radius 4 (of 255)", minimum=0, maximum=1, below_maximum=True),
+              "REM gen_rem.sh --atk-pgd-radius 4 (of 255)", minimum=0, maximum=1, below_maximum=True),
         Param("a_steps", int, 3, "Signed ascent steps of δ_a. Budget default; official 10.",
-              "REM README --atk-pgd-steps 10", minimum=0),
+              "REM gen_rem.sh --atk-pgd-steps 10", minimum=0),
         Param("a_step_fraction", float, 0.2, "δ_a's step as a fraction of ρ_a (0.8/255 at 4/255).",
-              "REM README --atk-pgd-step-size 0.8 with --atk-pgd-radius 4", positive=True, maximum=1),
+              "REM gen_rem.sh --atk-pgd-step-size 0.8 with --atk-pgd-radius 4", positive=True, maximum=1),
         Param("samples", int, {"mnist": 1, "cifar10": 2}, "Augmentation draws T of the expectation (EOT). Budget "
-              "default; official 5 (CIFAR-10).", "REM README --samp-num 5", minimum=1),
+              "default; official 5 (CIFAR-10).", "REM gen_rem.sh --samp-num 5", minimum=1),
         Param("eot_augment", str, {"mnist": "none", "cifar10": "crop-flip"},
               "The augmentation T (engine.augment): the family's victim augmentation.",
               "REM generate_robust_em.py: crop 32 pad 4 + horizontal flip (CIFAR-10); MNIST victims: none",
               choices=AUGMENTS),
         Param("official_schedule", bool, False,
               "Use REM's official values for train_steps, lr_decay_every, u_steps, a_steps and samples when not "
-              "given explicitly (hours of GPU time).", "REM README"),
+              "given explicitly (hours of GPU time).", "REM gen_rem.sh"),
         model_param(),
     )
 
     @classmethod
     def default_eps(cls, family: str) -> float:
-        return EM_EPS  # REM README --pgd-radius 8 (of 255), for every family
+        return EM_EPS  # REM gen_rem.sh --pgd-radius 8 (of 255), for every family
 
     def validate(self) -> None:
         if self.params["official_schedule"]:
