@@ -7,7 +7,8 @@ The min-min bi-level problem min_θ min_δ CE(f_θ(x + δ), y), ‖δ‖∞ ≤ 
    clipped to 5, the lr never stepped) on x + δ, no augmentation, the batch stream running on over epochs;
 2. update δ over all rows with the model in eval mode: sample-wise, 20 signed steps of ε/10 that *descend*
    CE(f(x+δ), y) from the current δ; class-wise (`--granularity class`), one such step from the class noise for
-   every row of a stratified 20 % subset (drawn once), the class noise being the mean of its rows' δ (clipped to ε);
+   every row of a batch of a stratified 20 % subset (drawn once, reshuffled every iteration, whole batches only),
+   after which the noise of each class in the batch is the mean of its rows' δ (clipped to ε), batch by batch;
 3. stop when the model's error on x + δ is at most 0.01 (accuracy ≥ 99 %), else go to 1.
 
 Model: the authors' ResNet-18 on CIFAR-10; here the family's default model (`engine.models.DEFAULT_MODEL`: ConvNet
@@ -22,7 +23,8 @@ with `mul(255).clamp_(0, 255)` and never clamped x + δ while crafting); the cla
 clamp(x + noise[y], 0, 1) − x, so it equals the class noise on the pixels that are not clipped.
 
 Model initialisation, batch order and the class-wise subset draw from attacker seeds (`poisonbench.core.seeds`)
-derived from the crafting seed and the parameters, never the crafting seed itself. The state after every outer
+derived from the crafting seed and the parameters, never the crafting seed itself; the model trains on shuffled
+batches in both modes (the official sample-wise loader keeps the split's order). The state after every outer
 iteration (model, optimizer, δ, counters) is kept in the craft's partial directory, so a killed craft resumes
 there and ends with the δ of an uninterrupted one. `rem` (`attacks/rem.py`) reuses the batch stream, the training
 step and the checkpoint below.
@@ -234,17 +236,17 @@ class EM(Attack):
                 for a, b in batches(n, p["batch_size"]):
                     delta[a:b] = linf_pgd(fast, x[a:b], y[a:b], eps, p["steps"], step, delta[a:b], maximize=False)
                     ctx.report(description, iteration, total)
-            else:
-                one = torch.empty((len(subset), *x.shape[1:]), device=device)
-                for a, b in batches(len(subset), p["batch_size"]):
-                    r = subset[a:b]
-                    one[a:b] = linf_pgd(fast, x[r], y[r], eps, p["steps"], step, noise[y[r]], maximize=False)
+            else:  # the subset in a fresh order, whole batches (drop_last), the class noise updated batch by batch
+                g = torch.Generator().manual_seed(attacker_seed("em-subset-order", {**inputs, "iteration": iteration}))
+                order = subset[torch.randperm(len(subset), generator=g).to(device)]
+                size = min(p["batch_size"], len(order))
+                for a in range(0, len(order) // size * size, size):
+                    r = order[a:a + size]
+                    one = linf_pgd(fast, x[r], y[r], eps, p["steps"], step, noise[y[r]], maximize=False)
+                    sums = torch.zeros_like(noise).index_add_(0, y[r], one)
+                    counts = torch.bincount(y[r], minlength=classes).view(-1, *[1] * (x.dim() - 1))
+                    noise = torch.where(counts > 0, (sums / counts.clamp(min=1)).clamp(-eps, eps), noise)
                     ctx.report(description, iteration, total)
-                ys = y[subset]
-                sums = torch.zeros_like(noise).index_add_(0, ys, one)
-                counts = torch.bincount(ys, minlength=classes).clamp(min=1).view(-1, *[1] * (x.dim() - 1))
-                present = torch.bincount(ys, minlength=classes) > 0
-                noise = torch.where(present.view_as(counts), (sums / counts).clamp(-eps, eps), noise)
                 delta = perturbed(x, noise[y]) - x
             error = error_rate(fast, perturbed(x, delta), y)  # 3. the stop condition
             iteration += 1
