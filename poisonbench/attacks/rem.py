@@ -87,12 +87,12 @@ class REM(Attack):
     name = "rem"
     summary = "Fu et al.: robust error-minimising noise against an adversarially trained model (min-min-max)"
     PARAMS = (
-        Param("train_steps", int, 60, "Source-model training steps (a batch each). Budget default; official 5000.",
+        Param("train_steps", int, 40, "Source-model training steps (a batch each). Budget default; official 5000.",
               "budget (official: REM gen_rem.sh --train-steps 5000)", minimum=0),
         Param("batch_size", int, 128, "Training and noise batch.", "REM gen_rem.sh --batch-size 128", minimum=1),
         Param("lr", float, 0.1, "SGD learning rate (momentum 0.9, weight decay 5e-4).", "REM gen_rem.sh --lr 0.1",
               positive=True),
-        Param("lr_decay_every", int, 25, "Multiply the lr by 0.1 every this many steps. Budget default (2/5 of the "
+        Param("lr_decay_every", int, 16, "Multiply the lr by 0.1 every this many steps. Budget default (2/5 of the "
               "steps, as officially); official 2000.", "REM gen_rem.sh --lr-decay-rate 0.1 --lr-decay-freq 2000",
               minimum=1),
         Param("u_steps", int, 5, "Signed descent steps of δ_u (from a random start). Budget default; official 10.",
@@ -101,7 +101,7 @@ class REM(Attack):
               "REM gen_rem.sh --pgd-step-size 1.6 with --pgd-radius 8", positive=True, maximum=1),
         Param("adv_radius", float, 4 / 255, "ρ_a: the L∞ radius of the adversarial δ_a (0: no adversary).",
               "REM gen_rem.sh --atk-pgd-radius 4 (of 255)", minimum=0, maximum=1, below_maximum=True),
-        Param("a_steps", int, 3, "Signed ascent steps of δ_a. Budget default; official 10.",
+        Param("a_steps", int, 2, "Signed ascent steps of δ_a. Budget default; official 10.",
               "REM gen_rem.sh --atk-pgd-steps 10", minimum=0),
         Param("a_step_fraction", float, 0.2, "δ_a's step as a fraction of ρ_a (0.8/255 at 4/255).",
               "REM gen_rem.sh --atk-pgd-step-size 0.8 with --atk-pgd-radius 4", positive=True, maximum=1),
