@@ -9,14 +9,16 @@ from .bp import BP
 from .dap import DAP
 from .deepconfuse import DeepConfuse
 from .durp import DURP
+from .em import EM
 from .fc import FC
 from .gm import GM
 from .lsp import LSP
 from .ops import OPS
 from .pgd import PGD
+from .rem import REM
 
-# the paper's Table II order (untargeted), the model-free shortcut attacks beyond it (LSP, OPS), then Table III's
-# (targeted)
-ATTACKS: Registry = Registry.of("attack", (PGD, DAP, DURP, DeepConfuse, LSP, OPS, GM, BP, FC))
+# the paper's Table II order (untargeted), the availability poisons beyond it (error-minimising EM and REM, the
+# model-free shortcuts LSP and OPS), then Table III's (targeted)
+ATTACKS: Registry = Registry.of("attack", (PGD, DAP, DURP, DeepConfuse, EM, REM, LSP, OPS, GM, BP, FC))
 
 __all__ = ["ATTACKS"]

@@ -1,0 +1,169 @@
+"""The error-minimising attacks `em` (Huang et al.) and `rem` (Fu et al.): their mechanisms on tiny data, resuming
+after a kill, and a bad option (docs/fidelity.md). The registry-wide invariants are tests/test_attacks.py's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from poisonbench.attacks import ATTACKS, em, rem
+from poisonbench.attacks.base import AttackContext
+from poisonbench.data import load_dataset
+from poisonbench.engine.models import build_model
+from poisonbench.poisons import craft_spec
+
+from .conftest import files_under, one_line_error, write_npz
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("em")
+    return load_dataset(str(write_npz(root))), root / "results"
+
+
+def craft(name, data, results, seed=3, budget=1.0, **params):
+    attack = ATTACKS.get(name)(data.family, **params)
+    ctx = AttackContext(data, attack.choose_rows(data, budget, seed), EPS, budget, seed, torch.device("cpu"),
+                        results_root=results)
+    return attack, attack.craft(ctx)
+
+
+def ce(model, x, y):
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y).item()
+
+
+def clean_rows(data, indices):
+    return data.train.x[indices].float().div(255), data.train.y[indices]
+
+
+def test_em_noise_lowers_the_loss_of_the_crafting_model(tiny):
+    """The crafting model's loss on x + δ is well below its loss on x (δ descends it; an ascent would raise it)."""
+    data, results = tiny
+    attack, poison = craft("em", data, results, max_iterations=2, stop_error=0.0)
+    x, y = clean_rows(data, poison.indices)
+    model = attack.crafting_model
+    assert ce(model, x + poison.delta, y) < 0.9 * ce(model, x, y)
+
+
+def test_sample_wise_noise_is_per_row_and_class_wise_noise_is_per_class(tiny):
+    data, results = tiny
+    _, sample = craft("em", data, results, max_iterations=2, stop_error=0.0)
+    _, klass = craft("em", data, results, granularity="class", max_iterations=2, stop_error=0.0)
+    y = data.train.y[sample.indices]
+    x, _ = clean_rows(data, sample.indices)
+    for c in range(data.num_classes):
+        rows = (y == c).nonzero().flatten()[:2]
+        a, b = sample.delta[rows[0]], sample.delta[rows[1]]
+        assert (a - b).abs().max() > EPS / 8  # issue #7: one noise per row, not one per label
+        da, db = klass.delta[rows[0]], klass.delta[rows[1]]
+        inside = ((x[rows[0]] + da > 1e-6) & (x[rows[0]] + da < 1 - 1e-6) &
+                  (x[rows[1]] + db > 1e-6) & (x[rows[1]] + db < 1 - 1e-6))
+        assert inside.float().mean() > 0.5
+        assert torch.allclose(da[inside], db[inside], atol=1e-6) and da[inside].abs().max() > 0
+    # different classes get different noise
+    first = [klass.delta[(y == c).nonzero()[0, 0]] for c in range(2)]
+    assert (first[0] - first[1]).abs().max() > EPS / 20
+
+
+def test_em_records_whether_it_stopped(tiny):
+    data, results = tiny
+    attack, _ = craft("em", data, results, granularity="class", max_iterations=1, stop_error=0.0, lr=1e-5)
+    info = attack.training_summary
+    assert info["iterations"] == 1 and info["stopped"] is False and info["final_train_error"] > 0
+
+
+def test_rem_inner_adversary_raises_the_loss_and_the_outer_noise_lowers_the_robust_loss(tiny):
+    data, _ = tiny
+    x, y = clean_rows(data, torch.arange(64))
+    model = build_model("convnet", data, seed=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(10):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval().requires_grad_(False)
+    radius = 16 / 255
+    g = torch.Generator().manual_seed(1)
+    da = rem.adversarial(model, x, y, radius, 5, radius / 4, g)
+    assert da.abs().max() <= radius + 1e-6
+    assert ce(model, (x + da).clamp(0, 1), y) > 1.2 * ce(model, x, y)
+    # δ_u lowers the loss under the adversary it is made robust to
+    p = {"adv_radius": radius, "samples": 2, "u_steps": 5, "a_steps": 3, "u_step_fraction": 0.2,
+         "a_step_fraction": 0.25}
+    du = rem.robust_min(model, x, y, EPS, p, torch.Generator().manual_seed(2), "shift")
+    def robust(d):
+        return ce(model, (x + d + rem.adversarial(model, x + d, y, radius, 5, radius / 4, g)).clamp(0, 1), y)
+
+    assert robust(du) < robust(torch.zeros_like(x))
+
+
+def test_an_interrupted_em_craft_resumes_after_its_last_outer_iteration(tiny, tmp_path, monkeypatch):
+    from poisonbench import poisons
+
+    data, _ = tiny
+    spec = craft_spec(data, "em", eps=EPS, budget=1.0, seed=3, max_iterations=3, stop_error=0.0, lr=1e-4)
+    whole, _ = poisons.craft(spec, data, tmp_path / "whole")
+    assert whole.manifest["attack_info"]["iterations"] == 3
+    original, calls = em.train_step, []
+
+    def killed_in_third_iteration(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 21:  # ten batches per outer iteration
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(em, "train_step", killed_in_third_iteration)
+    work = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        poisons.craft(spec, data, work)
+    assert (work / "partial" / spec.poison_id / "em.safetensors").exists()
+    monkeypatch.setattr(em, "train_step", original)
+    resumed, _ = poisons.craft(spec, data, work)
+    assert resumed.manifest["attack_info"]["resumed_iterations"] == 2
+    assert torch.equal(resumed.delta, whole.delta)
+    assert not (work / "partial" / spec.poison_id).exists()
+
+
+def test_an_interrupted_rem_craft_resumes_after_its_last_saved_step(tiny, tmp_path, monkeypatch):
+    from poisonbench import poisons
+
+    data, _ = tiny
+    spec = craft_spec(data, "rem", eps=EPS, budget=1.0, seed=3, train_steps=12, u_steps=2, a_steps=1)
+    whole, _ = poisons.craft(spec, data, tmp_path / "whole")
+    original, calls = rem.train_step, []
+
+    def killed_at_step_twelve(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 12:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rem, "train_step", killed_at_step_twelve)
+    work = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        poisons.craft(spec, data, work)
+    assert (work / "partial" / spec.poison_id / "rem.safetensors").exists()
+    monkeypatch.setattr(rem, "train_step", original)
+    resumed, _ = poisons.craft(spec, data, work)
+    assert resumed.manifest["attack_info"]["resumed_steps"] == rem.SAVE_EVERY
+    assert torch.equal(resumed.delta, whole.delta)
+
+
+def test_rem_official_schedule_replaces_only_the_defaults():
+    attack = ATTACKS.get("rem")("cifar10", official_schedule=True, u_steps=3)
+    assert {k: attack.params[k] for k in rem.OFFICIAL} == {**rem.OFFICIAL, "u_steps": 3}
+    assert ATTACKS.get("em").default_eps("mnist") == ATTACKS.get("rem").default_eps("mnist") == EPS
+
+
+@pytest.mark.parametrize("args,needle", [(["--attack", "em", "--granularity", "pixel"], "pixel"),
+                                         (["--attack", "rem", "--adv-radius", "-0.1"], "adv"),
+                                         (["--attack", "em", "--max-iterations", "0"], "max")])
+def test_bad_error_minimising_options_are_one_line_errors(cli, tiny_npz, tmp_path, args, needle):
+    results = tmp_path / "r"
+    code, _, err = cli("craft", *args, "--dataset", tiny_npz, "--results", results)
+    one_line_error(code, err, needle)
+    assert files_under(results) == []
