@@ -173,7 +173,7 @@ class EM(Attack):
     )
 
     @classmethod
-    def default_eps(cls, family: str) -> float:
+    def default_eps(cls, family: str, shape: tuple[int, int, int]) -> float:
         return EM_EPS  # the authors' ε for both families (they have no MNIST)
 
     def validate(self) -> None:

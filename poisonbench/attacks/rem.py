@@ -118,7 +118,7 @@ class REM(Attack):
     )
 
     @classmethod
-    def default_eps(cls, family: str) -> float:
+    def default_eps(cls, family: str, shape: tuple[int, int, int]) -> float:
         return EM_EPS  # REM gen_rem.sh --pgd-radius 8 (of 255), for every family
 
     def validate(self) -> None:
