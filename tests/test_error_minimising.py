@@ -156,7 +156,8 @@ def test_an_interrupted_rem_craft_resumes_after_its_last_saved_step(tiny, tmp_pa
 def test_rem_official_schedule_replaces_only_the_defaults():
     attack = ATTACKS.get("rem")("cifar10", official_schedule=True, u_steps=3)
     assert {k: attack.params[k] for k in rem.OFFICIAL} == {**rem.OFFICIAL, "u_steps": 3}
-    assert ATTACKS.get("em").default_eps("mnist", (1, 28, 28)) == ATTACKS.get("rem").default_eps("mnist", (1, 28, 28)) == EPS
+    shape = (1, 28, 28)
+    assert ATTACKS.get("em").default_eps("mnist", shape) == ATTACKS.get("rem").default_eps("mnist", shape) == EPS
 
 
 @pytest.mark.parametrize("args,needle", [(["--attack", "em", "--granularity", "pixel"], "pixel"),
