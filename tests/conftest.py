@@ -216,3 +216,22 @@ def targeted_spec(path: str, default_attack: str, **given):
     base = {"dataset": path, "recipe": "quick", "recipe_overrides": {"epochs": 1}, "attack": default_attack,
             "budget": 0.02, "attack_params": {"iterations": 1, "restarts": 1}}
     return DefendSpec(**{**base, **given})
+
+
+def craft_killed_at_call(monkeypatch, module, name: str, call: int, spec, data, work: Path) -> None:
+    """Craft `spec` into the workspace `work` with `module.name` raising KeyboardInterrupt on its `call`-th call (a
+    kill in the middle of an iterative attack), then put the function back: the resume tests' first half."""
+    from poisonbench import poisons
+
+    original, calls = getattr(module, name), []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, killed)
+    with pytest.raises(KeyboardInterrupt):
+        poisons.craft(spec, data, work)
+    monkeypatch.setattr(module, name, original)

@@ -19,7 +19,7 @@ from poisonbench.data import load_dataset
 from poisonbench.engine.models import build_model
 from poisonbench.poisons import craft_spec
 
-from .conftest import write_npz
+from .conftest import craft_killed_at_call, write_npz
 from .toys import ToyTargeted, registered
 
 EPS = 0.1
@@ -409,21 +409,11 @@ def test_an_interrupted_deepconfuse_craft_resumes_after_its_last_outer_epoch(tin
     data, _ = tiny
     spec = craft_spec(data, "deepconfuse", eps=EPS, budget=1.0, seed=3, outer_epochs=3)
     whole, _ = poisons.craft(spec, data, tmp_path / "whole")
-    original, calls = deepconfuse.shuffled_batches, []
-
-    def killed_in_third_outer_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:  # two per outer epoch (training, scratch test)
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(deepconfuse, "shuffled_batches", killed_in_third_outer_epoch)
     work = tmp_path / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        poisons.craft(spec, data, work)
+    # two calls per outer epoch (training, scratch test): the fifth is in the third
+    craft_killed_at_call(monkeypatch, deepconfuse, "shuffled_batches", 5, spec, data, work)
     assert not poisons.exists(work, spec.poison_id)
     assert (work / "partial" / spec.poison_id / "outer.safetensors").exists()
-    monkeypatch.setattr(deepconfuse, "shuffled_batches", original)
     resumed, _ = poisons.craft(spec, data, work)
     assert resumed.manifest["attack_info"]["resumed_outer_epochs"] == 2
     assert torch.equal(resumed.delta, whole.delta)

@@ -13,7 +13,7 @@ from poisonbench.data import load_dataset
 from poisonbench.engine.models import build_model
 from poisonbench.poisons import craft_spec
 
-from .conftest import files_under, one_line_error, write_npz
+from .conftest import craft_killed_at_call, files_under, one_line_error, write_npz
 
 EPS = 8 / 255
 
@@ -108,20 +108,9 @@ def test_an_interrupted_em_craft_resumes_after_its_last_outer_iteration(tiny, tm
     spec = craft_spec(data, "em", eps=EPS, budget=1.0, seed=3, max_iterations=3, stop_error=0.0, lr=1e-4)
     whole, _ = poisons.craft(spec, data, tmp_path / "whole")
     assert whole.manifest["attack_info"]["iterations"] == 3
-    original, calls = em.train_step, []
-
-    def killed_in_third_iteration(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 21:  # ten batches per outer iteration
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(em, "train_step", killed_in_third_iteration)
     work = tmp_path / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        poisons.craft(spec, data, work)
+    craft_killed_at_call(monkeypatch, em, "train_step", 21, spec, data, work)  # ten batches per outer iteration
     assert (work / "partial" / spec.poison_id / "em.safetensors").exists()
-    monkeypatch.setattr(em, "train_step", original)
     resumed, _ = poisons.craft(spec, data, work)
     assert resumed.manifest["attack_info"]["resumed_iterations"] == 2
     assert torch.equal(resumed.delta, whole.delta)
@@ -134,20 +123,9 @@ def test_an_interrupted_rem_craft_resumes_after_its_last_saved_step(tiny, tmp_pa
     data, _ = tiny
     spec = craft_spec(data, "rem", eps=EPS, budget=1.0, seed=3, train_steps=12, u_steps=2, a_steps=1)
     whole, _ = poisons.craft(spec, data, tmp_path / "whole")
-    original, calls = rem.train_step, []
-
-    def killed_at_step_twelve(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 12:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(rem, "train_step", killed_at_step_twelve)
     work = tmp_path / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        poisons.craft(spec, data, work)
+    craft_killed_at_call(monkeypatch, rem, "train_step", 12, spec, data, work)
     assert (work / "partial" / spec.poison_id / "rem.safetensors").exists()
-    monkeypatch.setattr(rem, "train_step", original)
     resumed, _ = poisons.craft(spec, data, work)
     assert resumed.manifest["attack_info"]["resumed_steps"] == rem.SAVE_EVERY
     assert torch.equal(resumed.delta, whole.delta)
