@@ -18,5 +18,6 @@ run ops --eps 4
 run ops --eps 16
 run em --eps 0.3 --granularity class
 run em --eps 0.3
-run em --granularity class --max-iterations 20
-run rem --eps 0.3
+# not run in session 45 (no CPU left; see experiments/availability.md):
+# run em --granularity class --max-iterations 20
+# run rem --eps 0.3
