@@ -15,9 +15,9 @@ run() {  # ATTACK CRAFT-OPTIONS...: craft, then defend with that PoisonSet
 run lsp --eps 1.7568627450980392   # 16/255 · 28
 run lsp --eps 8.4                  # 0.3 · 28
 run ops --eps 4
-run ops --eps 16
-run em --eps 0.3 --granularity class
-run em --eps 0.3
-# not run in session 45 (no CPU left; see experiments/availability.md):
-# run em --granularity class --max-iterations 20
+run em --granularity class --max-iterations 20
+# not run yet (session 45's CPU went to the map; experiments/availability.md):
+# run ops --eps 16
+# run em --eps 0.3 --granularity class
+# run em --eps 0.3
 # run rem --eps 0.3
