@@ -15,10 +15,13 @@ from .knn import DeepKnn
 from .l2_filter import L2Filter
 from .ocsvm import OneClassSvmFilter
 from .random_filter import RandomFilter
+from .ueraser import UEraser
 
-# Defense itself is `none` (plain training); then the paper's Table III order, then the clean-label filters
+# Defense itself is `none` (plain training); then the paper's Table III order, then the clean-label filters, then
+# the defenses of issue 53
 DEFENSES: Registry[type[Defense]] = Registry.of(
-    "method", (Defense, Hint, Friends, Atda, Epic, DeepKnn, L2Filter, OneClassSvmFilter, RandomFilter))
+    "method", (Defense, Hint, Friends, Atda, Epic, DeepKnn, L2Filter, OneClassSvmFilter, RandomFilter,
+                UEraser))
 
 
 def build_defense(name: str, family: str, recipe, threat: Threat | None = None, **params) -> Defense:
