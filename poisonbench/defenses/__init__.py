@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..core.registry import Registry
 from ..engine.hooks import Defense
 from ..engine.threat import Threat
+from .activation_clustering import ActivationClustering
 from .atda import Atda
 from .epic import Epic
 from .friends import Friends
@@ -15,13 +16,14 @@ from .knn import DeepKnn
 from .l2_filter import L2Filter
 from .ocsvm import OneClassSvmFilter
 from .random_filter import RandomFilter
+from .spectral import SpectralSignatures
 from .ueraser import UEraser
 
 # Defense itself is `none` (plain training); then the paper's Table III order, then the clean-label filters, then
-# the defenses of issue 53
+# the defenses of issue 53: the feature-space filters of the backdoor literature, then the training-time defenses
 DEFENSES: Registry[type[Defense]] = Registry.of(
     "method", (Defense, Hint, Friends, Atda, Epic, DeepKnn, L2Filter, OneClassSvmFilter, RandomFilter,
-                UEraser))
+               SpectralSignatures, ActivationClustering, UEraser))
 
 
 def build_defense(name: str, family: str, recipe, threat: Threat | None = None, **params) -> Defense:

@@ -1,0 +1,265 @@
+"""spectral (Tran et al., spectral signatures) and activation-clustering (Chen et al.): their cores on synthetic
+features with a planted cluster, against an independent NumPy reference and the authors' removal rules; the removal
+counts of the `Filter` machinery against the planted rows; end to end through `defend`; bad input through the CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from poisonbench.attacks import ATTACKS
+from poisonbench.defenses import Threat, build_defense
+from poisonbench.defenses.activation_clustering import ac_remove
+from poisonbench.defenses.spectral import spectral_quota, spectral_remove, spectral_scores
+from poisonbench.engine.hooks import TrainContext
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.experiment.defend import defend
+from poisonbench.experiment.spec import DefendSpec
+
+from .conftest import write_npz
+from .toys import ToyTargeted, registered
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TOY = "toy-targeted"
+EPS = 0.05
+
+
+def planted_classes(per_class=200, classes=3, dim=32, shift=10.0, every=20, target=1, seed=0, rank=None):
+    """Gaussian classes (centres 10 apart along the first axes), and in class `target` every `every`-th row (5 %)
+    shifted by `shift` σ along the last axis, orthogonal to every centre. `rank`: the clean rows span only a random
+    `rank`-dimensional subspace (a low-rank feature map), the shift leaving it. Returns features, labels, planted."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    centres = 10 * torch.eye(classes, dim, dtype=torch.float64)
+    noise = torch.randn(len(labels), dim, generator=g, dtype=torch.float64)
+    if rank is not None:
+        basis = torch.linalg.qr(torch.randn(dim - 1, rank, generator=g, dtype=torch.float64)).Q.T  # off the last axis
+        noise = torch.randn(len(labels), rank, generator=g, dtype=torch.float64) @ torch.cat(
+            [basis, torch.zeros(rank, 1, dtype=torch.float64)], 1)
+    features = centres[labels] + noise
+    planted = torch.zeros(len(labels), dtype=torch.bool)
+    planted[torch.nonzero(labels == target).squeeze(1)[::every]] = True
+    features[planted, -1] += shift
+    return features, labels, planted
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# spectral
+
+
+def test_spectral_removes_the_planted_rows_and_exactly_its_quota_per_class():
+    features, labels, planted = planted_classes()
+    quota = spectral_quota([200, 200, 200], 1.5, EPS)
+    assert quota == [15, 15, 15]  # ⌈1.5 · 0.05 · 200⌉
+    removed, figures = spectral_remove(features, labels, quota, 3)
+    assert removed[planted].all()  # all 10 planted rows are among class 1's 15 highest scores
+    assert torch.bincount(labels[removed], minlength=3).tolist() == quota
+    scores, _ = spectral_scores(features, labels, 3)
+    for c in range(3):  # the removed rows are the class's highest scores, the threshold the lowest of them
+        members = labels == c
+        assert scores[members & removed].min() >= scores[members & ~removed].max()
+        assert figures["score_threshold"][c] == pytest.approx(scores[members & removed].min().item())
+
+
+def test_spectral_scores_equal_algorithm_1_written_plainly_in_numpy():
+    """τ_i = ((R_i − R̂)·v)², v the top right singular vector of the centred class matrix (ART's NumPy form)."""
+    features, labels, _ = planted_classes(per_class=50, dim=8, seed=3)
+    ours, top = spectral_scores(features.float(), labels, 3)
+    x, y = features.float().double().numpy(), labels.numpy()
+    for c in range(3):
+        m = x[y == c] - x[y == c].mean(0)
+        _, s, vt = np.linalg.svd(m, full_matrices=False)
+        np.testing.assert_allclose(ours[labels == c].numpy(), (m @ vt[0]) ** 2, rtol=1e-9, atol=1e-12)
+        assert top[c] == pytest.approx(s[0])
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.01, 0.1, 0.5, 0.9])
+def test_spectral_quota_is_the_ceiling_of_factor_eps_n_capped_at_the_class(eps):
+    sizes = [30, 17, 1, 200]
+    assert spectral_quota(sizes, 1.5, eps) == [min(n, math.ceil(round(1.5 * eps * n, 9))) for n in sizes]
+    assert spectral_quota(sizes, 2.0, eps) == [min(n, math.ceil(round(2 * eps * n, 9))) for n in sizes]
+
+
+def test_spectral_keeps_a_class_of_one_row_and_scores_it_zero():
+    features = torch.randn(5, 4, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 0, 1])
+    scores, top = spectral_scores(features, labels, 3)
+    assert scores[4] == 0 and top[1] is None and top[2] is None
+    removed, figures = spectral_remove(features, labels, [1, 0, 0], 3)
+    assert removed.sum() == 1 and not removed[4] and figures["score_threshold"][1:] == [None, None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# activation clustering
+
+
+def ac(features, labels, reduce="pca", threshold=0.35, seed=0):
+    return ac_remove(features.float(), labels, 3, dims=10, method=reduce, size_threshold=threshold, seed=seed)
+
+
+def test_ac_removes_the_planted_cluster_and_nothing_from_clean_classes():
+    features, labels, planted = planted_classes()
+    removed, figures = ac(features, labels)
+    assert torch.equal(removed, planted)  # exactly the 10 planted rows of class 1
+    assert figures["flagged"] == [False, True, False] and figures["cluster_sizes"][1] == [10, 190]
+    assert all(share >= 0.35 for c, share in enumerate(figures["smaller_share"]) if c != 1)  # clean: two halves
+    assert figures["dims_used"] == [10, 10, 10]
+    again, _ = ac(features, labels)
+    assert torch.equal(again, removed)  # seeded
+
+
+def test_ac_size_threshold_decides_whether_the_smaller_cluster_goes():
+    features, labels, planted = planted_classes()
+    assert not ac(features, labels, threshold=0.0)[0].any()  # 5 % is not below 0: nothing removed
+    removed, figures = ac(features, labels, threshold=0.51)  # every smaller cluster is below a half
+    assert removed[planted].all() and all(figures["flagged"])
+    assert (removed & (labels != 1)).sum() == sum(figures["cluster_sizes"][c][0] for c in (0, 2))
+
+
+def test_ac_with_ica_finds_the_cluster_where_the_features_are_low_rank():
+    """ICA (the paper's) on a low-rank feature map: components capped at the rank (4), the planted 5 % found."""
+    features, labels, planted = planted_classes(rank=3)
+    removed, figures = ac(features, labels, reduce="ica")
+    assert torch.equal(removed, planted) and figures["dims_used"] == [3, 4, 3]
+
+
+def test_ac_with_ica_misses_a_small_cluster_among_ten_whitened_components():
+    """Why PCA is the default: ICA whitens the planted axis to unit variance (its 5 % at 4.6 σ) and 2-means in 10
+    isotropic components splits the class in halves instead. If this starts to pass, revisit the default."""
+    features, labels, planted = planted_classes(shift=20.0)
+    removed, figures = ac(features, labels, reduce="ica")
+    assert not removed.any() and not figures["flagged"][1]
+
+
+def test_ac_keeps_tiny_and_constant_classes_and_survives_dead_units():
+    features, labels, planted = planted_classes(dim=32)
+    features[:, 5:25] = 0  # dead ReLU units: the centred rank is below the feature dimension
+    features[labels == 2] = 1.0  # a class whose rows are all equal
+    removed, figures = ac(features, labels, reduce="ica")
+    assert not removed[labels == 2].any() and figures["cluster_sizes"][2] == [0, 200]
+    assert np.isfinite(figures["smaller_share"]).all()
+    single = ac_remove(torch.ones(1, 12), torch.tensor([0]), 3, dims=10, method="pca", size_threshold=0.35, seed=0)
+    assert not single[0].any()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# through the Filter machinery: prepare, the kept rows, the removal counts against the planted rows
+
+
+def fake_context(labels: torch.Tensor, seed: int = 0) -> TrainContext:
+    x = torch.zeros(len(labels), 1, 2, 2)
+    return TrainContext(None, None, resolve_recipe("mnist", "quick"), torch.device("cpu"),
+                        torch.Generator().manual_seed(seed), x, labels, x[:0], labels[:0], 3, seed)
+
+
+@pytest.mark.parametrize("method,params", [("spectral", {"spectral_eps": EPS}), ("activation-clustering", {})])
+def test_filter_prepare_counts_the_planted_rows_it_removed(monkeypatch, method, params):
+    features, labels, planted = planted_classes()
+    threat = Threat("targeted", budget=int(planted.sum()), train_size=len(labels))
+    defense = build_defense(method, "mnist", resolve_recipe("mnist", "quick"), threat, features="trained", **params)
+    monkeypatch.setattr(defense, "features", lambda ctx, rows: features[rows].float())
+    kept = defense.prepare(fake_context(labels))
+    summary = defense.summary(planted)
+    removal = summary["removal"]
+    assert removal["poisons"] == 10 and removal["poisons_removed"] == 10 and removal["poisons_removed_fraction"] == 1
+    assert removal["kept"] == len(kept) and not set(kept.tolist()) & set(torch.nonzero(planted).squeeze(1).tolist())
+    if method == "spectral":
+        assert summary["quota_per_class"] == summary["removed_per_class"] == [15] * 3  # ⌈1.5 · 0.05 · 200⌉
+        assert summary["eps_source"] == "given" and removal["clean_removed"] == 35
+    else:
+        assert removal["clean_removed"] == 0 and summary["ac_reduce"] == "pca" and summary["kmeans_n_init"] == 10
+
+
+def test_spectral_default_eps_is_the_budget_share_of_the_rows_in_use(monkeypatch):
+    """The default ε = budget / rows in use (10 / 600): ⌈1.5 · ε · 200⌉ = 5 per class, so only the 5 highest planted
+    rows of class 1 go — the default's known weakness against poisons that all carry one label (docs/fidelity.md)."""
+    features, labels, planted = planted_classes()
+    threat = Threat("targeted", budget=10, train_size=len(labels))
+    defense = build_defense("spectral", "mnist", resolve_recipe("mnist", "quick"), threat, features="trained")
+    monkeypatch.setattr(defense, "features", lambda ctx, rows: features[rows].float())
+    defense.prepare(fake_context(labels))
+    summary = defense.summary(planted)
+    assert summary["spectral_eps"] == pytest.approx(10 / 600) and summary["eps_source"] == "budget share"
+    assert summary["removed_per_class"] == [5, 5, 5] and summary["removal"]["poisons_removed"] == 5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("spectral-ac")
+    write_npz(root, n=400)
+    return root
+
+
+@pytest.fixture
+def toy():
+    with registered(ATTACKS, TOY, ToyTargeted):
+        yield TOY
+
+
+@pytest.mark.parametrize("method,scenario", [("spectral", "scratch"), ("activation-clustering", "transfer")])
+def test_end_to_end_through_defend(tiny_root, toy, tmp_path, train_calls, method, scenario):
+    spec = DefendSpec(dataset=str(tiny_root / "tiny.npz"), recipe="quick", recipe_overrides={"epochs": 1},
+                      scenario=scenario, attack=toy, budget=0.02, method=method, results=str(tmp_path))
+    (outcome,) = defend(spec)
+    r = outcome.record
+    s, poisons = {**r["defense"], **r["defense"]["removal"]}, r["config"]["poison"]["poisoned"]
+    active = train_calls[-1][2].context.active
+    assert s["poisons"] == poisons and s["poisons"] + s["clean"] == s["rows"]
+    assert s["poisons_removed"] + s["clean_removed"] == s["removed"] == s["rows"] - s["kept"] == sum(
+        s["removed_per_class"])
+    assert len(active) == s["kept"] and torch.equal(active, active.unique())
+    assert s["features"] == ("trained" if scenario == "scratch" else "extractor") and s["feature_dim"] > 0
+    if method == "spectral":
+        assert s["spectral_eps"] == pytest.approx(poisons / s["rows"]) and s["eps_source"] == "budget share"
+        counts = torch.bincount(train_calls[-1][2].context.train_y[active], minlength=4) + torch.tensor(
+            s["removed_per_class"])  # each class's rows in use
+        assert s["quota_per_class"] == s["removed_per_class"] == [
+            math.ceil(round(1.5 * s["spectral_eps"] * n, 9)) for n in counts.tolist()]
+        assert r["config"]["defense"] == {"method": "spectral", "spectral_eps": None, "spectral_factor": 1.5,
+                                          "features": "auto"}
+        assert f"{method}_feature_model" in r["cost"]
+    else:
+        assert len(s["cluster_sizes"]) == 4 and s["ac_dims"] == 10 and s["ac_size_threshold"] == 0.35
+        assert sum(sum(sizes) for sizes in s["cluster_sizes"]) == s["rows"]
+        assert f"{method}_feature_model" not in r["cost"]  # transfer: the frozen extractor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--method", "spectral", "--spectral-eps", "1"], "--spectral-eps of method 'spectral' must be in [0, 1), got 1"),
+    (["--method", "spectral", "--spectral-eps", "-0.1"],
+     "--spectral-eps of method 'spectral' must be in [0, 1), got -0.1"),
+    (["--method", "spectral"], "method 'spectral' needs --spectral-eps"),
+    (["--method", "spectral", "--spectral-eps", "0.1", "--spectral-factor", "0"],
+     "--spectral-factor of method 'spectral' must be > 0, got 0"),
+    (["--method", "activation-clustering", "--ac-size-threshold", "1.5"],
+     "--ac-size-threshold of method 'activation-clustering' must be in [0, 1], got 1.5"),
+    (["--method", "activation-clustering", "--ac-reduce", "tsne"],
+     "unknown --ac-reduce value of method 'activation-clustering' 'tsne'"),
+    (["--method", "activation-clustering", "--ac-dims", "0"],
+     "--ac-dims of method 'activation-clustering' must be >= 1, got 0"),
+    (["--method", "activation-clustering", "--spectral-eps", "0.1"],
+     "option --spectral-eps does not apply to method 'activation-clustering'"),
+    (["--method", "spectral", "--spectral-eps", "1", "--attack", TOY, "--scenario", "transfer"],
+     "--spectral-eps of method 'spectral' must be in [0, 1), got 1"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(cli, toy, tiny_root, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "res"
+    code, _, err = cli("defend", "--dataset", tiny_root / "tiny.npz", "--recipe", "quick", "--epochs", "1", *args,
+                       "--results", results)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("Error: ") and needle in err, err
+    assert "Traceback" not in err
+    assert not results.exists() and not (tmp_path / "results").exists()
