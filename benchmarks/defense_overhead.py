@@ -16,8 +16,10 @@ interleaved: each repeat trains every method once, in an order rotated by one pe
 1-epoch warm-up of `none`. Per method: `seconds`, the median wall time of the whole `train` call (prepare, drops,
 per-batch hooks, every epoch); `defense_seconds`, the median of the engine's own count of the defense's hooks
 (cost defense_prepare + defense_epoch + defense_batch, what Table V adds to training); `ratio_to_none`, the
-quotient of the medians. `paper_ratio_to_none`: Table V (CIFAR-10, ResNet-18, 80 epochs on a GPU; HINT at
-r = 0.5): the shape to compare with, not the numbers.
+quotient of the medians; `params`, the defense's resolved parameters as a run's config holds them, those that
+depend on the threat included (ATDA's: ℓ∞ β = 0.062 against this targeted threat, not the ℓ2 0.25 of untargeted and
+clean runs). `paper_ratio_to_none`: Table V (CIFAR-10, ResNet-18, 80 epochs on a GPU; HINT at r = 0.5): the shape to
+compare with, not the numbers.
 
 Facility location: the gradient-proxy-like rows of one class (softmax of random logits minus the one-hot of
 class 0, `--fl-rows` rows, 10 classes, seeded), similarity s_ij = exp(−‖g_i − g_j‖/10), budget `--fl-budget` of
@@ -71,12 +73,19 @@ def method_order(methods: list[str], repeat: int) -> list[str]:
     return methods[shift:] + methods[:shift]
 
 
+def benchmark_defense(method: str, setup: dict, recipe=None):
+    """`method`'s defense as the benchmark trains it: its defaults for the recipe and the threat, or the parameters
+    `setup["params"][method]` names (where a caller such as benchmarks/gpu_check.py --tiny sets some)."""
+    return build_defense(method, setup["data"].family, recipe or setup["recipe"], setup["threat"],
+                         **setup.get("params", {}).get(method, {}))
+
+
 def timed_training(method: str, setup: dict, epochs_recipe=None) -> tuple[float, dict]:
-    """(wall seconds of `train`, cost) of one training with `method`'s defaults on the benchmark's rows (or the
-    parameters `setup["params"][method]` names, where a caller such as benchmarks/gpu_check.py --tiny sets some)."""
+    """(wall seconds of `train`, cost) of one training with `method`'s defense (`benchmark_defense`) on the
+    benchmark's rows."""
     recipe = epochs_recipe or setup["recipe"]
     data, device = setup["data"], setup["device"]
-    defense = build_defense(method, data.family, recipe, setup["threat"], **setup.get("params", {}).get(method, {}))
+    defense = benchmark_defense(method, setup, recipe)
     model = build_model(setup["model"], data, seed=SEED)
     start = time.perf_counter()
     result = train(model, setup["x"].clone(), setup["y"], setup["val_x"], setup["val_y"], recipe, seed=SEED,
@@ -104,7 +113,8 @@ def overhead(args, setup: dict, methods: list[str]) -> dict:
                 "defense_seconds": round(statistics.median(defense_seconds[m]), 3),
                 "ratio_to_none": round(statistics.median(seconds[m]) / none, 3),
                 "paper_ratio_to_none": paper_ratio.get(m, 1.0 if m == "none" else None),
-                "seconds_all": [round(s, 3) for s in seconds[m]]}
+                "seconds_all": [round(s, 3) for s in seconds[m]],
+                "params": benchmark_defense(m, setup).params}
             for m in methods}
 
 

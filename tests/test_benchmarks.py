@@ -142,11 +142,13 @@ def test_targeted_crafting_benchmark_reports_its_keys_and_quotients(capsys, tmp_
 def test_defense_overhead_benchmark_times_every_registered_defense_against_none(capsys, one_thread):
     """benchmarks/defense_overhead.py at tiny scale: every registered defense is timed (median of the repeats),
     its ratio is the quotient of the reported medians, the engine's own defense seconds fit inside the wall time,
-    Table V's ratios ride along, and the lazy greedy, the vectorised naive greedy and the per-element loop choose
+    each row carries the defense's resolved parameters (ATDA's ℓ∞ 0.062 against the targeted threat), Table V's
+    ratios ride along, and the lazy greedy, the vectorised naive greedy and the per-element loop choose
     the same medoids."""
     import defense_overhead
 
-    from poisonbench.defenses import DEFENSES
+    from poisonbench.defenses import DEFENSES, Threat, build_defense
+    from poisonbench.engine.recipes import resolve_recipe
 
     argv = ["--json", "--rows", "100", "--epochs", "2", "--repeats", "1", "--fl-rows", "60", "--fl-repeats", "1"]
     assert defense_overhead.main(argv) == 0
@@ -156,11 +158,18 @@ def test_defense_overhead_benchmark_times_every_registered_defense_against_none(
     assert set(methods) == set(DEFENSES.names()) and next(iter(methods)) == "none"
     none = methods["none"]["seconds"]
     for name, row in methods.items():
-        assert set(row) == {"seconds", "defense_seconds", "ratio_to_none", "paper_ratio_to_none", "seconds_all"}
+        assert set(row) == {"seconds", "defense_seconds", "ratio_to_none", "paper_ratio_to_none", "seconds_all",
+                            "params"}
         assert row["seconds"] == pytest.approx(row["seconds_all"][0])
         assert row["ratio_to_none"] == pytest.approx(row["seconds"] / none, rel=0.01, abs=0.002)
         assert 0 <= row["defense_seconds"] <= row["seconds"], name
     assert methods["none"]["ratio_to_none"] == 1 and methods["none"]["defense_seconds"] == 0
+    recipe, threat = resolve_recipe("mnist", "paper", epochs=2), Threat("targeted", budget=1, train_size=100)
+    assert {m: row["params"] for m, row in methods.items()} == {
+        m: build_defense(m, "mnist", recipe, threat).params for m in DEFENSES.names()}  # JSON round trip included
+    assert methods["none"]["params"] == {} and methods["knn"]["params"]["k"] == 2 * 1 + 1
+    atda = methods["atda"]["params"]
+    assert (atda["norm"], atda["beta"], atda["variant"]) == ("linf", 0.062, "fat")
     paper = {m: methods[m]["paper_ratio_to_none"] for m in ("none", "hint", "friends", "atda", "epic")
              if m in methods}
     assert paper == {k: v for k, v in {"none": 1.0, "hint": 1.52, "friends": 1.52, "atda": 3.6, "epic": 1.97}.items()

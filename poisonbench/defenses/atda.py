@@ -219,6 +219,7 @@ class Atda(Defense):
         self._generator: torch.Generator | None = None
         self._totals: torch.Tensor | None = None  # this epoch: Σ steps, Σ stopped early, examples, Σ ‖x̃ − x‖
         self._totals_epoch: int | None = None
+        self._totals_tau: int | None = None  # the τ this epoch's attacks were given (the record's, not recomputed)
         self.epochs: list[dict] = []
 
     def prepare(self, ctx: TrainContext) -> None:
@@ -248,29 +249,31 @@ class Atda(Defense):
         if p["omega"]:
             noise = p["omega"] * torch.randn((p["steps"], *x.shape), generator=self._generator, device=x.device,
                                              dtype=x.dtype)
+        tau = self.tau(ctx.epoch)
         with ctx.eval_forward(x) as forward:
             x_adv, taken, stopped = adversarial_examples(
                 forward, x, y, beta=p["beta"], alpha=self.alpha, steps=p["steps"], norm=p["norm"],
-                tau=self.tau(ctx.epoch), start=start, noise=noise, early_exit=True)
+                tau=tau, start=start, noise=noise, early_exit=True)
         # torch.full, not torch.tensor: a tensor made from host data is a blocking copy to a GPU
-        self._count(ctx, torch.stack([taken.sum().double(), stopped.sum().double(),
-                                      torch.full((), float(len(y)), dtype=torch.float64, device=x.device),
-                                      distance(x_adv - x, p["norm"]).sum().double()]))
+        self._count(ctx, tau, torch.stack([taken.sum().double(), stopped.sum().double(),
+                                           torch.full((), float(len(y)), dtype=torch.float64, device=x.device),
+                                           distance(x_adv - x, p["norm"]).sum().double()]))
         return x_adv, y
 
     # --- the record: per-epoch figures accumulated on the device, read once an epoch ------------------------------
 
-    def _count(self, ctx: TrainContext, values: torch.Tensor) -> None:
+    def _count(self, ctx: TrainContext, tau: int | None, values: torch.Tensor) -> None:
         if self._totals is None or self._totals_epoch != ctx.epoch:
             self._close_epoch()
             self._totals, self._totals_epoch = torch.zeros_like(values), ctx.epoch
         self._totals += values
+        self._totals_tau = tau
 
     def _epoch_figures(self) -> dict | None:
         if self._totals is None:
             return None
         steps, stopped, examples, dist = self._totals.tolist()
-        return {"epoch": self._totals_epoch, "tau": self.tau(self._totals_epoch), "examples": int(examples),
+        return {"epoch": self._totals_epoch, "tau": self._totals_tau, "examples": int(examples),
                 "mean_steps": steps / examples, "stopped_early_fraction": stopped / examples,
                 "mean_distance": dist / examples}
 
@@ -278,18 +281,19 @@ class Atda(Defense):
         figures = self._epoch_figures()
         if figures is not None:
             self.epochs.append(figures)
-        self._totals = self._totals_epoch = None
+        self._totals = self._totals_epoch = self._totals_tau = None
 
     def state(self, ctx: TrainContext) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {"generator": self._generator.get_state()}
         if self._totals is not None:
             tensors["totals"] = self._totals
-        return tensors, {"epochs": self.epochs, "totals_epoch": self._totals_epoch}
+        return tensors, {"epochs": self.epochs, "totals_epoch": self._totals_epoch, "totals_tau": self._totals_tau}
 
     def load_state(self, ctx: TrainContext, tensors: dict[str, torch.Tensor], state: dict) -> None:
         self._generator.set_state(tensors["generator"])
         self.epochs = list(state["epochs"])
         self._totals_epoch = state["totals_epoch"]
+        self._totals_tau = state["totals_tau"]  # (a checkpoint is tied to the code that wrote it: the key is there)
         self._totals = tensors["totals"].to(ctx.device) if "totals" in tensors else None
 
     def summary(self, poisoned: torch.Tensor | None = None) -> dict:
