@@ -5,6 +5,7 @@ shortcut that separates the classes before squeezing no longer does after."""
 from __future__ import annotations
 
 import io
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,8 @@ from PIL import Image, ImageOps
 
 from poisonbench.defenses import DEFENSES, Threat, build_defense
 from poisonbench.engine.recipes import resolve_recipe
+
+from .conftest import files_under, one_line_error
 
 RECIPE = resolve_recipe("cifar10", "quick")
 
@@ -181,3 +184,21 @@ def test_a_milder_jpeg_keeps_more_of_the_shortcut():
     _, after = shortcut_accuracy(natural_images(n, 3, seed=1), high_frequency_delta(labels), labels,
                                  jpeg_quality=95)
     assert after == 1.0
+
+
+def test_a_squeeze_that_does_not_exist_is_one_line_exit_2_and_writes_nothing(cli, tiny_npz, tmp_path):
+    results = tmp_path / "r"
+    code, _, err = cli("defend", "--dataset", tiny_npz, "--recipe", "quick", "--epochs", "1", "--compile", "off",
+                       "--method", "iss", "--squeeze", "blur", "--results", results)
+    one_line_error(code, err, "'blur'", "gray, jpeg, bdr")
+    assert files_under(results) == []
+
+
+def test_iss_trains_end_to_end_and_records_what_it_applied(cli, tiny_npz, tmp_path):
+    results = tmp_path / "r"
+    code, out, err = cli("defend", "--dataset", tiny_npz, "--recipe", "quick", "--epochs", "1", "--batch-size", "64",
+                         "--compile", "off", "--method", "iss", "--results", results, "--json")
+    assert code == 0, err
+    record = json.loads((results / "runs" / f"{json.loads(out)['run_id']}.json").read_text())
+    assert record["config"]["defense"] == {"method": "iss", "squeeze": "jpeg", "jpeg_quality": 10, "bdr_bits": 2}
+    assert record["defense"]["squeeze"] == "jpeg" and record["defense"]["mean_abs_change"] > 0

@@ -96,6 +96,12 @@ def test_the_oracle_without_a_mask_refuses_to_train(tiny_npz):
         oracle_run(data, None)
 
 
+def test_the_oracle_refuses_to_train_on_nothing(tiny_npz):
+    data = load_dataset(str(tiny_npz))
+    with pytest.raises(PoisonbenchError, match="every train row in use is poisoned"):
+        oracle_run(data, torch.ones(len(data.train), dtype=torch.bool))
+
+
 def test_the_oracle_of_a_clean_run_is_refused_at_construction():
     with pytest.raises(PoisonbenchError, match="a clean run has none: nothing to remove"):
         build_defense("oracle", "mnist", resolve_recipe("mnist", "quick"), Threat("clean"))

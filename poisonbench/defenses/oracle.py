@@ -52,7 +52,11 @@ class Oracle(Filter):
         if len(self.poisoned) != len(ctx.train_y):
             raise PoisonbenchError(f"method {self.name!r}: the poison mask covers {len(self.poisoned)} rows, the "
                                    f"train split {len(ctx.train_y)}")
-        return self.poisoned.to(ctx.device)[ctx.rows_in_use()]
+        removed = self.poisoned.to(ctx.device)[ctx.rows_in_use()]
+        if len(removed) and bool(removed.all()):
+            raise PoisonbenchError(f"method {self.name!r}: every train row in use is poisoned, so removing the poisons "
+                                   "leaves nothing to train on (a poison ratio below 1)")
+        return removed
 
     def summary(self, poisoned: torch.Tensor | None = None) -> dict:
         return {**super().summary(poisoned), "upper_bound": True}
