@@ -207,7 +207,7 @@ def test_no_host_sync_per_batch(tiny_npz, monkeypatch, method):
     for batches in BATCHES:
         recipe = recipe_for(batches, rows)
         defense = build_defense(method, "mnist", recipe, threat_for(rows))
-        hand_poison_mask(defense, torch.arange(rows) % 20 == 0)  # as the runner: only the oracle takes it; the budget
+        hand_poison_mask(defense, torch.arange(rows) % 20 == 0)  # only the oracle takes it (5 %: the budget)
         epochs = batch_windows(data, defense, recipe, monkeypatch)
         assert len(epochs) == recipe.epochs
         assert epochs[0]["batches"] == batches and all(e["ops"] > 50 * e["batches"] for e in epochs)
