@@ -11,6 +11,7 @@ from poisonbench.core.errors import PoisonbenchWarning
 from poisonbench.data import load_dataset
 from poisonbench.defenses import DEFENSES, Threat, build_defense
 from poisonbench.engine.checkpoints import Checkpoint
+from poisonbench.engine.hooks import hand_poison_mask
 from poisonbench.engine.models import build_model
 from poisonbench.engine.recipes import resolve_recipe
 from poisonbench.engine.training import train
@@ -31,6 +32,7 @@ def run(data, method: str, checkpoint: Checkpoint | None = None, kill_after: int
     # a targeted threat with a known budget: the filters' defaults (k = 2·budget + 1, drop = the budget's share)
     threat = Threat("targeted", budget=len(data.train) // 20, train_size=len(data.train))
     defense = build_defense(method, "mnist", recipe, threat)  # HINT: paper schedule scaled to 6 epochs = [1, 3]
+    hand_poison_mask(defense, poison_mask(len(data.train)))  # as the run executor: only the oracle takes it
     model = build_model("convnet", data, seed=seed)
     train_x = to_float(data.train.x, CPU)
 
@@ -43,6 +45,13 @@ def run(data, method: str, checkpoint: Checkpoint | None = None, kill_after: int
                    eval_sets={"test": (to_float(data.test.x, CPU), data.test.y)}, on_epoch=on_epoch,
                    checkpoint=checkpoint, model_factory=lambda s: build_model("convnet", data, seed=s))
     return model, result, defense
+
+
+def poison_mask(n: int) -> torch.Tensor:
+    """The ground-truth mask the tests hand over (every third row)."""
+    poisoned = torch.zeros(n, dtype=torch.bool)
+    poisoned[::3] = True
+    return poisoned
 
 
 def without_seconds(value):
@@ -74,8 +83,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, method, kill_a
     for (name, a), (_, b) in zip(model.state_dict().items(), model_ref.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert torch.equal(resumed.context.train_x, ref.context.train_x)  # HINT's noisy rows included
-    poisoned = torch.zeros(len(data.train), dtype=torch.bool)  # the runner hands the summary the poison mask
-    poisoned[::3] = True
+    poisoned = poison_mask(len(data.train))  # the runner hands the summary the poison mask
     assert without_seconds(defense.summary(poisoned)) == without_seconds(defense_ref.summary(poisoned))
     for stage, seconds in ref.cost.items():  # stage costs carry over from the killed segment
         assert resumed.cost.get(stage, 0) > 0 or seconds == 0, stage

@@ -12,18 +12,21 @@ from .atda import Atda
 from .epic import Epic
 from .friends import Friends
 from .hint import Hint
+from .iss import Iss
 from .knn import DeepKnn
 from .l2_filter import L2Filter
 from .ocsvm import OneClassSvmFilter
+from .oracle import Oracle
 from .random_filter import RandomFilter
 from .spectral import SpectralSignatures
 from .ueraser import UEraser
 
 # Defense itself is `none` (plain training); then the paper's Table III order, then the clean-label filters, then
 # the defenses of issue 53: the feature-space filters of the backdoor literature, then the training-time defenses
+# (ISS, UEraser); last the oracle (an upper bound that sees the poison mask, never ranked: engine/hooks.py)
 DEFENSES: Registry[type[Defense]] = Registry.of(
     "method", (Defense, Hint, Friends, Atda, Epic, DeepKnn, L2Filter, OneClassSvmFilter, RandomFilter,
-               SpectralSignatures, ActivationClustering, UEraser))
+               SpectralSignatures, ActivationClustering, Iss, UEraser, Oracle))
 
 
 def build_defense(name: str, family: str, recipe, threat: Threat | None = None, **params) -> Defense:

@@ -9,10 +9,14 @@ A defense implements only the hooks it needs. In the order the engine (`engine/t
     batch_raw(ctx, x, y, idx)       per batch, before augmentation (FRIENDS' Bernoulli noise)
     batch(ctx, x, y, idx)           per batch, after augmentation (ATDA's adversarial examples)
     state(ctx) / load_state(...)    what the defense carries between epochs, for checkpoints
-    summary(poisoned)               figures for the record: the only hook that sees the ground-truth poison mask
+    summary(poisoned)               figures for the record: sees the ground-truth poison mask, for statistics
 
 The seconds spent in a defense's own hooks, per-batch ones included, are its cost (Table V). The hooks that
-decide (all but `summary`) never see which rows are poisoned: `TrainContext` does not hold that mask. The per-batch
+decide (all but `summary`) never see which rows are poisoned: `TrainContext` does not hold that mask. The one
+exception is explicit and is no defense: a class that sets `sees_poison_mask` (the oracle, an upper bound that
+removes exactly the poisons, `defenses/oracle.py`) is handed the mask once before training, through
+`receive_poison_mask`, by the run executor (`hand_poison_mask`, called by `experiment/one_run.py`); no other class
+may set it (tests/test_oracle.py keeps an allow-list), and the reports never rank such a method. The per-batch
 hooks never make the host wait for the device (docs/engine.md, "No host sync per batch"; tests/test_host_sync.py).
 
 The context gives the model and the forward the engine trains with (compiled or not), an eval-mode view of that
@@ -32,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..core.errors import PoisonbenchError
 from ..core.params import Param, resolve
 from .recipes import Recipe
 from .threat import Threat
@@ -180,6 +185,9 @@ class Defense:
     name: ClassVar[str] = "none"
     summary_text: ClassVar[str] = "plain training, no defense"
     PARAMS: ClassVar[tuple[Param, ...]] = ()
+    # the contract's one exception (module docstring): an upper bound, not a defense, handed the poison mask before
+    # training (`receive_poison_mask`); the reports label it so and leave it out of every "best" (report/tables)
+    sees_poison_mask: ClassVar[bool] = False
 
     def __init__(self, family: str, recipe: Recipe, threat: Threat | None = None, **params: Any):
         self.family, self.recipe, self.threat = family, recipe, threat or Threat()
@@ -237,7 +245,23 @@ class Defense:
     def load_state(self, ctx: TrainContext, tensors: dict[str, torch.Tensor], state: dict) -> None:
         """Restore `state(ctx)` into a freshly prepared defense (called after `prepare`, before the next epoch)."""
 
+    def receive_poison_mask(self, poisoned: torch.Tensor) -> None:
+        """Only for a class that sets `sees_poison_mask`: the ground-truth mask over the train rows the run trains
+        on, handed over once before training (`hand_poison_mask`). A defense never gets it."""
+        raise TypeError(f"method {self.name!r} does not set sees_poison_mask: it never sees the poison mask")
+
     def summary(self, poisoned: torch.Tensor | None = None) -> dict:
         """Defense-specific figures for the run record (e.g. the noise actually applied). `poisoned` is the
         ground-truth mask over the train rows (None for clean training), for statistics only."""
         return {}
+
+
+def hand_poison_mask(defense: Defense, poisoned: torch.Tensor | None) -> None:
+    """The one place the poison mask reaches a method before training: `defense` gets `poisoned` (bool over the
+    train rows it trains on) only when its class sets `sees_poison_mask` (the oracle); every other defense gets
+    nothing. A method that sees the mask needs one: a clean run (`poisoned` None) is refused."""
+    if not type(defense).sees_poison_mask:
+        return
+    if poisoned is None:
+        raise PoisonbenchError(f"method {defense.name!r} removes the poisoned rows, and this run has none")
+    defense.receive_poison_mask(poisoned)

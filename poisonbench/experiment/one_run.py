@@ -11,6 +11,7 @@ import torch
 
 from ..core.provenance import environment, peak_memory
 from ..engine.checkpoints import Checkpoint
+from ..engine.hooks import hand_poison_mask
 from ..engine.models import build_model
 from ..engine.training import predict, train
 from .prediction_samples import sample_predictions
@@ -49,6 +50,7 @@ def execute(spec: DefendSpec, scenario: Scenario, trial, data, tensors: dict, de
         rows = rows.to(device)
         train_x, train_y = train_x[rows], train_y[rows]
         poisoned = poisoned[rows] if poisoned is not None else None
+    hand_poison_mask(defense, poisoned)  # only a class that sets `sees_poison_mask` (the oracle) gets it
     seed = training_seed(config)
     model = scenario.build_model(ModelRequest(config["model"], data, seed, device, spec.results, reporter,
                                               spec.compile, spec.accel))

@@ -31,6 +31,7 @@ from .layout import (
     Table,
     method_label,
     rho_text,
+    upper_bound,
     value_text,
 )
 from .records import (
@@ -107,11 +108,15 @@ def diff_cell(st: Stat | None, p) -> Cell:
 
 
 def mark_best(cells: list[Cell], higher: bool = True) -> None:
-    values = [c.value for c in cells if c.value is not None]
+    """Mark the best of the ranked cells (an upper bound's cells, `ranked` False, are never best nor compared)."""
+    ranked = [c for c in cells if c.ranked]
+    values = [c.value for c in ranked if c.value is not None]
+    for c in cells:
+        c.best = False
     if len(values) < 2:
         return
     best = max(values) if higher else min(values)
-    for c in cells:
+    for c in ranked:
         c.best = c.value is not None and c.value == best
 
 
@@ -201,6 +206,7 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
                 shown |= set(rows[close(rows.rho, rho)].run_id) if rows is not None else set()
                 p = paper.table2(key, rho, m) if key else None
                 cell = acc_cell(st, opts)
+                cell.ranked = not upper_bound(m)
                 row.append(cell)
                 ours.append(cell)
                 if show_paper:
@@ -347,6 +353,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                         lo, hi = wilson(k, n)
                         asr.text += f" [{100 * lo:.0f}–{100 * hi:.0f}%]"
                 acc = acc_cell(st, opts)
+                asr.ranked = acc.ranked = not upper_bound(m)
                 removed, removal = removal_cell(rows)
                 removal_row.append(removed)
                 removes = removes or bool(removal)

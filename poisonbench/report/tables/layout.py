@@ -46,8 +46,17 @@ def value_text(v: float) -> str:
     return text if "." in text or "e" in text else f"{text}.0"
 
 
+def upper_bound(m: str) -> bool:
+    """Whether method `m` is an upper bound, not a defense: its class sees the poison mask before training
+    (`Defense.sees_poison_mask`: the oracle). Such a method is labelled so and never ranked (`Cell.ranked`)."""
+    from ...defenses import DEFENSES
+
+    return m in DEFENSES and DEFENSES.get(m).sees_poison_mask
+
+
 def method_label(m: str) -> str:
-    return paper.METHOD_LABEL.get(m, m)
+    label = paper.METHOD_LABEL.get(m, m)
+    return f"{label} (upper bound)" if upper_bound(m) else label
 
 
 # --- the table model (a list of blocks, each a grid of cells) and the options it is built with ----------------
@@ -58,6 +67,7 @@ class Cell:
     value: float | None = None  # compared for "best" (already rounded as displayed)
     best: bool = False
     label: bool = False  # a row-label cell (left-aligned)
+    ranked: bool = True  # False: an upper bound's cell (the oracle), never compared for "best" (`mark_best`)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """`report --table matrix`: every defense against every attack, one block per setting (docs/metrics.md,
 "Defense × attack matrix").
 
-Rows: the defenses with records, in the DEFENSES registry order (`none` first, always shown); methods the registry
+Rows: the defenses with records, in the DEFENSES registry order (`none` first, always shown; an upper bound such as
+the oracle is labelled "(upper bound)" and its entries say `upper_bound`: it is no defense); methods the registry
 no longer knows follow alphabetically. Columns: `clean` (ρ = 0 runs) where there are any, then the attacks in the
 ATTACKS registry order. An untargeted column holds the test accuracy of runs against that attack *alone* (the
 record's untargeted config lists exactly that one attack) at the chosen poison ratio (`--poison-ratio`, default
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .layout import DASH, HINT_PAPER, MATRIX, Block, Cell, Options, Table, method_label, rho_text
+from .layout import DASH, HINT_PAPER, MATRIX, Block, Cell, Options, Table, method_label, rho_text, upper_bound
 from .records import in_setting, left_out_note, primary, settings
 from .stats import close, num, stat
 
@@ -149,7 +150,8 @@ def matrix(df: pd.DataFrame, opts: Options) -> Table:
                 entry = {"column": label, "kind": kind, "attack": key.split("|")[0] if key else None,
                          "scenario": (key.split("|")[1] or None) if kind == "targeted" else kind,
                          "rho": 0.0 if kind == "clean" else (rho if kind == "untargeted" else None),
-                         "method": m, "params": chosen.params_json.iloc[0] if len(chosen) else None}
+                         "method": m, "upper_bound": upper_bound(m),
+                         "params": chosen.params_json.iloc[0] if len(chosen) else None}
                 if kind == "targeted":
                     succ = [bool(x) for x in chosen.success if x is not None and not pd.isna(x)]
                     entry.update(n=len(succ), successes=sum(succ),
