@@ -8,6 +8,7 @@ from ..core.registry import Registry
 from ..engine.hooks import Defense
 from ..engine.threat import Threat
 from .atda import Atda
+from .dpsgd import DpSgd
 from .epic import Epic
 from .friends import Friends
 from .hint import Hint
@@ -16,9 +17,10 @@ from .l2_filter import L2Filter
 from .ocsvm import OneClassSvmFilter
 from .random_filter import RandomFilter
 
-# Defense itself is `none` (plain training); then the paper's Table III order, then the clean-label filters
+# Defense itself is `none` (plain training); then the paper's Table III order, then the clean-label filters, then
+# gradient shaping (DP-SGD)
 DEFENSES: Registry[type[Defense]] = Registry.of(
-    "method", (Defense, Hint, Friends, Atda, Epic, DeepKnn, L2Filter, OneClassSvmFilter, RandomFilter))
+    "method", (Defense, Hint, Friends, Atda, Epic, DeepKnn, L2Filter, OneClassSvmFilter, RandomFilter, DpSgd))
 
 
 def build_defense(name: str, family: str, recipe, threat: Threat | None = None, **params) -> Defense:
