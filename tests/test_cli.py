@@ -119,8 +119,8 @@ def test_data_list_json_gives_numbers_and_unknown_commands_list_the_valid_ones(c
     (["craft", "--attack", "durp", "--seed", str(2 ** 64)], "seed must be an integer in [0, 2^63 - 1]"),
     (["craft", "--attack", "deepconfuse", "--gen-lr", "inf"], "must be a finite number, got inf"),
     (["report", "--method", "none,hnit"],
-     "unknown method 'hnit'; valid choices: activation-clustering, atda, epic, friends, hint, iss, knn, l2, none, "
-     "ocsvm, oracle, random, spectral, ueraser"),
+     "unknown method 'hnit'; valid choices: activation-clustering, atda, dpsgd, epic, friends, hint, iss, knn, l2, "
+     "none, ocsvm, oracle, random, spectral, ueraser"),
     (["report", "--table", "2", "--missing", "--dataset", "mnist5k"], "unknown dataset 'mnist5k'"),
     (["defend", "--epochs", "abc"], "Invalid value for '--epochs': Input should be a valid integer"),
     (["defend", "--epochs", "abc"], "(got 'abc')"),  # Typer's type errors name the option, not the value

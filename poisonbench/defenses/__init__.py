@@ -9,6 +9,7 @@ from ..engine.hooks import Defense
 from ..engine.threat import Threat
 from .activation_clustering import ActivationClustering
 from .atda import Atda
+from .dpsgd import DpSgd
 from .epic import Epic
 from .friends import Friends
 from .hint import Hint
@@ -23,10 +24,11 @@ from .ueraser import UEraser
 
 # Defense itself is `none` (plain training); then the paper's Table III order, then the clean-label filters, then
 # the defenses of issue 53: the feature-space filters of the backdoor literature, then the training-time defenses
-# (ISS, UEraser); last the oracle (an upper bound that sees the poison mask, never ranked: engine/hooks.py)
+# (ISS, UEraser, gradient shaping by DP-SGD); last the oracle (an upper bound that sees the poison mask, never
+# ranked: engine/hooks.py)
 DEFENSES: Registry[type[Defense]] = Registry.of(
     "method", (Defense, Hint, Friends, Atda, Epic, DeepKnn, L2Filter, OneClassSvmFilter, RandomFilter,
-               SpectralSignatures, ActivationClustering, Iss, UEraser, Oracle))
+               SpectralSignatures, ActivationClustering, Iss, UEraser, DpSgd, Oracle))
 
 
 def build_defense(name: str, family: str, recipe, threat: Threat | None = None, **params) -> Defense:

@@ -8,6 +8,9 @@ A defense implements only the hooks it needs. In the order the engine (`engine/t
     on_epoch_start(ctx, epoch)      before each epoch (HINT's noise updates, EPIC's drops, FRIENDS' noise)
     batch_raw(ctx, x, y, idx)       per batch, before augmentation (FRIENDS' Bernoulli noise)
     batch(ctx, x, y, idx)           per batch, after augmentation (ATDA's adversarial examples)
+    gradient(ctx, x, y, autocast)   per batch, in place of the plain step's forward and backward: returns
+                                    (loss, logits) and leaves `.grad` on the trainable parameters (DP-SGD's
+                                    clipped, noised per-example gradients); the optimizer then steps as usual
     state(ctx) / load_state(...)    what the defense carries between epochs, for checkpoints
     summary(poisoned)               figures for the record: sees the ground-truth poison mask, for statistics
 
@@ -234,6 +237,20 @@ class Defense:
     def batch(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         """Per-batch transform of the (augmented) inputs and labels; returns (x, y)."""
         return x, y
+
+    def gradient(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor,
+                 autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per batch, the step's gradient: returns (mean loss, logits) of the batch and leaves `.grad` set on every
+        trainable parameter (the engine has zeroed them; its optimizer steps next). The engine calls it only where
+        a defense overrides it (`overrides_hook`), and then trains the plain modules (no CPU training kernels,
+        no compiled forward); everything else takes the plain step. `autocast()` is the step's precision
+        context (`training.step_autocast`). This default is the plain step itself: cross-entropy of the
+        model's output, backward."""
+        with autocast():
+            logits = ctx.model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+        loss.backward()
+        return loss, logits
 
     def state(self, ctx: TrainContext) -> tuple[dict[str, torch.Tensor], dict]:
         """What the defense carries from one epoch to the next, as (tensors, JSON-able dict), for an epoch

@@ -146,7 +146,9 @@ def train(
     # accel auto, on the CPU: a small-patch convolution's BatchNorm takes its batch statistics from the input's
     # patch moments (the ConvNet's stem) and 5×5 convolutions on small maps train as DFT-domain products; both
     # exact up to float rounding, sharing the parameters; the caller gets its own modules back
-    kernels = training_kernels(model, train_x[:1], accel)
+    # a defense that computes the gradient itself (`Defense.gradient`: DP-SGD's per-example gradients through
+    # torch.func) trains the plain modules: the CPU kernels compute batch statistics inside fused layers
+    kernels = training_kernels(model, train_x[:1], "off" if defense.overrides_hook("gradient") else accel)
     try:
         generator = torch.Generator(device=device).manual_seed(seed)
         optimizer, scheduler = make_optimizer(model, recipe)
@@ -191,7 +193,8 @@ class EpochStep:
     """One epoch of SGD over the rows in use, with the defense's epoch and per-batch hooks; returns its history row
     (epoch, lr, train loss and accuracy) and adds its seconds to `ctx.cost` (`train`; `defense_batch`, the per-batch
     hooks' own share, Table V). `autocast()` (`step_autocast`) is the context of each step's forward and loss; the
-    hooks run outside it, in float32."""
+    hooks run outside it, in float32. A defense that overrides `gradient` computes the step's loss, logits and
+    `.grad` itself (given `autocast` for its forward passes); all others take the plain step, unchanged."""
 
     def __init__(self, ctx: TrainContext, defense: Defense, scheduler, compiled: bool,
                  on_batch: Callable[[int, int, int], None] | None,
@@ -200,6 +203,7 @@ class EpochStep:
         self.compiled, self.on_batch = compiled, on_batch
         self.hook_clock = HookClock(ctx.device)
         self.raw_hook, self.batch_hook = defense.overrides_hook("batch_raw"), defense.overrides_hook("batch")
+        self.gradient_hook = defense.overrides_hook("gradient")  # the defense computes the step's gradient
         self.autocast = autocast  # step_autocast: the forward and loss's context (fp32: a nullcontext)
 
     def __call__(self, epoch: int) -> dict:
@@ -228,12 +232,17 @@ class EpochStep:
             if self.batch_hook:
                 with self.hook_clock.timing():
                     x, y = defense.batch(ctx, x, y, idx)
-            with self.autocast():
-                logits = (forward if compiles_size(self.compiled, len(y), recipe.batch_size, len(ctx.train_y))
-                          else model)(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.gradient_hook:
+                optimizer.zero_grad(set_to_none=True)
+                with self.hook_clock.timing():
+                    loss, logits = defense.gradient(ctx, x, y, self.autocast)
+            else:
+                with self.autocast():
+                    logits = (forward if compiles_size(self.compiled, len(y), recipe.batch_size, len(ctx.train_y))
+                              else model)(x)
+                    loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -244,7 +253,7 @@ class EpochStep:
         self.scheduler.step()
         sync(device)
         ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
-        if self.raw_hook or self.batch_hook:  # part of `train`, and the defense's own cost (Table V)
+        if self.raw_hook or self.batch_hook or self.gradient_hook:  # part of `train`; the defense's cost (Table V)
             ctx.cost["defense_batch"] = ctx.cost.get("defense_batch", 0.0) + self.hook_clock.collect()
         return row
 

@@ -1,0 +1,213 @@
+"""DP-SGD as gradient shaping (Hong et al. 2020, "On the Effectiveness of Mitigating Data Poisoning Attacks with
+Gradient Shaping", arXiv 2002.11497 §5-6; official code: Sanghyun-Hong/Gradient-Shaping, which trains with
+TensorFlow-Privacy's `DPGradientDescentGaussianOptimizer`, utils/optims.py). The DP-SGD step is Abadi et al. 2016,
+Algorithm 1 (arXiv 1607.00133): for a batch B,
+
+    g_i  = ∇θ ℓ(x_i, y_i)                               per example, over all trainable parameters jointly
+    ĝ_i  = g_i · C / max(‖g_i‖₂, C)                     clipped to ℓ2 norm ≤ C (TF-Privacy's clip_by_global_norm)
+    g    = (Σ_i ĝ_i + N(0, (σC)² I)) / |B|              Gaussian noise of std σ·C per coordinate, one draw per step
+
+and the engine's optimizer steps on g (the recipe's SGD with momentum, weight decay and schedule: TF-Privacy's
+DP optimizers likewise wrap the plain optimizer's update; the official code uses plain SGD, or Adam for LR).
+
+Per-example gradients come from `torch.func` (`functional_call` + `vmap(grad)`), a maintained part of PyTorch:
+no new dependency (Opacus would be one) and any module torch.func can trace works, chunked over the batch where
+the per-example gradients would not fit (`chunk_rows`).
+
+BatchNorm. Hong et al.'s networks have none (official networks/cnns.py, mlps.py, linears.py: Conv/Dense/ReLU only),
+and under BatchNorm an example's gradient is not its own: the batch statistics mix the batch. Opacus replaces
+BatchNorm by GroupNorm, which changes the architecture every other defense trains. We keep the architecture and fix
+the statistics instead: one train-mode forward without gradient takes each training-mode BatchNorm's batch mean and
+(biased) variance and updates the running statistics exactly as the plain step does; the per-example pass then
+normalises every example with those detached batch statistics. Each g_i is then the gradient of example i's own
+loss with the statistics held constant (what `--method none` differentiates through them is left out); the forward
+values equal the plain step's. The statistics themselves are not privatised, so no formal DP guarantee would hold
+for a BatchNorm model even with an accountant.
+
+Accounting. No maintained accountant is installed (Opacus' RDP accountant, TF-Privacy's `compute_dp_sgd_privacy`,
+Google's dp_accounting are absent), so ε is not computed; the summary records what an accountant needs: C, σ, the
+sampling rate (batch / rows in use; the engine's batches are a shuffled partition, not Poisson samples, which the
+usual RDP analysis assumes) and the number of steps. Hong et al. report ε only as a by-product: their defaults give
+"no meaningful privacy" (paper abstract; official model names carry ε = inf or ε in the millions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from ..core.hashing import derived_seed
+from ..core.params import Param
+from ..engine.hooks import Defense
+
+if TYPE_CHECKING:
+    from ..engine.hooks import TrainContext
+
+DPSGD_STREAM = "dpsgd"
+# floats of per-example gradients held at once (chunk = this / trainable parameters): 2^28 floats = 1 GiB; ConvNet
+# (~117k parameters) takes any batch in one chunk, ResNet-18 (11.2M) 24 rows at a time
+PER_EXAMPLE_FLOATS = 2 ** 28
+BN_HANDLING = ("batch statistics fixed per batch: one train-mode forward (no grad) takes them and updates the "
+               "running statistics; each example is normalised with them, detached")
+
+CLIP_PARAM = Param(
+    "clip", float, 1.0,
+    "C, the ℓ2 norm each example's gradient (all trainable parameters jointly) is clipped to.",
+    "Hong et al. 2020 §6; official do_ipoisoning.sh NORMCLP (0.1 1.0 2.0 4.0 8.0), do_tpoisoning.sh clip 0.1/1/4/8 "
+    "(TF-Privacy l2_norm_clip)", positive=True)
+NOISE_PARAM = Param(
+    "noise_multiplier", float, 0.01,
+    "σ, the noise multiplier: N(0, (σ·C)²) per coordinate is added to the sum of clipped gradients (0: clipping "
+    "only).",
+    "Hong et al. 2020 §6; official do_ipoisoning.sh NOISEML (0.1 0.001 0.00001 as σ·C, passed as σ = noise / C) "
+    "and do_tpoisoning.sh σ·C = 0.4/0.1/0.01/0.001 at C = 4 (TF-Privacy noise_multiplier)", minimum=0)
+
+
+def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters the optimizer trains, by name (frozen ones stay out, as `training.make_optimizer`)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def training_batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm modules in training mode (frozen ones, in eval mode, normalise with running statistics and
+    keep examples independent already)."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training}
+
+
+def batch_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits, statistics): a train-mode forward without gradient, which updates the running statistics as the
+    plain step does; `statistics` maps each training-mode BatchNorm's `running_mean` / `running_var` buffer name
+    to the batch mean / biased variance it normalised with (detached), for `per_example_gradients`."""
+    stats: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            inp = args[0].float()
+            dims = [d for d in range(inp.dim()) if d != 1]
+            var, mean = torch.var_mean(inp, dim=dims, correction=0)
+            stats[f"{name}.running_mean" if name else "running_mean"] = mean
+            stats[f"{name}.running_var" if name else "running_var"] = var
+        return hook
+
+    handles = [m.register_forward_hook(keep(name)) for name, m in training_batchnorms(model).items()]
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, stats
+
+
+def per_example_gradients(model: nn.Module, params: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
+                          x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{name: [len(x), *shape]}: each example's cross-entropy gradient alone (torch.func `vmap(grad)`), with the
+    training-mode BatchNorms normalising by `stats` (the batch's, `batch_forward`) instead of by their input."""
+    batchnorms = training_batchnorms(model)
+
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, (p, stats), (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+    for m in batchnorms.values():
+        m.training = False  # eval-mode BatchNorm reads the (swapped-in) statistics: no mixing, no update
+    try:
+        return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    finally:
+        for m in batchnorms.values():
+            m.training = True
+
+
+def joint_norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each example's ℓ2 norm over all the parameters' gradients together, `[rows]`."""
+    return torch.sqrt(sum(g.flatten(1).square().sum(1) for g in grads.values()))
+
+
+def clip_factors(norms: torch.Tensor, clip: float) -> torch.Tensor:
+    """C / max(‖g_i‖, C): 1 for gradients within the clip, else the factor that brings the norm to C."""
+    return clip / norms.clamp(min=clip)
+
+
+class DpSgd(Defense):
+    name = "dpsgd"
+    summary_text = "DP-SGD (gradient shaping): per-example clipping + Gaussian noise"
+    PARAMS = (CLIP_PARAM, NOISE_PARAM)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._generator: torch.Generator | None = None
+        self._totals: dict[str, torch.Tensor] = {}
+        self.rows = 0
+
+    def prepare(self, ctx: TrainContext) -> None:
+        # its own stream: the engine's order and augmentation stay those of `--method none`
+        self._generator = torch.Generator(device=ctx.device).manual_seed(derived_seed(ctx.seed, DPSGD_STREAM))
+        self._totals = {key: torch.zeros((), device=ctx.device, dtype=dtype) for key, dtype in
+                        (("examples", torch.long), ("clipped", torch.long), ("steps", torch.long),
+                         ("norm_sum", torch.float64), ("norm_max", torch.float32))}
+        self.rows = len(ctx.train_y) if ctx.active is None else len(ctx.active)
+        return None
+
+    def gradient(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor,
+                 autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        model, clip, sigma = ctx.model, self.params["clip"], self.params["noise_multiplier"]
+        params = {name: p.detach() for name, p in trainable(model).items()}
+        with autocast():
+            logits, stats = batch_forward(model, x)
+        summed = {name: torch.zeros_like(p) for name, p in params.items()}
+        chunk = max(1, PER_EXAMPLE_FLOATS // max(1, sum(p.numel() for p in params.values())))
+        for start in range(0, len(y), chunk):
+            with autocast():
+                grads = per_example_gradients(model, params, stats, x[start:start + chunk], y[start:start + chunk])
+            norms = joint_norms({k: g.float() for k, g in grads.items()})
+            factors = clip_factors(norms, clip)
+            for name, g in grads.items():
+                summed[name] += torch.tensordot(factors, g.float(), dims=1)
+            self._note(norms, clip)
+        for name, p in trainable(model).items():
+            g = summed[name]
+            if sigma > 0:
+                g = g + torch.randn(g.shape, generator=self._generator, device=g.device) * (sigma * clip)
+            p.grad = (g / len(y)).to(p.dtype)
+        self._totals["steps"] += 1
+        return F.cross_entropy(logits.float(), y), logits
+
+    def _note(self, norms: torch.Tensor, clip: float) -> None:
+        t = self._totals
+        t["examples"] += len(norms)
+        t["clipped"] += (norms > clip).sum()
+        t["norm_sum"] += norms.double().sum()
+        torch.maximum(t["norm_max"], norms.max(), out=t["norm_max"])
+
+    def state(self, ctx: TrainContext) -> tuple[dict[str, torch.Tensor], dict]:
+        return {"noise_generator": self._generator.get_state(), **self._totals}, {}
+
+    def load_state(self, ctx: TrainContext, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        self._generator.set_state(tensors["noise_generator"])
+        for key in self._totals:
+            self._totals[key] = tensors[key].to(ctx.device)
+
+    def summary(self, poisoned: torch.Tensor | None = None) -> dict:
+        """C, σ, the noise std σ·C, how BatchNorm was handled, the per-example gradient norms before clipping
+        (share clipped, mean, max: accumulated on the device, read here once) and what an accountant needs."""
+        if not self._totals:
+            return {}
+        t = {key: value.item() for key, value in self._totals.items()}
+        clip, sigma = self.params["clip"], self.params["noise_multiplier"]
+        examples = max(t["examples"], 1)
+        return {
+            "clip": clip, "noise_multiplier": sigma, "noise_std": sigma * clip,
+            "per_example_gradients": "torch.func vmap(grad)", "batchnorm": BN_HANDLING,
+            "grad_norms": {"examples": t["examples"], "clipped_share": t["clipped"] / examples,
+                           "mean_before_clip": t["norm_sum"] / examples, "max_before_clip": t["norm_max"]},
+            "accounting": {"noise_multiplier": sigma, "sample_rate": self.recipe.batch_size / max(self.rows, 1),
+                           "steps": t["steps"], "epsilon": None,
+                           "epsilon_note": "not computed: no maintained accountant installed (Opacus, TF-Privacy, "
+                                           "dp_accounting); the batches are a shuffled partition, not Poisson "
+                                           "samples, and BatchNorm statistics are not privatised"},
+        }

@@ -1,0 +1,216 @@
+"""DP-SGD (`poisonbench/defenses/dpsgd.py`): per-example gradients, their clipping to ℓ2 ≤ C over all parameters
+jointly, the Gaussian noise of std σ·C on their sum, the division by the batch, BatchNorm with fixed batch
+statistics, the record, and the bad options. Tiny models and batches; registry-driven tests (resume, host sync)
+cover dpsgd as every other defense."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poisonbench.core.device import to_float
+from poisonbench.data import load_dataset
+from poisonbench.defenses import build_defense
+from poisonbench.defenses.dpsgd import batch_forward, joint_norms, per_example_gradients, trainable
+from poisonbench.engine.hooks import TrainContext
+from poisonbench.engine.models import ConvNet, build_model
+from poisonbench.engine.recipes import resolve_recipe
+from poisonbench.engine.training import make_optimizer, train
+
+from .conftest import files_under, one_line_error
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")
+RECIPE = resolve_recipe("mnist", "quick", epochs=1, batch_size=12, lr=0.05)
+
+
+def mlp(seed: int = 0, width: int = 16) -> nn.Module:
+    """A toy classifier without BatchNorm: its per-example gradients are defined as they are."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, width), nn.ReLU(), nn.Linear(width, 5))
+
+
+def toy_batch(rows: int = 12, seed: int = 1, shape=(3, 4)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, *shape, generator=g), torch.randint(0, 5, (rows,), generator=g)
+
+
+def context(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 7) -> TrainContext:
+    optimizer, _ = make_optimizer(model, RECIPE)
+    return TrainContext(model, optimizer, RECIPE, CPU, torch.Generator().manual_seed(seed), x, y, x[:2], y[:2], 5,
+                        seed)
+
+
+def dp_step(model, x, y, seed: int = 7, **params):
+    """One DP-SGD gradient on (x, y): (the defense, loss, logits, {name: .grad})."""
+    defense = build_defense("dpsgd", "mnist", RECIPE, **params)
+    ctx = context(model, x, y, seed)
+    defense.prepare(ctx)
+    model.zero_grad(set_to_none=True)
+    loss, logits = defense.gradient(ctx, x, y, contextlib.nullcontext)
+    return defense, loss, logits, {n: p.grad.clone() for n, p in trainable(model).items()}
+
+
+def loop_gradients(model, x, y) -> list[dict[str, torch.Tensor]]:
+    """Each example's gradient by plain autograd, one example at a time (the reference for the vmap)."""
+    out = []
+    for i in range(len(y)):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        out.append({n: p.grad.clone() for n, p in trainable(model).items()})
+    return out
+
+
+def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in grads.values()])
+
+
+def test_per_example_gradients_are_each_examples_own_and_clipped_jointly_to_the_clip():
+    model = mlp()
+    x, y = toy_batch()
+    reference = loop_gradients(model, x, y)
+    ref_norms = torch.stack([flat(g).norm() for g in reference])
+    params = {n: p.detach() for n, p in trainable(model).items()}
+    grads = per_example_gradients(model, params, {}, x, y)
+    for i, ref in enumerate(reference):
+        for name, g in ref.items():
+            torch.testing.assert_close(grads[name][i], g, atol=1e-6, rtol=1e-5)
+    norms = joint_norms(grads)
+    torch.testing.assert_close(norms, ref_norms, atol=1e-6, rtol=1e-5)
+
+    clip = ref_norms.median().item()  # some examples above the clip, some below
+    below = ref_norms <= clip
+    assert 0 < below.sum() < len(y)
+    _, _, _, step = dp_step(model, x, y, clip=clip, noise_multiplier=0.0)
+    # the clipped per-example gradients, as the step applies them, before noise
+    clipped = [flat(g) * min(1.0, clip / flat(g).norm().item()) for g in reference]
+    factors = clip / norms.clamp(min=clip)
+    applied = torch.stack([factors[i] * flat({n: grads[n][i] for n in grads}) for i in range(len(y))])
+    assert (applied.norm(dim=1) <= clip * (1 + 1e-6)).all()
+    for i in torch.nonzero(below).flatten().tolist():  # within the clip: the example's gradient unchanged
+        torch.testing.assert_close(applied[i], flat(reference[i]), atol=1e-6, rtol=1e-5)
+    for i in torch.nonzero(~below).flatten().tolist():  # above: brought to norm C exactly
+        assert math.isclose(applied[i].norm().item(), clip, rel_tol=1e-5)
+    # the step: the mean of the clipped per-example gradients (not the clipped mean, not their sum)
+    torch.testing.assert_close(flat(step), torch.stack(clipped).mean(0), atol=1e-6, rtol=1e-5)
+
+
+def test_with_no_noise_and_a_huge_clip_the_step_is_the_plain_mean_gradient():
+    model = mlp()
+    x, y = toy_batch()
+    model.zero_grad(set_to_none=True)
+    plain_loss = F.cross_entropy(model(x), y)
+    plain_loss.backward()
+    plain = {n: p.grad.clone() for n, p in trainable(model).items()}
+    defense, loss, logits, step = dp_step(model, x, y, clip=1e6, noise_multiplier=0.0)
+    for name in plain:
+        torch.testing.assert_close(step[name], plain[name], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(loss, plain_loss.detach())
+    torch.testing.assert_close(logits, model(x).detach())
+    assert defense.summary()["grad_norms"]["clipped_share"] == 0
+
+
+def test_noise_has_std_sigma_times_clip_per_coordinate_and_comes_from_the_runs_seed():
+    clip, sigma, rows = 2.0, 0.5, 8  # C ≠ 1: a noise of std σ alone would be half the expected
+    x, y = toy_batch(rows)
+    model = mlp(width=400)  # ~7k coordinates: the std is estimated within a few percent
+    _, _, _, clean = dp_step(model, x, y, clip=clip, noise_multiplier=0.0)
+    _, _, _, noisy = dp_step(model, x, y, clip=clip, noise_multiplier=sigma)
+    noise = (flat(noisy) - flat(clean)) * rows  # the noise is added to the sum, before the division by the batch
+    assert noise.numel() > 5000
+    assert abs(noise.std().item() / (sigma * clip) - 1) < 0.05 and abs(noise.mean().item()) < 0.05 * sigma * clip
+    _, _, _, again = dp_step(model, x, y, clip=clip, noise_multiplier=sigma)
+    assert torch.equal(flat(again), flat(noisy))  # same seed, same noise
+    _, _, _, other = dp_step(model, x, y, seed=8, clip=clip, noise_multiplier=sigma)
+    assert not torch.equal(flat(other), flat(noisy))
+
+
+class FixedStatsBatchNorm(nn.Module):
+    """Reference: BatchNorm normalising with the batch's statistics detached (so example i's output, hence its
+    loss's gradient, depends on x_i and the parameters alone)."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x):
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        return F.batch_norm(x, mean.detach(), var.detach(), self.bn.weight, self.bn.bias, False, 0.0, self.bn.eps)
+
+
+def test_batchnorm_examples_use_the_batchs_fixed_statistics_and_running_statistics_update_once():
+    torch.manual_seed(3)
+    model = ConvNet(1, 5, 16, [0.5], [0.25]).train()
+    x, y = torch.rand(6, 1, 16, 16), torch.randint(0, 5, (6,))
+    plain = copy.deepcopy(model)
+    with torch.no_grad():
+        plain(x)  # the plain step's train-mode forward: the running statistics it leaves
+    reference = copy.deepcopy(model)
+    reference.conv[1], reference.conv[5] = FixedStatsBatchNorm(reference.conv[1]), FixedStatsBatchNorm(
+        reference.conv[5])
+    out = reference(x)
+    names = list(trainable(model))
+    ref = [torch.cat([g.flatten() for g in torch.autograd.grad(F.cross_entropy(out[i:i + 1], y[i:i + 1]),
+                                                                 list(trainable(reference).values()),
+                                                                 retain_graph=True)]) for i in range(len(y))]
+
+    logits, stats = batch_forward(model, x)
+    assert set(stats) == {"conv.1.running_mean", "conv.1.running_var", "conv.5.running_mean", "conv.5.running_var"}
+    for (name, a), (_, b) in zip(model.named_buffers(), plain.named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)  # updated once, as the plain step does
+    torch.testing.assert_close(logits, out.detach(), atol=1e-5, rtol=1e-4)
+    grads = per_example_gradients(model, {n: p.detach() for n, p in trainable(model).items()}, stats, x, y)
+    assert list(grads) == names and all(m.training for m in model.modules())
+    for i in range(len(y)):
+        torch.testing.assert_close(torch.cat([grads[n][i].flatten() for n in names]), ref[i], atol=1e-5, rtol=1e-4)
+
+    clip = 0.5 * joint_norms(grads).min().item()  # every example clipped
+    torch.manual_seed(3)
+    fresh = ConvNet(1, 5, 16, [0.5], [0.25]).train()  # the same initial model, through the defense's step
+    defense, _, _, step = dp_step(fresh, x, y, clip=clip, noise_multiplier=0.0)
+    factors = clip / joint_norms(grads)
+    expected = torch.stack([factors[i] * ref[i] for i in range(len(y))]).mean(0)
+    torch.testing.assert_close(torch.cat([step[n].flatten() for n in names]), expected, atol=1e-5, rtol=1e-4)
+    figures = defense.summary()
+    assert figures["grad_norms"]["clipped_share"] == 1 and figures["grad_norms"]["examples"] == len(y)
+
+
+def test_trains_through_the_engine_and_records_the_figures(tiny_npz):
+    data = load_dataset(str(tiny_npz))
+    recipe = resolve_recipe("mnist", "quick", epochs=2, batch_size=100, lr=0.05, momentum=0.9)
+    results = []
+    for _ in range(2):
+        defense = build_defense("dpsgd", "mnist", recipe)
+        model = build_model("convnet", data, seed=4)
+        before = copy.deepcopy(model.state_dict())
+        result = train(model, to_float(data.train.x, CPU), data.train.y, to_float(data.val.x, CPU), data.val.y,
+                       recipe, seed=4, device=CPU, num_classes=10, defense=defense, compile="off")
+        results.append((model.state_dict(), result, defense.summary()))
+    (weights, result, figures), (weights2, result2, figures2) = results
+    assert any(not torch.equal(weights[k], before[k]) for k in weights)
+    assert all(torch.equal(weights[k], weights2[k]) for k in weights) and result.history == result2.history
+    rows = len(data.train)
+    assert figures == figures2
+    assert figures["clip"] == 1.0 and figures["noise_multiplier"] == 0.01 and figures["noise_std"] == 0.01
+    assert figures["grad_norms"]["examples"] == 2 * rows and 0 <= figures["grad_norms"]["clipped_share"] <= 1
+    assert figures["grad_norms"]["max_before_clip"] >= figures["grad_norms"]["mean_before_clip"] > 0
+    assert figures["accounting"] == {**figures["accounting"], "steps": 2 * math.ceil(rows / 100),
+                                     "sample_rate": 100 / rows, "epsilon": None}
+    assert result.cost["defense_batch"] > 0
+
+
+@pytest.mark.parametrize("args, needle", [(["--clip", "0"], "--clip of method 'dpsgd' must be > 0, got 0"),
+                                          (["--clip", "-1"], "--clip of method 'dpsgd' must be > 0, got -1"),
+                                          (["--noise-multiplier", "-0.5"],
+                                           "--noise-multiplier of method 'dpsgd' must be >= 0, got -0.5")])
+def test_bad_clip_or_noise_is_a_one_line_error_and_writes_nothing(cli, tiny_npz, tmp_path, args, needle):
+    code, _, err = cli("defend", "--method", "dpsgd", *args, "--recipe", "quick", "--epochs", "1", "--compile",
+                       "off", "--dataset", tiny_npz, "--results", tmp_path / "r")
+    one_line_error(code, err, needle)
+    assert files_under(tmp_path / "r") == []
