@@ -235,3 +235,22 @@ def craft_killed_at_call(monkeypatch, module, name: str, call: int, spec, data, 
     with pytest.raises(KeyboardInterrupt):
         poisons.craft(spec, data, work)
     monkeypatch.setattr(module, name, original)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """A 400-row tiny .npz dataset (`tiny.npz`) shared by a test module's end-to-end filter runs."""
+    root = tmp_path_factory.mktemp("filters")
+    write_npz(root, n=400)
+    return root
+
+
+@pytest.fixture
+def toy():
+    """The name of a toy targeted attack registered for the test (tests/toys.py `ToyTargeted`)."""
+    from poisonbench.attacks import ATTACKS
+
+    from .toys import ToyTargeted, registered
+
+    with registered(ATTACKS, "toy-targeted", ToyTargeted):
+        yield "toy-targeted"

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
-from poisonbench.attacks import ATTACKS
 from poisonbench.defenses import Threat, build_defense
 from poisonbench.defenses.filtering import fraction_count
 from poisonbench.defenses.knn import block_rows, knn_keep
@@ -23,11 +21,10 @@ from poisonbench.engine.recipes import resolve_recipe
 from poisonbench.experiment.defend import defend
 from poisonbench.experiment.spec import DefendSpec
 
-from .conftest import write_npz
-from .toys import ToyTargeted, registered
+TOY = "toy-targeted"  # tests/conftest.py `toy` registers it
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TOY = "toy-targeted"
 
 
 def clusters(per_class: int, classes: int, dim: int = 6, spread: float = 0.1, seed: int = 0):
@@ -187,19 +184,6 @@ def test_random_removes_exactly_the_fraction_reproducibly_per_seed():
 
 # ---------------------------------------------------------------------------------------------------------------
 # end to end
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("filters")
-    write_npz(root, n=400)
-    return root
-
-
-@pytest.fixture
-def toy():
-    with registered(ATTACKS, TOY, ToyTargeted):
-        yield TOY
 
 
 @pytest.mark.parametrize("scenario", ["scratch", "transfer"])

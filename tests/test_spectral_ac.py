@@ -5,13 +5,11 @@ counts of the `Filter` machinery against the planted rows; end to end through `d
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from poisonbench.attacks import ATTACKS
 from poisonbench.defenses import Threat, build_defense
 from poisonbench.defenses.activation_clustering import ac_remove
 from poisonbench.defenses.spectral import spectral_quota, spectral_remove, spectral_scores
@@ -20,11 +18,10 @@ from poisonbench.engine.recipes import resolve_recipe
 from poisonbench.experiment.defend import defend
 from poisonbench.experiment.spec import DefendSpec
 
-from .conftest import write_npz
-from .toys import ToyTargeted, registered
+TOY = "toy-targeted"  # tests/conftest.py `toy` registers it
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TOY = "toy-targeted"
 EPS = 0.05
 
 
@@ -189,19 +186,6 @@ def test_spectral_default_eps_is_the_budget_share_of_the_rows_in_use(monkeypatch
 
 # ---------------------------------------------------------------------------------------------------------------
 # end to end
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("spectral-ac")
-    write_npz(root, n=400)
-    return root
-
-
-@pytest.fixture
-def toy():
-    with registered(ATTACKS, TOY, ToyTargeted):
-        yield TOY
 
 
 @pytest.mark.parametrize("method,scenario", [("spectral", "scratch"), ("activation-clustering", "transfer")])
