@@ -18,6 +18,8 @@ from poisonbench.engine.recipes import resolve_recipe
 from poisonbench.experiment.defend import defend
 from poisonbench.experiment.spec import DefendSpec
 
+from .conftest import one_line_error
+
 TOY = "toy-targeted"  # tests/conftest.py `toy` registers it
 
 
@@ -243,7 +245,5 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, toy, tiny_root, tmp_p
     results = tmp_path / "res"
     code, _, err = cli("defend", "--dataset", tiny_root / "tiny.npz", "--recipe", "quick", "--epochs", "1", *args,
                        "--results", results)
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("Error: ") and needle in err, err
-    assert "Traceback" not in err
+    one_line_error(code, err, needle)
     assert not results.exists() and not (tmp_path / "results").exists()
