@@ -364,10 +364,10 @@ def test_status_counts_cells_and_device_hours(cli, swept, tmp_path):
     assert status["runs"] == {"wanted": 2, "done": 1, "failed": 0, "running": 0}
     assert status["poison_sets"] == {"wanted": 1, "done": 1, "failed": 0}
     seconds = kept["cost"]["seconds"]
-    assert status["cells"][0]["hours"] == round(seconds / 3600, 4)
-    assert status["hours_spent"] > 0 and status["hours_spent"] >= round(seconds / 3600, 4)
+    assert status["cells"][0]["hours"] == round(seconds / 3600, 6)
+    assert status["hours_spent"] > 0 and status["hours_spent"] >= round(seconds / 3600, 6)
     # the missing run is estimated by the done run of the same method, dataset and recipe
-    assert status["hours_remaining_estimate"] == round(seconds / 3600, 4) > 0
+    assert status["hours_remaining_estimate"] == round(seconds / 3600, 6) > 0
     assert status["runs_without_estimate"] == 0 and status["failures"] == []
     assert len(status["devices"]) == 1  # cpu here, cuda on a GPU machine
 
