@@ -16,8 +16,11 @@ run lsp --eps 1.7568627450980392   # 16/255 · 28
 run lsp --eps 8.4                  # 0.3 · 28
 run ops --eps 4
 run em --granularity class --max-iterations 20
-# not run yet (session 45's CPU went to the map; experiments/availability.md):
-# run ops --eps 16
-# run em --eps 0.3 --granularity class
-# run em --eps 0.3
-# run rem --eps 0.3
+# session 47: at HINT's MNIST bound (0.3 a pixel), and OPS at 16 pixels
+run ops --eps 16
+run em --eps 0.3 --granularity class --max-iterations 20
+run rem --eps 0.3 --adv-radius 0.15   # ρ_a = ε/2, the authors' ratio (8/255, 4/255)
+run em --eps 0.3
+# the authors' stop (train error ≤ 1 %) met at iteration 1 (sample) / 4 (class) above: run on to zero train error
+run em --eps 0.3 --stop-error 0
+run em --eps 0.3 --granularity class --max-iterations 20 --stop-error 0
