@@ -354,7 +354,10 @@ def test_emit_sbatch_writes_an_array_of_the_missing_steps(cli, swept, tmp_path):
 
 def test_status_counts_cells_and_device_hours(cli, swept, tmp_path):
     results = swept.copy(tmp_path / "r")
-    kept = RunStore(results).get(swept.keys[1])
+    kept_path = results / "runs" / f"{swept.keys[1]}.json"
+    kept = json.loads(kept_path.read_text())
+    kept["cost"]["seconds"] = 0.05  # a quick CPU run: hours must not round to zero (CI once timed one at < 0.18 s)
+    kept_path.write_text(json.dumps(kept))
     (results / "runs" / f"{swept.keys[2]}.json").unlink()
     code, out, err = cli("sweep", "status", swept.grid, "--results", results, "--json")
     assert code == 0, err
