@@ -174,6 +174,16 @@ def one_line_error(code: int, err: str, *needles: str) -> None:
         assert needle in err, (needle, err)
 
 
+def defend_refused(cli, dataset, cwd: Path, args: list, needle: str) -> None:
+    """`defend` on `dataset` with bad `args` (run from `cwd`): the one-line error naming `needle`, exit 2, and no
+    results directory written, neither the one asked for nor the default."""
+    results = cwd / "res"
+    code, _, err = cli("defend", "--dataset", dataset, "--recipe", "quick", "--epochs", "1", *args,
+                       "--results", results)
+    one_line_error(code, err, needle)
+    assert not results.exists() and not (cwd / "results").exists()
+
+
 def files_under(root: Path) -> list[Path]:
     """Every file below `root` (none when it does not exist), sorted: what a command left behind."""
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []

@@ -18,7 +18,7 @@ from poisonbench.engine.recipes import resolve_recipe
 from poisonbench.experiment.defend import defend
 from poisonbench.experiment.spec import DefendSpec
 
-from .conftest import one_line_error
+from .conftest import defend_refused
 
 TOY = "toy-targeted"  # tests/conftest.py `toy` registers it
 
@@ -242,8 +242,4 @@ def test_end_to_end_through_defend(tiny_root, toy, tmp_path, train_calls, method
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(cli, toy, tiny_root, tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
-    results = tmp_path / "res"
-    code, _, err = cli("defend", "--dataset", tiny_root / "tiny.npz", "--recipe", "quick", "--epochs", "1", *args,
-                       "--results", results)
-    one_line_error(code, err, needle)
-    assert not results.exists() and not (tmp_path / "results").exists()
+    defend_refused(cli, tiny_root / "tiny.npz", tmp_path, args, needle)
