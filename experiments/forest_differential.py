@@ -334,7 +334,9 @@ def success_command(args, fm, dataset) -> dict:
             info_file.write_text(json.dumps({"forest_loss": loss,
                                              "forest_craft_seconds": round(time.perf_counter() - start, 1)}))
         info = json.loads(info_file.read_text())
+        # gray: BP/FC brewed on our gray-box attacker extractor, GM on our surrogate (seeded apart from the victim)
         imported = run_cli("poisons", "import", str(file), "--format", "forest", "--attack", f"{name}-forest",
+                           "--threat", attack.params.get("threat") or "gray",
                            "--victim", attack.params["scenario"], "--target", str(ctx.target.index), "--intended",
                            str(ctx.target.intended_class), "--dataset", dataset.name, "--results", str(args.results))
         trained = run_cli("defend", "--method", "none", "--poison-set", imported["poison_id"], "--trial",

@@ -329,7 +329,8 @@ def test_bad_npz_is_one_line_exit_2_nothing_written(colour, tmp_path, cli, damag
 
 
 @pytest.mark.parametrize("case", ["unknown format", "no target", "wrong label", "target image", "untargeted label",
-                                  "victim", "target without intended", "hint with a target", "forest std"])
+                                  "victim", "target without intended", "hint with a target", "forest std",
+                                  "threat", "hint with a threat"])
 def test_bad_import_options_are_one_line_exit_2_nothing_written(colour, tmp_path, cli, case):
     data, path = colour
     true = int(data.test.y[0])
@@ -348,6 +349,9 @@ def test_bad_import_options_are_one_line_exit_2_nothing_written(colour, tmp_path
         "target without intended": ((tmp_path / "sub", "--target", 0), "go together"),
         "hint with a target": ((tmp_path / "x.pt", "--format", "hint", *named), "HINT's untargeted file takes none"),
         "forest std": ((tmp_path / "sub", *named, "--forest-std", "0.2"), "--forest-std applies to --format forest"),
+        "threat": ((tmp_path / "sub", *named, "--threat", "black"), "unknown --threat 'black'; valid choices: white, "
+                                                                      "gray, unknown"),
+        "hint with a threat": ((tmp_path / "x.pt", "--format", "hint", "--threat", "gray"), "--threat"),
     }[case]
     res = tmp_path / "res"
     code, _, err = cli("poisons", "import", *args, "--dataset", path, "--results", res)
@@ -408,3 +412,39 @@ def test_imported_poisons_are_measured_by_defend(colour, tmp_path, cli, one_thre
     assert record["config"]["scenario"] == "scratch" and poison["attack"] == "mp" and poison["poison_id"] == pid
     assert poison["target_index"] == spec.target["index"] and poison["poisoned"] == len(ours)
     assert isinstance(record["metrics"]["attack_success"], bool)
+    # nobody said whose model these poisons were made on: `unknown`, in the PoisonSet and in the record's inputs
+    (entry,) = record["inputs"]["poisons"]
+    assert entry["threat"] == "unknown" and entry["imported_from"] == "npz" and entry["crafted_on"] is None
+    assert entry["poison_id"] == pid and entry["tensors_sha256"] == record["poison_tensors"]["mp"]
+    assert record["inputs"]["victim"]["kind"] == "from-scratch"
+
+
+def test_an_import_declares_its_threat_in_its_identity_and_a_transfer_run_records_it(colour, tmp_path, cli,
+                                                                                       one_thread):
+    """`poisons import --threat` (default unknown) is a parameter of the PoisonSet (another id per threat) and
+    becomes `config.threat` of the transfer runs on it (Table III's block), never a silent `white`."""
+    data, path = colour
+    res = tmp_path / "res"
+    spec, _ = toy_set(data, res)
+    out = tmp_path / "ours.npz"
+    assert cli("poisons", "export", "--poison-set", spec.poison_id, "--format", "npz", "--out", out, "--dataset",
+               path, "--results", res)[0] == 0
+    ids = {}
+    for threat in (None, "gray", "white"):
+        given = ["--threat", threat] if threat else []
+        code, stdout, err = cli("poisons", "import", out, "--attack", "bp", "--victim", "transfer", *given,
+                                "--dataset", path, "--results", res, "--json")
+        assert code == 0, err
+        ids[threat or "unknown"] = json.loads(stdout)["poison_id"]
+    assert len(set(ids.values())) == 3
+    for threat, pid in ids.items():
+        assert poisons.spec_of(res, pid)[0].params["threat"] == threat
+    from poisonbench.experiment.defend import run_config
+    from poisonbench.experiment.scenarios import scenario_for
+    from poisonbench.experiment.spec import DefendSpec
+
+    for threat, pid in ids.items():
+        dspec = DefendSpec(dataset=str(path), poison_set=pid, scenario="transfer", recipe="quick",
+                           results=str(res))
+        plan = scenario_for(dspec).plan(dspec, data, 0)
+        assert run_config(dspec, data, 0, plan)["threat"] == threat

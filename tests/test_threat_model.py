@@ -156,3 +156,22 @@ def test_table3_shows_wilson_intervals_by_default(runs, cli):
     assert code == 0 and ("[21–100%]" in out or "[0–79%]" in out)
     code, out, _ = cli("report", "--results", runs["results"], "--table", "3", "--trials", "1", "--no-wilson")
     assert code == 0 and "%]" not in out
+
+
+def test_a_transfer_record_names_the_extractor_the_poisons_were_crafted_on_and_the_victims(runs):
+    """Issue 63: from the record alone, the model each side used. Gray box: two extractors, different ids and
+    weights, each on disk under its id; white box: the victim's own extractor named twice."""
+    for threat, same in (("gray", False), ("white", True)):
+        record = runs[threat][0]
+        inputs = record["inputs"]
+        (poisons,) = inputs["poisons"]
+        attacker, victim = poisons["crafted_on"], inputs["victim"]
+        assert attacker["kind"] == victim["kind"] == "extractors" and poisons["threat"] == threat
+        assert (attacker["id"] == victim["id"]) is same
+        assert (attacker["weights_sha256"] == victim["weights_sha256"]) is same
+        for ref in (attacker, victim):
+            assert (runs["results"] / "extractors" / f"{ref['id']}.safetensors").is_file()
+        assert poisons["poison_id"] == record["config"]["poison"]["poison_id"]
+        assert poisons["tensors_sha256"] == record["poison_tensors"]["bp"]
+        assert inputs["dataset"]["fingerprint"] == record["config"]["dataset_fingerprint"]
+        assert victim["head_seed"] == record["config"]["seed"]

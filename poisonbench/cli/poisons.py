@@ -111,6 +111,11 @@ def import_(
     intended: int = options.Intended,
     setup: str = options.Setup,
     setup_index: int = options.SetupIndex,
+    threat: str = typer.Option(None, "--threat", metavar="white|gray|unknown",
+                               help="Targeted formats: whose model the poisons were made on, as you know it: white "
+                                    "(the victim's own extractor), gray (another model of the victim's kind), "
+                                    "unknown (the default). Recorded in the PoisonSet and in every run on it "
+                                    "(config.threat of transfer runs), and shown in Table III's block titles."),
     forest_std: str = typer.Option(None, "--forest-std", metavar="S1,S2,S3",
                                    help="forest: σ per channel that δ is scaled by (default forest's own, "
                                         "consts.py: 0.2470,0.2435,0.2616 CIFAR-10, 0.3081 MNIST)."),
@@ -130,7 +135,7 @@ def import_(
     from ..poisons.interchange.hint_file import import_hint_file
 
     targeted_options = {"--attack": attack, "--victim": victim, "--target": target, "--intended": intended,
-                        "--setup": setup, "--forest-std": forest_std}
+                        "--setup": setup, "--forest-std": forest_std, "--threat": threat}
     given = [k for k, v in targeted_options.items() if v is not None]
     fmt = fmt if fmt is not None else sniff_format(files, bool(given))
     if fmt not in ("hint", *FORMATS):
@@ -152,7 +157,7 @@ def import_(
     else:
         poison, cached = import_targeted(fmt, files, data, results, label=attack, victim=victim,
                                          named=Named(target, intended, setup, setup_index), forest_std=std,
-                                         force=force)
+                                         force=force, threat=threat)
     m = poison.manifest
     out = {"poison_id": m["poison_id"], "path": str(poison.path), "status": "cached" if cached else "imported",
            "dataset": data.name, "count": m["count"], "eps": m["eps"], **m["imported_from"]}

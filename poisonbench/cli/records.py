@@ -63,18 +63,25 @@ def pack(
 
 @app.command("unpack", help="Recreate DIR/runs/<run_id>.json (and DIR/poisons/<id>/manifest.json) from a packed "
                             "file, as poisonbench writes them. The whole file is checked first; an existing file "
-                            "with other contents is refused and nothing is written.")
+                            "with other contents (a run record of the same id trained on another craft: both "
+                            "named) is refused and nothing is written; --skip-conflicts writes the rest.")
 def unpack(
     source: str = typer.Argument(..., metavar="IN", help="The packed file (made by `records pack`)."),
     directory: str = typer.Argument(..., metavar="DIR", help="The results workspace to write into (created if "
                                                              "missing)."),
+    skip_conflicts: bool = typer.Option(False, "--skip-conflicts",
+                                        help="Write what does not conflict and leave each conflicting file as it "
+                                             "is (each named on stderr, exit 0); never overwrites."),
     as_json: bool = options.Json,
 ) -> None:
     from ..experiment import packed_records
 
-    summary = packed_records.unpack(source, directory)
+    summary = packed_records.unpack(source, directory, skip_conflicts=skip_conflicts)
+    for conflict in summary["refused"]:
+        _note(f"not unpacked: {conflict}")
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     print(f"unpacked {summary['runs']} run record(s) and {summary['poison_manifests']} PoisonSet manifest(s) into "
-          f"{summary['directory']}: {summary['written']} file(s) written, {summary['unchanged']} already there")
+          f"{summary['directory']}: {summary['written']} file(s) written, {summary['unchanged']} already there"
+          + (f", {len(summary['refused'])} refused (conflicts, named above)" if summary["refused"] else ""))

@@ -179,9 +179,10 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
            paper: bool = False, diff: bool = False, ci: bool = False, paired: bool = False,
            wilson: bool | None = None, missing: bool = False, per_trial: bool = False, rho: float | None = None,
            trial: int | None = None, run: str | None = None, data_dir: str | None = None,
-           results: str | None = None, poison_ratio: float | None = None) -> None:
+           results: str | None = None, poison_ratio: float | None = None, strict: bool = False) -> None:
     """Every form of `report` (flags or subcommand) ends here, with the options in the flag form's terms: the mode is
-    `table` (with `missing`), `figure`, or neither (the plain summary)."""
+    `table` (with `missing`), `figure`, or neither (the plain summary). `strict`: exit 1 when a cell shown pools
+    runs trained on two crafts of one PoisonSet (report.tables.provenance), after the output."""
     from ..report import tables
 
     if out is not None and Path(out).exists() and not Path(out).is_dir():
@@ -219,11 +220,14 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
                      "add --results DIR to complete a workspace")
             show_missing(table, records, opts, filters, dataset, per_trial, data_dir, None if packed else results)
         else:
-            show_table(table, records, store, opts, filters, fmt,
-                       heatmap_dir=(out or (None if packed else str(store.root / "figures"))) if matrix else None)
+            mixed = show_table(table, records, store, opts, filters, fmt,
+                               heatmap_dir=(out or (None if packed else str(store.root / "figures"))) if matrix
+                               else None)
+            fail_if_mixed(mixed, strict)
     elif figure is not None:
         draw_figures(figure, records, store, filters, out=out, run=run, paper=paper, rho=rho, trial=trial,
                      data_dir=data_dir)
+        fail_if_mixed(figure_mixed_cells(records, filters), strict, notes=True)
     else:
         show_plain(records, store, filters, fmt, attacks)
 
@@ -248,10 +252,33 @@ def show_missing(table: str, records: list[dict], opts, filters: dict, dataset: 
     note(f"Table {tables.ROMAN[number]}: {len(commands)} command(s) to complete it ({opts.trials} trials per cell)")
 
 
+def fail_if_mixed(mixed: list[str], strict: bool, notes: bool = False) -> None:
+    """`--strict`: exit 1 naming the cells that pool two crafts (each already noted under a table; a figure's are
+    noted here, `notes`)."""
+    if notes:
+        for line in mixed:
+            note(line)
+    if strict and mixed:
+        note(f"--strict: the runs shown trained on different crafts of one PoisonSet ({len(mixed)} finding(s), "
+             "named above); exit 1")
+        raise typer.Exit(1)
+
+
+def figure_mixed_cells(records: list[dict], filters: dict) -> list[str]:
+    """The cells of the runs a figure draws from (the filters, one generation per mix, the newest run per trial)
+    whose runs trained on two crafts of one PoisonSet."""
+    from ..report import tables
+    from ..report.tables.provenance import mixed_crafts
+
+    df, _ = tables.cell_records(tables.apply_filters(tables.frame(records), **filters))
+    return mixed_crafts(df)
+
+
 def show_table(table: str, records: list[dict], store: RecordReader, opts, filters: dict, fmt: str,
-               heatmap_dir: str | None = None) -> None:
+               heatmap_dir: str | None = None) -> list[str]:
     """`--table N`: the paper's table from the records, in `fmt`; `--table matrix` also writes its heatmap PNG(s)
-    into `heatmap_dir` (their paths on stderr; none with a packed --results file and no --out)."""
+    into `heatmap_dir` (their paths on stderr; none with a packed --results file and no --out). Returns the lines
+    naming its cells that pool two crafts (`Table.mixed`)."""
     from ..report import tables
 
     number = tables.check_table(table)
@@ -261,7 +288,7 @@ def show_table(table: str, records: list[dict], store: RecordReader, opts, filte
         note(f"{result.title}: no records match ({describe(filters)})")
         if fmt == "json":  # stdout stays valid JSON for a pipeline
             sys.stdout.write(tables.render(result, fmt))
-        return
+        return []
     if fmt == "rich":
         tables.render_rich(result)
     else:
@@ -269,13 +296,14 @@ def show_table(table: str, records: list[dict], store: RecordReader, opts, filte
     if number == tables.MATRIX:
         if heatmap_dir is None:
             note("no heatmap written: the records come from a packed file; pass --out DIR for the PNG")
-            return
+            return result.mixed
         from ..report.figures.matrix import figure_matrix
         from ..report.figures.panels import confined_to
 
         with confined_to(Path(heatmap_dir)):
             for path in figure_matrix(result, Path(heatmap_dir)):
                 note(f"heatmap: {path}")
+    return result.mixed
 
 
 def draw_figures(figure: str, records: list[dict], store: RecordReader, filters: dict, *, out: str | None,
@@ -370,6 +398,9 @@ PAPER_MIX_TEXT = "the paper's four (pgd,dap,durp,deepconfuse)"
 Attacks = _option(None, "--attacks", help=ATTACKS_HELP.format(PAPER_MIX_TEXT))
 Poisons = _option(None, "--poisons", metavar="ATTACK=ID,...", help=POISONS_HELP.format("the mix's default PoisonSets"))
 Format = _option("rich", "--format", help="rich | md | latex | csv | json.")
+Strict = _option(False, "--strict", help="Exit 1 (after the output) when the runs shown trained on different crafts "
+                                         "of one PoisonSet (same poison id, other tensors), in one cell or across "
+                                         "cells; each finding is named in a note either way.")
 # Tables
 # N is checked by `report` (as `--table N` is), so that a missing one is refused with the choices, like a bad one
 TableNumber = typer.Argument(None, metavar="N", show_default=False,
@@ -472,6 +503,8 @@ def flag_form(
     run: str = _option(None, "--run", hidden=True, help="Fig. 1: draw this HINT run (record id)."),
     data_dir: str = _option(None, "--data-dir", hidden=True,
                             help="Directory holding the dataset files (--missing, --figure)."),
+    strict: bool = _option(False, "--strict", hidden=True, help="--table / --figure: exit 1 when a cell pools two "
+                                                               "crafts of one PoisonSet."),
 ) -> None:
     """The group's callback: `report` alone (the plain summary) or the flag form; before a subcommand, nothing (its
     options go after the subcommand's name)."""
@@ -485,7 +518,7 @@ def flag_form(
     _dispatch(ctx, table=table, figure=figure, out=out, dataset=dataset, method=method, recipe=recipe, model=model,
               epochs=epochs, attacks=attacks, poisons=poisons, trials=trials, fmt=fmt, paper=paper, diff=diff, ci=ci,
               paired=paired, wilson=wilson, missing=missing, per_trial=per_trial, rho=rho, trial=trial, run=run,
-              data_dir=data_dir, results=results, poison_ratio=poison_ratio)
+              data_dir=data_dir, results=results, poison_ratio=poison_ratio, strict=strict)
 
 
 def table_command(
@@ -508,11 +541,13 @@ def table_command(
     rho: float = TableRho,
     poison_ratio: float = PoisonRatio,
     out: str = TableOut,
+    strict: bool = Strict,
     results: str = Results,
 ) -> None:
     _dispatch(ctx, table=needs_number("table", number), dataset=dataset, method=method, recipe=recipe, model=model,
               epochs=epochs, attacks=attacks, poisons=poisons, trials=trials, fmt=fmt, paper=paper, diff=diff, ci=ci,
-              paired=paired, wilson=wilson, rho=rho, poison_ratio=poison_ratio, out=out, results=results)
+              paired=paired, wilson=wilson, rho=rho, poison_ratio=poison_ratio, out=out, results=results,
+              strict=strict)
 
 
 def missing_command(
@@ -552,11 +587,12 @@ def figure_command(
     trial: int = Trial,
     run: str = Run,
     data_dir: str = FigureDataDir,
+    strict: bool = Strict,
     results: str = Results,
 ) -> None:
     _dispatch(ctx, figure=needs_number("figure", number), out=out, dataset=dataset, method=method, recipe=recipe,
               model=model, epochs=epochs, attacks=attacks, poisons=poisons, paper=paper, rho=rho, trial=trial, run=run,
-              data_dir=data_dir, results=results)
+              data_dir=data_dir, results=results, strict=strict)
 
 
 def group() -> typer.Typer:

@@ -295,7 +295,17 @@ def _run_local(plan, steps, workers: int, quiet: bool):
         if key:
             counts[key] += 1
         progress.update(task, advance=1, description=describe())
+        if log_lines:  # no bar is drawn where stderr is a file or a pipe: a line per finished step instead
+            finished_count = sum(counts.values())
+            test_acc = next((o.get("test_acc") for o in outcome.outputs if o.get("test_acc") is not None), None)
+            acc = f", test accuracy {100 * test_acc:.1f} %" if isinstance(test_acc, int | float) else ""
+            stderr.print(f"[{finished_count}/{len(steps)}] {outcome.status}: {outcome.step.label} "
+                         f"({outcome.seconds:.0f} s{acc})", markup=False, highlight=False, soft_wrap=True)
 
+    log_lines = not stderr.is_terminal
+    if log_lines:
+        stderr.print(f"sweep {plan.grid.name}: {len(steps)} step(s) to run with {workers} worker(s); a line per "
+                     "finished step", markup=False, highlight=False, soft_wrap=True)
     pool = LocalPool(plan, workers, on_start=started, on_finish=finished)
     with progress:
         outcomes = pool.run(steps)

@@ -13,22 +13,9 @@ from __future__ import annotations
 import warnings
 from collections import Counter, defaultdict
 
-from ..core.errors import PoisonbenchWarning
+from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from .records import RunStore
-
-
-def record_crafts(record: dict) -> dict[str, str]:
-    """{poison id: sha256 of its tensors} of the PoisonSets a record trained on (empty when it names none)."""
-    poison, tensors = (record.get("config") or {}).get("poison"), record.get("poison_tensors")
-    if not isinstance(poison, dict) or not isinstance(tensors, dict):
-        return {}
-    if isinstance(poison.get("poison_ids"), dict):  # the untargeted mix: one PoisonSet per attack
-        ids = poison["poison_ids"]
-    elif isinstance(poison.get("poison_id"), str) and isinstance(poison.get("attack"), str):  # targeted: one
-        ids = {poison["attack"]: poison["poison_id"]}
-    else:
-        return {}
-    return {pid: tensors[attack] for attack, pid in ids.items() if isinstance(tensors.get(attack), str)}
+from .run_inputs import craft_text, differing_crafts, record_crafts
 
 
 class CraftIndex:
@@ -68,3 +55,38 @@ def warn_other_crafts(index: CraftIndex, plan, rid: str, results) -> None:
             "or code version) rounds differently: these runs will not pair with those (report --paired pairs one "
             "craft); to pair them, put back the PoisonSet's files that those runs used",
             PoisonbenchWarning, stacklevel=2)
+
+
+def crafts_on_disk(results_root, poison_ids, cache: dict | None = None) -> dict[str, str]:
+    """{poison id: tensor sha256} of those of `poison_ids` whose PoisonSet manifest is in the workspace (from the
+    manifest alone; `cache` keeps what was read across calls)."""
+    from ..poisons.store import exists, read_manifest
+
+    cache = {} if cache is None else cache
+    found = {}
+    for pid in poison_ids:
+        if pid not in cache:
+            try:
+                cache[pid] = read_manifest(results_root, pid).get("tensor_sha256") if exists(results_root, pid) \
+                    else None
+            except (PoisonbenchError, OSError, ValueError, AttributeError):  # none on disk, or unreadable
+                cache[pid] = None
+        if isinstance(cache[pid], str):
+            found[pid] = cache[pid]
+    return found
+
+
+def clash_with_disk(record: dict, results_root, cache: dict | None = None) -> dict[str, tuple[str, str]]:
+    """{poison id: (the record's craft, the one on disk)} for each PoisonSet the record trained on whose manifest in
+    the workspace names other tensors: the record is then not of the poisons a re-run would train on."""
+    crafts = record_crafts(record)
+    return differing_crafts(crafts, crafts_on_disk(results_root, crafts, cache))
+
+
+def clash_message(rid: str, clash: dict[str, tuple[str, str]], where) -> str:
+    """One line: run `rid`'s record trained on other crafts than the PoisonSets in `where`, naming both."""
+    parts = "; ".join(f"PoisonSet {pid} as craft {craft_text(pid, ours)} in the record, {craft_text(pid, disk)} on "
+                      "disk" for pid, (ours, disk) in sorted(clash.items()))
+    return (f"run {rid}: its record trained on another craft than the PoisonSets in {where} ({parts}); the record "
+            "is not of these poisons (a re-craft: another machine, torch or code version). Put back the files of "
+            "the record's craft, or pass --force to train on the one on disk and replace the record")

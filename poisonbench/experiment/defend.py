@@ -27,7 +27,7 @@ from ..engine.recipes import Recipe
 from ..engine.termination import deferred, stop_if_requested
 from ..poisons import craft_directories
 from .checks import resolved_recipe, trial_numbers, validate
-from .craft_check import CraftIndex, warn_other_crafts
+from .craft_check import CraftIndex, clash_message, clash_with_disk, warn_other_crafts
 from .one_run import execute, training_seed
 from .records import SCHEMA_VERSION, RunStore, run_id
 from .scenarios import PoisonPlan, Scenario, scenario_for
@@ -174,6 +174,14 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
         existing = store.get(rid)  # read under the claim: a process that held it may have just finished the run
         checkpoint = Checkpoint(checkpoint_path(store.root, rid), spec.checkpoint_every)
         if existing is not None and not spec.force:
+            clash = clash_with_disk(existing, store.root)
+            if clash:  # the record is of another craft than the poisons a run would train on: never "done"
+                error = PoisonbenchError(clash_message(rid, clash, store.root / "poisons"))
+                try:
+                    store.put_failure(rid, config, error)  # so `sweep status` names it
+                except OSError:
+                    pass
+                raise error
             checkpoint.clear()  # left behind by a kill between writing the record and clearing it
             return RunOutcome(existing, "skipped")
         if spec.force:
@@ -192,7 +200,7 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
             raise
         with deferred():  # a SIGTERM here waits for the next run's check: the record and no stale checkpoint
             try:
-                store.put(record)
+                store.put(record, replace=spec.force)
             except OSError as e:  # the checkpoint stays (a re-run resumes from it); the finished record is shown
                 print(json.dumps(record), file=sys.stderr)
                 raise PoisonbenchError(f"could not write the record {store.path(rid)} ({e.strerror or e}); it is "

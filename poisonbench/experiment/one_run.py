@@ -16,6 +16,7 @@ from ..engine.models import build_model
 from ..engine.training import predict, train
 from .prediction_samples import sample_predictions
 from .records import SCHEMA_VERSION
+from .run_inputs import run_inputs
 from .scenarios import ModelRequest, PoisonPlan, Scenario
 from .spec import DefendSpec, Reporter
 
@@ -52,8 +53,9 @@ def execute(spec: DefendSpec, scenario: Scenario, trial, data, tensors: dict, de
         poisoned = poisoned[rows] if poisoned is not None else None
     hand_poison_mask(defense, poisoned)  # only a class that sets `sees_poison_mask` (the oracle) gets it
     seed = training_seed(config)
-    model = scenario.build_model(ModelRequest(config["model"], data, seed, device, spec.results, reporter,
-                                              spec.compile, spec.accel))
+    request = ModelRequest(config["model"], data, seed, device, spec.results, reporter, spec.compile, spec.accel)
+    model = scenario.build_model(request)
+    victim = scenario.victim_ref(model, request)  # before training: a from-scratch victim's initial weights
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if reporter:
@@ -94,6 +96,7 @@ def execute(spec: DefendSpec, scenario: Scenario, trial, data, tensors: dict, de
         "cost": cost,
         "defense": defense.summary(poisoned),  # the only hook that sees the ground-truth poison mask
         "poison_tensors": dict(plan.tensor_sha256) if plan is not None else None,  # sha256 per attack
+        "inputs": run_inputs(config, plan, victim),  # every input by content: poisons, models, dataset
         "compiled": result.compiled,
         "resumed_from_epoch": result.resumed_from,
         "env": environment(device, accel=spec.accel, deterministic=spec.deterministic),

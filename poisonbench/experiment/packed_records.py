@@ -30,6 +30,7 @@ from ..core.errors import PoisonbenchError
 from ..core.io import atomic_write_bytes, file_in_the_way, json_bytes, os_error_in_one_line
 from ..core.workspace import results_dir
 from .records import RecordReader, RunStore, file_stem
+from .run_inputs import poison_ids_of
 
 FORMAT = "poisonbench-records"
 VERSION = 1
@@ -80,16 +81,6 @@ class GridSelection:
     `sweeps.plan.grid_selection`)."""
     name: str
     run_ids: list[str]
-
-
-def poison_ids_of(record: dict) -> set[str]:
-    """The PoisonSets a run trained on, as its config names them: the untargeted mix's `poison_ids` (one per
-    attack), or the one `poison_id` of a targeted or `--poison-set` run; none for a clean run."""
-    poison = (record.get("config") or {}).get("poison")
-    if not isinstance(poison, dict):
-        return set()
-    ids = set(poison["poison_ids"].values()) if isinstance(poison.get("poison_ids"), dict) else set()
-    return ids | ({poison["poison_id"]} if isinstance(poison.get("poison_id"), str) else set())
 
 
 def check_workspace(directory: str | Path) -> Path:
@@ -269,42 +260,67 @@ def read_pack(path: str | Path) -> Pack:
 
 # ----------------------------------------------------------------------------------------------- unpack
 
-def unpack(source: str | Path, directory: str | Path) -> dict:
+def unpack(source: str | Path, directory: str | Path, skip_conflicts: bool = False) -> dict:
     """Recreate `directory/runs/<run_id>.json` and `directory/poisons/<poison_id>/manifest.json` from a packed file,
     each written atomically in the store's formatting. The whole file is checked first (`read_pack`), then every
-    destination: an existing file that differs (or a directory in its place) is refused, in one line, before
-    anything is written; an identical one is left as it is. Returns counts."""
+    destination: an existing file that differs (or a directory in its place) is a conflict, named in one line
+    (a run record of the same id trained on another craft names both crafts: docs/engine.md, "One run id, one
+    craft"); an identical one is left as it is. Conflicts refuse the whole unpack before anything is written, or
+    with `skip_conflicts` only the conflicting files (the rest is written; each one refused is listed). Nothing is
+    ever overwritten. Returns counts and the conflicts."""
     from ..poisons.store import MANIFEST_FILE
 
     pack = read_pack(source)
     root = results_dir(directory)
     store = RunStore(root)
-    plan = [(store.path(r["run_id"]), json_bytes(r)) for _, r in pack.runs]
-    plan += [(root / "poisons" / m["poison_id"] / MANIFEST_FILE, json_bytes(m)) for _, m in pack.manifests]
+    plan = [(store.path(r["run_id"]), json_bytes(r), r) for _, r in pack.runs]
+    plan += [(root / "poisons" / m["poison_id"] / MANIFEST_FILE, json_bytes(m), None) for _, m in pack.manifests]
     todo, unchanged, conflicts = [], 0, []
-    for path, data in plan:
+    for path, data, record in plan:
         blocking = file_in_the_way(path)
         if blocking is not None:
             conflicts.append(f"{str(blocking)!r} is a file, not a directory")
         elif path.is_file():
             try:
-                same = path.read_bytes() == data
+                existing = path.read_bytes()
             except OSError as e:
                 raise PoisonbenchError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+            same = existing == data
             unchanged += same
-            conflicts += [] if same else [f"{str(path)!r} exists with other contents"]
+            conflicts += [] if same else [_conflict(path, existing, record)]
         elif path.exists():
             conflicts.append(f"{str(path)!r} is not a file")
         else:
             todo.append((path, data))
-    if conflicts:
+    if conflicts and not skip_conflicts:
         raise PoisonbenchError(f"unpacking would overwrite {len(conflicts)} file(s) ({conflicts[0]}); nothing was "
-                               "written: move them away, or unpack into another directory")
+                               "written: move them away, unpack into another directory, or pass --skip-conflicts "
+                               "to write only the rest")
     with os_error_in_one_line("unpacked records", root):
         for path, data in todo:
             atomic_write_bytes(path, data)
     return {"directory": str(root), "runs": len(pack.runs), "poison_manifests": len(pack.manifests),
-            "written": len(todo), "unchanged": unchanged}
+            "written": len(todo), "unchanged": unchanged, "refused": conflicts}
+
+
+def _conflict(path: Path, existing: bytes, record: dict | None) -> str:
+    """Why the packed `record` (None: a manifest) may not replace the file `path` holding `existing`: for a run
+    record trained on another craft of the same PoisonSets, both crafts."""
+    from .run_inputs import crafts_text, differing_crafts, record_crafts_or_unknown
+
+    if record is not None:
+        try:
+            theirs = json.loads(existing)
+        except ValueError:
+            theirs = None
+        theirs = record_crafts_or_unknown(theirs) if isinstance(theirs, dict) else {}
+        clash = differing_crafts(record_crafts_or_unknown(record), theirs)
+        if clash:
+            ours = crafts_text({pid: pair[0] for pid, pair in clash.items()})
+            stored = crafts_text({pid: pair[1] for pid, pair in clash.items()})
+            return (f"run {record['run_id']}: {str(path)!r} trained on craft {stored}, the packed record on craft "
+                    f"{ours}")
+    return f"{str(path)!r} exists with other contents"
 
 
 # ----------------------------------------------------------------------------------------------- report

@@ -13,7 +13,7 @@ import platform
 import re
 from pathlib import Path
 
-from ..core.errors import PoisonbenchError
+from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.hashing import short_hash
 from ..core.io import atomic_write_json, ensure_writable
 from ..core.workspace import results_dir
@@ -177,8 +177,26 @@ class RunStore(RecordReader):
         version = record.get("schema_version") if isinstance(record, dict) else None
         return version if version is not None and version != SCHEMA_VERSION else None
 
-    def put(self, record: dict) -> Path:
+    def put(self, record: dict, replace: bool = False) -> Path:
+        """Write `record` as `runs/<run_id>.json` (atomically). One run id holds one craft (docs/engine.md, "One run
+        id, one craft"): a stored record of the same id trained on other tensors of the same PoisonSets is refused
+        in one line naming both crafts, unless `replace` (`defend --force`), which replaces it with a warning."""
+        import warnings
+
+        from .run_inputs import crafts_text, differing_crafts, record_crafts
+
         path = self.path(record["run_id"])
+        existing = self.get(record["run_id"])
+        clash = differing_crafts(record_crafts(record), record_crafts(existing)) if existing is not None else {}
+        if clash:
+            ours = {pid: pair[0] for pid, pair in clash.items()}
+            theirs = {pid: pair[1] for pid, pair in clash.items()}
+            what = (f"run {record['run_id']}: {path} holds its record trained on craft(s) {crafts_text(theirs)}; "
+                    f"this one trained on {crafts_text(ours)}")
+            if not replace:
+                raise PoisonbenchError(f"{what}: refusing to replace it (one run id, one craft); keep this run in "
+                                       "another --results, or re-run with --force to replace it")
+            warnings.warn(f"{what}: replacing it (--force)", PoisonbenchWarning, stacklevel=2)
         atomic_write_json(path, record)
         return path
 

@@ -98,11 +98,16 @@ class Plan:
     def runs(self) -> list[Step]:
         return [s for s in self.steps if s.kind == "run"]
 
-    def state(self, step: Step, store: RunStore | None = None) -> str:
-        """done | failed | running | missing."""
+    def state(self, step: Step, store: RunStore | None = None, manifests: dict | None = None) -> str:
+        """done | failed | running | missing. A run whose record trained on another craft than the PoisonSets on
+        disk is not done (`defend` refuses it, naming both crafts: docs/engine.md, "One run id, one craft");
+        `manifests` caches the PoisonSets' tensor hashes across steps."""
+        from ..experiment.craft_check import clash_with_disk
+
         store = store or RunStore(self.execution.results)
         if step.kind == "run":
-            done = store.get(step.key) is not None
+            record = store.get(step.key)
+            done = record is not None and not clash_with_disk(record, store.root, manifests)
         else:
             from ..poisons import exists
 
@@ -114,8 +119,8 @@ class Plan:
         return "running" if held(store, step) else "missing"
 
     def states(self) -> dict[int, str]:
-        store = RunStore(self.execution.results)
-        return {s.index: self.state(s, store) for s in self.steps}
+        store, manifests = RunStore(self.execution.results), {}
+        return {s.index: self.state(s, store, manifests) for s in self.steps}
 
 
 def held(store: RunStore, step: Step) -> bool:

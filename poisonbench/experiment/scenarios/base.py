@@ -10,6 +10,7 @@ A scenario is a class in the `SCENARIOS` registry. For one trial it gives
 - `build_model(request)`: the model, from scratch (the default) or around a cached pre-trained extractor whose
   frozen modules the engine keeps in eval mode.
 - `metrics(model, tensors, plan)`: what it adds to the record's metrics (attack success, for targeted scenarios).
+- `victim_ref(model, request)`: the model the run trains, by content (the record's `inputs.victim`).
 - `threat(data, plan)`: what the defense may assume about the attack (poisonbench.engine.threat): the kind, and a
   targeted attack's budget.
 - `attacker_model(spec, data, plan)`: the model the trial's poisons were crafted against (id, attacker seed), whose
@@ -42,6 +43,7 @@ class PoisonPlan(Protocol):
     config: dict
     tensor_sha256: dict
     crafted: dict  # poison id -> whether `apply` crafted it (False: it was on disk)
+    manifests: dict  # attack -> the manifest of the PoisonSet `apply` used (the record's `inputs.poisons`)
 
     @property
     def crafts(self) -> dict[str, str]:
@@ -122,6 +124,14 @@ class Scenario:
 
     def metrics(self, model: nn.Module, tensors: dict, plan: PoisonPlan | None) -> dict:
         return {}
+
+    def victim_ref(self, model: nn.Module, request: ModelRequest) -> dict:
+        """The record's `inputs.victim` (experiment.run_inputs) for `model`, just built by `build_model(request)`:
+        a network from scratch, named by architecture, seed and the sha256 of its initial weights."""
+        from ...engine.model_cache import weights_sha256
+
+        return {"kind": "from-scratch", "model": request.model, "seed": request.seed,
+                "init_sha256": weights_sha256(model.state_dict())}
 
     def threat(self, data, plan: PoisonPlan | None) -> Threat:
         """Untargeted poisons when there is a plan (the mix, a PoisonSet), none otherwise."""

@@ -26,6 +26,7 @@ class PoisonSetPlan:
     indices: torch.Tensor | None = None  # the PoisonSet's rows, known once `apply` has loaded it
     tensor_sha256: dict = field(default_factory=dict)
     crafted: dict = field(default_factory=dict)  # never crafts: the PoisonSet exists
+    manifests: dict = field(default_factory=dict)  # attack -> the manifest of the PoisonSet `apply` loaded
 
     @property
     def crafts(self) -> dict[str, str]:
@@ -49,6 +50,7 @@ class PoisonSetPlan:
             raise PoisonbenchError(f"poison set {self.poison_id}: its rows are not distinct rows of the train split")
         self.indices = indices
         self.tensor_sha256[self.attack] = poison.manifest["tensor_sha256"]
+        self.manifests[self.attack] = poison.manifest
         rows = indices.to(train_x.device)
         train_x[rows] = (train_x[rows] + poison.delta.to(train_x.device, train_x.dtype)).clamp_(0, 1)
         return train_x

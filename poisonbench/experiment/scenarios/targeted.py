@@ -56,6 +56,7 @@ class TargetedPlan:
     config: dict
     tensor_sha256: dict = field(default_factory=dict)
     crafted: dict = field(default_factory=dict)  # poison id -> whether `apply` crafted it (False: it was on disk)
+    manifests: dict = field(default_factory=dict)  # attack -> the manifest of the PoisonSet `apply` used
 
     @property
     def crafts(self) -> dict[str, str]:
@@ -86,6 +87,7 @@ class TargetedPlan:
             self.target = Target(self.target.index, self.target.true_class, self.target.intended_class,
                                  tuple(int(r) for r in poison.indices))
         self.tensor_sha256[self.spec.attack] = poison.manifest["tensor_sha256"]
+        self.manifests[self.spec.attack] = poison.manifest
         rows = self.rows
         delta = poison.rows_for(rows).to(train_x.device, train_x.dtype)
         rows = rows.to(train_x.device)
@@ -282,9 +284,14 @@ class Transfer(Targeted):
         return super().plan(spec, data, trial)
 
     def victim_config(self, spec, plan) -> dict:
-        """`config.threat` (whose extractor the poisons were crafted on: the PoisonSet's; a PoisonSet from before
-        `--threat` was white-box) and `config.head_bn` (the victim's BatchNorm mode while the head trains)."""
+        """`config.threat` (whose extractor the poisons were crafted on: the PoisonSet's; a PoisonSet crafted before
+        `--threat` was white-box, one imported without `poisons import --threat` is `unknown`) and `config.head_bn`
+        (the victim's BatchNorm mode while the head trains)."""
         threat = plan.spec.params.get("threat") if plan is not None else None
+        if threat is None and plan is not None and "file_sha256" in plan.spec.params:
+            from ..run_inputs import DEFAULT_IMPORT_THREAT
+
+            threat = DEFAULT_IMPORT_THREAT  # imported before `poisons import --threat`: nobody declared it
         return {"threat": threat or "white", "head_bn": spec.head_bn or DEFAULT_HEAD_BN}
 
     def train_rows(self, data, trial: int, plan) -> torch.Tensor:
@@ -311,6 +318,14 @@ class Transfer(Targeted):
         model.head = fresh.head.to(request.device)  # re-initialised from the run's seed, trainable
         model.frozen_bn = self.head_bn  # train: the frozen extractor's BatchNorm in train mode (set_train_mode)
         return model
+
+    def victim_ref(self, model, request: ModelRequest) -> dict:
+        """The frozen extractor the victim trains a new head on (kind, id, weights sha256; the record's
+        `inputs.victim`), and the head's seed."""
+        from ...engine.pretrained import EXTRACTOR_KIND
+        from ..run_inputs import model_ref
+
+        return {**model_ref(self.extractor_info, EXTRACTOR_KIND), "model": request.model, "head_seed": request.seed}
 
 
 def targeted_attacks() -> list[str]:

@@ -39,6 +39,7 @@ class UntargetedPlan:
     # craft's floats depend on device, threads and torch version, so a record also names the tensors themselves
     tensor_sha256: dict = field(default_factory=dict)
     crafted: dict = field(default_factory=dict)  # poison id -> whether `apply` crafted it (False: it was on disk)
+    manifests: dict = field(default_factory=dict)  # attack -> the manifest of the PoisonSet `apply` used
 
     @property
     def crafts(self) -> dict[str, str]:
@@ -69,6 +70,7 @@ class UntargetedPlan:
                                                compile=compile, accel=accel)
                 self.crafted[self.specs[attack].poison_id] = not cached
                 self.tensor_sha256[attack] = poison.manifest["tensor_sha256"]
+                self.manifests[attack] = poison.manifest
                 delta = poison.rows_for(rows).to(train_x.device, train_x.dtype)
                 rows_dev = rows.to(train_x.device)
                 train_x[rows_dev] = (train_x[rows_dev] + delta).clamp_(0, 1)

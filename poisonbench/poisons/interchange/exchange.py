@@ -140,12 +140,18 @@ def _combined_sha(files: dict[str, str]) -> str:
 
 def import_targeted(fmt: str, paths, data, results_root=None, label: str | None = None, victim: str | None = None,
                     named: Named | None = None, forest_std: tuple[float, ...] | None = None,
-                    force: bool = False) -> tuple[PoisonSet, bool]:
+                    force: bool = False, threat: str | None = None) -> tuple[PoisonSet, bool]:
     """A targeted PoisonSet of `data` from another toolkit's poisons (module docstring). Checks before anything is
     written: the target, clean labels (the file's labels are the bases' and the intended class's; every base is of
-    the intended class), distinct rows, x + δ in [0, 1]. Returns (set, cached)."""
+    the intended class), distinct rows, x + δ in [0, 1]. `threat` (white | gray | unknown, default unknown): whose
+    model the poisons were made on, as the importer declares it (`run_inputs.THREATS`): part of the PoisonSet's
+    parameters, so of its id, and the `config.threat` of the transfer runs on it. Returns (set, cached)."""
     from ... import poisons
+    from ...experiment.run_inputs import DEFAULT_IMPORT_THREAT, THREATS
 
+    threat = DEFAULT_IMPORT_THREAT if threat is None else threat
+    if threat not in THREATS:
+        raise PoisonbenchError(f"unknown --threat {threat!r}; valid choices: {', '.join(THREATS)}")
     check_format(fmt)
     label = check_label(label if label is not None else DEFAULT_LABEL[fmt])
     victim = victim_for(label, victim)
@@ -203,7 +209,7 @@ def import_targeted(fmt: str, paths, data, results_root=None, label: str | None 
     n = len(data.train)
     target = Target(index, true_class, intended, tuple(int(r) for r in rows))
     sha = _combined_sha(foreign.files)
-    params = {"format": fmt, "file_sha256": sha, "scenario": victim, **foreign.params}
+    params = {"format": fmt, "file_sha256": sha, "scenario": victim, "threat": threat, **foreign.params}
     spec = poisons.CraftSpec(label, params, math.ceil(linf * 1e6) / 1e6, len(rows) / n, 0, data.name,
                              data.fingerprint, None, target.to_dict())
     if poisons.exists(results_root, spec.poison_id) and not force:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ...core.errors import unknown_choice
 from .. import paper
+from . import provenance
 from .layout import (
     ATTACKS,
     BETA_GRID,
@@ -576,4 +577,8 @@ def build(number: str, records: list[dict], opts: Options, **filters) -> Table:
                            f"env.code fingerprint){older}; on a CPU, versions that change no arithmetic give the "
                            "same numbers, others differ by float rounding (docs/fidelity.md names the changes)")
     table.notes += craft_notes(shown)
+    table.mixed = provenance.mixed_crafts(shown)
+    table.notes += table.mixed
+    if len(shown):
+        table.caption = f"{table.caption}. {provenance.caption(shown)}"
     return table

@@ -87,6 +87,7 @@ class Table:
     data: list[dict]  # tidy rows (csv / json)
     notes: list[str] = field(default_factory=list)
     shown: set[str] = field(default_factory=set)  # run ids behind the cells (for notes on the runs shown)
+    mixed: list[str] = field(default_factory=list)  # cells whose runs trained on two crafts (tables.provenance)
 
     @property
     def empty(self) -> bool:

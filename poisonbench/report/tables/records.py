@@ -18,6 +18,7 @@ import pandas as pd
 from ...core.errors import PoisonbenchError
 from ...core.hashing import canonical_json, short_hash
 from ...data.types import FAMILIES
+from ...experiment.run_inputs import record_crafts_or_unknown
 from .. import paper
 from .layout import HINT_PAPER, PAPER_METHODS, PAPER_MIX, method_label
 from .stats import close
@@ -121,6 +122,9 @@ def record_row(r: dict) -> dict:
         # (another device, CPU or torch); "" where the record does not say (records before session 12)
         "poison_tensors_json": canonical_json(r["poison_tensors"]) if kind == "untargeted"
         and r.get("poison_tensors") else "",
+        # {poison id: tensor sha256 or "unknown"} of every PoisonSet trained on, any kind: which craft each run
+        # used, for the tables' provenance and their mixed-craft cells (tables.provenance)
+        "crafts_json": canonical_json(record_crafts_or_unknown(r)),
         "ratio": float(params["ratio"]) if isinstance(params.get("ratio"), int | float) else math.nan,
         "beta": float(params["beta"]) if isinstance(params.get("beta"), int | float) else math.nan,
         # "surrogate" for a victim that started from the attacker model's initialisation (`defend --same-init`):
@@ -193,23 +197,16 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def craft_notes(shown: pd.DataFrame) -> list[str]:
-    """Notes when the untargeted runs shown trained on several crafts of the same PoisonSets, or beside runs whose
-    record names no craft: the poison ids hash the crafting inputs only, and other code, another CPU kind or torch
-    may round a craft differently (the records' `poison_tensors`, written from session 12 on). The crafts are the
-    same attack, so cells pool them as they pool code versions; `--paired` pairs only runs on the same craft, and a
-    run that names none with any (`cells.paired_stat`)."""
+    """A note when untargeted runs shown name no craft of their PoisonSets beside runs that do: the poison ids hash
+    the crafting inputs only, and other code, another CPU kind or torch may round a craft differently (the records'
+    `poison_tensors`, written from session 12 on); `--paired` pairs a run that names none with any
+    (`cells.paired_stat`). Cells whose runs name two crafts: `provenance.mixed_cells`."""
     notes = []
     untargeted_rows = shown[shown.kind == "untargeted"]
     for (dataset, mix, _), group in untargeted_rows.groupby(["dataset", "mix", "poisons_json"]):
         named = group[group.poison_tensors_json != ""]
-        crafts = [json.loads(t) for t in named.poison_tensors_json.unique()]
-        if len(crafts) > 1:
-            differ = sorted({a for c in crafts for a in c if len({d.get(a) for d in crafts}) > 1})
-            notes.append(f"{len(named)} {dataset} run(s) shown of the mix {mix} trained on {len(crafts)} crafts of "
-                         f"the same PoisonSets: same poison ids, other tensors ({', '.join(differ)} differ; the "
-                         "records' poison_tensors), e.g. crafted by other code, on another CPU kind or torch; "
-                         "cells pool them, paired columns pair only runs on the same craft")
-        if crafts and len(named) < len(group):
+        crafts = named.poison_tensors_json.unique()
+        if len(crafts) and len(named) < len(group):
             notes.append(f"{len(group) - len(named)} {dataset} run(s) shown of the mix {mix} name no craft of their "
                          f"PoisonSets (records before session 12), beside {len(named)} that do: they may have "
                          "trained on another craft of the same poison ids, and paired columns pair them as if not")
@@ -329,7 +326,8 @@ class Setting:
     def label(self) -> str:
         same = " · victim from the surrogate's init (--same-init)" if self.init else ""
         same += f" · {self.precision} training (--precision {self.precision})" if self.precision else ""
-        transfer = f" · transfer: {self.threat}-box, head BN {self.head_bn}" if self.threat else ""
+        box = "threat unknown" if self.threat == "unknown" else f"{self.threat}-box"
+        transfer = f" · transfer: {box}, head BN {self.head_bn}" if self.threat else ""
         return f"{self.dataset} · {self.model} · {self.recipe} recipe, {self.epochs} ep{self.tag}{same}{transfer}"
 
     @property
