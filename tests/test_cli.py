@@ -207,7 +207,7 @@ def test_a_record_of_another_schema_is_refused_and_a_failed_record_write_keeps_t
     code, _, _ = cli("defend", "--dataset", tiny_npz, *FAST, "--results", results, "--json", "--force")
     assert code == 0 and RunStore(results).get(rid) is not None
 
-    def disk_full(self, record):
+    def disk_full(self, record, replace=False):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(RunStore, "put", disk_full)
@@ -277,10 +277,12 @@ def test_defend_warns_before_training_on_another_craft_than_the_records(cli, tin
     assert code == 0 and "Warning" not in err  # the same craft
 
     first["poison_tensors"]["durp"] = "f" * 64  # as if trial 0 had trained on another craft of the PoisonSet
+    first["inputs"]["poisons"][0]["tensors_sha256"] = "f" * 64
     record_path.write_text(json.dumps(first))
     code, _, err = cli(*args, "--trial", "2")
     assert code == 0
     (line,) = [w for w in err.splitlines() if w.startswith("Warning:")]
     assert f"PoisonSet {pid} (durp)" in line and "ffffffff… (1 run)" in line and "will not pair" in line
-    code, _, err = cli(*args, "--trial", "0", "--force")  # replaces the one record on the other craft
-    assert code == 0 and "Warning" not in err
+    code, _, err = cli(*args, "--trial", "0", "--force")  # replaces the one record on the other craft, not silently
+    (line,) = [w for w in err.splitlines() if w.startswith("Warning:")]
+    assert code == 0 and f"{pid[:8]}@ffffffff" in line and "replacing it (--force)" in line

@@ -249,7 +249,7 @@ def test_record_evaluates_val_and_test_on_their_splits_and_reports_the_last_epoc
 def test_failed_record_write_keeps_checkpoint_rerun_resumes_force_starts_over(tiny_npz, tmp_path, monkeypatch):
     spec = runner.DefendSpec(dataset=str(tiny_npz), results=str(tmp_path / "r"), checkpoint_every=0, **FAST_RUN)
 
-    def disk_full(self, record):
+    def disk_full(self, record, replace=False):
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as m:

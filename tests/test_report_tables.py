@@ -492,10 +492,15 @@ def test_runs_with_another_row_draw_are_not_pooled():
 def test_runs_on_another_craft_of_the_same_poison_sets_are_not_paired_and_the_table_says_so():
     """The same poison ids crafted into other tensors (other code or CPU kind rounds differently) are other poisons:
     `--paired` pairs only runs on the same craft (a record that does not name its tensors, before session 12, is
-    paired as before), the cells pool both crafts, and a note names the attacks whose tensors differ."""
+    paired as before), the cells pool both crafts, and a note names the cell and the crafts with their run counts
+    (issue 63: a record naming no craft is craft `unknown`)."""
+    ids = {"pgd": "1" * 16, "dap": "2" * 16, "durp": "3" * 16, "deepconfuse": "4" * 16}
+
     def run(method, trial, acc, dap):
         r = make_record(method=method, params=hint_params() if method == "hint" else None, rho=1.0, trial=trial,
                         acc=acc)
+        r["config"]["poison"]["poison_ids"] = ids
+        r["run_id"] = short_hash(r["config"])
         r["poison_tensors"] = {"pgd": "p", "dap": dap, "durp": "u", "deepconfuse": "c"} if dap else None
         return r
 
@@ -507,17 +512,19 @@ def test_runs_on_another_craft_of_the_same_poison_sets_are_not_paired_and_the_ta
     assert cells["hint"]["paired_n"] == 2 and cells["hint"]["paired_mean"] == pytest.approx((5.0 - 30.0) / 2)
     text = tables.render(table, "md")
     assert "paired: 3 HINT run(s) have no W/o Defense run of the same trial and seed on the same craft" in text
-    assert "9 mnist-5k run(s) shown of the mix pgd,dap,durp,deepconfuse trained on 2 crafts" in text
-    assert "other tensors (dap differ" in text
+    hint_cell = "mixed crafts in the cell mnist-5k · HINT · ρ = 1.0: PoisonSet 11111111 as 11111111@p (4 runs), "
+    assert hint_cell in text and ("PoisonSet 22222222 as 22222222@first (1 run), 22222222@second (3 runs), "
+                                  "22222222@unknown (1 run)") in text and "mixed crafts in the cell mnist-5k · W/o Defense" not in text
+    assert "PoisonSet 22222222 in 3 crafts among the runs shown" in text and table.mixed
     assert "1 mnist-5k run(s) shown of the mix pgd,dap,durp,deepconfuse name no craft" in text
     from poisonbench.report import aggregate as report
 
     plain = report.load_summary(records, mix="any", poison_sets="any")  # `poisonbench report` without --table
-    assert any("9 mnist-5k run(s) shown" in n and "2 crafts" in n for n in plain.attrs["craft_notes"])
+    assert any(hint_cell in n for n in plain.attrs["craft_notes"])
     one_craft = [r for r in records if (r["poison_tensors"] or {}).get("dap") != "second"]
     table = tables.build("2", one_craft, tables.Options(trials=5, rho=1.0, paired=True), dataset="mnist-5k")
     text = tables.render(table, "md")
-    assert "crafts of the same PoisonSets" not in text and "name no craft" in text
+    assert "22222222@second" not in text and "name no craft" in text
     (hint,) = [d for d in table.data if d["rho"] == 1.0 and d["method"] == "hint"]
     assert hint["paired_n"] == 2  # the unnamed craft pairs with any
 

@@ -156,10 +156,10 @@ def test_a_sigterm_while_the_record_is_written_leaves_the_record_and_no_checkpoi
     put = RunStore.put
     seen = {}
 
-    def put_with_sigterm(self, record):
+    def put_with_sigterm(self, record, replace=False):
         seen["checkpoints"] = list(tmp_path.glob("partial/runs/*.safetensors"))
         sigterm_self()
-        put(self, record)
+        put(self, record, replace)
 
     monkeypatch.setattr(RunStore, "put", put_with_sigterm)
     spec = DefendSpec(dataset=str(tiny_npz), method="none", trials=2, results=str(tmp_path), recipe="quick",

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-THREATS = ("white", "gray", "unknown")  # what imported poisons may declare (`poisons import --threat`)
-DEFAULT_IMPORT_THREAT = "unknown"  # another toolkit's poisons: whose model they were brewed on is not known here
+from ..poisons.interchange.exchange import DEFAULT_IMPORT_THREAT
 
 
 def model_ref(info: dict | None, kind: str | None = None) -> dict | None:

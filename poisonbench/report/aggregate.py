@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..core.errors import PoisonbenchError, unknown_choice
 from ..core.hashing import canonical_json
+from .tables.provenance import mixed_crafts
 from .tables import FORMATS, Block, Cell, Table, apply_filters, craft_notes, frame, render_latex, superseded_runs
 
 GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params", "configuration"]
@@ -105,5 +106,6 @@ def load_summary(records: list[dict], **filters) -> pd.DataFrame:
     if not len(selected):
         return selected
     summary = summarize(selected)
-    summary.attrs["craft_notes"] = craft_notes(rows.loc[summary.attrs["shown"]])  # as under the tables
+    shown = rows.loc[summary.attrs["shown"]]
+    summary.attrs["craft_notes"] = craft_notes(shown) + mixed_crafts(shown)  # as under the tables
     return summary

@@ -32,6 +32,9 @@ from .formats import (
     read_foreign,
 )
 
+IMPORT_THREATS = ("white", "gray", "unknown")  # `poisons import --threat`: whose model imported poisons were made on
+DEFAULT_IMPORT_THREAT = "unknown"  # another toolkit's poisons: whose model they were brewed on is not known here
+
 
 @dataclass
 class Named:
@@ -144,14 +147,13 @@ def import_targeted(fmt: str, paths, data, results_root=None, label: str | None 
     """A targeted PoisonSet of `data` from another toolkit's poisons (module docstring). Checks before anything is
     written: the target, clean labels (the file's labels are the bases' and the intended class's; every base is of
     the intended class), distinct rows, x + δ in [0, 1]. `threat` (white | gray | unknown, default unknown): whose
-    model the poisons were made on, as the importer declares it (`run_inputs.THREATS`): part of the PoisonSet's
+    model the poisons were made on, as the importer declares it (`IMPORT_THREATS`): part of the PoisonSet's
     parameters, so of its id, and the `config.threat` of the transfer runs on it. Returns (set, cached)."""
     from ... import poisons
-    from ...experiment.run_inputs import DEFAULT_IMPORT_THREAT, THREATS
 
     threat = DEFAULT_IMPORT_THREAT if threat is None else threat
-    if threat not in THREATS:
-        raise PoisonbenchError(f"unknown --threat {threat!r}; valid choices: {', '.join(THREATS)}")
+    if threat not in IMPORT_THREATS:
+        raise PoisonbenchError(f"unknown --threat {threat!r}; valid choices: {', '.join(IMPORT_THREATS)}")
     check_format(fmt)
     label = check_label(label if label is not None else DEFAULT_LABEL[fmt])
     victim = victim_for(label, victim)

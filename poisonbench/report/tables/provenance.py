@@ -47,8 +47,8 @@ def mixed_cells(shown: pd.DataFrame) -> list[str]:
         parts = "; ".join(f"PoisonSet {pid[:8]} as " + ", ".join(f"{craft_text(pid, sha)} ({n} run{'s' * (n > 1)})"
                                                                   for sha, n in sorted(shas.items()))
                           for pid, shas in sorted(mixed.items()))
-        lines.append(f"mixed crafts in the cell {cell_name(group.iloc[0])}: {parts}; its mean pools two "
-                     "experiments (the same PoisonSet crafted into other tensors)")
+        lines.append(f"mixed crafts in the cell {cell_name(group.iloc[0])}: {parts}; its mean pools runs "
+                     "on different tensors of one poison id (re-crafts are other experiments)")
     return lines
 
 
@@ -88,7 +88,7 @@ def caption(shown: pd.DataFrame) -> str:
             crafts[pid, sha] += 1
     sets = {pid for pid, _ in crafts}
     if not crafts:
-        craft_part = "crafts: none (clean runs)"
+        craft_part = "crafts: none named"
     elif len(crafts) <= MAX_LISTED:
         craft_part = "crafts: " + ", ".join(f"{craft_text(pid, sha)} ({n})" for (pid, sha), n in sorted(crafts.items()))
     else:
@@ -100,4 +100,4 @@ def caption(shown: pd.DataFrame) -> str:
         code_part = "code: " + ", ".join(f"{c} ({n})" for c, n in sorted(codes.items()))
     else:
         code_part = f"code: {len(codes)} versions"
-    return f"{craft_part}; {code_part} (runs per craft and per code version in brackets)"
+    return f"{craft_part[0].upper()}{craft_part[1:]}; {code_part} (runs per craft and per code version in brackets)"
