@@ -9,8 +9,8 @@ import pandas as pd
 
 from ..core.errors import PoisonbenchError, unknown_choice
 from ..core.hashing import canonical_json
-from .tables.provenance import mixed_crafts
 from .tables import FORMATS, Block, Cell, Table, apply_filters, craft_notes, frame, render_latex, superseded_runs
+from .tables.provenance import mixed_crafts
 
 GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params", "configuration"]
 
