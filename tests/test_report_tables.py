@@ -514,7 +514,8 @@ def test_runs_on_another_craft_of_the_same_poison_sets_are_not_paired_and_the_ta
     assert "paired: 3 HINT run(s) have no W/o Defense run of the same trial and seed on the same craft" in text
     hint_cell = "mixed crafts in the cell mnist-5k · HINT · ρ = 1.0: PoisonSet 11111111 as 11111111@p (4 runs), "
     assert hint_cell in text and ("PoisonSet 22222222 as 22222222@first (1 run), 22222222@second (3 runs), "
-                                  "22222222@unknown (1 run)") in text and "mixed crafts in the cell mnist-5k · W/o Defense" not in text
+                                  "22222222@unknown (1 run)") in text
+    assert "mixed crafts in the cell mnist-5k · W/o Defense" not in text
     assert "PoisonSet 22222222 in 3 crafts among the runs shown" in text and table.mixed
     assert "1 mnist-5k run(s) shown of the mix pgd,dap,durp,deepconfuse name no craft" in text
     from poisonbench.report import aggregate as report
