@@ -21,6 +21,7 @@ from ..data import DEFAULT_DATASET, record_name
 from ..experiment.packed_records import SUFFIX, is_packed, open_store
 from ..experiment.records import RecordReader
 from ..report import aggregate as lib
+from ..report.tables import provenance
 from .progress import stdout_console
 
 HELP = ("Aggregate the run records. Alone: test accuracy mean ± sample std over trials per configuration. "
@@ -227,7 +228,10 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
     elif figure is not None:
         draw_figures(figure, records, store, filters, out=out, run=run, paper=paper, rho=rho, trial=trial,
                      data_dir=data_dir)
-        fail_if_mixed(figure_mixed_cells(records, filters), strict, notes=True)
+        shown = figure_runs(records, filters)
+        if len(shown):
+            note(f"Figure {figure}: {provenance.caption(shown)}")
+        fail_if_mixed(provenance.mixed_crafts(shown), strict, notes=True)
     else:
         show_plain(records, store, filters, fmt, attacks)
 
@@ -264,14 +268,12 @@ def fail_if_mixed(mixed: list[str], strict: bool, notes: bool = False) -> None:
         raise typer.Exit(1)
 
 
-def figure_mixed_cells(records: list[dict], filters: dict) -> list[str]:
-    """The cells of the runs a figure draws from (the filters, one generation per mix, the newest run per trial)
-    whose runs trained on two crafts of one PoisonSet."""
+def figure_runs(records: list[dict], filters: dict):
+    """The runs a figure draws from (the filters, one generation per mix, the newest run per trial), as the tables'
+    frame: for its crafts and code versions (report.tables.provenance)."""
     from ..report import tables
-    from ..report.tables.provenance import mixed_crafts
 
-    df, _ = tables.cell_records(tables.apply_filters(tables.frame(records), **filters))
-    return mixed_crafts(df)
+    return tables.cell_records(tables.apply_filters(tables.frame(records), **filters))[0]
 
 
 def show_table(table: str, records: list[dict], store: RecordReader, opts, filters: dict, fmt: str,
