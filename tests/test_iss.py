@@ -102,6 +102,33 @@ def test_bit_depth_reduction_is_pillows_posterize_to_2_bits():
     assert defense.summary()["bdr_bits"] == 2 and len(np.unique(got)) <= 4
 
 
+@pytest.mark.parametrize("how", ["jpeg", "bdr", "gray"])
+def test_x_plus_a_float_delta_is_rounded_to_the_uint8_grid_before_the_squeeze(how):
+    """The official pipeline squeezes PNG files: round(255·(x + δ)), not the truncation of 255·(x + δ). A float δ off
+    the 1/255 grid (here U(−8, 8) levels) would leave about half of the pixels one level low if truncated; the
+    squeeze must equal Pillow's on the uint8 image rounded half to even (computed here in NumPy), pixel for pixel."""
+    clean = to_float(natural_images(6, 3, seed=2))
+    delta = (torch.rand(clean.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 8 / 255
+    x = (clean + delta).clamp(0, 1)
+    # BDR changes only where rounding crosses a multiple of 64: put a band of pixels 0.3 levels under 64, 128, 192
+    x[:, :, :4] = ((64 * torch.randint(1, 4, (6, 3, 4, 32), generator=torch.Generator().manual_seed(4)) - 0.3)
+                   / 255)
+    scaled = x.numpy() * np.float32(255)  # the same float32 product as the defense's
+    rounded = np.rint(scaled).astype(np.uint8).transpose(0, 2, 3, 1)  # half to even, as torch.round
+    assert (np.floor(scaled) != np.rint(scaled)).mean() > 0.4  # truncating instead would be off on ≥ 40 %
+    _, ctx = prepared(x, squeeze=how)
+    got = to_pixels(ctx.train_x)
+    for image, out in zip(rounded, got, strict=True):
+        if how == "jpeg":
+            expected = pil_jpeg(image, 10)
+        elif how == "bdr":
+            expected = image & 0b11000000  # the 2 high bits of each uint8 pixel
+            assert np.array_equal(expected, np.asarray(ImageOps.posterize(Image.fromarray(image), 2)))
+        else:
+            expected = np.repeat(np.asarray(Image.fromarray(image).convert("L"))[..., None], 3, axis=2)
+        assert np.array_equal(out, expected), f"{(out != expected).mean():.0%} of the pixels differ"
+
+
 def test_only_the_rows_in_use_are_squeezed_and_the_summary_splits_poisoned_from_clean():
     x = to_float(natural_images(6, 3))
     x[:3] = (x[:3] + 3 / 255).clamp(0, 1)

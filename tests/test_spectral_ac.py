@@ -155,6 +155,82 @@ def fake_context(labels: torch.Tensor, seed: int = 0) -> TrainContext:
                         torch.Generator().manual_seed(seed), x, labels, x[:0], labels[:0], 3, seed)
 
 
+def two_clusters(smaller: int, total: int = 100, dim: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One class of `total` rows: `smaller` of them (the last) 10 apart from the others along the first axis, both
+    groups tight (σ 0.1), so 2-means splits them exactly. Returns features (float32) and the bool mask of the last."""
+    g = torch.Generator().manual_seed(seed)
+    features = 0.1 * torch.randn(total, dim, generator=g)
+    far = torch.arange(total) >= total - smaller
+    features[far, 0] += 10
+    return features, far
+
+
+@pytest.mark.parametrize("smaller, flagged", [(34, True), (35, False), (36, False)])
+def test_ac_flags_a_smaller_cluster_strictly_below_the_default_size_threshold(monkeypatch, smaller, flagged):
+    """The rule (Chen et al. §4; ART analyze_by_relative_size: `percentages < size_threshold`): poisonous iff the
+    smaller cluster holds LESS than 0.35 of the class. 34 of 100 rows is flagged and removed, exactly 35 of 100
+    (0.35, the same float) and 36 are kept."""
+    features, far = two_clusters(smaller)
+    labels = torch.zeros(len(far), dtype=torch.long)
+    defense = build_defense("activation-clustering", "mnist", resolve_recipe("mnist", "quick"), features="trained")
+    monkeypatch.setattr(defense, "features", lambda ctx, rows: features[rows])
+    defense.prepare(fake_context(labels))
+    summary = defense.summary()
+    assert summary["ac_size_threshold"] == 0.35
+    assert summary["cluster_sizes"][0] == [smaller, 100 - smaller] and summary["smaller_share"][0] == smaller / 100
+    assert summary["flagged"][0] is flagged
+    assert torch.equal(defense.removed, far if flagged else torch.zeros_like(far))
+
+
+def test_ac_size_threshold_boundary_one_float_either_side():
+    """A smaller cluster of share 0.35 is kept with a threshold one float below 0.35 or equal to it, and removed with
+    a threshold one float above it (`share < threshold`)."""
+    features, far = two_clusters(35)
+    labels = torch.zeros(len(far), dtype=torch.long)
+
+    def flagged(threshold):
+        removed, figures = ac_remove(features, labels, 1, dims=10, method="pca", size_threshold=threshold, seed=0)
+        assert figures["smaller_share"] == [0.35]
+        assert torch.equal(removed, far) if figures["flagged"][0] else not removed.any()
+        return figures["flagged"][0]
+
+    assert [flagged(t) for t in (np.nextafter(0.35, 0), 0.35, np.nextafter(0.35, 1))] == [False, False, True]
+
+
+def test_ac_runs_k_means_with_the_ten_starts_its_record_says(monkeypatch):
+    """Every class's 2-means is scikit-learn's KMeans with n_init = 10 (ART's KMeans(n_clusters=2), scikit-learn's
+    long-standing default) and the class's seed — the number the record states as `kmeans_n_init`. A spy on the
+    class sees each call; its clusters are those of an independent KMeans(2, n_init=10) on the same PCA rows."""
+    import sklearn.cluster
+    from sklearn.decomposition import PCA
+
+    from poisonbench.defenses.activation_clustering import class_seed
+
+    fits, KMeans = [], sklearn.cluster.KMeans
+
+    class Spy(KMeans):
+        def fit_predict(self, X, y=None, sample_weight=None):
+            fits.append((self.get_params(), X.copy()))
+            return super().fit_predict(X, y, sample_weight=sample_weight)
+
+    monkeypatch.setattr(sklearn.cluster, "KMeans", Spy)
+    features, labels, planted = planted_classes(per_class=60, dim=16, every=6)
+    defense = build_defense("activation-clustering", "mnist", resolve_recipe("mnist", "quick"), features="trained")
+    monkeypatch.setattr(defense, "features", lambda ctx, rows: features[rows].float())
+    defense.prepare(fake_context(labels, seed=5))
+    summary = defense.summary(planted)
+    assert summary["kmeans_n_init"] == 10 and len(fits) == 3
+    for label, (params, reduced) in enumerate(fits):
+        assert params["n_init"] == summary["kmeans_n_init"] and params["n_clusters"] == 2
+        assert params["random_state"] == class_seed(5, label)
+        rows = features[labels == label].float().double().numpy()
+        independent = PCA(n_components=10, random_state=class_seed(5, label)).fit_transform(rows)
+        np.testing.assert_allclose(reduced, independent, atol=1e-9)
+        clusters = KMeans(n_clusters=2, n_init=10, random_state=class_seed(5, label)).fit_predict(independent)
+        assert sorted(np.bincount(clusters, minlength=2).tolist()) == summary["cluster_sizes"][label]
+    assert summary["removal"]["poisons_removed"] == 10 and summary["removal"]["clean_removed"] == 0
+
+
 @pytest.mark.parametrize("method,params", [("spectral", {"spectral_eps": EPS}), ("activation-clustering", {})])
 def test_filter_prepare_counts_the_planted_rows_it_removed(monkeypatch, method, params):
     features, labels, planted = planted_classes()
@@ -173,17 +249,37 @@ def test_filter_prepare_counts_the_planted_rows_it_removed(monkeypatch, method, 
         assert removal["clean_removed"] == 0 and summary["ac_reduce"] == "pca" and summary["kmeans_n_init"] == 10
 
 
-def test_spectral_default_eps_is_the_budget_share_of_the_rows_in_use(monkeypatch):
+@pytest.mark.parametrize("split", [600, 6000], ids=["scratch-all-rows", "transfer-one-tenth"])
+def test_spectral_default_eps_is_the_budget_share_of_the_rows_in_use(monkeypatch, split):
     """The default ε = budget / rows in use (10 / 600): ⌈1.5 · ε · 200⌉ = 5 per class, so only the 5 highest planted
-    rows of class 1 go — the default's known weakness against poisons that all carry one label (docs/fidelity.md)."""
+    rows of class 1 go — the default's known weakness against poisons that all carry one label (docs/fidelity.md).
+
+    With every row in use (scratch) the rows in use, the train split and the threat's `train_size` are all 600, so
+    dividing by the wrong one goes unnoticed. In transfer the rows in use (`ctx.active`, the transfer set) are a tenth
+    of the split that `train_size` counts, here 600 of 6000: ε must still be 10 / 600 (10 / 6000 would remove one row
+    per class, at most one poison)."""
     features, labels, planted = planted_classes()
-    threat = Threat("targeted", budget=10, train_size=len(labels))
+    in_use = torch.arange(600) * (split // 600)  # the rows in use, spread over the split (sorted, as `active` is)
+    split_features = torch.zeros(split, features.shape[1], dtype=features.dtype)
+    split_labels, split_planted = torch.arange(split) % 3, torch.zeros(split, dtype=torch.bool)
+    split_features[in_use], split_labels[in_use], split_planted[in_use] = features, labels, planted
+    threat = Threat("targeted", budget=10, train_size=split, extractor=split > 600)
     defense = build_defense("spectral", "mnist", resolve_recipe("mnist", "quick"), threat, features="trained")
-    monkeypatch.setattr(defense, "features", lambda ctx, rows: features[rows].float())
-    defense.prepare(fake_context(labels))
-    summary = defense.summary(planted)
+    seen = []
+
+    def features_of(ctx, rows):
+        seen.append(rows)
+        return split_features[rows].float()
+
+    monkeypatch.setattr(defense, "features", features_of)
+    ctx = fake_context(split_labels)
+    ctx.active = None if split == 600 else in_use
+    kept = defense.prepare(ctx)
+    assert torch.equal(seen[0], in_use) and set(kept.tolist()) <= set(in_use.tolist())
+    summary = defense.summary(split_planted)
     assert summary["spectral_eps"] == pytest.approx(10 / 600) and summary["eps_source"] == "budget share"
-    assert summary["removed_per_class"] == [5, 5, 5] and summary["removal"]["poisons_removed"] == 5
+    assert summary["quota_per_class"] == summary["removed_per_class"] == [5, 5, 5]
+    assert summary["removal"]["poisons_removed"] == 5
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -69,6 +69,40 @@ def test_the_share_of_epochs_scales_to_the_recipe(share, epochs, adversarial):
     assert UEraser("mnist", recipe, share=share).adversarial_epochs == adversarial
 
 
+@pytest.mark.parametrize("share, epochs, adversarial", [(0.26, 30, 8), (0.24, 30, 7), (0.3, 27, 8), (0.1, 15, 2)])
+def test_the_adversarial_epochs_are_rounded_to_the_nearest_not_truncated_nor_ceiled(share, epochs, adversarial):
+    """share · epochs = 7.8 → 8 (truncation: 7), 7.2 → 7 (ceiling: 8), 8.1 → 8, 1.5 → 2; and the K draws stop exactly
+    there: `repeats(epoch)` is K up to epoch adversarial − 1, then 1."""
+    recipe = Recipe("r", epochs=epochs, batch_size=16, lr=0.1)
+    defense = UEraser("mnist", recipe, repeats=5, share=share)
+    assert defense.adversarial_epochs == adversarial
+    assert [defense.repeats(e) for e in range(epochs)] == [5] * adversarial + [1] * (epochs - adversarial)
+    assert defense.summary()["adversarial_epochs"] == adversarial
+
+
+def test_plasma_contrast_has_kornias_strength_four_times_the_plasma_map():
+    """RandomPlasmaContrast (UEraser's policy, kornia): (x − 0.5)·4·plasma + 0.5, the plasma map a fractal of mean
+    about ½ and range about [0, 1]. On grey + 0.05 (never clamped) the gain (out − 0.5) / 0.05 is 4·plasma: mean about
+    2, up to about 4, as kornia's own RandomPlasmaContrast on the same input and seed."""
+    from kornia.augmentation import RandomPlasmaContrast
+
+    x = torch.full((64, 3, 16, 16), 0.55)
+    g = torch.Generator().manual_seed(0)
+    start = g.get_state()
+    gain = (ue.plasma_contrast(g, x) - 0.5) / 0.05
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        reference = (RandomPlasmaContrast(roughness=ue.PLASMA_ROUGHNESS, p=1.0)(x) - 0.5) / 0.05
+    assert gain.mean() == pytest.approx(reference.mean().item(), rel=0.05)
+    assert gain.std() == pytest.approx(reference.std().item(), rel=0.1)
+    assert gain.max() == pytest.approx(reference.max().item(), rel=0.1)
+    assert 1.8 < gain.mean() < 2.2 and 3.5 < gain.max() <= 4.4
+    g.set_state(start)
+    plasma = ue._plasma(g, x)  # the same draws: the map the contrast used
+    assert 0.4 < plasma.mean() < 0.6 and plasma.min() > -0.1 and plasma.max() < 1.1  # the map is about [0, 1]
+    assert torch.allclose(gain, 4 * plasma, atol=1e-4)
+
+
 def test_each_row_trains_on_its_highest_loss_candidate(monkeypatch):
     """The authors' rule is per row (max over the K repeats of each row's loss), not the batch's best repeat."""
     k, n = 5, 16
