@@ -166,6 +166,10 @@ def test_statistics():
     assert lo == 0 and hi == pytest.approx(0.4345, abs=1e-4)
     lo, hi = tables.wilson(5, 5)
     assert hi == 1 and lo == pytest.approx(0.5655, abs=1e-4)
+    # a missing value (None, or pandas' NaN for it) is left out, never averaged in (mutation stats.x_stat__mutmut_3)
+    for missing in (None, float("nan"), np.nan):
+        assert tables.stat([0.9, missing, 0.92, 0.94]) == tables.stat([0.9, 0.92, 0.94])
+    assert tables.stat([None, float("nan")]) is None
 
 
 # ----------------------------------------------------------------------------------------------- paper numbers

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Mutation testing of one module against the tests that cover it (docs/testing.md, "Mutation testing").
+#
+#   benchmarks/mutation.sh MODULE.py TESTS...        e.g.  benchmarks/mutation.sh poisonbench/attacks/em.py tests/test_error_minimising.py
+#
+# mutmut (3.x; `pip install -e '.[mutation]'`) plants one-line bugs (mutants) in MODULE only and runs TESTS (files or
+# node ids) against each; a mutant the tests fail on is "killed", one they pass is a "survivor". The work happens in a
+# copy of the working tree under $MUTATION_WORK (default a new directory in /tmp), never in this checkout. Prints
+# mutmut's survivors, then one line: `MODULE: K of N mutants killed (S survived, T timed out, ...) = P %`, also written
+# as JSON to $MUTATION_WORK/score.json. Not part of CI: minutes to tens of minutes per module on 2 cores.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: $0 MODULE.py TESTS..." >&2
+    exit 2
+fi
+module=$1
+shift
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-$repo/.venv/bin/python}
+[ -f "$repo/$module" ] || { echo "Error: no module $module under $repo" >&2; exit 2; }
+for t in "$@"; do
+    [ -e "$repo/${t%%::*}" ] || { echo "Error: no test file ${t%%::*} under $repo" >&2; exit 2; }
+done
+work=${MUTATION_WORK:-$(mktemp -d /tmp/poisonbench-mutation.XXXXXX)}
+mkdir -p "$work"
+# the working tree as it is (tracked and untracked files), without the venv, results, caches or an earlier run
+tar -C "$repo" --exclude=./.venv --exclude=./results --exclude=./mutants --exclude=./.git \
+    --exclude='__pycache__' --exclude=./.pytest_cache --exclude=./.ruff_cache -cf - . | tar -C "$work" -xf -
+tests=$(printf '"%s", ' "$@")
+cat >> "$work/pyproject.toml" <<EOF
+
+[tool.mutmut]
+source_paths = ["poisonbench"]
+only_mutate = ["$module"]
+# one process per mutant (mutmut forks), no xdist inside it; the test selection: the module's own tests
+pytest_add_cli_args = ["-n", "0", "-q", "-p", "no:cacheprovider"]
+pytest_add_cli_args_test_selection = [${tests%, }]
+timeout_multiplier = 5.0
+EOF
+cd "$work"
+"$python" -m mutmut run --max-children "${MUTATION_JOBS:-2}" > mutmut-run.log 2>&1 || true
+"$python" -m mutmut results > survivors.txt 2>&1 || true
+"$python" - "$module" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+# mutmut 3 keeps each mutant's exit code in mutants/<file>.meta; 1 = killed, 0 = survived (mutmut's own mapping)
+metas = list(Path("mutants").rglob("*.meta"))
+counts = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "other": 0}
+for meta in metas:
+    data = json.loads(meta.read_text())
+    for code in data.get("exit_code_by_key", {}).values():
+        key = {1: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", 24: "timeout",
+               None: "other"}.get(code, "killed" if isinstance(code, int) and code < 0 else "other")
+        counts[key] += 1
+total = sum(counts.values())
+killed = counts["killed"] + counts["timeout"]
+score = 100 * killed / total if total else 0.0
+extra = ", ".join(f"{v} {k}" for k, v in counts.items() if v and k != "killed")
+print(f"{sys.argv[1]}: {killed} of {total} mutants killed ({extra or 'none left'}) = {score:.0f} %")
+Path("score.json").write_text(json.dumps({"module": sys.argv[1], "total": total, **counts, "score": score}) + "\n")
+EOF
+echo "survivors: $work/survivors.txt (\`cd $work && $python -m mutmut show NAME\` shows one)" >&2
