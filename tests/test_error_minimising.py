@@ -3,6 +3,7 @@ after a kill, and a bad option (docs/fidelity.md). The registry-wide invariants 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from poisonbench.data import load_dataset
 from poisonbench.engine.models import build_model
 from poisonbench.poisons import craft_spec
 
-from .conftest import craft_killed_at_call, files_under, one_line_error, write_npz
+from .conftest import class_images, craft_killed_at_call, files_under, one_line_error, write_npz
 
 EPS = 8 / 255
 
@@ -69,6 +70,97 @@ def test_sample_wise_noise_is_per_row_and_class_wise_noise_is_per_class(tiny):
     assert (first[0] - first[1]).abs().max() > EPS / 20
 
 
+@pytest.fixture(scope="module")
+def grey(tmp_path_factory):
+    """`tiny`'s class bands in mid-grey (pixels in [64, 184)): x + δ is never clipped by the pixel box at ε = 8/255,
+    so the δ of a class-wise row is its class's noise exactly."""
+    root = tmp_path_factory.mktemp("em-grey")
+    x, y = class_images(200, 16, classes=4)
+    np.savez(root / "grey.npz", x=(64 + x // 2).astype(np.uint8), y=y)
+    return load_dataset(str(root / "grey.npz")), root / "results"
+
+
+def test_class_wise_em_noise_lowers_the_loss_of_the_crafting_model(grey, one_thread):
+    """Class-wise EM minimises the error too: the crafting model's loss on x + noise[y] is below its loss on x (an
+    error-maximising class noise, the step's sign flipped, raises it above)."""
+    data, results = grey
+    attack, poison = craft("em", data, results, granularity="class", batch_size=16, max_iterations=1)
+    x, y = clean_rows(data, poison.indices)
+    model = attack.crafting_model  # the model the noise was crafted against
+    assert poison.delta.abs().max() > 0
+    assert ce(model, x + poison.delta, y) < 0.95 * ce(model, x, y)
+
+
+def test_class_wise_em_noise_is_the_clipped_mean_of_its_rows_steps(grey, monkeypatch, one_thread):
+    """Batch by batch, each class's noise becomes the mean (clipped to ε) of the one-step δ of its rows in the batch
+    (EM's class-wise update), not their sum; every row's step starts from its class's current noise, and the
+    returned δ of a row is its class's final noise (mid-grey: nothing clipped by the box)."""
+    data, results = grey
+    calls = []
+    real = em.linf_pgd
+
+    def spy(model, x, labels, eps, steps, step, init, maximize):
+        out = real(model, x, labels, eps, steps, step, init, maximize=maximize)
+        calls.append((labels.clone(), init.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(em, "linf_pgd", spy)
+    attack, poison = craft("em", data, results, granularity="class", batch_size=16, max_iterations=2,
+                           stop_error=0.0, lr=1e-4)
+    # 32 rows in the stratified 20 % subset: two batches of 16 per outer iteration
+    assert attack.training_summary["iterations"] == 2 and len(calls) == 4
+    noise = torch.zeros((data.num_classes, *data.shape))
+    for labels, init, out in calls:
+        assert torch.equal(init, noise[labels])
+        for c in labels.unique():
+            rows = out[labels == c]
+            assert len(rows) > 1  # a mean of several rows' steps, which a sum is not
+            noise[c] = rows.mean(0).clamp(-EPS, EPS)
+    assert noise.abs().max() > 0
+    y = data.train.y[poison.indices]
+    assert torch.allclose(poison.delta, noise[y], atol=1e-6)
+
+
+def test_em_crafting_model_trains_on_the_perturbed_rows(tiny, monkeypatch, one_thread):
+    """Min-min: every training batch of the crafting model is x + δ (clamped to the box) with the δ of the last
+    update, from the second outer iteration on a non-zero δ (training on the clean rows would not be min-min)."""
+    data, results = tiny
+    events = []
+    real_batch, real_train, real_pgd = em.BatchStream.batch, em.train_step, em.linf_pgd
+
+    def batch(self, k):
+        idx = real_batch(self, k)
+        events.append(("batch", idx.clone()))
+        return idx
+
+    def train_step(model, opt, x, y):
+        events.append(("train", x.clone()))
+        real_train(model, opt, x, y)
+
+    def pgd(*args, **kwargs):
+        out = real_pgd(*args, **kwargs)
+        events.append(("delta", out.clone()))
+        return out
+
+    monkeypatch.setattr(em.BatchStream, "batch", batch)
+    monkeypatch.setattr(em, "train_step", train_step)
+    monkeypatch.setattr(em, "linf_pgd", pgd)
+    attack, poison = craft("em", data, results, steps=2, batch_size=64, train_batches=3, max_iterations=2,
+                           stop_error=0.0, lr=1e-4)
+    assert attack.training_summary["iterations"] == 2
+    x, _ = clean_rows(data, poison.indices)  # the crafted rows, in the attack's order
+    delta, start, checked = torch.zeros_like(x), 0, 0
+    for (kind, value), nxt in zip(events, events[1:] + [(None, None)], strict=True):
+        if kind == "batch":
+            assert nxt[0] == "train"
+            assert torch.allclose(nxt[1], (x[value] + delta[value]).clamp(0, 1), atol=1e-7)
+            checked += bool(delta[value].abs().max() > 0)
+        elif kind == "delta":  # sample-wise: the rows in order, batch by batch
+            delta[start:start + len(value)] = value
+            start = (start + len(value)) % len(x)
+    assert checked == 3  # the second iteration's three batches, on a non-zero δ
+
+
 def test_em_records_whether_it_stopped(tiny):
     data, results = tiny
     attack, _ = craft("em", data, results, granularity="class", max_iterations=1, stop_error=0.0, lr=1e-5)
@@ -99,6 +191,34 @@ def test_rem_inner_adversary_raises_the_loss_and_the_outer_noise_lowers_the_robu
         return ce(model, (x + d + rem.adversarial(model, x + d, y, radius, 5, radius / 4, g)).clamp(0, 1), y)
 
     assert robust(du) < robust(torch.zeros_like(x))
+
+
+def test_rem_inner_delta_stays_in_the_eps_ball_at_every_step(grey, monkeypatch, one_thread):
+    """Every x + δ_u that REM's crafting hands on (to the EOT augmentation, then the inner adversary and the model),
+    at each inner descent step and in each training step, is within ε of its clean rows: δ_u is projected at every
+    step, not only by the final projection of the returned noise."""
+    data, _ = grey
+    seen, current = [], {}
+    real_min, real_augment = rem.robust_min, rem.augment
+
+    def robust_min(model, x, y, eps, p, generator, transform):
+        current["x"] = x
+        return real_min(model, x, y, eps, p, generator, transform)
+
+    def augment(name, xs, generator):
+        x = current["x"]
+        seen.append(float((xs[:len(x)] - x).detach().abs().max()))
+        return real_augment(name, xs, generator)
+
+    monkeypatch.setattr(rem, "robust_min", robust_min)
+    monkeypatch.setattr(rem, "augment", augment)
+    attack = ATTACKS.get("rem")(data.family, train_steps=3, batch_size=32, u_steps=4, a_steps=1,
+                                u_step_fraction=0.5)
+    ctx = AttackContext(data, attack.choose_rows(data, 0.2, 3), EPS, 0.2, 3, torch.device("cpu"))
+    attack.perturb(ctx)
+    assert len(seen) == 3 * (4 + 1) + 4  # 3 training steps (4 inner steps, then the SGD step's), 1 noise batch
+    assert max(seen) <= EPS + 1e-6
+    assert max(seen) > 0.9 * EPS  # the steps reach the ball's edge: the bound is tested, not idle
 
 
 def test_an_interrupted_em_craft_resumes_after_its_last_outer_iteration(tiny, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -235,6 +236,82 @@ def test_ops_skips_a_pair_that_would_leave_an_image_unchanged(tmp_path):
     _, _, poison = craft(data, "ops")
     assert (changed_positions(poison.delta).sum(1) == 1).all()  # every image carries its class's pixel
     assert ops_pairs(data, poison)[0] != (5, (0,))
+
+
+def ops_reference(data, spread=np.std):
+    """OPS by its definition, from the float images: {class: (position, colour tuple)}, and per class (scores (H·W,
+    2^C), admissible (H·W, 2^C)). The score of (position p, corner colour c) is mean / (spread + 1e-6) of |c − x_p|
+    over the class's train images and channels (`spread`: the population standard deviation); colour k is
+    `itertools.product((0, 1), repeat=C)`'s k-th, channel 0 the most significant bit; a pair is admissible when no
+    image already has colour c at p on every channel. Classes in order, each its best admissible pair (the first
+    maximum) that no earlier class took."""
+    x = data.train.x.double().numpy() / 255
+    y = data.train.y.numpy()
+    c = x.shape[1]
+    colours = np.array(list(itertools.product((0, 1), repeat=c)), dtype=np.float64)  # (2^C, C)
+    taken, pairs, per_class = set(), {}, {}
+    for cls in range(data.num_classes):
+        flat = x[y == cls].reshape((y == cls).sum(), c, 1, -1)  # (n, C, 1, H·W)
+        d = np.abs(colours.T[None, :, :, None] - flat)  # (n, C, 2^C, H·W)
+        scores = (d.mean((0, 1)) / (spread(d, axis=(0, 1)) + 1e-6)).T  # (H·W, 2^C)
+        admissible = ~(d == 0).all(1).any(0).T
+        per_class[cls] = scores, admissible
+        masked = np.where(admissible, scores, -np.inf)
+        for p, k in taken:
+            masked[p, k] = -np.inf
+        p, k = divmod(int(np.argmax(masked)), len(colours))
+        taken.add((p, k))
+        pairs[cls] = (p, tuple(int(v) for v in colours[k]))
+    return pairs, per_class
+
+
+def test_ops_keeps_the_rgb_colour_code_so_no_image_already_has_its_class_pixel(tmp_path):
+    """RGB: at position 0 the images of class 0 are cyan (0, 255, 255) but one in twenty is red (255, 0, 0), so
+    (0, red) scores best of all pairs — but a red image would keep its pixel: the pair is not admissible, and the
+    class takes the best pair that changes every image. The colour code is channel 0 first: with it reversed, the
+    red image would block blue (0, 0, 1), and class 0 would take red at position 0, which that image already has.
+    Every class's pair is OPS's by its definition (`ops_reference`)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (200, 6, 6, 3))
+    y = np.arange(200) % 2
+    zero = np.flatnonzero(y == 0)
+    x[zero, 0, 0] = (0, 255, 255)
+    x[zero[::20], 0, 0] = (255, 0, 0)
+    data = npz(tmp_path, x, y)
+    red = 4  # (1, 0, 0): channel 0 the most significant bit
+    class0 = data.train.x[data.train.y == 0]
+    assert ((class0[:, :, 0, 0] == torch.tensor([255, 0, 0], dtype=torch.uint8)).all(1)).any()  # in the train split
+    expected, per_class = ops_reference(data)
+    scores, admissible = per_class[0]
+    assert divmod(int(scores.argmax()), 8) == (0, red) and not admissible[0, red] and admissible[0, 1]
+    assert expected[0] != (0, (1, 0, 0))
+    _, _, poison = craft(data, "ops")
+    assert (changed_positions(poison.delta).sum(1) == 1).all()  # every image carries its class's pixel
+    assert ops_pairs(data, poison) == expected
+    got_scores, got_admissible = class_scores(class0)
+    assert np.allclose(got_scores.numpy(), scores, rtol=1e-9) and np.array_equal(got_admissible.numpy(), admissible)
+
+
+def test_ops_scores_a_pixel_by_the_standard_deviation_not_the_variance(tmp_path):
+    """One channel: at position A, class 0's pixels are 0 or 15 (|white − x| = 1 or 0.94: mean 0.97, std 0.03), at
+    position B 123 or 132 (|white − x| ≈ 0.52 or 0.48: mean 0.5, std 0.018). Mean / std ranks A first (≈ 33 against
+    ≈ 28), mean / variance B (≈ 1100 against ≈ 1600): OPS's score (its std) takes A. The other pixels are uniform
+    noise, and every class's pair is OPS's by its definition (`ops_reference`)."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (200, 8, 8))
+    y = np.arange(200) % 2
+    zero = np.flatnonzero(y == 0)
+    a, b = 9, 20  # row-major positions
+    x[zero, a // 8, a % 8] = np.where(np.arange(len(zero)) % 2, 0, 15)
+    x[zero, b // 8, b % 8] = np.where(np.arange(len(zero)) % 2, 123, 132)
+    data = npz(tmp_path, x, y)
+    expected, per_class = ops_reference(data)
+    variance, _ = ops_reference(data, spread=np.var)
+    assert expected[0] == (a, (1,)) and variance[0][0] == b  # the toy: the two scores rank A and B apart
+    _, _, poison = craft(data, "ops")
+    assert ops_pairs(data, poison) == expected
+    got_scores, _ = class_scores(data.train.x[data.train.y == 0])
+    assert np.allclose(got_scores.numpy(), per_class[0][0], rtol=1e-9)
 
 
 def test_ops_refuses_a_class_with_no_pair_that_changes_every_image(tmp_path):
