@@ -16,7 +16,7 @@ from poisonbench.experiment.scenarios import scenario_for
 from poisonbench.experiment.spec import DefendSpec
 from poisonbench.report import tables
 
-from .conftest import targeted_spec, write_npz
+from .conftest import one_line_error, targeted_spec, write_npz
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +212,30 @@ def test_untargeted_runs_check_their_seed_and_may_start_from_the_untargeted_surr
                        + 2 ** 32)
     with pytest.raises(PoisonbenchError, match="low 32 bits"):
         run_config(clash, data, 0, scenario_for(clash).plan(clash, data, 0))
+
+
+@pytest.mark.parametrize("kind", ["untargeted", "targeted"])
+def test_the_seed_apart_check_looks_at_every_trials_seed_not_only_trial_0s(cli, tiny, tmp_path, kind):
+    """Trial t trains with seed --seed + t: with --seed two below a value whose low 32 bits are the attacker
+    model's, trials 0 and 1 are apart and trial 2 is not. Resolving trial 2 is refused, and so is `defend --trials
+    3` as a whole (one line, before anything is written); a check of trial 0's seed alone lets it through."""
+    path, data = tiny
+    given = {"poison_ratio": 0.1, "attacks": ["pgd", "durp"], "attack": None} if kind == "untargeted" else {}
+    probe = spec_of(path, **given)
+    scenario = scenario_for(probe)
+    attacker = scenario.attacker_model(probe, data, scenario.plan(probe, data, 2)).seed
+    clash = attacker % 2 ** 32 + 2 ** 32  # below 2^63, the attacker's low 32 bits
+    spec = spec_of(path, **given, seed=clash - 2, trials=3)
+    for trial in (0, 1):
+        assert run_config(spec, data, trial, scenario.plan(spec, data, trial))["seed"] == clash - 2 + trial
+    with pytest.raises(PoisonbenchError, match=f"seed {clash} shares its low 32 bits"):
+        run_config(spec, data, 2, scenario.plan(spec, data, 2))
+    args = (["--poison-ratio", "0.1", "--attacks", "pgd,durp"] if kind == "untargeted" else
+            ["--attack", "gm", "--budget", "0.02", "--attack-params", "iterations=1,restarts=1"])
+    code, _, err = cli("defend", "--dataset", path, "--recipe", "quick", "--epochs", "1", *args, "--seed",
+                       clash - 2, "--trials", "3", "--device", "cpu", "--results", tmp_path / "r")
+    one_line_error(code, err, f"seed {clash} shares its low 32 bits")
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("given, message", [

@@ -243,6 +243,37 @@ def test_hostile_values_reach_sbatch_and_the_command_exactly_and_run_nothing(cli
     assert not list(tmp_path.rglob("PWNED*"))
 
 
+def test_a_lone_quote_without_whitespace_is_still_quoted_in_sbatch_lines_and_the_command(cli, tiny_npz, tmp_path):
+    """A value with one `'` (or `"`, `#`) and no whitespace is quoted all the same: unquoted, sbatch would open a
+    quote that never closes (or start a comment). Each `#SBATCH` line reads back as one argument holding exactly
+    the value (new and old sbatch), bash parses the script (`bash -n`), and the command line gives the exact
+    argv."""
+    from poisonbench.sweeps.slurm import sbatch_value
+
+    for value in ("it's", 'a"b', "x#y", "o'brien'"):
+        written = sbatch_value("--partition", value)
+        assert written != value and written.startswith('"') and written.endswith('"'), written
+        assert all(sbatch_words(written, modern) == [value] for modern in (True, False)), written
+    grid = write_grid(tmp_path / "g'1.toml", tiny_npz)
+    results = tmp_path / "r'1"
+    script = tmp_path / "job.sbatch"
+    code, _, err = cli("sweep", "run", grid, "--results", results, "--emit-sbatch", script, "--partition", "gpu'a",
+                       "--sbatch=--comment=it's", "--sbatch=--account=o'brien")
+    assert code == 0, err
+    text = script.read_text()
+    assert "--partition=gpu'a" not in text and "--comment=it's" not in text and "r'1/slurm" not in text
+    for modern in (True, False):
+        options = directives(text, modern)
+        assert (options["--partition"], options["--comment"], options["--account"]) == ("gpu'a", "it's", "o'brien")
+        assert options["--job-name"] == "poisonbench-g'1" and options["--output"] == f"{results}/slurm/%A_%a.out"
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    argv = ["sweep", "run", str(grid), "--task-id", "0", "--results", str(results)]
+    command = [line for line in text.splitlines() if line and not line.startswith("#")][-1]
+    assert shlex.split(command.replace('"$SLURM_ARRAY_TASK_ID"', "0")) == ["exec", "poisonbench", *argv]
+    assert run_script(script, tmp_path) == argv
+
+
 @pytest.mark.parametrize(("args", "needles"), [
     (["--partition", "gpu\ntouch PWNED"], ["--partition 'gpu\\ntouch PWNED'", "control character '\\n'"]),
     (["--partition", "gpu\x7f"], ["--partition 'gpu\\x7f'", "control character '\\x7f'"]),

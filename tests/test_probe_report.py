@@ -140,6 +140,26 @@ def test_safe_slug_keeps_plain_names_and_confines_the_others():
     assert safe_slug("z" * 500) != safe_slug("z" * 501)  # a truncated name keeps a hash of the whole
 
 
+def test_settings_whose_names_slug_alike_write_distinct_figure_files(cli, tmp_path):
+    """`a b.npz` and `a_b.npz` have one `safe_slug`; the names a setting's figures are given from it still differ
+    (accuracy vs ρ, the matrix heatmap): two settings, two PNGs of each, none overwriting the other, and the plain
+    name keeps its plain file name."""
+    records = [make_record(dataset=name, rho=rho, trial=t, acc=0.9 - rho / 4 - t / 100)
+               for name in ("a b.npz", "a_b.npz") for rho in (0.0, 0.4) for t in range(2)]
+    res = write_records(tmp_path / "res", records)
+    code, stdout, err = cli("report", "--figure", "rho", "--results", res, "--out", tmp_path / "rho")
+    assert code == 0, err
+    paths = [Path(line) for line in stdout.splitlines()]
+    assert len(paths) == len(set(paths)) == 2 and sorted(files_under(tmp_path / "rho")) == sorted(paths)
+    assert tmp_path / "rho" / "rho_a_b.npz_convnet_quick10.png" in paths
+    code, _, err = cli("report", "--table", "matrix", "--results", res, "--out", tmp_path / "matrix")
+    assert code == 0, err
+    heatmaps = [Path(line.removeprefix("heatmap: ")) for line in err.splitlines() if line.startswith("heatmap: ")]
+    assert len(heatmaps) == len(set(heatmaps)) == 2, heatmaps
+    assert sorted(files_under(tmp_path / "matrix")) == sorted(heatmaps)
+    assert tmp_path / "matrix" / "matrix_a_b.npz_convnet_quick10.png" in heatmaps
+
+
 def test_a_figure_joins_no_record_field_but_a_plain_file_name_to_data_dir(tmp_path, monkeypatch):
     """A record names an .npz by its file name, looked up in --data-dir; one naming a path (`../x.npz`) is not
     joined to --data-dir (it would read from outside it)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,15 @@ from tests.conftest import files_under, one_line_error
 from tests.report_records import make_record, synthetic_records
 
 
-def write_manifest(root: Path, seed: int) -> dict:
+def manifest_of(seed: int) -> dict:
     """A PoisonSet manifest (no tensors: only the manifest is packed) whose poison id is its inputs' hash."""
     spec = CraftSpec("pgd", {"steps": 10}, 0.3, 0.5, seed, "mnist-5k", "fp", None)
-    manifest = {"poison_id": spec.poison_id, **spec.inputs(), "count": 5, "tensor_sha256": "0" * 64,
-                "craft_seconds": 1.5}
-    atomic_write_json(root / "poisons" / spec.poison_id / "manifest.json", manifest)
+    return {"poison_id": spec.poison_id, **spec.inputs(), "count": 5, "tensor_sha256": "0" * 64, "craft_seconds": 1.5}
+
+
+def write_manifest(root: Path, seed: int) -> dict:
+    manifest = manifest_of(seed)
+    atomic_write_json(root / "poisons" / manifest["poison_id"] / "manifest.json", manifest)
     return manifest
 
 
@@ -159,6 +163,31 @@ def test_unpack_refuses_a_bad_line_and_writes_nothing(cli, tmp_path, lines, need
     one_line_error(code, err, "bad.jsonl.gz", *needles)
 
 
+RUN_LINE, OTHER_RUN_LINE = ({"kind": "run", "record": make_record(trial=t)} for t in (4, 5))
+MANIFEST_LINES = [{"kind": "poison_manifest", "manifest": manifest_of(seed)} for seed in (7, 8)]
+
+
+@pytest.mark.parametrize("lines,counts", [
+    ([header(1, 2), RUN_LINE, MANIFEST_LINES[0]], "announces 1 run(s) and 2 manifest(s), it holds 1 and 1"),
+    ([header(1, 1), RUN_LINE, *MANIFEST_LINES], "announces 1 run(s) and 1 manifest(s), it holds 1 and 2"),
+    ([header(1, 0), RUN_LINE, MANIFEST_LINES[1]], "announces 1 run(s) and 0 manifest(s), it holds 1 and 1"),
+    ([header(1, 2), RUN_LINE, OTHER_RUN_LINE, *MANIFEST_LINES], "announces 1 run(s) and 2 manifest(s), it holds 2 "
+     "and 2"),
+], ids=["a-manifest-line-missing", "a-manifest-line-extra", "manifests-announced-none", "a-run-line-extra"])
+def test_unpack_refuses_a_pack_whose_manifest_or_run_lines_do_not_match_its_header(cli, tmp_path, lines, counts):
+    """Every line is valid but the header's counts are not the body's, in either direction: one line, nothing
+    unpacked (never fewer PoisonSets than packed, silently), and `report --results` refuses the file alike."""
+    bad = write_pack(tmp_path / "bad.jsonl.gz", lines)
+    code, _, err = cli("records", "unpack", bad, tmp_path / "u")
+    one_line_error(code, err, "bad.jsonl.gz", counts, "cut short or edited")
+    assert files_under(tmp_path / "u") == []
+    code, _, err = cli("report", "--results", bad)
+    one_line_error(code, err, "bad.jsonl.gz", counts)
+    good = write_pack(tmp_path / "good.jsonl.gz", [header(1, 2), RUN_LINE, *MANIFEST_LINES])  # the counts agree
+    code, out, err = cli("records", "unpack", good, tmp_path / "u", "--json")
+    assert code == 0 and json.loads(out)["poison_manifests"] == 2 and len(files_under(tmp_path / "u")) == 3, err
+
+
 def test_unpack_refuses_a_file_that_is_not_gzip_or_is_cut_short(cli, packed, tmp_path):
     (tmp_path / "plain.jsonl.gz").write_text(json.dumps(header(0)) + "\n")
     code, _, err = cli("records", "unpack", tmp_path / "plain.jsonl.gz", tmp_path / "u")
@@ -200,8 +229,6 @@ def test_report_from_a_packed_file_is_the_report_from_its_directory(cli, workspa
 def test_an_xz_pack_holds_the_same_lines_in_half_the_bytes_and_reads_the_same(cli, workspace, packed, tmp_path):
     """`.jsonl.xz`: the same JSON lines as the gzip file, xz-compressed (smaller, reproducible); unpacked and reported
     exactly as the gzip file is."""
-    import lzma
-
     code, out, err = cli("records", "pack", workspace, tmp_path / "r.jsonl.xz", "--json")
     assert code == 0, err
     xz = tmp_path / "r.jsonl.xz"
@@ -214,6 +241,26 @@ def test_an_xz_pack_holds_the_same_lines_in_half_the_bytes_and_reads_the_same(cl
         p.relative_to(workspace).as_posix() for p in workspace.rglob("*.json"))
     assert cli("report", "--table", "2", "--format", "csv", "--results", xz)[1] == cli(
         "report", "--table", "2", "--format", "csv", "--results", packed)[1]
+
+
+@pytest.mark.parametrize("compress,name", [(lzma.compress, "xz-named.jsonl.gz"), (gzip_bytes, "gzip-named.jsonl.xz")],
+                         ids=["xz-in-.jsonl.gz", "gzip-in-.jsonl.xz"])
+def test_gzip_and_xz_are_told_by_their_magic_bytes_not_the_file_suffix(cli, tmp_path, compress, name):
+    """An xz stream in a file named .jsonl.gz (and gzip in .jsonl.xz), e.g. renamed by hand, reads as what it is:
+    unpacked and reported as the same lines under their own suffix are."""
+    raw = b"".join(json.dumps(line).encode() + b"\n" for line in [header(1, 2), RUN_LINE, *MANIFEST_LINES])
+    misnamed = tmp_path / name
+    misnamed.write_bytes(compress(raw))
+    assert misnamed.read_bytes()[:2] == (b"\xfd7" if compress is lzma.compress else b"\x1f\x8b")
+    code, out, err = cli("records", "unpack", misnamed, tmp_path / "u", "--json")
+    assert code == 0, err
+    assert (json.loads(out)["runs"], json.loads(out)["poison_manifests"], json.loads(out)["written"]) == (1, 2, 3)
+    assert (tmp_path / "u" / "runs" / f"{RUN_LINE['record']['run_id']}.json").is_file()
+    assert {p.parent.name for p in (tmp_path / "u" / "poisons").glob("*/manifest.json")} == {
+        line["manifest"]["poison_id"] for line in MANIFEST_LINES}
+    proper = write_pack(tmp_path / "proper.jsonl.gz", [header(1, 2), RUN_LINE, *MANIFEST_LINES])
+    code, out, err = cli("report", "--format", "json", "--results", misnamed)
+    assert code == 0 and out == cli("report", "--format", "json", "--results", proper)[1], err
 
 
 def test_missing_from_a_packed_file_prints_the_same_commands_without_a_workspace(cli, workspace, packed):

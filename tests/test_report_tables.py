@@ -172,6 +172,29 @@ def test_statistics():
     assert tables.stat([None, float("nan")]) is None
 
 
+def test_wilson_intervals_stay_in_0_1_and_table3_never_prints_minus_0_or_above_100():
+    """The interval's ends are clamped to [0, 1]: unclamped, k = 0 of n = 21 gives a lower end just below 0
+    (printed "[-0–15%]") and k = n = 16 an upper end just above 1. Every k of every n up to 60 (the ends hold k / n
+    up to rounding: at k = 0 the lower end may be 1e-17), then Table III's cells."""
+    for n in range(1, 61):
+        for k in range(n + 1):
+            lo, hi = tables.wilson(k, n)
+            assert 0.0 <= lo <= hi <= 1.0 and lo - 1e-12 <= k / n <= hi + 1e-12, (k, n, lo, hi)
+        assert f"{100 * tables.wilson(0, n)[0]:.0f}" == "0" and f"{100 * tables.wilson(n, n)[1]:.0f}" == "100", n
+
+    def runs(attack: str, n: int, success: bool) -> list[dict]:
+        return [make_record(dataset="cifar10", family="cifar10", recipe="paper", trial=t,
+                            targeted={"attack": attack, "target_index": t, "target_class": 5, "intended_class": 1,
+                                      "success": success}) for t in range(n)]
+
+    table = tables.build("3", runs("gm", 21, False) + runs("bp", 16, True), tables.Options(trials=21))
+    text = tables.render(table, "md")
+    assert "| 0/21 [0–15%] |" in text and "| 16/16 [81–100%] |" in text, text
+    assert "[-" not in text and "-0" not in text
+    cells = {d["attack"]: (d["asr_wilson_low"], d["asr_wilson_high"]) for d in table.data if d["trials"]}
+    assert cells["gm"][0] == 0.0 and cells["bp"][1] == 100.0 and all(0 <= v <= 100 for c in cells.values() for v in c)
+
+
 # ----------------------------------------------------------------------------------------------- paper numbers
 
 def paper_lines(start: str, stop: str) -> list[str]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...core.hashing import short_hash
 from .. import tables
-from .panels import plt, safe_slug, save
+from .panels import plt, safe_slug, save, setting_slug
 
 MISSING = "#d9d9d9"
 
@@ -76,7 +76,9 @@ def figure_matrix(table, out: Path) -> list[Path]:
             panel(axes.pop(0), values, labels, methods, hit_cols, "Reds", 0.0, 1.0,
                   "targeted: attack success k/n", "attack success rate", fig)
         fig.suptitle(f"Defense × attack matrix\n{block.title}", fontsize=9)
-        name = safe_slug(f"matrix_{rows[0]['dataset']}_{rows[0]['model']}_{rows[0]['recipe']}{rows[0]['epochs']}")
+        first = rows[0]  # a name altered by the slug (`a b.npz`, `a_b.npz`) adds a hash: one file per setting
+        name = setting_slug(f"matrix_{first['dataset']}_{first['model']}_{first['recipe']}{first['epochs']}",
+                            (first["dataset"], first["model"], first["recipe"]))
         if sum(1 for b in table.blocks if b.title.split(" · ")[:3] == block.title.split(" · ")[:3]) > 1:
             name = safe_slug(f"{name}_{short_hash(block.title, 8)}")  # settings alike but for overrides or modes
         paths.append(save(fig, out / f"{name}.png"))

@@ -44,10 +44,15 @@ def safe_slug(text: object, limit: int = SLUG_MAX) -> str:
 
 
 def slug(s: Setting) -> str:
-    """A file-name part naming setting `s` (`safe_slug` of its fields; where that had to alter the dataset, model
-    or recipe name, a hash of them follows, so that two settings never share a file)."""
-    named = (s.dataset, s.model, s.recipe)
-    part = safe_slug(f"{s.dataset}_{s.model}_{s.recipe}{s.epochs}{s.tag}")
+    """A file-name part naming setting `s` (`setting_slug` of its fields)."""
+    return setting_slug(f"{s.dataset}_{s.model}_{s.recipe}{s.epochs}{s.tag}", (s.dataset, s.model, s.recipe))
+
+
+def setting_slug(text: str, named: tuple) -> str:
+    """`safe_slug(text)`, `text` made of a setting's fields; where that had to alter one of the names in `named`
+    (dataset, model, recipe), a hash of them follows, so that two settings never share a file (`a b.npz` and
+    `a_b.npz` have one `safe_slug`). Every figure named per setting takes its name from here."""
+    part = safe_slug(text)
     if any(safe_slug(v) != v for v in named):
         part = safe_slug(f"{part[:SLUG_MAX - 9]}_{short_hash(list(named), 8)}")
     return part
