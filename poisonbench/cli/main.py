@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
+from ..core.printable import printable
 from ..core.provenance import check_torch_version
 from ..engine import termination
 from . import craft as craft_cmd
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def one_line(message, category, *args, **kwargs) -> None:
         if issubclass(category, PoisonbenchWarning):
-            err.print(f"Warning: {message}", markup=False)
+            err.print(printable(f"Warning: {message}", newlines=True), markup=False)
         else:
             show(message, category, *args, **kwargs)
 
@@ -84,7 +85,7 @@ def _run(command, argv: list[str] | None, err: Console) -> None:
         if isinstance(code, int) and code:  # a command's `typer.Exit(n)`: click returns n here instead of exiting
             sys.exit(code)
     except PoisonbenchError as exc:
-        err.print(f"Error: {exc}", markup=False)
+        err.print(printable(f"Error: {exc}", newlines=True), markup=False)  # it may quote a record or a file name
         sys.exit(2)
     except termination.Terminated as exc:  # not an error: what was done is saved, re-running continues
         err.print(f"Terminated: {exc}", markup=False)
@@ -100,7 +101,7 @@ def _run(command, argv: list[str] | None, err: Console) -> None:
             group = getattr(getattr(exc, "ctx", None), "command", None)
             if message.startswith("No such command") and hasattr(group, "list_commands"):
                 message += f" Valid choices: {', '.join(group.list_commands(exc.ctx))}."
-            err.print(f"Error: {message}{given_value(exc, argv)}", markup=False)
+            err.print(printable(f"Error: {message}{given_value(exc, argv)}", newlines=True), markup=False)
             sys.exit(2)
         if kind == "Abort":
             err.print("Aborted.", markup=False)

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from ..core.errors import PoisonbenchError
+from ..core.printable import printable
 from . import options
 
 HELP = ("Pack a workspace's run records (and PoisonSet manifests) into one shareable .jsonl.gz, or unpack one; "
@@ -16,7 +17,8 @@ app = typer.Typer(no_args_is_help=True, help=HELP)
 
 
 def _note(text: str) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False)
+    """A line on stderr naming a file or a record's field: control characters shown escaped (core.printable)."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(printable(text), markup=False)
 
 
 @app.command("pack", help="Write every run record of DIR/runs/ (and each DIR/poisons/*/manifest.json) to OUT, one "
@@ -57,8 +59,9 @@ def pack(
     if "grid" in summary:
         g = summary["grid"]
         of_grid = f" of grid {g['name']}'s {g['runs']} run(s) ({len(g['missing'])} without a record in {directory})"
-    print(f"packed {summary['runs']} run record(s){of_grid} and {summary['poison_manifests']} PoisonSet manifest(s) "
-          f"into {summary['out']} ({summary['bytes']} bytes; {len(summary['skipped'])} file(s) skipped)")
+    print(printable(f"packed {summary['runs']} run record(s){of_grid} and {summary['poison_manifests']} PoisonSet "
+                    f"manifest(s) into {summary['out']} ({summary['bytes']} bytes; {len(summary['skipped'])} file(s) "
+                    "skipped)"))
 
 
 @app.command("unpack", help="Recreate DIR/runs/<run_id>.json (and DIR/poisons/<id>/manifest.json) from a packed "
@@ -82,6 +85,7 @@ def unpack(
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"unpacked {summary['runs']} run record(s) and {summary['poison_manifests']} PoisonSet manifest(s) into "
-          f"{summary['directory']}: {summary['written']} file(s) written, {summary['unchanged']} already there"
-          + (f", {len(summary['refused'])} refused (conflicts, named above)" if summary["refused"] else ""))
+    print(printable(f"unpacked {summary['runs']} run record(s) and {summary['poison_manifests']} PoisonSet "
+                    f"manifest(s) into {summary['directory']}: {summary['written']} file(s) written, "
+                    f"{summary['unchanged']} already there"
+                    + (f", {len(summary['refused'])} refused (conflicts, named above)" if summary["refused"] else "")))

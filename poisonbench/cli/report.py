@@ -14,9 +14,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..core.errors import PoisonbenchError, unknown_choice
+from ..core.printable import printable, printable_json
 from ..data import DEFAULT_DATASET, record_name
 from ..experiment.packed_records import SUFFIX, is_packed, open_store
 from ..experiment.records import RecordReader
@@ -50,8 +52,15 @@ def _methods(text: str | None) -> list[str] | None:
 
 
 def note(text: str) -> None:
-    """A line for the reader on stderr (stdout stays the table, the commands or the paths)."""
-    Console(stderr=True, highlight=False, soft_wrap=True).print(text, markup=False)
+    """A line for the reader on stderr (stdout stays the table, the commands or the paths); it may name a record's
+    fields or a file's name: control characters shown escaped (core.printable)."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(printable(text, newlines=True), markup=False)
+
+
+def emit(text: str, fmt: str) -> None:
+    """A rendered table on stdout, in `fmt`; nothing a record holds reaches the terminal raw (core.printable: the
+    renderers escape each field already, this is the last gate)."""
+    sys.stdout.write(printable_json(text) if fmt == "json" else printable(text, newlines=True))
 
 
 def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | None, model: str | None,
@@ -252,7 +261,7 @@ def show_missing(table: str, records: list[dict], opts, filters: dict, dataset: 
     for text in notes:
         note(text)
     for command in commands:
-        print(command)
+        print(printable(command))
     note(f"Table {tables.ROMAN[number]}: {len(commands)} command(s) to complete it ({opts.trials} trials per cell)")
 
 
@@ -289,12 +298,12 @@ def show_table(table: str, records: list[dict], store: RecordReader, opts, filte
     if result.empty:
         note(f"{result.title}: no records match ({describe(filters)})")
         if fmt == "json":  # stdout stays valid JSON for a pipeline
-            sys.stdout.write(tables.render(result, fmt))
+            emit(tables.render(result, fmt), fmt)
         return []
     if fmt == "rich":
         tables.render_rich(result)
     else:
-        sys.stdout.write(tables.render(result, fmt))
+        emit(tables.render(result, fmt), fmt)
     if number == tables.MATRIX:
         if heatmap_dir is None:
             note("no heatmap written: the records come from a packed file; pass --out DIR for the PNG")
@@ -334,7 +343,7 @@ def draw_figures(figure: str, records: list[dict], store: RecordReader, filters:
              f"it needs {FIGURE_NEEDS[number]}")
         return
     for path in paths:
-        print(path)
+        print(printable(path))
 
 
 def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str, attacks: str | None) -> None:
@@ -357,14 +366,14 @@ def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str
         return
     if fmt != "rich":
         text = lib.render(summary, fmt)
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        emit(text if text.endswith("\n") else text + "\n", fmt)
         return
     rows = lib.display_rows(summary)
     rich_table = Table(title="poisonbench report")
     for col in rows[0]:
         rich_table.add_column(col)
     for r in rows:
-        rich_table.add_row(*map(str, r.values()))
+        rich_table.add_row(*(escape(printable(v)) for v in r.values()))  # a record's text, shown: no markup
     stdout_console().print(rich_table)
 
 
@@ -624,11 +633,12 @@ def check_report_args(args: list[str]) -> None:
                                          obj=CHECK_ONLY)
 
 
-def run_report(args: list[str]) -> None:
-    """`poisonbench report ARGS` without the app (cli.main): `sweep run`'s closing report."""
+def run_report(args: list[str]) -> int | None:
+    """`poisonbench report ARGS` without the app (cli.main): `sweep run`'s closing report. Returns the exit code of
+    a `typer.Exit` (`--strict`), raises what `report` raises."""
     import typer.main
 
-    typer.main.get_command(group()).main(list(args), prog_name="poisonbench report", standalone_mode=False)
+    return typer.main.get_command(group()).main(list(args), prog_name="poisonbench report", standalone_mode=False)
 
 
 def takes_data_dir(args: list[str]) -> bool:

@@ -7,10 +7,12 @@ import json
 import shlex
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..core.errors import PoisonbenchError
+from ..core.printable import printable
 from ..experiment.records import RunStore
 from ..sweeps import Execution, builtin_grids, load_grid, make_plan
 from ..sweeps.grid import locate
@@ -48,6 +50,8 @@ def check_report_args(args: list[str], where: str) -> None:
         return
     if any(a == "--results" or a.startswith("--results=") for a in args):
         raise PoisonbenchError(f"{where}: report gives no --results (the sweep's own is used)")
+    for _, out in report_outs(args):
+        check_report_out(out, where)
     try:
         report_cmd.check_report_args(args)
     except PoisonbenchError as exc:
@@ -56,6 +60,25 @@ def check_report_args(args: list[str], where: str) -> None:
         if hasattr(exc, "format_message"):
             raise PoisonbenchError(f"{where}: report {' '.join(args)}: {exc.format_message()}") from None
         raise
+
+
+def report_outs(args: list[str]) -> list[tuple[int, str]]:
+    """(position, value) of every value a grid's report arguments may give `--out` (`--out DIR`, `--out=DIR`):
+    the token after each `--out` and each inline one, so that the value click takes is always among them."""
+    found = [(i + 1, args[i + 1]) for i, a in enumerate(args) if a == "--out" and i + 1 < len(args)]
+    return found + [(i, a[len("--out="):]) for i, a in enumerate(args) if a.startswith("--out=")]
+
+
+def check_report_out(out: str, where: str) -> None:
+    """A grid's report writes its PNGs inside the results workspace (its `--out` is resolved under it: _report): a
+    grid is shared like a record, and must not choose where files are written on the machine that runs it (issue
+    68). An empty, absolute or leaving (`..`) path is refused at plan time."""
+    import posixpath
+
+    normal = posixpath.normpath(out) if out else ""
+    if not out or posixpath.isabs(normal) or normal == ".." or normal.startswith("../"):
+        raise PoisonbenchError(f"{where}: report --out {out!r}: a grid's report writes inside the results workspace; "
+                               "give a path relative to it (not empty, not absolute, no `..` leaving it)")
 
 
 def planned(grid: str, ex: Execution):
@@ -221,7 +244,8 @@ def run_cmd(
              "seconds": round(o.seconds, 2), "detail": o.detail, "outputs": o.outputs} for o in outcomes]}))
     else:
         for o in failed:
-            stderr.print(f"{o.status}: step {o.step.index} ({o.step.label}): {o.detail}", markup=False)
+            # the detail quotes a step's log and failure record: control characters shown escaped (core.printable)
+            stderr.print(printable(f"{o.status}: step {o.step.index} ({o.step.label}): {o.detail}"), markup=False)
         _report(plan, report and not failed)
     if stopped_by is not None:  # SIGTERM: 143, SIGINT (Ctrl-C): 130; the running steps saved their checkpoints
         raise typer.Exit(128 + int(stopped_by))
@@ -243,9 +267,9 @@ def _left(plan) -> dict[str, int]:
 
 
 def _say_left(plan, left: dict[str, int]) -> None:
-    stderr.print(f"grid {plan.grid.name} is not complete: {left['failed']} steps failed, {left['missing']} missing "
-                 f"(`poisonbench sweep status {shlex.quote(plan.grid.source)}` lists them; --retry-failed runs the "
-                 "failed ones again)", markup=False)
+    stderr.print(printable(f"grid {plan.grid.name} is not complete: {left['failed']} steps failed, {left['missing']} "
+                           f"missing (`poisonbench sweep status {shlex.quote(plan.grid.source)}` lists them; "
+                           "--retry-failed runs the failed ones again)"), markup=False)
 
 
 def _exit_unless_complete(plan, as_json: bool) -> None:
@@ -299,8 +323,8 @@ def _run_local(plan, steps, workers: int, quiet: bool):
             finished_count = sum(counts.values())
             test_acc = next((o.get("test_acc") for o in outcome.outputs if o.get("test_acc") is not None), None)
             acc = f", test accuracy {100 * test_acc:.1f} %" if isinstance(test_acc, int | float) else ""
-            stderr.print(f"[{finished_count}/{len(steps)}] {outcome.status}: {outcome.step.label} "
-                         f"({outcome.seconds:.0f} s{acc})", markup=False, highlight=False, soft_wrap=True)
+            stderr.print(printable(f"[{finished_count}/{len(steps)}] {outcome.status}: {outcome.step.label} "
+                                   f"({outcome.seconds:.0f} s{acc})"), markup=False, highlight=False, soft_wrap=True)
 
     log_lines = not stderr.is_terminal
     if log_lines:
@@ -332,14 +356,28 @@ def _wait_jobs(jobs) -> None:
 
 
 def _report(plan, show: bool) -> None:
+    """The grid's `report = [...]` once the sweep has run, its `--out` resolved under the results workspace
+    (checked at plan time: check_report_out). The sweep's exit code is the sweep's whatever the report does
+    (issue 68: a report's 2 replaced it): its failure is one line of its own on stderr, never the sweep's end."""
     if not show or not plan.grid.report:
         return
-    args = [*plan.grid.report, "--results", str(plan.execution.results or "results")]
-    if plan.execution.results is None:
-        args = args[:-2]
+    args = list(plan.grid.report)
+    root = RunStore(plan.execution.results).root
+    for i, out in report_outs(plan.grid.report):
+        args[i] = f"--out={root / out}" if args[i].startswith("--out=") else str(root / out)
+    if plan.execution.results is not None:
+        args += ["--results", str(plan.execution.results)]
     if plan.execution.data_dir and report_cmd.takes_data_dir(plan.grid.report):
         args += ["--data-dir", str(plan.execution.data_dir)]
-    report_cmd.run_report(args)  # `report` alone: this module need not import the app (cli.main)
+    try:
+        code = report_cmd.run_report(args)  # `report` alone: this module need not import the app (cli.main)
+        failure = f"it exited {code}" if isinstance(code, int) and code else None
+    except Exception as exc:  # whatever it is (a PoisonbenchError, click's usage error, an OSError, a bug)
+        failure = exc.format_message() if hasattr(exc, "format_message") else str(exc) or type(exc).__name__
+    if failure:
+        stderr.print(printable(f"the grid's report failed: {failure} (the sweep's exit code stands; to see it again: "
+                               f"poisonbench report {shlex.join(args)})"), markup=False, highlight=False,
+                     soft_wrap=True)
 
 
 @app.command("status", help="Done / wanted per cell of a grid, failures, and the device-hours spent and still "
@@ -364,8 +402,8 @@ def status_cmd(
     for col in ("cell", "done / wanted", "failed", "running", "device-hours"):
         table.add_column(col)
     for c in status["cells"]:
-        table.add_row(c["cell"], f"{c['done']} / {c['wanted']}", str(c["failed"] or ""), str(c["running"] or ""),
-                      f"{c['hours']:.3f}")
+        table.add_row(escape(printable(c["cell"])), f"{c['done']} / {c['wanted']}", str(c["failed"] or ""),
+                      str(c["running"] or ""), f"{c['hours']:.3f}")
     console.print(table)
     r, p = status["runs"], status["poison_sets"]
     console.print(f"runs {r['done']} / {r['wanted']} done, {r['failed']} failed, {r['running']} running; PoisonSets "
@@ -375,6 +413,6 @@ def status_cmd(
             if status["runs_without_estimate"] else "")
     console.print(f"device-hours ({devices}): {status['hours_spent']:.3f} spent, about "
                   f"{status['hours_remaining_estimate']:.3f} to go{more}")
-    for f in status["failures"]:
-        console.print(f"failed: step {f['step']} ({f['label']}): {f['error']} — {f['record']}"
-                      + (f"; log: {f['log']}" if f.get("log") else ""), markup=False)
+    for f in status["failures"]:  # a failure record's error, shown: control characters escaped (core.printable)
+        console.print(printable(f"failed: step {f['step']} ({f['label']}): {f['error']} — {f['record']}"
+                                + (f"; log: {f['log']}" if f.get("log") else "")), markup=False)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..core.errors import PoisonbenchError, unknown_choice
 from ..core.hashing import canonical_json
+from ..core.printable import printable, printable_json
 from .tables import FORMATS, Block, Cell, Table, apply_filters, craft_notes, frame, render_latex, superseded_runs
 from .tables.provenance import mixed_crafts
 
@@ -52,17 +53,18 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def render(summary: pd.DataFrame, fmt: str) -> str:
-    """md / csv / json text of a summary (percentages with two decimals in md)."""
+    """md / csv / json text of a summary (percentages with two decimals in md); the records' control characters
+    shown escaped (core.printable) in every format."""
     if fmt == "csv":
-        return summary.to_csv(index=False)
+        return printable(summary.to_csv(index=False), newlines=True)
     if fmt == "json":
         rows = [{k: json_value(v) for k, v in r.items()} for r in summary.to_dict(orient="records")]
-        return json.dumps(rows, indent=2, default=str, allow_nan=False)
+        return printable_json(json.dumps(rows, indent=2, default=str, allow_nan=False))
     if fmt == "md":
         rows = display_rows(summary)
         header = list(rows[0])
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+        lines += ["| " + " | ".join(printable(r[h]) for h in header) + " |" for r in rows]
         return "\n".join(lines)
     if fmt == "latex":
         rows = display_rows(summary)

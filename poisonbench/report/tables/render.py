@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from ...core.errors import unknown_choice
+from ...core.printable import printable, printable_json
 from .layout import FORMATS, ROMAN, Table
 
 LATEX = {"±": r"$\pm$", "–": "--", "ρ": r"$\rho$", "β": r"$\beta$", "Δ": r"$\Delta$", "×": r"$\times$",
@@ -15,11 +16,13 @@ LATEX = {"±": r"$\pm$", "–": "--", "ρ": r"$\rho$", "β": r"$\beta$", "Δ": r
 
 
 def latex_escape(text: str) -> str:
-    return "".join(LATEX.get(ch, ch) for ch in text)
+    """`text` as LaTeX source; its control characters shown escaped first (core.printable), so that `\\x1b` is
+    `\\textbackslash{}x1b` in the PDF, not a macro."""
+    return "".join(LATEX.get(ch, ch) for ch in printable(text))
 
 
 def md_escape(text: str) -> str:
-    return text.replace("|", r"\|")
+    return printable(text).replace("|", r"\|")
 
 
 def render_md(t: Table) -> str:
@@ -62,13 +65,15 @@ def render_latex(t: Table) -> str:
 
 
 def render_csv(t: Table) -> str:
-    return pd.DataFrame(t.data).to_csv(index=False, lineterminator="\n")
+    """The table's rows; a record's control characters shown escaped (core.printable), the rows' line breaks
+    kept."""
+    return printable(pd.DataFrame(t.data).to_csv(index=False, lineterminator="\n"), newlines=True)
 
 
 def render_json(t: Table) -> str:
     notes = [{"block": b.title, "notes": b.notes} for b in t.blocks]
-    return json.dumps({"table": ROMAN.get(t.number, t.number), "caption": t.caption, "notes": notes,
-                       "table_notes": t.notes, "rows": t.data}, indent=2, ensure_ascii=False) + "\n"
+    return printable_json(json.dumps({"table": ROMAN.get(t.number, t.number), "caption": t.caption, "notes": notes,
+                                      "table_notes": t.notes, "rows": t.data}, indent=2, ensure_ascii=False)) + "\n"
 
 
 def render_rich(t: Table, console=None) -> None:
@@ -77,18 +82,21 @@ def render_rich(t: Table, console=None) -> None:
 
     from ...core.console import stdout_console
 
+    def text(value: str) -> str:  # a record's text as rich markup that shows it: no markup, no control character
+        return escape(printable(value))
+
     console = console or stdout_console()
-    console.print(f"[bold]{t.title}.[/bold] {t.caption}", highlight=False)
+    console.print(f"[bold]{text(t.title)}.[/bold] {text(t.caption)}", highlight=False)
     for b in t.blocks:
-        rt = RichTable(title=b.title, caption="\n".join(b.notes) or None, caption_justify="left")
+        rt = RichTable(title=text(b.title), caption="\n".join(map(text, b.notes)) or None, caption_justify="left")
         for i, col in enumerate(b.columns):
-            rt.add_column(col, justify="left" if b.rows and b.rows[0][i].label else "right")
+            rt.add_column(text(col), justify="left" if b.rows and b.rows[0][i].label else "right")
         for i, row in enumerate(b.rows):
-            rt.add_row(*[f"[bold green]{c.text}[/]" if c.best else c.text for c in row],
+            rt.add_row(*[f"[bold green]{text(c.text)}[/]" if c.best else text(c.text) for c in row],
                        end_section=(i + 1) in b.rules)
         console.print(rt)
     for note in t.notes:
-        console.print(f"[yellow]{escape(note)}[/yellow]", highlight=False)
+        console.print(f"[yellow]{text(note)}[/yellow]", highlight=False)
 
 
 def render(t: Table, fmt: str) -> str:
