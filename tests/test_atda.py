@@ -278,7 +278,7 @@ def test_training_records_the_attack_and_leaves_the_engines_stream_alone(params)
 @pytest.mark.parametrize("params, message", [
     ({"beta": 0}, "--beta of method 'atda' must be > 0"),
     ({"beta": 2.0, "norm": "linf"}, "--beta of method 'atda' with --norm linf must be in (0, 1]"),
-    ({"steps": 0}, "--steps of method 'atda' must be >= 1"),
+    ({"steps": 0}, "--steps of method 'atda' must be in [1, 1000]"),
     ({"variant": "trades"}, "unknown --variant value of method 'atda' 'trades'; valid choices: fat, pgd"),
     ({"norm": "l1"}, "valid choices: linf, l2"),
     ({"variant": "pgd", "tau": 1}, "--tau of method 'atda' applies to --variant fat only"),

@@ -257,7 +257,7 @@ def test_pgd_random_start_follows_the_crafting_seed(tiny):
     ({"attack": "pgd", "budget": -0.1}, "budget must be a fraction in [0, 1]"),
     ({"attack": "pgd", "budget": 1.01}, "budget must be a fraction in [0, 1]"),
     ({"attack": "durp", "steps": 3}, "option --steps does not apply to attack 'durp'"),
-    ({"attack": "pgd", "steps": 0}, "--steps of attack 'pgd' must be >= 1"),
+    ({"attack": "pgd", "steps": 0}, "--steps of attack 'pgd' must be in [1, 1000]"),
 ])
 def test_bad_attack_inputs(tiny, kwargs, needle):
     data, _ = tiny

@@ -198,7 +198,7 @@ def test_a_resumed_defense_restores_the_noisy_rows_and_the_noise_stream(trained)
     ({"noise": "salt"}, "unknown --noise value of method 'friends' 'salt'; valid choices: bernoulli, uniform"),
     ({"friendly_loss": "l1"}, "valid choices: kl, mse"),
     ({"friendly_begin": 4}, "--friendly-begin 4 is outside [0, 3]"),
-    ({"friendly_steps": 0}, "--friendly-steps of method 'friends' must be >= 1"),
+    ({"friendly_steps": 0}, "--friendly-steps of method 'friends' must be in [1, 1000]"),
     ({"noise_batch": 100}, "--noise-batch must be 0 (auto) or a multiple of 128"),
 ])
 def test_bad_options_are_one_line_errors(params, message):

@@ -166,7 +166,7 @@ def test_cli_craft_list_show_validate(tiny, tmp_path, cli):
     (["craft", "--attack", "pgd", "--budget", "-0.5"], "budget must be a fraction in [0, 1]"),
     (["craft", "--attack", "pgd", "--budget", "2"], "budget must be a fraction in [0, 1]"),
     (["craft", "--attack", "durp", "--steps", "3"], "option --steps does not apply to attack 'durp'"),
-    (["craft", "--attack", "pgd", "--steps", "0"], "--steps of attack 'pgd' must be >= 1"),
+    (["craft", "--attack", "pgd", "--steps", "0"], "--steps of attack 'pgd' must be in [1, 1000]"),
     (["craft", "--attack", "pgd", "--device", "tpu"], "unknown device 'tpu'"),
     (["poisons", "show", "abc"], "'abc' is not a poison id"),
     (["poisons", "show", "0123456789abcdef"], "no poison set '0123456789abcdef'"),

@@ -225,7 +225,8 @@ def test_training_with_ueraser_is_reproducible_and_differs_from_plain_training()
     assert not torch.equal(first, fit(None))
 
 
-@pytest.mark.parametrize("option, value, needle", [("--repeats", "0", "--repeats of method 'ueraser' must be >= 1"),
+@pytest.mark.parametrize("option, value, needle", [("--repeats", "0",
+                                                    "--repeats of method 'ueraser' must be in [1, 100]"),
                                                    ("--share", "0", "--share of method 'ueraser' must be in (0, 1]"),
                                                    ("--share", "1.5", "must be in (0, 1], got 1.5")])
 def test_out_of_range_options_are_refused(cli, tiny_npz, tmp_path, option, value, needle):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.params import Param
+from ..core.params import MAX_BATCH_SIZE, MAX_STEPS, Param
 from .pgd import _SurrogatePGD
 
 
@@ -18,14 +18,14 @@ class DAP(_SurrogatePGD):
     maximize = False
     PARAMS = (
         Param("steps", int, {"mnist": 100, "cifar10": 100}, "PGD steps.", "DA poison.py: num_steps = 100",
-              minimum=1),
+              minimum=1, maximum=MAX_STEPS),
         Param("step_fraction", float, {"mnist": 0.2, "cifar10": 0.2}, "Step size as a fraction of ε.",
               "DA poison.py: step_size = eps / 5", positive=True),
         Param("random_start", bool, {"mnist": False, "cifar10": False}, "Start from a uniform point of the ε-ball.",
               "DA poison.py: starts at x"),
         Param("batch_size", int, {"mnist": 1000, "cifar10": 500},
               "Crafting batch (DA uses 256; per-example objective, so the size does not change δ).",
-              "poisonbench (speed)", minimum=1),
+              "poisonbench (speed)", minimum=1, maximum=MAX_BATCH_SIZE),
     )
 
     def labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:

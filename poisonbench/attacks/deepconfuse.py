@@ -41,7 +41,7 @@ from torch.func import functional_call
 from ..core.errors import PoisonbenchError
 from ..core.hashing import sha256_file
 from ..core.io import atomic_write_bytes, ensure_writable, os_error_in_one_line, torch_load_tensors
-from ..core.params import Param
+from ..core.params import MAX_BATCH_SIZE, MAX_EPOCHS, Param
 from ..core.seeds import attacker_seed
 from ..core.workspace import results_dir
 from ..engine.checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
@@ -53,7 +53,7 @@ OFFICIAL = {"mnist": {"outer_epochs": 1000, "inner_epochs": 1, "batch_size": 64,
             "cifar10": {"outer_epochs": 1000, "inner_epochs": 20, "batch_size": 256, "gen_lr": 1e-4,
                         "cls_lr": 0.01}}
 
-
+MAX_OUTER_EPOCHS = 10_000  # --outer-epochs at most: 10× the official 1,000 (core.params, the bounds)
 TRAIN = "train"  # the `generator` option's default: train one with the (budget or official) schedule
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -166,12 +166,14 @@ class DeepConfuse(Attack):
     PARAMS = (
         Param("outer_epochs", int, {"mnist": 6, "cifar10": 2},
               "Outer epochs (generator snapshots). Budget default; official 1000.",
-              "budget (official: DC train.py --epochs 1000)", minimum=1),
+              "budget (official: DC train.py --epochs 1000)", minimum=1,
+              maximum=MAX_OUTER_EPOCHS),
         Param("inner_epochs", int, {"mnist": 1, "cifar10": 1},
               "Classifier epochs per outer epoch (also the scratch-test length).",
-              "DC MNIST --train-epoch 1; CIFAR --clsepochs 20 (budget: 1)", minimum=1),
+              "DC MNIST --train-epoch 1; CIFAR --clsepochs 20 (budget: 1)", minimum=1,
+              maximum=MAX_EPOCHS),
         Param("batch_size", int, {"mnist": 64, "cifar10": 256}, "Training batch.", "DC train.py --batch-size",
-              minimum=1),
+              minimum=1, maximum=MAX_BATCH_SIZE),
         Param("gen_lr", float, {"mnist": 1e-3, "cifar10": 1e-4}, "Generator Adam learning rate.",
               "DC train.py: Adam 1e-4 (budget MNIST: 1e-3)", positive=True),
         Param("cls_lr", float, {"mnist": 0.01, "cifar10": 0.01}, "Classifier SGD lr (also the pseudo-step lr).",

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.io import os_error_in_one_line
-from ..core.params import Param
+from ..core.params import MAX_BATCH_SIZE, MAX_STEPS, Param
 from ..core.seeds import attacker_seed
 from ..engine.checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
 from ..engine.kernels import inference_copy
@@ -153,20 +153,23 @@ class EM(Attack):
         Param("granularity", str, "sample", "Sample-wise noise (one δ per row) or class-wise (one per class).",
               "EM perturbation.py --perturb_type samplewise|classwise", choices=("sample", "class")),
         Param("steps", int, None, "Signed descent steps per δ update (default: 20 sample-wise, 1 class-wise).",
-              "EM README: --num_steps 20 (samplewise), 1 (classwise)", minimum=1),
+              "EM README: --num_steps 20 (samplewise), 1 (classwise)", minimum=1,
+              maximum=MAX_STEPS),
         Param("step_fraction", float, 0.1, "Step size as a fraction of ε (0.8/255 at ε = 8/255).",
               "EM README: --step_size 0.8 with --epsilon 8", positive=True, maximum=1),
         Param("train_batches", int, 10, "Model training batches per outer iteration (M).",
-              "EM README: --train_step 10", minimum=1),
+              "EM README: --train_step 10", minimum=1, maximum=MAX_STEPS),
         Param("batch_size", int, 512, "Training batch (and the δ-update batch: the objective is per row).",
-              "EM configs/cifar10/resnet18.yaml dataset batch_size 512", minimum=1),
+              "EM configs/cifar10/resnet18.yaml dataset batch_size 512", minimum=1,
+              maximum=MAX_BATCH_SIZE),
         Param("lr", float, 0.1, "SGD learning rate of the crafting model (momentum 0.9, wd 5e-4, never decayed).",
               "EM configs/cifar10/resnet18.yaml optimizer", positive=True),
         Param("stop_error", float, 0.01, "Stop when the model's error on x + δ is at most this.",
               "EM README: --universal_stop_error 0.01", minimum=0, maximum=1),
         Param("max_iterations", int, {"mnist": 5, "cifar10": 20},
               "Cap on the outer iterations (the official loop has none; a CPU budget on the MNIST family).",
-              "poisonbench (the official loop ends only on the stop condition)", minimum=1),
+              "poisonbench (the official loop ends only on the stop condition)", minimum=1,
+              maximum=MAX_STEPS),
         Param("class_portion", float, 0.2, "Class-wise: the stratified share of rows whose one-step δ is averaged.",
               "EM README: --universal_train_portion 0.2", positive=True, maximum=1),
         model_param(),

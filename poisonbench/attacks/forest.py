@@ -35,7 +35,7 @@ from safetensors.torch import save as st_save
 from ..core.errors import PoisonbenchError
 from ..core.hashing import derived_seed
 from ..core.io import atomic_write_bytes, os_error_in_one_line
-from ..core.params import Param
+from ..core.params import MAX_BATCH_SIZE, MAX_DRAWS, MAX_ITERATIONS, Param
 from .base import AttackContext, batches, project
 from .crafting_augment import crafting_augment
 from .targeted import TargetedAttack
@@ -209,8 +209,10 @@ BREW_HELP = {"iterations": "Optimisation steps (per restart).",
                          "family, 3.25× forest's step; poisonbench before issue 54).",
              "augment": "Forest's differentiable augmentation while crafting (no flips for the MNIST family); unset: "
                         "on when the surrogate's recipe (the victim's, under defend) augments."}
-BREW_BOUNDS = {"iterations": {"minimum": 1}, "restarts": {"minimum": 1}, "lr": {"positive": True},
-               "pbatch": {"minimum": 1}, "augment": {}, "lr_space": {"choices": LR_SPACES}}
+BREW_BOUNDS = {"iterations": {"minimum": 1, "maximum": MAX_ITERATIONS},
+               "restarts": {"minimum": 1, "maximum": MAX_DRAWS}, "lr": {"positive": True},
+               "pbatch": {"minimum": 1, "maximum": MAX_BATCH_SIZE}, "augment": {},
+               "lr_space": {"choices": LR_SPACES}}
 BREW_TYPES = {"iterations": int, "restarts": int, "lr": float, "pbatch": int, "augment": bool, "lr_space": str}
 FOLLOWS_RECIPE = {"augment"}  # unset by default: resolved from the surrogate's recipe (TargetedAttack.settle_surrogate)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import PoisonbenchError
-from ..core.params import Param
+from ..core.params import MAX_DRAWS, Param
 from .base import AttackContext
 from .forest import Brew, brew_params, poison_tensors
 from .targeted import TargetedAttack, common_params
@@ -84,7 +84,8 @@ class GM(TargetedAttack):
     PARAMS = (*common_params("scratch"), *brew_params(),
               Param("ensemble", int, 1, "Surrogates the poison gradient is matched against (each trained alike "
                     "with its own attacker seed; member 0 is the single surrogate); the step is lr/N, as forest's.",
-                    "forest --ensemble 1 (witch_base.py rule 2, victim_ensemble.py)", minimum=1))
+                    "forest --ensemble 1 (witch_base.py rule 2, victim_ensemble.py)", minimum=1,
+                    maximum=MAX_DRAWS))
 
     def validate(self) -> None:
         super().validate()

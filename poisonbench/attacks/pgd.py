@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..core.params import Param
+from ..core.params import MAX_BATCH_SIZE, MAX_STEPS, Param
 from ..engine.chunking import chunk_rows
 from ..engine.kernels import inference_copy
 from .base import Attack, AttackContext, PartialBatches, batches
@@ -129,12 +129,12 @@ class PGD(_SurrogatePGD):
     summary = "error-maximising L∞ PGD against a clean surrogate (Madry settings)"
     PARAMS = (
         Param("steps", int, {"mnist": 40, "cifar10": 10}, "PGD steps.", "MadryLab mnist/cifar10_challenge config",
-              minimum=1),
+              minimum=1, maximum=MAX_STEPS),
         Param("step_size", float, {"mnist": 0.01, "cifar10": 2 / 255}, "Signed step size (pixel units).",
               "MadryLab mnist/cifar10_challenge config", positive=True),
         Param("random_start", bool, {"mnist": True, "cifar10": True}, "Start from a uniform point of the ε-ball.",
               "MadryLab config random_start"),
         Param("batch_size", int, {"mnist": 1000, "cifar10": 500},
               "Crafting batch (per-example objective: any size gives the same δ up to float rounding).",
-              "poisonbench (speed)", minimum=1),
+              "poisonbench (speed)", minimum=1, maximum=MAX_BATCH_SIZE),
     )

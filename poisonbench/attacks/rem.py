@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core.params import Param
+from ..core.params import MAX_BATCH_SIZE, MAX_DRAWS, MAX_STEPS, Param
 from ..core.seeds import attacker_seed
 from ..engine.augment import apply as augment
 from ..engine.models import build_model
@@ -47,6 +47,7 @@ from .pgd import linf_pgd
 # --samp-num 5
 OFFICIAL = {"train_steps": 5000, "lr_decay_every": 2000, "u_steps": 10, "a_steps": 10, "samples": 5}
 SAVE_EVERY = 10  # training steps between two saved states
+MAX_TRAIN_STEPS = 50_000  # --train-steps at most: 10× the official 5,000 (core.params, the bounds)
 AUGMENTS = ("none", "crop-flip", "shift")
 
 
@@ -89,25 +90,27 @@ class REM(Attack):
     summary = "Fu et al.: robust error-minimising noise against an adversarially trained model (min-min-max)"
     PARAMS = (
         Param("train_steps", int, 40, "Source-model training steps (a batch each). Budget default; official 5000.",
-              "budget (official: REM gen_rem.sh --train-steps 5000)", minimum=0),
-        Param("batch_size", int, 128, "Training and noise batch.", "REM gen_rem.sh --batch-size 128", minimum=1),
+              "budget (official: REM gen_rem.sh --train-steps 5000)", minimum=0,
+              maximum=MAX_TRAIN_STEPS),
+        Param("batch_size", int, 128, "Training and noise batch.", "REM gen_rem.sh --batch-size 128", minimum=1,
+              maximum=MAX_BATCH_SIZE),
         Param("lr", float, 0.1, "SGD learning rate (momentum 0.9, weight decay 5e-4).", "REM gen_rem.sh --lr 0.1",
               positive=True),
         Param("lr_decay_every", int, 16, "Multiply the lr by 0.1 every this many steps. Budget default (2/5 of the "
               "steps, as officially); official 2000.", "REM gen_rem.sh --lr-decay-rate 0.1 --lr-decay-freq 2000",
               minimum=1),
         Param("u_steps", int, 5, "Signed descent steps of δ_u (from a random start). Budget default; official 10.",
-              "REM gen_rem.sh --pgd-steps 10", minimum=1),
+              "REM gen_rem.sh --pgd-steps 10", minimum=1, maximum=MAX_STEPS),
         Param("u_step_fraction", float, 0.2, "δ_u's step as a fraction of ε (1.6/255 at 8/255).",
               "REM gen_rem.sh --pgd-step-size 1.6 with --pgd-radius 8", positive=True, maximum=1),
         Param("adv_radius", float, 4 / 255, "ρ_a: the L∞ radius of the adversarial δ_a (0: no adversary).",
               "REM gen_rem.sh --atk-pgd-radius 4 (of 255)", minimum=0, maximum=1, below_maximum=True),
         Param("a_steps", int, 2, "Signed ascent steps of δ_a. Budget default; official 10.",
-              "REM gen_rem.sh --atk-pgd-steps 10", minimum=0),
+              "REM gen_rem.sh --atk-pgd-steps 10", minimum=0, maximum=MAX_STEPS),
         Param("a_step_fraction", float, 0.2, "δ_a's step as a fraction of ρ_a (0.8/255 at 4/255).",
               "REM gen_rem.sh --atk-pgd-step-size 0.8 with --atk-pgd-radius 4", positive=True, maximum=1),
         Param("samples", int, {"mnist": 1, "cifar10": 2}, "Augmentation draws T of the expectation (EOT). Budget "
-              "default; official 5 (CIFAR-10).", "REM gen_rem.sh --samp-num 5", minimum=1),
+              "default; official 5 (CIFAR-10).", "REM gen_rem.sh --samp-num 5", minimum=1, maximum=MAX_DRAWS),
         Param("eot_augment", str, {"mnist": "none", "cifar10": "crop-flip"},
               "The augmentation T (engine.augment): the family's victim augmentation.",
               "REM generate_robust_em.py: crop 32 pad 4 + horizontal flip (CIFAR-10); MNIST victims: none",

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..core.errors import PoisonbenchError
-from ..core.params import Param
+from ..core.params import MAX_BATCH_SIZE, MAX_EPOCHS, Param
 from ..engine.recipes import AUGMENTATIONS, TARGETED_RECIPE, Recipe, recipe_names, resolve_recipe
 from .base import Attack, AttackContext, Target
 from .targets import SCENARIOS
@@ -55,8 +55,8 @@ def parse_milestones(value) -> list[int]:
 
 # the recipe fields a targeted attack's surrogate takes from the victim: (field, type, Param keywords)
 SURROGATE_FIELDS = (
-    ("epochs", int, {"minimum": 1}),
-    ("batch_size", int, {"minimum": 1}),
+    ("epochs", int, {"minimum": 1, "maximum": MAX_EPOCHS}),
+    ("batch_size", int, {"minimum": 1, "maximum": MAX_BATCH_SIZE}),
     ("lr", float, {"positive": True}),
     ("momentum", float, {"minimum": 0, "maximum": 1, "below_maximum": True}),
     ("nesterov", bool, {}),

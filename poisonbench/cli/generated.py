@@ -20,13 +20,14 @@ from ..data.types import FAMILIES
 
 def option_help(option: GeneratedOption, recipe_of: Callable[[str], Any] | None = None) -> str:
     """`pgd, dap: PGD steps. Default 40 (mnist) / 10 (cifar10).` — entries with the same text share a sentence."""
-    groups: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str, str], list[str]] = {}
     for name, param in option.owners.items():
         default = "" if param.from_file is not None else describe_default(param, FAMILIES, recipe_of)
-        groups.setdefault((param.help, default), []).append(name)
+        groups.setdefault((param.help, default, bound_text(param)), []).append(name)
     parts = []
-    for (text, default), names in groups.items():
-        parts.append(f"{', '.join(names)}: {text}" + (f" Default: {default}." if default else ""))
+    for (text, default, bound), names in groups.items():
+        told = "; ".join(t for t in (f"Default: {default}" if default else "", bound) if t)
+        parts.append(f"{', '.join(names)}: {text}" + (f" {told[0].upper()}{told[1:]}." if told else ""))
     return " ".join(parts)
 
 
@@ -62,6 +63,14 @@ def with_options(func: Callable, extra: list[inspect.Parameter], defaults: dict[
     command.__annotations__ = {p.name: p.annotation for p in parameters}
     command.__name__, command.__doc__ = func.__name__, func.__doc__
     return command
+
+
+def bound_text(param: Param) -> str:
+    """`at most 1,000` for an integer parameter with an upper bound (the counts that size memory or time), else
+    nothing: the help states the limit the value is checked against."""
+    if param.type is not int or param.maximum is None:
+        return ""
+    return f"at most {param.maximum:,.0f}"
 
 
 def describe_default(param: Param, families: Iterable[str], recipe_of: Callable[[str], Any] | None = None) -> str:

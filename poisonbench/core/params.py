@@ -20,6 +20,15 @@ from .errors import PoisonbenchError, inapplicable_option, unknown_choice
 if TYPE_CHECKING:
     from .registry import Registry
 
+# Upper bounds of the counts that size memory or time (issue 68; docs/commands.md, "Limits"): each about 10× the
+# largest default or paper / official value, so that no published setting is refused while a typo (`--repeats
+# 1000000`) is a one-line error instead of an allocator's death hours later. A parameter states its own `maximum`.
+MAX_EPOCHS = 1_000  # training epochs (victim and surrogate recipes): the paper's longest is 80 (CIFAR-10)
+MAX_BATCH_SIZE = 10_000  # rows per batch (training and crafting): the largest default is 1,000 (pgd, dap)
+MAX_STEPS = 1_000  # inner optimisation steps (PGD, noise updates): the largest default or paper value is 100 (dap)
+MAX_ITERATIONS = 40_000  # targeted crafting iterations per restart: the paper's largest is BP's 4,000
+MAX_DRAWS = 100  # repeated draws or models per step (restarts, ensembles, EOT samples, UEraser's K): 8 at most
+
 
 @dataclass(frozen=True)
 class Param:
@@ -73,9 +82,13 @@ class Param:
         return f"in {low}, {self.maximum:g}{')' if self.below_maximum else ']'}"
 
     def coerce(self, value: Any, owner: str) -> Any:
-        """`value` checked and converted to this parameter's type (None: off, passed through)."""
+        """`value` checked and converted to this parameter's type (None: off, passed through). An empty string is
+        refused: it never stands for the default (leave the option out for that)."""
         if value is None:
             return None
+        if self.type is str and isinstance(value, str) and not value.strip():
+            valid = f"valid choices: {', '.join(self.choices)}" if self.choices else "leave it out for its default"
+            raise PoisonbenchError(f"{self.flag} of {owner} needs a value, got an empty one; {valid}")
         if self.parse is not None and (isinstance(value, str) or self.cli_type is str and self.type is not str):
             value = self.parse(value)
         if self.type is bool:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..core.errors import PoisonbenchError
 from ..core.hashing import derived_seed
-from ..core.params import Param
+from ..core.params import MAX_STEPS, Param
 from ..engine.hooks import Defense
 from ..engine.threat import Threat
 
@@ -187,7 +187,8 @@ class Atda(Defense):
               "targeted ones).", "ATDA main.py:L54-55 (L2 default); HINT paper §VI-A3 (see atda.py)",
               choices=NORMS),
         Param("steps", int, 10, "PGD iterations (FAT: the most an example takes; pgd variant: 7 unless given).",
-              "FAT.py:L19 num-steps 10; ATDA main.py:L76-79 7 steps", minimum=1),
+              "FAT.py:L19 num-steps 10; ATDA main.py:L76-79 7 steps", minimum=1,
+              maximum=MAX_STEPS),
         Param("step_ratio", float, FAT_STEP_RATIO, "α/β, the PGD step size as a fraction of β (FAT: 0.007/0.031; "
               "pgd variant: 0.2 unless given).", "FAT.py:L18-20; ATDA main.py:L76-79 step ε/5", positive=True),
         Param("tau", int, None, "FAT's τ, fixed (default: FAT's dynamic τ 0/1/2 at 50 and 90 of 120 epochs, scaled "

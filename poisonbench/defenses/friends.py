@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..core.errors import PoisonbenchError
 from ..core.hashing import derived_seed
-from ..core.params import Param
+from ..core.params import MAX_STEPS, Param
 from ..engine.chunking import chunk_rows
 from ..engine.hooks import Defense
 from .hint import PAPER_EPOCHS
@@ -45,6 +45,8 @@ INIT_EPS = 8 / 255  # FRIENDS friendly_noise.py:L40, hard-coded
 MOMENTUM = 0.9  # FRIENDS friendly_noise.py:L13, L42 (Nesterov)
 PAPER_BEGIN = 5  # FRIENDS README: --friendly_begin_epoch 5
 AUTO_BATCH_CAP = 512
+# --noise-batch at most: every CIFAR-10 train row in one pass (50,000, rounded up to a multiple of 128)
+MAX_NOISE_BATCH = 50_048
 NOISES = ("bernoulli", "uniform", "gaussian", "none")
 LOSSES = ("kl", "mse")
 AT_BETA_TOL = 1e-6
@@ -70,7 +72,7 @@ class Friends(Defense):
               "the paper recipe's epochs (30 MNIST, 80 CIFAR-10), scaled to the recipe's epochs.",
               "FRIENDS README (main.py:L113 default 0); scaling as HINT's schedule", minimum=0),
         Param("friendly_steps", int, 30, "Optimisation steps of the friendly noise.",
-              "FRIENDS main.py:L114 friendly_epochs", minimum=1),
+              "FRIENDS main.py:L114 friendly_epochs", minimum=1, maximum=MAX_STEPS),
         Param("friendly_lr", float, 100.0, "Learning rate of the noise's SGD (constant: the official scheduler is "
               "never stepped).", "FRIENDS main.py:L115; friendly_noise.py:L44-46", positive=True),
         Param("friendly_mu", float, 1.0, "μ, weight of the noise-magnitude term.", "FRIENDS main.py:L116",
@@ -85,7 +87,8 @@ class Friends(Defense):
         Param("noise_batch", int, 0, "Rows per friendly-noise generation pass, a multiple of 128; 0: auto (memory "
               "only: every example gets the official batch-128 update whatever the pass size).",
               "ours; the official generator's losses are batch means (FRIENDS:friendly_noise.py:L55-70), so each "
-              "row's update is the batch-128 one only if every row gets it in a batch of 128", minimum=0),
+              "row's update is the batch-128 one only if every row gets it in a batch of 128", minimum=0,
+              maximum=MAX_NOISE_BATCH),
     )
 
     def __init__(self, family: str, recipe: Recipe, threat=None, **params: Any):

@@ -61,7 +61,7 @@ from kornia.enhance import (
 from kornia.geometry.transform import get_shear_matrix2d, rotate, translate, warp_affine
 
 from ..core.hashing import derived_seed
-from ..core.params import Param
+from ..core.params import MAX_DRAWS, Param
 from ..engine.hooks import Defense
 from ..engine.training import compiles_size
 
@@ -180,7 +180,8 @@ class UEraser(Defense):
     PARAMS = (
         Param("repeats", int, DEFAULT_REPEATS, "K, the policy's draws per batch during the adversarial epochs; each "
               "row trains on its draw of highest loss (1: UEraser-Lite, one draw, no selection).",
-              "UEraser README repeat = 5; LSP/cifar_train.py --repeats 5; APBench train.py range(5)", minimum=1),
+              "UEraser README repeat = 5; LSP/cifar_train.py --repeats 5; APBench train.py range(5)", minimum=1,
+              maximum=MAX_DRAWS),
         Param("share", float, DEFAULT_SHARE, "the share of the epochs (the first ones) with adversarial augmentation; "
               "later epochs train on one draw of the policy (1: every epoch, UEraser-Max).",
               "LSP/cifar_train.py epoch < 50 of 200; APBench train.py --repeat_epoch 50 for UEraser, 300 for -Max",

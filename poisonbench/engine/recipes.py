@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 
 from ..core.errors import PoisonbenchError, unknown_choice
 from ..core.hashing import in_number_type_of
+from ..core.params import MAX_BATCH_SIZE, MAX_EPOCHS
 
 AUGMENTATIONS = ("none", "crop-flip", "shift")  # poisonbench.engine.augment
 
@@ -116,6 +117,12 @@ def validate_recipe(r: Recipe) -> None:
         raise PoisonbenchError(f"epochs must be a positive integer, got {r.epochs}")
     if r.batch_size <= 0:
         raise PoisonbenchError(f"batch size must be a positive integer, got {r.batch_size}")
+    if r.epochs > MAX_EPOCHS:
+        raise PoisonbenchError(f"--epochs {r.epochs}: at most {MAX_EPOCHS:,} epochs (the paper's longest recipe has "
+                               "80)")
+    if r.batch_size > MAX_BATCH_SIZE:
+        raise PoisonbenchError(f"--batch-size {r.batch_size}: at most {MAX_BATCH_SIZE:,} rows per batch (the recipes "
+                               "use 128)")
     if not 0 < r.lr < math.inf:
         raise PoisonbenchError(f"learning rate must be a finite number > 0, got {r.lr}")
     if not (0 <= r.momentum < 1 and 0 <= r.weight_decay < math.inf):

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import PoisonbenchError
-from ..core.params import GeneratedOption, chosen_values, collect_options
+from ..core.params import MAX_BATCH_SIZE, MAX_EPOCHS, GeneratedOption, chosen_values, collect_options
 from ..data import DEFAULT_DATASET, parse_npz_split
 from ..defenses import DEFENSES
 from ..engine.checkpoints import CHECKPOINT_EVERY
 from .scenarios import parse_poison_sets
-from .spec import DefendSpec
+from .spec import MAX_TRIALS, DefendSpec
 
 # The parts of a spec, in the order `defend --help` lists them (docs/engine.md, "One defend call").
 PARTS = ("training", "threat", "defense", "trials", "execution")
@@ -72,9 +72,11 @@ DEFEND_OPTIONS: tuple[DefendOption, ...] = (
                  "Training recipe: paper | quick | forest (default: forest for targeted runs on the MNIST family, else"
                  " paper).", "training"),
     DefendOption("epochs", "--epochs", int, None,
-                 "Override the recipe's epochs (milestones scale with it).", "training"),
+                 f"Override the recipe's epochs (milestones scale with it); at most {MAX_EPOCHS:,} epochs.",
+                 "training"),
     DefendOption("lr", "--lr", float, None, "Override the learning rate.", "training"),
-    DefendOption("batch_size", "--batch-size", int, None, "Override the batch size.", "training"),
+    DefendOption("batch_size", "--batch-size", int, None,
+                 f"Override the batch size; at most {MAX_BATCH_SIZE:,} rows.", "training"),
     DefendOption("momentum", "--momentum", float, None, "Override the SGD momentum.", "training"),
     DefendOption("nesterov", "--nesterov/--no-nesterov", bool, None, "Override Nesterov momentum.", "training"),
     DefendOption("weight_decay", "--weight-decay", float, None, "Override the weight decay.", "training"),
@@ -118,7 +120,8 @@ DEFEND_OPTIONS: tuple[DefendOption, ...] = (
     DefendOption("attack_params", "--attack-params", str, None,
                  "Targeted: options of --attack (see `craft --help`), e.g. restarts=1,iterations=50; default: the "
                  "attack's defaults.", "threat", metavar="NAME=VALUE,..."),
-    DefendOption("trials", "--trials", int, 1, "Run trials 0..N-1 with seeds seed+t.", "trials"),
+    DefendOption("trials", "--trials", int, 1,
+                 f"Run trials 0..N-1 with seeds seed+t; at most {MAX_TRIALS:,} trials per call.", "trials"),
     DefendOption("trial", "--trial", int, None,
                  "Run only trial T (seed seed+T; same record as trial T of --trials N), so a sweep can queue trials "
                  "one by one.", "trials"),
@@ -187,8 +190,8 @@ def spec_from_values(values: Mapping[str, Any]) -> DefendSpec:
         valid = ", ".join(sorted(k.replace("_", "-") for k in [*OPTIONS, *methods]))
         raise PoisonbenchError(f"unknown defend option {unknown[0]!r}; valid options: {valid}")
     v = {name: option.default for name, option in OPTIONS.items()}
-    v.update({k: convert(OPTIONS[k].flag, OPTIONS[k].type, x) for k, x in values.items() if k in OPTIONS
-              and x is not None})
+    v.update({k: convert(OPTIONS[k].flag, OPTIONS[k].type, x, k in MAY_BE_EMPTY) for k, x in values.items()
+              if k in OPTIONS and x is not None})
     given_methods = {k: convert(methods[k].flag, methods[k].cli_type, x) for k, x in values.items()
                      if k in methods and x is not None}
     method = v["method"] or "none"
@@ -211,16 +214,22 @@ def spec_from_values(values: Mapping[str, Any]) -> DefendSpec:
     )
 
 
-def convert(flag: str, kind: type, value: Any) -> Any:
+def convert(flag: str, kind: type, value: Any, may_be_empty: bool = True) -> Any:
     """A value as the option's type: the CLI's (already typed, or text) or a grid's (TOML: numbers, lists, tables).
     Lists and tables become the CLI's text (`as_text`), so both are parsed alike; a number for an int option must be
-    an integer; a bool only sets an on/off option (the grid refuses it elsewhere, before it gets here)."""
+    an integer; a bool only sets an on/off option (the grid refuses it elsewhere, before it gets here). Text that is
+    empty (`--method ''`, a grid's `method = ""` or `method = [[]]`) is refused unless `may_be_empty`: an empty value
+    never stands for the default."""
     if kind is bool:
         if not isinstance(value, bool):
             raise PoisonbenchError(f"{flag} is an on/off option (true or false), got {value!r}")
         return value
     if kind is str:
-        return as_text(value)
+        text = as_text(value)
+        if not text.strip() and not may_be_empty:
+            raise PoisonbenchError(f"{flag} needs a value, got an empty one; {what_it_takes(flag)} (leave the option "
+                                   "out for its default)")
+        return text
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise PoisonbenchError(f"{flag} takes {'an integer' if kind is int else 'a number'}, got {value!r}")
     if kind is int:
@@ -234,6 +243,37 @@ def convert(flag: str, kind: type, value: Any) -> Any:
         return float(value)
     except ValueError:
         raise PoisonbenchError(f"{flag} takes a number, got {value!r}") from None
+
+
+# text options not refused here when empty: `--milestones ''` means no decay, and an empty `--results` is refused by
+# core.workspace with its own message (for every command); every other option needs a value
+MAY_BE_EMPTY = ("milestones", "results")
+
+
+def what_it_takes(flag: str) -> str:
+    """`valid choices: a, b` (a closed set, as it is now) or what the option takes, for the empty-value error."""
+    from ..attacks import ATTACKS
+    from ..core.device import COMPILE_MODES, DETERMINISTIC_MODES
+    from ..data.catalog import dataset_names
+    from ..engine.kernels import ACCEL_MODES
+    from ..engine.models import MODELS
+    from ..engine.recipes import AUGMENTATIONS, recipe_names
+    from ..engine.training import PRECISIONS
+    from .scenarios import SCENARIOS
+    from .scenarios.targeted import HEAD_BN_MODES, THREATS
+
+    choices = {"--method": DEFENSES.names(), "--model": MODELS.names(), "--recipe": recipe_names(),
+               "--augment": AUGMENTATIONS, "--scenario": SCENARIOS.names(), "--attacks": ATTACKS.names(),
+               "--attack": ATTACKS.names(), "--precision": PRECISIONS, "--compile": COMPILE_MODES,
+               "--accel": ACCEL_MODES, "--deterministic": DETERMINISTIC_MODES, "--threat": THREATS,
+               "--head-bn": HEAD_BN_MODES}
+    if flag in choices:
+        return "valid choices: " + ", ".join(choices[flag])
+    takes = {"--dataset": f"a dataset name ({', '.join(dataset_names())}) or the path of an .npz",
+             "--npz-split": "VAL,TEST fractions, e.g. 0.02,0.18", "--poisons": "ATTACK=ID pairs",
+             "--poison-set": "a PoisonSet ID", "--setup": "a setup FILE", "--attack-params": "NAME=VALUE pairs",
+             "--data-dir": "a directory", "--device": "valid choices: auto, cpu, cuda, cuda:N"}
+    return takes.get(flag, "give a value")
 
 
 def as_text(value: Any) -> str:
@@ -272,12 +312,20 @@ def parse_attack_params(attack: str | None, text: str | None) -> dict:
 
     known = {p.name: p for p in ATTACKS.get(attack).PARAMS}
     out = {}
-    for item in (t.strip() for t in text.split(",") if t.strip()):
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            raise PoisonbenchError(f"--attack-params: an empty entry in {text!r}; give NAME=VALUE pairs, "
+                                   "comma-separated, each once")
         name, sep, value = (x.strip() for x in item.partition("="))
         name = name.replace("-", "_")
         if not sep or name not in known:
             raise PoisonbenchError(f"--attack-params: {item!r} is not NAME=VALUE with NAME one of attack "
                                    f"{attack!r}'s options ({', '.join(sorted(known))})")
+        if not value:
+            raise PoisonbenchError(f"--attack-params: {item!r} gives {name} no value; leave it out for attack "
+                                   f"{attack!r}'s default")
+        if name in out:
+            raise PoisonbenchError(f"--attack-params: {name} given twice in {text!r}; give each option once")
         kind = known[name].cli_type
         if kind is bool:
             if value.lower() not in SWITCH:
