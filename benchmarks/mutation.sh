@@ -36,6 +36,9 @@ only_mutate = ["$module"]
 pytest_add_cli_args = ["-n", "0", "-q", "-p", "no:cacheprovider"]
 pytest_add_cli_args_test_selection = [${tests%, }]
 timeout_multiplier = 5.0
+# torch is not fork-safe once its thread pools ran (a child forked from the process that ran the clean tests hangs
+# until the timeout): workers fork from a server that has only collected the tests
+process_isolation = "forkserver"
 EOF
 cd "$work"
 "$python" -m mutmut run --max-children "${MUTATION_JOBS:-2}" > mutmut-run.log 2>&1 || true
