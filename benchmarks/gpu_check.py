@@ -70,7 +70,8 @@ from poisonbench.attacks.base import AttackContext
 from poisonbench.attacks.bp import bullseye_loss
 from poisonbench.attacks.forest import Brew
 from poisonbench.attacks.gm import GradientMatching
-from poisonbench.core.device import resolve_device, to_float
+from poisonbench.core.compile_watch import CompileWatch
+from poisonbench.core.device import configure_device, deterministic_mode, resolve_device, to_float
 from poisonbench.core.errors import PoisonbenchError
 from poisonbench.core.provenance import cpu_model, git_commit, peak_memory, torch_version_note
 from poisonbench.data import DATASETS, DEFAULT_DATASET, Dataset, Split, load_dataset
@@ -168,15 +169,26 @@ def rates(n: int, seconds: list[float]) -> tuple[float, float]:
 
 
 def switches() -> dict:
-    """The global settings that change GPU speed, as they stand (the engine's `configure_device` sets them)."""
-    return {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_tf32": torch.backends.cudnn.allow_tf32}
+    """The global settings that change GPU speed, as they stand (the engine's `configure_device` sets them), and
+    the fp32 arithmetic they give: TF32 is named where cuDNN's or cuBLAS's TF32 switch is on."""
+    conv_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    return {"deterministic": deterministic_mode(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_tf32": conv_tf32, "matmul_tf32": matmul_tf32,
+            "fp32_math": (f"convolutions in {'TF32' if conv_tf32 else 'fp32'}, "
+                          f"matmuls in {'TF32' if matmul_tf32 else 'fp32'}")}
+
+
+def set_mode(device: torch.device, mode: str) -> None:
+    """`--deterministic mode` for what follows (core.device.configure_device; process-wide)."""
+    configure_device(device, mode)
 
 
 # ---- training throughput ---------------------------------------------------------------------------------------
 
 def engine_throughput(data: Dataset, model_name: str, recipe: Recipe, device: torch.device, precision: str,
-                      compile_mode: str, epochs: int, frozen_features: bool = False) -> dict:
+                      compile_mode: str, epochs: int, frozen_features: bool = False, mode: str = "on") -> dict:
     """The engine's images/s over `epochs` timed epochs after a warm-up epoch (compilation), and its peak memory.
     `frozen_features`: the transfer victim's set-up (experiment.scenarios.targeted.Transfer.build_model): every
     parameter but the head's frozen, the extractor's BatchNorm in train mode (`--head-bn train`, the default)."""
@@ -195,23 +207,26 @@ def engine_throughput(data: Dataset, model_name: str, recipe: Recipe, device: to
     sync(device)
     start = time.perf_counter()
     result = train_at_precision(precision, model, x, y, replace(recipe, epochs=epochs + 1), device,
-                                compile=compile_mode, on_epoch=on_epoch)
+                                compile=compile_mode, on_epoch=on_epoch, deterministic=mode)
     timed = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     best, mean = rates(len(y), timed)
     peak, peak_kind = peak_mib(device)
-    return {"model": model_name, "precision": precision, "images_per_s": round(best, 1),
+    warmup = stamps[0] - start
+    return {"model": model_name, "precision": precision, "deterministic": mode, "images_per_s": round(best, 1),
             "images_per_s_mean": round(mean, 1), "rows": len(y), "batch_size": recipe.batch_size,
-            "augment": recipe.augment, "timed_epochs": epochs, "warmup_seconds": round(stamps[0] - start, 2),
+            "augment": recipe.augment, "timed_epochs": epochs, "warmup_seconds": round(warmup, 2),
+            "compile_seconds": round(max(0.0, warmup - sum(timed) / len(timed)), 2) if result.compiled else 0.0,
             "compiled": result.compiled, "peak_memory_mib": peak, "peak_memory": peak_kind,
             "data_mib": round(x.numel() * x.element_size() / 2**20, 1), **switches()}
 
 
 def official_loop_throughput(data: Dataset, model_name: str, recipe: Recipe, device: torch.device, epochs: int,
-                             workers: int) -> dict:
+                             workers: int, mode: str = "on") -> dict:
     """The official HINT code's way of training: a DataLoader over a TensorDataset of float images on the CPU
     (per-item indexing and collation), each batch moved with `.to(device)`, the eager model in fp32, a plain loop
     of the same SGD steps. No augmentation (the official code's is per item in the loader; leaving it out favours
-    this side)."""
+    this side). It runs under the same `--deterministic mode` as the engine line it is compared with."""
+    set_mode(device, mode)
     dataset = TensorDataset(data.train.x.float().div_(255), data.train.y)
     loader = DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(SEED))
@@ -232,7 +247,7 @@ def official_loop_throughput(data: Dataset, model_name: str, recipe: Recipe, dev
         seconds.append(time.perf_counter() - start)
     best, mean = rates(len(dataset), seconds[1:])
     peak, peak_kind = peak_mib(device)
-    return {"model": model_name, "precision": "fp32", "images_per_s": round(best, 1),
+    return {"model": model_name, "precision": "fp32", "deterministic": mode, "images_per_s": round(best, 1),
             "images_per_s_mean": round(mean, 1), "rows": len(dataset), "batch_size": recipe.batch_size,
             "augment": "none", "timed_epochs": epochs, "loader_workers": workers, "peak_memory_mib": peak,
             "peak_memory": peak_kind, **switches()}
@@ -319,40 +334,114 @@ def paper_scale_seconds(wall: float, cost: dict, epochs: int, paper_epochs: int,
     return per_epochs * paper_epochs / epochs + (prepare - feature_model) + per_event * paper_events
 
 
-def defense_overheads(data: Dataset, model_name: str, device: torch.device, sizes: Sizes) -> list[dict]:
+DEFENSE_ORDER = ("none", "atda", "hint", "friends", "epic")  # the paper's four first: a budget cuts the rest
+
+
+def defense_overheads(data: Dataset, model_name: str, device: torch.device, sizes: Sizes, compile_mode: str = "off",
+                      mode: str = "on", deadline: float | None = None) -> list[dict]:
     """Every registered defense's `train` wall time over `none`'s (benchmarks/defense_overhead.py), measured over
-    `overhead_epochs` epochs and extrapolated to the paper recipe's (see the module docstring)."""
+    `overhead_epochs` epochs and extrapolated to the paper recipe's (see the module docstring).
+
+    `compile_mode` as paper-scale runs use it (`--compile auto` compiles them): each defense first trains one untimed
+    epoch, which compiles its graphs (the model's, ATDA's eval forward, ...), so the timed run holds no compiling;
+    under `--deterministic mode` (the default: on), so a defense that meets a nondeterministic CUDA kernel fails
+    here, in its own line (`error`), and the others go on. Past `deadline` (a `time.perf_counter()` value) the
+    remaining defenses get a `skipped` line instead."""
     rows = sizes.overhead_rows
     family = data.family
+    set_mode(device, mode)
     short = resolve_recipe(family, "paper", epochs=sizes.overhead_epochs, batch_size=sizes.batch)
     paper = resolve_recipe(family, "paper", batch_size=sizes.batch)
     threat = Threat("targeted", budget=max(1, round(0.01 * rows)), train_size=rows)
     setup = {"data": data, "device": device, "recipe": short, "model": model_name, "threat": threat,
-             "compile": "off", "x": to_float(data.train.x[:rows], device), "y": data.train.y[:rows].to(device),
+             "compile": compile_mode, "x": to_float(data.train.x[:rows], device), "y": data.train.y[:rows].to(device),
              "val_x": to_float(data.val.x, device), "val_y": data.val.y.to(device),
              "params": dict(sizes.defense_params)}
-    timed_training("none", setup, replace(short, epochs=1))  # warm-up, untimed
-    methods = ["none", *[m for m in DEFENSES.names() if m != "none"]]
-    measured = {}
+    methods = [*[m for m in DEFENSE_ORDER if m in DEFENSES], *[m for m in DEFENSES.names() if m not in DEFENSE_ORDER]]
+    measured, failed = {}, {}
     for method in methods:
-        wall, cost = timed_training(method, setup)
+        if deadline is not None and time.perf_counter() > deadline and method != "none":
+            failed[method] = {"skipped": "the check's --budget ran out"}
+            continue
+        try:
+            warm_start = time.perf_counter()
+            timed_training(method, setup, replace(short, epochs=1))  # untimed: compiles (or warms) its graphs
+            warmup = time.perf_counter() - warm_start
+            wall, cost = timed_training(method, setup)
+        except Exception as exc:  # noqa: BLE001 (this defense's line says it; the others go on)
+            traceback.print_exc(file=sys.stderr)
+            failed[method] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            continue
         params = setup["params"].get(method, {})
         events_short = scheduled_epochs(build_defense(method, family, short, threat, **params))
         events_paper = scheduled_epochs(build_defense(method, family, paper, threat, **params))
         at_paper = paper_scale_seconds(wall, cost, short.epochs, paper.epochs, len(events_short), len(events_paper))
-        measured[method] = (wall, cost, at_paper, len(events_short), len(events_paper))
+        measured[method] = (wall, cost, at_paper, len(events_short), len(events_paper), warmup)
         print(f"gpu_check: defense {method:8s} {wall:8.2f} s", file=sys.stderr, flush=True)
     none_wall, none_paper = measured["none"][0], measured["none"][2]
     table5 = paper_ratios()
-    return [{"method": m, "rows": rows, "epochs": short.epochs, "seconds": round(wall, 3),
-             "defense_seconds": round(sum(cost.get(k, 0.0) for k in ("defense_prepare", "defense_epoch",
-                                                                       "defense_batch")), 3),
-             "ratio_to_none": round(wall / none_wall, 3),
-             "paper_scale_ratio_to_none": round(at_paper / none_paper, 3), "paper_epochs": paper.epochs,
-             "scheduled_events": {"measured": short_events, "paper": paper_events},
-             "paper_ratio_to_none": table5.get(m, 1.0 if m == "none" else None), "compiled": False,
-             "params": setup["params"].get(m, {})}
-            for m, (wall, cost, at_paper, short_events, paper_events) in measured.items()]
+    lines = [{"method": m, "rows": rows, "epochs": short.epochs, "seconds": round(wall, 3),
+              "defense_seconds": round(sum(cost.get(k, 0.0) for k in ("defense_prepare", "defense_epoch",
+                                                                        "defense_batch")), 3),
+              "ratio_to_none": round(wall / none_wall, 3),
+              "paper_scale_ratio_to_none": round(at_paper / none_paper, 3), "paper_epochs": paper.epochs,
+              "scheduled_events": {"measured": short_events, "paper": paper_events},
+              "paper_ratio_to_none": table5.get(m, 1.0 if m == "none" else None), "compile": compile_mode,
+              "deterministic": mode, "warmup_seconds": round(warmup, 2), "params": setup["params"].get(m, {})}
+             for m, (wall, cost, at_paper, short_events, paper_events, warmup) in measured.items()]
+    return lines + [{"method": m, "rows": rows, "compile": compile_mode, "deterministic": mode, **why}
+                    for m, why in failed.items()]
+
+
+# ---- repeatability and compile time -------------------------------------------------------------------------------
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's and buffer's bytes, in state-dict order: equal digests, equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def repeatability(data: Dataset, model_name: str, recipe: Recipe, device: torch.device, compile_mode: str,
+                  rows: int) -> list[dict]:
+    """Does the same seed give the same weights? Per `--deterministic` mode, two trainings of one epoch from one
+    seed on `rows` rows (the engine, as `defend` trains), compared bit for bit (`weights_digest`) and by the
+    largest weight difference. `on` must repeat exactly; `off` may not (cuDNN's autotuned kernels)."""
+    lines = []
+    x, y = to_float(data.train.x[:rows], device), data.train.y[:rows].to(device)
+    for mode in ("on", "off"):
+        models = []
+        for _ in range(2):
+            model = build_model(model_name, data, seed=SEED)
+            train(model, x, y, x[:1], y[:1], replace(recipe, epochs=1), seed=SEED, device=device, num_classes=10,
+                  compile=compile_mode, deterministic=mode)
+            models.append(model)
+        a, b = (dict(m.state_dict()) for m in models)
+        diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+        lines.append({"deterministic": mode, "rows": rows, "epochs": 1, "compile": compile_mode,
+                      "identical": weights_digest(models[0]) == weights_digest(models[1]),
+                      "max_abs_weight_difference": diff, "digests": [weights_digest(m) for m in models]})
+    return lines
+
+
+def compile_times(data: Dataset, model_name: str, recipe: Recipe, device: torch.device, cold: dict | None) -> dict:
+    """Cold and warm compile apart: `cold` is the process's first compiled training (its `compile_seconds`: the
+    warm-up epoch less a timed one, with Dynamo tracing, Inductor's code generation and Triton's builds); warm is
+    the same training again after `torch._dynamo.reset()`, which traces anew but finds Inductor's and Triton's
+    caches filled (what every later process of a sweep on the same machine pays)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    warm = engine_throughput(data, model_name, recipe, device, "fp32", "on", 1, mode="off")
+    return {"model": model_name, "precision": "fp32", "deterministic": "off",
+            "cold_seconds": cold["compile_seconds"] if cold else None, "warm_seconds": warm["compile_seconds"],
+            "cold_warmup_seconds": cold["warmup_seconds"] if cold else None,
+            "warm_warmup_seconds": warm["warmup_seconds"],
+            "note": "compile seconds = the warm-up epoch less a timed epoch; warm: after torch._dynamo.reset(), "
+                    "Inductor's FX-graph and Triton caches as the cold compile left them"}
 
 
 # ---- the grids' GPU-hours --------------------------------------------------------------------------------------
@@ -459,13 +548,19 @@ def fashion_mnist_e2e(data_dir: str | None, device: torch.device, sizes: Sizes, 
 # ---- the command -----------------------------------------------------------------------------------------------
 
 class Lines:
-    """Prints each figure as one JSON line (stdout and `--out`), with the fields every line carries."""
+    """Prints each figure as one JSON line (stdout and `--out`), with the fields every line carries; keeps the
+    `--budget` (a figure whose estimate no longer fits gets a `skipped` line) and counts torch.compile's work per
+    figure (`compile_counts`: graphs, graph breaks, eager fallbacks at Dynamo's recompile limit)."""
 
-    def __init__(self, device: torch.device, out: str | None, tiny: bool):
+    def __init__(self, device: torch.device, out: str | None, tiny: bool, budget: float = 0.0, scale: float = 1.0):
         self.common = {"device": str(device), "device_name": device_name(device), "torch": torch.__version__,
                        "tiny": tiny}
         self.file = open(out, "w") if out else None  # open for the whole run, closed by `close`
         self.errors: list[str] = []
+        self.skipped: list[str] = []
+        self.started = time.perf_counter()
+        self.budget, self.scale = budget, scale
+        self.watch = CompileWatch()
 
     def emit(self, figure: str, fields: dict, seconds: float | None = None) -> dict:
         line = {"figure": figure, **fields, **self.common}
@@ -478,27 +573,52 @@ class Lines:
             self.file.flush()
         return line
 
+    def left(self) -> float:
+        """Seconds of the budget left (inf without one)."""
+        return self.budget - (time.perf_counter() - self.started) if self.budget else math.inf
+
+    def fits(self, figure: str, estimate: float, label: str = "") -> bool:
+        """Whether a figure estimated at `estimate` seconds (at full size) fits what is left of the budget; if not,
+        its `skipped` line."""
+        need = estimate * self.scale
+        if need <= self.left():
+            return True
+        name = f"{figure} {label}".strip()
+        self.skipped.append(name)
+        self.emit(figure, {"skipped": f"budget: {self.left():.0f} s left of {self.budget:.0f}, ~{need:.0f} s needed",
+                           "what": label})
+        return False
+
     def attempt(self, figure: str, fn):
         """(fn(), seconds it took); on an exception, one `error` line for the figure instead and (None, seconds), so
         that the other figures still run."""
         start = time.perf_counter()
-        print(f"gpu_check: {figure} …", file=sys.stderr, flush=True)
+        self.before = self.watch.snapshot()
+        print(f"gpu_check: {figure} … ({self.left():.0f} s of the budget left)", file=sys.stderr, flush=True)
         try:
             return fn(), time.perf_counter() - start
         except Exception as exc:  # noqa: BLE001 (reported as the figure's line; the check goes on)
             traceback.print_exc(file=sys.stderr)
             self.errors.append(figure)
-            self.emit(figure, {"error": f"{type(exc).__name__}: {exc}"}, time.perf_counter() - start)
+            self.emit(figure, {"error": f"{type(exc).__name__}: {exc}"[:2000],
+                               "compile_counts": self.watch.since(self.before)}, time.perf_counter() - start)
             return None, time.perf_counter() - start
 
-    def measure(self, figure: str, fn, *, many: bool = False):
-        """`attempt(fn)` and emit its line (or its lines, `many`: they share the figure's wall time)."""
+    def measure(self, figure: str, fn, *, many: bool = False, estimate: float = 0.0, label: str = ""):
+        """`attempt(fn)` and emit its line (or its lines, `many`: they share the figure's wall time), each with the
+        figure's compile counts; nothing but a `skipped` line where the budget has no room for `estimate`."""
+        if not self.fits(figure, estimate, label):
+            return None
         result, seconds = self.attempt(figure, fn)
+        counts = self.watch.since(self.before)
+        if result is not None and counts["recompile_limit_hits"]:
+            self.errors.append(f"{figure}: eager fallback at Dynamo's recompile limit")
         for fields in (result if many and result else [result] if result is not None else []):
-            self.emit(figure, fields, seconds)
+            self.emit(figure, {**fields, "compile_counts": counts}, seconds)
         return result
 
     def close(self) -> None:
+        self.watch.close()
         if self.file:
             self.file.close()
 
@@ -514,16 +634,25 @@ def setup_fields(device: torch.device, sizes: Sizes, args) -> dict:
             "data_dir": args.data_dir, "sizes": asdict(sizes), **switches()}
 
 
+# Each figure's estimated seconds on one H100 at full size (cold compiles included), in the order they run: the most
+# useful first, so that a tight `--budget` drops the least useful.
+ESTIMATES = {"throughput_first": 75, "throughput": 35, "official_loop": 15, "repeatability": 45, "craft": 45,
+             "defense_overhead": 150, "compile_warm": 30, "fashion_mnist_e2e": 90}
+
+
 def run(args) -> int:
     started = time.perf_counter()
     # the engine sets this before its first CUDA work (core.device.configure_device: deterministic cuBLAS needs it
-    # before cuBLAS starts); here the official loop runs first, so it is set now
+    # before cuBLAS starts); here the official loop may run first, so it is set now
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     sizes = TINY if args.tiny else FULL
     device = resolve_device(args.device)
     compile_mode = args.compile or ("off" if args.tiny else "on")
     args.compile = compile_mode
-    lines = Lines(device, args.out, args.tiny)
+    import torch._dynamo
+
+    torch._dynamo.config.fail_on_recompile_limit_hit = True  # a fallback to eager fails its figure, loudly
+    lines = Lines(device, args.out, args.tiny, budget=args.budget, scale=0.0 if args.tiny else 1.0)
     lines.emit("setup", setup_fields(device, sizes, args))
     cifar = synthetic_dataset("cifar10", max(sizes.rows, sizes.overhead_rows, sizes.gm_poisons), sizes.val_rows,
                               16, sizes.image)
@@ -532,39 +661,68 @@ def run(args) -> int:
     mnist_recipe = resolve_recipe("mnist", "paper", batch_size=sizes.batch)
     cifar_rows = replace(cifar, train=Split(cifar.train.x[:sizes.rows], cifar.train.y[:sizes.rows],
                                             cifar.train.indices[:sizes.rows], cifar.train.fingerprint))
+    engine: dict = {}
 
-    # the official loop first: the engine's `configure_device` then switches CUDA to deterministic algorithms for
-    # the rest of the process, which the official code never does
-    official, official_seconds = lines.attempt("official_loop", lambda: official_loop_throughput(
-        cifar_rows, sizes.model, cifar_recipe, device, sizes.epochs, sizes.loader_workers))
-    engine = {}
-    for workload, data, model, recipe, precision, frozen in (
-            ("cifar10-scratch", cifar_rows, sizes.model, cifar_recipe, "fp32", False),
-            ("cifar10-scratch", cifar_rows, sizes.model, cifar_recipe, "bf16", False),
-            ("cifar10-transfer", cifar_rows, sizes.model, cifar_recipe, "fp32", True),
-            ("mnist-scratch", mnist, "convnet", mnist_recipe, "fp32", False)):
-        def measured(w=workload, d=data, m=model, r=recipe, p=precision, f=frozen) -> dict:
-            return {"workload": w, **engine_throughput(d, m, r, device, p, compile_mode, sizes.epochs, f)}
+    def throughput(workload, data, model, recipe, precision, mode, frozen=False, estimate=ESTIMATES["throughput"]):
+        def measured() -> dict:
+            return {"workload": workload, **engine_throughput(data, model, recipe, device, precision, compile_mode,
+                                                              sizes.epochs, frozen, mode)}
 
-        result = lines.measure("train_throughput", measured)
+        result = lines.measure("train_throughput", measured, estimate=estimate,
+                               label=f"{workload} {precision} deterministic {mode}")
         if result is not None:
-            engine[(workload, precision)] = result
-    if official is not None:  # printed after the engine's lines, with the ratio
-        fp32 = engine.get(("cifar10-scratch", "fp32"))
-        ratio = round(fp32["images_per_s"] / official["images_per_s"], 2) if fp32 else None
-        lines.emit("official_loop", {**official, "engine_over_official": ratio}, official_seconds)
-    crafts = lines.measure("craft", lambda: craft_figures(cifar, sizes.model, device, sizes), many=True) or []
-    overheads = lines.measure("defense_overhead", lambda: defense_overheads(cifar, sizes.model, device, sizes),
-                              many=True) or []
-    images_per_s = {w: r["images_per_s"] for (w, p), r in engine.items() if p == "fp32"}
-    ratios = {o["method"]: o["paper_scale_ratio_to_none"] for o in overheads}
+            engine[(workload, precision, mode)] = result
+
+    def official(mode: str) -> None:
+        result = lines.measure("official_loop", lambda: official_loop_throughput(
+            cifar_rows, sizes.model, cifar_recipe, device, sizes.epochs, sizes.loader_workers, mode),
+            estimate=ESTIMATES["official_loop"], label=f"deterministic {mode}")
+        ours = engine.get(("cifar10-scratch", "fp32", mode))
+        if result is not None and ours is not None:
+            lines.emit("engine_over_official", {
+                "deterministic": mode, "engine_images_per_s": ours["images_per_s"],
+                "official_images_per_s": result["images_per_s"],
+                "ratio": round(ours["images_per_s"] / result["images_per_s"], 2),
+                "note": f"{sizes.model} fp32, same --deterministic mode; the engine with --compile {compile_mode} "
+                        "and its augmentation, the official loop eager without any"})
+
+    # the ResNet-18 CIFAR-10 training step, both modes, both precisions, and the official loop beside it
+    throughput("cifar10-scratch", cifar_rows, sizes.model, cifar_recipe, "fp32", "off",
+               estimate=ESTIMATES["throughput_first"])
+    throughput("cifar10-scratch", cifar_rows, sizes.model, cifar_recipe, "fp32", "on")
+    official("off")
+    official("on")
+    throughput("cifar10-scratch", cifar_rows, sizes.model, cifar_recipe, "bf16", "off")
+    throughput("cifar10-scratch", cifar_rows, sizes.model, cifar_recipe, "bf16", "on")
+    lines.measure("repeatability", lambda: repeatability(cifar_rows, sizes.model, cifar_recipe, device,
+                                                         compile_mode, min(sizes.rows, 20 * sizes.batch)),
+                  many=True, estimate=ESTIMATES["repeatability"])
+    set_mode(device, "on")  # the default mode for the rest, as `defend` runs
+    crafts = lines.measure("craft", lambda: craft_figures(cifar, sizes.model, device, sizes), many=True,
+                           estimate=ESTIMATES["craft"]) or []
+    overheads = lines.measure("defense_overhead", lambda: defense_overheads(
+        cifar, sizes.model, device, sizes, compile_mode, "on",
+        deadline=time.perf_counter() + lines.left() - 60 if args.budget and not args.tiny else None),
+        many=True, estimate=ESTIMATES["defense_overhead"]) or []
+    throughput("cifar10-transfer", cifar_rows, sizes.model, cifar_recipe, "fp32", "off", frozen=True)
+    throughput("mnist-scratch", mnist, "convnet", mnist_recipe, "fp32", "off")
+    if compile_mode == "on":
+        cold = engine.get(("cifar10-scratch", "fp32", "off"))
+        lines.measure("compile_time", lambda: compile_times(cifar_rows, sizes.model, cifar_recipe, device, cold),
+                      estimate=ESTIMATES["compile_warm"])
+    images_per_s = {w: r["images_per_s"] for (w, p, m), r in engine.items() if p == "fp32" and m == "off"}
+    ratios = {o["method"]: o["paper_scale_ratio_to_none"] for o in overheads if "paper_scale_ratio_to_none" in o}
     crafting = {c["attack"]: c for c in crafts}
     for grid in GRIDS:
         lines.measure("grid_estimate", lambda g=grid: grid_estimate(g, images_per_s, ratios, crafting))
-    lines.measure("fashion_mnist_e2e", lambda: fashion_mnist_e2e(args.data_dir, device, sizes, compile_mode))
-    lines.emit("done", {"errors": lines.errors}, time.perf_counter() - started)
+    lines.measure("fashion_mnist_e2e", lambda: fashion_mnist_e2e(args.data_dir, device, sizes, compile_mode),
+                  estimate=ESTIMATES["fashion_mnist_e2e"] if args.data_dir else 0)
+    errors = lines.errors + [f"defense_overhead {o['method']}" for o in overheads if "error" in o]
+    lines.emit("done", {"errors": errors, "skipped": lines.skipped, "budget_seconds": args.budget,
+                        "compile_counts": lines.watch.snapshot(), "eager_fallbacks": lines.watch.fallbacks},
+               time.perf_counter() - started)
     lines.close()
-    return 1 if lines.errors else 0
+    return 1 if errors or lines.watch.fallbacks else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -577,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.compile in the throughput figures and the end-to-end run (default: on; "
                              "--tiny: off)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes, for a CPU (tests/test_gpu_check.py)")
+    parser.add_argument("--budget", type=float, default=360.0,
+                        help="seconds the check may take (default 360, sized for one H100): a figure whose estimate "
+                             "no longer fits is skipped with a line saying so, the least useful first; 0: no limit")
     return run(parser.parse_args(argv))
 
 

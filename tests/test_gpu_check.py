@@ -17,8 +17,8 @@ from poisonbench.defenses import DEFENSES
 from .conftest import write_mnist_dir
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-FIGURES = ["setup", "train_throughput", "official_loop", "craft", "defense_overhead", "grid_estimate",
-           "fashion_mnist_e2e", "done"]
+FIGURES = ["setup", "train_throughput", "official_loop", "engine_over_official", "repeatability", "craft",
+           "defense_overhead", "grid_estimate", "fashion_mnist_e2e", "done"]
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +69,65 @@ def test_every_figure_is_printed_once_per_item_without_errors(tiny):
         assert line["tiny"] is True
 
 
-def test_training_figures(tiny, gpu_check):
+def test_training_figures_in_both_deterministic_modes(tiny, gpu_check):
     _, lines, _ = tiny
     train = of(lines, "train_throughput")
-    assert sorted((t["workload"], t["precision"]) for t in train) == [
-        ("cifar10-scratch", "bf16"), ("cifar10-scratch", "fp32"), ("cifar10-transfer", "fp32"),
-        ("mnist-scratch", "fp32")]
+    assert sorted((t["workload"], t["precision"], t["deterministic"]) for t in train) == [
+        ("cifar10-scratch", "bf16", "off"), ("cifar10-scratch", "bf16", "on"), ("cifar10-scratch", "fp32", "off"),
+        ("cifar10-scratch", "fp32", "on"), ("cifar10-transfer", "fp32", "off"), ("mnist-scratch", "fp32", "off")]
     for t in train:
         assert t["images_per_s"] > 0 and t["images_per_s_mean"] > 0 and t["peak_memory_mib"] > 0
         assert t["batch_size"] == gpu_check.TINY.batch and t["rows"] == gpu_check.TINY.rows
-    (official,) = of(lines, "official_loop")
-    assert official["images_per_s"] > 0 and official["augment"] == "none"
-    fp32 = next(t for t in train if t["workload"] == "cifar10-scratch" and t["precision"] == "fp32")
-    assert official["engine_over_official"] == pytest.approx(fp32["images_per_s"] / official["images_per_s"],
-                                                             abs=0.01)
+        assert t["deterministic"] == t["deterministic"] and "fp32_math" in t  # TF32 named where it is on
+    officials = {o["deterministic"]: o for o in of(lines, "official_loop")}
+    assert set(officials) == {"on", "off"} and all(o["augment"] == "none" for o in officials.values())
+    for ratio in of(lines, "engine_over_official"):  # each mode against the engine in the same mode
+        mode = ratio["deterministic"]
+        ours = next(t for t in train if t["workload"] == "cifar10-scratch" and t["precision"] == "fp32"
+                    and t["deterministic"] == mode)
+        assert ratio["official_images_per_s"] == officials[mode]["images_per_s"]
+        assert ratio["ratio"] == pytest.approx(ours["images_per_s"] / officials[mode]["images_per_s"], abs=0.01)
+    assert {r["deterministic"] for r in of(lines, "engine_over_official")} == {"on", "off"}
+
+
+def test_every_line_counts_compiles_and_the_check_repeats_itself(tiny):
+    """The recompile / eager-fallback counter is on every measured line and sums up in `done`; deterministic mode
+    repeats a training bit for bit (on the CPU both modes do)."""
+    _, lines, _ = tiny
+    for line in lines:
+        if line["figure"] not in ("setup", "engine_over_official", "done"):
+            assert set(line["compile_counts"]) == {"graphs", "frames_compiled", "graph_breaks",
+                                                   "recompile_limit_hits"}, line["figure"]
+    (done,) = of(lines, "done")
+    assert done["eager_fallbacks"] == [] and done["compile_counts"]["recompile_limit_hits"] == 0
+    repeat = {r["deterministic"]: r for r in of(lines, "repeatability")}
+    assert repeat["on"]["identical"] and repeat["on"]["max_abs_weight_difference"] == 0.0
+    assert len(set(repeat["on"]["digests"])) == 1
+
+
+def test_the_budget_skips_a_figure_that_no_longer_fits_with_a_line_saying_so(gpu_check, tmp_path, capsys):
+    lines = gpu_check.Lines(torch.device("cpu"), str(tmp_path / "out.jsonl"), tiny=False, budget=100, scale=1.0)
+    assert lines.fits("craft", 50)
+    assert lines.measure("defense_overhead", lambda: {"x": 1}, estimate=500, label="all") is None
+    lines.close()
+    (skipped,) = [json.loads(t) for t in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert skipped["figure"] == "defense_overhead" and skipped["skipped"].startswith("budget: ")
+    assert lines.skipped == ["defense_overhead all"]
+    unlimited = gpu_check.Lines(torch.device("cpu"), None, tiny=False, budget=0)
+    assert unlimited.fits("craft", 1e9)
+    unlimited.close()
+
+
+def test_a_fallback_to_eager_fails_the_figure(gpu_check, monkeypatch, capsys):
+    """A figure during which Dynamo hit its recompile limit (a function silently run eagerly) is an error."""
+    lines = gpu_check.Lines(torch.device("cpu"), None, tiny=True)
+    counts = {"graphs": 0, "frames_compiled": 0, "graph_breaks": 0, "recompile_limit_hits": 0}
+    snapshots = iter([counts, {**counts, "recompile_limit_hits": 1}])
+    monkeypatch.setattr(lines.watch, "snapshot", lambda: next(snapshots))
+    lines.measure("train_throughput", lambda: {"images_per_s": 1.0})
+    lines.close()
+    assert lines.errors == ["train_throughput: eager fallback at Dynamo's recompile limit"]
+    assert '"recompile_limit_hits": 1' in capsys.readouterr().out
 
 
 def test_crafting_figures_extrapolate_to_the_attacks_defaults(tiny):

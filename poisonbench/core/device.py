@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from .compile_watch import raise_recompile_limit
 from .errors import PoisonbenchError, unknown_choice
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -110,7 +111,9 @@ def compile_static(fn):
     """`torch.compile(fn, dynamic=False)`: static shapes, so callers keep every batch the same size.
 
     A CUDA build of torch on a GPU-less machine warns "No CUDA runtime is found" at every compile; noise for a
-    CPU run, so it is silenced (real compile errors are raised, not logged).
+    CPU run, so it is silenced (real compile errors are raised, not logged). Dynamo's per-function graph limit is
+    raised first (core.compile_watch: past it a function silently runs eagerly).
     """
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    raise_recompile_limit()  # every model variant a process meets is one more graph of the same forward
     return torch.compile(fn, dynamic=False)
