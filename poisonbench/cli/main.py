@@ -15,6 +15,7 @@ from ..engine import termination
 from . import craft as craft_cmd
 from . import data as data_cmd
 from . import defend as defend_cmd
+from . import env as env_cmd
 from . import poisons as poisons_cmd
 from . import records as records_cmd
 from . import report as report_cmd
@@ -38,6 +39,7 @@ def build_app() -> typer.Typer:
     app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)
     app.add_typer(sweep_cmd.app, name="sweep", help=sweep_cmd.HELP)
     app.add_typer(records_cmd.app, name="records", help=records_cmd.HELP)
+    app.command("env", help=env_cmd.HELP)(env_cmd.command)
     return app
 
 

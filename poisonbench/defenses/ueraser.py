@@ -44,23 +44,14 @@ from __future__ import annotations
 import functools
 import math
 import random
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from kornia.contrib import diamond_square
-from kornia.enhance import (
-    adjust_brightness,
-    adjust_contrast,
-    equalize,
-    normalize_min_max,
-    posterize,
-    sharpness,
-    solarize,
-)
-from kornia.geometry.transform import get_shear_matrix2d, rotate, translate, warp_affine
 
 from ..core.hashing import derived_seed
+from ..core.optional import require
 from ..core.params import MAX_DRAWS, Param
 from ..engine.hooks import Defense
 from ..engine.training import compiles_size
@@ -77,6 +68,30 @@ TRIVIAL_OPS = ("auto_contrast", "equalize", "rotate", "posterize", "solarize", "
 ROTATE_DEG, POSTERIZE_BITS, FACTOR_RANGE, SHEAR_MAG, TRANSLATE_MAG = 30.0, (0.0, 4.0), (0.1, 1.9), 0.3, 0.5
 DEFAULT_REPEATS = 5  # README `repeat = 5`; LSP/cifar_train.py `--repeats` 5; APBench train.py `range(5)`
 DEFAULT_SHARE = 0.25  # LSP/cifar_train.py `epoch < 50` of `--epoch` 200; APBench train.py "50 for UEraser" of 200
+
+
+@functools.cache
+def kornia_kernels() -> SimpleNamespace:
+    """kornia's functional kernels the policy uses, imported on first use: kornia is optional (only UEraser needs it,
+    poisonbench/core/optional.py), and without it this is the one-line error naming it."""
+    require("kornia")
+    from kornia.contrib import diamond_square
+    from kornia.enhance import (
+        adjust_brightness,
+        adjust_contrast,
+        equalize,
+        normalize_min_max,
+        posterize,
+        sharpness,
+        solarize,
+    )
+    from kornia.geometry.transform import get_shear_matrix2d, rotate, translate, warp_affine
+
+    return SimpleNamespace(
+        diamond_square=diamond_square, adjust_brightness=adjust_brightness, adjust_contrast=adjust_contrast,
+        equalize=equalize, normalize_min_max=normalize_min_max, posterize=posterize, sharpness=sharpness,
+        solarize=solarize, get_shear_matrix2d=get_shear_matrix2d, rotate=rotate, translate=translate,
+        warp_affine=warp_affine)
 
 
 def _uniform(g: torch.Generator, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -98,7 +113,7 @@ def _plasma(g: torch.Generator, x: torch.Tensor) -> torch.Tensor:
     """kornia's plasma map (intensity/plasma.py `_generate_plasma`): one fractal per row and channel, in [0, 1]."""
     roughness = _uniform(g, x, *PLASMA_ROUGHNESS)
     draw = functools.partial(torch.rand, generator=g)
-    return diamond_square(tuple(x.shape), roughness, random_fn=draw, device=x.device, dtype=x.dtype)
+    return kornia_kernels().diamond_square(tuple(x.shape), roughness, random_fn=draw, device=x.device, dtype=x.dtype)
 
 
 def plasma_brightness(g: torch.Generator, x: torch.Tensor) -> torch.Tensor:
@@ -127,34 +142,35 @@ def _affine_center(x: torch.Tensor) -> torch.Tensor:
 def trivial_op(name: str, g: torch.Generator, x: torch.Tensor) -> torch.Tensor:
     """One TrivialAugment operation on every row, its magnitude drawn per row (kornia auto/rand_augment/ops.py and
     auto/operations/ops.py; each operation's formula is its kornia augmentation class's `apply_transform`)."""
+    k = kornia_kernels()
     if name == "auto_contrast":
-        return normalize_min_max(x).clamp(0, 1)
+        return k.normalize_min_max(x).clamp(0, 1)
     if name == "equalize":
-        return equalize(x)
+        return k.equalize(x)
     if name == "rotate":  # RandomRotation: degrees, bilinear, zero padding, align_corners True
-        return rotate(x, _signed(g, x, ROTATE_DEG), align_corners=True)
+        return k.rotate(x, _signed(g, x, ROTATE_DEG), align_corners=True)
     if name == "posterize":  # Posterize._process_magnitude: bits U(0, 4) truncated to an integer
-        return posterize(x, _uniform(g, x, *POSTERIZE_BITS).long())
+        return k.posterize(x, _uniform(g, x, *POSTERIZE_BITS).long())
     if name == "solarize":  # RandomSolarize(thresholds=(0, 1), additions=0)
-        return solarize(x, _uniform(g, x, 0.0, 1.0))
+        return k.solarize(x, _uniform(g, x, 0.0, 1.0))
     if name == "contrast":
-        return adjust_contrast(x, _uniform(g, x, *FACTOR_RANGE), clip_output=True)
+        return k.adjust_contrast(x, _uniform(g, x, *FACTOR_RANGE), clip_output=True)
     if name == "brightness":  # RandomBrightness adds factor − 1
-        return adjust_brightness(x, _uniform(g, x, *FACTOR_RANGE) - 1, clip_output=True)
+        return k.adjust_brightness(x, _uniform(g, x, *FACTOR_RANGE) - 1, clip_output=True)
     if name == "sharpness":
-        return sharpness(x, _uniform(g, x, *FACTOR_RANGE))
+        return k.sharpness(x, _uniform(g, x, *FACTOR_RANGE))
     if name in ("shear_x", "shear_y"):  # ShearX/Y._process_magnitude: ×180 degrees; RandomShear: radians, centre
         radians = _signed(g, x, SHEAR_MAG) * 180 * (math.pi / 180)
         zero = torch.zeros_like(radians)
         sx, sy = (radians, zero) if name == "shear_x" else (zero, radians)
-        matrix = get_shear_matrix2d(_affine_center(x), sx, sy)
-        return warp_affine(x, matrix[:, :2, :], tuple(x.shape[-2:]), align_corners=True)
+        matrix = k.get_shear_matrix2d(_affine_center(x), sx, sy)
+        return k.warp_affine(x, matrix[:, :2, :], tuple(x.shape[-2:]), align_corners=True)
     if name in ("translate_x", "translate_y"):  # RandomTranslate: a fraction of the width / height, in pixels
         size = x.shape[-1] if name == "translate_x" else x.shape[-2]
         shift = _signed(g, x, TRANSLATE_MAG) * size
         zero = torch.zeros_like(shift)
-        return translate(x, torch.stack([shift, zero] if name == "translate_x" else [zero, shift], 1),
-                         align_corners=True)
+        return k.translate(x, torch.stack([shift, zero] if name == "translate_x" else [zero, shift], 1),
+                           align_corners=True)
     raise ValueError(name)
 
 
@@ -177,6 +193,7 @@ def candidates(x: torch.Tensor, repeats: int, seed: int) -> torch.Tensor:
 class UEraser(Defense):
     name = "ueraser"
     summary_text = "adversarial augmentation: train on the highest-loss of K draws of the UEraser policy"
+    requires = ("kornia",)
     PARAMS = (
         Param("repeats", int, DEFAULT_REPEATS, "K, the policy's draws per batch during the adversarial epochs; each "
               "row trains on its draw of highest loss (1: UEraser-Lite, one draw, no selection).",
@@ -202,6 +219,7 @@ class UEraser(Defense):
         return max(1, round(self.params["share"] * self.recipe.epochs))
 
     def prepare(self, ctx: TrainContext) -> None:
+        kornia_kernels()  # kornia missing: the one-line error before the first epoch, not at the first batch
         self._reset()
         return None
 

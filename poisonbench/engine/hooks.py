@@ -191,6 +191,9 @@ class Defense:
     # the contract's one exception (module docstring): an upper bound, not a defense, handed the poison mask before
     # training (`receive_poison_mask`); the reports label it so and leave it out of every "best" (report/tables)
     sees_poison_mask: ClassVar[bool] = False
+    # the optional packages the defense imports when it trains (keys of core/optional.py OPTIONAL_PACKAGES): `defend`
+    # checks them before it loads or writes anything, so a missing one is the one-line error naming it
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, family: str, recipe: Recipe, threat: Threat | None = None, **params: Any):
         self.family, self.recipe, self.threat = family, recipe, threat or Threat()

@@ -16,10 +16,11 @@ from pathlib import Path
 from ..core.device import configure_device, resolve_device, to_float
 from ..core.errors import PoisonbenchError
 from ..core.io import exclusive, try_exclusive
+from ..core.optional import require
 from ..core.provenance import git_state
 from ..core.seeds import check_apart
 from ..data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
-from ..defenses import build_defense
+from ..defenses import DEFENSES, build_defense
 from ..engine.checkpoints import Checkpoint, checkpoint_path
 from ..engine.hooks import Defense
 from ..engine.models import DEFAULT_MODEL, check_fits
@@ -140,6 +141,8 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
     `force`. A run killed midway resumes from its epoch checkpoint (poisonbench/engine/checkpoints.py); `force` starts
     it over."""
     validate(spec)
+    for package in DEFENSES.get(spec.method).requires:  # an optional package the method needs: one line, now
+        require(package)
     git_state()  # the code of this process, read now: the checkout may move on while the runs train
     device = configure_device(resolve_device(spec.device), spec.deterministic)  # crafts on the way follow it too
     store = RunStore(spec.results)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import PoisonbenchError
+from ..core.optional import require
 from ..experiment.records import RunStore
 from .plan import Plan, Step
 from .worker import spec_to_json
@@ -107,10 +108,9 @@ def check_executor(name: str) -> None:
     if name == "workers":
         return
     try:
-        import submitit  # noqa: F401
-    except ImportError:
-        raise PoisonbenchError(f"executor {name!r} needs submitit, which is not installed (pip install "
-                               "submitit); or use --executor workers") from None
+        require("submitit")
+    except PoisonbenchError as exc:
+        raise PoisonbenchError(f"{exc}; or use --executor workers") from None
     if name == "slurm" and shutil.which("sbatch") is None:
         raise PoisonbenchError("executor 'slurm' is not available here: no `sbatch` on PATH (submitit submits "
                                "through it); run this on the cluster's login node, or write a script with "

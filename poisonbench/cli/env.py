@@ -1,0 +1,109 @@
+"""`poisonbench env`: what this machine runs poisonbench with (Python, torch and its CUDA, the device, the optional
+packages and what is disabled without them, the poisonbench version and commit): the first command on a new
+machine, e.g. a GPU node set up offline (docs/install.md)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+
+import torch
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .. import __version__
+from ..core.device import resolve_device
+from ..core.optional import first_line, installed_version, optional_status
+from ..core.provenance import TESTED_TORCH, git_state, torch_version_note
+from ..experiment.options import OPTIONS
+from . import options
+from .progress import stdout_console
+
+HELP = ("Show what poisonbench runs with here: Python, torch and its CUDA / cuDNN, the device, torch.compile, the "
+        "optional packages (and what is disabled without each), the poisonbench version and git commit.")
+
+# the packages every command imports (pyproject.toml's dependencies besides torch and the optional ones)
+LIBRARIES = ("torchvision", "numpy", "pandas", "typer", "rich", "safetensors", "scikit-learn", "matplotlib")
+
+
+def compile_status() -> dict:
+    """Whether torch.compile exists and its GPU code generator (triton) imports; Inductor on the CPU needs a C++
+    compiler instead, which this does not check."""
+    try:
+        importlib.import_module("triton")
+        triton, error = installed_version("triton") or "present", None
+    except Exception as exc:  # ImportError, or a triton built for another torch
+        triton, error = None, None if isinstance(exc, ImportError) else first_line(exc)
+    return {"torch_compile": hasattr(torch, "compile"), "triton": triton, "triton_error": error}
+
+
+def environment_report(device: str = "auto") -> dict:
+    """Everything `poisonbench env --json` prints, as one dict."""
+    cuda = torch.cuda.is_available()
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    try:
+        resolved = str(resolve_device(device))
+    except Exception as exc:  # a bad --device is reported, not raised: env is for finding out what is wrong
+        resolved = f"error: {first_line(exc)}"
+    commit, dirty = git_state()
+    return {
+        "poisonbench": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_tested": TESTED_TORCH,
+        "torch_note": torch_version_note(),
+        "cuda": torch.version.cuda,  # the CUDA torch was built with (None: a CPU build)
+        "cudnn": cudnn,
+        "cuda_available": cuda,
+        "device_asked": device,
+        "device": resolved,
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        **compile_status(),
+        "libraries": {name: installed_version(name) for name in LIBRARIES},
+        "optional": optional_status(),
+    }
+
+
+def command(
+    device: str = options.typer_option(OPTIONS["device"], "The device to resolve, as `defend --device` takes it: "
+                                       "auto (the first CUDA device, else the CPU) | cpu | cuda | cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of the tables."),
+) -> None:
+    report = environment_report(device)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    console = stdout_console()
+    table = Table(title="poisonbench environment", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    commit = report["git_commit"] or "not a git checkout"
+    table.add_row("poisonbench", f"{report['poisonbench']} ({commit}{', modified' if report['git_dirty'] else ''})")
+    table.add_row("python", report["python"])
+    torch_text = escape(report["torch"]) + (f" [yellow]({escape(report['torch_note'])})[/]" if report["torch_note"]
+                                            else "")
+    table.add_row("torch", torch_text)
+    table.add_row("CUDA / cuDNN", f"{report['cuda'] or 'CPU build'} / {report['cudnn'] or '-'}")
+    table.add_row(escape(f"--device {device}"), escape(report["device"]))
+    for i, name in enumerate(report["cuda_devices"]):
+        table.add_row(f"cuda:{i}", escape(name))
+    triton = report["triton"] or ("[yellow]broken: " + escape(report["triton_error"]) + "[/]" if report["triton_error"]
+                                  else "[yellow]not installed[/] (torch.compile cannot generate GPU code)")
+    table.add_row("torch.compile / triton", f"{'yes' if report['torch_compile'] else 'no'} / {triton}")
+    for name, version in report["libraries"].items():
+        table.add_row(name, version or "[red]not installed[/]")
+    console.print(table)
+    optional = Table(title="optional packages")
+    for col in ("package", "version", "needed for"):
+        optional.add_column(col)
+    for p in report["optional"]:
+        if p["present"]:
+            optional.add_row(p["package"], p["version"] or "present", p["feature"])
+        else:
+            why = f"broken: {escape(p['error'])}" if p["error"] else "missing"
+            optional.add_row(p["package"], f"[red]{why}[/]", f"{p['feature']}: disabled (pip install {p['pip']})")
+    console.print(optional)
