@@ -193,7 +193,7 @@ def test_deterministic_on_pins_cudas_deterministic_algorithms(cuda_stand_in, mon
     cuda = torch.device("cuda", 0)
     assert configure_device(cuda, "on") == cuda
     assert flags() == {"cudnn.deterministic": True, "cudnn.benchmark": False, "inductor.deterministic": True}
-    assert cuda_stand_in == {"set_device": [cuda], "use_deterministic_algorithms": [(True, True)]}
+    assert cuda_stand_in == {"set_device": [cuda], "use_deterministic_algorithms": [(True, False)]}
     import os
 
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
@@ -214,7 +214,7 @@ def test_deterministic_off_leaves_torchs_fast_choices_and_none_keeps_the_process
     configure_device(CPU, "on")  # the CPU has no such flags: only the mode is remembered
     assert flags() == off and deterministic_mode() == "on"
     configure_device(cuda)
-    assert flags()["cudnn.deterministic"] is True and cuda_stand_in["use_deterministic_algorithms"][-1] == (True, True)
+    assert flags()["cudnn.deterministic"] is True and cuda_stand_in["use_deterministic_algorithms"][-1] == (True, False)
 
 
 def test_configure_device_refuses_an_unknown_mode():

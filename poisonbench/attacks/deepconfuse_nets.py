@@ -35,6 +35,15 @@ def resize_bilinear(t: torch.Tensor, size: tuple[int, int], align_corners: bool)
     return (rows @ compute @ cols.T).to(t.dtype)
 
 
+class GlobalMeanPool(nn.Module):
+    """`nn.AdaptiveAvgPool2d(1)` as the mean over H×W (N×C×1×1) that ATen makes of it (the same numbers), spelt out
+    so the pool never depends on that fast path to stay off `adaptive_avg_pool2d`'s own kernel, whose CUDA backward
+    has no deterministic implementation (it would raise under `--deterministic on`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
 class MNISTAutoencoder(nn.Module):
     """DC MNIST/models.py generator: conv encoder 1→16→64, transposed-conv decoder 64→128→64→1, BN, tanh."""
 
@@ -125,7 +134,7 @@ class BottleneckVGG11(nn.Module):
             else:
                 layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(True)]
                 cin = v
-        layers += [nn.Conv2d(512, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [nn.Conv2d(512, 2, 1), GlobalMeanPool(), nn.Flatten()]  # DC: nn.AdaptiveAvgPool2d(1)
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(2, num_classes)
 

@@ -51,9 +51,11 @@ def configure_device(device: torch.device, deterministic: str | None = None) -> 
 
     `deterministic` "on" (the default) makes CUDA runs reproducible, as the CPU's are (untested here: no GPU).
     cuDNN's autotuned convolution backward and cuBLAS's split-K sum in a run-dependent order, so it pins
-    deterministic algorithms (`warn_only`: an op without a deterministic CUDA kernel, e.g. `grid_sample`'s or
-    `upsample_bilinear2d`'s backward, warns instead of failing), a fixed cuBLAS workspace and Inductor without
-    autotuning. "off" gives the fast choices instead: cuDNN autotuning (`benchmark`, as airbench trains), no
+    deterministic algorithms, a fixed cuBLAS workspace and Inductor without autotuning. An op that has no
+    deterministic CUDA kernel (e.g. `grid_sample`'s, `adaptive_avg_pool2d`'s or `upsample_bilinear2d`'s backward)
+    then raises RuntimeError (`warn_only=False`): a run that says "deterministic" is so, or fails. The training
+    and crafting paths use none of them (a mean over H×W for the global pool, matrix products for resizes and the
+    crafting shifts). "off" gives the fast choices instead: cuDNN autotuning (`benchmark`, as airbench trains), no
     deterministic pins; the same seed may then give other numbers. None keeps the mode the process was last
     configured with (`deterministic_mode`): the flags are process-wide. The CPU's algorithms are deterministic
     either way, so on the CPU only the mode is remembered. TF32 convolutions stay at torch's default (on, as in the
@@ -69,7 +71,7 @@ def configure_device(device: torch.device, deterministic: str | None = None) -> 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = not on
-    torch.use_deterministic_algorithms(on, warn_only=on)  # off: torch's default state (False, False)
+    torch.use_deterministic_algorithms(on, warn_only=False)  # on: raise, never only warn; off: torch's default
     import torch._inductor.config as inductor_config
 
     if hasattr(inductor_config, "deterministic"):  # Inductor's deterministic mode is torch 2.10's; older: unset

@@ -149,7 +149,8 @@ DEFEND_OPTIONS: tuple[DefendOption, ...] = (
                  "fused; same numbers up to float rounding) | off (plain PyTorch modules everywhere). Execution only: "
                  "recorded in env, not in the run or poison id.", "execution"),
     DefendOption("deterministic", "--deterministic", str, "on",
-                 "CUDA algorithms: on (deterministic: the same seed gives the same numbers) | off (cuDNN autotuning, "
+                 "CUDA algorithms: on (deterministic: the same seed gives the same numbers; an op with no "
+                 "deterministic kernel raises) | off (cuDNN autotuning, "
                  "no deterministic pins: faster, not repeatable). No effect on the CPU. Execution only: recorded in "
                  "env, not in the run or poison id.", "execution"),
     DefendOption("results", "--results", str, None,
