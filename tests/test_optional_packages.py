@@ -136,14 +136,6 @@ def test_slurm_executors_without_submitit_are_one_line(block):
     check_executor("workers")  # the local workers need no submitit
 
 
-# poisonbench/attacks/crafting_augment.py still imports kornia where the attacks load (its pure-torch replacement
-# is on another branch): until it lands, the command cannot start without kornia, which the next test shows
-KORNIA_AT_ATTACK_IMPORT = re.search(r"^(from|import) kornia", (ROOT / "poisonbench/attacks/crafting_augment.py")
-                                    .read_text(), re.M) is not None
-
-
-@pytest.mark.xfail(KORNIA_AT_ATTACK_IMPORT, strict=True,
-                   reason="poisonbench/attacks/crafting_augment.py imports kornia at module level")
 def test_the_command_starts_without_kornia_in_a_fresh_process(tmp_path):
     """The honest test of the import-time failure: a fresh interpreter where `import kornia` fails (the test process
     has kornia imported already) runs `poisonbench --help`, `env --json` and `defend --method ueraser`, one after
