@@ -8,7 +8,7 @@
 #
 # From any directory; it works in the repository root. --tiny: the GPU check's toy sizes, for a rehearsal on a CPU.
 # Environment: OUT (the output folder; default ./gpu-out), PYTHON (default python3), GPU_BUDGET (the check's
-# seconds, default 360), WHEELS (default .whl), DATA_DIR (a Fashion-MNIST folder for the check's end-to-end figure).
+# seconds, default 360), PYTEST_LIMIT (the GPU tests' seconds, default 240), WHEELS (default .whl), DATA_DIR (a Fashion-MNIST folder for the check's end-to-end figure).
 # Output: summary.txt (one line per step: exit status and seconds), install.log, cli.log (`poisonbench --help` and
 # `poisonbench env`), env.json, gpu_check.jsonl (the check's figures), gpu_check.log, pytest_gpu.log.
 # Exit status: 0 when every step passed, else the number of steps that failed.
@@ -45,7 +45,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 # 1. The carried wheels, without their dependencies (the machine's own torch, numpy, ... stay as they are), then the
 #    project itself: no build isolation (it would ask an index for setuptools), setuptools >= 70.1 (bdist_wheel).
-install() {
+pb_install() {
     local wanted
     wanted=$(grep -v '^#' benchmarks/gpu_wheels.txt | cut -d'#' -f1 | xargs)
     if $PY -c 'import setuptools, sys; sys.exit(tuple(map(int, setuptools.__version__.split(".")[:2])) < (70, 1))' \
@@ -58,7 +58,9 @@ install() {
     $PY -m pip install -q --no-index --no-build-isolation --no-deps -e . || return 1
     $PY -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|kornia|kornia.rs|mlxtend|submitit|setuptools|numpy) '
 }
-step install 300 install
+export PY WHEELS
+export -f pb_install
+step install 300 bash -c pb_install  # a function runs under timeout through bash
 
 BIN=$($PY -c 'import os, sys; print(os.path.dirname(sys.executable))')
 PB="$BIN/poisonbench"
@@ -75,7 +77,8 @@ CHECK=(benchmarks/gpu_check.py --out "$OUT/gpu_check.jsonl" --budget "$BUDGET")
 step gpu_check $((BUDGET + 120)) env PYTHONUNBUFFERED=1 $PY "${CHECK[@]}"
 
 # 4. The GPU tests (they skip where torch sees no CUDA device).
-step pytest_gpu 240 $PY -m pytest -m gpu -q -p no:cacheprovider -n 0 tests/test_gpu.py
+step pytest_gpu "${PYTEST_LIMIT:-240}" $PY -m pytest -m gpu -v -p no:cacheprovider -n 0 --durations=0 \
+    tests/test_gpu.py tests/test_deterministic.py
 
 say "gpu_run: done, $FAILED step(s) failed"
 [ -f "$OUT/gpu_check.jsonl" ] && grep '"figure": "done"' "$OUT/gpu_check.jsonl" | cut -c1-600 | tee -a "$SUMMARY"
