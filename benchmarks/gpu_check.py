@@ -1,6 +1,7 @@
 """One command that measures poisonbench's GPU path (issue 55): one JSON line per figure, on stdout and `--out`.
 
-    python benchmarks/gpu_check.py [--device auto] [--out gpu.jsonl] [--data-dir DIR] [--compile on|off] [--tiny]
+    python benchmarks/gpu_check.py [--device auto] [--out gpu.jsonl] [--budget 360] [--data-dir DIR]
+                                   [--compile on|off] [--tiny]
 
 Why: the paper's tables are GPU work (CIFAR-10, ResNet-18, 80 epochs), and the CPU machines this project is built on
 cannot say what a GPU sweep costs. This script says it in one run, well under 8 minutes on one H100, without any
@@ -18,7 +19,11 @@ the torch version, and `check_seconds`, the wall time the figure took):
   process's peak RSS, which never goes down). Workloads: `cifar10-scratch` (ResNet-18, fp32 and bf16),
   `cifar10-transfer` (ResNet-18 with a frozen extractor and a trainable head: Table III's BP / FC victims) and
   `mnist-scratch` (the ConvNet on 28×28 grey images: Table II's MNIST half).
-- `official_loop`: the same training steps the way the official HINT code trains (a `DataLoader` over a
+  Each at `--deterministic off` (the fast mode: cuDNN autotuning) and `on` (the default: deterministic algorithms,
+  raising on a nondeterministic kernel) for ResNet-18; every line names its switches and `fp32_math` (TF32
+  convolutions, cuDNN's default, are named as such) and `compile_seconds` (the warm-up epoch less a timed one).
+- `official_loop` (one line per mode) and `engine_over_official`: the same training steps the way the official HINT
+  code trains (a `DataLoader` over a
   `TensorDataset` on the CPU, `.to(device)` per batch, an eager model, a plain loop; no augmentation, which favours
   it), measured before the engine sets its deterministic-algorithm switches, and `engine_over_official`, the
   engine's fp32 images/s over it (best epochs of both).
@@ -29,7 +34,8 @@ the torch version, and `check_seconds`, the wall time the figure took):
   the weights.
 - `defense_overhead` (one line per defense): the wall time of `train` with each registered defense over `none`,
   on the same rows and epochs (benchmarks/defense_overhead.py's `timed_training`; the paper recipe shortened to a
-  few epochs, its schedules scaled; eager), and `paper_scale_ratio_to_none`: the same at the paper recipe's 80
+  few epochs, its schedules scaled; compiled as `--compile` says, after one untimed epoch that compiles; under
+  `--deterministic on`, so a defense that meets a nondeterministic kernel fails in its own line), and `paper_scale_ratio_to_none`: the same at the paper recipe's 80
   epochs, where the work a defense does at scheduled epochs (HINT's noise updates, FRIENDS' friendly noise, EPIC's
   drops: its `defense_epoch` cost) is counted per event and multiplied by the paper schedule's events, a filter's
   one-off work before training counts once (but the model it trains for its features, with the recipe, scales),
@@ -39,8 +45,13 @@ the torch version, and `check_seconds`, the wall time the figure took):
 - `fashion_mnist_e2e`: a small targeted run end to end on the device (GM crafted against a surrogate, a victim
   trained on the poisoned set, `experiment.defend`): its attack success and test accuracy; or, without
   `--data-dir` or its files, why it was skipped.
-- `done`: the total time and the figures that failed (a failed figure prints an `error` line and the rest go on;
-  the exit status is then 1).
+- `done`: the total time, the figures that failed (a failed figure prints an `error` line and the rest go on; the
+  exit status is then 1), those the budget skipped, and torch.compile's counts.
+
+Every measured line carries `compile_counts` (core.compile_watch: graphs, graph breaks, eager fallbacks at Dynamo's
+recompile limit); a fallback makes its figure an error (Dynamo is told to fail rather than fall back), so the check
+never times eager code as compiled. `--budget SECONDS` (default 360: one H100 by design; 0: none): the figures run
+most useful first, and each whose estimate (`ESTIMATES`, H100 seconds) no longer fits gets a `skipped` line.
 
 `--tiny`: the same code path at toy sizes (16×16 images, the ConvNet, a few rows, one timed epoch and iteration) so
 that tests/test_gpu_check.py runs it on a CPU in seconds; its numbers mean nothing.

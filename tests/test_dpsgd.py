@@ -214,3 +214,21 @@ def test_bad_clip_or_noise_is_a_one_line_error_and_writes_nothing(cli, tiny_npz,
                        "off", "--dataset", tiny_npz, "--results", tmp_path / "r")
     one_line_error(code, err, needle)
     assert files_under(tmp_path / "r") == []
+
+
+def test_per_example_chunks_are_sized_by_the_card_on_a_gpu_and_stay_1_gib_on_the_cpu(monkeypatch):
+    """A ResNet-18 batch of 128 in one vmap on a large card (24-row chunks made DP-SGD 23× `none` on an H200), a
+    fixed size per card type (the same sums), and never smaller than the CPU's chunk."""
+    from types import SimpleNamespace
+
+    from poisonbench.defenses import dpsgd
+
+    assert dpsgd.per_example_floats(torch.device("cpu")) == 2 ** 28
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(total_memory=80 * 2 ** 30))
+    floats = dpsgd.per_example_floats(torch.device("cuda:0"))
+    assert floats == 80 * 2 ** 30 // 16
+    assert floats // 11_173_962 >= 128  # ResNet-18's trainable parameters: a paper batch fits one chunk
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(total_memory=2 * 2 ** 30))
+    assert dpsgd.per_example_floats(torch.device("cuda:0")) == 2 ** 28

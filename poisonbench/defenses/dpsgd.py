@@ -49,9 +49,21 @@ if TYPE_CHECKING:
     from ..engine.hooks import TrainContext
 
 DPSGD_STREAM = "dpsgd"
-# floats of per-example gradients held at once (chunk = this / trainable parameters): 2^28 floats = 1 GiB; ConvNet
-# (~117k parameters) takes any batch in one chunk, ResNet-18 (11.2M) 24 rows at a time
+# floats of per-example gradients held at once on the CPU (chunk = this / trainable parameters): 2^28 floats = 1 GiB;
+# ConvNet (~117k parameters) takes any batch in one chunk, ResNet-18 (11.2M) 24 rows at a time
 PER_EXAMPLE_FLOATS = 2 ** 28
+GPU_MEMORY_SHARE = 4  # on a GPU: a quarter of the card's memory (80 GB: ResNet-18 in chunks of about 480 rows, not 24)
+
+
+def per_example_floats(device: torch.device) -> int:
+    """How many floats of per-example gradients one chunk may hold on `device`: `PER_EXAMPLE_FLOATS` on the CPU;
+    on a GPU a quarter of the card's total memory (never less than the CPU's), so that ResNet-18's batch of 128
+    runs as one vmap instead of six (24-row chunks made DP-SGD 23× `none` on an H200: experiments/gpu.md). Sized by
+    the card, not its free memory, so that one card type always sums in the same chunks (the same numbers)."""
+    if device.type != "cuda":
+        return PER_EXAMPLE_FLOATS
+    total = torch.cuda.get_device_properties(device).total_memory
+    return max(PER_EXAMPLE_FLOATS, total // (4 * GPU_MEMORY_SHARE))  # 4 bytes a float
 BN_HANDLING = ("batch statistics fixed per batch: one train-mode forward (no grad) takes them and updates the "
                "running statistics; each example is normalised with them, detached")
 
@@ -143,6 +155,7 @@ class DpSgd(Defense):
         self._generator: torch.Generator | None = None
         self._totals: dict[str, torch.Tensor] = {}
         self.rows = 0
+        self._chunk_floats = PER_EXAMPLE_FLOATS
 
     def prepare(self, ctx: TrainContext) -> None:
         # its own stream: the engine's order and augmentation stay those of `--method none`
@@ -151,6 +164,7 @@ class DpSgd(Defense):
                         (("examples", torch.long), ("clipped", torch.long), ("steps", torch.long),
                          ("norm_sum", torch.float64), ("norm_max", torch.float32))}
         self.rows = len(ctx.train_y) if ctx.active is None else len(ctx.active)
+        self._chunk_floats = per_example_floats(ctx.device)
         return None
 
     def gradient(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor,
@@ -160,7 +174,7 @@ class DpSgd(Defense):
         with autocast():
             logits, stats = batch_forward(model, x)
         summed = {name: torch.zeros_like(p) for name, p in params.items()}
-        chunk = max(1, PER_EXAMPLE_FLOATS // max(1, sum(p.numel() for p in params.values())))
+        chunk = max(1, self._chunk_floats // max(1, sum(p.numel() for p in params.values())))
         for start in range(0, len(y), chunk):
             with autocast():
                 grads = per_example_gradients(model, params, stats, x[start:start + chunk], y[start:start + chunk])
