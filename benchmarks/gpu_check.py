@@ -35,7 +35,8 @@ the torch version, and `check_seconds`, the wall time the figure took):
 - `defense_overhead` (one line per defense): the wall time of `train` with each registered defense over `none`,
   on the same rows and epochs (benchmarks/defense_overhead.py's `timed_training`; the paper recipe shortened to a
   few epochs, its schedules scaled; compiled as `--compile` says, after one untimed epoch that compiles; under
-  `--deterministic on`, so a defense that meets a nondeterministic kernel fails in its own line), and `paper_scale_ratio_to_none`: the same at the paper recipe's 80
+  `--deterministic on`, so a defense that meets a nondeterministic kernel fails in its own line), and
+  `paper_scale_ratio_to_none`: the same at the paper recipe's 80
   epochs, where the work a defense does at scheduled epochs (HINT's noise updates, FRIENDS' friendly noise, EPIC's
   drops: its `defense_epoch` cost) is counted per event and multiplied by the paper schedule's events, a filter's
   one-off work before training counts once (but the model it trains for its features, with the recipe, scales),
