@@ -733,8 +733,9 @@ def run(args) -> int:
     lines.emit("done", {"errors": errors, "skipped": lines.skipped, "budget_seconds": args.budget,
                         "compile_counts": lines.watch.snapshot(), "eager_fallbacks": lines.watch.fallbacks},
                time.perf_counter() - started)
+    hits = lines.watch.snapshot()["recompile_limit_hits"]
     lines.close()
-    return 1 if errors or lines.watch.fallbacks else 0
+    return 1 if errors or hits or lines.watch.fallbacks else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ import logging
 
 RECOMPILE_LIMIT = 64  # graphs per code object: one per model variant × precision × batch shape this process meets
 LIMIT_MESSAGE = "torch._dynamo hit config."  # the start of Dynamo's warning when a code object falls back to eager
+# the start of the `unimplemented` reason Dynamo counts for the same event (torch 2.9+; older: "cache_size_limit")
+LIMIT_REASONS = ("Dynamo recompile limit exceeded", "cache_size_limit reached")
 
 
 def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
@@ -50,10 +52,12 @@ class CompileWatch:
     def snapshot(self) -> dict:
         from torch._dynamo.utils import counters
 
+        counted = sum(n for reason, n in counters["unimplemented"].items() if reason.startswith(LIMIT_REASONS))
         return {"graphs": int(counters["stats"]["unique_graphs"]),
                 "frames_compiled": int(counters["frames"]["ok"]),
                 "graph_breaks": int(sum(counters["graph_break"].values())),
-                "recompile_limit_hits": len(self._handler.hits)}
+                # Dynamo's own counter, or its warnings where a logging set-up elsewhere kept them from us
+                "recompile_limit_hits": max(int(counted), len(self._handler.hits))}
 
     def since(self, before: dict) -> dict:
         now = self.snapshot()
