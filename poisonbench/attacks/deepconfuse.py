@@ -43,7 +43,7 @@ from ..core.hashing import sha256_file
 from ..core.io import atomic_write_bytes, ensure_writable, os_error_in_one_line, torch_load_tensors
 from ..core.params import MAX_BATCH_SIZE, MAX_EPOCHS, Param
 from ..core.seeds import attacker_seed
-from ..core.workspace import results_dir
+from ..core.workspace import workspace_dir
 from ..engine.checkpoints import join_optimizer_state, read_state, split_optimizer_state, split_prefixed, write_state
 from .base import Attack, AttackContext, batches
 from .deepconfuse_nets import CLASSIFIERS, GENERATORS
@@ -60,7 +60,7 @@ _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
 def generator_path(results_root, family: str, sha256: str) -> Path:
     """Where an imported generator is kept: <results>/generators/deepconfuse-<family>-<sha256>.safetensors."""
-    return results_dir(results_root) / "generators" / f"deepconfuse-{family}-{sha256}.safetensors"
+    return workspace_dir(results_root, "generators") / f"deepconfuse-{family}-{sha256}.safetensors"
 
 
 def import_generator(path, family: str, results_root=None) -> str:

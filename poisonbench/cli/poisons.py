@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..attacks.targets import SCENARIOS, check_setup_index, check_target_choice
+from ..core.printable import printable, printable_json
 from . import options
 from .progress import stdout_console
 
@@ -27,7 +28,7 @@ def list_(results: str = options.Results, as_json: bool = options.Json) -> None:
              "craft_seconds": m.get("craft_seconds"), "created_at": m.get("created_at")}
             for m in poisons.list_manifests(results)]
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(printable_json(json.dumps(rows, indent=2)))
         return
     if not rows:
         Console(stderr=True).print("no poison sets in this workspace")
@@ -36,9 +37,11 @@ def list_(results: str = options.Results, as_json: bool = options.Json) -> None:
     table.add_column("id", no_wrap=True)
     for col in ("attack", "dataset", "ε", "budget", "seed", "rows", "craft s", "created"):
         table.add_column(col)
-    for r in rows:
-        table.add_row(r["poison_id"], str(r["attack"]), str(r["dataset"]), f"{r['eps']:.4g}", str(r["budget"]),
-                      str(r["seed"]), str(r["count"]), str(r["craft_seconds"]), str(r["created_at"])[:16])
+    for r in rows:  # a manifest's fields, shown: control characters escaped, no markup
+        eps = f"{r['eps']:.4g}" if isinstance(r["eps"], (int, float)) else str(r["eps"])
+        cells = (r["poison_id"], r["attack"], r["dataset"], eps, r["budget"], r["seed"], r["count"],
+                 r["craft_seconds"], str(r["created_at"])[:16])
+        table.add_row(*(escape(printable(c)) for c in cells))
     stdout_console().print(table)
 
 
@@ -47,7 +50,8 @@ def show(poison_id: str = typer.Argument(..., help="Poison id (see `poisons list
          results: str = options.Results) -> None:
     from .. import poisons
 
-    print(json.dumps(poisons.read_manifest(results, poison_id), indent=2, sort_keys=True))
+    manifest = poisons.read_manifest(results, poison_id)  # its fields may hold anything: nothing printed raw
+    print(printable_json(json.dumps(manifest, indent=2, sort_keys=True)))
 
 
 @app.command("validate", help="Re-check a PoisonSet against its dataset: sha256, dataset fingerprint, indices, "

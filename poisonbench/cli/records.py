@@ -77,8 +77,13 @@ def unpack(
                                              "is (each named on stderr, exit 0); never overwrites."),
     as_json: bool = options.Json,
 ) -> None:
+    from ..core.workspace import refuse_links, results_dir
     from ..experiment import packed_records
 
+    pack = packed_records.read_pack(source)  # a bad file is named first, as `unpack` does
+    root = results_dir(directory)
+    for path in [root / "runs", *(root / "poisons" / m["poison_id"] for _, m in pack.manifests)]:
+        refuse_links(root, path)  # nothing is written through a symbolic link in the workspace
     summary = packed_records.unpack(source, directory, skip_conflicts=skip_conflicts)
     for conflict in summary["refused"]:
         _note(f"not unpacked: {conflict}")

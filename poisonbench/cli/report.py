@@ -19,6 +19,7 @@ from rich.table import Table
 
 from ..core.errors import PoisonbenchError, unknown_choice
 from ..core.printable import printable, printable_json
+from ..core.workspace import workspace_dir
 from ..data import DEFAULT_DATASET, record_name
 from ..experiment.packed_records import SUFFIX, is_packed, open_store
 from ..experiment.records import RecordReader
@@ -230,9 +231,8 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
                      "add --results DIR to complete a workspace")
             show_missing(table, records, opts, filters, dataset, per_trial, data_dir, None if packed else results)
         else:
-            mixed = show_table(table, records, store, opts, filters, fmt,
-                               heatmap_dir=(out or (None if packed else str(store.root / "figures"))) if matrix
-                               else None)
+            heatmap = (out or (None if packed else str(workspace_dir(store.root, "figures")))) if matrix else None
+            mixed = show_table(table, records, store, opts, filters, fmt, heatmap_dir=heatmap)
             fail_if_mixed(mixed, strict)
     elif figure is not None:
         draw_figures(figure, records, store, filters, out=out, run=run, paper=paper, rho=rho, trial=trial,
@@ -334,7 +334,7 @@ def draw_figures(figure: str, records: list[dict], store: RecordReader, filters:
             method = records[0]["config"]["defense"]["method"]
             raise PoisonbenchError(f"run {run!r} (method {method!r}) keeps no healthy-noise examples; --run "
                                    "needs a HINT run")
-    target = out or str(store.root / "figures")
+    target = out or str(workspace_dir(store.root, "figures"))  # never a symbolic link in the workspace
     paths = figures.draw(number, records, target, paper=paper, rho=rho, trial=trial, data_dir=data_dir, **filters)
     if not paths:
         have = sorted({r["config"]["trial"] for r in records}) if trial is not None else []

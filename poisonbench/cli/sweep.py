@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..core.errors import PoisonbenchError
-from ..core.printable import printable
+from ..core.printable import printable, printable_json
 from ..experiment.records import RunStore
 from ..sweeps import Execution, builtin_grids, load_grid, make_plan
 from ..sweeps.grid import locate
@@ -126,15 +126,16 @@ def plan_cmd(
     states = plan.states()
     if print_commands:
         for step in to_run(plan, retry_failed, states):
-            print(" ".join(shlex.quote(a) for a in ["poisonbench", *step.command(plan.execution)]))
+            # a grid's values (a dataset path, a label) may hold control characters: shown escaped, never raw
+            print(printable(" ".join(shlex.quote(a) for a in ["poisonbench", *step.command(plan.execution)])))
         return
     if as_json:
-        print(json.dumps({"grid": plan.grid.name, "steps": [
+        print(printable_json(json.dumps({"grid": plan.grid.name, "steps": [
             {"index": s.index, "kind": s.kind, "key": s.key, "label": s.label, "state": states[s.index],
-             "command": ["poisonbench", *s.command(plan.execution)]} for s in plan.steps]}))
+             "command": ["poisonbench", *s.command(plan.execution)]} for s in plan.steps]})))
         return
     counts = summary_counts(plan, states)
-    table = Table(title=f"sweep plan · {plan.grid.name}")
+    table = Table(title=f"sweep plan · {escape(printable(plan.grid.name))}")
     for col in ("steps", "wanted", "done", "missing", "failed", "running"):
         table.add_column(col)
     for kind, label in (("prepare", "PoisonSets to craft"), ("run", "runs")):

@@ -100,6 +100,38 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
+def make_directories(directory: Path, created: list[Path]) -> None:
+    """`mkdir -p directory`, appending each directory it makes to `created` (outermost first), so that a write that
+    fails later can remove them (`remove_made`) and leave nothing half-made."""
+    directory = Path(directory)
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for d in reversed(missing):
+        d.mkdir()
+        created.append(d)
+
+
+def remove_made(created: list[Path]) -> None:
+    """Remove the directories `make_directories` made (innermost first) where they are still empty."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:  # not empty (another process wrote into it meanwhile): leave it
+            pass
+
+
+def write_new_file(path: Path, data: bytes, what: str) -> None:
+    """`atomic_write_bytes`, creating the missing directories of `path`; an OSError (a full disk, a read-only
+    directory, a file where a directory belongs) is the one-line `PoisonbenchError` "cannot write WHAT to PATH:
+    REASON", with the temporary file and every directory this call created removed: nothing half-made is left."""
+    path, created = Path(path), []
+    try:
+        make_directories(path.parent, created)
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        remove_made(created)
+        raise PoisonbenchError(f"cannot write {what} to {str(path)!r}: {why_not_written(e, path)}") from None
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename in `directory` durable: without it a power loss can undo the rename (the run is then redone,
     never half-written)."""

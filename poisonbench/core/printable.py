@@ -6,14 +6,17 @@ printed from such text goes through `printable` (or `printable_json` for JSON te
 characters are shown, escaped as Python writes them (`\\x1b`, `\\x07`, `\\x9b`), never obeyed.
 
 Escaped: C0 (0x00-0x1f), DEL (0x7f), C1 (0x80-0x9f; 0x9b is an 8-bit CSI to many terminals) and the bidirectional
-overrides and isolates (U+202A-U+202E, U+2066-U+2069), which reorder what the reader sees. Every other character
-(ρ, ±, ·, accents, CJK) is printed as it is, and so is a backslash (LaTeX and Windows paths hold them)."""
+overrides and isolates (U+202A-U+202E, U+2066-U+2069), which reorder what the reader sees, and lone surrogates
+(U+D800-U+DFFF: a file name's bytes that are not UTF-8, `\\udcff`). Every other character (ρ, ±, ·, accents, CJK) is
+printed as it is, and so is a backslash (LaTeX and Windows paths hold them)."""
 
 from __future__ import annotations
 
 import re
 
-OTHERS = "\x7f-\x9f\u202a-\u202e\u2066-\u2069"  # DEL, C1, the bidirectional overrides and isolates
+# DEL, C1, the bidirectional overrides and isolates, and the lone surrogates that stand for a file name's bytes that
+# are not UTF-8 (os.fsdecode): a stream that encodes strictly would fail on them
+OTHERS = "\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
 _UNSAFE = re.compile(f"[\x00-\x1f{OTHERS}]")
 _UNSAFE_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f{OTHERS}]")
 

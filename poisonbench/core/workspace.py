@@ -29,3 +29,41 @@ def workspace_subdir(root: str | Path | None, name: str) -> Path:
         raise PoisonbenchError(f"{str(path)!r} is a file, not a directory: the results workspace is damaged; move "
                                "the file away or pass another --results")
     return path
+
+
+def refuse_links(root: str | Path, path: str | Path) -> None:
+    """Refuse in one line (PoisonbenchError naming it) a symbolic link at `path` or at any directory between the
+    results workspace `root` and `path`: everything poisonbench writes into a workspace stays inside it, and a
+    planted link would send a figure, a record or a log elsewhere. `root` itself may be a link (a workspace kept on
+    another disk); a `path` outside `root` is not checked here."""
+    root, path = Path(root), Path(path)
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return
+    current = root
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            try:
+                target = f" (to {os.readlink(current)!r})"
+            except OSError:
+                target = ""
+            raise PoisonbenchError(f"{str(current)!r} is a symbolic link{target}, not a directory: poisonbench "
+                                   "writes into a results workspace only through directories of its own; remove the "
+                                   "link")
+        if not current.exists():
+            return
+
+
+def workspace_dir(root: str | Path | None, *parts: str) -> Path:
+    """`<results>/<parts...>` (`runs`, `figures`, `locks`, `poisons/<id>`, ...), a directory poisonbench writes into:
+    need not exist yet; refused in one line when it, or a directory between the workspace and it, is a symbolic
+    link (`refuse_links`) or a file."""
+    base = results_dir(root)
+    path = base.joinpath(*parts)
+    refuse_links(base, path)
+    if path.exists() and not path.is_dir():
+        raise PoisonbenchError(f"{str(path)!r} is a file, not a directory: the results workspace is damaged; move "
+                               "the file away or pass another --results")
+    return path

@@ -32,6 +32,7 @@ from ..core.errors import PoisonbenchWarning
 from ..core.hashing import code_fingerprint
 from ..core.io import atomic_write_bytes, remove_stale_temps
 from ..core.provenance import cpu_model
+from ..core.workspace import workspace_dir
 
 code_fingerprint()  # read the sources now, at start-up: the checkout may move on while a long run trains
 
@@ -40,7 +41,7 @@ META_KEY = "poisonbench_checkpoint"
 
 
 def checkpoint_path(results_root: Path, rid: str) -> Path:
-    return Path(results_root) / "partial" / "runs" / f"{rid}.safetensors"
+    return workspace_dir(results_root, "partial", "runs") / f"{rid}.safetensors"
 
 
 def write_state(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

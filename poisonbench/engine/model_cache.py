@@ -21,7 +21,7 @@ from safetensors.torch import save as st_save
 from ..core.errors import PoisonbenchError
 from ..core.hashing import canonical_json, short_hash
 from ..core.io import atomic_write_bytes, exclusive, os_error_in_one_line
-from ..core.workspace import results_dir
+from ..core.workspace import workspace_dir
 from . import termination
 from .checkpoints import CHECKPOINT_EVERY, Checkpoint
 from .models import build_model
@@ -29,7 +29,7 @@ from .recipes import resolve_recipe
 
 
 def model_path(results_root, kind: str, model_id: str) -> Path:
-    return results_dir(results_root) / kind / f"{model_id}.safetensors"
+    return workspace_dir(results_root, kind) / f"{model_id}.safetensors"
 
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -59,7 +59,7 @@ def load_or_train(kind: str, spec: dict, dataset, device: torch.device, *, resul
         if progress is not None:
             progress(f"{what} · waiting for another process training {model_id}", 0, 1)
 
-    with exclusive(results_dir(results_root) / "locks" / f"{what}-{model_id}.lock", on_wait=waiting):
+    with exclusive(workspace_dir(results_root, "locks") / f"{what}-{model_id}.lock", on_wait=waiting):
         if path.exists():
             return _load(path, spec, model_id, dataset, device, seed)
         training = resolve_recipe(dataset.family, recipe, **(recipe_overrides or {}))
@@ -116,7 +116,8 @@ def _train(path: Path, spec: dict, model_id: str, dataset, device: torch.device,
 
     # epoch checkpoints as `defend`'s (an 80-epoch ResNet-18 is hours on a CPU): a killed job resumes the training
     # where it stopped, with the weights an uninterrupted training gives
-    checkpoint = Checkpoint(path.parent.parent / "partial" / path.parent.name / path.name, checkpoint_every)
+    checkpoint = Checkpoint(workspace_dir(path.parent.parent, "partial", path.parent.name) / path.name,
+                            checkpoint_every)
     start = time.perf_counter()
     result = train(model, tx, ty, vx, vy, recipe, seed=seed, device=device, num_classes=dataset.num_classes,
                    eval_sets={"val": (vx, vy)}, on_batch=on_batch, checkpoint=checkpoint, accel=accel)

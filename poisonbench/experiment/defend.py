@@ -19,6 +19,7 @@ from ..core.io import exclusive, try_exclusive
 from ..core.optional import require
 from ..core.provenance import git_state
 from ..core.seeds import check_apart
+from ..core.workspace import workspace_dir
 from ..data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
 from ..defenses import DEFENSES, build_defense
 from ..engine.checkpoints import Checkpoint, checkpoint_path
@@ -233,7 +234,7 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
 
 def run_lock(store: RunStore, rid: str) -> Path:
     """The claim of run `rid` in the workspace (beside the PoisonSets' and pre-trained models' locks)."""
-    return store.root / "locks" / f"run-{rid}.lock"
+    return workspace_dir(store.root, "locks") / f"run-{rid}.lock"
 
 
 def prepare(spec: DefendSpec, reporter: Reporter | None = None) -> list[dict]:

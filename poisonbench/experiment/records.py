@@ -16,7 +16,7 @@ from pathlib import Path
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.hashing import short_hash
 from ..core.io import atomic_write_json, ensure_writable
-from ..core.workspace import results_dir
+from ..core.workspace import results_dir, workspace_dir
 
 SCHEMA_VERSION = 1
 
@@ -156,7 +156,7 @@ class RunStore(RecordReader):
     def ensure_writable(self) -> None:
         """Fail (PoisonbenchError, one line) unless records can be written into `runs/`: called before training,
         so a read-only workspace does not cost a whole run first."""
-        ensure_writable(self.runs, "run records")
+        ensure_writable(workspace_dir(self.root, "runs"), "run records")
 
     def get(self, rid: str) -> dict | None:
         """The complete record of `rid`, or None (absent or unreadable: then the run is not done)."""
@@ -185,6 +185,7 @@ class RunStore(RecordReader):
 
         from .run_inputs import crafts_text, differing_crafts, record_crafts
 
+        workspace_dir(self.root, "runs")  # never written through a symbolic link
         path = self.path(record["run_id"])
         existing = self.get(record["run_id"])
         clash = differing_crafts(record_crafts(record), record_crafts(existing)) if existing is not None else {}
@@ -231,6 +232,7 @@ class RunStore(RecordReader):
         import datetime
         import traceback
 
+        workspace_dir(self.root, "failures")
         path = self.failure_path(rid)
         atomic_write_json(path, {
             "run_id": rid, "schema_version": SCHEMA_VERSION, "config": config,

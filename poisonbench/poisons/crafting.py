@@ -15,7 +15,7 @@ from ..attacks.base import AttackContext, PoisonSet, ProgressFn, Target
 from ..core.errors import PoisonbenchError
 from ..core.io import atomic_write_json, exclusive, os_error_in_one_line
 from ..core.provenance import environment, peak_memory
-from ..core.workspace import results_dir
+from ..core.workspace import workspace_dir
 from ..engine import termination
 from ..engine.checkpoints import execution_identity
 from ..engine.kernels import check_accel_mode, use_mode
@@ -53,7 +53,7 @@ def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | No
 
     check_writable(results_root)
     # concurrent jobs of a sweep craft each PoisonSet once: the others wait here, then load it
-    with exclusive(results_dir(results_root) / "locks" / f"poison-{pid}.lock", on_wait=waiting):
+    with exclusive(workspace_dir(results_root, "locks") / f"poison-{pid}.lock", on_wait=waiting):
         if exists(results_root, pid) and not force:
             return load(results_root, pid, dataset), True
         return _craft_and_save(spec, dataset, results_root, device, progress, force, compile, accel, deterministic)
@@ -62,7 +62,7 @@ def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | No
 def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, force: bool,
                     compile: str, accel: str, deterministic: str | None) -> tuple[PoisonSet, bool]:
     pid = spec.poison_id
-    partial = results_dir(results_root) / "partial" / pid  # finished batches of an interrupted craft
+    partial = workspace_dir(results_root, "partial", pid)  # finished batches of an interrupted craft
     from ..core.device import configure_device
 
     device = configure_device(device or torch.device("cpu"), deterministic)

@@ -29,7 +29,7 @@ from ..core.io import (
     umask,
     writer_tag,
 )
-from ..core.workspace import workspace_subdir
+from ..core.workspace import workspace_dir, workspace_subdir
 from .spec import OPTIONAL_SPEC_FIELDS, SPEC_FIELDS, CraftSpec
 
 TENSOR_FILE = "delta.safetensors"
@@ -43,7 +43,7 @@ def poison_dir(results_root, poison_id: str) -> Path:
 def craft_directories(results_root) -> dict[str, Path]:
     """{what it holds: directory} of everything a craft writes; a file where one of them belongs is refused in one
     line, and nothing is created."""
-    return {what: workspace_subdir(results_root, name)
+    return {what: workspace_dir(results_root, name)
             for name, what in (("poisons", "PoisonSets"), ("partial", "an interrupted craft's state"),
                                ("locks", "lock files"))}
 
@@ -69,7 +69,8 @@ def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = 
     filesystems, so another host may be writing the same id). An OS error (a full disk, a read-only workspace)
     is a one-line `PoisonbenchError` with its reason, and the temporary directory is removed (an existing PoisonSet
     of this id is moved aside only once the new one is written)."""
-    final = poison_dir(results_root, spec.poison_id)
+    check_poison_id(spec.poison_id)
+    final = workspace_dir(results_root, "poisons", spec.poison_id)  # never written through a symbolic link
     with os_error_in_one_line("PoisonSet", final):
         return _save(poison, spec, final, extra, replace)
 

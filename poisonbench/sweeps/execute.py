@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..core.errors import PoisonbenchError
 from ..core.io import ensure_writable, writer_tag
+from ..core.workspace import workspace_dir
 from ..experiment.records import RunStore
 from .plan import Plan, Step
 from .worker import run_step, spec_to_json
@@ -79,7 +80,7 @@ def step_argv(plan: Plan, step: Step) -> list[str]:
 
 
 def logs_dir(plan: Plan) -> Path:
-    return RunStore(plan.execution.results).root / "logs"
+    return workspace_dir(RunStore(plan.execution.results).root, "logs")
 
 
 def log_name(step: Step) -> str:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 from ..core.errors import PoisonbenchError
 from ..core.optional import require
+from ..core.printable import printable
+from ..core.workspace import workspace_dir
 from ..experiment.records import RunStore
 from .plan import Plan, Step
 from .worker import spec_to_json
@@ -47,8 +49,12 @@ SBATCH_SPECIAL = re.compile(r"""[\\"'#]""")  # what sbatch's `#SBATCH` parser tr
 
 def check_text(option: str, value: object) -> None:
     """Refuse a value with a control character (newline, CR, NUL, C0, C1, DEL) that would go into a job script:
-    a newline ends the `#` line it is on, and what follows runs as a command when the job starts."""
+    a newline ends the `#` line it is on, and what follows runs as a command when the job starts; and a value
+    that is not UTF-8 text (a file name's undecodable bytes), which the script, UTF-8 text, cannot hold."""
     text = str(value)
+    if any(unicodedata.category(c) == "Cs" for c in text):  # a file name's bytes that are not UTF-8 (os.fsdecode)
+        raise PoisonbenchError(f"{option} '{printable(text)}': is not UTF-8 text (a name with bytes that are not "
+                               "UTF-8, shown escaped), which a job script cannot hold; rename it")
     bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
     if bad is not None:
         raise PoisonbenchError(f"{option} {text!r}: contains the control character {bad!r}, which a job script "
@@ -155,7 +161,7 @@ def submit(plan: Plan, steps: list[Step], executor: str, options: SlurmOptions, 
     cluster = "slurm" if executor == "slurm" else "local"
     check_text("grid", plan.grid.name)
     check_text("--results", RunStore(plan.execution.results).root)
-    folder = RunStore(plan.execution.results).root / "slurm"
+    folder = workspace_dir(RunStore(plan.execution.results).root, "slurm")
     if cluster == "slurm":
         folder = folder / "%j"  # one folder per job; submitit fills the id in on SLURM only
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
@@ -245,41 +251,25 @@ def write_script(path: str, text: str, results_root: Path) -> Path:
     """Write the script, and the `<results>/slurm/` folder its tasks log into (SLURM does not create it). A folder
     or file that cannot be written is a one-line error with the system's reason; whatever this call created before
     it failed is removed (the script is written atomically, last), so nothing is left half-done."""
-    from ..core.io import atomic_write_bytes, why_not_written
+    from ..core.io import atomic_write_bytes, make_directories, remove_made, why_not_written
 
     out = Path(path)
     check_text("--emit-sbatch", path)
     if out.is_dir():
         raise PoisonbenchError(f"--emit-sbatch {path}: is a directory; give a file name")
-    logs = Path(results_root) / "slurm"
+    logs = workspace_dir(results_root, "slurm")
     created: list[Path] = []
     try:
-        _make_dirs(logs, created)
+        make_directories(logs, created)
     except OSError as exc:
-        _remove(created)
+        remove_made(created)
         raise PoisonbenchError(f"cannot create {str(logs)!r} (the folder the tasks log into): "
                                f"{why_not_written(exc, logs)}") from None
     try:
-        _make_dirs(out.parent, created)
+        make_directories(out.parent, created)
         atomic_write_bytes(out, text.encode())
         out.chmod(0o755)
     except OSError as exc:
-        _remove(created)
+        remove_made(created)
         raise PoisonbenchError(f"cannot write --emit-sbatch {path}: {why_not_written(exc, out)}") from None
     return out
-
-
-def _make_dirs(directory: Path, created: list[Path]) -> None:
-    """`mkdir -p directory`, appending each folder it makes to `created` (outermost first)."""
-    missing = [d for d in (directory, *directory.parents) if not d.exists()]
-    for d in reversed(missing):
-        d.mkdir()
-        created.append(d)
-
-
-def _remove(created: list[Path]) -> None:
-    for d in reversed(created):
-        try:
-            d.rmdir()
-        except OSError:  # not empty (another process wrote into it meanwhile): leave it
-            pass

@@ -18,6 +18,7 @@ from ...attacks.base import PoisonSet, Target
 from ...attacks.targets import SCENARIOS, check_index, check_intended, read_setups
 from ...core.errors import PoisonbenchError
 from ...core.io import atomic_write_bytes, ensure_writable, file_in_the_way, why_not_written
+from ...core.workspace import workspace_dir
 from ...data.splits import split_positions
 from .formats import (
     BOX_TOLERANCE,
@@ -216,7 +217,7 @@ def import_targeted(fmt: str, paths, data, results_root=None, label: str | None 
                              data.fingerprint, None, target.to_dict())
     if poisons.exists(results_root, spec.poison_id) and not force:
         return poisons.load(results_root, spec.poison_id, data), True
-    ensure_writable(poisons.poison_dir(results_root, spec.poison_id).parent, "PoisonSets")
+    ensure_writable(workspace_dir(results_root, "poisons"), "PoisonSets")  # never through a symbolic link
     imported = {"format": fmt, "file": paths[0].name, "files": foreign.files, "label": label, "scenario": victim,
                 "poisons_in_file": len(ids), "in_train_split": len(rows),
                 "left_out_in_val_split": int((train_pos < 0).sum()),

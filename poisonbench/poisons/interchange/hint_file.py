@@ -28,6 +28,7 @@ from ...attacks.base import PoisonSet
 from ...core.errors import PoisonbenchError
 from ...core.hashing import sha256_file
 from ...core.io import atomic_write_bytes, ensure_writable, file_in_the_way, torch_load_tensors, why_not_written
+from ...core.workspace import workspace_dir
 from ...data.splits import split_positions
 
 HINT_SPLIT_SEED = 1  # torch.manual_seed(1) before randperm (HINT:dataset.py CustomMNIST / CustomCIFAR10V2)
@@ -171,7 +172,7 @@ def import_hint_file(path, data, results_root=None, force: bool = False) -> tupl
                              data.fingerprint, None)
     if poisons.exists(results_root, spec.poison_id) and not force:
         return poisons.load(results_root, spec.poison_id, data), True
-    ensure_writable(poisons.poison_dir(results_root, spec.poison_id).parent, "PoisonSets")
+    ensure_writable(workspace_dir(results_root, "poisons"), "PoisonSets")  # never through a symbolic link
     imported = {"file": path.name, "sha256": sha, "order": order, "rows": len(images),
                 "poisoned_rows": int(changed.sum()), "in_train_split": len(indices),
                 "left_out_in_val_split": int((changed & (train_pos < 0)).sum()),

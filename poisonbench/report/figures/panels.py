@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from ...core.errors import PoisonbenchError  # noqa: E402
 from ...core.hashing import short_hash  # noqa: E402
-from ...core.io import atomic_write_bytes  # noqa: E402
+from ...core.io import write_new_file  # noqa: E402
 from ..tables import Setting  # noqa: E402
 
 CIFAR10_CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -143,9 +143,10 @@ def confined_to(out: Path) -> Iterator[None]:
 
 
 def save(fig, path: Path, **savefig) -> Path:
-    """Write `fig` as a PNG, atomically (creating the directory), and close it. Inside `confined_to(out)` the
-    last guard: a path that does not resolve to a file directly in `out` (symbolic links followed) is refused,
-    nothing written."""
+    """Write `fig` as a PNG, atomically (creating the directory), and close it; an OS error (a full disk, a
+    read-only directory, a file in the path) is one line naming the path and the reason, and leaves neither a
+    temporary file nor a directory this call created. Inside `confined_to(out)` the last guard: a path that does
+    not resolve to a file directly in `out` (symbolic links followed) is refused, nothing written."""
     path = Path(path)
     out = _OUT.get()
     try:
@@ -156,5 +157,5 @@ def save(fig, path: Path, **savefig) -> Path:
         fig.savefig(buffer, **{"format": "png", "dpi": 120, "bbox_inches": "tight", **savefig})
     finally:
         plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_new_file(path, buffer.getvalue(), "figure")  # an OSError: one line, nothing half-made left
     return path
