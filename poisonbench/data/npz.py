@@ -5,7 +5,8 @@ An `.npz` is a zip of `.npy` members, each a small header (dtype, shape) and the
 member whole before anyone sees its shape, so a 2 MB file of deflated zeros can declare (and fill) gigabytes.
 `NpzReader` reads only the headers first (no pickle: object arrays are refused), checks each against the size
 the zip declares for the member, and inflates an array only when asked, after the caller has checked the declared
-shapes and dtypes against what it expects; an array larger than the memory available is refused too.
+shapes and dtypes against what it expects; an array larger than the memory available is refused too, and a dataset
+whose loading would take more (`check_declared_size`: the bounds are in core/bounded.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.bounded import MAX_NPZ_BYTES, NPZ_BYTES_PER_X_BYTE, NPZ_BYTES_PER_Y_BYTE, open_regular, size_text
 from ..core.errors import PoisonbenchError
 
 NPY_SUFFIX = ".npy"
@@ -51,23 +53,48 @@ class NpyHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable), None where unknown."""
+def _first_int(path: str, key: str | None = None, scale: int = 1) -> int | None:
+    """The integer of file `path` (its first word, or the first word after `key` on the line starting with it)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                if key is None:
+                    word = line.split()[0]
+                    return None if word == "max" else int(word) * scale
+                if line.startswith(key):
+                    return int(line.split()[1]) * scale
     except (OSError, ValueError, IndexError):
         pass
     return None
 
 
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes} bytes"
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can take, None where unknown: the least of Linux's MemAvailable, what
+    this process's cgroup (a container, a SLURM job) has left under its limit, and what its address-space limit
+    (RLIMIT_AS, `ulimit -v`) leaves. MemAvailable alone is the host's: a container is killed far below it."""
+    import resource
+
+    bounds = [_first_int("/proc/meminfo", "MemAvailable:", 1024)]
+    group = "/sys/fs/cgroup"  # cgroup v2: this process's cgroup (/proc/self/cgroup: "0::/its/path")
+    try:
+        with open("/proc/self/cgroup") as f:
+            group += next((line.strip()[3:] for line in f if line.startswith("0::")), "")
+    except OSError:
+        pass
+    limit = _first_int(f"{group.rstrip('/')}/memory.max")
+    if limit is not None:
+        bounds.append(limit - (_first_int(f"{group.rstrip('/')}/memory.current") or 0))
+    limit = _first_int("/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v1
+    if limit is not None and limit < 1 << 60:
+        bounds.append(limit - (_first_int("/sys/fs/cgroup/memory/memory.usage_in_bytes") or 0))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        bounds.append(soft - (_first_int("/proc/self/status", "VmSize:", 1024) or 0))
+    known = [max(b, 0) for b in bounds if b is not None]
+    return min(known) if known else None
+
+
+_size = size_text
 
 
 class NpzReader:
@@ -77,17 +104,22 @@ class NpzReader:
 
     def __init__(self, path: Path, label: str):
         self.path, self.label = Path(path), label
+        self.file = open_regular(self.path, label)  # a FIFO named *.npz would block; refused in one line
         try:
-            is_zip = zipfile.is_zipfile(self.path)
-        except OSError as e:
-            raise PoisonbenchError(f"{label} is not a readable .npz ({e.strerror or e})") from None
-        if not is_zip:
-            raise PoisonbenchError(f"{label} is not a readable .npz: it is not a zip archive (an .npz is a zip of "
-                                   ".npy arrays)")
-        try:
-            self.zip = zipfile.ZipFile(self.path)
-        except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
-            raise PoisonbenchError(f"{label} is not a readable .npz ({type(e).__name__})") from None
+            try:
+                is_zip = zipfile.is_zipfile(self.file)
+            except OSError as e:
+                raise PoisonbenchError(f"{label} is not a readable .npz ({e.strerror or e})") from None
+            if not is_zip:
+                raise PoisonbenchError(f"{label} is not a readable .npz: it is not a zip archive (an .npz is a zip "
+                                       "of .npy arrays)")
+            try:
+                self.zip = zipfile.ZipFile(self.file)
+            except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
+                raise PoisonbenchError(f"{label} is not a readable .npz ({type(e).__name__})") from None
+        except BaseException:
+            self.file.close()
+            raise
         self.members: dict[str, zipfile.ZipInfo] = {}
         self.headers: dict[str, NpyHeader] = {}
         try:
@@ -97,7 +129,7 @@ class NpzReader:
                 name = info.filename[:-len(NPY_SUFFIX)]
                 self.members[name], self.headers[name] = info, self._header(name, info)
         except BaseException:
-            self.zip.close()
+            self.close()
             raise
 
     def _header(self, name: str, info: zipfile.ZipInfo) -> NpyHeader:
@@ -151,6 +183,7 @@ class NpzReader:
 
     def close(self) -> None:
         self.zip.close()
+        self.file.close()
 
     def __enter__(self) -> NpzReader:
         return self
@@ -182,6 +215,7 @@ def read_npz(path: Path, val_fraction: float, test_fraction: float) -> tuple[dic
         if hy.ndim != 1 or hy.shape[0] != hx.shape[0] or not np.issubdtype(hy.dtype, np.integer):
             raise PoisonbenchError(f"{path}: 'y' must hold one non-negative int label per image, got {hy.dtype} "
                                    f"{hy.shape} for {hx.shape[0]} images")
+        check_declared_size(path, hx, hy)
         y = npz.array("y")
         if len(y) and y.min() < 0:
             raise PoisonbenchError(f"{path}: 'y' must hold one non-negative int label per image, got {y.dtype} "
@@ -189,6 +223,23 @@ def read_npz(path: Path, val_fraction: float, test_fraction: float) -> tuple[dic
         check_labels(path, y)
         x = npz.array("x")
     return {"x": x, "y": y.astype(np.int64)}, str(path)
+
+
+def check_declared_size(path: Path, hx: NpyHeader, hy: NpyHeader) -> None:
+    """Refuse, before anything is inflated, a dataset whose declared arrays are more than `MAX_NPZ_BYTES`, or whose
+    loading would take more memory than is available: `load_dataset` allocates about `NPZ_BYTES_PER_X_BYTE` bytes
+    per declared byte of `x` and `NPZ_BYTES_PER_Y_BYTE` per byte of `y` (measured: core/bounded.py). A few MB of
+    deflated zeros can declare gigabytes."""
+    declared = hx.nbytes + hy.nbytes
+    what = f"{path}: declares {_size(declared)} of arrays (x {hx.dtype} {hx.shape}, y {hy.dtype} {hy.shape})"
+    if declared > MAX_NPZ_BYTES:
+        raise PoisonbenchError(f"{what}, more than the limit of {_size(MAX_NPZ_BYTES)} for an .npz dataset; refused "
+                               "before reading it")
+    needed = NPZ_BYTES_PER_X_BYTE * hx.nbytes + NPZ_BYTES_PER_Y_BYTE * hy.nbytes
+    memory = available_memory()
+    if memory is not None and needed > memory:
+        raise PoisonbenchError(f"{what}; loading it takes about {_size(needed)}, more than the {_size(memory)} of "
+                               "memory available; refused before reading it")
 
 
 def check_labels(path: Path, y: np.ndarray) -> None:

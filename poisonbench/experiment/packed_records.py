@@ -26,6 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.bounded import Refused, iter_bounded_lines, loads_json, open_regular
 from ..core.errors import PoisonbenchError
 from ..core.io import atomic_write_bytes, file_in_the_way, json_bytes, os_error_in_one_line
 from ..core.workspace import results_dir
@@ -182,18 +183,19 @@ class Pack:
 
 def _lines(path: Path):
     """(line number, bytes) of the gzip or xz file `path`; a file that is neither, or is cut short, fails in one
-    line."""
+    line, as does one that is not a regular file (a FIFO would block), a line longer than `MAX_PACKED_LINE_BYTES`
+    or more than `MAX_PACKED_BYTES` uncompressed in all (core/bounded.py: read line by line, never more)."""
     if not path.exists():
         raise PoisonbenchError(f"no packed records file {str(path)!r} (make one with `poisonbench records pack`)")
     if path.is_dir():
         raise PoisonbenchError(f"{str(path)!r} is a directory, not a packed records file ({SUFFIX})")
     number = 0
     try:
-        with path.open("rb") as raw:
+        with open_regular(path) as raw:
             xz = raw.read(len(XZ_MAGIC)) == XZ_MAGIC
-        with (lzma.open if xz else gzip.open)(path, "rb") as f:
-            for number, line in enumerate(f, 1):
-                yield number, line
+            raw.seek(0)
+            with (lzma.LZMAFile(raw) if xz else gzip.GzipFile(fileobj=raw, mode="rb")) as f:
+                yield from iter_bounded_lines(f, repr(str(path)))
     except EOFError:
         raise PoisonbenchError(f"{str(path)!r} is cut short after line {number} (the compressed stream ends "
                                "early): pack it again") from None
@@ -214,11 +216,7 @@ def read_pack(path: str | Path) -> Pack:
     pack, header, seen = Pack(path), None, {}
     for number, raw in _lines(path):
         where = f"{str(path)!r} line {number}"
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
-            why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
-            raise PoisonbenchError(f"{where}: not valid JSON ({why})") from None
+        obj = loads_json(raw, where)  # not UTF-8, not JSON, nested too deep, an integer of too many digits
         kind = obj.get("kind") if isinstance(obj, dict) else None
         if kind not in KINDS:
             raise PoisonbenchError(f"{where}: unknown kind {kind!r}; valid choices: {', '.join(KINDS)}")
@@ -310,8 +308,8 @@ def _conflict(path: Path, existing: bytes, record: dict | None) -> str:
 
     if record is not None:
         try:
-            theirs = json.loads(existing)
-        except ValueError:
+            theirs = loads_json(existing, str(path))
+        except Refused:
             theirs = None
         theirs = record_crafts_or_unknown(theirs) if isinstance(theirs, dict) else {}
         clash = differing_crafts(record_crafts_or_unknown(record), theirs)

@@ -7,12 +7,12 @@ and an existing record means the run is done.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
 from pathlib import Path
 
+from ..core.bounded import Refused, read_json_file
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.hashing import short_hash
 from ..core.io import atomic_write_json, ensure_writable
@@ -160,22 +160,30 @@ class RunStore(RecordReader):
 
     def get(self, rid: str) -> dict | None:
         """The complete record of `rid`, or None (absent or unreadable: then the run is not done)."""
-        try:
-            record = json.loads(self.path(rid).read_text())
-        except (OSError, ValueError):
-            return None
+        record = self._read(self.path(rid))
         if not isinstance(record, dict) or not is_complete(record):  # valid JSON but not a record: as unreadable
             return None
         return record if record.get("schema_version") == SCHEMA_VERSION else None
 
     def foreign_schema(self, rid: str):
         """The `schema_version` of `rid`'s record when it is readable JSON written with another schema, else None."""
-        try:
-            record = json.loads(self.path(rid).read_text())
-        except (OSError, ValueError):
-            return None
+        record = self._read(self.path(rid))
         version = record.get("schema_version") if isinstance(record, dict) else None
         return version if version is not None and version != SCHEMA_VERSION else None
+
+    @staticmethod
+    def _read(path: Path):
+        """The parsed JSON file `path` (`bounded.read_json_file`), or None when it is absent or unreadable; one
+        refused by a bound (too large, nested too deep, not a regular file: docs/commands.md, "Limits") is named
+        in a warning, so that a hostile file is never silently taken for a run not done."""
+        try:
+            return read_json_file(path, label=str(path))
+        except Refused as e:
+            if e.over_limit:
+                import warnings
+
+                warnings.warn(f"skipped {path}: {e.why}", PoisonbenchWarning, stacklevel=3)
+            return None
 
     def put(self, record: dict, replace: bool = False) -> Path:
         """Write `record` as `runs/<run_id>.json` (atomically). One run id holds one craft (docs/engine.md, "One run
@@ -209,15 +217,11 @@ class RunStore(RecordReader):
         records = []
         self._forget_skipped()
         for path in sorted(self.runs.glob("*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except OSError as e:
-                self._skip_unreadable(path, f"unreadable ({e.strerror or type(e).__name__})")
-                continue
-            except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
-                where = f" ({e.msg} at line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) \
-                    else " (not UTF-8 text)"
-                self._skip_unreadable(path, f"not valid JSON{where}: a torn write, or not a record")
+            try:  # a regular file of MAX_JSON_FILE_BYTES at most, MAX_DEPTH deep at most (core/bounded.py)
+                record = read_json_file(path, label=str(path))
+            except Refused as e:
+                damaged = not e.over_limit and e.why.startswith("not valid JSON")
+                self._skip_unreadable(path, f"{e.why}: a torn write, or not a record" if damaged else e.why)
                 continue
             if self._admit(path, record):
                 records.append(record)
@@ -245,10 +249,7 @@ class RunStore(RecordReader):
 
     def failure(self, rid: str) -> dict | None:
         """The failure record of `rid`, or None."""
-        try:
-            return json.loads(self.failure_path(rid).read_text())
-        except (OSError, ValueError):
-            return None
+        return self._read(self.failure_path(rid))
 
     def clear_failure(self, rid: str) -> None:
         self.failure_path(rid).unlink(missing_ok=True)

@@ -4,7 +4,6 @@ verified."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ from safetensors.torch import save as st_save
 
 from .. import __version__
 from ..attacks.base import PoisonSet
+from ..core.bounded import Refused, read_json_file
 from ..core.errors import PoisonbenchError
 from ..core.io import (
     atomic_write_json,
@@ -138,10 +138,10 @@ def read_manifest(results_root, poison_id: str) -> dict:
     if not path.exists():
         known = ", ".join(list_ids(results_root)[:10]) or "none"
         raise PoisonbenchError(f"no poison set {poison_id!r} under {str(path.parent.parent)!r}; known: {known}")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError:
-        raise PoisonbenchError(f"poison set {poison_id}: manifest.json is not valid JSON") from None
+    try:  # a regular file of MAX_JSON_FILE_BYTES at most, nested MAX_DEPTH deep at most (core/bounded.py)
+        manifest = read_json_file(path, label=f"poison set {poison_id}: manifest.json")
+    except Refused as e:
+        raise PoisonbenchError(f"poison set {poison_id}: manifest.json: {e.why}") from None
     required = [k for k in SPEC_FIELDS if k not in OPTIONAL_SPEC_FIELDS]
     missing = [k for k in (*required, "poison_id", "count", "tensor_sha256")
                if not isinstance(manifest, dict) or k not in manifest]

@@ -42,19 +42,14 @@ A grid means exactly what it says, or it is refused in one line naming the key a
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..core.bounded import MAX_GRID_BYTES, loads_toml, read_text
 from ..core.errors import PoisonbenchError
 from ..experiment.options import DefendOption, all_options, as_text
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 TOP_KEYS = ("description", "report", "defaults", "runs")
 MAX_RUNS = 10_000  # runs per grid (before duplicates are dropped); see the module docstring
@@ -113,13 +108,9 @@ def option_names() -> dict[str, DefendOption]:
 def load_grid(name: str) -> Grid:
     """The grid `name` (builtin) or at a path, checked key by key and expanded into its runs."""
     grid_name, path = locate(name)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise PoisonbenchError(f"grid {path}: malformed TOML ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PoisonbenchError(f"grid {path}: cannot be read ({exc})") from None
     where = f"grid {path}"
+    # a regular file of MAX_GRID_BYTES at most, nested MAX_DEPTH deep at most (core/bounded.py); else one line
+    data = loads_toml(read_text(path, MAX_GRID_BYTES, where), where)
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise PoisonbenchError(f"{where}: unknown key {unknown[0]!r}; valid top-level keys: {', '.join(TOP_KEYS)}")

@@ -1,0 +1,227 @@
+"""One bounded reader for every untrusted file poisonbench parses: run and failure records and PoisonSet manifests
+(JSON), packed record files (JSON lines, gzip or xz), sweep grids (TOML); `.npz` datasets take their bounds from
+`NPZ_*` below (`poisonbench.data.npz`). docs/commands.md, "Limits", lists the bounds and why.
+
+Every file is opened as a regular file only (a FIFO or a device named `*.json` would block or never end), read up
+to a size bound, parsed with its nesting depth bounded (Python's parsers recurse: a deep file raised RecursionError,
+which escaped the readers), and refused in one line, a `Refused` (a `PoisonbenchError`) naming the file and the
+limit, before anything is allocated in proportion to what the file only declares. A command that reads many files
+catches `Refused` and skips the file, naming it with `Refused.why`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import PoisonbenchError
+
+MB = 1_000_000  # decimal, as the messages print sizes
+
+# JSON files: a run or failure record, a PoisonSet manifest. The largest record in experiments/records/ is 95 kB.
+MAX_JSON_FILE_BYTES = 16 * MB
+# packed record files: one line holds one record (the same bound); the whole file, uncompressed (the largest in
+# experiments/records/ is 10 MB for 317 runs; 256 MB holds a 10,000-run grid of records of 25 kB)
+MAX_PACKED_LINE_BYTES = MAX_JSON_FILE_BYTES
+MAX_PACKED_BYTES = 256 * MB
+# sweep grids (TOML): the builtin grids are under 4 kB
+MAX_GRID_BYTES = 1 * MB
+# nesting depth of a JSON or TOML document (records nest 5 deep; Python's parsers recurse, about 1,000 at most)
+MAX_DEPTH = 64
+# Python refuses to parse an integer of more digits than this (sys.get_int_max_str_digits, 4,300 by default)
+MAX_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
+
+# .npz datasets: what loading one (`data.load.load_dataset`: the arrays, the splits' copies, NCHW tensors, their
+# fingerprints) allocates per byte its arrays declare, measured (tracemalloc peak, 50,000 CIFAR-sized images: 3.6
+# per byte of `x`; 2,000,000 labels of int64: 5.1 per byte of `y`), rounded up; and an absolute bound on the
+# declared bytes, whatever the memory (CIFAR-10 as an .npz is 184 MB).
+NPZ_BYTES_PER_X_BYTE = 4
+NPZ_BYTES_PER_Y_BYTE = 6
+MAX_NPZ_BYTES = 16_000 * MB
+
+
+def size_text(nbytes: int) -> str:
+    """`nbytes` for a message, in decimal units: 1.5 GB, 16.0 MB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+class Refused(PoisonbenchError):
+    """A file refused by a bound or as unreadable: the message is `FILE: why`; `why` alone is what a command that
+    skips the file prints after its name. `over_limit`: refused by a bound (size, depth, digits, not a regular
+    file), not for being damaged (invalid JSON, not UTF-8)."""
+
+    def __init__(self, where: str, why: str, over_limit: bool = True):
+        super().__init__(f"{where}: {why}")
+        self.where, self.why, self.over_limit = where, why, over_limit
+
+
+def _label(path, label: str | None) -> str:
+    return label if label is not None else repr(str(path))
+
+
+def check_regular_file(path: str | Path, label: str | None = None) -> os.stat_result:
+    """`path`'s stat when it is a regular file (symlinks followed); else `Refused` (a FIFO, a socket, a device, a
+    directory) or `Refused` for an OSError (missing, permission denied)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise Refused(_label(path, label), f"unreadable ({e.strerror or type(e).__name__})", over_limit=False) \
+            from None
+    _require_regular(st, path, label)
+    return st
+
+
+def _require_regular(st: os.stat_result, path, label) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise Refused(_label(path, label), "unreadable (Is a directory)", over_limit=False)
+    if not stat.S_ISREG(st.st_mode):
+        what = ("a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                or stat.S_ISBLK(st.st_mode) else "not a plain file")
+        raise Refused(_label(path, label), f"{what}, not a regular file; refused unread (only regular files are read)")
+
+
+def open_regular(path: str | Path, label: str | None = None) -> BinaryIO:
+    """`path` opened for binary reading when it is a regular file; a FIFO is opened without blocking
+    (O_NONBLOCK) and refused by the descriptor's own stat, so that swapping the file in between changes nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise Refused(_label(path, label), f"unreadable ({e.strerror or type(e).__name__})", over_limit=False) \
+            from None
+    try:
+        _require_regular(os.fstat(fd), path, label)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(path: str | Path, max_bytes: int, label: str | None = None) -> bytes:
+    """The bytes of the regular file `path`, refused (`Refused`) beyond `max_bytes`: never more is read."""
+    with open_regular(path, label) as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise Refused(_label(path, label), f"unreadable ({e.strerror or type(e).__name__})", over_limit=False) \
+                from None
+    if len(data) > max_bytes:
+        raise Refused(_label(path, label), f"larger than {size_text(max_bytes)}, the limit for this file; refused "
+                      "unread")
+    return data
+
+
+def depth_within(obj: Any, max_depth: int = MAX_DEPTH) -> bool:
+    """Whether parsed JSON or TOML data `obj` nests `max_depth` containers deep at most (iterative: never
+    recurses)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > max_depth:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return True
+
+
+def _too_deep(max_depth: int) -> str:
+    return f"nested more than {max_depth} levels deep, the limit"
+
+
+def loads_json(data: bytes | str, where: str, max_depth: int = MAX_DEPTH) -> Any:
+    """Parsed JSON `data` (bytes: UTF-8), nested `max_depth` deep at most; else `Refused` naming `where` and why:
+    not UTF-8 text, not valid JSON (message, line, column), an integer of more than `MAX_INT_DIGITS` digits, or
+    nested too deep."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refused(where, "not valid JSON (not UTF-8 text)", over_limit=False) from None
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError as e:
+        at = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno}, column {e.colno}"
+        raise Refused(where, f"not valid JSON ({e.msg} at {at})", over_limit=False) from None
+    except RecursionError:
+        raise Refused(where, _too_deep(max_depth)) from None
+    except ValueError as e:  # int("1" * 5000): Python's bound on integer digits
+        if "digits" in str(e):
+            raise Refused(where, f"holds an integer of more than {MAX_INT_DIGITS} digits, the limit") from None
+        raise Refused(where, f"not valid JSON ({e})", over_limit=False) from None
+    if not depth_within(obj, max_depth):
+        raise Refused(where, _too_deep(max_depth))
+    return obj
+
+
+def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_FILE_BYTES, max_depth: int = MAX_DEPTH,
+                   label: str | None = None) -> Any:
+    """The parsed JSON file `path`: a regular file of `max_bytes` at most, nested `max_depth` deep at most
+    (`loads_json`); anything else is `Refused`, naming the file (`label`, default its quoted path)."""
+    return loads_json(read_bytes(path, max_bytes, label), _label(path, label), max_depth)
+
+
+def iter_bounded_lines(stream: BinaryIO, where: str, max_line: int = MAX_PACKED_LINE_BYTES,
+                       max_total: int = MAX_PACKED_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a binary stream, each line read with `readline(max_line + 1)`: a line longer than
+    `max_line` bytes, or more than `max_total` bytes in all, is `Refused` (naming `where`, the line and the limit)
+    without reading the rest."""
+    total = number = 0
+    while True:
+        line = stream.readline(max_line + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > max_line:
+            raise Refused(where, f"line {number} is longer than {size_text(max_line)}, the limit for one line; "
+                          "refused")
+        total += len(line)
+        if total > max_total:
+            raise Refused(where, f"more than {size_text(max_total)} uncompressed (at line {number}), the limit for "
+                          "one file; refused")
+        yield number, line
+
+
+def loads_toml(text: str, where: str, max_depth: int = MAX_DEPTH) -> dict:
+    """Parsed TOML `text`, nested `max_depth` deep at most; `Refused` (naming `where`) for malformed TOML, an
+    integer of too many digits or nesting too deep. Callers bound `text` first (`read_text`)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise Refused(where, f"malformed TOML ({e})", over_limit=False) from None
+    except RecursionError:
+        raise Refused(where, _too_deep(max_depth)) from None
+    except ValueError as e:
+        if "digits" in str(e):
+            raise Refused(where, f"holds an integer of more than {MAX_INT_DIGITS} digits, the limit") from None
+        raise Refused(where, f"malformed TOML ({e})", over_limit=False) from None
+    if not depth_within(data, max_depth):
+        raise Refused(where, _too_deep(max_depth))
+    return data
+
+
+def read_text(path: str | Path, max_bytes: int, label: str | None = None) -> str:
+    """The UTF-8 text of the regular file `path`, `max_bytes` at most; else `Refused`."""
+    data = read_bytes(path, max_bytes, label)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused(_label(path, label), "not UTF-8 text", over_limit=False) from None
+
