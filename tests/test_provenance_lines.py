@@ -88,10 +88,10 @@ def test_a_mixed_cell_after_unmixed_cells_is_found():
 
 
 def test_the_across_cells_line_counts_each_crafts_runs_and_cells():
-    """A on craft 1 in one cell (one run), on craft 2 in two cells (a run each) that differ only in their poisons
-    (`poisons_json`, the last key before the trial) and in none of the keys before it; B on one craft only. No cell
-    is mixed: each trained on one craft."""
-    rows = [run({A: sha("1"), B: sha("5")}, poisons_json='{"rows": 1}', method="hint"),
+    """A on craft 1 in one cell (one run), on craft 2 in two others (a run each); the three cells differ only in
+    their poisons (`poisons_json`, the last key before the trial). B on one craft only. No cell is mixed: each
+    trained on one craft."""
+    rows = [run({A: sha("1"), B: sha("5")}, poisons_json='{"rows": 1}'),
             run({A: sha("2"), B: sha("5")}, poisons_json='{"rows": 2}'),
             run({A: sha("2"), B: sha("5")}, poisons_json='{"rows": 3}')]
     assert mixed_cells(frame(rows)) == []
