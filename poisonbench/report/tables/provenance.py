@@ -86,13 +86,13 @@ def caption(shown: pd.DataFrame) -> str:
     for text in shown.crafts_json:
         for pid, sha in json.loads(text or "{}").items():
             crafts[pid, sha] += 1
-    sets = {pid for pid, _ in crafts}
+    sets = Counter(pid for pid, _ in crafts)  # crafts per PoisonSet
     if not crafts:
         craft_part = "crafts: none named"
     elif len(crafts) <= MAX_LISTED:
         craft_part = "crafts: " + ", ".join(f"{craft_text(pid, sha)} ({n})" for (pid, sha), n in sorted(crafts.items()))
     else:
-        twice = len(crafts) - len(sets)
+        twice = sum(n > 1 for n in sets.values())  # the PoisonSets crafted more than once
         craft_part = (f"crafts: {len(crafts)} of {len(sets)} PoisonSets"
                       + (f" ({twice} PoisonSet(s) in more than one craft)" if twice else ", one craft each"))
     codes = Counter(c[:8] if c else "unknown" for c in shown.code)
