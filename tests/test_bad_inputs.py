@@ -160,7 +160,7 @@ def test_run_store_ensure_writable(tmp_path, read_only):
     assert fresh.runs.is_dir() and list(fresh.runs.iterdir()) == []  # the probe file is gone
     (tmp_path / "file" / "runs").parent.mkdir()
     (tmp_path / "file" / "runs").write_text("")
-    with pytest.raises(PoisonbenchError, match="cannot write run records into .*runs' is a file, not a directory"):
+    with pytest.raises(PoisonbenchError, match="runs' is a file, not a directory: the results workspace is damaged"):
         RunStore(tmp_path / "file").ensure_writable()
     read_only(tmp_path / "ro" / "runs")
     with pytest.raises(PoisonbenchError, match="cannot write run records into"):
