@@ -102,6 +102,22 @@ def test_the_oracle_refuses_to_train_on_nothing(tiny_npz):
         oracle_run(data, torch.ones(len(data.train), dtype=torch.bool))
 
 
+def test_each_refusal_of_the_oracle_is_its_whole_line(tiny_npz):
+    """The three refusals as the user reads them, whole: no mask, a mask of the wrong length, nothing left."""
+    data = load_dataset(str(tiny_npz))
+    n = len(data.train)
+    cases = [(None, "method 'oracle': no poison mask was handed over before training "
+                    "(engine.hooks.hand_poison_mask)"),
+             (torch.zeros(n + 3, dtype=torch.bool), f"method 'oracle': the poison mask covers {n + 3} rows, the "
+                                                    f"train split {n}"),
+             (torch.ones(n, dtype=torch.bool), "method 'oracle': every train row in use is poisoned, so removing the "
+                                               "poisons leaves nothing to train on (a poison ratio below 1)")]
+    for mask, message in cases:
+        with pytest.raises(PoisonbenchError) as info:
+            oracle_run(data, mask)
+        assert str(info.value) == message
+
+
 def test_the_oracle_of_a_clean_run_is_refused_at_construction():
     with pytest.raises(PoisonbenchError, match="a clean run has none: nothing to remove"):
         build_defense("oracle", "mnist", resolve_recipe("mnist", "quick"), Threat("clean"))
