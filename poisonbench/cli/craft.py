@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import typer
@@ -10,11 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..attacks import ATTACKS
-from ..attacks.targets import check_setup_index, check_target_choice
-from ..core.device import check_compile_mode, check_deterministic_mode, resolve_device
-from ..core.errors import PoisonbenchError
-from ..core.params import chosen_values, collect_options
-from ..data import load_dataset, parse_npz_split
+from ..experiment.craft import attack_options as library_attack_options
+from ..experiment.craft import craft as run_craft
 from . import options
 from .generated import typer_parameters, with_options
 from .progress import stdout_console
@@ -74,67 +70,26 @@ def craft(
     as_json: bool = options.Json,
     **attack_options,
 ) -> None:
-    """Craft (or find in the cache) one PoisonSet."""
-    from .. import poisons
-    from ..attacks.base import check_budget, check_eps
-    from ..engine.kernels import check_accel_mode
-
-    cls = ATTACKS.get(attack)
-    params = chosen_values(attack_option_list(), attack_options, "attack", attack, cls.PARAMS)
-    budget = cls.default_budget() if budget is None else budget
-    check_budget(budget)
-    check_compile_mode(compile)
-    check_accel_mode(accel)
-    check_deterministic_mode(deterministic)
-    if eps is not None:
-        check_eps(eps, cls.norm)
-    check_target_choice(target, intended, setup)
-    if (setup is not None or target is not None) and not cls.targeted:
-        raise PoisonbenchError(f"attack {attack!r} is untargeted: it takes no --target, --intended or --setup")
-    check_setup_index(setup, setup_index)
-    dev = resolve_device(device)
-    data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
-    aim = None
-    if cls.targeted:  # the targeted context (poisonbench.attacks.targets): a setup, or drawn from --seed
-        from ..attacks.targets import draw_target, setup_target
-
-        instance = cls(data.family, **params)
-        if setup is not None:
-            aim = instance.aim(setup_target(data, setup, setup_index), fixed=True)
-            budget = len(aim.rows) / len(data.train)
-        else:
-            victim = instance.params.get("scenario", "scratch")
-            aim = instance.aim(draw_target(data, seed, victim, budget, target, intended))  # bases=nearest: no rows
-    files = {p.name: p for p in cls.PARAMS if p.from_file is not None and p.name in params}
-    if files:  # every other input is checked before an import writes into the workspace
-        placeholders = {name: p.file_placeholder for name, p in files.items()}
-        poisons.craft_spec(data, attack, eps=eps, budget=budget, seed=seed, target=aim, **{**params, **placeholders})
-        for name, p in files.items():
-            params[name] = p.from_file(params[name], data.family, results)
-    spec = poisons.craft_spec(data, attack, eps=eps, budget=budget, seed=seed, target=aim, **params)
+    """Craft (or find in the cache) one PoisonSet (poisonbench.experiment.craft)."""
     bar = _Bar()
     try:
-        poison, cached = poisons.craft(spec, data, results, dev, progress=bar, force=force, compile=compile,
-                                       accel=accel, deterministic=deterministic)
+        out = run_craft(attack, dataset=dataset, data_dir=data_dir, download=download, npz_split=npz_split,
+                        budget=budget, eps=eps, seed=seed, target=target, intended=intended, setup=setup,
+                        setup_index=setup_index, device=device, compile=compile, accel=accel,
+                        deterministic=deterministic, results=results, force=force, progress=bar,
+                        **attack_options).summary
     finally:
         bar.stop()
-    m = poison.manifest
-    out = {"poison_id": spec.poison_id, "path": str(poisons.poison_dir(results, spec.poison_id)),
-           "status": "cached" if cached else "crafted", "attack": attack, "dataset": data.name,
-           "count": m["count"], "eps": m["eps"], "budget": m["budget"], "seed": m["seed"],
-           "craft_seconds": m.get("craft_seconds"), "compiled": m.get("compiled")}
-    if aim is not None:
-        out["target"] = aim.to_dict()
     if as_json:
         print(json.dumps(out))
         return
-    stdout_console().print(f"{out['status']} {attack} poison set [bold]{spec.poison_id}[/] ({out['count']} rows, "
+    stdout_console().print(f"{out['status']} {attack} poison set [bold]{out['poison_id']}[/] ({out['count']} rows, "
                            f"ε={out['eps']:.4g}) → {out['path']}")
 
 
 def attack_option_list():
     """The attack options, one per flag across the ATTACKS registry (read when the command is built)."""
-    return collect_options(ATTACKS, inspect.signature(craft).parameters)
+    return library_attack_options()
 
 
 def command():
