@@ -20,10 +20,11 @@ from rich.table import Table
 from ..core.errors import PoisonbenchError, unknown_choice
 from ..core.printable import printable, printable_json
 from ..core.workspace import workspace_dir
-from ..data import DEFAULT_DATASET, record_name
+from ..data import DEFAULT_DATASET
 from ..experiment.packed_records import SUFFIX, is_packed, open_store
 from ..experiment.records import RecordReader
 from ..report import aggregate as lib
+from ..report import selection
 from ..report.tables import provenance
 from .progress import stdout_console
 
@@ -48,10 +49,6 @@ FIGURE_NEEDS = {
 }
 
 
-def _methods(text: str | None) -> list[str] | None:
-    return [m.strip() for m in text.split(",") if m.strip()] if text else None
-
-
 def note(text: str) -> None:
     """A line for the reader on stderr (stdout stays the table, the commands or the paths); it may name a record's
     fields or a file's name: control characters shown escaped (core.printable)."""
@@ -64,32 +61,6 @@ def emit(text: str, fmt: str) -> None:
     sys.stdout.write(printable_json(text) if fmt == "json" else printable(text, newlines=True))
 
 
-def check_filters(dataset: str | None, methods: list[str] | None, recipe: str | None, model: str | None,
-                  epochs: int | None, attacks: str | None) -> None:
-    """A filter naming something that cannot exist is a typo, not an empty selection: refuse it."""
-    from ..data import DATASETS, dataset_names
-    from ..defenses import DEFENSES
-    from ..engine.models import MODELS
-    from ..engine.recipes import recipe_names
-    from ..experiment.scenarios import check_attacks
-    from ..report.tables import PAPER_METHODS
-
-    if dataset is not None and dataset not in DATASETS and not dataset.endswith(".npz"):
-        raise unknown_choice("dataset", dataset, dataset_names())
-    known_methods = sorted(set(DEFENSES.names()) | set(PAPER_METHODS))
-    for m in methods or []:
-        if m not in known_methods:
-            raise unknown_choice("method", m, known_methods)
-    if recipe is not None and recipe not in recipe_names():
-        raise unknown_choice("recipe", recipe, recipe_names())
-    if model is not None:
-        MODELS.get(model)
-    if epochs is not None and epochs <= 0:
-        raise PoisonbenchError(f"--epochs must be a positive integer, got {epochs}")
-    if attacks and attacks != "any":
-        check_attacks(attacks.split(","))  # the check `defend --attacks` gets
-
-
 def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing: bool, per_trial: bool,
                     poisons: str | None, trials: int, paper: bool, diff: bool, ci: bool, wilson: bool | None,
                     paired: bool,
@@ -100,13 +71,10 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
     """Every check `report` makes on its options before it reads a record, in one place: `report` runs it, and so
     does a sweep grid's `report = [...]` at plan time (sweeps/grid.py), so that a `--table 9` there fails before any
     run trains. Returns (methods, the attack mix, the PoisonSet choice) in their normal form. Reads nothing."""
-    from ..experiment.scenarios import check_poison_sets, parse_poison_sets
     from ..report import tables
 
-    empty = [flag for flag, v in {"--attacks": attacks, "--method": method, "--dataset": dataset, "--recipe": recipe,
-                                  "--model": model, "--poisons": poisons}.items() if v is not None and not v.strip()]
-    if empty:  # an empty filter would silently select everything
-        raise PoisonbenchError(f"{empty[0]} is empty; omit it to keep every value")
+    selection.check_not_empty(**{"--attacks": attacks, "--method": method, "--dataset": dataset, "--recipe": recipe,
+                                 "--model": model, "--poisons": poisons})
     check_modes(table, figure, fmt, missing, per_trial, poisons, trials,
                 views={"--paper": paper, "--diff": diff, "--ci": ci, "--wilson": wilson is True,
                        "--no-wilson": wilson is False, "--paired": paired,
@@ -117,15 +85,9 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
     if rho is not None and not 0 <= rho <= 1:
         raise PoisonbenchError(f"--rho must be in [0, 1], got {rho}")
     check_matrix(table, figure, missing, rho, out, poison_ratio)
-    methods = _methods(method)
-    attacks = ",".join(a.strip() for a in attacks.split(",")) if attacks else attacks  # "pgd, dap" = "pgd,dap"
-    check_filters(dataset, methods, recipe, model, epochs, attacks)
-    chosen = poisons
-    if poisons not in (None, "any"):
-        pairs = parse_poison_sets(poisons)
-        if attacks != "any":  # --missing would print commands that `defend` refuses
-            check_poison_sets(pairs, (attacks or tables.PAPER_MIX).split(","))
-        chosen = tables.poison_sets_text(pairs)
+    methods, attacks, chosen = selection.normal_selection(dataset=dataset, method=method, recipe=recipe,
+                                                          model=model, epochs=epochs, attacks=attacks,
+                                                          poisons=poisons)
     if table is not None:  # before the records are read: a bad --table or --figure is one line, nothing else
         tables.check_table(table)
     if figure is not None:
@@ -209,12 +171,8 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
         raise PoisonbenchError("--figure with a packed --results file needs --out DIR for the PNGs (the default, "
                                "<results>/figures, is inside a workspace)")
     store = open_store(results)
-    filters = {"dataset": record_name(dataset) if dataset else None,
-               "model": model, "recipe": recipe, "epochs": epochs, "methods": methods,
-               # --run names one record: the mix and PoisonSet defaults of a table must not hide it
-               # the matrix reads every mix (its cells: single attacks); its --attacks picks the columns
-               "mix": "any" if matrix else attacks or ("any" if run is not None else tables.PAPER_MIX),
-               "poison_sets": ("any" if run is not None else "") if chosen is None else chosen}
+    filters = selection.record_filters(dataset=dataset, model=model, recipe=recipe, epochs=epochs, methods=methods,
+                                       attacks=attacks, chosen=chosen, matrix=matrix, run=run)
     records = store.all()
     for line in store.skipped_lines():  # one warning per file skipped, naming it and why; the exit status stays 0
         note(line)
@@ -352,8 +310,7 @@ def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str
     from ..report import tables
 
     tables.assert_records(records, store.runs, len(store.skipped))
-    summary = lib.load_summary(records, **{**filters, "mix": attacks or "any", "poison_sets": filters["poison_sets"]
-                                           or "any"})
+    summary = selection.plain_summary(records, filters, attacks)
     if summary.attrs.get("not_shown"):
         note(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id or seed of another run of the "
              "same configuration (e.g. another --seed); each configuration keeps the newest run per trial and seed")
