@@ -606,6 +606,66 @@ def figure_command(
               data_dir=data_dir, results=results, strict=strict)
 
 
+HtmlOut = typer.Argument(..., metavar="OUT.html", show_default=False,
+                         help="The page to write (replaced atomically when it exists).")
+HtmlRecords = _option(None, "--records", metavar="FILE",
+                      help=f"A packed records file (FILE{SUFFIX} or .jsonl.xz, made by `poisonbench records pack`) "
+                           "to read instead of --results.")
+HtmlDataDir = _option(None, "--data-dir", help="Directory holding the dataset files (the test images Figures 2–4 "
+                                               "show; a grey placeholder where they cannot be loaded).")
+NoFigures = _option(False, "--no-figures", help="Leave out Figures 1–4 and accuracy vs ρ (the matrix's heatmap "
+                                                "stays).")
+
+
+def html_command(
+    out: str = HtmlOut,
+    results: str = Results,
+    records_file: str = HtmlRecords,
+    dataset: str = Dataset,
+    method: str = Method,
+    recipe: str = Recipe,
+    model: str = Model,
+    epochs: int = Epochs,
+    trials: int = TableTrials,
+    data_dir: str = HtmlDataDir,
+    no_figures: bool = NoFigures,
+) -> None:
+    """`report html OUT.html`: one self-contained page (report.html) of every table the records fill, the matrix's
+    heatmap and the figures, written atomically; its path on stdout."""
+    from ..core.io import write_new_file
+    from ..report import html
+
+    if results is not None and records_file is not None:
+        raise PoisonbenchError("pass either --results or --records, not both")
+    if records_file is not None and not Path(records_file).is_file():
+        raise PoisonbenchError(f"--records {records_file!r}: no such file (a packed records file, made by "
+                               "`poisonbench records pack`)")
+    target = Path(out)
+    if target.is_dir():
+        raise PoisonbenchError(f"{out!r} is a directory; name the HTML file to write")
+    if trials <= 0:
+        raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
+    methods = _methods(method)
+    check_filters(dataset, methods, recipe, model, epochs, None)
+    store = open_store(records_file or results)
+    records = store.all()
+    for line in store.skipped_lines():
+        note(line)
+    if store.skipped_note():
+        note(store.skipped_note())
+    from ..report import tables
+
+    tables.assert_records(records, store.runs, len(store.skipped))
+    filters = {"dataset": record_name(dataset) if dataset else None, "model": model, "recipe": recipe,
+               "epochs": epochs, "methods": methods}
+    source = records_file or results or str(store.root)
+    skipped = [store.skipped_note()] if store.skipped_note() else []
+    text = html.page(records, source, filters, trials=trials, data_dir=data_dir, notes=skipped,
+                     with_figures=not no_figures)
+    write_new_file(target, text.encode("utf-8"), "the HTML report")
+    print(printable(str(target)))
+
+
 def group() -> typer.Typer:
     """The `report` command group, built anew for every caller (the app, `sweep run`'s closing report, a grid's
     check)."""
@@ -621,6 +681,10 @@ def group() -> typer.Typer:
                                 "IV, V; Table III names the sweep that lists its runs), on stdout.")(missing_command)
     app.command("figure", help="The paper's Figure 1, 2, 3 or 4, or test accuracy vs ρ (rho), as PNGs; their paths "
                                "on stdout.")(figure_command)
+    app.command("html", help="One self-contained HTML page (no network: inline style, images as data: URIs) of "
+                             "every table the records fill (II–V with the paper's numbers and 95% intervals, the "
+                             "matrix), the matrix's heatmap and the figures, each table with its provenance "
+                             "(crafts, code, devices, recipes, trials); its path on stdout.")(html_command)
     return app
 
 
