@@ -275,3 +275,11 @@ def test_the_page_is_deterministic(workspace, tmp_path):
         assert run("report", "html", out, "--results", workspace, "--no-figures") == (0, "")
         texts.append(Path(out).read_text(encoding="utf-8"))
     assert texts[0] == texts[1]
+
+
+def test_a_sweep_grid_cannot_write_a_page():
+    from poisonbench.cli.sweep import check_report_args
+    from poisonbench.core.errors import PoisonbenchError
+
+    with pytest.raises(PoisonbenchError, match="grid: report html page.html: `report html` is no grid report"):
+        check_report_args(["html", "page.html"], "grid")

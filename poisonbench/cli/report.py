@@ -1,6 +1,7 @@
 """`poisonbench report`: aggregate run records. A command group: `report` alone prints a per-configuration summary
 (`show_plain`), `report table N` the paper's Tables II–V (`show_table`), `report missing N` the `defend` commands a
-table still lacks (`show_missing`) and `report figure N` Figures 1–4 and accuracy vs ρ (`draw_figures`). Each
+table still lacks (`show_missing`), `report figure N` Figures 1–4 and accuracy vs ρ (`draw_figures`) and `report
+html OUT.html` all of them on one self-contained page (`html_command`, report.html). Each
 subcommand takes the options that apply to it. The older flag form (`report --table N [--missing]`, `report
 --figure N`) is the group's callback: its options are the old ones (the mode flags hidden from `--help`) and it runs
 the same code. Every form ends in `report`, which checks the options (`check_arguments`) and picks the mode."""
@@ -29,7 +30,8 @@ from .progress import stdout_console
 
 HELP = ("Aggregate the run records. Alone: test accuracy mean ± sample std over trials per configuration. "
         "`report table N`: the paper's Tables II–V; `report missing N`: the `poisonbench defend` commands that would "
-        "complete table N; `report figure N`: Figures 1–4 and rho as PNGs. "
+        "complete table N; `report figure N`: Figures 1–4 and rho as PNGs; `report html OUT.html`: every table, "
+        "the heatmap and the figures on one self-contained HTML page. "
         "A record file that cannot be trusted is skipped and named on stderr, with why (exit status still 0). "
         "--results may name a packed file (`poisonbench records pack`) instead of a workspace. "
         "The older flag form still works, with the same output: `report --table N [--missing]`, "
@@ -618,6 +620,7 @@ NoFigures = _option(False, "--no-figures", help="Leave out Figures 1–4 and acc
 
 
 def html_command(
+    ctx: typer.Context,
     out: str = HtmlOut,
     results: str = Results,
     records_file: str = HtmlRecords,
@@ -635,6 +638,10 @@ def html_command(
     from ..core.io import write_new_file
     from ..report import html
 
+    if ctx.obj == CHECK_ONLY:  # a sweep grid's `report = [...]`: its files go inside the workspace (issue 68), and
+        # OUT.html is a path of its own
+        raise PoisonbenchError("`report html` is no grid report (it would write OUT.html outside the workspace); "
+                               "run `poisonbench report html OUT.html --results R` after the sweep")
     if results is not None and records_file is not None:
         raise PoisonbenchError("pass either --results or --records, not both")
     if records_file is not None and not Path(records_file).is_file():
