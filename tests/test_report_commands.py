@@ -111,3 +111,28 @@ def test_a_grid_report_is_checked_in_either_form(args, needle):
 def test_the_sweep_gives_data_dir_only_to_the_forms_that_read_it():
     assert not report_cmd.takes_data_dir(["table", "2"])
     assert all(report_cmd.takes_data_dir(a) for a in (["missing", "2"], ["figure", "1"], ["--table", "2"], []))
+
+
+def test_a_note_under_a_narrow_table_wraps_to_the_terminal_not_to_the_table(cli, results, monkeypatch):
+    """Issue 69 item 4: a block's notes are lines of their own under the table, wrapped to the console's width
+    (COLUMNS when stdout is no terminal), not the table's caption squeezed into its 28 columns."""
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out, err = cli("report", "table", "2", "--method", "none", "--dataset", "mnist-5k", "--results", results)
+    assert code == 0, err
+    lines = out.splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]
+    width = max(map(len, table))
+    assert width < 40  # a narrow table: ρ and one method
+    note = [line for line in lines[lines.index(table[-1]) + 1:] if line.strip()]
+    assert note and note[0].startswith("reduced scale, not the paper's setting: mnist-5k")
+    assert width < len(note[0]) <= 120 and len(note) == 1, out
+    assert all(len(line) <= 120 for line in lines)
+
+
+def test_a_long_note_wraps_at_the_width_columns_names(cli, results, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    code, out, err = cli("report", "table", "2", "--method", "none", "--dataset", "mnist-5k", "--results", results)
+    assert code == 0, err
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("reduced scale"))
+    assert len(lines) - start >= 2 and all(len(line) <= 60 for line in lines[start:])

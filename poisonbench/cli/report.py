@@ -1,6 +1,7 @@
 """`poisonbench report`: aggregate run records. A command group: `report` alone prints a per-configuration summary
 (`show_plain`), `report table N` the paper's Tables II–V (`show_table`), `report missing N` the `defend` commands a
-table still lacks (`show_missing`) and `report figure N` Figures 1–4 and accuracy vs ρ (`draw_figures`). Each
+table still lacks (`show_missing`), `report figure N` Figures 1–4 and accuracy vs ρ (`draw_figures`) and `report
+html OUT.html` all of them on one self-contained page (`html_command`, report.html). Each
 subcommand takes the options that apply to it. The older flag form (`report --table N [--missing]`, `report
 --figure N`) is the group's callback: its options are the old ones (the mode flags hidden from `--help`) and it runs
 the same code. Every form ends in `report`, which checks the options (`check_arguments`) and picks the mode."""
@@ -30,7 +31,8 @@ from .progress import stdout_console
 
 HELP = ("Aggregate the run records. Alone: test accuracy mean ± sample std over trials per configuration. "
         "`report table N`: the paper's Tables II–V; `report missing N`: the `poisonbench defend` commands that would "
-        "complete table N; `report figure N`: Figures 1–4 and rho as PNGs. "
+        "complete table N; `report figure N`: Figures 1–4 and rho as PNGs; `report html OUT.html`: every table, "
+        "the heatmap and the figures on one self-contained HTML page. "
         "A record file that cannot be trusted is skipped and named on stderr, with why (exit status still 0). "
         "--results may name a packed file (`poisonbench records pack`) instead of a workspace. "
         "The older flag form still works, with the same output: `report --table N [--missing]`, "
@@ -563,6 +565,71 @@ def figure_command(
               data_dir=data_dir, results=results, strict=strict)
 
 
+HtmlOut = typer.Argument(..., metavar="OUT.html", show_default=False,
+                         help="The page to write (replaced atomically when it exists).")
+HtmlRecords = _option(None, "--records", metavar="FILE",
+                      help=f"A packed records file (FILE{SUFFIX} or .jsonl.xz, made by `poisonbench records pack`) "
+                           "to read instead of --results.")
+HtmlDataDir = _option(None, "--data-dir", help="Directory holding the dataset files (the test images Figures 2–4 "
+                                               "show; a grey placeholder where they cannot be loaded).")
+NoFigures = _option(False, "--no-figures", help="Leave out Figures 1–4 and accuracy vs ρ (the matrix's heatmap "
+                                                "stays).")
+
+
+def html_command(
+    ctx: typer.Context,
+    out: str = HtmlOut,
+    results: str = Results,
+    records_file: str = HtmlRecords,
+    dataset: str = Dataset,
+    method: str = Method,
+    recipe: str = Recipe,
+    model: str = Model,
+    epochs: int = Epochs,
+    trials: int = TableTrials,
+    data_dir: str = HtmlDataDir,
+    no_figures: bool = NoFigures,
+) -> None:
+    """`report html OUT.html`: one self-contained page (report.html) of every table the records fill, the matrix's
+    heatmap and the figures, written atomically; its path on stdout."""
+    from ..core.io import write_new_file
+    from ..report import html
+
+    if ctx.obj == CHECK_ONLY:  # a sweep grid's `report = [...]`: its files go inside the workspace (issue 68), and
+        # OUT.html is a path of its own
+        raise PoisonbenchError("`report html` is no grid report (it would write OUT.html outside the workspace); "
+                               "run `poisonbench report html OUT.html --results R` after the sweep")
+    if results is not None and records_file is not None:
+        raise PoisonbenchError("pass either --results or --records, not both")
+    if records_file is not None and not Path(records_file).is_file():
+        raise PoisonbenchError(f"--records {records_file!r}: no such file (a packed records file, made by "
+                               "`poisonbench records pack`)")
+    target = Path(out)
+    if target.is_dir():
+        raise PoisonbenchError(f"{out!r} is a directory; name the HTML file to write")
+    if trials <= 0:
+        raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
+    methods = _methods(method)
+    check_filters(dataset, methods, recipe, model, epochs, None)
+    store = open_store(records_file or results)
+    records = store.all()
+    for line in store.skipped_lines():
+        note(line)
+    if store.skipped_note():
+        note(store.skipped_note())
+    from ..report import tables
+
+    tables.assert_records(records, store.runs, len(store.skipped))
+    filters = {"dataset": record_name(dataset) if dataset else None, "model": model, "recipe": recipe,
+               "epochs": epochs, "methods": methods}
+    source = records_file or results or str(store.root)
+    skipped = [store.skipped_note()] if store.skipped_note() else []
+    text = html.page(records, source, filters, trials=trials, data_dir=data_dir, notes=skipped,
+                     with_figures=not no_figures)
+    write_new_file(target, text.encode("utf-8"), "the HTML report")
+    print(printable(str(target)))
+
+
 def group() -> typer.Typer:
     """The `report` command group, built anew for every caller (the app, `sweep run`'s closing report, a grid's
     check)."""
@@ -578,6 +645,10 @@ def group() -> typer.Typer:
                                 "IV, V; Table III names the sweep that lists its runs), on stdout.")(missing_command)
     app.command("figure", help="The paper's Figure 1, 2, 3 or 4, or test accuracy vs ρ (rho), as PNGs; their paths "
                                "on stdout.")(figure_command)
+    app.command("html", help="One self-contained HTML page (no network: inline style, images as data: URIs) of "
+                             "every table the records fill (II–V with the paper's numbers and 95% intervals, the "
+                             "matrix), the matrix's heatmap and the figures, each table with its provenance "
+                             "(crafts, code, devices, recipes, trials); its path on stdout.")(html_command)
     return app
 
 

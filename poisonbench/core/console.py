@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 
 
 def stdout_console() -> Console:
-    """Console for result tables: the terminal's width, or 160 columns when piped (rich would use 80 and
-    squeeze the tables into unreadable columns in logs and CI output)."""
+    """Console for result tables: the terminal's width, or when piped the width `COLUMNS` names, else 160 columns
+    (rich would use 80 and squeeze the tables into unreadable columns in logs and CI output)."""
     console = Console()
-    return console if console.is_terminal else Console(width=160)
+    columns = os.environ.get("COLUMNS", "").strip()
+    if console.is_terminal or (columns.isdigit() and int(columns) > 0):
+        return console
+    return Console(width=160)

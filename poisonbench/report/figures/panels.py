@@ -142,11 +142,28 @@ def confined_to(out: Path) -> Iterator[None]:
         _OUT.reset(token)
 
 
+_CAPTURED: contextvars.ContextVar[list[tuple[str, bytes]] | None] = contextvars.ContextVar("figure_capture",
+                                                                                           default=None)
+
+
+@contextlib.contextmanager
+def captured() -> Iterator[list[tuple[str, bytes]]]:
+    """While in the block, `save` writes nothing: it appends (the file name it would have written, the PNG's bytes)
+    to the list this yields (`report html` inlines the figures into its page)."""
+    kept: list[tuple[str, bytes]] = []
+    token = _CAPTURED.set(kept)
+    try:
+        yield kept
+    finally:
+        _CAPTURED.reset(token)
+
+
 def save(fig, path: Path, **savefig) -> Path:
     """Write `fig` as a PNG, atomically (creating the directory), and close it; an OS error (a full disk, a
     read-only directory, a file in the path) is one line naming the path and the reason, and leaves neither a
     temporary file nor a directory this call created. Inside `confined_to(out)` the last guard: a path that does
-    not resolve to a file directly in `out` (symbolic links followed) is refused, nothing written."""
+    not resolve to a file directly in `out` (symbolic links followed) is refused, nothing written. Inside
+    `captured()` the PNG's bytes are kept in memory instead, nothing written."""
     path = Path(path)
     out = _OUT.get()
     try:
@@ -157,5 +174,9 @@ def save(fig, path: Path, **savefig) -> Path:
         fig.savefig(buffer, **{"format": "png", "dpi": 120, "bbox_inches": "tight", **savefig})
     finally:
         plt.close(fig)
+    kept = _CAPTURED.get()
+    if kept is not None:  # `captured()`: the bytes, no file
+        kept.append((path.name, buffer.getvalue()))
+        return path
     write_new_file(path, buffer.getvalue(), "figure")  # an OSError: one line, nothing half-made left
     return path

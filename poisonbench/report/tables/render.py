@@ -88,13 +88,17 @@ def render_rich(t: Table, console=None) -> None:
     console = console or stdout_console()
     console.print(f"[bold]{text(t.title)}.[/bold] {text(t.caption)}", highlight=False)
     for b in t.blocks:
-        rt = RichTable(title=text(b.title), caption="\n".join(map(text, b.notes)) or None, caption_justify="left")
+        # the notes go under the table as lines of their own, not as its caption: rich wraps a caption to the
+        # table's width (a note under a narrow table would fill a column of 30 characters), a line to the console's
+        rt = RichTable(title=text(b.title))
         for i, col in enumerate(b.columns):
             rt.add_column(text(col), justify="left" if b.rows and b.rows[0][i].label else "right")
         for i, row in enumerate(b.rows):
             rt.add_row(*[f"[bold green]{text(c.text)}[/]" if c.best else text(c.text) for c in row],
                        end_section=(i + 1) in b.rules)
         console.print(rt)
+        for note in b.notes:
+            console.print(text(note), style="table.caption", highlight=False)
     for note in t.notes:
         console.print(f"[yellow]{text(note)}[/yellow]", highlight=False)
 
