@@ -609,8 +609,8 @@ def html_command(
         raise PoisonbenchError(f"{out!r} is a directory; name the HTML file to write")
     if trials <= 0:
         raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
-    methods = _methods(method)
-    check_filters(dataset, methods, recipe, model, epochs, None)
+    methods, _, _ = selection.normal_selection(dataset=dataset, method=method, recipe=recipe, model=model,
+                                               epochs=epochs, attacks=None, poisons=None)
     store = open_store(records_file or results)
     records = store.all()
     for line in store.skipped_lines():
@@ -620,8 +620,9 @@ def html_command(
     from ..report import tables
 
     tables.assert_records(records, store.runs, len(store.skipped))
-    filters = {"dataset": record_name(dataset) if dataset else None, "model": model, "recipe": recipe,
-               "epochs": epochs, "methods": methods}
+    filters = {"dataset": selection.record_filters(dataset=dataset, model=model, recipe=recipe, epochs=epochs,
+                                                   methods=methods, attacks=None, chosen=None)["dataset"],
+               "model": model, "recipe": recipe, "epochs": epochs, "methods": methods}
     source = records_file or results or str(store.root)
     skipped = [store.skipped_note()] if store.skipped_note() else []
     text = html.page(records, source, filters, trials=trials, data_dir=data_dir, notes=skipped,
