@@ -76,12 +76,16 @@ def test_the_example_plugins_defense_runs_end_to_end_and_its_record_names_the_pl
     assert record["defense"] == {"radius": 2}
 
 
-def test_the_example_plugins_defense_and_its_option_are_in_the_help(example_site, tmp_path):
+def test_the_example_plugins_defense_and_its_option_are_in_the_help_and_env(example_site, tmp_path):
     done = poisonbench_in_child(tmp_path, "defend", "--help", path=example_site)
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.replace("│", " ").split())
     assert "median-filter (median filter of every training batch" in text
     assert "--radius <int> median-filter: Radius r of the median window" in text
+    env = poisonbench_in_child(tmp_path, "env", "--json", path=example_site)
+    assert env.returncode == 0, env.stderr
+    assert json.loads(env.stdout)["plugins"] == [
+        {"kind": "method", "name": "median-filter", "plugin": "poisonbench-plugin-example", "version": "0.1.0"}]
 
 
 def test_a_run_of_built_in_parts_has_no_plugins_field_and_keeps_its_run_id(cli, example_site, tiny_npz, tmp_path):
