@@ -4,7 +4,9 @@ Adding an attack is one module here and one entry below; an attack class names i
 
 from __future__ import annotations
 
-from ..core.registry import Registry
+from ..core.params import subclass_with_params
+from ..core.registry import PluginGroup, Registry
+from .base import Attack
 from .bp import BP
 from .dap import DAP
 from .deepconfuse import DeepConfuse
@@ -19,6 +21,9 @@ from .rem import REM
 
 # the paper's Table II order (untargeted), the availability poisons beyond it (error-minimising EM and REM, the
 # model-free shortcuts LSP and OPS), then Table III's (targeted)
-ATTACKS: Registry = Registry.of("attack", (PGD, DAP, DURP, DeepConfuse, EM, REM, LSP, OPS, GM, BP, FC))
+# (then a plugin's, poisonbench.core.registry)
+ATTACKS: Registry[type[Attack]] = Registry.of(
+    "attack", (PGD, DAP, DURP, DeepConfuse, EM, REM, LSP, OPS, GM, BP, FC),
+    PluginGroup("poisonbench.attacks", subclass_with_params(Attack), "a subclass of poisonbench.attacks.base.Attack"))
 
 __all__ = ["ATTACKS"]

@@ -1,6 +1,6 @@
 """`poisonbench env`: what this machine runs poisonbench with (Python, torch and its CUDA, the device, the optional
-packages and what is disabled without them, the poisonbench version and commit): the first command on a new
-machine, e.g. a GPU node set up offline (docs/install.md)."""
+packages and what is disabled without them, the poisonbench version and commit, the plugins' parts): the first
+command on a new machine, e.g. a GPU node set up offline (docs/install.md)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import __version__
+from ..attacks import ATTACKS
 from ..core.device import resolve_device
 from ..core.optional import first_line, installed_version, optional_status
 from ..core.provenance import TESTED_TORCH, git_state, torch_version_note
+from ..data.catalog import DATASETS
+from ..defenses import DEFENSES
 from ..experiment.options import OPTIONS
+from ..experiment.scenarios import SCENARIOS
 from . import options
 from .progress import stdout_console
 
 HELP = ("Show what poisonbench runs with here: Python, torch and its CUDA / cuDNN, the device, torch.compile, the "
-        "optional packages (and what is disabled without each), the poisonbench version and git commit.")
+        "optional packages (and what is disabled without each), the poisonbench version and git commit, the "
+        "parts that installed plugins add.")
 
 # the packages every command imports (pyproject.toml's dependencies besides torch and the optional ones)
 LIBRARIES = ("torchvision", "numpy", "pandas", "typer", "rich", "safetensors", "scikit-learn", "matplotlib")
@@ -37,6 +42,13 @@ def compile_status() -> dict:
     except Exception as exc:  # ImportError, or a triton built for another torch
         triton, error = None, None if isinstance(exc, ImportError) else first_line(exc)
     return {"torch_compile": hasattr(torch, "compile"), "triton": triton, "triton_error": error}
+
+
+def plugin_parts() -> list[dict]:
+    """The parts installed plugins add (docs/extending.md, "A plugin package"): kind, name, distribution, version."""
+    return [{"kind": registry.kind, "name": name, "plugin": plugin.dist, "version": plugin.version}
+            for registry in (ATTACKS, DEFENSES, SCENARIOS, DATASETS) for name in registry
+            if (plugin := registry.plugin(name)) is not None]
 
 
 def environment_report(device: str = "auto") -> dict:
@@ -65,6 +77,7 @@ def environment_report(device: str = "auto") -> dict:
         **compile_status(),
         "libraries": {name: installed_version(name) for name in LIBRARIES},
         "optional": optional_status(),
+        "plugins": plugin_parts(),
     }
 
 
@@ -107,3 +120,10 @@ def command(
             why = f"broken: {escape(p['error'])}" if p["error"] else "missing"
             optional.add_row(p["package"], f"[red]{why}[/]", f"{p['feature']}: disabled (pip install {p['pip']})")
     console.print(optional)
+    if report["plugins"]:
+        plugins = Table(title="plugins")
+        for col in ("kind", "name", "plugin", "version"):
+            plugins.add_column(col)
+        for part in report["plugins"]:
+            plugins.add_row(*(escape(str(part[k])) for k in ("kind", "name", "plugin", "version")))
+        console.print(plugins)

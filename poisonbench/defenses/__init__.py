@@ -4,7 +4,8 @@ Adding a defense is one module here and one entry below; a defense class names i
 
 from __future__ import annotations
 
-from ..core.registry import Registry
+from ..core.params import subclass_with_params
+from ..core.registry import PluginGroup, Registry
 from ..engine.hooks import Defense
 from ..engine.threat import Threat
 from .activation_clustering import ActivationClustering
@@ -28,7 +29,9 @@ from .ueraser import UEraser
 # ranked: engine/hooks.py)
 DEFENSES: Registry[type[Defense]] = Registry.of(
     "method", (Defense, Hint, Friends, Atda, Epic, DeepKnn, L2Filter, OneClassSvmFilter, RandomFilter,
-               SpectralSignatures, ActivationClustering, Iss, UEraser, DpSgd, Oracle))
+               SpectralSignatures, ActivationClustering, Iss, UEraser, DpSgd, Oracle),
+    PluginGroup("poisonbench.defenses", subclass_with_params(Defense),
+                "a subclass of poisonbench.engine.hooks.Defense"))
 
 
 def build_defense(name: str, family: str, recipe, threat: Threat | None = None, **params) -> Defense:

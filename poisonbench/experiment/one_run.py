@@ -9,7 +9,11 @@ from datetime import datetime, timezone
 
 import torch
 
+from ..attacks import ATTACKS
 from ..core.provenance import environment, peak_memory
+from ..core.registry import plugins_used
+from ..data.catalog import DATASETS
+from ..defenses import DEFENSES
 from ..engine.checkpoints import Checkpoint
 from ..engine.hooks import hand_poison_mask
 from ..engine.models import build_model
@@ -17,7 +21,7 @@ from ..engine.training import predict, train
 from .prediction_samples import sample_predictions
 from .records import SCHEMA_VERSION
 from .run_inputs import run_inputs
-from .scenarios import ModelRequest, PoisonPlan, Scenario
+from .scenarios import SCENARIOS, ModelRequest, PoisonPlan, Scenario
 from .spec import DefendSpec, Reporter
 
 
@@ -25,6 +29,21 @@ def training_seed(config: dict) -> int:
     """The seed the victim is initialised and trained with: the trial's (`config.seed`), or under `--same-init` the
     attacker model's (`config.same_init.seed`)."""
     return (config.get("same_init") or {}).get("seed", config["seed"])
+
+
+def run_plugins(config: dict) -> dict[str, str]:
+    """{distribution: version} of the plugins whose parts a run of `config` used (its dataset, scenario, defense
+    and attacks; poisonbench.core.registry, "Plugins"): the record's `env.plugins`, absent when all are built in
+    (not part of the run id: like poisonbench's own version, it says which code ran)."""
+    poison = config.get("poison") or {}
+    attacks = [*(poison.get("attacks") or []), *(poison.get("poison_ids") or {}), poison.get("attack")]
+    return plugins_used([(DATASETS, config.get("dataset")), (SCENARIOS, config.get("scenario")),
+                         (DEFENSES, (config.get("defense") or {}).get("method")), *((ATTACKS, a) for a in attacks)])
+
+
+def with_plugins(env: dict, plugins: dict[str, str]) -> dict:
+    """`env` with its `plugins` field where a plugin's part was used (records of built-in parts are unchanged)."""
+    return {**env, "plugins": plugins} if plugins else env
 
 
 def execute(spec: DefendSpec, scenario: Scenario, trial, data, tensors: dict, device: torch.device,
@@ -99,6 +118,7 @@ def execute(spec: DefendSpec, scenario: Scenario, trial, data, tensors: dict, de
         "inputs": run_inputs(config, plan, victim),  # every input by content: poisons, models, dataset
         "compiled": result.compiled,
         "resumed_from_epoch": result.resumed_from,
-        "env": environment(device, accel=spec.accel, deterministic=spec.deterministic),
+        "env": with_plugins(environment(device, accel=spec.accel, deterministic=spec.deterministic),
+                            run_plugins(config)),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

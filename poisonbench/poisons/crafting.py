@@ -15,7 +15,9 @@ from ..attacks.base import AttackContext, PoisonSet, ProgressFn, Target
 from ..core.errors import PoisonbenchError
 from ..core.io import atomic_write_json, exclusive, os_error_in_one_line
 from ..core.provenance import environment, peak_memory
+from ..core.registry import plugins_used
 from ..core.workspace import workspace_dir
+from ..data.catalog import DATASETS
 from ..engine import termination
 from ..engine.checkpoints import execution_identity
 from ..engine.kernels import check_accel_mode, use_mode
@@ -77,6 +79,9 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     # the rows before the craft; an attack whose bases are nearest the target reads its model here (ctx.surrogate())
     indices = ctx.indices = attack.rows_for(ctx)
     env = environment(device, accel=accel)  # read before crafting: the checkout may move on during a long craft
+    plugins = plugins_used([(ATTACKS, spec.attack), (DATASETS, getattr(dataset, "name", None))])
+    if plugins:  # {distribution: version} of a plugin's attack or dataset (poisonbench.core.registry)
+        env["plugins"] = plugins
     start = time.perf_counter()
     with use_mode(accel):  # for the frozen copies an attack makes without passing ctx.accel
         poison = attack.craft(ctx)

@@ -7,7 +7,7 @@ poison-set, `--poison-ratio` > 0 → untargeted, else clean.
 
 from __future__ import annotations
 
-from ...core.registry import Registry
+from ...core.registry import PluginGroup, Registry
 from .base import ModelRequest, PoisonPlan, Scenario, reporter_progress
 from .poison_set import PoisonSetPlan, PoisonSetScenario, plan_poison_set
 from .targeted import Scratch, TargetedPlan, Transfer, targeted_attacks
@@ -27,7 +27,9 @@ from .untargeted import (
 )
 
 SCENARIOS: Registry[type[Scenario]] = Registry.of(
-    "scenario", (Clean, Untargeted, PoisonSetScenario, Scratch, Transfer))
+    "scenario", (Clean, Untargeted, PoisonSetScenario, Scratch, Transfer),
+    PluginGroup("poisonbench.scenarios", lambda e: isinstance(e, type) and issubclass(e, Scenario),
+                "a subclass of poisonbench.experiment.scenarios.base.Scenario"))
 
 
 def scenario_for(spec) -> Scenario:

@@ -21,7 +21,8 @@ from ...core.hashing import derived_seed, short_hash
 from .base import AttackerModel, Scenario, reporter_progress, untargeted_surrogate
 
 # HINT's Table II mix, in the registry's order: PGD, DAP, DURP, DeepConfuse
-UNTARGETED_ATTACKS = tuple(name for name in ATTACKS if ATTACKS.get(name).in_paper_mix)
+# built in only: read at import, before plugins load, and a plugin never changes the default mix (nor its run ids)
+UNTARGETED_ATTACKS = tuple(name for name, cls in ATTACKS.builtins().items() if cls.in_paper_mix)
 ROW_STREAM = "untargeted-rows"  # the poisoned rows are drawn from derived_seed(trial seed, ROW_STREAM)
 CRAFT_SEED = 0  # the artifacts are shared by all trials; trials differ in which rows they poison
 

@@ -33,6 +33,8 @@ def has_default_params(method: str, params: dict, dataset: str, recipe: dict, co
     from ...engine.recipes import Recipe
     from ...engine.threat import threat_of_config
 
+    if not method:  # no defense named (the import-time row of COLUMNS: it must not load the plugins)
+        return False
     family = paper.family_of(dataset)
     try:
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
