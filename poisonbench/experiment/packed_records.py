@@ -215,7 +215,7 @@ def read_pack(path: str | Path) -> Pack:
     for number, raw in _lines(path):
         where = f"{str(path)!r} line {number}"
         try:
-            obj = json.loads(raw.decode("utf-8"))
+            obj = json.loads(raw.decode("utf-8").rstrip("\n"))  # a column counted in the line, not after it
         except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
             why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
             raise PoisonbenchError(f"{where}: not valid JSON ({why})") from None
