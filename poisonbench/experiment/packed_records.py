@@ -195,7 +195,8 @@ def _lines(path: Path):
             xz = raw.read(len(XZ_MAGIC)) == XZ_MAGIC
             raw.seek(0)
             with (lzma.LZMAFile(raw) if xz else gzip.GzipFile(fileobj=raw, mode="rb")) as f:
-                yield from iter_bounded_lines(f, repr(str(path)))
+                for number, line in iter_bounded_lines(f, repr(str(path))):  # `number`: where a damage is met
+                    yield number, line
     except EOFError:
         raise PoisonbenchError(f"{str(path)!r} is cut short after line {number} (the compressed stream ends "
                                "early): pack it again") from None
@@ -216,7 +217,8 @@ def read_pack(path: str | Path) -> Pack:
     pack, header, seen = Pack(path), None, {}
     for number, raw in _lines(path):
         where = f"{str(path)!r} line {number}"
-        obj = loads_json(raw, where)  # not UTF-8, not JSON, nested too deep, an integer of too many digits
+        # not UTF-8, not JSON, nested too deep, an integer of too many digits; a column counted in the line itself
+        obj = loads_json(raw.rstrip(b"\n"), where)
         kind = obj.get("kind") if isinstance(obj, dict) else None
         if kind not in KINDS:
             raise PoisonbenchError(f"{where}: unknown kind {kind!r}; valid choices: {', '.join(KINDS)}")
