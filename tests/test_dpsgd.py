@@ -1,7 +1,7 @@
 """DP-SGD (`poisonbench/defenses/dpsgd.py`): per-example gradients, their clipping to ℓ2 ≤ C over all parameters
 jointly, the Gaussian noise of std σ·C on their sum, the division by the batch, BatchNorm with fixed batch
-statistics, the record, and the bad options. Tiny models and batches; registry-driven tests (resume, host sync)
-cover dpsgd as every other defense."""
+statistics, the chunks, the record, resume, and the bad options. Tiny models and batches; registry-driven tests
+(resume, host sync) cover dpsgd as every other defense as well."""
 
 from __future__ import annotations
 
