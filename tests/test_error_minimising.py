@@ -266,3 +266,20 @@ def test_bad_error_minimising_options_are_one_line_errors(cli, tiny_npz, tmp_pat
     code, _, err = cli("craft", *args, "--dataset", tiny_npz, "--results", results)
     one_line_error(code, err, needle)
     assert files_under(results) == []
+
+
+def test_the_stratified_subset_comes_from_the_generator_alone():
+    """EM's per-class subset (its stop condition's rows): the given generator decides it, never the global RNG, and
+    every class keeps round(portion · count) rows, at least one (a mutant drawing from the global RNG survived the
+    mutation run)."""
+    from poisonbench.attacks.em import stratified_subset
+
+    y = torch.tensor([0] * 10 + [1] * 7 + [2] * 1 + [3] * 4)
+    picks = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        picks.append(stratified_subset(y, 0.5, torch.Generator().manual_seed(7)))
+    assert torch.equal(picks[0], picks[1])
+    assert not torch.equal(picks[0], stratified_subset(y, 0.5, torch.Generator().manual_seed(8)))
+    assert torch.bincount(y[picks[0]]).tolist() == [5, 4, 1, 2]  # 0.5 · (10, 7, 1, 4), rounded half to even, ≥ 1
+    assert torch.equal(picks[0], picks[0].sort().values)
