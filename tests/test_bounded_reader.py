@@ -170,6 +170,20 @@ def test_an_npz_declaring_more_than_loading_it_can_hold_is_refused_before_alloca
     assert npz.stat().st_size < 3_000_000
     with address_space(GiB):
         code, out, err = cli("data", "info", npz)
+    one_line_error(code, err, str(npz), "declares 1.5 GB", "on disk, more than 100× the file",
+                   "refused before reading it")
+
+
+def test_an_npz_that_deflates_honestly_but_needs_more_memory_than_there_is_is_refused(monkeypatch, cli, tmp_path):
+    """The memory bound behind the inflation bound: the loader's measured bytes per declared byte against what is
+    available (here: the same 1.5 GB file with the inflation bound lifted, 1 GiB of address space to spare)."""
+    from poisonbench.data import npz as npz_module
+
+    monkeypatch.setattr(npz_module, "MAX_NPZ_INFLATION", 10**9)
+    n = 500_000
+    npz = zeros_npz(tmp_path / "zeros.npz", {"x": ("|u1", (n, 32, 32, 3)), "y": ("<i8", (n,))})
+    with address_space(GiB):
+        code, out, err = cli("data", "info", npz)
     one_line_error(code, err, str(npz), "declares 1.5 GB", "memory available", "refused before reading it")
 
 

@@ -43,6 +43,11 @@ MAX_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_d
 NPZ_BYTES_PER_X_BYTE = 4
 NPZ_BYTES_PER_Y_BYTE = 6
 MAX_NPZ_BYTES = 16_000 * MB
+# and a bound on inflation: above NPZ_INFLATION_FLOOR declared bytes, no more than MAX_NPZ_INFLATION × the file's
+# size (image data deflates 2-20×; a few MB of zeros declaring gigabytes is a decompression bomb, and memory that
+# happens to be free must not decide whether such a file is inflated)
+MAX_NPZ_INFLATION = 100
+NPZ_INFLATION_FLOOR = 64 * MB
 
 
 def size_text(nbytes: int) -> str:

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.bounded import MAX_NPZ_BYTES, NPZ_BYTES_PER_X_BYTE, NPZ_BYTES_PER_Y_BYTE, open_regular, size_text
+from ..core.bounded import (
+    MAX_NPZ_BYTES,
+    MAX_NPZ_INFLATION,
+    NPZ_BYTES_PER_X_BYTE,
+    NPZ_BYTES_PER_Y_BYTE,
+    NPZ_INFLATION_FLOOR,
+    open_regular,
+    size_text,
+)
 from ..core.errors import PoisonbenchError
 
 NPY_SUFFIX = ".npy"
@@ -235,6 +243,13 @@ def check_declared_size(path: Path, hx: NpyHeader, hy: NpyHeader) -> None:
     if declared > MAX_NPZ_BYTES:
         raise PoisonbenchError(f"{what}, more than the limit of {_size(MAX_NPZ_BYTES)} for an .npz dataset; refused "
                                "before reading it")
+    try:
+        on_disk = max(1, Path(path).stat().st_size)
+    except OSError:  # a caller that checks headers alone
+        on_disk = None
+    if on_disk is not None and declared > NPZ_INFLATION_FLOOR and declared > MAX_NPZ_INFLATION * on_disk:
+        raise PoisonbenchError(f"{what} from {_size(on_disk)} on disk, more than {MAX_NPZ_INFLATION}× the file (the "
+                               "limit: images deflate far less; a decompression bomb?); refused before reading it")
     needed = NPZ_BYTES_PER_X_BYTE * hx.nbytes + NPZ_BYTES_PER_Y_BYTE * hy.nbytes
     memory = available_memory()
     if memory is not None and needed > memory:
