@@ -425,3 +425,28 @@ def test_the_summary_is_the_whole_configuration():
     assert defense.summary() == {"method": "ueraser", "repeats": 3, "share": 0.5, "adversarial_epochs": 15,
                                  "epochs": 30}
     assert defense.family == "cifar10"
+
+
+@pytest.mark.parametrize("name", ue.TRIVIAL_OPS)
+def test_each_trivial_operation_draws_from_the_given_generator_only(name):
+    """The magnitudes come from the batch's generator: the same seed gives the same image, torch's global generator
+    does not move (a draw from it would make the run depend on other code's draws)."""
+    x = torch.rand(16, 3, 12, 12, generator=torch.Generator().manual_seed(26))
+    global_rng = torch.get_rng_state()
+    a = ue.trivial_op(name, torch.Generator().manual_seed(5), x)
+    assert torch.equal(torch.get_rng_state(), global_rng)
+    assert torch.equal(a, ue.trivial_op(name, torch.Generator().manual_seed(5), x))
+    if name not in ("auto_contrast", "equalize"):
+        assert not torch.equal(a, ue.trivial_op(name, torch.Generator().manual_seed(6), x))
+
+
+def test_an_unknown_operation_is_refused_by_name():
+    with pytest.raises(ValueError, match="^cutout$"):
+        ue.trivial_op("cutout", torch.Generator(), torch.zeros(1, 1, 4, 4))
+
+
+def test_the_threat_model_is_kept():
+    from poisonbench.engine.threat import Threat
+
+    threat = Threat()
+    assert UEraser("mnist", RECIPE, threat).threat is threat
