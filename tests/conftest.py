@@ -35,6 +35,14 @@ def torch_version_already_named():
     provenance._torch_checked = True
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_columns(monkeypatch):
+    """pytest-xdist's workers inherit COLUMNS=80, which piped output honours (core.console.stdout_console): every
+    test starts without it, so that result tables are as wide as a plain pipe makes them; a test of the width sets
+    its own."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` (pyproject.toml's markers; tests/test_gpu.py) need a CUDA device: where torch sees none,
     as on this project's CPU machines and CI, they are collected and skipped with the reason."""
