@@ -620,9 +620,10 @@ def html_command(
     from ..report import tables
 
     tables.assert_records(records, store.runs, len(store.skipped))
-    filters = {"dataset": selection.record_filters(dataset=dataset, model=model, recipe=recipe, epochs=epochs,
-                                                   methods=methods, attacks=None, chosen=None)["dataset"],
-               "model": model, "recipe": recipe, "epochs": epochs, "methods": methods}
+    from ..data import record_name
+
+    filters = {"dataset": record_name(dataset) if dataset else None, "model": model, "recipe": recipe,
+               "epochs": epochs, "methods": methods}
     source = records_file or results or str(store.root)
     skipped = [store.skipped_note()] if store.skipped_note() else []
     text = html.page(records, source, filters, trials=trials, data_dir=data_dir, notes=skipped,
