@@ -7,7 +7,10 @@
 # node ids) against each; a mutant the tests fail on is "killed", one they pass is a "survivor". The work happens in a
 # copy of the working tree under $MUTATION_WORK (default a new directory in /tmp), never in this checkout. Prints
 # mutmut's survivors, then one line: `MODULE: K of N mutants killed (S survived, T timed out, ...) = P %`, also written
-# as JSON to $MUTATION_WORK/score.json. Not part of CI: minutes to tens of minutes per module on 2 cores.
+# as JSON to $MUTATION_WORK/score.json, and each survivor's diff to survivors_diff.txt. Not part of CI: minutes to
+# tens of minutes per module on 2 cores. $MUTATION_LIMIT (seconds, optional) interrupts mutmut after that long (SIGINT:
+# it stops its workers and keeps every verdict so far); the score then counts only the mutants that ran ("N not run"),
+# and a later run in the same $MUTATION_WORK goes on with the rest.
 set -euo pipefail
 if [ $# -lt 2 ]; then
     echo "usage: $0 MODULE.py TESTS..." >&2
@@ -43,7 +46,9 @@ timeout_multiplier = 5.0
 process_isolation = "forkserver"
 EOF
 cd "$work"
-"$python" -m mutmut run --max-children "${MUTATION_JOBS:-2}" > mutmut-run.log 2>&1 || true
+limit=()
+[ -n "${MUTATION_LIMIT:-}" ] && limit=(timeout -s INT -k 60 "$MUTATION_LIMIT")
+"${limit[@]}" "$python" -m mutmut run --max-children "${MUTATION_JOBS:-2}" > mutmut-run.log 2>&1 || true
 "$python" -m mutmut results > survivors.txt 2>&1 || true
 "$python" - "$module" <<'EOF'
 import json
@@ -52,18 +57,23 @@ from pathlib import Path
 
 # mutmut 3 keeps each mutant's exit code in mutants/<file>.meta; 1 = killed, 0 = survived (mutmut's own mapping)
 metas = list(Path("mutants").rglob("*.meta"))
-counts = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "other": 0}
+counts = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "not run": 0, "other": 0}
 for meta in metas:
     data = json.loads(meta.read_text())
     for code in data.get("exit_code_by_key", {}).values():
         key = {1: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", 24: "timeout",
-               None: "other"}.get(code, "killed" if isinstance(code, int) and code < 0 else "other")
+               None: "not run"}.get(code, "killed" if isinstance(code, int) and code < 0 else "other")
         counts[key] += 1
-total = sum(counts.values())
+measured = sum(counts.values()) - counts["not run"]
 killed = counts["killed"] + counts["timeout"]
-score = 100 * killed / total if total else 0.0
+score = 100 * killed / measured if measured else 0.0
 extra = ", ".join(f"{v} {k}" for k, v in counts.items() if v and k != "killed")
-print(f"{sys.argv[1]}: {killed} of {total} mutants killed ({extra or 'none left'}) = {score:.0f} %")
-Path("score.json").write_text(json.dumps({"module": sys.argv[1], "total": total, **counts, "score": score}) + "\n")
+print(f"{sys.argv[1]}: {killed} of {measured} mutants killed ({extra or 'none left'}) = {score:.1f} %")
+Path("score.json").write_text(json.dumps({"module": sys.argv[1], "measured": measured, **counts, "score": score}) + "\n")
 EOF
+# each survivor's diff, for the triage (equivalent, accepted or a test to write)
+grep -E ': survived$' survivors.txt | cut -d: -f1 | while read -r name; do
+    echo "=== $name"
+    "$python" -m mutmut show "$name" 2>&1 | grep -E '^[-+@]' | grep -vE '^(\+\+\+|---) '
+done > survivors_diff.txt || true
 echo "survivors: $work/survivors.txt (\`cd $work && $python -m mutmut show NAME\` shows one)" >&2
