@@ -274,12 +274,63 @@ def test_the_stratified_subset_comes_from_the_generator_alone():
     mutation run)."""
     from poisonbench.attacks.em import stratified_subset
 
-    y = torch.tensor([0] * 10 + [1] * 7 + [2] * 1 + [3] * 4)
+    y = torch.tensor([0] * 10 + [1] * 7 + [2] * 1 + [3] * 4 + [4] * 3)
     picks = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)
         picks.append(stratified_subset(y, 0.5, torch.Generator().manual_seed(7)))
     assert torch.equal(picks[0], picks[1])
     assert not torch.equal(picks[0], stratified_subset(y, 0.5, torch.Generator().manual_seed(8)))
-    assert torch.bincount(y[picks[0]]).tolist() == [5, 4, 1, 2]  # 0.5 · (10, 7, 1, 4), rounded half to even, ≥ 1
+    assert torch.bincount(y[picks[0]]).tolist() == [5, 4, 1, 2, 2]  # 0.5 · (10, 7, 1, 4, 3), half to even, ≥ 1
+    assert torch.bincount(y[stratified_subset(y, 0.2, torch.Generator().manual_seed(7))]).tolist() == [2, 1, 1, 1, 1]
     assert torch.equal(picks[0], picks[0].sort().values)
+
+
+def test_error_rate_is_the_share_of_wrong_predictions_over_every_batch():
+    """EM's stop condition reads this: wrong / rows, summed over batches (the mutation run planted `==` for `!=`,
+    `×` for `/` and a denominator of at least 2, and every test passed)."""
+
+    class ReadsItsLabel(torch.nn.Module):  # predicts the class written in the first pixel
+        def forward(self, x):
+            return F.one_hot(x[:, 0, 0, 0].long(), 3).float()
+
+    x = torch.zeros(5, 1, 2, 2)
+    x[:, 0, 0, 0] = torch.tensor([0.0, 1, 2, 2, 1])
+    y = torch.tensor([0, 1, 2, 0, 0])  # two wrong of five, across batches of two
+    assert em.error_rate(ReadsItsLabel(), x, y, size=2) == pytest.approx(0.4)
+    assert em.error_rate(ReadsItsLabel(), x[3:4], y[3:4]) == 1.0  # one row, wrong
+    assert em.error_rate(ReadsItsLabel(), x[:1], y[:1]) == 0.0
+
+
+def test_the_rows_the_crafting_model_sees_stay_in_the_image_range():
+    x = torch.tensor([0.0, 0.5, 0.95, 1.0])
+    delta = torch.tensor([-0.2, 0.2, 0.2, -0.1])
+    assert torch.allclose(em.perturbed(x, delta), torch.tensor([0.0, 0.7, 1.0, 0.9]))
+
+
+def test_em_steps_are_a_tenth_of_eps_and_the_noise_is_a_whole_number_of_them(tiny):
+    """Sample-wise δ starts at 0 and moves by signed steps of step_fraction · ε (README: 0.8/255 at ε = 8/255): after
+    three steps every entry is k · ε/10 with |k| ≤ 3 where x is far enough from 0 and 1 never to be clipped (a step
+    of 0.1 / ε would put it at ±ε)."""
+    data, results = tiny
+    _, poison = craft("em", data, results, steps=3, max_iterations=1, stop_error=0.0)
+    x, _ = clean_rows(data, poison.indices)
+    inside = (x > 3.5 * 0.1 * EPS) & (x < 1 - 3.5 * 0.1 * EPS)
+    k = poison.delta[inside] / (0.1 * EPS)
+    assert inside.sum() > 100 and k.abs().max() <= 3 + 1e-3
+    assert torch.allclose(k, k.round(), atol=1e-3)
+
+
+def test_em_and_rem_crafts_are_functions_of_their_inputs(tiny):
+    """The same inputs give the same δ bit for bit (the model's initialisation, the batch order and REM's draws come
+    from attacker seeds of the inputs, never an unseeded or global stream); another crafting seed gives another δ."""
+    data, results = tiny
+    for name, params in (("em", {"max_iterations": 1, "stop_error": 0.0}),
+                         ("rem", {"train_steps": 2, "u_steps": 2, "a_steps": 1})):
+        torch.manual_seed(0)
+        _, first = craft(name, data, results, **params)
+        torch.manual_seed(1)
+        _, again = craft(name, data, results, **params)
+        _, other = craft(name, data, results, seed=4, **params)
+        assert torch.equal(first.delta, again.delta), name
+        assert not torch.equal(first.delta, other.delta), name
