@@ -212,7 +212,7 @@ def test_rem_inner_delta_stays_in_the_eps_ball_at_every_step(grey, monkeypatch, 
 
     monkeypatch.setattr(rem, "robust_min", robust_min)
     monkeypatch.setattr(rem, "augment", augment)
-    attack = ATTACKS.get("rem")(data.family, train_steps=3, batch_size=32, u_steps=4, a_steps=1,
+    attack = ATTACKS.get("rem")(data.family, schedule="budget", train_steps=3, batch_size=32, u_steps=4, a_steps=1,
                                 u_step_fraction=0.5)
     ctx = AttackContext(data, attack.choose_rows(data, 0.2, 3), EPS, 0.2, 3, torch.device("cpu"))
     attack.perturb(ctx)
@@ -241,7 +241,8 @@ def test_an_interrupted_rem_craft_resumes_after_its_last_saved_step(tiny, tmp_pa
     from poisonbench import poisons
 
     data, _ = tiny
-    spec = craft_spec(data, "rem", eps=EPS, budget=1.0, seed=3, train_steps=12, u_steps=2, a_steps=1)
+    spec = craft_spec(data, "rem", eps=EPS, budget=1.0, seed=3, schedule="budget", train_steps=12, u_steps=2,
+                      a_steps=1)
     whole, _ = poisons.craft(spec, data, tmp_path / "whole")
     work = tmp_path / "interrupted"
     craft_killed_at_call(monkeypatch, rem, "train_step", 12, spec, data, work)
@@ -251,9 +252,7 @@ def test_an_interrupted_rem_craft_resumes_after_its_last_saved_step(tiny, tmp_pa
     assert torch.equal(resumed.delta, whole.delta)
 
 
-def test_rem_official_schedule_replaces_only_the_defaults():
-    attack = ATTACKS.get("rem")("cifar10", official_schedule=True, u_steps=3)
-    assert {k: attack.params[k] for k in rem.OFFICIAL} == {**rem.OFFICIAL, "u_steps": 3}
+def test_em_and_rem_default_to_the_authors_eps():
     shape = (1, 28, 28)
     assert ATTACKS.get("em").default_eps("mnist", shape) == ATTACKS.get("rem").default_eps("mnist", shape) == EPS
 
