@@ -106,7 +106,7 @@ def test_class_wise_em_noise_is_the_clipped_mean_of_its_rows_steps(grey, monkeyp
 
     monkeypatch.setattr(em, "linf_pgd", spy)
     attack, poison = craft("em", data, results, granularity="class", batch_size=16, max_iterations=2,
-                           stop_error=0.0, lr=1e-4)
+                           stop_error=0.0, lr=1e-4, class_updates=2)
     # 32 rows in the stratified 20 % subset: two batches of 16 per outer iteration
     assert attack.training_summary["iterations"] == 2 and len(calls) == 4
     noise = torch.zeros((data.num_classes, *data.shape))
@@ -282,3 +282,23 @@ def test_the_stratified_subset_comes_from_the_generator_alone():
     assert not torch.equal(picks[0], stratified_subset(y, 0.5, torch.Generator().manual_seed(8)))
     assert torch.bincount(y[picks[0]]).tolist() == [5, 4, 1, 2]  # 0.5 · (10, 7, 1, 4), rounded half to even, ≥ 1
     assert torch.equal(picks[0], picks[0].sort().values)
+
+
+def test_class_wise_em_makes_the_authors_update_count_per_outer_iteration(tmp_path, monkeypatch, one_thread):
+    """Issue 67: each outer iteration updates the class noise 19 times, as the authors' CIFAR-10 setting does
+    (⌊0.2 · 50,000 / 512⌋), whatever the split's size: here a 20 % subset of about 96 rows, a single batch of 512
+    before (one update an iteration). The batch is min(512, ⌊subset / 19⌋); CIFAR-10's keeps the official 512."""
+    assert em.class_batch(10_000, 512, 19) == (512, 19)  # CIFAR-10: the authors' batch and count
+    assert em.class_batch(780, 512, 19) == (41, 19)  # mnist-5k's 20 % subset
+    data = load_dataset(str(write_npz(tmp_path, n=600)))
+    updates, real = [], em.linf_pgd
+
+    def spy(model, x, labels, eps, steps, step, init, maximize):
+        updates.append(len(x))
+        return real(model, x, labels, eps, steps, step, init, maximize=maximize)
+
+    monkeypatch.setattr(em, "linf_pgd", spy)
+    attack, _ = craft("em", data, tmp_path / "results", granularity="class", max_iterations=1, train_batches=1)
+    assert attack.params["class_updates"] == 19 and attack.training_summary["iterations"] == 1
+    subset = round(0.2 * len(data.train) / data.num_classes) * data.num_classes
+    assert subset >= 19 and len(updates) == 19 and set(updates) == {subset // 19}
