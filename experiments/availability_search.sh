@@ -24,3 +24,17 @@ run em --eps 0.3
 # the authors' stop (train error ≤ 1 %) met at iteration 1 (sample) / 4 (class) above: run on to zero train error
 run em --eps 0.3 --stop-error 0
 run em --eps 0.3 --granularity class --max-iterations 20 --stop-error 0
+# issue 67 (quick recipe, 1 trial: a CPU budget): OPS searching the interior only (the default margin 4 on MNIST),
+# class-wise EM with the authors' 19 class-noise updates an outer iteration (the default since issue 67)
+runq() {  # ATTACK CRAFT-OPTIONS...: as `run`, under the quick recipe
+    attack=$1; shift
+    id=$(pb craft --attack "$attack" "$@" --dataset mnist-5k --results "$RESULTS" --json | python -c 'import json,sys; print(json.load(sys.stdin)["poison_id"])')
+    pb defend --dataset mnist-5k --recipe quick --method none --poison-ratio 1.0 --attacks "$attack" \
+        --poisons "$attack=$id" --trial 0 --results "$RESULTS" --json
+}
+runq ops --eps 1
+runq ops --eps 4
+runq ops --eps 16
+runq em --granularity class
+runq em --granularity class --eps 0.3
+# REM's official schedule (the default since issue 67) is weeks of this CPU (docs/fidelity.md): not run here

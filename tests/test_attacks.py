@@ -25,7 +25,7 @@ from .toys import ToyTargeted, registered
 EPS = 0.1
 # keep the schedules tiny in tests (deepconfuse's generator; the targeted attacks' surrogate, steps and restarts)
 FAST = {"deepconfuse": {"outer_epochs": 2}, "em": {"max_iterations": 2},
-        "rem": {"train_steps": 2, "u_steps": 2, "a_steps": 1},
+        "rem": {"schedule": "budget", "train_steps": 2, "u_steps": 2, "a_steps": 1},
         **{name: {"iterations": 2, "restarts": 2, "surrogate_epochs": 1} for name in ("gm", "bp", "fc")}}
 
 

@@ -106,7 +106,7 @@ def test_class_wise_em_noise_is_the_clipped_mean_of_its_rows_steps(grey, monkeyp
 
     monkeypatch.setattr(em, "linf_pgd", spy)
     attack, poison = craft("em", data, results, granularity="class", batch_size=16, max_iterations=2,
-                           stop_error=0.0, lr=1e-4)
+                           stop_error=0.0, lr=1e-4, class_updates=2)
     # 32 rows in the stratified 20 % subset: two batches of 16 per outer iteration
     assert attack.training_summary["iterations"] == 2 and len(calls) == 4
     noise = torch.zeros((data.num_classes, *data.shape))
@@ -212,7 +212,7 @@ def test_rem_inner_delta_stays_in_the_eps_ball_at_every_step(grey, monkeypatch, 
 
     monkeypatch.setattr(rem, "robust_min", robust_min)
     monkeypatch.setattr(rem, "augment", augment)
-    attack = ATTACKS.get("rem")(data.family, train_steps=3, batch_size=32, u_steps=4, a_steps=1,
+    attack = ATTACKS.get("rem")(data.family, schedule="budget", train_steps=3, batch_size=32, u_steps=4, a_steps=1,
                                 u_step_fraction=0.5)
     ctx = AttackContext(data, attack.choose_rows(data, 0.2, 3), EPS, 0.2, 3, torch.device("cpu"))
     attack.perturb(ctx)
@@ -241,7 +241,8 @@ def test_an_interrupted_rem_craft_resumes_after_its_last_saved_step(tiny, tmp_pa
     from poisonbench import poisons
 
     data, _ = tiny
-    spec = craft_spec(data, "rem", eps=EPS, budget=1.0, seed=3, train_steps=12, u_steps=2, a_steps=1)
+    spec = craft_spec(data, "rem", eps=EPS, budget=1.0, seed=3, schedule="budget", train_steps=12, u_steps=2,
+                      a_steps=1)
     whole, _ = poisons.craft(spec, data, tmp_path / "whole")
     work = tmp_path / "interrupted"
     craft_killed_at_call(monkeypatch, rem, "train_step", 12, spec, data, work)
@@ -251,9 +252,7 @@ def test_an_interrupted_rem_craft_resumes_after_its_last_saved_step(tiny, tmp_pa
     assert torch.equal(resumed.delta, whole.delta)
 
 
-def test_rem_official_schedule_replaces_only_the_defaults():
-    attack = ATTACKS.get("rem")("cifar10", official_schedule=True, u_steps=3)
-    assert {k: attack.params[k] for k in rem.OFFICIAL} == {**rem.OFFICIAL, "u_steps": 3}
+def test_em_and_rem_default_to_the_authors_eps():
     shape = (1, 28, 28)
     assert ATTACKS.get("em").default_eps("mnist", shape) == ATTACKS.get("rem").default_eps("mnist", shape) == EPS
 
@@ -326,7 +325,7 @@ def test_em_and_rem_crafts_are_functions_of_their_inputs(tiny):
     from attacker seeds of the inputs, never an unseeded or global stream); another crafting seed gives another δ."""
     data, results = tiny
     for name, params in (("em", {"max_iterations": 1, "stop_error": 0.0}),
-                         ("rem", {"train_steps": 2, "u_steps": 2, "a_steps": 1})):
+                         ("rem", {"schedule": "budget", "train_steps": 2, "u_steps": 2, "a_steps": 1})):
         torch.manual_seed(0)
         _, first = craft(name, data, results, **params)
         torch.manual_seed(1)
@@ -334,3 +333,23 @@ def test_em_and_rem_crafts_are_functions_of_their_inputs(tiny):
         _, other = craft(name, data, results, seed=4, **params)
         assert torch.equal(first.delta, again.delta), name
         assert not torch.equal(first.delta, other.delta), name
+
+
+def test_class_wise_em_makes_the_authors_update_count_per_outer_iteration(tmp_path, monkeypatch, one_thread):
+    """Issue 67: each outer iteration updates the class noise 19 times, as the authors' CIFAR-10 setting does
+    (⌊0.2 · 50,000 / 512⌋), whatever the split's size: here a 20 % subset of about 96 rows, a single batch of 512
+    before (one update an iteration). The batch is min(512, ⌊subset / 19⌋); CIFAR-10's keeps the official 512."""
+    assert em.class_batch(10_000, 512, 19) == (512, 19)  # CIFAR-10: the authors' batch and count
+    assert em.class_batch(780, 512, 19) == (41, 19)  # mnist-5k's 20 % subset
+    data = load_dataset(str(write_npz(tmp_path, n=600)))
+    updates, real = [], em.linf_pgd
+
+    def spy(model, x, labels, eps, steps, step, init, maximize):
+        updates.append(len(x))
+        return real(model, x, labels, eps, steps, step, init, maximize=maximize)
+
+    monkeypatch.setattr(em, "linf_pgd", spy)
+    attack, _ = craft("em", data, tmp_path / "results", granularity="class", max_iterations=1, train_batches=1)
+    assert attack.params["class_updates"] == 19 and attack.training_summary["iterations"] == 1
+    subset = round(0.2 * len(data.train) / data.num_classes) * data.num_classes
+    assert subset >= 19 and len(updates) == 19 and set(updates) == {subset // 19}

@@ -149,3 +149,26 @@ def test_matrix_quick_covers_every_defense_against_every_untargeted_attack_alone
     missing = wanted - pairs
     assert not missing, f"matrix-quick lacks {sorted(missing)}"
     assert grid.report[:2] == ["--table", "matrix"]
+
+
+def test_runs_on_rems_budget_schedule_get_a_labelled_column_of_their_own():
+    """Issue 67: REM's budget schedule is labelled in the tables: its runs (the record's inputs name the PoisonSet's
+    schedule) form the column "rem (budget)", never pooled with the official schedule's "rem"; the plain report's
+    poison label says so too."""
+    def rem(acc, trial, schedule):
+        r = single("none", "rem", acc, trial)
+        r["inputs"] = {"poisons": [{"attack": "rem", "poison_id": schedule[0] * 16, "schedule": schedule}]}
+        r["config"]["poison"]["poison_ids"] = {"rem": schedule[0] * 16}
+        r["run_id"] = short_hash(r["config"])
+        return r
+
+    t = build([rem(0.90, 0, "official"), rem(0.97, 0, "budget"), rem(0.96, 1, "budget")])
+    block = next(b for b in t.blocks if b.title.startswith("mnist-5k"))
+    assert block.columns == ["defense", "rem", "rem (budget)"]
+    c = cells(t)
+    assert c[("none", "rem")]["n"] == 1 and c[("none", "rem")]["mean"] == pytest.approx(90.0)
+    assert c[("none", "rem (budget)")]["n"] == 2 and c[("none", "rem (budget)")]["mean"] == pytest.approx(96.5)
+    from poisonbench.report.tables.records import record_row
+
+    assert record_row(rem(0.97, 0, "budget"))["poison_label"].endswith("[schedule rem=budget]")
+    assert "schedule" not in record_row(rem(0.90, 0, "official"))["poison_label"]

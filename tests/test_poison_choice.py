@@ -222,16 +222,16 @@ def test_default_poison_ids_never_change():
                    "deepconfuse": "360109fd2a5d15d0"}
 
 
-# EM (the MNIST family's cap on outer iterations is a CPU budget) and REM (budget schedule on the MNIST family, the
-# official one on CIFAR-10): docs/fidelity.md
+# OPS's interior margin (issue 67: k − 1 of the default model's first convolution), EM (the MNIST family's cap on
+# outer iterations is a CPU budget) and REM (the official schedule in both families since issue 67;
+# `schedule="budget"` for the former MNIST one): docs/fidelity.md
 EM_MNIST = {"granularity": "sample", "steps": 20, "step_fraction": 0.1, "train_batches": 10, "batch_size": 512,
             "lr": 0.1, "stop_error": 0.01, "max_iterations": 5, "class_portion": None, "model": "convnet"}
 EM_CIFAR = {**EM_MNIST, "max_iterations": 20, "model": "resnet18"}
-REM_MNIST = {"train_steps": 40, "batch_size": 128, "lr": 0.1, "lr_decay_every": 16, "u_steps": 5,
-             "u_step_fraction": 0.2, "adv_radius": 4 / 255, "a_steps": 2, "a_step_fraction": 0.2, "samples": 1,
-             "eot_augment": "none", "official_schedule": False, "model": "convnet"}
-REM_CIFAR = {**REM_MNIST, "train_steps": 5000, "lr_decay_every": 2000, "u_steps": 10, "a_steps": 10, "samples": 5,
-             "eot_augment": "crop-flip", "official_schedule": True, "model": "resnet18"}
+REM_MNIST = {"schedule": "official", "train_steps": 5000, "batch_size": 128, "lr": 0.1, "lr_decay_every": 2000,
+             "u_steps": 10, "u_step_fraction": 0.2, "adv_radius": 4 / 255, "a_steps": 10, "a_step_fraction": 0.2,
+             "samples": 5, "eot_augment": "none", "model": "convnet"}
+REM_CIFAR = {**REM_MNIST, "eot_augment": "crop-flip", "model": "resnet18"}
 
 
 def test_default_attack_parameters_never_change():
@@ -242,12 +242,13 @@ def test_default_attack_parameters_never_change():
     expected = {
         "mnist": {"pgd": {"steps": 40, "step_size": 0.01, "random_start": True, "batch_size": 1000},
                   "dap": {"steps": 100, "step_fraction": 0.2, "random_start": False, "batch_size": 1000},
-                  "durp": {}, "lsp": {"patch_size": 7, "classwise": False}, "ops": {}, "em": EM_MNIST, "rem": REM_MNIST,
+                  "durp": {}, "lsp": {"patch_size": 7, "classwise": False}, "ops": {"margin": 4}, "em": EM_MNIST,
+                  "rem": REM_MNIST,
                   "deepconfuse": {"outer_epochs": 6, "inner_epochs": 1, "batch_size": 64, "gen_lr": 1e-3,
                                   "cls_lr": 0.01, "official_schedule": False}},
         "cifar10": {"pgd": {"steps": 10, "step_size": 2 / 255, "random_start": True, "batch_size": 500},
                     "dap": {"steps": 100, "step_fraction": 0.2, "random_start": False, "batch_size": 500},
-                    "durp": {}, "lsp": {"patch_size": 8, "classwise": False}, "ops": {}, "em": EM_CIFAR,
+                    "durp": {}, "lsp": {"patch_size": 8, "classwise": False}, "ops": {"margin": 2}, "em": EM_CIFAR,
                     "rem": REM_CIFAR,
                     "deepconfuse": {"outer_epochs": 2, "inner_epochs": 1, "batch_size": 256, "gen_lr": 1e-4,
                                     "cls_lr": 0.01, "official_schedule": False}},

@@ -204,19 +204,20 @@ def test_ops_changes_one_pixel_per_image_the_same_pair_per_class_distinct_across
 def test_ops_with_eps_2_changes_two_positions_per_image(tmp_path):
     x, y = class_images(200, 16, channels=3, classes=4)
     data = npz(tmp_path, x, y)
-    _, _, poison = craft(data, "ops", eps=2)
+    _, _, poison = craft(data, "ops", eps=2, margin=0)
     assert (changed_positions(poison.delta).sum(1) == 2).all()
 
 
 def test_ops_on_black_corners_with_zero_std_picks_them_in_position_order(tmp_path):
     """MNIST-like: a black border on every image, so |white − x| = 1 with std 0 there. The score stays finite and
-    the ties go to the lowest position: class c takes border pixel c (row 0), white."""
+    the ties go to the lowest position: the official search (`--margin 0`) gives class c border pixel c (row 0),
+    white."""
     x, y = class_images(200, 16, classes=4)
     x[:, 0, :] = x[:, -1, :] = x[:, :, 0] = x[:, :, -1] = 0
     data = npz(tmp_path, x, y)
     scores, admissible = class_scores(data.train.x[data.train.y == 0])
     assert torch.isfinite(scores).all() and not admissible[0, 0] and admissible[0, 1]
-    _, _, poison = craft(data, "ops")
+    _, _, poison = craft(data, "ops", margin=0)
     assert ops_pairs(data, poison) == {c: (c, (1,)) for c in range(4)}
 
 
@@ -233,7 +234,7 @@ def test_ops_skips_a_pair_that_would_leave_an_image_unchanged(tmp_path):
     scores, admissible = class_scores(class0)
     best = int(scores.flatten().argmax())
     assert divmod(best, 2) == (5, 0) and not admissible[5, 0]  # the unconstrained best: position 5, black
-    _, _, poison = craft(data, "ops")
+    _, _, poison = craft(data, "ops", margin=0)
     assert (changed_positions(poison.delta).sum(1) == 1).all()  # every image carries its class's pixel
     assert ops_pairs(data, poison)[0] != (5, (0,))
 
@@ -285,7 +286,7 @@ def test_ops_keeps_the_rgb_colour_code_so_no_image_already_has_its_class_pixel(t
     scores, admissible = per_class[0]
     assert divmod(int(scores.argmax()), 8) == (0, red) and not admissible[0, red] and admissible[0, 1]
     assert expected[0] != (0, (1, 0, 0))
-    _, _, poison = craft(data, "ops")
+    _, _, poison = craft(data, "ops", margin=0)
     assert (changed_positions(poison.delta).sum(1) == 1).all()  # every image carries its class's pixel
     assert ops_pairs(data, poison) == expected
     got_scores, got_admissible = class_scores(class0)
@@ -308,7 +309,7 @@ def test_ops_scores_a_pixel_by_the_standard_deviation_not_the_variance(tmp_path)
     expected, per_class = ops_reference(data)
     variance, _ = ops_reference(data, spread=np.var)
     assert expected[0] == (a, (1,)) and variance[0][0] == b  # the toy: the two scores rank A and B apart
-    _, _, poison = craft(data, "ops")
+    _, _, poison = craft(data, "ops", margin=0)
     assert ops_pairs(data, poison) == expected
     got_scores, _ = class_scores(data.train.x[data.train.y == 0])
     assert np.allclose(got_scores.numpy(), per_class[0][0], rtol=1e-9)
@@ -321,7 +322,7 @@ def test_ops_refuses_a_class_with_no_pair_that_changes_every_image(tmp_path):
     flat = data.train.x[data.train.y == 2].flatten(1)
     assert (flat.amax(1) == 0).any() and (flat.amin(1) == 255).any()  # both in the train split
     with pytest.raises(PoisonbenchError, match="changes every image of class 2") as info:
-        craft_spec(data, "ops")
+        craft_spec(data, "ops", margin=0)
     assert "\n" not in str(info.value)
 
 

@@ -18,6 +18,15 @@ whose pixel already equals the colour on every channel: otherwise that image wou
 no admissible pair is refused in one line naming it (checked by `craft_spec`, before anything is written). With
 ε > 1 (the official `sparsity`) a class takes its ε best admissible pairs at ε distinct positions, so every poisoned
 image changes exactly ε positions. The pairs depend only on the train split (not on the budget or the seed).
+
+A third (issue 67): the search is restricted to the *interior*, the positions at least `margin` pixels from every
+border. On MNIST the border is black in every image, so the tie-break among std-0 pixels put class c's pixel at
+(0, c); the MNIST family's ConvNet starts with a 5×5 convolution without padding, whose windows reach a border pixel
+1–5 times against 25 for an interior one, so the shortcut was barely visible to the victim. A position at least
+k − 1 from every border lies in k² windows of a k×k first layer, each wholly inside the image (no padding).
+The rule does not read the victim: `margin` is a number per family, k − 1 of the family's default model's first
+convolution (4: the ConvNet's 5×5, no padding; 2: ResNet-18's 3×3, padding 1, whose border windows hang over the
+zero padding), recorded in the parameters (the poison id); `--margin 0` is the official search over every position.
 """
 
 from __future__ import annotations
@@ -25,9 +34,20 @@ from __future__ import annotations
 import torch
 
 from ..core.errors import PoisonbenchError
+from ..core.params import Param
 from .base import Attack, AttackContext
 
 STD_FLOOR = 1e-6  # score = mean / (std + STD_FLOOR): no inf or NaN where std = 0
+# k − 1 of the first convolution (k × k) of the family's default model (engine.models.DEFAULT_MODEL): the ConvNet's
+# nn.Conv2d(C, 40, 5) (HINT's MNIST network), ResNet-18's stem nn.Conv2d(C, 64, 3, 1, 1)
+MARGIN = {"mnist": 4, "cifar10": 2}
+
+
+def interior(h: int, w: int, margin: int) -> torch.Tensor:
+    """(H·W,) bool, row-major: the positions at least `margin` pixels from every border."""
+    rows = (torch.arange(h) >= margin) & (torch.arange(h) < h - margin)
+    cols = (torch.arange(w) >= margin) & (torch.arange(w) < w - margin)
+    return (rows[:, None] & cols[None, :]).flatten()
 
 
 def colour_bits(channels: int) -> torch.Tensor:
@@ -71,7 +91,12 @@ class OPS(Attack):
     name = "ops"
     norm = "l0"
     summary = "Wu et al. OPS: one pixel per class set to a corner colour (L0, model-free)"
-    PARAMS = ()
+    PARAMS = (
+        Param("margin", int, MARGIN, "Search only the positions at least this many pixels from every border (k − 1 "
+              "of the family's default model's k×k first convolution; 0: every position, as officially).",
+              "poisonbench, issue 67: ConvNet conv1 5×5 no padding (MNIST), ResNet-18 stem 3×3 (CIFAR-10); the "
+              "official pixel_search has none", minimum=0, maximum=1000),
+    )
 
     @classmethod
     def default_eps(cls, family: str, shape: tuple[int, int, int]) -> float:
@@ -83,9 +108,16 @@ class OPS(Attack):
     def search(self, dataset, eps: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions K×ε int64, colours K×ε×C float32) per class (−1 / 0 for a class without train images)."""
         c, h, w = dataset.shape
-        k = int(eps)
-        if k > h * w:
-            raise PoisonbenchError(f"--eps {eps:g} of attack 'ops' exceeds the {h * w} pixel positions of an image")
+        k, margin = int(eps), self.params["margin"]
+        inside = interior(h, w, margin)
+        count = int(inside.sum())
+        if count == 0:
+            raise PoisonbenchError(f"--margin {margin} of attack 'ops' leaves no pixel position of the {h}×{w} "
+                                   f"images (at most {(min(h, w) - 1) // 2})")
+        if k > count:
+            where = f"the {count} pixel positions at least {margin} from the border" if margin else \
+                f"the {count} pixel positions"
+            raise PoisonbenchError(f"--eps {eps:g} of attack 'ops' exceeds {where} of a {h}×{w} image")
         classes = dataset.num_classes
         bits = colour_bits(c)
         positions = torch.full((classes, k), -1, dtype=torch.long)
@@ -97,7 +129,7 @@ class OPS(Attack):
             if len(rows) == 0:
                 continue
             scores, admissible = class_scores(dataset.train.x[rows].to(device))
-            allowed = admissible & ~taken
+            allowed = admissible & ~taken & inside[:, None]
             for j in range(k):
                 masked = scores.masked_fill(~allowed, float("-inf")).flatten()
                 best = int(torch.argmax(masked))  # the first maximum: lowest position, then colour

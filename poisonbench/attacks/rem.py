@@ -14,19 +14,28 @@ After the last step, the noise of every poisoned row is generated afresh with th
 official code has no stop condition. The augmentation draws are batched (`samples` copies of the batch in one
 tensor), each a whole-batch `engine.augment` transform: CIFAR-10 crop-flip (REM's crop 32 pad 4 + flip). The
 MNIST family's victims do not augment (paper recipe), so T is the identity there (`--eot-augment none`;
-`--eot-augment shift` gives forest's ±2 px shifts) and the budget default takes `samples` 1, as more copies of one
-identical draw would only repeat it. The inner searches run with the model in eval mode, the SGD step in train mode.
+`--eot-augment shift` gives forest's ±2 px shifts): the official schedule's 5 draws then differ only in the random
+start of their δ_a, and the budget schedule takes 1. The inner searches run with the model in eval mode, the SGD
+step in train mode.
 
 Model: the authors' ResNet-18 on CIFAR-10; here the family's default model (ConvNet for the MNIST family) unless
 `--model` says otherwise. ε (ρ_u): the authors' 8/255 for both families (they have no MNIST); ρ_a 4/255.
 
-The official schedule (5000 steps of batch 128, each 10 × 5 × (10 + 1) forward/backward passes per row) is hours
-of GPU time. It is the CIFAR-10 default (a GPU family here); the MNIST family's default is a *budget* schedule that
-crafts mnist-5k in minutes on a 2-core CPU (docs/fidelity.md). `--official-schedule` / `--no-official-schedule`
-switch between the two for the options not given explicitly. The random starts, the
-augmentation and the batch order draw from attacker seeds derived from the crafting seed and the parameters. The
-state (model, optimizer, generator) is kept every `SAVE_EVERY` steps and the final noise batch by batch, so a killed
-craft resumes and ends with the δ of an uninterrupted one.
+The schedule (`--schedule`, recorded in the PoisonSet's parameters and so in its poison id) sets the five options
+`train_steps`, `lr_decay_every`, `u_steps`, `a_steps` and `samples` that are not given explicitly:
+
+- `official` (the default, both families; issue 67): REM's `scripts/cifar10/gen_rem.sh`, 5000 steps of batch 128,
+  lr × 0.1 every 2000 steps, 10 descent steps of δ_u, each over 5 augmentation draws with 10 ascent steps of δ_a:
+  10 × 5 × (10 + 1) forward/backward passes per row and step, hours of GPU time (docs/fidelity.md has the CPU
+  estimate);
+- `budget`: the former MNIST-family default, 40 steps, lr × 0.1 every 16 (2/5 of the steps, as officially),
+  5 / 2 inner steps and 1 draw (2 on CIFAR-10): mnist-5k in minutes on a 2-core CPU, about 1.3 epochs of
+  source-model training against the official 12.8. A table labels a column of budget-schedule runs
+  (`report`: "rem (budget)").
+
+The random starts, the augmentation and the batch order draw from attacker seeds derived from the crafting seed and
+the parameters. The state (model, optimizer, generator) is kept every `SAVE_EVERY` steps and the final noise batch
+by batch, so a killed craft resumes and ends with the δ of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -46,6 +55,10 @@ from .pgd import linf_pgd
 # --pgd-steps 10 --pgd-step-size 1.6 (ρ_u 8: ρ_u/5) --atk-pgd-steps 10 --atk-pgd-step-size 0.8 (ρ_a 4: ρ_a/5)
 # --samp-num 5
 OFFICIAL = {"train_steps": 5000, "lr_decay_every": 2000, "u_steps": 10, "a_steps": 10, "samples": 5}
+# the budget schedule (poisonbench; the MNIST family's default until issue 67): 40 steps, the decay at 2/5 of them as
+# officially, half the inner steps and fewer draws; the MNIST family's victims do not augment, so one draw there
+BUDGET = {"train_steps": 40, "lr_decay_every": 16, "u_steps": 5, "a_steps": 2, "samples": {"mnist": 1, "cifar10": 2}}
+SCHEDULES = {"official": OFFICIAL, "budget": BUDGET}
 SAVE_EVERY = 10  # training steps between two saved states
 MAX_TRAIN_STEPS = 50_000  # --train-steps at most: 10× the official 5,000 (core.params, the bounds)
 AUGMENTS = ("none", "crop-flip", "shift")
@@ -89,36 +102,35 @@ class REM(Attack):
     name = "rem"
     summary = "Fu et al.: robust error-minimising noise against an adversarially trained model (min-min-max)"
     PARAMS = (
-        Param("train_steps", int, 40, "Source-model training steps (a batch each). Budget default; official 5000.",
-              "budget (official: REM gen_rem.sh --train-steps 5000)", minimum=0,
-              maximum=MAX_TRAIN_STEPS),
+        Param("schedule", str, "official", "The schedule of the five options below that are not given: REM's "
+              "official one (5000 steps; hours of GPU time) or a CPU budget (40 steps).",
+              "REM gen_rem.sh (official); budget: poisonbench, issue 67", choices=tuple(SCHEDULES)),
+        Param("train_steps", int, None, "Source-model training steps (a batch each). Official 5000; budget 40.",
+              "REM gen_rem.sh --train-steps 5000", minimum=0, maximum=MAX_TRAIN_STEPS),
         Param("batch_size", int, 128, "Training and noise batch.", "REM gen_rem.sh --batch-size 128", minimum=1,
               maximum=MAX_BATCH_SIZE),
         Param("lr", float, 0.1, "SGD learning rate (momentum 0.9, weight decay 5e-4).", "REM gen_rem.sh --lr 0.1",
               positive=True),
-        Param("lr_decay_every", int, 16, "Multiply the lr by 0.1 every this many steps. Budget default (2/5 of the "
-              "steps, as officially); official 2000.", "REM gen_rem.sh --lr-decay-rate 0.1 --lr-decay-freq 2000",
+        Param("lr_decay_every", int, None, "Multiply the lr by 0.1 every this many steps. Official 2000; budget 16 "
+              "(2/5 of the steps, as officially).", "REM gen_rem.sh --lr-decay-rate 0.1 --lr-decay-freq 2000",
               minimum=1),
-        Param("u_steps", int, 5, "Signed descent steps of δ_u (from a random start). Budget default; official 10.",
+        Param("u_steps", int, None, "Signed descent steps of δ_u (from a random start). Official 10; budget 5.",
               "REM gen_rem.sh --pgd-steps 10", minimum=1, maximum=MAX_STEPS),
         Param("u_step_fraction", float, 0.2, "δ_u's step as a fraction of ε (1.6/255 at 8/255).",
               "REM gen_rem.sh --pgd-step-size 1.6 with --pgd-radius 8", positive=True, maximum=1),
         Param("adv_radius", float, 4 / 255, "ρ_a: the L∞ radius of the adversarial δ_a (0: no adversary).",
               "REM gen_rem.sh --atk-pgd-radius 4 (of 255)", minimum=0, maximum=1, below_maximum=True),
-        Param("a_steps", int, 2, "Signed ascent steps of δ_a. Budget default; official 10.",
+        Param("a_steps", int, None, "Signed ascent steps of δ_a. Official 10; budget 2.",
               "REM gen_rem.sh --atk-pgd-steps 10", minimum=0, maximum=MAX_STEPS),
         Param("a_step_fraction", float, 0.2, "δ_a's step as a fraction of ρ_a (0.8/255 at 4/255).",
               "REM gen_rem.sh --atk-pgd-step-size 0.8 with --atk-pgd-radius 4", positive=True, maximum=1),
-        Param("samples", int, {"mnist": 1, "cifar10": 2}, "Augmentation draws T of the expectation (EOT). Budget "
-              "default; official 5 (CIFAR-10).", "REM gen_rem.sh --samp-num 5", minimum=1, maximum=MAX_DRAWS),
+        Param("samples", int, None, "Augmentation draws T of the expectation (EOT). Official 5; budget 1 on the "
+              "MNIST family (no augmentation), 2 on CIFAR-10.", "REM gen_rem.sh --samp-num 5", minimum=1,
+              maximum=MAX_DRAWS),
         Param("eot_augment", str, {"mnist": "none", "cifar10": "crop-flip"},
               "The augmentation T (engine.augment): the family's victim augmentation.",
               "REM generate_robust_em.py: crop 32 pad 4 + horizontal flip (CIFAR-10); MNIST victims: none",
               choices=AUGMENTS),
-        Param("official_schedule", bool, {"mnist": False, "cifar10": True},
-              "Use REM's official values for train_steps, lr_decay_every, u_steps, a_steps and samples when not "
-              "given explicitly (hours of GPU time): the CIFAR-10 default (a GPU family); the MNIST family's is the "
-              "budget schedule.", "REM gen_rem.sh"),
         model_param(),
     )
 
@@ -127,8 +139,10 @@ class REM(Attack):
         return EM_EPS  # REM gen_rem.sh --pgd-radius 8 (of 255), for every family
 
     def validate(self) -> None:
-        if self.params["official_schedule"]:
-            self.params.update({k: v for k, v in OFFICIAL.items() if k not in self.explicit})
+        """The options the caller left out take the schedule's values (an explicit option keeps its own)."""
+        for name, value in SCHEDULES[self.params["schedule"]].items():
+            if self.params[name] is None:
+                self.params[name] = value[self.family] if isinstance(value, dict) else value
 
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):  # seeds the model's init without touching the caller's global RNG
@@ -186,7 +200,7 @@ class REM(Attack):
                 ctx.resumed_rows += b - a
             out[a:b] = finished
             ctx.report(description, total_steps + j + 1, total)
-        self.training_summary = {"train_steps": total_steps}
+        self.training_summary = {"schedule": p["schedule"], "train_steps": total_steps}
         if first:
             self.training_summary["resumed_steps"] = first
         return out

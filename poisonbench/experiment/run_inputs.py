@@ -42,10 +42,12 @@ def poison_threat(manifest: dict) -> str | None:
 
 
 def poison_entry(attack: str, manifest: dict) -> dict:
-    """One PoisonSet of a run, by content (module docstring)."""
+    """One PoisonSet of a run, by content (module docstring); with its `schedule` where its attack has one (REM:
+    `official` or `budget`), so that a table can label the runs on a budget schedule."""
     env = manifest.get("env") or {}
     imported = manifest.get("imported_from")
-    return {
+    schedule = (manifest.get("params") or {}).get("schedule")
+    return ({"schedule": schedule} if schedule is not None else {}) | {
         "attack": attack,
         "poison_id": manifest.get("poison_id"),
         "tensors_sha256": manifest.get("tensor_sha256"),

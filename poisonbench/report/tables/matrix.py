@@ -8,9 +8,10 @@ ATTACKS registry order. An untargeted column holds the test accuracy of runs aga
 record's untargeted config lists exactly that one attack) at the chosen poison ratio (`--poison-ratio`, default
 1.0); runs of a mix of attacks never enter a cell. A targeted column holds k/n (attack successes over runs) of that
 targeted attack; where an attack has runs of both targeted scenarios (scratch and transfer), each gets its own
-column. A cell without runs is `–`, never filled in. Per cell, one parameter set of the defense is shown (`primary`:
-HINT at the paper's r and β, else the defense's defaults, else the set with the most runs); a note counts the
-others.
+column. Runs on PoisonSets crafted on a schedule other than the attack's official one (REM's `--schedule budget`)
+get a column of their own, labelled "rem (budget)". A cell without runs is `–`, never filled in. Per cell, one
+parameter set of the defense is shown (`primary`: HINT at the paper's r and β, else the defense's defaults, else the
+set with the most runs); a note counts the others.
 """
 
 from __future__ import annotations
@@ -60,9 +61,15 @@ def attack_order(attacks: set[str], wanted: list[str] | None) -> list[str]:
     return [a for a in known if a in attacks] + sorted(attacks - set(known))
 
 
+def schedule_of(schedules: pd.Series) -> pd.Series:
+    """A single-attack run's schedule other than the official one ("budget"), "" when official or unknown."""
+    return schedules.fillna("").str.split("=").str[-1]
+
+
 def columns_of(df: pd.DataFrame, rho: float, wanted: list[str] | None) -> list[tuple[str, str, str]]:
-    """(column label, kind, key) per column: ("clean", "clean", ""), (attack, "untargeted", attack) and
-    (label, "targeted", "attack|scenario" or "attack|") in the ATTACKS registry order (or `wanted`'s)."""
+    """(column label, kind, key) per column: ("clean", "clean", ""), (attack, "untargeted", attack), (attack
+    (schedule), "untargeted", "attack|schedule") for runs on a non-official schedule, and (label, "targeted",
+    "attack|scenario" or "attack|") in the ATTACKS registry order (or `wanted`'s)."""
     single = df[(df.kind == "untargeted") & ~df.mix.str.contains(",") & close(df.rho, rho)]
     targeted = df[df.kind == "targeted"]
     cols: list[tuple[str, str, str]] = []
@@ -71,7 +78,10 @@ def columns_of(df: pd.DataFrame, rho: float, wanted: list[str] | None) -> list[t
     for a in attack_order(set(single.mix) | set(targeted.attack), wanted):
         scenarios = sorted({str(s) for s in targeted[targeted.attack == a].scenario})
         if a in set(single.mix) or (wanted and not scenarios and a in untargeted_attacks()):
-            cols.append((a, "untargeted", a))
+            schedules = set(schedule_of(single[single.mix == a].schedules))
+            if "" in schedules or not schedules:  # the official schedule's runs (or none yet)
+                cols.append((a, "untargeted", a))
+            cols += [(f"{a} ({o})", "untargeted", f"{a}|{o}") for o in sorted(schedules - {""})]
         if wanted and not scenarios and a not in set(single.mix) and a not in untargeted_attacks():
             cols.append((a, "targeted", f"{a}|"))  # a targeted attack asked for by name, without runs yet
         if len(scenarios) > 1:
@@ -85,7 +95,9 @@ def column_rows(sdf: pd.DataFrame, kind: str, key: str, rho: float) -> pd.DataFr
     if kind == "clean":
         return sdf[sdf.kind == "clean"]
     if kind == "untargeted":
-        return sdf[(sdf.kind == "untargeted") & (sdf.mix == key) & close(sdf.rho, rho)]
+        attack, _, schedule = key.partition("|")
+        return sdf[(sdf.kind == "untargeted") & (sdf.mix == attack) & close(sdf.rho, rho)
+                   & (schedule_of(sdf.schedules) == schedule)]
     attack, scenario = key.split("|")
     rows = sdf[(sdf.kind == "targeted") & (sdf.attack == attack)]
     return rows[rows.scenario == scenario] if scenario else rows

@@ -63,14 +63,26 @@ def experiment(config: dict) -> dict:
     return out
 
 
-def poison_label(poison: dict) -> str:
+def poison_label(poison: dict, schedules: str = "") -> str:
     """The plain report's poison column: the scenario's label, plus the PoisonSets chosen with `defend --poisons`
-    (two runs that differ only there must not look alike)."""
+    (two runs that differ only there must not look alike) and the attacks crafted on a schedule other than the
+    official one (`schedules`)."""
     if not poison:
         return "-"
     label = str(poison.get("label", "-"))
     chosen = poison.get("poison_sets")
-    return f"{label} [--poisons {poison_sets_text(chosen)}]" if chosen else label
+    label = f"{label} [--poisons {poison_sets_text(chosen)}]" if chosen else label
+    return f"{label} [schedule {schedules}]" if schedules else label
+
+
+def other_schedules(record: dict) -> str:
+    """"rem=budget": the PoisonSets of a run crafted on a schedule other than their attack's official one (the
+    record's `inputs.poisons[*].schedule`, issue 67), "" when none is (or the record does not say: before issue 67,
+    REM's MNIST-family default was the budget schedule, unlabelled)."""
+    inputs = record.get("inputs")
+    entries = inputs.get("poisons") if isinstance(inputs, dict) else None
+    return ",".join(sorted(f"{p.get('attack')}={p['schedule']}" for p in entries or []
+                           if isinstance(p, dict) and p.get("schedule") not in (None, "official")))
 
 
 # what differs from trial to trial of one targeted configuration (each trial has its own target and PoisonSet);
@@ -107,7 +119,8 @@ def record_row(r: dict) -> dict:
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
         "poison_sets": poison_sets_text(poison.get("poison_sets")) if kind == "untargeted" else "",
         "poison_ids": poison_sets_text(poison.get("poison_ids")) if kind == "untargeted" else "",
-        "poison_label": poison_label(poison) + (" [--same-init]" if c.get("same_init") else "")
+        "schedules": other_schedules(r),  # "rem=budget": PoisonSets not on their official schedule (issue 67)
+        "poison_label": poison_label(poison, other_schedules(r)) + (" [--same-init]" if c.get("same_init") else "")
         + (f" [--precision {c['precision']}]" if c.get("precision") else ""),
         "attack": str(poison.get("attack", "")).lower() if kind in ("targeted", "poison-set") else "",
         "method": method, "params_json": canonical_json(params),
@@ -173,11 +186,12 @@ def trained_on(row, poison_sets: str) -> bool:
 def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Never pool runs trained on different PoisonSets of the same mix (e.g. after an attack's default changed):
     per dataset / model / recipe / mix keep the newest generation of poison ids (and ε): the one of the most
-    recently finished run, i.e. the current defaults once any run has used them; a note counts the rest."""
+    recently finished run, i.e. the current defaults once any run has used them; a note counts the rest. Runs on a
+    schedule other than the official one (`schedules`: REM's budget) are a mix of their own, shown apart."""
     keep = pd.Series(True, index=df.index)
     notes = []
     untargeted_rows = df[df.kind == "untargeted"]
-    by = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "precision", "mix"]
+    by = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "precision", "schedules", "mix"]
     for (dataset, *_, mix), group in untargeted_rows.groupby(by):
         counts = group.groupby("poisons_json").size()
         if len(counts) < 2:
