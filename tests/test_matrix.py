@@ -172,3 +172,19 @@ def test_runs_on_rems_budget_schedule_get_a_labelled_column_of_their_own():
 
     assert record_row(rem(0.97, 0, "budget"))["poison_label"].endswith("[schedule rem=budget]")
     assert "schedule" not in record_row(rem(0.90, 0, "official"))["poison_label"]
+
+
+def test_rem_runs_recorded_before_rem_had_a_schedule_are_labelled_budget():
+    """Records written before issue 67 name no schedule (some have no `inputs` at all); REM's default then was the
+    budget schedule on every family, so their runs are labelled as such, never pooled with the official schedule's."""
+    from poisonbench.report.tables.records import other_schedules
+
+    old = {"config": {"poison": {"attacks": ["rem"], "kind": "untargeted"}}, "inputs": None}
+    with_inputs = {"config": {"poison": {"attacks": ["rem", "pgd"]}}, "inputs": {"poisons": [{"attack": "rem"}]}}
+    official = {"config": {"poison": {"attacks": ["rem"]}},
+                "inputs": {"poisons": [{"attack": "rem", "schedule": "official"}]}}
+    budget = {"config": {"poison": {"attacks": ["rem"]}},
+              "inputs": {"poisons": [{"attack": "rem", "schedule": "budget"}]}}
+    assert other_schedules(old) == other_schedules(with_inputs) == other_schedules(budget) == "rem=budget"
+    assert other_schedules(official) == ""
+    assert other_schedules({"config": {"poison": {"attacks": ["pgd"]}}}) == other_schedules({"config": {}}) == ""

@@ -75,14 +75,25 @@ def poison_label(poison: dict, schedules: str = "") -> str:
     return f"{label} [schedule {schedules}]" if schedules else label
 
 
+# the schedule of an attack's PoisonSets crafted before it had one (issue 67): REM's only default then, on every
+# family, was today's budget schedule (`--schedule budget`); its records name no schedule
+SCHEDULE_BEFORE_ISSUE_67 = {"rem": "budget"}
+
+
 def other_schedules(record: dict) -> str:
     """"rem=budget": the PoisonSets of a run crafted on a schedule other than their attack's official one (the
-    record's `inputs.poisons[*].schedule`, issue 67), "" when none is (or the record does not say: before issue 67,
-    REM's MNIST-family default was the budget schedule, unlabelled)."""
+    record's `inputs.poisons[*].schedule`, issue 67), "" when none is. A record that names no schedule for a REM
+    PoisonSet (written before issue 67, with or without `inputs`) ran on the budget schedule, REM's default then."""
     inputs = record.get("inputs")
-    entries = inputs.get("poisons") if isinstance(inputs, dict) else None
-    return ",".join(sorted(f"{p.get('attack')}={p['schedule']}" for p in entries or []
-                           if isinstance(p, dict) and p.get("schedule") not in (None, "official")))
+    entries = [p for p in (inputs.get("poisons") if isinstance(inputs, dict) else None) or [] if isinstance(p, dict)]
+    labels = {f"{p.get('attack')}={p['schedule']}" for p in entries if p.get("schedule") not in (None, "official")}
+    named = {p.get("attack") for p in entries if p.get("schedule") is not None}
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    poison = config.get("poison") if isinstance(config.get("poison"), dict) else {}
+    attacks = poison.get("attacks") if isinstance(poison.get("attacks"), list) else [poison.get("attack")]
+    before = SCHEDULE_BEFORE_ISSUE_67
+    labels |= {f"{a}={before[a]}" for a in attacks if a in before and a not in named}
+    return ",".join(sorted(labels))
 
 
 # what differs from trial to trial of one targeted configuration (each trial has its own target and PoisonSet);
