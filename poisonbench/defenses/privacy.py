@@ -24,6 +24,7 @@ which case it is (`caveat`).
 
 from __future__ import annotations
 
+import logging
 import math
 
 from ..core.errors import PoisonbenchError
@@ -83,8 +84,16 @@ def epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
     dp = require("dp_accounting")
     event = dp.SelfComposedDpEvent(dp.PoissonSampledDpEvent(q, dp.GaussianDpEvent(sigma)), steps)
     accountant = dp.rdp.RdpAccountant()
-    accountant.compose(event)
-    return float(accountant.get_epsilon(delta))
+    # its absl warnings ("failed to converge ... Excluding this order") name orders it leaves out of the minimum,
+    # which it handles; on a command's stderr they would be lines of noise around the one-line contract
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        accountant.compose(event)
+        return float(accountant.get_epsilon(delta))
+    finally:
+        absl.setLevel(level)
 
 
 def accountant_text() -> str:
