@@ -7,6 +7,7 @@ import os
 import pickle
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,20 @@ def pytest_configure(config):
         from poisonbench.sweeps.execute import split_threads
 
         torch.set_num_threads(split_threads(workers))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def absl_logs_to_the_real_stderr():
+    """absl, which dp-accounting imports (DP-SGD's ε), binds its log handler to the `sys.stderr` of its import:
+    under pytest, a capture file. `logging.config.dictConfig` (submitit's import does one) closes every handler, and
+    absl's `close()` closes its stream unless it is the `sys.stderr` of that moment, which under `capsys` it is not:
+    pytest's capture file closed mid-run ("I/O operation on closed file"). The handler writes to the process's own
+    stderr instead (captured at the file descriptor all the same)."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # no dp-accounting here
+        return
+    absl_logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
 
 
 @pytest.fixture(autouse=True, scope="session")

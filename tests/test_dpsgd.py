@@ -18,7 +18,7 @@ from torch import nn
 from poisonbench.core.device import to_float
 from poisonbench.core.hashing import derived_seed
 from poisonbench.data import load_dataset
-from poisonbench.defenses import build_defense, dpsgd
+from poisonbench.defenses import build_defense, dpsgd, privacy
 from poisonbench.defenses.dpsgd import batch_forward, joint_norms, per_example_gradients, trainable
 from poisonbench.engine.checkpoints import Checkpoint
 from poisonbench.engine.hooks import TrainContext
@@ -205,14 +205,15 @@ def test_the_record_after_several_steps_is_the_figures_of_all_of_them():
     assert measured["max_before_clip"] == pytest.approx(max(norms), rel=1e-5)
     expected = {
         "clip": 1.5, "noise_multiplier": 0.2, "noise_std": 0.2 * 1.5,
-        "per_example_gradients": "torch.func vmap(grad)", "batchnorm": dpsgd.BN_HANDLING,
+        "per_example_gradients": "torch.func vmap(grad)", "batchnorm": "none (no BatchNorm in training mode)",
         "grad_norms": {"examples": 36, "clipped_share": clipped / 36,
                        "mean_before_clip": measured["mean_before_clip"],
                        "max_before_clip": measured["max_before_clip"]},
-        "accounting": {"noise_multiplier": 0.2, "sample_rate": 12 / 36, "steps": 3, "epsilon": None,
-                       "epsilon_note": "not computed: no maintained accountant installed (Opacus, TF-Privacy, "
-                                       "dp_accounting); the batches are a shuffled partition, not Poisson samples, "
-                                       "and BatchNorm statistics are not privatised"},
+        # ε of 3 Poisson-subsampled Gaussian steps at q = 1/⌈36/12⌉, σ 0.2, δ = 1/36 (tests/test_dpsgd_privacy.py)
+        "accounting": {"accountant": privacy.accountant_text(), "sampling": "shuffle", "noise_multiplier": 0.2,
+                       "sample_rate": 12 / 36, "steps": 3, "rows": 36, "delta": 1 / 36, "delta_rule": "1/n",
+                       "epsilon": privacy.epsilon(1 / 3, 0.2, 3, 1 / 36), "guarantee": False,
+                       "epsilon_note": privacy.SHUFFLE_NOTE},
     }
     assert figures == expected
     assert json.dumps(figures, sort_keys=True) == json.dumps(expected, sort_keys=True)  # counts stay integers
@@ -367,7 +368,9 @@ def test_trains_through_the_engine_and_records_the_figures(tiny_npz):
     assert figures["grad_norms"]["examples"] == 2 * rows and 0 <= figures["grad_norms"]["clipped_share"] <= 1
     assert figures["grad_norms"]["max_before_clip"] >= figures["grad_norms"]["mean_before_clip"] > 0
     assert figures["accounting"] == {**figures["accounting"], "steps": 2 * math.ceil(rows / 100),
-                                     "sample_rate": 100 / rows, "epsilon": None}
+                                     "sample_rate": 1 / math.ceil(rows / 100), "delta": 1 / rows}
+    assert figures["batchnorm"] == dpsgd.BN_HANDLING and privacy.BATCHNORM_NOTE in figures["accounting"][
+        "epsilon_note"] and figures["accounting"]["guarantee"] is False  # convnet: BatchNorm
     assert result.cost["defense_batch"] > 0
 
 

@@ -63,7 +63,7 @@ def test_env_json_lists_a_missing_package_and_what_it_disables(cli, block, name)
                      "feature": OPTIONAL_PACKAGES[name].feature, "disabled": OPTIONAL_PACKAGES[name].feature,
                      "error": None}
     code, out, _ = cli("env")  # the table says so too
-    assert code == 0 and "missing" in out and f"pip install {name}" in out
+    assert code == 0 and "missing" in out and f"pip install {OPTIONAL_PACKAGES[name].pip}" in out
 
 
 def test_env_names_python_torch_the_device_and_the_code(cli):

@@ -25,6 +25,7 @@ SUPPORT = {
                 "targeted": "the targeted attacks' base class", "targets": "a trial's target and bases"},
     "defenses": {"facility_location": "EPIC's coreset selection", "filtering": "the filters' base class",
                  "hint_record": "what HINT's record keeps", "influence": "HINT's influence functions",
+                 "privacy": "DP-SGD's privacy accounting",
                  "removal": "the removal statistics of filters and EPIC"},
     "experiment/scenarios": {"base": "the Scenario interface"},
 }

@@ -15,24 +15,30 @@ no new dependency (Opacus would be one) and any module torch.func can trace work
 the per-example gradients would not fit (`chunk_rows`).
 
 BatchNorm. Hong et al.'s networks have none (official networks/cnns.py, mlps.py, linears.py: Conv/Dense/ReLU only),
-and under BatchNorm an example's gradient is not its own: the batch statistics mix the batch. Opacus replaces
-BatchNorm by GroupNorm, which changes the architecture every other defense trains. We keep the architecture and fix
-the statistics instead: one train-mode forward without gradient takes each training-mode BatchNorm's batch mean and
-(biased) variance and updates the running statistics exactly as the plain step does; the per-example pass then
-normalises every example with those detached batch statistics. Each g_i is then the gradient of example i's own
-loss with the statistics held constant (what `--method none` differentiates through them is left out); the forward
-values equal the plain step's. The statistics themselves are not privatised, so no formal DP guarantee would hold
-for a BatchNorm model even with an accountant.
+and under BatchNorm an example's gradient is not its own: the batch statistics mix the batch. The victim for DP-SGD
+is therefore `--model convnet-gn` (engine/models.py: HINT's ConvNet with GroupNorm in place of BatchNorm, as Opacus's
+`ModuleValidator.fix` swaps it), on which every step below is exactly Abadi et al.'s. On a BatchNorm model we keep
+its architecture and fix the statistics instead: one train-mode forward without gradient takes each training-mode
+BatchNorm's batch mean and (biased) variance and updates the running statistics exactly as the plain step does; the
+per-example pass then normalises every example with those detached batch statistics. Each g_i is then the gradient
+of example i's own loss with the statistics held constant (what `--method none` differentiates through them is left
+out: 13 points of clean accuracy on mnist-5k, experiments/defenses53.md); the statistics themselves are not
+privatised, so the record says that no ε is a guarantee for such a model.
 
-Accounting. No maintained accountant is installed (Opacus' RDP accountant, TF-Privacy's `compute_dp_sgd_privacy`,
-Google's dp_accounting are absent), so ε is not computed; the summary records what an accountant needs: C, σ, the
-sampling rate (batch / rows in use; the engine's batches are a shuffled partition, not Poisson samples, which the
-usual RDP analysis assumes) and the number of steps. Hong et al. report ε only as a by-product: their defaults give
-"no meaningful privacy" (paper abstract; official model names carry ε = inf or ε in the millions).
+Sampling and accounting (privacy.py). `--sampling poisson` draws each step's batch as Opacus's
+`UniformWithReplacementSampler` does: every row in use joins independently with probability q = 1 / ⌈n / B⌉, from
+the defense's own stream, ⌈n / B⌉ steps an epoch, and the noised sum is divided by the expected batch ⌊n·q⌋ (Opacus
+`DPOptimizer` with `expected_batch_size`), so that the step depends on the batch only through the sum. The default
+`shuffle` keeps the engine's shuffled partition (Hong et al.'s TF-Privacy code; `--method none`'s order) and
+divides by the batch. The record's ε, at δ = 1 / n unless `--delta` is given, comes from dp-accounting's RDP
+accountant for the Poisson-subsampled Gaussian at (q, σ, steps); for shuffled batches it carries the caveat that
+it is the Poisson figure, not a proven bound. Hong et al.'s settings give "no meaningful privacy" (paper abstract;
+official model names carry ε = inf or ε in the millions), which the ε now says in numbers.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,13 +48,16 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ..core.hashing import derived_seed
+from ..core.optional import require
 from ..core.params import Param
 from ..engine.hooks import Defense
+from . import privacy
 
 if TYPE_CHECKING:
     from ..engine.hooks import TrainContext
 
 DPSGD_STREAM = "dpsgd"
+SAMPLING_STREAM = "dpsgd-sampling"  # Poisson sampling's own stream: the noise draws stay those of `shuffle`
 # floats of per-example gradients held at once on the CPU (chunk = this / trainable parameters): 2^28 floats = 1 GiB;
 # ConvNet (~117k parameters) takes any batch in one chunk, ResNet-18 (11.2M) 24 rows at a time
 PER_EXAMPLE_FLOATS = 2 ** 28
@@ -78,6 +87,18 @@ NOISE_PARAM = Param(
     "only).",
     "Hong et al. 2020 §6; official do_ipoisoning.sh NOISEML (0.1 0.001 0.00001 as σ·C, passed as σ = noise / C) "
     "and do_tpoisoning.sh σ·C = 0.4/0.1/0.01/0.001 at C = 4 (TF-Privacy noise_multiplier)", minimum=0)
+SAMPLING_PARAM = Param(
+    "sampling", str, "shuffle",
+    "How each step's batch is drawn: shuffle (the engine's shuffled partition, each row once an epoch; ε is then "
+    "the Poisson figure, not a proven bound) or poisson (each row independently with probability q = 1/⌈n/B⌉, "
+    "⌈n/B⌉ steps an epoch: the accounting holds).",
+    "shuffle: Hong et al.'s official code (TF-Privacy on shuffled tf.data batches); poisson: Abadi et al. 2016 §3.1 "
+    "(lot sampled with probability q), Opacus UniformWithReplacementSampler / DPDataLoader", choices=privacy.SAMPLINGS)
+DELTA_PARAM = Param(
+    "delta", float, None,
+    "δ of the recorded (ε, δ); default 1/n, n the rows trained on.",
+    "δ = 1/n: issue 67; Abadi et al. 2016 take δ = 10⁻⁵ for MNIST's 60,000 rows", positive=True, maximum=1.0,
+    below_maximum=True)
 
 
 def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -148,14 +169,26 @@ def clip_factors(norms: torch.Tensor, clip: float) -> torch.Tensor:
 class DpSgd(Defense):
     name = "dpsgd"
     summary_text = "DP-SGD (gradient shaping): per-example clipping + Gaussian noise"
-    PARAMS = (CLIP_PARAM, NOISE_PARAM)
+    PARAMS = (CLIP_PARAM, NOISE_PARAM, SAMPLING_PARAM, DELTA_PARAM)
+    requires = ("dp_accounting",)  # the ε of every run (privacy.py)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._generator: torch.Generator | None = None
+        self._sampler: torch.Generator | None = None
         self._totals: dict[str, torch.Tensor] = {}
         self.rows = 0
+        self.batchnorm = False  # whether the model trains a BatchNorm (no ε is then a guarantee)
         self._chunk_floats = PER_EXAMPLE_FLOATS
+
+    @property
+    def poisson(self) -> bool:
+        return self.params["sampling"] == "poisson"
+
+    @property
+    def sample_rate(self) -> float:
+        """q = 1 / ⌈n / B⌉ (privacy.sample_rate)."""
+        return privacy.sample_rate(max(self.rows, 1), self.recipe.batch_size)
 
     def prepare(self, ctx: TrainContext) -> None:
         # its own stream: the engine's order and augmentation stay those of `--method none`
@@ -163,14 +196,31 @@ class DpSgd(Defense):
         self._totals = {key: torch.zeros((), device=ctx.device, dtype=dtype) for key, dtype in
                         (("examples", torch.long), ("clipped", torch.long), ("steps", torch.long),
                          ("norm_sum", torch.float64), ("norm_max", torch.float32))}
+        self._sampler = torch.Generator(device=ctx.device).manual_seed(derived_seed(ctx.seed, SAMPLING_STREAM))
         self.rows = len(ctx.train_y) if ctx.active is None else len(ctx.active)
+        self.batchnorm = bool(training_batchnorms(ctx.model))
         self._chunk_floats = per_example_floats(ctx.device)
+        require("dp_accounting")  # before training, not when the record is written
         return None
+
+    def epoch_batches(self, ctx: TrainContext, epoch: int) -> list[torch.Tensor] | None:
+        """Poisson sampling: ⌈n / B⌉ batches, each row in use joining each independently with probability q
+        (one uniform draw per row and step from the `dpsgd-sampling` stream, as Opacus's
+        `UniformWithReplacementSampler`: `torch.rand(n) < q`); shuffle: None, the engine's partition."""
+        if not self.poisson:
+            return None
+        rows = (torch.arange(len(ctx.train_y), device=ctx.device) if ctx.active is None else ctx.active)
+        q, steps = self.sample_rate, math.ceil(len(rows) / self.recipe.batch_size)
+        return [rows[torch.rand(len(rows), generator=self._sampler, device=rows.device) < q] for _ in range(steps)]
 
     def gradient(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor,
                  autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
         model, clip, sigma = ctx.model, self.params["clip"], self.params["noise_multiplier"]
         params = {name: p.detach() for name, p in trainable(model).items()}
+        # Poisson: the expected batch, so that the step depends on the drawn batch only through the sum (Opacus)
+        divisor = privacy.expected_batch(self.rows, self.sample_rate) if self.poisson else len(y)
+        if len(y) == 0:  # an empty Poisson sample: the noise alone
+            return self._noise_only(ctx, divisor)
         with autocast():
             logits, stats = batch_forward(model, x)
         summed = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -187,9 +237,20 @@ class DpSgd(Defense):
             g = summed[name]
             if sigma > 0:
                 g = g + torch.randn(g.shape, generator=self._generator, device=g.device) * (sigma * clip)
-            p.grad = (g / len(y)).to(p.dtype)
+            p.grad = (g / divisor).to(p.dtype)
         self._totals["steps"] += 1
         return F.cross_entropy(logits.float(), y), logits
+
+    def _noise_only(self, ctx: TrainContext, divisor: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step of an empty batch: N(0, (σC)²) / divisor (zero without noise), loss 0, no logits."""
+        clip, sigma = self.params["clip"], self.params["noise_multiplier"]
+        for p in trainable(ctx.model).values():
+            g = torch.zeros_like(p)
+            if sigma > 0:
+                g = torch.randn(g.shape, generator=self._generator, device=g.device) * (sigma * clip)
+            p.grad = (g / divisor).to(p.dtype)
+        self._totals["steps"] += 1
+        return torch.zeros((), device=ctx.device), torch.zeros((0, ctx.num_classes), device=ctx.device)
 
     def _note(self, norms: torch.Tensor, clip: float) -> None:
         t = self._totals
@@ -199,16 +260,18 @@ class DpSgd(Defense):
         torch.maximum(t["norm_max"], norms.max(), out=t["norm_max"])
 
     def state(self, ctx: TrainContext) -> tuple[dict[str, torch.Tensor], dict]:
-        return {"noise_generator": self._generator.get_state(), **self._totals}, {}
+        return {"noise_generator": self._generator.get_state(), "sampling_generator": self._sampler.get_state(),
+                **self._totals}, {}
 
     def load_state(self, ctx: TrainContext, tensors: dict[str, torch.Tensor], state: dict) -> None:
         self._generator.set_state(tensors["noise_generator"])
+        self._sampler.set_state(tensors["sampling_generator"])
         for key in self._totals:
             self._totals[key] = tensors[key].to(ctx.device)
 
     def summary(self, poisoned: torch.Tensor | None = None) -> dict:
         """C, σ, the noise std σ·C, how BatchNorm was handled, the per-example gradient norms before clipping
-        (share clipped, mean, max: accumulated on the device, read here once) and what an accountant needs."""
+        (share clipped, mean, max: accumulated on the device, read here once) and the privacy accounting."""
         if not self._totals:
             return {}
         t = {key: value.item() for key, value in self._totals.items()}
@@ -216,12 +279,31 @@ class DpSgd(Defense):
         examples = max(t["examples"], 1)
         return {
             "clip": clip, "noise_multiplier": sigma, "noise_std": sigma * clip,
-            "per_example_gradients": "torch.func vmap(grad)", "batchnorm": BN_HANDLING,
+            "per_example_gradients": "torch.func vmap(grad)",
+            "batchnorm": BN_HANDLING if self.batchnorm else "none (no BatchNorm in training mode)",
             "grad_norms": {"examples": t["examples"], "clipped_share": t["clipped"] / examples,
                            "mean_before_clip": t["norm_sum"] / examples, "max_before_clip": t["norm_max"]},
-            "accounting": {"noise_multiplier": sigma, "sample_rate": self.recipe.batch_size / max(self.rows, 1),
-                           "steps": t["steps"], "epsilon": None,
-                           "epsilon_note": "not computed: no maintained accountant installed (Opacus, TF-Privacy, "
-                                           "dp_accounting); the batches are a shuffled partition, not Poisson "
-                                           "samples, and BatchNorm statistics are not privatised"},
+            "accounting": self.accounting(t["steps"]),
         }
+
+    def accounting(self, steps: int) -> dict:
+        """What the record says of privacy: the accountant, the sampling, (q, σ, steps), δ and ε (None when
+        infinite: σ = 0), and whether ε is a guarantee (Poisson sampling and no BatchNorm), with the caveat."""
+        sigma, q = self.params["noise_multiplier"], self.sample_rate
+        delta = self.params["delta"] if self.params["delta"] is not None else privacy.default_delta(self.rows)
+        notes = [privacy.POISSON_NOTE if self.poisson else privacy.SHUFFLE_NOTE]
+        if self.batchnorm:
+            notes.append(privacy.BATCHNORM_NOTE)
+        if delta >= 1:  # one row: δ = 1/n = 1 bounds nothing
+            eps = math.inf
+            notes.insert(0, "no ε: δ = 1/n = 1 (one row) bounds nothing")
+        else:
+            eps = privacy.epsilon(q, sigma, steps, delta)
+        if math.isinf(eps) and sigma == 0:
+            notes.insert(0, "ε = ∞: σ = 0 adds no noise")
+        return {"accountant": privacy.accountant_text(), "sampling": self.params["sampling"],
+                "noise_multiplier": sigma, "sample_rate": q, "steps": steps, "rows": self.rows,
+                "delta": delta, "delta_rule": "1/n" if self.params["delta"] is None else "given",
+                "epsilon": None if math.isinf(eps) else eps,
+                "guarantee": self.poisson and not self.batchnorm and not math.isinf(eps),
+                "epsilon_note": "; ".join(notes)}

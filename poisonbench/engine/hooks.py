@@ -233,6 +233,13 @@ class Defense:
     def on_epoch_start(self, ctx: TrainContext, epoch: int) -> None:
         """Before each epoch (0-based): e.g. HINT's noise updates, EPIC's drops."""
 
+    def epoch_batches(self, ctx: TrainContext, epoch: int) -> list[torch.Tensor] | None:
+        """The epoch's batches as row indices into `ctx.train_x`, in place of the engine's shuffled partition of the
+        rows in use (DP-SGD's Poisson sampling: a batch may then be empty); None keeps the engine's. Called only
+        where a defense overrides it, after the engine has drawn its own order (its stream, hence augmentation,
+        advances as in every other run)."""
+        return None
+
     def batch_raw(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         """Per-batch transform of the inputs before augmentation (train rows `idx`); returns (x, y)."""
         return x, y

@@ -5,6 +5,7 @@ which HINT, EPIC, BP, FC and Deep k-NN need.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -83,15 +84,42 @@ class ConvNet(Classifier):
     def __init__(self, in_channels: int, num_classes: int, image_size: int, mean, std):
         super().__init__(mean, std)
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 40, 5), nn.BatchNorm2d(40), nn.ReLU(), nn.AvgPool2d(2),
-            nn.Conv2d(40, 100, 5), nn.BatchNorm2d(100), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(in_channels, 40, 5), self.norm(40), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(40, 100, 5), self.norm(100), nn.ReLU(), nn.AvgPool2d(2),
         )
         side = ((image_size - 4) // 2 - 4) // 2
         self.feature_dim = 100 * side * side
         self.head = nn.Linear(self.feature_dim, num_classes)
 
+    @staticmethod
+    def norm(channels: int) -> nn.Module:
+        """The normalisation after each convolution: HINT's BatchNorm."""
+        return nn.BatchNorm2d(channels)
+
     def body(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x).flatten(1)
+
+
+def opacus_groups(channels: int) -> int:
+    """GroupNorm's group count for `channels`: gcd(32, channels), as Opacus replaces a BatchNorm (opacus 1.6
+    `validators/batch_norm.py`, `_batchnorm_to_groupnorm`: 32 groups after Wu & He 2018, reduced to a divisor of the
+    channels). The ConvNet's 40 and 100 channels: 8 and 4 groups."""
+    return math.gcd(32, channels)
+
+
+class ConvNetGN(ConvNet):
+    """HINT's MNIST CNN with GroupNorm in place of each BatchNorm (`opacus_groups`), the rest unchanged: a
+    BatchNorm-free victim for DP-SGD. Under BatchNorm an example's gradient depends on the whole batch through its
+    statistics, so per-example clipping (Abadi et al. 2016, Algorithm 1) is not defined on it; GroupNorm normalises
+    each example by its own channels. Opacus refuses BatchNorm and swaps in GroupNorm (`ModuleValidator.fix`); Hong
+    et al.'s DP-SGD networks have no normalisation at all (Gradient-Shaping `networks/cnns.py`). docs/fidelity.md,
+    "dpsgd"."""
+
+    name: ClassVar[str] = "convnet-gn"
+
+    @staticmethod
+    def norm(channels: int) -> nn.Module:
+        return nn.GroupNorm(opacus_groups(channels), channels)
 
 
 class BasicBlock(nn.Module):
@@ -138,11 +166,11 @@ class ResNet18(Classifier):
 
 
 ModelFactory = Callable[..., Classifier]
-MODELS: Registry[ModelFactory] = Registry.of("model", (ConvNet, ResNet18))
+MODELS: Registry[ModelFactory] = Registry.of("model", (ConvNet, ConvNetGN, ResNet18))
 
-# convnet: two valid 5×5 convs and two 2× pools; resnet18: three stride-2 stages, and at least a 2×2 last stage
-# (on a 1×1 one a final batch of one image leaves BatchNorm a single value per channel, which it cannot train on)
-MIN_IMAGE_SIZE = {"convnet": 16, "resnet18": 16}
+# convnet, convnet-gn: two valid 5×5 convs and two 2× pools; resnet18: three stride-2 stages, and at least a 2×2 last
+# stage (on a 1×1 one a final batch of one image leaves BatchNorm a single value per channel, which it cannot train on)
+MIN_IMAGE_SIZE = {"convnet": 16, "convnet-gn": 16, "resnet18": 16}
 DEFAULT_MODEL = {"mnist": "convnet", "cifar10": "resnet18"}  # per dataset family, paper Table I
 
 

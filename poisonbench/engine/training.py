@@ -204,6 +204,7 @@ class EpochStep:
         self.hook_clock = HookClock(ctx.device)
         self.raw_hook, self.batch_hook = defense.overrides_hook("batch_raw"), defense.overrides_hook("batch")
         self.gradient_hook = defense.overrides_hook("gradient")  # the defense computes the step's gradient
+        self.batches_hook = defense.overrides_hook("epoch_batches")  # the defense draws the epoch's batches
         self.autocast = autocast  # step_autocast: the forward and loss's context (fp32: a nullcontext)
 
     def __call__(self, epoch: int) -> dict:
@@ -220,10 +221,15 @@ class EpochStep:
             order = ctx.active[order]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        steps = (n + recipe.batch_size - 1) // recipe.batch_size
+        batches = None
+        if self.batches_hook:
+            with self.hook_clock.timing():
+                batches = defense.epoch_batches(ctx, epoch)
+        if batches is None:  # the shuffled partition
+            batches = [order[start:start + recipe.batch_size] for start in range(0, n, recipe.batch_size)]
+        steps = len(batches)
         set_train_mode(model)
-        for step in range(steps):
-            idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+        for step, idx in enumerate(batches):
             x, y = ctx.train_x[idx], ctx.train_y[idx]
             if self.raw_hook:
                 with self.hook_clock.timing():
@@ -248,12 +254,14 @@ class EpochStep:
             correct += (logits.detach().argmax(1) == y).sum()
             if self.on_batch:
                 self.on_batch(epoch, step + 1, steps)
+        seen = max(1, sum(len(idx) for idx in batches))  # n, but for a defense's own batches (Poisson samples)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": loss_sum.item() / n, "train_acc": correct.item() / n}
+               "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
         self.scheduler.step()
         sync(device)
         ctx.cost["train"] = ctx.cost.get("train", 0.0) + time.perf_counter() - start
-        if self.raw_hook or self.batch_hook or self.gradient_hook:  # part of `train`; the defense's cost (Table V)
+        # part of `train`; the defense's cost (Table V)
+        if self.raw_hook or self.batch_hook or self.gradient_hook or self.batches_hook:
             ctx.cost["defense_batch"] = ctx.cost.get("defense_batch", 0.0) + self.hook_clock.collect()
         return row
 

@@ -35,6 +35,7 @@ from .layout import (
     upper_bound,
     value_text,
 )
+from .privacy import privacy_notes
 from .records import (
     Setting,
     apply_filters,
@@ -228,6 +229,10 @@ def table2(df: pd.DataFrame, opts: Options) -> Table:
                              **acc_data(st, p), **paired_data(pst)})
             mark_best(ours)
             block.rows.append(row)
+        for m in methods:  # the ε of the DP-SGD runs shown
+            rows = chosen.get(m)
+            if rows is not None:
+                block.notes += privacy_notes(rows[rows.run_id.isin(shown)])
         block.notes += [f"paired: {k} {method_label(m)} run(s) have no W/o Defense run of the same trial and seed "
                         "on the same craft of the PoisonSets among those shown (not run yet, re-run with another "
                         "--seed, or trained on another craft) and stay out of the paired column"

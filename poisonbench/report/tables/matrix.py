@@ -19,6 +19,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .layout import DASH, HINT_PAPER, MATRIX, Block, Cell, Options, Table, method_label, rho_text, upper_bound
+from .privacy import privacy_notes
 from .records import in_setting, left_out_note, primary, settings
 from .stats import close, num, stat
 
@@ -151,6 +152,7 @@ def matrix(df: pd.DataFrame, opts: Options) -> Table:
         block = Block(s.label, ["defense", *(label for label, _, _ in cols)])
         cells: dict[tuple[str, str], dict] = {}
         stats = {}
+        privacy: list[str] = []  # ε of the DP-SGD cells, column by column
         for label, kind, key in cols:
             rows = column_rows(sdf, kind, key, rho)
             if kind == "targeted":
@@ -159,6 +161,7 @@ def matrix(df: pd.DataFrame, opts: Options) -> Table:
                 chosen, left = primary(rows, m, HINT_PAPER if m == "hint" else None)
                 notes.append(left_out_note(m, chosen, left, see=f"column {label}; see plain `report`"))
                 shown |= set(chosen.run_id)
+                privacy += privacy_notes(chosen, where=f"column {label}")
                 entry = {"column": label, "kind": kind, "attack": key.split("|")[0] if key else None,
                          "scenario": (key.split("|")[1] or None) if kind == "targeted" else kind,
                          "rho": 0.0 if kind == "clean" else (rho if kind == "untargeted" else None),
@@ -200,7 +203,7 @@ def matrix(df: pd.DataFrame, opts: Options) -> Table:
             notes.append("Δ: the defense's mean test accuracy minus W/o Defense's in the same column (points)")
         if not any(cells[("none", label)]["n"] for label, _, _ in cols):
             notes.append(f"{method_label('none')} has no runs in this setting: its row is empty ({DASH})")
-        block.notes = list(dict.fromkeys(n for n in notes if n))
+        block.notes = list(dict.fromkeys(n for n in notes + privacy if n))
         blocks.append(block)
     return Table(MATRIX, CAPTION.format(rho=rho_text(rho)), blocks, data, shown=shown)
 

@@ -122,6 +122,7 @@ def record_row(r: dict) -> dict:
     time = cost.get("train", 0.0) + outside if "train" in cost else cost.get("seconds")
     success = metrics.get("attack_success")
     removal = (r.get("defense") or {}).get("removal") or {}  # a removing defense's counts (filters, EPIC)
+    accounting = (r.get("defense") or {}).get("accounting") or {}  # DP-SGD's privacy accounting (ε at δ)
     return {
         "run_id": r["run_id"], "dataset": c["dataset"], "dataset_fingerprint": c.get("dataset_fingerprint") or "",
         "model": c["model"], "recipe": recipe["name"],
@@ -171,6 +172,8 @@ def record_row(r: dict) -> dict:
         "npz_split": ",".join(f"{v:g}" for v in c.get("npz_split") or []),
         "poisons_removed": removal.get("poisons_removed"), "poisons": removal.get("poisons"),
         "clean_removed": removal.get("clean_removed"), "clean": removal.get("clean"),
+        # the privacy a DP-SGD run bought, for the tables' notes (tables.privacy); "" for every other run
+        "accounting_json": canonical_json(accounting) if accounting else "",
     }
 
 
