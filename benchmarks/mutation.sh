@@ -10,7 +10,7 @@
 # as JSON to $MUTATION_WORK/score.json, and each survivor's diff to survivors_diff.txt. Not part of CI: minutes to
 # tens of minutes per module on 2 cores. $MUTATION_LIMIT (seconds, optional) interrupts mutmut after that long (SIGINT:
 # it stops its workers and keeps every verdict so far); the score then counts only the mutants that ran ("N not run"),
-# and a later run in the same $MUTATION_WORK goes on with the rest.
+# and a later run in the same $MUTATION_WORK goes on with the rest. $MUTATION_NAMES: run only the mutants named.
 set -euo pipefail
 if [ $# -lt 2 ]; then
     echo "usage: $0 MODULE.py TESTS..." >&2
@@ -48,7 +48,9 @@ EOF
 cd "$work"
 limit=()
 [ -n "${MUTATION_LIMIT:-}" ] && limit=(timeout -s INT -k 60 "$MUTATION_LIMIT")
-"${limit[@]}" "$python" -m mutmut run --max-children "${MUTATION_JOBS:-2}" > mutmut-run.log 2>&1 || true
+# $MUTATION_NAMES (optional): only these mutants (e.g. an earlier run's survivors, after new tests)
+read -r -a names <<< "${MUTATION_NAMES:-}"
+"${limit[@]}" "$python" -m mutmut run --max-children "${MUTATION_JOBS:-2}" "${names[@]}" > mutmut-run.log 2>&1 || true
 "$python" -m mutmut results > survivors.txt 2>&1 || true
 "$python" - "$module" <<'EOF'
 import json
