@@ -290,3 +290,21 @@ def test_fc_watermark_is_toxic_only(tiny):
     with pytest.raises(PoisonbenchError, match="--watermark of attack 'fc' applies to --impl toxic"):
         ATTACKS.get("fc")(data.family, watermark=0.2)
     assert ATTACKS.get("fc")(data.family, impl="toxic").params["watermark"] == 0.3
+
+
+def test_surrogate_milestones_parse_from_text_or_a_list_and_refuse_anything_else():
+    """`--surrogate-milestones 14,25,35` ('' or blanks: none); a list of ints from code; each refusal is its whole
+    line (the mutation run left the split, the int() and both messages untested)."""
+    from poisonbench.attacks.targeted import parse_milestones
+    from poisonbench.core.errors import PoisonbenchError
+
+    assert parse_milestones("14,25,35") == [14, 25, 35]
+    assert parse_milestones(" 3, ,5 ") == [3, 5] and parse_milestones("") == []
+    assert parse_milestones((4, 8)) == [4, 8]
+    with pytest.raises(PoisonbenchError) as text:
+        parse_milestones("4;8")
+    assert str(text.value) == "--surrogate-milestones must be comma-separated integers, got '4;8'"
+    for bad in ([1, True], [1.5], {"x": 1}):
+        with pytest.raises(PoisonbenchError) as listed:
+            parse_milestones(bad)
+        assert str(listed.value).startswith("--surrogate-milestones must be a list of epochs, got ")
