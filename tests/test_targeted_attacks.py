@@ -308,3 +308,33 @@ def test_surrogate_milestones_parse_from_text_or_a_list_and_refuse_anything_else
         with pytest.raises(PoisonbenchError) as listed:
             parse_milestones(bad)
         assert str(listed.value).startswith("--surrogate-milestones must be a list of epochs, got ")
+
+
+@pytest.mark.parametrize("scenario,threat", [("transfer", "gray"), ("transfer", "white"), ("scratch", None)])
+def test_the_model_crafted_against_is_loaded_with_the_attacks_own_training_and_the_runs_workspace(
+        monkeypatch, scenario, threat):
+    """A transfer attack crafts on the extractor of its threat's role (gray: its own; white: the victim's), a scratch
+    one on its surrogate; each is trained (or found) with the attack's surrogate recipe, overrides and model, in the
+    run's workspace, with its progress bar and accelerator settings (the mutation run dropped each of these, and
+    swapped the branch, without a test noticing)."""
+    import types
+
+    from poisonbench.attacks import surrogate
+    from poisonbench.engine import pretrained
+
+    calls = []
+    monkeypatch.setattr(pretrained, "load_or_train_extractor", lambda *a, **k: calls.append(("extractor", a, k)))
+    monkeypatch.setattr(surrogate, "load_or_train_surrogate", lambda *a, **k: calls.append(("surrogate", a, k)))
+    params = {"scenario": scenario, "surrogate_model": "convnet-gn", "surrogate_epochs": 3}
+    attack = ATTACKS.get("bp")("mnist", **params, **({"threat": threat} if threat else {}))
+    ctx = types.SimpleNamespace(dataset="DATA", device="DEV", results_root="ROOT", progress="BAR", accel="ACCEL")
+    attack.load_surrogate(ctx)
+    ((kind, args, kwargs),) = calls
+    recipe, overrides, model = attack.surrogate_training()
+    assert overrides["epochs"] == 3 and model == "convnet-gn"
+    shared = {"model_name": model, "recipe": recipe, "overrides": overrides, "progress": "BAR", "accel": "ACCEL"}
+    if scenario == "transfer":
+        assert kind == "extractor" and args == ("DATA", "DEV")
+        assert kwargs == {**shared, "results_root": "ROOT", "role": {"gray": "attacker", "white": "victim"}[threat]}
+    else:
+        assert kind == "surrogate" and args == ("DATA", "ROOT", "DEV") and kwargs == shared
