@@ -13,12 +13,19 @@ frozen victim extractor with a new linear head trained by the engine (`engine.tr
 10 epochs, SGD 0.01, batch 128) on the transfer set with the poisons, the head seeded by the victim seed (the trial
 number, as `defend --trial T` seeds it; every attacker model's seed is ≥ 2^63, `core.seeds`).
 
-    python experiments/art_differential.py table [--trials 3] [--threat white] [--eps 32] [--out FILE.json]
-    python experiments/art_differential.py suspects [--trials 3] [--out FILE.json]
+    python experiments/art_differential.py table [--trials 0 1 2] [--threat white] [--eps 32] [--out FILE.jsonl]
+    python experiments/art_differential.py one --crafter C [--kw JSON] [--victims JSON] [--trials ...] [--out F]
+    python experiments/art_differential.py summary FILE.jsonl [...]
 
-`table`: per target, each crafter's success, p(intended) and the feature distance of the poisons to the target.
-`suspects`: one run per suspect of issue 66 (the victim's head start and BN mode, the objective, the step rule and
-iteration count, the selection among restarts), each changing one thing of ours or of the victim.
+`table`: per target, ours, ART's FC and ART's BP. `one`: one crafter with its keywords (a suspect of issue 66:
+another objective, step count or selection among restarts, `brew`) and the victims to train (`--victims`: the
+head `fresh` or `pretrained`, BatchNorm `train` or `eval`). Each run appends one JSON line per target (success,
+p(intended), feature distances); crafted poisons are cached under RESULTS/art_differential, so other victims on
+the same poisons cost only their training. `summary` prints the markdown tables of art_differential.md.
+
+Victims: `bn` train is the engine's victim (`engine.training.train`, as `defend --head-bn train`, the default);
+`bn` eval (`defend --head-bn eval`) fixes φ, so `victim_eval_bn` trains the same head with the engine's order and
+initialisation on precomputed features (about 100× cheaper on this CPU; checked against the engine's).
 
 Crafters (`CRAFTERS`):
 - `ours`: our `fc` (forest's poison-frogs recipe, the default: signed Adam, 250 iterations, 8 restarts, lowest
@@ -47,6 +54,7 @@ from poisonbench.attacks import ATTACKS
 from poisonbench.attacks.base import AttackContext, Target, budget_count, project
 from poisonbench.attacks.targets import base_pool, draw_target, nearest_rows
 from poisonbench.core.device import to_float
+from poisonbench.core.hashing import short_hash
 from poisonbench.data import load_dataset
 from poisonbench.engine.models import build_model
 from poisonbench.engine.pretrained import load_or_train_extractor, transfer_split
@@ -92,7 +100,7 @@ class Setting:
 def ours(setting: Setting, trial: int, target: Target, rows: torch.Tensor, **params) -> tuple[torch.Tensor, dict]:
     """Our FC (or `attack=bp`), through the attack class on these rows: (δ, the craft's info)."""
     name = params.pop("attack", "fc")
-    attack = ATTACKS.get(name)(setting.data.family, scenario="transfer", threat=setting.threat,
+    attack = ATTACKS.get(name)(setting.data.family, scenario="transfer", threat=setting.threat, bases="nearest",
                                surrogate_recipe=RECIPE, **params)
     ctx = AttackContext(setting.data, rows, setting.eps, setting.budget, trial, CPU, target=target,
                         loader=lambda ctx: (setting.crafting, {}))
@@ -187,7 +195,16 @@ def brew(setting: Setting, trial: int, target: Target, rows: torch.Tensor, objec
     return results[best][0], {"losses": [round(loss, 5) for _, loss in results], "scores": scores, "best": best}
 
 
-CRAFTERS = {"ours": ours, "art-fc": art_fc, "art-bp": art_bp, "brew": brew}
+def watermark(setting: Setting, trial: int, target: Target, rows: torch.Tensor, opacity: float = 0.3,
+              blend: bool = False) -> tuple[torch.Tensor, dict]:
+    """No optimisation: ART's watermark alone, x = b + opacity·t (`blend`: PB's 0.3·t + 0.7·b), projected onto
+    the ε-ball: what ART's FC returns when its collision steps do not move (its example's `watermark=0.3`)."""
+    x, t = setting.tensors(rows, target)
+    start = opacity * t + (1 - opacity) * x if blend else x + opacity * t
+    return project(x, start - x, setting.eps), {"opacity": opacity, "blend": blend}
+
+
+CRAFTERS = {"ours": ours, "art-fc": art_fc, "art-bp": art_bp, "brew": brew, "watermark": watermark}
 
 
 # ------------------------------------------------------------------------------------------------------ measurement
@@ -233,23 +250,107 @@ def victim(setting: Setting, target: Target, rows: torch.Tensor, delta: torch.Te
             "p_true": round(float(probs[target.true_class]), 3), "acc2k": round(100 * acc, 2)}
 
 
+@torch.no_grad()
+def features_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model.features(x[i:i + 512]) for i in range(0, len(x), 512)])
+
+
+def victim_eval_bn(setting: Setting, target: Target, rows: torch.Tensor, delta: torch.Tensor, seed: int,
+                   head: str = "fresh") -> dict:
+    """The transfer victim with `--head-bn eval`, computed on its features: with the extractor's BatchNorm in eval
+    mode φ is fixed, so the head's training is the engine's (`engine.training.train`: the same head initialisation,
+    the same per-epoch `randperm` from the same seeded generator, batch 128, SGD 0.01, 10 epochs) on the
+    precomputed φ of the transfer set with the poisons; the clean rows' φ is computed once per process."""
+    data, model = setting.data, setting.victim_extractor
+    if not hasattr(setting, "clean_phi"):
+        setting.clean_phi = features_of(model, to_float(data.train.x[setting.transfer_rows], CPU))
+        setting.phi_test = features_of(model, setting.x_test)
+    train_rows = torch.unique(torch.cat([setting.transfer_rows, rows]))
+    phi = torch.empty(len(train_rows), setting.clean_phi.shape[1])
+    known = torch.isin(train_rows, setting.transfer_rows)
+    phi[known] = setting.clean_phi[torch.searchsorted(setting.transfer_rows, train_rows[known])]
+    at = torch.searchsorted(train_rows, rows)
+    phi[at] = features_of(model, (to_float(data.train.x[rows], CPU) + delta).clamp_(0, 1))
+    y = data.train.y[train_rows].long()
+    recipe = resolve_recipe(data.family, RECIPE)
+    linear = (build_model("convnet", data, seed=seed).head if head == "fresh"
+              else copy.deepcopy(model.head)).requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(linear.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for i in range(0, len(y), recipe.batch_size):
+            idx = order[i:i + recipe.batch_size]
+            loss = nn.functional.cross_entropy(linear(phi[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        probs = torch.softmax(linear(setting.phi_test[target.index:target.index + 1]), 1)[0]
+        acc = float((linear(setting.phi_test[:2000]).argmax(1) == data.test.y[:2000]).float().mean())
+    return {"success": int(probs.argmax()) == target.intended_class,
+            "p_intended": round(float(probs[target.intended_class]), 3),
+            "p_true": round(float(probs[target.true_class]), 3), "acc2k": round(100 * acc, 2)}
+
+
 def one(setting: Setting, trial: int, crafter: str, victims: list[dict], **kw) -> dict:
     target, rows = setting.target(trial)
-    start = time.perf_counter()
-    delta, info = CRAFTERS[crafter](setting, trial, target, rows, **kw)
-    seconds = time.perf_counter() - start
+    key = short_hash({"trial": trial, "crafter": crafter, "kw": kw, "threat": setting.threat, "eps": setting.eps,
+                      "budget": setting.budget})
+    cache = setting.results / "art_differential" / f"{key}.pt"
+    if cache.exists():  # the poisons of an earlier run (other victims on the same poisons)
+        delta, info, seconds = torch.load(cache).values()
+    else:
+        start = time.perf_counter()
+        delta, info = CRAFTERS[crafter](setting, trial, target, rows, **kw)
+        seconds = time.perf_counter() - start
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"delta": delta, "info": info, "seconds": seconds}, cache)
     x, t = setting.tensors(rows, target)
     row = {"trial": trial, "target": target.index, "true": target.true_class, "intended": target.intended_class,
            "crafter": crafter, "kw": kw, "craft_seconds": round(seconds, 1), "info": info,
            **feature_distance(setting.victim_extractor, x, delta, t)}
-    row["victims"] = [{**v, **victim(setting, target, rows, delta, trial, **v)} for v in victims]
+    row["victims"] = [  # "engine": train the eval-BN victim through the engine too (a check of victim_eval_bn)
+        {**v, **(victim_eval_bn(setting, target, rows, delta, trial, v["head"]) if v["bn"] == "eval" and not
+                 v.get("engine") else victim(setting, target, rows, delta, trial, v["head"], v["bn"]))}
+        for v in victims]
     print(json.dumps(row), flush=True)
     return row
 
 
+def label(row: dict) -> str:
+    kw = ",".join(f"{k}={v}" for k, v in row["kw"].items())
+    return row["crafter"] + (f" ({kw})" if kw else "")
+
+
+def summary(paths: list[Path]) -> None:
+    """Markdown: one line per (target, crafter, victim), then success k/n per cell (threat, ε, crafter, victim)."""
+    rows = [json.loads(line) for path in paths if path.exists()
+            for line in path.read_text().splitlines() if line.strip()]
+    print("| threat | ε/255 | poisons | trial | target (true→intended) | crafter | victim | success | p(intended) "
+          "| d_pt / d_bt | d_pm | ‖δ‖∞·255 | craft s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cells: dict[tuple, list[bool]] = {}
+    for r in sorted(rows, key=lambda r: (r["threat"], r["eps"], r.get("poisons", POISONS), r["trial"], label(r))):
+        n = r.get("poisons", POISONS)
+        for v in r["victims"]:
+            who = f"{v['head']} head, BN {v['bn']}"
+            print(f"| {r['threat']} | {r['eps']:g} | {n} | {r['trial']} | "
+                  f"{r['target']} ({r['true']}→{r['intended']}) | "
+                  f"{label(r)} | {who} | {'yes' if v['success'] else 'no'} | {v['p_intended']:.3f} | "
+                  f"{r['d_pt']:.1f} / {r['d_bt']:.1f} ({r['ratio']:.2f}) | {r['d_pm']:.1f} | {r['linf']:g} | "
+                  f"{r['craft_seconds']:.0f} |")
+            cells.setdefault((r["threat"], r["eps"], n, label(r), who), []).append(v["success"])
+    print("\n| threat | ε/255 | poisons | crafter | victim | success k/n |\n|---|---|---|---|---|---|")
+    for (threat, eps, n, crafter, who), hits in sorted(cells.items()):
+        print(f"| {threat} | {eps:g} | {n} | {crafter} | {who} | {sum(hits)}/{len(hits)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("table", "suspects", "one"))
+    parser.add_argument("command", choices=("table", "one", "summary"))
+    parser.add_argument("files", nargs="*", type=Path, help="summary: the JSONL files the runs appended to")
     parser.add_argument("--results", type=Path, default=Path("results/t66"))
     parser.add_argument("--trials", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threat", choices=("white", "gray"), default="white")
@@ -257,10 +358,13 @@ def main() -> None:
     parser.add_argument("--poisons", type=int, default=POISONS)
     parser.add_argument("--crafter", choices=tuple(CRAFTERS), default="ours", help="one: the crafter")
     parser.add_argument("--kw", default="{}", help="one: the crafter's keywords (JSON)")
-    parser.add_argument("--victims", default='[{"head": "fresh", "bn": "train"}]', help="victims (JSON list)")
+    parser.add_argument("--victims", default='[{"head": "fresh", "bn": "eval"}]',
+                        help='victims (JSON list of {"head": fresh|pretrained, "bn": train|eval})')
     parser.add_argument("--out", type=Path, help="append the JSON rows here")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.command == "summary":
+        return summary(args.files)
     setting = Setting(args.results, args.threat, args.eps / 255, args.poisons)
     victims = json.loads(args.victims)
     runs = {"one": [(args.crafter, json.loads(args.kw))],
@@ -268,7 +372,7 @@ def main() -> None:
     for trial in args.trials:
         for crafter, kw in runs:
             row = one(setting, trial, crafter, victims, **kw)
-            row["threat"], row["eps"] = args.threat, args.eps
+            row["threat"], row["eps"], row["poisons"] = args.threat, args.eps, args.poisons
             if args.out:
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
