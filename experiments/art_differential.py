@@ -17,8 +17,8 @@ number, as `defend --trial T` seeds it; every attacker model's seed is ≥ 2^63,
     python experiments/art_differential.py one --crafter C [--kw JSON] [--victims JSON] [--trials ...] [--out F]
     python experiments/art_differential.py summary FILE.jsonl [...]
 
-`table`: per target, ours, ART's FC and ART's BP. `one`: one crafter with its keywords (a suspect of issue 66:
-another objective, step count or selection among restarts, `brew`) and the victims to train (`--victims`: the
+`table`: per target, ours, ART's FC (its defaults, one round; as its example runs it) and ART's BP. `one`: one
+crafter with its keywords (a suspect of issue 66: another objective, step count or selection among restarts, `brew`) and the victims to train (`--victims`: the
 head `fresh` or `pretrained`, BatchNorm `train` or `eval`). Each run appends one JSON line per target (success,
 p(intended), feature distances); crafted poisons are cached under RESULTS/art_differential, so other victims on
 the same poisons cost only their training. `summary` prints the markdown tables of art_differential.md.
@@ -204,6 +204,8 @@ def watermark(setting: Setting, trial: int, target: Target, rows: torch.Tensor, 
     return project(x, start - x, setting.eps), {"opacity": opacity, "blend": blend}
 
 
+# ART's FC as its example notebook runs it (notebooks/poisoning_attack_feature_collision*.ipynb)
+ART_EXAMPLE = {"rounds": 1, "max_iter": 10, "similarity_coeff": 256, "watermark": 0.3}
 CRAFTERS = {"ours": ours, "art-fc": art_fc, "art-bp": art_bp, "brew": brew, "watermark": watermark}
 
 
@@ -368,7 +370,7 @@ def main() -> None:
     setting = Setting(args.results, args.threat, args.eps / 255, args.poisons)
     victims = json.loads(args.victims)
     runs = {"one": [(args.crafter, json.loads(args.kw))],
-            "table": [("ours", {}), ("art-fc", {}), ("art-bp", {})]}[args.command]
+            "table": [("ours", {}), ("art-fc", {"rounds": 1}), ("art-fc", ART_EXAMPLE), ("art-bp", {})]}[args.command]
     for trial in args.trials:
         for crafter, kw in runs:
             row = one(setting, trial, crafter, victims, **kw)
