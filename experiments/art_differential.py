@@ -18,10 +18,11 @@ number, as `defend --trial T` seeds it; every attacker model's seed is ≥ 2^63,
     python experiments/art_differential.py summary FILE.jsonl [...]
 
 `table`: per target, ours, ART's FC (its defaults, one round; as its example runs it) and ART's BP. `one`: one
-crafter with its keywords (a suspect of issue 66: another objective, step count or selection among restarts, `brew`) and the victims to train (`--victims`: the
-head `fresh` or `pretrained`, BatchNorm `train` or `eval`). Each run appends one JSON line per target (success,
-p(intended), feature distances); crafted poisons are cached under RESULTS/art_differential, so other victims on
-the same poisons cost only their training. `summary` prints the markdown tables of art_differential.md.
+crafter with its keywords (a suspect of issue 66: another objective, step count or selection among restarts, `brew`)
+and the victims to train (`--victims`: the head `fresh` or `pretrained`, BatchNorm `train` or `eval`). Each run
+appends one JSON line per target (success, p(intended), feature distances); crafted poisons are cached under
+RESULTS/art_differential, so other victims on the same poisons cost only their training. `summary` prints the
+markdown tables of art_differential.md.
 
 Victims: `bn` train is the engine's victim (`engine.training.train`, as `defend --head-bn train`, the default);
 `bn` eval (`defend --head-bn eval`) fixes φ, so `victim_eval_bn` trains the same head with the engine's order and
