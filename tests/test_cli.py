@@ -83,7 +83,7 @@ def test_data_list_json_gives_numbers_and_unknown_commands_list_the_valid_ones(c
 
 @pytest.mark.parametrize("args, needle", [
     (["defend", "--dataset", "imagenet"], "unknown dataset 'imagenet'; valid choices: mnist"),
-    (["defend", "--model", "vgg99"], "unknown model 'vgg99'; valid choices: convnet, resnet18"),
+    (["defend", "--model", "vgg99"], "unknown model 'vgg99'; valid choices: convnet, convnet-gn, resnet18"),
     (["defend", "--method", "magic"], "unknown method 'magic'; valid choices: none"),
     (["defend", "--epochs", "0"], "epochs must be a positive integer, got 0"),
     (["defend", "--epochs", "-2"], "epochs must be a positive integer, got -2"),
