@@ -43,8 +43,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,9 @@ from poisonbench.engine.models import build_model
 from poisonbench.engine.pretrained import load_or_train_extractor, transfer_split
 from poisonbench.engine.recipes import resolve_recipe
 from poisonbench.engine.training import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.craft_targeted import art_classifier  # noqa: E402  (the one ART adapter: our model's features, head)
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
 RECIPE = "quick"  # HINT's MNIST script's 10 epochs, SGD 0.01 (engine.recipes)
@@ -110,32 +113,13 @@ def ours(setting: Setting, trial: int, target: Target, rows: torch.Tensor, **par
                    **getattr(attack, "training_summary", {})}
 
 
-def art_classifier(model: nn.Module, data):
-    """The extractor as an ART PyTorchClassifier with layers `features` (penultimate) and `head`."""
-    from art.estimators.classification import PyTorchClassifier
-
-    net = copy.deepcopy(model).eval().requires_grad_(True)
-
-    class Features(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net.features(x)
-
-    seq = nn.Sequential(OrderedDict(features=Features(), head=net.head)).eval()
-    return PyTorchClassifier(model=seq, loss=nn.CrossEntropyLoss(), input_shape=data.shape,
-                             nb_classes=data.num_classes, clip_values=(0.0, 1.0), device_type="cpu")
-
-
 def art_fc(setting: Setting, trial: int, target: Target, rows: torch.Tensor, rounds: int = 10,
            **kw) -> tuple[torch.Tensor, dict]:
     """ART's FeatureCollisionAttack in `rounds` rounds, each followed by the L∞ projection onto the ε-ball."""
     from art.attacks.poisoning import FeatureCollisionAttack
 
     x, t = setting.tensors(rows, target)
-    classifier = art_classifier(setting.crafting, setting.data)
+    classifier = art_classifier(setting.crafting, setting.data, CPU)
     bases, poisons = x.numpy(), x.numpy().copy()
     for _ in range(rounds):  # a fresh attack per round: ART decays its learning rate in place
         attack = FeatureCollisionAttack(classifier, t.numpy(), "features", verbose=False, **kw)
@@ -151,7 +135,7 @@ def art_bp(setting: Setting, trial: int, target: Target, rows: torch.Tensor, ite
     from art.attacks.poisoning import BullseyePolytopeAttackPyTorch
 
     x, t = setting.tensors(rows, target)
-    classifier = art_classifier(setting.crafting, setting.data)
+    classifier = art_classifier(setting.crafting, setting.data, CPU)
     attack = BullseyePolytopeAttackPyTorch(classifier, t.numpy(), "features", max_iter=iterations,
                                            learning_rate=0.04, epsilon=setting.eps, net_repeat=1, endtoend=True,
                                            batch_size=len(x), verbose=False, **kw)
