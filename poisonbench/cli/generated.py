@@ -9,12 +9,12 @@ is refused with the flags it does take.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from ..core.params import GeneratedOption, Param
+from ..core.params import GeneratedOption, Param, describe_default
 from ..data.types import FAMILIES
 
 
@@ -71,31 +71,3 @@ def bound_text(param: Param) -> str:
     if param.type is not int or param.maximum is None:
         return ""
     return f"at most {param.maximum:,.0f}"
-
-
-def describe_default(param: Param, families: Iterable[str], recipe_of: Callable[[str], Any] | None = None) -> str:
-    """The default for the help text: one value, or `mnist X / cifar10 Y` when the families differ."""
-    values = {}
-    for family in families:
-        try:
-            values[family] = param.default_for(family, recipe_of(family) if recipe_of else None)
-        except (KeyError, TypeError, AttributeError):
-            continue
-    shown = {f: _show(v) for f, v in values.items()}
-    if not shown:
-        return ""
-    if len(set(shown.values())) == 1:
-        return next(iter(shown.values()))
-    return " / ".join(f"{v} ({f})" for f, v in shown.items())
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "off"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    return str(value)

@@ -221,3 +221,32 @@ def chosen_values(options: list[GeneratedOption], given: dict[str, Any], kind: s
             raise inapplicable_option(option.flag, kind, name, [p.flag for p in declared])
         values[option.owners[name].name] = value
     return values
+
+
+def describe_default(param: Param, families: Iterable[str], recipe_of: Callable[[str], Any] | None = None) -> str:
+    """The default for the help text: one value, or `mnist X / cifar10 Y` when the families differ."""
+    values = {}
+    for family in families:
+        try:
+            values[family] = param.default_for(family, recipe_of(family) if recipe_of else None)
+        except (KeyError, TypeError, AttributeError):
+            continue
+    shown = {f: show_value(v) for f, v in values.items()}
+    if not shown:
+        return ""
+    if len(set(shown.values())) == 1:
+        return next(iter(shown.values()))
+    return " / ".join(f"{v} ({f})" for f, v in shown.items())
+
+
+def show_value(value: Any) -> str:
+    """A parameter value as the help and docs/parameters.md show it (None and False: off)."""
+    if value is None:
+        return "off"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..attacks import ATTACKS
-from ..core.params import Param
+from ..core.params import Param, describe_default, show_value
 from ..data.types import FAMILIES
 from ..defenses import DEFENSES
 
@@ -27,27 +27,9 @@ the option is unset unless given; "set by the recipe": derived from the training
 """
 
 
-def _show(value: Any) -> str:
-    if value is None:
-        return "off"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(_show(v) for v in value) or "(none)"
-    return str(value)
-
-
 def default_text(param: Param) -> str:
-    """One value, `X (mnist) / Y (cifar10)` when the families differ, or "set by the recipe"."""
-    values = {}
-    for family in FAMILIES:
-        try:
-            values[family] = _show(param.default_for(family, None))
-        except (KeyError, TypeError, AttributeError):
-            return "set by the recipe"
-    if len(set(values.values())) == 1:
-        return next(iter(values.values()))
-    return " / ".join(f"{v} ({f})" for f, v in values.items())
+    """One value, `X (mnist) / Y (cifar10)` when the families differ (as `--help` says it), or "set by the recipe"."""
+    return describe_default(param, FAMILIES) or "set by the recipe"
 
 
 def accepted_text(param: Param) -> str:
@@ -58,9 +40,9 @@ def accepted_text(param: Param) -> str:
     if param.positive:
         parts.append("> 0")
     if param.minimum is not None:
-        parts.append(f"≥ {_show(param.minimum)}")
+        parts.append(f"≥ {show_value(param.minimum)}")
     if param.maximum is not None:
-        parts.append(f"{'<' if param.below_maximum else '≤'} {_show(param.maximum)}")
+        parts.append(f"{'<' if param.below_maximum else '≤'} {show_value(param.maximum)}")
     return ", ".join(parts)
 
 
