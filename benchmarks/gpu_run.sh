@@ -43,24 +43,8 @@ say "gpu_run: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/nul
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
     2>&1 | sed 's/^/gpu: /' | tee -a "$SUMMARY"
 
-# 1. The carried wheels, without their dependencies (the machine's own torch, numpy, ... stay as they are), then the
-#    project itself: no build isolation (it would ask an index for setuptools), setuptools >= 70.1 (bdist_wheel).
-pb_install() {
-    local wanted
-    wanted=$(grep -v '^#' benchmarks/gpu_wheels.txt | cut -d'#' -f1 | xargs)
-    if $PY -c 'import setuptools, sys; sys.exit(tuple(map(int, setuptools.__version__.split(".")[:2])) < (70, 1))' \
-        2>/dev/null; then
-        wanted=$(echo "$wanted" | tr ' ' '\n' | grep -v '^setuptools==' | xargs)  # a new enough one is there
-    fi
-    echo "+ pip install --no-index --no-deps --find-links $WHEELS $wanted"
-    $PY -m pip install -q --no-index --no-deps --find-links "$WHEELS" $wanted || return 1
-    echo "+ pip install --no-index --no-build-isolation --no-deps -e ."
-    $PY -m pip install -q --no-index --no-build-isolation --no-deps -e . || return 1
-    $PY -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|kornia|kornia.rs|mlxtend|submitit|setuptools|numpy) '
-}
-export PY WHEELS
-export -f pb_install
-step install 300 bash -c pb_install  # a function runs under timeout through bash
+# 1. The carried wheels and the project (benchmarks/gpu_install.sh).
+step install 300 env PYTHON="$PY" WHEELS="$WHEELS" benchmarks/gpu_install.sh
 
 BIN=$($PY -c 'import os, sys; print(os.path.dirname(sys.executable))')
 PB="$BIN/poisonbench"

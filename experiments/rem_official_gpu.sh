@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# REM at its official schedule (gen_rem.sh: 5000 steps, 10 / 10 inner steps, 5 draws) on mnist-5k, on one GPU, in one
+# call (issue 67; experiments/availability.md): installs from the carried wheels (benchmarks/gpu_install.sh), crafts
+# ε 8/255 (ρ_a 4/255) and ε 0.3 (ρ_a 0.15, the authors' ratio ρ_a = ε/2) side by side (two processes: the craft is
+# bound by kernel launches, not by the GPU's arithmetic), then trains `none` on each under the paper recipe, 3 trials.
+# A craft stopped by its time limit keeps its state every 10 steps (a later call on the same workspace resumes it);
+# its last saved step is in the summary.
+#
+#   OUT=out RESULTS=results CRAFT_LIMIT=420 experiments/rem_official_gpu.sh
+#
+# CPU rehearsal: DEVICE=cpu INSTALL=0 REM_EXTRA="--schedule budget --train-steps 2 --u-steps 1 --a-steps 1"
+# DEFEND_EXTRA="--epochs 1 --trials 1" experiments/rem_official_gpu.sh
+# Output under $OUT: summary.txt (one line per step: exit status, seconds, poison id, accuracies), logs.tgz (every
+# log and JSON reply), records.tgz (the workspace's run records), poisons_<tag>.tgz (each finished PoisonSet), and
+# state_<tag>.tgz (an unfinished craft's saved state).
+set -u
+cd "$(dirname "$0")/.." || exit 2
+OUT=${OUT:-$PWD/rem-gpu-out}
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+CRAFT_LIMIT=${CRAFT_LIMIT:-420}
+DEFEND_LIMIT=${DEFEND_LIMIT:-150}
+export POISONBENCH_RESULTS=${RESULTS:-$PWD/results}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT/logs"
+SUMMARY=$OUT/summary.txt
+say() { echo "$*" | tee -a "$SUMMARY"; }
+
+say "rem_official_gpu: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed 's/^/gpu: /' \
+    | tee -a "$SUMMARY"
+if [ "${INSTALL:-1}" = 1 ]; then
+    t0=$SECONDS
+    PYTHON=$PY benchmarks/gpu_install.sh >"$OUT/logs/install.log" 2>&1
+    say "install: exit $? in $((SECONDS - t0)) s"
+fi
+
+# one TAG CRAFT-OPTIONS...: craft REM (official schedule unless $REM_EXTRA says otherwise), then `none` on it
+one() {
+    local tag=$1 t0=$SECONDS rc id
+    shift
+    # shellcheck disable=SC2086
+    timeout -k 10 "$CRAFT_LIMIT" $PY -m poisonbench craft --attack rem --dataset mnist-5k --device "$DEVICE" --json \
+        "$@" ${REM_EXTRA:-} >"$OUT/logs/craft_$tag.json" 2>"$OUT/logs/craft_$tag.log"
+    rc=$?
+    id=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["poison_id"])' "$OUT/logs/craft_$tag.json" \
+        2>/dev/null)
+    say "craft $tag ($*): exit $rc in $((SECONDS - t0)) s, poison id ${id:-none}"
+    if [ -z "$id" ]; then
+        tar czf "$OUT/state_$tag.tgz" -C "$POISONBENCH_RESULTS" partial 2>/dev/null
+        $PY - "$POISONBENCH_RESULTS" <<'PYEOF' | tee -a "$SUMMARY"
+import json, sys
+from pathlib import Path
+from safetensors import safe_open
+for f in sorted(Path(sys.argv[1], "partial").rglob("rem.safetensors")):
+    with safe_open(f, "pt") as h:
+        print(f"  saved state {f.parent.name}: {json.loads(h.metadata()['counters'])}")
+PYEOF
+        return
+    fi
+    tar czf "$OUT/poisons_$tag.tgz" -C "$POISONBENCH_RESULTS" "poisons/$id"
+    t0=$SECONDS
+    # shellcheck disable=SC2086
+    timeout -k 10 "$DEFEND_LIMIT" $PY -m poisonbench defend --dataset mnist-5k --recipe paper --method none \
+        --poison-ratio 1.0 --attacks rem --poisons "rem=$id" --trials 3 --device "$DEVICE" --json ${DEFEND_EXTRA:-} \
+        >"$OUT/logs/defend_$tag.json" 2>"$OUT/logs/defend_$tag.log"
+    rc=$?
+    say "defend none $tag: exit $rc in $((SECONDS - t0)) s, test accuracy $($PY -c '
+import json, sys
+text = open(sys.argv[1]).read().strip()
+try:
+    runs = json.loads(text)
+except ValueError:
+    runs = [json.loads(line) for line in text.splitlines() if line.strip()]
+runs = runs if isinstance(runs, list) else runs.get("runs", [runs])
+print([r.get("test_acc") for r in runs])' "$OUT/logs/defend_$tag.json" 2>&1 | tail -1)"
+}
+
+one eps8 &
+one eps03 --eps 0.3 --adv-radius 0.15 &
+wait
+tar czf "$OUT/records.tgz" -C "$POISONBENCH_RESULTS" --exclude poisons --exclude partial --exclude locks . 2>/dev/null
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+say "rem_official_gpu: done $(date -u +%FT%TZ)"
