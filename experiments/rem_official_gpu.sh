@@ -4,11 +4,17 @@
 # ε 8/255 (ρ_a 4/255) and ε 0.3 (ρ_a 0.15, the authors' ratio ρ_a = ε/2) side by side (two processes: the craft is
 # bound by kernel launches, not by the GPU's arithmetic), then trains `none` on each under the paper recipe, 3 trials.
 # A craft stopped by its time limit keeps its state every 10 steps (a later call on the same workspace resumes it);
-# its last saved step is in the summary.
+# its last saved step is in the summary. The states saved by earlier GPU calls are kept in
+# experiments/rem_official_state/ (one folder per poison id) and copied into a workspace that has none, so each GPU
+# session continues where the last one stopped (availability.md says how far they got). A state is resumed only by
+# the same code and GPU (engine.checkpoints.execution_identity): an H200 (`run` with kind nvidia-h200) and the
+# poisonbench sources that saved it, fingerprint e10d4dbcafb2adbd = commit 153066d's. Here, before the call:
+#   rm -rf .remcode && mkdir .remcode && git archive 153066d poisonbench | tar x -C .remcode   (.remcode is ignored)
+# and in the call: carry [".whl", ".remcode"], REM_CODE=.remcode (the crafts run those sources; the rest today's).
 #
 #   OUT=out RESULTS=results CRAFT_LIMIT=420 experiments/rem_official_gpu.sh
 #
-# CPU rehearsal: DEVICE=cpu INSTALL=0 REM_EXTRA="--schedule budget --train-steps 2 --u-steps 1 --a-steps 1"
+# CPU rehearsal: DEVICE=cpu INSTALL=0 RESUME=0 REM_EXTRA="--schedule budget --train-steps 2 --u-steps 1 --a-steps 1"
 # DEFEND_EXTRA="--epochs 1 --trials 1" experiments/rem_official_gpu.sh
 # Output under $OUT: summary.txt (one line per step: exit status, seconds, poison id, accuracies), logs.tgz (every
 # log and JSON reply), records.tgz (the workspace's run records), poisons_<tag>.tgz (each finished PoisonSet), and
@@ -26,6 +32,10 @@ mkdir -p "$OUT/logs"
 SUMMARY=$OUT/summary.txt
 say() { echo "$*" | tee -a "$SUMMARY"; }
 
+if [ -d experiments/rem_official_state ] && [ "${RESUME:-1}" = 1 ]; then
+    mkdir -p "$POISONBENCH_RESULTS/partial"
+    cp -rn experiments/rem_official_state/* "$POISONBENCH_RESULTS/partial/"
+fi
 say "rem_official_gpu: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | sed 's/^/gpu: /' \
     | tee -a "$SUMMARY"
@@ -40,7 +50,7 @@ one() {
     local tag=$1 t0=$SECONDS rc id
     shift
     # shellcheck disable=SC2086
-    timeout -k 10 "$CRAFT_LIMIT" $PY -m poisonbench craft --attack rem --dataset mnist-5k --device "$DEVICE" --json \
+    PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE} timeout -k 10 "$CRAFT_LIMIT" $PY -m poisonbench craft --attack rem --dataset mnist-5k --device "$DEVICE" --json \
         "$@" ${REM_EXTRA:-} >"$OUT/logs/craft_$tag.json" 2>"$OUT/logs/craft_$tag.log"
     rc=$?
     id=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["poison_id"])' "$OUT/logs/craft_$tag.json" \
@@ -76,8 +86,10 @@ runs = runs if isinstance(runs, list) else runs.get("runs", [runs])
 print([r.get("test_acc") for r in runs])' "$OUT/logs/defend_$tag.json" 2>&1 | tail -1)"
 }
 
-one eps8 &
-one eps03 --eps 0.3 --adv-radius 0.15 &
+# TAGS (default both): which crafts to run, e.g. TAGS=eps03 for one alone (0.225 s a step on an H200 against 0.44
+# for each of two side by side)
+case " ${TAGS:-eps8 eps03} " in *" eps8 "*) one eps8 & ;; esac
+case " ${TAGS:-eps8 eps03} " in *" eps03 "*) one eps03 --eps 0.3 --adv-radius 0.15 & ;; esac
 wait
 tar czf "$OUT/records.tgz" -C "$POISONBENCH_RESULTS" --exclude poisons --exclude partial --exclude locks . 2>/dev/null
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
