@@ -35,8 +35,9 @@ cat >> "$work/pyproject.toml" <<EOF
 [tool.mutmut]
 source_paths = ["poisonbench"]
 only_mutate = ["$module"]
-# mutmut runs the tests in mutants/, a copy of poisonbench/ and tests/: tests that read the committed records too
-also_copy = ["experiments"]
+# mutmut runs the tests in mutants/, a copy of poisonbench/ and tests/: tests that read the committed records and the
+# generated parameter page (tests/test_parameter_reference.py) too
+also_copy = ["experiments", "docs"]
 # one process per mutant (mutmut forks), no xdist inside it; the test selection: the module's own tests
 pytest_add_cli_args = ["-n", "0", "-q", "-p", "no:cacheprovider"]
 pytest_add_cli_args_test_selection = [${tests%, }]
