@@ -341,6 +341,7 @@ def test_class_wise_em_makes_the_authors_update_count_per_outer_iteration(tmp_pa
     before (one update an iteration). The batch is min(512, ⌊subset / 19⌋); CIFAR-10's keeps the official 512."""
     assert em.class_batch(10_000, 512, 19) == (512, 19)  # CIFAR-10: the authors' batch and count
     assert em.class_batch(780, 512, 19) == (41, 19)  # mnist-5k's 20 % subset
+    assert em.class_batch(10, 512, 19) == (1, 10)  # fewer rows than updates: one row a batch, each row once
     data = load_dataset(str(write_npz(tmp_path, n=600)))
     updates, real = [], em.linf_pgd
 
@@ -353,3 +354,11 @@ def test_class_wise_em_makes_the_authors_update_count_per_outer_iteration(tmp_pa
     assert attack.params["class_updates"] == 19 and attack.training_summary["iterations"] == 1
     subset = round(0.2 * len(data.train) / data.num_classes) * data.num_classes
     assert subset >= 19 and len(updates) == 19 and set(updates) == {subset // 19}
+
+
+@pytest.mark.parametrize("granularity, steps", [("sample", 20), ("class", 1)])
+def test_em_takes_the_authors_noise_steps_for_each_granularity(granularity, steps):
+    """The EM README's `--num_steps`: 20 signed steps of the sample-wise noise per update, 1 of the class-wise
+    noise (the parameter's source line); an explicit `steps` keeps its own value."""
+    assert ATTACKS.get("em")("mnist", granularity=granularity).params["steps"] == steps
+    assert ATTACKS.get("em")("mnist", granularity=granularity, steps=7).params["steps"] == 7

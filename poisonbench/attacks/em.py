@@ -210,7 +210,7 @@ class EM(Attack):
         if self.params["granularity"] == "sample":
             self.params["class_portion"] = None  # not used: keep it out of the poison id
             # added by issue 67, not used sample-wise: absent, so the sample-wise poison ids stay as they were
-            del self.params["class_updates"]
+            self.params.pop("class_updates", None)
 
     def seed_inputs(self, ctx: AttackContext) -> dict:
         return {"seed": ctx.seed, "dataset": ctx.dataset.name, "rows": len(ctx.indices),
