@@ -247,6 +247,7 @@ def test_prepare_of_a_run_without_poisons_prepares_nothing(tmp_path, monkeypatch
     poisoned = DefendSpec(dataset=str(path), recipe="quick", poison_ratio=0.2, attacks=["ops"], results=str(root))
     with pytest.raises(PoisonbenchError, match="poisons"):
         prepare(poisoned)
+    assert not (root / "failures").exists()  # refused before any craft (a craft that raises leaves a record)
 
 
 def test_prepare_refuses_a_bad_spec_before_loading_anything(tmp_path, monkeypatch):
@@ -276,3 +277,63 @@ def test_prepare_of_transfer_trains_the_victims_extractor_too(tmp_path, monkeypa
     before = sorted(p.name for p in extractors.iterdir())
     assert prepare(spec) == [{"poison_id": plan.spec.poison_id, "attack": "bp", "status": "on disk"}]
     assert sorted(p.name for p in extractors.iterdir()) == before
+
+
+def test_prepare_loads_the_dataset_as_the_spec_names_it(mix, tmp_path, monkeypatch, one_thread):
+    """The data directory, the download switch and the split are handed to the loader (a named dataset such as
+    mnist-5k is found or fetched by them; the tiny `.npz` here ignores the first two, so the loader is watched)."""
+    seen = []
+    real = defend_module.load_dataset
+
+    def watched(name, data_dir=None, download=False, **kwargs):
+        seen.append((name, data_dir, download, kwargs))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(defend_module, "load_dataset", watched)
+    mix.data_dir, mix.download, mix.npz_split = str(tmp_path / "data"), True, (0.05, 0.1)
+    prepare(mix)
+    assert seen == [(mix.dataset, str(tmp_path / "data"), True, {"npz_split": (0.05, 0.1)})]
+
+
+def test_prepare_configures_the_deterministic_mode_asked_for(mix, one_thread):
+    """On the CPU the mode is only remembered (`deterministic_mode`): the crafts that follow read it."""
+    import torch
+
+    from poisonbench.core.device import configure_device, deterministic_mode
+
+    configure_device(torch.device("cpu"), "on")
+    try:
+        mix.deterministic = "off"
+        prepare(mix)
+        assert deterministic_mode() == "off"
+    finally:
+        configure_device(torch.device("cpu"), "on")
+
+
+def test_a_trial_without_poisons_does_not_stop_the_next_ones(mix, monkeypatch, one_thread):
+    """A scenario may have no plan for some trials (a plugin's): prepare goes on with the others."""
+    from poisonbench.experiment.scenarios.untargeted import Untargeted
+
+    real = Untargeted.plan
+    monkeypatch.setattr(Untargeted, "plan", lambda self, spec, data, t: None if t == 0 else real(self, spec, data, t))
+    mix.attacks = ["ops"]
+    (entry,) = prepare(mix)
+    assert entry["attack"] == "ops" and entry["status"] == "crafted"
+
+
+def test_a_same_init_victim_is_built_from_the_surrogates_seed(tmp_path, monkeypatch, one_thread):
+    """`--same-init`: the model prepare builds for a trial takes the seed the run will (the surrogate's, in the
+    config resolved with the trial's plan), not the trial's own."""
+    from poisonbench.experiment.scenarios.targeted import Targeted
+
+    built = []
+    real = Targeted.build_model
+    monkeypatch.setattr(Targeted, "build_model", lambda self, request: built.append(request) or real(self, request))
+    path = write_npz(tmp_path, n=400)
+    spec = targeted_spec(str(path), "gm", same_init=True, seed=3, results=str(tmp_path / "res"))
+    (entry,) = prepare(spec)
+    assert entry["attack"] == "gm" and entry["status"] == "crafted"
+    data = load_dataset(str(path))
+    scenario = scenario_for(spec)
+    config = run_config(spec, data, 0, scenario.plan(spec, data, 0), scenario)
+    assert [r.seed for r in built] == [config["same_init"]["seed"]] and config["same_init"]["seed"] != 3
