@@ -337,3 +337,83 @@ def test_a_same_init_victim_is_built_from_the_surrogates_seed(tmp_path, monkeypa
     scenario = scenario_for(spec)
     config = run_config(spec, data, 0, scenario.plan(spec, data, 0), scenario)
     assert [r.seed for r in built] == [config["same_init"]["seed"]] and config["same_init"]["seed"] != 3
+
+
+# --- defend's own setup (survivors of the mutation run, in `defend` and `run_lock`) ------------------------------
+
+
+def test_defend_checks_the_methods_optional_packages_before_loading_anything(tiny_npz, tmp_path, monkeypatch):
+    from poisonbench.defenses import DEFENSES
+
+    asked = []
+
+    def missing(name):
+        asked.append(name)
+        raise PoisonbenchError(f"no {name} here")
+
+    monkeypatch.setattr(DEFENSES.get("none"), "requires", ("kornia", "dp_accounting"))
+    monkeypatch.setattr(defend_module, "require", missing)
+    monkeypatch.setattr(defend_module, "load_dataset", lambda *a, **k: pytest.fail("the dataset was loaded"))
+    with pytest.raises(PoisonbenchError, match="no kornia here"):
+        defend(DefendSpec(dataset=str(tiny_npz), recipe="quick", results=str(tmp_path / "res")))
+    assert asked == ["kornia"]
+
+
+def test_defend_loads_configures_times_and_claims_as_the_spec_says(tiny_npz, tmp_path, monkeypatch, one_thread):
+    """The loader gets the spec's data directory, download switch and split; the deterministic mode asked for is
+    configured; the record's `cost.data_load` is the load's duration; the run is claimed under `locks/`."""
+    import time
+
+    import torch
+
+    from poisonbench.core.device import configure_device, deterministic_mode
+
+    seen = []
+    real = defend_module.load_dataset
+
+    def watched(name, data_dir=None, download=False, **kwargs):
+        seen.append((name, data_dir, download, kwargs))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(defend_module, "load_dataset", watched)
+    spec = DefendSpec(dataset=str(tiny_npz), recipe="quick", recipe_overrides={"epochs": 1}, npz_split=(0.05, 0.1),
+                      data_dir=str(tmp_path / "data"), download=True, deterministic="off",
+                      results=str(tmp_path / "res"))
+    configure_device(torch.device("cpu"), "on")
+    try:
+        start = time.perf_counter()
+        (outcome,) = defend(spec)
+        took = time.perf_counter() - start
+        assert deterministic_mode() == "off"
+    finally:
+        configure_device(torch.device("cpu"), "on")
+    assert seen == [(str(tiny_npz), str(tmp_path / "data"), True, {"npz_split": (0.05, 0.1)})]
+    record = outcome.record
+    assert record["config"]["npz_split"] == [0.05, 0.1]
+    assert 0 <= record["cost"]["data_load"] <= took
+    assert [p.name for p in (tmp_path / "res" / "locks").iterdir()] == [f"run-{record['run_id']}.lock"]
+
+
+def test_defends_crafts_on_the_way_follow_the_deterministic_mode_asked_for(mix, monkeypatch, one_thread):
+    """`defend` configures the mode before anything else, so that a PoisonSet crafted on the way (before the
+    victim's training configures it again) is crafted under it."""
+    import torch
+
+    from poisonbench import poisons
+    from poisonbench.core.device import configure_device, deterministic_mode
+
+    modes = []
+    real = poisons.craft
+
+    def watched(*args, **kwargs):
+        modes.append(deterministic_mode())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(poisons, "craft", watched)
+    mix.trials, mix.attacks, mix.deterministic = 1, ["ops"], "off"
+    configure_device(torch.device("cpu"), "on")
+    try:
+        (outcome,) = defend(mix)
+    finally:
+        configure_device(torch.device("cpu"), "on")
+    assert modes == ["off"] and outcome.status == "ran"
