@@ -417,3 +417,23 @@ def test_defends_crafts_on_the_way_follow_the_deterministic_mode_asked_for(mix, 
     finally:
         configure_device(torch.device("cpu"), "on")
     assert modes == ["off"] and outcome.status == "ran"
+
+
+def test_a_same_init_victim_of_another_architecture_is_refused_in_one_whole_line(tmp_path):
+    """`--same-init` needs a surrogate of the victim's architecture (the CLI test of
+    tests/test_attack_independence.py checks the other refusal, a run with no surrogate)."""
+    path = write_npz(tmp_path, n=400)
+    data = load_dataset(str(path))
+
+    def refusal(spec):
+        scenario = scenario_for(spec)
+        with pytest.raises(PoisonbenchError) as caught:
+            run_config(spec, data, 0, scenario.plan(spec, data, 0), scenario)
+        return str(caught.value)
+
+    mix = DefendSpec(dataset=str(path), poison_ratio=0.1, attacks=["pgd", "durp"], same_init=True, model="resnet18")
+    from poisonbench.experiment.scenarios.base import untargeted_surrogate
+
+    surrogate = untargeted_surrogate(data)
+    assert refusal(mix) == (f"--same-init: the victim's model (resnet18) is not the surrogate {surrogate.id}'s "
+                            "(convnet); it cannot start from its initialisation")
