@@ -437,3 +437,15 @@ def test_a_same_init_victim_of_another_architecture_is_refused_in_one_whole_line
     surrogate = untargeted_surrogate(data)
     assert refusal(mix) == (f"--same-init: the victim's model (resnet18) is not the surrogate {surrogate.id}'s "
                             "(convnet); it cannot start from its initialisation")
+
+
+def test_a_same_init_run_without_a_surrogate_is_refused_in_one_whole_line(tmp_path, toy):
+    """`resolve_trial`'s own refusal (the scenarios' checks in `validate` refuse the known cases first: here the
+    config is resolved directly)."""
+    path = write_npz(tmp_path, n=400)
+    data = load_dataset(str(path))
+    spec = targeted_spec(str(path), toy, same_init=True, attack_params={})
+    scenario = scenario_for(spec)
+    with pytest.raises(PoisonbenchError) as caught:
+        run_config(spec, data, 0, scenario.plan(spec, data, 0), scenario)
+    assert str(caught.value) == "--same-init: this scratch run has no surrogate to start the victim from"
