@@ -64,8 +64,10 @@ counts = {"killed": 0, "survived": 0, "timeout": 0, "no tests": 0, "not run": 0,
 for meta in metas:
     data = json.loads(meta.read_text())
     for code in data.get("exit_code_by_key", {}).values():
-        key = {1: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", 24: "timeout",
-               None: "not run"}.get(code, "killed" if isinstance(code, int) and code < 0 else "other")
+        # mutmut.stats.status_by_exit_code's timeouts: -24 is SIGXCPU (its CPU-time limit), the one seen in practice
+        key = {1: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", 24: "timeout", -24: "timeout",
+               152: "timeout", 255: "timeout", None: "not run"}.get(
+            code, "killed" if isinstance(code, int) and code < 0 else "other")
         counts[key] += 1
 measured = sum(counts.values()) - counts["not run"]
 killed = counts["killed"] + counts["timeout"]
