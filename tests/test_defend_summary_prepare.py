@@ -279,9 +279,9 @@ def test_prepare_of_transfer_trains_the_victims_extractor_too(tmp_path, monkeypa
     assert sorted(p.name for p in extractors.iterdir()) == before
 
 
-def test_prepare_loads_the_dataset_as_the_spec_names_it(mix, tmp_path, monkeypatch, one_thread):
-    """The data directory, the download switch and the split are handed to the loader (a named dataset such as
-    mnist-5k is found or fetched by them; the tiny `.npz` here ignores the first two, so the loader is watched)."""
+def watch_loader(monkeypatch) -> list:
+    """Replace defend's `load_dataset` by one that records (name, data_dir, download, other keywords) of each call
+    and loads the dataset by name (the tiny `.npz` needs neither directory nor download); returns the list."""
     seen = []
     real = defend_module.load_dataset
 
@@ -290,6 +290,13 @@ def test_prepare_loads_the_dataset_as_the_spec_names_it(mix, tmp_path, monkeypat
         return real(name, **kwargs)
 
     monkeypatch.setattr(defend_module, "load_dataset", watched)
+    return seen
+
+
+def test_prepare_loads_the_dataset_as_the_spec_names_it(mix, tmp_path, monkeypatch, one_thread):
+    """The data directory, the download switch and the split are handed to the loader (a named dataset such as
+    mnist-5k is found or fetched by them; the tiny `.npz` here ignores the first two, so the loader is watched)."""
+    seen = watch_loader(monkeypatch)
     mix.data_dir, mix.download, mix.npz_split = str(tmp_path / "data"), True, (0.05, 0.1)
     prepare(mix)
     assert seen == [(mix.dataset, str(tmp_path / "data"), True, {"npz_split": (0.05, 0.1)})]
@@ -368,14 +375,7 @@ def test_defend_loads_configures_times_and_claims_as_the_spec_says(tiny_npz, tmp
 
     from poisonbench.core.device import configure_device, deterministic_mode
 
-    seen = []
-    real = defend_module.load_dataset
-
-    def watched(name, data_dir=None, download=False, **kwargs):
-        seen.append((name, data_dir, download, kwargs))
-        return real(name, **kwargs)
-
-    monkeypatch.setattr(defend_module, "load_dataset", watched)
+    seen = watch_loader(monkeypatch)
     spec = DefendSpec(dataset=str(tiny_npz), recipe="quick", recipe_overrides={"epochs": 1}, npz_split=(0.05, 0.1),
                       data_dir=str(tmp_path / "data"), download=True, deterministic="off",
                       results=str(tmp_path / "res"))
