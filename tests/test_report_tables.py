@@ -195,6 +195,72 @@ def test_wilson_intervals_stay_in_0_1_and_table3_never_prints_minus_0_or_above_1
     assert cells["gm"][0] == 0.0 and cells["bp"][1] == 100.0 and all(0 <= v <= 100 for c in cells.values() for v in c)
 
 
+def test_newcombe_paired_interval_matches_the_worked_example_and_covers_at_its_level():
+    """Newcombe (1998) method 10: Altman et al. (2000, Statistics with Confidence, Table 6.2) work the table
+    [[14, 5], [0, 22]] to D = 0.122 in [0.011, 0.226]. Swapping the two outcomes negates the interval, and over
+    simulated 20-target tables (strongly correlated, independent, anti-correlated pairs) it covers the true
+    difference at about 95 % (Newcombe's method is a little conservative where the pairs agree): a sign slip in φ or
+    a dropped φ moves the correlated cases far off."""
+    lo, hi = tables.stats.newcombe_paired(14, 5, 0, 22)
+    assert (round(lo, 3), round(hi, 3)) == (0.011, 0.226)
+    for table in [(3, 1, 11, 5), (0, 0, 0, 20), (20, 0, 0, 0), (2, 9, 2, 7)]:
+        lo, hi = tables.stats.newcombe_paired(*table)
+        swapped = tables.stats.newcombe_paired(table[0], table[2], table[1], table[3])
+        assert swapped == pytest.approx((-hi, -lo)) and -1 <= lo <= (table[1] - table[2]) / 20 <= hi <= 1
+    rng = np.random.default_rng(0)
+    for probs in [(0.45, 0.05, 0.05, 0.45), (0.4, 0.02, 0.28, 0.3), (0.1, 0.3, 0.5, 0.1)]:
+        truth = probs[1] - probs[2]
+        intervals = [tables.stats.newcombe_paired(*t) for t in rng.multinomial(20, probs, size=2000)]
+        covered = np.mean([lo <= truth <= hi for lo, hi in intervals])
+        width = np.mean([hi - lo for lo, hi in intervals])
+        if probs[1] == probs[2]:  # pairs that agree on 18 of 20: the correlation narrows the interval (φ = 0: 0.56)
+            assert covered >= 0.95 and width < 0.4, (probs, covered, width)
+        else:  # φ with its sign flipped: 0.998 and 0.684
+            assert 0.92 <= covered <= 0.975, (probs, covered, width)
+
+
+def test_mcnemar_exact_counts_only_the_discordant_targets():
+    """11 targets saved and 1 new: 2 · (1 + 12) / 2¹² = 0.00635, whatever the concordant count; none discordant: 1."""
+    assert tables.stats.mcnemar_exact(1, 11) == pytest.approx(2 * 13 / 4096)
+    assert tables.stats.mcnemar_exact(11, 1) == pytest.approx(2 * 13 / 4096)
+    assert tables.stats.mcnemar_exact(0, 0) == 1.0 and tables.stats.mcnemar_exact(3, 3) == pytest.approx(1.0)
+    ps = tables.stats.paired_success([True, False, False, True], [True, True, True, False])
+    assert (ps.both, ps.first_only, ps.second_only, ps.neither, ps.diff) == (1, 1, 2, 0, -0.25)
+    with pytest.raises(ValueError, match="one per target"):
+        tables.stats.paired_success([True], [True, False])
+
+
+def test_table3_paired_row_pairs_each_target_with_the_undefended_run_of_the_same_trial():
+    """`--paired` on Table III: per defense, its ASR minus W/o Defense's on the same targets. Here both hit 10 of 20,
+    so the unpaired cells cannot tell them apart, but on different targets: HINT saves the 10 W/o Defense lost
+    (trials 0–9) and loses the 10 others. A pairing by trial sees 10 saved and 10 new; a pairing that ignored the
+    trial (or the seed) would not. A defense run without a W/o Defense partner stays out."""
+    def run(method: str, trial: int, success: bool, seed: int = 0) -> dict:
+        return make_record(method=method, params=hint_params() if method == "hint" else None, trial=trial,
+                           base_seed=seed, targeted={"attack": "fc", "target_index": trial, "target_class": 5,
+                                                     "intended_class": 1, "success": success})
+
+    records = ([run("none", t, t < 10) for t in range(20)] + [run("hint", t, t >= 10) for t in range(20)]
+               + [run("friends", t, t >= 15) for t in range(20)] + [run("friends", 0, True, seed=7)])
+    table = tables.build("3", records, tables.Options(trials=20, paired=True), dataset="mnist-5k")
+    cells = {d["method"]: d for d in table.data if d["attack"] == "fc"}
+    assert cells["none"]["successes"] == cells["hint"]["successes"] == 10
+    hint = cells["hint"]
+    assert (hint["paired_targets"], hint["paired_saved"], hint["paired_new"], hint["paired_diff"]) == (20, 10, 10, 0)
+    friends = cells["friends"]  # 10 saved (trials 0–9), 5 new (15–19); the seed-7 run has no partner
+    assert (friends["paired_targets"], friends["paired_saved"], friends["paired_new"]) == (20, 10, 5)
+    assert friends["paired_diff"] == -25.0 and friends["paired_low"] < 0 < friends["paired_high"]
+    assert friends["paired_p"] == pytest.approx(tables.stats.mcnemar_exact(5, 10), abs=1e-6)
+    text = tables.render(table, "md")
+    assert "Δ +0 pp [" in text and "· 10 saved, 10 new of 20 · p 1" in text and "| vs W/o |" in text
+    assert "Newcombe's 95 % interval" in text
+    plain = tables.build("3", records, tables.Options(trials=20), dataset="mnist-5k")
+    assert "vs W/o" not in tables.render(plain, "md")
+    alone = tables.build("3", [r for r in records if r["config"]["defense"]["method"] != "none"],
+                         tables.Options(trials=20, paired=True), dataset="mnist-5k")
+    assert "no paired row: this setting has no W/o Defense runs to pair with" in tables.render(alone, "md")
+
+
 # ----------------------------------------------------------------------------------------------- paper numbers
 
 def paper_lines(start: str, stop: str) -> list[str]:

@@ -381,7 +381,8 @@ Paper = _option(False, "--paper", help="Add the paper's published numbers beside
 Diff = _option(False, "--diff", help="Add ours − paper (percentage points; Table V: × none).")
 Ci = _option(False, "--ci", help="Add 95% t-intervals of the mean.")
 Paired = _option(False, "--paired", help="Table II: add each defense minus W/o Defense per trial (same seed and "
-                                         "poisons), mean ± std in points.")
+                                         "poisons), mean ± std in points. Table III: each defense's ASR minus W/o "
+                                         "Defense's on the same targets (Newcombe interval, McNemar p).")
 Wilson = typer.Option(None, "--wilson/--no-wilson", show_default=False,
                       help="Table III: each k/n with its 95% Wilson interval (the default; --no-wilson: k/n alone).")
 PoisonRatio = _option(None, "--poison-ratio", help="--table matrix: the ρ of the untargeted runs in its cells, in "
@@ -462,7 +463,8 @@ def flag_form(
     paper: bool = _option(False, "--paper", hidden=True, help="Add the paper's published numbers beside ours."),
     diff: bool = _option(False, "--diff", hidden=True, help="Add ours − paper (percentage points; Table V: × none)."),
     ci: bool = _option(False, "--ci", hidden=True, help="Add 95% t-intervals of the mean."),
-    paired: bool = _option(False, "--paired", hidden=True, help="Table II: add each defense minus W/o Defense."),
+    paired: bool = _option(False, "--paired", hidden=True,
+                           help="Tables II / III: add each defense minus W/o Defense (paired by trial)."),
     wilson: bool = typer.Option(None, "--wilson/--no-wilson", hidden=True, show_default=False,
                                 help="Table III: each k/n with its 95% Wilson interval (the default)."),
     per_trial: bool = _option(False, "--per-trial", hidden=True,

@@ -51,7 +51,7 @@ from .records import (
     settings,
     untargeted,
 )
-from .stats import Stat, close, num, stat, wilson
+from .stats import PairedSuccess, Stat, close, num, paired_success, stat, wilson
 
 # --- cell formatting shared by every table --------------------------------------------------------------------
 
@@ -318,6 +318,38 @@ def removal_cell(rows: pd.DataFrame | None) -> tuple[Cell, dict]:
             {"poisons_removed": pr, "poisons": p, "clean_removed": cr, "clean": c})
 
 
+def paired_targets(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> PairedSuccess | None:
+    """A defense's attack success against W/o Defense's on the same targets: runs that share trial, seed and
+    PoisonSets (ids and, where the records name them, tensors) saw the same target and poisons, so each target
+    counts once as a pair of outcomes (Newcombe's interval and McNemar's test, `stats.paired_success`)."""
+    if rows is None or baseline is None:
+        return None
+    columns = [*PAIR_KEYS, "poison_tensors_json", "success"]
+    pairs = rows[columns].merge(baseline[columns], on=PAIR_KEYS, suffixes=("", "_base"))
+    craft, base_craft = pairs.poison_tensors_json, pairs.poison_tensors_json_base
+    pairs = pairs[((craft == base_craft) | (craft == "") | (base_craft == ""))
+                  & pairs.success.notna() & pairs.success_base.notna()]
+    return paired_success([bool(x) for x in pairs.success], [bool(x) for x in pairs.success_base])
+
+
+def paired_success_cell(ps: PairedSuccess | None) -> tuple[Cell, dict]:
+    """`Δ −50 pp [−71, −22] · 11 saved, 1 new of 20 · p 0.006`: the defense's ASR minus W/o Defense's on the same
+    targets with Newcombe's 95 % interval, the discordant targets, McNemar's exact p."""
+    if ps is None:
+        return Cell(), {"paired_targets": 0, "paired_saved": None, "paired_new": None, "paired_diff": None,
+                        "paired_low": None, "paired_high": None, "paired_p": None}
+
+    def pp(x: float) -> str:
+        text = f"{100 * x:+.0f}"
+        return "+0" if text == "-0" else text
+
+    text = (f"Δ {pp(ps.diff)} pp [{pp(ps.lo)}, {pp(ps.hi)}] · {ps.second_only} saved, {ps.first_only} new of "
+            f"{ps.n} · p {ps.p:.2g}")
+    return Cell(text), {"paired_targets": ps.n, "paired_saved": ps.second_only, "paired_new": ps.first_only,
+                        "paired_diff": num(100 * ps.diff), "paired_low": num(100 * ps.lo),
+                        "paired_high": num(100 * ps.hi), "paired_p": num(ps.p, 6)}
+
+
 def table3(df: pd.DataFrame, opts: Options) -> Table:
     df = df[df.kind == "targeted"]
     blocks, data, shown = [], [], set()
@@ -335,6 +367,17 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                 columns.append(f"{paper.ATTACK_LABEL.get(a, a)} (paper CIFAR-10)")
             if show_diff:
                 columns.append(f"{paper.ATTACK_LABEL.get(a, a)} Δ")
+        has_runs = {m for m, rows in chosen.items() if rows is not None and len(rows)}
+        paired = opts.paired and "none" in has_runs
+        if opts.paired and not paired:
+            notes.append("no paired row: this setting has no W/o Defense runs to pair with")
+        if paired:
+            notes.append("vs W/o: the defense's ASR minus W/o Defense's on the same targets (runs of the same trial, "
+                         "seed and PoisonSets), with Newcombe's 95 % interval for paired proportions; saved: targets "
+                         "the attack hit without the defense and missed with it, new: the reverse; p: McNemar's "
+                         "exact test. A defense separates from W/o Defense where the interval excludes 0 and "
+                         "p < 0.05 (on a few targets the interval, an asymptotic one, can exclude 0 where the exact "
+                         "test does not)")
         block = Block(s.label, columns, notes=[n for n in notes if n])
         kinds = newest_poison_kinds(chosen, block.notes)
         asr_cols: dict[str, list[Cell]] = {a: [] for a in attacks}
@@ -343,6 +386,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             asr_row = [Cell(method_label(m), label=True), Cell("ASR", label=True)]
             acc_row = [Cell("", label=True), Cell("test acc.", label=True)]
             removal_row, removes = [Cell("", label=True), Cell("removed", label=True)], False
+            paired_row = [Cell("", label=True), Cell("vs W/o", label=True)]
             for a in attacks:
                 rows = chosen.get(m)
                 rows = rows[rows.attack == a] if rows is not None else None
@@ -376,6 +420,16 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                                    if p and n else Cell())
                     acc_row.append(diff_cell(st, p["acc"] if p else None))
                     removal_row.append(Cell())
+                pairing = None
+                if paired and m != "none" and rows is not None and len(rows):
+                    base = of_kinds(chosen["none"], kinds)
+                    pairing = paired_targets(rows, base[base.attack == a])
+                pcell, pdata = paired_success_cell(pairing)
+                paired_row.append(pcell)
+                if show_paper:
+                    paired_row.append(Cell())
+                if show_diff:
+                    paired_row.append(Cell())
                 lo, hi = wilson(k, n)
                 params = rows.params_json.iloc[0] if rows is not None and len(rows) else ""
                 data.append({"table": "III", **setting_data(s), "attack": a, "method": m, "params": params,
@@ -384,10 +438,12 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                              "paper_successes": p["success"][0] if p else None,
                              "paper_trials": p["success"][1] if p else None,
                              **{f"acc_{k_}": v for k_, v in acc_data(st, p["acc"] if p else None).items()},
-                             **removal})
+                             **removal, **pdata})
             if i:
                 block.rules.add(len(block.rows))
             block.rows += [asr_row, acc_row]
+            if paired and m != "none" and any(c.text != DASH for c in paired_row[2:]):
+                block.rows.append(paired_row)
             if removes:  # a removing defense: what it took out, per attack
                 block.rows.append(removal_row)
         for a in attacks:
