@@ -73,6 +73,31 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+def dies_with_the_test(then=None):
+    """The `preexec_fn` of a CLI process a test starts: Linux sends the process SIGTERM when the test process dies
+    (PR_SET_PDEATHSIG). A test killed from outside (mutmut's CPU-time limit, SIGXCPU; a cancelled CI job) would
+    otherwise leave its `sweep run` or `defend` running, orphaned: session 51's mutation runs piled them up to a
+    load of 38. A sweep's own steps already die with the sweep (sweeps/execute.py). `then`: another preexec
+    function, called after."""
+    parent = os.getpid()
+
+    def preexec() -> None:  # pragma: no cover (runs in the child, between fork and exec)
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+        except (OSError, AttributeError):  # not Linux: nothing to set
+            pass
+        else:
+            if os.getppid() != parent:  # the test died before the prctl took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+        if then is not None:
+            then()
+
+    return preexec
+
+
 def class_images(n: int, size: int, channels: int = 1, classes: int = 10, seed: int = 0):
     """Learnable synthetic images: each class lights a different horizontal band, plus noise (uint8)."""
     rng = np.random.default_rng(seed)

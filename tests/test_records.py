@@ -20,6 +20,7 @@ from poisonbench.experiment import defend as runner
 from poisonbench.experiment import one_run as run_execution
 from poisonbench.experiment.records import SCHEMA_VERSION, RunStore, run_id
 from poisonbench.experiment.scenarios import plan_untargeted
+from tests.conftest import dies_with_the_test
 
 
 def test_run_id_is_canonical():
@@ -111,7 +112,8 @@ def test_sigkill_mid_training_leaves_no_record_and_rerun_resumes_to_the_same_num
            "--epochs", "150", "--batch-size", "400", "--compile", "off", "--results", str(results), "--json",
            "--checkpoint-every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny model: one thread, robust to a loaded machine
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env,
+                            preexec_fn=dies_with_the_test())
     partial = results / "partial" / "runs"
     deadline = time.time() + 60
     while not list(partial.glob("*.safetensors")) and time.time() < deadline and proc.poll() is None:
@@ -151,7 +153,7 @@ def test_cpu_seconds_leave_out_a_paused_stretch(tiny_npz, tmp_path):
            "--epochs", "60", "--batch-size", "400", "--compile", "off", "--results", str(results), "--json",
            "--checkpoint-every", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=dies_with_the_test())
     deadline = time.time() + 60
     while not list((results / "partial" / "runs").glob("*.safetensors")) and time.time() < deadline:
         time.sleep(0.05)

@@ -186,7 +186,7 @@ def swept(tmp_path_factory):
     import subprocess
     import sys
 
-    from tests.conftest import write_npz
+    from tests.conftest import dies_with_the_test, write_npz
 
     root = tmp_path_factory.mktemp("swept")
     npz = write_npz(root, n=200)
@@ -197,7 +197,8 @@ def swept(tmp_path_factory):
     with log.open("w") as out:
         done = subprocess.run([sys.executable, "-m", "poisonbench", "sweep", "run", str(grid), "--workers", "1",
                                "--results", str(root / "res"), "--compile", "off", "--no-report"], stdout=out,
-                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+                              preexec_fn=dies_with_the_test())
     return {"root": root, "grid": grid, "npz": npz, "log": log.read_text(), "code": done.returncode,
             "results": root / "res"}
 

@@ -27,7 +27,7 @@ from poisonbench.engine.checkpoints import checkpoint_path
 from poisonbench.experiment.records import RunStore
 from poisonbench.sweeps import Execution, load_grid, make_plan
 
-from .conftest import write_npz
+from .conftest import dies_with_the_test, write_npz
 
 CPUS = sorted(os.sched_getaffinity(0))
 POLL = 0.05  # seconds between two looks at files and processes (never a synchronisation by itself)
@@ -80,8 +80,8 @@ class Sweep:
                    "--results", str(results), "--json"]
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, env=environment, cwd=cwd,
-                                         start_new_session=True, preexec_fn=None if cpu is None else
-                                         lambda: os.sched_setaffinity(0, {cpu}))
+                                         start_new_session=True, preexec_fn=dies_with_the_test(
+                                             None if cpu is None else lambda: os.sched_setaffinity(0, {cpu})))
 
     def finish(self, timeout: float = PATIENCE) -> tuple[int, dict]:
         """(exit code, its --json summary) once it ends."""

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from poisonbench.experiment.defend import defend
 from poisonbench.experiment.records import RunStore
 from poisonbench.experiment.spec import DefendSpec
 
-from .conftest import write_npz
+from .conftest import dies_with_the_test, write_npz
 
 CPU = torch.device("cpu")
 NEVER = 1e9  # --checkpoint-every: no periodic save, so a checkpoint on disk can only be SIGTERM's
@@ -202,7 +203,8 @@ def test_cli_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tm
     # the progress display drawn as on a terminal (wide, no line wrapping): its epoch text is the signal
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TTY_COMPATIBLE": "1", "FORCE_COLOR": "1", "COLUMNS": "400",
            "PYTHONIOENCODING": "utf-8", "PYTHONPATH": str(tmp_path / "code")}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+                             preexec_fn=dies_with_the_test())
     stderr = bytearray()
     first_epoch_done = threading.Event()
 
@@ -247,3 +249,38 @@ def test_cli_sigterm_exits_143_with_a_checkpoint_and_the_same_command_resumes(tm
     record = json.loads(Path(shown["path"]).read_text())
     assert record["resumed_from_epoch"] == stopped_after and len(record["history"]) == epochs
     assert not ckpt.exists()
+
+
+def test_a_test_killed_from_outside_takes_its_cli_processes_with_it(tmp_path):
+    """`tests.conftest.dies_with_the_test`, the `preexec_fn` of the CLI processes tests start: a test process
+    SIGKILLed (as mutmut's CPU-time limit kills one) takes them with it instead of leaving them orphaned. The
+    stand-in test starts a sleeper that way, prints its pid and is killed; the sleeper is gone within seconds."""
+    script = ("import subprocess, sys\n"
+              "from tests.conftest import dies_with_the_test\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+              "preexec_fn=dies_with_the_test())\n"
+              "print(child.pid, flush=True)\n"
+              "child.wait()\n")
+    root = Path(__file__).resolve().parents[1]
+    stand_in = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=root,
+                                env={**os.environ, "PYTHONPATH": str(root)})
+    sleeper = int(stand_in.stdout.readline())
+    try:
+        os.kill(stand_in.pid, signal.SIGKILL)
+        stand_in.wait(30)
+        deadline = time.time() + 20
+        while time.time() < deadline and alive(sleeper):
+            time.sleep(0.05)
+        assert not alive(sleeper), "the CLI process outlived the killed test"
+    finally:
+        if alive(sleeper):
+            os.kill(sleeper, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
