@@ -11,6 +11,9 @@
 # tens of minutes per module on 2 cores. $MUTATION_LIMIT (seconds, optional) interrupts mutmut after that long (SIGINT:
 # it stops its workers and keeps every verdict so far); the score then counts only the mutants that ran ("N not run"),
 # and a later run in the same $MUTATION_WORK goes on with the rest. $MUTATION_NAMES: run only the mutants named.
+# $MUTATION_NICE (0-19, optional): run in the background of other work. Linux shares the CPU between sessions
+# (autogroups) before it looks at `nice`, so a plain `nice -n 19` started in its own session (setsid, nohup from
+# another terminal) still takes half the cores from a sweep; this sets the session's own weight.
 set -euo pipefail
 if [ $# -lt 2 ]; then
     echo "usage: $0 MODULE.py TESTS..." >&2
@@ -47,6 +50,10 @@ timeout_multiplier = 5.0
 process_isolation = "forkserver"
 EOF
 cd "$work"
+if [ -n "${MUTATION_NICE:-}" ]; then
+    renice -n "$MUTATION_NICE" -p $$ > /dev/null
+    [ -w /proc/self/autogroup ] && echo "$MUTATION_NICE" > /proc/self/autogroup 2>/dev/null || true
+fi
 limit=()
 [ -n "${MUTATION_LIMIT:-}" ] && limit=(timeout -s INT -k 60 "$MUTATION_LIMIT")
 # $MUTATION_NAMES (optional): only these mutants (e.g. an earlier run's survivors, after new tests)
