@@ -60,14 +60,44 @@ def test_a_record_of_another_schema_is_refused_before_any_run_and_force_replaces
     assert json.loads(store.path(second).read_text())["schema_version"] == SCHEMA_VERSION
 
 
-def test_force_runs_again_and_replaces_the_record(spec, one_thread):
+def test_force_runs_again_and_replaces_the_record(spec, monkeypatch, one_thread):
+    """`--force` trains the run again and hands the store its leave to replace the record (which the store needs
+    where the stored record trained on another craft of the same PoisonSets)."""
     spec.trials = 1
+    put, replaced = RunStore.put, []
+
+    def spy(self, record, replace=False):
+        replaced.append(replace)
+        return put(self, record, replace=replace)
+
+    monkeypatch.setattr(RunStore, "put", spy)
     (first,) = defend(spec)
     assert defend(spec)[0].status == "skipped"
     spec.force = True
     (again,) = defend(spec)
     assert again.status == "ran" and again.record["finished_at"] >= first.record["finished_at"]
     assert RunStore(spec.results).get(first.record["run_id"]) == again.record
+    assert replaced == [False, True]
+
+
+def test_only_a_poisoned_run_checks_the_crafts_directories_before_anything_is_made(spec, tmp_path, one_thread):
+    """A file where `poisons/` belongs: a clean run does not need the directory and trains; a poisoned one is
+    refused in one line before `runs/` is made (crafting would fail there after the first run)."""
+    from tests.conftest import write_npz
+
+    root = Path(spec.results)
+    root.mkdir()
+    (root / "poisons").write_text("not a directory")
+    spec.trials = 1
+    assert [o.status for o in defend(spec)] == ["ran"]
+    poisoned = DefendSpec(dataset=str(write_npz(tmp_path, n=200, size=28)), recipe="quick",
+                          recipe_overrides={"epochs": 1}, poison_ratio=0.2, attacks=["ops"],
+                          results=str(tmp_path / "poisoned"))
+    Path(poisoned.results).mkdir()
+    (Path(poisoned.results) / "poisons").write_text("not a directory")
+    with pytest.raises(PoisonbenchError, match="poisons"):
+        defend(poisoned)
+    assert not (Path(poisoned.results) / "runs").exists()
 
 
 def test_each_run_gets_its_own_checkpoint_at_the_specs_interval_and_the_reporter(spec, monkeypatch, one_thread):
@@ -154,11 +184,12 @@ def test_a_record_of_another_craft_is_refused_and_left_as_a_failure(spec, monkey
     (rid,) = run_ids(spec)
     defend(spec)
     clash = {"0123456789abcdef": ("aaaa", "bbbb")}
-    Spy(monkeypatch, "clash_with_disk", result=lambda record, root: clash if record["run_id"] == rid else {})
+    checked = Spy(monkeypatch, "clash_with_disk", result=lambda record, root: clash if record["run_id"] == rid else {})
     with pytest.raises(PoisonbenchError) as refused:
         defend(spec)
     root = Path(spec.results)
     assert str(refused.value) == defend_module.clash_message(rid, clash, root / "poisons")
+    assert [args[1] for args, _ in checked.calls] == [root]  # the record against this workspace's PoisonSets
     failure = RunStore(spec.results).failure(rid)
     assert failure is not None and failure["config"]["trial"] == 0
     assert str(root / "poisons") in json.dumps(failure)
