@@ -250,3 +250,45 @@ def test_the_defense_is_built_for_the_datasets_family_the_scenarios_threat_and_t
     assert (method, family, params) == ("friends", data.family, {"friendly_steps": 3})
     assert threat == scenario.threat(data, plan) and threat is not None and threat != scenario.threat(data, None)
     assert resolved.config["defense"]["friendly_steps"] == 3
+
+
+def test_a_trials_config_names_the_datasets_fingerprint_and_a_non_default_precision_only(spec):
+    """The run id hashes the config: it names the data's fingerprint, and `precision` only when it is not fp32 (so
+    every fp32 run id stays as it was before the option)."""
+    data = load_dataset(spec.dataset)
+    scenario = scenario_for(spec)
+    fp32 = resolve_trial(spec, data, 0, None, scenario)
+    assert fp32.config["dataset_fingerprint"] == data.fingerprint and "precision" not in fp32.config
+    spec.precision = "bf16"
+    bf16 = resolve_trial(spec, data, 0, None, scenario)
+    assert bf16.config["precision"] == "bf16" and bf16.run_id != fp32.run_id
+    assert {k: v for k, v in bf16.config.items() if k != "precision"} == fp32.config
+
+
+def test_resolve_trial_checks_the_model_fits_and_asks_the_scenario_with_the_trials_plan(spec, monkeypatch):
+    """The victim's model is checked against the data, and the scenario is asked for the victim's config and the
+    attacker's model with this spec and this trial's plan; an attacker model of the victim's seed is refused,
+    naming it."""
+    from types import SimpleNamespace
+
+    data = load_dataset(spec.dataset)
+    scenario = scenario_for(spec)
+    fits = Spy(monkeypatch, "check_fits")
+    asked = []
+    plan = SimpleNamespace(config={"kind": "made-up plan"})
+
+    def victim_config(spec_, plan_):
+        asked.append(("victim", spec_, plan_))
+        return {}
+
+    def attacker_model(spec_, data_, plan_):
+        asked.append(("attacker", spec_, data_, plan_))
+        return SimpleNamespace(seed=spec.seed + 1, label="surrogate ResNet")
+
+    monkeypatch.setattr(scenario, "victim_config", victim_config)
+    monkeypatch.setattr(scenario, "attacker_model", attacker_model)
+    monkeypatch.setattr(scenario, "threat", lambda data_, plan_: None)
+    with pytest.raises(PoisonbenchError, match="surrogate ResNet the poisons are crafted against"):
+        resolve_trial(spec, data, 1, plan, scenario)  # trial 1: the victim's seed is spec.seed + 1
+    assert [args for args, _ in fits.calls] == [("convnet", data)]
+    assert asked == [("victim", spec, plan), ("attacker", spec, data, plan)]
