@@ -19,22 +19,14 @@ import argparse
 import pandas as pd
 
 from poisonbench.experiment.packed_records import open_store
+from poisonbench.report.tables.builders import paired_targets
 from poisonbench.report.tables.records import frame
-from poisonbench.report.tables.stats import paired_success, wilson
-
-PAIR = ["trial", "seed", "poisons_json"]
-
-
-def outcomes(df: pd.DataFrame, method: str) -> pd.DataFrame:
-    rows = df[(df.method == method) & df.success.notna()]
-    return rows[[*PAIR, "poison_tensors_json", "success"]]
+from poisonbench.report.tables.stats import wilson
 
 
 def compare(df: pd.DataFrame, first: str, second: str) -> str:
-    """`first` − `second`: Δ pp [lo, hi] (first-only / second-only of n) p."""
-    pairs = outcomes(df, first).merge(outcomes(df, second), on=PAIR, suffixes=("", "_b"))
-    pairs = pairs[pairs.poison_tensors_json == pairs.poison_tensors_json_b]
-    ps = paired_success([bool(x) for x in pairs.success], [bool(x) for x in pairs.success_b])
+    """`first` − `second`: Δ pp [lo, hi] (first-only / second-only of n) p, paired as the report pairs runs."""
+    ps = paired_targets(df[df.method == first], df[df.method == second])
     if ps is None:
         return "–"
     mark = " **separates**" if (ps.hi < 0 or ps.lo > 0) and ps.p < 0.05 else ""

@@ -78,18 +78,24 @@ def acc_cell(st: Stat | None, opts: Options, signed: bool = False) -> Cell:
 PAIR_KEYS = ["trial", "seed", "mix", "poisons_json"]  # same seed and same poisons: the runs saw the same rows
 
 
-def paired_stat(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> Stat | None:
-    """Mean ± sample std of `test_acc` − the baseline's over the runs that share trial, seed, attack mix and
-    PoisonSets (ids and, where the records name them, tensors): those saw the same poisoned rows, initialisation
-    and batch order, so the difference cancels what they share. Runs without such a partner stay out."""
-    if rows is None or baseline is None:
-        return None
-    columns = [*PAIR_KEYS, "poison_tensors_json", "test_acc"]
+def run_pairs(rows: pd.DataFrame, baseline: pd.DataFrame, column: str) -> pd.DataFrame:
+    """`column` of each run beside the baseline's (`<column>_base`) for the runs that share trial, seed, attack mix
+    and PoisonSets (ids and, where the records name them, tensors): those saw the same poisoned rows (or target),
+    initialisation and batch order. Runs without such a partner stay out."""
+    columns = [*PAIR_KEYS, "poison_tensors_json", column]
     pairs = rows[columns].merge(baseline[columns], on=PAIR_KEYS, suffixes=("", "_base"))
     # the same poison ids crafted into other tensors are other poisons; a record that does not name its tensors
     # (before session 12) cannot tell and is paired as before
     craft, base_craft = pairs.poison_tensors_json, pairs.poison_tensors_json_base
-    pairs = pairs[(craft == base_craft) | (craft == "") | (base_craft == "")]
+    return pairs[(craft == base_craft) | (craft == "") | (base_craft == "")]
+
+
+def paired_stat(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> Stat | None:
+    """Mean ± sample std of `test_acc` − the baseline's over the paired runs (`run_pairs`): the difference cancels
+    what the two runs share."""
+    if rows is None or baseline is None:
+        return None
+    pairs = run_pairs(rows, baseline, "test_acc")
     return stat(pairs.test_acc - pairs.test_acc_base)
 
 
@@ -324,11 +330,8 @@ def paired_targets(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> 
     counts once as a pair of outcomes (Newcombe's interval and McNemar's test, `stats.paired_success`)."""
     if rows is None or baseline is None:
         return None
-    columns = [*PAIR_KEYS, "poison_tensors_json", "success"]
-    pairs = rows[columns].merge(baseline[columns], on=PAIR_KEYS, suffixes=("", "_base"))
-    craft, base_craft = pairs.poison_tensors_json, pairs.poison_tensors_json_base
-    pairs = pairs[((craft == base_craft) | (craft == "") | (base_craft == ""))
-                  & pairs.success.notna() & pairs.success_base.notna()]
+    pairs = run_pairs(rows, baseline, "success")
+    pairs = pairs[pairs.success.notna() & pairs.success_base.notna()]
     return paired_success([bool(x) for x in pairs.success], [bool(x) for x in pairs.success_base])
 
 
