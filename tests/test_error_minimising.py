@@ -335,14 +335,17 @@ def test_em_and_rem_crafts_are_functions_of_their_inputs(tiny):
         assert not torch.equal(first.delta, other.delta), name
 
 
-def test_class_wise_em_makes_the_authors_update_count_per_outer_iteration(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("rows", [600, 475])
+def test_class_wise_em_makes_the_authors_update_count_per_outer_iteration(tmp_path, monkeypatch, one_thread, rows):
     """Issue 67: each outer iteration updates the class noise 19 times, as the authors' CIFAR-10 setting does
-    (⌊0.2 · 50,000 / 512⌋), whatever the split's size: here a 20 % subset of about 96 rows, a single batch of 512
-    before (one update an iteration). The batch is min(512, ⌊subset / 19⌋); CIFAR-10's keeps the official 512."""
+    (⌊0.2 · 50,000 / 512⌋), whatever the split's size: here a 20 % subset of 96 rows (19 batches of 5, one row
+    left over), a single batch of 512 before (one update an iteration), and of 76 rows (19 batches of 4 that use
+    every row: the batches start at the subset's first row). The batch is min(512, ⌊subset / 19⌋); CIFAR-10's keeps
+    the official 512."""
     assert em.class_batch(10_000, 512, 19) == (512, 19)  # CIFAR-10: the authors' batch and count
     assert em.class_batch(780, 512, 19) == (41, 19)  # mnist-5k's 20 % subset
     assert em.class_batch(10, 512, 19) == (1, 10)  # fewer rows than updates: one row a batch, each row once
-    data = load_dataset(str(write_npz(tmp_path, n=600)))
+    data = load_dataset(str(write_npz(tmp_path, n=rows)))
     updates, real = [], em.linf_pgd
 
     def spy(model, x, labels, eps, steps, step, init, maximize):
@@ -350,8 +353,16 @@ def test_class_wise_em_makes_the_authors_update_count_per_outer_iteration(tmp_pa
         return real(model, x, labels, eps, steps, step, init, maximize=maximize)
 
     monkeypatch.setattr(em, "linf_pgd", spy)
-    attack, _ = craft("em", data, tmp_path / "results", granularity="class", max_iterations=1, train_batches=1)
+    shown = []
+    attack = ATTACKS.get("em")(data.family, granularity="class", max_iterations=1, train_batches=1)
+    ctx = AttackContext(data, attack.choose_rows(data, 1.0, 3), EPS, 1.0, 3, torch.device("cpu"),
+                        results_root=tmp_path / "results", progress=lambda *shown_now: shown.append(shown_now))
+    attack.craft(ctx)
     assert attack.params["class_updates"] == 19 and attack.training_summary["iterations"] == 1
+    # the progress bar: named for the attack and the data, at iteration 0 before and during the updates, 1 after
+    # (then the rows written)
+    name, rows_crafted = f"em · {data.name}", len(ctx.indices)
+    assert shown == [(name, 0, 1)] * 20 + [(name, 1, 1), (name, rows_crafted, rows_crafted)]
     subset = round(0.2 * len(data.train) / data.num_classes) * data.num_classes
     assert subset >= 19 and len(updates) == 19 and set(updates) == {subset // 19}
 

@@ -8,6 +8,7 @@ rendered from tests/report_records.synthetic_records(). Regenerate after an inte
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -217,6 +218,52 @@ def test_newcombe_paired_interval_matches_the_worked_example_and_covers_at_its_l
             assert covered >= 0.95 and width < 0.4, (probs, covered, width)
         else:  # φ with its sign flipped: 0.998 and 0.684
             assert 0.92 <= covered <= 0.975, (probs, covered, width)
+
+
+# Newcombe (1998, Stat. Med. 17:2635), Table III, the method-10 rows (cells e, f, g, h = both, first only, second
+# only, neither), printed to 4 decimals with z = 1.96: every branch of φ's shrinkage is among them (ad − bc < 0 in
+# (36, 12, 2, 0); 0 ≤ ad − bc ≤ n/2 in (1, 98, 0, 1); > n/2 in (53, 0, 0, 1); a zero margin in (0, 30, 0, 0)).
+NEWCOMBE_1998_TABLE_III = {
+    (36, 12, 2, 0): (0.0569, 0.3404), (20, 12, 2, 16): (0.0562, 0.3292), (18, 12, 2, 18): (0.0562, 0.3290),
+    (36, 14, 0, 0): (0.1528, 0.4167), (35, 14, 0, 1): (0.1461, 0.4175), (18, 14, 0, 18): (0.1441, 0.3963),
+    (2, 97, 1, 0): (0.8721, 0.9854), (1, 97, 1, 1): (0.8736, 0.9850), (0, 29, 1, 0): (0.6666, 0.9882),
+    (2, 98, 0, 0): (0.9178, 0.9945), (1, 98, 0, 1): (0.9171, 0.9916), (0, 30, 0, 0): (0.8395, 1.0),
+    (54, 0, 0, 0): (-0.0664, 0.0664), (53, 0, 0, 1): (-0.0729, 0.0729), (30, 0, 0, 24): (-0.0358, 0.0358),
+    (29, 0, 0, 25): (-0.0354, 0.0354), (28, 0, 0, 26): (-0.0352, 0.0352), (27, 0, 0, 27): (-0.0351, 0.0351),
+}
+
+
+@pytest.mark.parametrize("cells", sorted(NEWCOMBE_1998_TABLE_III))
+def test_newcombe_paired_interval_reproduces_newcombe_1998_table_iii(cells):
+    """Each method-10 row of the paper's Table III to its printed 4 decimals (1e-4: the paper's z is 1.96, ours
+    1.95996...)."""
+    lo, hi = tables.stats.newcombe_paired(*cells)
+    published = NEWCOMBE_1998_TABLE_III[cells]
+    assert lo == pytest.approx(published[0], abs=1e-4) and hi == pytest.approx(published[1], abs=1e-4), (lo, hi)
+
+
+def test_newcombe_paired_interval_matches_fagerland_cavo_example_and_its_edge_cases():
+    """Fagerland, Lydersen & Laake (2017, Statistical Analysis of Contingency Tables, ch. 8; their R package
+    contingencytables checks it) work Cavo et al. (2012) [[59, 6], [16, 80]] to −0.0621 in [−0.1186, −0.0046].
+    Where 0 ≤ ad − bc ≤ n/2 φ is 0, so the interval is the unpaired square-and-add of the two Wilson intervals:
+    (5, 3, 3, 3) has ad − bc = 6 between n/3 and n/2, (4, 3, 2, 3) exactly n/2. z = 0 shrinks both Wilson intervals,
+    and so the difference's, to the point estimate. No pairs: no interval; one pair: a finite one. `num` keeps no
+    NaN (a JSON summary cannot hold one)."""
+    lo, hi = tables.stats.newcombe_paired(59, 6, 16, 80)
+    assert (round(lo, 4), round(hi, 4)) == (-0.1186, -0.0046)
+    for cells in [(5, 3, 3, 3), (4, 3, 2, 3), (1, 1, 7, 12)]:
+        n = sum(cells)
+        k1, k2 = cells[0] + cells[1], cells[0] + cells[2]
+        (l1, u1), (l2, u2) = tables.stats.wilson(k1, n), tables.stats.wilson(k2, n)
+        d = (k1 - k2) / n
+        unpaired = (d - np.hypot(k1 / n - l1, u2 - k2 / n), d + np.hypot(k2 / n - l2, u1 - k1 / n))
+        assert tables.stats.newcombe_paired(*cells) == pytest.approx(unpaired, abs=1e-12), cells
+    assert tables.stats.newcombe_paired(5, 4, 1, 3, z=0.0) == pytest.approx((3 / 13, 3 / 13), abs=1e-12)
+    assert all(math.isnan(v) for v in tables.stats.newcombe_paired(0, 0, 0, 0))
+    z2 = 1.959963984540054**2  # one pair, a success both times: each Wilson interval is [1/(1 + z²), 1], φ is 0
+    assert tables.stats.newcombe_paired(1, 0, 0, 0) == pytest.approx((-z2 / (1 + z2), z2 / (1 + z2)), abs=1e-12)
+    assert tables.stats.num(math.nan) is None and tables.stats.num(None) is None
+    assert tables.stats.num(0.123456) == 0.1235
 
 
 def test_mcnemar_exact_counts_only_the_discordant_targets():
