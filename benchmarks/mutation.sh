@@ -8,8 +8,8 @@
 # copy of the working tree under $MUTATION_WORK (default a new directory in /tmp), never in this checkout. Prints
 # mutmut's survivors, then one line: `MODULE: K of N mutants killed (S survived, T timed out, ...) = P %`, also written
 # as JSON to $MUTATION_WORK/score.json, and each survivor's diff to survivors_diff.txt. Not part of CI: minutes to
-# tens of minutes per module on 2 cores. $MUTATION_LIMIT (seconds, optional) interrupts mutmut after that long (SIGINT:
-# it stops its workers and keeps every verdict so far); the score then counts only the mutants that ran ("N not run"),
+# tens of minutes per module on 2 cores. $MUTATION_LIMIT (seconds, optional) stops mutmut after that long (SIGTERM to
+# its process group: every verdict so far is kept); the score then counts only the mutants that ran ("N not run"),
 # and a later run in the same $MUTATION_WORK goes on with the rest. $MUTATION_NAMES: run only the mutants named.
 # $MUTATION_NICE (0-19, optional): run in the background of other work. Linux shares the CPU between sessions
 # (autogroups) before it looks at `nice`, so a plain `nice -n 19` started in its own session (setsid, nohup from
@@ -54,8 +54,13 @@ if [ -n "${MUTATION_NICE:-}" ]; then
     renice -n "$MUTATION_NICE" -p $$ > /dev/null
     [ -w /proc/self/autogroup ] && echo "$MUTATION_NICE" > /proc/self/autogroup 2>/dev/null || true
 fi
+# one torch thread per mutant's process: the $MUTATION_JOBS processes share the cores, and an oversubscribed torch
+# spins, which mutmut's CPU-time limit counts (spurious timeouts)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 limit=()
-[ -n "${MUTATION_LIMIT:-}" ] && limit=(timeout -s INT -k 60 "$MUTATION_LIMIT")
+# SIGTERM, not SIGINT: a script started in the background (`cmd &` in a non-interactive shell) inherits SIGINT
+# ignored, and Python then never raises KeyboardInterrupt; mutmut records each verdict as it comes, so none is lost
+[ -n "${MUTATION_LIMIT:-}" ] && limit=(timeout -s TERM -k 60 "$MUTATION_LIMIT")
 # $MUTATION_NAMES (optional): only these mutants (e.g. an earlier run's survivors, after new tests)
 read -r -a names <<< "${MUTATION_NAMES:-}"
 "${limit[@]}" "$python" -m mutmut run --max-children "${MUTATION_JOBS:-2}" "${names[@]}" > mutmut-run.log 2>&1 || true
