@@ -97,3 +97,29 @@ def test_an_interrupted_class_wise_em_craft_resumes_with_its_class_noise(tmp_pat
     resumed, _ = poisons.craft(spec, data, work)
     assert resumed.manifest["attack_info"]["resumed_iterations"] == 1
     assert torch.equal(resumed.delta, whole.delta)
+
+
+@pytest.mark.parametrize("granularity", ["sample", "class"])
+def test_every_draw_of_em_comes_from_an_attacker_seed_of_the_craft_inputs(tmp_path, monkeypatch, granularity):
+    """The crafting model's initialisation, each epoch's batch order and, class-wise, the stratified subset and each
+    iteration's order over it are seeded by `attacker_seed(domain, inputs)`, inputs = the crafting seed, the data's
+    name, the number of rows and every parameter (so two crafts share a stream only when they are the same craft,
+    and no stream is a victim's: core.seeds)."""
+    from poisonbench.attacks.base import AttackContext
+
+    data = load_dataset(str(write_npz(tmp_path, n=300)))
+    calls, real = [], em.attacker_seed
+    monkeypatch.setattr(em, "attacker_seed", lambda domain, inputs: calls.append((domain, inputs)) or real(domain,
+                                                                                                         inputs))
+    attack = ATTACKS.get("em")(data.family, granularity=granularity, max_iterations=1, train_batches=1,
+                               batch_size=64, steps=1)
+    ctx = AttackContext(data, attack.choose_rows(data, 0.5, 3), EPS, 0.5, 3, torch.device("cpu"))
+    attack.perturb(ctx)
+    inputs = {"seed": 3, "dataset": data.name, "rows": len(ctx.indices), "params": dict(sorted(attack.params.items()))}
+    expected = [("em-model", inputs)]
+    if granularity == "class":
+        expected.append(("em-subset", inputs))
+    expected.append(("em-order", {**inputs, "epoch": 0}))
+    if granularity == "class":
+        expected.append(("em-subset-order", {**inputs, "iteration": 0}))
+    assert calls == expected

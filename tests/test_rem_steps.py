@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poisonbench.attacks import ATTACKS, rem
+from poisonbench.attacks import ATTACKS, em, rem
 from poisonbench.attacks.base import AttackContext
 from poisonbench.data import load_dataset
 from poisonbench.poisons import craft_spec
@@ -176,3 +176,20 @@ def test_an_rem_craft_killed_in_its_final_noise_resumes_with_the_batches_it_fini
     resumed, _ = poisons.craft(spec, tiny, work)
     assert resumed.manifest["resumed_rows"] == 2 * 48 and resumed.manifest["attack_info"]["resumed_steps"] == 2
     assert torch.equal(resumed.delta, whole.delta)
+
+
+def test_every_draw_of_rem_comes_from_an_attacker_seed_of_the_craft_inputs(tiny, monkeypatch):
+    """The source model's initialisation, the random starts and augmentations of training, each epoch's batch order
+    and each batch of the final noise are seeded by `attacker_seed(domain, inputs)`, inputs = the crafting seed, the
+    data's name, the number of rows and every parameter (core.seeds: no stream is a victim's)."""
+    calls = []
+    for module in (rem, em):
+        real = module.attacker_seed
+        monkeypatch.setattr(module, "attacker_seed",
+                            lambda domain, inputs, real=real: calls.append((domain, inputs)) or real(domain, inputs))
+    attack = ATTACKS.get("rem")(tiny.family, schedule="budget", train_steps=2, batch_size=32, u_steps=1, a_steps=1)
+    ctx = AttackContext(tiny, attack.choose_rows(tiny, 0.3, 3), EPS, 0.3, 3, torch.device("cpu"))
+    attack.perturb(ctx)
+    inputs = {"seed": 3, "dataset": tiny.name, "rows": len(ctx.indices), "params": dict(sorted(attack.params.items()))}
+    assert calls == [("rem-model", inputs), ("rem-draws", inputs), ("rem-order", {**inputs, "epoch": 0})] + [
+        ("rem-noise", {**inputs, "batch": a}) for a in range(0, len(ctx.indices), 32)]
