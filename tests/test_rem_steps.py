@@ -133,7 +133,7 @@ def test_each_sgd_step_trains_on_the_noisy_rows_plus_their_adversary_the_model_f
 
     def adversarial(model, xt, ys, radius, steps, step, generator):
         da = real_adv(model, xt, ys, radius, steps, step, generator)
-        events.append(("adv", xt, da))
+        events.append(("adv", xt, da, radius, steps, step))
         return da
 
     def train_step(model, opt, x, y):
@@ -151,8 +151,9 @@ def test_each_sgd_step_trains_on_the_noisy_rows_plus_their_adversary_the_model_f
     trains = [i for i, e in enumerate(events) if e[0] == "train"]
     assert len(trains) == 3
     for i in trains:
-        (kind_min, xb, delta), (kind_adv, xt, da) = events[i - 2], events[i - 1]
+        (kind_min, xb, delta), (kind_adv, xt, da, radius, steps, step) = events[i - 2], events[i - 1]
         assert (kind_min, kind_adv) == ("min", "adv") and da.abs().max() > 0
+        assert (radius, steps) == (0.1, 2) and step == pytest.approx(0.1 * 0.2)  # ρ_a, a_steps, ρ_a·a_step_fraction
         assert torch.equal(xt, (xb + delta).clamp(0, 1))  # T is the identity on the MNIST family
         assert torch.equal(events[i][1], (xt + da).clamp(0, 1))
     assert not torch.equal(events[trains[0] - 2][2], events[trains[1] - 2][2])
@@ -193,3 +194,21 @@ def test_every_draw_of_rem_comes_from_an_attacker_seed_of_the_craft_inputs(tiny,
     inputs = {"seed": 3, "dataset": tiny.name, "rows": len(ctx.indices), "params": dict(sorted(attack.params.items()))}
     assert calls == [("rem-model", inputs), ("rem-draws", inputs), ("rem-order", {**inputs, "epoch": 0})] + [
         ("rem-noise", {**inputs, "batch": a}) for a in range(0, len(ctx.indices), 32)]
+
+
+def test_every_augmentation_draws_from_the_crafts_generator(tiny, monkeypatch):
+    """With an augmentation that draws (`shift`), every T of the crafting, inside the δ_u search and at the SGD
+    step, gets the craft's generator (an attacker seed's), never the global stream."""
+    generators = []
+    real = rem.augment
+
+    def augment(name, xs, generator):
+        generators.append(generator)
+        return real(name, xs, generator)
+
+    monkeypatch.setattr(rem, "augment", augment)
+    attack = ATTACKS.get("rem")(tiny.family, schedule="budget", train_steps=2, batch_size=32, u_steps=1, a_steps=1,
+                                eot_augment="shift")
+    attack.perturb(AttackContext(tiny, attack.choose_rows(tiny, 0.2, 3), EPS, 0.2, 3, torch.device("cpu")))
+    assert len(generators) == 2 * 2 + 1 and all(isinstance(g, torch.Generator) for g in generators)
+    assert generators[0] is generators[1] is generators[3]  # the training draws' one generator
