@@ -26,9 +26,13 @@ def tiny(tmp_path_factory):
     return load_dataset(str(write_npz(tmp_path_factory.mktemp("rem-steps"))))
 
 
-def linear_model(pixels: int, classes: int = 4) -> nn.Module:
+def linear_model(pixels: int, classes: int = 4, ignored: int = 0) -> nn.Module:
+    """A linear classifier of the flattened image, blind to its first `ignored` pixels (their gradient is 0)."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(pixels, classes)).eval().requires_grad_(False)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(pixels, classes))
+    with torch.no_grad():
+        model[1].weight[:, :ignored] = 0
+    return model.eval().requires_grad_(False)
 
 
 def rows(n: int = 12, size: int = 6):
@@ -76,9 +80,10 @@ def test_the_inner_adversary_ascends_from_its_random_start_and_is_absent_at_radi
 
 def test_one_descent_step_of_delta_u_is_its_fraction_of_eps_against_the_gradient_sign():
     """No adversary, one draw, no augmentation: δ_u = clip_ε(start − ε·fraction·sign(∇_δ Σ CE(f(x + start + δ)))) with
-    `start` the generator's first uniform draw in the ε-ball; two steps continue from the first."""
+    `start` the generator's first uniform draw in the ε-ball; two steps continue from the first. A pixel the model
+    ignores (gradient 0) keeps its start."""
     x, y = rows()
-    model = linear_model(36)
+    model = linear_model(36, ignored=6)
     p = {"adv_radius": 0.0, "samples": 1, "u_steps": 1, "a_steps": 0, "u_step_fraction": 0.25, "a_step_fraction": 0.2}
 
     def step(delta):
@@ -90,8 +95,53 @@ def test_one_descent_step_of_delta_u_is_its_fraction_of_eps_against_the_gradient
     one = rem.robust_min(model, x, y, EPS, p, torch.Generator().manual_seed(4), "none")
     assert torch.allclose(one, step(start), atol=1e-6)
     assert (one - start).abs().max() == pytest.approx(EPS * 0.25, abs=1e-6)  # the step, where ε does not clip it
+    assert torch.allclose(one[:, 0, 0], start[:, 0, 0], atol=1e-7)  # the first row of pixels: no gradient, no step
     two = rem.robust_min(model, x, y, EPS, {**p, "u_steps": 2}, torch.Generator().manual_seed(4), "none")
     assert torch.allclose(two, step(step(start)), atol=1e-6)
+
+
+def test_the_noisy_rows_stay_in_the_pixel_box_from_the_random_start_on():
+    """Black and white pixels: x + δ_u is in [0, 1] at the random start (the first draws), after every step and in
+    the noise returned, so a row's δ at a black pixel is ≥ 0 and at a white one ≤ 0."""
+    x = torch.zeros((8, 1, 6, 6))
+    x[:, :, 3:] = 1
+    y = torch.arange(8) % 4
+    seen = []
+    real = rem.augment
+
+    def augment(name, xs, generator):
+        seen.append(xs.detach().clone())
+        return real(name, xs, generator)
+
+    p = {"adv_radius": 0.0, "samples": 1, "u_steps": 3, "a_steps": 0, "u_step_fraction": 0.5, "a_step_fraction": 0.2}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rem, "augment", augment)
+        delta = rem.robust_min(linear_model(36), x, y, EPS, p, torch.Generator().manual_seed(4), "none")
+    assert len(seen) == 3 and all(0 <= float(xs.min()) and float(xs.max()) <= 1 for xs in seen)
+    assert float((x + delta).min()) >= 0 and float((x + delta).max()) <= 1
+    assert delta[:, :, :3].min() >= 0 and delta[:, :, 3:].max() <= 0 and delta.abs().max() > 0
+
+
+def test_the_descent_loss_is_taken_at_each_draw_plus_its_adversary(monkeypatch):
+    """The robust loss's forward pass sees T(x + δ_u) + δ_a (clipped), δ_a being the inner adversary's for those
+    draws: δ_u is made robust to the adversary, not to its opposite."""
+    x, y = rows()
+    model = linear_model(36)
+    draws, inputs = [], []
+    model.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach().clone()))
+    real = rem.augment
+
+    def augment(name, xs, generator):
+        draws.append(xs.detach().clone())
+        return real(name, xs, generator)
+
+    monkeypatch.setattr(rem, "augment", augment)
+    monkeypatch.setattr(rem, "adversarial", lambda model, xt, ys, *rest: torch.full_like(xt, 0.01))
+    p = {"adv_radius": 0.05, "samples": 2, "u_steps": 2, "a_steps": 1, "u_step_fraction": 0.2, "a_step_fraction": 0.2}
+    rem.robust_min(model, x, y, EPS, p, torch.Generator().manual_seed(4), "none")
+    assert len(inputs) == len(draws) == 2
+    for xs, seen in zip(draws, inputs, strict=True):
+        assert torch.allclose(seen, (xs + 0.01).clamp(0, 1))
 
 
 def test_each_descent_step_averages_its_draws_each_with_its_own_inner_adversary(monkeypatch):
