@@ -108,9 +108,11 @@ def test_every_draw_of_em_comes_from_an_attacker_seed_of_the_craft_inputs(tmp_pa
     from poisonbench.attacks.base import AttackContext
 
     data = load_dataset(str(write_npz(tmp_path, n=300)))
-    calls, real = [], em.attacker_seed
+    calls, subsets, real, real_subset = [], [], em.attacker_seed, em.stratified_subset
     monkeypatch.setattr(em, "attacker_seed", lambda domain, inputs: calls.append((domain, inputs)) or real(domain,
                                                                                                          inputs))
+    monkeypatch.setattr(em, "stratified_subset", lambda y, portion, g: subsets.append(g.initial_seed()) or
+                        real_subset(y, portion, g))
     attack = ATTACKS.get("em")(data.family, granularity=granularity, max_iterations=1, train_batches=1,
                                batch_size=64, steps=1)
     ctx = AttackContext(data, attack.choose_rows(data, 0.5, 3), EPS, 0.5, 3, torch.device("cpu"))
@@ -123,3 +125,95 @@ def test_every_draw_of_em_comes_from_an_attacker_seed_of_the_craft_inputs(tmp_pa
     if granularity == "class":
         expected.append(("em-subset-order", {**inputs, "iteration": 0}))
     assert calls == expected
+    assert subsets == ([real("em-subset", inputs)] if granularity == "class" else [])
+
+
+def em_context(data, attack, portion=0.5, progress=None):
+    from poisonbench.attacks.base import AttackContext
+
+    return AttackContext(data, attack.choose_rows(data, portion, 3), EPS, portion, 3, torch.device("cpu"),
+                         progress=progress)
+
+
+@pytest.fixture(scope="module")
+def rows300(tmp_path_factory):
+    return load_dataset(str(write_npz(tmp_path_factory.mktemp("em-helpers"), n=300)))
+
+
+def test_class_wise_em_trains_each_iteration_on_the_rows_its_last_error_was_measured_on(rows300, monkeypatch):
+    """Min-min, class-wise: the first iteration's model batches are the clean rows (the class noise starts at 0);
+    each later one's are rows of the x + noise[y] whose error ended the iteration before; the batches are the
+    stream's 0, 1, 2, ... in order."""
+    events, asked = [], []
+    real_batch, real_train, real_error = em.BatchStream.batch, em.train_step, em.error_rate
+
+    def batch(self, k):
+        asked.append(k)
+        idx = real_batch(self, k)
+        events.append(("batch", idx))
+        return idx
+
+    monkeypatch.setattr(em.BatchStream, "batch", batch)
+    monkeypatch.setattr(em, "train_step", lambda model, opt, x, y: events.append(("train", x.clone())) or
+                        real_train(model, opt, x, y))
+    monkeypatch.setattr(em, "error_rate", lambda model, x, y: events.append(("error", x.clone())) or
+                        real_error(model, x, y))
+    attack = ATTACKS.get("em")(rows300.family, granularity="class", max_iterations=3, stop_error=0.0, lr=1e-4,
+                               train_batches=2, batch_size=32)
+    ctx = em_context(rows300, attack)
+    attack.perturb(ctx)
+    assert attack.training_summary["iterations"] == 3 and asked == list(range(6))
+    x = rows300.train.x[ctx.indices].float().div(255)
+    current, trained = x, 0
+    for (kind, value), nxt in zip(events, events[1:] + [(None, None)], strict=True):
+        if kind == "batch":
+            assert nxt[0] == "train" and torch.allclose(nxt[1], current[value], atol=1e-7)
+            trained += 1
+        elif kind == "error":
+            assert not torch.allclose(value, x)  # the class noise moved the rows
+            current = value
+    assert trained == 6
+
+
+def test_em_stops_at_the_first_iteration_whose_error_reaches_the_stop_error(rows300):
+    """The stop condition is checked after each iteration (never before the first) and holds at equality; the
+    recorded error is the final crafting model's on the returned x + δ."""
+    attack = ATTACKS.get("em")(rows300.family, granularity="class", max_iterations=3, stop_error=0.0,
+                               train_batches=2)
+    ctx = em_context(rows300, attack, portion=1.0)
+    delta = attack.perturb(ctx)
+    assert attack.training_summary == {"iterations": 1, "final_train_error": 0.0, "stopped": True}
+    x, y = rows300.train.x[ctx.indices].float().div(255), rows300.train.y[ctx.indices]
+    assert em.error_rate(attack.crafting_model, (x + delta).clamp(0, 1), y) == 0.0
+    attack = ATTACKS.get("em")(rows300.family, max_iterations=3, stop_error=1.0, steps=1, train_batches=1)
+    delta = attack.perturb(em_context(rows300, attack, portion=1.0))
+    summary = attack.training_summary
+    assert summary["iterations"] == 1 and summary["stopped"]
+    assert summary["final_train_error"] == em.error_rate(attack.crafting_model, (x + delta).clamp(0, 1), y)
+
+
+def test_sample_wise_em_continues_each_rows_noise_from_the_iteration_before(rows300, monkeypatch):
+    """Sample-wise, each iteration's PGD on a batch of rows starts from their δ of the iteration before (δ is
+    carried, not restarted from 0); the progress bar counts the iterations, once per noise batch."""
+    calls, shown = [], []
+    real = em.linf_pgd
+
+    def linf_pgd(model, x, y, eps, steps, step, init, maximize):
+        out = real(model, x, y, eps, steps, step, init, maximize=maximize)
+        calls.append((init.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(em, "linf_pgd", linf_pgd)
+    attack = ATTACKS.get("em")(rows300.family, max_iterations=2, stop_error=0.0, steps=2, train_batches=1,
+                               batch_size=64, lr=1e-4)
+    ctx = em_context(rows300, attack, progress=lambda *now: shown.append(now))
+    attack.perturb(ctx)
+    assert attack.training_summary["iterations"] == 2
+    per_iteration = -(-len(ctx.indices) // 64)
+    assert len(calls) == 2 * per_iteration
+    for j in range(per_iteration):
+        assert not calls[j][0].any()  # the first iteration starts from 0
+        assert torch.equal(calls[per_iteration + j][0], calls[j][1])
+    name = f"em · {rows300.name}"
+    assert shown == [(name, 0, 2)] + [(name, 0, 2)] * per_iteration + [(name, 1, 2)] + [
+        (name, 1, 2)] * per_iteration + [(name, 2, 2)]
