@@ -217,3 +217,31 @@ def test_sample_wise_em_continues_each_rows_noise_from_the_iteration_before(rows
     name = f"em · {rows300.name}"
     assert shown == [(name, 0, 2)] + [(name, 0, 2)] * per_iteration + [(name, 1, 2)] + [
         (name, 1, 2)] * per_iteration + [(name, 2, 2)]
+
+
+@pytest.mark.parametrize("granularity", ["sample", "class"])
+def test_an_em_craft_killed_after_its_last_saved_iteration_resumes_without_training(tmp_path, monkeypatch,
+                                                                                   granularity):
+    """Killed after the state of its last iteration was saved (before the PoisonSet was written), the craft
+    resumes with nothing left to train and returns the δ of an uninterrupted craft, sample-wise and class-wise."""
+    from poisonbench import poisons
+
+    data = load_dataset(str(write_npz(tmp_path, n=300)))
+    spec = craft_spec(data, "em", eps=EPS, budget=0.5, seed=3, granularity=granularity, max_iterations=2,
+                      stop_error=0.0, train_batches=1, steps=2, lr=1e-4)
+    whole, _ = poisons.craft(spec, data, tmp_path / "whole")
+    real_save = em.StateFile.save
+
+    def save(self, model, opt, tensors, counters):
+        real_save(self, model, opt, tensors, counters)
+        if counters["iteration"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(em.StateFile, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        poisons.craft(spec, data, tmp_path / "interrupted")
+    monkeypatch.setattr(em.StateFile, "save", real_save)
+    monkeypatch.setattr(em, "train_step", lambda *args: pytest.fail("a finished craft trained again"))
+    resumed, _ = poisons.craft(spec, data, tmp_path / "interrupted")
+    assert resumed.manifest["attack_info"]["resumed_iterations"] == 2
+    assert torch.equal(resumed.delta, whole.delta)
