@@ -245,3 +245,23 @@ def test_an_em_craft_killed_after_its_last_saved_iteration_resumes_without_train
     resumed, _ = poisons.craft(spec, data, tmp_path / "interrupted")
     assert resumed.manifest["attack_info"]["resumed_iterations"] == 2
     assert torch.equal(resumed.delta, whole.delta)
+
+
+@pytest.mark.parametrize("accel", ["auto", "off"])
+def test_the_noise_is_searched_on_an_inference_copy_of_the_crafting_model_in_the_crafts_mode(rows300, monkeypatch,
+                                                                                             accel):
+    """Each iteration's δ search runs on `inference_copy` of the frozen crafting model, handed one row of the data
+    (its shape picks the kernels) and the craft's `--accel` mode (`off`: the model's own modules)."""
+    copies, real = [], em.inference_copy
+
+    def inference_copy(model, sample, mode):
+        copies.append((model.training, sample.shape, mode))
+        return real(model, sample, mode)
+
+    monkeypatch.setattr(em, "inference_copy", inference_copy)
+    attack = ATTACKS.get("em")(rows300.family, granularity="class", max_iterations=2, stop_error=0.0, lr=1e-4,
+                               train_batches=1)
+    ctx = em_context(rows300, attack)
+    ctx.accel = accel
+    attack.perturb(ctx)
+    assert copies == [(False, (1, 1, 16, 16), accel)] * 2
