@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from poisonbench.core.hashing import short_hash
@@ -171,6 +172,11 @@ def test_statistics():
     for missing in (None, float("nan"), np.nan):
         assert tables.stat([0.9, missing, 0.92, 0.94]) == tables.stat([0.9, 0.92, 0.94])
     assert tables.stat([None, float("nan")]) is None
+    # parameter matching (`close`) includes its tolerance's bound, for a number and a column alike
+    tol = tables.stats.TOL
+    assert tables.stats.close(0.0, tol) and not tables.stats.close(0.0, 2 * tol)
+    assert tables.stats.close(pd.Series([0.0, 2 * tol]), tol).tolist() == [True, True]
+    assert tables.stats.close(pd.Series([0.0, 3 * tol]), 0.0).tolist() == [True, False]
 
 
 def test_wilson_intervals_stay_in_0_1_and_table3_never_prints_minus_0_or_above_100():
