@@ -64,3 +64,24 @@ def test_nearest_bases_drop_the_drawn_rows_and_refuse_fixed_ones_in_one_line():
     assert str(raised.value) == ("bases=nearest chooses the poisons' bases; a setup file fixes them (give one or the "
                                  "other)")
     assert ATTACKS.get("bp")("mnist").aim(target, fixed=True) == target
+
+
+@pytest.mark.parametrize("name", ["bp", "gm"])
+def test_a_targets_bases_are_drawn_from_the_intended_class_of_the_scenarios_pool_or_kept_when_fixed(tmp_path, name):
+    """`choose_rows`: ⌊budget·n⌋ rows of the intended class, drawn from the seed in the pool of the attack's scenario
+    (BP: transfer's, GM: scratch's), as `draw_target` draws them; a target's fixed rows are its rows, sorted."""
+    from poisonbench.attacks.targets import base_pool, draw_target
+    from poisonbench.data import load_dataset
+
+    from .conftest import write_npz
+
+    data = load_dataset(str(write_npz(tmp_path, n=400)))
+    attack = ATTACKS.get(name)("mnist")
+    scenario = attack.params["scenario"]
+    true_class = int(data.test.y[7])
+    intended = (true_class + 1) % data.num_classes
+    rows = attack.choose_rows(data, 0.02, 5, Target(7, true_class, intended))
+    assert rows.tolist() == list(draw_target(data, 5, scenario, 0.02, 7, intended).rows)
+    assert len(rows) == int(0.02 * len(data.train)) and set(data.train.y[rows].tolist()) == {intended}
+    assert set(rows.tolist()) <= set(base_pool(data, intended, scenario).tolist())
+    assert attack.choose_rows(data, 0.02, 5, Target(7, true_class, intended, rows=(9, 2))).tolist() == [2, 9]
