@@ -85,3 +85,30 @@ def test_a_targets_bases_are_drawn_from_the_intended_class_of_the_scenarios_pool
     assert len(rows) == int(0.02 * len(data.train)) and set(data.train.y[rows].tolist()) == {intended}
     assert set(rows.tolist()) <= set(base_pool(data, intended, scenario).tolist())
     assert attack.choose_rows(data, 0.02, 5, Target(7, true_class, intended, rows=(9, 2))).tolist() == [2, 9]
+
+
+def test_nearest_bases_come_from_the_scenarios_pool_nearest_the_target(tmp_path):
+    """`bases` nearest (transfer): the ⌊budget·n⌋ rows of the intended class in the transfer set (the pool BP's
+    victim fine-tunes on) nearest the target in the crafting model's features, never rows outside that pool."""
+    import torch
+
+    from poisonbench.attacks.base import AttackContext
+    from poisonbench.attacks.targets import base_pool, nearest_rows
+    from poisonbench.data import load_dataset
+    from poisonbench.engine.models import build_model
+
+    from .conftest import write_npz
+
+    data = load_dataset(str(write_npz(tmp_path, n=400)))
+    attack = ATTACKS.get("bp")("mnist", bases="nearest")
+    true_class = int(data.test.y[7])
+    intended = (true_class + 1) % data.num_classes
+    pool = base_pool(data, intended, "transfer")
+    assert len(pool) < int((data.train.y == intended).sum())  # the transfer set is part of the split
+    ctx = AttackContext(data, torch.arange(0), 0.3, 0.02, 5, torch.device("cpu"),
+                        target=Target(7, true_class, intended))
+    ctx._surrogate = build_model("convnet", data, seed=11).eval().requires_grad_(False)
+    rows = attack.rows_for(ctx)
+    assert len(rows) == int(0.02 * len(data.train)) and set(rows.tolist()) <= set(pool.tolist())
+    nearest, _ = nearest_rows(ctx._surrogate, data, pool, 7, len(rows), ctx.device)
+    assert sorted(rows.tolist()) == sorted(nearest.tolist())
