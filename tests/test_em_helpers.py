@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from poisonbench import poisons
 from poisonbench.attacks import ATTACKS, em
+from poisonbench.attacks.base import AttackContext
 from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset
 from poisonbench.poisons import craft_spec
@@ -83,12 +85,11 @@ def test_sample_wise_em_leaves_the_class_wise_options_out_of_its_parameters():
     assert classes["class_portion"] == 0.2 and classes["class_updates"] == 19
 
 
-def test_an_interrupted_class_wise_em_craft_resumes_with_its_class_noise(tmp_path, monkeypatch, one_thread):
+def test_an_interrupted_class_wise_em_craft_resumes_with_its_class_noise(rows300, tmp_path, monkeypatch,
+                                                                         one_thread):
     """Class-wise EM keeps its class noise (not a per-row δ) after each outer iteration: killed in the second, the craft
     resumes from the first's noise and ends with the δ of an uninterrupted craft."""
-    from poisonbench import poisons
-
-    data = load_dataset(str(write_npz(tmp_path, n=300)))
+    data = rows300
     spec = craft_spec(data, "em", eps=EPS, budget=1.0, seed=3, granularity="class", max_iterations=2,
                       stop_error=0.0, train_batches=2, lr=1e-4)  # a slow model: the error stays above 0
     whole, _ = poisons.craft(spec, data, tmp_path / "whole")
@@ -100,14 +101,12 @@ def test_an_interrupted_class_wise_em_craft_resumes_with_its_class_noise(tmp_pat
 
 
 @pytest.mark.parametrize("granularity", ["sample", "class"])
-def test_every_draw_of_em_comes_from_an_attacker_seed_of_the_craft_inputs(tmp_path, monkeypatch, granularity):
+def test_every_draw_of_em_comes_from_an_attacker_seed_of_the_craft_inputs(rows300, monkeypatch, granularity):
     """The crafting model's initialisation, each epoch's batch order and, class-wise, the stratified subset and each
     iteration's order over it are seeded by `attacker_seed(domain, inputs)`, inputs = the crafting seed, the data's
     name, the number of rows and every parameter (so two crafts share a stream only when they are the same craft,
     and no stream is a victim's: core.seeds)."""
-    from poisonbench.attacks.base import AttackContext
-
-    data = load_dataset(str(write_npz(tmp_path, n=300)))
+    data = rows300
     calls, subsets, real, real_subset = [], [], em.attacker_seed, em.stratified_subset
     monkeypatch.setattr(em, "attacker_seed", lambda domain, inputs: calls.append((domain, inputs)) or real(domain,
                                                                                                          inputs))
@@ -129,8 +128,6 @@ def test_every_draw_of_em_comes_from_an_attacker_seed_of_the_craft_inputs(tmp_pa
 
 
 def em_context(data, attack, portion=0.5, progress=None):
-    from poisonbench.attacks.base import AttackContext
-
     return AttackContext(data, attack.choose_rows(data, portion, 3), EPS, portion, 3, torch.device("cpu"),
                          progress=progress)
 
@@ -220,13 +217,11 @@ def test_sample_wise_em_continues_each_rows_noise_from_the_iteration_before(rows
 
 
 @pytest.mark.parametrize("granularity", ["sample", "class"])
-def test_an_em_craft_killed_after_its_last_saved_iteration_resumes_without_training(tmp_path, monkeypatch,
+def test_an_em_craft_killed_after_its_last_saved_iteration_resumes_without_training(rows300, tmp_path, monkeypatch,
                                                                                    granularity):
     """Killed after the state of its last iteration was saved (before the PoisonSet was written), the craft
     resumes with nothing left to train and returns the δ of an uninterrupted craft, sample-wise and class-wise."""
-    from poisonbench import poisons
-
-    data = load_dataset(str(write_npz(tmp_path, n=300)))
+    data = rows300
     spec = craft_spec(data, "em", eps=EPS, budget=0.5, seed=3, granularity=granularity, max_iterations=2,
                       stop_error=0.0, train_batches=1, steps=2, lr=1e-4)
     whole, _ = poisons.craft(spec, data, tmp_path / "whole")

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from poisonbench import poisons
 from poisonbench.attacks import ATTACKS, em, rem
 from poisonbench.attacks.base import AttackContext
 from poisonbench.data import load_dataset
@@ -217,8 +218,6 @@ def test_each_sgd_step_trains_on_the_noisy_rows_plus_their_adversary_the_model_f
 def test_an_rem_craft_killed_in_its_final_noise_resumes_with_the_batches_it_finished(tiny, tmp_path, monkeypatch):
     """The final noise is kept batch by batch: killed in its third batch, the craft resumes with the first two from
     disk (counted as resumed rows) and ends with the δ of an uninterrupted craft."""
-    from poisonbench import poisons
-
     spec = craft_spec(tiny, "rem", eps=EPS, budget=1.0, seed=3, schedule="budget", train_steps=2, u_steps=2,
                       a_steps=1, batch_size=48)
     whole, _ = poisons.craft(spec, tiny, tmp_path / "whole")

@@ -6,11 +6,22 @@ nearest bases with fixed ones (issue 64: targeted.py's mutation run, session 53)
 from __future__ import annotations
 
 import pytest
+import torch
 
 from poisonbench.attacks import ATTACKS
-from poisonbench.attacks.base import Target
+from poisonbench.attacks.base import AttackContext, Target
+from poisonbench.attacks.targets import base_pool, draw_target, nearest_rows
 from poisonbench.core.errors import PoisonbenchError
+from poisonbench.data import load_dataset
+from poisonbench.engine.models import build_model
 from poisonbench.engine.recipes import resolve_recipe
+
+from .conftest import write_npz
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_dataset(str(write_npz(tmp_path_factory.mktemp("targeted-params"), n=400)))
 
 
 def test_the_surrogate_model_is_recorded_only_when_it_is_not_the_familys_default():
@@ -67,15 +78,10 @@ def test_nearest_bases_drop_the_drawn_rows_and_refuse_fixed_ones_in_one_line():
 
 
 @pytest.mark.parametrize("name", ["bp", "gm"])
-def test_a_targets_bases_are_drawn_from_the_intended_class_of_the_scenarios_pool_or_kept_when_fixed(tmp_path, name):
+def test_a_targets_bases_are_drawn_from_the_intended_class_of_the_scenarios_pool_or_kept_when_fixed(tiny, name):
     """`choose_rows`: ⌊budget·n⌋ rows of the intended class, drawn from the seed in the pool of the attack's scenario
     (BP: transfer's, GM: scratch's), as `draw_target` draws them; a target's fixed rows are its rows, sorted."""
-    from poisonbench.attacks.targets import base_pool, draw_target
-    from poisonbench.data import load_dataset
-
-    from .conftest import write_npz
-
-    data = load_dataset(str(write_npz(tmp_path, n=400)))
+    data = tiny
     attack = ATTACKS.get(name)("mnist")
     scenario = attack.params["scenario"]
     true_class = int(data.test.y[7])
@@ -87,19 +93,10 @@ def test_a_targets_bases_are_drawn_from_the_intended_class_of_the_scenarios_pool
     assert attack.choose_rows(data, 0.02, 5, Target(7, true_class, intended, rows=(9, 2))).tolist() == [2, 9]
 
 
-def test_nearest_bases_come_from_the_scenarios_pool_nearest_the_target(tmp_path):
+def test_nearest_bases_come_from_the_scenarios_pool_nearest_the_target(tiny):
     """`bases` nearest (transfer): the ⌊budget·n⌋ rows of the intended class in the transfer set (the pool BP's
     victim fine-tunes on) nearest the target in the crafting model's features, never rows outside that pool."""
-    import torch
-
-    from poisonbench.attacks.base import AttackContext
-    from poisonbench.attacks.targets import base_pool, nearest_rows
-    from poisonbench.data import load_dataset
-    from poisonbench.engine.models import build_model
-
-    from .conftest import write_npz
-
-    data = load_dataset(str(write_npz(tmp_path, n=400)))
+    data = tiny
     attack = ATTACKS.get("bp")("mnist", bases="nearest")
     true_class = int(data.test.y[7])
     intended = (true_class + 1) % data.num_classes
