@@ -10,15 +10,23 @@
 # the same code and GPU (engine.checkpoints.execution_identity): an H200 (`run` with kind nvidia-h200) and the
 # poisonbench sources that saved it, fingerprint e10d4dbcafb2adbd = commit 153066d's. Here, before the call:
 #   rm -rf .remcode && mkdir .remcode && git archive 153066d poisonbench | tar x -C .remcode   (.remcode is ignored)
-# and in the call: carry [".whl", ".remcode"], REM_CODE=.remcode (the crafts run those sources; the rest today's).
+# and in the call: carry [".whl", ".remcode"], REM_CODE=.remcode (the crafts run those sources; the rest today's),
+# e.g. `REM_CODE=.remcode TAGS=eps03 DEFEND=0 DEADLINE=585 CRAFT_LIMIT=600 OUT=$OUT experiments/rem_official_gpu.sh`
+# with timeout_s 600 (availability.md: what to do with what comes back).
 #
 #   OUT=out RESULTS=results CRAFT_LIMIT=420 experiments/rem_official_gpu.sh
+#
+# A call that the device tool kills at its limit returns only what is under $OUT then: so every SAVE_EVERY (30) s
+# the workspace's saved states are snapshotted into $OUT/state.tgz (written whole, then renamed), and DEADLINE
+# (seconds from the script's start, e.g. 585 for a 600-second call) shortens each craft's limit so that the craft
+# ends, and its PoisonSet is packed, before the call does. DEFEND=0 skips the `none` runs: they need no GPU (a CPU
+# trains them on the PoisonSet of poisons_<tag>.tgz), and every second of a call is the craft's.
 #
 # CPU rehearsal: DEVICE=cpu INSTALL=0 RESUME=0 REM_EXTRA="--schedule budget --train-steps 2 --u-steps 1 --a-steps 1"
 # DEFEND_EXTRA="--epochs 1 --trials 1" experiments/rem_official_gpu.sh
 # Output under $OUT: summary.txt (one line per step: exit status, seconds, poison id, accuracies), logs.tgz (every
 # log and JSON reply), records.tgz (the workspace's run records), poisons_<tag>.tgz (each finished PoisonSet), and
-# state_<tag>.tgz (an unfinished craft's saved state).
+# state.tgz (the saved states of the crafts not finished: the workspace's partial/ folder).
 set -u
 cd "$(dirname "$0")/.." || exit 2
 OUT=${OUT:-$PWD/rem-gpu-out}
@@ -31,6 +39,22 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/logs"
 SUMMARY=$OUT/summary.txt
 say() { echo "$*" | tee -a "$SUMMARY"; }
+START=$SECONDS
+# the saved states of unfinished crafts, as $OUT/state.tgz: whole or not at all (a kill mid-write leaves the last)
+snapshot() {
+    [ -d "$POISONBENCH_RESULTS/partial" ] || return 0
+    tar czf "$OUT/state.tgz.part" -C "$POISONBENCH_RESULTS" partial 2>/dev/null && mv -f "$OUT/state.tgz.part" "$OUT/state.tgz"
+}
+# a craft's time limit: CRAFT_LIMIT, cut so that it ends DEADLINE_MARGIN (20) s before DEADLINE (when set)
+craft_limit() {
+    local limit=$CRAFT_LIMIT left
+    if [ -n "${DEADLINE:-}" ]; then
+        left=$((DEADLINE - (SECONDS - START) - ${DEADLINE_MARGIN:-20}))
+        [ "$left" -lt "$limit" ] && limit=$left
+    fi
+    [ "$limit" -lt 1 ] && limit=1
+    echo "$limit"
+}
 
 if [ -d experiments/rem_official_state ] && [ "${RESUME:-1}" = 1 ]; then
     mkdir -p "$POISONBENCH_RESULTS/partial"
@@ -50,14 +74,14 @@ one() {
     local tag=$1 t0=$SECONDS rc id
     shift
     # shellcheck disable=SC2086
-    PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE} timeout -k 10 "$CRAFT_LIMIT" $PY -m poisonbench craft --attack rem --dataset mnist-5k --device "$DEVICE" --json \
+    PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE} timeout -k 10 "$(craft_limit)" $PY -m poisonbench craft --attack rem --dataset mnist-5k --device "$DEVICE" --json \
         "$@" ${REM_EXTRA:-} >"$OUT/logs/craft_$tag.json" 2>"$OUT/logs/craft_$tag.log"
     rc=$?
     id=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["poison_id"])' "$OUT/logs/craft_$tag.json" \
         2>/dev/null)
     say "craft $tag ($*): exit $rc in $((SECONDS - t0)) s, poison id ${id:-none}"
     if [ -z "$id" ]; then
-        tar czf "$OUT/state_$tag.tgz" -C "$POISONBENCH_RESULTS" partial 2>/dev/null
+        snapshot
         $PY - "$POISONBENCH_RESULTS" <<'PYEOF' | tee -a "$SUMMARY"
 import json, sys
 from pathlib import Path
@@ -69,6 +93,7 @@ PYEOF
         return
     fi
     tar czf "$OUT/poisons_$tag.tgz" -C "$POISONBENCH_RESULTS" "poisons/$id"
+    [ "${DEFEND:-1}" = 1 ] || { say "defend none $tag: skipped (DEFEND=0)"; return; }
     t0=$SECONDS
     # shellcheck disable=SC2086
     timeout -k 10 "$DEFEND_LIMIT" $PY -m poisonbench defend --dataset mnist-5k --recipe paper --method none \
@@ -88,9 +113,20 @@ print([r.get("test_acc") for r in runs])' "$OUT/logs/defend_$tag.json" 2>&1 | ta
 
 # TAGS (default both): which crafts to run, e.g. TAGS=eps03 for one alone (0.225 s a step on an H200 against 0.44
 # for each of two side by side)
-case " ${TAGS:-eps8 eps03} " in *" eps8 "*) one eps8 & ;; esac
-case " ${TAGS:-eps8 eps03} " in *" eps03 "*) one eps03 --eps 0.3 --adv-radius 0.15 & ;; esac
-wait
+pids=()
+case " ${TAGS:-eps8 eps03} " in *" eps8 "*) one eps8 & pids+=($!) ;; esac
+case " ${TAGS:-eps8 eps03} " in *" eps03 "*) one eps03 --eps 0.3 --adv-radius 0.15 & pids+=($!) ;; esac
+STOP=$POISONBENCH_RESULTS/.snapshots-stop  # the saver checks it every second (no sleep outlives the script)
+rm -f "$STOP"
+( while :; do
+      for _ in $(seq "${SAVE_EVERY:-30}"); do [ -e "$STOP" ] && exit 0; sleep 1; done
+      snapshot
+  done ) &
+saver=$!
+wait "${pids[@]}"
+touch "$STOP"
+wait "$saver"
+snapshot
 tar czf "$OUT/records.tgz" -C "$POISONBENCH_RESULTS" --exclude poisons --exclude partial --exclude locks . 2>/dev/null
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
 say "rem_official_gpu: done $(date -u +%FT%TZ)"
