@@ -37,4 +37,15 @@ runq ops --eps 4
 runq ops --eps 16
 runq em --granularity class
 runq em --granularity class --eps 0.3
-# REM's official schedule (the default since issue 67) is weeks of this CPU (docs/fidelity.md): not run here
+# session 54: the same under the official search (every position: on mnist-5k the border) and with the former one
+# class-noise update an iteration, so each issue-67 row has its matched quick-recipe run; then every run of
+# experiments/grids/availability-issue67.toml (3 trials) and of experiments/grids/dpsgd-convnet-gn.toml
+runq ops --eps 1 --margin 0
+runq ops --eps 4 --margin 0
+runq ops --eps 16 --margin 0
+runq em --granularity class --class-updates 1
+runq em --granularity class --class-updates 1 --eps 0.3
+python -m poisonbench sweep run experiments/grids/availability-issue67.toml --results "$RESULTS"
+python -m poisonbench sweep run experiments/grids/dpsgd-convnet-gn.toml --results "$RESULTS"
+# REM's official schedule (the default since issue 67) is about 93 hours of this CPU (availability.md): not run here;
+# experiments/rem_official_gpu.sh crafts it on a GPU
