@@ -39,13 +39,19 @@ runq em --granularity class
 runq em --granularity class --eps 0.3
 # session 54: the same under the official search (every position: on mnist-5k the border) and with the former one
 # class-noise update an iteration, so each issue-67 row has its matched quick-recipe run; then every run of
-# experiments/grids/availability-issue67.toml (3 trials) and of experiments/grids/dpsgd-convnet-gn.toml
+# experiments/grids/availability-issue67.toml and availability-issue67-paper.toml (3 trials) and of
+# experiments/grids/dpsgd-convnet-gn.toml
 runq ops --eps 1 --margin 0
 runq ops --eps 4 --margin 0
 runq ops --eps 16 --margin 0
 runq em --granularity class --class-updates 1
 runq em --granularity class --class-updates 1 --eps 0.3
+# three more class-wise EM crafts at 0.3 (one craft is one sample: availability.md)
+pb craft --attack em --granularity class --class-updates 1 --eps 0.3 --max-iterations 20 --dataset mnist-5k --results "$RESULTS"
+pb craft --attack em --granularity class --class-updates 1 --eps 0.3 --seed 1 --dataset mnist-5k --results "$RESULTS"
+pb craft --attack em --granularity class --eps 0.3 --seed 1 --dataset mnist-5k --results "$RESULTS"
 python -m poisonbench sweep run experiments/grids/availability-issue67.toml --results "$RESULTS"
+python -m poisonbench sweep run experiments/grids/availability-issue67-paper.toml --results "$RESULTS"
 python -m poisonbench sweep run experiments/grids/dpsgd-convnet-gn.toml --results "$RESULTS"
 # REM's official schedule (the default since issue 67) is about 93 hours of this CPU (availability.md): not run here;
 # experiments/rem_official_gpu.sh crafts it on a GPU
