@@ -10,9 +10,13 @@
 # the same code and GPU (engine.checkpoints.execution_identity): an H200 (`run` with kind nvidia-h200) and the
 # poisonbench sources that saved it, fingerprint e10d4dbcafb2adbd = commit 153066d's. Here, before the call:
 #   rm -rf .remcode && mkdir .remcode && git archive 153066d poisonbench | tar x -C .remcode   (.remcode is ignored)
-# and in the call: carry [".whl", ".remcode"], REM_CODE=.remcode (the crafts run those sources; the rest today's),
-# e.g. `REM_CODE=.remcode TAGS=eps03 DEFEND=0 DEADLINE=585 CRAFT_LIMIT=600 OUT=$OUT experiments/rem_official_gpu.sh`
-# with timeout_s 600 (availability.md: what to do with what comes back).
+# and in the call: carry [".whl", ".remcode"], REM_CODE=.remcode (the crafts run those sources, with PYTHONSAFEPATH
+# so that the working directory's do not shadow them; the rest today's), e.g.
+# `REM_CODE=.remcode TAGS=eps03 DEFEND=0 DEADLINE=592 DEADLINE_MARGIN=14 CRAFT_LIMIT=600 OUT=$OUT experiments/rem_official_gpu.sh`
+# with timeout_s 600 (availability.md: what to do with what comes back). Before crafting, a preflight prints the
+# sources the crafts import and whether each saved state would be resumed; one that would not (other code, GPU,
+# torch, cuDNN) stops the call with exit 3 unless RESTART_OK=1. The workspace ($RESULTS, ignored) stays on a warm
+# machine, so a second call made at once resumes from the first's last state.
 #
 #   OUT=out RESULTS=results CRAFT_LIMIT=420 experiments/rem_official_gpu.sh
 #
@@ -69,12 +73,41 @@ if [ "${INSTALL:-1}" = 1 ]; then
     say "install: exit $? in $((SECONDS - t0)) s"
 fi
 
+# Python for the crafts: REM_CODE's sources first on the path; PYTHONSAFEPATH keeps `python -m` from putting the
+# working directory (today's sources) ahead of them, which once restarted a 2,590-step craft from zero (session 55)
+craft_py() { PYTHONSAFEPATH=1 PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE} $PY "$@"; }
+# before any GPU second goes to a craft: would each saved state be resumed (prepare_partial's rule)? A state that
+# would not is named with what differs, and the call stops (exit 3) unless RESTART_OK=1
+craft_py - "$POISONBENCH_RESULTS" "$DEVICE" <<'PYEOF' 2>&1 | tee -a "$SUMMARY"
+import json, sys
+from pathlib import Path
+import torch
+import poisonbench
+from poisonbench.engine.checkpoints import execution_identity
+device = torch.device(sys.argv[2])
+now = {**execution_identity(device), "accel": "auto"}
+print(f"preflight: crafts import {Path(poisonbench.__file__).parent}, code fingerprint {now['code']}")
+bad = 0
+for f in sorted(Path(sys.argv[1], "partial").glob("*/identity.json")):
+    saved = {k: v for k, v in json.loads(f.read_text()).items() if k != "forced"}
+    differ = [f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in sorted(set(saved) | set(now))
+              if saved.get(k) != now.get(k)]
+    print(f"  state {f.parent.name}: " + ("resumable" if not differ else "NOT resumable: " + ", ".join(differ)))
+    bad += bool(differ)
+sys.exit(3 if bad else 0)
+PYEOF
+preflight=${PIPESTATUS[0]}
+if [ "$preflight" != 0 ] && [ "${RESTART_OK:-0}" != 1 ]; then
+    say "preflight: exit $preflight, no craft started (RESTART_OK=1 crafts anyway, from zero where not resumable)"
+    exit 3
+fi
+
 # one TAG CRAFT-OPTIONS...: craft REM (official schedule unless $REM_EXTRA says otherwise), then `none` on it
 one() {
     local tag=$1 t0=$SECONDS rc id
     shift
     # shellcheck disable=SC2086
-    PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE} timeout -k 10 "$(craft_limit)" $PY -m poisonbench craft --attack rem --dataset mnist-5k --device "$DEVICE" --json \
+    PYTHONSAFEPATH=1 PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE} timeout -k 10 "$(craft_limit)" $PY -m poisonbench craft --attack rem --dataset mnist-5k --device "$DEVICE" --json \
         "$@" ${REM_EXTRA:-} >"$OUT/logs/craft_$tag.json" 2>"$OUT/logs/craft_$tag.log"
     rc=$?
     id=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["poison_id"])' "$OUT/logs/craft_$tag.json" \

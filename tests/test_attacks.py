@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 from poisonbench.attacks import ATTACKS, deepconfuse, deepconfuse_nets
 from poisonbench.attacks.base import EPS_TOLERANCE, AttackContext, Target, budget_count, select_indices
 from poisonbench.attacks.surrogate import load_or_train_surrogate, surrogate_id, surrogate_path, surrogate_spec
-from poisonbench.core.errors import PoisonbenchError
+from poisonbench.core.errors import PoisonbenchError, PoisonbenchWarning
 from poisonbench.core.hashing import canonical_json
 from poisonbench.data import load_dataset
 from poisonbench.engine.models import build_model
@@ -387,7 +387,8 @@ def test_an_interrupted_pgd_craft_resumes_from_its_finished_batches(tiny, tmp_pa
     identity = (partial / "identity.json").read_text()
     (partial / "identity.json").write_text(identity.replace('"cpu"', '"cuda"'))
     monkeypatch.setattr(pgd, "linf_pgd", original)
-    again, _ = poisons.craft(spec, data, work, compile="off", force=True)
+    with pytest.warns(PoisonbenchWarning, match="not resumed .*device='cuda' \\(now 'cpu'\\); crafting starts over"):
+        again, _ = poisons.craft(spec, data, work, compile="off", force=True)
     assert "resumed_rows" not in again.manifest and torch.equal(again.delta, whole.delta)
     # and a fresh `craft --force` never adopts the partial state of an interrupted plain craft
     shutil.rmtree(poisons.poison_dir(work, spec.poison_id))

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..attacks import ATTACKS
 from ..attacks.base import AttackContext, PoisonSet, ProgressFn, Target
-from ..core.errors import PoisonbenchError
+from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.io import atomic_write_json, exclusive, os_error_in_one_line
 from ..core.provenance import environment, peak_memory
 from ..core.registry import plugins_used
@@ -113,7 +114,13 @@ def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str
         same = {k: v for k, v in saved.items() if k != "forced"} == identity
         keep = same and (not force or saved.get("forced") is True)
     except (OSError, ValueError, AttributeError):  # none yet, or unreadable
-        keep = False
+        saved, same, keep = None, False, False
+    if isinstance(saved, dict) and not same and any(f.name != path.name for f in partial.iterdir()):
+        # hours of a craft's state are about to go: say so, and why (a silent restart cost a GPU call, issue 67)
+        differ = [f"{k}={saved.get(k)!r} (now {identity.get(k)!r})" for k in sorted(set(saved) | set(identity))
+                  if k != "forced" and saved.get(k) != identity.get(k)]
+        warnings.warn(f"the interrupted craft's state in {partial} is not resumed (an exact resume needs the same "
+                      f"execution): {', '.join(differ)}; crafting starts over", PoisonbenchWarning, stacklevel=2)
     if not keep:
         shutil.rmtree(partial, ignore_errors=True)
         with os_error_in_one_line("an interrupted craft's state", path):
