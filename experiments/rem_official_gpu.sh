@@ -75,7 +75,8 @@ fi
 
 # Python for the crafts: REM_CODE's sources first on the path; PYTHONSAFEPATH keeps `python -m` from putting the
 # working directory (today's sources) ahead of them, which once restarted a 2,590-step craft from zero (session 55)
-craft_py() { PYTHONSAFEPATH=1 PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE} $PY "$@"; }
+CRAFT_ENV=(PYTHONSAFEPATH=1 "PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE}")
+craft_py() { env "${CRAFT_ENV[@]}" $PY "$@"; }
 # before any GPU second goes to a craft: would each saved state be resumed (prepare_partial's rule)? A state that
 # would not is named with what differs, and the call stops (exit 3) unless RESTART_OK=1
 craft_py - "$POISONBENCH_RESULTS" "$DEVICE" <<'PYEOF' 2>&1 | tee -a "$SUMMARY"
@@ -107,7 +108,7 @@ one() {
     local tag=$1 t0=$SECONDS rc id
     shift
     # shellcheck disable=SC2086
-    PYTHONSAFEPATH=1 PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE} timeout -k 10 "$(craft_limit)" $PY -m poisonbench craft --attack rem --dataset mnist-5k --device "$DEVICE" --json \
+    timeout -k 10 "$(craft_limit)" env "${CRAFT_ENV[@]}" $PY -m poisonbench craft --attack rem --dataset mnist-5k --device "$DEVICE" --json \
         "$@" ${REM_EXTRA:-} >"$OUT/logs/craft_$tag.json" 2>"$OUT/logs/craft_$tag.log"
     rc=$?
     id=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["poison_id"])' "$OUT/logs/craft_$tag.json" \
