@@ -53,5 +53,10 @@ pb craft --attack em --granularity class --eps 0.3 --seed 1 --dataset mnist-5k -
 python -m poisonbench sweep run experiments/grids/availability-issue67.toml --results "$RESULTS"
 python -m poisonbench sweep run experiments/grids/availability-issue67-paper.toml --results "$RESULTS"
 python -m poisonbench sweep run experiments/grids/dpsgd-convnet-gn.toml --results "$RESULTS"
+# session 55: REM's budget schedule at 0.3, two crafting seeds, 3 trials under the paper recipe: the matched row for
+# REM's official one (experiments/grids/rem-budget-eps03.toml)
+pb craft --attack rem --schedule budget --eps 0.3 --adv-radius 0.15 --dataset mnist-5k --results "$RESULTS"
+pb craft --attack rem --schedule budget --eps 0.3 --adv-radius 0.15 --seed 1 --dataset mnist-5k --results "$RESULTS"
+python -m poisonbench sweep run experiments/grids/rem-budget-eps03.toml --results "$RESULTS"
 # REM's official schedule (the default since issue 67) is about 93 hours of this CPU (availability.md): not run here;
 # experiments/rem_official_gpu.sh crafts it on a GPU
