@@ -15,8 +15,8 @@
 # `REM_CODE=.remcode TAGS=eps03 DEFEND=0 DEADLINE=592 DEADLINE_MARGIN=14 CRAFT_LIMIT=600 OUT=$OUT experiments/rem_official_gpu.sh`
 # with timeout_s 600 (availability.md: what to do with what comes back). Before crafting, a preflight prints the
 # sources the crafts import and whether each saved state would be resumed; one that would not (other code, GPU,
-# torch, cuDNN) stops the call with exit 3 unless RESTART_OK=1. The workspace ($RESULTS, ignored) stays on a warm
-# machine, so a second call made at once resumes from the first's last state.
+# torch, cuDNN) stops the call with exit 3 unless RESTART_OK=1. With RESULTS=/tmp/rem-ws the workspace is outside
+# the checkout and stays on a warm machine, so a second call made at once resumes from the first's last state.
 #
 #   OUT=out RESULTS=results CRAFT_LIMIT=420 experiments/rem_official_gpu.sh
 #
@@ -93,7 +93,13 @@ for f in sorted(Path(sys.argv[1], "partial").glob("*/identity.json")):
     saved = {k: v for k, v in json.loads(f.read_text()).items() if k != "forced"}
     differ = [f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in sorted(set(saved) | set(now))
               if saved.get(k) != now.get(k)]
-    print(f"  state {f.parent.name}: " + ("resumable" if not differ else "NOT resumable: " + ", ".join(differ)))
+    try:  # where the craft would go on from (REM's StateFile keeps its counters in the file's metadata)
+        from safetensors import safe_open
+        with safe_open(str(f.parent / "rem.safetensors"), "pt") as h:
+            at = f" at {json.loads(h.metadata()['counters'])}"
+    except Exception:
+        at = " (no readable REM state)"
+    print(f"  state {f.parent.name}{at}: " + ("resumable" if not differ else "NOT resumable: " + ", ".join(differ)))
     bad += bool(differ)
 sys.exit(3 if bad else 0)
 PYEOF

@@ -35,14 +35,14 @@ def saved_state(results: Path, code: str) -> None:
     thread: the script's processes run with OMP_NUM_THREADS=1)."""
     import torch
 
-    from poisonbench.engine.checkpoints import execution_identity
+    from poisonbench.engine.checkpoints import execution_identity, write_state
 
     state = results / "partial" / "0123456789abcdef"
     state.mkdir(parents=True)
     identity = {**execution_identity(torch.device("cpu")), "code": code, "threads": 1, "accel": "auto",
                 "forced": False}
     (state / "identity.json").write_text(json.dumps(identity))
-    (state / "rem.safetensors").write_bytes(b"")
+    write_state(state / "rem.safetensors", {"w": torch.zeros(1)}, {"counters": json.dumps({"step": 70})})
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the script is bash")
@@ -61,7 +61,8 @@ def test_a_state_the_crafts_would_not_resume_stops_the_call_before_any_craft(tmp
     assert f"crafts import {copy / 'poisonbench'}, code fingerprint " in summary
     copied = summary.split("code fingerprint ")[1].split()[0]
     assert copied != code_fingerprint()
-    assert f"state 0123456789abcdef: NOT resumable: code={code_fingerprint()!r} (now {copied!r})" in summary
+    refused = f"NOT resumable: code={code_fingerprint()!r} (now {copied!r})"
+    assert f"state 0123456789abcdef at {{'step': 70}}: {refused}" in summary
     assert "no craft started" in summary
     assert not (tmp_path / "out" / "logs" / "craft_eps03.log").exists()
 
@@ -72,7 +73,7 @@ def test_a_state_saved_by_the_same_sources_passes_the_preflight(tmp_path):
     at once here by the deadline, which leaves the state in the call's state.tgz)."""
     saved_state(tmp_path / "results", code_fingerprint())
     done, summary = run_script(tmp_path)
-    assert "state 0123456789abcdef: resumable" in summary
+    assert "state 0123456789abcdef at {'step': 70}: resumable" in summary
     assert f"crafts import {ROOT / 'poisonbench'}" in summary
     assert "craft eps03 (--eps 0.3 --adv-radius 0.15): exit" in summary, done.stderr
     assert (tmp_path / "out" / "state.tgz").exists()
