@@ -542,3 +542,25 @@ def test_a_surrogate_file_of_other_inputs_is_refused(tiny, tmp_path):
     path.write_bytes(st_save(state, metadata={"spec": canonical_json(surrogate_spec(data)), "info": json.dumps({})}))
     _, info = load_or_train_surrogate(data, tmp_path / "results", torch.device("cpu"))
     assert info["trained"] is False
+
+
+def test_a_discarded_craft_state_is_warned_about_only_when_it_held_work(tmp_path):
+    """prepare_partial warns (naming what differs) when it deletes saved work of another execution; a folder that
+    holds only the identity of a craft killed before its first save goes quietly."""
+    import warnings as _warnings
+
+    from poisonbench.poisons import prepare_partial
+
+    cpu = torch.device("cpu")
+    partial = tmp_path / "partial" / "0123456789abcdef"
+    prepare_partial(partial, cpu, force=False)
+    identity = json.loads((partial / "identity.json").read_text())
+    (partial / "identity.json").write_text(json.dumps({**identity, "torch": "0.0"}))
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        prepare_partial(partial, cpu, force=False)  # nothing but the identity: no warning
+    (partial / "identity.json").write_text(json.dumps({**identity, "torch": "0.0"}))
+    (partial / "rows-0-10.safetensors").write_bytes(b"work")
+    with pytest.warns(PoisonbenchWarning, match=r"torch='0.0' \(now '[^']+'\); crafting starts over"):
+        prepare_partial(partial, cpu, force=False)
+    assert sorted(f.name for f in partial.iterdir()) == ["identity.json"]

@@ -76,6 +76,13 @@ def execution_identity(device: torch.device) -> dict:
     return identity
 
 
+def identity_differences(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key=saved (now current)` for each key of either execution identity whose values differ: what a warning
+    about state that is not resumed names."""
+    return [f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in sorted(set(saved) | set(now))
+            if k not in ignore and saved.get(k) != now.get(k)]
+
+
 class Checkpoint:
     """The checkpoint file of one run. `identity` names what must match for a resume to be exact."""
 
@@ -95,8 +102,7 @@ class Checkpoint:
             return None
         saved = state.get("identity") or {}
         if saved != self.identity:
-            differ = [f"{k}={saved.get(k)!r} (now {self.identity.get(k)!r})"
-                      for k in sorted(set(saved) | set(self.identity)) if saved.get(k) != self.identity.get(k)]
+            differ = identity_differences(saved, self.identity)
             warnings.warn(f"checkpoint {self.path} not resumed (an exact resume needs the same execution): "
                           f"{', '.join(differ)}; training starts over", PoisonbenchWarning, stacklevel=2)
             return None

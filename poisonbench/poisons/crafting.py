@@ -20,7 +20,7 @@ from ..core.registry import plugins_used
 from ..core.workspace import workspace_dir
 from ..data.catalog import DATASETS
 from ..engine import termination
-from ..engine.checkpoints import execution_identity
+from ..engine.checkpoints import execution_identity, identity_differences
 from ..engine.kernels import check_accel_mode, use_mode
 from .spec import CraftSpec
 from .store import check_writable, exists, labels_hash, load, save
@@ -117,8 +117,7 @@ def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str
         saved, same, keep = None, False, False
     if isinstance(saved, dict) and not same and any(f.name != path.name for f in partial.iterdir()):
         # hours of a craft's state are about to go: say so, and why (a silent restart cost a GPU call, issue 67)
-        differ = [f"{k}={saved.get(k)!r} (now {identity.get(k)!r})" for k in sorted(set(saved) | set(identity))
-                  if k != "forced" and saved.get(k) != identity.get(k)]
+        differ = identity_differences(saved, identity, ignore=("forced",))
         warnings.warn(f"the interrupted craft's state in {partial} is not resumed (an exact resume needs the same "
                       f"execution): {', '.join(differ)}; crafting starts over", PoisonbenchWarning, stacklevel=2)
     if not keep:
