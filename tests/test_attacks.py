@@ -561,6 +561,17 @@ def test_a_discarded_craft_state_is_warned_about_only_when_it_held_work(tmp_path
         prepare_partial(partial, cpu, force=False)  # nothing but the identity: no warning
     (partial / "identity.json").write_text(json.dumps({**identity, "torch": "0.0"}))
     (partial / "rows-0-10.safetensors").write_bytes(b"work")
-    with pytest.warns(PoisonbenchWarning, match=r"torch='0.0' \(now '[^']+'\); crafting starts over"):
+    with pytest.warns(PoisonbenchWarning, match=r"torch='0.0' \(now '[^']+'\); crafting starts over \(the state "
+                                                 r"is kept in .*discarded/0123456789abcdef"):
         prepare_partial(partial, cpu, force=False)
+    assert sorted(f.name for f in partial.iterdir()) == ["identity.json"]
+    # the discarded state is kept whole beside the craft's new one; the next discarded one replaces it
+    kept = tmp_path / "partial" / "discarded" / "0123456789abcdef"
+    assert (kept / "rows-0-10.safetensors").read_bytes() == b"work"
+    assert json.loads((kept / "identity.json").read_text())["torch"] == "0.0"
+    (partial / "identity.json").write_text(json.dumps({**identity, "torch": "0.1"}))
+    (partial / "rows-10-20.safetensors").write_bytes(b"more")
+    with pytest.warns(PoisonbenchWarning, match="torch='0.1'"):
+        prepare_partial(partial, cpu, force=False)
+    assert sorted(f.name for f in kept.iterdir()) == ["identity.json", "rows-10-20.safetensors"]
     assert sorted(f.name for f in partial.iterdir()) == ["identity.json"]

@@ -157,21 +157,24 @@ def test_runs_on_rems_budget_schedule_get_a_labelled_column_of_their_own():
     poison label says so too."""
     def rem(acc, trial, schedule):
         r = single("none", "rem", acc, trial)
-        r["inputs"] = {"poisons": [{"attack": "rem", "poison_id": schedule[0] * 16, "schedule": schedule}]}
-        r["config"]["poison"]["poison_ids"] = {"rem": schedule[0] * 16}
+        r["inputs"] = {"poisons": [{"attack": "rem", "poison_id": short_hash(schedule), "schedule": schedule}]}
+        r["config"]["poison"]["poison_ids"] = {"rem": short_hash(schedule)}
         r["run_id"] = short_hash(r["config"])
         return r
 
-    t = build([rem(0.90, 0, "official"), rem(0.97, 0, "budget"), rem(0.96, 1, "budget")])
+    cut = "official+train_steps=2590"
+    t = build([rem(0.90, 0, "official"), rem(0.97, 0, "budget"), rem(0.96, 1, "budget"), rem(0.5, 0, cut)])
     block = next(b for b in t.blocks if b.title.startswith("mnist-5k"))
-    assert block.columns == ["defense", "rem", "rem (budget)"]
+    assert block.columns == ["defense", "rem", "rem (budget)", f"rem ({cut})"]
     c = cells(t)
     assert c[("none", "rem")]["n"] == 1 and c[("none", "rem")]["mean"] == pytest.approx(90.0)
     assert c[("none", "rem (budget)")]["n"] == 2 and c[("none", "rem (budget)")]["mean"] == pytest.approx(96.5)
+    assert c[("none", f"rem ({cut})")]["n"] == 1 and c[("none", f"rem ({cut})")]["mean"] == pytest.approx(50.0)
     from poisonbench.report.tables.records import record_row
 
     assert record_row(rem(0.97, 0, "budget"))["poison_label"].endswith("[schedule rem=budget]")
     assert "schedule" not in record_row(rem(0.90, 0, "official"))["poison_label"]
+    assert record_row(rem(0.5, 0, cut))["poison_label"].endswith(f"[schedule rem={cut}]")
 
 
 def test_rem_runs_recorded_before_rem_had_a_schedule_are_labelled_budget():

@@ -90,3 +90,35 @@ def test_the_budget_schedule_is_named_and_explicit_options_win():
     official = cls("mnist", u_steps=3).params
     assert {k: official[k] for k in rem.OFFICIAL} == {**rem.OFFICIAL, "u_steps": 3}
     assert cls("mnist").params != cls("mnist", schedule="budget").params  # two poison ids
+
+
+def test_a_cut_or_altered_schedule_is_never_labelled_as_the_schedule_itself():
+    """The label records and tables carry (`Attack.schedule_label`): the schedule's name, then each option it sets
+    that has another value; a family-dependent option (the budget's draws) is compared only for a known family."""
+    cls = ATTACKS.get("rem")
+    assert cls.schedule_label(cls("mnist").params, "mnist") == "official"
+    assert cls.schedule_label(cls("mnist", u_steps=10).params, "mnist") == "official"  # given, but the official 10
+    assert cls.schedule_label(cls("mnist", train_steps=2590).params, "mnist") == "official+train_steps=2590"
+    assert (cls.schedule_label(cls("mnist", train_steps=9, samples=2).params, "mnist")
+            == "official+train_steps=9+samples=2")
+    assert cls.schedule_label(cls("mnist", schedule="budget").params, "mnist") == "budget"
+    two = cls("mnist", schedule="budget", samples=2).params
+    assert cls.schedule_label(two, "mnist") == "budget+samples=2"
+    assert cls.schedule_label(two, "cifar10") == "budget" and cls.schedule_label(two, None) == "budget"
+    assert cls.schedule_label({}, "mnist") is None  # a PoisonSet made before REM had a schedule
+    assert ATTACKS.get("pgd").schedule_label(ATTACKS.get("pgd")("mnist").params, "mnist") is None
+
+
+def test_a_runs_record_names_the_cut_schedule_of_its_poisons():
+    """`poison_entry` (the record's inputs) labels a PoisonSet by `schedule_label`, with the family of the dataset
+    it was crafted on; an attack no longer registered keeps its `schedule` parameter as it is."""
+    from poisonbench.experiment.run_inputs import poison_entry
+
+    cut = {"dataset": "mnist-5k", "params": ATTACKS.get("rem")("mnist", train_steps=2590).params}
+    assert poison_entry("rem", cut)["schedule"] == "official+train_steps=2590"
+    two = {"dataset": "mnist-5k", "params": ATTACKS.get("rem")("mnist", schedule="budget", samples=2).params}
+    assert poison_entry("rem", two)["schedule"] == "budget+samples=2"
+    assert poison_entry("rem", {**two, "dataset": "cifar10"})["schedule"] == "budget"
+    assert poison_entry("rem", {**two, "dataset": "mine.npz"})["schedule"] == "budget"
+    assert poison_entry("gone", {"params": {"schedule": "fast"}})["schedule"] == "fast"
+    assert "schedule" not in poison_entry("pgd", {"dataset": "mnist-5k", "params": {"steps": 10}})

@@ -242,6 +242,12 @@ class Attack:
         return DEFAULT_EPS[family]
 
     @classmethod
+    def schedule_label(cls, params: dict, family: str | None) -> str | None:
+        """The schedule a PoisonSet with these (resolved) `params` was crafted on, as records and tables name it
+        (issue 67): None for an attack without named schedules."""
+        return None
+
+    @classmethod
     def default_budget(cls) -> float:
         """`--budget` when not given: every row (the untargeted mix takes its rows from the whole split)."""
         return 1.0

@@ -144,6 +144,21 @@ class REM(Attack):
             if self.params[name] is None:
                 self.params[name] = value[self.family] if isinstance(value, dict) else value
 
+    @classmethod
+    def schedule_label(cls, params: dict, family: str | None) -> str | None:
+        """`--schedule`'s name, followed by each option it sets that was given another value
+        (`official+train_steps=2590`): a cut or altered schedule is never labelled as the schedule itself. A key
+        whose value depends on the family is compared only where the family is known."""
+        name = params.get("schedule")
+        if name not in SCHEDULES:
+            return name
+        changed = []
+        for key, value in SCHEDULES[name].items():
+            expected = value.get(family) if isinstance(value, dict) else value
+            if expected is not None and key in params and params[key] != expected:
+                changed.append(f"{key}={params[key]}")
+        return "+".join([name, *changed])
+
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):  # seeds the model's init without touching the caller's global RNG
             return self._perturb(ctx)

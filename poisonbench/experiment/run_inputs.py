@@ -41,12 +41,30 @@ def poison_threat(manifest: dict) -> str | None:
     return DEFAULT_IMPORT_THREAT if manifest.get("imported_from") is not None and manifest.get("target") else None
 
 
+def schedule_label(attack: str, manifest: dict) -> str | None:
+    """The schedule a PoisonSet was crafted on (`Attack.schedule_label`: REM's `official`, `budget`, or either with
+    the options given other values, `official+train_steps=2590`); None where its attack has none. A PoisonSet of
+    an attack or dataset no longer registered keeps its `schedule` parameter as it is."""
+    from ..attacks import ATTACKS
+    from ..data.catalog import DATASETS
+
+    params = manifest.get("params") or {}
+    if params.get("schedule") is None:
+        return None
+    if attack not in ATTACKS:
+        return str(params["schedule"])
+    dataset = manifest.get("dataset")
+    family = DATASETS.get(dataset).family if isinstance(dataset, str) and dataset in DATASETS else None
+    return ATTACKS.get(attack).schedule_label(params, family)
+
+
 def poison_entry(attack: str, manifest: dict) -> dict:
     """One PoisonSet of a run, by content (module docstring); with its `schedule` where its attack has one (REM:
-    `official` or `budget`), so that a table can label the runs on a budget schedule."""
+    `official` or `budget`, cut or altered ones named so), so that a table can label the runs not on the official
+    schedule."""
     env = manifest.get("env") or {}
     imported = manifest.get("imported_from")
-    schedule = (manifest.get("params") or {}).get("schedule")
+    schedule = schedule_label(attack, manifest)
     return ({"schedule": schedule} if schedule is not None else {}) | {
         "attack": attack,
         "poison_id": manifest.get("poison_id"),

@@ -102,11 +102,18 @@ def _craft_and_save(spec: CraftSpec, dataset, results_root, device, progress, fo
     return poison, False
 
 
+DISCARDED = "discarded"  # partial/discarded/<poison id>: the last state of a craft not resumed (prepare_partial)
+
+
 def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str = "auto") -> None:
     """Keep `partial` (an interrupted craft's state) only if it was saved under this execution identity and accel
     mode (the same rule as training checkpoints) and, for `force`, by a forced craft too: `craft --force` starts
     anew, but the same `craft --force` run again after a kill resumes it. Otherwise start it empty. Either way it
-    then records the identity of the craft that writes into it (`forced`: whether a forced craft started it)."""
+    then records the identity of the craft that writes into it (`forced`: whether a forced craft started it).
+
+    State saved under another execution is not deleted but moved to `partial/discarded/<poison id>/` (replacing an
+    older one there), with a warning naming what differs and where it went: hours of a craft a user may still want
+    to finish elsewhere (issue 67: `experiments/rem_truncated.py` finished such states' final noise on a CPU)."""
     path = partial / "identity.json"
     identity = {**execution_identity(device), "accel": accel}
     try:
@@ -118,8 +125,14 @@ def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str
     if isinstance(saved, dict) and not same and any(f.name != path.name for f in partial.iterdir()):
         # hours of a craft's state are about to go: say so, and why (a silent restart cost a GPU call, issue 67)
         differ = identity_differences(saved, identity, ignore=("forced",))
+        kept = partial.parent / DISCARDED / partial.name
+        with os_error_in_one_line("an interrupted craft's state", kept):
+            shutil.rmtree(kept, ignore_errors=True)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            partial.rename(kept)
         warnings.warn(f"the interrupted craft's state in {partial} is not resumed (an exact resume needs the same "
-                      f"execution): {', '.join(differ)}; crafting starts over", PoisonbenchWarning, stacklevel=2)
+                      f"execution): {', '.join(differ)}; crafting starts over (the state is kept in {kept} until "
+                      "another discarded state of this craft replaces it)", PoisonbenchWarning, stacklevel=2)
     if not keep:
         shutil.rmtree(partial, ignore_errors=True)
         with os_error_in_one_line("an interrupted craft's state", path):

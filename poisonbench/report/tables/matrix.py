@@ -63,8 +63,9 @@ def attack_order(attacks: set[str], wanted: list[str] | None) -> list[str]:
 
 
 def schedule_of(schedules: pd.Series) -> pd.Series:
-    """A single-attack run's schedule other than the official one ("budget"), "" when official or unknown."""
-    return schedules.fillna("").str.split("=").str[-1]
+    """A single-attack run's schedule other than the official one ("budget", "official+train_steps=2590"), ""
+    when official or unknown ("rem=official+train_steps=2590": what follows the attack's name)."""
+    return schedules.fillna("").str.split("=", n=1).str[-1]
 
 
 def columns_of(df: pd.DataFrame, rho: float, wanted: list[str] | None) -> list[tuple[str, str, str]]:
