@@ -60,3 +60,11 @@ pb craft --attack rem --schedule budget --eps 0.3 --adv-radius 0.15 --seed 1 --d
 python -m poisonbench sweep run experiments/grids/rem-budget-eps03.toml --results "$RESULTS"
 # REM's official schedule (the default since issue 67) is about 93 hours of this CPU (availability.md): not run here;
 # experiments/rem_official_gpu.sh crafts it on a GPU
+# session 56: the official craft cut where the GPU sessions left it (ε 0.3 at step 2,590, 8/255 at 900), its final
+# noise made here from the saved states (experiments/rem_truncated.py), 3 trials (experiments/grids/rem-official-cut.toml)
+python experiments/rem_truncated.py experiments/rem_official_state/6a89e4dc1e627a93 --eps 0.3 --adv-radius 0.15 \
+    --results "$RESULTS"
+pb craft --attack rem --eps 0.3 --adv-radius 0.15 --train-steps 2590 --device cpu --dataset mnist-5k --results "$RESULTS"
+python experiments/rem_truncated.py experiments/rem_official_state/84bd1a9c668bd8d2 --results "$RESULTS"
+pb craft --attack rem --train-steps 900 --device cpu --dataset mnist-5k --results "$RESULTS"
+python -m poisonbench sweep run experiments/grids/rem-official-cut.toml --results "$RESULTS"
