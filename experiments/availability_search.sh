@@ -68,3 +68,9 @@ pb craft --attack rem --eps 0.3 --adv-radius 0.15 --train-steps 2590 --device cp
 python experiments/rem_truncated.py experiments/rem_official_state/84bd1a9c668bd8d2 --results "$RESULTS"
 pb craft --attack rem --train-steps 900 --device cpu --dataset mnist-5k --results "$RESULTS"
 python -m poisonbench sweep run experiments/grids/rem-official-cut.toml --results "$RESULTS"
+# ... and the budget's inner settings with 10 and 25 times its source-model training (rem-source-steps-eps03.toml)
+pb craft --attack rem --schedule budget --train-steps 400 --lr-decay-every 160 --eps 0.3 --adv-radius 0.15 \
+    --dataset mnist-5k --results "$RESULTS"
+pb craft --attack rem --schedule budget --train-steps 1000 --lr-decay-every 400 --eps 0.3 --adv-radius 0.15 \
+    --dataset mnist-5k --results "$RESULTS"
+python -m poisonbench sweep run experiments/grids/rem-source-steps-eps03.toml --results "$RESULTS"
