@@ -113,7 +113,7 @@ def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str
 
     State saved under another execution is not deleted but moved to `partial/discarded/<poison id>/` (replacing an
     older one there), with a warning naming what differs and where it went: hours of a craft a user may still want
-    to finish elsewhere (issue 67: `experiments/rem_truncated.py` finished such states' final noise on a CPU)."""
+    to finish elsewhere (issue 67: `experiments/rem_truncated.py` finished two GPU states' final noise on a CPU)."""
     path = partial / "identity.json"
     identity = {**execution_identity(device), "accel": accel}
     try:
@@ -123,7 +123,7 @@ def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str
     except (OSError, ValueError, AttributeError):  # none yet, or unreadable
         saved, same, keep = None, False, False
     if isinstance(saved, dict) and not same and any(f.name != path.name for f in partial.iterdir()):
-        # hours of a craft's state are about to go: say so, and why (a silent restart cost a GPU call, issue 67)
+        # hours of a craft's state are set aside: say so, why, and where (a silent restart cost a GPU call, issue 67)
         differ = identity_differences(saved, identity, ignore=("forced",))
         kept = partial.parent / DISCARDED / partial.name
         with os_error_in_one_line("an interrupted craft's state", kept):
