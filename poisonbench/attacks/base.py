@@ -248,6 +248,19 @@ class Attack:
         return None
 
     @classmethod
+    def objective(cls, params: dict) -> str | None:
+        """The objective a PoisonSet with these `params` was crafted with, where one attack name covers two
+        (FC: forest's `mean-feature` or the per-poison collision, `per-poison`; docs/fidelity.md), as records
+        name it; None for an attack with one objective."""
+        return None
+
+    @classmethod
+    def report_column(cls, params: dict) -> str:
+        """The attack's column in the tables, figures and the HTML page: its name, or one name per objective
+        where it has two (FC: `fc` and `fc-pp`), so that a column never pools two objectives."""
+        return cls.name
+
+    @classmethod
     def default_budget(cls) -> float:
         """`--budget` when not given: every row (the untargeted mix takes its rows from the whole split)."""
         return 1.0

@@ -91,6 +91,22 @@ def feature_collision(model, base: torch.Tensor, target: torch.Tensor, eps: floa
     return (x - base).detach(), info
 
 
+# The two objectives `fc` implements, by `--impl`: (the objective's name in records, the report column). A reader
+# must never see them under one name: forest's matches the poisons' mean feature to the target's (what HINT ran),
+# toxic's pulls each poison onto the target (Shafahi et al. Eq. 1, ART, the Toxic benchmark).
+OBJECTIVES = {"forest": ("mean-feature", "fc"), "toxic": ("per-poison", "fc-pp")}
+
+
+def objective_of(params: dict) -> tuple[str, str]:
+    """(objective, report column) of a PoisonSet's params (`OBJECTIVES`): forest's where `impl` is unset (records
+    from before the option); an impl this version does not know keeps a column of its own, never pooled."""
+    params = params or {}
+    impl = params.get("impl")
+    if impl is None:  # a record that names the objective only (a `--poison-set` run's inputs), or none at all
+        impl = next((i for i, (objective, _) in OBJECTIVES.items() if objective == params.get("objective")), "forest")
+    return OBJECTIVES.get(impl, (str(impl), f"fc-{impl}"))
+
+
 class FC(ForestOrToxic):
     name = "fc"
     summary = "Feature Collision (forest's poison-frogs recipe, or --impl toxic; targeted, clean-label)"
@@ -110,6 +126,16 @@ class FC(ForestOrToxic):
         super().__init__(family, **params)
         settle_iterations(self, params, FC_PAPER_ITERATIONS)
 
+    @classmethod
+    def objective(cls, params: dict) -> str:
+        """`mean-feature` (--impl forest, and records from before `impl` existed) or `per-poison` (--impl toxic)."""
+        return objective_of(params)[0]
+
+    @classmethod
+    def report_column(cls, params: dict) -> str:
+        """`fc` (FC-mean: forest's mean-feature objective, the paper's column) or `fc-pp` (FC-per-poison)."""
+        return objective_of(params)[1]
+
     def perturb(self, ctx: AttackContext) -> torch.Tensor:
         p = self.params
         x, _, target = poison_tensors(ctx)
@@ -118,7 +144,7 @@ class FC(ForestOrToxic):
             description = f"{self.name} · {ctx.dataset.name}"
             delta, info = feature_collision(model, x, target, ctx.eps, p["lr"], p["iterations"], p["watermark"],
                                             lambda done, total: ctx.report(description, done, total))
-            self.training_summary = {"impl": "toxic", **info}
+            self.training_summary = {"impl": "toxic", "objective": OBJECTIVES["toxic"][0], **info}
             return delta.cpu()
         with torch.no_grad():
             target_features = model.features(target)
@@ -127,5 +153,5 @@ class FC(ForestOrToxic):
             return poison_frogs_loss(model.features(inputs), target_features)
 
         delta, info = self.brew().run(ctx, self.name, x, objective)
-        self.training_summary = {"impl": "forest", **info}
+        self.training_summary = {"impl": "forest", "objective": OBJECTIVES["forest"][0], **info}
         return delta

@@ -58,6 +58,16 @@ def schedule_label(attack: str, manifest: dict) -> str | None:
     return ATTACKS.get(attack).schedule_label(params, family)
 
 
+def objective_label(attack: str, manifest: dict) -> str | None:
+    """The objective a PoisonSet was crafted with where its attack names two (`Attack.objective`: FC's
+    `mean-feature` or `per-poison`); None for other attacks and attacks no longer registered."""
+    from ..attacks import ATTACKS
+
+    if attack not in ATTACKS:
+        return None
+    return ATTACKS.get(attack).objective(manifest.get("params") or {})
+
+
 def poison_entry(attack: str, manifest: dict) -> dict:
     """One PoisonSet of a run, by content (module docstring); with its `schedule` where its attack has one (REM:
     `official` or `budget`, cut or altered ones named so), so that a table can label the runs not on the official
@@ -65,7 +75,9 @@ def poison_entry(attack: str, manifest: dict) -> dict:
     env = manifest.get("env") or {}
     imported = manifest.get("imported_from")
     schedule = schedule_label(attack, manifest)
-    return ({"schedule": schedule} if schedule is not None else {}) | {
+    objective = objective_label(attack, manifest)
+    return ({"schedule": schedule} if schedule is not None else {}) | (
+        {"objective": objective} if objective is not None else {}) | {
         "attack": attack,
         "poison_id": manifest.get("poison_id"),
         "tensors_sha256": manifest.get("tensor_sha256"),

@@ -8,6 +8,8 @@ the targeted attacks), IV (HINT's sensitivity to r and β), V (execution time).
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from ...core.errors import unknown_choice
@@ -49,7 +51,9 @@ from .records import (
     mix_note,
     primary,
     settings,
+    split_budget_key,
     untargeted,
+    with_budget_rows,
 )
 from .stats import PairedSuccess, Stat, close, num, paired_success, stat, wilson
 
@@ -353,15 +357,49 @@ def paired_success_cell(ps: PairedSuccess | None) -> tuple[Cell, dict]:
                         "paired_high": num(100 * ps.hi), "paired_p": num(ps.p, 6)}
 
 
+def budget_row_labels(methods: list[str], chosen: dict) -> dict[str, str]:
+    """Row labels where a method has budget rows (`records.choose_parameters(budgets=True)`): every row of that
+    method names its β ("HINT (β 0.062)", "HINT (β 0.3)"), so a reader sees which budget each row used."""
+    bases = {split_budget_key(m)[0] for m in methods if split_budget_key(m)[1] is not None}
+    labels = {}
+    for m in methods:
+        base, beta = split_budget_key(m)
+        if base not in bases:
+            continue
+        beta = beta if beta is not None else row_budget(chosen.get(m))
+        labels[m] = f"{method_label(base)} (β {beta:g})" if beta is not None else method_label(base)
+    return labels
+
+
+def row_budget(rows: pd.DataFrame | None) -> float | None:
+    """The β of a cell's runs where they share one (a defense with a budget), else None."""
+    if rows is None or "beta" not in rows or not len(rows):
+        return None
+    betas = rows.beta.dropna().unique()
+    return float(betas[0]) if len(betas) == 1 else None
+
+
+def budget_note(sdf: pd.DataFrame) -> str:
+    """Which budget a row's β is, beside the attack's ε: a defense at the paper's β (chosen for 16/255 attacks)
+    against a larger ε is a defense at a fraction of the attack's budget (issue 80)."""
+    eps = sorted({json.loads(p).get("eps") for p in sdf.poisons_json if p} - {None})
+    against = f"; the attacks' ε here: {', '.join(f'{e:g}' for e in eps)}" if eps else ""
+    return ("β: the defense's own perturbation budget (L∞, pixel units; HINT's and FRIENDS' noise bound, ATDA's "
+            f"adversary), one row per β run; the paper's is 0.062, chosen for 16/255 attacks{against}")
+
+
 def table3(df: pd.DataFrame, opts: Options) -> Table:
     df = df[df.kind == "targeted"]
     blocks, data, shown = [], [], set()
     for s in settings(df):
         sdf = in_setting(df, s)
         notes = setting_notes(s, "3", opts)
-        chosen = choose_parameters(sdf, notes)
+        chosen = choose_parameters(sdf, notes, budgets=True)
         attacks = list(ATTACKS) + sorted(set(sdf.attack) - set(ATTACKS))
-        methods = methods_of(sdf, every_paper_method=opts.paper)
+        methods = with_budget_rows(methods_of(sdf, every_paper_method=opts.paper), chosen)
+        labels = budget_row_labels(methods, chosen)
+        if len(labels):
+            notes.append(budget_note(sdf))
         show_paper, show_diff = opts.paper, opts.diff  # the paper's Table III is CIFAR-10 only
         columns = ["method", "metric"]
         for a in attacks:
@@ -386,7 +424,8 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
         asr_cols: dict[str, list[Cell]] = {a: [] for a in attacks}
         acc_cols: dict[str, list[Cell]] = {a: [] for a in attacks}
         for i, m in enumerate(methods):
-            asr_row = [Cell(method_label(m), label=True), Cell("ASR", label=True)]
+            base_method, row_beta = split_budget_key(m)
+            asr_row = [Cell(labels.get(m, method_label(m)), label=True), Cell("ASR", label=True)]
             acc_row = [Cell("", label=True), Cell("test acc.", label=True)]
             removal_row, removes = [Cell("", label=True), Cell("removed", label=True)], False
             paired_row = [Cell("", label=True), Cell("vs W/o", label=True)]
@@ -398,7 +437,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                 succ = [bool(x) for x in rows.success if x is not None and not pd.isna(x)] if rows is not None else []
                 k, n = sum(succ), len(succ)
                 st = stat(rows.test_acc) if rows is not None else None
-                p = paper.table3(m, a)
+                p = paper.table3(m, a)  # a budget row ("hint@beta=0.3") has no paper number
                 asr = Cell()
                 if n:
                     asr = Cell(f"{k}/{n}", round(k / n, 4))
@@ -435,7 +474,9 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                     paired_row.append(Cell())
                 lo, hi = wilson(k, n)
                 params = rows.params_json.iloc[0] if rows is not None and len(rows) else ""
-                data.append({"table": "III", **setting_data(s), "attack": a, "method": m, "params": params,
+                beta = row_beta if row_beta is not None else row_budget(rows)
+                data.append({"table": "III", **setting_data(s), "attack": a, "method": base_method,
+                             "beta": beta, "params": params,
                              "successes": k, "trials": n, "asr": num(100 * k / n) if n else None,
                              "asr_wilson_low": num(100 * lo), "asr_wilson_high": num(100 * hi),
                              "paper_successes": p["success"][0] if p else None,

@@ -19,7 +19,7 @@ PAPER_METHODS = ("none", "hint", "atda", "friends", "epic")
 R_GRID = (0.25, 0.5, 0.75, 1.0)
 BETA_GRID = (0.031, 0.062, 0.125, 0.251)
 HINT_PAPER = {"ratio": 0.5, "beta": 0.062}  # Table II's HINT (paper §VI-A3)
-ATTACKS = ("gm", "mp", "bp", "fc")
+ATTACKS = ("gm", "mp", "bp", "fc")  # the paper's Table III columns; FC's per-poison objective `fc-pp` follows
 SENSITIVITY_RHO = 0.6  # Table IV; also Table V's default
 TOL = 1e-3  # parameter matching: 16/255 = 0.0627 counts as β = 0.062; grid values are ≥ 0.03 apart
 DASH = "–"

@@ -68,6 +68,14 @@ def schedule_of(schedules: pd.Series) -> pd.Series:
     return schedules.fillna("").str.split("=", n=1).str[-1]
 
 
+def targeted_label(column: str) -> str:
+    """A targeted column's label: the attack's name, or its objective's where the attack has two (FC's `fc-mean`
+    and `fc-per-poison`: `paper.ATTACK_LABEL`, lower case as the other columns)."""
+    from ..paper import ATTACK_LABEL
+
+    return ATTACK_LABEL.get(column, column).lower()
+
+
 def columns_of(df: pd.DataFrame, rho: float, wanted: list[str] | None) -> list[tuple[str, str, str]]:
     """(column label, kind, key) per column: ("clean", "clean", ""), (attack, "untargeted", attack), (attack
     (schedule), "untargeted", "attack|schedule") for runs on a non-official schedule, and (label, "targeted",
@@ -84,12 +92,13 @@ def columns_of(df: pd.DataFrame, rho: float, wanted: list[str] | None) -> list[t
             if "" in schedules or not schedules:  # the official schedule's runs (or none yet)
                 cols.append((a, "untargeted", a))
             cols += [(f"{a} ({o})", "untargeted", f"{a}|{o}") for o in sorted(schedules - {""})]
+        name = targeted_label(a)
         if wanted and not scenarios and a not in set(single.mix) and a not in untargeted_attacks():
-            cols.append((a, "targeted", f"{a}|"))  # a targeted attack asked for by name, without runs yet
+            cols.append((name, "targeted", f"{a}|"))  # a targeted attack asked for by name, without runs yet
         if len(scenarios) > 1:
-            cols += [(f"{a} ({sc})", "targeted", f"{a}|{sc}") for sc in scenarios]
+            cols += [(f"{name} ({sc})", "targeted", f"{a}|{sc}") for sc in scenarios]
         elif scenarios:
-            cols.append((a, "targeted", f"{a}|"))
+            cols.append((name, "targeted", f"{a}|"))
     return cols
 
 

@@ -103,6 +103,24 @@ TARGETED_TRIAL_KEYS = {"target_index", "target_class", "intended_class", "label"
                        "file_sha256", "eps_measured"}
 
 
+def attack_column(poison: dict, inputs: object = None) -> str:
+    """A targeted or PoisonSet run's attack column: the attack's name, or one per objective where the attack has two
+    (`Attack.report_column`: FC's `fc` and `fc-pp`), read from the record's attack parameters (so records written
+    before the objective was named get the right column too) or, for a `--poison-set` run, whose config names no
+    parameters, from the PoisonSet's `objective` in the record's `inputs`."""
+    attack = str(poison.get("attack", "")).lower()
+    from ...attacks import ATTACKS
+
+    if attack not in ATTACKS:
+        return attack
+    params = poison.get("params")
+    if not isinstance(params, dict):
+        entries = inputs.get("poisons") if isinstance(inputs, dict) else None
+        named = [p.get("objective") for p in entries or [] if isinstance(p, dict) and p.get("attack") == attack]
+        params = {"objective": named[0]} if named and isinstance(named[0], str) else {}
+    return ATTACKS.get(attack).report_column(params)
+
+
 def record_row(r: dict) -> dict:
     """One run record as one flat row (the fields: docs/metrics.md, "Report and tables")."""
     c = r["config"]
@@ -134,7 +152,7 @@ def record_row(r: dict) -> dict:
         "schedules": other_schedules(r),  # "rem=budget": PoisonSets not on their official schedule (issue 67)
         "poison_label": poison_label(poison, other_schedules(r)) + (" [--same-init]" if c.get("same_init") else "")
         + (f" [--precision {c['precision']}]" if c.get("precision") else ""),
-        "attack": str(poison.get("attack", "")).lower() if kind in ("targeted", "poison-set") else "",
+        "attack": attack_column(poison, r.get("inputs")) if kind in ("targeted", "poison-set") else "",
         "method": method, "params_json": canonical_json(params),
         # everything that defines the experiment except the trial (seed, poisoned rows): recipe overrides,
         # dataset fingerprint, PoisonSet ids, ... so two configurations that display alike are never pooled
@@ -449,16 +467,59 @@ def primary(df: pd.DataFrame, method: str, fixed: dict | None = None) -> tuple[p
     return rows[rows.params_json == chosen], rows[rows.params_json != chosen]
 
 
-def choose_parameters(sdf: pd.DataFrame, notes: list) -> dict[str, pd.DataFrame]:
-    """Per method, the rows of its table parameter set (`primary`); a note for every run left out."""
+BUDGET_PARAM = "beta"  # the defender's budget of the perturbation defenses (HINT, FRIENDS, ATDA): β, pixel units
+BUDGET_MARK = "@beta="  # a budget row's key in `choose_parameters`: "hint@beta=0.3"
+
+
+def budget_key(method: str, beta: float) -> str:
+    return f"{method}{BUDGET_MARK}{beta:g}"
+
+
+def split_budget_key(key: str) -> tuple[str, float | None]:
+    """("hint", 0.3) for "hint@beta=0.3"; (key, None) for a plain method."""
+    method, mark, beta = key.partition(BUDGET_MARK)
+    return (method, float(beta)) if mark else (key, None)
+
+
+def only_budget_differs(chosen_json: str, other_json: str) -> float | None:
+    """The other parameter set's β when it differs from the chosen one in β alone (a budget row), else None."""
+    a, b = json.loads(chosen_json), json.loads(other_json)
+    beta = b.get(BUDGET_PARAM)
+    if not isinstance(beta, int | float) or close(beta, a.get(BUDGET_PARAM, math.nan)):
+        return None
+    rest = {k for k in set(a) | set(b) if k != BUDGET_PARAM}
+    return float(beta) if all(a.get(k) == b.get(k) for k in rest) else None
+
+
+def choose_parameters(sdf: pd.DataFrame, notes: list, budgets: bool = False) -> dict[str, pd.DataFrame]:
+    """Per method, the rows of its table parameter set (`primary`); a note for every run left out. With `budgets`
+    (Table III), the runs of a method that differ from its chosen set in β alone get rows of their own, keyed
+    `budget_key(method, β)` and placed after the method's (`with_budget_rows`): a defense at the attack's budget
+    beside the paper's (issue 80)."""
     chosen = {}
     for m in sorted(set(sdf.method)):
         chosen[m], left = primary(sdf, m, HINT_PAPER if m == "hint" else None)
         if len(chosen[m]) and not chosen[m].default_params.any():
             notes.append(f"{method_label(m)} is shown with parameters other than its defaults (or from a version "
                          f"whose defaults this one cannot check): {chosen[m].params_json.iloc[0]}")
+        if budgets and len(chosen[m]) and chosen[m].params_json.nunique() == 1:
+            for params_json, rows in sorted(left.groupby("params_json"), key=lambda g: g[0]):
+                beta = only_budget_differs(chosen[m].params_json.iloc[0], params_json)
+                if beta is not None:
+                    chosen[budget_key(m, beta)] = rows
+                    left = left.drop(rows.index)
         notes.append(left_out_note(m, chosen[m], left))
     return chosen
+
+
+def with_budget_rows(methods: list[str], chosen: dict) -> list[str]:
+    """`methods` with each method's budget rows (`choose_parameters(budgets=True)`) after it, by β."""
+    out = []
+    for m in methods:
+        out.append(m)
+        extra = [k for k in chosen if split_budget_key(k)[0] == m and split_budget_key(k)[1] is not None]
+        out += sorted(extra, key=lambda k: split_budget_key(k)[1])
+    return out
 
 
 def left_out_note(method: str, chosen: pd.DataFrame, left: pd.DataFrame,

@@ -1,0 +1,151 @@
+"""Table III names what each row and column ran (issue 80): a perturbation defense at another β than its chosen set
+gets a row of its own that says its β, beside the paper's; FC's two objectives (forest's mean-feature match and the
+per-poison collision) are two columns, two names, in records, tables and the matrix, never one pooled "FC"."""
+
+from __future__ import annotations
+
+import pytest
+
+from poisonbench.attacks import ATTACKS
+from poisonbench.core.hashing import short_hash
+from poisonbench.experiment.run_inputs import poison_entry
+from poisonbench.report import tables
+from poisonbench.report.tables.matrix import columns_of
+from poisonbench.report.tables.records import (
+    budget_key,
+    frame,
+    only_budget_differs,
+    record_row,
+    split_budget_key,
+    with_budget_rows,
+)
+from tests.report_records import hint_params, make_record
+
+EPS = 0.3
+
+
+def run(method: str, trial: int, success: bool, params: dict | None = None, impl: str | None = "forest",
+        attack: str = "fc") -> dict:
+    """A targeted transfer record of `attack` (FC by `impl`; None: a record from before `impl` existed)."""
+    r = make_record(method=method, params=params, trial=trial, dataset="fashion-mnist",
+                    targeted={"attack": attack, "target_index": trial, "target_class": 5, "intended_class": 1,
+                              "success": success})
+    poison = r["config"]["poison"]
+    poison["eps"] = EPS
+    poison["params"] = {"bases": "nearest"} | ({"impl": impl} if impl is not None else {})
+    r["run_id"] = short_hash(r["config"])
+    return r
+
+
+def friends(beta: float = 0.062) -> dict:
+    return {"beta": beta, "friendly_steps": 30}
+
+
+def budget_records() -> list[dict]:
+    """13 targets: W/o Defense hits trials 0–9; HINT at the paper's β saves trial 0, HINT at β 0.3 saves 0–5;
+    FRIENDS at 0.062 and 0.3; HINT at another r (not a budget row: left out with a note)."""
+    n = 13
+    return ([run("none", t, t < 10) for t in range(n)]
+            + [run("hint", t, 1 <= t < 10, hint_params()) for t in range(n)]
+            + [run("hint", t, 6 <= t < 10, hint_params(beta=EPS)) for t in range(n)]
+            + [run("friends", t, t < 10, friends()) for t in range(n)]
+            + [run("friends", t, 3 <= t < 11, friends(EPS)) for t in range(n)]
+            + [run("hint", t, t < 10, hint_params(ratio=0.25)) for t in range(3)])
+
+
+def test_a_defense_at_another_beta_gets_its_own_row_labelled_by_its_beta_and_paired_with_wo_defense():
+    table = tables.build("3", budget_records(), tables.Options(trials=13, paired=True), dataset="fashion-mnist")
+    (block,) = table.blocks
+    labels = [row[0].text for row in block.rows if row[1].text == "ASR"]
+    assert labels == ["W/o Defense", "HINT (β 0.062)", "HINT (β 0.3)", "FRIENDS (β 0.062)", "FRIENDS (β 0.3)"]
+    cells = {(d["method"], d["beta"]): d for d in table.data if d["attack"] == "fc"}
+    assert set(cells) == {("none", None), ("hint", 0.062), ("hint", 0.3), ("friends", 0.062), ("friends", 0.3)}
+    assert {k: c["successes"] for k, c in cells.items()} == {
+        ("none", None): 10, ("hint", 0.062): 9, ("hint", 0.3): 4, ("friends", 0.062): 10, ("friends", 0.3): 8}
+    wide = cells[("hint", 0.3)]  # saves trials 0–5 and makes none new, of 13 targets
+    assert (wide["paired_targets"], wide["paired_saved"], wide["paired_new"]) == (13, 6, 0)
+    assert wide["paired_p"] == pytest.approx(tables.stats.mcnemar_exact(0, 6), abs=1e-6)
+    assert cells[("hint", 0.062)]["paired_saved"] == 1
+    wide_friends = cells[("friends", 0.3)]  # saves 0–2, makes trial 10 new
+    assert (wide_friends["paired_saved"], wide_friends["paired_new"]) == (3, 1)
+    text = tables.render(table, "md")
+    assert ("β: the defense's own perturbation budget (L∞, pixel units; HINT's and FRIENDS' noise bound, ATDA's "
+            "adversary), one row per β run; the paper's is 0.062, chosen for 16/255 attacks; the attacks' ε here: "
+            "0.3") in text
+    # a run that differs in more than β (HINT at r 0.25) is no budget row: it stays out, and a note says so
+    assert "not shown: 3 run(s) of hint with other parameters (ratio=0.25); see Table IV / plain `report`" in text
+    assert text.count("| vs W/o |") == 4
+
+
+def test_a_method_run_at_one_beta_keeps_its_plain_label_and_no_budget_note():
+    records = [run("none", t, t < 2) for t in range(3)] + [run("hint", t, t < 1, hint_params()) for t in range(3)]
+    table = tables.build("3", records, tables.Options(trials=3), dataset="fashion-mnist")
+    labels = [row[0].text for row in table.blocks[0].rows if row[1].text == "ASR"]
+    assert labels == ["W/o Defense", "HINT"]
+    assert "β: the defense's own perturbation budget" not in tables.render(table, "md")
+    assert {d["beta"] for d in table.data if d["method"] == "hint" and d["attack"] == "fc"} == {0.062}
+
+
+def test_only_a_difference_in_beta_alone_makes_a_budget_row():
+    paper = '{"beta": 0.062, "ratio": 0.5}'
+    assert only_budget_differs(paper, '{"beta": 0.3, "ratio": 0.5}') == 0.3
+    assert only_budget_differs(paper, '{"beta": 0.3, "ratio": 0.25}') is None  # two things differ
+    assert only_budget_differs(paper, '{"beta": 0.0625, "ratio": 0.5}') is None  # the same β within TOL
+    assert only_budget_differs(paper, '{"ratio": 0.5}') is None  # no β at all
+    assert only_budget_differs('{"k": 3}', '{"k": 3, "beta": 0.1}') == 0.1
+    assert split_budget_key(budget_key("hint", 0.3)) == ("hint", 0.3)
+    assert split_budget_key("hint") == ("hint", None)
+    chosen = {"hint": None, budget_key("hint", 0.3): None, budget_key("hint", 0.1): None, "none": None}
+    assert with_budget_rows(["none", "hint", "friends"], chosen) == [
+        "none", "hint", "hint@beta=0.1", "hint@beta=0.3", "friends"]
+
+
+@pytest.mark.parametrize(("params", "objective", "column"), [
+    ({"impl": "forest"}, "mean-feature", "fc"),
+    ({"impl": "toxic"}, "per-poison", "fc-pp"),
+    ({}, "mean-feature", "fc"),  # a record from before --impl existed: forest's, the only FC then
+    ({"objective": "per-poison"}, "per-poison", "fc-pp"),  # a --poison-set run's inputs name the objective only
+    ({"impl": "other"}, "other", "fc-other"),  # an impl this version does not know: never pooled with forest's
+])
+def test_fc_names_each_objective_and_gives_it_its_own_column(params, objective, column):
+    fc = ATTACKS.get("fc")
+    assert (fc.objective(params), fc.report_column(params)) == (objective, column)
+
+
+def test_attacks_with_one_objective_keep_their_name_and_records_name_fcs_objective():
+    gm = ATTACKS.get("gm")
+    assert (gm.objective({"impl": "toxic"}), gm.report_column({})) == (None, "gm")
+    manifest = {"poison_id": "p", "tensor_sha256": "s", "params": {"impl": "toxic"}}
+    assert poison_entry("fc", manifest) == {
+        "objective": "per-poison", "attack": "fc", "poison_id": "p", "tensors_sha256": "s", "threat": None,
+        "crafted_on": None, "imported_from": None, "code": None, "git_commit": None}
+    assert "objective" not in poison_entry("gm", manifest)
+    assert poison_entry("fc", {"params": {}})["objective"] == "mean-feature"
+
+
+def test_table3_and_the_matrix_show_fcs_two_objectives_as_two_named_columns():
+    records = ([run("none", t, t < 2) for t in range(3)] + [run("none", t, t < 1, impl="toxic") for t in range(3)]
+               + [run("none", 3, True, impl=None)])  # a legacy record: forest's column
+    df = frame(records)
+    assert sorted(df.attack) == ["fc"] * 4 + ["fc-pp"] * 3
+    table = tables.build("3", records, tables.Options(trials=4), dataset="fashion-mnist")
+    header = table.blocks[0].columns
+    assert header == ["method", "metric", "GM", "MP", "BP", "FC-mean", "FC-per-poison"]
+    asr = {d["attack"]: (d["successes"], d["trials"]) for d in table.data if d["method"] == "none"}
+    # the legacy record is in FC-mean's column, but its parameters (no `impl`) make it another kind of poisons
+    assert asr == {"gm": (0, 0), "mp": (0, 0), "bp": (0, 0), "fc": (2, 3), "fc-pp": (1, 3)}
+    text = tables.render(table, "md")
+    assert ("not shown: 1 FC-mean run(s) whose poisons differ in ε, budget or attack parameters (or the model they "
+            "were crafted against) from the column's newest run (a column shows one kind)") in text
+    assert [c[0] for c in columns_of(df, 1.0, None)] == ["fc-mean", "fc-per-poison"]
+
+
+def test_a_poison_set_run_takes_its_column_from_the_objective_its_inputs_name():
+    r = run("none", 0, True, impl="toxic")
+    r["config"]["poison"] = {"kind": "poison-set", "attack": "fc", "poison_id": "p"}
+    r["inputs"] = {"poisons": [{"attack": "fc", "poison_id": "p", "objective": "per-poison"}]}
+    assert record_row(r)["attack"] == "fc-pp"
+    r["inputs"] = {"poisons": [{"attack": "fc", "poison_id": "p"}]}  # written before objectives were named
+    assert record_row(r)["attack"] == "fc"
+    r["inputs"] = "not a dict"
+    assert record_row(r)["attack"] == "fc"
