@@ -149,3 +149,23 @@ def test_a_poison_set_run_takes_its_column_from_the_objective_its_inputs_name():
     assert record_row(r)["attack"] == "fc"
     r["inputs"] = "not a dict"
     assert record_row(r)["attack"] == "fc"
+
+
+def test_paired_table3_says_per_column_what_effect_its_targets_could_detect():
+    """Under a paired Table III, one note per attack column with W/o Defense runs: `power.detectable_note` of its n
+    targets and hits (here FC-mean 10 of 13, FC-per-poison 0 of 2: nothing to save); none without --paired."""
+    records = budget_records() + [run("none", t, False, impl="toxic") for t in range(2)]
+    text = tables.render(tables.build("3", records, tables.Options(trials=13, paired=True),
+                                      dataset="fashion-mnist"), "md")
+    from poisonbench.report.tables.power import detectable_note
+
+    assert f"FC-mean: {detectable_note(13, 10)}" in text
+    assert f"FC-per-poison: {detectable_note(2, 0)}" in text
+    assert ("- FC-mean: detectable: with 13 targets and W/o Defense at 10/13 (77 %), a defense that saves hits and "
+            "makes none new separates with 80 % power only if it lowers the ASR by ≥ 54 pp (a smaller effect, or "
+            "one with new hits, can go unseen: a non-separation is not evidence of no effect); 80 % power for a "
+            "20 pp effect needs ≥ 39 targets") in text.splitlines()
+    assert ("- FC-per-poison: detectable: with 2 targets and W/o Defense at 0/2 (0 %), no hits without a defense: no "
+            "drop in ASR can be detected (there is nothing to save)") in text.splitlines()
+    plain = tables.render(tables.build("3", records, tables.Options(trials=13), dataset="fashion-mnist"), "md")
+    assert "detectable" not in plain

@@ -37,6 +37,7 @@ from .layout import (
     upper_bound,
     value_text,
 )
+from .power import detectable_note
 from .privacy import privacy_notes
 from .records import (
     Setting,
@@ -494,8 +495,21 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             mark_best(asr_cols[a], higher=False)
             mark_best(acc_cols[a])
         block.notes += targeted_pooling_notes({m: of_kinds(rows, kinds) for m, rows in chosen.items()})
+        if paired:
+            block.notes += detectable_notes(of_kinds(chosen["none"], kinds), attacks)
         blocks.append(block)
     return Table("3", CAPTIONS["3"], blocks, data, shown=shown)
+
+
+def detectable_notes(baseline: pd.DataFrame, attacks: list[str]) -> list[str]:
+    """Per attack column with W/o Defense runs, the smallest paired effect its n targets can detect
+    (`power.detectable_note`, docs/metrics.md): what a non-separation in that column can and cannot say."""
+    notes = []
+    for a in attacks:
+        succ = [bool(x) for x in baseline[baseline.attack == a].success if x is not None and not pd.isna(x)]
+        if succ:
+            notes.append(f"{paper.ATTACK_LABEL.get(a, a)}: {detectable_note(len(succ), sum(succ))}")
+    return notes
 
 
 # --- Table IV: HINT's sensitivity to r and β under the untargeted mix -----------------------------------------

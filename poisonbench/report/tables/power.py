@@ -11,18 +11,18 @@ intervals for the difference between binomial proportions based on paired data",
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from scipy.special import gammaln, xlogy
 
 from .stats import mcnemar_exact, newcombe_paired
 
-GRID = 1e-4  # detectable_effect's resolution, in probability units
+STEPS = 10_000  # detectable_effect's grid: multiples of 1 / STEPS (1e-4), in probability units
 WINDOW = 10  # targets_needed: n counts once every n' in n .. n + WINDOW reaches the power
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mcnemar_saved(saved: int) -> float:
     """McNemar's exact p with `saved` discordant targets, all saved, none new: 2 · 0.5^saved, capped at 1."""
     return mcnemar_exact(0, saved)
@@ -65,7 +65,13 @@ def separation_power(n: int, p0: float, effect: float, alpha: float = 0.05) -> f
     the ASR difference excludes 0 and McNemar's exact p < alpha), exactly, by enumerating the multinomial outcomes
     (both, saved, neither) of the n targets under the alternative "the defense saves targets and makes none new":
     per target, P(hit without, hit with) = p0 − effect, P(hit without, missed with) = effect, P(missed without,
-    hit with) = 0, P(missed both) = 1 − p0; 0 ≤ effect ≤ p0. p0 is W/o Defense's ASR, effect the drop in ASR."""
+    hit with) = 0, P(missed both) = 1 − p0; 0 ≤ effect ≤ p0. p0 is W/o Defense's ASR, effect the drop in ASR.
+    alpha is McNemar's level; Newcombe's interval is the table's 95 % one whatever alpha.
+
+    At alpha = 0.05 the rule comes down to "at least 6 targets saved": with none new McNemar's p is 2 · 0.5^saved
+    (0.0625 at 5, 0.031 at 6), and Newcombe's interval with none new excludes 0 wherever 6 or more are saved
+    (checked for every table up to n = 400; with 5 saved it can fail from n = 117 on), so the power is
+    P(Binomial(n, effect) ≥ 6), whatever p0 ≥ effect. At a larger alpha Newcombe's interval binds too."""
     _check(n, p0, alpha)
     if not -1e-12 <= effect <= p0 + 1e-12:
         raise ValueError(f"effect must be in [0, p0] = [0, {p0}], got {effect}")
@@ -99,8 +105,8 @@ def detectable_effect(n: int, p0: float, power: float = 0.8, alpha: float = 0.05
         raise ValueError(f"power must be in (0, 1], got {power}")
     if p0 == 0.0 or separation_power(n, p0, p0, alpha) < power:
         return None
-    top = math.floor(p0 / GRID + 1e-9)
-    grid = [k * GRID for k in range(top + 1)]
+    top = math.floor(p0 * STEPS + 1e-9)
+    grid = [k / STEPS for k in range(top + 1)]
     if grid[-1] < p0 - 1e-12:
         grid.append(p0)
     else:
@@ -119,24 +125,27 @@ def targets_needed(p0: float, effect: float, power: float = 0.8, alpha: float = 
                    max_n: int = 400) -> int | None:
     """The number of paired targets a Table III cell needs for a defense that lowers the ASR from p0 by `effect`
     (saving targets, making none new: `separation_power`) to separate with probability ≥ `power`. An exact test's
-    power is not monotone in n (it saws up and down as McNemar's and Newcombe's discrete thresholds move), so the
-    rule: the smallest n ≤ max_n such that n and every count up to n + 10 reach the power; None where there is none
-    (or effect = 0, or effect > p0)."""
+    power need not be monotone in n (it can saw up and down as Newcombe's discrete thresholds move; at alpha = 0.05
+    it is not, there being the power of "≥ 6 saved", `separation_power`), so the rule: the smallest n ≤ max_n such
+    that n and every count up to n + 10 reach the power; None where there is none (or effect = 0, or effect > p0).
+    Costs O(n³) calls of Newcombe's interval in all, seconds for a few hundred targets."""
     _check(max_n, p0, alpha)
     if not 0.0 < power <= 1.0:
         raise ValueError(f"power must be in (0, 1], got {power}")
     if effect <= 0.0 or effect > p0 + 1e-12:
         return None
-    start, run = None, 0
+    start, run = 0, 0
     for n in range(1, max_n + WINDOW + 1):
-        if separation_power(n, p0, min(effect, p0), alpha) >= power:
-            start, run = (n, 1) if run == 0 else (start, run + 1)
-            if run == WINDOW + 1:
-                return start
-        else:
+        if separation_power(n, p0, min(effect, p0), alpha) < power:
             run = 0
+            continue
+        if run == 0:
             if n > max_n:
                 return None
+            start = n
+        run += 1
+        if run == WINDOW + 1:
+            return start
     return None
 
 
