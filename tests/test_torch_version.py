@@ -1,7 +1,7 @@
-"""The torch version check (issue 55): a GPU machine often keeps its own torch (`pip install --no-deps -e .`,
-docs/install.md), so a torch older than the tested pin is named once, in one line, where the CLI starts and where a
-run records its environment; one older than 2.4, the oldest supported, is named as such. The pin the check
-compares with is pyproject.toml's."""
+"""The torch version check (issue 55): an environment often keeps its own torch (pyproject.toml declares a range;
+docs/install.md), so a torch older than the tested one is named once, in one line, where the CLI starts and where a
+run records its environment; one older than 2.4, the oldest supported, is named as such. The tested version the
+check compares with is constraints/tested.txt's, and the range's lower bound is the oldest supported."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from poisonbench.core import provenance
 from poisonbench.core.errors import PoisonbenchWarning
 from poisonbench.core.provenance import OLDEST_TORCH, TESTED_TORCH, torch_version_note, version_tuple
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = ROOT / "pyproject.toml"
+TESTED = ROOT / "constraints" / "tested.txt"
 
 
 @pytest.fixture
@@ -31,9 +33,13 @@ def torch_version(monkeypatch):
     return set_version
 
 
-def test_the_tested_version_is_pyprojects_pin():
-    pin = re.search(r'"torch==([^"]+)"', PYPROJECT.read_text())
+def test_the_tested_version_is_the_constraints_files_and_pyproject_declares_the_range():
+    pin = re.search(r"^torch==(\S+)$", TESTED.read_text(), re.M)
     assert pin is not None and pin[1] == TESTED_TORCH
+    declared = re.search(r'"torch>=([^,"]+),<(\d+)"', PYPROJECT.read_text())  # a range, never an exact pin
+    assert declared is not None and declared[1] == OLDEST_TORCH
+    assert version_tuple(OLDEST_TORCH) <= version_tuple(TESTED_TORCH) < (int(declared[2]), 0, 0)
+    assert '"torch==' not in PYPROJECT.read_text() and '"torchvision==' not in PYPROJECT.read_text()
 
 
 def test_version_tuple_reads_local_and_prerelease_versions():

@@ -12,7 +12,7 @@ from . import options
 from .progress import stdout_console
 
 HELP = "List the datasets; show a dataset's sizes, splits, fingerprints and where its files are read from."
-app = typer.Typer(no_args_is_help=True, help=HELP)
+app = typer.Typer(no_args_is_help=True, help=HELP, context_settings=options.CONTEXT_SETTINGS)
 
 
 @app.command("list", help="List the registered datasets and their splits.")

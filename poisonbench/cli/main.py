@@ -8,6 +8,7 @@ import warnings
 import typer
 from rich.console import Console
 
+from .. import __version__
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.printable import printable
 from ..core.provenance import check_torch_version
@@ -16,10 +17,22 @@ from . import craft as craft_cmd
 from . import data as data_cmd
 from . import defend as defend_cmd
 from . import env as env_cmd
+from . import options
 from . import poisons as poisons_cmd
 from . import records as records_cmd
 from . import report as report_cmd
 from . import sweep as sweep_cmd
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print poisonbench's version and exit.")) -> None:
+    """The options of `poisonbench` itself (before the command)."""
 
 
 def build_app() -> typer.Typer:
@@ -31,7 +44,9 @@ def build_app() -> typer.Typer:
         add_completion=False,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
+        context_settings=options.CONTEXT_SETTINGS,  # -h beside --help
     )
+    app.callback()(_root)
     app.command("defend", help=defend_cmd.HELP)(defend_cmd.command())
     app.add_typer(report_cmd.group(), name="report", help=report_cmd.HELP)
     app.add_typer(data_cmd.app, name="data", help=data_cmd.HELP)
@@ -74,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with warnings.catch_warnings():  # restores the hook for in-process callers (tests, notebooks)
             warnings.showwarning = one_line
-            check_torch_version()  # an older torch than the pin (a GPU machine's own): one line, once
+            check_torch_version()  # an older torch than the tested one (a GPU machine's own): one line, once
             _run(typer.main.get_command(build_app()), argv, err)
     finally:
         if installed:  # in-process callers get their own SIGTERM handling back

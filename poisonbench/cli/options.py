@@ -9,6 +9,10 @@ import typer
 
 from ..experiment.options import OPTIONS, DefendOption
 
+# Every command group's context settings: `-h` beside `--help` (click hands them down to a group's subcommands; each
+# group sets them too, for when it is run on its own)
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
 
 def typer_option(option: DefendOption, help_text: str | None = None):
     """`option` as a `typer.Option` (its default, flags, help, metavar and environment variable)."""

@@ -16,7 +16,7 @@ from . import options
 from .progress import stdout_console
 
 HELP = "List, show and validate the crafted PoisonSets under results/poisons/."
-app = typer.Typer(no_args_is_help=True, help=HELP)
+app = typer.Typer(no_args_is_help=True, help=HELP, context_settings=options.CONTEXT_SETTINGS)
 
 
 @app.command("list", help="List the PoisonSets in the workspace.")

@@ -13,7 +13,7 @@ from . import options
 
 HELP = ("Pack a workspace's run records (and PoisonSet manifests) into one shareable .jsonl.gz, or unpack one; "
         "`report --results FILE.jsonl.gz` reads a packed file directly; `pack --grid` packs one sweep grid's runs.")
-app = typer.Typer(no_args_is_help=True, help=HELP)
+app = typer.Typer(no_args_is_help=True, help=HELP, context_settings=options.CONTEXT_SETTINGS)
 
 
 def _note(text: str) -> None:

@@ -27,6 +27,7 @@ from ..experiment.records import RecordReader
 from ..report import aggregate as lib
 from ..report import selection
 from ..report.tables import provenance
+from .options import CONTEXT_SETTINGS
 from .progress import stdout_console
 
 HELP = ("Aggregate the run records. Alone: test accuracy mean ± sample std over trials per configuration. "
@@ -638,7 +639,7 @@ def group() -> typer.Typer:
     """The `report` command group, built anew for every caller (the app, `sweep run`'s closing report, a grid's
     check)."""
     app = typer.Typer(name="report", help=HELP, add_completion=False, no_args_is_help=False,
-                      pretty_exceptions_enable=False)
+                      pretty_exceptions_enable=False, context_settings=CONTEXT_SETTINGS)
     app.callback(invoke_without_command=True)(flag_form)
     app.command("table", help="The paper's Table II, III, IV or V from the run records (Table II: test accuracy "
                               "against the untargeted mix at each ρ; III: attack success and accuracy against the "

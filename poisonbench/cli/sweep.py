@@ -22,7 +22,7 @@ from .progress import stderr, stdout_console
 
 HELP = ("Run a grid of `defend` runs (the paper's tables ship as grids: `sweep grids`) with local workers or on "
         "SLURM; done runs are skipped, so re-running finishes the job.")
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings=options.CONTEXT_SETTINGS)
 
 Grid = typer.Argument(..., help="A builtin grid (see `poisonbench sweep grids`) or the path of a TOML grid file.")
 Device = typer.Option("auto", "--device", help="Device of every run: auto | cpu | cuda | cuda:N.")

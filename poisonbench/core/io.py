@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import hashlib
 import json
@@ -15,6 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from .errors import PoisonbenchError
 
@@ -161,52 +162,64 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json_bytes(obj))
 
 
-def _lock_file(lock_path: Path):
-    """The lock file opened for appending (created with its directory if absent); a one-line error if it cannot be."""
+def _lock(lock_path: Path) -> FileLock:
+    """The lock on `lock_path`, its directory created if absent (the file itself is created when the lock is
+    taken); a one-line error if the directory cannot be."""
     lock_path = Path(lock_path)
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        return open(lock_path, "a")
     except OSError as e:
-        raise PoisonbenchError(f"cannot create the lock file {str(lock_path)!r}: {why_not_written(e, lock_path)}") \
-            from None
+        raise _cannot_create(lock_path, e) from None
+    return FileLock(lock_path)
+
+
+def _cannot_create(lock_path: Path, e: OSError) -> PoisonbenchError:
+    return PoisonbenchError(f"cannot create the lock file {str(lock_path)!r}: {why_not_written(e, lock_path)}")
+
+
+def _take(lock: FileLock, timeout: float) -> bool:
+    """Take `lock` (timeout 0: try once; -1: wait as long as it takes); False when another process holds it."""
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:  # a TimeoutError, so an OSError: caught first
+        return False
+    except OSError as e:
+        raise _cannot_create(Path(lock.lock_file), e) from None
+    return True
 
 
 @contextmanager
 def try_exclusive(lock_path: Path) -> Iterator[bool]:
     """`exclusive` without waiting: yields True holding the lock, or False at once when another process holds it
     (e.g. a `defend` that finds another process training the same run goes on with its other runs first)."""
-    with _lock_file(lock_path) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    lock = _lock(lock_path)
+    if not _take(lock, timeout=0):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 @contextmanager
 def exclusive(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive advisory lock (flock) on `lock_path` (created if absent) for the block.
+    """Hold an exclusive lock on `lock_path` (created if absent) for the block: `filelock`'s, an advisory flock on
+    POSIX and a byte-range lock on Windows. Two holders in one process exclude each other too (each takes its own).
 
     Used so that concurrent sweep jobs sharing a results directory craft a PoisonSet or train a surrogate once:
     the others wait, then find the artifact. `on_wait` is called once if another process holds the lock.
     The lock dies with its holder (a killed craft never blocks the next one).
     """
-    with _lock_file(lock_path) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    lock = _lock(lock_path)
+    if not _take(lock, timeout=0):
+        if on_wait is not None:
+            on_wait()
+        _take(lock, timeout=-1)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def file_in_the_way(path: Path) -> Path | None:

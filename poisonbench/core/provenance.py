@@ -1,9 +1,9 @@
 """Where and how a run or a craft executed: the code (git commit, dirty flag, source fingerprint), the library
 versions, the device and the host, and the peak memory. None of it is part of a run id or a poison id.
 
-Also the torch version check (`check_torch_version`): poisonbench is tested with one pinned torch, but a GPU machine
-often comes with its own (installed with `pip install --no-deps -e .`, docs/install.md), so an older torch is
-allowed down to `OLDEST_TORCH` and named once, in one line, rather than refused."""
+Also the torch version check (`check_torch_version`): poisonbench accepts a range of torch releases and is tested
+with one (`TESTED_TORCH`), but an environment often comes with its own (a GPU machine's, docs/install.md), so an older
+torch is allowed down to `OLDEST_TORCH` and named once, in one line, rather than refused."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from .device import deterministic_mode
 from .errors import PoisonbenchWarning
 from .hashing import code_fingerprint
 
-# pyproject.toml's pin (tests/test_torch_version.py keeps the two equal): the build the numbers are tested with
+# constraints/tested.txt's torch (tests/test_torch_version.py keeps the two equal): the release the tests and the
+# numbers run with, the newest in pyproject.toml's range that is tested
 TESTED_TORCH = "2.14.1"
 # the oldest torch poisonbench imports and runs on: APIs newer than this are guarded (docs/install.md, "A machine
 # that already has its torch")
@@ -45,7 +46,7 @@ def torch_version_note(version: str | None = None) -> str | None:
                 f"{TESTED_TORCH}): expect errors")
     if have < version_tuple(TESTED_TORCH):
         return (f"torch {version} is older than the tested {TESTED_TORCH}: numbers may differ in float rounding "
-                "from the pinned build's (records name the version in env.torch)")
+                "from the tested build's (records name the version in env.torch)")
     return None
 
 
@@ -94,7 +95,7 @@ def environment(device: torch.device, accel: str = "auto", deterministic: str | 
     """Where and how a run or a craft executed (none of it is part of a run id or a poison id); `accel`: the CPU
     kernels' switch it ran with (poisonbench.engine.kernels); `deterministic`: CUDA's algorithm choice (on | off;
     None: the mode the process is configured with, `device.configure_device`). `torch` is the version that ran,
-    pinned or not (`check_torch_version` warns here once when it is older than the tested pin)."""
+    the tested one or not (`check_torch_version` warns here once when it is older than the tested one)."""
     check_torch_version()
     env = {
         "poisonbench": __version__,
