@@ -4,6 +4,7 @@ per-poison collision) are two columns, two names, in records, tables and the mat
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from poisonbench.attacks import ATTACKS
@@ -95,9 +96,14 @@ def test_only_a_difference_in_beta_alone_makes_a_budget_row():
     assert only_budget_differs('{"k": 3}', '{"k": 3, "beta": 0.1}') == 0.1
     assert split_budget_key(budget_key("hint", 0.3)) == ("hint", 0.3)
     assert split_budget_key("hint") == ("hint", None)
-    chosen = {"hint": None, budget_key("hint", 0.3): None, budget_key("hint", 0.1): None, "none": None}
+    some, empty = pd.DataFrame({"beta": [0.062]}), pd.DataFrame({"beta": []})
+    chosen = {"hint": some, budget_key("hint", 0.3): some, budget_key("hint", 0.1): some, "none": some}
     assert with_budget_rows(["none", "hint", "friends"], chosen) == [
         "none", "hint", "hint@beta=0.1", "hint@beta=0.3", "friends"]
+    # a method shown only at another β (no run at the paper's): no empty plain row before its budget row
+    assert with_budget_rows(["none", "hint"], chosen | {"hint": empty}) == [
+        "none", "hint@beta=0.1", "hint@beta=0.3"]
+    assert with_budget_rows(["none", "hint"], {"hint": empty}) == ["none", "hint"]
 
 
 @pytest.mark.parametrize(("params", "objective", "column"), [
@@ -169,3 +175,18 @@ def test_paired_table3_says_per_column_what_effect_its_targets_could_detect():
             "drop in ASR can be detected (there is nothing to save)") in text.splitlines()
     plain = tables.render(tables.build("3", records, tables.Options(trials=13), dataset="fashion-mnist"), "md")
     assert "detectable" not in plain
+
+
+def test_hint_run_only_at_the_attacks_budget_is_shown_as_its_budget_row_not_left_out():
+    """No HINT run at the paper's β (0.062), only at β = ε: the r = 0.5 set anchors HINT's rows and is shown as
+    `HINT (β 0.3)`, paired with W/o Defense; no empty `HINT` row, and no note that it was left out."""
+    records = [run("none", t, t < 10) for t in range(13)] + [
+        run("hint", t, 6 <= t < 10, hint_params(beta=EPS)) for t in range(13)]
+    table = tables.build("3", records, tables.Options(trials=13, paired=True), dataset="fashion-mnist")
+    labels = [row[0].text for row in table.blocks[0].rows if row[1].text == "ASR"]
+    assert labels == ["W/o Defense", "HINT (β 0.3)"]
+    cells = {(d["method"], d["beta"]): d for d in table.data if d["attack"] == "fc"}
+    assert set(cells) == {("none", None), ("hint", 0.3)}
+    assert (cells[("hint", 0.3)]["successes"], cells[("hint", 0.3)]["paired_saved"]) == (4, 6)
+    text = tables.render(table, "md")
+    assert "not shown" not in text and "other than its defaults" not in text

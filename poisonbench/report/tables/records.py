@@ -498,8 +498,14 @@ def choose_parameters(sdf: pd.DataFrame, notes: list, budgets: bool = False) -> 
     beside the paper's (issue 80)."""
     chosen = {}
     for m in sorted(set(sdf.method)):
-        chosen[m], left = primary(sdf, m, HINT_PAPER if m == "hint" else None)
-        if len(chosen[m]) and not chosen[m].default_params.any():
+        fixed = HINT_PAPER if m == "hint" else None
+        chosen[m], left = primary(sdf, m, fixed)
+        anchored_off_paper = False
+        if budgets and not len(chosen[m]) and fixed and BUDGET_PARAM in fixed:
+            # no run at the paper's β: the set at the paper's other values (r) anchors the rows, shown by its β
+            chosen[m], left = primary(sdf, m, {k: v for k, v in fixed.items() if k != BUDGET_PARAM})
+            anchored_off_paper = len(chosen[m]) > 0
+        if len(chosen[m]) and not chosen[m].default_params.any() and not anchored_off_paper:
             notes.append(f"{method_label(m)} is shown with parameters other than its defaults (or from a version "
                          f"whose defaults this one cannot check): {chosen[m].params_json.iloc[0]}")
         if budgets and len(chosen[m]) and chosen[m].params_json.nunique() == 1:
@@ -509,6 +515,9 @@ def choose_parameters(sdf: pd.DataFrame, notes: list, budgets: bool = False) -> 
                     chosen[budget_key(m, beta)] = rows
                     left = left.drop(rows.index)
         notes.append(left_out_note(m, chosen[m], left))
+        betas = chosen[m].beta.dropna().unique() if budgets and len(chosen[m]) else []
+        if anchored_off_paper and len(betas) == 1:  # a budget row of its own; the paper's row stays empty
+            chosen[budget_key(m, float(betas[0]))], chosen[m] = chosen[m], chosen[m].iloc[0:0]
     return chosen
 
 
@@ -516,8 +525,10 @@ def with_budget_rows(methods: list[str], chosen: dict) -> list[str]:
     """`methods` with each method's budget rows (`choose_parameters(budgets=True)`) after it, by β."""
     out = []
     for m in methods:
-        out.append(m)
         extra = [k for k in chosen if split_budget_key(k)[0] == m and split_budget_key(k)[1] is not None]
+        rows = chosen.get(m)
+        if not extra or (rows is not None and len(rows)):  # a method shown only at another β has no plain row
+            out.append(m)
         out += sorted(extra, key=lambda k: split_budget_key(k)[1])
     return out
 
