@@ -16,13 +16,17 @@ number, as `defend --trial T` seeds it; every attacker model's seed is ≥ 2^63,
     python experiments/art_differential.py table [--trials 0 1 2] [--threat white] [--eps 32] [--out FILE.jsonl]
     python experiments/art_differential.py one --crafter C [--kw JSON] [--victims JSON] [--trials ...] [--out F]
     python experiments/art_differential.py summary FILE.jsonl [...]
+    python experiments/art_differential.py means FILE.jsonl [--eps 32] [--trials ...]
+    python experiments/art_differential.py paired FILE.jsonl --crafter C [--kw JSON] --versus C2 [--versus-kw JSON]
+        [--eps 32] [--trials ...]
 
 `table`: per target, ours, ART's FC (its defaults, one round; as its example runs it) and ART's BP. `one`: one
 crafter with its keywords (a suspect of issue 66: another objective, step count or selection among restarts, `brew`)
 and the victims to train (`--victims`: the head `fresh` or `pretrained`, BatchNorm `train` or `eval`). Each run
 appends one JSON line per target (success, p(intended), feature distances); crafted poisons are cached under
 RESULTS/art_differential, so other victims on the same poisons cost only their training. `summary` prints the
-markdown tables of art_differential.md.
+markdown tables of art_differential.md. `means`: per crafter and keywords, the means over the given trials (the
+grid of experiments/art_perpoison.md); `paired`: two crafters on the same targets, paired (its paired table).
 
 Victims: `bn` train is the engine's victim (`engine.training.train`, as `defend --head-bn train`, the default);
 `bn` eval (`defend --head-bn eval`) fixes φ, so `victim_eval_bn` trains the same head with the engine's order and
@@ -35,6 +39,10 @@ Crafters (`CRAFTERS`):
   coefficient 256), which has no ε bound: it is run in `--art-rounds` rounds, each a call of `poison` started from
   the last round's poisons, followed by the L∞ projection onto the ε-ball around the bases and [0, 1] (the issue's
   protocol; reference/toolkits.md).
+- `art-fc-rescaled`: ART's `FeatureCollisionAttack` at settings rescaled to [0, 1] pixels and 1,600 features
+  (issue 80 item 5: lr 0.02, similarity coefficient 0.1, 5 iterations a call), one base per call with its learning
+  rate reset before each call, `rounds` calls per base each followed by the ε projection (experiments/art_perpoison.md).
+- `toxic`: our per-poison FC (`fc --impl toxic`, the Toxic benchmark's forward-backward) through the attack class.
 - `art-bp`: ART's `BullseyePolytopeAttackPyTorch` (Adam 0.04, `--art-bp-iterations`, its own ε clip), as shipped.
 """
 
@@ -129,6 +137,43 @@ def art_fc(setting: Setting, trial: int, target: Target, rows: torch.Tensor, rou
     return torch.from_numpy(poisons) - x, {"rounds": rounds, **kw}
 
 
+def art_fc_rescaled(setting: Setting, trial: int, target: Target, rows: torch.Tensor, rounds: int = 60,
+                    learning_rate: float = 0.02, similarity_coeff: float = 0.1, max_iter: int = 5,
+                    **kw) -> tuple[torch.Tensor, dict]:
+    """ART's FeatureCollisionAttack at settings rescaled to [0, 1] pixels and the ConvNet's 1,600 features (the
+    issue-80 reviewer's protocol): one attack per target; for each base, `rounds` rounds, each ONE call of
+    `poison` on that base's current poison alone (`max_iter` iterations) with `attack.learning_rate` reset to
+    `learning_rate` before the call (ART halves it in place and shares it across the bases of a call), followed by
+    the L∞ projection onto the ε-ball around the clean base and [0, 1]. ART's backward step pulls toward the
+    image the call starts from (its `init_attack`), i.e. the last round's projected poison, with
+    β = similarity_coeff·(1600/784)². No watermark."""
+    from art.attacks.poisoning import FeatureCollisionAttack
+
+    x, t = setting.tensors(rows, target)
+    classifier = art_classifier(setting.crafting, setting.data, CPU)
+    attack = FeatureCollisionAttack(classifier, t.numpy(), "features", learning_rate=learning_rate,
+                                    similarity_coeff=similarity_coeff, max_iter=max_iter, verbose=False, **kw)
+    poisons = x.clone()
+    decays = 0  # calls that ended with ART's learning rate below the reset value (its rejected first step)
+    for i in range(len(x)):
+        base = x[i:i + 1]
+        poison = base.clone()
+        for _ in range(rounds):
+            attack.learning_rate = learning_rate
+            out, _ = attack.poison(poison.numpy().copy())
+            decays += attack.learning_rate < learning_rate
+            poison = base + project(base, torch.from_numpy(out) - base, setting.eps)
+        poisons[i:i + 1] = poison
+    return poisons - x, {"rounds": rounds, "learning_rate": learning_rate, "similarity_coeff": similarity_coeff,
+                         "max_iter": max_iter, "decayed_calls": int(decays), **kw}
+
+
+def toxic(setting: Setting, trial: int, target: Target, rows: torch.Tensor, **params) -> tuple[torch.Tensor, dict]:
+    """Our per-poison FC (`fc --impl toxic`: the Toxic benchmark's forward-backward, Shafahi et al. Eq. 1) through
+    the attack class, as `craft --attack fc --attack-params impl=toxic` runs it."""
+    return ours(setting, trial, target, rows, impl="toxic", **params)
+
+
 def art_bp(setting: Setting, trial: int, target: Target, rows: torch.Tensor, iterations: int = 1200,
            **kw) -> tuple[torch.Tensor, dict]:
     """ART's BullseyePolytopeAttackPyTorch as shipped (Adam 0.04, its ε clip after every step)."""
@@ -191,7 +236,8 @@ def watermark(setting: Setting, trial: int, target: Target, rows: torch.Tensor, 
 
 # ART's FC as its example notebook runs it (notebooks/poisoning_attack_feature_collision*.ipynb)
 ART_EXAMPLE = {"rounds": 1, "max_iter": 10, "similarity_coeff": 256, "watermark": 0.3}
-CRAFTERS = {"ours": ours, "art-fc": art_fc, "art-bp": art_bp, "brew": brew, "watermark": watermark}
+CRAFTERS = {"ours": ours, "art-fc": art_fc, "art-fc-rescaled": art_fc_rescaled, "toxic": toxic, "art-bp": art_bp,
+            "brew": brew, "watermark": watermark}
 
 
 # ------------------------------------------------------------------------------------------------------ measurement
@@ -334,9 +380,90 @@ def summary(paths: list[Path]) -> None:
         print(f"| {threat} | {eps:g} | {n} | {crafter} | {who} | {sum(hits)}/{len(hits)} |")
 
 
+def runs_of(paths: list[Path]) -> dict[tuple, dict]:
+    """The rows of the JSONL files by (crafter, kw, threat, ε, poisons, trial): a repeated run (the same cached
+    poisons) adds the victims its rows had not trained yet."""
+    runs: dict[tuple, dict] = {}
+    for path in paths:
+        for line in path.read_text().splitlines() if path.exists() else []:
+            if line.strip():
+                r = json.loads(line)
+                key = (r["crafter"], json.dumps(r["kw"], sort_keys=True), r["threat"], r["eps"],
+                       r.get("poisons", POISONS), r["trial"])
+                seen = runs.setdefault(key, {**r, "victims": []})["victims"]
+                who = [(v["head"], v["bn"], v.get("engine")) for v in seen]
+                seen += [v for v in r["victims"] if (v["head"], v["bn"], v.get("engine")) not in who]
+    return runs
+
+
+def fresh_eval(row: dict) -> dict | None:
+    """The row's fresh-head, BN-eval victim (`victim_eval_bn`), the one every crafter here is trained by."""
+    return next((v for v in row["victims"] if v["head"] == "fresh" and v["bn"] == "eval" and not v.get("engine")),
+                None)
+
+
+def means(paths: list[Path], threat: str, eps: float, poisons: int, trials: list[int]) -> None:
+    """Markdown: per (crafter, kw) at this threat, ε and budget, over the given trials it has: targets, mean d_pt,
+    mean d_pt/d_bt, mean d_pm, mean p(intended), success k/n (fresh head, BN eval), mean craft seconds."""
+    cells: dict[tuple, list[dict]] = {}
+    for (crafter, kw, th, e, n, trial), r in sorted(runs_of(paths).items()):
+        if (th, e, n) == (threat, eps, poisons) and trial in trials and fresh_eval(r):
+            cells.setdefault((crafter, kw), []).append(r)
+    print("| crafter | kw | targets | mean d_pt | mean d_pt/d_bt | mean d_pm | mean p(intended) | success | "
+          "mean craft s |\n|---|---|---|---|---|---|---|---|---|")
+    for (crafter, kw), rs in cells.items():
+        v = [fresh_eval(r) for r in rs]
+        print(f"| {crafter} | `{kw}` | {len(rs)} | {np.mean([r['d_pt'] for r in rs]):.2f} | "
+              f"{np.mean([r['ratio'] for r in rs]):.3f} | {np.mean([r['d_pm'] for r in rs]):.2f} | "
+              f"{np.mean([x['p_intended'] for x in v]):.3f} | {sum(x['success'] for x in v)}/{len(v)} | "
+              f"{np.mean([r['craft_seconds'] for r in rs]):.0f} |")
+
+
+def paired(paths: list[Path], threat: str, eps: float, poisons: int, trials: list[int], first: tuple[str, dict],
+           second: tuple[str, dict]) -> None:
+    """Markdown: two crafters on the same targets (the given trials both have), per target and paired: success
+    (both / first only / second only / neither, Δ with Newcombe's 95 % interval, McNemar's exact p:
+    `report.tables.stats.paired_success`), and for p(intended), d_pt/d_bt and d_pm each one's mean, the mean
+    paired difference (first − second) with a t 95 % interval and Wilcoxon's signed-rank p."""
+    from scipy import stats
+
+    from poisonbench.report.tables.stats import paired_success
+
+    runs = runs_of(paths)
+    keys = [(c, json.dumps(kw, sort_keys=True)) for c, kw in (first, second)]
+    both = [t for t in trials if all((c, kw, threat, eps, poisons, t) in runs
+                                     and fresh_eval(runs[(c, kw, threat, eps, poisons, t)]) for c, kw in keys)]
+    a, b = ([runs[(c, kw, threat, eps, poisons, t)] for t in both] for c, kw in keys)
+    names = [f"{c} `{kw}`" for c, kw in keys]
+    print(f"first: {names[0]}; second: {names[1]}; {threat}-box, ε {eps:g}/255, {poisons} poisons, "
+          f"{len(both)} targets (trials {' '.join(map(str, both))})\n")
+    print("| trial | target (true→intended) | d_bt | d_pt first / second | d_pm first / second | "
+          "p(intended) first / second | success first / second |\n|---|---|---|---|---|---|---|")
+    for t, r, s in zip(both, a, b, strict=True):
+        vr, vs = fresh_eval(r), fresh_eval(s)
+        print(f"| {t} | {r['target']} ({r['true']}→{r['intended']}) | {r['d_bt']:.1f} | {r['d_pt']:.2f} / "
+              f"{s['d_pt']:.2f} | {r['d_pm']:.2f} / {s['d_pm']:.2f} | {vr['p_intended']:.3f} / {vs['p_intended']:.3f}"
+              f" | {'yes' if vr['success'] else 'no'} / {'yes' if vs['success'] else 'no'} |")
+    hits = [[bool(fresh_eval(r)["success"]) for r in rows] for rows in (a, b)]
+    ps = paired_success(*hits)
+    print(f"\nsuccess: first {sum(hits[0])}/{len(both)}, second {sum(hits[1])}/{len(both)}; both {ps.both}, "
+          f"first only {ps.first_only}, second only {ps.second_only}, neither {ps.neither}; "
+          f"Δ {100 * ps.diff:+.0f} pp [Newcombe {100 * ps.lo:+.0f}, {100 * ps.hi:+.0f}], McNemar p {ps.p:.3g}\n")
+    print("| measure | first (mean) | second (mean) | first − second (mean, t 95 %) | Wilcoxon p |\n"
+          "|---|---|---|---|---|")
+    for name, get in (("p(intended)", lambda r: fresh_eval(r)["p_intended"]), ("d_pt/d_bt", lambda r: r["ratio"]),
+                      ("d_pt", lambda r: r["d_pt"]), ("d_pm", lambda r: r["d_pm"])):
+        x, y = np.array([get(r) for r in a]), np.array([get(r) for r in b])
+        d = x - y
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        w = stats.wilcoxon(x, y).pvalue if np.any(d != 0) else 1.0
+        print(f"| {name} | {x.mean():.3f} | {y.mean():.3f} | {d.mean():+.3f} [{d.mean() - half:+.3f}, "
+              f"{d.mean() + half:+.3f}] | {w:.2g} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("table", "one", "summary"))
+    parser.add_argument("command", choices=("table", "one", "summary", "means", "paired"))
     parser.add_argument("files", nargs="*", type=Path, help="summary: the JSONL files the runs appended to")
     parser.add_argument("--results", type=Path, default=Path("results/t66"))
     parser.add_argument("--trials", type=int, nargs="+", default=[0, 1, 2])
@@ -348,10 +475,17 @@ def main() -> None:
     parser.add_argument("--victims", default='[{"head": "fresh", "bn": "eval"}]',
                         help='victims (JSON list of {"head": fresh|pretrained, "bn": train|eval})')
     parser.add_argument("--out", type=Path, help="append the JSON rows here")
+    parser.add_argument("--versus", choices=tuple(CRAFTERS), default="toxic", help="paired: the second crafter")
+    parser.add_argument("--versus-kw", default="{}", help="paired: the second crafter's keywords (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.command == "summary":
         return summary(args.files)
+    if args.command == "means":
+        return means(args.files, args.threat, args.eps, args.poisons, args.trials)
+    if args.command == "paired":
+        return paired(args.files, args.threat, args.eps, args.poisons, args.trials,
+                      (args.crafter, json.loads(args.kw)), (args.versus, json.loads(args.versus_kw)))
     setting = Setting(args.results, args.threat, args.eps / 255, args.poisons)
     victims = json.loads(args.victims)
     runs = {"one": [(args.crafter, json.loads(args.kw))],
