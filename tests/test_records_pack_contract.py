@@ -172,10 +172,11 @@ def test_a_failed_write_is_one_line_naming_what_and_where(cli, workspace, tmp_pa
     packed = tmp_path / "p.jsonl.gz"
     packed_records.pack(workspace, packed)
 
-    def full(path, data):
+    def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(packed_records, "atomic_write_bytes", full)
+    monkeypatch.setattr(packed_records, "atomic_write_bytes", full)  # pack
+    monkeypatch.setattr(packed_records, "write_file_at", full)  # unpack, into the directories it holds
     if command == "pack":
         code, _, err = cli("records", "pack", workspace, tmp_path / "o.jsonl.gz")
         expected = f"cannot write packed records to {q(tmp_path / 'o.jsonl.gz')}: No space left on device"
@@ -183,7 +184,8 @@ def test_a_failed_write_is_one_line_naming_what_and_where(cli, workspace, tmp_pa
         code, _, err = cli("records", "unpack", packed, tmp_path / "u")
         expected = f"cannot write unpacked records to {q(tmp_path / 'u')}: No space left on device"
     assert refusal(code, err) == expected
-    assert not (tmp_path / "o.jsonl.gz").exists() and files_under(tmp_path / "u") == []
+    assert not (tmp_path / "o.jsonl.gz").exists()
+    assert [p for p in files_under(tmp_path / "u") if p.parent.name != "locks"] == []  # the run's lock file stays
 
 
 # ----------------------------------------------------------------------------------------------- read: refusals
@@ -351,14 +353,14 @@ def test_an_existing_file_that_cannot_be_read_is_one_line(cli, tmp_path, monkeyp
     path = write_pack(tmp_path / "p.jsonl.gz", [header(1), run_line(RECORD)])
     target = RunStore(tmp_path / "u").path(RECORD["run_id"])
     atomic_write_json(target, RECORD)
-    real = Path.read_bytes
+    real = os.open
 
-    def read_bytes(self):
-        if self == target:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real(self)
+    def denied(path, *args, **kwargs):
+        if os.fspath(path) == str(target):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "open", denied)
     code, _, err = cli("records", "unpack", path, tmp_path / "u")
     assert refusal(code, err) == f"cannot read {q(target)}: Permission denied"
 

@@ -217,9 +217,9 @@ def test_a_packed_file_gives_the_page_a_workspace_gives(workspace, tmp_path):
 
 def test_the_page_is_written_atomically_and_replaced(workspace, tmp_path, cli):
     out = tmp_path / "out" / "page.html"
-    for _ in range(2):
+    for force in ((), ("--force",)):  # an existing page is replaced only with --force (tests/test_write_discipline.py)
         code, stdout, err = cli("report", "html", out, "--results", workspace, "--no-figures", "--dataset",
-                                "cifar10")
+                                "cifar10", *force)
         assert code == 0 and stdout.strip() == str(out), err
     assert sorted(p.name for p in out.parent.iterdir()) == ["page.html"]  # no temporary file left
     assert "mnist-5k · convnet" not in out.read_text(encoding="utf-8")  # --dataset filters the tables

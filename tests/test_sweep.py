@@ -340,8 +340,8 @@ def test_emit_sbatch_writes_an_array_of_the_missing_steps(cli, swept, tmp_path):
     results = swept.copy(tmp_path / "r")  # steps 0 and 2 missing
     shutil.rmtree(results / "poisons" / swept.keys[0])
     (results / "runs" / f"{swept.keys[2]}.json").unlink()
-    code, out, err = cli("sweep", "run", swept.grid, "--results", results, "--emit-sbatch", script,
-                         "--array-parallelism", "8")
+    code, out, err = cli("sweep", "run", swept.grid, "--results", results, "--emit-sbatch", script, "--force",
+                         "--array-parallelism", "8")  # the first script is replaced only with --force
     assert code == 0, err
     options = sbatch_lines(script.read_text())
     assert options["--array"] == "0,2%8"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -212,12 +213,13 @@ def export(
     npz_split: str = options.NpzSplit,
     device: str = options.Device,
     results: str = options.Results,
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file (never one the command reads: "
+                                                      "a record or PoisonSet of the workspace, the dataset)."),
     as_json: bool = options.Json,
 ) -> None:
     from ..attacks.base import check_seed
     from ..core.device import resolve_device, to_float
     from ..core.errors import PoisonbenchError
-    from ..core.workspace import results_dir
     from ..data import load_dataset, parse_npz_split
     from ..experiment.scenarios import parse_poison_sets, plan_untargeted
     from ..experiment.scenarios.untargeted import check_poison_ratio
@@ -236,10 +238,10 @@ def export(
         from ..poisons import check_poison_id
 
         check_poison_id(poison_set, "--poison-set ")
-        check_export_out(fmt, out)
-        results_dir(results)
+        inputs = export_inputs(results, dataset, data_dir)
+        check_export_out(fmt, out, force, inputs)
         data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
-        written = export_targeted(results, poison_set, data, fmt, out)
+        written = export_targeted(results, poison_set, data, fmt, out, force, inputs)
         if as_json:
             print(json.dumps(written))
             return
@@ -260,8 +262,8 @@ def export(
     if trial < 0:
         raise PoisonbenchError(f"--trial must be a non-negative integer, got {trial}")
     check_seed(seed + trial, "--seed plus --trial")
-    check_export_path(out)
-    results_dir(results)  # a bad --results fails before the dataset is loaded
+    inputs = export_inputs(results, dataset, data_dir)  # a bad --results fails before the dataset is loaded
+    check_export_path(out, force, inputs)
     mix = [a.strip() for a in attacks.split(",")] if attacks is not None else None
     chosen = parse_poison_sets(poisons_)
     dev = resolve_device(device)
@@ -269,7 +271,7 @@ def export(
     order_rows(data, order)  # refuse an order the dataset lacks before anything is crafted
     plan = plan_untargeted(data, poison_ratio, mix, seed=seed + trial, results_root=results, poison_sets=chosen)
     train_x = plan.apply(to_float(data.train.x, dev), results_root=results, device=dev, reporter=RichReporter())
-    written = export_hint_file(data, train_x, out, order)
+    written = export_hint_file(data, train_x, out, order, force, inputs)
     summary = {**written, "dataset": data.name, "poison_ratio": poison_ratio, "attacks": plan.attacks,
                "counts": plan.config["counts"], "poison_ids": plan.config["poison_ids"], "trial": trial,
                "seed": seed + trial}
@@ -280,3 +282,13 @@ def export(
                            f"{poison_ratio:g} ({', '.join(f'{a} {c}' for a, c in plan.config['counts'].items())}); "
                            f"{written['clean_outside_train_split']} rows left clean (not in {data.name}'s train "
                            "split)")
+
+
+def export_inputs(results: str | None, dataset: str | None, data_dir: str | None) -> list[Path]:
+    """What `poisons export` reads, which its --out never replaces (core.io.check_output): the workspace's runs/ and
+    poisons/, the dataset's file (`--dataset FILE.npz`) and `--data-dir`."""
+    from ..core.workspace import results_dir
+
+    root = results_dir(results)
+    return [root / "runs", root / "poisons", *([Path(dataset)] if dataset and Path(dataset).is_file() else []),
+            *([Path(data_dir)] if data_dir else [])]

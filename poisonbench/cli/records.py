@@ -35,14 +35,15 @@ def pack(
     data_dir: str = typer.Option(None, "--data-dir",
                                  help="With --grid: the directory holding the grid's dataset files (a run id hashes "
                                       "the data's fingerprint), as given to `sweep run`."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists (never a file of DIR's "
+                                                       "runs/ or poisons/)."),
     as_json: bool = options.Json,
 ) -> None:
     from ..experiment import packed_records
 
     if data_dir is not None and grid is None:
         raise PoisonbenchError("--data-dir is read only with --grid (to resolve the grid's run ids)")
-    packed_records.check_output(out, force)
+    packed_records.check_output(out, force, directory)
     packed_records.check_workspace(directory)  # both before the grid's datasets are loaded
     selection = None
     if grid is not None:
@@ -77,14 +78,10 @@ def unpack(
                                              "is (each named on stderr, exit 0); never overwrites."),
     as_json: bool = options.Json,
 ) -> None:
-    from ..core.workspace import refuse_links, results_dir
     from ..experiment import packed_records
 
-    pack = packed_records.read_pack(source)  # a bad file is named first, as `unpack` does
-    root = results_dir(directory)
-    for path in [root / "runs", *(root / "poisons" / m["poison_id"] for _, m in pack.manifests)]:
-        refuse_links(root, path)  # nothing is written through a symbolic link in the workspace
-    summary = packed_records.unpack(source, directory, skip_conflicts=skip_conflicts)
+    pack = packed_records.read_pack(source)  # read once; a bad file is named before the workspace is looked at
+    summary = packed_records.unpack(pack, directory, skip_conflicts=skip_conflicts)
     for conflict in summary["refused"]:
         _note(f"not unpacked: {conflict}")
     if as_json:

@@ -43,12 +43,21 @@ Results = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS", show_def
                        help=f"Results workspace (default ./results), or a packed records file (FILE{SUFFIX}, made "
                             "by `poisonbench records pack`), read as is. Env: POISONBENCH_RESULTS.")
 
+MIX_RUNS = "clean runs or untargeted runs of the attack mix (--attacks; default the paper's four)"
 FIGURE_NEEDS = {
     "1": "HINT runs whose record keeps healthy-noise examples (record.defense.examples)",
-    "2": "untargeted or clean runs with metrics.sample_predictions",
+    "2": f"{MIX_RUNS} with metrics.sample_predictions",
     "3": "targeted MP runs (config.poison.kind = targeted, attack = mp)",
     "4": "targeted BP runs (config.poison.kind = targeted, attack = bp)",
-    "rho": "untargeted or clean runs",
+    "rho": MIX_RUNS,
+}
+# what a table empty of runs needs, named in its one line (issue 82: a workspace of one kind of run)
+TABLE_NEEDS = {
+    "2": MIX_RUNS,
+    "3": "targeted runs (config.poison.kind = targeted)",
+    "4": "HINT runs of the attack mix at ρ = --rho (default 0.6)",
+    "5": "runs of the attack mix at ρ = --rho (default 0.6)",
+    "matrix": "clean runs, untargeted runs of one attack alone at ρ = --poison-ratio (default 1.0), or targeted runs",
 }
 
 
@@ -257,7 +266,7 @@ def show_table(table: str, records: list[dict], store: RecordReader, opts, filte
     tables.assert_records(records, store.runs, len(store.skipped))
     result = tables.build(number, records, opts, **filters)
     if result.empty:
-        note(f"{result.title}: no records match ({describe(filters)})")
+        note(f"{result.title}: no records match ({describe(filters)}); it needs {TABLE_NEEDS[number]}")
         if fmt == "json":  # stdout stays valid JSON for a pipeline
             emit(tables.render(result, fmt), fmt)
         return []
@@ -569,7 +578,9 @@ def figure_command(
 
 
 HtmlOut = typer.Argument(..., metavar="OUT.html", show_default=False,
-                         help="The page to write (replaced atomically when it exists).")
+                         help="The page to write (atomically); an existing file only with --force.")
+HtmlForce = _option(False, "--force", help="Replace OUT.html if it exists (never a file the page is made from: the "
+                                           "--records file, a record or manifest of the workspace).")
 HtmlRecords = _option(None, "--records", metavar="FILE",
                       help=f"A packed records file (FILE{SUFFIX} or .jsonl.xz, made by `poisonbench records pack`) "
                            "to read instead of --results.")
@@ -592,10 +603,13 @@ def html_command(
     trials: int = TableTrials,
     data_dir: str = HtmlDataDir,
     no_figures: bool = NoFigures,
+    force: bool = HtmlForce,
 ) -> None:
     """`report html OUT.html`: one self-contained page (report.html) of every table the records fill, the matrix's
-    heatmap and the figures, written atomically; its path on stdout."""
-    from ..core.io import write_new_file
+    heatmap and the figures, written atomically; its path on stdout. An existing OUT.html is replaced only with
+    --force, and never a file the page is made from (core.io.check_output)."""
+    from ..core.io import check_output, write_new_file
+    from ..core.workspace import results_dir
     from ..report import html
 
     if ctx.obj == CHECK_ONLY:  # a sweep grid's `report = [...]`: its files go inside the workspace (issue 68), and
@@ -610,6 +624,13 @@ def html_command(
     target = Path(out)
     if target.is_dir():
         raise PoisonbenchError(f"{out!r} is a directory; name the HTML file to write")
+    source = records_file or results
+    if is_packed(source):
+        inputs = [Path(source or os.environ["POISONBENCH_RESULTS"])]
+    else:
+        root = results_dir(source)
+        inputs = [root / "runs", root / "poisons"]
+    check_output(target, force, [*inputs, *([data_dir] if data_dir else [])], label="OUT.html ")
     if trials <= 0:
         raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
     methods, _, _ = selection.normal_selection(dataset=dataset, method=method, recipe=recipe, model=model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -173,6 +174,8 @@ def run_cmd(
                                                          "$SLURM_ARRAY_TASK_ID when set), in this process."),
     emit_sbatch: str = typer.Option(None, "--emit-sbatch", metavar="FILE",
                                     help="Write an sbatch job-array script for the missing steps and exit."),
+    force: bool = typer.Option(False, "--force", help="With --emit-sbatch: replace FILE if it exists (never the "
+                                                      "grid file, nor a file of the workspace's runs/ or poisons/)."),
     retry_failed: bool = RetryFailed,
     partition: str = typer.Option(None, "--partition", help="SLURM partition."),
     time_min: int = typer.Option(240, "--time", help="SLURM time limit per task, minutes."),
@@ -206,6 +209,14 @@ def run_cmd(
                         ("--array-parallelism", array_parallelism), ("--cpus-per-task", cpus_per_task)):
         if value is not None and value < (0 if flag == "--gpus-per-task" else 1):
             raise PoisonbenchError(f"{flag} must be >= {0 if flag == '--gpus-per-task' else 1}, got {value}")
+    script_inputs = ()
+    if force and not emit_sbatch:
+        raise PoisonbenchError("--force is read only with --emit-sbatch (it lets FILE be replaced); `sweep run` "
+                               "never runs a done step again")
+    if emit_sbatch:  # before the grid's datasets are loaded
+        root = RunStore(results).root
+        script_inputs = (*([Path(grid)] if Path(grid).is_file() else []), root / "runs", root / "poisons")
+        slurm.check_script_path(emit_sbatch, force, script_inputs)
     ex = execution(results, data_dir, download, device, compile, accel, deterministic)
     plan = planned(grid, ex)
     if task_id is not None or (executor == "workers" and emit_sbatch is None and _in_array()):
@@ -213,7 +224,7 @@ def run_cmd(
     steps = execute.to_run(plan, retry_failed)
     if emit_sbatch:
         path = slurm.write_script(emit_sbatch, slurm.sbatch_script(plan, steps, plan.grid.source, slurm_options),
-                                  RunStore(plan.execution.results).root)
+                                  RunStore(plan.execution.results).root, force, script_inputs)
         stdout_console().print(f"wrote {path}: a job array of {len(steps)} steps (of {len(plan.steps)}); submit "
                                f"it with `sbatch {path}`")
         return

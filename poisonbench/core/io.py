@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,117 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
+def check_output(path: str | Path, force: bool, inputs: Iterable[str | Path] = (), label: str = "") -> Path:
+    """An output named on the command line (`report html OUT`, `poisons export --out`, `records pack OUT`, `sweep run
+    --emit-sbatch FILE`), checked before anything is read or written: not a directory, no file where a directory of
+    its path belongs; an existing file (or link) replaced only with `force`; and never, even with `force`, a file
+    the command reads: one of `inputs` (a file it reads, or a directory whose files it reads: the workspace's
+    runs/ and poisons/, a packed records file, a grid), links and hard links followed. Each refusal is one line
+    naming the path (after `label`, e.g. "OUT ") and what to do."""
+    path = Path(path)
+    shown = f"{label}{str(path)!r}"
+    if path.is_dir():
+        raise PoisonbenchError(f"{shown} is a directory; name the file to write")
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise PoisonbenchError(f"cannot write {str(path)!r}: {str(blocking)!r} is a file, not a directory")
+    if not os.path.lexists(path):
+        return path
+    read = _input_at(path, inputs)
+    if read is not None:
+        raise PoisonbenchError(f"{shown} is {read}: it is never replaced, even with --force; write to another file "
+                               "name")
+    if not force:
+        raise PoisonbenchError(f"{shown} exists; pass --force to replace it, or another file name")
+    return path
+
+
+def _input_at(path: Path, inputs: Iterable[str | Path]) -> str | None:
+    """How the existing `path` is one of `inputs` ("a file this command reads", "in 'DIR', which this command
+    reads"), else None. `path` is taken both as it is (its directory resolved, a link at it not followed) and as
+    what it leads to."""
+    places = {path.parent.resolve() / path.name, path.resolve()}
+    for given in map(Path, inputs):
+        if given.is_dir():
+            real = given.resolve()
+            if any(real in place.parents for place in places):
+                return f"in {str(given)!r}, which this command reads"
+        elif given.exists() and (given.resolve() in places or _same_inode(path, given)):
+            return "a file this command reads" + ("" if given == path else f" ({str(given)!r})")
+    return None
+
+
+def _same_inode(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# Whether directories can be held open and written into by descriptor (POSIX; not Windows, where `open_directory`
+# and `write_file_at` are not used and writes go by path)
+HOLDS_DIRECTORIES = {os.open, os.mkdir, os.rename, os.unlink, os.stat} <= os.supports_dir_fd
+
+
+def open_directory(name: str | Path, parent: int | None, shown: str | Path, create: bool = True) -> int:
+    """A descriptor of the directory `name` in the directory open as `parent` (None: `name` is a path), created if
+    absent and `create`, opened with O_DIRECTORY | O_NOFOLLOW: a symbolic link there is refused in one line naming
+    `shown` (workspace.linked_directory), and what is written through the descriptor (`write_file_at`) stays in
+    that very directory, whatever is renamed or linked in its place later. The caller closes it."""
+    from .workspace import linked_directory
+
+    if create:
+        try:
+            os.mkdir(name, dir_fd=parent)
+        except FileExistsError:
+            pass
+    try:
+        return os.open(name, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+                       | getattr(os, "O_CLOEXEC", 0), dir_fd=parent)
+    except OSError as e:
+        try:
+            is_link = stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+        except OSError:
+            is_link = False
+        if is_link:
+            raise linked_directory(shown) from None
+        raise e from None
+
+
+def write_file_at(directory: int, name: str, data: bytes) -> None:
+    """`atomic_write_bytes` inside the directory open as `directory` (`open_directory`): a new temporary file
+    (O_CREAT | O_EXCL | O_NOFOLLOW, named as `atomic_write_bytes` names its, so `remove_stale_temps` knows it),
+    written, fsynced and renamed to `name` in that directory, then the directory fsynced. No path is resolved: a link
+    swapped in for the directory is never followed, and a link at `name` is replaced, never written through. The
+    mode is 0666 less the umask, as `atomic_write_bytes` makes it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = f"{_temp_prefix(Path(name))}{writer_tag()}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666, dir_fd=directory)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no free name for a temporary file", name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=directory)
+        except OSError:
+            pass
+        raise
+    try:
+        os.fsync(directory)
+    except OSError:  # some filesystems cannot fsync a directory: the rename is still atomic
+        pass
+
+
 def make_directories(directory: Path, created: list[Path]) -> None:
     """`mkdir -p directory`, appending each directory it makes to `created` (outermost first), so that a write that
     fails later can remove them (`remove_made`) and leave nothing half-made."""
@@ -162,44 +276,105 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json_bytes(obj))
 
 
-def _lock(lock_path: Path) -> FileLock:
-    """The lock on `lock_path`, its directory created if absent (the file itself is created when the lock is
-    taken); a one-line error if the directory cannot be."""
+def _link_text(path: Path) -> str:
+    try:
+        return f" (to {os.readlink(path)!r})"
+    except OSError:
+        return ""
+
+
+def _lock_is_a_link(lock_path: Path) -> PoisonbenchError:
+    return PoisonbenchError(f"{str(lock_path)!r} is a symbolic link{_link_text(lock_path)}, not a lock file: "
+                            "poisonbench opens its locks only as files of its own; remove the link")
+
+
+def _open_lock_file(lock_path: Path) -> int:
+    """A descriptor of `lock_path`, created if absent, never through a symbolic link (O_NOFOLLOW: a link at the lock
+    path is refused, its target neither created nor truncated) and only a regular file (a FIFO or a device there is
+    refused). The lock's directory is created if absent. Each refusal is one line naming the path."""
     lock_path = Path(lock_path)
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _cannot_create(lock_path, e) from None
-    return FileLock(lock_path)
+    if lock_path.is_symlink():  # also where the system has no O_NOFOLLOW
+        raise _lock_is_a_link(lock_path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock_path, flags, 0o666)  # the umask applies, as to filelock's own
+    except OSError as e:
+        raise _cannot_create(lock_path, e) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PoisonbenchError(f"{str(lock_path)!r} is not a regular file, not a lock file poisonbench made; remove "
+                               "it")
+    return fd
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` (not following a link) is still the file `fd` is open on."""
+    try:
+        now = os.lstat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _cannot_create(lock_path: Path, e: OSError) -> PoisonbenchError:
+    if Path(lock_path).is_symlink():  # O_NOFOLLOW's ELOOP, from our open or filelock's
+        return _lock_is_a_link(Path(lock_path))
     return PoisonbenchError(f"cannot create the lock file {str(lock_path)!r}: {why_not_written(e, lock_path)}")
 
 
-def _take(lock: FileLock, timeout: float) -> bool:
-    """Take `lock` (timeout 0: try once; -1: wait as long as it takes); False when another process holds it."""
+def _take(lock: FileLock, fd: int, timeout: float) -> bool:
+    """Take `lock` (timeout 0: try once; -1: wait as long as it takes); False when another process holds it. Once
+    taken, the lock path must still be the regular file `fd` (`_open_lock_file`) is open on: a link swapped in
+    between (which a `filelock` without O_NOFOLLOW, 3.x, would have followed) releases the lock and is refused."""
+    path = Path(lock.lock_file)
     try:
         lock.acquire(timeout=timeout)
     except Timeout:  # a TimeoutError, so an OSError: caught first
         return False
     except OSError as e:
-        raise _cannot_create(Path(lock.lock_file), e) from None
+        raise _cannot_create(path, e) from None
+    if not _same_file(fd, path):
+        lock.release()
+        if path.is_symlink():
+            raise _lock_is_a_link(path)
+        raise PoisonbenchError(f"the lock file {str(path)!r} was replaced while it was being taken; run the command "
+                               "again")
     return True
+
+
+@contextmanager
+def _held(lock_path: Path, wait: bool, on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
+    """`try_exclusive` (`wait` False) and `exclusive`: the lock file opened by poisonbench (`_open_lock_file`) and
+    held open while `filelock` takes and holds the lock, then checked (`_take`)."""
+    fd = _open_lock_file(lock_path)
+    try:
+        lock = FileLock(lock_path)
+        if not _take(lock, fd, timeout=0):
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait()
+            _take(lock, fd, timeout=-1)
+        try:
+            yield True
+        finally:
+            lock.release()
+    finally:
+        os.close(fd)
 
 
 @contextmanager
 def try_exclusive(lock_path: Path) -> Iterator[bool]:
     """`exclusive` without waiting: yields True holding the lock, or False at once when another process holds it
     (e.g. a `defend` that finds another process training the same run goes on with its other runs first)."""
-    lock = _lock(lock_path)
-    if not _take(lock, timeout=0):
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
+    with _held(lock_path, wait=False) as claimed:
+        yield claimed
 
 
 @contextmanager
@@ -210,16 +385,13 @@ def exclusive(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Ite
     Used so that concurrent sweep jobs sharing a results directory craft a PoisonSet or train a surrogate once:
     the others wait, then find the artifact. `on_wait` is called once if another process holds the lock.
     The lock dies with its holder (a killed craft never blocks the next one).
+
+    A lock file is never opened through a symbolic link, whatever `filelock` version opens it: poisonbench creates
+    it first (O_NOFOLLOW, a regular file only) and checks, once the lock is taken, that the path is still that file
+    (`_open_lock_file`, `_take`); a link is one line naming it.
     """
-    lock = _lock(lock_path)
-    if not _take(lock, timeout=0):
-        if on_wait is not None:
-            on_wait()
-        _take(lock, timeout=-1)
-    try:
+    with _held(lock_path, wait=True, on_wait=on_wait):
         yield
-    finally:
-        lock.release()
 
 
 def file_in_the_way(path: Path) -> Path | None:

@@ -45,15 +45,19 @@ def refuse_links(root: str | Path, path: str | Path) -> None:
     for part in parts:
         current = current / part
         if current.is_symlink():
-            try:
-                target = f" (to {os.readlink(current)!r})"
-            except OSError:
-                target = ""
-            raise PoisonbenchError(f"{str(current)!r} is a symbolic link{target}, not a directory: poisonbench "
-                                   "writes into a results workspace only through directories of its own; remove the "
-                                   "link")
+            raise linked_directory(current)
         if not current.exists():
             return
+
+
+def linked_directory(path: str | Path) -> PoisonbenchError:
+    """The one-line refusal of a symbolic link at `path`, where a directory of the workspace belongs."""
+    try:
+        target = f" (to {os.readlink(path)!r})"
+    except OSError:
+        target = ""
+    return PoisonbenchError(f"{str(path)!r} is a symbolic link{target}, not a directory: poisonbench writes into a "
+                            "results workspace only through directories of its own; remove the link")
 
 
 def workspace_dir(root: str | Path | None, *parts: str) -> Path:

@@ -19,7 +19,6 @@ from ..core.io import exclusive, try_exclusive
 from ..core.optional import require
 from ..core.provenance import git_state
 from ..core.seeds import check_apart
-from ..core.workspace import workspace_dir
 from ..data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
 from ..defenses import DEFENSES, build_defense
 from ..engine.checkpoints import Checkpoint, checkpoint_path
@@ -233,8 +232,9 @@ def defend(spec: DefendSpec, reporter: Reporter | None = None) -> list[RunOutcom
 
 
 def run_lock(store: RunStore, rid: str) -> Path:
-    """The claim of run `rid` in the workspace (beside the PoisonSets' and pre-trained models' locks)."""
-    return workspace_dir(store.root, "locks") / f"run-{rid}.lock"
+    """The claim of run `rid` in the workspace (beside the PoisonSets' and pre-trained models' locks; `records
+    unpack` takes it too)."""
+    return store.lock_path(rid)
 
 
 def prepare(spec: DefendSpec, reporter: Reporter | None = None) -> list[dict]:

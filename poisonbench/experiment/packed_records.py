@@ -17,18 +17,29 @@ PoisonSets they trained on: one experiment's records out of a workspace that hol
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
 import lzma
 import os
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.bounded import Refused, iter_bounded_lines, loads_json, open_regular
 from ..core.errors import PoisonbenchError
-from ..core.io import atomic_write_bytes, file_in_the_way, json_bytes, os_error_in_one_line
+from ..core.io import (
+    HOLDS_DIRECTORIES,
+    atomic_write_bytes,
+    file_in_the_way,
+    json_bytes,
+    open_directory,
+    os_error_in_one_line,
+    write_file_at,
+)
+from ..core.io import check_output as check_output_file
 from ..core.workspace import results_dir
 from .records import RecordReader, RunStore, file_stem
 from .run_inputs import poison_ids_of
@@ -131,21 +142,18 @@ def collect(directory: str | Path, grid: GridSelection | None = None) -> Content
     return out
 
 
-def check_output(out: str | Path, force: bool) -> Path:
-    """`pack`'s OUT: a name ending in .jsonl.gz or .jsonl.xz, not a directory, not an existing file unless
-    `force`."""
+def check_output(out: str | Path, force: bool, directory: str | Path | None = None) -> Path:
+    """`pack`'s OUT: a name ending in .jsonl.gz or .jsonl.xz, not a directory, not an existing file unless `force`,
+    and never a file of the workspace `directory` packs (its runs/ and poisons/), even with `force`
+    (`core.io.check_output`)."""
     path = Path(out)
     if not str(out).endswith(SUFFIXES) or path.name in SUFFIXES:
         raise PoisonbenchError(f"OUT {str(out)!r} must be a file name ending in {' or '.join(SUFFIXES)} (e.g. "
                                f"records{SUFFIX})")
     if path.is_dir():
         raise PoisonbenchError(f"OUT {str(out)!r} is a directory; pass a file name ending in {SUFFIX}")
-    if path.exists() and not force:
-        raise PoisonbenchError(f"OUT {str(out)!r} exists; pass --force to replace it, or another file name")
-    blocking = file_in_the_way(path)
-    if blocking is not None:
-        raise PoisonbenchError(f"cannot write {str(out)!r}: {str(blocking)!r} is a file, not a directory")
-    return path
+    inputs = () if directory is None else (Path(directory) / "runs", Path(directory) / "poisons")
+    return check_output_file(path, force, inputs, label="OUT ")
 
 
 def pack(directory: str | Path, out: str | Path, force: bool = False, grid: GridSelection | None = None) -> dict:
@@ -153,7 +161,7 @@ def pack(directory: str | Path, out: str | Path, force: bool = False, grid: Grid
     their PoisonSets: `sweeps.plan.grid_selection` resolves it) to `out` atomically; returns a summary: counts,
     bytes, the files skipped (each with why) and, with a grid, its name, run count and the run ids it has no record
     of."""
-    path = check_output(out, force)
+    path = check_output(out, force, directory)
     check_workspace(directory)
     contents = collect(directory, grid)
     header = {"kind": "header", "format": FORMAT, "version": VERSION, "runs": len(contents.records),
@@ -260,54 +268,146 @@ def read_pack(path: str | Path) -> Pack:
 
 # ----------------------------------------------------------------------------------------------- unpack
 
-def unpack(source: str | Path, directory: str | Path, skip_conflicts: bool = False) -> dict:
-    """Recreate `directory/runs/<run_id>.json` and `directory/poisons/<poison_id>/manifest.json` from a packed file,
-    each written atomically in the store's formatting. The whole file is checked first (`read_pack`), then every
-    destination: an existing file that differs (or a directory in its place) is a conflict, named in one line
-    (a run record of the same id trained on another craft names both crafts: docs/engine.md, "One run id, one
-    craft"); an identical one is left as it is. Conflicts refuse the whole unpack before anything is written, or
-    with `skip_conflicts` only the conflicting files (the rest is written; each one refused is listed). Nothing is
-    ever overwritten. Returns counts and the conflicts."""
+def unpack(source: str | Path | Pack, directory: str | Path, skip_conflicts: bool = False) -> dict:
+    """Recreate `directory/runs/<run_id>.json` and `directory/poisons/<poison_id>/manifest.json` from a packed file
+    (a path, or the `Pack` `read_pack` made of it: the file is then not read again), each written atomically in the
+    store's formatting. The whole file is checked first (`read_pack`), then every destination: an existing file
+    that differs (or a directory or a link in its place) is a conflict, named in one line (a run record of the same
+    id trained on another craft names both crafts: docs/engine.md, "One run id, one craft"); an identical one is
+    left as it is. Conflicts refuse the whole unpack before anything is written, or with `skip_conflicts` only the
+    conflicting files (the rest is written; each one refused is listed). Nothing is ever overwritten.
+
+    The writes go into the directories opened once and held (`core.io.open_directory`: runs/, poisons/ and each
+    poisons/<id>/, never through a symbolic link; a link swapped in for one midway is not followed), each file
+    under the lock its writer takes (a run's `locks/run-<id>.lock`, as `defend`; a PoisonSet's
+    `locks/poison-<id>.lock`, as crafting), where it is looked at again: a file another process (another unpack, a
+    `defend`) wrote meanwhile is a conflict too, never replaced. Returns counts and the conflicts."""
+    from ..core.io import exclusive
+    from ..core.workspace import refuse_links, workspace_dir
     from ..poisons.store import MANIFEST_FILE
 
-    pack = read_pack(source)
+    pack = source if isinstance(source, Pack) else read_pack(source)
     root = results_dir(directory)
     store = RunStore(root)
-    plan = [(store.path(r["run_id"]), json_bytes(r), r) for _, r in pack.runs]
-    plan += [(root / "poisons" / m["poison_id"] / MANIFEST_FILE, json_bytes(m), None) for _, m in pack.manifests]
+    plan = [(store.path(r["run_id"]), json_bytes(r), r, store.lock_path(r["run_id"])) for _, r in pack.runs]
+    plan += [(root / "poisons" / m["poison_id"] / MANIFEST_FILE, json_bytes(m), None,
+              workspace_dir(root, "locks") / f"poison-{m['poison_id']}.lock") for _, m in pack.manifests]
+    for path in dict.fromkeys(path.parent for path, *_ in plan):  # runs/ first, then each poisons/<id>/
+        refuse_links(root, path)  # in one line, naming the link, before anything is written
     todo, unchanged, conflicts = [], 0, []
-    for path, data, record in plan:
+    for path, data, record, lock in plan:
         blocking = file_in_the_way(path)
+        existing = None if blocking is not None else _existing(path, None, path)
         if blocking is not None:
             conflicts.append(f"{str(blocking)!r} is a file, not a directory")
-        elif path.is_file():
-            try:
-                existing = path.read_bytes()
-            except OSError as e:
-                raise PoisonbenchError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-            same = existing == data
-            unchanged += same
-            conflicts += [] if same else [_conflict(path, existing, record)]
-        elif path.exists():
-            conflicts.append(f"{str(path)!r} is not a file")
+        elif existing is None:
+            todo.append((path, data, record, lock))
+        elif existing == data:
+            unchanged += 1
         else:
-            todo.append((path, data))
+            conflicts.append(_conflict(path, existing, record))
     if conflicts and not skip_conflicts:
         raise PoisonbenchError(f"unpacking would overwrite {len(conflicts)} file(s) ({conflicts[0]}); nothing was "
                                "written: move them away, unpack into another directory, or pass --skip-conflicts "
                                "to write only the rest")
-    with os_error_in_one_line("unpacked records", root):
-        for path, data in todo:
-            atomic_write_bytes(path, data)
+    written = 0
+    with os_error_in_one_line("unpacked records", root), _HeldDirectories(root) as held:
+        for path, data, record, lock in todo:
+            with exclusive(lock):
+                where = held.directory(path)
+                name = path.name if where is not None else path  # by path only where nothing can be held open
+                existing = _existing(name, where, path)  # again, under the lock its other writers take
+                if existing is None:
+                    if where is None:
+                        atomic_write_bytes(path, data)
+                    else:
+                        write_file_at(where, name, data)
+                    written += 1
+                    continue
+                unchanged += existing == data
+                if existing != data:
+                    conflict = _conflict(path, existing, record)
+                    if not skip_conflicts:
+                        raise PoisonbenchError(_meanwhile(conflict, written))
+                    conflicts.append(conflict)
     return {"directory": str(root), "runs": len(pack.runs), "poison_manifests": len(pack.manifests),
-            "written": len(todo), "unchanged": unchanged, "refused": conflicts}
+            "written": written, "unchanged": unchanged, "refused": conflicts}
 
 
-def _conflict(path: Path, existing: bytes, record: dict | None) -> str:
-    """Why the packed `record` (None: a manifest) may not replace the file `path` holding `existing`: for a run
-    record trained on another craft of the same PoisonSets, both crafts."""
+def _meanwhile(conflict: str, written: int) -> str:
+    """The refusal of a file another process wrote while this unpack ran (checked again under its lock)."""
+    if not written:
+        return (f"unpacking would overwrite 1 file(s) ({conflict}; written meanwhile by another process); nothing "
+                "was written: move it away, unpack into another directory, or pass --skip-conflicts to write only "
+                "the rest")
+    return (f"unpacking stopped: {conflict} (written meanwhile by another process); {written} file(s) written "
+            "before it, nothing replaced: unpack again with --skip-conflicts to write the rest")
+
+
+NOT_A_FILE = object()  # what `_existing` returns for a directory, a link or a device where a file belongs
+
+
+def _existing(name: str | Path, directory: int | None, path: Path) -> bytes | object | None:
+    """What is at `name` in the directory open as `directory` (None: `name` is a path), never through a link at
+    `name`: None for nothing, the bytes of a regular file (`MAX_JSON_FILE_BYTES` + 1 at most: a larger one differs
+    from any record anyway), `NOT_A_FILE` for anything else. Unreadable: one line naming `path`."""
+    from ..core.bounded import MAX_JSON_FILE_BYTES
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(name, flags, dir_fd=directory)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symbolic link where the file belongs
+            return NOT_A_FILE
+        raise PoisonbenchError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return NOT_A_FILE
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read(MAX_JSON_FILE_BYTES + 1)
+        except OSError as e:
+            raise PoisonbenchError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+
+
+class _HeldDirectories:
+    """The directories `unpack` writes into, each opened once (`core.io.open_directory`, created if missing) and
+    held until the end: `directory(path)` is the descriptor of `path`'s directory (runs/, poisons/<id>/)."""
+
+    def __init__(self, root: Path):
+        self.root, self.fds = root, {}
+
+    def __enter__(self) -> _HeldDirectories:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+    def directory(self, path: Path) -> int | None:
+        if not HOLDS_DIRECTORIES:  # Windows: written by path
+            return None
+        parts = path.parent.relative_to(self.root).parts
+        if () not in self.fds:
+            self.root.mkdir(parents=True, exist_ok=True)  # the workspace itself may be a link (a scratch disk)
+            self.fds[()] = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        for depth in range(1, len(parts) + 1):
+            if parts[:depth] not in self.fds:
+                self.fds[parts[:depth]] = open_directory(parts[depth - 1], self.fds[parts[:depth - 1]],
+                                                         self.root.joinpath(*parts[:depth]))
+        return self.fds[parts]
+
+
+def _conflict(path: Path, existing: bytes | object, record: dict | None) -> str:
+    """Why the packed `record` (None: a manifest) may not replace the file `path` holding `existing`
+    (`NOT_A_FILE`: something else is there): for a run record trained on another craft of the same PoisonSets,
+    both crafts."""
     from .run_inputs import crafts_text, differing_crafts, record_crafts_or_unknown
 
+    if existing is NOT_A_FILE:
+        return f"{str(path)!r} is not a file"
     if record is not None:
         try:
             theirs = loads_json(existing, str(path))

@@ -153,6 +153,11 @@ class RunStore(RecordReader):
         """`runs/<rid>.json` (`rid` checked by `file_stem`)."""
         return self.runs / f"{file_stem(rid)}.json"
 
+    def lock_path(self, rid: str) -> Path:
+        """`locks/run-<rid>.lock`: the claim of run `rid`, held by whoever writes its record (`defend`, `records
+        unpack`), beside the PoisonSets' and pre-trained models' locks."""
+        return workspace_dir(self.root, "locks") / f"run-{file_stem(rid)}.lock"
+
     def ensure_writable(self) -> None:
         """Fail (PoisonbenchError, one line) unless records can be written into `runs/`: called before training,
         so a read-only workspace does not cost a whole run first."""

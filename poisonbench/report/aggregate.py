@@ -9,9 +9,10 @@ import pandas as pd
 
 from ..core.errors import PoisonbenchError, unknown_choice
 from ..core.hashing import canonical_json
-from ..core.printable import printable, printable_json
+from ..core.printable import printable_json
 from .tables import FORMATS, Block, Cell, Table, apply_filters, craft_notes, frame, render_latex, superseded_runs
 from .tables.provenance import mixed_crafts
+from .tables.render import csv_frame, md_escape
 
 GROUP_KEYS = ["dataset", "model", "recipe", "epochs", "scenario", "poison", "method", "params", "configuration"]
 
@@ -56,7 +57,7 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
     """md / csv / json text of a summary (percentages with two decimals in md); the records' control characters
     shown escaped (core.printable) in every format."""
     if fmt == "csv":
-        return printable(summary.to_csv(index=False), newlines=True)
+        return csv_frame(summary)
     if fmt == "json":
         rows = [{k: json_value(v) for k, v in r.items()} for r in summary.to_dict(orient="records")]
         return printable_json(json.dumps(rows, indent=2, default=str, allow_nan=False))
@@ -64,7 +65,7 @@ def render(summary: pd.DataFrame, fmt: str) -> str:
         rows = display_rows(summary)
         header = list(rows[0])
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(printable(r[h]) for h in header) + " |" for r in rows]
+        lines += ["| " + " | ".join(md_escape(r[h]) for h in header) + " |" for r in rows]
         return "\n".join(lines)
     if fmt == "latex":
         rows = display_rows(summary)

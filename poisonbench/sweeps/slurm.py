@@ -247,16 +247,28 @@ def sbatch_script(plan: Plan, steps: list[Step], grid_source: str, options: Slur
     return "\n".join(lines)
 
 
-def write_script(path: str, text: str, results_root: Path) -> Path:
-    """Write the script, and the `<results>/slurm/` folder its tasks log into (SLURM does not create it). A folder
-    or file that cannot be written is a one-line error with the system's reason; whatever this call created before
-    it failed is removed (the script is written atomically, last), so nothing is left half-done."""
-    from ..core.io import atomic_write_bytes, make_directories, remove_made, why_not_written
+def check_script_path(path: str, force: bool = False, inputs=()) -> Path:
+    """`--emit-sbatch FILE`: a name a job script can hold, not a directory, an existing file only with `force` and
+    never one the command reads (`inputs`: the grid, the workspace's runs/ and poisons/; core.io.check_output)."""
+    from ..core.io import check_output, file_in_the_way
 
     out = Path(path)
     check_text("--emit-sbatch", path)
     if out.is_dir():
         raise PoisonbenchError(f"--emit-sbatch {path}: is a directory; give a file name")
+    if file_in_the_way(out) is None:  # else: the write names it, with the system's reason
+        check_output(out, force, inputs, label="--emit-sbatch ")
+    return out
+
+
+def write_script(path: str, text: str, results_root: Path, force: bool = False, inputs=()) -> Path:
+    """Write the script (`check_script_path`), and the `<results>/slurm/` folder its tasks log into (SLURM does not
+    create it). A folder or file that cannot be written is a one-line error with the system's reason; whatever this
+    call created before it failed is removed (the script is written atomically, last), so nothing is left
+    half-done."""
+    from ..core.io import atomic_write_bytes, make_directories, remove_made, why_not_written
+
+    out = check_script_path(path, force, inputs)
     logs = workspace_dir(results_root, "slurm")
     created: list[Path] = []
     try:

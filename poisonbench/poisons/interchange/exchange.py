@@ -17,7 +17,7 @@ import torch
 from ...attacks.base import PoisonSet, Target
 from ...attacks.targets import SCENARIOS, check_index, check_intended, read_setups
 from ...core.errors import PoisonbenchError
-from ...core.io import atomic_write_bytes, ensure_writable, file_in_the_way, why_not_written
+from ...core.io import atomic_write_bytes, check_output, ensure_writable, file_in_the_way, why_not_written
 from ...core.workspace import workspace_dir
 from ...data.splits import split_positions
 from .formats import (
@@ -233,20 +233,24 @@ def import_targeted(fmt: str, paths, data, results_root=None, label: str | None 
 
 # ---------------------------------------------------------------------------------------------------- export
 
-def check_export_out(fmt: str, out) -> Path:
-    """`--out`: a file for forest and npz, a directory (created) for toxic; checked before anything is read."""
+def check_export_out(fmt: str, out, force: bool = False, inputs=()) -> Path:
+    """`--out`: a file for forest and npz, a directory (created) for toxic; checked before anything is read. A file
+    it would write that exists is replaced only with `force`, and never one the command reads (`inputs`: the
+    workspace's runs/ and poisons/, the dataset; core.io.check_output)."""
     from .hint_file import check_export_path
 
     check_format(fmt)
     out = Path(out)
     if fmt != "toxic":
-        return check_export_path(out)
+        return check_export_path(out, force, inputs)
     if out.exists() and not out.is_dir():
         raise PoisonbenchError(f"--out {str(out)!r} is a file; --format toxic writes a directory of "
                                f"{', '.join(TOXIC_FILES)}")
     blocking = file_in_the_way(out)
     if blocking is not None:
         raise PoisonbenchError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a directory")
+    for name in TOXIC_FILES:
+        check_output(out / name, force, inputs, label="--out ")
     return out
 
 
@@ -259,11 +263,12 @@ def _pil_or_array(image: np.ndarray):
     return Image.fromarray(image)
 
 
-def export_targeted(results_root, poison_id: str, data, fmt: str, out) -> dict:
-    """Write a targeted PoisonSet (ours or imported) in `fmt` at `out`, atomically per file; returns a summary."""
+def export_targeted(results_root, poison_id: str, data, fmt: str, out, force: bool = False, inputs=()) -> dict:
+    """Write a targeted PoisonSet (ours or imported) in `fmt` at `out`, atomically per file (an existing file only
+    with `force`, never one of `inputs`: `check_export_out`); returns a summary."""
     from ... import poisons
 
-    out = check_export_out(fmt, out)
+    out = check_export_out(fmt, out, force, inputs)
     spec, _ = poisons.spec_of(results_root, poison_id, data)
     if spec.target is None:
         raise PoisonbenchError(f"poison set {poison_id} is untargeted; --format {fmt} writes a targeted one (an "

@@ -27,7 +27,14 @@ import torch
 from ...attacks.base import PoisonSet
 from ...core.errors import PoisonbenchError
 from ...core.hashing import sha256_file
-from ...core.io import atomic_write_bytes, ensure_writable, file_in_the_way, torch_load_tensors, why_not_written
+from ...core.io import (
+    atomic_write_bytes,
+    check_output,
+    ensure_writable,
+    file_in_the_way,
+    torch_load_tensors,
+    why_not_written,
+)
 from ...core.workspace import workspace_dir
 from ...data.splits import split_positions
 
@@ -184,8 +191,9 @@ def import_hint_file(path, data, results_root=None, force: bool = False) -> tupl
     return poison, False
 
 
-def check_export_path(out) -> Path:
-    """`poisons export --out FILE`: a file path (not a directory) whose nearest existing parent is a directory;
+def check_export_path(out, force: bool = False, inputs=()) -> Path:
+    """`poisons export --out FILE`: a file path (not a directory) whose nearest existing parent is a directory, not
+    an existing file unless `force`, never one of the files the command reads (`inputs`: core.io.check_output);
     checked before the mix is crafted."""
     out = Path(out)
     if out.is_dir():
@@ -193,14 +201,16 @@ def check_export_path(out) -> Path:
     blocking = file_in_the_way(out)
     if blocking is not None:
         raise PoisonbenchError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a directory")
-    return out
+    return check_output(out, force, inputs, label="--out ")
 
 
-def export_hint_file(data, train_x: torch.Tensor, out: Path, order: str = "hint") -> dict:
+def export_hint_file(data, train_x: torch.Tensor, out: Path, order: str = "hint", force: bool = False,
+                     inputs=()) -> dict:
     """Write the float train tensor `train_x` (the poisoned train split, N×C×H×W in [0, 1]) as HINT's untargeted
     file in `order`; rows of that order outside our train split (HINT's train rows in our val split) stay clean.
-    Atomic: an interrupted export leaves no file. Returns what was written."""
-    out = check_export_path(out)
+    Atomic: an interrupted export leaves no file; an existing `out` is replaced only with `force`, and never one of
+    `inputs` (`check_export_path`). Returns what was written."""
+    out = check_export_path(out, force, inputs)
     rows = order_rows(data, order)
     pool_x, pool_y = pool_arrays(data)
     pos = train_positions(data, rows)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...core.hashing import short_hash
 from .. import tables
-from .panels import plt, safe_slug, save, setting_slug
+from .panels import literal_text, plt, safe_slug, save, setting_slug
 
 MISSING = "#d9d9d9"
 
@@ -40,6 +40,7 @@ def panel(ax, values: np.ndarray, labels: list[list[str]], methods: list[str], c
     fig.colorbar(image, ax=ax, shrink=0.8, label=colorbar)
 
 
+@literal_text
 def figure_matrix(table, out: Path) -> list[Path]:
     """One PNG per block of the matrix `table` (tables.matrix), from its tidy rows; returns the paths."""
     paths = []

@@ -3,13 +3,15 @@ defenses/hint.py): the training image, the noise (scaled to [0, 1]) and the pert
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ...core.errors import PoisonbenchError
+from ...core.errors import PoisonbenchError, PoisonbenchWarning
+from ...experiment.record_schema import examples_problem
 from .. import tables
-from .panels import plt, safe_slug, save
+from .panels import literal_text, plt, safe_slug, save
 
 
 def _image(values: list[float], shape: list[int]) -> np.ndarray:
@@ -23,6 +25,7 @@ def _scaled(delta: np.ndarray) -> np.ndarray:
     return np.full_like(delta, 0.5) if hi - lo < 1e-12 else (delta - lo) / (hi - lo)
 
 
+@literal_text
 def noise_figure(record: dict, out: str | Path) -> Path:
     """Paper Fig. 1 from a HINT run record: per stored example, the original training image, the healthy noise
     (scaled to [0, 1]) and the perturbed image, with the final model's prediction and probability."""
@@ -32,9 +35,15 @@ def noise_figure(record: dict, out: str | Path) -> Path:
         method = (record.get("config") or {}).get("defense", {}).get("method")
         raise PoisonbenchError(f"run {record.get('run_id')} has no healthy-noise examples (method {method!r}; "
                                "`report --figure 1` needs a HINT run whose schedule reached the first update)")
+    if (problem := examples_problem(examples)) is not None:
+        raise PoisonbenchError(f"run {record.get('run_id')}: {problem}; Figure 1 cannot draw its healthy noise")
     rows = len(examples)
+    noise = defense.get("noise")
+    if noise is not None and not isinstance(noise, dict):  # the title's β only: drawn without it
+        warnings.warn(f"run {record.get('run_id')}: defense.noise is {noise!r:.40}, not an object; Figure 1 names "
+                      "no β", PoisonbenchWarning, stacklevel=2)
     fig, axes = plt.subplots(rows, 3, figsize=(6.6, 2.2 * rows + 0.4), squeeze=False)
-    beta = (defense.get("noise") or {}).get("beta")
+    beta = noise.get("beta") if isinstance(noise, dict) else None
     for r, ex in enumerate(examples):
         x = _image(ex["x"], ex["shape"])
         d = _image(ex["delta"], ex["shape"])
@@ -65,6 +74,17 @@ def noise_figure(record: dict, out: str | Path) -> Path:
     return save(fig, Path(out), bbox_inches=None)
 
 
+def drawable(record: dict) -> bool:
+    """Whether Fig. 1 can draw `record`'s healthy-noise examples; malformed ones (`record_schema.examples_problem`)
+    are left out with a warning naming the run and the field (the check admits such a record: its accuracy counts
+    in every table)."""
+    problem = examples_problem(record["defense"]["examples"])
+    if problem is not None:
+        warnings.warn(f"run {record['run_id']}: {problem}; Figure 1 leaves the run out", PoisonbenchWarning,
+                      stacklevel=2)
+    return problem is None
+
+
 def paper_parameters(record: dict) -> bool:
     """Whether a HINT run used every default of its dataset family, Table II's r and β included."""
     row = tables.record_row(record)
@@ -75,7 +95,7 @@ def figure_1(records: list[dict], out: Path) -> list[Path]:
     """Healthy noise (paper Fig. 1), drawn by `noise_figure` (the same figure as `report --figure 1 --run`) from a
     HINT record with stored examples: one with the paper's parameters if any (a sensitivity run's noise is not the
     paper's figure), then the highest ρ, then the newest."""
-    withx = [r for r in records if (r.get("defense") or {}).get("examples")]
+    withx = [r for r in records if (r.get("defense") or {}).get("examples") and drawable(r)]
     if not withx:
         return []
     rec = max(withx, key=lambda r: (paper_parameters(r), (r["config"].get("poison") or {}).get("ratio", 0.0),

@@ -1,5 +1,6 @@
 """What the figures share: the records' test images, image panels, class names, file names and saving
-(matplotlib on the Agg backend: figures are files, never windows)."""
+(matplotlib on the Agg backend: figures are files, never windows). Every figure is drawn `literal_text`: no text
+of a record (a method, an attack, a dataset) is parsed as mathtext."""
 
 from __future__ import annotations
 
@@ -29,6 +30,20 @@ MAX_COLUMNS = 5
 
 
 SLUG_MAX = 80  # characters of a file-name part: a long record field cannot push a name past the filesystem's limit
+
+
+def literal_text(draw):
+    """`draw` (a function that makes and saves figures) with matplotlib's mathtext off for every text it draws:
+    a record's `$…$` (a method called `$\\alpha$`, a dataset `$x^$` that mathtext cannot parse) is shown as
+    written, never interpreted (issue 82). `text.parse_math` is set for the call only (a caller's own figures
+    keep parsing math); the figures write ρ, β, ± and Δ as Unicode, never as mathtext."""
+
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
 
 
 def safe_slug(text: object, limit: int = SLUG_MAX) -> str:

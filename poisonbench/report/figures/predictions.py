@@ -3,12 +3,42 @@ untargeted mix at one ρ; red titles are correct predictions."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
+from ...core.errors import PoisonbenchWarning
+from ...experiment.record_schema import sample_predictions_problem
 from .. import tables
-from .panels import BLACK, MAX_COLUMNS, RED, by_run_id, class_name, plt, reduced_suffix, save, show, slug, test_image
+from .panels import (
+    BLACK,
+    MAX_COLUMNS,
+    RED,
+    by_run_id,
+    class_name,
+    literal_text,
+    plt,
+    reduced_suffix,
+    save,
+    show,
+    slug,
+    test_image,
+)
+
+
+def drawable(record: dict) -> bool:
+    """Whether Fig. 2 can draw `record`'s `metrics.sample_predictions`: a run without them is left out; one whose
+    predictions are malformed (`record_schema.sample_predictions_problem`) too, with a warning naming the run and
+    the field (the check admits such a record: its accuracy counts in every table)."""
+    samples = (record.get("metrics") or {}).get("sample_predictions")
+    if samples is None:
+        return False
+    problem = sample_predictions_problem(samples)
+    if problem is not None:
+        warnings.warn(f"run {record['run_id']}: {problem}; Figure 2 leaves the run out", PoisonbenchWarning,
+                      stacklevel=2)
+    return problem is None
 
 
 def pick_samples(indices: list[int], labels: dict, samples: list[dict], k: int = MAX_COLUMNS) -> list[int]:
@@ -25,11 +55,13 @@ def pick_samples(indices: list[int], labels: dict, samples: list[dict], k: int =
     return [indices[i] for i in sorted(ranked)]
 
 
+@literal_text
 def figure_2(records: list[dict], df: pd.DataFrame, out: Path, rho: float | None = None, trial: int | None = None,
              data_dir: str | None = None) -> list[Path]:
     recs = by_run_id(records)
     df = tables.untargeted(df)
-    df = df[[bool((recs[r].get("metrics") or {}).get("sample_predictions")) for r in df.run_id]]
+    # a boolean Series, not a list: an empty list would select no column, and the settings of no run (issue 82)
+    df = df[pd.Series([drawable(recs[r]) for r in df.run_id], index=df.index, dtype=bool)]
     paths = []
     for s in tables.settings(df):
         sdf = tables.in_setting(df, s)

@@ -8,9 +8,10 @@ import pandas as pd
 
 from .. import tables
 from ..paper import paper_label
-from .panels import plt, reduced_suffix, save, slug
+from .panels import literal_text, plt, reduced_suffix, save, slug
 
 
+@literal_text
 def figure_rho(df: pd.DataFrame, out: Path, paper: bool = False) -> list[Path]:
     paths = []
     for s in tables.settings(tables.untargeted(df)):

@@ -3,18 +3,54 @@ red titles are trials the defense won."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
+from ...core.errors import PoisonbenchWarning
 from .. import tables
 from ..paper import ATTACK_LABEL
 from ..tables.builders import newest_poison_kinds, of_kinds
-from .panels import BLACK, MAX_COLUMNS, RED, by_run_id, class_name, plt, reduced_suffix, save, show, slug, test_image
+from .panels import (
+    BLACK,
+    MAX_COLUMNS,
+    RED,
+    by_run_id,
+    class_name,
+    literal_text,
+    plt,
+    reduced_suffix,
+    save,
+    show,
+    slug,
+    test_image,
+)
 
 TARGETED_FIGURE = {"3": "mp", "4": "bp"}
 
 
+def target_prediction(record: dict) -> tuple[int | None, float]:
+    """The final model's class for the target and its probability (`metrics.target_prediction`, `target_probs`):
+    the check admits any value there (only this figure reads them), so one that is not an integer, or not a list of
+    numbers, is drawn as unknown (`?`, nan) with a warning naming the run and the field."""
+    metrics = record["metrics"]
+    pred, probs = metrics.get("target_prediction"), metrics.get("target_probs")
+    bad = []
+    if pred is not None and not (isinstance(pred, int) and not isinstance(pred, bool)):
+        bad.append(f"metrics.target_prediction is {pred!r:.40}, not an integer")
+        pred = None
+    if probs is not None and not (isinstance(probs, list) and all(isinstance(p, int | float)
+                                                                  and not isinstance(p, bool) for p in probs)):
+        bad.append(f"metrics.target_probs is {probs!r:.40}, not a list of numbers")
+        probs = None
+    for text in bad:
+        warnings.warn(f"run {record['run_id']}: {text}; drawn as unknown", PoisonbenchWarning, stacklevel=2)
+    probs = probs or []
+    return pred, float(probs[pred]) if pred is not None and 0 <= pred < len(probs) else float("nan")
+
+
+@literal_text
 def figure_targeted(number: str, records: list[dict], df: pd.DataFrame, out: Path,
                     data_dir: str | None = None) -> list[Path]:
     attack = TARGETED_FIGURE[number]
@@ -50,9 +86,7 @@ def figure_targeted(number: str, records: list[dict], df: pd.DataFrame, out: Pat
                 else:
                     p, met = rec["config"]["poison"], rec["metrics"]
                     show(ax, test_image(s, p.get("target_index"), data_dir))
-                    pred = met.get("target_prediction")
-                    probs = met.get("target_probs") or []
-                    prob = probs[pred] if pred is not None and 0 <= pred < len(probs) else float("nan")
+                    pred, prob = target_prediction(rec)
                     defended = not met.get("attack_success")
                     ax.set_title(f"Pred: {class_name(s.dataset, pred)}\nProb: {prob:.2f}", fontsize=8,
                                  color=RED if defended else BLACK)

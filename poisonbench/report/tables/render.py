@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import math
 
 import pandas as pd
 
@@ -21,24 +23,32 @@ def latex_escape(text: str) -> str:
     return "".join(LATEX.get(ch, ch) for ch in printable(text))
 
 
-def md_escape(text: str) -> str:
-    return printable(text).replace("|", r"\|")
+def md_text(text: str) -> str:
+    """A record's text (or any text) in Markdown prose (a title, a caption, a note): control characters shown escaped
+    (core.printable), `&`, `<` and `>` as HTML entities, so that no raw HTML of a record reaches a renderer."""
+    return html.escape(printable(text), quote=False)
+
+
+def md_escape(text: object) -> str:
+    """A record's text as one Markdown table cell that shows it: its own backslashes doubled (one would escape the
+    escape), then `md_text`, and `|` (which would end the cell) escaped."""
+    return md_text(str(text).replace("\\", "\\\\")).replace("|", r"\|")
 
 
 def render_md(t: Table) -> str:
-    out = [f"**{t.title}.** {t.caption}", ""]
+    out = [f"**{md_text(t.title)}.** {md_text(t.caption)}", ""]
     for b in t.blocks:
-        out += [f"*{b.title}*", ""]
+        out += [f"*{md_text(b.title)}*", ""]
         out.append("| " + " | ".join(md_escape(c) for c in b.columns) + " |")
         out.append("|" + "|".join(":--" if i == 0 else "--:" for i in range(len(b.columns))) + "|")
         for row in b.rows:
             out.append("| " + " | ".join(f"**{md_escape(c.text)}**" if c.best else md_escape(c.text)
                                          for c in row) + " |")
         out.append("")
-        out += [f"- {n}" for n in b.notes]
+        out += [f"- {md_text(n)}" for n in b.notes]
         if b.notes:
             out.append("")
-    out += [f"- {n}" for n in t.notes]
+    out += [f"- {md_text(n)}" for n in t.notes]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -64,10 +74,32 @@ def render_latex(t: Table) -> str:
     return "\n".join(out) + "\n"
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def csv_cell(value):
+    """`value` as a CSV cell no spreadsheet runs (OWASP, "CSV Injection"): a string that begins with `=`, `+`, `-`,
+    `@`, a tab or a carriage return (`=HYPERLINK(…)`, `+cmd|…`, `@SUM(…)`) gets a single quote in front, unless it is
+    a number as written (`-5.2`, `+1e5`: kept, a number to the spreadsheet too); numbers and every other value are
+    kept as they are."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_START):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return "'" + value
+    return value if math.isfinite(number) else "'" + value  # `-inf`, `+nan`: text to a spreadsheet
+
+
+def csv_frame(frame: pd.DataFrame) -> str:
+    """`frame` as CSV: every cell through `csv_cell`, control characters shown escaped (core.printable), the rows'
+    line breaks kept. The one writer of the reports' CSV (tables and the plain report)."""
+    return printable(frame.map(csv_cell).to_csv(index=False, lineterminator="\n"), newlines=True)
+
+
 def render_csv(t: Table) -> str:
-    """The table's rows; a record's control characters shown escaped (core.printable), the rows' line breaks
-    kept."""
-    return printable(pd.DataFrame(t.data).to_csv(index=False, lineterminator="\n"), newlines=True)
+    """The table's rows (`csv_frame`)."""
+    return csv_frame(pd.DataFrame(t.data))
 
 
 def render_json(t: Table) -> str:
