@@ -25,12 +25,15 @@ FAST = {"recipe": "quick", "recipe_overrides": {"epochs": 2, "batch_size": 64}, 
 
 
 def test_a_new_defense_gets_its_cli_options_and_every_hook(cli, tiny_npz, tmp_path):
-    code, out, _ = cli("defend", "--help")
+    code, out, _ = cli("defend", "--help-method", "all")
     assert code == 0 and "--toy-level" not in out
     with registered(DEFENSES, "toy", ToyDefense):
-        code, out, _ = cli("defend", "--help")
-        assert code == 0 and "--toy-level" in out and "--toy-pretrain" in out
-        assert "toy (test defense)" in " ".join(out.replace("│", " ").split())  # rich wraps the method list
+        code, out, _ = cli("defend", "--help")  # the short help names the method, its options stay out
+        flat = " ".join(out.replace("│", " ").split())  # rich wraps the method list
+        assert code == 0 and "--toy-level" not in out and "iss, ueraser, dpsgd, oracle, toy (`--help-method" in flat
+        code, out, _ = cli("defend", "--help-method", "toy")
+        assert code == 0 and "--toy-level" in out and "--toy-pretrain" in out and "─ toy options ─" in out
+        assert "\ntoy: test defense\n" in out and "--ratio" not in out and "--dataset" not in out
         code, out, err = cli("defend", "--method", "toy", "--toy-level", "0.02", "--toy-pretrain", "--dataset",
                              tiny_npz, "--recipe", "quick", "--epochs", "2", "--batch-size", "64", "--compile", "off",
                              "--results", tmp_path / "r", "--json")
@@ -47,7 +50,7 @@ def test_a_new_defense_gets_its_cli_options_and_every_hook(cli, tiny_npz, tmp_pa
         code, _, err = cli("defend", "--toy-level", "1", "--dataset", tiny_npz, "--results", tmp_path / "x")
         assert code == 2 and "option --toy-level does not apply to method 'none'" in err
         assert not (tmp_path / "x").exists()
-    code, out, _ = cli("defend", "--help")
+    code, out, _ = cli("defend", "--help-method", "all")
     assert "--toy-level" not in out  # the registry as it is when the command is built
 
 
@@ -63,7 +66,7 @@ def test_a_new_targeted_attack_gets_its_options_and_its_target(cli, tiny_npz, tm
     label = int(data.test.y[3])
     intended = (label + 1) % data.num_classes
     with registered(ATTACKS, "toy-targeted", ToyTargeted):
-        code, out, _ = cli("craft", "--help")
+        code, out, _ = cli("craft", "--help-attack", "toy-targeted")
         assert code == 0 and "--toy-scale" in out
         base = ("craft", "--attack", "toy-targeted", "--dataset", tiny_npz, "--results", tmp_path)
         code, out, err = cli(*base, "--budget", "0.05", "--json")  # no target given: drawn from --seed

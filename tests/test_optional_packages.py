@@ -90,7 +90,7 @@ def test_env_is_a_listed_command_and_each_option_has_help(cli):
 
     code, out, _ = cli("--help")
     assert code == 0 and "env" in out
-    env = typer.main.get_command(build_app()).commands["env"]
+    env = typer.main.get_command(build_app()).get_command(None, "env")
     assert env.params and all(param.help for param in env.params)
 
 

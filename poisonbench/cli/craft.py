@@ -12,11 +12,11 @@ from ..attacks import ATTACKS
 from ..experiment.craft import attack_options as library_attack_options
 from ..experiment.craft import craft as run_craft
 from . import options
-from .generated import typer_parameters, with_options
+from .generated import entry_help_parameter, typer_parameters, with_options
 from .progress import stdout_console
+from .summaries import COMMAND_HELP
 
-HELP = ("Craft a PoisonSet with one attack on the train split; a repeat with the same inputs is a cache hit. Attack "
-        "options default to the paper's / official values per dataset.")
+HELP = COMMAND_HELP["craft"]  # poisonbench.cli.summaries: read by `poisonbench --help` without this module
 
 
 class _Bar:
@@ -96,4 +96,7 @@ def command():
     """`craft` with one option per attack parameter of the registry as it is now (poisonbench.cli.generated)."""
     attacks = ", ".join(f"{n} ({ATTACKS.get(n).summary})" for n in ATTACKS)
     listed = {"attack": typer.Option(..., "--attack", help=f"Attack to craft: {attacks}.")}
-    return with_options(craft, typer_parameters(attack_option_list()), listed)
+    generated_options = attack_option_list()
+    help_attack = entry_help_parameter("--help-attack", "attack", {n: ATTACKS.get(n).summary for n in ATTACKS},
+                                       generated_options)
+    return with_options(craft, [help_attack] + typer_parameters(generated_options), listed)

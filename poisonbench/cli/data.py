@@ -10,8 +10,9 @@ from rich.table import Table
 from ..data import DATASETS, NPZ_SPLIT_PERCENT, load_dataset, parse_npz_split
 from . import options
 from .progress import stdout_console
+from .summaries import COMMAND_HELP
 
-HELP = "List the datasets; show a dataset's sizes, splits, fingerprints and where its files are read from."
+HELP = COMMAND_HELP["data"]  # poisonbench.cli.summaries: read by `poisonbench --help` without this module
 app = typer.Typer(no_args_is_help=True, help=HELP, context_settings=options.CONTEXT_SETTINGS)
 
 

@@ -17,11 +17,27 @@ from ..experiment.defend import prepare as run_prepare
 from ..experiment.options import DEFEND_OPTIONS, method_options, spec_from_values
 from ..experiment.records import RunStore
 from . import options
-from .generated import typer_parameters, with_options
+from .generated import entry_help_parameter, typer_parameters, with_options
 from .options import typer_parameter
 from .progress import RichReporter, stdout_console
+from .summaries import COMMAND_HELP
 
-HELP = "Train on the (optionally poisoned) train split with a defense; one record per trial under results/runs/."
+HELP = COMMAND_HELP["defend"]  # poisonbench.cli.summaries: read by `poisonbench --help` without this module
+
+
+# `defend --help`'s panels: the options grouped by what they set (the rest, --method first, under Options)
+EXECUTION = "Execution and output"
+PANELS = {
+    "Data": ("dataset", "data_dir", "download", "npz_split"),
+    "Training recipe": ("model", "recipe", "epochs", "lr", "batch_size", "momentum", "nesterov", "weight_decay",
+                        "milestones", "augment", "precision"),
+    "Untargeted poisons": ("scenario", "poison_ratio", "attacks", "poisons", "poison_set"),
+    "Targeted attack": ("attack", "eps", "budget", "target", "intended", "setup", "setup_index", "attack_params",
+                        "threat", "head_bn", "same_init"),
+    "Trials": ("trials", "trial", "seed"),
+    EXECUTION: ("device", "compile", "accel", "deterministic", "results", "force", "checkpoint_every"),
+}
+PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 
 
 def defend(**values) -> None:
@@ -40,23 +56,26 @@ def command():
     now (poisonbench.experiment.options, poisonbench.cli.generated)."""
     from ..experiment.scenarios import SCENARIOS
 
-    methods = ", ".join(f"{n} ({DEFENSES.get(n).summary_text})" for n in DEFENSES)
     listed = {
-        "method": f"Defense to train with: {methods}.",
+        "method": f"Defense to train with: {', '.join(DEFENSES)} (`--help-method NAME`: what it does, its options).",
         "scenario": f"What is poisoned and trained: {', '.join(SCENARIOS)}; default: inferred (--attack: scratch for "
                     "gm, transfer for bp, fc; --poison-set: the set's own, else poison-set; --poison-ratio > 0: "
                     "untargeted; else clean).",
     }
-    own = [typer_parameter(o, listed.get(o.name)) for o in DEFEND_OPTIONS]
+    own = [typer_parameter(o, listed.get(o.name), PANEL_OF.get(o.name)) for o in DEFEND_OPTIONS]
     cli_only = [
         inspect.Parameter("prepare_only", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
-            False, "--prepare-only", help="Only craft the runs' missing PoisonSets and train the pre-trained models "
-                                          "they share (what `sweep` does before the runs), then stop: nothing "
-                                          "trained, no record.")),
-        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=options.Json),
+            False, "--prepare-only", rich_help_panel=EXECUTION,
+            help="Only craft the runs' missing PoisonSets and train the pre-trained models they share (what `sweep` "
+                 "does before the runs), then stop: nothing trained, no record.")),
+        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, "--json", help=options.JSON_HELP, rich_help_panel=EXECUTION)),
     ]
-    generated = typer_parameters(method_options(), lambda family: resolve_recipe(family))
-    return with_options(defend, own + cli_only + generated)
+    generated_options = method_options()
+    generated = typer_parameters(generated_options, lambda family: resolve_recipe(family))
+    help_method = entry_help_parameter("--help-method", "method", {n: DEFENSES.get(n).summary_text for n in DEFENSES},
+                                       generated_options)
+    return with_options(defend, own + cli_only + [help_method] + generated)
 
 
 def show_prepared(prepared: list[dict], as_json: bool) -> None:

@@ -24,10 +24,9 @@ from ..experiment.options import OPTIONS
 from ..experiment.scenarios import SCENARIOS
 from . import options
 from .progress import stdout_console
+from .summaries import COMMAND_HELP
 
-HELP = ("Show what poisonbench runs with here: Python, torch and its CUDA / cuDNN, the device, torch.compile, the "
-        "optional packages (and what is disabled without each), the poisonbench version and git commit, the "
-        "parts that installed plugins add.")
+HELP = COMMAND_HELP["env"]  # poisonbench.cli.summaries: read by `poisonbench --help` without this module
 
 # the packages every command imports (pyproject.toml's dependencies besides torch and the optional ones)
 LIBRARIES = ("torchvision", "numpy", "pandas", "typer", "rich", "safetensors", "scikit-learn", "matplotlib")

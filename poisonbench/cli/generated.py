@@ -9,7 +9,7 @@ is refused with the flags it does take.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import typer
@@ -33,18 +33,62 @@ def option_help(option: GeneratedOption, recipe_of: Callable[[str], Any] | None 
 
 def typer_parameters(options: list[GeneratedOption],
                      recipe_of: Callable[[str], Any] | None = None) -> list[inspect.Parameter]:
-    """Keyword-only parameters with `typer.Option` defaults (None: not given), for `with_options`."""
+    """Keyword-only parameters with `typer.Option` defaults (None: not given), for `with_options`. Each is hidden
+    from the command's plain `--help` and shown, in a panel of its entries (`hint options`), by the command's
+    per-entry help option (`entry_help_parameter`)."""
     out = []
     for option in options:
         cli_type = option.cli_type
-        help_text = option_help(option, recipe_of)
-        if cli_type is bool:
-            default = typer.Option(None, f"{option.flag}/--no-{option.flag[2:]}", help=help_text)
-        else:
-            default = typer.Option(None, option.flag, help=help_text)
+        flags = f"{option.flag}/--no-{option.flag[2:]}" if cli_type is bool else option.flag
+        default = typer.Option(None, flags, help=option_help(option, recipe_of), hidden=True,
+                               rich_help_panel=panel_name(option.owners))
         out.append(inspect.Parameter(option.python_name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                      annotation=cli_type | None))
     return out
+
+
+ENTRY_HELP = "help_entry"  # the Python name of `--help-method` / `--help-attack` (never handed to the command)
+
+
+def panel_name(owners: Iterable[str]) -> str:
+    """The help panel of an option: its entries' names (`pgd, dap options` for a flag both declare)."""
+    return f"{', '.join(owners)} options"
+
+
+def entry_help_parameter(flag: str, kind: str, summaries: dict[str, str],
+                         options: list[GeneratedOption]) -> inspect.Parameter:
+    """An eager `flag NAME` option (`--help-method hint`) that prints the command's help with only entry NAME's
+    generated options, in their own panel (`all`: every entry's, a panel each), then its one-line summary
+    (`summaries`, by entry name), and exits; the plain `--help` stays short. An unknown NAME is a usage error
+    naming the valid choices."""
+    owners = {option.python_name: list(option.owners) for option in options}
+    choices = [*summaries, "all"]
+
+    def show(ctx: typer.Context, name: str | None) -> None:
+        if name is None or ctx.resilient_parsing:
+            return
+        if name not in choices:
+            raise typer.BadParameter(f"unknown {kind} {name!r}; valid choices: {', '.join(choices)}")
+        for param in ctx.command.params:
+            if param.name in owners:
+                param.hidden = not (name == "all" or name in owners[param.name])
+            elif param.name != ENTRY_HELP and not getattr(param, "is_eager", False):
+                param.hidden = True  # the shared options: `--help` lists them
+        text = ctx.get_help()  # rich help is printed by get_help itself (returns ''); plain click returns it
+        if text:
+            typer.echo(text)
+        for entry, summary in summaries.items():
+            if name in (entry, "all"):
+                own = any(entry in names for names in owners.values())
+                typer.echo(f"{entry}: {summary}" + ("" if own else " (no options of its own)"))
+        typer.echo(f"The options every {kind} shares: {ctx.command_path} --help.")
+        raise typer.Exit()
+
+    return inspect.Parameter(ENTRY_HELP, inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
+                             default=typer.Option(None, flag, is_eager=True, expose_value=False, callback=show,
+                                                  metavar="NAME",
+                                                  help=f"Show one {kind}'s options ({', '.join(choices)}; all: "
+                                                       f"every {kind}'s, a panel each) and exit."))
 
 
 def with_options(func: Callable, extra: list[inspect.Parameter], defaults: dict[str, Any] | None = None) -> Callable:
@@ -56,6 +100,7 @@ def with_options(func: Callable, extra: list[inspect.Parameter], defaults: dict[
            if p.kind is not inspect.Parameter.VAR_KEYWORD]
 
     def command(**kwargs):
+        kwargs.pop(ENTRY_HELP, None)  # `--help-method`: eager, handled before the command runs (typer passes None)
         return func(**kwargs)
 
     parameters = own + extra

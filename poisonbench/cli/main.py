@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
+from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.printable import printable
-from ..core.provenance import check_torch_version
 from ..engine import termination
-from . import craft as craft_cmd
-from . import data as data_cmd
-from . import defend as defend_cmd
-from . import env as env_cmd
-from . import options
-from . import poisons as poisons_cmd
-from . import records as records_cmd
-from . import report as report_cmd
-from . import sweep as sweep_cmd
+from .summaries import COMMAND_HELP, CONTEXT_SETTINGS
+
+# Each command: (its module under poisonbench.cli, the module's attribute, what that attribute is): "build command" —
+# a function that builds the Typer command (craft, defend: options generated from the registries), "command" — the
+# command's function, "build group" — a function that builds a Typer group, "group" — a module-level Typer group.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "defend": ("defend", "command", "build command"),
+    "report": ("report", "group", "build group"),
+    "data": ("data", "app", "group"),
+    "craft": ("craft", "command", "build command"),
+    "poisons": ("poisons", "app", "group"),
+    "sweep": ("sweep", "app", "group"),
+    "records": ("records", "app", "group"),
+    "env": ("env", "command", "command"),
+}
 
 
 def _print_version(value: bool) -> None:
@@ -32,29 +40,67 @@ def _print_version(value: bool) -> None:
 
 def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                        help="Print poisonbench's version and exit.")) -> None:
-    """The options of `poisonbench` itself (before the command)."""
+    """The options of `poisonbench` itself (before the command). Runs once a command is chosen, before it parses its
+    own options, so `--help` and `--version` never import torch."""
+    from ..core.provenance import check_torch_version
+
+    check_torch_version()  # an older torch than the tested one (a GPU machine's own): one line, once
+
+
+def load_command(name: str) -> Any:
+    """The command `name` as its module builds it, importing the module (and with it torch and the registries): a
+    Typer app holding only that command, turned into click (which typer vendors in recent releases), gives it
+    with the same options, panels and help it has under the full tree."""
+    module_name, attribute, what = COMMANDS[name]
+    given = getattr(importlib.import_module(f"{__package__}.{module_name}"), attribute)
+    holder = typer.Typer(add_completion=False, context_settings=CONTEXT_SETTINGS)
+    holder.callback()(lambda: None)
+    if what.endswith("command"):
+        holder.command(name, help=COMMAND_HELP[name])(given() if what == "build command" else given)
+    else:
+        holder.add_typer(given() if what == "build group" else given, name=name, help=COMMAND_HELP[name])
+    return typer.main.get_command(holder).commands[name]
+
+
+class LazyGroup(TyperGroup):
+    """The root group: lists the commands from poisonbench.cli.summaries and imports a command's module only when
+    it is chosen, so `poisonbench --help`, `-h`, a bare `poisonbench` and `--version` import no torch. While the
+    group's own help is written it hands out stand-ins that carry only the name and help text."""
+
+    listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        if self.listing:
+            return TyperCommand(cmd_name, help=COMMAND_HELP[cmd_name])
+        return load_command(cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.listing = False
 
 
 def build_app() -> typer.Typer:
     """The command tree. Built anew for every `main` call: `craft` and `defend` list the options of the attacks and
-    defenses registered at that moment (poisonbench.cli.generated)."""
+    defenses registered at the moment they are loaded (poisonbench.cli.generated); a command's module is imported
+    only when that command is chosen (LazyGroup)."""
     app = typer.Typer(
         name="poisonbench",
+        cls=LazyGroup,
         help="Benchmark data-poisoning attacks against training-time defenses (reproduces the HINT paper).",
         add_completion=False,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        context_settings=options.CONTEXT_SETTINGS,  # -h beside --help
+        context_settings=CONTEXT_SETTINGS,  # -h beside --help
     )
     app.callback()(_root)
-    app.command("defend", help=defend_cmd.HELP)(defend_cmd.command())
-    app.add_typer(report_cmd.group(), name="report", help=report_cmd.HELP)
-    app.add_typer(data_cmd.app, name="data", help=data_cmd.HELP)
-    app.command("craft", help=craft_cmd.HELP)(craft_cmd.command())
-    app.add_typer(poisons_cmd.app, name="poisons", help=poisons_cmd.HELP)
-    app.add_typer(sweep_cmd.app, name="sweep", help=sweep_cmd.HELP)
-    app.add_typer(records_cmd.app, name="records", help=records_cmd.HELP)
-    app.command("env", help=env_cmd.HELP)(env_cmd.command)
     return app
 
 
@@ -89,7 +135,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with warnings.catch_warnings():  # restores the hook for in-process callers (tests, notebooks)
             warnings.showwarning = one_line
-            check_torch_version()  # an older torch than the tested one (a GPU machine's own): one line, once
             _run(typer.main.get_command(build_app()), argv, err)
     finally:
         if installed:  # in-process callers get their own SIGTERM handling back

@@ -15,8 +15,9 @@ from ..attacks.targets import SCENARIOS, check_setup_index, check_target_choice
 from ..core.printable import printable, printable_json
 from . import options
 from .progress import stdout_console
+from .summaries import COMMAND_HELP
 
-HELP = "List, show and validate the crafted PoisonSets under results/poisons/."
+HELP = COMMAND_HELP["poisons"]  # poisonbench.cli.summaries: read by `poisonbench --help` without this module
 app = typer.Typer(no_args_is_help=True, help=HELP, context_settings=options.CONTEXT_SETTINGS)
 
 

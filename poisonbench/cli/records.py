@@ -10,9 +10,9 @@ from rich.console import Console
 from ..core.errors import PoisonbenchError
 from ..core.printable import printable
 from . import options
+from .summaries import COMMAND_HELP
 
-HELP = ("Pack a workspace's run records (and PoisonSet manifests) into one shareable .jsonl.gz, or unpack one; "
-        "`report --results FILE.jsonl.gz` reads a packed file directly; `pack --grid` packs one sweep grid's runs.")
+HELP = COMMAND_HELP["records"]  # poisonbench.cli.summaries: read by `poisonbench --help` without this module
 app = typer.Typer(no_args_is_help=True, help=HELP, context_settings=options.CONTEXT_SETTINGS)
 
 

@@ -29,15 +29,9 @@ from ..report import selection
 from ..report.tables import provenance
 from .options import CONTEXT_SETTINGS
 from .progress import stdout_console
+from .summaries import COMMAND_HELP
 
-HELP = ("Aggregate the run records. Alone: test accuracy mean ± sample std over trials per configuration. "
-        "`report table N`: the paper's Tables II–V; `report missing N`: the `poisonbench defend` commands that would "
-        "complete table N; `report figure N`: Figures 1–4 and rho as PNGs; `report html OUT.html`: every table, "
-        "the heatmap and the figures on one self-contained HTML page. "
-        "A record file that cannot be trusted is skipped and named on stderr, with why (exit status still 0). "
-        "--results may name a packed file (`poisonbench records pack`) instead of a workspace. "
-        "The older flag form still works, with the same output: `report --table N [--missing]`, "
-        "`report --figure N`, with the options of the subcommand.")
+HELP = COMMAND_HELP["report"]  # poisonbench.cli.summaries: read by `poisonbench --help` without this module
 
 Results = typer.Option(None, "--results", envvar="POISONBENCH_RESULTS", show_default=False,
                        help=f"Results workspace (default ./results), or a packed records file (FILE{SUFFIX}, made "

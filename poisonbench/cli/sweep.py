@@ -20,9 +20,9 @@ from ..sweeps.grid import locate
 from . import options
 from . import report as report_cmd
 from .progress import stderr, stdout_console
+from .summaries import COMMAND_HELP
 
-HELP = ("Run a grid of `defend` runs (the paper's tables ship as grids: `sweep grids`) with local workers or on "
-        "SLURM; done runs are skipped, so re-running finishes the job.")
+HELP = COMMAND_HELP["sweep"]  # poisonbench.cli.summaries: read by `poisonbench --help` without this module
 app = typer.Typer(no_args_is_help=True, add_completion=False, context_settings=options.CONTEXT_SETTINGS)
 
 Grid = typer.Argument(..., help="A builtin grid (see `poisonbench sweep grids`) or the path of a TOML grid file.")
