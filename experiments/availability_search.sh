@@ -16,7 +16,7 @@ run lsp --eps 1.7568627450980392   # 16/255 · 28
 run lsp --eps 8.4                  # 0.3 · 28
 run ops --eps 4
 run em --granularity class --max-iterations 20
-# session 47: at HINT's MNIST bound (0.3 a pixel), and OPS at 16 pixels
+# 2026-11-27 (commit b927eec): at HINT's MNIST bound (0.3 a pixel), and OPS at 16 pixels
 run ops --eps 16
 run em --eps 0.3 --granularity class --max-iterations 20
 run rem --eps 0.3 --adv-radius 0.15   # ρ_a = ε/2, the authors' ratio (8/255, 4/255)
@@ -37,7 +37,7 @@ runq ops --eps 4
 runq ops --eps 16
 runq em --granularity class
 runq em --granularity class --eps 0.3
-# session 54: the same under the official search (every position: on mnist-5k the border) and with the former one
+# 2026-11-28 (commit c96b488): the same under the official search (every position: on mnist-5k the border) and with the former one
 # class-noise update an iteration, so each issue-67 row has its matched quick-recipe run; then every run of
 # experiments/grids/availability-issue67.toml and availability-issue67-paper.toml (3 trials) and of
 # experiments/grids/dpsgd-convnet-gn.toml
@@ -53,14 +53,14 @@ pb craft --attack em --granularity class --eps 0.3 --seed 1 --dataset mnist-5k -
 python -m poisonbench sweep run experiments/grids/availability-issue67.toml --results "$RESULTS"
 python -m poisonbench sweep run experiments/grids/availability-issue67-paper.toml --results "$RESULTS"
 python -m poisonbench sweep run experiments/grids/dpsgd-convnet-gn.toml --results "$RESULTS"
-# session 55: REM's budget schedule at 0.3, two crafting seeds, 3 trials under the paper recipe: the matched row for
+# 2026-11-28 (commit 97ec829): REM's budget schedule at 0.3, two crafting seeds, 3 trials under the paper recipe: the matched row for
 # REM's official one (experiments/grids/rem-budget-eps03.toml)
 pb craft --attack rem --schedule budget --eps 0.3 --adv-radius 0.15 --dataset mnist-5k --results "$RESULTS"
 pb craft --attack rem --schedule budget --eps 0.3 --adv-radius 0.15 --seed 1 --dataset mnist-5k --results "$RESULTS"
 python -m poisonbench sweep run experiments/grids/rem-budget-eps03.toml --results "$RESULTS"
 # REM's official schedule (the default since issue 67) is about 93 hours of this CPU (availability.md): not run here;
 # experiments/rem_official_gpu.sh crafts it on a GPU
-# session 56: the official craft cut where the GPU sessions left it (ε 0.3 at step 2,590, 8/255 at 900), its final
+# 2026-11-28 (commit 478cd6f): the official craft cut where the GPU sessions left it (ε 0.3 at step 2,590, 8/255 at 900), its final
 # noise made here from the saved states (experiments/rem_truncated.py), 3 trials (experiments/grids/rem-official-cut.toml)
 python experiments/rem_truncated.py experiments/rem_official_state/6a89e4dc1e627a93 --eps 0.3 --adv-radius 0.15 \
     --results "$RESULTS"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-check of the engine (session 22): HINT's official MNIST training code on our Table II mix.
+# Cross-check of the engine (2026-11-24, commit cc6f2ac): HINT's official MNIST training code on our Table II mix.
 # `poisonbench poisons export` writes trial 0's ρ = 1 mix on full MNIST as HINT's untargeted file; the official
 # `train_with_HIN_mnist.py` (patched only to run on the CPU) trains on it with its own loader, model and 10 epochs,
 # HINT off (--hin_schedule 99), and once on clean data (--benign). Compare with

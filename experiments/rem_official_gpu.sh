@@ -74,7 +74,8 @@ if [ "${INSTALL:-1}" = 1 ]; then
 fi
 
 # Python for the crafts: REM_CODE's sources first on the path; PYTHONSAFEPATH keeps `python -m` from putting the
-# working directory (today's sources) ahead of them, which once restarted a 2,590-step craft from zero (session 55)
+# working directory (today's sources) ahead of them, which once restarted a 2,590-step craft from zero (2026-11-28;
+# fixed in commit 9b38437)
 CRAFT_ENV=(PYTHONSAFEPATH=1 "PYTHONPATH=${REM_CODE:+$PWD/$REM_CODE}")
 craft_py() { env "${CRAFT_ENV[@]}" $PY "$@"; }
 # before any GPU second goes to a craft: would each saved state be resumed (prepare_partial's rule)? A state that

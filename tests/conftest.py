@@ -76,9 +76,9 @@ def pytest_collection_modifyitems(config, items):
 def dies_with_the_test(then=None):
     """The `preexec_fn` of a CLI process a test starts: Linux sends the process SIGTERM when the test process dies
     (PR_SET_PDEATHSIG). A test killed from outside (mutmut's CPU-time limit, SIGXCPU; a cancelled CI job) would
-    otherwise leave its `sweep run` or `defend` running, orphaned: session 51's mutation runs piled them up to a
-    load of 38. A sweep's own steps already die with the sweep (sweeps/execute.py). `then`: another preexec
-    function, called after."""
+    otherwise leave its `sweep run` or `defend` running, orphaned: the mutation runs of 2026-11-27 (commit c0a9e68)
+    piled them up to a load of 38. A sweep's own steps already die with the sweep (sweeps/execute.py). `then`:
+    another preexec function, called after."""
     parent = os.getpid()
 
     def preexec() -> None:  # pragma: no cover (runs in the child, between fork and exec)

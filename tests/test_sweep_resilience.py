@@ -274,7 +274,8 @@ def test_five_sweeps_at_once_train_each_run_once_and_craft_each_poison_set_once(
     dataset = write_npz(tmp_path, n=600, size=16)
     # two runs (one needs the PoisonSet) and its prepare step: the five sweeps all start a process for each step
     # (one trains, the others wait for its claim, then skip), so each step costs five torch imports (eight, before
-    # session 50, took 100 s of the suite's ten minutes; five still race more claimants than there are cores)
+    # 2026-11-27 (commit d4cfc0a), took 100 s of the suite's ten minutes; five still race more claimants than there
+    # are cores)
     grid = write_grid(tmp_path / "grid.toml", dataset, epochs=2, trials=1, poison_ratio=[0, 0.5], methods=["none"])
     results = tmp_path / "results"
     plan = planned(grid, results)

@@ -1,7 +1,7 @@
 """The targeted attacks' parameters in their canonical form (`TargetedAttack.settle_surrogate`: what reaches the
 poison id): the surrogate's model and recipe overrides recorded only where they change something, the threat only in
 transfer, the crafting augmentation from the attack's implementation and the resolved recipe; `aim`'s refusal of
-nearest bases with fixed ones (issue 64: targeted.py's mutation run, session 53)."""
+nearest bases with fixed ones (issue 64: targeted.py's mutation run of 2026-11-28, commit 8c501ff)."""
 
 from __future__ import annotations
 
