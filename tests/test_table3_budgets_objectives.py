@@ -190,3 +190,31 @@ def test_hint_run_only_at_the_attacks_budget_is_shown_as_its_budget_row_not_left
     assert (cells[("hint", 0.3)]["successes"], cells[("hint", 0.3)]["paired_saved"]) == (4, 6)
     text = tables.render(table, "md")
     assert "not shown" not in text and "other than its defaults" not in text
+
+
+@pytest.mark.parametrize("method", ["friends", "atda"])
+def test_a_defense_at_its_full_defaults_and_at_beta_eps_is_two_rows_not_one_pooled_cell(method):
+    """Real records carry every parameter, so the β = ε runs agree with the defaults in all but β: they must not be
+    taken for default runs and pooled with the runs at the default β (FRIENDS' 20 + 19 runs once showed as one
+    cell of 39). HINT's β is pinned by the paper's setting instead (the other test)."""
+    from poisonbench.defenses import DEFENSES
+    from poisonbench.engine.recipes import Recipe
+    from poisonbench.engine.threat import threat_of_config
+    from poisonbench.report.tables.records import has_default_params
+
+    probe = run(method, 0, True, {})
+    recipe = probe["config"]["recipe"]
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
+    defaults = DEFENSES.get(method).defaults("mnist", Recipe(**fields), threat_of_config(probe["config"]))
+    assert defaults["beta"] != EPS
+    wide = defaults | {"beta": EPS}
+    assert has_default_params(method, defaults, "fashion-mnist", recipe, probe["config"])
+    assert not has_default_params(method, wide, "fashion-mnist", recipe, probe["config"])
+    n = 8
+    records = ([run("none", t, t < 6) for t in range(n)] + [run(method, t, t < 5, defaults) for t in range(n)]
+               + [run(method, t, 2 <= t < 6, wide) for t in range(n)])
+    table = tables.build("3", records, tables.Options(trials=n, paired=True), dataset="fashion-mnist")
+    cells = {(d["method"], d["beta"]): d for d in table.data if d["attack"] == "fc" and d["trials"]}
+    assert {k: (c["successes"], c["trials"]) for k, c in cells.items()} == {
+        ("none", None): (6, n), (method, defaults["beta"]): (5, n), (method, EPS): (4, n)}
+    assert (cells[(method, EPS)]["paired_saved"], cells[(method, EPS)]["paired_new"]) == (2, 0)

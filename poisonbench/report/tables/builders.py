@@ -90,7 +90,7 @@ def run_pairs(rows: pd.DataFrame, baseline: pd.DataFrame, column: str) -> pd.Dat
     columns = [*PAIR_KEYS, "poison_tensors_json", column]
     pairs = rows[columns].merge(baseline[columns], on=PAIR_KEYS, suffixes=("", "_base"))
     # the same poison ids crafted into other tensors are other poisons; a record that does not name its tensors
-    # (before session 12) cannot tell and is paired as before
+    # (written before 2026-11-23, commit a76ea46) cannot tell and is paired as before
     craft, base_craft = pairs.poison_tensors_json, pairs.poison_tensors_json_base
     return pairs[(craft == base_craft) | (craft == "") | (base_craft == "")]
 

@@ -27,8 +27,10 @@ from .stats import close
 
 def has_default_params(method: str, params: dict, dataset: str, recipe: dict, config: dict | None = None) -> bool:
     """Whether a run used its defense's defaults for its dataset family, recipe and threat (read from `config`),
-    apart from the parameters the tables vary (HINT's r and β). False when that cannot be decided (unknown family or
-    defense)."""
+    apart from the parameters the tables vary (HINT's r and β: Table IV's grid, and `HINT_PAPER` pins them). Any
+    other defense's β counts like its other parameters: FRIENDS or ATDA at β = ε is not at its defaults, so Table
+    III shows it as a budget row instead of pooling it with the runs at the default β. False when that cannot be
+    decided (unknown family or defense)."""
     from ...defenses import DEFENSES
     from ...engine.recipes import Recipe
     from ...engine.threat import threat_of_config
@@ -44,8 +46,8 @@ def has_default_params(method: str, params: dict, dataset: str, recipe: dict, co
         return False
     for fam in [family] if family else FAMILIES:  # an .npz dataset: either family's defaults
         defaults = cls.defaults(fam, rec, threat)
-        if all(canonical_json(params.get(k)) == canonical_json(v) for k, v in defaults.items()
-               if k not in ("ratio", "beta")):
+        varied = ("ratio", "beta") if method == "hint" else ()
+        if all(canonical_json(params.get(k)) == canonical_json(v) for k, v in defaults.items() if k not in varied):
             return True
     return False
 
@@ -164,7 +166,8 @@ def record_row(r: dict) -> dict:
         else canonical_json({k: v for k, v in poison.items() if k not in TARGETED_TRIAL_KEYS}) if kind == "targeted"
         else canonical_json({"id": poison.get("poison_id")}) if kind == "poison-set" else "",
         # the sha256 of the PoisonSet files trained on: one set of poison ids may be crafted into other floats
-        # (another device, CPU or torch); "" where the record does not say (records before session 12)
+        # (another device, CPU or torch); "" where the record does not say (records written before 2026-11-23,
+        # commit a76ea46)
         "poison_tensors_json": canonical_json(r["poison_tensors"]) if kind == "untargeted"
         and r.get("poison_tensors") else "",
         # {poison id: tensor sha256 or "unknown"} of every PoisonSet trained on, any kind: which craft each run
@@ -247,8 +250,8 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def craft_notes(shown: pd.DataFrame) -> list[str]:
     """A note when untargeted runs shown name no craft of their PoisonSets beside runs that do: the poison ids hash
     the crafting inputs only, and other code, another CPU kind or torch may round a craft differently (the records'
-    `poison_tensors`, written from session 12 on); `--paired` pairs a run that names none with any
-    (`cells.paired_stat`). Cells whose runs name two crafts: `provenance.mixed_cells`."""
+    `poison_tensors`, written from 2026-11-23, commit a76ea46, on); `--paired` pairs a run that names none with
+    any (`cells.paired_stat`). Cells whose runs name two crafts: `provenance.mixed_cells`."""
     notes = []
     untargeted_rows = shown[shown.kind == "untargeted"]
     for (dataset, mix, _), group in untargeted_rows.groupby(["dataset", "mix", "poisons_json"]):
@@ -256,8 +259,9 @@ def craft_notes(shown: pd.DataFrame) -> list[str]:
         crafts = named.poison_tensors_json.unique()
         if len(crafts) and len(named) < len(group):
             notes.append(f"{len(group) - len(named)} {dataset} run(s) shown of the mix {mix} name no craft of their "
-                         f"PoisonSets (records before session 12), beside {len(named)} that do: they may have "
-                         "trained on another craft of the same poison ids, and paired columns pair them as if not")
+                         f"PoisonSets (records written before 2026-11-23, commit a76ea46), beside {len(named)} "
+                         "that do: they may have trained on another craft of the same poison ids, and paired columns "
+                         "pair them as if not")
     return notes
 
 
