@@ -182,12 +182,15 @@ def report(results: str | None = None, *, table: str | int | None = None, datase
            poisons: str | dict[str, str] | None = None, trials: int = 5, paper: bool = False, diff: bool = False,
            ci: bool = False, paired: bool = False, wilson: bool | None = None, rho: float | None = None,
            poison_ratio: float | None = None) -> pd.DataFrame:
-    """`poisonbench report --format json` as a DataFrame: test accuracy mean and sample std per configuration
-    (columns as the JSON's keys; a std of one trial is NaN where the JSON has null). With `table` (2 | 3 | 4 | 5 |
-    II–V | matrix): the rows of `report table N --format json`, with its caption and notes in `attrs`. The filters
-    and views are `report`'s options of the same name (`results` may name a packed records file). The notes the
-    CLI prints on stderr are in `attrs["notes"]`; a record file that cannot be trusted is skipped with a
-    `PoisonbenchWarning`."""
+    """`poisonbench report` as a DataFrame: test accuracy mean and sample std per configuration, in percent as the
+    CLI shows them (`test_acc_mean_pct`, `test_acc_std_pct`: 100 × the `test_acc_mean` / `test_acc_std` fractions of
+    `report --format json`; a std of one trial is NaN where the JSON has null), the other columns as the JSON's keys.
+    With `table` (2 | 3 | 4 | 5 | II–V | matrix): the rows of `report table N --format json` (its numbers in percent
+    already), with its caption and notes in `attrs`. In both, `params` is the defense's parameters as a dict (the
+    record's `config.defense` less `method`; `{}` for none), not the JSON text the CLI prints; a table's row that no
+    run fills has None. The filters and views are `report`'s options of the same name (`results` may name a packed
+    records file). The notes the CLI prints on stderr are in `attrs["notes"]`; a record file that cannot be trusted
+    is skipped with a `PoisonbenchWarning`."""
     import pandas as pd
 
     from .cli.report import check_arguments, is_matrix
@@ -216,6 +219,8 @@ def report(results: str | None = None, *, table: str | int | None = None, datase
                               paired=paired, poison_ratio=poison_ratio, attacks=columns)
         result = tables.build(tables.check_table(table), records, opts, **filters)
         out = pd.DataFrame(result.data)
+        if "params" in out:
+            out["params"] = out["params"].map(_params)
         out.attrs.update(table=tables.ROMAN.get(result.number, result.number), caption=result.caption,
                          notes=[*result.notes, *(n for b in result.blocks for n in b.notes)], mixed=result.mixed)
         return out
@@ -226,7 +231,24 @@ def report(results: str | None = None, *, table: str | int | None = None, datase
                      "of the same configuration")
     notes += summary.attrs.get("craft_notes", [])
     summary.attrs["notes"] = notes
+    if summary.empty:
+        return summary.reset_index(drop=True)
+    summary["params"] = summary["params"].map(lambda text: {} if text == "-" else _params(text))
+    summary = summary.rename(columns=_PERCENT)
+    for column in _PERCENT.values():
+        summary[column] = 100 * summary[column]
     return summary.reset_index(drop=True)
+
+
+_PERCENT = {"test_acc_mean": "test_acc_mean_pct", "test_acc_std": "test_acc_std_pct"}  # report(): fraction → percent
+
+
+def _params(text: str | None) -> dict | None:
+    """A defense's parameters, as the reports print them (canonical JSON text), as a dict; None where no run fills a
+    table's row (the JSON's "" or null, or a row without the key)."""
+    import json
+
+    return json.loads(text) if isinstance(text, str) and text else None
 
 
 def plan(grid: str, *, data_dir: str | None = _default("data_dir"), download: bool = _default("download"),

@@ -38,7 +38,10 @@ def test_the_worked_example_runs_and_its_frame_is_report_json(cli, capsys, tmp_p
 
     code, out, err = cli("report", "--results", results, "--format", "json")
     assert code == 0, err
-    expected = pd.DataFrame(json.loads(out))
+    expected = pd.DataFrame(json.loads(out))  # the API: accuracy in percent, params as dicts (the JSON: text)
+    expected = expected.rename(columns={"test_acc_mean": "test_acc_mean_pct", "test_acc_std": "test_acc_std_pct"})
+    expected[["test_acc_mean_pct", "test_acc_std_pct"]] *= 100
+    expected["params"] = [{} if p == "-" else json.loads(p) for p in expected.params]
     pd.testing.assert_frame_equal(frame.reset_index(drop=True), expected, check_dtype=False)
 
     # the records are the CLI's: `defend` on the same options skips every trial as done
@@ -108,6 +111,69 @@ def test_report_of_an_empty_workspace_is_the_clis_error(cli, tmp_path):
         api.report(str(tmp_path / "empty"))
     code, _, err = cli("report", "--results", tmp_path / "empty")
     assert code == 2 and err == f"Error: {caught.value}\n"
+
+
+def defense_params(record: dict) -> dict:
+    return {k: v for k, v in record["config"]["defense"].items() if k != "method"}
+
+
+def same(value, expected) -> bool:
+    """A DataFrame's value and the JSON's: equal, or both missing (None in the JSON, NaN or None in a frame)."""
+    if expected is None:
+        return value is None or (isinstance(value, float) and value != value)
+    return value == expected
+
+
+def test_report_gives_percent_as_the_cli_and_params_as_the_records_dicts(cli, tmp_path):
+    """Issue 84: `report()` gives accuracy in percent (the CLI's tables print percent; its plain JSON keeps the
+    records' fractions, so the API names the unit: `test_acc_mean_pct`), `report(table=N)` the numbers of `report
+    table N --format json` (percent), and in both `params` is a dict equal to the records' defense parameters."""
+    from tests.report_records import synthetic_records, write_records
+
+    records = synthetic_records()
+    results = str(write_records(tmp_path / "res", records))
+    params_of = {}
+    for r in records:
+        params_of.setdefault(r["config"]["defense"]["method"], []).append(defense_params(r))
+
+    plain = api.report(results)
+    code, out, err = cli("report", "--results", results, "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(plain) == len(rows) > 3 and "test_acc_mean" not in plain and "test_acc_std" not in plain
+    for got, row in zip(plain.to_dict(orient="records"), rows, strict=True):
+        assert got["test_acc_mean_pct"] == pytest.approx(100 * row["test_acc_mean"], rel=1e-12)
+        assert 50 < got["test_acc_mean_pct"] <= 100  # percent, not a fraction
+        if row["test_acc_std"] is None:
+            assert got["test_acc_std_pct"] != got["test_acc_std_pct"]  # one trial: NaN
+        else:
+            assert got["test_acc_std_pct"] == pytest.approx(100 * row["test_acc_std"], rel=1e-12)
+        assert isinstance(got["params"], dict) and got["params"] in params_of[got["method"]]
+        assert got["params"] == ({} if row["params"] == "-" else json.loads(row["params"]))
+    assert plain.params[plain.method == "none"].tolist() == [{}] * int((plain.method == "none").sum())
+
+    for number in ("2", "3", "matrix"):
+        frame = api.report(results, table=number)
+        code, out, err = cli("report", "table", number, "--results", results, "--format", "json")
+        assert code == 0, err
+        rows = json.loads(out)["rows"]
+        assert len(frame) == len(rows) > 0
+        for got, row in zip(frame.to_dict(orient="records"), rows, strict=True):
+            assert set(row) <= set(got)  # the frame's columns: every row's keys (the matrix's rows differ)
+            for key in got:
+                value = row.get(key)
+                if key == "params":
+                    expected = json.loads(value) if value else None
+                    assert same(got[key], expected), (number, row)
+                    assert expected is None or expected in params_of[row["method"]]
+                else:
+                    assert same(got[key], value), (number, key, got[key], value)
+
+    # the two views give one number in one unit: cifar10's clean `none` cell
+    table2 = api.report(results, table=2)
+    cell = table2[(table2.dataset == "cifar10") & (table2.method == "none") & (table2.rho == 0.0)]
+    row = plain[(plain.dataset == "cifar10") & (plain.method == "none") & (plain.scenario == "clean")]
+    assert cell["mean"].item() == pytest.approx(row.test_acc_mean_pct.item(), abs=1e-4) and cell["mean"].item() > 90
 
 
 def test_plan_is_sweep_plan_json(cli, tmp_path, tiny_npz):

@@ -77,8 +77,8 @@ def test_data_list_json_gives_numbers_and_unknown_commands_list_the_valid_ones(c
     assert code == 0 and rows["mnist-5k"]["splits"] == {"train": 3900, "val": 100, "test": 1000}
     assert rows["cifar10"]["unit"] == "rows" and rows["PATH.npz"]["unit"] == "percent"
     code, _, err = cli("figure", "noise")
-    assert code == 2 and ("No such command 'figure'. Valid choices: defend, craft, env, report, data, poisons, sweep, "
-                          "records.") in err
+    assert code == 2 and ("No such command 'figure'. Valid choices: defend, report, data, craft, poisons, sweep, "
+                          "records, env.") in err
 
 
 @pytest.mark.parametrize("args, needle", [

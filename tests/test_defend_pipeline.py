@@ -59,5 +59,7 @@ def test_the_option_table_declares_every_field_of_the_spec():
     spec_field = {"poisons": "poison_sets", **{name: "recipe_overrides" for name in RECIPE_OVERRIDES}}
     assert {spec_field.get(name, name) for name in OPTIONS} | {"method_params"} == {f.name for f in fields(DefendSpec)}
     assert {o.part for o in OPTIONS.values()} == set(PARTS)
+    from poisonbench.cli.generated import ENTRY_HELP
+
     cli = [p.name for p in inspect.signature(defend_cmd.command()).parameters.values()]
-    assert cli == [*OPTIONS, *CLI_ONLY, *(o.python_name for o in method_options())]
+    assert cli == [*OPTIONS, *CLI_ONLY, ENTRY_HELP, *(o.python_name for o in method_options())]

@@ -30,7 +30,8 @@ def torch_flags(monkeypatch):
 
     algorithms = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    inductor = inductor_config.deterministic  # not monkeypatch: its undo would hide the config entry (delattr)
+    # not monkeypatch: its undo would hide the config entry (delattr); absent before torch 2.10 (core/device.py)
+    inductor = getattr(inductor_config, "deterministic", None)
     monkeypatch.setattr(device_module, "_deterministic", device_module._deterministic)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:
@@ -38,7 +39,8 @@ def torch_flags(monkeypatch):
     finally:
         torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
-        inductor_config.deterministic = inductor
+        if hasattr(inductor_config, "deterministic"):
+            inductor_config.deterministic = inductor
 
 
 def nondeterministic_kernel() -> None:

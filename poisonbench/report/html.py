@@ -9,6 +9,11 @@ text the terminal shows. Each table has its provenance: the crafts and code vers
 (tables.provenance) and the devices, recipes and trials of the runs it shows. The heatmap and the figures are drawn by
 the figure code (report.figures) into PNG bytes in memory (`panels.captured`). Every string that comes from a record
 (a dataset name, a method, a note naming either) is escaped here (`esc`): records are untrusted.
+
+On screen a table wider than the page (Table II with its paper columns is ~2,900 px) scrolls sideways in its own box
+(`.scroll`), the page does not. Printed (Print → PDF) the style's `@media print` takes over (issue 84): A4 landscape,
+the tables at full width in a small font with their cells wrapping, so every column is on the paper; a figure, a row
+or a provenance list is not split across pages, and an image is no taller than a page.
 """
 
 from __future__ import annotations
@@ -42,7 +47,18 @@ dl.provenance dt { font-weight: 600; } dl.provenance dd { margin: 0; }
 ul.notes { font-size: .9em; color: #444; margin-top: .2em; } ul.table-notes { color: #7a4b00; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #e0e0e0; }
 figcaption { font-size: .9em; color: #444; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+@media print {
+  @page { size: A4 landscape; margin: 10mm; }
+  body { font-size: 9pt; max-width: none; margin: 0; padding: 0; }
+  .scroll { overflow-x: visible; }
+  table { width: 100%; font-size: 6.5pt; }
+  th, td { white-space: normal; overflow-wrap: break-word; padding: .1em .25em; }
+  th.paper, td.paper, th { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  h2, caption, p.caption { break-after: avoid; }
+  tr, figure, dl.provenance { break-inside: avoid; }
+  figure img { max-width: 100%; max-height: 150mm; }
+}
 """
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 

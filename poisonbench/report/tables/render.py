@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -12,15 +13,34 @@ from ...core.errors import unknown_choice
 from ...core.printable import printable, printable_json
 from .layout import FORMATS, ROMAN, Table
 
-LATEX = {"±": r"$\pm$", "–": "--", "ρ": r"$\rho$", "β": r"$\beta$", "Δ": r"$\Delta$", "×": r"$\times$",
-         "·": r"$\cdot$", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
-         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+# LaTeX: pylatexenc's encoder (a maintained table of Unicode → LaTeX: ε, ±, β, ≥, accents, …; LaTeX's special
+# characters & % $ # _ { } ~ ^ \ escaped), so that the source is ASCII and compiles with pdflatex whatever a record
+# holds: a character it has no macro for is written as its code point (⟨U+6F22⟩). Ours before its defaults: the
+# dashes as LaTeX sources write them (ligatures), and | as \textbar (OT1, pdflatex's default font encoding, prints a
+# raw | as an em dash).
+LATEX_OWN = {"–": "--", "—": "---", "|": r"\textbar{}"}
+
+
+@functools.cache
+def latex_encoder():
+    """pylatexenc's `UnicodeToLatexEncoder` (an optional package, core/optional.py: without it the LaTeX format
+    stops in one line naming it)."""
+    from ...core.optional import require
+
+    require("pylatexenc")
+    from pylatexenc.latexencode import RULE_DICT, UnicodeToLatexConversionRule, UnicodeToLatexEncoder
+
+    own = UnicodeToLatexConversionRule(RULE_DICT, {ord(ch): latex for ch, latex in LATEX_OWN.items()})
+    return UnicodeToLatexEncoder(conversion_rules=[own, "defaults"], unknown_char_policy="unihex",
+                                 unknown_char_warning=False)
 
 
 def latex_escape(text: str) -> str:
-    """`text` as LaTeX source; its control characters shown escaped first (core.printable), so that `\\x1b` is
-    `\\textbackslash{}x1b` in the PDF, not a macro."""
-    return "".join(LATEX.get(ch, ch) for ch in printable(text))
+    """`text` as LaTeX source (ASCII, `latex_encoder`); its control characters shown escaped first (core.printable),
+    so that `\\x1b` is `{\\textbackslash}x1b` in the PDF, not a macro. A `[` that opens the text is braced, so that
+    a row or a note after `\\\\` is not read as the optional argument of `\\\\`."""
+    source = latex_encoder().unicode_to_latex(printable(text))
+    return "{[}" + source[1:] if source.startswith("[") else source
 
 
 def md_text(text: str) -> str:
@@ -53,8 +73,10 @@ def render_md(t: Table) -> str:
 
 
 def render_latex(t: Table) -> str:
-    out = [f"% {t.title}: {t.caption}. Needs \\usepackage{{booktabs}}."]
-    out += [f"% {n}" for n in t.notes]  # runs left out of the table: for whoever reads the source
+    # the comments escaped too: a record's text (a newline included) must not end the comment, and the source
+    # stays ASCII
+    out = [f"% {latex_escape(t.title)}: {latex_escape(t.caption)}. Needs \\usepackage{{booktabs}}."]
+    out += [f"% {latex_escape(n)}" for n in t.notes]  # runs left out of the table: for whoever reads the source
     for b in t.blocks:
         labels = sum(1 for c in b.rows[0] if c.label) if b.rows else 1
         spec = "l" * labels + "r" * (len(b.columns) - labels)
