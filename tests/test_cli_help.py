@@ -143,3 +143,11 @@ def test_a_hidden_option_still_works(cli, tiny_npz, tmp_path):
     """Hidden from the short help, a method's option is parsed as before (a refusal names it, the run takes it)."""
     code, _, err = cli("defend", "--ratio", "0.5", "--dataset", tiny_npz, "--results", tmp_path / "x")
     assert code == 2 and "option --ratio does not apply to method 'none'" in err
+
+
+@pytest.mark.parametrize("args", [[], ["data"], ["sweep"]], ids=lambda a: " ".join(a) or "bare")
+def test_a_bare_group_prints_its_help_and_no_empty_error_line(cli, args):
+    """click's convention for a group given no command: its help on stdout, exit 2; nothing on stderr."""
+    code, out, err = cli(*args)
+    assert (code, err) == (2, "")
+    assert out.lstrip().startswith(f"Usage: {' '.join(['poisonbench', *args])}")

@@ -163,7 +163,8 @@ def _run(command, argv: list[str] | None, err: Console) -> None:
             group = getattr(getattr(exc, "ctx", None), "command", None)
             if message.startswith("No such command") and hasattr(group, "list_commands"):
                 message += f" Valid choices: {', '.join(group.list_commands(exc.ctx))}."
-            err.print(printable(f"Error: {message}{given_value(exc, argv)}", newlines=True), markup=False)
+            if message:  # click's "no arguments: here is the help" (a bare group) has printed the help; no message
+                err.print(printable(f"Error: {message}{given_value(exc, argv)}", newlines=True), markup=False)
             sys.exit(2)
         if kind == "Abort":
             err.print("Aborted.", markup=False)
