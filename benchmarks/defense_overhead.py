@@ -4,15 +4,16 @@ training (`none`), on the same data and recipe, measured side by side in one pro
 
     python benchmarks/defense_overhead.py [--json] [--dataset mnist-5k] [--epochs 30] [--rows N] [--repeats 3]
                                           [--methods none,hint,...] [--budget 0.01] [--compile off]
-                                          [--fl-rows 2000] [--fl-budget 0.1] [--fl-repeats 3] [--threads N]
+                                          [--model convnet-gn] [--fl-rows 2000] [--fl-budget 0.1] [--fl-repeats 3]
+                                          [--threads N]
                                           [--device auto]
 
 Training: `poisonbench.engine.training.train` on the first `--rows` train rows of `--dataset` (default all of mnist-5k's
 3,900), the paper recipe of its family with `--epochs` (default 30, the paper's MNIST length; milestones scaled),
-the family's paper model, seed 0, no evaluation. Every defense is built with its defaults for that recipe and a
-targeted threat whose budget is `--budget` of the rows (the clean-label filters' k and drop fraction depend on it;
-the same for all). Clean data: the cost of a defense does not depend on which rows are poisoned. The runs are
-interleaved: each repeat trains every method once, in an order rotated by one per repeat, after one untimed
+the family's paper model (or `--model`), seed 0, no evaluation. Every defense is built with its defaults for that
+recipe and a targeted threat whose budget is `--budget` of the rows (the clean-label filters' k and drop fraction
+depend on it; the same for all). Clean data: the cost of a defense does not depend on which rows are poisoned. The
+runs are interleaved: each repeat trains every method once, in an order rotated by one per repeat, after one untimed
 1-epoch warm-up of `none`. Per method: `seconds`, the median wall time of the whole `train` call (prepare, drops,
 per-batch hooks, every epoch); `defense_seconds`, the median of the engine's own count of the defense's hooks
 (cost defense_prepare + defense_epoch + defense_batch, what Table V adds to training); `ratio_to_none`, the
@@ -182,7 +183,7 @@ def setup_training(args, device: torch.device) -> dict:
         raise SystemExit(f"--rows must be in [1, {len(data.train)}], got {rows}")
     recipe = resolve_recipe(data.family, "paper", epochs=args.epochs)
     budget = max(1, round(args.budget * rows))
-    return {"data": data, "device": device, "recipe": recipe, "model": DEFAULT_MODEL[data.family],
+    return {"data": data, "device": device, "recipe": recipe, "model": args.model or DEFAULT_MODEL[data.family],
             "threat": Threat("targeted", budget=budget, train_size=rows), "compile": args.compile,
             "x": to_float(data.train.x[:rows], device), "y": data.train.y[:rows].to(device),
             "val_x": to_float(data.val.x, device), "val_y": data.val.y.to(device), "rows": rows}
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the paper recipe (default: MNIST's 30)")
     parser.add_argument("--rows", type=int, default=None, help="train rows used (default: all)")
+    parser.add_argument("--model", default=None,
+                        help="the victim (default: the family's paper model; e.g. convnet-gn, DP-SGD's)")
     parser.add_argument("--repeats", type=int, default=3, help="trainings per method (the median is reported)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated defenses (default: every registered one); none is always included")

@@ -163,11 +163,13 @@ def test_chunked_per_example_gradients_sum_to_the_one_chunk_step(monkeypatch):
     whole, _, _, one = dp_step(model, x, y, clip=clip, noise_multiplier=0.0)
     seen: list[int] = []
 
+    chunked = dpsgd.chunk_gradients
+
     def counted(model, params, stats, x, y):
         seen.append(len(y))
-        return per_example_gradients(model, params, stats, x, y)
+        return chunked(model, params, stats, x, y)
 
-    monkeypatch.setattr(dpsgd, "per_example_gradients", counted)
+    monkeypatch.setattr(dpsgd, "chunk_gradients", counted)
     for floats, sizes in ((5 * per_row + per_row // 2, [5, 5, 2]), (per_row - 1, [1] * 12)):
         seen.clear()
         defense, _, _, step = dp_step(model, x, y, clip=clip, noise_multiplier=0.0, chunk_floats=floats)
@@ -205,7 +207,7 @@ def test_the_record_after_several_steps_is_the_figures_of_all_of_them():
     assert measured["max_before_clip"] == pytest.approx(max(norms), rel=1e-5)
     expected = {
         "clip": 1.5, "noise_multiplier": 0.2, "noise_std": 0.2 * 1.5,
-        "per_example_gradients": "torch.func vmap(grad)", "batchnorm": "none (no BatchNorm in training mode)",
+        "per_example_gradients": dpsgd.HOOKS_METHOD, "batchnorm": "none (no BatchNorm in training mode)",
         "grad_norms": {"examples": 36, "clipped_share": clipped / 36,
                        "mean_before_clip": measured["mean_before_clip"],
                        "max_before_clip": measured["max_before_clip"]},

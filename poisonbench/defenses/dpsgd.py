@@ -10,9 +10,13 @@ Algorithm 1 (arXiv 1607.00133): for a batch B,
 and the engine's optimizer steps on g (the recipe's SGD with momentum, weight decay and schedule: TF-Privacy's
 DP optimizers likewise wrap the plain optimizer's update; the official code uses plain SGD, or Adam for LR).
 
-Per-example gradients come from `torch.func` (`functional_call` + `vmap(grad)`), a maintained part of PyTorch:
-no new dependency (Opacus would be one) and any module torch.func can trace works, chunked over the batch where
-the per-example gradients would not fit (`chunk_rows`).
+Per-example gradients come from layer hooks where every trainable layer is a Conv2d, Linear, GroupNorm or
+BatchNorm (`layer_gradients`: each layer's input times its output gradient, Opacus's grad-sample rule, in one
+forward and one backward: every model poisonbench builds), else from `torch.func` (`functional_call` +
+`vmap(grad)`, `vmap_gradients`: any module torch.func can trace), chunked over the batch where the per-example
+gradients would not fit (`per_example_floats`). The two agree to float rounding (tests/test_dpsgd.py); the hooks
+cost one epoch of `convnet-gn` on mnist-5k 2.3× `none` on one CPU thread against the vmap's 3.6×
+(benchmarks/defense_overhead.py --model convnet-gn). The record names the method.
 
 BatchNorm. Hong et al.'s networks have none (official networks/cnns.py, mlps.py, linears.py: Conv/Dense/ReLU only),
 and under BatchNorm an example's gradient is not its own: the batch statistics mix the batch. The victim for DP-SGD
@@ -138,10 +142,117 @@ def batch_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict
     return logits, stats
 
 
-def per_example_gradients(model: nn.Module, params: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
-                          x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+# the layers whose per-example gradients come from the layer's own input and output gradient (`layer_gradients`)
+HOOKED_LAYERS = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+HOOKS_METHOD = "layer hooks: per-example input × output gradient (Conv2d, Linear, GroupNorm, BatchNorm)"
+VMAP_METHOD = "torch.func vmap(grad)"
+
+
+class NotHookable(Exception):
+    """The forward did something `layer_gradients` cannot read per example (an output changed in place)."""
+
+
+def hookable(model: nn.Module, params: dict[str, torch.Tensor]) -> bool:
+    """Whether `layer_gradients` computes every trainable parameter's per-example gradient: each is the `weight`
+    or `bias` of one layer of `HOOKED_LAYERS` (a Conv2d with one group and zero padding given in numbers; a
+    BatchNorm that keeps running statistics, so that, in eval mode, it normalises each example alone)."""
+    owners: dict[int, str] = {}
+    trained = {id(p) for p in trainable(model).values()}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module.named_parameters(recurse=False, remove_duplicate=False):
+            full = f"{name}.{pname}" if name else pname
+            if id(p) not in trained:
+                continue  # frozen
+            if id(p) in owners or full not in params or pname not in ("weight", "bias") \
+                    or not isinstance(module, HOOKED_LAYERS):
+                return False  # shared between layers, or a parameter the hooks cannot read
+            if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"
+                                                  or isinstance(module.padding, str)):
+                return False
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+                return False
+            owners[id(p)] = full
+    return len(owners) == len(params)
+
+
+def _layer_inputs(module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    """What the layer's per-example weight gradient multiplies the output gradient with: a convolution's unfolded
+    patches `[rows, C_in·k·k, L]`, a linear layer's input `[rows, *, in]`, a normalisation's normalised input x̂
+    (GroupNorm: by each example's own groups; BatchNorm in eval mode: by the statistics it reads now, the batch's
+    swapped in by `per_example_gradients` or its running ones)."""
+    if isinstance(module, nn.Conv2d):
+        return F.unfold(inp, module.kernel_size, module.dilation, module.padding, module.stride)
+    if isinstance(module, nn.GroupNorm):
+        return F.group_norm(inp, module.num_groups, eps=module.eps)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return F.batch_norm(inp, module.running_mean, module.running_var, None, None, False, 0.0, module.eps)
+    return inp
+
+
+def _layer_gradients(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{"weight": [rows, *weight.shape], "bias": ...}: one layer's per-example gradients from `_layer_inputs`'
+    `a` and the gradient `g` of the summed loss with respect to the layer's output (row i's: its own loss's)."""
+    rows = len(g)
+    if isinstance(module, nn.Conv2d):
+        g = g.reshape(rows, g.shape[1], -1)
+        weight, bias = torch.bmm(g, a.transpose(1, 2)).reshape(rows, *module.weight.shape), g.sum(2)
+    elif isinstance(module, nn.Linear):
+        g, a = g.reshape(rows, -1, g.shape[-1]), a.reshape(rows, -1, a.shape[-1])
+        weight, bias = torch.bmm(g.transpose(1, 2), a), g.sum(1)
+    else:  # a normalisation's affine map γ·x̂ + β, per channel (dimension 1)
+        dims = [d for d in range(2, g.dim())]
+        weight, bias = (g * a).sum(dims) if dims else g * a, g.sum(dims) if dims else g
+    return {"weight": weight, "bias": bias}
+
+
+def layer_gradients(model: nn.Module, params: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
+                    x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits, {name: [len(x), *shape]}): each example's cross-entropy gradient alone, in one forward and one
+    backward, as Opacus's grad-sample hooks compute it (Goodfellow 2015, "Efficient per-example gradient
+    computations"; Opacus `grad_sample/conv.py`, `linear.py`, `group_norm.py`): forward hooks keep each layer's
+    input, one `autograd.grad` of the summed loss gives each layer's output gradient, whose row i is example i's
+    own (no layer mixes rows: GroupNorm normalises an example by itself, a BatchNorm in eval mode by `stats`),
+    and the weight gradient of row i is its output gradient times its input (`_layer_gradients`). The same
+    numbers as `vmap_gradients` up to float rounding, at about the cost of one plain step instead of a vmapped
+    one (benchmarks/defense_overhead.py). Raises `NotHookable` when an output was changed in place afterwards."""
+    layers = {module: name for name, module in model.named_modules()
+              if any((f"{name}.{p}" if name else p) in params for p, _ in module.named_parameters(recurse=False))}
+    seen: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int]] = []
+
+    def keep(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        seen.append((module, _layer_inputs(module, args[0].detach()), output, output._version))
+
+    handles = [m.register_forward_hook(keep) for m in layers]
+    batchnorms = training_batchnorms(model)
+    for m in batchnorms.values():
+        m.training = False  # eval-mode BatchNorm reads the (swapped-in) statistics: no mixing, no update
+    try:
+        logits = functional_call(model, stats, (x,)) if stats else model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m in batchnorms.values():
+            m.training = True
+    if any(out._version != version for _, _, out, version in seen):
+        raise NotHookable("a layer's output was changed in place")
+    outputs = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), [o for _, _, o, _ in seen])
+    grads: dict[str, torch.Tensor] = {}
+    for (module, a, _, _), g in zip(seen, outputs, strict=True):
+        prefix = f"{layers[module]}." if layers[module] else ""
+        for pname, value in _layer_gradients(module, a, g).items():
+            name = prefix + pname
+            if name in params:  # a module called twice adds its calls' gradients, as autograd does
+                grads[name] = grads[name] + value if name in grads else value
+    rows = len(y)
+    return logits.detach(), {name: grads[name].reshape(rows, *p.shape) if name in grads
+                             else p.new_zeros((rows, *p.shape)) for name, p in params.items()}
+
+
+def vmap_gradients(model: nn.Module, params: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
+                   x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """{name: [len(x), *shape]}: each example's cross-entropy gradient alone (torch.func `vmap(grad)`), with the
-    training-mode BatchNorms normalising by `stats` (the batch's, `batch_forward`) instead of by their input."""
+    training-mode BatchNorms normalising by `stats` (the batch's, `batch_forward`) instead of by their input: any
+    module torch.func traces, at the cost of a vmapped backward (2-4× `layer_gradients` on the CPU)."""
     batchnorms = training_batchnorms(model)
 
     def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
@@ -154,6 +265,26 @@ def per_example_gradients(model: nn.Module, params: dict[str, torch.Tensor], sta
     finally:
         for m in batchnorms.values():
             m.training = True
+
+
+def chunk_gradients(model: nn.Module, params: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
+                    x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, torch.Tensor], str]:
+    """(logits or None, per-example gradients, the method): `layer_gradients` where the model is `hookable`
+    (with its logits), else `vmap_gradients` (no logits)."""
+    if hookable(model, params):
+        try:
+            logits, grads = layer_gradients(model, params, stats, x, y)
+            return logits, grads, HOOKS_METHOD
+        except NotHookable:
+            pass
+    return None, vmap_gradients(model, params, stats, x, y), VMAP_METHOD
+
+
+def per_example_gradients(model: nn.Module, params: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
+                          x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{name: [len(x), *shape]}: each example's cross-entropy gradient alone, the training-mode BatchNorms
+    normalising by `stats` (`chunk_gradients`: by layer hooks where it can, else by `vmap(grad)`)."""
+    return chunk_gradients(model, params, stats, x, y)[1]
 
 
 def joint_norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -180,6 +311,7 @@ class DpSgd(Defense):
         self.rows = 0
         self.batchnorm = False  # whether the model trains a BatchNorm (no ε is then a guarantee)
         self._chunk_floats = PER_EXAMPLE_FLOATS
+        self.method = HOOKS_METHOD  # how the per-example gradients were computed (`chunk_gradients`)
 
     @property
     def poisson(self) -> bool:
@@ -200,6 +332,7 @@ class DpSgd(Defense):
         self.rows = len(ctx.train_y) if ctx.active is None else len(ctx.active)
         self.batchnorm = bool(training_batchnorms(ctx.model))
         self._chunk_floats = per_example_floats(ctx.device)
+        self.method = HOOKS_METHOD if hookable(ctx.model, trainable(ctx.model)) else VMAP_METHOD
         require("dp_accounting")  # before training, not when the record is written
         return None
 
@@ -221,18 +354,30 @@ class DpSgd(Defense):
         divisor = privacy.expected_batch(self.rows, self.sample_rate) if self.poisson else len(y)
         if len(y) == 0:  # an empty Poisson sample: the noise alone
             return self._noise_only(ctx, divisor)
-        with autocast():
-            logits, stats = batch_forward(model, x)
+        # the logits and the batch statistics: a BatchNorm model (and one the hooks cannot read) takes them from a
+        # train-mode forward first; otherwise the per-example pass's own forward gives the logits
+        logits, stats = None, {}
+        if self.batchnorm or not hookable(model, params):
+            with autocast():
+                logits, stats = batch_forward(model, x)
         summed = {name: torch.zeros_like(p) for name, p in params.items()}
         chunk = max(1, self._chunk_floats // max(1, sum(p.numel() for p in params.values())))
+        pieces = []
         for start in range(0, len(y), chunk):
             with autocast():
-                grads = per_example_gradients(model, params, stats, x[start:start + chunk], y[start:start + chunk])
+                out, grads, self.method = chunk_gradients(model, params, stats, x[start:start + chunk],
+                                                          y[start:start + chunk])
+            pieces.append(out)
             norms = joint_norms({k: g.float() for k, g in grads.items()})
             factors = clip_factors(norms, clip)
             for name, g in grads.items():
                 summed[name] += torch.tensordot(factors, g.float(), dims=1)
             self._note(norms, clip)
+        if logits is None and any(piece is None for piece in pieces):  # the vmap fallback gives no logits
+            with autocast():
+                logits, _ = batch_forward(model, x)
+        elif logits is None:
+            logits = torch.cat(pieces)
         for name, p in trainable(model).items():
             g = summed[name]
             if sigma > 0:
@@ -279,7 +424,7 @@ class DpSgd(Defense):
         examples = max(t["examples"], 1)
         return {
             "clip": clip, "noise_multiplier": sigma, "noise_std": sigma * clip,
-            "per_example_gradients": "torch.func vmap(grad)",
+            "per_example_gradients": self.method,
             "batchnorm": BN_HANDLING if self.batchnorm else "none (no BatchNorm in training mode)",
             "grad_norms": {"examples": t["examples"], "clipped_share": t["clipped"] / examples,
                            "mean_before_clip": t["norm_sum"] / examples, "max_before_clip": t["norm_max"]},
