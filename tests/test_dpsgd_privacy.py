@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from poisonbench.core.device import to_float
@@ -28,6 +30,17 @@ from .test_dpsgd import context, dp_step, flat, loop_gradients, mlp, toy_batch
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def pld_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
+    """The PLD accountant called directly (dp_accounting.pld), the reference for the record's `epsilon_pld`."""
+    import dp_accounting
+    from dp_accounting.pld import PLDAccountant
+
+    accountant = PLDAccountant()
+    accountant.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))
+    return accountant.get_epsilon(delta)
 
 
 def accountant_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
@@ -99,9 +112,10 @@ def test_epsilon_is_the_rdp_accountants_for_a_known_q_sigma_and_steps():
     assert privacy.sample_rate(400, 100) == 1 / 4 and privacy.sample_rate(401, 100) == 1 / 5  # Opacus: 1/len(loader)
 
 
-def test_a_dpsgd_run_records_the_accountants_epsilon_at_delta_1_over_n(tiny_npz):
+def test_a_dpsgd_run_records_both_accountants_epsilon_at_the_default_delta(tiny_npz):
     """Through the engine on convnet-gn (200 rows, batch 50, 1 epoch: q = 1/4, 4 steps, σ 1.1): the record's ε is
-    the accountant's at δ = 1/200, or at the δ given; shuffled batches say it is not a guarantee."""
+    the RDP and the PLD accountant's, each called directly, at δ = min(10⁻⁵, 200^-1.1) = 10⁻⁵, or at the δ given;
+    shuffled batches say it is not a guarantee."""
     data = load_dataset(str(tiny_npz))
     recipe = resolve_recipe("mnist", "quick", epochs=1, batch_size=50, lr=0.05)
     defense = build_defense("dpsgd", "mnist", recipe, noise_multiplier=1.1)
@@ -109,14 +123,17 @@ def test_a_dpsgd_run_records_the_accountants_epsilon_at_delta_1_over_n(tiny_npz)
     train(model, to_float(data.train.x[:200], CPU), data.train.y[:200], to_float(data.val.x, CPU), data.val.y,
           recipe, seed=4, device=CPU, num_classes=10, defense=defense, compile="off")
     acc = defense.summary()["accounting"]
-    assert acc["steps"] == 4 and acc["sample_rate"] == 0.25 and acc["rows"] == 200 and acc["delta"] == 1 / 200
-    assert acc["epsilon"] == accountant_epsilon(0.25, 1.1, 4, 1 / 200) and acc["delta_rule"] == "1/n"
+    assert acc["steps"] == 4 and acc["sample_rate"] == 0.25 and acc["rows"] == 200 and acc["delta"] == 1e-5
+    assert acc["epsilon"] == accountant_epsilon(0.25, 1.1, 4, 1e-5) and acc["delta_rule"] == "min(1e-5, n^-1.1)"
+    assert acc["epsilon_pld"] == pld_epsilon(0.25, 1.1, 4, 1e-5) < acc["epsilon"]
+    assert acc["epsilon_pld_note"] is None and "PLDAccountant" in acc["accountant_pld"]
     assert acc["sampling"] == "shuffle" and acc["guarantee"] is False
     assert acc["epsilon_note"] == privacy.SHUFFLE_NOTE and "dp-accounting" in acc["accountant"]
-    given = build_defense("dpsgd", "mnist", recipe, noise_multiplier=1.1, delta=1e-5)
+    given = build_defense("dpsgd", "mnist", recipe, noise_multiplier=1.1, delta=1e-7)
     given.rows = 200
-    assert given.accounting(4)["epsilon"] == accountant_epsilon(0.25, 1.1, 4, 1e-5) > acc["epsilon"]
-    assert given.accounting(4)["delta_rule"] == "given"
+    assert given.accounting(4)["epsilon"] == accountant_epsilon(0.25, 1.1, 4, 1e-7) > acc["epsilon"]
+    assert given.accounting(4)["epsilon_pld"] == pld_epsilon(0.25, 1.1, 4, 1e-7)
+    assert given.accounting(4)["delta_rule"] == "given" and given.accounting(4)["delta"] == 1e-7
 
 
 def test_no_noise_records_an_infinite_epsilon_as_none_with_the_reason():
@@ -206,7 +223,7 @@ def test_poisson_training_runs_on_the_defenses_batches_and_its_epsilon_holds(tin
     assert drawn != 200 and figures["grad_norms"]["examples"] == drawn
     acc = figures["accounting"]
     assert acc["sampling"] == "poisson" and acc["steps"] == 4 and acc["guarantee"] is True
-    assert acc["epsilon"] == accountant_epsilon(0.25, 1.0, 4, 1 / 200) and acc["epsilon_note"] == privacy.POISSON_NOTE
+    assert acc["epsilon"] == accountant_epsilon(0.25, 1.0, 4, 1e-5) and acc["epsilon_note"] == privacy.POISSON_NOTE
     assert 0 <= result.history[0]["train_acc"] <= 1
 
 
@@ -297,3 +314,85 @@ def short(record: dict) -> str:
     from poisonbench.core.hashing import short_hash
 
     return short_hash(record["config"])
+
+
+# --- δ's default and the PLD accountant ---------------------------------------------------------------------------
+
+@given(st.integers(min_value=1, max_value=10 ** 9))
+def test_the_default_delta_is_below_one_over_n_and_at_most_1e_5(rows):
+    delta = privacy.default_delta(rows)
+    assert delta < 1 / rows or rows == 1 and delta == 1e-5
+    assert delta <= 1e-5 and delta == min(1e-5, rows ** -1.1)
+
+
+def test_the_default_delta_leaves_1e_5_exactly_past_35_111_rows():
+    """n^-1.1 < 10⁻⁵ from n = 35,112 on (35,111^-1.1 = 1.00003·10⁻⁵): the rule's one bend, probed at it."""
+    assert privacy.default_delta(35_111) == 1e-5
+    assert privacy.default_delta(35_112) == 35_112 ** -1.1 < 1e-5
+    assert privacy.default_delta(3_900) == 1e-5 and privacy.default_delta(50_000) == pytest.approx(6.78e-6, rel=1e-3)
+
+
+@pytest.mark.parametrize("q, sigma, steps, delta", [(0.25, 1.1, 4, 1e-5), (1 / 31, 1.0, 310, 1 / 3900),
+                                                    (0.01, 1.1, 1000, 1e-5), (1 / 31, 0.3, 31, 1e-5)])
+def test_the_pld_epsilon_is_the_pld_accountants_and_below_the_rdp_one(q, sigma, steps, delta):
+    eps = privacy.pld_epsilon(q, sigma, steps, delta)
+    assert eps == pld_epsilon(q, sigma, steps, delta)
+    assert 0 < eps < privacy.epsilon(q, sigma, steps, delta)
+
+
+def test_the_pld_epsilon_at_its_edges():
+    """σ exactly at the floor is computed, just under it is not (with the reason); σ 0 is ∞, no step is 0; bad
+    input is the RDP accountant's one line."""
+    assert privacy.pld_epsilon(0.1, privacy.PLD_MIN_SIGMA, 3, 1e-5) == pld_epsilon(0.1, 0.3, 3, 1e-5)
+    assert privacy.pld_note(privacy.PLD_MIN_SIGMA) is None
+    assert privacy.pld_epsilon(0.1, 0.2999, 3, 1e-5) is None
+    assert privacy.pld_note(0.2999) == ("PLD not computed: σ 0.2999 < 0.3 (slow; the RDP ε already shows no useful "
+                                        "privacy)")
+    assert privacy.pld_epsilon(0.1, 0.0, 3, 1e-5) == math.inf and privacy.pld_note(0.0) is None
+    assert privacy.pld_epsilon(0.1, 1.0, 0, 1e-5) == 0.0
+    with pytest.raises(PoisonbenchError) as info:
+        privacy.pld_epsilon(0.1, 1.0, 3, 1.0)
+    assert str(info.value) == "privacy accounting: δ must be in (0, 1), got 1.0"
+
+
+def test_the_table_note_gives_the_pld_epsilon_beside_the_rdp_one_and_names_the_delta_rule():
+    from poisonbench.report.tables.privacy import privacy_notes
+    from tests.report_records import make_record
+
+    params = {"clip": 1.0, "noise_multiplier": 1.0, "sampling": "poisson", "delta": None}
+    acc = {"accountant": "RDP", "sampling": "poisson", "noise_multiplier": 1.0, "sample_rate": 1 / 31, "steps": 310,
+           "rows": 3900, "delta": 1e-5, "delta_rule": "min(1e-5, n^-1.1)", "epsilon": 4.17, "epsilon_pld": 3.6,
+           "epsilon_pld_note": None, "guarantee": True, "epsilon_note": privacy.POISSON_NOTE}
+    low = {**acc, "noise_multiplier": 0.01, "epsilon": 5.45e6, "epsilon_pld": None, "guarantee": True}
+    rows = []
+    for accounting, sigma in ((acc, 1.0), (low, 0.01)):
+        record = make_record(method="dpsgd", acc=0.5, params={**params, "noise_multiplier": sigma})
+        record["defense"] = {"accounting": accounting}
+        rows.append(record)
+    from poisonbench.report.tables.records import frame
+
+    notes = privacy_notes(frame(rows))
+    assert notes == [
+        "dpsgd (clip 1, noise_multiplier 1, sampling poisson): ε = 4.17 at δ = min(1e-5, n^-1.1) = 1e-05 (RDP, "
+        "dp-accounting; q 0.03226, σ 1, 310 steps; PLD ε = 3.6) — Poisson-sampled batches: the RDP bound holds",
+        "dpsgd (clip 1, noise_multiplier 0.01, sampling poisson): ε = 5.45e+06 at δ = min(1e-5, n^-1.1) = 1e-05 "
+        "(RDP, dp-accounting; q 0.03226, σ 0.01, 310 steps; PLD ε not computed (σ < 0.3)) — Poisson-sampled "
+        "batches: the RDP bound holds"]
+
+
+def test_defend_prints_both_epsilons_at_delta_with_the_caveat(cli, tiny_npz, tmp_path, monkeypatch):
+    """The line under `defend`'s table, whole, against the record it was written from (COLUMNS wide enough that
+    rich does not wrap it)."""
+    import json as json_module
+
+    monkeypatch.setenv("COLUMNS", "400")
+    code, out, err = cli("defend", "--method", "dpsgd", "--model", "convnet-gn", "--noise-multiplier", "1",
+                         "--sampling", "poisson", "--recipe", "quick", "--epochs", "1", "--compile", "off",
+                         "--dataset", tiny_npz, "--results", tmp_path / "r")
+    assert code == 0, err
+    (record_path,) = (tmp_path / "r" / "runs").glob("*.json")
+    acc = json_module.loads(record_path.read_text())["defense"]["accounting"]
+    assert acc["delta"] == 1e-5 and acc["epsilon_pld"] < acc["epsilon"]
+    line = (f"privacy, trial 0: ε = {acc['epsilon']:.4g} (RDP), {acc['epsilon_pld']:.4g} (PLD) at δ = 1e-05 "
+            "(min(1e-5, n^-1.1)) — Poisson-sampled batches: the RDP bound holds")
+    assert line in out.splitlines()

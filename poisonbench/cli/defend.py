@@ -117,6 +117,24 @@ def show_outcomes(outcomes: list, store: RunStore, as_json: bool) -> None:
     if targeted:
         wins = [bool(targeted_fields(o.record)["attack_success"]) for o in outcomes]
         console.print(f"attack success: {sum(wins)}/{len(wins)} trials")
+    for line in privacy_lines(outcomes):
+        console.print(line)
     if len(accs) > 1:
         console.print(f"test accuracy: {100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f} % "
                       f"(mean ± sample std over {len(accs)} trials)")
+
+
+def privacy_lines(outcomes) -> list[str]:
+    """One line per run whose record carries DP-SGD's accounting: ε from both accountants at δ, and the caveat."""
+    from ..report.tables.privacy import caveat
+
+    lines = []
+    for o in outcomes:
+        acc = (o.record.get("defense") or {}).get("accounting") if isinstance(o.record.get("defense"), dict) else None
+        if not isinstance(acc, dict) or "delta" not in acc:
+            continue
+        eps = "∞" if acc.get("epsilon") is None else f"{acc['epsilon']:.4g}"
+        pld = "not computed" if acc.get("epsilon_pld") is None else f"{acc['epsilon_pld']:.4g}"
+        lines.append(f"privacy, trial {o.record['config']['trial']}: ε = {eps} (RDP), {pld} (PLD) at δ = "
+                     f"{acc['delta']:.3g} ({acc.get('delta_rule')}) — {caveat(acc)}")
+    return lines

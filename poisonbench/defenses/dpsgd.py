@@ -34,10 +34,11 @@ Sampling and accounting (privacy.py). `--sampling poisson` draws each step's bat
 the defense's own stream, ⌈n / B⌉ steps an epoch, and the noised sum is divided by the expected batch ⌊n·q⌋ (Opacus
 `DPOptimizer` with `expected_batch_size`), so that the step depends on the batch only through the sum. The default
 `shuffle` keeps the engine's shuffled partition (Hong et al.'s TF-Privacy code; `--method none`'s order) and
-divides by the batch. The record's ε, at δ = 1 / n unless `--delta` is given, comes from dp-accounting's RDP
-accountant for the Poisson-subsampled Gaussian at (q, σ, steps); for shuffled batches it carries the caveat that
-it is the Poisson figure, not a proven bound. Hong et al.'s settings give "no meaningful privacy" (paper abstract;
-official model names carry ε = inf or ε in the millions), which the ε now says in numbers.
+divides by the batch. The record's ε, at δ = min(10⁻⁵, n^-1.1) unless `--delta` is given, comes from dp-accounting's
+RDP accountant for the Poisson-subsampled Gaussian at (q, σ, steps), and beside it from its PLD accountant; for
+shuffled batches it carries the caveat that it is the Poisson figure, not a proven bound. Hong et al.'s settings
+give "no meaningful privacy" (paper abstract; official model names carry ε = inf or ε in the millions), which the ε
+now says in numbers.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ SAMPLING_PARAM = Param(
     "(lot sampled with probability q), Opacus UniformWithReplacementSampler / DPDataLoader", choices=privacy.SAMPLINGS)
 DELTA_PARAM = Param(
     "delta", float, None,
-    "δ of the recorded (ε, δ); default 1/n, n the rows trained on.",
-    "δ = 1/n: issue 67; Abadi et al. 2016 take δ = 10⁻⁵ for MNIST's 60,000 rows", positive=True, maximum=1.0,
+    "δ of the recorded (ε, δ); default min(1e-5, n^-1.1), n the rows trained on (below 1/n at every n).",
+    "Abadi et al. 2016 take δ = 10⁻⁵ for MNIST's 60,000 rows (Opacus's tutorials likewise); n^-1.1 keeps δ below "
+    "1/n past 35,000 rows (privacy.default_delta)", positive=True, maximum=1.0,
     below_maximum=True)
 
 
@@ -439,16 +441,16 @@ class DpSgd(Defense):
         notes = [privacy.POISSON_NOTE if self.poisson else privacy.SHUFFLE_NOTE]
         if self.batchnorm:
             notes.append(privacy.BATCHNORM_NOTE)
-        if delta >= 1:  # one row: δ = 1/n = 1 bounds nothing
-            eps = math.inf
-            notes.insert(0, "no ε: δ = 1/n = 1 (one row) bounds nothing")
-        else:
-            eps = privacy.epsilon(q, sigma, steps, delta)
+        eps = privacy.epsilon(q, sigma, steps, delta)
+        pld = privacy.pld_epsilon(q, sigma, steps, delta)
         if math.isinf(eps) and sigma == 0:
             notes.insert(0, "ε = ∞: σ = 0 adds no noise")
-        return {"accountant": privacy.accountant_text(), "sampling": self.params["sampling"],
-                "noise_multiplier": sigma, "sample_rate": q, "steps": steps, "rows": self.rows,
-                "delta": delta, "delta_rule": "1/n" if self.params["delta"] is None else "given",
+        return {"accountant": privacy.accountant_text(), "accountant_pld": privacy.pld_accountant_text(),
+                "sampling": self.params["sampling"], "noise_multiplier": sigma, "sample_rate": q, "steps": steps,
+                "rows": self.rows, "delta": delta,
+                "delta_rule": privacy.DELTA_RULE if self.params["delta"] is None else "given",
                 "epsilon": None if math.isinf(eps) else eps,
+                "epsilon_pld": None if pld is None or math.isinf(pld) else pld,
+                "epsilon_pld_note": privacy.pld_note(sigma),
                 "guarantee": self.poisson and not self.batchnorm and not math.isinf(eps),
                 "epsilon_note": "; ".join(notes)}

@@ -68,6 +68,7 @@ TYPED: list[tuple[str, Any, str]] = [
     *[(f"defense.removal.{k}", _count, COUNT) for k in ("poisons_removed", "poisons", "clean_removed", "clean")],
     ("defense.accounting", lambda v: isinstance(v, dict), OBJECT),
     ("defense.accounting.epsilon", lambda v: _seconds(v) or v == math.inf, SECONDS),  # inf: σ = 0
+    ("defense.accounting.epsilon_pld", _seconds, SECONDS),
     ("defense.accounting.sample_rate", _seconds, SECONDS),
     ("defense.accounting.noise_multiplier", _seconds, SECONDS),
     ("defense.accounting.steps", _count, COUNT),

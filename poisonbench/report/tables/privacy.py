@@ -62,9 +62,13 @@ def privacy_notes(rows: pd.DataFrame, where: str = "") -> list[str]:
             continue
         deltas = sorted({a["delta"] for a in accs})
         delta = f"{deltas[0]:.3g}" if len(deltas) == 1 else f"{deltas[0]:.3g}–{deltas[-1]:.3g}"
+        pld = ""
+        if any("epsilon_pld" in a for a in accs):  # recorded since 2026-11-28 (0.1.0 after commit 117e0c4)
+            pld = (f"; PLD ε = {epsilon_text([a.get('epsilon_pld') for a in accs])}"
+                   if any(a.get("epsilon_pld") is not None for a in accs) else "; PLD ε not computed (σ < 0.3)")
         notes.append(f"{head}: ε = {epsilon_text([a.get('epsilon') for a in accs])} at δ = "
-                     f"{'1/n = ' if rule == '1/n' else ''}{delta} (RDP, dp-accounting; q {q:.4g}, σ "
-                     f"{first.get('noise_multiplier'):g}, {steps} steps) — {caveat(first)}")
+                     f"{f'{rule} = ' if rule and rule != 'given' else ''}{delta} (RDP, dp-accounting; q {q:.4g}, "
+                     f"σ {first.get('noise_multiplier'):g}, {steps} steps{pld}) — {caveat(first)}")
     return notes
 
 
