@@ -304,6 +304,7 @@ class DpSgd(Defense):
     summary_text = "DP-SGD (gradient shaping): per-example clipping + Gaussian noise"
     PARAMS = (CLIP_PARAM, NOISE_PARAM, SAMPLING_PARAM, DELTA_PARAM)
     requires = ("dp_accounting",)  # the ε of every run (privacy.py)
+    per_example = True  # BatchNorm-free victims by default (experiment/victims.py)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

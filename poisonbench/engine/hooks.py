@@ -194,6 +194,10 @@ class Defense:
     # the optional packages the defense imports when it trains (keys of core/optional.py OPTIONAL_PACKAGES): `defend`
     # checks them before it loads or writes anything, so a missing one is the one-line error naming it
     requires: ClassVar[tuple[str, ...]] = ()
+    # whether the defense needs each example's gradient to be its own (DP-SGD's clipping): no BatchNorm may train in
+    # batch mode, so `defend` gives it the family's BatchNorm-free model by default, refuses a BatchNorm one, and
+    # keeps a transfer victim's frozen BatchNorm in eval mode (experiment/victims.py)
+    per_example: ClassVar[bool] = False
 
     def __init__(self, family: str, recipe: Recipe, threat: Threat | None = None, **params: Any):
         self.family, self.recipe, self.threat = family, recipe, threat or Threat()

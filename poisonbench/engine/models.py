@@ -5,6 +5,7 @@ which HINT, EPIC, BP, FC and Deep k-NN need.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import ClassVar
@@ -119,21 +120,26 @@ class ConvNetGN(ConvNet):
 
     @staticmethod
     def norm(channels: int) -> nn.Module:
-        return nn.GroupNorm(opacus_groups(channels), channels)
+        return group_norm(channels)
+
+
+def group_norm(channels: int) -> nn.Module:
+    """GroupNorm as Opacus swaps it in for a BatchNorm (`opacus_groups`)."""
+    return nn.GroupNorm(opacus_groups(channels), channels)
 
 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, norm: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), norm(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -149,10 +155,10 @@ class ResNet18(Classifier):
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int, mean, std):
         super().__init__(mean, std)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), self.norm(64), nn.ReLU())
         layers, in_planes = [], 64
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers += [BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)]
+            layers += [BasicBlock(in_planes, planes, stride, self.norm), BasicBlock(planes, planes, 1, self.norm)]
             in_planes = planes
         self.layers = nn.Sequential(*layers)
         self.feature_dim = 512
@@ -165,13 +171,48 @@ class ResNet18(Classifier):
         return self.layers(self.stem(x)).mean((2, 3))
 
 
+    @staticmethod
+    def norm(channels: int) -> nn.Module:
+        """The normalisation after each convolution: HINT's BatchNorm."""
+        return nn.BatchNorm2d(channels)
+
+
+class ResNet18GN(ResNet18):
+    """ResNet-18 with GroupNorm in place of each BatchNorm (stem, blocks and shortcuts; `opacus_groups`: 32 groups
+    of 64-512 channels), the rest unchanged: the BatchNorm-free CIFAR victim for DP-SGD, as Opacus's
+    `ModuleValidator.fix` makes it (docs/fidelity.md, "dpsgd")."""
+
+    name: ClassVar[str] = "resnet18-gn"
+
+    @staticmethod
+    def norm(channels: int) -> nn.Module:
+        return group_norm(channels)
+
+
 ModelFactory = Callable[..., Classifier]
-MODELS: Registry[ModelFactory] = Registry.of("model", (ConvNet, ConvNetGN, ResNet18))
+MODELS: Registry[ModelFactory] = Registry.of("model", (ConvNet, ConvNetGN, ResNet18, ResNet18GN))
 
 # convnet, convnet-gn: two valid 5×5 convs and two 2× pools; resnet18: three stride-2 stages, and at least a 2×2 last
 # stage (on a 1×1 one a final batch of one image leaves BatchNorm a single value per channel, which it cannot train on)
-MIN_IMAGE_SIZE = {"convnet": 16, "convnet-gn": 16, "resnet18": 16}
+MIN_IMAGE_SIZE = {"convnet": 16, "convnet-gn": 16, "resnet18": 16, "resnet18-gn": 16}
 DEFAULT_MODEL = {"mnist": "convnet", "cifar10": "resnet18"}  # per dataset family, paper Table I
+# per dataset family, the default model with GroupNorm in place of BatchNorm: the victim of a defense that needs
+# each example's gradient to be its own (`Defense.per_example`: DP-SGD)
+BATCHNORM_FREE_MODEL = {"mnist": "convnet-gn", "cifar10": "resnet18-gn"}
+
+
+def has_batchnorm(name: str, dataset) -> bool:
+    """Whether model `name`, built for `dataset`'s shape, has a BatchNorm layer (built once per name and shape,
+    on the meta device, leaving the global random stream as it was)."""
+    channels, height, _ = dataset.shape
+    return _has_batchnorm(name, channels, dataset.num_classes, height)
+
+
+@functools.lru_cache(maxsize=64)
+def _has_batchnorm(name: str, channels: int, classes: int, size: int) -> bool:
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = MODELS.get(name)(channels, classes, size, [0.0] * channels, [1.0] * channels)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def check_fits(name: str, dataset) -> None:

@@ -23,7 +23,7 @@ from ..data import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, Dataset, load_dataset
 from ..defenses import DEFENSES, build_defense
 from ..engine.checkpoints import Checkpoint, checkpoint_path
 from ..engine.hooks import Defense
-from ..engine.models import DEFAULT_MODEL, check_fits
+from ..engine.models import check_fits
 from ..engine.recipes import Recipe
 from ..engine.termination import deferred, stop_if_requested
 from ..poisons import craft_directories
@@ -33,6 +33,7 @@ from .one_run import execute, training_seed
 from .records import SCHEMA_VERSION, RunStore, run_id
 from .scenarios import PoisonPlan, Scenario, scenario_for
 from .spec import DefendSpec, Reporter
+from .victims import victim_model
 
 __all__ = ["RunOutcome", "ResolvedTrial", "defend", "outcome_summary", "prepare", "resolve_trial", "run_config",
            "run_id", "targeted_fields"]
@@ -96,7 +97,7 @@ def resolve_trial(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan 
     recipe = resolved_recipe(spec, data.family)
     scenario = scenario or scenario_for(spec)
     defense = build_defense(spec.method, data.family, recipe, scenario.threat(data, plan), **spec.method_params)
-    model = spec.model or DEFAULT_MODEL[data.family]
+    model = victim_model(spec.model, spec.method, data, transfer=scenario.name == "transfer")
     check_fits(model, data)
     given = spec.npz_split is not None and tuple(spec.npz_split) != (NPZ_VAL_FRACTION, NPZ_TEST_FRACTION)
     split = {"npz_split": list(spec.npz_split)} if given and data.name.endswith(".npz") else {}
@@ -104,7 +105,7 @@ def resolve_trial(spec: DefendSpec, data: Dataset, trial: int, plan: PoisonPlan 
         "dataset": data.name,
         "dataset_fingerprint": data.fingerprint,
         **split,  # only when not the default (given or not): the run ids of the default split stay as they were
-        "model": spec.model or DEFAULT_MODEL[data.family],
+        "model": model,
         "recipe": recipe.to_dict(),
         "scenario": scenario.name,
         "poison": plan.config if plan is not None else None,

@@ -67,8 +67,9 @@ DEFEND_OPTIONS: tuple[DefendOption, ...] = (
                  "An .npz dataset's validation and test fractions (default 0.02,0.18: 80 / 2 / 18 %).",
                  "training", metavar="VAL,TEST"),
     DefendOption("model", "--model", str, None,
-                 "Model (convnet, convnet-gn: GroupNorm in place of BatchNorm, for DP-SGD, resnet18); default: the "
-                 "dataset's (Table I).", "training"),
+                 "Model (convnet, resnet18; convnet-gn, resnet18-gn: GroupNorm in place of BatchNorm); default: "
+                 "the dataset's (Table I), for --method dpsgd its BatchNorm-free one (a BatchNorm model is refused).",
+                 "training"),
     DefendOption("recipe", "--recipe", str, None,
                  "Training recipe: paper | quick | forest (default: forest for targeted runs on the MNIST family, else"
                  " paper).", "training"),

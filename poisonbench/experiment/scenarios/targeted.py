@@ -38,12 +38,12 @@ from ...core.errors import PoisonbenchError
 from ...engine.models import DEFAULT_MODEL, build_model
 from ...engine.recipes import default_recipe
 from ...engine.threat import Threat
+from ..victims import DEFAULT_HEAD_BN, victim_head_bn
 from .base import AttackerModel, ModelRequest, Scenario, attacker_model_of, reporter_progress
 
 THREATS = ("gray", "white")  # attacks.targeted.THREATS: whose extractor a transfer attack crafts on
 DEFAULT_THREAT = "gray"  # paper §VI-A2: the attacker does not know the victim's weights (docs/fidelity.md)
 HEAD_BN_MODES = ("train", "eval")
-DEFAULT_HEAD_BN = "train"  # HINT:train_with_HIN_cifar10.py L76-89: extractor frozen, model.train() (docs/fidelity.md)
 
 
 @dataclass
@@ -269,7 +269,7 @@ class Transfer(Targeted):
 
     def __init__(self):
         self.recipe: tuple[str, dict] = ("paper", {})
-        self.head_bn = DEFAULT_HEAD_BN
+        self.head_bn = DEFAULT_HEAD_BN  # until `plan` knows the method
 
     def check_same_init(self, spec) -> None:
         raise PoisonbenchError("--same-init: the transfer victim freezes a pre-trained extractor and trains a new "
@@ -280,7 +280,7 @@ class Transfer(Targeted):
 
         transfer_split(data)  # a pre-training split too small fails before anything is crafted
         self.recipe = victim_recipe(spec, data)
-        self.head_bn = spec.head_bn or DEFAULT_HEAD_BN
+        self.head_bn = victim_head_bn(spec.head_bn, spec.method)
         return super().plan(spec, data, trial)
 
     def victim_config(self, spec, plan) -> dict:
@@ -292,7 +292,7 @@ class Transfer(Targeted):
             from ..run_inputs import DEFAULT_IMPORT_THREAT
 
             threat = DEFAULT_IMPORT_THREAT  # imported before `poisons import --threat`: nobody declared it
-        return {"threat": threat or "white", "head_bn": spec.head_bn or DEFAULT_HEAD_BN}
+        return {"threat": threat or "white", "head_bn": victim_head_bn(spec.head_bn, spec.method)}
 
     def train_rows(self, data, trial: int, plan) -> torch.Tensor:
         from ...engine.pretrained import transfer_split
