@@ -41,6 +41,13 @@ the torch version, and `check_seconds`, the wall time the figure took):
   drops: its `defense_epoch` cost) is counted per event and multiplied by the paper schedule's events, a filter's
   one-off work before training counts once (but the model it trains for its features, with the recipe, scales),
   and everything else scales with the epochs (`paper_scale_seconds`).
+- `concurrency` (one line per K = 1, 2, 4, 8, 16): the aggregate images/s of K engine trainings of ResNet-18 at
+  once on the device, behind a barrier after each one's warm-up epoch, each with ⌊cores / K⌋ threads, and the
+  speed-up over K = 1; a K whose peaks would not fit in 90 % of the card is a line saying so
+  (benchmarks/gpu_concurrency.py).
+- `graphs`: the engine's images/s with its forward compiled in torch.compile's default mode and in
+  `reduce-overhead` (CUDA graphs), side by side; on a CPU or with `--compile off`, a line saying there is nothing to
+  capture.
 - `grid_estimate` (table2, table3): the GPU-hours of the builtin grid at paper scale from the figures above; the
   line states its formula and what it leaves out.
 - `fashion_mnist_e2e`: a small targeted run end to end on the device (GM crafted against a surrogate, a victim
@@ -74,6 +81,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from defense_overhead import paper_ratios, timed_training  # a sibling script: benchmarks/ is on sys.path
+from gpu_concurrency import concurrency_figures, graph_figures
 from torch.utils.data import DataLoader, TensorDataset
 
 from poisonbench import __version__
@@ -124,6 +132,7 @@ class Sizes:
     e2e_iterations: int
     e2e_trials: int
     defense_params: tuple = ()  # (method, {param: value}): what the overhead figure changes from the defaults
+    concurrency: tuple = (1, 2, 4, 8, 16)  # the K of the concurrency figure (runs at once on the device)
 
 
 FULL = Sizes(model="resnet18", image=32, mnist_image=28, batch=PAPER_BATCH, rows=12_800, epochs=2, loader_workers=4,
@@ -132,7 +141,7 @@ FULL = Sizes(model="resnet18", image=32, mnist_image=28, batch=PAPER_BATCH, rows
 TINY = Sizes(model="convnet", image=16, mnist_image=16, batch=32, rows=64, epochs=1, loader_workers=0,
              gm_poisons=8, transfer_poisons=4, craft_iterations=1, overhead_rows=64, overhead_epochs=2,
              val_rows=32, e2e_epochs=1, e2e_iterations=1, e2e_trials=1,
-             defense_params=(("friends", {"friendly_steps": 2}), ("atda", {"steps": 2})))
+             defense_params=(("friends", {"friendly_steps": 2}), ("atda", {"steps": 2})), concurrency=(1, 2))
 
 
 def train_at_precision(precision: str, model, x, y, recipe: Recipe, device: torch.device, **kwargs) -> TrainResult:
@@ -649,7 +658,7 @@ def setup_fields(device: torch.device, sizes: Sizes, args) -> dict:
 # Each figure's estimated seconds on one H100 at full size (cold compiles included), in the order they run: the most
 # useful first, so that a tight `--budget` drops the least useful.
 ESTIMATES = {"throughput_first": 75, "throughput": 35, "official_loop": 15, "repeatability": 45, "craft": 45,
-             "defense_overhead": 150, "compile_warm": 30, "fashion_mnist_e2e": 90}
+             "defense_overhead": 150, "concurrency": 150, "graphs": 60, "compile_warm": 30, "fashion_mnist_e2e": 90}
 
 
 def run(args) -> int:
@@ -725,6 +734,13 @@ def measure_all(args, started: float, device: torch.device, sizes: Sizes, compil
         cifar, sizes.model, device, sizes, compile_mode, "on",
         deadline=time.perf_counter() + lines.left() - 60 if args.budget and not args.tiny else None),
         many=True, estimate=ESTIMATES["defense_overhead"]) or []
+    # K runs at once on the device (sweep run --workers K), and the step with CUDA graphs (gpu_concurrency.py)
+    lines.measure("concurrency", lambda: concurrency_figures(sizes.concurrency, args.tiny, device, compile_mode,
+                                                             sizes.epochs), many=True,
+                  estimate=ESTIMATES["concurrency"])
+    lines.measure("graphs", lambda: graph_figures(cifar_rows, sizes.model, cifar_recipe, device, compile_mode,
+                                                  sizes.epochs, engine_throughput), many=True,
+                  estimate=ESTIMATES["graphs"])
     throughput("cifar10-transfer", cifar_rows, sizes.model, cifar_recipe, "fp32", "off", frozen=True)
     throughput("mnist-scratch", mnist, "convnet", mnist_recipe, "fp32", "off")
     if compile_mode == "on":

@@ -18,7 +18,7 @@ from .conftest import write_mnist_dir
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 FIGURES = ["setup", "train_throughput", "official_loop", "engine_over_official", "repeatability", "craft",
-           "defense_overhead", "grid_estimate", "fashion_mnist_e2e", "done"]
+           "defense_overhead", "concurrency", "graphs", "grid_estimate", "fashion_mnist_e2e", "done"]
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +222,18 @@ def test_paper_scale_seconds_by_hand(gpu_check):
     cost = {"defense_epoch": 4.0, "defense_prepare": 3.0, "knn_feature_model": 2.0, "train": 5.0}
     assert gpu_check.paper_scale_seconds(10.0, cost, 2, 80, 1, 3) == pytest.approx(5 * 40 + 1 + 12)
     assert gpu_check.paper_scale_seconds(10.0, {}, 2, 80, 0, 0) == pytest.approx(400)  # none: the epochs alone
+
+
+def test_the_k_and_graph_lines(tiny):
+    """Tiny mode rehearses K = 1 and 2 (two worker processes behind the barrier) and the graph line's CPU form."""
+    _, lines, _ = tiny
+    ks = of(lines, "concurrency")
+    assert [line["k"] for line in ks] == [1, 2]
+    for line in ks:
+        assert line["aggregate_images_per_s"] > 0 and len(line["worker_images_per_s"]) == line["k"]
+        assert line["threads_per_worker"] >= 1 and line["timed_epochs"] == 1
+    assert ks[0]["speedup_over_k1"] == 1.0
+    assert ks[1]["speedup_over_k1"] == round(ks[1]["aggregate_images_per_s"] / ks[0]["aggregate_images_per_s"], 2)
+    graphs = of(lines, "graphs")
+    assert [g["graphs"] for g in graphs] == ["default", "reduce-overhead"]
+    assert graphs[0]["images_per_s"] > 0 and graphs[1]["skipped"] == "--compile off: no graphs"
