@@ -164,8 +164,12 @@ def summary_counts(plan, states: dict[int, str]) -> dict:
                          "--emit-sbatch FILE (write that array script).")
 def run_cmd(
     grid: str = Grid,
-    workers: int = typer.Option(1, "--workers", help="Local worker processes (CPU threads split between them; "
-                                                      "GPUs assigned round-robin)."),
+    workers: int = typer.Option(1, "--workers", help="Local worker processes, 1 to 256 (CPU threads split between "
+                                                      "them; GPUs assigned round-robin; on one GPU all share it)."),
+    threads: int = typer.Option(None, "--threads", help="Intra-op CPU threads of each worker, 1 to 1024 (default: "
+                                                         "the cores split between the workers). A run's numbers on "
+                                                         "the CPU depend on it (it is in the record's env.threads), "
+                                                         "never on --workers."),
     executor: str = typer.Option("workers", "--executor",
                                  help="workers (local processes) | slurm (a job array through submitit) | "
                                       "submitit-local (submitit's local executor: the SLURM path without a "
@@ -199,8 +203,10 @@ def run_cmd(
 ) -> None:
     from ..sweeps import execute, slurm
 
-    if workers < 1:
-        raise PoisonbenchError(f"--workers must be >= 1, got {workers}")
+    if not 1 <= workers <= execute.MAX_WORKERS:
+        raise PoisonbenchError(f"--workers must be in 1..{execute.MAX_WORKERS}, got {workers}")
+    if threads is not None and not 1 <= threads <= execute.MAX_THREADS:
+        raise PoisonbenchError(f"--threads must be in 1..{execute.MAX_THREADS}, got {threads}")
     slurm.check_executor(executor)
     slurm_options = slurm.SlurmOptions(partition, time_min, gpus_per_task, cpus_per_task, array_parallelism,
                                        tuple(sbatch or ()))
@@ -247,7 +253,7 @@ def run_cmd(
             _report(plan, report and not as_json)
             _exit_unless_complete(plan, as_json)
         return
-    outcomes, stopped_by = _run_local(plan, steps, workers, as_json)
+    outcomes, stopped_by = _run_local(plan, steps, workers, as_json, threads)
     failed = [o for o in outcomes if o.status in ("failed", "killed", "blocked")]
     left = _left(plan)
     if as_json:
@@ -305,8 +311,8 @@ def _say(message: str, as_json: bool, payload: dict) -> None:
         stdout_console().print(message)
 
 
-def _run_local(plan, steps, workers: int, quiet: bool):
-    from ..sweeps.execute import LocalPool
+def _run_local(plan, steps, workers: int, quiet: bool, threads: int | None = None):
+    from ..sweeps.execute import LocalPool, split_threads
 
     counts = {"ran": 0, "skipped": 0, "failed": 0}
     running: list[str] = []
@@ -340,9 +346,10 @@ def _run_local(plan, steps, workers: int, quiet: bool):
 
     log_lines = not stderr.is_terminal
     if log_lines:
-        stderr.print(f"sweep {plan.grid.name}: {len(steps)} step(s) to run with {workers} worker(s); a line per "
-                     "finished step", markup=False, highlight=False, soft_wrap=True)
-    pool = LocalPool(plan, workers, on_start=started, on_finish=finished)
+        stderr.print(f"sweep {plan.grid.name}: {len(steps)} step(s) to run with {workers} worker(s) of "
+                     f"{threads or split_threads(workers)} thread(s); a line per finished step", markup=False,
+                     highlight=False, soft_wrap=True)
+    pool = LocalPool(plan, workers, on_start=started, on_finish=finished, threads=threads)
     with progress:
         outcomes = pool.run(steps)
     return outcomes, pool.stopped_by

@@ -68,6 +68,10 @@ def to_run(plan: Plan, retry_failed: bool = False, states: dict[int, str] | None
     return free + held
 
 
+MAX_WORKERS = 256  # `sweep run --workers` at most: 16 runs on each of 16 GPUs
+MAX_THREADS = 1024  # `--threads` at most
+
+
 def split_threads(workers: int) -> int:
     """Intra-op threads per worker: the cores split between them (at least one)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -275,12 +279,16 @@ class LocalPool:
     """`sweep run --workers N`: N `defend` processes at a time, threads split between them, GPUs round-robin."""
 
     def __init__(self, plan: Plan, workers: int, on_start: Callable[[Step], None] | None = None,
-                 on_finish: Callable[[Outcome], None] | None = None):
-        if workers < 1:
-            raise PoisonbenchError(f"--workers must be >= 1, got {workers}")
+                 on_finish: Callable[[Outcome], None] | None = None, threads: int | None = None):
+        if not 1 <= workers <= MAX_WORKERS:
+            raise PoisonbenchError(f"--workers must be in 1..{MAX_WORKERS}, got {workers}")
+        if threads is not None and not 1 <= threads <= MAX_THREADS:
+            raise PoisonbenchError(f"--threads must be in 1..{MAX_THREADS}, got {threads}")
         self.plan, self.workers = plan, workers
         self.on_start, self.on_finish = on_start, on_finish
-        self.threads = split_threads(workers)
+        # each run's intra-op threads: the CPU's floats depend on them, never on how many runs share the device
+        # (tests/test_concurrent_runs.py), so a fixed --threads gives the same records whatever --workers is
+        self.threads = threads or split_threads(workers)
         self.gpus = gpu_count(plan.execution.device)
         self.running: dict[subprocess.Popen, tuple[Step, float, int, StepLog]] = {}
         self.stopping = False
