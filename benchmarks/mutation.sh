@@ -24,6 +24,8 @@ shift
 repo=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-$repo/.venv/bin/python}
 [ -f "$repo/$module" ] || { echo "Error: no module $module under $repo" >&2; exit 2; }
+# without mutmut every mutant would be "not run" and the score a silent 0 of 0
+"$python" -c "import mutmut" 2>/dev/null || { echo "Error: mutmut is not installed for $python: pip install -e '.[mutation]'" >&2; exit 2; }
 for t in "$@"; do
     [ -e "$repo/${t%%::*}" ] || { echo "Error: no test file ${t%%::*} under $repo" >&2; exit 2; }
 done
