@@ -51,8 +51,12 @@ def both(tmp_path_factory):
     root = tmp_path_factory.mktemp("concurrent")
     grid = root / "grid.toml"
     grid.write_text(GRID.format(npz=write_npz(root)))
-    one = sweep(grid, root / "one", "--workers", "1", "--threads", "1")
-    two = sweep(grid, root / "two", "--workers", "2", "--threads", "1")
+    with pytest.MonkeyPatch.context() as mp:
+        # the checkout is not under test: a commit landing between the two sweeps (a shared working tree) would
+        # change the records' git_commit; with no repository to read, both sweeps' steps record none
+        mp.setenv("GIT_DIR", str(root / "no-git-here"))
+        one = sweep(grid, root / "one", "--workers", "1", "--threads", "1")
+        two = sweep(grid, root / "two", "--workers", "2", "--threads", "1")
     return one, two
 
 

@@ -17,6 +17,7 @@ from ..core.printable import printable, printable_json
 from ..experiment.records import RunStore
 from ..sweeps import Execution, builtin_grids, load_grid, make_plan
 from ..sweeps.grid import locate
+from ..sweeps.sizing import parse_workers
 from . import options
 from . import report as report_cmd
 from .progress import stderr, stdout_console
@@ -164,8 +165,11 @@ def summary_counts(plan, states: dict[int, str]) -> dict:
                          "--emit-sbatch FILE (write that array script).")
 def run_cmd(
     grid: str = Grid,
-    workers: int = typer.Option(1, "--workers", help="Local worker processes, 1 to 256 (CPU threads split between "
-                                                      "them; GPUs assigned round-robin; on one GPU all share it)."),
+    workers: str = typer.Option("1", "--workers", metavar="N|auto",
+                                help="Local worker processes, 1 to 256 (CPU threads split between them; GPUs assigned "
+                                     "round-robin; on one GPU all share it), or auto: K per GPU from its free memory "
+                                     "and the runs' measured peak, capped by the cores and at 16 (without a GPU: "
+                                     "1). The line it prints says why."),
     threads: int = typer.Option(None, "--threads", help="Intra-op CPU threads of each worker, 1 to 1024 (default: "
                                                          "the cores split between the workers). A run's numbers on "
                                                          "the CPU depend on it (it is in the record's env.threads), "
@@ -203,8 +207,7 @@ def run_cmd(
 ) -> None:
     from ..sweeps import execute, slurm
 
-    if not 1 <= workers <= execute.MAX_WORKERS:
-        raise PoisonbenchError(f"--workers must be in 1..{execute.MAX_WORKERS}, got {workers}")
+    workers = parse_workers(workers, execute.MAX_WORKERS)  # None: auto, sized once the plan is made
     if threads is not None and not 1 <= threads <= execute.MAX_THREADS:
         raise PoisonbenchError(f"--threads must be in 1..{execute.MAX_THREADS}, got {threads}")
     slurm.check_executor(executor)
@@ -253,6 +256,8 @@ def run_cmd(
             _report(plan, report and not as_json)
             _exit_unless_complete(plan, as_json)
         return
+    if workers is None:
+        workers, threads = _auto_workers(plan, threads)
     outcomes, stopped_by = _run_local(plan, steps, workers, as_json, threads)
     failed = [o for o in outcomes if o.status in ("failed", "killed", "blocked")]
     left = _left(plan)
@@ -309,6 +314,22 @@ def _say(message: str, as_json: bool, payload: dict) -> None:
         print(json.dumps({**payload, "message": message}))
     else:
         stdout_console().print(message)
+
+
+def _auto_workers(plan, threads: int | None) -> tuple[int, int]:
+    """`--workers auto` (poisonbench.sweeps.sizing): K per device from the free memory and the largest peak in the
+    workspace's records (the grid's first), K × D workers; their threads unless `--threads` gave them. Says how on
+    stderr."""
+    from ..sweeps import execute, sizing
+
+    devices = execute.gpu_count(plan.execution.device)
+    store = RunStore(plan.execution.results)
+    records = store.all() if devices else []
+    chosen = sizing.auto_sizing(devices, records, {s.key for s in plan.runs}, max_workers=execute.MAX_WORKERS)
+    line = chosen.line() + (f" (--threads {threads} instead)" if threads is not None else "")
+    stderr.print(printable(f"sweep {plan.grid.name}: --workers auto: {line}"), markup=False, highlight=False,
+                 soft_wrap=True)
+    return chosen.workers, threads if threads is not None else chosen.threads
 
 
 def _run_local(plan, steps, workers: int, quiet: bool, threads: int | None = None):
