@@ -21,7 +21,7 @@ PER_EXAMPLE_HEAD_BN = "eval"
 
 def per_example(method: str) -> bool:
     """Whether `method` needs each example's gradient to be its own (`Defense.per_example`)."""
-    return bool(getattr(DEFENSES.get(method), "per_example", False))
+    return bool(DEFENSES.get(method).per_example)  # every defense is a `Defense` (registry-checked)
 
 
 def victim_model(model: str | None, method: str, dataset, transfer: bool = False) -> str:
