@@ -48,7 +48,8 @@ the torch version, and `check_seconds`, the wall time the figure took):
 - `graphs`: the engine's images/s with its forward compiled in torch.compile's default mode and in
   `reduce-overhead` (CUDA graphs), side by side; on a CPU or with `--compile off`, a line saying there is nothing to
   capture.
-- `grid_estimate` (table2, table3): the GPU-hours of the builtin grid at paper scale from the figures above; the
+- `grid_estimate` (table2, table3): the GPU-hours of the builtin grid at paper scale from the figures above
+  (poisonbench.sweeps.estimate, as `sweep plan --estimate` computes them); the
   line states its formula and what it leaves out.
 - `fashion_mnist_e2e`: a small targeted run end to end on the device (GM crafted against a surrogate, a victim
   trained on the poisoned set, `experiment.defend`): its attack success and test accuracy; or, without
@@ -60,6 +61,10 @@ Every measured line carries `compile_counts` (core.compile_watch: graphs, graph 
 recompile limit); a fallback makes its figure an error (Dynamo is told to fail rather than fall back), so the check
 never times eager code as compiled. `--budget SECONDS` (default 360: one H100 by design; 0: none): the figures run
 most useful first, and each whose estimate (`ESTIMATES`, H100 seconds) no longer fits gets a `skipped` line.
+
+`--write-throughput PATH`: after the run, this device's figures go into the JSON table at PATH (its entry replaced,
+the other devices' kept), with the setup line's provenance; `--write-throughput poisonbench/sweeps/throughput.json`
+refreshes the table `poisonbench sweep plan GRID --estimate` reads (docs/sweeps.md, "What a grid will cost").
 
 `--tiny`: the same code path at toy sizes (16×16 images, the ConvNet, a few rows, one timed epoch and iteration) so
 that tests/test_gpu_check.py runs it on a CPU in seconds; its numbers mean nothing.
@@ -76,6 +81,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 
 import numpy as np
 import torch
@@ -94,14 +100,14 @@ from poisonbench.core.compile_watch import CompileWatch
 from poisonbench.core.device import configure_device, deterministic_mode, resolve_device, to_float
 from poisonbench.core.errors import PoisonbenchError
 from poisonbench.core.provenance import cpu_model, git_commit, peak_memory, torch_version_note
-from poisonbench.data import DATASETS, DEFAULT_DATASET, Dataset, Split, load_dataset
+from poisonbench.data import Dataset, Split, load_dataset
 from poisonbench.data.catalog import CIFAR_MEAN_STD, MNIST_MEAN_STD
 from poisonbench.defenses import DEFENSES, Threat, build_defense
 from poisonbench.engine.kernels import inference_copy
 from poisonbench.engine.models import build_model
-from poisonbench.engine.pretrained import TRANSFER_FRACTION
-from poisonbench.engine.recipes import Recipe, default_recipe, resolve_recipe
+from poisonbench.engine.recipes import Recipe, resolve_recipe
 from poisonbench.engine.training import TrainResult, make_optimizer, train
+from poisonbench.sweeps.estimate import Figures, estimate, figures_from_lines, write_table
 from poisonbench.sweeps.grid import load_grid
 
 SEED = 0
@@ -467,73 +473,18 @@ def compile_times(data: Dataset, model_name: str, recipe: Recipe, device: torch.
 
 # ---- the grids' GPU-hours --------------------------------------------------------------------------------------
 
-GRID_FORMULA = (
-    "hours = (Σ_runs epochs × train_rows / images_per_s[workload] × paper_scale_ratio_to_none[method] "
-    "+ Σ_pretrained epochs × rows / images_per_s[family-scratch] "
-    "+ Σ_poison_sets restarts × iterations × seconds_per_iteration[attack] × poisons / measured_poisons) / 3600; "
-    "workload: family-scratch (train_rows = the train split) or family-transfer (the 10 % transfer set, "
-    "BP / FC); images_per_s: the engine's fp32 train_throughput lines; pretrained: a targeted attack's surrogate "
-    "(scratch) or the transfer victim's and the gray-box attacker's extractors (90 % of the split), once per "
-    "dataset, and the untargeted mix's surrogate")
-
-
-def grid_estimate(name: str, images_per_s: dict[str, float], ratios: dict[str, float],
-                  crafting: dict[str, dict]) -> dict:
-    """The GPU-hours of builtin grid `name` at paper scale (`GRID_FORMULA`), from the catalog's split sizes and the
-    attacks' and recipes' defaults; no data are loaded."""
-    runs_s, pretrained, poison_sets = 0.0, {}, {}
-    untargeted = False
-    missing = set()
-    grid = load_grid(name)
-    for run in grid.runs:
-        o = dict(run.options)
-        spec = DATASETS.get(o.get("dataset") or DEFAULT_DATASET)
-        family, n = spec.family, spec.split_sizes[0]
-        attack = o.get("attack")
-        recipe = resolve_recipe(family, o.get("recipe") or default_recipe(family, attack is not None),
-                                epochs=o.get("epochs"))
-        scratch = f"{family}-scratch"
-        workload, rows = scratch, n
-        if attack is None:
-            untargeted = True
-            pretrained[("surrogate", spec.name)] = (recipe.epochs * n, scratch)
-        else:
-            cls = ATTACKS.get(attack)
-            params = cls(family).params
-            if (o.get("scenario") or params["scenario"]) == "transfer":
-                rows = round(TRANSFER_FRACTION * n)
-                workload = f"{family}-transfer"
-                gray = (o.get("threat") or params.get("threat") or "gray") == "gray"
-                for role in ("victim", "attacker") if gray else ("victim",):  # a gray-box attacker trains its own
-                    pretrained[("extractor", role, spec.name)] = (recipe.epochs * (n - rows), scratch)
-            else:
-                pretrained[("surrogate", spec.name)] = (recipe.epochs * n, scratch)
-            measured = crafting.get(attack)
-            if measured is None:
-                missing.add(f"craft {attack}")
-            else:
-                poisons = math.floor(cls.default_budget() * rows)
-                poison_sets[(attack, spec.name, run.trial)] = (params["restarts"] * params["iterations"]
-                                                               * measured["seconds_per_iteration"]
-                                                               * poisons / measured["poisons"])
-        method = o.get("method", "none")
-        if workload not in images_per_s or method not in ratios:
-            missing.add(workload if workload not in images_per_s else f"overhead {method}")
-            continue
-        runs_s += recipe.epochs * rows / images_per_s[workload] * ratios[method]
-    pre_s = sum(images / images_per_s[w] for images, w in pretrained.values() if w in images_per_s)
-    craft_s = sum(poison_sets.values())
-    return {"grid": name, "runs": len(grid.runs), "gpu_hours": round((runs_s + pre_s + craft_s) / 3600, 2),
-            "hours_runs": round(runs_s / 3600, 2), "hours_pretrained": round(pre_s / 3600, 2),
-            "pretrained_models": len(pretrained), "hours_crafting": round(craft_s / 3600, 2),
-            "poison_sets": len(poison_sets), "formula": GRID_FORMULA,
-            "excludes": (["crafting the untargeted mix (PGD, DAP, DURP, DeepConfuse): not timed here "
-                          "(benchmarks/craft_throughput.py times it per poison)"] if untargeted else [])
-            + ["evaluation", "process start-up and data loading", "checkpoints"],
-            "assumes": ("the ResNet-18 paper-scale overhead ratios for every workload, measured on a part of the "
-                        "rows (costs linear in the rows: OCSVM's fit and EPIC's per-class similarities grow faster); "
-                        "one GPU per run; fp32"),
-            "missing": sorted(missing)}
+def grid_line(name: str, kind: str, lines: list[dict]) -> dict:
+    """The GPU-hours of builtin grid `name` at paper scale from this check's `lines` (poisonbench.sweeps.estimate:
+    the figures `figures_from_lines` takes, the formula `sweep plan --estimate` uses)."""
+    _, entry = figures_from_lines(lines)
+    figures = Figures(kind, entry["images_per_s"], entry["ratio_to_none"], entry["crafting"])
+    e = estimate(load_grid(name), [figures])
+    d = e["devices"][0]
+    return {"grid": name, "runs": e["runs"], "gpu_hours": round(d["hours"], 2),
+            "hours_runs": round(d["hours_runs"], 2), "hours_pretrained": round(d["hours_pretrained"], 2),
+            "pretrained_models": e["pretrained_models"], "hours_crafting": round(d["hours_crafting"], 2),
+            "poison_sets": e["poison_sets"], "formula": e["formula"], "excludes": e["excludes"],
+            "assumes": "; ".join(e["assumes"]), "missing": d["missing"]}
 
 
 # ---- Fashion-MNIST end to end ----------------------------------------------------------------------------------
@@ -578,6 +529,7 @@ class Lines:
                        "tiny": tiny}
         self.file = open(out, "w") if out else None  # open for the whole run, closed by `close`
         self.errors: list[str] = []
+        self.emitted: list[dict] = []  # every line so far: the grid estimates and --write-throughput read them
         self.skipped: list[str] = []
         self.started = time.perf_counter()
         self.budget, self.scale = budget, scale
@@ -585,6 +537,7 @@ class Lines:
 
     def emit(self, figure: str, fields: dict, seconds: float | None = None) -> dict:
         line = {"figure": figure, **fields, **self.common}
+        self.emitted.append(line)
         if seconds is not None:
             line["check_seconds"] = round(seconds, 2)  # the figure's wall time (lines of one figure share it)
         text = json.dumps(line)
@@ -649,7 +602,8 @@ def device_name(device: torch.device) -> str:
 
 
 def setup_fields(device: torch.device, sizes: Sizes, args) -> dict:
-    return {"poisonbench": __version__, "git_commit": git_commit(), "cuda": torch.version.cuda,
+    return {"poisonbench": __version__, "git_commit": git_commit(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
             "torch_note": torch_version_note(), "compile": args.compile, "threads": torch.get_num_threads(),
             "data_dir": args.data_dir, "sizes": asdict(sizes), **switches()}
@@ -728,8 +682,8 @@ def measure_all(args, started: float, device: torch.device, sizes: Sizes, compil
                                                          compile_mode, min(sizes.rows, 20 * sizes.batch)),
                   many=True, estimate=ESTIMATES["repeatability"])
     set_mode(device, "on")  # the default mode for the rest, as `defend` runs
-    crafts = lines.measure("craft", lambda: craft_figures(cifar, sizes.model, device, sizes), many=True,
-                           estimate=ESTIMATES["craft"]) or []
+    lines.measure("craft", lambda: craft_figures(cifar, sizes.model, device, sizes), many=True,
+                  estimate=ESTIMATES["craft"])
     overheads = lines.measure("defense_overhead", lambda: defense_overheads(
         cifar, sizes.model, device, sizes, compile_mode, "on",
         deadline=time.perf_counter() + lines.left() - 60 if args.budget and not args.tiny else None),
@@ -747,11 +701,10 @@ def measure_all(args, started: float, device: torch.device, sizes: Sizes, compil
         cold = engine.get(("cifar10-scratch", "fp32", "off"))
         lines.measure("compile_time", lambda: compile_times(cifar_rows, sizes.model, cifar_recipe, device, cold),
                       estimate=ESTIMATES["compile_warm"])
-    images_per_s = {w: r["images_per_s"] for (w, p, m), r in engine.items() if p == "fp32" and m == "off"}
-    ratios = {o["method"]: o["paper_scale_ratio_to_none"] for o in overheads if "paper_scale_ratio_to_none" in o}
-    crafting = {c["attack"]: c for c in crafts}
     for grid in GRIDS:
-        lines.measure("grid_estimate", lambda g=grid: grid_estimate(g, images_per_s, ratios, crafting))
+        lines.measure("grid_estimate", lambda g=grid: grid_line(g, lines.common["device_name"], lines.emitted))
+    if args.write_throughput:  # the figures `sweep plan --estimate` reads: this device's entry, the others kept
+        write_table(args.write_throughput, *figures_from_lines(lines.emitted))
     lines.measure("fashion_mnist_e2e", lambda: fashion_mnist_e2e(args.data_dir, device, sizes, compile_mode),
                   estimate=ESTIMATES["fashion_mnist_e2e"] if args.data_dir else 0)
     errors = lines.errors + [f"defense_overhead {o['method']}" for o in overheads if "error" in o]
@@ -776,6 +729,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=360.0,
                         help="seconds the check may take (default 360, sized for one H100): a figure whose estimate "
                              "no longer fits is skipped with a line saying so, the least useful first; 0: no limit")
+    parser.add_argument("--write-throughput", default=None, metavar="PATH",
+                        help="after the run, put this device's figures (fp32 images/s per workload, defense "
+                             "ratios, crafting s/iteration) into the JSON table at PATH, other devices kept: "
+                             "poisonbench/sweeps/throughput.json is the one `sweep plan --estimate` reads")
     return run(parser.parse_args(argv))
 
 

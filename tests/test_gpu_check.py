@@ -182,20 +182,6 @@ def test_the_end_to_end_run_says_why_it_is_skipped(gpu_check, tmp_path):
     assert str(tmp_path) in skipped
 
 
-def test_grid_hours_by_hand(gpu_check):
-    """Table II at 1,000 images/s everywhere, no overhead, no crafting: 150 MNIST runs of 30 epochs × 59,000 rows and
-    150 CIFAR-10 runs of 80 × 49,000, and one surrogate of each."""
-    rates = {"mnist-scratch": 1000.0, "cifar10-scratch": 1000.0, "cifar10-transfer": 1000.0}
-    ratios = dict.fromkeys(DEFENSES.names(), 1.0)
-    g = gpu_check.grid_estimate("table2", rates, ratios, {})
-    mnist, cifar = 30 * 59_000, 80 * 49_000
-    assert g["hours_runs"] == pytest.approx(150 * (mnist + cifar) / 1000 / 3600, abs=0.01)
-    assert g["hours_pretrained"] == pytest.approx((mnist + cifar) / 1000 / 3600, abs=0.01)
-    assert g["hours_crafting"] == 0 and g["poison_sets"] == 0
-    twice = gpu_check.grid_estimate("table2", rates, {**ratios, "hint": 2.0}, {})  # HINT: 60 of the 300 runs
-    assert twice["hours_runs"] - g["hours_runs"] == pytest.approx(30 * (mnist + cifar) / 1000 / 3600, abs=0.02)
-
-
 def test_scheduled_epochs_at_paper_scale(gpu_check):
     from poisonbench.defenses import Threat, build_defense
     from poisonbench.engine.recipes import resolve_recipe

@@ -106,13 +106,20 @@ def grids(as_json: bool = options.Json) -> None:
 
 
 @app.command("plan", help="Expand a grid into its steps (crafting first, then runs) and count done / missing / "
-                          "failed; --print-commands prints one `poisonbench defend` line per step to do.")
+                          "failed; --print-commands prints one `poisonbench defend` line per step to do; --estimate "
+                          "prints what the grid will cost in device-hours.")
 def plan_cmd(
     grid: str = Grid,
     print_commands: bool = typer.Option(False, "--print-commands",
                                         help="One `poisonbench defend ...` line per missing step (prepare steps "
                                              "first), for xargs, GNU parallel or your own scheduler."),
     retry_failed: bool = RetryFailed,
+    estimate: bool = typer.Option(False, "--estimate",
+                                  help="The grid's device-hours per device kind instead of its steps: runs' "
+                                       "training, pre-trained models and crafting, in all and still to do (less "
+                                       "what --results holds), from the throughput figures kept in the package "
+                                       "(measured by benchmarks/gpu_check.py) and this CPU's, timed now (a few "
+                                       "seconds); no data are loaded unless --results already holds records."),
     data_dir: str = options.DataDir,
     download: bool = options.Download,
     device: str = Device,
@@ -124,6 +131,11 @@ def plan_cmd(
 ) -> None:
     from ..sweeps.execute import to_run
 
+    if estimate:
+        if print_commands:
+            raise PoisonbenchError("--estimate and --print-commands: give one of them")
+        _print_estimate(grid, execution(results, data_dir, download, device, compile, accel, deterministic), as_json)
+        return
     plan = planned(grid, execution(results, data_dir, download, device, compile, accel, deterministic))
     states = plan.states()
     if print_commands:
@@ -149,6 +161,37 @@ def plan_cmd(
     console.print(f"{todo} steps to do" + (f"; {counts['run']['failed'] + counts['prepare']['failed']} failed "
                                             "(--retry-failed runs them again)" if any(c["failed"] for c in
                                                                                       counts.values()) else ""))
+
+
+def _print_estimate(grid: str, ex: Execution, as_json: bool) -> None:
+    """`sweep plan --estimate`: poisonbench.sweeps.estimate computes, this prints (docs/sweeps.md, "What a grid will
+    cost")."""
+    from ..sweeps.estimate import plan_estimate
+
+    with stderr.status(f"estimating grid {grid} (timing this CPU: a few seconds)"):
+        e = plan_estimate(checked_grid(grid), ex)
+    if as_json:
+        print(printable_json(json.dumps(e)))
+        return
+    table = Table(title=f"sweep plan · {escape(printable(e['grid']))} · device-hours")
+    for col in ("device", "runs' training", "pre-trained models", "crafting", "total", "to do"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for d in e["devices"]:
+        table.add_row(escape(d["device"]), *(f"{d[k]:,.2f}" for k in ("hours_runs", "hours_pretrained",
+                                                                       "hours_crafting", "hours", "hours_remaining")))
+    console = stdout_console()
+    console.print(table)
+    say = lambda text: console.print(printable(text), markup=False, highlight=False)  # noqa: E731
+    say(f"{e['runs']} runs, {e['pretrained_models']} pre-trained models, {e['poison_sets']} PoisonSets to craft; "
+        f"{e['workspace']}")
+    say("excluded: " + "; ".join(e["excludes"]))
+    say("assumed: " + "; ".join(e["assumes"]))
+    for d in e["devices"]:
+        src = d["source"]
+        where = ", ".join(f"{k} {src[k]}" for k in ("by", "file", "git_commit", "torch", "date", "cpu") if src.get(k))
+        rates = ", ".join(f"{w} {r:,.1f}" for w, r in d["images_per_s"].items())
+        say(f"{d['device']}: images/s {rates}; {where}" + "".join(f"; assumed: {a}" for a in d["assumes"])
+            + (f"; missing figures (not counted): {', '.join(d['missing'])}" if d["missing"] else ""))
 
 
 def summary_counts(plan, states: dict[int, str]) -> dict:
