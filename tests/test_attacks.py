@@ -39,7 +39,8 @@ TOYS = {"toy-targeted": ToyTargeted}  # a targeted attack, so the registry-drive
 REGISTRY_AND_TOYS = [*ATTACKS.names(), *TOYS]
 # a targeted attack draws its rows from the intended class (a quarter of the rows); in transfer (bp, fc) from that
 # class's share of the 10 % transfer set (4 of the tiny split's 160 train rows)
-BUDGET = {"toy-targeted": 0.05, "gm": 0.05, "bp": 0.02, "fc": 0.02}
+BUDGET = {"toy-targeted": 0.05, "gm": 0.05, "bp": 0.02, "fc": 0.02,
+          "sig": 0.1}  # a clean-label backdoor draws from its target class (a quarter of the rows)
 # options the tiny 16×16 split needs (LSP's default patch of 7 does not divide 16: a 4×4 grid of 4×4 patches)
 TINY_PARAMS = {"lsp": {"patch_size": 4}}
 
@@ -50,7 +51,10 @@ TINY_DEFAULT_EPS = {"linf": 0.3, "l2": 6 / 255 * 16, "l0": 1}
 
 
 def eps_for(name):
-    return TEST_EPS[ATTACKS.get(name).norm]
+    cls = ATTACKS.get(name)
+    if getattr(cls, "backdoor", False):  # a backdoor's ε is its trigger's own bound (attacks.backdoor)
+        return cls("mnist").trigger_eps((1, 16, 16))
+    return TEST_EPS[cls.norm]
 
 
 def row_sizes(delta, norm):
@@ -132,7 +136,8 @@ def test_invariants(attack_name, tiny):
 
 
 # attacks whose default ε is their authors' rather than the paper's MNIST-family 0.3 (EM, REM: 8/255 on every family)
-OWN_DEFAULT_EPS = {"em": 8 / 255, "rem": 8 / 255}
+OWN_DEFAULT_EPS = {"em": 8 / 255, "rem": 8 / 255,
+                   "badnets": 4, "blend": 0.2, "sig": 40 / 255}  # the backdoors': their triggers' bounds
 
 
 @pytest.mark.parametrize("attack_name", REGISTRY_AND_TOYS, indirect=True)
@@ -149,6 +154,11 @@ def test_full_and_empty_budgets(attack_name, tiny):
 
         with pytest.raises(PoisonbenchError, match="budget 0 poisons no image"):
             draw_target(data, 0, "scratch", 0.0)
+        return
+    if getattr(cls, "label_mode", None) == "clean":  # a clean-label backdoor: rows of the target class only
+        with pytest.raises(PoisonbenchError, match="poisons only target-class rows"):
+            _craft(name, data, results, budget=1.0)
+        assert len(_craft(name, data, results, budget=0.0).indices) == 0
         return
     empty = _craft(name, data, results, budget=0.0)
     assert len(empty.indices) == 0 and empty.delta.shape == (0, *data.train.x.shape[1:])

@@ -41,6 +41,7 @@ TARGETED_ATTACKS = {"gm", "bp", "fc"}
 # mnist-5k in experiments/availability.md (minutes of crafting for EM and REM); their mechanisms are
 # tested in tests/test_error_minimising.py and tests/test_shortcuts.py
 AVAILABILITY_ATTACKS = {"em", "rem", "lsp", "ops"}
+BACKDOOR_ATTACKS = {"badnets", "blend", "sig"}  # their effect is an ASR: tests/test_backdoor.py, experiments/backdoor.md
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def _test_acc(path, results, ids, attacks=None, method="none") -> float:
 
 def test_every_attack_has_an_expected_effect():
     assert set(ATTACKS.names()) == (set(MIN_COST_POINTS) | WEAK_ATTACKS | SLOW_ATTACKS | TARGETED_ATTACKS
-                                    | AVAILABILITY_ATTACKS)
+                                    | AVAILABILITY_ATTACKS | BACKDOOR_ATTACKS)
 
 
 @pytest.mark.parametrize("name", sorted(MIN_COST_POINTS))

@@ -179,7 +179,9 @@ def test_em_stops_at_the_first_iteration_whose_error_reaches_the_stop_error(rows
                                train_batches=2)
     ctx = em_context(rows300, attack, portion=1.0)
     delta = attack.perturb(ctx)
-    assert attack.training_summary == {"iterations": 1, "final_train_error": 0.0, "stopped": True}
+    # class_batch: the subset's batch, ⌊subset rows / 19⌋ (a departure where below batch_size: issue 83)
+    assert attack.training_summary == {"iterations": 1, "final_train_error": 0.0, "stopped": True,
+                                       "class_batch": 2}
     x, y = rows300.train.x[ctx.indices].float().div(255), rows300.train.y[ctx.indices]
     assert em.error_rate(attack.crafting_model, (x + delta).clamp(0, 1), y) == 0.0
     attack = ATTACKS.get("em")(rows300.family, max_iterations=3, stop_error=1.0, steps=1, train_batches=1)

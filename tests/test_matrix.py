@@ -155,9 +155,10 @@ def test_runs_on_rems_budget_schedule_get_a_labelled_column_of_their_own():
     """Issue 67: REM's budget schedule is labelled in the tables: its runs (the record's inputs name the PoisonSet's
     schedule) form the column "rem (budget)", never pooled with the official schedule's "rem"; the plain report's
     poison label says so too."""
-    def rem(acc, trial, schedule):
+    def rem(acc, trial, schedule):  # crafted with `--grad-clip 0` (no departure but the schedule: issue 83)
         r = single("none", "rem", acc, trial)
-        r["inputs"] = {"poisons": [{"attack": "rem", "poison_id": short_hash(schedule), "schedule": schedule}]}
+        r["inputs"] = {"poisons": [{"attack": "rem", "poison_id": short_hash(schedule), "schedule": schedule,
+                                    "adapted": ""}]}
         r["config"]["poison"]["poison_ids"] = {"rem": short_hash(schedule)}
         r["run_id"] = short_hash(r["config"])
         return r
@@ -172,14 +173,15 @@ def test_runs_on_rems_budget_schedule_get_a_labelled_column_of_their_own():
     assert c[("none", f"rem ({cut})")]["n"] == 1 and c[("none", f"rem ({cut})")]["mean"] == pytest.approx(50.0)
     from poisonbench.report.tables.records import record_row
 
-    assert record_row(rem(0.97, 0, "budget"))["poison_label"].endswith("[schedule rem=budget]")
-    assert "schedule" not in record_row(rem(0.90, 0, "official"))["poison_label"]
-    assert record_row(rem(0.5, 0, cut))["poison_label"].endswith(f"[schedule rem={cut}]")
+    assert record_row(rem(0.97, 0, "budget"))["poison_label"].endswith("[adapted rem=budget]")
+    assert "adapted" not in record_row(rem(0.90, 0, "official"))["poison_label"]
+    assert record_row(rem(0.5, 0, cut))["poison_label"].endswith(f"[adapted rem={cut}]")
 
 
 def test_rem_runs_recorded_before_rem_had_a_schedule_are_labelled_budget():
     """Records written before issue 67 name no schedule (some have no `inputs` at all); REM's default then was the
-    budget schedule on every family, so their runs are labelled as such, never pooled with the official schedule's."""
+    budget schedule on every family, so their runs are labelled as such, never pooled with the official schedule's.
+    Records written before issue 83 name no departure: every REM craft then clipped its model's gradient at 5."""
     from poisonbench.report.tables.records import other_schedules
 
     old = {"config": {"poison": {"attacks": ["rem"], "kind": "untargeted"}}, "inputs": None}
@@ -188,6 +190,9 @@ def test_rem_runs_recorded_before_rem_had_a_schedule_are_labelled_budget():
                 "inputs": {"poisons": [{"attack": "rem", "schedule": "official"}]}}
     budget = {"config": {"poison": {"attacks": ["rem"]}},
               "inputs": {"poisons": [{"attack": "rem", "schedule": "budget"}]}}
-    assert other_schedules(old) == other_schedules(with_inputs) == other_schedules(budget) == "rem=budget"
-    assert other_schedules(official) == ""
+    # ... and, like every REM craft before issue 83, with the source model's gradient clipped at 5
+    assert other_schedules(old) == other_schedules(with_inputs) == other_schedules(budget) == "rem=budget+grad_clip=5"
+    assert other_schedules(official) == "rem=official+grad_clip=5"
+    assert other_schedules({**official, "inputs": {"poisons": [{"attack": "rem", "schedule": "official",
+                                                                "adapted": ""}]}}) == ""
     assert other_schedules({"config": {"poison": {"attacks": ["pgd"]}}}) == other_schedules({"config": {}}) == ""

@@ -271,6 +271,11 @@ def test_default_attack_parameters_never_change():
                    **brew, "iterations": 4000 if paper else 250},
             "fc": {"scenario": "transfer", "threat": "gray", **context, "impl": "forest",
                    **brew, "iterations": 1000 if paper else 250, "watermark": None}})
+    for family in expected:  # the backdoors (issue 85): BackdoorBench's defaults in both families
+        expected[family].update({
+            "badnets": {"target_class": 0, "trigger_size": 3, "trigger_value": 1.0},
+            "blend": {"target_class": 0, "alpha": 0.2, "pattern_seed": 0},
+            "sig": {"target_class": 0, "delta": 40.0, "frequency": 6.0}})
     for family, attacks in expected.items():
         assert set(attacks) == set(ATTACKS.names()), family  # a new attack is pinned too
         for attack, params in attacks.items():

@@ -36,7 +36,7 @@ def test_the_official_schedule_reaches_the_source_model(tiny, monkeypatch, one_t
     only the training loop's schedule is observed."""
     lrs, totals = [], set()
 
-    def train_step(model, opt, x, y):
+    def train_step(model, opt, x, y, clip=5.0):
         lrs.append(opt.param_groups[0]["lr"])
         if len(lrs) == 4001:
             raise Stop
@@ -69,7 +69,7 @@ def test_each_step_takes_the_schedules_inner_steps_and_draws(tiny, monkeypatch, 
         calls.append((len(x), steps))
         return torch.zeros_like(x)
 
-    def train_step(model, opt, x, y):
+    def train_step(model, opt, x, y, clip=5.0):
         calls.append(("train", len(x)))
         raise Stop
 

@@ -187,9 +187,9 @@ def test_each_sgd_step_trains_on_the_noisy_rows_plus_their_adversary_the_model_f
         events.append(("adv", xt, da, radius, steps, step))
         return da
 
-    def train_step(model, opt, x, y):
+    def train_step(model, opt, x, y, clip=5.0):
         events.append(("train", x, None))
-        return real_train(model, opt, x, y)
+        return real_train(model, opt, x, y, clip)
 
     monkeypatch.setattr(rem, "robust_min", robust_min)
     monkeypatch.setattr(rem, "adversarial", adversarial)

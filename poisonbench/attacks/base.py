@@ -66,12 +66,17 @@ class Target:
 
 @dataclass
 class PoisonSet:
-    """δ (K×C×H×W float32, pixel units) for train rows `indices` (K, int64), plus the manifest."""
+    """δ (K×C×H×W float32, pixel units) for train rows `indices` (K, int64), plus the manifest (and, for a
+    backdoor, the rows' new labels and its trigger)."""
 
     delta: torch.Tensor
     indices: torch.Tensor
     manifest: dict = field(default_factory=dict)
     path: Path | None = None
+    # a backdoor's (attacks.backdoor; store format 2): the poisoned rows' train labels where it changes them (K,
+    # int64; None: unchanged, clean label) and the trigger `defend` stamps on the test split (None: no trigger)
+    labels: torch.Tensor | None = None
+    trigger: Any = None
 
     @property
     def poison_id(self) -> str:
@@ -245,6 +250,15 @@ class Attack:
     def schedule_label(cls, params: dict, family: str | None) -> str | None:
         """The schedule a PoisonSet with these (resolved) `params` was crafted on, as records and tables name it
         (issue 67): None for an attack without named schedules."""
+        return None
+
+    @classmethod
+    def adaptations(cls, params: dict, family: str | None, info: dict | None = None) -> list[str] | None:
+        """How a PoisonSet with these (resolved) `params` departs from its attack's official procedure, as records
+        and tables name it (issue 83; docs/fidelity.md, "Departures from the official procedures"): `key=value`
+        labels, [] for a craft that follows it, None for an attack that has no such departures. `info` is the
+        manifest's `attack_info` (what the craft did: EM's class batch, whether it stopped), `family` its dataset's
+        (None where unknown)."""
         return None
 
     @classmethod

@@ -94,12 +94,15 @@ def sgd(model: nn.Module, lr: float) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    """One SGD step on CE(model(x), y), gradient norm clipped to 5 (EM perturbation.py), the model in train mode."""
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               clip: float = GRAD_CLIP) -> None:
+    """One SGD step on CE(model(x), y), gradient norm clipped to `clip` (EM perturbation.py: 5; 0: no clip), the
+    model in train mode."""
     model.train().requires_grad_(True)
     opt.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
-    nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    if clip:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
 
 
@@ -212,6 +215,26 @@ class EM(Attack):
             # added by issue 67, not used sample-wise: absent, so the sample-wise poison ids stay as they were
             self.params.pop("class_updates", None)
 
+    @classmethod
+    def adaptations(cls, params: dict, family: str | None, info: dict | None = None) -> list[str] | None:
+        """`class_batch=b` for a class-wise craft whose subset batch was shrunk below `batch_size` to keep
+        `class_updates` updates per outer iteration (41 on mnist-5k; the official batch of 512 would make one
+        there), read from the manifest's `attack_info.class_batch` (crafts before issue 83: from its row count,
+        `class_portion` · rows); `max_iterations=n` for a craft that the cap ended before the stop error (the
+        official loop has no cap)."""
+        info = info if isinstance(info, dict) else {}
+        out = []
+        if params.get("granularity") == "class" and isinstance(params.get("batch_size"), int):
+            size = info.get("class_batch")
+            if not isinstance(size, int) and isinstance(info.get("rows"), int) and params.get("class_updates"):
+                size = class_batch(round(params["class_portion"] * info["rows"]), params["batch_size"],
+                                   params["class_updates"])[0]
+            if isinstance(size, int) and size < params["batch_size"]:
+                out.append(f"class_batch={size}")
+        if info.get("stopped") is False and params.get("max_iterations") is not None:
+            out.append(f"max_iterations={params['max_iterations']}")
+        return out
+
     def seed_inputs(self, ctx: AttackContext) -> dict:
         return {"seed": ctx.seed, "dataset": ctx.dataset.name, "rows": len(ctx.indices),
                 "params": dict(sorted(self.params.items()))}
@@ -286,6 +309,8 @@ class EM(Attack):
         self.crafting_model = frozen(model)  # kept for inspection (tests); not part of the PoisonSet
         self.training_summary = {"iterations": iteration, "final_train_error": error,
                                  "stopped": error <= p["stop_error"]}
+        if not sample_wise:  # the subset's batch (a departure where below batch_size: `adaptations`)
+            self.training_summary["class_batch"] = class_batch(len(subset), p["batch_size"], p["class_updates"])[0]
         if first:
             self.training_summary["resumed_iterations"] = first
         return delta if sample_wise else perturbed(x, noise[y]) - x

@@ -102,6 +102,13 @@ class OPS(Attack):
     def default_eps(cls, family: str, shape: tuple[int, int, int]) -> float:
         return 1.0  # OPS:main.py sparsity 1: one pixel
 
+    @classmethod
+    def adaptations(cls, params: dict, family: str | None, info: dict | None = None) -> list[str] | None:
+        """`margin=k` for an interior search (the defaults: 4 on the MNIST family, 2 on CIFAR-10); the official
+        search (`--margin 0`) is unlabelled."""
+        margin = params.get("margin")
+        return [f"margin={margin}"] if isinstance(margin, int) and margin > 0 else []
+
     def check_data(self, dataset, eps: float) -> None:
         self.search(dataset, eps, torch.device("cpu"))
 

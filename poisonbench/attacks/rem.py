@@ -48,7 +48,7 @@ from ..core.seeds import attacker_seed
 from ..engine.augment import apply as augment
 from ..engine.models import build_model
 from .base import Attack, AttackContext, PartialBatches, batches
-from .em import EM_EPS, BatchStream, StateFile, frozen, model_param, sgd, train_step
+from .em import EM_EPS, GRAD_CLIP, BatchStream, StateFile, frozen, model_param, sgd, train_step
 from .pgd import linf_pgd
 
 # REM scripts/cifar10/gen_rem.sh: --train-steps 5000 --batch-size 128 --lr 0.1 --lr-decay-rate 0.1 --lr-decay-freq 2000
@@ -131,6 +131,11 @@ class REM(Attack):
               "The augmentation T (engine.augment): the family's victim augmentation.",
               "REM generate_robust_em.py: crop 32 pad 4 + horizontal flip (CIFAR-10); MNIST victims: none",
               choices=AUGMENTS),
+        Param("grad_clip", float, GRAD_CLIP, "Clip the source model's gradient norm at this before each SGD step "
+              "(0: no clip, as officially). 5 is EM's clip, which REM's step inherited here; kept as the default "
+              "so that the PoisonSets crafted before keep their δ and ids, and labelled `grad_clip=5`.",
+              "poisonbench (EM perturbation.py clip_grad_norm_ 5.0); the official REM step does not clip",
+              minimum=0),
         model_param(),
     )
 
@@ -138,11 +143,20 @@ class REM(Attack):
     def default_eps(cls, family: str, shape: tuple[int, int, int]) -> float:
         return EM_EPS  # REM gen_rem.sh --pgd-radius 8 (of 255), for every family
 
+    @classmethod
+    def adaptations(cls, params: dict, family: str | None, info: dict | None = None) -> list[str] | None:
+        """`grad_clip=5` (or the value given) while the source model's step clips its gradient norm; none for
+        `--grad-clip 0`, the official step. The schedule is labelled apart (`schedule_label`)."""
+        clip = params.get("grad_clip", GRAD_CLIP)  # absent: the default, 5 (and every craft before issue 83)
+        return [f"grad_clip={clip:g}"] if clip else []
+
     def validate(self) -> None:
         """The options the caller left out take the schedule's values (an explicit option keeps its own)."""
         for name, value in SCHEDULES[self.params["schedule"]].items():
             if self.params[name] is None:
                 self.params[name] = value[self.family] if isinstance(value, dict) else value
+        if self.params["grad_clip"] == GRAD_CLIP:  # the default stays out of the params: the ids made before it
+            self.params.pop("grad_clip")
 
     @classmethod
     def schedule_label(cls, params: dict, family: str | None) -> str | None:
@@ -197,7 +211,7 @@ class REM(Attack):
             delta = robust_min(model, xb, yb, eps, p, g, p["eot_augment"])
             xt = augment(p["eot_augment"], (xb + delta).clamp(0, 1), g)
             xa = (xt + adversarial(model, xt, yb, p["adv_radius"], p["a_steps"], a_step, g)).clamp(0, 1)
-            train_step(model, opt, xa, yb)
+            train_step(model, opt, xa, yb, p.get("grad_clip", GRAD_CLIP))
             if (step + 1) % SAVE_EVERY == 0 or step + 1 == total_steps:
                 state_file.save(model, opt, {"rng": g.get_state()}, {"step": step + 1})
             ctx.report(description, step + 1, total)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-THREAT_KINDS = ("clean", "untargeted", "targeted")
+THREAT_KINDS = ("clean", "untargeted", "targeted", "backdoor")
 
 
 @dataclass(frozen=True)
 class Threat:
-    """`kind`: clean | untargeted | targeted. `budget`: the number of poisoned rows a targeted attack may place
-    (its budget, known to the defender as in the filter paper), None when not known (clean and untargeted runs).
+    """`kind`: clean | untargeted | targeted | backdoor. `budget`: the number of poisoned rows a targeted attack or
+    a backdoor may place (its budget, known to the defender as in the filter paper and as spectral signatures' ε),
+    None when not known (clean and untargeted runs).
     `train_size`: the rows of the train split the attack's budget is a fraction of (None: unknown). `extractor`: the
     scenario trains on a clean pre-trained feature extractor (transfer learning), whose features a filter may use."""
 
@@ -52,4 +53,7 @@ def threat_of_config(config: dict) -> Threat:
         ratio = poison.get("ratio")
         size = round(poisoned / ratio) if poisoned and ratio else None
         return Threat("targeted", poisoned, size, extractor=config.get("scenario") == "transfer")
+    if kind == "backdoor":
+        poisoned, ratio = poison.get("poisoned"), poison.get("ratio")
+        return Threat("backdoor", poisoned, round(poisoned / ratio) if poisoned and ratio else None)
     return Threat("untargeted" if kind in ("untargeted", "poison-set") else "clean")

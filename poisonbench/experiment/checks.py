@@ -76,7 +76,7 @@ def validate(spec: DefendSpec) -> None:
     if spec.same_init:
         scenario.check_same_init(spec)
     check_transfer_options(spec, scenario)
-    if not isinstance(scenario, Targeted):
+    if not isinstance(scenario, Targeted) and scenario.name != "backdoor":  # backdoor: --attack, --eps, --budget
         targeted_only = [flag for flag, value in (("--attack", spec.attack), ("--target", spec.target),
                                                   ("--intended", spec.intended), ("--setup", spec.setup),
                                                   ("--eps", spec.eps), ("--budget", spec.budget)) if value is not None]

@@ -76,8 +76,12 @@ def outcome_summary(outcome: RunOutcome, store: RunStore) -> dict:
 
 
 def targeted_fields(record: dict) -> dict:
-    """A targeted run's target, intended class, final prediction and success ({} for other runs)."""
+    """A targeted run's target, intended class, final prediction and success; a backdoor run's target class and
+    attack success rate ({} for other runs)."""
     poison, metrics = record["config"].get("poison") or {}, record["metrics"]
+    if poison.get("kind") == "backdoor":  # its target class, ASR and counts (docs/metrics.md)
+        return {"attack": poison["attack"], "target_class": poison["target_class"],
+                **{k: metrics.get(k) for k in ("asr", "asr_hits", "asr_n", "clean_target_rate")}}
     if poison.get("kind") != "targeted":
         return {}
     return {"attack": poison["attack"], "target_index": poison["target_index"],

@@ -61,6 +61,9 @@ def execute(spec: DefendSpec, scenario: Scenario, trial, data, tensors: dict, de
         train_x = plan.apply(train_x, results_root=spec.results, device=device, reporter=reporter,
                              compile=spec.compile, accel=spec.accel)
         poisoned = plan.mask(len(train_y), device)
+        relabel = getattr(plan, "relabel", None)  # a dirty-label backdoor's new labels (a copy: trials share y)
+        if relabel is not None:
+            train_y = relabel(train_y)
         if checkpoint is not None:  # never resumed on re-crafted poisons (`craft --force` after the kill)
             checkpoint.identity["poison_tensors"] = dict(plan.tensor_sha256)
         if on_poisoned is not None:

@@ -58,6 +58,23 @@ def schedule_label(attack: str, manifest: dict) -> str | None:
     return ATTACKS.get(attack).schedule_label(params, family)
 
 
+def adaptation_label(attack: str, manifest: dict) -> str | None:
+    """How a PoisonSet departs from its attack's official procedure (`Attack.adaptations`, '+'-joined:
+    `class_batch=41`, `margin=4`, `grad_clip=5`; "" for a craft that follows it); None for an attack that has no
+    such departures or is no longer registered (docs/fidelity.md, "Departures from the official procedures")."""
+    from ..attacks import ATTACKS
+    from ..data.catalog import DATASETS
+
+    if attack not in ATTACKS:
+        return None
+    dataset = manifest.get("dataset")
+    family = DATASETS.get(dataset).family if isinstance(dataset, str) and dataset in DATASETS else None
+    info = manifest.get("attack_info") if isinstance(manifest.get("attack_info"), dict) else {}
+    labels = ATTACKS.get(attack).adaptations(manifest.get("params") or {}, family,
+                                              {"rows": manifest.get("count"), **info})
+    return None if labels is None else "+".join(labels)
+
+
 def objective_label(attack: str, manifest: dict) -> str | None:
     """The objective a PoisonSet was crafted with where its attack names two (`Attack.objective`: FC's
     `mean-feature` or `per-poison`); None for other attacks and attacks no longer registered."""
@@ -70,13 +87,16 @@ def objective_label(attack: str, manifest: dict) -> str | None:
 
 def poison_entry(attack: str, manifest: dict) -> dict:
     """One PoisonSet of a run, by content (module docstring); with its `schedule` where its attack has one (REM:
-    `official` or `budget`, cut or altered ones named so), so that a table can label the runs not on the official
-    schedule."""
+    `official` or `budget`, cut or altered ones named so) and its `adapted` departures from the official procedure
+    where its attack can have some ("" when none), so that a table can label the runs not on the official
+    procedure."""
     env = manifest.get("env") or {}
     imported = manifest.get("imported_from")
     schedule = schedule_label(attack, manifest)
+    adapted = adaptation_label(attack, manifest)
     objective = objective_label(attack, manifest)
     return ({"schedule": schedule} if schedule is not None else {}) | (
+        {"adapted": adapted} if adapted is not None else {}) | (
         {"objective": objective} if objective is not None else {}) | {
         "attack": attack,
         "poison_id": manifest.get("poison_id"),

@@ -33,6 +33,10 @@ from ..core.workspace import workspace_dir, workspace_subdir
 from .spec import OPTIONAL_SPEC_FIELDS, SPEC_FIELDS, CraftSpec
 
 TENSOR_FILE = "delta.safetensors"
+# format 1 (no `format` key): delta and indices. Format 2 (a backdoor's, issue 85) adds `labels` (K, int64: the
+# poisoned rows' train labels, where the attack changes them) and `trigger_scale` / `trigger_add` (C×H×W: the test
+# trigger T(x) = clamp((1 − scale)·x + add, 0, 1), attacks.backdoor.Trigger); the manifest's `backdoor` names them.
+FORMAT = 2
 MANIFEST_FILE = "manifest.json"
 
 
@@ -78,8 +82,15 @@ def save(poison: PoisonSet, spec: CraftSpec, results_root, extra: dict | None = 
 def _save(poison: PoisonSet, spec: CraftSpec, final: Path, extra: dict | None, replace: bool) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_writers_temps(final.parent, f".{spec.poison_id}.")
-    blob = st_save({"delta": poison.delta.float().contiguous(), "indices": poison.indices.long().contiguous()})
+    tensors = {"delta": poison.delta.float().contiguous(), "indices": poison.indices.long().contiguous()}
+    extended = poison.labels is not None or poison.trigger is not None
+    if poison.labels is not None:  # format 2 (a backdoor's): the poisoned rows' new train labels
+        tensors["labels"] = poison.labels.long().contiguous()
+    if poison.trigger is not None:  # format 2: the trigger `defend` stamps on the test split
+        tensors.update(poison.trigger.tensors())
+    blob = st_save(tensors)
     manifest = {
+        **({"format": FORMAT} if extended else {}),
         "poison_id": spec.poison_id,
         **spec.inputs(),
         "count": len(poison.indices),
@@ -190,7 +201,28 @@ def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
         raise PoisonbenchError(f"poison set {poison_id}: manifest.json gives shape {manifest.get('shape')}, its "
                                f"{TENSOR_FILE} holds delta {list(delta.shape)}; the artifact is damaged or was "
                                f"edited: delete {str(directory)!r} and craft again")
-    return PoisonSet(delta=delta, indices=indices, manifest=manifest, path=directory)
+    labels, trigger = extended_tensors(poison_id, manifest, tensors, delta)
+    return PoisonSet(delta=delta, indices=indices, manifest=manifest, path=directory, labels=labels, trigger=trigger)
+
+
+def extended_tensors(poison_id: str, manifest: dict, tensors: dict, delta: torch.Tensor):
+    """(labels, trigger) of a format-2 PoisonSet, checked against δ's shape; (None, None) for format 1."""
+    from ..attacks.backdoor import Trigger
+
+    version = manifest.get("format", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT:
+        raise PoisonbenchError(f"poison set {poison_id}: format {version!r} is not one this poisonbench reads "
+                               f"(1..{FORMAT}); upgrade poisonbench")
+    labels = tensors.get("labels")
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(delta)):
+        raise PoisonbenchError(f"poison set {poison_id}: labels {tuple(labels.shape)} do not match its "
+                               f"{len(delta)} rows")
+    trigger = Trigger.from_tensors(tensors)
+    if trigger is not None and (tuple(trigger.scale.shape) != tuple(delta.shape[1:])
+                                or trigger.add.shape != trigger.scale.shape):
+        raise PoisonbenchError(f"poison set {poison_id}: its trigger {tuple(trigger.scale.shape)} does not match "
+                               f"the images {tuple(delta.shape[1:])}")
+    return (labels.long() if labels is not None else None), trigger
 
 
 def exists(results_root, poison_id: str) -> bool:

@@ -67,34 +67,55 @@ def experiment(config: dict) -> dict:
 
 def poison_label(poison: dict, schedules: str = "") -> str:
     """The plain report's poison column: the scenario's label, plus the PoisonSets chosen with `defend --poisons`
-    (two runs that differ only there must not look alike) and the attacks crafted on a schedule other than the
-    official one (`schedules`)."""
+    (two runs that differ only there must not look alike) and the attacks crafted other than by their official
+    procedure (`schedules`: a schedule other than the official one, or a departure, `other_schedules`)."""
     if not poison:
         return "-"
     label = str(poison.get("label", "-"))
     chosen = poison.get("poison_sets")
     label = f"{label} [--poisons {poison_sets_text(chosen)}]" if chosen else label
-    return f"{label} [schedule {schedules}]" if schedules else label
+    return f"{label} [adapted {schedules}]" if schedules else label
 
 
 # the schedule of an attack's PoisonSets crafted before it had one (issue 67): REM's only default then, on every
 # family, was today's budget schedule (`--schedule budget`); its records name no schedule
 SCHEDULE_BEFORE_ISSUE_67 = {"rem": "budget"}
+# the departures of an attack's PoisonSets crafted before records named them (`inputs.poisons[*].adapted`, issue
+# 83): every REM craft until then clipped its source model's gradient norm at 5 (`--grad-clip`)
+ADAPTED_BEFORE_ISSUE_83 = {"rem": "grad_clip=5"}
+
+
+def entry_label(schedule: object, adapted: object) -> str:
+    """One PoisonSet's label: its schedule where that is not the official one, or where a departure follows it
+    (`official+grad_clip=5`), then its departures; "" for the official procedure."""
+    adapted = adapted if isinstance(adapted, str) else ""
+    schedule = schedule if isinstance(schedule, str) and (schedule != "official" or adapted) else ""
+    return "+".join(part for part in (schedule, adapted) if part)
 
 
 def other_schedules(record: dict) -> str:
-    """"rem=budget": the PoisonSets of a run crafted on a schedule other than their attack's official one (the
-    record's `inputs.poisons[*].schedule`, issue 67), "" when none is. A record that names no schedule for a REM
-    PoisonSet (written before issue 67, with or without `inputs`) ran on the budget schedule, REM's default then."""
+    """"rem=budget+grad_clip=5": the PoisonSets of a run crafted other than by their attack's official procedure,
+    on another schedule (the record's `inputs.poisons[*].schedule`, issue 67) or with a departure
+    (`inputs.poisons[*].adapted`, issue 83: `em=class_batch=41`, `ops=margin=4`), "" when none is. A record that
+    names no schedule for a REM PoisonSet (written before issue 67, with or without `inputs`) ran on the budget
+    schedule, REM's default then; one that names no departure for it, with REM's gradient clip at 5."""
     inputs = record.get("inputs")
     entries = [p for p in (inputs.get("poisons") if isinstance(inputs, dict) else None) or [] if isinstance(p, dict)]
-    labels = {f"{p.get('attack')}={p['schedule']}" for p in entries if p.get("schedule") not in (None, "official")}
-    named = {p.get("attack") for p in entries if p.get("schedule") is not None}
+    before, clipped = SCHEDULE_BEFORE_ISSUE_67, ADAPTED_BEFORE_ISSUE_83
+    labels = set()
+    for p in entries:
+        attack = p.get("attack")
+        schedule = p.get("schedule") if p.get("schedule") is not None else before.get(attack)
+        adapted = p["adapted"] if "adapted" in p else clipped.get(attack)
+        label = entry_label(schedule, adapted)
+        if label:
+            labels.add(f"{attack}={label}")
+    named = {p.get("attack") for p in entries}
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     poison = config.get("poison") if isinstance(config.get("poison"), dict) else {}
     attacks = poison.get("attacks") if isinstance(poison.get("attacks"), list) else [poison.get("attack")]
-    before = SCHEDULE_BEFORE_ISSUE_67
-    labels |= {f"{a}={before[a]}" for a in attacks if a in before and a not in named}
+    labels |= {f"{a}={entry_label(before.get(a), clipped.get(a))}" for a in attacks
+               if a in before and a not in named}
     return ",".join(sorted(labels))
 
 
@@ -151,7 +172,8 @@ def record_row(r: dict) -> dict:
         "mix": ",".join(str(a) for a in poison.get("attacks") or []) if kind == "untargeted" else "",
         "poison_sets": poison_sets_text(poison.get("poison_sets")) if kind == "untargeted" else "",
         "poison_ids": poison_sets_text(poison.get("poison_ids")) if kind == "untargeted" else "",
-        "schedules": other_schedules(r),  # "rem=budget": PoisonSets not on their official schedule (issue 67)
+        # "rem=budget+grad_clip=5": PoisonSets not crafted by their attack's official procedure (issues 67, 83)
+        "schedules": other_schedules(r),
         "poison_label": poison_label(poison, other_schedules(r)) + (" [--same-init]" if c.get("same_init") else "")
         + (f" [--precision {c['precision']}]" if c.get("precision") else ""),
         "attack": attack_column(poison, r.get("inputs")) if kind in ("targeted", "poison-set") else "",

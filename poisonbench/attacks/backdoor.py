@@ -1,0 +1,238 @@
+"""The backdoor family (issue 85): BadNets and Blend (dirty label), SIG (clean label). Sources and deviations:
+docs/fidelity.md, "Backdoor attacks"; defaults: BackdoorBench (BB) `config/attack/<name>/default.yaml`.
+
+A backdoor attack poisons ⌊budget·n⌋ train rows with a *trigger* and, dirty-label, relabels them to the target class;
+at test time the same trigger is stamped on the test images of every other class, and the attack succeeds on one
+when the victim predicts the target class (ASR: docs/metrics.md, "Attack success rate").
+
+Every trigger here is one affine map per pixel, applied to a whole batch at once:
+
+    T(x) = clamp((1 − m) ⊙ x + a, 0, 1)          m, a: C×H×W (`Trigger.scale`, `Trigger.add`)
+
+- BadNets (Gu et al. 2017; BB `attack/badnet.py`): a `trigger_size`² patch of value `trigger_value` (white) in the
+  bottom-right corner: m = 1 and a = value on the patch, 0 elsewhere (BB's 32×32 trigger image is a 3×3 white
+  square at rows/cols 29–31).
+- Blend (Chen et al. 2017; BB `utils/bd_img_transform/blended.py`): T(x) = (1 − α) x + α t, m = α everywhere and
+  a = α t, t a fixed pattern (BB: the Hello-Kitty image; here seeded uniform noise, `pattern_seed`).
+- SIG (Barni et al. 2019; BB `utils/bd_img_transform/sig.py`): T(x) = clamp(x + Δ sin(2π j f / m)), j the column,
+  m the width: m = 0 and a = the signal.
+
+δ = T(x) − x for the poisoned rows, so a PoisonSet stores the triggered images as every PoisonSet stores its poisons;
+it stores the trigger (m, a) and, dirty-label, the poisoned rows' new labels beside δ (poisons/store.py, format 2),
+so `defend` applies the very trigger to the test split without rebuilding the attack (and an imported BackdoorBench
+set carries its own). ε is the trigger's own bound (BadNets: its patch's pixel positions, L0; Blend: α; SIG: Δ/255,
+L∞): a smaller `--eps` would clip the trigger and is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..core.errors import PoisonbenchError
+from ..core.params import Param
+from .base import Attack, AttackContext, PoisonSet, budget_count
+
+BB = "BackdoorBench config/attack/{}/default.yaml"
+TARGET_PARAM = Param("target_class", int, 0, "The class a triggered input should be taken for (all-to-one).",
+                     "BackdoorBench `attack_target: 0`", minimum=0)
+DIRTY_BUDGET = 0.1  # BB `pratio: 0.1` (BadNets, Blend)
+CLEAN_BUDGET = 0.05  # BB leaderboard's 5 % row: half of CIFAR-10's target class; 10 % is all of it (docs/fidelity.md)
+LABEL_MODES = ("dirty", "clean")
+
+
+@dataclass
+class Trigger:
+    """T(x) = clamp((1 − scale) ⊙ x + add, 0, 1), `scale` and `add` C×H×W float32 (module docstring)."""
+
+    scale: torch.Tensor
+    add: torch.Tensor
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The triggered batch (N×C×H×W float in [0, 1]), one elementwise op on the batch's device."""
+        scale = self.scale.to(x.device, x.dtype)
+        return torch.addcmul(self.add.to(x.device, x.dtype), x, 1 - scale).clamp_(0, 1)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"trigger_scale": self.scale.float().contiguous(), "trigger_add": self.add.float().contiguous()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict) -> Trigger | None:
+        if "trigger_scale" not in tensors:
+            return None
+        return cls(tensors["trigger_scale"].float(), tensors["trigger_add"].float())
+
+
+def is_backdoor(cls) -> bool:
+    return bool(getattr(cls, "backdoor", False))
+
+
+def backdoor_attacks() -> list[str]:
+    from . import ATTACKS
+
+    return [n for n in ATTACKS.names() if is_backdoor(ATTACKS.get(n))]
+
+
+class BackdoorAttack(Attack):
+    """Base class: `trigger(shape)` (the attack's `Trigger` for C×H×W images), `label_mode` dirty (rows drawn from
+    the whole split, relabelled to the target) or clean (rows drawn from the target class, labels kept)."""
+
+    backdoor: ClassVar[bool] = True
+    label_mode: ClassVar[str] = "dirty"
+    default_scenario: ClassVar[str] = "backdoor"
+
+    @classmethod
+    def default_budget(cls) -> float:
+        return DIRTY_BUDGET if cls.label_mode == "dirty" else CLEAN_BUDGET
+
+    @classmethod
+    def default_eps(cls, family: str, shape: tuple[int, int, int]) -> float:
+        return cls(family).trigger_eps(shape)
+
+    def trigger_eps(self, shape: tuple[int, int, int]) -> float:
+        """The trigger's own bound in the attack's norm (what `default_eps` gives for these params)."""
+        raise NotImplementedError
+
+    def trigger(self, shape: tuple[int, int, int]) -> Trigger:
+        raise NotImplementedError
+
+    def trigger_spec(self) -> dict:
+        """The trigger as the manifest names it (the parameters that make it)."""
+        return {"kind": self.name}
+
+    @property
+    def target_class(self) -> int:
+        return int(self.params["target_class"])
+
+    def check_data(self, dataset, eps: float) -> None:
+        if self.target_class >= dataset.num_classes:
+            raise PoisonbenchError(f"--target-class {self.target_class} is not a class of {dataset.name!r} "
+                                   f"(classes 0..{dataset.num_classes - 1})")
+        need = self.trigger_eps(tuple(dataset.shape))
+        if eps < need - 1e-9:
+            raise PoisonbenchError(f"--eps {eps:g} is below {self.name}'s trigger bound {need:g} (it would clip the "
+                                   "trigger); leave --eps out")
+
+    def choose_rows(self, dataset, budget: float, seed: int, target=None) -> torch.Tensor:
+        """Dirty label: ⌊budget·n⌋ rows of the whole split (BB draws from every class, the target's included).
+        Clean label: ⌊budget·n⌋ rows of the target class (BB's pratio counts over all samples), refused where the
+        class holds fewer. Both drawn from `seed` and sorted."""
+        if self.label_mode == "dirty":
+            return super().choose_rows(dataset, budget, seed)
+        n = len(dataset.train)
+        k = budget_count(budget, n)
+        pool = (dataset.train.y == self.target_class).nonzero().flatten()
+        if k > len(pool):
+            raise PoisonbenchError(f"{self.name} poisons only target-class rows: budget {budget:g} asks for {k} of "
+                                   f"{n} rows, class {self.target_class} has {len(pool)} (budget at most "
+                                   f"{len(pool) / n:.4g})")
+        g = torch.Generator().manual_seed(seed)
+        return pool[torch.randperm(len(pool), generator=g)[:k]].sort().values
+
+    def perturb(self, ctx: AttackContext) -> torch.Tensor:
+        x = ctx.dataset.train.x[ctx.indices].float().div_(255)
+        return self.trigger(tuple(x.shape[1:])).apply(x) - x
+
+    def craft(self, ctx: AttackContext) -> PoisonSet:
+        poison = super().craft(ctx)
+        shape = tuple(ctx.dataset.train.x.shape[1:])
+        poison.trigger = self.trigger(shape)
+        if self.label_mode == "dirty":
+            poison.labels = torch.full((len(poison.indices),), self.target_class, dtype=torch.long)
+        poison.manifest = {"backdoor": {"target_class": self.target_class, "label_mode": self.label_mode,
+                                        "trigger": self.trigger_spec()}}
+        return poison
+
+
+def scaled(value: int, shape: tuple[int, int, int]) -> int:
+    """`value` pixels of BB's 32-pixel images at this image size (at least 1): 3 → 3 on 32×32, 3 on 28×28."""
+    return max(1, math.floor(value * min(shape[1:]) / 32 + 0.5))  # half up (round() gives 2.5 → 2)
+
+
+class BadNets(BackdoorAttack):
+    name = "badnets"
+    summary = "BadNets: a white patch in the bottom-right corner, poisoned rows relabelled to the target (dirty)"
+    norm = "l0"
+    PARAMS = (
+        TARGET_PARAM,
+        Param("trigger_size", int, 3, "Side of the square patch, in pixels of a 32×32 image (scaled to the image "
+              "size, at least 1).", "BackdoorBench resource/badnet/trigger_image.png: 3×3 at rows/cols 29-31 of 32",
+              minimum=1, maximum=32),
+        Param("trigger_value", float, 1.0, "The patch's pixel value (1: white).",
+              "BackdoorBench trigger_image.png (255)", minimum=0, maximum=1),
+    )
+
+    def side(self, shape) -> int:
+        return scaled(self.params["trigger_size"], shape)
+
+    def trigger_eps(self, shape) -> float:
+        return float(self.side(shape) ** 2)
+
+    def trigger(self, shape) -> Trigger:
+        s = self.side(shape)
+        mask = torch.zeros(shape)
+        mask[:, -s:, -s:] = 1
+        return Trigger(mask, mask * self.params["trigger_value"])
+
+    def trigger_spec(self) -> dict:
+        return {"kind": "patch", "size": self.params["trigger_size"], "value": self.params["trigger_value"],
+                "corner": "bottom-right"}
+
+
+class Blend(BackdoorAttack):
+    name = "blend"
+    summary = "Blend (Chen et al.): (1 − α)·x + α·pattern, a seeded noise pattern, relabelled to the target (dirty)"
+    norm = "linf"
+    PARAMS = (
+        TARGET_PARAM,
+        Param("alpha", float, 0.2, "Blend ratio α of the pattern, train and test.",
+              "BackdoorBench attack_train_blended_alpha = attack_test_blended_alpha = 0.2", positive=True,
+              maximum=1, below_maximum=True),
+        Param("pattern_seed", int, 0, "Seed of the uniform-noise pattern (BackdoorBench blends the Hello-Kitty "
+              "image; docs/fidelity.md).", "poisonbench (the pattern; Chen et al. also blend random noise)",
+              minimum=0),
+    )
+
+    def trigger_eps(self, shape) -> float:
+        return float(self.params["alpha"])
+
+    def pattern(self, shape) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.params["pattern_seed"])
+        return torch.rand(shape, generator=g)
+
+    def trigger(self, shape) -> Trigger:
+        alpha = self.params["alpha"]
+        return Trigger(torch.full(shape, alpha), alpha * self.pattern(shape))
+
+    def trigger_spec(self) -> dict:
+        return {"kind": "blend", "alpha": self.params["alpha"], "pattern": "uniform-noise",
+                "pattern_seed": self.params["pattern_seed"]}
+
+
+class SIG(BackdoorAttack):
+    name = "sig"
+    summary = "SIG (Barni et al.): a horizontal sinusoid on target-class rows, labels kept (clean label)"
+    norm = "linf"
+    label_mode = "clean"
+    PARAMS = (
+        TARGET_PARAM,
+        Param("delta", float, 40.0, "Amplitude Δ of the signal, in 0-255 pixel units.",
+              "BackdoorBench sig_delta: 40", positive=True, maximum=255, below_maximum=True),
+        Param("frequency", float, 6.0, "Frequency f: periods across the image's width.", "BackdoorBench sig_f: 6",
+              positive=True),
+    )
+
+    def trigger_eps(self, shape) -> float:
+        return self.params["delta"] / 255
+
+    def trigger(self, shape) -> Trigger:
+        c, h, w = shape
+        j = torch.arange(w, dtype=torch.float64)
+        signal = (self.params["delta"] / 255 * torch.sin(2 * math.pi * j * self.params["frequency"] / w)).float()
+        return Trigger(torch.zeros(shape), signal.expand(c, h, w).clone())
+
+    def trigger_spec(self) -> dict:
+        return {"kind": "sinusoid", "delta": self.params["delta"], "frequency": self.params["frequency"]}

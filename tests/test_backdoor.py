@@ -1,0 +1,255 @@
+"""The backdoor family (issue 85): each trigger's exact pixels against the paper's formula built independently, label
+handling (dirty relabels exactly its rows, clean label keeps every label and poisons only the target class), the
+poison count, the ASR's definition (triggered test images of the other classes only), seeds, the PoisonSet format 2
+and `craft` / `defend` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from poisonbench.attacks import ATTACKS
+from poisonbench.attacks.backdoor import Trigger, backdoor_attacks
+from poisonbench.attacks.base import AttackContext, budget_count, select_indices
+from poisonbench.core.errors import PoisonbenchError
+from poisonbench.data import load_dataset
+from poisonbench.experiment.scenarios.backdoor import BackdoorPlan, attack_success_rate
+from poisonbench.poisons import craft_spec
+
+from .conftest import one_line_error, write_npz
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backdoor")
+    return load_dataset(str(write_npz(root))), root / "results"
+
+
+def images(shape, n=5, seed=0):
+    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def craft(data, results, name, budget=None, seed=3, **params):
+    cls = ATTACKS.get(name)
+    budget = cls.default_budget() if budget is None else budget
+    spec = craft_spec(data, name, budget=budget, seed=seed, **params)
+    attack = cls(data.family, **spec.params)
+    ctx = AttackContext(data, attack.choose_rows(data, budget, seed), spec.eps, budget, seed, torch.device("cpu"),
+                        results_root=results)
+    return attack, attack.craft(ctx)
+
+
+def test_the_family_is_registered_with_its_papers_defaults():
+    assert backdoor_attacks() == ["badnets", "blend", "sig"]
+    assert ATTACKS.get("badnets")("mnist").params == {"target_class": 0, "trigger_size": 3, "trigger_value": 1.0}
+    assert ATTACKS.get("blend")("mnist").params == {"target_class": 0, "alpha": 0.2, "pattern_seed": 0}
+    assert ATTACKS.get("sig")("cifar10").params == {"target_class": 0, "delta": 40.0, "frequency": 6.0}
+    assert ATTACKS.get("badnets").default_budget() == ATTACKS.get("blend").default_budget() == 0.1
+    assert ATTACKS.get("sig").default_budget() == 0.05
+
+
+# ---- the triggers, pixel by pixel ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, rows", [((1, 28, 28), slice(25, 28)), ((3, 32, 32), slice(29, 32)),
+                                         ((1, 16, 16), slice(14, 16))])
+def test_badnets_stamps_a_white_square_in_the_bottom_right_corner(shape, rows):
+    x = images(shape)
+    expected = x.clone()
+    expected[:, :, rows, rows] = 1.0  # BB trigger_image.png: 3×3 white at rows/cols 29-31 of 32, scaled
+    got = ATTACKS.get("badnets")("mnist").trigger(shape).apply(x)
+    assert torch.equal(got, expected)
+
+
+def test_blend_is_a_convex_mix_with_a_fixed_pattern():
+    shape = (3, 32, 32)
+    x = images(shape)
+    attack = ATTACKS.get("blend")("cifar10")
+    pattern = torch.rand(shape, generator=torch.Generator().manual_seed(0))  # pattern_seed 0
+    expected = 0.8 * x + 0.2 * pattern  # Chen et al.: (1 − α)·x + α·t, α = 0.2
+    torch.testing.assert_close(attack.trigger(shape).apply(x), expected, rtol=0, atol=1e-6)
+    other = ATTACKS.get("blend")("cifar10", pattern_seed=1).trigger(shape).apply(x)
+    assert not torch.allclose(other, expected, atol=1e-3)
+
+
+def test_sig_adds_a_horizontal_sinusoid_and_clips():
+    shape = (1, 28, 28)
+    x = images(shape)
+    delta, f, m = 40 / 255, 6, 28
+    expected = x.clone()
+    for j in range(m):  # BB sig.py: pattern[i, j] = Δ·sin(2π·j·f / m), j the column
+        expected[..., j] = x[..., j] + delta * math.sin(2 * math.pi * j * f / m)
+    expected = expected.clamp(0, 1)
+    torch.testing.assert_close(ATTACKS.get("sig")("mnist").trigger(shape).apply(x), expected, rtol=0, atol=1e-6)
+
+
+def test_triggers_are_whole_batch_ops_on_any_device_and_dtype():
+    x = images((1, 16, 16), n=3).double()
+    out = ATTACKS.get("sig")("mnist").trigger((1, 16, 16)).apply(x)
+    assert out.dtype == torch.float64 and out.shape == x.shape
+
+
+# ---- rows and labels ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["badnets", "blend"])
+def test_dirty_label_relabels_exactly_its_rows_to_the_target(tiny, name):
+    data, results = tiny
+    n = len(data.train)
+    _, poison = craft(data, results, name, budget=0.07, target_class=2)
+    assert len(poison.indices) == budget_count(0.07, n) == 11  # ⌊0.07·160⌋ = ⌊11.2⌋
+    assert torch.equal(poison.indices, select_indices(n, 0.07, 3))  # drawn from the craft seed, all classes
+    assert torch.equal(poison.labels, torch.full((11,), 2))
+    plan = BackdoorPlan(data, None, {"target_class": 2}, indices=poison.indices, labels=poison.labels)
+    y = data.train.y.clone()
+    seen = plan.relabel(y)
+    assert torch.equal(y, data.train.y)  # a copy: the clean labels serve the next trial
+    expected = data.train.y.clone()
+    expected[poison.indices] = 2
+    assert torch.equal(seen, expected)
+    x = data.train.x[poison.indices].float() / 255
+    trigger = ATTACKS.get(name)(data.family).trigger(tuple(data.shape))
+    torch.testing.assert_close(x + poison.delta, trigger.apply(x), rtol=0, atol=1e-6)
+
+
+def test_clean_label_keeps_every_label_and_poisons_only_the_target_class(tiny):
+    data, results = tiny
+    _, poison = craft(data, results, "sig", budget=0.13, target_class=1)
+    assert len(poison.indices) == 20  # ⌊0.13·160⌋ = ⌊20.8⌋
+    assert poison.labels is None
+    assert (data.train.y[poison.indices] == 1).all()
+    plan = BackdoorPlan(data, None, {"target_class": 1}, indices=poison.indices, labels=None)
+    assert torch.equal(plan.relabel(data.train.y), data.train.y)
+
+
+def test_clean_label_refuses_more_rows_than_the_target_class_holds(tiny):
+    data, results = tiny
+    held = int((data.train.y == 0).sum())
+    with pytest.raises(PoisonbenchError, match=f"class 0 has {held}"):
+        craft(data, results, "sig", budget=0.5)
+
+
+def test_seeds_reproduce_and_differ(tiny):
+    data, results = tiny
+    for name in backdoor_attacks():
+        _, a = craft(data, results, name, seed=5)
+        _, b = craft(data, results, name, seed=5)
+        _, c = craft(data, results, name, seed=6)
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.delta, b.delta)
+        assert not torch.equal(a.indices, c.indices)
+        assert torch.equal(a.trigger.add, c.trigger.add)  # the trigger is the attack's, not the trial's
+
+
+def test_eps_is_the_triggers_own_bound_and_a_smaller_one_is_refused(tiny):
+    data, _ = tiny
+    assert craft_spec(data, "badnets", budget=0.1).eps == 4  # a 2×2 patch on 16×16 images
+    assert craft_spec(data, "badnets", budget=0.1, trigger_size=5).eps == 9
+    assert craft_spec(data, "blend", budget=0.1, alpha=0.3).eps == pytest.approx(0.3)
+    assert craft_spec(data, "sig", budget=0.1).eps == pytest.approx(40 / 255)
+    with pytest.raises(PoisonbenchError, match="below blend's trigger bound"):
+        craft_spec(data, "blend", budget=0.1, eps=0.1)
+    with pytest.raises(PoisonbenchError, match="not a class"):
+        craft_spec(data, "badnets", budget=0.1, target_class=7)
+
+
+# ---- the ASR ------------------------------------------------------------------------------------------------------
+
+class Lookup(nn.Module):
+    """Classifies an untriggered test image as its own class and anything else (a triggered image) as `other`."""
+
+    def __init__(self, x, y, other):
+        super().__init__()
+        self.known = {tuple(r.flatten().tolist()): int(c) for r, c in zip(x, y, strict=True)}
+        self.other = other
+
+    def forward(self, batch):
+        cls = torch.tensor([self.known.get(tuple(r.flatten().tolist()), self.other) for r in batch])
+        return nn.functional.one_hot(cls, 4).float() * 10
+
+
+def test_asr_counts_only_triggered_images_of_the_other_classes(tiny):
+    data, _ = tiny
+    x, y = data.test.x.float() / 255, data.test.y
+    trigger = ATTACKS.get("badnets")("mnist").trigger(tuple(data.shape))
+    assert not any(torch.equal(t, c) for t, c in zip(trigger.apply(x), x, strict=True))  # every image changes
+    others = int((y != 1).sum())
+    out = attack_success_rate(Lookup(x, y, 1), x, y, trigger, 1)
+    assert out["asr_n"] == others < len(y)  # the target class's own images are not counted
+    assert out["asr_hits"] == others and out["asr"] == 1.0
+    assert out["clean_target_hits"] == 0 and out["clean_target_rate"] == 0.0  # untriggered, each keeps its class
+    never = attack_success_rate(Lookup(x, y, 2), x, y, trigger, 1)  # the trigger leads elsewhere
+    assert never["asr_hits"] == 0 and never["asr"] == 0.0
+    always = attack_success_rate(Lookup(x, y * 0 + 1, 1), x, y, trigger, 1)  # "target" for every image
+    assert always["asr_hits"] == always["clean_target_hits"] == others
+
+
+# ---- the store and the CLI ----------------------------------------------------------------------------------------
+
+def test_a_backdoor_poisonset_keeps_its_labels_and_trigger_on_disk(tiny, tmp_path):
+    from poisonbench import poisons
+
+    data, _ = tiny
+    spec = craft_spec(data, "badnets", budget=0.1, seed=1, target_class=3)
+    made, cached = poisons.craft(spec, data, tmp_path)
+    loaded = poisons.load(tmp_path, spec.poison_id, data)
+    assert not cached and loaded.manifest["format"] == 2
+    assert loaded.manifest["backdoor"] == {"target_class": 3, "label_mode": "dirty", "trigger": {
+        "kind": "patch", "size": 3, "value": 1.0, "corner": "bottom-right"}}
+    assert torch.equal(loaded.labels, made.labels) and torch.equal(loaded.labels, torch.full((16,), 3))
+    assert torch.equal(loaded.trigger.scale, made.trigger.scale)
+    assert torch.equal(loaded.trigger.add, made.trigger.add)
+
+
+def test_trigger_tensors_roundtrip():
+    t = ATTACKS.get("blend")("mnist").trigger((1, 16, 16))
+    back = Trigger.from_tensors(t.tensors())
+    assert torch.equal(back.scale, t.scale) and torch.equal(back.add, t.add)
+    assert Trigger.from_tensors({}) is None
+
+
+def test_craft_and_defend_record_the_asr(cli, tmp_path, train_calls):
+    root = tmp_path / "data"
+    root.mkdir()
+    npz = write_npz(root, n=400)
+    results = tmp_path / "results"
+    code, out, err = cli("craft", "--attack", "badnets", "--dataset", npz, "--results", results)
+    assert code == 0, err
+    code, out, err = cli("defend", "--attack", "badnets", "--dataset", npz, "--recipe", "quick", "--epochs", "1",
+                         "--results", results, "--json")
+    assert code == 0, err
+    line = json.loads(out.strip().splitlines()[-1])
+    assert line["attack"] == "badnets" and line["target_class"] == 0
+    (record,) = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    data = load_dataset(str(npz))
+    assert record["config"]["scenario"] == "backdoor" and record["config"]["poison"]["kind"] == "backdoor"
+    metrics = record["metrics"]
+    assert metrics["asr_n"] == int((data.test.y != 0).sum())
+    assert metrics["asr"] == pytest.approx(metrics["asr_hits"] / metrics["asr_n"])
+    assert 0 <= metrics["clean_target_rate"] <= 1
+    # the victim trained on the relabelled rows: the poisoned ones say class 0
+    (args, _, _), = train_calls
+    train_y = args[2]
+    rows = torch.tensor(sorted(set(range(len(data.train))) - set()), dtype=torch.long)
+    spec = craft_spec(data, "badnets", budget=0.1, seed=0)
+    poisoned = ATTACKS.get("badnets")(data.family).choose_rows(data, 0.1, spec.seed)
+    assert (train_y.cpu()[poisoned] == 0).all()
+    untouched = rows[~torch.isin(rows, poisoned)]
+    assert torch.equal(train_y.cpu()[untouched], data.train.y[untouched])
+    # the craft's PoisonSet was trial 0's (seed 0): defend reused it
+    assert record["config"]["poison"]["poison_id"] == spec.poison_id
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["craft", "--attack", "blend", "--alpha", "1.5"], ["--alpha", "blend"]),
+    (["craft", "--attack", "sig", "--budget", "0.9"], ["sig poisons only target-class rows"]),
+    (["defend", "--attack", "badnets", "--target", "1"], ["--target", "target_class"]),
+    (["defend", "--attack", "badnets", "--poison-ratio", "0.5"], ["backdoor"]),
+])
+def test_bad_backdoor_options_are_one_line_errors(cli, tmp_path, args, needles):
+    root = tmp_path / "data"
+    root.mkdir()
+    npz = write_npz(root)
+    code, _, err = cli(*args, "--dataset", npz, "--results", tmp_path / "r")
+    one_line_error(code, err, *needles)
