@@ -253,3 +253,48 @@ def test_bad_backdoor_options_are_one_line_errors(cli, tmp_path, args, needles):
     npz = write_npz(root)
     code, _, err = cli(*args, "--dataset", npz, "--results", tmp_path / "r")
     one_line_error(code, err, *needles)
+
+
+# ---- the report ---------------------------------------------------------------------------------------------------
+
+def backdoor_record(method, attack, trial, hits, acc, params=None):
+    from poisonbench.core.hashing import short_hash
+
+    from .report_records import make_record
+
+    r = make_record(method=method, trial=trial, acc=acc, params=params)
+    r["config"]["scenario"] = "backdoor"
+    r["config"]["poison"] = {"kind": "backdoor", "attack": attack, "eps": 9.0, "ratio": 0.1, "poisoned": 390,
+                             "params": {"target_class": 0}, "target_class": 0, "poison_id": f"{trial:016x}",
+                             "label": f"{attack} → class 0"}
+    r["metrics"].update(asr=hits / 900, asr_hits=hits, asr_n=900, clean_target_rate=0.01, clean_target_hits=9,
+                        target_class=0)
+    r["run_id"] = short_hash(r["config"])
+    return r
+
+
+def test_the_matrix_shows_the_backdoor_family_beside_the_other_two():
+    from poisonbench.report import tables
+
+    from .report_records import make_record
+
+    recs = [backdoor_record("none", "badnets", t, 850 + 10 * t, 0.95) for t in range(3)]
+    recs += [backdoor_record("spectral", "badnets", t, 90, 0.94, {"spectral_eps": 0.1}) for t in range(2)]
+    recs += [backdoor_record("none", "sig", 0, 450, 0.96)]
+    recs += [make_record(method="none", trial=0, acc=0.97)]  # clean
+    pgd = make_record(method="none", rho=1.0, trial=0, acc=0.3)
+    pgd["config"]["poison"]["attacks"] = ["pgd"]
+    recs.append(pgd)
+    table = tables.build("matrix", recs, tables.Options(trials=1), mix="any")
+    block = next(b for b in table.blocks if b.title.startswith("mnist-5k"))
+    assert block.columns == ["defense", "clean", "pgd", "badnets", "sig"]  # the registry's order
+    cells = {(r["method"], r["column"]): r for r in table.data}
+    none = cells[("none", "badnets")]
+    assert none["kind"] == "backdoor" and none["n"] == 3
+    assert none["asr"] == pytest.approx(100 * (860 / 900), abs=0.01)  # the mean of 850, 860, 870 of 900
+    assert none["asr_hits"] == 2580 and none["asr_n"] == 2700 and none["mean"] == pytest.approx(95.0)
+    spectral = cells[("spectral", "badnets")]
+    assert spectral["asr"] == pytest.approx(10.0) and spectral["delta_vs_none"] == pytest.approx(10.0 - 860 / 9,
+                                                                                                 abs=0.01)
+    row = next(r for r in block.rows if r[0].text == "W/o Defense")
+    assert row[3].text.startswith("ASR 95.56 ± 1.11") and "acc 95.00" in row[3].text

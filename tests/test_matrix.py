@@ -138,7 +138,8 @@ def test_cli_table_json_png_and_bad_values(cli, tmp_path):
 def test_matrix_quick_covers_every_defense_against_every_untargeted_attack_alone():
     """Read from the registries: a defense or an untargeted attack registered without a place in the grid fails."""
     grid = load_grid("matrix-quick")
-    untargeted = {a for a in ATTACKS.names() if not ATTACKS.get(a).targeted}
+    untargeted = {a for a in ATTACKS.names()  # the backdoors (issue 85) are their own family, not in this grid
+                  if not ATTACKS.get(a).targeted and not getattr(ATTACKS.get(a), "backdoor", False)}
     assert all(len(r.get("attacks")) == 1 for r in grid.runs)  # each attack alone, never a mix
     pairs = {(r.get("method"), r.get("attacks")[0]) for r in grid.runs}
     assert all(r.get("dataset") == "mnist-5k" and r.get("recipe") == "quick" and r.get("poison_ratio") == 1.0

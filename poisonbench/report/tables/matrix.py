@@ -11,7 +11,8 @@ targeted attack; where an attack has runs of both targeted scenarios (scratch an
 column. Runs on PoisonSets crafted on a schedule other than the attack's official one (REM's `--schedule budget`)
 get a column of their own, labelled "rem (budget)". A cell without runs is `–`, never filled in. Per cell, one
 parameter set of the defense is shown (`primary`: HINT at the paper's r and β, else the defense's defaults, else the
-set with the most runs); a note counts the others.
+set with the most runs); a note counts the others. A backdoor's column (issue 85) holds its mean attack success rate
+over trials (± std, n) and the mean clean test accuracy of the same runs, at the poison fraction of its newest run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from .stats import close, num, stat
 
 CAPTION = ("Every defense against every attack: test accuracy (%) against each untargeted attack alone at poison "
            "ratio ρ = {rho} and without poisons (clean), mean ± std over trials (n); attack success k/n against each "
-           "targeted attack")
+           "targeted attack; against each backdoor, its attack success rate (ASR %, triggered test images of the "
+           "other classes taken for the target) and the clean test accuracy, means over trials")
 DEFAULT_POISON_RATIO = 1.0
 
 
@@ -45,7 +47,15 @@ def untargeted_attacks() -> list[str]:
     """The registered attacks that poison without a target (the ones a column of accuracies is for)."""
     from ...attacks import ATTACKS
 
-    return [a for a in ATTACKS.names() if not ATTACKS.get(a).targeted]
+    return [a for a in ATTACKS.names()
+            if not ATTACKS.get(a).targeted and not getattr(ATTACKS.get(a), "backdoor", False)]
+
+
+def backdoor_names() -> list[str]:
+    """The registered backdoor attacks (a column of ASRs is for them)."""
+    from ...attacks.backdoor import backdoor_attacks
+
+    return backdoor_attacks()
 
 
 def row_methods(present: set[str]) -> list[str]:
@@ -82,10 +92,14 @@ def columns_of(df: pd.DataFrame, rho: float, wanted: list[str] | None) -> list[t
     "attack|scenario" or "attack|") in the ATTACKS registry order (or `wanted`'s)."""
     single = df[(df.kind == "untargeted") & ~df.mix.str.contains(",") & close(df.rho, rho)]
     targeted = df[df.kind == "targeted"]
+    backdoor = set(df[df.kind == "backdoor"].attack)
     cols: list[tuple[str, str, str]] = []
     if (df.kind == "clean").any():
         cols.append(("clean", "clean", ""))
-    for a in attack_order(set(single.mix) | set(targeted.attack), wanted):
+    for a in attack_order(set(single.mix) | set(targeted.attack) | backdoor, wanted):
+        if a in backdoor or (wanted and a in backdoor_names()):  # its ASR and clean accuracy (metrics.md)
+            cols.append((a, "backdoor", a))
+            continue
         scenarios = sorted({str(s) for s in targeted[targeted.attack == a].scenario})
         if a in set(single.mix) or (wanted and not scenarios and a in untargeted_attacks()):
             schedules = set(schedule_of(single[single.mix == a].schedules))
@@ -109,6 +123,8 @@ def column_rows(sdf: pd.DataFrame, kind: str, key: str, rho: float) -> pd.DataFr
         attack, _, schedule = key.partition("|")
         return sdf[(sdf.kind == "untargeted") & (sdf.mix == attack) & close(sdf.rho, rho)
                    & (schedule_of(sdf.schedules) == schedule)]
+    if kind == "backdoor":
+        return sdf[(sdf.kind == "backdoor") & (sdf.attack == key)]
     attack, scenario = key.split("|")
     rows = sdf[(sdf.kind == "targeted") & (sdf.attack == attack)]
     return rows[rows.scenario == scenario] if scenario else rows
@@ -137,7 +153,7 @@ def acc_text(st, opts: Options) -> str:
 def matrix(df: pd.DataFrame, opts: Options) -> Table:
     rho = DEFAULT_POISON_RATIO if opts.poison_ratio is None else opts.poison_ratio
     wanted = list(opts.attacks) if opts.attacks else None
-    df = df[df.kind.isin(["clean", "untargeted", "targeted"])]
+    df = df[df.kind.isin(["clean", "untargeted", "targeted", "backdoor"])]
     if wanted:
         df = df[(df.kind == "clean") | df.mix.isin(wanted) | df.attack.isin(wanted)]
     blocks, data, shown = [], [], set()
@@ -165,7 +181,7 @@ def matrix(df: pd.DataFrame, opts: Options) -> Table:
         privacy: list[str] = []  # ε of the DP-SGD cells, column by column
         for label, kind, key in cols:
             rows = column_rows(sdf, kind, key, rho)
-            if kind == "targeted":
+            if kind in ("targeted", "backdoor"):
                 rows = newest_kind(rows, label, notes)
             for m in methods:
                 chosen, left = primary(rows, m, HINT_PAPER if m == "hint" else None)
@@ -174,10 +190,19 @@ def matrix(df: pd.DataFrame, opts: Options) -> Table:
                 privacy += privacy_notes(chosen, where=f"column {label}")
                 entry = {"column": label, "kind": kind, "attack": key.split("|")[0] if key else None,
                          "scenario": (key.split("|")[1] or None) if kind == "targeted" else kind,
+                         # a backdoor's rows are its own (config.poison.ratio), not the matrix's ρ
                          "rho": 0.0 if kind == "clean" else (rho if kind == "untargeted" else None),
                          "method": m, "upper_bound": upper_bound(m),
                          "params": chosen.params_json.iloc[0] if len(chosen) else None}
-                if kind == "targeted":
+                if kind == "backdoor":
+                    st = stats[(m, label)] = stat(chosen.asr.dropna())
+                    acc = stat(chosen.test_acc)
+                    entry.update(n=st.n if st else 0, asr=num(100 * st.mean) if st else None,
+                                 asr_std=num(100 * st.std) if st else None,
+                                 asr_hits=int(chosen.asr_hits.sum()) if st else None,
+                                 asr_n=int(chosen.asr_n.sum()) if st else None,
+                                 mean=num(100 * acc.mean) if acc else None)
+                elif kind == "targeted":
                     succ = [bool(x) for x in chosen.success if x is not None and not pd.isna(x)]
                     entry.update(n=len(succ), successes=sum(succ),
                                  success_rate=num(sum(succ) / len(succ)) if succ else None)
@@ -194,6 +219,16 @@ def matrix(df: pd.DataFrame, opts: Options) -> Table:
                     row.append(Cell())
                 elif kind == "targeted":
                     row.append(Cell(f"{entry['successes']}/{entry['n']}", entry["success_rate"]))
+                elif kind == "backdoor":
+                    st = stats[(m, label)]
+                    text = f"ASR {acc_text(st, opts)} · acc {entry['mean']:.2f}"
+                    delta = None
+                    if m != "none" and base["n"]:
+                        delta = num(entry["asr"] - base["asr"], 2)
+                        if opts.diff:
+                            text += f" Δ {delta:+.2f}"
+                    row.append(Cell(text, round(100 * st.mean, 2)))
+                    entry["delta_vs_none"] = delta
                 else:
                     st = stats[(m, label)]
                     text = acc_text(st, opts)
@@ -210,7 +245,9 @@ def matrix(df: pd.DataFrame, opts: Options) -> Table:
                 data.append({"table": "matrix", **setting_fields(s), **entry})
             block.rows.append(row)
         if opts.diff:
-            notes.append("Δ: the defense's mean test accuracy minus W/o Defense's in the same column (points)")
+            notes.append("Δ: the defense's mean test accuracy minus W/o Defense's in the same column (points)"
+                         + ("; in a backdoor's column, its mean ASR minus W/o Defense's" if any(
+                             kind == "backdoor" for _, kind, _ in cols) else ""))
         if not any(cells[("none", label)]["n"] for label, _, _ in cols):
             notes.append(f"{method_label('none')} has no runs in this setting: its row is empty ({DASH})")
         block.notes = list(dict.fromkeys(n for n in notes + privacy if n))

@@ -121,6 +121,11 @@ def other_schedules(record: dict) -> str:
 
 # what differs from trial to trial of one targeted configuration (each trial has its own target and PoisonSet);
 # the rest of a targeted run's poison description (ε, attack parameters) must match for runs to share a cell
+def _number(value) -> float:
+    """A metric as a float, NaN where the record has none."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+
 TARGETED_TRIAL_KEYS = {"target_index", "target_class", "intended_class", "label", "poison_id", "poison_ids",
                        "indices_fingerprint", "counts", "base_indices", "setup", "poison_set", "poisoned",
                        "file_sha256", "eps_measured"}
@@ -176,7 +181,8 @@ def record_row(r: dict) -> dict:
         "schedules": other_schedules(r),
         "poison_label": poison_label(poison, other_schedules(r)) + (" [--same-init]" if c.get("same_init") else "")
         + (f" [--precision {c['precision']}]" if c.get("precision") else ""),
-        "attack": attack_column(poison, r.get("inputs")) if kind in ("targeted", "poison-set") else "",
+        "attack": attack_column(poison, r.get("inputs")) if kind in ("targeted", "poison-set")
+        else str(poison.get("attack") or "") if kind == "backdoor" else "",
         "method": method, "params_json": canonical_json(params),
         # everything that defines the experiment except the trial (seed, poisoned rows): recipe overrides,
         # dataset fingerprint, PoisonSet ids, ... so two configurations that display alike are never pooled
@@ -185,7 +191,8 @@ def record_row(r: dict) -> dict:
         "default_params": has_default_params(method, params, c["dataset"], recipe, c),
         "poisons_json": canonical_json({"eps": poison.get("eps"), "ids": poison.get("poison_ids"),
                                         "rows": poison.get("row_stream")}) if kind == "untargeted"
-        else canonical_json({k: v for k, v in poison.items() if k not in TARGETED_TRIAL_KEYS}) if kind == "targeted"
+        else canonical_json({k: v for k, v in poison.items() if k not in TARGETED_TRIAL_KEYS})
+        if kind in ("targeted", "backdoor")
         else canonical_json({"id": poison.get("poison_id")}) if kind == "poison-set" else "",
         # the sha256 of the PoisonSet files trained on: one set of poison ids may be crafted into other floats
         # (another device, CPU or torch); "" where the record does not say (records written before 2026-11-23,
@@ -209,6 +216,9 @@ def record_row(r: dict) -> dict:
         "head_bn": (c.get("head_bn") or "eval") if c.get("scenario") == "transfer" else "",
         "trial": c["trial"], "seed": c["seed"], "test_acc": metrics.get("test_acc"),
         "val_acc": metrics.get("val_acc"), "success": None if success is None else bool(success),
+        # a backdoor's attack success rate and its counts (docs/metrics.md, "Backdoors"); NaN for other runs
+        "asr": _number(metrics.get("asr")), "asr_hits": _number(metrics.get("asr_hits")),
+        "asr_n": _number(metrics.get("asr_n")),
         "time": time, "defense_time": defense_time, "seconds": cost.get("seconds"),
         "compiled": bool(r.get("compiled")),
         "code": str((r.get("env") or {}).get("code") or ""),
