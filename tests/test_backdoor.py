@@ -298,3 +298,14 @@ def test_the_matrix_shows_the_backdoor_family_beside_the_other_two():
                                                                                                  abs=0.01)
     row = next(r for r in block.rows if r[0].text == "W/o Defense")
     assert row[3].text.startswith("ASR 95.56 ± 1.11") and "acc 95.00" in row[3].text
+
+
+def test_the_heatmap_draws_the_backdoors_in_a_panel_of_their_own(tmp_path):
+    from poisonbench.report import tables
+    from poisonbench.report.figures.matrix import figure_matrix
+
+    recs = [backdoor_record("none", "badnets", t, 850, 0.95) for t in range(2)]
+    recs += [backdoor_record("spectral", "blend", 0, 100, 0.94, {"spectral_eps": 0.1})]
+    table = tables.build("matrix", recs, tables.Options(trials=1), mix="any")
+    (path,) = figure_matrix(table, tmp_path)
+    assert path.exists() and path.stat().st_size > 0

@@ -47,16 +47,17 @@ def figure_matrix(table, out: Path) -> list[Path]:
     for block in table.blocks:
         rows = [r for r in table.data if r["setting"] == block.title]
         methods = list(dict.fromkeys(r["method"] for r in rows))
-        acc_cols = list(dict.fromkeys(r["column"] for r in rows if r["kind"] != "targeted"))
+        acc_cols = list(dict.fromkeys(r["column"] for r in rows if r["kind"] in ("clean", "untargeted")))
         hit_cols = list(dict.fromkeys(r["column"] for r in rows if r["kind"] == "targeted"))
-        panels = [c for c in (acc_cols, hit_cols) if c]
+        asr_cols = list(dict.fromkeys(r["column"] for r in rows if r["kind"] == "backdoor"))
+        panels = [c for c in (acc_cols, hit_cols, asr_cols) if c]
         width = sum(1.1 * len(c) + 2.2 for c in panels)
         fig, axes = plt.subplots(1, len(panels), figsize=(max(width, 5.0), 0.45 * len(methods) + 2.2),
                                  squeeze=False, layout="constrained",
                                  gridspec_kw={"width_ratios": [len(c) + 1.5 for c in panels]})
         axes = list(axes[0])
         if acc_cols:
-            acc = [r for r in rows if r["kind"] != "targeted"]
+            acc = [r for r in rows if r["kind"] in ("clean", "untargeted")]
             values = grid(acc, methods, acc_cols, "mean")
             labels = [["–"] * len(acc_cols) for _ in methods]
             for r in acc:
@@ -76,6 +77,17 @@ def figure_matrix(table, out: Path) -> list[Path]:
                     labels[methods.index(r["method"])][hit_cols.index(r["column"])] = f"{r['successes']}/{r['n']}"
             panel(axes.pop(0), values, labels, methods, hit_cols, "Reds", 0.0, 1.0,
                   "targeted: attack success k/n", "attack success rate", fig)
+        if asr_cols:  # the backdoors (issue 85): mean ASR over trials, its Δ vs W/o Defense below
+            bds = [r for r in rows if r["kind"] == "backdoor"]
+            values = grid(bds, methods, asr_cols, "asr")
+            labels = [["–"] * len(asr_cols) for _ in methods]
+            for r in bds:
+                if r["n"]:
+                    delta = r.get("delta_vs_none")
+                    labels[methods.index(r["method"])][asr_cols.index(r["column"])] = (
+                        f"{r['asr']:.1f}" + (f"\n{delta:+.1f}" if delta is not None else ""))
+            panel(axes.pop(0), values, labels, methods, asr_cols, "Reds", 0.0, 100.0,
+                  "backdoor: attack success rate (%); below: Δ vs W/o Defense", "ASR (%)", fig)
         fig.suptitle(f"Defense × attack matrix\n{block.title}", fontsize=9)
         first = rows[0]  # a name altered by the slug (`a b.npz`, `a_b.npz`) adds a hash: one file per setting
         name = setting_slug(f"matrix_{first['dataset']}_{first['model']}_{first['recipe']}{first['epochs']}",
