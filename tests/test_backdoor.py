@@ -309,3 +309,29 @@ def test_the_heatmap_draws_the_backdoors_in_a_panel_of_their_own(tmp_path):
     table = tables.build("matrix", recs, tables.Options(trials=1), mix="any")
     (path,) = figure_matrix(table, tmp_path)
     assert path.exists() and path.stat().st_size > 0
+
+
+def test_the_backdoor_table_pairs_each_defense_with_none_by_trial(cli, tmp_path):
+    from poisonbench.report import tables
+
+    recs = [backdoor_record("none", "badnets", t, 850 + 10 * t, 0.95 + 0.01 * t) for t in range(3)]
+    recs += [backdoor_record("spectral", "badnets", t, 90, 0.94, {"spectral_eps": 0.1}) for t in range(2)]
+    table = tables.build("backdoor", recs, tables.Options(trials=1), mix="any")
+    assert table.title == "Backdoor attacks"
+    rows = {(r["attack"], r["method"]): r for r in table.data}
+    none, spectral = rows[("badnets", "none")], rows[("badnets", "spectral")]
+    assert none["n"] == 3 and none["asr_hits"] == 2580 and none["asr_n"] == 2700
+    lo, hi = tables.wilson(2580, 2700)
+    assert none["asr_wilson_low"] == pytest.approx(100 * lo) and none["asr_wilson_high"] == pytest.approx(100 * hi)
+    assert none["asr_lo"] < none["asr"] < none["asr_hi"]  # the t interval over the trials' ASRs
+    # paired on trials 0 and 1: (90 − 850) and (90 − 860) of 900, not the unpaired 10 − 95.56
+    assert spectral["paired_trials"] == 2
+    assert spectral["asr_delta_vs_none"] == pytest.approx(100 * -765 / 900)
+    assert spectral["acc_delta_vs_none"] == pytest.approx(100 * ((0.94 - 0.95) + (0.94 - 0.96)) / 2)
+    runs = tmp_path / "results" / "runs"
+    runs.mkdir(parents=True)
+    for r in recs:
+        (runs / f"{r['run_id']}.json").write_text(json.dumps(r))
+    code, out, err = cli("report", "table", "backdoor", "--results", tmp_path / "results", "--format", "csv")
+    assert code == 0, err
+    assert "badnets" in out and "asr_delta_vs_none" in out

@@ -29,7 +29,7 @@ from ..core.printable import printable
 from . import tables
 from .tables import provenance
 
-SECTIONS = (*tables.TABLES, tables.MATRIX)  # the tables of the page, in its order
+SECTIONS = (*tables.TABLES, tables.MATRIX, "backdoor")  # the tables of the page, in its order
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1400px;
        padding: 0 1.5em; color: #1d1d1f; background: #fff; }
@@ -89,12 +89,12 @@ class Section:
 def table_filters(number: str, filters: dict) -> dict:
     """The filters `report table N` applies: the matrix reads every attack mix (its cells are single attacks), the
     paper's tables the paper's mix; the mix's default PoisonSets."""
-    return {**filters, "mix": "any" if number == tables.MATRIX else tables.PAPER_MIX, "poison_sets": ""}
+    return {**filters, "mix": "any" if number in (tables.MATRIX, "backdoor") else tables.PAPER_MIX, "poison_sets": ""}
 
 
 def table_options(number: str, trials: int) -> tables.Options:
     """What the terminal shows with `--paper --ci` (the matrix has no paper numbers: `--ci`)."""
-    return tables.Options(trials=trials, paper=number != tables.MATRIX, ci=True, wilson=True)
+    return tables.Options(trials=trials, paper=number not in (tables.MATRIX, "backdoor"), ci=True, wilson=True)
 
 
 def device_text(record: dict) -> str:

@@ -665,17 +665,25 @@ def matrix(df: pd.DataFrame, opts: Options) -> Table:
     return build_matrix(df, opts)
 
 
-BUILDERS = {"2": table2, "3": table3, "4": table4, "5": table5, MATRIX: matrix}
+def backdoor(df: pd.DataFrame, opts: Options) -> Table:
+    from .backdoor import backdoor_table
+
+    return backdoor_table(df, opts)
+
+
+BACKDOOR = "backdoor"  # `report table backdoor` (tables/backdoor.py, issue 85): not a paper table
+BUILDERS = {"2": table2, "3": table3, "4": table4, "5": table5, MATRIX: matrix, BACKDOOR: backdoor}
 
 
 def check_table(number: str) -> str:
-    """`number` as one of TABLES ("2".."5", or II..V in any case) or `matrix`; an unknown one is refused as given."""
+    """`number` as one of TABLES ("2".."5", or II..V in any case), `matrix` or `backdoor`; an unknown one is refused
+    as given."""
     name = str(number).strip().upper()
     name = {v: k for k, v in ROMAN.items()}.get(name, name)
-    if name.lower() == MATRIX:
-        return MATRIX
+    if name.lower() in (MATRIX, BACKDOOR):
+        return name.lower()
     if name not in TABLES:
-        raise unknown_choice("table", number, (*TABLES, MATRIX))
+        raise unknown_choice("table", number, (*TABLES, MATRIX, BACKDOOR))
     return name
 
 

@@ -97,6 +97,8 @@ class Table:
     def title(self) -> str:
         if self.number == MATRIX:
             return "Defense × attack matrix"
+        if self.number == "backdoor":
+            return "Backdoor attacks"
         return f"Table {ROMAN.get(self.number, self.number)}"
 
 
