@@ -335,3 +335,21 @@ def test_the_backdoor_table_pairs_each_defense_with_none_by_trial(cli, tmp_path)
     code, out, err = cli("report", "table", "backdoor", "--results", tmp_path / "results", "--format", "csv")
     assert code == 0, err
     assert "badnets" in out and "asr_delta_vs_none" in out
+
+
+def test_defend_on_a_backdoor_poison_set_runs_the_backdoor_scenario(cli, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    npz = write_npz(root, n=400)
+    results = tmp_path / "results"
+    code, out, err = cli("craft", "--attack", "sig", "--dataset", npz, "--results", results, "--json")
+    assert code == 0, err
+    pid = json.loads(out.strip().splitlines()[-1])["poison_id"]
+    code, out, err = cli("defend", "--poison-set", pid, "--dataset", npz, "--recipe", "quick", "--epochs", "1",
+                         "--results", results)
+    assert code == 0, err
+    assert "ASR (%)" in out and "target → prediction" not in out  # the table's ASR column, no targeted one
+    (record,) = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    poison = record["config"]["poison"]
+    assert record["config"]["scenario"] == "backdoor" and poison["poison_set"] == pid and poison["attack"] == "sig"
+    assert record["metrics"]["asr_n"] == int((load_dataset(str(npz)).test.y != 0).sum())

@@ -97,9 +97,14 @@ def show_outcomes(outcomes: list, store: RunStore, as_json: bool) -> None:
             print(json.dumps(outcome_summary(o, store)))
         return
     table = Table(title="defend")
-    targeted = any(targeted_fields(o.record) for o in outcomes)
+    def kind(o) -> str:
+        return ((o.record["config"].get("poison") or {}).get("kind")) or ""
+
+    targeted = any(kind(o) == "targeted" and targeted_fields(o.record) for o in outcomes)
+    backdoor = any(kind(o) == "backdoor" for o in outcomes)  # issue 85: the ASR of each run
     for col in ("run", "status", "trial", "seed", "test acc (%)", "seconds") + (("target → prediction",)
-                                                                                if targeted else ()):
+                                                                                if targeted else ()) + (
+            ("ASR (%)",) if backdoor else ()):
         table.add_column(col)
     accs = []
     for o in outcomes:
@@ -108,14 +113,17 @@ def show_outcomes(outcomes: list, store: RunStore, as_json: bool) -> None:
         row = [r["run_id"], o.status, str(r["config"]["trial"]), str(r["config"]["seed"]),
                f"{100 * r['metrics']['test_acc']:.2f}", f"{r['cost']['seconds']:.1f}"]
         if targeted:
-            t = targeted_fields(r)
+            t = targeted_fields(r) if kind(o) == "targeted" else {}
             row.append(f"{t['target_index']} ({t['target_class']}→{t['intended_class']}): {t['target_prediction']} "
                        f"{'attack succeeded' if t['attack_success'] else 'attack failed'}" if t else "")
+        if backdoor:
+            m = r["metrics"]
+            row.append(f"{100 * m['asr']:.2f} ({m['asr_hits']}/{m['asr_n']})" if m.get("asr") is not None else "")
         table.add_row(*row)
     console = stdout_console()
     console.print(table)
     if targeted:
-        wins = [bool(targeted_fields(o.record)["attack_success"]) for o in outcomes]
+        wins = [bool(targeted_fields(o.record)["attack_success"]) for o in outcomes if kind(o) == "targeted"]
         console.print(f"attack success: {sum(wins)}/{len(wins)} trials")
     for line in privacy_lines(outcomes):
         console.print(line)
