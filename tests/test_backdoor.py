@@ -44,12 +44,14 @@ def craft(data, results, name, budget=None, seed=3, **params):
 
 
 def test_the_family_is_registered_with_its_papers_defaults():
-    assert backdoor_attacks() == ["badnets", "blend", "sig"]
+    assert backdoor_attacks() == ["badnets", "blend", "sig", "lc"]
     assert ATTACKS.get("badnets")("mnist").params == {"target_class": 0, "trigger_size": 3, "trigger_value": 1.0}
     assert ATTACKS.get("blend")("mnist").params == {"target_class": 0, "alpha": 0.2, "pattern_seed": 0}
     assert ATTACKS.get("sig")("cifar10").params == {"target_class": 0, "delta": 40.0, "frequency": 6.0}
+    assert ATTACKS.get("lc")("cifar10").params == {"target_class": 0, "amplitude": 1.0, "steps": 100,
+                                                   "step_size": 1.5 / 255, "random_start": True, "batch_size": 500}
     assert ATTACKS.get("badnets").default_budget() == ATTACKS.get("blend").default_budget() == 0.1
-    assert ATTACKS.get("sig").default_budget() == 0.05
+    assert ATTACKS.get("sig").default_budget() == ATTACKS.get("lc").default_budget() == 0.05
 
 
 # ---- the triggers, pixel by pixel ------------------------------------------------------------------------------
@@ -84,6 +86,41 @@ def test_sig_adds_a_horizontal_sinusoid_and_clips():
         expected[..., j] = x[..., j] + delta * math.sin(2 * math.pi * j * f / m)
     expected = expected.clamp(0, 1)
     torch.testing.assert_close(ATTACKS.get("sig")("mnist").trigger(shape).apply(x), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("amplitude", [1.0, 0.5])
+def test_lc_adds_madrylabs_bottom_right_pattern(amplitude):
+    shape = (3, 32, 32)
+    x = images(shape)
+    expected = x.clone()
+    # MadryLab `bottom-right` (BB utils/bd_img_transform/lc.py), rows from the bottom: + − + / − + − / − − +
+    pattern = [[-1, -1, 1], [-1, 1, -1], [1, -1, 1]]  # rows 29, 30, 31; cols 29, 30, 31
+    for i in range(3):
+        for j in range(3):
+            expected[:, :, 29 + i, 29 + j] = (x[:, :, 29 + i, 29 + j] + amplitude * pattern[i][j]).clamp(0, 1)
+    got = ATTACKS.get("lc")("cifar10", amplitude=amplitude).trigger(shape).apply(x)
+    assert torch.equal(got, expected)
+
+
+def test_lc_keeps_labels_bounds_its_pgd_and_defend_stamps_the_trigger_after_it(tiny, tmp_path):
+    from poisonbench import poisons
+
+    data, _ = tiny
+    spec = craft_spec(data, "lc", budget=0.1, seed=2, steps=3, step_size=0.05)
+    assert spec.eps == pytest.approx(0.3)  # the MNIST family's PGD bound
+    poison, _ = poisons.craft(spec, data, tmp_path)
+    assert poison.labels is None and (data.train.y[poison.indices] == 0).all()
+    assert poison.delta.abs().max() <= 0.3 + 1e-6 and poison.delta.abs().max() > 0.05  # δ: the PGD part alone
+    assert poison.manifest["backdoor"]["train_trigger"] is True
+    plan = BackdoorPlan(data, spec, {"target_class": 0})
+    x = data.train.x.float() / 255
+    out = plan.apply(x.clone(), results_root=tmp_path)
+    rows = poison.indices
+    expected = poison.trigger.apply((x[rows] + poison.delta).clamp(0, 1))  # T(x + δ)
+    torch.testing.assert_close(out[rows], expected, rtol=0, atol=1e-6)
+    others = torch.ones(len(x), dtype=torch.bool)
+    others[rows] = False
+    assert torch.equal(out[others], x[others])
 
 
 def test_triggers_are_whole_batch_ops_on_any_device_and_dtype():

@@ -41,7 +41,8 @@ TARGETED_ATTACKS = {"gm", "bp", "fc"}
 # mnist-5k in experiments/availability.md (minutes of crafting for EM and REM); their mechanisms are
 # tested in tests/test_error_minimising.py and tests/test_shortcuts.py
 AVAILABILITY_ATTACKS = {"em", "rem", "lsp", "ops"}
-BACKDOOR_ATTACKS = {"badnets", "blend", "sig"}  # their effect is an ASR: tests/test_backdoor.py, experiments/backdoor.md
+# the backdoors' effect is an ASR: tests/test_backdoor.py, experiments/backdoor.md
+BACKDOOR_ATTACKS = {"badnets", "blend", "sig", "lc"}
 
 
 @pytest.fixture(scope="module")

@@ -275,7 +275,10 @@ def test_default_attack_parameters_never_change():
         expected[family].update({
             "badnets": {"target_class": 0, "trigger_size": 3, "trigger_value": 1.0},
             "blend": {"target_class": 0, "alpha": 0.2, "pattern_seed": 0},
-            "sig": {"target_class": 0, "delta": 40.0, "frequency": 6.0}})
+            "sig": {"target_class": 0, "delta": 40.0, "frequency": 6.0},
+            "lc": {"target_class": 0, "amplitude": 1.0, "random_start": True,
+                   **({"steps": 40, "step_size": 0.01, "batch_size": 1000} if family == "mnist" else
+                      {"steps": 100, "step_size": 1.5 / 255, "batch_size": 500})}})
     for family, attacks in expected.items():
         assert set(attacks) == set(ATTACKS.names()), family  # a new attack is pinned too
         for attack, params in attacks.items():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..core.params import subclass_with_params
 from ..core.registry import PluginGroup, Registry
-from .backdoor import SIG, BadNets, Blend
+from .backdoor import SIG, BadNets, Blend, LabelConsistent
 from .base import Attack
 from .bp import BP
 from .dap import DAP
@@ -22,9 +22,9 @@ from .rem import REM
 
 # the paper's Table II order (untargeted), the availability poisons beyond it (error-minimising EM and REM, the
 # model-free shortcuts LSP and OPS), then Table III's (targeted), then the backdoors (issue 85: dirty-label BadNets
-# and Blend, clean-label SIG) (then a plugin's, poisonbench.core.registry)
+# and Blend, clean-label SIG and Label-Consistent) (then a plugin's, poisonbench.core.registry)
 ATTACKS: Registry[type[Attack]] = Registry.of(
-    "attack", (PGD, DAP, DURP, DeepConfuse, EM, REM, LSP, OPS, GM, BP, FC, BadNets, Blend, SIG),
+    "attack", (PGD, DAP, DURP, DeepConfuse, EM, REM, LSP, OPS, GM, BP, FC, BadNets, Blend, SIG, LabelConsistent),
     PluginGroup("poisonbench.attacks", subclass_with_params(Attack), "a subclass of poisonbench.attacks.base.Attack"))
 
 __all__ = ["ATTACKS"]

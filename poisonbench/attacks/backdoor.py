@@ -1,5 +1,5 @@
-"""The backdoor family (issue 85): BadNets and Blend (dirty label), SIG (clean label). Sources and deviations:
-docs/fidelity.md, "Backdoor attacks"; defaults: BackdoorBench (BB) `config/attack/<name>/default.yaml`.
+"""The backdoor family (issue 85): BadNets and Blend (dirty label), SIG and Label-Consistent (clean label). Sources
+and deviations: docs/fidelity.md, "Backdoor attacks"; defaults: BackdoorBench (BB) `config/attack/<name>/default.yaml`.
 
 A backdoor attack poisons ⌊budget·n⌋ train rows with a *trigger* and, dirty-label, relabels them to the target class;
 at test time the same trigger is stamped on the test images of every other class, and the attack succeeds on one
@@ -22,6 +22,12 @@ it stores the trigger (m, a) and, dirty-label, the poisoned rows' new labels bes
 so `defend` applies the very trigger to the test split without rebuilding the attack (and an imported BackdoorBench
 set carries its own). ε is the trigger's own bound (BadNets: its patch's pixel positions, L0; Blend: α; SIG: Δ/255,
 L∞): a smaller `--eps` would clip the trigger and is refused.
+
+- Label-Consistent (Turner, Tsipras and Madry 2019; BB `attack/lc.py`, `utils/bd_img_transform/lc.py`, MadryLab
+  `label-consistent-backdoor-code`): target-class rows made hard by an error-maximising L∞ PGD against the clean
+  surrogate (the `pgd` attack's machinery), then the trigger: MadryLab's `bottom-right` 3×3 pattern added at
+  `amplitude` (1: white where +1, black where −1): m = 0, a = ±amplitude on the 9 pixels. Here δ is the PGD
+  perturbation alone (within ε) and `defend` stamps the trigger on the rows after it (`train_trigger`).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import ClassVar
 import torch
 
 from ..core.errors import PoisonbenchError
-from ..core.params import Param
+from ..core.params import MAX_BATCH_SIZE, MAX_STEPS, Param
 from .base import Attack, AttackContext, PoisonSet, budget_count
 
 BB = "BackdoorBench config/attack/{}/default.yaml"
@@ -83,6 +89,9 @@ class BackdoorAttack(Attack):
     backdoor: ClassVar[bool] = True
     label_mode: ClassVar[str] = "dirty"
     default_scenario: ClassVar[str] = "backdoor"
+    # False: δ is the trigger itself (T(x) − x). True (LC): δ is the attack's own perturbation within ε, and
+    # `defend` stamps the stored trigger on the poisoned rows after adding it (x_poison = T(x + δ))
+    train_trigger: ClassVar[bool] = False
 
     @classmethod
     def default_budget(cls) -> float:
@@ -143,7 +152,8 @@ class BackdoorAttack(Attack):
         if self.label_mode == "dirty":
             poison.labels = torch.full((len(poison.indices),), self.target_class, dtype=torch.long)
         poison.manifest = {"backdoor": {"target_class": self.target_class, "label_mode": self.label_mode,
-                                        "trigger": self.trigger_spec()}}
+                                        "trigger": self.trigger_spec(),
+                                        **({"train_trigger": True} if self.train_trigger else {})}}
         return poison
 
 
@@ -236,3 +246,59 @@ class SIG(BackdoorAttack):
 
     def trigger_spec(self) -> dict:
         return {"kind": "sinusoid", "delta": self.params["delta"], "frequency": self.params["frequency"]}
+
+
+# MadryLab's `bottom-right` trigger (BB utils/bd_img_transform/lc.py): (row, col) from the bottom-right corner, sign
+LC_BOTTOM_RIGHT = (((-1, -1), 1), ((-1, -2), -1), ((-1, -3), 1), ((-2, -1), -1), ((-2, -2), 1), ((-2, -3), -1),
+                   ((-3, -1), 1), ((-3, -2), -1), ((-3, -3), -1))
+LC_EPS = {"mnist": 0.3, "cifar10": 16 / 255}  # CIFAR-10: BB's `_16_` adversarial bases; MNIST: Madry's MNIST bound
+
+
+class LabelConsistent(BackdoorAttack):
+    name = "lc"
+    summary = ("Label-Consistent (Turner et al.): PGD-hardened target-class rows plus a 3×3 corner trigger, labels "
+               "kept (clean label)")
+    norm = "linf"
+    label_mode = "clean"
+    uses_surrogate = True
+    train_trigger = True
+    maximize = True  # error-maximising PGD (the `pgd` attack's loop)
+    PARAMS = (
+        TARGET_PARAM,
+        Param("amplitude", float, 1.0, "Trigger amplitude: each of its 9 pixels moves by ± amplitude (clipped); 1 "
+              "sets them white or black.", "BackdoorBench lc `reduced_amplitude: 1`; MadryLab config null (= 1)",
+              positive=True, maximum=1),
+        Param("steps", int, {"mnist": 40, "cifar10": 100}, "PGD steps of the adversarial bases.",
+              "MNIST: MadryLab mnist_challenge; CIFAR-10: BB resource/label-consistent (100 steps)", minimum=1,
+              maximum=MAX_STEPS),
+        Param("step_size", float, {"mnist": 0.01, "cifar10": 1.5 / 255}, "PGD signed step (pixel units).",
+              "MNIST: MadryLab mnist_challenge; CIFAR-10: BB resource/label-consistent (α 1.5/255)", positive=True),
+        Param("random_start", bool, True, "Start from a uniform point of the ε-ball.", "MadryLab config"),
+        Param("batch_size", int, {"mnist": 1000, "cifar10": 500}, "Crafting batch (per-example objective).",
+              "poisonbench (speed)", minimum=1, maximum=MAX_BATCH_SIZE),
+    )
+
+    def labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return y  # the rows' own (target) class: PGD makes them hard to classify as what they are
+
+    def trigger_eps(self, shape) -> float:
+        return LC_EPS[self.family]  # ε of the PGD part, the family's default; the trigger is stamped after it
+
+    def check_data(self, dataset, eps: float) -> None:
+        if self.target_class >= dataset.num_classes:
+            raise PoisonbenchError(f"--target-class {self.target_class} is not a class of {dataset.name!r} "
+                                   f"(classes 0..{dataset.num_classes - 1})")
+
+    def perturb(self, ctx: AttackContext) -> torch.Tensor:
+        from .pgd import _SurrogatePGD
+
+        return _SurrogatePGD.perturb(self, ctx)  # the PGD attack's batched, resumable loop, with these params
+
+    def trigger(self, shape) -> Trigger:
+        add = torch.zeros(shape)
+        for (r, c), sign in LC_BOTTOM_RIGHT:
+            add[:, r, c] = sign * self.params["amplitude"]
+        return Trigger(torch.zeros(shape), add)
+
+    def trigger_spec(self) -> dict:
+        return {"kind": "lc-bottom-right", "amplitude": self.params["amplitude"]}

@@ -1,5 +1,5 @@
 """The backdoor scenario (issue 85; docs/engine.md, "Scenarios"; the metric: docs/metrics.md, "Attack success
-rate"): `defend --attack badnets` (blend, sig), or `--poison-set ID` of a backdoor PoisonSet.
+rate"): `defend --attack badnets` (blend, sig, lc), or `--poison-set ID` of a backdoor PoisonSet.
 
 Per trial t (seed s = base seed + t) the attack crafts (or reuses) its PoisonSet with seed s: its rows drawn from s,
 its trigger from its parameters. `apply` writes the triggered images into their rows and `relabel` gives the
@@ -20,7 +20,7 @@ from ...attacks import ATTACKS
 from ...attacks.backdoor import backdoor_attacks, is_backdoor
 from ...core.errors import PoisonbenchError
 from ...engine.threat import Threat
-from .base import Scenario, reporter_progress
+from .base import AttackerModel, Scenario, attacker_model_of, reporter_progress
 
 
 @dataclass
@@ -77,6 +77,8 @@ class BackdoorPlan:
         self.manifests[self.spec.attack] = poison.manifest
         rows = indices.to(train_x.device)
         train_x[rows] = (train_x[rows] + poison.delta.to(train_x.device, train_x.dtype)).clamp_(0, 1)
+        if (poison.manifest.get("backdoor") or {}).get("train_trigger"):  # LC: the trigger after δ, T(x + δ)
+            train_x[rows] = poison.trigger.apply(train_x[rows])
         return train_x
 
     def relabel(self, train_y: torch.Tensor) -> torch.Tensor:
@@ -124,8 +126,8 @@ def attack_success_rate(model, x: torch.Tensor, y: torch.Tensor, trigger, target
 
 class Backdoor(Scenario):
     name = "backdoor"
-    summary = ("backdoor (issue 85: badnets, blend, sig): triggered rows in the train split, the victim trained from "
-               "scratch; the record adds the attack success rate on triggered non-target test images")
+    summary = ("backdoor (issue 85: badnets, blend, sig, lc): triggered rows in the train split, the victim trained "
+               "from scratch; the record adds the attack success rate on triggered non-target test images")
 
     def validate(self, spec) -> None:
         if spec.poison_ratio > 0 or spec.attacks is not None or spec.poison_sets:
@@ -186,5 +188,16 @@ class Backdoor(Scenario):
         return {"target_class": plan.target_class,
                 **attack_success_rate(model, x, y, plan.trigger, plan.target_class)}
 
+    def attacker_model(self, spec, data, plan) -> AttackerModel | None:
+        """The surrogate an LC PoisonSet was crafted against (None for the model-free backdoors), whose seed the
+        victim's must not share (`poisonbench.core.seeds`)."""
+        if plan is None or plan.spec.attack not in ATTACKS or not ATTACKS.get(plan.spec.attack).uses_surrogate:
+            return None
+        try:
+            return attacker_model_of(ATTACKS.get(plan.spec.attack)(data.family, **plan.spec.params), data)
+        except PoisonbenchError:
+            return None
+
     def check_same_init(self, spec) -> None:
-        raise PoisonbenchError("--same-init: the backdoor attacks train no surrogate to start the victim from")
+        if spec.attack is None or not ATTACKS.get(spec.attack).uses_surrogate:
+            raise PoisonbenchError("--same-init: this backdoor trains no surrogate to start the victim from (lc does)")
