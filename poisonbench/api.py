@@ -19,9 +19,13 @@ Options that take comma-separated text on the command line (`attacks`, `mileston
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import types
+import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +37,78 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Crafted", "DefendResult", "PoisonbenchError", "craft", "defend", "plan", "report"]
+
+
+def checked(func: Callable) -> Callable:
+    """`func` (an API function) with its arguments checked against its signature before it runs: an argument it
+    does not take, one missing or given twice, or a value not of the annotated type (`dataset=5`, `results=5`,
+    `grid=None`) is a `PoisonbenchError` naming it, as every other bad input of the API is; never a TypeError or an
+    AttributeError from deep inside. A `pathlib.Path` given for a str is passed on as its text. Values passed on
+    through `**kwargs` (an attack's or a defense's own options) are checked where they are read, as the CLI's are."""
+    signature = inspect.signature(func)
+    hints = {name: eval(p.annotation, func.__globals__) if isinstance(p.annotation, str) else p.annotation
+             for name, p in signature.parameters.items()
+             if p.annotation is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
+    named = [n for n, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD]
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise PoisonbenchError(f"{func.__name__}(): {exc}; its arguments: {', '.join(named)}") from None
+        for name, value in bound.arguments.items():
+            if name in hints and not _fits(value, hints[name]):
+                raise PoisonbenchError(f"{func.__name__}(): {name} takes {_type_text(hints[name])}, got {value!r} "
+                                       f"({type(value).__name__})")
+            if isinstance(value, os.PathLike):  # a pathlib.Path where the API takes a path's text
+                bound.arguments[name] = os.fspath(value)
+        return func(*bound.args, **bound.kwargs)
+
+    return call
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` is of the annotated type `hint` (the forms the API's annotations use); an int is a float, a
+    bool is neither, a list or a tuple stands for a list, a `pathlib.Path` for a str."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is str:  # a path may be a pathlib.Path, as before
+        return isinstance(value, (str, os.PathLike))
+    if hint in (int, float):
+        return isinstance(value, int if hint is int else (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)) or (origin is tuple and len(value) != len(args)):
+            return False
+        return all(_fits(v, a) for v, a in zip(value, args if origin is tuple else [args[0]] * len(value),
+                                               strict=True))
+    if origin is dict:
+        return isinstance(value, Mapping) and all(isinstance(k, str) and _fits(v, args[1])
+                                                  for k, v in value.items())
+    if origin is Callable or hint is Callable:
+        return callable(value)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_text(hint: Any) -> str:
+    """`str | list[str] | None`: an annotation as the message names it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if hint is type(None) or hint is None:
+        return "None"
+    if origin is Callable:
+        return "a callable"
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_text(a) for a in args)}]"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _default(name: str) -> Any:
@@ -48,6 +124,7 @@ def _from_env(name: str, value: Any) -> Any:
     return value
 
 
+@checked
 def craft(attack: str, *, dataset: str | None = None, data_dir: str | None = _default("data_dir"),
           download: bool = _default("download"), npz_split: str | tuple[float, float] | None = None,
           budget: float | None = None, eps: float | None = None, seed: int = 0, target: int | None = None,
@@ -107,6 +184,7 @@ class DefendResult:
         return pd.DataFrame(self.summary())
 
 
+@checked
 def defend(method: str = _default("method"), *,
            dataset: str | None = None,
            data_dir: str | None = _default("data_dir"),
@@ -176,6 +254,7 @@ def defend(method: str = _default("method"), *,
     return DefendResult(outcomes=run_defend(spec, reporter), results=spec.results)
 
 
+@checked
 def report(results: str | None = None, *, table: str | int | None = None, dataset: str | None = None,
            method: str | list[str] | None = None, recipe: str | None = None, model: str | None = None,
            epochs: int | None = None, attacks: str | list[str] | None = None,
@@ -251,6 +330,7 @@ def _params(text: str | None) -> dict | None:
     return json.loads(text) if isinstance(text, str) and text else None
 
 
+@checked
 def plan(grid: str, *, data_dir: str | None = _default("data_dir"), download: bool = _default("download"),
          device: str = _default("device"), compile: str = _default("compile"), accel: str = _default("accel"),
          deterministic: str = _default("deterministic"), results: str | None = None) -> pd.DataFrame:

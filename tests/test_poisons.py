@@ -174,7 +174,7 @@ def test_cli_craft_list_show_validate(tiny, tmp_path, cli):
     (["craft", "--attack", "pgd", "--generator-weights", "x.pt"],
      "option --generator-weights does not apply to attack 'pgd'"),
     (["defend", "--poison-ratio", "0.5", "--poisons", "durp"], "ATTACK=POISON_ID pairs"),
-    (["report", "--attacks", ""], "--attacks is empty"),
+    (["report", "--attacks", ""], "--attacks needs a value, got an empty one"),
     (["report", "--table", "2", "--missing", "--format", "json"], "--format json does not apply"),
     (["defend", "--poison-ratio", "-0.1"], "poison ratio must be in [0, 1]"),
     (["defend", "--poison-ratio", "0.5", "--attacks", "pgd,nope"], "unknown attack 'nope'"),

@@ -17,6 +17,7 @@ from .. import __version__
 from ..attacks import ATTACKS
 from ..core.device import resolve_device
 from ..core.optional import first_line, installed_version, optional_status
+from ..core.printable import printable
 from ..core.provenance import TESTED_TORCH, git_state, torch_version_note
 from ..data.catalog import DATASETS
 from ..defenses import DEFENSES
@@ -100,7 +101,7 @@ def command(
                                             else "")
     table.add_row("torch", torch_text)
     table.add_row("CUDA / cuDNN", f"{report['cuda'] or 'CPU build'} / {report['cudnn'] or '-'}")
-    table.add_row(escape(f"--device {device}"), escape(report["device"]))
+    table.add_row(escape(printable(f"--device {device}")), escape(printable(report["device"])))
     for i, name in enumerate(report["cuda_devices"]):
         table.add_row(f"cuda:{i}", escape(name))
     triton = report["triton"] or ("[yellow]broken: " + escape(report["triton_error"]) + "[/]" if report["triton_error"]
@@ -124,5 +125,6 @@ def command(
         for col in ("kind", "name", "plugin", "version"):
             plugins.add_column(col)
         for part in report["plugins"]:
-            plugins.add_row(*(escape(str(part[k])) for k in ("kind", "name", "plugin", "version")))
+            # a plugin's names are another package's text: control characters shown escaped (core.printable)
+            plugins.add_row(*(escape(printable(part[k])) for k in ("kind", "name", "plugin", "version")))
         console.print(plugins)

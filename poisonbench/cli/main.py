@@ -50,7 +50,8 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
 def load_command(name: str) -> Any:
     """The command `name` as its module builds it, importing the module (and with it torch and the registries): a
     Typer app holding only that command, turned into click (which typer vendors in recent releases), gives it
-    with the same options, panels and help it has under the full tree."""
+    with the same options, panels and help it has under the full tree; an empty value of any of its options or
+    arguments is refused as it is parsed (cli.options.refuse_empty_values)."""
     module_name, attribute, what = COMMANDS[name]
     given = getattr(importlib.import_module(f"{__package__}.{module_name}"), attribute)
     holder = typer.Typer(add_completion=False, context_settings=CONTEXT_SETTINGS)
@@ -59,7 +60,9 @@ def load_command(name: str) -> Any:
         holder.command(name, help=COMMAND_HELP[name])(given() if what == "build command" else given)
     else:
         holder.add_typer(given() if what == "build group" else given, name=name, help=COMMAND_HELP[name])
-    return typer.main.get_command(holder).commands[name]
+    from .options import refuse_empty_values
+
+    return refuse_empty_values(typer.main.get_command(holder).commands[name])
 
 
 class LazyGroup(TyperGroup):

@@ -139,8 +139,7 @@ def check_modes(table: str | None, figure: str | None, fmt: str, missing: bool, 
         raise PoisonbenchError("--missing needs one choice of PoisonSets to complete; --poisons any pools them")
     if table is not None and figure is not None:
         raise PoisonbenchError("pass either --table or --figure, not both")
-    if trials <= 0:
-        raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
+    check_trials(trials)
     if missing and table is None:
         raise PoisonbenchError(f"--missing needs --table; valid choices: {', '.join(TABLES)}")
     if per_trial and not missing:
@@ -150,6 +149,17 @@ def check_modes(table: str | None, figure: str | None, fmt: str, missing: bool, 
     given = [flag for flag, on in views.items() if on]
     if given and table is None and figure is None:
         raise PoisonbenchError(f"{given[0]} applies to --table or --figure only; the plain report has no such view")
+
+
+def check_trials(trials: int) -> None:
+    """A report's `--trials` (the trials a cell should have): 1 to MAX_TRIALS, the most `defend --trials` runs in one
+    call (a sweep grid's limit too); `report missing --per-trial` prints one line per missing trial, so this bounds
+    its output as well."""
+    from ..experiment.spec import MAX_TRIALS
+
+    if not 0 < trials <= MAX_TRIALS:
+        raise PoisonbenchError(f"--trials must be a positive integer, at most {MAX_TRIALS:,} (the most `defend "
+                               f"--trials` runs in one call), got {trials}")
 
 
 def report(table: str | None = None, figure: str | None = None, out: str | None = None, dataset: str | None = None,
@@ -206,7 +216,7 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
             note(f"Figure {figure}: {provenance.caption(shown)}")
         fail_if_mixed(provenance.mixed_crafts(shown), strict, notes=True)
     else:
-        show_plain(records, store, filters, fmt, attacks)
+        fail_if_mixed(show_plain(records, store, filters, fmt, attacks), strict)
 
 
 def show_missing(table: str, records: list[dict], opts, filters: dict, dataset: str | None, per_trial: bool,
@@ -310,9 +320,10 @@ def draw_figures(figure: str, records: list[dict], store: RecordReader, filters:
         print(printable(path))
 
 
-def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str, attacks: str | None) -> None:
+def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str, attacks: str | None) -> list[str]:
     """No --table / --figure: test accuracy mean ± std per configuration; unlike the tables, every attack mix and
-    PoisonSet choice unless --attacks / --poisons name one."""
+    PoisonSet choice unless --attacks / --poisons name one. Returns the lines naming the runs shown that trained on
+    two crafts of one PoisonSet (noted here, as a table's are; what `--strict` fails on)."""
     from ..report import tables
 
     tables.assert_records(records, store.runs, len(store.skipped))
@@ -322,15 +333,16 @@ def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str
              "same configuration (e.g. another --seed); each configuration keeps the newest run per trial and seed")
     for text in summary.attrs.get("craft_notes", []):
         note(text)
+    mixed = summary.attrs.get("mixed", [])
     if summary.empty:
         note(f"no records match ({describe({**filters, 'mix': attacks})})")
         if fmt == "json":
             print("[]")
-        return
+        return mixed
     if fmt != "rich":
         text = lib.render(summary, fmt)
         emit(text if text.endswith("\n") else text + "\n", fmt)
-        return
+        return mixed
     rows = lib.display_rows(summary)
     rich_table = Table(title="poisonbench report")
     for col in rows[0]:
@@ -338,6 +350,7 @@ def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str
     for r in rows:
         rich_table.add_row(*(escape(printable(v)) for v in r.values()))  # a record's text, shown: no markup
     stdout_console().print(rich_table)
+    return mixed
 
 
 def describe(filters: dict) -> str:
@@ -479,14 +492,13 @@ def flag_form(
     run: str = _option(None, "--run", hidden=True, help="Fig. 1: draw this HINT run (record id)."),
     data_dir: str = _option(None, "--data-dir", hidden=True,
                             help="Directory holding the dataset files (--missing, --figure)."),
-    strict: bool = _option(False, "--strict", hidden=True, help="--table / --figure: exit 1 when a cell pools two "
-                                                               "crafts of one PoisonSet."),
+    strict: bool = _option(False, "--strict", hidden=True, help="Exit 1 when the runs shown pool two crafts of one "
+                                                               "PoisonSet."),
 ) -> None:
     """The group's callback: `report` alone (the plain summary) or the flag form; before a subcommand, nothing (its
     options go after the subcommand's name)."""
     if ctx.invoked_subcommand is not None:
-        given = [p.opts[0] for p in ctx.command.params
-                 if getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]
+        given = [p.opts[0] for p in ctx.command.params if given_on_command_line(ctx, p.name)]
         if given:
             raise PoisonbenchError(f"{given[0]} goes after the subcommand: `report {ctx.invoked_subcommand} N "
                                    f"{given[0]} ...`")
@@ -610,8 +622,10 @@ def html_command(
         # OUT.html is a path of its own
         raise PoisonbenchError("`report html` is no grid report (it would write OUT.html outside the workspace); "
                                "run `poisonbench report html OUT.html --results R` after the sweep")
-    if results is not None and records_file is not None:
+    if records_file is not None and given_on_command_line(ctx, "results"):
         raise PoisonbenchError("pass either --results or --records, not both")
+    if records_file is not None:  # $POISONBENCH_RESULTS is a default: --records, given, replaces it
+        results = None
     if records_file is not None and not Path(records_file).is_file():
         raise PoisonbenchError(f"--records {records_file!r}: no such file (a packed records file, made by "
                                "`poisonbench records pack`)")
@@ -625,8 +639,7 @@ def html_command(
         root = results_dir(source)
         inputs = [root / "runs", root / "poisons"]
     check_output(target, force, [*inputs, *([data_dir] if data_dir else [])], label="OUT.html ")
-    if trials <= 0:
-        raise PoisonbenchError(f"--trials must be a positive integer, got {trials}")
+    check_trials(trials)
     methods, _, _ = selection.normal_selection(dataset=dataset, method=method, recipe=recipe, model=model,
                                                epochs=epochs, attacks=None, poisons=None)
     store = open_store(records_file or results)
@@ -648,6 +661,12 @@ def html_command(
                      with_figures=not no_figures)
     write_new_file(target, text.encode("utf-8"), "the HTML report")
     print(printable(str(target)))
+
+
+def given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was given on the command line (not its default, nor its environment variable's: an
+    environment default never counts as an option the user gave)."""
+    return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
 
 
 def group() -> typer.Typer:
@@ -675,18 +694,23 @@ def group() -> typer.Typer:
 def check_report_args(args: list[str]) -> None:
     """Parse `args` as `poisonbench report`'s (either form) and make every check `report` makes before it reads a
     record; raises click's usage errors and PoisonbenchError. Reads nothing."""
-    import typer.main
-
-    typer.main.get_command(group()).main(list(args), prog_name="poisonbench report", standalone_mode=False,
-                                         obj=CHECK_ONLY)
+    click_group().main(list(args), prog_name="poisonbench report", standalone_mode=False, obj=CHECK_ONLY)
 
 
 def run_report(args: list[str]) -> int | None:
     """`poisonbench report ARGS` without the app (cli.main): `sweep run`'s closing report. Returns the exit code of
     a `typer.Exit` (`--strict`), raises what `report` raises."""
+    return click_group().main(list(args), prog_name="poisonbench report", standalone_mode=False)
+
+
+def click_group():
+    """The `report` group as click runs it, refusing empty values as `poisonbench report` does
+    (cli.options.refuse_empty_values)."""
     import typer.main
 
-    return typer.main.get_command(group()).main(list(args), prog_name="poisonbench report", standalone_mode=False)
+    from .options import refuse_empty_values
+
+    return refuse_empty_values(typer.main.get_command(group()))
 
 
 def takes_data_dir(args: list[str]) -> bool:

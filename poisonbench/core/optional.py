@@ -42,7 +42,7 @@ def require(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError:
         raise PoisonbenchError(missing_message(name)) from None
-    except Exception as exc:  # installed but broken (e.g. built for another torch): still one line
+    except (Exception, SystemExit) as exc:  # installed but broken (built for another torch, a sys.exit() in it)
         p = OPTIONAL_PACKAGES[name]
         raise PoisonbenchError(f"{p.feature} needs the package {name!r}, which is installed but fails to import: "
                                f"{first_line(exc)}") from None
@@ -72,7 +72,7 @@ def optional_status() -> list[dict]:
             importlib.import_module(p.module)
         except ImportError:
             error = "not installed"
-        except Exception as exc:  # installed but broken
+        except (Exception, SystemExit) as exc:  # installed but broken
             error = first_line(exc)
         present = error is None
         out.append({"package": p.module, "pip": p.pip, "present": present,

@@ -10,7 +10,10 @@ entry-point group (`poisonbench.attacks`, `poisonbench.defenses`, `poisonbench.d
 docs/extending.md, "A plugin package"). They are looked up and imported once, on the registry's first read, and
 come after the built-in entries. A plugin that cannot be imported, whose entry is not of the registry's kind, or
 whose name is taken (by a built-in entry or an earlier plugin) is left out with a one-line `PoisonbenchWarning`
-naming its distribution and entry point; everything else works as before."""
+naming its distribution and entry point; everything else works as before. A plugin cannot take the CLI down: what its
+import raises is caught whatever it is (an exception, `SystemExit` from a `sys.exit()` at import, `KeyboardInterrupt`,
+`GeneratorExit`), and so is what the checks of its entry raise (a `PARAMS` or `name` that is a property raising when
+read); each is that one warning, and the plugin is left out."""
 
 from __future__ import annotations
 
@@ -60,8 +63,22 @@ def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """`Type: first line of the message` (the type alone without one); `str(exc)` itself may raise (a plugin's
+    exception class): then the type alone."""
+    try:
+        text = str(exc).strip().splitlines()
+    except Exception:
+        text = []
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _shown(entry: object) -> str:
+    """`repr(entry)`, cut to 80 characters; a repr that raises or never ends a line: the type's name."""
+    try:
+        text = repr(entry)
+    except Exception:
+        return f"a {type(entry).__name__} object"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Registry(Generic[T]):
@@ -108,13 +125,18 @@ class Registry(Generic[T]):
         plugin = Plugin(dist, version, f"{ep.group}: {ep.name} = {ep.value}")
         try:
             entry = ep.load()
-        except Exception as exc:
+        except BaseException as exc:  # a plugin's `sys.exit(0)` or KeyboardInterrupt at import too
             return self._warn(plugin, f"failed to import: {_first_line(exc)}")
-        if not self._group.accepts(entry):
-            return self._warn(plugin, f"{entry!r} is not {self._group.wanted}")
-        name = getattr(entry, "name", None)
-        if name != ep.name:
-            return self._warn(plugin, f"its {self.kind} names itself {name!r}, not {ep.name!r} as its entry point")
+        try:  # the checks read the entry's attributes: a property there may raise anything
+            fits = self._group.accepts(entry)
+            name = getattr(entry, "name", None)
+        except BaseException as exc:
+            return self._warn(plugin, f"its entry raised when checked: {_first_line(exc)}")
+        if not fits:
+            return self._warn(plugin, f"{_shown(entry)} is not {self._group.wanted}")
+        if not isinstance(name, str) or name != ep.name:
+            return self._warn(plugin, f"its {self.kind} names itself {_shown(name)}, not {ep.name!r} as its entry "
+                                      "point")
         if name in self._entries:
             taken = self._plugins.get(name)
             by = f"plugin {taken.dist}'s" if taken else "built in"

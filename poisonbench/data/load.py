@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
+from ..core.optional import first_line
 from .catalog import DATASETS, dataset_names
-from .npz import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, read_npz, split_percent
+from .npz import NPZ_TEST_FRACTION, NPZ_VAL_FRACTION, check_npz_images, read_npz, split_percent
 from .splits import SPLIT_SEED, fingerprint, stratified_split
 from .types import Dataset, DatasetSpec, Split
 
@@ -18,6 +19,45 @@ from .types import Dataset, DatasetSpec, Split
 def record_name(name: str) -> str:
     """The dataset name run records carry: a registry name as is, an `.npz` path by its file name."""
     return Path(name).name if name.endswith(".npz") else name
+
+
+def plugin_arrays(spec: DatasetSpec, data_dir: Path | None, download: bool) -> tuple[dict[str, np.ndarray], str]:
+    """What a plugin's dataset loader returns, checked (docs/plugins.md, "Datasets"): a loader that raises, or
+    returns anything but `({"x", "y"} or {"train_x", "train_y", "test_x", "test_y"}: uint8 images N×H×W or N×H×W×C
+    with C 1 or 3, int labels >= 0, one per image; the source text)`, is one line naming the plugin, never a
+    traceback. A `PoisonbenchError` of its own is passed on with the plugin named."""
+    plugin = DATASETS.plugin(spec.name)
+    who = f"dataset {spec.name!r} of plugin {plugin.dist} {plugin.version}"
+    try:
+        got = spec.load(data_dir, download)
+    except PoisonbenchError as exc:
+        raise PoisonbenchError(f"{who}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # a loader's sys.exit() too; Ctrl-C stays Ctrl-C
+        raise PoisonbenchError(f"{who}: its loader failed: {first_line(exc)}") from None
+    if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], dict) and isinstance(got[1], str)):
+        raise PoisonbenchError(f"{who}: its loader returned {type(got).__name__}, not (arrays, source): a dict of "
+                               "numpy arrays and a str")
+    arrays, source = got
+    pairs = [("train_x", "train_y"), ("test_x", "test_y")] if "test_x" in arrays else [("x", "y")]
+    wanted = [k for pair in pairs for k in pair]
+    missing = [k for k in wanted if not isinstance(arrays.get(k), np.ndarray)]
+    if missing:
+        raise PoisonbenchError(f"{who}: its loader returned no numpy array {missing[0]!r}; it returns 'x' and 'y', or "
+                               "'train_x', 'train_y', 'test_x' and 'test_y'")
+    for kx, ky in pairs:
+        x, y = arrays[kx], arrays[ky]
+        try:
+            check_npz_images(x, f"{who}: {kx!r}")
+        except PoisonbenchError as exc:
+            raise PoisonbenchError(str(exc).replace("'x' must", "it must", 1)) from None
+        if (y.ndim != 1 or len(y) != len(x) or not len(y) or not np.issubdtype(y.dtype, np.integer)
+                or y.min() < 0):
+            raise PoisonbenchError(f"{who}: {ky!r} must hold one int label >= 0 per image of {kx!r} ({len(x)}), got "
+                                   f"{y.dtype} {y.shape}")
+    if len(pairs) == 2 and arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
+        raise PoisonbenchError(f"{who}: train images {arrays['train_x'].shape[1:]} and test images "
+                               f"{arrays['test_x'].shape[1:]} differ in shape")
+    return {k: arrays[k].astype(np.int64) if k.endswith("y") else arrays[k] for k in wanted}, source
 
 
 def _to_nchw(x: np.ndarray) -> torch.Tensor:
@@ -51,7 +91,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
                            test_size)
     elif name in DATASETS:
         spec = DATASETS.get(name)
-        arrays, source = spec.load(Path(data_dir) if data_dir else None, download)
+        if DATASETS.plugin(name) is None:
+            arrays, source = spec.load(Path(data_dir) if data_dir else None, download)
+        else:
+            arrays, source = plugin_arrays(spec, Path(data_dir) if data_dir else None, download)
     else:
         raise PoisonbenchError(f"unknown dataset {name!r}; valid choices: {', '.join(dataset_names())}")
 

@@ -41,6 +41,8 @@ class DefendOption:
     metavar: str | None = None
     envvar: str | None = None
     show_default: bool = True
+    # may be given more than once on the command line: the values are merged, comma-joined (`--attack-params`)
+    repeatable: bool = False
 
     @property
     def flag(self) -> str:
@@ -121,7 +123,8 @@ DEFEND_OPTIONS: tuple[DefendOption, ...] = (
                  "Targeted: the setup to take (defend: trial t takes setup I + t).", "threat", metavar="I"),
     DefendOption("attack_params", "--attack-params", str, None,
                  "Targeted: options of --attack (see `craft --help`), e.g. restarts=1,iterations=50; default: the "
-                 "attack's defaults.", "threat", metavar="NAME=VALUE,..."),
+                 "attack's defaults. Given twice, the pairs are merged (an option named twice is refused).",
+                 "threat", metavar="NAME=VALUE,...", repeatable=True),
     DefendOption("trials", "--trials", int, 1,
                  f"Run trials 0..N-1 with seeds seed+t; at most {MAX_TRIALS:,} trials per call.", "trials"),
     DefendOption("trial", "--trial", int, None,
@@ -229,9 +232,8 @@ def convert(flag: str, kind: type, value: Any, may_be_empty: bool = True) -> Any
         return value
     if kind is str:
         text = as_text(value)
-        if not text.strip() and not may_be_empty:
-            raise PoisonbenchError(f"{flag} needs a value, got an empty one; {what_it_takes(flag)} (leave the option "
-                                   "out for its default)")
+        if not may_be_empty:
+            refuse_empty(flag, text)
         return text
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise PoisonbenchError(f"{flag} takes {'an integer' if kind is int else 'a number'}, got {value!r}")
@@ -248,12 +250,23 @@ def convert(flag: str, kind: type, value: Any, may_be_empty: bool = True) -> Any
         raise PoisonbenchError(f"{flag} takes a number, got {value!r}") from None
 
 
+def refuse_empty(flag: str, value: Any, takes: str | None = None, optional: bool = True) -> None:
+    """The one refusal of an empty value (`''`, or only spaces), for every option and argument of every command (the
+    CLI's parsing, cli.options.refuse_empty_values; a grid's values and the API's, `convert`): an empty value never
+    stands for the default. `takes`: what the option takes, when `what_it_takes` does not know the flag;
+    `optional`: an option one may leave out (an argument may not)."""
+    if isinstance(value, str) and not value.strip():
+        advice = " (leave the option out for its default)" if optional else ""
+        raise PoisonbenchError(f"{flag} needs a value, got an empty one ({value!r}); {takes or what_it_takes(flag)}"
+                               f"{advice}")
+
+
 # text options not refused here when empty: `--milestones ''` means no decay, and an empty `--results` is refused by
 # core.workspace with its own message (for every command); every other option needs a value
 MAY_BE_EMPTY = ("milestones", "results")
 
 
-def what_it_takes(flag: str) -> str:
+def what_it_takes(flag: str, default: str = "give a value") -> str:
     """`valid choices: a, b` (a closed set, as it is now) or what the option takes, for the empty-value error."""
     from ..attacks import ATTACKS
     from ..core.device import COMPILE_MODES, DETERMINISTIC_MODES
@@ -275,8 +288,9 @@ def what_it_takes(flag: str) -> str:
     takes = {"--dataset": f"a dataset name ({', '.join(dataset_names())}) or the path of an .npz",
              "--npz-split": "VAL,TEST fractions, e.g. 0.02,0.18", "--poisons": "ATTACK=ID pairs",
              "--poison-set": "a PoisonSet ID", "--setup": "a setup FILE", "--attack-params": "NAME=VALUE pairs",
-             "--data-dir": "a directory", "--device": "valid choices: auto, cpu, cuda, cuda:N"}
-    return takes.get(flag, "give a value")
+             "--data-dir": "a directory", "--device": "valid choices: auto, cpu, cuda, cuda:N",
+             "--out": "a directory", "--partition": "a SLURM partition"}
+    return takes.get(flag, default)
 
 
 def as_text(value: Any) -> str:
@@ -294,10 +308,18 @@ def as_text(value: Any) -> str:
 
 
 def parse_milestones(text: str | None) -> list[int] | None:
+    """`--milestones 30,60` → [30, 60]; `''` → [] (no decay: the one empty value an option takes); an empty entry
+    (`,`, `30,,60`, `30,`) is refused, never dropped."""
     if text is None:
         return None
+    if not text.strip():
+        return []
+    items = [m.strip() for m in text.split(",")]
+    if not all(items):
+        raise PoisonbenchError(f"--milestones: an empty entry in {text!r}; give comma-separated integers (epochs), "
+                               "or '' for no decay")
     try:
-        return [int(m) for m in text.split(",") if m.strip()]
+        return [int(m) for m in items]
     except ValueError:
         raise PoisonbenchError(f"--milestones must be comma-separated integers, got {text!r}") from None
 

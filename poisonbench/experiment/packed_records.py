@@ -131,7 +131,9 @@ def collect(directory: str | Path, grid: GridSelection | None = None) -> Content
         used = set().union(*map(poison_ids_of, out.records))
     if poisons.is_dir():
         for entry in sorted(poisons.iterdir()):
-            if entry.name.startswith(".") or not (entry / MANIFEST_FILE).is_file():  # a writer's temporary directory
+            # a writer's temporary directory, or no PoisonSet at all; a manifest.json that is there but no regular
+            # file (a directory, a link to nowhere) is read, refused and named with the rest
+            if entry.name.startswith(".") or not os.path.lexists(entry / MANIFEST_FILE):
                 continue
             if used is not None and entry.name not in used:  # a PoisonSet no packed run trained on
                 continue

@@ -9,6 +9,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from safetensors.torch import save as st_save
 from .. import __version__
 from ..attacks.base import PoisonSet
 from ..core.bounded import Refused, read_json_file
-from ..core.errors import PoisonbenchError
+from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.io import (
     atomic_write_json,
     ensure_writable,
@@ -146,7 +147,7 @@ def check_poison_id(poison_id: str, prefix: str = "") -> None:
 def read_manifest(results_root, poison_id: str) -> dict:
     check_poison_id(poison_id)
     path = poison_dir(results_root, poison_id) / MANIFEST_FILE
-    if not path.exists():
+    if not os.path.lexists(path):  # a link to nowhere is there, and refused below as no regular file
         known = ", ".join(list_ids(results_root)[:10]) or "none"
         raise PoisonbenchError(f"no poison set {poison_id!r} under {str(path.parent.parent)!r}; known: {known}")
     try:  # a regular file of MAX_JSON_FILE_BYTES at most, nested MAX_DEPTH deep at most (core/bounded.py)
@@ -234,14 +235,18 @@ def list_ids(results_root) -> list[str]:
     root = workspace_subdir(results_root, "poisons")
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_FILE).exists())
+    return sorted(p.name for p in root.iterdir()
+                  if not p.name.startswith(".") and os.path.lexists(p / MANIFEST_FILE))
 
 
 def list_manifests(results_root) -> list[dict]:
+    """The manifests of the workspace's PoisonSets, by poison id; one that cannot be read (not JSON, not a regular
+    file, not a manifest, a directory name that is no poison id) is left out with a one-line `PoisonbenchWarning`
+    naming it and why, never silently."""
     out = []
     for pid in list_ids(results_root):
         try:
             out.append(read_manifest(results_root, pid))
-        except PoisonbenchError:
-            continue
+        except PoisonbenchError as exc:
+            warnings.warn(f"left out: {exc}", PoisonbenchWarning, stacklevel=2)
     return out

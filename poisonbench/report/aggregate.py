@@ -110,5 +110,6 @@ def load_summary(records: list[dict], **filters) -> pd.DataFrame:
         return selected
     summary = summarize(selected)
     shown = rows.loc[summary.attrs["shown"]]
-    summary.attrs["craft_notes"] = craft_notes(shown) + mixed_crafts(shown)  # as under the tables
+    mixed = mixed_crafts(shown)  # what `report --strict` fails on, as under the tables
+    summary.attrs["craft_notes"], summary.attrs["mixed"] = craft_notes(shown) + mixed, mixed
     return summary
