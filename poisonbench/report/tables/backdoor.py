@@ -1,11 +1,11 @@
 """`report table backdoor`: the backdoor family's table of its own (issue 85; docs/metrics.md, "Backdoors").
 
-One block per setting (dataset · model · recipe), one row per (backdoor, defense): the mean attack success rate over
-trials with its 95 % t interval and n, the Wilson interval of the ASR pooled over every triggered test image of the
-cell's runs, the mean clean test accuracy, and each defense's difference from W/o Defense *paired by trial* (the
-same trial of a backdoor trains on the same PoisonSet: seed + trial), mean over the trials both ran [95 % t
-interval]. Per cell, one parameter set of the defense is shown (`primary`, as the matrix); a backdoor's rows show
-one kind of PoisonSet (attack parameters, ε, budget): that of its newest run.
+One block per setting (dataset · model · recipe), one row per (backdoor, defense): the mean attack success rate
+over trials with its 95 % t interval (clipped to [0, 100]) and n, the Wilson interval of the ASR pooled over every
+triggered test image of the cell's runs, the mean clean test accuracy, and each defense's difference from
+W/o Defense *paired by trial* (the same trial of a backdoor trains on the same PoisonSet: seed + trial), mean over
+the trials both ran [95 % t interval]. Per cell, one parameter set of the defense is shown (`primary`, as the
+matrix); a backdoor's rows show one kind of PoisonSet (attack parameters, ε, budget): that of its newest run.
 """
 
 from __future__ import annotations
@@ -25,12 +25,18 @@ COLUMNS = ["attack", "defense", "ASR (%)", "ASR Wilson (pooled)", "clean acc (%)
            "Δ acc (paired)"]
 
 
+def bounded(value: float) -> float:
+    """A t interval's end of a rate (ASR, accuracy), clipped to [0, 1]: the interval of a mean of a few rates far
+    apart (BadNets' 7 %, 20 %, 47 %) reaches past them, and no rate lies there."""
+    return min(1.0, max(0.0, value))
+
+
 def mean_text(st, scale: float = 100.0) -> str:
     if st is None:
         return "–"
     text = f"{scale * st.mean:.2f}"
     if st.n > 1:
-        text += f" [{scale * st.lo:.2f}, {scale * st.hi:.2f}]"
+        text += f" [{scale * bounded(st.lo):.2f}, {scale * bounded(st.hi):.2f}]"
     return text + f" (n={st.n})"
 
 
@@ -84,8 +90,8 @@ def backdoor_table(df: pd.DataFrame, opts: Options) -> Table:
                              "epochs": s.epochs, "setting": s.label, "attack": attack, "method": m,
                              "params": chosen.params_json.iloc[0], "n": asr.n if asr else 0,
                              "asr": num(100 * asr.mean) if asr else None,
-                             "asr_lo": num(100 * asr.lo) if asr and asr.n > 1 else None,
-                             "asr_hi": num(100 * asr.hi) if asr and asr.n > 1 else None,
+                             "asr_lo": num(100 * bounded(asr.lo)) if asr and asr.n > 1 else None,
+                             "asr_hi": num(100 * bounded(asr.hi)) if asr and asr.n > 1 else None,
                              "asr_hits": hits, "asr_n": n, "asr_wilson_low": num(100 * lo) if n else None,
                              "asr_wilson_high": num(100 * hi) if n else None,
                              "clean_acc": num(100 * acc.mean) if acc else None,
