@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from poisonbench.attacks import ATTACKS
-from poisonbench.attacks.backdoor import Trigger, backdoor_attacks
+from poisonbench.attacks import ATTACKS, backdoor_attacks
+from poisonbench.attacks.backdoor import Trigger
 from poisonbench.attacks.base import AttackContext, budget_count, select_indices
 from poisonbench.core.errors import PoisonbenchError
 from poisonbench.data import load_dataset

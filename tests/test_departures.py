@@ -36,6 +36,12 @@ NOT_IN_THE_TABLE = {
     "PB projects only after the first step": "only the starting point differs, inside the same ε-ball",
     "backpropagated through the K train-mode forwards": "UEraser's step on the chosen rows differs only through "
                                                         "BatchNorm's statistics; no record field says so yet",
+    # the backdoor family's (issue 85, 2026-11-28): each value is in the record, but no row and label yet
+    "BB blends `resource/blended/hello_kitty.jpeg`": "Blend's seeded noise pattern: the trigger is stored with the "
+                                                     "PoisonSet; a departures row is owed",
+    "the default budget is 0.05": "SIG's budget is config.poison.budget in every record; a departures row is owed",
+    "the model is the clean shared": "LC's crafting model is the PoisonSet's surrogate (inputs.poisons[*]."
+                                     "crafted_on); a departures row is owed",
 }
 
 

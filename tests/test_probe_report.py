@@ -280,8 +280,8 @@ def test_a_workspace_whose_every_file_is_skipped_is_an_error_that_says_so(cli, t
 # ----------------------------------------------------------------------------------------------- item 9c: echo
 
 @pytest.mark.parametrize("args,needle", [
-    (["--table", "abc"], "unknown table 'abc'; valid choices: 2, 3, 4, 5, matrix"),
-    (["--table", "vi"], "unknown table 'vi'; valid choices: 2, 3, 4, 5, matrix"),
+    (["--table", "abc"], "unknown table 'abc'; valid choices: 2, 3, 4, 5, matrix, backdoor"),
+    (["--table", "vi"], "unknown table 'vi'; valid choices: 2, 3, 4, 5, matrix, backdoor"),
     (["--figure", "RhO2"], "unknown figure 'RhO2'; valid choices: 1, 2, 3, 4, rho"),
 ])
 def test_a_bad_table_or_figure_is_echoed_as_given(cli, tmp_path, args, needle):

@@ -76,12 +76,6 @@ def is_backdoor(cls) -> bool:
     return bool(getattr(cls, "backdoor", False))
 
 
-def backdoor_attacks() -> list[str]:
-    from . import ATTACKS
-
-    return [n for n in ATTACKS.names() if is_backdoor(ATTACKS.get(n))]
-
-
 class BackdoorAttack(Attack):
     """Base class: `trigger(shape)` (the attack's `Trigger` for C×H×W images), `label_mode` dirty (rows drawn from
     the whole split, relabelled to the target) or clean (rows drawn from the target class, labels kept)."""

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...attacks import ATTACKS
-from ...attacks.backdoor import backdoor_attacks, is_backdoor
+from ...attacks import ATTACKS, backdoor_attacks
+from ...attacks.backdoor import is_backdoor
 from ...core.errors import PoisonbenchError
 from ...engine.threat import Threat
 from .base import AttackerModel, Scenario, attacker_model_of, reporter_progress

@@ -53,7 +53,7 @@ def untargeted_attacks() -> list[str]:
 
 def backdoor_names() -> list[str]:
     """The registered backdoor attacks (a column of ASRs is for them)."""
-    from ...attacks.backdoor import backdoor_attacks
+    from ...attacks import backdoor_attacks
 
     return backdoor_attacks()
 
