@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 
 from poisonbench import api
+from poisonbench.attacks import ATTACKS
+from poisonbench.attacks.base import Attack
 from poisonbench.core import registry as registry_module
 from poisonbench.core.errors import PoisonbenchError, PoisonbenchWarning
-from poisonbench.core.params import Param, subclass_with_params
+from poisonbench.core.params import Param
 from poisonbench.core.registry import PluginGroup, Registry
 from poisonbench.data.types import DatasetSpec
+from poisonbench.defenses import DEFENSES
 from poisonbench.engine.hooks import Defense
 
 from .conftest import one_line_error, write_npz
@@ -52,9 +55,9 @@ def import_site(tmp_path, monkeypatch):
 
 
 def defense_registry(monkeypatch, found) -> Registry:
+    """A registry of `none` alone that takes plugins as the CLI's DEFENSES does (its plugin group: the same checks)."""
     monkeypatch.setattr(registry_module, "entry_points_of", lambda group: found)
-    return Registry.of("method", (Defense,), PluginGroup("poisonbench.defenses", subclass_with_params(Defense),
-                                                         "a defense"))
+    return Registry.of("method", (Defense,), DEFENSES._group)
 
 
 @pytest.mark.parametrize(("module", "why"), [
@@ -88,6 +91,35 @@ class Raises(type):
         return cls.__dict__.get("entry", "x")
 
 
+class RaisesInSummary(type):
+    """A metaclass whose one-line summaries (a defense's `summary_text`, an attack's `summary`), read on the class
+    when the CLI builds `--help-method` / `--help-attack`, raise."""
+
+    @property
+    def summary_text(cls):
+        raise LookupError("summary_text raised")
+
+    @property
+    def summary(cls):
+        raise LookupError("summary raised")
+
+
+class RaisingSummary(Defense, metaclass=RaisesInSummary):
+    name = "raising-summary"
+    PARAMS = ()
+
+
+class SummaryNotText(Defense):
+    name = "summary-not-text"
+    PARAMS = ()
+    summary_text = ("a", "tuple")
+
+
+class RaisingAttackSummary(Attack, metaclass=RaisesInSummary):
+    name = "raising-summary"
+    PARAMS = ()
+
+
 class RaisingParams(Defense, metaclass=Raises):
     bad_params = True
     entry = "raising-params"
@@ -111,6 +143,10 @@ class Fine(Defense):
     ("raising-params", "RaisingParams", "its entry raised when checked: RuntimeError: PARAMS raised"),
     ("raising-name", "RaisingName", "its entry raised when checked: ValueError: name raised"),
     ("seven", "NameNotText", "its method names itself 7, not 'seven' as its entry point"),
+    ("raising-summary", "RaisingSummary", "its entry raised when checked: LookupError: summary_text raised"),
+    ("summary-not-text", "SummaryNotText",
+     f"<class '{__name__}.SummaryNotText'> is not a subclass of poisonbench.engine.hooks.Defense with PARAMS (a "
+     "tuple of Param) and summary_text (a str)"),
 ])
 def test_a_plugin_whose_attributes_raise_when_read_is_one_warning(tmp_path, monkeypatch, entry, attr, why):
     found = points(tmp_path / "meta", "pb-test", "1.0", {entry: f"{__name__}:{attr}", "fine": f"{__name__}:Fine"})
@@ -119,6 +155,19 @@ def test_a_plugin_whose_attributes_raise_when_read_is_one_warning(tmp_path, monk
         assert reg.names() == ["none", "fine"]  # the fit plugin after it is still taken
     assert [str(w.message) for w in caught] == [
         f"plugin pb-test 1.0 (poisonbench.defenses: {entry} = {__name__}:{attr}) left out: {why}"]
+
+
+def test_an_attack_plugin_whose_summary_raises_is_one_warning(tmp_path, monkeypatch):
+    """`--help-attack` reads every attack's `summary` when the CLI is built: one that raises is left out at load."""
+    found = points(tmp_path / "meta", "pb-test", "1.0", {"raising-summary": f"{__name__}:RaisingAttackSummary"},
+                   group="poisonbench.attacks")
+    monkeypatch.setattr(registry_module, "entry_points_of", lambda group: found)
+    reg = Registry.of("attack", (), ATTACKS._group)
+    with pytest.warns(PoisonbenchWarning) as caught:
+        assert reg.names() == []
+    assert [str(w.message) for w in caught] == [
+        f"plugin pb-test 1.0 (poisonbench.attacks: raising-summary = {__name__}:RaisingAttackSummary) left out: "
+        "its entry raised when checked: LookupError: summary raised"]
 
 
 def test_the_cli_survives_plugins_that_exit_or_interrupt_at_import(tmp_path):

@@ -153,7 +153,7 @@ def test_broken_plugins_are_one_line_each_and_the_cli_still_works(broken_site, t
         "Warning: plugin pb-broken 0.2 (poisonbench.defenses: hint = pb_broken.parts:Hint) left out: method 'hint' "
         "is built in; refused",
         "Warning: plugin pb-broken 0.2 (poisonbench.attacks: three = pb_broken.parts:THREE) left out: 3 is not a "
-        "subclass of poisonbench.attacks.base.Attack",
+        "subclass of poisonbench.attacks.base.Attack with PARAMS (a tuple of Param) and summary (a str)",
         "Warning: plugin pb-broken 0.2 (poisonbench.datasets: other-name = pb_broken.parts:SPEC) left out: its "
         "dataset names itself 'mnist-5k', not 'other-name' as its entry point",
     ])

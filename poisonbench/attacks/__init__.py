@@ -25,7 +25,8 @@ from .rem import REM
 # and Blend, clean-label SIG and Label-Consistent) (then a plugin's, poisonbench.core.registry)
 ATTACKS: Registry[type[Attack]] = Registry.of(
     "attack", (PGD, DAP, DURP, DeepConfuse, EM, REM, LSP, OPS, GM, BP, FC, BadNets, Blend, SIG, LabelConsistent),
-    PluginGroup("poisonbench.attacks", subclass_with_params(Attack), "a subclass of poisonbench.attacks.base.Attack"))
+    PluginGroup("poisonbench.attacks", subclass_with_params(Attack, texts=("summary",)),
+                "a subclass of poisonbench.attacks.base.Attack with PARAMS (a tuple of Param) and summary (a str)"))
 
 __all__ = ["ATTACKS", "backdoor_attacks"]
 

@@ -158,14 +158,18 @@ class GeneratedOption:
         return next(iter(self.owners.values())).cli_type
 
 
-def subclass_with_params(base: type) -> Callable[[object], bool]:
-    """Whether an entry is a subclass of `base` whose `PARAMS` is a tuple of `Param`s: what a plugin's attack or
-    defense must be (poisonbench.core.registry, "Plugins")."""
+def subclass_with_params(base: type, texts: tuple[str, ...] = ()) -> Callable[[object], bool]:
+    """Whether an entry is a subclass of `base` whose `PARAMS` is a tuple of `Param`s and whose class attributes
+    `texts` (the one-line summary `--help-method` / `--help-attack` print) are strings: what a plugin's attack or
+    defense must be (poisonbench.core.registry, "Plugins"). The CLI reads `PARAMS` and the summaries while it is
+    built: they are read here, at load, so that one that raises leaves the plugin out with a warning instead of
+    taking every command down."""
 
     def accepts(entry: object) -> bool:
         params = getattr(entry, "PARAMS", None)
         return (isinstance(entry, type) and issubclass(entry, base) and isinstance(params, tuple)
-                and all(isinstance(p, Param) for p in params))
+                and all(isinstance(p, Param) for p in params)
+                and all(isinstance(getattr(entry, text, None), str) for text in texts))
 
     return accepts
 

@@ -30,8 +30,9 @@ from .ueraser import UEraser
 DEFENSES: Registry[type[Defense]] = Registry.of(
     "method", (Defense, Hint, Friends, Atda, Epic, DeepKnn, L2Filter, OneClassSvmFilter, RandomFilter,
                SpectralSignatures, ActivationClustering, Iss, UEraser, DpSgd, Oracle),
-    PluginGroup("poisonbench.defenses", subclass_with_params(Defense),
-                "a subclass of poisonbench.engine.hooks.Defense"))
+    PluginGroup("poisonbench.defenses", subclass_with_params(Defense, texts=("summary_text",)),
+                "a subclass of poisonbench.engine.hooks.Defense with PARAMS (a tuple of Param) and summary_text "
+                "(a str)"))
 
 
 def build_defense(name: str, family: str, recipe, threat: Threat | None = None, **params) -> Defense:
