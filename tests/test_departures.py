@@ -36,12 +36,6 @@ NOT_IN_THE_TABLE = {
     "PB projects only after the first step": "only the starting point differs, inside the same ε-ball",
     "backpropagated through the K train-mode forwards": "UEraser's step on the chosen rows differs only through "
                                                         "BatchNorm's statistics; no record field says so yet",
-    # the backdoor family's (issue 85, 2026-11-28): each value is in the record, but no row and label yet
-    "BB blends `resource/blended/hello_kitty.jpeg`": "Blend's seeded noise pattern: the trigger is stored with the "
-                                                     "PoisonSet; a departures row is owed",
-    "the default budget is 0.05": "SIG's budget is config.poison.budget in every record; a departures row is owed",
-    "the model is the clean shared": "LC's crafting model is the PoisonSet's surrogate (inputs.poisons[*]."
-                                     "crafted_on); a departures row is owed",
 }
 
 
@@ -171,6 +165,29 @@ def dpsgd_batchnorm() -> list[str]:
     return [dpsgd.BN_HANDLING]
 
 
+def backdoor_config_of(attack: str, rows: int = 3900) -> str:
+    """`config.poison` of a backdoor run of `attack` at its defaults on `rows` train rows (what the record holds)."""
+    from types import SimpleNamespace
+
+    from poisonbench.experiment.scenarios.backdoor import backdoor_config
+
+    cls = ATTACKS.get(attack)
+    spec = SimpleNamespace(attack=attack, eps=None, params=cls("mnist").params, poison_id="0" * 16)
+    return json.dumps(backdoor_config(spec, rows, round(cls.default_budget() * rows)))
+
+
+def lc_surrogate(tmp_path: Path) -> list[str]:
+    """LC's bases come from the clean shared surrogate: the very model PGD's do (not an adversarially trained one)."""
+    from poisonbench.data import load_dataset
+    from tests.conftest import write_npz
+
+    data = load_dataset(str(write_npz(tmp_path, n=40, size=16, classes=4)))
+    lc = ATTACKS.get("lc")(data.family)
+    assert lc.uses_surrogate and lc.surrogate_ref(data) == ATTACKS.get("pgd")(data.family).surrogate_ref(data)
+    info = {"id": lc.surrogate_ref(data), "kind": "surrogates"}
+    return [json.dumps(poison_entry("lc", {"dataset": data.name, "params": lc.params, "surrogate_info": info}))]
+
+
 def defense_defaults(method: str, recipe: str = "quick", kind: str = "untargeted") -> list[str]:
     threat = threat_of_config({"poison": {"kind": kind}})
     return [json.dumps(DEFENSES.get(method).defaults("mnist", resolve_recipe("mnist", recipe), threat))]
@@ -190,6 +207,9 @@ CHECKS = {
     "atda-l2-fat": lambda tmp: defense_defaults("atda"),
     "hint-paper-over-code": lambda tmp: defense_defaults("hint"),
     "friends-begin": lambda tmp: defense_defaults("friends"),
+    "blend-noise-pattern": lambda tmp: [backdoor_config_of("blend")],
+    "clean-label-backdoor-budget": lambda tmp: [backdoor_config_of("sig"), backdoor_config_of("lc")],
+    "lc-clean-surrogate": lc_surrogate,
 }
 
 
