@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from poisonbench.attacks import ATTACKS
+from poisonbench.attacks import ATTACKS, backdoor_attacks
 from poisonbench.core.hashing import short_hash
 from poisonbench.defenses import DEFENSES
 from poisonbench.report import tables
@@ -135,20 +135,29 @@ def test_cli_table_json_png_and_bad_values(cli, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- the grid
 
-def test_matrix_quick_covers_every_defense_against_every_untargeted_attack_alone():
-    """Read from the registries: a defense or an untargeted attack registered without a place in the grid fails."""
+def test_matrix_quick_covers_every_defense_against_every_untargeted_attack_alone_and_every_backdoor():
+    """Read from the registries: a defense, an untargeted attack or a backdoor registered without a place in the
+    grid fails. The untargeted attacks run alone at ρ = 1.0 (the oracle, which would keep no row, has no place);
+    the backdoors at their default budget, against every defense, the oracle included."""
     grid = load_grid("matrix-quick")
-    untargeted = {a for a in ATTACKS.names()  # the backdoors (issue 85) are their own family, not in this grid
-                  if not ATTACKS.get(a).targeted and not getattr(ATTACKS.get(a), "backdoor", False)}
-    assert all(len(r.get("attacks")) == 1 for r in grid.runs)  # each attack alone, never a mix
-    pairs = {(r.get("method"), r.get("attacks")[0]) for r in grid.runs}
-    assert all(r.get("dataset") == "mnist-5k" and r.get("recipe") == "quick" and r.get("poison_ratio") == 1.0
-               for r in grid.runs)
+    backdoors = set(backdoor_attacks())
+    untargeted = {a for a in ATTACKS.names() if not ATTACKS.get(a).targeted and a not in backdoors}
+    mixes = [r for r in grid.runs if r.get("attacks") is not None]
+    assert all(len(r.get("attacks")) == 1 for r in mixes)  # each attack alone, never a mix
+    assert all(r.get("poison_ratio") == 1.0 for r in mixes)
+    pairs = {(r.get("method"), r.get("attacks")[0]) for r in mixes}
+    backdoor_runs = [r for r in grid.runs if r.get("attacks") is None]
+    assert all(r.get("attack") in backdoors and not r.get("poison_ratio") and r.get("budget") is None
+               for r in backdoor_runs)  # the default budget: no ρ, no --budget
+    assert all(r.get("dataset") == "mnist-5k" and r.get("recipe") == "quick" for r in grid.runs)
     assert {r.trial for r in grid.runs} == {0}
-    # an upper bound (the oracle) would keep no row at ρ = 1.0: it has no place in this grid
     wanted = {(m, a) for m in DEFENSES.names() if not DEFENSES.get(m).sees_poison_mask for a in untargeted}
     missing = wanted - pairs
     assert not missing, f"matrix-quick lacks {sorted(missing)}"
+    backdoor_pairs = {(r.get("method"), r.get("attack")) for r in backdoor_runs}
+    missing = {(m, a) for m in DEFENSES.names() for a in backdoors} - backdoor_pairs
+    assert not missing, f"matrix-quick lacks {sorted(missing)}"
+    assert len(backdoor_pairs) == len(backdoor_runs)  # one run a pair
     assert grid.report[:2] == ["--table", "matrix"]
 
 
