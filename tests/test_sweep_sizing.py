@@ -219,3 +219,92 @@ def test_sweep_run_workers_auto_reads_the_workspaces_peaks(cli, tmp_path, monkey
     assert code == 1
     assert FakePool.made == [(fitting(40000.0, 1500.0), 64 // fitting(40000.0, 1500.0))] == [(15, 4)]
     assert "1500 MiB peak per run (the largest of 1 record(s) in the workspace)" in " ".join(err.split())
+
+
+# --- whole lines and the edges mutation testing found unpinned (issue 82, 2026-11-28) ---------------------------
+
+@pytest.mark.parametrize(("c", "line"), [
+    (1, "1 worker: no GPU, 1 thread each, from 1 core: one run at a time with all of them (the default)"),
+    (2, "1 worker: no GPU, 2 threads each, from 2 cores: one run at a time with all of them (the default)"),
+])
+def test_the_no_gpu_line_whole(c, line):
+    assert size(None, DEFAULT_PEAK_MIB, "x", c, 0).line() == line
+
+
+def test_the_unreadable_memory_and_nothing_fits_lines_whole():
+    assert size(None, 100.0, "x", 8, 2).line() == (
+        "2 workers: 1 per device × 2 devices, 4 threads each, from the GPU's free memory, which could not be read "
+        "(one run per device)")
+    assert size(100.0, 1000.0, "the records", 3, 1).line() == (
+        "1 worker: 1 per device × 1 device, 3 threads each, from 100 MiB free per device, 1000 MiB peak per run "
+        "(the records), 3 cores: bound by memory (not even one run fits: one at a time)")
+
+
+@pytest.mark.parametrize(("workers", "c", "expected"), [(1, 8, 8), (1, 1, 1), (0, 8, 8), (3, 8, 2), (9, 8, 1)])
+def test_threads_each_splits_the_cores_one_at_least(workers, c, expected):
+    assert threads_each(workers, c) == expected
+
+
+@pytest.mark.parametrize(("m", "p"), [(0.0, 100.0), (-5.0, 100.0), (math.nan, 100.0), (math.inf, 100.0),
+                                      (1e6, math.nan), (1e6, -1e9), (1e6, math.inf)])
+def test_fitting_is_zero_for_memory_or_footprints_that_are_not_positive_finite(m, p):
+    assert fitting(m, p) == 0
+
+
+def test_fitting_counts_footprints_below_one_mib():
+    """The contract is arithmetic (the largest k with k × footprint ≤ share × memory), whatever the sizes: a
+    footprint of 0.5 MiB (a peak below −CONTEXT_MIB, as only a caller can pass) in 0.9 MiB fits once."""
+    p = (0.5 - sizing.CONTEXT_MIB) / sizing.ALLOCATOR_SLACK
+    assert run_footprint_mib(p) == pytest.approx(0.5)
+    assert fitting(1.0, p) == 1
+    assert fitting(2.0, p) == 3  # 1.8 / 0.5
+
+
+def _child(monkeypatch, stdout="", returncode=0, raises=None):
+    """Stub the child process `free_memory_mib` starts; the calls it was given."""
+    import subprocess
+
+    calls = []
+
+    def run(args, **kwargs):
+        calls.append((args, kwargs))
+        if raises is not None:
+            raise raises
+        return subprocess.CompletedProcess(args, returncode, stdout=stdout, stderr="")
+
+    monkeypatch.setattr(sizing.subprocess, "run", run)
+    return calls
+
+
+def test_free_memory_is_read_in_a_child_process_one_figure_per_device(monkeypatch):
+    calls = _child(monkeypatch, stdout="torch says hello\n[1024.5, 2048]\n")
+    assert sizing.free_memory_mib(timeout=7.0) == [1024.5, 2048.0]
+    (args, kwargs), = calls
+    assert args[0] == sizing.sys.executable and args[1] == "-c"
+    assert "torch.cuda.mem_get_info(i)[0] / 2**20 for i in range(torch.cuda.device_count())" in args[2]
+    assert kwargs["timeout"] == 7.0 and kwargs["env"]["OMP_NUM_THREADS"] == "1"
+    assert kwargs["capture_output"] is True and kwargs["text"] is True
+
+
+@pytest.mark.parametrize(("stdout", "returncode", "raises"), [
+    ("[1024]\n", 1, None),                      # the child failed
+    ("[]\n", 0, None),                          # no device
+    ("{}\n", 0, None),                          # not a list
+    ("not json\n", 0, None),
+    ("", 0, None),                              # nothing printed
+    ("", 0, OSError("no python")),
+    ("", 0, __import__("subprocess").TimeoutExpired("python", 1.0)),
+])
+def test_free_memory_that_cannot_be_read_is_none(monkeypatch, stdout, returncode, raises):
+    _child(monkeypatch, stdout=stdout, returncode=returncode, raises=raises)
+    assert sizing.free_memory_mib() is None
+
+
+def test_the_cores_are_the_processs_affinity(monkeypatch):
+    monkeypatch.setattr(sizing.os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert sizing.cores_available() == 3
+    monkeypatch.delattr(sizing.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(sizing.os, "cpu_count", lambda: None)
+    assert sizing.cores_available() == 1
+    monkeypatch.setattr(sizing.os, "cpu_count", lambda: 6)
+    assert sizing.cores_available() == 6
