@@ -164,3 +164,148 @@ def test_the_privacy_notes_epsilon_range_is_min_to_max_whatever_the_records_orde
             "dpsgd (clip 1, noise_multiplier 1, sampling poisson): ε = 2.25–9.5 (4 runs) at δ = min(1e-5, n^-1.1) "
             "= 1e-05 (RDP, dp-accounting; q 0.03226, σ 1, 310 steps; PLD ε = 1.25–3.75 (4 runs)) — Poisson-sampled "
             "batches: the RDP bound holds"]
+
+
+# --- 6. the HTML page keeps Table III's Wilson intervals --------------------------------------------------------
+
+def test_the_html_pages_table_iii_gives_each_success_count_its_wilson_interval():
+    """Every Table III success count of ours shows on the page as `k/n [lo–hi%]`, the 95 % Wilson interval computed
+    here (the whole CSP is pinned by test_report_html.py::test_the_content_security_policy_is_pinned). (Planted:
+    `table_options` with `wilson=False`, which the JSON-table comparison lets through as a cell's prefix.)"""
+    from poisonbench.report import html as report_html
+    from poisonbench.report import tables
+    from poisonbench.report.tables.stats import wilson
+    from tests.report_records import synthetic_records
+    from tests.test_report_html import Page
+
+    records = synthetic_records()
+    filters = {"dataset": None, "model": None, "recipe": None, "epochs": None, "methods": None}
+    page = Page(report_html.page(records, "ws", filters, trials=5, with_figures=False))
+    cells = [c for rows in page.sections["table-3"].values() for r in rows for c in r]
+    built = tables.build("3", records, tables.Options(trials=5, paper=True, ci=True),
+                         **report_html.table_filters("3", filters))
+    counts = [(row["successes"], row["trials"]) for row in built.data if row["trials"]]
+    assert len(counts) > 3
+    for k, n in counts:
+        lo, hi = wilson(k, n)
+        assert f"{k}/{n} [{100 * lo:.0f}–{100 * hi:.0f}%]" in cells, (k, n)
+    shown = [c for c in cells if c.split(" ")[0].count("/") == 1 and c.split(" ")[0].replace("/", "").isdigit()]
+    ours = [c for c in shown if " [" in c]
+    assert len(ours) == len(counts)
+
+
+# --- 7, 8. one run id, one craft: the refusal, and a legacy targeted record ------------------------------------
+
+PID = "ab" * 8
+OURS, DISK = "1" * 64, "2" * 64
+
+
+def legacy_targeted(sha: str, acc: float = 0.5) -> dict:
+    """A targeted (bp) record from before `inputs`: its craft only in `config.poison.poison_id` and
+    `poison_tensors`."""
+    from poisonbench.core.hashing import short_hash
+    from tests.report_records import make_record
+
+    record = make_record(targeted={"attack": "bp", "target_index": 7, "target_class": 3, "intended_class": 5,
+                                   "success": True}, acc=acc)
+    record["config"]["poison"]["poison_id"] = PID
+    record["run_id"] = short_hash(record["config"])
+    record["poison_tensors"] = {"bp": sha}
+    assert "inputs" not in record
+    return record
+
+
+def test_a_craft_clash_with_the_disk_names_the_records_craft_and_the_disks_the_right_way_round():
+    """`defend`'s refusal of a record trained on another craft than the PoisonSet on disk, whole: the record's craft
+    first, the disk's second. (Planted: the pair unpacked as `(disk, ours)` in `clash_message`.)"""
+    from poisonbench.experiment.craft_check import clash_message, clash_with_disk
+
+    record = legacy_targeted(OURS)
+    clash = clash_with_disk(record, "unused", cache={PID: DISK})
+    assert clash == {PID: (OURS, DISK)}
+    assert clash_message("r1", clash, "res") == (
+        "run r1: its record trained on another craft than the PoisonSets in res (PoisonSet abababababababab as craft "
+        "abababab@11111111 in the record, abababab@22222222 on disk); the record is not of these poisons (a re-craft: "
+        "another machine, torch or code version). Put back the files of the record's craft, or pass --force to train "
+        "on the one on disk and replace the record")
+
+
+def test_a_legacy_targeted_record_takes_part_in_one_run_id_one_craft(tmp_path):
+    """A targeted record with `poison_tensors` and no `inputs` names its craft ({poison id: sha256}); the store
+    refuses a record of the same run on another craft, in one whole line naming the stored craft and then the new
+    one, and replaces it with `replace`. (Planted: the targeted branch of `record_crafts` maps id → attack.)"""
+    from poisonbench.core.errors import PoisonbenchError, PoisonbenchWarning
+    from poisonbench.experiment.records import RunStore
+    from poisonbench.experiment.run_inputs import record_crafts, record_crafts_or_unknown
+
+    stored, new = legacy_targeted(DISK), legacy_targeted(OURS, acc=0.6)
+    assert record_crafts(stored) == record_crafts_or_unknown(stored) == {PID: DISK}
+    store = RunStore(tmp_path / "res")
+    store.put(stored)
+    path = store.path(stored["run_id"])
+    before = path.read_bytes()
+    with pytest.raises(PoisonbenchError) as refused:
+        store.put(new)
+    assert str(refused.value) == (
+        f"run {new['run_id']}: {path} holds its record trained on craft(s) abababab@22222222; this one trained on "
+        "abababab@11111111: refusing to replace it (one run id, one craft); keep this run in another --results, or "
+        "re-run with --force to replace it")
+    assert path.read_bytes() == before
+    with pytest.warns(PoisonbenchWarning, match="replacing it"):
+        store.put(new, replace=True)
+    assert store.get(new["run_id"])["poison_tensors"] == {"bp": OURS}
+
+
+# --- 9. api.report(table=…) keeps the CLI's notes ---------------------------------------------------------------
+
+def test_the_api_tables_notes_are_the_clis_whole_lines_and_none_left_out(cli, tmp_path):
+    """`api.report(table=2)`'s `attrs["notes"]` are exactly the notes `report table 2 --format json` gives (table
+    notes, then each block's), and each is a whole line of the Markdown output; DP-SGD's ε and the mixed crafts
+    among them. (Planted: the table-level notes left out of `attrs`, which test_hardening_round3's subset check
+    lets through.)"""
+    import json
+
+    from poisonbench import api
+    from poisonbench.core.hashing import short_hash
+
+    from .test_run_identity import IDS, craft, mix_record, workspace
+
+    dp = mix_record(0, craft("a"), method="dpsgd")
+    dp["config"]["defense"].update(clip=1.0, noise_multiplier=1.1, sampling="poisson")
+    dp["defense"] = {"accounting": {"delta": 1e-5, "delta_rule": "1/n", "epsilon": 2.5, "guarantee": True,
+                                    "noise_multiplier": 1.1, "sample_rate": 0.01, "sampling": "poisson",
+                                    "steps": 100, "epsilon_note": "x"}}
+    dp["run_id"] = short_hash(dp["config"])
+    root = tmp_path / "res"
+    workspace(root, [mix_record(t, craft("a"), method="none") for t in range(2)]
+              + [mix_record(t, craft("b"), method="hint") for t in range(2)] + [dp])
+    notes = api.report(str(root), table=2).attrs["notes"]
+    code, out, err = cli("report", "table", "2", "--results", root, "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert notes == [*doc["table_notes"], *(n for b in doc["notes"] for n in b["notes"])]
+    assert any(n.startswith("dpsgd (clip 1, noise_multiplier 1.1, sampling poisson)") and "ε = 2.5 at δ" in n
+               for n in notes)
+    assert any(f"PoisonSet {IDS['pgd'][:8]} in 2 crafts among the runs shown" in n for n in notes)
+    code, out, err = cli("report", "table", "2", "--results", root, "--format", "md")
+    assert code == 0, err
+    lines = out.splitlines()
+    for note in notes:
+        assert f"- {note}" in lines, note
+
+
+# --- 10. a blank --results ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["poisons", "list"], ["report"], ["report", "table", "2"],
+                                  ["defend", "--method", "none"], ["craft", "--attack", "pgd"]])
+def test_a_blank_results_is_refused_in_one_whole_line_and_writes_nothing(cli, tmp_path, monkeypatch, args):
+    """`--results "  "` (an unset variable in quotes, say) is never a directory named by blanks nor the default:
+    exit 2, this one line, nothing written. (Planted: `results_dir` tests `not path`, not `not path.strip()`.)"""
+    from .conftest import one_line_error
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(*args, "--results", "  ")
+    one_line_error(code, err)
+    assert err.strip() == ("Error: --results is empty ('  '); pass a directory, or leave the option out for "
+                           "$POISONBENCH_RESULTS or ./results")
+    assert list(tmp_path.iterdir()) == []
