@@ -309,3 +309,18 @@ def test_a_blank_results_is_refused_in_one_whole_line_and_writes_nothing(cli, tm
     assert err.strip() == ("Error: --results is empty ('  '); pass a directory, or leave the option out for "
                            "$POISONBENCH_RESULTS or ./results")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unpacks_craft_conflict_names_the_stored_craft_and_the_packed_one_the_right_way_round(tmp_path):
+    """`records unpack`'s reason for not replacing a stored record of the same run on another craft, whole: the
+    file's craft, then the packed record's. (Planted: `stored` and `ours` swapped in `packed_records._conflict`.)"""
+    import json
+
+    from poisonbench.experiment.packed_records import _conflict
+
+    stored, packed = legacy_targeted(DISK), legacy_targeted(OURS, acc=0.6)
+    path = tmp_path / "runs" / f"{stored['run_id']}.json"
+    assert _conflict(path, json.dumps(stored).encode(), packed) == (
+        f"run {packed['run_id']}: {str(path)!r} trained on craft abababab@22222222, the packed record on craft "
+        "abababab@11111111")
+    assert _conflict(path, b"{}", packed) == f"{str(path)!r} exists with other contents"
