@@ -281,7 +281,9 @@ def test_free_memory_is_read_in_a_child_process_one_figure_per_device(monkeypatc
     assert sizing.free_memory_mib(timeout=7.0) == [1024.5, 2048.0]
     (args, kwargs), = calls
     assert args[0] == sizing.sys.executable and args[1] == "-c"
-    assert "torch.cuda.mem_get_info(i)[0] / 2**20 for i in range(torch.cuda.device_count())" in args[2]
+    assert args[2] == ("import json, torch\n"  # the whole program the child runs
+                       "print(json.dumps([torch.cuda.mem_get_info(i)[0] / 2**20 "
+                       "for i in range(torch.cuda.device_count())]))")
     assert kwargs["timeout"] == 7.0 and kwargs["env"]["OMP_NUM_THREADS"] == "1"
     assert kwargs["capture_output"] is True and kwargs["text"] is True
 
