@@ -324,3 +324,157 @@ def test_unpacks_craft_conflict_names_the_stored_craft_and_the_packed_one_the_ri
         f"run {packed['run_id']}: {str(path)!r} trained on craft abababab@22222222, the packed record on craft "
         "abababab@11111111")
     assert _conflict(path, b"{}", packed) == f"{str(path)!r} exists with other contents"
+
+
+# --- 10. every bounded reader takes a file exactly at its limit and refuses one byte more ------------------------
+
+def padded(data: bytes, size: int, fill: bytes = b" ") -> bytes:
+    """`data` then `fill` (JSON or TOML whitespace) up to exactly `size` bytes."""
+    assert len(data) <= size
+    return data + fill * (size - len(data))
+
+
+def test_the_bounded_reader_takes_a_file_of_exactly_max_bytes_and_refuses_one_more(tmp_path):
+    """`read_bytes`, `read_json_file` and `read_text` at a bound of 100 bytes: 100 read whole, 101 refused unread,
+    the whole line; 0 bytes read as nothing. (Planted: `len(data) >= max_bytes`.)"""
+    from poisonbench.core import bounded
+
+    path = tmp_path / "f.json"
+    for size in (0, 1, 99, 100):
+        path.write_bytes(padded(b"", size))
+        assert bounded.read_bytes(path, 100) == b" " * size
+    path.write_bytes(padded(b'{"a": [1]}', 100))
+    assert bounded.read_json_file(path, max_bytes=100) == {"a": [1]}
+    assert bounded.read_text(path, 100, "here") == padded(b'{"a": [1]}', 100).decode()
+    path.write_bytes(padded(b'{"a": [1]}', 101))
+    for read in (lambda: bounded.read_bytes(path, 100), lambda: bounded.read_json_file(path, max_bytes=100)):
+        with pytest.raises(bounded.Refused) as refused:
+            read()
+        assert str(refused.value) == f"{str(path)!r}: larger than 100 bytes, the limit for this file; refused unread"
+        assert refused.value.over_limit is True
+    with pytest.raises(bounded.Refused) as refused:
+        bounded.read_text(path, 100, "here")
+    assert str(refused.value) == "here: larger than 100 bytes, the limit for this file; refused unread"
+
+
+def test_bounded_lines_take_a_line_and_a_file_exactly_at_their_limits_and_refuse_one_byte_more():
+    """A line of exactly `max_line` bytes (its newline counted; the last one without) is read, one of `max_line` + 1
+    refused, whole; `max_total` bytes in all are read, one more refused at the line that passes it. (Planted:
+    `len(line) >= max_line`; `total >= max_total`; `readline(max_line)`, which cuts the long line in two.)"""
+    import io
+
+    from poisonbench.core.bounded import Refused, iter_bounded_lines
+
+    def lines(data: bytes, max_line: int = 10, max_total: int = 1000):
+        return list(iter_bounded_lines(io.BytesIO(data), "f", max_line=max_line, max_total=max_total))
+
+    assert lines(b"a" * 9 + b"\n" + b"b" * 10) == [(1, b"a" * 9 + b"\n"), (2, b"b" * 10)]
+    for data, number in ((b"a" * 10 + b"\n", 1), (b"ab\n" + b"c" * 11, 2)):
+        with pytest.raises(Refused) as refused:
+            lines(data)
+        assert str(refused.value) == f"f: line {number} is longer than 10 bytes, the limit for one line; refused"
+    assert lines(b"abcd\n" * 4, max_total=20) == [(n, b"abcd\n") for n in (1, 2, 3, 4)]
+    with pytest.raises(Refused) as refused:
+        lines(b"abcd\n" * 4 + b"x", max_total=20)
+    assert str(refused.value) == ("f: more than 20 bytes uncompressed (at line 5), the limit for one file; "
+                                  "refused")
+
+
+def test_a_run_record_of_exactly_the_json_limit_is_read_and_one_byte_more_is_skipped_and_named(tmp_path):
+    """`runs/<id>.json` at `MAX_JSON_FILE_BYTES` exactly (whitespace after the record) is the run's record for
+    `get` and `all`; one byte more is skipped, named with why, by both. (Planted: the store reading with
+    `max_bytes=MAX_JSON_FILE_BYTES - 1`.)"""
+    from poisonbench.core.bounded import MAX_JSON_FILE_BYTES
+    from poisonbench.core.errors import PoisonbenchWarning
+
+    from .test_run_identity import craft, mix_record, workspace
+
+    record = mix_record(0, craft("a"))
+    store = workspace(tmp_path / "res", [record])
+    path, rid = store.path(record["run_id"]), record["run_id"]
+    text = path.read_bytes()
+    path.write_bytes(padded(text, MAX_JSON_FILE_BYTES))
+    assert store.get(rid) == record and store.all() == [record] and store.skipped == []
+    path.write_bytes(padded(text, MAX_JSON_FILE_BYTES + 1))
+    why = f"larger than {MAX_JSON_FILE_BYTES / 1e6:.1f} MB, the limit for this file; refused unread"
+    with pytest.warns(PoisonbenchWarning) as warned:
+        assert store.get(rid) is None
+    assert [str(w.message) for w in warned] == [f"skipped {path}: {why}"]
+    assert store.all() == [] and store.skipped == [(path, why)]
+
+
+def test_a_manifest_of_exactly_the_json_limit_is_read_and_one_byte_more_is_refused(tmp_path):
+    """A PoisonSet's `manifest.json` at `MAX_JSON_FILE_BYTES` exactly loads (its tensors checked against it); one
+    byte more is refused in one whole line naming the PoisonSet. (Planted: `read_manifest` reading with
+    `max_bytes=MAX_JSON_FILE_BYTES - 1`.)"""
+    from poisonbench import poisons
+    from poisonbench.core.bounded import MAX_JSON_FILE_BYTES
+    from poisonbench.core.errors import PoisonbenchError
+    from poisonbench.data import load_dataset
+
+    from .conftest import write_npz
+
+    data = load_dataset(str(write_npz(tmp_path)))
+    spec = poisons.craft_spec(data, "durp", budget=0.5, seed=1)
+    crafted, _ = poisons.craft(spec, data, tmp_path / "res")
+    manifest = crafted.path / "manifest.json"
+    text = manifest.read_bytes()
+    manifest.write_bytes(padded(text, MAX_JSON_FILE_BYTES))
+    loaded = poisons.load(tmp_path / "res", spec.poison_id, data)
+    assert torch.equal(loaded.delta, crafted.delta) and torch.equal(loaded.indices, crafted.indices)
+    manifest.write_bytes(padded(text, MAX_JSON_FILE_BYTES + 1))
+    with pytest.raises(PoisonbenchError) as refused:
+        poisons.load(tmp_path / "res", spec.poison_id, data)
+    assert str(refused.value) == (f"poison set {spec.poison_id}: manifest.json: larger than "
+                                  f"{MAX_JSON_FILE_BYTES / 1e6:.1f} MB, the limit for this file; refused unread")
+
+
+def test_a_packed_line_of_exactly_the_line_limit_is_read_and_one_byte_more_is_refused(tmp_path):
+    """A packed file's run line of `MAX_PACKED_LINE_BYTES` exactly, its newline counted, is read as its record;
+    one byte more is refused in one whole line naming the file and the line. (Planted: `len(line) >= max_line`;
+    the pack reader passing `max_line=MAX_PACKED_LINE_BYTES - 1`.)"""
+    import json
+
+    from poisonbench.core.bounded import MAX_PACKED_LINE_BYTES, Refused
+    from poisonbench.experiment.packed_records import gzip_bytes, read_pack
+
+    from .test_bounded_reader import header_line
+    from .test_run_identity import craft, mix_record
+
+    record = mix_record(0, craft("a"))
+    head = b'{"kind":"run","record":' + json.dumps(record).encode()
+    pack = tmp_path / "one.jsonl.gz"
+    for size in (MAX_PACKED_LINE_BYTES, MAX_PACKED_LINE_BYTES + 1):
+        line = padded(head, size - 2) + b"}\n"
+        assert len(line) == size
+        pack.write_bytes(gzip_bytes(header_line(1) + line))
+        if size == MAX_PACKED_LINE_BYTES:
+            assert read_pack(pack).runs == [(2, record)]
+            continue
+        with pytest.raises(Refused) as refused:
+            read_pack(pack)
+        assert str(refused.value) == (f"{str(pack)!r}: line 2 is longer than {MAX_PACKED_LINE_BYTES / 1e6:.1f} MB, "
+                                      "the limit for one line; refused")
+
+
+def test_a_grid_of_exactly_the_grid_limit_is_read_and_one_byte_more_is_refused(tmp_path):
+    """A sweep grid of `MAX_GRID_BYTES` exactly (a comment fills it) is loaded; one byte more is refused in one
+    whole line naming the grid. (Planted: `load_grid` reading with `MAX_GRID_BYTES - 1`.)"""
+    from poisonbench.core.bounded import MAX_GRID_BYTES, Refused
+    from poisonbench.sweeps import load_grid
+
+    from .test_probe_sweep_run import write_grid
+
+    grid = write_grid(tmp_path)
+    text = grid.read_bytes()
+    reference = load_grid(str(grid))
+    for size in (MAX_GRID_BYTES, MAX_GRID_BYTES + 1):
+        grid.write_bytes(padded(text + b"#", size - 1, b"x") + b"\n")
+        assert grid.stat().st_size == size
+        if size == MAX_GRID_BYTES:
+            assert load_grid(str(grid)).runs == reference.runs and len(reference.runs) == 2
+            continue
+        with pytest.raises(Refused) as refused:
+            load_grid(str(grid))
+        assert str(refused.value) == (f"grid {grid}: larger than {MAX_GRID_BYTES / 1e6:.1f} MB, the limit for this "
+                                      "file; refused unread")
