@@ -27,7 +27,8 @@ EPS = 0.1
 FAST = {"deepconfuse": {"outer_epochs": 2}, "em": {"max_iterations": 2},
         "rem": {"schedule": "budget", "train_steps": 2, "u_steps": 2, "a_steps": 1},
         **{name: {"iterations": 2, "restarts": 2, "surrogate_epochs": 1} for name in ("gm", "bp", "fc")},
-        "lc": {"steps": 3}}
+        "lc": {"steps": 3},
+        "sleeper-agent": {"iterations": 2, "surrogate_recipe": "quick"}}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ REGISTRY_AND_TOYS = [*ATTACKS.names(), *TOYS]
 # a targeted attack draws its rows from the intended class (a quarter of the rows); in transfer (bp, fc) from that
 # class's share of the 10 % transfer set (4 of the tiny split's 160 train rows)
 BUDGET = {"toy-targeted": 0.05, "gm": 0.05, "bp": 0.02, "fc": 0.02,
-          "sig": 0.1, "lc": 0.1}  # a clean-label backdoor draws from its target class (a quarter of the rows)
+          # a clean-label backdoor draws from its target class (a quarter of the rows)
+          "sig": 0.1, "lc": 0.1, "sleeper-agent": 0.1}
 # options the tiny 16×16 split needs (LSP's default patch of 7 does not divide 16: a 4×4 grid of 4×4 patches)
 TINY_PARAMS = {"lsp": {"patch_size": 4}}
 
@@ -139,7 +141,8 @@ def test_invariants(attack_name, tiny):
 # attacks whose default ε is their authors' rather than the paper's MNIST-family 0.3 (EM, REM: 8/255 on every family)
 OWN_DEFAULT_EPS = {"em": 8 / 255, "rem": 8 / 255,
                    "badnets": 4, "blend": 0.2, "sig": 40 / 255,  # the backdoors': their triggers' bounds
-                   "lc": 0.3}  # LC's PGD bound on the MNIST family
+                   "lc": 0.3,  # LC's PGD bound on the MNIST family
+                   "sleeper-agent": 16 / 255}  # Sleeper Agent's δ bound (SA --eps 16) on every family
 
 
 @pytest.mark.parametrize("attack_name", REGISTRY_AND_TOYS, indirect=True)

@@ -44,7 +44,7 @@ def craft(data, results, name, budget=None, seed=3, **params):
 
 
 def test_the_family_is_registered_with_its_papers_defaults():
-    assert backdoor_attacks() == ["badnets", "blend", "sig", "lc"]
+    assert backdoor_attacks() == ["badnets", "blend", "sig", "lc", "sleeper-agent"]
     assert ATTACKS.get("badnets")("mnist").params == {"target_class": 0, "trigger_size": 3, "trigger_value": 1.0}
     assert ATTACKS.get("blend")("mnist").params == {"target_class": 0, "alpha": 0.2, "pattern_seed": 0}
     assert ATTACKS.get("sig")("cifar10").params == {"target_class": 0, "delta": 40.0, "frequency": 6.0}

@@ -36,6 +36,13 @@ NOT_IN_THE_TABLE = {
     "PB projects only after the first step": "only the starting point differs, inside the same ε-ball",
     "backpropagated through the K train-mode forwards": "UEraser's step on the chosen rows differs only through "
                                                         "BatchNorm's statistics; no record field says so yet",
+    "SA takes ⌈budget·n⌉": "the same count on every built-in split (1 % of 3,900, 49,000 and 59,000 is whole); "
+                           "another split's count is config.poison.poisoned",
+    "SA's next trial goes on from the model": "identical at SA's default of one restart; the restarts are in "
+                                              "config.poison.params",
+    "every source-class test image counts": "identical on CIFAR-10 and Fashion-MNIST (1,000 test images a class, SA "
+                                            "draws all); SA's draw fails on a smaller class; the count is "
+                                            "metrics.asr_n",
 }
 
 
@@ -210,6 +217,9 @@ CHECKS = {
     "blend-noise-pattern": lambda tmp: [backdoor_config_of("blend")],
     "clean-label-backdoor-budget": lambda tmp: [backdoor_config_of("sig"), backdoor_config_of("lc")],
     "lc-clean-surrogate": lc_surrogate,
+    "sleeper-agent-patch-pattern": lambda tmp: [backdoor_config_of("sleeper-agent")],
+    "sleeper-agent-fixed-pair": lambda tmp: [backdoor_config_of("sleeper-agent")],
+    "sleeper-agent-surrogate-recipe": lambda tmp: [backdoor_config_of("sleeper-agent")],
 }
 
 

@@ -42,7 +42,7 @@ TARGETED_ATTACKS = {"gm", "bp", "fc"}
 # tested in tests/test_error_minimising.py and tests/test_shortcuts.py
 AVAILABILITY_ATTACKS = {"em", "rem", "lsp", "ops"}
 # the backdoors' effect is an ASR: tests/test_backdoor.py, experiments/backdoor.md
-BACKDOOR_ATTACKS = {"badnets", "blend", "sig", "lc"}
+BACKDOOR_ATTACKS = {"badnets", "blend", "sig", "lc", "sleeper-agent"}
 
 
 @pytest.fixture(scope="module")

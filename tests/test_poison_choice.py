@@ -278,7 +278,11 @@ def test_default_attack_parameters_never_change():
             "sig": {"target_class": 0, "delta": 40.0, "frequency": 6.0},
             "lc": {"target_class": 0, "amplitude": 1.0, "random_start": True,
                    **({"steps": 40, "step_size": 0.01, "batch_size": 1000} if family == "mnist" else
-                      {"steps": 100, "step_size": 1.5 / 255, "batch_size": 500})}})
+                      {"steps": 100, "step_size": 1.5 / 255, "batch_size": 500})},
+            # Sleeper Agent (SA forest/options.py): the same in both families
+            "sleeper-agent": {"target_class": 0, "source_class": 1, "patch_size": 8, "pattern_seed": 0,
+                              "iterations": 250, "restarts": 1, "lr": 0.1, "pbatch": 512, "augment": True,
+                              "retrain_iter": 50, "retrain_epochs": None, "surrogate_recipe": "forest"}})
     for family, attacks in expected.items():
         assert set(attacks) == set(ATTACKS.names()), family  # a new attack is pinned too
         for attack, params in attacks.items():

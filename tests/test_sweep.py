@@ -95,8 +95,8 @@ def test_every_builtin_grid_loads_with_runs_and_a_report_that_parses(cli):
     ("table5-quick", 4, 8),
     ("demo", 1, 4),  # pgd only; ρ ∈ {0, 1} × {none, hint}
     # one PoisonSet per untargeted attack alone and per backdoor; 14 defenses (all but the oracle) × 8 untargeted
-    # attacks, and 15 × 4 backdoors
-    ("matrix-quick", 12, 172),
+    # attacks, and 15 × 5 backdoors
+    ("matrix-quick", 13, 187),
 ])
 def test_quick_builtin_grids_plan_into_their_crafts_and_runs(name, crafts, runs, tmp_path):
     plan = make_plan(load_grid(name), Execution(results=str(tmp_path / "r")))

@@ -19,12 +19,15 @@ from .lsp import LSP
 from .ops import OPS
 from .pgd import PGD
 from .rem import REM
+from .sleeper_agent import SleeperAgent
 
 # the paper's Table II order (untargeted), the availability poisons beyond it (error-minimising EM and REM, the
 # model-free shortcuts LSP and OPS), then Table III's (targeted), then the backdoors (issue 85: dirty-label BadNets
-# and Blend, clean-label SIG and Label-Consistent) (then a plugin's, poisonbench.core.registry)
+# and Blend, clean-label SIG, Label-Consistent and Sleeper Agent's hidden trigger) (then a plugin's,
+# poisonbench.core.registry)
 ATTACKS: Registry[type[Attack]] = Registry.of(
-    "attack", (PGD, DAP, DURP, DeepConfuse, EM, REM, LSP, OPS, GM, BP, FC, BadNets, Blend, SIG, LabelConsistent),
+    "attack", (PGD, DAP, DURP, DeepConfuse, EM, REM, LSP, OPS, GM, BP, FC,
+               BadNets, Blend, SIG, LabelConsistent, SleeperAgent),
     PluginGroup("poisonbench.attacks", subclass_with_params(Attack, texts=("summary",)),
                 "a subclass of poisonbench.attacks.base.Attack with PARAMS (a tuple of Param) and summary (a str)"))
 

@@ -28,6 +28,9 @@ L∞): a smaller `--eps` would clip the trigger and is refused.
   surrogate (the `pgd` attack's machinery), then the trigger: MadryLab's `bottom-right` 3×3 pattern added at
   `amplitude` (1: white where +1, black where −1): m = 0, a = ±amplitude on the 9 pixels. Here δ is the PGD
   perturbation alone (within ε) and `defend` stamps the trigger on the rows after it (`train_trigger`).
+- Sleeper Agent (Souri et al. 2022; attacks/sleeper_agent.py): target-class rows gradient-matched within ε, never
+  triggered; its trigger is a patch pasted at a random place per image (`Trigger.placement_seed`, `patch`), and its
+  ASR counts the source class's test images only.
 """
 
 from __future__ import annotations
@@ -52,21 +55,60 @@ LABEL_MODES = ("dirty", "clean")
 
 @dataclass
 class Trigger:
-    """T(x) = clamp((1 − scale) ⊙ x + add, 0, 1), `scale` and `add` C×H×W float32 (module docstring)."""
+    """T(x) = clamp((1 − scale) ⊙ x + add, 0, 1), `scale` and `add` C×H×W float32 (module docstring).
+
+    A patch at a random place per image (Sleeper Agent, attacks/sleeper_agent.py): `patch` = (h, w) and
+    `placement_seed` set, `scale` and `add` hold the patch's map in their top-left h×w corner (zero elsewhere), and
+    image i of a batch gets it at row r_i, column c_i, drawn uniformly from [0, H − h] × [0, W − w] by a CPU
+    generator seeded with `placement_seed` (all rows first, then all columns: `positions`), so one batch always
+    gets the same places."""
 
     scale: torch.Tensor
     add: torch.Tensor
+    placement_seed: int | None = None
+    patch: tuple[int, int] | None = None
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """The triggered batch (N×C×H×W float in [0, 1]), one elementwise op on the batch's device."""
+        if self.placement_seed is not None:
+            return self.apply_at(x, self.positions(len(x), tuple(x.shape[-2:])))
         scale = self.scale.to(x.device, x.dtype)
         return torch.addcmul(self.add.to(x.device, x.dtype), x, 1 - scale).clamp_(0, 1)
 
+    def positions(self, n: int, size: tuple[int, int]) -> torch.Tensor:
+        """n×2 (row, column) top-left corners of the patch for n images of `size` (H, W), int64 on the CPU."""
+        h, w = self.patch
+        g = torch.Generator().manual_seed(self.placement_seed)
+        rows = torch.randint(0, size[0] - h + 1, (n,), generator=g)
+        cols = torch.randint(0, size[1] - w + 1, (n,), generator=g)
+        return torch.stack([rows, cols], 1)
+
+    def apply_at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The batch with the patch's map at `positions` (N×2, row and column of each image's top-left corner),
+        whole-batch: each image's C×H×W maps are gathered from the patch by index arithmetic."""
+        h, w = self.patch
+        height, width = x.shape[-2:]
+        at = positions.to(x.device)
+        di = torch.arange(height, device=x.device).view(1, -1) - at[:, :1]  # N×H: row within the patch
+        dj = torch.arange(width, device=x.device).view(1, -1) - at[:, 1:]  # N×W
+        inside = (((di >= 0) & (di < h)).unsqueeze(2) & ((dj >= 0) & (dj < w)).unsqueeze(1)).unsqueeze(1)
+        di, dj = di.clamp(0, h - 1).unsqueeze(2), dj.clamp(0, w - 1).unsqueeze(1)
+        scale = self.scale[:, :h, :w].to(x.device, x.dtype)[:, di, dj].transpose(0, 1) * inside  # N×C×H×W
+        add = self.add[:, :h, :w].to(x.device, x.dtype)[:, di, dj].transpose(0, 1) * inside
+        return torch.addcmul(add, x, 1 - scale).clamp_(0, 1)
+
     def tensors(self) -> dict[str, torch.Tensor]:
+        if self.placement_seed is not None:  # other names: a reader without placements refuses it (no trigger)
+            return {"trigger_patch_scale": self.scale.float().contiguous(),
+                    "trigger_patch_add": self.add.float().contiguous(),
+                    "trigger_patch_placement": torch.tensor([self.placement_seed, *self.patch], dtype=torch.int64)}
         return {"trigger_scale": self.scale.float().contiguous(), "trigger_add": self.add.float().contiguous()}
 
     @classmethod
     def from_tensors(cls, tensors: dict) -> Trigger | None:
+        if "trigger_patch_scale" in tensors:
+            seed, h, w = (int(v) for v in tensors["trigger_patch_placement"].tolist())
+            return cls(tensors["trigger_patch_scale"].float(), tensors["trigger_patch_add"].float(), seed, (h, w))
         if "trigger_scale" not in tensors:
             return None
         return cls(tensors["trigger_scale"].float(), tensors["trigger_add"].float())

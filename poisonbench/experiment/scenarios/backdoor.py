@@ -1,5 +1,5 @@
 """The backdoor scenario (issue 85; docs/engine.md, "Scenarios"; the metric: docs/metrics.md, "Attack success
-rate"): `defend --attack badnets` (blend, sig, lc), or `--poison-set ID` of a backdoor PoisonSet.
+rate"): `defend --attack badnets` (blend, sig, lc, sleeper-agent), or `--poison-set ID` of a backdoor PoisonSet.
 
 Per trial t (seed s = base seed + t) the attack crafts (or reuses) its PoisonSet with seed s: its rows drawn from s,
 its trigger from its parameters. `apply` writes the triggered images into their rows and `relabel` gives the
@@ -7,7 +7,9 @@ poisoned rows their new labels (dirty label; clean label keeps every label); the
 whole split. The record adds, beside the clean test accuracy, the attack success rate: the share of the test images
 whose class is not the target that the final model classifies as the target once the trigger is stamped on them
 (BackdoorBench's `bd_test`), with its counts (`asr_hits` of `asr_n`) so that the report can give a Wilson interval,
-and the same share without the trigger (`clean_target_rate`: how often the model says "target" anyway).
+and the same share without the trigger (`clean_target_rate`: how often the model says "target" anyway). An attack
+with a source class (Sleeper Agent's `source_class`, in `config.poison.source_class`) counts that class's test
+images only, as its authors measure it.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class BackdoorPlan:
 def backdoor_config(spec, n: int, count: int, poison_set: str | None = None) -> dict:
     """`config.poison` of a backdoor run (docs/metrics.md): what the backdoor table and the matrix read."""
     target = int(spec.params.get("target_class", 0))
+    source = spec.params.get("source_class")  # an attack with a source class: ASR over that class's images only
     return {
         "kind": "backdoor",
         "attack": spec.attack,
@@ -102,18 +105,22 @@ def backdoor_config(spec, n: int, count: int, poison_set: str | None = None) -> 
         "poisoned": count,
         "params": dict(spec.params),
         "target_class": target,
+        **({"source_class": int(source)} if source is not None else {}),
         "poison_id": spec.poison_id,
         **({"poison_set": poison_set} if poison_set else {}),
-        "label": f"{spec.attack} → class {target} ({count} of {n} rows)",
+        "label": (f"{spec.attack} → class {target}" + (f" from class {int(source)}" if source is not None else "")
+                  + f" ({count} of {n} rows)"),
     }
 
 
-def attack_success_rate(model, x: torch.Tensor, y: torch.Tensor, trigger, target: int) -> dict:
-    """ASR (docs/metrics.md): of the test images whose class is not `target`, the number the model classifies as
-    `target` once triggered (`asr_hits` of `asr_n`), and the number it so classifies without the trigger."""
+def attack_success_rate(model, x: torch.Tensor, y: torch.Tensor, trigger, target: int,
+                        source: int | None = None) -> dict:
+    """ASR (docs/metrics.md): of the test images whose class is not `target` (with a `source` class: whose class is
+    `source`), the number the model classifies as `target` once triggered (`asr_hits` of `asr_n`), and the number it
+    so classifies without the trigger."""
     from ...engine.training import predict
 
-    keep = y != target
+    keep = y != target if source is None else y == source
     xs = x[keep]
     triggered = predict(model, trigger.apply(xs)).argmax(1)
     clean = predict(model, xs).argmax(1)
@@ -126,8 +133,9 @@ def attack_success_rate(model, x: torch.Tensor, y: torch.Tensor, trigger, target
 
 class Backdoor(Scenario):
     name = "backdoor"
-    summary = ("backdoor (issue 85: badnets, blend, sig, lc): triggered rows in the train split, the victim trained "
-               "from scratch; the record adds the attack success rate on triggered non-target test images")
+    summary = ("backdoor (issue 85: badnets, blend, sig, lc, sleeper-agent): triggered rows in the train split, the "
+               "victim trained from scratch; the record adds the attack success rate on triggered non-target (a "
+               "source class's) test images")
 
     def validate(self, spec) -> None:
         if spec.poison_ratio > 0 or spec.attacks is not None or spec.poison_sets:
@@ -185,8 +193,9 @@ class Backdoor(Scenario):
         if plan is None or plan.trigger is None:
             return {}
         x, y = tensors["test"]
-        return {"target_class": plan.target_class,
-                **attack_success_rate(model, x, y, plan.trigger, plan.target_class)}
+        source = plan.config.get("source_class")
+        return {"target_class": plan.target_class, **({"source_class": source} if source is not None else {}),
+                **attack_success_rate(model, x, y, plan.trigger, plan.target_class, source)}
 
     def attacker_model(self, spec, data, plan) -> AttackerModel | None:
         """The surrogate an LC PoisonSet was crafted against (None for the model-free backdoors), whose seed the
