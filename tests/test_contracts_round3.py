@@ -478,3 +478,73 @@ def test_a_grid_of_exactly_the_grid_limit_is_read_and_one_byte_more_is_refused(t
             load_grid(str(grid))
         assert str(refused.value) == (f"grid {grid}: larger than {MAX_GRID_BYTES / 1e6:.1f} MB, the limit for this "
                                       "file; refused unread")
+
+
+# --- more of the same kinds -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows, batch, expected", [(11, 3, 2), (10, 4, 3), (3, 5, 3), (40, 10, 10)])
+def test_a_poisson_step_divides_by_floor_n_q_also_when_the_batch_does_not_divide_n(rows, batch, expected):
+    """The noised sum over the expected batch ⌊n·q⌋, q = 1/⌈n/B⌉ (Opacus: `int(len(dataset) * sample_rate)`): 2
+    for n 11, B 3 (not B, not ⌈2.75⌉ nor round(2.75)); n itself when n < B. test_dpsgd_privacy's case (n 40, B 10)
+    is the one where ⌊n·q⌋ = B. (Planted: the Poisson divisor `self.recipe.batch_size`; `expected_batch` with
+    `round`.)"""
+    from poisonbench.defenses.dpsgd import trainable
+
+    from .test_dpsgd_privacy import flat, poisson_defense
+
+    defense, ctx = poisson_defense(rows=rows, batch=batch, clip=1e6, noise_multiplier=0.0)
+    assert privacy.expected_batch(rows, defense.sample_rate) == expected
+    x, y = ctx.train_x[:2], ctx.train_y[:2]  # a draw of 2 rows
+    ctx.model.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(ctx.model(x), y, reduction="sum").backward()
+    summed = flat({n: p.grad.clone() for n, p in trainable(ctx.model).items()})
+    ctx.model.zero_grad(set_to_none=True)
+    defense.gradient(ctx, x, y, contextlib.nullcontext)
+    torch.testing.assert_close(flat({n: p.grad for n, p in trainable(ctx.model).items()}), summed / expected,
+                               atol=1e-6, rtol=1e-5)
+
+
+def test_each_privacy_note_caveat_and_epsilon_shape_whole():
+    """The privacy note's other branches, each whole: a Poisson run on a BatchNorm model (its accounting from a real
+    run, item 1) is no guarantee in the table either; shuffled and BatchNorm, both caveats; σ 0, ε ∞ and why (a
+    record from before the PLD ε); runs of one setting some of which have no ε ("or ∞"), their δ a range (the 1/n
+    rule of older records); a δ given (no rule named). (Planted: `caveat` testing `acc.get("batchnorm")`; the σ 0
+    caveat reading `acc.get("sigma")`; the " or ∞" dropped; the δ range first–last.)"""
+    from poisonbench.report.tables.privacy import privacy_notes
+    from poisonbench.report.tables.records import frame
+    from tests.report_records import make_record
+
+    def run(accounting: dict, trial: int = 0, **params) -> dict:
+        record = make_record(method="dpsgd", acc=0.5, trial=trial, params={
+            "clip": 1.0, "noise_multiplier": 1.0, "sampling": "poisson", "delta": None, **params})
+        record["defense"] = {"accounting": accounting}
+        return record
+
+    real = poisson_run(bn_mlp())["accounting"]
+    base = {"accountant": "RDP", "sampling": "poisson", "noise_multiplier": 1.0, "sample_rate": 0.25, "steps": 4,
+            "rows": 40, "delta": 1e-5, "delta_rule": "min(1e-5, n^-1.1)", "epsilon": 4.5, "epsilon_pld": 4.0,
+            "epsilon_pld_note": None, "guarantee": True, "epsilon_note": privacy.POISSON_NOTE}
+    shuffled = {**base, "sampling": "shuffle", "guarantee": False,
+                "epsilon_note": f"{privacy.SHUFFLE_NOTE}; {privacy.BATCHNORM_NOTE}"}
+    silent = {**{k: v for k, v in base.items() if k != "epsilon_pld"}, "noise_multiplier": 0.0, "epsilon": None,
+              "guarantee": False, "epsilon_note": f"ε = ∞: σ = 0 adds no noise; {privacy.POISSON_NOTE}"}
+    old = {**base, "noise_multiplier": 2.0, "delta_rule": "1/n"}
+    rows = [run(real), run(shuffled, sampling="shuffle"), run(silent, noise_multiplier=0.0),
+            run({**old, "delta": 1 / 3000, "epsilon": 3.0, "epsilon_pld": 2.5}, 0, noise_multiplier=2.0),
+            run({**old, "delta": 1 / 3900, "epsilon": None, "epsilon_pld": None}, 1, noise_multiplier=2.0),
+            run({**old, "delta": 1 / 3500, "epsilon": 2.0, "epsilon_pld": 1.5}, 2, noise_multiplier=2.0),
+            run({**base, "delta": 2e-6, "delta_rule": "given"}, delta=2e-6)]
+    head = "dpsgd (clip 1, noise_multiplier {}, sampling {}): ε = "
+    assert privacy_notes(frame(rows)) == [
+        head.format(1, "poisson") + f"{real['epsilon']:.3g} at δ = min(1e-5, n^-1.1) = 1e-05 (RDP, dp-accounting; "
+        f"q 0.25, σ 1, 4 steps; PLD ε = {real['epsilon_pld']:.3g}) — BatchNorm statistics not privatised: no "
+        "guarantee",
+        head.format(1, "shuffle") + "4.5 at δ = min(1e-5, n^-1.1) = 1e-05 (RDP, dp-accounting; q 0.25, σ 1, 4 "
+        "steps; PLD ε = 4) — shuffled batches: the Poisson figure, not a proven bound (Chua et al. 2024); BatchNorm "
+        "statistics not privatised: no guarantee",
+        head.format(0, "poisson") + "∞ at δ = min(1e-5, n^-1.1) = 1e-05 (RDP, dp-accounting; q 0.25, σ 0, 4 steps) "
+        "— σ = 0: no noise",
+        head.format(2, "poisson") + "2–3 (3 runs) or ∞ at δ = 1/n = 0.000256–0.000333 (RDP, dp-accounting; q "
+        "0.25, σ 2, 4 steps; PLD ε = 1.5–2.5 (3 runs) or ∞) — Poisson-sampled batches: the RDP bound holds",
+        "dpsgd (clip 1, delta 2e-06, noise_multiplier 1, sampling poisson): ε = 4.5 at δ = 2e-06 (RDP, "
+        "dp-accounting; q 0.25, σ 1, 4 steps; PLD ε = 4) — Poisson-sampled batches: the RDP bound holds"]
