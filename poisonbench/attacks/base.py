@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
+from ..core.bounded import read_tensors
 from ..core.errors import PoisonbenchError
 from ..core.io import atomic_write_bytes, os_error_in_one_line
 from ..core.params import Param, resolve
@@ -387,7 +387,7 @@ class PartialBatches:
         if self.directory is None or not self._path(start, stop).exists():
             return None
         try:
-            return load_file(self._path(start, stop))["delta"]
+            return read_tensors(self._path(start, stop))["delta"]
         except Exception:  # unreadable (should not happen: writes are atomic): craft the batch again
             return None
 

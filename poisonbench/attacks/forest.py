@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
+from ..core.bounded import read_tensors
 from ..core.errors import PoisonbenchError
 from ..core.hashing import derived_seed
 from ..core.io import atomic_write_bytes, os_error_in_one_line
@@ -115,7 +115,7 @@ class RestartStore:
         if self.directory is None or not self._path(restart).exists():
             return None
         try:
-            saved = load_file(self._path(restart))
+            saved = read_tensors(self._path(restart))
             return saved["delta"], float(saved["loss"].item())
         except Exception:  # unreadable (writes are atomic, so should not happen): craft the restart again
             return None

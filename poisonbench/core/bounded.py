@@ -49,6 +49,30 @@ MAX_NPZ_BYTES = 16_000 * MB
 MAX_NPZ_INFLATION = 100
 NPZ_INFLATION_FLOOR = 64 * MB
 
+# safetensors files poisonbench writes and reads back (a PoisonSet's delta.safetensors, an interrupted craft's or
+# run's state under partial/, a cached model under models/): a δ is float32 rows of the train images (the whole
+# CIFAR-10 train set: 614 MB), so the `.npz` bound holds any of them. Loading one (`safetensors.torch.load` of the
+# file's bytes) takes the bytes and the tensors copied out of them: measured 2.0 bytes per byte of the file (peak
+# RSS, a 200 MB file), rounded up; a file that would take more than the memory available is refused unread.
+MAX_TENSOR_FILE_BYTES = 16_000 * MB
+TENSOR_BYTES_PER_BYTE = 3
+# a safetensors file's JSON header (names, dtypes, shapes, offsets and the metadata; a run's checkpoint state is a
+# few kB of it)
+MAX_TENSOR_HEADER_BYTES = MAX_JSON_FILE_BYTES
+# pickles read as data (`poisons import`: the Toxic benchmark's three pickles, forest's export): a δ of the whole
+# train set at most, as for safetensors files
+MAX_PICKLE_BYTES = MAX_TENSOR_FILE_BYTES
+# IDX datasets (MNIST-family, gzipped or not, under --data-dir): the bytes the header declares, checked before
+# anything is inflated or read (MNIST's train images are 47 MB; EMNIST's largest split 0.6 GB). Reading one takes
+# the file's data bytes and the array copied out of them (2 per declared byte), and loading the dataset about what
+# an .npz's images take (`NPZ_BYTES_PER_X_BYTE`): checked against the memory available. A `.gz` declaring more
+# than MAX_IDX_INFLATION × its own size above IDX_INFLATION_FLOOR is a decompression bomb (MNIST's deflates 5×),
+# refused uninflated; and inflating never goes past the declared size (+1 byte, to see a file that runs on).
+MAX_IDX_BYTES = 4_000 * MB
+IDX_BYTES_PER_BYTE = 2 + NPZ_BYTES_PER_X_BYTE
+MAX_IDX_INFLATION = MAX_NPZ_INFLATION
+IDX_INFLATION_FLOOR = NPZ_INFLATION_FLOOR
+
 
 def size_text(nbytes: int) -> str:
     """`nbytes` for a message, in decimal units: 1.5 GB, 16.0 MB."""
@@ -111,18 +135,75 @@ def open_regular(path: str | Path, label: str | None = None) -> BinaryIO:
         raise
 
 
-def read_bytes(path: str | Path, max_bytes: int, label: str | None = None) -> bytes:
-    """The bytes of the regular file `path`, refused (`Refused`) beyond `max_bytes`: never more is read."""
+def _too_large(path, label, max_bytes: int) -> Refused:
+    return Refused(_label(path, label), f"larger than {size_text(max_bytes)}, the limit for this file; refused "
+                   "unread")
+
+
+def check_memory(needed: int, where: str, what: str) -> None:
+    """`Refused` (naming `where`) when `needed` bytes are more than the memory available (where it is known):
+    `what` says what needs them."""
+    from ..data.npz import available_memory  # lazily: poisonbench.data imports this module
+
+    memory = available_memory()
+    if memory is not None and needed > memory:
+        raise Refused(where, f"{what} takes about {size_text(needed)}, more than the {size_text(memory)} of memory "
+                      "available; refused unread")
+
+
+def read_bytes(path: str | Path, max_bytes: int, label: str | None = None, memory_per_byte: int | None = None) \
+        -> bytes:
+    """The bytes of the regular file `path`, refused (`Refused`) beyond `max_bytes`: never more is read, and a
+    file whose size is already over it is refused unread. `memory_per_byte`: what using the file takes per byte of
+    it (the bytes included); a file that would take more than the memory available is refused unread too."""
     with open_regular(path, label) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise _too_large(path, label, max_bytes)
+        if memory_per_byte is not None:
+            check_memory(memory_per_byte * size, _label(path, label), "reading it")
         try:
             data = f.read(max_bytes + 1)
         except OSError as e:
             raise Refused(_label(path, label), f"unreadable ({e.strerror or type(e).__name__})", over_limit=False) \
                 from None
     if len(data) > max_bytes:
-        raise Refused(_label(path, label), f"larger than {size_text(max_bytes)}, the limit for this file; refused "
-                      "unread")
+        raise _too_large(path, label, max_bytes)
     return data
+
+
+def read_tensor_file(path: str | Path, label: str | None = None) -> bytes:
+    """The bytes of the safetensors file `path`: a regular file of `MAX_TENSOR_FILE_BYTES` at most whose loading
+    (`TENSOR_BYTES_PER_BYTE`) fits in the memory available; else `Refused`, unread."""
+    return read_bytes(path, MAX_TENSOR_FILE_BYTES, label, memory_per_byte=TENSOR_BYTES_PER_BYTE)
+
+
+def loads_tensors(raw: bytes, where: str) -> dict:
+    """The tensors of a safetensors file's bytes (`read_tensor_file`); `Refused` naming `where` when they are not
+    a readable safetensors file."""
+    from safetensors.torch import load
+
+    try:
+        return load(raw)
+    except Exception as exc:  # safetensors' own errors, a header that is not JSON, a dtype torch lacks
+        raise Refused(where, f"not a readable safetensors file ({type(exc).__name__})", over_limit=False) from None
+
+
+def read_tensors(path: str | Path, label: str | None = None) -> dict:
+    """The tensors of the safetensors file `path` (`read_tensor_file`, `loads_tensors`); else `Refused`."""
+    return loads_tensors(read_tensor_file(path, label), _label(path, label))
+
+
+def tensors_metadata(raw: bytes, where: str) -> dict:
+    """The `__metadata__` of a safetensors file's bytes (an 8-byte little-endian header length, then the JSON
+    header, `MAX_TENSOR_HEADER_BYTES` at most, nested `MAX_DEPTH` deep at most); else `Refused` naming `where`."""
+    size = int.from_bytes(raw[:8], "little")
+    if len(raw) < 8 or size > min(MAX_TENSOR_HEADER_BYTES, len(raw) - 8):
+        raise Refused(where, "not a readable safetensors file (its header is cut or larger than "
+                      f"{size_text(MAX_TENSOR_HEADER_BYTES)})", over_limit=False)
+    header = loads_json(raw[8:8 + size], where)
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def depth_within(obj: Any, max_depth: int = MAX_DEPTH) -> bool:
@@ -172,10 +253,12 @@ def loads_json(data: bytes | str, where: str, max_depth: int = MAX_DEPTH) -> Any
     return obj
 
 
-def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_FILE_BYTES, max_depth: int = MAX_DEPTH,
+def read_json_file(path: str | Path, max_bytes: int | None = None, max_depth: int = MAX_DEPTH,
                    label: str | None = None) -> Any:
-    """The parsed JSON file `path`: a regular file of `max_bytes` at most, nested `max_depth` deep at most
-    (`loads_json`); anything else is `Refused`, naming the file (`label`, default its quoted path)."""
+    """The parsed JSON file `path`: a regular file of `max_bytes` (default `MAX_JSON_FILE_BYTES`) at most, nested
+    `max_depth` deep at most (`loads_json`); anything else is `Refused`, naming the file (`label`, default its quoted
+    path)."""
+    max_bytes = MAX_JSON_FILE_BYTES if max_bytes is None else max_bytes
     return loads_json(read_bytes(path, max_bytes, label), _label(path, label), max_depth)
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from .. import __version__
+from ..core.bounded import loads_json, loads_tensors, read_tensor_file, tensors_metadata
 from ..core.errors import PoisonbenchWarning
 from ..core.hashing import code_fingerprint
 from ..core.io import atomic_write_bytes, remove_stale_temps
@@ -51,11 +51,11 @@ def write_state(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
 
 
 def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a `write_state` file."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    return tensors, metadata
+    """(tensors, metadata) of a `write_state` file, read through the bounded reader (a regular file of
+    `MAX_TENSOR_FILE_BYTES` at most, within the memory; its header's JSON bounded): else `Refused`."""
+    raw = read_tensor_file(path)
+    where = repr(str(path))
+    return loads_tensors(raw, where), tensors_metadata(raw, where)
 
 
 def execution_identity(device: torch.device) -> dict:
@@ -97,7 +97,7 @@ class Checkpoint:
             return None
         try:
             tensors, metadata = read_state(self.path)
-            state = json.loads(metadata[META_KEY])
+            state = loads_json(metadata[META_KEY], repr(str(self.path)))
         except Exception:  # unreadable or foreign (writes are atomic, so not half-written): start over
             return None
         saved = state.get("identity") or {}

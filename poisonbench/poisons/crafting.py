@@ -3,7 +3,6 @@ an interrupted craft resumes from its finished batches."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import warnings
@@ -13,6 +12,7 @@ import torch
 
 from ..attacks import ATTACKS
 from ..attacks.base import AttackContext, PoisonSet, ProgressFn, Target
+from ..core.bounded import Refused, read_json_file
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.io import atomic_write_json, exclusive, os_error_in_one_line
 from ..core.provenance import environment, peak_memory
@@ -117,10 +117,10 @@ def prepare_partial(partial: Path, device: torch.device, force: bool, accel: str
     path = partial / "identity.json"
     identity = {**execution_identity(device), "accel": accel}
     try:
-        saved = json.loads(path.read_text())
+        saved = read_json_file(path)  # a regular file, bounded in size and depth (core/bounded.py)
         same = {k: v for k, v in saved.items() if k != "forced"} == identity
         keep = same and (not force or saved.get("forced") is True)
-    except (OSError, ValueError, AttributeError):  # none yet, or unreadable
+    except (Refused, AttributeError):  # none yet, or unreadable (a FIFO, too large or deep, not JSON)
         saved, same, keep = None, False, False
     if isinstance(saved, dict) and not same and any(f.name != path.name for f in partial.iterdir()):
         # hours of a craft's state are set aside: say so, why, and where (a silent restart cost a GPU call, issue 67)

@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 
 from .. import __version__
 from ..attacks.base import PoisonSet
-from ..core.bounded import Refused, read_json_file
+from ..core.bounded import Refused, read_json_file, read_tensor_file
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.io import (
     atomic_write_json,
@@ -183,10 +183,13 @@ def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
     """Load and verify: sha256 of the tensor file, shapes, and (if given) the dataset fingerprint."""
     _, manifest = spec_of(results_root, poison_id, dataset)
     directory = poison_dir(results_root, poison_id)
-    try:
-        blob = (directory / TENSOR_FILE).read_bytes()
-    except OSError:
-        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} is missing") from None
+    tensor_file = directory / TENSOR_FILE
+    if not os.path.lexists(tensor_file):
+        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} is missing")
+    try:  # a regular file of MAX_TENSOR_FILE_BYTES at most, its loading within the memory (core/bounded.py)
+        blob = read_tensor_file(tensor_file, label=f"poison set {poison_id}: {TENSOR_FILE}")
+    except Refused as e:
+        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE}: {e.why}") from None
     if _sha256(blob) != manifest.get("tensor_sha256"):
         raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} fails its sha256 check (tampered or "
                                f"truncated); delete {str(directory)!r} and craft again")

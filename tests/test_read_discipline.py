@@ -1,0 +1,216 @@
+"""Issue 82, item 3, "one read discipline": every file read from a workspace (a PoisonSet's delta.safetensors, an
+interrupted craft's or run's state, partial/<id>/identity.json), a `--setup` file or a `--data-dir` goes through the
+bounded reader (poisonbench/core/bounded.py): a FIFO refused unread (never a hang), a size bound (a file at it read,
+one byte over refused), a depth bound (a one-line refusal, never a RecursionError), a `.gz` refused before it
+inflates past its bound.
+
+A FIFO test that regresses must not hang the suite: `fifo` makes the FIFO and, after `RELEASE_S`, a separate process
+(a reader blocked in native code may hold the GIL) keeps opening it for writing and closing it, so that a reader
+blocked on it sees end of file; the test then fails on time or on the message instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as st_save
+
+from poisonbench.core import bounded
+from poisonbench.core.errors import PoisonbenchError
+
+from .conftest import dies_with_the_test, one_line_error, write_npz
+
+RELEASE_S = 4.0
+
+
+@pytest.fixture
+def fifo():
+    """`make(path)`: a FIFO at `path` (replacing what is there), released after RELEASE_S (see the module's
+    docstring) by a shell loop: opening a FIFO read-write never blocks and counts as a writer, so a reader blocked
+    in its open goes on and reads end of file."""
+    releasers = []
+
+    def make(path: Path) -> Path:
+        path = Path(path)
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        os.mkfifo(path)
+        loop = f'sleep {RELEASE_S}; while [ -p "$0" ]; do exec 3<>"$0"; exec 3>&-; sleep 0.05; done'
+        releasers.append(subprocess.Popen(["bash", "-c", loop, str(path)], preexec_fn=dies_with_the_test()))
+        return path
+
+    yield make
+    for process in releasers:
+        process.kill()
+        process.wait()
+
+
+def quick(started: float) -> None:
+    """The call returned before the FIFO was released: it never waited on it."""
+    assert time.monotonic() - started < RELEASE_S, "the read waited on the FIFO (a hang without the release)"
+
+
+def deep_json(levels: int = 100_000) -> str:
+    return "[" * levels + "]" * levels
+
+
+# --- a PoisonSet's delta.safetensors (`poisons validate`, `defend --poison-set`, store.load) ---------------------
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory):
+    """(dataset path, results, poison id) of one `durp` PoisonSet on a tiny .npz, crafted once; tests copy it."""
+    from poisonbench.cli.main import main
+
+    root = tmp_path_factory.mktemp("discipline")
+    npz = write_npz(root)
+    results = root / "res"
+    try:
+        main(["craft", "--attack", "durp", "--dataset", str(npz), "--budget", "0.25", "--results", str(results)])
+    except SystemExit as exc:
+        assert not exc.code
+    (pid,) = [p.name for p in (results / "poisons").iterdir() if not p.name.startswith(".")]
+    return npz, results, pid
+
+
+@pytest.fixture
+def workspace(crafted, tmp_path):
+    npz, results, pid = crafted
+    copy = tmp_path / "res"
+    shutil.copytree(results, copy)
+    return npz, copy, pid, copy / "poisons" / pid / "delta.safetensors"
+
+
+def test_a_fifo_for_delta_safetensors_fails_validation_without_hanging(workspace, fifo, cli):
+    npz, results, pid, delta = workspace
+    fifo(delta)
+    started = time.monotonic()
+    code, out, err = cli("poisons", "validate", pid, "--dataset", npz, "--results", results)
+    quick(started)
+    assert code == 1 and "a FIFO, not a regular file" in out and "Traceback" not in err + out, (code, out, err)
+
+
+def test_a_fifo_for_delta_safetensors_is_one_line_for_defend(workspace, fifo, cli):
+    npz, results, pid, delta = workspace
+    fifo(delta)
+    started = time.monotonic()
+    code, _, err = cli("defend", "--dataset", npz, "--poison-set", pid, "--recipe", "quick", "--epochs", "1",
+                       "--results", results)
+    quick(started)
+    one_line_error(code, err, "delta.safetensors", "a FIFO, not a regular file")
+
+
+def test_delta_safetensors_at_the_size_limit_is_read_and_one_byte_over_refused(workspace, monkeypatch):
+    from poisonbench import poisons
+
+    _, results, pid, delta = workspace
+    monkeypatch.setattr(bounded, "MAX_TENSOR_FILE_BYTES", delta.stat().st_size)
+    assert poisons.load(results, pid).delta.ndim == 4
+    monkeypatch.setattr(bounded, "MAX_TENSOR_FILE_BYTES", delta.stat().st_size - 1)
+    with pytest.raises(PoisonbenchError) as raised:
+        poisons.load(results, pid)
+    assert str(raised.value) == (f"poison set {pid}: delta.safetensors: larger than "
+                                 f"{bounded.size_text(delta.stat().st_size - 1)}, the limit for this file; refused "
+                                 "unread")
+
+
+def test_delta_safetensors_whose_loading_exceeds_the_memory_is_refused_unread(workspace, monkeypatch):
+    from poisonbench import poisons
+    from poisonbench.data import npz as npz_module
+
+    _, results, pid, delta = workspace
+    size = delta.stat().st_size
+    monkeypatch.setattr(npz_module, "available_memory", lambda: bounded.TENSOR_BYTES_PER_BYTE * size)
+    assert poisons.load(results, pid).delta.ndim == 4
+    monkeypatch.setattr(npz_module, "available_memory", lambda: bounded.TENSOR_BYTES_PER_BYTE * size - 1)
+    with pytest.raises(PoisonbenchError, match="more than the .* of memory available; refused unread"):
+        poisons.load(results, pid)
+
+
+# --- an interrupted run's checkpoint, an interrupted craft's batches and restarts ----------------------------------
+
+
+def _state_file(path: Path) -> Path:
+    from poisonbench.engine.checkpoints import META_KEY
+
+    path.write_bytes(st_save({"delta": torch.zeros(2, 3), "loss": torch.zeros(1, dtype=torch.float64)},
+                             metadata={META_KEY: json.dumps({"identity": {}})}))
+    return path
+
+
+def test_a_fifo_for_a_run_checkpoint_is_not_resumed_and_never_waited_on(tmp_path, fifo):
+    from poisonbench.engine.checkpoints import Checkpoint
+
+    path = fifo(tmp_path / "run.safetensors")
+    started = time.monotonic()
+    assert Checkpoint(path, identity={}).load() is None
+    quick(started)
+    with pytest.raises(bounded.Refused, match="a FIFO, not a regular file"):
+        bounded.read_tensors(path)
+
+
+def test_a_run_checkpoint_at_the_size_limit_is_resumed_and_one_byte_over_is_not(tmp_path, monkeypatch):
+    from poisonbench.engine.checkpoints import Checkpoint
+
+    path = _state_file(tmp_path / "run.safetensors")
+    checkpoint = Checkpoint(path, identity={})
+    checkpoint.identity = {}
+    monkeypatch.setattr(bounded, "MAX_TENSOR_FILE_BYTES", path.stat().st_size)
+    assert checkpoint.load() is not None
+    monkeypatch.setattr(bounded, "MAX_TENSOR_FILE_BYTES", path.stat().st_size - 1)
+    assert checkpoint.load() is None
+
+
+@pytest.mark.parametrize("store", ["batches", "restarts"])
+def test_an_interrupted_crafts_state_a_fifo_or_over_the_limit_is_crafted_again(tmp_path, fifo, monkeypatch, store):
+    from poisonbench.attacks.base import PartialBatches
+    from poisonbench.attacks.forest import RestartStore
+
+    saved = PartialBatches(tmp_path) if store == "batches" else RestartStore(tmp_path)
+    get = (lambda: saved.get(0, 2)) if store == "batches" else (lambda: saved.get(0))
+    path = saved._path(0, 2) if store == "batches" else saved._path(0)
+    _state_file(path)
+    monkeypatch.setattr(bounded, "MAX_TENSOR_FILE_BYTES", path.stat().st_size)
+    assert get() is not None
+    monkeypatch.setattr(bounded, "MAX_TENSOR_FILE_BYTES", path.stat().st_size - 1)
+    assert get() is None
+    fifo(path)
+    started = time.monotonic()
+    assert get() is None
+    quick(started)
+
+
+# --- partial/<poison id>/identity.json -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["fifo", "deep", "over the limit"])
+def test_an_unreadable_identity_json_starts_the_craft_over_without_hanging_or_recursing(tmp_path, fifo, monkeypatch,
+                                                                                        what):
+    from poisonbench.poisons.crafting import prepare_partial
+
+    partial = tmp_path / "partial" / "0123456789abcdef"
+    partial.mkdir(parents=True)
+    identity = partial / "identity.json"
+    if what == "fifo":
+        fifo(identity)
+    elif what == "deep":
+        identity.write_text(deep_json())
+    else:
+        prepare_partial(partial, torch.device("cpu"), force=False)
+        (partial / "rows-000000000-000000002.safetensors").write_bytes(b"state")
+        size = identity.stat().st_size
+        monkeypatch.setattr(bounded, "MAX_JSON_FILE_BYTES", size)  # at the limit: resumed, the state kept
+        prepare_partial(partial, torch.device("cpu"), force=False)
+        assert (partial / "rows-000000000-000000002.safetensors").exists()
+        monkeypatch.setattr(bounded, "MAX_JSON_FILE_BYTES", size - 1)
+    started = time.monotonic()
+    prepare_partial(partial, torch.device("cpu"), force=False)
+    quick(started)
+    assert identity.is_file() and json.loads(identity.read_text())["forced"] is False
+    assert not (partial / "rows-000000000-000000002.safetensors").exists()
