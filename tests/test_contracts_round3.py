@@ -233,7 +233,8 @@ def test_a_craft_clash_with_the_disk_names_the_records_craft_and_the_disks_the_r
 def test_a_legacy_targeted_record_takes_part_in_one_run_id_one_craft(tmp_path):
     """A targeted record with `poison_tensors` and no `inputs` names its craft ({poison id: sha256}); the store
     refuses a record of the same run on another craft, in one whole line naming the stored craft and then the new
-    one, and replaces it with `replace`. (Planted: the targeted branch of `record_crafts` maps id → attack.)"""
+    one, and replaces it with `replace`, warning with both. (Planted: the targeted branch of `record_crafts` maps
+    id → attack; the --force warning without the crafts.)"""
     from poisonbench.core.errors import PoisonbenchError, PoisonbenchWarning
     from poisonbench.experiment.records import RunStore
     from poisonbench.experiment.run_inputs import record_crafts, record_crafts_or_unknown
@@ -251,8 +252,11 @@ def test_a_legacy_targeted_record_takes_part_in_one_run_id_one_craft(tmp_path):
         "abababab@11111111: refusing to replace it (one run id, one craft); keep this run in another --results, or "
         "re-run with --force to replace it")
     assert path.read_bytes() == before
-    with pytest.warns(PoisonbenchWarning, match="replacing it"):
+    with pytest.warns(PoisonbenchWarning) as warned:
         store.put(new, replace=True)
+    assert [str(w.message) for w in warned] == [  # --force: the same two crafts, whole
+        f"run {new['run_id']}: {path} holds its record trained on craft(s) abababab@22222222; this one trained on "
+        "abababab@11111111: replacing it (--force)"]
     assert store.get(new["run_id"])["poison_tensors"] == {"bp": OURS}
 
 
@@ -548,3 +552,55 @@ def test_each_privacy_note_caveat_and_epsilon_shape_whole():
         "0.25, σ 2, 4 steps; PLD ε = 1.5–2.5 (3 runs) or ∞) — Poisson-sampled batches: the RDP bound holds",
         "dpsgd (clip 1, delta 2e-06, noise_multiplier 1, sampling poisson): ε = 4.5 at δ = 2e-06 (RDP, "
         "dp-accounting; q 0.25, σ 1, 4 steps; PLD ε = 4) — Poisson-sampled batches: the RDP bound holds"]
+
+
+def test_nearest_bases_break_ties_to_the_lower_row_across_chunk_boundaries():
+    """Equal distances go to the lower row wherever the chunks cut the pool: twelve pool rows, six of them at the
+    same distance (rows 2, 3, 5, 6, 9 and 11, across the chunks of 2, 4 and 5), k 5 cutting the tie after three;
+    every chunk size gives the same rows and distances. (Planted: `torch.topk(distances, k, largest=False)` for the
+    stable sort.)"""
+    from types import SimpleNamespace
+
+    from poisonbench.attacks.targets import nearest_rows
+
+    class Flat(nn.Module):
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)
+
+    # one pixel each: the target 100; rows at 100 ± 20 tie (distance 20/255), the rest 40/255 or 10/255 away
+    pixels = [60, 140, 80, 120, 110, 80, 120, 140, 90, 80, 60, 120]
+    train = torch.tensor(pixels, dtype=torch.uint8).reshape(12, 1, 1, 1)
+    data = SimpleNamespace(train=SimpleNamespace(x=train),
+                           test=SimpleNamespace(x=torch.tensor([100], dtype=torch.uint8).reshape(1, 1, 1, 1)))
+    pool = torch.arange(12)
+    tied = [r for r in range(12) if abs(pixels[r] - 100) == 20]
+    assert tied == [2, 3, 5, 6, 9, 11]
+    for chunk in (2, 4, 5, 12):
+        rows, dist = nearest_rows(Flat(), data, pool, 0, 5, torch.device("cpu"), chunk=chunk)
+        assert rows.tolist() == [2, 3, 4, 5, 8]  # 4 and 8 nearer (10/255); then the tie's three lowest rows
+        torch.testing.assert_close(dist, torch.tensor([20, 20, 10, 20, 10]) / 255)
+
+
+@pytest.mark.parametrize("args", [
+    ["poisons", "show", "ab" * 8], ["poisons", "validate", "ab" * 8], ["poisons", "import", "{dir}/nothing"],
+    ["report", "missing", "2"], ["report", "figure", "1"], ["report", "html", "{dir}/page.html"],
+    ["sweep", "plan", "{grid}"], ["sweep", "status", "{grid}"], ["sweep", "run", "{grid}"]])
+def test_every_other_command_refuses_a_blank_results_in_the_same_line(cli, tmp_path, monkeypatch, args):
+    """The commands item 10's test leaves out, each with `--results "  "`: exit 2, the same one line, nothing
+    written beside the inputs. (Planted: `poisons import` without its early `results_dir(results)` check; a
+    sweep's store made from `Path(results)`.)"""
+    from .conftest import one_line_error
+    from .test_probe_sweep_run import write_grid
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    grid = write_grid(inputs)
+    before = sorted(p.name for p in inputs.iterdir())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, _, err = cli(*(a.format(dir=inputs, grid=grid) for a in args), "--results", "  ")
+    one_line_error(code, err)
+    assert err.strip() == ("Error: --results is empty ('  '); pass a directory, or leave the option out for "
+                           "$POISONBENCH_RESULTS or ./results")
+    assert list(work.iterdir()) == [] and sorted(p.name for p in inputs.iterdir()) == before
