@@ -214,3 +214,43 @@ def test_an_unreadable_identity_json_starts_the_craft_over_without_hanging_or_re
     quick(started)
     assert identity.is_file() and json.loads(identity.read_text())["forced"] is False
     assert not (partial / "rows-000000000-000000002.safetensors").exists()
+
+
+# --- craft --setup FILE ---------------------------------------------------------------------------------------
+
+
+def _setup_file(path: Path, pad: int = 0) -> Path:
+    one = {"target_class": 0, "target_index": 0, "base_class": 1, "base_indices": [0]}
+    path.write_text(json.dumps({"setups": [one]}) + " " * pad)
+    return path
+
+
+def test_a_fifo_for_craft_setup_is_one_line_without_hanging(tmp_path, fifo, cli):
+    npz = write_npz(tmp_path)
+    setups = fifo(tmp_path / "setups.json")
+    started = time.monotonic()
+    code, _, err = cli("craft", "--attack", "bp", "--dataset", npz, "--setup", setups, "--results", tmp_path / "res")
+    quick(started)
+    one_line_error(code, err, f"setup file {str(setups)!r}: a FIFO, not a regular file")
+
+
+def test_a_deep_craft_setup_is_one_line_not_a_recursion_error(tmp_path, cli):
+    npz = write_npz(tmp_path)
+    setups = tmp_path / "setups.json"
+    setups.write_text(deep_json())
+    code, _, err = cli("craft", "--attack", "bp", "--dataset", npz, "--setup", setups, "--results", tmp_path / "res")
+    one_line_error(code, err, f"setup file {str(setups)!r}: nested more than {bounded.MAX_DEPTH} levels deep")
+
+
+def test_a_setup_file_at_the_size_limit_is_read_and_one_byte_over_refused(tmp_path, monkeypatch):
+    from poisonbench.attacks.targets import read_setups
+
+    setups = _setup_file(tmp_path / "setups.json", pad=10)
+    monkeypatch.setattr(bounded, "MAX_JSON_FILE_BYTES", setups.stat().st_size)
+    assert len(read_setups(setups)) == 1
+    monkeypatch.setattr(bounded, "MAX_JSON_FILE_BYTES", setups.stat().st_size - 1)
+    with pytest.raises(PoisonbenchError) as raised:
+        read_setups(setups)
+    assert str(raised.value) == (f"setup file {str(setups)!r}: larger than "
+                                 f"{bounded.size_text(setups.stat().st_size - 1)}, the limit for this file; refused "
+                                 "unread")

@@ -21,12 +21,13 @@ which in transfer is 10 % of the 4,900-image transfer set, its whole intended cl
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..core.bounded import Refused, read_json_file
 from ..core.errors import PoisonbenchError
 from ..core.hashing import derived_seed
 from ..data.splits import split_positions
@@ -136,17 +137,20 @@ def nearest_rows(model, data, pool: torch.Tensor, index: int, k: int, device,
 
 def read_setups(path: str | Path) -> list[dict]:
     """The `setups` list of a setup file (JSON: `{setups: [{target_class, target_index, base_class,
-    base_indices}]}`), each entry checked for its keys and integer values."""
+    base_indices}]}`), each entry checked for its keys and integer values. The file is read through the bounded
+    reader (core/bounded.py): a regular file of `MAX_JSON_FILE_BYTES` at most, nested `MAX_DEPTH` deep at most."""
+    if not os.path.exists(path):
+        raise PoisonbenchError(f"setup file {str(path)!r} does not exist")
     try:
-        doc = json.loads(Path(path).read_text())
-        setups = doc["setups"] if isinstance(doc, dict) else doc
-        if not isinstance(setups, list):
-            raise TypeError
-    except FileNotFoundError:
-        raise PoisonbenchError(f"setup file {str(path)!r} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError):
+        doc = read_json_file(path, label=f"setup file {str(path)!r}")
+    except Refused as e:
+        if e.over_limit:  # a FIFO, a device, too large, too deep: say which
+            raise PoisonbenchError(str(e)) from None
+        doc = None  # unreadable or not JSON: the format message below
+    setups = doc.get("setups") if isinstance(doc, dict) else doc
+    if not isinstance(setups, list):
         raise PoisonbenchError(f"setup file {str(path)!r} is not a JSON setup list ({{\"setups\": [{{target_class, "
-                               "target_index, base_class, base_indices}}, ...]}})") from None
+                               "target_index, base_class, base_indices}}, ...]}})")
     return setups
 
 
