@@ -604,3 +604,40 @@ def test_every_other_command_refuses_a_blank_results_in_the_same_line(cli, tmp_p
     assert err.strip() == ("Error: --results is empty ('  '); pass a directory, or leave the option out for "
                            "$POISONBENCH_RESULTS or ./results")
     assert list(work.iterdir()) == [] and sorted(p.name for p in inputs.iterdir()) == before
+
+
+def test_defend_trials_stop_at_the_last_setup_and_one_past_it_is_refused_before_anything_runs(cli, tmp_path):
+    """`defend --setup F --setup-index I --trials N` takes setups I..I+N-1: with 2 setups, index 1 and 2 trials is
+    refused in one line before any craft or training (nothing written), and index 0 with 2 trials plans both, the
+    second on the last setup. (Planted: `setup_target`'s check `0 <= i <= len(setups)`, an IndexError after the
+    first trial's plan.)"""
+    import json
+
+    import numpy as np
+
+    from poisonbench.data import load_dataset
+    from poisonbench.experiment.scenarios import scenario_for
+    from poisonbench.experiment.spec import DefendSpec
+
+    from .conftest import one_line_error, write_npz
+
+    npz = write_npz(tmp_path, n=200)
+    data = load_dataset(str(npz))
+    true = int(data.test.y[5])
+    intended = (true + 1) % 4
+    bases = [int(data.train.indices[r]) for r in np.flatnonzero(data.train.y.numpy() == intended)[:2]]
+    one = {"target_class": true, "target_index": int(data.test.indices[5]), "base_class": intended,
+           "base_indices": bases}
+    setups = tmp_path / "setups.json"
+    setups.write_text(json.dumps({"setups": [one, one]}))
+    results = tmp_path / "res"
+    code, _, err = cli("defend", "--scenario", "scratch", "--attack", "bp", "--dataset", npz, "--setup", setups,
+                       "--setup-index", "1", "--trials", "2", "--recipe", "quick", "--epochs", "1", "--compile",
+                       "off", "--results", results)
+    one_line_error(code, err)
+    assert err.strip() == "Error: --setup-index 2 is outside the setup file's [0, 2)"
+    assert not results.exists()
+    spec = DefendSpec(dataset=str(npz), scenario="scratch", attack="bp", setup=str(setups), setup_index=0, trials=2)
+    scenario = scenario_for(spec)
+    plans = [scenario.plan(spec, data, t) for t in (0, 1)]
+    assert [p.config["setup"]["index"] for p in plans] == [0, 1]
