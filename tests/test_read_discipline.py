@@ -10,9 +10,11 @@ blocked on it sees end of file; the test then fails on time or on the message in
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ from safetensors.torch import save as st_save
 from poisonbench.core import bounded
 from poisonbench.core.errors import PoisonbenchError
 
-from .conftest import dies_with_the_test, one_line_error, write_npz
+from .conftest import dies_with_the_test, one_line_error, write_mnist_dir, write_npz
 
 RELEASE_S = 4.0
 
@@ -254,3 +256,79 @@ def test_a_setup_file_at_the_size_limit_is_read_and_one_byte_over_refused(tmp_pa
     assert str(raised.value) == (f"setup file {str(setups)!r}: larger than "
                                  f"{bounded.size_text(setups.stat().st_size - 1)}, the limit for this file; refused "
                                  "unread")
+
+
+# --- IDX files under --data-dir ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def inflated(monkeypatch):
+    """The data bytes gzip inflated for the readers (every `GzipFile.read`'s result, summed)."""
+    counted = [0]
+    real = gzip.GzipFile.read
+
+    def read(self, *args):
+        data = real(self, *args)
+        counted[0] += len(data)
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", read)
+    return counted
+
+
+def _bomb(directory: Path, images: int = 2000, extra: bytes = b"") -> Path:
+    """An MNIST folder whose train images (a .gz) declare `images` 100×100 images of zeros (20 MB for 2,000; a few
+    kB compressed); `extra`: bytes after the declared data."""
+    write_mnist_dir(directory, n_train=10, n_test=10)
+    (directory / "train-images-idx3-ubyte").unlink()
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">III", images, 100, 100)
+    path = directory / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(header + bytes(images * 100 * 100) + extra, compresslevel=9))
+    return path
+
+
+def test_an_idx_gz_bomb_in_data_dir_is_one_line_refused_before_it_inflates(tmp_path, cli, monkeypatch, inflated):
+    path = _bomb(tmp_path)
+    monkeypatch.setattr(bounded, "IDX_INFLATION_FLOOR", 1_000_000)  # 20 MB of zeros from a few kB
+    code, _, err = cli("data", "info", "mnist", "--data-dir", tmp_path)
+    one_line_error(code, err, str(path), "20.0 MB of data", "refused uninflated")
+    assert inflated[0] <= 16, inflated[0]  # the header alone
+
+
+def test_an_idx_at_the_declared_size_limit_is_read_and_one_byte_over_refused_uninflated(tmp_path, monkeypatch,
+                                                                                         inflated):
+    from poisonbench.data.formats import read_idx
+
+    path = _bomb(tmp_path, images=20)  # 200 kB declared
+    monkeypatch.setattr(bounded, "MAX_IDX_BYTES", 200_000)
+    assert read_idx(path).shape == (20, 100, 100)
+    inflated[0] = 0
+    monkeypatch.setattr(bounded, "MAX_IDX_BYTES", 199_999)
+    with pytest.raises(PoisonbenchError) as raised:
+        read_idx(path)
+    assert str(raised.value) == (f"{str(path)!r}: its header declares 200.0 kB of data, more than the limit of "
+                                 "200.0 kB for an IDX file; refused uninflated")
+    assert inflated[0] <= 16
+
+
+def test_an_idx_whose_loading_exceeds_the_memory_is_refused_uninflated(tmp_path, monkeypatch, inflated):
+    from poisonbench.data import npz as npz_module
+    from poisonbench.data.formats import read_idx
+
+    path = _bomb(tmp_path, images=20)
+    monkeypatch.setattr(npz_module, "available_memory", lambda: bounded.IDX_BYTES_PER_BYTE * 200_000)
+    assert read_idx(path).shape == (20, 100, 100)
+    inflated[0] = 0
+    monkeypatch.setattr(npz_module, "available_memory", lambda: bounded.IDX_BYTES_PER_BYTE * 200_000 - 1)
+    with pytest.raises(PoisonbenchError, match="of memory available; refused unread"):
+        read_idx(path)
+    assert inflated[0] <= 16
+
+
+def test_an_idx_gz_running_past_its_declared_size_is_inflated_one_byte_past_it(tmp_path, inflated):
+    from poisonbench.data.formats import read_idx
+
+    path = _bomb(tmp_path, images=20, extra=bytes(5_000_000))
+    with pytest.raises(PoisonbenchError, match="truncated or corrupt: more than 200000 data bytes"):
+        read_idx(path)
+    assert inflated[0] <= 16 + 200_001

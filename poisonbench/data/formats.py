@@ -7,12 +7,17 @@ the standard files works (torchvision's `MNIST/raw/` layout, a flat directory su
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import math
+import os
+import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ..core.bounded import Refused, open_regular
 from ..core.errors import PoisonbenchError
 from .cifar_pickle import load_batch
 
@@ -20,24 +25,59 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally .gz): magic = 0x0000, dtype code, number of dims; big-endian sizes."""
-    opener = gzip.open if str(path).endswith(".gz") else open
+    """Read an IDX file (optionally .gz): magic = 0x0000, dtype code, number of dims; big-endian sizes.
+
+    Through the bounded reader (core/bounded.py): a regular file only; the header is read (inflated) first and the
+    size it declares checked before anything more is inflated or read: `MAX_IDX_BYTES` at most, within the memory
+    available (`IDX_BYTES_PER_BYTE`), and for a .gz no more than `MAX_IDX_INFLATION` × the file above
+    `IDX_INFLATION_FLOOR` (a decompression bomb); the data are then inflated up to the declared size + 1 byte."""
+    gz = str(path).endswith(".gz")
+    where = repr(str(path))
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
+        with open_regular(path, where) as file:
+            on_disk = os.fstat(file.fileno()).st_size
+            with gzip.GzipFile(fileobj=file, mode="rb") if gz else contextlib.nullcontext(file) as f:
+                head = f.read(4)
+                if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                    raise PoisonbenchError(f"{path} is not an IDX file (bad magic number)")
+                ndim, dtype = head[3], np.dtype(_IDX_DTYPES[head[2]])
+                sizes = f.read(4 * ndim)
+                if len(sizes) < 4 * ndim:
+                    raise PoisonbenchError(f"{path} is truncated or corrupt: its header is cut")
+                dims = struct.unpack(f">{ndim}I", sizes)
+                expected = math.prod(dims) * dtype.itemsize
+                _check_idx_size(where, expected, on_disk, gz)
+                if not gz and on_disk != 4 + 4 * ndim + expected:
+                    body_bytes = on_disk - 4 - 4 * ndim
+                    raise PoisonbenchError(f"{path} is truncated or corrupt: {body_bytes} data bytes, expected "
+                                           f"{expected}")
+                body = f.read(expected + 1)  # never more: a stream that runs on is refused below
+    except Refused as exc:
+        raise PoisonbenchError(str(exc)) from None
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a cut .gz ends in EOFError
         raise PoisonbenchError(f"{path} cannot be read ({type(exc).__name__}: {exc}); an interrupted download? "
                                "delete it and fetch it again") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise PoisonbenchError(f"{path} is not an IDX file (bad magic number)")
-    ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    body = raw[4 + 4 * ndim:]
     if len(body) != expected:
-        raise PoisonbenchError(f"{path} is truncated or corrupt: {len(body)} data bytes, expected {expected}")
+        shown = f"more than {expected}" if len(body) > expected else str(len(body))
+        raise PoisonbenchError(f"{path} is truncated or corrupt: {shown} data bytes, expected {expected}")
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=True)
+
+
+def _check_idx_size(where: str, declared: int, on_disk: int, gz: bool) -> None:
+    """Refuse (`Refused`, naming `where`), before its data are inflated or read, an IDX file whose header declares
+    more than `MAX_IDX_BYTES`, a .gz declaring more than `MAX_IDX_INFLATION` × its own size (above
+    `IDX_INFLATION_FLOOR`), or one whose loading would take more than the memory available."""
+    from ..core import bounded
+
+    what = f"its header declares {bounded.size_text(declared)} of data"
+    if declared > bounded.MAX_IDX_BYTES:
+        raise Refused(where, f"{what}, more than the limit of {bounded.size_text(bounded.MAX_IDX_BYTES)} for an IDX "
+                      "file; refused uninflated")
+    if gz and declared > bounded.IDX_INFLATION_FLOOR and declared > bounded.MAX_IDX_INFLATION * on_disk:
+        raise Refused(where, f"{what} from {bounded.size_text(on_disk)} compressed, more than "
+                      f"{bounded.MAX_IDX_INFLATION}× the file (a decompression bomb?); refused uninflated")
+    bounded.check_memory(bounded.IDX_BYTES_PER_BYTE * declared, where, f"loading the {bounded.size_text(declared)} "
+                         "its header declares")
 
 
 def find_file(directories: list[Path], stems: list[str], suffixes=("", ".gz")) -> Path | None:
