@@ -272,7 +272,7 @@ def report(results: str | None = None, *, table: str | int | None = None, datase
     is skipped with a `PoisonbenchWarning`."""
     import pandas as pd
 
-    from .cli.report import check_arguments, is_matrix
+    from .cli.report import check_arguments, is_matrix, not_shown_note
     from .experiment.packed_records import open_store
     from .report import selection, tables
 
@@ -306,8 +306,7 @@ def report(results: str | None = None, *, table: str | int | None = None, datase
     summary = selection.plain_summary(records, filters, attacks)
     notes = []
     if summary.attrs.get("not_shown"):
-        notes.append(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id or seed of another run "
-                     "of the same configuration")
+        notes.append(not_shown_note(summary.attrs["not_shown"]))
     notes += summary.attrs.get("craft_notes", [])
     summary.attrs["notes"] = notes
     if summary.empty:

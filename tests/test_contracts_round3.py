@@ -641,3 +641,27 @@ def test_defend_trials_stop_at_the_last_setup_and_one_past_it_is_refused_before_
     scenario = scenario_for(spec)
     plans = [scenario.plan(spec, data, t) for t in (0, 1)]
     assert [p.config["setup"]["index"] for p in plans] == [0, 1]
+
+
+def test_the_api_plain_reports_notes_are_the_clis_lines_whole(cli, tmp_path):
+    """`api.report()` without a table (the plain summary) keeps, in `attrs["notes"]`, exactly the note lines
+    `poisonbench report` prints on stderr: the runs not shown (a trial repeated under another seed) and the mixed
+    crafts. (The table branch: test_the_api_tables_notes_are_the_clis_whole_lines_and_none_left_out. Before: the API's
+    "not shown" note was the CLI's cut short.)"""
+    from poisonbench import api
+    from poisonbench.core.hashing import short_hash
+
+    from .test_run_identity import craft, mix_record, workspace
+
+    again = mix_record(0, craft("a"), method="none")
+    again["config"]["seed"] = 17  # trial 0 again under another --seed: not shown
+    again["run_id"] = short_hash(again["config"])
+    root = tmp_path / "res"
+    workspace(root, [mix_record(t, craft("a"), method="none") for t in range(2)]
+              + [mix_record(2, craft("b"), method="none"), again])
+    notes = api.report(str(root)).attrs["notes"]
+    code, out, err = cli("report", "--results", root, "--format", "md")
+    assert code == 0, err
+    assert len(notes) == 6 and notes[0].startswith("not shown: 1 run(s) ")
+    assert notes[1].startswith("mixed crafts in the cell ") and all(" in 2 crafts " in n for n in notes[2:])
+    assert notes == err.splitlines()

@@ -320,6 +320,12 @@ def draw_figures(figure: str, records: list[dict], store: RecordReader, filters:
         print(printable(path))
 
 
+def not_shown_note(count: int) -> str:
+    """The plain report's note on the runs it leaves out (`api.report` gives the same line)."""
+    return (f"not shown: {count} run(s) repeating the trial id or seed of another run of the same configuration "
+            "(e.g. another --seed); each configuration keeps the newest run per trial and seed")
+
+
 def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str, attacks: str | None) -> list[str]:
     """No --table / --figure: test accuracy mean ± std per configuration; unlike the tables, every attack mix and
     PoisonSet choice unless --attacks / --poisons name one. Returns the lines naming the runs shown that trained on
@@ -329,8 +335,7 @@ def show_plain(records: list[dict], store: RecordReader, filters: dict, fmt: str
     tables.assert_records(records, store.runs, len(store.skipped))
     summary = selection.plain_summary(records, filters, attacks)
     if summary.attrs.get("not_shown"):
-        note(f"not shown: {summary.attrs['not_shown']} run(s) repeating the trial id or seed of another run of the "
-             "same configuration (e.g. another --seed); each configuration keeps the newest run per trial and seed")
+        note(not_shown_note(summary.attrs["not_shown"]))
     for text in summary.attrs.get("craft_notes", []):
         note(text)
     mixed = summary.attrs.get("mixed", [])
