@@ -332,3 +332,64 @@ def test_an_idx_gz_running_past_its_declared_size_is_inflated_one_byte_past_it(t
     with pytest.raises(PoisonbenchError, match="truncated or corrupt: more than 200000 data bytes"):
         read_idx(path)
     assert inflated[0] <= 16 + 200_001
+
+
+# --- pickles of `poisons import` (the Toxic benchmark's three, forest's export) and the model cache ----------------
+
+
+def _toxic_dir(directory: Path) -> Path:
+    import pickle
+
+    import numpy as np
+
+    directory.mkdir()
+    (directory / "poisons.pickle").write_bytes(pickle.dumps([(np.zeros((16, 16), np.uint8), 1)]))
+    (directory / "base_indices.pickle").write_bytes(pickle.dumps([0]))
+    (directory / "target.pickle").write_bytes(pickle.dumps((np.zeros((16, 16), np.uint8), 0)))
+    return directory
+
+
+def test_a_fifo_for_a_toxic_pickle_is_one_line_for_poisons_import(tmp_path, fifo, cli):
+    npz = write_npz(tmp_path)
+    submission = _toxic_dir(tmp_path / "sub")
+    poisons_pickle = fifo(submission / "poisons.pickle")
+    started = time.monotonic()
+    code, _, err = cli("poisons", "import", submission, "--dataset", npz, "--results", tmp_path / "res")
+    quick(started)
+    one_line_error(code, err, str(poisons_pickle), "a FIFO, not a regular file")
+
+
+def test_a_pickle_at_the_size_limit_is_read_and_one_byte_over_refused_unread(tmp_path, monkeypatch):
+    from poisonbench.poisons.interchange.unpickle import load_pickle, load_torch_or_pickle
+
+    path = _toxic_dir(tmp_path / "sub") / "base_indices.pickle"
+    monkeypatch.setattr(bounded, "MAX_PICKLE_BYTES", path.stat().st_size)
+    assert load_pickle(path) == [0] and load_torch_or_pickle(path) == [0]
+    monkeypatch.setattr(bounded, "MAX_PICKLE_BYTES", path.stat().st_size - 1)
+    for load in (load_pickle, load_torch_or_pickle):
+        with pytest.raises(PoisonbenchError) as raised:
+            load(path)
+        assert str(raised.value) == (f"{str(path)!r}: larger than {bounded.size_text(path.stat().st_size - 1)}, "
+                                     "the limit for this file; refused unread")
+
+
+def test_a_cached_model_file_a_fifo_or_over_the_limit_is_one_line_never_waited_on(tmp_path, fifo, monkeypatch):
+    from poisonbench.data.load import load_dataset
+    from poisonbench.engine import model_cache
+    from poisonbench.engine.models import build_model
+
+    data = load_dataset(str(write_npz(tmp_path)))
+    spec = {"model": "convnet"}
+    path = tmp_path / "model.safetensors"
+    state = {k: v.contiguous() for k, v in build_model("convnet", data, seed=0).state_dict().items()}
+    path.write_bytes(st_save(state, metadata={"spec": model_cache.canonical_json(spec), "info": "{}"}))
+    monkeypatch.setattr(bounded, "MAX_TENSOR_FILE_BYTES", path.stat().st_size)
+    model_cache._load(path, spec, "m", data, torch.device("cpu"), 0)
+    monkeypatch.setattr(bounded, "MAX_TENSOR_FILE_BYTES", path.stat().st_size - 1)
+    with pytest.raises(PoisonbenchError, match="the limit for this file; refused unread; delete it to retrain"):
+        model_cache._load(path, spec, "m", data, torch.device("cpu"), 0)
+    fifo(path)
+    started = time.monotonic()
+    with pytest.raises(PoisonbenchError, match="a FIFO, not a regular file"):
+        model_cache._load(path, spec, "m", data, torch.device("cpu"), 0)
+    quick(started)

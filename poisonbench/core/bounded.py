@@ -140,6 +140,14 @@ def _too_large(path, label, max_bytes: int) -> Refused:
                    "unread")
 
 
+def check_size(f: BinaryIO, max_bytes: int, where: str) -> int:
+    """The size of the open regular file `f`; `Refused` (naming `where`), unread, when it is over `max_bytes`."""
+    size = os.fstat(f.fileno()).st_size
+    if size > max_bytes:
+        raise Refused(where, f"larger than {size_text(max_bytes)}, the limit for this file; refused unread")
+    return size
+
+
 def check_memory(needed: int, where: str, what: str) -> None:
     """`Refused` (naming `where`) when `needed` bytes are more than the memory available (where it is known):
     `what` says what needs them."""

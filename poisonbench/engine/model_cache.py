@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..core.bounded import Refused, loads_json, read_tensor_file, tensors_metadata
 from ..core.errors import PoisonbenchError
 from ..core.hashing import canonical_json, short_hash
 from ..core.io import atomic_write_bytes, exclusive, os_error_in_one_line
@@ -70,29 +71,31 @@ def load_or_train(kind: str, spec: dict, dataset, device: torch.device, *, resul
 def _load(path: Path, spec: dict, model_id: str, dataset, device: torch.device,
           seed: int) -> tuple[torch.nn.Module, dict]:
     model = build_model(spec["model"], dataset, seed=seed)
-    try:
-        raw = path.read_bytes()  # read once: the tensors and the metadata both come from these bytes
-        state, meta = st_load(raw), _metadata(raw)
+    where = f"model file {str(path)!r}"
+    try:  # read once, through the bounded reader (a regular file, MAX_TENSOR_FILE_BYTES, memory per byte)
+        raw = read_tensor_file(path, label=where)
+    except Refused as e:
+        raise PoisonbenchError(f"{e}; delete it to retrain") from None
+    try:  # the tensors and the metadata both come from these bytes
+        state, meta = st_load(raw), tensors_metadata(raw, where)
         model.load_state_dict(state)
     except Exception as exc:  # truncated / not safetensors / wrong keys
         raise PoisonbenchError(f"model file {str(path)!r} is unreadable ({type(exc).__name__}); "
                                f"delete it to retrain") from None
     if meta.get("spec") != canonical_json(spec):
         raise PoisonbenchError(f"model file {str(path)!r} was made for other inputs; delete it to retrain")
-    saved = json.loads(meta.get("info", "{}"))
+    try:
+        saved = loads_json(meta.get("info", "{}"), where)
+    except Refused as e:
+        raise PoisonbenchError(f"{e}; delete it to retrain") from None
+    if not isinstance(saved, dict):
+        raise PoisonbenchError(f"{where} holds no model information; delete it to retrain")
     sha = weights_sha256(state)
     if saved.get("weights_sha256", sha) != sha:  # files written before the hash existed have none to check
         raise PoisonbenchError(f"model file {str(path)!r} fails its weights sha256 check (edited?); "
                                f"delete it to retrain")
     info = {"id": model_id, "path": str(path), "trained": False, **saved, "weights_sha256": sha}
     return model.to(device), info
-
-
-def _metadata(raw: bytes) -> dict:
-    """The `__metadata__` of a safetensors file's bytes (an 8-byte little-endian header length, then the JSON
-    header)."""
-    size = int.from_bytes(raw[:8], "little")
-    return json.loads(raw[8:8 + size]).get("__metadata__") or {}
 
 
 def _train(path: Path, spec: dict, model_id: str, dataset, device: torch.device, rows, recipe, seed: int,

@@ -20,6 +20,9 @@ FORMATS = ("forest", "toxic", "npz")
 DEFAULT_LABEL = {"forest": "gm", "toxic": "bp", "npz": "imported"}  # the Table III column, when --attack is not given
 TRANSFER_LABELS = ("bp", "fc")  # paper §VI-A2: BP and FC are evaluated in transfer learning, the others from scratch
 TOXIC_FILES = ("poisons.pickle", "base_indices.pickle", "target.pickle")
+# a torch.save file's `data.pkl` (its tensors live in other members): forest's is a few kB; only its first 16 MB are
+# inflated to look for forest's keys
+MAX_TORCH_PICKLE_BYTES = 16_000_000
 PICKLE_SUFFIXES = (".pkl", ".pickle")  # a forest export with one of these is a plain pickle (HINT's `pickle.load`)
 BOX_TOLERANCE = 1e-4  # float noise of forest's box constraint in normalised space; clipped, larger is refused
 TARGET_TOLERANCE = 1.0 / 255 + 1e-4  # a target image written through PIL (ToPILImage truncates) vs the test image
@@ -327,7 +330,10 @@ def _torch_pickle_mentions(path: Path, key: bytes) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
-            return name is not None and key in z.read(name)
+            if name is None:
+                return False
+            with z.open(name) as member:  # inflated up to its bound, never past it (a zip bomb)
+                return key in member.read(MAX_TORCH_PICKLE_BYTES)
     except (OSError, zipfile.BadZipFile):
         return False
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import _codecs
 import io
+import os
 import pickle
 import re
 import zipfile
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...core import bounded
+from ...core.bounded import check_size, open_regular
 from ...core.errors import PoisonbenchError
 from ...core.io import torch_load_tensors
 from ...core.provenance import version_tuple
@@ -112,17 +115,19 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
 
 
 def load_pickle(path: Path, label: str | None = None):
-    """The object in the pickle at `path`, read by `ArraysOnlyUnpickler`."""
+    """The object in the pickle at `path`, read by `ArraysOnlyUnpickler` through the bounded reader
+    (core/bounded.py): a regular file only (a FIFO is refused unread), `MAX_PICKLE_BYTES` at most."""
     label = label or repr(str(path))
+    if not os.path.exists(path):
+        raise PoisonbenchError(f"{label} does not exist")
+    if os.path.isdir(path):
+        raise PoisonbenchError(f"{label} is a directory, not a pickle file")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, label) as f:
+            check_size(f, bounded.MAX_PICKLE_BYTES, label)
             return ArraysOnlyUnpickler(f, label).load()
     except PoisonbenchError:
         raise
-    except FileNotFoundError:
-        raise PoisonbenchError(f"{label} does not exist") from None
-    except IsADirectoryError:
-        raise PoisonbenchError(f"{label} is a directory, not a pickle file") from None
     except Exception as exc:
         raise PoisonbenchError(f"{label} is not a readable pickle ({type(exc).__name__})") from None
 
@@ -168,6 +173,8 @@ def load_torch_or_pickle(path: Path, label: str | None = None):
     path = Path(path)
     if not path.is_file():
         raise PoisonbenchError(f"{label} does not exist" if not path.exists() else f"{label} is not a file")
+    with open_regular(path, label) as f:  # a FIFO or a device is refused unread, a file over the bound too
+        check_size(f, bounded.MAX_PICKLE_BYTES, label)
     if not zipfile.is_zipfile(path):
         obj = load_pickle(path, label)
         if not (isinstance(obj, int) and obj == torch.serialization.MAGIC_NUMBER):
