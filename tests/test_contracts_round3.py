@@ -665,3 +665,49 @@ def test_the_api_plain_reports_notes_are_the_clis_lines_whole(cli, tmp_path):
     assert len(notes) == 6 and notes[0].startswith("not shown: 1 run(s) ")
     assert notes[1].startswith("mixed crafts in the cell ") and all(" in 2 crafts " in n for n in notes[2:])
     assert notes == err.splitlines()
+
+
+def test_an_npz_exactly_at_each_declared_size_bound_loads_and_one_byte_more_is_refused(monkeypatch, tmp_path):
+    """`check_declared_size`, each bound probed at its edge (bounds made small here): declared bytes equal to
+    `MAX_NPZ_BYTES`, equal to `MAX_NPZ_INFLATION` × the file (above the floor), anything up to the floor itself,
+    and a load needing exactly the memory available pass; one byte more is refused, whole. (Planted: `>=` for `>` in
+    each of the four comparisons.)"""
+    import numpy as np
+
+    from poisonbench.core.errors import PoisonbenchError
+    from poisonbench.data import npz as npz_module
+    from poisonbench.data.npz import NpyHeader, check_declared_size
+
+    def heads(x_bytes: int) -> tuple:  # x: uint8 rows; y: 1 int64 label (8 bytes)
+        return NpyHeader((x_bytes,), np.dtype(np.uint8), 128, 0), NpyHeader((1,), np.dtype(np.int64), 128, 0)
+
+    def refused(path, x_bytes: int) -> str:
+        with pytest.raises(PoisonbenchError) as info:
+            check_declared_size(path, *heads(x_bytes))
+        return str(info.value)
+
+    monkeypatch.setattr(npz_module, "available_memory", lambda: 1 << 60)
+    monkeypatch.setattr(npz_module, "MAX_NPZ_BYTES", 1008)
+    nowhere = tmp_path / "absent.npz"  # no size on disk: the inflation bound does not apply
+    check_declared_size(nowhere, *heads(1000))
+    assert refused(nowhere, 1001) == (f"{nowhere}: declares 1.0 kB of arrays (x uint8 (1001,), y int64 (1,)), more "
+                                      "than the limit of 1.0 kB for an .npz dataset; refused before reading it")
+
+    monkeypatch.setattr(npz_module, "MAX_NPZ_BYTES", 1 << 40)
+    monkeypatch.setattr(npz_module, "NPZ_INFLATION_FLOOR", 500)
+    small = tmp_path / "small.npz"
+    small.write_bytes(b"\0" * 10)  # 10 bytes on disk: 100× is 1,000 declared
+    check_declared_size(small, *heads(992))
+    assert refused(small, 993) == (f"{small}: declares 1.0 kB of arrays (x uint8 (993,), y int64 (1,)) from 10 "
+                                   "bytes on disk, more than 100× the file (the limit: images deflate far less; a "
+                                   "decompression bomb?); refused before reading it")
+    monkeypatch.setattr(npz_module, "NPZ_INFLATION_FLOOR", 2000)
+    check_declared_size(small, *heads(1992))  # 2,000 declared: at the floor, whatever the file's size
+    assert "more than 100× the file" in refused(small, 1993)
+
+    monkeypatch.setattr(npz_module, "NPZ_INFLATION_FLOOR", 1 << 40)
+    monkeypatch.setattr(npz_module, "available_memory", lambda: 4 * 1000 + 6 * 8)  # the load of x 1000, y 8 bytes
+    check_declared_size(small, *heads(1000))
+    assert refused(small, 1001) == (f"{small}: declares 1.0 kB of arrays (x uint8 (1001,), y int64 (1,)); loading "
+                                    "it takes about 4.1 kB, more than the 4.0 kB of memory available; refused before "
+                                    "reading it")
