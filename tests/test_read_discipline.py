@@ -393,3 +393,40 @@ def test_a_cached_model_file_a_fifo_or_over_the_limit_is_one_line_never_waited_o
     with pytest.raises(PoisonbenchError, match="a FIFO, not a regular file"):
         model_cache._load(path, spec, "m", data, torch.device("cpu"), 0)
     quick(started)
+
+
+@pytest.mark.parametrize("weights", ["weights.pt", "weights.safetensors"])
+def test_a_fifo_for_generator_weights_is_one_line_without_hanging(tmp_path, fifo, cli, weights):
+    npz = write_npz(tmp_path)
+    path = fifo(tmp_path / weights)
+    started = time.monotonic()
+    code, _, err = cli("craft", "--attack", "deepconfuse", "--generator-weights", path, "--dataset", npz,
+                       "--results", tmp_path / "res")
+    quick(started)
+    one_line_error(code, err, str(path), "a FIFO, not a regular file")
+
+
+def test_a_torch_file_at_the_size_limit_is_read_and_one_byte_over_refused_unread(tmp_path, monkeypatch):
+    from poisonbench.core.io import torch_load_tensors
+
+    path = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, path)
+    monkeypatch.setattr(bounded, "MAX_PICKLE_BYTES", path.stat().st_size)
+    assert torch_load_tensors(path)["w"].shape == (3,)
+    monkeypatch.setattr(bounded, "MAX_PICKLE_BYTES", path.stat().st_size - 1)
+    with pytest.raises(bounded.Refused, match="the limit for this file; refused unread"):
+        torch_load_tensors(path)
+
+
+def test_a_cifar_batch_over_the_size_limit_in_data_dir_is_one_line(tmp_path, cli, monkeypatch):
+    from .conftest import write_cifar_dir
+
+    write_cifar_dir(tmp_path / "cifar-10-batches-py")
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    largest = max(p.stat().st_size for p in batch.parent.iterdir())
+    monkeypatch.setattr(bounded, "MAX_CIFAR_BATCH_BYTES", largest)
+    code, _, err = cli("data", "info", "cifar10", "--data-dir", tmp_path)
+    assert code == 0, err
+    batch.write_bytes(batch.read_bytes() + b"\0" * (largest + 1 - batch.stat().st_size))
+    code, _, err = cli("data", "info", "cifar10", "--data-dir", tmp_path)
+    one_line_error(code, err, str(batch), "the limit for this file; refused unread")

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 from torch.func import functional_call
 
+from ..core.bounded import Refused, read_tensors
 from ..core.errors import PoisonbenchError
 from ..core.hashing import sha256_file
 from ..core.io import atomic_write_bytes, ensure_writable, os_error_in_one_line, torch_load_tensors
@@ -82,9 +82,11 @@ def import_generator(path, family: str, results_root=None) -> str:
         return f"sha256:{sha256}"
     try:
         if source.suffix == ".safetensors":
-            state = load_file(source)
+            state = read_tensors(source)
         else:
             state = torch_load_tensors(source)
+    except Refused:  # a FIFO, over a bound: its own one line
+        raise
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same one-line error
         raise PoisonbenchError(f"{str(source)!r} is not a state dict of tensors ({type(e).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -112,7 +114,9 @@ def load_generator(results_root, family: str, channels: int, generator: str, dev
                                "`poisonbench craft --attack deepconfuse --generator-weights FILE`")
     model = GENERATORS[family](channels)
     try:
-        model.load_state_dict(load_file(path))
+        model.load_state_dict(read_tensors(path))
+    except Refused as e:
+        raise PoisonbenchError(f"imported generator {e}; delete it and import the weights again") from None
     except Exception as e:  # noqa: BLE001 - a damaged store file (writes are atomic: a disk fault or an edit)
         raise PoisonbenchError(f"imported generator {str(path)!r} is unreadable ({type(e).__name__}); delete it "
                                "and import the weights again") from None

@@ -62,6 +62,8 @@ MAX_TENSOR_HEADER_BYTES = MAX_JSON_FILE_BYTES
 # pickles read as data (`poisons import`: the Toxic benchmark's three pickles, forest's export): a δ of the whole
 # train set at most, as for safetensors files
 MAX_PICKLE_BYTES = MAX_TENSOR_FILE_BYTES
+# CIFAR-10's python batches under --data-dir: 31 MB each (10,000 rows of 3,073 bytes); 10× that
+MAX_CIFAR_BATCH_BYTES = 320 * MB
 # IDX datasets (MNIST-family, gzipped or not, under --data-dir): the bytes the header declares, checked before
 # anything is inflated or read (MNIST's train images are 47 MB; EMNIST's largest split 0.6 GB). Reading one takes
 # the file's data bytes and the array copied out of them (2 per declared byte), and loading the dataset about what

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,15 @@ def derived_seed(seed: int, stream: str) -> int:
 
 
 def sha256_file(path) -> str:
+    """sha256 of the file `path` (an imported file: `poisons import`, `--generator-weights`), read in chunks through
+    the bounded reader: a regular file of `MAX_PICKLE_BYTES` at most, else `Refused` unread; a missing or unreadable
+    file raises its OSError."""
+    from . import bounded
+
+    os.stat(path)  # a missing file: FileNotFoundError, as before
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with bounded.open_regular(path) as f:
+        bounded.check_size(f, bounded.MAX_PICKLE_BYTES, repr(str(path)))
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -442,9 +442,14 @@ def ensure_writable(directory: Path, what: str) -> None:
 def torch_load_tensors(path: Path):
     """`torch.load(path, weights_only=True)` on the CPU: tensors and plain containers only, no code runs. torch
     warns (two lines on stderr) about a pickle protocol other than its own before it loads or refuses a file;
-    the caller's one-line error or result says what matters, so that warning is silenced."""
+    the caller's one-line error or result says what matters, so that warning is silenced. The file is opened
+    through the bounded reader: a regular file of `MAX_PICKLE_BYTES` at most, else `Refused` unread."""
     import torch
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-        return torch.load(path, map_location="cpu", weights_only=True)
+    from . import bounded
+
+    with bounded.open_regular(path) as f:
+        bounded.check_size(f, bounded.MAX_PICKLE_BYTES, repr(str(path)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(f, map_location="cpu", weights_only=True)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import bounded
+from ..core.bounded import check_size, open_regular
 from ..core.errors import PoisonbenchError
 
 try:  # numpy >= 2
@@ -69,7 +71,8 @@ def load_batch(path: Path) -> dict:
     """The unpickled batch at `path`; its keys as text (a batch pickled in Python 3 may have bytes keys,
     b"data" for "data"). Raises PoisonbenchError for a refused global; any other failure as the unpickler
     raises it."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a regular file of MAX_CIFAR_BATCH_BYTES at most (core/bounded.py)
+        check_size(f, bounded.MAX_CIFAR_BATCH_BYTES, repr(str(path)))
         entry = _BatchUnpickler(f, path).load()
     if not isinstance(entry, dict):
         raise ValueError(f"a {type(entry).__name__}, not a dict")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ...attacks.base import PoisonSet
+from ...core.bounded import Refused
 from ...core.errors import PoisonbenchError
 from ...core.hashing import sha256_file
 from ...core.io import (
@@ -95,6 +96,8 @@ def read_hint_file(path: Path, shape: tuple[int, int, int]) -> tuple[torch.Tenso
         raise PoisonbenchError(f"poison file {str(path)!r} does not exist")
     try:
         obj = torch_load_tensors(path)
+    except Refused as exc:  # over a bound (core/bounded.py): say which
+        raise PoisonbenchError(f"poison file {exc}") from None
     except Exception as exc:
         raise PoisonbenchError(f"poison file {str(path)!r} is not a torch file of tensors "
                                f"({type(exc).__name__})") from None
