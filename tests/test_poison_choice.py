@@ -86,7 +86,7 @@ def test_generator_import_refuses_what_does_not_fit(tiny, tmp_path):
     damaged = generator_path(tmp_path / "r2", data.family, "0" * 64)
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"not safetensors")
-    with pytest.raises(PoisonbenchError, match="is unreadable .*import the weights again"):
+    with pytest.raises(PoisonbenchError, match="not a readable safetensors file .*import the weights again"):
         poisons.craft(spec, data, tmp_path / "r2", torch.device("cpu"))
 
 

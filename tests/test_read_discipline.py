@@ -124,13 +124,12 @@ def test_delta_safetensors_at_the_size_limit_is_read_and_one_byte_over_refused(w
 
 def test_delta_safetensors_whose_loading_exceeds_the_memory_is_refused_unread(workspace, monkeypatch):
     from poisonbench import poisons
-    from poisonbench.data import npz as npz_module
 
     _, results, pid, delta = workspace
     size = delta.stat().st_size
-    monkeypatch.setattr(npz_module, "available_memory", lambda: bounded.TENSOR_BYTES_PER_BYTE * size)
+    monkeypatch.setattr(bounded, "available_memory", lambda: bounded.TENSOR_BYTES_PER_BYTE * size)
     assert poisons.load(results, pid).delta.ndim == 4
-    monkeypatch.setattr(npz_module, "available_memory", lambda: bounded.TENSOR_BYTES_PER_BYTE * size - 1)
+    monkeypatch.setattr(bounded, "available_memory", lambda: bounded.TENSOR_BYTES_PER_BYTE * size - 1)
     with pytest.raises(PoisonbenchError, match="more than the .* of memory available; refused unread"):
         poisons.load(results, pid)
 
@@ -312,14 +311,13 @@ def test_an_idx_at_the_declared_size_limit_is_read_and_one_byte_over_refused_uni
 
 
 def test_an_idx_whose_loading_exceeds_the_memory_is_refused_uninflated(tmp_path, monkeypatch, inflated):
-    from poisonbench.data import npz as npz_module
     from poisonbench.data.formats import read_idx
 
     path = _bomb(tmp_path, images=20)
-    monkeypatch.setattr(npz_module, "available_memory", lambda: bounded.IDX_BYTES_PER_BYTE * 200_000)
+    monkeypatch.setattr(bounded, "available_memory", lambda: bounded.IDX_BYTES_PER_BYTE * 200_000)
     assert read_idx(path).shape == (20, 100, 100)
     inflated[0] = 0
-    monkeypatch.setattr(npz_module, "available_memory", lambda: bounded.IDX_BYTES_PER_BYTE * 200_000 - 1)
+    monkeypatch.setattr(bounded, "available_memory", lambda: bounded.IDX_BYTES_PER_BYTE * 200_000 - 1)
     with pytest.raises(PoisonbenchError, match="of memory available; refused unread"):
         read_idx(path)
     assert inflated[0] <= 16

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import PoisonbenchError
+from .memory import available_memory
 
 MB = 1_000_000  # decimal, as the messages print sizes
 
@@ -153,8 +154,6 @@ def check_size(f: BinaryIO, max_bytes: int, where: str) -> int:
 def check_memory(needed: int, where: str, what: str) -> None:
     """`Refused` (naming `where`) when `needed` bytes are more than the memory available (where it is known):
     `what` says what needs them."""
-    from ..data.npz import available_memory  # lazily: poisonbench.data imports this module
-
     memory = available_memory()
     if memory is not None and needed > memory:
         raise Refused(where, f"{what} takes about {size_text(needed)}, more than the {size_text(memory)} of memory "
