@@ -32,12 +32,13 @@ CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def pld_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
-    """The PLD accountant called directly (dp_accounting.pld), the reference for the record's `epsilon_pld`."""
+def pld_epsilon(q: float, sigma: float, steps: int, delta: float, interval: float | None = None) -> float:
+    """The PLD accountant called directly (dp_accounting.pld), the reference for the record's `epsilon_pld`; with
+    `interval`, its value discretisation interval (its default otherwise)."""
     import dp_accounting
     from dp_accounting.pld import PLDAccountant
 
-    accountant = PLDAccountant()
+    accountant = PLDAccountant() if interval is None else PLDAccountant(value_discretization_interval=interval)
     accountant.compose(dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))
     return accountant.get_epsilon(delta)
@@ -341,13 +342,18 @@ def test_the_pld_epsilon_is_the_pld_accountants_and_below_the_rdp_one(q, sigma, 
 
 
 def test_the_pld_epsilon_at_its_edges():
-    """σ exactly at the floor is computed, just under it is not (with the reason); σ 0 is ∞, no step is 0; bad
-    input is the RDP accountant's one line."""
+    """σ exactly at the floor takes the accountant's default discretisation, just under it the coarse one (with the
+    note saying so, still an upper bound: at or above the finer one's ε); σ 0 is ∞, no step is 0; bad input is the
+    RDP accountant's one line."""
     assert privacy.pld_epsilon(0.1, privacy.PLD_MIN_SIGMA, 3, 1e-5) == pld_epsilon(0.1, 0.3, 3, 1e-5)
     assert privacy.pld_note(privacy.PLD_MIN_SIGMA) is None
-    assert privacy.pld_epsilon(0.1, 0.2999, 3, 1e-5) is None
-    assert privacy.pld_note(0.2999) == ("PLD not computed: σ 0.2999 < 0.3 (slow; the RDP ε already shows no useful "
-                                        "privacy)")
+    coarse = privacy.pld_epsilon(0.1, 0.2999, 3, 1e-5)
+    assert coarse == pld_epsilon(0.1, 0.2999, 3, 1e-5, interval=0.1) >= pld_epsilon(0.1, 0.2999, 3, 1e-5)
+    assert privacy.pld_note(0.2999) == ("PLD discretised at 0.1 (σ 0.2999 < 0.3: the default 1e-4 is too slow); its "
+                                        "pessimistic estimate, still an upper bound on ε")
+    # the HINT paper's σ 0.01 on mnist-5k's 31 steps an epoch: computed, below the RDP figure
+    assert privacy.pld_epsilon(1 / 31, 0.01, 31, 1e-5) == pld_epsilon(1 / 31, 0.01, 31, 1e-5, interval=0.1) \
+        < privacy.epsilon(1 / 31, 0.01, 31, 1e-5)
     assert privacy.pld_epsilon(0.1, 0.0, 3, 1e-5) == math.inf and privacy.pld_note(0.0) is None
     assert privacy.pld_epsilon(0.1, 1.0, 0, 1e-5) == 0.0
     with pytest.raises(PoisonbenchError) as info:
