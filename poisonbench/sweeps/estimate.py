@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+from ..core.bounded import read_json_file
 from ..core.errors import PoisonbenchError
 from .grid import Grid
 
@@ -63,8 +64,9 @@ class Figures:
 # ---- the figures ---------------------------------------------------------------------------------------------------
 
 def packaged_figures(path: str | Path = TABLE) -> list[Figures]:
-    """Every device kind of the figures table (`throughput.json` in the package unless `path`)."""
-    table = json.loads(Path(path).read_text())
+    """Every device kind of the figures table (`throughput.json` in the package unless `path`), read through the
+    bounded reader (core/bounded.py: a regular file, `MAX_JSON_FILE_BYTES`, `MAX_DEPTH`; else `Refused`)."""
+    table = read_json_file(path)
     return [Figures(kind, e["images_per_s"], e["ratio_to_none"], e["crafting"], e.get("source", {}))
             for kind, e in table["devices"].items()]
 
@@ -91,7 +93,7 @@ def figures_from_lines(lines: list[dict]) -> tuple[str, dict]:
 def write_table(path: str | Path, kind: str, entry: dict) -> None:
     """Put `kind`'s entry into the figures table at `path` (the other kinds kept; a new table if none)."""
     path = Path(path)
-    table = json.loads(path.read_text()) if path.exists() else {"devices": {}}
+    table = read_json_file(path) if path.exists() else {"devices": {}}  # the bounded reader, as packaged_figures
     table["devices"][kind] = entry
     path.write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n")
 
@@ -193,14 +195,29 @@ class Work:
 
 def grid_work(grid: Grid) -> Work:
     """The grid's work in images trained and poison-iterations crafted, from the catalog's split sizes and the
-    recipes' and attacks' defaults (what `defend` would use); no data are loaded."""
+    recipes' and attacks' defaults (what `defend` would use); no data are loaded.
+
+    Per attack family: the untargeted mix (`attacks`, no `attack`) trains on the whole split with the paper
+    recipe's surrogate and its crafting is not timed; a targeted attack (`scenario` scratch: a surrogate at the
+    victim's recipe; transfer: the extractors) crafts restarts × iterations × ⌊budget·rows⌋ poison-iterations; a
+    backdoor trains its victim on the whole split at the paper recipe (`defend`'s default for a run that is not
+    targeted) and crafts restarts × (iterations or PGD steps) × ⌊budget·n⌋ when it optimises (Label-Consistent:
+    against the untargeted surrogate; Sleeper Agent: against a surrogate at its `surrogate_recipe`, retrained
+    from scratch at every `retrain_iter`-th iteration, those retrainings counted under `pretrained`), nothing when
+    it only stamps its trigger (BadNets, Blend, SIG)."""
     from ..attacks import ATTACKS
+    from ..attacks.backdoor import is_backdoor
+    from ..attacks.surrogate import SURROGATE_RECIPE
     from ..data import DATASETS, DEFAULT_DATASET
     from ..engine.pretrained import TRANSFER_FRACTION
     from ..engine.recipes import default_recipe, resolve_recipe
 
+    def surrogate(family: str, dataset: str, recipe) -> Item:  # one model per dataset and recipe (its id hashes both)
+        return Item("pretrained", ("surrogate", dataset, recipe.name, recipe.epochs), f"{family}-scratch",
+                    recipe.epochs * DATASETS.get(dataset).split_sizes[0])
+
     items: dict[tuple, Item] = {}
-    unknown, untargeted = set(), False
+    unknown, untargeted, stamped = set(), False, set()
     for position, run in enumerate(grid.runs):
         o = dict(run.options)
         name = o.get("dataset") or DEFAULT_DATASET
@@ -210,32 +227,49 @@ def grid_work(grid: Grid) -> Work:
         spec = DATASETS.get(name)
         family, n = spec.family, spec.split_sizes[0]
         attack = o.get("attack")
-        recipe = resolve_recipe(family, o.get("recipe") or default_recipe(family, attack is not None),
-                                epochs=o.get("epochs"))
-        scratch = workload = f"{family}-scratch"
+        cls = ATTACKS.get(attack) if attack is not None else None
+        targeted = cls is not None and bool(cls.targeted)
+        recipe = resolve_recipe(family, o.get("recipe") or default_recipe(family, targeted), epochs=o.get("epochs"))
+        workload = f"{family}-scratch"
         rows, shared = n, []
-        if attack is None:
+        if cls is None:
             untargeted = True
-            shared.append(Item("pretrained", ("surrogate", spec.name), scratch, recipe.epochs * n))
+            shared.append(surrogate(family, spec.name, resolve_recipe(family, SURROGATE_RECIPE)))
         else:
-            cls = ATTACKS.get(attack)
             params = cls(family).params
-            if (o.get("scenario") or params["scenario"]) == "transfer":
+            if targeted and (o.get("scenario") or params["scenario"]) == "transfer":
                 rows, workload = round(TRANSFER_FRACTION * n), f"{family}-transfer"
                 gray = (o.get("threat") or params.get("threat") or "gray") == "gray"
                 for role in ("victim", "attacker") if gray else ("victim",):  # a gray-box attacker trains its own
-                    shared.append(Item("pretrained", ("extractor", role, spec.name), scratch,
+                    shared.append(Item("pretrained", ("extractor", role, spec.name), f"{family}-scratch",
                                        recipe.epochs * (n - rows)))
-            else:
-                shared.append(Item("pretrained", ("surrogate", spec.name), scratch, recipe.epochs * n))
+            elif targeted:  # scratch: a surrogate trained with the victim's recipe
+                shared.append(surrogate(family, spec.name, recipe))
+            elif is_backdoor(cls) and cls.uses_surrogate:  # LC: the untargeted surrogate; SA: its own recipe's
+                shared.append(surrogate(family, spec.name,
+                                        resolve_recipe(family, params.get("surrogate_recipe") or SURROGATE_RECIPE)))
             poisons = math.floor((o.get("budget") or cls.default_budget()) * rows)
-            shared.append(Item("crafting", (attack, spec.name, run.trial), attack=attack,
-                               iteration_poisons=params["restarts"] * params["iterations"] * poisons))
+            iterations = params.get("iterations") or params.get("steps")
+            if iterations:
+                shared.append(Item("crafting", (attack, spec.name, run.trial), attack=attack,
+                                   iteration_poisons=params.get("restarts", 1) * iterations * poisons))
+            else:
+                stamped.add(attack)
+            if params.get("retrain_iter"):  # Sleeper Agent: retrained from scratch on the poisoned split
+                from ..attacks.sleeper_agent import retrain_due
+
+                again = resolve_recipe(family, params["surrogate_recipe"])
+                epochs = min(params.get("retrain_epochs") or again.epochs, again.epochs)
+                count = sum(retrain_due(i, iterations, params["retrain_iter"]) for i in range(iterations))
+                shared.append(Item("pretrained", ("retrain", attack, spec.name, run.trial), f"{family}-scratch",
+                                   params.get("restarts", 1) * count * epochs * n))
         shared.append(Item("runs", ("run", position), workload, recipe.epochs * rows, o.get("method", "none")))
         for item in shared:
             items.setdefault(item.key, item).users.add(position)
     excludes = (["crafting the untargeted mix (PGD, DAP, DURP, DeepConfuse): not timed "
-                 "(benchmarks/craft_throughput.py times it per poison)"] if untargeted else []) + EXCLUDES
+                 "(benchmarks/craft_throughput.py times it per poison)"] if untargeted else []) + \
+        ([f"crafting {', '.join(sorted(stamped))}: a trigger stamped on the rows, no optimisation"]
+         if stamped else []) + EXCLUDES
     return Work(grid.name, len(grid.runs), list(items.values()), excludes, sorted(unknown))
 
 
