@@ -6,6 +6,7 @@ Hypothesis; the CLI's wiring with the machine's figures injected."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -54,6 +55,64 @@ def test_fitting_at_the_limit_exactly(k, p):
         m = math.nextafter(m, 0)
     assert fitting(m, p) == k
     assert fitting(math.nextafter(m, 0), p) == k - 1
+
+
+def the_old_fitting(memory_mib: float, peak_mib: float) -> int:
+    """fitting before it was bounded (a walk of one step at a time from the quotient's floor): the reference on
+    realistic figures, where the walk is a step or two."""
+    usable, each = MEMORY_SHARE * memory_mib, run_footprint_mib(peak_mib)
+    if not usable > 0 or not each > 0 or not math.isfinite(usable / each):
+        return 0
+    k = max(0, math.floor(usable / each))
+    while (k + 1) * each <= usable:
+        k += 1
+    while k > 0 and k * each > usable:
+        k -= 1
+    return k
+
+
+def product(k: int, each: float) -> float:
+    try:
+        return k * each
+    except OverflowError:  # an int beyond the float range
+        return math.inf
+
+
+anything = st.one_of(st.floats(), st.sampled_from([1e300, -1e300, math.inf, -math.inf, math.nan, 0.0, 1e-300,
+                                                   1.7e308, -426.6666, -426.0]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(anything, anything)
+def test_fitting_answers_fast_over_every_float(m, p):
+    """Absurd figures (1e300 MiB took longer than anyone would wait: the old walk stepped k by one from a quotient
+    whose float could no longer tell k from k + 1) answer in well under a second, with the largest k whose
+    footprints fit; infinite or NaN memory or peak, or nothing usable, answer 0."""
+    start = time.perf_counter()
+    k = fitting(m, p)
+    assert time.perf_counter() - start < 0.5
+    usable, each = MEMORY_SHARE * m, run_footprint_mib(p)
+    assert isinstance(k, int) and k >= 0
+    if not (usable > 0 and each > 0 and math.isfinite(usable) and math.isfinite(each)):
+        assert k == 0
+    else:
+        assert product(k, each) <= usable < product(k + 1, each)
+
+
+def test_fitting_on_absurd_figures():
+    for m, p in [(1e300, 1000.0), (1e308, DEFAULT_PEAK_MIB), (1.7e308, 1e-300), (1e300, -426.6666)]:
+        start = time.perf_counter()
+        k, usable, each = fitting(m, p), MEMORY_SHARE * m, run_footprint_mib(p)
+        assert time.perf_counter() - start < 0.5
+        assert k > 10**290 and product(k, each) <= usable < product(k + 1, each)
+    assert fitting(math.inf, 1000.0) == fitting(1e6, math.inf) == fitting(1e6, math.nan) == 0
+    assert fitting(math.inf, math.nan) == fitting(-math.inf, 1000.0) == fitting(1e6, 1.6e308) == 0
+
+
+@settings(max_examples=300)
+@given(memory, peak)
+def test_fitting_is_as_before_on_realistic_figures(m, p):
+    assert fitting(m, p) == the_old_fitting(m, p)
 
 
 def test_fitting_on_round_figures():

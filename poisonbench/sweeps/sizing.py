@@ -64,16 +64,34 @@ def run_footprint_mib(peak_mib: float) -> float:
 
 def fitting(memory_mib: float, peak_mib: float) -> int:
     """The most runs of `peak_mib` whose footprints fit in MEMORY_SHARE of `memory_mib` (0 where not one does):
-    the largest k with k × footprint <= share × memory, exactly at the limit (no float floor off by one)."""
+    the largest k with k × footprint <= share × memory, exactly at the limit (no float floor off by one).
+
+    k × footprint is Python's int × float, as a caller would write it. The quotient's floor is a first guess;
+    the answer is then bracketed by strides that double and bisected, so the steps grow with the logarithm of
+    the distance from the guess (a step or two for any real card; some thousand for 1e300 MiB, where floats
+    no longer tell k from k + 1), never with k itself. Infinite or NaN memory or peak answers 0 (no reading)."""
     usable, each = MEMORY_SHARE * memory_mib, run_footprint_mib(peak_mib)
-    if not usable > 0 or not each > 0 or not math.isfinite(usable / each):
+    if not (usable > 0 and each > 0) or not (math.isfinite(usable) and math.isfinite(each)):
         return 0
-    k = max(0, math.floor(usable / each))
-    while (k + 1) * each <= usable:
-        k += 1
-    while k > 0 and k * each > usable:
-        k -= 1
-    return k
+
+    def fits(k: int) -> bool:  # monotone in k: int → float and the product both round monotonically
+        try:
+            return k * each <= usable
+        except OverflowError:  # k beyond the float range: so is its product
+            return False
+
+    guess = usable / each  # overflows to inf only where each is tiny: start from 0 then
+    lo = math.floor(guess) if math.isfinite(guess) else 0
+    hi, stride = lo + 1, 1
+    while not fits(lo):  # the guess is too high (fits(0) holds: 0 <= usable)
+        hi, lo, stride = lo, max(0, lo - stride), 2 * stride
+    stride = 1
+    while fits(hi):  # too low
+        lo, hi, stride = hi, hi + stride, 2 * stride
+    while hi - lo > 1:  # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def per_device(memory_mib: float, peak_mib: float, cores: int, devices: int,
