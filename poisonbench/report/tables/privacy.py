@@ -62,14 +62,41 @@ def privacy_notes(rows: pd.DataFrame, where: str = "") -> list[str]:
             continue
         deltas = sorted({a["delta"] for a in accs})
         delta = f"{deltas[0]:.3g}" if len(deltas) == 1 else f"{deltas[0]:.3g}–{deltas[-1]:.3g}"
-        pld = ""
-        if any("epsilon_pld" in a for a in accs):  # recorded since 2026-11-28 (0.1.0 after commit 117e0c4)
-            pld = (f"; PLD ε = {epsilon_text([a.get('epsilon_pld') for a in accs])}"
-                   if any(a.get("epsilon_pld") is not None for a in accs) else "; PLD ε not computed (σ < 0.3)")
         notes.append(f"{head}: ε = {epsilon_text([a.get('epsilon') for a in accs])} at δ = "
                      f"{f'{rule} = ' if rule and rule != 'given' else ''}{delta} (RDP, dp-accounting; q {q:.4g}, "
-                     f"σ {first.get('noise_multiplier'):g}, {steps} steps{pld}) — {caveat(first)}")
+                     f"σ {first.get('noise_multiplier'):g}, {steps} steps{pld_text(accs)}) — {caveat(first)}")
     return notes
+
+
+def pld_not_computed(acc: dict) -> str | None:
+    """Why a record holds no PLD ε, or None where it holds one (a null one is ∞, as the RDP ε: σ = 0 adds no
+    noise). Records from before the PLD accountant (2026-11-28, commit 4b9e8a0) have none; those from before commit
+    4055bbf computed none below σ 0.3 (their `epsilon_pld_note` says so; since then it is computed there with a
+    coarser interval and the note says that)."""
+    from ...defenses.privacy import PLD_MIN_SIGMA
+
+    if "epsilon_pld" not in acc:
+        return "recorded before the PLD accountant"
+    sigma = acc.get("noise_multiplier")
+    if acc["epsilon_pld"] is None and isinstance(sigma, int | float) and 0 < sigma < PLD_MIN_SIGMA \
+            and not str(acc.get("epsilon_pld_note") or "").startswith("PLD discretised"):
+        return f"σ < {PLD_MIN_SIGMA:g}"
+    return None
+
+
+def pld_text(accs: list[dict]) -> str:
+    """The note's PLD part: "; PLD ε = 2.82", "; PLD ε = ∞" (σ = 0), "; PLD ε not computed (σ < 0.3)", or "; PLD
+    ε = 2.82, not computed for 1 run (σ < 0.3)" in a setting whose runs differ; nothing where no record has one."""
+    if not any("epsilon_pld" in a for a in accs):
+        return ""
+    reasons = [pld_not_computed(a) for a in accs]
+    why = "; ".join(sorted({r for r in reasons if r is not None}))
+    shown = [a.get("epsilon_pld") for a, r in zip(accs, reasons, strict=True) if r is None]
+    if not shown:
+        return f"; PLD ε not computed ({why})"
+    skipped = len(accs) - len(shown)
+    return f"; PLD ε = {epsilon_text(shown)}" + (
+        f", not computed for {skipped} run{'s' * (skipped != 1)} ({why})" if skipped else "")
 
 
 def compact(params_json: str) -> str:
