@@ -94,7 +94,12 @@ TARGETED_IMPORT_HELP = (
     "{'poisoned_images', 'poison_targets'}, e.g. the paper's mnist_eps_0.3_mixed_poison_….pt), or targeted poisons "
     "made elsewhere (docs/commands.md): --format forest (Witches' Brew's packed export or HINT's patched dict), toxic "
     "(the 'Just How Toxic' benchmark's poisons.pickle, base_indices.pickle, target.pickle), npz (x, idx, target, "
-    "intended).")
+    "intended); or a backdoor in BackdoorBench's form, --format backdoorbench: a directory (BackdoorBench's record, "
+    "or an export) or its files, a poison indicator (poison_indicator.npy, BackdoorBench's "
+    "train_poison_index_list.pickle or attack_result.pt's bd_train) or an index list (.npy), a trigger (--trigger: "
+    "a PNG/JPEG or .npy at the dataset's size; patch, or blend with --alpha), the target class and label mode (from "
+    "info.json / info.pickle, or --target-class, --label-mode); `defend --poison-set ID` measures its ASR with "
+    "that trigger.")
 
 
 @app.command("import", help=TARGETED_IMPORT_HELP)
@@ -103,9 +108,11 @@ def import_(
                                                                 "files). Torch files are read with torch.load("
                                                                 "weights_only=True), pickles by an unpickler that "
                                                                 "admits only arrays and numbers."),
-    fmt: str = typer.Option(None, "--format", help="hint | forest | toxic | npz (default: a directory or three files "
-                                                   "→ toxic, .npz → npz, a plain pickle → forest, a torch file → "
-                                                   "hint, or forest when a target is named)."),
+    fmt: str = typer.Option(None, "--format", help="hint | forest | toxic | npz | backdoorbench (default: a "
+                                                   "directory holding a poison indicator → backdoorbench, a "
+                                                   "directory or three files → toxic, .npz → npz, a plain pickle → "
+                                                   "forest, a torch file → hint, or forest when a target is "
+                                                   "named)."),
     attack: str = typer.Option(None, "--attack", metavar="LABEL", help="Targeted formats: the Table III column the "
                                                                        "poisons belong to (gm, bp, fc, mp, …; "
                                                                        "default forest → gm, toxic → bp, npz → "
@@ -125,6 +132,18 @@ def import_(
     forest_std: str = typer.Option(None, "--forest-std", metavar="S1,S2,S3",
                                    help="forest: σ per channel that δ is scaled by (default forest's own, "
                                         "consts.py: 0.2470,0.2435,0.2616 CIFAR-10, 0.3081 MNIST)."),
+    trigger: str = typer.Option(None, "--trigger", metavar="FILE",
+                                help="backdoorbench: the trigger image (PNG/JPEG, or .npy on the 0-255 scale) at the "
+                                     "dataset's size, e.g. BackdoorBench's resource/badnet/trigger_image.png "
+                                     "(default: trigger.npy / trigger.png in the directory)."),
+    alpha: float = typer.Option(None, "--alpha", help="backdoorbench: the blend ratio α of a blend trigger "
+                                                      "(default: info's attack_train_blended_alpha)."),
+    target_class: int = typer.Option(None, "--target-class", help="backdoorbench: the all-to-one target class "
+                                                                  "(default: info's attack_target)."),
+    label_mode: str = typer.Option(None, "--label-mode", metavar="dirty|clean",
+                                   help="backdoorbench: dirty (poisoned rows relabelled to the target) or clean "
+                                        "(labels kept, target-class rows only; default: clean for BackdoorBench's "
+                                        "sig and lc, else dirty)."),
     dataset: str = options.Dataset,
     data_dir: str = options.DataDir,
     download: bool = options.Download,
@@ -137,15 +156,25 @@ def import_(
     from ..core.workspace import results_dir
     from ..data import load_dataset, parse_npz_split
     from ..poisons.interchange.exchange import Named, import_targeted
-    from ..poisons.interchange.formats import FORMATS, parse_forest_std, sniff_format
+    from ..poisons.interchange.formats import BACKDOOR_FORMATS, FORMATS, parse_forest_std, sniff_format
     from ..poisons.interchange.hint_file import import_hint_file
 
     targeted_options = {"--attack": attack, "--victim": victim, "--target": target, "--intended": intended,
                         "--setup": setup, "--forest-std": forest_std, "--threat": threat}
+    backdoor_options = {"--trigger": trigger, "--alpha": alpha, "--target-class": target_class,
+                        "--label-mode": label_mode}
     given = [k for k, v in targeted_options.items() if v is not None]
     fmt = fmt if fmt is not None else sniff_format(files, bool(given))
-    if fmt not in ("hint", *FORMATS):
-        raise PoisonbenchError(f"unknown --format {fmt!r}; valid choices: hint, {', '.join(FORMATS)}")
+    if fmt not in ("hint", *FORMATS, *BACKDOOR_FORMATS):
+        raise PoisonbenchError(f"unknown --format {fmt!r}; valid choices: hint, "
+                               f"{', '.join((*FORMATS, *BACKDOOR_FORMATS))}")
+    if fmt in BACKDOOR_FORMATS:
+        _import_backdoor(files, attack, [k for k in given if k != "--attack"], backdoor_options, dataset, data_dir,
+                         download, npz_split, results, force, as_json)
+        return
+    backdoor_given = [k for k, v in backdoor_options.items() if v is not None]
+    if backdoor_given:
+        raise PoisonbenchError(f"{', '.join(backdoor_given)}: options of --format backdoorbench, not {fmt}")
     if fmt == "hint" and given:
         raise PoisonbenchError(f"{', '.join(given)}: options of the targeted formats (--format "
                                f"{'|'.join(FORMATS)}); HINT's untargeted file takes none")
@@ -186,20 +215,56 @@ def import_(
         f"({out['left_out_in_val_split']} left out: in our val split), ‖δ‖∞ = {out['eps']:.4g} → {out['path']}")
 
 
+def _import_backdoor(files, attack, targeted_given, backdoor_options, dataset, data_dir, download, npz_split,
+                     results, force, as_json) -> None:
+    """`poisons import --format backdoorbench` (poisons/interchange/backdoorbench.py)."""
+    from ..core.errors import PoisonbenchError
+    from ..core.workspace import results_dir
+    from ..data import load_dataset, parse_npz_split
+    from ..poisons.interchange.backdoorbench import BackdoorOptions, import_backdoor
+
+    if targeted_given:
+        raise PoisonbenchError(f"{', '.join(targeted_given)}: options of the targeted formats; a backdoor's target "
+                               "is its --target-class")
+    opts = BackdoorOptions(backdoor_options["--trigger"], backdoor_options["--alpha"],
+                           backdoor_options["--target-class"], backdoor_options["--label-mode"])
+    results_dir(results)
+    data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
+    poison, cached = import_backdoor(files, data, results, label=attack, opts=opts, force=force)
+    m = poison.manifest
+    out = {"poison_id": m["poison_id"], "path": str(poison.path), "status": "cached" if cached else "imported",
+           "dataset": data.name, "count": m["count"], "eps": m["eps"], "attack": m["attack"], **m["imported_from"]}
+    if as_json:
+        print(json.dumps(out))
+        return
+    trig = out["trigger"]
+    stdout_console().print(
+        f"{out['status']} backdoorbench backdoor as [bold]{out['poison_id']}[/] ({out['attack']}, {trig['kind']} "
+        f"trigger, {out['label_mode']} label → class {out['target_class']}): {out['count']} of "
+        f"{out['poisons_in_file']} in {data.name}'s train split ({out['left_out_in_val_split']} left out: in our val "
+        f"split) → {out['path']}")
+
+
 @app.command("export", help="Write a Table II mix (the train split of one trial of `defend --poison-ratio RHO`) as "
                             "HINT's untargeted poison file, for the official code's --poison_path; or a targeted "
                             "PoisonSet (--poison-set ID) as forest's, the Toxic benchmark's or an .npz file "
-                            "(--format forest|toxic|npz).")
+                            "(--format forest|toxic|npz); or a backdoor PoisonSet (badnets, blend, sig, or an "
+                            "imported one) in BackdoorBench's form (--format backdoorbench: a directory of "
+                            "poison_indicator.npy, trigger.npy, trigger.png and info.json).")
 def export(
-    out: str = typer.Option(..., "--out", help="The file to write (atomically); --format toxic: a directory. "
+    out: str = typer.Option(..., "--out", help="The file to write (atomically); --format toxic, backdoorbench: a "
+                                               "directory. "
                                                "--format forest: a .pkl / .pickle is a plain pickle (HINT's "
                                                "pickle.load), any other name a torch.save file."),
     poison_ratio: float = typer.Option(None, "--poison-ratio", help="ρ: fraction of the train split poisoned by "
                                                                     "the mix."),
-    poison_set: str = typer.Option(None, "--poison-set", metavar="ID", help="A targeted PoisonSet to write (ours or "
-                                                                            "imported), with --format."),
+    poison_set: str = typer.Option(None, "--poison-set", metavar="ID", help="A targeted (or, with --format "
+                                                                            "backdoorbench, a backdoor) PoisonSet "
+                                                                            "to write (ours or imported), with "
+                                                                            "--format."),
     fmt: str = typer.Option(None, "--format", help="hint (a mix, with --poison-ratio; the default) | forest | toxic "
-                                                   "| npz (a targeted PoisonSet, with --poison-set)."),
+                                                   "| npz (a targeted PoisonSet, with --poison-set) | backdoorbench "
+                                                   "(a backdoor PoisonSet, with --poison-set)."),
     attacks: str = typer.Option(None, "--attacks", help="Comma-separated attacks of the mix (default: pgd,dap,"
                                                         "durp,deepconfuse)."),
     poisons_: str = typer.Option(None, "--poisons", metavar="ATTACK=ID,...",
@@ -225,7 +290,7 @@ def export(
     from ..experiment.scenarios import parse_poison_sets, plan_untargeted
     from ..experiment.scenarios.untargeted import check_poison_ratio
     from ..poisons.interchange.exchange import check_export_out, export_targeted
-    from ..poisons.interchange.formats import FORMATS
+    from ..poisons.interchange.formats import BACKDOOR_FORMATS, FORMATS
     from ..poisons.interchange.hint_file import ORDERS, check_export_path, export_hint_file, order_rows
     from .progress import RichReporter
 
@@ -233,13 +298,27 @@ def export(
         if poison_ratio is not None or attacks is not None or poisons_ is not None:
             raise PoisonbenchError("--poison-set writes one targeted PoisonSet; it takes no --poison-ratio, "
                                    "--attacks or --poisons")
-        if fmt not in FORMATS:
-            raise PoisonbenchError(f"--poison-set needs --format {'|'.join(FORMATS)}" if fmt is None else
-                                   f"unknown --format {fmt!r} for --poison-set; valid choices: {', '.join(FORMATS)}")
+        choices = (*FORMATS, *BACKDOOR_FORMATS)
+        if fmt not in choices:
+            raise PoisonbenchError(f"--poison-set needs --format {'|'.join(choices)}" if fmt is None else
+                                   f"unknown --format {fmt!r} for --poison-set; valid choices: {', '.join(choices)}")
         from ..poisons import check_poison_id
 
         check_poison_id(poison_set, "--poison-set ")
         inputs = export_inputs(results, dataset, data_dir)
+        if fmt in BACKDOOR_FORMATS:
+            from ..poisons.interchange.backdoorbench import check_backdoor_out, export_backdoor
+
+            check_backdoor_out(out, force, inputs)
+            data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
+            written = export_backdoor(results, poison_set, data, out, force, inputs)
+            if as_json:
+                print(json.dumps(written))
+                return
+            stdout_console().print(f"wrote {escape(written['path'])} ({fmt}): {written['poisons']} poisoned rows of "
+                                   f"[bold]{poison_set}[/] ({written['attack']}, {written['trigger']['kind']} "
+                                   f"trigger, {written['label_mode']} label → class {written['target_class']})")
+            return
         check_export_out(fmt, out, force, inputs)
         data = load_dataset(dataset, data_dir, download, npz_split=parse_npz_split(npz_split, dataset))
         written = export_targeted(results, poison_set, data, fmt, out, force, inputs)
@@ -252,8 +331,10 @@ def export(
                                f"({t['true_class']}→{t['intended_class']})")
         return
     if fmt not in (None, "hint"):
-        raise PoisonbenchError(f"--format {fmt} writes a targeted PoisonSet: give --poison-set ID" if fmt in FORMATS
-                               else f"unknown --format {fmt!r}; valid choices: hint, {', '.join(FORMATS)}")
+        raise PoisonbenchError(f"--format {fmt} writes a targeted or backdoor PoisonSet: give --poison-set ID"
+                               if fmt in (*FORMATS, *BACKDOOR_FORMATS)
+                               else f"unknown --format {fmt!r}; valid choices: hint, "
+                                    f"{', '.join((*FORMATS, *BACKDOOR_FORMATS))}")
     if poison_ratio is None:
         raise PoisonbenchError("give --poison-ratio RHO (a Table II mix, as HINT's file) or --poison-set ID --format "
                                f"{'|'.join(FORMATS)} (a targeted PoisonSet)")

@@ -17,6 +17,7 @@ from ...data.catalog import FOREST_MEAN, FOREST_STD  # forest's normalisation (G
 from .unpickle import PickledImage, load_pickle, load_torch_or_pickle
 
 FORMATS = ("forest", "toxic", "npz")
+BACKDOOR_FORMATS = ("backdoorbench",)  # backdoor PoisonSets (interchange/backdoorbench.py): indicator + trigger
 DEFAULT_LABEL = {"forest": "gm", "toxic": "bp", "npz": "imported"}  # the Table III column, when --attack is not given
 TRANSFER_LABELS = ("bp", "fc")  # paper §VI-A2: BP and FC are evaluated in transfer learning, the others from scratch
 TOXIC_FILES = ("poisons.pickle", "base_indices.pickle", "target.pickle")
@@ -302,10 +303,15 @@ def check_format(fmt: str) -> None:
 
 
 def sniff_format(paths: list[Path], targeted_options: bool) -> str:
-    """`poisons import` without `--format`: a directory or three files → toxic, an .npz → npz, a .pkl / .pickle
+    """`poisons import` without `--format`: a directory holding a poison indicator → backdoorbench, a directory
+    or three files → toxic, an .npz → npz, a .pkl / .pickle
     pickle (HINT's patched forest export) or a torch file holding `poison_delta` → forest; any other file → hint
     (HINT's untargeted file, as before), or forest when a target is named on the command line."""
+    from .backdoorbench import looks_like_backdoorbench
+
     paths = [Path(p) for p in paths]
+    if looks_like_backdoorbench(paths):
+        return "backdoorbench"  # a directory holding a poison indicator (BackdoorBench's record, or our export)
     if len(paths) == 3 or (len(paths) == 1 and paths[0].is_dir()):
         return "toxic"
     if len(paths) == 1 and paths[0].suffix == ".npz":
