@@ -172,7 +172,14 @@ def read_bytes(path: str | Path, max_bytes: int, label: str | None = None, memor
         if memory_per_byte is not None:
             check_memory(memory_per_byte * size, _label(path, label), "reading it")
         try:
-            data = f.read(max_bytes + 1)
+            # `read(n)` allocates n bytes before it reads: n is what the file holds (+1, to see one that grew), not
+            # `max_bytes` (16 GB for a tensor file: a MemoryError under `ulimit -v`, whatever the file's size)
+            data = f.read(size + 1)
+            while size < len(data) <= max_bytes:  # it grew since its stat: read on, up to the bound
+                more = f.read(min(len(data), max_bytes + 1 - len(data)))
+                if not more:
+                    break
+                data += more
         except OSError as e:
             raise Refused(_label(path, label), f"unreadable ({e.strerror or type(e).__name__})", over_limit=False) \
                 from None

@@ -13,7 +13,9 @@ machinery, and this unpickler admits exactly those:
 - `_codecs.encode(text, "latin1")`: how Python 3 writes `bytes` in a pickle of protocol 2 or lower (a batch
   rewritten with `pickle.dump(batch, f, protocol=2)`), admitted for the latin-1 encoding only.
 
-Any other global is refused before it is called, in one line naming the file and the global.
+Any other global is refused before it is called, in one line naming the file and the global. The batch is read
+by `core.bounded_pickle.read_pickle`, as every pickle poisonbench reads: a regular file of `MAX_CIFAR_BATCH_BYTES`
+at most whose opcodes are checked (memo indices, declared lengths, memory per byte) before it is unpickled.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import bounded
-from ..core.bounded import check_size, open_regular
+from ..core.bounded_pickle import read_pickle
 from ..core.errors import PoisonbenchError
 
 try:  # numpy >= 2
@@ -71,9 +73,8 @@ def load_batch(path: Path) -> dict:
     """The unpickled batch at `path`; its keys as text (a batch pickled in Python 3 may have bytes keys,
     b"data" for "data"). Raises PoisonbenchError for a refused global; any other failure as the unpickler
     raises it."""
-    with open_regular(path) as f:  # a regular file of MAX_CIFAR_BATCH_BYTES at most (core/bounded.py)
-        check_size(f, bounded.MAX_CIFAR_BATCH_BYTES, repr(str(path)))
-        entry = _BatchUnpickler(f, path).load()
+    # a regular file of MAX_CIFAR_BATCH_BYTES at most, its opcodes checked before it is unpickled
+    entry = read_pickle(path, bounded.MAX_CIFAR_BATCH_BYTES, lambda f: _BatchUnpickler(f, path))
     if not isinstance(entry, dict):
         raise ValueError(f"a {type(entry).__name__}, not a dict")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}

@@ -20,6 +20,7 @@ import torch
 
 from ...core import bounded
 from ...core.bounded import check_size, open_regular
+from ...core.bounded_pickle import read_pickle
 from ...core.errors import PoisonbenchError
 from ...core.io import torch_load_tensors
 from ...core.provenance import version_tuple
@@ -115,17 +116,16 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
 
 
 def load_pickle(path: Path, label: str | None = None):
-    """The object in the pickle at `path`, read by `ArraysOnlyUnpickler` through the bounded reader
-    (core/bounded.py): a regular file only (a FIFO is refused unread), `MAX_PICKLE_BYTES` at most."""
+    """The object in the pickle at `path`, read by `ArraysOnlyUnpickler` through `core.bounded_pickle.read_pickle`:
+    a regular file only (a FIFO is refused unread), `MAX_PICKLE_BYTES` at most, its opcodes checked (memo indices,
+    declared lengths, memory per byte) before it is unpickled."""
     label = label or repr(str(path))
     if not os.path.exists(path):
         raise PoisonbenchError(f"{label} does not exist")
     if os.path.isdir(path):
         raise PoisonbenchError(f"{label} is a directory, not a pickle file")
     try:
-        with open_regular(path, label) as f:
-            check_size(f, bounded.MAX_PICKLE_BYTES, label)
-            return ArraysOnlyUnpickler(f, label).load()
+        return read_pickle(path, bounded.MAX_PICKLE_BYTES, lambda f: ArraysOnlyUnpickler(f, label), label)
     except PoisonbenchError:
         raise
     except Exception as exc:
