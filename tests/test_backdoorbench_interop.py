@@ -112,7 +112,8 @@ def test_export_then_import_is_the_same_backdoor(colour, grey, tmp_path, cli, at
     indicator = np.load(out / "poison_indicator.npy")
     assert indicator.shape == (len(data.train) + len(data.val),) and set(np.unique(indicator)) <= {0.0, 1.0}
     pool = np.sort(np.r_[data.train.indices, data.val.indices])  # the source's train set, in its order
-    assert np.array_equal(pool[np.flatnonzero(indicator)], np.sort(np.asarray(data.train.indices)[ours.indices]))
+    rows = np.sort(np.asarray(data.train.indices)[ours.indices.numpy()])
+    assert np.array_equal(pool[np.flatnonzero(indicator)], rows)
     info = json.loads((out / "info.json").read_text())
     assert info["attack_target"] == params["target_class"] and info["attack_label_trans"] == "all2one"
     assert info["clean_label"] == (attack == "sig")
@@ -305,7 +306,8 @@ def test_an_index_list_of_the_wrong_range_or_twice_is_refused(colour, tmp_path):
     with pytest.raises(PoisonbenchError, match="listed twice"):
         read_backdoor([out], data)
     npy(out / "poison_index.npy", np.array([1, 5, 7]))
-    assert read_backdoor([out], data).ids.tolist() == [1, 5, 7]
+    pool = np.sort(np.r_[data.train.indices, data.val.indices])  # positions in the source's train set
+    assert read_backdoor([out], data).ids.tolist() == pool[[1, 5, 7]].tolist()
 
 
 def test_a_grey_trigger_for_a_colour_dataset_and_the_reverse(colour, grey, tmp_path):
@@ -326,6 +328,7 @@ def test_a_grey_trigger_for_a_colour_dataset_and_the_reverse(colour, grey, tmp_p
 def test_clean_label_refuses_rows_of_other_classes(colour, tmp_path):
     data, _ = colour
     out, _ = export_dir(data, tmp_path, target_class=0)  # dirty-label rows of every class
+    (out / "info.json").write_text(json.dumps({"attack_target": 0}))  # nothing says which label mode
     with pytest.raises(PoisonbenchError, match="clean label, but poisoned image"):
         import_backdoor([out], data, tmp_path / "r", opts=BackdoorOptions(label_mode="clean"))
 

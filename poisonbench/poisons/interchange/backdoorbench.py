@@ -265,7 +265,7 @@ def indicator_to_ids(arr, label: str, pool: int) -> np.ndarray:
     bad = ~((arr == 0) | (arr == 1))
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise _err(f"{label}: indicator entry {k} is {arr[k]!r}; an indicator holds 0 (clean) or 1 (poisoned)")
+        raise _err(f"{label}: indicator entry {k} is {arr[k].item()!r}; an indicator holds 0 (clean) or 1 (poisoned)")
     ids = np.flatnonzero(arr == 1).astype(np.int64)
     if len(ids) == 0:
         raise _err(f"{label}: the indicator marks no image as poisoned")
