@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from poisonbench.attacks import ATTACKS, backdoor_attacks
 from poisonbench.attacks.backdoor import Trigger
@@ -21,6 +20,7 @@ from poisonbench.experiment.scenarios.backdoor import BackdoorPlan, attack_succe
 from poisonbench.poisons import craft_spec
 
 from .conftest import one_line_error, write_npz
+from .helpers import Lookup
 
 
 @pytest.fixture(scope="module")
@@ -192,19 +192,6 @@ def test_eps_is_the_triggers_own_bound_and_a_smaller_one_is_refused(tiny):
 
 
 # ---- the ASR ------------------------------------------------------------------------------------------------------
-
-class Lookup(nn.Module):
-    """Classifies an untriggered test image as its own class and anything else (a triggered image) as `other`."""
-
-    def __init__(self, x, y, other):
-        super().__init__()
-        self.known = {tuple(r.flatten().tolist()): int(c) for r, c in zip(x, y, strict=True)}
-        self.other = other
-
-    def forward(self, batch):
-        cls = torch.tensor([self.known.get(tuple(r.flatten().tolist()), self.other) for r in batch])
-        return nn.functional.one_hot(cls, 4).float() * 10
-
 
 def test_asr_counts_only_triggered_images_of_the_other_classes(tiny):
     data, _ = tiny

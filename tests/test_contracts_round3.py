@@ -270,19 +270,12 @@ def test_the_api_tables_notes_are_the_clis_whole_lines_and_none_left_out(cli, tm
     import json
 
     from poisonbench import api
-    from poisonbench.core.hashing import short_hash
 
-    from .test_run_identity import IDS, craft, mix_record, workspace
+    from .helpers import dpsgd_mix_workspace
+    from .test_run_identity import IDS
 
-    dp = mix_record(0, craft("a"), method="dpsgd")
-    dp["config"]["defense"].update(clip=1.0, noise_multiplier=1.1, sampling="poisson")
-    dp["defense"] = {"accounting": {"delta": 1e-5, "delta_rule": "1/n", "epsilon": 2.5, "guarantee": True,
-                                    "noise_multiplier": 1.1, "sample_rate": 0.01, "sampling": "poisson",
-                                    "steps": 100, "epsilon_note": "x"}}
-    dp["run_id"] = short_hash(dp["config"])
     root = tmp_path / "res"
-    workspace(root, [mix_record(t, craft("a"), method="none") for t in range(2)]
-              + [mix_record(t, craft("b"), method="hint") for t in range(2)] + [dp])
+    dpsgd_mix_workspace(root)
     notes = api.report(str(root), table=2).attrs["notes"]
     code, out, err = cli("report", "table", "2", "--results", root, "--format", "json")
     assert code == 0, err

@@ -334,20 +334,12 @@ def test_strict_fails_the_plain_report_when_the_runs_shown_pool_two_crafts(cli, 
 
 def test_the_api_tables_notes_are_the_ones_the_cli_prints(cli, tmp_path):
     """`api.report(table=…)` keeps the notes the CLI prints under the table: DP-SGD's ε and the mixed crafts."""
-    from poisonbench.core.hashing import short_hash
-
+    from .helpers import dpsgd_mix_workspace
     from .report_records import make_record
-    from .test_run_identity import IDS, craft, mix_record, workspace
+    from .test_run_identity import IDS
 
-    dp = mix_record(0, craft("a"), method="dpsgd")
-    dp["config"]["defense"].update(clip=1.0, noise_multiplier=1.1, sampling="poisson")
-    dp["defense"] = {"accounting": {"delta": 1e-5, "delta_rule": "1/n", "epsilon": 2.5, "guarantee": True,
-                                    "noise_multiplier": 1.1, "sample_rate": 0.01, "sampling": "poisson",
-                                    "steps": 100, "epsilon_note": "x"}}
-    dp["run_id"] = short_hash(dp["config"])
     root = tmp_path / "res"
-    workspace(root, [mix_record(t, craft("a"), method="none") for t in range(2)]
-              + [mix_record(t, craft("b"), method="hint") for t in range(2)] + [dp])
+    dpsgd_mix_workspace(root)
     assert make_record  # the records' shape: tests/report_records.py
     frame = api.report(str(root), table=2)
     notes = frame.attrs["notes"]

@@ -12,7 +12,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from poisonbench import poisons
 from poisonbench.attacks import ATTACKS, backdoor_attacks
@@ -28,6 +27,7 @@ from poisonbench.experiment.scenarios.backdoor import BackdoorPlan, attack_succe
 from poisonbench.poisons import craft_spec
 
 from .conftest import craft_killed_at_call, one_line_error, write_npz
+from .helpers import Lookup
 
 SA_NAME = "sleeper-agent"
 # tiny schedules: the quick recipe's surrogate (10 epochs on 160 rows), one-epoch retrains
@@ -290,20 +290,6 @@ def test_the_placed_trigger_roundtrips_through_the_store(tiny, tmp_path):
 
 # ---- the attack success rate ------------------------------------------------------------------------------------
 
-class Says(nn.Module):
-    """Classifies any image that differs from every clean test image (a patched one) as `other`, a clean one as
-    its own class."""
-
-    def __init__(self, x, y, other):
-        super().__init__()
-        self.known = {tuple(r.flatten().tolist()): int(c) for r, c in zip(x, y, strict=True)}
-        self.other = other
-
-    def forward(self, batch):
-        cls = torch.tensor([self.known.get(tuple(r.flatten().tolist()), self.other) for r in batch])
-        return nn.functional.one_hot(cls, 4).float() * 10
-
-
 def test_the_asr_counts_only_the_source_class_test_images(tiny):
     data, _ = tiny
     attack = ATTACKS.get(SA_NAME)(data.family)
@@ -311,7 +297,7 @@ def test_the_asr_counts_only_the_source_class_test_images(tiny):
     trigger = attack.trigger(tuple(data.shape), 3)
     sources = int((y == 1).sum())
     assert 0 < sources < int((y != 0).sum())
-    out = attack_success_rate(Says(x, y, 0), x, y, trigger, 0, source=1)
+    out = attack_success_rate(Lookup(x, y, 0), x, y, trigger, 0, source=1)
     assert out["asr_n"] == sources and out["asr_hits"] == sources and out["asr"] == 1.0
     assert out["clean_target_hits"] == 0
     # through the scenario: the config names the source class, and the metrics count its images
@@ -322,7 +308,7 @@ def test_the_asr_counts_only_the_source_class_test_images(tiny):
 
     plan = BackdoorPlan(data, spec, config)
     plan.trigger = trigger
-    metrics = Backdoor().metrics(Says(x, y, 0), {"test": (x, y)}, plan)
+    metrics = Backdoor().metrics(Lookup(x, y, 0), {"test": (x, y)}, plan)
     assert metrics["asr_n"] == sources and metrics["source_class"] == 1
     # another backdoor's config has no source class: its ASR stays over every non-target image
     badnets = craft_spec(data, "badnets", budget=0.1, seed=0)
