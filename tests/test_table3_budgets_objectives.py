@@ -218,3 +218,48 @@ def test_a_defense_at_its_full_defaults_and_at_beta_eps_is_two_rows_not_one_pool
     assert {k: (c["successes"], c["trials"]) for k, c in cells.items()} == {
         ("none", None): (6, n), (method, defaults["beta"]): (5, n), (method, EPS): (4, n)}
     assert (cells[(method, EPS)]["paired_saved"], cells[(method, EPS)]["paired_new"]) == (2, 0)
+
+
+def test_a_hint_run_with_another_update_rule_gets_its_own_row_named_by_its_step_and_beta():
+    """HINT's step (signed or not, γ) sets how much of β its noise uses (table3_powered.md: the unsigned γ 0.1 step
+    never reached β 0.062): such runs are rows of their own, "HINT (β 0.3, unsigned)", never pooled with the
+    table's set or left out."""
+    n = 8
+    unsigned = hint_params(beta=EPS) | {"sign": False}
+    big_step = hint_params(beta=EPS) | {"sign": False, "gamma": 1.0}
+    records = ([run("none", t, t < 6) for t in range(n)]
+               + [run("hint", t, t < 6, hint_params()) for t in range(n)]
+               + [run("hint", t, 1 <= t < 6, hint_params(beta=EPS)) for t in range(n)]
+               + [run("hint", t, 2 <= t < 6, hint_params() | {"sign": False}) for t in range(n)]
+               + [run("hint", t, 3 <= t < 6, unsigned) for t in range(n)]
+               + [run("hint", t, 4 <= t < 6, big_step) for t in range(n)])
+    table = tables.build("3", records, tables.Options(trials=n, paired=True), dataset="fashion-mnist")
+    (block,) = table.blocks
+    labels = [row[0].text for row in block.rows if row[1].text == "ASR"]
+    # the table's set is the unsigned one at the paper's β (a tie of 8 runs each, broken by the parameters' text);
+    # each other update rule is named against it, rows ordered by β, then by the step's name
+    assert labels == ["W/o Defense", "HINT (β 0.062)", "HINT (β 0.062, signed)", "HINT (β 0.3)",
+                      "HINT (β 0.3, signed)", "HINT (β 0.3, γ 1)"]
+    hint = [d for d in table.data if d["method"] == "hint" and d["attack"] == "fc"]
+    assert [(d["beta"], d["successes"], d["paired_saved"], d["paired_new"]) for d in hint] == [
+        (0.062, 4, 2, 0), (0.062, 6, 0, 0), (0.3, 3, 3, 0), (0.3, 5, 1, 0), (0.3, 2, 4, 0)]
+    assert "not shown" not in tables.render(table, "md")
+
+
+def test_step_variant_names_exactly_the_step_that_differs_and_nothing_else():
+    from poisonbench.report.tables.records import budget_step, step_variant
+
+    paper = '{"beta": 0.062, "gamma": 0.1, "ratio": 0.5, "sign": false}'
+    assert step_variant("hint", paper, '{"beta": 0.3, "gamma": 0.1, "ratio": 0.5, "sign": true}') == (0.3, "signed")
+    assert step_variant("hint", paper, '{"beta": 0.062, "gamma": 1.0, "ratio": 0.5, "sign": false}') == (0.062,
+                                                                                                          "γ 1")
+    assert step_variant("hint", paper, '{"beta": 0.3, "gamma": 0.5, "ratio": 0.5, "sign": true}') == (
+        0.3, "signed, γ 0.5")
+    assert step_variant("hint", paper, paper) is None  # no step differs: not a variant
+    assert step_variant("hint", paper, '{"beta": 0.3, "gamma": 0.1, "ratio": 0.5, "sign": false}') is None  # β only
+    assert step_variant("hint", paper, '{"beta": 0.062, "gamma": 1.0, "ratio": 0.25, "sign": false}') is None
+    assert step_variant("friends", '{"beta": 0.062, "sign": false}', '{"beta": 0.062, "sign": true}') is None
+    assert step_variant("hint", paper, '{"gamma": 1.0, "ratio": 0.5, "sign": false}') is None  # no β
+    key = budget_key("hint", 0.3, "signed, γ 0.5")
+    assert (split_budget_key(key), budget_step(key)) == (("hint", 0.3), "signed, γ 0.5")
+    assert budget_step(budget_key("hint", 0.3)) == ""

@@ -42,6 +42,7 @@ from .privacy import privacy_notes
 from .records import (
     Setting,
     apply_filters,
+    budget_step,
     cell_records,
     choose_parameters,
     craft_notes,
@@ -368,7 +369,9 @@ def budget_row_labels(methods: list[str], chosen: dict) -> dict[str, str]:
         if base not in bases:
             continue
         beta = beta if beta is not None else row_budget(chosen.get(m))
-        labels[m] = f"{method_label(base)} (β {beta:g})" if beta is not None else method_label(base)
+        step = budget_step(m)
+        labels[m] = (f"{method_label(base)} (β {beta:g}{', ' + step if step else ''})" if beta is not None
+                     else method_label(base))
     return labels
 
 
