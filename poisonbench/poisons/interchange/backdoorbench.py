@@ -522,11 +522,10 @@ def import_backdoor(paths, data, results_root=None, label: str | None = None, op
                 "poisons_in_file": len(bd.ids), "in_train_split": len(rows),
                 "left_out_in_val_split": int((train_pos < 0).sum()), "target_class": bd.target_class,
                 "label_mode": bd.label_mode, "trigger": trig_spec, **({"bb_attack": bd.attack} if bd.attack else {})}
-    relabelled = data.train.y.clone()
-    if labels is not None:
-        relabelled[rows] = labels
+    # the check (`poisons validate`) compares y[indices] of the clean split, as for every imported PoisonSet; the
+    # relabelled labels are the PoisonSet's own `labels`
     poisons.save(poison, spec, results_root, {"imported_from": imported,
-                                              "labels_sha256": poisons.labels_hash(rows, relabelled)},
+                                              "labels_sha256": poisons.labels_hash(rows, data.train.y)},
                  replace=force)
     return poison, False
 
