@@ -219,3 +219,64 @@ def test_a_fifo_for_the_throughput_table_is_refused_unread(tmp_path, fifo):  # n
     with pytest.raises(PoisonbenchError, match="a FIFO, not a regular file"):
         estimate.packaged_figures(path)
     quick(started)
+
+
+# --- 2. packed record files: memory per byte of text ------------------------------------------------------------------
+
+def _pack_of(tmp_path, record: dict) -> tuple[Path, int, int]:
+    """(a packed file of one run record, its lines' estimate, their text)."""
+    import json
+
+    from poisonbench.experiment import packed_records as pr
+
+    lines = [pr._line({"format": pr.FORMAT, "kind": "header", "poison_manifests": 0, "runs": 1, "version": 1}),
+             pr._line({"kind": "run", "record": record})]
+    path = tmp_path / "junk.jsonl.gz"
+    path.write_bytes(pr.gzip_bytes(b"".join(lines)))
+    assert json.loads(lines[1])["record"] == record
+    return path, sum(map(pr.json_memory_estimate, lines)), sum(map(len, lines))
+
+
+def test_a_pack_of_tiny_containers_is_refused_at_the_memory_bound_and_one_at_it_read(tmp_path, monkeypatch):
+    """`[]` after `[]`: 24-36 bytes of Python per byte of text. Above the floor, the lines may estimate
+    MAX_PACKED_MEMORY_PER_BYTE × their text at most: estimated exactly at the floor the pack is read, one byte over
+    it refused, in one line naming the file, before the line is parsed; against the memory available likewise."""
+    from poisonbench.experiment import packed_records as pr
+
+    path, estimate, text = _pack_of(tmp_path, {"run_id": "r1", "junk": [[] for _ in range(20_000)]})
+    assert estimate > pr.MAX_PACKED_MEMORY_PER_BYTE * text
+    monkeypatch.setattr(pr, "PACKED_MEMORY_FLOOR", estimate)
+    assert len(pr.read_pack(path).runs) == 1
+    monkeypatch.setattr(pr, "PACKED_MEMORY_FLOOR", estimate - 1)
+    with pytest.raises(Refused) as raised:
+        pr.read_pack(path)
+    assert str(raised.value).startswith(f"{str(path)!r}: its JSON up to line 2 would take about ")
+    assert "the limit is 20 (genuine records take 9-11); refused" in str(raised.value)
+    monkeypatch.setattr(pr, "PACKED_MEMORY_FLOOR", 10**12)
+    monkeypatch.setattr(bounded, "available_memory", lambda: estimate - 1)
+    with pytest.raises(Refused, match="parsing it up to line 2 takes about"):
+        pr.read_pack(path)
+
+
+def test_the_estimate_bounds_what_parsing_takes_and_genuine_packs_pass(tmp_path, monkeypatch):
+    """The token count is an upper bound on tracemalloc's count of what `json.loads` built, for tiny containers,
+    short strings, small ints; every pack in experiments/records/ reads with the floor at 0 (9-11 per byte)."""
+    import glob
+    import json
+    import tracemalloc
+
+    from poisonbench.experiment import packed_records as pr
+
+    for line in (b"[" + b"[]," * 30_000 + b"[]]", b"[" + b"{}," * 30_000 + b"{}]", b'[' + b'"ab",' * 20_000 + b'""]',
+                 b"[" + b"1," * 30_000 + b"1]", b"[" + b'{"a":[]},' * 10_000 + b"{}]"):
+        tracemalloc.start()
+        try:
+            parsed = json.loads(line)
+            taken = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert parsed and taken <= pr.json_memory_estimate(line), (line[:10], taken)
+    monkeypatch.setattr(pr, "PACKED_MEMORY_FLOOR", 0)
+    packs = sorted(glob.glob(str(REPO / "experiments" / "records" / "*.jsonl.xz")))[:3]
+    for pack in packs:
+        assert pr.read_pack(pack).runs

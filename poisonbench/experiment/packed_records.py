@@ -13,6 +13,15 @@ Packing the same records twice gives the same bytes. Unpacking writes each recor
 manifest as the PoisonSet store does), so a workspace written by poisonbench comes back byte for byte. With a grid
 (`records pack --grid GRID`), only the records of that sweep grid's runs are packed, with the manifests of the
 PoisonSets they trained on: one experiment's records out of a workspace that holds several.
+
+Reading is bounded (core/bounded.py: a regular file, 16 MB a line, 256 MB uncompressed) and so is the memory the
+parsed lines take per byte of text: tiny JSON containers (`[[],[],…]`, `{}`) take 24-36 bytes of Python per byte
+against 4.5-5.4 for genuine records (tracemalloc, every pack in experiments/records/), so 256 MB of them would take
+9 GB. Before a line is parsed, `json_memory_estimate` counts its tokens (`bytes.count`, at C speed): 88 bytes a
+`[` or `{`, 24 a `,`, 48 a `:`, 28 a `"`, 4 a byte; an upper bound on what `json.loads` builds (measured: genuine
+packs estimate 8.4-11.1 per byte, containers 38-46, short strings 20, small ints 16). Once the lines so far
+estimate more than `PACKED_MEMORY_FLOOR`, they may estimate `MAX_PACKED_MEMORY_PER_BYTE` × their text at most,
+and no more than the memory available; else the file is refused at that line (docs/commands.md, "Limits").
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.bounded import Refused, iter_bounded_lines, loads_json, open_regular
+from ..core import bounded
+from ..core.bounded import Refused, check_memory, iter_bounded_lines, loads_json, open_regular, size_text
 from ..core.errors import PoisonbenchError
 from ..core.io import (
     HOLDS_DIRECTORIES,
@@ -51,6 +61,18 @@ SUFFIXES = (SUFFIX, ".jsonl.xz")  # gzip, xz
 XZ_MAGIC = b"\xfd7zXZ\x00"
 KINDS = ("header", "run", "poison_manifest")
 PAYLOAD = {"run": "record", "poison_manifest": "manifest"}  # a body line's kind → the key of its object
+
+
+# what parsed JSON lines may take (json_memory_estimate) per byte of their text, once above the floor
+MAX_PACKED_MEMORY_PER_BYTE = 20
+PACKED_MEMORY_FLOOR = 16 * 1_000_000
+
+
+def json_memory_estimate(line: bytes) -> int:
+    """An upper bound on the bytes `json.loads(line)` builds, from counting its tokens (module docstring)."""
+    count = line.count
+    return (88 * (count(b"[") + count(b"{")) + 24 * count(b",") + 48 * count(b":") + 28 * count(b'"')
+            + 4 * len(line))
 
 
 def _line(obj: dict) -> bytes:
@@ -225,8 +247,17 @@ def read_pack(path: str | Path) -> Pack:
 
     path = Path(path)
     pack, header, seen = Pack(path), None, {}
+    text = estimate = 0
+    memory = bounded.available_memory()
     for number, raw in _lines(path):
         where = f"{str(path)!r} line {number}"
+        text, estimate = text + len(raw), estimate + json_memory_estimate(raw)
+        if estimate > PACKED_MEMORY_FLOOR and estimate > MAX_PACKED_MEMORY_PER_BYTE * text:
+            raise Refused(repr(str(path)), f"its JSON up to line {number} would take about {size_text(estimate)}, "
+                          f"{estimate / text:.0f} bytes per byte of text; above {size_text(PACKED_MEMORY_FLOOR)} "
+                          f"the limit is {MAX_PACKED_MEMORY_PER_BYTE} (genuine records take 9-11); refused")
+        if memory is not None and estimate > memory:  # the memory available, read once before the first line
+            check_memory(estimate, repr(str(path)), f"parsing it up to line {number}")
         # not UTF-8, not JSON, nested too deep, an integer of too many digits; a column counted in the line itself
         obj = loads_json(raw.rstrip(b"\n"), where)
         kind = obj.get("kind") if isinstance(obj, dict) else None
