@@ -57,13 +57,11 @@ from ...core.bounded import Refused, check_size, open_regular
 from ...core.errors import PoisonbenchError
 from ...core.hashing import sha256_file
 from ...data.splits import split_positions
+from .formats import INDEX_NAMES, INDICATOR_NAMES, RECORD_NAME, as_array, as_ints, combined_sha
 
 FORMAT = "backdoorbench"
 KINDS = ("patch", "blend", "additive")
 LABEL_MODES = ("dirty", "clean")
-INDICATOR_NAMES = ("poison_indicator.npy", "train_poison_index_list.pickle")  # in a directory, in this order
-INDEX_NAMES = ("poison_index.npy",)
-RECORD_NAME = "attack_result.pt"
 TRIGGER_NAMES = ("trigger.npy", "trigger.png")  # ours first: trigger.npy is exact, the PNG rounded
 INFO_NAMES = ("info.json", "info.pickle")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -254,7 +252,6 @@ def train_pool(data) -> np.ndarray:
 
 def indicator_to_ids(arr, label: str, pool: int) -> np.ndarray:
     """The source train indices an indicator marks: 1-D, one entry per image of the source train set, 0 or 1."""
-    from .formats import as_array
 
     arr = as_array(arr, label)
     if arr.ndim != 1:
@@ -273,7 +270,6 @@ def indicator_to_ids(arr, label: str, pool: int) -> np.ndarray:
 
 
 def index_to_ids(arr, label: str, pool: int) -> np.ndarray:
-    from .formats import as_ints
 
     ids = as_ints(arr, label)
     if len(ids) == 0:
@@ -474,7 +470,6 @@ def import_backdoor(paths, data, results_root=None, label: str | None = None, op
     from ...core.io import ensure_writable
     from ...core.workspace import workspace_dir
     from ...poisons.checks import norm_of
-    from .exchange import _combined_sha
 
     bd = read_backdoor(paths, data, opts)
     name = check_backdoor_label(label if label is not None else BB_ATTACKS.get(bd.attack or "", bd.attack or
@@ -509,7 +504,7 @@ def import_backdoor(paths, data, results_root=None, label: str | None = None, op
     labels = torch.full((len(rows),), bd.target_class, dtype=torch.long) if bd.label_mode == "dirty" else None
     n = len(data.train)
     trig_spec = {"kind": bd.kind, **({"alpha": bd.alpha} if bd.alpha is not None else {})}
-    params = {"format": FORMAT, "file_sha256": _combined_sha(bd.files), "target_class": bd.target_class,
+    params = {"format": FORMAT, "file_sha256": combined_sha(bd.files), "target_class": bd.target_class,
               "label_mode": bd.label_mode, "trigger": trig_spec}
     spec = poisons.CraftSpec(name, params, eps, len(rows) / n, 0, data.name, data.fingerprint, None, None)
     if poisons.exists(results_root, spec.poison_id) and not force:
@@ -631,11 +626,3 @@ def check_backdoor_out(out, force: bool = False, inputs=()) -> Path:
     for name in EXPORT_FILES:
         check_output(out / name, force, inputs, label="--out ")
     return out
-
-
-def looks_like_backdoorbench(paths) -> bool:
-    """`poisons import` without `--format`: a directory holding an indicator or BB's record."""
-    paths = [Path(p) for p in paths]
-    if len(paths) == 1 and paths[0].is_dir():
-        return any((paths[0] / n).is_file() for n in (*INDICATOR_NAMES, *INDEX_NAMES, RECORD_NAME))
-    return any(p.name.startswith("train_poison_index_list") or "indicator" in p.name.lower() for p in paths)

@@ -3,7 +3,6 @@ and ours written in each format; see `poisonbench.poisons.interchange`."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import pickle
@@ -29,6 +28,7 @@ from .formats import (
     TRANSFER_LABELS,
     Foreign,
     check_format,
+    combined_sha,
     forest_constants,
     read_foreign,
 )
@@ -136,12 +136,6 @@ def victim_for(label: str, victim: str | None) -> str:
     return victim
 
 
-def _combined_sha(files: dict[str, str]) -> str:
-    if len(files) == 1:
-        return next(iter(files.values()))
-    return hashlib.sha256("".join(f"{n}:{s}\n" for n, s in sorted(files.items())).encode()).hexdigest()
-
-
 def import_targeted(fmt: str, paths, data, results_root=None, label: str | None = None, victim: str | None = None,
                     named: Named | None = None, forest_std: tuple[float, ...] | None = None,
                     force: bool = False, threat: str | None = None) -> tuple[PoisonSet, bool]:
@@ -211,7 +205,7 @@ def import_targeted(fmt: str, paths, data, results_root=None, label: str | None 
                                "this dataset's images")
     n = len(data.train)
     target = Target(index, true_class, intended, tuple(int(r) for r in rows))
-    sha = _combined_sha(foreign.files)
+    sha = combined_sha(foreign.files)
     params = {"format": fmt, "file_sha256": sha, "scenario": victim, "threat": threat, **foreign.params}
     spec = poisons.CraftSpec(label, params, math.ceil(linf * 1e6) / 1e6, len(rows) / n, 0, data.name,
                              data.fingerprint, None, target.to_dict())

@@ -3,6 +3,7 @@ see `poisonbench.poisons.interchange`."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zipfile
 from dataclasses import dataclass, field
@@ -297,6 +298,27 @@ def read_foreign(fmt: str, paths: list[Path], data, forest_std=None) -> Foreign:
     return read_npz_poisons(paths[0], data)
 
 
+# BackdoorBench's files (backdoorbench.py reads them): a poison indicator in a directory, in this order; an index
+# list; its whole record
+INDICATOR_NAMES = ("poison_indicator.npy", "train_poison_index_list.pickle")
+INDEX_NAMES = ("poison_index.npy",)
+RECORD_NAME = "attack_result.pt"
+
+
+def looks_like_backdoorbench(paths) -> bool:
+    """`poisons import` without `--format`: a directory holding an indicator or BB's record."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1 and paths[0].is_dir():
+        return any((paths[0] / n).is_file() for n in (*INDICATOR_NAMES, *INDEX_NAMES, RECORD_NAME))
+    return any(p.name.startswith("train_poison_index_list") or "indicator" in p.name.lower() for p in paths)
+
+
+def combined_sha(files: dict[str, str]) -> str:
+    if len(files) == 1:
+        return next(iter(files.values()))
+    return hashlib.sha256("".join(f"{n}:{s}\n" for n, s in sorted(files.items())).encode()).hexdigest()
+
+
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise PoisonbenchError(f"unknown format {fmt!r}; valid choices: {', '.join(FORMATS)}")
@@ -307,8 +329,6 @@ def sniff_format(paths: list[Path], targeted_options: bool) -> str:
     or three files → toxic, an .npz → npz, a .pkl / .pickle
     pickle (HINT's patched forest export) or a torch file holding `poison_delta` → forest; any other file → hint
     (HINT's untargeted file, as before), or forest when a target is named on the command line."""
-    from .backdoorbench import looks_like_backdoorbench
-
     paths = [Path(p) for p in paths]
     if looks_like_backdoorbench(paths):
         return "backdoorbench"  # a directory holding a poison indicator (BackdoorBench's record, or our export)
