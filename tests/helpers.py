@@ -39,3 +39,19 @@ def dpsgd_mix_workspace(root: Path) -> None:
     dp["run_id"] = short_hash(dp["config"])
     workspace(root, [mix_record(t, craft("a"), method="none") for t in range(2)]
               + [mix_record(t, craft("b"), method="hint") for t in range(2)] + [dp])
+
+
+def npz_dataset(root: Path, name: str, side: int, channels: int, seed: int, n: int = 400, classes: int = 4):
+    """`n` learnable `side`×`side` images of `classes` classes saved as `root/name.npz` (train 320 / val 8 /
+    test 72 at 400) and loaded: (the dataset, its path)."""
+    import numpy as np
+
+    from poisonbench.data import load_dataset
+
+    from .conftest import class_images
+
+    x, y = class_images(n, side, channels=channels, classes=classes, seed=seed)
+    path = root / f"{name}.npz"
+    np.savez(path, x=x, y=y)
+    return load_dataset(str(path)), path
+

@@ -15,7 +15,6 @@ import torch
 from poisonbench import poisons
 from poisonbench.attacks.backdoor import Trigger
 from poisonbench.core.errors import PoisonbenchError
-from poisonbench.data import load_dataset
 from poisonbench.experiment.scenarios.backdoor import attack_success_rate
 from poisonbench.poisons.interchange.backdoorbench import (
     BackdoorOptions,
@@ -24,26 +23,19 @@ from poisonbench.poisons.interchange.backdoorbench import (
     read_backdoor,
 )
 
-from .conftest import class_images, one_line_error
+from .conftest import one_line_error
+from .helpers import npz_dataset
 
 
 @pytest.fixture(scope="module")
 def colour(tmp_path_factory):
     """400 learnable 16×16 colour images, 4 classes: train 320 / val 8 / test 72."""
-    root = tmp_path_factory.mktemp("bbcolour")
-    x, y = class_images(400, 16, channels=3, classes=4, seed=3)
-    path = root / "colour.npz"
-    np.savez(path, x=x, y=y)
-    return load_dataset(str(path)), path
+    return npz_dataset(tmp_path_factory.mktemp("bbcolour"), "colour", 16, channels=3, seed=3)
 
 
 @pytest.fixture(scope="module")
 def grey(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bbgrey")
-    x, y = class_images(400, 16, channels=1, classes=4, seed=4)
-    path = root / "grey.npz"
-    np.savez(path, x=x, y=y)
-    return load_dataset(str(path)), path
+    return npz_dataset(tmp_path_factory.mktemp("bbgrey"), "grey", 16, channels=1, seed=4)
 
 
 def crafted(data, root, attack, budget, **params):

@@ -14,31 +14,22 @@ import torch
 from poisonbench import poisons
 from poisonbench.attacks import ATTACKS
 from poisonbench.attacks.base import Target
-from poisonbench.data import load_dataset
 from poisonbench.poisons.interchange.formats import FOREST_MEAN, FOREST_STD
 from poisonbench.poisons.interchange.unpickle import PickledImage, load_pickle
 
-from .conftest import class_images
+from .helpers import npz_dataset
 from .toys import ToyTargeted, registered
 
 
 @pytest.fixture(scope="module")
 def colour(tmp_path_factory):
     """400 learnable 16×16 colour images, 4 classes (the cifar10 family): train 320 / val 8 / test 72."""
-    root = tmp_path_factory.mktemp("colour")
-    x, y = class_images(400, 16, channels=3, classes=4, seed=3)
-    path = root / "colour.npz"
-    np.savez(path, x=x, y=y)
-    return load_dataset(str(path)), path
+    return npz_dataset(tmp_path_factory.mktemp("colour"), "colour", 16, channels=3, seed=3)
 
 
 @pytest.fixture(scope="module")
 def grey(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grey")
-    x, y = class_images(400, 8, channels=1, classes=4, seed=4)
-    path = root / "grey.npz"
-    np.savez(path, x=x, y=y)
-    return load_dataset(str(path)), path
+    return npz_dataset(tmp_path_factory.mktemp("grey"), "grey", 8, channels=1, seed=4)
 
 
 def toy_set(data, root, index: int = 0, seed: int = 0):

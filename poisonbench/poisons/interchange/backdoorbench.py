@@ -57,7 +57,15 @@ from ...core.bounded import Refused, check_size, open_regular
 from ...core.errors import PoisonbenchError
 from ...core.hashing import sha256_file
 from ...data.splits import split_positions
-from .formats import INDEX_NAMES, INDICATOR_NAMES, RECORD_NAME, as_array, as_ints, combined_sha
+from .formats import (
+    INDEX_NAMES,
+    INDICATOR_NAMES,
+    RECORD_NAME,
+    as_array,
+    as_ints,
+    check_output_directory,
+    combined_sha,
+)
 
 FORMAT = "backdoorbench"
 KINDS = ("patch", "blend", "additive")
@@ -614,15 +622,4 @@ def export_backdoor(results_root, poison_id: str, data, out, force: bool = False
 
 def check_backdoor_out(out, force: bool = False, inputs=()) -> Path:
     """`--out` of the backdoorbench export: a directory (created), none of its files replaced without `force`."""
-    from ...core.io import check_output, file_in_the_way
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise _err(f"--out {str(out)!r} is a file; --format {FORMAT} writes a directory of "
-                   f"{', '.join(EXPORT_FILES)}")
-    blocking = file_in_the_way(out)
-    if blocking is not None:
-        raise _err(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a directory")
-    for name in EXPORT_FILES:
-        check_output(out / name, force, inputs, label="--out ")
-    return out
+    return check_output_directory(out, EXPORT_FILES, FORMAT, force, inputs)

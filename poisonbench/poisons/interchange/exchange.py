@@ -16,7 +16,7 @@ import torch
 from ...attacks.base import PoisonSet, Target
 from ...attacks.targets import SCENARIOS, check_index, check_intended, read_setups
 from ...core.errors import PoisonbenchError
-from ...core.io import atomic_write_bytes, check_output, ensure_writable, file_in_the_way, why_not_written
+from ...core.io import atomic_write_bytes, ensure_writable, why_not_written
 from ...core.workspace import workspace_dir
 from ...data.splits import split_positions
 from .formats import (
@@ -28,6 +28,7 @@ from .formats import (
     TRANSFER_LABELS,
     Foreign,
     check_format,
+    check_output_directory,
     combined_sha,
     forest_constants,
     read_foreign,
@@ -237,15 +238,7 @@ def check_export_out(fmt: str, out, force: bool = False, inputs=()) -> Path:
     out = Path(out)
     if fmt != "toxic":
         return check_export_path(out, force, inputs)
-    if out.exists() and not out.is_dir():
-        raise PoisonbenchError(f"--out {str(out)!r} is a file; --format toxic writes a directory of "
-                               f"{', '.join(TOXIC_FILES)}")
-    blocking = file_in_the_way(out)
-    if blocking is not None:
-        raise PoisonbenchError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a directory")
-    for name in TOXIC_FILES:
-        check_output(out / name, force, inputs, label="--out ")
-    return out
+    return check_output_directory(out, TOXIC_FILES, "toxic", force, inputs)
 
 
 def _pil_or_array(image: np.ndarray):

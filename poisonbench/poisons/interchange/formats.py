@@ -319,6 +319,23 @@ def combined_sha(files: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{n}:{s}\n" for n, s in sorted(files.items())).encode()).hexdigest()
 
 
+def check_output_directory(out, files: tuple[str, ...], fmt: str, force: bool = False, inputs=()) -> Path:
+    """`--out` of an export that writes a directory of `files` (toxic's, backdoorbench's): a directory (created
+    later), no file in the way on its path, none of `files` replaced without `force` or read by this command."""
+    from ...core.io import check_output, file_in_the_way
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PoisonbenchError(f"--out {str(out)!r} is a file; --format {fmt} writes a directory of "
+                               f"{', '.join(files)}")
+    blocking = file_in_the_way(out)
+    if blocking is not None:
+        raise PoisonbenchError(f"--out {str(out)!r}: {str(blocking)!r} is a file, not a directory")
+    for name in files:
+        check_output(out / name, force, inputs, label="--out ")
+    return out
+
+
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise PoisonbenchError(f"unknown format {fmt!r}; valid choices: {', '.join(FORMATS)}")
