@@ -219,7 +219,6 @@ def test_a_packed_file_holding_one_huge_line_is_refused_in_one_line_without_read
 
 def test_a_packed_file_inflating_past_the_total_bound_is_refused(monkeypatch, cli, tmp_path):
     monkeypatch.setattr(bounded, "MAX_PACKED_BYTES", 1000)
-    monkeypatch.setattr(bounded.iter_bounded_lines, "__defaults__", (bounded.MAX_PACKED_LINE_BYTES, 1000))
     packed = tmp_path / "many.jsonl.gz"
     padded = header_line(0)[:-1] + b" " * 600 + b"\n"  # a valid line of 700 bytes: the second one passes the bound
     packed.write_bytes(gzip_bytes(padded * 2))

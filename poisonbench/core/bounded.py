@@ -278,11 +278,14 @@ def read_json_file(path: str | Path, max_bytes: int | None = None, max_depth: in
     return loads_json(read_bytes(path, max_bytes, label), _label(path, label), max_depth)
 
 
-def iter_bounded_lines(stream: BinaryIO, where: str, max_line: int = MAX_PACKED_LINE_BYTES,
-                       max_total: int = MAX_PACKED_BYTES) -> Iterator[tuple[int, bytes]]:
+def iter_bounded_lines(stream: BinaryIO, where: str, max_line: int | None = None,
+                       max_total: int | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number, line) of a binary stream, each line read with `readline(max_line + 1)`: a line longer than
-    `max_line` bytes, or more than `max_total` bytes in all, is `Refused` (naming `where`, the line and the limit)
-    without reading the rest."""
+    `max_line` bytes (default MAX_PACKED_LINE_BYTES), or more than `max_total` bytes in all (default
+    MAX_PACKED_BYTES), is `Refused` (naming `where`, the line and the limit) without reading the rest. The defaults
+    are read at each call, not when the function is defined, so a test can lower the module's limits."""
+    max_line = MAX_PACKED_LINE_BYTES if max_line is None else max_line
+    max_total = MAX_PACKED_BYTES if max_total is None else max_total
     total = number = 0
     while True:
         line = stream.readline(max_line + 1)
