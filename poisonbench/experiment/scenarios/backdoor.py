@@ -121,14 +121,15 @@ def attack_success_rate(model, x: torch.Tensor, y: torch.Tensor, trigger, target
     from ...engine.training import predict
 
     keep = y != target if source is None else y == source
+    n = int(keep.sum())
+    if n == 0:  # no such test image (a source class the test split lacks): nothing to predict, no rate
+        return {"asr": None, "asr_hits": 0, "asr_n": 0, "clean_target_rate": None, "clean_target_hits": 0}
     xs = x[keep]
     triggered = predict(model, trigger.apply(xs)).argmax(1)
     clean = predict(model, xs).argmax(1)
-    n = int(keep.sum())
     hits = int((triggered == target).sum())
     base = int((clean == target).sum())
-    return {"asr": hits / n if n else None, "asr_hits": hits, "asr_n": n,
-            "clean_target_rate": base / n if n else None, "clean_target_hits": base}
+    return {"asr": hits / n, "asr_hits": hits, "asr_n": n, "clean_target_rate": base / n, "clean_target_hits": base}
 
 
 class Backdoor(Scenario):
