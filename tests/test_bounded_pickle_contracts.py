@@ -205,3 +205,15 @@ def test_a_container_closed_inside_a_dict_leaves_the_dicts_charge_per_item_since
     opcodes = len(list(pickletools.genops(b"\x80\x02" + inner + b"."))) - 2
     whole = check_pickle(b"\x80\x02}(K\x01" + inner + b"K\x03K\x04u.", "x")
     assert whole == REF + (REF + CONTAINER) + (REF + MEMO) + REF + alone + 2 * REF + (REF + 48 * (opcodes + 4)) + REF
+
+
+@pytest.mark.parametrize(("data", "declared", "left"), [(b"X" + (5).to_bytes(4, "little") + b"ab.", 5, 3), (b"", 1, 0)])
+def test_a_first_opcode_cut_short_is_named_at_byte_0(data, declared, left):
+    """The opcode that declares more than follows is the file's first (a BINUNICODE at byte 0; an empty file, whose
+    first opcode byte is missing): the refusal names byte 0, whole."""
+    with pytest.raises(Refused) as raised:
+        check_pickle(data, "'f'")
+    assert str(raised.value) == (
+        f"'f': its pickle declares {declared} bytes for the opcode at byte 0, only {left} follow (cut short, or a "
+        "length bomb); refused before unpickling"
+    )
