@@ -217,3 +217,18 @@ def test_a_first_opcode_cut_short_is_named_at_byte_0(data, declared, left):
         f"'f': its pickle declares {declared} bytes for the opcode at byte 0, only {left} follow (cut short, or a "
         "length bomb); refused before unpickling"
     )
+
+
+def test_an_unreadable_pickle_is_refused_as_damaged_and_the_memory_refusal_names_the_file(monkeypatch):
+    """An unknown opcode: one whole line naming the file, `over_limit` False (damaged, not over a bound; `why` alone
+    for a command that skips it). An estimate one byte over the memory available: refused naming the file."""
+    with pytest.raises(Refused) as raised:
+        check_pickle(b"\xff.", "'f'")
+    assert str(raised.value) == "'f': not a readable pickle (at position 0, opcode b'\\xff' unknown)"
+    assert (raised.value.where, raised.value.over_limit) == ("'f'", False)
+    data = pickle.dumps([1, 2, 3], protocol=2)
+    estimate = check_pickle(data, "x")
+    monkeypatch.setattr(bounded, "available_memory", lambda: estimate - 1)
+    with pytest.raises(Refused) as memory:
+        check_pickle(data, "'f'")
+    assert str(memory.value).startswith("'f': unpickling it takes about ")
