@@ -180,8 +180,8 @@ def test_paired_table3_says_per_column_what_effect_its_targets_could_detect():
 def test_hint_run_only_at_the_attacks_budget_is_shown_as_its_budget_row_not_left_out():
     """No HINT run at the paper's β (0.062), only at β = ε: the r = 0.5 set anchors HINT's rows and is shown as
     `HINT (β 0.3)`, paired with W/o Defense; no empty `HINT` row, and no note that it was left out."""
-    records = [run("none", t, t < 10) for t in range(13)] + [
-        run("hint", t, 6 <= t < 10, hint_params(beta=EPS)) for t in range(13)]
+    records = [run("none", t, t < 10) for t in range(13)] + [  # HINT's own step (unsigned: its declared default)
+        run("hint", t, 6 <= t < 10, hint_params(beta=EPS) | {"sign": False}) for t in range(13)]
     table = tables.build("3", records, tables.Options(trials=13, paired=True), dataset="fashion-mnist")
     labels = [row[0].text for row in table.blocks[0].rows if row[1].text == "ASR"]
     assert labels == ["W/o Defense", "HINT (β 0.3)"]
@@ -263,3 +263,28 @@ def test_step_variant_names_exactly_the_step_that_differs_and_nothing_else():
     key = budget_key("hint", 0.3, "signed, γ 0.5")
     assert (split_budget_key(key), budget_step(key)) == (("hint", 0.3), "signed, γ 0.5")
     assert budget_step(budget_key("hint", 0.3)) == ""
+
+
+@pytest.mark.parametrize(("step", "label"), [
+    ({"sign": True, "gamma": 0.1}, "HINT (β 0.3, signed)"),
+    ({"sign": False, "gamma": 1.0}, "HINT (β 0.3, γ 1)"),
+    ({"sign": True, "gamma": 1.0}, "HINT (β 0.3, signed, γ 1)"),
+    ({"sign": False, "gamma": 0.1}, "HINT (β 0.3)"),
+])
+def test_a_block_whose_only_hint_runs_use_another_step_names_that_step(step, label):
+    """A block with HINT run only at another update rule (the gray-box cell of table3-fashion-powered.toml: signed
+    HINT at β = ε, no run at the table's step): its row is named by the step it ran against HINT's declared
+    defaults (sign False, γ 0.1), not shown as "HINT (β 0.3)" as if it were the table's unsigned step."""
+    from poisonbench.report.tables.records import step_off_defaults
+
+    n = 6
+    params = hint_params(beta=EPS) | step
+    records = [run("none", t, t < 5) for t in range(n)] + [run("hint", t, t < 2, params) for t in range(n)]
+    table = tables.build("3", records, tables.Options(trials=n, paired=True), dataset="fashion-mnist")
+    labels = [row[0].text for row in table.blocks[0].rows if row[1].text == "ASR"]
+    assert labels == ["W/o Defense", label]
+    (cell,) = [d for d in table.data if d["method"] == "hint" and d["attack"] == "fc"]
+    assert (cell["beta"], cell["successes"], cell["paired_saved"], cell["paired_new"]) == (EPS, 2, 3, 0)
+    assert step_off_defaults("friends", '{"beta": 0.3}') == ""
+    assert step_off_defaults("no-such-defense", '{"sign": true}') == step_off_defaults("hint", "{") == ""
+

@@ -560,6 +560,27 @@ def step_variant(method: str, chosen_json: str, other_json: str) -> tuple[float,
     return (float(beta), ", ".join(parts)) if parts else None
 
 
+def step_off_defaults(method: str, params_json: str) -> str:
+    """The step variant ("signed", "γ 1") a parameter set runs against its defense's own declared defaults of
+    `STEP_PARAMS` (its `Param` defaults); "" where it runs them, for a parameter the set does not record, or for a
+    defense without step parameters. Names a row whose block has no run at the table's step (a gray-box cell run
+    with signed HINT only) by the step it ran, not as if it were the table's."""
+    names = STEP_PARAMS.get(method, ())
+    if not names:
+        return ""
+    from ...defenses import DEFENSES
+
+    try:
+        declared = {p.name: p.default for p in DEFENSES.get(method).PARAMS}
+        params = json.loads(params_json)
+    except Exception:  # a defense this version does not have, or parameters it cannot read: no opinion
+        return ""
+    base = dict(params) | {k: declared[k] for k in names if k in params and k in declared
+                           and isinstance(declared[k], bool | int | float)}
+    variant = step_variant(method, json.dumps(base), params_json)
+    return variant[1] if variant else ""
+
+
 def choose_parameters(sdf: pd.DataFrame, notes: list, budgets: bool = False) -> dict[str, pd.DataFrame]:
     """Per method, the rows of its table parameter set (`primary`); a note for every run left out. With `budgets`
     (Table III), the runs of a method that differ from its chosen set in β alone get rows of their own, keyed
@@ -589,7 +610,8 @@ def choose_parameters(sdf: pd.DataFrame, notes: list, budgets: bool = False) -> 
         notes.append(left_out_note(m, chosen[m], left))
         betas = chosen[m].beta.dropna().unique() if budgets and len(chosen[m]) else []
         if anchored_off_paper and len(betas) == 1:  # a budget row of its own; the paper's row stays empty
-            chosen[budget_key(m, float(betas[0]))], chosen[m] = chosen[m], chosen[m].iloc[0:0]
+            step = step_off_defaults(m, chosen[m].params_json.iloc[0])
+            chosen[budget_key(m, float(betas[0]), step)], chosen[m] = chosen[m], chosen[m].iloc[0:0]
     return chosen
 
 
