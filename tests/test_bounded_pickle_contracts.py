@@ -129,7 +129,7 @@ def test_a_declared_length_past_the_end_is_refused_and_one_within_it_is_parsed()
     with pytest.raises(Refused) as swallowed:
         check_pickle(b"\x80\x02X" + (4).to_bytes(4, "little") + b"abc.", "'f'")
     assert str(swallowed.value) == (
-        "'f': its pickle declares 1 bytes for the opcode at byte 11, only 0 follow (cut "
+        "'f': its pickle declares 1 byte for the opcode at byte 11, only 0 follow (cut "
         "short, or a length bomb); refused before unpickling"
     )
     with pytest.raises(Refused) as raised:
@@ -214,8 +214,8 @@ def test_a_first_opcode_cut_short_is_named_at_byte_0(data, declared, left):
     with pytest.raises(Refused) as raised:
         check_pickle(data, "'f'")
     assert str(raised.value) == (
-        f"'f': its pickle declares {declared} bytes for the opcode at byte 0, only {left} follow (cut short, or a "
-        "length bomb); refused before unpickling"
+        f"'f': its pickle declares {declared} byte{'' if declared == 1 else 's'} for the opcode at byte 0, only {left} "
+        "follow (cut short, or a length bomb); refused before unpickling"
     )
 
 

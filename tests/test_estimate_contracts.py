@@ -161,4 +161,14 @@ def test_without_either_resnet18_throughput_the_cpu_has_no_crafting_figure(monke
         reference = est.Figures("Ref GPU", {"mnist-scratch": 9000.0}, reference.ratio_to_none, reference.crafting)
     f = est.cpu_figures(cpu, reference)
     assert f.crafting == {}
-    assert f.assumes[2].endswith("over this CPU's (0×)")
+    assert f.assumes[2] == ("crafting s/iteration: none (a cifar10-scratch images/s is missing on the Ref GPU or "
+                            "on this CPU, so there is nothing to scale by)")
+
+
+def test_a_cpu_faster_than_the_reference_names_its_factor_to_three_figures(monkeypatch, reference):
+    """A factor below 1 is printed as it is (0.4×), not rounded to "0×"."""
+    monkeypatch.setattr(est, "_threads", lambda: 2)
+    monkeypatch.setattr(est, "_cpu_model", lambda: "Test CPU")
+    f = est.cpu_figures({"cifar10-scratch": 2500.0}, reference)
+    assert f.assumes[2] == "crafting s/iteration: the Ref GPU's × its cifar10-scratch images/s over this CPU's (0.4×)"
+    assert f.crafting["gm"] == {"seconds_per_iteration": 0.2, "poisons": 500}

@@ -104,8 +104,8 @@ def check_pickle(data: bytes, where: str) -> int:
             count += 1
             start = stream.tell()  # where the next opcode starts (genops reads nothing ahead)
     except _Short as e:
-        raise _refuse(where, f"its pickle declares {e.wanted} bytes for the opcode at byte {start}, only {e.left} "
-                      "follow (cut short, or a length bomb)") from None
+        raise _refuse(where, f"its pickle declares {e.wanted} byte{'' if e.wanted == 1 else 's'} for the opcode at "
+                      f"byte {start}, only {e.left} follow (cut short, or a length bomb)") from None
     except Refused:
         raise
     except Exception as e:  # pickletools' ValueError for bytes it cannot parse (no STOP, an unknown opcode, ...)

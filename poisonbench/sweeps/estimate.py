@@ -151,7 +151,9 @@ def cpu_figures(images_per_s: dict[str, float], reference: Figures, measured: bo
                f"defense-overhead ratios: the {reference.kind}'s (no CPU figure; a defense's own work may weigh "
                "differently on a CPU)",
                f"crafting s/iteration: the {reference.kind}'s × its cifar10-scratch images/s over this CPU's "
-               f"({slower:.0f}×)")
+               f"({slower:.3g}×)" if slower else
+               f"crafting s/iteration: none (a cifar10-scratch images/s is missing on the {reference.kind} or on "
+               "this CPU, so there is nothing to scale by)")
     return Figures(CPU_KIND, dict(images_per_s), dict(reference.ratio_to_none), crafting,
                    {"by": "poisonbench.sweeps.estimate.measure_cpu", "cpu": _cpu_model()}, assumes)
 
