@@ -73,6 +73,9 @@ def test_signs_are_a_fair_coin_from_the_runs_seed_and_drawn_again_on_a_resume():
     s = control.random_sign
     n = s.numel()
     assert abs((s > 0).sum().item() - n / 2) < 4 * (n / 4) ** 0.5  # 4 standard deviations of a fair coin
+    # the control's own stream (seed·1,000,003 + 6), never HINT's LiSSA sampler's (+ 4) nor the training order's
+    own = torch.Generator().manual_seed(ctx.seed * 1_000_003 + 6)
+    torch.testing.assert_close(s, (torch.randint(0, 2, s.shape, generator=own) * 2 - 1).float(), rtol=0, atol=0)
     # the same seed draws the same signs; another seed others
     (_, _), (again, ctx_again), _ = both(schedule=[1, 3], ratio=0.5, ihvp="exact", sign=True)
     again.on_epoch_start(ctx_again, 1)
