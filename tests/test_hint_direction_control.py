@@ -133,3 +133,13 @@ def test_the_plugins_declaration_and_an_end_to_end_run_through_its_entry_point(t
     assert record["env"]["plugins"] == {project["name"]: project["version"]}
     assert record["defense"]["direction"]["kind"] == "random sign per pixel, fixed at the selection"
     assert len(record["defense"]["direction"]["agreement_with_influence_sign"]) == 1
+
+
+@pytest.mark.parametrize("sign, expected", [(True, [1.0, -1.0, 0.0, -1.0]), (False, [0.5, -0.5, 0.0, -2.0])])
+def test_the_step_and_its_agreement_with_hint_on_a_known_influence(sign, expected):
+    """|step|·s, a pixel of zero influence left unmoved, and the agreement counted over the moved pixels only."""
+    control = HintRandomSign("mnist", RECIPE, sign=sign)
+    control.random_sign = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    step = control._step(torch.tensor([0.5, 0.5, 0.0, -2.0]))
+    assert torch.equal(step, torch.tensor(expected))
+    assert control.agreement == [2 / 3]  # pixels 0 and 3 of the 3 moved agree with HINT's own step
