@@ -207,6 +207,12 @@ class Hint(Defense):
         g, decay = self.params["gamma"], self.params["gamma_decay_epoch"]
         return g / 10 if decay is not None and epoch >= decay else g
 
+    def _step(self, i_pert: torch.Tensor) -> torch.Tensor:
+        """The update's direction per pixel before γ: sign(I_pert) with `--sign` (official), else I_pert itself
+        (Alg. 3). One method, so that a control can keep everything else of the update (the noise-direction
+        control of experiments/plugins/hint-direction-control replaces the sign only)."""
+        return i_pert.sign() if self.params["sign"] else i_pert
+
     def _update(self, ctx: TrainContext, epoch: int) -> None:
         """Algorithm 3 for every selected example at once."""
         p = self.params
@@ -225,7 +231,7 @@ class Hint(Defense):
         std = ctx.model.normalize.std.flatten() if p["grad_space"] == "normalized" else None  # checked in prepare
         i_pert = inf.influence_pert(ctx.model, x_hat, y, s.s, input_std=std)
         gamma = self._gamma(epoch)
-        step = i_pert.sign() if p["sign"] else i_pert
+        step = self._step(i_pert)
         delta = (self.delta - gamma * step).clamp_(-p["beta"], p["beta"])
         x_new = (self.x0 + delta).clamp_(0, 1)
         if p["quantize"]:  # official `(img*255).to(uint8)` truncation, kept inside the β-ball: flooring x0 − β
