@@ -15,6 +15,13 @@
 # (autogroups) before it looks at `nice`, so a plain `nice -n 19` started in its own session (setsid, nohup from
 # another terminal) still takes half the cores from a sweep; this sets the session's own weight.
 set -euo pipefail
+# $MUTATION_NICE lowers the weight of the session's autogroup, which would also slow everything else started from
+# the same shell session (a sweep in the background of the same terminal): the script first moves itself into a
+# session of its own (setsid, which waits and passes the exit status on), so only the mutation run is lowered. The
+# new session has no terminal: stop it with `kill -- -PID` (its process group), not Ctrl-C.
+if [ -n "${MUTATION_NICE:-}" ] && [ -z "${MUTATION_OWN_SESSION:-}" ] && command -v setsid > /dev/null; then
+    MUTATION_OWN_SESSION=1 exec setsid -w bash "$0" "$@"
+fi
 if [ $# -lt 2 ]; then
     echo "usage: $0 MODULE.py TESTS..." >&2
     exit 2
@@ -54,7 +61,10 @@ EOF
 cd "$work"
 if [ -n "${MUTATION_NICE:-}" ]; then
     renice -n "$MUTATION_NICE" -p $$ > /dev/null
-    [ -w /proc/self/autogroup ] && echo "$MUTATION_NICE" > /proc/self/autogroup 2>/dev/null || true
+    # the autogroup's weight only in a session of our own (the re-exec above): never the caller's session
+    if [ -n "${MUTATION_OWN_SESSION:-}" ] && [ -w /proc/self/autogroup ]; then
+        echo "$MUTATION_NICE" > /proc/self/autogroup 2>/dev/null || true
+    fi
 fi
 # one torch thread per mutant's process: the $MUTATION_JOBS processes share the cores, and an oversubscribed torch
 # spins, which mutmut's CPU-time limit counts (spurious timeouts)
