@@ -127,6 +127,10 @@ def open_regular(path: str | Path, label: str | None = None) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
+        try:  # a socket cannot be opened at all (ENXIO): named for what it is, as the stat check names it
+            _require_regular(os.stat(path), path, label)
+        except OSError:
+            pass
         raise Refused(_label(path, label), f"unreadable ({e.strerror or type(e).__name__})", over_limit=False) \
             from None
     try:
