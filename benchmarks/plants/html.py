@@ -1,0 +1,36 @@
+"""Bugs planted by hand in poisonbench/report/html.py (docs/testing.md, 2026-11-29): benchmarks/plant_by_hand.py."""
+# ruff: noqa: E501  (each plant is one line of source, as it is in the module)
+F = "poisonbench/report/html.py"
+TESTS = ["tests/test_report_html_contracts.py", "tests/test_report_html.py",
+         "tests/test_contracts_round3.py::test_the_html_pages_table_iii_gives_each_success_count_its_wilson_interval",
+         "tests/test_report_valid_records.py::test_every_kind_draws_every_figure_and_page"]
+PLANTS = [
+    ("esc-noquote", F, "return html.escape(printable(str(value)), quote=True)", "return html.escape(printable(str(value)), quote=False)"),
+    ("esc-noprintable", F, "return html.escape(printable(str(value)), quote=True)", "return html.escape(str(value), quote=True)"),
+    ("matrix-mix", F, '"mix": "any" if number in (tables.MATRIX, "backdoor") else tables.PAPER_MIX', '"mix": "any" if number == tables.MATRIX else tables.PAPER_MIX'),
+    ("options-paper-backdoor", F, "paper=number not in (tables.MATRIX, \"backdoor\")", "paper=number != tables.MATRIX"),
+    ("options-ci", F, "ci=True, wilson=True)", "ci=False, wilson=True)"),
+    ("device-model-order", F, 'model = env.get("gpu") or env.get("cpu")', 'model = env.get("cpu") or env.get("gpu")'),
+    ("device-unknown", F, 'device = str(env.get("device") or "unknown")', 'device = str(env.get("device"))'),
+    ("counted-order", F, "key=lambda kv: (-kv[1], str(kv[0]))", "key=lambda kv: (kv[1], str(kv[0]))"),
+    ("trials-range", F, 'f"{low}" + (f"–{high}" if high != low else "")', 'f"{low}–{high}"'),
+    ("trials-asked", F, 'f" per cell (asked: {trials})"', 'f" per cell"'),
+    ("code-dropped", F, "        if code_part:\n            items.append((\"code\", code_part))\n", ""),
+    ("split-caption-first", F, 'head, sep, tail = caption.rpartition(". Crafts: ")', 'head, sep, tail = caption.partition(". Crafts: ")'),
+    ("paper-class", F, 'paper_columns = {i for i, c in enumerate(block.columns) if "(paper " in c}', 'paper_columns = {i for i, c in enumerate(block.columns) if "paper" in c}'),
+    ("rule-off-by-one", F, "out.append('<tr class=\"rule\">' if i in block.rules else \"<tr>\")", "out.append('<tr class=\"rule\">' if i + 1 in block.rules else \"<tr>\")"),
+    ("best-class", F, '("best", cell.best)', '("best", cell.label)'),
+    ("block-notes-dropped", F, "    if block.notes:\n        out += ['<ul class=\"notes\">', *(f\"<li>{esc(n)}</li>\" for n in block.notes), \"</ul>\"]\n", ""),
+    ("img-alt-raw", F, 'f\'<img alt="{esc(fig.name)}"', 'f\'<img alt="{fig.name}"'),
+    ("table-notes-dropped", F, "        if t.notes:\n            out += ['<ul class=\"notes table-notes\">', *(f\"<li>{esc(n)}</li>\" for n in t.notes), \"</ul>\"]\n", ""),
+    ("section-notes-dropped", F, "    if section.notes:\n        out += ['<ul class=\"notes\">', *(f\"<li>{esc(n)}</li>\" for n in section.notes), \"</ul>\"]\n    out.append(\"</section>\")", "    out.append(\"</section>\")"),
+    ("page-notes-dropped", F, "    if notes:\n        out += ['<ul class=\"notes table-notes\">', *(f\"<li>{esc(n)}</li>\" for n in notes), \"</ul>\"]\n    out += [\"</header>\"", "    out += [\"</header>\""),
+    ("runs-count", F, "return render_page(sections, source, len(records), list(notes))", "return render_page(sections, source, len(sections), list(notes))"),
+    ("no-sections-text", F, "    if not sections:\n        out.append('<p class=\"muted\">No table can be filled from these records.</p>')\n", ""),
+    ("figures-no-notes", F, "        if figs.figures or figs.notes:", "        if figs.figures:"),
+    ("figure-paper-rho", F, "paper=number == \"rho\"", "paper=False"),
+    ("shown-unsorted-missing", F, "shown = [by_id[r] for r in sorted(table.shown) if r in by_id]", "shown = [by_id[r] for r in sorted(table.shown)][:1]"),
+    ("csp-font", F, "base-uri 'none'; form-action 'none'\"", "base-uri 'none'\""),
+    ("title-source-raw", F, "f\"<title>poisonbench report: {esc(source)}</title>\"", "f\"<title>poisonbench report: {source}</title>\""),
+    ("anchor-matrix", F, 'Section(f"table-{number}", table.title', 'Section(f"table-{table.title}", table.title'),
+]
