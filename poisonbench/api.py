@@ -260,7 +260,7 @@ def report(results: str | None = None, *, table: str | int | None = None, datase
            epochs: int | None = None, attacks: str | list[str] | None = None,
            poisons: str | dict[str, str] | None = None, trials: int = 5, paper: bool = False, diff: bool = False,
            ci: bool = False, paired: bool = False, wilson: bool | None = None, rho: float | None = None,
-           poison_ratio: float | None = None) -> pd.DataFrame:
+           poison_ratio: float | None = None, versus: str | None = None) -> pd.DataFrame:
     """`poisonbench report` as a DataFrame: test accuracy mean and sample std per configuration, in percent as the
     CLI shows them (`test_acc_mean_pct`, `test_acc_std_pct`: 100 × the `test_acc_mean` / `test_acc_std` fractions of
     `report --format json`; a std of one trial is NaN where the JSON has null), the other columns as the JSON's keys.
@@ -283,7 +283,7 @@ def report(results: str | None = None, *, table: str | int | None = None, datase
         table=table, figure=None, fmt="json", missing=False, per_trial=False, poisons=poisons, trials=trials,
         paper=paper, diff=diff, ci=ci, wilson=wilson, paired=paired, rho=rho, out=None, run=None, trial=None,
         dataset=dataset, method=method, recipe=recipe, model=model, epochs=epochs, attacks=attacks,
-        poison_ratio=poison_ratio)
+        poison_ratio=poison_ratio, versus=versus)
     matrix = is_matrix(table)
     store = open_store(results)
     filters = selection.record_filters(dataset=dataset, model=model, recipe=recipe, epochs=epochs, methods=methods,
@@ -295,7 +295,7 @@ def report(results: str | None = None, *, table: str | int | None = None, datase
     if table is not None:
         columns = tuple(attacks.split(",")) if matrix and attacks and attacks != "any" else ()
         opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson is not False, rho=rho,
-                              paired=paired, poison_ratio=poison_ratio, attacks=columns)
+                              paired=paired, poison_ratio=poison_ratio, attacks=columns, versus=versus)
         result = tables.build(tables.check_table(table), records, opts, **filters)
         out = pd.DataFrame(result.data)
         if "params" in out:

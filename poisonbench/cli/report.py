@@ -72,7 +72,7 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
                     paired: bool,
                     rho: float | None, out: str | None, run: str | None, trial: int | None, dataset: str | None,
                     method: str | None, recipe: str | None, model: str | None, epochs: int | None,
-                    attacks: str | None, poison_ratio: float | None = None,
+                    attacks: str | None, poison_ratio: float | None = None, versus: str | None = None,
                     **_elsewhere) -> tuple[list[str] | None, str | None, str | None]:
     """Every check `report` makes on its options before it reads a record, in one place: `report` runs it, and so
     does a sweep grid's `report = [...]` at plan time (sweeps/grid.py), so that a `--table 9` there fails before any
@@ -91,6 +91,7 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
     if rho is not None and not 0 <= rho <= 1:
         raise PoisonbenchError(f"--rho must be in [0, 1], got {rho}")
     check_matrix(table, figure, missing, rho, out, poison_ratio)
+    check_versus(table, missing, versus)
     methods, attacks, chosen = selection.normal_selection(dataset=dataset, method=method, recipe=recipe,
                                                           model=model, epochs=epochs, attacks=attacks,
                                                           poisons=poisons)
@@ -102,6 +103,18 @@ def check_arguments(*, table: str | None, figure: str | None, fmt: str, missing:
         if check_figure(figure) != "1" and run is not None:
             raise PoisonbenchError("--run selects the record of --figure 1 only")
     return methods, attacks, chosen
+
+
+def check_versus(table: str | None, missing: bool, versus: str | None) -> None:
+    """`--versus ROW` pairs Table III's rows with that row: a view of Table III only (it names one of its rows), and
+    never empty. Whether the row exists is known once the records are read (`tables.build`)."""
+    if versus is None:
+        return
+    if not versus.strip():
+        raise PoisonbenchError("--versus is empty; name a row of Table III: a method (none, hint, friends, ...) or a "
+                               "row's label as the table shows it ('HINT (β 0.3, signed)')")
+    if table is None or missing or str(table).strip().upper() not in ("3", "III"):
+        raise PoisonbenchError(f"--versus {versus!r} names a row of Table III; it applies to `report table 3` only")
 
 
 def is_matrix(table: str | None) -> bool:
@@ -168,7 +181,8 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
            paper: bool = False, diff: bool = False, ci: bool = False, paired: bool = False,
            wilson: bool | None = None, missing: bool = False, per_trial: bool = False, rho: float | None = None,
            trial: int | None = None, run: str | None = None, data_dir: str | None = None,
-           results: str | None = None, poison_ratio: float | None = None, strict: bool = False) -> None:
+           results: str | None = None, poison_ratio: float | None = None, strict: bool = False,
+           versus: str | None = None) -> None:
     """Every form of `report` (flags or subcommand) ends here, with the options in the flag form's terms: the mode is
     `table` (with `missing`), `figure`, or neither (the plain summary). `strict`: exit 1 when a cell shown pools
     runs trained on two crafts of one PoisonSet (report.tables.provenance), after the output."""
@@ -180,7 +194,7 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
         table=table, figure=figure, fmt=fmt, missing=missing, per_trial=per_trial, poisons=poisons, trials=trials,
         paper=paper, diff=diff, ci=ci, wilson=wilson, paired=paired, rho=rho, out=out, run=run, trial=trial,
         dataset=dataset, method=method, recipe=recipe, model=model, epochs=epochs, attacks=attacks,
-        poison_ratio=poison_ratio)
+        poison_ratio=poison_ratio, versus=versus)
     packed = is_packed(results)
     matrix = is_matrix(table)
     if packed and figure is not None and out is None:  # <results>/figures: a packed file has no directory
@@ -198,7 +212,7 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
     if table is not None:
         columns = tuple(attacks.split(",")) if matrix and attacks and attacks != "any" else ()
         opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson is not False, rho=rho,
-                              paired=paired, poison_ratio=poison_ratio, attacks=columns)
+                              paired=paired, poison_ratio=poison_ratio, attacks=columns, versus=versus)
         if missing:
             if packed:  # `defend --results FILE.jsonl.gz` would be refused: the commands name no workspace
                 note(f"the records come from the packed file {store.root}: the commands below name no --results; "
@@ -405,6 +419,10 @@ Ci = _option(False, "--ci", help="Add 95% t-intervals of the mean.")
 Paired = _option(False, "--paired", help="Table II: add each defense minus W/o Defense per trial (same seed and "
                                          "poisons), mean ± std in points. Table III: each defense's ASR minus W/o "
                                          "Defense's on the same targets (Newcombe interval, McNemar p).")
+Versus = _option(None, "--versus", metavar="ROW",
+                 help="Table III: pair every row with this row instead of W/o Defense (same targets; Newcombe "
+                      "interval, McNemar p): a method (hint, friends, ...) or a row's label as shown ('HINT (β 0.3, "
+                      "signed)'; β may be written beta). Implies --paired.")
 Wilson = typer.Option(None, "--wilson/--no-wilson", show_default=False,
                       help="Table III: each k/n with its 95% Wilson interval (the default; --no-wilson: k/n alone).")
 PoisonRatio = _option(None, "--poison-ratio", help="--table matrix: the ρ of the untargeted runs in its cells, in "
@@ -499,6 +517,8 @@ def flag_form(
                             help="Directory holding the dataset files (--missing, --figure)."),
     strict: bool = _option(False, "--strict", hidden=True, help="Exit 1 when the runs shown pool two crafts of one "
                                                                "PoisonSet."),
+    versus: str = _option(None, "--versus", hidden=True, metavar="ROW",
+                          help="Table III: pair every row with this row instead of W/o Defense."),
 ) -> None:
     """The group's callback: `report` alone (the plain summary) or the flag form; before a subcommand, nothing (its
     options go after the subcommand's name)."""
@@ -511,7 +531,7 @@ def flag_form(
     _dispatch(ctx, table=table, figure=figure, out=out, dataset=dataset, method=method, recipe=recipe, model=model,
               epochs=epochs, attacks=attacks, poisons=poisons, trials=trials, fmt=fmt, paper=paper, diff=diff, ci=ci,
               paired=paired, wilson=wilson, missing=missing, per_trial=per_trial, rho=rho, trial=trial, run=run,
-              data_dir=data_dir, results=results, poison_ratio=poison_ratio, strict=strict)
+              data_dir=data_dir, results=results, poison_ratio=poison_ratio, strict=strict, versus=versus)
 
 
 def table_command(
@@ -530,6 +550,7 @@ def table_command(
     diff: bool = Diff,
     ci: bool = Ci,
     paired: bool = Paired,
+    versus: str = Versus,
     wilson: bool = Wilson,
     rho: float = TableRho,
     poison_ratio: float = PoisonRatio,
@@ -540,7 +561,7 @@ def table_command(
     _dispatch(ctx, table=needs_number("table", number), dataset=dataset, method=method, recipe=recipe, model=model,
               epochs=epochs, attacks=attacks, poisons=poisons, trials=trials, fmt=fmt, paper=paper, diff=diff, ci=ci,
               paired=paired, wilson=wilson, rho=rho, poison_ratio=poison_ratio, out=out, results=results,
-              strict=strict)
+              strict=strict, versus=versus)
 
 
 def missing_command(

@@ -12,7 +12,7 @@ import json
 
 import pandas as pd
 
-from ...core.errors import unknown_choice
+from ...core.errors import PoisonbenchError, unknown_choice
 from .. import paper
 from . import provenance
 from .layout import (
@@ -395,6 +395,7 @@ def budget_note(sdf: pd.DataFrame) -> str:
 def table3(df: pd.DataFrame, opts: Options) -> Table:
     df = df[df.kind == "targeted"]
     blocks, data, shown = [], [], set()
+    found_versus, row_names = False, set()  # --versus: whether any block has the row, and every row's label
     for s in settings(df):
         sdf = in_setting(df, s)
         notes = setting_notes(s, "3", opts)
@@ -404,6 +405,8 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
         labels = budget_row_labels(methods, chosen)
         if len(labels):
             notes.append(budget_note(sdf))
+        row_names |= {labels.get(m, method_label(m)) for m in methods
+                      if chosen.get(m) is not None and len(chosen[m])}
         show_paper, show_diff = opts.paper, opts.diff  # the paper's Table III is CIFAR-10 only
         columns = ["method", "metric"]
         for a in attacks:
@@ -413,16 +416,16 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             if show_diff:
                 columns.append(f"{paper.ATTACK_LABEL.get(a, a)} Δ")
         has_runs = {m for m, rows in chosen.items() if rows is not None and len(rows)}
-        paired = opts.paired and "none" in has_runs
-        if opts.paired and not paired:
-            notes.append("no paired row: this setting has no W/o Defense runs to pair with")
+        base_key = "none" if opts.versus is None else versus_row(opts.versus, methods, labels)
+        base_label = labels.get(base_key, method_label(base_key)) if base_key is not None else opts.versus
+        if base_key is not None and base_key in has_runs:
+            found_versus = True
+        paired = (opts.paired or opts.versus is not None) and base_key in has_runs
+        if (opts.paired or opts.versus is not None) and not paired:
+            notes.append("no paired row: this setting has no W/o Defense runs to pair with" if opts.versus is None
+                         else f"no paired row: this setting has no {base_label} runs to pair with")
         if paired:
-            notes.append("vs W/o: the defense's ASR minus W/o Defense's on the same targets (runs of the same trial, "
-                         "seed and PoisonSets), with Newcombe's 95 % interval for paired proportions; saved: targets "
-                         "the attack hit without the defense and missed with it, new: the reverse; p: McNemar's "
-                         "exact test. A defense separates from W/o Defense where the interval excludes 0 and "
-                         "p < 0.05 (on a few targets the interval, an asymptotic one, can exclude 0 where the exact "
-                         "test does not)")
+            notes.append(paired_note(base_key, base_label))
         block = Block(s.label, columns, notes=[n for n in notes if n])
         kinds = newest_poison_kinds(chosen, block.notes)
         asr_cols: dict[str, list[Cell]] = {a: [] for a in attacks}
@@ -432,7 +435,8 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             asr_row = [Cell(labels.get(m, method_label(m)), label=True), Cell("ASR", label=True)]
             acc_row = [Cell("", label=True), Cell("test acc.", label=True)]
             removal_row, removes = [Cell("", label=True), Cell("removed", label=True)], False
-            paired_row = [Cell("", label=True), Cell("vs W/o", label=True)]
+            paired_row = [Cell("", label=True), Cell("vs W/o" if base_key == "none" else f"vs {base_label}",
+                                                        label=True)]
             for a in attacks:
                 rows = chosen.get(m)
                 rows = rows[rows.attack == a] if rows is not None else None
@@ -467,8 +471,8 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                     acc_row.append(diff_cell(st, p["acc"] if p else None))
                     removal_row.append(Cell())
                 pairing = None
-                if paired and m != "none" and rows is not None and len(rows):
-                    base = of_kinds(chosen["none"], kinds)
+                if paired and m != base_key and rows is not None and len(rows):
+                    base = of_kinds(chosen[base_key], kinds)
                     pairing = paired_targets(rows, base[base.attack == a])
                 pcell, pdata = paired_success_cell(pairing)
                 paired_row.append(pcell)
@@ -486,11 +490,12 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                              "paper_successes": p["success"][0] if p else None,
                              "paper_trials": p["success"][1] if p else None,
                              **{f"acc_{k_}": v for k_, v in acc_data(st, p["acc"] if p else None).items()},
-                             **removal, **pdata})
+                             **removal, **pdata,
+                             "paired_with": ("W/o Defense" if base_key == "none" else base_label) if paired else None})
             if i:
                 block.rules.add(len(block.rows))
             block.rows += [asr_row, acc_row]
-            if paired and m != "none" and any(c.text != DASH for c in paired_row[2:]):
+            if paired and m != base_key and any(c.text != DASH for c in paired_row[2:]):
                 block.rows.append(paired_row)
             if removes:  # a removing defense: what it took out, per attack
                 block.rows.append(removal_row)
@@ -499,19 +504,56 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             mark_best(acc_cols[a])
         block.notes += targeted_pooling_notes({m: of_kinds(rows, kinds) for m, rows in chosen.items()})
         if paired:
-            block.notes += detectable_notes(of_kinds(chosen["none"], kinds), attacks)
+            block.notes += detectable_notes(of_kinds(chosen[base_key], kinds), attacks,
+                                            "W/o Defense" if base_key == "none" else base_label)
         blocks.append(block)
+    if opts.versus is not None and blocks and not found_versus:
+        raise PoisonbenchError(f"--versus {opts.versus!r}: no row of Table III with runs is named that; rows: "
+                               f"{', '.join(sorted(row_names))}")
     return Table("3", CAPTIONS["3"], blocks, data, shown=shown)
 
 
-def detectable_notes(baseline: pd.DataFrame, attacks: list[str]) -> list[str]:
-    """Per attack column with W/o Defense runs, the smallest paired effect its n targets can detect
-    (`power.detectable_note`, docs/metrics.md): what a non-separation in that column can and cannot say."""
+def normal_row_name(name: str) -> str:
+    """A row's name as `--versus` compares it: case, spaces and β / beta alike."""
+    return " ".join(name.replace("β", "beta").lower().split())
+
+
+def versus_row(versus: str, methods: list[str], labels: dict[str, str]) -> str | None:
+    """The row key `report table 3 --versus` names in this block: a method's plain row by its name ("hint",
+    "none"), or any row by its label as the table shows it ("HINT (β 0.3, signed)", "W/o Defense"; β may be written
+    "beta"); None where the block has no such row."""
+    wanted = normal_row_name(versus)
+    for m in methods:
+        if wanted in (normal_row_name(m), normal_row_name(labels.get(m, method_label(m)))):
+            return m
+    return None
+
+
+def paired_note(base_key: str, base_label: str) -> str:
+    """The note under a paired Table III: what `vs W/o` (or `vs <row>`, with `--versus`) holds and when a row
+    separates."""
+    if base_key == "none":
+        return ("vs W/o: the defense's ASR minus W/o Defense's on the same targets (runs of the same trial, seed and "
+                "PoisonSets), with Newcombe's 95 % interval for paired proportions; saved: targets the attack hit "
+                "without the defense and missed with it, new: the reverse; p: McNemar's exact test. A defense "
+                "separates from W/o Defense where the interval excludes 0 and p < 0.05 (on a few targets the "
+                "interval, an asymptotic one, can exclude 0 where the exact test does not)")
+    return (f"vs {base_label}: the row's ASR minus {base_label}'s on the same targets (runs of the same trial, seed "
+            "and PoisonSets), with Newcombe's 95 % interval for paired proportions; saved: targets the attack hit "
+            f"with {base_label} and missed with the row, new: the reverse; p: McNemar's exact test. A row separates "
+            f"from {base_label} where the interval excludes 0 and p < 0.05 (on a few targets the interval, an "
+            "asymptotic one, can exclude 0 where the exact test does not)")
+
+
+def detectable_notes(baseline: pd.DataFrame, attacks: list[str], name: str = "W/o Defense") -> list[str]:
+    """Per attack column with runs of the baseline row (W/o Defense, or `--versus`'s row, named `name`), the
+    smallest paired effect its n targets can detect (`power.detectable_note`, docs/metrics.md): what a
+    non-separation in that column can and cannot say."""
     notes = []
     for a in attacks:
         succ = [bool(x) for x in baseline[baseline.attack == a].success if x is not None and not pd.isna(x)]
         if succ:
-            notes.append(f"{paper.ATTACK_LABEL.get(a, a)}: {detectable_note(len(succ), sum(succ))}")
+            notes.append(f"{paper.ATTACK_LABEL.get(a, a)}: {detectable_note(len(succ), sum(succ), name)}")
     return notes
 
 

@@ -111,5 +111,6 @@ class Options:
     wilson: bool = True  # III: each k/n with its 95 % Wilson interval (`report --no-wilson`: k/n alone)
     rho: float | None = None  # II: only this row; IV/V: the ρ of the runs (default 0.6)
     paired: bool = False  # II: add each defense's per-trial difference to `none` (same seed, poisons, order)
+    versus: str | None = None  # III: pair every row with this row (a method or a row's label) instead of `none`
     poison_ratio: float | None = None  # matrix: the ρ of the untargeted runs (default 1.0)
     attacks: tuple[str, ...] = ()  # matrix: only these attack columns, in this order (default: every attack run)

@@ -149,15 +149,17 @@ def targets_needed(p0: float, effect: float, power: float = 0.8, alpha: float = 
     return None
 
 
-def detectable_note(n: int, k0: int) -> str:
-    """One line for under Table III, for a cell whose W/o Defense row has k0 hits out of n paired targets: the
-    smallest drop in ASR (pp, rounded up) a defense separates with 80 % power (`detectable_effect`), and the targets
-    that 80 % power for a 20 pp drop needs (`targets_needed`)."""
+def detectable_note(n: int, k0: int, baseline: str = "W/o Defense") -> str:
+    """One line for under Table III, for a cell whose baseline row (W/o Defense, or the row of `report table 3
+    --versus`, named by `baseline`) has k0 hits out of n paired targets: the smallest drop in ASR (pp, rounded up)
+    a row separates with 80 % power (`detectable_effect`), and the targets that 80 % power for a 20 pp drop needs
+    (`targets_needed`). The power is the same against any baseline row: only its hits can be saved."""
     if n < 1 or not 0 <= k0 <= n:
         raise ValueError(f"need 0 ≤ k0 ≤ n and n ≥ 1, got k0 = {k0}, n = {n}")
-    head = f"detectable: with {n} targets and W/o Defense at {k0}/{n} ({100 * k0 / n:.0f} %)"
+    head = f"detectable: with {n} targets and {baseline} at {k0}/{n} ({100 * k0 / n:.0f} %)"
     if k0 == 0:
-        return f"{head}, no hits without a defense: no drop in ASR can be detected (there is nothing to save)"
+        without = "without a defense" if baseline == "W/o Defense" else f"with {baseline}"
+        return f"{head}, no hits {without}: no drop in ASR can be detected (there is nothing to save)"
     p0 = k0 / n
     mde = detectable_effect(n, p0)
     if mde is None:
