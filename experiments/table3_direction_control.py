@@ -3,7 +3,8 @@ signed step at β = ε, its noise-direction control `hint-random-sign`), the att
 interval and the test accuracy, then each pair of rows paired on the targets both ran: Δ ASR with Newcombe's
 interval, saved / new, McNemar's exact p (poisonbench.report.tables.stats, as `report table 3 --paired`), and the
 paired test-accuracy difference (mean ± sd over targets). The control against HINT is the comparison `report table 3`
-does not make (it pairs every row with W/o Defense only).
+did not make when this was written (it paired every row with W/o Defense only; `report table 3 --versus
+hint-random-sign` makes it since 2026-11-29).
 
     python experiments/table3_direction_control.py RESULTS_OR_PACK
 """
