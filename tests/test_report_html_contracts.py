@@ -73,3 +73,100 @@ def test_a_caption_is_split_at_its_last_crafts_sentence():
     assert report_html.split_caption("Table II. A. Crafts: x. Crafts: y; code: z") == \
         ("Table II. A. Crafts: x", "Crafts: y; code: z")
     assert report_html.split_caption("Table II without provenance") == ("Table II without provenance", "")
+
+
+def _block() -> tables.Block:
+    from poisonbench.report.tables.layout import Cell
+
+    rows = [[Cell("W/o", label=True), Cell("1"), Cell("2"), Cell("3")],
+            [Cell("HINT", label=True), Cell("4", best=True), Cell("5"), Cell("6")],
+            [Cell("<b>", label=True), Cell("7"), Cell("8", best=True), Cell("9")]]
+    return tables.Block("block & <title>", ["method", "ASR", "ASR (paper CIFAR-10)", "papers read"], rows,
+                        rules={2}, notes=["a note <i>"])
+
+
+def test_a_block_is_one_table_whole():
+    """Each block: its caption, a head whose paper columns (and only those, "(paper …") are tinted, a row per row
+    with a rule before the rows in `rules`, label and best cells classed, every text escaped, its notes below."""
+    assert report_html.html_block(_block()) == [
+        '<div class="scroll"><table>', "<caption>block &amp; &lt;title&gt;</caption>", "<thead><tr>",
+        '<th scope="col">method</th>', '<th scope="col">ASR</th>', '<th scope="col" class="paper">ASR (paper '
+        'CIFAR-10)</th>', '<th scope="col">papers read</th>', "</tr></thead>", "<tbody>",
+        "<tr>", '<td class="label">W/o</td>', "<td>1</td>", '<td class="paper">2</td>', "<td>3</td>", "</tr>",
+        "<tr>", '<td class="label">HINT</td>', '<td class="best">4</td>', '<td class="paper">5</td>', "<td>6</td>",
+        "</tr>",
+        '<tr class="rule">', '<td class="label">&lt;b&gt;</td>', "<td>7</td>", '<td class="best paper">8</td>',
+        "<td>9</td>", "</tr>",
+        "</tbody></table></div>", '<ul class="notes">', "<li>a note &lt;i&gt;</li>", "</ul>"]
+
+
+def test_a_section_is_its_caption_provenance_blocks_notes_and_figures_in_order():
+    table = tables.Table("3", 'caption "x"', [_block()], [], notes=["table note &"])
+    figure = report_html.Figure('fig "a".png', b"\x89PNG", "a <caption>")
+    section = report_html.Section("table-3", "Table <III>", table, [figure], [("runs", "2 in 1 cell(s)")],
+                                  ["section note"])
+    out = report_html.html_section(section)
+    assert out[:4] == ['<section id="table-3">', "<h2>Table &lt;III&gt;</h2>",
+                       '<p class="caption">caption &quot;x&quot;</p>', '<dl class="provenance">']
+    assert out[4:6] == ["<dt>runs</dt><dd>2 in 1 cell(s)</dd>", "</dl>"]
+    block_end = 6 + len(report_html.html_block(_block()))
+    assert out[6:block_end] == report_html.html_block(_block())
+    assert out[block_end:] == [
+        '<ul class="notes table-notes">', "<li>table note &amp;</li>", "</ul>",
+        "<figure>", '<img alt="fig &quot;a&quot;.png" src="data:image/png;base64,iVBORw==">',
+        "<figcaption>a &lt;caption&gt;</figcaption>", "</figure>",
+        '<ul class="notes">', "<li>section note</li>", "</ul>", "</section>"]
+
+
+def test_the_page_names_its_records_runs_notes_and_contents_and_says_when_no_table_is_filled():
+    empty = report_html.render_page([], 'w<"s>', 3, ["page note"]).splitlines()
+    assert '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; style-src ' \
+           '\'unsafe-inline\'; base-uri \'none\'; form-action \'none\'">' in empty
+    assert "<title>poisonbench report: w&lt;&quot;s&gt;</title>" in empty
+    assert any(line.startswith('<p class="source">Records: <code>w&lt;&quot;s&gt;</code>, 3 run(s). ')
+               for line in empty)
+    header = empty[empty.index("<header>"):empty.index("</header>") + 1]
+    assert header[-4:] == ['<ul class="notes table-notes">', "<li>page note</li>", "</ul>", "</header>"]
+    assert '<p class="muted">No table can be filled from these records.</p>' in empty
+    sections = [report_html.Section("table-2", "Table II"), report_html.Section("figures", "Figures & more")]
+    page = report_html.render_page(sections, "w", 1).splitlines()
+    assert '<p class="muted">No table can be filled from these records.</p>' not in page
+    assert page[page.index("<nav><ul>") + 1:page.index("</ul></nav>")] == [
+        '<li><a href="#table-2">Table II</a></li>', '<li><a href="#figures">Figures &amp; more</a></li>']
+    assert "<ul class=\"notes table-notes\">" not in page  # no page notes, no list
+
+
+def test_every_table_section_is_anchored_by_its_number_and_counts_the_runs_it_shows():
+    from tests.report_records import synthetic_records
+
+    records = synthetic_records()
+    sections = report_html.build_sections(records, {}, with_figures=False)
+    assert [s.anchor for s in sections] == ["table-2", "table-3", "table-4", "table-5", "table-matrix"]
+    for s in sections:
+        shown = len(s.table.shown)
+        assert dict(s.provenance)["runs"].startswith(f"{shown} in "), s.anchor
+    page = report_html.page(records, "w", {}, with_figures=False)
+    assert f"<code>w</code>, {len(records)} run(s)." in page
+
+
+def test_the_figures_section_draws_rho_with_the_papers_curve_and_keeps_a_section_of_notes_alone(monkeypatch):
+    """Each figure is drawn with the page's filters, the paper's curve on accuracy vs ρ only; a figure that cannot
+    be drawn is a note, and a section of notes alone is still on the page (it says why there is no figure)."""
+    from poisonbench.core.errors import PoisonbenchError
+    from poisonbench.report import figures
+    from tests.report_records import synthetic_records
+
+    calls = []
+
+    def draw(number, records, out, paper, data_dir, **chosen):
+        calls.append((number, paper, data_dir, chosen["mix"], chosen["poison_sets"]))
+        raise PoisonbenchError(f"no data for {number}")
+
+    monkeypatch.setattr(figures, "draw", draw)
+    records = synthetic_records()
+    section = report_html.figure_section(records, {}, "DATA")
+    assert calls == [(n, n == "rho", "DATA", tables.PAPER_MIX, "") for n in figures.FIGURES]
+    assert section.figures == [] and section.notes == [f"Figure {n}: not drawn: no data for {n}"
+                                                       for n in figures.FIGURES]
+    sections = report_html.build_sections(records, {}, data_dir="DATA")
+    assert sections[-1].anchor == "figures" and sections[-1].notes == section.notes
