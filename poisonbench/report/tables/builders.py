@@ -417,6 +417,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                 columns.append(f"{paper.ATTACK_LABEL.get(a, a)} Δ")
         has_runs = {m for m, rows in chosen.items() if rows is not None and len(rows)}
         base_key = "none" if opts.versus is None else versus_row(opts.versus, methods, labels)
+        # the row's label as shown ("W/o Defense" for none); a name no row of this block has, as given
         base_label = labels.get(base_key, method_label(base_key)) if base_key is not None else opts.versus
         if base_key is not None and base_key in has_runs:
             found_versus = True
@@ -491,7 +492,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
                              "paper_trials": p["success"][1] if p else None,
                              **{f"acc_{k_}": v for k_, v in acc_data(st, p["acc"] if p else None).items()},
                              **removal, **pdata,
-                             "paired_with": ("W/o Defense" if base_key == "none" else base_label) if paired else None})
+                             "paired_with": base_label if paired else None})
             if i:
                 block.rules.add(len(block.rows))
             block.rows += [asr_row, acc_row]
@@ -504,8 +505,7 @@ def table3(df: pd.DataFrame, opts: Options) -> Table:
             mark_best(acc_cols[a])
         block.notes += targeted_pooling_notes({m: of_kinds(rows, kinds) for m, rows in chosen.items()})
         if paired:
-            block.notes += detectable_notes(of_kinds(chosen[base_key], kinds), attacks,
-                                            "W/o Defense" if base_key == "none" else base_label)
+            block.notes += detectable_notes(of_kinds(chosen[base_key], kinds), attacks, base_label)
         blocks.append(block)
     if opts.versus is not None and blocks and not found_versus:
         raise PoisonbenchError(f"--versus {opts.versus!r}: no row of Table III with runs is named that; rows: "
