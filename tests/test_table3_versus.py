@@ -77,6 +77,11 @@ def test_versus_none_is_the_paired_table_and_a_row_by_its_label():
         table = tables.build("3", records(), tables.Options(trials=N, versus=versus), dataset="fashion-mnist")
         assert tables.render(table, "md") == tables.render(plain, "md")
         assert table.data == plain.data
+    assert ("vs W/o: the defense's ASR minus W/o Defense's on the same targets (runs of the same trial, seed and "
+            "PoisonSets), with Newcombe's 95 % interval for paired proportions; saved: targets the attack hit without "
+            "the defense and missed with it, new: the reverse; p: McNemar's exact test. A defense separates from W/o "
+            "Defense where the interval excludes 0 and p < 0.05 (on a few targets the interval, an asymptotic one, "
+            "can exclude 0 where the exact test does not)") in plain.blocks[0].notes
     hint = tables.build("3", records(), tables.Options(trials=N, versus="hint (beta 0.3,  SIGNED)"),
                         dataset="fashion-mnist")
     want = expected("none", "hint")
