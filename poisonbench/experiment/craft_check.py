@@ -60,14 +60,14 @@ def warn_other_crafts(index: CraftIndex, plan, rid: str, results) -> None:
 def crafts_on_disk(results_root, poison_ids, cache: dict | None = None) -> dict[str, str]:
     """{poison id: tensor sha256} of those of `poison_ids` whose PoisonSet manifest is in the workspace (from the
     manifest alone; `cache` keeps what was read across calls)."""
-    from ..poisons.store import exists, read_manifest
+    from ..poisons.store import has_manifest, read_manifest
 
     cache = {} if cache is None else cache
     found = {}
     for pid in poison_ids:
         if pid not in cache:
             try:
-                cache[pid] = read_manifest(results_root, pid).get("tensor_sha256") if exists(results_root, pid) \
+                cache[pid] = read_manifest(results_root, pid).get("tensor_sha256") if has_manifest(results_root, pid) \
                     else None
             except (PoisonbenchError, OSError, ValueError, AttributeError):  # none on disk, or unreadable
                 cache[pid] = None

@@ -22,6 +22,7 @@ from ..attacks.base import PoisonSet
 from ..core.bounded import Refused, read_json_file, read_tensor_file
 from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.io import (
+    atomic_write_bytes,
     atomic_write_json,
     ensure_writable,
     fsync_directory,
@@ -90,6 +91,8 @@ def _save(poison: PoisonSet, spec: CraftSpec, final: Path, extra: dict | None, r
     if poison.trigger is not None:  # format 2: the trigger `defend` stamps on the test split
         tensors.update(poison.trigger.tensors())
     blob = st_save(tensors)
+    if not replace and manifest_only(final):
+        return _restore_tensors(poison, spec.poison_id, final, blob)
     manifest = {
         **({"format": FORMAT} if extended else {}),
         "poison_id": spec.poison_id,
@@ -127,6 +130,30 @@ def _save(poison: PoisonSet, spec: CraftSpec, final: Path, extra: dict | None, r
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    poison.manifest, poison.path = manifest, final
+    return final
+
+
+def manifest_only(directory: Path) -> bool:
+    """A PoisonSet directory holding its manifest but not its tensors: what `records unpack` leaves (a pack carries
+    manifests, not tensors)."""
+    return os.path.lexists(directory / MANIFEST_FILE) and not os.path.lexists(directory / TENSOR_FILE)
+
+
+def _restore_tensors(poison: PoisonSet, poison_id: str, final: Path, blob: bytes) -> Path:
+    """Put a re-crafted PoisonSet's tensors beside the manifest a pack left, if they are the tensors it pins (its
+    `tensor_sha256`): the packed manifest stays, so the records that trained on it keep pairing with it. Other
+    tensors (another platform or code version rounds an optimised craft differently) are refused, and nothing is
+    written: replacing the manifest would unpair those records."""
+    manifest = read_manifest(final.parent.parent, poison_id)
+    pinned, crafted = manifest.get("tensor_sha256"), _sha256(blob)
+    if crafted != pinned:
+        raise PoisonbenchError(
+            f"poison set {poison_id}: the craft's tensors (sha256 {crafted[:12]}) are not those its manifest pins "
+            f"({str(pinned)[:12]}), which came without tensors (from a records pack); nothing written. Put the "
+            f"PoisonSet's files back from where it was crafted, or craft with --force to replace the manifest (the "
+            f"runs recorded on the old tensors then no longer pair with new ones)")
+    atomic_write_bytes(final / TENSOR_FILE, blob)
     poison.manifest, poison.path = manifest, final
     return final
 
@@ -185,7 +212,9 @@ def load(results_root, poison_id: str, dataset=None) -> PoisonSet:
     directory = poison_dir(results_root, poison_id)
     tensor_file = directory / TENSOR_FILE
     if not os.path.lexists(tensor_file):
-        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} is missing")
+        raise PoisonbenchError(f"poison set {poison_id}: {TENSOR_FILE} is missing (a records pack carries manifests "
+                               f"only: `sweep run`, or `craft` with its settings, crafts it again and keeps it if it "
+                               f"is the one the manifest pins)")
     try:  # a regular file of MAX_TENSOR_FILE_BYTES at most, its loading within the memory (core/bounded.py)
         blob = read_tensor_file(tensor_file, label=f"poison set {poison_id}: {TENSOR_FILE}")
     except Refused as e:
@@ -230,7 +259,16 @@ def extended_tensors(poison_id: str, manifest: dict, tensors: dict, delta: torch
 
 
 def exists(results_root, poison_id: str) -> bool:
+    """The PoisonSet is whole in the workspace: its manifest and its tensors (a manifest alone, as `records unpack`
+    leaves it, is crafted again: `save` then checks the tensors against it)."""
     check_poison_id(poison_id)  # an id from a record or a grid is never joined to a path unchecked
+    directory = poison_dir(results_root, poison_id)
+    return (directory / MANIFEST_FILE).exists() and os.path.lexists(directory / TENSOR_FILE)
+
+
+def has_manifest(results_root, poison_id: str) -> bool:
+    """The PoisonSet's manifest is in the workspace, with or without its tensors (what pairs records with it)."""
+    check_poison_id(poison_id)
     return (poison_dir(results_root, poison_id) / MANIFEST_FILE).exists()
 
 

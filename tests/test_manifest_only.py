@@ -1,0 +1,136 @@
+"""A PoisonSet whose manifest came without its tensors (`records unpack`: a pack carries manifests, not tensors).
+
+Contract (poisons/store.py `exists`, `has_manifest`, `_restore_tensors`): such a PoisonSet is not done (a sweep crafts
+it, a `defend` crafts it); the craft puts its tensors beside the packed manifest only if they are the tensors the
+manifest pins, keeping the manifest byte for byte (the records trained on it keep pairing with it); other tensors are
+refused in one line and nothing is written; `--force` replaces both. Before 2026-11-29 a sweep counted the manifest as
+the PoisonSet and every run of a re-unpacked pack failed with "delta.safetensors is missing"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from poisonbench import poisons
+from poisonbench.core.errors import PoisonbenchError
+from poisonbench.data import load_dataset
+from poisonbench.experiment.craft_check import crafts_on_disk
+from poisonbench.poisons.store import MANIFEST_FILE, TENSOR_FILE, has_manifest, poison_dir
+
+from .conftest import write_npz
+from .test_sweep import plan_json, record_ids, swept  # noqa: F401, F811 (swept: the module's done sweep)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data_and_spec(tmp_path_factory):
+    root = tmp_path_factory.mktemp("manifest-only")
+    data = load_dataset(str(write_npz(root)))
+    return data, poisons.craft_spec(data, "badnets", budget=0.1, seed=2)
+
+
+def crafted_then_stripped(data, spec, results: Path) -> tuple[bytes, bytes]:
+    """Craft into `results`, then take the tensors away as `records unpack` would leave it; returns (manifest bytes,
+    tensor bytes) of the whole PoisonSet."""
+    poisons.craft(spec, data, results)
+    directory = poison_dir(results, spec.poison_id)
+    manifest, tensors = (directory / MANIFEST_FILE).read_bytes(), (directory / TENSOR_FILE).read_bytes()
+    (directory / TENSOR_FILE).unlink()
+    return manifest, tensors
+
+
+def test_a_manifest_alone_is_not_a_poisonset_but_still_pairs_records(data_and_spec, tmp_path):
+    data, spec = data_and_spec
+    manifest, _ = crafted_then_stripped(data, spec, tmp_path)
+    assert not poisons.exists(tmp_path, spec.poison_id)
+    assert has_manifest(tmp_path, spec.poison_id)
+    # records pair with the manifest's craft whether or not the tensors are there
+    assert crafts_on_disk(tmp_path, [spec.poison_id]) == {spec.poison_id: json.loads(manifest)["tensor_sha256"]}
+
+
+def test_crafting_again_restores_the_pinned_tensors_and_keeps_the_manifest(data_and_spec, tmp_path):
+    data, spec = data_and_spec
+    manifest, tensors = crafted_then_stripped(data, spec, tmp_path)
+    made, cached = poisons.craft(spec, data, tmp_path)
+    directory = poison_dir(tmp_path, spec.poison_id)
+    assert not cached and made.path == directory
+    assert (directory / TENSOR_FILE).read_bytes() == tensors
+    assert (directory / MANIFEST_FILE).read_bytes() == manifest  # created_at and all: the packed one
+    assert made.manifest == json.loads(manifest)
+    assert poisons.exists(tmp_path, spec.poison_id)
+    assert sorted(p.name for p in directory.iterdir()) == sorted([MANIFEST_FILE, TENSOR_FILE])
+    assert sorted(p.name for p in directory.parent.iterdir()) == [spec.poison_id]  # no temporary left
+    loaded, cached = poisons.craft(spec, data, tmp_path)
+    assert cached and loaded.manifest == made.manifest
+
+
+def test_other_tensors_are_refused_in_one_line_and_nothing_is_written(data_and_spec, tmp_path):
+    data, spec = data_and_spec
+    crafted_then_stripped(data, spec, tmp_path)
+    directory = poison_dir(tmp_path, spec.poison_id)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    crafted_hash, manifest["tensor_sha256"] = manifest["tensor_sha256"], "ab" * 32  # crafted elsewhere
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    before = (directory / MANIFEST_FILE).read_bytes()
+    with pytest.raises(PoisonbenchError) as caught:
+        poisons.craft(spec, data, tmp_path)
+    assert str(caught.value) == (
+        f"poison set {spec.poison_id}: the craft's tensors (sha256 {crafted_hash[:12]}) are not those its manifest "
+        f"pins (abababababab), which came without tensors (from a records pack); nothing written. Put the "
+        f"PoisonSet's files back from where it was crafted, or craft with --force to replace the manifest (the runs "
+        f"recorded on the old tensors then no longer pair with new ones)")
+    assert sorted(p.name for p in directory.iterdir()) == [MANIFEST_FILE]
+    assert (directory / MANIFEST_FILE).read_bytes() == before
+    assert sorted(p.name for p in directory.parent.iterdir()) == [spec.poison_id]
+    # --force replaces the manifest with the craft's own
+    made, cached = poisons.craft(spec, data, tmp_path, force=True)
+    assert not cached and made.manifest["tensor_sha256"] == crafted_hash
+    assert json.loads((directory / MANIFEST_FILE).read_text())["tensor_sha256"] == crafted_hash
+    assert poisons.exists(tmp_path, spec.poison_id)
+
+
+def test_defend_on_a_manifest_alone_crafts_the_tensors_again_and_trains(cli, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    npz = write_npz(root, n=400)
+    results = tmp_path / "results"
+    code, out, err = cli("craft", "--attack", "badnets", "--dataset", npz, "--results", results, "--json")
+    assert code == 0, err
+    (pid,) = poisons.list_ids(results)
+    directory = poison_dir(results, pid)
+    manifest, tensors = (directory / MANIFEST_FILE).read_bytes(), (directory / TENSOR_FILE).read_bytes()
+    (directory / TENSOR_FILE).unlink()
+    code, out, err = cli("defend", "--attack", "badnets", "--dataset", npz, "--recipe", "quick", "--epochs", "1",
+                         "--results", results)
+    assert code == 0, err
+    assert (directory / TENSOR_FILE).read_bytes() == tensors and (directory / MANIFEST_FILE).read_bytes() == manifest
+    (record,) = [json.loads(p.read_text()) for p in (results / "runs").glob("*.json")]
+    assert record["config"]["poison"]["poison_id"] == pid
+
+
+def test_a_sweep_on_an_unpacked_pack_crafts_its_poisonsets_again_and_runs_what_is_missing(swept, cli, tmp_path):  # noqa: F811
+    """The reproduction: pack a done workspace, unpack it elsewhere, widen the grid by one run. The unpacked
+    PoisonSet is 'missing' (its tensors are not there), the done runs stay done, and the sweep crafts the tensors
+    (the packed manifest's own) and runs the new run instead of failing it."""
+    packed = tmp_path / "p.jsonl.gz"
+    code, _, err = cli("records", "pack", swept.results, packed)
+    assert code == 0, err
+    fresh = tmp_path / "fresh"
+    code, _, err = cli("records", "unpack", packed, fresh)
+    assert code == 0, err
+    pid = swept.keys[0]
+    original = poison_dir(swept.results, pid)
+    assert sorted(p.name for p in poison_dir(fresh, pid).iterdir()) == [MANIFEST_FILE]
+    grid = tmp_path / "wider.toml"
+    grid.write_text(swept.grid.read_text().replace("poison_ratio = [0, 0.5]", "poison_ratio = [0, 0.5, 1]"))
+    assert [s["state"] for s in plan_json(cli, grid, fresh)] == ["missing", "done", "done", "missing"]
+    done_before = record_ids(fresh)
+    code, out, err = cli("sweep", "run", grid, "--workers", "1", "--results", fresh, "--no-report")
+    assert code == 0, out + err
+    assert [s["state"] for s in plan_json(cli, grid, fresh)] == ["done"] * 4
+    assert (poison_dir(fresh, pid) / MANIFEST_FILE).read_bytes() == (original / MANIFEST_FILE).read_bytes()
+    assert (poison_dir(fresh, pid) / TENSOR_FILE).read_bytes() == (original / TENSOR_FILE).read_bytes()
+    assert done_before < record_ids(fresh) and len(record_ids(fresh)) == 3
