@@ -164,3 +164,26 @@ def test_the_cli_and_the_api_give_the_pairs_of_the_builder(cli, tmp_path):
         api.report(str(tmp_path / "w"), table=3, versus=" ")
     assert str(raised.value) == ("--versus is empty; name a row of Table III: a method (none, hint, friends, ...) or "
                                  "a row's label as the table shows it ('HINT (β 0.3, signed)')")
+
+
+def test_detectable_notes_count_only_known_outcomes_per_attack_under_its_label_whole():
+    """`builders.detectable_notes`: per attack column, n and hits over the targets whose outcome is known (None and
+    NaN left out), the column under its table label (FC-mean, FC-per-poison; an unknown attack by its own name), a
+    column without a known outcome left out, and the baseline named as given or "W/o Defense" by default (the
+    survivors of the mutmut run of 2026-11-29: the default name, the None/NaN filter, the label lookup)."""
+    from poisonbench.report.tables.builders import detectable_notes
+
+    nan = float("nan")
+    baseline = pd.DataFrame({
+        "attack": ["fc"] * 6 + ["fc-pp"] * 4 + ["plug"] * 3 + ["gm"] * 2,
+        "success": [True, False, None, True, nan, True, False, False, True, nan, True, True, False, None, nan],
+    })
+    attacks = ["fc", "fc-pp", "plug", "gm", "bp"]
+    assert detectable_notes(baseline, attacks) == [
+        f"FC-mean: {detectable_note(4, 3, 'W/o Defense')}",
+        f"FC-per-poison: {detectable_note(3, 1, 'W/o Defense')}",
+        f"plug: {detectable_note(3, 2, 'W/o Defense')}",
+    ]
+    assert detectable_notes(baseline, ["fc-pp"], "the control") == [
+        f"FC-per-poison: {detectable_note(3, 1, 'the control')}"]
+    assert detectable_note(3, 1, "the control") != detectable_note(3, 1, "W/o Defense")

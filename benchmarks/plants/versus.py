@@ -18,4 +18,12 @@ PLANTS = [
     ("paired-with-label", B, '"paired_with": ("W/o Defense" if base_key == "none" else base_label) if paired else None})', '"paired_with": base_key if paired else None})'),
     ("any-table", C, '    if table is None or missing or str(table).strip().upper() not in ("3", "III"):', '    if table is None or missing:'),
     ("power-baseline-name", P, '    head = f"detectable: with {n} targets and {baseline} at {k0}/{n} ({100 * k0 / n:.0f} %)"', '    head = f"detectable: with {n} targets and W/o Defense at {k0}/{n} ({100 * k0 / n:.0f} %)"'),
+    # the 7 detectable_notes survivors of mutmut (2026-11-29), as mutmut's operators write them
+    ("dn-default-name", B, 'def detectable_notes(baseline: pd.DataFrame, attacks: list[str], name: str = "W/o Defense") -> list[str]:', 'def detectable_notes(baseline: pd.DataFrame, attacks: list[str], name: str = "XXW/o DefenseXX") -> list[str]:'),
+    ("dn-default-case", B, 'def detectable_notes(baseline: pd.DataFrame, attacks: list[str], name: str = "W/o Defense") -> list[str]:', 'def detectable_notes(baseline: pd.DataFrame, attacks: list[str], name: str = "w/o defense") -> list[str]:'),
+    ("dn-filter-or", B, "        succ = [bool(x) for x in baseline[baseline.attack == a].success if x is not None and not pd.isna(x)]", "        succ = [bool(x) for x in baseline[baseline.attack == a].success if x is not None or not pd.isna(x)]"),
+    ("dn-nan-kept", B, "        succ = [bool(x) for x in baseline[baseline.attack == a].success if x is not None and not pd.isna(x)]", "        succ = [bool(x) for x in baseline[baseline.attack == a].success if x is not None]"),
+    ("dn-label-none", B, '            notes.append(f"{paper.ATTACK_LABEL.get(a, a)}: {detectable_note(len(succ), sum(succ), name)}")', '            notes.append(f"{paper.ATTACK_LABEL.get(a, None)}: {detectable_note(len(succ), sum(succ), name)}")'),
+    ("dn-label-key", B, '            notes.append(f"{paper.ATTACK_LABEL.get(a, a)}: {detectable_note(len(succ), sum(succ), name)}")', '            notes.append(f"{paper.ATTACK_LABEL.get(None, a)}: {detectable_note(len(succ), sum(succ), name)}")'),
+    ("dn-name-dropped", B, '            notes.append(f"{paper.ATTACK_LABEL.get(a, a)}: {detectable_note(len(succ), sum(succ), name)}")', '            notes.append(f"{paper.ATTACK_LABEL.get(a, a)}: {detectable_note(len(succ), sum(succ))}")'),
 ]
