@@ -124,6 +124,10 @@ def test_a_sweep_on_an_unpacked_pack_crafts_its_poisonsets_again_and_runs_what_i
     pid = swept.keys[0]
     original = poison_dir(swept.results, pid)
     assert sorted(p.name for p in poison_dir(fresh, pid).iterdir()) == [MANIFEST_FILE]
+    code, out, err = cli("poisons", "list", "--results", fresh, "--json")
+    assert code == 0 and [(r["poison_id"], r["tensors"]) for r in json.loads(out)] == [(pid, False)], err
+    code, out, err = cli("poisons", "list", "--results", fresh)
+    assert code == 0 and "manifest only" in out, err
     grid = tmp_path / "wider.toml"
     grid.write_text(swept.grid.read_text().replace("poison_ratio = [0, 0.5]", "poison_ratio = [0, 0.5, 1]"))
     assert [s["state"] for s in plan_json(cli, grid, fresh)] == ["missing", "done", "done", "missing"]
@@ -134,3 +138,5 @@ def test_a_sweep_on_an_unpacked_pack_crafts_its_poisonsets_again_and_runs_what_i
     assert (poison_dir(fresh, pid) / MANIFEST_FILE).read_bytes() == (original / MANIFEST_FILE).read_bytes()
     assert (poison_dir(fresh, pid) / TENSOR_FILE).read_bytes() == (original / TENSOR_FILE).read_bytes()
     assert done_before < record_ids(fresh) and len(record_ids(fresh)) == 3
+    code, out, err = cli("poisons", "list", "--results", fresh, "--json")
+    assert code == 0 and [(r["poison_id"], r["tensors"]) for r in json.loads(out)] == [(pid, True)], err

@@ -27,7 +27,9 @@ def list_(results: str = options.Results, as_json: bool = options.Json) -> None:
 
     rows = [{"poison_id": m["poison_id"], "attack": m.get("attack"), "dataset": m.get("dataset"),
              "eps": m.get("eps"), "budget": m.get("budget"), "seed": m.get("seed"), "count": m.get("count"),
-             "craft_seconds": m.get("craft_seconds"), "created_at": m.get("created_at")}
+             "craft_seconds": m.get("craft_seconds"), "created_at": m.get("created_at"),
+             # false: the manifest alone, as `records unpack` leaves it (crafted again when a run needs it)
+             "tensors": poisons.exists(results, m["poison_id"])}
             for m in poisons.list_manifests(results)]
     if as_json:
         print(printable_json(json.dumps(rows, indent=2)))
@@ -37,12 +39,12 @@ def list_(results: str = options.Results, as_json: bool = options.Json) -> None:
         return
     table = Table(title="poison sets")
     table.add_column("id", no_wrap=True)
-    for col in ("attack", "dataset", "ε", "budget", "seed", "rows", "craft s", "created"):
+    for col in ("attack", "dataset", "ε", "budget", "seed", "rows", "craft s", "created", "tensors"):
         table.add_column(col)
     for r in rows:  # a manifest's fields, shown: control characters escaped, no markup
         eps = f"{r['eps']:.4g}" if isinstance(r["eps"], (int, float)) else str(r["eps"])
         cells = (r["poison_id"], r["attack"], r["dataset"], eps, r["budget"], r["seed"], r["count"],
-                 r["craft_seconds"], str(r["created_at"])[:16])
+                 r["craft_seconds"], str(r["created_at"])[:16], "yes" if r["tensors"] else "manifest only")
         table.add_row(*(escape(printable(c)) for c in cells))
     stdout_console().print(table)
 
