@@ -119,8 +119,11 @@ def test_a_sweep_on_an_unpacked_pack_crafts_its_poisonsets_again_and_runs_what_i
     code, _, err = cli("records", "pack", swept.results, packed)
     assert code == 0, err
     fresh = tmp_path / "fresh"
-    code, _, err = cli("records", "unpack", packed, fresh)
+    code, out, err = cli("records", "unpack", packed, fresh)
     assert code == 0, err
+    assert out.strip() == (f"unpacked 2 run record(s) and 1 PoisonSet manifest(s) into {fresh}: 3 file(s) written, "
+                           "0 already there; the PoisonSets are manifests alone: a run that needs one crafts its "
+                           "tensors again and keeps them if the manifest pins them")
     pid = swept.keys[0]
     original = poison_dir(swept.results, pid)
     assert sorted(p.name for p in poison_dir(fresh, pid).iterdir()) == [MANIFEST_FILE]

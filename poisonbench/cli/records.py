@@ -90,4 +90,6 @@ def unpack(
     print(printable(f"unpacked {summary['runs']} run record(s) and {summary['poison_manifests']} PoisonSet "
                     f"manifest(s) into {summary['directory']}: {summary['written']} file(s) written, "
                     f"{summary['unchanged']} already there"
-                    + (f", {len(summary['refused'])} refused (conflicts, named above)" if summary["refused"] else "")))
+                    + (f", {len(summary['refused'])} refused (conflicts, named above)" if summary["refused"] else "")
+                    + ("; the PoisonSets are manifests alone: a run that needs one crafts its tensors again and "
+                       "keeps them if the manifest pins them" if summary["poison_manifests"] else "")))
