@@ -377,3 +377,36 @@ def test_defend_on_a_backdoor_poison_set_runs_the_backdoor_scenario(cli, tmp_pat
     poison = record["config"]["poison"]
     assert record["config"]["scenario"] == "backdoor" and poison["poison_set"] == pid and poison["attack"] == "sig"
     assert record["metrics"]["asr_n"] == int((load_dataset(str(npz)).test.y != 0).sum())
+
+
+def test_the_backdoor_table_gives_a_defense_at_another_beta_or_step_a_row_of_its_own_paired_by_trial():
+    """As Table III (issue 80): HINT at the paper's β and HINT signed at β 0.3 are two rows, each labelled by its β
+    and step and each paired with W/o Defense by trial; a run that differs otherwise (r) is left out with a note
+    naming the backdoor; the β note says what β is."""
+    from poisonbench.report import tables
+    from poisonbench.report.tables.backdoor import BUDGET_NOTE
+
+    from .report_records import hint_params
+
+    paper = {**hint_params(), "sign": False}
+    signed = {**hint_params(beta=0.3), "sign": True}
+    recs = [backdoor_record("none", "blend", t, 900, 0.95) for t in range(3)]
+    recs += [backdoor_record("hint", "blend", t, h, 0.95, paper) for t, h in enumerate((899, 900, 898))]
+    recs += [backdoor_record("hint", "blend", t, h, 0.94, signed) for t, h in enumerate((100, 80, 170))]
+    recs += [backdoor_record("hint", "blend", 0, 10, 0.9, {**paper, "ratio": 0.4})]
+    table = tables.build("backdoor", recs, tables.Options(trials=3), mix="any")
+    (block,) = table.blocks
+    assert [r[1].text for r in block.rows] == ["W/o Defense", "HINT (β 0.062)", "HINT (β 0.3, signed)"]
+    rows = {r["row"]: r for r in table.data}
+    assert [(r["method"], r["beta"]) for r in table.data] == [("none", None), ("hint", 0.062), ("hint", 0.3)]
+    assert rows["HINT (β 0.3, signed)"]["asr_delta_vs_none"] == pytest.approx(
+        100 * ((100 - 900) + (80 - 900) + (170 - 900)) / 3 / 900, abs=1e-4)
+    assert rows["HINT (β 0.3, signed)"]["asr_hits"] == 350 and rows["HINT (β 0.3, signed)"]["n"] == 3
+    assert rows["HINT (β 0.062)"]["asr_delta_vs_none"] == pytest.approx(100 * (-1 + 0 - 2) / 3 / 900, abs=1e-4)
+    assert block.notes == [  # (this test's HINT parameters are not all of HINT's defaults: the first note)
+        'HINT is shown with parameters other than its defaults (or from a version whose defaults this one cannot '
+        'check): {"beta":0.062,"gamma":0.1,"ihvp":"exact","ratio":0.5,"schedule":[1,5],"sign":false}',
+        "not shown: 1 run(s) of hint with other parameters (ratio=0.4); backdoor blend; see plain `report`",
+        BUDGET_NOTE]
+    assert BUDGET_NOTE == ("β: the defense's own perturbation budget (L∞, pixel units; HINT's and FRIENDS' noise "
+                           "bound, ATDA's adversary), one row per β and update step run; the paper's is 0.062")

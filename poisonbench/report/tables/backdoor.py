@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .layout import HINT_PAPER, Block, Cell, Options, Table, method_label
+from .layout import Block, Cell, Options, Table, method_label
 from .matrix import attack_order, column_rows, newest_kind, row_methods
-from .records import in_setting, left_out_note, primary, settings
+from .records import (
+    budget_row_labels,
+    choose_parameters,
+    in_setting,
+    primary,
+    row_budget,
+    settings,
+    split_budget_key,
+    with_budget_rows,
+)
 from .stats import num, stat, wilson
 
 BACKDOOR = "backdoor"
@@ -23,6 +32,10 @@ CAPTION = ("The backdoors: attack success rate (ASR %: triggered test images of 
            "images, and clean test accuracy (%); Δ: the defense minus W/o Defense on the same trials (paired)")
 COLUMNS = ["attack", "defense", "ASR (%)", "ASR Wilson (pooled)", "clean acc (%)", "Δ ASR (paired)",
            "Δ acc (paired)"]
+
+
+BUDGET_NOTE = ("β: the defense's own perturbation budget (L∞, pixel units; HINT's and FRIENDS' noise bound, ATDA's "
+               "adversary), one row per β and update step run; the paper's is 0.062")
 
 
 def bounded(value: float) -> float:
@@ -63,11 +76,18 @@ def backdoor_table(df: pd.DataFrame, opts: Options) -> Table:
             if not len(rows):
                 continue
             base, _ = primary(rows, "none")
-            for m in row_methods(set(rows.method)):
-                chosen, left = primary(rows, m, HINT_PAPER if m == "hint" else None)
-                notes.append(left_out_note(m, chosen, left, see=f"backdoor {attack}; see plain `report`"))
+            # a defense's runs at another β or update step get rows of their own, as in Table III ("HINT (β 0.3,
+            # signed)" beside "HINT (β 0.062)"); other parameter sets are left out with a note
+            every = choose_parameters(rows, notes, budgets=True, see=f"backdoor {attack}; see plain `report`")
+            methods = with_budget_rows(row_methods(set(rows.method)), every)
+            labels = budget_row_labels(methods, every)
+            if labels:
+                notes.append(BUDGET_NOTE)
+            for m in methods:
+                chosen, (method, beta) = every[m], split_budget_key(m)
+                label = labels.get(m, method_label(m))
                 if not len(chosen):
-                    block.rows.append([Cell(attack, label=True), Cell(method_label(m), label=True),
+                    block.rows.append([Cell(attack, label=True), Cell(label, label=True),
                                        *[Cell() for _ in COLUMNS[2:]]])
                     continue
                 shown |= set(chosen.run_id)
@@ -77,7 +97,7 @@ def backdoor_table(df: pd.DataFrame, opts: Options) -> Table:
                 d_asr = paired(chosen, base, "asr") if m != "none" and len(base) else None
                 d_acc = paired(chosen, base, "test_acc") if m != "none" and len(base) else None
                 block.rows.append([
-                    Cell(attack, label=True), Cell(method_label(m), label=True),
+                    Cell(attack, label=True), Cell(label, label=True),
                     Cell(mean_text(asr), round(100 * asr.mean, 2) if asr else None),
                     Cell(f"{hits}/{n} [{100 * lo:.2f}, {100 * hi:.2f}]" if n else "–"),
                     Cell(mean_text(acc), round(100 * acc.mean, 2) if acc else None),
@@ -87,7 +107,8 @@ def backdoor_table(df: pd.DataFrame, opts: Options) -> Table:
                     Cell(f"{100 * d_acc.mean:+.2f} (n={d_acc.n})" if d_acc else "–"),
                 ])
                 data.append({"table": BACKDOOR, "dataset": s.dataset, "model": s.model, "recipe": s.recipe,
-                             "epochs": s.epochs, "setting": s.label, "attack": attack, "method": m,
+                             "epochs": s.epochs, "setting": s.label, "attack": attack, "method": method,
+                             "row": label, "beta": beta if beta is not None else row_budget(chosen),
                              "params": chosen.params_json.iloc[0], "n": asr.n if asr else 0,
                              "asr": num(100 * asr.mean) if asr else None,
                              "asr_lo": num(100 * bounded(asr.lo)) if asr and asr.n > 1 else None,

@@ -42,7 +42,7 @@ from .privacy import privacy_notes
 from .records import (
     Setting,
     apply_filters,
-    budget_step,
+    budget_row_labels,
     cell_records,
     choose_parameters,
     craft_notes,
@@ -52,6 +52,7 @@ from .records import (
     methods_of,
     mix_note,
     primary,
+    row_budget,
     settings,
     split_budget_key,
     untargeted,
@@ -357,30 +358,6 @@ def paired_success_cell(ps: PairedSuccess | None) -> tuple[Cell, dict]:
     return Cell(text), {"paired_targets": ps.n, "paired_saved": ps.second_only, "paired_new": ps.first_only,
                         "paired_diff": num(100 * ps.diff), "paired_low": num(100 * ps.lo),
                         "paired_high": num(100 * ps.hi), "paired_p": num(ps.p, 6)}
-
-
-def budget_row_labels(methods: list[str], chosen: dict) -> dict[str, str]:
-    """Row labels where a method has budget rows (`records.choose_parameters(budgets=True)`): every row of that
-    method names its β ("HINT (β 0.062)", "HINT (β 0.3)"), so a reader sees which budget each row used."""
-    bases = {split_budget_key(m)[0] for m in methods if split_budget_key(m)[1] is not None}
-    labels = {}
-    for m in methods:
-        base, beta = split_budget_key(m)
-        if base not in bases:
-            continue
-        beta = beta if beta is not None else row_budget(chosen.get(m))
-        step = budget_step(m)
-        labels[m] = (f"{method_label(base)} (β {beta:g}{', ' + step if step else ''})" if beta is not None
-                     else method_label(base))
-    return labels
-
-
-def row_budget(rows: pd.DataFrame | None) -> float | None:
-    """The β of a cell's runs where they share one (a defense with a budget), else None."""
-    if rows is None or "beta" not in rows or not len(rows):
-        return None
-    betas = rows.beta.dropna().unique()
-    return float(betas[0]) if len(betas) == 1 else None
 
 
 def budget_note(sdf: pd.DataFrame) -> str:

@@ -581,7 +581,8 @@ def step_off_defaults(method: str, params_json: str) -> str:
     return variant[1] if variant else ""
 
 
-def choose_parameters(sdf: pd.DataFrame, notes: list, budgets: bool = False) -> dict[str, pd.DataFrame]:
+def choose_parameters(sdf: pd.DataFrame, notes: list, budgets: bool = False,
+                      see: str = "see Table IV / plain `report`") -> dict[str, pd.DataFrame]:
     """Per method, the rows of its table parameter set (`primary`); a note for every run left out. With `budgets`
     (Table III), the runs of a method that differ from its chosen set in β alone get rows of their own, keyed
     `budget_key(method, β)` and placed after the method's (`with_budget_rows`): a defense at the attack's budget
@@ -607,7 +608,7 @@ def choose_parameters(sdf: pd.DataFrame, notes: list, budgets: bool = False) -> 
                 if variant is not None:
                     chosen[budget_key(m, *variant)] = rows
                     left = left.drop(rows.index)
-        notes.append(left_out_note(m, chosen[m], left))
+        notes.append(left_out_note(m, chosen[m], left, see))
         betas = chosen[m].beta.dropna().unique() if budgets and len(chosen[m]) else []
         if anchored_off_paper and len(betas) == 1:  # a budget row of its own; the paper's row stays empty
             step = step_off_defaults(m, chosen[m].params_json.iloc[0])
@@ -625,6 +626,30 @@ def with_budget_rows(methods: list[str], chosen: dict) -> list[str]:
             out.append(m)
         out += sorted(extra, key=lambda k: (split_budget_key(k)[1], budget_step(k)))
     return out
+
+
+def budget_row_labels(methods: list[str], chosen: dict) -> dict[str, str]:
+    """Row labels where a method has budget rows (`records.choose_parameters(budgets=True)`): every row of that
+    method names its β ("HINT (β 0.062)", "HINT (β 0.3)"), so a reader sees which budget each row used."""
+    bases = {split_budget_key(m)[0] for m in methods if split_budget_key(m)[1] is not None}
+    labels = {}
+    for m in methods:
+        base, beta = split_budget_key(m)
+        if base not in bases:
+            continue
+        beta = beta if beta is not None else row_budget(chosen.get(m))
+        step = budget_step(m)
+        labels[m] = (f"{method_label(base)} (β {beta:g}{', ' + step if step else ''})" if beta is not None
+                     else method_label(base))
+    return labels
+
+
+def row_budget(rows: pd.DataFrame | None) -> float | None:
+    """The β of a cell's runs where they share one (a defense with a budget), else None."""
+    if rows is None or "beta" not in rows or not len(rows):
+        return None
+    betas = rows.beta.dropna().unique()
+    return float(betas[0]) if len(betas) == 1 else None
 
 
 def left_out_note(method: str, chosen: pd.DataFrame, left: pd.DataFrame,
