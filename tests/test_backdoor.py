@@ -410,3 +410,22 @@ def test_the_backdoor_table_gives_a_defense_at_another_beta_or_step_a_row_of_its
         BUDGET_NOTE]
     assert BUDGET_NOTE == ("β: the defense's own perturbation budget (L∞, pixel units; HINT's and FRIENDS' noise "
                            "bound, ATDA's adversary), one row per β and update step run; the paper's is 0.062")
+
+
+def test_report_table_backdoor_attacks_picks_the_backdoors_shown(cli, tmp_path):
+    """`report table backdoor --attacks blend` (docs/commands.md) shows only Blend's rows; before 2026-11-29 the
+    option was read as the untargeted mix and every backdoor was shown."""
+    recs = [backdoor_record("none", attack, t, 850, 0.95) for attack in ("badnets", "blend", "sig") for t in range(2)]
+    runs = tmp_path / "results" / "runs"
+    runs.mkdir(parents=True)
+    for r in recs:
+        (runs / f"{r['run_id']}.json").write_text(json.dumps(r))
+    for given, shown in (("blend", ["blend"]), ("sig,badnets", ["sig", "badnets"]), ("any", None)):
+        code, out, err = cli("report", "table", "backdoor", "--results", tmp_path / "results", "--attacks", given,
+                             "--format", "json")
+        assert code == 0, err
+        attacks = [row["attack"] for row in json.loads(out)["rows"]]
+        if shown is None:
+            assert sorted(attacks) == ["badnets", "blend", "sig"]
+        else:
+            assert sorted(attacks) == sorted(shown)

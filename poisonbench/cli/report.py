@@ -210,7 +210,9 @@ def report(table: str | None = None, figure: str | None = None, out: str | None 
         note(store.skipped_note())
 
     if table is not None:
-        columns = tuple(attacks.split(",")) if matrix and attacks and attacks != "any" else ()
+        # the matrix's and the backdoor table's --attacks name their columns (the backdoors shown), not a mix
+        by_column = matrix or str(table).strip().lower() == "backdoor"
+        columns = tuple(attacks.split(",")) if by_column and attacks and attacks != "any" else ()
         opts = tables.Options(trials=trials, paper=paper, diff=diff, ci=ci, wilson=wilson is not False, rho=rho,
                               paired=paired, poison_ratio=poison_ratio, attacks=columns, versus=versus)
         if missing:
