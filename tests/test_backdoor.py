@@ -429,3 +429,18 @@ def test_report_table_backdoor_attacks_picks_the_backdoors_shown(cli, tmp_path):
             assert sorted(attacks) == ["badnets", "blend", "sig"]
         else:
             assert sorted(attacks) == sorted(shown)
+
+
+def test_a_backdoor_block_without_w_o_defense_runs_lists_it_empty_and_its_defenses_unpaired():
+    """A setting whose backdoor ran only under a defense (DP-SGD on its own model, convnet-gn) still renders: the
+    W/o Defense row is listed with empty cells ('–') and the defense's Δ is '–' (a KeyError before 2026-11-29's fix)."""
+    from poisonbench.report import tables
+
+    recs = [backdoor_record("dpsgd", "badnets", t, 20, 0.86, {"noise_multiplier": 0.01}) for t in range(2)]
+    table = tables.build("backdoor", recs, tables.Options(trials=2), mix="any")
+    (block,) = table.blocks
+    assert [c.text for c in block.rows[0]] == ["badnets", "W/o Defense", "–", "–", "–", "–", "–"]
+    dpsgd = [c.text for c in block.rows[1]]
+    assert dpsgd[:2] == ["badnets", "dpsgd"] and dpsgd[5:] == ["–", "–"]
+    (row,) = table.data
+    assert row["method"] == "dpsgd" and row["asr_delta_vs_none"] is None and row["paired_trials"] == 0

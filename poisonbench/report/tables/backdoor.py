@@ -84,7 +84,8 @@ def backdoor_table(df: pd.DataFrame, opts: Options) -> Table:
             if labels:
                 notes.append(BUDGET_NOTE)
             for m in methods:
-                chosen, (method, beta) = every[m], split_budget_key(m)
+                # a method with no run here (W/o Defense, which every block lists) has no key in `every`
+                chosen, (method, beta) = every.get(m, rows.iloc[0:0]), split_budget_key(m)
                 label = labels.get(m, method_label(m))
                 if not len(chosen):
                     block.rows.append([Cell(attack, label=True), Cell(label, label=True),
