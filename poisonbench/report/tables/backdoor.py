@@ -18,7 +18,6 @@ from .records import (
     budget_row_labels,
     choose_parameters,
     in_setting,
-    primary,
     row_budget,
     settings,
     split_budget_key,
@@ -75,10 +74,10 @@ def backdoor_table(df: pd.DataFrame, opts: Options) -> Table:
             rows = newest_kind(column_rows(sdf, BACKDOOR, attack, 0.0), attack, notes)
             if not len(rows):
                 continue
-            base, _ = primary(rows, "none")
             # a defense's runs at another β or update step get rows of their own, as in Table III ("HINT (β 0.3,
             # signed)" beside "HINT (β 0.062)"); other parameter sets are left out with a note
             every = choose_parameters(rows, notes, budgets=True, see=f"backdoor {attack}; see plain `report`")
+            base = every.get("none", rows.iloc[0:0])  # W/o Defense's runs: what every row is paired with
             methods = with_budget_rows(row_methods(set(rows.method)), every)
             labels = budget_row_labels(methods, every)
             if labels:
