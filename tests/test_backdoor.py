@@ -444,3 +444,32 @@ def test_a_backdoor_block_without_w_o_defense_runs_lists_it_empty_and_its_defens
     assert dpsgd[:2] == ["badnets", "dpsgd"] and dpsgd[5:] == ["–", "–"]
     (row,) = table.data
     assert row["method"] == "dpsgd" and row["asr_delta_vs_none"] is None and row["paired_trials"] == 0
+
+
+def test_a_backdoor_rows_cells_are_its_mean_t_interval_wilson_and_paired_difference_whole():
+    """The rendered row, cell by cell, against scipy's t interval and statsmodels' Wilson interval computed here (the
+    mutmut run of 2026-11-29 found the cells' text pinned nowhere: only the JSON rows were checked)."""
+    import numpy as np
+    from scipy import stats
+    from statsmodels.stats.proportion import proportion_confint
+
+    from poisonbench.report import tables
+
+    hits, base = (100, 80, 170), (900, 890, 900)
+    recs = [backdoor_record("none", "blend", t, h, 0.95) for t, h in enumerate(base)]
+    recs += [backdoor_record("spectral", "blend", t, h, 0.94, {"spectral_eps": 0.1}) for t, h in enumerate(hits)]
+    table = tables.build("backdoor", recs, tables.Options(trials=3), mix="any")
+    row = [c.text for c in table.blocks[0].rows[1]]
+
+    def t_text(values):
+        v = np.array(values, dtype=float)
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+        return v.mean(), max(0.0, v.mean() - half), min(100.0, v.mean() + half)
+
+    m, lo, hi = t_text([100 * h / 900 for h in hits])
+    wl, wh = proportion_confint(350, 2700, method="wilson")
+    d, dlo, dhi = (lambda v: (v.mean(), *stats.t.interval(0.95, len(v) - 1, v.mean(), stats.sem(v))))(
+        np.array([100 * (h - b) / 900 for h, b in zip(hits, base, strict=True)]))
+    assert row == ["blend", "spectral", f"{m:.2f} [{lo:.2f}, {hi:.2f}] (n=3)",
+                   f"350/2700 [{100 * wl:.2f}, {100 * wh:.2f}]", "94.00 [94.00, 94.00] (n=3)",
+                   f"{d:+.2f} [{dlo:+.2f}, {dhi:+.2f}] (n=3)", "-1.00 (n=3)"]
