@@ -251,11 +251,52 @@ def test_a_workspace_whose_grid_cannot_be_planned_says_why_a_run_id_needs_the_da
 
 def test_plan_estimate_is_the_estimate_less_the_workspaces_work_with_its_line(tmp_path, monkeypatch):
     grid = _grid(tmp_path, trials=1)
-    monkeypatch.setattr(est, "done_in_workspace", lambda g, ex: ({0}, {("gm", "mnist", 0)}, "the line"))
+    execution = Execution(results=str(tmp_path / "ws"))
+    asked = []
+    monkeypatch.setattr(est, "done_in_workspace",
+                        lambda g, ex: asked.append((g, ex)) or ({0}, {("gm", "mnist", 0)}, "the line"))
     cpu = dict.fromkeys(est.WORKLOADS, 10.0)
-    got = est.plan_estimate(grid, Execution(results=str(tmp_path / "ws")), cpu=cpu)
+    got = est.plan_estimate(grid, execution, cpu=cpu)
+    assert asked == [(grid, execution)]
     assert got == {**est.estimate(grid, est.default_devices(cpu), {0}, {("gm", "mnist", 0)}), "workspace": "the line"}
     assert got["runs_done"] == 1
+    # GM's PoisonSet is crafted and run 0 done: what is left is run 1 and nothing of the crafting
+    (h200,) = [d for d in got["devices"] if d["device"] == "NVIDIA H200"]
+    assert h200["remaining"]["crafting"] == 0 < h200["hours_crafting"]
+    assert 0 < h200["remaining"]["runs"] < h200["hours_runs"]
+
+
+def test_an_estimate_is_these_fields_whole(tmp_path):
+    grid = _grid(tmp_path, trials=2)
+    flat = est.Figures("flat", dict.fromkeys(est.WORKLOADS, 1000.0), {"none": 1.0, "hint": 1.0}, {})
+    got = est.estimate(grid, [flat], done={1})
+    work = est.grid_work(grid)
+    assert got == {"grid": grid.name, "runs": 4, "runs_done": 1, "pretrained_models": 1, "poison_sets": 2,
+                   "formula": est.FORMULA, "excludes": work.excludes, "assumes": est.ASSUMES,
+                   "devices": [est.device_hours(work, flat, {1}, frozenset())]}
+
+
+def test_a_pretrained_model_trains_at_the_workloads_rate_without_a_defenses_overhead():
+    figures = est.Figures("f", {"mnist-scratch": 100.0}, {"none": 2.0, "hint": 3.0}, {})
+    model = est.Item("pretrained", ("surrogate",), "mnist-scratch", 1000.0)
+    run = est.Item("runs", ("run", 0), "mnist-scratch", 1000.0, "none")
+    hint = est.Item("runs", ("run", 1), "mnist-scratch", 1000.0, "hint")
+    assert [est.item_seconds(i, figures) for i in (model, run, hint)] == [(10.0, None), (20.0, None), (30.0, None)]
+
+
+def test_hours_are_rounded_to_three_decimals():
+    figures = est.Figures("f", {"mnist-scratch": 1.0}, {"none": 1.0}, {})
+    work = est.Work("g", 1, [est.Item("runs", ("run", 0), "mnist-scratch", 1.0, users={0})], [], [])
+    assert est.device_hours(work, figures)["hours"] == 0.0  # 1 s = 0.000278 h
+    work.items[0].images = 2.0  # 2 s = 0.000556 h
+    assert est.device_hours(work, figures)["hours"] == 0.001
+
+
+def test_a_packaged_kind_without_a_source_reads_an_empty_source(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('{"devices": {"K": {"images_per_s": {"x": 1.0}, "ratio_to_none": {}, "crafting": {}}}}')
+    (figures,) = est.packaged_figures(path)
+    assert (figures.kind, figures.source) == ("K", {})
 
 
 def test_default_devices_are_the_packaged_kinds_then_this_cpu_given_or_measured(monkeypatch):
