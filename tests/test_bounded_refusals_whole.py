@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -222,3 +223,97 @@ def test_read_text_names_the_label_or_quoted_path_for_each_refusal(tmp_path, lab
                                                                    f"{where}: not UTF-8 text")
     why = "larger than 1 bytes, the limit for this file; refused unread"
     assert refusal(lambda: bounded.read_text(path, 1, label)) == (where, why, True, f"{where}: {why}")
+
+
+# open_regular: a FIFO never waited on, a socket named under its label, the descriptor handed back blocking
+
+
+def test_open_regular_refuses_a_fifo_without_a_writer_at_once(tmp_path):
+    import threading
+
+    fifo = tmp_path / "delta.safetensors"
+    os.mkfifo(fifo)
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(refusal(lambda: bounded.open_regular(fifo, "delta"))),
+                              daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():  # the open blocked waiting for a writer: release it, then fail
+        open(fifo, "wb").close()
+        worker.join(5)
+        pytest.fail("open_regular waited on a FIFO")
+    why = "a FIFO, not a regular file; refused unread (only regular files are read)"
+    assert outcome == [("delta", why, True, f"delta: {why}")]
+
+
+@pytest.mark.parametrize("label", [None, "the record"])
+def test_a_socket_that_cannot_be_opened_is_named_a_socket_under_its_label(tmp_path, label):
+    import socket
+
+    path = tmp_path / "s.json"
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(path))
+        where = label if label is not None else repr(str(path))
+        why = "a socket, not a regular file; refused unread (only regular files are read)"
+        assert refusal(lambda: bounded.open_regular(path, label)) == (where, why, True, f"{where}: {why}")
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("label", [None, "the pack"])
+def test_a_missing_file_opened_is_unreadable_under_its_label_or_quoted_path(tmp_path, monkeypatch, label):
+    path = tmp_path / "absent"
+    where = label if label is not None else repr(str(path))
+    why = "unreadable (No such file or directory)"
+    assert refusal(lambda: bounded.open_regular(path, label)) == (where, why, False, f"{where}: {why}")
+
+    def fails(*_a, **_k):
+        raise OSError()
+
+    monkeypatch.setattr(bounded.os, "open", fails)
+    assert refusal(lambda: bounded.open_regular(path, label)) == (where, "unreadable (OSError)", False,
+                                                                  f"{where}: unreadable (OSError)")
+
+
+def test_open_regular_hands_back_a_blocking_descriptor(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x")
+    with bounded.open_regular(path) as f:
+        assert os.get_blocking(f.fileno()) is True
+        assert f.read() == b"x"
+
+
+@pytest.mark.parametrize("label", [None, "the grid"])
+def test_a_directory_opened_is_refused_under_its_label_or_quoted_path(tmp_path, label):
+    where = label if label is not None else repr(str(tmp_path))
+    why = "unreadable (Is a directory)"
+    assert refusal(lambda: bounded.open_regular(tmp_path, label)) == (where, why, False, f"{where}: {why}")
+
+
+def test_a_file_of_no_known_kind_is_not_a_plain_file():
+    import stat as st
+
+    weird = SimpleNamespace(st_mode=st.S_IFLNK | 0o777)  # what no followed stat returns: the last branch
+    why = "not a plain file, not a regular file; refused unread (only regular files are read)"
+    assert refusal(lambda: bounded._require_regular(weird, "p", None)) == ("'p'", why, True, f"'p': {why}")
+
+
+# iter_bounded_lines: exactly at each limit taken, one byte more refused in one whole line
+
+
+def test_bounded_lines_take_a_line_exactly_at_max_line_and_name_the_line_one_byte_longer():
+    assert list(bounded.iter_bounded_lines(io.BytesIO(b"abcd\nxy"), "p", max_line=5, max_total=100)) == \
+        [(1, b"abcd\n"), (2, b"xy")]
+    stream = io.BytesIO(b"ab\nabcdef\n")
+    why = "line 2 is longer than 5 bytes, the limit for one line; refused"
+    assert refusal(lambda: list(bounded.iter_bounded_lines(stream, "p", max_line=5, max_total=100))) == \
+        ("p", why, True, f"p: {why}")
+    assert stream.tell() == 3 + 6  # the long line read only to its limit + 1
+
+
+def test_bounded_lines_take_a_file_exactly_at_max_total_and_refuse_one_byte_more():
+    assert [n for n, _ in bounded.iter_bounded_lines(io.BytesIO(b"abc\nde"), "p", max_line=10, max_total=6)] == [1, 2]
+    why = "more than 5 bytes uncompressed (at line 2), the limit for one file; refused"
+    assert refusal(lambda: list(bounded.iter_bounded_lines(io.BytesIO(b"abc\nde"), "p", max_line=10,
+                                                           max_total=5))) == ("p", why, True, f"p: {why}")
