@@ -176,7 +176,7 @@ def _grid(tmp_path, trials: int = 3):
     return load_grid(str(path))
 
 
-@pytest.mark.parametrize("held", ["nothing", "empty runs/ and poisons/"])
+@pytest.mark.parametrize("held", ["nothing", "empty-runs-and-poisons"])
 def test_a_workspace_without_records_or_poisonsets_is_answered_without_planning(tmp_path, monkeypatch, held):
     root = tmp_path / "ws"
     if held != "nothing":
