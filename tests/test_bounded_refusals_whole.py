@@ -317,3 +317,19 @@ def test_bounded_lines_take_a_file_exactly_at_max_total_and_refuse_one_byte_more
     why = "more than 5 bytes uncompressed (at line 2), the limit for one file; refused"
     assert refusal(lambda: list(bounded.iter_bounded_lines(io.BytesIO(b"abc\nde"), "p", max_line=10,
                                                            max_total=5))) == ("p", why, True, f"p: {why}")
+
+
+@pytest.mark.parametrize("nbytes, text", [(999, "999 bytes"), (1000, "1.0 kB"),
+                                          (10**6, "1.0 MB"), (10**9, "1.0 GB"),
+                                          (1_500_000_000, "1.5 GB")])
+def test_size_text_changes_unit_exactly_at_each_power_of_a_thousand(nbytes, text):
+    assert bounded.size_text(nbytes) == text
+
+
+@pytest.mark.parametrize("label", [None, "the record"])
+def test_a_file_that_grew_past_the_bound_is_refused_under_its_label_or_quoted_path(tmp_path, monkeypatch, label):
+    _reading(monkeypatch, tmp_path, 3, b"g" * 1000)
+    path = tmp_path / "f.bin"
+    where = label if label is not None else repr(str(path))
+    why = "larger than 20 bytes, the limit for this file; refused unread"
+    assert refusal(lambda: bounded.read_bytes(path, 20, label)) == (where, why, True, f"{where}: {why}")
