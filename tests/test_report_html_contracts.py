@@ -170,3 +170,64 @@ def test_the_figures_section_draws_rho_with_the_papers_curve_and_keeps_a_section
                                                        for n in figures.FIGURES]
     sections = report_html.build_sections(records, {}, data_dir="DATA")
     assert sections[-1].anchor == "figures" and sections[-1].notes == section.notes
+
+
+def _fake_draw(monkeypatch, calls: list):
+    """figures.draw that fails on Figure 1, captures nothing for Figure 2 and two PNGs for each other figure."""
+    from poisonbench.core.errors import PoisonbenchError
+    from poisonbench.report import figures
+    from poisonbench.report.figures import panels
+
+    def draw(number, records, out, paper, data_dir, **chosen):
+        calls.append((number, out, paper, data_dir, chosen))
+        if number == "1":
+            raise PoisonbenchError("no data for 1")
+        if number == "2":
+            return
+        panels._CAPTURED.get().extend([(f"f{number}a.png", number.encode() + b"a"), (f"f{number}b.png", b"b")])
+
+    monkeypatch.setattr(figures, "draw", draw)
+
+
+def test_the_figures_section_holds_each_drawn_png_captioned_and_a_note_for_each_figure_not_drawn(monkeypatch):
+    """In the order of figures.FIGURES: a figure that fails is a note and the next is still drawn; one that draws
+    nothing is a note; each PNG drawn is a figure named by its file, captioned with its label (accuracy vs ρ, or
+    Figure N), its file and the crafts behind the runs the page's filters show. Each draw gets the page's filters,
+    the paper's mix, all PoisonSets, the data directory, the paper's curve on ρ only, and out `figures`."""
+    from pathlib import Path
+
+    from poisonbench.report.tables import provenance
+    from tests.report_records import synthetic_records
+
+    calls = []
+    _fake_draw(monkeypatch, calls)
+    records = synthetic_records()
+    filters = {"dataset": "mnist-5k"}
+    section = report_html.figure_section(records, filters, "DATA")
+    chosen = {**filters, "mix": tables.PAPER_MIX, "poison_sets": ""}
+    assert calls == [(n, Path("figures"), n == "rho", "DATA", chosen) for n in ("1", "2", "3", "4", "rho")]
+    crafts = provenance.caption(tables.cell_records(tables.apply_filters(tables.frame(records), **chosen))[0])
+    everything = tables.apply_filters(tables.frame(records), mix=tables.PAPER_MIX, poison_sets="")
+    unfiltered = provenance.caption(tables.cell_records(everything)[0])
+    assert crafts and crafts != unfiltered  # the test can tell the filters were applied
+    assert (section.anchor, section.title) == ("figures", "Figures")
+    assert [(f.name, f.png, f.caption) for f in section.figures] == [
+        (name, png, f"{label} ({name}). {crafts}")
+        for n, label in (("3", "Figure 3"), ("4", "Figure 4"), ("rho", "accuracy vs ρ"))
+        for name, png in ((f"f{n}a.png", n.encode() + b"a"), (f"f{n}b.png", b"b"))]
+    assert section.notes == ["Figure 1: not drawn: no data for 1", "Figure 2: nothing to draw from these records"]
+
+
+def test_the_page_is_its_sections_rendered_with_the_trials_data_and_figures_asked(monkeypatch):
+    from tests.report_records import synthetic_records
+
+    calls = []
+    _fake_draw(monkeypatch, calls)
+    records = synthetic_records()
+    page = report_html.page(records, "w", {}, trials=7, data_dir="D", notes=["n1"])
+    assert {c[3] for c in calls} == {"D"}
+    assert page == report_html.render_page(report_html.build_sections(records, {}, 7, "D", True), "w", len(records),
+                                           ["n1"])
+    assert 'id="figures"' in page  # figures by default
+    assert page != report_html.page(records, "w", {}, trials=5, data_dir="D", notes=["n1"])  # trials are used
+    assert 'id="figures"' not in report_html.page(records, "w", {}, trials=7, data_dir="D", with_figures=False)
