@@ -172,7 +172,7 @@ def test_the_figures_section_draws_rho_with_the_papers_curve_and_keeps_a_section
     assert sections[-1].anchor == "figures" and sections[-1].notes == section.notes
 
 
-def _fake_draw(monkeypatch, calls: list):
+def _fake_draw(monkeypatch, calls: list, given: list | None = None):
     """figures.draw that fails on Figure 1, captures nothing for Figure 2 and two PNGs for each other figure."""
     from poisonbench.core.errors import PoisonbenchError
     from poisonbench.report import figures
@@ -180,6 +180,8 @@ def _fake_draw(monkeypatch, calls: list):
 
     def draw(number, records, out, paper, data_dir, **chosen):
         calls.append((number, out, paper, data_dir, chosen))
+        if given is not None:
+            given.append(records)
         if number == "1":
             raise PoisonbenchError("no data for 1")
         if number == "2":
@@ -199,11 +201,12 @@ def test_the_figures_section_holds_each_drawn_png_captioned_and_a_note_for_each_
     from poisonbench.report.tables import provenance
     from tests.report_records import synthetic_records
 
-    calls = []
-    _fake_draw(monkeypatch, calls)
+    calls, given = [], []
+    _fake_draw(monkeypatch, calls, given)
     records = synthetic_records()
     filters = {"dataset": "mnist-5k"}
     section = report_html.figure_section(records, filters, "DATA")
+    assert len(given) == 5 and all(g is records for g in given)  # every draw gets the page's records
     chosen = {**filters, "mix": tables.PAPER_MIX, "poison_sets": ""}
     assert calls == [(n, Path("figures"), n == "rho", "DATA", chosen) for n in ("1", "2", "3", "4", "rho")]
     crafts = provenance.caption(tables.cell_records(tables.apply_filters(tables.frame(records), **chosen))[0])
@@ -231,3 +234,22 @@ def test_the_page_is_its_sections_rendered_with_the_trials_data_and_figures_aske
     assert 'id="figures"' in page  # figures by default
     assert page != report_html.page(records, "w", {}, trials=5, data_dir="D", notes=["n1"])  # trials are used
     assert 'id="figures"' not in report_html.page(records, "w", {}, trials=7, data_dir="D", with_figures=False)
+
+
+def test_the_pages_head_and_header_are_these_lines_whole_and_it_ends_closed():
+    """An HTML5 page in English, UTF-8, the CSP, a viewport, the title and the header's description of a cell, word
+    for word; the page ends by closing the body and the document."""
+    page = report_html.render_page([], "w&s", 2)
+    head = "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; style-src '
+        '\'unsafe-inline\'; base-uri \'none\'; form-action \'none\'">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>poisonbench report: w&amp;s</title>", f"<style>{report_html.STYLE}</style>", "</head>", "<body>",
+        "<header>", "<h1>poisonbench report</h1>",
+        '<p class="source">Records: <code>w&amp;s</code>, 2 run(s). Each cell: mean ± sample std over trials [95% '
+        "t-interval] (n=k where a cell has another number of trials than asked); the paper's numbers in the tinted "
+        "columns; the best of a row in bold green. Every number is defined in docs/metrics.md.</p>",
+        "</header>", "<nav><ul>", "</ul></nav>", '<p class="muted">No table can be filled from these records.</p>',
+        "</body>", "</html>", ""])
+    assert page == head
