@@ -253,3 +253,12 @@ def test_the_pages_head_and_header_are_these_lines_whole_and_it_ends_closed():
         "</header>", "<nav><ul>", "</ul></nav>", '<p class="muted">No table can be filled from these records.</p>',
         "</body>", "</html>", ""])
     assert page == head
+
+
+def test_the_page_asks_for_the_papers_five_trials_by_default():
+    from tests.report_records import synthetic_records
+
+    records = synthetic_records()
+    default = report_html.page(records, "w", {}, with_figures=False)
+    assert default == report_html.page(records, "w", {}, trials=5, with_figures=False)
+    assert default != report_html.page(records, "w", {}, trials=6, with_figures=False)
