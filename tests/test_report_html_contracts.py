@@ -262,3 +262,55 @@ def test_the_page_asks_for_the_papers_five_trials_by_default():
     default = report_html.page(records, "w", {}, with_figures=False)
     assert default == report_html.page(records, "w", {}, trials=5, with_figures=False)
     assert default != report_html.page(records, "w", {}, trials=6, with_figures=False)
+
+
+@pytest.mark.parametrize("number, filters", [("3", {}), (tables.MATRIX, {"dataset": "mnist-5k"})])
+def test_a_table_section_is_the_table_built_with_the_pages_options_and_filters_and_its_provenance(monkeypatch,
+                                                                                                   number, filters):
+    """`tables.build` gets the table's number, `table_options(number, trials)` and `table_filters(number, filters)`;
+    the section is anchored and titled by the table, its caption without the crafts sentence, its provenance
+    `provenance_items` of the records it shows, the crafts and the trials; the matrix's heatmaps drawn into
+    `heatmaps`, each a figure captioned by its file."""
+    from pathlib import Path
+
+    from poisonbench.report.figures import matrix, panels
+    from tests.report_records import synthetic_records
+
+    records = synthetic_records()
+    by_id = {r["run_id"]: r for r in records}
+    built, drawn = [], []
+    real_build = tables.build
+
+    def build(n, recs, opts, **filters):
+        built.append((n, recs, opts, filters))
+        return real_build(n, recs, opts, **filters)
+
+    def figure_matrix(table, out):
+        drawn.append(out)
+        panels._CAPTURED.get().append(("matrix.png", b"png"))
+
+    monkeypatch.setattr(tables, "build", build)
+    monkeypatch.setattr(matrix, "figure_matrix", figure_matrix)
+    section = report_html.table_section(number, records, by_id, filters, 4)
+    assert built == [(number, records, report_html.table_options(number, 4), report_html.table_filters(number,
+                                                                                                       filters))]
+    expected = real_build(number, records, report_html.table_options(number, 4),
+                          **report_html.table_filters(number, filters))
+    caption, crafts = report_html.split_caption(expected.caption)
+    assert crafts.startswith("Crafts: ") and section.table.caption == caption
+    assert (section.anchor, section.title) == (f"table-{number}", expected.title)
+    shown = [by_id[r] for r in sorted(expected.shown) if r in by_id]
+    assert section.provenance == report_html.provenance_items(shown, crafts, 4)
+    if number == tables.MATRIX:
+        assert drawn == [Path("heatmaps")]
+        assert [(f.name, f.png, f.caption) for f in section.figures] == \
+            [("matrix.png", b"png", "heatmap of the matrix (matrix.png)")]
+    else:
+        assert drawn == [] and section.figures == []
+
+
+def test_table_options_are_the_terminals_paper_ci_and_wilson_and_the_matrix_has_no_paper_column():
+    for number in ("2", "3", "4", "5"):
+        assert report_html.table_options(number, 4) == tables.Options(trials=4, paper=True, ci=True, wilson=True)
+    for number in (tables.MATRIX, "backdoor"):
+        assert report_html.table_options(number, 4) == tables.Options(trials=4, paper=False, ci=True, wilson=True)
