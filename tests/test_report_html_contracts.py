@@ -314,3 +314,27 @@ def test_table_options_are_the_terminals_paper_ci_and_wilson_and_the_matrix_has_
         assert report_html.table_options(number, 4) == tables.Options(trials=4, paper=True, ci=True, wilson=True)
     for number in (tables.MATRIX, "backdoor"):
         assert report_html.table_options(number, 4) == tables.Options(trials=4, paper=False, ci=True, wilson=True)
+
+
+def test_provenance_counts_cells_by_every_configuration_column_keeping_missing_values():
+    """A cell is one configuration (every column of CONFIGURATION but the trial; a value missing, as the threat of
+    an untargeted run, is a value like any other): two settings that differ only in their PoisonSets are two cells."""
+    first = [make_record(rho=0.2, trial=t) for t in range(3)]
+    second = [make_record(rho=0.2, trial=t) for t in range(2)]
+    for r in second:
+        r["config"]["poison"]["poison_ids"] = {"pgd": "p1"}
+        r["run_id"] += "-second"
+    for r in first + second:  # a record of before scenarios were recorded: the column is missing
+        del r["config"]["scenario"]
+    assert tables.frame(first + second).scenario.isna().all()
+    items = dict(report_html.provenance_items(first + second, "", 5))
+    assert (items["runs"], items["trials"]) == ("5 in 2 cell(s)", "2–3 per cell (asked: 5)")
+
+
+def test_build_sections_ask_for_the_papers_five_trials_by_default():
+    from tests.report_records import synthetic_records
+
+    records = synthetic_records()
+    default = report_html.build_sections(records, {}, with_figures=False)
+    assert default == report_html.build_sections(records, {}, 5, with_figures=False)
+    assert default != report_html.build_sections(records, {}, 6, with_figures=False)
