@@ -261,21 +261,6 @@ def test_a_socket_that_cannot_be_opened_is_named_a_socket_under_its_label(tmp_pa
         server.close()
 
 
-@pytest.mark.parametrize("label", [None, "the pack"])
-def test_a_missing_file_opened_is_unreadable_under_its_label_or_quoted_path(tmp_path, monkeypatch, label):
-    path = tmp_path / "absent"
-    where = label if label is not None else repr(str(path))
-    why = "unreadable (No such file or directory)"
-    assert refusal(lambda: bounded.open_regular(path, label)) == (where, why, False, f"{where}: {why}")
-
-    def fails(*_a, **_k):
-        raise OSError()
-
-    monkeypatch.setattr(bounded.os, "open", fails)
-    assert refusal(lambda: bounded.open_regular(path, label)) == (where, "unreadable (OSError)", False,
-                                                                  f"{where}: unreadable (OSError)")
-
-
 def test_open_regular_hands_back_a_blocking_descriptor(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"x")
