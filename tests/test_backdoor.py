@@ -473,3 +473,153 @@ def test_a_backdoor_rows_cells_are_its_mean_t_interval_wilson_and_paired_differe
     assert row == ["blend", "spectral", f"{m:.2f} [{lo:.2f}, {hi:.2f}] (n=3)",
                    f"350/2700 [{100 * wl:.2f}, {100 * wh:.2f}]", "94.00 [94.00, 94.00] (n=3)",
                    f"{d:+.2f} [{dlo:+.2f}, {dhi:+.2f}] (n=3)", "-1.00 (n=3)"]
+
+
+def test_the_backdoor_table_whole_two_settings_every_cell_every_json_field_and_the_runs_shown():
+    """`report table backdoor` on a workspace of two settings, written down whole: each block's title, columns,
+    notes and every cell's text and value, each JSON row's every field, and the run ids shown. The mean's t interval
+    and the Δ's from scipy, the pooled Wilson interval from statsmodels, computed here. Covers a defense run on one
+    trial (no interval, a positive Δ with its sign), a row without triggered images (asr_n 0: every ASR cell '–'), a
+    run with other parameters left out, a clean and a targeted record (not backdoors) and a second setting. The
+    mutmut run of 2026-11-29 (commit f7cc6cf) left 142 of `backdoor.py`'s 390 mutants alive: its tests checked some
+    JSON fields of some rows."""
+    import numpy as np
+    from scipy import stats
+    from statsmodels.stats.proportion import proportion_confint
+
+    from poisonbench.core.hashing import short_hash
+    from poisonbench.report import tables
+
+    from .report_records import hint_params, make_record
+
+    paper = {**hint_params(), "sign": False}
+    base = ((0, 850, 0.95), (1, 860, 0.96), (2, 870, 0.97))
+    recs = [backdoor_record("none", "badnets", t, h, a) for t, h, a in base]
+    recs += [backdoor_record("spectral", "badnets", t, h, 0.94, {"spectral_eps": 0.1}) for t, h in ((0, 90), (1, 95))]
+    recs += [backdoor_record("hint", "badnets", 0, 880, 0.9, paper)]
+    recs += [backdoor_record("hint", "badnets", 1, 10, 0.9, {**paper, "ratio": 0.4})]  # left out: other parameters
+    empty = backdoor_record("none", "blend", 0, 0, 0.93)
+    empty["metrics"].update(asr=None, asr_hits=0, asr_n=0)
+    recs.append(empty)
+    fashion = backdoor_record("none", "badnets", 0, 800, 0.8)
+    fashion["config"]["dataset"] = "fashion-mnist"
+    fashion["run_id"] = short_hash(fashion["config"])
+    recs.append(fashion)
+    recs.append(make_record(method="none", trial=0, acc=0.97))  # clean: not a backdoor
+    recs.append(make_record(method="none", trial=0, acc=0.5, targeted={
+        "attack": "fc", "target_index": 3, "target_class": 1, "intended_class": 2, "success": True}))
+    table = tables.build("backdoor", recs, tables.Options(trials=1), mix="any")
+
+    def pct(x):
+        return round(100 * x, 4)
+
+    def t_interval(values):  # mean and 95 % t interval of a rate, clipped to [0, 1]
+        v = np.asarray(values, dtype=float)
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+        return v.mean(), max(0.0, v.mean() - half), min(1.0, v.mean() + half)
+
+    def wilson(hits, n):
+        return proportion_confint(hits, n, alpha=0.05, method="wilson")
+
+    none_asr = t_interval([h / 900 for _, h, _ in base])
+    none_acc = t_interval([a for _, _, a in base])
+    spec_asr = t_interval([90 / 900, 95 / 900])
+    d_spec = np.array([(90 - 850) / 900, (95 - 860) / 900])
+    d_spec_ci = stats.t.interval(0.95, 1, d_spec.mean(), stats.sem(d_spec))
+    d_spec_acc = np.mean([0.94 - 0.95, 0.94 - 0.96])
+    w = {k: wilson(*k) for k in ((800, 900), (2580, 2700), (880, 900), (185, 1800))}
+    setting = {"fashion": "fashion-mnist · convnet · quick recipe, 10 ep",
+               "mnist": "mnist-5k · convnet · quick recipe, 10 ep"}
+
+    def f2(x):
+        return f"{100 * x:.2f}"
+
+    def wil(hits, n):
+        return f"{hits}/{n} [{f2(w[(hits, n)][0])}, {f2(w[(hits, n)][1])}]"
+
+    fashion_block, mnist_block = table.blocks
+    assert (fashion_block.title, mnist_block.title) == (setting["fashion"], setting["mnist"])
+    assert fashion_block.columns == mnist_block.columns == [
+        "attack", "defense", "ASR (%)", "ASR Wilson (pooled)", "clean acc (%)", "Δ ASR (paired)", "Δ acc (paired)"]
+    assert fashion_block.notes == []
+    assert mnist_block.notes == [
+        'HINT is shown with parameters other than its defaults (or from a version whose defaults this one cannot '
+        'check): {"beta":0.062,"gamma":0.1,"ihvp":"exact","ratio":0.5,"schedule":[1,5],"sign":false}',
+        "not shown: 1 run(s) of hint with other parameters (ratio=0.4); backdoor badnets; see plain `report`",
+        'spectral is shown with parameters other than its defaults (or from a version whose defaults this one cannot '
+        'check): {"spectral_eps":0.1}']
+    cells = [[(c.text, c.value, c.label) for c in row] for row in fashion_block.rows]
+    assert cells == [[("badnets", None, True), ("W/o Defense", None, True),
+                      (f"{f2(800 / 900)} (n=1)", round(100 * 800 / 900, 2), False), (wil(800, 900), None, False),
+                      ("80.00 (n=1)", 80.0, False), ("–", None, False), ("–", None, False)]]
+    cells = [[(c.text, c.value) for c in row] for row in mnist_block.rows]
+    assert [[label for label, _ in row[:2]] for row in cells] == [
+        ["badnets", "W/o Defense"], ["badnets", "HINT"], ["badnets", "spectral"], ["blend", "W/o Defense"]]
+    assert [row[2:] for row in cells] == [
+        [(f"{f2(none_asr[0])} [{f2(none_asr[1])}, {f2(none_asr[2])}] (n=3)", round(100 * none_asr[0], 2)),
+         (wil(2580, 2700), None),
+         (f"{f2(none_acc[0])} [{f2(none_acc[1])}, {f2(none_acc[2])}] (n=3)", 96.0), ("–", None), ("–", None)],
+        [(f"{f2(880 / 900)} (n=1)", round(100 * 880 / 900, 2)), (wil(880, 900), None), ("90.00 (n=1)", 90.0),
+         (f"+{f2(30 / 900)} (n=1)", None), ("-5.00 (n=1)", None)],
+        [(f"{f2(spec_asr[0])} [{f2(spec_asr[1])}, {f2(spec_asr[2])}] (n=2)", round(100 * spec_asr[0], 2)),
+         (wil(185, 1800), None), ("94.00 [94.00, 94.00] (n=2)", 94.0),
+         (f"{100 * d_spec.mean():+.2f} [{100 * d_spec_ci[0]:+.2f}, {100 * d_spec_ci[1]:+.2f}] (n=2)", None),
+         (f"{100 * d_spec_acc:+.2f} (n=2)", None)],
+        [("–", None), ("–", None), ("93.00 (n=1)", 93.0), ("–", None), ("–", None)]]
+
+    def row(s, attack, method, label, beta, params, n, asr, lo, hi, hits, total, clean, d_asr, d_acc, paired):
+        wl, wh = w[(hits, total)] if total else (None, None)
+        return {"table": "backdoor", "dataset": s.split(" · ")[0], "model": "convnet", "recipe": "quick",
+                "epochs": 10, "setting": s, "attack": attack, "method": method, "row": label, "beta": beta,
+                "params": params, "n": n, "asr": asr, "asr_lo": lo, "asr_hi": hi, "asr_hits": hits, "asr_n": total,
+                "asr_wilson_low": None if wl is None else pct(wl), "asr_wilson_high": None if wh is None else pct(wh),
+                "clean_acc": clean, "asr_delta_vs_none": d_asr, "acc_delta_vs_none": d_acc, "paired_trials": paired}
+
+    hint_json = '{"beta":0.062,"gamma":0.1,"ihvp":"exact","ratio":0.5,"schedule":[1,5],"sign":false}'
+    assert table.data == [
+        row(setting["fashion"], "badnets", "none", "W/o Defense", None, "{}", 1, pct(800 / 900), None, None, 800, 900,
+            80.0, None, None, 0),
+        row(setting["mnist"], "badnets", "none", "W/o Defense", None, "{}", 3, pct(none_asr[0]), pct(none_asr[1]),
+            pct(none_asr[2]), 2580, 2700, 96.0, None, None, 0),
+        row(setting["mnist"], "badnets", "hint", "HINT", 0.062, hint_json, 1, pct(880 / 900), None, None, 880, 900,
+            90.0, pct(30 / 900), -5.0, 1),
+        row(setting["mnist"], "badnets", "spectral", "spectral", None, '{"spectral_eps":0.1}', 2, pct(spec_asr[0]),
+            pct(spec_asr[1]), pct(spec_asr[2]), 185, 1800, 94.0, pct(d_spec.mean()), pct(d_spec_acc), 2),
+        row(setting["mnist"], "blend", "none", "W/o Defense", None, "{}", 0, None, None, None, 0, 0, 93.0, None, None,
+            0)]
+    left_out = {recs[6]["run_id"], recs[-2]["run_id"], recs[-1]["run_id"]}  # HINT at ratio 0.4, clean, targeted
+    assert table.shown == {r["run_id"] for r in recs} - left_out
+    # the caption, before what `tables.build` adds (the crafts and code versions: tests/test_provenance_lines.py)
+    assert table.title == "Backdoor attacks" and table.caption.split(". Crafts: ")[0] == (
+        "The backdoors: attack success rate (ASR %: triggered test images of the other classes classified as the "
+        "target class), mean over trials [95 % t interval] (n), its Wilson interval pooled over the triggered "
+        "images, and clean test accuracy (%); Δ: the defense minus W/o Defense on the same trials (paired)")
+
+
+@pytest.mark.parametrize("attacks, expected", [
+    (("blend",), [("mnist", "blend", "W/o Defense")]),
+    (("sig", "badnets"), [("fashion", "badnets", "W/o Defense"), ("mnist", "sig", "W/o Defense"),
+                          ("mnist", "badnets", "W/o Defense"), ("mnist", "badnets", "spectral")]),
+    ((), [("fashion", "badnets", "W/o Defense"), ("mnist", "badnets", "W/o Defense"),
+          ("mnist", "badnets", "spectral"), ("mnist", "blend", "W/o Defense"), ("mnist", "sig", "W/o Defense")]),
+])
+def test_the_backdoor_tables_attacks_pick_its_rows_in_the_order_asked_and_drop_a_setting_left_empty(attacks,
+                                                                                                     expected):
+    """`--attacks` keeps only the backdoors named, in the order named (the registry's order when none is named); a
+    setting with none of them is left out, not shown as an empty block; `shown` holds the rows' runs only."""
+    from poisonbench.core.hashing import short_hash
+    from poisonbench.report import tables
+
+    recs = [backdoor_record("none", a, 0, 500, 0.9) for a in ("badnets", "blend", "sig")]
+    recs.append(backdoor_record("spectral", "badnets", 0, 50, 0.9, {"spectral_eps": 0.1}))
+    fashion = backdoor_record("none", "badnets", 0, 800, 0.8)
+    fashion["config"]["dataset"] = "fashion-mnist"
+    fashion["run_id"] = short_hash(fashion["config"])
+    recs.append(fashion)
+    table = tables.build("backdoor", recs, tables.Options(trials=1, attacks=attacks), mix="any")
+    got = [(b.title.split("-")[0], r[0].text, r[1].text) for b in table.blocks for r in b.rows]
+    assert got == expected
+    assert [(d["setting"].split("-")[0], d["attack"], d["row"]) for d in table.data] == expected
+    by_cell = {(("fashion" if r["config"]["dataset"] == "fashion-mnist" else "mnist"), r["config"]["poison"]["attack"],
+                "W/o Defense" if r["config"]["defense"]["method"] == "none" else "spectral"): r["run_id"] for r in recs}
+    assert table.shown == {by_cell[key] for key in expected}
