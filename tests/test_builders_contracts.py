@@ -1,0 +1,324 @@
+"""Tables IV and V and the paired helpers of `report/tables/builders.py`, stated whole (issue 82).
+
+The full mutmut run of builders.py (2026-11-29) found Table IV's and V's notes, columns and JSON rows pinned
+nowhere but in the golden files' one workspace: an empty Table IV, a paper column, a note's wording, the times'
+rounding, a W/o Defense under one second, a second setting's runs. Expected values are computed here from the
+records' numbers (mean, sample std, Student's t from scipy) and the paper module's figures, not read back.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from scipy import stats
+
+from poisonbench.report import paper, tables
+from poisonbench.report.tables import builders
+
+from .report_records import hint_params, make_record
+
+SETTING = "mnist-5k · convnet · quick recipe, 10 ep"
+REDUCED = ("reduced scale, not the paper's setting: mnist-5k (5,000 digits, not the full MNIST); quick recipe; 10 "
+           "epochs (paper: 30)")
+
+
+def mean_std(values):
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def t_half(values):
+    return stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+
+
+# ---- Table II, paired -----------------------------------------------------------------------------------------
+
+PAIRED_NOTE = ("paired: the defense's test accuracy minus W/o Defense's, per pair of runs with the same trial, seed, "
+               "attack mix and PoisonSets (same poisoned rows and batch order, and the same craft where the records "
+               "name it); mean ± std in points over the pairs")
+
+
+def test_table2_paired_with_the_paper_whole_its_columns_notes_and_the_row_run():
+    recs = [make_record(method="none", rho=0.4, trial=t, acc=a) for t, a in ((0, 0.5), (1, 0.6))]
+    recs += [make_record(method="hint", rho=0.4, trial=t, acc=a, params=hint_params())
+             for t, a in ((0, 0.7), (1, 0.9), (2, 0.8))]
+    recs += [make_record(method="friends", rho=0.4, trial=0, acc=0.55, params={"beta": 0.062})]
+    table = tables.build("2", recs, tables.Options(trials=2, paired=True, paper=True, diff=True), mix="any")
+    (block,) = table.blocks
+    columns = ["ρ"]
+    for label, paired in (("W/o Defense", False), ("HINT", True), ("ATDA", False), ("FRIENDS", True),
+                          ("EPIC", False)):
+        columns += [label, f"{label} (paper MNIST)", f"{label} Δ"]
+        columns += [f"{label} − W/o Defense (paired)"] if paired else []
+    assert block.columns == columns
+    assert block.notes == [
+        REDUCED, "paper column: the paper's MNIST numbers (our data: mnist-5k)",
+        'FRIENDS is shown with parameters other than its defaults (or from a version whose defaults this one cannot '
+        'check): {"beta":0.062}',
+        'HINT is shown with parameters other than its defaults (or from a version whose defaults this one cannot '
+        'check): {"beta":0.062,"gamma":0.1,"ihvp":"exact","ratio":0.5,"schedule":[1,5],"sign":true}',
+        PAIRED_NOTE,
+        "paired: 1 HINT run(s) have no W/o Defense run of the same trial and seed on the same craft of the "
+        "PoisonSets among those shown (not run yet, re-run with another --seed, or trained on another craft) and "
+        "stay out of the paired column"]
+    assert [row[0].text for row in block.rows] == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]  # --paper: its six ρ
+
+    def p(m):
+        return paper.table2("mnist", 0.4, m)
+
+    def both(m, mean):
+        return [f"{p(m)[0]:.2f} ± {p(m)[1]:.2f}", f"{mean - p(m)[0]:+.2f}" if mean is not None else "–"]
+
+    none_m, none_s = mean_std([50.0, 60.0])
+    hint_m, hint_s = mean_std([70.0, 90.0, 80.0])
+    d_m, d_s = mean_std([20.0, 30.0])  # HINT − W/o Defense on trials 0 and 1
+    assert [c.text for c in block.rows[2]] == [
+        "0.4", f"{none_m:.2f} ± {none_s:.2f}", *both("none", none_m),
+        f"{hint_m:.2f} ± {hint_s:.2f} (n=3)", *both("hint", hint_m), f"{d_m:+.2f} ± {d_s:.2f}",
+        "–", *both("atda", None), "55.00 (n=1)", *both("friends", 55.0), "+5.00 (n=1)", "–", *both("epic", None)]
+    hint = next(d for d in table.data if d["rho"] == 0.4 and d["method"] == "hint")
+    assert {k: v for k, v in hint.items() if k.startswith("paired")} == {
+        "paired_n": 2, "paired_mean": round(d_m, 4), "paired_std": round(d_s, 4),
+        "paired_ci_low": round(d_m - t_half([20.0, 30.0]), 4), "paired_ci_high": round(d_m + t_half([20.0, 30.0]), 4)}
+
+
+def test_table2_paired_without_w_o_defense_runs_has_no_paired_column_and_says_why():
+    recs = [make_record(method="hint", rho=0.4, trial=0, acc=0.7, params=hint_params())]
+    (block,) = tables.build("2", recs, tables.Options(trials=1, paired=True), mix="any").blocks
+    assert block.columns == ["ρ", "HINT"]
+    assert block.notes[-1] == "no paired column: this setting has no W/o Defense runs to pair with"
+    assert PAIRED_NOTE not in block.notes
+
+
+# ---- Table IV ------------------------------------------------------------------------------------------------
+
+def table4_records():
+    recs = [make_record(method="hint", rho=0.6, trial=t, acc=a, params=hint_params(ratio=0.5))
+            for t, a in ((0, 0.9), (1, 0.92))]
+    recs += [make_record(method="hint", rho=0.6, trial=0, acc=0.8, params=hint_params(ratio=0.25))]
+    recs += [make_record(method="hint", rho=0.6, trial=0, acc=0.85, params=hint_params(beta=0.125))]
+    recs += [make_record(method="hint", rho=0.6, trial=0, acc=0.5, params={**hint_params(), "gamma": 0.2})]
+    recs += [make_record(method="none", rho=0.6, trial=0, acc=0.7)]  # not HINT: not in Table IV
+    return recs
+
+
+@pytest.mark.parametrize("with_paper", [False, True])
+def test_table4_whole_its_columns_notes_cells_json_rows_and_runs_shown(with_paper):
+    recs = table4_records()
+    opts = tables.Options(trials=2, paper=with_paper, diff=with_paper)
+    table = tables.build("4", recs, opts, mix="any")
+    assert table.number == "4" and table.caption.split(". Crafts: ")[0] == (
+        "Sensitivity of HINT to r (β = 0.062) and β (r = 0.5) under the untargeted mix, test accuracy (%)")
+    (block,) = table.blocks
+    assert block.title == "HINT at ρ = 0.6"
+    assert block.columns == ["parameter", "value", SETTING] + (["paper MNIST", "mnist-5k Δ"] if with_paper else [])
+    assert block.notes == [
+        "runs at ρ = 0.6 (the paper's)", f"{SETTING}: {REDUCED}",
+        *([f"{SETTING}: paper column: the paper's MNIST numbers (our data: mnist-5k)"] if with_paper else []),
+        f"{SETTING}: not shown: 1 run(s) of hint with other parameters (gamma=0.2); see the plain `report`"]
+    m, s = mean_std([90.0, 92.0])
+    ours = {("ratio", 0.25): [80.0], ("ratio", 0.5): [90.0, 92.0], ("beta", 0.062): [90.0, 92.0],
+            ("beta", 0.125): [85.0]}
+    expected_rows, expected_data = [], []
+    for param, grid, sym in (("ratio", (0.25, 0.5, 0.75, 1.0), "r"), ("beta", (0.031, 0.062, 0.125, 0.251), "β")):
+        for j, value in enumerate(grid):
+            values = ours.get((param, value), [])
+            text = ("–" if not values else f"{values[0]:.2f} (n=1)" if len(values) == 1 else f"{m:.2f} ± {s:.2f}")
+            row = [sym if j == 0 else "", f"{value:g}" if f"{value:g}" != "1" else "1.0", text]
+            p = paper.table4("mnist", param, value)
+            mean = statistics.mean(values) if values else None
+            if with_paper:
+                row += [f"{p[0]:.2f} ± {p[1]:.2f}", f"{mean - p[0]:+.2f}" if values else "–"]
+            expected_rows.append(row)
+            n = len(values)
+            expected_data.append({
+                "table": "IV", "dataset": "mnist-5k", "model": "convnet", "recipe": "quick", "epochs": 10,
+                "setting": SETTING, "reduced_scale": True, "rho": 0.6, "parameter": param, "value": value, "n": n,
+                "mean": round(mean, 4) if n else None, "std": round(s, 4) if n == 2 else None,
+                "ci_low": round(m - t_half(values), 4) if n == 2 else None,
+                "ci_high": round(m + t_half(values), 4) if n == 2 else None,
+                # the JSON rows carry the paper's numbers with or without --paper (the columns follow the option)
+                "paper_mean": p[0], "paper_std": p[1], "diff": round(mean - p[0], 4) if n else None})
+    assert [[c.text for c in row] for row in block.rows] == expected_rows
+    assert block.rules == {4}  # the rule between r's rows and β's
+    assert table.data == expected_data
+    assert table.shown == {r["run_id"] for r in recs[:4]}
+
+
+def test_table4_without_hint_runs_at_its_rho_is_the_empty_table_iv():
+    recs = table4_records()
+    table = tables.build("4", recs, tables.Options(trials=2, rho=0.4), mix="any")
+    assert (table.number, table.blocks, table.data, table.shown) == ("4", [], [], set())
+    assert table.caption == ("Sensitivity of HINT to r (β = 0.062) and β (r = 0.5) under the untargeted mix, test "
+                             "accuracy (%)")
+    assert table.empty
+
+
+def test_table4_at_another_rho_says_so_and_gives_no_paper_numbers():
+    recs = [make_record(method="hint", rho=0.4, trial=0, acc=0.9, params=hint_params())]
+    table = tables.build("4", recs, tables.Options(trials=1, rho=0.4, paper=True, diff=True), mix="any")
+    (block,) = table.blocks
+    assert block.title == "HINT at ρ = 0.4" and block.columns == ["parameter", "value", SETTING]
+    assert block.notes == ["runs at ρ = 0.4 (the paper's Table IV is at ρ = 0.6: no paper numbers)",
+                           f"{SETTING}: {REDUCED}"]
+    assert all(d["paper_mean"] is None and d["diff"] is None for d in table.data)
+
+
+# ---- Table V -------------------------------------------------------------------------------------------------
+
+def table5_records():
+    # make_record: time = cost.train + defense_prepare + defense_epoch = seconds − 1
+    recs = [make_record(method="none", rho=0.6, trial=t, acc=0.9, seconds=s) for t, s in ((0, 11.0), (1, 13.013))]
+    recs += [make_record(method="hint", rho=0.6, trial=t, acc=0.9, seconds=s, defense_seconds=d,
+                         params=hint_params()) for t, s, d in ((0, 31.0, 20.0), (1, 35.0, 22.0))]
+    recs += [make_record(method="hint", rho=0.6, trial=0, acc=0.9, seconds=21.0, defense_seconds=8.0,
+                         params=hint_params(ratio=0.25))]
+    recs += [make_record(method="hint", rho=0.6, trial=0, acc=0.9, seconds=21.0, defense_seconds=8.0,
+                         params=hint_params(beta=0.125))]  # another β: Table IV's, neither shown nor noted
+    recs += [make_record(method="hint", rho=0.6, trial=0, acc=0.9, seconds=21.0, defense_seconds=8.0,
+                         params={**hint_params(), "gamma": 0.2})]
+    recs += [make_record(method="friends", rho=0.6, trial=0, acc=0.9, seconds=25.0, defense_seconds=5.0,
+                         params={"beta": 0.062})]
+    recs += [make_record(method="friends", rho=0.6, trial=0, acc=0.9, seconds=25.0, defense_seconds=5.0,
+                         params={"beta": 0.1})]
+    recs += [make_record(method="knn", rho=0.6, trial=0, acc=0.9, seconds=16.0, defense_seconds=2.0)]
+    recs[1]["compiled"] = True
+    return recs
+
+
+@pytest.mark.parametrize("with_paper", [False, True])
+def test_table5_whole_its_columns_notes_cells_json_rows_and_runs_shown(with_paper):
+    recs = table5_records()
+    opts = tables.Options(trials=2, paper=with_paper, diff=with_paper, ci=with_paper)
+    table = tables.build("5", recs, opts, mix="any")
+    (block,) = table.blocks
+    assert block.title == SETTING
+    assert block.columns == ["method", "time (s)", "defense (s)", "× none"] + (
+        ["paper CIFAR-10 time (s)", "paper × none", "Δ × none"] if with_paper else [])
+    assert block.notes == [
+        "runs at ρ = 0.6; time = training + the defense's own work (cost.train + defense_prepare + defense_epoch); "
+        "× none = mean time / mean time of W/o Defense", REDUCED,
+        *(["paper column: the paper's CIFAR-10 numbers (our data: mnist-5k)"] if with_paper else []),
+        "not shown: 1 run(s) of hint with other parameters (gamma=0.2); see Table IV / plain `report`",
+        "not shown: 1 run(s) of friends with other parameters (beta=0.1); see Table IV / plain `report`",
+        "times mix 1 compiled and 6 eager run(s) (torch.compile); compare times only within one mode "
+        "(`--compile on|off`)"]
+    times = {("none", None): ([10.0, 12.013], [0.0, 0.0]), ("hint", 0.25): ([20.0], [8.0]),
+             ("hint", 0.5): ([30.0, 34.0], [20.0, 22.0]), ("hint", 0.75): ([], []), ("hint", 1.0): ([], []),
+             ("friends", None): ([24.0], [5.0]), ("knn", None): ([15.0], [2.0])}
+    order = [("none", None), ("hint", 0.25), ("hint", 0.5), ("hint", 0.75), ("hint", 1.0)]
+    order += [("atda", None)] if with_paper else []  # --paper lists every method of the paper's table
+    order += [("friends", None)] + ([("epic", None)] if with_paper else []) + [("knn", None)]
+    labels = {"none": "W/o Defense", "atda": "ATDA", "friends": "FRIENDS", "epic": "EPIC", "knn": "knn"}
+    none_mean = statistics.mean(times[("none", None)][0])
+    rows, data = [], []
+    for m, r in order:
+        t, d = times.get((m, r), ([], []))
+        label = f"HINT (r = {r:g})" if m == "hint" and r != 1.0 else "HINT (r = 1.0)" if m == "hint" else labels[m]
+        p = paper.table5(m, r)
+        pratio = p / paper.table5("none") if p is not None else None
+        ratio = statistics.mean(t) / none_mean if t else None
+        if t:
+            text = f"{statistics.mean(t):.1f}"
+            if len(t) > 1:
+                text += f" ± {statistics.stdev(t):.1f}"
+                if with_paper:
+                    text += f" [{statistics.mean(t) - t_half(t):.1f}, {statistics.mean(t) + t_half(t):.1f}]"
+            text += " (n=1)" if len(t) == 1 else ""
+            row = [label, text, f"{statistics.mean(d):.1f}", f"{ratio:.2f}×"]
+        else:
+            row = [label, "–", "–", "–"]  # an empty cell
+        if with_paper:
+            row += [f"{p:.0f}" if p is not None else "–", f"{pratio:.2f}×" if pratio else "–",
+                    f"{ratio - pratio:+.2f}" if ratio is not None and pratio is not None else "–"]
+        rows.append(row)
+        data.append({"table": "V", "dataset": "mnist-5k", "model": "convnet", "recipe": "quick", "epochs": 10,
+                     "setting": SETTING, "reduced_scale": True, "rho": 0.6, "method": m, "ratio": r, "n": len(t),
+                     "time_mean": round(statistics.mean(t), 2) if t else None,
+                     "time_std": round(statistics.stdev(t), 2) if len(t) > 1 else None,
+                     "defense_mean": round(statistics.mean(d), 2) if d else None,
+                     "x_none": round(ratio, 4) if ratio is not None else None, "paper_time": p,
+                     "paper_x_none": round(pratio, 4) if pratio is not None else None,
+                     "diff_x_none": round(ratio - pratio, 4) if ratio is not None and pratio is not None else None})
+    assert [[c.text for c in row] for row in block.rows] == rows
+    assert table.data == data
+    assert table.shown == {r["run_id"] for i, r in enumerate(recs) if i not in (5, 6, 8)}
+
+
+@pytest.mark.parametrize("none_seconds, ratio_text", [(1.5, "6.00×"), (1.0, "–")])
+def test_table5_divides_by_a_w_o_defense_under_a_second_and_never_by_zero(none_seconds, ratio_text):
+    """× none for a W/o Defense of 0.5 s (a tiny run) is 3.0 / 0.5; of 0 s it is '–', not a division by zero."""
+    recs = [make_record(method="none", rho=0.6, trial=0, acc=0.9, seconds=none_seconds),
+            make_record(method="knn", rho=0.6, trial=0, acc=0.9, seconds=4.0, defense_seconds=1.0)]
+    table = tables.build("5", recs, tables.Options(trials=1), mix="any")
+    assert [c.text for c in table.blocks[0].rows[1]] == ["knn", "3.0", "1.0", ratio_text]
+    assert table.data[1]["x_none"] == (None if ratio_text == "–" else 6.0)
+
+
+def test_table5_at_a_rho_asked_and_over_two_settings_shows_the_runs_of_both():
+    recs = [make_record(method="none", rho=0.4, trial=0, acc=0.9, seconds=11.0),
+            make_record(method="none", rho=0.6, trial=0, acc=0.9, seconds=11.0),
+            make_record(dataset="fashion-mnist", method="none", rho=0.4, trial=0, acc=0.8, seconds=21.0)]
+    table = tables.build("5", recs, tables.Options(trials=1, rho=0.4), mix="any")
+    assert [b.title.split(" · ")[0] for b in table.blocks] == ["fashion-mnist", "mnist-5k"]
+    assert [b.notes[0].split(";")[0] for b in table.blocks] == ["runs at ρ = 0.4"] * 2
+    assert [[c.text for c in b.rows[0]] for b in table.blocks] == [["W/o Defense", "20.0", "0.0", "1.00×"],
+                                                                  ["W/o Defense", "10.0", "0.0", "1.00×"]]
+    assert table.shown == {recs[0]["run_id"], recs[2]["run_id"]}
+
+
+# ---- the paired helpers --------------------------------------------------------------------------------------
+
+def test_paired_data_is_every_field_in_points_and_empty_without_pairs():
+    st = tables.stat([0.01, 0.03, 0.08])
+    m, s = mean_std([1.0, 3.0, 8.0])
+    half = t_half([1.0, 3.0, 8.0])
+    assert builders.paired_data(st) == {"paired_n": 3, "paired_mean": round(m, 4), "paired_std": round(s, 4),
+                                        "paired_ci_low": round(m - half, 4), "paired_ci_high": round(m + half, 4)}
+    assert builders.paired_data(None) == {"paired_n": 0, "paired_mean": None, "paired_std": None,
+                                          "paired_ci_low": None, "paired_ci_high": None}
+
+
+@pytest.mark.parametrize("given", ["HINT (β 0.3, signed)", "hint (beta 0.3, signed)", "  HINT  (BETA 0.3,   signed) "])
+def test_versus_names_a_row_by_its_label_whatever_its_case_spacing_or_beta(given):
+    labels = {"hint@0.3": "HINT (β 0.3, signed)"}
+    assert builders.normal_row_name(given) == "hint (beta 0.3, signed)"
+    assert builders.versus_row(given, ["none", "hint@0.3"], labels) == "hint@0.3"
+    assert builders.versus_row("hint (beta 0.3 signed)", ["none", "hint@0.3"], labels) is None
+
+
+def test_the_budget_note_names_every_attack_eps_in_order_or_none():
+    import pandas as pd
+
+    frame = pd.DataFrame({"poisons_json": ['{"eps": 0.3}', '{"eps": 0.0627}', "", '{"eps": 0.3}', "{}"]})
+    head = ("β: the defense's own perturbation budget (L∞, pixel units; HINT's and FRIENDS' noise bound, ATDA's "
+            "adversary), one row per β run; the paper's is 0.062, chosen for 16/255 attacks")
+    assert builders.budget_note(frame) == head + "; the attacks' ε here: 0.0627, 0.3"
+    assert builders.budget_note(frame.iloc[[2, 4]]) == head
+
+
+def paired_frame(successes, tensors=None, accs=None):
+    import pandas as pd
+
+    n = len(successes)
+    return pd.DataFrame({"trial": range(n), "seed": range(n), "mix": [""] * n, "poisons_json": ["p"] * n,
+                         "poison_tensors_json": tensors or [""] * n, "success": successes,
+                         "test_acc": accs or [0.5] * n})
+
+
+def test_paired_targets_and_stat_need_both_sides_and_count_only_known_outcomes():
+    rows = paired_frame([True, False, None, True])
+    base = paired_frame([True, True, True, None])
+    assert builders.paired_targets(rows, None) is None and builders.paired_targets(None, base) is None
+    assert builders.paired_stat(rows, None) is None and builders.paired_stat(None, base) is None
+    ps = builders.paired_targets(rows, base)
+    assert (ps.n, ps.second_only, ps.first_only) == (2, 1, 0)  # trials 0 and 1: the others lack an outcome
+
+
+def test_a_pair_whose_baseline_names_no_craft_is_kept_and_one_of_another_craft_is_not():
+    rows = paired_frame([True, True, True], tensors=["a", "a", "a"], accs=[0.6, 0.7, 0.8])
+    base = paired_frame([True, True, True], tensors=["a", "", "b"], accs=[0.5, 0.5, 0.5])
+    pairs = builders.run_pairs(rows, base, "test_acc")
+    assert list(pairs.trial) == [0, 1]
+    st = builders.paired_stat(rows, base)
+    assert st.n == 2 and st.mean == pytest.approx(0.15)
