@@ -630,3 +630,42 @@ def test_the_backdoor_tables_attacks_pick_its_rows_in_the_order_asked_and_drop_a
     by_cell = {(("fashion" if r["config"]["dataset"] == "fashion-mnist" else "mnist"), r["config"]["poison"]["attack"],
                 "W/o Defense" if r["config"]["defense"]["method"] == "none" else "spectral"): r["run_id"] for r in recs}
     assert table.shown == {by_cell[key] for key in expected}
+
+
+def test_a_backdoor_cell_clips_its_interval_at_100_and_names_a_kind_left_out_and_an_empty_rows_labels():
+    """The t interval of ASRs far apart (890 and 500 of 900) reaches past 100 % and is clipped there; a run whose
+    poisons are of another kind (ε 12, older) is left out with a note naming the backdoor; an empty row's first two
+    cells are labels."""
+    from poisonbench.core.hashing import short_hash
+    from poisonbench.report import tables
+
+    recs = [backdoor_record("none", "badnets", t, h, 0.95) for t, h in ((0, 890), (1, 500))]
+    other = backdoor_record("none", "badnets", 2, 10, 0.95)
+    other["config"]["poison"]["eps"] = 12.0
+    other["finished_at"] = "2024-01-01T00:00:00+00:00"
+    other["run_id"] = short_hash(other["config"])
+    recs.append(other)
+    recs += [backdoor_record("spectral", "blend", 0, 50, 0.9, {"spectral_eps": 0.1})]
+    table = tables.build("backdoor", recs, tables.Options(trials=2), mix="any")
+    (block,) = table.blocks
+    none = next(d for d in table.data if d["attack"] == "badnets" and d["method"] == "none")
+    assert (none["n"], none["asr_lo"], none["asr_hi"]) == (2, 0.0, 100.0)  # the interval clipped at both ends
+    assert block.rows[0][2].text == "77.22 [0.00, 100.00] (n=2)"  # (890 + 500) / 1800
+    assert block.notes[0] == ("not shown: 1 badnets run(s) whose poisons differ in ε, budget or attack parameters "
+                              "from the column's newest run (a column shows one kind)")
+    empty = next(r for r in block.rows if r[0].text == "blend" and r[1].text == "W/o Defense")
+    assert [(c.text, c.label) for c in empty] == [("blend", True), ("W/o Defense", True)] + [("–", False)] * 5
+
+
+def test_paired_takes_one_run_a_trial_on_the_trials_both_ran():
+    """`paired` (the Δ columns): one difference per trial both sides ran, a trial's first run where a frame holds two
+    (`report` keeps the newest per trial before this; a caller with its own frame gets the same contract)."""
+    import pandas as pd
+
+    from poisonbench.report.tables.backdoor import paired
+
+    chosen = pd.DataFrame({"trial": [0, 0, 1, 3], "asr": [0.1, 0.9, 0.2, 0.5], "run_id": ["a", "b", "c", "d"]})
+    base = pd.DataFrame({"trial": [0, 1, 1, 2], "asr": [0.5, 0.6, 0.0, 0.7], "run_id": ["e", "f", "g", "h"]})
+    st = paired(chosen, base, "asr")
+    assert st.n == 2 and st.mean == pytest.approx(((0.1 - 0.5) + (0.2 - 0.6)) / 2)
+    assert paired(chosen[chosen.trial == 3], base, "asr") is None
