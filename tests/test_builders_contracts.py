@@ -90,6 +90,24 @@ def test_table2_paired_without_w_o_defense_runs_has_no_paired_column_and_says_wh
     assert PAIRED_NOTE not in block.notes
 
 
+def test_table2_on_another_mix_has_no_paper_column_note_and_warns_of_pooled_mixes():
+    """Runs on mixes other than the paper's: no paper column and no "paper column: ..." note even with --paper, one
+    note saying why, and a warning that two mixes are pooled in the setting's cells."""
+    from poisonbench.core.hashing import short_hash
+
+    recs = []
+    for trial, mix in ((0, ["pgd"]), (1, ["pgd", "dap"])):
+        r = make_record(method="none", rho=0.4, trial=trial, acc=0.5)
+        r["config"]["poison"]["attacks"] = mix
+        r["run_id"] = short_hash(r["config"])
+        recs.append(r)
+    (block,) = tables.build("2", recs, tables.Options(trials=1, paper=True), mix="any").blocks
+    assert block.columns == ["ρ", "W/o Defense", "HINT", "ATDA", "FRIENDS", "EPIC"]
+    assert block.notes == [
+        REDUCED, "no paper numbers: the paper's are for the mix PGD+DAP+DURP+DC, these runs are on pgd | pgd,dap",
+        "warning: runs with different attack mixes are pooled: pgd | pgd,dap"]
+
+
 # ---- Table IV ------------------------------------------------------------------------------------------------
 
 def table4_records():
@@ -145,6 +163,16 @@ def test_table4_whole_its_columns_notes_cells_json_rows_and_runs_shown(with_pape
     assert table.shown == {r["run_id"] for r in recs[:4]}
 
 
+def test_table4_names_what_a_left_out_run_changes_against_the_first_cell_shown_when_the_papers_is_empty():
+    """No run at the paper's cell (r 0.5, β 0.062): the left-out run is described against the first cell shown
+    (r 0.25), so only what differs from it is named (γ), not every parameter."""
+    recs = [make_record(method="hint", rho=0.6, trial=0, acc=0.8, params=hint_params(ratio=0.25)),
+            make_record(method="hint", rho=0.6, trial=0, acc=0.5, params={**hint_params(ratio=0.25), "gamma": 0.2})]
+    (block,) = tables.build("4", recs, tables.Options(trials=1), mix="any").blocks
+    assert block.notes[-1] == (f"{SETTING}: not shown: 1 run(s) of hint with other parameters (gamma=0.2); see the "
+                               "plain `report`")
+
+
 def test_table4_without_hint_runs_at_its_rho_is_the_empty_table_iv():
     recs = table4_records()
     table = tables.build("4", recs, tables.Options(trials=2, rho=0.4), mix="any")
@@ -177,8 +205,8 @@ def table5_records():
                          params=hint_params(beta=0.125))]  # another β: Table IV's, neither shown nor noted
     recs += [make_record(method="hint", rho=0.6, trial=0, acc=0.9, seconds=21.0, defense_seconds=8.0,
                          params={**hint_params(), "gamma": 0.2})]
-    recs += [make_record(method="friends", rho=0.6, trial=0, acc=0.9, seconds=25.0, defense_seconds=5.0,
-                         params={"beta": 0.062})]
+    recs += [make_record(method="friends", rho=0.6, trial=0, acc=0.9, seconds=25.0, defense_seconds=5.0125,
+                         params={"beta": 0.062})]  # a third decimal: the JSON rounds to two
     recs += [make_record(method="friends", rho=0.6, trial=0, acc=0.9, seconds=25.0, defense_seconds=5.0,
                          params={"beta": 0.1})]
     recs += [make_record(method="knn", rho=0.6, trial=0, acc=0.9, seconds=16.0, defense_seconds=2.0)]
@@ -205,7 +233,7 @@ def test_table5_whole_its_columns_notes_cells_json_rows_and_runs_shown(with_pape
         "(`--compile on|off`)"]
     times = {("none", None): ([10.0, 12.013], [0.0, 0.0]), ("hint", 0.25): ([20.0], [8.0]),
              ("hint", 0.5): ([30.0, 34.0], [20.0, 22.0]), ("hint", 0.75): ([], []), ("hint", 1.0): ([], []),
-             ("friends", None): ([24.0], [5.0]), ("knn", None): ([15.0], [2.0])}
+             ("friends", None): ([24.0], [5.0125]), ("knn", None): ([15.0], [2.0])}
     order = [("none", None), ("hint", 0.25), ("hint", 0.5), ("hint", 0.75), ("hint", 1.0)]
     order += [("atda", None)] if with_paper else []  # --paper lists every method of the paper's table
     order += [("friends", None)] + ([("epic", None)] if with_paper else []) + [("knn", None)]
