@@ -90,6 +90,16 @@ def test_table2_paired_without_w_o_defense_runs_has_no_paired_column_and_says_wh
     assert PAIRED_NOTE not in block.notes
 
 
+def test_table2_paired_gives_no_paired_column_to_a_method_whose_runs_are_all_left_out():
+    """HINT's only run is off the paper's parameters (r 0.25): its Table II column is empty and left-out noted, and
+    it gets no paired column (nothing of it is shown to pair)."""
+    recs = [make_record(method="none", rho=0.4, trial=0, acc=0.5),
+            make_record(method="hint", rho=0.4, trial=0, acc=0.7, params=hint_params(ratio=0.25))]
+    (block,) = tables.build("2", recs, tables.Options(trials=1, paired=True), mix="any").blocks
+    assert block.columns == ["ρ", "W/o Defense", "HINT"]
+    assert [c.text for c in block.rows[0]] == ["0.4", "50.00", "–"]
+
+
 def test_table2_on_another_mix_has_no_paper_column_note_and_warns_of_pooled_mixes():
     """Runs on mixes other than the paper's: no paper column and no "paper column: ..." note even with --paper, one
     note saying why, and a warning that two mixes are pooled in the setting's cells."""
