@@ -100,6 +100,17 @@ def test_table2_paired_gives_no_paired_column_to_a_method_whose_runs_are_all_lef
     assert [c.text for c in block.rows[0]] == ["0.4", "50.00", "–"]
 
 
+def test_table2_rows_are_the_rho_asked_or_every_rho_run_float_noise_kept_in_one_row():
+    """`--rho` shows that row only; otherwise one row per ρ run, a ρ stored with float noise (0.3 + 4e-7) in the
+    same row as 0.3, and ρ 0.2 in a row of its own."""
+    recs = [make_record(method="none", rho=rho, trial=t, acc=0.5 + t / 10)
+            for t, rho in ((0, 0.3), (1, 0.3 + 4e-7), (2, 0.2))]
+    (block,) = tables.build("2", recs, tables.Options(trials=2), mix="any").blocks
+    assert [[c.text for c in row] for row in block.rows] == [["0.2", "70.00 (n=1)"], ["0.3", "55.00 ± 7.07"]]
+    (block,) = tables.build("2", recs, tables.Options(trials=1, rho=0.2), mix="any").blocks
+    assert [[c.text for c in row] for row in block.rows] == [["0.2", "70.00"]]
+
+
 def test_table2_on_another_mix_has_no_paper_column_note_and_warns_of_pooled_mixes():
     """Runs on mixes other than the paper's: no paper column and no "paper column: ..." note even with --paper, one
     note saying why, and a warning that two mixes are pooled in the setting's cells."""
