@@ -645,9 +645,11 @@ def test_a_backdoor_cell_clips_its_interval_at_100_and_names_a_kind_left_out_and
     other["finished_at"] = "2024-01-01T00:00:00+00:00"
     other["run_id"] = short_hash(other["config"])
     recs.append(other)
-    recs += [backdoor_record("spectral", "blend", 0, 50, 0.9, {"spectral_eps": 0.1})]
+    recs += [backdoor_record("spectral", "blend", 0, 50, 0.91236, {"spectral_eps": 0.1})]
     table = tables.build("backdoor", recs, tables.Options(trials=2), mix="any")
     (block,) = table.blocks
+    spectral = next(r for r in block.rows if r[0].text == "blend" and r[1].text == "spectral")
+    assert (spectral[4].text, spectral[4].value) == ("91.24 (n=1)", 91.24)  # the cell's value to two decimals
     none = next(d for d in table.data if d["attack"] == "badnets" and d["method"] == "none")
     assert (none["n"], none["asr_lo"], none["asr_hi"]) == (2, 0.0, 100.0)  # the interval clipped at both ends
     assert block.rows[0][2].text == "77.22 [0.00, 100.00] (n=2)"  # (890 + 500) / 1800
