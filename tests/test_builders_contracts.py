@@ -371,3 +371,26 @@ def test_a_pair_whose_baseline_names_no_craft_is_kept_and_one_of_another_craft_i
     assert list(pairs.trial) == [0, 1]
     st = builders.paired_stat(rows, base)
     assert st.n == 2 and st.mean == pytest.approx(0.15)
+
+
+# ---- Table II's caption --------------------------------------------------------------------------------------
+
+CAPTION_2 = ("Test accuracy (%) defending against the untargeted mix (PGD+DAP+DURP+DC) at poison ratio ρ; HINT r = "
+             "0.5, β = 0.062")
+
+
+@pytest.mark.parametrize("mixes, poison_sets, caption", [
+    (["pgd,dap,durp,deepconfuse", ""], ["", ""], CAPTION_2),  # the paper's mix (and clean runs, no mix)
+    (["pgd"], [""], CAPTION_2.replace("mix (PGD+DAP+DURP+DC)", "attack (PGD)")),
+    (["pgd,deepconfuse", "pgd,deepconfuse"], ["", ""], CAPTION_2.replace("(PGD+DAP+DURP+DC)", "(PGD+DC)")),
+    (["em,durp"], [""], CAPTION_2.replace("(PGD+DAP+DURP+DC)", "(em+DURP)")),  # a name without a label kept
+    (["pgd", "dap"], ["", ""], CAPTION_2),  # two mixes pooled: the caption names neither (a note warns)
+    (["pgd,dap,durp,deepconfuse"] * 3, ["b1", "", "a2"],
+     CAPTION_2 + "; PoisonSets chosen with --poisons: a2 | b1"),
+    ([], [], CAPTION_2),
+])
+def test_table2s_caption_names_a_single_mix_or_attack_and_the_poisonsets_chosen(mixes, poison_sets, caption):
+    import pandas as pd
+
+    frame = pd.DataFrame({"mix": mixes, "poison_sets": poison_sets}, dtype=object)
+    assert builders.table2_caption(frame) == caption
