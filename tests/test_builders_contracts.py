@@ -394,3 +394,59 @@ def test_table2s_caption_names_a_single_mix_or_attack_and_the_poisonsets_chosen(
 
     frame = pd.DataFrame({"mix": mixes, "poison_sets": poison_sets}, dtype=object)
     assert builders.table2_caption(frame) == caption
+
+
+# ---- Table III's helpers: what a filter removed, pooled cells, the paper's mix --------------------------------
+
+def test_removal_cell_sums_the_counted_trials_and_gives_the_clean_share_whole():
+    import math
+
+    import pandas as pd
+
+    from poisonbench.report.tables.layout import Cell
+
+    rows = pd.DataFrame({"poisons_removed": [30, 20, math.nan], "poisons": [40, 40, 40],
+                         "clean_removed": [100, 23, 7], "clean": [4000, 4000, 4000]})
+    cell, data = builders.removal_cell(rows)  # the third trial counted nothing: left out of both sums
+    assert cell == Cell(f"50/80 poisons, {100 * 123 / 8000:.1f} % clean", 0.625)
+    assert data == {"poisons_removed": 50, "poisons": 80, "clean_removed": 123, "clean": 8000}
+    cell, data = builders.removal_cell(rows.assign(poisons=0, clean=0))
+    assert (cell.text, cell.value, data) == ("50/0 poisons, 0.0 % clean", None,
+                                             {"poisons_removed": 50, "poisons": 0, "clean_removed": 123, "clean": 0})
+    assert builders.removal_cell(rows.iloc[2:]) == (Cell(), {})  # nothing counted
+    assert builders.removal_cell(rows.drop(columns="poisons_removed")) == (Cell(), {})  # not a removing defense
+    assert builders.removal_cell(None) == (Cell(), {})
+
+
+def test_targeted_pooling_notes_warn_of_each_cell_of_two_budgets_or_scenarios_whole():
+    import math
+
+    import pandas as pd
+
+    def cell(attack, rhos, scenarios):
+        return pd.DataFrame({"attack": attack, "rho": rhos, "scenario": scenarios})
+
+    chosen = {"none": pd.concat([cell("gm", [0.01, 0.02], ["scratch", "scratch"]),
+                                 cell("bp", [0.01, 0.01], ["transfer", "transfer"])]),
+              "hint": cell("fc", [0.01, math.nan, 0.01], ["transfer", "scratch", "transfer"]),
+              "friends": None, "epic": cell("mp", [0.25, 0.25], ["scratch", "scratch"])}
+    assert builders.targeted_pooling_notes(chosen) == [
+        "warning: W/o Defense / GM pools runs of poison budgets 0.01, 0.02 and scenarios scratch",
+        "warning: HINT / FC-mean pools runs of poison budgets 0.01 and scenarios scratch, transfer"]
+
+
+@pytest.mark.parametrize("mixes, ok, notes", [
+    ([], True, []),
+    (["", ""], True, []),  # clean runs only
+    (["pgd,dap,durp,deepconfuse", ""], True, []),
+    (["pgd", "pgd,dap", ""], False, ["no paper numbers: the paper's are for the mix PGD+DAP+DURP+DC, these runs are "
+                                     "on pgd | pgd,dap"]),
+    (["pgd,dap,durp,deepconfuse", "pgd"], False, ["no paper numbers: the paper's are for the mix PGD+DAP+DURP+DC, "
+                                                  "these runs are on pgd | pgd,dap,durp,deepconfuse"]),
+])
+def test_paper_mix_only_is_true_only_for_the_papers_mix_and_says_why_not(mixes, ok, notes):
+    import pandas as pd
+
+    got: list[str] = []
+    assert builders.paper_mix_only(pd.DataFrame({"mix": mixes}, dtype=object), got) is ok
+    assert got == notes
