@@ -450,3 +450,47 @@ def test_paper_mix_only_is_true_only_for_the_papers_mix_and_says_why_not(mixes, 
     got: list[str] = []
     assert builders.paper_mix_only(pd.DataFrame({"mix": mixes}, dtype=object), got) is ok
     assert got == notes
+
+
+@pytest.mark.parametrize("diff, lo, hi, p, text", [
+    (-0.5, -0.7134, -0.2249, 0.0063477, "Δ -50 pp [-71, -22] · 11 saved, 1 new of 20 · p 0.0063"),
+    (0.1, -0.0449, 0.2551, 0.625, "Δ +10 pp [-4, +26] · 11 saved, 1 new of 20 · p 0.62"),
+    (-0.004, -0.0049, 0.004, 1.0, "Δ +0 pp [+0, +0] · 11 saved, 1 new of 20 · p 1"),  # −0 printed +0
+])
+def test_a_paired_success_cell_is_its_difference_interval_discordant_targets_and_p_whole(diff, lo, hi, p, text):
+    from poisonbench.report.tables.stats import PairedSuccess
+
+    ps = PairedSuccess(n=20, both=3, first_only=1, second_only=11, neither=5, diff=diff, lo=lo, hi=hi, p=p)
+    cell, data = builders.paired_success_cell(ps)
+    assert cell.text == text and cell.value is None
+    assert data == {"paired_targets": 20, "paired_saved": 11, "paired_new": 1, "paired_diff": round(100 * diff, 4),
+                    "paired_low": round(100 * lo, 4), "paired_high": round(100 * hi, 4), "paired_p": round(p, 6)}
+    cell, data = builders.paired_success_cell(None)
+    assert cell.text == "–" and data == {"paired_targets": 0, "paired_saved": None, "paired_new": None,
+                                        "paired_diff": None, "paired_low": None, "paired_high": None,
+                                        "paired_p": None}
+
+
+def targeted(method, trial, success, dataset="mnist-5k", params=None):
+    return make_record(dataset=dataset, method=method, trial=trial, params=params, targeted={
+        "attack": "gm", "target_index": trial, "target_class": 1, "intended_class": 2, "success": success})
+
+
+def test_table3_with_the_paper_says_its_column_is_cifar10s_whatever_the_data():
+    """The paper's Table III is CIFAR-10 only: beside mnist-5k its column is labelled and noted as CIFAR-10's."""
+    recs = [targeted("none", 0, True), targeted("none", 1, False)]
+    (block,) = tables.build("3", recs, tables.Options(trials=2, paper=True), mix="any").blocks
+    assert block.notes[:2] == [REDUCED, "paper column: the paper's CIFAR-10 numbers (our data: mnist-5k)"]
+    assert "GM (paper CIFAR-10)" in block.columns
+
+
+def test_table3_versus_a_row_no_block_has_lists_the_rows_of_every_block():
+    from poisonbench.core.errors import PoisonbenchError
+
+    recs = [targeted("none", 0, True), targeted("hint", 0, False, params=hint_params()),
+            targeted("none", 0, True, dataset="fashion-mnist"),
+            targeted("friends", 0, True, dataset="fashion-mnist", params={"beta": 0.062})]
+    with pytest.raises(PoisonbenchError) as err:
+        tables.build("3", recs, tables.Options(trials=1, paired=True, versus="atda"), mix="any")
+    assert str(err.value) == ("--versus 'atda': no row of Table III with runs is named that; rows: FRIENDS, HINT, "
+                              "W/o Defense")
