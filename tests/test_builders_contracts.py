@@ -406,7 +406,10 @@ def test_removal_cell_sums_the_counted_trials_and_gives_the_clean_share_whole():
     from poisonbench.report.tables.layout import Cell
 
     rows = pd.DataFrame({"poisons_removed": [30, 20, math.nan], "poisons": [40, 40, 40],
-                         "clean_removed": [100, 23, 7], "clean": [4000, 4000, 4000]})
+                         "clean_removed": [100, 23, 7], "clean": [4000, 4000, 4000],
+                         "asr": [math.nan, 1.0, 1.0]})  # a gap in another column leaves a trial counted
+    one_third, _ = builders.removal_cell(rows.iloc[1:2].assign(poisons_removed=1, poisons=3))
+    assert one_third.value == 0.3333  # the fraction removed, to four places
     cell, data = builders.removal_cell(rows)  # the third trial counted nothing: left out of both sums
     assert cell == Cell(f"50/80 poisons, {100 * 123 / 8000:.1f} % clean", 0.625)
     assert data == {"poisons_removed": 50, "poisons": 80, "clean_removed": 123, "clean": 8000}
@@ -429,10 +432,12 @@ def test_targeted_pooling_notes_warn_of_each_cell_of_two_budgets_or_scenarios_wh
     chosen = {"none": pd.concat([cell("gm", [0.01, 0.02], ["scratch", "scratch"]),
                                  cell("bp", [0.01, 0.01], ["transfer", "transfer"])]),
               "hint": cell("fc", [0.01, math.nan, 0.01], ["transfer", "scratch", "transfer"]),
-              "friends": None, "epic": cell("mp", [0.25, 0.25], ["scratch", "scratch"])}
+              "friends": None, "epic": cell("mp", [0.25, 0.25], ["scratch", "scratch"]),
+              "atda": cell("myattack", [0.01, 0.03], ["scratch", "scratch"])}  # an attack without a label: its name
     assert builders.targeted_pooling_notes(chosen) == [
         "warning: W/o Defense / GM pools runs of poison budgets 0.01, 0.02 and scenarios scratch",
-        "warning: HINT / FC-mean pools runs of poison budgets 0.01 and scenarios scratch, transfer"]
+        "warning: HINT / FC-mean pools runs of poison budgets 0.01 and scenarios scratch, transfer",
+        "warning: ATDA / myattack pools runs of poison budgets 0.01, 0.03 and scenarios scratch"]
 
 
 @pytest.mark.parametrize("mixes, ok, notes", [
@@ -494,3 +499,43 @@ def test_table3_versus_a_row_no_block_has_lists_the_rows_of_every_block():
         tables.build("3", recs, tables.Options(trials=1, paired=True, versus="atda"), mix="any")
     assert str(err.value) == ("--versus 'atda': no row of Table III with runs is named that; rows: FRIENDS, HINT, "
                               "W/o Defense")
+
+
+def test_table3_names_an_attack_without_a_label_and_says_why_there_is_no_paired_row():
+    """A plugin's attack has no label: its column is its name. A setting without W/o Defense runs has no paired row
+    and one note saying so; the test-accuracy row's first two cells are labels."""
+    recs = [make_record(method="hint", trial=t, params=hint_params(), targeted={
+        "attack": "myattack", "target_index": t, "target_class": 1, "intended_class": 2, "success": t == 0})
+        for t in (0, 1)]
+    (block,) = tables.build("3", recs, tables.Options(trials=2, paired=True, paper=True, diff=True),
+                            mix="any").blocks
+    labels = ["GM", "MP", "BP", "FC-mean", "myattack"]
+    assert block.columns == ["method", "metric"] + [c for a in labels for c in (a, f"{a} (paper CIFAR-10)", f"{a} Δ")]
+    assert "no paired row: this setting has no W/o Defense runs to pair with" in block.notes
+    hint_acc = next(i for i, r in enumerate(block.rows) if r[0].text == "HINT") + 1
+    assert [(c.text, c.label) for c in block.rows[hint_acc][:2]] == [("", True), ("test acc.", True)]
+
+
+def test_table2_never_ranks_the_oracle_and_counts_unpaired_runs_over_every_rho():
+    """The oracle (an upper bound) is never marked best; a defense's runs without a W/o Defense partner are counted
+    over all the ρ rows; a method without runs has empty parameters in the JSON rows."""
+    recs = [make_record(method="none", rho=rho, trial=0, acc=0.5) for rho in (0.2, 0.4)]
+    recs += [make_record(method="oracle", rho=rho, trial=0, acc=0.99) for rho in (0.2, 0.4)]
+    recs += [make_record(method="knn", rho=rho, trial=t, acc=0.6) for rho in (0.2, 0.4) for t in (0, 1)]
+    table = tables.build("2", recs, tables.Options(trials=1, paired=True), mix="any")
+    (block,) = table.blocks
+    oracle = block.columns.index("oracle (upper bound)")
+    knn = block.columns.index("knn")
+    assert [(r[oracle].best, r[knn].best) for r in block.rows] == [(False, True), (False, True)]
+    assert block.notes[-1].startswith("paired: 2 knn run(s) have no W/o Defense run of the same trial and seed")
+    with_paper = tables.build("2", recs, tables.Options(trials=1, paper=True), mix="any")  # lists every method
+    assert {d["params"] for d in with_paper.data if d["method"] == "hint"} == {""}
+
+
+def test_table4_of_hint_runs_at_no_cell_of_its_grid_notes_them_all_left_out():
+    """HINT's runs at r 0.3 fall in no cell of Table IV: every cell is empty and the runs are counted in one note
+    (before 2026-11-29's tests, nothing ran this: the note's reference then is the empty paper cell)."""
+    recs = [make_record(method="hint", rho=0.6, trial=t, acc=0.8, params=hint_params(ratio=0.3)) for t in (0, 1)]
+    (block,) = tables.build("4", recs, tables.Options(trials=2), mix="any").blocks
+    assert all(row[2].text == "–" for row in block.rows)
+    assert block.notes[-1].startswith(f"{SETTING}: not shown: 2 run(s) of hint with other parameters (")
