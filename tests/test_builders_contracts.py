@@ -539,3 +539,20 @@ def test_table4_of_hint_runs_at_no_cell_of_its_grid_notes_them_all_left_out():
     (block,) = tables.build("4", recs, tables.Options(trials=2), mix="any").blocks
     assert all(row[2].text == "–" for row in block.rows)
     assert block.notes[-1].startswith(f"{SETTING}: not shown: 2 run(s) of hint with other parameters (")
+
+
+def test_table3_versus_a_budget_row_labels_its_pairs_and_a_block_without_it_says_so():
+    """`--versus "HINT (β 0.3)"`: the block that has the row pairs against it under its label; a block
+    without it says it has no such runs to pair with, naming the row; a row that is only listed (--paper lists
+    every paper method) but has no runs anywhere is refused."""
+    from poisonbench.core.errors import PoisonbenchError
+
+    signed = {**hint_params(beta=0.3), "sign": True}
+    recs = [targeted("none", 0, True), targeted("hint", 0, True, params=hint_params()),
+            targeted("hint", 0, False, params=signed), targeted("none", 0, True, dataset="fashion-mnist")]
+    table = tables.build("3", recs, tables.Options(trials=1, versus="HINT (β 0.3)"), mix="any")
+    fashion, mnist = table.blocks
+    assert fashion.notes[-1] == "no paired row: this setting has no HINT (β 0.3) runs to pair with"
+    assert [r[1].text for r in mnist.rows if r[1].text.startswith("vs")] == ["vs HINT (β 0.3)"] * 2
+    with pytest.raises(PoisonbenchError, match=r"^--versus 'atda': no row of Table III with runs is named that"):
+        tables.build("3", recs, tables.Options(trials=1, versus="atda", paper=True), mix="any")

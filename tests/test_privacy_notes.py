@@ -180,3 +180,14 @@ def test_the_frame_keeps_the_columns_these_notes_read():
     """The notes read `method`, `params_json` and `accounting_json` from `frame`'s rows (an empty frame too)."""
     assert {"method", "params_json", "accounting_json"} <= set(frame([]).columns)
     assert isinstance(frame([]), pd.DataFrame)
+
+
+def test_table_ii_notes_the_epsilon_of_its_dpsgd_runs_whole(sigma1):
+    """Table II's block ends with the privacy note of the DP-SGD runs it shows (issue 82: builders.py's mutmut run
+    found no test of Table II's note; the matrix and Table III had theirs)."""
+    from poisonbench.report import tables
+
+    recs = [run(sigma1, trial=t) for t in (0, 1)] + [run(None, trial=0, method="none")]
+    (block,) = tables.build("2", recs, tables.Options(trials=2), mix="any").blocks
+    assert block.notes[-1] == sigma1_note(sigma1)
+    assert sum("dpsgd (clip" in n for n in block.notes) == 1
