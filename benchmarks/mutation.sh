@@ -10,7 +10,8 @@
 # as JSON to $MUTATION_WORK/score.json, and each survivor's diff to survivors_diff.txt. Not part of CI: minutes to
 # tens of minutes per module on 2 cores. $MUTATION_LIMIT (seconds, optional) stops mutmut after that long (SIGTERM to
 # its process group: every verdict so far is kept); the score then counts only the mutants that ran ("N not run"),
-# and a later run in the same $MUTATION_WORK goes on with the rest. $MUTATION_NAMES: run only the mutants named.
+# and a later run in the same $MUTATION_WORK goes on with the rest only if the tree is unchanged (a changed tree is
+# copied in again and mutmut starts over, keeping no verdict). $MUTATION_NAMES: run only the mutants named.
 # $MUTATION_NICE (0-19, optional): run in the background of other work. Linux shares the CPU between sessions
 # (autogroups) before it looks at `nice`, so a plain `nice -n 19` started in its own session (setsid, nohup from
 # another terminal) still takes half the cores from a sweep; this sets the session's own weight.
