@@ -556,3 +556,174 @@ def test_table3_versus_a_budget_row_labels_its_pairs_and_a_block_without_it_says
     assert [r[1].text for r in mnist.rows if r[1].text.startswith("vs")] == ["vs HINT (β 0.3)"] * 2
     with pytest.raises(PoisonbenchError, match=r"^--versus 'atda': no row of Table III with runs is named that"):
         tables.build("3", recs, tables.Options(trials=1, versus="atda", paper=True), mix="any")
+
+
+# ---- Table III whole: a filter's removal row, the paired rows, the paper's and Δ columns, Wilson -----------------
+
+def targeted_run(method, trial, success, params=None, attack="gm", removal=None):
+    """A targeted run whose test accuracy is 0.8 + trial/100; `removal`: what a removing defense took out."""
+    r = make_record(method=method, trial=trial, params=params, acc=0.8 + trial / 100, targeted={
+        "attack": attack, "target_index": trial, "target_class": 1, "intended_class": 2, "success": success})
+    if removal:
+        r["defense"] = {"removal": removal}
+    return r
+
+
+def test_table3_whole_with_a_filter_the_oracle_an_unpaired_run_the_paper_and_wilson():
+    """Every row of Table III with --paired --paper --diff --wilson: W/o Defense over four targets (one outcome
+    unknown: in neither k nor n, its accuracy still counted), HINT on a target W/o Defense never ran (no paired
+    row), a budget row with no run of its own in most columns (its β still in the JSON), knn with its removal row
+    after its paired row, the oracle never ranked. Expected numbers: Wilson from statsmodels, means and sample stds
+    computed here, the paired cell from `stats.paired_success` (checked against the reference R code elsewhere)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from poisonbench.report.tables.stats import paired_success
+
+    recs = [targeted_run("none", t, s) for t, s in ((0, True), (1, True), (2, False), (3, None))]
+    recs += [targeted_run("knn", t, s, removal={"poisons_removed": 10 + t, "poisons": 50, "clean_removed": 7,
+                                                 "clean": 4950}) for t, s in ((0, False), (1, True), (2, False))]
+    recs += [targeted_run("oracle", t, False) for t in (0, 1, 2)]
+    recs += [targeted_run("hint", 5, True, params=hint_params()),
+             targeted_run("hint", 0, False, params=hint_params(beta=0.3))]
+    table = tables.build("3", recs, tables.Options(trials=3, paired=True, paper=True, diff=True, wilson=True),
+                         mix="any")
+    (block,) = table.blocks
+
+    def wilson(k, n):
+        lo, hi = proportion_confint(k, n, method="wilson")
+        return f"{k}/{n} [{100 * lo:.0f}–{100 * hi:.0f}%]"
+
+    def paper_asr(m, a):
+        p = paper.table3(m, a)
+        return f"{p['success'][0]}/{p['success'][1]}" if p else "–"
+
+    def paper_acc(m, a):
+        p = paper.table3(m, a)
+        return f"{p['acc'][0]:.2f} ± {p['acc'][1]:.2f}" if p else "–"
+
+    def d_asr(m, k, n):
+        p = paper.table3(m, "gm")
+        return f"{100 * (k / n - p['success'][0] / p['success'][1]):+.0f} pp" if p else "–"
+
+    def d_acc(m, mean):
+        p = paper.table3(m, "gm")
+        return f"{mean - p['acc'][0]:+.2f}" if p else "–"
+
+    def rest(m, metric):  # the MP, BP and FC columns: no runs; the paper's number where it has one
+        out = []
+        for a in ("mp", "bp", "fc"):
+            out += ["–", paper_asr(m, a) if metric == "ASR" else paper_acc(m, a) if metric == "test acc." else "–",
+                    "–"]
+        return out
+
+    def paired(rows_m, rows_none):
+        ps = paired_success(rows_m, rows_none)
+
+        def pp(x):
+            text = f"{100 * x:+.0f}"
+            return "+0" if text == "-0" else text
+        return (f"Δ {pp(ps.diff)} pp [{pp(ps.lo)}, {pp(ps.hi)}] · {ps.second_only} saved, {ps.first_only} new of "
+                f"{ps.n} · p {ps.p:.2g}")
+
+    none_m, none_s = mean_std([80.0, 81.0, 82.0, 83.0])
+    knn_m, knn_s = mean_std([80.0, 81.0, 82.0])
+    expected = [
+        ["W/o Defense", "ASR", wilson(2, 3), paper_asr("none", "gm"), d_asr("none", 2, 3), *rest("none", "ASR")],
+        ["", "test acc.", f"{none_m:.2f} ± {none_s:.2f} (n=4)", paper_acc("none", "gm"), d_acc("none", none_m),
+         *rest("none", "test acc.")],
+        ["HINT (β 0.062)", "ASR", wilson(1, 1), paper_asr("hint", "gm"), d_asr("hint", 1, 1), *rest("hint", "ASR")],
+        ["", "test acc.", "85.00 (n=1)", paper_acc("hint", "gm"), d_acc("hint", 85.0), *rest("hint", "test acc.")],
+        ["HINT (β 0.3)", "ASR", wilson(0, 1), "–", "–", *rest("hint@beta=0.3", "ASR")],
+        ["", "test acc.", "80.00 (n=1)", "–", "–", *rest("hint@beta=0.3", "test acc.")],
+        ["", "vs W/o", paired([False], [True]), "–", "–", *rest("hint@beta=0.3", "vs")],
+        ["ATDA", "ASR", "–", paper_asr("atda", "gm"), "–", *rest("atda", "ASR")],
+        ["", "test acc.", "–", paper_acc("atda", "gm"), "–", *rest("atda", "test acc.")],
+        ["FRIENDS", "ASR", "–", paper_asr("friends", "gm"), "–", *rest("friends", "ASR")],
+        ["", "test acc.", "–", paper_acc("friends", "gm"), "–", *rest("friends", "test acc.")],
+        ["EPIC", "ASR", "–", paper_asr("epic", "gm"), "–", *rest("epic", "ASR")],
+        ["", "test acc.", "–", paper_acc("epic", "gm"), "–", *rest("epic", "test acc.")],
+        ["knn", "ASR", wilson(1, 3), "–", "–", *rest("knn", "ASR")],
+        ["", "test acc.", f"{knn_m:.2f} ± {knn_s:.2f}", "–", "–", *rest("knn", "test acc.")],
+        ["", "vs W/o", paired([False, True, False], [True, True, False]), "–", "–", *rest("knn", "vs")],
+        ["", "removed", f"33/150 poisons, {100 * 21 / 14850:.1f} % clean", "–", "–", *rest("knn", "removed")],
+        ["oracle (upper bound)", "ASR", wilson(0, 3), "–", "–", *rest("oracle", "ASR")],
+        ["", "test acc.", f"{knn_m:.2f} ± {knn_s:.2f}", "–", "–", *rest("oracle", "test acc.")],
+        ["", "vs W/o", paired([False] * 3, [True, True, False]), "–", "–", *rest("oracle", "vs")]]
+    assert [[c.text for c in row] for row in block.rows] == expected
+    assert all([c.label for c in row[:2]] == [True, True] and not any(c.label for c in row[2:])
+               for row in block.rows)
+    assert block.rules == {2, 4, 7, 9, 11, 13, 17}  # a rule before each method's rows but the first
+    gm = [(row[1].text, row[2].value, row[2].ranked, row[2].best) for row in block.rows]
+    assert gm == [("ASR", 0.6667, True, False), ("test acc.", 81.5, True, False),
+                  ("ASR", 1.0, True, False), ("test acc.", 85.0, True, True),
+                  ("ASR", 0.0, True, True), ("test acc.", 80.0, True, False), ("vs W/o", None, True, False),
+                  *[("ASR", None, True, False), ("test acc.", None, True, False)] * 3,
+                  ("ASR", 0.3333, True, False), ("test acc.", 81.0, True, False), ("vs W/o", None, True, False),
+                  ("removed", 0.22, True, False),
+                  ("ASR", 0.0, False, False), ("test acc.", 81.0, False, False), ("vs W/o", None, True, False)]
+    data = {(d["method"], d["beta"], d["attack"]): d for d in table.data}
+    assert len(data) == len(table.data) == 8 * 4
+    assert data[("hint", 0.3, "mp")]["trials"] == 0  # a budget row's β also where it has no run
+    knn = data[("knn", None, "gm")]
+    assert {k: knn[k] for k in ("successes", "trials", "asr", "poisons_removed", "poisons", "clean_removed",
+                                "clean", "paired_targets", "paired_saved", "paired_new", "paired_with")} == {
+        "successes": 1, "trials": 3, "asr": round(100 / 3, 4), "poisons_removed": 33, "poisons": 150,
+        "clean_removed": 21, "clean": 14850, "paired_targets": 3, "paired_saved": 1, "paired_new": 0,
+        "paired_with": "W/o Defense"}
+    assert "poisons_removed" not in data[("none", None, "gm")]
+    assert table.shown == {r["run_id"] for r in recs}
+
+
+def test_table3_counts_an_unknown_outcome_none_or_nan_in_neither_k_nor_n():
+    """A frame's success column may hold None or NaN for a run without an outcome (a frame built from several
+    packs, a float column): either way the run is in neither the hits nor the targets."""
+    from poisonbench.report.tables import records
+
+    recs = [targeted_run("none", t, s) for t, s in ((0, True), (1, False), (2, None), (3, True))]
+    df = records.frame(recs)
+    df.loc[df.trial == 3, "success"] = float("nan")
+    (block,) = builders.table3(df, tables.Options(trials=2, wilson=False)).blocks
+    assert [c.text for c in block.rows[0][:3]] == ["W/o Defense", "ASR", "1/2"]
+
+
+def test_table3_warns_of_a_cell_pooling_two_scenarios_of_the_one_poison_kind_it_shows():
+    recs = [targeted_run("none", t, True) for t in (0, 1)]
+    recs[1]["config"]["scenario"] = "transfer"
+    recs[1]["run_id"] = "second"
+    (block,) = tables.build("3", recs, tables.Options(trials=2), mix="any").blocks
+    assert block.notes == [REDUCED, "warning: W/o Defense / GM pools runs of poison budgets 0.01 and scenarios "
+                                    "scratch, transfer"]
+
+
+def test_newest_poison_kinds_picks_each_columns_newest_kind_and_counts_the_rest_whole():
+    """Per attack column with two or more poison kinds: the kind of its most recently finished run (ties: the
+    larger run id), one note counting the other kind's runs, an attack without a label named as given; a column of
+    one kind (sorted before the others: it must not end the search) and cells without runs add nothing."""
+    import pandas as pd
+
+    def runs(attack, kinds, finished):
+        return pd.DataFrame({"attack": attack, "poisons_json": kinds, "finished_at": finished,
+                             "run_id": [f"{attack}{i}" for i in range(len(kinds))]})
+
+    chosen = {"none": pd.concat([runs("bp", ["a", "a"], ["1", "2"]), runs("gm", ["x", "y", "x"], ["1", "3", "2"])]),
+              "hint": runs("myattack", ["p", "q", "q"], ["5", "5", "4"]), "knn": None, "epic": runs("gm", [], [])}
+    notes: list[str] = []
+    assert builders.newest_poison_kinds(chosen, notes) == {"gm": "y", "myattack": "q"}
+    tail = ("run(s) whose poisons differ in ε, budget or attack parameters (or the model they were crafted against) "
+            "from the column's newest run (a column shows one kind)")
+    assert notes == [f"not shown: 2 GM {tail}", f"not shown: 1 myattack {tail}"]
+    assert builders.newest_poison_kinds({"none": None, "hint": runs("gm", [], [])}, notes) == {}
+
+
+def test_acc_cell_prints_zero_unsigned_without_a_sign_and_values_only_unsigned_cells():
+    """A t-interval bound that rounds to zero prints 0.00 (+0.00 signed), never -0.00; an unsigned cell's value is
+    its mean in percent to two places (what `mark_best` compares), a signed one (a difference) has none."""
+    from poisonbench.report.tables.stats import Stat
+
+    st = Stat(n=2, mean=0.0012345, std=0.00001, lo=-0.0000468, hi=0.0024)
+    cell = builders.acc_cell(st, tables.Options(trials=2, ci=True))
+    assert (cell.text, cell.value) == ("0.12 ± 0.00 [0.00, 0.24]", 0.12)
+    cell = builders.acc_cell(st, tables.Options(trials=2, ci=True), signed=True)
+    assert (cell.text, cell.value) == ("+0.12 ± 0.00 [+0.00, +0.24]", None)
+    cell = builders.acc_cell(Stat(n=1, mean=0.123456, std=0.0, lo=0.0, hi=0.0), tables.Options(trials=1))
+    assert (cell.text, cell.value) == ("12.35", 12.35)
