@@ -727,3 +727,91 @@ def test_acc_cell_prints_zero_unsigned_without_a_sign_and_values_only_unsigned_c
     assert (cell.text, cell.value) == ("+0.12 ± 0.00 [+0.00, +0.24]", None)
     cell = builders.acc_cell(Stat(n=1, mean=0.123456, std=0.0, lo=0.0, hi=0.0), tables.Options(trials=1))
     assert (cell.text, cell.value) == ("12.35", 12.35)
+
+
+def test_table3_versus_a_row_whose_runs_are_all_left_out_is_refused_as_a_row_without_runs():
+    """HINT's only run is off the paper's parameters (r 0.25): its row is listed but empty, so `--versus hint` has
+    no runs to pair with and is refused, naming the rows that have runs."""
+    from poisonbench.core.errors import PoisonbenchError
+
+    recs = [targeted("none", 0, True), targeted("hint", 0, False, params=hint_params(ratio=0.25))]
+    with pytest.raises(PoisonbenchError) as err:
+        tables.build("3", recs, tables.Options(trials=1, versus="hint"), mix="any")
+    assert str(err.value) == "--versus 'hint': no row of Table III with runs is named that; rows: W/o Defense"
+
+
+def test_table3s_wilson_interval_is_printed_in_whole_percent_of_both_bounds():
+    """10/10 hits: the lower bound (72.2 %) is printed as 72, not rounded from a scaled value."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    recs = [targeted("none", t, True) for t in range(10)]
+    (block,) = tables.build("3", recs, tables.Options(trials=10), mix="any").blocks
+    lo, hi = proportion_confint(10, 10, method="wilson")
+    assert block.rows[0][2].text == f"10/10 [{100 * lo:.0f}–{100 * hi:.0f}%]" == "10/10 [72–100%]"
+
+
+# ---- build: the table's name, its filters, the code-versions note ------------------------------------------------
+
+@pytest.mark.parametrize("given, name", [
+    ("2", "2"), ("ii", "2"), (" III ", "3"), ("iv", "4"), ("V", "5"), (5, "5"),
+    ("matrix", "matrix"), (" Matrix", "matrix"), ("BACKDOOR", "backdoor")])
+def test_check_table_takes_a_number_a_roman_numeral_in_any_case_matrix_or_backdoor(given, name):
+    assert builders.check_table(given) == name
+
+
+@pytest.mark.parametrize("given", ["6", "vi", "", "matrices", "table 2"])
+def test_check_table_refuses_anything_else_naming_it_and_every_choice(given):
+    from poisonbench.core.errors import PoisonbenchError
+
+    with pytest.raises(PoisonbenchError) as err:
+        builders.check_table(given)
+    assert str(err.value) == f"unknown table {given!r}; valid choices: 2, 3, 4, 5, matrix, backdoor"
+
+
+@pytest.mark.parametrize("codes, note", [
+    (["a", "b"], "2 versions"),
+    (["a", "b", "c", "a"], "3 versions"),
+    (["a", ""], "1 version of the code (the records' env.code fingerprint), and 1 run(s) older than the fingerprint"),
+    (["a", "b", "", ""], "2 versions of the code (the records' env.code fingerprint), and 2 run(s) older than the "
+                         "fingerprint"),
+    (["a", "a"], None),
+    (["", ""], None),
+    (["a"], None),
+])
+def test_a_table_of_runs_from_several_code_versions_says_how_many_whole(codes, note):
+    """The note counts the code fingerprints of the runs shown and the runs older than the fingerprint (no
+    `env.code`), and appears only where the runs shown come from two or more of those."""
+    recs = [make_record(method="none", rho=0.4, trial=t, acc=0.5) for t in range(len(codes))]
+    for r, code in zip(recs, codes, strict=True):
+        r["env"] = {"code": code} if code else {}
+    table = tables.build("2", recs, tables.Options(trials=len(codes)), mix="any")
+    versions = [n for n in table.notes if n.startswith("the runs shown were made by")]
+    if note is None:
+        assert versions == []
+        return
+    if "fingerprint)" not in note:
+        note += " of the code (the records' env.code fingerprint)"
+    assert versions == [f"the runs shown were made by {note}; on a CPU, versions that change no arithmetic give "
+                        "the same numbers, others differ by float rounding (docs/fidelity.md names the changes)"]
+
+
+def test_build_keeps_the_methods_asked_and_the_runs_on_the_poisonsets_asked():
+    """`methods` keeps those methods' columns only; `poison_sets` keeps the runs trained on those PoisonSets (and no
+    later filter drops them again as not on the default ones)."""
+    recs = []
+    for method in ("none", "hint"):
+        r = make_record(method=method, rho=0.4, trial=0, acc=0.5, params=hint_params() if method == "hint" else None)
+        r["config"]["poison"].update(poison_sets={"pgd": "b1"}, poison_ids={"pgd": "b1", "dap": "d0"})
+        recs.append(r)
+    table = tables.build("2", recs, tables.Options(trials=1), mix="any", poison_sets="pgd=b1", methods=["hint"])
+    (block,) = table.blocks
+    assert block.columns == ["ρ", "HINT"]
+    assert [[c.text for c in row] for row in block.rows] == [["0.4", "50.00"]]
+    assert table.shown == {recs[1]["run_id"]}
+
+
+def test_a_paper_column_asked_for_a_dataset_the_paper_lacks_says_there_is_none():
+    recs = [make_record(dataset="fashion-mnist", method="none", rho=0.4, trial=0, acc=0.5)]
+    (block,) = tables.build("2", recs, tables.Options(trials=1, paper=True), mix="any").blocks
+    assert "the paper has no results for fashion-mnist: no paper column" in block.notes
+    assert block.columns == ["ρ", "W/o Defense", "HINT", "ATDA", "FRIENDS", "EPIC"]  # --paper lists its methods
