@@ -815,3 +815,20 @@ def test_a_paper_column_asked_for_a_dataset_the_paper_lacks_says_there_is_none()
     (block,) = tables.build("2", recs, tables.Options(trials=1, paper=True), mix="any").blocks
     assert "the paper has no results for fashion-mnist: no paper column" in block.notes
     assert block.columns == ["ρ", "W/o Defense", "HINT", "ATDA", "FRIENDS", "EPIC"]  # --paper lists its methods
+
+
+def test_build_keeps_the_methods_asked_after_choosing_the_newest_poisonset_generation():
+    """`methods` filters after the newest generation of PoisonSets is chosen over every method's runs (as
+    `report --missing` does): W/o Defense's only run, on an older generation than HINT's, is not shown even when
+    only W/o Defense is asked, and the note counts it."""
+    recs = []
+    for method, ids, finished in (("none", "old", "2025-01-01T00:00:00+00:00"),
+                                  ("hint", "new", "2025-02-01T00:00:00+00:00")):
+        r = make_record(method=method, rho=0.4, trial=0, acc=0.5, params=hint_params() if method == "hint" else None)
+        r["config"]["poison"].update(poison_ids={"pgd": ids})
+        r["finished_at"] = finished
+        recs.append(r)
+    table = tables.build("2", recs, tables.Options(trials=1), mix="any", methods=["none"])
+    assert (table.blocks, table.shown) == ([], set())
+    assert table.notes == ["not shown: 1 mnist-5k run(s) of the mix pgd,dap,durp,deepconfuse trained on other "
+                           "PoisonSets (pgd differ from the 1 run(s) shown)"]
