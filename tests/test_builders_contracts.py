@@ -476,9 +476,13 @@ def test_a_paired_success_cell_is_its_difference_interval_discordant_targets_and
                                         "paired_p": None}
 
 
-def targeted(method, trial, success, dataset="mnist-5k", params=None):
-    return make_record(dataset=dataset, method=method, trial=trial, params=params, targeted={
+def targeted(method, trial, success, dataset="mnist-5k", params=None, acc=0.9, removal=None):
+    """A GM run on target `trial`; `removal`: what a removing defense took out (the record's `defense.removal`)."""
+    r = make_record(dataset=dataset, method=method, trial=trial, params=params, acc=acc, targeted={
         "attack": "gm", "target_index": trial, "target_class": 1, "intended_class": 2, "success": success})
+    if removal:
+        r["defense"] = {"removal": removal}
+    return r
 
 
 def test_table3_with_the_paper_says_its_column_is_cifar10s_whatever_the_data():
@@ -560,13 +564,9 @@ def test_table3_versus_a_budget_row_labels_its_pairs_and_a_block_without_it_says
 
 # ---- Table III whole: a filter's removal row, the paired rows, the paper's and Δ columns, Wilson -----------------
 
-def targeted_run(method, trial, success, params=None, attack="gm", removal=None):
-    """A targeted run whose test accuracy is 0.8 + trial/100; `removal`: what a removing defense took out."""
-    r = make_record(method=method, trial=trial, params=params, acc=0.8 + trial / 100, targeted={
-        "attack": attack, "target_index": trial, "target_class": 1, "intended_class": 2, "success": success})
-    if removal:
-        r["defense"] = {"removal": removal}
-    return r
+def targeted_run(method, trial, success, params=None, removal=None):
+    """`targeted` with a test accuracy of 0.8 + trial/100, so each cell's mean and std are its own."""
+    return targeted(method, trial, success, params=params, acc=0.8 + trial / 100, removal=removal)
 
 
 def test_table3_whole_with_a_filter_the_oracle_an_unpaired_run_the_paper_and_wilson():
