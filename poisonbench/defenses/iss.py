@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from ..core.params import Param
 from ..engine.hooks import Defense
@@ -71,6 +70,10 @@ def jpeg(pixels: torch.Tensor, quality: int) -> torch.Tensor:
 
 def bit_depth(pixels: torch.Tensor, bits: int) -> torch.Tensor:
     """Keep the `bits` high bits of each uint8 pixel (torchvision `posterize`, as `RandomPosterize(bits, p=1)`)."""
+    # imported here: torchvision's import (its models, ~2 s) was most of every `poisonbench` process's start-up,
+    # each sweep step's included, and only this squeeze needs it
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.posterize(pixels, bits)
 
 
