@@ -58,9 +58,23 @@ def no_inherited_columns(monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
 
 
+# The test files that take longest, slowest first (seconds of one torch thread, measured 2026-11-30 at commit 603a71b
+# with `pytest -n 1 --durations=150`): they run first and the short files fill in at the end, so that no worker
+# waits on another's long file (pyproject.toml turns off xdist's own order, files with the most tests first, which
+# left the sweep-resilience file, few tests and 2.5 minutes, to start last). A file not named keeps its place.
+SLOWEST_FILES = ("test_report_valid_records.py", "test_sweep_resilience.py", "test_effectiveness.py",
+                 "test_checkpoints.py", "test_targeted_scenarios.py", "test_sweep.py", "test_records.py",
+                 "test_plugins.py", "test_benchmarks.py", "test_manifest_only.py", "test_concurrent_runs.py",
+                 "test_dpsgd_privacy.py", "test_run_identity.py", "test_probe_report.py", "test_attacks.py",
+                 "test_gpu_check.py", "test_host_sync.py", "test_hardening_round3.py", "test_rem_gpu_script.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` (pyproject.toml's markers; tests/test_gpu.py) need a CUDA device: where torch sees none,
-    as on this project's CPU machines and CI, they are collected and skipped with the reason."""
+    """`SLOWEST_FILES` first (a stable sort: each file's tests keep their order). Tests marked `gpu` (pyproject.toml's
+    markers; tests/test_gpu.py) need a CUDA device: where torch sees none, as on this project's CPU machines and CI,
+    they are collected and skipped with the reason."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     needs_gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not needs_gpu:
         return
