@@ -261,3 +261,18 @@ def test_detectable_note_without_hits():
         "detected (there is nothing to save)")
     with pytest.raises(ValueError):
         detectable_note(10, 11)
+
+
+def test_the_cached_note_is_the_notes_function_and_a_refusal_is_never_cached():
+    """`detectable_note` is cached (a function of its arguments alone): each argument takes part in the key, and
+    a refused argument is refused again on the next call."""
+    from poisonbench.report.tables.power import detectable_note
+
+    for n, k0, baseline in ((20, 12, "W/o Defense"), (20, 12, "HINT"), (20, 13, "W/o Defense"),
+                            (21, 12, "W/o Defense"), (20, 0, "HINT")):
+        assert detectable_note(n, k0, baseline) == detectable_note.__wrapped__(n, k0, baseline)
+    assert detectable_note(20, 12, "HINT") != detectable_note(20, 12, "W/o Defense")
+    assert detectable_note(20, 12) != detectable_note(20, 13) != detectable_note(21, 13)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="need 0 ≤ k0 ≤ n and n ≥ 1, got k0 = 5, n = 4"):
+            detectable_note(4, 5)

@@ -839,3 +839,20 @@ def test_table_iii_shows_every_run_at_its_threat_dependent_defaults():
     assert cells["gm"]["trials"] == 2 and cells["bp"]["trials"] == 2
     notes = [n for b in table.blocks for n in b.notes if n]
     assert any("not shown: 1 run(s) of knn with other parameters" in n and "k=5" in n for n in notes), notes
+
+
+def test_missing_gives_each_setting_the_seed_and_runs_of_its_own(monkeypatch):
+    """Two settings of one table (the quick and the paper recipe), each with its own base seed: every command names
+    its setting's recipe and that setting's --seed, and the notes name only the setting whose runs have two base
+    seeds (`missing_commands` selects a setting's runs once for all its cells)."""
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["none"])
+    quick = [make_record(recipe="quick", trial=0, base_seed=7)]
+    paper = [make_record(recipe="paper", trial=0, base_seed=11), make_record(recipe="paper", trial=1, base_seed=5)]
+    paper[1]["finished_at"] = "2030-01-01T00:00:00+00:00"  # the newest: its base seed 5 wins
+    commands, notes = tables.missing_commands("2", quick + paper, tables.Options(trials=3, rho=0.0),
+                                              dataset="mnist-5k", methods=["none"])
+    assert commands == ["poisonbench defend --dataset mnist-5k --method none --poison-ratio 0.0 --trials 3 "
+                        "--recipe paper --seed 5",
+                        "poisonbench defend --dataset mnist-5k --method none --poison-ratio 0.0 --trials 3 "
+                        "--recipe quick --seed 7"]
+    assert len(notes) == 1 and "runs of several base seeds (5, 11)" in notes[0], notes

@@ -203,10 +203,13 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     if methods:
         df = df[df.method.isin(methods)]
     commands = []
+    setting_rows: dict = {}  # a setting's runs, selected once for all its cells (the selection was most of the time)
     for need in needs(number, df, opts, wanted, dataset, recipe, model, epochs):
         if need.have >= opts.trials or need.method not in available:
             continue
-        sdf = in_setting(df, need.setting) if need.setting.recipe_json else df.iloc[0:0]
+        if need.setting not in setting_rows:
+            setting_rows[need.setting] = in_setting(df, need.setting) if need.setting.recipe_json else df.iloc[0:0]
+        sdf = setting_rows[need.setting]
         bases = set((sdf.seed - sdf.trial).tolist())
         mixes = [m for m in sdf.mix.unique() if m]
         if mix and mix not in ("any", PAPER_MIX):

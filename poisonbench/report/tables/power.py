@@ -149,11 +149,14 @@ def targets_needed(p0: float, effect: float, power: float = 0.8, alpha: float = 
     return None
 
 
+@lru_cache(maxsize=1024)
 def detectable_note(n: int, k0: int, baseline: str = "W/o Defense") -> str:
     """One line for under Table III, for a cell whose baseline row (W/o Defense, or the row of `report table 3
     --versus`, named by `baseline`) has k0 hits out of n paired targets: the smallest drop in ASR (pp, rounded up)
     a row separates with 80 % power (`detectable_effect`), and the targets that 80 % power for a 20 pp drop needs
-    (`targets_needed`). The power is the same against any baseline row: only its hits can be saved."""
+    (`targets_needed`). The power is the same against any baseline row: only its hits can be saved. Cached: a
+    function of its three arguments alone, and its search over n (`targets_needed`) took a tenth of a Table III
+    build; `report html` and a sweep's report build the table more than once."""
     if n < 1 or not 0 <= k0 <= n:
         raise ValueError(f"need 0 ≤ k0 ≤ n and n ≥ 1, got k0 = {k0}, n = {n}")
     head = f"detectable: with {n} targets and {baseline} at {k0}/{n} ({100 * k0 / n:.0f} %)"
