@@ -58,7 +58,7 @@ def no_inherited_columns(monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
 
 
-# The test files that take longest, slowest first (seconds of one torch thread, measured 2026-11-30 at commit 603a71b
+# The test files that take longest, slowest first (seconds of one torch thread, measured 2026-11-30 at commit e18fa89
 # with `pytest -n 1 --durations=150`): they run first and the short files fill in at the end, so that no worker
 # waits on another's long file (pyproject.toml turns off xdist's own order, files with the most tests first, which
 # left the sweep-resilience file, few tests and 2.5 minutes, to start last). A file not named keeps its place.

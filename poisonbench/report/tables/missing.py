@@ -203,7 +203,7 @@ def missing_commands(number: str, records: list[dict], opts: Options, dataset: s
     if methods:
         df = df[df.method.isin(methods)]
     commands = []
-    setting_rows: dict = {}  # a setting's runs, selected once for all its cells (the selection was most of the time)
+    setting_rows: dict = {}  # a setting's runs, selected once for all its cells (per cell: a third of the time)
     for need in needs(number, df, opts, wanted, dataset, recipe, model, epochs):
         if need.have >= opts.trials or need.method not in available:
             continue
