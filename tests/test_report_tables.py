@@ -856,3 +856,17 @@ def test_missing_gives_each_setting_the_seed_and_runs_of_its_own(monkeypatch):
                         "poisonbench defend --dataset mnist-5k --method none --poison-ratio 0.0 --trials 3 "
                         "--recipe quick --seed 7"]
     assert len(notes) == 1 and "runs of several base seeds (5, 11)" in notes[0], notes
+
+
+def test_missing_for_a_new_setting_takes_no_seed_or_mix_from_another_settings_runs(monkeypatch):
+    """A setting with no runs yet (here 20 epochs, beside 30-epoch runs of base seed 7 on a mix of one attack) gets
+    the default seed and mix: nothing of the other setting's runs leaks into its command."""
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["none"])
+    runs = [make_record(recipe="paper", rho=0.5, trial=t, base_seed=7) for t in range(2)]
+    for r in runs:
+        r["config"]["poison"]["attacks"] = ["pgd"]
+    commands, notes = tables.missing_commands("2", runs, tables.Options(trials=2, rho=0.5), dataset="mnist-5k",
+                                              recipe="paper", epochs=20, methods=["none"], mix="any")
+    assert commands == ["poisonbench defend --dataset mnist-5k --method none --poison-ratio 0.5 --trials 2 "
+                        "--recipe paper --epochs 20"], commands
+    assert notes == []
