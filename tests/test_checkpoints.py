@@ -67,11 +67,21 @@ def checkpoint(tmp_path, every: float = 0.0) -> Checkpoint:
     return Checkpoint(tmp_path / "partial" / "runs" / "r.safetensors", every)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted() -> dict:
+    """{(method, the data's fingerprint): run(data, method)}: each defense's uninterrupted run, trained once for both
+    kill points (`run` seeds everything it draws: the killed and resumed runs meet it whichever test trained it)."""
+    return {}
+
+
 @pytest.mark.parametrize("method", DEFENSES.names())
 @pytest.mark.parametrize("kill_after", [0, 2])  # HINT: before its selection (epoch 1), between its two updates
-def test_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, method, kill_after):
+def test_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, method, kill_after, uninterrupted):
     data = load_dataset(str(tiny_npz))
-    model_ref, ref, defense_ref = run(data, method)
+    key = (method, data.fingerprint)
+    if key not in uninterrupted:
+        uninterrupted[key] = run(data, method)
+    model_ref, ref, defense_ref = uninterrupted[key]
     ckpt = checkpoint(tmp_path)
     with pytest.raises(Killed):
         run(data, method, ckpt, kill_after=kill_after)

@@ -15,10 +15,13 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from poisonbench.core.io import try_exclusive
 from poisonbench.experiment.records import RunStore
 from poisonbench.sweeps import Execution, execute, load_grid, make_plan
 
@@ -155,6 +158,75 @@ def test_a_sweep_stopped_by_a_signal_exits_128_plus_it(sig, expected, cli, tmp_p
     code, out, _ = sweep(cli, grid, results)
     assert code == expected
     assert {o["status"] for o in out["outcomes"]} == {"terminated"} and ran(marks) == {0}
+
+
+# a step another process holds is put off, with no process started for it, until it is let go
+
+
+def hold_later(lock: Path, after: Path, until: Path, order: Path, then=None) -> threading.Thread:
+    """A thread that takes `lock` (as another sweep's `defend` claims a run) once the step process leaving `after`
+    has started (after the sweep made its plan, as a second sweep's claim comes), says so in `<order>.holding`, and
+    lets go once the step leaving `until` has started, noting "released" in `order` first (and calling `then`)."""
+    def hold():
+        deadline = time.monotonic() + 60
+        while not after.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with try_exclusive(lock) as claimed:
+            assert claimed
+            order.with_suffix(".holding").touch()
+            while not until.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with open(order, "a") as f:
+                f.write("released\n")
+            if then is not None:
+                then()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    return thread
+
+
+# a step process: notes its index in `o`; the first `workers` of them end only once the claim is held
+STEP = ("here = os.path.join(root, '..')\n"
+        "while int(index) < {workers} and not os.path.exists(os.path.join(here, 'o.holding')):\n"
+        "    time.sleep(0.02)\n"
+        "open(os.path.join(here, 'o'), 'a').write(index + '\\n')\n")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_step_held_elsewhere_starts_after_the_others_once_it_is_let_go(workers, cli, tmp_path, monkeypatch):
+    grid, results, marks = write_grid(tmp_path, trials=workers + 2), tmp_path / "r", tmp_path / "marks"
+    order = tmp_path / "o"
+    fake_steps(monkeypatch, marks, STEP.format(workers=workers))
+    held = planned(grid, results).steps[workers]  # the step after the first `workers` ones
+    thread = hold_later(RunStore(results).lock_path(held.key), marks / "0", marks / str(workers + 1), order)
+    code, out, _ = sweep(cli, grid, results, "--workers", str(workers))
+    thread.join()
+    # the held step's process started once it was let go (before 2026-11-30 it started while held, and waited)
+    shown = order.read_text().split()
+    assert sorted(shown[:workers]) == [str(i) for i in range(workers)]
+    assert shown[workers:] == [str(workers + 1), "released", str(workers)]
+    assert code == 1  # (the fake steps write no record)
+
+
+def test_a_step_its_holder_finished_is_skipped_without_a_process(cli, tmp_path, monkeypatch):
+    from poisonbench.sweeps import plan as plan_module
+
+    grid, results, marks, order = write_grid(tmp_path, trials=3), tmp_path / "r", tmp_path / "marks", tmp_path / "o"
+    fake_steps(monkeypatch, marks, STEP.format(workers=1))
+    held, finished = planned(grid, results).steps[1], tmp_path / "finished"
+    real_state = plan_module.Plan.state
+
+    def state(self, step, *args, **kwargs):  # the holder's record, once written: the step is done
+        return "done" if step.key == held.key and finished.exists() else real_state(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(plan_module.Plan, "state", state)
+    thread = hold_later(RunStore(results).lock_path(held.key), marks / "0", marks / "2", order, then=finished.touch)
+    code, out, _ = sweep(cli, grid, results)
+    thread.join()
+    assert ran(marks) == {0, 2} and order.read_text().split() == ["0", "2", "released"]
+    outcomes = {o["index"]: o for o in out["outcomes"]}
+    assert (outcomes[1]["status"], outcomes[1]["detail"]) == ("skipped", "done by another process")
 
 
 # item 3: logs never follow a symbolic link; one log per sweep process

@@ -1,6 +1,6 @@
 """`poisonbench sweep run` survives what happens to long jobs, tested through real processes: a sweep SIGKILLed at
 random moments (its workers get SIGTERM from PR_SET_PDEATHSIG and save their epoch), a sweep stopped by SIGTERM
-(exit 143, the run resumes from its checkpoint), and five sweeps started at once on one results directory (each
+(exit 143, the run resumes from its checkpoint), and three sweeps started at once on one results directory (each
 run trained once, each PoisonSet crafted once). Whatever the interruptions, the end state is the one of an
 uninterrupted sweep: one complete record per run, no checkpoint, temporary file or failure record left over, and no
 finished run trained again."""
@@ -270,12 +270,12 @@ def test_sigterm_stops_the_sweep_with_143_and_the_rerun_resumes_the_stopped_run(
     assert len(records[rid]["history"]) == epochs
 
 
-def test_five_sweeps_at_once_train_each_run_once_and_craft_each_poison_set_once(tmp_path, sweeps):
+def test_three_sweeps_at_once_train_each_run_once_and_craft_each_poison_set_once(tmp_path, sweeps):
     dataset = write_npz(tmp_path, n=600, size=16)
-    # two runs (one needs the PoisonSet) and its prepare step: the five sweeps all start a process for each step
-    # (one trains, the others wait for its claim, then skip), so each step costs five torch imports (eight, before
-    # 2026-11-27 (commit d4cfc0a), took 100 s of the suite's ten minutes; five still race more claimants than there
-    # are cores)
+    # two runs (one needs the PoisonSet) and its prepare step. Started at once, the sweeps all find every step free
+    # and start a process for it (one trains, the others wait for its claim, then skip): each step costs a torch
+    # import per sweep. Eight sweeps (before 2026-11-27, commit d4cfc0a) took 100 s of the suite, five 86 s (before
+    # 2026-11-30); three still race more claimants than there are cores
     grid = write_grid(tmp_path / "grid.toml", dataset, epochs=2, trials=1, poison_ratio=[0, 0.5], methods=["none"])
     results = tmp_path / "results"
     plan = planned(grid, results)
@@ -283,10 +283,10 @@ def test_five_sweeps_at_once_train_each_run_once_and_craft_each_poison_set_once(
     poison_sets = {step.key for step in plan.steps if step.kind == "prepare"}
     assert len(runs) == 2 and len(poison_sets) == 1
 
-    started = [sweeps(grid, results, workers=1, cpu=CPUS[i % len(CPUS)]) for i in range(5)]  # 1 thread a worker
+    started = [sweeps(grid, results, workers=1, cpu=CPUS[i % len(CPUS)]) for i in range(3)]  # 1 thread a worker
     assert all(s.proc.poll() is None for s in started), "every sweep starts before any finishes"
     finished = [s.finish() for s in started]
-    assert [code for code, _ in finished] == [0] * 5, [s.tail() for s in started]
+    assert [code for code, _ in finished] == [0] * 3, [s.tail() for s in started]
 
     outcomes = [o for _, summary in finished for o in summary.get("outcomes", [])]
     statuses = Counter((o["key"], o["status"]) for o in outcomes)

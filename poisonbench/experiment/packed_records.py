@@ -316,15 +316,15 @@ def unpack(source: str | Path | Pack, directory: str | Path, skip_conflicts: boo
     `locks/poison-<id>.lock`, as crafting), where it is looked at again: a file another process (another unpack, a
     `defend`) wrote meanwhile is a conflict too, never replaced. Returns counts and the conflicts."""
     from ..core.io import exclusive
-    from ..core.workspace import refuse_links, workspace_dir
-    from ..poisons.store import MANIFEST_FILE
+    from ..core.workspace import refuse_links
+    from ..poisons.store import MANIFEST_FILE, craft_lock
 
     pack = source if isinstance(source, Pack) else read_pack(source)
     root = results_dir(directory)
     store = RunStore(root)
     plan = [(store.path(r["run_id"]), json_bytes(r), r, store.lock_path(r["run_id"])) for _, r in pack.runs]
     plan += [(root / "poisons" / m["poison_id"] / MANIFEST_FILE, json_bytes(m), None,
-              workspace_dir(root, "locks") / f"poison-{m['poison_id']}.lock") for _, m in pack.manifests]
+              craft_lock(root, m["poison_id"])) for _, m in pack.manifests]
     for path in dict.fromkeys(path.parent for path, *_ in plan):  # runs/ first, then each poisons/<id>/
         refuse_links(root, path)  # in one line, naming the link, before anything is written
     todo, unchanged, conflicts = [], 0, []

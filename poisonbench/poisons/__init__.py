@@ -17,6 +17,7 @@ from .store import (
     check_poison_id,
     check_writable,
     craft_directories,
+    craft_lock,
     exists,
     labels_hash,
     list_ids,
@@ -30,7 +31,7 @@ from .store import (
 
 __all__ = [
     "MANIFEST_FILE", "OPTIONAL_SPEC_FIELDS", "SPEC_FIELDS", "TENSOR_FILE", "CraftSpec", "check_poison_id",
-    "check_target", "check_writable", "craft", "craft_directories", "craft_spec", "exists", "labels_hash", "list_ids",
-    "list_manifests", "load", "poison_dir", "prepare_partial", "read_manifest", "save", "spec_of",
-    "validate",
+    "check_target", "check_writable", "craft", "craft_directories", "craft_lock", "craft_spec", "exists",
+    "labels_hash", "list_ids", "list_manifests", "load", "poison_dir", "prepare_partial", "read_manifest", "save",
+    "spec_of", "validate",
 ]

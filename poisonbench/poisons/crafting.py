@@ -23,7 +23,7 @@ from ..engine import termination
 from ..engine.checkpoints import execution_identity, identity_differences
 from ..engine.kernels import check_accel_mode, use_mode
 from .spec import CraftSpec
-from .store import check_writable, exists, labels_hash, load, save
+from .store import check_writable, craft_lock, exists, labels_hash, load, save
 
 
 def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | None = None,
@@ -56,7 +56,7 @@ def craft(spec: CraftSpec, dataset, results_root=None, device: torch.device | No
 
     check_writable(results_root)
     # concurrent jobs of a sweep craft each PoisonSet once: the others wait here, then load it
-    with exclusive(workspace_dir(results_root, "locks") / f"poison-{pid}.lock", on_wait=waiting):
+    with exclusive(craft_lock(results_root, pid), on_wait=waiting):
         if exists(results_root, pid) and not force:
             return load(results_root, pid, dataset), True
         return _craft_and_save(spec, dataset, results_root, device, progress, force, compile, accel, deterministic)

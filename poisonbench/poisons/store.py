@@ -46,6 +46,12 @@ def poison_dir(results_root, poison_id: str) -> Path:
     return workspace_subdir(results_root, "poisons") / poison_id
 
 
+def craft_lock(results_root, poison_id: str) -> Path:
+    """`locks/poison-<id>.lock`: held while PoisonSet `poison_id` is crafted (concurrent jobs craft it once) or
+    unpacked."""
+    return workspace_dir(results_root, "locks") / f"poison-{poison_id}.lock"
+
+
 def craft_directories(results_root) -> dict[str, Path]:
     """{what it holds: directory} of everything a craft writes; a file where one of them belongs is refused in one
     line, and nothing is created."""

@@ -7,7 +7,11 @@ step runs the same run): a run is claimed (flock) before it trains, so two
 processes never train it twice; a done run is skipped; a PoisonSet has one writer and the others wait; a run that
 raises leaves a failure record; SIGTERM saves the epoch checkpoint and exits 143, and the re-run resumes from it.
 
-The local pool starts the prepare steps first and a run only once the PoisonSets it needs are on disk; its workers
+The local pool starts the prepare steps first and a run only once the PoisonSets it needs are on disk. A step that
+another process holds when the pool comes to it (another sweep on the same results directory crafting its PoisonSet
+or training its run) is put off while other steps can start, and no process is started for it while it is held:
+when it is let go it is done (skipped) or, if its holder died, started and resumed. A worker slot is thus never
+spent waiting for another sweep's claim while other steps are free. Its workers
 die with it (Linux: PR_SET_PDEATHSIG delivers SIGTERM, so even a SIGKILLed sweep leaves checkpoints, not orphans).
 They ignore SIGINT: a Ctrl-C stops the sweep, which stops them with SIGTERM (exit 130 then, 143 for SIGTERM).
 
@@ -38,7 +42,7 @@ from ..core.errors import PoisonbenchError
 from ..core.io import ensure_writable, writer_tag
 from ..core.workspace import workspace_dir
 from ..experiment.records import RunStore
-from .plan import Plan, Step
+from .plan import Plan, Step, held
 from .worker import run_step, spec_to_json
 
 TERMINATED = 143  # 128 + SIGTERM: `defend` stopped by SIGTERM after saving its checkpoint
@@ -346,8 +350,8 @@ class LocalPool:
             while pending or self.running:
                 if not self.stopping:
                     self._fill(pending, outcomes, failed_crafts, lambda pid: exists(root, pid))
-                if not self.running:
-                    break
+                if not self.running and (self.stopping or not pending):
+                    break  # (with nothing running, the steps still pending are held by other processes: waited for)
                 self._reap(outcomes, failed_crafts)
                 time.sleep(0.2)
         finally:
@@ -360,6 +364,7 @@ class LocalPool:
         return outcomes
 
     def _fill(self, pending: list[Step], outcomes: list[Outcome], failed_crafts: set[str], on_disk) -> None:
+        store = RunStore(self.plan.execution.results)
         busy = {slot for *_, slot, _ in self.running.values()}
         preparing = {s.key for s, *_ in self.running.values() if s.kind == "prepare"}
         i = 0
@@ -380,6 +385,9 @@ class LocalPool:
                 outcomes.append(self._finish(Outcome(step, "blocked", detail=f"PoisonSet {waiting[0]} is missing "
                                                      "and its prepare step failed (--retry-failed crafts it)")))
                 pending.pop(i)
+                continue
+            if held(store, step):  # another process (another sweep's step) is on it: its other steps first, and
+                i += 1  # once it lets go, done (no process started) or, if its holder died, started to resume it
                 continue
             pending.pop(i)
             if self.plan.state(step) == "done":  # finished elsewhere since the plan was made: no process needed

@@ -22,7 +22,6 @@ from typing import Any
 from ..core.device import resolve_device
 from ..core.errors import PoisonbenchError
 from ..core.io import try_exclusive
-from ..core.workspace import workspace_dir
 from ..experiment.options import method_options, spec_from_values
 from ..experiment.packed_records import GridSelection
 from ..experiment.records import RunStore
@@ -127,9 +126,9 @@ class Plan:
 def held(store: RunStore, step: Step) -> bool:
     """Whether another process holds the step's claim now (a run's claim; a PoisonSet's craft lock)."""
     from ..experiment.defend import run_lock
+    from ..poisons.store import craft_lock
 
-    lock = run_lock(store, step.key) if step.kind == "run" else \
-        workspace_dir(store.root, "locks") / f"poison-{step.key}.lock"
+    lock = run_lock(store, step.key) if step.kind == "run" else craft_lock(store.root, step.key)
     if not lock.exists():
         return False
     with try_exclusive(lock) as free:

@@ -131,12 +131,19 @@ def target_settings(df: pd.DataFrame, dataset: str | None, recipe: str | None, m
     return ss
 
 
-def cell_rows(number: str, sdf: pd.DataFrame, method: str, rho: float, params: dict) -> pd.DataFrame:
+def cell_rows(number: str, sdf: pd.DataFrame, method: str, rho: float, params: dict,
+              columns: dict | None = None) -> pd.DataFrame:
     """The runs table `number` averages in the cell of `method` (+ HINT `params`) at `rho`, chosen as the table
     chooses them (`primary`): Table II picks one parameter set per method column over all ρ; Tables IV and V
-    one per cell among the runs at their ρ. Runs of another parameter set (γ, schedule, ...) do not count."""
+    one per cell among the runs at their ρ. Runs of another parameter set (γ, schedule, ...) do not count.
+    `columns` keeps Table II's column of each (method, params) for the column's other ρ (chosen once, not per ρ)."""
     if number == "2":
-        column = primary(sdf, method, params or None)[0]
+        key = (method, tuple(sorted(params.items())))
+        column = columns.get(key) if columns is not None else None
+        if column is None:
+            column = primary(sdf, method, params or None)[0]
+            if columns is not None:
+                columns[key] = column
         return column[close(column.rho, rho)]
     return primary(sdf[close(sdf.rho, rho)], method, params or None)[0]
 
@@ -164,8 +171,9 @@ def needs(number: str, df: pd.DataFrame, opts: Options, methods: list[str], data
             else:
                 for m in wanted:
                     grid += [("hint", rho6, p) for p in hint_grid] if m == "hint" else [(m, rho6, ())]
+        columns: dict = {}  # Table II's column of each method, for its every ρ
         for m, rho, params in grid:
-            rows = cell_rows(number, sdf, m, rho, dict(params))
+            rows = cell_rows(number, sdf, m, rho, dict(params), columns)
             out.append(Need(s, m, rho, len(rows), params, frozenset(int(t) for t in rows.trial)))
     return out
 

@@ -235,8 +235,15 @@ COLUMNS = list(record_row({"run_id": "", "config": {"dataset": "", "model": "", 
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
-    """One `record_row` per run, with every column even when there is no run."""
-    return pd.DataFrame([record_row(r) for r in records], columns=COLUMNS)
+    """One `record_row` per run, with every column even when there is no run.
+
+    Text columns are kept as NumPy objects, as pandas 2 infers them, not as pandas 3's `str` dtype: a `str` column
+    is a block of its own, so each of a report's thousands of row selections took every column separately (28 of
+    the 49), and the object columns share one block. Every report built faster by about a third (the 14 records of
+    every kind, every table in every format: 1.34 → 0.93 s); the tables and notes are the same (tests/)."""
+    df = pd.DataFrame([record_row(r) for r in records], columns=COLUMNS)
+    text = {column: object for column, dtype in df.dtypes.items() if dtype == "str"}
+    return df.astype(text).copy() if text else df  # copy(): one block for the object columns
 
 
 # --- which runs a cell shows: the filters, one PoisonSet generation per mix, one run per trial and seed -------
