@@ -10,6 +10,7 @@ codes, signals, stderr, failure records) is what `defend` does; the OS errors ar
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -163,18 +164,18 @@ def test_a_sweep_stopped_by_a_signal_exits_128_plus_it(sig, expected, cli, tmp_p
 # a step another process holds is put off, with no process started for it, until it is let go
 
 
-def hold_later(lock: Path, after: Path, until: Path, order: Path, then=None) -> threading.Thread:
-    """A thread that takes `lock` (as another sweep's `defend` claims a run) once the step process leaving `after`
+def hold_later(locks: list[Path], after: Path, until, order: Path, then=None) -> threading.Thread:
+    """A thread that takes `locks` (as another sweep's `defend` claims runs) once the step process leaving `after`
     has started (after the sweep made its plan, as a second sweep's claim comes), says so in `<order>.holding`, and
-    lets go once the step leaving `until` has started, noting "released" in `order` first (and calling `then`)."""
+    lets go once `until()` holds, noting "released" in `order` first (and calling `then`)."""
     def hold():
         deadline = time.monotonic() + 60
         while not after.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
-        with try_exclusive(lock) as claimed:
-            assert claimed
+        with contextlib.ExitStack() as stack:
+            assert all(stack.enter_context(try_exclusive(lock)) for lock in locks)
             order.with_suffix(".holding").touch()
-            while not until.exists() and time.monotonic() < deadline:
+            while not until() and time.monotonic() < deadline:
                 time.sleep(0.02)
             with open(order, "a") as f:
                 f.write("released\n")
@@ -186,26 +187,42 @@ def hold_later(lock: Path, after: Path, until: Path, order: Path, then=None) -> 
     return thread
 
 
-# a step process: notes its index in `o`; the first `workers` of them end only once the claim is held
+# a step process: notes its index in `o` as it ends; the first `workers` of them end only once the claims are held
 STEP = ("here = os.path.join(root, '..')\n"
         "while int(index) < {workers} and not os.path.exists(os.path.join(here, 'o.holding')):\n"
         "    time.sleep(0.02)\n"
         "open(os.path.join(here, 'o'), 'a').write(index + '\\n')\n")
 
 
+def shown(order: Path) -> list[str]:
+    return order.read_text().split() if order.exists() else []
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_step_held_elsewhere_starts_after_the_others_once_it_is_let_go(workers, cli, tmp_path, monkeypatch):
-    grid, results, marks = write_grid(tmp_path, trials=workers + 2), tmp_path / "r", tmp_path / "marks"
+def test_steps_held_elsewhere_start_after_the_others_once_let_go(workers, cli, tmp_path, monkeypatch):
+    """Two steps in a row claimed by another process after the plan was made (the sweep comes to the second right
+    after putting off the first) are put off; the free step after them runs; then, with nothing of its own left
+    running, the sweep waits for the claims (held half a second longer than its polls) and runs both."""
+    grid, results, marks = write_grid(tmp_path, trials=workers + 3), tmp_path / "r", tmp_path / "marks"
     order = tmp_path / "o"
     fake_steps(monkeypatch, marks, STEP.format(workers=workers))
-    held = planned(grid, results).steps[workers]  # the step after the first `workers` ones
-    thread = hold_later(RunStore(results).lock_path(held.key), marks / "0", marks / str(workers + 1), order)
+    steps = planned(grid, results).steps
+    held, free = steps[workers:workers + 2], str(workers + 2)
+
+    def free_step_ended() -> bool:
+        if free not in shown(order):
+            return False
+        time.sleep(0.5)  # the sweep polls every 0.2 s: it sees nothing of its own running while the claims hold
+        return True
+
+    thread = hold_later([RunStore(results).lock_path(s.key) for s in held], marks / "0", free_step_ended, order)
     code, out, _ = sweep(cli, grid, results, "--workers", str(workers))
     thread.join()
-    # the held step's process started once it was let go (before 2026-11-30 it started while held, and waited)
-    shown = order.read_text().split()
-    assert sorted(shown[:workers]) == [str(i) for i in range(workers)]
-    assert shown[workers:] == [str(workers + 1), "released", str(workers)]
+    # the held steps' processes started once let go (before 2026-11-30 they started while held, and waited)
+    seen = shown(order)
+    assert sorted(seen[:workers]) == [str(i) for i in range(workers)]
+    assert seen[workers:workers + 2] == [free, "released"]
+    assert sorted(seen[workers + 2:]) == [str(workers), str(workers + 1)]
     assert code == 1  # (the fake steps write no record)
 
 
@@ -221,7 +238,8 @@ def test_a_step_its_holder_finished_is_skipped_without_a_process(cli, tmp_path, 
         return "done" if step.key == held.key and finished.exists() else real_state(self, step, *args, **kwargs)
 
     monkeypatch.setattr(plan_module.Plan, "state", state)
-    thread = hold_later(RunStore(results).lock_path(held.key), marks / "0", marks / "2", order, then=finished.touch)
+    thread = hold_later([RunStore(results).lock_path(held.key)], marks / "0", (marks / "2").exists, order,
+                        then=finished.touch)
     code, out, _ = sweep(cli, grid, results)
     thread.join()
     assert ran(marks) == {0, 2} and order.read_text().split() == ["0", "2", "released"]

@@ -858,6 +858,25 @@ def test_missing_gives_each_setting_the_seed_and_runs_of_its_own(monkeypatch):
     assert len(notes) == 1 and "runs of several base seeds (5, 11)" in notes[0], notes
 
 
+def test_missing_counts_each_settings_own_trials_of_a_method(monkeypatch):
+    """Table II's column of a method is chosen once for its every ρ, within one setting: a setting whose trials are
+    done gets no command, and one with a trial missing gets its own, whichever setting comes first."""
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["none"])
+    quick = [make_record(recipe="quick", trial=t) for t in range(2)]
+    paper = [make_record(recipe="paper", trial=0)]
+    for runs, incomplete in ((quick + paper, "paper"), (paper + quick, "paper")):
+        commands, _ = tables.missing_commands("2", runs, tables.Options(trials=2, rho=0.0), dataset="mnist-5k",
+                                              methods=["none"])
+        assert commands == ["poisonbench defend --dataset mnist-5k --method none --poison-ratio 0.0 --trials 2 "
+                            f"--recipe {incomplete}"], commands
+    paper.append(make_record(recipe="paper", trial=1))
+    quick.pop()
+    commands, _ = tables.missing_commands("2", quick + paper, tables.Options(trials=2, rho=0.0), dataset="mnist-5k",
+                                          methods=["none"])
+    assert commands == ["poisonbench defend --dataset mnist-5k --method none --poison-ratio 0.0 --trials 2 "
+                        "--recipe quick"], commands
+
+
 def test_missing_for_a_new_setting_takes_no_seed_or_mix_from_another_settings_runs(monkeypatch):
     """A setting with no runs yet (here 20 epochs, beside 30-epoch runs of base seed 7 on a mix of one attack) gets
     the default seed and mix: nothing of the other setting's runs leaks into its command."""
@@ -870,3 +889,22 @@ def test_missing_for_a_new_setting_takes_no_seed_or_mix_from_another_settings_ru
     assert commands == ["poisonbench defend --dataset mnist-5k --method none --poison-ratio 0.5 --trials 2 "
                         "--recipe paper --epochs 20"], commands
     assert notes == []
+
+
+def test_the_frame_keeps_text_as_objects_in_one_block_and_numbers_as_numbers():
+    """`records.frame`: each text column a NumPy object column (pandas 3 infers its own `str` dtype, one block a
+    column, which made every row selection of a report take them one by one) and the numbers as they were; the
+    values are the records' whatever the dtype."""
+    from poisonbench.report.tables import records as table_records
+
+    recs = [make_record(method=m, rho=rho, trial=t, acc=0.5 + t / 10)
+            for m in ("none", "hint") for rho in (0.0, 0.5) for t in range(3)]
+    df = table_records.frame(recs)
+    inferred = pd.DataFrame([table_records.record_row(r) for r in recs], columns=table_records.COLUMNS)
+    text = [c for c, d in inferred.dtypes.items() if d == "str"]
+    assert {"run_id", "method", "dataset", "params_json"} <= set(text)
+    assert {c: str(d) for c, d in df.dtypes.items()} == {c: "object" if c in text else str(d)
+                                                       for c, d in inferred.dtypes.items()}
+    assert df.astype(inferred.dtypes.to_dict()).equals(inferred)  # the same values
+    assert df._mgr.nblocks == df.dtypes.nunique()  # one block a dtype: the text columns in one (pandas' internals)
+    assert table_records.frame([]).columns.tolist() == table_records.COLUMNS
