@@ -877,6 +877,20 @@ def test_missing_counts_each_settings_own_trials_of_a_method(monkeypatch):
                         "--recipe quick"], commands
 
 
+def test_missing_takes_table_iis_column_choice_over_every_rho_and_the_other_tables_per_cell(monkeypatch):
+    """Table II chooses a method's parameter set once for its column (the set with the most runs over every ρ), so
+    a cell counts the column's set even where another set has more runs at its ρ; Table V chooses per cell."""
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["friends"])
+    many, few = {"beta": 0.1, "friendly_steps": 3}, {"beta": 0.2, "friendly_steps": 3}  # neither the defaults
+    runs = [make_record(method="friends", params=many, rho=0.0, trial=t) for t in range(2)]
+    runs += [make_record(method="friends", params=many, rho=0.4, trial=0)]
+    runs += [make_record(method="friends", params=few, rho=0.4, trial=t) for t in range(2)]
+    need = {(n.rho, n.have) for n in tables.missing.needs("2", tables.frame(runs), tables.Options(), ["friends"])}
+    assert {(0.0, 2), (0.4, 1)} <= need  # the column's set (3 runs) at ρ 0.4: 1 run, not the other set's 2
+    need = tables.missing.needs("5", tables.frame(runs), tables.Options(rho=0.4), ["friends"])
+    assert [(n.rho, n.have) for n in need] == [(0.4, 2)]  # per cell: the set with the most runs at ρ 0.4
+
+
 def test_missing_for_a_new_setting_takes_no_seed_or_mix_from_another_settings_runs(monkeypatch):
     """A setting with no runs yet (here 20 epochs, beside 30-epoch runs of base seed 7 on a mix of one attack) gets
     the default seed and mix: nothing of the other setting's runs leaks into its command."""
