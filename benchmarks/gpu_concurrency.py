@@ -39,8 +39,12 @@ BARRIER_TIMEOUT = 600.0  # seconds a worker waits for the others (a cold compile
 
 
 def worker_threads(k: int, cores: int | None = None) -> int:
-    """⌊cores / K⌋ intra-op threads per worker, at least one (sweeps.execute.split_threads's rule)."""
-    cores = cores or os.cpu_count() or 1
+    """⌊cores / K⌋ intra-op threads per worker, at least one: `sweeps.execute.split_threads`, the cores this process
+    may run on (its affinity: a cluster job's cpuset, `taskset`), not the machine's `os.cpu_count()`."""
+    if cores is None:
+        from poisonbench.sweeps.execute import split_threads
+
+        return split_threads(k)
     return max(1, cores // k)
 
 

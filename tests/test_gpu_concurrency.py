@@ -30,6 +30,15 @@ def test_threads_split_the_cores_and_never_fall_below_one(gc, k, cores):
     assert threads * k <= cores or threads == 1
 
 
+def test_threads_split_the_cores_the_process_may_run_on(gc, monkeypatch):
+    """As `sweep run --workers K`: the affinity's cores (a cpuset of 3 on a larger machine), not `os.cpu_count()`."""
+    from poisonbench.sweeps import execute
+
+    monkeypatch.setattr(execute.os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.setattr(execute.os, "cpu_count", lambda: 64)
+    assert [gc.worker_threads(k) for k in (1, 2, 3, 4)] == [3, 1, 1, 1]
+
+
 def test_threads_at_the_limits(gc):
     assert gc.worker_threads(16, 16) == 1 and gc.worker_threads(17, 16) == 1 and gc.worker_threads(8, 16) == 2
     assert gc.worker_threads(3, 16) == 5  # 16 / 3 does not divide: the floor
