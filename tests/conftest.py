@@ -16,24 +16,13 @@ import pytest
 
 def pytest_configure(config):
     """Under pytest-xdist (`-n N`, the default in pyproject.toml) the N workers share the cores: each worker's
-    torch takes its share of them instead of all, so that the workers do not oversubscribe the machine.
-
-    With no more cores than workers (CI's two on two), each worker is also pinned to a core of its own, and so is
-    every process it starts: a `defend` or sweep step a test starts sizes its threads from the cores it may run on
-    (`split_threads`, torch's default), one, instead of taking both cores while the other worker runs. Unpinned,
-    those processes trained with two threads beside the other worker's one on two cores, whose spinning cost a
-    tenth of their CPU time (tests/test_sweep.py and tests/test_manifest_only.py beside a one-core load: 94 → 84
-    CPU-seconds, 111 → 100 s)."""
+    torch takes its share of them instead of all, so that the workers do not oversubscribe the machine."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
 
         from poisonbench.sweeps.execute import split_threads
 
-        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-        if 1 < len(cores) <= workers and worker.startswith("gw") and worker[2:].isdigit():
-            os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
         torch.set_num_threads(split_threads(workers))
 
 
