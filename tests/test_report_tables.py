@@ -891,6 +891,19 @@ def test_missing_takes_table_iis_column_choice_over_every_rho_and_the_other_tabl
     assert [(n.rho, n.have) for n in need] == [(0.4, 2)]  # per cell: the set with the most runs at ρ 0.4
 
 
+def test_missing_counts_table_iis_hint_column_at_the_papers_ratio_and_beta(monkeypatch):
+    """Table II's HINT column is HINT at the paper's r = 0.5, β = 0.062 (`HINT_PAPER`), even where runs at another
+    r are more numerous and none of its runs is at every default: `--missing` counts the column's runs."""
+    from tests.report_records import hint_params
+
+    monkeypatch.setattr(tables.missing, "available_methods", lambda: ["hint"])
+    other_ratio = [make_record(method="hint", params=hint_params(ratio=0.3), rho=0.4, trial=t) for t in range(2)]
+    paper_ratio = [make_record(method="hint", params={**hint_params(), "gamma": 0.2}, rho=0.4, trial=0)]
+    need = {n.rho: n.have for n in tables.missing.needs("2", tables.frame(other_ratio + paper_ratio),
+                                                        tables.Options(), ["hint"])}
+    assert need[0.4] == 1  # the r = 0.5 run, not the two at r = 0.3
+
+
 def test_missing_for_a_new_setting_takes_no_seed_or_mix_from_another_settings_runs(monkeypatch):
     """A setting with no runs yet (here 20 epochs, beside 30-epoch runs of base seed 7 on a mix of one attack) gets
     the default seed and mix: nothing of the other setting's runs leaks into its command."""
