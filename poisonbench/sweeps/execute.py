@@ -330,7 +330,7 @@ class LocalPool:
         the running steps get SIGTERM (each saves its checkpoint), nothing new starts."""
         from ..poisons import exists
 
-        root = RunStore(self.plan.execution.results).root
+        store = RunStore(self.plan.execution.results)
         pending = list(steps)
         outcomes: list[Outcome] = []
         failed_crafts: set[str] = set()
@@ -349,7 +349,7 @@ class LocalPool:
         try:
             while pending or self.running:
                 if not self.stopping:
-                    self._fill(pending, outcomes, failed_crafts, lambda pid: exists(root, pid))
+                    self._fill(pending, outcomes, failed_crafts, store, lambda pid: exists(store.root, pid))
                 if not self.running and (self.stopping or not pending):
                     break  # (with nothing running, the steps still pending are held by other processes: waited for)
                 self._reap(outcomes, failed_crafts)
@@ -363,8 +363,8 @@ class LocalPool:
             outcomes += [Outcome(s, "terminated", detail="not started: the sweep was stopped") for s in pending]
         return outcomes
 
-    def _fill(self, pending: list[Step], outcomes: list[Outcome], failed_crafts: set[str], on_disk) -> None:
-        store = RunStore(self.plan.execution.results)
+    def _fill(self, pending: list[Step], outcomes: list[Outcome], failed_crafts: set[str], store: RunStore,
+              on_disk) -> None:
         busy = {slot for *_, slot, _ in self.running.values()}
         preparing = {s.key for s, *_ in self.running.values() if s.kind == "prepare"}
         i = 0

@@ -138,13 +138,11 @@ def cell_rows(number: str, sdf: pd.DataFrame, method: str, rho: float, params: d
     one per cell among the runs at their ρ. Runs of another parameter set (γ, schedule, ...) do not count.
     `columns` keeps Table II's column of each (method, params) for the column's other ρ (chosen once, not per ρ)."""
     if number == "2":
+        columns = {} if columns is None else columns
         key = (method, tuple(sorted(params.items())))
-        column = columns.get(key) if columns is not None else None
-        if column is None:
-            column = primary(sdf, method, params or None)[0]
-            if columns is not None:
-                columns[key] = column
-        return column[close(column.rho, rho)]
+        if key not in columns:
+            columns[key] = primary(sdf, method, params or None)[0]
+        return columns[key][close(columns[key].rho, rho)]
     return primary(sdf[close(sdf.rho, rho)], method, params or None)[0]
 
 
