@@ -831,4 +831,41 @@ def test_build_keeps_the_methods_asked_after_choosing_the_newest_poisonset_gener
     table = tables.build("2", recs, tables.Options(trials=1), mix="any", methods=["none"])
     assert (table.blocks, table.shown) == ([], set())
     assert table.notes == ["not shown: 1 mnist-5k run(s) of the mix pgd,dap,durp,deepconfuse trained on other "
-                           "PoisonSets (pgd differ from the 1 run(s) shown)"]
+                           "PoisonSets (pgd differ from the newest PoisonSets', which 1 run(s) used)"]
+
+
+def test_the_generation_note_names_every_input_that_differs_from_the_newest_poisonsets():
+    """An older generation that differs in an id, in ε and in the draw of the poisoned rows is named by all three,
+    in that order, with the count of runs on the newest PoisonSets; it says nothing of which runs are shown (the
+    note is made before `methods` filters)."""
+    recs = []
+    for trial, (ids, eps, rows, finished) in enumerate((
+            ({"pgd": "old", "dap": "d"}, 0.2, "a", "2025-01-01T00:00:00+00:00"),
+            ({"pgd": "new", "dap": "d"}, 0.3, "b", "2025-02-01T00:00:00+00:00"),
+            ({"pgd": "new", "dap": "d"}, 0.3, "b", "2025-02-02T00:00:00+00:00"))):
+        r = make_record(method="none", rho=0.4, trial=trial, acc=0.5)
+        r["config"]["poison"].update(poison_ids=ids, eps=eps, row_stream=rows)
+        r["finished_at"] = finished
+        recs.append(r)
+    table = tables.build("2", recs, tables.Options(trials=1), mix="any")
+    assert table.shown == {recs[1]["run_id"], recs[2]["run_id"]}
+    assert [n for n in table.notes if n.startswith("not shown")] == [
+        "not shown: 1 mnist-5k run(s) of the mix pgd,dap,durp,deepconfuse trained on other PoisonSets (pgd, ε, the "
+        "draw of the poisoned rows differ from the newest PoisonSets', which 2 run(s) used)"]
+
+
+def test_a_method_whose_records_name_no_parameter_is_said_so_not_shown_as_an_empty_object():
+    """A record whose `config.defense` names the method alone (another version's) cannot be checked against the
+    defaults: the note says that its records name no parameter, not "other than its defaults: {}"; a record that
+    names some still gets them printed."""
+    recs = [make_record(method="none", rho=0.4, trial=0, acc=0.5),
+            make_record(method="friends", rho=0.4, trial=0, acc=0.55),
+            make_record(method="epic", rho=0.4, trial=0, acc=0.6, params={"subset_size": 0.5})]
+    assert recs[1]["config"]["defense"] == {"method": "friends"}
+    (block,) = tables.build("2", recs, tables.Options(trials=1), mix="any").blocks
+    notes = [n for n in block.notes if " is shown " in n]
+    assert notes == [
+        "EPIC is shown with parameters other than its defaults (or from a version whose defaults this one cannot "
+        'check): {"subset_size":0.5}',
+        "FRIENDS is shown from records that name none of its parameters (a version whose defaults this one cannot "
+        "check)"]

@@ -282,7 +282,8 @@ def one_poison_generation(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if any(o.get("rows") != ref.get("rows") for o in others):
             changed.append("the draw of the poisoned rows")
         notes.append(f"not shown: {len(left)} {dataset} run(s) of the mix {mix} trained on other PoisonSets "
-                     f"({', '.join(changed)} differ from the {int(counts[chosen])} run(s) shown)")
+                     f"({', '.join(changed)} differ from the newest PoisonSets', which {int(counts[chosen])} "
+                     "run(s) used)")
     return df[keep], notes
 
 
@@ -605,8 +606,11 @@ def choose_parameters(sdf: pd.DataFrame, notes: list, budgets: bool = False,
             chosen[m], left = primary(sdf, m, {k: v for k, v in fixed.items() if k != BUDGET_PARAM})
             anchored_off_paper = len(chosen[m]) > 0
         if len(chosen[m]) and not chosen[m].default_params.any() and not anchored_off_paper:
-            notes.append(f"{method_label(m)} is shown with parameters other than its defaults (or from a version "
-                         f"whose defaults this one cannot check): {chosen[m].params_json.iloc[0]}")
+            params = chosen[m].params_json.iloc[0]
+            notes.append(f"{method_label(m)} is shown from records that name none of its parameters (a version "
+                         "whose defaults this one cannot check)" if params == "{}" else
+                         f"{method_label(m)} is shown with parameters other than its defaults (or from a version "
+                         f"whose defaults this one cannot check): {params}")
         if budgets and len(chosen[m]) and chosen[m].params_json.nunique() == 1:
             for params_json, rows in sorted(left.groupby("params_json"), key=lambda g: g[0]):
                 beta = only_budget_differs(chosen[m].params_json.iloc[0], params_json)
