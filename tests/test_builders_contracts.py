@@ -869,3 +869,21 @@ def test_a_method_whose_records_name_no_parameter_is_said_so_not_shown_as_an_emp
         'check): {"subset_size":0.5}',
         "FRIENDS is shown from records that name none of its parameters (a version whose defaults this one cannot "
         "check)"]
+
+
+def test_every_setting_with_two_poisonset_generations_gets_its_note_after_one_with_one():
+    """The generations are chosen per dataset, model, recipe and mix: a setting with one generation (here
+    fashion-mnist, first in sorted order) does not end the search before a later one (mnist-5k) with two."""
+    recs = [make_record(dataset="fashion-mnist", method="none", rho=0.4, trial=0, acc=0.5)]
+    for trial, (ids, finished) in enumerate((("old", "2025-01-01T00:00:00+00:00"),
+                                             ("new", "2025-02-01T00:00:00+00:00"))):
+        r = make_record(method="none", rho=0.4, trial=trial, acc=0.5)
+        r["config"]["poison"].update(poison_ids={"pgd": ids})
+        r["finished_at"] = finished
+        recs.append(r)
+    table = tables.build("2", recs, tables.Options(trials=1), mix="any")
+    assert table.shown == {recs[0]["run_id"], recs[2]["run_id"]}
+    notes = table.notes + [n for block in table.blocks for n in block.notes]
+    assert [n for n in notes if n.startswith("not shown")] == [
+        "not shown: 1 mnist-5k run(s) of the mix pgd,dap,durp,deepconfuse trained on other PoisonSets (pgd differ "
+        "from the newest PoisonSets', which 1 run(s) used)"]
