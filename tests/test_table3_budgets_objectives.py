@@ -288,3 +288,29 @@ def test_a_block_whose_only_hint_runs_use_another_step_names_that_step(step, lab
     assert step_off_defaults("friends", '{"beta": 0.3}') == ""
     assert step_off_defaults("no-such-defense", '{"sign": true}') == step_off_defaults("hint", "{") == ""
 
+
+
+@pytest.mark.parametrize(("step", "label"), [({"sign": False}, "HINT (β 0.3)"),
+                                             ({"sign": True, "gamma": 1.0}, "HINT (β 0.3, signed, γ 1)")])
+def test_a_single_hint_run_off_the_papers_beta_is_its_budget_row_too(step, label):
+    """One HINT run (fewer than the tests above have), at β = ε only: it still anchors HINT's rows and gets its budget
+    row, named by its step, with no note that it is off its defaults (a rule counting runs from 2 would drop it)."""
+    records = [run("none", t, t < 2) for t in range(3)] + [run("hint", 0, False, hint_params(beta=EPS) | step)]
+    table = tables.build("3", records, tables.Options(trials=3, paired=True), dataset="fashion-mnist")
+    labels = [row[0].text for row in table.blocks[0].rows if row[1].text == "ASR"]
+    assert labels == ["W/o Defense", label]
+    (cell,) = [d for d in table.data if d["method"] == "hint" and d["attack"] == "fc"]
+    assert (cell["beta"], cell["successes"], cell["paired_saved"], cell["paired_new"]) == (EPS, 0, 1, 0)
+    assert "other than its defaults" not in tables.render(table, "md")
+
+
+def test_a_single_hint_run_at_the_papers_beta_beside_one_with_another_step_makes_two_rows():
+    """One run at the paper's β and one at β = ε with the official signed step (each a single run): two rows, the
+    second named by its β and step, none left out."""
+    records = [run("none", t, t < 2) for t in range(3)] + [
+        run("hint", 0, True, hint_params() | {"sign": False}),
+        run("hint", 0, False, hint_params(beta=EPS) | {"sign": True})]
+    table = tables.build("3", records, tables.Options(trials=3, paired=True), dataset="fashion-mnist")
+    labels = [row[0].text for row in table.blocks[0].rows if row[1].text == "ASR"]
+    assert labels == ["W/o Defense", "HINT (β 0.062)", "HINT (β 0.3, signed)"]
+    assert "not shown" not in tables.render(table, "md")
