@@ -107,8 +107,9 @@ def wait_for(condition, what: str, timeout: float = PATIENCE, fail: bool = True)
 
 
 def workers_of(results: Path) -> list[int]:
-    """The live `defend` processes working on `results` (found by their command line; a zombie has none)."""
-    needle = str(results).encode()
+    """The live step processes working on `results`: `python -m poisonbench.sweeps.worker KIND SPEC_JSON` whose
+    spec names `results` (found by their command line; a zombie has none)."""
+    needle = json.dumps(str(results)).encode()  # as the spec's JSON writes it, quotes included
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -117,7 +118,7 @@ def workers_of(results: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:  # exited meanwhile
             continue
-        if b"defend" in argv and needle in argv:
+        if b"poisonbench.sweeps.worker" in argv and any(needle in arg for arg in argv):
             pids.append(int(entry.name))
     return pids
 
@@ -208,6 +209,9 @@ def test_a_sweep_sigkilled_three_times_finishes_each_run_once_and_leaves_nothing
             sweep.proc.send_signal(signal.SIGKILL)
         code = sweep.proc.wait(PATIENCE)
         assert code in (-signal.SIGKILL, 0), sweep.tail()  # 0: it finished before its moment came
+        # the kill inside training lands: the sweep cannot finish within 0.1 s of a run's early epoch (a test whose
+        # kills all came too late would test an uninterrupted sweep)
+        assert kill != 1 or code == -signal.SIGKILL, f"the sweep ended ({code}) before the kill in training"
         wait_for(lambda: not workers_of(results), "the killed sweep's workers to save their epoch and exit")
         snapshots.append(record_stamps(results))
         if kill == 1 and code != 0:  # the workers got SIGTERM (PR_SET_PDEATHSIG): the epoch under way was saved
