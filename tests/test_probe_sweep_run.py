@@ -24,7 +24,7 @@ import pytest
 
 from poisonbench.core.io import try_exclusive
 from poisonbench.experiment.records import RunStore
-from poisonbench.sweeps import Execution, execute, load_grid, make_plan
+from poisonbench.sweeps import Execution, execute, load_grid, make_plan, warm
 
 from .conftest import one_line_error, write_npz
 
@@ -57,6 +57,9 @@ def fake_steps(monkeypatch, marks: Path, body: str = "") -> None:
                 str(step.index), str(marks)]
 
     monkeypatch.setattr(execute, "step_argv", argv)
+    # started cold, as `step_argv` says: a step forked from the warm server runs the real worker (its own tests are
+    # tests/test_warm_start.py)
+    monkeypatch.setenv(warm.ENV_SWITCH, "0")
 
 
 def ran(marks: Path) -> set[int]:

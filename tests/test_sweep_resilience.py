@@ -107,18 +107,18 @@ def wait_for(condition, what: str, timeout: float = PATIENCE, fail: bool = True)
 
 
 def workers_of(results: Path) -> list[int]:
-    """The live step processes working on `results`: `python -m poisonbench.sweeps.worker KIND SPEC_JSON` whose
-    spec names `results` (found by their command line; a zombie has none)."""
-    needle = json.dumps(str(results)).encode()  # as the spec's JSON writes it, quotes included
+    """The live step processes working on `results`: those whose stderr is a log in `<results>/logs/` (forked from
+    the warm server or started cold, a step writes its stderr there; a zombie has no descriptors)."""
+    logs = str(results / "logs") + os.sep
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stderr = os.readlink(entry / "fd" / "2")
         except OSError:  # exited meanwhile
             continue
-        if b"poisonbench.sweeps.worker" in argv and any(needle in arg for arg in argv):
+        if stderr.startswith(logs):
             pids.append(int(entry.name))
     return pids
 
@@ -180,7 +180,7 @@ def assert_finished_cleanly(grid: Path, results: Path) -> dict[str, dict]:
 
 def test_a_sweep_sigkilled_three_times_finishes_each_run_once_and_leaves_nothing_behind(tmp_path, sweeps):
     dataset = write_npz(tmp_path, n=1500, size=16)  # 1200 train rows: an epoch takes a moment
-    epochs = 6
+    epochs = 8  # a warm step starts training at once: the first kill leaves epochs for the second to land in
     # one trial (4 runs and the PoisonSet they share): every step is a process that spends seconds importing torch
     grid = write_grid(tmp_path / "grid.toml", dataset, epochs=epochs, trials=1, poison_ratio=[0, 0.5],
                       methods=["none", "hint"])
@@ -196,14 +196,14 @@ def test_a_sweep_sigkilled_three_times_finishes_each_run_once_and_leaves_nothing
 
         if kill == 0:  # anywhere in the work: crafting, starting up, loading, an epoch, writing a record
             wait_for(lambda: workers_of(results) or ended(), "a worker to start")
-            delay = rng.uniform(0, 8)
+            delay = rng.uniform(0, 1)  # a warm worker trains at once, an epoch in a fraction of a second
         elif kill == 1:  # inside a run's training, epochs before its last
             training = wait_for(lambda t=since: epochs_shown(results, epochs, t) or ended(), "a run to train")
             delay = rng.uniform(0, 0.1)
         else:  # after a run finished, so that the last snapshot has a record the re-run must leave alone
             before = len(record_stamps(results))
             wait_for(lambda n=before: len(record_stamps(results)) > n or ended(), "a run to finish")
-            delay = rng.uniform(0, 3)
+            delay = rng.uniform(0, 1)  # a warm worker trains at once, an epoch in a fraction of a second
         wait_for(lambda t=time.monotonic() + delay: time.monotonic() > t or ended(), "the moment", fail=False)
         if not ended():
             sweep.proc.send_signal(signal.SIGKILL)

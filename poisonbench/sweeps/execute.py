@@ -33,15 +33,17 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from ..core.errors import PoisonbenchError
+from ..core.errors import PoisonbenchError, PoisonbenchWarning
 from ..core.io import ensure_writable, writer_tag
 from ..core.workspace import workspace_dir
 from ..experiment.records import RunStore
+from . import warm
 from .plan import Plan, Step, held
 from .worker import run_step, spec_to_json
 
@@ -84,7 +86,12 @@ def split_threads(workers: int) -> int:
 
 def step_argv(plan: Plan, step: Step) -> list[str]:
     """The worker process of `step`: the library runs its spec (poisonbench.sweeps.worker)."""
-    return [sys.executable, "-m", "poisonbench.sweeps.worker", step.kind, spec_to_json(step.spec)]
+    return [sys.executable, "-m", "poisonbench.sweeps.worker", *step_args(step)]
+
+
+def step_args(step: Step) -> list[str]:
+    """`poisonbench.sweeps.worker`'s arguments for `step`: its kind and its spec as JSON."""
+    return [step.kind, spec_to_json(step.spec)]
 
 
 def logs_dir(plan: Plan) -> Path:
@@ -294,7 +301,8 @@ class LocalPool:
         # (tests/test_concurrent_runs.py), so a fixed --threads gives the same records whatever --workers is
         self.threads = threads or split_threads(workers)
         self.gpus = gpu_count(plan.execution.device)
-        self.running: dict[subprocess.Popen, tuple[Step, float, int, StepLog]] = {}
+        self.warm = warm.wanted(self.gpus)  # fork each step from a server that imported the library once
+        self.running: dict[subprocess.Popen | warm.WarmProcess, tuple[Step, float, int, StepLog]] = {}
         self.stopping = False
         self.stopped_by: int | None = None  # the signal (SIGTERM or SIGINT) that stopped the sweep
         self.logs_fd: int | None = None
@@ -315,8 +323,11 @@ class LocalPool:
             return Outcome(step, "failed", detail=f"not started: cannot create its log "
                                                   f"{directory / log_name(step)}: {e.strerror or e}")
         try:
-            proc = subprocess.Popen(step_argv(self.plan, step), stdout=subprocess.PIPE, stderr=log.fd, text=True,
-                                    env=self.env(slot), preexec_fn=partial(_die_with_parent, os.getpid()))
+            proc = self._warm_start(step, slot, log) if self.warm else None
+            if proc is None:
+                proc = subprocess.Popen(step_argv(self.plan, step), stdout=subprocess.PIPE, stderr=log.fd,
+                                        text=True, env=self.env(slot),
+                                        preexec_fn=partial(_die_with_parent, os.getpid()))
         except OSError as e:
             log.close()
             return Outcome(step, "failed", detail=f"not started: {e.strerror or e} (log: {log.path})")
@@ -324,6 +335,17 @@ class LocalPool:
         if self.on_start:
             self.on_start(step)
         return None
+
+    def _warm_start(self, step: Step, slot: int, log: StepLog) -> warm.WarmProcess | None:
+        """The step forked from the warm server (`sweeps.warm`); None where that failed (the warning says why
+        once, and the pool starts its steps cold from then on)."""
+        try:
+            return warm.start(step_args(step), self.env(slot), log.fd)
+        except (OSError, EOFError, RuntimeError, ValueError) as e:
+            self.warm = False
+            warnings.warn(PoisonbenchWarning(f"the warm step server failed ({type(e).__name__}: {e}); the sweep "
+                                             "starts its steps in fresh processes from here"), stacklevel=2)
+            return None
 
     def run(self, steps: list[Step]) -> list[Outcome]:
         """Execute `steps`; returns their outcomes in completion order. SIGTERM or SIGINT to the sweep stops it:
