@@ -66,7 +66,8 @@ SLOWEST_FILES = ("test_report_valid_records.py", "test_sweep_resilience.py", "te
                  "test_checkpoints.py", "test_targeted_scenarios.py", "test_sweep.py", "test_records.py",
                  "test_plugins.py", "test_benchmarks.py", "test_manifest_only.py", "test_concurrent_runs.py",
                  "test_dpsgd_privacy.py", "test_run_identity.py", "test_probe_report.py", "test_attacks.py",
-                 "test_gpu_check.py", "test_host_sync.py", "test_hardening_round3.py", "test_rem_gpu_script.py")
+                 "test_gpu_check.py", "test_host_sync.py", "test_warm_start.py", "test_termination.py",
+                 "test_hardening_round3.py", "test_rem_gpu_script.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -22,7 +22,7 @@ from poisonbench.sweeps import Execution, execute, load_grid, make_plan, warm
 from .conftest import write_npz
 
 GRID = '[defaults]\ndataset = "{npz}"\nrecipe = "quick"\nepochs = 1\n\n[[runs]]\nattacks = [["durp"]]\n' \
-       'method = "none"\npoison_ratio = [0, 0.5]\n'
+       'method = "none"\npoison_ratio = {ratios}\n'
 SAME = ("config", "history", "metrics", "inputs", "defense", "resumed_from_epoch", "poison_tensors")
 
 
@@ -30,7 +30,15 @@ SAME = ("config", "history", "metrics", "inputs", "defense", "resumed_from_epoch
 def grid(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("warm")
     path = root / "grid.toml"
-    path.write_text(GRID.format(npz=write_npz(root)))
+    path.write_text(GRID.format(npz=write_npz(root), ratios="[0, 0.5]"))  # a PoisonSet and two runs: three steps
+    return path
+
+
+@pytest.fixture(scope="module")
+def poisoned(grid) -> Path:
+    """A PoisonSet and the run at ρ 0.5 that trains on it: two steps (a cold one costs seconds of imports)."""
+    path = grid.with_name("poisoned.toml")
+    path.write_text(GRID.format(npz=grid.with_name("tiny.npz"), ratios="[0.5]"))
     return path
 
 
@@ -59,37 +67,49 @@ def records(results: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (results / "runs").glob("*.json")}
 
 
-def test_a_warm_step_writes_the_cold_step_s_record_threads_included(grid, tmp_path, monkeypatch):
+def test_a_warm_step_writes_the_cold_step_s_record_threads_included(poisoned, tmp_path, monkeypatch):
+    """The PoisonSet and the run on it, forked and then cold, at one thread (the server's torch has the cores'):
+    the same record, the same PoisonSet (the run's `inputs`), the same threads."""
+    threads = "1"
     forked = spy_starts(monkeypatch)
-    assert sweep(grid, tmp_path / "warm", "--threads", "2") == 0
-    assert [argv[0] for argv in forked] == ["prepare", "run", "run"]  # every step forked, none started cold
+    assert sweep(poisoned, tmp_path / "warm", "--threads", threads) == 0
+    assert [argv[0] for argv in forked] == ["prepare", "run"]  # every step forked, none started cold
     forked.clear()
     monkeypatch.setenv(warm.ENV_SWITCH, "0")
-    assert sweep(grid, tmp_path / "cold", "--threads", "2") == 0
+    assert sweep(poisoned, tmp_path / "cold", "--threads", threads) == 0
     assert forked == []
     hot, cold = records(tmp_path / "warm"), records(tmp_path / "cold")
-    assert set(hot) == set(cold) and len(hot) == 2
+    assert set(hot) == set(cold) and len(hot) == 1
     for rid in hot:
         assert {k: hot[rid][k] for k in SAME} == {k: cold[rid][k] for k in SAME}
-        assert hot[rid]["env"]["threads"] == cold[rid]["env"]["threads"] == 2  # OMP_NUM_THREADS, both ways
-        assert {k: v for k, v in hot[rid]["env"].items()} == cold[rid]["env"]
+        assert hot[rid]["inputs"]["poisons"]  # the run trained on the PoisonSet its sweep crafted
+        assert hot[rid]["env"]["threads"] == int(threads)  # OMP_NUM_THREADS, both ways
+        assert hot[rid]["env"] == cold[rid]["env"]
 
 
 def test_a_server_that_fails_leaves_one_warning_and_the_sweep_starts_cold(grid, tmp_path, monkeypatch, capsys):
+    """The steps, cheap stand-ins (`tests/test_probe_sweep_run.py`'s `fake_steps`: `python -c`), start cold once the
+    server failed: tried once, one warning, every step run."""
+    from .test_probe_sweep_run import fake_steps, ran
+
     calls = []
 
     def broken(argv, environ, stderr):
         calls.append(argv)
         raise EOFError("unexpected EOF")
 
+    fake_steps(monkeypatch, tmp_path / "marks")
+    monkeypatch.delenv(warm.ENV_SWITCH)  # (fake_steps starts cold; here the pool tries the server first)
     monkeypatch.setattr(warm, "start", broken)
-    assert sweep(grid, tmp_path / "results") == 0
+    sweep(grid, tmp_path / "results")  # (its stand-in steps write no record: the sweep exits 1, every run missing)
     assert len(calls) == 1  # tried once, then cold for the rest
     err = capsys.readouterr().err
     warning = ("Warning: the warm step server failed (EOFError: unexpected EOF); the sweep starts its steps in "
                "fresh processes from here")
     assert [line.strip() for line in err.splitlines() if "warm step server" in line] == [warning]
-    assert len(records(tmp_path / "results")) == 2
+    # the PoisonSet's step and the run at ρ 0, the first included, started cold (the run at ρ 0.5 is blocked: the
+    # stand-in crafted no PoisonSet)
+    assert ran(tmp_path / "marks") == {0, 1}
 
 
 @pytest.mark.parametrize(("platform", "gpus", "environ", "expected"), [
@@ -202,3 +222,81 @@ def test_the_server_s_exit_skips_its_finalisation():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert warm.PRELOAD[-1] == "poisonbench.sweeps.warm_server"  # imported last: its handler runs first
+
+
+CHILD_PROBE = r'''
+import json, os, signal, sys, ctypes
+from multiprocessing import forkserver
+from poisonbench.sweeps import warm, worker
+
+def fake_main(argv):
+    got = ctypes.c_int()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(2, ctypes.byref(got))  # PR_GET_PDEATHSIG
+    try:
+        os.fstat(ALIVE_W)
+        alive_fd_open = True
+    except OSError:
+        alive_fd_open = False
+    import torch
+    print(json.dumps({"argv": argv, "environ": dict(os.environ), "threads": torch.get_num_threads(),
+                      "server_threads": SERVER_THREADS,
+                      "sigint": signal.getsignal(signal.SIGINT) == signal.SIG_IGN, "pdeathsig": got.value,
+                      "alive_fd_open": alive_fd_open, "ppid_is_server": os.getppid() == SERVER}))
+    print("to the log", file=sys.stderr)
+    return 7
+
+worker.main = fake_main
+import torch
+SERVER_THREADS = torch.get_num_threads()  # (the probe's OMP_NUM_THREADS: the cores, as the server's)
+ALIVE_R, ALIVE_W = os.pipe()
+SERVER = os.getpid()
+forkserver._forkserver._forkserver_alive_fd = ALIVE_W
+out_r, out_w = os.pipe()
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+server = SERVER if sys.argv[2] == "alive" else 1  # "dead": the child's parent is not the server it was told of
+pid = os.fork()
+if pid == 0:
+    try:
+        warm._child(["run", "{}"], {"OMP_NUM_THREADS": sys.argv[3], "ONLY": "this"}, warm._Fd(out_w),
+                    warm._Fd(log), server)
+    except SystemExit as exc:  # _child's own end: its code, as multiprocessing would report it
+        os._exit(exc.code)
+    os._exit(99)  # _child returned instead of exiting
+os.close(out_w)
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "stdout": os.read(out_r, 65536).decode()}))
+'''
+
+
+@pytest.mark.parametrize(("server", "extra"), [("alive", 0), ("alive", 1), ("dead", 0)])
+def test_the_forked_child_sets_up_the_step_as_a_fresh_process_would(server, extra, tmp_path):
+    """`warm._child`, forked by hand with a stand-in `worker.main`: the step's stdout is the pipe and its stderr the
+    log; the environment is exactly the pool's; OMP_NUM_THREADS becomes torch's threads; SIGINT is ignored;
+    PR_SET_PDEATHSIG is SIGTERM; the server's liveness pipe is closed; the exit code is main's. A child whose parent
+    is not the server it was told of (the server died before the prctl) stops itself with SIGTERM, running
+    nothing. OMP_NUM_THREADS is 1 (the server's torch has more where there are cores) or one more than the
+    cores, which torch caps at its own cap, as a fresh process does."""
+    log = tmp_path / "step.log"
+    cores = os.cpu_count() or 1
+    threads = 1 if not extra else cores + 1
+    environ = {**os.environ, "OMP_NUM_THREADS": str(cores), "MKL_NUM_THREADS": str(cores)}  # as `_ensure_server`
+    probe = subprocess.run([sys.executable, "-c", "import sys\nexec(sys.stdin.read())", str(log), server,
+                            str(threads)], input=CHILD_PROBE, capture_output=True, text=True, env=environ,
+                           timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    (line,) = probe.stdout.splitlines()
+    result = json.loads(line)
+    if server == "dead":
+        assert result == {"code": -signal.SIGTERM, "stdout": ""} and log.read_text() == ""
+        return
+    assert result["code"] == 7
+    (said,) = [json.loads(line) for line in result["stdout"].splitlines()]
+    fresh = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], text=True,
+                           capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads),
+                                                     "MKL_NUM_THREADS": str(threads)}, timeout=120) if extra else None
+    expected = int(fresh.stdout) if fresh else 1  # what a fresh process makes of the variable
+    assert said.pop("server_threads") >= expected  # the server's cap is at least what the step takes
+    assert said == {"argv": ["run", "{}"], "environ": {"OMP_NUM_THREADS": str(threads), "ONLY": "this"},
+                    "threads": expected, "sigint": True, "pdeathsig": signal.SIGTERM, "alive_fd_open": False,
+                    "ppid_is_server": True}
+    assert log.read_text() == "to the log\n"

@@ -7,7 +7,8 @@ a server process (multiprocessing's `forkserver`, preloading `PRELOAD`) that did
 after the sweep's first starts in milliseconds.
 
 A forked step is the same step: `worker.main` on the same arguments, its stdout a pipe and its stderr the step's
-log, the environment the pool gives it (`OMP_NUM_THREADS` becomes `torch.set_num_threads`, as in a fresh process),
+log, the environment the pool gives it (`OMP_NUM_THREADS` becomes `torch.set_num_threads`, at most torch's cap
+on threads, as in a fresh process),
 SIGINT ignored, and SIGTERM when its parent dies. Its parent is the server, which ends when the sweep does: the child
 closes the server's liveness pipe that multiprocessing hands it (held open, it would keep the server, and so the
 child, alive after the sweep died), and a child whose server ended before it asked for SIGTERM stops at once. Its
@@ -98,7 +99,10 @@ def _child(argv: list[str], environ: dict[str, str], stdout: _Fd, stderr: _Fd, s
     if threads and threads.isdigit() and int(threads) > 0:
         import torch
 
-        torch.set_num_threads(int(threads))  # what a fresh process makes of OMP_NUM_THREADS
+        # what a fresh process makes of OMP_NUM_THREADS: torch reads it once, at import, and takes at most its own
+        # cap (the cores); the server imported torch with the variable at the core count, so its threads, which
+        # the child inherits, are that cap
+        torch.set_num_threads(min(int(threads), torch.get_num_threads()))
     from .worker import main
 
     sys.stdout.flush()
@@ -106,6 +110,24 @@ def _child(argv: list[str], environ: dict[str, str], stdout: _Fd, stderr: _Fd, s
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # what torch reads at import for its threads
+
+
+def _ensure_server() -> None:
+    """Start the server if it is not running, with torch's thread variables at the core count: its torch then holds
+    its cap on threads, which `_child` applies to a step's OMP_NUM_THREADS as a fresh process would."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(os.cpu_count() or 1)))
+    try:
+        forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 LOST = 255  # multiprocessing's exit code for a child whose end the server did not report
@@ -134,7 +156,7 @@ class WarmProcess:
 
     def __init__(self, argv: list[str], environ: dict[str, str], stderr: int):
         context = _context()
-        forkserver.ensure_running()  # (before the process object is made: its child checks the server's pid)
+        _ensure_server()  # (before the process object is made: its child checks the server's pid)
         server = getattr(forkserver._forkserver, "_forkserver_pid", None)
         if server is None:
             raise RuntimeError("the forkserver did not start")
