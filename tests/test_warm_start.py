@@ -68,9 +68,13 @@ def records(results: Path) -> dict[str, dict]:
 
 
 def test_a_warm_step_writes_the_cold_step_s_record_threads_included(poisoned, tmp_path, monkeypatch):
-    """The PoisonSet and the run on it, forked and then cold, at one thread (the server's torch has the cores'):
-    the same record, the same PoisonSet (the run's `inputs`), the same threads."""
-    threads = "1"
+    """The PoisonSet and the run on it, forked and then cold, at the cores' threads: the same record, the same
+    PoisonSet (the run's `inputs`), the same threads. The sweep's own environment says one thread; the server,
+    started afresh from it, still takes torch's cap (one thread here would cap every step at one)."""
+    threads = str(os.cpu_count() or 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    forkserver._forkserver._stop()  # a server another test of this process started: this one starts its own
     forked = spy_starts(monkeypatch)
     assert sweep(poisoned, tmp_path / "warm", "--threads", threads) == 0
     assert [argv[0] for argv in forked] == ["prepare", "run"]  # every step forked, none started cold
