@@ -250,6 +250,9 @@ def fake_main(argv):
     return 7
 
 worker.main = fake_main
+# Python's own SIGINT handler, whatever this process inherited (a shell's background job starts with SIGINT
+# ignored, which would hide a child that leaves SIGINT as it found it)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 SERVER_THREADS = torch.get_num_threads()  # (the probe's OMP_NUM_THREADS: the cores, as the server's)
 ALIVE_R, ALIVE_W = os.pipe()
