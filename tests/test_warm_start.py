@@ -307,3 +307,48 @@ def test_the_forked_child_sets_up_the_step_as_a_fresh_process_would(server, extr
                     "threads": expected, "sigint": True, "pdeathsig": signal.SIGTERM, "alive_fd_open": False,
                     "ppid_is_server": True}
     assert log.read_text() == "to the log\n"
+
+
+@pytest.mark.parametrize("before", [None, "3"])
+def test_starting_the_server_leaves_the_sweeps_thread_variables_as_they_were(before, monkeypatch):
+    """The server starts with torch's thread variables at the core count; the sweep's own are restored after, unset
+    where they were unset."""
+    for name in warm.THREAD_VARIABLES:
+        if before is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, before)
+    forkserver._forkserver._stop()
+    warm._ensure_server()
+    assert warm._server_alive()
+    assert {name: os.environ.get(name) for name in warm.THREAD_VARIABLES} == dict.fromkeys(warm.THREAD_VARIABLES,
+                                                                                          before)
+
+
+def test_the_server_is_alive_while_it_runs_and_not_once_stopped():
+    warm._ensure_server()
+    assert warm._server_alive() is True
+    forkserver._forkserver._stop()
+    assert warm._server_alive() is False  # (no server: its pid is forgotten)
+    warm._ensure_server()
+    pid = forkserver._forkserver._forkserver_pid
+    os.kill(pid, signal.SIGKILL)
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+    assert warm._server_alive() is False
+    warm._ensure_server()  # multiprocessing reaps it and starts another
+    assert forkserver._forkserver._forkserver_pid != pid and warm._server_alive() is True
+
+
+def test_a_step_that_cannot_be_forked_raises_and_leaves_no_descriptor_open(monkeypatch):
+    """The pool falls back to a cold start on the error; the pipe made for the step's stdout is closed."""
+
+    class Unstartable:
+        def Process(self, **kwargs):  # noqa: N802 (multiprocessing's name)
+            raise OSError("no fork today")
+
+    monkeypatch.setattr(warm, "_context", lambda: Unstartable())
+    warm._ensure_server()  # (a server started now would hold descriptors of its own)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="no fork today"):
+        warm.start(["run", "{}"], {}, 2)
+    assert set(os.listdir("/proc/self/fd")) == before

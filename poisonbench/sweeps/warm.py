@@ -152,7 +152,7 @@ def _drop_server_alive_fd() -> None:
 
 class WarmProcess:
     """A step forked from the server, with the part of `subprocess.Popen`'s interface the pool uses: `pid`,
-    `poll()`, `returncode`, `send_signal`, `kill`, `wait` and `stdout` (read once it ended)."""
+    `poll()`, `returncode`, `send_signal` and `stdout` (read once it ended)."""
 
     def __init__(self, argv: list[str], environ: dict[str, str], stderr: int):
         context = _context()
@@ -160,11 +160,9 @@ class WarmProcess:
         server = getattr(forkserver._forkserver, "_forkserver_pid", None)
         if server is None:
             raise RuntimeError("the forkserver did not start")
-        read, write = os.pipe()
-        os.set_inheritable(read, False)
+        read, write = os.pipe()  # (not inheritable, PEP 446: only the child's duplicate reaches it)
         try:
-            self._process = context.Process(target=_child, name="poisonbench-step",
-                                            args=(argv, environ, _Fd(write), _Fd(stderr), server))
+            self._process = context.Process(target=_child, args=(argv, environ, _Fd(write), _Fd(stderr), server))
             self._process.start()
         except BaseException:
             os.close(read)
@@ -172,7 +170,7 @@ class WarmProcess:
         finally:
             os.close(write)  # the child holds its own copy: EOF once it ends
         self.pid = self._process.pid
-        self.stdout = os.fdopen(read, "r", encoding="utf-8", errors="replace")
+        self.stdout = os.fdopen(read)  # text, as `subprocess.Popen(..., text=True)` reads a cold step's
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
@@ -187,20 +185,12 @@ class WarmProcess:
                 self._process.close()
         return self.returncode
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        if self.returncode is None:
-            self._process.join(timeout)
-        return self.poll()
-
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:  # never a signal to a pid the server has reaped (and the system may reuse)
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
 
 def start(argv: list[str], environ: dict[str, str], stderr: int) -> WarmProcess:
