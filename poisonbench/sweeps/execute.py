@@ -45,7 +45,7 @@ from ..core.workspace import workspace_dir
 from ..experiment.records import RunStore
 from . import warm
 from .plan import Plan, Step, held
-from .worker import run_step, spec_to_json
+from .worker import die_with_parent, run_step, spec_to_json
 
 TERMINATED = 143  # 128 + SIGTERM: `defend` stopped by SIGTERM after saving its checkpoint
 ABORTED = 130  # 128 + SIGINT: `defend` stopped by SIGINT (KeyboardInterrupt: "Aborted.")
@@ -192,21 +192,6 @@ class StepLog:
             pass
 
 
-def _die_with_parent(parent: int) -> None:  # pragma: no cover (runs in the child, between fork and exec)
-    # A Ctrl-C reaches the whole foreground process group, the steps too: they leave SIGINT to the sweep, which
-    # stops them with SIGTERM (each saves its epoch; a second Ctrl-C, a second SIGTERM, stops them at once). Python
-    # keeps an ignored SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the sweep died before the prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def json_lines(text: str) -> list[dict]:
     out = []
     for line in text.splitlines():
@@ -327,7 +312,7 @@ class LocalPool:
             if proc is None:
                 proc = subprocess.Popen(step_argv(self.plan, step), stdout=subprocess.PIPE, stderr=log.fd,
                                         text=True, env=self.env(slot),
-                                        preexec_fn=partial(_die_with_parent, os.getpid()))
+                                        preexec_fn=partial(die_with_parent, os.getpid()))
         except OSError as e:
             log.close()
             return Outcome(step, "failed", detail=f"not started: {e.strerror or e} (log: {log.path})")

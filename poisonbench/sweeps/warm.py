@@ -76,20 +76,14 @@ def _context() -> multiprocessing.context.ForkServerContext:
 
 def _child(argv: list[str], environ: dict[str, str], stdout: _Fd, stderr: _Fd, server: int) -> None:
     """The step, in the forked child: `worker.main(argv)` as a fresh `python -m poisonbench.sweeps.worker` would
-    run it (the pool's `_die_with_parent` and the environment included); exits with its code."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's: it stops the steps with SIGTERM
+    run it (`worker.die_with_parent`, here of the server, and the environment included); exits with its code."""
+    from .worker import die_with_parent, main
+
     # multiprocessing hands each child the write end of the pipe whose EOF tells the server that its clients are
     # gone; a step holding it would keep the server alive after the sweep died, and itself with it (its
     # PR_SET_PDEATHSIG fires when the server ends)
     _drop_server_alive_fd()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: when the server ends
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != server:  # the server (which ends with the sweep) ended before the prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    die_with_parent(server)  # the server ends with the sweep
     for fd, target in ((stdout.fd, 1), (stderr.fd, 2)):
         os.dup2(fd, target)
         os.close(fd)
@@ -103,8 +97,6 @@ def _child(argv: list[str], environ: dict[str, str], stdout: _Fd, stderr: _Fd, s
         # cap (the cores); the server imported torch with the variable at the core count, so its threads, which
         # the child inherits, are that cap
         torch.set_num_threads(min(int(threads), torch.get_num_threads()))
-    from .worker import main
-
     sys.stdout.flush()
     code = main(argv)
     sys.stdout.flush()

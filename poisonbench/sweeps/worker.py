@@ -12,6 +12,8 @@ SIGTERM after saving the epoch checkpoint, 130 SIGINT; an error while training p
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import warnings
 from dataclasses import asdict, fields
@@ -56,6 +58,23 @@ class LogReporter:
 
     def stop(self) -> None:
         pass
+
+
+def die_with_parent(parent: int) -> None:  # pragma: no cover (runs in the step's process, before it works)
+    """A step process's first act, cold (between fork and exec, the pool's `preexec_fn`) or forked from the warm
+    server (`sweeps.warm`, whose server is then `parent`): SIGINT left to the sweep, SIGTERM when `parent` dies."""
+    # A Ctrl-C reaches the whole foreground process group, the steps too: they leave SIGINT to the sweep, which
+    # stops them with SIGTERM (each saves its epoch; a second Ctrl-C, a second SIGTERM, stops them at once). Python
+    # keeps an ignored SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_step(kind: str, spec: DefendSpec) -> list[dict]:
