@@ -11,6 +11,8 @@ from __future__ import annotations
 import statistics
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 from scipy import stats
 
 from poisonbench.report import paper, tables
@@ -367,10 +369,40 @@ def test_paired_targets_and_stat_need_both_sides_and_count_only_known_outcomes()
 def test_a_pair_whose_baseline_names_no_craft_is_kept_and_one_of_another_craft_is_not():
     rows = paired_frame([True, True, True], tensors=["a", "a", "a"], accs=[0.6, 0.7, 0.8])
     base = paired_frame([True, True, True], tensors=["a", "", "b"], accs=[0.5, 0.5, 0.5])
-    pairs = builders.run_pairs(rows, base, "test_acc")
-    assert list(pairs.trial) == [0, 1]
+    assert builders.run_pairs(rows, base, "test_acc") == [(0.6, 0.5), (0.7, 0.5)]  # trials 0 and 1
     st = builders.paired_stat(rows, base)
     assert st.n == 2 and st.mean == pytest.approx(0.15)
+
+
+def merged_pairs(rows, baseline, column):
+    """The pairs as pandas' inner `merge` on the pairing keys gives them (the join `run_pairs` replaced): the
+    reference the dictionary join is checked against."""
+    columns = [*builders.PAIR_KEYS, "poison_tensors_json", column]
+    pairs = rows[columns].merge(baseline[columns], on=builders.PAIR_KEYS, suffixes=("", "_base"))
+    craft, base_craft = pairs.poison_tensors_json, pairs.poison_tensors_json_base
+    pairs = pairs[(craft == base_craft) | (craft == "") | (base_craft == "")]
+    return list(zip(pairs[column], pairs[column + "_base"], strict=True))
+
+
+@settings(max_examples=150, deadline=None)
+@given(hst.data())
+def test_run_pairs_is_the_inner_merge_on_the_pairing_keys_in_its_order(data):
+    """Every pair the merge makes, in its order (the runs in theirs, each run's partners in theirs), with repeated
+    keys on both sides (a run paired with two baselines, two runs with one), crafts named, unnamed and other, and
+    either side empty."""
+    import pandas as pd
+
+    def frame(n):
+        keys = hst.tuples(hst.integers(0, 2), hst.integers(0, 1), hst.sampled_from(["", "pgd"]),
+                          hst.sampled_from(["p", "q"]))
+        rows = data.draw(hst.lists(hst.tuples(keys, hst.sampled_from(["", "a", "b"]), hst.floats(0, 1)), max_size=n))
+        return pd.DataFrame({"trial": [k[0] for k, _, _ in rows], "seed": [k[1] for k, _, _ in rows],
+                             "mix": [k[2] for k, _, _ in rows], "poisons_json": [k[3] for k, _, _ in rows],
+                             "poison_tensors_json": [t for _, t, _ in rows], "test_acc": [v for _, _, v in rows]},
+                            columns=[*builders.PAIR_KEYS, "poison_tensors_json", "test_acc"])
+
+    rows, baseline = frame(8), frame(8)
+    assert builders.run_pairs(rows, baseline, "test_acc") == merged_pairs(rows, baseline, "test_acc")
 
 
 # ---- Table II's caption --------------------------------------------------------------------------------------

@@ -85,16 +85,23 @@ def acc_cell(st: Stat | None, opts: Options, signed: bool = False) -> Cell:
 PAIR_KEYS = ["trial", "seed", "mix", "poisons_json"]  # same seed and same poisons: the runs saw the same rows
 
 
-def run_pairs(rows: pd.DataFrame, baseline: pd.DataFrame, column: str) -> pd.DataFrame:
-    """`column` of each run beside the baseline's (`<column>_base`) for the runs that share trial, seed, attack mix
-    and PoisonSets (ids and, where the records name them, tensors): those saw the same poisoned rows (or target),
-    initialisation and batch order. Runs without such a partner stay out."""
+def run_pairs(rows: pd.DataFrame, baseline: pd.DataFrame, column: str) -> list[tuple]:
+    """(`column` of a run, the baseline's) for each run and baseline run that share trial, seed, attack mix and
+    PoisonSets (ids and, where the records name them, tensors): those saw the same poisoned rows (or target),
+    initialisation and batch order. Runs without such a partner stay out. In the order of an inner join of `rows`
+    with `baseline` on those keys (pandas' `merge`: the runs in their order, each with its partners in theirs).
+
+    A dictionary join, not `DataFrame.merge`: a table asks for one join per cell, of a few runs each, where a merge's
+    fixed cost was most of Table II's time (tests/test_report_tables.py checks it against `merge`)."""
     columns = [*PAIR_KEYS, "poison_tensors_json", column]
-    pairs = rows[columns].merge(baseline[columns], on=PAIR_KEYS, suffixes=("", "_base"))
+    partners: dict[tuple, list[tuple]] = {}
+    for *key, craft, value in baseline[columns].itertuples(index=False, name=None):
+        partners.setdefault(tuple(key), []).append((craft, value))
     # the same poison ids crafted into other tensors are other poisons; a record that does not name its tensors
     # (written before 2026-11-23, commit a76ea46) cannot tell and is paired as before
-    craft, base_craft = pairs.poison_tensors_json, pairs.poison_tensors_json_base
-    return pairs[(craft == base_craft) | (craft == "") | (base_craft == "")]
+    return [(value, base) for *key, craft, value in rows[columns].itertuples(index=False, name=None)
+            for base_craft, base in partners.get(tuple(key), ())
+            if craft == base_craft or craft == "" or base_craft == ""]
 
 
 def paired_stat(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> Stat | None:
@@ -102,8 +109,8 @@ def paired_stat(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> Sta
     what the two runs share."""
     if rows is None or baseline is None:
         return None
-    pairs = run_pairs(rows, baseline, "test_acc")
-    return stat(pairs.test_acc - pairs.test_acc_base)
+    return stat(None if pd.isna(acc) or pd.isna(base) else acc - base
+                for acc, base in run_pairs(rows, baseline, "test_acc"))
 
 
 def paired_data(st: Stat | None) -> dict:
@@ -337,9 +344,9 @@ def paired_targets(rows: pd.DataFrame | None, baseline: pd.DataFrame | None) -> 
     counts once as a pair of outcomes (Newcombe's interval and McNemar's test, `stats.paired_success`)."""
     if rows is None or baseline is None:
         return None
-    pairs = run_pairs(rows, baseline, "success")
-    pairs = pairs[pairs.success.notna() & pairs.success_base.notna()]
-    return paired_success([bool(x) for x in pairs.success], [bool(x) for x in pairs.success_base])
+    pairs = [(bool(hit), bool(base)) for hit, base in run_pairs(rows, baseline, "success")
+             if not pd.isna(hit) and not pd.isna(base)]
+    return paired_success([hit for hit, _ in pairs], [base for _, base in pairs])
 
 
 def paired_success_cell(ps: PairedSuccess | None) -> tuple[Cell, dict]:
