@@ -13,10 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+TEST_DPI = 40  # the figures' PNGs in the tests: a third of `panels.DPI`, a ninth of its pixels
+
 
 def pytest_configure(config):
     """Under pytest-xdist (`-n N`, the default in pyproject.toml) the N workers share the cores: each worker's
-    torch takes its share of them instead of all, so that the workers do not oversubscribe the machine."""
+    torch takes its share of them instead of all, so that the workers do not oversubscribe the machine.
+
+    The report figures are saved at `TEST_DPI`: every artist is still drawn (the texts, mathtext off, the file
+    names), but rasterising the PNG at the figures' own 120 dpi was half of a figure's time, and the tests draw
+    hundreds. `tests/test_report_tables.py::test_figures_render` draws every figure at the product's DPI, and
+    `test_a_figure_is_saved_at_the_dpi_of_panels` checks that `panels.save` uses it."""
+    from poisonbench.report.figures import panels
+
+    panels.DPI = TEST_DPI
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch

@@ -513,12 +513,37 @@ def test_missing_end_to_end(cli, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("number", figures.FIGURES)
 def test_figures_render(records, tmp_path, monkeypatch, number):
+    """Every figure at the product's resolution (the other tests draw at tests/conftest.py's `TEST_DPI`)."""
+    monkeypatch.setattr(panels, "DPI", 120)
     monkeypatch.setattr(panels, "split_test_images", lambda *args: np.full((100, 1, 28, 28), 128, np.uint8))
     paths = figures.draw(number, records, tmp_path, paper=True)
     assert paths
     for p in paths:
         assert p.suffix == ".png" and p.stat().st_size > 5000
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR chunk."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_a_figure_is_saved_at_the_dpi_of_panels(tmp_path, monkeypatch):
+    """`panels.save` rasterises at `panels.DPI` (the product's 120 unless a caller sets it): a 4 × 2 inch figure
+    filled edge to edge (`bbox_inches="tight"` trims nothing and pads 0.1 inch a side) is 4.2 × 2.2 inches: 504 × 264
+    pixels at 120 dpi, 168 × 88 at 40."""
+    import matplotlib.pyplot as plt
+
+    assert panels.DPI == 40  # tests/conftest.py's TEST_DPI
+    sizes = {}
+    for dpi in (120, 40):
+        monkeypatch.setattr(panels, "DPI", dpi)
+        fig = plt.figure(figsize=(4, 2))
+        fig.add_axes((0, 0, 1, 1)).set_axis_off()
+        fig.patches.append(plt.Rectangle((0, 0), 1, 1, transform=fig.transFigure, figure=fig))
+        sizes[dpi] = png_size(panels.save(fig, tmp_path / f"f{dpi}.png").read_bytes())
+    assert sizes == {120: (504, 264), 40: (168, 88)}
 
 
 def test_figure_options_that_cannot_match_say_so(cli, tmp_path, records):

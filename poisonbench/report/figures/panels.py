@@ -173,6 +173,9 @@ def captured() -> Iterator[list[tuple[str, bytes]]]:
         _CAPTURED.reset(token)
 
 
+DPI = 120  # the figures' resolution (a PNG of a 10-inch figure is 1,200 pixels wide)
+
+
 def save(fig, path: Path, **savefig) -> Path:
     """Write `fig` as a PNG, atomically (creating the directory), and close it; an OS error (a full disk, a
     read-only directory, a file in the path) is one line naming the path and the reason, and leaves neither a
@@ -186,7 +189,7 @@ def save(fig, path: Path, **savefig) -> Path:
             raise PoisonbenchError(f"refusing to write figure {str(path)!r}: it is not a file in --out {str(out)!r} "
                                    "(a file name made of a record field?)")
         buffer = io.BytesIO()
-        fig.savefig(buffer, **{"format": "png", "dpi": 120, "bbox_inches": "tight", **savefig})
+        fig.savefig(buffer, **{"format": "png", "dpi": DPI, "bbox_inches": "tight", **savefig})
     finally:
         plt.close(fig)
     kept = _CAPTURED.get()
