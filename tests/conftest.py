@@ -16,6 +16,14 @@ import pytest
 TEST_DPI = 40  # the figures' PNGs in the tests: a third of `panels.DPI`, a ninth of its pixels
 
 
+# The sweeps over every defense that test mechanics (tests/test_host_sync.py: no host wait per batch;
+# tests/test_checkpoints.py: a resumed run equals an uninterrupted one) run the iterative defenses with fewer
+# iterations than their defaults: every iteration runs the same code, so a host wait in one or a state a resume
+# fails to restore shows as at the default count, and ATDA (10 PGD steps a batch) and FRIENDS (30 steps of noise
+# optimisation) were half of those files' time. Their defaults are tested in their own files.
+FEWER_STEPS = {"atda": {"steps": 3}, "friends": {"friendly_steps": 3}}
+
+
 def pytest_configure(config):
     """Under pytest-xdist (`-n N`, the default in pyproject.toml) the N workers share the cores: each worker's
     torch takes its share of them instead of all, so that the workers do not oversubscribe the machine.

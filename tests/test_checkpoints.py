@@ -16,6 +16,8 @@ from poisonbench.engine.models import build_model
 from poisonbench.engine.recipes import resolve_recipe
 from poisonbench.engine.training import train
 
+from .conftest import FEWER_STEPS
+
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,9 +33,8 @@ def run(data, method: str, checkpoint: Checkpoint | None = None, kill_after: int
     recipe = resolve_recipe("mnist", "quick", **RECIPE)
     # a targeted threat with a known budget: the filters' defaults (k = 2·budget + 1, drop = the budget's share)
     threat = Threat("targeted", budget=len(data.train) // 20, train_size=len(data.train))
-    # HINT: paper schedule scaled to 6 epochs = [1, 3]; ATDA's adversary at 3 PGD steps, not its 10 (the same code
-    # each step: what a resume must restore does not depend on their number; ATDA was a fifth of this file's time)
-    defense = build_defense(method, "mnist", recipe, threat, **({"steps": 3} if method == "atda" else {}))
+    # HINT: paper schedule scaled to 6 epochs = [1, 3]; ATDA and FRIENDS at fewer iterations (tests/conftest.py)
+    defense = build_defense(method, "mnist", recipe, threat, **FEWER_STEPS.get(method, {}))
     hand_poison_mask(defense, poison_mask(len(data.train)))  # as the run executor: only the oracle takes it
     model = build_model("convnet", data, seed=seed)
     train_x = to_float(data.train.x, CPU)

@@ -48,6 +48,8 @@ from poisonbench.engine.models import build_model
 from poisonbench.engine.recipes import resolve_recipe
 from poisonbench.engine.training import train
 
+from .conftest import FEWER_STEPS
+
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -198,11 +200,6 @@ def gpu_kernels(monkeypatch) -> None:
     monkeypatch.setattr(kernels, "_on_cpu", lambda model: False)
     monkeypatch.setattr(input_grad, "swap_spectral", lambda model, sample: [])
     monkeypatch.setattr(input_grad, "swap_stems", lambda model: model)
-
-
-# ATDA's adversary at 3 PGD steps, not its 10: every step runs the same code (FAT's early stop, its noise, the
-# projection), so a host wait in any of them shows as in 10 steps; ATDA was half of this file's time
-FEWER_STEPS = {"atda": {"steps": 3}}
 
 
 @pytest.mark.parametrize("method", DEFENSES.names())
