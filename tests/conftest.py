@@ -29,8 +29,8 @@ def pytest_configure(config):
     torch takes its share of them instead of all, so that the workers do not oversubscribe the machine.
 
     The report figures are saved at `TEST_DPI`: every artist is still drawn (the texts, mathtext off, the file
-    names), but rasterising the PNG at the figures' own 120 dpi was half of a figure's time, and the tests draw
-    hundreds. `tests/test_report_tables.py::test_figures_render` draws every figure at the product's DPI, and
+    names), but rasterising the PNG at the figures' own 120 dpi was half of a figure's time, and the report tests draw
+    many. `tests/test_report_tables.py::test_figures_render` draws every figure at the product's DPI, and
     `test_a_figure_is_saved_at_the_dpi_of_panels` checks that `panels.save` uses it."""
     from poisonbench.report.figures import panels
 

@@ -92,7 +92,7 @@ def run_pairs(rows: pd.DataFrame, baseline: pd.DataFrame, column: str) -> list[t
     with `baseline` on those keys (pandas' `merge`: the runs in their order, each with its partners in theirs).
 
     A dictionary join, not `DataFrame.merge`: a table asks for one join per cell, of a few runs each, where a merge's
-    fixed cost was most of Table II's time (tests/test_report_tables.py checks it against `merge`)."""
+    fixed cost was a third of Table II's time (tests/test_builders_contracts.py checks it against `merge`)."""
     columns = [*PAIR_KEYS, "poison_tensors_json", column]
     partners: dict[tuple, list[tuple]] = {}
     for *key, craft, value in baseline[columns].itertuples(index=False, name=None):
