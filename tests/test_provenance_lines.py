@@ -12,7 +12,7 @@ import math
 
 import pandas as pd
 
-from poisonbench.report.tables.provenance import caption, mixed_cells, mixed_crafts
+from poisonbench.report.tables.provenance import caption, mixed_cells, mixed_crafts, recrafted
 from poisonbench.report.tables.records import CONFIGURATION
 
 
@@ -107,6 +107,30 @@ def test_runs_that_name_no_craft_and_an_empty_table():
     assert mixed_crafts(frame(rows)) == [] and mixed_cells(frame(rows)) == []
     assert caption(frame(rows)) == "Crafts: none named; code: unknown (2)" + BRACKETS
     assert caption(frame([])) == "" and mixed_crafts(frame([])) == [] and mixed_cells(frame([])) == []
+
+
+def test_recrafted_is_whether_one_poisonset_has_two_crafts_among_all_the_runs():
+    """Two crafts of one PoisonSet anywhere (in one run's cells or across runs and cells) is a re-craft; PoisonSets
+    on crafts of their own, however many, and runs that name no craft ("" or "{}") are not."""
+    one_each = [run({A: sha("1"), B: sha("2")}), run({B: sha("2"), C: sha("3")}, method="hint"), run(), run({})]
+    one_each[2]["crafts_json"] = ""
+    assert recrafted(frame(one_each)) is False
+    assert recrafted(frame([])) is False
+    assert recrafted(frame([*one_each, run({C: sha("4")}, rho=0.4)])) is True
+    assert recrafted(frame([run({A: sha("1")}), run({A: sha("1"), B: sha("5")}), run({B: sha("6")})])) is True
+
+
+def test_mixed_cells_reads_only_the_crafts_when_no_poisonset_has_two():
+    """Without a re-craft no cell can mix crafts: `mixed_cells` returns before it groups the cells, so a frame of
+    crafts alone (no cell key) gives no line rather than a KeyError. With one, it groups, and a run naming no craft
+    beside the mixed ones is read as naming none."""
+    crafts = pd.DataFrame({"crafts_json": [json.dumps({A: sha("1")}), json.dumps({B: sha("2")}), ""]})
+    assert mixed_cells(crafts) == []
+    rows = [run({A: sha("1")}, trial=0), run({A: sha("2")}, trial=1), run(trial=2)]
+    rows[2]["crafts_json"] = ""
+    assert mixed_cells(frame(rows)) == [
+        "mixed crafts in the cell mnist-5k · W/o Defense · ρ = 0.2: PoisonSet aaaaaaaa as aaaaaaaa@11111111 (1 run), "
+        "aaaaaaaa@22222222 (1 run)" + NOTE_CELL]
 
 
 def test_the_caption_lists_up_to_six_crafts_and_code_versions():

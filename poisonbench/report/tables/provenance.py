@@ -28,14 +28,26 @@ def cell_name(row) -> str:
     return f"{row.dataset} · {method_label(row.method)} · {where}"
 
 
+def recrafted(shown: pd.DataFrame) -> bool:
+    """Whether any PoisonSet appears in two crafts (tensor sha256) among the runs of `shown`. A cell is a subset of
+    the runs, so without one no cell mixes crafts: `mixed_cells` skips its 16-column group-by (a twentieth of a
+    report's time on the records of every kind, measured 2026-11-30)."""
+    seen: dict[str, str] = {}
+    for text in shown.crafts_json:
+        for pid, sha in json.loads(text or "{}").items():
+            if seen.setdefault(pid, sha) != sha:
+                return True
+    return False
+
+
 def mixed_cells(shown: pd.DataFrame) -> list[str]:
     """One line per cell (runs of one configuration, any trial) whose runs trained on more than one craft of a
     PoisonSet: the cell, and per such PoisonSet its crafts with how many runs each."""
     from .records import CONFIGURATION
 
     lines = []
-    if shown.empty:
-        return lines
+    if shown.empty or not recrafted(shown):
+        return []  # a cell mixes crafts only of a PoisonSet that has two among all the runs (the usual: none)
     for _, group in shown.groupby(CONFIGURATION[:-1], dropna=False, sort=True):
         per_set: dict[str, Counter] = defaultdict(Counter)
         for text in group.crafts_json:
