@@ -405,6 +405,44 @@ def test_run_pairs_is_the_inner_merge_on_the_pairing_keys_in_its_order(data):
     assert builders.run_pairs(rows, baseline, "test_acc") == merged_pairs(rows, baseline, "test_acc")
 
 
+@settings(max_examples=80, deadline=None)
+@given(hst.data())
+def test_one_poison_generation_is_the_full_group_by_whatever_its_short_cut_decides(data):
+    """`records.several_generations` lets `one_poison_generation` skip its per-mix group-by. On any frame (the
+    kinds mixed, keys repeated, missing values in a key column, generations with other ids, ε or rows, ties in
+    `finished_at`) the rows kept and the notes are those of the group-by run in full, and the short cut is False
+    only where no two untargeted rows share a key and differ in PoisonSets; runs are left out, with a note, exactly
+    where a mix has two generations."""
+    from unittest import mock
+
+    import pandas as pd
+
+    from poisonbench.report.tables import records
+
+    by = ["dataset", "dataset_fingerprint", "model", "recipe_json", "init", "precision", "schedules", "mix"]
+    generations = ['{"eps": 0.3, "ids": {"pgd": "1"}, "rows": 1}', '{"eps": 0.3, "ids": {"pgd": "2"}, "rows": 1}',
+                   '{"eps": 0.1, "ids": {"pgd": "1"}, "rows": 1}', '{"eps": 0.3, "ids": {"pgd": "1"}, "rows": 2}']
+    row = hst.fixed_dictionaries({
+        "kind": hst.sampled_from(["untargeted", "untargeted", "clean", "targeted"]),
+        "dataset": hst.sampled_from(["a", "b"]), "mix": hst.sampled_from(["pgd", "dap"]),
+        "model": hst.sampled_from(["m", None]), "poisons_json": hst.sampled_from(generations),
+        "finished_at": hst.integers(0, 3)})
+    rows = data.draw(hst.lists(row, max_size=9))
+    df = pd.DataFrame([{**{c: "" for c in by}, **r} for r in rows], columns=[*by, "kind", "poisons_json",
+                                                                               "finished_at"])
+    kept, notes = records.one_poison_generation(df)
+    with mock.patch.object(records, "several_generations", lambda *a: True):
+        full_kept, full_notes = records.one_poison_generation(df)
+    pd.testing.assert_frame_equal(kept, full_kept)
+    assert notes == full_notes
+    untargeted = df[df.kind == "untargeted"]
+    clash = any(len(group.poisons_json.unique()) > 1 for _, group in untargeted.groupby(by, dropna=False))
+    assert records.several_generations(untargeted, by) == clash
+    # and the loop run in full leaves runs out, with a note, exactly where a mix (no key missing) has two generations
+    dropped = any(len(group.poisons_json.unique()) > 1 for _, group in untargeted.groupby(by))
+    assert (len(kept) < len(df)) == dropped and bool(notes) == dropped
+
+
 # ---- Table II's caption --------------------------------------------------------------------------------------
 
 CAPTION_2 = ("Test accuracy (%) defending against the untargeted mix (PGD+DAP+DURP+DC) at poison ratio ρ; HINT r = "
