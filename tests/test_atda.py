@@ -15,6 +15,7 @@ from poisonbench.defenses.atda import (
     Atda,
     FinishedFlags,
     adversarial_examples,
+    compacts,
     distance,
     dynamic_tau,
     random_start,
@@ -74,14 +75,15 @@ def test_fat_dynamic_tau_scales_to_the_recipe():
 
 @pytest.mark.parametrize("norm, beta", [("linf", 0.062), ("l2", 0.25)])
 @pytest.mark.parametrize("tau", [0, 2, None])
-def test_adversarial_examples_stay_within_beta_and_valid_pixels(norm, beta, tau):
+@pytest.mark.parametrize("compact", [False, True])
+def test_adversarial_examples_stay_within_beta_and_valid_pixels(norm, beta, tau, compact):
     model = model_in_eval()
     x, y = data()
     x[:8] = 1.0  # saturated rows: clamped at 1
     g = torch.Generator().manual_seed(0)
     noise = 0.001 * torch.randn(10, *x.shape, generator=g)
     x_adv, taken, _ = adversarial_examples(model, x, y, beta=beta, alpha=beta / 4, steps=10, norm=norm, tau=tau,
-                                           start=random_start(g, x, beta, norm), noise=noise)
+                                           start=random_start(g, x, beta, norm), noise=noise, compact=compact)
     assert distance(x_adv - x, norm).max() <= beta + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert taken.max() <= 10 and (taken.sum() > 0)
@@ -89,7 +91,8 @@ def test_adversarial_examples_stay_within_beta_and_valid_pixels(norm, beta, tau)
         assert distance(random_start(g, x, beta, norm), norm) == pytest.approx(torch.full((len(x),), beta))
 
 
-def test_tau_zero_stops_a_misclassified_example_at_its_random_start():
+@pytest.mark.parametrize("compact", [False, True])
+def test_tau_zero_stops_a_misclassified_example_at_its_random_start(compact):
     """Rows labelled against the model's confident prediction stop at step 0 and keep x + start; rows it
     classifies right with a margin a small β cannot cross take every step."""
     model = model_in_eval()
@@ -103,7 +106,7 @@ def test_tau_zero_stops_a_misclassified_example_at_its_random_start():
     y[::2] = (y[::2] + 1) % 3  # even rows: misclassified
     start = random_start(torch.Generator().manual_seed(1), x, 0.002, "linf")
     x_adv, taken, stopped = adversarial_examples(model, x, y, beta=0.002, alpha=0.0005, steps=6, norm="linf",
-                                                 tau=0, start=start)
+                                                 tau=0, start=start, compact=compact)
     wrong = torch.zeros(len(x), dtype=torch.bool)
     wrong[::2] = True
     assert (taken[wrong] == 0).all() and stopped[wrong].all()
@@ -114,7 +117,8 @@ def test_tau_zero_stops_a_misclassified_example_at_its_random_start():
     assert not torch.equal(x_adv[kept_right], (x + start).clamp(0, 1)[kept_right])
 
 
-def test_tau_spends_tau_more_steps_after_the_first_misclassification():
+@pytest.mark.parametrize("compact", [False, True])
+def test_tau_spends_tau_more_steps_after_the_first_misclassification(compact):
     model = model_in_eval()
     x, _ = data()
     with torch.no_grad():
@@ -122,10 +126,10 @@ def test_tau_spends_tau_more_steps_after_the_first_misclassification():
     zero = torch.zeros_like(x)
     for tau in (0, 1, 3):
         _, taken, stopped = adversarial_examples(model, x, y, beta=0.03, alpha=0.01, steps=8, norm="linf", tau=tau,
-                                                 start=zero)
+                                                 start=zero, compact=compact)
         assert (taken == tau).all() and stopped.all()
     _, taken, stopped = adversarial_examples(model, x, y, beta=0.03, alpha=0.01, steps=2, norm="linf", tau=3,
-                                             start=zero)
+                                             start=zero, compact=compact)
     assert (taken == 2).all() and not stopped.any()  # budget left when the steps run out
 
 
@@ -177,6 +181,65 @@ def test_masked_fat_equals_a_per_example_reference_loop(norm, beta, tau):
     torch.testing.assert_close(x_adv, ref_adv, atol=1e-9, rtol=0)
     early, _, _ = adversarial_examples(model, x, y, **kw, early_exit=True)
     assert torch.equal(early, x_adv)
+
+
+class RowsForwarded:
+    """A forward that counts the rows it is given."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, []
+
+    def __call__(self, x):
+        self.rows.append(len(x))
+        return self.model(x)
+
+
+@pytest.mark.parametrize("n", [1, 5, 48])
+@pytest.mark.parametrize("norm, beta", [("linf", 0.05), ("l2", 0.4)])
+@pytest.mark.parametrize("tau", [0, 1, 2])
+def test_compacted_fat_equals_the_masked_loop_and_forwards_only_the_rows_still_moving(n, norm, beta, tau):
+    """`compact` (the CPU's FAT): the masked loop's x̃, steps taken and stops, and the per-example reference's, for
+    any batch size, including one row; each step forwards exactly the examples still moving, so an example that
+    stopped after s steps was forwarded s + 1 times and one that never stopped `steps` times."""
+    model = model_in_eval(dtype=torch.float64)
+    x, _ = data(n=48, dtype=torch.float64)
+    y = torch.randint(0, 3, (48,), generator=torch.Generator().manual_seed(3))
+    x, y = x[:n], y[:n]
+    g = torch.Generator().manual_seed(2)
+    steps = 6
+    kw = dict(beta=beta, alpha=beta / 3, steps=steps, norm=norm, tau=tau, start=random_start(g, x, beta, norm),
+              noise=0.001 * torch.randn(steps, *x.shape, generator=g, dtype=torch.float64))
+    counted = RowsForwarded(model)
+    x_adv, taken, stopped = adversarial_examples(counted, x, y, **kw, compact=True)
+    masked = adversarial_examples(model, x, y, **kw)
+    assert torch.equal(taken, masked[1]) and torch.equal(stopped, masked[2])
+    torch.testing.assert_close(x_adv, masked[0], atol=1e-12, rtol=0)
+    ref_adv, ref_taken = reference_fat(model, x, y, **kw)
+    assert torch.equal(taken, ref_taken)
+    torch.testing.assert_close(x_adv, ref_adv, atol=1e-9, rtol=0)
+    assert sum(counted.rows) == int((taken + stopped.long()).sum())
+    assert counted.rows == sorted(counted.rows, reverse=True) and counted.rows[0] == n
+    if n == 48:
+        assert len(taken.unique()) >= 3 and stopped.any() and not stopped.all()  # early, late and no stops
+        assert sum(counted.rows) < steps * n  # fewer rows than the masked loop forwards
+
+
+def test_the_cpu_compacts_and_a_gpu_keeps_the_masked_loop():
+    """The compacted loop reads the device at every step (how many rows are left): the CPU's choice only."""
+    assert compacts(torch.device("cpu")) is True
+    assert compacts(torch.device("cuda")) is False and compacts(torch.device("mps")) is False
+
+
+def test_compact_leaves_plain_pgd_to_the_masked_loop():
+    """Plain PGD (τ None) stops no example: `compact` changes nothing, and every step forwards the whole batch."""
+    model = model_in_eval()
+    x, y = data(n=20)
+    start = random_start(torch.Generator().manual_seed(1), x, 0.1, "linf")
+    counted = RowsForwarded(model)
+    out = adversarial_examples(counted, x, y, beta=0.1, alpha=0.02, steps=3, norm="linf", tau=None, start=start,
+                               compact=True)
+    ref = adversarial_examples(model, x, y, beta=0.1, alpha=0.02, steps=3, norm="linf", tau=None, start=start)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True)) and counted.rows == [20, 20, 20]
 
 
 class LaggingFlags(FinishedFlags):

@@ -88,27 +88,28 @@ def test_the_hook_returns_the_attack_crafted_in_eval_mode_and_leaves_batchnorm_a
 
 def test_the_attack_gets_fats_growing_tau_and_the_record_keeps_what_it_got(monkeypatch):
     """A spy on the attack: every batch of the 3-epoch run is crafted with FAT's dynamic τ (0, 1, 2 here: the
-    schedule's 50 and 90 of 120 epochs scaled to 3) and the early exit on; the record's τ per epoch is the τ the
-    attack was given, kept, not the schedule consulted again when the record is read."""
-    seen: list[tuple[int, bool]] = []
+    schedule's 50 and 90 of 120 epochs scaled to 3), the early exit on and, on the CPU, the compacted loop; the
+    record's τ per epoch is the τ the attack was given, kept, not the schedule consulted again when the record is
+    read."""
+    seen: list[tuple[int, bool, bool]] = []
     real = atda.adversarial_examples
 
     def spy(*args, **kwargs):
-        seen.append((kwargs["tau"], kwargs["early_exit"]))
+        seen.append((kwargs["tau"], kwargs["early_exit"], kwargs["compact"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(atda, "adversarial_examples", spy)
     defense, _, _ = engine_run()
     batches = 96 // ATDA_RECIPE.batch_size
-    assert [tau for tau, _ in seen] == [0] * batches + [1] * batches + [2] * batches
-    assert all(early is True for _, early in seen)
+    assert [tau for tau, _, _ in seen] == [0] * batches + [1] * batches + [2] * batches
+    assert all(early is True and compact is True for _, early, compact in seen)  # the CPU: the compacted loop
     assert [e["tau"] for e in defense.summary()["epochs"]] == [0, 1, 2]
     monkeypatch.setattr(atda, "dynamic_tau", lambda epoch, epochs: 99)  # the schedule, asked again, says otherwise
     assert [e["tau"] for e in defense.summary()["epochs"]] == [0, 1, 2]
 
     seen.clear()
     fixed, _, _ = engine_run(tau=3)
-    assert {tau for tau, _ in seen} == {3} and [e["tau"] for e in fixed.summary()["epochs"]] == [3, 3, 3]
+    assert {tau for tau, _, _ in seen} == {3} and [e["tau"] for e in fixed.summary()["epochs"]] == [3, 3, 3]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from poisonbench.core.device import to_float
 from poisonbench.data import load_dataset
-from poisonbench.defenses import DEFENSES, Threat, build_defense
+from poisonbench.defenses import DEFENSES, Threat, atda, build_defense
 from poisonbench.engine import hooks, kernels, training
 from poisonbench.engine.hooks import Defense, hand_poison_mask
 from poisonbench.engine.kernels import input_grad, spectral
@@ -160,6 +160,8 @@ def batch_windows(data, defense: Defense, recipe, monkeypatch, accel: str = "off
     kernels on the CPU; `gpu_kernels` gives the ones it keeps on a GPU)."""
     counter, epochs = SyncCounter(), []
     real_start = defense.on_epoch_start
+    # the GPU's choice: ATDA's compacted FAT loop reads how many examples are left, and is taken on the CPU only
+    monkeypatch.setattr(atda, "compacts", lambda device: False)
 
     def counted_sync(device):
         counter.see(ENGINE_SYNC, None)
