@@ -192,3 +192,50 @@ def test_defense_overhead_benchmark_times_every_registered_defense_against_none(
     assert fl["objective"] == pytest.approx(fl["objective_loop"])
     assert fl["speedup_lazy_vs_loop"] == pytest.approx(fl["loop_s"] / fl["lazy_s"], rel=0.05, abs=0.1)
     assert 0.9 <= fl["stochastic_objective_fraction"] <= 1.0 + 1e-6
+
+
+def test_atda_compaction_benchmark_compares_the_two_loops_on_one_training(capsys, one_thread, monkeypatch):
+    """benchmarks/atda_compaction.py at tiny scale: per β, `none`, the compacted and the masked loop are each timed
+    (median of the repeats, in a rotated order); the masked runs really take the GPU's loop (a spy on
+    `adversarial_examples` sees `compact` False in them only); the ratios are the quotients of the medians; both loops
+    took the same steps and trained the same model at this scale."""
+    import atda_compaction
+
+    from poisonbench.defenses import atda
+
+    seen: list[bool] = []
+    real = atda.adversarial_examples
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["compact"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(atda, "adversarial_examples", spy)
+    order = []
+    real_training = atda_compaction.one_training
+
+    def noted(variant, beta, setup, recipe=None):
+        start = len(seen)
+        out = real_training(variant, beta, setup, recipe)
+        order.append((variant, beta, set(seen[start:])))
+        return out
+
+    monkeypatch.setattr(atda_compaction, "one_training", noted)
+    argv = ["--json", "--rows", "70", "--epochs", "2", "--repeats", "2", "--betas", "0.062,0.3"]
+    assert atda_compaction.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 70 and report["epochs"] == 2 and report["repeats"] == 2 and report["threads"] == 1
+    assert order[0] == ("none", 0.0, set())  # the untimed warm-up
+    variants = {"none": set(), "compacted": {True}, "masked": {False}}
+    assert [(v, b, variants[v]) for b in (0.062, 0.3) for v in ("none", "compacted", "masked", "compacted",
+                                                                   "masked", "none")] == order[1:]
+    assert [r["beta"] for r in report["rows_by_beta"]] == [0.062, 0.3]
+    for r in report["rows_by_beta"]:
+        cpu = r["cpu_seconds"]
+        for v in ("none", "compacted", "masked"):
+            assert cpu[v] == pytest.approx(sum(r["cpu_seconds_all"][v]) / 2, abs=1e-3)  # the median of two
+        assert r["ratio_to_none"] == pytest.approx({v: cpu[v] / cpu["none"] for v in ("compacted", "masked")},
+                                                   rel=0.01)
+        assert r["masked_over_compacted"] == pytest.approx(cpu["masked"] / cpu["compacted"], rel=0.01)
+        assert r["same_steps"] is True and r["max_weight_difference"] <= 1e-5
+        assert len(r["mean_steps"]) == 2 and all(0 <= s <= 10 for s in r["mean_steps"])
