@@ -206,9 +206,10 @@ def compacted_fat(forward, x: torch.Tensor, y: torch.Tensor, *, beta: float, alp
     steps taken and stops; the random start and `noise` are the masked loop's, row for row.
 
     The masked loop forwards the whole batch at every step until its last example stops, and the ~5–10 % of
-    examples that never stop keep nearly every batch going for all `steps`: on the Fashion-MNIST transfer cell of
-    Table III (issue 80) examples took 1.2–4.7 steps on average of 10, and ATDA cost 13–17× `none` on the CPU.
-    Here the cost follows the steps taken. Each step reads how many examples are left, which waits for a GPU: so the
+    examples that never stop keep nearly every batch going for all `steps`: on the Fashion-MNIST gray-box cell of
+    Table III (issue 80) examples took 1.0–4.7 steps on average of 10 at β 0.3 (4.5–8.2 at β 0.062), and an ATDA
+    run 325–380 CPU-seconds against W/o Defense's ~31. Here the cost follows the steps taken
+    (experiments/atda_cpu_cost.md). Each step reads how many examples are left, which waits for a GPU: so the
     CPU only (`compacts`)."""
     x = x.detach()
     x_adv = (x + start).clamp(0, 1)
