@@ -296,6 +296,31 @@ def test_task_id_runs_exactly_that_step(cli, swept, tmp_path):
     assert not (results / "failures").exists() or not any((results / "failures").iterdir())
 
 
+
+@pytest.mark.parametrize("threads", [None, 1, 3])
+def test_task_id_runs_its_step_with_the_threads_asked_and_gives_the_process_its_own_back(cli, swept, tmp_path,
+                                                                                           threads):
+    """`--threads` reaches a step run in this process as it reaches a worker's (the record's env.threads, on which
+    the CPU's numbers depend); without it the step runs with the process's threads. Until 2026-11-30 `--task-id`
+    ignored `--threads`: a step asked for one thread trained with every core."""
+    import torch
+
+    results = swept.copy(tmp_path / "r")
+    for rid in swept.keys[1:]:  # the step's run and the other (key 0 is the PoisonSet)
+        (results / "runs" / f"{rid}.json").unlink()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code, _, err = cli("sweep", "run", swept.grid, "--results", results, "--task-id", "1",
+                           *(["--threads", str(threads)] if threads else []))
+        assert code == 0, err
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    record = json.loads((results / "runs" / f"{swept.keys[1]}.json").read_text())
+    assert record["env"]["threads"] == (threads or 2)
+
+
 # 5. SLURM without a cluster
 
 

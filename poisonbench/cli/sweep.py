@@ -213,10 +213,11 @@ def run_cmd(
                                      "round-robin; on one GPU all share it), or auto: K per GPU from its free memory "
                                      "and the runs' measured peak, capped by the cores and at 16 (without a GPU: "
                                      "1). The line it prints says why."),
-    threads: int = typer.Option(None, "--threads", help="Intra-op CPU threads of each worker, 1 to 1024 (default: "
-                                                         "the cores split between the workers). A run's numbers on "
-                                                         "the CPU depend on it (it is in the record's env.threads), "
-                                                         "never on --workers."),
+    threads: int = typer.Option(None, "--threads", help="Intra-op CPU threads of each worker, or of the step that "
+                                                         "--task-id runs, 1 to 1024 (default: the cores split between "
+                                                         "the workers; with --task-id, the process's own). A run's "
+                                                         "numbers on the CPU depend on it (it is in the record's "
+                                                         "env.threads), never on --workers."),
     executor: str = typer.Option("workers", "--executor",
                                  help="workers (local processes) | slurm (a job array through submitit) | "
                                       "submitit-local (submitit's local executor: the SLURM path without a "
@@ -272,7 +273,7 @@ def run_cmd(
     ex = execution(results, data_dir, download, device, compile, accel, deterministic)
     plan = planned(grid, ex)
     if task_id is not None or (executor == "workers" and emit_sbatch is None and _in_array()):
-        raise typer.Exit(execute.run_task(plan, task_id))
+        raise typer.Exit(execute.run_task(plan, task_id, threads))
     steps = execute.to_run(plan, retry_failed)
     if emit_sbatch:
         path = slurm.write_script(emit_sbatch, slurm.sbatch_script(plan, steps, plan.grid.source, slurm_options),

@@ -34,7 +34,8 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -441,12 +442,13 @@ def gpu_count(device: str) -> int:
         return 0
 
 
-def run_task(plan: Plan, task_id: int | None) -> int:
+def run_task(plan: Plan, task_id: int | None, threads: int | None = None) -> int:
     """`sweep run --task-id I` (default `$SLURM_ARRAY_TASK_ID`): step I of the plan, run by the library in this
     process, its JSON lines printed on stdout. Returns 0 (also when the step was already done: `defend` skips a done
     run). Bad input or an OS problem raises PoisonbenchError (the CLI: one line, exit 2), SIGTERM `Terminated` (exit
     143); an error while training propagates (exit 1 with its traceback), after `defend` wrote its failure
-    record."""
+    record. `threads` (`--threads`): torch's intra-op threads while the step runs (None: as the process has them,
+    e.g. from $OMP_NUM_THREADS, which the sbatch script sets)."""
     if task_id is None:
         raw = os.environ.get("SLURM_ARRAY_TASK_ID")
         if raw is None:
@@ -459,6 +461,25 @@ def run_task(plan: Plan, task_id: int | None) -> int:
         raise PoisonbenchError(f"--task-id {task_id} is out of range: grid {plan.grid.name} has {len(plan.steps)} "
                                f"steps, 0..{len(plan.steps) - 1}")
     step = plan.steps[task_id]
-    for line in run_step(step.kind, step.spec):
-        print(json.dumps(line), flush=True)
+    with intra_op_threads(threads):
+        for line in run_step(step.kind, step.spec):
+            print(json.dumps(line), flush=True)
     return 0
+
+
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for the block, then restored (None: left as they are). A run's
+    numbers on the CPU depend on them (the record's env.threads), so `--threads` must reach a step run in this
+    process as it reaches a worker's (`LocalPool.env`); until 2026-11-30 `--task-id` ignored it."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
