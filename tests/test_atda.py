@@ -213,6 +213,8 @@ def test_compacted_fat_equals_the_masked_loop_and_forwards_only_the_rows_still_m
     x_adv, taken, stopped = adversarial_examples(counted, x, y, **kw, compact=True)
     masked = adversarial_examples(model, x, y, **kw)
     assert torch.equal(taken, masked[1]) and torch.equal(stopped, masked[2])
+    assert (taken.dtype, stopped.dtype, x_adv.dtype) == (masked[1].dtype, masked[2].dtype, x.dtype) == (
+        torch.long, torch.bool, torch.float64)
     torch.testing.assert_close(x_adv, masked[0], atol=1e-12, rtol=0)
     ref_adv, ref_taken = reference_fat(model, x, y, **kw)
     assert torch.equal(taken, ref_taken)
@@ -322,8 +324,15 @@ def test_training_records_the_attack_and_leaves_the_engines_stream_alone(params)
     s = defense.summary()
     assert [e["epoch"] for e in s["epochs"]] == [0, 1, 2] and s["last_epoch"] == s["epochs"][-1]
     steps = 10 if not params else 7
+    p = defense.params
+    assert {k: v for k, v in s.items() if k not in ("epochs", "last_epoch", "tau")} == {
+        "method": "atda", "variant": p["variant"], "norm": p["norm"], "beta": p["beta"], "steps": steps,
+        "alpha": pytest.approx(p["beta"] * p["step_ratio"])}
     for e in s["epochs"]:
+        assert set(e) == {"epoch", "tau", "examples", "mean_steps", "stopped_early_fraction", "mean_distance"}
         assert e["examples"] == 96 and 0 <= e["mean_steps"] <= steps
+        assert 0 <= e["stopped_early_fraction"] <= 1 and (e["stopped_early_fraction"] * 96) == pytest.approx(
+            round(e["stopped_early_fraction"] * 96))  # a count of the 96 examples
         assert 0 < e["mean_distance"] <= s["beta"] + 1e-6
     if params:
         assert all(e["mean_steps"] == 7 and e["stopped_early_fraction"] == 0 for e in s["epochs"])
@@ -336,6 +345,61 @@ def test_training_records_the_attack_and_leaves_the_engines_stream_alone(params)
     assert again.summary() == s
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model_again.state_dict().values(),
                                                  strict=True))
+
+
+def test_an_untrained_defense_summarises_no_epoch_and_a_fixed_tau_as_given():
+    fresh = Atda("mnist", RECIPE)
+    s = fresh.summary()
+    assert s["epochs"] == [] and s["last_epoch"] is None and s["tau"] == {"dynamic_from_epochs": [1, 2]}
+    assert Atda("mnist", RECIPE, tau=3).summary()["tau"] == 3
+    assert Atda("mnist", RECIPE, tau=0).summary()["tau"] == 0
+
+
+def test_random_start_is_the_papers_draw_from_its_own_generator():
+    """ℓ∞: U(±β) per pixel, `torch.rand` on the generator scaled to [−β, β); ℓ2: a Gaussian direction `torch.randn`
+    on the generator scaled to norm β. Both in x's dtype and shape, reproducible from the generator's seed, and the
+    generator advances (two draws differ)."""
+    x = torch.rand(64, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for norm, beta in (("linf", 0.1), ("l2", 0.5)):
+        start = random_start(torch.Generator().manual_seed(5), x, beta, norm)
+        g = torch.Generator().manual_seed(5)
+        if norm == "linf":
+            expected = (torch.rand(x.shape, generator=g, dtype=x.dtype) * 2 - 1) * beta
+        else:
+            r = torch.randn(x.shape, generator=g, dtype=x.dtype)
+            expected = beta * r / r.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        torch.testing.assert_close(start, expected, atol=1e-9, rtol=0)  # ℓ2: up to the norm's 1e-10 guard
+        assert start.dtype == torch.float64 and start.shape == x.shape
+        g = torch.Generator().manual_seed(5)
+        assert not torch.equal(random_start(g, x, beta, norm), random_start(g, x, beta, norm))
+    linf = random_start(torch.Generator().manual_seed(5), x, 0.1, "linf")
+    assert linf.min() < -0.099 and linf.max() > 0.099 and linf.abs().max() <= 0.1  # the whole box, both signs
+    assert linf.flatten(1).norm(dim=1).min() > 0.3  # not an ℓ2 sphere of radius β (0.1·√(64/3) ≈ 0.46 expected)
+
+
+def test_a_pixel_the_loss_does_not_depend_on_stays_at_its_start():
+    """sign(0) = 0: an ℓ∞ step moves no pixel whose gradient is exactly 0 (a model that reads the left half of the
+    image only), with no ω noise; the right half keeps x + start, the left half moves."""
+
+    class LeftHalf(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(32, 3, dtype=torch.float64)
+
+        def forward(self, v):
+            return self.linear(v[:, :, :, :4].flatten(1))
+
+    torch.manual_seed(0)
+    model = LeftHalf()
+    x, y = data(n=24, dtype=torch.float64)
+    start = random_start(torch.Generator().manual_seed(1), x, 0.05, "linf")
+    for compact in (False, True):
+        x_adv, taken, _ = adversarial_examples(model, x, y, beta=0.05, alpha=0.01, steps=4, norm="linf", tau=2,
+                                               start=start, compact=compact)
+        begun = (x + start).clamp(0, 1)
+        assert torch.equal(x_adv[..., 4:], begun[..., 4:])
+        moved = taken > 0
+        assert moved.any() and (x_adv[moved][..., :4] != begun[moved][..., :4]).any()
 
 
 @pytest.mark.parametrize("params, message", [

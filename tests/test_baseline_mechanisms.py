@@ -59,15 +59,19 @@ def batchnorm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("epoch", [0, 2])  # τ = 0 and τ = 2 of the 3-epoch recipe's dynamic schedule
-def test_the_hook_returns_the_attack_crafted_in_eval_mode_and_leaves_batchnorm_alone(epoch):
-    """`batch` returns FAT's x̃ against the eval-mode model (not the clean batch, not an attack through the
-    train-mode model, whose BatchNorm would normalise with the batch's statistics and update its running ones), and
-    the model is back in train mode afterwards with its running statistics unchanged."""
+@pytest.mark.parametrize("params", [{}, {"norm": "linf", "beta": 0.062}], ids=["l2", "linf"])
+@pytest.mark.parametrize("prepared", [True, False])
+def test_the_hook_returns_the_attack_crafted_in_eval_mode_and_leaves_batchnorm_alone(epoch, params, prepared):
+    """`batch` returns FAT's x̃ in the defense's norm (ℓ2 β 0.25 by default, ℓ∞ as asked) against the eval-mode
+    model (not the clean batch, not an attack through the train-mode model, whose BatchNorm would normalise with the
+    batch's statistics and update its running ones), and the model is back in train mode afterwards with its running
+    statistics unchanged. Called without `prepare` (direct use), it prepares itself: the same x̃."""
     ctx = atda_hook_context(epoch)
-    defense = build_defense("atda", "mnist", ATDA_RECIPE)  # ℓ2, β = 0.25, FAT, dynamic τ
+    defense = build_defense("atda", "mnist", ATDA_RECIPE, **params)  # FAT, dynamic τ
     x, y = ctx.train_x.clone(), ctx.train_y
     buffers = batchnorm_buffers(ctx.model)
-    defense.prepare(ctx)
+    if prepared:
+        defense.prepare(ctx)
     out_x, out_y = defense.batch(ctx, x, y, torch.arange(len(y)))
     assert ctx.model.training
     assert all(torch.equal(buffers[k], v) for k, v in ctx.model.named_buffers())
@@ -79,8 +83,9 @@ def test_the_hook_returns_the_attack_crafted_in_eval_mode_and_leaves_batchnorm_a
     train_model = copy.deepcopy(ctx.model).train()
     assert (fat_reference(train_model, defense, ctx, x, y) - out_x).abs().max() > 1e-3
 
-    moved = atda.distance(out_x - x, "l2")
-    assert (moved > 0).all() and moved.max() <= 0.25 + 1e-9
+    p = defense.params
+    moved = atda.distance(out_x - x, p["norm"])
+    assert (moved > 0).all() and moved.max() <= p["beta"] + 1e-9
     with torch.no_grad():
         clean_loss, adv_loss = (F.cross_entropy(eval_model(v), y) for v in (x, out_x))
     assert adv_loss > clean_loss
