@@ -347,6 +347,31 @@ def test_training_records_the_attack_and_leaves_the_engines_stream_alone(params)
                                                  strict=True))
 
 
+def test_linf_beta_one_is_the_largest_accepted():
+    assert Atda("mnist", RECIPE, norm="linf", beta=1.0).params["beta"] == 1.0  # "(0, 1]": 1 itself is valid
+
+
+def test_distance_is_each_examples_norm():
+    delta = torch.randn(7, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    flat = delta.reshape(7, -1)
+    assert torch.equal(distance(delta, "linf"), flat.abs().max(dim=1).values)
+    torch.testing.assert_close(distance(delta, "l2"), torch.linalg.vector_norm(flat, dim=1), atol=1e-12, rtol=0)
+
+
+def test_every_row_misclassified_at_the_start_with_tau_zero_ends_after_one_forward():
+    """τ 0 and every row wrong at its start: all stop at step 0, and the early exit (the CPU's flags) or the
+    compacted loop forwards the batch once."""
+    model = model_in_eval()
+    x, _ = data()
+    with torch.no_grad():
+        y = (model(x).argmax(1) + 1) % 3
+    for kw in ({"early_exit": True}, {"compact": True}):
+        counted = RowsForwarded(model)
+        _, taken, stopped = adversarial_examples(counted, x, y, beta=0.03, alpha=0.01, steps=8, norm="linf", tau=0,
+                                                 start=torch.zeros_like(x), **kw)
+        assert (taken == 0).all() and stopped.all() and counted.rows == [len(x)], kw
+
+
 def test_an_untrained_defense_summarises_no_epoch_and_a_fixed_tau_as_given():
     fresh = Atda("mnist", RECIPE)
     s = fresh.summary()
@@ -410,6 +435,7 @@ def test_a_pixel_the_loss_does_not_depend_on_stays_at_its_start():
     ({"norm": "l1"}, "valid choices: linf, l2"),
     ({"variant": "pgd", "tau": 1}, "--tau of method 'atda' applies to --variant fat only"),
     ({"tau": -1}, "--tau of method 'atda' must be >= 0"),
+    ({"variant": "pgd", "omega": 0.01}, "--omega of method 'atda' applies to --variant fat only"),
     ({"step_ratio": 0}, "--step-ratio of method 'atda' must be > 0"),
 ])
 def test_bad_options_are_one_line_errors(params, message):

@@ -86,6 +86,10 @@ def test_the_hook_returns_the_attack_crafted_in_eval_mode_and_leaves_batchnorm_a
     p = defense.params
     moved = atda.distance(out_x - x, p["norm"])
     assert (moved > 0).all() and moved.max() <= p["beta"] + 1e-9
+    flat = (out_x - x).flatten(1)  # the record's figures, each example's norm computed here
+    norms = flat.abs().max(dim=1).values if p["norm"] == "linf" else torch.linalg.vector_norm(flat, dim=1)
+    figures = defense.summary()["last_epoch"]
+    assert figures["examples"] == len(y) and figures["mean_distance"] == pytest.approx(float(norms.mean()))
     with torch.no_grad():
         clean_loss, adv_loss = (F.cross_entropy(eval_model(v), y) for v in (x, out_x))
     assert adv_loss > clean_loss
