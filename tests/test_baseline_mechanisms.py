@@ -175,3 +175,21 @@ def test_friends_mse_matches_a_plain_official_batch_loop(steps):
     # the premise: the noise moved from its start, and not every pixel is clamped at ±β (a scale would show)
     assert not torch.allclose(expected, init.clamp(-BETA, BETA), atol=1e-4)
     assert (expected.abs() < BETA * (1 - 1e-6)).float().mean() > 0.2
+
+
+def test_a_checkpoint_taken_before_an_epochs_first_batch_restores_no_running_totals():
+    """ATDA's state before any batch of an epoch has no running totals (`state` leaves them out); loading it gives a
+    defense with none, whose summary is the saved one's, and whose next batch counts from zero."""
+    ctx = atda_hook_context(0)
+    saved = build_defense("atda", "mnist", ATDA_RECIPE)
+    saved.prepare(ctx)
+    tensors, state = saved.state(ctx)
+    assert "totals" not in tensors
+    restored = build_defense("atda", "mnist", ATDA_RECIPE)
+    restored.prepare(ctx)
+    restored.load_state(ctx, tensors, state)
+    assert restored._totals is None and restored.summary() == saved.summary()
+    x, y = ctx.train_x.clone(), ctx.train_y
+    restored.batch(ctx, x, y, torch.arange(len(y)))
+    saved.batch(ctx, x, y, torch.arange(len(y)))
+    assert restored.summary() == saved.summary() and restored.summary()["last_epoch"]["examples"] == len(y)
