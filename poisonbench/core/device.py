@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -119,3 +121,17 @@ def compile_static(fn):
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     raise_recompile_limit()  # every model variant a process meets is one more graph of the same forward
     return torch.compile(fn, dynamic=False)
+
+
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for the block, then restored (None: left as they are)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.device import intra_op_threads
 from ..core.errors import PoisonbenchError, unknown_choice
 from ..engine.chunking import chunk_rows
 from ..engine.kernels import inference_copy
@@ -164,15 +165,11 @@ def solve_lissa(h: torch.Tensor, probs: torch.Tensor, v: torch.Tensor, damping: 
     est = v.clone()
     n = len(h)
     idx = torch.randint(n, (steps, batch_size), device=h.device, generator=generator)
-    threads = torch.get_num_threads()
-    if h.device.type == "cpu":
-        torch.set_num_threads(1)  # 50-row products: threading costs more than it gives (10× on a loaded CPU)
-    try:
+    # 50-row products: threading costs more than it gives on the CPU (10× on a loaded CPU)
+    with intra_op_threads(1 if h.device.type == "cpu" else None):
         for j in range(steps):
             b = idx[j]
             est = v + (1 - damp) * est - hvp(h[b], probs[b], est) / scale
-    finally:
-        torch.set_num_threads(threads)
     s = est / scale
     return s, {"steps": steps, "batch_size": batch_size, "scale": scale, "damp": damp,
                "finite": bool(torch.isfinite(s).all())}

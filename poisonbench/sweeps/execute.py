@@ -34,8 +34,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -448,7 +447,9 @@ def run_task(plan: Plan, task_id: int | None, threads: int | None = None) -> int
     run). Bad input or an OS problem raises PoisonbenchError (the CLI: one line, exit 2), SIGTERM `Terminated` (exit
     143); an error while training propagates (exit 1 with its traceback), after `defend` wrote its failure
     record. `threads` (`--threads`): torch's intra-op threads while the step runs (None: as the process has them,
-    e.g. from $OMP_NUM_THREADS, which the sbatch script sets)."""
+    from $OMP_NUM_THREADS or torch's default). A run's numbers on the CPU depend on them (the record's env.threads),
+    so `--threads` reaches a step run here as it reaches a worker's (`LocalPool.env`); until 2026-11-30 `--task-id`
+    ignored it."""
     if task_id is None:
         raw = os.environ.get("SLURM_ARRAY_TASK_ID")
         if raw is None:
@@ -460,26 +461,10 @@ def run_task(plan: Plan, task_id: int | None, threads: int | None = None) -> int
     if not 0 <= task_id < len(plan.steps):
         raise PoisonbenchError(f"--task-id {task_id} is out of range: grid {plan.grid.name} has {len(plan.steps)} "
                                f"steps, 0..{len(plan.steps) - 1}")
+    from ..core.device import intra_op_threads
+
     step = plan.steps[task_id]
     with intra_op_threads(threads):
         for line in run_step(step.kind, step.spec):
             print(json.dumps(line), flush=True)
     return 0
-
-
-@contextmanager
-def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` for the block, then restored (None: left as they are). A run's
-    numbers on the CPU depend on them (the record's env.threads), so `--threads` must reach a step run in this
-    process as it reaches a worker's (`LocalPool.env`); until 2026-11-30 `--task-id` ignored it."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
