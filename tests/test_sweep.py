@@ -376,6 +376,51 @@ def test_emit_sbatch_writes_an_array_of_the_missing_steps(cli, swept, tmp_path):
     assert "--partition" not in options and "--account" not in options
 
 
+@pytest.mark.parametrize(("threads", "cpus", "passed"), [(None, None, None), (None, 4, 4), (1, 4, 1), (3, None, 3),
+                                                        (None, 1, 1)])
+def test_emit_sbatch_gives_each_task_the_threads_asked_else_its_cpus(cli, swept, tmp_path, threads, cpus, passed):
+    """The array script's command carries `--threads`: `--threads` when given, else `--cpus-per-task`, else none
+    (the task's process decides). Before 2026-11-30 the script never passed it, so a task on a node without a CPU
+    binding trained with every core of the node, and the record said so."""
+    script = tmp_path / "sweep.sbatch"
+    code, _, err = cli("sweep", "run", swept.grid, "--results", tmp_path / "fresh", "--emit-sbatch", script,
+                       *(["--threads", str(threads)] if threads is not None else []),
+                       *(["--cpus-per-task", str(cpus)] if cpus is not None else []))
+    assert code == 0, err
+    text = script.read_text()
+    command = [line for line in text.splitlines() if line and not line.startswith("#")][-1]
+    assert command == (f'exec poisonbench sweep run {swept.grid} --task-id "$SLURM_ARRAY_TASK_ID" --results '
+                       f'{tmp_path / "fresh"}' + (f" --threads {passed}" if passed is not None else ""))
+    assert sbatch_lines(text).get("--cpus-per-task") == (str(cpus) if cpus is not None else None)
+
+
+@pytest.mark.parametrize(("executor", "threads", "cpus", "passed"), [
+    ("slurm", None, None, None), ("slurm", None, 4, 4), ("slurm", 2, 4, 2), ("slurm", 1, None, 1),
+    ("submitit-local", None, None, "cores"), ("submitit-local", 1, None, 1), ("submitit-local", 3, 5, 3)])
+def test_submitted_tasks_get_the_threads_asked(cli, swept, tmp_path, monkeypatch, executor, threads, cpus, passed):
+    """A submitit task's step gets `--threads`; on SLURM without it `--cpus-per-task` (else the task decides), on
+    submitit's local executor every core (as `--workers 1`). Before 2026-11-30 `--threads` was dropped here."""
+    from poisonbench.sweeps import execute, slurm
+
+    given = []
+
+    class Job:
+        job_id = "1"
+
+    def submit(plan, steps, name, options, task_threads=None):
+        given.append((name, task_threads, options.cpus_per_task))
+        return [Job()]
+
+    monkeypatch.setattr(slurm, "submit", submit)
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: "/usr/bin/" + name)
+    code, out, err = cli("sweep", "run", swept.grid, "--results", tmp_path / "fresh", "--executor", executor,
+                         "--no-wait", *(["--threads", str(threads)] if threads is not None else []),
+                         *(["--cpus-per-task", str(cpus)] if cpus is not None else []))
+    assert code == 0, err
+    expected = execute.split_threads(1) if passed == "cores" else passed
+    assert given == [(executor, expected, cpus)]
+
+
 # 6. status
 
 

@@ -213,11 +213,13 @@ def run_cmd(
                                      "round-robin; on one GPU all share it), or auto: K per GPU from its free memory "
                                      "and the runs' measured peak, capped by the cores and at 16 (without a GPU: "
                                      "1). The line it prints says why."),
-    threads: int = typer.Option(None, "--threads", help="Intra-op CPU threads of each worker, or of the step that "
-                                                         "--task-id runs, 1 to 1024 (default: the cores split between "
-                                                         "the workers; with --task-id, the process's own). A run's "
-                                                         "numbers on the CPU depend on it (it is in the record's "
-                                                         "env.threads), never on --workers."),
+    threads: int = typer.Option(None, "--threads", help="Intra-op CPU threads of each worker, of the step that "
+                                                         "--task-id runs, or of each SLURM task (--executor slurm, "
+                                                         "--emit-sbatch), 1 to 1024 (default: the cores split between "
+                                                         "the workers; with --task-id, the process's own; for SLURM, "
+                                                         "--cpus-per-task when given). A run's numbers on the CPU "
+                                                         "depend on it (it is in the record's env.threads), never on "
+                                                         "--workers."),
     executor: str = typer.Option("workers", "--executor",
                                  help="workers (local processes) | slurm (a job array through submitit) | "
                                       "submitit-local (submitit's local executor: the SLURM path without a "
@@ -276,7 +278,8 @@ def run_cmd(
         raise typer.Exit(execute.run_task(plan, task_id, threads))
     steps = execute.to_run(plan, retry_failed)
     if emit_sbatch:
-        path = slurm.write_script(emit_sbatch, slurm.sbatch_script(plan, steps, plan.grid.source, slurm_options),
+        path = slurm.write_script(emit_sbatch, slurm.sbatch_script(plan, steps, plan.grid.source, slurm_options,
+                                                                      slurm.task_threads(threads, slurm_options)),
                                   RunStore(plan.execution.results).root, force, script_inputs)
         stdout_console().print(f"wrote {path}: a job array of {len(steps)} steps (of {len(plan.steps)}); submit "
                                f"it with `sbatch {path}`")
@@ -292,8 +295,9 @@ def run_cmd(
         return
     execute.check_writable(plan, logs=executor == "workers")  # a read-only results directory: one line, exit 2
     if executor != "workers":
-        jobs = slurm.submit(plan, steps, executor, slurm_options, execute.split_threads(1) if executor ==
-                            "submitit-local" else None)
+        task_threads = (slurm.task_threads(threads, slurm_options) if executor == "slurm"
+                        else threads if threads is not None else execute.split_threads(1))
+        jobs = slurm.submit(plan, steps, executor, slurm_options, task_threads)
         stdout_console().print(f"submitted {len(jobs)} jobs ({executor}): {jobs[0].job_id} …")
         if wait if wait is not None else executor == "submitit-local":
             _wait_jobs(jobs)

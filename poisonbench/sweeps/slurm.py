@@ -199,10 +199,20 @@ def _span(run: list[int]) -> str:
     return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
 
 
-def sbatch_script(plan: Plan, steps: list[Step], grid_source: str, options: SlurmOptions) -> str:
-    """An `sbatch` job-array script whose task I runs step I of the plan (only the steps given: the missing ones).
-    No value can change what the script does: control characters are refused, the command line is shell-quoted and
-    the `#SBATCH` values are written the way sbatch reads them back (module docstring)."""
+def task_threads(threads: int | None, options: SlurmOptions) -> int | None:
+    """The intra-op threads of a SLURM task's step: `--threads` when given, else `--cpus-per-task` (the CPUs SLURM
+    gives the task), else None (the task's process decides: $OMP_NUM_THREADS, or torch's default, which is every
+    core the task may use). A run's numbers on the CPU depend on them (the record's env.threads). Before 2026-11-30
+    (commit 9c52542 and earlier) neither the array script nor a submitit task passed them on."""
+    return threads if threads is not None else options.cpus_per_task
+
+
+def sbatch_script(plan: Plan, steps: list[Step], grid_source: str, options: SlurmOptions,
+                  threads: int | None = None) -> str:
+    """An `sbatch` job-array script whose task I runs step I of the plan (only the steps given: the missing ones),
+    with `--threads` `threads` when given (`task_threads`). No value can change what the script does: control
+    characters are refused, the command line is shell-quoted and the `#SBATCH` values are written the way sbatch
+    reads them back (module docstring)."""
     from dataclasses import replace
 
     root = RunStore(plan.execution.results).root
@@ -217,7 +227,7 @@ def sbatch_script(plan: Plan, steps: list[Step], grid_source: str, options: Slur
         if flag.startswith("--"):
             check_text(flag, value)
     command = ["exec", "poisonbench", "sweep", "run", grid_source, "--task-id", "$SLURM_ARRAY_TASK_ID",
-               "--results", str(root), *rest]
+               "--results", str(root), *rest, *(["--threads", str(threads)] if threads is not None else [])]
     text = " ".join(shlex.quote(c) if c != "$SLURM_ARRAY_TASK_ID" else '"$SLURM_ARRAY_TASK_ID"' for c in command)
     hours, minutes = divmod(options.time_min, 60)
     log = str(root).replace("%", "%%") + "/slurm/%A_%a.out"  # %% is SLURM's literal % in a file name pattern
