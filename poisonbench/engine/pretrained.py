@@ -40,10 +40,54 @@ def transfer_split(data) -> tuple[torch.Tensor, torch.Tensor]:
     """(pre-training rows, transfer rows) of the train split: sorted int64, stratified by class, 10 % transfer.
 
     Refused in one line when the pre-training part would leave a class with fewer than
-    `MIN_PRETRAIN_PER_CLASS` images."""
+    `MIN_PRETRAIN_PER_CLASS` images. Fresh tensors at every call (a caller may change them); the split itself is
+    computed once per train labels (`_split_of`)."""
+    pretrain, transfer, _ = _split_of(data)
+    return torch.from_numpy(pretrain.copy()), torch.from_numpy(transfer.copy())
+
+
+# The split and its pre-training rows' hash, by the train labels they are a function of (`_labels_key`). Planning a
+# grid asks for them several times per step (the extractor's spec, the attacker's, the target's base pool): on full
+# Fashion-MNIST each cost ~0.1 s (a stratified permutation of 59,000 labels, the JSON of 53,100 rows), so planning
+# Table III's 1,860 steps took 98 CPU-seconds, paid again by every task of a SLURM array. Bounded: a handful of
+# datasets per process.
+_SPLITS: dict[tuple, tuple[np.ndarray, np.ndarray, str]] = {}
+_MAX_SPLITS = 8
+# The labels' key by the tensor that holds them, while it lives and is not changed in place (torch's version
+# counter): the digest of 59,000 labels costs ~0.5 ms, and a plan asks for it thousands of times.
+_KEYS: list[tuple] = []  # (weak reference to the labels tensor, its version, the class count, the key)
+
+
+def _labels_key(y: np.ndarray, num_classes: int) -> tuple:
+    """What the split depends on: the labels, whole (dtype, shape and bytes: a digest), and the class count."""
+    import hashlib
+
+    y = np.ascontiguousarray(y)
+    return y.dtype.str, y.shape, int(num_classes), hashlib.blake2b(y.tobytes(), digest_size=20).hexdigest()
+
+
+def _labels_key_of(labels: torch.Tensor, num_classes: int) -> tuple:
+    """`_labels_key` of a labels tensor, reused while the same tensor at the same version is asked again."""
+    import weakref
+
+    for ref, version, classes, key in _KEYS:
+        if ref() is labels and version == labels._version and classes == num_classes:
+            return key
+    key = _labels_key(labels.numpy(), num_classes)
+    if len(_KEYS) >= _MAX_SPLITS:
+        del _KEYS[0]
+    _KEYS.append((weakref.ref(labels), labels._version, num_classes, key))
+    return key
+
+
+def _split_of(data) -> tuple[np.ndarray, np.ndarray, str]:
+    """(pre-training rows, transfer rows, `short_hash` of the pre-training rows' list), computed once per labels."""
     from ..data.splits import stratified_split
 
     y = data.train.y.numpy()
+    key = _labels_key_of(data.train.y, data.num_classes)
+    if key in _SPLITS:
+        return _SPLITS[key]
     k = int(round(TRANSFER_FRACTION * len(y)))
     pretrain, transfer = stratified_split(y, [k], seed=TRANSFER_SPLIT_SEED)
     counts = np.bincount(y[pretrain], minlength=data.num_classes)
@@ -51,7 +95,11 @@ def transfer_split(data) -> tuple[torch.Tensor, torch.Tensor]:
         raise PoisonbenchError(f"--scenario transfer: the pre-training split of {data.name} is too small "
                                f"({len(pretrain)} images, {int(counts.min())} in its smallest class; at least "
                                f"{MIN_PRETRAIN_PER_CLASS} per class needed)")
-    return torch.from_numpy(pretrain), torch.from_numpy(transfer)
+    if len(_SPLITS) >= _MAX_SPLITS:
+        _SPLITS.clear()
+    pretrain.flags.writeable = transfer.flags.writeable = False  # shared: callers get copies
+    _SPLITS[key] = (pretrain, transfer, short_hash(pretrain.tolist()))
+    return _SPLITS[key]
 
 
 def extractor_spec(data, model_name: str | None = None, recipe: str = "paper",
@@ -61,11 +109,11 @@ def extractor_spec(data, model_name: str | None = None, recipe: str = "paper",
     so another id)."""
     if role not in SEED_DOMAINS:
         raise PoisonbenchError(f"extractor role must be one of {', '.join(SEED_DOMAINS)}, got {role!r}")
-    pretrain, _ = transfer_split(data)
+    rows = _split_of(data)[2]
     inputs = {"purpose": "transfer-extractor", "dataset": data.name, "dataset_fingerprint": data.fingerprint,
               "model": model_name or DEFAULT_MODEL[data.family],
               "recipe": resolve_recipe(data.family, recipe, **(overrides or {})).to_dict(),
-              "rows": short_hash(pretrain.tolist()), "transfer_fraction": TRANSFER_FRACTION}
+              "rows": rows, "transfer_fraction": TRANSFER_FRACTION}
     return {**inputs, "seed": attacker_seed(SEED_DOMAINS[role], inputs)}
 
 
