@@ -120,6 +120,18 @@ def test_labels_that_differ_in_one_place_get_their_own_split(where):
         assert_split(dataset(labels, 3))
 
 
+def test_labels_made_in_inference_mode_are_split_without_a_version_counter():
+    """A dataset plugin may build its tensors in inference mode, where torch keeps no version counter: the key is
+    then computed at every call, never reused, and the split is still the labels' own."""
+    labels = labels_of(7, 60, 4)
+    with torch.inference_mode():
+        data = dataset(labels)
+    assert data.train.y.is_inference()
+    for _ in range(2):
+        assert_split(data)
+    assert pretrained._KEYS == []
+
+
 def test_the_same_labels_with_another_class_count_are_another_key():
     labels = labels_of(1, 50, 3)
     a, b = dataset(labels, 3), dataset(labels, 4)

@@ -67,16 +67,21 @@ def _labels_key(y: np.ndarray, num_classes: int) -> tuple:
 
 
 def _labels_key_of(labels: torch.Tensor, num_classes: int) -> tuple:
-    """`_labels_key` of a labels tensor, reused while the same tensor at the same version is asked again."""
+    """`_labels_key` of a labels tensor, reused while the same tensor at the same version is asked again (a tensor
+    without a version counter, made in inference mode, e.g. by a dataset plugin: computed at every call)."""
     import weakref
 
+    try:
+        current = labels._version
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return _labels_key(labels.numpy(), num_classes)
     for ref, version, classes, key in _KEYS:
-        if ref() is labels and version == labels._version and classes == num_classes:
+        if ref() is labels and version == current and classes == num_classes:
             return key
     key = _labels_key(labels.numpy(), num_classes)
     if len(_KEYS) >= _MAX_SPLITS:
         del _KEYS[0]
-    _KEYS.append((weakref.ref(labels), labels._version, num_classes, key))
+    _KEYS.append((weakref.ref(labels), current, num_classes, key))
     return key
 
 
