@@ -377,7 +377,8 @@ def test_emit_sbatch_writes_an_array_of_the_missing_steps(cli, swept, tmp_path):
 
 
 @pytest.mark.parametrize(("threads", "cpus", "passed"), [(None, None, None), (None, 4, 4), (1, 4, 1), (3, None, 3),
-                                                        (None, 1, 1)])
+                                                        (None, 1, 1), (None, 1024, 1024), (None, 1025, 1024),
+                                                        (1024, 2048, 1024)])
 def test_emit_sbatch_gives_each_task_the_threads_asked_else_its_cpus(cli, swept, tmp_path, threads, cpus, passed):
     """The array script's command carries `--threads`: `--threads` when given, else `--cpus-per-task`, else none
     (the task's process decides). Before 2026-11-30 the script never passed it, so a task on a node without a CPU

@@ -202,9 +202,14 @@ def _span(run: list[int]) -> str:
 def task_threads(threads: int | None, options: SlurmOptions) -> int | None:
     """The intra-op threads of a SLURM task's step: `--threads` when given, else `--cpus-per-task` (the CPUs SLURM
     gives the task), else None (the task's process decides: $OMP_NUM_THREADS, or torch's default, which is every
-    core the task may use). A run's numbers on the CPU depend on them (the record's env.threads). Before 2026-11-30
-    (commit 9c52542 and earlier) neither the array script nor a submitit task passed them on."""
-    return threads if threads is not None else options.cpus_per_task
+    core the task may use). `--cpus-per-task` above `--threads`' limit gives the limit (a task must not refuse what
+    the submission accepted). A run's numbers on the CPU depend on them (the record's env.threads). Before
+    2026-11-30 (commit 9c52542 and earlier) neither the array script nor a submitit task passed them on."""
+    from .execute import MAX_THREADS
+
+    if threads is not None:
+        return threads
+    return None if options.cpus_per_task is None else min(options.cpus_per_task, MAX_THREADS)
 
 
 def sbatch_script(plan: Plan, steps: list[Step], grid_source: str, options: SlurmOptions,
