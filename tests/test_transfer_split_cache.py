@@ -1,4 +1,4 @@
-"""The transfer split and its rows' hash are computed once per train labels (engine/pretrained.py, `_split_of`):
+"""The transfer split and its rows' hash are computed once per labels tensor (engine/pretrained.py, `_split_of`):
 planning a grid asks for them several times per step. Contract: every call gives what the uncached computation
 gives (`stratified_split` of the labels, `short_hash` of the pre-training rows), in fresh tensors, whatever labels
 came before, however the labels tensor was changed in place, and however many label sets the process has seen."""
@@ -48,10 +48,8 @@ def labels_of(seed: int, n: int, classes: int) -> np.ndarray:
 @pytest.fixture(autouse=True)
 def empty_caches():
     pretrained._SPLITS.clear()
-    pretrained._KEYS.clear()
     yield
     pretrained._SPLITS.clear()
-    pretrained._KEYS.clear()
 
 
 def assert_split(data) -> None:
@@ -77,7 +75,7 @@ def test_every_call_gives_the_uncached_split_whatever_came_before(seeds, sizes, 
         data = sets[i % len(sets)]
         assert_split(data)
         assert_split(dataset(data.train.y.numpy().copy()))  # another tensor with the same labels
-    assert len(pretrained._SPLITS) <= pretrained._MAX_SPLITS and len(pretrained._KEYS) <= pretrained._MAX_SPLITS
+    assert len(pretrained._SPLITS) <= pretrained._MAX_SPLITS
 
 
 @pytest.mark.parametrize("count", [pretrained._MAX_SPLITS - 1, pretrained._MAX_SPLITS, pretrained._MAX_SPLITS + 1])
@@ -87,18 +85,14 @@ def test_the_caches_stay_bounded_and_right_at_their_limit(count):
         for data in sets:
             assert_split(data)
             assert len(pretrained._SPLITS) <= pretrained._MAX_SPLITS
-            assert len(pretrained._KEYS) <= pretrained._MAX_SPLITS
     # up to the limit every set stays cached; one more and the caches make room (the answers stay right, above)
-    if count <= pretrained._MAX_SPLITS:
-        assert len(pretrained._SPLITS) == len(pretrained._KEYS) == count
-    else:
-        assert len(pretrained._KEYS) == pretrained._MAX_SPLITS
+    assert len(pretrained._SPLITS) == min(count, pretrained._MAX_SPLITS)
 
 
 def test_labels_changed_in_place_get_their_own_split():
     data = dataset(labels_of(0, 60, 4))
     before = transfer_split(data)
-    data.train.y[:7] = (data.train.y[:7] + 1) % 4  # torch's version counter moves: the key is computed again
+    data.train.y[:7] = (data.train.y[:7] + 1) % 4  # torch's version counter moves: the split is computed again
     assert_split(data)
     assert not all(torch.equal(a, b) for a, b in zip(before, transfer_split(data), strict=True))
 
@@ -121,21 +115,22 @@ def test_labels_that_differ_in_one_place_get_their_own_split(where):
 
 
 def test_labels_made_in_inference_mode_are_split_without_a_version_counter():
-    """A dataset plugin may build its tensors in inference mode, where torch keeps no version counter: the key is
-    then computed at every call, never reused, and the split is still the labels' own."""
+    """A dataset plugin may build its tensors in inference mode, where torch keeps no version counter: the split is
+    then computed at every call, never cached, and is still the labels' own."""
     labels = labels_of(7, 60, 4)
     with torch.inference_mode():
         data = dataset(labels)
     assert data.train.y.is_inference()
     for _ in range(2):
         assert_split(data)
-    assert pretrained._KEYS == []
+    assert pretrained._SPLITS == []
 
 
 def test_the_same_labels_with_another_class_count_are_another_key():
     labels = labels_of(1, 50, 3)
-    a, b = dataset(labels, 3), dataset(labels, 4)
-    assert pretrained._labels_key_of(a.train.y, 3) != pretrained._labels_key_of(a.train.y, 4)
+    a = dataset(labels, 3)
+    assert_split(a)
+    b = SimpleNamespace(train=a.train, num_classes=4, name="fake", fingerprint="same", family="mnist")  # same tensor
     with pytest.raises(PoisonbenchError, match="smallest class"):
         transfer_split(b)  # class 3 has no image: refused, though the same labels with 3 classes were split
     assert_split(a)
@@ -158,7 +153,7 @@ def test_a_split_too_small_is_refused_at_every_call_and_never_cached():
     for _ in range(2):
         with pytest.raises(PoisonbenchError, match=f"at least {MIN_PRETRAIN_PER_CLASS} per class"):
             transfer_split(data)
-    assert pretrained._SPLITS == {}
+    assert pretrained._SPLITS == []
 
 
 def test_the_extractor_spec_names_the_uncached_rows_hash():
@@ -193,3 +188,18 @@ def test_an_unknown_extractor_role_is_one_line_naming_the_choices():
     with pytest.raises(PoisonbenchError) as refused:
         extractor_spec(dataset(labels_of(5, 40, 3)), role="thief")
     assert str(refused.value) == "extractor role must be one of victim, attacker, got 'thief'"
+
+
+def test_a_smallest_class_of_exactly_the_minimum_is_accepted():
+    """The limit itself: a pre-training part whose smallest class has exactly `MIN_PRETRAIN_PER_CLASS` images is
+    split; one fewer is refused."""
+    for per_class, accepted in ((12, True), (10, False)):
+        labels = np.repeat(np.arange(3), per_class)
+        data = dataset(labels)
+        smallest = np.bincount(labels[reference(data.train.y)[0]], minlength=3).min()
+        assert smallest == (MIN_PRETRAIN_PER_CLASS if accepted else MIN_PRETRAIN_PER_CLASS - 1)
+        if accepted:
+            assert_split(data)
+        else:
+            with pytest.raises(PoisonbenchError, match="smallest class"):
+                transfer_split(data)

@@ -46,53 +46,32 @@ def transfer_split(data) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(pretrain.copy()), torch.from_numpy(transfer.copy())
 
 
-# The split and its pre-training rows' hash, by the train labels they are a function of (`_labels_key`). Planning a
-# grid asks for them several times per step (the extractor's spec, the attacker's, the target's base pool): on full
-# Fashion-MNIST each cost ~0.1 s (a stratified permutation of 59,000 labels, the JSON of 53,100 rows), so planning
-# Table III's 1,860 steps took 98 CPU-seconds, paid again by every task of a SLURM array. Bounded: a handful of
-# datasets per process.
-_SPLITS: dict[tuple, tuple[np.ndarray, np.ndarray, str]] = {}
+# The split and its pre-training rows' hash, per train-labels tensor while it lives and is not changed in place
+# (torch's version counter). Planning a grid asks for them several times per step (the extractor's spec, the
+# attacker's, the target's base pool): on full Fashion-MNIST each cost ~0.1 s (a stratified permutation of 59,000
+# labels, the JSON of 53,100 rows), so planning Table III's 1,860 steps took 98 CPU-seconds, paid again by every
+# task of a SLURM array; a plan holds one labels tensor per dataset. Bounded: a handful of datasets per process.
+_SPLITS: list[tuple] = []  # (weak reference to the labels tensor, its version, the class count, the split)
 _MAX_SPLITS = 8
-# The labels' key by the tensor that holds them, while it lives and is not changed in place (torch's version
-# counter): the digest of 59,000 labels costs ~0.5 ms, and a plan asks for it thousands of times.
-_KEYS: list[tuple] = []  # (weak reference to the labels tensor, its version, the class count, the key)
-
-
-def _labels_key(y: np.ndarray, num_classes: int) -> tuple:
-    """What the split depends on: the labels, whole (dtype, shape and bytes: a digest), and the class count."""
-    import hashlib
-
-    y = np.ascontiguousarray(y)
-    return y.dtype.str, y.shape, int(num_classes), hashlib.blake2b(y.tobytes(), digest_size=20).hexdigest()
-
-
-def _labels_key_of(labels: torch.Tensor, num_classes: int) -> tuple:
-    """`_labels_key` of a labels tensor, reused while the same tensor at the same version is asked again (a tensor
-    without a version counter, made in inference mode, e.g. by a dataset plugin: computed at every call)."""
-    import weakref
-
-    try:
-        current = labels._version
-    except RuntimeError:  # "Inference tensors do not track version counter"
-        return _labels_key(labels.numpy(), num_classes)
-    for ref, version, classes, key in _KEYS:
-        if ref() is labels and version == current and classes == num_classes:
-            return key
-    key = _labels_key(labels.numpy(), num_classes)
-    if len(_KEYS) >= _MAX_SPLITS:
-        del _KEYS[0]
-    _KEYS.append((weakref.ref(labels), current, num_classes, key))
-    return key
 
 
 def _split_of(data) -> tuple[np.ndarray, np.ndarray, str]:
-    """(pre-training rows, transfer rows, `short_hash` of the pre-training rows' list), computed once per labels."""
+    """(pre-training rows, transfer rows, `short_hash` of the pre-training rows' list), computed once per labels
+    tensor and version (a tensor without a version counter, made in inference mode, e.g. by a dataset plugin: at
+    every call)."""
+    import weakref
+
     from ..data.splits import stratified_split
 
-    y = data.train.y.numpy()
-    key = _labels_key_of(data.train.y, data.num_classes)
-    if key in _SPLITS:
-        return _SPLITS[key]
+    labels = data.train.y
+    try:
+        version = labels._version
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        version = None
+    for ref, seen, classes, split in _SPLITS:
+        if version is not None and ref() is labels and seen == version and classes == data.num_classes:
+            return split
+    y = labels.numpy()
     k = int(round(TRANSFER_FRACTION * len(y)))
     pretrain, transfer = stratified_split(y, [k], seed=TRANSFER_SPLIT_SEED)
     counts = np.bincount(y[pretrain], minlength=data.num_classes)
@@ -100,11 +79,13 @@ def _split_of(data) -> tuple[np.ndarray, np.ndarray, str]:
         raise PoisonbenchError(f"--scenario transfer: the pre-training split of {data.name} is too small "
                                f"({len(pretrain)} images, {int(counts.min())} in its smallest class; at least "
                                f"{MIN_PRETRAIN_PER_CLASS} per class needed)")
-    if len(_SPLITS) >= _MAX_SPLITS:
-        _SPLITS.clear()
     pretrain.flags.writeable = transfer.flags.writeable = False  # shared: callers get copies
-    _SPLITS[key] = (pretrain, transfer, short_hash(pretrain.tolist()))
-    return _SPLITS[key]
+    split = (pretrain, transfer, short_hash(pretrain.tolist()))
+    if version is not None:
+        if len(_SPLITS) >= _MAX_SPLITS:
+            del _SPLITS[0]
+        _SPLITS.append((weakref.ref(labels), version, data.num_classes, split))
+    return split
 
 
 def extractor_spec(data, model_name: str | None = None, recipe: str = "paper",
