@@ -51,6 +51,8 @@ def transfer_split(data) -> tuple[torch.Tensor, torch.Tensor]:
 # attacker's, the target's base pool): on full Fashion-MNIST each cost ~0.1 s (a stratified permutation of 59,000
 # labels, the JSON of 53,100 rows), so planning Table III's 1,860 steps took 98 CPU-seconds, paid again by every
 # task of a SLURM array; a plan holds one labels tensor per dataset. Bounded: a handful of datasets per process.
+# A write through a NumPy view of the tensor (`labels.numpy()[i] = c`) moves no version counter and is not seen:
+# nothing in the package writes labels that way, and a dataset plugin that did must hand over a new tensor.
 _SPLITS: list[tuple] = []  # (weak reference to the labels tensor, its version, the class count, the split)
 _MAX_SPLITS = 8
 
