@@ -143,3 +143,68 @@ def test_a_sweep_on_an_unpacked_pack_crafts_its_poisonsets_again_and_runs_what_i
     assert done_before < record_ids(fresh) and len(record_ids(fresh)) == 3
     code, out, err = cli("poisons", "list", "--results", fresh, "--json")
     assert code == 0 and [(r["poison_id"], r["tensors"]) for r in json.loads(out)] == [(pid, True)], err
+
+
+def test_the_refusal_names_the_env_that_differs(data_and_spec, tmp_path):
+    """Through the craft: the pinned manifest's env (the craft's own, one thread) with `threads` changed is named,
+    and nothing else; cpu_capability is the same on both sides, so no dispatch hint."""
+    data, spec = data_and_spec
+    crafted_then_stripped(data, spec, tmp_path)
+    directory = poison_dir(tmp_path, spec.poison_id)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    crafted_hash, manifest["tensor_sha256"] = manifest["tensor_sha256"], "cd" * 32
+    assert manifest["env"]["threads"] == 1
+    manifest["env"]["threads"] = 7
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(PoisonbenchError) as caught:
+        poisons.craft(spec, data, tmp_path)
+    assert str(caught.value) == (
+        f"poison set {spec.poison_id}: the craft's tensors (sha256 {crafted_hash[:12]}) are not those its manifest "
+        f"pins (cdcdcdcdcdcd), which came without tensors (from a records pack); nothing written. Put the "
+        f"PoisonSet's files back from where it was crafted, or craft with --force to replace the manifest (the runs "
+        f"recorded on the old tensors then no longer pair with new ones). The pinned craft's env differs from this "
+        f"one's in threads 7 (now 1)")
+    assert sorted(p.name for p in directory.iterdir()) == [MANIFEST_FILE]
+
+
+ENV = {"device": "cpu", "cpu": "AMD EPYC", "cpu_capability": "AVX512", "threads": 1, "torch": "2.14.1+cu130",
+       "code": "292f6ba08214cd8a", "host": "vm", "git_commit": "ce0eaa3"}
+HEAD = ". The pinned craft's env differs from this one's in "
+
+
+@pytest.mark.parametrize(("pinned", "now", "expected"), [
+    (None, ENV, ""),
+    (ENV, None, ""),
+    ("not a dict", ENV, ""),
+    (ENV, dict(ENV), ""),
+    ({**ENV, "host": "other", "git_commit": "9f77f99"}, ENV, ""),  # not what decides rounding
+    ({**ENV, "cpu_capability": "AVX2"}, ENV,
+     HEAD + "cpu_capability 'AVX2' (now 'AVX512'): to dispatch as it did, set ATEN_CPU_CAPABILITY=avx2 "
+            "ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2"),
+    ({**ENV, "cpu_capability": "DEFAULT"}, ENV,
+     HEAD + "cpu_capability 'DEFAULT' (now 'AVX512'): to dispatch as it did, set ATEN_CPU_CAPABILITY=default"),
+    ({**ENV, "cpu_capability": "DEFAULT"}, {**ENV, "cpu_capability": "AVX2"},
+     HEAD + "cpu_capability 'DEFAULT' (now 'AVX2'): to dispatch as it did, set ATEN_CPU_CAPABILITY=default"),
+    (ENV, {**ENV, "cpu_capability": "AVX2"},
+     HEAD + "cpu_capability 'AVX512' (now 'AVX2'): craft where ATen dispatches to AVX512 (ATEN_CPU_CAPABILITY=avx512 "
+            "on a CPU that has it)"),
+    ({**ENV, "cpu_capability": "AVX2"}, {**ENV, "cpu_capability": "DEFAULT"},
+     HEAD + "cpu_capability 'AVX2' (now 'DEFAULT'): craft where ATen dispatches to AVX2 (ATEN_CPU_CAPABILITY=avx2 "
+            "on a CPU that has it)"),
+    ({**ENV, "cpu_capability": "ZVECTOR"}, {**ENV, "cpu_capability": "VSX"},
+     HEAD + "cpu_capability 'ZVECTOR' (now 'VSX')"),  # not x86: named, no hint
+    ({**ENV, "cpu_capability": "AVX2"}, {**ENV, "cpu_capability": "SVE256"},
+     HEAD + "cpu_capability 'AVX2' (now 'SVE256')"),
+    ({**ENV, "code": "0000000000000000", "cpu_capability": "AVX2", "device": "cuda"},
+     {**ENV, "gpu": "NVIDIA H200"},
+     HEAD + "device 'cuda' (now 'cpu'), cpu_capability 'AVX2' (now 'AVX512'), gpu None (now 'NVIDIA H200'), code "
+            "'0000000000000000' (now '292f6ba08214cd8a'): to dispatch as it did, set ATEN_CPU_CAPABILITY=avx2 "
+            "ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2"),
+    ({**ENV, "cpu": "Intel Xeon", "threads": 2, "torch": "2.13.0+cpu"}, ENV,
+     HEAD + "cpu 'Intel Xeon' (now 'AMD EPYC'), threads 2 (now 1), torch '2.13.0+cpu' (now '2.14.1+cu130')"),
+    ({k: v for k, v in ENV.items() if k != "cpu_capability"}, ENV, HEAD + "cpu_capability None (now 'AVX512')"),
+])
+def test_env_differences_name_each_rounding_key_and_the_dispatch_hint(pinned, now, expected):
+    from poisonbench.poisons.store import _env_differences
+
+    assert _env_differences(pinned, now) == expected

@@ -98,7 +98,7 @@ def _save(poison: PoisonSet, spec: CraftSpec, final: Path, extra: dict | None, r
         tensors.update(poison.trigger.tensors())
     blob = st_save(tensors)
     if not replace and manifest_only(final):
-        return _restore_tensors(poison, spec.poison_id, final, blob)
+        return _restore_tensors(poison, spec.poison_id, final, blob, (extra or {}).get("env"))
     manifest = {
         **({"format": FORMAT} if extended else {}),
         "poison_id": spec.poison_id,
@@ -146,11 +146,12 @@ def manifest_only(directory: Path) -> bool:
     return os.path.lexists(directory / MANIFEST_FILE) and not os.path.lexists(directory / TENSOR_FILE)
 
 
-def _restore_tensors(poison: PoisonSet, poison_id: str, final: Path, blob: bytes) -> Path:
+def _restore_tensors(poison: PoisonSet, poison_id: str, final: Path, blob: bytes, env: dict | None = None) -> Path:
     """Put a re-crafted PoisonSet's tensors beside the manifest a pack left, if they are the tensors it pins (its
     `tensor_sha256`): the packed manifest stays, so the records that trained on it keep pairing with it. Other
     tensors (another platform or code version rounds an optimised craft differently) are refused, and nothing is
-    written: replacing the manifest would unpair those records."""
+    written: replacing the manifest would unpair those records. The refusal names what of the pinned craft's `env`
+    differs from this craft's (`env`), and how to dispatch to the pinned craft's instruction set."""
     manifest = read_manifest(final.parent.parent, poison_id)
     pinned, crafted = manifest.get("tensor_sha256"), _sha256(blob)
     if crafted != pinned:
@@ -158,10 +159,42 @@ def _restore_tensors(poison: PoisonSet, poison_id: str, final: Path, blob: bytes
             f"poison set {poison_id}: the craft's tensors (sha256 {crafted[:12]}) are not those its manifest pins "
             f"({str(pinned)[:12]}), which came without tensors (from a records pack); nothing written. Put the "
             f"PoisonSet's files back from where it was crafted, or craft with --force to replace the manifest (the "
-            f"runs recorded on the old tensors then no longer pair with new ones)")
+            f"runs recorded on the old tensors then no longer pair with new ones)"
+            + _env_differences(manifest.get("env"), env))
     atomic_write_bytes(final / TENSOR_FILE, blob)
     poison.manifest, poison.path = manifest, final
     return final
+
+
+# What of a craft's `env` (core/provenance.py `environment`) decides its float rounding, in the order named.
+ROUNDING_ENV = ("device", "cpu", "cpu_capability", "gpu", "threads", "torch", "code")
+# The instruction sets ATen dispatches to on x86 (`torch.backends.cpu.get_cpu_capability()`), lowest first: a CPU
+# that dispatches to one can be made to dispatch to any lower one by ATEN_CPU_CAPABILITY, never to a higher one.
+X86_CAPABILITIES = ("DEFAULT", "AVX2", "AVX512")
+
+
+def _env_differences(pinned: dict | None, now: dict | None) -> str:
+    """The refusal's last sentence: each `ROUNDING_ENV` key whose value differs between the pinned craft's env and
+    this craft's, and, where the pinned craft dispatched to a lower x86 instruction set than this process, the
+    environment variables that dispatch to it (ATEN_CPU_CAPABILITY also steers torch.compile's C++ kernels; on
+    2026-12-01 the three below re-crafted 60 AVX2 FC PoisonSets bit for bit on an AVX-512 CPU). "" when either env
+    is missing (a manifest older than env) or none of those keys differs."""
+    if not isinstance(pinned, dict) or not isinstance(now, dict):
+        return ""
+    differing = [key for key in ROUNDING_ENV if pinned.get(key) != now.get(key)]
+    if not differing:
+        return ""
+    text = ". The pinned craft's env differs from this one's in " + ", ".join(
+        f"{key} {pinned.get(key)!r} (now {now.get(key)!r})" for key in differing)
+    was, now_cap = pinned.get("cpu_capability"), now.get("cpu_capability")
+    if "cpu_capability" in differing and was in X86_CAPABILITIES and now_cap in X86_CAPABILITIES:
+        if X86_CAPABILITIES.index(was) < X86_CAPABILITIES.index(now_cap):
+            text += f": to dispatch as it did, set ATEN_CPU_CAPABILITY={was.lower()}"
+            if was == "AVX2":
+                text += " ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2"
+        else:
+            text += f": craft where ATen dispatches to {was} (ATEN_CPU_CAPABILITY={was.lower()} on a CPU that has it)"
+    return text
 
 
 def labels_hash(indices: torch.Tensor, labels: torch.Tensor | None) -> str | None:
