@@ -125,13 +125,21 @@ def compile_static(fn):
 
 @contextmanager
 def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` for the block, then restored (None: left as they are)."""
+    """torch's intra-op threads, and the BLAS and OpenMP pools of NumPy, SciPy and scikit-learn (threadpoolctl), set
+    to `threads` for the block, then restored (None: left as they are). The pools as a worker of `sweep run
+    --workers` has them (its `OMP_NUM_THREADS`): until 2026-12-01 `--task-id --threads 1` limited torch alone, and
+    the filters' SVDs (activation clustering, spectral signatures) ran on every core in OpenBLAS beside the node's
+    other steps: on 2 cores with two one-thread steps at once, activation clustering's filter took 58 s a run with
+    OpenBLAS's two threads against 2.2 s with one (full Fashion-MNIST, 2026-12-01)."""
     if threads is None:
         yield
         return
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        yield
+        with threadpool_limits(limits=threads):
+            yield
     finally:
         torch.set_num_threads(before)
