@@ -67,21 +67,35 @@ def test_crafting_again_restores_the_pinned_tensors_and_keeps_the_manifest(data_
     assert cached and loaded.manifest == made.manifest
 
 
+def pinned_elsewhere(data, spec, results, pinned_sha, **env_changes):
+    """A craft stripped to its manifest, which then pins other tensors (`pinned_sha`, as if crafted elsewhere) and,
+    for each of `env_changes`, another env value (the craft's own env is one thread). -> (its directory, the hash of
+    the tensors this machine crafts)."""
+    crafted_then_stripped(data, spec, results)
+    directory = poison_dir(results, spec.poison_id)
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    crafted_hash, manifest["tensor_sha256"] = manifest["tensor_sha256"], pinned_sha
+    assert manifest["env"]["threads"] == 1
+    manifest["env"].update(env_changes)
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return directory, crafted_hash
+
+
+def refusal(poison_id, crafted_hash, pinned_prefix):
+    """The refusal of other tensors, whole, up to where the env's differences would start."""
+    return (f"poison set {poison_id}: the craft's tensors (sha256 {crafted_hash[:12]}) are not those its manifest "
+            f"pins ({pinned_prefix}), which came without tensors (from a records pack); nothing written. Put the "
+            f"PoisonSet's files back from where it was crafted, or craft with --force to replace the manifest (the "
+            f"runs recorded on the old tensors then no longer pair with new ones)")
+
+
 def test_other_tensors_are_refused_in_one_line_and_nothing_is_written(data_and_spec, tmp_path):
     data, spec = data_and_spec
-    crafted_then_stripped(data, spec, tmp_path)
-    directory = poison_dir(tmp_path, spec.poison_id)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    crafted_hash, manifest["tensor_sha256"] = manifest["tensor_sha256"], "ab" * 32  # crafted elsewhere
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    directory, crafted_hash = pinned_elsewhere(data, spec, tmp_path, "ab" * 32)
     before = (directory / MANIFEST_FILE).read_bytes()
     with pytest.raises(PoisonbenchError) as caught:
         poisons.craft(spec, data, tmp_path)
-    assert str(caught.value) == (
-        f"poison set {spec.poison_id}: the craft's tensors (sha256 {crafted_hash[:12]}) are not those its manifest "
-        f"pins (abababababab), which came without tensors (from a records pack); nothing written. Put the "
-        f"PoisonSet's files back from where it was crafted, or craft with --force to replace the manifest (the runs "
-        f"recorded on the old tensors then no longer pair with new ones)")
+    assert str(caught.value) == refusal(spec.poison_id, crafted_hash, "abababababab")
     assert sorted(p.name for p in directory.iterdir()) == [MANIFEST_FILE]
     assert (directory / MANIFEST_FILE).read_bytes() == before
     assert sorted(p.name for p in directory.parent.iterdir()) == [spec.poison_id]
@@ -149,21 +163,11 @@ def test_the_refusal_names_the_env_that_differs(data_and_spec, tmp_path):
     """Through the craft: the pinned manifest's env (the craft's own, one thread) with `threads` changed is named,
     and nothing else; cpu_capability is the same on both sides, so no dispatch hint."""
     data, spec = data_and_spec
-    crafted_then_stripped(data, spec, tmp_path)
-    directory = poison_dir(tmp_path, spec.poison_id)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    crafted_hash, manifest["tensor_sha256"] = manifest["tensor_sha256"], "cd" * 32
-    assert manifest["env"]["threads"] == 1
-    manifest["env"]["threads"] = 7
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    directory, crafted_hash = pinned_elsewhere(data, spec, tmp_path, "cd" * 32, threads=7)
     with pytest.raises(PoisonbenchError) as caught:
         poisons.craft(spec, data, tmp_path)
-    assert str(caught.value) == (
-        f"poison set {spec.poison_id}: the craft's tensors (sha256 {crafted_hash[:12]}) are not those its manifest "
-        f"pins (cdcdcdcdcdcd), which came without tensors (from a records pack); nothing written. Put the "
-        f"PoisonSet's files back from where it was crafted, or craft with --force to replace the manifest (the runs "
-        f"recorded on the old tensors then no longer pair with new ones). The pinned craft's env differs from this "
-        f"one's in threads 7 (now 1)")
+    assert str(caught.value) == (refusal(spec.poison_id, crafted_hash, "cdcdcdcdcdcd")
+                                 + ". The pinned craft's env differs from this one's in threads 7 (now 1)")
     assert sorted(p.name for p in directory.iterdir()) == [MANIFEST_FILE]
 
 
