@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from .cpu_identity import cpu_identity
 from .device import deterministic_mode
 from .errors import PoisonbenchWarning
 from .hashing import code_fingerprint
@@ -113,6 +114,7 @@ def environment(device: torch.device, accel: str = "auto", deterministic: str | 
     if device.type == "cpu":
         env["cpu"] = cpu_model()
         env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        env.update(cpu_identity())  # cpu_id, cpu_isa: the generation a model name such as "AMD EPYC" hides
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cudnn"] = torch.backends.cudnn.version()
