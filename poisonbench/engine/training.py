@@ -22,6 +22,7 @@ metrics measure the trained weights, not the arithmetic they were trained with.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.device import compile_static, configure_device, should_compile
-from ..core.errors import unknown_choice
+from ..core.errors import PoisonbenchError, unknown_choice
 from ..core.hashing import derived_seed
 from . import augment, termination
 from .checkpoints import Checkpoint
@@ -171,6 +172,7 @@ def train(
         with termination.deferred():  # a SIGTERM now stops after the epoch in progress (`termination`)
             for epoch in range(start_epoch, recipe.epochs):
                 row = one_epoch(epoch)
+                refuse_non_finite(row)  # before the epoch's checkpoint: a diverged state is never saved
                 last = epoch + 1 == recipe.epochs
                 if eval_sets and (last or (eval_every and (epoch + 1) % eval_every == 0)):
                     with ctx.timed("eval"):
@@ -264,6 +266,30 @@ class EpochStep:
         if self.raw_hook or self.batch_hook or self.gradient_hook or self.batches_hook:
             ctx.cost["defense_batch"] = ctx.cost.get("defense_batch", 0.0) + self.hook_clock.collect()
         return row
+
+
+class TrainingDiverged(PoisonbenchError):
+    """An epoch's mean train loss came out NaN or infinite: its weights are not finite from then on."""
+
+
+def refuse_non_finite(row: dict) -> None:
+    """Raise `TrainingDiverged` when the epoch's mean train loss (`EpochStep`'s row) is not finite.
+
+    A model whose weights went NaN still "predicts" (the argmax of NaN logits: class 0), so without this check it
+    would be saved, cached and evaluated as a model at chance accuracy, and an attack crafted on it, or a defense's
+    row measured with it, would look like a result. The loss is already on the host (the row's one sync per epoch),
+    so the check costs nothing per batch. A cause seen in practice (2026-12-02, torch 2.14.1, gcc 12.2, an AMD
+    EPYC with AVX-512 told to dispatch as AVX2): `torch.compile`'s C++ kernels built for AVX2 under gcc's
+    `-march=native` trained to NaN within the first epoch, and `TORCHINDUCTOR_CPP_MARCH=x86-64-v3` fixed it
+    (docs/install.md, "Another CPU kind")."""
+    loss = row["train_loss"]
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged: epoch {row['epoch']}'s mean train loss is {loss} (lr {row['lr']:g}), so the weights "
+            "are not finite; nothing of this epoch is saved. A compiled model on a CPU told to dispatch below its own "
+            "instruction set (ATEN_CPU_CAPABILITY) needs TORCHINDUCTOR_CPP_MARCH to match it (docs/install.md, "
+            "'Another CPU kind'); else lower the learning rate, or train with --compile off to rule out compiled "
+            "kernels")
 
 
 def train_fresh(ctx: TrainContext, x: torch.Tensor | None = None, y: torch.Tensor | None = None, *,
